@@ -1,0 +1,1 @@
+//! Harness for meshd's multi-node tests: drives the lab, generates traffic, analyses captures.
