@@ -6,3 +6,24 @@
 //! minimal diff against what is programmed. Registry backends move records between nodes.
 //! It never touches the network stack: programming devices is the `netlink` crate's job.
 #![forbid(unsafe_code)]
+//!
+//! Modules:
+//! * [`key`]: [`PublicKey`]/[`PrivateKey`] and crash-safe persistence of the node's key
+//!   ([`key::load_or_generate`]).
+//! * [`record`]: the versioned JSON [`NodeRecord`] each node publishes (its wire format is a
+//!   contract, documented there) and its validation.
+//! * [`peers`]: pure functions from records to the desired peer set
+//!   ([`peers::compute_peers`], with conflict detection) and to the minimal operations
+//!   ([`peers::diff_peers`]) against what a device has programmed.
+//! * [`registry`]: the [`Registry`] trait through which records are exchanged, and the
+//!   directory-backed [`DirRegistry`] (inotify-watched).
+
+pub mod key;
+pub mod peers;
+pub mod record;
+pub mod registry;
+
+pub use key::{KeyError, PrivateKey, PublicKey};
+pub use record::{NodeRecord, RecordError};
+pub use registry::dir::DirRegistry;
+pub use registry::{Registry, RegistryError, RegistryEvent};

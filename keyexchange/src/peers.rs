@@ -1,0 +1,769 @@
+//! Pure peer computation: from all node records to the desired WireGuard peer set, and from
+//! the programmed peers to the minimal list of operations reaching it. No I/O here.
+//!
+//! Conflicts are never "resolved" by picking a winner: when two nodes claim the same public key
+//! or overlapping pod CIDRs, routing to either would be ambiguous, so every node involved is
+//! left out (the rest of the mesh is unaffected) and the conflict is reported for logging.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use ipnet::IpNet;
+
+use crate::key::PublicKey;
+use crate::record::NodeRecord;
+
+/// A peer the device should have.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredPeer {
+    /// Node name (for logs).
+    pub name: String,
+    /// The peer's public key.
+    pub public_key: PublicKey,
+    /// Where to send to; `None` when no address family is shared.
+    pub endpoint: Option<SocketAddr>,
+    /// The peer's pod networks, normalised, sorted and deduplicated.
+    pub allowed_ips: Vec<IpNet>,
+}
+
+/// Two or more records that cannot all be programmed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Conflict {
+    /// Several nodes publish the same public key.
+    DuplicateKey {
+        /// The shared key.
+        key: PublicKey,
+        /// All nodes publishing it, sorted.
+        nodes: Vec<String>,
+    },
+    /// Two nodes' pod CIDRs overlap (one contains the other).
+    OverlappingCidr {
+        /// The two nodes, sorted by name.
+        nodes: (String, String),
+        /// The overlapping CIDRs, in the same order as `nodes`.
+        cidrs: (IpNet, IpNet),
+    },
+}
+
+impl fmt::Display for Conflict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Conflict::DuplicateKey { key, nodes } => write!(
+                f,
+                "nodes {} share public key {key}; none of them is peered",
+                nodes.join(", ")
+            ),
+            Conflict::OverlappingCidr { nodes, cidrs } => write!(
+                f,
+                "pod CIDR {} of node {} overlaps {} of node {}; neither is peered",
+                cidrs.0, nodes.0, cidrs.1, nodes.1
+            ),
+        }
+    }
+}
+
+/// The desired peers plus the conflicts found while computing them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PeerSet {
+    /// Peers to program, by public key.
+    pub peers: BTreeMap<PublicKey, DesiredPeer>,
+    /// Conflicts, in deterministic order (duplicate keys by key, then overlaps by node pair).
+    pub conflicts: Vec<Conflict>,
+}
+
+/// Truncates, sorts and deduplicates CIDRs.
+fn normalise(cidrs: &[IpNet]) -> Vec<IpNet> {
+    let set: BTreeSet<IpNet> = cidrs.iter().map(IpNet::trunc).collect();
+    set.into_iter().collect()
+}
+
+/// Computes the peers `me` should have from all known records.
+///
+/// `records` may or may not include `me`; a record with `me`'s name is always replaced by `me`.
+/// If several records share a name, the last one wins.
+pub fn compute_peers<'a>(
+    records: impl IntoIterator<Item = &'a NodeRecord>,
+    me: &NodeRecord,
+) -> PeerSet {
+    let mut nodes: BTreeMap<&str, &NodeRecord> =
+        records.into_iter().map(|r| (r.name.as_str(), r)).collect();
+    nodes.insert(me.name.as_str(), me);
+
+    let mut excluded: BTreeSet<&str> = BTreeSet::new();
+    let mut conflicts = Vec::new();
+
+    // Duplicate keys.
+    let mut by_key: BTreeMap<PublicKey, Vec<&str>> = BTreeMap::new();
+    for (name, r) in &nodes {
+        by_key.entry(r.public_key).or_default().push(name);
+    }
+    for (key, names) in by_key {
+        if names.len() > 1 {
+            excluded.extend(names.iter().copied());
+            conflicts.push(Conflict::DuplicateKey {
+                key,
+                nodes: names.into_iter().map(str::to_string).collect(),
+            });
+        }
+    }
+
+    // Overlapping CIDRs. Sorted by (network address, prefix length) a containing prefix comes
+    // before everything it contains, so a stack of the currently "open" prefixes finds every
+    // containment pair in one sweep.
+    let mut all: Vec<(IpNet, &str)> = Vec::new();
+    for (name, r) in &nodes {
+        all.extend(normalise(&r.pod_cidrs).into_iter().map(|c| (c, *name)));
+    }
+    all.sort_by(|a, b| {
+        (a.0.network(), a.0.prefix_len(), a.1).cmp(&(b.0.network(), b.0.prefix_len(), b.1))
+    });
+    let mut overlaps: BTreeMap<(&str, &str), (IpNet, IpNet)> = BTreeMap::new();
+    let mut open: Vec<(IpNet, &str)> = Vec::new();
+    for (cidr, name) in all {
+        while open.last().is_some_and(|(top, _)| !top.contains(&cidr)) {
+            open.pop();
+        }
+        for (outer, other) in &open {
+            if *other == name {
+                continue;
+            }
+            let entry = if *other < name {
+                ((*other, name), (*outer, cidr))
+            } else {
+                ((name, *other), (cidr, *outer))
+            };
+            overlaps.entry(entry.0).or_insert(entry.1);
+        }
+        open.push((cidr, name));
+    }
+    for ((a, b), cidrs) in overlaps {
+        excluded.insert(a);
+        excluded.insert(b);
+        conflicts.push(Conflict::OverlappingCidr {
+            nodes: (a.to_string(), b.to_string()),
+            cidrs,
+        });
+    }
+
+    let my_v4 = me.endpoints.iter().any(IpAddr::is_ipv4);
+    let my_v6 = me.endpoints.iter().any(IpAddr::is_ipv6);
+    let mut peers = BTreeMap::new();
+    for (name, r) in nodes {
+        if name == me.name || excluded.contains(name) {
+            continue;
+        }
+        let pick = |want_v4: bool| {
+            r.endpoints
+                .iter()
+                .find(|ip| ip.is_ipv4() == want_v4)
+                .copied()
+        };
+        let ip = my_v4
+            .then(|| pick(true))
+            .flatten()
+            .or_else(|| my_v6.then(|| pick(false)).flatten());
+        peers.insert(
+            r.public_key,
+            DesiredPeer {
+                name: r.name.clone(),
+                public_key: r.public_key,
+                endpoint: ip.map(|ip| SocketAddr::new(ip, r.listen_port)),
+                allowed_ips: normalise(&r.pod_cidrs),
+            },
+        );
+    }
+    PeerSet { peers, conflicts }
+}
+
+/// A peer as currently programmed on the device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProgrammedPeer {
+    /// The peer's public key.
+    pub public_key: PublicKey,
+    /// The current endpoint (possibly learned by roaming).
+    pub endpoint: Option<SocketAddr>,
+    /// The current allowed IPs, in any order.
+    pub allowed_ips: Vec<IpNet>,
+}
+
+/// One change to the device's peer list.
+///
+/// Applying: `Add` creates the peer with exactly the given endpoint and allowed IPs. `Update`
+/// *replaces* the allowed IPs, and sets the endpoint only when it is `Some` (a `None` endpoint
+/// leaves whatever the device has, e.g. a roamed address). `Remove` deletes the peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerOp {
+    /// Create a peer.
+    Add(DesiredPeer),
+    /// Change an existing peer's endpoint and/or allowed IPs.
+    Update(DesiredPeer),
+    /// Delete a peer.
+    Remove(PublicKey),
+}
+
+/// Minimal operations turning `programmed` into `desired`.
+///
+/// Order: all removes, then updates, then adds, each sorted by key (removing first frees CIDRs
+/// that another peer may take over). An existing peer is updated only if its allowed-IP set
+/// differs (order-insensitive, normalised) or the desired endpoint is `Some` and differs.
+pub fn diff_peers(programmed: &[ProgrammedPeer], desired: &PeerSet) -> Vec<PeerOp> {
+    let current: BTreeMap<PublicKey, &ProgrammedPeer> =
+        programmed.iter().map(|p| (p.public_key, p)).collect();
+    let mut removes = Vec::new();
+    let mut updates = Vec::new();
+    let mut adds = Vec::new();
+    for key in current.keys() {
+        if !desired.peers.contains_key(key) {
+            removes.push(PeerOp::Remove(*key));
+        }
+    }
+    for (key, want) in &desired.peers {
+        match current.get(key) {
+            None => adds.push(PeerOp::Add(want.clone())),
+            Some(have) => {
+                let ips_differ = normalise(&have.allowed_ips) != normalise(&want.allowed_ips);
+                let endpoint_differs = want.endpoint.is_some() && want.endpoint != have.endpoint;
+                if ips_differ || endpoint_differs {
+                    updates.push(PeerOp::Update(want.clone()));
+                }
+            }
+        }
+    }
+    removes.extend(updates);
+    removes.extend(adds);
+    removes
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key(n: u8) -> PublicKey {
+        PublicKey::from_bytes([n; 32])
+    }
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    fn rec(name: &str, k: u8, endpoints: &[&str], cidrs: &[&str]) -> NodeRecord {
+        NodeRecord {
+            name: name.into(),
+            public_key: key(k),
+            listen_port: 51820 + u16::from(k),
+            endpoints: endpoints.iter().map(|e| e.parse().unwrap()).collect(),
+            pod_cidrs: cidrs.iter().map(|c| net(c)).collect(),
+        }
+    }
+
+    fn me_dual() -> NodeRecord {
+        rec(
+            "me",
+            1,
+            &["198.18.0.1", "fd00:1::1"],
+            &["10.244.1.0/24", "fd00:244:1::/64"],
+        )
+    }
+
+    /// Peer names, sorted by name.
+    fn names(set: &PeerSet) -> Vec<&str> {
+        let mut names: Vec<&str> = set.peers.values().map(|p| p.name.as_str()).collect();
+        names.sort_unstable();
+        names
+    }
+
+    #[test]
+    fn empty_and_alone() {
+        let me = me_dual();
+        assert_eq!(compute_peers([], &me), PeerSet::default());
+        assert_eq!(compute_peers([&me], &me), PeerSet::default());
+    }
+
+    #[test]
+    fn self_excluded_other_included() {
+        let me = me_dual();
+        let other = rec("n2", 2, &["198.18.0.2"], &["10.244.2.0/24"]);
+        let set = compute_peers([&me, &other], &me);
+        assert_eq!(names(&set), vec!["n2"]);
+        assert!(set.conflicts.is_empty());
+        let p = &set.peers[&key(2)];
+        assert_eq!(p.endpoint, Some("198.18.0.2:51822".parse().unwrap()));
+        assert_eq!(p.allowed_ips, vec![net("10.244.2.0/24")]);
+        // A stale record with my name (e.g. old key) is replaced by `me`, not peered.
+        let stale_me = rec("me", 9, &["198.18.0.9"], &["10.9.0.0/24"]);
+        let set = compute_peers([&stale_me, &other], &me);
+        assert_eq!(names(&set), vec!["n2"]);
+        assert!(set.conflicts.is_empty());
+    }
+
+    #[test]
+    fn dual_stack_allowed_ips_normalised_sorted() {
+        let me = me_dual();
+        let mut other = rec(
+            "n2",
+            2,
+            &["198.18.0.2"],
+            &["fd00:244:2::/64", "10.244.2.0/24"],
+        );
+        other.pod_cidrs.push(net("10.244.2.0/24"));
+        let set = compute_peers([&other], &me);
+        assert_eq!(
+            set.peers[&key(2)].allowed_ips,
+            vec![net("10.244.2.0/24"), net("fd00:244:2::/64")]
+        );
+    }
+
+    #[test]
+    fn endpoint_family_selection() {
+        let peer = rec(
+            "n2",
+            2,
+            &["fd00:1::2", "198.18.0.2", "198.18.0.22"],
+            &["10.244.2.0/24"],
+        );
+        let v4_me = rec("me", 1, &["198.18.0.1"], &[]);
+        let v6_me = rec("me", 1, &["fd00:1::1"], &[]);
+        let dual_me = rec("me", 1, &["fd00:1::1", "198.18.0.1"], &[]);
+        let ep =
+            |me: &NodeRecord, p: &NodeRecord| compute_peers([p], me).peers[&p.public_key].endpoint;
+        assert_eq!(ep(&v4_me, &peer), Some("198.18.0.2:51822".parse().unwrap()));
+        assert_eq!(
+            ep(&v6_me, &peer),
+            Some("[fd00:1::2]:51822".parse().unwrap())
+        );
+        assert_eq!(
+            ep(&dual_me, &peer),
+            Some("198.18.0.2:51822".parse().unwrap())
+        );
+        let v6_peer = rec("n3", 3, &["fd00:1::3"], &[]);
+        assert_eq!(
+            ep(&dual_me, &v6_peer),
+            Some("[fd00:1::3]:51823".parse().unwrap())
+        );
+        assert_eq!(ep(&v4_me, &v6_peer), None);
+        let v4_peer = rec("n4", 4, &["198.18.0.4"], &[]);
+        assert_eq!(ep(&v6_me, &v4_peer), None);
+    }
+
+    #[test]
+    fn duplicate_key_between_peers() {
+        let me = me_dual();
+        let a = rec("b-node", 5, &["198.18.0.5"], &["10.244.5.0/24"]);
+        let b = rec("a-node", 5, &["198.18.0.6"], &["10.244.6.0/24"]);
+        let ok = rec("ok", 7, &["198.18.0.7"], &["10.244.7.0/24"]);
+        let set = compute_peers([&a, &b, &ok], &me);
+        assert_eq!(names(&set), vec!["ok"]);
+        assert_eq!(
+            set.conflicts,
+            vec![Conflict::DuplicateKey {
+                key: key(5),
+                nodes: vec!["a-node".into(), "b-node".into()]
+            }]
+        );
+        let line = set.conflicts[0].to_string();
+        assert!(
+            line.contains("a-node, b-node") && line.contains(&key(5).to_string()),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn peer_claiming_my_key_is_excluded() {
+        let me = me_dual();
+        let thief = rec("thief", 1, &["198.18.0.5"], &["10.244.5.0/24"]);
+        let ok = rec("ok", 7, &["198.18.0.7"], &["10.244.7.0/24"]);
+        let set = compute_peers([&thief, &ok, &me], &me);
+        assert_eq!(names(&set), vec!["ok"]);
+        assert_eq!(
+            set.conflicts,
+            vec![Conflict::DuplicateKey {
+                key: key(1),
+                nodes: vec!["me".into(), "thief".into()]
+            }]
+        );
+    }
+
+    #[test]
+    fn overlapping_cidrs() {
+        let me = me_dual();
+        // Peer vs peer, identical CIDR.
+        let a = rec("a", 2, &["198.18.0.2"], &["10.244.2.0/24"]);
+        let b = rec("b", 3, &["198.18.0.3"], &["10.244.2.0/24"]);
+        let ok = rec(
+            "ok",
+            7,
+            &["198.18.0.7"],
+            &["10.244.7.0/24", "fd00:244:7::/64"],
+        );
+        let set = compute_peers([&a, &b, &ok], &me);
+        assert_eq!(names(&set), vec!["ok"]);
+        assert_eq!(
+            set.conflicts,
+            vec![Conflict::OverlappingCidr {
+                nodes: ("a".into(), "b".into()),
+                cidrs: (net("10.244.2.0/24"), net("10.244.2.0/24"))
+            }]
+        );
+
+        // Peer vs me (v6 only overlap).
+        let c = rec(
+            "c",
+            4,
+            &["198.18.0.4"],
+            &["10.244.4.0/24", "fd00:244:1::/48"],
+        );
+        let set = compute_peers([&c, &ok], &me);
+        assert_eq!(names(&set), vec!["ok"]);
+        assert_eq!(
+            set.conflicts,
+            vec![Conflict::OverlappingCidr {
+                nodes: ("c".into(), "me".into()),
+                cidrs: (net("fd00:244:1::/48"), net("fd00:244:1::/64"))
+            }]
+        );
+
+        // /16 containing /24: order of the pair follows node names, cidrs follow nodes.
+        let wide = rec("zz-wide", 5, &["198.18.0.5"], &["10.250.0.0/16"]);
+        let narrow = rec("aa-narrow", 6, &["198.18.0.6"], &["10.250.3.0/24"]);
+        let set = compute_peers([&wide, &narrow, &ok], &me);
+        assert_eq!(names(&set), vec!["ok"]);
+        assert_eq!(
+            set.conflicts,
+            vec![Conflict::OverlappingCidr {
+                nodes: ("aa-narrow".into(), "zz-wide".into()),
+                cidrs: (net("10.250.3.0/24"), net("10.250.0.0/16"))
+            }]
+        );
+        let line = set.conflicts[0].to_string();
+        assert!(
+            line.contains("10.250.3.0/24") && line.contains("zz-wide"),
+            "{line}"
+        );
+
+        // Adjacent but not overlapping is fine.
+        let adj = rec("adj", 8, &["198.18.0.8"], &["10.244.0.0/24"]);
+        let set = compute_peers([&adj, &ok], &me);
+        assert_eq!(names(&set), vec!["adj", "ok"]);
+        assert!(set.conflicts.is_empty());
+    }
+
+    #[test]
+    fn wide_cidr_conflicts_with_several_nested() {
+        let me = rec("me", 1, &["198.18.0.1"], &["10.1.0.0/24"]);
+        let wide = rec("wide", 2, &["198.18.0.2"], &["10.0.0.0/8"]);
+        let x = rec("x", 3, &["198.18.0.3"], &["10.2.0.0/24"]);
+        let y = rec("y", 4, &["198.18.0.4"], &["10.2.0.128/25"]);
+        let set = compute_peers([&wide, &x, &y], &me);
+        assert!(set.peers.is_empty());
+        let pairs: Vec<_> = set
+            .conflicts
+            .iter()
+            .map(|c| match c {
+                Conflict::OverlappingCidr { nodes, .. } => nodes.clone(),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        let s = |a: &str, b: &str| (a.to_string(), b.to_string());
+        assert_eq!(
+            pairs,
+            vec![s("me", "wide"), s("wide", "x"), s("wide", "y"), s("x", "y")]
+        );
+    }
+
+    #[test]
+    fn own_nested_cidrs_are_not_a_conflict() {
+        let me = me_dual();
+        let a = rec("a", 2, &["198.18.0.2"], &["10.8.0.0/16", "10.8.1.0/24"]);
+        let set = compute_peers([&a], &me);
+        assert_eq!(names(&set), vec!["a"]);
+        assert!(set.conflicts.is_empty());
+    }
+
+    fn desired(peers: &[DesiredPeer]) -> PeerSet {
+        PeerSet {
+            peers: peers.iter().map(|p| (p.public_key, p.clone())).collect(),
+            conflicts: vec![],
+        }
+    }
+
+    fn dp(k: u8, ep: Option<&str>, ips: &[&str]) -> DesiredPeer {
+        DesiredPeer {
+            name: format!("n{k}"),
+            public_key: key(k),
+            endpoint: ep.map(|e| e.parse().unwrap()),
+            allowed_ips: normalise(&ips.iter().map(|c| net(c)).collect::<Vec<_>>()),
+        }
+    }
+
+    fn as_programmed(p: &DesiredPeer) -> ProgrammedPeer {
+        ProgrammedPeer {
+            public_key: p.public_key,
+            endpoint: p.endpoint,
+            allowed_ips: p.allowed_ips.clone(),
+        }
+    }
+
+    #[test]
+    fn diff_empty_and_identical() {
+        assert!(diff_peers(&[], &PeerSet::default()).is_empty());
+        let want = desired(&[dp(1, Some("198.18.0.1:1"), &["10.0.1.0/24", "fd00::/64"])]);
+        let have: Vec<_> = want.peers.values().map(as_programmed).collect();
+        assert!(diff_peers(&have, &want).is_empty());
+    }
+
+    #[test]
+    fn diff_allowed_ips_order_insensitive() {
+        let want = desired(&[dp(1, Some("198.18.0.1:1"), &["10.0.1.0/24", "fd00::/64"])]);
+        let have = vec![ProgrammedPeer {
+            public_key: key(1),
+            endpoint: Some("198.18.0.1:1".parse().unwrap()),
+            allowed_ips: vec![net("fd00::/64"), net("10.0.1.0/24"), net("10.0.1.0/24")],
+        }];
+        assert!(diff_peers(&have, &want).is_empty());
+    }
+
+    #[test]
+    fn diff_endpoint_none_does_not_fight_roaming() {
+        let want = desired(&[dp(1, None, &["10.0.1.0/24"])]);
+        let have = vec![ProgrammedPeer {
+            public_key: key(1),
+            endpoint: Some("203.0.113.9:4444".parse().unwrap()),
+            allowed_ips: vec![net("10.0.1.0/24")],
+        }];
+        assert!(diff_peers(&have, &want).is_empty());
+        // But a desired endpoint differing from the device's is enforced.
+        let want = desired(&[dp(1, Some("198.18.0.1:51820"), &["10.0.1.0/24"])]);
+        assert_eq!(
+            diff_peers(&have, &want),
+            vec![PeerOp::Update(dp(
+                1,
+                Some("198.18.0.1:51820"),
+                &["10.0.1.0/24"]
+            ))]
+        );
+    }
+
+    #[test]
+    fn diff_one_change_touches_only_that_peer_and_orders_ops() {
+        let base = [
+            dp(1, Some("198.18.0.1:1"), &["10.0.1.0/24"]),
+            dp(2, Some("198.18.0.2:1"), &["10.0.2.0/24"]),
+            dp(3, Some("198.18.0.3:1"), &["10.0.3.0/24"]),
+        ];
+        let have: Vec<_> = base.iter().map(as_programmed).collect();
+
+        let mut changed = base.clone();
+        changed[1].allowed_ips.push(net("fd00:2::/64"));
+        assert_eq!(
+            diff_peers(&have, &desired(&changed)),
+            vec![PeerOp::Update(changed[1].clone())]
+        );
+
+        let mut changed = base.clone();
+        changed[2].endpoint = Some("198.18.0.33:1".parse().unwrap());
+        assert_eq!(
+            diff_peers(&have, &desired(&changed)),
+            vec![PeerOp::Update(changed[2].clone())]
+        );
+
+        // Remove 1, add 5 and 4 (taking over 1's CIDR), update 3.
+        let mut updated3 = base[2].clone();
+        updated3.allowed_ips = vec![net("10.0.33.0/24")];
+        let want = desired(&[
+            base[1].clone(),
+            updated3.clone(),
+            dp(5, None, &["10.0.5.0/24"]),
+            dp(4, None, &["10.0.1.0/24"]),
+        ]);
+        assert_eq!(
+            diff_peers(&have, &want),
+            vec![
+                PeerOp::Remove(key(1)),
+                PeerOp::Update(updated3),
+                PeerOp::Add(dp(4, None, &["10.0.1.0/24"])),
+                PeerOp::Add(dp(5, None, &["10.0.5.0/24"])),
+            ]
+        );
+    }
+
+    /// Applies ops to a model of the device, with the semantics documented on [`PeerOp`].
+    fn apply(programmed: &[ProgrammedPeer], ops: &[PeerOp]) -> BTreeMap<PublicKey, ProgrammedPeer> {
+        let mut dev: BTreeMap<PublicKey, ProgrammedPeer> = programmed
+            .iter()
+            .map(|p| (p.public_key, p.clone()))
+            .collect();
+        for op in ops {
+            match op {
+                PeerOp::Remove(k) => {
+                    assert!(dev.remove(k).is_some(), "remove of absent peer");
+                }
+                PeerOp::Add(p) => {
+                    assert!(
+                        dev.insert(p.public_key, as_programmed(p)).is_none(),
+                        "add of existing peer"
+                    );
+                }
+                PeerOp::Update(p) => {
+                    let cur = dev.get_mut(&p.public_key).expect("update of absent peer");
+                    cur.allowed_ips = p.allowed_ips.clone();
+                    if p.endpoint.is_some() {
+                        cur.endpoint = p.endpoint;
+                    }
+                }
+            }
+        }
+        dev
+    }
+
+    fn mk_net(ip: IpAddr, len: u8) -> IpNet {
+        IpNet::new(ip, len).unwrap().trunc()
+    }
+
+    fn arb_net() -> impl Strategy<Value = IpNet> {
+        prop_oneof![
+            (0u8..4, 0u8..4, 16u8..=24)
+                .prop_map(|(b, c, len)| mk_net(IpAddr::from([10, b, c, 0]), len)),
+            (0u16..4, 0u16..4, 32u8..=64).prop_map(|(b, c, len)| {
+                mk_net(
+                    IpAddr::from(std::net::Ipv6Addr::new(0xfd00, b, c, 0, 0, 0, 0, 0)),
+                    len,
+                )
+            }),
+        ]
+    }
+
+    fn arb_endpoint() -> impl Strategy<Value = Option<SocketAddr>> {
+        proptest::option::of(
+            (0u8..3, 1u16..3).prop_map(|(h, port)| SocketAddr::from(([198, 18, 0, h], port))),
+        )
+    }
+
+    fn arb_programmed() -> impl Strategy<Value = Vec<ProgrammedPeer>> {
+        proptest::collection::btree_map(
+            0u8..8,
+            (arb_endpoint(), proptest::collection::vec(arb_net(), 0..4)),
+            0..6,
+        )
+        .prop_map(|m| {
+            m.into_iter()
+                .map(|(k, (endpoint, allowed_ips))| ProgrammedPeer {
+                    public_key: key(k),
+                    endpoint,
+                    allowed_ips,
+                })
+                .collect()
+        })
+    }
+
+    fn arb_desired() -> impl Strategy<Value = PeerSet> {
+        proptest::collection::btree_map(
+            0u8..8,
+            (arb_endpoint(), proptest::collection::vec(arb_net(), 0..4)),
+            0..6,
+        )
+        .prop_map(|m| PeerSet {
+            peers: m
+                .into_iter()
+                .map(|(k, (endpoint, ips))| {
+                    (
+                        key(k),
+                        DesiredPeer {
+                            name: format!("n{k}"),
+                            public_key: key(k),
+                            endpoint,
+                            allowed_ips: normalise(&ips),
+                        },
+                    )
+                })
+                .collect(),
+            conflicts: vec![],
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn applying_diff_reaches_desired(programmed in arb_programmed(), want in arb_desired()) {
+            let ops = diff_peers(&programmed, &want);
+            let dev = apply(&programmed, &ops);
+            prop_assert_eq!(dev.keys().collect::<Vec<_>>(), want.peers.keys().collect::<Vec<_>>());
+            for (k, p) in &want.peers {
+                let got = &dev[k];
+                prop_assert_eq!(normalise(&got.allowed_ips), p.allowed_ips.clone());
+                if p.endpoint.is_some() {
+                    prop_assert_eq!(got.endpoint, p.endpoint);
+                }
+            }
+            // Minimality: every op is necessary.
+            let before: BTreeMap<_, _> = programmed.iter().map(|p| (p.public_key, p)).collect();
+            for op in &ops {
+                if let PeerOp::Update(p) = op {
+                    let old = before[&p.public_key];
+                    prop_assert!(
+                        normalise(&old.allowed_ips) != p.allowed_ips
+                            || (p.endpoint.is_some() && p.endpoint != old.endpoint)
+                    );
+                }
+            }
+            // Ordering: removes, then updates, then adds, each sorted by key.
+            let rank = |op: &PeerOp| match op {
+                PeerOp::Remove(k) => (0, *k),
+                PeerOp::Update(p) => (1, p.public_key),
+                PeerOp::Add(p) => (2, p.public_key),
+            };
+            let ranks: Vec<_> = ops.iter().map(rank).collect();
+            let mut sorted = ranks.clone();
+            sorted.sort();
+            prop_assert_eq!(ranks, sorted);
+            // After applying, nothing is left to do.
+            let now: Vec<_> = dev.into_values().collect();
+            prop_assert!(diff_peers(&now, &want).is_empty());
+        }
+
+        #[test]
+        fn desired_as_programmed_is_a_fixpoint(want in arb_desired()) {
+            let have: Vec<_> = want.peers.values().map(as_programmed).collect();
+            prop_assert!(diff_peers(&have, &want).is_empty());
+        }
+
+        #[test]
+        fn computed_peers_never_overlap_or_include_me(
+            cidrs in proptest::collection::vec(proptest::collection::vec(arb_net(), 0..3), 1..6),
+            keys in proptest::collection::vec(0u8..5, 6),
+        ) {
+            let records: Vec<NodeRecord> = cidrs
+                .iter()
+                .enumerate()
+                .map(|(i, c)| NodeRecord {
+                    name: format!("n{i}"),
+                    public_key: key(keys[i]),
+                    listen_port: 51820,
+                    endpoints: vec!["198.18.0.1".parse().unwrap()],
+                    pod_cidrs: c.clone(),
+                })
+                .collect();
+            let me = &records[0];
+            let set = compute_peers(&records, me);
+            prop_assert!(set.peers.values().all(|p| p.name != me.name && p.public_key != me.public_key));
+            let all: Vec<(&str, IpNet)> = set
+                .peers
+                .values()
+                .flat_map(|p| p.allowed_ips.iter().map(move |c| (p.name.as_str(), *c)))
+                .chain(normalise(&me.pod_cidrs).into_iter().map(|c| (me.name.as_str(), c)))
+                .collect();
+            for (i, (na, a)) in all.iter().enumerate() {
+                for (nb, b) in &all[i + 1..] {
+                    if na != nb {
+                        prop_assert!(!a.contains(b) && !b.contains(a), "{} {} vs {} {}", na, a, nb, b);
+                    }
+                }
+            }
+            // Deterministic regardless of input order.
+            let reversed: Vec<&NodeRecord> = records.iter().rev().collect();
+            prop_assert_eq!(compute_peers(reversed, me), set);
+        }
+    }
+}

@@ -1,0 +1,702 @@
+//! A registry backed by a shared directory: one `<name>.json` file per node.
+//!
+//! * `publish` writes atomically (temporary dotfile in the same directory, `fsync`, rename,
+//!   `fsync` of the directory) and skips the write when the file already holds identical bytes.
+//! * `withdraw` removes `<name>.json`.
+//! * `watch` registers an inotify watch on the directory *before* listing it, so no change
+//!   between listing and watching is lost, then translates events. Dotfiles (including the
+//!   temporary files), non-`.json` names and subdirectories are ignored. The watcher remembers
+//!   the last content it saw per file and never re-announces unchanged content. If the inotify
+//!   queue overflows it rescans the directory. If the directory itself disappears the channel
+//!   closes.
+
+use std::collections::{BTreeSet, HashMap};
+use std::ffi::OsStr;
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::future::Future;
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::StreamExt;
+use inotify::{EventMask, EventStream, Inotify, WatchMask};
+use tokio::sync::mpsc;
+
+use super::{Registry, RegistryError, RegistryEvent};
+use crate::record::{is_dns1123_subdomain, NodeRecord, RecordError};
+
+/// Capacity of the event channel returned by [`DirRegistry::watch`].
+const CHANNEL_CAPACITY: usize = 1024;
+
+/// Per-process counter so concurrent publishes in one process never share a temp file.
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A [`Registry`] storing each node's record as `<dir>/<name>.json`.
+#[derive(Clone, Debug)]
+pub struct DirRegistry {
+    dir: PathBuf,
+}
+
+impl DirRegistry {
+    /// Uses `dir` as the registry, creating it (mode `0755`) if absent.
+    pub fn new(dir: impl Into<PathBuf>) -> Result<Self, RegistryError> {
+        let dir = dir.into();
+        if !dir.is_dir() {
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(&dir)
+                .map_err(|source| RegistryError::CreateDir {
+                    path: dir.clone(),
+                    source,
+                })?;
+        }
+        Ok(Self { dir })
+    }
+
+    /// The registry directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The file holding node `name`'s record.
+    pub fn path_for(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.json"))
+    }
+}
+
+impl Registry for DirRegistry {
+    fn publish(
+        &self,
+        record: &NodeRecord,
+    ) -> impl Future<Output = Result<(), RegistryError>> + Send {
+        let dir = self.dir.clone();
+        let record = record.clone();
+        async move {
+            record.validate().map_err(RegistryError::Validate)?;
+            tokio::task::spawn_blocking(move || publish_blocking(&dir, &record))
+                .await
+                .map_err(RegistryError::Task)?
+        }
+    }
+
+    fn withdraw(&self, name: &str) -> impl Future<Output = Result<(), RegistryError>> + Send {
+        let dir = self.dir.clone();
+        let name = name.to_string();
+        async move {
+            if !is_dns1123_subdomain(&name) {
+                return Err(RegistryError::InvalidName { name });
+            }
+            tokio::task::spawn_blocking(move || withdraw_blocking(&dir, &name))
+                .await
+                .map_err(RegistryError::Task)?
+        }
+    }
+
+    fn watch(&self) -> Result<mpsc::Receiver<RegistryEvent>, RegistryError> {
+        let handle = tokio::runtime::Handle::try_current().map_err(RegistryError::NoRuntime)?;
+        let watch_err = |source: io::Error| RegistryError::Watch {
+            path: self.dir.clone(),
+            source,
+        };
+        let inotify = Inotify::init().map_err(watch_err)?;
+        inotify
+            .watches()
+            .add(
+                &self.dir,
+                WatchMask::CLOSE_WRITE
+                    | WatchMask::MOVED_TO
+                    | WatchMask::MOVED_FROM
+                    | WatchMask::DELETE
+                    | WatchMask::CREATE
+                    | WatchMask::DELETE_SELF
+                    | WatchMask::MOVE_SELF
+                    | WatchMask::ONLYDIR,
+            )
+            .map_err(watch_err)?;
+        let stream = {
+            let _guard = handle.enter();
+            inotify
+                .into_event_stream(vec![0u8; 16 * 1024])
+                .map_err(watch_err)?
+        };
+        // Listed only after the watch exists: anything changing from here on is also an event.
+        let initial = list_nodes(&self.dir)?;
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let watcher = Watcher {
+            dir: self.dir.clone(),
+            tx,
+            seen: HashMap::new(),
+        };
+        handle.spawn(watcher.run(stream, initial));
+        Ok(rx)
+    }
+}
+
+fn publish_blocking(dir: &Path, record: &NodeRecord) -> Result<(), RegistryError> {
+    let path = dir.join(format!("{}.json", record.name));
+    let mut content = record.to_json();
+    content.push('\n');
+    match fs::read(&path) {
+        Ok(existing) if existing == content.as_bytes() => {
+            tracing::debug!(path = %path.display(), "record unchanged; not rewriting");
+            return Ok(());
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(source) => return Err(RegistryError::Read { path, source }),
+    }
+    let tmp = dir.join(format!(
+        ".{}.json.tmp-{}-{}",
+        record.name,
+        std::process::id(),
+        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let write_err = |source: io::Error| RegistryError::Write {
+        path: tmp.clone(),
+        source,
+    };
+    let result = (|| {
+        match fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(write_err(e)),
+        }
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&tmp)
+            .map_err(write_err)?;
+        file.write_all(content.as_bytes()).map_err(write_err)?;
+        file.sync_all().map_err(write_err)?;
+        drop(file);
+        fs::rename(&tmp, &path).map_err(|source| RegistryError::Write {
+            path: path.clone(),
+            source,
+        })
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    sync_dir(dir)?;
+    tracing::info!(path = %path.display(), node = %record.name, "published node record");
+    Ok(())
+}
+
+fn withdraw_blocking(dir: &Path, name: &str) -> Result<(), RegistryError> {
+    let path = dir.join(format!("{name}.json"));
+    match fs::remove_file(&path) {
+        Ok(()) => {
+            sync_dir(dir)?;
+            tracing::info!(path = %path.display(), node = name, "withdrew node record");
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(RegistryError::Write { path, source }),
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), RegistryError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| RegistryError::Write {
+            path: dir.to_path_buf(),
+            source,
+        })
+}
+
+/// The node a directory entry belongs to, or `None` if the entry is not a record file.
+fn node_of(file_name: &OsStr) -> Option<String> {
+    let name = file_name.to_str()?;
+    if name.starts_with('.') {
+        return None;
+    }
+    let stem = name.strip_suffix(".json")?;
+    (!stem.is_empty()).then(|| stem.to_string())
+}
+
+/// The nodes with a record file in `dir`, sorted.
+fn list_nodes(dir: &Path) -> Result<BTreeSet<String>, RegistryError> {
+    let read_err = |source: io::Error| RegistryError::Read {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut nodes = BTreeSet::new();
+    for entry in fs::read_dir(dir).map_err(read_err)? {
+        let entry = entry.map_err(read_err)?;
+        let Some(node) = node_of(&entry.file_name()) else {
+            continue;
+        };
+        // `file_type` does not follow symlinks: a symlink to a record is still a record.
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        nodes.insert(node);
+    }
+    Ok(nodes)
+}
+
+/// How strictly to treat invalid content when reading a record file.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Read {
+    /// The writer is done (close-after-write, rename, listing): invalid content is Malformed.
+    Complete,
+    /// The file was just created and may still be being written: ignore invalid content, a
+    /// close-after-write event follows.
+    MaybePartial,
+}
+
+/// The receiver was dropped.
+struct Closed;
+
+/// The last content seen for a file (`None`: the file could not be read).
+type Seen = Option<Vec<u8>>;
+
+struct Watcher {
+    dir: PathBuf,
+    tx: mpsc::Sender<RegistryEvent>,
+    seen: HashMap<String, Seen>,
+}
+
+impl Watcher {
+    async fn run(mut self, mut stream: EventStream<Vec<u8>>, initial: BTreeSet<String>) {
+        tracing::debug!(dir = %self.dir.display(), records = initial.len(), "registry watch started");
+        if self.announce_all(initial).await.is_err() {
+            return;
+        }
+        loop {
+            let event = tokio::select! {
+                () = self.tx.closed() => break,
+                event = stream.next() => event,
+            };
+            let event = match event {
+                Some(Ok(event)) => event,
+                Some(Err(e)) => {
+                    tracing::error!(dir = %self.dir.display(), error = %e, "reading inotify events failed; stopping registry watch");
+                    return;
+                }
+                None => {
+                    tracing::error!(dir = %self.dir.display(), "inotify stream ended; stopping registry watch");
+                    return;
+                }
+            };
+            if self
+                .handle(event.mask, event.name.as_deref())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        tracing::debug!(dir = %self.dir.display(), "registry watch receiver dropped; stopping");
+    }
+
+    /// Emits the state of every listed node (the initial listing, or a rescan), and deletes
+    /// for nodes that were known but are no longer listed.
+    async fn announce_all(&mut self, nodes: BTreeSet<String>) -> Result<(), Closed> {
+        let gone: Vec<String> = self
+            .seen
+            .keys()
+            .filter(|n| !nodes.contains(*n))
+            .cloned()
+            .collect();
+        for node in gone {
+            self.forget(&node).await?;
+        }
+        for node in nodes {
+            self.load(&node, Read::Complete).await?;
+        }
+        Ok(())
+    }
+
+    async fn handle(&mut self, mask: EventMask, name: Option<&OsStr>) -> Result<(), Closed> {
+        if mask.contains(EventMask::Q_OVERFLOW) {
+            tracing::warn!(dir = %self.dir.display(), "inotify queue overflowed; rescanning registry directory");
+            return match list_nodes(&self.dir) {
+                Ok(nodes) => self.announce_all(nodes).await,
+                Err(e) => {
+                    tracing::error!(error = %e, "rescanning registry directory failed");
+                    Ok(())
+                }
+            };
+        }
+        if mask.intersects(EventMask::DELETE_SELF | EventMask::MOVE_SELF | EventMask::IGNORED) {
+            tracing::error!(dir = %self.dir.display(), "registry directory was removed or moved; stopping registry watch");
+            return Err(Closed);
+        }
+        if mask.contains(EventMask::ISDIR) {
+            return Ok(());
+        }
+        let Some(node) = name.and_then(node_of) else {
+            return Ok(());
+        };
+        if mask.intersects(EventMask::DELETE | EventMask::MOVED_FROM) {
+            self.forget(&node).await
+        } else if mask.intersects(EventMask::CLOSE_WRITE | EventMask::MOVED_TO) {
+            self.load(&node, Read::Complete).await
+        } else if mask.contains(EventMask::CREATE) {
+            // Catches hard links and symlinks, which produce no close-after-write.
+            self.load(&node, Read::MaybePartial).await
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn send(&self, event: RegistryEvent) -> Result<(), Closed> {
+        self.tx.send(event).await.map_err(|_| Closed)
+    }
+
+    async fn forget(&mut self, node: &str) -> Result<(), Closed> {
+        if self.seen.remove(node).is_some() {
+            tracing::debug!(node, "node record removed from registry");
+            self.send(RegistryEvent::Delete(node.to_string())).await?;
+        }
+        Ok(())
+    }
+
+    async fn load(&mut self, node: &str, mode: Read) -> Result<(), Closed> {
+        let path = self.dir.join(format!("{node}.json"));
+        let content = match tokio::fs::read(&path).await {
+            Ok(content) => content,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return self.forget(node).await,
+            Err(e) => {
+                if mode == Read::MaybePartial || self.seen.get(node) == Some(&None) {
+                    return Ok(());
+                }
+                self.seen.insert(node.to_string(), None);
+                let error = RecordError {
+                    node: node.to_string(),
+                    field: "record",
+                    reason: format!("cannot read {}: {e}", path.display()),
+                };
+                tracing::warn!(%error, "unreadable node record");
+                return self
+                    .send(RegistryEvent::Malformed {
+                        node: node.to_string(),
+                        error,
+                    })
+                    .await;
+            }
+        };
+        if self
+            .seen
+            .get(node)
+            .is_some_and(|s| s.as_deref() == Some(content.as_slice()))
+        {
+            return Ok(());
+        }
+        let parsed = match std::str::from_utf8(&content) {
+            Ok(text) => NodeRecord::from_json(node, text),
+            Err(e) => Err(RecordError {
+                node: node.to_string(),
+                field: "record",
+                reason: format!("not UTF-8: {e}"),
+            }),
+        };
+        let event = match parsed {
+            Ok(record) => {
+                tracing::debug!(node, "node record upserted");
+                RegistryEvent::Upsert(record)
+            }
+            Err(_) if mode == Read::MaybePartial => return Ok(()),
+            Err(error) => {
+                tracing::warn!(%error, path = %path.display(), "malformed node record");
+                RegistryEvent::Malformed {
+                    node: node.to_string(),
+                    error,
+                }
+            }
+        };
+        self.seen.insert(node.to_string(), Some(content));
+        self.send(event).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use super::*;
+    use crate::key::PublicKey;
+
+    fn rec(name: &str, k: u8) -> NodeRecord {
+        NodeRecord {
+            name: name.into(),
+            public_key: PublicKey::from_bytes([k; 32]),
+            listen_port: 51820,
+            endpoints: vec![format!("198.18.0.{k}").parse().unwrap()],
+            pod_cidrs: vec![format!("10.244.{k}.0/24").parse().unwrap()],
+        }
+    }
+
+    async fn next(rx: &mut mpsc::Receiver<RegistryEvent>) -> RegistryEvent {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("timed out waiting for a registry event")
+            .expect("watch channel closed")
+    }
+
+    async fn assert_quiet(rx: &mut mpsc::Receiver<RegistryEvent>) {
+        if let Ok(ev) = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await {
+            panic!("unexpected registry event: {ev:?}");
+        }
+    }
+
+    fn upserted(ev: RegistryEvent) -> NodeRecord {
+        match ev {
+            RegistryEvent::Upsert(r) => r,
+            other => panic!("expected Upsert, got {other:?}"),
+        }
+    }
+
+    fn listing(dir: &Path) -> Vec<String> {
+        let mut names: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn new_creates_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a/registry");
+        let reg = DirRegistry::new(&dir).unwrap();
+        assert!(dir.is_dir());
+        assert_eq!(reg.dir(), dir);
+        assert_eq!(reg.path_for("n1"), dir.join("n1.json"));
+    }
+
+    #[tokio::test]
+    async fn publish_writes_record_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let reg = DirRegistry::new(tmp.path()).unwrap();
+        let r = rec("n1", 1);
+        reg.publish(&r).await.unwrap();
+        assert_eq!(listing(tmp.path()), vec!["n1.json"]);
+        let text = fs::read_to_string(tmp.path().join("n1.json")).unwrap();
+        assert_eq!(text, format!("{}\n", r.to_json()));
+        assert_eq!(NodeRecord::from_json("n1", &text).unwrap(), r);
+    }
+
+    #[tokio::test]
+    async fn initial_state_is_emitted_and_junk_ignored() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        fs::write(d.join("n1.json"), rec("n1", 1).to_json()).unwrap();
+        fs::write(d.join("bad.json"), "{not json").unwrap();
+        fs::write(d.join(".hidden.json"), rec("hidden", 2).to_json()).unwrap();
+        fs::write(d.join(".n3.json.tmp-1-0"), rec("n3", 3).to_json()).unwrap();
+        fs::write(d.join("notes.txt"), "hello").unwrap();
+        fs::create_dir(d.join("sub.json")).unwrap();
+        let reg = DirRegistry::new(d).unwrap();
+        let mut rx = reg.watch().unwrap();
+        match next(&mut rx).await {
+            RegistryEvent::Malformed { node, error } => {
+                assert_eq!(node, "bad");
+                assert_eq!(error.field, "record");
+            }
+            other => panic!("expected Malformed, got {other:?}"),
+        }
+        assert_eq!(upserted(next(&mut rx).await), rec("n1", 1));
+        assert_quiet(&mut rx).await;
+    }
+
+    #[tokio::test]
+    async fn changes_from_another_instance_are_seen() {
+        let tmp = tempfile::tempdir().unwrap();
+        let watcher = DirRegistry::new(tmp.path()).unwrap();
+        let publisher = DirRegistry::new(tmp.path()).unwrap();
+        let mut rx = watcher.watch().unwrap();
+        assert_quiet(&mut rx).await;
+
+        publisher.publish(&rec("n1", 1)).await.unwrap();
+        assert_eq!(upserted(next(&mut rx).await), rec("n1", 1));
+
+        // Identical re-publish: no write, no event.
+        let before = fs::metadata(tmp.path().join("n1.json"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        publisher.publish(&rec("n1", 1)).await.unwrap();
+        assert_quiet(&mut rx).await;
+        let after = fs::metadata(tmp.path().join("n1.json"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        assert_eq!(before, after);
+
+        // A change is announced.
+        let mut changed = rec("n1", 1);
+        changed.listen_port = 51999;
+        publisher.publish(&changed).await.unwrap();
+        assert_eq!(upserted(next(&mut rx).await), changed);
+
+        publisher.withdraw("n1").await.unwrap();
+        match next(&mut rx).await {
+            RegistryEvent::Delete(name) => assert_eq!(name, "n1"),
+            other => panic!("expected Delete, got {other:?}"),
+        }
+        // Idempotent.
+        publisher.withdraw("n1").await.unwrap();
+        assert_quiet(&mut rx).await;
+        assert!(listing(tmp.path()).is_empty(), "no temp files left behind");
+    }
+
+    #[tokio::test]
+    async fn rewriting_identical_content_is_not_reannounced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let reg = DirRegistry::new(tmp.path()).unwrap();
+        let mut rx = reg.watch().unwrap();
+        let path = tmp.path().join("n1.json");
+        // Plain, non-atomic writes (create, write, close): announced once, when complete.
+        fs::write(&path, rec("n1", 1).to_json()).unwrap();
+        assert_eq!(upserted(next(&mut rx).await), rec("n1", 1));
+        fs::write(&path, rec("n1", 1).to_json()).unwrap();
+        assert_quiet(&mut rx).await;
+    }
+
+    #[tokio::test]
+    async fn malformed_file_does_not_stop_the_watcher() {
+        let tmp = tempfile::tempdir().unwrap();
+        let reg = DirRegistry::new(tmp.path()).unwrap();
+        let mut rx = reg.watch().unwrap();
+        fs::write(tmp.path().join("broken.json"), "garbage").unwrap();
+        match next(&mut rx).await {
+            RegistryEvent::Malformed { node, error } => {
+                assert_eq!(node, "broken");
+                assert_eq!(error.node, "broken");
+                assert_eq!(error.field, "record");
+            }
+            other => panic!("expected Malformed, got {other:?}"),
+        }
+        // A record stored under the wrong file name is malformed too.
+        fs::write(tmp.path().join("n2.json"), rec("n9", 9).to_json()).unwrap();
+        match next(&mut rx).await {
+            RegistryEvent::Malformed { node, error } => {
+                assert_eq!(node, "n2");
+                assert_eq!(error.field, "name");
+            }
+            other => panic!("expected Malformed, got {other:?}"),
+        }
+        DirRegistry::new(tmp.path())
+            .unwrap()
+            .publish(&rec("n3", 3))
+            .await
+            .unwrap();
+        assert_eq!(upserted(next(&mut rx).await), rec("n3", 3));
+        // Deleting a malformed file announces the delete (consumers drop the node).
+        fs::remove_file(tmp.path().join("broken.json")).unwrap();
+        match next(&mut rx).await {
+            RegistryEvent::Delete(name) => assert_eq!(name, "broken"),
+            other => panic!("expected Delete, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn unreadable_file_is_malformed_record() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("elsewhere");
+        fs::create_dir(&target).unwrap();
+        let reg_dir = tmp.path().join("reg");
+        let reg = DirRegistry::new(&reg_dir).unwrap();
+        // A symlink to a directory cannot be read as a file (even by root).
+        std::os::unix::fs::symlink(&target, reg_dir.join("odd.json")).unwrap();
+        let mut rx = reg.watch().unwrap();
+        match next(&mut rx).await {
+            RegistryEvent::Malformed { node, error } => {
+                assert_eq!(node, "odd");
+                assert_eq!(error.field, "record");
+            }
+            other => panic!("expected Malformed, got {other:?}"),
+        }
+        assert_quiet(&mut rx).await;
+    }
+
+    #[tokio::test]
+    async fn renames_in_and_out_are_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside.json");
+        let reg_dir = tmp.path().join("reg");
+        let reg = DirRegistry::new(&reg_dir).unwrap();
+        let mut rx = reg.watch().unwrap();
+        fs::write(&outside, rec("n4", 4).to_json()).unwrap();
+        fs::rename(&outside, reg_dir.join("n4.json")).unwrap();
+        assert_eq!(upserted(next(&mut rx).await), rec("n4", 4));
+        fs::rename(reg_dir.join("n4.json"), &outside).unwrap();
+        match next(&mut rx).await {
+            RegistryEvent::Delete(name) => assert_eq!(name, "n4"),
+            other => panic!("expected Delete, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn invalid_publish_is_rejected_and_writes_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let reg = DirRegistry::new(tmp.path()).unwrap();
+        let mut bad = rec("n1", 1);
+        bad.name = "../x".into();
+        match reg.publish(&bad).await {
+            Err(RegistryError::Validate(e)) => assert_eq!(e.field, "name"),
+            other => panic!("expected Validate error, got {other:?}"),
+        }
+        let mut bad = rec("n1", 1);
+        bad.listen_port = 0;
+        assert!(matches!(
+            reg.publish(&bad).await,
+            Err(RegistryError::Validate(_))
+        ));
+        assert!(listing(tmp.path()).is_empty());
+        assert!(!tmp.path().parent().unwrap().join("x.json").exists());
+
+        assert!(matches!(
+            reg.withdraw("../x").await,
+            Err(RegistryError::InvalidName { .. })
+        ));
+    }
+
+    #[test]
+    fn watch_outside_runtime_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let reg = DirRegistry::new(tmp.path()).unwrap();
+        assert!(matches!(reg.watch(), Err(RegistryError::NoRuntime(_))));
+    }
+
+    #[tokio::test]
+    async fn watcher_stops_when_receiver_dropped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let reg = DirRegistry::new(tmp.path()).unwrap();
+        let metrics = tokio::runtime::Handle::current().metrics();
+        let rx = reg.watch().unwrap();
+        assert_eq!(metrics.num_alive_tasks(), 1);
+        drop(rx);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while metrics.num_alive_tasks() != 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("watcher task did not stop after the receiver was dropped");
+        // Still usable afterwards; a new watch replays the full state.
+        reg.publish(&rec("n1", 1)).await.unwrap();
+        let mut rx = reg.watch().unwrap();
+        assert_eq!(upserted(next(&mut rx).await), rec("n1", 1));
+    }
+
+    #[test]
+    fn node_names_from_file_names() {
+        assert_eq!(node_of(OsStr::new("n1.json")).as_deref(), Some("n1"));
+        assert_eq!(node_of(OsStr::new("a.b.json")).as_deref(), Some("a.b"));
+        assert_eq!(node_of(OsStr::new(".n1.json")), None);
+        assert_eq!(node_of(OsStr::new(".n1.json.tmp-5-0")), None);
+        assert_eq!(node_of(OsStr::new("n1.json.bak")), None);
+        assert_eq!(node_of(OsStr::new(".json")), None);
+        assert_eq!(node_of(OsStr::new("n1")), None);
+    }
+}

@@ -1,0 +1,109 @@
+//! Registries: where nodes publish their [`NodeRecord`] and learn everyone else's.
+//!
+//! A backend implements [`Registry`]. [`dir::DirRegistry`] keeps one JSON file per node in a
+//! shared directory (tests, labs, a hostPath shared by all nodes); a Kubernetes backend storing
+//! the record in a node annotation implements the same trait: `publish` patches the annotation,
+//! `withdraw` removes it, `watch` lists the nodes and then follows a watch, translating into
+//! [`RegistryEvent`]s exactly like the directory backend does.
+//!
+//! Contract of [`Registry::watch`]: the receiver first yields the current state (one
+//! [`RegistryEvent::Upsert`] or [`RegistryEvent::Malformed`] per existing record), then every
+//! change. Unchanged content is not re-announced. A malformed entry is reported, never fatal.
+//! The watcher stops when the receiver is dropped; the channel closes if the backend fails
+//! irrecoverably (the consumer should then restart the watch, which replays the full state).
+
+use std::future::Future;
+use std::io;
+use std::path::PathBuf;
+
+use crate::record::{NodeRecord, RecordError};
+
+pub mod dir;
+
+/// A change in the set of published records.
+#[derive(Debug, Clone)]
+pub enum RegistryEvent {
+    /// A node's record was published or changed.
+    Upsert(NodeRecord),
+    /// A node's record was withdrawn.
+    Delete(String),
+    /// A node's entry exists but is not a valid record. Treat the node as unknown.
+    Malformed {
+        /// The node the entry belongs to (its registry key, e.g. the file stem).
+        node: String,
+        /// Why it is invalid.
+        error: RecordError,
+    },
+}
+
+/// Errors of registry operations.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// A node name that cannot be used as a registry key.
+    #[error("invalid node name {name:?}: must be a DNS-1123 subdomain")]
+    InvalidName {
+        /// The rejected name.
+        name: String,
+    },
+    /// The record did not validate; nothing was published.
+    #[error("refusing to publish an invalid record")]
+    Validate(#[source] RecordError),
+    /// Creating the registry directory failed.
+    #[error("creating registry directory {path}")]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// Underlying I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// Reading registry state failed.
+    #[error("reading {path}")]
+    Read {
+        /// The file or directory.
+        path: PathBuf,
+        /// Underlying I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// Writing (or syncing, renaming, removing) registry state failed.
+    #[error("writing {path}")]
+    Write {
+        /// The file or directory.
+        path: PathBuf,
+        /// Underlying I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// Setting up the change watch failed.
+    #[error("watching {path}")]
+    Watch {
+        /// The watched location.
+        path: PathBuf,
+        /// Underlying I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// `watch` was called outside a Tokio runtime.
+    #[error("watching requires a running Tokio runtime")]
+    NoRuntime(#[source] tokio::runtime::TryCurrentError),
+    /// A blocking helper task failed (panicked or was cancelled).
+    #[error("registry I/O task failed")]
+    Task(#[source] tokio::task::JoinError),
+}
+
+/// A place where nodes publish their records and watch everyone's.
+pub trait Registry: Send + Sync + 'static {
+    /// Validates `record` and publishes it under its name, replacing any previous version.
+    fn publish(
+        &self,
+        record: &NodeRecord,
+    ) -> impl Future<Output = Result<(), RegistryError>> + Send;
+
+    /// Removes the record of node `name`. Idempotent: a missing record is `Ok`.
+    fn withdraw(&self, name: &str) -> impl Future<Output = Result<(), RegistryError>> + Send;
+
+    /// Streams the current state, then every change (see the module docs for the contract).
+    /// Must be called within a Tokio runtime.
+    fn watch(&self) -> Result<tokio::sync::mpsc::Receiver<RegistryEvent>, RegistryError>;
+}
