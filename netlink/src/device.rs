@@ -1,0 +1,851 @@
+//! The WireGuard device: finding/adopting or creating it (kernel link or the detached
+//! user-space helper `meshd-wg`), configuring its key and port, reading its state and
+//! applying incremental peer changes.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::str::FromStr;
+use std::time::{Duration, Instant, SystemTime};
+
+use ipnet::IpNet;
+
+use crate::kernel::{KernelDevice, KernelError};
+use crate::links::{errno_of, is_wireguard_kind, LinkError, Links};
+use crate::uapi::{self, UapiError, UapiState};
+
+/// How long to wait for a freshly spawned helper to answer on its UAPI socket.
+const HELPER_START_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long to wait for a helper to go away after SIGTERM before SIGKILL.
+const HELPER_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+const POLL: Duration = Duration::from_millis(50);
+
+/// Which WireGuard implementation the operator asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WireguardMode {
+    /// The kernel module when available, else user space.
+    Auto,
+    /// The kernel module only.
+    Kernel,
+    /// The user-space helper only.
+    Userspace,
+}
+
+impl FromStr for WireguardMode {
+    type Err = DeviceError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "kernel" => Ok(Self::Kernel),
+            "userspace" => Ok(Self::Userspace),
+            other => Err(DeviceError::ParseMode {
+                value: other.to_string(),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for WireguardMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Kernel => "kernel",
+            Self::Userspace => "userspace",
+        })
+    }
+}
+
+/// Which implementation a device actually uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActiveMode {
+    /// A kernel `wireguard` link configured over generic netlink.
+    Kernel,
+    /// A TUN served by the `meshd-wg` helper, configured over UAPI.
+    Userspace,
+}
+
+impl fmt::Display for ActiveMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Kernel => "kernel",
+            Self::Userspace => "userspace",
+        })
+    }
+}
+
+/// The wanted configuration of one peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerConfig {
+    /// The peer's public key.
+    pub public_key: [u8; 32],
+    /// Where to send the peer's packets, if known.
+    pub endpoint: Option<SocketAddr>,
+    /// The networks routed to (and accepted from) the peer.
+    pub allowed_ips: Vec<IpNet>,
+    /// Persistent keepalive interval in seconds; `None` turns it off.
+    pub persistent_keepalive: Option<u16>,
+}
+
+/// One incremental peer change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerChange {
+    /// Add or update one peer, replacing its allowed IPs; other peers are untouched.
+    Upsert(PeerConfig),
+    /// Remove the peer with this public key.
+    Remove([u8; 32]),
+}
+
+/// The live state of one peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// The peer's public key.
+    pub public_key: [u8; 32],
+    /// The current endpoint (configured or learned from roaming).
+    pub endpoint: Option<SocketAddr>,
+    /// The peer's allowed IPs.
+    pub allowed_ips: Vec<IpNet>,
+    /// When the last handshake completed; `None` if never.
+    pub last_handshake: Option<SystemTime>,
+    /// Bytes received from the peer.
+    pub rx_bytes: u64,
+    /// Bytes sent to the peer.
+    pub tx_bytes: u64,
+    /// Persistent keepalive interval in seconds; `None` when off.
+    pub persistent_keepalive: Option<u16>,
+}
+
+/// The live state of the device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceStatus {
+    /// Interface name.
+    pub name: String,
+    /// Interface index.
+    pub ifindex: u32,
+    /// Kernel or user space.
+    pub mode: ActiveMode,
+    /// The public key derived from the configured private key, if one is set.
+    pub public_key: Option<[u8; 32]>,
+    /// The UDP listen port (0 if not reported).
+    pub listen_port: u16,
+    /// The peers.
+    pub peers: Vec<PeerStatus>,
+}
+
+/// How to run the user-space helper.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserspaceOptions {
+    /// Path of the `meshd-wg` binary.
+    pub helper_binary: PathBuf,
+    /// Datapath worker threads (`--threads`).
+    pub threads: usize,
+    /// Where the helper's stdout/stderr go (appended); `None` discards them.
+    pub log_file: Option<PathBuf>,
+}
+
+/// Errors of device operations.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// A `--wireguard-mode` value that is not `auto`, `kernel` or `userspace`.
+    #[error("unknown WireGuard mode {value:?} (expected auto, kernel or userspace)")]
+    ParseMode {
+        /// The rejected value.
+        value: String,
+    },
+    /// The interface name is not a valid Linux interface name.
+    #[error("invalid interface name {name:?} (1-15 characters, no '/', ':' or whitespace)")]
+    InvalidName {
+        /// The rejected name.
+        name: String,
+    },
+    /// Looking up the link failed.
+    #[error("looking up link {name}")]
+    LookupLink {
+        /// The interface name.
+        name: String,
+        /// The underlying error.
+        #[source]
+        source: LinkError,
+    },
+    /// The existing device is of a different kind than the one requested.
+    #[error("device {name} exists as a {found} device but {wanted} mode was requested")]
+    ModeMismatch {
+        /// The interface name.
+        name: String,
+        /// What was found.
+        found: ActiveMode,
+        /// What was requested.
+        wanted: WireguardMode,
+    },
+    /// A link with the name exists but is not a WireGuard device meshd can adopt.
+    #[error("link {name} exists but is neither a kernel WireGuard link nor a live user-space device (kind {kind})")]
+    LinkOccupied {
+        /// The interface name.
+        name: String,
+        /// The link's kind.
+        kind: String,
+    },
+    /// Kernel mode was requested but the kernel has no WireGuard support.
+    #[error("creating kernel WireGuard link {name}: the kernel has no WireGuard support (use --wireguard-mode userspace or auto)")]
+    KernelUnsupported {
+        /// The interface name.
+        name: String,
+        /// The underlying error.
+        #[source]
+        source: LinkError,
+    },
+    /// Creating the kernel link failed.
+    #[error("creating kernel WireGuard link {name}")]
+    CreateKernelLink {
+        /// The interface name.
+        name: String,
+        /// The underlying error.
+        #[source]
+        source: LinkError,
+    },
+    /// A generic netlink operation on a kernel device failed.
+    #[error("{step} on kernel WireGuard device {name}")]
+    Kernel {
+        /// What was being done.
+        step: &'static str,
+        /// The interface name.
+        name: String,
+        /// The underlying error.
+        #[source]
+        source: KernelError,
+    },
+    /// A UAPI operation on a user-space device failed.
+    #[error("{step} on user-space WireGuard device {name}")]
+    Uapi {
+        /// What was being done.
+        step: &'static str,
+        /// The interface name.
+        name: String,
+        /// The underlying error.
+        #[source]
+        source: UapiError,
+    },
+    /// The UAPI socket is served by a live device in another network namespace.
+    #[error("UAPI socket {} is served by a live device in another network namespace; interface names must be unique per machine ({name})", path.display())]
+    SocketInUse {
+        /// The interface name.
+        name: String,
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// A filesystem step (socket directory, stale socket, log file) failed.
+    #[error("{step} {}", path.display())]
+    Filesystem {
+        /// What was being done.
+        step: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Starting the helper failed.
+    #[error("spawning user-space helper {} for {name}", helper.display())]
+    SpawnHelper {
+        /// The interface name.
+        name: String,
+        /// The helper binary.
+        helper: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The helper exited before its device came up.
+    #[error("user-space helper for {name} exited during start-up ({status}); see its log")]
+    HelperExited {
+        /// The interface name.
+        name: String,
+        /// The exit status.
+        status: String,
+    },
+    /// The helper's device did not come up in time.
+    #[error("user-space helper for {name} did not bring up its device within {waited:?}")]
+    HelperTimeout {
+        /// The interface name.
+        name: String,
+        /// How long was waited.
+        waited: Duration,
+    },
+    /// Peers were to be added before the device had a private key.
+    #[error("adding peers to {name}: the device has no private key yet (configure it first)")]
+    NoPrivateKey {
+        /// The interface name.
+        name: String,
+    },
+    /// Deleting the device failed.
+    #[error("removing device {name}")]
+    Destroy {
+        /// The interface name.
+        name: String,
+        /// The underlying error.
+        #[source]
+        source: LinkError,
+    },
+    /// The device was still there after stopping its helper.
+    #[error("user-space device {name} still exists after killing its helper")]
+    DestroyTimeout {
+        /// The interface name.
+        name: String,
+    },
+}
+
+#[derive(Debug)]
+enum Backend {
+    Kernel(KernelDevice),
+    Userspace { socket: PathBuf },
+}
+
+/// A WireGuard device, kernel or user space.
+#[derive(Debug)]
+pub struct WgDevice {
+    name: String,
+    ifindex: u32,
+    backend: Backend,
+}
+
+fn valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 15
+        && name != "."
+        && name != ".."
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c == '\0')
+}
+
+/// Whether creating a `wireguard` link failed because the kernel lacks the module.
+fn is_unsupported(err: &LinkError) -> bool {
+    match err {
+        LinkError::CreateWireguard { source, .. } => {
+            matches!(errno_of(source), Some(nix::libc::EOPNOTSUPP))
+        }
+        _ => false,
+    }
+}
+
+/// Whether a UAPI socket at `path` answers a `get`.
+async fn uapi_alive(path: &Path) -> bool {
+    uapi::get(path).await.is_ok()
+}
+
+/// Whether the process serving the UAPI socket is in this thread's network namespace.
+/// The socket path is shared by all namespaces, so a same-named device in another
+/// namespace must not be adopted. Unknown (no pid, no /proc) counts as "yes".
+fn served_from_this_netns(socket: &Path) -> bool {
+    let Ok(pid) = uapi::peer_pid(socket) else {
+        return true;
+    };
+    let theirs = nix::sys::stat::stat(format!("/proc/{pid}/ns/net").as_str());
+    let ours = nix::sys::stat::stat("/proc/thread-self/ns/net");
+    match (theirs, ours) {
+        (Ok(a), Ok(b)) => a.st_ino == b.st_ino && a.st_dev == b.st_dev,
+        _ => true,
+    }
+}
+
+impl WgDevice {
+    /// Find and adopt the device `name` if it exists (never recreate it), else create it.
+    /// Returns the device and whether it was adopted (true) or created (false).
+    ///
+    /// An existing `wireguard` link is adopted as a kernel device; an existing link
+    /// whose UAPI socket `/var/run/wireguard/NAME.sock` answers is adopted as a
+    /// user-space device. Otherwise `Auto` tries a kernel link and falls back to
+    /// spawning the detached helper `opts.helper_binary`.
+    pub async fn ensure(
+        name: &str,
+        mode: WireguardMode,
+        opts: &UserspaceOptions,
+    ) -> Result<(WgDevice, bool), DeviceError> {
+        if !valid_ifname(name) {
+            return Err(DeviceError::InvalidName {
+                name: name.to_string(),
+            });
+        }
+        let lookup = |source| DeviceError::LookupLink {
+            name: name.to_string(),
+            source,
+        };
+        let links = Links::connect().await.map_err(lookup)?;
+        let socket = uapi::socket_path(name);
+        if let Some(info) = links.info(name).await.map_err(lookup)? {
+            if is_wireguard_kind(info.kind.as_deref()) {
+                if mode == WireguardMode::Userspace {
+                    return Err(DeviceError::ModeMismatch {
+                        name: name.to_string(),
+                        found: ActiveMode::Kernel,
+                        wanted: mode,
+                    });
+                }
+                tracing::info!(
+                    interface = name,
+                    ifindex = info.ifindex,
+                    "adopting kernel WireGuard device"
+                );
+                return Ok((Self::kernel(name, info.ifindex)?, true));
+            }
+            if uapi_alive(&socket).await {
+                if !served_from_this_netns(&socket) {
+                    return Err(DeviceError::SocketInUse {
+                        name: name.to_string(),
+                        path: socket,
+                    });
+                }
+                if mode == WireguardMode::Kernel {
+                    return Err(DeviceError::ModeMismatch {
+                        name: name.to_string(),
+                        found: ActiveMode::Userspace,
+                        wanted: mode,
+                    });
+                }
+                tracing::info!(
+                    interface = name,
+                    ifindex = info.ifindex,
+                    "adopting user-space WireGuard device"
+                );
+                let dev = WgDevice {
+                    name: name.to_string(),
+                    ifindex: info.ifindex,
+                    backend: Backend::Userspace { socket },
+                };
+                return Ok((dev, true));
+            }
+            return Err(DeviceError::LinkOccupied {
+                name: name.to_string(),
+                kind: info.kind.unwrap_or_else(|| "none".to_string()),
+            });
+        }
+        match mode {
+            WireguardMode::Kernel => {
+                let ifindex = links.create_wireguard(name).await.map_err(|source| {
+                    if is_unsupported(&source) {
+                        DeviceError::KernelUnsupported {
+                            name: name.to_string(),
+                            source,
+                        }
+                    } else {
+                        DeviceError::CreateKernelLink {
+                            name: name.to_string(),
+                            source,
+                        }
+                    }
+                })?;
+                tracing::info!(interface = name, ifindex, "created kernel WireGuard device");
+                Ok((Self::kernel(name, ifindex)?, false))
+            }
+            WireguardMode::Auto => match links.create_wireguard(name).await {
+                Ok(ifindex) => {
+                    tracing::info!(interface = name, ifindex, "created kernel WireGuard device");
+                    Ok((Self::kernel(name, ifindex)?, false))
+                }
+                Err(err) if is_unsupported(&err) => {
+                    tracing::info!(interface = name, error = %err, "kernel has no WireGuard support; using the user-space helper");
+                    Ok((Self::spawn_userspace(name, opts, &links).await?, false))
+                }
+                Err(source) => Err(DeviceError::CreateKernelLink {
+                    name: name.to_string(),
+                    source,
+                }),
+            },
+            WireguardMode::Userspace => {
+                Ok((Self::spawn_userspace(name, opts, &links).await?, false))
+            }
+        }
+    }
+
+    fn kernel(name: &str, ifindex: u32) -> Result<WgDevice, DeviceError> {
+        let k = KernelDevice::connect(ifindex).map_err(|source| DeviceError::Kernel {
+            step: "connecting",
+            name: name.to_string(),
+            source,
+        })?;
+        Ok(WgDevice {
+            name: name.to_string(),
+            ifindex,
+            backend: Backend::Kernel(k),
+        })
+    }
+
+    async fn spawn_userspace(
+        name: &str,
+        opts: &UserspaceOptions,
+        links: &Links,
+    ) -> Result<WgDevice, DeviceError> {
+        let socket = uapi::socket_path(name);
+        if socket.exists() {
+            if uapi_alive(&socket).await {
+                return Err(DeviceError::SocketInUse {
+                    name: name.to_string(),
+                    path: socket,
+                });
+            }
+            tracing::warn!(path = %socket.display(), "removing stale UAPI socket");
+            remove_if_exists(&socket, "removing stale UAPI socket")?;
+        }
+        let dir = Path::new(uapi::SOCKET_DIR);
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)
+                .map_err(|source| DeviceError::Filesystem {
+                    step: "creating socket directory",
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
+        }
+        let (stdout, stderr) = match &opts.log_file {
+            Some(path) => {
+                let open_err = |source| DeviceError::Filesystem {
+                    step: "opening helper log",
+                    path: path.clone(),
+                    source,
+                };
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(open_err)?;
+                let f2 = f.try_clone().map_err(open_err)?;
+                (Stdio::from(f), Stdio::from(f2))
+            }
+            None => (Stdio::null(), Stdio::null()),
+        };
+        let threads = opts.threads.max(1);
+        let mut cmd = Command::new(&opts.helper_binary);
+        cmd.arg("--interface")
+            .arg(name)
+            .arg("--threads")
+            .arg(threads.to_string())
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr);
+        {
+            use std::os::unix::process::CommandExt;
+            // Own process group: terminal signals and group kills aimed at the daemon
+            // do not reach the datapath. The helper also blocks SIGHUP itself.
+            cmd.process_group(0);
+        }
+        let mut child = cmd.spawn().map_err(|source| DeviceError::SpawnHelper {
+            name: name.to_string(),
+            helper: opts.helper_binary.clone(),
+            source,
+        })?;
+        let pid = child.id();
+        tracing::info!(interface = name, pid, helper = %opts.helper_binary.display(), threads, "spawned user-space WireGuard helper");
+        // Reap the helper whenever it exits so it never lingers as a zombie while we live.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reaper = std::thread::Builder::new()
+            .name(format!("reap-{pid}"))
+            .spawn(move || {
+                let status = child.wait();
+                tracing::info!(pid, ?status, "user-space WireGuard helper exited");
+                let _ = tx.send(status);
+            });
+        if let Err(source) = reaper {
+            return Err(DeviceError::SpawnHelper {
+                name: name.to_string(),
+                helper: opts.helper_binary.clone(),
+                source,
+            });
+        }
+        let started = Instant::now();
+        loop {
+            if let Ok(status) = rx.try_recv() {
+                return Err(DeviceError::HelperExited {
+                    name: name.to_string(),
+                    status: match status {
+                        Ok(s) => s.to_string(),
+                        Err(e) => e.to_string(),
+                    },
+                });
+            }
+            if uapi_alive(&socket).await {
+                let idx = links
+                    .index_of(name)
+                    .await
+                    .map_err(|source| DeviceError::LookupLink {
+                        name: name.to_string(),
+                        source,
+                    })?;
+                if let Some(ifindex) = idx {
+                    tracing::info!(interface = name, ifindex, pid, elapsed = ?started.elapsed(), "user-space WireGuard device up");
+                    return Ok(WgDevice {
+                        name: name.to_string(),
+                        ifindex,
+                        backend: Backend::Userspace { socket },
+                    });
+                }
+            }
+            if started.elapsed() > HELPER_START_TIMEOUT {
+                if let Ok(pid) = i32::try_from(pid) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                return Err(DeviceError::HelperTimeout {
+                    name: name.to_string(),
+                    waited: HELPER_START_TIMEOUT,
+                });
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// The interface name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The interface index.
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    /// Kernel or user space.
+    pub fn mode(&self) -> ActiveMode {
+        match self.backend {
+            Backend::Kernel(_) => ActiveMode::Kernel,
+            Backend::Userspace { .. } => ActiveMode::Userspace,
+        }
+    }
+
+    /// The UAPI socket of a user-space device.
+    pub fn socket_path(&self) -> Option<&Path> {
+        match &self.backend {
+            Backend::Userspace { socket } => Some(socket),
+            Backend::Kernel(_) => None,
+        }
+    }
+
+    /// The pid of the user-space helper serving this device (via `SO_PEERCRED`).
+    pub fn helper_pid(&self) -> Option<i32> {
+        self.socket_path().and_then(|s| uapi::peer_pid(s).ok())
+    }
+
+    fn uapi_err(&self, step: &'static str) -> impl FnOnce(UapiError) -> DeviceError + '_ {
+        move |source| DeviceError::Uapi {
+            step,
+            name: self.name.clone(),
+            source,
+        }
+    }
+
+    fn kernel_err(&self, step: &'static str) -> impl FnOnce(KernelError) -> DeviceError + '_ {
+        move |source| DeviceError::Kernel {
+            step,
+            name: self.name.clone(),
+            source,
+        }
+    }
+
+    async fn state(&self) -> Result<UapiState, DeviceError> {
+        match &self.backend {
+            Backend::Userspace { socket } => uapi::get(socket)
+                .await
+                .map_err(self.uapi_err("reading state")),
+            Backend::Kernel(k) => k.get().await.map_err(self.kernel_err("reading state")),
+        }
+    }
+
+    /// Set private key and listen port (only writes what differs from the current
+    /// state). A `listen_port` of 0 leaves the port as it is.
+    pub async fn configure(
+        &self,
+        private_key: &[u8; 32],
+        listen_port: u16,
+    ) -> Result<(), DeviceError> {
+        let cur = self.state().await?;
+        let key = (cur.private_key.as_ref() != Some(private_key)).then_some(private_key);
+        let port = (listen_port != 0 && cur.listen_port != listen_port).then_some(listen_port);
+        if key.is_none() && port.is_none() {
+            return Ok(());
+        }
+        tracing::info!(interface = %self.name, key_changed = key.is_some(), ?port, "configuring device");
+        match &self.backend {
+            Backend::Userspace { socket } => {
+                uapi::set(socket, &uapi::set_device_request(key, port))
+                    .await
+                    .map_err(self.uapi_err("setting key and listen port"))
+            }
+            Backend::Kernel(k) => k
+                .set_device(key, port)
+                .await
+                .map_err(self.kernel_err("setting key and listen port")),
+        }
+    }
+
+    /// The live device state.
+    pub async fn status(&self) -> Result<DeviceStatus, DeviceError> {
+        let st = self.state().await?;
+        let public_key = st.private_key.map(|k| {
+            x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(k)).to_bytes()
+        });
+        Ok(DeviceStatus {
+            name: self.name.clone(),
+            ifindex: self.ifindex,
+            mode: self.mode(),
+            public_key,
+            listen_port: st.listen_port,
+            peers: st.peers,
+        })
+    }
+
+    /// Applies peer changes incrementally. User space: a removal then an add UAPI
+    /// transaction (see [`uapi::set_requests`]: boringtun cannot modify a peer in place,
+    /// so an upsert re-creates it and its session restarts with a new handshake); kernel:
+    /// a batch of generic netlink messages updating peers in place. If a key appears more
+    /// than once, its last change wins (user space). Peers are only added once a private
+    /// key is configured, so call [`WgDevice::configure`] first.
+    pub async fn apply(&self, changes: &[PeerChange]) -> Result<(), DeviceError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        match &self.backend {
+            Backend::Userspace { socket } => {
+                let upserts = changes.iter().any(|c| matches!(c, PeerChange::Upsert(_)));
+                // boringtun silently ignores peers added before the private key is set.
+                if upserts && self.state().await?.private_key.is_none() {
+                    return Err(DeviceError::NoPrivateKey {
+                        name: self.name.clone(),
+                    });
+                }
+                for request in uapi::set_requests(changes) {
+                    uapi::set(socket, &request)
+                        .await
+                        .map_err(self.uapi_err("applying peer changes"))?;
+                }
+                Ok(())
+            }
+            Backend::Kernel(k) => k
+                .apply(changes)
+                .await
+                .map_err(self.kernel_err("applying peer changes")),
+        }
+    }
+
+    /// Remove the device entirely (used by `meshd --cleanup`): user space → remove the
+    /// UAPI socket and SIGTERM the helper (found with `SO_PEERCRED`), SIGKILL after 5 s;
+    /// kernel → delete the link.
+    pub async fn destroy(self) -> Result<(), DeviceError> {
+        let destroy_err = |source| DeviceError::Destroy {
+            name: self.name.clone(),
+            source,
+        };
+        // A fresh handle: the device may outlive the runtime that created it.
+        let links = Links::connect().await.map_err(destroy_err)?;
+        let socket = match &self.backend {
+            Backend::Kernel(_) => {
+                tracing::info!(interface = %self.name, "deleting kernel WireGuard link");
+                return links.delete(self.ifindex).await.map_err(destroy_err);
+            }
+            Backend::Userspace { socket } => socket.clone(),
+        };
+        let pid = uapi::peer_pid(&socket).ok().map(nix::unistd::Pid::from_raw);
+        // Without its socket the helper exits by itself within ~3 s; SIGTERM is faster.
+        remove_if_exists(&socket, "removing UAPI socket")?;
+        if let Some(pid) = pid {
+            tracing::info!(interface = %self.name, %pid, "stopping user-space WireGuard helper");
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        }
+        let started = Instant::now();
+        let mut killed = false;
+        loop {
+            if links
+                .info_by_index(self.ifindex)
+                .await
+                .map_err(destroy_err)?
+                .is_none_or(|i| i.name != self.name)
+            {
+                return Ok(());
+            }
+            if started.elapsed() > HELPER_STOP_TIMEOUT {
+                match (pid, killed) {
+                    (Some(pid), false) => {
+                        tracing::warn!(interface = %self.name, %pid, "helper ignored SIGTERM; killing it");
+                        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                        killed = true;
+                    }
+                    _ => {
+                        return Err(DeviceError::DestroyTimeout {
+                            name: self.name.clone(),
+                        })
+                    }
+                }
+            }
+            if killed && started.elapsed() > 2 * HELPER_STOP_TIMEOUT {
+                return Err(DeviceError::DestroyTimeout {
+                    name: self.name.clone(),
+                });
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+fn remove_if_exists(path: &Path, step: &'static str) -> Result<(), DeviceError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(DeviceError::Filesystem {
+            step,
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mode_parse_and_display() {
+        for (s, m) in [
+            ("auto", WireguardMode::Auto),
+            ("kernel", WireguardMode::Kernel),
+            ("userspace", WireguardMode::Userspace),
+        ] {
+            assert_eq!(s.parse::<WireguardMode>().expect("parse"), m);
+            assert_eq!(m.to_string(), s);
+        }
+        let err = "Kernel"
+            .parse::<WireguardMode>()
+            .expect_err("case-sensitive");
+        assert!(err.to_string().contains("Kernel"));
+        assert!("".parse::<WireguardMode>().is_err());
+        assert_eq!(ActiveMode::Kernel.to_string(), "kernel");
+        assert_eq!(ActiveMode::Userspace.to_string(), "userspace");
+    }
+
+    #[test]
+    fn ifname_validation() {
+        assert!(valid_ifname("meshd0"));
+        assert!(valid_ifname("a23456789012345"));
+        assert!(!valid_ifname("a234567890123456"));
+        assert!(!valid_ifname(""));
+        assert!(!valid_ifname("a/b"));
+        assert!(!valid_ifname("a b"));
+        assert!(!valid_ifname(".."));
+    }
+
+    #[tokio::test]
+    async fn invalid_name_is_rejected_before_io() {
+        let opts = UserspaceOptions {
+            helper_binary: PathBuf::from("/nonexistent"),
+            threads: 1,
+            log_file: None,
+        };
+        let err = WgDevice::ensure("bad/name", WireguardMode::Auto, &opts)
+            .await
+            .expect_err("invalid");
+        assert!(matches!(err, DeviceError::InvalidName { .. }));
+    }
+}

@@ -1,0 +1,315 @@
+//! Routes meshd owns: main-table routes tagged with [`MESHD_ROUTE_PROTOCOL`]. Routes with
+//! any other protocol are never listed or deleted.
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use futures::TryStreamExt;
+use ipnet::IpNet;
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use rtnetlink::{Handle, RouteMessageBuilder};
+
+use crate::links::{errno_of, table_of};
+
+/// The `rtm_protocol` of every route meshd installs; nothing else is ever touched.
+pub const MESHD_ROUTE_PROTOCOL: u8 = 109;
+
+/// Errors of route operations.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// Opening the rtnetlink socket failed.
+    #[error("opening rtnetlink socket")]
+    Connect(#[source] std::io::Error),
+    /// Dumping routes failed.
+    #[error("listing routes of link {ifindex}")]
+    List {
+        /// The output interface.
+        ifindex: u32,
+        /// The underlying error.
+        #[source]
+        source: Box<rtnetlink::Error>,
+    },
+    /// Adding a route failed.
+    #[error("adding route {dst} dev {ifindex}")]
+    Add {
+        /// The destination.
+        dst: IpNet,
+        /// The output interface (0 for blackhole routes).
+        ifindex: u32,
+        /// The underlying error.
+        #[source]
+        source: Box<rtnetlink::Error>,
+    },
+    /// Deleting a route failed.
+    #[error("deleting route {dst} dev {ifindex}")]
+    Del {
+        /// The destination.
+        dst: IpNet,
+        /// The output interface (0 for blackhole routes).
+        ifindex: u32,
+        /// The underlying error.
+        #[source]
+        source: Box<rtnetlink::Error>,
+    },
+}
+
+/// Desired vs present routes → `(to_add, to_remove)`, each sorted and deduplicated.
+pub fn route_diff(present: &[IpNet], desired: &[IpNet]) -> (Vec<IpNet>, Vec<IpNet>) {
+    let present: BTreeSet<IpNet> = present.iter().map(IpNet::trunc).collect();
+    let desired: BTreeSet<IpNet> = desired.iter().map(IpNet::trunc).collect();
+    (
+        desired.difference(&present).copied().collect(),
+        present.difference(&desired).copied().collect(),
+    )
+}
+
+/// Builds a main-table route message for `dst` with meshd's protocol.
+/// `ifindex` of `None` builds a blackhole route.
+fn message(dst: IpNet, ifindex: Option<u32>) -> RouteMessage {
+    let dst = dst.trunc();
+    let mut msg = match dst {
+        IpNet::V4(n) => {
+            let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(n.addr(), n.prefix_len())
+                .protocol(RouteProtocol::from(MESHD_ROUTE_PROTOCOL));
+            if let Some(i) = ifindex {
+                // What `ip route add CIDR dev X` does for a gateway-less IPv4 route.
+                b = b.output_interface(i).scope(RouteScope::Link);
+            }
+            b.build()
+        }
+        IpNet::V6(n) => {
+            let mut b = RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(n.addr(), n.prefix_len())
+                .protocol(RouteProtocol::from(MESHD_ROUTE_PROTOCOL));
+            if let Some(i) = ifindex {
+                b = b.output_interface(i);
+            }
+            b.build()
+        }
+    };
+    if ifindex.is_none() {
+        msg.header.kind = RouteType::BlackHole;
+    }
+    msg
+}
+
+fn destination(r: &RouteMessage) -> Option<IpNet> {
+    let len = r.header.destination_prefix_length;
+    let addr = r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(RouteAddress::Inet(v4)) => Some(IpNet::new((*v4).into(), len)),
+        RouteAttribute::Destination(RouteAddress::Inet6(v6)) => Some(IpNet::new((*v6).into(), len)),
+        _ => None,
+    });
+    match addr {
+        Some(net) => net.ok(),
+        // A default route has no RTA_DST.
+        None if len == 0 => match r.header.address_family {
+            netlink_packet_route::AddressFamily::Inet => Some(IpNet::V4(Default::default())),
+            netlink_packet_route::AddressFamily::Inet6 => Some(IpNet::V6(Default::default())),
+            _ => None,
+        },
+        None => None,
+    }
+}
+
+/// A handle on rtnetlink for meshd's routes. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Routes {
+    handle: Handle,
+}
+
+impl Routes {
+    /// Opens an rtnetlink socket and spawns its connection task on the tokio runtime.
+    pub async fn connect() -> Result<Routes, RouteError> {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(RouteError::Connect)?;
+        tokio::spawn(conn);
+        Ok(Routes { handle })
+    }
+
+    /// Routes in the main table with protocol [`MESHD_ROUTE_PROTOCOL`] whose output
+    /// interface is `ifindex`, both families.
+    pub async fn list(&self, ifindex: u32) -> Result<Vec<IpNet>, RouteError> {
+        let queries = [
+            RouteMessageBuilder::<Ipv4Addr>::new().build(),
+            RouteMessageBuilder::<Ipv6Addr>::new().build(),
+        ];
+        let mut out = Vec::new();
+        for q in queries {
+            let routes: Vec<RouteMessage> = self
+                .handle
+                .route()
+                .get(q)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|source| RouteError::List {
+                    ifindex,
+                    source: Box::new(source),
+                })?;
+            for r in &routes {
+                if u8::from(r.header.protocol) != MESHD_ROUTE_PROTOCOL
+                    || table_of(r) != u32::from(RouteHeader::RT_TABLE_MAIN)
+                    || r.header.kind != RouteType::Unicast
+                {
+                    continue;
+                }
+                let on_link = r
+                    .attributes
+                    .iter()
+                    .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == ifindex));
+                if !on_link {
+                    continue;
+                }
+                if let Some(dst) = destination(r) {
+                    out.push(dst);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn replace(&self, msg: RouteMessage, dst: IpNet, ifindex: u32) -> Result<(), RouteError> {
+        self.handle
+            .route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .map_err(|source| RouteError::Add {
+                dst,
+                ifindex,
+                source: Box::new(source),
+            })
+    }
+
+    async fn delete(&self, msg: RouteMessage, dst: IpNet, ifindex: u32) -> Result<(), RouteError> {
+        match self.handle.route().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e)
+                if matches!(
+                    errno_of(&e),
+                    Some(nix::libc::ESRCH) | Some(nix::libc::ENOENT) | Some(nix::libc::ENODEV)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(source) => Err(RouteError::Del {
+                dst,
+                ifindex,
+                source: Box::new(source),
+            }),
+        }
+    }
+
+    /// Adds (or replaces, `NLM_F_REPLACE`) the route `dst dev ifindex proto 109` in the
+    /// main table. Idempotent. Note: replacing takes over a same-destination route of
+    /// another owner in the main table.
+    pub async fn add(&self, dst: IpNet, ifindex: u32) -> Result<(), RouteError> {
+        tracing::debug!(%dst, ifindex, "adding route");
+        self.replace(message(dst, Some(ifindex)), dst, ifindex)
+            .await
+    }
+
+    /// Deletes the route `dst dev ifindex proto 109`; a missing route is not an error.
+    /// The kernel matches protocol and interface, so other owners' routes stay.
+    pub async fn del(&self, dst: IpNet, ifindex: u32) -> Result<(), RouteError> {
+        tracing::debug!(%dst, ifindex, "deleting route");
+        self.delete(message(dst, Some(ifindex)), dst, ifindex).await
+    }
+
+    /// Adds (or replaces) the fail-closed route `blackhole dst proto 109` in the main table.
+    pub async fn add_blackhole(&self, dst: IpNet) -> Result<(), RouteError> {
+        tracing::debug!(%dst, "adding blackhole route");
+        self.replace(message(dst, None), dst, 0).await
+    }
+
+    /// Deletes the route `blackhole dst proto 109`; a missing route is not an error.
+    pub async fn del_blackhole(&self, dst: IpNet) -> Result<(), RouteError> {
+        tracing::debug!(%dst, "deleting blackhole route");
+        self.delete(message(dst, None), dst, 0).await
+    }
+
+    /// Blackhole routes in the main table with protocol [`MESHD_ROUTE_PROTOCOL`].
+    pub async fn list_blackholes(&self) -> Result<Vec<IpNet>, RouteError> {
+        let queries = [
+            RouteMessageBuilder::<Ipv4Addr>::new().build(),
+            RouteMessageBuilder::<Ipv6Addr>::new().build(),
+        ];
+        let mut out = Vec::new();
+        for q in queries {
+            let routes: Vec<RouteMessage> = self
+                .handle
+                .route()
+                .get(q)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|source| RouteError::List {
+                    ifindex: 0,
+                    source: Box::new(source),
+                })?;
+            out.extend(
+                routes
+                    .iter()
+                    .filter(|r| {
+                        u8::from(r.header.protocol) == MESHD_ROUTE_PROTOCOL
+                            && table_of(r) == u32::from(RouteHeader::RT_TABLE_MAIN)
+                            && r.header.kind == RouteType::BlackHole
+                    })
+                    .filter_map(destination),
+            );
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(v: &[&str]) -> Vec<IpNet> {
+        v.iter().map(|s| s.parse().expect("cidr")).collect()
+    }
+
+    #[test]
+    fn diff_basic() {
+        let present = nets(&["10.0.1.0/24", "10.0.2.0/24", "fd00:1::/64"]);
+        let desired = nets(&["10.0.2.0/24", "10.0.3.0/24", "fd00:2::/64"]);
+        let (add, del) = route_diff(&present, &desired);
+        assert_eq!(add, nets(&["10.0.3.0/24", "fd00:2::/64"]));
+        assert_eq!(del, nets(&["10.0.1.0/24", "fd00:1::/64"]));
+    }
+
+    #[test]
+    fn diff_equal_empty_and_host_bits() {
+        let a = nets(&["10.0.1.0/24"]);
+        assert_eq!(route_diff(&a, &a), (vec![], vec![]));
+        assert_eq!(route_diff(&[], &[]), (vec![], vec![]));
+        // Host bits are ignored; duplicates collapse.
+        let (add, del) = route_diff(&a, &nets(&["10.0.1.7/24", "10.0.1.0/24"]));
+        assert!(add.is_empty() && del.is_empty());
+        let (add, del) = route_diff(&[], &nets(&["10.9.0.0/16", "10.9.0.0/16"]));
+        assert_eq!(add, nets(&["10.9.0.0/16"]));
+        assert!(del.is_empty());
+    }
+
+    #[test]
+    fn messages_carry_protocol_and_kind() {
+        let m = message("10.1.2.3/24".parse().expect("cidr"), Some(7));
+        assert_eq!(u8::from(m.header.protocol), MESHD_ROUTE_PROTOCOL);
+        assert_eq!(m.header.kind, RouteType::Unicast);
+        assert_eq!(m.header.destination_prefix_length, 24);
+        assert_eq!(destination(&m), Some("10.1.2.0/24".parse().expect("cidr")));
+        assert!(m.attributes.contains(&RouteAttribute::Oif(7)));
+        let b = message("fd00::/48".parse().expect("cidr"), None);
+        assert_eq!(b.header.kind, RouteType::BlackHole);
+        assert!(!b
+            .attributes
+            .iter()
+            .any(|a| matches!(a, RouteAttribute::Oif(_))));
+        assert_eq!(destination(&b), Some("fd00::/48".parse().expect("cidr")));
+    }
+}

@@ -1,0 +1,887 @@
+//! Root integration tests of the user-space WireGuard device, links and routes.
+//!
+//! Every test works inside network namespaces it creates (`nltest-<pid>-<n>`) and deletes
+//! them, and kills the processes inside them, even when it fails. Traffic only flows
+//! between namespaces the test created. Without root the tests print a note and pass.
+
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use base64::Engine as _;
+use ipnet::IpNet;
+use netlink::{
+    uapi, ActiveMode, DeviceError, Links, PeerChange, PeerConfig, Routes, UserspaceOptions,
+    WgDevice, WireguardMode, MESHD_ROUTE_PROTOCOL,
+};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+fn next() -> usize {
+    COUNTER.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A unique interface name (≤ 15 chars): the socket path is shared by all namespaces.
+fn ifname() -> String {
+    format!("nlt{}x{}", std::process::id() % 100_000, next())
+}
+
+fn is_root() -> bool {
+    if nix::unistd::Uid::effective().is_root() {
+        true
+    } else {
+        println!("skipping: needs root (network namespaces, TUN)");
+        false
+    }
+}
+
+fn helper() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_meshd-wg"))
+}
+
+fn opts(log_dir: &tempfile::TempDir) -> UserspaceOptions {
+    UserspaceOptions {
+        helper_binary: helper(),
+        threads: 1,
+        log_file: Some(log_dir.path().join("meshd-wg.log")),
+    }
+}
+
+fn b64(key: &[u8; 32]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(key)
+}
+
+fn unb64(s: &str) -> [u8; 32] {
+    let v = base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .expect("base64");
+    v.try_into().expect("32 bytes")
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("running command")
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn genkey() -> ([u8; 32], [u8; 32]) {
+    let private = run_ok(Command::new("wg").arg("genkey"));
+    let mut pubkey = Command::new("wg")
+        .arg("pubkey")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("wg pubkey");
+    {
+        use std::io::Write;
+        let mut stdin = pubkey.stdin.take().expect("stdin");
+        stdin.write_all(private.as_bytes()).expect("write key");
+    }
+    let out = pubkey.wait_with_output().expect("wg pubkey");
+    (
+        unb64(&private),
+        unb64(&String::from_utf8_lossy(&out.stdout)),
+    )
+}
+
+/// A network namespace that is deleted, with every process in it killed, on drop.
+struct Netns {
+    name: String,
+    sockets: Vec<PathBuf>,
+}
+
+impl Netns {
+    fn new() -> Netns {
+        let name = format!("nltest-{}-{}", std::process::id(), next());
+        run_ok(Command::new("ip").args(["netns", "add", &name]));
+        let ns = Netns {
+            name,
+            sockets: Vec::new(),
+        };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Remember a device name so its UAPI socket is removed on drop.
+    fn track(&mut self, ifname: &str) {
+        self.sockets.push(uapi::socket_path(ifname));
+    }
+
+    fn cmd(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    fn ip(&self, args: &[&str]) -> String {
+        run_ok(self.cmd("ip").args(args))
+    }
+
+    fn pids(&self) -> Vec<i32> {
+        let out = run(Command::new("ip").args(["netns", "pids", &self.name]));
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for pid in self.pids() {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while !self.pids().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for s in &self.sockets {
+            let _ = std::fs::remove_file(s);
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Runs `f` on a fresh thread whose network namespace is `ns`, on a current-thread
+/// tokio runtime (so every netlink socket and spawned helper lives in `ns`).
+fn in_netns<F, Fut, T>(ns: &Netns, f: F) -> T
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T>,
+    T: Send + 'static,
+{
+    let path = format!("/run/netns/{}", ns.name);
+    let joined = std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("open netns");
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(f())
+    })
+    .join();
+    match joined {
+        Ok(v) => v,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+fn net(s: &str) -> IpNet {
+    s.parse().expect("cidr")
+}
+
+fn pid_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // Field 3 is the state; a zombie ('Z') has exited.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+async fn wait_until<F: FnMut() -> bool>(what: &str, timeout: Duration, mut f: F) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Parses `wg show IF dump` into (listen port, [(peer, endpoint, allowed ips, keepalive)]).
+fn wg_dump(ns: &Netns, ifname: &str) -> (String, Vec<Vec<String>>) {
+    let out = run_ok(ns.cmd("wg").args(["show", ifname, "dump"]));
+    let mut lines = out.lines();
+    let dev: Vec<String> = lines
+        .next()
+        .expect("device line")
+        .split('\t')
+        .map(str::to_string)
+        .collect();
+    let peers = lines
+        .map(|l| l.split('\t').map(str::to_string).collect())
+        .collect();
+    (dev[2].clone(), peers)
+}
+
+#[test]
+fn auto_creates_userspace_device_configures_applies_and_destroys() {
+    if !is_root() {
+        return;
+    }
+    let mut ns = Netns::new();
+    let name = ifname();
+    ns.track(&name);
+    let logs = tempfile::tempdir().expect("tempdir");
+    let opts = opts(&logs);
+    let (private, public) = genkey();
+    let (_, peer_a) = genkey();
+    let (_, peer_b) = genkey();
+
+    let n = name.clone();
+    let (dev, helper_pid) = in_netns(&ns, move || async move {
+        let (dev, adopted) = WgDevice::ensure(&n, WireguardMode::Auto, &opts)
+            .await
+            .expect("ensure");
+        assert!(!adopted, "a fresh device is created, not adopted");
+        assert_eq!(dev.mode(), ActiveMode::Userspace);
+        assert_eq!(dev.name(), n);
+        let links = Links::connect().await.expect("links");
+        assert_eq!(
+            links.index_of(&n).await.expect("index"),
+            Some(dev.ifindex())
+        );
+        let pid = dev.helper_pid().expect("helper pid");
+        (dev, pid)
+    });
+    assert!(pid_alive(helper_pid));
+    let shown = run_ok(ns.cmd("wg").args(["show", &name]));
+    assert!(shown.contains(&format!("interface: {name}")), "{shown}");
+
+    let ns_dev = std::sync::Arc::new(dev);
+    let d = ns_dev.clone();
+    in_netns(&ns, move || async move {
+        d.configure(&private, 51901).await.expect("configure");
+        let st = d.status().await.expect("status");
+        assert_eq!(
+            st.public_key,
+            Some(public),
+            "public key derived like wg pubkey"
+        );
+        assert_eq!(st.listen_port, 51901);
+        assert_eq!(st.mode, ActiveMode::Userspace);
+        assert_eq!(st.ifindex, d.ifindex());
+        assert!(st.peers.is_empty());
+        // Configuring the same values again is a no-op.
+        d.configure(&private, 51901).await.expect("configure again");
+
+        d.apply(&[
+            PeerChange::Upsert(PeerConfig {
+                public_key: peer_a,
+                endpoint: Some("[fd00:99::2]:51820".parse().expect("ep")),
+                allowed_ips: vec![net("10.50.1.0/24"), net("fd50:1::/64")],
+                persistent_keepalive: None,
+            }),
+            PeerChange::Upsert(PeerConfig {
+                public_key: peer_b,
+                endpoint: Some("192.0.2.20:51820".parse().expect("ep")),
+                allowed_ips: vec![net("10.50.2.0/24"), net("10.50.3.0/24")],
+                persistent_keepalive: Some(25),
+            }),
+        ])
+        .await
+        .expect("apply upserts");
+        let st = d.status().await.expect("status");
+        assert_eq!(st.peers.len(), 2);
+        let a = st
+            .peers
+            .iter()
+            .find(|p| p.public_key == peer_a)
+            .expect("peer a");
+        assert_eq!(a.endpoint, Some("[fd00:99::2]:51820".parse().expect("ep")));
+        assert_eq!(a.persistent_keepalive, None);
+        assert_eq!(a.last_handshake, None);
+
+        // Upsert replaces the allowed IPs of B; A is untouched; then A is removed.
+        d.apply(&[PeerChange::Upsert(PeerConfig {
+            public_key: peer_b,
+            endpoint: Some("192.0.2.20:51820".parse().expect("ep")),
+            allowed_ips: vec![net("10.50.2.0/24"), net("fd50:2::/64")],
+            persistent_keepalive: Some(25),
+        })])
+        .await
+        .expect("apply update");
+        assert_eq!(d.status().await.expect("status").peers.len(), 2);
+        d.apply(&[PeerChange::Remove(peer_a)])
+            .await
+            .expect("apply remove");
+        let st = d.status().await.expect("status");
+        assert_eq!(st.peers.len(), 1, "{st:?}");
+        let b = &st.peers[0];
+        assert_eq!(b.public_key, peer_b);
+        let mut ips = b.allowed_ips.clone();
+        ips.sort();
+        assert_eq!(ips, vec![net("10.50.2.0/24"), net("fd50:2::/64")]);
+        assert_eq!(b.persistent_keepalive, Some(25));
+        assert_eq!(b.endpoint, Some("192.0.2.20:51820".parse().expect("ep")));
+    });
+
+    let (port, peers) = wg_dump(&ns, &name);
+    assert_eq!(port, "51901");
+    assert_eq!(peers.len(), 1, "{peers:?}");
+    assert_eq!(peers[0][0], b64(&peer_b));
+    assert_eq!(peers[0][2], "192.0.2.20:51820");
+    let mut dumped: Vec<&str> = peers[0][3].split(',').collect();
+    dumped.sort();
+    assert_eq!(dumped, vec!["10.50.2.0/24", "fd50:2::/64"]);
+    assert_eq!(peers[0][7], "25");
+
+    let dev = std::sync::Arc::try_unwrap(ns_dev).expect("sole owner");
+    let n = name.clone();
+    in_netns(&ns, move || async move {
+        dev.destroy().await.expect("destroy");
+        let links = Links::connect().await.expect("links");
+        assert_eq!(links.index_of(&n).await.expect("index"), None);
+        assert!(!uapi::socket_path(&n).exists(), "socket removed");
+        wait_until("helper exit", Duration::from_secs(5), || {
+            !pid_alive(helper_pid)
+        })
+        .await;
+    });
+}
+
+/// Run only as a child process of `helper_survives_sigkill_of_spawner_and_is_adopted`:
+/// creates the device, reports, and waits to be SIGKILLed.
+#[test]
+#[ignore = "child process of helper_survives_sigkill_of_spawner_and_is_adopted"]
+fn spawner_child_process() {
+    let (Ok(name), Ok(helper), Ok(peer)) = (
+        std::env::var("NLTEST_IFNAME"),
+        std::env::var("NLTEST_HELPER"),
+        std::env::var("NLTEST_PEER"),
+    ) else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let opts = UserspaceOptions {
+            helper_binary: helper.into(),
+            threads: 1,
+            log_file: None,
+        };
+        let (dev, adopted) = WgDevice::ensure(&name, WireguardMode::Userspace, &opts)
+            .await
+            .expect("ensure");
+        assert!(!adopted);
+        let peer_config = PeerChange::Upsert(PeerConfig {
+            public_key: unb64(&peer),
+            endpoint: None,
+            allowed_ips: vec![net("10.60.0.0/24")],
+            persistent_keepalive: None,
+        });
+        let err = dev
+            .apply(std::slice::from_ref(&peer_config))
+            .await
+            .expect_err("no key yet");
+        assert!(matches!(err, DeviceError::NoPrivateKey { .. }), "{err}");
+        dev.configure(&[7u8; 32], 0).await.expect("configure");
+        dev.apply(&[PeerChange::Upsert(PeerConfig {
+            public_key: unb64(&peer),
+            endpoint: None,
+            allowed_ips: vec![net("10.60.0.0/24")],
+            persistent_keepalive: None,
+        })])
+        .await
+        .expect("apply");
+        println!(
+            "NLTEST_READY {} {}",
+            dev.helper_pid().expect("pid"),
+            dev.ifindex()
+        );
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        tokio::time::sleep(Duration::from_secs(120)).await;
+    });
+}
+
+#[test]
+fn helper_survives_sigkill_of_spawner_and_is_adopted() {
+    if !is_root() {
+        return;
+    }
+    let mut ns = Netns::new();
+    let name = ifname();
+    ns.track(&name);
+    let (_, peer) = genkey();
+    let exe = std::env::current_exe().expect("current exe");
+    let mut child = ns
+        .cmd(exe.to_str().expect("utf-8 path"))
+        .args([
+            "--exact",
+            "spawner_child_process",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("NLTEST_IFNAME", &name)
+        .env("NLTEST_HELPER", helper())
+        .env("NLTEST_PEER", b64(&peer))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn child");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut ready = None;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.expect("read child");
+        // libtest prints "test NAME ... " without a newline first.
+        if let Some((_, rest)) = line.split_once("NLTEST_READY ") {
+            let mut it = rest.split_whitespace();
+            let pid: i32 = it.next().and_then(|p| p.parse().ok()).expect("pid");
+            let idx: u32 = it.next().and_then(|p| p.parse().ok()).expect("ifindex");
+            ready = Some((pid, idx));
+            break;
+        }
+    }
+    let (helper_pid, ifindex) = ready.expect("child reported readiness");
+    assert_ne!(helper_pid, child.id() as i32);
+
+    // SIGKILL the process that spawned the helper.
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).expect("kill child");
+    let status = child.wait().expect("wait child");
+    assert!(!status.success());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(pid_alive(helper_pid), "helper survived its spawner");
+
+    let logs = tempfile::tempdir().expect("tempdir");
+    let opts = opts(&logs);
+    let n = name.clone();
+    in_netns(&ns, move || async move {
+        let (dev, adopted) = WgDevice::ensure(&n, WireguardMode::Auto, &opts)
+            .await
+            .expect("ensure adopts");
+        assert!(adopted, "existing device adopted");
+        assert_eq!(dev.ifindex(), ifindex);
+        assert_eq!(dev.mode(), ActiveMode::Userspace);
+        assert_eq!(dev.helper_pid(), Some(helper_pid), "no respawn");
+        let st = dev.status().await.expect("status");
+        assert_eq!(st.peers.len(), 1);
+        assert_eq!(st.peers[0].public_key, peer);
+        assert_eq!(st.peers[0].allowed_ips, vec![net("10.60.0.0/24")]);
+
+        // Kernel mode must not adopt a user-space device.
+        let err = WgDevice::ensure(&n, WireguardMode::Kernel, &opts)
+            .await
+            .expect_err("mode mismatch");
+        assert!(matches!(err, DeviceError::ModeMismatch { .. }), "{err}");
+
+        dev.destroy().await.expect("destroy");
+        let links = Links::connect().await.expect("links");
+        assert_eq!(links.index_of(&n).await.expect("index"), None);
+        assert!(!uapi::socket_path(&n).exists());
+    });
+}
+
+#[test]
+fn same_name_in_another_netns_is_refused() {
+    if !is_root() {
+        return;
+    }
+    let mut a = Netns::new();
+    let b = Netns::new();
+    let name = ifname();
+    a.track(&name);
+    // Link of the same name in b, while a's helper serves the shared socket path.
+    b.ip(&["tuntap", "add", "dev", &name, "mode", "tun"]);
+    let logs = tempfile::tempdir().expect("tempdir");
+    let (o1, o2) = (opts(&logs), opts(&logs));
+    let n = name.clone();
+    let dev = in_netns(&a, move || async move {
+        WgDevice::ensure(&n, WireguardMode::Userspace, &o1)
+            .await
+            .expect("ensure")
+            .0
+    });
+    let n = name.clone();
+    in_netns(&b, move || async move {
+        for n in [n.clone(), n] {
+            let err = WgDevice::ensure(&n, WireguardMode::Auto, &o2)
+                .await
+                .expect_err("other namespace's device");
+            assert!(matches!(err, DeviceError::SocketInUse { .. }), "{err}");
+        }
+    });
+    b.ip(&["link", "del", &name]);
+    let n = name.clone();
+    let o3 = opts(&logs);
+    in_netns(&b, move || async move {
+        let err = WgDevice::ensure(&n, WireguardMode::Userspace, &o3)
+            .await
+            .expect_err("socket path taken");
+        assert!(matches!(err, DeviceError::SocketInUse { .. }), "{err}");
+    });
+    in_netns(
+        &a,
+        move || async move { dev.destroy().await.expect("destroy") },
+    );
+}
+
+#[test]
+fn ensure_refuses_foreign_links_clears_stale_sockets_and_reports_missing_kernel_support() {
+    if !is_root() {
+        return;
+    }
+    let mut ns = Netns::new();
+    let occupied = ifname();
+    let stale = ifname();
+    let kernel = ifname();
+    for n in [&occupied, &stale, &kernel] {
+        ns.track(n);
+    }
+    // A persistent TUN nobody serves (no UAPI socket).
+    ns.ip(&["tuntap", "add", "dev", &occupied, "mode", "tun"]);
+    // A socket file nobody listens on.
+    std::fs::create_dir_all(uapi::SOCKET_DIR).expect("socket dir");
+    drop(std::os::unix::net::UnixListener::bind(uapi::socket_path(&stale)).expect("bind"));
+    assert!(uapi::socket_path(&stale).exists());
+    let kernel_supported = run(ns
+        .cmd("ip")
+        .args(["link", "add", "nlprobe", "type", "wireguard"]))
+    .status
+    .success();
+
+    let logs = tempfile::tempdir().expect("tempdir");
+    let opts = opts(&logs);
+    in_netns(&ns, move || async move {
+        let err = WgDevice::ensure(&occupied, WireguardMode::Auto, &opts)
+            .await
+            .expect_err("dummy link is not adoptable");
+        assert!(matches!(err, DeviceError::LinkOccupied { .. }), "{err}");
+        let links = Links::connect().await.expect("links");
+        assert!(
+            links.index_of(&occupied).await.expect("index").is_some(),
+            "left alone"
+        );
+
+        let (dev, adopted) = WgDevice::ensure(&stale, WireguardMode::Userspace, &opts)
+            .await
+            .expect("stale socket replaced");
+        assert!(!adopted);
+        dev.destroy().await.expect("destroy");
+
+        if kernel_supported {
+            println!("kernel has WireGuard; skipping the unsupported-kernel check");
+        } else {
+            let err = WgDevice::ensure(&kernel, WireguardMode::Kernel, &opts)
+                .await
+                .expect_err("no kernel module");
+            assert!(
+                matches!(err, DeviceError::KernelUnsupported { .. }),
+                "{err}"
+            );
+            assert!(err.to_string().contains("no WireGuard support"), "{err}");
+        }
+    });
+}
+
+#[test]
+fn routes_and_links_on_the_tun_both_families() {
+    if !is_root() {
+        return;
+    }
+    let mut ns = Netns::new();
+    let name = ifname();
+    ns.track(&name);
+    let logs = tempfile::tempdir().expect("tempdir");
+    let opts = opts(&logs);
+    let n = name.clone();
+    let ifindex = in_netns(&ns, move || async move {
+        let (dev, _) = WgDevice::ensure(&n, WireguardMode::Userspace, &opts)
+            .await
+            .expect("ensure");
+        let links = Links::connect().await.expect("links");
+        let idx = dev.ifindex();
+        links.set_mtu(idx, 1380).await.expect("set mtu");
+        links.set_mtu(idx, 1380).await.expect("set same mtu");
+        assert_eq!(links.mtu(idx).await.expect("mtu"), 1380);
+        links.set_up(idx).await.expect("up");
+
+        let routes = Routes::connect().await.expect("routes");
+        let want = vec![net("10.77.0.0/24"), net("fd77::/64")];
+        for dst in &want {
+            routes.add(*dst, idx).await.expect("add");
+            routes.add(*dst, idx).await.expect("add is idempotent");
+        }
+        let mut got = routes.list(idx).await.expect("list");
+        got.sort();
+        assert_eq!(got, want);
+        idx
+    });
+    let v4 = ns.ip(&[
+        "-4",
+        "route",
+        "show",
+        "proto",
+        &MESHD_ROUTE_PROTOCOL.to_string(),
+    ]);
+    assert!(v4.contains(&format!("10.77.0.0/24 dev {name}")), "{v4}");
+    let v6 = ns.ip(&[
+        "-6",
+        "route",
+        "show",
+        "proto",
+        &MESHD_ROUTE_PROTOCOL.to_string(),
+    ]);
+    assert!(v6.contains(&format!("fd77::/64 dev {name}")), "{v6}");
+    // Routes of other owners on the same link are neither listed nor deleted.
+    ns.ip(&["route", "add", "10.78.0.0/24", "dev", &name]);
+    ns.ip(&["-6", "route", "add", "fd78::/64", "dev", &name]);
+
+    let n = name.clone();
+    in_netns(&ns, move || async move {
+        let routes = Routes::connect().await.expect("routes");
+        let mut got = routes.list(ifindex).await.expect("list");
+        got.sort();
+        assert_eq!(got, vec![net("10.77.0.0/24"), net("fd77::/64")]);
+        for dst in [net("10.77.0.0/24"), net("fd77::/64")] {
+            routes.del(dst, ifindex).await.expect("del");
+            routes.del(dst, ifindex).await.expect("del is idempotent");
+        }
+        // Deleting a foreign route's destination with meshd's protocol leaves it alone.
+        routes
+            .del(net("10.78.0.0/24"), ifindex)
+            .await
+            .expect("del foreign");
+        routes
+            .del(net("fd78::/64"), ifindex)
+            .await
+            .expect("del foreign v6");
+        assert!(routes.list(ifindex).await.expect("list").is_empty());
+
+        for dst in [net("10.79.0.0/16"), net("fd79::/48")] {
+            routes.add_blackhole(dst).await.expect("blackhole");
+            routes
+                .add_blackhole(dst)
+                .await
+                .expect("blackhole idempotent");
+        }
+        let mut bh = routes.list_blackholes().await.expect("list blackholes");
+        bh.sort();
+        assert_eq!(bh, vec![net("10.79.0.0/16"), net("fd79::/48")]);
+        for dst in bh {
+            routes.del_blackhole(dst).await.expect("del blackhole");
+            routes
+                .del_blackhole(dst)
+                .await
+                .expect("del blackhole idempotent");
+        }
+        assert!(routes.list_blackholes().await.expect("list").is_empty());
+        let links = Links::connect().await.expect("links");
+        assert_eq!(links.index_of(&n).await.expect("index"), Some(ifindex));
+    });
+    let v4 = ns.ip(&["-4", "route", "show"]);
+    assert!(v4.contains("10.78.0.0/24"), "foreign route kept: {v4}");
+    assert!(!v4.contains("10.77.0.0/24"), "{v4}");
+    let v6 = ns.ip(&["-6", "route", "show"]);
+    assert!(v6.contains("fd78::/64"), "foreign route kept: {v6}");
+
+    let logs = tempfile::tempdir().expect("tempdir");
+    let opts = self::opts(&logs);
+    in_netns(&ns, move || async move {
+        let (dev, adopted) = WgDevice::ensure(&name, WireguardMode::Userspace, &opts)
+            .await
+            .expect("adopt");
+        assert!(adopted);
+        dev.destroy().await.expect("destroy");
+    });
+}
+
+#[test]
+fn underlay_and_addresses() {
+    if !is_root() {
+        return;
+    }
+    let ns = Netns::new();
+    // Nothing but lo (up) and a down TUN: no underlay.
+    ns.ip(&["tuntap", "add", "dev", "nldummy", "mode", "tun"]);
+    let none = in_netns(&ns, || async {
+        Links::connect()
+            .await
+            .expect("links")
+            .underlay()
+            .await
+            .expect("underlay")
+    });
+    assert_eq!(none, None);
+    // An UP link without a default route is the fallback.
+    ns.ip(&["link", "set", "nldummy", "up"]);
+    let fallback = in_netns(&ns, || async {
+        Links::connect()
+            .await
+            .expect("links")
+            .underlay()
+            .await
+            .expect("underlay")
+    });
+    assert_eq!(fallback.map(|(_, n, _)| n), Some("nldummy".to_string()));
+
+    ns.ip(&[
+        "link", "add", "nlu0", "mtu", "1450", "type", "veth", "peer", "name", "nlu1",
+    ]);
+    ns.ip(&["addr", "add", "198.18.5.1/24", "dev", "nlu0"]);
+    ns.ip(&["addr", "add", "2001:db8:5::1/64", "dev", "nlu0", "nodad"]);
+    ns.ip(&["link", "set", "nlu0", "up"]);
+    ns.ip(&["link", "set", "nlu1", "up"]);
+    ns.ip(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        "198.18.5.254",
+        "dev",
+        "nlu0",
+    ]);
+    let (underlay, addrs) = in_netns(&ns, || async {
+        let links = Links::connect().await.expect("links");
+        (
+            links.underlay().await.expect("underlay"),
+            links.addresses("nlu0").await.expect("addresses"),
+        )
+    });
+    let (_, name, mtu) = underlay.expect("underlay found");
+    assert_eq!((name.as_str(), mtu), ("nlu0", 1450));
+    assert!(
+        addrs.contains(&"198.18.5.1".parse::<IpAddr>().expect("ip")),
+        "{addrs:?}"
+    );
+    assert!(
+        addrs.contains(&"2001:db8:5::1".parse::<IpAddr>().expect("ip")),
+        "{addrs:?}"
+    );
+    assert!(addrs.iter().all(|a| !a.is_loopback()), "{addrs:?}");
+    // The link-local address is not global scope.
+    assert!(
+        addrs.iter().all(|a| match a {
+            IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) != 0xfe80,
+            IpAddr::V4(_) => true,
+        }),
+        "{addrs:?}"
+    );
+}
+
+#[test]
+fn two_userspace_devices_handshake_over_veth() {
+    if !is_root() {
+        return;
+    }
+    let mut a = Netns::new();
+    let mut b = Netns::new();
+    let (ia, ib) = (ifname(), ifname());
+    a.track(&ia);
+    b.track(&ib);
+    let veth_a = format!("nlv{}", next());
+    let veth_b = format!("nlv{}", next());
+    run_ok(Command::new("ip").args([
+        "link", "add", &veth_a, "netns", &a.name, "type", "veth", "peer", "name", &veth_b, "netns",
+        &b.name,
+    ]));
+    a.ip(&["addr", "add", "198.18.9.1/24", "dev", &veth_a]);
+    b.ip(&["addr", "add", "198.18.9.2/24", "dev", &veth_b]);
+    a.ip(&["link", "set", &veth_a, "up"]);
+    b.ip(&["link", "set", &veth_b, "up"]);
+
+    let (priv_a, pub_a) = genkey();
+    let (priv_b, pub_b) = genkey();
+    let logs = tempfile::tempdir().expect("tempdir");
+
+    let setup = |ns: &Netns,
+                 name: String,
+                 private: [u8; 32],
+                 peer: [u8; 32],
+                 endpoint: &str,
+                 peer_tunnel_ip: &str| {
+        let opts = opts(&logs);
+        let endpoint: std::net::SocketAddr = endpoint.parse().expect("ep");
+        let peer_net = net(peer_tunnel_ip);
+        in_netns(ns, move || async move {
+            let (dev, _) = WgDevice::ensure(&name, WireguardMode::Auto, &opts)
+                .await
+                .expect("ensure");
+            dev.configure(&private, 51820).await.expect("configure");
+            dev.apply(
+                &[PeerConfig {
+                    public_key: peer,
+                    endpoint: Some(endpoint),
+                    allowed_ips: vec![peer_net],
+                    persistent_keepalive: None,
+                }]
+                .map(PeerChange::Upsert),
+            )
+            .await
+            .expect("apply");
+            let links = Links::connect().await.expect("links");
+            links.set_up(dev.ifindex()).await.expect("up");
+            Routes::connect()
+                .await
+                .expect("routes")
+                .add(peer_net, dev.ifindex())
+                .await
+                .expect("route");
+            dev
+        })
+    };
+    let dev_a = setup(
+        &a,
+        ia.clone(),
+        priv_a,
+        pub_b,
+        "198.18.9.2:51820",
+        "10.99.0.2/32",
+    );
+    let dev_b = setup(
+        &b,
+        ib.clone(),
+        priv_b,
+        pub_a,
+        "198.18.9.1:51820",
+        "10.99.0.1/32",
+    );
+    a.ip(&["addr", "add", "10.99.0.1/32", "dev", &ia]);
+    b.ip(&["addr", "add", "10.99.0.2/32", "dev", &ib]);
+
+    let ping = run(a
+        .cmd("ping")
+        .args(["-c", "5", "-i", "0.2", "-W", "2", "10.99.0.2"]));
+    assert!(
+        ping.status.success(),
+        "ping through the tunnel failed: {}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+    let hs = run_ok(a.cmd("wg").args(["show", &ia, "latest-handshakes"]));
+    let ts: u64 = hs
+        .split_whitespace()
+        .nth(1)
+        .and_then(|t| t.parse().ok())
+        .expect("handshake timestamp");
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    assert!(ts > 0 && now.abs_diff(ts) < 120, "recent handshake: {hs}");
+
+    in_netns(&a, move || async move {
+        let st = dev_a.status().await.expect("status");
+        let p = &st.peers[0];
+        assert_eq!(p.public_key, pub_b);
+        let when = p.last_handshake.expect("handshake recorded");
+        assert!(
+            SystemTime::now().duration_since(when).unwrap_or_default() < Duration::from_secs(120)
+        );
+        assert!(p.rx_bytes > 0 && p.tx_bytes > 0, "{p:?}");
+        dev_a.destroy().await.expect("destroy a");
+    });
+    in_netns(&b, move || async move {
+        dev_b.destroy().await.expect("destroy b");
+    });
+}
