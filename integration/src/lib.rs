@@ -1,1 +1,25 @@
 //! Harness for meshd's multi-node tests: drives the lab, generates traffic, analyses captures.
+//!
+//! Modules:
+//! - [`netns`]: run commands inside network namespaces, own namespaces and
+//!   background processes with drop guards (`ip netns …`).
+//! - [`capture`]: run `tcpdump` on the lab underlay and analyse the pcap: no pod
+//!   packet and no marker string may cross in clear; WireGuard between nodes is counted.
+//! - [`traffic`]: TCP/UDP traffic generators and sinks (the logic behind the
+//!   `lab-traffic` binary), with end-to-end integrity (SHA-256) and loss/reorder/gap stats.
+//! - [`labjson`]: serde types for `meshctl lab status -o json`.
+//!
+//! Binaries: `lab-traffic` (traffic generator run inside pod namespaces) and
+//! `mesh-bench` (plain veth vs wireguard-go vs meshd throughput/RTT benchmark).
+//!
+//! Network rule: everything here only sends traffic to addresses inside network
+//! namespaces the caller created (or to loopback in unit tests).
+
+pub mod capture;
+pub mod labjson;
+pub mod netns;
+pub mod lab;
+pub mod traffic;
+pub mod verify;
+
+pub use labjson::{CaptureSpot, LabNode, LabPod, LabStatus};

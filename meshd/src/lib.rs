@@ -1,1 +1,27 @@
-//! The meshd daemon (reconcile loop, control socket), the `meshctl` operator CLI and the lab.
+//! The meshd daemon, the `meshctl` operator CLI and the local multi-node lab.
+//!
+//! `meshd` owns one node's part of the mesh: it loads the node's key, adopts or creates the
+//! WireGuard device, publishes the node's record and reconciles peers and routes from the
+//! registry. The decisions are pure functions (`keyexchange::peers`, [`reconcile`]); this crate
+//! wires them to the registry and to the kernel (`netlink`). `meshctl` talks to a node's meshd
+//! over the control socket and drives the lab.
+#![forbid(unsafe_code)]
+
+/// The node-local control socket (status).
+pub mod control;
+/// The daemon's start-up and reconcile loop.
+pub mod daemon;
+/// The local multi-node lab built from network namespaces.
+pub mod lab;
+/// The pure reconcile plan.
+pub mod reconcile;
+
+/// Install the tracing subscriber used by every binary (`RUST_LOG` filters; default `info`).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

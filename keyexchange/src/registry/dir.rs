@@ -309,7 +309,7 @@ impl Watcher {
         for node in nodes {
             self.load(&node, Read::Complete).await?;
         }
-        Ok(())
+        self.send(RegistryEvent::Synced).await
     }
 
     async fn handle(&mut self, mask: EventMask, name: Option<&OsStr>) -> Result<(), Closed> {
@@ -434,17 +434,52 @@ mod tests {
         }
     }
 
-    async fn next(rx: &mut mpsc::Receiver<RegistryEvent>) -> RegistryEvent {
+    async fn next_raw(rx: &mut mpsc::Receiver<RegistryEvent>) -> RegistryEvent {
         tokio::time::timeout(Duration::from_secs(5), rx.recv())
             .await
             .expect("timed out waiting for a registry event")
             .expect("watch channel closed")
     }
 
-    async fn assert_quiet(rx: &mut mpsc::Receiver<RegistryEvent>) {
-        if let Ok(ev) = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await {
-            panic!("unexpected registry event: {ev:?}");
+    /// The next event that is not a `Synced` marker.
+    async fn next(rx: &mut mpsc::Receiver<RegistryEvent>) -> RegistryEvent {
+        loop {
+            match next_raw(rx).await {
+                RegistryEvent::Synced => continue,
+                ev => return ev,
+            }
         }
+    }
+
+    async fn assert_quiet(rx: &mut mpsc::Receiver<RegistryEvent>) {
+        while let Ok(ev) = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await {
+            if !matches!(ev, Some(RegistryEvent::Synced)) {
+                panic!("unexpected registry event: {ev:?}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn synced_marks_the_end_of_the_initial_state() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        for (i, n) in ["n1", "n2", "n3"].iter().enumerate() {
+            fs::write(d.join(format!("{n}.json")), rec(n, i as u8 + 1).to_json()).unwrap();
+        }
+        let reg = DirRegistry::new(d).unwrap();
+        let mut rx = reg.watch().unwrap();
+        let mut names = Vec::new();
+        loop {
+            match next_raw(&mut rx).await {
+                RegistryEvent::Upsert(r) => names.push(r.name),
+                RegistryEvent::Synced => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(names, vec!["n1", "n2", "n3"]);
+        // Later changes come after the marker, and no second marker without a re-list.
+        reg.publish(&rec("n4", 4)).await.unwrap();
+        assert_eq!(upserted(next_raw(&mut rx).await).name, "n4");
     }
 
     fn upserted(ev: RegistryEvent) -> NodeRecord {

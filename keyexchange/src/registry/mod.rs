@@ -34,6 +34,10 @@ pub enum RegistryEvent {
         /// Why it is invalid.
         error: RecordError,
     },
+    /// Everything the registry held when the watch started (or after a re-list) has been
+    /// delivered. Consumers must not act on an absence (remove a peer) before the first
+    /// `Synced`: a partial initial state would tear down peers that still exist.
+    Synced,
 }
 
 /// Errors of registry operations.

@@ -1,0 +1,209 @@
+//! `meshctl`: the operator CLI (node status, the local lab).
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use meshd::control;
+use meshd::lab;
+
+/// meshctl: inspect meshd and run the local multi-node lab.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Show this node's meshd: mode, device, peers, handshakes, counters.
+    Status {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+        /// meshd's control socket.
+        #[arg(long, default_value = control::DEFAULT_CONTROL_SOCKET)]
+        socket: PathBuf,
+    },
+    /// The local multi-node lab (network namespaces on this machine).
+    Lab {
+        #[command(subcommand)]
+        command: LabCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LabCmd {
+    /// Build the lab and start a meshd on every node.
+    Up {
+        /// Lab name (prefix of every namespace).
+        #[arg(long, default_value = "mlab")]
+        name: String,
+        /// Number of nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: u32,
+        /// Pods per node.
+        #[arg(long, default_value_t = 2)]
+        pods_per_node: u32,
+        /// WireGuard mode for every meshd.
+        #[arg(long, default_value = "auto")]
+        wireguard_mode: String,
+    },
+    /// Remove everything the lab made.
+    Down {
+        /// Lab name.
+        #[arg(long, default_value = "mlab")]
+        name: String,
+    },
+    /// Nodes, pods, peers and where to capture.
+    Status {
+        /// Lab name.
+        #[arg(long, default_value = "mlab")]
+        name: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Add a node to the running lab.
+    AddNode {
+        /// Lab name.
+        #[arg(long, default_value = "mlab")]
+        name: String,
+        /// Pods on the new node.
+        #[arg(long, default_value_t = 2)]
+        pods: u32,
+    },
+    /// Remove a node (its record is deleted; the others drop it).
+    RemoveNode {
+        /// Lab name.
+        #[arg(long, default_value = "mlab")]
+        name: String,
+        /// Node name, e.g. n4.
+        node: String,
+    },
+    /// SIGKILL a node's meshd (the datapath keeps running).
+    KillNode {
+        /// Lab name.
+        #[arg(long, default_value = "mlab")]
+        name: String,
+        /// Node name.
+        node: String,
+    },
+    /// Start a node's meshd again.
+    StartNode {
+        /// Lab name.
+        #[arg(long, default_value = "mlab")]
+        name: String,
+        /// Node name.
+        node: String,
+    },
+    /// Run a command inside a node (e.g. `meshctl lab exec n1 -- wg show`).
+    Exec {
+        /// Lab name.
+        #[arg(long, default_value = "mlab")]
+        name: String,
+        /// Node name.
+        node: String,
+        /// The command.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("meshctl: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Cmd::Status { output, socket } => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let report = rt.block_on(control::query(&socket))?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                Output::Table => print_node_status(&report),
+            }
+        }
+        Cmd::Lab { command } => match command {
+            LabCmd::Up { name, nodes, pods_per_node, wireguard_mode } => lab::up(&lab::UpOptions {
+                name,
+                nodes,
+                pods_per_node,
+                wireguard_mode,
+            })?,
+            LabCmd::Down { name } => lab::down(&name)?,
+            LabCmd::Status { name, output } => match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&lab::status(&name)?)?),
+                Output::Table => lab::print_status_table(&name)?,
+            },
+            LabCmd::AddNode { name, pods } => {
+                let node = lab::add_node(&name, pods)?;
+                println!("{node}");
+            }
+            LabCmd::RemoveNode { name, node } => lab::remove_node(&name, &node)?,
+            LabCmd::KillNode { name, node } => {
+                let pid = lab::kill_node(&name, &node)?;
+                println!("{pid}");
+            }
+            LabCmd::StartNode { name, node } => {
+                let pid = lab::start_node(&name, &node)?;
+                println!("{pid}");
+            }
+            LabCmd::Exec { name, node, command } => {
+                let status = lab::exec(&name, &node, &command)?;
+                return Ok(ExitCode::from(status.code().unwrap_or(1).clamp(0, 255) as u8));
+            }
+        },
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_node_status(s: &control::StatusReport) {
+    println!("node {}  key {}", s.node, s.public_key);
+    println!(
+        "device {} (ifindex {}, {} mode{}), port {}, mtu {}",
+        s.interface,
+        s.ifindex,
+        s.mode,
+        if s.adopted_device { ", adopted" } else { "" },
+        s.listen_port,
+        s.mtu
+    );
+    println!("endpoints {}  pod CIDRs {}", s.endpoints.join(" "), s.pod_cidrs.join(" "));
+    println!("{:<8} {:<46} {:<24} {:<12} {:>12} {:>12}  ALLOWED IPS", "PEER", "KEY", "ENDPOINT", "HANDSHAKE", "RX", "TX");
+    for p in &s.peers {
+        println!(
+            "{:<8} {:<46} {:<24} {:<12} {:>12} {:>12}  {}",
+            p.name.as_deref().unwrap_or("?"),
+            p.public_key,
+            p.endpoint.as_deref().unwrap_or("-"),
+            p.last_handshake_secs_ago.map_or("never".into(), |a| format!("{a}s ago")),
+            p.rx_bytes,
+            p.tx_bytes,
+            p.allowed_ips.join(" ")
+        );
+    }
+    for c in &s.conflicts {
+        println!("conflict: {c}");
+    }
+    for m in &s.malformed {
+        println!("malformed record from {}: {}", m.node, m.error);
+    }
+    let c = &s.counters;
+    println!(
+        "converged {}  reconciles {} (errors {})  peer ops {}  route ops {}  malformed records {}",
+        s.converged, c.reconciles, c.reconcile_errors, c.peer_ops, c.route_ops, c.malformed_records
+    );
+}

@@ -1,0 +1,282 @@
+//! The node-local control socket: meshd serves its status as JSON, `meshctl status` reads it.
+//!
+//! Protocol: a client connects to the unix socket, writes one line (`status`), and reads one JSON
+//! document ([`StatusReport`]) until EOF. The socket is created mode 0600: status includes
+//! nothing secret, but only root should be able to reach the daemon.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::RwLock;
+
+/// Default path of the control socket.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/meshd/meshd.sock";
+
+/// Errors of the control socket.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// Creating the socket's directory failed.
+    #[error("creating control socket directory {path}: {source}")]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Binding the socket failed.
+    #[error("binding control socket {path}: {source}")]
+    Bind {
+        /// The socket path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Connecting to the daemon failed.
+    #[error("connecting to meshd at {path} (is meshd running on this node?): {source}")]
+    Connect {
+        /// The socket path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Talking to the daemon failed.
+    #[error("reading status from {path}: {source}")]
+    Exchange {
+        /// The socket path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The daemon's answer was not a status report.
+    #[error("meshd at {path} sent an unreadable status: {source}")]
+    Decode {
+        /// The socket path.
+        path: PathBuf,
+        /// The cause.
+        source: serde_json::Error,
+    },
+}
+
+/// One peer as the device has it programmed, with its live counters.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PeerReport {
+    /// The peer's node name, when the registry knows it.
+    pub name: Option<String>,
+    /// The peer's WireGuard public key (base64).
+    pub public_key: String,
+    /// The endpoint the device sends to.
+    pub endpoint: Option<String>,
+    /// AllowedIPs (the peer's pod CIDRs).
+    pub allowed_ips: Vec<String>,
+    /// Last handshake as UNIX seconds, if any.
+    pub last_handshake_unix: Option<u64>,
+    /// Seconds since the last handshake, if any.
+    pub last_handshake_secs_ago: Option<u64>,
+    /// Bytes received from the peer.
+    pub rx_bytes: u64,
+    /// Bytes sent to the peer.
+    pub tx_bytes: u64,
+}
+
+/// Monotonic counters of the daemon.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Counters {
+    /// Registry records skipped because they were malformed.
+    pub malformed_records: u64,
+    /// Reconcile passes run.
+    pub reconciles: u64,
+    /// Reconcile passes that failed (retried).
+    pub reconcile_errors: u64,
+    /// Peer operations applied (add, update, remove).
+    pub peer_ops: u64,
+    /// Route operations applied.
+    pub route_ops: u64,
+}
+
+/// A malformed record the daemon skipped.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MalformedReport {
+    /// The node whose record is malformed.
+    pub node: String,
+    /// What was wrong with it.
+    pub error: String,
+}
+
+/// Everything `meshctl status` shows about one node.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StatusReport {
+    /// This node's name.
+    pub node: String,
+    /// This node's public key (base64).
+    pub public_key: String,
+    /// `kernel` or `userspace`.
+    pub mode: String,
+    /// The WireGuard interface name.
+    pub interface: String,
+    /// Its interface index.
+    pub ifindex: u32,
+    /// Whether meshd adopted an existing device on start (vs creating it).
+    pub adopted_device: bool,
+    /// The UDP listen port.
+    pub listen_port: u16,
+    /// The WireGuard interface MTU.
+    pub mtu: u32,
+    /// Underlay endpoints this node publishes.
+    pub endpoints: Vec<String>,
+    /// This node's pod CIDRs.
+    pub pod_cidrs: Vec<String>,
+    /// Nodes known from the registry (including this one).
+    pub known_nodes: Vec<String>,
+    /// Peers as programmed on the device.
+    pub peers: Vec<PeerReport>,
+    /// Current conflicts (peers deliberately not programmed).
+    pub conflicts: Vec<String>,
+    /// Records currently skipped as malformed.
+    pub malformed: Vec<MalformedReport>,
+    /// Counters.
+    pub counters: Counters,
+    /// Whether the last reconcile converged without error.
+    pub converged: bool,
+}
+
+/// The status the daemon currently serves; updated after every reconcile.
+pub type SharedStatus = Arc<RwLock<Option<StatusReport>>>;
+
+/// Bind the control socket (replacing a stale one) and serve status until the task is dropped.
+pub async fn serve(path: PathBuf, status: SharedStatus) -> Result<(), ControlError> {
+    let listener = bind(&path)?;
+    tracing::info!(socket = %path.display(), "control socket listening");
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(err) => {
+                tracing::warn!(%err, "control socket accept failed");
+                continue;
+            }
+        };
+        let status = status.clone();
+        tokio::spawn(async move {
+            if let Err(err) = answer(stream, status).await {
+                tracing::debug!(%err, "control client went away");
+            }
+        });
+    }
+}
+
+fn bind(path: &Path) -> Result<UnixListener, ControlError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| ControlError::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    }
+    // A socket file left by a previous (killed) meshd is stale: nobody can be listening on it
+    // because only one meshd runs per node.
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path).map_err(|source| ControlError::Bind {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
+        ControlError::Bind {
+            path: path.to_path_buf(),
+            source,
+        }
+    })?;
+    Ok(listener)
+}
+
+async fn answer(stream: UnixStream, status: SharedStatus) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(read).read_line(&mut line).await?;
+    let body = match line.trim() {
+        "status" => match status.read().await.as_ref() {
+            Some(report) => serde_json::to_string_pretty(report).map_err(std::io::Error::other)?,
+            None => r#"{"error":"meshd is starting"}"#.to_string(),
+        },
+        other => format!(r#"{{"error":"unknown request {other:?}"}}"#),
+    };
+    write.write_all(body.as_bytes()).await?;
+    write.shutdown().await
+}
+
+/// Ask the meshd behind `path` for its status.
+pub async fn query(path: &Path) -> Result<StatusReport, ControlError> {
+    let mut stream = UnixStream::connect(path)
+        .await
+        .map_err(|source| ControlError::Connect {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let exchange = |source| ControlError::Exchange {
+        path: path.to_path_buf(),
+        source,
+    };
+    stream.write_all(b"status\n").await.map_err(exchange)?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.map_err(exchange)?;
+    serde_json::from_str(&body).map_err(|source| ControlError::Decode {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> StatusReport {
+        StatusReport {
+            node: "n1".into(),
+            public_key: "k".into(),
+            mode: "userspace".into(),
+            interface: "meshd0".into(),
+            ifindex: 7,
+            adopted_device: false,
+            listen_port: 51820,
+            mtu: 1420,
+            endpoints: vec!["198.18.0.11".into()],
+            pod_cidrs: vec!["10.244.1.0/24".into()],
+            known_nodes: vec!["n1".into()],
+            peers: vec![],
+            conflicts: vec![],
+            malformed: vec![],
+            counters: Counters::default(),
+            converged: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn serves_the_current_status_and_reports_starting_before_first_reconcile() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sub/meshd.sock");
+        let status: SharedStatus = Arc::new(RwLock::new(None));
+        let server = tokio::spawn(serve(path.clone(), status.clone()));
+        // Wait for the socket to appear.
+        for _ in 0..100 {
+            if path.exists() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let err = query(&path).await.expect_err("no status yet");
+        assert!(matches!(err, ControlError::Decode { .. }), "{err}");
+        *status.write().await = Some(sample());
+        let got = query(&path).await.expect("status");
+        assert_eq!(got, sample());
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn connect_error_names_the_socket() {
+        let err = query(Path::new("/nonexistent/meshd.sock"))
+            .await
+            .expect_err("no daemon");
+        assert!(err.to_string().contains("/nonexistent/meshd.sock"));
+    }
+}

@@ -1,0 +1,444 @@
+//! The meshd daemon: key, device, record, and the reconcile loop driven by registry events.
+//!
+//! Start-up order matters for "restart without dropping traffic": the key is loaded (never
+//! regenerated over an existing file), the existing WireGuard device is adopted rather than
+//! recreated, and only then is anything reconciled — so a restart of meshd is invisible to the
+//! datapath. Every pass compares the *live* device and routing table against the desired state,
+//! which makes reconciliation idempotent and self-healing after drift.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+use ipnet::IpNet;
+use keyexchange::peers::{compute_peers, PeerSet};
+use keyexchange::{NodeRecord, PrivateKey, PublicKey, Registry, RegistryEvent};
+use netlink::{Links, Routes, UserspaceOptions, WgDevice, WireguardMode};
+use tokio::sync::{mpsc, RwLock};
+
+use crate::control::{self, Counters, MalformedReport, PeerReport, SharedStatus, StatusReport};
+use crate::reconcile;
+
+/// How often the live state is re-read and reconciled even without registry events.
+const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
+/// How often the served status (handshakes, counters) is refreshed from the device.
+const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+/// Delay before retrying a failed reconcile pass.
+const RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// Command-line settings of the daemon.
+#[derive(Debug, Clone, Args)]
+pub struct DaemonArgs {
+    /// This node's name (the Kubernetes node name).
+    #[arg(long, env = "MESHD_NODE_NAME")]
+    pub node_name: String,
+    /// Directory holding the private key and other node state.
+    #[arg(long, default_value = "/var/lib/meshd")]
+    pub state_dir: PathBuf,
+    /// Directory registry shared by all nodes (lab, bare metal).
+    #[arg(long)]
+    pub registry_dir: PathBuf,
+    /// WireGuard interface name.
+    #[arg(long, default_value = "meshd0")]
+    pub interface: String,
+    /// WireGuard UDP listen port.
+    #[arg(long, default_value_t = 51820)]
+    pub listen_port: u16,
+    /// `auto` (kernel module when available, else user space), `kernel` or `userspace`.
+    #[arg(long, default_value = "auto")]
+    pub wireguard_mode: WireguardMode,
+    /// Underlay addresses peers should send to (repeatable); default: the underlay interface's.
+    #[arg(long = "endpoint")]
+    pub endpoints: Vec<IpAddr>,
+    /// Underlay interface; default: the one carrying the default route.
+    #[arg(long)]
+    pub underlay_interface: Option<String>,
+    /// This node's pod CIDRs (repeatable, both families).
+    #[arg(long = "pod-cidr")]
+    pub pod_cidrs: Vec<IpNet>,
+    /// Cluster-wide pod CIDRs (repeatable): traffic to any of them that has no peer is dropped
+    /// (a blackhole route), never sent in clear.
+    #[arg(long = "cluster-cidr")]
+    pub cluster_cidrs: Vec<IpNet>,
+    /// WireGuard MTU; default: underlay MTU minus the WireGuard overhead.
+    #[arg(long)]
+    pub mtu: Option<u32>,
+    /// Persistent keepalive interval in seconds for every peer.
+    #[arg(long)]
+    pub keepalive: Option<u16>,
+    /// Control socket for `meshctl status`.
+    #[arg(long, default_value = control::DEFAULT_CONTROL_SOCKET)]
+    pub control_socket: PathBuf,
+    /// On shutdown, withdraw this node's record and remove the device and routes.
+    #[arg(long)]
+    pub cleanup: bool,
+    /// The user-space WireGuard helper binary; default: `meshd-wg` next to this executable.
+    #[arg(long)]
+    pub helper_binary: Option<PathBuf>,
+    /// Worker threads of the user-space datapath.
+    #[arg(long, default_value_t = 1)]
+    pub wg_threads: usize,
+}
+
+/// Everything the reconcile loop needs.
+struct Context {
+    args: DaemonArgs,
+    me: NodeRecord,
+    private_key: PrivateKey,
+    device: WgDevice,
+    adopted: bool,
+    mtu: u32,
+    routes: Routes,
+    status: SharedStatus,
+}
+
+/// What the loop knows from the registry.
+#[derive(Default)]
+struct Known {
+    /// Whether the registry delivered its complete initial state.
+    synced: bool,
+    records: BTreeMap<String, NodeRecord>,
+    malformed: BTreeMap<String, String>,
+    counters: Counters,
+    last_conflicts: BTreeSet<String>,
+}
+
+/// Run the daemon until SIGTERM/SIGINT.
+pub async fn run<R: Registry>(args: DaemonArgs, registry: R) -> anyhow::Result<()> {
+    let (private_key, origin) = keyexchange::key::load_or_generate(&args.state_dir)
+        .context("loading this node's WireGuard key")?;
+    let public_key = private_key.public_key();
+    tracing::info!(node = %args.node_name, %public_key, ?origin, "key ready");
+
+    let links = Links::connect().await.context("connecting to rtnetlink")?;
+    let routes = Routes::connect().await.context("connecting to rtnetlink")?;
+    let (endpoints, underlay_mtu) = underlay(&args, &links).await?;
+    if args.pod_cidrs.is_empty() {
+        tracing::warn!("no --pod-cidr given: this node hosts no pods and attracts no traffic");
+    }
+
+    let helper = match &args.helper_binary {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()
+            .context("locating the meshd executable")?
+            .with_file_name("meshd-wg"),
+    };
+    let opts = UserspaceOptions {
+        helper_binary: helper,
+        threads: args.wg_threads,
+        log_file: Some(args.state_dir.join("meshd-wg.log")),
+    };
+    let (device, adopted) = WgDevice::ensure(&args.interface, args.wireguard_mode, &opts)
+        .await
+        .with_context(|| format!("setting up WireGuard device {}", args.interface))?;
+    tracing::info!(interface = %args.interface, mode = %device.mode(), adopted, "device ready");
+    device
+        .configure(&private_key.to_bytes(), args.listen_port)
+        .await
+        .context("configuring key and listen port")?;
+    let mtu = args.mtu.unwrap_or_else(|| {
+        netlink::wireguard_mtu(underlay_mtu, endpoints.iter().any(IpAddr::is_ipv6))
+    });
+    links.set_mtu(device.ifindex(), mtu).await?;
+    links.set_up(device.ifindex()).await?;
+    for cidr in &args.cluster_cidrs {
+        routes
+            .add_blackhole(cidr.trunc())
+            .await
+            .with_context(|| format!("installing fail-closed route for cluster CIDR {cidr}"))?;
+    }
+
+    let me = NodeRecord {
+        name: args.node_name.clone(),
+        public_key,
+        listen_port: args.listen_port,
+        endpoints,
+        pod_cidrs: args.pod_cidrs.iter().map(IpNet::trunc).collect(),
+    };
+    me.validate().context("this node's own record is invalid")?;
+
+    let status: SharedStatus = Arc::new(RwLock::new(None));
+    let control = tokio::spawn(control::serve(args.control_socket.clone(), status.clone()));
+
+    let events = registry.watch().context("watching the registry")?;
+    registry
+        .publish(&me)
+        .await
+        .context("publishing this node's record")?;
+    tracing::info!("record published");
+
+    let ctx = Context {
+        args,
+        me,
+        private_key,
+        device,
+        adopted,
+        mtu,
+        routes,
+        status,
+    };
+    let result = event_loop(&ctx, events).await;
+    control.abort();
+    if ctx.args.cleanup {
+        cleanup(ctx, &registry).await;
+    } else {
+        tracing::info!("exiting; device, peers and routes stay in place for the next meshd");
+    }
+    result
+}
+
+async fn underlay(args: &DaemonArgs, links: &Links) -> anyhow::Result<(Vec<IpAddr>, u32)> {
+    let (ifname, mtu) = match &args.underlay_interface {
+        Some(name) => {
+            let idx = links
+                .index_of(name)
+                .await?
+                .with_context(|| format!("underlay interface {name} does not exist"))?;
+            (name.clone(), links.mtu(idx).await?)
+        }
+        None => match links.underlay().await? {
+            Some((_, name, mtu)) => (name, mtu),
+            None => bail!("no underlay interface found; pass --underlay-interface"),
+        },
+    };
+    let endpoints = if args.endpoints.is_empty() {
+        let found = links.addresses(&ifname).await?;
+        if found.is_empty() {
+            bail!("underlay interface {ifname} has no global address; pass --endpoint");
+        }
+        found
+    } else {
+        args.endpoints.clone()
+    };
+    tracing::info!(underlay = %ifname, mtu, ?endpoints, "underlay");
+    Ok((endpoints, mtu))
+}
+
+async fn event_loop(ctx: &Context, mut events: mpsc::Receiver<RegistryEvent>) -> anyhow::Result<()> {
+    let mut known = Known::default();
+    known.records.insert(ctx.me.name.clone(), ctx.me.clone());
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing SIGTERM handler")?;
+    let mut resync = tokio::time::interval(RESYNC_INTERVAL);
+    let mut status_tick = tokio::time::interval(STATUS_INTERVAL);
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    let mut converged = false;
+    loop {
+        let retry = async {
+            match retry_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            ev = events.recv() => {
+                let Some(ev) = ev else { bail!("registry watch ended") };
+                apply_event(ctx, &mut known, ev);
+                while let Ok(ev) = events.try_recv() {
+                    apply_event(ctx, &mut known, ev);
+                }
+            }
+            _ = resync.tick() => {}
+            _ = retry => {}
+            _ = status_tick.tick() => {
+                if let Err(err) = publish_status(ctx, &known, converged).await {
+                    tracing::warn!(error = %format!("{err:#}"), "reading device status failed");
+                }
+                continue;
+            }
+            _ = sigterm.recv() => { tracing::info!("SIGTERM"); return Ok(()); }
+            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT"); return Ok(()); }
+        }
+        retry_at = None;
+        if !known.synced {
+            // Never act on a partial view: a restart would remove peers whose records
+            // have simply not been read yet.
+            continue;
+        }
+        let started = std::time::Instant::now();
+        known.counters.reconciles += 1;
+        let outcome = reconcile_once(ctx, &mut known).await;
+        converged = outcome.is_ok();
+        if let Err(err) = outcome {
+            known.counters.reconcile_errors += 1;
+            tracing::warn!(error = %format!("{err:#}"), "reconcile failed; retrying");
+            retry_at = Some(tokio::time::Instant::now() + RETRY_DELAY);
+        }
+        tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "reconciled");
+        if let Err(err) = publish_status(ctx, &known, converged).await {
+            tracing::warn!(error = %format!("{err:#}"), "reading device status failed");
+        }
+    }
+}
+
+fn apply_event(ctx: &Context, known: &mut Known, ev: RegistryEvent) {
+    match ev {
+        RegistryEvent::Upsert(record) => {
+            known.malformed.remove(&record.name);
+            if record.name == ctx.me.name && record != ctx.me {
+                tracing::warn!(
+                    "the registry holds a different record under this node's name; keeping ours"
+                );
+                return;
+            }
+            tracing::info!(node = %record.name, key = %record.public_key, "record");
+            known.records.insert(record.name.clone(), record);
+        }
+        RegistryEvent::Delete(name) => {
+            known.malformed.remove(&name);
+            if name == ctx.me.name {
+                tracing::warn!("this node's record was removed from the registry");
+                return;
+            }
+            tracing::info!(node = %name, "record removed");
+            known.records.remove(&name);
+        }
+        RegistryEvent::Synced => {
+            if !known.synced {
+                tracing::info!(nodes = known.records.len(), "registry state complete");
+            }
+            known.synced = true;
+        }
+        RegistryEvent::Malformed { node, error } => {
+            known.counters.malformed_records += 1;
+            tracing::warn!(%node, %error, "skipping malformed record (last good record, if any, stays in force)");
+            known.malformed.insert(node, error.to_string());
+        }
+    }
+}
+
+fn desired(ctx: &Context, known: &mut Known) -> PeerSet {
+    let set = compute_peers(known.records.values(), &ctx.me);
+    let conflicts: BTreeSet<String> = set.conflicts.iter().map(ToString::to_string).collect();
+    for c in conflicts.difference(&known.last_conflicts) {
+        tracing::error!(conflict = %c, "conflicting records: neither side is programmed");
+    }
+    known.last_conflicts = conflicts;
+    set
+}
+
+async fn reconcile_once(ctx: &Context, known: &mut Known) -> anyhow::Result<()> {
+    let want = desired(ctx, known);
+    let live = ctx.device.status().await.context("reading device")?;
+    let present = ctx
+        .routes
+        .list(ctx.device.ifindex())
+        .await
+        .context("listing routes")?;
+    let plan = reconcile::plan(&want, &live.peers, &present, ctx.args.keepalive);
+    if plan.is_empty() {
+        return Ok(());
+    }
+    tracing::info!(
+        remove_peers = plan.remove_peers.len(),
+        del_routes = plan.del_routes.len(),
+        upsert_peers = plan.upsert_peers.len(),
+        add_routes = plan.add_routes.len(),
+        "applying changes"
+    );
+    if !plan.remove_peers.is_empty() {
+        ctx.device.apply(&plan.remove_peers).await?;
+        known.counters.peer_ops += plan.remove_peers.len() as u64;
+    }
+    for dst in &plan.del_routes {
+        ctx.routes.del(*dst, ctx.device.ifindex()).await?;
+        known.counters.route_ops += 1;
+    }
+    if !plan.upsert_peers.is_empty() {
+        ctx.device.apply(&plan.upsert_peers).await?;
+        known.counters.peer_ops += plan.upsert_peers.len() as u64;
+    }
+    for dst in &plan.add_routes {
+        ctx.routes.add(*dst, ctx.device.ifindex()).await?;
+        known.counters.route_ops += 1;
+    }
+    Ok(())
+}
+
+async fn publish_status(ctx: &Context, known: &Known, converged: bool) -> anyhow::Result<()> {
+    let live = ctx.device.status().await?;
+    let names: BTreeMap<PublicKey, &str> = known
+        .records
+        .values()
+        .map(|r| (r.public_key, r.name.as_str()))
+        .collect();
+    let now = SystemTime::now();
+    let peers = live
+        .peers
+        .iter()
+        .map(|p| {
+            let key = PublicKey::from_bytes(p.public_key);
+            let unix = p
+                .last_handshake
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_secs());
+            let ago = p
+                .last_handshake
+                .map(|t| now.duration_since(t).unwrap_or_default().as_secs());
+            PeerReport {
+                name: names.get(&key).map(|n| (*n).to_string()),
+                public_key: key.to_string(),
+                endpoint: p.endpoint.map(|e| e.to_string()),
+                allowed_ips: p.allowed_ips.iter().map(ToString::to_string).collect(),
+                last_handshake_unix: unix,
+                last_handshake_secs_ago: ago,
+                rx_bytes: p.rx_bytes,
+                tx_bytes: p.tx_bytes,
+            }
+        })
+        .collect();
+    let report = StatusReport {
+        node: ctx.me.name.clone(),
+        public_key: ctx.private_key.public_key().to_string(),
+        mode: ctx.device.mode().to_string(),
+        interface: ctx.device.name().to_string(),
+        ifindex: ctx.device.ifindex(),
+        adopted_device: ctx.adopted,
+        listen_port: live.listen_port,
+        mtu: ctx.mtu,
+        endpoints: ctx.me.endpoints.iter().map(ToString::to_string).collect(),
+        pod_cidrs: ctx.me.pod_cidrs.iter().map(ToString::to_string).collect(),
+        known_nodes: known.records.keys().cloned().collect(),
+        peers,
+        conflicts: known.last_conflicts.iter().cloned().collect(),
+        malformed: known
+            .malformed
+            .iter()
+            .map(|(node, error)| MalformedReport {
+                node: node.clone(),
+                error: error.clone(),
+            })
+            .collect(),
+        counters: known.counters.clone(),
+        converged,
+    };
+    *ctx.status.write().await = Some(report);
+    Ok(())
+}
+
+async fn cleanup<R: Registry>(ctx: Context, registry: &R) {
+    tracing::info!("--cleanup: withdrawing record, removing routes and device");
+    if let Err(err) = registry.withdraw(&ctx.me.name).await {
+        tracing::warn!(%err, "withdrawing record failed");
+    }
+    if let Ok(present) = ctx.routes.list(ctx.device.ifindex()).await {
+        for dst in present {
+            if let Err(err) = ctx.routes.del(dst, ctx.device.ifindex()).await {
+                tracing::warn!(%err, %dst, "removing route failed");
+            }
+        }
+    }
+    for cidr in &ctx.args.cluster_cidrs {
+        if let Err(err) = ctx.routes.del_blackhole(cidr.trunc()).await {
+            tracing::warn!(%err, %cidr, "removing blackhole route failed");
+        }
+    }
+    if let Err(err) = ctx.device.destroy().await {
+        tracing::warn!(%err, "removing device failed");
+    }
+    let _ = std::fs::remove_file(&ctx.args.control_socket);
+}

@@ -1,0 +1,797 @@
+//! The local lab: a multi-node meshd cluster built from network namespaces on one machine.
+//!
+//! Layout: an underlay namespace holds a bridge (the switch) with a router address that is every
+//! node's default gateway but forwards nothing. Each node is a network namespace plus a
+//! persistent mount namespace (private `/run/wireguard`, `/run/meshd` and `/sys`), so every node
+//! runs an unmodified `meshd` with production paths: the device is `meshd0` on every node, and
+//! `wg show` or `meshctl status` inside a node just work. Pods are namespaces behind veth pairs,
+//! addressed from their node's pod CIDRs and routed the way a CNI does it (host routes to the
+//! pod, a link-local next hop in the pod).
+//!
+//! State lives in `/run/meshd-lab/<name>/`; `lab.json` there records what was built so that
+//! `down` removes exactly that. Lab traffic never leaves lab namespaces.
+
+pub mod plan;
+
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use serde::{Deserialize, Serialize};
+
+use crate::control::StatusReport;
+use plan::*;
+
+/// Where every lab keeps its state.
+pub const LAB_ROOT: &str = "/run/meshd-lab";
+/// Version of the `lab status -o json` document.
+pub const STATUS_VERSION: u32 = 1;
+/// The WireGuard port every lab node listens on.
+pub const LISTEN_PORT: u16 = 51820;
+
+/// What `lab up` was asked to build, persisted as `lab.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabState {
+    /// The lab's name (prefix of every namespace).
+    pub name: String,
+    /// `--wireguard-mode` given to every meshd.
+    pub wireguard_mode: String,
+    /// The nodes, by index.
+    pub nodes: Vec<NodeState>,
+}
+
+/// One node of the lab.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeState {
+    /// Node index (1-based); names and addresses derive from it.
+    pub index: u32,
+    /// Number of pods on this node.
+    pub pods: u32,
+}
+
+/// Options of `lab up`.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    /// Lab name.
+    pub name: String,
+    /// Number of nodes.
+    pub nodes: u32,
+    /// Pods per node.
+    pub pods_per_node: u32,
+    /// `auto`, `kernel` or `userspace`.
+    pub wireguard_mode: String,
+}
+
+/// The lab's on-disk layout.
+struct Paths {
+    root: PathBuf,
+}
+
+impl Paths {
+    fn new(lab: &str) -> Self {
+        Paths {
+            root: Path::new(LAB_ROOT).join(lab),
+        }
+    }
+    fn state(&self) -> PathBuf {
+        self.root.join("lab.json")
+    }
+    fn registry(&self) -> PathBuf {
+        self.root.join("registry")
+    }
+    fn mnt_dir(&self) -> PathBuf {
+        self.root.join("mnt")
+    }
+    fn mnt(&self, i: u32) -> PathBuf {
+        self.mnt_dir().join(node_name(i))
+    }
+    fn node_dir(&self, i: u32) -> PathBuf {
+        self.root.join(node_name(i))
+    }
+    fn pidfile(&self, i: u32) -> PathBuf {
+        self.node_dir(i).join("meshd.pid")
+    }
+    fn log(&self, i: u32) -> PathBuf {
+        self.node_dir(i).join("meshd.log")
+    }
+}
+
+fn step(msg: impl AsRef<str>) {
+    eprintln!("› {}", msg.as_ref());
+}
+
+/// Run a command; fail with its command line and stderr.
+fn run(cmd: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(cmd)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {cmd} (is it installed?)"))?;
+    if !out.status.success() {
+        bail!(
+            "`{cmd} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    run("ip", args).map(drop)
+}
+
+fn in_ns(ns: &str, args: &[&str]) -> anyhow::Result<String> {
+    let mut full = vec!["netns", "exec", ns];
+    full.extend_from_slice(args);
+    run("ip", &full)
+}
+
+fn sysctl(ns: &str, settings: &[&str]) -> anyhow::Result<()> {
+    let mut args = vec!["sysctl", "-qw"];
+    args.extend_from_slice(settings);
+    in_ns(ns, &args).map(drop)
+}
+
+/// Namespaces that exist on this machine.
+fn namespaces() -> anyhow::Result<Vec<String>> {
+    Ok(run("ip", &["netns", "list"])?
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect())
+}
+
+fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let path = std::env::current_exe()
+        .context("locating meshctl")?
+        .with_file_name(name);
+    if !path.exists() {
+        bail!(
+            "{} not found next to meshctl; build the workspace first (cargo build)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+fn load_state(lab: &str) -> anyhow::Result<Option<LabState>> {
+    let path = Paths::new(lab).state();
+    match fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(
+            serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?,
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+fn save_state(state: &LabState) -> anyhow::Result<()> {
+    let path = Paths::new(&state.name).state();
+    let tmp = path.with_extension("json.tmp");
+    fs::write(&tmp, serde_json::to_vec_pretty(state)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+}
+
+fn require_root() -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the lab creates network namespaces: run it as root");
+    }
+    Ok(())
+}
+
+/// `meshctl lab up`.
+pub fn up(opts: &UpOptions) -> anyhow::Result<()> {
+    check_name(&opts.name)?;
+    check_range("nodes", opts.nodes, MAX_NODES)?;
+    check_range("pods per node", opts.pods_per_node, MAX_PODS)?;
+    require_root()?;
+    if let Some(state) = load_state(&opts.name)? {
+        eprintln!(
+            "lab {} is already up with {} nodes; `meshctl lab down --name {}` first to rebuild it",
+            state.name,
+            state.nodes.len(),
+            state.name
+        );
+        return print_table(&state);
+    }
+    let stray: Vec<String> = namespaces()?
+        .into_iter()
+        .filter(|ns| owns_namespace(&opts.name, ns))
+        .collect();
+    if !stray.is_empty() {
+        bail!(
+            "namespaces {} exist but lab {} has no state; remove them with `meshctl lab down --name {}` or pick another --name",
+            stray.join(", "),
+            opts.name,
+            opts.name
+        );
+    }
+    for bin in ["meshd", "meshd-wg"] {
+        binary(bin)?;
+    }
+    let started = Instant::now();
+    let mut state = LabState {
+        name: opts.name.clone(),
+        wireguard_mode: opts.wireguard_mode.clone(),
+        nodes: Vec::new(),
+    };
+    let result = build(&mut state, opts);
+    if let Err(err) = result {
+        eprintln!("lab up failed: {err:#}; cleaning up");
+        let _ = down(&opts.name);
+        return Err(err);
+    }
+    step(format!(
+        "lab {} up in {:.1}s: {} nodes, {} pods",
+        state.name,
+        started.elapsed().as_secs_f64(),
+        state.nodes.len(),
+        state.nodes.iter().map(|n| n.pods).sum::<u32>()
+    ));
+    print_table(&state)
+}
+
+fn build(state: &mut LabState, opts: &UpOptions) -> anyhow::Result<()> {
+    let paths = Paths::new(&state.name);
+    fs::create_dir_all(paths.registry())
+        .with_context(|| format!("creating {}", paths.registry().display()))?;
+    save_state(state)?;
+    step("underlay: switch and router");
+    make_underlay(&state.name)?;
+    make_mount_dir(&paths)?;
+    for i in 1..=opts.nodes {
+        step(format!(
+            "node {}: namespace, underlay link, meshd ({} pods)",
+            node_name(i),
+            opts.pods_per_node
+        ));
+        add_node_inner(state, i, opts.pods_per_node)?;
+    }
+    step("waiting for every node to program every peer");
+    wait_converged(state, Duration::from_secs(60))?;
+    step("first packets across the mesh (WireGuard handshakes)");
+    warm_up(state);
+    // meshd refreshes its served status every second: let the handshakes show.
+    std::thread::sleep(Duration::from_millis(1200));
+    Ok(())
+}
+
+fn make_underlay(lab: &str) -> anyhow::Result<()> {
+    let ul = underlay_ns(lab);
+    ip(&["netns", "add", &ul])?;
+    in_ns(&ul, &["ip", "link", "set", "lo", "up"])?;
+    in_ns(&ul, &["ip", "link", "add", "br0", "type", "bridge"])?;
+    sysctl(&ul, &["net.ipv6.conf.br0.accept_dad=0"])?;
+    in_ns(&ul, &["ip", "addr", "add", &format!("{GATEWAY_V4}/24"), "dev", "br0"])?;
+    in_ns(
+        &ul,
+        &["ip", "-6", "addr", "add", &format!("{GATEWAY_V6}/64"), "dev", "br0", "nodad"],
+    )?;
+    in_ns(&ul, &["ip", "link", "set", "br0", "up"])?;
+    Ok(())
+}
+
+fn make_mount_dir(paths: &Paths) -> anyhow::Result<()> {
+    let dir = paths.mnt_dir();
+    fs::create_dir_all(&dir)?;
+    let d = dir.to_string_lossy().into_owned();
+    // Mount namespaces can only be pinned under a private mount.
+    run("mount", &["--bind", &d, &d])?;
+    run("mount", &["--make-private", &d])?;
+    // Mount points the nodes' private mounts cover (empty directories on the host).
+    fs::create_dir_all("/run/wireguard")?;
+    fs::create_dir_all("/run/meshd")?;
+    Ok(())
+}
+
+/// Create node `i` with `pods` pods and start its meshd.
+fn add_node_inner(state: &mut LabState, i: u32, pods: u32) -> anyhow::Result<()> {
+    let lab = state.name.clone();
+    let paths = Paths::new(&lab);
+    let ns = node_ns(&lab, i);
+    let ul = underlay_ns(&lab);
+    let (v4, v6) = node_underlay(i);
+    state.nodes.push(NodeState { index: i, pods });
+    save_state(state)?;
+    ip(&["netns", "add", &ns])?;
+    sysctl(
+        &ns,
+        &[
+            "net.ipv4.ip_forward=1",
+            "net.ipv6.conf.all.forwarding=1",
+            "net.ipv6.conf.all.accept_dad=0",
+            "net.ipv6.conf.default.accept_dad=0",
+        ],
+    )?;
+    in_ns(&ns, &["ip", "link", "set", "lo", "up"])?;
+    let port = node_name(i);
+    ip(&["-n", &ul, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
+    ip(&["-n", &ul, "link", "set", &port, "master", "br0", "up"])?;
+    in_ns(&ns, &["ip", "addr", "add", &format!("{v4}/24"), "dev", "eth0"])?;
+    in_ns(&ns, &["ip", "-6", "addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"])?;
+    in_ns(&ns, &["ip", "link", "set", "eth0", "up"])?;
+    in_ns(&ns, &["ip", "route", "add", "default", "via", &GATEWAY_V4.to_string()])?;
+    in_ns(&ns, &["ip", "-6", "route", "add", "default", "via", &GATEWAY_V6.to_string()])?;
+
+    // The node's private mount namespace.
+    let mnt = paths.mnt(i);
+    fs::write(&mnt, b"").with_context(|| format!("creating {}", mnt.display()))?;
+    let m = mnt.to_string_lossy().into_owned();
+    run("unshare", &[&format!("--mount={m}"), "--propagation", "private", "true"])?;
+    run(
+        "nsenter",
+        &[
+            &format!("--mount={m}"),
+            &format!("--net=/run/netns/{ns}"),
+            "--",
+            "sh",
+            "-c",
+            "mount -t tmpfs -o mode=0755 meshd-lab /run/wireguard && \
+             mount -t tmpfs -o mode=0755 meshd-lab /run/meshd && \
+             umount -l /sys && mount -t sysfs sysfs /sys",
+        ],
+    )?;
+    fs::create_dir_all(paths.node_dir(i))?;
+    start_meshd(&lab, &state.wireguard_mode, i)?;
+    for j in 1..=pods {
+        add_pod(&lab, i, j)?;
+    }
+    Ok(())
+}
+
+/// Start (or restart) node `i`'s meshd in its namespaces.
+fn start_meshd(lab: &str, mode: &str, i: u32) -> anyhow::Result<u32> {
+    let paths = Paths::new(lab);
+    let meshd = binary("meshd")?;
+    let (c4, c6) = node_pod_cidrs(i);
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(paths.log(i))
+        .with_context(|| format!("opening {}", paths.log(i).display()))?;
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--mount={}", paths.mnt(i).display()))
+        .arg(format!("--net=/run/netns/{}", node_ns(lab, i)))
+        .arg("--")
+        .arg(&meshd)
+        .args(["--node-name", &node_name(i)])
+        .arg("--state-dir")
+        .arg(paths.node_dir(i).join("state"))
+        .arg("--registry-dir")
+        .arg(paths.registry())
+        .args(["--underlay-interface", "eth0"])
+        .args(["--listen-port", &LISTEN_PORT.to_string()])
+        .args(["--wireguard-mode", mode])
+        .args(["--pod-cidr", &c4.to_string(), "--pod-cidr", &c6.to_string()])
+        .args(["--cluster-cidr", CLUSTER_V4, "--cluster-cidr", CLUSTER_V6])
+        .env("RUST_LOG", std::env::var("MESHD_LAB_LOG").unwrap_or_else(|_| "info".into()))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0);
+    let child = cmd.spawn().context("starting meshd")?;
+    // nsenter execs meshd in place: the child's pid is meshd's.
+    let pid = child.id();
+    fs::write(paths.pidfile(i), pid.to_string())?;
+    // Not waited for: meshd outlives meshctl and is reparented to init.
+    std::mem::forget(child);
+    Ok(pid)
+}
+
+fn add_pod(lab: &str, i: u32, j: u32) -> anyhow::Result<()> {
+    let node = node_ns(lab, i);
+    let pod = pod_ns(lab, i, j);
+    let host = pod_host_veth(j);
+    let (a4, a6) = pod_addrs(i, j);
+    ip(&["netns", "add", &pod])?;
+    sysctl(&pod, &["net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"])?;
+    ip(&["-n", &node, "link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns", &pod])?;
+    ip(&["-n", &node, "link", "set", &host, "address", HOST_VETH_MAC])?;
+    sysctl(&node, &[&format!("net.ipv4.conf.{host}.proxy_arp=1")])?;
+    ip(&["-n", &node, "link", "set", &host, "up"])?;
+    ip(&["-n", &node, "route", "add", &format!("{a4}/32"), "dev", &host])?;
+    ip(&["-n", &node, "-6", "route", "add", &format!("{a6}/128"), "dev", &host])?;
+    ip(&["-n", &pod, "link", "set", "lo", "up"])?;
+    ip(&["-n", &pod, "addr", "add", &format!("{a4}/32"), "dev", "eth0"])?;
+    ip(&["-n", &pod, "-6", "addr", "add", &format!("{a6}/128"), "dev", "eth0", "nodad"])?;
+    ip(&["-n", &pod, "link", "set", "eth0", "up"])?;
+    let gw4 = POD_GATEWAY_V4.to_string();
+    ip(&["-n", &pod, "route", "add", &gw4, "dev", "eth0", "scope", "link"])?;
+    ip(&["-n", &pod, "route", "add", "default", "via", &gw4, "dev", "eth0"])?;
+    ip(&["-n", &pod, "-6", "route", "add", "default", "via", &POD_GATEWAY_V6.to_string(), "dev", "eth0"])?;
+    Ok(())
+}
+
+/// Query node `i`'s meshd through its own control socket.
+fn node_status(lab: &str, i: u32) -> anyhow::Result<StatusReport> {
+    let paths = Paths::new(lab);
+    let meshctl = std::env::current_exe().context("locating meshctl")?;
+    let out = run(
+        "nsenter",
+        &[
+            &format!("--mount={}", paths.mnt(i).display()),
+            &format!("--net=/run/netns/{}", node_ns(lab, i)),
+            "--",
+            &meshctl.to_string_lossy(),
+            "status",
+            "-o",
+            "json",
+        ],
+    )?;
+    serde_json::from_str(&out).context("decoding meshd status")
+}
+
+fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.contains(") Z "))
+            .unwrap_or(false)
+}
+
+fn meshd_pid(lab: &str, i: u32) -> Option<u32> {
+    fs::read_to_string(Paths::new(lab).pidfile(i))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|pid| pid_alive(*pid))
+}
+
+/// Wait until every node's meshd has programmed a peer for every other node.
+fn wait_converged(state: &LabState, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let want = state.nodes.len().saturating_sub(1);
+    loop {
+        let mut pending = Vec::new();
+        for n in &state.nodes {
+            match node_status(&state.name, n.index) {
+                Ok(s) if s.converged && s.peers.len() == want => {}
+                Ok(s) => pending.push(format!("{} ({}/{want} peers)", s.node, s.peers.len())),
+                Err(_) => {
+                    if meshd_pid(&state.name, n.index).is_none() {
+                        bail!(
+                            "meshd on {} exited; see {}",
+                            node_name(n.index),
+                            Paths::new(&state.name).log(n.index).display()
+                        );
+                    }
+                    pending.push(format!("{} (starting)", node_name(n.index)));
+                }
+            }
+        }
+        if pending.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("mesh did not converge in {timeout:?}: waiting for {}", pending.join(", "));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// One ping from the first pod of each node to the first pod of every other node, both families.
+fn warm_up(state: &LabState) {
+    for a in &state.nodes {
+        for b in &state.nodes {
+            if a.index == b.index || a.pods == 0 || b.pods == 0 {
+                continue;
+            }
+            let (d4, d6) = pod_addrs(b.index, 1);
+            for dst in [d4.to_string(), d6.to_string()] {
+                let _ = in_ns(
+                    &pod_ns(&state.name, a.index, 1),
+                    &["ping", "-c", "1", "-W", "2", &dst],
+                );
+            }
+        }
+    }
+}
+
+/// `meshctl lab down`: remove every namespace, process, mount and file of the lab.
+pub fn down(lab: &str) -> anyhow::Result<()> {
+    check_name(lab)?;
+    require_root()?;
+    let paths = Paths::new(lab);
+    let ours: Vec<String> = namespaces()?
+        .into_iter()
+        .filter(|ns| owns_namespace(lab, ns))
+        .collect();
+    if ours.is_empty() && !paths.root.exists() {
+        eprintln!("lab {lab} is not up; nothing to do");
+        return Ok(());
+    }
+    step(format!("stopping processes in {} namespaces", ours.len()));
+    for ns in &ours {
+        kill_ns_processes(ns);
+    }
+    for ns in &ours {
+        if let Err(err) = ip(&["netns", "del", ns]) {
+            eprintln!("warning: {err:#}");
+        }
+    }
+    if let Ok(entries) = fs::read_dir(paths.mnt_dir()) {
+        for entry in entries.flatten() {
+            let _ = run("umount", &[&entry.path().to_string_lossy()]);
+        }
+    }
+    let _ = run("umount", &[&paths.mnt_dir().to_string_lossy()]);
+    if paths.root.exists() {
+        fs::remove_dir_all(&paths.root)
+            .with_context(|| format!("removing {}", paths.root.display()))?;
+    }
+    step(format!("lab {lab} is down"));
+    Ok(())
+}
+
+fn kill_ns_processes(ns: &str) {
+    for signal in ["-TERM", "-KILL"] {
+        let pids = run("ip", &["netns", "pids", ns]).unwrap_or_default();
+        let pids: Vec<&str> = pids.split_whitespace().collect();
+        if pids.is_empty() {
+            return;
+        }
+        let mut args = vec![signal];
+        args.extend(pids);
+        let _ = run("kill", &args);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `meshctl lab add-node`: one more node, programmed by the others without restart.
+pub fn add_node(lab: &str, pods: u32) -> anyhow::Result<String> {
+    require_root()?;
+    check_range("pods per node", pods, MAX_PODS)?;
+    let mut state = load_state(lab)?.with_context(|| format!("lab {lab} is not up"))?;
+    let i = state.nodes.iter().map(|n| n.index).max().unwrap_or(0) + 1;
+    check_range("nodes", i, MAX_NODES)?;
+    step(format!("node {}: namespace, underlay link, meshd ({pods} pods)", node_name(i)));
+    add_node_inner(&mut state, i, pods)?;
+    step("waiting for every node to program every peer");
+    wait_converged(&state, Duration::from_secs(60))?;
+    Ok(node_name(i))
+}
+
+fn node_index(state: &LabState, node: &str) -> anyhow::Result<u32> {
+    state
+        .nodes
+        .iter()
+        .map(|n| n.index)
+        .find(|i| node_name(*i) == node)
+        .with_context(|| format!("lab {} has no node {node}", state.name))
+}
+
+/// `meshctl lab remove-node`: delete a node as an operator deletes a Node: its record goes
+/// away, and every other node removes its peer and routes.
+pub fn remove_node(lab: &str, node: &str) -> anyhow::Result<()> {
+    require_root()?;
+    let mut state = load_state(lab)?.with_context(|| format!("lab {lab} is not up"))?;
+    let i = node_index(&state, node)?;
+    let paths = Paths::new(lab);
+    let pods = state.nodes.iter().find(|n| n.index == i).map_or(0, |n| n.pods);
+    let mut spaces: Vec<String> = (1..=pods).map(|j| pod_ns(lab, i, j)).collect();
+    spaces.push(node_ns(lab, i));
+    for ns in &spaces {
+        kill_ns_processes(ns);
+        let _ = ip(&["netns", "del", ns]);
+    }
+    let _ = fs::remove_file(paths.registry().join(format!("{node}.json")));
+    let _ = run("umount", &[&paths.mnt(i).to_string_lossy()]);
+    let _ = fs::remove_file(paths.mnt(i));
+    let _ = fs::remove_dir_all(paths.node_dir(i));
+    state.nodes.retain(|n| n.index != i);
+    save_state(&state)?;
+    step(format!("node {node} removed"));
+    Ok(())
+}
+
+/// `meshctl lab kill-node`: SIGKILL a node's meshd (its datapath keeps running).
+pub fn kill_node(lab: &str, node: &str) -> anyhow::Result<u32> {
+    let state = load_state(lab)?.with_context(|| format!("lab {lab} is not up"))?;
+    let i = node_index(&state, node)?;
+    let pid = meshd_pid(lab, i).with_context(|| format!("meshd on {node} is not running"))?;
+    run("kill", &["-KILL", &pid.to_string()])?;
+    Ok(pid)
+}
+
+/// `meshctl lab start-node`: start a node's meshd again (after kill-node).
+pub fn start_node(lab: &str, node: &str) -> anyhow::Result<u32> {
+    let state = load_state(lab)?.with_context(|| format!("lab {lab} is not up"))?;
+    let i = node_index(&state, node)?;
+    if let Some(pid) = meshd_pid(lab, i) {
+        bail!("meshd on {node} is already running (pid {pid})");
+    }
+    start_meshd(lab, &state.wireguard_mode, i)
+}
+
+/// `meshctl lab exec`: run a command inside a node (its network and mount namespaces).
+pub fn exec(lab: &str, node: &str, command: &[String]) -> anyhow::Result<std::process::ExitStatus> {
+    let state = load_state(lab)?.with_context(|| format!("lab {lab} is not up"))?;
+    let i = node_index(&state, node)?;
+    let paths = Paths::new(lab);
+    Command::new("nsenter")
+        .arg(format!("--mount={}", paths.mnt(i).display()))
+        .arg(format!("--net=/run/netns/{}", node_ns(lab, i)))
+        .arg("--")
+        .args(command)
+        .status()
+        .context("running nsenter")
+}
+
+/// The `lab status -o json` document (see the README for the contract).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabStatus {
+    /// Document version.
+    pub version: u32,
+    /// Lab name.
+    pub lab: String,
+    /// WireGuard port of every node.
+    pub listen_port: u16,
+    /// Where the underlay can be captured.
+    pub capture: CaptureSpot,
+    /// Cluster pod CIDRs.
+    pub cluster_cidrs: Vec<String>,
+    /// The directory registry the lab's nodes share (one `<node>.json` per node).
+    pub registry_dir: String,
+    /// Nodes.
+    pub nodes: Vec<LabNode>,
+    /// Pods.
+    pub pods: Vec<LabPod>,
+}
+
+/// Where to capture the underlay.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CaptureSpot {
+    /// Namespace.
+    pub namespace: String,
+    /// Interface (the switch: sees every node's traffic).
+    pub interface: String,
+}
+
+/// A node in the status document.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabNode {
+    /// Node name.
+    pub name: String,
+    /// Network namespace.
+    pub namespace: String,
+    /// Pinned mount namespace (enter with `nsenter --mount=… --net=/run/netns/…`).
+    pub mount_namespace: String,
+    /// Underlay interface inside the node.
+    pub underlay_interface: String,
+    /// Underlay addresses.
+    pub underlay_addresses: Vec<String>,
+    /// WireGuard interface.
+    pub wireguard_interface: String,
+    /// `kernel`, `userspace`, or `unknown` when meshd is not answering.
+    pub mode: String,
+    /// Pod CIDRs.
+    pub pod_cidrs: Vec<String>,
+    /// Public key (empty when meshd is not answering).
+    pub public_key: String,
+    /// meshd's pid, when running.
+    pub meshd_pid: Option<u32>,
+    /// Whether meshd is running.
+    pub running: bool,
+    /// Peers as programmed on the node's device (empty when meshd is not answering).
+    pub peers: Vec<crate::control::PeerReport>,
+    /// meshd's full status, when it answers.
+    pub status: Option<StatusReport>,
+}
+
+/// A pod in the status document.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabPod {
+    /// Pod name.
+    pub name: String,
+    /// Its node.
+    pub node: String,
+    /// Its network namespace.
+    pub namespace: String,
+    /// Its interface.
+    pub interface: String,
+    /// IPv4 address.
+    pub ipv4: String,
+    /// IPv6 address.
+    pub ipv6: String,
+}
+
+/// Build the status document of a lab.
+pub fn status(lab: &str) -> anyhow::Result<LabStatus> {
+    let state = load_state(lab)?.with_context(|| format!("lab {lab} is not up"))?;
+    let paths = Paths::new(lab);
+    let mut nodes = Vec::new();
+    let mut pods = Vec::new();
+    for n in &state.nodes {
+        let i = n.index;
+        let pid = meshd_pid(lab, i);
+        let live = pid.and_then(|_| node_status(lab, i).ok());
+        let (u4, u6) = node_underlay(i);
+        let (c4, c6) = node_pod_cidrs(i);
+        nodes.push(LabNode {
+            name: node_name(i),
+            namespace: node_ns(lab, i),
+            mount_namespace: paths.mnt(i).to_string_lossy().into_owned(),
+            underlay_interface: "eth0".into(),
+            underlay_addresses: vec![u4.to_string(), u6.to_string()],
+            wireguard_interface: live.as_ref().map_or("meshd0".into(), |s| s.interface.clone()),
+            mode: live.as_ref().map_or("unknown".into(), |s| s.mode.clone()),
+            pod_cidrs: vec![c4.to_string(), c6.to_string()],
+            public_key: live.as_ref().map_or(String::new(), |s| s.public_key.clone()),
+            meshd_pid: pid,
+            running: pid.is_some(),
+            peers: live.as_ref().map_or_else(Vec::new, |s| s.peers.clone()),
+            status: live,
+        });
+        for j in 1..=n.pods {
+            let (a4, a6) = pod_addrs(i, j);
+            pods.push(LabPod {
+                name: pod_name(i, j),
+                node: node_name(i),
+                namespace: pod_ns(lab, i, j),
+                interface: "eth0".into(),
+                ipv4: a4.to_string(),
+                ipv6: a6.to_string(),
+            });
+        }
+    }
+    Ok(LabStatus {
+        version: STATUS_VERSION,
+        lab: lab.to_string(),
+        listen_port: LISTEN_PORT,
+        capture: CaptureSpot {
+            namespace: underlay_ns(lab),
+            interface: "br0".into(),
+        },
+        cluster_cidrs: vec![CLUSTER_V4.into(), CLUSTER_V6.into()],
+        registry_dir: paths.registry().to_string_lossy().into_owned(),
+        nodes,
+        pods,
+    })
+}
+
+/// Print the human table of nodes, peers and handshakes.
+pub fn print_table(state: &LabState) -> anyhow::Result<()> {
+    let st = status(&state.name)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{:<5} {:<10} {:<8} {:<28} {:<32} PEERS (last handshake)", "NODE", "MODE", "MESHD", "UNDERLAY", "POD CIDRS")?;
+    for n in &st.nodes {
+        let peers = n.status.as_ref().map_or_else(
+            || "-".to_string(),
+            |s| {
+                s.peers
+                    .iter()
+                    .map(|p| {
+                        let name = p.name.clone().unwrap_or_else(|| p.public_key[..8].to_string());
+                        match p.last_handshake_secs_ago {
+                            Some(ago) => format!("{name} ({ago}s ago)"),
+                            None => format!("{name} (no handshake yet)"),
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        );
+        writeln!(
+            out,
+            "{:<5} {:<10} {:<8} {:<28} {:<32} {}",
+            n.name,
+            n.mode,
+            if n.running { "running" } else { "stopped" },
+            n.underlay_addresses.join(" "),
+            n.pod_cidrs.join(" "),
+            peers
+        )?;
+    }
+    writeln!(out, "pods: {}", st.pods.iter().map(|p| format!("{} {}/{}", p.name, p.ipv4, p.ipv6)).collect::<Vec<_>>().join(", "))?;
+    writeln!(out, "capture the underlay: ip netns exec {} tcpdump -ni {}", st.capture.namespace, st.capture.interface)?;
+    Ok(())
+}
+
+/// Print the table for a running lab by name.
+pub fn print_status_table(lab: &str) -> anyhow::Result<()> {
+    let state = load_state(lab)?.with_context(|| format!("lab {lab} is not up"))?;
+    print_table(&state)
+}

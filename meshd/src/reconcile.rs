@@ -1,0 +1,169 @@
+//! The reconcile plan: from the desired peer set and what the device and routing table hold now,
+//! the ordered, minimal list of changes. Pure: no I/O, unit-tested without root.
+//!
+//! Ordering is what keeps the mesh from leaking: a peer is programmed *before* the route that
+//! sends traffic to it exists, and a route is withdrawn only *after* its peer is gone (traffic
+//! for a CIDR without a peer is dropped by WireGuard, and the cluster-wide blackhole route
+//! catches anything once the specific route is gone). Nothing unchanged is touched.
+
+use std::collections::BTreeSet;
+
+use ipnet::IpNet;
+use keyexchange::peers::{diff_peers, PeerOp, PeerSet, ProgrammedPeer};
+use keyexchange::PublicKey;
+use netlink::{PeerChange, PeerConfig, PeerStatus};
+
+/// The ordered changes one reconcile pass applies.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Peers to remove (applied first).
+    pub remove_peers: Vec<PeerChange>,
+    /// Routes to delete (after their peers are gone).
+    pub del_routes: Vec<IpNet>,
+    /// Peers to add or update.
+    pub upsert_peers: Vec<PeerChange>,
+    /// Routes to add (after their peers exist).
+    pub add_routes: Vec<IpNet>,
+}
+
+impl Plan {
+    /// Whether the plan changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.remove_peers.is_empty()
+            && self.del_routes.is_empty()
+            && self.upsert_peers.is_empty()
+            && self.add_routes.is_empty()
+    }
+}
+
+/// What the device has programmed, in keyexchange's terms.
+pub fn programmed(peers: &[PeerStatus]) -> Vec<ProgrammedPeer> {
+    peers
+        .iter()
+        .map(|p| ProgrammedPeer {
+            public_key: PublicKey::from_bytes(p.public_key),
+            endpoint: p.endpoint,
+            allowed_ips: p.allowed_ips.clone(),
+        })
+        .collect()
+}
+
+/// Compute the plan that takes the device and routes from their present state to `desired`.
+pub fn plan(
+    desired: &PeerSet,
+    device_peers: &[PeerStatus],
+    present_routes: &[IpNet],
+    keepalive: Option<u16>,
+) -> Plan {
+    let mut out = Plan::default();
+    for op in diff_peers(&programmed(device_peers), desired) {
+        match op {
+            PeerOp::Remove(key) => out.remove_peers.push(PeerChange::Remove(*key.as_bytes())),
+            PeerOp::Add(peer) | PeerOp::Update(peer) => {
+                out.upsert_peers.push(PeerChange::Upsert(PeerConfig {
+                    public_key: *peer.public_key.as_bytes(),
+                    endpoint: peer.endpoint,
+                    allowed_ips: peer.allowed_ips.clone(),
+                    persistent_keepalive: keepalive,
+                }))
+            }
+        }
+    }
+    let wanted: BTreeSet<IpNet> = desired
+        .peers
+        .values()
+        .flat_map(|p| p.allowed_ips.iter().map(IpNet::trunc))
+        .collect();
+    let present: BTreeSet<IpNet> = present_routes.iter().map(IpNet::trunc).collect();
+    out.del_routes = present.difference(&wanted).copied().collect();
+    out.add_routes = wanted.difference(&present).copied().collect();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keyexchange::peers::DesiredPeer;
+    use keyexchange::PrivateKey;
+
+    fn net(s: &str) -> IpNet {
+        s.parse().expect("cidr")
+    }
+
+    fn desired(entries: &[(PublicKey, &str, &[&str])]) -> PeerSet {
+        let mut set = PeerSet::default();
+        for (key, name, cidrs) in entries {
+            set.peers.insert(
+                *key,
+                DesiredPeer {
+                    name: (*name).to_string(),
+                    public_key: *key,
+                    endpoint: Some("198.18.0.12:51820".parse().expect("addr")),
+                    allowed_ips: cidrs.iter().map(|c| net(c)).collect(),
+                },
+            );
+        }
+        set
+    }
+
+    fn status(key: PublicKey, cidrs: &[&str]) -> PeerStatus {
+        PeerStatus {
+            public_key: *key.as_bytes(),
+            endpoint: Some("198.18.0.12:51820".parse().expect("addr")),
+            allowed_ips: cidrs.iter().map(|c| net(c)).collect(),
+            last_handshake: None,
+            rx_bytes: 0,
+            tx_bytes: 0,
+            persistent_keepalive: None,
+        }
+    }
+
+    #[test]
+    fn converged_state_plans_nothing() {
+        let k = PrivateKey::generate().public_key();
+        let want = desired(&[(k, "n2", &["10.244.2.0/24", "fd00:244:0:2::/64"])]);
+        let got = plan(
+            &want,
+            &[status(k, &["fd00:244:0:2::/64", "10.244.2.0/24"])],
+            &[net("10.244.2.0/24"), net("fd00:244:0:2::/64")],
+            None,
+        );
+        assert!(got.is_empty(), "{got:?}");
+    }
+
+    #[test]
+    fn new_peer_gets_peer_then_routes_for_both_families() {
+        let k = PrivateKey::generate().public_key();
+        let want = desired(&[(k, "n2", &["10.244.2.0/24", "fd00:244:0:2::/64"])]);
+        let got = plan(&want, &[], &[], Some(25));
+        assert_eq!(got.upsert_peers.len(), 1);
+        match &got.upsert_peers[0] {
+            PeerChange::Upsert(cfg) => {
+                assert_eq!(cfg.public_key, *k.as_bytes());
+                assert_eq!(cfg.persistent_keepalive, Some(25));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(
+            got.add_routes,
+            vec![net("10.244.2.0/24"), net("fd00:244:0:2::/64")]
+        );
+        assert!(got.remove_peers.is_empty() && got.del_routes.is_empty());
+    }
+
+    #[test]
+    fn removed_peer_loses_peer_and_routes_and_others_are_untouched() {
+        let keep = PrivateKey::generate().public_key();
+        let gone = PrivateKey::generate().public_key();
+        let want = desired(&[(keep, "n2", &["10.244.2.0/24"])]);
+        let got = plan(
+            &want,
+            &[status(keep, &["10.244.2.0/24"]), status(gone, &["10.244.3.0/24"])],
+            &[net("10.244.2.0/24"), net("10.244.3.0/24")],
+            None,
+        );
+        assert_eq!(got.remove_peers, vec![PeerChange::Remove(*gone.as_bytes())]);
+        assert_eq!(got.del_routes, vec![net("10.244.3.0/24")]);
+        assert!(got.upsert_peers.is_empty() && got.add_routes.is_empty());
+    }
+}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Install what building, running and testing meshd needs on a fresh Debian machine.
+# Idempotent and quick when everything is already present.
+set -euo pipefail
+
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have ip        || need+=(iproute2)
+have wg        || need+=(wireguard-tools)
+have wireguard-go || need+=(wireguard-go)
+have iperf3    || need+=(iperf3)
+have tcpdump   || need+=(tcpdump)
+have ping      || need+=(iputils-ping)
+have nsenter   || need+=(util-linux)
+have sysctl    || need+=(procps)
+have cc        || need+=(gcc libc6-dev)
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "meshd's lab and tests create network namespaces: run as root" >&2
+  exit 1
+fi
+
+if [ "${#need[@]}" -gt 0 ]; then
+  echo "› installing: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if ! have cargo; then
+  echo "cargo (Rust 1.95 or newer) is required" >&2
+  exit 1
+fi

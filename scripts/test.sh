@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Run every check and test of the workspace: formatting, clippy, unit tests and the multi-node
+# integration tests (real namespaces, real meshd processes, real WireGuard, real captures).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -q -- -D warnings
+# Integration tests run the daemon binaries: build them first.
+cargo build --workspace --bins --locked -q
+cargo test --workspace --locked -- --test-threads="${MESHD_TEST_THREADS:-2}"
