@@ -56,7 +56,10 @@ impl Lab {
     pub fn up_named(name: &str, nodes: u32, pods: u32) -> anyhow::Result<Lab> {
         let meshctl = bin("meshctl");
         if !meshctl.exists() {
-            bail!("{} missing: run `cargo build --workspace --bins` first", meshctl.display());
+            bail!(
+                "{} missing: run `cargo build --workspace --bins` first",
+                meshctl.display()
+            );
         }
         let lab = Lab {
             name: name.to_string(),
@@ -154,7 +157,18 @@ impl Drop for Lab {
 pub fn ping(from: &LabPod, dst: &str, count: u32) -> bool {
     netns::run_in_unchecked(
         &from.namespace,
-        &["ping", "-n", "-q", "-c", &count.to_string(), "-i", "0.1", "-W", "2", dst],
+        &[
+            "ping",
+            "-n",
+            "-q",
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.1",
+            "-W",
+            "2",
+            dst,
+        ],
     )
     .map(|o| o.status.success())
     .unwrap_or(false)
@@ -195,7 +209,11 @@ mod tests {
         assert_ne!(a, b);
         for n in [a, b] {
             assert!(n.len() <= 8 && n.starts_with('t'), "{n}");
-            assert!(n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()), "{n}");
+            assert!(
+                n.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()),
+                "{n}"
+            );
         }
     }
 

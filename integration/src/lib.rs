@@ -16,9 +16,9 @@
 //! namespaces the caller created (or to loopback in unit tests).
 
 pub mod capture;
+pub mod lab;
 pub mod labjson;
 pub mod netns;
-pub mod lab;
 pub mod traffic;
 pub mod verify;
 

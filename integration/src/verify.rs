@@ -51,7 +51,9 @@ pub struct VerifyReport {
 impl VerifyReport {
     /// All checks passed, the capture is clean and it did see WireGuard.
     pub fn passed(&self) -> bool {
-        self.checks.iter().all(|c| c.ok) && self.capture.is_clean() && self.capture.wireguard_packets > 0
+        self.checks.iter().all(|c| c.ok)
+            && self.capture.is_clean()
+            && self.capture.wireguard_packets > 0
     }
 
     /// The failed checks.
@@ -75,7 +77,10 @@ pub fn start_sink(ns: &str, args: &[&str]) -> anyhow::Result<ChildGuard> {
             Some(Ok(_)) => continue,
             _ => {
                 let _ = child.kill();
-                bail!("lab-traffic {} in {ns} did not start listening", args.join(" "));
+                bail!(
+                    "lab-traffic {} in {ns} did not start listening",
+                    args.join(" ")
+                );
             }
         }
     }
@@ -98,9 +103,33 @@ pub fn finish(mut sink: ChildGuard) -> anyhow::Result<(bool, serde_json::Value)>
 }
 
 /// Send `bytes` over TCP from pod `from` to `to:port`, checked end to end.
-pub fn tcp_transfer(from: &LabPod, to_ns: &str, to: IpAddr, port: u16, bytes: u64) -> anyhow::Result<bool> {
-    let listen = sockaddr(if to.is_ipv4() { "0.0.0.0".parse()? } else { "::".parse()? }, port);
-    let sink = start_sink(to_ns, &["tcp-sink", "--listen", &listen, "--count", "1", "--timeout-s", "60"])?;
+pub fn tcp_transfer(
+    from: &LabPod,
+    to_ns: &str,
+    to: IpAddr,
+    port: u16,
+    bytes: u64,
+) -> anyhow::Result<bool> {
+    let listen = sockaddr(
+        if to.is_ipv4() {
+            "0.0.0.0".parse()?
+        } else {
+            "::".parse()?
+        },
+        port,
+    );
+    let sink = start_sink(
+        to_ns,
+        &[
+            "tcp-sink",
+            "--listen",
+            &listen,
+            "--count",
+            "1",
+            "--timeout-s",
+            "60",
+        ],
+    )?;
     let tool = bin("lab-traffic");
     let out = netns::run_in_unchecked(
         &from.namespace,
@@ -127,7 +156,11 @@ pub fn verify(status: &LabStatus, opts: &VerifyOptions) -> anyhow::Result<Verify
         wireguard_port: status.listen_port,
         markers: vec![MARKER.as_bytes().to_vec()],
     };
-    let capture = Capture::start(&status.capture.namespace, &status.capture.interface, &opts.pcap)?;
+    let capture = Capture::start(
+        &status.capture.namespace,
+        &status.capture.interface,
+        &opts.pcap,
+    )?;
     let mut checks = Vec::new();
     for a in &status.pods {
         for b in status.pods.iter().filter(|b| b.node != a.node) {
@@ -153,7 +186,10 @@ pub fn verify(status: &LabStatus, opts: &VerifyOptions) -> anyhow::Result<Verify
             let dst = if port % 2 == 0 { v4 } else { v6 };
             let ok = tcp_transfer(a, &b.namespace, dst, port, opts.tcp_bytes).unwrap_or(false);
             checks.push(Check {
-                what: format!("tcp {} -> {} ({dst}), {} bytes, sha256 checked", a.name, b.name, opts.tcp_bytes),
+                what: format!(
+                    "tcp {} -> {} ({dst}), {} bytes, sha256 checked",
+                    a.name, b.name, opts.tcp_bytes
+                ),
                 ok,
             });
             port += 1;
@@ -189,7 +225,12 @@ pub fn print_report(report: &VerifyReport, pcap: &Path) {
         "  packets with a pod address in clear: {}   frames containing the canary {:?}: {}   other IP (ND/ARP-like): {}",
         c.plaintext_pod_count, MARKER, c.marker_hit_count, c.non_wireguard_ip_count
     );
-    for d in c.plaintext_pod_packets.iter().chain(c.marker_hits.iter()).take(10) {
+    for d in c
+        .plaintext_pod_packets
+        .iter()
+        .chain(c.marker_hits.iter())
+        .take(10)
+    {
         println!("  LEAK: {d}");
     }
     println!(

@@ -32,7 +32,9 @@ fn three_nodes_all_pods_reach_all_pods_and_only_wireguard_crosses_the_underlay()
         assert_eq!(n.mode, "userspace", "this kernel has no WireGuard module");
         assert_eq!(n.peers.len(), 2, "{} peers: {:?}", n.name, n.peers);
         // wg(8) works against the device inside the node.
-        let wg = lab.exec(&n.name, &["wg", "show", "meshd0", "peers"]).unwrap();
+        let wg = lab
+            .exec(&n.name, &["wg", "show", "meshd0", "peers"])
+            .unwrap();
         assert_eq!(wg.lines().count(), 2, "wg show on {}: {wg}", n.name);
     }
     let dir = tempfile::tempdir().unwrap();
@@ -47,16 +49,37 @@ fn three_nodes_all_pods_reach_all_pods_and_only_wireguard_crosses_the_underlay()
     )
     .unwrap();
     print_report(&report, &pcap);
-    assert!(report.failures().is_empty(), "failed: {:?}", report.failures());
+    assert!(
+        report.failures().is_empty(),
+        "failed: {:?}",
+        report.failures()
+    );
     assert!(report.capture.is_clean(), "{}", report.capture.summary());
-    assert!(report.capture.wireguard_packets > 0, "{}", report.capture.summary());
+    assert!(
+        report.capture.wireguard_packets > 0,
+        "{}",
+        report.capture.summary()
+    );
     // WireGuard data messages carried the traffic.
-    assert!(report.capture.wireguard_by_type.get(&4).copied().unwrap_or(0) > 100);
+    assert!(
+        report
+            .capture
+            .wireguard_by_type
+            .get(&4)
+            .copied()
+            .unwrap_or(0)
+            > 100
+    );
     // Every node saw a handshake with every peer.
     let st = lab.status_json().unwrap();
     for n in st["nodes"].as_array().unwrap() {
         for p in n["peers"].as_array().unwrap() {
-            assert!(p["last_handshake_unix"].as_u64().is_some(), "{} peer {} never handshook", n["name"], p["name"]);
+            assert!(
+                p["last_handshake_unix"].as_u64().is_some(),
+                "{} peer {} never handshook",
+                n["name"],
+                p["name"]
+            );
         }
     }
 }
@@ -78,24 +101,47 @@ fn sigkill_of_meshd_under_traffic_keeps_traffic_flowing_and_restart_adopts() {
     // 200 datagrams/s for 6 s from a pod on n1 (the node whose meshd dies) to a pod on n2.
     let sink = start_sink(
         &to.namespace,
-        &["udp-sink", "--listen", "0.0.0.0:6000", "--duration-s", "8", "--idle-exit-s", "1.5"],
+        &[
+            "udp-sink",
+            "--listen",
+            "0.0.0.0:6000",
+            "--duration-s",
+            "8",
+            "--idle-exit-s",
+            "1.5",
+        ],
     )
     .unwrap();
     let tool = bin("lab-traffic");
     let sender = netns::spawn_in(
         &from.namespace,
-        &[&tool.to_string_lossy(), "udp-send", "--to", &sockaddr(dst4, 6000), "--interval-ms", "5", "--duration-s", "6"],
+        &[
+            &tool.to_string_lossy(),
+            "udp-send",
+            "--to",
+            &sockaddr(dst4, 6000),
+            "--interval-ms",
+            "5",
+            "--duration-s",
+            "6",
+        ],
     )
     .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     let killed = lab.meshctl(&["lab", "kill-node", "n1"]).unwrap();
-    let killed_pid: u32 = String::from_utf8_lossy(&killed.stdout).trim().parse().unwrap();
+    let killed_pid: u32 = String::from_utf8_lossy(&killed.stdout)
+        .trim()
+        .parse()
+        .unwrap();
     assert_eq!(Some(killed_pid), n1.meshd_pid);
     std::thread::sleep(Duration::from_millis(1500));
     lab.meshctl(&["lab", "start-node", "n1"]).unwrap();
     let sent = sender.wait_with_output().unwrap();
     let (_, result) = finish(sink).unwrap();
-    eprintln!("udp stream across SIGKILL + restart of meshd: sender {} / sink {result}", String::from_utf8_lossy(&sent.stdout).trim());
+    eprintln!(
+        "udp stream across SIGKILL + restart of meshd: sender {} / sink {result}",
+        String::from_utf8_lossy(&sent.stdout).trim()
+    );
     let received = result["received"].as_u64().unwrap();
     let lost = result["lost"].as_u64().unwrap();
     let gap = result["max_gap_ms"].as_f64().unwrap();
@@ -105,15 +151,25 @@ fn sigkill_of_meshd_under_traffic_keeps_traffic_flowing_and_restart_adopts() {
 
     // The restarted meshd reused its key and adopted the same device; peers are converged.
     let after = lab
-        .wait_for("n1's restarted meshd to converge", Duration::from_secs(20), |s| {
-            s["nodes"][0]["status"]["converged"] == true && s["nodes"][0]["peers"].as_array().is_some_and(|p| p.len() == 1)
-        })
+        .wait_for(
+            "n1's restarted meshd to converge",
+            Duration::from_secs(20),
+            |s| {
+                s["nodes"][0]["status"]["converged"] == true
+                    && s["nodes"][0]["peers"]
+                        .as_array()
+                        .is_some_and(|p| p.len() == 1)
+            },
+        )
         .unwrap();
     let n1_after = &after["nodes"][0];
     assert_ne!(n1_after["meshd_pid"].as_u64(), Some(u64::from(killed_pid)));
     assert_eq!(n1_after["public_key"], before["nodes"][0]["public_key"]);
     assert_eq!(n1_after["status"]["adopted_device"], true);
-    assert_eq!(n1_after["status"]["ifindex"].as_u64().unwrap(), ifindex_before);
+    assert_eq!(
+        n1_after["status"]["ifindex"].as_u64().unwrap(),
+        ifindex_before
+    );
     assert!(ping(&from, &dst4.to_string(), 2));
 }
 
@@ -123,18 +179,31 @@ fn a_fourth_node_joins_without_restarts_and_leaves_cleanly() {
         return;
     }
     let lab = Lab::up(3, 1).unwrap();
-    let pids: Vec<Option<u32>> = lab.status().unwrap().nodes.iter().map(|n| n.meshd_pid).collect();
+    let pids: Vec<Option<u32>> = lab
+        .status()
+        .unwrap()
+        .nodes
+        .iter()
+        .map(|n| n.meshd_pid)
+        .collect();
     let added = lab.meshctl(&["lab", "add-node", "--pods", "1"]).unwrap();
     assert_eq!(String::from_utf8_lossy(&added.stdout).trim(), "n4");
     let st = lab.status().unwrap();
     assert_eq!(
-        st.nodes.iter().take(3).map(|n| n.meshd_pid).collect::<Vec<_>>(),
+        st.nodes
+            .iter()
+            .take(3)
+            .map(|n| n.meshd_pid)
+            .collect::<Vec<_>>(),
         pids,
         "existing meshd processes must not restart"
     );
     let raw = lab.status_json().unwrap();
     for n in ["n1", "n2", "n3"] {
-        assert!(peer_names(&raw, n).contains(&"n4".to_string()), "{n} lacks n4");
+        assert!(
+            peer_names(&raw, n).contains(&"n4".to_string()),
+            "{n} lacks n4"
+        );
     }
     let p1 = st.pods_on("n1").next().unwrap();
     let p4 = st.pods_on("n4").next().unwrap();
@@ -142,7 +211,10 @@ fn a_fourth_node_joins_without_restarts_and_leaves_cleanly() {
     assert!(ping(p1, &a4.to_string(), 2), "n1 -> n4 v4");
     assert!(ping(p1, &a6.to_string(), 2), "n1 -> n4 v6");
     let (b4, b6) = pod_addrs(p1).unwrap();
-    assert!(ping(p4, &b4.to_string(), 2) && ping(p4, &b6.to_string(), 2), "n4 -> n1");
+    assert!(
+        ping(p4, &b4.to_string(), 2) && ping(p4, &b6.to_string(), 2),
+        "n4 -> n1"
+    );
 
     lab.meshctl(&["lab", "remove-node", "n4"]).unwrap();
     lab.wait_for("every node to drop n4", Duration::from_secs(20), |s| {
@@ -153,11 +225,24 @@ fn a_fourth_node_joins_without_restarts_and_leaves_cleanly() {
     })
     .unwrap();
     for n in ["n1", "n2", "n3"] {
-        let routes = lab.exec(n, &["ip", "route", "show", "proto", "109"]).unwrap();
-        assert!(!routes.contains("10.244.4."), "{n} still routes to n4: {routes}");
-        assert!(routes.contains("10.244."), "{n} lost its other routes: {routes}");
-        let routes6 = lab.exec(n, &["ip", "-6", "route", "show", "proto", "109"]).unwrap();
-        assert!(!routes6.contains("fd00:244:0:4:"), "{n} still routes v6 to n4: {routes6}");
+        let routes = lab
+            .exec(n, &["ip", "route", "show", "proto", "109"])
+            .unwrap();
+        assert!(
+            !routes.contains("10.244.4."),
+            "{n} still routes to n4: {routes}"
+        );
+        assert!(
+            routes.contains("10.244."),
+            "{n} lost its other routes: {routes}"
+        );
+        let routes6 = lab
+            .exec(n, &["ip", "-6", "route", "show", "proto", "109"])
+            .unwrap();
+        assert!(
+            !routes6.contains("fd00:244:0:4:"),
+            "{n} still routes v6 to n4: {routes6}"
+        );
     }
     let p2 = st.pods_on("n2").next().unwrap();
     let (c4, _) = pod_addrs(p2).unwrap();
@@ -185,14 +270,29 @@ fn malformed_and_conflicting_records_are_skipped_and_the_rest_of_the_mesh_is_una
     )
     .unwrap();
     let st = lab
-        .wait_for("malformed records to be counted", Duration::from_secs(10), |s| {
-            s["nodes"].as_array().unwrap().iter().all(|n| n["status"]["counters"]["malformed_records"].as_u64().unwrap_or(0) >= 3)
-        })
+        .wait_for(
+            "malformed records to be counted",
+            Duration::from_secs(10),
+            |s| {
+                s["nodes"].as_array().unwrap().iter().all(|n| {
+                    n["status"]["counters"]["malformed_records"]
+                        .as_u64()
+                        .unwrap_or(0)
+                        >= 3
+                })
+            },
+        )
         .unwrap();
     let malformed = &st["nodes"][0]["status"]["malformed"];
     let text = malformed.to_string();
-    assert!(text.contains("junk") && text.contains("badkey") && text.contains("future"), "{text}");
-    assert!(text.contains("publicKey") && text.contains("version"), "errors must name the field: {text}");
+    assert!(
+        text.contains("junk") && text.contains("badkey") && text.contains("future"),
+        "{text}"
+    );
+    assert!(
+        text.contains("publicKey") && text.contains("version"),
+        "errors must name the field: {text}"
+    );
     for n in ["n1", "n2", "n3"] {
         assert_eq!(peer_names(&st, n).len(), 2, "{n}: {:?}", peer_names(&st, n));
     }
@@ -209,21 +309,36 @@ fn malformed_and_conflicting_records_are_skipped_and_the_rest_of_the_mesh_is_una
     );
     std::fs::write(registry.join("impostor.json"), impostor).unwrap();
     let st = lab
-        .wait_for("n1 to drop n2 over the duplicate key", Duration::from_secs(10), |s| {
-            let peers = peer_names(s, "n1");
-            peers == vec!["n3".to_string()]
-        })
+        .wait_for(
+            "n1 to drop n2 over the duplicate key",
+            Duration::from_secs(10),
+            |s| {
+                let peers = peer_names(s, "n1");
+                peers == vec!["n3".to_string()]
+            },
+        )
         .unwrap();
     let conflicts = st["nodes"][0]["status"]["conflicts"].to_string();
-    assert!(conflicts.contains("impostor") && conflicts.contains("n2"), "{conflicts}");
+    assert!(
+        conflicts.contains("impostor") && conflicts.contains("n2"),
+        "{conflicts}"
+    );
     let p3 = typed.pods_on("n3").next().unwrap();
     let (c4, _) = pod_addrs(p3).unwrap();
-    assert!(ping(p1, &c4.to_string(), 2), "n1 -> n3 unaffected by the n2 conflict");
-    assert!(!ping(p1, &a4.to_string(), 1), "n2 must not be reachable while its key is contested");
+    assert!(
+        ping(p1, &c4.to_string(), 2),
+        "n1 -> n3 unaffected by the n2 conflict"
+    );
+    assert!(
+        !ping(p1, &a4.to_string(), 1),
+        "n2 must not be reachable while its key is contested"
+    );
     // The conflict resolves when the impostor goes away.
     std::fs::remove_file(registry.join("impostor.json")).unwrap();
-    lab.wait_for("n1 to program n2 again", Duration::from_secs(10), |s| peer_names(s, "n1").len() == 2)
-        .unwrap();
+    lab.wait_for("n1 to program n2 again", Duration::from_secs(10), |s| {
+        peer_names(s, "n1").len() == 2
+    })
+    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while !ping(p1, &a4.to_string(), 1) {
         assert!(Instant::now() < deadline, "n1 -> n2 did not recover");

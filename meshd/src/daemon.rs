@@ -218,7 +218,10 @@ async fn underlay(args: &DaemonArgs, links: &Links) -> anyhow::Result<(Vec<IpAdd
     Ok((endpoints, mtu))
 }
 
-async fn event_loop(ctx: &Context, mut events: mpsc::Receiver<RegistryEvent>) -> anyhow::Result<()> {
+async fn event_loop(
+    ctx: &Context,
+    mut events: mpsc::Receiver<RegistryEvent>,
+) -> anyhow::Result<()> {
     let mut known = Known::default();
     known.records.insert(ctx.me.name.clone(), ctx.me.clone());
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -268,7 +271,10 @@ async fn event_loop(ctx: &Context, mut events: mpsc::Receiver<RegistryEvent>) ->
             tracing::warn!(error = %format!("{err:#}"), "reconcile failed; retrying");
             retry_at = Some(tokio::time::Instant::now() + RETRY_DELAY);
         }
-        tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "reconciled");
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "reconciled"
+        );
         if let Err(err) = publish_status(ctx, &known, converged).await {
             tracing::warn!(error = %format!("{err:#}"), "reading device status failed");
         }

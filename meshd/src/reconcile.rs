@@ -158,7 +158,10 @@ mod tests {
         let want = desired(&[(keep, "n2", &["10.244.2.0/24"])]);
         let got = plan(
             &want,
-            &[status(keep, &["10.244.2.0/24"]), status(gone, &["10.244.3.0/24"])],
+            &[
+                status(keep, &["10.244.2.0/24"]),
+                status(gone, &["10.244.3.0/24"]),
+            ],
             &[net("10.244.2.0/24"), net("10.244.3.0/24")],
             None,
         );

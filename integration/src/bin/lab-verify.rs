@@ -39,11 +39,19 @@ fn run() -> anyhow::Result<bool> {
         .output()
         .context("running meshctl")?;
     if !out.status.success() {
-        anyhow::bail!("meshctl lab status: {}", String::from_utf8_lossy(&out.stderr).trim());
+        anyhow::bail!(
+            "meshctl lab status: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     let status = LabStatus::from_json(&String::from_utf8_lossy(&out.stdout))?;
-    let pcap = std::path::Path::new("/run/meshd-lab").join(&cli.name).join("verify.pcap");
-    eprintln!("› capturing {}:{} while every pod talks to every other node's pods", status.capture.namespace, status.capture.interface);
+    let pcap = std::path::Path::new("/run/meshd-lab")
+        .join(&cli.name)
+        .join("verify.pcap");
+    eprintln!(
+        "› capturing {}:{} while every pod talks to every other node's pods",
+        status.capture.namespace, status.capture.interface
+    );
     let report = verify(
         &status,
         &VerifyOptions {

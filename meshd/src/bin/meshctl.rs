@@ -129,7 +129,9 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Cmd::Status { output, socket } => {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             let report = rt.block_on(control::query(&socket))?;
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
@@ -137,7 +139,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::Lab { command } => match command {
-            LabCmd::Up { name, nodes, pods_per_node, wireguard_mode } => lab::up(&lab::UpOptions {
+            LabCmd::Up {
+                name,
+                nodes,
+                pods_per_node,
+                wireguard_mode,
+            } => lab::up(&lab::UpOptions {
                 name,
                 nodes,
                 pods_per_node,
@@ -161,9 +168,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let pid = lab::start_node(&name, &node)?;
                 println!("{pid}");
             }
-            LabCmd::Exec { name, node, command } => {
+            LabCmd::Exec {
+                name,
+                node,
+                command,
+            } => {
                 let status = lab::exec(&name, &node, &command)?;
-                return Ok(ExitCode::from(status.code().unwrap_or(1).clamp(0, 255) as u8));
+                return Ok(ExitCode::from(
+                    status.code().unwrap_or(1).clamp(0, 255) as u8
+                ));
             }
         },
     }
@@ -181,15 +194,23 @@ fn print_node_status(s: &control::StatusReport) {
         s.listen_port,
         s.mtu
     );
-    println!("endpoints {}  pod CIDRs {}", s.endpoints.join(" "), s.pod_cidrs.join(" "));
-    println!("{:<8} {:<46} {:<24} {:<12} {:>12} {:>12}  ALLOWED IPS", "PEER", "KEY", "ENDPOINT", "HANDSHAKE", "RX", "TX");
+    println!(
+        "endpoints {}  pod CIDRs {}",
+        s.endpoints.join(" "),
+        s.pod_cidrs.join(" ")
+    );
+    println!(
+        "{:<8} {:<46} {:<24} {:<12} {:>12} {:>12}  ALLOWED IPS",
+        "PEER", "KEY", "ENDPOINT", "HANDSHAKE", "RX", "TX"
+    );
     for p in &s.peers {
         println!(
             "{:<8} {:<46} {:<24} {:<12} {:>12} {:>12}  {}",
             p.name.as_deref().unwrap_or("?"),
             p.public_key,
             p.endpoint.as_deref().unwrap_or("-"),
-            p.last_handshake_secs_ago.map_or("never".into(), |a| format!("{a}s ago")),
+            p.last_handshake_secs_ago
+                .map_or("never".into(), |a| format!("{a}s ago")),
             p.rx_bytes,
             p.tx_bytes,
             p.allowed_ips.join(" ")

@@ -267,10 +267,29 @@ fn make_underlay(lab: &str) -> anyhow::Result<()> {
     in_ns(&ul, &["ip", "link", "set", "lo", "up"])?;
     in_ns(&ul, &["ip", "link", "add", "br0", "type", "bridge"])?;
     sysctl(&ul, &["net.ipv6.conf.br0.accept_dad=0"])?;
-    in_ns(&ul, &["ip", "addr", "add", &format!("{GATEWAY_V4}/24"), "dev", "br0"])?;
     in_ns(
         &ul,
-        &["ip", "-6", "addr", "add", &format!("{GATEWAY_V6}/64"), "dev", "br0", "nodad"],
+        &[
+            "ip",
+            "addr",
+            "add",
+            &format!("{GATEWAY_V4}/24"),
+            "dev",
+            "br0",
+        ],
+    )?;
+    in_ns(
+        &ul,
+        &[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{GATEWAY_V6}/64"),
+            "dev",
+            "br0",
+            "nodad",
+        ],
     )?;
     in_ns(&ul, &["ip", "link", "set", "br0", "up"])?;
     Ok(())
@@ -310,19 +329,60 @@ fn add_node_inner(state: &mut LabState, i: u32, pods: u32) -> anyhow::Result<()>
     )?;
     in_ns(&ns, &["ip", "link", "set", "lo", "up"])?;
     let port = node_name(i);
-    ip(&["-n", &ul, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
+    ip(&[
+        "-n", &ul, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+    ])?;
     ip(&["-n", &ul, "link", "set", &port, "master", "br0", "up"])?;
-    in_ns(&ns, &["ip", "addr", "add", &format!("{v4}/24"), "dev", "eth0"])?;
-    in_ns(&ns, &["ip", "-6", "addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"])?;
+    in_ns(
+        &ns,
+        &["ip", "addr", "add", &format!("{v4}/24"), "dev", "eth0"],
+    )?;
+    in_ns(
+        &ns,
+        &[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{v6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ],
+    )?;
     in_ns(&ns, &["ip", "link", "set", "eth0", "up"])?;
-    in_ns(&ns, &["ip", "route", "add", "default", "via", &GATEWAY_V4.to_string()])?;
-    in_ns(&ns, &["ip", "-6", "route", "add", "default", "via", &GATEWAY_V6.to_string()])?;
+    in_ns(
+        &ns,
+        &[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            &GATEWAY_V4.to_string(),
+        ],
+    )?;
+    in_ns(
+        &ns,
+        &[
+            "ip",
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &GATEWAY_V6.to_string(),
+        ],
+    )?;
 
     // The node's private mount namespace.
     let mnt = paths.mnt(i);
     fs::write(&mnt, b"").with_context(|| format!("creating {}", mnt.display()))?;
     let m = mnt.to_string_lossy().into_owned();
-    run("unshare", &[&format!("--mount={m}"), "--propagation", "private", "true"])?;
+    run(
+        "unshare",
+        &[&format!("--mount={m}"), "--propagation", "private", "true"],
+    )?;
     run(
         "nsenter",
         &[
@@ -369,7 +429,10 @@ fn start_meshd(lab: &str, mode: &str, i: u32) -> anyhow::Result<u32> {
         .args(["--wireguard-mode", mode])
         .args(["--pod-cidr", &c4.to_string(), "--pod-cidr", &c6.to_string()])
         .args(["--cluster-cidr", CLUSTER_V4, "--cluster-cidr", CLUSTER_V6])
-        .env("RUST_LOG", std::env::var("MESHD_LAB_LOG").unwrap_or_else(|_| "info".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("MESHD_LAB_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -389,21 +452,79 @@ fn add_pod(lab: &str, i: u32, j: u32) -> anyhow::Result<()> {
     let host = pod_host_veth(j);
     let (a4, a6) = pod_addrs(i, j);
     ip(&["netns", "add", &pod])?;
-    sysctl(&pod, &["net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"])?;
-    ip(&["-n", &node, "link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns", &pod])?;
+    sysctl(
+        &pod,
+        &[
+            "net.ipv6.conf.all.accept_dad=0",
+            "net.ipv6.conf.default.accept_dad=0",
+        ],
+    )?;
+    ip(&[
+        "-n", &node, "link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns", &pod,
+    ])?;
     ip(&["-n", &node, "link", "set", &host, "address", HOST_VETH_MAC])?;
     sysctl(&node, &[&format!("net.ipv4.conf.{host}.proxy_arp=1")])?;
     ip(&["-n", &node, "link", "set", &host, "up"])?;
-    ip(&["-n", &node, "route", "add", &format!("{a4}/32"), "dev", &host])?;
-    ip(&["-n", &node, "-6", "route", "add", &format!("{a6}/128"), "dev", &host])?;
+    ip(&[
+        "-n",
+        &node,
+        "route",
+        "add",
+        &format!("{a4}/32"),
+        "dev",
+        &host,
+    ])?;
+    ip(&[
+        "-n",
+        &node,
+        "-6",
+        "route",
+        "add",
+        &format!("{a6}/128"),
+        "dev",
+        &host,
+    ])?;
     ip(&["-n", &pod, "link", "set", "lo", "up"])?;
-    ip(&["-n", &pod, "addr", "add", &format!("{a4}/32"), "dev", "eth0"])?;
-    ip(&["-n", &pod, "-6", "addr", "add", &format!("{a6}/128"), "dev", "eth0", "nodad"])?;
+    ip(&[
+        "-n",
+        &pod,
+        "addr",
+        "add",
+        &format!("{a4}/32"),
+        "dev",
+        "eth0",
+    ])?;
+    ip(&[
+        "-n",
+        &pod,
+        "-6",
+        "addr",
+        "add",
+        &format!("{a6}/128"),
+        "dev",
+        "eth0",
+        "nodad",
+    ])?;
     ip(&["-n", &pod, "link", "set", "eth0", "up"])?;
     let gw4 = POD_GATEWAY_V4.to_string();
-    ip(&["-n", &pod, "route", "add", &gw4, "dev", "eth0", "scope", "link"])?;
-    ip(&["-n", &pod, "route", "add", "default", "via", &gw4, "dev", "eth0"])?;
-    ip(&["-n", &pod, "-6", "route", "add", "default", "via", &POD_GATEWAY_V6.to_string(), "dev", "eth0"])?;
+    ip(&[
+        "-n", &pod, "route", "add", &gw4, "dev", "eth0", "scope", "link",
+    ])?;
+    ip(&[
+        "-n", &pod, "route", "add", "default", "via", &gw4, "dev", "eth0",
+    ])?;
+    ip(&[
+        "-n",
+        &pod,
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        &POD_GATEWAY_V6.to_string(),
+        "dev",
+        "eth0",
+    ])?;
     Ok(())
 }
 
@@ -466,7 +587,10 @@ fn wait_converged(state: &LabState, timeout: Duration) -> anyhow::Result<()> {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("mesh did not converge in {timeout:?}: waiting for {}", pending.join(", "));
+            bail!(
+                "mesh did not converge in {timeout:?}: waiting for {}",
+                pending.join(", ")
+            );
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -547,7 +671,10 @@ pub fn add_node(lab: &str, pods: u32) -> anyhow::Result<String> {
     let mut state = load_state(lab)?.with_context(|| format!("lab {lab} is not up"))?;
     let i = state.nodes.iter().map(|n| n.index).max().unwrap_or(0) + 1;
     check_range("nodes", i, MAX_NODES)?;
-    step(format!("node {}: namespace, underlay link, meshd ({pods} pods)", node_name(i)));
+    step(format!(
+        "node {}: namespace, underlay link, meshd ({pods} pods)",
+        node_name(i)
+    ));
     add_node_inner(&mut state, i, pods)?;
     step("waiting for every node to program every peer");
     wait_converged(&state, Duration::from_secs(60))?;
@@ -570,7 +697,11 @@ pub fn remove_node(lab: &str, node: &str) -> anyhow::Result<()> {
     let mut state = load_state(lab)?.with_context(|| format!("lab {lab} is not up"))?;
     let i = node_index(&state, node)?;
     let paths = Paths::new(lab);
-    let pods = state.nodes.iter().find(|n| n.index == i).map_or(0, |n| n.pods);
+    let pods = state
+        .nodes
+        .iter()
+        .find(|n| n.index == i)
+        .map_or(0, |n| n.pods);
     let mut spaces: Vec<String> = (1..=pods).map(|j| pod_ns(lab, i, j)).collect();
     spaces.push(node_ns(lab, i));
     for ns in &spaces {
@@ -716,10 +847,14 @@ pub fn status(lab: &str) -> anyhow::Result<LabStatus> {
             mount_namespace: paths.mnt(i).to_string_lossy().into_owned(),
             underlay_interface: "eth0".into(),
             underlay_addresses: vec![u4.to_string(), u6.to_string()],
-            wireguard_interface: live.as_ref().map_or("meshd0".into(), |s| s.interface.clone()),
+            wireguard_interface: live
+                .as_ref()
+                .map_or("meshd0".into(), |s| s.interface.clone()),
             mode: live.as_ref().map_or("unknown".into(), |s| s.mode.clone()),
             pod_cidrs: vec![c4.to_string(), c6.to_string()],
-            public_key: live.as_ref().map_or(String::new(), |s| s.public_key.clone()),
+            public_key: live
+                .as_ref()
+                .map_or(String::new(), |s| s.public_key.clone()),
             meshd_pid: pid,
             running: pid.is_some(),
             peers: live.as_ref().map_or_else(Vec::new, |s| s.peers.clone()),
@@ -756,7 +891,11 @@ pub fn status(lab: &str) -> anyhow::Result<LabStatus> {
 pub fn print_table(state: &LabState) -> anyhow::Result<()> {
     let st = status(&state.name)?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{:<5} {:<10} {:<8} {:<28} {:<32} PEERS (last handshake)", "NODE", "MODE", "MESHD", "UNDERLAY", "POD CIDRS")?;
+    writeln!(
+        out,
+        "{:<5} {:<10} {:<8} {:<28} {:<32} PEERS (last handshake)",
+        "NODE", "MODE", "MESHD", "UNDERLAY", "POD CIDRS"
+    )?;
     for n in &st.nodes {
         let peers = n.status.as_ref().map_or_else(
             || "-".to_string(),
@@ -764,7 +903,10 @@ pub fn print_table(state: &LabState) -> anyhow::Result<()> {
                 s.peers
                     .iter()
                     .map(|p| {
-                        let name = p.name.clone().unwrap_or_else(|| p.public_key[..8].to_string());
+                        let name = p
+                            .name
+                            .clone()
+                            .unwrap_or_else(|| p.public_key[..8].to_string());
                         match p.last_handshake_secs_ago {
                             Some(ago) => format!("{name} ({ago}s ago)"),
                             None => format!("{name} (no handshake yet)"),
@@ -785,8 +927,20 @@ pub fn print_table(state: &LabState) -> anyhow::Result<()> {
             peers
         )?;
     }
-    writeln!(out, "pods: {}", st.pods.iter().map(|p| format!("{} {}/{}", p.name, p.ipv4, p.ipv6)).collect::<Vec<_>>().join(", "))?;
-    writeln!(out, "capture the underlay: ip netns exec {} tcpdump -ni {}", st.capture.namespace, st.capture.interface)?;
+    writeln!(
+        out,
+        "pods: {}",
+        st.pods
+            .iter()
+            .map(|p| format!("{} {}/{}", p.name, p.ipv4, p.ipv6))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )?;
+    writeln!(
+        out,
+        "capture the underlay: ip netns exec {} tcpdump -ni {}",
+        st.capture.namespace, st.capture.interface
+    )?;
     Ok(())
 }
 

@@ -171,7 +171,17 @@ mod tests {
         for ours in ["lab-ul", "lab-n1", "lab-n12", "lab-n3-p2"] {
             assert!(owns_namespace("lab", ours), "{ours}");
         }
-        for theirs in ["lab", "lab-", "lab-x", "lab-n", "lab-n1-p", "labx-n1", "lab2-n1", "lab-n1-q1", "other-n1"] {
+        for theirs in [
+            "lab",
+            "lab-",
+            "lab-x",
+            "lab-n",
+            "lab-n1-p",
+            "labx-n1",
+            "lab2-n1",
+            "lab-n1-q1",
+            "other-n1",
+        ] {
             assert!(!owns_namespace("lab", theirs), "{theirs}");
         }
     }
