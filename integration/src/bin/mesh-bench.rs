@@ -59,6 +59,8 @@ struct ScenarioResult {
     ratio_rtt: Option<f64>,
     /// Resident memory of meshd + meshd-wg on node 1, KiB.
     rss_kib: Option<u64>,
+    /// The same with 100 peers programmed (99 synthetic records added), KiB.
+    rss_kib_100_peers: Option<u64>,
     /// Retransmits reported by iperf3 (1 / 4 streams).
     retransmits_1: Option<u64>,
     retransmits_4: Option<u64>,
@@ -480,7 +482,31 @@ fn meshd_rss(node: &integration::LabNode) -> Option<u64> {
     )
 }
 
-fn bench_meshd(secs: u64, meshctl_arg: Option<&Path>) -> Result<(Measured, Option<u64>), String> {
+/// Write `n` synthetic node records into the lab's registry (random keys, pod CIDRs that no lab
+/// node uses, endpoints nobody sends to: peers without traffic never handshake).
+fn add_synthetic_records(registry: &Path, n: u32) -> anyhow::Result<()> {
+    use base64::Engine as _;
+    for k in 0..n {
+        let mut key = [0u8; 32];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut key);
+        key[0] |= 1;
+        let record = serde_json::json!({
+            "version": 1,
+            "name": format!("synthetic-{k}"),
+            "publicKey": base64::engine::general_purpose::STANDARD.encode(key),
+            "listenPort": 51820,
+            "endpoints": [format!("198.18.0.{}", 100 + k)],
+            "podCIDRs": [format!("10.244.{}.0/24", 100 + k), format!("fd00:244:0:{:x}::/64", 0x100 + k)],
+        });
+        std::fs::write(registry.join(format!("synthetic-{k}.json")), record.to_string())?;
+    }
+    Ok(())
+}
+
+fn bench_meshd(
+    secs: u64,
+    meshctl_arg: Option<&Path>,
+) -> Result<(Measured, Option<u64>, Option<u64>), String> {
     let meshctl_path = find_meshctl(meshctl_arg).map_err(|e| format!("unavailable: {e:#}"))?;
     let name = format!("mb{}", std::process::id() % 100_000);
     let guard = LabGuard {
@@ -501,7 +527,7 @@ fn bench_meshd(secs: u64, meshctl_arg: Option<&Path>) -> Result<(Measured, Optio
         ],
     )
     .map_err(|e| format!("unavailable: {e:#}"))?;
-    let run = || -> anyhow::Result<(Measured, Option<u64>)> {
+    let run = || -> anyhow::Result<(Measured, Option<u64>, Option<u64>)> {
         let json = meshctl(
             &meshctl_path,
             &["lab", "status", "--name", &name, "-o", "json"],
@@ -525,7 +551,25 @@ fn bench_meshd(secs: u64, meshctl_arg: Option<&Path>) -> Result<(Measured, Optio
             .or_else(|| server.ipv6.clone())
             .ok_or_else(|| anyhow!("pod {} has no address", server.name))?;
         let m = measure(&client.namespace, &server.namespace, &addr, secs)?;
-        Ok((m, meshd_rss(n1)))
+        let rss = meshd_rss(n1);
+        // Memory with 100 peers: 99 synthetic records next to node 2.
+        let raw: serde_json::Value = serde_json::from_str(&json)?;
+        let registry = PathBuf::from(raw["registry_dir"].as_str().context("registry_dir")?);
+        add_synthetic_records(&registry, 99)?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let json = meshctl(&meshctl_path, &["lab", "status", "--name", &name, "-o", "json"])?;
+            let st = LabStatus::from_json(&json)?;
+            if st.nodes[0].peers.len() >= 100 {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("node 1 has {} peers, expected 100", st.nodes[0].peers.len());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        Ok((m, rss, meshd_rss(n1)))
     };
     let r = run().map_err(|e| format!("error: {e:#}"));
     drop(guard);
@@ -564,12 +608,12 @@ fn print_table(report: &Report) {
         report.duration_s, report.cpus
     );
     println!(
-        "{:<14} {:>10} {:>10} {:>9} {:>8} {:>8} {:>8} {:>10}  status",
-        "scenario", "1s Gbit/s", "4s Gbit/s", "RTT ms", "x1s", "x4s", "xRTT", "RSS MiB"
+        "{:<14} {:>10} {:>10} {:>9} {:>8} {:>8} {:>8} {:>10} {:>13}  status",
+        "scenario", "1s Gbit/s", "4s Gbit/s", "RTT ms", "x1s", "x4s", "xRTT", "RSS MiB", "RSS@100 peers"
     );
     for r in &report.results {
         println!(
-            "{:<14} {:>10} {:>10} {:>9} {:>8} {:>8} {:>8} {:>10}  {}",
+            "{:<14} {:>10} {:>10} {:>9} {:>8} {:>8} {:>8} {:>10} {:>13}  {}",
             r.name,
             fmt_opt(r.gbit_s_1, 2),
             fmt_opt(r.gbit_s_4, 2),
@@ -578,6 +622,7 @@ fn print_table(report: &Report) {
             fmt_opt(r.ratio_4, 2),
             fmt_opt(r.ratio_rtt, 2),
             fmt_opt(r.rss_kib.map(|k| k as f64 / 1024.0), 1),
+            fmt_opt(r.rss_kib_100_peers.map(|k| k as f64 / 1024.0), 1),
             r.status
         );
     }
@@ -629,9 +674,10 @@ fn main() -> anyhow::Result<()> {
             ..Default::default()
         };
         match bench_meshd(secs, args.meshctl.as_deref()) {
-            Ok((m, rss)) => {
+            Ok((m, rss, rss100)) => {
                 fill(&mut r, Ok(m));
                 r.rss_kib = rss;
+                r.rss_kib_100_peers = rss100;
             }
             Err(e) => fill(&mut r, Err(e)),
         }

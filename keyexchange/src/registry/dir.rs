@@ -402,6 +402,13 @@ impl Watcher {
                 RegistryEvent::Upsert(record)
             }
             Err(_) if mode == Read::MaybePartial => return Ok(()),
+            // An empty file is a non-atomic writer between truncate and write (its own
+            // close-after-write follows); registries always write atomically, so a file that
+            // stays empty is never a record anyone published.
+            Err(_) if content.is_empty() => {
+                tracing::debug!(node, "empty record file: a write is in progress");
+                return Ok(());
+            }
             Err(error) => {
                 tracing::warn!(%error, path = %path.display(), "malformed node record");
                 RegistryEvent::Malformed {
