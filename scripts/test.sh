@@ -8,4 +8,4 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -q -- -D warnings
 # Integration tests run the daemon binaries: build them first.
 cargo build --workspace --bins --locked -q
-cargo test --workspace --locked -- --test-threads="${MESHD_TEST_THREADS:-2}"
+cargo test --workspace --locked --no-fail-fast -- --test-threads="${MESHD_TEST_THREADS:-2}"

@@ -344,3 +344,40 @@ fn malformed_and_conflicting_records_are_skipped_and_the_rest_of_the_mesh_is_una
         assert!(Instant::now() < deadline, "n1 -> n2 did not recover");
     }
 }
+
+#[test]
+fn a_corrupt_key_file_stops_meshd_with_a_clear_error_and_never_takes_down_the_datapath() {
+    if !root_or_skip() {
+        return;
+    }
+    let lab = Lab::up(2, 1).unwrap();
+    let raw = lab.status_json().unwrap();
+    let key_file =
+        std::path::Path::new(raw["nodes"][0]["state_dir"].as_str().unwrap()).join("private.key");
+    let log_file = std::path::PathBuf::from(raw["nodes"][0]["log_file"].as_str().unwrap());
+    let st = lab.status().unwrap();
+    let from = st.pods_on("n1").next().unwrap();
+    let (dst4, dst6) = pod_addrs(st.pods_on("n2").next().unwrap()).unwrap();
+
+    lab.meshctl(&["lab", "kill-node", "n1"]).unwrap();
+    std::fs::write(&key_file, b"this is not a key\n").unwrap();
+    lab.meshctl(&["lab", "start-node", "n1"]).unwrap();
+    // meshd refuses to start: it must not replace a key that peers may be using.
+    lab.wait_for("meshd on n1 to exit", Duration::from_secs(10), |s| {
+        s["nodes"][0]["running"] == false
+    })
+    .unwrap();
+    let log = std::fs::read_to_string(&log_file).unwrap();
+    assert!(
+        log.contains(&key_file.display().to_string()),
+        "the error must name the file: {log}"
+    );
+    assert!(log.to_lowercase().contains("corrupt"), "{log}");
+    assert_eq!(
+        std::fs::read(&key_file).unwrap(),
+        b"this is not a key\n",
+        "key file must be left as it was"
+    );
+    // The datapath (device, peers, routes) is untouched: pods still talk across nodes.
+    assert!(ping(from, &dst4.to_string(), 2) && ping(from, &dst6.to_string(), 2));
+}

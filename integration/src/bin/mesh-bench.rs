@@ -498,7 +498,10 @@ fn add_synthetic_records(registry: &Path, n: u32) -> anyhow::Result<()> {
             "endpoints": [format!("198.18.0.{}", 100 + k)],
             "podCIDRs": [format!("10.244.{}.0/24", 100 + k), format!("fd00:244:0:{:x}::/64", 0x100 + k)],
         });
-        std::fs::write(registry.join(format!("synthetic-{k}.json")), record.to_string())?;
+        std::fs::write(
+            registry.join(format!("synthetic-{k}.json")),
+            record.to_string(),
+        )?;
     }
     Ok(())
 }
@@ -558,7 +561,10 @@ fn bench_meshd(
         add_synthetic_records(&registry, 99)?;
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let json = meshctl(&meshctl_path, &["lab", "status", "--name", &name, "-o", "json"])?;
+            let json = meshctl(
+                &meshctl_path,
+                &["lab", "status", "--name", &name, "-o", "json"],
+            )?;
             let st = LabStatus::from_json(&json)?;
             if st.nodes[0].peers.len() >= 100 {
                 break;
@@ -609,7 +615,15 @@ fn print_table(report: &Report) {
     );
     println!(
         "{:<14} {:>10} {:>10} {:>9} {:>8} {:>8} {:>8} {:>10} {:>13}  status",
-        "scenario", "1s Gbit/s", "4s Gbit/s", "RTT ms", "x1s", "x4s", "xRTT", "RSS MiB", "RSS@100 peers"
+        "scenario",
+        "1s Gbit/s",
+        "4s Gbit/s",
+        "RTT ms",
+        "x1s",
+        "x4s",
+        "xRTT",
+        "RSS MiB",
+        "RSS@100 peers"
     );
     for r in &report.results {
         println!(

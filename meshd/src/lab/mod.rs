@@ -802,6 +802,10 @@ pub struct LabNode {
     pub pod_cidrs: Vec<String>,
     /// Public key (empty when meshd is not answering).
     pub public_key: String,
+    /// meshd's state directory (private key) on the host filesystem.
+    pub state_dir: String,
+    /// meshd's log file.
+    pub log_file: String,
     /// meshd's pid, when running.
     pub meshd_pid: Option<u32>,
     /// Whether meshd is running.
@@ -855,6 +859,12 @@ pub fn status(lab: &str) -> anyhow::Result<LabStatus> {
             public_key: live
                 .as_ref()
                 .map_or(String::new(), |s| s.public_key.clone()),
+            state_dir: paths
+                .node_dir(i)
+                .join("state")
+                .to_string_lossy()
+                .into_owned(),
+            log_file: paths.log(i).to_string_lossy().into_owned(),
             meshd_pid: pid,
             running: pid.is_some(),
             peers: live.as_ref().map_or_else(Vec::new, |s| s.peers.clone()),
