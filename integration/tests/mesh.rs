@@ -302,6 +302,16 @@ fn malformed_and_conflicting_records_are_skipped_and_the_rest_of_the_mesh_is_una
     let (a4, a6) = pod_addrs(p2).unwrap();
     assert!(ping(p1, &a4.to_string(), 2) && ping(p1, &a6.to_string(), 2));
 
+    // A node's own record clobbered in the registry: the node restores it.
+    let own = registry.join("n3.json");
+    let original = std::fs::read_to_string(&own).unwrap();
+    std::fs::write(&own, b"clobbered").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&own).unwrap_or_default() != original {
+        assert!(Instant::now() < deadline, "n3 did not restore its record");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // A node claiming n2's key: neither n2 nor the impostor is programmed, the conflict is reported.
     let n2_key = raw["nodes"][1]["public_key"].as_str().unwrap().to_string();
     let impostor = format!(

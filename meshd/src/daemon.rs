@@ -181,7 +181,7 @@ pub async fn run<R: Registry>(args: DaemonArgs, registry: R) -> anyhow::Result<(
         routes,
         status,
     };
-    let result = event_loop(&ctx, events).await;
+    let result = event_loop(&ctx, &registry, events).await;
     control.abort();
     if ctx.args.cleanup {
         cleanup(ctx, &registry).await;
@@ -218,8 +218,9 @@ async fn underlay(args: &DaemonArgs, links: &Links) -> anyhow::Result<(Vec<IpAdd
     Ok((endpoints, mtu))
 }
 
-async fn event_loop(
+async fn event_loop<R: Registry>(
     ctx: &Context,
+    registry: &R,
     mut events: mpsc::Receiver<RegistryEvent>,
 ) -> anyhow::Result<()> {
     let mut known = Known::default();
@@ -230,6 +231,7 @@ async fn event_loop(
     let mut status_tick = tokio::time::interval(STATUS_INTERVAL);
     let mut retry_at: Option<tokio::time::Instant> = None;
     let mut converged = false;
+    let mut republish = false;
     loop {
         let retry = async {
             match retry_at {
@@ -240,9 +242,9 @@ async fn event_loop(
         tokio::select! {
             ev = events.recv() => {
                 let Some(ev) = ev else { bail!("registry watch ended") };
-                apply_event(ctx, &mut known, ev);
+                republish |= apply_event(ctx, &mut known, ev);
                 while let Ok(ev) = events.try_recv() {
-                    apply_event(ctx, &mut known, ev);
+                    republish |= apply_event(ctx, &mut known, ev);
                 }
             }
             _ = resync.tick() => {}
@@ -257,6 +259,18 @@ async fn event_loop(
             _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT"); return Ok(()); }
         }
         retry_at = None;
+        if republish {
+            // Our record was overwritten or removed by someone else: restore it, so peers
+            // keep (or regain) the key this node actually uses.
+            tracing::warn!("restoring this node's record in the registry");
+            match registry.publish(&ctx.me).await {
+                Ok(()) => republish = false,
+                Err(err) => {
+                    tracing::warn!(%err, "republishing this node's record failed; retrying");
+                    retry_at = Some(tokio::time::Instant::now() + RETRY_DELAY);
+                }
+            }
+        }
         if !known.synced {
             // Never act on a partial view: a restart would remove peers whose records
             // have simply not been read yet.
@@ -281,7 +295,9 @@ async fn event_loop(
     }
 }
 
-fn apply_event(ctx: &Context, known: &mut Known, ev: RegistryEvent) {
+/// Fold one registry event into what the loop knows; true when this node's own record must be
+/// published again.
+fn apply_event(ctx: &Context, known: &mut Known, ev: RegistryEvent) -> bool {
     match ev {
         RegistryEvent::Upsert(record) => {
             known.malformed.remove(&record.name);
@@ -289,7 +305,7 @@ fn apply_event(ctx: &Context, known: &mut Known, ev: RegistryEvent) {
                 tracing::warn!(
                     "the registry holds a different record under this node's name; keeping ours"
                 );
-                return;
+                return true;
             }
             tracing::info!(node = %record.name, key = %record.public_key, "record");
             known.records.insert(record.name.clone(), record);
@@ -298,7 +314,7 @@ fn apply_event(ctx: &Context, known: &mut Known, ev: RegistryEvent) {
             known.malformed.remove(&name);
             if name == ctx.me.name {
                 tracing::warn!("this node's record was removed from the registry");
-                return;
+                return true;
             }
             tracing::info!(node = %name, "record removed");
             known.records.remove(&name);
@@ -312,9 +328,12 @@ fn apply_event(ctx: &Context, known: &mut Known, ev: RegistryEvent) {
         RegistryEvent::Malformed { node, error } => {
             known.counters.malformed_records += 1;
             tracing::warn!(%node, %error, "skipping malformed record (last good record, if any, stays in force)");
+            let mine = node == ctx.me.name;
             known.malformed.insert(node, error.to_string());
+            return mine;
         }
     }
+    false
 }
 
 fn desired(ctx: &Context, known: &mut Known) -> PeerSet {
