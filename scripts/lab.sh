@@ -20,5 +20,5 @@ echo
 echo "The lab stays up. Try:"
 echo "  target/release/meshctl lab status --name $name [-o json]"
 echo "  target/release/meshctl lab exec --name $name n1 -- wg show"
-echo "  target/release/meshctl lab exec --name $name n1 -- target/release/meshctl status"
+echo "  target/release/meshctl lab exec --name $name n1 -- meshctl status"
 echo "  target/release/meshctl lab down --name $name"
