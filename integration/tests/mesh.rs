@@ -391,3 +391,65 @@ fn a_corrupt_key_file_stops_meshd_with_a_clear_error_and_never_takes_down_the_da
     // The datapath (device, peers, routes) is untouched: pods still talk across nodes.
     assert!(ping(from, &dst4.to_string(), 2) && ping(from, &dst6.to_string(), 2));
 }
+
+#[test]
+fn a_killed_datapath_process_is_brought_back_and_nothing_leaks_while_it_is_gone() {
+    if !root_or_skip() {
+        return;
+    }
+    let lab = Lab::up(2, 1).unwrap();
+    let st = lab.status().unwrap();
+    let from = st.pods_on("n1").next().unwrap();
+    let (dst4, dst6) = pod_addrs(st.pods_on("n2").next().unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pcap = dir.path().join("outage.pcap");
+    let capture =
+        integration::capture::Capture::start(&st.capture.namespace, &st.capture.interface, &pcap)
+            .unwrap();
+
+    let n1_ns = &st.node("n1").unwrap().namespace;
+    let helper = netns::pids(n1_ns)
+        .unwrap()
+        .into_iter()
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "meshd-wg")
+        })
+        .expect("meshd-wg runs in n1");
+    netns::run("kill", &["-KILL", &helper.to_string()]).unwrap();
+    // While the device is gone, pod traffic hits the blackhole, never the underlay in clear.
+    let _ = ping(from, &dst4.to_string(), 3);
+    let _ = ping(from, &dst6.to_string(), 3);
+    lab.wait_for(
+        "n1 to bring its device back",
+        Duration::from_secs(20),
+        |s| {
+            let n1 = &s["nodes"][0]["status"];
+            n1["counters"]["device_restores"].as_u64().unwrap_or(0) >= 1
+                && n1["converged"] == true
+                && s["nodes"][0]["peers"]
+                    .as_array()
+                    .is_some_and(|p| p.len() == 1)
+        },
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(ping(from, &dst4.to_string(), 1) && ping(from, &dst6.to_string(), 1)) {
+        assert!(
+            Instant::now() < deadline,
+            "traffic did not resume after the device came back"
+        );
+    }
+    let report = integration::capture::analyse(
+        &capture.stop().unwrap(),
+        &integration::capture::CapturePolicy {
+            pod_cidrs: st.pod_cidrs(),
+            node_addrs: st.node_addrs(),
+            wireguard_port: st.listen_port,
+            markers: vec![],
+        },
+    )
+    .unwrap();
+    assert!(report.is_clean(), "{}", report.summary());
+    assert!(report.wireguard_packets > 0, "{}", report.summary());
+}

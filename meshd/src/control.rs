@@ -95,6 +95,9 @@ pub struct Counters {
     pub peer_ops: u64,
     /// Route operations applied.
     pub route_ops: u64,
+    /// Times the WireGuard device had vanished (its process died) and was brought back.
+    #[serde(default)]
+    pub device_restores: u64,
 }
 
 /// A malformed record the daemon skipped.

@@ -89,10 +89,13 @@ struct Context {
     args: DaemonArgs,
     me: NodeRecord,
     private_key: PrivateKey,
-    device: WgDevice,
+    /// The device; replaced only when it vanished (its user-space process died).
+    device: RwLock<WgDevice>,
     adopted: bool,
     mtu: u32,
+    links: Links,
     routes: Routes,
+    opts: UserspaceOptions,
     status: SharedStatus,
 }
 
@@ -132,19 +135,10 @@ pub async fn run<R: Registry>(args: DaemonArgs, registry: R) -> anyhow::Result<(
         threads: args.wg_threads,
         log_file: Some(args.state_dir.join("meshd-wg.log")),
     };
-    let (device, adopted) = WgDevice::ensure(&args.interface, args.wireguard_mode, &opts)
-        .await
-        .with_context(|| format!("setting up WireGuard device {}", args.interface))?;
-    tracing::info!(interface = %args.interface, mode = %device.mode(), adopted, "device ready");
-    device
-        .configure(&private_key.to_bytes(), args.listen_port)
-        .await
-        .context("configuring key and listen port")?;
     let mtu = args.mtu.unwrap_or_else(|| {
         netlink::wireguard_mtu(underlay_mtu, endpoints.iter().any(IpAddr::is_ipv6))
     });
-    links.set_mtu(device.ifindex(), mtu).await?;
-    links.set_up(device.ifindex()).await?;
+    let (device, adopted) = bring_up_device(&args, &opts, &links, &private_key, mtu).await?;
     for cidr in &args.cluster_cidrs {
         routes
             .add_blackhole(cidr.trunc())
@@ -175,10 +169,12 @@ pub async fn run<R: Registry>(args: DaemonArgs, registry: R) -> anyhow::Result<(
         args,
         me,
         private_key,
-        device,
+        device: RwLock::new(device),
         adopted,
         mtu,
+        links,
         routes,
+        opts,
         status,
     };
     let result = event_loop(&ctx, &registry, events).await;
@@ -189,6 +185,47 @@ pub async fn run<R: Registry>(args: DaemonArgs, registry: R) -> anyhow::Result<(
         tracing::info!("exiting; device, peers and routes stay in place for the next meshd");
     }
     result
+}
+
+/// Adopt (or create) the device and make sure key, port, MTU and link state are right.
+async fn bring_up_device(
+    args: &DaemonArgs,
+    opts: &UserspaceOptions,
+    links: &Links,
+    private_key: &PrivateKey,
+    mtu: u32,
+) -> anyhow::Result<(WgDevice, bool)> {
+    let (device, adopted) = WgDevice::ensure(&args.interface, args.wireguard_mode, opts)
+        .await
+        .with_context(|| format!("setting up WireGuard device {}", args.interface))?;
+    tracing::info!(interface = %args.interface, mode = %device.mode(), adopted, "device ready");
+    device
+        .configure(&private_key.to_bytes(), args.listen_port)
+        .await
+        .context("configuring key and listen port")?;
+    links.set_mtu(device.ifindex(), mtu).await?;
+    links.set_up(device.ifindex()).await?;
+    Ok((device, adopted))
+}
+
+/// The device stopped answering: bring it back (adopting it if it is in fact alive). Its peers
+/// and routes are restored by the reconcile pass that follows; meanwhile the blackhole routes
+/// keep pod traffic from leaving in clear.
+async fn heal_device(ctx: &Context) -> anyhow::Result<()> {
+    let mut device = ctx.device.write().await;
+    if device.status().await.is_ok() {
+        return Ok(());
+    }
+    tracing::warn!(interface = %ctx.args.interface, "WireGuard device is gone or not answering; bringing it back");
+    let (fresh, adopted) =
+        bring_up_device(&ctx.args, &ctx.opts, &ctx.links, &ctx.private_key, ctx.mtu).await?;
+    tracing::info!(
+        ifindex = fresh.ifindex(),
+        adopted,
+        "WireGuard device restored"
+    );
+    *device = fresh;
+    Ok(())
 }
 
 async fn underlay(args: &DaemonArgs, links: &Links) -> anyhow::Result<(Vec<IpAddr>, u32)> {
@@ -252,6 +289,8 @@ async fn event_loop<R: Registry>(
             _ = status_tick.tick() => {
                 if let Err(err) = publish_status(ctx, &known, converged).await {
                     tracing::warn!(error = %format!("{err:#}"), "reading device status failed");
+                    // Reconcile now: it brings a vanished device back.
+                    retry_at = Some(tokio::time::Instant::now());
                 }
                 continue;
             }
@@ -348,10 +387,15 @@ fn desired(ctx: &Context, known: &mut Known) -> PeerSet {
 
 async fn reconcile_once(ctx: &Context, known: &mut Known) -> anyhow::Result<()> {
     let want = desired(ctx, known);
-    let live = ctx.device.status().await.context("reading device")?;
+    if ctx.device.read().await.status().await.is_err() {
+        known.counters.device_restores += 1;
+        heal_device(ctx).await?;
+    }
+    let device = ctx.device.read().await;
+    let live = device.status().await.context("reading device")?;
     let present = ctx
         .routes
-        .list(ctx.device.ifindex())
+        .list(device.ifindex())
         .await
         .context("listing routes")?;
     let plan = reconcile::plan(&want, &live.peers, &present, ctx.args.keepalive);
@@ -366,26 +410,27 @@ async fn reconcile_once(ctx: &Context, known: &mut Known) -> anyhow::Result<()> 
         "applying changes"
     );
     if !plan.remove_peers.is_empty() {
-        ctx.device.apply(&plan.remove_peers).await?;
+        device.apply(&plan.remove_peers).await?;
         known.counters.peer_ops += plan.remove_peers.len() as u64;
     }
     for dst in &plan.del_routes {
-        ctx.routes.del(*dst, ctx.device.ifindex()).await?;
+        ctx.routes.del(*dst, device.ifindex()).await?;
         known.counters.route_ops += 1;
     }
     if !plan.upsert_peers.is_empty() {
-        ctx.device.apply(&plan.upsert_peers).await?;
+        device.apply(&plan.upsert_peers).await?;
         known.counters.peer_ops += plan.upsert_peers.len() as u64;
     }
     for dst in &plan.add_routes {
-        ctx.routes.add(*dst, ctx.device.ifindex()).await?;
+        ctx.routes.add(*dst, device.ifindex()).await?;
         known.counters.route_ops += 1;
     }
     Ok(())
 }
 
 async fn publish_status(ctx: &Context, known: &Known, converged: bool) -> anyhow::Result<()> {
-    let live = ctx.device.status().await?;
+    let device = ctx.device.read().await;
+    let live = device.status().await?;
     let names: BTreeMap<PublicKey, &str> = known
         .records
         .values()
@@ -419,9 +464,9 @@ async fn publish_status(ctx: &Context, known: &Known, converged: bool) -> anyhow
     let report = StatusReport {
         node: ctx.me.name.clone(),
         public_key: ctx.private_key.public_key().to_string(),
-        mode: ctx.device.mode().to_string(),
-        interface: ctx.device.name().to_string(),
-        ifindex: ctx.device.ifindex(),
+        mode: device.mode().to_string(),
+        interface: device.name().to_string(),
+        ifindex: device.ifindex(),
         adopted_device: ctx.adopted,
         listen_port: live.listen_port,
         mtu: ctx.mtu,
@@ -450,9 +495,10 @@ async fn cleanup<R: Registry>(ctx: Context, registry: &R) {
     if let Err(err) = registry.withdraw(&ctx.me.name).await {
         tracing::warn!(%err, "withdrawing record failed");
     }
-    if let Ok(present) = ctx.routes.list(ctx.device.ifindex()).await {
+    let device = ctx.device.into_inner();
+    if let Ok(present) = ctx.routes.list(device.ifindex()).await {
         for dst in present {
-            if let Err(err) = ctx.routes.del(dst, ctx.device.ifindex()).await {
+            if let Err(err) = ctx.routes.del(dst, device.ifindex()).await {
                 tracing::warn!(%err, %dst, "removing route failed");
             }
         }
@@ -462,7 +508,7 @@ async fn cleanup<R: Registry>(ctx: Context, registry: &R) {
             tracing::warn!(%err, %cidr, "removing blackhole route failed");
         }
     }
-    if let Err(err) = ctx.device.destroy().await {
+    if let Err(err) = device.destroy().await {
         tracing::warn!(%err, "removing device failed");
     }
     let _ = std::fs::remove_file(&ctx.args.control_socket);
