@@ -15,6 +15,8 @@
 //! Network rule: everything here only sends traffic to addresses inside network
 //! namespaces the caller created (or to loopback in unit tests).
 
+#![forbid(unsafe_code)]
+
 pub mod capture;
 pub mod lab;
 pub mod labjson;
