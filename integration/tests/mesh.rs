@@ -186,6 +186,26 @@ fn a_fourth_node_joins_without_restarts_and_leaves_cleanly() {
         .iter()
         .map(|n| n.meshd_pid)
         .collect();
+    // `up` on a running lab is handled cleanly: it reports, and changes nothing.
+    let again = lab
+        .meshctl(&["lab", "up", "--nodes", "3", "--pods-per-node", "1"])
+        .unwrap();
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already up"));
+    let pids_again: Vec<Option<u32>> = lab
+        .status()
+        .unwrap()
+        .nodes
+        .iter()
+        .map(|n| n.meshd_pid)
+        .collect();
+    assert_eq!(pids_again, pids);
+    // `down` of a lab that does not exist is a clean no-op.
+    let other = Lab::unique_name();
+    let down = std::process::Command::new(bin("meshctl"))
+        .args(["lab", "down", "--name", &other])
+        .output()
+        .unwrap();
+    assert!(down.status.success() && String::from_utf8_lossy(&down.stderr).contains("not up"));
     let added = lab.meshctl(&["lab", "add-node", "--pods", "1"]).unwrap();
     assert_eq!(String::from_utf8_lossy(&added.stdout).trim(), "n4");
     let st = lab.status().unwrap();
