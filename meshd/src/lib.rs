@@ -7,10 +7,14 @@
 //! over the control socket and drives the lab.
 #![forbid(unsafe_code)]
 
+/// The CNI plugin's spec types and command handling (CNI 1.1.0 and older result formats).
+pub mod cni;
 /// The node-local control socket (status).
 pub mod control;
 /// The daemon's start-up and reconcile loop.
 pub mod daemon;
+/// Node-local pod address management on an on-disk store.
+pub mod ipam;
 /// The local multi-node lab built from network namespaces.
 pub mod lab;
 /// The pure reconcile plan.

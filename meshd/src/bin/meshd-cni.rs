@@ -1,0 +1,28 @@
+//! `meshd-cni`: the meshd CNI plugin, run by the container runtime.
+//!
+//! Reads the network configuration on stdin and the `CNI_*` environment, prints the spec's
+//! result or error JSON on stdout and exits 0 or 1 (see `meshd::cni`).
+
+use std::io::{Read, Write};
+
+fn main() {
+    let mut stdin = Vec::new();
+    let outcome = match std::io::stdin().read_to_end(&mut stdin) {
+        Ok(_) => meshd::cni::plugin::run(|k| std::env::var(k).ok(), &stdin),
+        Err(e) => meshd::cni::plugin::Outcome {
+            stdout: serde_json::to_string(
+                &meshd::cni::CniError::Io(format!("reading stdin: {e}"))
+                    .to_result(meshd::cni::LATEST_VERSION),
+            )
+            .unwrap_or_default(),
+            exit_code: 1,
+        },
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(outcome.stdout.as_bytes());
+    if !outcome.stdout.is_empty() {
+        let _ = out.write_all(b"\n");
+    }
+    let _ = out.flush();
+    std::process::exit(outcome.exit_code);
+}

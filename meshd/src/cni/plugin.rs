@@ -1,0 +1,184 @@
+//! One plugin invocation, from environment and stdin to stdout and exit status.
+
+use std::collections::HashSet;
+
+use serde_json::Value;
+
+use super::datapath::{self, PodSpec};
+use super::{
+    host_veth_name, pod_result, CniError, Command, Env, NetConf, VersionResult, LATEST_VERSION,
+};
+use crate::ipam::Ipam;
+
+/// What the plugin prints and how it exits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// The JSON to print on stdout (empty for DEL, CHECK, STATUS and GC successes).
+    pub stdout: String,
+    /// 0 on success, 1 on error (stdout then holds the error JSON).
+    pub exit_code: i32,
+}
+
+/// The `cniVersion` to report errors in: the configuration's when readable and supported.
+fn error_version(stdin: &[u8]) -> String {
+    serde_json::from_slice::<Value>(stdin)
+        .ok()
+        .and_then(|v| v.get("cniVersion")?.as_str().map(str::to_string))
+        .filter(|v| super::is_supported(v))
+        .unwrap_or_else(|| LATEST_VERSION.to_string())
+}
+
+/// Run one invocation: `get` reads the environment, `stdin` is the network configuration.
+pub fn run(get: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
+    match dispatch(get, stdin) {
+        Ok(stdout) => Outcome {
+            stdout,
+            exit_code: 0,
+        },
+        Err(e) => {
+            let json = serde_json::to_string(&e.to_result(&error_version(stdin)))
+                .unwrap_or_else(|_| format!("{{\"code\":{}}}", e.code()));
+            Outcome {
+                stdout: json,
+                exit_code: 1,
+            }
+        }
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String, CniError> {
+    serde_json::to_string(v).map_err(|e| CniError::Io(format!("encoding the result: {e}")))
+}
+
+fn dispatch(get: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<String, CniError> {
+    let env = Env::parse(get)?;
+    if env.command == Command::Version {
+        let requested = serde_json::from_slice::<Value>(stdin)
+            .ok()
+            .and_then(|v| v.get("cniVersion")?.as_str().map(str::to_string));
+        return to_json(&VersionResult::new(requested.as_deref()));
+    }
+    let conf = NetConf::parse(stdin, env.command)?;
+    // Env::parse guarantees these for the commands that use them.
+    let id = env.container_id.clone().unwrap_or_default();
+    let ifname = env.ifname.clone().unwrap_or_default();
+    match env.command {
+        Command::Add => add(&env, &conf, &id, &ifname),
+        Command::Del => {
+            datapath::del(&id, &ifname)?;
+            Ipam::open(conf.ipam_dir(), &[])?.release(&id, Some(&ifname))?;
+            Ok(String::new())
+        }
+        Command::Check => check(&env, &conf, &id, &ifname).map(|()| String::new()),
+        Command::Status => {
+            if conf.cidrs()?.is_empty() {
+                return Err(CniError::NotAvailable("no podCIDRs configured".into()));
+            }
+            Ipam::open(conf.ipam_dir(), &[])
+                .and_then(|i| i.list())
+                .map_err(|e| CniError::NotAvailable(e.to_string()))?;
+            Ok(String::new())
+        }
+        Command::Gc => gc(&conf).map(|()| String::new()),
+        Command::Version => Ok(String::new()),
+    }
+}
+
+fn add(env: &Env, conf: &NetConf, id: &str, ifname: &str) -> Result<String, CniError> {
+    let cidrs = conf.cidrs()?;
+    if cidrs.is_empty() {
+        return Err(CniError::InvalidConfig("podCIDRs is empty".into()));
+    }
+    let prev = conf.prev()?;
+    let netns = env
+        .netns
+        .clone()
+        .ok_or_else(|| CniError::InvalidEnv("CNI_NETNS is not set".into()))?;
+    // A missing namespace is reported before any address is taken.
+    datapath::open_netns(&netns)?;
+    let ipam = Ipam::open(conf.ipam_dir(), &cidrs)?;
+    let addrs = ipam.allocate(id, ifname)?;
+    let spec = PodSpec {
+        container_id: id,
+        ifname,
+        netns: &netns,
+        addrs: &addrs,
+        mtu: conf.mtu,
+    };
+    let mac = match datapath::add(&spec) {
+        Ok(mac) => mac,
+        Err(e) => {
+            let _ = ipam.release(id, Some(ifname));
+            return Err(e);
+        }
+    };
+    let ours = pod_result(
+        &conf.cni_version,
+        &host_veth_name(id, ifname),
+        ifname,
+        &mac,
+        &netns.to_string_lossy(),
+        conf.mtu,
+        &addrs,
+    );
+    let result = match prev {
+        Some(prev) => ours.merge(prev).in_version(&conf.cni_version),
+        None => ours,
+    };
+    to_json(&result)
+}
+
+fn check(env: &Env, conf: &NetConf, id: &str, ifname: &str) -> Result<(), CniError> {
+    let netns = env
+        .netns
+        .clone()
+        .ok_or_else(|| CniError::InvalidEnv("CNI_NETNS is not set".into()))?;
+    datapath::open_netns(&netns)?;
+    let ipam = Ipam::open(conf.ipam_dir(), &conf.cidrs()?)?;
+    let addrs = ipam.lookup(id, ifname)?;
+    if addrs.is_empty() {
+        return Err(CniError::UnknownContainer(format!(
+            "no addresses are allocated to container {id} interface {ifname}"
+        )));
+    }
+    if let Some(prev) = conf.prev()? {
+        let listed: HashSet<_> = prev.ips.iter().map(|ip| ip.address.addr()).collect();
+        if let Some(missing) = addrs.iter().find(|a| !listed.contains(a)) {
+            return Err(CniError::Io(format!(
+                "CHECK failed: {missing} is allocated but not in prevResult"
+            )));
+        }
+    }
+    datapath::check(&PodSpec {
+        container_id: id,
+        ifname,
+        netns: &netns,
+        addrs: &addrs,
+        mtu: conf.mtu,
+    })
+}
+
+fn gc(conf: &NetConf) -> Result<(), CniError> {
+    let valid: Vec<(String, String)> = conf
+        .valid_attachments
+        .iter()
+        .flatten()
+        .map(|a| (a.container_id.clone(), a.ifname.clone()))
+        .collect();
+    let ipam = Ipam::open(conf.ipam_dir(), &[])?;
+    let keep: HashSet<&(String, String)> = valid.iter().collect();
+    let mut stale: Vec<(String, String)> = ipam
+        .list()?
+        .into_iter()
+        .filter_map(|e| e.owner)
+        .map(|o| (o.container_id, o.ifname))
+        .filter(|k| !keep.contains(k))
+        .collect();
+    stale.sort();
+    stale.dedup();
+    for (id, ifname) in &stale {
+        datapath::del(id, ifname)?;
+    }
+    ipam.gc(&valid)?;
+    Ok(())
+}

@@ -1,0 +1,477 @@
+//! Node-local IP address management for pods, backed by a directory.
+//!
+//! Every pod interface — a `(container ID, interface name)` pair — gets one address from each of
+//! the node's pod CIDRs (in practice one IPv4 and one IPv6 CIDR).
+//!
+//! # Which addresses are handed out
+//!
+//! In every CIDR the first address (the network address; in IPv6 the subnet-router anycast
+//! address), the second (reserved for the node/gateway) and the last (the IPv4 broadcast address;
+//! skipped in IPv6 as well, for symmetry) are never allocated. Pod addresses therefore start at
+//! `.2` / `::2`, like the lab's, and a `/30` has exactly one usable address. CIDRs narrower than
+//! that (`/31`, `/32`, `/127`, `/128`) have none. Within a CIDR the lowest free address is taken.
+//!
+//! # The store
+//!
+//! A directory (default [`DEFAULT_DIR`](crate::ipam::DEFAULT_DIR)) with one file per allocated address, named by the address
+//! in its canonical text form (`10.244.1.2`, `fd00:244:0:1::2`), holding `container_id\nifname\n`.
+//! Nothing else is state: there is no index to get out of step with the files.
+//!
+//! # Concurrency and crash safety
+//!
+//! * **No duplicate, ever.** An address file is *published* with `link(2)` from a fully written
+//!   and fsynced temporary file in the same directory. `link` fails with `EEXIST` when the name
+//!   exists, atomically, exactly like `open(O_CREAT|O_EXCL)` — so the filesystem itself decides
+//!   which of two racing allocators gets an address, even between processes that ignore the lock.
+//!   Unlike `O_CREAT|O_EXCL` followed by a write, a published file is never empty or half
+//!   written; and unlike temp + `rename(2)`, it can never replace someone else's file (`rename`
+//!   overwrites silently, which would break exclusivity). The temporary file is then unlinked.
+//! * **Consistent scans.** Allocation (find the owner's existing address, else the lowest free
+//!   one), release and GC run under an exclusive `flock(2)` on `<dir>/.lock`, so an idempotent
+//!   retry can never race with its own first attempt into two addresses. The kernel drops the
+//!   lock when its holder dies, so a killed plugin never wedges the store.
+//! * **Kill at any point.** Before the `link`, a kill leaves at most a stray `.tmp-*` file and no
+//!   allocation; after it, a complete allocation that a retried ADD finds again (idempotency) or
+//!   DEL / GC removes. If an ADD dies after its IPv4 address but before its IPv6 one, the retry
+//!   reuses the IPv4 address and completes. A file that does not parse (e.g. written by hand) is
+//!   treated as taken — never handed out twice — and removed by GC. GC also removes `.tmp-*`
+//!   files, which can only be left over from dead allocators because it holds the lock. So a kill
+//!   never produces a duplicate, and after GC nothing leaks.
+//! * **Durability.** The temporary file is fsynced before the `link` and the directory after it
+//!   (and after removals), so an allocation reported to the runtime survives a power loss.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ipnet::IpNet;
+use nix::fcntl::{Flock, FlockArg};
+
+/// The store's default directory.
+pub const DEFAULT_DIR: &str = "/var/lib/meshd/ipam";
+
+const LOCK_FILE: &str = ".lock";
+const TMP_PREFIX: &str = ".tmp-";
+
+/// Errors of the IPAM.
+#[derive(Debug, thiserror::Error)]
+pub enum IpamError {
+    /// Every usable address of a CIDR is taken.
+    #[error("no free address left in {cidr}")]
+    Exhausted {
+        /// The exhausted CIDR.
+        cidr: IpNet,
+    },
+    /// A container ID or interface name cannot be stored.
+    #[error("invalid {what} {value:?}: must be non-empty, at most 255 bytes, without '/' or control characters")]
+    InvalidKey {
+        /// `container ID` or `interface name`.
+        what: &'static str,
+        /// The rejected value.
+        value: String,
+    },
+    /// No pod CIDR was configured.
+    #[error("no pod CIDRs configured")]
+    NoCidrs,
+    /// A file system operation on the store failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Who holds an address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Owner {
+    /// The container ID (`CNI_CONTAINERID`).
+    pub container_id: String,
+    /// The interface name in the container (`CNI_IFNAME`).
+    pub ifname: String,
+}
+
+impl Owner {
+    /// The owner file's content.
+    pub fn to_file(&self) -> String {
+        format!("{}\n{}\n", self.container_id, self.ifname)
+    }
+
+    /// Parse an owner file's content; `None` for anything but exactly two valid lines.
+    pub fn from_file(text: &str) -> Option<Owner> {
+        let rest = text.strip_suffix('\n')?;
+        let (container_id, ifname) = rest.split_once('\n')?;
+        let owner = Owner {
+            container_id: container_id.to_string(),
+            ifname: ifname.to_string(),
+        };
+        owner.validate().ok()?;
+        Some(owner)
+    }
+
+    fn validate(&self) -> Result<(), IpamError> {
+        check_key("container ID", &self.container_id)?;
+        check_key("interface name", &self.ifname)
+    }
+}
+
+fn check_key(what: &'static str, value: &str) -> Result<(), IpamError> {
+    let ok = !value.is_empty()
+        && value.len() <= 255
+        && !value.contains('/')
+        && !value.chars().any(char::is_control);
+    if ok {
+        Ok(())
+    } else {
+        Err(IpamError::InvalidKey {
+            what,
+            value: value.to_string(),
+        })
+    }
+}
+
+/// One entry of the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The allocated address.
+    pub address: IpAddr,
+    /// Its owner, or `None` when the file does not parse (it still blocks the address).
+    pub owner: Option<Owner>,
+}
+
+/// The usable range of a CIDR as `(first, last)` offsets from its network address, or `None`
+/// when it has no usable address (see the module doc for the rule).
+pub fn usable_range(cidr: IpNet) -> Option<(u128, u128)> {
+    let host_bits = u32::from(cidr.max_prefix_len() - cidr.prefix_len());
+    if host_bits < 2 {
+        return None;
+    }
+    let last = if host_bits >= 128 {
+        u128::MAX - 1
+    } else {
+        (1u128 << host_bits) - 2
+    };
+    Some((2, last))
+}
+
+/// The address at `offset` from the network address of `cidr`.
+pub fn nth_address(cidr: IpNet, offset: u128) -> IpAddr {
+    match cidr {
+        IpNet::V4(n) => {
+            let base = u32::from(n.network());
+            // Offsets come from `usable_range`, which keeps them within the CIDR.
+            IpAddr::V4(Ipv4Addr::from(base.wrapping_add(offset as u32)))
+        }
+        IpNet::V6(n) => IpAddr::V6(Ipv6Addr::from(u128::from(n.network()).wrapping_add(offset))),
+    }
+}
+
+/// The lowest usable address of `cidr` not in `taken` (pure).
+pub fn first_free(cidr: IpNet, taken: &HashSet<IpAddr>) -> Option<IpAddr> {
+    let (first, last) = usable_range(cidr)?;
+    let mut offset = first;
+    loop {
+        let addr = nth_address(cidr, offset);
+        if !taken.contains(&addr) {
+            return Some(addr);
+        }
+        if offset == last {
+            return None;
+        }
+        offset += 1;
+    }
+}
+
+/// Whether `addr` is a usable address of `cidr`.
+pub fn is_usable(cidr: IpNet, addr: IpAddr) -> bool {
+    if !cidr.contains(&addr) {
+        return false;
+    }
+    let Some((first, last)) = usable_range(cidr) else {
+        return false;
+    };
+    let offset = match (cidr, addr) {
+        (IpNet::V4(n), IpAddr::V4(a)) => u128::from(u32::from(a) - u32::from(n.network())),
+        (IpNet::V6(n), IpAddr::V6(a)) => u128::from(a) - u128::from(n.network()),
+        _ => return false,
+    };
+    (first..=last).contains(&offset)
+}
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// The directory-backed allocator for one node's pod CIDRs.
+#[derive(Debug, Clone)]
+pub struct Ipam {
+    dir: PathBuf,
+    cidrs: Vec<IpNet>,
+}
+
+impl Ipam {
+    /// Open (creating if needed, mode 0700) the store in `dir` for the given pod CIDRs.
+    pub fn open(dir: impl Into<PathBuf>, cidrs: &[IpNet]) -> Result<Ipam, IpamError> {
+        let dir = dir.into();
+        fs::create_dir_all(&dir).map_err(|source| IpamError::Io {
+            op: "creating",
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(Ipam {
+            dir,
+            cidrs: cidrs.iter().map(IpNet::trunc).collect(),
+        })
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The pod CIDRs addresses are allocated from.
+    pub fn cidrs(&self) -> &[IpNet] {
+        &self.cidrs
+    }
+
+    fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> IpamError + 'a {
+        move |source| IpamError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    fn lock(&self) -> Result<Flock<File>, IpamError> {
+        let path = self.dir.join(LOCK_FILE);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(Self::io("opening", &path))?;
+        Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| IpamError::Io {
+            op: "locking",
+            path,
+            source: io::Error::from(errno),
+        })
+    }
+
+    fn sync_dir(&self) -> Result<(), IpamError> {
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(Self::io("syncing", &self.dir))
+    }
+
+    /// Every allocated address with its owner. Takes no lock (a snapshot).
+    pub fn list(&self) -> Result<Vec<Entry>, IpamError> {
+        let mut out = Vec::new();
+        let rd = fs::read_dir(&self.dir).map_err(Self::io("reading", &self.dir))?;
+        for entry in rd {
+            let entry = entry.map_err(Self::io("reading", &self.dir))?;
+            let name = entry.file_name();
+            let Some(address) = name.to_str().and_then(|n| n.parse::<IpAddr>().ok()) else {
+                continue;
+            };
+            let path = entry.path();
+            let owner = match fs::read_to_string(&path) {
+                Ok(text) => Owner::from_file(&text),
+                // Removed since the directory was read.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(_) => None,
+            };
+            out.push(Entry { address, owner });
+        }
+        out.sort_by_key(|e| e.address);
+        Ok(out)
+    }
+
+    /// The addresses held by `(container_id, ifname)`, in CIDR order.
+    pub fn lookup(&self, container_id: &str, ifname: &str) -> Result<Vec<IpAddr>, IpamError> {
+        let owner = Owner {
+            container_id: container_id.to_string(),
+            ifname: ifname.to_string(),
+        };
+        let entries = self.list()?;
+        Ok(self.owned_in_cidr_order(&entries, &owner))
+    }
+
+    fn owned_in_cidr_order(&self, entries: &[Entry], owner: &Owner) -> Vec<IpAddr> {
+        let mut out = Vec::new();
+        for cidr in &self.cidrs {
+            if let Some(e) = entries
+                .iter()
+                .find(|e| cidr.contains(&e.address) && e.owner.as_ref() == Some(owner))
+            {
+                out.push(e.address);
+            }
+        }
+        out
+    }
+
+    /// Allocate one address from every pod CIDR to `(container_id, ifname)`, in CIDR order.
+    /// Idempotent: addresses the pair already holds are returned again. On failure the
+    /// addresses newly taken by this call are released.
+    pub fn allocate(&self, container_id: &str, ifname: &str) -> Result<Vec<IpAddr>, IpamError> {
+        let owner = Owner {
+            container_id: container_id.to_string(),
+            ifname: ifname.to_string(),
+        };
+        owner.validate()?;
+        if self.cidrs.is_empty() {
+            return Err(IpamError::NoCidrs);
+        }
+        let _lock = self.lock()?;
+        let entries = self.list()?;
+        let mut taken: HashSet<IpAddr> = entries.iter().map(|e| e.address).collect();
+        let mut out = Vec::new();
+        let mut fresh = Vec::new();
+        for cidr in &self.cidrs {
+            let existing = entries
+                .iter()
+                .find(|e| cidr.contains(&e.address) && e.owner.as_ref() == Some(&owner));
+            if let Some(e) = existing {
+                out.push(e.address);
+                continue;
+            }
+            match self.claim(*cidr, &owner, &mut taken) {
+                Ok(addr) => {
+                    fresh.push(addr);
+                    out.push(addr);
+                }
+                Err(e) => {
+                    for addr in fresh {
+                        let _ = fs::remove_file(self.dir.join(addr.to_string()));
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        self.sync_dir()?;
+        Ok(out)
+    }
+
+    /// Take the lowest free address of `cidr` for `owner`.
+    fn claim(
+        &self,
+        cidr: IpNet,
+        owner: &Owner,
+        taken: &mut HashSet<IpAddr>,
+    ) -> Result<IpAddr, IpamError> {
+        let tmp = self.dir.join(format!(
+            "{TMP_PREFIX}{}-{}",
+            std::process::id(),
+            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let result = self.claim_with(cidr, owner, taken, &tmp);
+        let _ = fs::remove_file(&tmp);
+        result
+    }
+
+    fn claim_with(
+        &self,
+        cidr: IpNet,
+        owner: &Owner,
+        taken: &mut HashSet<IpAddr>,
+        tmp: &Path,
+    ) -> Result<IpAddr, IpamError> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(tmp)
+            .map_err(Self::io("creating", tmp))?;
+        f.write_all(owner.to_file().as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(Self::io("writing", tmp))?;
+        drop(f);
+        loop {
+            let addr = first_free(cidr, taken).ok_or(IpamError::Exhausted { cidr })?;
+            let path = self.dir.join(addr.to_string());
+            match fs::hard_link(tmp, &path) {
+                Ok(()) => return Ok(addr),
+                // Someone else (outside the lock) got it first: the filesystem is the referee.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    taken.insert(addr);
+                }
+                Err(e) => return Err(Self::io("creating", &path)(e)),
+            }
+        }
+    }
+
+    /// Release what `container_id` holds — on `ifname` only, or on every interface when `None`.
+    /// Returns the released addresses; releasing nothing is not an error.
+    pub fn release(
+        &self,
+        container_id: &str,
+        ifname: Option<&str>,
+    ) -> Result<Vec<IpAddr>, IpamError> {
+        let _lock = self.lock()?;
+        let doomed: Vec<IpAddr> = self
+            .list()?
+            .into_iter()
+            .filter(|e| {
+                e.owner.as_ref().is_some_and(|o| {
+                    o.container_id == container_id && ifname.is_none_or(|i| o.ifname == i)
+                })
+            })
+            .map(|e| e.address)
+            .collect();
+        self.remove(&doomed)?;
+        Ok(doomed)
+    }
+
+    /// Remove every allocation whose owner is not in `valid` (as `(container_id, ifname)`),
+    /// every unparseable file and every leftover temporary file. Returns the freed addresses.
+    pub fn gc(&self, valid: &[(String, String)]) -> Result<Vec<IpAddr>, IpamError> {
+        let _lock = self.lock()?;
+        let valid: HashSet<Owner> = valid
+            .iter()
+            .map(|(c, i)| Owner {
+                container_id: c.clone(),
+                ifname: i.clone(),
+            })
+            .collect();
+        let doomed: Vec<IpAddr> = self
+            .list()?
+            .into_iter()
+            .filter(|e| e.owner.as_ref().is_none_or(|o| !valid.contains(o)))
+            .map(|e| e.address)
+            .collect();
+        // Temporary files: with the lock held, no live allocator owns one.
+        let rd = fs::read_dir(&self.dir).map_err(Self::io("reading", &self.dir))?;
+        for entry in rd.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        self.remove(&doomed)?;
+        Ok(doomed)
+    }
+
+    fn remove(&self, addrs: &[IpAddr]) -> Result<(), IpamError> {
+        for addr in addrs {
+            let path = self.dir.join(addr.to_string());
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Self::io("removing", &path)(e)),
+            }
+        }
+        if !addrs.is_empty() {
+            self.sync_dir()?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;

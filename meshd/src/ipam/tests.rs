@@ -1,0 +1,264 @@
+use super::*;
+
+fn cidrs() -> Vec<IpNet> {
+    vec![
+        "10.244.1.0/24".parse().unwrap(),
+        "fd00:244:0:1::/64".parse().unwrap(),
+    ]
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn usable_range_rule() {
+    assert_eq!(usable_range("10.0.0.0/24".parse().unwrap()), Some((2, 254)));
+    assert_eq!(usable_range("10.0.0.0/30".parse().unwrap()), Some((2, 2)));
+    assert_eq!(usable_range("10.0.0.0/31".parse().unwrap()), None);
+    assert_eq!(usable_range("fd00::/127".parse().unwrap()), None);
+    assert_eq!(
+        usable_range("::/0".parse().unwrap()),
+        Some((2, u128::MAX - 1))
+    );
+    let c: IpNet = "10.0.0.0/24".parse().unwrap();
+    assert!(!is_usable(c, ip("10.0.0.0")));
+    assert!(!is_usable(c, ip("10.0.0.1")));
+    assert!(is_usable(c, ip("10.0.0.2")));
+    assert!(is_usable(c, ip("10.0.0.254")));
+    assert!(!is_usable(c, ip("10.0.0.255")));
+    assert!(!is_usable(c, ip("10.0.1.2")));
+}
+
+#[test]
+fn first_free_skips_taken() {
+    let c: IpNet = "10.0.0.0/29".parse().unwrap();
+    let mut taken = HashSet::new();
+    assert_eq!(first_free(c, &taken), Some(ip("10.0.0.2")));
+    taken.insert(ip("10.0.0.2"));
+    taken.insert(ip("10.0.0.3"));
+    assert_eq!(first_free(c, &taken), Some(ip("10.0.0.4")));
+    for a in 4..=6 {
+        taken.insert(ip(&format!("10.0.0.{a}")));
+    }
+    assert_eq!(first_free(c, &taken), None);
+}
+
+#[test]
+fn owner_file_round_trip() {
+    let o = Owner {
+        container_id: "abc".into(),
+        ifname: "eth0".into(),
+    };
+    assert_eq!(o.to_file(), "abc\neth0\n");
+    assert_eq!(Owner::from_file(&o.to_file()), Some(o));
+    assert_eq!(Owner::from_file(""), None);
+    assert_eq!(Owner::from_file("abc\n"), None);
+    assert_eq!(Owner::from_file("abc\neth0"), None);
+    assert_eq!(Owner::from_file("abc\neth0\nx\n"), None);
+}
+
+#[test]
+fn allocates_both_families_from_two() {
+    let dir = tempfile::tempdir().unwrap();
+    let ipam = Ipam::open(dir.path(), &cidrs()).unwrap();
+    let a = ipam.allocate("c1", "eth0").unwrap();
+    assert_eq!(a, vec![ip("10.244.1.2"), ip("fd00:244:0:1::2")]);
+    let b = ipam.allocate("c2", "eth0").unwrap();
+    assert_eq!(b, vec![ip("10.244.1.3"), ip("fd00:244:0:1::3")]);
+    let c = ipam.allocate("c1", "net1").unwrap();
+    assert_eq!(c, vec![ip("10.244.1.4"), ip("fd00:244:0:1::4")]);
+    assert_eq!(
+        fs::read_to_string(dir.path().join("fd00:244:0:1::3")).unwrap(),
+        "c2\neth0\n"
+    );
+    assert_eq!(ipam.lookup("c1", "eth0").unwrap(), a);
+    assert_eq!(ipam.list().unwrap().len(), 6);
+    // No temporary file left behind.
+    let names: Vec<String> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().all(|n| !n.starts_with(TMP_PREFIX)),
+        "{names:?}"
+    );
+}
+
+#[test]
+fn allocation_is_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let ipam = Ipam::open(dir.path(), &cidrs()).unwrap();
+    let a = ipam.allocate("c1", "eth0").unwrap();
+    let again = ipam.allocate("c1", "eth0").unwrap();
+    assert_eq!(a, again);
+    // A second handle (another process) sees the same.
+    let other = Ipam::open(dir.path(), &cidrs()).unwrap();
+    assert_eq!(other.allocate("c1", "eth0").unwrap(), a);
+    assert_eq!(ipam.list().unwrap().len(), 2);
+}
+
+#[test]
+fn half_done_allocation_is_completed_by_the_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    // A plugin killed after its IPv4 address.
+    fs::write(dir.path().join("10.244.1.2"), "c1\neth0\n").unwrap();
+    let ipam = Ipam::open(dir.path(), &cidrs()).unwrap();
+    let a = ipam.allocate("c1", "eth0").unwrap();
+    assert_eq!(a, vec![ip("10.244.1.2"), ip("fd00:244:0:1::2")]);
+}
+
+#[test]
+fn release_frees_and_is_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let ipam = Ipam::open(dir.path(), &cidrs()).unwrap();
+    let a = ipam.allocate("c1", "eth0").unwrap();
+    ipam.allocate("c1", "net1").unwrap();
+    ipam.allocate("c2", "eth0").unwrap();
+    assert_eq!(ipam.release("c1", Some("eth0")).unwrap(), a);
+    assert!(ipam.release("c1", Some("eth0")).unwrap().is_empty());
+    assert!(ipam.lookup("c1", "eth0").unwrap().is_empty());
+    assert_eq!(ipam.lookup("c1", "net1").unwrap().len(), 2);
+    // The freed address is the lowest free one again.
+    assert_eq!(ipam.allocate("c3", "eth0").unwrap(), a);
+    // Release of every interface.
+    assert_eq!(ipam.release("c1", None).unwrap().len(), 2);
+    assert!(ipam.release("unknown", None).unwrap().is_empty());
+    assert_eq!(ipam.list().unwrap().len(), 4);
+}
+
+#[test]
+fn exhaustion_on_a_slash_30() {
+    let dir = tempfile::tempdir().unwrap();
+    let small: Vec<IpNet> = vec!["10.9.0.0/30".parse().unwrap()];
+    let ipam = Ipam::open(dir.path(), &small).unwrap();
+    assert_eq!(ipam.allocate("c1", "eth0").unwrap(), vec![ip("10.9.0.2")]);
+    match ipam.allocate("c2", "eth0") {
+        Err(IpamError::Exhausted { cidr }) => assert_eq!(cidr, small[0]),
+        other => panic!("expected exhaustion, got {other:?}"),
+    }
+    let msg = ipam.allocate("c2", "eth0").unwrap_err().to_string();
+    assert!(msg.contains("10.9.0.0/30"), "{msg}");
+    // Exhaustion in the second CIDR rolls back the first.
+    let dir2 = tempfile::tempdir().unwrap();
+    let mixed: Vec<IpNet> = vec![
+        "10.9.0.0/24".parse().unwrap(),
+        "fd00:9::/126".parse().unwrap(),
+    ];
+    let ipam = Ipam::open(dir2.path(), &mixed).unwrap();
+    ipam.allocate("c1", "eth0").unwrap();
+    assert!(matches!(
+        ipam.allocate("c2", "eth0"),
+        Err(IpamError::Exhausted { .. })
+    ));
+    assert_eq!(ipam.list().unwrap().len(), 2);
+}
+
+#[test]
+fn invalid_keys_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ipam = Ipam::open(dir.path(), &cidrs()).unwrap();
+    for (c, i) in [("", "eth0"), ("a\nb", "eth0"), ("a/b", "eth0"), ("c", "")] {
+        assert!(matches!(
+            ipam.allocate(c, i),
+            Err(IpamError::InvalidKey { .. })
+        ));
+    }
+    let none = Ipam::open(dir.path(), &[]).unwrap();
+    assert!(matches!(
+        none.allocate("c", "eth0"),
+        Err(IpamError::NoCidrs)
+    ));
+}
+
+#[test]
+fn unparseable_files_block_their_address_and_gc_removes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("10.244.1.2"), "").unwrap();
+    fs::write(dir.path().join(".tmp-1-1"), "c9\neth0\n").unwrap();
+    let ipam = Ipam::open(dir.path(), &cidrs()).unwrap();
+    assert_eq!(
+        ipam.allocate("c1", "eth0").unwrap()[0],
+        ip("10.244.1.3"),
+        "an empty file still holds its address"
+    );
+    let freed = ipam.gc(&[("c1".into(), "eth0".into())]).unwrap();
+    assert_eq!(freed, vec![ip("10.244.1.2")]);
+    assert!(!dir.path().join(".tmp-1-1").exists());
+}
+
+#[test]
+fn gc_keeps_only_valid_attachments() {
+    let dir = tempfile::tempdir().unwrap();
+    let ipam = Ipam::open(dir.path(), &cidrs()).unwrap();
+    let keep = ipam.allocate("c1", "eth0").unwrap();
+    ipam.allocate("c1", "net1").unwrap();
+    ipam.allocate("c2", "eth0").unwrap();
+    let freed = ipam.gc(&[("c1".into(), "eth0".into())]).unwrap();
+    assert_eq!(freed.len(), 4);
+    let left: Vec<IpAddr> = ipam
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.address)
+        .collect();
+    assert_eq!(left, keep);
+    assert!(ipam.gc(&[]).unwrap().len() == 2);
+    assert!(ipam.list().unwrap().is_empty());
+}
+
+#[test]
+fn concurrent_allocations_never_collide() {
+    let dir = tempfile::tempdir().unwrap();
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let path = dir.path().to_path_buf();
+            std::thread::spawn(move || {
+                // Every thread has its own handle: its own lock file descriptor, like a process.
+                let ipam = Ipam::open(&path, &cidrs()).unwrap();
+                (0..25)
+                    .flat_map(|k| ipam.allocate(&format!("c{t}-{k}"), "eth0").unwrap())
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let all: Vec<IpAddr> = threads
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    assert_eq!(all.len(), 400);
+    let distinct: HashSet<IpAddr> = all.iter().copied().collect();
+    assert_eq!(distinct.len(), 400, "duplicate addresses handed out");
+    let v4 = all.iter().filter(|a| a.is_ipv4()).count();
+    assert_eq!(v4, 200);
+    let ipam = Ipam::open(dir.path(), &cidrs()).unwrap();
+    assert_eq!(ipam.list().unwrap().len(), 400);
+}
+
+#[test]
+fn racing_linkers_without_the_lock_still_never_share() {
+    // The lock is not what prevents duplicates: `link` is. Claim directly, bypassing the lock.
+    let dir = tempfile::tempdir().unwrap();
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let path = dir.path().to_path_buf();
+            std::thread::spawn(move || {
+                let ipam = Ipam::open(&path, &cidrs()).unwrap();
+                let owner = Owner {
+                    container_id: format!("c{t}"),
+                    ifname: "eth0".into(),
+                };
+                let mut taken = HashSet::new();
+                (0..10)
+                    .map(|_| ipam.claim(cidrs()[0], &owner, &mut taken).unwrap())
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let all: Vec<IpAddr> = threads
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    let distinct: HashSet<IpAddr> = all.iter().copied().collect();
+    assert_eq!(distinct.len(), 80);
+}
