@@ -211,7 +211,7 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<()> {
             opts.name
         );
     }
-    for bin in ["meshd", "meshd-wg"] {
+    for bin in ["meshd", "meshd-wg", "meshd-cni"] {
         binary(bin)?;
     }
     let started = Instant::now();
@@ -446,85 +446,66 @@ fn start_meshd(lab: &str, mode: &str, i: u32) -> anyhow::Result<u32> {
     Ok(pid)
 }
 
+/// Create pod `j` on node `i` the way a container runtime does: a network namespace, then
+/// `meshd-cni` invoked with the CNI environment and configuration on stdin, inside the node.
 fn add_pod(lab: &str, i: u32, j: u32) -> anyhow::Result<()> {
-    let node = node_ns(lab, i);
+    let paths = Paths::new(lab);
     let pod = pod_ns(lab, i, j);
-    let host = pod_host_veth(j);
-    let (a4, a6) = pod_addrs(i, j);
+    let (want4, want6) = pod_addrs(i, j);
+    let (c4, c6) = node_pod_cidrs(i);
     ip(&["netns", "add", &pod])?;
-    sysctl(
-        &pod,
-        &[
-            "net.ipv6.conf.all.accept_dad=0",
-            "net.ipv6.conf.default.accept_dad=0",
-        ],
-    )?;
-    ip(&[
-        "-n", &node, "link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns", &pod,
-    ])?;
-    ip(&["-n", &node, "link", "set", &host, "address", HOST_VETH_MAC])?;
-    sysctl(&node, &[&format!("net.ipv4.conf.{host}.proxy_arp=1")])?;
-    ip(&["-n", &node, "link", "set", &host, "up"])?;
-    ip(&[
-        "-n",
-        &node,
-        "route",
-        "add",
-        &format!("{a4}/32"),
-        "dev",
-        &host,
-    ])?;
-    ip(&[
-        "-n",
-        &node,
-        "-6",
-        "route",
-        "add",
-        &format!("{a6}/128"),
-        "dev",
-        &host,
-    ])?;
-    ip(&["-n", &pod, "link", "set", "lo", "up"])?;
-    ip(&[
-        "-n",
-        &pod,
-        "addr",
-        "add",
-        &format!("{a4}/32"),
-        "dev",
-        "eth0",
-    ])?;
-    ip(&[
-        "-n",
-        &pod,
-        "-6",
-        "addr",
-        "add",
-        &format!("{a6}/128"),
-        "dev",
-        "eth0",
-        "nodad",
-    ])?;
-    ip(&["-n", &pod, "link", "set", "eth0", "up"])?;
-    let gw4 = POD_GATEWAY_V4.to_string();
-    ip(&[
-        "-n", &pod, "route", "add", &gw4, "dev", "eth0", "scope", "link",
-    ])?;
-    ip(&[
-        "-n", &pod, "route", "add", "default", "via", &gw4, "dev", "eth0",
-    ])?;
-    ip(&[
-        "-n",
-        &pod,
-        "-6",
-        "route",
-        "add",
-        "default",
-        "via",
-        &POD_GATEWAY_V6.to_string(),
-        "dev",
-        "eth0",
-    ])?;
+    in_ns(&pod, &["ip", "link", "set", "lo", "up"])?;
+    let plugin = binary("meshd-cni")?;
+    let config = serde_json::json!({
+        "cniVersion": "1.1.0",
+        "name": "meshd",
+        "type": "meshd-cni",
+        "podCIDRs": [c4.to_string(), c6.to_string()],
+        "ipamDir": paths.node_dir(i).join("ipam"),
+    });
+    // The node's network namespace, but the host's mount namespace: pod namespaces are
+    // pinned under /run/netns after the node's private mount namespace was made.
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", node_ns(lab, i)))
+        .arg("--")
+        .arg(&plugin)
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", &pod)
+        .env("CNI_NETNS", format!("/run/netns/{pod}"))
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_ARGS", format!("K8S_POD_NAME={}", pod_name(i, j)))
+        .env("CNI_PATH", plugin.parent().unwrap_or(Path::new("/")))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running meshd-cni")?;
+    child
+        .stdin
+        .take()
+        .context("meshd-cni stdin")?
+        .write_all(config.to_string().as_bytes())
+        .context("writing the CNI configuration")?;
+    let out = child.wait_with_output().context("waiting for meshd-cni")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "meshd-cni ADD for {pod} failed: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let result: serde_json::Value =
+        serde_json::from_str(&stdout).with_context(|| format!("meshd-cni result: {stdout}"))?;
+    let got: Vec<&str> = result["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|ip| ip["address"].as_str())
+        .collect();
+    let want = [format!("{want4}/32"), format!("{want6}/128")];
+    if got != want {
+        bail!("meshd-cni gave {pod} {got:?}, the lab expected {want:?}");
+    }
     Ok(())
 }
 
