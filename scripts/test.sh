@@ -9,3 +9,7 @@ cargo clippy --workspace --all-targets --locked -q -- -D warnings
 # Integration tests run the daemon binaries: build them first.
 cargo build --workspace --bins --locked -q
 cargo test --workspace --locked --no-fail-fast -- --test-threads="${MESHD_TEST_THREADS:-2}"
+# The tc eBPF programs and their loader: their own workspace (the BPF crate is built with
+# Debian's rustc for bpfel-unknown-none); the toolchain script installs what that needs.
+ebpf-redirect/install-toolchain.sh --no-build
+(cd ebpf-redirect && cargo fmt --all -- --check && cargo test --locked --no-fail-fast -- --test-threads=1)

@@ -1,0 +1,88 @@
+//! `ebpf-redirect-common` owns the ABI shared by the BPF programs and the user-space loader:
+//! map names, map sizes, `#[repr(C)]` key/value types and the `Verdict` counter indices.
+//! It is `no_std` so that the BPF crate can use it; with the `user` feature it also
+//! implements `aya::Pod` for the types so that the loader can put them in maps.
+#![no_std]
+
+/// Index into the per-CPU `VERDICTS` counter array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// `from_pod`: destination in `REMOTE_*`, packet redirected into the tunnel.
+    Redirect = 0,
+    /// `from_pod`: destination is a local pod (`LOCAL_*`), left to the kernel.
+    Local = 1,
+    /// `from_pod`: neither remote nor local (or not IP), left to the kernel.
+    Pass = 2,
+    /// `underlay_egress`: cluster traffic outside WireGuard, dropped (enforce mode).
+    StrictDrop = 3,
+    /// `underlay_egress`: cluster traffic outside WireGuard, allowed (permissive mode).
+    WouldDrop = 4,
+}
+
+/// Number of entries in `VERDICTS`.
+pub const VERDICT_COUNT: u32 = 5;
+
+/// `Config::mode`: drop cluster traffic that is not WireGuard.
+pub const MODE_ENFORCE: u32 = 0;
+/// `Config::mode`: only count cluster traffic that is not WireGuard.
+pub const MODE_PERMISSIVE: u32 = 1;
+
+/// Value of the one-entry `CONFIG` array (index 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// The mesh's WireGuard UDP port (host byte order).
+    pub wg_port: u16,
+    /// Explicit padding, always 0.
+    pub _pad: u16,
+    /// `MODE_ENFORCE` or `MODE_PERMISSIVE`.
+    pub mode: u32,
+}
+
+/// Data part of an IPv4 LPM_TRIE key / key of `LOCAL_V4`: address bytes in network order.
+pub type Ipv4Addr = [u8; 4];
+/// Data part of an IPv6 LPM_TRIE key / key of `LOCAL_V6`: address bytes in network order.
+pub type Ipv6Addr = [u8; 16];
+
+/// Value of `LOCAL_V4` / `LOCAL_V6` (presence is what matters; 1 by convention).
+pub type LocalMarker = u32;
+/// Value of `REMOTE_V4` / `REMOTE_V6`: ifindex of the tunnel (WireGuard) device.
+pub type TunnelIfindex = u32;
+/// Value of `CLUSTER_V4` / `CLUSTER_V6` (presence is what matters; 1 by convention).
+pub type ClusterMarker = u32;
+
+/// Map names as they appear in the object and under the pin directory.
+pub mod map_names {
+    /// LPM_TRIE `Key<[u8;4]>` -> tunnel ifindex.
+    pub const REMOTE_V4: &str = "REMOTE_V4";
+    /// LPM_TRIE `Key<[u8;16]>` -> tunnel ifindex.
+    pub const REMOTE_V6: &str = "REMOTE_V6";
+    /// HASH `[u8;4]` -> 1.
+    pub const LOCAL_V4: &str = "LOCAL_V4";
+    /// HASH `[u8;16]` -> 1.
+    pub const LOCAL_V6: &str = "LOCAL_V6";
+    /// LPM_TRIE `Key<[u8;4]>` -> 1.
+    pub const CLUSTER_V4: &str = "CLUSTER_V4";
+    /// LPM_TRIE `Key<[u8;16]>` -> 1.
+    pub const CLUSTER_V6: &str = "CLUSTER_V6";
+    /// ARRAY[1] of `Config`.
+    pub const CONFIG: &str = "CONFIG";
+    /// PER_CPU_ARRAY[5] of u64, indexed by `Verdict`.
+    pub const VERDICTS: &str = "VERDICTS";
+    /// All map names.
+    pub const ALL: [&str; 8] = [
+        REMOTE_V4, REMOTE_V6, LOCAL_V4, LOCAL_V6, CLUSTER_V4, CLUSTER_V6, CONFIG, VERDICTS,
+    ];
+}
+
+/// Max entries of the LPM tries (remote CIDRs, cluster CIDRs).
+pub const MAX_CIDRS: u32 = 4096;
+/// Max entries of the local pod address hashes.
+pub const MAX_LOCAL: u32 = 4096;
+
+#[cfg(feature = "user")]
+// SAFETY: `Config` is `#[repr(C)]`, `Copy`, made only of integers, has explicit padding
+// (no implicit padding bytes) and every bit pattern is valid.
+#[allow(unsafe_code)]
+unsafe impl aya::Pod for Config {}

@@ -1,0 +1,400 @@
+//! `ebpf-redirect` is meshd's user-space loader for the tc datapath: it owns loading the
+//! BPF object built from `ebpf-redirect-ebpf` (embedded at build time), pinning programs,
+//! TCX links and maps under a bpffs directory (e.g. `/sys/fs/bpf/meshd`) so that a daemon
+//! restart neither detaches the programs nor loses map contents, re-opening those pins
+//! (`Datapath::adopt`), attaching/detaching per interface, and typed map updates/counters.
+//!
+//! Pin layout under `pin_dir`:
+//! * `REMOTE_V4`, `REMOTE_V6`, `LOCAL_V4`, `LOCAL_V6`, `CLUSTER_V4`, `CLUSTER_V6`,
+//!   `CONFIG`, `VERDICTS` - maps (pinned by name by the loader).
+//! * `prog_from_pod`, `prog_underlay_egress` - programs.
+//! * `link_ingress_<ifname>`, `link_egress_<ifname>` - TCX links (kernel >= 6.6).
+//!
+//! Attaching uses TCX links only (kernel >= 6.6); the classic netlink clsact path cannot be
+//! pinned and is not implemented here.
+//!
+//! All calls that take an interface name resolve it in the calling thread's network namespace.
+#![warn(missing_docs)]
+
+use std::{
+    fs, io,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    include_bytes_aligned,
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray},
+    pin::PinError,
+    programs::{
+        links::{FdLink, LinkError, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType,
+    },
+    EbpfError, EbpfLoader,
+};
+pub use ebpf_redirect_common::Verdict;
+use ebpf_redirect_common::{map_names as mn, Config, MODE_ENFORCE, MODE_PERMISSIVE};
+pub use ipnet::IpNet;
+
+/// The BPF object built by build.rs.
+pub static BPF_OBJECT: &[u8] =
+    include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ebpf-redirect.bpf.o"));
+
+/// Name of the program for pods' host-side veths (clsact ingress).
+pub const PROG_FROM_POD: &str = "from_pod";
+/// Name of the program for the node's underlay interface (clsact egress).
+pub const PROG_UNDERLAY_EGRESS: &str = "underlay_egress";
+
+/// Errors of the loader.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Loading the object failed.
+    #[error("loading BPF object: {0}")]
+    Ebpf(#[from] Box<EbpfError>),
+    /// Map operation failed.
+    #[error("map: {0}")]
+    Map(#[from] MapError),
+    /// Program load/attach failed.
+    #[error("program: {0}")]
+    Program(#[from] ProgramError),
+    /// Pinning failed.
+    #[error("pin: {0}")]
+    Pin(#[from] PinError),
+    /// Link operation failed.
+    #[error("link: {0}")]
+    Link(#[from] LinkError),
+    /// File system error (pin directory).
+    #[error("io: {0}")]
+    Io(#[from] io::Error),
+    /// The object lacks a program.
+    #[error("program {0} not found in object")]
+    MissingProgram(&'static str),
+}
+
+/// Result alias.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What `underlay_egress` does with cluster traffic that is not WireGuard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Drop it (TC_ACT_SHOT) and count `StrictDrop`.
+    Enforce,
+    /// Let it through and count `WouldDrop`.
+    Permissive,
+}
+
+/// Handle on the pinned datapath: programs and maps opened from `pin_dir`.
+pub struct Datapath {
+    pin_dir: PathBuf,
+    from_pod: SchedClassifier,
+    underlay_egress: SchedClassifier,
+    remote_v4: LpmTrie<MapData, [u8; 4], u32>,
+    remote_v6: LpmTrie<MapData, [u8; 16], u32>,
+    local_v4: HashMap<MapData, [u8; 4], u32>,
+    local_v6: HashMap<MapData, [u8; 16], u32>,
+    cluster_v4: LpmTrie<MapData, [u8; 4], u32>,
+    cluster_v6: LpmTrie<MapData, [u8; 16], u32>,
+    config: Array<MapData, Config>,
+    verdicts: PerCpuArray<MapData, u64>,
+}
+
+impl std::fmt::Debug for Datapath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Datapath")
+            .field("pin_dir", &self.pin_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+fn prog_pin(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("prog_{name}"))
+}
+
+fn link_pin(dir: &Path, attach: TcAttachType, ifname: &str) -> PathBuf {
+    let dir_name = match attach {
+        TcAttachType::Ingress => "ingress",
+        TcAttachType::Egress => "egress",
+        TcAttachType::Custom(_) => "custom",
+    };
+    dir.join(format!("link_{dir_name}_{ifname}"))
+}
+
+fn open_map(dir: &Path, name: &str) -> Result<Map> {
+    Ok(Map::from_map_data(MapData::from_pin(dir.join(name))?)?)
+}
+
+fn lpm_key<const N: usize>(prefix: u8, octets: [u8; N]) -> Key<[u8; N]> {
+    Key::new(u32::from(prefix), octets)
+}
+
+fn is_not_found(e: &LinkError) -> bool {
+    matches!(e, LinkError::SyscallError(s) if s.io_error.kind() == io::ErrorKind::NotFound)
+}
+
+impl Datapath {
+    /// Loads the embedded object, (re)pins its programs under `pin_dir` and opens the pins.
+    /// Maps already pinned in `pin_dir` are reused with their contents (pin-by-name), so
+    /// this is also the upgrade path: existing links keep working and `attach_*` swaps in
+    /// the new program atomically.
+    pub fn load(pin_dir: impl AsRef<Path>) -> Result<Self> {
+        Self::load_bytes(BPF_OBJECT, pin_dir)
+    }
+
+    /// Like [`Datapath::load`] with an explicit object.
+    pub fn load_bytes(object: &[u8], pin_dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = pin_dir.as_ref();
+        fs::create_dir_all(dir)?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(dir)
+            .load(object)
+            .map_err(Box::new)?;
+        for name in [PROG_FROM_POD, PROG_UNDERLAY_EGRESS] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(Error::MissingProgram(name))?
+                .try_into()?;
+            prog.load()?;
+            let path = prog_pin(dir, name);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+            prog.pin(&path)?;
+        }
+        drop(ebpf); // everything we need is pinned now
+        Self::adopt(dir)
+    }
+
+    /// Opens an existing pinned datapath (after a daemon restart) without reloading.
+    pub fn adopt(pin_dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = pin_dir.as_ref();
+        Ok(Self {
+            pin_dir: dir.to_path_buf(),
+            from_pod: SchedClassifier::from_pin(prog_pin(dir, PROG_FROM_POD))?,
+            underlay_egress: SchedClassifier::from_pin(prog_pin(dir, PROG_UNDERLAY_EGRESS))?,
+            remote_v4: open_map(dir, mn::REMOTE_V4)?.try_into()?,
+            remote_v6: open_map(dir, mn::REMOTE_V6)?.try_into()?,
+            local_v4: open_map(dir, mn::LOCAL_V4)?.try_into()?,
+            local_v6: open_map(dir, mn::LOCAL_V6)?.try_into()?,
+            cluster_v4: open_map(dir, mn::CLUSTER_V4)?.try_into()?,
+            cluster_v6: open_map(dir, mn::CLUSTER_V6)?.try_into()?,
+            config: open_map(dir, mn::CONFIG)?.try_into()?,
+            verdicts: open_map(dir, mn::VERDICTS)?.try_into()?,
+        })
+    }
+
+    /// Adopts `pin_dir` if it holds a complete datapath, else loads.
+    pub fn adopt_or_load(pin_dir: impl AsRef<Path>) -> Result<Self> {
+        Self::adopt(pin_dir.as_ref()).or_else(|_| Self::load(pin_dir))
+    }
+
+    /// The bpffs directory holding the pins.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// Attaches `from_pod` on clsact ingress of `ifname` (a pod's host-side veth).
+    pub fn attach_from_pod(&mut self, ifname: &str) -> Result<()> {
+        let path = link_pin(&self.pin_dir, TcAttachType::Ingress, ifname);
+        attach_pinned(&mut self.from_pod, ifname, TcAttachType::Ingress, &path)
+    }
+
+    /// Attaches `underlay_egress` on clsact egress of `ifname` (the node's underlay NIC).
+    pub fn attach_underlay_egress(&mut self, ifname: &str) -> Result<()> {
+        let path = link_pin(&self.pin_dir, TcAttachType::Egress, ifname);
+        attach_pinned(
+            &mut self.underlay_egress,
+            ifname,
+            TcAttachType::Egress,
+            &path,
+        )
+    }
+
+    /// Detaches `from_pod` from `ifname` (removes the link pin). Missing pin is not an error.
+    pub fn detach_from_pod(&mut self, ifname: &str) -> Result<()> {
+        unpin_link(&link_pin(&self.pin_dir, TcAttachType::Ingress, ifname))
+    }
+
+    /// Detaches `underlay_egress` from `ifname`. Missing pin is not an error.
+    pub fn detach_underlay_egress(&mut self, ifname: &str) -> Result<()> {
+        unpin_link(&link_pin(&self.pin_dir, TcAttachType::Egress, ifname))
+    }
+
+    /// Detaches every pinned link and removes all pins (programs, maps) and `pin_dir`.
+    /// Consumes the handle: the programs are unloaded once the last fd is closed.
+    pub fn detach_all(self) -> Result<()> {
+        let dir = self.pin_dir.clone();
+        drop(self);
+        remove_pins(&dir)
+    }
+
+    /// Routes `cidr` (a remote node's pod CIDR) into the tunnel device `ifindex`.
+    pub fn set_remote(&mut self, cidr: IpNet, ifindex: u32) -> Result<()> {
+        match cidr.trunc() {
+            IpNet::V4(n) => {
+                self.remote_v4
+                    .insert(&lpm_key(n.prefix_len(), n.network().octets()), ifindex, 0)?
+            }
+            IpNet::V6(n) => {
+                self.remote_v6
+                    .insert(&lpm_key(n.prefix_len(), n.network().octets()), ifindex, 0)?
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a remote CIDR (exact prefix).
+    pub fn remove_remote(&mut self, cidr: IpNet) -> Result<()> {
+        match cidr.trunc() {
+            IpNet::V4(n) => self
+                .remote_v4
+                .remove(&lpm_key(n.prefix_len(), n.network().octets()))?,
+            IpNet::V6(n) => self
+                .remote_v6
+                .remove(&lpm_key(n.prefix_len(), n.network().octets()))?,
+        }
+        Ok(())
+    }
+
+    /// Marks `ip` as a local pod address.
+    pub fn add_local(&mut self, ip: IpAddr) -> Result<()> {
+        match ip {
+            IpAddr::V4(a) => self.local_v4.insert(a.octets(), 1, 0)?,
+            IpAddr::V6(a) => self.local_v6.insert(a.octets(), 1, 0)?,
+        }
+        Ok(())
+    }
+
+    /// Unmarks a local pod address.
+    pub fn remove_local(&mut self, ip: IpAddr) -> Result<()> {
+        match ip {
+            IpAddr::V4(a) => self.local_v4.remove(&a.octets())?,
+            IpAddr::V6(a) => self.local_v6.remove(&a.octets())?,
+        }
+        Ok(())
+    }
+
+    /// Adds a cluster pod CIDR (traffic from/to it must go through WireGuard on the underlay).
+    pub fn set_cluster(&mut self, cidr: IpNet) -> Result<()> {
+        match cidr.trunc() {
+            IpNet::V4(n) => {
+                self.cluster_v4
+                    .insert(&lpm_key(n.prefix_len(), n.network().octets()), 1, 0)?
+            }
+            IpNet::V6(n) => {
+                self.cluster_v6
+                    .insert(&lpm_key(n.prefix_len(), n.network().octets()), 1, 0)?
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a cluster pod CIDR (exact prefix).
+    pub fn remove_cluster(&mut self, cidr: IpNet) -> Result<()> {
+        match cidr.trunc() {
+            IpNet::V4(n) => self
+                .cluster_v4
+                .remove(&lpm_key(n.prefix_len(), n.network().octets()))?,
+            IpNet::V6(n) => self
+                .cluster_v6
+                .remove(&lpm_key(n.prefix_len(), n.network().octets()))?,
+        }
+        Ok(())
+    }
+
+    /// Sets the WireGuard UDP port and the enforcement mode. Port 0 means "no exemption".
+    /// Until this is called `underlay_egress` passes everything (CONFIG lookups of an
+    /// untouched array return zeros: port 0, enforce - so call it before `set_cluster`).
+    pub fn set_config(&mut self, wg_port: u16, mode: Mode) -> Result<()> {
+        let mode = match mode {
+            Mode::Enforce => MODE_ENFORCE,
+            Mode::Permissive => MODE_PERMISSIVE,
+        };
+        self.config.set(
+            0,
+            Config {
+                wg_port,
+                _pad: 0,
+                mode,
+            },
+            0,
+        )?;
+        Ok(())
+    }
+
+    /// Verdict counters summed over CPUs, indexed by [`Verdict`].
+    pub fn counters(&self) -> Result<[u64; 5]> {
+        let mut out = [0u64; 5];
+        for (i, slot) in out.iter_mut().enumerate() {
+            *slot = self.verdicts.get(&(i as u32), 0)?.iter().sum();
+        }
+        Ok(out)
+    }
+}
+
+fn attach_pinned(
+    prog: &mut SchedClassifier,
+    ifname: &str,
+    attach: TcAttachType,
+    path: &Path,
+) -> Result<()> {
+    match PinnedLink::from_pin(path) {
+        Ok(old) => {
+            // Already attached (daemon restart / upgrade): swap in this program atomically.
+            let link: SchedClassifierLink = FdLink::from(old).try_into()?;
+            match prog.attach_to_link(link) {
+                Ok(id) => {
+                    // The pin keeps the link; dropping our fd does not detach it.
+                    drop(prog.take_link(id)?);
+                    return Ok(());
+                }
+                Err(_) => {
+                    // Stale link (interface was deleted/recreated): replace the pin.
+                    fs::remove_file(path)?;
+                }
+            }
+        }
+        Err(e) if is_not_found(&e) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let id = prog.attach_with_options(
+        ifname,
+        attach,
+        TcAttachOptions::TcxOrder(LinkOrder::default()),
+    )?;
+    let link = prog.take_link(id)?;
+    let fd_link: FdLink = link.try_into()?;
+    drop(fd_link.pin(path)?);
+    Ok(())
+}
+
+fn unpin_link(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Removes every pin in `pin_dir` (links first, so programs detach) and the directory.
+/// Usable without a [`Datapath`] (e.g. by an uninstall path). Missing dir is not an error.
+pub fn remove_pins(pin_dir: impl AsRef<Path>) -> Result<()> {
+    let dir = pin_dir.as_ref();
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e.collect::<io::Result<Vec<_>>>()?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut paths: Vec<PathBuf> = entries.into_iter().map(|e| e.path()).collect();
+    paths.sort_by_key(|p| {
+        !p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("link_"))
+    });
+    for p in paths {
+        unpin_link(&p)?;
+    }
+    fs::remove_dir(dir)?;
+    Ok(())
+}
