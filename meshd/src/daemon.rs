@@ -76,6 +76,11 @@ pub struct DaemonArgs {
     /// On shutdown, withdraw this node's record and remove the device and routes.
     #[arg(long)]
     pub cleanup: bool,
+    /// CNI configuration directory: meshd writes its conflist there once the node's mesh has
+    /// converged and removes it when meshd stops, so no pod is scheduled onto a node whose
+    /// mesh is down.
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    pub cni_conf_dir: PathBuf,
     /// The user-space WireGuard helper binary; default: `meshd-wg` next to this executable.
     #[arg(long)]
     pub helper_binary: Option<PathBuf>,
@@ -179,6 +184,7 @@ pub async fn run<R: Registry>(args: DaemonArgs, registry: R) -> anyhow::Result<(
     };
     let result = event_loop(&ctx, &registry, events).await;
     control.abort();
+    crate::cni_conf::remove(&ctx.args.cni_conf_dir);
     if ctx.args.cleanup {
         cleanup(ctx, &registry).await;
     } else {
@@ -319,6 +325,13 @@ async fn event_loop<R: Registry>(
         known.counters.reconciles += 1;
         let outcome = reconcile_once(ctx, &mut known).await;
         converged = outcome.is_ok();
+        if converged {
+            let conf =
+                crate::cni_conf::conflist(&ctx.me, &ctx.args.state_dir.join("ipam"), ctx.mtu);
+            if let Err(err) = crate::cni_conf::write(&ctx.args.cni_conf_dir, &conf) {
+                tracing::warn!(error = %format!("{err:#}"), "writing the CNI configuration failed");
+            }
+        }
         if let Err(err) = outcome {
             known.counters.reconcile_errors += 1;
             tracing::warn!(error = %format!("{err:#}"), "reconcile failed; retrying");

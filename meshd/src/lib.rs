@@ -9,6 +9,8 @@
 
 /// The CNI plugin's spec types and command handling (CNI 1.1.0 and older result formats).
 pub mod cni;
+/// The CNI configuration list meshd installs when the node is ready.
+pub mod cni_conf;
 /// The node-local control socket (status).
 pub mod control;
 /// The daemon's start-up and reconcile loop.

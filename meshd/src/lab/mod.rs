@@ -424,6 +424,8 @@ fn start_meshd(lab: &str, mode: &str, i: u32) -> anyhow::Result<u32> {
         .arg(paths.node_dir(i).join("state"))
         .arg("--registry-dir")
         .arg(paths.registry())
+        .arg("--cni-conf-dir")
+        .arg(paths.node_dir(i).join("cni"))
         .args(["--underlay-interface", "eth0"])
         .args(["--listen-port", &LISTEN_PORT.to_string()])
         .args(["--wireguard-mode", mode])
@@ -456,13 +458,14 @@ fn add_pod(lab: &str, i: u32, j: u32) -> anyhow::Result<()> {
     ip(&["netns", "add", &pod])?;
     in_ns(&pod, &["ip", "link", "set", "lo", "up"])?;
     let plugin = binary("meshd-cni")?;
-    let config = serde_json::json!({
-        "cniVersion": "1.1.0",
-        "name": "meshd",
-        "type": "meshd-cni",
-        "podCIDRs": [c4.to_string(), c6.to_string()],
-        "ipamDir": paths.node_dir(i).join("ipam"),
-    });
+    let config = plugin_config(&paths, i)?;
+    let cidrs = config["podCIDRs"].to_string();
+    if !(cidrs.contains(&c4.to_string()) && cidrs.contains(&c6.to_string())) {
+        bail!(
+            "node {}'s CNI configuration has pod CIDRs {cidrs}, expected {c4} and {c6}",
+            node_name(i)
+        );
+    }
     // The node's network namespace, but the host's mount namespace: pod namespaces are
     // pinned under /run/netns after the node's private mount namespace was made.
     let mut child = Command::new("nsenter")
@@ -507,6 +510,34 @@ fn add_pod(lab: &str, i: u32, j: u32) -> anyhow::Result<()> {
         bail!("meshd-cni gave {pod} {got:?}, the lab expected {want:?}");
     }
     Ok(())
+}
+
+/// The plugin configuration a runtime would hand `meshd-cni`: the first plugin of the conflist
+/// meshd installed (waiting, as the kubelet does, until the node is ready and it exists), with
+/// the list's name and version.
+fn plugin_config(paths: &Paths, i: u32) -> anyhow::Result<serde_json::Value> {
+    let path = paths
+        .node_dir(i)
+        .join("cni")
+        .join(crate::cni_conf::CONFLIST);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        match fs::read_to_string(&path) {
+            Ok(text) => break text,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => bail!(
+                "meshd on {} never became ready ({}: {e})",
+                node_name(i),
+                path.display()
+            ),
+        }
+    };
+    let list: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let mut plugin = list["plugins"][0].clone();
+    plugin["cniVersion"] = list["cniVersion"].clone();
+    plugin["name"] = list["name"].clone();
+    Ok(plugin)
 }
 
 /// Query node `i`'s meshd through its own control socket.

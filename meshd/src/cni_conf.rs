@@ -1,0 +1,123 @@
+//! The CNI configuration list that tells the container runtime to use `meshd-cni`.
+//!
+//! meshd writes it (atomically, only when its content changes) once the node's mesh has
+//! converged, and removes it when meshd stops: the kubelet reports a node without a CNI
+//! configuration as not ready, so no pod is scheduled onto a node whose mesh is down.
+
+use std::io::Write as _;
+use std::path::Path;
+
+use keyexchange::NodeRecord;
+
+/// File name of meshd's conflist (sorted first among typical CNI configurations).
+pub const CONFLIST: &str = "10-meshd.conflist";
+
+/// Errors writing the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum CniConfError {
+    /// Creating the directory or writing the file failed.
+    #[error("writing {path}: {source}")]
+    Write {
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// The conflist for this node: `meshd-cni` with the node's pod CIDRs, IPAM store and MTU.
+pub fn conflist(me: &NodeRecord, ipam_dir: &Path, mtu: u32) -> serde_json::Value {
+    serde_json::json!({
+        "cniVersion": "1.1.0",
+        "name": "meshd",
+        "plugins": [{
+            "type": "meshd-cni",
+            "podCIDRs": me.pod_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "ipamDir": ipam_dir,
+            "mtu": mtu,
+        }],
+    })
+}
+
+/// Write the conflist into `dir` unless it already holds exactly this content.
+pub fn write(dir: &Path, conf: &serde_json::Value) -> Result<(), CniConfError> {
+    let path = dir.join(CONFLIST);
+    let body = serde_json::to_string_pretty(conf).unwrap_or_default() + "\n";
+    if std::fs::read_to_string(&path).is_ok_and(|old| old == body) {
+        return Ok(());
+    }
+    let err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| CniConfError::Write { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(err(dir))?;
+    let tmp = dir.join(format!(".{CONFLIST}.tmp-{}", std::process::id()));
+    let mut file = std::fs::File::create(&tmp).map_err(err(&tmp))?;
+    file.write_all(body.as_bytes()).map_err(err(&tmp))?;
+    file.sync_all().map_err(err(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(err(&path))?;
+    tracing::info!(path = %path.display(), "CNI configuration installed: the node accepts pods");
+    Ok(())
+}
+
+/// Remove the conflist (the node stops accepting pods); a missing file is fine.
+pub fn remove(dir: &Path) {
+    let path = dir.join(CONFLIST);
+    match std::fs::remove_file(&path) {
+        Ok(()) => tracing::info!(path = %path.display(), "CNI configuration removed"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "removing the CNI configuration failed")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use keyexchange::PrivateKey;
+
+    fn me() -> NodeRecord {
+        NodeRecord {
+            name: "n1".into(),
+            public_key: PrivateKey::generate().public_key(),
+            listen_port: 51820,
+            endpoints: vec!["198.18.0.11".parse().unwrap()],
+            pod_cidrs: vec![
+                "10.244.1.0/24".parse().unwrap(),
+                "fd00:244:0:1::/64".parse().unwrap(),
+            ],
+        }
+    }
+
+    #[test]
+    fn writes_parses_back_skips_identical_rewrites_and_removes() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf_dir = dir.path().join("net.d");
+        let conf = conflist(&me(), Path::new("/var/lib/meshd/ipam"), 1420);
+        write(&conf_dir, &conf).unwrap();
+        let path = conf_dir.join(CONFLIST);
+        let back: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(back["plugins"][0]["type"], "meshd-cni");
+        assert_eq!(back["plugins"][0]["podCIDRs"][1], "fd00:244:0:1::/64");
+        assert_eq!(back["plugins"][0]["mtu"], 1420);
+        let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        write(&conf_dir, &conf).unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().modified().unwrap(),
+            mtime,
+            "identical content is not rewritten"
+        );
+        assert_eq!(
+            std::fs::read_dir(&conf_dir).unwrap().count(),
+            1,
+            "no temp file left"
+        );
+        remove(&conf_dir);
+        assert!(!path.exists());
+        remove(&conf_dir);
+    }
+}
