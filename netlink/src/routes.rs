@@ -129,15 +129,13 @@ impl Routes {
         Ok(Routes { handle })
     }
 
-    /// Routes in the main table with protocol [`MESHD_ROUTE_PROTOCOL`] whose output
-    /// interface is `ifindex`, both families.
-    pub async fn list(&self, ifindex: u32) -> Result<Vec<IpNet>, RouteError> {
-        let queries = [
+    /// Every route of the main table, both families, that carries meshd's protocol.
+    async fn owned(&self, ifindex: u32) -> Result<Vec<RouteMessage>, RouteError> {
+        let mut out = Vec::new();
+        for q in [
             RouteMessageBuilder::<Ipv4Addr>::new().build(),
             RouteMessageBuilder::<Ipv6Addr>::new().build(),
-        ];
-        let mut out = Vec::new();
-        for q in queries {
+        ] {
             let routes: Vec<RouteMessage> = self
                 .handle
                 .route()
@@ -149,26 +147,29 @@ impl Routes {
                     ifindex,
                     source: Box::new(source),
                 })?;
-            for r in &routes {
-                if u8::from(r.header.protocol) != MESHD_ROUTE_PROTOCOL
-                    || table_of(r) != u32::from(RouteHeader::RT_TABLE_MAIN)
-                    || r.header.kind != RouteType::Unicast
-                {
-                    continue;
-                }
-                let on_link = r
-                    .attributes
-                    .iter()
-                    .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == ifindex));
-                if !on_link {
-                    continue;
-                }
-                if let Some(dst) = destination(r) {
-                    out.push(dst);
-                }
-            }
+            out.extend(routes.into_iter().filter(|r| {
+                u8::from(r.header.protocol) == MESHD_ROUTE_PROTOCOL
+                    && table_of(r) == u32::from(RouteHeader::RT_TABLE_MAIN)
+            }));
         }
         Ok(out)
+    }
+
+    /// Routes in the main table with protocol [`MESHD_ROUTE_PROTOCOL`] whose output
+    /// interface is `ifindex`, both families.
+    pub async fn list(&self, ifindex: u32) -> Result<Vec<IpNet>, RouteError> {
+        Ok(self
+            .owned(ifindex)
+            .await?
+            .iter()
+            .filter(|r| {
+                r.header.kind == RouteType::Unicast
+                    && r.attributes
+                        .iter()
+                        .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == ifindex))
+            })
+            .filter_map(destination)
+            .collect())
     }
 
     async fn replace(&self, msg: RouteMessage, dst: IpNet, ifindex: u32) -> Result<(), RouteError> {
@@ -234,35 +235,13 @@ impl Routes {
 
     /// Blackhole routes in the main table with protocol [`MESHD_ROUTE_PROTOCOL`].
     pub async fn list_blackholes(&self) -> Result<Vec<IpNet>, RouteError> {
-        let queries = [
-            RouteMessageBuilder::<Ipv4Addr>::new().build(),
-            RouteMessageBuilder::<Ipv6Addr>::new().build(),
-        ];
-        let mut out = Vec::new();
-        for q in queries {
-            let routes: Vec<RouteMessage> = self
-                .handle
-                .route()
-                .get(q)
-                .execute()
-                .try_collect()
-                .await
-                .map_err(|source| RouteError::List {
-                    ifindex: 0,
-                    source: Box::new(source),
-                })?;
-            out.extend(
-                routes
-                    .iter()
-                    .filter(|r| {
-                        u8::from(r.header.protocol) == MESHD_ROUTE_PROTOCOL
-                            && table_of(r) == u32::from(RouteHeader::RT_TABLE_MAIN)
-                            && r.header.kind == RouteType::BlackHole
-                    })
-                    .filter_map(destination),
-            );
-        }
-        Ok(out)
+        Ok(self
+            .owned(0)
+            .await?
+            .iter()
+            .filter(|r| r.header.kind == RouteType::BlackHole)
+            .filter_map(destination)
+            .collect())
     }
 }
 
