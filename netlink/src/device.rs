@@ -116,6 +116,21 @@ pub struct PeerStatus {
     pub persistent_keepalive: Option<u16>,
 }
 
+impl PeerStatus {
+    /// A peer known only by its key: no endpoint, no allowed IPs, no handshake, no traffic.
+    pub fn new(public_key: [u8; 32]) -> Self {
+        PeerStatus {
+            public_key,
+            endpoint: None,
+            allowed_ips: Vec::new(),
+            last_handshake: None,
+            rx_bytes: 0,
+            tx_bytes: 0,
+            persistent_keepalive: None,
+        }
+    }
+}
+
 /// The live state of the device.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceStatus {

@@ -229,15 +229,7 @@ fn parse_dump(msgs: &[WireguardMessage]) -> UapiState {
                         };
                         let peer = peers.entry(key).or_insert_with(|| {
                             order.push(key);
-                            PeerStatus {
-                                public_key: key,
-                                endpoint: None,
-                                allowed_ips: Vec::new(),
-                                last_handshake: None,
-                                rx_bytes: 0,
-                                tx_bytes: 0,
-                                persistent_keepalive: None,
-                            }
+                            PeerStatus::new(key)
                         });
                         merge_peer(peer, pattrs);
                     }

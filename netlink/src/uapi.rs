@@ -260,15 +260,9 @@ pub fn parse_get(text: &str) -> Result<UapiState, UapiError> {
             "listen_port" => state.listen_port = num(line, val)?,
             "public_key" => {
                 finish(&mut state, &mut hs);
-                state.peers.push(PeerStatus {
-                    public_key: key_from_hex(val).ok_or_else(|| bad(line, "bad key"))?,
-                    endpoint: None,
-                    allowed_ips: Vec::new(),
-                    last_handshake: None,
-                    rx_bytes: 0,
-                    tx_bytes: 0,
-                    persistent_keepalive: None,
-                });
+                state.peers.push(PeerStatus::new(
+                    key_from_hex(val).ok_or_else(|| bad(line, "bad key"))?,
+                ));
             }
             _ => {
                 let Some(peer) = state.peers.last_mut() else {
