@@ -31,3 +31,7 @@ if ! have cargo; then
   echo "cargo (Rust 1.95 or newer) is required" >&2
   exit 1
 fi
+
+# The tc eBPF programs are part of the normal build: ebpf-redirect's build script compiles
+# them with Debian's rustc and bpf-linker, which this installs (idempotent, quick when present).
+"$(dirname "$0")/../ebpf-redirect/install-toolchain.sh" --no-build

@@ -11,10 +11,8 @@ cargo build --workspace --bins --locked -q
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked --no-fail-fast -- --test-threads="${MESHD_TEST_THREADS:-2}" 2>&1 | tee "$log"
-# The tc eBPF programs and their loader: their own workspace (the BPF crate is built with
-# Debian's rustc for bpfel-unknown-none); the toolchain script installs what that needs.
-ebpf-redirect/install-toolchain.sh --no-build
-(cd ebpf-redirect && cargo fmt --all -- --check && cargo test --locked --no-fail-fast -- --test-threads=1) 2>&1 | tee -a "$log"
-# One closing line over every test binary of both workspaces.
+# The BPF crate is outside the host workspace (built for bpfel-unknown-none): check its format.
+(cd ebpf-redirect/ebpf-redirect-ebpf && cargo fmt -- --check)
+# One closing line over every test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "%d passed, %d failed\n", p, f }' "$log"

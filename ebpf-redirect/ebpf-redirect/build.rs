@@ -8,7 +8,8 @@
 use std::{env, path::PathBuf, process::Command};
 
 fn main() {
-    let out = PathBuf::from(env::var_os("OUT_DIR").unwrap()).join("ebpf-redirect.bpf.o");
+    let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"))
+        .join("ebpf-redirect.bpf.o");
     println!("cargo:rerun-if-env-changed=EBPF_REDIRECT_OBJ");
     println!("cargo:rerun-if-env-changed=EBPF_REDIRECT_RUSTC");
 
@@ -18,8 +19,9 @@ fn main() {
         return;
     }
 
-    let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
-    let root = manifest.parent().unwrap();
+    let manifest =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let root = manifest.parent().expect("crate lives in ebpf-redirect/");
     let ebpf = root.join("ebpf-redirect-ebpf");
     for p in [
         ebpf.join("src"),

@@ -10,11 +10,12 @@
 //! * `prog_from_pod`, `prog_underlay_egress` - programs.
 //! * `link_ingress_<ifname>`, `link_egress_<ifname>` - TCX links (kernel >= 6.6).
 //!
-//! Attaching uses TCX links only (kernel >= 6.6); the classic netlink clsact path cannot be
-//! pinned and is not implemented here.
+//! On kernels with TCX (>= 6.6) programs are attached as TCX links and the links are pinned.
+//! Older kernels get a classic clsact filter added over netlink at a fixed priority and
+//! handle: such a filter belongs to the interface, not to a file descriptor, so it survives
+//! the loader exiting without a pin and vanishes with the interface.
 //!
 //! All calls that take an interface name resolve it in the calling thread's network namespace.
-#![warn(missing_docs)]
 
 use std::{
     fs, io,
@@ -28,9 +29,10 @@ use aya::{
     pin::PinError,
     programs::{
         links::{FdLink, LinkError, PinnedLink},
-        tc::{SchedClassifierLink, TcAttachOptions},
-        LinkOrder, ProgramError, SchedClassifier, TcAttachType,
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
+        Link, LinkOrder, ProgramError, SchedClassifier, TcAttachType,
     },
+    util::KernelVersion,
     EbpfError, EbpfLoader,
 };
 pub use ebpf_redirect_common::Verdict;
@@ -70,6 +72,16 @@ pub enum Error {
     /// The object lacks a program.
     #[error("program {0} not found in object")]
     MissingProgram(&'static str),
+}
+
+/// Priority of meshd's clsact filters on kernels without TCX.
+pub const NETLINK_PRIORITY: u16 = 1;
+/// Handle of meshd's clsact filters on kernels without TCX (`0:6d65`, "me").
+pub const NETLINK_HANDLE: u32 = 0x6d65;
+
+/// Whether the running kernel attaches tc programs as TCX links (Linux >= 6.6).
+pub fn tcx_supported() -> bool {
+    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
 }
 
 /// Result alias.
@@ -196,15 +208,17 @@ impl Datapath {
     }
 
     /// Attaches `from_pod` on clsact ingress of `ifname` (a pod's host-side veth).
+    /// Idempotent: an existing attachment is replaced atomically by this program.
     pub fn attach_from_pod(&mut self, ifname: &str) -> Result<()> {
         let path = link_pin(&self.pin_dir, TcAttachType::Ingress, ifname);
-        attach_pinned(&mut self.from_pod, ifname, TcAttachType::Ingress, &path)
+        attach(&mut self.from_pod, ifname, TcAttachType::Ingress, &path)
     }
 
     /// Attaches `underlay_egress` on clsact egress of `ifname` (the node's underlay NIC).
+    /// Idempotent: an existing attachment is replaced atomically by this program.
     pub fn attach_underlay_egress(&mut self, ifname: &str) -> Result<()> {
         let path = link_pin(&self.pin_dir, TcAttachType::Egress, ifname);
-        attach_pinned(
+        attach(
             &mut self.underlay_egress,
             ifname,
             TcAttachType::Egress,
@@ -212,14 +226,58 @@ impl Datapath {
         )
     }
 
-    /// Detaches `from_pod` from `ifname` (removes the link pin). Missing pin is not an error.
+    /// Detaches `from_pod` from `ifname`. Missing attachment is not an error.
     pub fn detach_from_pod(&mut self, ifname: &str) -> Result<()> {
-        unpin_link(&link_pin(&self.pin_dir, TcAttachType::Ingress, ifname))
+        detach(&self.pin_dir, ifname, TcAttachType::Ingress)
     }
 
-    /// Detaches `underlay_egress` from `ifname`. Missing pin is not an error.
+    /// Detaches `underlay_egress` from `ifname`. Missing attachment is not an error.
     pub fn detach_underlay_egress(&mut self, ifname: &str) -> Result<()> {
-        unpin_link(&link_pin(&self.pin_dir, TcAttachType::Egress, ifname))
+        detach(&self.pin_dir, ifname, TcAttachType::Egress)
+    }
+
+    /// Whether `from_pod` is attached to `ifname` right now, asking the kernel which TCX
+    /// programs run on the interface. `None` on kernels without TCX, where aya cannot list
+    /// cls_bpf filters.
+    pub fn from_pod_attached(&self, ifname: &str) -> Result<Option<bool>> {
+        is_attached(&self.from_pod, ifname, TcAttachType::Ingress)
+    }
+
+    /// Whether `underlay_egress` is attached to `ifname` right now (see
+    /// [`Datapath::from_pod_attached`]).
+    pub fn underlay_egress_attached(&self, ifname: &str) -> Result<Option<bool>> {
+        is_attached(&self.underlay_egress, ifname, TcAttachType::Egress)
+    }
+
+    /// Names of the interfaces that have a pinned link of the given direction.
+    pub fn pinned_links(&self, attach: TcAttachType) -> Result<Vec<String>> {
+        let prefix = link_pin(Path::new(""), attach, "")
+            .to_string_lossy()
+            .into_owned();
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.pin_dir)? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if let Some(ifname) = name.strip_prefix(&prefix) {
+                out.push(ifname.to_owned());
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Removes link pins whose interface no longer exists in this network namespace (a pod
+    /// deleted without a CNI DEL). Returns the interface names whose pins were removed.
+    pub fn gc_links(&mut self) -> Result<Vec<String>> {
+        let mut removed = Vec::new();
+        for attach in [TcAttachType::Ingress, TcAttachType::Egress] {
+            for ifname in self.pinned_links(attach)? {
+                if ifindex(&ifname).is_none() {
+                    unpin_link(&link_pin(&self.pin_dir, attach, &ifname))?;
+                    removed.push(ifname);
+                }
+            }
+        }
+        Ok(removed)
     }
 
     /// Detaches every pinned link and removes all pins (programs, maps) and `pin_dir`.
@@ -324,6 +382,54 @@ impl Datapath {
         Ok(())
     }
 
+    /// The remote CIDRs currently in the maps, with the tunnel ifindex each points at.
+    pub fn remotes(&self) -> Result<Vec<(IpNet, u32)>> {
+        let mut out = Vec::new();
+        for item in self.remote_v4.iter() {
+            let (k, v) = item?;
+            let net = ipnet::Ipv4Net::new(k.data().into(), k.prefix_len() as u8)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            out.push((IpNet::V4(net), v));
+        }
+        for item in self.remote_v6.iter() {
+            let (k, v) = item?;
+            let net = ipnet::Ipv6Net::new(k.data().into(), k.prefix_len() as u8)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            out.push((IpNet::V6(net), v));
+        }
+        Ok(out)
+    }
+
+    /// The cluster CIDRs currently in the maps.
+    pub fn clusters(&self) -> Result<Vec<IpNet>> {
+        let mut out = Vec::new();
+        for item in self.cluster_v4.iter() {
+            let (k, _) = item?;
+            let net = ipnet::Ipv4Net::new(k.data().into(), k.prefix_len() as u8)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            out.push(IpNet::V4(net));
+        }
+        for item in self.cluster_v6.iter() {
+            let (k, _) = item?;
+            let net = ipnet::Ipv6Net::new(k.data().into(), k.prefix_len() as u8)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            out.push(IpNet::V6(net));
+        }
+        Ok(out)
+    }
+
+    /// The local pod addresses currently in the maps.
+    pub fn locals(&self) -> Result<Vec<IpAddr>> {
+        let mut out = Vec::new();
+        for k in self.local_v4.keys() {
+            out.push(IpAddr::from(k?));
+        }
+        for k in self.local_v6.keys() {
+            out.push(IpAddr::from(k?));
+        }
+        Ok(out)
+    }
+
     /// Verdict counters summed over CPUs, indexed by [`Verdict`].
     pub fn counters(&self) -> Result<[u64; 5]> {
         let mut out = [0u64; 5];
@@ -332,6 +438,85 @@ impl Datapath {
         }
         Ok(out)
     }
+}
+
+fn ifindex(ifname: &str) -> Option<u32> {
+    nix::net::if_::if_nametoindex(ifname).ok()
+}
+
+fn attach(
+    prog: &mut SchedClassifier,
+    ifname: &str,
+    attach: TcAttachType,
+    path: &Path,
+) -> Result<()> {
+    if tcx_supported() {
+        attach_pinned(prog, ifname, attach, path)
+    } else {
+        attach_netlink(prog, ifname, attach)
+    }
+}
+
+fn nl_link(ifname: &str, attach: TcAttachType) -> Result<SchedClassifierLink> {
+    Ok(SchedClassifierLink::attached(
+        ifname,
+        attach,
+        NETLINK_PRIORITY,
+        TcHandle::from(NETLINK_HANDLE),
+        None,
+    )?)
+}
+
+fn attach_netlink(prog: &mut SchedClassifier, ifname: &str, attach: TcAttachType) -> Result<()> {
+    match tc::qdisc_add_clsact(ifname) {
+        Ok(()) => {}
+        // EEXIST: the qdisc is already there.
+        Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        Err(e) => return Err(ProgramError::from(e).into()),
+    }
+    // Replace meshd's filter in place if there is one (atomic program swap) ...
+    let id = match prog.attach_to_link(nl_link(ifname, attach)?) {
+        Ok(id) => id,
+        // ... else create it at meshd's fixed priority and handle.
+        Err(_) => prog.attach_with_options(
+            ifname,
+            attach,
+            TcAttachOptions::Netlink(NlOptions {
+                priority: NETLINK_PRIORITY,
+                handle: TcHandle::from(NETLINK_HANDLE),
+                classid: None,
+            }),
+        )?,
+    };
+    // The filter belongs to the interface; dropping aya's handle would detach it.
+    std::mem::forget(prog.take_link(id)?);
+    Ok(())
+}
+
+fn detach(pin_dir: &Path, ifname: &str, attach: TcAttachType) -> Result<()> {
+    if tcx_supported() {
+        return unpin_link(&link_pin(pin_dir, attach, ifname));
+    }
+    match nl_link(ifname, attach) {
+        Ok(link) => match link.detach() {
+            Ok(()) => Ok(()),
+            // No such filter (or interface gone): nothing to detach.
+            Err(ProgramError::TcError(tc::TcError::NetlinkError(_))) => Ok(()),
+            Err(e) => Err(e.into()),
+        },
+        Err(Error::Io(e)) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn is_attached(prog: &SchedClassifier, ifname: &str, attach: TcAttachType) -> Result<Option<bool>> {
+    if !tcx_supported() {
+        // cls_bpf filters cannot be listed through aya 0.14: unknown.
+        return Ok(None);
+    }
+    let ours = prog.info()?.id();
+    let (_, progs) = SchedClassifier::query_tcx(ifname, attach)?;
+    Ok(Some(progs.iter().any(|p| p.id() == ours)))
 }
 
 fn attach_pinned(

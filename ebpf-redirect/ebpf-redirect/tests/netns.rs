@@ -2,7 +2,7 @@
 //! loaded, pinned under a per-test bpffs directory and attached with TCX links.
 //! Namespaces are named with the test pid and deleted by a Drop guard even on failure.
 //! Traffic only goes to addresses inside namespaces these tests create.
-#![allow(unsafe_code)]
+#![allow(unsafe_code, clippy::unwrap_used)]
 
 use std::{
     fs::{File, OpenOptions},
@@ -22,6 +22,7 @@ const STRICT_DROP: usize = Verdict::StrictDrop as usize;
 const WOULD_DROP: usize = Verdict::WouldDrop as usize;
 
 fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
 
@@ -83,6 +84,7 @@ fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|s| {
         s.spawn(|| {
             let fd = File::open(&path).expect("open netns");
+            // SAFETY: fd is an open netns file owned by this scope.
             let rc = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
             assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
             f()
@@ -105,6 +107,7 @@ fn open_tun(name: &str) -> File {
     let flags: i16 = 0x0001 | 0x1000; // IFF_TUN | IFF_NO_PI
     ifr[16..18].copy_from_slice(&flags.to_ne_bytes());
     const TUNSETIFF: libc::c_ulong = 0x400454ca;
+    // SAFETY: f is an open /dev/net/tun and ifr a properly sized ifreq buffer.
     let rc = unsafe { libc::ioctl(f.as_raw_fd(), TUNSETIFF, ifr.as_mut_ptr()) };
     assert_eq!(rc, 0, "TUNSETIFF: {}", std::io::Error::last_os_error());
     f
@@ -112,6 +115,7 @@ fn open_tun(name: &str) -> File {
 
 fn ifindex(name: &str) -> u32 {
     let c = std::ffi::CString::new(name).unwrap();
+    // SAFETY: c is a valid NUL-terminated string.
     let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
     assert_ne!(i, 0, "if_nametoindex({name})");
     i
@@ -241,7 +245,7 @@ fn redirect_to_tunnel_v4_v6_and_adopt() {
     // daemon restart: drop the handle, adopt the pins, the link is still attached and the
     // maps still hold the routes; counters were kept.
     drop(dp);
-    let mut dp = Datapath::adopt(&g.pin_dir).expect("adopt");
+    let dp = Datapath::adopt(&g.pin_dir).expect("adopt");
     let c4 = dp.counters().unwrap();
     // (PASS may tick meanwhile: background ARP/NDP/MLD from the pod)
     assert!(
