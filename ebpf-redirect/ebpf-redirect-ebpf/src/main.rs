@@ -40,6 +40,18 @@ const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
 const IPPROTO_UDP: u8 = 17;
+const UDP_HLEN: usize = 8;
+
+#[inline(always)]
+fn is_wireguard(ctx: &TcContext, payload: usize) -> bool {
+    match ctx.load::<u32>(payload) {
+        Ok(word) => {
+            let t = u32::from_le(word);
+            (1..=4).contains(&t)
+        }
+        Err(_) => false,
+    }
+}
 
 /// Addresses and L4 info of an IP packet behind an Ethernet header.
 enum Ip {
@@ -183,7 +195,10 @@ fn try_underlay_egress(ctx: &TcContext) -> Result<i32, i64> {
     if proto == IPPROTO_UDP && cfg.wg_port != 0 {
         let sport = u16::from_be(ctx.load::<u16>(l4)?);
         let dport = u16::from_be(ctx.load::<u16>(l4 + 2)?);
-        if sport == cfg.wg_port || dport == cfg.wg_port {
+        // Only WireGuard on the mesh's port is exempt: its first four bytes are a message
+        // type 1..=4 followed by three reserved zero bytes (a little-endian u32 of 1..=4).
+        // Anything else a pod sends to that port is plaintext like any other packet.
+        if (sport == cfg.wg_port || dport == cfg.wg_port) && is_wireguard(ctx, l4 + UDP_HLEN) {
             return Ok(TC_ACT_OK);
         }
     }

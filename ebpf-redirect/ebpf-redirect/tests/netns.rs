@@ -288,15 +288,29 @@ fn redirect_to_tunnel_v4_v6_and_adopt() {
     assert!(!g.pin_dir.exists());
 }
 
+/// A WireGuard transport-data header (type 4, three reserved zero bytes) and some bytes.
+const WG_LIKE: &[u8] = &[4, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+
 /// Sends one datagram from `from` to `to` and reports whether `rx` got it.
 fn udp_passes(tx_ns: &str, from: SocketAddr, rx: &UdpSocket, to: SocketAddr) -> bool {
+    udp_payload_passes(tx_ns, from, rx, to, b"meshd")
+}
+
+/// Like [`udp_passes`] with an explicit payload.
+fn udp_payload_passes(
+    tx_ns: &str,
+    from: SocketAddr,
+    rx: &UdpSocket,
+    to: SocketAddr,
+    payload: &[u8],
+) -> bool {
     let tx = in_netns(tx_ns, || UdpSocket::bind(from).expect("bind sender"));
-    tx.send_to(b"meshd", to).expect("send");
+    tx.send_to(payload, to).expect("send");
     rx.set_read_timeout(Some(Duration::from_millis(700)))
         .unwrap();
-    let mut buf = [0u8; 16];
+    let mut buf = [0u8; 64];
     match rx.recv_from(&mut buf) {
-        Ok((n, _)) => &buf[..n] == b"meshd",
+        Ok((n, _)) => &buf[..n] == payload,
         Err(_) => false,
     }
 }
@@ -360,18 +374,28 @@ fn underlay_strict_and_permissive_v4_v6() {
             c2[STRICT_DROP] > c1[STRICT_DROP],
             "{fam}: STRICT_DROP did not rise"
         );
-        // cluster source to the WireGuard port: passes
+        // cluster source, WireGuard message to the WireGuard port: passes
         assert!(
-            udp_passes(&a, ip(pod_a, 0), &rx_wg, ip(peer, WG)),
-            "{fam}: udp to wg port dropped"
+            udp_payload_passes(&a, ip(pod_a, 0), &rx_wg, ip(peer, WG), WG_LIKE),
+            "{fam}: wireguard to wg port dropped"
         );
-        // cluster source from the WireGuard port: passes
+        // cluster source, WireGuard message from the WireGuard port: passes
         assert!(
-            udp_passes(&a, ip(pod_a, WG), &rx, ip(peer, 9999)),
-            "{fam}: udp from wg port dropped"
+            udp_payload_passes(&a, ip(pod_a, WG), &rx, ip(peer, 9999), WG_LIKE),
+            "{fam}: wireguard from wg port dropped"
         );
         let c3 = dp.counters().unwrap();
         assert_eq!(c3[STRICT_DROP], c2[STRICT_DROP]);
+        // plaintext that merely uses the WireGuard port is still plaintext: dropped
+        assert!(
+            !udp_passes(&a, ip(pod_a, 0), &rx_wg, ip(peer, WG)),
+            "{fam}: plaintext to the wg port leaked"
+        );
+        let c3 = dp.counters().unwrap();
+        assert!(
+            c3[STRICT_DROP] > c2[STRICT_DROP],
+            "{fam}: wg-port plaintext not counted"
+        );
         // permissive: passes, WOULD_DROP rises
         dp.set_config(WG, Mode::Permissive).unwrap();
         assert!(
