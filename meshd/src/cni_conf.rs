@@ -25,8 +25,15 @@ pub enum CniConfError {
     },
 }
 
-/// The conflist for this node: `meshd-cni` with the node's pod CIDRs, IPAM store and MTU.
-pub fn conflist(me: &NodeRecord, ipam_dir: &Path, mtu: u32) -> serde_json::Value {
+/// The conflist for this node: `meshd-cni` with the node's pod CIDRs, IPAM store, MTU, the
+/// bpffs directory of the tc datapath and whether pods get the `from_pod` redirect.
+pub fn conflist(
+    me: &NodeRecord,
+    ipam_dir: &Path,
+    mtu: u32,
+    bpf_pin_dir: &Path,
+    redirect: bool,
+) -> serde_json::Value {
     serde_json::json!({
         "cniVersion": "1.1.0",
         "name": "meshd",
@@ -35,6 +42,8 @@ pub fn conflist(me: &NodeRecord, ipam_dir: &Path, mtu: u32) -> serde_json::Value
             "podCIDRs": me.pod_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "ipamDir": ipam_dir,
             "mtu": mtu,
+            "bpfPinDir": bpf_pin_dir,
+            "redirect": redirect,
         }],
     })
 }
@@ -95,7 +104,13 @@ mod tests {
     fn writes_parses_back_skips_identical_rewrites_and_removes() {
         let dir = tempfile::tempdir().unwrap();
         let conf_dir = dir.path().join("net.d");
-        let conf = conflist(&me(), Path::new("/var/lib/meshd/ipam"), 1420);
+        let conf = conflist(
+            &me(),
+            Path::new("/var/lib/meshd/ipam"),
+            1420,
+            Path::new("/sys/fs/bpf/meshd"),
+            true,
+        );
         write(&conf_dir, &conf).unwrap();
         let path = conf_dir.join(CONFLIST);
         let back: serde_json::Value =
@@ -103,6 +118,8 @@ mod tests {
         assert_eq!(back["plugins"][0]["type"], "meshd-cni");
         assert_eq!(back["plugins"][0]["podCIDRs"][1], "fd00:244:0:1::/64");
         assert_eq!(back["plugins"][0]["mtu"], 1420);
+        assert_eq!(back["plugins"][0]["bpfPinDir"], "/sys/fs/bpf/meshd");
+        assert_eq!(back["plugins"][0]["redirect"], true);
         let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(20));
         write(&conf_dir, &conf).unwrap();

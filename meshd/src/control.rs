@@ -98,6 +98,9 @@ pub struct Counters {
     /// Times the WireGuard device had vanished (its process died) and was brought back.
     #[serde(default)]
     pub device_restores: u64,
+    /// eBPF map and attachment operations applied (redirects, local pods, pod links).
+    #[serde(default)]
+    pub map_ops: u64,
 }
 
 /// A malformed record the daemon skipped.
@@ -144,6 +147,15 @@ pub struct StatusReport {
     pub counters: Counters,
     /// Whether the last reconcile converged without error.
     pub converged: bool,
+    /// `enabled` or `permissive`.
+    #[serde(default)]
+    pub encryption: String,
+    /// Whether strict mode is on.
+    #[serde(default)]
+    pub strict_mode: bool,
+    /// The tc eBPF datapath and its verdict counters (absent when it could not be read).
+    #[serde(default)]
+    pub datapath: Option<crate::bpf::DatapathReport>,
 }
 
 /// The status the daemon currently serves; updated after every reconcile.
@@ -251,6 +263,23 @@ mod tests {
             malformed: vec![],
             counters: Counters::default(),
             converged: true,
+            encryption: "enabled".into(),
+            strict_mode: true,
+            datapath: Some(crate::bpf::DatapathReport {
+                pin_dir: "/sys/fs/bpf/meshd".into(),
+                underlay_mode: "enforce".into(),
+                underlay_interface: "eth0".into(),
+                underlay_attached: Some(true),
+                attach: "tcx".into(),
+                remote_cidrs: vec!["10.244.2.0/24".into()],
+                cluster_cidrs: vec!["10.244.0.0/16".into()],
+                local_pods: 2,
+                pod_interfaces: 1,
+                counters: crate::bpf::VerdictCounters {
+                    redirected: 5,
+                    ..Default::default()
+                },
+            }),
         }
     }
 

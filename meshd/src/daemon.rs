@@ -5,6 +5,13 @@
 //! recreated, and only then is anything reconciled — so a restart of meshd is invisible to the
 //! datapath. Every pass compares the *live* device and routing table against the desired state,
 //! which makes reconciliation idempotent and self-healing after drift.
+//!
+//! The tc eBPF datapath ([`crate::bpf`]) is loaded first of all: strict mode guards the underlay
+//! before this node has a single peer, route or pod, and it stays attached (pinned) while meshd
+//! restarts. Pod traffic to a remote node is redirected into the tunnel by `from_pod`; the routes
+//! via the device carry the node's own traffic to remote pods. Traffic for a pod CIDR without a
+//! peer follows the node's ordinary routing and is dropped (strict) or counted (permissive) by
+//! `underlay_egress` before it reaches the wire.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -20,7 +27,9 @@ use keyexchange::{NodeRecord, PrivateKey, PublicKey, Registry, RegistryEvent};
 use netlink::{Links, Routes, UserspaceOptions, WgDevice, WireguardMode};
 use tokio::sync::{mpsc, RwLock};
 
+use crate::bpf::{self, Bpf, Encryption};
 use crate::control::{self, Counters, MalformedReport, PeerReport, SharedStatus, StatusReport};
+use crate::ipam::Ipam;
 use crate::reconcile;
 
 /// How often the live state is re-read and reconciled even without registry events.
@@ -60,10 +69,26 @@ pub struct DaemonArgs {
     /// This node's pod CIDRs (repeatable, both families).
     #[arg(long = "pod-cidr")]
     pub pod_cidrs: Vec<IpNet>,
-    /// Cluster-wide pod CIDRs (repeatable): traffic to any of them that has no peer is dropped
-    /// (a blackhole route), never sent in clear.
+    /// Cluster-wide pod CIDRs (repeatable): strict mode drops any packet from or to them that
+    /// would leave through the underlay outside WireGuard. Default: this node's pod CIDRs.
     #[arg(long = "cluster-cidr")]
     pub cluster_cidrs: Vec<IpNet>,
+    /// `enabled` (pod traffic between nodes is encrypted; with strict mode, cleartext is dropped
+    /// at the underlay) or `permissive` (cleartext is counted as would-drop, not dropped: the
+    /// rollout mode).
+    #[arg(long, default_value = "enabled")]
+    pub encryption: Encryption,
+    /// Strict mode (with `--encryption enabled`): drop cluster traffic that would leave outside
+    /// WireGuard. `--strict-mode false` only counts it.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub strict_mode: bool,
+    /// bpffs directory for the pinned programs, maps and links.
+    #[arg(long, default_value = bpf::DEFAULT_PIN_DIR)]
+    pub bpf_pin_dir: PathBuf,
+    /// How pod traffic reaches the tunnel: `ebpf` (the tc program redirects it into the device)
+    /// or `routes` (the kernel routes it there; for comparison and debugging).
+    #[arg(long, default_value = "ebpf")]
+    pub pod_steering: PodSteering,
     /// WireGuard MTU; default: underlay MTU minus the WireGuard overhead.
     #[arg(long)]
     pub mtu: Option<u32>,
@@ -89,6 +114,15 @@ pub struct DaemonArgs {
     pub wg_threads: usize,
 }
 
+/// How pod traffic to other nodes is steered into the tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PodSteering {
+    /// `from_pod` on each pod's host veth redirects it into the WireGuard device.
+    Ebpf,
+    /// The kernel's routes via the WireGuard device.
+    Routes,
+}
+
 /// Everything the reconcile loop needs.
 struct Context {
     args: DaemonArgs,
@@ -102,6 +136,7 @@ struct Context {
     routes: Routes,
     opts: UserspaceOptions,
     status: SharedStatus,
+    bpf: tokio::sync::Mutex<Bpf>,
 }
 
 /// What the loop knows from the registry.
@@ -124,10 +159,26 @@ pub async fn run<R: Registry>(args: DaemonArgs, registry: R) -> anyhow::Result<(
 
     let links = Links::connect().await.context("connecting to rtnetlink")?;
     let routes = Routes::connect().await.context("connecting to rtnetlink")?;
-    let (endpoints, underlay_mtu) = underlay(&args, &links).await?;
+    let (underlay_if, endpoints, underlay_mtu) = underlay(&args, &links).await?;
     if args.pod_cidrs.is_empty() {
         tracing::warn!("no --pod-cidr given: this node hosts no pods and attracts no traffic");
     }
+    // Strict mode first: before any peer, route or pod exists on this node.
+    let clusters = if args.cluster_cidrs.is_empty() {
+        args.pod_cidrs.clone()
+    } else {
+        args.cluster_cidrs.clone()
+    };
+    let mode = bpf::program_mode(args.encryption, args.strict_mode);
+    let bpf = Bpf::start(
+        &args.bpf_pin_dir,
+        &underlay_if,
+        args.listen_port,
+        mode,
+        &clusters,
+    )
+    .context("starting the tc eBPF datapath")?;
+    tracing::info!(encryption = %args.encryption, strict = args.strict_mode, "underlay guarded");
 
     let helper = match &args.helper_binary {
         Some(path) => path.clone(),
@@ -144,12 +195,6 @@ pub async fn run<R: Registry>(args: DaemonArgs, registry: R) -> anyhow::Result<(
         netlink::wireguard_mtu(underlay_mtu, endpoints.iter().any(IpAddr::is_ipv6))
     });
     let (device, adopted) = bring_up_device(&args, &opts, &links, &private_key, mtu).await?;
-    for cidr in &args.cluster_cidrs {
-        routes
-            .add_blackhole(cidr.trunc())
-            .await
-            .with_context(|| format!("installing fail-closed route for cluster CIDR {cidr}"))?;
-    }
 
     let me = NodeRecord {
         name: args.node_name.clone(),
@@ -181,6 +226,7 @@ pub async fn run<R: Registry>(args: DaemonArgs, registry: R) -> anyhow::Result<(
         routes,
         opts,
         status,
+        bpf: tokio::sync::Mutex::new(bpf),
     };
     let result = event_loop(&ctx, &registry, events).await;
     control.abort();
@@ -214,9 +260,9 @@ async fn bring_up_device(
     Ok((device, adopted))
 }
 
-/// The device stopped answering: bring it back (adopting it if it is in fact alive). Its peers
-/// and routes are restored by the reconcile pass that follows; meanwhile the blackhole routes
-/// keep pod traffic from leaving in clear.
+/// The device stopped answering: bring it back (adopting it if it is in fact alive). Its peers,
+/// routes and redirects are restored by the reconcile pass that follows; meanwhile redirects to
+/// the vanished device drop, and strict mode drops whatever the kernel routes elsewhere.
 async fn heal_device(ctx: &Context) -> anyhow::Result<()> {
     let mut device = ctx.device.write().await;
     if device.status().await.is_ok() {
@@ -234,7 +280,7 @@ async fn heal_device(ctx: &Context) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn underlay(args: &DaemonArgs, links: &Links) -> anyhow::Result<(Vec<IpAddr>, u32)> {
+async fn underlay(args: &DaemonArgs, links: &Links) -> anyhow::Result<(String, Vec<IpAddr>, u32)> {
     let (ifname, mtu) = match &args.underlay_interface {
         Some(name) => {
             let idx = links
@@ -258,7 +304,7 @@ async fn underlay(args: &DaemonArgs, links: &Links) -> anyhow::Result<(Vec<IpAdd
         args.endpoints.clone()
     };
     tracing::info!(underlay = %ifname, mtu, ?endpoints, "underlay");
-    Ok((endpoints, mtu))
+    Ok((ifname, endpoints, mtu))
 }
 
 async fn event_loop<R: Registry>(
@@ -326,8 +372,13 @@ async fn event_loop<R: Registry>(
         let outcome = reconcile_once(ctx, &mut known).await;
         converged = outcome.is_ok();
         if converged {
-            let conf =
-                crate::cni_conf::conflist(&ctx.me, &ctx.args.state_dir.join("ipam"), ctx.mtu);
+            let conf = crate::cni_conf::conflist(
+                &ctx.me,
+                &ctx.args.state_dir.join("ipam"),
+                ctx.mtu,
+                &ctx.args.bpf_pin_dir,
+                ctx.args.pod_steering == PodSteering::Ebpf,
+            );
             if let Err(err) = crate::cni_conf::write(&ctx.args.cni_conf_dir, &conf) {
                 tracing::warn!(error = %format!("{err:#}"), "writing the CNI configuration failed");
             }
@@ -412,7 +463,14 @@ async fn reconcile_once(ctx: &Context, known: &mut Known) -> anyhow::Result<()> 
         .await
         .context("listing routes")?;
     let plan = reconcile::plan(&want, &live.peers, &present, ctx.args.keepalive);
+    let redirects = reconcile::redirects(&want, device.ifindex());
+    let mut bpf = ctx.bpf.lock().await;
+    // Stop redirecting departing CIDRs before their peers go.
+    let stale = reconcile::redirects_kept(&redirects, &bpf.remotes().context("reading redirects")?);
+    known.counters.map_ops += bpf.sync_remotes(&stale)? as u64;
+    sync_pods(ctx, &mut bpf, known)?;
     if plan.is_empty() {
+        known.counters.map_ops += bpf.sync_remotes(&redirects)? as u64;
         return Ok(());
     }
     tracing::info!(
@@ -437,6 +495,40 @@ async fn reconcile_once(ctx: &Context, known: &mut Known) -> anyhow::Result<()> 
     for dst in &plan.add_routes {
         ctx.routes.add(*dst, device.ifindex()).await?;
         known.counters.route_ops += 1;
+    }
+    // Redirect new CIDRs only once their peers exist.
+    known.counters.map_ops += bpf.sync_remotes(&redirects)? as u64;
+    Ok(())
+}
+
+/// The backstop for the CNI plugin, which updates the maps and attaches `from_pod` itself on
+/// ADD: every local pod in the IPAM store is in the local map and, with eBPF steering, has
+/// `from_pod` on its host veth; the underlay guard is still attached.
+fn sync_pods(ctx: &Context, bpf: &mut Bpf, known: &mut Known) -> anyhow::Result<()> {
+    let ipam_dir = ctx.args.state_dir.join("ipam");
+    let entries = if ipam_dir.exists() {
+        Ipam::open(&ipam_dir, &[])
+            .and_then(|i| i.list())
+            .with_context(|| format!("reading the IPAM store {}", ipam_dir.display()))?
+    } else {
+        Vec::new()
+    };
+    let locals: BTreeSet<IpAddr> = entries
+        .iter()
+        .filter(|e| e.owner.is_some())
+        .map(|e| e.address)
+        .collect();
+    known.counters.map_ops += bpf.sync_locals(&locals)? as u64;
+    if ctx.args.pod_steering == PodSteering::Ebpf {
+        let veths: BTreeSet<String> = entries
+            .iter()
+            .filter_map(|e| e.owner.as_ref())
+            .map(|o| crate::cni::host_veth_name(&o.container_id, &o.ifname))
+            .collect();
+        known.counters.map_ops += bpf.sync_pods(&veths)? as u64;
+    }
+    if bpf.ensure_underlay()? {
+        tracing::warn!("underlay_egress had been detached; re-attached");
     }
     Ok(())
 }
@@ -498,13 +590,22 @@ async fn publish_status(ctx: &Context, known: &Known, converged: bool) -> anyhow
             .collect(),
         counters: known.counters.clone(),
         converged,
+        encryption: ctx.args.encryption.to_string(),
+        strict_mode: ctx.args.strict_mode,
+        datapath: match ctx.bpf.lock().await.report() {
+            Ok(r) => Some(r),
+            Err(err) => {
+                tracing::warn!(error = %err, "reading the eBPF datapath failed");
+                None
+            }
+        },
     };
     *ctx.status.write().await = Some(report);
     Ok(())
 }
 
 async fn cleanup<R: Registry>(ctx: Context, registry: &R) {
-    tracing::info!("--cleanup: withdrawing record, removing routes and device");
+    tracing::info!("--cleanup: withdrawing record, removing routes, device and tc programs");
     if let Err(err) = registry.withdraw(&ctx.me.name).await {
         tracing::warn!(%err, "withdrawing record failed");
     }
@@ -516,13 +617,10 @@ async fn cleanup<R: Registry>(ctx: Context, registry: &R) {
             }
         }
     }
-    for cidr in &ctx.args.cluster_cidrs {
-        if let Err(err) = ctx.routes.del_blackhole(cidr.trunc()).await {
-            tracing::warn!(%err, %cidr, "removing blackhole route failed");
-        }
-    }
     if let Err(err) = device.destroy().await {
         tracing::warn!(%err, "removing device failed");
     }
+    // Last: the underlay guard stays until nothing routes pod traffic any more.
+    ctx.bpf.into_inner().cleanup();
     let _ = std::fs::remove_file(&ctx.args.control_socket);
 }

@@ -6,7 +6,7 @@
 //! for a CIDR without a peer is dropped by WireGuard, and the cluster-wide blackhole route
 //! catches anything once the specific route is gone). Nothing unchanged is touched.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::IpNet;
 use keyexchange::peers::{diff_peers, PeerOp, PeerSet, ProgrammedPeer};
@@ -45,6 +45,28 @@ pub fn programmed(peers: &[PeerStatus]) -> Vec<ProgrammedPeer> {
             endpoint: p.endpoint,
             allowed_ips: p.allowed_ips.clone(),
         })
+        .collect()
+}
+
+/// The redirects the eBPF maps should hold: every peer's AllowedIPs into the tunnel `ifindex`.
+pub fn redirects(desired: &PeerSet, ifindex: u32) -> BTreeMap<IpNet, u32> {
+    desired
+        .peers
+        .values()
+        .flat_map(|p| p.allowed_ips.iter().map(|c| (c.trunc(), ifindex)))
+        .collect()
+}
+
+/// The first step towards `want`: the redirects in `present` that stay, unchanged. Applying it
+/// removes only the departing ones, before their peers are removed.
+pub fn redirects_kept(
+    want: &BTreeMap<IpNet, u32>,
+    present: &BTreeMap<IpNet, u32>,
+) -> BTreeMap<IpNet, u32> {
+    present
+        .iter()
+        .filter(|(cidr, _)| want.contains_key(*cidr))
+        .map(|(c, i)| (*c, *i))
         .collect()
 }
 

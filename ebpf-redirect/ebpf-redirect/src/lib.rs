@@ -303,17 +303,16 @@ impl Datapath {
         Ok(())
     }
 
-    /// Removes a remote CIDR (exact prefix).
+    /// Removes a remote CIDR (exact prefix). A missing entry is not an error.
     pub fn remove_remote(&mut self, cidr: IpNet) -> Result<()> {
-        match cidr.trunc() {
+        absent_ok(match cidr.trunc() {
             IpNet::V4(n) => self
                 .remote_v4
-                .remove(&lpm_key(n.prefix_len(), n.network().octets()))?,
+                .remove(&lpm_key(n.prefix_len(), n.network().octets())),
             IpNet::V6(n) => self
                 .remote_v6
-                .remove(&lpm_key(n.prefix_len(), n.network().octets()))?,
-        }
-        Ok(())
+                .remove(&lpm_key(n.prefix_len(), n.network().octets())),
+        })
     }
 
     /// Marks `ip` as a local pod address.
@@ -325,13 +324,12 @@ impl Datapath {
         Ok(())
     }
 
-    /// Unmarks a local pod address.
+    /// Unmarks a local pod address. A missing entry is not an error.
     pub fn remove_local(&mut self, ip: IpAddr) -> Result<()> {
-        match ip {
-            IpAddr::V4(a) => self.local_v4.remove(&a.octets())?,
-            IpAddr::V6(a) => self.local_v6.remove(&a.octets())?,
-        }
-        Ok(())
+        absent_ok(match ip {
+            IpAddr::V4(a) => self.local_v4.remove(&a.octets()),
+            IpAddr::V6(a) => self.local_v6.remove(&a.octets()),
+        })
     }
 
     /// Adds a cluster pod CIDR (traffic from/to it must go through WireGuard on the underlay).
@@ -349,17 +347,16 @@ impl Datapath {
         Ok(())
     }
 
-    /// Removes a cluster pod CIDR (exact prefix).
+    /// Removes a cluster pod CIDR (exact prefix). A missing entry is not an error.
     pub fn remove_cluster(&mut self, cidr: IpNet) -> Result<()> {
-        match cidr.trunc() {
+        absent_ok(match cidr.trunc() {
             IpNet::V4(n) => self
                 .cluster_v4
-                .remove(&lpm_key(n.prefix_len(), n.network().octets()))?,
+                .remove(&lpm_key(n.prefix_len(), n.network().octets())),
             IpNet::V6(n) => self
                 .cluster_v6
-                .remove(&lpm_key(n.prefix_len(), n.network().octets()))?,
-        }
-        Ok(())
+                .remove(&lpm_key(n.prefix_len(), n.network().octets())),
+        })
     }
 
     /// Sets the WireGuard UDP port and the enforcement mode. Port 0 means "no exemption".
@@ -437,6 +434,15 @@ impl Datapath {
             *slot = self.verdicts.get(&(i as u32), 0)?.iter().sum();
         }
         Ok(out)
+    }
+}
+
+/// Map removal that treats "no such entry" as done.
+fn absent_ok(r: std::result::Result<(), MapError>) -> Result<()> {
+    match r {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 

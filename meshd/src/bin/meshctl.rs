@@ -54,6 +54,18 @@ enum LabCmd {
         /// WireGuard mode for every meshd.
         #[arg(long, default_value = "auto")]
         wireguard_mode: String,
+        /// A node's own WireGuard mode, e.g. `n2=userspace` (repeatable): a mixed lab.
+        #[arg(long = "node-wireguard-mode", value_parser = parse_node_mode)]
+        node_modes: Vec<(u32, String)>,
+        /// `enabled` or `permissive` for every meshd.
+        #[arg(long, default_value = "enabled")]
+        encryption: String,
+        /// Strict mode for every meshd.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        strict_mode: bool,
+        /// `ebpf` (tc redirect into the tunnel) or `routes` for every meshd.
+        #[arg(long, default_value = "ebpf")]
+        pod_steering: String,
     },
     /// Remove everything the lab made.
     Down {
@@ -116,6 +128,21 @@ enum LabCmd {
     },
 }
 
+/// `nK=MODE` → (K, MODE).
+fn parse_node_mode(s: &str) -> Result<(u32, String), String> {
+    let (node, mode) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected NODE=MODE, e.g. n2=userspace"))?;
+    let index = node
+        .strip_prefix('n')
+        .and_then(|i| i.parse::<u32>().ok())
+        .ok_or_else(|| format!("{node:?}: expected a lab node name such as n2"))?;
+    if !matches!(mode, "auto" | "kernel" | "userspace") {
+        return Err(format!("{mode:?}: expected auto, kernel or userspace"));
+    }
+    Ok((index, mode.to_string()))
+}
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(code) => code,
@@ -144,11 +171,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 nodes,
                 pods_per_node,
                 wireguard_mode,
+                node_modes,
+                encryption,
+                strict_mode,
+                pod_steering,
             } => lab::up(&lab::UpOptions {
                 name,
                 nodes,
                 pods_per_node,
                 wireguard_mode,
+                node_modes,
+                encryption,
+                strict_mode,
+                pod_steering,
             })?,
             LabCmd::Down { name } => lab::down(&name)?,
             LabCmd::Status { name, output } => match output {
@@ -222,9 +257,45 @@ fn print_node_status(s: &control::StatusReport) {
     for m in &s.malformed {
         println!("malformed record from {}: {}", m.node, m.error);
     }
+    println!(
+        "encryption {}  strict mode {}",
+        s.encryption,
+        if s.strict_mode { "on" } else { "off" }
+    );
+    match &s.datapath {
+        Some(d) => {
+            println!(
+                "eBPF datapath ({}, {}): underlay {} {} ({}), {} remote CIDRs, {} local pods on {} interfaces",
+                d.pin_dir,
+                d.attach,
+                d.underlay_interface,
+                d.underlay_mode,
+                match d.underlay_attached {
+                    Some(true) => "attached",
+                    Some(false) => "NOT ATTACHED",
+                    None => "attachment not visible",
+                },
+                d.remote_cidrs.len(),
+                d.local_pods,
+                d.pod_interfaces
+            );
+            let v = &d.counters;
+            println!(
+                "verdicts: redirected {}  local {}  passed {}  strict drops {}  would-drops {}",
+                v.redirected, v.local, v.passed, v.strict_drops, v.would_drops
+            );
+        }
+        None => println!("eBPF datapath: not readable"),
+    }
     let c = &s.counters;
     println!(
-        "converged {}  reconciles {} (errors {})  peer ops {}  route ops {}  malformed records {}",
-        s.converged, c.reconciles, c.reconcile_errors, c.peer_ops, c.route_ops, c.malformed_records
+        "converged {}  reconciles {} (errors {})  peer ops {}  route ops {}  map ops {}  malformed records {}",
+        s.converged,
+        c.reconciles,
+        c.reconcile_errors,
+        c.peer_ops,
+        c.route_ops,
+        c.map_ops,
+        c.malformed_records
     );
 }

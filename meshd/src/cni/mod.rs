@@ -22,6 +22,8 @@ use serde_json::{Map, Value};
 pub mod datapath;
 /// The plugin's command dispatch (what the `meshd-cni` binary runs).
 pub mod plugin;
+/// The pod's part of the tc eBPF datapath (local-pod map, `from_pod` attachment).
+pub mod redirect;
 
 /// The CNI spec versions this plugin speaks, oldest first.
 pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
@@ -350,6 +352,13 @@ pub struct NetConf {
     /// The MTU of both veth ends (default: the kernel's, 1500).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
+    /// meshd's bpffs pin directory; absent: the pod gets no eBPF datapath (routes only).
+    #[serde(rename = "bpfPinDir", default, skip_serializing_if = "Option::is_none")]
+    pub bpf_pin_dir: Option<PathBuf>,
+    /// Whether `from_pod` redirects the pod's traffic into the tunnel (default: true when
+    /// `bpfPinDir` is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<bool>,
     /// GC: the attachments to keep.
     #[serde(
         rename = "cni.dev/valid-attachments",

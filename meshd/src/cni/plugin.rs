@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use serde_json::Value;
 
 use super::datapath::{self, PodSpec};
+use super::redirect;
 use super::{
     host_veth_name, pod_result, CniError, Command, Env, NetConf, VersionResult, LATEST_VERSION,
 };
@@ -65,8 +66,13 @@ fn dispatch(get: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<String
     match env.command {
         Command::Add => add(&env, &conf, &id, &ifname),
         Command::Del => {
+            let ipam = Ipam::open(conf.ipam_dir(), &[])?;
+            if let Some(pin_dir) = &conf.bpf_pin_dir {
+                let addrs = ipam.lookup(&id, &ifname)?;
+                redirect::detach(pin_dir, &host_veth_name(&id, &ifname), &addrs)?;
+            }
             datapath::del(&id, &ifname)?;
-            Ipam::open(conf.ipam_dir(), &[])?.release(&id, Some(&ifname))?;
+            ipam.release(&id, Some(&ifname))?;
             Ok(String::new())
         }
         Command::Check => check(&env, &conf, &id, &ifname).map(|()| String::new()),
@@ -112,6 +118,15 @@ fn add(env: &Env, conf: &NetConf, id: &str, ifname: &str) -> Result<String, CniE
             return Err(e);
         }
     };
+    if let Some(pin_dir) = &conf.bpf_pin_dir {
+        let host = host_veth_name(id, ifname);
+        if let Err(e) = redirect::attach(pin_dir, &host, &addrs, conf.redirect.unwrap_or(true)) {
+            let _ = redirect::detach(pin_dir, &host, &addrs);
+            let _ = datapath::del(id, ifname);
+            let _ = ipam.release(id, Some(ifname));
+            return Err(e);
+        }
+    }
     let ours = pod_result(
         &conf.cni_version,
         &host_veth_name(id, ifname),
@@ -155,7 +170,16 @@ fn check(env: &Env, conf: &NetConf, id: &str, ifname: &str) -> Result<(), CniErr
         netns: &netns,
         addrs: &addrs,
         mtu: conf.mtu,
-    })
+    })?;
+    if let Some(pin_dir) = &conf.bpf_pin_dir {
+        redirect::check(
+            pin_dir,
+            &host_veth_name(id, ifname),
+            &addrs,
+            conf.redirect.unwrap_or(true),
+        )?;
+    }
+    Ok(())
 }
 
 fn gc(conf: &NetConf) -> Result<(), CniError> {
@@ -177,6 +201,10 @@ fn gc(conf: &NetConf) -> Result<(), CniError> {
     stale.sort();
     stale.dedup();
     for (id, ifname) in &stale {
+        if let Some(pin_dir) = &conf.bpf_pin_dir {
+            let addrs = ipam.lookup(id, ifname)?;
+            redirect::detach(pin_dir, &host_veth_name(id, ifname), &addrs)?;
+        }
         datapath::del(id, ifname)?;
     }
     ipam.gc(&valid)?;

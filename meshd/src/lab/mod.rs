@@ -2,7 +2,8 @@
 //!
 //! Layout: an underlay namespace holds a bridge (the switch) with a router address that is every
 //! node's default gateway but forwards nothing. Each node is a network namespace plus a
-//! persistent mount namespace (private `/run/wireguard`, `/run/meshd` and `/sys`), so every node
+//! persistent mount namespace (private `/run/wireguard`, `/run/meshd`, `/sys` and a bpffs of its
+//! own at `/sys/fs/bpf`, which is the host's `/sys/fs/bpf/meshd-lab/<lab>-nK`), so every node
 //! runs an unmodified `meshd` with production paths: the device is `meshd0` on every node, and
 //! `wg show` or `meshctl status` inside a node just work. Pods are namespaces behind veth pairs,
 //! addressed from their node's pod CIDRs and routed the way a CNI does it (host routes to the
@@ -30,6 +31,8 @@ use plan::*;
 pub const LAB_ROOT: &str = "/run/meshd-lab";
 /// Version of the `lab status -o json` document.
 pub const STATUS_VERSION: u32 = 1;
+/// The host's bpffs mount point.
+const HOST_BPFFS: &str = "/sys/fs/bpf";
 /// The WireGuard port every lab node listens on.
 pub const LISTEN_PORT: u16 = 51820;
 
@@ -38,10 +41,29 @@ pub const LISTEN_PORT: u16 = 51820;
 pub struct LabState {
     /// The lab's name (prefix of every namespace).
     pub name: String,
-    /// `--wireguard-mode` given to every meshd.
+    /// `--wireguard-mode` given to every meshd (unless its node overrides it).
     pub wireguard_mode: String,
+    /// `--encryption` given to every meshd.
+    #[serde(default = "default_encryption")]
+    pub encryption: String,
+    /// `--strict-mode` given to every meshd.
+    #[serde(default = "default_true")]
+    pub strict_mode: bool,
+    /// `--pod-steering` given to every meshd.
+    #[serde(default = "default_steering")]
+    pub pod_steering: String,
     /// The nodes, by index.
     pub nodes: Vec<NodeState>,
+}
+
+fn default_encryption() -> String {
+    "enabled".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_steering() -> String {
+    "ebpf".into()
 }
 
 /// One node of the lab.
@@ -51,6 +73,19 @@ pub struct NodeState {
     pub index: u32,
     /// Number of pods on this node.
     pub pods: u32,
+    /// This node's `--wireguard-mode`, when it differs from the lab's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard_mode: Option<String>,
+}
+
+impl LabState {
+    fn mode_of(&self, i: u32) -> String {
+        self.nodes
+            .iter()
+            .find(|n| n.index == i)
+            .and_then(|n| n.wireguard_mode.clone())
+            .unwrap_or_else(|| self.wireguard_mode.clone())
+    }
 }
 
 /// Options of `lab up`.
@@ -64,16 +99,26 @@ pub struct UpOptions {
     pub pods_per_node: u32,
     /// `auto`, `kernel` or `userspace`.
     pub wireguard_mode: String,
+    /// Per-node overrides of `wireguard_mode`: (node index, mode).
+    pub node_modes: Vec<(u32, String)>,
+    /// `enabled` or `permissive`.
+    pub encryption: String,
+    /// Strict mode.
+    pub strict_mode: bool,
+    /// `ebpf` or `routes`.
+    pub pod_steering: String,
 }
 
 /// The lab's on-disk layout.
 struct Paths {
+    lab: String,
     root: PathBuf,
 }
 
 impl Paths {
     fn new(lab: &str) -> Self {
         Paths {
+            lab: lab.to_string(),
             root: Path::new(LAB_ROOT).join(lab),
         }
     }
@@ -94,6 +139,12 @@ impl Paths {
     }
     fn pidfile(&self, i: u32) -> PathBuf {
         self.node_dir(i).join("meshd.pid")
+    }
+    /// The node's bpffs directory as the host sees it (the node's `/sys/fs/bpf`).
+    fn bpffs(&self, i: u32) -> PathBuf {
+        PathBuf::from(HOST_BPFFS)
+            .join("meshd-lab")
+            .join(format!("{}-{}", self.lab, node_name(i)))
     }
     fn log(&self, i: u32) -> PathBuf {
         self.node_dir(i).join("meshd.log")
@@ -218,6 +269,9 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<()> {
     let mut state = LabState {
         name: opts.name.clone(),
         wireguard_mode: opts.wireguard_mode.clone(),
+        encryption: opts.encryption.clone(),
+        strict_mode: opts.strict_mode,
+        pod_steering: opts.pod_steering.clone(),
         nodes: Vec::new(),
     };
     let result = build(&mut state, opts);
@@ -244,13 +298,19 @@ fn build(state: &mut LabState, opts: &UpOptions) -> anyhow::Result<()> {
     step("underlay: switch and router");
     make_underlay(&state.name)?;
     make_mount_dir(&paths)?;
+    crate::bpf::ensure_bpffs(&Path::new(HOST_BPFFS).join("meshd-lab"))?;
     for i in 1..=opts.nodes {
         step(format!(
             "node {}: namespace, underlay link, meshd ({} pods)",
             node_name(i),
             opts.pods_per_node
         ));
-        add_node_inner(state, i, opts.pods_per_node)?;
+        let mode = opts
+            .node_modes
+            .iter()
+            .find(|(n, _)| *n == i)
+            .map(|(_, m)| m.clone());
+        add_node_inner(state, i, opts.pods_per_node, mode)?;
     }
     step("waiting for every node to program every peer");
     wait_converged(state, Duration::from_secs(60))?;
@@ -309,13 +369,22 @@ fn make_mount_dir(paths: &Paths) -> anyhow::Result<()> {
 }
 
 /// Create node `i` with `pods` pods and start its meshd.
-fn add_node_inner(state: &mut LabState, i: u32, pods: u32) -> anyhow::Result<()> {
+fn add_node_inner(
+    state: &mut LabState,
+    i: u32,
+    pods: u32,
+    mode: Option<String>,
+) -> anyhow::Result<()> {
     let lab = state.name.clone();
     let paths = Paths::new(&lab);
     let ns = node_ns(&lab, i);
     let ul = underlay_ns(&lab);
     let (v4, v6) = node_underlay(i);
-    state.nodes.push(NodeState { index: i, pods });
+    state.nodes.push(NodeState {
+        index: i,
+        pods,
+        wireguard_mode: mode,
+    });
     save_state(state)?;
     ip(&["netns", "add", &ns])?;
     sysctl(
@@ -375,6 +444,9 @@ fn add_node_inner(state: &mut LabState, i: u32, pods: u32) -> anyhow::Result<()>
         ],
     )?;
 
+    // The node's bpffs: a directory of the host's, which the node sees as /sys/fs/bpf.
+    let bpffs = paths.bpffs(i);
+    fs::create_dir_all(&bpffs).with_context(|| format!("creating {}", bpffs.display()))?;
     // The node's private mount namespace.
     let mnt = paths.mnt(i);
     fs::write(&mnt, b"").with_context(|| format!("creating {}", mnt.display()))?;
@@ -391,13 +463,18 @@ fn add_node_inner(state: &mut LabState, i: u32, pods: u32) -> anyhow::Result<()>
             "--",
             "sh",
             "-c",
-            "mount -t tmpfs -o mode=0755 meshd-lab /run/wireguard && \
-             mount -t tmpfs -o mode=0755 meshd-lab /run/meshd && \
-             umount -l /sys && mount -t sysfs sysfs /sys",
+            &format!(
+                "mount -t tmpfs -o mode=0755 meshd-lab /run/wireguard && \
+                 mount -t tmpfs -o mode=0755 meshd-lab /run/meshd && \
+                 mkdir /run/meshd/.bpffs && mount --bind {} /run/meshd/.bpffs && \
+                 umount -l /sys && mount -t sysfs sysfs /sys && \
+                 mount --move /run/meshd/.bpffs /sys/fs/bpf && rmdir /run/meshd/.bpffs",
+                bpffs.display()
+            ),
         ],
     )?;
     fs::create_dir_all(paths.node_dir(i))?;
-    start_meshd(&lab, &state.wireguard_mode, i)?;
+    start_meshd(state, i)?;
     for j in 1..=pods {
         add_pod(&lab, i, j)?;
     }
@@ -405,7 +482,9 @@ fn add_node_inner(state: &mut LabState, i: u32, pods: u32) -> anyhow::Result<()>
 }
 
 /// Start (or restart) node `i`'s meshd in its namespaces.
-fn start_meshd(lab: &str, mode: &str, i: u32) -> anyhow::Result<u32> {
+fn start_meshd(state: &LabState, i: u32) -> anyhow::Result<u32> {
+    let lab = state.name.as_str();
+    let mode = state.mode_of(i);
     let paths = Paths::new(lab);
     let meshd = binary("meshd")?;
     let (c4, c6) = node_pod_cidrs(i);
@@ -428,7 +507,10 @@ fn start_meshd(lab: &str, mode: &str, i: u32) -> anyhow::Result<u32> {
         .arg(paths.node_dir(i).join("cni"))
         .args(["--underlay-interface", "eth0"])
         .args(["--listen-port", &LISTEN_PORT.to_string()])
-        .args(["--wireguard-mode", mode])
+        .args(["--wireguard-mode", &mode])
+        .args(["--encryption", &state.encryption])
+        .args(["--strict-mode", &state.strict_mode.to_string()])
+        .args(["--pod-steering", &state.pod_steering])
         .args(["--pod-cidr", &c4.to_string(), "--pod-cidr", &c6.to_string()])
         .args(["--cluster-cidr", CLUSTER_V4, "--cluster-cidr", CLUSTER_V6])
         .env(
@@ -537,6 +619,13 @@ fn plugin_config(paths: &Paths, i: u32) -> anyhow::Result<serde_json::Value> {
     let mut plugin = list["plugins"][0].clone();
     plugin["cniVersion"] = list["cniVersion"].clone();
     plugin["name"] = list["name"].clone();
+    // meshd names its pin directory as the node sees it; the plugin runs in the host's mount
+    // namespace (see add_pod), where the node's /sys/fs/bpf is the node's bpffs directory.
+    if let Some(dir) = plugin["bpfPinDir"].as_str() {
+        if let Ok(rest) = Path::new(dir).strip_prefix(HOST_BPFFS) {
+            plugin["bpfPinDir"] = serde_json::json!(paths.bpffs(i).join(rest));
+        }
+    }
     Ok(plugin)
 }
 
@@ -654,6 +743,19 @@ pub fn down(lab: &str) -> anyhow::Result<()> {
         }
     }
     let _ = run("umount", &[&paths.mnt_dir().to_string_lossy()]);
+    // The nodes' pinned programs, maps and links (meshd was killed, not cleaned up).
+    let bpffs_root = Path::new(HOST_BPFFS).join("meshd-lab");
+    if let Ok(entries) = fs::read_dir(&bpffs_root) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name
+                .strip_prefix(&format!("{lab}-n"))
+                .is_some_and(|i| i.parse::<u32>().is_ok())
+            {
+                remove_bpffs(&entry.path());
+            }
+        }
+    }
     if paths.root.exists() {
         fs::remove_dir_all(&paths.root)
             .with_context(|| format!("removing {}", paths.root.display()))?;
@@ -687,7 +789,7 @@ pub fn add_node(lab: &str, pods: u32) -> anyhow::Result<String> {
         "node {}: namespace, underlay link, meshd ({pods} pods)",
         node_name(i)
     ));
-    add_node_inner(&mut state, i, pods)?;
+    add_node_inner(&mut state, i, pods, None)?;
     step("waiting for every node to program every peer");
     wait_converged(&state, Duration::from_secs(60))?;
     Ok(node_name(i))
@@ -724,6 +826,7 @@ pub fn remove_node(lab: &str, node: &str) -> anyhow::Result<()> {
     let _ = run("umount", &[&paths.mnt(i).to_string_lossy()]);
     let _ = fs::remove_file(paths.mnt(i));
     let _ = fs::remove_dir_all(paths.node_dir(i));
+    remove_bpffs(&paths.bpffs(i));
     state.nodes.retain(|n| n.index != i);
     save_state(&state)?;
     step(format!("node {node} removed"));
@@ -746,7 +849,16 @@ pub fn start_node(lab: &str, node: &str) -> anyhow::Result<u32> {
     if let Some(pid) = meshd_pid(lab, i) {
         bail!("meshd on {node} is already running (pid {pid})");
     }
-    start_meshd(lab, &state.wireguard_mode, i)
+    start_meshd(&state, i)
+}
+
+/// Remove a node's bpffs directory: unpinning detaches its links and frees its programs.
+fn remove_bpffs(dir: &Path) {
+    if let Err(err) = fs::remove_dir_all(dir) {
+        if err.kind() != std::io::ErrorKind::NotFound {
+            eprintln!("warning: removing {}: {err}", dir.display());
+        }
+    }
 }
 
 /// `meshctl lab exec`: run a command inside a node (its network and mount namespaces).
@@ -836,6 +948,14 @@ pub struct LabNode {
     pub peers: Vec<crate::control::PeerReport>,
     /// meshd's full status, when it answers.
     pub status: Option<StatusReport>,
+    /// `enabled` or `permissive`.
+    pub encryption: String,
+    /// Whether strict mode is on.
+    pub strict_mode: bool,
+    /// The node's pinned eBPF datapath on the host filesystem.
+    pub bpf_pin_dir: String,
+    /// The verdict counters, read from the pinned maps (so also while meshd is down).
+    pub counters: Option<crate::bpf::VerdictCounters>,
 }
 
 /// A pod in the status document.
@@ -891,6 +1011,13 @@ pub fn status(lab: &str) -> anyhow::Result<LabStatus> {
             running: pid.is_some(),
             peers: live.as_ref().map_or_else(Vec::new, |s| s.peers.clone()),
             status: live,
+            encryption: state.encryption.clone(),
+            strict_mode: state.strict_mode,
+            bpf_pin_dir: paths.bpffs(i).join("meshd").to_string_lossy().into_owned(),
+            counters: ebpf_redirect::Datapath::adopt(paths.bpffs(i).join("meshd"))
+                .and_then(|dp| dp.counters())
+                .ok()
+                .map(Into::into),
         });
         for j in 1..=n.pods {
             let (a4, a6) = pod_addrs(i, j);
@@ -958,6 +1085,13 @@ pub fn print_table(state: &LabState) -> anyhow::Result<()> {
             n.pod_cidrs.join(" "),
             peers
         )?;
+        if let Some(c) = &n.counters {
+            writeln!(
+                out,
+                "      eBPF: redirected {}  local {}  passed {}  strict drops {}  would-drops {}",
+                c.redirected, c.local, c.passed, c.strict_drops, c.would_drops
+            )?;
+        }
     }
     writeln!(
         out,

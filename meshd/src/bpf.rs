@@ -1,0 +1,543 @@
+//! The daemon's side of the tc eBPF datapath: loading the programs into bpffs, strict mode on
+//! the underlay, and keeping the maps and the pod attachments in step with the mesh.
+//!
+//! Start-up order is the fail-closed guarantee: [`Bpf::start`] sets the mode and the cluster
+//! CIDRs and attaches `underlay_egress` before meshd creates a peer, a route or the CNI
+//! configuration, so there is never a moment on a node where a pod route exists and
+//! cleartext pod traffic could leave through the underlay unnoticed. Programs, maps and links
+//! are pinned: a meshd restart (or SIGKILL) leaves them working, and the next meshd reloads
+//! the programs over the same pinned maps (counters keep counting) and swaps every attachment
+//! atomically to the new program.
+//!
+//! What the maps should hold is computed by pure functions ([`map_diff`]); this module only
+//! applies the differences.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use ebpf_redirect::{Datapath, Mode, Verdict};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// Default bpffs directory for meshd's pins.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/meshd";
+/// Where bpffs is conventionally mounted.
+const BPFFS_ROOT: &str = "/sys/fs/bpf";
+/// `statfs` magic of bpffs.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Errors of the eBPF datapath.
+#[derive(Debug, thiserror::Error)]
+pub enum BpfError {
+    /// The pin directory is not on a bpffs and one could not be mounted.
+    #[error(
+        "{path} is not on a bpf filesystem and mounting bpffs on {BPFFS_ROOT} failed: {reason}"
+    )]
+    Bpffs {
+        /// The pin directory.
+        path: PathBuf,
+        /// Why mounting failed.
+        reason: String,
+    },
+    /// Loading or adopting the programs failed.
+    #[error("loading the tc programs into {path}: {source}")]
+    Load {
+        /// The pin directory.
+        path: PathBuf,
+        /// The cause.
+        source: Box<ebpf_redirect::Error>,
+    },
+    /// Attaching a program failed.
+    #[error("attaching {program} to {interface}: {source}")]
+    Attach {
+        /// `from_pod` or `underlay_egress`.
+        program: &'static str,
+        /// The interface.
+        interface: String,
+        /// The cause.
+        source: Box<ebpf_redirect::Error>,
+    },
+    /// A map update or read failed.
+    #[error("{what}: {source}")]
+    Map {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        source: Box<ebpf_redirect::Error>,
+    },
+}
+
+/// What `underlay_egress` does with cluster traffic that is not WireGuard, in operator terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Encryption {
+    /// Pod traffic between nodes goes through WireGuard; with strict mode (the default) any
+    /// cluster-addressed packet that would leave the node outside WireGuard is dropped.
+    Enabled,
+    /// Like `enabled`, but packets strict mode would drop are only counted (would-drop).
+    Permissive,
+}
+
+impl std::fmt::Display for Encryption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Encryption::Enabled => "enabled",
+            Encryption::Permissive => "permissive",
+        })
+    }
+}
+
+/// The program mode for an encryption setting and the strict-mode switch.
+pub fn program_mode(encryption: Encryption, strict: bool) -> Mode {
+    match (encryption, strict) {
+        (Encryption::Enabled, true) => Mode::Enforce,
+        _ => Mode::Permissive,
+    }
+}
+
+/// The verdict counters, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VerdictCounters {
+    /// Pod packets redirected into the tunnel.
+    pub redirected: u64,
+    /// Pod packets to a local pod, left to the kernel.
+    pub local: u64,
+    /// Pod packets to anything else, passed to the stack.
+    pub passed: u64,
+    /// Cluster packets dropped at the underlay by strict mode.
+    pub strict_drops: u64,
+    /// Cluster packets strict mode would have dropped (permissive).
+    pub would_drops: u64,
+}
+
+impl From<[u64; 5]> for VerdictCounters {
+    fn from(c: [u64; 5]) -> Self {
+        VerdictCounters {
+            redirected: c[Verdict::Redirect as usize],
+            local: c[Verdict::Local as usize],
+            passed: c[Verdict::Pass as usize],
+            strict_drops: c[Verdict::StrictDrop as usize],
+            would_drops: c[Verdict::WouldDrop as usize],
+        }
+    }
+}
+
+/// The datapath as `meshctl status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DatapathReport {
+    /// bpffs directory holding the pins.
+    pub pin_dir: String,
+    /// `enforce` (strict drops) or `permissive` (would-drops only).
+    pub underlay_mode: String,
+    /// The underlay interface carrying `underlay_egress`.
+    pub underlay_interface: String,
+    /// Whether `underlay_egress` is attached there right now (`None`: the kernel cannot say).
+    pub underlay_attached: Option<bool>,
+    /// `tcx` (kernel >= 6.6, pinned links) or `netlink` (clsact filters).
+    pub attach: String,
+    /// Remote pod CIDRs redirected into the tunnel.
+    pub remote_cidrs: Vec<String>,
+    /// Cluster CIDRs strict mode guards.
+    pub cluster_cidrs: Vec<String>,
+    /// Local pod addresses.
+    pub local_pods: usize,
+    /// Pod interfaces carrying `from_pod`.
+    pub pod_interfaces: usize,
+    /// Verdict counters.
+    pub counters: VerdictCounters,
+}
+
+/// The changes that take a map from `present` to `want`: entries to remove, entries to set.
+pub fn map_diff<K: Ord + Clone, V: PartialEq + Clone>(
+    want: &BTreeMap<K, V>,
+    present: &BTreeMap<K, V>,
+) -> (Vec<K>, Vec<(K, V)>) {
+    let remove = present
+        .keys()
+        .filter(|k| !want.contains_key(*k))
+        .cloned()
+        .collect();
+    let set = want
+        .iter()
+        .filter(|(k, v)| present.get(*k) != Some(*v))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    (remove, set)
+}
+
+/// Handle on the loaded datapath.
+pub struct Bpf {
+    dp: Datapath,
+    underlay: String,
+    mode: Mode,
+    port: u16,
+    pods: BTreeSet<String>,
+}
+
+impl std::fmt::Debug for Bpf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bpf")
+            .field("pin_dir", &self.dp.pin_dir())
+            .field("underlay", &self.underlay)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+fn map_err(what: impl Into<String>) -> impl FnOnce(ebpf_redirect::Error) -> BpfError {
+    let what = what.into();
+    move |source| BpfError::Map {
+        what,
+        source: Box::new(source),
+    }
+}
+
+/// Make sure `pin_dir` can hold pins: its parent must be on bpffs; mounts bpffs on
+/// `/sys/fs/bpf` when that is the parent and nothing is mounted there yet.
+pub fn ensure_bpffs(pin_dir: &Path) -> Result<(), BpfError> {
+    let parent = pin_dir.parent().unwrap_or(Path::new("/"));
+    let on_bpffs =
+        |p: &Path| nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC);
+    if on_bpffs(parent) {
+        return Ok(());
+    }
+    let fail = |reason: String| BpfError::Bpffs {
+        path: pin_dir.to_path_buf(),
+        reason,
+    };
+    if parent != Path::new(BPFFS_ROOT) {
+        return Err(fail(format!("{} is not bpffs", parent.display())));
+    }
+    nix::mount::mount(
+        Some("bpf"),
+        BPFFS_ROOT,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| fail(e.to_string()))?;
+    tracing::info!("mounted bpffs on {BPFFS_ROOT}");
+    Ok(())
+}
+
+impl Bpf {
+    /// Load the programs (reusing pinned maps and their contents), set the mode and the
+    /// cluster CIDRs, and attach `underlay_egress` to the underlay: strict mode is in force
+    /// when this returns.
+    pub fn start(
+        pin_dir: &Path,
+        underlay: &str,
+        port: u16,
+        mode: Mode,
+        clusters: &[IpNet],
+    ) -> Result<Bpf, BpfError> {
+        ensure_bpffs(pin_dir)?;
+        let dp = Datapath::load(pin_dir).map_err(|source| BpfError::Load {
+            path: pin_dir.to_path_buf(),
+            source: Box::new(source),
+        })?;
+        let mut bpf = Bpf {
+            dp,
+            underlay: underlay.to_string(),
+            mode,
+            port,
+            pods: BTreeSet::new(),
+        };
+        // Mode and port first: CLUSTER entries are only safe to act on with a valid CONFIG.
+        bpf.dp
+            .set_config(port, mode)
+            .map_err(map_err("setting mode and port"))?;
+        bpf.sync_clusters(clusters)?;
+        bpf.dp
+            .attach_underlay_egress(underlay)
+            .map_err(|source| BpfError::Attach {
+                program: ebpf_redirect::PROG_UNDERLAY_EGRESS,
+                interface: underlay.to_string(),
+                source: Box::new(source),
+            })?;
+        tracing::info!(
+            pin_dir = %pin_dir.display(),
+            %underlay,
+            ?mode,
+            tcx = ebpf_redirect::tcx_supported(),
+            "tc datapath loaded; underlay guard attached"
+        );
+        Ok(bpf)
+    }
+
+    /// Change the underlay mode (enforce / permissive) live.
+    pub fn set_mode(&mut self, mode: Mode) -> Result<(), BpfError> {
+        self.dp
+            .set_config(self.port, mode)
+            .map_err(map_err("setting mode"))?;
+        self.mode = mode;
+        Ok(())
+    }
+
+    fn sync_clusters(&mut self, clusters: &[IpNet]) -> Result<(), BpfError> {
+        let want: BTreeMap<IpNet, ()> = clusters.iter().map(|c| (c.trunc(), ())).collect();
+        let present: BTreeMap<IpNet, ()> = self
+            .dp
+            .clusters()
+            .map_err(map_err("reading cluster CIDRs"))?
+            .into_iter()
+            .map(|c| (c, ()))
+            .collect();
+        let (remove, set) = map_diff(&want, &present);
+        for (cidr, ()) in set {
+            self.dp
+                .set_cluster(cidr)
+                .map_err(map_err(format!("adding cluster CIDR {cidr}")))?;
+        }
+        for cidr in remove {
+            self.dp
+                .remove_cluster(cidr)
+                .map_err(map_err(format!("removing cluster CIDR {cidr}")))?;
+        }
+        Ok(())
+    }
+
+    /// The remote-CIDR maps now: CIDR → tunnel ifindex.
+    pub fn remotes(&self) -> Result<BTreeMap<IpNet, u32>, BpfError> {
+        Ok(self
+            .dp
+            .remotes()
+            .map_err(map_err("reading remote CIDRs"))?
+            .into_iter()
+            .collect())
+    }
+
+    /// Bring the remote-CIDR maps to `want` (CIDR → tunnel ifindex). Removals come first, so
+    /// a departing peer's CIDR stops being redirected before its peer is removed. Returns the
+    /// number of map operations.
+    pub fn sync_remotes(&mut self, want: &BTreeMap<IpNet, u32>) -> Result<usize, BpfError> {
+        let present = self.remotes()?;
+        let (remove, set) = map_diff(want, &present);
+        let ops = remove.len() + set.len();
+        for cidr in remove {
+            self.dp
+                .remove_remote(cidr)
+                .map_err(map_err(format!("removing remote CIDR {cidr}")))?;
+        }
+        for (cidr, ifindex) in set {
+            self.dp
+                .set_remote(cidr, ifindex)
+                .map_err(map_err(format!("redirecting {cidr} to ifindex {ifindex}")))?;
+        }
+        Ok(ops)
+    }
+
+    /// Bring the local-pod maps to `want`. Returns the number of map operations.
+    pub fn sync_locals(&mut self, want: &BTreeSet<IpAddr>) -> Result<usize, BpfError> {
+        let present: BTreeSet<IpAddr> = self
+            .dp
+            .locals()
+            .map_err(map_err("reading local pods"))?
+            .into_iter()
+            .collect();
+        let mut ops = 0;
+        for ip in present.difference(want) {
+            self.dp
+                .remove_local(*ip)
+                .map_err(map_err(format!("removing local pod {ip}")))?;
+            ops += 1;
+        }
+        for ip in want.difference(&present) {
+            self.dp
+                .add_local(*ip)
+                .map_err(map_err(format!("adding local pod {ip}")))?;
+            ops += 1;
+        }
+        Ok(ops)
+    }
+
+    /// Make sure `from_pod` runs on every pod interface in `veths` that exists, and drop pins
+    /// of interfaces that are gone. On the first call (after a start) every attachment is
+    /// renewed, which swaps a restarted meshd's freshly loaded program in atomically.
+    pub fn sync_pods(&mut self, veths: &BTreeSet<String>) -> Result<usize, BpfError> {
+        let mut ops = 0;
+        for veth in veths {
+            if nix::net::if_::if_nametoindex(veth.as_str()).is_err() {
+                continue;
+            }
+            let attached = self
+                .dp
+                .from_pod_attached(veth)
+                .map_err(map_err(format!("querying {veth}")))?;
+            if self.pods.contains(veth) && attached != Some(false) {
+                continue;
+            }
+            self.dp
+                .attach_from_pod(veth)
+                .map_err(|source| BpfError::Attach {
+                    program: ebpf_redirect::PROG_FROM_POD,
+                    interface: veth.clone(),
+                    source: Box::new(source),
+                })?;
+            ops += 1;
+        }
+        self.pods = veths.clone();
+        let gone = self
+            .dp
+            .gc_links()
+            .map_err(map_err("collecting stale links"))?;
+        if !gone.is_empty() {
+            tracing::info!(?gone, "removed links of deleted interfaces");
+        }
+        Ok(ops + gone.len())
+    }
+
+    /// Make sure `underlay_egress` is still attached (someone may have removed it).
+    pub fn ensure_underlay(&mut self) -> Result<bool, BpfError> {
+        let attached = self
+            .dp
+            .underlay_egress_attached(&self.underlay)
+            .map_err(map_err(format!("querying {}", self.underlay)))?;
+        if attached == Some(true) {
+            return Ok(false);
+        }
+        self.dp
+            .attach_underlay_egress(&self.underlay)
+            .map_err(|source| BpfError::Attach {
+                program: ebpf_redirect::PROG_UNDERLAY_EGRESS,
+                interface: self.underlay.clone(),
+                source: Box::new(source),
+            })?;
+        Ok(attached == Some(false))
+    }
+
+    /// The verdict counters.
+    pub fn counters(&self) -> Result<VerdictCounters, BpfError> {
+        Ok(self
+            .dp
+            .counters()
+            .map_err(map_err("reading counters"))?
+            .into())
+    }
+
+    /// The datapath for `meshctl status`.
+    pub fn report(&self) -> Result<DatapathReport, BpfError> {
+        let mut remote_cidrs: Vec<String> = self
+            .dp
+            .remotes()
+            .map_err(map_err("reading remote CIDRs"))?
+            .into_iter()
+            .map(|(c, _)| c.to_string())
+            .collect();
+        remote_cidrs.sort();
+        let mut cluster_cidrs: Vec<String> = self
+            .dp
+            .clusters()
+            .map_err(map_err("reading cluster CIDRs"))?
+            .into_iter()
+            .map(|c| c.to_string())
+            .collect();
+        cluster_cidrs.sort();
+        Ok(DatapathReport {
+            pin_dir: self.dp.pin_dir().display().to_string(),
+            underlay_mode: match self.mode {
+                Mode::Enforce => "enforce".into(),
+                Mode::Permissive => "permissive".into(),
+            },
+            underlay_interface: self.underlay.clone(),
+            underlay_attached: self
+                .dp
+                .underlay_egress_attached(&self.underlay)
+                .unwrap_or(None),
+            attach: if ebpf_redirect::tcx_supported() {
+                "tcx".into()
+            } else {
+                "netlink".into()
+            },
+            remote_cidrs,
+            cluster_cidrs,
+            local_pods: self
+                .dp
+                .locals()
+                .map_err(map_err("reading local pods"))?
+                .len(),
+            pod_interfaces: self.pods.len(),
+            counters: self.counters()?,
+        })
+    }
+
+    /// `--cleanup`: detach everything meshd attached and remove every pin.
+    pub fn cleanup(mut self) {
+        for veth in std::mem::take(&mut self.pods) {
+            if let Err(err) = self.dp.detach_from_pod(&veth) {
+                tracing::warn!(%err, %veth, "detaching from_pod failed");
+            }
+        }
+        if let Err(err) = self.dp.detach_underlay_egress(&self.underlay) {
+            tracing::warn!(%err, "detaching underlay_egress failed");
+        }
+        if let Err(err) = self.dp.detach_all() {
+            tracing::warn!(%err, "removing the pins failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn map_diff_removes_stale_sets_new_and_changed() {
+        let present: BTreeMap<IpNet, u32> = [
+            (net("10.244.1.0/24"), 7),
+            (net("10.244.2.0/24"), 7),
+            (net("fd00:244:0:2::/64"), 7),
+        ]
+        .into();
+        // Device recreated (ifindex 9), node 1 gone, node 3 joined.
+        let want: BTreeMap<IpNet, u32> = [
+            (net("10.244.2.0/24"), 9),
+            (net("fd00:244:0:2::/64"), 9),
+            (net("10.244.3.0/24"), 9),
+        ]
+        .into();
+        let (remove, set) = map_diff(&want, &present);
+        assert_eq!(remove, vec![net("10.244.1.0/24")]);
+        assert_eq!(
+            set,
+            vec![
+                (net("10.244.2.0/24"), 9),
+                (net("10.244.3.0/24"), 9),
+                (net("fd00:244:0:2::/64"), 9)
+            ]
+        );
+        let (remove, set) = map_diff(&want, &want);
+        assert!(
+            remove.is_empty() && set.is_empty(),
+            "in step: no operations"
+        );
+    }
+
+    #[test]
+    fn strict_only_when_enabled_and_strict() {
+        assert_eq!(program_mode(Encryption::Enabled, true), Mode::Enforce);
+        assert_eq!(program_mode(Encryption::Enabled, false), Mode::Permissive);
+        assert_eq!(program_mode(Encryption::Permissive, true), Mode::Permissive);
+    }
+
+    #[test]
+    fn counters_map_by_verdict_index() {
+        let c = VerdictCounters::from([1, 2, 3, 4, 5]);
+        assert_eq!(
+            (
+                c.redirected,
+                c.local,
+                c.passed,
+                c.strict_drops,
+                c.would_drops
+            ),
+            (1, 2, 3, 4, 5)
+        );
+    }
+}
