@@ -52,8 +52,23 @@ impl Lab {
         Self::up_named(&Self::unique_name(), nodes, pods)
     }
 
+    /// Bring up a lab with extra `meshctl lab up` options (e.g. `--encryption permissive`).
+    pub fn up_with(nodes: u32, pods: u32, extra: &[&str]) -> anyhow::Result<Lab> {
+        Self::up_named_with(&Self::unique_name(), nodes, pods, extra)
+    }
+
     /// Bring up a lab with a given name.
     pub fn up_named(name: &str, nodes: u32, pods: u32) -> anyhow::Result<Lab> {
+        Self::up_named_with(name, nodes, pods, &[])
+    }
+
+    /// Bring up a lab with a given name and extra `meshctl lab up` options.
+    pub fn up_named_with(
+        name: &str,
+        nodes: u32,
+        pods: u32,
+        extra: &[&str],
+    ) -> anyhow::Result<Lab> {
         let meshctl = bin("meshctl");
         if !meshctl.exists() {
             bail!(
@@ -65,14 +80,10 @@ impl Lab {
             name: name.to_string(),
             meshctl,
         };
-        lab.meshctl(&[
-            "lab",
-            "up",
-            "--nodes",
-            &nodes.to_string(),
-            "--pods-per-node",
-            &pods.to_string(),
-        ])?;
+        let (n, p) = (nodes.to_string(), pods.to_string());
+        let mut args = vec!["lab", "up", "--nodes", &n, "--pods-per-node", &p];
+        args.extend_from_slice(extra);
+        lab.meshctl(&args)?;
         Ok(lab)
     }
 

@@ -437,7 +437,8 @@ fn a_killed_datapath_process_is_brought_back_and_nothing_leaks_while_it_is_gone(
         })
         .expect("meshd-wg runs in n1");
     netns::run("kill", &["-KILL", &helper.to_string()]).unwrap();
-    // While the device is gone, pod traffic hits the blackhole, never the underlay in clear.
+    // While the device is gone, redirects into it drop and strict mode drops whatever the
+    // kernel routes elsewhere: never the underlay in clear.
     let _ = ping(from, &dst4.to_string(), 3);
     let _ = ping(from, &dst6.to_string(), 3);
     lab.wait_for(

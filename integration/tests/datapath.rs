@@ -1,0 +1,295 @@
+//! The tc eBPF datapath in the lab: real BPF programs loaded by real meshd processes, attached
+//! to real pod veths and underlay interfaces, real WireGuard, real captures of the underlay.
+//! Needs root; each test builds its own uniquely named lab and tears it down on drop.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::time::{Duration, Instant};
+
+use integration::capture::{analyse, Capture, CapturePolicy, CaptureReport};
+use integration::lab::{bin, ping, pod_addrs, sockaddr, Lab};
+use integration::labjson::LabStatus;
+use integration::netns;
+use integration::verify::{finish, start_sink};
+
+fn root_or_skip() -> bool {
+    if netns::is_root() {
+        true
+    } else {
+        eprintln!("skipping: needs root for network namespaces");
+        false
+    }
+}
+
+/// A node's verdict counter from `meshctl lab status -o json` (read from the pinned maps).
+fn counter(st: &serde_json::Value, node: &str, name: &str) -> u64 {
+    st["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == node)
+        .and_then(|n| n["counters"][name].as_u64())
+        .unwrap_or_else(|| panic!("no counter {name} for {node} in {st:#}"))
+}
+
+fn policy(st: &LabStatus) -> CapturePolicy {
+    CapturePolicy {
+        pod_cidrs: st.pod_cidrs(),
+        node_addrs: st.node_addrs(),
+        wireguard_port: st.listen_port,
+        markers: vec![],
+    }
+}
+
+fn capture(st: &LabStatus, dir: &tempfile::TempDir, name: &str) -> Capture {
+    Capture::start(
+        &st.capture.namespace,
+        &st.capture.interface,
+        &dir.path().join(name),
+    )
+    .unwrap()
+}
+
+fn stop(c: Capture, st: &LabStatus) -> CaptureReport {
+    analyse(&c.stop().unwrap(), &policy(st)).unwrap()
+}
+
+#[test]
+fn cross_node_pod_traffic_is_redirected_by_the_tc_program_and_only_wireguard_crosses() {
+    if !root_or_skip() {
+        return;
+    }
+    let lab = Lab::up(2, 1).unwrap();
+    let st = lab.status().unwrap();
+    let from = st.pods_on("n1").next().unwrap().clone();
+    let (dst4, dst6) = pod_addrs(st.pods_on("n2").next().unwrap()).unwrap();
+
+    // meshd reports the datapath: strict mode attached, the peer's CIDRs redirected.
+    let n1: serde_json::Value =
+        serde_json::from_str(&lab.exec("n1", &["meshctl", "status", "-o", "json"]).unwrap())
+            .unwrap();
+    let dp = &n1["datapath"];
+    assert_eq!(dp["underlay_mode"], "enforce", "{n1:#}");
+    assert_eq!(dp["underlay_attached"], true, "{n1:#}");
+    let remotes: Vec<&str> = dp["remote_cidrs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c.as_str())
+        .collect();
+    assert_eq!(remotes, ["10.244.2.0/24", "fd00:244:0:2::/64"], "{n1:#}");
+    assert_eq!(dp["local_pods"], 2, "one pod, two families: {n1:#}");
+    assert_eq!(dp["pod_interfaces"], 1, "{n1:#}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let cap = capture(&st, &dir, "redirect.pcap");
+    for (family, dst) in [("IPv4", dst4), ("IPv6", dst6)] {
+        let before = counter(&lab.status_json().unwrap(), "n1", "redirected");
+        assert!(ping(&from, &dst.to_string(), 5), "{family} ping failed");
+        let after = counter(&lab.status_json().unwrap(), "n1", "redirected");
+        assert!(
+            after >= before + 5,
+            "{family}: 5 echo requests, redirect counter {before} -> {after}"
+        );
+    }
+    let report = stop(cap, &st);
+    assert!(report.is_clean(), "{}", report.summary());
+    assert!(report.wireguard_packets >= 20, "{}", report.summary());
+    let st = lab.status_json().unwrap();
+    assert_eq!(counter(&st, "n1", "strict_drops"), 0);
+    assert_eq!(counter(&st, "n2", "strict_drops"), 0);
+}
+
+/// Kill `node`'s meshd (so it cannot restore its record) and delete its record: every other
+/// node removes the peer, its routes and its redirects.
+fn withdraw_node(lab: &Lab, node: &str) {
+    lab.meshctl(&["lab", "kill-node", node]).unwrap();
+    let st = lab.status_json().unwrap();
+    let registry = st["registry_dir"].as_str().unwrap();
+    std::fs::remove_file(format!("{registry}/{node}.json")).unwrap();
+    lab.wait_for(
+        &format!("the others to drop {node}"),
+        Duration::from_secs(20),
+        |s| {
+            s["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|n| n["name"] != node)
+                .all(|n| {
+                    n["peers"]
+                        .as_array()
+                        .is_some_and(|p| p.iter().all(|p| p["name"] != node))
+                        && n["status"]["datapath"]["remote_cidrs"]
+                            .as_array()
+                            .is_some_and(|c| c.len() == 2)
+                })
+        },
+    )
+    .unwrap();
+}
+
+#[test]
+fn strict_mode_drops_traffic_to_a_node_whose_record_is_gone_and_nothing_leaks() {
+    if !root_or_skip() {
+        return;
+    }
+    let lab = Lab::up(3, 1).unwrap();
+    let st = lab.status().unwrap();
+    let from = st.pods_on("n1").next().unwrap().clone();
+    let (dst4, dst6) = pod_addrs(st.pods_on("n3").next().unwrap()).unwrap();
+    assert!(ping(&from, &dst4.to_string(), 1) && ping(&from, &dst6.to_string(), 1));
+    withdraw_node(&lab, "n3");
+
+    let dir = tempfile::tempdir().unwrap();
+    let cap = capture(&st, &dir, "strict.pcap");
+    let before = counter(&lab.status_json().unwrap(), "n1", "strict_drops");
+    // Pods on n1 keep sending to n3's pods: with no peer, the kernel routes them towards the
+    // underlay, where strict mode drops them.
+    assert!(!ping(&from, &dst4.to_string(), 3), "IPv4 reached n3 without a peer");
+    assert!(!ping(&from, &dst6.to_string(), 3), "IPv6 reached n3 without a peer");
+    let after = counter(&lab.status_json().unwrap(), "n1", "strict_drops");
+    let report = stop(cap, &st);
+    assert_eq!(report.plaintext_pod_count, 0, "{}", report.summary());
+    assert!(report.is_clean(), "{}", report.summary());
+    assert!(
+        after >= before + 6,
+        "6 echo requests (v4+v6) dropped at the underlay, strict drops {before} -> {after}"
+    );
+    // The rest of the mesh is untouched.
+    let (dst4, _) = pod_addrs(st.pods_on("n2").next().unwrap()).unwrap();
+    assert!(ping(&from, &dst4.to_string(), 2));
+}
+
+#[test]
+fn permissive_mode_counts_would_drops_and_lets_them_through() {
+    if !root_or_skip() {
+        return;
+    }
+    let lab = Lab::up_with(3, 1, &["--encryption", "permissive"]).unwrap();
+    let st = lab.status().unwrap();
+    let from = st.pods_on("n1").next().unwrap().clone();
+    let (dst4, dst6) = pod_addrs(st.pods_on("n3").next().unwrap()).unwrap();
+    let js = lab.status_json().unwrap();
+    assert_eq!(js["nodes"][0]["encryption"], "permissive");
+    assert_eq!(
+        js["nodes"][0]["status"]["datapath"]["underlay_mode"],
+        "permissive"
+    );
+    // With every peer present, permissive mode still encrypts everything.
+    let dir = tempfile::tempdir().unwrap();
+    let cap = capture(&st, &dir, "permissive-mesh.pcap");
+    assert!(ping(&from, &dst4.to_string(), 2) && ping(&from, &dst6.to_string(), 2));
+    let report = stop(cap, &st);
+    assert!(report.is_clean(), "{}", report.summary());
+
+    withdraw_node(&lab, "n3");
+    let cap = capture(&st, &dir, "permissive.pcap");
+    let before = lab.status_json().unwrap();
+    // No peer for n3: the packets leave in clear (the lab's router forwards nothing, so no
+    // reply) and are counted as would-drop.
+    let _ = ping(&from, &dst4.to_string(), 3);
+    let _ = ping(&from, &dst6.to_string(), 3);
+    let after = lab.status_json().unwrap();
+    let report = stop(cap, &st);
+    let would = (
+        counter(&before, "n1", "would_drops"),
+        counter(&after, "n1", "would_drops"),
+    );
+    assert!(would.1 >= would.0 + 6, "would-drops {} -> {}", would.0, would.1);
+    assert_eq!(
+        counter(&after, "n1", "strict_drops"),
+        counter(&before, "n1", "strict_drops"),
+        "permissive mode never drops"
+    );
+    assert!(
+        report.plaintext_pod_count >= 6,
+        "what permissive mode lets through is what the capture sees: {}",
+        report.summary()
+    );
+}
+
+#[test]
+fn sigkill_of_meshd_keeps_the_programs_attached_and_counting_and_restart_keeps_the_counts() {
+    if !root_or_skip() {
+        return;
+    }
+    let lab = Lab::up(2, 1).unwrap();
+    let st = lab.status().unwrap();
+    let from = st.pods_on("n1").next().unwrap().clone();
+    let to = st.pods_on("n2").next().unwrap().clone();
+    let (dst4, _) = pod_addrs(&to).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cap = capture(&st, &dir, "sigkill.pcap");
+
+    // 200 datagrams/s for 6 s from a pod on n1 to a pod on n2; n1's meshd dies meanwhile.
+    let sink = start_sink(
+        &to.namespace,
+        &[
+            "udp-sink",
+            "--listen",
+            "0.0.0.0:6000",
+            "--duration-s",
+            "8",
+            "--idle-exit-s",
+            "1.5",
+        ],
+    )
+    .unwrap();
+    let tool = bin("lab-traffic");
+    let sender = netns::spawn_in(
+        &from.namespace,
+        &[
+            &tool.to_string_lossy(),
+            "udp-send",
+            "--to",
+            &sockaddr(dst4, 6000),
+            "--interval-ms",
+            "5",
+            "--duration-s",
+            "6",
+        ],
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    lab.meshctl(&["lab", "kill-node", "n1"]).unwrap();
+    let dead = Instant::now();
+    let at_kill = counter(&lab.status_json().unwrap(), "n1", "redirected");
+    std::thread::sleep(Duration::from_millis(1500));
+    let while_dead = lab.status_json().unwrap();
+    assert_eq!(while_dead["nodes"][0]["running"], false);
+    let during = counter(&while_dead, "n1", "redirected");
+    assert!(
+        during >= at_kill + 100,
+        "the program kept redirecting without meshd: {at_kill} -> {during} in {:?}",
+        dead.elapsed()
+    );
+    lab.meshctl(&["lab", "start-node", "n1"]).unwrap();
+    let sent = sender.wait_with_output().unwrap();
+    let (_, result) = finish(sink).unwrap();
+    eprintln!(
+        "udp stream across SIGKILL + restart: sender {} / sink {result}",
+        String::from_utf8_lossy(&sent.stdout).trim()
+    );
+    assert_eq!(result["lost"].as_u64(), Some(0), "lost datagrams: {result}");
+    let after = lab
+        .wait_for(
+            "n1's restarted meshd to converge",
+            Duration::from_secs(20),
+            |s| s["nodes"][0]["status"]["converged"] == true,
+        )
+        .unwrap();
+    // The restarted meshd reloaded the programs over the pinned maps: counts carried on.
+    let restarted = counter(&after, "n1", "redirected");
+    assert!(
+        restarted >= during,
+        "counters reset by the restart: {during} -> {restarted}"
+    );
+    assert_eq!(
+        after["nodes"][0]["status"]["datapath"]["underlay_attached"],
+        true
+    );
+    assert!(ping(&from, &dst4.to_string(), 2));
+    let report = stop(cap, &st);
+    assert!(report.is_clean(), "{}", report.summary());
+    assert!(report.wireguard_packets > 1000, "{}", report.summary());
+}
