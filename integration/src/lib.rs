@@ -8,6 +8,8 @@
 //! - [`traffic`]: TCP/UDP traffic generators and sinks (the logic behind the
 //!   `lab-traffic` binary), with end-to-end integrity (SHA-256) and loss/reorder/gap stats.
 //! - [`labjson`]: serde types for `meshctl lab status -o json`.
+//! - [`apiserver`]: a mock Kubernetes API server (list/watch/patch of Nodes, ConfigMaps,
+//!   Events) that the Kubernetes registry backend and the settings watcher are tested against.
 //!
 //! Binaries: `lab-traffic` (traffic generator run inside pod namespaces) and
 //! `mesh-bench` (plain veth vs wireguard-go vs meshd throughput/RTT benchmark).
@@ -17,6 +19,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod apiserver;
 pub mod capture;
 pub mod lab;
 pub mod labjson;

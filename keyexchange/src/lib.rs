@@ -16,14 +16,21 @@
 //!   ([`peers::compute_peers`], with conflict detection) and to the minimal operations
 //!   ([`peers::diff_peers`]) against what a device has programmed.
 //! * [`registry`]: the [`Registry`] trait through which records are exchanged, and the
-//!   directory-backed [`DirRegistry`] (inotify-watched).
+//!   directory-backed [`DirRegistry`] (inotify-watched) and the Kubernetes-backed
+//!   [`KubeRegistry`] (records as `Node` annotations).
 
 pub mod key;
 pub mod peers;
 pub mod record;
 pub mod registry;
 
+/// The Kubernetes API types matching [`kube`] (`Node`, `ConfigMap`…), re-exported likewise.
+pub use ::k8s_openapi;
+/// The `kube` crate [`KubeRegistry`] is built on, re-exported so that callers use the same
+/// version (a [`kube::Client`] is part of this crate's API).
+pub use ::kube;
 pub use key::{KeyError, PrivateKey, PublicKey};
 pub use record::{NodeRecord, RecordError};
 pub use registry::dir::DirRegistry;
+pub use registry::kube::KubeRegistry;
 pub use registry::{Registry, RegistryError, RegistryEvent};

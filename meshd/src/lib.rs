@@ -23,6 +23,8 @@ pub mod ipam;
 pub mod lab;
 /// The pure reconcile plan.
 pub mod reconcile;
+/// Operator settings from the `meshd-config` ConfigMap and their live watcher.
+pub mod settings;
 
 /// Install the tracing subscriber used by every binary (`RUST_LOG` filters; default `info`).
 pub fn init_tracing() {

@@ -1,10 +1,10 @@
 //! Registries: where nodes publish their [`NodeRecord`] and learn everyone else's.
 //!
 //! A backend implements [`Registry`]. [`dir::DirRegistry`] keeps one JSON file per node in a
-//! shared directory (tests, labs, a hostPath shared by all nodes); a Kubernetes backend storing
-//! the record in a node annotation implements the same trait: `publish` patches the annotation,
-//! `withdraw` removes it, `watch` lists the nodes and then follows a watch, translating into
-//! [`RegistryEvent`]s exactly like the directory backend does.
+//! shared directory (tests, labs, a hostPath shared by all nodes); [`kube::KubeRegistry`]
+//! stores the record as annotations on each node's `Node` object: `publish` patches meshd's
+//! annotations, `withdraw` removes them, `watch` lists the nodes and then follows a watch,
+//! translating into [`RegistryEvent`]s exactly like the directory backend does.
 //!
 //! Contract of [`Registry::watch`]: the receiver first yields the current state (one
 //! [`RegistryEvent::Upsert`] or [`RegistryEvent::Malformed`] per existing record), then every
@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use crate::record::{NodeRecord, RecordError};
 
 pub mod dir;
+pub mod kube;
 
 /// A change in the set of published records.
 #[derive(Debug, Clone)]
@@ -94,6 +95,17 @@ pub enum RegistryError {
     /// A blocking helper task failed (panicked or was cancelled).
     #[error("registry I/O task failed")]
     Task(#[source] tokio::task::JoinError),
+    /// A Kubernetes API request failed (after retries, for conflicts).
+    #[error("{action} the record of node {node:?} on the Kubernetes API")]
+    Kubernetes {
+        /// What was being done (`publishing`, `withdrawing`, `reading`).
+        action: &'static str,
+        /// The node whose `Node` object was involved.
+        node: String,
+        /// The API or transport error.
+        #[source]
+        source: ::kube::Error,
+    },
 }
 
 /// A place where nodes publish their records and watch everyone's.

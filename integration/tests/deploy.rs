@@ -1,0 +1,383 @@
+//! The manifests in `deploy/` render offline with `kubectl kustomize`, parse into the
+//! `k8s-openapi` types, and say what meshd needs and nothing more.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Namespace, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
+use meshd::settings::{Encryption, Settings, KEYS};
+use serde::Deserialize;
+
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+/// Every object of one rendering, typed.
+#[derive(Default)]
+struct Rendered {
+    namespaces: Vec<Namespace>,
+    service_accounts: Vec<ServiceAccount>,
+    cluster_roles: Vec<ClusterRole>,
+    cluster_role_bindings: Vec<ClusterRoleBinding>,
+    roles: Vec<Role>,
+    role_bindings: Vec<RoleBinding>,
+    config_maps: Vec<ConfigMap>,
+    daemon_sets: Vec<DaemonSet>,
+}
+
+/// `kubectl kustomize DIR`, parsed; `None` (with a message) when kubectl is not installed.
+fn render(dir: &Path) -> Option<Rendered> {
+    let output = match Command::new("kubectl").arg("kustomize").arg(dir).output() {
+        Ok(output) => output,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!(
+                "SKIPPED: kubectl is not installed; cannot render {}",
+                dir.display()
+            );
+            return None;
+        }
+        Err(e) => panic!("running kubectl: {e}"),
+    };
+    assert!(
+        output.status.success(),
+        "kubectl kustomize {} failed: {}",
+        dir.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    let mut rendered = Rendered::default();
+    for doc in serde_norway::Deserializer::from_str(&text) {
+        let value = serde_json::Value::deserialize(doc).unwrap();
+        let kind = value["kind"].as_str().unwrap_or_default().to_string();
+        macro_rules! push {
+            ($field:ident) => {
+                rendered.$field.push(typed(&kind, &value))
+            };
+        }
+        match kind.as_str() {
+            "Namespace" => push!(namespaces),
+            "ServiceAccount" => push!(service_accounts),
+            "ClusterRole" => push!(cluster_roles),
+            "ClusterRoleBinding" => push!(cluster_role_bindings),
+            "Role" => push!(roles),
+            "RoleBinding" => push!(role_bindings),
+            "ConfigMap" => push!(config_maps),
+            "DaemonSet" => push!(daemon_sets),
+            other => panic!("unexpected kind {other:?} in {}", dir.display()),
+        }
+    }
+    Some(rendered)
+}
+
+/// `value` as a `k8s-openapi` type; panics naming the kind when it does not parse.
+fn typed<T: serde::de::DeserializeOwned>(kind: &str, value: &serde_json::Value) -> T {
+    serde_json::from_value(value.clone())
+        .unwrap_or_else(|e| panic!("{kind} does not parse: {e}\n{value:#}"))
+}
+
+/// Rules as comparable `(apiGroups, resources, resourceNames, verbs)` tuples.
+type Rule = (Vec<String>, Vec<String>, Vec<String>, BTreeSet<String>);
+
+fn rules(rules: &[PolicyRule]) -> BTreeSet<Rule> {
+    rules
+        .iter()
+        .map(|r| {
+            (
+                r.api_groups.clone().unwrap_or_default(),
+                r.resources.clone().unwrap_or_default(),
+                r.resource_names.clone().unwrap_or_default(),
+                r.verbs.iter().cloned().collect(),
+            )
+        })
+        .collect()
+}
+
+fn rule(groups: &[&str], resources: &[&str], names: &[&str], verbs: &[&str]) -> Rule {
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    (
+        s(groups),
+        s(resources),
+        s(names),
+        verbs.iter().map(|x| x.to_string()).collect(),
+    )
+}
+
+fn check(r: &Rendered, encryption: Encryption) {
+    // Namespace and service account.
+    assert_eq!(r.namespaces.len(), 1);
+    assert_eq!(
+        r.namespaces[0].metadata.name.as_deref(),
+        Some("meshd-system")
+    );
+    assert_eq!(r.service_accounts.len(), 1);
+    let sa = &r.service_accounts[0].metadata;
+    assert_eq!(
+        (sa.name.as_deref(), sa.namespace.as_deref()),
+        (Some("meshd"), Some("meshd-system"))
+    );
+
+    // RBAC: exactly the calls meshd makes (KubeRegistry: get/list/watch/patch nodes; settings
+    // watcher: get/list/watch its ConfigMap; Recorder: create/patch events.k8s.io Events).
+    assert_eq!(r.cluster_roles.len(), 1);
+    assert_eq!(
+        rules(r.cluster_roles[0].rules.as_deref().unwrap_or_default()),
+        BTreeSet::from([rule(
+            &[""],
+            &["nodes"],
+            &[],
+            &["get", "list", "watch", "patch"]
+        )])
+    );
+    assert_eq!(r.roles.len(), 1);
+    assert_eq!(
+        r.roles[0].metadata.namespace.as_deref(),
+        Some("meshd-system")
+    );
+    assert_eq!(
+        rules(r.roles[0].rules.as_deref().unwrap_or_default()),
+        BTreeSet::from([
+            rule(
+                &[""],
+                &["configmaps"],
+                &["meshd-config"],
+                &["get", "list", "watch"]
+            ),
+            rule(&["events.k8s.io"], &["events"], &[], &["create", "patch"]),
+        ])
+    );
+    let every_verb: Vec<&String> = r
+        .cluster_roles
+        .iter()
+        .flat_map(|c| c.rules.iter().flatten())
+        .chain(r.roles.iter().flat_map(|c| c.rules.iter().flatten()))
+        .flat_map(|rule| rule.verbs.iter().chain(rule.resources.iter().flatten()))
+        .collect();
+    assert!(
+        !every_verb.iter().any(|v| v.contains('*')),
+        "no wildcards: {every_verb:?}"
+    );
+    for (role_ref, subjects) in r
+        .cluster_role_bindings
+        .iter()
+        .map(|b| (&b.role_ref, &b.subjects))
+        .chain(r.role_bindings.iter().map(|b| (&b.role_ref, &b.subjects)))
+    {
+        assert_eq!(role_ref.name, "meshd");
+        let subjects = subjects.as_deref().unwrap_or_default();
+        assert_eq!(subjects.len(), 1);
+        assert_eq!(
+            (
+                subjects[0].kind.as_str(),
+                subjects[0].name.as_str(),
+                subjects[0].namespace.as_deref()
+            ),
+            ("ServiceAccount", "meshd", Some("meshd-system"))
+        );
+    }
+    assert_eq!(
+        (r.cluster_role_bindings.len(), r.role_bindings.len()),
+        (1, 1)
+    );
+
+    // The ConfigMap: every key documented and valid, the overlay's encryption mode.
+    assert_eq!(r.config_maps.len(), 1);
+    let cm = &r.config_maps[0];
+    assert_eq!(cm.metadata.name.as_deref(), Some("meshd-config"));
+    let data: BTreeMap<String, String> = cm.data.clone().unwrap_or_default();
+    assert_eq!(
+        data.keys().map(String::as_str).collect::<BTreeSet<_>>(),
+        KEYS.into_iter().collect()
+    );
+    let settings = Settings::from_data(&data).expect("the shipped ConfigMap is valid");
+    assert_eq!(settings.encryption, encryption);
+
+    // The DaemonSet.
+    assert_eq!(r.daemon_sets.len(), 1);
+    let ds = &r.daemon_sets[0];
+    assert_eq!(ds.metadata.namespace.as_deref(), Some("meshd-system"));
+    let spec = &ds.spec;
+    let rolling = spec
+        .update_strategy
+        .as_ref()
+        .unwrap()
+        .rolling_update
+        .as_ref()
+        .unwrap();
+    let max_unavailable = serde_json::to_value(rolling.max_unavailable.as_ref().unwrap()).unwrap();
+    assert!(
+        max_unavailable == serde_json::json!(1) || max_unavailable == serde_json::json!("10%"),
+        "maxUnavailable {max_unavailable}"
+    );
+    let pod = spec.template.spec.as_ref().unwrap();
+    assert_eq!(pod.host_network, Some(true));
+    assert_eq!(pod.dns_policy.as_deref(), Some("ClusterFirstWithHostNet"));
+    assert_eq!(
+        pod.priority_class_name.as_deref(),
+        Some("system-node-critical")
+    );
+    assert_eq!(pod.service_account_name.as_deref(), Some("meshd"));
+    let tolerations = pod.tolerations.as_deref().unwrap_or_default();
+    assert!(
+        tolerations
+            .iter()
+            .any(|t| t.operator.as_deref() == Some("Exists")
+                && t.key.is_none()
+                && t.effect.is_none()),
+        "must tolerate every taint"
+    );
+
+    let host_paths: BTreeMap<String, String> = pod
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| Some((v.name.clone(), v.host_path.as_ref()?.path.clone())))
+        .collect();
+    for path in [
+        "/var/lib/meshd",
+        "/sys/fs/bpf",
+        "/opt/cni/bin",
+        "/etc/cni/net.d",
+        "/run/meshd",
+        "/run/wireguard",
+        "/lib/modules",
+    ] {
+        assert!(
+            host_paths.values().any(|p| p == path),
+            "hostPath {path} missing"
+        );
+    }
+
+    let init = pod.init_containers.as_deref().unwrap_or_default();
+    assert_eq!(init.len(), 1);
+    let install = &init[0];
+    assert!(install
+        .command
+        .iter()
+        .flatten()
+        .any(|c| c.contains("meshd-cni")));
+    assert!(mounts_host_path(install, &host_paths, "/opt/cni/bin"));
+    assert_no_privilege(install, &[]);
+
+    let meshd = pod
+        .containers
+        .iter()
+        .find(|c| c.name == "meshd")
+        .expect("meshd container");
+    assert_no_privilege(meshd, &["NET_ADMIN", "BPF"]);
+    let args = meshd.args.as_deref().unwrap_or_default();
+    for want in ["--registry=kubernetes", "--node-name=$(NODE_NAME)"] {
+        assert!(
+            args.iter().any(|a| a == want),
+            "missing arg {want}: {args:?}"
+        );
+    }
+    let node_name = meshd
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "NODE_NAME")
+        .and_then(|e| e.value_from.as_ref()?.field_ref.as_ref())
+        .map(|f| f.field_path.as_str());
+    assert_eq!(node_name, Some("spec.nodeName"));
+    let health_port = meshd
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some("health"))
+        .map(|p| p.container_port);
+    assert_eq!(health_port, Some(9108));
+    for (probe, path) in [
+        (&meshd.liveness_probe, "/healthz"),
+        (&meshd.readiness_probe, "/readyz"),
+    ] {
+        let get = probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .expect("HTTP probe");
+        assert_eq!(get.path.as_deref(), Some(path));
+        let port = serde_json::to_value(&get.port).unwrap();
+        assert!(
+            port == serde_json::json!(9108) || port == serde_json::json!("health"),
+            "{port}"
+        );
+    }
+    for path in [
+        "/var/lib/meshd",
+        "/sys/fs/bpf",
+        "/etc/cni/net.d",
+        "/run/meshd",
+        "/run/wireguard",
+    ] {
+        assert!(
+            mounts_host_path(meshd, &host_paths, path),
+            "meshd does not mount {path}"
+        );
+    }
+    for c in pod.containers.iter().chain(init) {
+        let requests = c.resources.as_ref().and_then(|r| r.requests.as_ref());
+        assert!(
+            requests.is_some_and(|r| r.contains_key("cpu") && r.contains_key("memory")),
+            "{} has no resource requests",
+            c.name
+        );
+    }
+}
+
+fn mounts_host_path(c: &Container, host_paths: &BTreeMap<String, String>, path: &str) -> bool {
+    c.volume_mounts
+        .iter()
+        .flatten()
+        .any(|m| host_paths.get(&m.name).map(String::as_str) == Some(path))
+}
+
+/// Not privileged, drops ALL, adds at most `allowed`.
+fn assert_no_privilege(c: &Container, allowed: &[&str]) {
+    let sc = c.security_context.as_ref().expect("securityContext");
+    assert_ne!(
+        sc.privileged,
+        Some(true),
+        "{} must not be privileged",
+        c.name
+    );
+    assert_eq!(sc.allow_privilege_escalation, Some(false), "{}", c.name);
+    let caps = sc.capabilities.as_ref().expect("capabilities");
+    assert_eq!(
+        caps.drop.as_deref(),
+        Some(&["ALL".to_string()][..]),
+        "{}",
+        c.name
+    );
+    let added: BTreeSet<&str> = caps.add.iter().flatten().map(String::as_str).collect();
+    assert_eq!(
+        added,
+        allowed.iter().copied().collect(),
+        "{} capabilities",
+        c.name
+    );
+}
+
+#[test]
+fn overlays_render_and_hold_least_privilege() {
+    for (overlay, encryption) in [
+        ("encrypted", Encryption::Enabled),
+        ("permissive", Encryption::Permissive),
+        ("disabled", Encryption::Disabled),
+    ] {
+        let Some(rendered) = render(&deploy_dir().join("overlays").join(overlay)) else {
+            return;
+        };
+        check(&rendered, encryption);
+    }
+}
+
+#[test]
+fn deploy_dir_renders_the_encrypted_default() {
+    let Some(rendered) = render(&deploy_dir()) else {
+        return;
+    };
+    check(&rendered, Encryption::Enabled);
+}

@@ -1,0 +1,598 @@
+//! The Kubernetes registry backend and the settings watcher against the mock API server
+//! (`integration::apiserver`; no root, no cluster). Every registry is a real `KubeRegistry`
+//! talking HTTP to the server through a kubeconfig, as meshd would out of cluster.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use integration::apiserver::FakeApiServer;
+use keyexchange::k8s_openapi::api::core::v1::Node;
+use keyexchange::kube::api::{Api, Patch, PatchParams, WatchEvent, WatchParams};
+use keyexchange::kube::Client;
+use keyexchange::registry::kube::{self as kreg, KubeRegistry};
+use keyexchange::{NodeRecord, PublicKey, Registry, RegistryEvent};
+use meshd::settings::{self, Encryption, Settings};
+use serde_json::json;
+use tokio::sync::mpsc::Receiver;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Cluster {
+    server: FakeApiServer,
+    client: Client,
+    _dir: tempfile::TempDir,
+}
+
+/// A server with nodes n1..=n`count` (dual-stack InternalIPs, pod CIDRs) and a client built
+/// from a kubeconfig file pointing at it.
+async fn cluster(count: u8) -> Cluster {
+    let server = FakeApiServer::start().await.unwrap();
+    for i in 1..=count {
+        server.create_node(
+            &format!("n{i}"),
+            &[
+                &format!("198.18.0.{}", 10 + i),
+                &format!("fd00:198::{}", 10 + i),
+            ],
+            &[&format!("10.244.{i}.0/24"), &format!("fd00:244:0:{i}::/64")],
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    server.write_kubeconfig(&path).unwrap();
+    let client = kreg::client(Some(&path)).await.unwrap();
+    Cluster {
+        server,
+        client,
+        _dir: dir,
+    }
+}
+
+impl Cluster {
+    fn registry(&self, node: &str) -> KubeRegistry {
+        KubeRegistry::new(self.client.clone(), node)
+            .with_watch_backoff(Duration::from_millis(50), Duration::from_millis(500))
+    }
+
+    /// n`i`'s record with the key `[i; 32]`, endpoints and CIDRs from its Node.
+    async fn record(&self, i: u8) -> NodeRecord {
+        let name = format!("n{i}");
+        let addressing = self.registry(&name).node_addressing().await.unwrap();
+        NodeRecord {
+            name,
+            public_key: PublicKey::from_bytes([i; 32]),
+            listen_port: 51820,
+            endpoints: addressing.endpoints,
+            pod_cidrs: addressing.pod_cidrs,
+        }
+    }
+}
+
+async fn next(rx: &mut Receiver<RegistryEvent>) -> RegistryEvent {
+    tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("timed out waiting for a registry event")
+        .expect("registry watch closed")
+}
+
+/// Events up to and including the next `Synced`.
+async fn until_synced(rx: &mut Receiver<RegistryEvent>) -> Vec<RegistryEvent> {
+    let mut events = Vec::new();
+    loop {
+        let e = next(rx).await;
+        let done = matches!(e, RegistryEvent::Synced);
+        events.push(e);
+        if done {
+            return events;
+        }
+    }
+}
+
+/// Asserts nothing arrives within a short window (absence cannot be awaited).
+async fn assert_quiet(rx: &mut Receiver<RegistryEvent>) {
+    if let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(700), rx.recv()).await {
+        panic!("unexpected registry event {e:?}");
+    }
+}
+
+fn annotations(server: &FakeApiServer, node: &str) -> serde_json::Map<String, serde_json::Value> {
+    server.node(node).unwrap()["metadata"]["annotations"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn publish_reaches_every_watcher_with_node_addressing() {
+    let c = cluster(3).await;
+    let mut watchers = Vec::new();
+    for i in 1..=3 {
+        let mut rx = c.registry(&format!("n{i}")).watch().unwrap();
+        // No node carries meshd's annotations yet: nobody is a peer.
+        assert!(matches!(
+            &until_synced(&mut rx).await[..],
+            [RegistryEvent::Synced]
+        ));
+        watchers.push(rx);
+    }
+    let record = c.record(1).await;
+    assert_eq!(
+        record.endpoints,
+        vec![
+            "198.18.0.11".parse::<std::net::IpAddr>().unwrap(),
+            "fd00:198::11".parse().unwrap()
+        ]
+    );
+    assert_eq!(
+        record.pod_cidrs,
+        vec![
+            "10.244.1.0/24".parse::<ipnet::IpNet>().unwrap(),
+            "fd00:244:0:1::/64".parse().unwrap()
+        ]
+    );
+    c.registry("n1").publish(&record).await.unwrap();
+    for rx in &mut watchers {
+        match next(rx).await {
+            RegistryEvent::Upsert(r) => assert_eq!(r, record),
+            other => panic!("expected Upsert of n1, got {other:?}"),
+        }
+    }
+    let ann = annotations(&c.server, "n1");
+    assert_eq!(
+        ann[kreg::PUBLIC_KEY_ANNOTATION],
+        json!(record.public_key.to_string())
+    );
+    assert_eq!(ann[kreg::LISTEN_PORT_ANNOTATION], json!("51820"));
+    assert_eq!(ann[kreg::RECORD_VERSION_ANNOTATION], json!("1"));
+
+    // A watcher started later gets the current state, then Synced.
+    let mut late = c.registry("n2").watch().unwrap();
+    let events = until_synced(&mut late).await;
+    assert!(
+        matches!(&events[..], [RegistryEvent::Upsert(r), RegistryEvent::Synced] if *r == record),
+        "{events:?}"
+    );
+}
+
+#[tokio::test]
+async fn republishing_the_same_record_writes_nothing() {
+    let c = cluster(1).await;
+    let reg = c.registry("n1");
+    let mut rx = reg.watch().unwrap();
+    until_synced(&mut rx).await;
+    let record = c.record(1).await;
+    reg.publish(&record).await.unwrap();
+    assert!(matches!(next(&mut rx).await, RegistryEvent::Upsert(_)));
+    assert_eq!(c.server.write_requests("n1"), 1);
+    let rv = c.server.resource_version();
+    for _ in 0..5 {
+        reg.publish(&record).await.unwrap();
+    }
+    assert_eq!(
+        c.server.write_requests("n1"),
+        1,
+        "steady state must not write"
+    );
+    assert_eq!(c.server.resource_version(), rv);
+    // A new meshd on the same node (restart) with the same key does not write either.
+    c.registry("n1").publish(&record).await.unwrap();
+    assert_eq!(c.server.write_requests("n1"), 1);
+    assert_quiet(&mut rx).await;
+
+    // A real change is one write and one Upsert.
+    let mut changed = record.clone();
+    changed.listen_port = 51821;
+    reg.publish(&changed).await.unwrap();
+    assert_eq!(c.server.write_requests("n1"), 2);
+    match next(&mut rx).await {
+        RegistryEvent::Upsert(r) => assert_eq!(r, changed),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn writes_touch_only_meshds_annotation_keys() {
+    let c = cluster(1).await;
+    c.server.modify_node("n1", |n| {
+        n["metadata"]["annotations"] = json!({
+            "node.alpha.kubernetes.io/ttl": "0",
+            "meshd.io/unrelated-future-key": "kept",
+        });
+        n["metadata"]["labels"]["team"] = json!("blue");
+    });
+    let reg = c.registry("n1");
+    let mut rx = reg.watch().unwrap();
+    until_synced(&mut rx).await;
+    let record = c.record(1).await;
+    reg.publish(&record).await.unwrap();
+    assert!(matches!(next(&mut rx).await, RegistryEvent::Upsert(_)));
+    let ann = annotations(&c.server, "n1");
+    assert_eq!(ann["node.alpha.kubernetes.io/ttl"], json!("0"));
+    assert_eq!(ann["meshd.io/unrelated-future-key"], json!("kept"));
+    assert_eq!(ann.len(), 5, "{ann:?}");
+
+    reg.withdraw("n1").await.unwrap();
+    assert!(matches!(next(&mut rx).await, RegistryEvent::Delete(n) if n == "n1"));
+    let ann = annotations(&c.server, "n1");
+    assert_eq!(
+        ann.keys().collect::<Vec<_>>(),
+        vec![
+            "meshd.io/unrelated-future-key",
+            "node.alpha.kubernetes.io/ttl"
+        ]
+    );
+    let node = c.server.node("n1").unwrap();
+    assert_eq!(node["metadata"]["labels"]["team"], json!("blue"));
+    assert_eq!(
+        node["spec"]["podCIDRs"],
+        json!(["10.244.1.0/24", "fd00:244:0:1::/64"])
+    );
+    // Withdrawing again writes nothing; withdrawing a node that does not exist is Ok.
+    let writes = c.server.write_requests("n1");
+    reg.withdraw("n1").await.unwrap();
+    reg.withdraw("gone").await.unwrap();
+    assert_eq!(c.server.write_requests("n1"), writes);
+}
+
+#[tokio::test]
+async fn conflicting_concurrent_writer_is_retried() {
+    let c = cluster(1).await;
+    // Another writer (say the kubelet) updates the Node right after meshd read it.
+    c.server.interfere_after_get("n1", |n| {
+        n["metadata"]["labels"]["written-concurrently"] = json!("yes");
+    });
+    let record = c.record(1).await; // this GET consumes the interference…
+    c.server.interfere_after_get("n1", |n| {
+        n["metadata"]["labels"]["written-concurrently"] = json!("again");
+    }); // …so queue one for publish's own read.
+    c.registry("n1").publish(&record).await.unwrap();
+    assert_eq!(
+        c.server.conflicts(),
+        1,
+        "the first patch carried a stale resourceVersion"
+    );
+    assert_eq!(
+        c.server.write_requests("n1"),
+        2,
+        "one conflicting patch, one retry"
+    );
+    let node = c.server.node("n1").unwrap();
+    assert_eq!(
+        node["metadata"]["labels"]["written-concurrently"],
+        json!("again")
+    );
+    assert_eq!(
+        node["metadata"]["annotations"][kreg::PUBLIC_KEY_ANNOTATION],
+        json!(record.public_key.to_string())
+    );
+}
+
+#[tokio::test]
+async fn deleted_node_is_deleted_and_non_peers_are_absent() {
+    let c = cluster(3).await;
+    for i in [1, 2] {
+        let r = c.record(i).await;
+        c.registry(&r.name).publish(&r).await.unwrap();
+    }
+    // n2 is opted out by label; n3 never got meshd.
+    c.server.modify_node("n2", |n| {
+        n["metadata"]["labels"][kreg::EXCLUDE_LABEL] = json!("true");
+    });
+    let mut rx = c.registry("n1").watch().unwrap();
+    let events = until_synced(&mut rx).await;
+    assert!(
+        matches!(&events[..], [RegistryEvent::Upsert(r), RegistryEvent::Synced] if r.name == "n1"),
+        "{events:?}"
+    );
+    // Unrelated annotation on n3: still not a peer.
+    c.server.modify_node("n3", |n| {
+        n["metadata"]["annotations"] = json!({"example.com/x": "1"});
+    });
+    assert_quiet(&mut rx).await;
+    // Opting n2 back in makes it a peer; opting out again removes it.
+    c.server.modify_node("n2", |n| {
+        n["metadata"]["labels"][kreg::EXCLUDE_LABEL] = json!("false");
+    });
+    assert!(matches!(next(&mut rx).await, RegistryEvent::Upsert(r) if r.name == "n2"));
+    c.server.modify_node("n2", |n| {
+        n["metadata"]["labels"][kreg::EXCLUDE_LABEL] = json!("true");
+    });
+    assert!(matches!(next(&mut rx).await, RegistryEvent::Delete(n) if n == "n2"));
+    // The Node object goes away.
+    assert!(c.server.delete_node("n1"));
+    assert!(matches!(next(&mut rx).await, RegistryEvent::Delete(n) if n == "n1"));
+}
+
+#[tokio::test]
+async fn malformed_annotation_names_the_field() {
+    let c = cluster(1).await;
+    let record = c.record(1).await;
+    c.registry("n1").publish(&record).await.unwrap();
+    let mut rx = c.registry("n1").watch().unwrap();
+    until_synced(&mut rx).await;
+    c.server.modify_node("n1", |n| {
+        n["metadata"]["annotations"][kreg::LISTEN_PORT_ANNOTATION] = json!("not-a-port");
+    });
+    match next(&mut rx).await {
+        RegistryEvent::Malformed { node, error } => {
+            assert_eq!(node, "n1");
+            assert_eq!(error.field, kreg::LISTEN_PORT_ANNOTATION);
+            assert!(error.to_string().contains("not-a-port"), "{error}");
+        }
+        other => panic!("expected Malformed, got {other:?}"),
+    }
+    // meshd's next publish repairs it.
+    c.registry("n1").publish(&record).await.unwrap();
+    assert!(matches!(next(&mut rx).await, RegistryEvent::Upsert(r) if r == record));
+}
+
+#[tokio::test]
+async fn api_server_restart_relists_without_duplicates() {
+    let mut c = cluster(3).await;
+    let mut records = Vec::new();
+    for i in 1..=3 {
+        let r = c.record(i).await;
+        c.registry(&r.name).publish(&r).await.unwrap();
+        records.push(r);
+    }
+    let mut rx = c.registry("n1").watch().unwrap();
+    let events = until_synced(&mut rx).await;
+    assert_eq!(events.len(), 4, "{events:?}");
+
+    c.server.stop().await;
+    // During the outage: n3 is deleted, n2 gets an unrelated change, n4 appears with meshd.
+    assert!(c.server.delete_node("n3"));
+    c.server.modify_node("n2", |n| {
+        n["metadata"]["labels"]["touched"] = json!("during-outage");
+    });
+    c.server
+        .create_node("n4", &["198.18.0.14"], &["10.244.4.0/24"]);
+    let key4 = PublicKey::from_bytes([4; 32]).to_string();
+    c.server.modify_node("n4", |n| {
+        n["metadata"]["annotations"] = json!({
+            kreg::PUBLIC_KEY_ANNOTATION: key4,
+            kreg::LISTEN_PORT_ANNOTATION: "51820",
+            kreg::RECORD_VERSION_ANNOTATION: "1",
+        });
+    });
+    c.server.start_again().await.unwrap();
+
+    // The watch cannot resume (410: history lost), so the watcher re-lists: the change is a
+    // Delete of n3 and an Upsert of n4, nothing for the unchanged n1 and n2, then Synced.
+    let mut events = until_synced(&mut rx).await;
+    let synced = events.pop();
+    assert!(matches!(synced, Some(RegistryEvent::Synced)));
+    let mut upserts = Vec::new();
+    let mut deletes = Vec::new();
+    for e in events {
+        match e {
+            RegistryEvent::Upsert(r) => upserts.push(r.name),
+            RegistryEvent::Delete(n) => deletes.push(n),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(upserts, vec!["n4"]);
+    assert_eq!(deletes, vec!["n3"]);
+
+    // Watching goes on after the re-list.
+    assert!(c.server.delete_node("n2"));
+    assert!(matches!(next(&mut rx).await, RegistryEvent::Delete(n) if n == "n2"));
+}
+
+#[tokio::test]
+async fn mock_server_follows_api_semantics() {
+    let mut c = cluster(1).await;
+    let nodes: Api<Node> = Api::all(c.client.clone());
+    let node = nodes.get("n1").await.unwrap();
+    let stale = node.metadata.resource_version.clone().unwrap();
+    let params = PatchParams::default();
+
+    // A merge patch without resourceVersion applies; one carrying a stale one is a 409.
+    nodes
+        .patch(
+            "n1",
+            &params,
+            &Patch::Merge(json!({"metadata": {"labels": {"a": "1"}}})),
+        )
+        .await
+        .unwrap();
+    let err = nodes
+        .patch(
+            "n1",
+            &params,
+            &Patch::Merge(json!({"metadata": {"resourceVersion": stale, "labels": {"a": "2"}}})),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, keyexchange::kube::Error::Api(s) if s.code == 409 && s.is_conflict()),
+        "{err:?}"
+    );
+
+    // A no-op patch does not bump the resourceVersion.
+    let rv = c.server.resource_version();
+    nodes
+        .patch(
+            "n1",
+            &params,
+            &Patch::Merge(json!({"metadata": {"labels": {"a": "1"}}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(c.server.resource_version(), rv);
+
+    // Strategic merge patch of annotations.
+    nodes
+        .patch(
+            "n1",
+            &params,
+            &Patch::Strategic(json!({"metadata": {"annotations": {"s": "1"}}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(annotations(&c.server, "n1")["s"], json!("1"));
+
+    // podCIDRs are immutable once set.
+    let err = nodes
+        .patch(
+            "n1",
+            &params,
+            &Patch::Merge(json!({"spec": {"podCIDRs": ["10.9.0.0/24"]}})),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, keyexchange::kube::Error::Api(s) if s.code == 422),
+        "{err:?}"
+    );
+
+    // A watch from a resourceVersion older than the history (after a restart) gets a 410
+    // ERROR event; a current one gets the changes, and bookmarks when asked.
+    let old = c.server.resource_version();
+    c.server
+        .modify_node("n1", |n| n["metadata"]["labels"]["b"] = json!("1"));
+    c.server.restart().await.unwrap();
+    let mut stream = nodes
+        .watch(&WatchParams::default(), &old.to_string())
+        .await
+        .unwrap()
+        .boxed();
+    match tokio::time::timeout(WAIT, stream.next()).await.unwrap() {
+        Some(Ok(WatchEvent::Error(status))) => assert_eq!(status.code, 410),
+        other => panic!("expected a 410 ERROR event, got {other:?}"),
+    }
+    let current = c.server.resource_version();
+    let mut stream = nodes
+        .watch(
+            &WatchParams {
+                bookmarks: true,
+                ..WatchParams::default()
+            },
+            &current.to_string(),
+        )
+        .await
+        .unwrap()
+        .boxed();
+    c.server
+        .modify_node("n1", |n| n["metadata"]["labels"]["c"] = json!("1"));
+    match tokio::time::timeout(WAIT, stream.next()).await.unwrap() {
+        Some(Ok(WatchEvent::Modified(n))) => {
+            assert_eq!(n.metadata.labels.unwrap()["c"], "1");
+        }
+        other => panic!("expected MODIFIED, got {other:?}"),
+    }
+    match tokio::time::timeout(WAIT, stream.next()).await.unwrap() {
+        Some(Ok(WatchEvent::Bookmark(b))) => {
+            assert_eq!(
+                b.metadata.resource_version,
+                c.server.resource_version().to_string()
+            );
+        }
+        other => panic!("expected BOOKMARK, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn settings_follow_the_configmap_and_reject_invalid_values() {
+    let c = cluster(1).await;
+    let pod = settings::pod_reference("meshd-system", "meshd-abcde", None);
+    let config = settings::WatcherConfig {
+        max_backoff: Duration::from_millis(500),
+        ..settings::WatcherConfig::new("meshd-system", pod, "n1")
+    };
+    let mut rx = settings::spawn_watcher(c.client.clone(), config);
+    // No ConfigMap: the defaults, once listed.
+    let first = tokio::time::timeout(WAIT, rx.wait_for(Option::is_some))
+        .await
+        .unwrap()
+        .unwrap()
+        .clone();
+    assert_eq!(first, Some(Settings::default()));
+
+    c.server.put_configmap(
+        "meshd-system",
+        settings::CONFIG_MAP_NAME,
+        &[("encryption", "permissive"), ("mtu", "1400")],
+    );
+    let s = tokio::time::timeout(
+        WAIT,
+        rx.wait_for(|s| {
+            s.as_ref()
+                .is_some_and(|s| s.encryption == Encryption::Permissive)
+        }),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .clone()
+    .unwrap();
+    assert_eq!(s.mtu, Some(1400));
+
+    // Another ConfigMap in the namespace is not ours.
+    c.server
+        .put_configmap("meshd-system", "other", &[("encryption", "disabled")]);
+
+    // An invalid value: rejected, an Event names key and value, the last good value stays.
+    c.server.put_configmap(
+        "meshd-system",
+        settings::CONFIG_MAP_NAME,
+        &[("encryption", "disabled"), ("mtu", "jumbo")],
+    );
+    let event = wait_for_event(&c.server).await;
+    assert_eq!(event["reason"], json!(settings::INVALID_REASON));
+    assert_eq!(event["type"], json!("Warning"));
+    assert_eq!(event["metadata"]["namespace"], json!("meshd-system"));
+    assert_eq!(event["regarding"]["kind"], json!("Pod"));
+    assert_eq!(event["regarding"]["name"], json!("meshd-abcde"));
+    assert_eq!(event["reportingInstance"], json!("n1"));
+    let note = event["note"].as_str().unwrap();
+    assert!(
+        note.contains("\"mtu\"") && note.contains("\"jumbo\""),
+        "{note}"
+    );
+    assert_eq!(
+        rx.borrow().as_ref().unwrap().encryption,
+        Encryption::Permissive
+    );
+
+    // Fixed: applied live.
+    c.server.put_configmap(
+        "meshd-system",
+        settings::CONFIG_MAP_NAME,
+        &[("encryption", "disabled"), ("mtu", "auto")],
+    );
+    let s = tokio::time::timeout(
+        WAIT,
+        rx.wait_for(|s| {
+            s.as_ref()
+                .is_some_and(|s| s.encryption == Encryption::Disabled)
+        }),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .clone()
+    .unwrap();
+    assert_eq!(s.mtu, None);
+    assert_eq!(
+        c.server.events().len(),
+        1,
+        "one Event per rejected configuration"
+    );
+}
+
+/// Polls the server's Event store (Events are written by the watcher task asynchronously and
+/// the store offers no notification).
+async fn wait_for_event(server: &FakeApiServer) -> serde_json::Value {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(e) = server.events().into_iter().next() {
+                return e;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("no Event recorded")
+}

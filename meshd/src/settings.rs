@@ -1,0 +1,559 @@
+//! Operator settings from the `meshd-config` ConfigMap, and a live watcher of it.
+//!
+//! # Keys (all optional; a missing key takes its default)
+//!
+//! | key               | values                                | default    | meaning |
+//! |-------------------|---------------------------------------|------------|---------|
+//! | `encryption`      | `enabled` \| `permissive` \| `disabled` | `enabled`  | `enabled`: pod traffic to peers goes through the tunnel; `permissive`: the tunnel is up and used, but plaintext pod traffic from and to nodes is still accepted (for rollout and roll-back); `disabled`: pod traffic takes the plain routed path, the tunnel is torn down after traffic has moved off it |
+//! | `strict-mode`     | `true` \| `false`                     | `false`    | drop pod traffic to and from nodes that are not (yet) peers instead of sending it in clear; only valid with `encryption: enabled` |
+//! | `host-encryption` | `true` \| `false`                     | `false`    | also encrypt node-to-node (host network) traffic; opt-in, since a mistake can cut a node off the API server |
+//! | `mtu`             | `auto` \| 1280–9000                   | `auto`     | MTU of the tunnel and pod interfaces; `auto` derives it from the underlay |
+//! | `listen-port`     | 1–65535                               | `51820`    | WireGuard UDP listen port |
+//! | `keepalive`       | `off` \| 0–65535 (seconds; 0 is off)  | `off`      | WireGuard persistent keepalive |
+//!
+//! Parsing is pure ([`Settings::from_data`]); an invalid value is an error naming the key and
+//! the value ([`SettingsError`]). Unknown keys are not errors (a newer meshd may know them) but
+//! are reported by [`Settings::unknown_keys`].
+//!
+//! [`spawn_watcher`] follows the ConfigMap through the Kubernetes API and publishes each new
+//! valid configuration on a `tokio::sync::watch` channel. An invalid configuration is rejected
+//! with a warning log line and a Kubernetes Event (reason `InvalidConfiguration`, the message
+//! naming key and value) and the last good configuration stays in force. A deleted ConfigMap
+//! also leaves the last good configuration in force (an accident must not flip encryption);
+//! a ConfigMap that never existed means the defaults.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use futures::StreamExt;
+use keyexchange::k8s_openapi::api::core::v1::{ConfigMap, ObjectReference};
+use keyexchange::kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use keyexchange::kube::runtime::{watcher, WatchStreamExt};
+use keyexchange::kube::{Api, Client};
+use tokio::sync::watch;
+
+/// The ConfigMap's conventional name.
+pub const CONFIG_MAP_NAME: &str = "meshd-config";
+/// The Event reason recorded when the ConfigMap holds an invalid value.
+pub const INVALID_REASON: &str = "InvalidConfiguration";
+
+/// Every key meshd understands.
+pub const KEYS: [&str; 6] = [
+    "encryption",
+    "strict-mode",
+    "host-encryption",
+    "mtu",
+    "listen-port",
+    "keepalive",
+];
+
+/// The encryption mode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Encryption {
+    /// Pod traffic to peers goes through the tunnel.
+    #[default]
+    Enabled,
+    /// Tunnel up and used, plaintext still accepted (rollout, roll-back).
+    Permissive,
+    /// Plain routed path; no tunnel.
+    Disabled,
+}
+
+impl fmt::Display for Encryption {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Encryption::Enabled => "enabled",
+            Encryption::Permissive => "permissive",
+            Encryption::Disabled => "disabled",
+        })
+    }
+}
+
+/// Validated operator settings (see the module docs for each key).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// `encryption`.
+    pub encryption: Encryption,
+    /// `strict-mode`.
+    pub strict_mode: bool,
+    /// `host-encryption`.
+    pub host_encryption: bool,
+    /// `mtu` (`None`: derive from the underlay).
+    pub mtu: Option<u32>,
+    /// `listen-port`.
+    pub listen_port: u16,
+    /// `keepalive` in seconds (`None`: off).
+    pub keepalive: Option<u16>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            encryption: Encryption::Enabled,
+            strict_mode: false,
+            host_encryption: false,
+            mtu: None,
+            listen_port: 51820,
+            keepalive: None,
+        }
+    }
+}
+
+/// An invalid `meshd-config`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SettingsError {
+    /// A key holds a value it cannot take.
+    #[error("meshd-config key {key:?}: invalid value {value:?} (expected {expected})")]
+    InvalidValue {
+        /// The key.
+        key: &'static str,
+        /// The rejected value, as written.
+        value: String,
+        /// What the key accepts.
+        expected: &'static str,
+    },
+    /// Two valid values that cannot be combined.
+    #[error("meshd-config key {key:?}: value {value:?} {reason}")]
+    Conflict {
+        /// The key whose value is rejected.
+        key: &'static str,
+        /// Its value.
+        value: String,
+        /// Why, naming the other key.
+        reason: &'static str,
+    },
+}
+
+impl SettingsError {
+    /// The offending key.
+    pub fn key(&self) -> &'static str {
+        match self {
+            SettingsError::InvalidValue { key, .. } | SettingsError::Conflict { key, .. } => key,
+        }
+    }
+
+    /// The offending value.
+    pub fn value(&self) -> &str {
+        match self {
+            SettingsError::InvalidValue { value, .. } | SettingsError::Conflict { value, .. } => {
+                value
+            }
+        }
+    }
+}
+
+fn invalid(key: &'static str, value: &str, expected: &'static str) -> SettingsError {
+    SettingsError::InvalidValue {
+        key,
+        value: value.to_string(),
+        expected,
+    }
+}
+
+fn parse_bool(key: &'static str, value: &str) -> Result<bool, SettingsError> {
+    match value.trim() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(invalid(key, value, "true or false")),
+    }
+}
+
+impl Settings {
+    /// Validates a ConfigMap's `data`. Missing keys take their defaults; the first invalid key
+    /// (in the order of [`KEYS`]) is the error.
+    pub fn from_data(data: &BTreeMap<String, String>) -> Result<Settings, SettingsError> {
+        let mut s = Settings::default();
+        let get = |key: &str| data.get(key).map(String::as_str);
+        if let Some(v) = get("encryption") {
+            s.encryption = match v.trim() {
+                "enabled" => Encryption::Enabled,
+                "permissive" => Encryption::Permissive,
+                "disabled" => Encryption::Disabled,
+                _ => return Err(invalid("encryption", v, "enabled, permissive or disabled")),
+            };
+        }
+        if let Some(v) = get("strict-mode") {
+            s.strict_mode = parse_bool("strict-mode", v)?;
+        }
+        if let Some(v) = get("host-encryption") {
+            s.host_encryption = parse_bool("host-encryption", v)?;
+        }
+        if let Some(v) = get("mtu") {
+            s.mtu = match v.trim() {
+                "auto" | "" => None,
+                t => Some(
+                    t.parse::<u32>()
+                        .ok()
+                        .filter(|m| (1280..=9000).contains(m))
+                        .ok_or_else(|| invalid("mtu", v, "auto or an integer 1280-9000"))?,
+                ),
+            };
+        }
+        if let Some(v) = get("listen-port") {
+            s.listen_port = v
+                .trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| invalid("listen-port", v, "a port 1-65535"))?;
+        }
+        if let Some(v) = get("keepalive") {
+            s.keepalive = match v.trim() {
+                "off" | "0" => None,
+                t => Some(
+                    t.parse::<u16>()
+                        .map_err(|_| invalid("keepalive", v, "off or seconds 0-65535"))?,
+                ),
+            };
+        }
+        if s.strict_mode && s.encryption != Encryption::Enabled {
+            return Err(SettingsError::Conflict {
+                key: "strict-mode",
+                value: "true".into(),
+                reason: "requires encryption: enabled (it would drop all plaintext pod traffic)",
+            });
+        }
+        Ok(s)
+    }
+
+    /// Keys in `data` that meshd does not know (typos, or keys of a newer meshd).
+    pub fn unknown_keys(data: &BTreeMap<String, String>) -> Vec<&str> {
+        data.keys()
+            .map(String::as_str)
+            .filter(|k| !KEYS.contains(k))
+            .collect()
+    }
+}
+
+/// What [`spawn_watcher`] watches and where it records Events.
+#[derive(Clone, Debug)]
+pub struct WatcherConfig {
+    /// The ConfigMap's namespace (meshd's own, e.g. `meshd-system`).
+    pub namespace: String,
+    /// The ConfigMap's name ([`CONFIG_MAP_NAME`]).
+    pub name: String,
+    /// The object Events are recorded on ([`pod_reference`] or [`node_reference`]).
+    pub regarding: ObjectReference,
+    /// `reportingInstance` of the Events (the node name).
+    pub instance: String,
+    /// Longest delay between attempts to re-establish a failed watch.
+    pub max_backoff: Duration,
+}
+
+impl WatcherConfig {
+    /// Watches `namespace/meshd-config`, recording Events on `regarding` as `instance`.
+    pub fn new(namespace: &str, regarding: ObjectReference, instance: &str) -> Self {
+        Self {
+            namespace: namespace.to_string(),
+            name: CONFIG_MAP_NAME.to_string(),
+            regarding,
+            instance: instance.to_string(),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A reference to meshd's own Pod (Events then live in meshd's namespace).
+pub fn pod_reference(namespace: &str, name: &str, uid: Option<&str>) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        namespace: Some(namespace.into()),
+        name: Some(name.into()),
+        uid: uid.map(str::to_string),
+        ..ObjectReference::default()
+    }
+}
+
+/// A reference to a Node (Events about cluster-scoped objects live in `default`).
+pub fn node_reference(name: &str) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Node".into()),
+        name: Some(name.into()),
+        ..ObjectReference::default()
+    }
+}
+
+/// Follows the ConfigMap and publishes validated settings.
+///
+/// The channel holds `None` until the first list of the ConfigMap completed, then the
+/// settings in force; it only changes when they do. The task stops when every receiver is
+/// dropped. Must be called within a Tokio runtime.
+pub fn spawn_watcher(client: Client, config: WatcherConfig) -> watch::Receiver<Option<Settings>> {
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(run_watcher(client, config, tx));
+    rx
+}
+
+/// Exponential backoff for the ConfigMap watch.
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Iterator for Backoff {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        Some(d)
+    }
+}
+
+impl keyexchange::kube::runtime::utils::Backoff for Backoff {
+    fn reset(&mut self) {
+        self.next = Duration::from_millis(200).min(self.max);
+    }
+}
+
+/// The watcher's memory.
+struct State {
+    config: WatcherConfig,
+    client: Client,
+    /// The data last looked at (valid or not), so re-lists of unchanged data do nothing.
+    last_data: Option<BTreeMap<String, String>>,
+    /// Whether the ConfigMap was part of the list in progress.
+    listed: bool,
+}
+
+async fn run_watcher(client: Client, config: WatcherConfig, tx: watch::Sender<Option<Settings>>) {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &config.namespace);
+    let selector = format!("metadata.name={}", config.name);
+    let stream = watcher(api, watcher::Config::default().fields(&selector)).backoff(Backoff {
+        next: Duration::from_millis(200).min(config.max_backoff),
+        max: config.max_backoff,
+    });
+    let mut stream = std::pin::pin!(stream);
+    let mut state = State {
+        config,
+        client,
+        last_data: None,
+        listed: false,
+    };
+    loop {
+        let event = tokio::select! {
+            () = tx.closed() => break,
+            event = stream.next() => event,
+        };
+        match event {
+            Some(Ok(watcher::Event::Init)) => state.listed = false,
+            Some(Ok(watcher::Event::InitApply(cm) | watcher::Event::Apply(cm))) => {
+                state.listed = true;
+                state.apply(&cm, &tx).await;
+            }
+            Some(Ok(watcher::Event::InitDone)) => {
+                if !state.listed && tx.borrow().is_none() {
+                    tracing::info!(configmap = %state.config.name, namespace = %state.config.namespace, "no meshd ConfigMap; using the default settings");
+                }
+                tx.send_if_modified(|current| {
+                    if current.is_none() {
+                        *current = Some(Settings::default());
+                        true
+                    } else {
+                        false
+                    }
+                });
+            }
+            Some(Ok(watcher::Event::Delete(_))) => {
+                state.last_data = None;
+                tracing::warn!(configmap = %state.config.name, namespace = %state.config.namespace, "meshd ConfigMap deleted; keeping the settings in force");
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "meshd ConfigMap watch failed; retrying with backoff");
+            }
+            None => break,
+        }
+    }
+}
+
+impl State {
+    async fn apply(&mut self, cm: &ConfigMap, tx: &watch::Sender<Option<Settings>>) {
+        let data = cm.data.clone().unwrap_or_default();
+        if self.last_data.as_ref() == Some(&data) {
+            return;
+        }
+        let unknown = Settings::unknown_keys(&data);
+        if !unknown.is_empty() {
+            tracing::warn!(
+                ?unknown,
+                "meshd ConfigMap has keys this meshd does not know; ignoring them"
+            );
+        }
+        let result = Settings::from_data(&data);
+        self.last_data = Some(data);
+        match result {
+            Ok(settings) => {
+                tx.send_if_modified(|current| {
+                    if current.as_ref() == Some(&settings) {
+                        return false;
+                    }
+                    tracing::info!(?settings, "applying meshd settings");
+                    *current = Some(settings);
+                    true
+                });
+            }
+            Err(error) => {
+                tracing::warn!(%error, key = error.key(), value = error.value(), "rejecting invalid meshd configuration; the last good configuration stays in force");
+                self.record(&error).await;
+                tx.send_if_modified(|current| {
+                    if current.is_none() {
+                        *current = Some(Settings::default());
+                        true
+                    } else {
+                        false
+                    }
+                });
+            }
+        }
+    }
+
+    /// Records the `InvalidConfiguration` Event. A new recorder each time: kube's recorder
+    /// folds repeats of the same reason into one series and would keep the first message.
+    async fn record(&self, error: &SettingsError) {
+        let recorder = Recorder::new(
+            self.client.clone(),
+            Reporter {
+                controller: "meshd".into(),
+                instance: Some(self.config.instance.clone()),
+            },
+        );
+        let configmap = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("ConfigMap".into()),
+            namespace: Some(self.config.namespace.clone()),
+            name: Some(self.config.name.clone()),
+            ..ObjectReference::default()
+        };
+        let event = Event {
+            type_: EventType::Warning,
+            reason: INVALID_REASON.into(),
+            note: Some(format!(
+                "{error}; the last good configuration stays in force"
+            )),
+            action: "ValidateConfiguration".into(),
+            secondary: Some(configmap),
+        };
+        if let Err(e) = recorder.publish(&event, &self.config.regarding).await {
+            tracing::warn!(error = %e, "recording the InvalidConfiguration Event failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn data(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn err(pairs: &[(&str, &str)]) -> SettingsError {
+        Settings::from_data(&data(pairs)).unwrap_err()
+    }
+
+    #[test]
+    fn empty_is_defaults() {
+        let s = Settings::from_data(&BTreeMap::new()).unwrap();
+        assert_eq!(s, Settings::default());
+        assert_eq!(s.encryption, Encryption::Enabled);
+        assert!(!s.strict_mode && !s.host_encryption);
+        assert_eq!((s.mtu, s.listen_port, s.keepalive), (None, 51820, None));
+    }
+
+    #[test]
+    fn every_key_parses() {
+        let s = Settings::from_data(&data(&[
+            ("encryption", "enabled"),
+            ("strict-mode", "true"),
+            ("host-encryption", "true"),
+            ("mtu", "1420"),
+            ("listen-port", "51821"),
+            ("keepalive", "25"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            s,
+            Settings {
+                encryption: Encryption::Enabled,
+                strict_mode: true,
+                host_encryption: true,
+                mtu: Some(1420),
+                listen_port: 51821,
+                keepalive: Some(25),
+            }
+        );
+        for (v, want) in [
+            ("permissive", Encryption::Permissive),
+            ("disabled", Encryption::Disabled),
+            (" enabled\n", Encryption::Enabled),
+        ] {
+            assert_eq!(
+                Settings::from_data(&data(&[("encryption", v)]))
+                    .unwrap()
+                    .encryption,
+                want
+            );
+        }
+        let s = Settings::from_data(&data(&[("mtu", "auto"), ("keepalive", "off")])).unwrap();
+        assert_eq!((s.mtu, s.keepalive), (None, None));
+        assert_eq!(
+            Settings::from_data(&data(&[("keepalive", "0")]))
+                .unwrap()
+                .keepalive,
+            None
+        );
+    }
+
+    #[test]
+    fn invalid_values_name_key_and_value() {
+        for (key, value) in [
+            ("encryption", "on"),
+            ("encryption", "Enabled"),
+            ("strict-mode", "yes"),
+            ("host-encryption", "1"),
+            ("mtu", "1279"),
+            ("mtu", "9001"),
+            ("mtu", "big"),
+            ("listen-port", "0"),
+            ("listen-port", "65536"),
+            ("keepalive", "-1"),
+            ("keepalive", "70000"),
+        ] {
+            let e = err(&[(key, value)]);
+            assert_eq!((e.key(), e.value()), (key, value));
+            let message = e.to_string();
+            assert!(
+                message.contains(key) && message.contains(value),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn strict_mode_requires_encryption() {
+        for mode in ["permissive", "disabled"] {
+            let e = err(&[("encryption", mode), ("strict-mode", "true")]);
+            assert_eq!(e.key(), "strict-mode");
+            assert!(e.to_string().contains("encryption"), "{e}");
+        }
+        assert!(Settings::from_data(&data(&[
+            ("encryption", "disabled"),
+            ("strict-mode", "false")
+        ]))
+        .is_ok());
+    }
+
+    #[test]
+    fn unknown_keys_are_reported_not_fatal() {
+        let d = data(&[("strict_mode", "true"), ("mtu", "1400")]);
+        assert_eq!(Settings::from_data(&d).unwrap().mtu, Some(1400));
+        assert_eq!(Settings::unknown_keys(&d), vec!["strict_mode"]);
+    }
+}
