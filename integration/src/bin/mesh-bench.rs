@@ -3,7 +3,10 @@
 //!
 //! - `plain`: two fresh namespaces joined by a veth pair (MTU 1500);
 //! - `wireguard-go`: the same plus a wireguard-go tunnel (MTU 1420);
-//! - `meshd`: pod to pod across two nodes of a meshd lab (`meshctl lab up`),
+//! - `meshd`: pod to pod across two nodes of a meshd lab (`meshctl lab up`), pod traffic
+//!   steered into the tunnel by the tc eBPF redirect (the default);
+//! - `meshd-routes`: the same with `--pod-steering routes` (the kernel's routes via the
+//!   WireGuard device), for the eBPF-versus-routes ratio,
 //!
 //! and prints a table (or JSON with `--json`) with ratios to plain veth and
 //! meshd's resident memory on node 1. Everything it creates is removed on exit.
@@ -34,8 +37,8 @@ struct Args {
     /// Seconds per iperf3 run.
     #[arg(long, default_value_t = 10)]
     duration_s: u64,
-    /// Comma-separated scenarios to run: plain, wireguard-go, meshd.
-    #[arg(long, default_value = "plain,wireguard-go,meshd")]
+    /// Comma-separated scenarios to run: plain, wireguard-go, meshd, meshd-routes.
+    #[arg(long, default_value = "plain,wireguard-go,meshd,meshd-routes")]
     only: String,
     /// Print machine-readable JSON instead of a table.
     #[arg(long)]
@@ -509,27 +512,31 @@ fn add_synthetic_records(registry: &Path, n: u32) -> anyhow::Result<()> {
 fn bench_meshd(
     secs: u64,
     meshctl_arg: Option<&Path>,
+    extra: &[&str],
+    with_rss: bool,
 ) -> Result<(Measured, Option<u64>, Option<u64>), String> {
     let meshctl_path = find_meshctl(meshctl_arg).map_err(|e| format!("unavailable: {e:#}"))?;
-    let name = format!("mb{}", std::process::id() % 100_000);
+    let name = format!(
+        "mb{}{}",
+        std::process::id() % 10_000,
+        if extra.is_empty() { "e" } else { "r" }
+    );
     let guard = LabGuard {
         meshctl: meshctl_path.clone(),
         name: name.clone(),
     };
-    meshctl(
-        &meshctl_path,
-        &[
-            "lab",
-            "up",
-            "--name",
-            &name,
-            "--nodes",
-            "2",
-            "--pods-per-node",
-            "1",
-        ],
-    )
-    .map_err(|e| format!("unavailable: {e:#}"))?;
+    let mut up = vec![
+        "lab",
+        "up",
+        "--name",
+        &name,
+        "--nodes",
+        "2",
+        "--pods-per-node",
+        "1",
+    ];
+    up.extend_from_slice(extra);
+    meshctl(&meshctl_path, &up).map_err(|e| format!("unavailable: {e:#}"))?;
     let run = || -> anyhow::Result<(Measured, Option<u64>, Option<u64>)> {
         let json = meshctl(
             &meshctl_path,
@@ -555,6 +562,9 @@ fn bench_meshd(
             .ok_or_else(|| anyhow!("pod {} has no address", server.name))?;
         let m = measure(&client.namespace, &server.namespace, &addr, secs)?;
         let rss = meshd_rss(n1);
+        if !with_rss {
+            return Ok((m, rss, None));
+        }
         // Memory with 100 peers: 99 synthetic records next to node 2.
         let raw: serde_json::Value = serde_json::from_str(&json)?;
         let registry = PathBuf::from(raw["registry_dir"].as_str().context("registry_dir")?);
@@ -640,6 +650,15 @@ fn print_table(report: &Report) {
             r.status
         );
     }
+    let find = |n: &str| report.results.iter().find(|r| r.name == n && r.status == "ok");
+    if let (Some(e), Some(r)) = (find("meshd"), find("meshd-routes")) {
+        println!(
+            "eBPF redirect / route steering: {} (1 stream), {} (4 streams), RTT {}",
+            fmt_opt(ratio(e.gbit_s_1, r.gbit_s_1), 2),
+            fmt_opt(ratio(e.gbit_s_4, r.gbit_s_4), 2),
+            fmt_opt(ratio(e.rtt_ms, r.rtt_ms), 2)
+        );
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -654,8 +673,8 @@ fn main() -> anyhow::Result<()> {
         .filter(|s| !s.is_empty())
         .collect();
     for w in &wanted {
-        if !["plain", "wireguard-go", "meshd"].contains(&w.as_str()) {
-            bail!("unknown scenario {w:?} (want plain, wireguard-go, meshd)");
+        if !["plain", "wireguard-go", "meshd", "meshd-routes"].contains(&w.as_str()) {
+            bail!("unknown scenario {w:?} (want plain, wireguard-go, meshd, meshd-routes)");
         }
     }
     let secs = args.duration_s.max(1);
@@ -687,11 +706,30 @@ fn main() -> anyhow::Result<()> {
             name: "meshd".into(),
             ..Default::default()
         };
-        match bench_meshd(secs, args.meshctl.as_deref()) {
+        match bench_meshd(secs, args.meshctl.as_deref(), &[], true) {
             Ok((m, rss, rss100)) => {
                 fill(&mut r, Ok(m));
                 r.rss_kib = rss;
                 r.rss_kib_100_peers = rss100;
+            }
+            Err(e) => fill(&mut r, Err(e)),
+        }
+        results.push(r);
+    }
+    if wanted.iter().any(|w| w == "meshd-routes") {
+        let mut r = ScenarioResult {
+            name: "meshd-routes".into(),
+            ..Default::default()
+        };
+        match bench_meshd(
+            secs,
+            args.meshctl.as_deref(),
+            &["--pod-steering", "routes"],
+            false,
+        ) {
+            Ok((m, rss, _)) => {
+                fill(&mut r, Ok(m));
+                r.rss_kib = rss;
             }
             Err(e) => fill(&mut r, Err(e)),
         }
