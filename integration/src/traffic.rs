@@ -304,6 +304,18 @@ pub fn tcp_send(
     marker: &str,
     timeout: Duration,
 ) -> Result<TcpSendReport> {
+    tcp_send_paced(to, bytes, marker, timeout, None)
+}
+
+/// Like [`tcp_send`], at most `rate` bytes per second (one long-lived connection that spans,
+/// say, a datapath change).
+pub fn tcp_send_paced(
+    to: SocketAddr,
+    bytes: u64,
+    marker: &str,
+    timeout: Duration,
+    rate: Option<u64>,
+) -> Result<TcpSendReport> {
     let mut stream = connect_retry(to, CONNECT_RETRY)?;
     let start = Instant::now();
     stream
@@ -324,6 +336,12 @@ pub fn tcp_send(
             .write_all(&buf[..n])
             .map_err(io(format!("send to {to}")))?;
         left -= n as u64;
+        if let Some(rate) = rate.filter(|r| *r > 0) {
+            let due = Duration::from_secs_f64((bytes - left) as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
     }
     stream
         .shutdown(Shutdown::Write)

@@ -77,6 +77,19 @@ pub enum Encryption {
     Enabled,
     /// Like `enabled`, but packets strict mode would drop are only counted (would-drop).
     Permissive,
+    /// No tunnel: pod traffic takes the plain routed path to the other nodes' underlay
+    /// addresses; the underlay program only counts it (would-drop).
+    Disabled,
+}
+
+impl From<crate::settings::Encryption> for Encryption {
+    fn from(e: crate::settings::Encryption) -> Self {
+        match e {
+            crate::settings::Encryption::Enabled => Encryption::Enabled,
+            crate::settings::Encryption::Permissive => Encryption::Permissive,
+            crate::settings::Encryption::Disabled => Encryption::Disabled,
+        }
+    }
 }
 
 impl std::fmt::Display for Encryption {
@@ -84,6 +97,7 @@ impl std::fmt::Display for Encryption {
         f.write_str(match self {
             Encryption::Enabled => "enabled",
             Encryption::Permissive => "permissive",
+            Encryption::Disabled => "disabled",
         })
     }
 }
@@ -264,6 +278,11 @@ impl Bpf {
             "tc datapath loaded; underlay guard attached"
         );
         Ok(bpf)
+    }
+
+    /// The underlay mode in force.
+    pub fn mode(&self) -> Mode {
+        self.mode
     }
 
     /// Change the underlay mode (enforce / permissive) live.
@@ -524,6 +543,7 @@ mod tests {
         assert_eq!(program_mode(Encryption::Enabled, true), Mode::Enforce);
         assert_eq!(program_mode(Encryption::Enabled, false), Mode::Permissive);
         assert_eq!(program_mode(Encryption::Permissive, true), Mode::Permissive);
+        assert_eq!(program_mode(Encryption::Disabled, true), Mode::Permissive);
     }
 
     #[test]

@@ -48,9 +48,9 @@ pub struct DaemonArgs {
     /// Directory holding the private key and other node state.
     #[arg(long, default_value = "/var/lib/meshd")]
     pub state_dir: PathBuf,
-    /// Directory registry shared by all nodes (lab, bare metal).
+    /// Directory registry shared by all nodes (lab, bare metal; `--registry dir`).
     #[arg(long)]
-    pub registry_dir: PathBuf,
+    pub registry_dir: Option<PathBuf>,
     /// WireGuard interface name.
     #[arg(long, default_value = "meshd0")]
     pub interface: String,
@@ -74,8 +74,9 @@ pub struct DaemonArgs {
     #[arg(long = "cluster-cidr")]
     pub cluster_cidrs: Vec<IpNet>,
     /// `enabled` (pod traffic between nodes is encrypted; with strict mode, cleartext is dropped
-    /// at the underlay) or `permissive` (cleartext is counted as would-drop, not dropped: the
-    /// rollout mode).
+    /// at the underlay), `permissive` (cleartext is counted as would-drop, not dropped: the
+    /// rollout mode) or `disabled` (plain routed path, no tunnel). With a ConfigMap
+    /// (`--config-map`) the ConfigMap's value overrides this one, live.
     #[arg(long, default_value = "enabled")]
     pub encryption: Encryption,
     /// Strict mode (with `--encryption enabled`): drop cluster traffic that would leave outside
@@ -109,6 +110,9 @@ pub struct DaemonArgs {
     /// The user-space WireGuard helper binary; default: `meshd-wg` next to this executable.
     #[arg(long)]
     pub helper_binary: Option<PathBuf>,
+    /// Serve `/healthz` and `/readyz` on this address (e.g. `0.0.0.0:9108`).
+    #[arg(long)]
+    pub health_listen: Option<std::net::SocketAddr>,
     /// Worker threads of the user-space datapath.
     #[arg(long, default_value_t = 1)]
     pub wg_threads: usize,
@@ -137,6 +141,21 @@ struct Context {
     opts: UserspaceOptions,
     status: SharedStatus,
     bpf: tokio::sync::Mutex<Bpf>,
+    underlay_ifindex: u32,
+    /// The settings in force (flags, then the ConfigMap's live values).
+    live: RwLock<Live>,
+    heartbeat: crate::health::Heartbeat,
+}
+
+/// Settings that can change while meshd runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Live {
+    encryption: Encryption,
+    strict_mode: bool,
+    keepalive: Option<u16>,
+    mtu: u32,
+    /// Re-program every peer once (the keepalive changed).
+    refresh_peers: bool,
 }
 
 /// What the loop knows from the registry.
@@ -150,8 +169,29 @@ struct Known {
     last_conflicts: BTreeSet<String>,
 }
 
-/// Run the daemon until SIGTERM/SIGINT.
-pub async fn run<R: Registry>(args: DaemonArgs, registry: R) -> anyhow::Result<()> {
+/// Live operator settings (the `meshd-config` ConfigMap): `None` until first read.
+pub type SettingsFeed = tokio::sync::watch::Receiver<Option<crate::settings::Settings>>;
+
+/// Run the daemon until SIGTERM/SIGINT. With `settings`, the ConfigMap's values override the
+/// flags and are applied live whenever they change.
+pub async fn run<R: Registry>(
+    args: DaemonArgs,
+    registry: R,
+    settings: Option<SettingsFeed>,
+) -> anyhow::Result<()> {
+    let mut args = args;
+    if let Some(feed) = &settings {
+        if let Some(s) = feed.borrow().clone() {
+            args.encryption = s.encryption.into();
+            args.strict_mode = s.strict_mode;
+            args.keepalive = s.keepalive;
+            args.mtu = s.mtu.or(args.mtu);
+            if s.listen_port != args.listen_port {
+                tracing::info!(port = s.listen_port, "listen port from the ConfigMap");
+                args.listen_port = s.listen_port;
+            }
+        }
+    }
     let (private_key, origin) = keyexchange::key::load_or_generate(&args.state_dir)
         .context("loading this node's WireGuard key")?;
     let public_key = private_key.public_key();
@@ -207,6 +247,15 @@ pub async fn run<R: Registry>(args: DaemonArgs, registry: R) -> anyhow::Result<(
 
     let status: SharedStatus = Arc::new(RwLock::new(None));
     let control = tokio::spawn(control::serve(args.control_socket.clone(), status.clone()));
+    let heartbeat: crate::health::Heartbeat = Arc::new(RwLock::new(None));
+    let health = args.health_listen.map(|addr| {
+        let (status, heartbeat) = (status.clone(), heartbeat.clone());
+        tokio::spawn(async move {
+            if let Err(err) = crate::health::serve(addr, status, heartbeat).await {
+                tracing::error!(%addr, %err, "health endpoints failed");
+            }
+        })
+    });
 
     let events = registry.watch().context("watching the registry")?;
     registry
@@ -215,6 +264,13 @@ pub async fn run<R: Registry>(args: DaemonArgs, registry: R) -> anyhow::Result<(
         .context("publishing this node's record")?;
     tracing::info!("record published");
 
+    let live = Live {
+        encryption: args.encryption,
+        strict_mode: args.strict_mode,
+        keepalive: args.keepalive,
+        mtu,
+        refresh_peers: false,
+    };
     let ctx = Context {
         args,
         me,
@@ -222,14 +278,23 @@ pub async fn run<R: Registry>(args: DaemonArgs, registry: R) -> anyhow::Result<(
         device: RwLock::new(device),
         adopted,
         mtu,
-        links,
+        links: links.clone(),
         routes,
         opts,
         status,
         bpf: tokio::sync::Mutex::new(bpf),
+        underlay_ifindex: links
+            .index_of(&underlay_if)
+            .await?
+            .with_context(|| format!("underlay interface {underlay_if} vanished"))?,
+        live: RwLock::new(live),
+        heartbeat,
     };
-    let result = event_loop(&ctx, &registry, events).await;
+    let result = event_loop(&ctx, &registry, events, settings).await;
     control.abort();
+    if let Some(h) = health {
+        h.abort();
+    }
     crate::cni_conf::remove(&ctx.args.cni_conf_dir);
     if ctx.args.cleanup {
         cleanup(ctx, &registry).await;
@@ -311,6 +376,7 @@ async fn event_loop<R: Registry>(
     ctx: &Context,
     registry: &R,
     mut events: mpsc::Receiver<RegistryEvent>,
+    mut settings: Option<SettingsFeed>,
 ) -> anyhow::Result<()> {
     let mut known = Known::default();
     known.records.insert(ctx.me.name.clone(), ctx.me.clone());
@@ -338,6 +404,22 @@ async fn event_loop<R: Registry>(
             }
             _ = resync.tick() => {}
             _ = retry => {}
+            changed = async {
+                match settings.as_mut() {
+                    Some(feed) => feed.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if changed.is_err() {
+                    tracing::warn!("the settings watcher stopped; the last settings stay in force");
+                    settings = None;
+                } else if let Some(feed) = &settings {
+                    let new = feed.borrow().clone();
+                    if let Some(new) = new {
+                        apply_settings(ctx, &new).await;
+                    }
+                }
+            }
             _ = status_tick.tick() => {
                 if let Err(err) = publish_status(ctx, &known, converged).await {
                     tracing::warn!(error = %format!("{err:#}"), "reading device status failed");
@@ -449,28 +531,107 @@ fn desired(ctx: &Context, known: &mut Known) -> PeerSet {
     set
 }
 
+/// Fold new operator settings into the live ones; the reconcile pass that follows moves the
+/// datapath (see [`reconcile_once`] for the order that keeps connections and encryption).
+async fn apply_settings(ctx: &Context, new: &crate::settings::Settings) {
+    let mut live = ctx.live.write().await;
+    let before = live.clone();
+    live.encryption = new.encryption.into();
+    live.strict_mode = new.strict_mode;
+    if live.keepalive != new.keepalive {
+        live.keepalive = new.keepalive;
+        live.refresh_peers = true;
+    }
+    if let Some(mtu) = new.mtu {
+        live.mtu = mtu;
+    }
+    if new.listen_port != ctx.args.listen_port {
+        tracing::warn!(
+            configured = new.listen_port,
+            in_use = ctx.args.listen_port,
+            "listen-port changes take effect when meshd restarts"
+        );
+    }
+    if new.host_encryption {
+        tracing::warn!("host-encryption is not implemented yet: node-to-node traffic stays as it is");
+    }
+    if *live != before {
+        tracing::info!(
+            encryption = %live.encryption,
+            strict = live.strict_mode,
+            keepalive = ?live.keepalive,
+            mtu = live.mtu,
+            "settings changed; applying live"
+        );
+    }
+}
+
+/// One pass towards the desired state. The order keeps established connections and never
+/// opens a cleartext window the settings do not allow:
+/// 1. relax the underlay guard first when the new mode is less strict;
+/// 2. stop redirecting CIDRs that leave the tunnel;
+/// 3. plain routes (encryption disabled) replace tunnel routes atomically;
+/// 4. departing peers go, then their tunnel routes;
+/// 5. new peers come, then their tunnel routes (replacing plain routes atomically);
+/// 6. leftover plain routes go; redirects into the tunnel are set;
+/// 7. the guard tightens last, when everything it protects is in place.
 async fn reconcile_once(ctx: &Context, known: &mut Known) -> anyhow::Result<()> {
-    let want = desired(ctx, known);
+    let live = ctx.live.read().await.clone();
+    let mut want = desired(ctx, known);
+    let plain = if live.encryption == Encryption::Disabled {
+        let plain = reconcile::plain_routes(known.records.values(), &want);
+        want.peers.clear();
+        plain
+    } else {
+        BTreeMap::new()
+    };
     if ctx.device.read().await.status().await.is_err() {
         known.counters.device_restores += 1;
         heal_device(ctx).await?;
     }
     let device = ctx.device.read().await;
-    let live = device.status().await.context("reading device")?;
+    let dev = device.status().await.context("reading device")?;
     let present = ctx
         .routes
         .list(device.ifindex())
         .await
         .context("listing routes")?;
-    let plan = reconcile::plan(&want, &live.peers, &present, ctx.args.keepalive);
+    let mut plan = reconcile::plan(&want, &dev.peers, &present, live.keepalive);
+    if live.refresh_peers {
+        plan.upsert_peers = reconcile::plan(&want, &[], &present, live.keepalive).upsert_peers;
+        ctx.live.write().await.refresh_peers = false;
+    }
     let redirects = reconcile::redirects(&want, device.ifindex());
+    let mode = bpf::program_mode(live.encryption, live.strict_mode);
     let mut bpf = ctx.bpf.lock().await;
+    if mode == ebpf_redirect::Mode::Permissive && bpf.mode() != mode {
+        bpf.set_mode(mode)?;
+        tracing::info!("underlay guard relaxed to permissive");
+    }
     // Stop redirecting departing CIDRs before their peers go.
     let stale = reconcile::redirects_kept(&redirects, &bpf.remotes().context("reading redirects")?);
     known.counters.map_ops += bpf.sync_remotes(&stale)? as u64;
     sync_pods(ctx, &mut bpf, known)?;
+    let plain_present: BTreeMap<IpNet, IpAddr> = ctx
+        .routes
+        .list_via(ctx.underlay_ifindex)
+        .await
+        .context("listing plain routes")?
+        .into_iter()
+        .collect();
+    for (dst, gw) in &plain {
+        if plain_present.get(dst) != Some(gw) {
+            ctx.routes.add_via(*dst, *gw, ctx.underlay_ifindex).await?;
+            known.counters.route_ops += 1;
+        }
+    }
+    if ctx.live.read().await.mtu != ctx_mtu(ctx, &device).await {
+        let mtu = ctx.live.read().await.mtu;
+        ctx.links.set_mtu(device.ifindex(), mtu).await?;
+        tracing::info!(mtu, "WireGuard MTU changed");
+    }
     if plan.is_empty() {
-        known.counters.map_ops += bpf.sync_remotes(&redirects)? as u64;
+        finish_pass(ctx, known, &mut bpf, &plain, &plain_present, &redirects, mode).await?;
         return Ok(());
     }
     tracing::info!(
@@ -496,8 +657,35 @@ async fn reconcile_once(ctx: &Context, known: &mut Known) -> anyhow::Result<()> 
         ctx.routes.add(*dst, device.ifindex()).await?;
         known.counters.route_ops += 1;
     }
+    finish_pass(ctx, known, &mut bpf, &plain, &plain_present, &redirects, mode).await
+}
+
+async fn ctx_mtu(ctx: &Context, device: &WgDevice) -> u32 {
+    ctx.links.mtu(device.ifindex()).await.unwrap_or(0)
+}
+
+/// Steps 6 and 7 of [`reconcile_once`].
+async fn finish_pass(
+    ctx: &Context,
+    known: &mut Known,
+    bpf: &mut Bpf,
+    plain: &BTreeMap<IpNet, IpAddr>,
+    plain_present: &BTreeMap<IpNet, IpAddr>,
+    redirects: &BTreeMap<IpNet, u32>,
+    mode: ebpf_redirect::Mode,
+) -> anyhow::Result<()> {
+    for (dst, gw) in plain_present {
+        if plain.get(dst) != Some(gw) {
+            ctx.routes.del_via(*dst, *gw, ctx.underlay_ifindex).await?;
+            known.counters.route_ops += 1;
+        }
+    }
     // Redirect new CIDRs only once their peers exist.
-    known.counters.map_ops += bpf.sync_remotes(&redirects)? as u64;
+    known.counters.map_ops += bpf.sync_remotes(redirects)? as u64;
+    if bpf.mode() != mode {
+        bpf.set_mode(mode)?;
+        tracing::info!(?mode, "underlay guard mode set");
+    }
     Ok(())
 }
 
@@ -590,8 +778,8 @@ async fn publish_status(ctx: &Context, known: &Known, converged: bool) -> anyhow
             .collect(),
         counters: known.counters.clone(),
         converged,
-        encryption: ctx.args.encryption.to_string(),
-        strict_mode: ctx.args.strict_mode,
+        encryption: ctx.live.read().await.encryption.to_string(),
+        strict_mode: ctx.live.read().await.strict_mode,
         datapath: match ctx.bpf.lock().await.report() {
             Ok(r) => Some(r),
             Err(err) => {
@@ -601,6 +789,7 @@ async fn publish_status(ctx: &Context, known: &Known, converged: bool) -> anyhow
         },
     };
     *ctx.status.write().await = Some(report);
+    *ctx.heartbeat.write().await = Some(std::time::Instant::now());
     Ok(())
 }
 

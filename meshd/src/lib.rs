@@ -17,6 +17,8 @@ pub mod cni_conf;
 pub mod control;
 /// The daemon's start-up and reconcile loop.
 pub mod daemon;
+/// Liveness and readiness endpoints.
+pub mod health;
 /// Node-local pod address management on an on-disk store.
 pub mod ipam;
 /// The local multi-node lab built from network namespaces.

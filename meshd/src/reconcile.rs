@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::IpNet;
 use keyexchange::peers::{diff_peers, PeerOp, PeerSet, ProgrammedPeer};
-use keyexchange::PublicKey;
+use keyexchange::{NodeRecord, PublicKey};
 use netlink::{PeerChange, PeerConfig, PeerStatus};
 
 /// The ordered changes one reconcile pass applies.
@@ -55,6 +55,31 @@ pub fn redirects(desired: &PeerSet, ifindex: u32) -> BTreeMap<IpNet, u32> {
         .values()
         .flat_map(|p| p.allowed_ips.iter().map(|c| (c.trunc(), ifindex)))
         .collect()
+}
+
+/// The plain routed path (encryption disabled): every programmable peer's pod CIDRs via that
+/// node's underlay address of the same family. A CIDR whose node has no address of its family
+/// gets no route.
+pub fn plain_routes<'a>(
+    records: impl IntoIterator<Item = &'a NodeRecord>,
+    desired: &PeerSet,
+) -> BTreeMap<IpNet, std::net::IpAddr> {
+    let mut out = BTreeMap::new();
+    for r in records {
+        if !desired.peers.contains_key(&r.public_key) {
+            continue;
+        }
+        for cidr in &r.pod_cidrs {
+            let gw = r
+                .endpoints
+                .iter()
+                .find(|e| e.is_ipv4() == matches!(cidr, IpNet::V4(_)));
+            if let Some(gw) = gw {
+                out.insert(cidr.trunc(), *gw);
+            }
+        }
+    }
+    out
 }
 
 /// The first step towards `want`: the redirects in `present` that stay, unchanged. Applying it

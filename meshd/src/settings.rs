@@ -5,7 +5,7 @@
 //! | key               | values                                | default    | meaning |
 //! |-------------------|---------------------------------------|------------|---------|
 //! | `encryption`      | `enabled` \| `permissive` \| `disabled` | `enabled`  | `enabled`: pod traffic to peers goes through the tunnel; `permissive`: the tunnel is up and used, but plaintext pod traffic from and to nodes is still accepted (for rollout and roll-back); `disabled`: pod traffic takes the plain routed path, the tunnel is torn down after traffic has moved off it |
-//! | `strict-mode`     | `true` \| `false`                     | `false`    | drop pod traffic to and from nodes that are not (yet) peers instead of sending it in clear; only valid with `encryption: enabled` |
+//! | `strict-mode`     | `true` \| `false`                     | `true`     | with `encryption: enabled`, drop pod traffic that would leave a node outside WireGuard instead of sending it in clear (with `permissive` or `disabled` such traffic is only counted) |
 //! | `host-encryption` | `true` \| `false`                     | `false`    | also encrypt node-to-node (host network) traffic; opt-in, since a mistake can cut a node off the API server |
 //! | `mtu`             | `auto` \| 1280–9000                   | `auto`     | MTU of the tunnel and pod interfaces; `auto` derives it from the underlay |
 //! | `listen-port`     | 1–65535                               | `51820`    | WireGuard UDP listen port |
@@ -91,7 +91,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             encryption: Encryption::Enabled,
-            strict_mode: false,
+            strict_mode: true,
             host_encryption: false,
             mtu: None,
             listen_port: 51820,
@@ -113,30 +113,20 @@ pub enum SettingsError {
         /// What the key accepts.
         expected: &'static str,
     },
-    /// Two valid values that cannot be combined.
-    #[error("meshd-config key {key:?}: value {value:?} {reason}")]
-    Conflict {
-        /// The key whose value is rejected.
-        key: &'static str,
-        /// Its value.
-        value: String,
-        /// Why, naming the other key.
-        reason: &'static str,
-    },
 }
 
 impl SettingsError {
     /// The offending key.
     pub fn key(&self) -> &'static str {
         match self {
-            SettingsError::InvalidValue { key, .. } | SettingsError::Conflict { key, .. } => key,
+            SettingsError::InvalidValue { key, .. } => key,
         }
     }
 
     /// The offending value.
     pub fn value(&self) -> &str {
         match self {
-            SettingsError::InvalidValue { value, .. } | SettingsError::Conflict { value, .. } => {
+            SettingsError::InvalidValue { value, .. } => {
                 value
             }
         }
@@ -206,13 +196,6 @@ impl Settings {
                         .map_err(|_| invalid("keepalive", v, "off or seconds 0-65535"))?,
                 ),
             };
-        }
-        if s.strict_mode && s.encryption != Encryption::Enabled {
-            return Err(SettingsError::Conflict {
-                key: "strict-mode",
-                value: "true".into(),
-                reason: "requires encryption: enabled (it would drop all plaintext pod traffic)",
-            });
         }
         Ok(s)
     }
@@ -463,7 +446,7 @@ mod tests {
         let s = Settings::from_data(&BTreeMap::new()).unwrap();
         assert_eq!(s, Settings::default());
         assert_eq!(s.encryption, Encryption::Enabled);
-        assert!(!s.strict_mode && !s.host_encryption);
+        assert!(s.strict_mode && !s.host_encryption);
         assert_eq!((s.mtu, s.listen_port, s.keepalive), (None, 51820, None));
     }
 
@@ -537,17 +520,14 @@ mod tests {
     }
 
     #[test]
-    fn strict_mode_requires_encryption() {
+    fn strict_mode_only_tightens_enabled_encryption() {
         for mode in ["permissive", "disabled"] {
-            let e = err(&[("encryption", mode), ("strict-mode", "true")]);
-            assert_eq!(e.key(), "strict-mode");
-            assert!(e.to_string().contains("encryption"), "{e}");
+            let s = Settings::from_data(&data(&[("encryption", mode), ("strict-mode", "true")]))
+                .unwrap();
+            assert!(s.strict_mode, "kept, and without effect outside enabled");
         }
-        assert!(Settings::from_data(&data(&[
-            ("encryption", "disabled"),
-            ("strict-mode", "false")
-        ]))
-        .is_ok());
+        let s = Settings::from_data(&data(&[("strict-mode", "false")])).unwrap();
+        assert!(!s.strict_mode);
     }
 
     #[test]

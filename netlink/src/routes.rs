@@ -2,7 +2,7 @@
 //! any other protocol are never listed or deleted.
 
 use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
 use ipnet::IpNet;
@@ -41,6 +41,14 @@ pub enum RouteError {
         /// The underlying error.
         #[source]
         source: Box<rtnetlink::Error>,
+    },
+    /// A gateway of the other family than the destination.
+    #[error("route {dst} cannot go via {gateway}: address families differ")]
+    Family {
+        /// The destination.
+        dst: IpNet,
+        /// The gateway.
+        gateway: std::net::IpAddr,
     },
     /// Deleting a route failed.
     #[error("deleting route {dst} dev {ifindex}")]
@@ -94,6 +102,36 @@ fn message(dst: IpNet, ifindex: Option<u32>) -> RouteMessage {
         msg.header.kind = RouteType::BlackHole;
     }
     msg
+}
+
+/// Builds `dst via gateway dev ifindex proto 109` (the plain routed path to another node).
+/// `None` when the families of `dst` and `gateway` differ.
+fn message_via(dst: IpNet, gateway: IpAddr, ifindex: u32) -> Option<RouteMessage> {
+    let dst = dst.trunc();
+    let proto = RouteProtocol::from(MESHD_ROUTE_PROTOCOL);
+    Some(match (dst, gateway) {
+        (IpNet::V4(n), IpAddr::V4(gw)) => RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(n.addr(), n.prefix_len())
+            .gateway(gw)
+            .output_interface(ifindex)
+            .protocol(proto)
+            .build(),
+        (IpNet::V6(n), IpAddr::V6(gw)) => RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(n.addr(), n.prefix_len())
+            .gateway(gw)
+            .output_interface(ifindex)
+            .protocol(proto)
+            .build(),
+        _ => return None,
+    })
+}
+
+fn gateway(r: &RouteMessage) -> Option<IpAddr> {
+    r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Gateway(RouteAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
+        RouteAttribute::Gateway(RouteAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    })
 }
 
 fn destination(r: &RouteMessage) -> Option<IpNet> {
@@ -170,6 +208,51 @@ impl Routes {
             })
             .filter_map(destination)
             .collect())
+    }
+
+    /// meshd's routes through a gateway on `ifindex` (the plain routed path), both families.
+    pub async fn list_via(&self, ifindex: u32) -> Result<Vec<(IpNet, IpAddr)>, RouteError> {
+        Ok(self
+            .owned(ifindex)
+            .await?
+            .iter()
+            .filter(|r| {
+                r.header.kind == RouteType::Unicast
+                    && r.attributes
+                        .iter()
+                        .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == ifindex))
+            })
+            .filter_map(|r| Some((destination(r)?, gateway(r)?)))
+            .collect())
+    }
+
+    /// Adds (or replaces) `dst via gateway dev ifindex proto 109`. Replacing is atomic: a
+    /// route to `dst` through the WireGuard device becomes this one in a single step.
+    pub async fn add_via(
+        &self,
+        dst: IpNet,
+        gateway: IpAddr,
+        ifindex: u32,
+    ) -> Result<(), RouteError> {
+        tracing::debug!(%dst, %gateway, ifindex, "adding route via gateway");
+        let Some(msg) = message_via(dst, gateway, ifindex) else {
+            return Err(RouteError::Family { dst, gateway });
+        };
+        self.replace(msg, dst, ifindex).await
+    }
+
+    /// Deletes `dst via gateway dev ifindex proto 109`; a missing route is not an error.
+    pub async fn del_via(
+        &self,
+        dst: IpNet,
+        gateway: IpAddr,
+        ifindex: u32,
+    ) -> Result<(), RouteError> {
+        tracing::debug!(%dst, %gateway, ifindex, "deleting route via gateway");
+        let Some(msg) = message_via(dst, gateway, ifindex) else {
+            return Err(RouteError::Family { dst, gateway });
+        };
+        self.delete(msg, dst, ifindex).await
     }
 
     async fn replace(&self, msg: RouteMessage, dst: IpNet, ifindex: u32) -> Result<(), RouteError> {
@@ -273,6 +356,25 @@ mod tests {
         let (add, del) = route_diff(&[], &nets(&["10.9.0.0/16", "10.9.0.0/16"]));
         assert_eq!(add, nets(&["10.9.0.0/16"]));
         assert!(del.is_empty());
+    }
+
+    #[test]
+    fn via_messages_carry_gateway_and_refuse_mixed_families() {
+        let m = message_via(
+            "10.244.2.0/24".parse().expect("cidr"),
+            "198.18.0.12".parse().expect("ip"),
+            3,
+        )
+        .expect("same family");
+        assert_eq!(u8::from(m.header.protocol), MESHD_ROUTE_PROTOCOL);
+        assert_eq!(gateway(&m), Some("198.18.0.12".parse().expect("ip")));
+        assert!(m.attributes.contains(&RouteAttribute::Oif(3)));
+        assert!(message_via(
+            "10.244.2.0/24".parse().expect("cidr"),
+            "fd00::1".parse().expect("ip"),
+            3
+        )
+        .is_none());
     }
 
     #[test]

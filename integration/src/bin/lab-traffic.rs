@@ -44,6 +44,9 @@ enum Cmd {
         /// Marker string embedded repeatedly in the data.
         #[arg(long, default_value = traffic::DEFAULT_MARKER)]
         marker: String,
+        /// Pace the stream to this many kilobytes per second (default: as fast as possible).
+        #[arg(long)]
+        rate_kbyte_s: Option<u64>,
         /// I/O timeout in seconds.
         #[arg(long, default_value_t = 30)]
         timeout_s: u64,
@@ -111,9 +114,16 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             to,
             bytes,
             marker,
+            rate_kbyte_s,
             timeout_s,
         } => {
-            let r = traffic::tcp_send(to, bytes, &marker, Duration::from_secs(timeout_s))?;
+            let r = traffic::tcp_send_paced(
+                to,
+                bytes,
+                &marker,
+                Duration::from_secs(timeout_s),
+                rate_kbyte_s.map(|k| k * 1000),
+            )?;
             println!("{}", serde_json::to_string(&r)?);
             Ok(r.ok)
         }

@@ -66,6 +66,19 @@ enum LabCmd {
         /// `ebpf` (tc redirect into the tunnel) or `routes` for every meshd.
         #[arg(long, default_value = "ebpf")]
         pod_steering: String,
+        /// `dir` (a shared directory) or `kubernetes` (Node annotations on a mock API server,
+        /// live settings from the `meshd-config` ConfigMap: see `lab set`).
+        #[arg(long, default_value = "dir")]
+        registry: String,
+    },
+    /// Change the lab's meshd-config ConfigMap (kubernetes labs), e.g. `encryption=disabled`.
+    Set {
+        /// Lab name.
+        #[arg(long, default_value = "mlab")]
+        name: String,
+        /// `KEY=VALUE` pairs.
+        #[arg(required = true, value_parser = parse_pair)]
+        pairs: Vec<(String, String)>,
     },
     /// Remove everything the lab made.
     Down {
@@ -128,6 +141,13 @@ enum LabCmd {
     },
 }
 
+/// `KEY=VALUE` → (KEY, VALUE).
+fn parse_pair(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?}: expected KEY=VALUE"))
+}
+
 /// `nK=MODE` → (K, MODE).
 fn parse_node_mode(s: &str) -> Result<(u32, String), String> {
     let (node, mode) = s
@@ -175,6 +195,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 encryption,
                 strict_mode,
                 pod_steering,
+                registry,
             } => lab::up(&lab::UpOptions {
                 name,
                 nodes,
@@ -184,7 +205,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 encryption,
                 strict_mode,
                 pod_steering,
+                registry,
             })?,
+            LabCmd::Set { name, pairs } => lab::set(&name, &pairs)?,
             LabCmd::Down { name } => lab::down(&name)?,
             LabCmd::Status { name, output } => match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&lab::status(&name)?)?),

@@ -1,7 +1,21 @@
 //! `meshd`: the per-node daemon.
-use clap::Parser;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, ValueEnum};
+use keyexchange::registry::kube::{client, KubeRegistry};
 use keyexchange::DirRegistry;
 use meshd::daemon::{self, DaemonArgs};
+use meshd::settings::{self, WatcherConfig};
+
+/// Where nodes publish their records and watch each other's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum RegistryKind {
+    /// A shared directory (`--registry-dir`): the lab and bare metal.
+    Dir,
+    /// Annotations on the Kubernetes Node objects.
+    Kubernetes,
+}
 
 /// meshd: transparent WireGuard encryption for pod traffic between nodes.
 #[derive(Debug, Parser)]
@@ -9,14 +23,86 @@ use meshd::daemon::{self, DaemonArgs};
 struct Cli {
     #[command(flatten)]
     daemon: DaemonArgs,
+    /// The registry backend.
+    #[arg(long, value_enum, default_value = "dir")]
+    registry: RegistryKind,
+    /// Kubeconfig for `--registry kubernetes` (default: `$KUBECONFIG`, `~/.kube/config`, then
+    /// the in-cluster service account).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// `NAMESPACE/NAME` of the ConfigMap with live settings (`--registry kubernetes` only).
+    #[arg(long)]
+    config_map: Option<String>,
+    /// This meshd's Pod name (Events about invalid settings are recorded on it).
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     meshd::init_tracing();
     let cli = Cli::parse();
-    let registry = DirRegistry::new(cli.daemon.registry_dir.clone())?;
-    daemon::run(cli.daemon, registry).await.inspect_err(|err| {
+    let result = match cli.registry {
+        RegistryKind::Dir => {
+            let Some(dir) = cli.daemon.registry_dir.clone() else {
+                bail!("--registry dir needs --registry-dir");
+            };
+            if cli.config_map.is_some() {
+                bail!("--config-map needs --registry kubernetes");
+            }
+            let registry = DirRegistry::new(dir)?;
+            daemon::run(cli.daemon, registry, None).await
+        }
+        RegistryKind::Kubernetes => kubernetes(cli).await,
+    };
+    result.inspect_err(|err| {
         tracing::error!(error = %format!("{err:#}"), "meshd stopped");
     })
+}
+
+async fn kubernetes(cli: Cli) -> anyhow::Result<()> {
+    let mut args = cli.daemon;
+    let client = client(cli.kubeconfig.as_deref())
+        .await
+        .context("connecting to the Kubernetes API")?;
+    let registry = KubeRegistry::new(client.clone(), args.node_name.clone());
+    // The cluster assigns this node's addresses and pod CIDRs: take what flags leave open.
+    let addressing = registry
+        .node_addressing()
+        .await
+        .with_context(|| format!("reading Node {}", args.node_name))?;
+    if args.endpoints.is_empty() {
+        args.endpoints = addressing.endpoints;
+    }
+    if args.pod_cidrs.is_empty() {
+        args.pod_cidrs = addressing.pod_cidrs;
+    }
+    let feed = match &cli.config_map {
+        Some(spec) => {
+            let (namespace, name) = spec
+                .split_once('/')
+                .with_context(|| format!("--config-map {spec:?}: expected NAMESPACE/NAME"))?;
+            if name != settings::CONFIG_MAP_NAME {
+                bail!(
+                    "--config-map {spec:?}: the ConfigMap must be named {}",
+                    settings::CONFIG_MAP_NAME
+                );
+            }
+            let regarding = match &cli.pod_name {
+                Some(pod) => settings::pod_reference(namespace, pod, None),
+                None => settings::node_reference(&args.node_name),
+            };
+            let mut rx = settings::spawn_watcher(
+                client,
+                WatcherConfig::new(namespace, regarding, &args.node_name),
+            );
+            tracing::info!(configmap = %spec, "waiting for the settings");
+            rx.wait_for(Option::is_some)
+                .await
+                .context("the settings watcher stopped before the first read")?;
+            Some(rx)
+        }
+        None => None,
+    };
+    daemon::run(args, registry, feed).await
 }

@@ -52,6 +52,10 @@ pub struct LabState {
     /// `--pod-steering` given to every meshd.
     #[serde(default = "default_steering")]
     pub pod_steering: String,
+    /// `dir` (a shared directory) or `kubernetes` (Node annotations on the lab's mock API
+    /// server, with the live `meshd-config` ConfigMap).
+    #[serde(default = "default_registry")]
+    pub registry: String,
     /// The nodes, by index.
     pub nodes: Vec<NodeState>,
 }
@@ -65,6 +69,14 @@ fn default_true() -> bool {
 fn default_steering() -> String {
     "ebpf".into()
 }
+fn default_registry() -> String {
+    "dir".into()
+}
+
+/// Namespace of the lab's `meshd-config` ConfigMap (as in deploy/).
+pub const CONFIG_NAMESPACE: &str = "meshd-system";
+/// Where the lab's mock API server listens, inside the underlay namespace.
+const APISERVER_PORT: u16 = 6443;
 
 /// One node of the lab.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -107,6 +119,8 @@ pub struct UpOptions {
     pub strict_mode: bool,
     /// `ebpf` or `routes`.
     pub pod_steering: String,
+    /// `dir` or `kubernetes`.
+    pub registry: String,
 }
 
 /// The lab's on-disk layout.
@@ -141,6 +155,9 @@ impl Paths {
         self.node_dir(i).join("meshd.pid")
     }
     /// The node's bpffs directory as the host sees it (the node's `/sys/fs/bpf`).
+    fn kubeconfig(&self) -> PathBuf {
+        self.root.join("kubeconfig")
+    }
     fn bpffs(&self, i: u32) -> PathBuf {
         PathBuf::from(HOST_BPFFS)
             .join("meshd-lab")
@@ -272,6 +289,7 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<()> {
         encryption: opts.encryption.clone(),
         strict_mode: opts.strict_mode,
         pod_steering: opts.pod_steering.clone(),
+        registry: opts.registry.clone(),
         nodes: Vec::new(),
     };
     let result = build(&mut state, opts);
@@ -299,6 +317,10 @@ fn build(state: &mut LabState, opts: &UpOptions) -> anyhow::Result<()> {
     make_underlay(&state.name)?;
     make_mount_dir(&paths)?;
     crate::bpf::ensure_bpffs(&Path::new(HOST_BPFFS).join("meshd-lab"))?;
+    if state.registry == "kubernetes" {
+        step("mock Kubernetes API server with the lab's Nodes");
+        start_apiserver(&paths, opts.nodes)?;
+    }
     for i in 1..=opts.nodes {
         step(format!(
             "node {}: namespace, underlay link, meshd ({} pods)",
@@ -501,8 +523,7 @@ fn start_meshd(state: &LabState, i: u32) -> anyhow::Result<u32> {
         .args(["--node-name", &node_name(i)])
         .arg("--state-dir")
         .arg(paths.node_dir(i).join("state"))
-        .arg("--registry-dir")
-        .arg(paths.registry())
+        .args(registry_args(state, &paths))
         .arg("--cni-conf-dir")
         .arg(paths.node_dir(i).join("cni"))
         .args(["--underlay-interface", "eth0"])
@@ -528,6 +549,101 @@ fn start_meshd(state: &LabState, i: u32) -> anyhow::Result<u32> {
     // Not waited for: meshd outlives meshctl and is reparented to init.
     std::mem::forget(child);
     Ok(pid)
+}
+
+fn registry_args(state: &LabState, paths: &Paths) -> Vec<String> {
+    if state.registry == "kubernetes" {
+        vec![
+            "--registry".into(),
+            "kubernetes".into(),
+            "--kubeconfig".into(),
+            paths.kubeconfig().to_string_lossy().into_owned(),
+            "--config-map".into(),
+            format!("{CONFIG_NAMESPACE}/{}", crate::settings::CONFIG_MAP_NAME),
+        ]
+    } else {
+        vec![
+            "--registry-dir".into(),
+            paths.registry().to_string_lossy().into_owned(),
+        ]
+    }
+}
+
+/// Start the mock API server (a test double: this machine has no kube-apiserver) in the
+/// underlay namespace on the router's address, with a Node per lab node carrying its
+/// InternalIPs and pod CIDRs as a cloud controller would set them.
+fn start_apiserver(paths: &Paths, nodes: u32) -> anyhow::Result<()> {
+    let server = binary("fake-apiserver")?;
+    let log = fs::File::create(paths.root.join("apiserver.log"))?;
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &underlay_ns(&paths.lab)])
+        .arg(&server)
+        .args(["--listen", &format!("{GATEWAY_V4}:{APISERVER_PORT}")])
+        .arg("--kubeconfig")
+        .arg(paths.kubeconfig());
+    for i in 1..=nodes {
+        let (u4, u6) = node_underlay(i);
+        let (c4, c6) = node_pod_cidrs(i);
+        cmd.args(["--node", &format!("{}={u4},{u6}+{c4},{c6}", node_name(i))]);
+    }
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("starting fake-apiserver")?;
+    std::mem::forget(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !paths.kubeconfig().exists() {
+        if Instant::now() > deadline {
+            bail!("the mock API server did not start; see {}", paths.root.join("apiserver.log").display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// `meshctl lab set KEY=VALUE…`: change the lab's `meshd-config` ConfigMap (kubernetes labs).
+/// Every meshd applies the change live.
+pub fn set(lab: &str, pairs: &[(String, String)]) -> anyhow::Result<()> {
+    use keyexchange::k8s_openapi::api::core::v1::ConfigMap;
+    use keyexchange::kube::api::{Api, Patch, PatchParams, PostParams};
+    let state = load_state(lab)?.with_context(|| format!("lab {lab} is not up"))?;
+    if state.registry != "kubernetes" {
+        bail!("lab {lab} uses the directory registry; settings live in a ConfigMap only with `lab up --registry kubernetes`");
+    }
+    let paths = Paths::new(lab);
+    // The API server listens inside the underlay namespace: talk to it from there.
+    let ns = fs::File::open(format!("/run/netns/{}", underlay_ns(lab)))?;
+    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+        .context("entering the underlay namespace")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let client = keyexchange::registry::kube::client(Some(&paths.kubeconfig())).await?;
+        let api: Api<ConfigMap> = Api::namespaced(client, CONFIG_NAMESPACE);
+        let data: std::collections::BTreeMap<String, String> = pairs.iter().cloned().collect();
+        let name = crate::settings::CONFIG_MAP_NAME;
+        if api.get_opt(name).await?.is_none() {
+            let cm = ConfigMap {
+                metadata: keyexchange::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                    name: Some(name.into()),
+                    namespace: Some(CONFIG_NAMESPACE.into()),
+                    ..Default::default()
+                },
+                data: Some(data),
+                ..Default::default()
+            };
+            api.create(&PostParams::default(), &cm).await?;
+        } else {
+            let patch = serde_json::json!({ "data": data });
+            api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+        }
+        anyhow::Ok(())
+    })
 }
 
 /// Create pod `j` on node `i` the way a container runtime does: a network namespace, then
@@ -783,6 +899,9 @@ pub fn add_node(lab: &str, pods: u32) -> anyhow::Result<String> {
     require_root()?;
     check_range("pods per node", pods, MAX_PODS)?;
     let mut state = load_state(lab)?.with_context(|| format!("lab {lab} is not up"))?;
+    if state.registry == "kubernetes" {
+        bail!("add-node is not supported for kubernetes labs yet (their Nodes are created at `lab up`)");
+    }
     let i = state.nodes.iter().map(|n| n.index).max().unwrap_or(0) + 1;
     check_range("nodes", i, MAX_NODES)?;
     step(format!(
@@ -900,6 +1019,11 @@ pub struct LabStatus {
     pub cluster_cidrs: Vec<String>,
     /// The directory registry the lab's nodes share (one `<node>.json` per node).
     pub registry_dir: String,
+    /// `dir` or `kubernetes`.
+    pub registry: String,
+    /// Kubeconfig of the lab's mock API server (kubernetes labs; reachable from inside the
+    /// lab's namespaces, e.g. the underlay namespace).
+    pub kubeconfig: Option<String>,
     /// Nodes.
     pub nodes: Vec<LabNode>,
     /// Pods.
@@ -1041,6 +1165,9 @@ pub fn status(lab: &str) -> anyhow::Result<LabStatus> {
         },
         cluster_cidrs: vec![CLUSTER_V4.into(), CLUSTER_V6.into()],
         registry_dir: paths.registry().to_string_lossy().into_owned(),
+        registry: state.registry.clone(),
+        kubeconfig: (state.registry == "kubernetes")
+            .then(|| paths.kubeconfig().to_string_lossy().into_owned()),
         nodes,
         pods,
     })
