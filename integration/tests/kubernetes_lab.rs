@@ -1,0 +1,159 @@
+//! meshd on the Kubernetes backend in the lab: every node's meshd publishes its key as Node
+//! annotations on the lab's API server and reads its peers from the Nodes; the encryption
+//! toggle in the `meshd-config` ConfigMap is applied live under an established TCP connection.
+//!
+//! The API server is the mock in `integration::apiserver` (no kube-apiserver binary exists on
+//! these machines); everything else is real: namespaces, meshd processes, WireGuard, tc
+//! programs, captures. Needs root; each lab is uniquely named and torn down on drop.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::time::Duration;
+
+use integration::capture::{analyse, Capture, CapturePolicy};
+use integration::lab::{bin, ping, pod_addrs, sockaddr, Lab};
+use integration::labjson::LabStatus;
+use integration::netns;
+use integration::verify::{finish, start_sink};
+
+fn root_or_skip() -> bool {
+    if netns::is_root() {
+        true
+    } else {
+        eprintln!("skipping: needs root for network namespaces");
+        false
+    }
+}
+
+fn policy(st: &LabStatus) -> CapturePolicy {
+    CapturePolicy {
+        pod_cidrs: st.pod_cidrs(),
+        node_addrs: st.node_addrs(),
+        wireguard_port: st.listen_port,
+        markers: vec![],
+    }
+}
+
+/// Wait until every node runs with `encryption` and has converged.
+fn wait_mode(lab: &Lab, encryption: &str, peers: usize) {
+    lab.wait_for(
+        &format!("every node to run with encryption {encryption}"),
+        Duration::from_secs(20),
+        |s| {
+            s["nodes"].as_array().unwrap().iter().all(|n| {
+                n["status"]["encryption"] == encryption
+                    && n["status"]["converged"] == true
+                    && n["peers"].as_array().is_some_and(|p| p.len() == peers)
+            })
+        },
+    )
+    .unwrap();
+}
+
+#[test]
+fn the_mesh_runs_on_node_annotations_and_the_encryption_toggle_keeps_tcp_connections() {
+    if !root_or_skip() {
+        return;
+    }
+    let lab = Lab::up_with(2, 1, &["--registry", "kubernetes"]).unwrap();
+    let st = lab.status().unwrap();
+    let js = lab.status_json().unwrap();
+    assert_eq!(js["registry"], "kubernetes");
+    wait_mode(&lab, "enabled", 1);
+    let from = st.pods_on("n1").next().unwrap().clone();
+    let to = st.pods_on("n2").next().unwrap().clone();
+    let (dst4, dst6) = pod_addrs(&to).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+
+    // Encrypted: only WireGuard crosses.
+    let cap = Capture::start(
+        &st.capture.namespace,
+        &st.capture.interface,
+        &dir.path().join("enabled.pcap"),
+    )
+    .unwrap();
+    assert!(ping(&from, &dst4.to_string(), 2) && ping(&from, &dst6.to_string(), 2));
+    let report = analyse(&cap.stop().unwrap(), &policy(&st)).unwrap();
+    assert!(report.is_clean(), "{}", report.summary());
+    assert!(report.wireguard_packets >= 8, "{}", report.summary());
+
+    // One TCP connection, paced over ~12 s, across disable and re-enable.
+    let sink = start_sink(
+        &to.namespace,
+        &[
+            "tcp-sink",
+            "--listen",
+            "0.0.0.0:5500",
+            "--count",
+            "1",
+            "--timeout-s",
+            "60",
+        ],
+    )
+    .unwrap();
+    let tool = bin("lab-traffic");
+    let sender = netns::spawn_in(
+        &from.namespace,
+        &[
+            &tool.to_string_lossy(),
+            "tcp-send",
+            "--to",
+            &sockaddr(dst4, 5500),
+            "--bytes",
+            "6000000",
+            "--rate-kbyte-s",
+            "500",
+        ],
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    lab.meshctl(&["lab", "set", "encryption=disabled"]).unwrap();
+    wait_mode(&lab, "disabled", 0);
+    // The plain routed path carries pod traffic now, in clear, as the setting says.
+    let cap = Capture::start(
+        &st.capture.namespace,
+        &st.capture.interface,
+        &dir.path().join("disabled.pcap"),
+    )
+    .unwrap();
+    assert!(ping(&from, &dst6.to_string(), 2));
+    std::thread::sleep(Duration::from_secs(2));
+    let report = analyse(&cap.stop().unwrap(), &policy(&st)).unwrap();
+    assert!(
+        report.plaintext_pod_count > 0,
+        "disabled: pod traffic should take the plain path: {}",
+        report.summary()
+    );
+    // An invalid value is rejected; the last good settings stay in force.
+    lab.meshctl(&["lab", "set", "encryption=sometimes"]).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    wait_mode(&lab, "disabled", 0);
+
+    lab.meshctl(&["lab", "set", "encryption=enabled"]).unwrap();
+    wait_mode(&lab, "enabled", 1);
+    let out = sender.wait_with_output().unwrap();
+    let sent: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("tcp-send: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let (ok, received) = finish(sink).unwrap();
+    eprintln!("tcp across the toggles: sender {sent} / sink {received}");
+    assert_eq!(sent["ok"], true, "the connection broke or corrupted: {sent}");
+    assert!(ok, "sink: {received}");
+    assert!(
+        sent["secs"].as_f64().unwrap() > 8.0,
+        "the stream must span both toggles: {sent}"
+    );
+
+    // Encrypted again: only WireGuard crosses, strict mode is back.
+    let cap = Capture::start(
+        &st.capture.namespace,
+        &st.capture.interface,
+        &dir.path().join("re-enabled.pcap"),
+    )
+    .unwrap();
+    assert!(ping(&from, &dst4.to_string(), 2) && ping(&from, &dst6.to_string(), 2));
+    let report = analyse(&cap.stop().unwrap(), &policy(&st)).unwrap();
+    assert!(report.is_clean(), "{}", report.summary());
+    let js = lab.status_json().unwrap();
+    for n in js["nodes"].as_array().unwrap() {
+        assert_eq!(n["status"]["datapath"]["underlay_mode"], "enforce", "{n:#}");
+    }
+}
