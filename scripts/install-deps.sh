@@ -14,6 +14,7 @@ have ping      || need+=(iputils-ping)
 have nsenter   || need+=(util-linux)
 have sysctl    || need+=(procps)
 have cc        || need+=(gcc libc6-dev)
+have kubectl   || need+=(kubectl)   # renders deploy/ offline (kubectl kustomize)
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "meshd's lab and tests create network namespaces: run as root" >&2
