@@ -241,11 +241,17 @@ pub async fn query(path: &Path) -> Result<StatusReport, ControlError> {
     })
 }
 
+/// A status report for tests of the crate.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    pub(crate) use super::tests::sample;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn sample() -> StatusReport {
+    pub(crate) fn sample() -> StatusReport {
         StatusReport {
             node: "n1".into(),
             public_key: "k".into(),

@@ -40,7 +40,10 @@ async fn healthz(State(s): State<Shared>) -> (StatusCode, &'static str) {
     if fresh {
         (StatusCode::OK, "ok\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "meshd's loop has not reported for 30 s\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "meshd's loop has not reported for 30 s\n",
+        )
     }
 }
 
@@ -58,6 +61,17 @@ pub async fn serve(
     status: SharedStatus,
     heartbeat: Heartbeat,
 ) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "health endpoints listening");
+    serve_on(listener, status, heartbeat).await
+}
+
+/// Serve the probes on a bound listener until the task is dropped.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    status: SharedStatus,
+    heartbeat: Heartbeat,
+) -> std::io::Result<()> {
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -66,7 +80,49 @@ pub async fn serve(
             heartbeat,
             started: Instant::now(),
         });
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "health endpoints listening");
     axum::serve(listener, app).await
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(addr: SocketAddr, path: &str) -> u16 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn readiness_follows_convergence_and_liveness_the_heartbeat() {
+        let status: SharedStatus = Arc::new(RwLock::new(None));
+        let heartbeat: Heartbeat = Arc::new(RwLock::new(None));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(serve_on(listener, status.clone(), heartbeat.clone()));
+        // Starting: alive, not ready.
+        assert_eq!(get(addr, "/healthz").await, 200);
+        assert_eq!(get(addr, "/readyz").await, 503);
+        let mut report = crate::control::tests_support::sample();
+        report.converged = false;
+        *status.write().await = Some(report.clone());
+        *heartbeat.write().await = Some(Instant::now());
+        assert_eq!(get(addr, "/readyz").await, 503, "not converged");
+        report.converged = true;
+        *status.write().await = Some(report);
+        assert_eq!(get(addr, "/readyz").await, 200);
+        // A loop that stopped reporting is not alive.
+        *heartbeat.write().await = Instant::now().checked_sub(STALE_AFTER + Duration::from_secs(1));
+        assert_eq!(get(addr, "/healthz").await, 503);
+        assert_eq!(get(addr, "/nope").await, 404);
+        server.abort();
+    }
 }
