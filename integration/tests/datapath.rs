@@ -64,9 +64,11 @@ fn cross_node_pod_traffic_is_redirected_by_the_tc_program_and_only_wireguard_cro
     let (dst4, dst6) = pod_addrs(st.pods_on("n2").next().unwrap()).unwrap();
 
     // meshd reports the datapath: strict mode attached, the peer's CIDRs redirected.
-    let n1: serde_json::Value =
-        serde_json::from_str(&lab.exec("n1", &["meshctl", "status", "-o", "json"]).unwrap())
-            .unwrap();
+    let n1: serde_json::Value = serde_json::from_str(
+        &lab.exec("n1", &["meshctl", "status", "-o", "json"])
+            .unwrap(),
+    )
+    .unwrap();
     let dp = &n1["datapath"];
     assert_eq!(dp["underlay_mode"], "enforce", "{n1:#}");
     assert_eq!(dp["underlay_attached"], true, "{n1:#}");
@@ -145,8 +147,14 @@ fn strict_mode_drops_traffic_to_a_node_whose_record_is_gone_and_nothing_leaks() 
     let before = counter(&lab.status_json().unwrap(), "n1", "strict_drops");
     // Pods on n1 keep sending to n3's pods: with no peer, the kernel routes them towards the
     // underlay, where strict mode drops them.
-    assert!(!ping(&from, &dst4.to_string(), 3), "IPv4 reached n3 without a peer");
-    assert!(!ping(&from, &dst6.to_string(), 3), "IPv6 reached n3 without a peer");
+    assert!(
+        !ping(&from, &dst4.to_string(), 3),
+        "IPv4 reached n3 without a peer"
+    );
+    assert!(
+        !ping(&from, &dst6.to_string(), 3),
+        "IPv6 reached n3 without a peer"
+    );
     let after = counter(&lab.status_json().unwrap(), "n1", "strict_drops");
     let report = stop(cap, &st);
     assert_eq!(report.plaintext_pod_count, 0, "{}", report.summary());
@@ -195,7 +203,12 @@ fn permissive_mode_counts_would_drops_and_lets_them_through() {
         counter(&before, "n1", "would_drops"),
         counter(&after, "n1", "would_drops"),
     );
-    assert!(would.1 >= would.0 + 6, "would-drops {} -> {}", would.0, would.1);
+    assert!(
+        would.1 >= would.0 + 6,
+        "would-drops {} -> {}",
+        would.0,
+        would.1
+    );
     assert_eq!(
         counter(&after, "n1", "strict_drops"),
         counter(&before, "n1", "strict_drops"),
@@ -292,4 +305,60 @@ fn sigkill_of_meshd_keeps_the_programs_attached_and_counting_and_restart_keeps_t
     let report = stop(cap, &st);
     assert!(report.is_clean(), "{}", report.summary());
     assert!(report.wireguard_packets > 1000, "{}", report.summary());
+}
+
+#[test]
+fn cleanup_on_exit_removes_the_device_routes_and_every_tc_program_and_pin() {
+    if !root_or_skip() {
+        return;
+    }
+    let lab = Lab::up(2, 1).unwrap();
+    lab.meshctl(&["lab", "kill-node", "n1"]).unwrap();
+    lab.meshctl(&["lab", "start-node", "n1", "--cleanup"])
+        .unwrap();
+    let st = lab
+        .wait_for("n1 to converge again", Duration::from_secs(20), |s| {
+            s["nodes"][0]["status"]["converged"] == true
+        })
+        .unwrap();
+    let pin_dir = std::path::PathBuf::from(st["nodes"][0]["bpf_pin_dir"].as_str().unwrap());
+    let ns = st["nodes"][0]["namespace"].as_str().unwrap().to_string();
+    assert!(
+        pin_dir.join("prog_from_pod").exists(),
+        "{}",
+        pin_dir.display()
+    );
+    let links = std::fs::read_dir(&pin_dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("link_")
+        })
+        .count();
+    assert!(links >= 2, "underlay and pod links pinned: {links}");
+
+    lab.meshctl(&["lab", "stop-node", "n1"]).unwrap();
+    assert!(
+        !pin_dir.exists(),
+        "--cleanup left pins in {}",
+        pin_dir.display()
+    );
+    let link = netns::run_in_unchecked(&ns, &["ip", "link", "show", "meshd0"]).unwrap();
+    assert!(!link.status.success(), "meshd0 survived --cleanup");
+    let text = |o: std::process::Output| String::from_utf8_lossy(&o.stdout).into_owned();
+    let routes = text(netns::run_in(&ns, &["ip", "route", "show", "proto", "109"]).unwrap());
+    let routes6 = text(netns::run_in(&ns, &["ip", "-6", "route", "show", "proto", "109"]).unwrap());
+    assert!(
+        routes.trim().is_empty() && routes6.trim().is_empty(),
+        "routes left: {routes}{routes6}"
+    );
+    let after = lab.status_json().unwrap();
+    assert!(
+        after["nodes"][0]["counters"].is_null(),
+        "{:#}",
+        after["nodes"][0]
+    );
 }

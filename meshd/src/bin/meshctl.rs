@@ -127,6 +127,18 @@ enum LabCmd {
         name: String,
         /// Node name.
         node: String,
+        /// Start meshd with `--cleanup` (it removes its device, routes and tc programs on exit).
+        #[arg(long)]
+        cleanup: bool,
+    },
+    /// Stop a node's meshd with SIGTERM (it exits cleanly; the datapath stays unless it was
+    /// started with `--cleanup`).
+    StopNode {
+        /// Lab name.
+        #[arg(long, default_value = "mlab")]
+        name: String,
+        /// Node name.
+        node: String,
     },
     /// Run a command inside a node (e.g. `meshctl lab exec n1 -- wg show`).
     Exec {
@@ -222,10 +234,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let pid = lab::kill_node(&name, &node)?;
                 println!("{pid}");
             }
-            LabCmd::StartNode { name, node } => {
-                let pid = lab::start_node(&name, &node)?;
+            LabCmd::StartNode {
+                name,
+                node,
+                cleanup,
+            } => {
+                let pid = lab::start_node(&name, &node, cleanup)?;
                 println!("{pid}");
             }
+            LabCmd::StopNode { name, node } => lab::stop_node(&name, &node)?,
             LabCmd::Exec {
                 name,
                 node,

@@ -505,6 +505,10 @@ fn add_node_inner(
 
 /// Start (or restart) node `i`'s meshd in its namespaces.
 fn start_meshd(state: &LabState, i: u32) -> anyhow::Result<u32> {
+    start_meshd_with(state, i, &[])
+}
+
+fn start_meshd_with(state: &LabState, i: u32, extra: &[&str]) -> anyhow::Result<u32> {
     let lab = state.name.as_str();
     let mode = state.mode_of(i);
     let paths = Paths::new(lab);
@@ -532,6 +536,7 @@ fn start_meshd(state: &LabState, i: u32) -> anyhow::Result<u32> {
         .args(["--encryption", &state.encryption])
         .args(["--strict-mode", &state.strict_mode.to_string()])
         .args(["--pod-steering", &state.pod_steering])
+        .args(extra)
         .args(["--pod-cidr", &c4.to_string(), "--pod-cidr", &c6.to_string()])
         .args(["--cluster-cidr", CLUSTER_V4, "--cluster-cidr", CLUSTER_V6])
         .env(
@@ -597,7 +602,10 @@ fn start_apiserver(paths: &Paths, nodes: u32) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !paths.kubeconfig().exists() {
         if Instant::now() > deadline {
-            bail!("the mock API server did not start; see {}", paths.root.join("apiserver.log").display());
+            bail!(
+                "the mock API server did not start; see {}",
+                paths.root.join("apiserver.log").display()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -962,13 +970,29 @@ pub fn kill_node(lab: &str, node: &str) -> anyhow::Result<u32> {
 }
 
 /// `meshctl lab start-node`: start a node's meshd again (after kill-node).
-pub fn start_node(lab: &str, node: &str) -> anyhow::Result<u32> {
+pub fn start_node(lab: &str, node: &str, cleanup: bool) -> anyhow::Result<u32> {
     let state = load_state(lab)?.with_context(|| format!("lab {lab} is not up"))?;
     let i = node_index(&state, node)?;
     if let Some(pid) = meshd_pid(lab, i) {
         bail!("meshd on {node} is already running (pid {pid})");
     }
-    start_meshd(&state, i)
+    start_meshd_with(&state, i, if cleanup { &["--cleanup"] } else { &[] })
+}
+
+/// `meshctl lab stop-node`: SIGTERM a node's meshd and wait until it has exited.
+pub fn stop_node(lab: &str, node: &str) -> anyhow::Result<()> {
+    let state = load_state(lab)?.with_context(|| format!("lab {lab} is not up"))?;
+    let i = node_index(&state, node)?;
+    let pid = meshd_pid(lab, i).with_context(|| format!("meshd on {node} is not running"))?;
+    run("kill", &["-TERM", &pid.to_string()])?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pid_alive(pid) {
+        if Instant::now() > deadline {
+            bail!("meshd on {node} (pid {pid}) did not exit within 20 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
 }
 
 /// Remove a node's bpffs directory: unpinning detaches its links and frees its programs.
