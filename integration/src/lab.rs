@@ -63,12 +63,7 @@ impl Lab {
     }
 
     /// Bring up a lab with a given name and extra `meshctl lab up` options.
-    pub fn up_named_with(
-        name: &str,
-        nodes: u32,
-        pods: u32,
-        extra: &[&str],
-    ) -> anyhow::Result<Lab> {
+    pub fn up_named_with(name: &str, nodes: u32, pods: u32, extra: &[&str]) -> anyhow::Result<Lab> {
         let meshctl = bin("meshctl");
         if !meshctl.exists() {
             bail!(

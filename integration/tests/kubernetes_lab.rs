@@ -124,7 +124,8 @@ fn the_mesh_runs_on_node_annotations_and_the_encryption_toggle_keeps_tcp_connect
         report.summary()
     );
     // An invalid value is rejected; the last good settings stay in force.
-    lab.meshctl(&["lab", "set", "encryption=sometimes"]).unwrap();
+    lab.meshctl(&["lab", "set", "encryption=sometimes"])
+        .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     wait_mode(&lab, "disabled", 0);
 
@@ -135,7 +136,10 @@ fn the_mesh_runs_on_node_annotations_and_the_encryption_toggle_keeps_tcp_connect
         .unwrap_or_else(|e| panic!("tcp-send: {e}: {}", String::from_utf8_lossy(&out.stderr)));
     let (ok, received) = finish(sink).unwrap();
     eprintln!("tcp across the toggles: sender {sent} / sink {received}");
-    assert_eq!(sent["ok"], true, "the connection broke or corrupted: {sent}");
+    assert_eq!(
+        sent["ok"], true,
+        "the connection broke or corrupted: {sent}"
+    );
     assert!(ok, "sink: {received}");
     assert!(
         sent["secs"].as_f64().unwrap() > 8.0,

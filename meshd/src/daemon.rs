@@ -553,7 +553,9 @@ async fn apply_settings(ctx: &Context, new: &crate::settings::Settings) {
         );
     }
     if new.host_encryption {
-        tracing::warn!("host-encryption is not implemented yet: node-to-node traffic stays as it is");
+        tracing::warn!(
+            "host-encryption is not implemented yet: node-to-node traffic stays as it is"
+        );
     }
     if *live != before {
         tracing::info!(
@@ -631,7 +633,16 @@ async fn reconcile_once(ctx: &Context, known: &mut Known) -> anyhow::Result<()> 
         tracing::info!(mtu, "WireGuard MTU changed");
     }
     if plan.is_empty() {
-        finish_pass(ctx, known, &mut bpf, &plain, &plain_present, &redirects, mode).await?;
+        finish_pass(
+            ctx,
+            known,
+            &mut bpf,
+            &plain,
+            &plain_present,
+            &redirects,
+            mode,
+        )
+        .await?;
         return Ok(());
     }
     tracing::info!(
@@ -657,7 +668,16 @@ async fn reconcile_once(ctx: &Context, known: &mut Known) -> anyhow::Result<()> 
         ctx.routes.add(*dst, device.ifindex()).await?;
         known.counters.route_ops += 1;
     }
-    finish_pass(ctx, known, &mut bpf, &plain, &plain_present, &redirects, mode).await
+    finish_pass(
+        ctx,
+        known,
+        &mut bpf,
+        &plain,
+        &plain_present,
+        &redirects,
+        mode,
+    )
+    .await
 }
 
 async fn ctx_mtu(ctx: &Context, device: &WgDevice) -> u32 {

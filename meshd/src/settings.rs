@@ -126,9 +126,7 @@ impl SettingsError {
     /// The offending value.
     pub fn value(&self) -> &str {
         match self {
-            SettingsError::InvalidValue { value, .. } => {
-                value
-            }
+            SettingsError::InvalidValue { value, .. } => value,
         }
     }
 }

@@ -650,7 +650,12 @@ fn print_table(report: &Report) {
             r.status
         );
     }
-    let find = |n: &str| report.results.iter().find(|r| r.name == n && r.status == "ok");
+    let find = |n: &str| {
+        report
+            .results
+            .iter()
+            .find(|r| r.name == n && r.status == "ok")
+    };
     if let (Some(e), Some(r)) = (find("meshd"), find("meshd-routes")) {
         println!(
             "eBPF redirect / route steering: {} (1 stream), {} (4 streams), RTT {}",
