@@ -33,6 +33,9 @@ if ! have cargo; then
   exit 1
 fi
 
+# The kernel-module path is tested in a qemu VM (integration/tests/kernel_vm.rs).
+"$(dirname "$0")/vm-deps.sh"
+
 # The tc eBPF programs are part of the normal build: ebpf-redirect's build script compiles
 # them with Debian's rustc and bpf-linker, which this installs (idempotent, quick when present).
 "$(dirname "$0")/../ebpf-redirect/install-toolchain.sh" --no-build

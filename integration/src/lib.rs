@@ -26,5 +26,6 @@ pub mod labjson;
 pub mod netns;
 pub mod traffic;
 pub mod verify;
+pub mod vm;
 
 pub use labjson::{CaptureSpot, LabNode, LabPod, LabStatus};

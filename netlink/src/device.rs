@@ -678,7 +678,11 @@ impl WgDevice {
         listen_port: u16,
     ) -> Result<(), DeviceError> {
         let cur = self.state().await?;
-        let key = (cur.private_key.as_ref() != Some(private_key)).then_some(private_key);
+        // Compared clamped: the kernel reports the clamped form of the key it was given.
+        let same = cur
+            .private_key
+            .is_some_and(|k| crate::kernel::same_private_key(&k, private_key));
+        let key = (!same).then_some(private_key);
         let port = (listen_port != 0 && cur.listen_port != listen_port).then_some(listen_port);
         if key.is_none() && port.is_none() {
             return Ok(());

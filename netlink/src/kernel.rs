@@ -61,6 +61,21 @@ pub enum KernelError {
     },
 }
 
+/// An X25519 private key as the kernel stores it: clamped (RFC 7748 §5). The kernel reports
+/// the clamped key, so a key read back never equals an unclamped one that was written.
+pub fn clamp_private_key(key: &[u8; 32]) -> [u8; 32] {
+    let mut k = *key;
+    k[0] &= 248;
+    k[31] &= 127;
+    k[31] |= 64;
+    k
+}
+
+/// Whether two private keys are the same X25519 key (equal once clamped).
+pub fn same_private_key(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    clamp_private_key(a) == clamp_private_key(b)
+}
+
 /// A generic netlink handle for one kernel WireGuard link.
 #[derive(Clone, Debug)]
 pub struct KernelDevice {
@@ -137,6 +152,10 @@ impl KernelDevice {
     }
 
     /// Sets the private key and/or listen port, leaving peers alone.
+    ///
+    /// The key is sent clamped: the kernel compares what it is given with the clamped key it
+    /// holds, and a "different" key, even the same one unclamped, expires every peer's session
+    /// (`wg_noise_expire_current_peer_keypairs`), forcing a handshake with every peer.
     pub async fn set_device(
         &self,
         private_key: Option<&[u8; 32]>,
@@ -144,7 +163,7 @@ impl KernelDevice {
     ) -> Result<(), KernelError> {
         let mut attrs = vec![WireguardAttribute::IfIndex(self.ifindex)];
         if let Some(k) = private_key {
-            attrs.push(WireguardAttribute::PrivateKey(*k));
+            attrs.push(WireguardAttribute::PrivateKey(clamp_private_key(k)));
         }
         if let Some(p) = listen_port {
             attrs.push(WireguardAttribute::ListenPort(p));
@@ -309,6 +328,22 @@ mod tests {
                 WireguardPeerAttribute::Flags(WireguardPeerFlags::RemoveMe)
             ]
         );
+    }
+
+    #[test]
+    fn keys_compare_clamped() {
+        let raw = [0xffu8; 32];
+        let clamped = clamp_private_key(&raw);
+        assert_eq!(clamped[0], 0xf8);
+        assert_eq!(clamped[31], 0x7f);
+        assert_eq!(clamp_private_key(&clamped), clamped);
+        assert!(same_private_key(&raw, &clamped));
+        assert!(!same_private_key(&raw, &[0u8; 32]));
+        // Clamping does not change the key: the public keys agree.
+        let pubkey = |k: [u8; 32]| {
+            x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(k)).to_bytes()
+        };
+        assert_eq!(pubkey(raw), pubkey(clamped));
     }
 
     #[test]
