@@ -156,6 +156,9 @@ pub struct StatusReport {
     /// The tc eBPF datapath and its verdict counters (absent when it could not be read).
     #[serde(default)]
     pub datapath: Option<crate::bpf::DatapathReport>,
+    /// When this node's private key was written (UNIX seconds; the key file's mtime).
+    #[serde(default)]
+    pub key_created_unix: Option<u64>,
 }
 
 /// The status the daemon currently serves; updated after every reconcile.
@@ -286,6 +289,7 @@ mod tests {
                     ..Default::default()
                 },
             }),
+            key_created_unix: None,
         }
     }
 

@@ -145,6 +145,17 @@ struct Context {
     /// The settings in force (flags, then the ConfigMap's live values).
     live: RwLock<Live>,
     heartbeat: crate::health::Heartbeat,
+    metrics: crate::metrics::Metrics,
+    key_created_unix: Option<u64>,
+}
+
+/// When the key file was last written (UNIX seconds).
+fn key_mtime(state_dir: &std::path::Path) -> Option<u64> {
+    std::fs::metadata(state_dir.join(keyexchange::key::KEY_FILE))
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_secs())
 }
 
 /// Settings that can change while meshd runs.
@@ -248,10 +259,11 @@ pub async fn run<R: Registry>(
     let status: SharedStatus = Arc::new(RwLock::new(None));
     let control = tokio::spawn(control::serve(args.control_socket.clone(), status.clone()));
     let heartbeat: crate::health::Heartbeat = Arc::new(RwLock::new(None));
+    let metrics = crate::metrics::Metrics::new();
     let health = args.health_listen.map(|addr| {
-        let (status, heartbeat) = (status.clone(), heartbeat.clone());
+        let (status, heartbeat, metrics) = (status.clone(), heartbeat.clone(), metrics.clone());
         tokio::spawn(async move {
-            if let Err(err) = crate::health::serve(addr, status, heartbeat).await {
+            if let Err(err) = crate::health::serve(addr, status, heartbeat, metrics).await {
                 tracing::error!(%addr, %err, "health endpoints failed");
             }
         })
@@ -271,6 +283,7 @@ pub async fn run<R: Registry>(
         mtu,
         refresh_peers: false,
     };
+    let args_state_dir = args.state_dir.clone();
     let ctx = Context {
         args,
         me,
@@ -289,6 +302,8 @@ pub async fn run<R: Registry>(
             .with_context(|| format!("underlay interface {underlay_if} vanished"))?,
         live: RwLock::new(live),
         heartbeat,
+        metrics,
+        key_created_unix: key_mtime(&args_state_dir),
     };
     let result = event_loop(&ctx, &registry, events, settings).await;
     control.abort();
@@ -470,6 +485,7 @@ async fn event_loop<R: Registry>(
             tracing::warn!(error = %format!("{err:#}"), "reconcile failed; retrying");
             retry_at = Some(tokio::time::Instant::now() + RETRY_DELAY);
         }
+        ctx.metrics.observe_reconcile(started.elapsed());
         tracing::debug!(
             elapsed_ms = started.elapsed().as_millis() as u64,
             "reconciled"
@@ -800,6 +816,7 @@ async fn publish_status(ctx: &Context, known: &Known, converged: bool) -> anyhow
         converged,
         encryption: ctx.live.read().await.encryption.to_string(),
         strict_mode: ctx.live.read().await.strict_mode,
+        key_created_unix: ctx.key_created_unix,
         datapath: match ctx.bpf.lock().await.report() {
             Ok(r) => Some(r),
             Err(err) => {

@@ -3,7 +3,8 @@
 //! `/healthz` answers 200 while the daemon's loop keeps publishing its status (meshd is
 //! alive, even while it is still converging) and 503 once the status is older than
 //! [`STALE_AFTER`]; `/readyz` answers 200 only while the last reconcile converged, so a
-//! node whose mesh is not programmed is reported not ready.
+//! node whose mesh is not programmed is reported not ready. `/metrics` is the Prometheus
+//! exposition of [`crate::metrics`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,7 +28,19 @@ pub type Heartbeat = Arc<RwLock<Option<Instant>>>;
 struct Shared {
     status: SharedStatus,
     heartbeat: Heartbeat,
+    metrics: crate::metrics::Metrics,
     started: Instant,
+}
+
+async fn metrics(State(s): State<Shared>) -> ([(&'static str, &'static str); 1], String) {
+    let status = s.status.read().await;
+    (
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.render(status.as_ref()),
+    )
 }
 
 async fn healthz(State(s): State<Shared>) -> (StatusCode, &'static str) {
@@ -55,29 +68,33 @@ async fn readyz(State(s): State<Shared>) -> (StatusCode, &'static str) {
     }
 }
 
-/// Serve the probes on `addr` until the task is dropped.
+/// Serve the probes and `/metrics` on `addr` until the task is dropped.
 pub async fn serve(
     addr: SocketAddr,
     status: SharedStatus,
     heartbeat: Heartbeat,
+    metrics: crate::metrics::Metrics,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "health endpoints listening");
-    serve_on(listener, status, heartbeat).await
+    tracing::info!(%addr, "health and metrics endpoints listening");
+    serve_on(listener, status, heartbeat, metrics).await
 }
 
-/// Serve the probes on a bound listener until the task is dropped.
+/// Serve the probes and `/metrics` on a bound listener until the task is dropped.
 pub async fn serve_on(
     listener: tokio::net::TcpListener,
     status: SharedStatus,
     heartbeat: Heartbeat,
+    metrics: crate::metrics::Metrics,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(self::metrics))
         .with_state(Shared {
             status,
             heartbeat,
+            metrics,
             started: Instant::now(),
         });
     axum::serve(listener, app).await
@@ -107,7 +124,12 @@ mod tests {
         let heartbeat: Heartbeat = Arc::new(RwLock::new(None));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(serve_on(listener, status.clone(), heartbeat.clone()));
+        let server = tokio::spawn(serve_on(
+            listener,
+            status.clone(),
+            heartbeat.clone(),
+            crate::metrics::Metrics::new(),
+        ));
         // Starting: alive, not ready.
         assert_eq!(get(addr, "/healthz").await, 200);
         assert_eq!(get(addr, "/readyz").await, 503);
@@ -122,6 +144,7 @@ mod tests {
         // A loop that stopped reporting is not alive.
         *heartbeat.write().await = Instant::now().checked_sub(STALE_AFTER + Duration::from_secs(1));
         assert_eq!(get(addr, "/healthz").await, 503);
+        assert_eq!(get(addr, "/metrics").await, 200);
         assert_eq!(get(addr, "/nope").await, 404);
         server.abort();
     }

@@ -23,6 +23,8 @@ pub mod health;
 pub mod ipam;
 /// The local multi-node lab built from network namespaces.
 pub mod lab;
+/// Prometheus metrics.
+pub mod metrics;
 /// The pure reconcile plan.
 pub mod reconcile;
 /// Operator settings from the `meshd-config` ConfigMap and their live watcher.

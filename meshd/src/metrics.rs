@@ -1,0 +1,271 @@
+//! Prometheus metrics, served on `/metrics` next to the health endpoints.
+//!
+//! Reconcile durations are observed as they happen (a histogram); everything else is read from
+//! the status meshd serves on its control socket at scrape time, so `/metrics` and
+//! `meshctl status` never disagree.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::control::StatusReport;
+
+type Labels = Vec<(String, String)>;
+
+/// meshd's metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Mutex<Registry>,
+    reconcile_seconds: Histogram,
+    info: Family<Labels, Gauge>,
+    converged: Gauge,
+    peers: Gauge,
+    handshake_age: Family<Labels, Gauge<f64, AtomicU64>>,
+    peer_rx: Family<Labels, Counter>,
+    peer_tx: Family<Labels, Counter>,
+    verdicts: Family<Labels, Counter>,
+    ops: Family<Labels, Counter>,
+    key_age: Gauge<f64, AtomicU64>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+        .collect()
+}
+
+fn set(counter: &Counter, value: u64) {
+    counter.inner().store(value, Ordering::Relaxed);
+}
+
+impl Metrics {
+    /// A fresh set of metrics.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("meshd");
+        let reconcile_seconds = Histogram::new(exponential_buckets(0.0005, 4.0, 9));
+        registry.register(
+            "reconcile_duration_seconds",
+            "Duration of reconcile passes",
+            reconcile_seconds.clone(),
+        );
+        let info = Family::<Labels, Gauge>::default();
+        registry.register(
+            "info",
+            "Always 1: this node, its WireGuard mode (kernel/userspace) and encryption setting",
+            info.clone(),
+        );
+        let converged = Gauge::default();
+        registry.register(
+            "converged",
+            "1 when the last reconcile pass converged without error",
+            converged.clone(),
+        );
+        let peers = Gauge::default();
+        registry.register("peers", "Peers programmed on the device", peers.clone());
+        let handshake_age = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "peer_last_handshake_age_seconds",
+            "Seconds since the last WireGuard handshake with a peer (absent before the first)",
+            handshake_age.clone(),
+        );
+        let peer_rx = Family::<Labels, Counter>::default();
+        registry.register(
+            "peer_receive_bytes",
+            "Bytes received from a peer",
+            peer_rx.clone(),
+        );
+        let peer_tx = Family::<Labels, Counter>::default();
+        registry.register(
+            "peer_transmit_bytes",
+            "Bytes sent to a peer",
+            peer_tx.clone(),
+        );
+        let verdicts = Family::<Labels, Counter>::default();
+        registry.register(
+            "datapath_verdicts",
+            "Packets by tc eBPF verdict (redirected, local, passed, strict_drop, would_drop)",
+            verdicts.clone(),
+        );
+        let ops = Family::<Labels, Counter>::default();
+        registry.register(
+            "operations",
+            "Daemon operations by kind (reconcile, reconcile_error, peer, route, map, malformed_record, device_restore)",
+            ops.clone(),
+        );
+        let key_age = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "key_age_seconds",
+            "Age of this node's WireGuard private key",
+            key_age.clone(),
+        );
+        Metrics {
+            inner: Arc::new(Inner {
+                registry: Mutex::new(registry),
+                reconcile_seconds,
+                info,
+                converged,
+                peers,
+                handshake_age,
+                peer_rx,
+                peer_tx,
+                verdicts,
+                ops,
+                key_age,
+            }),
+        }
+    }
+
+    /// Record one reconcile pass.
+    pub fn observe_reconcile(&self, took: Duration) {
+        self.inner.reconcile_seconds.observe(took.as_secs_f64());
+    }
+
+    /// The text exposition of every metric, with the status-derived ones taken from `status`.
+    pub fn render(&self, status: Option<&StatusReport>) -> String {
+        let m = &self.inner;
+        if let Some(s) = status {
+            m.info.clear();
+            m.info
+                .get_or_create(&labels(&[
+                    ("node", &s.node),
+                    ("mode", &s.mode),
+                    ("encryption", &s.encryption),
+                    ("interface", &s.interface),
+                ]))
+                .set(1);
+            m.converged.set(i64::from(s.converged));
+            m.peers
+                .set(i64::try_from(s.peers.len()).unwrap_or(i64::MAX));
+            m.handshake_age.clear();
+            m.peer_rx.clear();
+            m.peer_tx.clear();
+            for p in &s.peers {
+                let name = p.name.clone().unwrap_or_else(|| p.public_key.clone());
+                let l = labels(&[("peer", &name)]);
+                if let Some(ago) = p.last_handshake_secs_ago {
+                    m.handshake_age.get_or_create(&l).set(ago as f64);
+                }
+                set(&m.peer_rx.get_or_create(&l), p.rx_bytes);
+                set(&m.peer_tx.get_or_create(&l), p.tx_bytes);
+            }
+            if let Some(d) = &s.datapath {
+                let c = &d.counters;
+                for (verdict, v) in [
+                    ("redirected", c.redirected),
+                    ("local", c.local),
+                    ("passed", c.passed),
+                    ("strict_drop", c.strict_drops),
+                    ("would_drop", c.would_drops),
+                ] {
+                    set(
+                        &m.verdicts.get_or_create(&labels(&[("verdict", verdict)])),
+                        v,
+                    );
+                }
+            }
+            let c = &s.counters;
+            for (kind, v) in [
+                ("reconcile", c.reconciles),
+                ("reconcile_error", c.reconcile_errors),
+                ("peer", c.peer_ops),
+                ("route", c.route_ops),
+                ("map", c.map_ops),
+                ("malformed_record", c.malformed_records),
+                ("device_restore", c.device_restores),
+            ] {
+                set(&m.ops.get_or_create(&labels(&[("kind", kind)])), v);
+            }
+            if let Some(created) = s.key_created_unix {
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs();
+                m.key_age.set(now.saturating_sub(created) as f64);
+            }
+        }
+        let mut out = String::new();
+        let registry = m.registry.lock().unwrap_or_else(|e| e.into_inner());
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn renders_status_derived_metrics_and_reconcile_histogram() {
+        let m = Metrics::new();
+        m.observe_reconcile(Duration::from_millis(3));
+        let mut s = crate::control::tests_support::sample();
+        s.peers.push(crate::control::PeerReport {
+            name: Some("n2".into()),
+            public_key: "k2".into(),
+            endpoint: Some("198.18.0.12:51820".into()),
+            allowed_ips: vec!["10.244.2.0/24".into()],
+            last_handshake_unix: Some(1),
+            last_handshake_secs_ago: Some(7),
+            rx_bytes: 1234,
+            tx_bytes: 5678,
+        });
+        s.counters.reconciles = 9;
+        s.key_created_unix = Some(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                - 100,
+        );
+        let text = m.render(Some(&s));
+        for want in [
+            "meshd_reconcile_duration_seconds_count 1",
+            "meshd_peers 1",
+            "meshd_peer_last_handshake_age_seconds{peer=\"n2\"} 7",
+            "meshd_peer_receive_bytes_total{peer=\"n2\"} 1234",
+            "meshd_peer_transmit_bytes_total{peer=\"n2\"} 5678",
+            "meshd_datapath_verdicts_total{verdict=\"redirected\"} 5",
+            "meshd_operations_total{kind=\"reconcile\"} 9",
+            "meshd_converged 1",
+            "mode=\"userspace\"",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in:\n{text}");
+        }
+        let age: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("meshd_key_age_seconds "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((100.0..110.0).contains(&age), "{age}");
+        // A peer that went away disappears from the next scrape.
+        s.peers.clear();
+        assert!(!m.render(Some(&s)).contains("peer=\"n2\""));
+    }
+}
