@@ -7,6 +7,8 @@
 //! over the control socket and drives the lab.
 #![forbid(unsafe_code)]
 
+/// The compliance audit (pure checks over what nodes publish and report).
+pub mod audit;
 /// The daemon's side of the tc eBPF datapath (strict mode, redirects, counters).
 pub mod bpf;
 /// The CNI plugin's spec types and command handling (CNI 1.1.0 and older result formats).

@@ -12,6 +12,7 @@
 //! State lives in `/run/meshd-lab/<name>/`; `lab.json` there records what was built so that
 //! `down` removes exactly that. Lab traffic never leaves lab namespaces.
 
+pub mod evidence;
 pub mod plan;
 
 use std::fs;

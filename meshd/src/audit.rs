@@ -1,0 +1,490 @@
+//! The compliance audit: from what every node publishes and what every node's meshd reports,
+//! one finding per check, per node and per ordered pair of nodes. Pure: the views are
+//! gathered elsewhere (the lab's status, or a cluster's Nodes and each node's status), so every
+//! check is unit-tested without a mesh.
+//!
+//! Checks, in order: `status` (the node's meshd answered), `key` (a valid published key that the
+//! device uses), `encryption` (encryption enabled, strict mode on, the underlay guard attached
+//! and enforcing), `converged`, `plaintext` (no strict drops or would-drops: cleartext was never
+//! attempted, or it needs explaining), `key-age` (within the rotation policy), `peer` (A has B
+//! programmed with B's key, endpoint and pod CIDRs), `handshake` (an active pair handshook within
+//! WireGuard's 180 s rejection window), `settings` (every node agrees on port, MTU and
+//! encryption), and, with evidence, `evidence` (canary traffic from a pod on A to a pod on B
+//! crossed the underlay only as WireGuard).
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::control::StatusReport;
+
+/// WireGuard rejects a session this old (REJECT_AFTER_TIME): a fresh handshake is younger.
+pub const HANDSHAKE_WINDOW: Duration = Duration::from_secs(180);
+
+/// What one node publishes, and what its meshd reports (when it answered).
+#[derive(Debug, Clone)]
+pub struct NodeView {
+    /// Node name.
+    pub name: String,
+    /// The public key the registry holds for it (base64), if any.
+    pub published_key: Option<String>,
+    /// Its underlay addresses.
+    pub endpoints: Vec<IpAddr>,
+    /// Its pod CIDRs.
+    pub pod_cidrs: Vec<String>,
+    /// Its meshd's status; `None` when it could not be read.
+    pub status: Option<StatusReport>,
+    /// Why the status could not be read.
+    pub status_error: Option<String>,
+}
+
+/// The audit's policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Keys older than this are a finding.
+    pub max_key_age: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            max_key_age: Duration::from_secs(90 * 24 * 3600),
+        }
+    }
+}
+
+/// One check's outcome for one node or pair.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Finding {
+    /// The check (`key`, `peer`, …).
+    pub check: String,
+    /// The node (`n1`) or ordered pair (`n1->n2`), or `cluster`.
+    pub subject: String,
+    /// Whether it passed.
+    pub ok: bool,
+    /// What was expected.
+    pub expected: String,
+    /// What was seen.
+    pub seen: String,
+    /// How to fix it (empty when it passed).
+    pub fix: String,
+}
+
+/// The whole audit.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Report {
+    /// `pass`, `findings` or `could-not-audit`.
+    pub verdict: String,
+    /// Nodes audited.
+    pub nodes: usize,
+    /// Every check's outcome.
+    pub findings: Vec<Finding>,
+}
+
+impl Report {
+    /// The exit code a CI job or cron gates on: 0 pass, 1 findings, 2 could not audit.
+    pub fn exit_code(&self) -> u8 {
+        match self.verdict.as_str() {
+            "pass" => 0,
+            "findings" => 1,
+            _ => 2,
+        }
+    }
+}
+
+struct Out(Vec<Finding>);
+
+impl Out {
+    fn check(
+        &mut self,
+        check: &str,
+        subject: &str,
+        ok: bool,
+        expected: impl Into<String>,
+        seen: impl Into<String>,
+        fix: &str,
+    ) {
+        self.0.push(Finding {
+            check: check.into(),
+            subject: subject.into(),
+            ok,
+            expected: expected.into(),
+            seen: seen.into(),
+            fix: if ok { String::new() } else { fix.into() },
+        });
+    }
+}
+
+fn set(v: &[String]) -> BTreeSet<String> {
+    v.iter().cloned().collect()
+}
+
+/// Audit `nodes` at time `now_unix` (seconds).
+pub fn audit(nodes: &[NodeView], policy: &Policy, now_unix: u64) -> Report {
+    let mut out = Out(Vec::new());
+    for n in nodes {
+        let name = n.name.as_str();
+        let Some(s) = &n.status else {
+            out.check(
+                "status",
+                name,
+                false,
+                "meshd answers on the node",
+                n.status_error.clone().unwrap_or_else(|| "no answer".into()),
+                "start meshd on the node (its datapath keeps running meanwhile) and check its log",
+            );
+            continue;
+        };
+        out.check("status", name, true, "meshd answers", "answered", "");
+        let key_ok = n.published_key.as_deref() == Some(s.public_key.as_str())
+            && s.public_key.parse::<keyexchange::PublicKey>().is_ok();
+        out.check(
+            "key",
+            name,
+            key_ok,
+            format!("published key = device key {}", s.public_key),
+            format!("published {}", n.published_key.as_deref().unwrap_or("nothing")),
+            "restart meshd on the node: it republishes its record; check for another writer of that record",
+        );
+        let guard = s.datapath.as_ref();
+        let enc_ok = s.encryption == "enabled"
+            && s.strict_mode
+            && guard.is_some_and(|d| d.underlay_mode == "enforce")
+            && guard.is_some_and(|d| d.underlay_attached != Some(false));
+        out.check(
+            "encryption",
+            name,
+            enc_ok,
+            "encryption enabled, strict mode on, underlay guard attached and enforcing",
+            format!(
+                "encryption {}, strict mode {}, guard {}",
+                s.encryption,
+                s.strict_mode,
+                guard.map_or("unreadable".to_string(), |d| format!(
+                    "{} ({})",
+                    d.underlay_mode,
+                    match d.underlay_attached {
+                        Some(true) => "attached",
+                        Some(false) => "NOT attached",
+                        None => "attachment not visible",
+                    }
+                ))
+            ),
+            "set encryption: enabled and strict-mode: \"true\" in meshd-config (or the flags)",
+        );
+        out.check(
+            "converged",
+            name,
+            s.converged,
+            "last reconcile converged",
+            if s.converged {
+                "converged"
+            } else {
+                "not converged"
+            },
+            "see `meshctl status` on the node and its log for the failing operation",
+        );
+        let (drops, would) = guard.map_or((0, 0), |d| {
+            (d.counters.strict_drops, d.counters.would_drops)
+        });
+        out.check(
+            "plaintext",
+            name,
+            drops == 0 && would == 0,
+            "no cleartext pod traffic attempted on the underlay",
+            format!("{drops} strict drops, {would} would-drops"),
+            "cleartext was attempted towards pod CIDRs without a peer (a node leaving or not \
+             running meshd): explain it, or find the node and bring its meshd up",
+        );
+        match s.key_created_unix {
+            Some(created) => {
+                let age = now_unix.saturating_sub(created);
+                out.check(
+                    "key-age",
+                    name,
+                    age <= policy.max_key_age.as_secs(),
+                    format!("at most {} s", policy.max_key_age.as_secs()),
+                    format!("{age} s"),
+                    "rotate the node's key (`meshctl rotate-key` on the node)",
+                );
+            }
+            None => out.check(
+                "key-age",
+                name,
+                false,
+                "a known key age",
+                "unknown",
+                "upgrade meshd on the node (it reports the key's age)",
+            ),
+        }
+    }
+    // Every ordered pair.
+    for a in nodes {
+        let Some(sa) = &a.status else { continue };
+        for b in nodes.iter().filter(|b| b.name != a.name) {
+            let pair = format!("{}->{}", a.name, b.name);
+            let Some(key) = &b.published_key else {
+                out.check(
+                    "peer",
+                    &pair,
+                    false,
+                    format!("{} has a published key", b.name),
+                    "no key published",
+                    "start meshd on the peer so that it publishes its record",
+                );
+                continue;
+            };
+            let Some(p) = sa.peers.iter().find(|p| &p.public_key == key) else {
+                out.check(
+                    "peer",
+                    &pair,
+                    false,
+                    format!("peer with key {key}"),
+                    "not programmed",
+                    "check both records for conflicts (`meshctl status` lists them) and the log",
+                );
+                continue;
+            };
+            let port = sa.listen_port;
+            let endpoint_ok = p.endpoint.as_ref().is_some_and(|e| {
+                b.endpoints
+                    .iter()
+                    .any(|ip| *e == std::net::SocketAddr::new(*ip, port).to_string())
+            });
+            let cidrs_ok = set(&p.allowed_ips) == set(&b.pod_cidrs);
+            out.check(
+                "peer",
+                &pair,
+                endpoint_ok && cidrs_ok,
+                format!(
+                    "endpoint one of {:?} port {port}, AllowedIPs {:?}",
+                    b.endpoints, b.pod_cidrs
+                ),
+                format!(
+                    "endpoint {}, AllowedIPs {:?}",
+                    p.endpoint.as_deref().unwrap_or("none"),
+                    p.allowed_ips
+                ),
+                "let meshd reconcile (it corrects drift within 30 s); if it persists, check the peer's record",
+            );
+            let active = p.tx_bytes > 0 || p.rx_bytes > 0;
+            if active {
+                let fresh = p
+                    .last_handshake_secs_ago
+                    .is_some_and(|s| s < HANDSHAKE_WINDOW.as_secs());
+                out.check(
+                    "handshake",
+                    &pair,
+                    fresh,
+                    format!("a handshake within {} s", HANDSHAKE_WINDOW.as_secs()),
+                    p.last_handshake_secs_ago
+                        .map_or("never".into(), |s| format!("{s} s ago")),
+                    "check UDP reachability of the peer's endpoint and that both sides hold each other's current key",
+                );
+            }
+        }
+    }
+    // Settings agree.
+    let answered: Vec<&StatusReport> = nodes.iter().filter_map(|n| n.status.as_ref()).collect();
+    for what in ["listen port", "MTU", "encryption"] {
+        let values = distinct(&answered, what);
+        out.check(
+            "settings",
+            "cluster",
+            values.len() <= 1,
+            format!("one {what} on every node"),
+            format!("{values:?}"),
+            "make every node use the same meshd-config (or flags) and restart the odd ones out",
+        );
+    }
+    let verdict = if nodes.is_empty() || answered.is_empty() {
+        "could-not-audit"
+    } else if out.0.iter().all(|f| f.ok) {
+        "pass"
+    } else {
+        "findings"
+    };
+    Report {
+        verdict: verdict.into(),
+        nodes: nodes.len(),
+        findings: out.0,
+    }
+}
+
+fn distinct(answered: &[&StatusReport], what: &str) -> BTreeSet<String> {
+    answered
+        .iter()
+        .map(|s| match what {
+            "listen port" => s.listen_port.to_string(),
+            "MTU" => s.mtu.to_string(),
+            _ => s.encryption.clone(),
+        })
+        .collect()
+}
+
+/// Add an evidence finding for a pair.
+pub fn evidence(report: &mut Report, pair: &str, ok: bool, seen: String) {
+    report.findings.push(Finding {
+        check: "evidence".into(),
+        subject: pair.into(),
+        ok,
+        expected: "the canary crossed the underlay only as WireGuard".into(),
+        seen,
+        fix: if ok {
+            String::new()
+        } else {
+            "a pod packet or the canary crossed in clear: check strict mode and the peer on both nodes now".into()
+        },
+    });
+    if !ok && report.verdict == "pass" {
+        report.verdict = "findings".into();
+    }
+}
+
+/// The human table: one line per check and subject.
+pub fn table(report: &Report) -> String {
+    let mut s = format!("{:<11} {:<10} {:<6} DETAIL\n", "CHECK", "SUBJECT", "RESULT");
+    for f in &report.findings {
+        let detail = if f.ok {
+            f.seen.clone()
+        } else {
+            format!("expected {}; saw {}. Fix: {}", f.expected, f.seen, f.fix)
+        };
+        s.push_str(&format!(
+            "{:<11} {:<10} {:<6} {}\n",
+            f.check,
+            f.subject,
+            if f.ok { "ok" } else { "FAIL" },
+            detail
+        ));
+    }
+    let failed = report.findings.iter().filter(|f| !f.ok).count();
+    s.push_str(&format!(
+        "verdict: {} ({} nodes, {} checks, {} failed)\n",
+        report.verdict,
+        report.nodes,
+        report.findings.len(),
+        failed
+    ));
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::control::PeerReport;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn node(i: u32, key: &str, peers: Vec<PeerReport>) -> NodeView {
+        let mut s = crate::control::tests_support::sample();
+        s.node = format!("n{i}");
+        s.public_key = key.into();
+        s.peers = peers;
+        s.key_created_unix = Some(NOW - 3600);
+        if let Some(d) = s.datapath.as_mut() {
+            d.counters = Default::default();
+        }
+        NodeView {
+            name: format!("n{i}"),
+            published_key: Some(key.into()),
+            endpoints: vec![format!("198.18.0.1{i}").parse().unwrap()],
+            pod_cidrs: vec![format!("10.244.{i}.0/24")],
+            status: Some(s),
+            status_error: None,
+        }
+    }
+
+    fn key(i: u8) -> String {
+        keyexchange::PrivateKey::from_bytes([i; 32])
+            .public_key()
+            .to_string()
+    }
+
+    fn peer(i: u32, k: &str) -> PeerReport {
+        PeerReport {
+            name: Some(format!("n{i}")),
+            public_key: k.into(),
+            endpoint: Some(format!("198.18.0.1{i}:51820")),
+            allowed_ips: vec![format!("10.244.{i}.0/24")],
+            last_handshake_unix: Some(NOW - 5),
+            last_handshake_secs_ago: Some(5),
+            rx_bytes: 10,
+            tx_bytes: 10,
+        }
+    }
+
+    fn healthy() -> Vec<NodeView> {
+        let (k1, k2) = (key(1), key(2));
+        vec![
+            node(1, &k1, vec![peer(2, &k2)]),
+            node(2, &k2, vec![peer(1, &k1)]),
+        ]
+    }
+
+    fn failed(r: &Report) -> Vec<(String, String)> {
+        r.findings
+            .iter()
+            .filter(|f| !f.ok)
+            .map(|f| (f.check.clone(), f.subject.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn a_healthy_mesh_passes_every_check() {
+        let r = audit(&healthy(), &Policy::default(), NOW);
+        assert_eq!(failed(&r), vec![], "{}", table(&r));
+        assert_eq!((r.verdict.as_str(), r.exit_code()), ("pass", 0));
+        // 6 node checks × 2, a peer and a handshake check per ordered pair, 3 settings.
+        assert_eq!(r.findings.len(), 12 + 4 + 3);
+    }
+
+    #[test]
+    fn each_problem_is_a_finding_naming_the_node_or_pair() {
+        let mut nodes = healthy();
+        // n1: permissive, a strict drop, a stale key; its peer n2 has the wrong CIDRs.
+        let s1 = nodes[0].status.as_mut().unwrap();
+        s1.encryption = "permissive".into();
+        s1.key_created_unix = Some(NOW - 200 * 24 * 3600);
+        s1.peers[0].allowed_ips = vec!["10.244.9.0/24".into()];
+        s1.peers[0].last_handshake_secs_ago = Some(400);
+        s1.datapath.as_mut().unwrap().counters.strict_drops = 3;
+        // n2's device uses a key it has not published.
+        nodes[1].status.as_mut().unwrap().public_key = key(7);
+        let r = audit(&nodes, &Policy::default(), NOW);
+        let f = failed(&r);
+        for want in [
+            ("encryption", "n1"),
+            ("plaintext", "n1"),
+            ("key-age", "n1"),
+            ("key", "n2"),
+            ("peer", "n1->n2"),
+            ("handshake", "n1->n2"),
+            ("settings", "cluster"),
+        ] {
+            assert!(
+                f.contains(&(want.0.to_string(), want.1.to_string())),
+                "{want:?} missing: {f:?}"
+            );
+        }
+        assert_eq!(r.exit_code(), 1);
+        let t = table(&r);
+        assert!(t.contains("FAIL") && t.contains("Fix:"), "{t}");
+    }
+
+    #[test]
+    fn an_unreachable_node_is_a_finding_and_nothing_readable_cannot_be_audited() {
+        let mut nodes = healthy();
+        nodes[1].status = None;
+        nodes[1].status_error = Some("connection refused".into());
+        let r = audit(&nodes, &Policy::default(), NOW);
+        assert!(failed(&r).contains(&("status".into(), "n2".into())));
+        assert_eq!(r.exit_code(), 1);
+        nodes[0].status = None;
+        assert_eq!(audit(&nodes, &Policy::default(), NOW).exit_code(), 2);
+        assert_eq!(audit(&[], &Policy::default(), NOW).exit_code(), 2);
+    }
+}
