@@ -14,6 +14,8 @@ use anyhow::{bail, Context as _};
 use crate::labjson::{LabPod, LabStatus};
 use crate::netns;
 
+pub mod cni;
+
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// The directory holding the workspace's binaries (`meshctl`, `meshd`, `lab-traffic`…): the

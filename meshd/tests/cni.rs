@@ -293,6 +293,20 @@ fn add_check_del_end_to_end() {
         "{host_routes}"
     );
 
+    // Proxy ARP answers at once: with the kernel's default proxy_delay (up to 0.8 s, random)
+    // every new pod's first IPv4 packet waited for its gateway's MAC that long.
+    let delay = run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &lab.node,
+            "cat",
+            &format!("/proc/sys/net/ipv4/neigh/{host}/proxy_delay"),
+        ],
+    );
+    assert_eq!(delay.trim(), "0", "proxy_delay on {host}");
+
     // Traffic both ways, both families.
     assert!(ping(&pod, "10.250.0.1"), "pod -> node v4");
     assert!(ping(&pod, "fd00:250::1"), "pod -> node v6");

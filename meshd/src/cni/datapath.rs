@@ -2,7 +2,7 @@
 //!
 //! The layout is the lab's (README, "Packet path"): a veth pair whose host side (`mshd` + 8 hex
 //! digits, [`host_veth_name`](crate::cni::host_veth_name)) has MAC `ee:ee:ee:ee:ee:ee`, proxy ARP and IPv4 forwarding on (the kernel's proxy ARP
-//! answers only on forwarding interfaces), DAD off, and
+//! answers only on forwarding interfaces) with no proxy delay, DAD off, and
 //! carries a `/32` and a `/128` host route to the pod; the pod side holds the pod's `/32` and
 //! `/128`, an on-link route to 169.254.1.1 and default routes via 169.254.1.1 and
 //! fe80::ecee:eeff:feee:eeee (the host side's EUI-64 link-local address). The host veth's alias
@@ -200,6 +200,9 @@ fn configure(spec: &PodSpec<'_>, ns: &File, host: &str) -> Result<String, CniErr
     sysctl(&format!("net/ipv4/conf/{host}/proxy_arp"), "1")?;
     // Proxy ARP answers only on interfaces that forward.
     sysctl(&format!("net/ipv4/conf/{host}/forwarding"), "1")?;
+    // ... and, by default, only after a random delay of up to 0.8 s (proxy_delay), which every
+    // new pod's first IPv4 packet would wait for: answer at once, as Calico does.
+    sysctl(&format!("net/ipv4/neigh/{host}/proxy_delay"), "0")?;
     sysctl(&format!("net/ipv6/conf/{host}/accept_dad"), "0")?;
     ip(&["link", "set", "dev", host, "up"])?;
     let ifname = spec.ifname;

@@ -293,7 +293,9 @@ impl Ipam {
         Ok(out)
     }
 
-    /// The addresses held by `(container_id, ifname)`, in CIDR order.
+    /// Every address held by `(container_id, ifname)`: those in the store's pod CIDRs first, in
+    /// CIDR order, then any others (a store opened without CIDRs, as DEL and GC open it, or a
+    /// CIDR no longer configured), in address order.
     pub fn lookup(&self, container_id: &str, ifname: &str) -> Result<Vec<IpAddr>, IpamError> {
         let owner = Owner {
             container_id: container_id.to_string(),
@@ -304,15 +306,21 @@ impl Ipam {
     }
 
     fn owned_in_cidr_order(&self, entries: &[Entry], owner: &Owner) -> Vec<IpAddr> {
+        let owned: Vec<IpAddr> = entries
+            .iter()
+            .filter(|e| e.owner.as_ref() == Some(owner))
+            .map(|e| e.address)
+            .collect();
         let mut out = Vec::new();
         for cidr in &self.cidrs {
-            if let Some(e) = entries
-                .iter()
-                .find(|e| cidr.contains(&e.address) && e.owner.as_ref() == Some(owner))
-            {
-                out.push(e.address);
-            }
+            out.extend(owned.iter().filter(|a| cidr.contains(*a)));
         }
+        // `list` sorts by address.
+        out.extend(
+            owned
+                .iter()
+                .filter(|a| !self.cidrs.iter().any(|c| c.contains(*a))),
+        );
         out
     }
 

@@ -86,6 +86,26 @@ fn allocates_both_families_from_two() {
 }
 
 #[test]
+fn lookup_without_cidrs_finds_every_address_of_the_owner() {
+    // DEL and GC open the store without CIDRs: they must still find what to undo (the
+    // addresses in the BPF local-pod map), and so must a store whose CIDRs changed.
+    let dir = tempfile::tempdir().unwrap();
+    let a = Ipam::open(dir.path(), &cidrs())
+        .unwrap()
+        .allocate("c1", "eth0")
+        .unwrap();
+    Ipam::open(dir.path(), &cidrs())
+        .unwrap()
+        .allocate("c2", "eth0")
+        .unwrap();
+    let bare = Ipam::open(dir.path(), &[]).unwrap();
+    assert_eq!(bare.lookup("c1", "eth0").unwrap(), a);
+    assert!(bare.lookup("c1", "net1").unwrap().is_empty());
+    let v6_only = Ipam::open(dir.path(), &cidrs()[1..]).unwrap();
+    assert_eq!(v6_only.lookup("c1", "eth0").unwrap(), vec![a[1], a[0]]);
+}
+
+#[test]
 fn allocation_is_idempotent() {
     let dir = tempfile::tempdir().unwrap();
     let ipam = Ipam::open(dir.path(), &cidrs()).unwrap();

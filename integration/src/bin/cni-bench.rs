@@ -1,0 +1,409 @@
+//! `cni-bench`: how fast `meshd-cni` attaches pods, on a real 2-node lab.
+//!
+//! The plugin is invoked exactly as a container runtime invokes it (`CNI_*` environment, the
+//! node's conflist configuration on stdin, inside the node's network namespace) on pod
+//! namespaces the bench creates beforehand (not timed). It measures:
+//!
+//! - **sequential ADD**: `--pods` (500) ADDs one after the other, alternating between the two
+//!   nodes (each node's /24 holds 252 pods), so the last ADDs run against stores, veth tables
+//!   and BPF maps of ~250 pods; latency is from spawning the plugin to its exit;
+//! - **reachable after ADD**: for every `--sample-every`-th pod (50 of 500), the time from ADD
+//!   returning until the pod answers, over IPv4 and over IPv6, a probe sent from the lab pod on
+//!   the *other* node through the tunnel. The probe is a UDP datagram to a closed port, resent
+//!   every millisecond (both families at once) from sockets inside that pod's namespace: the
+//!   new pod's kernel answers with ICMP port unreachable, which the connected socket reports as
+//!   `ECONNREFUSED`, so the time is a full round trip with no process in the new pod;
+//! - **sequential DEL** of all of them;
+//! - **concurrent** (unless `--no-concurrent`): `--concurrent-pods` (200) ADDs on one node from
+//!   `--workers` (8) runtime threads, then DELs the same way: per-call latency and pods/s.
+//!
+//! Prints numbers (a table, or JSON with `--json`); asserts nothing about timing. Everything it
+//! creates is removed on exit. Needs root.
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use clap::Parser;
+use integration::lab::cni::{percentile, Attached, NodeCni, PodNamespaces};
+use integration::lab::Lab;
+use serde::Serialize;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cni-bench",
+    about = "meshd-cni ADD/DEL latency and time to reachable"
+)]
+struct Args {
+    /// Sequential ADDs, alternating between the two nodes (at most 500).
+    #[arg(long, default_value_t = 500)]
+    pods: u32,
+    /// Measure time-to-reachable for every N-th pod of the sequential run.
+    #[arg(long, default_value_t = 10)]
+    sample_every: u32,
+    /// Skip the concurrent variant.
+    #[arg(long)]
+    no_concurrent: bool,
+    /// ADDs in the concurrent variant (on one node, at most 250).
+    #[arg(long, default_value_t = 200)]
+    concurrent_pods: u32,
+    /// Runtime threads in the concurrent variant.
+    #[arg(long, default_value_t = 8)]
+    workers: usize,
+    /// Give up on a pod that is not reachable after this many milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    reach_timeout_ms: u64,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Latency summary in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+struct Stats {
+    n: usize,
+    p50_ms: f64,
+    p90_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    mean_ms: f64,
+}
+
+impl Stats {
+    fn of(samples: &[Duration]) -> Stats {
+        let mut s = samples.to_vec();
+        s.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let mean = if s.is_empty() {
+            0.0
+        } else {
+            s.iter().map(|d| ms(*d)).sum::<f64>() / s.len() as f64
+        };
+        Stats {
+            n: s.len(),
+            p50_ms: ms(percentile(&s, 50.0)),
+            p90_ms: ms(percentile(&s, 90.0)),
+            p99_ms: ms(percentile(&s, 99.0)),
+            max_ms: ms(percentile(&s, 100.0)),
+            mean_ms: mean,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    cpus: usize,
+    pods: u32,
+    sequential_add: Stats,
+    /// The first and the last 100 sequential ADDs (empty vs ~250-pod nodes).
+    sequential_add_first_100: Stats,
+    sequential_add_last_100: Stats,
+    sequential_del: Stats,
+    reachable_v4: Stats,
+    reachable_v6: Stats,
+    reachable_both: Stats,
+    unreachable: usize,
+    concurrent: Option<Concurrent>,
+}
+
+#[derive(Debug, Serialize)]
+struct Concurrent {
+    pods: u32,
+    workers: usize,
+    add: Stats,
+    add_pods_per_s: f64,
+    del: Stats,
+    del_pods_per_s: f64,
+}
+
+/// Time one plugin ADD.
+fn timed_add(cni: &NodeCni, ns: &str) -> anyhow::Result<(Attached, Duration)> {
+    let t = Instant::now();
+    let pod = cni.add(ns, ns)?;
+    Ok((pod, t.elapsed()))
+}
+
+/// Time one plugin DEL.
+fn timed_del(cni: &NodeCni, id: &str) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    cni.del(id)?;
+    Ok(t.elapsed())
+}
+
+/// A probe request: the pod's addresses and when its ADD returned.
+struct Probe {
+    v4: IpAddr,
+    v6: IpAddr,
+    since: Instant,
+    reply: mpsc::Sender<(Option<Duration>, Option<Duration>)>,
+}
+
+/// A thread living in pod namespace `ns` that answers [`Probe`]s: the time until each family
+/// first round-trips (see the module doc), `None` after `timeout`.
+fn prober(ns: &str, timeout: Duration) -> anyhow::Result<mpsc::Sender<Probe>> {
+    let file = std::fs::File::open(format!("/run/netns/{ns}"))
+        .with_context(|| format!("opening namespace {ns}"))?;
+    let (tx, rx) = mpsc::channel::<Probe>();
+    let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<()>>();
+    std::thread::spawn(move || {
+        // This thread only: sockets made from here on belong to the pod's namespace.
+        let entered = nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .with_context(|| "entering the prober's namespace".to_string());
+        let failed = entered.is_err();
+        let _ = ready_tx.send(entered);
+        if failed {
+            return;
+        }
+        for probe in rx {
+            let [r4, r6] = probe_until([probe.v4, probe.v6], probe.since, timeout);
+            let _ = probe.reply.send((r4, r6));
+        }
+    });
+    ready_rx
+        .recv()
+        .context("the prober thread died")?
+        .map(|()| tx)
+}
+
+/// Resend a datagram to each address's discard port every millisecond until its ICMP port
+/// unreachable comes back (`ECONNREFUSED`): per address, the time since `since` (both
+/// families probed at once).
+fn probe_until(dsts: [IpAddr; 2], since: Instant, timeout: Duration) -> [Option<Duration>; 2] {
+    let socket = |dst: IpAddr| -> Option<UdpSocket> {
+        let bind: SocketAddr = if dst.is_ipv4() {
+            "0.0.0.0:0".parse().ok()?
+        } else {
+            "[::]:0".parse().ok()?
+        };
+        let sock = UdpSocket::bind(bind).ok()?;
+        sock.connect(SocketAddr::new(dst, 9)).ok()?;
+        sock.set_nonblocking(true).ok()?;
+        Some(sock)
+    };
+    let socks = dsts.map(socket);
+    let mut out = [None, None];
+    let refused = |r: std::io::Result<usize>| matches!(r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused);
+    let mut buf = [0u8; 64];
+    let mut last_send = [None::<Instant>; 2];
+    while since.elapsed() < timeout && out.iter().any(Option::is_none) {
+        for i in 0..2 {
+            let Some(sock) = &socks[i] else { continue };
+            if out[i].is_some() {
+                continue;
+            }
+            if refused(sock.recv(&mut buf)) {
+                out[i] = Some(since.elapsed());
+                continue;
+            }
+            if last_send[i].is_none_or(|t| t.elapsed() >= Duration::from_millis(1)) {
+                if refused(sock.send(b"cni-bench probe")) {
+                    out[i] = Some(since.elapsed());
+                }
+                last_send[i] = Some(Instant::now());
+            }
+        }
+        std::thread::sleep(Duration::from_micros(50));
+    }
+    out
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if !integration::netns::is_root() {
+        bail!("cni-bench creates network namespaces: run it as root");
+    }
+    if args.pods > 500 || args.concurrent_pods > 250 {
+        bail!("at most 500 sequential and 250 concurrent pods (each node's /24 holds 252)");
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    eprintln!("› lab up (2 nodes, 1 pod each)");
+    let lab = Lab::up(2, 1)?;
+    let nodes = [NodeCni::new(&lab, "n1")?, NodeCni::new(&lab, "n2")?];
+    let timeout = Duration::from_millis(args.reach_timeout_ms);
+    // A prober in each node's lab pod; a pod on node k is probed from the other node.
+    let probers = [
+        prober(&PodNamespaces::name(&lab, "n2", 1), timeout)?,
+        prober(&PodNamespaces::name(&lab, "n1", 1), timeout)?,
+    ];
+
+    let mut spaces = PodNamespaces::new();
+    let seq: Vec<(usize, String)> = (0..args.pods)
+        .map(|k| {
+            let node = (k % 2) as usize;
+            let name = PodNamespaces::name(&lab, nodes[node].node(), 1000 + k);
+            (node, name)
+        })
+        .collect();
+    let names: Vec<String> = seq.iter().map(|(_, n)| n.clone()).collect();
+    spaces.create(&names)?;
+
+    eprintln!("› {} sequential ADDs", args.pods);
+    let mut add = Vec::new();
+    let mut attached = Vec::new();
+    let (mut r4, mut r6, mut both, mut unreachable) = (Vec::new(), Vec::new(), Vec::new(), 0);
+    for (k, (node, ns)) in seq.iter().enumerate() {
+        let (pod, took) = timed_add(&nodes[*node], ns)?;
+        let since = Instant::now();
+        add.push(took);
+        if args.sample_every > 0 && (k as u32).is_multiple_of(args.sample_every) {
+            let (tx, rx) = mpsc::channel();
+            probers[*node]
+                .send(Probe {
+                    v4: pod.addrs()[0],
+                    v6: pod.addrs()[1],
+                    since,
+                    reply: tx,
+                })
+                .context("the prober thread died")?;
+            match rx.recv().context("the prober thread died")? {
+                (Some(a), Some(b)) => {
+                    r4.push(a);
+                    r6.push(b);
+                    both.push(a.max(b));
+                }
+                (a, b) => {
+                    unreachable += 1;
+                    eprintln!(
+                        "  {ns} ({}, {}) not reachable within {timeout:?}: v4 {a:?} v6 {b:?}",
+                        pod.ipv4, pod.ipv6
+                    );
+                }
+            }
+        }
+        attached.push((*node, pod));
+    }
+    eprintln!("› {} sequential DELs", args.pods);
+    let mut del = Vec::new();
+    for (node, pod) in &attached {
+        del.push(timed_del(&nodes[*node], &pod.container_id)?);
+    }
+    spaces.delete(&names)?;
+
+    let concurrent = if args.no_concurrent {
+        None
+    } else {
+        eprintln!(
+            "› {} concurrent ADDs and DELs on n1 from {} threads",
+            args.concurrent_pods, args.workers
+        );
+        let names: Vec<String> = (0..args.concurrent_pods)
+            .map(|k| PodNamespaces::name(&lab, "n1", 2000 + k))
+            .collect();
+        spaces.create(&names)?;
+        let (adds, add_wall) = parallel(&names, args.workers, |ns| timed_add(&nodes[0], ns));
+        let adds: Vec<(Attached, Duration)> = adds.into_iter().collect::<anyhow::Result<_>>()?;
+        let ids: Vec<String> = adds.iter().map(|(p, _)| p.container_id.clone()).collect();
+        let (dels, del_wall) = parallel(&ids, args.workers, |id| timed_del(&nodes[0], id));
+        let dels: Vec<Duration> = dels.into_iter().collect::<anyhow::Result<_>>()?;
+        spaces.delete(&names)?;
+        let n = f64::from(args.concurrent_pods);
+        Some(Concurrent {
+            pods: args.concurrent_pods,
+            workers: args.workers,
+            add: Stats::of(&adds.iter().map(|(_, d)| *d).collect::<Vec<_>>()),
+            add_pods_per_s: n / add_wall.as_secs_f64(),
+            del: Stats::of(&dels),
+            del_pods_per_s: n / del_wall.as_secs_f64(),
+        })
+    };
+
+    let report = Report {
+        cpus,
+        pods: args.pods,
+        sequential_add: Stats::of(&add),
+        sequential_add_first_100: Stats::of(&add[..add.len().min(100)]),
+        sequential_add_last_100: Stats::of(&add[add.len().saturating_sub(100)..]),
+        sequential_del: Stats::of(&del),
+        reachable_v4: Stats::of(&r4),
+        reachable_v6: Stats::of(&r6),
+        reachable_both: Stats::of(&both),
+        unreachable,
+        concurrent,
+    };
+    drop(spaces);
+    drop(lab);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
+
+/// Run `f` over `items` on `workers` threads: results in item order, and the wall time.
+fn parallel<T: Sync, R: Send>(
+    items: &[T],
+    workers: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> (Vec<R>, Duration) {
+    let next = AtomicUsize::new(0);
+    let out: Mutex<Vec<Option<R>>> = Mutex::new((0..items.len()).map(|_| None).collect());
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..workers.clamp(1, items.len().max(1)) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(item) = items.get(i) else { break };
+                let r = f(item);
+                if let Ok(mut out) = out.lock() {
+                    out[i] = Some(r);
+                }
+            });
+        }
+    });
+    let wall = t.elapsed();
+    let results = out
+        .into_inner()
+        .unwrap_or_default()
+        .into_iter()
+        .flatten()
+        .collect();
+    (results, wall)
+}
+
+fn row(what: &str, s: &Stats) {
+    println!(
+        "{what:<34} {:>5} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+        s.n, s.p50_ms, s.p90_ms, s.p99_ms, s.max_ms, s.mean_ms
+    );
+}
+
+fn print_table(r: &Report) {
+    println!("meshd-cni on a 2-node lab, {} CPUs; milliseconds", r.cpus);
+    println!(
+        "{:<34} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "", "n", "p50", "p90", "p99", "max", "mean"
+    );
+    row("ADD, sequential", &r.sequential_add);
+    row(
+        "  first 100 (nearly empty nodes)",
+        &r.sequential_add_first_100,
+    );
+    row(
+        "  last 100 (~250 pods per node)",
+        &r.sequential_add_last_100,
+    );
+    row("DEL, sequential", &r.sequential_del);
+    row("ADD return -> reachable, IPv4", &r.reachable_v4);
+    row("ADD return -> reachable, IPv6", &r.reachable_v6);
+    row("ADD return -> reachable, both", &r.reachable_both);
+    if r.unreachable > 0 {
+        println!("not reachable in time: {} sampled pods", r.unreachable);
+    }
+    if let Some(c) = &r.concurrent {
+        row(
+            &format!("ADD, {} concurrent / {} thr", c.pods, c.workers),
+            &c.add,
+        );
+        row(
+            &format!("DEL, {} concurrent / {} thr", c.pods, c.workers),
+            &c.del,
+        );
+        println!(
+            "concurrent throughput: ADD {:.1} pods/s, DEL {:.1} pods/s",
+            c.add_pods_per_s, c.del_pods_per_s
+        );
+    }
+}
