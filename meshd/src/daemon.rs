@@ -730,19 +730,24 @@ async fn finish_pass(
 /// `from_pod` on its host veth; the underlay guard is still attached.
 fn sync_pods(ctx: &Context, bpf: &mut Bpf, known: &mut Known) -> anyhow::Result<()> {
     let ipam_dir = ctx.args.state_dir.join("ipam");
-    let entries = if ipam_dir.exists() {
-        Ipam::open(&ipam_dir, &[])
-            .and_then(|i| i.list())
-            .with_context(|| format!("reading the IPAM store {}", ipam_dir.display()))?
-    } else {
-        Vec::new()
+    // The local-pod map mirrors the store under the store's lock: an ADD that allocates
+    // meanwhile waits, so its own map entries are never removed as unknown.
+    let mirror = |entries: &[crate::ipam::Entry], bpf: &mut Bpf| {
+        let locals: BTreeSet<IpAddr> = entries
+            .iter()
+            .filter(|e| e.owner.is_some())
+            .map(|e| e.address)
+            .collect();
+        bpf.sync_locals(&locals).map(|ops| (ops, entries.to_vec()))
     };
-    let locals: BTreeSet<IpAddr> = entries
-        .iter()
-        .filter(|e| e.owner.is_some())
-        .map(|e| e.address)
-        .collect();
-    known.counters.map_ops += bpf.sync_locals(&locals)? as u64;
+    let (ops, entries) = if ipam_dir.exists() {
+        Ipam::open(&ipam_dir, &[])
+            .and_then(|i| i.with_locked_list(|e| mirror(e, bpf)))
+            .with_context(|| format!("reading the IPAM store {}", ipam_dir.display()))??
+    } else {
+        mirror(&[], bpf)?
+    };
+    known.counters.map_ops += ops as u64;
     if ctx.args.pod_steering == PodSteering::Ebpf {
         let veths: BTreeSet<String> = entries
             .iter()

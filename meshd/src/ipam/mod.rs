@@ -270,6 +270,15 @@ impl Ipam {
             .map_err(Self::io("syncing", &self.dir))
     }
 
+    /// Run `f` on every allocated address while holding the store's lock, so that no ADD,
+    /// release or GC changes the store until `f` returns (meshd mirrors the store into the
+    /// local-pod map this way without undoing a concurrent ADD's entries).
+    pub fn with_locked_list<T>(&self, f: impl FnOnce(&[Entry]) -> T) -> Result<T, IpamError> {
+        let _guard = self.lock()?;
+        let entries = self.list()?;
+        Ok(f(&entries))
+    }
+
     /// Every allocated address with its owner. Takes no lock (a snapshot).
     pub fn list(&self) -> Result<Vec<Entry>, IpamError> {
         let mut out = Vec::new();
