@@ -88,6 +88,10 @@ enum LabCmd {
         /// live settings from the `meshd-config` ConfigMap: see `lab set`).
         #[arg(long, default_value = "dir")]
         registry: String,
+        /// `node` (pod CIDRs 10.244.K.0/24 and fd00:244:0:K::/64 given to node K) or
+        /// `cluster-pool` (every meshd claims its own blocks out of the cluster CIDRs).
+        #[arg(long, default_value = "node")]
+        ipam: String,
     },
     /// Change the lab's meshd-config ConfigMap (kubernetes labs), e.g. `encryption=disabled`.
     Set {
@@ -248,6 +252,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 strict_mode,
                 pod_steering,
                 registry,
+                ipam,
             } => lab::up(&lab::UpOptions {
                 name,
                 nodes,
@@ -258,6 +263,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 strict_mode,
                 pod_steering,
                 registry,
+                ipam,
             })?,
             LabCmd::Set { name, pairs } => lab::set(&name, &pairs)?,
             LabCmd::Down { name } => lab::down(&name)?,

@@ -57,6 +57,10 @@ pub struct LabState {
     /// server, with the live `meshd-config` ConfigMap).
     #[serde(default = "default_registry")]
     pub registry: String,
+    /// `node` (each node gets 10.244.K.0/24 and fd00:244:0:K::/64 as `--pod-cidr`) or
+    /// `cluster-pool` (each meshd claims its blocks out of the cluster CIDRs itself).
+    #[serde(default = "default_ipam")]
+    pub ipam: String,
     /// The nodes, by index.
     pub nodes: Vec<NodeState>,
 }
@@ -72,6 +76,9 @@ fn default_steering() -> String {
 }
 fn default_registry() -> String {
     "dir".into()
+}
+fn default_ipam() -> String {
+    "node".into()
 }
 
 /// Namespace of the lab's `meshd-config` ConfigMap (as in deploy/).
@@ -122,6 +129,8 @@ pub struct UpOptions {
     pub pod_steering: String,
     /// `dir` or `kubernetes`.
     pub registry: String,
+    /// `node` or `cluster-pool`.
+    pub ipam: String,
 }
 
 /// The lab's on-disk layout.
@@ -283,6 +292,12 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<()> {
     for bin in ["meshd", "meshd-wg", "meshd-cni"] {
         binary(bin)?;
     }
+    if !matches!(opts.ipam.as_str(), "node" | "cluster-pool") {
+        bail!("--ipam {}: expected node or cluster-pool", opts.ipam);
+    }
+    if opts.ipam == "cluster-pool" && opts.registry == "kubernetes" {
+        bail!("--ipam cluster-pool works with the directory registry; a kubernetes lab takes spec.podCIDRs");
+    }
     let started = Instant::now();
     let mut state = LabState {
         name: opts.name.clone(),
@@ -291,6 +306,7 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<()> {
         strict_mode: opts.strict_mode,
         pod_steering: opts.pod_steering.clone(),
         registry: opts.registry.clone(),
+        ipam: opts.ipam.clone(),
         nodes: Vec::new(),
     };
     let result = build(&mut state, opts);
@@ -499,7 +515,7 @@ fn add_node_inner(
     fs::create_dir_all(paths.node_dir(i))?;
     start_meshd(state, i)?;
     for j in 1..=pods {
-        add_pod(&lab, i, j)?;
+        add_pod(&lab, i, j, state.ipam == "cluster-pool")?;
     }
     Ok(())
 }
@@ -538,7 +554,21 @@ fn start_meshd_with(state: &LabState, i: u32, extra: &[&str]) -> anyhow::Result<
         .args(["--strict-mode", &state.strict_mode.to_string()])
         .args(["--pod-steering", &state.pod_steering])
         .args(extra)
-        .args(["--pod-cidr", &c4.to_string(), "--pod-cidr", &c6.to_string()])
+        .args(if state.ipam == "cluster-pool" {
+            [
+                "--pod-cidr-pool".to_string(),
+                CLUSTER_V4.to_string(),
+                "--pod-cidr-pool".to_string(),
+                CLUSTER_V6.to_string(),
+            ]
+        } else {
+            [
+                "--pod-cidr".to_string(),
+                c4.to_string(),
+                "--pod-cidr".to_string(),
+                c6.to_string(),
+            ]
+        })
         .args(["--cluster-cidr", CLUSTER_V4, "--cluster-cidr", CLUSTER_V6])
         .env(
             "RUST_LOG",
@@ -657,7 +687,7 @@ pub fn set(lab: &str, pairs: &[(String, String)]) -> anyhow::Result<()> {
 
 /// Create pod `j` on node `i` the way a container runtime does: a network namespace, then
 /// `meshd-cni` invoked with the CNI environment and configuration on stdin, inside the node.
-fn add_pod(lab: &str, i: u32, j: u32) -> anyhow::Result<()> {
+fn add_pod(lab: &str, i: u32, j: u32, pool: bool) -> anyhow::Result<()> {
     let paths = Paths::new(lab);
     let pod = pod_ns(lab, i, j);
     let (want4, want6) = pod_addrs(i, j);
@@ -667,7 +697,8 @@ fn add_pod(lab: &str, i: u32, j: u32) -> anyhow::Result<()> {
     let plugin = binary("meshd-cni")?;
     let config = plugin_config(&paths, i)?;
     let cidrs = config["podCIDRs"].to_string();
-    if !(cidrs.contains(&c4.to_string()) && cidrs.contains(&c6.to_string())) {
+    let expected = cidrs.contains(&c4.to_string()) && cidrs.contains(&c6.to_string());
+    if !pool && !expected {
         bail!(
             "node {}'s CNI configuration has pod CIDRs {cidrs}, expected {c4} and {c6}",
             node_name(i)
@@ -713,7 +744,12 @@ fn add_pod(lab: &str, i: u32, j: u32) -> anyhow::Result<()> {
         .filter_map(|ip| ip["address"].as_str())
         .collect();
     let want = [format!("{want4}/32"), format!("{want6}/128")];
-    if got != want {
+    if pool {
+        // Addresses come from the block meshd claimed: one per family.
+        if got.len() != 2 || !got[0].ends_with("/32") || !got[1].ends_with("/128") {
+            bail!("meshd-cni gave {pod} {got:?}, expected one IPv4 and one IPv6 address");
+        }
+    } else if got != want {
         bail!("meshd-cni gave {pod} {got:?}, the lab expected {want:?}");
     }
     Ok(())
@@ -829,8 +865,13 @@ fn warm_up(state: &LabState) {
             if a.index == b.index || a.pods == 0 || b.pods == 0 {
                 continue;
             }
-            let (d4, d6) = pod_addrs(b.index, 1);
-            for dst in [d4.to_string(), d6.to_string()] {
+            let (d4, d6) = if state.ipam == "cluster-pool" {
+                allocated_addrs(&Paths::new(&state.name), &state.name, b.index, 1)
+            } else {
+                let (d4, d6) = pod_addrs(b.index, 1);
+                (d4.to_string(), d6.to_string())
+            };
+            for dst in [d4, d6] {
                 let _ = in_ns(
                     &pod_ns(&state.name, a.index, 1),
                     &["ping", "-c", "1", "-W", "2", &dst],
@@ -996,6 +1037,36 @@ pub fn stop_node(lab: &str, node: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The pod CIDRs a cluster-pool node claimed (its persisted claim).
+fn claimed_cidrs(paths: &Paths, i: u32) -> Vec<String> {
+    fs::read_to_string(paths.node_dir(i).join("state").join("pod-cidrs.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| {
+            v["podCIDRs"].as_array().map(|a| {
+                a.iter()
+                    .filter_map(|c| c.as_str().map(str::to_string))
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
+/// A pod's addresses as the node's IPAM store holds them (cluster-pool labs).
+fn allocated_addrs(paths: &Paths, lab: &str, i: u32, j: u32) -> (String, String) {
+    let addrs = crate::ipam::Ipam::open(paths.node_dir(i).join("state").join("ipam"), &[])
+        .and_then(|ipam| ipam.lookup(&pod_ns(lab, i, j), "eth0"))
+        .unwrap_or_default();
+    let pick = |v4: bool| {
+        addrs
+            .iter()
+            .find(|a| a.is_ipv4() == v4)
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    };
+    (pick(true), pick(false))
+}
+
 /// Remove a node's bpffs directory: unpinning detaches its links and frees its programs.
 fn remove_bpffs(dir: &Path) {
     if let Err(err) = fs::remove_dir_all(dir) {
@@ -1136,6 +1207,12 @@ pub fn status(lab: &str) -> anyhow::Result<LabStatus> {
         let live = pid.and_then(|_| node_status(lab, i).ok());
         let (u4, u6) = node_underlay(i);
         let (c4, c6) = node_pod_cidrs(i);
+        let pool = state.ipam == "cluster-pool";
+        let claimed = if pool {
+            claimed_cidrs(&paths, i)
+        } else {
+            vec![c4.to_string(), c6.to_string()]
+        };
         nodes.push(LabNode {
             name: node_name(i),
             namespace: node_ns(lab, i),
@@ -1146,7 +1223,7 @@ pub fn status(lab: &str) -> anyhow::Result<LabStatus> {
                 .as_ref()
                 .map_or("meshd0".into(), |s| s.interface.clone()),
             mode: live.as_ref().map_or("unknown".into(), |s| s.mode.clone()),
-            pod_cidrs: vec![c4.to_string(), c6.to_string()],
+            pod_cidrs: claimed,
             public_key: live
                 .as_ref()
                 .map_or(String::new(), |s| s.public_key.clone()),
@@ -1169,14 +1246,19 @@ pub fn status(lab: &str) -> anyhow::Result<LabStatus> {
                 .map(Into::into),
         });
         for j in 1..=n.pods {
-            let (a4, a6) = pod_addrs(i, j);
+            let (a4, a6) = if pool {
+                allocated_addrs(&paths, lab, i, j)
+            } else {
+                let (a4, a6) = pod_addrs(i, j);
+                (a4.to_string(), a6.to_string())
+            };
             pods.push(LabPod {
                 name: pod_name(i, j),
                 node: node_name(i),
                 namespace: pod_ns(lab, i, j),
                 interface: "eth0".into(),
-                ipv4: a4.to_string(),
-                ipv6: a6.to_string(),
+                ipv4: a4,
+                ipv6: a6,
             });
         }
     }
