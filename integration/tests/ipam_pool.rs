@@ -12,11 +12,22 @@ use ipnet::IpNet;
 
 #[test]
 fn nodes_claim_disjoint_blocks_from_the_pool_and_keep_them_across_restarts() {
+    claims(&["--ipam", "cluster-pool"]);
+}
+
+/// The same through Node annotations: the Nodes have no `spec.podCIDRs` (no controller
+/// allocates them), so every meshd publishes its claim as `meshd.io/pod-cidrs`.
+#[test]
+fn on_the_kubernetes_backend_claims_travel_as_node_annotations() {
+    claims(&["--ipam", "cluster-pool", "--registry", "kubernetes"]);
+}
+
+fn claims(extra: &[&str]) {
     if !netns::is_root() {
         eprintln!("skipping: needs root for network namespaces");
         return;
     }
-    let lab = Lab::up_with(3, 2, &["--ipam", "cluster-pool"]).unwrap();
+    let lab = Lab::up_with(3, 2, extra).unwrap();
     let st = lab.status().unwrap();
     let pools: [IpNet; 2] = [
         "10.244.0.0/16".parse().unwrap(),

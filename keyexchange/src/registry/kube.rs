@@ -87,11 +87,15 @@ pub const PUBLIC_KEY_ANNOTATION: &str = "meshd.io/public-key";
 pub const LISTEN_PORT_ANNOTATION: &str = "meshd.io/listen-port";
 /// Annotation holding the record format version the publishing meshd wrote.
 pub const RECORD_VERSION_ANNOTATION: &str = "meshd.io/record-version";
+/// Annotation holding the pod CIDRs meshd claimed itself (`cluster-pool` IPAM, comma-separated);
+/// only read when the Node has no `spec.podCIDRs`.
+pub const POD_CIDRS_ANNOTATION: &str = "meshd.io/pod-cidrs";
 /// Every annotation meshd writes; a node with none of them is not a peer.
-pub const ANNOTATIONS: [&str; 3] = [
+pub const ANNOTATIONS: [&str; 4] = [
     PUBLIC_KEY_ANNOTATION,
     LISTEN_PORT_ANNOTATION,
     RECORD_VERSION_ANNOTATION,
+    POD_CIDRS_ANNOTATION,
 ];
 /// Label that opts a node out of the mesh when set to `"true"`.
 pub const EXCLUDE_LABEL: &str = "meshd.io/exclude";
@@ -260,7 +264,21 @@ fn record_from_node(
         Ok(p) => p,
     };
 
-    let addressing = addressing(node).map_err(|(field, reason)| fail(field, reason))?;
+    let mut addressing = addressing(node).map_err(|(field, reason)| fail(field, reason))?;
+    if addressing.pod_cidrs.is_empty() {
+        // No controller-assigned CIDRs: meshd's own cluster-pool claim, if it published one.
+        if let Some(v) = annotations.get(POD_CIDRS_ANNOTATION) {
+            addressing.pod_cidrs = v
+                .split(',')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(|c| {
+                    c.parse::<IpNet>()
+                        .map_err(|_| fail(POD_CIDRS_ANNOTATION, format!("{c:?} is not a CIDR")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+        }
+    }
     let record = NodeRecord {
         name: name.to_string(),
         public_key,
@@ -329,6 +347,15 @@ pub fn record_annotations(record: &NodeRecord) -> BTreeMap<&'static str, String>
         (PUBLIC_KEY_ANNOTATION, record.public_key.to_string()),
         (LISTEN_PORT_ANNOTATION, record.listen_port.to_string()),
         (RECORD_VERSION_ANNOTATION, RECORD_VERSION.to_string()),
+        (
+            POD_CIDRS_ANNOTATION,
+            record
+                .pod_cidrs
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
     ])
 }
 

@@ -295,9 +295,6 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<()> {
     if !matches!(opts.ipam.as_str(), "node" | "cluster-pool") {
         bail!("--ipam {}: expected node or cluster-pool", opts.ipam);
     }
-    if opts.ipam == "cluster-pool" && opts.registry == "kubernetes" {
-        bail!("--ipam cluster-pool works with the directory registry; a kubernetes lab takes spec.podCIDRs");
-    }
     let started = Instant::now();
     let mut state = LabState {
         name: opts.name.clone(),
@@ -336,7 +333,7 @@ fn build(state: &mut LabState, opts: &UpOptions) -> anyhow::Result<()> {
     crate::bpf::ensure_bpffs(&Path::new(HOST_BPFFS).join("meshd-lab"))?;
     if state.registry == "kubernetes" {
         step("mock Kubernetes API server with the lab's Nodes");
-        start_apiserver(&paths, opts.nodes)?;
+        start_apiserver(&paths, opts.nodes, opts.ipam == "cluster-pool")?;
     }
     for i in 1..=opts.nodes {
         step(format!(
@@ -608,7 +605,7 @@ fn registry_args(state: &LabState, paths: &Paths) -> Vec<String> {
 /// Start the mock API server (a test double: this machine has no kube-apiserver) in the
 /// underlay namespace on the router's address, with a Node per lab node carrying its
 /// InternalIPs and pod CIDRs as a cloud controller would set them.
-fn start_apiserver(paths: &Paths, nodes: u32) -> anyhow::Result<()> {
+fn start_apiserver(paths: &Paths, nodes: u32, pool: bool) -> anyhow::Result<()> {
     let server = binary("fake-apiserver")?;
     let log = fs::File::create(paths.root.join("apiserver.log"))?;
     let mut cmd = Command::new("ip");
@@ -620,7 +617,13 @@ fn start_apiserver(paths: &Paths, nodes: u32) -> anyhow::Result<()> {
     for i in 1..=nodes {
         let (u4, u6) = node_underlay(i);
         let (c4, c6) = node_pod_cidrs(i);
-        cmd.args(["--node", &format!("{}={u4},{u6}+{c4},{c6}", node_name(i))]);
+        // cluster-pool: no controller allocates spec.podCIDRs; every meshd claims its own.
+        let cidrs = if pool {
+            String::new()
+        } else {
+            format!("{c4},{c6}")
+        };
+        cmd.args(["--node", &format!("{}={u4},{u6}+{cidrs}", node_name(i))]);
     }
     let child = cmd
         .stdin(Stdio::null())
