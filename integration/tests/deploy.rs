@@ -120,17 +120,16 @@ fn check(r: &Rendered, encryption: Encryption) {
         (Some("meshd"), Some("meshd-system"))
     );
 
-    // RBAC: exactly the calls meshd makes (KubeRegistry: get/list/watch/patch nodes; settings
-    // watcher: get/list/watch its ConfigMap; Recorder: create/patch events.k8s.io Events).
+    // RBAC: exactly the calls meshd makes (KubeRegistry: get/list/watch/patch nodes; the Node
+    // condition: patch nodes/status; settings watcher: get/list/watch its ConfigMap; Recorder:
+    // create/patch events.k8s.io Events).
     assert_eq!(r.cluster_roles.len(), 1);
     assert_eq!(
         rules(r.cluster_roles[0].rules.as_deref().unwrap_or_default()),
-        BTreeSet::from([rule(
-            &[""],
-            &["nodes"],
-            &[],
-            &["get", "list", "watch", "patch"]
-        )])
+        BTreeSet::from([
+            rule(&[""], &["nodes"], &[], &["get", "list", "watch", "patch"]),
+            rule(&[""], &["nodes/status"], &[], &["patch"]),
+        ])
     );
     assert_eq!(r.roles.len(), 1);
     assert_eq!(

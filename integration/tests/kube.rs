@@ -600,3 +600,70 @@ async fn wait_for_event(server: &FakeApiServer) -> serde_json::Value {
     .await
     .expect("no Event recorded")
 }
+
+#[tokio::test]
+async fn the_node_condition_follows_meshds_status_and_keeps_the_kubelets_conditions() {
+    let c = cluster(1).await;
+    c.server.modify_node("n1", |n| {
+        n["status"]["conditions"] = json!([{"type": "Ready", "status": "True"}]);
+    });
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    let task = meshd::node_condition::spawn(c.client.clone(), "n1".into(), rx);
+    let conditions = |server: &FakeApiServer| {
+        server.node("n1").unwrap()["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let wait_for = |reason: &'static str| {
+        let server = &c.server;
+        async move {
+            for _ in 0..200 {
+                let all = conditions(server);
+                if all
+                    .iter()
+                    .any(|x| x["type"] == "MeshdEncrypted" && x["reason"] == reason)
+                {
+                    return all;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            panic!(
+                "no MeshdEncrypted condition with reason {reason}: {:?}",
+                conditions(server)
+            );
+        }
+    };
+    let mut s: meshd::control::StatusReport = serde_json::from_value(json!({
+        "node": "n1", "public_key": "k", "mode": "userspace", "interface": "meshd0",
+        "ifindex": 3, "adopted_device": false, "listen_port": 51820, "mtu": 1420,
+        "endpoints": [], "pod_cidrs": [], "known_nodes": [], "peers": [], "conflicts": [],
+        "malformed": [], "counters": {"malformed_records": 0, "reconciles": 1,
+        "reconcile_errors": 0, "peer_ops": 0, "route_ops": 0}, "converged": true,
+        "encryption": "enabled", "strict_mode": true,
+        "datapath": {"pin_dir": "/sys/fs/bpf/meshd", "underlay_mode": "enforce",
+            "underlay_interface": "eth0", "underlay_attached": true, "attach": "tcx",
+            "remote_cidrs": [], "cluster_cidrs": [], "local_pods": 0, "pod_interfaces": 0,
+            "counters": {"redirected": 0, "local": 0, "passed": 0, "strict_drops": 0,
+                "would_drops": 0}}
+    }))
+    .unwrap();
+    tx.send(Some(s.clone())).unwrap();
+    let all = wait_for("Encrypted").await;
+    let mine = all.iter().find(|x| x["type"] == "MeshdEncrypted").unwrap();
+    assert_eq!(mine["status"], "True");
+    assert!(
+        all.iter().any(|x| x["type"] == "Ready"),
+        "kubelet's condition kept: {all:?}"
+    );
+    s.encryption = "permissive".into();
+    tx.send(Some(s)).unwrap();
+    let all = wait_for("EncryptionPermissive").await;
+    assert_eq!(
+        all.iter().filter(|x| x["type"] == "MeshdEncrypted").count(),
+        1,
+        "merged by type, not appended: {all:?}"
+    );
+    assert!(all.iter().any(|x| x["type"] == "Ready"));
+    task.abort();
+}

@@ -158,6 +158,7 @@ struct Context {
     heartbeat: crate::health::Heartbeat,
     metrics: crate::metrics::Metrics,
     key_created_unix: Option<u64>,
+    status_feed: Option<tokio::sync::watch::Sender<Option<StatusReport>>>,
 }
 
 /// When the key file was last written (UNIX seconds).
@@ -200,6 +201,17 @@ pub async fn run<R: Registry>(
     args: DaemonArgs,
     registry: R,
     settings: Option<SettingsFeed>,
+) -> anyhow::Result<()> {
+    run_with(args, registry, settings, None).await
+}
+
+/// [`run`], also sending every status meshd serves to `status_feed` (e.g. for the Node
+/// condition).
+pub async fn run_with<R: Registry>(
+    args: DaemonArgs,
+    registry: R,
+    settings: Option<SettingsFeed>,
+    status_feed: Option<tokio::sync::watch::Sender<Option<StatusReport>>>,
 ) -> anyhow::Result<()> {
     let mut args = args;
     if let Some(feed) = &settings {
@@ -323,6 +335,7 @@ pub async fn run<R: Registry>(
         heartbeat,
         metrics,
         key_created_unix: key_mtime(&args_state_dir),
+        status_feed,
     };
     let result = event_loop(&ctx, &registry, initial, events, settings).await;
     control.abort();
@@ -980,6 +993,27 @@ async fn publish_status(ctx: &Context, known: &Known, converged: bool) -> anyhow
             }
         },
     };
+    if let Some(feed) = &ctx.status_feed {
+        feed.send_if_modified(|old| {
+            let changed = old.as_ref().is_none_or(|o| {
+                o.converged != report.converged
+                    || o.encryption != report.encryption
+                    || o.strict_mode != report.strict_mode
+                    || o.peers.len() != report.peers.len()
+                    || o.datapath
+                        .as_ref()
+                        .map(|d| (&d.underlay_mode, d.underlay_attached))
+                        != report
+                            .datapath
+                            .as_ref()
+                            .map(|d| (&d.underlay_mode, d.underlay_attached))
+            });
+            if changed {
+                *old = Some(report.clone());
+            }
+            changed
+        });
+    }
     *ctx.status.write().await = Some(report);
     *ctx.heartbeat.write().await = Some(std::time::Instant::now());
     Ok(())

@@ -27,6 +27,8 @@ pub mod ipam;
 pub mod lab;
 /// Prometheus metrics.
 pub mod metrics;
+/// The `MeshdEncrypted` Node condition (Kubernetes).
+pub mod node_condition;
 /// The pure reconcile plan.
 pub mod reconcile;
 /// Operator settings from the `meshd-config` ConfigMap and their live watcher.

@@ -93,7 +93,7 @@ async fn kubernetes(cli: Cli) -> anyhow::Result<()> {
                 None => settings::node_reference(&args.node_name),
             };
             let mut rx = settings::spawn_watcher(
-                client,
+                client.clone(),
                 WatcherConfig::new(namespace, regarding, &args.node_name),
             );
             tracing::info!(configmap = %spec, "waiting for the settings");
@@ -104,5 +104,9 @@ async fn kubernetes(cli: Cli) -> anyhow::Result<()> {
         }
         None => None,
     };
-    daemon::run(args, registry, feed).await
+    let (status_tx, status_rx) = tokio::sync::watch::channel(None);
+    let condition = meshd::node_condition::spawn(client, args.node_name.clone(), status_rx);
+    let result = daemon::run_with(args, registry, feed, Some(status_tx)).await;
+    condition.abort();
+    result
 }
