@@ -132,6 +132,35 @@ impl Lab {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// `meshctl audit --cluster` against a kubernetes lab, run inside the lab's underlay
+    /// namespace (where its API server and every node's status endpoint are reachable):
+    /// (exit code, report).
+    pub fn audit_cluster(&self) -> anyhow::Result<(i32, serde_json::Value)> {
+        let st = self.status_json()?;
+        let kubeconfig = st["kubeconfig"]
+            .as_str()
+            .context("not a kubernetes lab: no kubeconfig")?;
+        let ul = st["capture"]["namespace"]
+            .as_str()
+            .context("capture namespace")?;
+        let out = Command::new("ip")
+            .args(["netns", "exec", ul])
+            .arg(&self.meshctl)
+            .args([
+                "audit",
+                "--cluster",
+                "--kubeconfig",
+                kubeconfig,
+                "-o",
+                "json",
+            ])
+            .output()
+            .context("running meshctl audit")?;
+        let report = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("audit output: {}", String::from_utf8_lossy(&out.stderr)))?;
+        Ok((out.status.code().unwrap_or(-1), report))
+    }
+
     /// Poll `check` on the lab status until it returns true or `timeout` passes.
     pub fn wait_for(
         &self,

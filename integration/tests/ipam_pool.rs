@@ -74,6 +74,13 @@ fn claims(extra: &[&str]) {
     assert!(report.failures().is_empty(), "{:?}", report.failures());
     assert!(report.capture.is_clean(), "{}", report.capture.summary());
 
+    if extra.contains(&"kubernetes") {
+        // The cluster audit reads the claims from the Node annotations and passes.
+        let (code, report) = lab.audit_cluster().unwrap();
+        assert_eq!(code, 0, "{report:#}");
+        assert_eq!(report["nodes"], 3);
+    }
+
     // A restarted meshd keeps its block (its pods' addresses stay valid).
     let before = st.node("n2").unwrap().pod_cidrs.clone();
     lab.meshctl(&["lab", "kill-node", "n2"]).unwrap();

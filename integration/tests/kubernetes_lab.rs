@@ -121,6 +121,16 @@ fn the_mesh_runs_on_node_annotations_and_the_encryption_toggle_keeps_tcp_connect
     wait_mode(&lab, "disabled", 0);
     let js = lab.status_json().unwrap();
     assert!(js["nodes"][0]["peers"].as_array().unwrap().is_empty());
+    // The cluster audit sees it: every node's encryption check fails.
+    let (code, report) = lab.audit_cluster().unwrap();
+    assert_eq!(code, 1, "{report:#}");
+    let failed: Vec<&serde_json::Value> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["ok"] == false && f["check"] == "encryption")
+        .collect();
+    assert_eq!(failed.len(), 3, "{report:#}");
     // The plain routed path carries pod traffic now, in clear, as the setting says.
     let cap = Capture::start(
         &st.capture.namespace,
@@ -204,4 +214,28 @@ fn the_mesh_runs_on_node_annotations_and_the_encryption_toggle_keeps_tcp_connect
     for n in js["nodes"].as_array().unwrap() {
         assert_eq!(n["status"]["datapath"]["underlay_mode"], "enforce", "{n:#}");
     }
+    // And the cluster audit (keys from the Node annotations, status from every node) passes
+    // every check but one: the cleartext the disabled period sent is still on the counters,
+    // and the audit asks for it to be explained.
+    let (code, report) = lab.audit_cluster().unwrap();
+    assert_eq!(report["nodes"], 3);
+    let failed: Vec<&str> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["ok"] == false)
+        .map(|f| f["check"].as_str().unwrap())
+        .collect();
+    assert!(
+        !failed.is_empty() && failed.iter().all(|c| *c == "plaintext"),
+        "{report:#}"
+    );
+    assert_eq!(code, 1);
+    let peers_ok = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["check"] == "peer" && f["ok"] == true)
+        .count();
+    assert_eq!(peers_ok, 6, "every ordered pair programmed: {report:#}");
 }

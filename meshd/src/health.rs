@@ -4,7 +4,8 @@
 //! alive, even while it is still converging) and 503 once the status is older than
 //! [`STALE_AFTER`]; `/readyz` answers 200 only while the last reconcile converged, so a
 //! node whose mesh is not programmed is reported not ready. `/metrics` is the Prometheus
-//! exposition of [`crate::metrics`].
+//! exposition of [`crate::metrics`]; `/status` is the node's status report as JSON (what
+//! `meshctl status -o json` prints), which `meshctl audit` reads from every node of a cluster.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -60,6 +61,18 @@ async fn healthz(State(s): State<Shared>) -> (StatusCode, &'static str) {
     }
 }
 
+async fn status(
+    State(s): State<Shared>,
+) -> (StatusCode, axum::Json<Option<crate::control::StatusReport>>) {
+    let report = s.status.read().await.clone();
+    let code = if report.is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, axum::Json(report))
+}
+
 async fn readyz(State(s): State<Shared>) -> (StatusCode, &'static str) {
     match s.status.read().await.as_ref() {
         Some(st) if st.converged => (StatusCode::OK, "ready\n"),
@@ -91,6 +104,7 @@ pub async fn serve_on(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(self::metrics))
+        .route("/status", get(self::status))
         .with_state(Shared {
             status,
             heartbeat,
@@ -145,6 +159,7 @@ mod tests {
         *heartbeat.write().await = Instant::now().checked_sub(STALE_AFTER + Duration::from_secs(1));
         assert_eq!(get(addr, "/healthz").await, 503);
         assert_eq!(get(addr, "/metrics").await, 200);
+        assert_eq!(get(addr, "/status").await, 200);
         assert_eq!(get(addr, "/nope").await, 404);
         server.abort();
     }

@@ -9,6 +9,8 @@
 
 /// The compliance audit (pure checks over what nodes publish and report).
 pub mod audit;
+/// The cluster source of the audit (Nodes from the API, each node's `/status`).
+pub mod audit_cluster;
 /// The daemon's side of the tc eBPF datapath (strict mode, redirects, counters).
 pub mod bpf;
 /// The CNI plugin's spec types and command handling (CNI 1.1.0 and older result formats).

@@ -35,9 +35,19 @@ enum Cmd {
     /// mode, plaintext counters, key age, settings). Exit 0: pass, 1: findings, 2: could not
     /// audit.
     Audit {
-        /// The lab to audit (the Kubernetes cluster source is not implemented yet).
+        /// The lab to audit (unless `--cluster`).
         #[arg(long, default_value = "mlab")]
         lab: String,
+        /// Audit the Kubernetes cluster instead: Nodes from the API, each node's meshd status from
+        /// its `/status` endpoint at its InternalIP.
+        #[arg(long)]
+        cluster: bool,
+        /// Kubeconfig for `--cluster` (default: `$KUBECONFIG`, `~/.kube/config`, in-cluster).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// Port of meshd's `--health-listen` on every node (`--cluster`).
+        #[arg(long, default_value_t = 9108)]
+        status_port: u16,
         /// Prove encryption per pair: canary traffic between pods, checked on an underlay
         /// capture.
         #[arg(long)]
@@ -221,6 +231,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Audit {
             lab,
+            cluster,
+            kubeconfig,
+            status_port,
             evidence,
             max_key_age_days,
             output,
@@ -228,10 +241,34 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let policy = meshd::audit::Policy {
                 max_key_age: std::time::Duration::from_secs(max_key_age_days * 24 * 3600),
             };
-            let report = match lab::evidence::audit_lab(&lab, &policy, evidence) {
+            let report = if cluster {
+                if evidence {
+                    eprintln!("meshctl audit: --evidence needs pods to send canaries from; it runs against the lab only");
+                    return Ok(ExitCode::from(2));
+                }
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                match rt.block_on(meshd::audit_cluster::cluster_views(
+                    kubeconfig.as_deref(),
+                    status_port,
+                )) {
+                    Ok(views) => {
+                        let now = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .unwrap_or_default()
+                            .as_secs();
+                        Ok(meshd::audit::audit(&views, &policy, now))
+                    }
+                    Err(e) => Err(e),
+                }
+            } else {
+                lab::evidence::audit_lab(&lab, &policy, evidence)
+            };
+            let report = match report {
                 Ok(r) => r,
                 Err(err) => {
-                    eprintln!("meshctl audit: could not audit lab {lab}: {err:#}");
+                    eprintln!("meshctl audit: could not audit: {err:#}");
                     return Ok(ExitCode::from(2));
                 }
             };

@@ -550,6 +550,8 @@ fn start_meshd_with(state: &LabState, i: u32, extra: &[&str]) -> anyhow::Result<
         .args(["--encryption", &state.encryption])
         .args(["--strict-mode", &state.strict_mode.to_string()])
         .args(["--pod-steering", &state.pod_steering])
+        // Health, metrics and /status on the node's address, as the DaemonSet does.
+        .args(["--health-listen", "0.0.0.0:9108"])
         .args(extra)
         .args(if state.ipam == "cluster-pool" {
             [
