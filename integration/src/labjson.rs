@@ -103,6 +103,17 @@ impl LabStatus {
             .collect()
     }
 
+    /// What a capture of this lab's underlay may hold: WireGuard on the lab's port between node
+    /// addresses, and no pod address (no marker strings).
+    pub fn capture_policy(&self) -> crate::capture::CapturePolicy {
+        crate::capture::CapturePolicy {
+            pod_cidrs: self.pod_cidrs(),
+            node_addrs: self.node_addrs(),
+            wireguard_port: self.listen_port,
+            markers: vec![],
+        }
+    }
+
     /// All node underlay addresses, parsed (unparseable entries are skipped).
     pub fn node_addrs(&self) -> Vec<std::net::IpAddr> {
         self.nodes

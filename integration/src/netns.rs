@@ -107,6 +107,16 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+/// For tests that need root: true when running as root, else prints why the test is skipped.
+pub fn root_or_skip() -> bool {
+    if is_root() {
+        true
+    } else {
+        eprintln!("skipping: needs root for network namespaces");
+        false
+    }
+}
+
 /// PIDs of the processes living in network namespace `name` (`ip netns pids`).
 pub fn pids(name: &str) -> Result<Vec<i32>> {
     let out = run("ip", &["netns", "pids", name])?;

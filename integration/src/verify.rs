@@ -89,6 +89,47 @@ pub fn start_sink(ns: &str, args: &[&str]) -> anyhow::Result<ChildGuard> {
     Ok(ChildGuard::new(child))
 }
 
+/// A 200 datagram/s UDP sequence stream for 6 s from pod `from` to `dst` (an address of pod
+/// `to`, port 6000): the sink (which waits 8 s at most and stops 1.5 s after the stream) and the
+/// sender. Finish with [`finish`] on the sink after waiting for the sender.
+pub fn udp_stream(
+    from: &LabPod,
+    to: &LabPod,
+    dst: IpAddr,
+) -> anyhow::Result<(ChildGuard, std::process::Child)> {
+    let sink = start_sink(
+        &to.namespace,
+        &[
+            "udp-sink",
+            "--listen",
+            if dst.is_ipv4() {
+                "0.0.0.0:6000"
+            } else {
+                "[::]:6000"
+            },
+            "--duration-s",
+            "8",
+            "--idle-exit-s",
+            "1.5",
+        ],
+    )?;
+    let tool = bin("lab-traffic");
+    let sender = netns::spawn_in(
+        &from.namespace,
+        &[
+            &tool.to_string_lossy(),
+            "udp-send",
+            "--to",
+            &sockaddr(dst, 6000),
+            "--interval-ms",
+            "5",
+            "--duration-s",
+            "6",
+        ],
+    )?;
+    Ok((sink, sender))
+}
+
 /// Wait for a sink and return its JSON line.
 pub fn finish(mut sink: ChildGuard) -> anyhow::Result<(bool, serde_json::Value)> {
     let child: Child = sink.take().context("sink already taken")?;

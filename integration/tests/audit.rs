@@ -9,15 +9,6 @@ use std::time::Duration;
 use integration::lab::{bin, Lab};
 use integration::netns;
 
-fn root_or_skip() -> bool {
-    if netns::is_root() {
-        true
-    } else {
-        eprintln!("skipping: needs root for network namespaces");
-        false
-    }
-}
-
 /// Run `meshctl audit --lab NAME -o json [extra]`: (exit code, report).
 fn audit(lab: &Lab, extra: &[&str]) -> (i32, serde_json::Value) {
     let out = Command::new(bin("meshctl"))
@@ -69,7 +60,7 @@ fn withdraw(lab: &Lab, node: &str) {
 
 #[test]
 fn a_healthy_lab_passes_with_evidence_for_every_pair() {
-    if !root_or_skip() {
+    if !netns::root_or_skip() {
         return;
     }
     let lab = Lab::up(3, 1).unwrap();
@@ -103,7 +94,7 @@ fn a_healthy_lab_passes_with_evidence_for_every_pair() {
 
 #[test]
 fn findings_name_the_node_or_pair_and_evidence_catches_a_canary_in_clear() {
-    if !root_or_skip() {
+    if !netns::root_or_skip() {
         return;
     }
     let lab = Lab::up_with(3, 1, &["--encryption", "permissive"]).unwrap();

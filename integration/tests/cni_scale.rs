@@ -28,15 +28,6 @@ use integration::netns;
 use ipnet::IpNet;
 use rand_core::{OsRng, RngCore};
 
-fn root_or_skip() -> bool {
-    if netns::is_root() {
-        true
-    } else {
-        eprintln!("skipping: needs root for network namespaces");
-        false
-    }
-}
-
 /// Run `f` over `items` on `workers` threads; results in item order.
 fn parallel<T: Sync, R: Send>(items: &[T], workers: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
     let next = AtomicUsize::new(0);
@@ -157,7 +148,7 @@ fn ipam_by_owner(cni: &NodeCni) -> BTreeMap<String, Vec<IpAddr>> {
 
 #[test]
 fn two_hundred_concurrent_adds_are_unique_reachable_across_the_tunnel_and_fully_undone() {
-    if !root_or_skip() {
+    if !netns::root_or_skip() {
         return;
     }
     const PODS: u32 = 200;
@@ -281,7 +272,7 @@ fn wait_groups_gone(pgids: &[u32]) {
 
 #[test]
 fn sigkill_of_plugin_and_meshd_then_gc_reclaims_everything_and_survivors_work() {
-    if !root_or_skip() {
+    if !netns::root_or_skip() {
         return;
     }
     let t0 = Instant::now();

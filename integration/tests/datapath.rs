@@ -5,20 +5,11 @@
 
 use std::time::{Duration, Instant};
 
-use integration::capture::{analyse, Capture, CapturePolicy, CaptureReport};
-use integration::lab::{bin, ping, pod_addrs, sockaddr, Lab};
+use integration::capture::{analyse, Capture, CaptureReport};
+use integration::lab::{ping, pod_addrs, Lab};
 use integration::labjson::LabStatus;
 use integration::netns;
-use integration::verify::{finish, start_sink};
-
-fn root_or_skip() -> bool {
-    if netns::is_root() {
-        true
-    } else {
-        eprintln!("skipping: needs root for network namespaces");
-        false
-    }
-}
+use integration::verify::{finish, udp_stream};
 
 /// A node's verdict counter from `meshctl lab status -o json` (read from the pinned maps).
 fn counter(st: &serde_json::Value, node: &str, name: &str) -> u64 {
@@ -31,15 +22,6 @@ fn counter(st: &serde_json::Value, node: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no counter {name} for {node} in {st:#}"))
 }
 
-fn policy(st: &LabStatus) -> CapturePolicy {
-    CapturePolicy {
-        pod_cidrs: st.pod_cidrs(),
-        node_addrs: st.node_addrs(),
-        wireguard_port: st.listen_port,
-        markers: vec![],
-    }
-}
-
 fn capture(st: &LabStatus, dir: &tempfile::TempDir, name: &str) -> Capture {
     Capture::start(
         &st.capture.namespace,
@@ -50,12 +32,12 @@ fn capture(st: &LabStatus, dir: &tempfile::TempDir, name: &str) -> Capture {
 }
 
 fn stop(c: Capture, st: &LabStatus) -> CaptureReport {
-    analyse(&c.stop().unwrap(), &policy(st)).unwrap()
+    analyse(&c.stop().unwrap(), &st.capture_policy()).unwrap()
 }
 
 #[test]
 fn cross_node_pod_traffic_is_redirected_by_the_tc_program_and_only_wireguard_crosses() {
-    if !root_or_skip() {
+    if !netns::root_or_skip() {
         return;
     }
     let lab = Lab::up(2, 1).unwrap();
@@ -132,7 +114,7 @@ fn withdraw_node(lab: &Lab, node: &str) {
 
 #[test]
 fn strict_mode_drops_traffic_to_a_node_whose_record_is_gone_and_nothing_leaks() {
-    if !root_or_skip() {
+    if !netns::root_or_skip() {
         return;
     }
     let lab = Lab::up(3, 1).unwrap();
@@ -170,7 +152,7 @@ fn strict_mode_drops_traffic_to_a_node_whose_record_is_gone_and_nothing_leaks() 
 
 #[test]
 fn permissive_mode_counts_would_drops_and_lets_them_through() {
-    if !root_or_skip() {
+    if !netns::root_or_skip() {
         return;
     }
     let lab = Lab::up_with(3, 1, &["--encryption", "permissive"]).unwrap();
@@ -223,7 +205,7 @@ fn permissive_mode_counts_would_drops_and_lets_them_through() {
 
 #[test]
 fn sigkill_of_meshd_keeps_the_programs_attached_and_counting_and_restart_keeps_the_counts() {
-    if !root_or_skip() {
+    if !netns::root_or_skip() {
         return;
     }
     let lab = Lab::up(2, 1).unwrap();
@@ -235,34 +217,7 @@ fn sigkill_of_meshd_keeps_the_programs_attached_and_counting_and_restart_keeps_t
     let cap = capture(&st, &dir, "sigkill.pcap");
 
     // 200 datagrams/s for 6 s from a pod on n1 to a pod on n2; n1's meshd dies meanwhile.
-    let sink = start_sink(
-        &to.namespace,
-        &[
-            "udp-sink",
-            "--listen",
-            "0.0.0.0:6000",
-            "--duration-s",
-            "8",
-            "--idle-exit-s",
-            "1.5",
-        ],
-    )
-    .unwrap();
-    let tool = bin("lab-traffic");
-    let sender = netns::spawn_in(
-        &from.namespace,
-        &[
-            &tool.to_string_lossy(),
-            "udp-send",
-            "--to",
-            &sockaddr(dst4, 6000),
-            "--interval-ms",
-            "5",
-            "--duration-s",
-            "6",
-        ],
-    )
-    .unwrap();
+    let (sink, sender) = udp_stream(&from, &to, dst4).unwrap();
     std::thread::sleep(Duration::from_millis(1000));
     lab.meshctl(&["lab", "kill-node", "n1"]).unwrap();
     let dead = Instant::now();
@@ -309,7 +264,7 @@ fn sigkill_of_meshd_keeps_the_programs_attached_and_counting_and_restart_keeps_t
 
 #[test]
 fn cleanup_on_exit_removes_the_device_routes_and_every_tc_program_and_pin() {
-    if !root_or_skip() {
+    if !netns::root_or_skip() {
         return;
     }
     let lab = Lab::up(2, 1).unwrap();

@@ -9,29 +9,10 @@
 
 use std::time::Duration;
 
-use integration::capture::{analyse, Capture, CapturePolicy};
+use integration::capture::{analyse, Capture};
 use integration::lab::{bin, ping, pod_addrs, sockaddr, Lab};
-use integration::labjson::LabStatus;
 use integration::netns;
 use integration::verify::{finish, start_sink};
-
-fn root_or_skip() -> bool {
-    if netns::is_root() {
-        true
-    } else {
-        eprintln!("skipping: needs root for network namespaces");
-        false
-    }
-}
-
-fn policy(st: &LabStatus) -> CapturePolicy {
-    CapturePolicy {
-        pod_cidrs: st.pod_cidrs(),
-        node_addrs: st.node_addrs(),
-        wireguard_port: st.listen_port,
-        markers: vec![],
-    }
-}
 
 /// Ping until one echo comes back or `limit` passes.
 fn ping_within(from: &integration::LabPod, dst: &str, limit: Duration) -> bool {
@@ -62,7 +43,7 @@ fn wait_mode(lab: &Lab, encryption: &str, peers: usize) {
 
 #[test]
 fn the_mesh_runs_on_node_annotations_and_the_encryption_toggle_keeps_tcp_connections() {
-    if !root_or_skip() {
+    if !netns::root_or_skip() {
         return;
     }
     let lab = Lab::up_with(3, 1, &["--registry", "kubernetes"]).unwrap();
@@ -83,7 +64,7 @@ fn the_mesh_runs_on_node_annotations_and_the_encryption_toggle_keeps_tcp_connect
     )
     .unwrap();
     assert!(ping(&from, &dst4.to_string(), 2) && ping(&from, &dst6.to_string(), 2));
-    let report = analyse(&cap.stop().unwrap(), &policy(&st)).unwrap();
+    let report = analyse(&cap.stop().unwrap(), &st.capture_policy()).unwrap();
     assert!(report.is_clean(), "{}", report.summary());
     assert!(report.wireguard_packets >= 8, "{}", report.summary());
 
@@ -140,7 +121,7 @@ fn the_mesh_runs_on_node_annotations_and_the_encryption_toggle_keeps_tcp_connect
     .unwrap();
     assert!(ping(&from, &dst6.to_string(), 2));
     std::thread::sleep(Duration::from_secs(2));
-    let report = analyse(&cap.stop().unwrap(), &policy(&st)).unwrap();
+    let report = analyse(&cap.stop().unwrap(), &st.capture_policy()).unwrap();
     assert!(
         report.plaintext_pod_count > 0,
         "disabled: pod traffic should take the plain path: {}",
@@ -170,7 +151,7 @@ fn the_mesh_runs_on_node_annotations_and_the_encryption_toggle_keeps_tcp_connect
         Duration::from_secs(12)
     ));
     std::thread::sleep(Duration::from_secs(1));
-    let report = analyse(&cap.stop().unwrap(), &policy(&st)).unwrap();
+    let report = analyse(&cap.stop().unwrap(), &st.capture_policy()).unwrap();
     assert!(
         report.is_clean(),
         "permissive with every peer: only WireGuard: {}",
@@ -208,7 +189,7 @@ fn the_mesh_runs_on_node_annotations_and_the_encryption_toggle_keeps_tcp_connect
     )
     .unwrap();
     assert!(ping(&from, &dst4.to_string(), 2) && ping(&from, &dst6.to_string(), 2));
-    let report = analyse(&cap.stop().unwrap(), &policy(&st)).unwrap();
+    let report = analyse(&cap.stop().unwrap(), &st.capture_policy()).unwrap();
     assert!(report.is_clean(), "{}", report.summary());
     let js = lab.status_json().unwrap();
     for n in js["nodes"].as_array().unwrap() {

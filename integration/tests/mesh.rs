@@ -5,22 +5,13 @@
 
 use std::time::{Duration, Instant};
 
-use integration::lab::{bin, peer_names, ping, pod_addrs, sockaddr, Lab};
+use integration::lab::{bin, peer_names, ping, pod_addrs, Lab};
 use integration::netns;
-use integration::verify::{finish, print_report, start_sink, verify, VerifyOptions};
-
-fn root_or_skip() -> bool {
-    if netns::is_root() {
-        true
-    } else {
-        eprintln!("skipping: needs root for network namespaces");
-        false
-    }
-}
+use integration::verify::{finish, print_report, udp_stream, verify, VerifyOptions};
 
 #[test]
 fn three_nodes_all_pods_reach_all_pods_and_only_wireguard_crosses_the_underlay() {
-    if !root_or_skip() {
+    if !netns::root_or_skip() {
         return;
     }
     let lab = Lab::up(3, 2).unwrap();
@@ -86,7 +77,7 @@ fn three_nodes_all_pods_reach_all_pods_and_only_wireguard_crosses_the_underlay()
 
 #[test]
 fn sigkill_of_meshd_under_traffic_keeps_traffic_flowing_and_restart_adopts() {
-    if !root_or_skip() {
+    if !netns::root_or_skip() {
         return;
     }
     let lab = Lab::up(2, 1).unwrap();
@@ -99,34 +90,7 @@ fn sigkill_of_meshd_under_traffic_keeps_traffic_flowing_and_restart_adopts() {
     let ifindex_before = before["nodes"][0]["status"]["ifindex"].as_u64().unwrap();
 
     // 200 datagrams/s for 6 s from a pod on n1 (the node whose meshd dies) to a pod on n2.
-    let sink = start_sink(
-        &to.namespace,
-        &[
-            "udp-sink",
-            "--listen",
-            "0.0.0.0:6000",
-            "--duration-s",
-            "8",
-            "--idle-exit-s",
-            "1.5",
-        ],
-    )
-    .unwrap();
-    let tool = bin("lab-traffic");
-    let sender = netns::spawn_in(
-        &from.namespace,
-        &[
-            &tool.to_string_lossy(),
-            "udp-send",
-            "--to",
-            &sockaddr(dst4, 6000),
-            "--interval-ms",
-            "5",
-            "--duration-s",
-            "6",
-        ],
-    )
-    .unwrap();
+    let (sink, sender) = udp_stream(&from, &to, dst4).unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     let killed = lab.meshctl(&["lab", "kill-node", "n1"]).unwrap();
     let killed_pid: u32 = String::from_utf8_lossy(&killed.stdout)
@@ -175,7 +139,7 @@ fn sigkill_of_meshd_under_traffic_keeps_traffic_flowing_and_restart_adopts() {
 
 #[test]
 fn a_fourth_node_joins_without_restarts_and_leaves_cleanly() {
-    if !root_or_skip() {
+    if !netns::root_or_skip() {
         return;
     }
     let lab = Lab::up(3, 1).unwrap();
@@ -271,7 +235,7 @@ fn a_fourth_node_joins_without_restarts_and_leaves_cleanly() {
 
 #[test]
 fn malformed_and_conflicting_records_are_skipped_and_the_rest_of_the_mesh_is_unaffected() {
-    if !root_or_skip() {
+    if !netns::root_or_skip() {
         return;
     }
     let lab = Lab::up(3, 1).unwrap();
@@ -377,7 +341,7 @@ fn malformed_and_conflicting_records_are_skipped_and_the_rest_of_the_mesh_is_una
 
 #[test]
 fn a_corrupt_key_file_stops_meshd_with_a_clear_error_and_never_takes_down_the_datapath() {
-    if !root_or_skip() {
+    if !netns::root_or_skip() {
         return;
     }
     let lab = Lab::up(2, 1).unwrap();
@@ -414,7 +378,7 @@ fn a_corrupt_key_file_stops_meshd_with_a_clear_error_and_never_takes_down_the_da
 
 #[test]
 fn a_killed_datapath_process_is_brought_back_and_nothing_leaks_while_it_is_gone() {
-    if !root_or_skip() {
+    if !netns::root_or_skip() {
         return;
     }
     let lab = Lab::up(2, 1).unwrap();
@@ -461,16 +425,8 @@ fn a_killed_datapath_process_is_brought_back_and_nothing_leaks_while_it_is_gone(
             "traffic did not resume after the device came back"
         );
     }
-    let report = integration::capture::analyse(
-        &capture.stop().unwrap(),
-        &integration::capture::CapturePolicy {
-            pod_cidrs: st.pod_cidrs(),
-            node_addrs: st.node_addrs(),
-            wireguard_port: st.listen_port,
-            markers: vec![],
-        },
-    )
-    .unwrap();
+    let report =
+        integration::capture::analyse(&capture.stop().unwrap(), &st.capture_policy()).unwrap();
     assert!(report.is_clean(), "{}", report.summary());
     assert!(report.wireguard_packets > 0, "{}", report.summary());
 }
