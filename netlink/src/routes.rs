@@ -126,6 +126,11 @@ fn message_via(dst: IpNet, gateway: IpAddr, ifindex: u32) -> Option<RouteMessage
     })
 }
 
+/// [`message_via`], or the error for mixed families.
+fn via(dst: IpNet, gateway: IpAddr, ifindex: u32) -> Result<RouteMessage, RouteError> {
+    message_via(dst, gateway, ifindex).ok_or(RouteError::Family { dst, gateway })
+}
+
 fn gateway(r: &RouteMessage) -> Option<IpAddr> {
     r.attributes.iter().find_map(|a| match a {
         RouteAttribute::Gateway(RouteAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
@@ -197,31 +202,34 @@ impl Routes {
     /// interface is `ifindex`, both families.
     pub async fn list(&self, ifindex: u32) -> Result<Vec<IpNet>, RouteError> {
         Ok(self
-            .owned(ifindex)
+            .unicast_on(ifindex)
             .await?
             .iter()
+            .filter_map(destination)
+            .collect())
+    }
+
+    /// meshd's unicast routes whose output interface is `ifindex`.
+    async fn unicast_on(&self, ifindex: u32) -> Result<Vec<RouteMessage>, RouteError> {
+        Ok(self
+            .owned(ifindex)
+            .await?
+            .into_iter()
             .filter(|r| {
                 r.header.kind == RouteType::Unicast
                     && r.attributes
                         .iter()
                         .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == ifindex))
             })
-            .filter_map(destination)
             .collect())
     }
 
     /// meshd's routes through a gateway on `ifindex` (the plain routed path), both families.
     pub async fn list_via(&self, ifindex: u32) -> Result<Vec<(IpNet, IpAddr)>, RouteError> {
         Ok(self
-            .owned(ifindex)
+            .unicast_on(ifindex)
             .await?
             .iter()
-            .filter(|r| {
-                r.header.kind == RouteType::Unicast
-                    && r.attributes
-                        .iter()
-                        .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == ifindex))
-            })
             .filter_map(|r| Some((destination(r)?, gateway(r)?)))
             .collect())
     }
@@ -235,10 +243,8 @@ impl Routes {
         ifindex: u32,
     ) -> Result<(), RouteError> {
         tracing::debug!(%dst, %gateway, ifindex, "adding route via gateway");
-        let Some(msg) = message_via(dst, gateway, ifindex) else {
-            return Err(RouteError::Family { dst, gateway });
-        };
-        self.replace(msg, dst, ifindex).await
+        self.replace(via(dst, gateway, ifindex)?, dst, ifindex)
+            .await
     }
 
     /// Deletes `dst via gateway dev ifindex proto 109`; a missing route is not an error.
@@ -249,10 +255,7 @@ impl Routes {
         ifindex: u32,
     ) -> Result<(), RouteError> {
         tracing::debug!(%dst, %gateway, ifindex, "deleting route via gateway");
-        let Some(msg) = message_via(dst, gateway, ifindex) else {
-            return Err(RouteError::Family { dst, gateway });
-        };
-        self.delete(msg, dst, ifindex).await
+        self.delete(via(dst, gateway, ifindex)?, dst, ifindex).await
     }
 
     async fn replace(&self, msg: RouteMessage, dst: IpNet, ifindex: u32) -> Result<(), RouteError> {
