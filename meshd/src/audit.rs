@@ -288,8 +288,13 @@ pub fn audit(nodes: &[NodeView], policy: &Policy, now_unix: u64) -> Report {
     }
     // Settings agree.
     let answered: Vec<&StatusReport> = nodes.iter().filter_map(|n| n.status.as_ref()).collect();
-    for what in ["listen port", "MTU", "encryption"] {
-        let values = distinct(&answered, what);
+    let settings: [(&str, Setting); 3] = [
+        ("listen port", |s| s.listen_port.to_string()),
+        ("MTU", |s| s.mtu.to_string()),
+        ("encryption", |s| s.encryption.clone()),
+    ];
+    for (what, value) in settings {
+        let values: BTreeSet<String> = answered.iter().map(|s| value(s)).collect();
         out.check(
             "settings",
             "cluster",
@@ -313,16 +318,8 @@ pub fn audit(nodes: &[NodeView], policy: &Policy, now_unix: u64) -> Report {
     }
 }
 
-fn distinct(answered: &[&StatusReport], what: &str) -> BTreeSet<String> {
-    answered
-        .iter()
-        .map(|s| match what {
-            "listen port" => s.listen_port.to_string(),
-            "MTU" => s.mtu.to_string(),
-            _ => s.encryption.clone(),
-        })
-        .collect()
-}
+/// Reads one setting off a node's status.
+type Setting = fn(&StatusReport) -> String;
 
 /// Add an evidence finding for a pair.
 pub fn evidence(report: &mut Report, pair: &str, ok: bool, seen: String) {

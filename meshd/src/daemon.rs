@@ -242,10 +242,8 @@ pub async fn run_with<R: Registry>(
         args.cluster_cidrs.clone()
     } else if args.pod_cidrs.is_empty() && !args.pod_cidr_pools.is_empty() {
         args.pod_cidr_pools.clone()
-    } else if args.cluster_cidrs.is_empty() {
-        args.pod_cidrs.clone()
     } else {
-        args.cluster_cidrs.clone()
+        args.pod_cidrs.clone()
     };
     let mode = bpf::program_mode(args.encryption, args.strict_mode);
     let bpf = Bpf::start(
@@ -806,10 +804,9 @@ async fn reconcile_once(ctx: &Context, known: &mut Known) -> anyhow::Result<()> 
             known.counters.route_ops += 1;
         }
     }
-    if ctx.live.read().await.mtu != ctx_mtu(ctx, &device).await {
-        let mtu = ctx.live.read().await.mtu;
-        ctx.links.set_mtu(device.ifindex(), mtu).await?;
-        tracing::info!(mtu, "WireGuard MTU changed");
+    if ctx.links.mtu(device.ifindex()).await.ok() != Some(live.mtu) {
+        ctx.links.set_mtu(device.ifindex(), live.mtu).await?;
+        tracing::info!(mtu = live.mtu, "WireGuard MTU changed");
     }
     if plan.is_empty() {
         finish_pass(
@@ -857,10 +854,6 @@ async fn reconcile_once(ctx: &Context, known: &mut Known) -> anyhow::Result<()> 
         mode,
     )
     .await
-}
-
-async fn ctx_mtu(ctx: &Context, device: &WgDevice) -> u32 {
-    ctx.links.mtu(device.ifindex()).await.unwrap_or(0)
 }
 
 /// Steps 6 and 7 of [`reconcile_once`].
@@ -994,25 +987,8 @@ async fn publish_status(ctx: &Context, known: &Known, converged: bool) -> anyhow
         },
     };
     if let Some(feed) = &ctx.status_feed {
-        feed.send_if_modified(|old| {
-            let changed = old.as_ref().is_none_or(|o| {
-                o.converged != report.converged
-                    || o.encryption != report.encryption
-                    || o.strict_mode != report.strict_mode
-                    || o.peers.len() != report.peers.len()
-                    || o.datapath
-                        .as_ref()
-                        .map(|d| (&d.underlay_mode, d.underlay_attached))
-                        != report
-                            .datapath
-                            .as_ref()
-                            .map(|d| (&d.underlay_mode, d.underlay_attached))
-            });
-            if changed {
-                *old = Some(report.clone());
-            }
-            changed
-        });
+        // Receivers decide what changed (the Node condition writes only when it does).
+        feed.send_replace(Some(report.clone()));
     }
     *ctx.status.write().await = Some(report);
     *ctx.heartbeat.write().await = Some(std::time::Instant::now());
