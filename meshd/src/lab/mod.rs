@@ -1013,6 +1013,15 @@ pub fn kill_node(lab: &str, node: &str) -> anyhow::Result<u32> {
     let i = node_index(&state, node)?;
     let pid = meshd_pid(lab, i).with_context(|| format!("meshd on {node} is not running"))?;
     run("kill", &["-KILL", &pid.to_string()])?;
+    // SIGKILL is delivered at once but the process takes a moment to be torn
+    // down; return only when it is gone so that a following start-node sees it so.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pid_alive(pid) {
+        if Instant::now() > deadline {
+            bail!("meshd on {node} (pid {pid}) still exists 10 s after SIGKILL");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     Ok(pid)
 }
 

@@ -1,0 +1,1 @@
+//! Segmentation and coalescing of offloaded packets (pure; no I/O).
