@@ -5,5 +5,3 @@
 //! the cross-platform UAPI socket. The WireGuard protocol itself (handshakes, cookies,
 //! replay protection, the AEAD) is boringtun's noise state machine; nothing here
 //! reimplements it.
-
-pub mod offload;

@@ -1,1 +1,0 @@
-//! Segmentation and coalescing of offloaded packets (pure; no I/O).
