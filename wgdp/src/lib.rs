@@ -3,5 +3,247 @@
 //! Owns the packet path of the user-space device: the TUN (with virtio-net headers and
 //! segmentation offloads), the UDP sockets (GSO/GRO, batched), the peer table, timers and
 //! the cross-platform UAPI socket. The WireGuard protocol itself (handshakes, cookies,
-//! replay protection, the AEAD) is boringtun's noise state machine; nothing here
-//! reimplements it.
+//! replay protection, the AEAD, the protocol timers) is boringtun's noise state machine
+//! (`defguard_boringtun::noise`); nothing here reimplements it. Packet segmentation and
+//! coalescing are `wgdp-offload`'s.
+//!
+//! Threads: one TUN reader per queue (segment, seal, send in GSO trains), one UDP receiver
+//! (GRO batches, open, coalesce, write to the TUN), one timer thread (per-peer deadlines;
+//! idle peers have none), the UAPI server and the main thread (signals, socket watch). The
+//! two directions run on different cores; several TUN queues (`threads`) spread sealing.
+//!
+//! Drop counters (per reason) are not in the UAPI `get` (`wg` rejects unknown keys): they are
+//! logged at debug level every 10 s when they changed, and at info level on `SIGUSR1`.
+//!
+//! Must not: reimplement protocol or crypto, scan all peers on a packet or a single-peer
+//! change, or hold per-peer buffers for idle peers.
+
+pub mod allowed_ips;
+pub mod control;
+pub mod datapath;
+pub mod device;
+pub mod fuzzing;
+pub mod stats;
+mod sys;
+pub mod threads;
+pub mod timers;
+pub mod tun;
+pub mod uapi;
+pub mod udp;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+pub use device::Core;
+pub use tun::Tun;
+pub use udp::Sockets;
+
+/// How the device is run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The TUN interface name (also names the UAPI socket).
+    pub interface: String,
+    /// TUN queues, each with its own sealing thread (at least 1).
+    pub threads: usize,
+    /// Use the TUN's virtio-net header with TSO/USO and UDP GSO/GRO (`false`: plain
+    /// per-packet I/O everywhere, for troubleshooting and tests of the fallbacks).
+    pub offloads: bool,
+}
+
+/// Errors of running a device.
+#[derive(Debug, thiserror::Error)]
+pub enum WgdpError {
+    /// Setting up signal handling failed.
+    #[error("setting up signal handling")]
+    Signals(#[source] nix::Error),
+    /// Creating an eventfd failed.
+    #[error("creating an eventfd")]
+    EventFd(#[source] nix::Error),
+    /// Creating the TUN failed.
+    #[error(transparent)]
+    Tun(#[from] tun::TunError),
+    /// Binding the UDP sockets failed.
+    #[error(transparent)]
+    Udp(#[from] udp::UdpError),
+    /// Binding the UAPI socket failed.
+    #[error(transparent)]
+    Control(#[from] control::ControlError),
+    /// Datapath threads panicked (the device was stopped).
+    #[error("datapath threads panicked: {0}")]
+    Panicked(String),
+    /// Starting a thread failed.
+    #[error("starting thread {name}")]
+    Thread {
+        /// The thread's name.
+        name: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs the device until `SIGTERM`/`SIGINT`, until its UAPI socket is removed or replaced,
+/// or until its TUN fails. `SIGHUP` is ignored; `SIGUSR1` logs the drop counters.
+///
+/// Blocks those signals in the calling thread (before any other thread starts, so all
+/// inherit the mask) and takes them through a signalfd.
+pub fn run(cfg: &Config) -> Result<(), WgdpError> {
+    let mut mask = SigSet::empty();
+    for s in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGUSR1,
+    ] {
+        mask.add(s);
+    }
+    mask.thread_block().map_err(WgdpError::Signals)?;
+    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .map_err(WgdpError::Signals)?;
+
+    control::UapiSocket::check_free(&cfg.interface)?;
+    let tun = Tun::create(&cfg.interface, cfg.threads, cfg.offloads)?;
+    let sockets = Sockets::bind(0, 0, cfg.offloads)?;
+    tracing::info!(port = sockets.port(), gso = sockets.gso(), "listening");
+    let efd = || {
+        EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+            .map_err(WgdpError::EventFd)
+    };
+    let rebind_fd = Arc::new(efd()?);
+    let rb = rebind_fd.clone();
+    let core = Arc::new(Core::new(
+        Some(Arc::new(sockets)),
+        Box::new(move || {
+            let _ = rb.write(1);
+        }),
+    ));
+    let uapi = Arc::new(control::UapiSocket::bind(tun.name())?);
+    let rt = Arc::new(threads::Runtime {
+        core,
+        tun,
+        stop: Default::default(),
+        stop_fd: efd()?,
+        rebind_fd,
+    });
+
+    let mut handles = Vec::new();
+    let mut spawn = |name: String, f: Box<dyn FnOnce() + Send>| -> Result<(), WgdpError> {
+        let r = rt.clone();
+        let h = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || {
+                // A thread that ends (a fatal TUN error) or panics takes the device down
+                // instead of leaving it half-working.
+                let _guard = StopOnDrop(r);
+                f();
+            })
+            .map_err(|source| WgdpError::Thread { name, source })?;
+        handles.push(h);
+        Ok(())
+    };
+    let started = (|| {
+        for q in 0..rt.tun.queues() {
+            let r = rt.clone();
+            spawn(
+                format!("wgdp-tun{q}"),
+                Box::new(move || threads::tun_reader(&r, q)),
+            )?;
+        }
+        let r = rt.clone();
+        spawn(
+            "wgdp-udp".into(),
+            Box::new(move || threads::udp_receiver(&r)),
+        )?;
+        let r = rt.clone();
+        spawn(
+            "wgdp-timers".into(),
+            Box::new(move || threads::timer_thread(&r)),
+        )?;
+        let r = rt.clone();
+        let u = uapi.clone();
+        spawn("wgdp-uapi".into(), Box::new(move || u.serve(&r)))?;
+        Ok(())
+    })();
+    if let Err(e) = started {
+        rt.shutdown();
+        uapi.remove();
+        return Err(e);
+    }
+    tracing::info!(interface = %rt.tun.name(), socket = %uapi.path.display(), "device up");
+
+    let mut last_log = Instant::now();
+    let mut logged_total = 0;
+    loop {
+        let mut fds = [PollFd::new(
+            std::os::fd::AsFd::as_fd(&signals),
+            PollFlags::POLLIN,
+        )];
+        let _ = nix::poll::poll(&mut fds, PollTimeout::from(1000u16));
+        let mut stop = false;
+        while let Ok(Some(info)) = signals.read_signal() {
+            match Signal::try_from(i32::try_from(info.ssi_signo).unwrap_or(0)) {
+                Ok(Signal::SIGTERM | Signal::SIGINT) => {
+                    tracing::info!(signal = info.ssi_signo, "stopping on signal");
+                    stop = true;
+                }
+                Ok(Signal::SIGUSR1) => {
+                    tracing::info!(drops = %rt.core.stats, "drop counters");
+                }
+                _ => tracing::debug!(signal = info.ssi_signo, "ignoring signal"),
+            }
+        }
+        if !uapi.still_ours() {
+            tracing::info!(path = %uapi.path.display(), "UAPI socket removed; stopping");
+            stop = true;
+        }
+        if rt.stop.load(Ordering::SeqCst) {
+            stop = true;
+        }
+        if last_log.elapsed() >= Duration::from_secs(10) {
+            last_log = Instant::now();
+            let total = rt.core.stats.total();
+            if total != logged_total {
+                logged_total = total;
+                tracing::debug!(drops = %rt.core.stats, "drop counters");
+            }
+        }
+        if stop {
+            break;
+        }
+    }
+    rt.shutdown();
+    uapi.remove();
+    let mut panicked = Vec::new();
+    for h in handles {
+        let name = h.thread().name().unwrap_or("?").to_string();
+        if h.join().is_err() {
+            panicked.push(name);
+        }
+    }
+    tracing::info!(interface = %rt.tun.name(), drops = %rt.core.stats, "device stopped");
+    if panicked.is_empty() {
+        Ok(())
+    } else {
+        Err(WgdpError::Panicked(panicked.join(", ")))
+    }
+}
+
+/// Stops the device when dropped (at the end of a thread, or while it unwinds).
+struct StopOnDrop(Arc<threads::Runtime>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if !self.0.stop.swap(true, Ordering::SeqCst) {
+            tracing::error!(
+                thread = std::thread::current().name().unwrap_or("?"),
+                "datapath thread ended; stopping the device"
+            );
+        }
+    }
+}

@@ -1,13 +1,12 @@
 //! `meshd-wg`: meshd's user-space WireGuard datapath.
 //!
-//! Creates the TUN `--interface` and serves it with boringtun until SIGTERM/SIGINT or
-//! until its UAPI socket `/var/run/wireguard/NAME.sock` is removed. It is configured by
-//! meshd (or `wg`) over that socket. meshd spawns it detached so traffic keeps flowing
-//! while meshd restarts.
+//! Creates the TUN `--interface` and serves it with `wgdp` (boringtun's noise state machine
+//! with offloaded, batched I/O) until SIGTERM/SIGINT, until its UAPI socket
+//! `/var/run/wireguard/NAME.sock` is removed, or until its TUN fails. SIGHUP is ignored;
+//! SIGUSR1 logs the drop counters. It is configured by meshd (or `wg`) over that socket.
+//! meshd spawns it detached so traffic keeps flowing while meshd restarts.
 
 use clap::Parser;
-use defguard_boringtun::device::{DeviceConfig, DeviceHandle};
-use nix::sys::signal::{SigSet, Signal};
 
 /// meshd's user-space WireGuard datapath.
 #[derive(Debug, Parser)]
@@ -16,9 +15,12 @@ struct Args {
     /// Name of the TUN interface to create.
     #[arg(long)]
     interface: String,
-    /// Datapath worker threads.
+    /// TUN queues, each with its own encryption thread (decryption has one more thread).
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Plain per-packet I/O: no TUN offloads, no UDP GSO/GRO (for troubleshooting).
+    #[arg(long)]
+    no_offloads: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -30,26 +32,42 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    // A hang-up of the terminal or session meshd was started from must not stop the
-    // datapath. Blocked before any thread starts, so every thread inherits it.
-    let mut hup = SigSet::empty();
-    hup.add(Signal::SIGHUP);
-    if let Err(err) = hup.thread_block() {
-        tracing::warn!(%err, "blocking SIGHUP failed");
-    }
-    let config = DeviceConfig {
-        n_threads: args.threads.max(1),
-        ..DeviceConfig::default()
+    let config = wgdp::Config {
+        interface: args.interface,
+        threads: args.threads.max(1),
+        offloads: !args.no_offloads,
     };
-    tracing::info!(interface = %args.interface, threads = config.n_threads, "starting");
-    let mut device = match DeviceHandle::new(&args.interface, config) {
-        Ok(d) => d,
-        Err(err) => {
-            tracing::error!(interface = %args.interface, %err, "creating the device failed");
-            return std::process::ExitCode::FAILURE;
+    tracing::info!(
+        interface = %config.interface,
+        threads = config.threads,
+        offloads = config.offloads,
+        "starting"
+    );
+    // `run` blocks SIGHUP (with SIGTERM, SIGINT, SIGUSR1) before it starts any thread, so
+    // a hang-up of the terminal or session meshd was started from never stops the datapath.
+    match wgdp::run(&config) {
+        Ok(()) => {
+            tracing::info!(interface = %config.interface, "stopped");
+            std::process::ExitCode::SUCCESS
         }
-    };
-    device.wait();
-    tracing::info!(interface = %args.interface, "stopped");
-    std::process::ExitCode::SUCCESS
+        Err(err) => {
+            tracing::error!(interface = %config.interface, err = %DisplayChain(&err), "running the device failed");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error with its sources, `: `-separated.
+struct DisplayChain<'a>(&'a dyn std::error::Error);
+
+impl std::fmt::Display for DisplayChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cur = self.0.source();
+        while let Some(e) = cur {
+            write!(f, ": {e}")?;
+            cur = e.source();
+        }
+        Ok(())
+    }
 }

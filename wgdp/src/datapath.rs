@@ -1,0 +1,594 @@
+//! Packet processing, free of I/O: a TUN read → segments → sealed datagrams in an
+//! [`Outbox`]; a received datagram → opened packets in a [`Coalescer`] (or a plain list) and
+//! any handshake replies in an [`Outbox`]; a timer tick → boringtun's timer actions. The
+//! thread loops in `threads` feed these from the TUN and sockets, and so does the fuzzing
+//! harness from byte slices.
+
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use defguard_boringtun::noise::errors::WireGuardError;
+use defguard_boringtun::noise::handshake::parse_handshake_anon;
+use defguard_boringtun::noise::{Packet, Tunn, TunnResult};
+use wgdp_offload::{segment_frame, Coalescer};
+
+use crate::device::{lock, Core, Peer, State, TICK};
+use crate::stats::DropReason;
+use crate::sys::SendScratch;
+use crate::tun::Tun;
+use crate::uapi::Key;
+use crate::udp::Sockets;
+
+/// Bytes of sealed datagrams an outbox holds before it must be flushed.
+const ARENA: usize = 1 << 20;
+/// Room kept free for one TUN read's worth of datagrams (64 KiB plus 32 bytes per segment).
+pub const HEADROOM: usize = 160 * 1024;
+/// Largest IP packet (and decrypted payload).
+pub const MAX_PACKET: usize = 65_536;
+/// Segments sealed per hold of a peer's lock.
+const SEAL_CHUNK: usize = 8;
+/// Smallest `dst` boringtun accepts for any output (a handshake initiation).
+const MIN_DST: usize = 148;
+/// Message type of a handshake initiation.
+const HANDSHAKE_INIT: u8 = 1;
+/// Message type of a handshake response.
+const HANDSHAKE_RESP: u8 = 2;
+/// Message type of a data message.
+const DATA: u8 = 4;
+/// How long after the last traffic a peer keeps being ticked (boringtun's keepalive and
+/// "no reply" handshake rules act up to 15 s after it).
+const ACTIVE_NS: u64 = 25_000_000_000;
+/// How long after the last handshake initiation (boringtun retries for 90 s).
+const INIT_PENDING_NS: u64 = 95_000_000_000;
+
+/// Sealed datagrams waiting to be sent, back to back in one buffer.
+pub struct Outbox {
+    arena: Vec<u8>,
+    cursor: usize,
+    list: Vec<(SocketAddr, Range<usize>)>,
+    scratch: SendScratch,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("bytes", &self.cursor)
+            .field("datagrams", &self.list.len())
+            .finish()
+    }
+}
+
+impl Outbox {
+    /// An empty outbox of `size` bytes.
+    pub fn new(size: usize) -> Self {
+        Outbox {
+            arena: vec![0u8; size.max(2 * MIN_DST)],
+            cursor: 0,
+            list: Vec::new(),
+            scratch: SendScratch::new(),
+        }
+    }
+
+    /// Free bytes.
+    pub fn room(&self) -> usize {
+        self.arena.len() - self.cursor
+    }
+
+    /// Datagrams waiting.
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// The waiting datagrams (for tests and the fuzzing harness).
+    pub fn datagrams(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> {
+        self.list
+            .iter()
+            .map(|(a, r)| (*a, self.arena.get(r.clone()).unwrap_or_default()))
+    }
+
+    fn slot(&mut self) -> &mut [u8] {
+        &mut self.arena[self.cursor..]
+    }
+
+    /// Records that `n` bytes were written at the cursor for `to`, sent to `peer`.
+    fn commit(&mut self, to: SocketAddr, n: usize, peer: &Peer, now: u64) {
+        let start = self.cursor;
+        if self.arena.get(start).copied() == Some(HANDSHAKE_INIT) {
+            peer.last_init.store(now, Ordering::Relaxed);
+        }
+        self.cursor += n;
+        self.list.push((to, start..start + n));
+        peer.tx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        peer.last_tx.store(now, Ordering::Relaxed);
+    }
+
+    /// Copies an already formed message (a handshake reply, a cookie).
+    fn push_copy(
+        &mut self,
+        to: SocketAddr,
+        msg: &[u8],
+        peer: Option<&Peer>,
+        core: &Core,
+        now: u64,
+    ) {
+        if self.room() < msg.len() {
+            core.stats.drop(DropReason::UdpSend);
+            return;
+        }
+        self.arena[self.cursor..self.cursor + msg.len()].copy_from_slice(msg);
+        match peer {
+            Some(p) => self.commit(to, msg.len(), p, now),
+            None => {
+                let start = self.cursor;
+                self.cursor += msg.len();
+                self.list.push((to, start..start + msg.len()));
+            }
+        }
+    }
+
+    /// Handles a result boringtun wrote into [`Outbox::slot`].
+    fn take(
+        &mut self,
+        r: Result<usize, WireGuardError>,
+        to: Option<SocketAddr>,
+        peer: &Peer,
+        core: &Core,
+        now: u64,
+    ) {
+        match (r, to) {
+            (Ok(0), _) => {}
+            (Ok(n), Some(to)) => self.commit(to, n, peer, now),
+            (Ok(_), None) => core.stats.drop(DropReason::NoEndpoint),
+            (Err(WireGuardError::ConnectionExpired), _) => {}
+            (Err(e), _) => core.stats.drop(DropReason::of(&e)),
+        }
+    }
+
+    /// Seals `pkt` for `peer` with `t` (or queues it in `t` while a handshake is needed, in
+    /// which case the initiation is what gets sent).
+    fn seal(
+        &mut self,
+        t: &mut Tunn,
+        pkt: &[u8],
+        to: Option<SocketAddr>,
+        peer: &Peer,
+        core: &Core,
+        now: u64,
+    ) {
+        let r = flatten(t.encapsulate(pkt, self.slot()));
+        self.take(r, to, peer, core, now);
+    }
+
+    /// Runs boringtun's timers for `peer` and keeps what they want sent.
+    fn run_timers(
+        &mut self,
+        t: &mut Tunn,
+        to: Option<SocketAddr>,
+        peer: &Peer,
+        core: &Core,
+        now: u64,
+    ) {
+        let r = flatten(t.update_timers(self.slot()));
+        self.take(r, to, peer, core, now);
+    }
+
+    /// Sends everything (if there are sockets) and empties the outbox.
+    pub fn flush(&mut self, core: &Core, sockets: Option<&Sockets>) {
+        if let Some(s) = sockets {
+            if !self.list.is_empty() {
+                s.send_all(
+                    &mut self.scratch,
+                    &self.arena[..self.cursor],
+                    &self.list,
+                    &core.stats,
+                );
+            }
+        }
+        self.list.clear();
+        self.cursor = 0;
+    }
+}
+
+/// A network-bound result as the length written at the start of `dst`.
+fn flatten(r: TunnResult<'_>) -> Result<usize, WireGuardError> {
+    match r {
+        TunnResult::WriteToNetwork(p) => Ok(p.len()),
+        TunnResult::Err(e) => Err(e),
+        _ => Ok(0),
+    }
+}
+
+/// The TUN → UDP half: one per TUN queue.
+pub struct TxCtx {
+    vnet: bool,
+    seg: Vec<u8>,
+    ranges: Vec<Range<usize>>,
+    /// Sealed datagrams waiting to be sent.
+    pub outbox: Outbox,
+}
+
+impl std::fmt::Debug for TxCtx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TxCtx")
+            .field("outbox", &self.outbox)
+            .finish()
+    }
+}
+
+impl TxCtx {
+    /// A context for a TUN with (`vnet`) or without virtio-net headers.
+    pub fn new(vnet: bool) -> Self {
+        TxCtx {
+            vnet,
+            seg: Vec::with_capacity(MAX_PACKET + 4096),
+            ranges: Vec::new(),
+            outbox: Outbox::new(ARENA),
+        }
+    }
+
+    /// Processes one TUN read: segments it, finds the peer, seals every segment into the
+    /// outbox (flushing to `sockets` when it fills).
+    pub fn handle_tun_read(
+        &mut self,
+        core: &Core,
+        st: &State,
+        frame: &[u8],
+        sockets: Option<&Sockets>,
+    ) {
+        let TxCtx {
+            vnet,
+            seg,
+            ranges,
+            outbox,
+        } = self;
+        let whole = 0..frame.len();
+        let single = std::slice::from_ref(&whole);
+        let (buf, list): (&[u8], &[Range<usize>]) = if *vnet {
+            if let Err(err) = segment_frame(frame, seg, ranges) {
+                tracing::trace!(%err, "segmentation failed");
+                core.stats.drop(DropReason::Segmentation);
+                return;
+            }
+            (&seg[..], &ranges[..])
+        } else {
+            (frame, single)
+        };
+        let Some(first) = list.first().and_then(|r| buf.get(r.clone())) else {
+            return;
+        };
+        let n = list.len() as u64;
+        let Some(dst) = Tunn::dst_address(first) else {
+            core.stats.drop_n(DropReason::BadTunPacket, n);
+            return;
+        };
+        let Some(peer) = st.allowed.lookup(dst) else {
+            core.stats.drop_n(DropReason::NoRoute, n);
+            return;
+        };
+        let Some(to) = peer.endpoint() else {
+            core.stats.drop_n(DropReason::NoEndpoint, n);
+            return;
+        };
+        let woke = core.activity(peer);
+        let now = core.clock.now();
+        // The noise state is locked for a few segments at a time (the receive thread needs
+        // it too), never across a send.
+        for (i, chunk) in list.chunks(SEAL_CHUNK).enumerate() {
+            let need: usize = chunk
+                .iter()
+                .map(|r| (r.len() + 32).max(MIN_DST))
+                .sum::<usize>()
+                + MIN_DST;
+            if outbox.room() < need {
+                outbox.flush(core, sockets);
+            }
+            let mut slot = lock(&peer.tunn);
+            let Some(t) = peer.tunn_in(&mut slot, st.key.as_ref()) else {
+                core.stats.drop_n(DropReason::NoKey, n);
+                return;
+            };
+            if woke && i == 0 {
+                outbox.run_timers(t, Some(to), peer, core, now);
+            }
+            for r in chunk {
+                if let Some(pkt) = buf.get(r.clone()) {
+                    outbox.seal(t, pkt, Some(to), peer, core, now);
+                }
+            }
+        }
+    }
+}
+
+/// Where opened packets go before the TUN write.
+enum Sink {
+    /// Merged into super-packets (TUN with virtio-net headers).
+    Coalesce(Box<Coalescer>),
+    /// Written one by one, each with an all-zero virtio-net header if `vnet` (a TUN
+    /// whose kernel refused TSO) or as is (plain TUN).
+    Plain {
+        vnet: bool,
+        buf: Vec<u8>,
+        ranges: Vec<Range<usize>>,
+    },
+}
+
+/// The UDP → TUN half.
+pub struct RxCtx {
+    dec: Vec<u8>,
+    sink: Sink,
+    /// Handshake replies and released queued packets waiting to be sent.
+    pub outbox: Outbox,
+    /// Packets handed to the TUN by the last flush (for tests and the fuzzing harness).
+    pub delivered: u64,
+}
+
+impl std::fmt::Debug for RxCtx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RxCtx")
+            .field("outbox", &self.outbox)
+            .field("delivered", &self.delivered)
+            .finish()
+    }
+}
+
+impl RxCtx {
+    /// A context writing to a TUN with (`vnet`) or without virtio-net headers; `tcp_gro`
+    /// when the TUN accepted TSO (so TCP segments are merged), `udp_gro` when it accepted
+    /// USO (`GSO_UDP_L4` writes).
+    pub fn new(vnet: bool, tcp_gro: bool, udp_gro: bool) -> Self {
+        let sink = if vnet && tcp_gro {
+            let mut c = Coalescer::new();
+            c.set_udp(udp_gro);
+            Sink::Coalesce(Box::new(c))
+        } else {
+            Sink::Plain {
+                vnet,
+                buf: Vec::new(),
+                ranges: Vec::new(),
+            }
+        };
+        RxCtx {
+            dec: vec![0u8; MAX_PACKET + 256],
+            sink,
+            // Room for boringtun's whole queue of packets held during a handshake (256).
+            outbox: Outbox::new(512 * 1024),
+            delivered: 0,
+        }
+    }
+
+    /// Processes one received datagram from `from`.
+    pub fn handle_datagram(&mut self, core: &Core, st: &State, from: SocketAddr, d: &[u8]) {
+        let RxCtx {
+            dec, sink, outbox, ..
+        } = self;
+        let now = core.clock.now();
+        let packet = match Tunn::parse_incoming_packet(d) {
+            Ok(p) => p,
+            Err(_) => {
+                core.stats.drop(DropReason::Malformed);
+                return;
+            }
+        };
+        let ty = d[0];
+        let peer: &Arc<Peer> = match packet {
+            Packet::HandshakeInit(_) => {
+                let (Some(key), Some(limiter)) = (&st.key, &st.limiter) else {
+                    core.stats.drop(DropReason::NoKey);
+                    return;
+                };
+                limiter.reset_count();
+                let init = match limiter.verify_packet(Some(from.ip()), d, dec) {
+                    Ok(Packet::HandshakeInit(init)) => init,
+                    Ok(_) => {
+                        core.stats.drop(DropReason::Malformed);
+                        return;
+                    }
+                    Err(TunnResult::WriteToNetwork(cookie)) => {
+                        outbox.push_copy(from, cookie, None, core, now);
+                        core.stats.drop(DropReason::UnderLoad);
+                        return;
+                    }
+                    Err(TunnResult::Err(e)) => {
+                        core.stats.drop(DropReason::of(&e));
+                        return;
+                    }
+                    Err(_) => return,
+                };
+                let Ok(half) = parse_handshake_anon(&key.secret, &key.public, &init) else {
+                    core.stats.drop(DropReason::UnknownPeer);
+                    return;
+                };
+                match st.peers.get(&Key(half.peer_static_public)) {
+                    Some(p) => p,
+                    None => {
+                        core.stats.drop(DropReason::UnknownPeer);
+                        return;
+                    }
+                }
+            }
+            Packet::HandshakeResponse(p) => match st.by_index.get(&(p.receiver_idx >> 8)) {
+                Some(peer) => peer,
+                None => {
+                    core.stats.drop(DropReason::UnknownIndex);
+                    return;
+                }
+            },
+            Packet::PacketCookieReply(p) => match st.by_index.get(&(p.receiver_idx >> 8)) {
+                Some(peer) => peer,
+                None => {
+                    core.stats.drop(DropReason::UnknownIndex);
+                    return;
+                }
+            },
+            Packet::PacketData(p) => match st.by_index.get(&(p.receiver_idx >> 8)) {
+                Some(peer) => peer,
+                None => {
+                    core.stats.drop(DropReason::UnknownIndex);
+                    return;
+                }
+            },
+        };
+        let woke = core.activity(peer);
+        let mut slot = lock(&peer.tunn);
+        let Some(t) = peer.tunn_in(&mut slot, st.key.as_ref()) else {
+            core.stats.drop(DropReason::NoKey);
+            return;
+        };
+        if outbox.room() < 4 * MIN_DST {
+            // Replies are few; when a batch somehow fills the outbox, later ones are lost
+            // and the handshake retried.
+            core.stats.drop(DropReason::UdpSend);
+            return;
+        }
+        if woke {
+            let to = peer.endpoint().or(Some(from));
+            outbox.run_timers(t, to, peer, core, now);
+        }
+        let authenticated = match t.decapsulate(Some(from.ip()), d, dec) {
+            TunnResult::WriteToNetwork(reply) => {
+                outbox.push_copy(from, reply, Some(peer), core, now);
+                if ty == HANDSHAKE_INIT || ty == HANDSHAKE_RESP {
+                    peer.handshake_done();
+                }
+                // Packets queued while waiting for the handshake can go now.
+                while outbox.room() >= MAX_PACKET {
+                    match t.decapsulate(None, &[], dec) {
+                        TunnResult::WriteToNetwork(p) => {
+                            outbox.push_copy(from, p, Some(peer), core, now)
+                        }
+                        _ => break,
+                    }
+                }
+                true
+            }
+            TunnResult::WriteToTunnelV4(pkt, src) => {
+                deliver(core, st, peer, sink, pkt, IpAddr::V4(src));
+                true
+            }
+            TunnResult::WriteToTunnelV6(pkt, src) => {
+                deliver(core, st, peer, sink, pkt, IpAddr::V6(src));
+                true
+            }
+            TunnResult::Done => true,
+            TunnResult::Err(e) => {
+                core.stats.drop(DropReason::of(&e));
+                false
+            }
+        };
+        drop(slot);
+        if authenticated {
+            peer.rx_bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
+            peer.last_rx.store(now, Ordering::Relaxed);
+            if matches!(ty, HANDSHAKE_INIT | HANDSHAKE_RESP | DATA) {
+                let mut ep = lock(&peer.endpoint);
+                if *ep != Some(from) {
+                    *ep = Some(from);
+                }
+            }
+        }
+    }
+
+    /// Packets waiting for the TUN.
+    pub fn pending(&self) -> usize {
+        match &self.sink {
+            Sink::Coalesce(c) => c.len(),
+            Sink::Plain { ranges, .. } => ranges.len(),
+        }
+    }
+
+    /// Writes the opened packets to `tun` (queue 0) and sends the replies.
+    pub fn flush(&mut self, core: &Core, tun: Option<&Tun>, sockets: Option<&Sockets>) {
+        self.outbox.flush(core, sockets);
+        let mut written = 0u64;
+        let mut write = |b: &[u8]| {
+            written += 1;
+            if let Some(tun) = tun {
+                if let Err(err) = tun.write(0, b) {
+                    tracing::trace!(%err, "TUN write failed");
+                    core.stats.drop(DropReason::TunWrite);
+                }
+            }
+        };
+        match &mut self.sink {
+            Sink::Coalesce(c) => c.flush(&mut write),
+            Sink::Plain { buf, ranges, .. } => {
+                for r in ranges.iter() {
+                    if let Some(p) = buf.get(r.clone()) {
+                        write(p);
+                    }
+                }
+                buf.clear();
+                ranges.clear();
+            }
+        }
+        self.delivered = written;
+    }
+}
+
+/// Hands an opened packet to the TUN path if its source is one of `peer`'s allowed IPs.
+fn deliver(core: &Core, st: &State, peer: &Arc<Peer>, sink: &mut Sink, pkt: &[u8], src: IpAddr) {
+    match st.allowed.lookup(src) {
+        Some(owner) if Arc::ptr_eq(owner, peer) => {}
+        _ => {
+            core.stats.drop(DropReason::SourceNotAllowed);
+            return;
+        }
+    }
+    match sink {
+        Sink::Coalesce(c) => c.push(pkt),
+        Sink::Plain { vnet, buf, ranges } => {
+            let start = buf.len();
+            if *vnet {
+                buf.extend_from_slice(&[0u8; wgdp_offload::VNET_HDR_LEN]);
+            }
+            buf.extend_from_slice(pkt);
+            ranges.push(start..buf.len());
+        }
+    }
+}
+
+/// One timer tick of `peer`: boringtun's timers, our persistent keepalive, then a new
+/// deadline if anything is still pending (else the peer goes idle and costs nothing).
+pub fn tick(core: &Core, st: &State, peer: &Peer, outbox: &mut Outbox) {
+    // Cleared first: traffic from here on re-arms the peer itself.
+    peer.armed.store(false, Ordering::SeqCst);
+    let now = core.clock.now();
+    let to = peer.endpoint();
+    let ka = u64::from(peer.keepalive.load(Ordering::Relaxed));
+    let mut has_session = false;
+    {
+        let mut slot = lock(&peer.tunn);
+        if let Some(t) = slot.as_deref_mut() {
+            outbox.run_timers(t, to, peer, core, now);
+            has_session = t.time_since_last_handshake().is_some();
+        }
+        if ka > 0 && to.is_some() {
+            let last = peer.last_tx.load(Ordering::Relaxed);
+            if last == 0 || now.saturating_sub(last) >= ka * 1_000_000_000 {
+                if let Some(t) = peer.tunn_in(&mut slot, st.key.as_ref()) {
+                    outbox.seal(t, &[], to, peer, core, now);
+                }
+            }
+        }
+    }
+    let last_traffic = peer
+        .last_tx
+        .load(Ordering::Relaxed)
+        .max(peer.last_rx.load(Ordering::Relaxed));
+    let init = peer.last_init.load(Ordering::Relaxed);
+    let pending = has_session
+        || (last_traffic != 0 && now.saturating_sub(last_traffic) < ACTIVE_NS)
+        || (init != 0 && now.saturating_sub(init) < INIT_PENDING_NS)
+        || (ka > 0 && to.is_some() && st.key.is_some());
+    if pending && !peer.armed.swap(true, Ordering::SeqCst) {
+        core.schedule(peer.index, Instant::now() + TICK);
+    }
+}

@@ -1,0 +1,572 @@
+//! The device's state: its key, sockets, the peer table (by public key, by receiver index,
+//! by allowed IP) and the per-peer timer deadlines; applying UAPI `set` requests to it and
+//! reporting it for `get`. No packet processing (that is `datapath`).
+//!
+//! Locking: [`Core::state`] is read-locked by the datapath for one batch at a time and
+//! write-locked by a UAPI `set`, so configuration changes never race packet processing.
+//! Inside, each peer's noise state ([`Peer::tunn`]) has its own mutex, held for one packet
+//! at a time, which arbitrates between the datapath threads. Order: `state` → `tunn` →
+//! anything else (`conf`, `endpoint`, the timer queue).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use defguard_boringtun::noise::rate_limiter::RateLimiter;
+use defguard_boringtun::noise::Tunn;
+use defguard_boringtun::x25519::{PublicKey, StaticSecret};
+use ipnet::IpNet;
+use rand_core::{OsRng, RngCore};
+
+use crate::allowed_ips::AllowedIps;
+use crate::stats::Stats;
+use crate::timers::TimerQueue;
+use crate::uapi::{DeviceInfo, Key, PeerInfo, PeerUpdate, SetRequest};
+use crate::udp::{Sockets, UdpError};
+
+/// Handshake messages per second the device answers before it demands cookies.
+const HANDSHAKE_RATE_LIMIT: u64 = 100;
+/// How often a peer with something pending is ticked.
+pub const TICK: Duration = Duration::from_secs(1);
+
+/// Locks a mutex, recovering the data if another thread panicked while holding it (every
+/// critical section leaves the data consistent).
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn read<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Errors of applying a `set`.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// Rebinding to a new listen port failed.
+    #[error("rebinding to listen port {port}")]
+    Rebind {
+        /// The requested port.
+        port: u16,
+        /// The underlying error.
+        #[source]
+        source: UdpError,
+    },
+    /// Setting the fwmark failed.
+    #[error("setting fwmark")]
+    Mark(#[source] UdpError),
+}
+
+impl DeviceError {
+    /// The errno to report over the UAPI.
+    pub fn errno(&self) -> i32 {
+        match self {
+            DeviceError::Rebind { source, .. } | DeviceError::Mark(source) => source.errno(),
+        }
+    }
+}
+
+/// The device's own key pair.
+pub struct DeviceKey {
+    /// The private key.
+    pub secret: StaticSecret,
+    /// Its public key.
+    pub public: PublicKey,
+    /// The raw private key, as the UAPI reports it.
+    pub raw: Key,
+}
+
+/// A monotonic clock in nanoseconds since the device started; 0 means "never".
+#[derive(Debug, Clone, Copy)]
+pub struct Clock(Instant);
+
+impl Clock {
+    /// Starts the clock.
+    pub fn new() -> Clock {
+        Clock(Instant::now())
+    }
+
+    /// Nanoseconds since start, plus one (so 0 stays free for "never").
+    pub fn now(&self) -> u64 {
+        u64::try_from(self.0.elapsed().as_nanos())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1)
+    }
+
+    /// The `Instant` of a clock reading.
+    pub fn instant(&self, t: u64) -> Instant {
+        self.0 + Duration::from_nanos(t.saturating_sub(1))
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A peer's configuration that only the UAPI changes.
+#[derive(Debug, Default)]
+pub struct PeerConf {
+    /// The preshared key.
+    pub psk: Option<Key>,
+    /// The allowed IPs, in the order they were added.
+    pub allowed_ips: Vec<IpNet>,
+}
+
+/// One peer. Small until it carries traffic: the noise state (~15 KiB) is created on first
+/// use and kept while the peer lives.
+pub struct Peer {
+    /// The peer's public key.
+    pub key: Key,
+    /// Our 24-bit receiver index prefix for this peer (boringtun adds 8 session bits).
+    pub index: u32,
+    /// boringtun's noise state, created lazily.
+    pub tunn: Mutex<Option<Box<Tunn>>>,
+    /// The current endpoint (configured or learned from authenticated packets).
+    pub endpoint: Mutex<Option<SocketAddr>>,
+    /// UAPI-managed configuration.
+    pub conf: Mutex<PeerConf>,
+    /// Persistent keepalive interval in seconds (0 = off).
+    pub keepalive: AtomicU32,
+    /// Bytes received (authenticated datagrams, all message types).
+    pub rx_bytes: AtomicU64,
+    /// Bytes sent (all message types).
+    pub tx_bytes: AtomicU64,
+    /// UNIX nanoseconds of the last completed handshake; 0 = never.
+    pub last_handshake: AtomicU64,
+    /// Whether the peer has a deadline in the timer queue.
+    pub armed: AtomicBool,
+    /// Clock reading of the last datagram sent; 0 = never.
+    pub last_tx: AtomicU64,
+    /// Clock reading of the last authenticated datagram received; 0 = never.
+    pub last_rx: AtomicU64,
+    /// Clock reading of the last handshake initiation sent; 0 = never.
+    pub last_init: AtomicU64,
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer")
+            .field("key", &self.key)
+            .field("index", &self.index)
+            .finish()
+    }
+}
+
+impl Peer {
+    fn new(key: Key, index: u32) -> Peer {
+        Peer {
+            key,
+            index,
+            tunn: Mutex::new(None),
+            endpoint: Mutex::new(None),
+            conf: Mutex::new(PeerConf::default()),
+            keepalive: AtomicU32::new(0),
+            rx_bytes: AtomicU64::new(0),
+            tx_bytes: AtomicU64::new(0),
+            last_handshake: AtomicU64::new(0),
+            armed: AtomicBool::new(false),
+            last_tx: AtomicU64::new(0),
+            last_rx: AtomicU64::new(0),
+            last_init: AtomicU64::new(0),
+        }
+    }
+
+    /// The current endpoint.
+    pub fn endpoint(&self) -> Option<SocketAddr> {
+        *lock(&self.endpoint)
+    }
+
+    /// Records a completed handshake now.
+    pub fn handshake_done(&self) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+            .unwrap_or(1);
+        self.last_handshake.store(now.max(1), Ordering::Relaxed);
+    }
+
+    /// The noise state in `slot`, created with the device key if absent (`None` without a
+    /// device key).
+    pub fn tunn_in<'a>(
+        &self,
+        slot: &'a mut Option<Box<Tunn>>,
+        key: Option<&DeviceKey>,
+    ) -> Option<&'a mut Tunn> {
+        if slot.is_none() {
+            let key = key?;
+            let psk = lock(&self.conf).psk.map(|k| k.0);
+            *slot = Some(Box::new(Tunn::new(
+                key.secret.clone(),
+                PublicKey::from(self.key.0),
+                psk,
+                None,
+                self.index,
+                None,
+            )));
+        }
+        slot.as_deref_mut()
+    }
+}
+
+/// Everything a `set` changes.
+pub struct State {
+    /// The private key.
+    pub key: Option<DeviceKey>,
+    /// Checks MACs (and cookies under load) of handshake initiations before the expensive
+    /// identification of their sender.
+    pub limiter: Option<Arc<RateLimiter>>,
+    /// The bound sockets (`None` only in the fuzzing harness).
+    pub sockets: Option<Arc<Sockets>>,
+    /// The configured listen port (the bound one is `sockets.port()`).
+    pub fwmark: u32,
+    /// Peers by public key.
+    pub peers: HashMap<Key, Arc<Peer>>,
+    /// Peers by receiver index.
+    pub by_index: HashMap<u32, Arc<Peer>>,
+    /// Peers by allowed IP.
+    pub allowed: AllowedIps<Arc<Peer>>,
+}
+
+impl State {
+    /// The bound port (0 without sockets).
+    pub fn listen_port(&self) -> u16 {
+        self.sockets.as_ref().map_or(0, |s| s.port())
+    }
+}
+
+/// The device's shared core: state, timers, counters.
+pub struct Core {
+    /// The state, see the module doc for the locking rules.
+    pub state: RwLock<State>,
+    /// Per-peer deadlines, by receiver index.
+    pub timers: Mutex<TimerQueue<u32>>,
+    /// Signalled when a deadline earlier than all others is added.
+    pub timers_changed: Condvar,
+    /// Drop counters.
+    pub stats: Stats,
+    /// The monotonic clock.
+    pub clock: Clock,
+    /// Called after the sockets were replaced (wakes the receive thread).
+    pub on_rebind: Box<dyn Fn() + Send + Sync>,
+}
+
+impl Core {
+    /// A core with the given sockets and no key or peers.
+    pub fn new(sockets: Option<Arc<Sockets>>, on_rebind: Box<dyn Fn() + Send + Sync>) -> Core {
+        Core {
+            state: RwLock::new(State {
+                key: None,
+                limiter: None,
+                sockets,
+                fwmark: 0,
+                peers: HashMap::new(),
+                by_index: HashMap::new(),
+                allowed: AllowedIps::new(),
+            }),
+            timers: Mutex::new(TimerQueue::new()),
+            timers_changed: Condvar::new(),
+            stats: Stats::default(),
+            clock: Clock::new(),
+            on_rebind,
+        }
+    }
+
+    /// Read-locks the state.
+    pub fn read(&self) -> RwLockReadGuard<'_, State> {
+        read(&self.state)
+    }
+
+    /// Notes traffic for `peer`: arms its timer if it had none. Returns `true` if it was
+    /// idle, in which case the caller refreshes boringtun's timers before using the noise
+    /// state (they only advance when ticked).
+    pub fn activity(&self, peer: &Peer) -> bool {
+        if peer.armed.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        self.schedule(peer.index, Instant::now() + TICK);
+        true
+    }
+
+    /// Sets a deadline for the peer with receiver index `index` (keeps an earlier one).
+    pub fn schedule(&self, index: u32, at: Instant) {
+        if lock(&self.timers).schedule(index, at) {
+            self.timers_changed.notify_one();
+        }
+    }
+
+    /// Applies a parsed `set` request atomically with respect to the datapath.
+    pub fn apply(&self, req: &SetRequest) -> Result<(), DeviceError> {
+        let mut st = write(&self.state);
+        if let Some(key) = &req.private_key {
+            self.set_private_key(&mut st, key.as_ref());
+        }
+        if let Some(mark) = req.fwmark {
+            if let Some(s) = &st.sockets {
+                s.set_mark(mark).map_err(DeviceError::Mark)?;
+            }
+            st.fwmark = mark;
+        }
+        if let Some(port) = req.listen_port {
+            let offloads = st.sockets.as_ref().map(|s| s.offloads());
+            if let Some(offloads) = offloads.filter(|_| port == 0 || port != st.listen_port()) {
+                let new = Sockets::bind(port, st.fwmark, offloads)
+                    .map_err(|source| DeviceError::Rebind { port, source })?;
+                tracing::info!(port = new.port(), "listening");
+                st.sockets = Some(Arc::new(new));
+                (self.on_rebind)();
+            }
+        }
+        if req.replace_peers {
+            let keys: Vec<Key> = st.peers.keys().copied().collect();
+            for k in keys {
+                self.remove_peer(&mut st, &k);
+            }
+        }
+        for p in &req.peers {
+            self.apply_peer(&mut st, p);
+        }
+        Ok(())
+    }
+
+    fn set_private_key(&self, st: &mut State, key: Option<&Key>) {
+        if st.key.as_ref().map(|k| &k.raw) == key {
+            return;
+        }
+        match key {
+            Some(raw) => {
+                let secret = StaticSecret::from(raw.0);
+                let public = PublicKey::from(&secret);
+                st.limiter = Some(Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT)));
+                for peer in st.peers.values() {
+                    if let Some(t) = lock(&peer.tunn).as_deref_mut() {
+                        t.set_static_private(secret.clone(), public, None);
+                    }
+                }
+                st.key = Some(DeviceKey {
+                    secret,
+                    public,
+                    raw: *raw,
+                });
+            }
+            None => {
+                st.key = None;
+                st.limiter = None;
+                for peer in st.peers.values() {
+                    *lock(&peer.tunn) = None;
+                }
+            }
+        }
+    }
+
+    fn new_index(st: &State) -> u32 {
+        loop {
+            let i = OsRng.next_u32() & 0x00ff_ffff;
+            if i != 0 && !st.by_index.contains_key(&i) {
+                return i;
+            }
+        }
+    }
+
+    fn remove_peer(&self, st: &mut State, key: &Key) {
+        let Some(peer) = st.peers.remove(key) else {
+            return;
+        };
+        st.by_index.remove(&peer.index);
+        let nets = std::mem::take(&mut lock(&peer.conf).allowed_ips);
+        for net in &nets {
+            if st
+                .allowed
+                .get(net)
+                .is_some_and(|owner| Arc::ptr_eq(owner, &peer))
+            {
+                st.allowed.remove(net);
+            }
+        }
+        lock(&self.timers).cancel(&peer.index);
+        // Drop the session now; in-flight batches holding the Arc find no noise state.
+        *lock(&peer.tunn) = None;
+    }
+
+    fn apply_peer(&self, st: &mut State, u: &PeerUpdate) {
+        if u.remove {
+            self.remove_peer(st, &u.public_key);
+            return;
+        }
+        let peer = match st.peers.get(&u.public_key) {
+            Some(p) => p.clone(),
+            None if u.update_only => return,
+            None => {
+                let p = Arc::new(Peer::new(u.public_key, Self::new_index(st)));
+                st.peers.insert(u.public_key, p.clone());
+                st.by_index.insert(p.index, p.clone());
+                p
+            }
+        };
+        if let Some(psk) = &u.preshared_key {
+            let changed = {
+                let mut conf = lock(&peer.conf);
+                let changed = conf.psk != *psk;
+                conf.psk = *psk;
+                changed
+            };
+            if changed {
+                // boringtun takes the key only at creation: start over with it.
+                *lock(&peer.tunn) = None;
+            }
+        }
+        if let Some(ep) = u.endpoint {
+            *lock(&peer.endpoint) = Some(ep);
+        }
+        if u.replace_allowed_ips {
+            let nets = std::mem::take(&mut lock(&peer.conf).allowed_ips);
+            for net in &nets {
+                if st
+                    .allowed
+                    .get(net)
+                    .is_some_and(|owner| Arc::ptr_eq(owner, &peer))
+                {
+                    st.allowed.remove(net);
+                }
+            }
+        }
+        for net in &u.allowed_ips {
+            let prev = st.allowed.insert(net, peer.clone());
+            match prev {
+                Some(old) if Arc::ptr_eq(&old, &peer) => {}
+                Some(old) => {
+                    // The prefix moves to this peer.
+                    lock(&old.conf).allowed_ips.retain(|n| n != net);
+                    lock(&peer.conf).allowed_ips.push(*net);
+                }
+                None => lock(&peer.conf).allowed_ips.push(*net),
+            }
+        }
+        if let Some(ka) = u.persistent_keepalive {
+            let old = peer.keepalive.swap(u32::from(ka), Ordering::Relaxed);
+            if ka != 0 && old != u32::from(ka) && st.key.is_some() {
+                // Like wireguard-go: a newly set keepalive goes out right away.
+                peer.armed.store(true, Ordering::Release);
+                lock(&self.timers).reschedule(peer.index, Instant::now());
+                self.timers_changed.notify_one();
+            }
+        }
+    }
+
+    /// The device as `get` reports it.
+    pub fn info(&self) -> DeviceInfo {
+        let st = self.read();
+        let peers = st
+            .peers
+            .values()
+            .map(|p| {
+                let conf = lock(&p.conf);
+                let hs = p.last_handshake.load(Ordering::Relaxed);
+                PeerInfo {
+                    public_key: p.key,
+                    preshared_key: conf.psk,
+                    endpoint: p.endpoint(),
+                    last_handshake: (hs != 0).then(|| UNIX_EPOCH + Duration::from_nanos(hs)),
+                    rx_bytes: p.rx_bytes.load(Ordering::Relaxed),
+                    tx_bytes: p.tx_bytes.load(Ordering::Relaxed),
+                    persistent_keepalive: u16::try_from(p.keepalive.load(Ordering::Relaxed))
+                        .unwrap_or(u16::MAX),
+                    allowed_ips: conf.allowed_ips.clone(),
+                }
+            })
+            .collect();
+        DeviceInfo {
+            private_key: st.key.as_ref().map(|k| k.raw),
+            listen_port: st.listen_port(),
+            fwmark: st.fwmark,
+            peers,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::uapi::{parse_request, Request};
+
+    fn set(core: &Core, text: &str) {
+        let Ok(Request::Set(req)) = parse_request(text.lines()) else {
+            panic!("parse {text}");
+        };
+        core.apply(&req).expect("apply");
+    }
+
+    fn k(b: u8) -> Key {
+        Key([b; 32])
+    }
+
+    fn owner(core: &Core, ip: &str) -> Option<Key> {
+        let st = core.read();
+        st.allowed.lookup(ip.parse().expect("ip")).map(|p| p.key)
+    }
+
+    #[test]
+    fn peers_are_modified_in_place_and_prefixes_move() {
+        let core = Core::new(None, Box::new(|| {}));
+        set(
+            &core,
+            &format!(
+                "set=1\nprivate_key={}\npublic_key={}\nendpoint=192.0.2.1:1\nallowed_ip=10.0.1.0/24\n\
+                 public_key={}\nallowed_ip=10.0.2.0/24\n",
+                k(9).to_hex(),
+                k(1).to_hex(),
+                k(2).to_hex()
+            ),
+        );
+        let idx1 = core.read().peers[&k(1)].index;
+        assert_eq!(owner(&core, "10.0.1.5"), Some(k(1)));
+        // Modify peer 1 in place: endpoint, keepalive, allowed IPs (taking one from 2).
+        set(
+            &core,
+            &format!(
+                "set=1\npublic_key={}\nendpoint=[fd00::1]:2\npersistent_keepalive_interval=25\n\
+                 replace_allowed_ips=true\nallowed_ip=10.0.3.0/24\nallowed_ip=10.0.2.0/24\n",
+                k(1).to_hex()
+            ),
+        );
+        {
+            let st = core.read();
+            let p1 = &st.peers[&k(1)];
+            assert_eq!(p1.index, idx1, "same peer object, not re-created");
+            assert_eq!(p1.endpoint(), Some("[fd00::1]:2".parse().expect("ep")));
+            assert_eq!(p1.keepalive.load(Ordering::Relaxed), 25);
+            assert_eq!(lock(&st.peers[&k(2)].conf).allowed_ips, Vec::<IpNet>::new());
+        }
+        assert_eq!(owner(&core, "10.0.1.5"), None);
+        assert_eq!(owner(&core, "10.0.2.5"), Some(k(1)));
+        assert_eq!(owner(&core, "10.0.3.5"), Some(k(1)));
+        // update_only on an unknown peer does nothing; remove cleans every table.
+        set(
+            &core,
+            &format!(
+                "set=1\npublic_key={}\nupdate_only=true\nallowed_ip=10.9.0.0/16\npublic_key={}\nremove=true\n",
+                k(3).to_hex(),
+                k(1).to_hex()
+            ),
+        );
+        let st = core.read();
+        assert_eq!(st.peers.len(), 1);
+        assert_eq!(st.by_index.len(), 1);
+        assert!(st.allowed.is_empty());
+        drop(st);
+        let info = core.info();
+        assert_eq!(info.private_key, Some(k(9)));
+        assert_eq!(info.peers.len(), 1);
+        assert_eq!(info.peers[0].public_key, k(2));
+        // replace_peers empties the table.
+        set(&core, "set=1\nreplace_peers=true\n");
+        assert!(core.info().peers.is_empty());
+        assert!(lock(&core.timers).is_empty());
+    }
+}
