@@ -247,21 +247,28 @@ pub fn audit(nodes: &[NodeView], policy: &Policy, now_unix: u64) -> Report {
                 );
                 continue;
             };
-            let port = sa.listen_port;
+            // The peer's own port, as its meshd reports it (the same everywhere unless a
+            // listen-port change is rolling out).
+            let port = b.status.as_ref().map_or(sa.listen_port, |s| s.listen_port);
             let endpoint_ok = p.endpoint.as_ref().is_some_and(|e| {
                 b.endpoints
                     .iter()
                     .any(|ip| *e == std::net::SocketAddr::new(*ip, port).to_string())
             });
-            let cidrs_ok = set(&p.allowed_ips) == set(&b.pod_cidrs);
+            // Pod CIDRs, plus the node's own addresses (accepted from the tunnel for
+            // node-to-node encryption).
+            let mut want = set(&b.pod_cidrs);
+            want.extend(
+                b.endpoints
+                    .iter()
+                    .map(|ip| ipnet::IpNet::from(*ip).to_string()),
+            );
+            let cidrs_ok = set(&p.allowed_ips) == want;
             out.check(
                 "peer",
                 &pair,
                 endpoint_ok && cidrs_ok,
-                format!(
-                    "endpoint one of {:?} port {port}, AllowedIPs {:?}",
-                    b.endpoints, b.pod_cidrs
-                ),
+                format!("endpoint one of {:?} port {port}, AllowedIPs {want:?}", b.endpoints),
                 format!(
                     "endpoint {}, AllowedIPs {:?}",
                     p.endpoint.as_deref().unwrap_or("none"),
@@ -406,7 +413,7 @@ mod tests {
             name: Some(format!("n{i}")),
             public_key: k.into(),
             endpoint: Some(format!("198.18.0.1{i}:51820")),
-            allowed_ips: vec![format!("10.244.{i}.0/24")],
+            allowed_ips: vec![format!("10.244.{i}.0/24"), format!("198.18.0.1{i}/32")],
             last_handshake_unix: Some(NOW - 5),
             last_handshake_secs_ago: Some(5),
             rx_bytes: 10,

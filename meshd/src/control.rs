@@ -13,6 +13,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::RwLock;
 
+/// How long `meshctl status` waits for meshd's answer.
+pub const QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Default path of the control socket.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/meshd/meshd.sock";
 
@@ -153,6 +156,9 @@ pub struct StatusReport {
     /// Whether strict mode is on.
     #[serde(default)]
     pub strict_mode: bool,
+    /// Whether node-to-node (host) encryption is on.
+    #[serde(default)]
+    pub host_encryption: bool,
     /// The tc eBPF datapath and its verdict counters (absent when it could not be read).
     #[serde(default)]
     pub datapath: Option<crate::bpf::DatapathReport>,
@@ -225,19 +231,32 @@ async fn answer(stream: UnixStream, status: SharedStatus) -> std::io::Result<()>
 
 /// Ask the meshd behind `path` for its status.
 pub async fn query(path: &Path) -> Result<StatusReport, ControlError> {
-    let mut stream = UnixStream::connect(path)
-        .await
-        .map_err(|source| ControlError::Connect {
-            path: path.to_path_buf(),
-            source,
-        })?;
     let exchange = |source| ControlError::Exchange {
         path: path.to_path_buf(),
         source,
     };
-    stream.write_all(b"status\n").await.map_err(exchange)?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.map_err(exchange)?;
+    // A meshd that is stopped (SIGSTOP, a debugger) still accepts connections in the
+    // kernel: without a deadline its status would be awaited forever.
+    let body = tokio::time::timeout(QUERY_TIMEOUT, async {
+        let mut stream =
+            UnixStream::connect(path)
+                .await
+                .map_err(|source| ControlError::Connect {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+        stream.write_all(b"status\n").await.map_err(exchange)?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body).await.map_err(exchange)?;
+        Ok::<_, ControlError>(body)
+    })
+    .await
+    .map_err(|_| {
+        exchange(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {QUERY_TIMEOUT:?}"),
+        ))
+    })??;
     serde_json::from_str(&body).map_err(|source| ControlError::Decode {
         path: path.to_path_buf(),
         source,
@@ -274,6 +293,7 @@ mod tests {
             converged: true,
             encryption: "enabled".into(),
             strict_mode: true,
+            host_encryption: false,
             datapath: Some(crate::bpf::DatapathReport {
                 pin_dir: "/sys/fs/bpf/meshd".into(),
                 underlay_mode: "enforce".into(),
@@ -282,6 +302,7 @@ mod tests {
                 attach: "tcx".into(),
                 remote_cidrs: vec!["10.244.2.0/24".into()],
                 cluster_cidrs: vec!["10.244.0.0/16".into()],
+                encrypted_hosts: Vec::new(),
                 local_pods: 2,
                 pod_interfaces: 1,
                 counters: crate::bpf::VerdictCounters {

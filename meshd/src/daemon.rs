@@ -127,7 +127,31 @@ pub struct DaemonArgs {
     /// Worker threads of the user-space datapath.
     #[arg(long, default_value_t = 1)]
     pub wg_threads: usize,
+    /// Node-to-node (host) encryption: this node's own traffic to peer nodes goes through
+    /// the tunnel too, for each peer once its tunnel is proven up (see the README: it fails
+    /// open, so that a broken tunnel never cuts a node off its API server). With a ConfigMap
+    /// its `host-encryption` value overrides this one, live.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    pub host_encryption: bool,
+    /// Addresses whose traffic never goes through the tunnel with host encryption (e.g. the
+    /// API server's; the kubeconfig's server address is added on its own). Repeatable.
+    #[arg(long = "host-encryption-exclude")]
+    pub host_encryption_exclude: Vec<IpAddr>,
+    /// Firewall mark the WireGuard devices put on their own UDP packets; the underlay guard
+    /// lets packets carrying it pass unexamined. Must not collide with other marks on the
+    /// node (kube-proxy uses 0x4000 and 0x8000).
+    #[arg(long, default_value_t = DEFAULT_MESH_MARK)]
+    pub mesh_mark: u32,
 }
+
+/// Default of `--mesh-mark` (109, like meshd's route protocol number).
+pub const DEFAULT_MESH_MARK: u32 = 109;
+/// Keepalive used with host encryption when none is configured: a live tunnel then shows
+/// received bytes at least this often, which is how a tunnel is judged up.
+const HOST_KEEPALIVE: u16 = 10;
+/// A peer's tunnel counts as up while bytes arrived from it within this many keepalive
+/// intervals.
+const LIVENESS_INTERVALS: u32 = 3;
 
 /// How pod traffic to other nodes is steered into the tunnel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -141,7 +165,8 @@ pub enum PodSteering {
 /// Everything the reconcile loop needs.
 struct Context {
     args: DaemonArgs,
-    me: NodeRecord,
+    /// This node's record as published (its listen port can change live).
+    me: std::sync::RwLock<NodeRecord>,
     private_key: PrivateKey,
     /// The device; replaced only when it vanished (its user-space process died).
     device: RwLock<WgDevice>,
@@ -161,6 +186,16 @@ struct Context {
     status_feed: Option<tokio::sync::watch::Sender<Option<StatusReport>>>,
 }
 
+impl Context {
+    /// This node's current record.
+    fn me(&self) -> NodeRecord {
+        self.me
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
 /// When the key file was last written (UNIX seconds).
 fn key_mtime(state_dir: &std::path::Path) -> Option<u64> {
     std::fs::metadata(state_dir.join(keyexchange::key::KEY_FILE))
@@ -177,6 +212,8 @@ struct Live {
     strict_mode: bool,
     keepalive: Option<u16>,
     mtu: u32,
+    listen_port: u16,
+    host_encryption: bool,
     /// Re-program every peer once (the keepalive changed).
     refresh_peers: bool,
 }
@@ -190,6 +227,23 @@ struct Known {
     malformed: BTreeMap<String, String>,
     counters: Counters,
     last_conflicts: BTreeSet<String>,
+    /// Per peer: the last received-bytes count and when it last grew (tunnel liveness).
+    rx_seen: BTreeMap<PublicKey, (u64, std::time::Instant)>,
+    /// Peers whose tunnel is up by that measure.
+    live_peers: BTreeSet<PublicKey>,
+    /// This node's record changed (listen port): publish it.
+    republish: bool,
+}
+
+impl Live {
+    /// The keepalive programmed on peers: host encryption needs one to judge tunnels up.
+    fn effective_keepalive(&self) -> Option<u16> {
+        match (self.keepalive, self.host_encryption) {
+            (Some(k), _) if k > 0 => Some(k),
+            (_, true) => Some(HOST_KEEPALIVE),
+            (k, false) => k,
+        }
+    }
 }
 
 /// Live operator settings (the `meshd-config` ConfigMap): `None` until first read.
@@ -219,6 +273,7 @@ pub async fn run_with<R: Registry>(
             args.encryption = s.encryption.into();
             args.strict_mode = s.strict_mode;
             args.keepalive = s.keepalive;
+            args.host_encryption = s.host_encryption;
             args.mtu = s.mtu.or(args.mtu);
             if s.listen_port != args.listen_port {
                 tracing::info!(port = s.listen_port, "listen port from the ConfigMap");
@@ -254,6 +309,9 @@ pub async fn run_with<R: Registry>(
         &clusters,
     )
     .context("starting the tc eBPF datapath")?;
+    let mut bpf = bpf;
+    bpf.set_mesh_mark(args.mesh_mark)
+        .context("setting the mesh mark in the tc datapath")?;
     tracing::info!(encryption = %args.encryption, strict = args.strict_mode, "underlay guarded");
 
     let helper = match &args.helper_binary {
@@ -310,12 +368,14 @@ pub async fn run_with<R: Registry>(
         strict_mode: args.strict_mode,
         keepalive: args.keepalive,
         mtu,
+        listen_port: args.listen_port,
+        host_encryption: args.host_encryption,
         refresh_peers: false,
     };
     let args_state_dir = args.state_dir.clone();
     let ctx = Context {
         args,
-        me,
+        me: std::sync::RwLock::new(me),
         private_key,
         device: RwLock::new(device),
         adopted,
@@ -487,9 +547,13 @@ async fn bring_up_device(
         .with_context(|| format!("setting up WireGuard device {}", args.interface))?;
     tracing::info!(interface = %args.interface, mode = %device.mode(), adopted, "device ready");
     device
-        .configure(&private_key.to_bytes(), args.listen_port)
+        .configure(
+            &private_key.to_bytes(),
+            args.listen_port,
+            Some(args.mesh_mark),
+        )
         .await
-        .context("configuring key and listen port")?;
+        .context("configuring key, listen port and fwmark")?;
     links.set_mtu(device.ifindex(), mtu).await?;
     links.set_up(device.ifindex()).await?;
     Ok((device, adopted))
@@ -550,7 +614,7 @@ async fn event_loop<R: Registry>(
     mut settings: Option<SettingsFeed>,
 ) -> anyhow::Result<()> {
     let mut known = Known::default();
-    known.records.insert(ctx.me.name.clone(), ctx.me.clone());
+    known.records.insert(ctx.me().name.clone(), ctx.me());
     // Events read while claiming pod CIDRs (cluster-pool).
     let mut republish_initial = false;
     for ev in initial {
@@ -602,6 +666,10 @@ async fn event_loop<R: Registry>(
                     // Reconcile now: it brings a vanished device back.
                     retry_at = Some(tokio::time::Instant::now());
                 }
+                if track_liveness(ctx, &mut known).await {
+                    // A tunnel came up or went down: host encryption follows it now.
+                    retry_at = Some(tokio::time::Instant::now());
+                }
                 continue;
             }
             _ = sigterm.recv() => { tracing::info!("SIGTERM"); return Ok(()); }
@@ -611,8 +679,8 @@ async fn event_loop<R: Registry>(
         if republish {
             // Our record was overwritten or removed by someone else: restore it, so peers
             // keep (or regain) the key this node actually uses.
-            tracing::warn!("restoring this node's record in the registry");
-            match registry.publish(&ctx.me).await {
+            tracing::info!("publishing this node's record");
+            match registry.publish(&ctx.me()).await {
                 Ok(()) => republish = false,
                 Err(err) => {
                     tracing::warn!(%err, "republishing this node's record failed; retrying");
@@ -629,9 +697,13 @@ async fn event_loop<R: Registry>(
         known.counters.reconciles += 1;
         let outcome = reconcile_once(ctx, &mut known).await;
         converged = outcome.is_ok();
+        if std::mem::take(&mut known.republish) {
+            republish = true;
+            retry_at = Some(tokio::time::Instant::now());
+        }
         if converged {
             let conf = crate::cni_conf::conflist(
-                &ctx.me,
+                &ctx.me(),
                 &ctx.args.state_dir.join("ipam"),
                 ctx.mtu,
                 &ctx.args.bpf_pin_dir,
@@ -663,7 +735,7 @@ fn apply_event(ctx: &Context, known: &mut Known, ev: RegistryEvent) -> bool {
     match ev {
         RegistryEvent::Upsert(record) => {
             known.malformed.remove(&record.name);
-            if record.name == ctx.me.name && record != ctx.me {
+            if record.name == ctx.me().name && record != ctx.me() {
                 tracing::warn!(
                     "the registry holds a different record under this node's name; keeping ours"
                 );
@@ -674,7 +746,7 @@ fn apply_event(ctx: &Context, known: &mut Known, ev: RegistryEvent) -> bool {
         }
         RegistryEvent::Delete(name) => {
             known.malformed.remove(&name);
-            if name == ctx.me.name {
+            if name == ctx.me().name {
                 tracing::warn!("this node's record was removed from the registry");
                 return true;
             }
@@ -690,7 +762,7 @@ fn apply_event(ctx: &Context, known: &mut Known, ev: RegistryEvent) -> bool {
         RegistryEvent::Malformed { node, error } => {
             known.counters.malformed_records += 1;
             tracing::warn!(%node, %error, "skipping malformed record (last good record, if any, stays in force)");
-            let mine = node == ctx.me.name;
+            let mine = node == ctx.me().name;
             known.malformed.insert(node, error.to_string());
             return mine;
         }
@@ -699,7 +771,7 @@ fn apply_event(ctx: &Context, known: &mut Known, ev: RegistryEvent) -> bool {
 }
 
 fn desired(ctx: &Context, known: &mut Known) -> PeerSet {
-    let set = compute_peers(known.records.values(), &ctx.me);
+    let set = compute_peers(known.records.values(), &ctx.me());
     let conflicts: BTreeSet<String> = set.conflicts.iter().map(ToString::to_string).collect();
     for c in conflicts.difference(&known.last_conflicts) {
         tracing::error!(conflict = %c, "conflicting records: neither side is programmed");
@@ -722,17 +794,11 @@ async fn apply_settings(ctx: &Context, new: &crate::settings::Settings) {
     if let Some(mtu) = new.mtu {
         live.mtu = mtu;
     }
-    if new.listen_port != ctx.args.listen_port {
-        tracing::warn!(
-            configured = new.listen_port,
-            in_use = ctx.args.listen_port,
-            "listen-port changes take effect when meshd restarts"
-        );
-    }
-    if new.host_encryption {
-        tracing::warn!(
-            "host-encryption is not implemented yet: node-to-node traffic stays as it is"
-        );
+    live.listen_port = new.listen_port;
+    if live.host_encryption != new.host_encryption {
+        live.host_encryption = new.host_encryption;
+        // The effective keepalive may change with it.
+        live.refresh_peers = true;
     }
     if *live != before {
         tracing::info!(
@@ -740,6 +806,8 @@ async fn apply_settings(ctx: &Context, new: &crate::settings::Settings) {
             strict = live.strict_mode,
             keepalive = ?live.keepalive,
             mtu = live.mtu,
+            listen_port = live.listen_port,
+            host_encryption = live.host_encryption,
             "settings changed; applying live"
         );
     }
@@ -764,32 +832,81 @@ async fn reconcile_once(ctx: &Context, known: &mut Known) -> anyhow::Result<()> 
     } else {
         BTreeMap::new()
     };
+    // Every peer accepts its node's own addresses from the tunnel, whatever this node's
+    // host-encryption setting: a peer that already encrypts is never refused.
+    let host_prefixes = reconcile::add_host_addresses(&mut want, known.records.values());
     if ctx.device.read().await.status().await.is_err() {
         known.counters.device_restores += 1;
         heal_device(ctx).await?;
     }
     let device = ctx.device.read().await;
-    let dev = device.status().await.context("reading device")?;
+    let mut dev = device.status().await.context("reading device")?;
+    if dev.listen_port != live.listen_port || dev.fwmark != ctx.args.mesh_mark {
+        device
+            .configure(
+                &ctx.private_key.to_bytes(),
+                live.listen_port,
+                Some(ctx.args.mesh_mark),
+            )
+            .await
+            .context("setting the listen port and fwmark")?;
+        if dev.listen_port != live.listen_port {
+            tracing::info!(
+                from = dev.listen_port,
+                to = live.listen_port,
+                "listen port changed live"
+            );
+        }
+        dev = device.status().await.context("reading device")?;
+    }
+    let mut bpf = ctx.bpf.lock().await;
+    if ctx.me().listen_port != dev.listen_port {
+        // Peers learn the new port from the record, and at once from this node's next
+        // authenticated packet (WireGuard roaming).
+        bpf.set_port(dev.listen_port)?;
+        ctx.me
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .listen_port = dev.listen_port;
+        known.republish = true;
+    }
     let present = ctx
         .routes
         .list(device.ifindex())
         .await
         .context("listing routes")?;
-    let mut plan = reconcile::plan(&want, &dev.peers, &present, live.keepalive);
+    let keepalive = live.effective_keepalive();
+    let mut plan = reconcile::plan(&want, &dev.peers, &present, keepalive, &host_prefixes);
     if live.refresh_peers {
-        plan.upsert_peers = reconcile::plan(&want, &[], &present, live.keepalive).upsert_peers;
+        plan.upsert_peers =
+            reconcile::plan(&want, &[], &present, keepalive, &host_prefixes).upsert_peers;
         ctx.live.write().await.refresh_peers = false;
     }
-    let redirects = reconcile::redirects(&want, device.ifindex());
+    let redirects = reconcile::redirects(&want, device.ifindex(), &host_prefixes);
+    let hosts = if live.host_encryption
+        && live.encryption != Encryption::Disabled
+        && dev.fwmark == ctx.args.mesh_mark
+    {
+        reconcile::encrypted_hosts(
+            known.records.values(),
+            &want,
+            &known.live_peers,
+            &ctx.args.host_encryption_exclude,
+            device.ifindex(),
+        )
+    } else {
+        BTreeMap::new()
+    };
     let mode = bpf::program_mode(live.encryption, live.strict_mode);
-    let mut bpf = ctx.bpf.lock().await;
     if mode == ebpf_redirect::Mode::Permissive && bpf.mode() != mode {
         bpf.set_mode(mode)?;
         tracing::info!("underlay guard relaxed to permissive");
     }
-    // Stop redirecting departing CIDRs before their peers go.
+    // Stop redirecting departing CIDRs and hosts before their peers go.
     let stale = reconcile::redirects_kept(&redirects, &bpf.remotes().context("reading redirects")?);
     known.counters.map_ops += bpf.sync_remotes(&stale)? as u64;
+    let stale_hosts = reconcile::redirects_kept(&hosts, &bpf.hosts()?);
+    known.counters.map_ops += bpf.sync_hosts(&stale_hosts)? as u64;
     sync_pods(ctx, &mut bpf, known)?;
     let plain_present: BTreeMap<IpNet, IpAddr> = ctx
         .routes
@@ -815,7 +932,7 @@ async fn reconcile_once(ctx: &Context, known: &mut Known) -> anyhow::Result<()> 
             &mut bpf,
             &plain,
             &plain_present,
-            &redirects,
+            (&redirects, &hosts),
             mode,
         )
         .await?;
@@ -850,7 +967,7 @@ async fn reconcile_once(ctx: &Context, known: &mut Known) -> anyhow::Result<()> 
         &mut bpf,
         &plain,
         &plain_present,
-        &redirects,
+        (&redirects, &hosts),
         mode,
     )
     .await
@@ -863,7 +980,7 @@ async fn finish_pass(
     bpf: &mut Bpf,
     plain: &BTreeMap<IpNet, IpAddr>,
     plain_present: &BTreeMap<IpNet, IpAddr>,
-    redirects: &BTreeMap<IpNet, u32>,
+    (redirects, hosts): (&BTreeMap<IpNet, u32>, &BTreeMap<IpAddr, u32>),
     mode: ebpf_redirect::Mode,
 ) -> anyhow::Result<()> {
     for (dst, gw) in plain_present {
@@ -872,8 +989,9 @@ async fn finish_pass(
             known.counters.route_ops += 1;
         }
     }
-    // Redirect new CIDRs only once their peers exist.
+    // Redirect new CIDRs and hosts only once their peers exist.
     known.counters.map_ops += bpf.sync_remotes(redirects)? as u64;
+    known.counters.map_ops += bpf.sync_hosts(hosts)? as u64;
     if bpf.mode() != mode {
         bpf.set_mode(mode)?;
         tracing::info!(?mode, "underlay guard mode set");
@@ -918,6 +1036,65 @@ fn sync_pods(ctx: &Context, bpf: &mut Bpf, known: &mut Known) -> anyhow::Result<
     Ok(())
 }
 
+/// Follow each peer's received bytes: a tunnel is up while bytes arrived within
+/// [`LIVENESS_INTERVALS`] keepalive intervals. True when the set of live peers changed.
+async fn track_liveness(ctx: &Context, known: &mut Known) -> bool {
+    let live = ctx.live.read().await.clone();
+    if !live.host_encryption {
+        let changed = !known.live_peers.is_empty();
+        known.live_peers.clear();
+        known.rx_seen.clear();
+        return changed;
+    }
+    let Ok(status) = ctx.device.read().await.status().await else {
+        return false;
+    };
+    let window = Duration::from_secs(
+        u64::from(live.effective_keepalive().unwrap_or(HOST_KEEPALIVE))
+            * u64::from(LIVENESS_INTERVALS),
+    );
+    let now = std::time::Instant::now();
+    let mut seen = BTreeMap::new();
+    for p in &status.peers {
+        let key = PublicKey::from_bytes(p.public_key);
+        let at = match known.rx_seen.get(&key) {
+            Some((rx, at)) if *rx == p.rx_bytes => *at,
+            Some(_) => now,
+            // First sight (e.g. after a restart): up if it handshook recently.
+            None => {
+                let recent = p.last_handshake.is_some_and(|t| {
+                    SystemTime::now()
+                        .duration_since(t)
+                        .is_ok_and(|age| age < window)
+                });
+                if recent {
+                    now
+                } else {
+                    now.checked_sub(window).unwrap_or(now)
+                }
+            }
+        };
+        seen.insert(key, (p.rx_bytes, at));
+    }
+    let up: BTreeSet<PublicKey> = seen
+        .iter()
+        .filter(|(_, (rx, at))| *rx > 0 && now.duration_since(*at) < window)
+        .map(|(k, _)| *k)
+        .collect();
+    known.rx_seen = seen;
+    if up == known.live_peers {
+        return false;
+    }
+    for k in up.difference(&known.live_peers) {
+        tracing::info!(peer = %k, "tunnel up: host traffic to the peer is encrypted");
+    }
+    for k in known.live_peers.difference(&up) {
+        tracing::warn!(peer = %k, window_s = window.as_secs(), "nothing received from the peer: host traffic to it leaves the tunnel (fails open)");
+    }
+    known.live_peers = up;
+    true
+}
+
 async fn publish_status(ctx: &Context, known: &Known, converged: bool) -> anyhow::Result<()> {
     let device = ctx.device.read().await;
     let live = device.status().await?;
@@ -952,7 +1129,7 @@ async fn publish_status(ctx: &Context, known: &Known, converged: bool) -> anyhow
         })
         .collect();
     let report = StatusReport {
-        node: ctx.me.name.clone(),
+        node: ctx.me().name.clone(),
         public_key: ctx.private_key.public_key().to_string(),
         mode: device.mode().to_string(),
         interface: device.name().to_string(),
@@ -960,8 +1137,8 @@ async fn publish_status(ctx: &Context, known: &Known, converged: bool) -> anyhow
         adopted_device: ctx.adopted,
         listen_port: live.listen_port,
         mtu: ctx.mtu,
-        endpoints: ctx.me.endpoints.iter().map(ToString::to_string).collect(),
-        pod_cidrs: ctx.me.pod_cidrs.iter().map(ToString::to_string).collect(),
+        endpoints: ctx.me().endpoints.iter().map(ToString::to_string).collect(),
+        pod_cidrs: ctx.me().pod_cidrs.iter().map(ToString::to_string).collect(),
         known_nodes: known.records.keys().cloned().collect(),
         peers,
         conflicts: known.last_conflicts.iter().cloned().collect(),
@@ -977,6 +1154,7 @@ async fn publish_status(ctx: &Context, known: &Known, converged: bool) -> anyhow
         converged,
         encryption: ctx.live.read().await.encryption.to_string(),
         strict_mode: ctx.live.read().await.strict_mode,
+        host_encryption: ctx.live.read().await.host_encryption,
         key_created_unix: ctx.key_created_unix,
         datapath: match ctx.bpf.lock().await.report() {
             Ok(r) => Some(r),
@@ -997,7 +1175,7 @@ async fn publish_status(ctx: &Context, known: &Known, converged: bool) -> anyhow
 
 async fn cleanup<R: Registry>(ctx: Context, registry: &R) {
     tracing::info!("--cleanup: withdrawing record, removing routes, device and tc programs");
-    if let Err(err) = registry.withdraw(&ctx.me.name).await {
+    if let Err(err) = registry.withdraw(&ctx.me().name).await {
         tracing::warn!(%err, "withdrawing record failed");
     }
     let device = ctx.device.into_inner();

@@ -48,12 +48,67 @@ pub fn programmed(peers: &[PeerStatus]) -> Vec<ProgrammedPeer> {
         .collect()
 }
 
-/// The redirects the eBPF maps should hold: every peer's AllowedIPs into the tunnel `ifindex`.
-pub fn redirects(desired: &PeerSet, ifindex: u32) -> BTreeMap<IpNet, u32> {
+/// The redirects the eBPF maps should hold: every peer's pod CIDRs (its AllowedIPs except
+/// the `hosts` prefixes of its node addresses) into the tunnel `ifindex`.
+pub fn redirects(desired: &PeerSet, ifindex: u32, hosts: &BTreeSet<IpNet>) -> BTreeMap<IpNet, u32> {
     desired
         .peers
         .values()
-        .flat_map(|p| p.allowed_ips.iter().map(|c| (c.trunc(), ifindex)))
+        .flat_map(|p| p.allowed_ips.iter().map(IpNet::trunc))
+        .filter(|c| !hosts.contains(c))
+        .map(|c| (c, ifindex))
+        .collect()
+}
+
+/// Adds each peer's node addresses (as /32 and /128) to its AllowedIPs, so that host traffic
+/// a peer sends through the tunnel is accepted. Returns those host prefixes: they are never
+/// routed or redirected like pod CIDRs (a route to a peer's own address through the tunnel
+/// would carry the tunnel's packets into itself). An address that is also inside some pod
+/// CIDR is left out.
+pub fn add_host_addresses<'a>(
+    desired: &mut PeerSet,
+    records: impl IntoIterator<Item = &'a NodeRecord>,
+) -> BTreeSet<IpNet> {
+    let pod: Vec<IpNet> = desired
+        .peers
+        .values()
+        .flat_map(|p| p.allowed_ips.iter().copied())
+        .collect();
+    let mut hosts = BTreeSet::new();
+    for r in records {
+        let Some(peer) = desired.peers.get_mut(&r.public_key) else {
+            continue;
+        };
+        for ip in &r.endpoints {
+            if pod.iter().any(|c| c.contains(ip)) {
+                continue;
+            }
+            let host = IpNet::from(*ip);
+            if !peer.allowed_ips.contains(&host) {
+                peer.allowed_ips.push(host);
+                peer.allowed_ips.sort();
+            }
+            hosts.insert(host);
+        }
+    }
+    hosts
+}
+
+/// Host encryption: the peer node addresses whose traffic goes into the tunnel `ifindex`:
+/// those of programmed peers whose tunnel is up (`live`), minus `exclude`.
+pub fn encrypted_hosts<'a>(
+    records: impl IntoIterator<Item = &'a NodeRecord>,
+    desired: &PeerSet,
+    live: &BTreeSet<PublicKey>,
+    exclude: &[std::net::IpAddr],
+    ifindex: u32,
+) -> BTreeMap<std::net::IpAddr, u32> {
+    records
+        .into_iter()
+        .filter(|r| desired.peers.contains_key(&r.public_key) && live.contains(&r.public_key))
+        .flat_map(|r| r.endpoints.iter().copied())
+        .filter(|ip| !exclude.contains(ip))
+        .map(|ip| (ip, ifindex))
         .collect()
 }
 
@@ -84,23 +139,25 @@ pub fn plain_routes<'a>(
 
 /// The first step towards `want`: the redirects in `present` that stay, unchanged. Applying it
 /// removes only the departing ones, before their peers are removed.
-pub fn redirects_kept(
-    want: &BTreeMap<IpNet, u32>,
-    present: &BTreeMap<IpNet, u32>,
-) -> BTreeMap<IpNet, u32> {
+pub fn redirects_kept<K: Ord + Copy>(
+    want: &BTreeMap<K, u32>,
+    present: &BTreeMap<K, u32>,
+) -> BTreeMap<K, u32> {
     present
         .iter()
-        .filter(|(cidr, _)| want.contains_key(*cidr))
-        .map(|(c, i)| (*c, *i))
+        .filter(|(k, _)| want.contains_key(*k))
+        .map(|(k, i)| (*k, *i))
         .collect()
 }
 
 /// Compute the plan that takes the device and routes from their present state to `desired`.
+/// AllowedIPs in `unrouted` (peers' node addresses) get no route.
 pub fn plan(
     desired: &PeerSet,
     device_peers: &[PeerStatus],
     present_routes: &[IpNet],
     keepalive: Option<u16>,
+    unrouted: &BTreeSet<IpNet>,
 ) -> Plan {
     let mut out = Plan::default();
     for op in diff_peers(&programmed(device_peers), desired) {
@@ -120,6 +177,7 @@ pub fn plan(
         .peers
         .values()
         .flat_map(|p| p.allowed_ips.iter().map(IpNet::trunc))
+        .filter(|c| !unrouted.contains(c))
         .collect();
     let present: BTreeSet<IpNet> = present_routes.iter().map(IpNet::trunc).collect();
     out.del_routes = present.difference(&wanted).copied().collect();
@@ -174,6 +232,7 @@ mod tests {
             &[status(k, &["fd00:244:0:2::/64", "10.244.2.0/24"])],
             &[net("10.244.2.0/24"), net("fd00:244:0:2::/64")],
             None,
+            &BTreeSet::new(),
         );
         assert!(got.is_empty(), "{got:?}");
     }
@@ -182,7 +241,7 @@ mod tests {
     fn new_peer_gets_peer_then_routes_for_both_families() {
         let k = PrivateKey::generate().public_key();
         let want = desired(&[(k, "n2", &["10.244.2.0/24", "fd00:244:0:2::/64"])]);
-        let got = plan(&want, &[], &[], Some(25));
+        let got = plan(&want, &[], &[], Some(25), &BTreeSet::new());
         assert_eq!(got.upsert_peers.len(), 1);
         match &got.upsert_peers[0] {
             PeerChange::Upsert(cfg) => {
@@ -211,6 +270,7 @@ mod tests {
             ],
             &[net("10.244.2.0/24"), net("10.244.3.0/24")],
             None,
+            &BTreeSet::new(),
         );
         assert_eq!(got.remove_peers, vec![PeerChange::Remove(*gone.as_bytes())]);
         assert_eq!(got.del_routes, vec![net("10.244.3.0/24")]);

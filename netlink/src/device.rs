@@ -144,6 +144,8 @@ pub struct DeviceStatus {
     pub public_key: Option<[u8; 32]>,
     /// The UDP listen port (0 if not reported).
     pub listen_port: u16,
+    /// The firewall mark on the device's UDP packets (0: none).
+    pub fwmark: u32,
     /// The peers.
     pub peers: Vec<PeerStatus>,
 }
@@ -670,12 +672,13 @@ impl WgDevice {
         }
     }
 
-    /// Set private key and listen port (only writes what differs from the current
-    /// state). A `listen_port` of 0 leaves the port as it is.
+    /// Set private key, listen port and firewall mark (only writes what differs from the
+    /// current state). A `listen_port` of 0 and a `fwmark` of `None` leave those as they are.
     pub async fn configure(
         &self,
         private_key: &[u8; 32],
         listen_port: u16,
+        fwmark: Option<u32>,
     ) -> Result<(), DeviceError> {
         let cur = self.state().await?;
         // Compared clamped: the kernel reports the clamped form of the key it was given.
@@ -684,20 +687,21 @@ impl WgDevice {
             .is_some_and(|k| crate::kernel::same_private_key(&k, private_key));
         let key = (!same).then_some(private_key);
         let port = (listen_port != 0 && cur.listen_port != listen_port).then_some(listen_port);
-        if key.is_none() && port.is_none() {
+        let mark = fwmark.filter(|m| *m != cur.fwmark);
+        if key.is_none() && port.is_none() && mark.is_none() {
             return Ok(());
         }
-        tracing::info!(interface = %self.name, key_changed = key.is_some(), ?port, "configuring device");
+        tracing::info!(interface = %self.name, key_changed = key.is_some(), ?port, ?mark, "configuring device");
         match &self.backend {
             Backend::Userspace { socket } => {
-                uapi::set(socket, &uapi::set_device_request(key, port))
+                uapi::set(socket, &uapi::set_device_request(key, port, mark))
                     .await
-                    .map_err(self.uapi_err("setting key and listen port"))
+                    .map_err(self.uapi_err("setting key, listen port and fwmark"))
             }
             Backend::Kernel(k) => k
-                .set_device(key, port)
+                .set_device(key, port, mark)
                 .await
-                .map_err(self.kernel_err("setting key and listen port")),
+                .map_err(self.kernel_err("setting key, listen port and fwmark")),
         }
     }
 
@@ -713,6 +717,7 @@ impl WgDevice {
             mode: self.mode(),
             public_key,
             listen_port: st.listen_port,
+            fwmark: st.fwmark,
             peers: st.peers,
         })
     }

@@ -151,7 +151,7 @@ impl KernelDevice {
         Ok(parse_dump(&msgs))
     }
 
-    /// Sets the private key and/or listen port, leaving peers alone.
+    /// Sets the private key, listen port and/or firewall mark, leaving peers alone.
     ///
     /// The key is sent clamped: the kernel compares what it is given with the clamped key it
     /// holds, and a "different" key, even the same one unclamped, expires every peer's session
@@ -160,8 +160,12 @@ impl KernelDevice {
         &self,
         private_key: Option<&[u8; 32]>,
         listen_port: Option<u16>,
+        fwmark: Option<u32>,
     ) -> Result<(), KernelError> {
         let mut attrs = vec![WireguardAttribute::IfIndex(self.ifindex)];
+        if let Some(m) = fwmark {
+            attrs.push(WireguardAttribute::Fwmark(m));
+        }
         if let Some(k) = private_key {
             attrs.push(WireguardAttribute::PrivateKey(clamp_private_key(k)));
         }
@@ -238,6 +242,7 @@ fn parse_dump(msgs: &[WireguardMessage]) -> UapiState {
                     state.private_key = Some(*k)
                 }
                 WireguardAttribute::ListenPort(p) => state.listen_port = *p,
+                WireguardAttribute::Fwmark(m) => state.fwmark = *m,
                 WireguardAttribute::Peers(list) => {
                     for WireguardPeer(pattrs) in list {
                         let Some(key) = pattrs.iter().find_map(|a| match a {

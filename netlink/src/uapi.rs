@@ -96,6 +96,8 @@ pub struct UapiState {
     pub private_key: Option<[u8; 32]>,
     /// The UDP listen port (0 when the device did not report one).
     pub listen_port: u16,
+    /// The firewall mark on the device's UDP packets (0: none).
+    pub fwmark: u32,
     /// The peers, in the order the device reported them.
     pub peers: Vec<PeerStatus>,
 }
@@ -203,15 +205,22 @@ pub fn set_requests(changes: &[PeerChange]) -> Vec<String> {
     out
 }
 
-/// Serialises a `set=1` request for the device's own key and listen port; `None` fields
-/// are left untouched.
-pub fn set_device_request(private_key: Option<&[u8; 32]>, listen_port: Option<u16>) -> String {
+/// Serialises a `set=1` request for the device's own key, listen port and firewall mark;
+/// `None` fields are left untouched.
+pub fn set_device_request(
+    private_key: Option<&[u8; 32]>,
+    listen_port: Option<u16>,
+    fwmark: Option<u32>,
+) -> String {
     let mut out = String::from("set=1\n");
     if let Some(key) = private_key {
         let _ = writeln!(out, "private_key={}", key_to_hex(key));
     }
     if let Some(port) = listen_port {
         let _ = writeln!(out, "listen_port={port}");
+    }
+    if let Some(mark) = fwmark {
+        let _ = writeln!(out, "fwmark={mark}");
     }
     out.push('\n');
     out
@@ -258,6 +267,7 @@ pub fn parse_get(text: &str) -> Result<UapiState, UapiError> {
                 state.private_key = Some(key_from_hex(val).ok_or_else(|| bad(line, "bad key"))?)
             }
             "listen_port" => state.listen_port = num(line, val)?,
+            "fwmark" if state.peers.is_empty() => state.fwmark = num(line, val)?,
             "public_key" => {
                 finish(&mut state, &mut hs);
                 state.peers.push(PeerStatus::new(
@@ -266,7 +276,7 @@ pub fn parse_get(text: &str) -> Result<UapiState, UapiError> {
             }
             _ => {
                 let Some(peer) = state.peers.last_mut() else {
-                    // Device-level keys we do not model (fwmark, ...).
+                    // Device-level keys we do not model.
                     continue;
                 };
                 match key {
@@ -486,19 +496,19 @@ mod tests {
     #[test]
     fn serialise_device() {
         assert_eq!(
-            set_device_request(Some(&key(0xab)), Some(51820)),
+            set_device_request(Some(&key(0xab)), Some(51820), Some(0x6d65)),
             format!(
-                "set=1\nprivate_key={}\nlisten_port=51820\n\n",
+                "set=1\nprivate_key={}\nlisten_port=51820\nfwmark=28005\n\n",
                 "ab".repeat(32)
             )
         );
-        assert_eq!(set_device_request(None, None), "set=1\n\n");
+        assert_eq!(set_device_request(None, None, None), "set=1\n\n");
     }
 
     #[test]
     fn parse_full_get() {
         let text = format!(
-            "private_key={}\nlisten_port=51820\nfwmark=0\n\
+            "private_key={}\nlisten_port=51820\nfwmark=28005\n\
              public_key={}\nendpoint=[fd00::2]:51821\nallowed_ip=10.2.0.0/24\nallowed_ip=fd10::/64\n\
              last_handshake_time_sec=1700000000\nlast_handshake_time_nsec=5\n\
              rx_bytes=100\ntx_bytes=200\npersistent_keepalive_interval=25\n\
@@ -512,6 +522,7 @@ mod tests {
         let st = parse_get(&text).expect("parse");
         assert_eq!(st.private_key, Some([0x11; 32]));
         assert_eq!(st.listen_port, 51820);
+        assert_eq!(st.fwmark, 28005);
         assert_eq!(st.peers.len(), 2);
         let a = &st.peers[0];
         assert_eq!(a.public_key, [0x22; 32]);

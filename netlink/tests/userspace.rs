@@ -259,7 +259,7 @@ fn auto_creates_userspace_device_configures_applies_and_destroys() {
     let ns_dev = std::sync::Arc::new(dev);
     let d = ns_dev.clone();
     in_netns(&ns, move || async move {
-        d.configure(&private, 51901).await.expect("configure");
+        d.configure(&private, 51901, None).await.expect("configure");
         let st = d.status().await.expect("status");
         assert_eq!(
             st.public_key,
@@ -271,7 +271,9 @@ fn auto_creates_userspace_device_configures_applies_and_destroys() {
         assert_eq!(st.ifindex, d.ifindex());
         assert!(st.peers.is_empty());
         // Configuring the same values again is a no-op.
-        d.configure(&private, 51901).await.expect("configure again");
+        d.configure(&private, 51901, None)
+            .await
+            .expect("configure again");
 
         d.apply(&[
             PeerChange::Upsert(PeerConfig {
@@ -385,7 +387,7 @@ fn spawner_child_process() {
             .await
             .expect_err("no key yet");
         assert!(matches!(err, DeviceError::NoPrivateKey { .. }), "{err}");
-        dev.configure(&[7u8; 32], 0).await.expect("configure");
+        dev.configure(&[7u8; 32], 0, None).await.expect("configure");
         dev.apply(&[PeerChange::Upsert(PeerConfig {
             public_key: unb64(&peer),
             endpoint: None,
@@ -808,7 +810,9 @@ fn two_userspace_devices_handshake_over_veth() {
             let (dev, _) = WgDevice::ensure(&name, WireguardMode::Auto, &opts)
                 .await
                 .expect("ensure");
-            dev.configure(&private, 51820).await.expect("configure");
+            dev.configure(&private, 51820, None)
+                .await
+                .expect("configure");
             dev.apply(
                 &[PeerConfig {
                     public_key: peer,

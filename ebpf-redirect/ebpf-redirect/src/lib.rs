@@ -6,7 +6,7 @@
 //!
 //! Pin layout under `pin_dir`:
 //! * `REMOTE_V4`, `REMOTE_V6`, `LOCAL_V4`, `LOCAL_V6`, `CLUSTER_V4`, `CLUSTER_V6`,
-//!   `CONFIG`, `VERDICTS` - maps (pinned by name by the loader).
+//!   `HOST_V4`, `HOST_V6`, `CONFIG`, `VERDICTS` - maps (pinned by name by the loader).
 //! * `prog_from_pod`, `prog_underlay_egress` - programs.
 //! * `link_ingress_<ifname>`, `link_egress_<ifname>` - TCX links (kernel >= 6.6).
 //!
@@ -35,8 +35,9 @@ use aya::{
     util::KernelVersion,
     EbpfError, EbpfLoader,
 };
+pub use ebpf_redirect_common::Config;
 pub use ebpf_redirect_common::Verdict;
-use ebpf_redirect_common::{map_names as mn, Config, MODE_ENFORCE, MODE_PERMISSIVE};
+use ebpf_redirect_common::{map_names as mn, MODE_ENFORCE, MODE_PERMISSIVE, VERDICT_COUNT};
 pub use ipnet::IpNet;
 
 /// The BPF object built by build.rs.
@@ -107,6 +108,8 @@ pub struct Datapath {
     local_v6: HashMap<MapData, [u8; 16], u32>,
     cluster_v4: LpmTrie<MapData, [u8; 4], u32>,
     cluster_v6: LpmTrie<MapData, [u8; 16], u32>,
+    host_v4: LpmTrie<MapData, [u8; 4], u32>,
+    host_v6: LpmTrie<MapData, [u8; 16], u32>,
     config: Array<MapData, Config>,
     verdicts: PerCpuArray<MapData, u64>,
 }
@@ -192,6 +195,8 @@ impl Datapath {
             local_v6: open_map(dir, mn::LOCAL_V6)?.try_into()?,
             cluster_v4: open_map(dir, mn::CLUSTER_V4)?.try_into()?,
             cluster_v6: open_map(dir, mn::CLUSTER_V6)?.try_into()?,
+            host_v4: open_map(dir, mn::HOST_V4)?.try_into()?,
+            host_v6: open_map(dir, mn::HOST_V6)?.try_into()?,
             config: open_map(dir, mn::CONFIG)?.try_into()?,
             verdicts: open_map(dir, mn::VERDICTS)?.try_into()?,
         })
@@ -362,21 +367,65 @@ impl Datapath {
     /// Sets the WireGuard UDP port and the enforcement mode. Port 0 means "no exemption".
     /// Until this is called `underlay_egress` passes everything (CONFIG lookups of an
     /// untouched array return zeros: port 0, enforce - so call it before `set_cluster`).
+    /// The mesh mark (see [`Datapath::set_mesh_mark`]) is kept.
     pub fn set_config(&mut self, wg_port: u16, mode: Mode) -> Result<()> {
         let mode = match mode {
             Mode::Enforce => MODE_ENFORCE,
             Mode::Permissive => MODE_PERMISSIVE,
         };
-        self.config.set(
-            0,
-            Config {
-                wg_port,
-                _pad: 0,
-                mode,
-            },
-            0,
-        )?;
+        let mut config = self.config.get(&0, 0)?;
+        config.wg_port = wg_port;
+        config.mode = mode;
+        self.config.set(0, config, 0)?;
         Ok(())
+    }
+
+    /// Sets the firewall mark the WireGuard devices put on their UDP packets (0: none).
+    /// `underlay_egress` lets marked packets (the tunnel's ciphertext, every fragment of it)
+    /// pass unexamined. Set it before any `HOST_*` entry exists: without it, a fragment of
+    /// the tunnel's own traffic to a peer node would be redirected into the tunnel again.
+    pub fn set_mesh_mark(&mut self, mark: u32) -> Result<()> {
+        let mut config = self.config.get(&0, 0)?;
+        config.mesh_mark = mark;
+        self.config.set(0, config, 0)?;
+        Ok(())
+    }
+
+    /// The current `CONFIG` entry.
+    pub fn config(&self) -> Result<Config> {
+        Ok(self.config.get(&0, 0)?)
+    }
+
+    /// Sends host traffic to the peer node address `ip` through the tunnel `ifindex`
+    /// (node-to-node encryption).
+    pub fn set_host(&mut self, ip: IpAddr, ifindex: u32) -> Result<()> {
+        match ip {
+            IpAddr::V4(a) => self.host_v4.insert(&lpm_key(32, a.octets()), ifindex, 0)?,
+            IpAddr::V6(a) => self.host_v6.insert(&lpm_key(128, a.octets()), ifindex, 0)?,
+        }
+        Ok(())
+    }
+
+    /// Stops encrypting host traffic to `ip`. A missing entry is not an error.
+    pub fn remove_host(&mut self, ip: IpAddr) -> Result<()> {
+        absent_ok(match ip {
+            IpAddr::V4(a) => self.host_v4.remove(&lpm_key(32, a.octets())),
+            IpAddr::V6(a) => self.host_v6.remove(&lpm_key(128, a.octets())),
+        })
+    }
+
+    /// The peer node addresses whose host traffic is redirected, with the tunnel ifindex.
+    pub fn hosts(&self) -> Result<Vec<(IpAddr, u32)>> {
+        let mut out = Vec::new();
+        for item in self.host_v4.iter() {
+            let (k, v) = item?;
+            out.push((IpAddr::from(k.data()), v));
+        }
+        for item in self.host_v6.iter() {
+            let (k, v) = item?;
+            out.push((IpAddr::from(k.data()), v));
+        }
+        Ok(out)
     }
 
     /// The remote CIDRs currently in the maps, with the tunnel ifindex each points at.
@@ -428,8 +477,8 @@ impl Datapath {
     }
 
     /// Verdict counters summed over CPUs, indexed by [`Verdict`].
-    pub fn counters(&self) -> Result<[u64; 5]> {
-        let mut out = [0u64; 5];
+    pub fn counters(&self) -> Result<[u64; VERDICT_COUNT as usize]> {
+        let mut out = [0u64; VERDICT_COUNT as usize];
         for (i, slot) in out.iter_mut().enumerate() {
             *slot = self.verdicts.get(&(i as u32), 0)?.iter().sum();
         }

@@ -141,6 +141,31 @@ pub enum KubeClientError {
 /// configuration is inferred: `$KUBECONFIG`, then `~/.kube/config`, then the in-cluster service
 /// account (`KUBERNETES_SERVICE_HOST` and the mounted token), which is what a DaemonSet gets.
 pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, KubeClientError> {
+    Client::try_from(config(kubeconfig).await?).map_err(KubeClientError::Build)
+}
+
+/// The API server's addresses as this node reaches them: the server URL's host, resolved.
+/// Host encryption never sends traffic to them through the tunnel.
+pub async fn api_server_addresses(
+    kubeconfig: Option<&Path>,
+) -> Result<Vec<IpAddr>, KubeClientError> {
+    let config = config(kubeconfig).await?;
+    let url = &config.cluster_url;
+    let Some(host) = url.host() else {
+        return Ok(Vec::new());
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![ip]);
+    }
+    let port = url.port_u16().unwrap_or(443);
+    Ok(tokio::net::lookup_host((host, port))
+        .await
+        .map(|addrs| addrs.map(|a| a.ip()).collect())
+        .unwrap_or_default())
+}
+
+async fn config(kubeconfig: Option<&Path>) -> Result<kube::Config, KubeClientError> {
     let config = match kubeconfig {
         Some(path) => {
             let read_err = |source| KubeClientError::ReadKubeconfig {
@@ -156,7 +181,7 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, KubeClientError
             .await
             .map_err(KubeClientError::Infer)?,
     };
-    Client::try_from(config).map_err(KubeClientError::Build)
+    Ok(config)
 }
 
 /// The addressing the cluster assigned to a node: what its own record must carry.

@@ -102,6 +102,13 @@ enum LabCmd {
         /// `cluster-pool` (every meshd claims its own blocks out of the cluster CIDRs).
         #[arg(long, default_value = "node")]
         ipam: String,
+        /// Node-to-node encryption for every meshd (directory registry; a kubernetes lab
+        /// takes it from the ConfigMap: `lab set host-encryption=true`).
+        #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+        host_encryption: bool,
+        /// Persistent keepalive in seconds for every peer.
+        #[arg(long)]
+        keepalive: Option<u16>,
     },
     /// Change the lab's meshd-config ConfigMap (kubernetes labs), e.g. `encryption=disabled`.
     Set {
@@ -290,6 +297,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 pod_steering,
                 registry,
                 ipam,
+                host_encryption,
+                keepalive,
             } => lab::up(&lab::UpOptions {
                 name,
                 nodes,
@@ -301,6 +310,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 pod_steering,
                 registry,
                 ipam,
+                host_encryption,
+                keepalive,
             })?,
             LabCmd::Set { name, pairs } => lab::set(&name, &pairs)?,
             LabCmd::Down { name } => lab::down(&name)?,

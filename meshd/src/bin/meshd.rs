@@ -3,7 +3,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, ValueEnum};
-use keyexchange::registry::kube::{client, KubeRegistry};
+use keyexchange::registry::kube::{api_server_addresses, client, KubeRegistry};
 use keyexchange::DirRegistry;
 use meshd::daemon::{self, DaemonArgs};
 use meshd::settings::{self, WatcherConfig};
@@ -66,6 +66,12 @@ async fn kubernetes(cli: Cli) -> anyhow::Result<()> {
         .await
         .context("connecting to the Kubernetes API")?;
     let registry = KubeRegistry::new(client.clone(), args.node_name.clone());
+    // Host encryption never routes the API server's traffic through the tunnel: a node
+    // must always be able to learn a changed key (see the README).
+    match api_server_addresses(cli.kubeconfig.as_deref()).await {
+        Ok(addrs) => args.host_encryption_exclude.extend(addrs),
+        Err(err) => tracing::warn!(%err, "could not resolve the API server's address"),
+    }
     // The cluster assigns this node's addresses and pod CIDRs: take what flags leave open.
     let addressing = registry
         .node_addressing()

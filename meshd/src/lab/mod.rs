@@ -61,6 +61,12 @@ pub struct LabState {
     /// `cluster-pool` (each meshd claims its blocks out of the cluster CIDRs itself).
     #[serde(default = "default_ipam")]
     pub ipam: String,
+    /// `--host-encryption` given to every meshd (node-to-node encryption).
+    #[serde(default)]
+    pub host_encryption: bool,
+    /// `--keepalive` given to every meshd, if any.
+    #[serde(default)]
+    pub keepalive: Option<u16>,
     /// The nodes, by index.
     pub nodes: Vec<NodeState>,
 }
@@ -131,6 +137,10 @@ pub struct UpOptions {
     pub registry: String,
     /// `node` or `cluster-pool`.
     pub ipam: String,
+    /// Node-to-node encryption.
+    pub host_encryption: bool,
+    /// Persistent keepalive (seconds) for every peer.
+    pub keepalive: Option<u16>,
 }
 
 /// The lab's on-disk layout.
@@ -304,6 +314,8 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<()> {
         pod_steering: opts.pod_steering.clone(),
         registry: opts.registry.clone(),
         ipam: opts.ipam.clone(),
+        host_encryption: opts.host_encryption,
+        keepalive: opts.keepalive,
         nodes: Vec::new(),
     };
     let result = build(&mut state, opts);
@@ -550,6 +562,13 @@ fn start_meshd_with(state: &LabState, i: u32, extra: &[&str]) -> anyhow::Result<
         .args(["--encryption", &state.encryption])
         .args(["--strict-mode", &state.strict_mode.to_string()])
         .args(["--pod-steering", &state.pod_steering])
+        .args(["--host-encryption", &state.host_encryption.to_string()])
+        .args(
+            state
+                .keepalive
+                .map(|k| vec!["--keepalive".to_string(), k.to_string()])
+                .unwrap_or_default(),
+        )
         // Health, metrics and /status on the node's address, as the DaemonSet does.
         .args(["--health-listen", "0.0.0.0:9108"])
         .args(extra)

@@ -1,0 +1,248 @@
+//! Node-to-node (host) encryption in real labs: a node's own traffic to a peer node goes
+//! through the tunnel once the tunnel is proven up, the underlay capture holds no cleartext of
+//! it, a broken tunnel fails open (the node is never cut off its peers) and heals, and the
+//! listen port changes live from the ConfigMap. Needs root.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::time::Duration;
+
+use integration::capture::{analyse, Capture, CapturePolicy};
+use integration::lab::{ping, Lab};
+use integration::netns;
+
+/// The ICMP payload pattern used as the cleartext canary ("MESHDHOST" + "!!").
+const CANARY_HEX: &str = "4d455348444844534f535421";
+const CANARY: &[u8] = b"MESHDHDSOST!";
+
+fn addr(st: &serde_json::Value, node: usize, v6: bool) -> String {
+    st["nodes"][node]["underlay_addresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .map(|a| a.split('/').next().unwrap().to_string())
+        .find(|a| a.contains(':') == v6)
+        .unwrap()
+}
+
+fn encrypted_hosts(st: &serde_json::Value, node: usize) -> Vec<String> {
+    st["nodes"][node]["status"]["datapath"]["encrypted_hosts"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|h| h.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn host_counter(st: &serde_json::Value, node: usize) -> u64 {
+    st["nodes"][node]["counters"]["host_encrypted"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// Ping `dst` from node namespace `ns` with the canary as payload; true when all came back.
+fn host_ping(ns: &str, dst: &str, count: u32) -> bool {
+    netns::run_in_unchecked(
+        ns,
+        &[
+            "ping",
+            "-n",
+            "-q",
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            "-s",
+            "200",
+            "-p",
+            CANARY_HEX,
+            dst,
+        ],
+    )
+    .is_ok_and(|o| o.status.success())
+}
+
+/// Resumes a stopped process when dropped (so a failing test never leaves meshd frozen).
+struct Thaw(String);
+
+impl Drop for Thaw {
+    fn drop(&mut self) {
+        let _ = netns::run("kill", &["-CONT", &self.0]);
+    }
+}
+
+fn wait_both_encrypted(lab: &Lab, timeout: Duration) -> serde_json::Value {
+    lab.wait_for(
+        "both nodes to encrypt host traffic to each other",
+        timeout,
+        |s| {
+            let (a1, a2) = (addr(s, 0, false), addr(s, 1, false));
+            encrypted_hosts(s, 0).contains(&a2) && encrypted_hosts(s, 1).contains(&a1)
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn host_traffic_is_encrypted_fails_open_when_the_tunnel_breaks_and_heals() {
+    if !netns::root_or_skip() {
+        return;
+    }
+    let lab = Lab::up_with(2, 1, &["--host-encryption", "true", "--keepalive", "2"]).unwrap();
+    let st = wait_both_encrypted(&lab, Duration::from_secs(30));
+    let (n1_ns, n2_ns) = (
+        st["nodes"][0]["namespace"].as_str().unwrap().to_string(),
+        st["nodes"][1]["namespace"].as_str().unwrap().to_string(),
+    );
+    let (n2_v4, n2_v6) = (addr(&st, 1, false), addr(&st, 1, true));
+    assert!(
+        encrypted_hosts(&st, 0).contains(&n2_v6),
+        "both families: {:?}",
+        encrypted_hosts(&st, 0)
+    );
+    let before = host_counter(&st, 0);
+
+    // Node-to-node traffic, both families, while the underlay is captured.
+    let dir = tempfile::tempdir().unwrap();
+    let pcap = dir.path().join("host.pcap");
+    let typed = lab.status().unwrap();
+    let capture =
+        Capture::start(&typed.capture.namespace, &typed.capture.interface, &pcap).unwrap();
+    assert!(
+        host_ping(&n1_ns, &n2_v4, 10),
+        "host ping v4 through the tunnel"
+    );
+    assert!(
+        host_ping(&n1_ns, &n2_v6, 10),
+        "host ping v6 through the tunnel"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let report = analyse(
+        &capture.stop().unwrap(),
+        &CapturePolicy {
+            markers: vec![CANARY.to_vec()],
+            ..typed.capture_policy()
+        },
+    )
+    .unwrap();
+    assert_eq!(report.marker_hit_count, 0, "{}", report.summary());
+    assert!(report.wireguard_packets >= 40, "{}", report.summary());
+    let st = lab.status_json().unwrap();
+    assert!(
+        host_counter(&st, 0) >= before + 20,
+        "n1 redirected its host packets into the tunnel: {} -> {}",
+        before,
+        host_counter(&st, 0)
+    );
+
+    // Break the tunnel the way a stale registry does (Calico's lockout: a node that cannot
+    // reach the API server never learns a peer's new key): n2's meshd is frozen and n1 is
+    // told a wrong key for n2. n1 stops hearing n2 and fails open within three keepalive
+    // intervals: its host traffic to n2 leaves in clear instead of vanishing into a dead
+    // tunnel, so it can reach the API server and learn the right key.
+    let n2_pid = st["nodes"][1]["meshd_pid"].as_u64().unwrap().to_string();
+    let registry = st["registry_dir"].as_str().unwrap().to_string();
+    netns::run("kill", &["-STOP", &n2_pid]).unwrap();
+    let _thaw = Thaw(n2_pid.clone());
+    let path = format!("{registry}/n2.json");
+    let mut record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    record["publicKey"] = keyexchange::PrivateKey::generate()
+        .public_key()
+        .to_string()
+        .into();
+    std::fs::write(&path, record.to_string()).unwrap();
+    lab.wait_for(
+        "n1 to stop encrypting to n2",
+        Duration::from_secs(20),
+        |s| !encrypted_hosts(s, 0).contains(&n2_v4),
+    )
+    .unwrap();
+    let pcap = dir.path().join("open.pcap");
+    let capture =
+        Capture::start(&typed.capture.namespace, &typed.capture.interface, &pcap).unwrap();
+    host_ping(&n1_ns, &n2_v4, 3);
+    std::thread::sleep(Duration::from_millis(300));
+    let report = analyse(
+        &capture.stop().unwrap(),
+        &CapturePolicy {
+            markers: vec![CANARY.to_vec()],
+            ..typed.capture_policy()
+        },
+    )
+    .unwrap();
+    assert!(
+        report.marker_hit_count >= 3,
+        "n1 failed open: its pings cross in clear: {}",
+        report.summary()
+    );
+    // n2's meshd comes back, restores its record; both sides hear each other again and host
+    // traffic is encrypted again without anyone stepping in.
+    netns::run("kill", &["-CONT", &n2_pid]).unwrap();
+    wait_both_encrypted(&lab, Duration::from_secs(60));
+    assert!(host_ping(&n2_ns, &addr(&st, 0, false), 5));
+    assert!(host_ping(&n1_ns, &n2_v4, 5));
+
+    // Pods are unaffected throughout.
+    let typed = lab.status().unwrap();
+    let dst = typed.pods_on("n2").next().unwrap().ipv4.clone().unwrap();
+    assert!(ping(typed.pods_on("n1").next().unwrap(), &dst, 3));
+}
+
+#[test]
+fn host_encryption_and_listen_port_change_live_from_the_configmap() {
+    if !netns::root_or_skip() {
+        return;
+    }
+    let lab = Lab::up_with(2, 1, &["--registry", "kubernetes"]).unwrap();
+    let st = lab.status_json().unwrap();
+    assert!(encrypted_hosts(&st, 0).is_empty(), "off by default");
+    lab.meshctl(&["lab", "set", "host-encryption=true", "keepalive=2"])
+        .unwrap();
+    wait_both_encrypted(&lab, Duration::from_secs(30));
+
+    lab.meshctl(&[
+        "lab",
+        "set",
+        "host-encryption=true",
+        "keepalive=2",
+        "listen-port=51830",
+    ])
+    .unwrap();
+    let st = lab
+        .wait_for("both nodes on the new port", Duration::from_secs(30), |s| {
+            (0..2).all(|i| s["nodes"][i]["status"]["listen_port"] == 51830)
+                && (0..2).all(|i| {
+                    s["nodes"][i]["peers"].as_array().is_some_and(|p| {
+                        p.iter().all(|p| {
+                            p["endpoint"]
+                                .as_str()
+                                .is_some_and(|e| e.ends_with(":51830"))
+                        })
+                    })
+                })
+        })
+        .unwrap();
+    let typed = lab.status().unwrap();
+    let (a, b) = (
+        typed.pods_on("n1").next().unwrap(),
+        typed.pods_on("n2").next().unwrap(),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let (b4, b6) = (b.ipv4.clone().unwrap(), b.ipv6.clone().unwrap());
+    while !(ping(a, &b4, 2) && ping(a, &b6, 2)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pods unreachable after the port change"
+        );
+    }
+    let n1_ns = st["nodes"][0]["namespace"].as_str().unwrap();
+    assert!(host_ping(n1_ns, &addr(&st, 1, false), 3));
+    // The cluster audit agrees: every node on the new port, peers programmed with it.
+    let (code, report) = lab.audit_cluster().unwrap();
+    assert_eq!(code, 0, "{report:#}");
+}
