@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod apiserver;
+pub mod bench;
 pub mod capture;
 pub mod lab;
 pub mod labjson;

@@ -1,79 +1,124 @@
-//! `mesh-bench`: data-plane benchmark. In one run on one machine it measures TCP
-//! throughput (iperf3, 1 and 4 streams) and RTT (ping) for
+//! `mesh-bench`: meshd's user-space datapath against plain veth and the user-space
+//! WireGuard references, in one run on one machine.
+//!
+//! Install what it compares against first (root; idempotent):
+//!
+//! ```sh
+//! scripts/bench-deps.sh          # iperf3, wireguard-go, wireguard-tools; boringtun-cli into /opt/meshd-bench
+//! cargo build --release --bins   # mesh-bench, meshctl, meshd, meshd-wg side by side
+//! target/release/mesh-bench      # --duration-s 10 --only … --scale … --json
+//! ```
+//!
+//! Data plane, TCP throughput (iperf3, 1 and 4 streams) and RTT (ping) for
 //!
 //! - `plain`: two fresh namespaces joined by a veth pair (MTU 1500);
-//! - `wireguard-go`: the same plus a wireguard-go tunnel (MTU 1420);
+//! - `wireguard-go`: the same plus a wireguard-go tunnel (MTU 1420), configured with `wg`;
+//! - `boringtun-cli`: the same with `boringtun-cli -f --disable-drop-privileges --threads 1`;
 //! - `meshd`: pod to pod across two nodes of a meshd lab (`meshctl lab up`), pod traffic
-//!   steered into the tunnel by the tc eBPF redirect (the default);
-//! - `meshd-routes`: the same with `--pod-steering routes` (the kernel's routes via the
-//!   WireGuard device), for the eBPF-versus-routes ratio,
+//!   steered into the tunnel by the tc eBPF redirect (the default), through whatever
+//!   `meshd-wg` sits next to meshd;
+//! - `meshd-routes`: the same with `--pod-steering routes` (not run by default),
 //!
-//! and prints a table (or JSON with `--json`) with ratios to plain veth and
-//! meshd's resident memory on node 1. Everything it creates is removed on exit.
+//! then peer scale for each user-space implementation (wireguard-go, boringtun-cli,
+//! meshd-wg): one device in a namespace of its own, `--peers` peers configured over its raw
+//! UAPI socket, the time to add and to remove one more peer, its RSS and its idle CPU.
+//! It prints both tables, meshd's ratios to the references and the targets with PASS/FAIL
+//! (or JSON with `--json`). The parsing, ratios, targets and the table live in
+//! `integration::bench`; this binary builds namespaces and runs processes. Everything it
+//! creates is removed on exit, also on error and on SIGINT/SIGTERM.
 
+use std::fs::File;
+use std::io::Read as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 use clap::Parser;
+use integration::bench::{
+    self, Report, ScaleResult, ScenarioResult, Targets, Userspace, BORINGTUN, MESHD, MESHD_ROUTES,
+    PLAIN, WIREGUARD_GO,
+};
 use integration::netns::{self, ChildGuard, NetnsGuard};
 use integration::LabStatus;
-use serde::Serialize;
+use nix::sys::signal::{SigSet, Signal};
 
 const IPERF_PORT: &str = "5201";
 const PLAIN_A: &str = "198.18.200.1";
 const PLAIN_B: &str = "198.18.200.2";
 const TUN_A: &str = "10.250.0.1";
 const TUN_B: &str = "10.250.0.2";
+/// Where `scripts/bench-deps.sh` installs boringtun-cli unless `MESH_BENCH_DEPS` says otherwise.
+const DEFAULT_DEPS_ROOT: &str = "/opt/meshd-bench";
+/// Peers per UAPI request while configuring the peer-scale devices.
+const CONFIGURE_BATCH: usize = 1_000;
+
+const SCENARIOS: [&str; 5] = ["plain", WIREGUARD_GO, BORINGTUN, MESHD, MESHD_ROUTES];
+
+/// Set by the signal thread on SIGINT/SIGTERM: stop measuring, clean up, exit.
+static STOP: AtomicBool = AtomicBool::new(false);
 
 #[derive(Parser, Debug)]
 #[command(
     name = "mesh-bench",
-    about = "Throughput/RTT: plain veth vs wireguard-go vs meshd"
+    about = "meshd's user-space datapath against plain veth, wireguard-go and boringtun-cli: \
+             throughput, RTT, peer scale, targets. Run scripts/bench-deps.sh first."
 )]
 struct Args {
     /// Seconds per iperf3 run.
     #[arg(long, default_value_t = 10)]
     duration_s: u64,
-    /// Comma-separated scenarios to run: plain, wireguard-go, meshd, meshd-routes.
-    #[arg(long, default_value = "plain,wireguard-go,meshd,meshd-routes")]
+    /// Pings per RTT measurement.
+    #[arg(long, default_value_t = 50)]
+    pings: u32,
+    /// Interval between pings, ms.
+    #[arg(long, default_value_t = 10)]
+    ping_interval_ms: u64,
+    /// Comma-separated data-plane scenarios: plain, wireguard-go, boringtun-cli, meshd,
+    /// meshd-routes; "none" for none.
+    #[arg(long, default_value = "plain,wireguard-go,boringtun-cli,meshd")]
     only: String,
-    /// Print machine-readable JSON instead of a table.
+    /// Comma-separated implementations for the peer-scale runs: wireguard-go, boringtun-cli,
+    /// meshd-wg; "none" for none.
+    #[arg(long, default_value = "wireguard-go,boringtun-cli,meshd-wg")]
+    scale: String,
+    /// Peers per peer-scale device.
+    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(1..=60_000))]
+    peers: u32,
+    /// Add/remove samples per peer-scale device (the median is reported).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1_000))]
+    churn_samples: u32,
+    /// Seconds over which idle CPU is measured with all peers configured.
+    #[arg(long, default_value_t = 10)]
+    idle_s: u64,
+    /// Print machine-readable JSON instead of the tables.
     #[arg(long)]
     json: bool,
     /// Path to meshctl (default: next to this binary, then $PATH).
     #[arg(long)]
     meshctl: Option<PathBuf>,
+    /// Path to meshd-wg for the peer-scale run (default: next to this binary, then $PATH).
+    #[arg(long)]
+    meshd_wg: Option<PathBuf>,
+    /// Path to boringtun-cli (default: $PATH, then $MESH_BENCH_DEPS/bin, /opt/meshd-bench/bin).
+    #[arg(long)]
+    boringtun_cli: Option<PathBuf>,
+    /// Path to wireguard-go (default: $PATH).
+    #[arg(long)]
+    wireguard_go: Option<PathBuf>,
 }
 
-/// One scenario's numbers.
-#[derive(Debug, Clone, Default, Serialize)]
-struct ScenarioResult {
-    name: String,
-    /// "ok", or "unavailable: …" / "error: …".
-    status: String,
-    gbit_s_1: Option<f64>,
-    gbit_s_4: Option<f64>,
-    rtt_ms: Option<f64>,
-    ratio_1: Option<f64>,
-    ratio_4: Option<f64>,
-    ratio_rtt: Option<f64>,
-    /// Resident memory of meshd + meshd-wg on node 1, KiB.
-    rss_kib: Option<u64>,
-    /// The same with 100 peers programmed (99 synthetic records added), KiB.
-    rss_kib_100_peers: Option<u64>,
-    /// Retransmits reported by iperf3 (1 / 4 streams).
-    retransmits_1: Option<u64>,
-    retransmits_4: Option<u64>,
-}
-
-#[derive(Debug, Serialize)]
-struct Report {
-    duration_s: u64,
-    cpus: usize,
-    results: Vec<ScenarioResult>,
+/// Settings shared by every measurement.
+struct Cfg {
+    secs: u64,
+    pings: u32,
+    ping_interval_ms: u64,
+    peers: u32,
+    churn_samples: u32,
+    idle: Duration,
+    clk_tck: u64,
 }
 
 struct Measured {
@@ -83,6 +128,60 @@ struct Measured {
     retr_4: Option<u64>,
     rtt_ms: f64,
 }
+
+// === stopping ===
+
+fn stopping() -> bool {
+    STOP.load(Ordering::SeqCst)
+}
+
+fn check_stop() -> anyhow::Result<()> {
+    if stopping() {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// Sleeps `d`, returning early with an error when asked to stop.
+fn pause(d: Duration) -> anyhow::Result<()> {
+    let end = Instant::now() + d;
+    loop {
+        check_stop()?;
+        let now = Instant::now();
+        if now >= end {
+            return Ok(());
+        }
+        std::thread::sleep((end - now).min(Duration::from_millis(100)));
+    }
+}
+
+/// Blocks SIGINT and SIGTERM in every thread and waits for them in one: the first sets
+/// [`STOP`] (the run unwinds and its guards clean up), a second exits at once.
+fn handle_signals() {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    if let Err(err) = set.thread_block() {
+        eprintln!("mesh-bench: blocking SIGINT/SIGTERM failed ({err}); Ctrl-C will not clean up");
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            while let Ok(sig) = set.wait() {
+                if STOP.swap(true, Ordering::SeqCst) {
+                    eprintln!("mesh-bench: {sig} again, exiting without cleaning up");
+                    std::process::exit(130);
+                }
+                eprintln!("mesh-bench: {sig}, cleaning up (send it again to exit at once)");
+            }
+        });
+    if let Err(err) = spawned {
+        eprintln!("mesh-bench: no signal thread ({err})");
+    }
+}
+
+// === processes ===
 
 fn run_ok(program: &str, args: &[&str]) -> anyhow::Result<String> {
     let out = netns::run(program, args)?;
@@ -113,11 +212,203 @@ fn run_with_stdin(program: &str, args: &[&str], input: &str) -> anyhow::Result<S
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// First line of `BIN --version`, if it prints one.
+fn version_of(bin: &Path) -> Option<String> {
+    let out = Command::new(bin)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| !l.trim().is_empty())?.trim();
+    Some(line.to_string())
+}
+
+/// `explicit`, else the first of `dirs` holding `name`.
+fn find_binary(name: &str, explicit: Option<&Path>, dirs: &[PathBuf]) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit {
+        if p.is_file() {
+            return Ok(p.to_path_buf());
+        }
+        bail!("{} does not exist", p.display());
+    }
+    dirs.iter()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| anyhow!("{name} not found in {}", join_paths(dirs)))
+}
+
+fn join_paths(dirs: &[PathBuf]) -> String {
+    dirs.iter()
+        .map(|d| d.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn exe_dir() -> Vec<PathBuf> {
+    std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+        .into_iter()
+        .collect()
+}
+
+fn path_dirs() -> Vec<PathBuf> {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default()
+}
+
+fn deps_dir() -> PathBuf {
+    std::env::var_os("MESH_BENCH_DEPS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DEPS_ROOT))
+        .join("bin")
+}
+
+/// Where each implementation's binary is, or why it is unavailable.
+fn locate(u: Userspace, args: &Args) -> anyhow::Result<PathBuf> {
+    let hint = "run scripts/bench-deps.sh";
+    match u {
+        Userspace::WireguardGo => {
+            find_binary(u.name(), args.wireguard_go.as_deref(), &path_dirs()).with_context(|| hint)
+        }
+        Userspace::Boringtun => {
+            let mut dirs = path_dirs();
+            dirs.push(deps_dir());
+            find_binary(u.name(), args.boringtun_cli.as_deref(), &dirs).with_context(|| {
+                format!("{hint} (installs it into {DEFAULT_DEPS_ROOT}/bin) or pass --boringtun-cli")
+            })
+        }
+        Userspace::MeshdWg => {
+            let mut dirs = exe_dir();
+            dirs.extend(path_dirs());
+            find_binary(u.name(), args.meshd_wg.as_deref(), &dirs)
+                .context("build it (cargo build --release --bins) or pass --meshd-wg")
+        }
+    }
+}
+
+/// The pid of the program `ip netns exec` started as `child` (it execs; should a version
+/// fork instead, its only child).
+fn program_pid(child: u32) -> u32 {
+    let comm = std::fs::read_to_string(format!("/proc/{child}/comm")).unwrap_or_default();
+    if comm.trim() != "ip" {
+        return child;
+    }
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return child;
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|&pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|s| bench::status_field(&s, "PPid"))
+                == Some(u64::from(child))
+        })
+        .unwrap_or(child)
+}
+
+/// A user-space WireGuard process serving one TUN. On drop: SIGTERM, SIGKILL after 2 s,
+/// reaped, and its UAPI socket and log removed.
+struct Daemon {
+    child: Option<Child>,
+    pid: u32,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            if let Ok(pid) = i32::try_from(self.pid) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+fn log_tail(path: &Path) -> String {
+    let mut s = String::new();
+    if let Ok(mut f) = File::open(path) {
+        let _ = f.read_to_string(&mut s);
+    }
+    let tail: Vec<&str> = s.lines().rev().take(5).collect();
+    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+}
+
+/// Starts `u` (binary `bin`) in namespace `ns` serving TUN `ifname` and waits until its UAPI
+/// socket answers.
+fn start_daemon(ns: &NetnsGuard, u: Userspace, bin: &Path, ifname: &str) -> anyhow::Result<Daemon> {
+    let socket = bench::uapi_socket(ifname);
+    let _ = std::fs::remove_file(&socket);
+    std::fs::create_dir_all(bench::UAPI_DIR).context("creating the UAPI socket directory")?;
+    let log = std::env::temp_dir().join(format!("mesh-bench-{ifname}.log"));
+    let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    let err = out.try_clone()?;
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns.name()])
+        .arg(bin)
+        .args(u.args(ifname))
+        .env("WG_PROCESS_FOREGROUND", "1")
+        .env("LOG_LEVEL", "error")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .with_context(|| format!("spawn {}", bin.display()))?;
+    let pid = child.id();
+    let mut d = Daemon {
+        child: Some(child),
+        pid,
+        socket,
+        log,
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        check_stop()?;
+        if std::os::unix::net::UnixStream::connect(&d.socket).is_ok() {
+            break;
+        }
+        if let Some(Ok(Some(st))) = d.child.as_mut().map(Child::try_wait) {
+            bail!(
+                "{} for {ifname} exited ({st}): {}",
+                u.name(),
+                log_tail(&d.log)
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} for {ifname} did not serve {} within 10 s: {}",
+                u.name(),
+                d.socket.display(),
+                log_tail(&d.log)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    d.pid = program_pid(pid);
+    Ok(d)
+}
+
+// === data plane ===
+
 /// Waits until something listens on TCP `port` inside `ns`.
 fn wait_listening(ns: &str, port: &str, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     let filter = format!("sport = :{port}");
     while Instant::now() < deadline {
+        check_stop()?;
         if let Ok(out) = netns::run_in(ns, &["ss", "-Hltn", &filter]) {
             if !out.stdout.is_empty() {
                 return Ok(());
@@ -128,51 +419,12 @@ fn wait_listening(ns: &str, port: &str, timeout: Duration) -> anyhow::Result<()>
     bail!("nothing listening on port {port} in {ns}")
 }
 
-/// Parses iperf3 -J output: (bits/s received, retransmits).
-fn parse_iperf(json: &str) -> anyhow::Result<(f64, Option<u64>)> {
-    let v: serde_json::Value = serde_json::from_str(json).context("iperf3 JSON")?;
-    if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
-        bail!("iperf3: {e}");
-    }
-    let end = v
-        .get("end")
-        .ok_or_else(|| anyhow!("iperf3 JSON has no end"))?;
-    let bps = end
-        .pointer("/sum_received/bits_per_second")
-        .or_else(|| end.pointer("/sum/bits_per_second"))
-        .and_then(|b| b.as_f64())
-        .ok_or_else(|| anyhow!("iperf3 JSON has no bits_per_second"))?;
-    let retr = end
-        .pointer("/sum_sent/retransmits")
-        .and_then(|r| r.as_u64());
-    Ok((bps, retr))
-}
-
-/// Parses `ping -q` output: average RTT in ms.
-fn parse_ping(out: &str) -> anyhow::Result<f64> {
-    let line = out
-        .lines()
-        .find(|l| l.contains("min/avg/max"))
-        .ok_or_else(|| anyhow!("no rtt line in ping output: {out}"))?;
-    let nums = line
-        .split('=')
-        .nth(1)
-        .ok_or_else(|| anyhow!("bad rtt line {line}"))?;
-    nums.trim()
-        .split('/')
-        .nth(1)
-        .ok_or_else(|| anyhow!("bad rtt line {line}"))?
-        .trim()
-        .parse()
-        .with_context(|| format!("bad rtt line {line}"))
-}
-
 fn iperf(
     client_ns: &str,
     server: &str,
     secs: u64,
     streams: u32,
-) -> anyhow::Result<(f64, Option<u64>)> {
+) -> anyhow::Result<bench::IperfRun> {
     let t = secs.to_string();
     let p = streams.to_string();
     let out = netns::run_in_unchecked(
@@ -181,8 +433,7 @@ fn iperf(
             "iperf3", "-c", server, "-p", IPERF_PORT, "-t", &t, "-P", &p, "-J",
         ],
     )?;
-    let (bps, retr) = parse_iperf(&String::from_utf8_lossy(&out.stdout))?;
-    Ok((bps / 1e9, retr))
+    Ok(bench::parse_iperf(&String::from_utf8_lossy(&out.stdout))?)
 }
 
 /// iperf3 1 and 4 streams plus ping, from `client_ns` to `server_addr` in `server_ns`.
@@ -190,9 +441,9 @@ fn measure(
     client_ns: &str,
     server_ns: &str,
     server_addr: &str,
-    secs: u64,
+    cfg: &Cfg,
 ) -> anyhow::Result<Measured> {
-    // Connectivity (and WireGuard handshake) first.
+    // Connectivity (and the WireGuard handshake) first.
     netns::run_in(
         client_ns,
         &["ping", "-c", "3", "-i", "0.2", "-W", "2", server_addr],
@@ -201,21 +452,24 @@ fn measure(
     let server = netns::spawn_in(server_ns, &["iperf3", "-s", "-p", IPERF_PORT])?;
     let _server = ChildGuard::new(server);
     wait_listening(server_ns, IPERF_PORT, Duration::from_secs(5))?;
-    let (gbit_1, retr_1) = iperf(client_ns, server_addr, secs, 1).context("iperf3 -P 1")?;
-    std::thread::sleep(Duration::from_millis(300));
-    let (gbit_4, retr_4) = iperf(client_ns, server_addr, secs, 4).context("iperf3 -P 4")?;
+    let one = iperf(client_ns, server_addr, cfg.secs, 1).context("iperf3 -P 1")?;
+    pause(Duration::from_millis(300))?;
+    let four = iperf(client_ns, server_addr, cfg.secs, 4).context("iperf3 -P 4")?;
+    check_stop()?;
+    let count = cfg.pings.to_string();
+    let interval = bench::ping_interval_arg(cfg.ping_interval_ms);
     let ping = netns::run_in(
         client_ns,
-        &["ping", "-q", "-c", "50", "-i", "0.02", server_addr],
+        &["ping", "-q", "-c", &count, "-i", &interval, server_addr],
     )
     .context("ping")?;
-    let rtt_ms = parse_ping(&String::from_utf8_lossy(&ping.stdout))?;
+    let stats = bench::parse_ping(&String::from_utf8_lossy(&ping.stdout))?;
     Ok(Measured {
-        gbit_1,
-        gbit_4,
-        retr_1,
-        retr_4,
-        rtt_ms,
+        gbit_1: one.gbit_s(),
+        gbit_4: four.gbit_s(),
+        retr_1: one.retransmits,
+        retr_4: four.retransmits,
+        rtt_ms: stats.avg_ms,
     })
 }
 
@@ -266,69 +520,23 @@ fn veth_pair(tag: &str) -> anyhow::Result<VethPair> {
     Ok(VethPair { a, b })
 }
 
-fn bench_plain(secs: u64) -> anyhow::Result<Measured> {
+fn bench_plain(cfg: &Cfg) -> anyhow::Result<Measured> {
     let p = veth_pair("p")?;
-    measure(p.a.name(), p.b.name(), PLAIN_B, secs)
+    measure(p.a.name(), p.b.name(), PLAIN_B, cfg)
 }
 
-/// A wireguard-go process; killed on drop, and its UAPI socket removed.
-struct WgGo {
-    child: ChildGuard,
-    sock: PathBuf,
-}
-
-impl Drop for WgGo {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = std::fs::remove_file(&self.sock);
-    }
-}
-
-fn start_wireguard_go(ns: &NetnsGuard, ifname: &str) -> anyhow::Result<WgGo> {
-    let sock = Path::new("/var/run/wireguard").join(format!("{ifname}.sock"));
-    let _ = std::fs::remove_file(&sock);
-    let child = Command::new("ip")
-        .args(["netns", "exec", ns.name(), "wireguard-go", "-f", ifname])
-        .env("WG_PROCESS_FOREGROUND", "1")
-        .env("LOG_LEVEL", "error")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("spawn wireguard-go")?;
-    let mut guard = ChildGuard::new(child);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !sock.exists() {
-        if let Some(c) = guard.child_mut() {
-            if let Ok(Some(st)) = c.try_wait() {
-                bail!("wireguard-go for {ifname} exited: {st}");
-            }
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "wireguard-go for {ifname} did not create {}",
-                sock.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(WgGo { child: guard, sock })
-}
-
-fn bench_wireguard_go(secs: u64) -> anyhow::Result<Measured> {
-    let p = veth_pair("w")?;
+/// A tunnel of user-space implementation `u` over the veth pair, configured with `wg set`.
+fn bench_tunnel(u: Userspace, bin: &Path, cfg: &Cfg) -> anyhow::Result<Measured> {
+    let p = veth_pair(&u.tag().to_string())?;
     let pid = std::process::id();
-    let if_a = format!("wgb{pid}a");
-    let if_b = format!("wgb{pid}b");
+    let if_a = format!("mb{}{pid}a", u.tag());
+    let if_b = format!("mb{}{pid}b", u.tag());
     let key_a = run_ok("wg", &["genkey"])?.trim().to_string();
     let key_b = run_ok("wg", &["genkey"])?.trim().to_string();
     let pub_a = run_with_stdin("wg", &["pubkey"], &key_a)?;
     let pub_b = run_with_stdin("wg", &["pubkey"], &key_b)?;
-    let wg_a = start_wireguard_go(&p.a, &if_a)?;
-    let wg_b = start_wireguard_go(&p.b, &if_b)?;
+    let _dev_a = start_daemon(&p.a, u, bin, &if_a)?;
+    let _dev_b = start_daemon(&p.b, u, bin, &if_b)?;
     let setups = [
         (
             &p.a, &if_a, &key_a, "51821", &pub_b, PLAIN_B, "51822", TUN_A, TUN_B,
@@ -365,36 +573,7 @@ fn bench_wireguard_go(secs: u64) -> anyhow::Result<Measured> {
         ns.run(&["ip", "addr", "add", &format!("{addr}/24"), "dev", ifname])?;
         ns.run(&["ip", "link", "set", ifname, "mtu", "1420", "up"])?;
     }
-    let m = measure(p.a.name(), p.b.name(), TUN_B, secs);
-    drop(wg_a);
-    drop(wg_b);
-    m
-}
-
-fn find_meshctl(arg: Option<&Path>) -> anyhow::Result<PathBuf> {
-    if let Some(p) = arg {
-        if p.exists() {
-            return Ok(p.to_path_buf());
-        }
-        bail!("{} does not exist", p.display());
-    }
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(dir) = exe.parent() {
-            let cand = dir.join("meshctl");
-            if cand.exists() {
-                return Ok(cand);
-            }
-        }
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let cand = dir.join("meshctl");
-            if cand.exists() {
-                return Ok(cand);
-            }
-        }
-    }
-    bail!("meshctl not found (next to mesh-bench or on $PATH; use --meshctl)")
+    measure(p.a.name(), p.b.name(), TUN_B, cfg)
 }
 
 /// Runs `meshctl lab down` on drop.
@@ -437,12 +616,9 @@ fn proc_comm(pid: u32) -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
-fn proc_status_field(pid: u32, field: &str) -> Option<u64> {
+fn proc_ppid(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|rest| rest.trim_start_matches(':').split_whitespace().next())
-        .and_then(|n| n.parse().ok())
+    bench::status_field(&s, "PPid")
 }
 
 /// Sum of VmRSS (KiB) of the `meshd` and `meshd-wg` processes of `node`.
@@ -468,7 +644,7 @@ fn meshd_rss(node: &integration::LabNode) -> Option<u64> {
                     else {
                         continue;
                     };
-                    if is_meshd(pid) && proc_status_field(pid, "PPid") == Some(m.into()) {
+                    if is_meshd(pid) && proc_ppid(pid) == Some(m.into()) {
                         pids.push(pid);
                     }
                 }
@@ -480,7 +656,7 @@ fn meshd_rss(node: &integration::LabNode) -> Option<u64> {
     }
     Some(
         pids.iter()
-            .filter_map(|&p| proc_status_field(p, "VmRSS"))
+            .filter_map(|&p| bench::read_rss_kib(p).ok())
             .sum(),
     )
 }
@@ -509,20 +685,21 @@ fn add_synthetic_records(registry: &Path, n: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// meshd's lab, pod on node 1 to pod on node 2: the measurement, node 1's RSS and (with
+/// `with_rss`) node 1's RSS once it has 100 peers.
 fn bench_meshd(
-    secs: u64,
-    meshctl_arg: Option<&Path>,
+    cfg: &Cfg,
+    meshctl_path: &Path,
     extra: &[&str],
     with_rss: bool,
-) -> Result<(Measured, Option<u64>, Option<u64>), String> {
-    let meshctl_path = find_meshctl(meshctl_arg).map_err(|e| format!("unavailable: {e:#}"))?;
+) -> anyhow::Result<(Measured, Option<u64>, Option<u64>)> {
     let name = format!(
         "mb{}{}",
         std::process::id() % 10_000,
         if extra.is_empty() { "e" } else { "r" }
     );
-    let guard = LabGuard {
-        meshctl: meshctl_path.clone(),
+    let _guard = LabGuard {
+        meshctl: meshctl_path.to_path_buf(),
         name: name.clone(),
     };
     let mut up = vec![
@@ -536,63 +713,61 @@ fn bench_meshd(
         "1",
     ];
     up.extend_from_slice(extra);
-    meshctl(&meshctl_path, &up).map_err(|e| format!("unavailable: {e:#}"))?;
-    let run = || -> anyhow::Result<(Measured, Option<u64>, Option<u64>)> {
+    meshctl(meshctl_path, &up)?;
+    check_stop()?;
+    let json = meshctl(
+        meshctl_path,
+        &["lab", "status", "--name", &name, "-o", "json"],
+    )?;
+    let st = LabStatus::from_json(&json).context("parse lab status")?;
+    if st.nodes.len() < 2 {
+        bail!("lab has {} nodes, need 2", st.nodes.len());
+    }
+    let (n1, n2) = (&st.nodes[0], &st.nodes[1]);
+    let client = st
+        .pods_on(&n1.name)
+        .next()
+        .ok_or_else(|| anyhow!("no pod on {}", n1.name))?;
+    let server = st
+        .pods_on(&n2.name)
+        .next()
+        .ok_or_else(|| anyhow!("no pod on {}", n2.name))?;
+    let addr = server
+        .ipv4
+        .clone()
+        .or_else(|| server.ipv6.clone())
+        .ok_or_else(|| anyhow!("pod {} has no address", server.name))?;
+    let m = measure(&client.namespace, &server.namespace, &addr, cfg)?;
+    let rss = meshd_rss(n1);
+    if !with_rss {
+        return Ok((m, rss, None));
+    }
+    // Memory with 100 peers: 99 synthetic records next to node 2.
+    let raw: serde_json::Value = serde_json::from_str(&json)?;
+    let registry = PathBuf::from(raw["registry_dir"].as_str().context("registry_dir")?);
+    add_synthetic_records(&registry, 99)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        check_stop()?;
         let json = meshctl(
-            &meshctl_path,
+            meshctl_path,
             &["lab", "status", "--name", &name, "-o", "json"],
         )?;
-        let st = LabStatus::from_json(&json).context("parse lab status")?;
-        if st.nodes.len() < 2 {
-            bail!("lab has {} nodes, need 2", st.nodes.len());
+        let st = LabStatus::from_json(&json)?;
+        let peers = st.nodes.first().map_or(0, |n| n.peers.len());
+        if peers >= 100 {
+            break;
         }
-        let (n1, n2) = (&st.nodes[0], &st.nodes[1]);
-        let client = st
-            .pods_on(&n1.name)
-            .next()
-            .ok_or_else(|| anyhow!("no pod on {}", n1.name))?;
-        let server = st
-            .pods_on(&n2.name)
-            .next()
-            .ok_or_else(|| anyhow!("no pod on {}", n2.name))?;
-        let addr = server
-            .ipv4
-            .clone()
-            .or_else(|| server.ipv6.clone())
-            .ok_or_else(|| anyhow!("pod {} has no address", server.name))?;
-        let m = measure(&client.namespace, &server.namespace, &addr, secs)?;
-        let rss = meshd_rss(n1);
-        if !with_rss {
-            return Ok((m, rss, None));
+        if Instant::now() > deadline {
+            bail!("node 1 has {peers} peers, expected 100");
         }
-        // Memory with 100 peers: 99 synthetic records next to node 2.
-        let raw: serde_json::Value = serde_json::from_str(&json)?;
-        let registry = PathBuf::from(raw["registry_dir"].as_str().context("registry_dir")?);
-        add_synthetic_records(&registry, 99)?;
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let json = meshctl(
-                &meshctl_path,
-                &["lab", "status", "--name", &name, "-o", "json"],
-            )?;
-            let st = LabStatus::from_json(&json)?;
-            if st.nodes[0].peers.len() >= 100 {
-                break;
-            }
-            if std::time::Instant::now() > deadline {
-                bail!("node 1 has {} peers, expected 100", st.nodes[0].peers.len());
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        std::thread::sleep(Duration::from_secs(2));
-        Ok((m, rss, meshd_rss(n1)))
-    };
-    let r = run().map_err(|e| format!("error: {e:#}"));
-    drop(guard);
-    r
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    pause(Duration::from_secs(2))?;
+    Ok((m, rss, meshd_rss(n1)))
 }
 
-fn fill(res: &mut ScenarioResult, r: Result<Measured, String>) {
+fn fill(res: &mut ScenarioResult, r: anyhow::Result<Measured>) {
     match r {
         Ok(m) => {
             res.status = "ok".into();
@@ -602,195 +777,253 @@ fn fill(res: &mut ScenarioResult, r: Result<Measured, String>) {
             res.retransmits_1 = m.retr_1;
             res.retransmits_4 = m.retr_4;
         }
-        Err(e) => res.status = e,
+        Err(e) => res.status = format!("error: {e:#}"),
     }
 }
 
-fn ratio(x: Option<f64>, base: Option<f64>) -> Option<f64> {
-    match (x, base) {
-        (Some(x), Some(b)) if b > 0.0 => Some(x / b),
-        _ => None,
-    }
-}
-
-fn fmt_opt(v: Option<f64>, prec: usize) -> String {
-    v.map(|v| format!("{v:.prec$}"))
-        .unwrap_or_else(|| "-".into())
-}
-
-fn print_table(report: &Report) {
-    println!(
-        "mesh-bench: iperf3 {} s per run, ping -c 50 -i 0.02, {} CPUs",
-        report.duration_s, report.cpus
-    );
-    println!(
-        "{:<14} {:>10} {:>10} {:>9} {:>8} {:>8} {:>8} {:>10} {:>13}  status",
-        "scenario",
-        "1s Gbit/s",
-        "4s Gbit/s",
-        "RTT ms",
-        "x1s",
-        "x4s",
-        "xRTT",
-        "RSS MiB",
-        "RSS@100 peers"
-    );
-    for r in &report.results {
-        println!(
-            "{:<14} {:>10} {:>10} {:>9} {:>8} {:>8} {:>8} {:>10} {:>13}  {}",
-            r.name,
-            fmt_opt(r.gbit_s_1, 2),
-            fmt_opt(r.gbit_s_4, 2),
-            fmt_opt(r.rtt_ms, 3),
-            fmt_opt(r.ratio_1, 2),
-            fmt_opt(r.ratio_4, 2),
-            fmt_opt(r.ratio_rtt, 2),
-            fmt_opt(r.rss_kib.map(|k| k as f64 / 1024.0), 1),
-            fmt_opt(r.rss_kib_100_peers.map(|k| k as f64 / 1024.0), 1),
-            r.status
-        );
-    }
-    let find = |n: &str| {
-        report
-            .results
-            .iter()
-            .find(|r| r.name == n && r.status == "ok")
+fn scenario(name: &str, args: &Args, cfg: &Cfg) -> ScenarioResult {
+    let mut r = ScenarioResult {
+        name: if name == "plain" { PLAIN } else { name }.to_string(),
+        ..Default::default()
     };
-    if let (Some(e), Some(r)) = (find("meshd"), find("meshd-routes")) {
-        println!(
-            "eBPF redirect / route steering: {} (1 stream), {} (4 streams), RTT {}",
-            fmt_opt(ratio(e.gbit_s_1, r.gbit_s_1), 2),
-            fmt_opt(ratio(e.gbit_s_4, r.gbit_s_4), 2),
-            fmt_opt(ratio(e.rtt_ms, r.rtt_ms), 2)
-        );
+    match name {
+        "plain" => fill(&mut r, bench_plain(cfg)),
+        WIREGUARD_GO | BORINGTUN => {
+            let u = Userspace::from_name(name).unwrap_or(Userspace::WireguardGo);
+            match locate(u, args) {
+                Ok(bin) => {
+                    r.version = version_of(&bin);
+                    fill(&mut r, bench_tunnel(u, &bin, cfg));
+                }
+                Err(e) => r.status = format!("unavailable: {e:#}"),
+            }
+        }
+        _ => {
+            let mut dirs = exe_dir();
+            dirs.extend(path_dirs());
+            let meshctl_path = match find_binary("meshctl", args.meshctl.as_deref(), &dirs) {
+                Ok(p) => p,
+                Err(e) => {
+                    r.status = format!("unavailable: {e:#} (build it or pass --meshctl)");
+                    return r;
+                }
+            };
+            // The lab runs the meshd next to meshctl, which runs the meshd-wg next to itself.
+            r.version = meshctl_path
+                .parent()
+                .map(|d| d.join(bench::MESHD_WG))
+                .filter(|p| p.is_file())
+                .and_then(|p| version_of(&p));
+            let routes = name == MESHD_ROUTES;
+            let extra: &[&str] = if routes {
+                &["--pod-steering", "routes"]
+            } else {
+                &[]
+            };
+            match bench_meshd(cfg, &meshctl_path, extra, !routes) {
+                Ok((m, rss, rss100)) => {
+                    fill(&mut r, Ok(m));
+                    r.rss_kib = rss;
+                    r.rss_kib_100_peers = rss100;
+                }
+                Err(e) => fill(&mut r, Err(e)),
+            }
+        }
     }
+    r
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    if !netns::is_root() {
-        bail!("mesh-bench needs root (network namespaces)");
+// === peer scale ===
+
+/// One device of implementation `u` in a namespace of its own: configure `cfg.peers` peers
+/// over raw UAPI, then RSS, idle CPU, and the time to add and remove one more peer.
+fn bench_scale(u: Userspace, bin: &Path, cfg: &Cfg, r: &mut ScaleResult) -> anyhow::Result<()> {
+    // Nothing but loopback and the device's TUN in here: no packet can leave.
+    let ns = NetnsGuard::new(&netns::unique_name("mb", &format!("s{}", u.tag())))?;
+    let ifname = format!("mbs{}{}", u.tag(), std::process::id());
+    let dev = start_daemon(&ns, u, bin, &ifname)?;
+    let sock = dev.socket.clone();
+    ns.run(&["ip", "link", "set", &ifname, "up"])?;
+    pause(Duration::from_millis(300))?;
+    r.rss_kib_empty = Some(bench::read_rss_kib(dev.pid)?);
+    let key = bench::synthetic_key("mesh-bench-device", std::process::id());
+    bench::uapi_set(&sock, &bench::uapi_device_request(&key, 51820)).context("set key and port")?;
+
+    let peers: Vec<bench::SyntheticPeer> = (0..cfg.peers).map(bench::synthetic_peer).collect();
+    let started = Instant::now();
+    for batch in peers.chunks(CONFIGURE_BATCH) {
+        check_stop()?;
+        bench::uapi_set(&sock, &bench::uapi_add_peers_request(batch)).context("add peers")?;
     }
-    let wanted: Vec<String> = args
-        .only
-        .split(',')
-        .map(|s| s.trim().to_lowercase())
-        .filter(|s| !s.is_empty())
-        .collect();
-    for w in &wanted {
-        if !["plain", "wireguard-go", "meshd", "meshd-routes"].contains(&w.as_str()) {
-            bail!("unknown scenario {w:?} (want plain, wireguard-go, meshd, meshd-routes)");
-        }
-    }
-    let secs = args.duration_s.max(1);
-    let mut results = Vec::new();
-    if wanted.iter().any(|w| w == "plain") {
-        let mut r = ScenarioResult {
-            name: "plain veth".into(),
-            ..Default::default()
-        };
-        fill(
-            &mut r,
-            bench_plain(secs).map_err(|e| format!("error: {e:#}")),
+    r.configure_ms = Some(started.elapsed().as_secs_f64() * 1e3);
+    let have = bench::uapi_peer_count(&bench::uapi_get(&sock)?);
+    if have != peers.len() {
+        bail!(
+            "{} reports {have} peers after adding {}",
+            u.name(),
+            peers.len()
         );
-        results.push(r);
     }
-    if wanted.iter().any(|w| w == "wireguard-go") {
-        let mut r = ScenarioResult {
-            name: "wireguard-go".into(),
-            ..Default::default()
-        };
-        fill(
-            &mut r,
-            bench_wireguard_go(secs).map_err(|e| format!("error: {e:#}")),
-        );
-        results.push(r);
+
+    pause(Duration::from_secs(2))?;
+    r.rss_kib = Some(bench::read_rss_kib(dev.pid)?);
+    let t0 = bench::read_cpu_ticks(dev.pid)?;
+    let idle_start = Instant::now();
+    pause(cfg.idle)?;
+    let ticks = bench::read_cpu_ticks(dev.pid)?.saturating_sub(t0);
+    let elapsed = idle_start.elapsed();
+    r.idle_cpu_percent = bench::cpu_percent(ticks, cfg.clk_tck, elapsed);
+    r.idle_s = Some(elapsed.as_secs_f64());
+
+    let (mut add, mut remove) = (Vec::new(), Vec::new());
+    for k in 0..cfg.churn_samples {
+        check_stop()?;
+        let p = bench::synthetic_peer(cfg.peers + k);
+        let req = bench::uapi_add_peers_request(std::slice::from_ref(&p));
+        let t = Instant::now();
+        bench::uapi_set(&sock, &req).context("add one peer")?;
+        add.push(t.elapsed().as_secs_f64() * 1e3);
+        let req = bench::uapi_remove_peer_request(&p.public_key);
+        let t = Instant::now();
+        bench::uapi_set(&sock, &req).context("remove one peer")?;
+        remove.push(t.elapsed().as_secs_f64() * 1e3);
+        std::thread::sleep(Duration::from_millis(5));
     }
-    if wanted.iter().any(|w| w == "meshd") {
-        let mut r = ScenarioResult {
-            name: "meshd".into(),
-            ..Default::default()
-        };
-        match bench_meshd(secs, args.meshctl.as_deref(), &[], true) {
-            Ok((m, rss, rss100)) => {
-                fill(&mut r, Ok(m));
-                r.rss_kib = rss;
-                r.rss_kib_100_peers = rss100;
-            }
-            Err(e) => fill(&mut r, Err(e)),
-        }
-        results.push(r);
-    }
-    if wanted.iter().any(|w| w == "meshd-routes") {
-        let mut r = ScenarioResult {
-            name: "meshd-routes".into(),
-            ..Default::default()
-        };
-        match bench_meshd(
-            secs,
-            args.meshctl.as_deref(),
-            &["--pod-steering", "routes"],
-            false,
-        ) {
-            Ok((m, rss, _)) => {
-                fill(&mut r, Ok(m));
-                r.rss_kib = rss;
-            }
-            Err(e) => fill(&mut r, Err(e)),
-        }
-        results.push(r);
-    }
-    let plain = results
-        .iter()
-        .find(|r| r.name == "plain veth" && r.status == "ok")
-        .cloned();
-    if let Some(p) = plain {
-        for r in &mut results {
-            r.ratio_1 = ratio(r.gbit_s_1, p.gbit_s_1);
-            r.ratio_4 = ratio(r.gbit_s_4, p.gbit_s_4);
-            r.ratio_rtt = ratio(r.rtt_ms, p.rtt_ms);
-        }
-    }
-    let report = Report {
-        duration_s: secs,
-        cpus: std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
-        results,
-    };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_table(&report);
-    }
+    r.add_ms = bench::spread(&add);
+    r.remove_ms = bench::spread(&remove);
+    drop(dev);
+    drop(ns);
     Ok(())
 }
 
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_ping() {
-        let out = "--- x ping statistics ---\n50 packets transmitted, 50 received, 0% packet loss, time 1000ms\nrtt min/avg/max/mdev = 0.021/0.045/0.120/0.010 ms\n";
-        assert!((parse_ping(out).unwrap() - 0.045).abs() < 1e-9);
-        assert!(parse_ping("nothing").is_err());
+fn scale(u: Userspace, args: &Args, cfg: &Cfg) -> ScaleResult {
+    let mut r = ScaleResult {
+        name: u.name().to_string(),
+        peers: cfg.peers,
+        ..Default::default()
+    };
+    match locate(u, args) {
+        Ok(bin) => {
+            r.version = version_of(&bin);
+            r.status = match bench_scale(u, &bin, cfg, &mut r) {
+                Ok(()) => "ok".into(),
+                Err(e) => format!("error: {e:#}"),
+            };
+        }
+        Err(e) => r.status = format!("unavailable: {e:#}"),
     }
+    r
+}
 
-    #[test]
-    fn parses_iperf() {
-        let j = r#"{"end":{"sum_sent":{"bits_per_second":2e9,"retransmits":3},"sum_received":{"bits_per_second":1.5e9}}}"#;
-        let (bps, retr) = parse_iperf(j).unwrap();
-        assert_eq!(bps, 1.5e9);
-        assert_eq!(retr, Some(3));
-        assert!(parse_iperf(r#"{"error":"unable to connect"}"#).is_err());
+// === main ===
+
+fn list(arg: &str, allowed: &[&str], what: &str) -> anyhow::Result<Vec<String>> {
+    let items: Vec<String> = arg
+        .split(',')
+        .map(|s| s.trim().to_lowercase())
+        .filter(|s| !s.is_empty() && s != "none")
+        .collect();
+    for i in &items {
+        if !allowed.contains(&i.as_str()) {
+            bail!("unknown {what} {i:?} (want {})", allowed.join(", "));
+        }
     }
+    Ok(items)
+}
 
-    #[test]
-    fn ratios() {
-        assert_eq!(ratio(Some(1.0), Some(4.0)), Some(0.25));
-        assert_eq!(ratio(Some(1.0), Some(0.0)), None);
-        assert_eq!(ratio(None, Some(1.0)), None);
+/// `getconf CLK_TCK`, else Linux's USER_HZ of 100.
+fn clock_ticks() -> u64 {
+    run_ok("getconf", &["CLK_TCK"])
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|&t| t > 0)
+        .unwrap_or(100)
+}
+
+fn run(args: &Args) -> anyhow::Result<Report> {
+    let wanted = list(&args.only, &SCENARIOS, "scenario")?;
+    let impls = list(
+        &args.scale,
+        &[WIREGUARD_GO, BORINGTUN, bench::MESHD_WG],
+        "implementation",
+    )?;
+    if args.peers + args.churn_samples > bench::MAX_SYNTHETIC_PEERS {
+        bail!(
+            "--peers + --churn-samples must stay within {}",
+            bench::MAX_SYNTHETIC_PEERS
+        );
+    }
+    let cfg = Cfg {
+        secs: args.duration_s.max(1),
+        pings: args.pings.max(1),
+        ping_interval_ms: args.ping_interval_ms.max(2),
+        peers: args.peers,
+        churn_samples: args.churn_samples,
+        idle: Duration::from_secs(args.idle_s.max(1)),
+        clk_tck: clock_ticks(),
+    };
+    let mut report = Report {
+        duration_s: cfg.secs,
+        pings: cfg.pings,
+        ping_interval_ms: cfg.ping_interval_ms,
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        load_average: std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")),
+        scale_peers: cfg.peers,
+        ..Default::default()
+    };
+    // In a fixed order, whatever the order on the command line.
+    for name in SCENARIOS.iter().filter(|s| wanted.iter().any(|w| w == *s)) {
+        check_stop()?;
+        eprintln!("mesh-bench: data plane, {name}");
+        report.results.push(scenario(name, args, &cfg));
+    }
+    for u in [
+        Userspace::WireguardGo,
+        Userspace::Boringtun,
+        Userspace::MeshdWg,
+    ] {
+        if impls.iter().any(|i| i == u.name()) {
+            check_stop()?;
+            eprintln!("mesh-bench: peer scale, {} ({} peers)", u.name(), cfg.peers);
+            report.peer_scale.push(scale(u, args, &cfg));
+        }
+    }
+    check_stop()?;
+    report.finish(&Targets::default());
+    Ok(report)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if !netns::is_root() {
+        eprintln!("mesh-bench needs root (network namespaces)");
+        return ExitCode::FAILURE;
+    }
+    handle_signals();
+    match run(&args) {
+        Ok(report) => {
+            if args.json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(j) => println!("{j}"),
+                    Err(e) => {
+                        eprintln!("mesh-bench: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            } else {
+                print!("{}", report.render());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mesh-bench: {e:#}");
+            if stopping() {
+                ExitCode::from(130)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
     }
 }
