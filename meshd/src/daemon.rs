@@ -124,8 +124,9 @@ pub struct DaemonArgs {
     /// Serve `/healthz` and `/readyz` on this address (e.g. `0.0.0.0:9108`).
     #[arg(long)]
     pub health_listen: Option<std::net::SocketAddr>,
-    /// Worker threads of the user-space datapath.
-    #[arg(long, default_value_t = 1)]
+    /// TUN queues of the user-space datapath, each with its own sealing thread; 0 = one per
+    /// CPU, at most 4.
+    #[arg(long, default_value_t = 0)]
     pub wg_threads: usize,
     /// Node-to-node (host) encryption: this node's own traffic to peer nodes goes through
     /// the tunnel too, for each peer once its tunnel is proven up (see the README: it fails
@@ -322,7 +323,10 @@ pub async fn run_with<R: Registry>(
     };
     let opts = UserspaceOptions {
         helper_binary: helper,
-        threads: args.wg_threads,
+        threads: match args.wg_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
+            n => n,
+        },
         log_file: Some(args.state_dir.join("meshd-wg.log")),
     };
     let mtu = args.mtu.unwrap_or_else(|| {

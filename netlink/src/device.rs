@@ -289,12 +289,6 @@ pub enum DeviceError {
         /// How long was waited.
         waited: Duration,
     },
-    /// Peers were to be added before the device had a private key.
-    #[error("adding peers to {name}: the device has no private key yet (configure it first)")]
-    NoPrivateKey {
-        /// The interface name.
-        name: String,
-    },
     /// Deleting the device failed.
     #[error("removing device {name}")]
     Destroy {
@@ -722,25 +716,16 @@ impl WgDevice {
         })
     }
 
-    /// Applies peer changes incrementally. User space: a removal then an add UAPI
-    /// transaction (see [`uapi::set_requests`]: boringtun cannot modify a peer in place,
-    /// so an upsert re-creates it and its session restarts with a new handshake); kernel:
-    /// a batch of generic netlink messages updating peers in place. If a key appears more
-    /// than once, its last change wins (user space). Peers are only added once a private
-    /// key is configured, so call [`WgDevice::configure`] first.
+    /// Applies peer changes incrementally, updating existing peers in place (their
+    /// sessions continue): user space, one UAPI `set` transaction (see
+    /// [`uapi::set_requests`]); kernel, a batch of generic netlink messages. If a key
+    /// appears more than once, its last change wins (user space).
     pub async fn apply(&self, changes: &[PeerChange]) -> Result<(), DeviceError> {
         if changes.is_empty() {
             return Ok(());
         }
         match &self.backend {
             Backend::Userspace { socket } => {
-                let upserts = changes.iter().any(|c| matches!(c, PeerChange::Upsert(_)));
-                // boringtun silently ignores peers added before the private key is set.
-                if upserts && self.state().await?.private_key.is_none() {
-                    return Err(DeviceError::NoPrivateKey {
-                        name: self.name.clone(),
-                    });
-                }
                 for request in uapi::set_requests(changes) {
                     uapi::set(socket, &request)
                         .await

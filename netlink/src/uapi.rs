@@ -154,55 +154,42 @@ fn format_endpoint(ep: &SocketAddr) -> String {
 /// Serialises peer changes into complete `set=1` requests (each terminated by the empty
 /// line), to be sent in order. Other peers are never touched.
 ///
-/// boringtun (the helper's implementation) cannot modify an existing peer (it panics)
-/// and carries per-peer fields such as `remove` and `endpoint` over from one peer
-/// section to the next. So an upsert is "remove, then add": the first request removes
-/// every key that is removed or upserted (removing an absent peer is a no-op), the
-/// second adds the upserted peers, those without an endpoint first, each stating its
-/// keepalive (0 = off) and allowed IPs. If a key appears more than once, its last
-/// change wins. Re-adding resets the peer's session (a new handshake follows) and its
-/// counters.
+/// One request: removals first, then every upsert in place (a peer section states its
+/// endpoint, keepalive (0 = off) and, after `replace_allowed_ips`, its allowed IPs), so an
+/// updated peer keeps its session and counters. If a key appears more than once, its last
+/// change wins.
 pub fn set_requests(changes: &[PeerChange]) -> Vec<String> {
     let changes = normalise(changes);
-    let mut out = Vec::new();
-    if !changes.is_empty() {
-        let mut removal = String::from("set=1\n");
-        for change in &changes {
-            let _ = writeln!(removal, "public_key={}", key_to_hex(&change_key(change)));
-            removal.push_str("remove=true\n");
-        }
-        removal.push('\n');
-        out.push(removal);
+    if changes.is_empty() {
+        return Vec::new();
     }
-    let mut upserts: Vec<_> = changes
-        .iter()
-        .filter_map(|c| match c {
-            PeerChange::Upsert(p) => Some(p),
-            PeerChange::Remove(_) => None,
-        })
-        .collect();
-    upserts.sort_by_key(|p| p.endpoint.is_some());
-    if !upserts.is_empty() {
-        let mut add = String::from("set=1\n");
-        for peer in upserts {
-            let _ = writeln!(add, "public_key={}", key_to_hex(&peer.public_key));
-            if let Some(ep) = &peer.endpoint {
-                let _ = writeln!(add, "endpoint={}", format_endpoint(ep));
-            }
-            let _ = writeln!(
-                add,
-                "persistent_keepalive_interval={}",
-                peer.persistent_keepalive.unwrap_or(0)
-            );
-            add.push_str("replace_allowed_ips=true\n");
-            for net in &peer.allowed_ips {
-                let _ = writeln!(add, "allowed_ip={net}");
-            }
+    let mut req = String::from("set=1\n");
+    for change in &changes {
+        if let PeerChange::Remove(key) = change {
+            let _ = writeln!(req, "public_key={}", key_to_hex(key));
+            req.push_str("remove=true\n");
         }
-        add.push('\n');
-        out.push(add);
     }
-    out
+    for change in &changes {
+        let PeerChange::Upsert(peer) = change else {
+            continue;
+        };
+        let _ = writeln!(req, "public_key={}", key_to_hex(&peer.public_key));
+        if let Some(ep) = &peer.endpoint {
+            let _ = writeln!(req, "endpoint={}", format_endpoint(ep));
+        }
+        let _ = writeln!(
+            req,
+            "persistent_keepalive_interval={}",
+            peer.persistent_keepalive.unwrap_or(0)
+        );
+        req.push_str("replace_allowed_ips=true\n");
+        for net in &peer.allowed_ips {
+            let _ = writeln!(req, "allowed_ip={net}");
+        }
+    }
+    req.push('\n');
+    vec![req]
 }
 
 /// Serialises a `set=1` request for the device's own key, listen port and firewall mark;
@@ -455,18 +442,12 @@ mod tests {
             key_to_hex(&key(3)),
         );
         let got = set_requests(&changes);
-        let want = vec![
-            format!(
-                "set=1\npublic_key={k3}\nremove=true\npublic_key={k1}\nremove=true\n\
-                 public_key={k2}\nremove=true\n\n"
-            ),
-            format!(
-                "set=1\n\
-                 public_key={k2}\npersistent_keepalive_interval=0\nreplace_allowed_ips=true\n\
-                 public_key={k1}\nendpoint=[2001:db8::1]:51820\npersistent_keepalive_interval=25\n\
-                 replace_allowed_ips=true\nallowed_ip=10.1.0.0/24\nallowed_ip=fd00::/64\n\n"
-            ),
-        ];
+        let want = vec![format!(
+            "set=1\npublic_key={k3}\nremove=true\n\
+             public_key={k1}\nendpoint=[2001:db8::1]:51820\npersistent_keepalive_interval=25\n\
+             replace_allowed_ips=true\nallowed_ip=10.1.0.0/24\nallowed_ip=fd00::/64\n\
+             public_key={k2}\npersistent_keepalive_interval=0\nreplace_allowed_ips=true\n\n"
+        )];
         assert_eq!(got, want);
     }
 
@@ -487,9 +468,9 @@ mod tests {
             )]
         );
         let got = set_requests(&[PeerChange::Remove(key(1)), PeerChange::Upsert(up)]);
-        assert_eq!(got.len(), 2);
-        assert!(got[1].contains("endpoint=192.0.2.1:51820\n"));
-        assert!(!got[1].contains("remove"));
+        assert_eq!(got.len(), 1);
+        assert!(got[0].contains("endpoint=192.0.2.1:51820\n"));
+        assert!(!got[0].contains("remove"));
         assert!(set_requests(&[]).is_empty());
     }
 
