@@ -31,6 +31,7 @@ struct Inner {
     info: Family<Labels, Gauge>,
     converged: Gauge,
     peers: Gauge,
+    encrypted_hosts: Gauge,
     handshake_age: Family<Labels, Gauge<f64, AtomicU64>>,
     peer_rx: Family<Labels, Counter>,
     peer_tx: Family<Labels, Counter>,
@@ -86,6 +87,12 @@ impl Metrics {
         );
         let peers = Gauge::default();
         registry.register("peers", "Peers programmed on the device", peers.clone());
+        let encrypted_hosts = Gauge::default();
+        registry.register(
+            "encrypted_hosts",
+            "Peer node addresses whose host traffic goes through the tunnel (host encryption)",
+            encrypted_hosts.clone(),
+        );
         let handshake_age = Family::<Labels, Gauge<f64, AtomicU64>>::default();
         registry.register(
             "peer_last_handshake_age_seconds",
@@ -107,7 +114,7 @@ impl Metrics {
         let verdicts = Family::<Labels, Counter>::default();
         registry.register(
             "datapath_verdicts",
-            "Packets by tc eBPF verdict (redirected, local, passed, strict_drop, would_drop)",
+            "Packets by tc eBPF verdict (redirected, local, passed, strict_drop, would_drop, host_encrypted)",
             verdicts.clone(),
         );
         let ops = Family::<Labels, Counter>::default();
@@ -129,6 +136,7 @@ impl Metrics {
                 info,
                 converged,
                 peers,
+                encrypted_hosts,
                 handshake_age,
                 peer_rx,
                 peer_tx,
@@ -173,6 +181,8 @@ impl Metrics {
                 set(&m.peer_tx.get_or_create(&l), p.tx_bytes);
             }
             if let Some(d) = &s.datapath {
+                m.encrypted_hosts
+                    .set(i64::try_from(d.encrypted_hosts.len()).unwrap_or(i64::MAX));
                 let c = &d.counters;
                 for (verdict, v) in [
                     ("redirected", c.redirected),
@@ -180,6 +190,7 @@ impl Metrics {
                     ("passed", c.passed),
                     ("strict_drop", c.strict_drops),
                     ("would_drop", c.would_drops),
+                    ("host_encrypted", c.host_encrypted),
                 ] {
                     set(
                         &m.verdicts.get_or_create(&labels(&[("verdict", verdict)])),
@@ -236,6 +247,10 @@ mod tests {
             tx_bytes: 5678,
         });
         s.counters.reconciles = 9;
+        if let Some(d) = s.datapath.as_mut() {
+            d.encrypted_hosts = vec!["198.18.0.12".into(), "fd00:198::12".into()];
+            d.counters.host_encrypted = 3;
+        }
         s.key_created_unix = Some(
             SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -251,6 +266,8 @@ mod tests {
             "meshd_peer_receive_bytes_total{peer=\"n2\"} 1234",
             "meshd_peer_transmit_bytes_total{peer=\"n2\"} 5678",
             "meshd_datapath_verdicts_total{verdict=\"redirected\"} 5",
+            "meshd_datapath_verdicts_total{verdict=\"host_encrypted\"} 3",
+            "meshd_encrypted_hosts 2",
             "meshd_operations_total{kind=\"reconcile\"} 9",
             "meshd_converged 1",
             "mode=\"userspace\"",

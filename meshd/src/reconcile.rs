@@ -276,4 +276,77 @@ mod tests {
         assert_eq!(got.del_routes, vec![net("10.244.3.0/24")]);
         assert!(got.upsert_peers.is_empty() && got.add_routes.is_empty());
     }
+
+    fn record(name: &str, key: PublicKey, cidrs: &[&str], endpoints: &[&str]) -> NodeRecord {
+        NodeRecord {
+            name: name.into(),
+            public_key: key,
+            listen_port: 51820,
+            endpoints: endpoints.iter().map(|e| e.parse().expect("ip")).collect(),
+            pod_cidrs: cidrs.iter().map(|c| net(c)).collect(),
+        }
+    }
+
+    #[test]
+    fn node_addresses_are_allowed_but_never_routed_or_redirected() {
+        let k = PrivateKey::generate().public_key();
+        let mut want = desired(&[(k, "n2", &["10.244.2.0/24", "fd00:244:0:2::/64"])]);
+        let r = record(
+            "n2",
+            k,
+            &["10.244.2.0/24", "fd00:244:0:2::/64"],
+            &["198.18.0.12", "fd00:198::12"],
+        );
+        let hosts = add_host_addresses(&mut want, [&r]);
+        assert_eq!(
+            hosts,
+            [net("198.18.0.12/32"), net("fd00:198::12/128")]
+                .into_iter()
+                .collect()
+        );
+        let allowed = &want.peers[&k].allowed_ips;
+        assert!(
+            allowed.contains(&net("198.18.0.12/32")) && allowed.contains(&net("10.244.2.0/24"))
+        );
+        let got = plan(&want, &[], &[], None, &hosts);
+        assert_eq!(
+            got.add_routes,
+            vec![net("10.244.2.0/24"), net("fd00:244:0:2::/64")]
+        );
+        assert_eq!(redirects(&want, 7, &hosts).len(), 2);
+        // An endpoint inside some pod CIDR is not added (it would steal that CIDR's traffic).
+        let mut want2 = desired(&[(k, "n2", &["10.244.2.0/24"])]);
+        let inside = record("n2", k, &["10.244.2.0/24"], &["10.244.2.9"]);
+        assert!(add_host_addresses(&mut want2, [&inside]).is_empty());
+    }
+
+    #[test]
+    fn only_live_peers_addresses_are_encrypted_and_exclusions_hold() {
+        let (a, b) = (
+            PrivateKey::generate().public_key(),
+            PrivateKey::generate().public_key(),
+        );
+        let want = desired(&[(a, "n2", &["10.244.2.0/24"]), (b, "n3", &["10.244.3.0/24"])]);
+        let ra = record(
+            "n2",
+            a,
+            &["10.244.2.0/24"],
+            &["198.18.0.12", "fd00:198::12"],
+        );
+        let rb = record("n3", b, &["10.244.3.0/24"], &["198.18.0.13"]);
+        let live: BTreeSet<PublicKey> = [a].into_iter().collect();
+        let got = encrypted_hosts(
+            [&ra, &rb],
+            &want,
+            &live,
+            &["fd00:198::12".parse().expect("ip")],
+            9,
+        );
+        assert_eq!(
+            got,
+            [("198.18.0.12".parse().expect("ip"), 9)]
+                .into_iter()
+                .collect()
+        );
+    }
 }
