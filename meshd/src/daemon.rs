@@ -665,14 +665,18 @@ async fn event_loop<R: Registry>(
                 }
             }
             _ = status_tick.tick() => {
-                if let Err(err) = publish_status(ctx, &known, converged).await {
-                    tracing::warn!(error = %format!("{err:#}"), "reading device status failed");
-                    // Reconcile now: it brings a vanished device back.
-                    retry_at = Some(tokio::time::Instant::now());
-                }
-                if track_liveness(ctx, &mut known).await {
-                    // A tunnel came up or went down: host encryption follows it now.
-                    retry_at = Some(tokio::time::Instant::now());
+                match publish_status(ctx, &known, converged).await {
+                    Ok(peers) => {
+                        if track_liveness(ctx, &mut known, &peers).await {
+                            // A tunnel came up or went down: host encryption follows it now.
+                            retry_at = Some(tokio::time::Instant::now());
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %format!("{err:#}"), "reading device status failed");
+                        // Reconcile now: it brings a vanished device back.
+                        retry_at = Some(tokio::time::Instant::now());
+                    }
                 }
                 continue;
             }
@@ -1042,7 +1046,7 @@ fn sync_pods(ctx: &Context, bpf: &mut Bpf, known: &mut Known) -> anyhow::Result<
 
 /// Follow each peer's received bytes: a tunnel is up while bytes arrived within
 /// [`LIVENESS_INTERVALS`] keepalive intervals. True when the set of live peers changed.
-async fn track_liveness(ctx: &Context, known: &mut Known) -> bool {
+async fn track_liveness(ctx: &Context, known: &mut Known, peers: &[netlink::PeerStatus]) -> bool {
     let live = ctx.live.read().await.clone();
     if !live.host_encryption {
         let changed = !known.live_peers.is_empty();
@@ -1050,16 +1054,13 @@ async fn track_liveness(ctx: &Context, known: &mut Known) -> bool {
         known.rx_seen.clear();
         return changed;
     }
-    let Ok(status) = ctx.device.read().await.status().await else {
-        return false;
-    };
     let window = Duration::from_secs(
         u64::from(live.effective_keepalive().unwrap_or(HOST_KEEPALIVE))
             * u64::from(LIVENESS_INTERVALS),
     );
     let now = std::time::Instant::now();
     let mut seen = BTreeMap::new();
-    for p in &status.peers {
+    for p in peers {
         let key = PublicKey::from_bytes(p.public_key);
         let at = match known.rx_seen.get(&key) {
             Some((rx, at)) if *rx == p.rx_bytes => *at,
@@ -1099,7 +1100,12 @@ async fn track_liveness(ctx: &Context, known: &mut Known) -> bool {
     true
 }
 
-async fn publish_status(ctx: &Context, known: &Known, converged: bool) -> anyhow::Result<()> {
+/// Serve a fresh status; returns the device's peers as read for it.
+async fn publish_status(
+    ctx: &Context,
+    known: &Known,
+    converged: bool,
+) -> anyhow::Result<Vec<netlink::PeerStatus>> {
     let device = ctx.device.read().await;
     let live = device.status().await?;
     let names: BTreeMap<PublicKey, &str> = known
@@ -1174,7 +1180,7 @@ async fn publish_status(ctx: &Context, known: &Known, converged: bool) -> anyhow
     }
     *ctx.status.write().await = Some(report);
     *ctx.heartbeat.write().await = Some(std::time::Instant::now());
-    Ok(())
+    Ok(live.peers)
 }
 
 async fn cleanup<R: Registry>(ctx: Context, registry: &R) {
