@@ -26,7 +26,7 @@ fn addr(st: &serde_json::Value, node: usize, v6: bool) -> String {
 }
 
 fn encrypted_hosts(st: &serde_json::Value, node: usize) -> Vec<String> {
-    st["nodes"][node]["status"]["datapath"]["encrypted_hosts"]
+    st["nodes"][node]["status"]["encrypted_hosts"]
         .as_array()
         .map(|a| {
             a.iter()
@@ -36,9 +36,14 @@ fn encrypted_hosts(st: &serde_json::Value, node: usize) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn host_counter(st: &serde_json::Value, node: usize) -> u64 {
-    st["nodes"][node]["counters"]["host_encrypted"]
-        .as_u64()
+/// Bytes the device of node `node` sent to its peer `peer_node`.
+fn tx_to(st: &serde_json::Value, node: usize, peer_node: &str) -> u64 {
+    st["nodes"][node]["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == peer_node)
+        .and_then(|p| p["tx_bytes"].as_u64())
         .unwrap_or(0)
 }
 
@@ -104,7 +109,7 @@ fn host_traffic_is_encrypted_fails_open_when_the_tunnel_breaks_and_heals() {
         "both families: {:?}",
         encrypted_hosts(&st, 0)
     );
-    let before = host_counter(&st, 0);
+    let before = tx_to(&st, 0, "n2");
 
     // Node-to-node traffic, both families, while the underlay is captured.
     let dir = tempfile::tempdir().unwrap();
@@ -120,6 +125,23 @@ fn host_traffic_is_encrypted_fails_open_when_the_tunnel_breaks_and_heals() {
         host_ping(&n1_ns, &n2_v6, 10),
         "host ping v6 through the tunnel"
     );
+    // Bulk TCP between the nodes, both families: the routes through the tunnel give TCP the
+    // tunnel's MTU, so full-size segments fit.
+    for (port, dst) in [(7100, &n2_v4), (7101, &n2_v6)] {
+        let from = integration::LabPod {
+            name: "n1-host".into(),
+            node: "n1".into(),
+            namespace: n1_ns.clone(),
+            ..Default::default()
+        };
+        let ok =
+            integration::verify::tcp_transfer(&from, &n2_ns, dst.parse().unwrap(), port, 4 << 20)
+                .unwrap();
+        assert!(
+            ok,
+            "4 MiB over TCP from n1 to n2 ({dst}) through the tunnel"
+        );
+    }
     std::thread::sleep(Duration::from_millis(300));
     let report = analyse(
         &capture.stop().unwrap(),
@@ -133,10 +155,10 @@ fn host_traffic_is_encrypted_fails_open_when_the_tunnel_breaks_and_heals() {
     assert!(report.wireguard_packets >= 40, "{}", report.summary());
     let st = lab.status_json().unwrap();
     assert!(
-        host_counter(&st, 0) >= before + 20,
-        "n1 redirected its host packets into the tunnel: {} -> {}",
+        tx_to(&st, 0, "n2") >= before + (8 << 20),
+        "n1's host traffic went through its tunnel to n2: {} -> {} bytes",
         before,
-        host_counter(&st, 0)
+        tx_to(&st, 0, "n2")
     );
 
     // Break the tunnel the way a stale registry does (Calico's lockout: a node that cannot

@@ -123,20 +123,16 @@ pub struct VerdictCounters {
     pub strict_drops: u64,
     /// Cluster packets strict mode would have dropped (permissive).
     pub would_drops: u64,
-    /// Host packets to peer nodes redirected into the tunnel (node-to-node encryption).
-    #[serde(default)]
-    pub host_encrypted: u64,
 }
 
-impl From<[u64; 6]> for VerdictCounters {
-    fn from(c: [u64; 6]) -> Self {
+impl From<[u64; 5]> for VerdictCounters {
+    fn from(c: [u64; 5]) -> Self {
         VerdictCounters {
             redirected: c[Verdict::Redirect as usize],
             local: c[Verdict::Local as usize],
             passed: c[Verdict::Pass as usize],
             strict_drops: c[Verdict::StrictDrop as usize],
             would_drops: c[Verdict::WouldDrop as usize],
-            host_encrypted: c[Verdict::HostEncrypt as usize],
         }
     }
 }
@@ -158,10 +154,6 @@ pub struct DatapathReport {
     pub remote_cidrs: Vec<String>,
     /// Cluster CIDRs strict mode guards.
     pub cluster_cidrs: Vec<String>,
-    /// Peer node addresses whose host traffic goes through the tunnel (node-to-node
-    /// encryption; only peers whose tunnel is proven up).
-    #[serde(default)]
-    pub encrypted_hosts: Vec<String>,
     /// Local pod addresses.
     pub local_pods: usize,
     /// Pod interfaces carrying `from_pod`.
@@ -317,33 +309,6 @@ impl Bpf {
         self.dp
             .set_mesh_mark(mark)
             .map_err(map_err("setting the mesh mark"))
-    }
-
-    /// The host-redirect maps now: peer node address → tunnel ifindex.
-    pub fn hosts(&self) -> Result<BTreeMap<IpAddr, u32>, BpfError> {
-        Ok(self
-            .dp
-            .hosts()
-            .map_err(map_err("reading encrypted hosts"))?
-            .into_iter()
-            .collect())
-    }
-
-    /// Bring the host-redirect maps to `want`; returns the number of map operations.
-    pub fn sync_hosts(&mut self, want: &BTreeMap<IpAddr, u32>) -> Result<usize, BpfError> {
-        let (remove, set) = map_diff(want, &self.hosts()?);
-        let ops = remove.len() + set.len();
-        for ip in remove {
-            self.dp
-                .remove_host(ip)
-                .map_err(map_err(format!("removing encrypted host {ip}")))?;
-        }
-        for (ip, ifindex) in set {
-            self.dp
-                .set_host(ip, ifindex)
-                .map_err(map_err(format!("adding encrypted host {ip}")))?;
-        }
-        Ok(ops)
     }
 
     fn sync_clusters(&mut self, clusters: &[IpNet]) -> Result<(), BpfError> {
@@ -505,9 +470,6 @@ impl Bpf {
             .map(|c| c.to_string())
             .collect();
         cluster_cidrs.sort();
-        let mut encrypted_hosts: Vec<String> =
-            self.hosts()?.into_keys().map(|a| a.to_string()).collect();
-        encrypted_hosts.sort();
         Ok(DatapathReport {
             pin_dir: self.dp.pin_dir().display().to_string(),
             underlay_mode: match self.mode {
@@ -526,7 +488,6 @@ impl Bpf {
             },
             remote_cidrs,
             cluster_cidrs,
-            encrypted_hosts,
             local_pods: self
                 .dp
                 .locals()
@@ -604,17 +565,16 @@ mod tests {
 
     #[test]
     fn counters_map_by_verdict_index() {
-        let c = VerdictCounters::from([1, 2, 3, 4, 5, 6]);
+        let c = VerdictCounters::from([1, 2, 3, 4, 5]);
         assert_eq!(
             (
                 c.redirected,
                 c.local,
                 c.passed,
                 c.strict_drops,
-                c.would_drops,
-                c.host_encrypted
+                c.would_drops
             ),
-            (1, 2, 3, 4, 5, 6)
+            (1, 2, 3, 4, 5)
         );
     }
 }

@@ -159,6 +159,10 @@ pub struct StatusReport {
     /// Whether node-to-node (host) encryption is on.
     #[serde(default)]
     pub host_encryption: bool,
+    /// Peer node addresses whose host traffic goes through the tunnel now (host encryption:
+    /// only peers whose tunnel is proven up).
+    #[serde(default)]
+    pub encrypted_hosts: Vec<String>,
     /// The tc eBPF datapath and its verdict counters (absent when it could not be read).
     #[serde(default)]
     pub datapath: Option<crate::bpf::DatapathReport>,
@@ -294,6 +298,7 @@ mod tests {
             encryption: "enabled".into(),
             strict_mode: true,
             host_encryption: false,
+            encrypted_hosts: Vec::new(),
             datapath: Some(crate::bpf::DatapathReport {
                 pin_dir: "/sys/fs/bpf/meshd".into(),
                 underlay_mode: "enforce".into(),
@@ -302,7 +307,6 @@ mod tests {
                 attach: "tcx".into(),
                 remote_cidrs: vec!["10.244.2.0/24".into()],
                 cluster_cidrs: vec!["10.244.0.0/16".into()],
-                encrypted_hosts: Vec::new(),
                 local_pods: 2,
                 pod_interfaces: 1,
                 counters: crate::bpf::VerdictCounters {

@@ -147,6 +147,11 @@ pub struct DaemonArgs {
 
 /// Default of `--mesh-mark` (109, like meshd's route protocol number).
 pub const DEFAULT_MESH_MARK: u32 = 109;
+/// Routing table holding host encryption's routes to peer node addresses.
+pub const HOST_TABLE: u32 = 109;
+/// Priority of the rule `not fwmark MESH_MARK lookup HOST_TABLE` (before the main table's
+/// 32766).
+pub const HOST_RULE_PRIORITY: u32 = 32700;
 /// Keepalive used with host encryption when none is configured: a live tunnel then shows
 /// received bytes at least this often, which is how a tunnel is judged up.
 const HOST_KEEPALIVE: u16 = 10;
@@ -232,6 +237,8 @@ struct Known {
     rx_seen: BTreeMap<PublicKey, (u64, std::time::Instant)>,
     /// Peers whose tunnel is up by that measure.
     live_peers: BTreeSet<PublicKey>,
+    /// Peer node addresses routed through the tunnel now (host encryption).
+    encrypted_hosts: BTreeSet<IpAddr>,
     /// This node's record changed (listen port): publish it.
     republish: bool,
 }
@@ -913,8 +920,7 @@ async fn reconcile_once(ctx: &Context, known: &mut Known) -> anyhow::Result<()> 
     // Stop redirecting departing CIDRs and hosts before their peers go.
     let stale = reconcile::redirects_kept(&redirects, &bpf.remotes().context("reading redirects")?);
     known.counters.map_ops += bpf.sync_remotes(&stale)? as u64;
-    let stale_hosts = reconcile::redirects_kept(&hosts, &bpf.hosts()?);
-    known.counters.map_ops += bpf.sync_hosts(&stale_hosts)? as u64;
+    sync_host_routes(ctx, known, &hosts, true).await?;
     sync_pods(ctx, &mut bpf, known)?;
     let plain_present: BTreeMap<IpNet, IpAddr> = ctx
         .routes
@@ -997,13 +1003,64 @@ async fn finish_pass(
             known.counters.route_ops += 1;
         }
     }
-    // Redirect new CIDRs and hosts only once their peers exist.
+    // Redirect new CIDRs and route hosts only once their peers exist.
     known.counters.map_ops += bpf.sync_remotes(redirects)? as u64;
-    known.counters.map_ops += bpf.sync_hosts(hosts)? as u64;
+    sync_host_routes(ctx, known, hosts, false).await?;
     if bpf.mode() != mode {
         bpf.set_mode(mode)?;
         tracing::info!(?mode, "underlay guard mode set");
     }
+    Ok(())
+}
+
+/// Host encryption's routing: `want` (peer node address → tunnel ifindex) as host routes in
+/// [`HOST_TABLE`], which the rule `not fwmark MESH_MARK lookup HOST_TABLE` puts before the
+/// main table for everything but the tunnel's own packets. Routing (rather than redirecting)
+/// gives the node's TCP the tunnel's MTU. `removals_only` applies just the removals (before
+/// peers go); otherwise routes are added (after peers exist) and the rule follows whether any
+/// route is wanted.
+async fn sync_host_routes(
+    ctx: &Context,
+    known: &mut Known,
+    want: &BTreeMap<IpAddr, u32>,
+    removals_only: bool,
+) -> anyhow::Result<()> {
+    let present: BTreeMap<IpAddr, u32> = ctx
+        .routes
+        .list_hosts_in(HOST_TABLE)
+        .await
+        .context("listing host-encryption routes")?
+        .into_iter()
+        .collect();
+    let (remove, add) = bpf::map_diff(want, &present);
+    for ip in remove {
+        ctx.routes.del_host_in(ip, present[&ip], HOST_TABLE).await?;
+        known.counters.route_ops += 1;
+    }
+    if removals_only {
+        known.encrypted_hosts.retain(|ip| want.contains_key(ip));
+        return Ok(());
+    }
+    if want.is_empty() {
+        ctx.routes
+            .remove_mark_rule(ctx.args.mesh_mark, HOST_TABLE, HOST_RULE_PRIORITY)
+            .await?;
+    } else {
+        ctx.routes
+            .ensure_mark_rule(ctx.args.mesh_mark, HOST_TABLE, HOST_RULE_PRIORITY)
+            .await?;
+    }
+    let me = ctx.me();
+    for (ip, ifindex) in add {
+        let src = me
+            .endpoints
+            .iter()
+            .find(|e| e.is_ipv4() == ip.is_ipv4())
+            .copied();
+        ctx.routes.add_host_in(ip, ifindex, src, HOST_TABLE).await?;
+        known.counters.route_ops += 1;
+    }
+    known.encrypted_hosts = want.keys().copied().collect();
     Ok(())
 }
 
@@ -1165,6 +1222,11 @@ async fn publish_status(
         encryption: ctx.live.read().await.encryption.to_string(),
         strict_mode: ctx.live.read().await.strict_mode,
         host_encryption: ctx.live.read().await.host_encryption,
+        encrypted_hosts: known
+            .encrypted_hosts
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
         key_created_unix: ctx.key_created_unix,
         datapath: match ctx.bpf.lock().await.report() {
             Ok(r) => Some(r),
@@ -1195,6 +1257,20 @@ async fn cleanup<R: Registry>(ctx: Context, registry: &R) {
                 tracing::warn!(%err, %dst, "removing route failed");
             }
         }
+    }
+    if let Ok(hosts) = ctx.routes.list_hosts_in(HOST_TABLE).await {
+        for (ip, oif) in hosts {
+            if let Err(err) = ctx.routes.del_host_in(ip, oif, HOST_TABLE).await {
+                tracing::warn!(%err, %ip, "removing host route failed");
+            }
+        }
+    }
+    if let Err(err) = ctx
+        .routes
+        .remove_mark_rule(ctx.args.mesh_mark, HOST_TABLE, HOST_RULE_PRIORITY)
+        .await
+    {
+        tracing::warn!(%err, "removing the host-encryption rule failed");
     }
     if let Err(err) = device.destroy().await {
         tracing::warn!(%err, "removing device failed");

@@ -114,7 +114,7 @@ impl Metrics {
         let verdicts = Family::<Labels, Counter>::default();
         registry.register(
             "datapath_verdicts",
-            "Packets by tc eBPF verdict (redirected, local, passed, strict_drop, would_drop, host_encrypted)",
+            "Packets by tc eBPF verdict (redirected, local, passed, strict_drop, would_drop)",
             verdicts.clone(),
         );
         let ops = Family::<Labels, Counter>::default();
@@ -180,9 +180,9 @@ impl Metrics {
                 set(&m.peer_rx.get_or_create(&l), p.rx_bytes);
                 set(&m.peer_tx.get_or_create(&l), p.tx_bytes);
             }
+            m.encrypted_hosts
+                .set(i64::try_from(s.encrypted_hosts.len()).unwrap_or(i64::MAX));
             if let Some(d) = &s.datapath {
-                m.encrypted_hosts
-                    .set(i64::try_from(d.encrypted_hosts.len()).unwrap_or(i64::MAX));
                 let c = &d.counters;
                 for (verdict, v) in [
                     ("redirected", c.redirected),
@@ -190,7 +190,6 @@ impl Metrics {
                     ("passed", c.passed),
                     ("strict_drop", c.strict_drops),
                     ("would_drop", c.would_drops),
-                    ("host_encrypted", c.host_encrypted),
                 ] {
                     set(
                         &m.verdicts.get_or_create(&labels(&[("verdict", verdict)])),
@@ -247,10 +246,7 @@ mod tests {
             tx_bytes: 5678,
         });
         s.counters.reconciles = 9;
-        if let Some(d) = s.datapath.as_mut() {
-            d.encrypted_hosts = vec!["198.18.0.12".into(), "fd00:198::12".into()];
-            d.counters.host_encrypted = 3;
-        }
+        s.encrypted_hosts = vec!["198.18.0.12".into(), "fd00:198::12".into()];
         s.key_created_unix = Some(
             SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -266,7 +262,6 @@ mod tests {
             "meshd_peer_receive_bytes_total{peer=\"n2\"} 1234",
             "meshd_peer_transmit_bytes_total{peer=\"n2\"} 5678",
             "meshd_datapath_verdicts_total{verdict=\"redirected\"} 5",
-            "meshd_datapath_verdicts_total{verdict=\"host_encrypted\"} 3",
             "meshd_encrypted_hosts 2",
             "meshd_operations_total{kind=\"reconcile\"} 9",
             "meshd_converged 1",

@@ -9,7 +9,8 @@ use ipnet::IpNet;
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
-use rtnetlink::{Handle, RouteMessageBuilder};
+use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage};
+use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
 
 use crate::links::{errno_of, table_of};
 
@@ -38,6 +39,15 @@ pub enum RouteError {
         dst: IpNet,
         /// The output interface (0 for blackhole routes).
         ifindex: u32,
+        /// The underlying error.
+        #[source]
+        source: Box<rtnetlink::Error>,
+    },
+    /// A policy rule operation failed.
+    #[error("{what} the policy rule for node-to-node encryption")]
+    Rule {
+        /// What was being done.
+        what: &'static str,
         /// The underlying error.
         #[source]
         source: Box<rtnetlink::Error>,
@@ -102,6 +112,36 @@ fn message(dst: IpNet, ifindex: Option<u32>) -> RouteMessage {
         msg.header.kind = RouteType::BlackHole;
     }
     msg
+}
+
+/// Builds `dst/32|128 dev ifindex [src src] proto 109 table table`.
+fn host_message(dst: IpAddr, ifindex: u32, src: Option<IpAddr>, table: u32) -> RouteMessage {
+    let proto = RouteProtocol::from(MESHD_ROUTE_PROTOCOL);
+    match dst {
+        IpAddr::V4(a) => {
+            let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(a, 32)
+                .output_interface(ifindex)
+                .scope(RouteScope::Link)
+                .table_id(table)
+                .protocol(proto);
+            if let Some(IpAddr::V4(s)) = src {
+                b = b.pref_source(s);
+            }
+            b.build()
+        }
+        IpAddr::V6(a) => {
+            let mut b = RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(a, 128)
+                .output_interface(ifindex)
+                .table_id(table)
+                .protocol(proto);
+            if let Some(IpAddr::V6(s)) = src {
+                b = b.pref_source(s);
+            }
+            b.build()
+        }
+    }
 }
 
 /// Builds `dst via gateway dev ifindex proto 109` (the plain routed path to another node).
@@ -174,6 +214,12 @@ impl Routes {
 
     /// Every route of the main table, both families, that carries meshd's protocol.
     async fn owned(&self, ifindex: u32) -> Result<Vec<RouteMessage>, RouteError> {
+        self.owned_in(u32::from(RouteHeader::RT_TABLE_MAIN), ifindex)
+            .await
+    }
+
+    /// Every route of `table`, both families, that carries meshd's protocol.
+    async fn owned_in(&self, table: u32, ifindex: u32) -> Result<Vec<RouteMessage>, RouteError> {
         let mut out = Vec::new();
         for q in [
             RouteMessageBuilder::<Ipv4Addr>::new().build(),
@@ -191,8 +237,7 @@ impl Routes {
                     source: Box::new(source),
                 })?;
             out.extend(routes.into_iter().filter(|r| {
-                u8::from(r.header.protocol) == MESHD_ROUTE_PROTOCOL
-                    && table_of(r) == u32::from(RouteHeader::RT_TABLE_MAIN)
+                u8::from(r.header.protocol) == MESHD_ROUTE_PROTOCOL && table_of(r) == table
             }));
         }
         Ok(out)
@@ -305,6 +350,144 @@ impl Routes {
     pub async fn del(&self, dst: IpNet, ifindex: u32) -> Result<(), RouteError> {
         tracing::debug!(%dst, ifindex, "deleting route");
         self.delete(message(dst, Some(ifindex)), dst, ifindex).await
+    }
+
+    /// Host routes (`/32`, `/128`) meshd holds in `table`: destination → output interface.
+    pub async fn list_hosts_in(&self, table: u32) -> Result<Vec<(IpAddr, u32)>, RouteError> {
+        Ok(self
+            .owned_in(table, 0)
+            .await?
+            .iter()
+            .filter(|r| r.header.kind == RouteType::Unicast)
+            .filter_map(|r| {
+                let dst = destination(r)?;
+                let oif = r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Oif(i) => Some(*i),
+                    _ => None,
+                })?;
+                (dst.prefix_len() == dst.max_prefix_len()).then_some((dst.addr(), oif))
+            })
+            .collect())
+    }
+
+    /// Adds (or replaces) `dst dev ifindex [src src] proto 109 table table`: a host route in
+    /// meshd's own table (node-to-node encryption), with `src` as the preferred source.
+    pub async fn add_host_in(
+        &self,
+        dst: IpAddr,
+        ifindex: u32,
+        src: Option<IpAddr>,
+        table: u32,
+    ) -> Result<(), RouteError> {
+        tracing::debug!(%dst, ifindex, ?src, table, "adding host route");
+        let net = IpNet::from(dst);
+        self.replace(host_message(dst, ifindex, src, table), net, ifindex)
+            .await
+    }
+
+    /// Deletes meshd's host route to `dst` in `table`; a missing route is not an error.
+    pub async fn del_host_in(
+        &self,
+        dst: IpAddr,
+        ifindex: u32,
+        table: u32,
+    ) -> Result<(), RouteError> {
+        tracing::debug!(%dst, ifindex, table, "deleting host route");
+        let net = IpNet::from(dst);
+        self.delete(host_message(dst, ifindex, None, table), net, ifindex)
+            .await
+    }
+
+    /// Makes sure `not fwmark MARK lookup TABLE pref PRIORITY` exists for both families:
+    /// every packet but the tunnel's own (marked) ones consults `table` first. Idempotent.
+    pub async fn ensure_mark_rule(
+        &self,
+        mark: u32,
+        table: u32,
+        priority: u32,
+    ) -> Result<(), RouteError> {
+        for v6 in [false, true] {
+            if self
+                .find_mark_rule(v6, mark, table, priority)
+                .await?
+                .is_some()
+            {
+                continue;
+            }
+            let req = self
+                .handle
+                .rule()
+                .add()
+                .fw_mark(mark)
+                .table_id(table)
+                .action(RuleAction::ToTable)
+                .priority(priority);
+            let result = if v6 {
+                let mut r = req.v6();
+                r.message_mut().header.flags |= RuleFlags::Invert;
+                r.execute().await
+            } else {
+                let mut r = req.v4();
+                r.message_mut().header.flags |= RuleFlags::Invert;
+                r.execute().await
+            };
+            result.map_err(|source| RouteError::Rule {
+                what: "adding",
+                source: Box::new(source),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Removes the rule [`Routes::ensure_mark_rule`] adds; a missing rule is not an error.
+    pub async fn remove_mark_rule(
+        &self,
+        mark: u32,
+        table: u32,
+        priority: u32,
+    ) -> Result<(), RouteError> {
+        for v6 in [false, true] {
+            if let Some(rule) = self.find_mark_rule(v6, mark, table, priority).await? {
+                self.handle
+                    .rule()
+                    .del(rule)
+                    .execute()
+                    .await
+                    .map_err(|source| RouteError::Rule {
+                        what: "deleting",
+                        source: Box::new(source),
+                    })?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn find_mark_rule(
+        &self,
+        v6: bool,
+        mark: u32,
+        table: u32,
+        priority: u32,
+    ) -> Result<Option<RuleMessage>, RouteError> {
+        let version = if v6 { IpVersion::V6 } else { IpVersion::V4 };
+        let rules: Vec<RuleMessage> = self
+            .handle
+            .rule()
+            .get(version)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|source| RouteError::Rule {
+                what: "listing",
+                source: Box::new(source),
+            })?;
+        Ok(rules.into_iter().find(|r| {
+            let has = |want: &RuleAttribute| r.attributes.iter().any(|a| a == want);
+            r.header.flags.contains(RuleFlags::Invert)
+                && has(&RuleAttribute::FwMark(mark))
+                && has(&RuleAttribute::Priority(priority))
+                && (has(&RuleAttribute::Table(table)) || u32::from(r.header.table) == table)
+        }))
     }
 
     /// Adds (or replaces) the fail-closed route `blackhole dst proto 109` in the main table.

@@ -18,13 +18,10 @@ pub enum Verdict {
     StrictDrop = 3,
     /// `underlay_egress`: cluster traffic outside WireGuard, allowed (permissive mode).
     WouldDrop = 4,
-    /// `underlay_egress`: host traffic to a peer node (`HOST_*`), redirected into the tunnel
-    /// (node-to-node encryption).
-    HostEncrypt = 5,
 }
 
 /// Number of entries in `VERDICTS`.
-pub const VERDICT_COUNT: u32 = 6;
+pub const VERDICT_COUNT: u32 = 5;
 
 /// `Config::mode`: drop cluster traffic that is not WireGuard.
 pub const MODE_ENFORCE: u32 = 0;
@@ -56,9 +53,6 @@ pub type Ipv6Addr = [u8; 16];
 pub type LocalMarker = u32;
 /// Value of `REMOTE_V4` / `REMOTE_V6`: ifindex of the tunnel (WireGuard) device.
 pub type TunnelIfindex = u32;
-/// Value of `HOST_V4` / `HOST_V6`: ifindex of the tunnel device a peer node's address is
-/// reached through (node-to-node encryption).
-pub type HostIfindex = u32;
 /// Value of `CLUSTER_V4` / `CLUSTER_V6` (presence is what matters; 1 by convention).
 pub type ClusterMarker = u32;
 
@@ -76,18 +70,13 @@ pub mod map_names {
     pub const CLUSTER_V4: &str = "CLUSTER_V4";
     /// LPM_TRIE `Key<[u8;16]>` -> 1.
     pub const CLUSTER_V6: &str = "CLUSTER_V6";
-    /// LPM_TRIE `Key<[u8;4]>` -> tunnel ifindex (peer node addresses, /32).
-    pub const HOST_V4: &str = "HOST_V4";
-    /// LPM_TRIE `Key<[u8;16]>` -> tunnel ifindex (peer node addresses, /128).
-    pub const HOST_V6: &str = "HOST_V6";
     /// ARRAY[1] of `Config`.
     pub const CONFIG: &str = "CONFIG";
-    /// PER_CPU_ARRAY[6] of u64, indexed by `Verdict`.
+    /// PER_CPU_ARRAY[5] of u64, indexed by `Verdict`.
     pub const VERDICTS: &str = "VERDICTS";
     /// All map names.
-    pub const ALL: [&str; 10] = [
-        REMOTE_V4, REMOTE_V6, LOCAL_V4, LOCAL_V6, CLUSTER_V4, CLUSTER_V6, HOST_V4, HOST_V6, CONFIG,
-        VERDICTS,
+    pub const ALL: [&str; 8] = [
+        REMOTE_V4, REMOTE_V6, LOCAL_V4, LOCAL_V6, CLUSTER_V4, CLUSTER_V6, CONFIG, VERDICTS,
     ];
 }
 

@@ -1,8 +1,7 @@
 //! `ebpf-redirect-ebpf` owns the tc BPF programs of meshd's datapath and their maps:
 //! `from_pod` (clsact ingress on a pod's host-side veth: redirect to the WireGuard device
 //! by LPM lookup) and `underlay_egress` (clsact egress on the node's underlay NIC: drop or
-//! count cluster traffic that bypasses WireGuard; with node-to-node encryption, redirect host
-//! traffic to peer nodes into the tunnel). Entry points only map the result of
+//! count cluster traffic that bypasses WireGuard). Entry points only map the result of
 //! `try_<prog>()` to a tc action; all logic lives in the `try_` functions.
 #![no_std]
 #![no_main]
@@ -15,8 +14,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use ebpf_redirect_common::{
-    ClusterMarker, Config, HostIfindex, Ipv4Addr, Ipv6Addr, LocalMarker, TunnelIfindex, Verdict,
-    MAX_CIDRS, MAX_LOCAL, MODE_PERMISSIVE, VERDICT_COUNT,
+    ClusterMarker, Config, Ipv4Addr, Ipv6Addr, LocalMarker, TunnelIfindex, Verdict, MAX_CIDRS,
+    MAX_LOCAL, MODE_PERMISSIVE, VERDICT_COUNT,
 };
 
 // All maps are pinned by name (LIBBPF_PIN_BY_NAME) so the loader can keep them in bpffs.
@@ -33,10 +32,6 @@ static CLUSTER_V4: LpmTrie<Ipv4Addr, ClusterMarker> = LpmTrie::pinned(MAX_CIDRS,
 #[map]
 static CLUSTER_V6: LpmTrie<Ipv6Addr, ClusterMarker> = LpmTrie::pinned(MAX_CIDRS, BPF_F_NO_PREALLOC);
 #[map]
-static HOST_V4: LpmTrie<Ipv4Addr, HostIfindex> = LpmTrie::pinned(MAX_CIDRS, BPF_F_NO_PREALLOC);
-#[map]
-static HOST_V6: LpmTrie<Ipv6Addr, HostIfindex> = LpmTrie::pinned(MAX_CIDRS, BPF_F_NO_PREALLOC);
-#[map]
 static CONFIG: Array<Config> = Array::pinned(1, 0);
 #[map]
 static VERDICTS: PerCpuArray<u64> = PerCpuArray::pinned(VERDICT_COUNT, 0);
@@ -46,10 +41,6 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
 const IPPROTO_UDP: u8 = 17;
 const UDP_HLEN: usize = 8;
-const IPPROTO_ICMPV6: u8 = 58;
-/// ICMPv6 router solicitation (133) through redirect (137): neighbour discovery.
-const ND_FIRST: u8 = 133;
-const ND_LAST: u8 = 137;
 
 #[inline(always)]
 fn is_wireguard(ctx: &TcContext, payload: usize) -> bool {
@@ -179,7 +170,7 @@ fn try_underlay_egress(ctx: &TcContext) -> Result<i32, i64> {
         // The tunnel's own ciphertext (every fragment of it carries the mark).
         return Ok(TC_ACT_OK);
     }
-    let (in_cluster, host, proto, l4) = match parse(ctx)? {
+    let (in_cluster, proto, l4) = match parse(ctx)? {
         Some(Ip::V4 {
             src,
             dst,
@@ -188,7 +179,6 @@ fn try_underlay_egress(ctx: &TcContext) -> Result<i32, i64> {
         }) => (
             CLUSTER_V4.get(Key::new(32, src)).is_some()
                 || CLUSTER_V4.get(Key::new(32, dst)).is_some(),
-            HOST_V4.get(Key::new(32, dst)).copied(),
             proto,
             l4,
         ),
@@ -200,12 +190,14 @@ fn try_underlay_egress(ctx: &TcContext) -> Result<i32, i64> {
         }) => (
             CLUSTER_V6.get(Key::new(128, src)).is_some()
                 || CLUSTER_V6.get(Key::new(128, dst)).is_some(),
-            HOST_V6.get(Key::new(128, dst)).copied(),
             proto,
             l4,
         ),
         None => return Ok(TC_ACT_OK),
     };
+    if !in_cluster {
+        return Ok(TC_ACT_OK);
+    }
     // WireGuard of this mesh leaves as it is: its first four bytes are a message type 1..=4
     // followed by three reserved zero bytes (a little-endian u32 of 1..=4). Anything else
     // sent to that port is plaintext like any other packet.
@@ -215,23 +207,6 @@ fn try_underlay_egress(ctx: &TcContext) -> Result<i32, i64> {
         if (sport == cfg.wg_port || dport == cfg.wg_port) && is_wireguard(ctx, l4 + UDP_HLEN) {
             return Ok(TC_ACT_OK);
         }
-    }
-    if let Some(ifindex) = host {
-        // Neighbour discovery belongs to the underlay link: a neighbour advertisement sent
-        // through the tunnel would never resolve the peer's address on the wire.
-        if proto == IPPROTO_ICMPV6 {
-            let icmp_type: u8 = ctx.load(l4)?;
-            if (ND_FIRST..=ND_LAST).contains(&icmp_type) {
-                return Ok(TC_ACT_OK);
-            }
-        }
-        // Node-to-node encryption: traffic to a peer node whose tunnel is up goes through it.
-        count(Verdict::HostEncrypt);
-        // SAFETY: plain BPF helper call; returns TC_ACT_REDIRECT on success.
-        return Ok(unsafe { bpf_redirect(ifindex, 0) } as i32);
-    }
-    if !in_cluster {
-        return Ok(TC_ACT_OK);
     }
     if cfg.mode == MODE_PERMISSIVE {
         count(Verdict::WouldDrop);

@@ -6,7 +6,7 @@
 //!
 //! Pin layout under `pin_dir`:
 //! * `REMOTE_V4`, `REMOTE_V6`, `LOCAL_V4`, `LOCAL_V6`, `CLUSTER_V4`, `CLUSTER_V6`,
-//!   `HOST_V4`, `HOST_V6`, `CONFIG`, `VERDICTS` - maps (pinned by name by the loader).
+//!   `CONFIG`, `VERDICTS` - maps (pinned by name by the loader).
 //! * `prog_from_pod`, `prog_underlay_egress` - programs.
 //! * `link_ingress_<ifname>`, `link_egress_<ifname>` - TCX links (kernel >= 6.6).
 //!
@@ -108,8 +108,6 @@ pub struct Datapath {
     local_v6: HashMap<MapData, [u8; 16], u32>,
     cluster_v4: LpmTrie<MapData, [u8; 4], u32>,
     cluster_v6: LpmTrie<MapData, [u8; 16], u32>,
-    host_v4: LpmTrie<MapData, [u8; 4], u32>,
-    host_v6: LpmTrie<MapData, [u8; 16], u32>,
     config: Array<MapData, Config>,
     verdicts: PerCpuArray<MapData, u64>,
 }
@@ -195,8 +193,6 @@ impl Datapath {
             local_v6: open_map(dir, mn::LOCAL_V6)?.try_into()?,
             cluster_v4: open_map(dir, mn::CLUSTER_V4)?.try_into()?,
             cluster_v6: open_map(dir, mn::CLUSTER_V6)?.try_into()?,
-            host_v4: open_map(dir, mn::HOST_V4)?.try_into()?,
-            host_v6: open_map(dir, mn::HOST_V6)?.try_into()?,
             config: open_map(dir, mn::CONFIG)?.try_into()?,
             verdicts: open_map(dir, mn::VERDICTS)?.try_into()?,
         })
@@ -382,8 +378,7 @@ impl Datapath {
 
     /// Sets the firewall mark the WireGuard devices put on their UDP packets (0: none).
     /// `underlay_egress` lets marked packets (the tunnel's ciphertext, every fragment of it)
-    /// pass unexamined. Set it before any `HOST_*` entry exists: without it, a fragment of
-    /// the tunnel's own traffic to a peer node would be redirected into the tunnel again.
+    /// pass unexamined.
     pub fn set_mesh_mark(&mut self, mark: u32) -> Result<()> {
         let mut config = self.config.get(&0, 0)?;
         config.mesh_mark = mark;
@@ -394,38 +389,6 @@ impl Datapath {
     /// The current `CONFIG` entry.
     pub fn config(&self) -> Result<Config> {
         Ok(self.config.get(&0, 0)?)
-    }
-
-    /// Sends host traffic to the peer node address `ip` through the tunnel `ifindex`
-    /// (node-to-node encryption).
-    pub fn set_host(&mut self, ip: IpAddr, ifindex: u32) -> Result<()> {
-        match ip {
-            IpAddr::V4(a) => self.host_v4.insert(&lpm_key(32, a.octets()), ifindex, 0)?,
-            IpAddr::V6(a) => self.host_v6.insert(&lpm_key(128, a.octets()), ifindex, 0)?,
-        }
-        Ok(())
-    }
-
-    /// Stops encrypting host traffic to `ip`. A missing entry is not an error.
-    pub fn remove_host(&mut self, ip: IpAddr) -> Result<()> {
-        absent_ok(match ip {
-            IpAddr::V4(a) => self.host_v4.remove(&lpm_key(32, a.octets())),
-            IpAddr::V6(a) => self.host_v6.remove(&lpm_key(128, a.octets())),
-        })
-    }
-
-    /// The peer node addresses whose host traffic is redirected, with the tunnel ifindex.
-    pub fn hosts(&self) -> Result<Vec<(IpAddr, u32)>> {
-        let mut out = Vec::new();
-        for item in self.host_v4.iter() {
-            let (k, v) = item?;
-            out.push((IpAddr::from(k.data()), v));
-        }
-        for item in self.host_v6.iter() {
-            let (k, v) = item?;
-            out.push((IpAddr::from(k.data()), v));
-        }
-        Ok(out)
     }
 
     /// The remote CIDRs currently in the maps, with the tunnel ifindex each points at.
