@@ -36,6 +36,8 @@ const MIN_DST: usize = 148;
 const HANDSHAKE_INIT: u8 = 1;
 /// Message type of a handshake response.
 const HANDSHAKE_RESP: u8 = 2;
+/// WireGuard message type of a cookie reply.
+const COOKIE_REPLY: u8 = 3;
 /// Message type of a data message.
 const DATA: u8 = 4;
 /// How long after the last traffic a peer keeps being ticked (boringtun's keepalive and
@@ -453,6 +455,14 @@ impl RxCtx {
             outbox.run_timers(t, to, peer, core, now);
         }
         let authenticated = match t.decapsulate(Some(from.ip()), d, dec) {
+            // Under load boringtun answers a handshake with a cookie reply before
+            // authenticating it: the sender proved nothing, so its address is not the
+            // peer's endpoint and no handshake happened.
+            TunnResult::WriteToNetwork(reply) if reply.first() == Some(&COOKIE_REPLY) => {
+                outbox.push_copy(from, reply, None, core, now);
+                core.stats.drop(DropReason::UnderLoad);
+                false
+            }
             TunnResult::WriteToNetwork(reply) => {
                 outbox.push_copy(from, reply, Some(peer), core, now);
                 if ty == HANDSHAKE_INIT || ty == HANDSHAKE_RESP {
