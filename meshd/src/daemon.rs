@@ -125,8 +125,9 @@ pub struct DaemonArgs {
     #[arg(long)]
     pub health_listen: Option<std::net::SocketAddr>,
     /// TUN queues of the user-space datapath, each with its own sealing thread; 0 = one per
-    /// CPU, at most 4.
-    #[arg(long, default_value_t = 0)]
+    /// CPU, at most 4. More than one only pays off with many flows: received packets are
+    /// written on queue 0, so the kernel sends each flow's replies through queue 0 too.
+    #[arg(long, default_value_t = 1)]
     pub wg_threads: usize,
     /// Node-to-node (host) encryption: this node's own traffic to peer nodes goes through
     /// the tunnel too, for each peer once its tunnel is proven up (see the README: it fails

@@ -124,8 +124,12 @@ pub fn run(cfg: &Config) -> Result<(), WgdpError> {
         }),
     ));
     let uapi = Arc::new(control::UapiSocket::bind(tun.name())?);
+    let txq = (0..tun.queues())
+        .map(|_| std::sync::Mutex::new(threads::TxQueue::new(tun.vnet_hdr())))
+        .collect();
     let rt = Arc::new(threads::Runtime {
         core,
+        txq,
         tun,
         stop: Default::default(),
         stop_fd: efd()?,

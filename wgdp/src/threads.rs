@@ -5,7 +5,7 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -16,6 +16,7 @@ use crate::datapath::{tick, Outbox, RxCtx, TxCtx, HEADROOM, MAX_PACKET};
 use crate::device::{lock, Core};
 use crate::sys::RecvBatch;
 use crate::tun::Tun;
+use crate::udp::Sockets;
 
 /// Messages per `recvmmsg`.
 const RX_SLOTS: usize = 8;
@@ -23,6 +24,13 @@ const RX_SLOTS: usize = 8;
 const TX_BATCH: usize = 32;
 /// `recvmmsg` calls on one socket before the others get a turn.
 const RX_ROUNDS: usize = 16;
+/// TUN reads the receive thread does on a queue after its own TUN writes.
+const PICKUP_BUDGET: usize = 8;
+/// The receive thread picks up replies only after writing at most this many packets to the
+/// TUN: a lone request (a ping, an RPC) whose reply would otherwise wait for the wake-up of
+/// the queue's thread. After bigger batches (bulk traffic) the queue threads are awake and
+/// busy anyway.
+const PICKUP_AFTER: u64 = 2;
 
 /// What the threads share.
 pub struct Runtime {
@@ -36,6 +44,8 @@ pub struct Runtime {
     pub stop_fd: EventFd,
     /// Readable after the sockets were replaced.
     pub rebind_fd: Arc<EventFd>,
+    /// The sending side of each TUN queue (one per queue).
+    pub txq: Vec<Mutex<TxQueue>>,
 }
 
 impl Runtime {
@@ -67,21 +77,61 @@ fn wait_readable(fds: &[BorrowedFd<'_>], timeout: PollTimeout) -> Vec<bool> {
     }
 }
 
-/// TUN queue `q` → peers.
-pub fn tun_reader(rt: &Runtime, q: usize) {
+/// The sending side of one TUN queue: its read buffer, its sealing context and the sockets
+/// it sends with. Whoever holds it (the queue's own thread, or the receive thread picking up
+/// what its TUN writes just produced) reads the queue and sends everything it read before
+/// letting go, so the packets of a queue leave in the order they were read.
+pub struct TxQueue {
+    buf: Vec<u8>,
+    tx: TxCtx,
+    sockets: Option<Arc<Sockets>>,
+}
+
+impl std::fmt::Debug for TxQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TxQueue").field("tx", &self.tx).finish()
+    }
+}
+
+impl TxQueue {
+    /// A queue sender for a TUN with (`vnet`) or without virtio-net headers.
+    pub fn new(vnet: bool) -> Self {
+        TxQueue {
+            buf: vec![0u8; MAX_PACKET + 64],
+            tx: TxCtx::new(vnet),
+            sockets: None,
+        }
+    }
+}
+
+/// How a [`drain`] ended.
+enum Drained {
+    /// The queue is empty (everything read was sent).
+    Empty,
+    /// `budget` reads were done (everything read was sent); more may wait.
+    Budget,
+    /// The TUN failed.
+    Failed(io::Error),
+}
+
+/// Reads TUN queue `q` until it is empty or `budget` packets were read, sealing and sending
+/// all of it.
+fn drain(rt: &Runtime, q: usize, txq: &mut TxQueue, budget: usize) -> Drained {
     let core = &*rt.core;
-    let vnet = rt.tun.vnet_hdr();
-    let mut buf = vec![0u8; MAX_PACKET + 64];
-    let mut tx = TxCtx::new(vnet);
-    let mut sockets = None;
-    while !rt.stopping() {
-        match rt.tun.read(q, &mut buf) {
-            Ok(0) => {}
+    let TxQueue { buf, tx, sockets } = txq;
+    let mut reads = 0;
+    let end = loop {
+        if reads >= budget {
+            break Drained::Budget;
+        }
+        match rt.tun.read(q, buf) {
+            Ok(0) => reads += 1,
             Ok(n) => {
+                reads += 1;
                 let st = core.read();
-                if !same(&sockets, &st.sockets) {
+                if !same(sockets, &st.sockets) {
                     tx.outbox.flush(core, sockets.as_deref());
-                    sockets = st.sockets.clone();
+                    *sockets = st.sockets.clone();
                 }
                 tx.handle_tun_read(core, &st, &buf[..n], sockets.as_deref());
                 drop(st);
@@ -89,16 +139,41 @@ pub fn tun_reader(rt: &Runtime, q: usize) {
                     tx.outbox.flush(core, sockets.as_deref());
                 }
             }
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                tx.outbox.flush(core, sockets.as_deref());
-                // Sockets replaced by a rebind must close now, not at the next packet.
-                sockets = None;
-                wait_readable(&[rt.tun.queue(q), rt.stop_fd.as_fd()], PollTimeout::NONE);
-            }
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => break Drained::Empty,
             Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-            Err(err) => {
-                tracing::error!(%err, queue = q, "TUN read failed; stopping this queue");
-                return;
+            Err(err) => break Drained::Failed(err),
+        }
+    };
+    tx.outbox.flush(core, sockets.as_deref());
+    // Sockets replaced by a rebind must close now, not at the next packet.
+    *sockets = None;
+    end
+}
+
+/// TUN queue `q` → peers.
+pub fn tun_reader(rt: &Runtime, q: usize) {
+    while !rt.stopping() {
+        let end = match rt.txq.get(q) {
+            Some(m) => drain(rt, q, &mut lock(m), usize::MAX),
+            None => return,
+        };
+        if let Drained::Failed(err) = end {
+            tracing::error!(%err, queue = q, "TUN read failed; stopping this queue");
+            return;
+        }
+        wait_readable(&[rt.tun.queue(q), rt.stop_fd.as_fd()], PollTimeout::NONE);
+    }
+}
+
+/// Called by the receive thread after it wrote to the TUN: what those writes produced at
+/// once (a ping's reply, TCP ACKs) is usually waiting in a TUN queue already, and is sent
+/// from here rather than after waking that queue's thread. Queues busy with their own
+/// thread are left to it.
+fn pick_up_replies(rt: &Runtime) {
+    for (q, m) in rt.txq.iter().enumerate() {
+        if let Ok(mut txq) = m.try_lock() {
+            if let Drained::Failed(err) = drain(rt, q, &mut txq, PICKUP_BUDGET) {
+                tracing::trace!(%err, queue = q, "TUN read failed");
             }
         }
     }
@@ -152,6 +227,9 @@ pub fn udp_receiver(rt: &Runtime) {
                         }
                         drop(st);
                         rx.flush(core, Some(&rt.tun), Some(&sockets));
+                        if rx.delivered > 0 && rx.delivered <= PICKUP_AFTER {
+                            pick_up_replies(rt);
+                        }
                     }
                     Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
                     Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
