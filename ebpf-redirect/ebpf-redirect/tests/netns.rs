@@ -304,7 +304,22 @@ fn udp_payload_passes(
     to: SocketAddr,
     payload: &[u8],
 ) -> bool {
+    udp_marked_passes(tx_ns, from, rx, to, payload, None)
+}
+
+/// Like [`udp_payload_passes`], sending from a socket with `SO_MARK` `mark`.
+fn udp_marked_passes(
+    tx_ns: &str,
+    from: SocketAddr,
+    rx: &UdpSocket,
+    to: SocketAddr,
+    payload: &[u8],
+    mark: Option<u32>,
+) -> bool {
     let tx = in_netns(tx_ns, || UdpSocket::bind(from).expect("bind sender"));
+    if let Some(mark) = mark {
+        nix::sys::socket::setsockopt(&tx, nix::sys::socket::sockopt::Mark, &mark).expect("SO_MARK");
+    }
     tx.send_to(payload, to).expect("send");
     rx.set_read_timeout(Some(Duration::from_millis(700)))
         .unwrap();
@@ -322,6 +337,7 @@ fn underlay_strict_and_permissive_v4_v6() {
         return;
     }
     const WG: u16 = 51820;
+    const MESH_MARK: u32 = 109;
     let g = Guard::new("s", &["a", "b"]);
     let (a, b) = (g.ns(0).to_string(), g.ns(1).to_string());
     run(&[
@@ -396,6 +412,24 @@ fn underlay_strict_and_permissive_v4_v6() {
             c3[STRICT_DROP] > c2[STRICT_DROP],
             "{fam}: wg-port plaintext not counted"
         );
+        // The tunnel's own packets carry the mesh mark and pass unexamined (fragments of
+        // ciphertext have no header to recognise); another mark does not.
+        dp.set_mesh_mark(MESH_MARK).unwrap();
+        assert_eq!(dp.config().unwrap().mode, 0, "set_mesh_mark kept the mode");
+        assert!(
+            udp_marked_passes(&a, ip(pod_a, 0), &rx, ip(peer, 9999), b"x", Some(MESH_MARK)),
+            "{fam}: a packet with the mesh mark was dropped"
+        );
+        assert!(
+            !udp_marked_passes(&a, ip(pod_a, 0), &rx, ip(peer, 9999), b"x", Some(7)),
+            "{fam}: a packet with another mark leaked"
+        );
+        dp.set_mesh_mark(0).unwrap();
+        assert!(
+            !udp_marked_passes(&a, ip(pod_a, 0), &rx, ip(peer, 9999), b"x", Some(MESH_MARK)),
+            "{fam}: with no mesh mark configured, a marked packet leaked"
+        );
+        let c3 = dp.counters().unwrap();
         // permissive: passes, WOULD_DROP rises
         dp.set_config(WG, Mode::Permissive).unwrap();
         assert!(
