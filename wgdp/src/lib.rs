@@ -22,6 +22,8 @@ pub mod allowed_ips;
 pub mod control;
 pub mod datapath;
 pub mod device;
+#[cfg(test)]
+mod forged_tests;
 pub mod fuzzing;
 pub mod stats;
 mod sys;
