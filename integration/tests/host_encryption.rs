@@ -71,6 +71,26 @@ fn host_ping(ns: &str, dst: &str, count: u32) -> bool {
     .is_ok_and(|o| o.status.success())
 }
 
+/// Run `traffic` while the lab's underlay is captured to `pcap`; the capture's analysis, with
+/// the canary as marker.
+fn captured(
+    lab: &integration::LabStatus,
+    pcap: &std::path::Path,
+    traffic: impl FnOnce(),
+) -> integration::capture::CaptureReport {
+    let capture = Capture::start(&lab.capture.namespace, &lab.capture.interface, pcap).unwrap();
+    traffic();
+    std::thread::sleep(Duration::from_millis(300));
+    analyse(
+        &capture.stop().unwrap(),
+        &CapturePolicy {
+            markers: vec![CANARY.to_vec()],
+            ..lab.capture_policy()
+        },
+    )
+    .unwrap()
+}
+
 /// Resumes a stopped process when dropped (so a failing test never leaves meshd frozen).
 struct Thaw(String);
 
@@ -113,44 +133,39 @@ fn host_traffic_is_encrypted_fails_open_when_the_tunnel_breaks_and_heals() {
 
     // Node-to-node traffic, both families, while the underlay is captured.
     let dir = tempfile::tempdir().unwrap();
-    let pcap = dir.path().join("host.pcap");
     let typed = lab.status().unwrap();
-    let capture =
-        Capture::start(&typed.capture.namespace, &typed.capture.interface, &pcap).unwrap();
-    assert!(
-        host_ping(&n1_ns, &n2_v4, 10),
-        "host ping v4 through the tunnel"
-    );
-    assert!(
-        host_ping(&n1_ns, &n2_v6, 10),
-        "host ping v6 through the tunnel"
-    );
-    // Bulk TCP between the nodes, both families: the routes through the tunnel give TCP the
-    // tunnel's MTU, so full-size segments fit.
-    for (port, dst) in [(7100, &n2_v4), (7101, &n2_v6)] {
-        let from = integration::LabPod {
-            name: "n1-host".into(),
-            node: "n1".into(),
-            namespace: n1_ns.clone(),
-            ..Default::default()
-        };
-        let ok =
-            integration::verify::tcp_transfer(&from, &n2_ns, dst.parse().unwrap(), port, 4 << 20)
-                .unwrap();
+    let report = captured(&typed, &dir.path().join("host.pcap"), || {
         assert!(
-            ok,
-            "4 MiB over TCP from n1 to n2 ({dst}) through the tunnel"
+            host_ping(&n1_ns, &n2_v4, 10),
+            "host ping v4 through the tunnel"
         );
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    let report = analyse(
-        &capture.stop().unwrap(),
-        &CapturePolicy {
-            markers: vec![CANARY.to_vec()],
-            ..typed.capture_policy()
-        },
-    )
-    .unwrap();
+        assert!(
+            host_ping(&n1_ns, &n2_v6, 10),
+            "host ping v6 through the tunnel"
+        );
+        // Bulk TCP between the nodes, both families: the routes through the tunnel give TCP the
+        // tunnel's MTU, so full-size segments fit.
+        for (port, dst) in [(7100, &n2_v4), (7101, &n2_v6)] {
+            let from = integration::LabPod {
+                name: "n1-host".into(),
+                node: "n1".into(),
+                namespace: n1_ns.clone(),
+                ..Default::default()
+            };
+            let ok = integration::verify::tcp_transfer(
+                &from,
+                &n2_ns,
+                dst.parse().unwrap(),
+                port,
+                4 << 20,
+            )
+            .unwrap();
+            assert!(
+                ok,
+                "4 MiB over TCP from n1 to n2 ({dst}) through the tunnel"
+            );
+        }
+    });
     assert_eq!(report.marker_hit_count, 0, "{}", report.summary());
     assert!(report.wireguard_packets >= 40, "{}", report.summary());
     let st = lab.status_json().unwrap();
@@ -184,19 +199,9 @@ fn host_traffic_is_encrypted_fails_open_when_the_tunnel_breaks_and_heals() {
         |s| !encrypted_hosts(s, 0).contains(&n2_v4),
     )
     .unwrap();
-    let pcap = dir.path().join("open.pcap");
-    let capture =
-        Capture::start(&typed.capture.namespace, &typed.capture.interface, &pcap).unwrap();
-    host_ping(&n1_ns, &n2_v4, 3);
-    std::thread::sleep(Duration::from_millis(300));
-    let report = analyse(
-        &capture.stop().unwrap(),
-        &CapturePolicy {
-            markers: vec![CANARY.to_vec()],
-            ..typed.capture_policy()
-        },
-    )
-    .unwrap();
+    let report = captured(&typed, &dir.path().join("open.pcap"), || {
+        host_ping(&n1_ns, &n2_v4, 3);
+    });
     assert!(
         report.marker_hit_count >= 3,
         "n1 failed open: its pings cross in clear: {}",

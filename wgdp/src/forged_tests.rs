@@ -18,25 +18,17 @@ use blake2::{Blake2s256, Blake2sMac, Digest};
 use chacha20poly1305::aead::consts::U16;
 use chacha20poly1305::aead::{Aead, Payload};
 use chacha20poly1305::ChaCha20Poly1305;
-use defguard_boringtun::noise::{Tunn, TunnResult};
 use defguard_boringtun::x25519::{PublicKey, StaticSecret};
 
-use crate::datapath::RxCtx;
 use crate::device::{Core, Peer};
-use crate::fuzzing::{DEVICE_KEY, PEER_KEY};
+use crate::fuzzing::{device_with_session, peer_addr, DEVICE_KEY, PEER_KEY};
 use crate::stats::DropReason;
-use crate::uapi::{parse_request, Key, Request};
 
 const CONSTRUCTION: &[u8] = b"Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s";
 const IDENTIFIER: &[u8] = b"WireGuard v1 zx2c4 Jason@zx2c4.com";
 const LABEL_MAC1: &[u8] = b"mac1----";
 /// WireGuard message type of a cookie reply.
 const COOKIE_REPLY: u8 = 3;
-
-/// The peer's configured (and, after the handshake, authenticated) endpoint.
-fn peer_addr() -> SocketAddr {
-    SocketAddr::from(([192, 0, 2, 2], 51820))
-}
 
 /// Where the attacker sends from.
 fn attacker_addr() -> SocketAddr {
@@ -115,52 +107,6 @@ fn forged_initiation(
     msg.extend_from_slice(&[0u8; 16]);
     assert_eq!(msg.len(), 148);
     msg
-}
-
-/// A device core with the harness's keys, one peer at [`peer_addr`] and a session
-/// established by a real handshake with a remote boringtun.
-fn device_with_session() -> (Core, RxCtx, Box<Tunn>) {
-    let core = Core::new(None, Box::new(|| {}));
-    let peer_public = PublicKey::from(&StaticSecret::from(PEER_KEY));
-    let req = format!(
-        "set=1\nprivate_key={}\npublic_key={}\nendpoint={}\nallowed_ip=10.0.0.0/8\n",
-        Key(DEVICE_KEY).to_hex(),
-        Key(*peer_public.as_bytes()).to_hex(),
-        peer_addr()
-    );
-    let Ok(Request::Set(set)) = parse_request(req.lines()) else {
-        panic!("bad set request");
-    };
-    core.apply(&set).expect("configuring the device");
-    let mut rx = RxCtx::new(true, true, true);
-    let device_public = PublicKey::from(&StaticSecret::from(DEVICE_KEY));
-    let mut remote = Box::new(Tunn::new(
-        StaticSecret::from(PEER_KEY),
-        device_public,
-        None,
-        None,
-        7,
-        None,
-    ));
-    let mut buf = vec![0u8; 2048];
-    let TunnResult::WriteToNetwork(init) = remote.format_handshake_initiation(&mut buf, false)
-    else {
-        panic!("remote made no initiation");
-    };
-    let init = init.to_vec();
-    let st = core.read();
-    rx.handle_datagram(&core, &st, peer_addr(), &init);
-    let replies: Vec<Vec<u8>> = rx.outbox.datagrams().map(|(_, d)| d.to_vec()).collect();
-    rx.flush(&core, None, None);
-    for reply in replies {
-        if let TunnResult::WriteToNetwork(ka) = remote.decapsulate(None, &reply, &mut buf) {
-            let ka = ka.to_vec();
-            rx.handle_datagram(&core, &st, peer_addr(), &ka);
-        }
-    }
-    rx.flush(&core, None, None);
-    drop(st);
-    (core, rx, remote)
 }
 
 fn the_peer(core: &Core) -> Arc<Peer> {

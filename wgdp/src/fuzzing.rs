@@ -24,7 +24,7 @@ pub const DEVICE_KEY: [u8; 32] = [0x11; 32];
 pub const PEER_KEY: [u8; 32] = [0x22; 32];
 
 /// Where the harness's datagrams come from (the peer's endpoint).
-fn peer_addr() -> SocketAddr {
+pub(crate) fn peer_addr() -> SocketAddr {
     SocketAddr::from(([192, 0, 2, 2], 51820))
 }
 
@@ -36,7 +36,10 @@ struct Harness {
     _remote: Box<Tunn>,
 }
 
-fn build() -> Harness {
+/// A fresh device core with the harness's keys, one peer at [`peer_addr`] (allowed IPs
+/// `10.0.0.0/8`, `fd00::/8`), an RX context, and a session established by a real handshake
+/// with a remote boringtun (returned, so its session stays valid).
+pub(crate) fn device_with_session() -> (Core, RxCtx, Box<Tunn>) {
     let core = Core::new(None, Box::new(|| {}));
     let peer_public = PublicKey::from(&StaticSecret::from(PEER_KEY));
     let req = format!(
@@ -48,7 +51,6 @@ fn build() -> Harness {
     if let Ok(Request::Set(set)) = parse_request(req.lines()) {
         let _ = core.apply(&set);
     }
-    let mut tx = TxCtx::new(true);
     let mut rx = RxCtx::new(true, true, true);
     // Handshake: the remote initiates, the device answers, the remote confirms.
     let device_public = PublicKey::from(&StaticSecret::from(DEVICE_KEY));
@@ -75,10 +77,14 @@ fn build() -> Harness {
         }
         rx.flush(&core, None, None);
     }
-    tx.outbox.flush(&core, None);
+    (core, rx, remote)
+}
+
+fn build() -> Harness {
+    let (core, rx, remote) = device_with_session();
     Harness {
         core,
-        tx,
+        tx: TxCtx::new(true),
         rx,
         _remote: remote,
     }
