@@ -60,6 +60,8 @@ impl Harness {
     pub fn new(bin_dir: &Path) -> anyhow::Result<Harness> {
         let started = Instant::now();
         let kernel = kernel::ensure_kernel()?;
+        // A harness kept in a `static` is never dropped: sweep what dead processes left.
+        qemu::sweep_stale_scratch();
         let work = qemu::scratch_dir("meshd-vm-base")?;
         let base = initramfs::build_base(&kernel, bin_dir, &work)?;
         tracing::info!(

@@ -309,6 +309,32 @@ pub fn scratch_dir(prefix: &str) -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
+/// Removes scratch directories (`meshd-vm-*-PID-...`) of processes that no longer exist:
+/// a harness held for a whole test process is never dropped, and a killed run drops nothing.
+pub fn sweep_stale_scratch() {
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(pid) = scratch_owner(name) {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+}
+
+/// The PID in a scratch directory's name `meshd-vm-<name>-<pid>-<n>-<nanos>`.
+fn scratch_owner(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix("meshd-vm-")?;
+    let mut parts = rest.rsplitn(4, '-');
+    let (_nanos, _n, pid) = (parts.next()?, parts.next()?, parts.next()?);
+    parts.next()?;
+    pid.parse().ok()
+}
+
 /// Boots `kernel` with `base` plus `script` as `/scenario.sh` and waits for the guest to
 /// power off (or the timeout). Errors only when qemu cannot be run at all; what the guest
 /// did is in the returned [`VmRun`].
@@ -408,6 +434,22 @@ pub fn run_scenario(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scratch_owner_reads_the_pid_and_sweep_spares_live_processes() {
+        assert_eq!(scratch_owner("meshd-vm-base-4906-0-2df67bfe"), Some(4906));
+        assert_eq!(scratch_owner("meshd-vm-two-nodes-17-3-0000abcd"), Some(17));
+        assert_eq!(scratch_owner("meshd-vm-base"), None);
+        assert_eq!(scratch_owner("other-1-2-3"), None);
+        // Ours survives a sweep (this process is alive); a dead PID's is removed.
+        let mine = scratch_dir("meshd-vm-sweeptest").expect("scratch dir");
+        let dead = std::env::temp_dir().join("meshd-vm-sweeptest-4294967-0-00000000");
+        fs::create_dir_all(&dead).expect("dead dir");
+        sweep_stale_scratch();
+        assert!(mine.exists());
+        assert!(!dead.exists());
+        fs::remove_dir_all(&mine).expect("remove");
+    }
 
     #[test]
     fn results_are_parsed() {

@@ -135,8 +135,9 @@ fn send_canary(netns: &str, to: SocketAddr, canary: &str, count: u32) -> anyhow:
 }
 
 fn prove(st: &LabStatus, report: &mut Report) -> anyhow::Result<()> {
-    let dir = tempfile_dir()?;
-    let pcap = dir.join("evidence.pcap");
+    // Removed when `prove` returns, whichever way it returns.
+    let dir = capture_dir()?;
+    let pcap = dir.path().join("evidence.pcap");
     let mut dump = Command::new("ip")
         .args([
             "netns",
@@ -221,12 +222,17 @@ fn prove(st: &LabStatus, report: &mut Report) -> anyhow::Result<()> {
             ),
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
-fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("meshd-audit-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+/// A private scratch directory for the capture, readable by tcpdump's unprivileged user.
+fn capture_dir() -> anyhow::Result<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::Builder::new()
+        .prefix("meshd-audit-")
+        .tempdir()
+        .context("creating the capture directory")?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+        .context("opening the capture directory to tcpdump")?;
     Ok(dir)
 }
