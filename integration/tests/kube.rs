@@ -65,6 +65,7 @@ impl Cluster {
             listen_port: 51820,
             endpoints: addressing.endpoints,
             pod_cidrs: addressing.pod_cidrs,
+            rotation: Default::default(),
         }
     }
 }

@@ -24,6 +24,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Name of the private key file inside the state directory.
 pub const KEY_FILE: &str = "private.key";
+/// The key file of the node's second key slot (key rotation), next to [`KEY_FILE`].
+pub const SECOND_KEY_FILE: &str = "private-2.key";
 
 /// Errors from parsing, loading or storing keys.
 #[derive(Debug, thiserror::Error)]
@@ -225,6 +227,14 @@ pub enum KeyOrigin {
 /// replaced: unreadable → [`KeyError::Read`], invalid content → [`KeyError::Corrupt`]. A key
 /// file with permissions looser than `0600` is tightened to `0600` (with a warning).
 pub fn load_or_generate(state_dir: &Path) -> Result<(PrivateKey, KeyOrigin), KeyError> {
+    load_or_generate_file(state_dir, KEY_FILE)
+}
+
+/// [`load_or_generate`] for the key file `file_name` in `state_dir` (e.g. [`SECOND_KEY_FILE`]).
+pub fn load_or_generate_file(
+    state_dir: &Path,
+    file_name: &str,
+) -> Result<(PrivateKey, KeyOrigin), KeyError> {
     if !state_dir.is_dir() {
         DirBuilder::new()
             .recursive(true)
@@ -235,7 +245,7 @@ pub fn load_or_generate(state_dir: &Path) -> Result<(PrivateKey, KeyOrigin), Key
                 source,
             })?;
     }
-    let path = state_dir.join(KEY_FILE);
+    let path = state_dir.join(file_name);
     match fs::read(&path) {
         Ok(content) => {
             let key = parse_key_file(&path, &content)?;

@@ -15,6 +15,8 @@
 //! * [`peers`]: pure functions from records to the desired peer set
 //!   ([`peers::compute_peers`], with conflict detection) and to the minimal operations
 //!   ([`peers::diff_peers`]) against what a device has programmed.
+//! * [`slots`]: the two key slots every node runs for loss-free key rotation, and which one
+//!   a pair of nodes uses ([`slots::pair_slot`]).
 //! * [`registry`]: the [`Registry`] trait through which records are exchanged, and the
 //!   directory-backed [`DirRegistry`] (inotify-watched) and the Kubernetes-backed
 //!   [`KubeRegistry`] (records as `Node` annotations).
@@ -23,6 +25,7 @@ pub mod key;
 pub mod peers;
 pub mod record;
 pub mod registry;
+pub mod slots;
 
 /// The Kubernetes API types matching [`kube`] (`Node`, `ConfigMap`…), re-exported likewise.
 pub use ::k8s_openapi;

@@ -257,6 +257,7 @@ mod tests {
             listen_port: 51820 + u16::from(k),
             endpoints: endpoints.iter().map(|e| e.parse().unwrap()).collect(),
             pod_cidrs: cidrs.iter().map(|c| net(c)).collect(),
+            rotation: Default::default(),
         }
     }
 
@@ -743,6 +744,7 @@ mod tests {
                     listen_port: 51820,
                     endpoints: vec!["198.18.0.1".parse().unwrap()],
                     pod_cidrs: c.clone(),
+                    rotation: Default::default(),
                 })
                 .collect();
             let me = &records[0];

@@ -21,10 +21,22 @@
 //! * `podCIDRs` (required, may be empty): the node's pod networks in canonical CIDR form (no
 //!   host bits set), any mix of IPv4 and IPv6.
 //!
+//! Optional fields (key rotation, make-before-break over two key slots; omitted when empty, so a
+//! record without them is byte-identical to what earlier meshd versions wrote):
+//!
+//! * `secondKey` and `secondPort` (together): the node's second key slot, a second WireGuard
+//!   device with its own key and port. Peers keep a tunnel to each slot.
+//! * `rotation` (object `{"serial":N,"draining":S}`): a key rotation in progress. `serial`
+//!   (≥ 1) changes with every step; `draining` (0, 1 or absent) is the slot peers must stop
+//!   sending on, because its key is about to be replaced.
+//! * `acks` (object node name → serial): the rotation steps of other nodes this node has
+//!   applied. A rotating node moves to its next step only once every peer acknowledged.
+//!
 //! Unknown extra fields are ignored, so version 1 can grow optional fields compatibly.
 //! [`NodeRecord::to_json`] writes compact JSON with the fields in the order above, so equal
 //! records always serialise to identical bytes.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -62,6 +74,58 @@ pub struct NodeRecord {
     pub endpoints: Vec<IpAddr>,
     /// The node's pod networks.
     pub pod_cidrs: Vec<IpNet>,
+    /// The second key slot and the key-rotation handshake (empty from an older meshd).
+    pub rotation: Rotation,
+}
+
+/// One key slot of a node beyond the first: the key and port of its second device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SlotKey {
+    /// The slot's WireGuard public key.
+    pub public_key: PublicKey,
+    /// The slot's WireGuard UDP listen port.
+    pub listen_port: u16,
+}
+
+/// A step of a key rotation in progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct RotationStep {
+    /// Changes (grows) with every step; peers acknowledge it.
+    pub serial: u64,
+    /// The slot peers must not send on (its key is about to be or was just replaced).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub draining: Option<u8>,
+}
+
+/// Key-rotation fields of a record (see the module docs).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rotation {
+    /// The second key slot; `None` from a meshd that has only one.
+    pub second: Option<SlotKey>,
+    /// The step of this node's rotation in progress; `None` when idle.
+    pub step: Option<RotationStep>,
+    /// Other nodes' rotation serials this node has applied, by node name.
+    pub acks: BTreeMap<String, u64>,
+}
+
+impl NodeRecord {
+    /// The key and port of `slot` (0 or 1); `None` when the node has no such slot.
+    pub fn slot(&self, slot: u8) -> Option<SlotKey> {
+        match slot {
+            0 => Some(SlotKey {
+                public_key: self.public_key,
+                listen_port: self.listen_port,
+            }),
+            1 => self.rotation.second,
+            _ => None,
+        }
+    }
+
+    /// The slot this node asks peers not to send on, if any.
+    pub fn draining(&self) -> Option<u8> {
+        self.rotation.step.and_then(|s| s.draining)
+    }
 }
 
 /// Serialisation shape; field order defines the byte-stable output.
@@ -75,6 +139,14 @@ struct Wire<'a> {
     endpoints: &'a [IpAddr],
     #[serde(rename = "podCIDRs")]
     pod_cidrs: &'a [IpNet],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    second_key: Option<&'a PublicKey>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    second_port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rotation: Option<&'a RotationStep>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    acks: &'a BTreeMap<String, u64>,
 }
 
 /// Whether `name` is a DNS-1123 subdomain.
@@ -99,6 +171,10 @@ impl NodeRecord {
             listen_port: self.listen_port,
             endpoints: &self.endpoints,
             pod_cidrs: &self.pod_cidrs,
+            second_key: self.rotation.second.as_ref().map(|s| &s.public_key),
+            second_port: self.rotation.second.map(|s| s.listen_port),
+            rotation: self.rotation.step.as_ref(),
+            acks: &self.rotation.acks,
         };
         // Only strings, integers and arrays of Display-able values: serialisation cannot fail.
         serde_json::to_string(&wire)
@@ -165,6 +241,21 @@ impl NodeRecord {
         let endpoints =
             parse_endpoints(obj.get("endpoints")).map_err(|r| fail(node, "endpoints", r))?;
         let pod_cidrs = parse_cidrs(obj.get("podCIDRs")).map_err(|r| fail(node, "podCIDRs", r))?;
+        let second = match (obj.get("secondKey"), obj.get("secondPort")) {
+            (None, None) => None,
+            (key, port) => Some(SlotKey {
+                public_key: parse_public_key(key).map_err(|r| fail(node, "secondKey", r))?,
+                listen_port: parse_port(port).map_err(|r| fail(node, "secondPort", r))?,
+            }),
+        };
+        let step = match obj.get("rotation") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(parse_step(v).map_err(|r| fail(node, "rotation", r))?),
+        };
+        let acks = match obj.get("acks") {
+            None | Some(Value::Null) => BTreeMap::new(),
+            Some(v) => parse_acks(v).map_err(|r| fail(node, "acks", r))?,
+        };
 
         Ok(NodeRecord {
             name,
@@ -172,6 +263,7 @@ impl NodeRecord {
             listen_port,
             endpoints,
             pod_cidrs,
+            rotation: Rotation { second, step, acks },
         })
     }
 
@@ -197,6 +289,17 @@ impl NodeRecord {
         check_endpoints(&self.endpoints).map_err(|r| fail("endpoints", r))?;
         for cidr in &self.pod_cidrs {
             check_cidr(cidr).map_err(|r| fail("podCIDRs", r))?;
+        }
+        if let Some(second) = self.rotation.second {
+            if second.public_key.is_zero() {
+                return Err(fail("secondKey", "all-zero key".into()));
+            }
+            if second.listen_port == 0 {
+                return Err(fail("secondPort", "must be 1-65535, got 0".into()));
+            }
+        }
+        if let Some(step) = self.rotation.step {
+            check_step(&step).map_err(|r| fail("rotation", r))?;
         }
         Ok(())
     }
@@ -244,6 +347,57 @@ fn parse_public_key(v: Option<&Value>) -> Result<PublicKey, String> {
         return Err("all-zero key".into());
     }
     Ok(key)
+}
+
+/// Parses a rotation step object `{"serial":N,"draining":S}`.
+pub fn parse_step(v: &Value) -> Result<RotationStep, String> {
+    let Value::Object(obj) = v else {
+        return Err(format!("expected an object, got {}", kind(v)));
+    };
+    let serial = obj
+        .get("serial")
+        .ok_or_else(|| "serial missing".to_string())?
+        .as_u64()
+        .ok_or_else(|| "serial must be a non-negative integer".to_string())?;
+    let draining = match obj.get("draining") {
+        None | Some(Value::Null) => None,
+        Some(d) => Some(
+            d.as_u64()
+                .and_then(|d| u8::try_from(d).ok())
+                .ok_or_else(|| format!("draining must be a slot number, got {d}"))?,
+        ),
+    };
+    let step = RotationStep { serial, draining };
+    check_step(&step)?;
+    Ok(step)
+}
+
+fn check_step(step: &RotationStep) -> Result<(), String> {
+    if step.serial == 0 {
+        return Err("serial must be at least 1".into());
+    }
+    match step.draining {
+        Some(d) if d > 1 => Err(format!("draining must be slot 0 or 1, got {d}")),
+        _ => Ok(()),
+    }
+}
+
+/// Parses the acknowledgements object (node name → serial).
+pub fn parse_acks(v: &Value) -> Result<BTreeMap<String, u64>, String> {
+    let Value::Object(obj) = v else {
+        return Err(format!("expected an object, got {}", kind(v)));
+    };
+    obj.iter()
+        .map(|(k, v)| {
+            if !is_dns1123_subdomain(k) {
+                return Err(format!("{k:?} is not a node name"));
+            }
+            let n = v
+                .as_u64()
+                .ok_or_else(|| format!("ack for {k} must be a non-negative integer, got {v}"))?;
+            Ok((k.clone(), n))
+        })
+        .collect()
 }
 
 fn parse_port(v: Option<&Value>) -> Result<u16, String> {
@@ -343,6 +497,7 @@ mod tests {
                 "10.244.1.0/24".parse().unwrap(),
                 "fd00:244:1::/64".parse().unwrap(),
             ],
+            rotation: Default::default(),
         }
     }
 
@@ -351,6 +506,71 @@ mod tests {
         let mut v: Value = serde_json::from_str(&sample().to_json()).unwrap();
         edit(v.as_object_mut().unwrap());
         v.to_string()
+    }
+
+    #[test]
+    fn rotation_fields_round_trip_and_are_omitted_when_empty() {
+        let plain = sample().to_json();
+        assert!(
+            !plain.contains("second") && !plain.contains("rotation") && !plain.contains("acks")
+        );
+        let mut r = sample();
+        r.rotation = Rotation {
+            second: Some(SlotKey {
+                public_key: PublicKey::from_bytes([5; 32]),
+                listen_port: 51821,
+            }),
+            step: Some(RotationStep {
+                serial: 3,
+                draining: Some(1),
+            }),
+            acks: BTreeMap::from([("n2".to_string(), 9)]),
+        };
+        let text = r.to_json();
+        assert!(
+            text.contains(r#""rotation":{"serial":3,"draining":1}"#),
+            "{text}"
+        );
+        assert_eq!(NodeRecord::from_json("n1", &text).unwrap(), r);
+        assert_eq!(r.slot(1).unwrap().listen_port, 51821);
+        assert_eq!(r.draining(), Some(1));
+    }
+
+    #[test]
+    fn rotation_field_errors_name_the_field() {
+        let bad = [
+            (
+                json_with(|o| drop(o.insert("secondKey".into(), "AAAA".into()))),
+                "secondKey",
+            ),
+            (
+                json_with(|o| {
+                    o.insert("secondKey".into(), STANDARD.encode([5u8; 32]).into());
+                    o.insert("secondPort".into(), 0.into());
+                }),
+                "secondPort",
+            ),
+            (
+                json_with(|o| drop(o.insert("rotation".into(), serde_json::json!({"serial": 0})))),
+                "rotation",
+            ),
+            (
+                json_with(|o| {
+                    o.insert(
+                        "rotation".into(),
+                        serde_json::json!({"serial": 2, "draining": 2}),
+                    );
+                }),
+                "rotation",
+            ),
+            (
+                json_with(|o| drop(o.insert("acks".into(), serde_json::json!({"N2!": 1})))),
+                "acks",
+            ),
+        ];
+        for (text, field) in bad {
+            assert_eq!(field_err(&text).field, field, "{text}");
+        }
     }
 
     fn field_err(text: &str) -> RecordError {

@@ -97,6 +97,7 @@ mod tests {
                 "10.244.1.0/24".parse().unwrap(),
                 "fd00:244:0:1::/64".parse().unwrap(),
             ],
+            rotation: Default::default(),
         }
     }
 

@@ -438,6 +438,7 @@ mod tests {
             listen_port: 51820,
             endpoints: vec![format!("198.18.0.{k}").parse().unwrap()],
             pod_cidrs: vec![format!("10.244.{k}.0/24").parse().unwrap()],
+            rotation: Default::default(),
         }
     }
 

@@ -12,6 +12,12 @@
 //! | (format)      | annotation `meshd.io/record-version` (decimal, 1..=[`RECORD_VERSION`]) |
 //! | `endpoints`   | every `status.addresses` entry of type `InternalIP`, both families |
 //! | `podCIDRs`    | `spec.podCIDRs` (or the legacy single `spec.podCIDR`)            |
+//! | `secondKey`, `secondPort` | annotation `meshd.io/second-key` (base64), `meshd.io/second-port` (decimal) |
+//! | `rotation`    | annotation `meshd.io/rotation` (JSON `{"serial":N,"draining":S}`) |
+//! | `acks`        | annotation `meshd.io/rotation-acks` (JSON object, node → serial) |
+//!
+//! The key-rotation annotations are optional and removed when empty (see
+//! [`crate::record`] for what they mean).
 //!
 //! All of meshd's annotations share the prefix [`ANNOTATION_PREFIX`] (`meshd.io/`). meshd only
 //! ever writes the three keys above; endpoints and pod CIDRs are owned by the kubelet and the
@@ -90,12 +96,24 @@ pub const RECORD_VERSION_ANNOTATION: &str = "meshd.io/record-version";
 /// Annotation holding the pod CIDRs meshd claimed itself (`cluster-pool` IPAM, comma-separated);
 /// only read when the Node has no `spec.podCIDRs`.
 pub const POD_CIDRS_ANNOTATION: &str = "meshd.io/pod-cidrs";
+/// Annotation holding the public key of the node's second key slot (standard base64).
+pub const SECOND_KEY_ANNOTATION: &str = "meshd.io/second-key";
+/// Annotation holding the listen port of the node's second key slot (decimal).
+pub const SECOND_PORT_ANNOTATION: &str = "meshd.io/second-port";
+/// Annotation holding the step of a key rotation in progress (JSON).
+pub const ROTATION_ANNOTATION: &str = "meshd.io/rotation";
+/// Annotation holding the rotation steps of other nodes this node applied (JSON object).
+pub const ROTATION_ACKS_ANNOTATION: &str = "meshd.io/rotation-acks";
 /// Every annotation meshd writes; a node with none of them is not a peer.
-pub const ANNOTATIONS: [&str; 4] = [
+pub const ANNOTATIONS: [&str; 8] = [
     PUBLIC_KEY_ANNOTATION,
     LISTEN_PORT_ANNOTATION,
     RECORD_VERSION_ANNOTATION,
     POD_CIDRS_ANNOTATION,
+    SECOND_KEY_ANNOTATION,
+    SECOND_PORT_ANNOTATION,
+    ROTATION_ANNOTATION,
+    ROTATION_ACKS_ANNOTATION,
 ];
 /// Label that opts a node out of the mesh when set to `"true"`.
 pub const EXCLUDE_LABEL: &str = "meshd.io/exclude";
@@ -304,12 +322,14 @@ fn record_from_node(
                 .collect::<Result<Vec<_>, _>>()?;
         }
     }
+    let rotation = rotation_from(annotations).map_err(|(field, reason)| fail(field, reason))?;
     let record = NodeRecord {
         name: name.to_string(),
         public_key,
         listen_port,
         endpoints: addressing.endpoints,
         pod_cidrs: addressing.pod_cidrs,
+        rotation,
     };
     // Same rules as every other backend (unspecified/multicast endpoints, host bits in CIDRs).
     record.validate().map_err(|e| {
@@ -321,6 +341,52 @@ fn record_from_node(
         fail(field, e.reason)
     })?;
     Ok(record)
+}
+
+/// The key-rotation fields from their (optional) annotations, or the offending one and why.
+fn rotation_from(
+    annotations: &BTreeMap<String, String>,
+) -> Result<crate::record::Rotation, (&'static str, String)> {
+    use crate::record::{parse_acks, parse_step, Rotation, SlotKey};
+    let get = |k: &str| annotations.get(k).map(|v| v.trim());
+    let second = match (get(SECOND_KEY_ANNOTATION), get(SECOND_PORT_ANNOTATION)) {
+        (None, None) => None,
+        (key, port) => {
+            let key = key.ok_or((SECOND_KEY_ANNOTATION, "missing".to_string()))?;
+            let public_key = key
+                .parse::<PublicKey>()
+                .map_err(|e| (SECOND_KEY_ANNOTATION, format!("{key:?}: {e}")))?;
+            let port = port.ok_or((SECOND_PORT_ANNOTATION, "missing".to_string()))?;
+            let listen_port = match port.parse::<u16>() {
+                Ok(p) if p > 0 => p,
+                _ => {
+                    return Err((
+                        SECOND_PORT_ANNOTATION,
+                        format!("must be a port 1-65535, got {port:?}"),
+                    ))
+                }
+            };
+            Some(SlotKey {
+                public_key,
+                listen_port,
+            })
+        }
+    };
+    let json = |k: &'static str, text: &str| {
+        serde_json::from_str::<Value>(text).map_err(|e| (k, format!("not valid JSON: {e}")))
+    };
+    let step = match get(ROTATION_ANNOTATION) {
+        None => None,
+        Some(t) => {
+            Some(parse_step(&json(ROTATION_ANNOTATION, t)?).map_err(|r| (ROTATION_ANNOTATION, r))?)
+        }
+    };
+    let acks = match get(ROTATION_ACKS_ANNOTATION) {
+        None => BTreeMap::new(),
+        Some(t) => parse_acks(&json(ROTATION_ACKS_ANNOTATION, t)?)
+            .map_err(|r| (ROTATION_ACKS_ANNOTATION, r))?,
+    };
+    Ok(Rotation { second, step, acks })
 }
 
 /// A node's InternalIP addresses and pod CIDRs, or the offending field and why.
@@ -366,9 +432,10 @@ fn addressing(node: &Node) -> Result<NodeAddressing, (&'static str, String)> {
     })
 }
 
-/// meshd's annotations for `record`, exactly as published.
+/// meshd's annotations for `record`, exactly as published (the optional key-rotation ones only
+/// when set; [`Registry::publish`] removes those absent here).
 pub fn record_annotations(record: &NodeRecord) -> BTreeMap<&'static str, String> {
-    BTreeMap::from([
+    let mut out = BTreeMap::from([
         (PUBLIC_KEY_ANNOTATION, record.public_key.to_string()),
         (LISTEN_PORT_ANNOTATION, record.listen_port.to_string()),
         (RECORD_VERSION_ANNOTATION, RECORD_VERSION.to_string()),
@@ -381,7 +448,25 @@ pub fn record_annotations(record: &NodeRecord) -> BTreeMap<&'static str, String>
                 .collect::<Vec<_>>()
                 .join(","),
         ),
-    ])
+    ]);
+    let r = &record.rotation;
+    if let Some(second) = r.second {
+        out.insert(SECOND_KEY_ANNOTATION, second.public_key.to_string());
+        out.insert(SECOND_PORT_ANNOTATION, second.listen_port.to_string());
+    }
+    if let Some(step) = r.step {
+        out.insert(
+            ROTATION_ANNOTATION,
+            serde_json::to_string(&step).unwrap_or_default(),
+        );
+    }
+    if !r.acks.is_empty() {
+        out.insert(
+            ROTATION_ACKS_ANNOTATION,
+            serde_json::to_string(&r.acks).unwrap_or_default(),
+        );
+    }
+    out
 }
 
 /// A [`Registry`] that keeps each node's record on its `Node` object (see the module docs).
@@ -522,14 +607,22 @@ impl Registry for KubeRegistry {
         async move {
             record.validate().map_err(RegistryError::Validate)?;
             let desired = record_annotations(&record);
+            // Every meshd annotation not wanted (an idle rotation's) is removed.
+            let absent: Vec<&str> = ANNOTATIONS
+                .iter()
+                .copied()
+                .filter(|k| !desired.contains_key(k) && *k != POD_CIDRS_ANNOTATION)
+                .collect();
             let patch: serde_json::Map<String, Value> = desired
                 .iter()
                 .map(|(k, v)| (k.to_string(), Value::from(v.as_str())))
+                .chain(absent.iter().map(|k| (k.to_string(), Value::Null)))
                 .collect();
             let wanted = |current: &BTreeMap<String, String>| {
                 desired
                     .iter()
                     .all(|(k, v)| current.get(*k).map(String::as_str) == Some(v.as_str()))
+                    && absent.iter().all(|k| !current.contains_key(*k))
             };
             let wrote = self
                 .write_annotations(&record.name, "publishing", wanted, Value::Object(patch))
@@ -824,6 +917,7 @@ mod tests {
                     "10.244.1.0/24".parse().unwrap(),
                     "fd00:244:0:1::/64".parse().unwrap()
                 ],
+                rotation: Default::default(),
             }
         );
         // Published annotations round-trip to the same record.
