@@ -34,8 +34,9 @@ pub const MODE_PERMISSIVE: u32 = 1;
 pub struct Config {
     /// The mesh's WireGuard UDP port (host byte order).
     pub wg_port: u16,
-    /// Explicit padding, always 0.
-    pub _pad: u16,
+    /// The WireGuard port of the node's second key slot (0: none). Was explicit padding in
+    /// the first layout, so maps pinned by an older loader read it as "none".
+    pub second_wg_port: u16,
     /// `MODE_ENFORCE` or `MODE_PERMISSIVE`.
     pub mode: u32,
     /// The firewall mark the WireGuard devices put on their own UDP packets (0: none). A

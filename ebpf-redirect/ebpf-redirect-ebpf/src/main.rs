@@ -201,10 +201,11 @@ fn try_underlay_egress(ctx: &TcContext) -> Result<i32, i64> {
     // WireGuard of this mesh leaves as it is: its first four bytes are a message type 1..=4
     // followed by three reserved zero bytes (a little-endian u32 of 1..=4). Anything else
     // sent to that port is plaintext like any other packet.
-    if proto == IPPROTO_UDP && cfg.wg_port != 0 {
+    if proto == IPPROTO_UDP && (cfg.wg_port != 0 || cfg.second_wg_port != 0) {
         let sport = u16::from_be(ctx.load::<u16>(l4)?);
         let dport = u16::from_be(ctx.load::<u16>(l4 + 2)?);
-        if (sport == cfg.wg_port || dport == cfg.wg_port) && is_wireguard(ctx, l4 + UDP_HLEN) {
+        let ours = |p: u16| p != 0 && (p == cfg.wg_port || p == cfg.second_wg_port);
+        if (ours(sport) || ours(dport)) && is_wireguard(ctx, l4 + UDP_HLEN) {
             return Ok(TC_ACT_OK);
         }
     }

@@ -386,6 +386,14 @@ impl Datapath {
         Ok(())
     }
 
+    /// Set the WireGuard port of the second key slot (0: none), keeping the rest of `CONFIG`.
+    pub fn set_second_port(&mut self, port: u16) -> Result<()> {
+        let mut config = self.config.get(&0, 0)?;
+        config.second_wg_port = port;
+        self.config.set(0, config, 0)?;
+        Ok(())
+    }
+
     /// The current `CONFIG` entry.
     pub fn config(&self) -> Result<Config> {
         Ok(self.config.get(&0, 0)?)
