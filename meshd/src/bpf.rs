@@ -304,6 +304,13 @@ impl Bpf {
         Ok(())
     }
 
+    /// The WireGuard port of the second key slot, whose messages pass the guard too.
+    pub fn set_second_port(&mut self, port: u16) -> Result<(), BpfError> {
+        self.dp
+            .set_second_port(port)
+            .map_err(map_err("setting the second slot's WireGuard port"))
+    }
+
     /// Tell `underlay_egress` which firewall mark the tunnel's own packets carry.
     pub fn set_mesh_mark(&mut self, mark: u32) -> Result<(), BpfError> {
         self.dp

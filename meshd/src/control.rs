@@ -1,8 +1,10 @@
-//! The node-local control socket: meshd serves its status as JSON, `meshctl status` reads it.
+//! The node-local control socket: meshd serves its status as JSON, `meshctl status` reads it,
+//! and `meshctl rotate-key` asks for a key rotation through it.
 //!
-//! Protocol: a client connects to the unix socket, writes one line (`status`), and reads one JSON
-//! document ([`StatusReport`]) until EOF. The socket is created mode 0600: status includes
-//! nothing secret, but only root should be able to reach the daemon.
+//! Protocol: a client connects to the unix socket, writes one line and reads one JSON document
+//! until EOF. `status` answers a [`StatusReport`]; `rotate-key` starts a key rotation (or joins
+//! the one under way) and answers a [`RotateOutcome`] when it ends. The socket is created mode
+//! 0600: status includes nothing secret, but only root should be able to reach the daemon.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -15,6 +17,68 @@ use tokio::sync::RwLock;
 
 /// How long `meshctl status` waits for meshd's answer.
 pub const QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// How long `meshctl rotate-key` waits for the rotation to end.
+pub const ROTATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// A request the daemon's loop carries out.
+#[derive(Debug)]
+pub enum Command {
+    /// Rotate this node's keys; the answer comes when the rotation ends.
+    RotateKey(tokio::sync::oneshot::Sender<Result<String, String>>),
+}
+
+/// The answer to `rotate-key`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RotateOutcome {
+    /// Whether both keys were replaced.
+    pub ok: bool,
+    /// What happened (or why the rotation was abandoned).
+    pub message: String,
+    /// The node's public keys after the rotation (slot 0, slot 1).
+    #[serde(default)]
+    pub public_keys: Vec<String>,
+}
+
+/// This node's second key slot.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SlotReport {
+    /// Its WireGuard interface.
+    pub interface: String,
+    /// Its interface index.
+    pub ifindex: u32,
+    /// Its public key (base64).
+    pub public_key: String,
+    /// Its UDP listen port.
+    pub listen_port: u16,
+    /// Peers as programmed on its device.
+    pub peers: Vec<PeerReport>,
+}
+
+/// Key rotation: where it stands and how it went.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RotationReport {
+    /// `idle`, `waiting`, `draining` or `replaced`.
+    pub phase: String,
+    /// The slot being drained or replaced.
+    pub slot: Option<u8>,
+    /// The serial of the step published now.
+    pub serial: Option<u64>,
+    /// Peers the step waits for.
+    pub pending: Vec<String>,
+    /// Rotations finished (both keys replaced) since meshd started.
+    pub rotations: u64,
+    /// Rotations abandoned since meshd started.
+    pub failures: u64,
+    /// When the last rotation ended (UNIX seconds).
+    pub last_unix: Option<u64>,
+    /// Why the last rotation was abandoned, if it was.
+    pub last_error: Option<String>,
+    /// The slot (0 or 1) each peer node's traffic uses now.
+    pub peer_slots: std::collections::BTreeMap<String, u8>,
+    /// The schedule (`--key-rotation-interval`, seconds), if any.
+    pub interval_secs: Option<u64>,
+}
 
 /// Default path of the control socket.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/meshd/meshd.sock";
@@ -166,16 +230,27 @@ pub struct StatusReport {
     /// The tc eBPF datapath and its verdict counters (absent when it could not be read).
     #[serde(default)]
     pub datapath: Option<crate::bpf::DatapathReport>,
-    /// When this node's private key was written (UNIX seconds; the key file's mtime).
+    /// When the older of this node's two private keys was written (UNIX seconds; the key
+    /// files' mtimes).
     #[serde(default)]
     pub key_created_unix: Option<u64>,
+    /// The second key slot (absent from a meshd without one).
+    #[serde(default)]
+    pub second: Option<SlotReport>,
+    /// Key rotation.
+    #[serde(default)]
+    pub rotation: RotationReport,
 }
 
 /// The status the daemon currently serves; updated after every reconcile.
 pub type SharedStatus = Arc<RwLock<Option<StatusReport>>>;
 
 /// Bind the control socket (replacing a stale one) and serve status until the task is dropped.
-pub async fn serve(path: PathBuf, status: SharedStatus) -> Result<(), ControlError> {
+pub async fn serve(
+    path: PathBuf,
+    status: SharedStatus,
+    commands: tokio::sync::mpsc::Sender<Command>,
+) -> Result<(), ControlError> {
     let listener = bind(&path)?;
     tracing::info!(socket = %path.display(), "control socket listening");
     loop {
@@ -187,8 +262,9 @@ pub async fn serve(path: PathBuf, status: SharedStatus) -> Result<(), ControlErr
             }
         };
         let status = status.clone();
+        let commands = commands.clone();
         tokio::spawn(async move {
-            if let Err(err) = answer(stream, status).await {
+            if let Err(err) = answer(stream, status, commands).await {
                 tracing::debug!(%err, "control client went away");
             }
         });
@@ -218,7 +294,11 @@ fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     Ok(listener)
 }
 
-async fn answer(stream: UnixStream, status: SharedStatus) -> std::io::Result<()> {
+async fn answer(
+    stream: UnixStream,
+    status: SharedStatus,
+    commands: tokio::sync::mpsc::Sender<Command>,
+) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     BufReader::new(read).read_line(&mut line).await?;
@@ -227,6 +307,30 @@ async fn answer(stream: UnixStream, status: SharedStatus) -> std::io::Result<()>
             Some(report) => serde_json::to_string_pretty(report).map_err(std::io::Error::other)?,
             None => r#"{"error":"meshd is starting"}"#.to_string(),
         },
+        "rotate-key" => {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let outcome = match commands.send(Command::RotateKey(tx)).await {
+                Err(_) => Err("meshd is shutting down".to_string()),
+                Ok(()) => rx
+                    .await
+                    .unwrap_or_else(|_| Err("meshd stopped during the rotation".into())),
+            };
+            let public_keys = status.read().await.as_ref().map_or_else(Vec::new, |s| {
+                std::iter::once(s.public_key.clone())
+                    .chain(s.second.as_ref().map(|k| k.public_key.clone()))
+                    .collect()
+            });
+            let (ok, message) = match outcome {
+                Ok(m) => (true, m),
+                Err(m) => (false, m),
+            };
+            serde_json::to_string_pretty(&RotateOutcome {
+                ok,
+                message,
+                public_keys,
+            })
+            .map_err(std::io::Error::other)?
+        }
         other => format!(r#"{{"error":"unknown request {other:?}"}}"#),
     };
     write.write_all(body.as_bytes()).await?;
@@ -259,6 +363,42 @@ pub async fn query(path: &Path) -> Result<StatusReport, ControlError> {
         exchange(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             format!("no answer within {QUERY_TIMEOUT:?}"),
+        ))
+    })??;
+    serde_json::from_str(&body).map_err(|source| ControlError::Decode {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Ask the meshd behind `path` to rotate its keys, and wait (up to [`ROTATE_TIMEOUT`]) for the
+/// rotation to end.
+pub async fn rotate_key(path: &Path) -> Result<RotateOutcome, ControlError> {
+    let exchange = |source| ControlError::Exchange {
+        path: path.to_path_buf(),
+        source,
+    };
+    let body = tokio::time::timeout(ROTATE_TIMEOUT, async {
+        let mut stream =
+            UnixStream::connect(path)
+                .await
+                .map_err(|source| ControlError::Connect {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+        stream.write_all(b"rotate-key\n").await.map_err(exchange)?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body).await.map_err(exchange)?;
+        Ok::<_, ControlError>(body)
+    })
+    .await
+    .map_err(|_| {
+        exchange(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "the rotation did not end within {} s (meshd keeps at it; see `meshctl status`)",
+                ROTATE_TIMEOUT.as_secs()
+            ),
         ))
     })??;
     serde_json::from_str(&body).map_err(|source| ControlError::Decode {
@@ -315,6 +455,8 @@ mod tests {
                 },
             }),
             key_created_unix: None,
+            second: None,
+            rotation: RotationReport::default(),
         }
     }
 
@@ -323,7 +465,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("sub/meshd.sock");
         let status: SharedStatus = Arc::new(RwLock::new(None));
-        let server = tokio::spawn(serve(path.clone(), status.clone()));
+        let (commands, mut rx) = tokio::sync::mpsc::channel(1);
+        let server = tokio::spawn(serve(path.clone(), status.clone(), commands));
         // Wait for the socket to appear.
         for _ in 0..100 {
             if path.exists() {
@@ -336,6 +479,20 @@ mod tests {
         *status.write().await = Some(sample());
         let got = query(&path).await.expect("status");
         assert_eq!(got, sample());
+        // rotate-key is handed to the daemon's loop and answered with its outcome.
+        let daemon = tokio::spawn(async move {
+            let Some(Command::RotateKey(reply)) = rx.recv().await else {
+                panic!("expected a rotate-key command")
+            };
+            reply
+                .send(Err("peer n2 did not move".into()))
+                .expect("reply");
+        });
+        let outcome = rotate_key(&path).await.expect("outcome");
+        assert!(!outcome.ok);
+        assert_eq!(outcome.message, "peer n2 did not move");
+        assert_eq!(outcome.public_keys, ["k"]);
+        daemon.await.expect("daemon task");
         server.abort();
     }
 

@@ -23,6 +23,8 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 use ipnet::IpNet;
 use keyexchange::peers::{compute_peers, PeerSet};
+use keyexchange::record::SlotKey;
+use keyexchange::slots::{self, Slot, SLOTS};
 use keyexchange::{NodeRecord, PrivateKey, PublicKey, Registry, RegistryEvent};
 use netlink::{Links, Routes, UserspaceOptions, WgDevice, WireguardMode};
 use tokio::sync::{mpsc, RwLock};
@@ -31,6 +33,7 @@ use crate::bpf::{self, Bpf, Encryption};
 use crate::control::{self, Counters, MalformedReport, PeerReport, SharedStatus, StatusReport};
 use crate::ipam::Ipam;
 use crate::reconcile;
+use crate::rotation::{self, Action, Driver};
 
 /// How often the live state is re-read and reconciled even without registry events.
 const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
@@ -54,9 +57,18 @@ pub struct DaemonArgs {
     /// WireGuard interface name.
     #[arg(long, default_value = "meshd0")]
     pub interface: String,
-    /// WireGuard UDP listen port.
+    /// The second key slot's WireGuard interface (key rotation runs over two devices);
+    /// default: the interface name with `b` appended.
+    #[arg(long)]
+    pub second_interface: Option<String>,
+    /// WireGuard UDP listen port; the second key slot listens on the next port.
     #[arg(long, default_value_t = 51820)]
     pub listen_port: u16,
+    /// Rotate this node's keys on this schedule (e.g. `24h`, `30m`, `90s`; a plain number is
+    /// seconds): both key slots are replaced without losing a packet (see the README).
+    /// Default: only on demand (`meshctl rotate-key`).
+    #[arg(long, value_parser = parse_interval)]
+    pub key_rotation_interval: Option<Duration>,
     /// `auto` (kernel module when available, else user space), `kernel` or `userspace`.
     #[arg(long, default_value = "auto")]
     pub wireguard_mode: WireguardMode,
@@ -146,6 +158,31 @@ pub struct DaemonArgs {
     pub mesh_mark: u32,
 }
 
+/// Parses `90`, `90s`, `30m`, `24h` or `7d` (at least one second).
+pub fn parse_interval(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a number with an optional unit s, m, h or d"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        other => return Err(format!("{text:?}: unknown unit {other:?} (s, m, h or d)")),
+    };
+    if secs == 0 {
+        return Err(format!("{text:?}: must be at least one second"));
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+/// The second key slot's listen port for a first-slot port.
+pub fn second_port(port: u16) -> u16 {
+    port.wrapping_add(1)
+}
+
 /// Default of `--mesh-mark` (109, like meshd's route protocol number).
 pub const DEFAULT_MESH_MARK: u32 = 109;
 /// Routing table holding host encryption's routes to peer node addresses.
@@ -172,11 +209,14 @@ pub enum PodSteering {
 /// Everything the reconcile loop needs.
 struct Context {
     args: DaemonArgs,
-    /// This node's record as published (its listen port can change live).
+    /// This node's record as published (its listen port, keys and rotation step change live).
     me: std::sync::RwLock<NodeRecord>,
-    private_key: PrivateKey,
-    /// The device; replaced only when it vanished (its user-space process died).
-    device: RwLock<WgDevice>,
+    /// The private key of each slot (rotation replaces them).
+    keys: std::sync::RwLock<[PrivateKey; 2]>,
+    /// Each slot's device; replaced only when it vanished (its user-space process died).
+    devices: [RwLock<WgDevice>; 2],
+    /// Each slot's interface name.
+    interfaces: [String; 2],
     adopted: bool,
     mtu: u32,
     links: Links,
@@ -189,7 +229,6 @@ struct Context {
     live: RwLock<Live>,
     heartbeat: crate::health::Heartbeat,
     metrics: crate::metrics::Metrics,
-    key_created_unix: Option<u64>,
     status_feed: Option<tokio::sync::watch::Sender<Option<StatusReport>>>,
 }
 
@@ -201,11 +240,47 @@ impl Context {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
+
+    /// Slot `slot`'s private key.
+    fn key(&self, slot: Slot) -> PrivateKey {
+        self.keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)[usize::from(slot)]
+        .clone()
+    }
+
+    /// Slot `slot`'s device.
+    fn device(&self, slot: Slot) -> &RwLock<WgDevice> {
+        &self.devices[usize::from(slot)]
+    }
+
+    /// Change this node's record (then publish it).
+    fn update_me(&self, f: impl FnOnce(&mut NodeRecord)) {
+        f(&mut self
+            .me
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner));
+    }
+
+    /// When the older of the two keys was written (UNIX seconds; the key files' mtimes).
+    fn key_created_unix(&self) -> Option<u64> {
+        [KEY_FILES[0], KEY_FILES[1]]
+            .iter()
+            .map(|f| key_mtime(&self.args.state_dir.join(f)))
+            .collect::<Option<Vec<u64>>>()
+            .and_then(|v| v.into_iter().min())
+    }
 }
 
-/// When the key file was last written (UNIX seconds).
-fn key_mtime(state_dir: &std::path::Path) -> Option<u64> {
-    std::fs::metadata(state_dir.join(keyexchange::key::KEY_FILE))
+/// Each slot's key file in the state directory.
+const KEY_FILES: [&str; 2] = [
+    keyexchange::key::KEY_FILE,
+    keyexchange::key::SECOND_KEY_FILE,
+];
+
+/// When a key file was last written (UNIX seconds).
+fn key_mtime(path: &std::path::Path) -> Option<u64> {
+    std::fs::metadata(path)
         .and_then(|m| m.modified())
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
@@ -234,14 +309,26 @@ struct Known {
     malformed: BTreeMap<String, String>,
     counters: Counters,
     last_conflicts: BTreeSet<String>,
-    /// Per peer: the last received-bytes count and when it last grew (tunnel liveness).
-    rx_seen: BTreeMap<PublicKey, (u64, std::time::Instant)>,
-    /// Peers whose tunnel is up by that measure.
-    live_peers: BTreeSet<PublicKey>,
+    /// Per peer node: the last received-bytes count (both slots) and when it last grew
+    /// (tunnel liveness).
+    rx_seen: BTreeMap<String, (u64, std::time::Instant)>,
+    /// Peer nodes whose tunnel is up by that measure.
+    live_peers: BTreeSet<String>,
     /// Peer node addresses routed through the tunnel now (host encryption).
     encrypted_hosts: BTreeSet<IpAddr>,
-    /// This node's record changed (listen port): publish it.
+    /// This node's record changed (listen port, acknowledgements): publish it.
     republish: bool,
+    /// The slot each peer node's traffic uses now.
+    peer_slots: BTreeMap<String, Slot>,
+    /// This node's key rotation.
+    rotation: Driver,
+    /// Who waits for the rotation under way to end (`meshctl rotate-key`).
+    rotation_waiters: Vec<tokio::sync::oneshot::Sender<Result<String, String>>>,
+    /// Rotations finished and abandoned, and when the last one finished (UNIX seconds).
+    rotations: u64,
+    rotation_failures: u64,
+    last_rotation_unix: Option<u64>,
+    last_rotation_error: Option<String>,
 }
 
 impl Live {
@@ -290,10 +377,30 @@ pub async fn run_with<R: Registry>(
             }
         }
     }
-    let (private_key, origin) = keyexchange::key::load_or_generate(&args.state_dir)
-        .context("loading this node's WireGuard key")?;
-    let public_key = private_key.public_key();
-    tracing::info!(node = %args.node_name, %public_key, ?origin, "key ready");
+    let mut keys = Vec::new();
+    for (slot, file) in KEY_FILES.iter().enumerate() {
+        let (key, origin) = keyexchange::key::load_or_generate_file(&args.state_dir, file)
+            .with_context(|| format!("loading this node's WireGuard key for slot {slot}"))?;
+        tracing::info!(node = %args.node_name, slot, public_key = %key.public_key(), ?origin, "key ready");
+        keys.push(key);
+    }
+    let keys: [PrivateKey; 2] = [keys[0].clone(), keys[1].clone()];
+    let public_key = keys[0].public_key();
+    if args.listen_port == u16::MAX {
+        bail!("--listen-port 65535 leaves no port for the second key slot (the next port)");
+    }
+    let interfaces = [
+        args.interface.clone(),
+        args.second_interface
+            .clone()
+            .unwrap_or_else(|| format!("{}b", args.interface)),
+    ];
+    if interfaces[1].len() > 15 || interfaces[1] == interfaces[0] {
+        bail!(
+            "second key slot's interface {:?} is not a valid, distinct interface name (at most 15 characters); pass --second-interface",
+            interfaces[1]
+        );
+    }
 
     let links = Links::connect().await.context("connecting to rtnetlink")?;
     let routes = Routes::connect().await.context("connecting to rtnetlink")?;
@@ -321,6 +428,8 @@ pub async fn run_with<R: Registry>(
     let mut bpf = bpf;
     bpf.set_mesh_mark(args.mesh_mark)
         .context("setting the mesh mark in the tc datapath")?;
+    bpf.set_second_port(second_port(args.listen_port))
+        .context("setting the second slot's port in the tc datapath")?;
     tracing::info!(encryption = %args.encryption, strict = args.strict_mode, "underlay guarded");
 
     let helper = match &args.helper_binary {
@@ -340,7 +449,26 @@ pub async fn run_with<R: Registry>(
     let mtu = args.mtu.unwrap_or_else(|| {
         netlink::wireguard_mtu(underlay_mtu, endpoints.iter().any(IpAddr::is_ipv6))
     });
-    let (device, adopted) = bring_up_device(&args, &opts, &links, &private_key, mtu).await?;
+    let (device, adopted) = bring_up_device(
+        &args,
+        &opts,
+        &links,
+        (&interfaces[0], 0),
+        &keys[0],
+        args.listen_port,
+        mtu,
+    )
+    .await?;
+    let (second, _) = bring_up_device(
+        &args,
+        &opts,
+        &links,
+        (&interfaces[1], 1),
+        &keys[1],
+        second_port(args.listen_port),
+        mtu,
+    )
+    .await?;
 
     let mut events = registry.watch().context("watching the registry")?;
     let mut initial = Vec::new();
@@ -350,6 +478,13 @@ pub async fn run_with<R: Registry>(
         listen_port: args.listen_port,
         endpoints,
         pod_cidrs: args.pod_cidrs.iter().map(IpNet::trunc).collect(),
+        rotation: keyexchange::record::Rotation {
+            second: Some(SlotKey {
+                public_key: keys[1].public_key(),
+                listen_port: second_port(args.listen_port),
+            }),
+            ..Default::default()
+        },
     };
     if me.pod_cidrs.is_empty() && !args.pod_cidr_pools.is_empty() {
         me.pod_cidrs = claim_pod_cidrs(&args, &registry, &mut events, &mut initial, &me).await?;
@@ -357,7 +492,12 @@ pub async fn run_with<R: Registry>(
     me.validate().context("this node's own record is invalid")?;
 
     let status: SharedStatus = Arc::new(RwLock::new(None));
-    let control = tokio::spawn(control::serve(args.control_socket.clone(), status.clone()));
+    let (commands_tx, commands) = mpsc::channel(16);
+    let control = tokio::spawn(control::serve(
+        args.control_socket.clone(),
+        status.clone(),
+        commands_tx,
+    ));
     let heartbeat: crate::health::Heartbeat = Arc::new(RwLock::new(None));
     let metrics = crate::metrics::Metrics::new();
     let health = args.health_listen.map(|addr| {
@@ -384,12 +524,12 @@ pub async fn run_with<R: Registry>(
         host_encryption: args.host_encryption,
         refresh_peers: false,
     };
-    let args_state_dir = args.state_dir.clone();
     let ctx = Context {
         args,
         me: std::sync::RwLock::new(me),
-        private_key,
-        device: RwLock::new(device),
+        keys: std::sync::RwLock::new(keys),
+        devices: [RwLock::new(device), RwLock::new(second)],
+        interfaces,
         adopted,
         mtu,
         links: links.clone(),
@@ -404,10 +544,9 @@ pub async fn run_with<R: Registry>(
         live: RwLock::new(live),
         heartbeat,
         metrics,
-        key_created_unix: key_mtime(&args_state_dir),
         status_feed,
     };
-    let result = event_loop(&ctx, &registry, initial, events, settings).await;
+    let result = event_loop(&ctx, &registry, initial, events, settings, commands).await;
     control.abort();
     if let Some(h) = health {
         h.abort();
@@ -551,21 +690,23 @@ async fn bring_up_device(
     args: &DaemonArgs,
     opts: &UserspaceOptions,
     links: &Links,
+    (interface, slot): (&str, Slot),
     private_key: &PrivateKey,
+    port: u16,
     mtu: u32,
 ) -> anyhow::Result<(WgDevice, bool)> {
-    let (device, adopted) = WgDevice::ensure(&args.interface, args.wireguard_mode, opts)
+    let mut opts = opts.clone();
+    if slot > 0 {
+        opts.log_file = Some(args.state_dir.join(format!("meshd-wg-{}.log", slot + 1)));
+    }
+    let (device, adopted) = WgDevice::ensure(interface, args.wireguard_mode, &opts)
         .await
-        .with_context(|| format!("setting up WireGuard device {}", args.interface))?;
-    tracing::info!(interface = %args.interface, mode = %device.mode(), adopted, "device ready");
+        .with_context(|| format!("setting up WireGuard device {interface}"))?;
+    tracing::info!(%interface, slot, mode = %device.mode(), adopted, "device ready");
     device
-        .configure(
-            &private_key.to_bytes(),
-            args.listen_port,
-            Some(args.mesh_mark),
-        )
+        .configure(&private_key.to_bytes(), port, Some(args.mesh_mark))
         .await
-        .context("configuring key, listen port and fwmark")?;
+        .with_context(|| format!("configuring key, listen port and fwmark of {interface}"))?;
     links.set_mtu(device.ifindex(), mtu).await?;
     links.set_up(device.ifindex()).await?;
     Ok((device, adopted))
@@ -574,14 +715,27 @@ async fn bring_up_device(
 /// The device stopped answering: bring it back (adopting it if it is in fact alive). Its peers,
 /// routes and redirects are restored by the reconcile pass that follows; meanwhile redirects to
 /// the vanished device drop, and strict mode drops whatever the kernel routes elsewhere.
-async fn heal_device(ctx: &Context) -> anyhow::Result<()> {
-    let mut device = ctx.device.write().await;
+async fn heal_device(ctx: &Context, slot: Slot) -> anyhow::Result<()> {
+    let mut device = ctx.device(slot).write().await;
     if device.status().await.is_ok() {
         return Ok(());
     }
-    tracing::warn!(interface = %ctx.args.interface, "WireGuard device is gone or not answering; bringing it back");
-    let (fresh, adopted) =
-        bring_up_device(&ctx.args, &ctx.opts, &ctx.links, &ctx.private_key, ctx.mtu).await?;
+    let interface = &ctx.interfaces[usize::from(slot)];
+    tracing::warn!(%interface, "WireGuard device is gone or not answering; bringing it back");
+    let port = ctx
+        .me()
+        .slot(slot)
+        .map_or(ctx.args.listen_port, |k| k.listen_port);
+    let (fresh, adopted) = bring_up_device(
+        &ctx.args,
+        &ctx.opts,
+        &ctx.links,
+        (interface, slot),
+        &ctx.key(slot),
+        port,
+        ctx.mtu,
+    )
+    .await?;
     tracing::info!(
         ifindex = fresh.ifindex(),
         adopted,
@@ -624,6 +778,7 @@ async fn event_loop<R: Registry>(
     initial: Vec<RegistryEvent>,
     mut events: mpsc::Receiver<RegistryEvent>,
     mut settings: Option<SettingsFeed>,
+    mut commands: mpsc::Receiver<control::Command>,
 ) -> anyhow::Result<()> {
     let mut known = Known::default();
     known.records.insert(ctx.me().name.clone(), ctx.me());
@@ -639,14 +794,45 @@ async fn event_loop<R: Registry>(
     let mut retry_at: Option<tokio::time::Instant> = None;
     let mut converged = false;
     let mut republish = republish_initial;
+    // Scheduled rotation: checked once a minute against the older key's age.
+    let mut rotation_tick = tokio::time::interval(Duration::from_secs(60));
+    let mut commands_open = true;
     loop {
+        let wake = known.rotation.wake_at().map(tokio::time::Instant::from_std);
+        let retry_at_now = match (retry_at, wake) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let retry = async {
-            match retry_at {
+            match retry_at_now {
                 Some(at) => tokio::time::sleep_until(at).await,
                 None => std::future::pending().await,
             }
         };
         tokio::select! {
+            cmd = commands.recv(), if commands_open => {
+                match cmd {
+                    Some(control::Command::RotateKey(reply)) => {
+                        start_rotation(&mut known, "requested");
+                        known.rotation_waiters.push(reply);
+                    }
+                    None => {
+                        commands_open = false;
+                        continue;
+                    }
+                }
+            }
+            _ = rotation_tick.tick() => {
+                let due = ctx.args.key_rotation_interval.is_some_and(|every| {
+                    let age = ctx.key_created_unix().map_or(u64::MAX, |c| unix_now().saturating_sub(c));
+                    age >= every.as_secs()
+                });
+                let failed_recently = known.last_rotation_error.is_some() && !rotation_retry_due(&known);
+                if !due || known.rotation.busy() || failed_recently {
+                    continue;
+                }
+                start_rotation(&mut known, "scheduled");
+            }
             ev = events.recv() => {
                 let Some(ev) = ev else { bail!("registry watch ended") };
                 republish |= apply_event(ctx, &mut known, ev);
@@ -713,6 +899,14 @@ async fn event_loop<R: Registry>(
         known.counters.reconciles += 1;
         let outcome = reconcile_once(ctx, &mut known).await;
         converged = outcome.is_ok();
+        if converged {
+            // Acknowledge the rotation steps just applied, then let this node's own rotation
+            // take its next step.
+            known.republish |= update_acks(ctx, &known);
+            if drive_rotation(ctx, &mut known).await {
+                known.republish = true;
+            }
+        }
         if std::mem::take(&mut known.republish) {
             republish = true;
             retry_at = Some(tokio::time::Instant::now());
@@ -743,6 +937,148 @@ async fn event_loop<R: Registry>(
             tracing::warn!(error = %format!("{err:#}"), "reading device status failed");
         }
     }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A scheduled rotation that failed is retried after this long.
+const ROTATION_RETRY: Duration = Duration::from_secs(600);
+
+fn rotation_retry_due(known: &Known) -> bool {
+    known
+        .last_rotation_unix
+        .is_none_or(|t| unix_now().saturating_sub(t) >= ROTATION_RETRY.as_secs())
+}
+
+/// Begin a rotation unless one is under way (its end answers every waiter).
+fn start_rotation(known: &mut Known, why: &str) {
+    let floor = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    if known.rotation.start(std::time::Instant::now(), floor) {
+        tracing::info!(why, "key rotation started");
+    }
+}
+
+/// This node's acknowledgements: the serial of every other node's rotation step in progress,
+/// as applied by the reconcile pass that just succeeded. True when they changed.
+fn update_acks(ctx: &Context, known: &Known) -> bool {
+    let me = ctx.me();
+    let acks: BTreeMap<String, u64> = known
+        .records
+        .values()
+        .filter(|r| r.name != me.name)
+        .filter_map(|r| r.rotation.step.map(|s| (r.name.clone(), s.serial)))
+        .collect();
+    if acks == me.rotation.acks {
+        return false;
+    }
+    ctx.update_me(|m| m.rotation.acks = acks);
+    true
+}
+
+/// Take this node's next rotation step, if the peers allow it. True when the record changed.
+async fn drive_rotation(ctx: &Context, known: &mut Known) -> bool {
+    let me = ctx.me();
+    let action = known
+        .rotation
+        .poll(std::time::Instant::now(), &me, known.records.values());
+    match action {
+        Action::Wait => false,
+        Action::Publish(step) => {
+            tracing::info!(?step, "key rotation: next step");
+            ctx.update_me(|m| m.rotation.step = step);
+            true
+        }
+        Action::Replace(slot, step) => {
+            match replace_key(ctx, slot).await {
+                Ok(public_key) => {
+                    tracing::info!(slot, %public_key, serial = step.serial, "key rotation: new key in use on the drained slot");
+                    ctx.update_me(|m| {
+                        match slot {
+                            0 => m.public_key = public_key,
+                            _ => {
+                                if let Some(second) = m.rotation.second.as_mut() {
+                                    second.public_key = public_key;
+                                }
+                            }
+                        }
+                        m.rotation.step = Some(step);
+                    });
+                }
+                Err(err) => {
+                    // Nothing changed on the device: publish the step anyway (peers ack it
+                    // unchanged) and let the rotation end as an error.
+                    tracing::error!(slot, error = %format!("{err:#}"), "key rotation: replacing the key failed");
+                    known.rotation = Driver::default();
+                    finish_rotation(
+                        ctx,
+                        known,
+                        Err(format!("replacing slot {slot}'s key: {err:#}")),
+                    );
+                }
+            }
+            true
+        }
+        Action::Finished => {
+            finish_rotation(ctx, known, Ok("both keys replaced".into()));
+            true
+        }
+        Action::Aborted(reason) => {
+            finish_rotation(ctx, known, Err(reason));
+            true
+        }
+    }
+}
+
+/// End the rotation: lift the drain and answer whoever waits.
+fn finish_rotation(ctx: &Context, known: &mut Known, outcome: Result<String, String>) {
+    ctx.update_me(|m| m.rotation.step = None);
+    known.last_rotation_unix = Some(unix_now());
+    match &outcome {
+        Ok(msg) => {
+            known.rotations += 1;
+            known.last_rotation_error = None;
+            ctx.metrics.observe_rotation(true);
+            tracing::info!(%msg, "key rotation finished");
+        }
+        Err(reason) => {
+            known.rotation_failures += 1;
+            known.last_rotation_error = Some(reason.clone());
+            ctx.metrics.observe_rotation(false);
+            tracing::error!(%reason, "key rotation abandoned");
+        }
+    }
+    for w in known.rotation_waiters.drain(..) {
+        let _ = w.send(outcome.clone());
+    }
+}
+
+/// A new key for `slot`: generated, persisted (atomically, 0600), then programmed on the
+/// slot's device. Returns its public key.
+async fn replace_key(ctx: &Context, slot: Slot) -> anyhow::Result<PublicKey> {
+    let key = PrivateKey::generate();
+    let path = ctx.args.state_dir.join(KEY_FILES[usize::from(slot)]);
+    keyexchange::key::write_key_atomic(&path, &key)?;
+    let port = ctx
+        .me()
+        .slot(slot)
+        .map_or(ctx.args.listen_port, |k| k.listen_port);
+    ctx.device(slot)
+        .read()
+        .await
+        .configure(&key.to_bytes(), port, Some(ctx.args.mesh_mark))
+        .await
+        .context("programming the new key")?;
+    let public_key = key.public_key();
+    ctx.keys
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)[usize::from(slot)] = key;
+    Ok(public_key)
 }
 
 /// Fold one registry event into what the loop knows; true when this node's own record must be
@@ -786,8 +1122,21 @@ fn apply_event(ctx: &Context, known: &mut Known, ev: RegistryEvent) -> bool {
     false
 }
 
-fn desired(ctx: &Context, known: &mut Known) -> PeerSet {
-    let set = compute_peers(known.records.values(), &ctx.me());
+/// The peers slot `slot`'s device should have: every node's record as that slot presents it.
+fn desired(ctx: &Context, known: &mut Known, slot: Slot) -> PeerSet {
+    let views: Vec<NodeRecord> = known
+        .records
+        .values()
+        .filter_map(|r| slots::slot_view(r, slot))
+        .collect();
+    let Some(me) = slots::slot_view(&ctx.me(), slot) else {
+        return PeerSet::default();
+    };
+    let set = compute_peers(&views, &me);
+    if slot > 0 {
+        // Conflicts are reported once, from slot 0 (the second slot's mirror them).
+        return set;
+    }
     let conflicts: BTreeSet<String> = set.conflicts.iter().map(ToString::to_string).collect();
     for c in conflicts.difference(&known.last_conflicts) {
         tracing::error!(conflict = %c, "conflicting records: neither side is programmed");
@@ -840,79 +1189,126 @@ async fn apply_settings(ctx: &Context, new: &crate::settings::Settings) {
 /// 7. the guard tightens last, when everything it protects is in place.
 async fn reconcile_once(ctx: &Context, known: &mut Known) -> anyhow::Result<()> {
     let live = ctx.live.read().await.clone();
-    let mut want = desired(ctx, known);
+    let me = ctx.me();
+    let mut wants = [desired(ctx, known, 0), desired(ctx, known, 1)];
     let plain = if live.encryption == Encryption::Disabled {
-        let plain = reconcile::plain_routes(known.records.values(), &want);
-        want.peers.clear();
+        let plain = reconcile::plain_routes(known.records.values(), &wants[0]);
+        wants = Default::default();
         plain
     } else {
         BTreeMap::new()
     };
     // Every peer accepts its node's own addresses from the tunnel, whatever this node's
     // host-encryption setting: a peer that already encrypts is never refused.
-    let host_prefixes = reconcile::add_host_addresses(&mut want, known.records.values());
-    if ctx.device.read().await.status().await.is_err() {
-        known.counters.device_restores += 1;
-        heal_device(ctx).await?;
+    let mut host_prefixes = BTreeSet::new();
+    for slot in SLOTS {
+        let views: Vec<NodeRecord> = known
+            .records
+            .values()
+            .filter_map(|r| slots::slot_view(r, slot))
+            .collect();
+        host_prefixes.extend(reconcile::add_host_addresses(
+            &mut wants[usize::from(slot)],
+            &views,
+        ));
     }
-    let device = ctx.device.read().await;
-    let mut dev = device.status().await.context("reading device")?;
-    if dev.listen_port != live.listen_port || dev.fwmark != ctx.args.mesh_mark {
-        device
-            .configure(
-                &ctx.private_key.to_bytes(),
-                live.listen_port,
-                Some(ctx.args.mesh_mark),
-            )
-            .await
-            .context("setting the listen port and fwmark")?;
-        if dev.listen_port != live.listen_port {
-            tracing::info!(
-                from = dev.listen_port,
-                to = live.listen_port,
-                "listen port changed live"
-            );
+    for slot in SLOTS {
+        if ctx.device(slot).read().await.status().await.is_err() {
+            known.counters.device_restores += 1;
+            heal_device(ctx, slot).await?;
         }
-        dev = device.status().await.context("reading device")?;
     }
+    let devices = [ctx.device(0).read().await, ctx.device(1).read().await];
+    let ports = [live.listen_port, second_port(live.listen_port)];
+    let mut devs = Vec::new();
+    for slot in SLOTS {
+        let device = &devices[usize::from(slot)];
+        let port = ports[usize::from(slot)];
+        let mut dev = device.status().await.context("reading device")?;
+        if dev.listen_port != port || dev.fwmark != ctx.args.mesh_mark {
+            device
+                .configure(&ctx.key(slot).to_bytes(), port, Some(ctx.args.mesh_mark))
+                .await
+                .context("setting the listen port and fwmark")?;
+            if dev.listen_port != port {
+                tracing::info!(
+                    slot,
+                    from = dev.listen_port,
+                    to = port,
+                    "listen port changed live"
+                );
+            }
+            dev = device.status().await.context("reading device")?;
+        }
+        devs.push(dev);
+    }
+    let ifindex = [devices[0].ifindex(), devices[1].ifindex()];
     let mut bpf = ctx.bpf.lock().await;
-    if ctx.me().listen_port != dev.listen_port {
-        // Peers learn the new port from the record, and at once from this node's next
+    let second = me.rotation.second.map(|k| k.listen_port);
+    if me.listen_port != devs[0].listen_port || second != Some(devs[1].listen_port) {
+        // Peers learn the new ports from the record, and at once from this node's next
         // authenticated packet (WireGuard roaming).
-        bpf.set_port(dev.listen_port)?;
-        ctx.me
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .listen_port = dev.listen_port;
+        bpf.set_port(devs[0].listen_port)?;
+        bpf.set_second_port(devs[1].listen_port)?;
+        let (p0, p1) = (devs[0].listen_port, devs[1].listen_port);
+        ctx.update_me(|m| {
+            m.listen_port = p0;
+            if let Some(s) = m.rotation.second.as_mut() {
+                s.listen_port = p1;
+            }
+        });
         known.republish = true;
     }
-    let present = ctx
-        .routes
-        .list(device.ifindex())
-        .await
-        .context("listing routes")?;
+    let me = ctx.me();
+    let mut present = BTreeMap::new();
+    for slot in SLOTS {
+        let i = ifindex[usize::from(slot)];
+        for dst in ctx.routes.list(i).await.context("listing routes")? {
+            present.insert(dst.trunc(), i);
+        }
+    }
     let keepalive = live.effective_keepalive();
-    let mut plan = reconcile::plan(&want, &dev.peers, &present, keepalive, &host_prefixes);
-    if live.refresh_peers {
-        plan.upsert_peers =
-            reconcile::plan(&want, &[], &present, keepalive, &host_prefixes).upsert_peers;
+    let refresh = live.refresh_peers;
+    let plans: Vec<reconcile::Plan> = SLOTS
+        .iter()
+        .map(|&slot| {
+            let i = usize::from(slot);
+            let programmed: &[netlink::PeerStatus] = if refresh { &[] } else { &devs[i].peers };
+            let mut plan =
+                reconcile::plan(&wants[i], &devs[i].peers, &[], keepalive, &host_prefixes);
+            if refresh {
+                plan.upsert_peers =
+                    reconcile::plan(&wants[i], programmed, &[], keepalive, &host_prefixes)
+                        .upsert_peers;
+            }
+            plan
+        })
+        .collect();
+    if refresh {
         ctx.live.write().await.refresh_peers = false;
     }
-    let redirects = reconcile::redirects(&want, device.ifindex(), &host_prefixes);
+    // Which device carries each peer's traffic, as both ends agree (key rotation drains one).
+    let peer_slots = reconcile::peer_slots(known.records.values(), &me, &wants);
+    let routes = reconcile::steering(&wants, &peer_slots, ifindex, &host_prefixes);
+    let redirects = routes.clone();
     let hosts = if live.host_encryption
         && live.encryption != Encryption::Disabled
-        && dev.fwmark == ctx.args.mesh_mark
+        && devs.iter().all(|d| d.fwmark == ctx.args.mesh_mark)
     {
         reconcile::encrypted_hosts(
             known.records.values(),
-            &want,
+            &peer_slots,
             &known.live_peers,
             &ctx.args.host_encryption_exclude,
-            device.ifindex(),
+            ifindex,
         )
     } else {
         BTreeMap::new()
     };
+    known.peer_slots = peer_slots
+        .iter()
+        .map(|(name, (slot, _))| (name.clone(), *slot))
+        .collect();
     let mode = bpf::program_mode(live.encryption, live.strict_mode);
     if mode == ebpf_redirect::Mode::Permissive && bpf.mode() != mode {
         bpf.set_mode(mode)?;
@@ -936,46 +1332,68 @@ async fn reconcile_once(ctx: &Context, known: &mut Known) -> anyhow::Result<()> 
             known.counters.route_ops += 1;
         }
     }
-    if ctx.links.mtu(device.ifindex()).await.ok() != Some(live.mtu) {
-        ctx.links.set_mtu(device.ifindex(), live.mtu).await?;
-        tracing::info!(mtu = live.mtu, "WireGuard MTU changed");
+    for i in ifindex {
+        if ctx.links.mtu(i).await.ok() != Some(live.mtu) {
+            ctx.links.set_mtu(i, live.mtu).await?;
+            tracing::info!(mtu = live.mtu, ifindex = i, "WireGuard MTU changed");
+        }
     }
-    if plan.is_empty() {
-        finish_pass(
-            ctx,
-            known,
-            &mut bpf,
-            &plain,
-            &plain_present,
-            (&redirects, &hosts),
-            mode,
-        )
-        .await?;
-        return Ok(());
+    let changes = plans.iter().any(|p| !p.is_empty())
+        || routes.iter().any(|(d, i)| present.get(d) != Some(i))
+        || present.keys().any(|d| !routes.contains_key(d));
+    if changes {
+        tracing::info!(
+            remove_peers = plans.iter().map(|p| p.remove_peers.len()).sum::<usize>(),
+            upsert_peers = plans.iter().map(|p| p.upsert_peers.len()).sum::<usize>(),
+            routes = routes.len(),
+            "applying changes"
+        );
     }
-    tracing::info!(
-        remove_peers = plan.remove_peers.len(),
-        del_routes = plan.del_routes.len(),
-        upsert_peers = plan.upsert_peers.len(),
-        add_routes = plan.add_routes.len(),
-        "applying changes"
-    );
-    if !plan.remove_peers.is_empty() {
-        device.apply(&plan.remove_peers).await?;
-        known.counters.peer_ops += plan.remove_peers.len() as u64;
+    // Departing peers go first (nothing is steered to a peer being removed: a departed node's
+    // CIDRs lost their redirects above, and a key being replaced belongs to a drained slot).
+    for (slot, plan) in SLOTS.iter().zip(&plans) {
+        if !plan.remove_peers.is_empty() {
+            devices[usize::from(*slot)]
+                .apply(&plan.remove_peers)
+                .await?;
+            known.counters.peer_ops += plan.remove_peers.len() as u64;
+        }
     }
-    for dst in &plan.del_routes {
-        ctx.routes.del(*dst, device.ifindex()).await?;
-        known.counters.route_ops += 1;
+    for (dst, i) in &present {
+        if !routes.contains_key(dst) {
+            ctx.routes.del(*dst, *i).await?;
+            known.counters.route_ops += 1;
+        }
     }
-    if !plan.upsert_peers.is_empty() {
-        device.apply(&plan.upsert_peers).await?;
-        known.counters.peer_ops += plan.upsert_peers.len() as u64;
+    for (slot, plan) in SLOTS.iter().zip(&plans) {
+        if !plan.upsert_peers.is_empty() {
+            devices[usize::from(*slot)]
+                .apply(&plan.upsert_peers)
+                .await?;
+            known.counters.peer_ops += plan.upsert_peers.len() as u64;
+        }
     }
-    for dst in &plan.add_routes {
-        ctx.routes.add(*dst, device.ifindex()).await?;
-        known.counters.route_ops += 1;
+    // New routes, and routes moving to the other slot's device (replaced in one operation).
+    for (dst, i) in &routes {
+        if present.get(dst) != Some(i) {
+            ctx.routes.add(*dst, *i).await?;
+            known.counters.route_ops += 1;
+            if let Some(old) = present.get(dst) {
+                // A replace keeps nothing behind; if the kernel added a second route instead,
+                // the old one goes now.
+                if ctx
+                    .routes
+                    .list(*old)
+                    .await?
+                    .iter()
+                    .any(|d| d.trunc() == *dst)
+                {
+                    ctx.routes.del(*dst, *old).await?;
+                }
+            }
+        }
     }
+    drop(devices);
     finish_pass(
         ctx,
         known,
@@ -1117,15 +1535,34 @@ async fn track_liveness(ctx: &Context, known: &mut Known, peers: &[netlink::Peer
             * u64::from(LIVENESS_INTERVALS),
     );
     let now = std::time::Instant::now();
-    let mut seen = BTreeMap::new();
+    // Per peer node, over both slots: bytes received and the latest handshake.
+    let names: BTreeMap<PublicKey, &str> = known
+        .records
+        .values()
+        .flat_map(|r| {
+            SLOTS
+                .iter()
+                .filter_map(|s| r.slot(*s))
+                .map(move |k| (k.public_key, r.name.as_str()))
+        })
+        .collect();
+    let mut totals: BTreeMap<&str, (u64, Option<SystemTime>)> = BTreeMap::new();
     for p in peers {
-        let key = PublicKey::from_bytes(p.public_key);
-        let at = match known.rx_seen.get(&key) {
-            Some((rx, at)) if *rx == p.rx_bytes => *at,
+        let Some(name) = names.get(&PublicKey::from_bytes(p.public_key)) else {
+            continue;
+        };
+        let e = totals.entry(name).or_default();
+        e.0 += p.rx_bytes;
+        e.1 = e.1.max(p.last_handshake);
+    }
+    let mut seen = BTreeMap::new();
+    for (name, (rx_bytes, last_handshake)) in totals {
+        let at = match known.rx_seen.get(name) {
+            Some((rx, at)) if *rx == rx_bytes => *at,
             Some(_) => now,
             // First sight (e.g. after a restart): up if it handshook recently.
             None => {
-                let recent = p.last_handshake.is_some_and(|t| {
+                let recent = last_handshake.is_some_and(|t| {
                     SystemTime::now()
                         .duration_since(t)
                         .is_ok_and(|age| age < window)
@@ -1137,12 +1574,12 @@ async fn track_liveness(ctx: &Context, known: &mut Known, peers: &[netlink::Peer
                 }
             }
         };
-        seen.insert(key, (p.rx_bytes, at));
+        seen.insert(name.to_string(), (rx_bytes, at));
     }
-    let up: BTreeSet<PublicKey> = seen
+    let up: BTreeSet<String> = seen
         .iter()
         .filter(|(_, (rx, at))| *rx > 0 && now.duration_since(*at) < window)
-        .map(|(k, _)| *k)
+        .map(|(k, _)| k.clone())
         .collect();
     known.rx_seen = seen;
     if up == known.live_peers {
@@ -1158,22 +1595,13 @@ async fn track_liveness(ctx: &Context, known: &mut Known, peers: &[netlink::Peer
     true
 }
 
-/// Serve a fresh status; returns the device's peers as read for it.
-async fn publish_status(
-    ctx: &Context,
-    known: &Known,
-    converged: bool,
-) -> anyhow::Result<Vec<netlink::PeerStatus>> {
-    let device = ctx.device.read().await;
-    let live = device.status().await?;
-    let names: BTreeMap<PublicKey, &str> = known
-        .records
-        .values()
-        .map(|r| (r.public_key, r.name.as_str()))
-        .collect();
+/// The peers of one device as the status reports them.
+fn peer_reports(
+    peers: &[netlink::PeerStatus],
+    names: &BTreeMap<PublicKey, &str>,
+) -> Vec<PeerReport> {
     let now = SystemTime::now();
-    let peers = live
-        .peers
+    peers
         .iter()
         .map(|p| {
             let key = PublicKey::from_bytes(p.public_key);
@@ -1195,10 +1623,59 @@ async fn publish_status(
                 tx_bytes: p.tx_bytes,
             }
         })
+        .collect()
+}
+
+/// Serve a fresh status; returns both devices' peers as read for it.
+async fn publish_status(
+    ctx: &Context,
+    known: &Known,
+    converged: bool,
+) -> anyhow::Result<Vec<netlink::PeerStatus>> {
+    let device = ctx.device(0).read().await;
+    let second = ctx.device(1).read().await;
+    let live = device.status().await?;
+    let live2 = second.status().await?;
+    let names: BTreeMap<PublicKey, &str> = known
+        .records
+        .values()
+        .flat_map(|r| {
+            SLOTS
+                .iter()
+                .filter_map(|s| r.slot(*s))
+                .map(move |k| (k.public_key, r.name.as_str()))
+        })
         .collect();
+    let peers = peer_reports(&live.peers, &names);
+    let me = ctx.me();
+    let (phase, slot) = match known.rotation.phase() {
+        rotation::Phase::Idle => ("idle", None),
+        rotation::Phase::Waiting { slot } => ("waiting", Some(slot)),
+        rotation::Phase::Draining { slot } => ("draining", Some(slot)),
+        rotation::Phase::Replaced { slot } => ("replaced", Some(slot)),
+    };
+    let rotation_report = control::RotationReport {
+        phase: phase.into(),
+        slot,
+        serial: me.rotation.step.map(|s| s.serial),
+        pending: known.rotation.pending().to_vec(),
+        rotations: known.rotations,
+        failures: known.rotation_failures,
+        last_unix: known.last_rotation_unix,
+        last_error: known.last_rotation_error.clone(),
+        peer_slots: known.peer_slots.clone(),
+        interval_secs: ctx.args.key_rotation_interval.map(|d| d.as_secs()),
+    };
+    let second_report = control::SlotReport {
+        interface: second.name().to_string(),
+        ifindex: second.ifindex(),
+        public_key: ctx.key(1).public_key().to_string(),
+        listen_port: live2.listen_port,
+        peers: peer_reports(&live2.peers, &names),
+    };
     let report = StatusReport {
         node: ctx.me().name.clone(),
-        public_key: ctx.private_key.public_key().to_string(),
+        public_key: ctx.key(0).public_key().to_string(),
         mode: device.mode().to_string(),
         interface: device.name().to_string(),
         ifindex: device.ifindex(),
@@ -1228,7 +1705,9 @@ async fn publish_status(
             .iter()
             .map(ToString::to_string)
             .collect(),
-        key_created_unix: ctx.key_created_unix,
+        key_created_unix: ctx.key_created_unix(),
+        second: Some(second_report),
+        rotation: rotation_report,
         datapath: match ctx.bpf.lock().await.report() {
             Ok(r) => Some(r),
             Err(err) => {
@@ -1243,7 +1722,9 @@ async fn publish_status(
     }
     *ctx.status.write().await = Some(report);
     *ctx.heartbeat.write().await = Some(std::time::Instant::now());
-    Ok(live.peers)
+    let mut all = live.peers;
+    all.extend(live2.peers);
+    Ok(all)
 }
 
 async fn cleanup<R: Registry>(ctx: Context, registry: &R) {
@@ -1251,11 +1732,14 @@ async fn cleanup<R: Registry>(ctx: Context, registry: &R) {
     if let Err(err) = registry.withdraw(&ctx.me().name).await {
         tracing::warn!(%err, "withdrawing record failed");
     }
-    let device = ctx.device.into_inner();
-    if let Ok(present) = ctx.routes.list(device.ifindex()).await {
-        for dst in present {
-            if let Err(err) = ctx.routes.del(dst, device.ifindex()).await {
-                tracing::warn!(%err, %dst, "removing route failed");
+    let [device, second] = ctx.devices;
+    let (device, second) = (device.into_inner(), second.into_inner());
+    for i in [device.ifindex(), second.ifindex()] {
+        if let Ok(present) = ctx.routes.list(i).await {
+            for dst in present {
+                if let Err(err) = ctx.routes.del(dst, i).await {
+                    tracing::warn!(%err, %dst, "removing route failed");
+                }
             }
         }
     }
@@ -1273,8 +1757,10 @@ async fn cleanup<R: Registry>(ctx: Context, registry: &R) {
     {
         tracing::warn!(%err, "removing the host-encryption rule failed");
     }
-    if let Err(err) = device.destroy().await {
-        tracing::warn!(%err, "removing device failed");
+    for d in [device, second] {
+        if let Err(err) = d.destroy().await {
+            tracing::warn!(%err, "removing device failed");
+        }
     }
     // Last: the underlay guard stays until nothing routes pod traffic any more.
     ctx.bpf.into_inner().cleanup();
@@ -1316,6 +1802,7 @@ mod tests {
             listen_port: 51820,
             endpoints: vec![format!("198.18.0.{key}").parse().unwrap()],
             pod_cidrs: vec![],
+            rotation: Default::default(),
         }
     }
 

@@ -33,6 +33,8 @@ pub mod metrics;
 pub mod node_condition;
 /// The pure reconcile plan.
 pub mod reconcile;
+/// The key-rotation driver (pure: which step, when).
+pub mod rotation;
 /// Operator settings from the `meshd-config` ConfigMap and their live watcher.
 pub mod settings;
 

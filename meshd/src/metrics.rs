@@ -38,6 +38,7 @@ struct Inner {
     verdicts: Family<Labels, Counter>,
     ops: Family<Labels, Counter>,
     key_age: Gauge<f64, AtomicU64>,
+    rotations: Family<Labels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -129,6 +130,12 @@ impl Metrics {
             "Age of this node's WireGuard private key",
             key_age.clone(),
         );
+        let rotations = Family::<Labels, Counter>::default();
+        registry.register(
+            "key_rotations",
+            "Key rotations by outcome (done: both keys replaced; aborted: no key changed)",
+            rotations.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
                 registry: Mutex::new(registry),
@@ -143,8 +150,20 @@ impl Metrics {
                 verdicts,
                 ops,
                 key_age,
+                rotations,
             }),
         }
+    }
+
+    /// Record the end of a key rotation.
+    pub fn observe_rotation(&self, done: bool) {
+        self.inner
+            .rotations
+            .get_or_create(&labels(&[(
+                "outcome",
+                if done { "done" } else { "aborted" },
+            )]))
+            .inc();
     }
 
     /// Record one reconcile pass.

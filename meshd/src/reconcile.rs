@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::IpNet;
 use keyexchange::peers::{diff_peers, PeerOp, PeerSet, ProgrammedPeer};
+use keyexchange::slots::{pair_slot, Slot};
 use keyexchange::{NodeRecord, PublicKey};
 use netlink::{PeerChange, PeerConfig, PeerStatus};
 
@@ -48,16 +49,54 @@ pub fn programmed(peers: &[PeerStatus]) -> Vec<ProgrammedPeer> {
         .collect()
 }
 
-/// The redirects the eBPF maps should hold: every peer's pod CIDRs (its AllowedIPs except
-/// the `hosts` prefixes of its node addresses) into the tunnel `ifindex`.
-pub fn redirects(desired: &PeerSet, ifindex: u32, hosts: &BTreeSet<IpNet>) -> BTreeMap<IpNet, u32> {
-    desired
-        .peers
-        .values()
-        .flat_map(|p| p.allowed_ips.iter().map(IpNet::trunc))
-        .filter(|c| !hosts.contains(c))
-        .map(|c| (c, ifindex))
-        .collect()
+/// Which slot's device carries the traffic to each peer node, and the peer's key there: the
+/// slot both ends agree on ([`pair_slot`]) when that slot's peer set holds the node, else
+/// slot 0 when it does (a node whose second slot is in conflict), else none.
+pub fn peer_slots<'a>(
+    records: impl IntoIterator<Item = &'a NodeRecord>,
+    me: &NodeRecord,
+    wants: &[PeerSet; 2],
+) -> BTreeMap<String, (Slot, PublicKey)> {
+    let mut out = BTreeMap::new();
+    for r in records {
+        if r.name == me.name {
+            continue;
+        }
+        let chosen = pair_slot(me, r);
+        for slot in [chosen, 0] {
+            let Some(key) = r.slot(slot).map(|k| k.public_key) else {
+                continue;
+            };
+            if wants[usize::from(slot)].peers.contains_key(&key) {
+                out.insert(r.name.clone(), (slot, key));
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// Where pod traffic to each peer's pod CIDRs goes: the routes and the eBPF redirects, both
+/// `CIDR → device ifindex` of the peer's slot (`ifindex[slot]`). The `hosts` prefixes (peer
+/// node addresses) are left out.
+pub fn steering(
+    wants: &[PeerSet; 2],
+    slots: &BTreeMap<String, (Slot, PublicKey)>,
+    ifindex: [u32; 2],
+    hosts: &BTreeSet<IpNet>,
+) -> BTreeMap<IpNet, u32> {
+    let mut out = BTreeMap::new();
+    for (slot, key) in slots.values() {
+        let Some(peer) = wants[usize::from(*slot)].peers.get(key) else {
+            continue;
+        };
+        for c in peer.allowed_ips.iter().map(IpNet::trunc) {
+            if !hosts.contains(&c) {
+                out.insert(c, ifindex[usize::from(*slot)]);
+            }
+        }
+    }
+    out
 }
 
 /// Adds each peer's node addresses (as /32 and /128) to its AllowedIPs, so that host traffic
@@ -94,21 +133,23 @@ pub fn add_host_addresses<'a>(
     hosts
 }
 
-/// Host encryption: the peer node addresses whose traffic goes into the tunnel `ifindex`:
-/// those of programmed peers whose tunnel is up (`live`), minus `exclude`.
+/// Host encryption: the peer node addresses whose traffic goes into the tunnel, to the device
+/// of the peer's slot: those of programmed peers (`slots`) whose tunnel is up (`live`, by
+/// node name), minus `exclude`.
 pub fn encrypted_hosts<'a>(
     records: impl IntoIterator<Item = &'a NodeRecord>,
-    desired: &PeerSet,
-    live: &BTreeSet<PublicKey>,
+    slots: &BTreeMap<String, (Slot, PublicKey)>,
+    live: &BTreeSet<String>,
     exclude: &[std::net::IpAddr],
-    ifindex: u32,
+    ifindex: [u32; 2],
 ) -> BTreeMap<std::net::IpAddr, u32> {
     records
         .into_iter()
-        .filter(|r| desired.peers.contains_key(&r.public_key) && live.contains(&r.public_key))
-        .flat_map(|r| r.endpoints.iter().copied())
-        .filter(|ip| !exclude.contains(ip))
-        .map(|ip| (ip, ifindex))
+        .filter(|r| live.contains(&r.name))
+        .filter_map(|r| slots.get(&r.name).map(|(slot, _)| (r, *slot)))
+        .flat_map(|(r, slot)| r.endpoints.iter().map(move |ip| (*ip, slot)))
+        .filter(|(ip, _)| !exclude.contains(ip))
+        .map(|(ip, slot)| (ip, ifindex[usize::from(slot)]))
         .collect()
 }
 
@@ -284,6 +325,7 @@ mod tests {
             listen_port: 51820,
             endpoints: endpoints.iter().map(|e| e.parse().expect("ip")).collect(),
             pod_cidrs: cidrs.iter().map(|c| net(c)).collect(),
+            rotation: Default::default(),
         }
     }
 
@@ -313,7 +355,15 @@ mod tests {
             got.add_routes,
             vec![net("10.244.2.0/24"), net("fd00:244:0:2::/64")]
         );
-        assert_eq!(redirects(&want, 7, &hosts).len(), 2);
+        let me = record(
+            "n1",
+            PrivateKey::generate().public_key(),
+            &[],
+            &["198.18.0.11"],
+        );
+        let wants = [want.clone(), PeerSet::default()];
+        let slots = peer_slots([&r], &me, &wants);
+        assert_eq!(steering(&wants, &slots, [7, 8], &hosts).len(), 2);
         // An endpoint inside some pod CIDR is not added (it would steal that CIDR's traffic).
         let mut want2 = desired(&[(k, "n2", &["10.244.2.0/24"])]);
         let inside = record("n2", k, &["10.244.2.0/24"], &["10.244.2.9"]);
@@ -334,13 +384,21 @@ mod tests {
             &["198.18.0.12", "fd00:198::12"],
         );
         let rb = record("n3", b, &["10.244.3.0/24"], &["198.18.0.13"]);
-        let live: BTreeSet<PublicKey> = [a].into_iter().collect();
+        let live: BTreeSet<String> = ["n2".to_string()].into_iter().collect();
+        let me = record(
+            "n1",
+            PrivateKey::generate().public_key(),
+            &[],
+            &["198.18.0.11"],
+        );
+        let wants = [want, PeerSet::default()];
+        let slots = peer_slots([&ra, &rb], &me, &wants);
         let got = encrypted_hosts(
             [&ra, &rb],
-            &want,
+            &slots,
             &live,
             &["fd00:198::12".parse().expect("ip")],
-            9,
+            [9, 10],
         );
         assert_eq!(
             got,

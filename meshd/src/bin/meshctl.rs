@@ -59,6 +59,18 @@ enum Cmd {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// Rotate this node's WireGuard keys without losing a packet: both key slots are drained
+    /// and replaced in turn, each step acknowledged by every peer (see the README). Waits
+    /// until the rotation ends; exit 1 if it was abandoned (no key was changed then, or the
+    /// drain stays until every peer holds the new key).
+    RotateKey {
+        /// meshd's control socket.
+        #[arg(long, default_value = control::DEFAULT_CONTROL_SOCKET)]
+        socket: PathBuf,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
     /// The local multi-node lab (network namespaces on this machine).
     Lab {
         #[command(subcommand)]
@@ -190,6 +202,18 @@ enum LabCmd {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Rotate the keys of the given nodes (default: every node), all at once; prints one
+    /// outcome per node and exits 1 if any rotation was abandoned.
+    RotateKey {
+        /// Lab name.
+        #[arg(long, default_value = "mlab")]
+        name: String,
+        /// Nodes to rotate (default: all).
+        nodes: Vec<String>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
 }
 
 /// `KEY=VALUE` → (KEY, VALUE).
@@ -234,6 +258,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
                 Output::Table => print_node_status(&report),
+            }
+        }
+        Cmd::RotateKey { socket, output } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let outcome = rt.block_on(control::rotate_key(&socket))?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&outcome)?),
+                Output::Table => {
+                    println!(
+                        "{}: {}",
+                        if outcome.ok { "rotated" } else { "FAILED" },
+                        outcome.message
+                    );
+                    for (slot, key) in outcome.public_keys.iter().enumerate() {
+                        println!("slot {slot} key {key}");
+                    }
+                }
+            }
+            if !outcome.ok {
+                return Ok(ExitCode::from(1));
             }
         }
         Cmd::Audit {
@@ -337,6 +383,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{pid}");
             }
             LabCmd::StopNode { name, node } => lab::stop_node(&name, &node)?,
+            LabCmd::RotateKey {
+                name,
+                nodes,
+                output,
+            } => {
+                let outcomes = lab::rotate_keys(&name, &nodes)?;
+                match output {
+                    Output::Json => println!("{}", serde_json::to_string_pretty(&outcomes)?),
+                    Output::Table => {
+                        for (node, o) in &outcomes {
+                            println!(
+                                "{node}: {} {}",
+                                if o.ok { "rotated" } else { "FAILED" },
+                                o.message
+                            );
+                        }
+                    }
+                }
+                if outcomes.values().any(|o| !o.ok) {
+                    return Ok(ExitCode::from(1));
+                }
+            }
             LabCmd::Exec {
                 name,
                 node,
@@ -367,6 +435,23 @@ fn print_node_status(s: &control::StatusReport) {
         "endpoints {}  pod CIDRs {}",
         s.endpoints.join(" "),
         s.pod_cidrs.join(" ")
+    );
+    if let Some(second) = &s.second {
+        println!(
+            "second key slot: device {} (ifindex {}), port {}, key {}",
+            second.interface, second.ifindex, second.listen_port, second.public_key
+        );
+    }
+    let r = &s.rotation;
+    println!(
+        "key rotation: {}{}, {} done, {} abandoned{}",
+        r.phase,
+        r.slot.map_or(String::new(), |s| format!(" (slot {s})")),
+        r.rotations,
+        r.failures,
+        r.last_error
+            .as_ref()
+            .map_or(String::new(), |e| format!("; last error: {e}"))
     );
     println!(
         "{:<8} {:<46} {:<24} {:<12} {:>12} {:>12}  ALLOWED IPS",

@@ -1,0 +1,488 @@
+//! The key-rotation driver: which step of a rotation this node is in and when it may take the
+//! next one. Pure: the daemon feeds it the records and carries out what it returns.
+//!
+//! A rotation replaces both of the node's keys, one slot at a time (see
+//! [`keyexchange::slots`]). For slot `s`:
+//! 1. **drain**: publish `draining: s` with a new serial. Every peer moves the traffic it sends
+//!    to this node onto the other slot (so does this node) and acknowledges the serial in its
+//!    own record.
+//! 2. **replace**: once every peer acknowledged (and a short grace period has let packets
+//!    already in flight on slot `s` land), generate the new key for `s`, program it and publish
+//!    it with a new serial, still draining `s`. Every peer programs the new key and
+//!    acknowledges.
+//! 3. the next slot is drained the same way (traffic moves back onto the fresh slot `s`), and
+//!    when the last slot is replaced and acknowledged, the drain is lifted.
+//!
+//! Two nodes draining opposite slots are settled by name: pairs follow the drain of the name
+//! that sorts first ([`keyexchange::slots::pair_slot`]). A node does not start draining while
+//! an earlier name drains the other slot, nor while a later one does whose latest step it has
+//! not applied yet; if both start at the same moment, the later name withdraws its drain
+//! before it changed any key, and waits.
+//!
+//! Nothing ever sends on a slot whose key the other end may not hold: a peer that does not
+//! acknowledge a drain before [`STEP_TIMEOUT`] aborts the rotation before any key changed; a
+//! peer that does not acknowledge a new key keeps the pair on the other slot (the drain stays)
+//! until it does.
+
+use std::time::{Duration, Instant};
+
+use keyexchange::record::RotationStep;
+use keyexchange::slots::{yields_to, Slot};
+use keyexchange::NodeRecord;
+
+/// How long a drain waits for every peer's acknowledgement before the rotation is aborted.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a rotation waits for other nodes' rotations before it starts draining.
+pub const WAIT_TIMEOUT: Duration = Duration::from_secs(120);
+/// After the last acknowledgement of a drain, how long packets already sent on the slot get
+/// to arrive before its key is replaced.
+pub const DRAIN_GRACE: Duration = Duration::from_millis(500);
+
+/// Where the rotation stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// No rotation.
+    Idle,
+    /// Waiting to drain `slot`: a peer whose name sorts first drains the other slot.
+    Waiting {
+        /// The slot to drain next.
+        slot: Slot,
+    },
+    /// `slot` is drained; waiting for every peer's acknowledgement.
+    Draining {
+        /// The drained slot.
+        slot: Slot,
+    },
+    /// `slot`'s key was replaced; waiting for every peer to program it.
+    Replaced {
+        /// The slot whose key is new.
+        slot: Slot,
+    },
+}
+
+/// What the daemon must do now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Nothing (yet).
+    Wait,
+    /// Publish this step (or the end of the rotation: `None`).
+    Publish(Option<RotationStep>),
+    /// Generate, persist and program a new key for the slot, then publish this step.
+    Replace(Slot, RotationStep),
+    /// The rotation finished: publish `None`, both keys are new.
+    Finished,
+    /// The rotation was abandoned before any key changed: publish `None`; the reason names the
+    /// peers at fault.
+    Aborted(String),
+}
+
+/// The driver's state.
+#[derive(Debug, Clone)]
+pub struct Driver {
+    phase: Phase,
+    /// The slot to rotate after the current one.
+    then: Option<Slot>,
+    serial: u64,
+    /// When the current step was published.
+    since: Instant,
+    /// When every peer had acknowledged the current drain.
+    acked_at: Option<Instant>,
+    /// Peers not yet acknowledging the current step (for status).
+    pending: Vec<String>,
+}
+
+impl Default for Driver {
+    fn default() -> Self {
+        Driver {
+            phase: Phase::Idle,
+            then: None,
+            serial: 0,
+            since: Instant::now(),
+            acked_at: None,
+            pending: Vec::new(),
+        }
+    }
+}
+
+impl Driver {
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Peers the current step waits for.
+    pub fn pending(&self) -> &[String] {
+        &self.pending
+    }
+
+    /// Whether a rotation is under way.
+    pub fn busy(&self) -> bool {
+        self.phase != Phase::Idle
+    }
+
+    /// Begin a rotation of both slots (slot 0 first). `serial_floor` is a value every serial of
+    /// this rotation must exceed (e.g. the clock in milliseconds, so serials keep growing across
+    /// restarts). Returns false when one is already under way.
+    pub fn start(&mut self, now: Instant, serial_floor: u64) -> bool {
+        if self.busy() {
+            return false;
+        }
+        self.serial = self.serial.max(serial_floor);
+        self.phase = Phase::Waiting { slot: 0 };
+        self.then = Some(1);
+        self.since = now;
+        self.acked_at = None;
+        self.pending.clear();
+        true
+    }
+
+    fn next_serial(&mut self) -> u64 {
+        self.serial += 1;
+        self.serial
+    }
+
+    fn step(&mut self, now: Instant, phase: Phase, draining: Option<Slot>) -> RotationStep {
+        self.phase = phase;
+        self.since = now;
+        self.acked_at = None;
+        RotationStep {
+            serial: self.next_serial(),
+            draining,
+        }
+    }
+
+    fn abort(&mut self, reason: String) -> Action {
+        self.phase = Phase::Idle;
+        self.then = None;
+        self.pending.clear();
+        Action::Aborted(reason)
+    }
+
+    /// Advance as far as `me` and the `peers`' records allow. `me` is this node's record as
+    /// published (its step and keys included).
+    pub fn poll<'a>(
+        &mut self,
+        now: Instant,
+        me: &NodeRecord,
+        peers: impl IntoIterator<Item = &'a NodeRecord>,
+    ) -> Action {
+        let peers: Vec<&NodeRecord> = peers.into_iter().filter(|p| p.name != me.name).collect();
+        let published = me.rotation.step.map_or(0, |s| s.serial);
+        let pending: Vec<String> = peers
+            .iter()
+            .filter(|p| p.rotation.acks.get(&me.name).copied().unwrap_or(0) < published)
+            .map(|p| p.name.clone())
+            .collect();
+        match self.phase {
+            Phase::Idle => Action::Wait,
+            Phase::Waiting { slot } => {
+                let old: Vec<&str> = peers
+                    .iter()
+                    .filter(|p| p.rotation.second.is_none())
+                    .map(|p| p.name.as_str())
+                    .collect();
+                if me.rotation.second.is_none() || !old.is_empty() {
+                    let who = if old.is_empty() {
+                        me.name.clone()
+                    } else {
+                        old.join(", ")
+                    };
+                    return self.abort(format!(
+                        "nodes without a second key slot (an older meshd): {who}"
+                    ));
+                }
+                // Another node drains the other slot: pairs with it follow the drain of the
+                // name that sorts first. Wait for an earlier name; a later one is fine once
+                // this node applied its latest step (so both ends hold its current keys).
+                let blocked = peers.iter().any(|p| match (p.draining(), p.rotation.step) {
+                    (Some(d), Some(step)) if d != slot => {
+                        p.name < me.name
+                            || me.rotation.acks.get(&p.name).copied() != Some(step.serial)
+                    }
+                    _ => false,
+                });
+                if blocked {
+                    if now.duration_since(self.since) > WAIT_TIMEOUT {
+                        return self.abort(format!(
+                            "other nodes kept rotating for more than {} s",
+                            WAIT_TIMEOUT.as_secs()
+                        ));
+                    }
+                    return Action::Wait;
+                }
+                let step = self.step(now, Phase::Draining { slot }, Some(slot));
+                Action::Publish(Some(step))
+            }
+            Phase::Draining { slot } => {
+                if peers.iter().any(|p| yields_to(me, slot, p)) {
+                    // Both sides started draining opposite slots: the later name steps back.
+                    let step = self.step(now, Phase::Waiting { slot }, None);
+                    return Action::Publish(Some(step));
+                }
+                self.pending = pending;
+                if !self.pending.is_empty() {
+                    if now.duration_since(self.since) > STEP_TIMEOUT {
+                        let who = self.pending.join(", ");
+                        return self.abort(format!(
+                            "peers did not move off slot {slot} within {} s: {who}; no key was changed",
+                            STEP_TIMEOUT.as_secs()
+                        ));
+                    }
+                    return Action::Wait;
+                }
+                let acked = *self.acked_at.get_or_insert(now);
+                if now.duration_since(acked) < DRAIN_GRACE {
+                    return Action::Wait;
+                }
+                let step = self.step(now, Phase::Replaced { slot }, Some(slot));
+                Action::Replace(slot, step)
+            }
+            Phase::Replaced { slot: _ } => {
+                self.pending = pending;
+                if !self.pending.is_empty() {
+                    // Never give up here: the drain keeps pairs off the new key until every
+                    // peer holds it.
+                    return Action::Wait;
+                }
+                match self.then.take() {
+                    Some(next) => {
+                        self.phase = Phase::Waiting { slot: next };
+                        self.since = now;
+                        self.poll(now, me, peers)
+                    }
+                    None => {
+                        self.phase = Phase::Idle;
+                        Action::Finished
+                    }
+                }
+            }
+        }
+    }
+
+    /// A deadline by which [`Driver::poll`] should run again, if the driver waits on time
+    /// rather than on records.
+    pub fn wake_at(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Idle => None,
+            Phase::Draining { .. } => Some(
+                self.acked_at
+                    .map_or(self.since + STEP_TIMEOUT, |a| a + DRAIN_GRACE)
+                    .min(self.since + STEP_TIMEOUT),
+            ),
+            Phase::Waiting { .. } | Phase::Replaced { .. } => {
+                Some(Instant::now() + Duration::from_secs(1))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use keyexchange::record::{Rotation, SlotKey};
+    use keyexchange::PublicKey;
+
+    fn rec(name: &str) -> NodeRecord {
+        NodeRecord {
+            name: name.into(),
+            public_key: PublicKey::from_bytes([name.len() as u8 + 1; 32]),
+            listen_port: 51820,
+            endpoints: vec!["198.18.0.1".parse().unwrap()],
+            pod_cidrs: vec![],
+            rotation: Rotation {
+                second: Some(SlotKey {
+                    public_key: PublicKey::from_bytes([40 + name.len() as u8; 32]),
+                    listen_port: 51821,
+                }),
+                ..Rotation::default()
+            },
+        }
+    }
+
+    fn ack(peer: &mut NodeRecord, me: &NodeRecord) {
+        let serial = me.rotation.step.unwrap().serial;
+        peer.rotation.acks.insert(me.name.clone(), serial);
+    }
+
+    #[test]
+    fn drains_replaces_and_finishes_only_on_acknowledgements() {
+        let t0 = Instant::now();
+        let mut me = rec("b");
+        let mut peer = rec("a");
+        let mut d = Driver::default();
+        assert!(d.start(t0, 1000));
+        assert!(!d.start(t0, 1000), "one rotation at a time");
+        let Action::Publish(Some(step)) = d.poll(t0, &me, [&peer]) else {
+            panic!("expected the drain of slot 0")
+        };
+        assert_eq!(step.draining, Some(0));
+        assert!(step.serial > 1000);
+        me.rotation.step = Some(step);
+        // Not acknowledged: wait, and name the peer.
+        assert_eq!(d.poll(t0, &me, [&peer]), Action::Wait);
+        assert_eq!(d.pending(), ["a"]);
+        ack(&mut peer, &me);
+        // Acknowledged, but the grace period runs first.
+        assert_eq!(d.poll(t0, &me, [&peer]), Action::Wait);
+        let t1 = t0 + DRAIN_GRACE;
+        let Action::Replace(0, step) = d.poll(t1, &me, [&peer]) else {
+            panic!("expected slot 0's key to be replaced")
+        };
+        assert_eq!(step.draining, Some(0));
+        me.rotation.step = Some(step);
+        assert_eq!(
+            d.poll(t1, &me, [&peer]),
+            Action::Wait,
+            "new key not yet acked"
+        );
+        ack(&mut peer, &me);
+        // Slot 0 done: slot 1 drains next (traffic moves back onto the fresh slot 0).
+        let Action::Publish(Some(step)) = d.poll(t1, &me, [&peer]) else {
+            panic!("expected the drain of slot 1")
+        };
+        assert_eq!(step.draining, Some(1));
+        me.rotation.step = Some(step);
+        ack(&mut peer, &me);
+        assert_eq!(d.poll(t1, &me, [&peer]), Action::Wait);
+        let t2 = t1 + DRAIN_GRACE;
+        let Action::Replace(1, step) = d.poll(t2, &me, [&peer]) else {
+            panic!("expected slot 1's key to be replaced")
+        };
+        me.rotation.step = Some(step);
+        ack(&mut peer, &me);
+        assert_eq!(d.poll(t2, &me, [&peer]), Action::Finished);
+        assert!(!d.busy());
+    }
+
+    #[test]
+    fn a_silent_peer_aborts_the_drain_but_never_a_replaced_key() {
+        let t0 = Instant::now();
+        let mut me = rec("b");
+        let peer = rec("a");
+        let mut d = Driver::default();
+        d.start(t0, 0);
+        let Action::Publish(step) = d.poll(t0, &me, [&peer]) else {
+            panic!()
+        };
+        me.rotation.step = step;
+        let late = t0 + STEP_TIMEOUT + Duration::from_secs(1);
+        let Action::Aborted(reason) = d.poll(late, &me, [&peer]) else {
+            panic!("expected an abort")
+        };
+        assert!(
+            reason.contains("a") && reason.contains("no key was changed"),
+            "{reason}"
+        );
+        assert!(!d.busy());
+
+        // Past the replacement, a silent peer only keeps the drain in place.
+        let mut peer = rec("a");
+        let mut d = Driver::default();
+        d.start(t0, 0);
+        let Action::Publish(step) = d.poll(t0, &me, [&peer]) else {
+            panic!()
+        };
+        me.rotation.step = step;
+        ack(&mut peer, &me);
+        d.poll(t0, &me, [&peer]);
+        let Action::Replace(0, step) = d.poll(t0 + DRAIN_GRACE, &me, [&peer]) else {
+            panic!()
+        };
+        me.rotation.step = Some(step);
+        assert_eq!(d.poll(late + STEP_TIMEOUT, &me, [&peer]), Action::Wait);
+        assert_eq!(d.phase(), Phase::Replaced { slot: 0 });
+    }
+
+    #[test]
+    fn nodes_all_holding_a_drain_of_slot_zero_do_not_deadlock() {
+        // Every node replaced slot 0 and waits to drain slot 1, still draining 0.
+        let t0 = Instant::now();
+        let held = |name: &str, serial| {
+            let mut r = rec(name);
+            r.rotation.step = Some(RotationStep {
+                serial,
+                draining: Some(0),
+            });
+            r
+        };
+        let (mut a, mut b) = (held("a", 10), held("b", 20));
+        a.rotation.acks.insert("b".into(), 20);
+        b.rotation.acks.insert("a".into(), 10);
+        let waiting = |d: &mut Driver| {
+            d.start(t0, 0);
+            d.then = None;
+            d.phase = Phase::Waiting { slot: 1 };
+        };
+        let (mut da, mut db) = (Driver::default(), Driver::default());
+        waiting(&mut da);
+        waiting(&mut db);
+        // The earlier name goes first; the later one waits for it...
+        let Action::Publish(Some(step)) = da.poll(t0, &a, [&b]) else {
+            panic!("a should drain slot 1")
+        };
+        assert_eq!(step.draining, Some(1));
+        assert_eq!(db.poll(t0, &b, [&a]), Action::Wait);
+        // ...and follows once "a" drains slot 1 too.
+        a.rotation.step = Some(step);
+        let Action::Publish(Some(step)) = db.poll(t0, &b, [&a]) else {
+            panic!("b should drain slot 1 now")
+        };
+        assert_eq!(step.draining, Some(1));
+        // A later name draining the other slot blocks only until its step is applied.
+        b.rotation.step = Some(RotationStep {
+            serial: 30,
+            draining: Some(0),
+        });
+        let mut dc = Driver::default();
+        waiting(&mut dc);
+        assert_eq!(dc.poll(t0, &a, [&b]), Action::Wait);
+        a.rotation.acks.insert("b".into(), 30);
+        assert!(matches!(dc.poll(t0, &a, [&b]), Action::Publish(Some(_))));
+    }
+
+    #[test]
+    fn an_older_peer_without_a_second_slot_aborts_at_once() {
+        let me = rec("b");
+        let mut old = rec("a");
+        old.rotation.second = None;
+        let mut d = Driver::default();
+        d.start(Instant::now(), 0);
+        let Action::Aborted(reason) = d.poll(Instant::now(), &me, [&old]) else {
+            panic!("expected an abort")
+        };
+        assert!(reason.contains("a"), "{reason}");
+    }
+
+    #[test]
+    fn the_later_name_steps_back_from_opposite_drains() {
+        let t0 = Instant::now();
+        let mut me = rec("b");
+        let mut first = rec("a");
+        let mut d = Driver::default();
+        d.start(t0, 0);
+        let Action::Publish(step) = d.poll(t0, &me, [&first]) else {
+            panic!()
+        };
+        me.rotation.step = step;
+        // "a" drains slot 1 at the same moment: "b" withdraws its drain and waits.
+        first.rotation.step = Some(RotationStep {
+            serial: 5,
+            draining: Some(1),
+        });
+        let Action::Publish(Some(step)) = d.poll(t0, &me, [&first]) else {
+            panic!("expected the drain to be withdrawn")
+        };
+        assert_eq!(step.draining, None);
+        assert_eq!(d.phase(), Phase::Waiting { slot: 0 });
+        assert_eq!(d.poll(t0, &me, [&first]), Action::Wait);
+        // "a" finished: "b" drains again.
+        first.rotation.step = None;
+        d.since = t0;
+        let Action::Publish(Some(step)) = d.poll(t0, &me, [&first]) else {
+            panic!("expected the drain again")
+        };
+        assert_eq!(step.draining, Some(0));
+    }
+}
