@@ -309,11 +309,11 @@ struct Known {
     malformed: BTreeMap<String, String>,
     counters: Counters,
     last_conflicts: BTreeSet<String>,
-    /// Per peer node: the last received-bytes count (both slots) and when it last grew
-    /// (tunnel liveness).
-    rx_seen: BTreeMap<String, (u64, std::time::Instant)>,
-    /// Peer nodes whose tunnel is up by that measure.
-    live_peers: BTreeSet<String>,
+    /// Per peer (public key, so per slot): the last received-bytes count and when it last
+    /// grew (tunnel liveness).
+    rx_seen: BTreeMap<PublicKey, (u64, std::time::Instant)>,
+    /// Peers whose tunnel is up by that measure.
+    live_peers: BTreeSet<PublicKey>,
     /// Peer node addresses routed through the tunnel now (host encryption).
     encrypted_hosts: BTreeSet<IpAddr>,
     /// This node's record changed (listen port, acknowledgements): publish it.
@@ -709,7 +709,22 @@ async fn bring_up_device(
         .with_context(|| format!("configuring key, listen port and fwmark of {interface}"))?;
     links.set_mtu(device.ifindex(), mtu).await?;
     links.set_up(device.ifindex()).await?;
+    relax_rp_filter(interface);
     Ok((device, adopted))
+}
+
+/// A peer's packets may arrive on either slot's device while this node routes its CIDRs via
+/// the other (for a moment while a slot drains): strict reverse-path filtering would drop them.
+/// The device's own setting goes to 0; the kernel applies the stricter of it and `all`.
+fn relax_rp_filter(interface: &str) {
+    let path = format!("/proc/sys/net/ipv4/conf/{interface}/rp_filter");
+    if let Err(err) = std::fs::write(&path, "0") {
+        tracing::warn!(%path, %err, "could not turn off reverse-path filtering on the device");
+    }
+    let all = std::fs::read_to_string("/proc/sys/net/ipv4/conf/all/rp_filter").unwrap_or_default();
+    if all.trim() == "1" {
+        tracing::warn!("net.ipv4.conf.all.rp_filter is 1 (strict): packets a peer sends on the other key slot during a rotation may be dropped; use 0 or 2 (loose)");
+    }
 }
 
 /// The device stopped answering: bring it back (adopting it if it is in fact alive). Its peers,
@@ -1295,10 +1310,22 @@ async fn reconcile_once(ctx: &Context, known: &mut Known) -> anyhow::Result<()> 
         && live.encryption != Encryption::Disabled
         && devs.iter().all(|d| d.fwmark == ctx.args.mesh_mark)
     {
+        // Up by the liveness tracker, or handshook just now (a new key after a rotation
+        // step: its tunnel is up before the tracker has seen it).
+        let window = liveness_window(&live);
+        let mut up = known.live_peers.clone();
+        up.extend(
+            devs.iter()
+                .flat_map(|d| &d.peers)
+                .filter(|p| handshook_within(p, window))
+                .map(|p| PublicKey::from_bytes(p.public_key)),
+        );
         reconcile::encrypted_hosts(
             known.records.values(),
+            &me,
+            &wants,
             &peer_slots,
-            &known.live_peers,
+            &up,
             &ctx.args.host_encryption_exclude,
             ifindex,
         )
@@ -1338,7 +1365,10 @@ async fn reconcile_once(ctx: &Context, known: &mut Known) -> anyhow::Result<()> 
             tracing::info!(mtu = live.mtu, ifindex = i, "WireGuard MTU changed");
         }
     }
-    let changes = plans.iter().any(|p| !p.is_empty())
+    // (The plans' own routes are unused: routes are steered per slot below.)
+    let changes = plans
+        .iter()
+        .any(|p| !p.remove_peers.is_empty() || !p.upsert_peers.is_empty())
         || routes.iter().any(|(d, i)| present.get(d) != Some(i))
         || present.keys().any(|d| !routes.contains_key(d));
     if changes {
@@ -1453,6 +1483,7 @@ async fn sync_host_routes(
         .collect();
     let (remove, add) = bpf::map_diff(want, &present);
     for ip in remove {
+        tracing::info!(%ip, "host traffic to the peer address leaves the tunnel");
         ctx.routes.del_host_in(ip, present[&ip], HOST_TABLE).await?;
         known.counters.route_ops += 1;
     }
@@ -1476,6 +1507,7 @@ async fn sync_host_routes(
             .iter()
             .find(|e| e.is_ipv4() == ip.is_ipv4())
             .copied();
+        tracing::debug!(%ip, ifindex, "host traffic to the peer address goes through the tunnel");
         ctx.routes.add_host_in(ip, ifindex, src, HOST_TABLE).await?;
         known.counters.route_ops += 1;
     }
@@ -1530,56 +1562,29 @@ async fn track_liveness(ctx: &Context, known: &mut Known, peers: &[netlink::Peer
         known.rx_seen.clear();
         return changed;
     }
-    let window = Duration::from_secs(
-        u64::from(live.effective_keepalive().unwrap_or(HOST_KEEPALIVE))
-            * u64::from(LIVENESS_INTERVALS),
-    );
+    let window = liveness_window(&live);
     let now = std::time::Instant::now();
-    // Per peer node, over both slots: bytes received and the latest handshake.
-    let names: BTreeMap<PublicKey, &str> = known
-        .records
-        .values()
-        .flat_map(|r| {
-            SLOTS
-                .iter()
-                .filter_map(|s| r.slot(*s))
-                .map(move |k| (k.public_key, r.name.as_str()))
-        })
-        .collect();
-    let mut totals: BTreeMap<&str, (u64, Option<SystemTime>)> = BTreeMap::new();
-    for p in peers {
-        let Some(name) = names.get(&PublicKey::from_bytes(p.public_key)) else {
-            continue;
-        };
-        let e = totals.entry(name).or_default();
-        e.0 += p.rx_bytes;
-        e.1 = e.1.max(p.last_handshake);
-    }
     let mut seen = BTreeMap::new();
-    for (name, (rx_bytes, last_handshake)) in totals {
-        let at = match known.rx_seen.get(name) {
-            Some((rx, at)) if *rx == rx_bytes => *at,
+    for p in peers {
+        let key = PublicKey::from_bytes(p.public_key);
+        let at = match known.rx_seen.get(&key) {
+            Some((rx, at)) if *rx == p.rx_bytes => *at,
             Some(_) => now,
-            // First sight (e.g. after a restart): up if it handshook recently.
+            // First sight (a restart, a new key): up if it handshook recently.
             None => {
-                let recent = last_handshake.is_some_and(|t| {
-                    SystemTime::now()
-                        .duration_since(t)
-                        .is_ok_and(|age| age < window)
-                });
-                if recent {
+                if handshook_within(p, window) {
                     now
                 } else {
                     now.checked_sub(window).unwrap_or(now)
                 }
             }
         };
-        seen.insert(name.to_string(), (rx_bytes, at));
+        seen.insert(key, (p.rx_bytes, at));
     }
-    let up: BTreeSet<String> = seen
+    let up: BTreeSet<PublicKey> = seen
         .iter()
         .filter(|(_, (rx, at))| *rx > 0 && now.duration_since(*at) < window)
-        .map(|(k, _)| k.clone())
+        .map(|(k, _)| *k)
         .collect();
     known.rx_seen = seen;
     if up == known.live_peers {
@@ -1588,7 +1593,12 @@ async fn track_liveness(ctx: &Context, known: &mut Known, peers: &[netlink::Peer
     for k in up.difference(&known.live_peers) {
         tracing::info!(peer = %k, "tunnel up: host traffic to the peer is encrypted");
     }
-    for k in known.live_peers.difference(&up) {
+    // (Keys no longer programmed, e.g. replaced by a rotation, just leave the set.)
+    for k in known
+        .live_peers
+        .difference(&up)
+        .filter(|k| known.rx_seen.contains_key(*k))
+    {
         tracing::warn!(peer = %k, window_s = window.as_secs(), "nothing received from the peer: host traffic to it leaves the tunnel (fails open)");
     }
     known.live_peers = up;
@@ -1624,6 +1634,23 @@ fn peer_reports(
             }
         })
         .collect()
+}
+
+/// Whether the peer completed a handshake within `window`.
+fn handshook_within(p: &netlink::PeerStatus, window: Duration) -> bool {
+    p.last_handshake.is_some_and(|t| {
+        SystemTime::now()
+            .duration_since(t)
+            .is_ok_and(|age| age < window)
+    })
+}
+
+/// How long a tunnel counts as up after bytes last arrived from it.
+fn liveness_window(live: &Live) -> Duration {
+    Duration::from_secs(
+        u64::from(live.effective_keepalive().unwrap_or(HOST_KEEPALIVE))
+            * u64::from(LIVENESS_INTERVALS),
+    )
 }
 
 /// Serve a fresh status; returns both devices' peers as read for it.
@@ -1804,6 +1831,32 @@ mod tests {
             pod_cidrs: vec![],
             rotation: Default::default(),
         }
+    }
+
+    #[test]
+    fn rotation_intervals_parse_with_units_and_reject_nonsense() {
+        assert_eq!(parse_interval("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_interval("30m").unwrap(), Duration::from_secs(1800));
+        assert_eq!(parse_interval("24h").unwrap(), Duration::from_secs(86400));
+        assert_eq!(
+            parse_interval("7d").unwrap(),
+            Duration::from_secs(7 * 86400)
+        );
+        for bad in ["", "0", "0s", "5w", "h", "-1h"] {
+            let err = parse_interval(bad).unwrap_err();
+            assert!(err.contains(&format!("{bad:?}")), "{bad}: {err}");
+        }
+        let cli = Cli::parse_from([
+            "meshd",
+            "--node-name",
+            "n1",
+            "--key-rotation-interval",
+            "12h",
+        ]);
+        assert_eq!(
+            cli.daemon.key_rotation_interval,
+            Some(Duration::from_secs(43200))
+        );
     }
 
     #[tokio::test]

@@ -133,24 +133,53 @@ pub fn add_host_addresses<'a>(
     hosts
 }
 
-/// Host encryption: the peer node addresses whose traffic goes into the tunnel, to the device
-/// of the peer's slot: those of programmed peers (`slots`) whose tunnel is up (`live`, by
-/// node name), minus `exclude`.
+/// Host encryption: the peer node addresses whose traffic goes into the tunnel, and the device
+/// it goes into. Only peers whose tunnel is up carry it (`live`, by public key): the pair's
+/// slot ([`peer_slots`]) when its tunnel is up, else the other slot's when that one is up and
+/// neither end drains it. While either node is rotating its keys, the pair's slot is used as
+/// long as any of the node's tunnels is up: a key just replaced has had no time to prove
+/// itself, and WireGuard holds the first packets while it handshakes. Otherwise none: host
+/// traffic to that node stays off the tunnel (fails open). `exclude` addresses never go
+/// through the tunnel.
 pub fn encrypted_hosts<'a>(
     records: impl IntoIterator<Item = &'a NodeRecord>,
+    me: &NodeRecord,
+    wants: &[PeerSet; 2],
     slots: &BTreeMap<String, (Slot, PublicKey)>,
-    live: &BTreeSet<String>,
+    live: &BTreeSet<PublicKey>,
     exclude: &[std::net::IpAddr],
     ifindex: [u32; 2],
 ) -> BTreeMap<std::net::IpAddr, u32> {
-    records
-        .into_iter()
-        .filter(|r| live.contains(&r.name))
-        .filter_map(|r| slots.get(&r.name).map(|(slot, _)| (r, *slot)))
-        .flat_map(|(r, slot)| r.endpoints.iter().map(move |ip| (*ip, slot)))
-        .filter(|(ip, _)| !exclude.contains(ip))
-        .map(|(ip, slot)| (ip, ifindex[usize::from(slot)]))
-        .collect()
+    let mut out = BTreeMap::new();
+    for r in records {
+        let Some((preferred, key)) = slots.get(&r.name) else {
+            continue;
+        };
+        let other = 1 - *preferred;
+        let usable_other = r.slot(other).map(|k| k.public_key).filter(|k| {
+            me.draining() != Some(other)
+                && r.draining() != Some(other)
+                && wants[usize::from(other)].peers.contains_key(k)
+        });
+        let rotating = me.rotation.step.is_some() || r.rotation.step.is_some();
+        let node_up = [0, 1]
+            .iter()
+            .filter_map(|s| r.slot(*s))
+            .any(|k| live.contains(&k.public_key));
+        let slot = if live.contains(key) {
+            *preferred
+        } else if usable_other.is_some_and(|k| live.contains(&k)) {
+            other
+        } else if rotating && node_up {
+            *preferred
+        } else {
+            continue;
+        };
+        for ip in r.endpoints.iter().filter(|ip| !exclude.contains(ip)) {
+            out.insert(*ip, ifindex[usize::from(slot)]);
+        }
+    }
+    out
 }
 
 /// The plain routed path (encryption disabled): every programmable peer's pod CIDRs via that
@@ -384,7 +413,7 @@ mod tests {
             &["198.18.0.12", "fd00:198::12"],
         );
         let rb = record("n3", b, &["10.244.3.0/24"], &["198.18.0.13"]);
-        let live: BTreeSet<String> = ["n2".to_string()].into_iter().collect();
+        let live: BTreeSet<PublicKey> = [a].into_iter().collect();
         let me = record(
             "n1",
             PrivateKey::generate().public_key(),
@@ -395,6 +424,8 @@ mod tests {
         let slots = peer_slots([&ra, &rb], &me, &wants);
         let got = encrypted_hosts(
             [&ra, &rb],
+            &me,
+            &wants,
             &slots,
             &live,
             &["fd00:198::12".parse().expect("ip")],
@@ -406,5 +437,66 @@ mod tests {
                 .into_iter()
                 .collect()
         );
+    }
+
+    fn with_second(mut r: NodeRecord, key: PublicKey, draining: Option<u8>) -> NodeRecord {
+        r.rotation.second = Some(keyexchange::record::SlotKey {
+            public_key: key,
+            listen_port: 51821,
+        });
+        r.rotation.step = draining.map(|d| keyexchange::record::RotationStep {
+            serial: 1,
+            draining: Some(d),
+        });
+        r
+    }
+
+    #[test]
+    fn a_drained_slot_moves_routes_and_host_traffic_to_the_other_device() {
+        let k = |_| PrivateKey::generate().public_key();
+        let (a0, a1, b0, b1, m0, m1) = (k(0), k(1), k(2), k(3), k(4), k(5));
+        let me = with_second(record("n1", m0, &[], &["198.18.0.11"]), m1, None);
+        let ra = with_second(
+            record("n2", a0, &["10.244.2.0/24"], &["198.18.0.12"]),
+            a1,
+            Some(0),
+        );
+        let rb = with_second(
+            record("n3", b0, &["10.244.3.0/24"], &["198.18.0.13"]),
+            b1,
+            None,
+        );
+        let wants = [
+            desired(&[
+                (a0, "n2", &["10.244.2.0/24"]),
+                (b0, "n3", &["10.244.3.0/24"]),
+            ]),
+            desired(&[
+                (a1, "n2", &["10.244.2.0/24"]),
+                (b1, "n3", &["10.244.3.0/24"]),
+            ]),
+        ];
+        let slots = peer_slots([&ra, &rb, &me], &me, &wants);
+        assert_eq!(slots["n2"], (1, a1), "n2 drains slot 0");
+        assert_eq!(slots["n3"], (0, b0));
+        let routes = steering(&wants, &slots, [7, 8], &BTreeSet::new());
+        assert_eq!(routes[&net("10.244.2.0/24")], 8);
+        assert_eq!(routes[&net("10.244.3.0/24")], 7);
+        // Host traffic: n3's slot-0 tunnel is down but slot 1 is up and not drained, so it
+        // goes through slot 1. n2 is rotating and alive (its slot-0 tunnel is up), so its
+        // fresh slot-1 key carries host traffic already.
+        let live: BTreeSet<PublicKey> = [b1, a0].into_iter().collect();
+        let hosts = encrypted_hosts([&ra, &rb], &me, &wants, &slots, &live, &[], [7, 8]);
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("ip");
+        assert_eq!(
+            hosts,
+            [(ip("198.18.0.12"), 8), (ip("198.18.0.13"), 8)]
+                .into_iter()
+                .collect()
+        );
+        // Once nothing of n2 is up, its host traffic leaves the tunnel (fails open).
+        let live: BTreeSet<PublicKey> = [b1].into_iter().collect();
+        let hosts = encrypted_hosts([&ra, &rb], &me, &wants, &slots, &live, &[], [7, 8]);
+        assert_eq!(hosts, [(ip("198.18.0.13"), 8)].into_iter().collect());
     }
 }
