@@ -276,6 +276,38 @@ pub fn audit(nodes: &[NodeView], policy: &Policy, now_unix: u64) -> Report {
                 ),
                 "let meshd reconcile (it corrects drift within 30 s); if it persists, check the peer's record",
             );
+            // The second key slot (key rotation): the peer's second key on this node's second
+            // device, with the same AllowedIPs.
+            if let (Some(a2), Some(b2)) = (
+                &sa.second,
+                b.status.as_ref().and_then(|s| s.second.as_ref()),
+            ) {
+                let p2 = a2.peers.iter().find(|p| p.public_key == b2.public_key);
+                let ok = p2.is_some_and(|p| {
+                    set(&p.allowed_ips) == want
+                        && p.endpoint.as_ref().is_some_and(|e| {
+                            e.parse::<std::net::SocketAddr>()
+                                .is_ok_and(|e| e.port() == b2.listen_port)
+                        })
+                });
+                out.check(
+                    "peer-slot-1",
+                    &pair,
+                    ok,
+                    format!(
+                        "peer with key {} on port {} on {}, AllowedIPs {want:?}",
+                        b2.public_key, b2.listen_port, a2.interface
+                    ),
+                    p2.map_or("not programmed".into(), |p| {
+                        format!(
+                            "endpoint {}, AllowedIPs {:?}",
+                            p.endpoint.as_deref().unwrap_or("none"),
+                            p.allowed_ips
+                        )
+                    }),
+                    "let meshd reconcile; if it persists, check the peer's record (secondKey, secondPort)",
+                );
+            }
             let active = p.tx_bytes > 0 || p.rx_bytes > 0;
             if active {
                 let fresh = p
@@ -444,6 +476,39 @@ mod tests {
         assert_eq!((r.verdict.as_str(), r.exit_code()), ("pass", 0));
         // 6 node checks × 2, a peer and a handshake check per ordered pair, 3 settings.
         assert_eq!(r.findings.len(), 12 + 4 + 3);
+    }
+
+    #[test]
+    fn the_second_key_slot_is_checked_per_pair() {
+        let mut nodes = healthy();
+        let second = |i: u32, peer_i: u32, peer_key: &str| crate::control::SlotReport {
+            interface: "meshd0b".into(),
+            ifindex: 9,
+            public_key: key(10 + i as u8),
+            listen_port: 51821,
+            peers: vec![PeerReport {
+                endpoint: Some(format!("198.18.0.1{peer_i}:51821")),
+                ..peer(peer_i, peer_key)
+            }],
+        };
+        nodes[0].status.as_mut().unwrap().second = Some(second(1, 2, &key(12)));
+        nodes[1].status.as_mut().unwrap().second = Some(second(2, 1, &key(11)));
+        let r = audit(&nodes, &Policy::default(), NOW);
+        assert_eq!(failed(&r), vec![], "{}", table(&r));
+        assert_eq!(
+            r.findings
+                .iter()
+                .filter(|f| f.check == "peer-slot-1")
+                .count(),
+            2
+        );
+        // n1's second device holds a stale key for n2.
+        nodes[0].status.as_mut().unwrap().second = Some(second(1, 2, &key(99)));
+        let r = audit(&nodes, &Policy::default(), NOW);
+        assert_eq!(
+            failed(&r),
+            vec![("peer-slot-1".to_string(), "n1->n2".to_string())]
+        );
     }
 
     #[test]
