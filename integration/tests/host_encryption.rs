@@ -188,10 +188,13 @@ fn host_traffic_is_encrypted_fails_open_when_the_tunnel_breaks_and_heals() {
     let path = format!("{registry}/n2.json");
     let mut record: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    record["publicKey"] = keyexchange::PrivateKey::generate()
-        .public_key()
-        .to_string()
-        .into();
+    // Both key slots: with one slot still up, host traffic would (rightly) take that one.
+    for field in ["publicKey", "secondKey"] {
+        record[field] = keyexchange::PrivateKey::generate()
+            .public_key()
+            .to_string()
+            .into();
+    }
     std::fs::write(&path, record.to_string()).unwrap();
     lab.wait_for(
         "n1 to stop encrypting to n2",
