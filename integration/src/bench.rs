@@ -27,6 +27,11 @@ pub const MESHD: &str = "meshd";
 pub const MESHD_ROUTES: &str = "meshd-routes";
 /// Implementation name of meshd's user-space datapath process.
 pub const MESHD_WG: &str = "meshd-wg";
+/// Scenario name of meshd's datapath alone over the references' veth (`--only meshd-wg`).
+pub const MESHD_WG_VETH: &str = "meshd-wg (veth)";
+/// Scenario name of meshd's lab with encryption disabled, pod to pod across two nodes
+/// (`--only plain-lab`): the lab's own hops, the baseline of the `meshd` scenario.
+pub const PLAIN_LAB: &str = "plain lab";
 
 /// Where user-space WireGuard implementations put their UAPI sockets.
 pub const UAPI_DIR: &str = "/var/run/wireguard";
@@ -571,6 +576,20 @@ pub struct Comparisons {
     pub ebpf_vs_routes_1: Option<f64>,
     /// meshd (eBPF steering) / meshd (route steering), 4 streams.
     pub ebpf_vs_routes_4: Option<f64>,
+    /// meshd-wg over the references' veth / wireguard-go, 1 stream.
+    pub datapath_vs_wireguard_go_1: Option<f64>,
+    /// meshd-wg over the references' veth / boringtun-cli, 1 stream.
+    pub datapath_vs_boringtun_1: Option<f64>,
+    /// meshd-wg over the references' veth / plain veth, 1 stream.
+    pub datapath_of_plain_1: Option<f64>,
+    /// meshd-wg over the references' veth / plain veth, 4 streams.
+    pub datapath_of_plain_4: Option<f64>,
+    /// meshd's lab / the same lab with encryption disabled, 1 stream.
+    pub lab_of_plain_lab_1: Option<f64>,
+    /// meshd's lab / the same lab with encryption disabled, 4 streams.
+    pub lab_of_plain_lab_4: Option<f64>,
+    /// RTT meshd's lab adds over the same lab with encryption disabled, ms.
+    pub lab_added_rtt_ms: Option<f64>,
 }
 
 /// The bars meshd's user-space datapath is held to.
@@ -729,8 +748,16 @@ impl Report {
             meshd_of_plain_4: ratio(get(MESHD, four), get(PLAIN, four)),
             ebpf_vs_routes_1: ratio(get(MESHD, one), get(MESHD_ROUTES, one)),
             ebpf_vs_routes_4: ratio(get(MESHD, four), get(MESHD_ROUTES, four)),
+            datapath_vs_wireguard_go_1: ratio(get(MESHD_WG_VETH, one), get(WIREGUARD_GO, one)),
+            datapath_vs_boringtun_1: ratio(get(MESHD_WG_VETH, one), get(BORINGTUN, one)),
+            datapath_of_plain_1: ratio(get(MESHD_WG_VETH, one), get(PLAIN, one)),
+            datapath_of_plain_4: ratio(get(MESHD_WG_VETH, four), get(PLAIN, four)),
+            lab_of_plain_lab_1: ratio(get(MESHD, one), get(PLAIN_LAB, one)),
+            lab_of_plain_lab_4: ratio(get(MESHD, four), get(PLAIN_LAB, four)),
+            lab_added_rtt_ms: difference(get(MESHD, |r| r.rtt_ms), get(PLAIN_LAB, |r| r.rtt_ms)),
         };
         let added_rtt = get(MESHD, |r| r.added_rtt_ms);
+        let datapath_added_rtt = get(MESHD_WG_VETH, |r| r.added_rtt_ms);
         let rss_mib = self
             .scale(MESHD_WG)
             .and_then(|s| s.rss_kib)
@@ -772,6 +799,36 @@ impl Report {
                 targets.max_rss_mib,
                 false,
                 "MiB",
+            ),
+            // Like for like: the datapath over the references' veth, and the lab against
+            // itself unencrypted.
+            check(
+                "meshd-wg (veth) of plain veth, 1 stream",
+                c.datapath_of_plain_1.map(|f| f * 100.0),
+                targets.min_of_plain * 100.0,
+                true,
+                "%",
+            ),
+            check(
+                "meshd-wg (veth) RTT added over plain veth",
+                datapath_added_rtt,
+                targets.max_added_rtt_ms,
+                false,
+                "ms",
+            ),
+            check(
+                "meshd lab of plain lab, 1 stream",
+                c.lab_of_plain_lab_1.map(|f| f * 100.0),
+                targets.min_of_plain * 100.0,
+                true,
+                "%",
+            ),
+            check(
+                "meshd lab RTT added over plain lab",
+                c.lab_added_rtt_ms,
+                targets.max_added_rtt_ms,
+                false,
+                "ms",
             ),
         ];
     }
@@ -901,6 +958,26 @@ impl Report {
             .collect();
         if !added.is_empty() {
             let _ = writeln!(s, "  RTT added over plain:   {}", added.join(", "));
+        }
+        if c.datapath_of_plain_1.is_some() {
+            let _ = writeln!(
+                s,
+                "  meshd-wg over the references' veth: {} / {} of plain veth; {} wireguard-go, {} boringtun-cli (1 stream)",
+                percent(c.datapath_of_plain_1),
+                percent(c.datapath_of_plain_4),
+                times(c.datapath_vs_wireguard_go_1),
+                times(c.datapath_vs_boringtun_1)
+            );
+        }
+        if c.lab_of_plain_lab_1.is_some() {
+            let _ = writeln!(
+                s,
+                "  meshd lab of plain lab: {} / {}; RTT added over plain lab {}",
+                percent(c.lab_of_plain_lab_1),
+                percent(c.lab_of_plain_lab_4),
+                c.lab_added_rtt_ms
+                    .map_or("-".into(), |a| format!("{a:+.3} ms"))
+            );
         }
         if c.ebpf_vs_routes_1.is_some() {
             let _ = writeln!(
@@ -1286,11 +1363,39 @@ mod tests {
         assert!((c.meshd_of_plain_1.unwrap() - 0.3).abs() < 1e-9);
         assert_eq!(c.ebpf_vs_routes_1, None);
         let verdicts: Vec<Verdict> = r.targets.iter().map(|t| t.verdict).collect();
-        // 6x >= 5 pass; 3.2x >= 3 pass; 30% >= 25% pass; 0.16 ms <= 0.2 pass; 40 <= 48 pass.
-        assert_eq!(verdicts, [Verdict::Pass; 5]);
+        // 6x >= 5 pass; 3.2x >= 3 pass; 30% >= 25% pass; 0.16 ms <= 0.2 pass; 40 <= 48 pass;
+        // the like-for-like rows were not measured in this sample.
+        assert_eq!(verdicts[..5], [Verdict::Pass; 5]);
+        assert_eq!(verdicts[5..], [Verdict::NotMeasured; 4]);
         assert!((r.targets[2].measured.unwrap() - 30.0).abs() < 1e-9);
         assert_eq!(r.targets[4].measured, Some(40.0));
         assert!(r.targets[4].target.contains("5000"));
+    }
+
+    #[test]
+    fn like_for_like_rows_compare_the_datapath_and_the_lab_with_their_own_baselines() {
+        let mut r = sample_report();
+        r.results.push(scenario(MESHD_WG_VETH, 4.16, 5.0, 0.2));
+        r.results.push(scenario(PLAIN_LAB, 9.6, 15.0, 0.14));
+        r.finish(&Targets::default());
+        let c = &r.comparisons;
+        assert!((c.datapath_of_plain_1.unwrap() - 0.26).abs() < 1e-9);
+        assert!((c.lab_of_plain_lab_1.unwrap() - 0.5).abs() < 1e-9);
+        assert!((c.lab_added_rtt_ms.unwrap() - 0.06).abs() < 1e-9);
+        let rows: Vec<(&str, Verdict)> = r.targets[5..]
+            .iter()
+            .map(|t| (t.target.as_str(), t.verdict))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("meshd-wg (veth) of plain veth, 1 stream", Verdict::Pass),
+                ("meshd-wg (veth) RTT added over plain veth", Verdict::Pass),
+                ("meshd lab of plain lab, 1 stream", Verdict::Pass),
+                ("meshd lab RTT added over plain lab", Verdict::Pass),
+            ]
+        );
+        assert!(r.render().contains("meshd lab of plain lab: 50.0%"));
     }
 
     #[test]
@@ -1300,7 +1405,7 @@ mod tests {
         r.peer_scale.pop();
         r.results.remove(2); // no boringtun-cli
         r.finish(&Targets::default());
-        let verdicts: Vec<Verdict> = r.targets.iter().map(|t| t.verdict).collect();
+        let verdicts: Vec<Verdict> = r.targets.iter().take(5).map(|t| t.verdict).collect();
         assert_eq!(
             verdicts,
             [

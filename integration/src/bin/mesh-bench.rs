@@ -17,7 +17,11 @@
 //! - `meshd`: pod to pod across two nodes of a meshd lab (`meshctl lab up`), pod traffic
 //!   steered into the tunnel by the tc eBPF redirect (the default), through whatever
 //!   `meshd-wg` sits next to meshd;
-//! - `meshd-routes`: the same with `--pod-steering routes` (not run by default),
+//! - `meshd-routes`: the same with `--pod-steering routes` (not run by default);
+//! - `meshd-wg`: meshd's datapath alone, set up exactly like wireguard-go and boringtun-cli
+//!   (two namespaces over a veth, configured with `wg`): the like-for-like comparison;
+//! - `plain-lab`: the meshd lab with encryption disabled, pod to pod across two nodes: the
+//!   lab's own hops (pod veths, bridge), the baseline the `meshd` scenario adds to,
 //!
 //! then peer scale for each user-space implementation (wireguard-go, boringtun-cli,
 //! meshd-wg): one device in a namespace of its own, `--peers` peers configured over its raw
@@ -39,7 +43,7 @@ use anyhow::{anyhow, bail, Context as _};
 use clap::Parser;
 use integration::bench::{
     self, Report, ScaleResult, ScenarioResult, Targets, Userspace, BORINGTUN, MESHD, MESHD_ROUTES,
-    PLAIN, WIREGUARD_GO,
+    MESHD_WG, MESHD_WG_VETH, PLAIN, PLAIN_LAB, WIREGUARD_GO,
 };
 use integration::netns::{self, ChildGuard, NetnsGuard};
 use integration::LabStatus;
@@ -55,7 +59,15 @@ const DEFAULT_DEPS_ROOT: &str = "/opt/meshd-bench";
 /// Peers per UAPI request while configuring the peer-scale devices.
 const CONFIGURE_BATCH: usize = 1_000;
 
-const SCENARIOS: [&str; 5] = ["plain", WIREGUARD_GO, BORINGTUN, MESHD, MESHD_ROUTES];
+const SCENARIOS: [&str; 7] = [
+    "plain",
+    WIREGUARD_GO,
+    BORINGTUN,
+    MESHD_WG,
+    MESHD,
+    "plain-lab",
+    MESHD_ROUTES,
+];
 
 /// Set by the signal thread on SIGINT/SIGTERM: stop measuring, clean up, exit.
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -76,9 +88,12 @@ struct Args {
     /// Interval between pings, ms.
     #[arg(long, default_value_t = 10)]
     ping_interval_ms: u64,
-    /// Comma-separated data-plane scenarios: plain, wireguard-go, boringtun-cli, meshd,
-    /// meshd-routes; "none" for none.
-    #[arg(long, default_value = "plain,wireguard-go,boringtun-cli,meshd")]
+    /// Comma-separated data-plane scenarios: plain, wireguard-go, boringtun-cli, meshd-wg,
+    /// meshd, plain-lab, meshd-routes; "none" for none.
+    #[arg(
+        long,
+        default_value = "plain,wireguard-go,boringtun-cli,meshd-wg,meshd,plain-lab"
+    )]
     only: String,
     /// Comma-separated implementations for the peer-scale runs: wireguard-go, boringtun-cli,
     /// meshd-wg; "none" for none.
@@ -696,7 +711,11 @@ fn bench_meshd(
     let name = format!(
         "mb{}{}",
         std::process::id() % 10_000,
-        if extra.is_empty() { "e" } else { "r" }
+        match extra.first() {
+            None => "e",
+            Some(&"--encryption") => "p",
+            Some(_) => "r",
+        }
     );
     let _guard = LabGuard {
         meshctl: meshctl_path.to_path_buf(),
@@ -783,12 +802,18 @@ fn fill(res: &mut ScenarioResult, r: anyhow::Result<Measured>) {
 
 fn scenario(name: &str, args: &Args, cfg: &Cfg) -> ScenarioResult {
     let mut r = ScenarioResult {
-        name: if name == "plain" { PLAIN } else { name }.to_string(),
+        name: match name {
+            "plain" => PLAIN,
+            MESHD_WG => MESHD_WG_VETH,
+            "plain-lab" => PLAIN_LAB,
+            other => other,
+        }
+        .to_string(),
         ..Default::default()
     };
     match name {
         "plain" => fill(&mut r, bench_plain(cfg)),
-        WIREGUARD_GO | BORINGTUN => {
+        WIREGUARD_GO | BORINGTUN | MESHD_WG => {
             let u = Userspace::from_name(name).unwrap_or(Userspace::WireguardGo);
             match locate(u, args) {
                 Ok(bin) => {
@@ -815,12 +840,15 @@ fn scenario(name: &str, args: &Args, cfg: &Cfg) -> ScenarioResult {
                 .filter(|p| p.is_file())
                 .and_then(|p| version_of(&p));
             let routes = name == MESHD_ROUTES;
+            let plain_lab = name == "plain-lab";
             let extra: &[&str] = if routes {
                 &["--pod-steering", "routes"]
+            } else if plain_lab {
+                &["--encryption", "disabled"]
             } else {
                 &[]
             };
-            match bench_meshd(cfg, &meshctl_path, extra, !routes) {
+            match bench_meshd(cfg, &meshctl_path, extra, !routes && !plain_lab) {
                 Ok((m, rss, rss100)) => {
                     fill(&mut r, Ok(m));
                     r.rss_kib = rss;
