@@ -911,6 +911,17 @@ fn wait_converged(state: &LabState, timeout: Duration) -> anyhow::Result<()> {
         let mut pending = Vec::new();
         for n in &state.nodes {
             match node_status(&state.name, n.index) {
+                // Encryption disabled: no peers, plain routes to every node it knows.
+                Ok(s) if s.converged && s.encryption == "disabled" => {
+                    if s.known_nodes.len() < state.nodes.len() {
+                        pending.push(format!(
+                            "{} ({}/{} nodes known)",
+                            s.node,
+                            s.known_nodes.len(),
+                            state.nodes.len()
+                        ));
+                    }
+                }
                 Ok(s) if s.converged && s.peers.len() == want => {}
                 Ok(s) => pending.push(format!("{} ({}/{want} peers)", s.node, s.peers.len())),
                 Err(_) => {
