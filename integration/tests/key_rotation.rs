@@ -297,3 +297,34 @@ fn every_node_rotates_both_keys_repeatedly_under_traffic_without_losing_a_packet
         .collect();
     assert!(failed.is_empty(), "audit findings: {failed:?}");
 }
+
+#[test]
+fn scheduled_rotation_replaces_every_key_on_its_own() {
+    if !netns::root_or_skip() {
+        return;
+    }
+    let lab = Lab::up_with(2, 1, &["--key-rotation-interval", "6s"]).unwrap();
+    let before = keys(&lab);
+    let js = lab
+        .wait_for(
+            "every node to finish two scheduled rotations",
+            Duration::from_secs(90),
+            |s| {
+                s["nodes"].as_array().unwrap().iter().all(|n| {
+                    n["status"]["rotation"]["rotations"]
+                        .as_u64()
+                        .is_some_and(|r| r >= 2)
+                })
+            },
+        )
+        .unwrap();
+    for n in js["nodes"].as_array().unwrap() {
+        let r = &n["status"]["rotation"];
+        assert_eq!(r["interval_secs"], 6, "{r}");
+        assert_eq!(r["failures"], 0, "{r}");
+    }
+    assert!(keys(&lab).is_disjoint(&before), "every key replaced");
+    let st = lab.status().unwrap();
+    let dst = pod_addrs(&st.pods[1]).unwrap().0.to_string();
+    assert!(integration::lab::ping(&st.pods[0], &dst, 3));
+}

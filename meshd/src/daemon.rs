@@ -809,8 +809,15 @@ async fn event_loop<R: Registry>(
     let mut retry_at: Option<tokio::time::Instant> = None;
     let mut converged = false;
     let mut republish = republish_initial;
-    // Scheduled rotation: checked once a minute against the older key's age.
-    let mut rotation_tick = tokio::time::interval(Duration::from_secs(60));
+    // Scheduled rotation: the older key's age is checked once a minute (more often for
+    // intervals under four minutes).
+    let check_every = ctx
+        .args
+        .key_rotation_interval
+        .map_or(Duration::from_secs(60), |i| {
+            (i / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
+        });
+    let mut rotation_tick = tokio::time::interval(check_every);
     let mut commands_open = true;
     loop {
         let wake = known.rotation.wake_at().map(tokio::time::Instant::from_std);

@@ -121,6 +121,9 @@ enum LabCmd {
         /// Persistent keepalive in seconds for every peer.
         #[arg(long)]
         keepalive: Option<u16>,
+        /// Scheduled key rotation for every meshd, e.g. `30s`, `24h` (default: on demand).
+        #[arg(long, value_parser = parse_rotation_interval)]
+        key_rotation_interval: Option<String>,
     },
     /// Change the lab's meshd-config ConfigMap (kubernetes labs), e.g. `encryption=disabled`.
     Set {
@@ -214,6 +217,11 @@ enum LabCmd {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },
+}
+
+/// A `--key-rotation-interval` value meshd accepts, kept as given.
+fn parse_rotation_interval(s: &str) -> Result<String, String> {
+    meshd::daemon::parse_interval(s).map(|_| s.to_string())
 }
 
 /// `KEY=VALUE` → (KEY, VALUE).
@@ -345,6 +353,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ipam,
                 host_encryption,
                 keepalive,
+                key_rotation_interval,
             } => lab::up(&lab::UpOptions {
                 name,
                 nodes,
@@ -358,6 +367,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ipam,
                 host_encryption,
                 keepalive,
+                key_rotation_interval,
             })?,
             LabCmd::Set { name, pairs } => lab::set(&name, &pairs)?,
             LabCmd::Down { name } => lab::down(&name)?,

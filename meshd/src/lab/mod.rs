@@ -67,6 +67,9 @@ pub struct LabState {
     /// `--keepalive` given to every meshd, if any.
     #[serde(default)]
     pub keepalive: Option<u16>,
+    /// `--key-rotation-interval` given to every meshd, if any (e.g. `30s`).
+    #[serde(default)]
+    pub key_rotation_interval: Option<String>,
     /// The nodes, by index.
     pub nodes: Vec<NodeState>,
 }
@@ -141,6 +144,8 @@ pub struct UpOptions {
     pub host_encryption: bool,
     /// Persistent keepalive (seconds) for every peer.
     pub keepalive: Option<u16>,
+    /// Scheduled key rotation for every meshd (e.g. `30s`).
+    pub key_rotation_interval: Option<String>,
 }
 
 /// The lab's on-disk layout.
@@ -316,6 +321,7 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<()> {
         ipam: opts.ipam.clone(),
         host_encryption: opts.host_encryption,
         keepalive: opts.keepalive,
+        key_rotation_interval: opts.key_rotation_interval.clone(),
         nodes: Vec::new(),
     };
     let result = build(&mut state, opts);
@@ -567,6 +573,13 @@ fn start_meshd_with(state: &LabState, i: u32, extra: &[&str]) -> anyhow::Result<
             state
                 .keepalive
                 .map(|k| vec!["--keepalive".to_string(), k.to_string()])
+                .unwrap_or_default(),
+        )
+        .args(
+            state
+                .key_rotation_interval
+                .as_ref()
+                .map(|k| vec!["--key-rotation-interval".to_string(), k.clone()])
                 .unwrap_or_default(),
         )
         // Health, metrics and /status on the node's address, as the DaemonSet does.
