@@ -8,7 +8,7 @@
 //! | `strict-mode`     | `true` \| `false`                     | `true`     | with `encryption: enabled`, drop pod traffic that would leave a node outside WireGuard instead of sending it in clear (with `permissive` or `disabled` such traffic is only counted) |
 //! | `host-encryption` | `true` \| `false`                     | `false`    | also encrypt node-to-node (host network) traffic; opt-in, since a mistake can cut a node off the API server |
 //! | `mtu`             | `auto` \| 1280–9000                   | `auto`     | MTU of the tunnel and pod interfaces; `auto` derives it from the underlay |
-//! | `listen-port`     | 1–65535                               | `51820`    | WireGuard UDP listen port |
+//! | `listen-port`     | 1–65534                               | `51820`    | WireGuard UDP listen port (the second key slot: the next one) |
 //! | `keepalive`       | `off` \| 0–65535 (seconds; 0 is off)  | `off`      | WireGuard persistent keepalive |
 //!
 //! Parsing is pure ([`Settings::from_data`]); an invalid value is an error naming the key and
@@ -183,8 +183,14 @@ impl Settings {
                 .trim()
                 .parse::<u16>()
                 .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| invalid("listen-port", v, "a port 1-65535"))?;
+                .filter(|p| *p != 0 && *p != u16::MAX)
+                .ok_or_else(|| {
+                    invalid(
+                        "listen-port",
+                        v,
+                        "a port 1-65534 (the second key slot listens on the next one)",
+                    )
+                })?;
         }
         if let Some(v) = get("keepalive") {
             s.keepalive = match v.trim() {
@@ -504,6 +510,7 @@ mod tests {
             ("mtu", "big"),
             ("listen-port", "0"),
             ("listen-port", "65536"),
+            ("listen-port", "65535"),
             ("keepalive", "-1"),
             ("keepalive", "70000"),
         ] {
