@@ -489,6 +489,13 @@ pub async fn run_with<R: Registry>(
     if me.pod_cidrs.is_empty() && !args.pod_cidr_pools.is_empty() {
         me.pod_cidrs = claim_pod_cidrs(&args, &registry, &mut events, &mut initial, &me).await?;
     }
+    // A rotation this node was in the middle of when it stopped goes on from where it stood.
+    let resumed = load_rotation(&args.state_dir).map(|saved| {
+        let (driver, step) = Driver::resume(&saved, std::time::Instant::now());
+        tracing::info!(phase = ?saved.phase, ?step, "resuming the key rotation under way");
+        me.rotation.step = step;
+        driver
+    });
     me.validate().context("this node's own record is invalid")?;
 
     let status: SharedStatus = Arc::new(RwLock::new(None));
@@ -546,7 +553,15 @@ pub async fn run_with<R: Registry>(
         metrics,
         status_feed,
     };
-    let result = event_loop(&ctx, &registry, initial, events, settings, commands).await;
+    let result = event_loop(
+        &ctx,
+        &registry,
+        (initial, events),
+        settings,
+        commands,
+        resumed,
+    )
+    .await;
     control.abort();
     if let Some(h) = health {
         h.abort();
@@ -790,12 +805,15 @@ async fn underlay(args: &DaemonArgs, links: &Links) -> anyhow::Result<(String, V
 async fn event_loop<R: Registry>(
     ctx: &Context,
     registry: &R,
-    initial: Vec<RegistryEvent>,
-    mut events: mpsc::Receiver<RegistryEvent>,
+    (initial, mut events): (Vec<RegistryEvent>, mpsc::Receiver<RegistryEvent>),
     mut settings: Option<SettingsFeed>,
     mut commands: mpsc::Receiver<control::Command>,
+    resumed: Option<Driver>,
 ) -> anyhow::Result<()> {
     let mut known = Known::default();
+    if let Some(driver) = resumed {
+        known.rotation = driver;
+    }
     known.records.insert(ctx.me().name.clone(), ctx.me());
     // Events read while claiming pod CIDRs (cluster-pool).
     let mut republish_initial = false;
@@ -976,6 +994,51 @@ fn rotation_retry_due(known: &Known) -> bool {
         .is_none_or(|t| unix_now().saturating_sub(t) >= ROTATION_RETRY.as_secs())
 }
 
+/// Where a rotation under way is kept across restarts.
+const ROTATION_FILE: &str = "rotation.json";
+
+/// The rotation saved in `state_dir`, if any. A file that cannot be read is reported and
+/// ignored: no rotation is resumed (any drain it held is lifted).
+fn load_rotation(state_dir: &std::path::Path) -> Option<rotation::Saved> {
+    let path = state_dir.join(ROTATION_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(err) => {
+            tracing::warn!(path = %path.display(), %err, "cannot read the saved key rotation; not resuming it");
+            return None;
+        }
+    };
+    match serde_json::from_str(&text) {
+        Ok(saved) => Some(saved),
+        Err(err) => {
+            tracing::warn!(path = %path.display(), %err, "the saved key rotation is corrupt; not resuming it");
+            None
+        }
+    }
+}
+
+/// Keep the rotation's state in the state directory (removed once it ended).
+fn save_rotation(ctx: &Context, known: &Known) {
+    let path = ctx.args.state_dir.join(ROTATION_FILE);
+    let result = match known.rotation.saved(ctx.me().rotation.step) {
+        None => match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        },
+        Some(saved) => {
+            let tmp = ctx.args.state_dir.join(format!(".{ROTATION_FILE}.tmp"));
+            serde_json::to_string(&saved)
+                .map_err(std::io::Error::other)
+                .and_then(|body| std::fs::write(&tmp, body))
+                .and_then(|()| std::fs::rename(&tmp, &path))
+        }
+    };
+    if let Err(err) = result {
+        tracing::warn!(path = %path.display(), %err, "saving the key rotation's state failed");
+    }
+}
+
 /// Begin a rotation unless one is under way (its end answers every waiter).
 fn start_rotation(known: &mut Known, why: &str) {
     let floor = SystemTime::now()
@@ -1009,6 +1072,16 @@ async fn drive_rotation(ctx: &Context, known: &mut Known) -> bool {
     let action = known
         .rotation
         .poll(std::time::Instant::now(), &me, known.records.values());
+    let changed = !matches!(action, Action::Wait);
+    let republish = drive_action(ctx, known, action).await;
+    if changed {
+        save_rotation(ctx, known);
+    }
+    republish
+}
+
+/// Carry out what the rotation driver asked for; true when this node's record changed.
+async fn drive_action(ctx: &Context, known: &mut Known, action: Action) -> bool {
     match action {
         Action::Wait => false,
         Action::Publish(step) => {

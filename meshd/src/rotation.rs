@@ -39,7 +39,8 @@ pub const WAIT_TIMEOUT: Duration = Duration::from_secs(120);
 pub const DRAIN_GRACE: Duration = Duration::from_millis(500);
 
 /// Where the rotation stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Phase {
     /// No rotation.
     Idle,
@@ -104,7 +105,62 @@ impl Default for Driver {
     }
 }
 
+/// A rotation under way as kept in the state directory, so that a restarted meshd finishes
+/// it instead of lifting a drain (or publishing a replaced key) its peers were not ready for.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Saved {
+    /// The phase.
+    pub phase: Phase,
+    /// The slot to rotate after the current one.
+    pub then: Option<Slot>,
+    /// The last serial used.
+    pub serial: u64,
+    /// The step this node publishes.
+    pub step: Option<SavedStep>,
+}
+
+/// [`RotationStep`] as saved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SavedStep {
+    /// The step's serial.
+    pub serial: u64,
+    /// The drained slot.
+    pub draining: Option<Slot>,
+}
+
 impl Driver {
+    /// What to save while a rotation is under way (`None` when idle); `step` is the step
+    /// this node publishes.
+    pub fn saved(&self, step: Option<RotationStep>) -> Option<Saved> {
+        self.busy().then(|| Saved {
+            phase: self.phase,
+            then: self.then,
+            serial: self.serial,
+            step: step.map(|s| SavedStep {
+                serial: s.serial,
+                draining: s.draining,
+            }),
+        })
+    }
+
+    /// A driver that carries on with `saved` (its timeouts start over at `now`), and the step
+    /// to publish.
+    pub fn resume(saved: &Saved, now: Instant) -> (Driver, Option<RotationStep>) {
+        let driver = Driver {
+            phase: saved.phase,
+            then: saved.then,
+            serial: saved.serial,
+            since: now,
+            acked_at: None,
+            pending: Vec::new(),
+        };
+        let step = saved.step.map(|s| RotationStep {
+            serial: s.serial,
+            draining: s.draining,
+        });
+        (driver, step)
+    }
+
     /// The current phase.
     pub fn phase(&self) -> Phase {
         self.phase
@@ -440,6 +496,37 @@ mod tests {
         assert_eq!(dc.poll(t0, &a, [&b]), Action::Wait);
         a.rotation.acks.insert("b".into(), 30);
         assert!(matches!(dc.poll(t0, &a, [&b]), Action::Publish(Some(_))));
+    }
+
+    #[test]
+    fn a_saved_rotation_resumes_where_it_stood() {
+        let t0 = Instant::now();
+        let mut me = rec("b");
+        let mut peer = rec("a");
+        let mut d = Driver::default();
+        assert_eq!(d.saved(None), None, "nothing to save when idle");
+        d.start(t0, 100);
+        let Action::Publish(step) = d.poll(t0, &me, [&peer]) else {
+            panic!()
+        };
+        me.rotation.step = step;
+        let saved = d.saved(step).unwrap();
+        let text = serde_json::to_string(&saved).unwrap();
+        assert!(
+            text.contains(r#""phase":{"draining":{"slot":0}}"#),
+            "{text}"
+        );
+        let back: Saved = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, saved);
+        // A new process resumes: the peer's acknowledgement of the saved serial lets it go on.
+        let (mut resumed, step2) = Driver::resume(&back, t0);
+        assert_eq!(step2, step);
+        ack(&mut peer, &me);
+        assert_eq!(resumed.poll(t0, &me, [&peer]), Action::Wait);
+        assert!(matches!(
+            resumed.poll(t0 + DRAIN_GRACE, &me, [&peer]),
+            Action::Replace(0, s) if s.serial > step.unwrap().serial
+        ));
     }
 
     #[test]
