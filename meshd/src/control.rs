@@ -337,15 +337,19 @@ async fn answer(
     write.shutdown().await
 }
 
-/// Ask the meshd behind `path` for its status.
-pub async fn query(path: &Path) -> Result<StatusReport, ControlError> {
+/// Send `request` (one line) to the meshd behind `path` and decode its JSON answer, waiting
+/// at most `timeout` (`late` says what a timeout means).
+async fn ask<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    request: &str,
+    timeout: std::time::Duration,
+    late: &str,
+) -> Result<T, ControlError> {
     let exchange = |source| ControlError::Exchange {
         path: path.to_path_buf(),
         source,
     };
-    // A meshd that is stopped (SIGSTOP, a debugger) still accepts connections in the
-    // kernel: without a deadline its status would be awaited forever.
-    let body = tokio::time::timeout(QUERY_TIMEOUT, async {
+    let body = tokio::time::timeout(timeout, async {
         let mut stream =
             UnixStream::connect(path)
                 .await
@@ -353,58 +357,48 @@ pub async fn query(path: &Path) -> Result<StatusReport, ControlError> {
                     path: path.to_path_buf(),
                     source,
                 })?;
-        stream.write_all(b"status\n").await.map_err(exchange)?;
+        stream
+            .write_all(format!("{request}\n").as_bytes())
+            .await
+            .map_err(exchange)?;
         let mut body = String::new();
         stream.read_to_string(&mut body).await.map_err(exchange)?;
         Ok::<_, ControlError>(body)
     })
     .await
-    .map_err(|_| {
-        exchange(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("no answer within {QUERY_TIMEOUT:?}"),
-        ))
-    })??;
+    .map_err(|_| exchange(std::io::Error::new(std::io::ErrorKind::TimedOut, late)))??;
     serde_json::from_str(&body).map_err(|source| ControlError::Decode {
         path: path.to_path_buf(),
         source,
     })
 }
 
+/// Ask the meshd behind `path` for its status.
+pub async fn query(path: &Path) -> Result<StatusReport, ControlError> {
+    // A meshd that is stopped (SIGSTOP, a debugger) still accepts connections in the
+    // kernel: without a deadline its status would be awaited forever.
+    ask(
+        path,
+        "status",
+        QUERY_TIMEOUT,
+        &format!("no answer within {QUERY_TIMEOUT:?}"),
+    )
+    .await
+}
+
 /// Ask the meshd behind `path` to rotate its keys, and wait (up to [`ROTATE_TIMEOUT`]) for the
 /// rotation to end.
 pub async fn rotate_key(path: &Path) -> Result<RotateOutcome, ControlError> {
-    let exchange = |source| ControlError::Exchange {
-        path: path.to_path_buf(),
-        source,
-    };
-    let body = tokio::time::timeout(ROTATE_TIMEOUT, async {
-        let mut stream =
-            UnixStream::connect(path)
-                .await
-                .map_err(|source| ControlError::Connect {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
-        stream.write_all(b"rotate-key\n").await.map_err(exchange)?;
-        let mut body = String::new();
-        stream.read_to_string(&mut body).await.map_err(exchange)?;
-        Ok::<_, ControlError>(body)
-    })
+    ask(
+        path,
+        "rotate-key",
+        ROTATE_TIMEOUT,
+        &format!(
+            "the rotation did not end within {} s (meshd keeps at it; see `meshctl status`)",
+            ROTATE_TIMEOUT.as_secs()
+        ),
+    )
     .await
-    .map_err(|_| {
-        exchange(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!(
-                "the rotation did not end within {} s (meshd keeps at it; see `meshctl status`)",
-                ROTATE_TIMEOUT.as_secs()
-            ),
-        ))
-    })??;
-    serde_json::from_str(&body).map_err(|source| ControlError::Decode {
-        path: path.to_path_buf(),
-        source,
-    })
 }
 
 /// A status report for tests of the crate.
