@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use integration::capture::{analyse, Capture, CapturePolicy};
 use integration::lab::{bin, pod_addrs, sockaddr, Lab};
 use integration::netns;
+use integration::LabPod;
 
 /// Marker carried by every datagram and TCP byte: it must never appear on the underlay.
 const MARKER: &str = "MESHD-ROTATION-CANARY";
@@ -28,6 +29,36 @@ fn traffic(netns_name: &str, args: &[&str]) -> Child {
     let mut all = vec![tool.to_str().unwrap()];
     all.extend_from_slice(args);
     netns::spawn_in(netns_name, &all).unwrap()
+}
+
+/// A UDP sequence sink listening on `listen` in `pod`, with extra checks (`--max-lost`…).
+fn udp_sink(pod: &LabPod, listen: &str, checks: &[&str]) -> Child {
+    let mut args = vec![
+        "udp-sink",
+        "--listen",
+        listen,
+        "--duration-s",
+        "90",
+        "--idle-exit-s",
+        "3",
+    ];
+    args.extend_from_slice(checks);
+    traffic(&pod.namespace, &args)
+}
+
+/// One datagram per millisecond from `pod` to `to` for `seconds`, with extra options.
+fn udp_send(pod: &LabPod, to: &str, seconds: &str, extra: &[&str]) -> Child {
+    let mut args = vec![
+        "udp-send",
+        "--to",
+        to,
+        "--interval-ms",
+        "1",
+        "--duration-s",
+        seconds,
+    ];
+    args.extend_from_slice(extra);
+    traffic(&pod.namespace, &args)
 }
 
 fn finish(child: Child, what: &str) -> String {
@@ -98,21 +129,10 @@ fn every_node_rotates_both_keys_repeatedly_under_traffic_without_losing_a_packet
         (p3, "[::]:6101"),
         (p1, "0.0.0.0:6102"),
     ] {
-        sinks.push(traffic(
-            &pod.namespace,
-            &[
-                "udp-sink",
-                "--listen",
-                listen,
-                "--duration-s",
-                "90",
-                "--idle-exit-s",
-                "3",
-                "--max-lost",
-                "0",
-                "--min-received",
-                "20000",
-            ],
+        sinks.push(udp_sink(
+            pod,
+            listen,
+            &["--max-lost", "0", "--min-received", "20000"],
         ));
     }
     let tcp_sink = traffic(
@@ -134,21 +154,11 @@ fn every_node_rotates_both_keys_repeatedly_under_traffic_without_losing_a_packet
         (p2, sockaddr(a3v6, 6101)),
         (p3, sockaddr(a1, 6102)),
     ] {
-        senders.push(traffic(
-            &pod.namespace,
-            &[
-                "udp-send",
-                "--to",
-                &to,
-                "--interval-ms",
-                "1",
-                "--duration-s",
-                seconds,
-                "--size",
-                "200",
-                "--marker",
-                MARKER,
-            ],
+        senders.push(udp_send(
+            pod,
+            &to,
+            seconds,
+            &["--size", "200", "--marker", MARKER],
         ));
     }
     let tcp_send = traffic(
@@ -350,36 +360,12 @@ fn a_rotation_cut_short_by_sigkill_resumes_after_restart() {
     let before = n1_keys(&lab);
     let mut sinks = Vec::new();
     for (pod, listen) in [(p1, "0.0.0.0:6300"), (p2, "0.0.0.0:6301")] {
-        sinks.push(traffic(
-            &pod.namespace,
-            &[
-                "udp-sink",
-                "--listen",
-                listen,
-                "--duration-s",
-                "90",
-                "--idle-exit-s",
-                "3",
-                "--max-lost",
-                "0",
-            ],
-        ));
+        sinks.push(udp_sink(pod, listen, &[]));
     }
     std::thread::sleep(Duration::from_millis(500));
     let mut senders = Vec::new();
     for (pod, to) in [(p2, sockaddr(a1, 6300)), (p1, sockaddr(a2, 6301))] {
-        senders.push(traffic(
-            &pod.namespace,
-            &[
-                "udp-send",
-                "--to",
-                &to,
-                "--interval-ms",
-                "1",
-                "--duration-s",
-                "15",
-            ],
-        ));
+        senders.push(udp_send(pod, &to, "15", &[]));
     }
     std::thread::sleep(Duration::from_secs(1));
     // Start n1's rotation, and kill its meshd as soon as slot 0 is drained.
