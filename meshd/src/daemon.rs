@@ -1217,17 +1217,22 @@ fn apply_event(ctx: &Context, known: &mut Known, ev: RegistryEvent) -> bool {
     false
 }
 
-/// The peers slot `slot`'s device should have: every node's record as that slot presents it.
-fn desired(ctx: &Context, known: &mut Known, slot: Slot) -> PeerSet {
-    let views: Vec<NodeRecord> = known
+/// Every known record as slot `slot`'s device presents it.
+fn slot_views(known: &Known, slot: Slot) -> Vec<NodeRecord> {
+    known
         .records
         .values()
         .filter_map(|r| slots::slot_view(r, slot))
-        .collect();
+        .collect()
+}
+
+/// The peers slot `slot`'s device should have, from the records as that slot presents them
+/// (`views`, see [`slot_views`]).
+fn desired(ctx: &Context, known: &mut Known, views: &[NodeRecord], slot: Slot) -> PeerSet {
     let Some(me) = slots::slot_view(&ctx.me(), slot) else {
         return PeerSet::default();
     };
-    let set = compute_peers(&views, &me);
+    let set = compute_peers(views, &me);
     if slot > 0 {
         // Conflicts are reported once, from slot 0 (the second slot's mirror them).
         return set;
@@ -1285,7 +1290,11 @@ async fn apply_settings(ctx: &Context, new: &crate::settings::Settings) {
 async fn reconcile_once(ctx: &Context, known: &mut Known) -> anyhow::Result<()> {
     let live = ctx.live.read().await.clone();
     let me = ctx.me();
-    let mut wants = [desired(ctx, known, 0), desired(ctx, known, 1)];
+    let views = [slot_views(known, 0), slot_views(known, 1)];
+    let mut wants = [
+        desired(ctx, known, &views[0], 0),
+        desired(ctx, known, &views[1], 1),
+    ];
     let plain = if live.encryption == Encryption::Disabled {
         let plain = reconcile::plain_routes(known.records.values(), &wants[0]);
         wants = Default::default();
@@ -1296,16 +1305,8 @@ async fn reconcile_once(ctx: &Context, known: &mut Known) -> anyhow::Result<()> 
     // Every peer accepts its node's own addresses from the tunnel, whatever this node's
     // host-encryption setting: a peer that already encrypts is never refused.
     let mut host_prefixes = BTreeSet::new();
-    for slot in SLOTS {
-        let views: Vec<NodeRecord> = known
-            .records
-            .values()
-            .filter_map(|r| slots::slot_view(r, slot))
-            .collect();
-        host_prefixes.extend(reconcile::add_host_addresses(
-            &mut wants[usize::from(slot)],
-            &views,
-        ));
+    for (want, views) in wants.iter_mut().zip(&views) {
+        host_prefixes.extend(reconcile::add_host_addresses(want, views));
     }
     for slot in SLOTS {
         if ctx.device(slot).read().await.status().await.is_err() {
@@ -1368,13 +1369,12 @@ async fn reconcile_once(ctx: &Context, known: &mut Known) -> anyhow::Result<()> 
         .iter()
         .map(|&slot| {
             let i = usize::from(slot);
-            let programmed: &[netlink::PeerStatus] = if refresh { &[] } else { &devs[i].peers };
             let mut plan =
                 reconcile::plan(&wants[i], &devs[i].peers, &[], keepalive, &host_prefixes);
             if refresh {
+                // Every peer again, as if none were programmed.
                 plan.upsert_peers =
-                    reconcile::plan(&wants[i], programmed, &[], keepalive, &host_prefixes)
-                        .upsert_peers;
+                    reconcile::plan(&wants[i], &[], &[], keepalive, &host_prefixes).upsert_peers;
             }
             plan
         })
@@ -1385,7 +1385,8 @@ async fn reconcile_once(ctx: &Context, known: &mut Known) -> anyhow::Result<()> 
     // Which device carries each peer's traffic, as both ends agree (key rotation drains one).
     let peer_slots = reconcile::peer_slots(known.records.values(), &me, &wants);
     let routes = reconcile::steering(&wants, &peer_slots, ifindex, &host_prefixes);
-    let redirects = routes.clone();
+    // The eBPF redirects are the same map as the routes.
+    let redirects = &routes;
     let hosts = if live.host_encryption
         && live.encryption != Encryption::Disabled
         && devs.iter().all(|d| d.fwmark == ctx.args.mesh_mark)
@@ -1422,7 +1423,7 @@ async fn reconcile_once(ctx: &Context, known: &mut Known) -> anyhow::Result<()> 
         tracing::info!("underlay guard relaxed to permissive");
     }
     // Stop redirecting departing CIDRs and hosts before their peers go.
-    let stale = reconcile::redirects_kept(&redirects, &bpf.remotes().context("reading redirects")?);
+    let stale = reconcile::redirects_kept(redirects, &bpf.remotes().context("reading redirects")?);
     known.counters.map_ops += bpf.sync_remotes(&stale)? as u64;
     sync_host_routes(ctx, known, &hosts, true).await?;
     sync_pods(ctx, &mut bpf, known)?;
@@ -1510,7 +1511,7 @@ async fn reconcile_once(ctx: &Context, known: &mut Known) -> anyhow::Result<()> 
         &mut bpf,
         &plain,
         &plain_present,
-        (&redirects, &hosts),
+        (redirects, &hosts),
         mode,
     )
     .await
