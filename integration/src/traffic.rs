@@ -12,7 +12,7 @@
 //! Sinks print `listening on ADDR` on stderr once bound (the binary does), so a
 //! harness can wait for readiness.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -422,12 +422,32 @@ pub struct UdpSinkReport {
     pub malformed: u64,
     /// Largest one-way delay seen, in ms (sender and receiver share the host clock).
     pub max_latency_ms: f64,
+    /// The first runs of lost sequence numbers (at most [`MAX_LOST_RUNS`]), to find when a
+    /// loss happened.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lost_runs: Vec<LostRun>,
+}
+
+/// How many runs of lost datagrams a [`UdpSinkReport`] names.
+pub const MAX_LOST_RUNS: usize = 16;
+
+/// A run of consecutive lost sequence numbers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LostRun {
+    /// The first lost sequence number.
+    pub first: u64,
+    /// How many in a row were lost.
+    pub count: u64,
+    /// When the datagram before the run was sent (wall clock, ns since the epoch; 0 when
+    /// unknown): the loss began just after it.
+    pub after_sent_ns: u64,
 }
 
 /// Accumulates UDP probe arrivals.
 #[derive(Debug, Clone, Default)]
 pub struct UdpStats {
-    seen: HashSet<u64>,
+    /// Sequence number → when it was sent (wall clock ns, 0 when unknown).
+    seen: HashMap<u64, u64>,
     received: u64,
     highest: Option<u64>,
     duplicates: u64,
@@ -457,7 +477,7 @@ impl UdpStats {
                 self.max_latency_ns = self.max_latency_ns.max(lat);
             }
         }
-        if !self.seen.insert(seq) {
+        if self.seen.insert(seq, sent_ns).is_some() {
             self.duplicates += 1;
             return;
         }
@@ -502,7 +522,39 @@ impl UdpStats {
             max_gap_ms: self.max_gap.as_secs_f64() * 1000.0,
             malformed: self.malformed,
             max_latency_ms: self.max_latency_ns as f64 / 1e6,
+            lost_runs: self.lost_runs(),
         }
+    }
+
+    fn lost_runs(&self) -> Vec<LostRun> {
+        let Some(highest) = self.highest else {
+            return Vec::new();
+        };
+        if (highest + 1) as usize == self.seen.len() {
+            return Vec::new();
+        }
+        let mut runs: Vec<LostRun> = Vec::new();
+        for seq in 0..highest {
+            if self.seen.contains_key(&seq) {
+                continue;
+            }
+            if let Some(r) = runs.last_mut().filter(|r| r.first + r.count == seq) {
+                r.count += 1;
+                continue;
+            }
+            if runs.len() == MAX_LOST_RUNS {
+                break;
+            }
+            runs.push(LostRun {
+                first: seq,
+                count: 1,
+                after_sent_ns: seq
+                    .checked_sub(1)
+                    .and_then(|p| self.seen.get(&p).copied())
+                    .unwrap_or(0),
+            });
+        }
+        runs
     }
 }
 
@@ -744,6 +796,27 @@ mod tests {
         assert_eq!(r.reordered, 1);
         assert_eq!(r.malformed, 1);
         assert!((r.max_gap_ms - 59.0).abs() < 0.5, "{}", r.max_gap_ms);
+        // Lost: 4 (after 3), then 6, 7, 8 (after 5).
+        let runs: Vec<(u64, u64)> = r.lost_runs.iter().map(|l| (l.first, l.count)).collect();
+        assert_eq!(runs, vec![(4, 1), (6, 3)]);
+    }
+
+    #[test]
+    fn lost_runs_name_when_the_loss_began_and_are_capped() {
+        let mut s = UdpStats::default();
+        let t0 = Instant::now();
+        // Every third datagram is lost: 2, 5, 8, ...
+        for seq in 0..100u64 {
+            if seq % 3 != 2 {
+                s.record(seq, 1_000 + seq, t0);
+            }
+        }
+        let r = s.report();
+        assert_eq!(r.lost_runs.len(), MAX_LOST_RUNS);
+        assert_eq!(r.lost_runs[0].first, 2);
+        assert_eq!(r.lost_runs[0].after_sent_ns, 1_001);
+        assert_eq!(r.lost_runs[1].first, 5);
+        assert!(s.clone().report().lost > MAX_LOST_RUNS as u64);
     }
 
     #[test]
