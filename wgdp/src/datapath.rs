@@ -15,7 +15,7 @@ use defguard_boringtun::noise::handshake::parse_handshake_anon;
 use defguard_boringtun::noise::{Packet, Tunn, TunnResult};
 use wgdp_offload::{segment_frame, Coalescer};
 
-use crate::device::{lock, Core, Peer, State, TICK};
+use crate::device::{lock, Core, Noise, Peer, State, TICK};
 use crate::stats::DropReason;
 use crate::sys::SendScratch;
 use crate::tun::Tun;
@@ -154,19 +154,83 @@ impl Outbox {
         }
     }
 
-    /// Seals `pkt` for `peer` with `t` (or queues it in `t` while a handshake is needed, in
-    /// which case the initiation is what gets sent).
+    /// Seals `pkt` for `peer` (boringtun queues it while a handshake is needed, in which case
+    /// the initiation is what gets sent), or holds it in `n` while a handshake settles
+    /// ([`Noise::must_hold`]); packets held earlier go first. An empty `pkt` (a keepalive)
+    /// is never held.
     fn seal(
         &mut self,
-        t: &mut Tunn,
+        n: &mut Noise,
         pkt: &[u8],
         to: Option<SocketAddr>,
         peer: &Peer,
         core: &Core,
         now: u64,
     ) {
+        let hold = n.must_hold(now, peer.last_init.load(Ordering::Relaxed));
+        if !hold && !n.held.is_empty() {
+            self.release_held(n, to, peer, core, now);
+        }
+        if hold || !n.held.is_empty() {
+            if !pkt.is_empty() && !n.hold(pkt) {
+                core.stats.drop(DropReason::HeldOverflow);
+            }
+            return;
+        }
+        let Some(t) = n.tunn.as_deref_mut() else {
+            core.stats.drop(DropReason::NoKey);
+            return;
+        };
         let r = flatten(t.encapsulate(pkt, self.slot()));
         self.take(r, to, peer, core, now);
+    }
+
+    /// Seals the packets held in `n`, oldest first, as far as the outbox has room.
+    fn release_held(
+        &mut self,
+        n: &mut Noise,
+        to: Option<SocketAddr>,
+        peer: &Peer,
+        core: &Core,
+        now: u64,
+    ) {
+        let Noise { tunn, held, .. } = n;
+        let Some(t) = tunn.as_deref_mut() else {
+            return;
+        };
+        while let Some(p) = held.front() {
+            if self.room() < (p.len() + 32).max(MIN_DST) + MIN_DST {
+                return;
+            }
+            let r = flatten(t.encapsulate(p, self.slot()));
+            self.take(r, to, peer, core, now);
+            held.pop_front();
+        }
+    }
+
+    /// Once `n` has a confirmed session: sends what boringtun queued during the handshake,
+    /// then what was held here.
+    fn release(
+        &mut self,
+        n: &mut Noise,
+        dec: &mut [u8],
+        to: SocketAddr,
+        peer: &Peer,
+        core: &Core,
+        now: u64,
+    ) {
+        if !n.confirmed() {
+            return;
+        }
+        if let Some(t) = n.tunn.as_deref_mut() {
+            while self.room() >= MAX_PACKET {
+                match t.decapsulate(None, &[], dec) {
+                    TunnResult::WriteToNetwork(p) => self.push_copy(to, p, Some(peer), core, now),
+                    _ => break,
+                }
+            }
+        }
+        self.release_held(n, Some(to), peer, core, now);
     }
 
     /// Runs boringtun's timers for `peer` and keeps what they want sent.
@@ -292,8 +356,8 @@ impl TxCtx {
             if outbox.room() < need {
                 outbox.flush(core, sockets);
             }
-            let mut slot = lock(&peer.tunn);
-            let Some(t) = peer.tunn_in(&mut slot, st.key.as_ref()) else {
+            let mut noise = lock(&peer.tunn);
+            let Some(t) = peer.tunn_in(&mut noise, st.key.as_ref()) else {
                 core.stats.drop_n(DropReason::NoKey, n);
                 return;
             };
@@ -302,7 +366,7 @@ impl TxCtx {
             }
             for r in chunk {
                 if let Some(pkt) = buf.get(r.clone()) {
-                    outbox.seal(t, pkt, Some(to), peer, core, now);
+                    outbox.seal(&mut noise, pkt, Some(to), peer, core, now);
                 }
             }
         }
@@ -439,9 +503,16 @@ impl RxCtx {
             },
         };
         let woke = core.activity(peer);
-        let mut slot = lock(&peer.tunn);
-        let Some(t) = peer.tunn_in(&mut slot, st.key.as_ref()) else {
+        let mut noise = lock(&peer.tunn);
+        if peer.tunn_in(&mut noise, st.key.as_ref()).is_none() {
             core.stats.drop(DropReason::NoKey);
+            return;
+        }
+        // Whether packets can already go somewhere the other end opens (checked before an
+        // initiation is answered).
+        let was_confirmed = noise.confirmed();
+        let held_before = noise.unconfirmed_since != 0 || !noise.held.is_empty();
+        let Some(t) = noise.tunn.as_deref_mut() else {
             return;
         };
         if outbox.room() < 4 * MIN_DST {
@@ -465,35 +536,54 @@ impl RxCtx {
             }
             TunnResult::WriteToNetwork(reply) => {
                 outbox.push_copy(from, reply, Some(peer), core, now);
-                if ty == HANDSHAKE_INIT || ty == HANDSHAKE_RESP {
-                    peer.handshake_done();
-                }
-                // Packets queued while waiting for the handshake can go now.
-                while outbox.room() >= MAX_PACKET {
-                    match t.decapsulate(None, &[], dec) {
-                        TunnResult::WriteToNetwork(p) => {
-                            outbox.push_copy(from, p, Some(peer), core, now)
+                match ty {
+                    HANDSHAKE_INIT => {
+                        peer.handshake_done();
+                        // The answered session may already be boringtun's current one:
+                        // until the initiator's first message on it shows it has the
+                        // session, nothing is sent on it.
+                        if !was_confirmed {
+                            noise.unconfirmed_since = now.max(1);
                         }
-                        _ => break,
+                        // The answer leaves now, ahead of any packet sealed with the
+                        // session it creates.
+                        if let Some(sockets) = st.sockets.as_deref() {
+                            outbox.flush(core, Some(sockets));
+                        }
                     }
+                    HANDSHAKE_RESP => {
+                        peer.handshake_done();
+                        // Initiator: the session is current and confirmed. Packets
+                        // queued while waiting for it can go now.
+                        noise.unconfirmed_since = 0;
+                        outbox.release(&mut noise, dec, from, peer, core, now);
+                    }
+                    _ => {}
                 }
                 true
             }
             TunnResult::WriteToTunnelV4(pkt, src) => {
                 deliver(core, st, peer, sink, pkt, IpAddr::V4(src));
+                confirm(&mut noise, held_before, outbox, dec, from, peer, core, now);
                 true
             }
             TunnResult::WriteToTunnelV6(pkt, src) => {
                 deliver(core, st, peer, sink, pkt, IpAddr::V6(src));
+                confirm(&mut noise, held_before, outbox, dec, from, peer, core, now);
                 true
             }
-            TunnResult::Done => true,
+            TunnResult::Done => {
+                if ty == DATA {
+                    confirm(&mut noise, held_before, outbox, dec, from, peer, core, now);
+                }
+                true
+            }
             TunnResult::Err(e) => {
                 core.stats.drop(DropReason::of(&e));
                 false
             }
         };
-        drop(slot);
+        drop(noise);
         if authenticated {
             peer.rx_bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
             peer.last_rx.store(now, Ordering::Relaxed);
@@ -543,6 +633,25 @@ impl RxCtx {
     }
 }
 
+/// A data message (or keepalive) from `peer` opened: the other end has the session, so a
+/// session this end answered is confirmed, and what waited for it (`held_before`) goes.
+#[allow(clippy::too_many_arguments)]
+fn confirm(
+    noise: &mut Noise,
+    held_before: bool,
+    outbox: &mut Outbox,
+    dec: &mut [u8],
+    from: SocketAddr,
+    peer: &Peer,
+    core: &Core,
+    now: u64,
+) {
+    if held_before {
+        noise.unconfirmed_since = 0;
+        outbox.release(noise, dec, from, peer, core, now);
+    }
+}
+
 /// Hands an opened packet to the TUN path if its source is one of `peer`'s allowed IPs.
 fn deliver(core: &Core, st: &State, peer: &Arc<Peer>, sink: &mut Sink, pkt: &[u8], src: IpAddr) {
     match st.allowed.lookup(src) {
@@ -574,20 +683,27 @@ pub fn tick(core: &Core, st: &State, peer: &Peer, outbox: &mut Outbox) {
     let to = peer.endpoint();
     let ka = u64::from(peer.keepalive.load(Ordering::Relaxed));
     let mut has_session = false;
+    let holding;
     {
-        let mut slot = lock(&peer.tunn);
-        if let Some(t) = slot.as_deref_mut() {
+        let mut noise = lock(&peer.tunn);
+        if let Some(t) = noise.tunn.as_deref_mut() {
             outbox.run_timers(t, to, peer, core, now);
             has_session = t.time_since_last_handshake().is_some();
         }
         if ka > 0 && to.is_some() {
             let last = peer.last_tx.load(Ordering::Relaxed);
-            if last == 0 || now.saturating_sub(last) >= ka * 1_000_000_000 {
-                if let Some(t) = peer.tunn_in(&mut slot, st.key.as_ref()) {
-                    outbox.seal(t, &[], to, peer, core, now);
-                }
+            if (last == 0 || now.saturating_sub(last) >= ka * 1_000_000_000)
+                && peer.tunn_in(&mut noise, st.key.as_ref()).is_some()
+            {
+                outbox.seal(&mut noise, &[], to, peer, core, now);
             }
         }
+        // Packets held past the hold go to boringtun (which queues them and retries the
+        // handshake) even when no new traffic comes to push them.
+        if !noise.held.is_empty() && !noise.must_hold(now, peer.last_init.load(Ordering::Relaxed)) {
+            outbox.release_held(&mut noise, to, peer, core, now);
+        }
+        holding = !noise.held.is_empty();
     }
     let last_traffic = peer
         .last_tx
@@ -595,6 +711,7 @@ pub fn tick(core: &Core, st: &State, peer: &Peer, outbox: &mut Outbox) {
         .max(peer.last_rx.load(Ordering::Relaxed));
     let init = peer.last_init.load(Ordering::Relaxed);
     let pending = has_session
+        || holding
         || (last_traffic != 0 && now.saturating_sub(last_traffic) < ACTIVE_NS)
         || (init != 0 && now.saturating_sub(init) < INIT_PENDING_NS)
         || (ka > 0 && to.is_some() && st.key.is_some());

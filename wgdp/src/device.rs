@@ -8,7 +8,7 @@
 //! at a time, which arbitrates between the datapath threads. Order: `state` → `tunn` →
 //! anything else (`conf`, `endpoint`, the timer queue).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -30,6 +30,12 @@ use crate::udp::{Sockets, UdpError};
 const HANDSHAKE_RATE_LIMIT: u64 = 100;
 /// How often a peer with something pending is ticked.
 pub const TICK: Duration = Duration::from_secs(1);
+/// Packets held for one peer while its handshake settles, at most (as many as boringtun
+/// queues while it waits for a handshake).
+pub const MAX_HELD: usize = 256;
+/// How long packets are held for a handshake to settle: WireGuard's REKEY_TIMEOUT, after
+/// which a lost handshake message is retried anyway.
+pub const HOLD_NS: u64 = 5_000_000_000;
 
 /// Locks a mutex, recovering the data if another thread panicked while holding it (every
 /// critical section leaves the data consistent).
@@ -126,8 +132,8 @@ pub struct Peer {
     pub key: Key,
     /// Our 24-bit receiver index prefix for this peer (boringtun adds 8 session bits).
     pub index: u32,
-    /// boringtun's noise state, created lazily.
-    pub tunn: Mutex<Option<Box<Tunn>>>,
+    /// boringtun's noise state (created lazily) and the packets held back from it.
+    pub tunn: Mutex<Noise>,
     /// The current endpoint (configured or learned from authenticated packets).
     pub endpoint: Mutex<Option<SocketAddr>>,
     /// UAPI-managed configuration.
@@ -164,7 +170,7 @@ impl Peer {
         Peer {
             key,
             index,
-            tunn: Mutex::new(None),
+            tunn: Mutex::new(Noise::default()),
             endpoint: Mutex::new(None),
             conf: Mutex::new(PeerConf::default()),
             keepalive: AtomicU32::new(0),
@@ -192,13 +198,14 @@ impl Peer {
         self.last_handshake.store(now.max(1), Ordering::Relaxed);
     }
 
-    /// The noise state in `slot`, created with the device key if absent (`None` without a
+    /// The noise state in `noise`, created with the device key if absent (`None` without a
     /// device key).
     pub fn tunn_in<'a>(
         &self,
-        slot: &'a mut Option<Box<Tunn>>,
+        noise: &'a mut Noise,
         key: Option<&DeviceKey>,
     ) -> Option<&'a mut Tunn> {
+        let slot = &mut noise.tunn;
         if slot.is_none() {
             let key = key?;
             let psk = lock(&self.conf).psk.map(|k| k.0);
@@ -212,6 +219,72 @@ impl Peer {
             )));
         }
         slot.as_deref_mut()
+    }
+}
+
+/// A peer's noise state: boringtun's state machine, and the packets held back from it while
+/// a handshake settles.
+///
+/// boringtun, given a packet while it has no session, starts a new handshake and forgets the
+/// one it had pending; when both ends send at once (a pair moving onto a new key, a new
+/// peer), each answers the other's initiation and then, with the next packet, replaces its
+/// own, so the answers it gets never match and neither handshake completes while the traffic
+/// lasts. And a session this end answered (as responder) can become the one boringtun sends
+/// on before the initiator has it, so those packets cannot be opened. Both are avoided by
+/// holding packets here until a session is confirmed (see [`Noise::must_hold`]), as
+/// WireGuard's own implementations do.
+#[derive(Default)]
+pub struct Noise {
+    /// boringtun's state, created lazily.
+    pub tunn: Option<Box<Tunn>>,
+    /// Clock reading since which a session this end answered waits for the initiator's
+    /// first message on it while no older session exists; 0 = none.
+    pub unconfirmed_since: u64,
+    /// Packets from the TUN waiting for a usable session, oldest first.
+    pub held: VecDeque<Vec<u8>>,
+}
+
+impl Noise {
+    /// Forgets the noise state and everything held.
+    pub fn reset(&mut self) {
+        *self = Noise::default();
+    }
+
+    /// Whether a session is established that the other end can open (boringtun has a
+    /// current session, and it is not one this end answered and awaits confirmation of).
+    pub fn confirmed(&self) -> bool {
+        self.unconfirmed_since == 0
+            && self
+                .tunn
+                .as_ref()
+                .is_some_and(|t| t.time_since_last_handshake().is_some())
+    }
+
+    /// Whether a packet must be held instead of given to boringtun at clock reading `now`:
+    /// a session this end answered is not confirmed yet, or there is no session and this end
+    /// sent an initiation (at `last_init`) less than [`HOLD_NS`] ago. Past that, packets go
+    /// to boringtun again, which queues them and retries the handshake.
+    pub fn must_hold(&mut self, now: u64, last_init: u64) -> bool {
+        if self.unconfirmed_since != 0 {
+            if now.saturating_sub(self.unconfirmed_since) < HOLD_NS {
+                return true;
+            }
+            self.unconfirmed_since = 0;
+        }
+        let no_session = self
+            .tunn
+            .as_ref()
+            .is_none_or(|t| t.time_since_last_handshake().is_none());
+        no_session && last_init != 0 && now.saturating_sub(last_init) < HOLD_NS
+    }
+
+    /// Holds `pkt` (false when the hold is full and it was dropped).
+    pub fn hold(&mut self, pkt: &[u8]) -> bool {
+        if self.held.len() >= MAX_HELD {
+            return false;
+        }
+        self.held.push_back(pkt.to_vec());
+        true
     }
 }
 
@@ -345,9 +418,13 @@ impl Core {
                 let public = PublicKey::from(&secret);
                 st.limiter = Some(Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT)));
                 for peer in st.peers.values() {
-                    if let Some(t) = lock(&peer.tunn).as_deref_mut() {
+                    let mut noise = lock(&peer.tunn);
+                    if let Some(t) = noise.tunn.as_deref_mut() {
                         t.set_static_private(secret.clone(), public, None);
                     }
+                    // Sessions are gone: nothing pending under the old key holds packets.
+                    noise.unconfirmed_since = 0;
+                    peer.last_init.store(0, Ordering::Relaxed);
                 }
                 st.key = Some(DeviceKey {
                     secret,
@@ -359,7 +436,7 @@ impl Core {
                 st.key = None;
                 st.limiter = None;
                 for peer in st.peers.values() {
-                    *lock(&peer.tunn) = None;
+                    lock(&peer.tunn).reset();
                 }
             }
         }
@@ -391,7 +468,7 @@ impl Core {
         }
         lock(&self.timers).cancel(&peer.index);
         // Drop the session now; in-flight batches holding the Arc find no noise state.
-        *lock(&peer.tunn) = None;
+        lock(&peer.tunn).reset();
     }
 
     fn apply_peer(&self, st: &mut State, u: &PeerUpdate) {
@@ -418,7 +495,7 @@ impl Core {
             };
             if changed {
                 // boringtun takes the key only at creation: start over with it.
-                *lock(&peer.tunn) = None;
+                lock(&peer.tunn).reset();
             }
         }
         if let Some(ep) = u.endpoint {

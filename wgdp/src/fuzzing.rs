@@ -128,6 +128,7 @@ pub fn session_established() -> bool {
     st.peers.values().any(|p| {
         p.last_handshake.load(std::sync::atomic::Ordering::Relaxed) != 0
             && lock(&p.tunn)
+                .tunn
                 .as_ref()
                 .is_some_and(|t| t.time_since_last_handshake().is_some())
     })

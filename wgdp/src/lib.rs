@@ -20,6 +20,8 @@
 
 pub mod allowed_ips;
 pub mod control;
+#[cfg(test)]
+mod crossing_tests;
 pub mod datapath;
 pub mod device;
 #[cfg(test)]

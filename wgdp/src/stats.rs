@@ -49,9 +49,11 @@ pub enum DropReason {
     NoSocket,
     /// A TUN write failed.
     TunWrite,
+    /// A packet for a peer whose handshake is settling, beyond the packets held for it.
+    HeldOverflow,
 }
 
-const REASONS: [DropReason; 19] = [
+const REASONS: [DropReason; 20] = [
     DropReason::NoRoute,
     DropReason::NoEndpoint,
     DropReason::NoKey,
@@ -71,6 +73,7 @@ const REASONS: [DropReason; 19] = [
     DropReason::UdpSend,
     DropReason::NoSocket,
     DropReason::TunWrite,
+    DropReason::HeldOverflow,
 ];
 
 impl DropReason {
@@ -115,6 +118,7 @@ impl DropReason {
             DropReason::UdpSend => "udp_send",
             DropReason::NoSocket => "no_socket",
             DropReason::TunWrite => "tun_write",
+            DropReason::HeldOverflow => "held_overflow",
         }
     }
 }
