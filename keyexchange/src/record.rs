@@ -26,9 +26,10 @@
 //!
 //! * `secondKey` and `secondPort` (together): the node's second key slot, a second WireGuard
 //!   device with its own key and port. Peers keep a tunnel to each slot.
-//! * `rotation` (object `{"serial":N,"draining":S}`): a key rotation in progress. `serial`
-//!   (≥ 1) changes with every step; `draining` (0, 1 or absent) is the slot peers must stop
-//!   sending on, because its key is about to be replaced.
+//! * `rotation` (object `{"serial":N,"draining":S,"replaced":true}`): a key rotation in
+//!   progress. `serial` (≥ 1) changes with every step; `draining` (0, 1 or absent) is the slot
+//!   peers must stop sending on, because its key is about to be replaced; `replaced` (true or
+//!   absent) says that key was already replaced.
 //! * `acks` (object node name → serial): the rotation steps of other nodes this node has
 //!   applied. A rotating node moves to its next step only once every peer acknowledged.
 //!
@@ -89,13 +90,18 @@ pub struct SlotKey {
 }
 
 /// A step of a key rotation in progress.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct RotationStep {
     /// Changes (grows) with every step; peers acknowledge it.
     pub serial: u64,
     /// The slot peers must not send on (its key is about to be or was just replaced).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub draining: Option<u8>,
+    /// Whether the drained slot's key was already replaced. Until then the node may replace
+    /// it at any moment, so no pair may move onto that slot; after, a peer that acknowledged
+    /// the step holds the new key.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub replaced: bool,
 }
 
 /// Key-rotation fields of a record (see the module docs).
@@ -349,7 +355,7 @@ fn parse_public_key(v: Option<&Value>) -> Result<PublicKey, String> {
     Ok(key)
 }
 
-/// Parses a rotation step object `{"serial":N,"draining":S}`.
+/// Parses a rotation step object `{"serial":N,"draining":S,"replaced":B}`.
 pub fn parse_step(v: &Value) -> Result<RotationStep, String> {
     let Value::Object(obj) = v else {
         return Err(format!("expected an object, got {}", kind(v)));
@@ -367,7 +373,16 @@ pub fn parse_step(v: &Value) -> Result<RotationStep, String> {
                 .ok_or_else(|| format!("draining must be a slot number, got {d}"))?,
         ),
     };
-    let step = RotationStep { serial, draining };
+    let replaced = match obj.get("replaced") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(r) => return Err(format!("replaced must be true or false, got {r}")),
+    };
+    let step = RotationStep {
+        serial,
+        draining,
+        replaced,
+    };
     check_step(&step)?;
     Ok(step)
 }
@@ -523,12 +538,13 @@ mod tests {
             step: Some(RotationStep {
                 serial: 3,
                 draining: Some(1),
+                replaced: true,
             }),
             acks: BTreeMap::from([("n2".to_string(), 9)]),
         };
         let text = r.to_json();
         assert!(
-            text.contains(r#""rotation":{"serial":3,"draining":1}"#),
+            text.contains(r#""rotation":{"serial":3,"draining":1,"replaced":true}"#),
             "{text}"
         );
         assert_eq!(NodeRecord::from_json("n1", &text).unwrap(), r);
@@ -559,6 +575,15 @@ mod tests {
                     o.insert(
                         "rotation".into(),
                         serde_json::json!({"serial": 2, "draining": 2}),
+                    );
+                }),
+                "rotation",
+            ),
+            (
+                json_with(|o| {
+                    o.insert(
+                        "rotation".into(),
+                        serde_json::json!({"serial": 2, "draining": 1, "replaced": "yes"}),
                     );
                 }),
                 "rotation",

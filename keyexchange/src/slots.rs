@@ -76,6 +76,7 @@ mod tests {
                 step: draining.map(|d| RotationStep {
                     serial: 7,
                     draining: Some(d),
+                    replaced: false,
                 }),
                 acks: Default::default(),
             },

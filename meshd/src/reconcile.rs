@@ -447,6 +447,7 @@ mod tests {
         r.rotation.step = draining.map(|d| keyexchange::record::RotationStep {
             serial: 1,
             draining: Some(d),
+            replaced: false,
         });
         r
     }

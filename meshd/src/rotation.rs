@@ -126,6 +126,9 @@ pub struct SavedStep {
     pub serial: u64,
     /// The drained slot.
     pub draining: Option<Slot>,
+    /// Whether the drained slot's key was replaced.
+    #[serde(default)]
+    pub replaced: bool,
 }
 
 impl Driver {
@@ -139,6 +142,7 @@ impl Driver {
             step: step.map(|s| SavedStep {
                 serial: s.serial,
                 draining: s.draining,
+                replaced: s.replaced,
             }),
         })
     }
@@ -157,6 +161,7 @@ impl Driver {
         let step = saved.step.map(|s| RotationStep {
             serial: s.serial,
             draining: s.draining,
+            replaced: s.replaced,
         });
         (driver, step)
     }
@@ -204,6 +209,7 @@ impl Driver {
         RotationStep {
             serial: self.next_serial(),
             draining,
+            replaced: matches!(phase, Phase::Replaced { .. }),
         }
     }
 
@@ -248,11 +254,14 @@ impl Driver {
                     ));
                 }
                 // Another node drains the other slot: pairs with it follow the drain of the
-                // name that sorts first. Wait for an earlier name; a later one is fine once
-                // this node applied its latest step (so both ends hold its current keys).
+                // name that sorts first. Wait for an earlier name. A later one is fine once it
+                // replaced that slot's key and this node applied the step (so both ends hold
+                // its new key); before, it may replace the key at any moment, and pairs
+                // moving onto the slot now would lose what they send.
                 let blocked = peers.iter().any(|p| match (p.draining(), p.rotation.step) {
                     (Some(d), Some(step)) if d != slot => {
                         p.name < me.name
+                            || !step.replaced
                             || me.rotation.acks.get(&p.name).copied() != Some(step.serial)
                     }
                     _ => false,
@@ -460,6 +469,7 @@ mod tests {
             r.rotation.step = Some(RotationStep {
                 serial,
                 draining: Some(0),
+                replaced: true,
             });
             r
         };
@@ -486,16 +496,72 @@ mod tests {
             panic!("b should drain slot 1 now")
         };
         assert_eq!(step.draining, Some(1));
-        // A later name draining the other slot blocks only until its step is applied.
+        // A later name draining the other slot blocks until it replaced that slot's key and
+        // its step is applied: before the replacement, even an acknowledged drain blocks
+        // (pairs following this node's drain would move onto the slot being replaced).
         b.rotation.step = Some(RotationStep {
             serial: 30,
             draining: Some(0),
+            replaced: false,
         });
+        a.rotation.acks.insert("b".into(), 30);
         let mut dc = Driver::default();
         waiting(&mut dc);
         assert_eq!(dc.poll(t0, &a, [&b]), Action::Wait);
-        a.rotation.acks.insert("b".into(), 30);
+        b.rotation.step = Some(RotationStep {
+            serial: 31,
+            draining: Some(0),
+            replaced: true,
+        });
+        assert_eq!(dc.poll(t0, &a, [&b]), Action::Wait);
+        a.rotation.acks.insert("b".into(), 31);
         assert!(matches!(dc.poll(t0, &a, [&b]), Action::Publish(Some(_))));
+    }
+
+    #[test]
+    fn an_earlier_name_done_with_slot_zero_waits_for_a_later_one_still_draining_it() {
+        // "a" replaced slot 0 and wants to drain slot 1; "b" drains slot 0 and has every
+        // acknowledgement. If "a" drained slot 1 now, pairs would follow it onto slot 0 just
+        // as "b" replaces that key. "a" waits, "b" replaces, then "a" goes on.
+        let t0 = Instant::now();
+        let mut a = rec("a");
+        a.rotation.step = Some(RotationStep {
+            serial: 10,
+            draining: Some(0),
+            replaced: true,
+        });
+        let mut b = rec("b");
+        let mut db = Driver::default();
+        db.start(t0, 0);
+        let Action::Publish(step) = db.poll(t0, &b, [&a]) else {
+            panic!("b should drain slot 0")
+        };
+        b.rotation.step = step;
+        ack(&mut a, &b);
+        b.rotation.acks.insert("a".into(), 10);
+        let mut da = Driver::default();
+        da.start(t0, 0);
+        da.then = None;
+        da.phase = Phase::Waiting { slot: 1 };
+        assert_eq!(da.poll(t0, &a, [&b]), Action::Wait, "a must wait");
+        // "b" is not held up by "a" (both keep off slot 0) and replaces its key.
+        assert_eq!(db.poll(t0, &b, [&a]), Action::Wait);
+        let Action::Replace(0, step) = db.poll(t0 + DRAIN_GRACE, &b, [&a]) else {
+            panic!("b should replace slot 0")
+        };
+        assert!(step.replaced);
+        b.rotation.step = Some(step);
+        assert_eq!(
+            da.poll(t0, &a, [&b]),
+            Action::Wait,
+            "until a holds b's new key"
+        );
+        ack(&mut a, &b);
+        let Action::Publish(Some(step)) = da.poll(t0, &a, [&b]) else {
+            panic!("a should drain slot 1 now")
+        };
+        assert_eq!(step.draining, Some(1));
+        assert!(!step.replaced);
     }
 
     #[test]
@@ -557,6 +623,7 @@ mod tests {
         first.rotation.step = Some(RotationStep {
             serial: 5,
             draining: Some(1),
+            replaced: false,
         });
         let Action::Publish(Some(step)) = d.poll(t0, &me, [&first]) else {
             panic!("expected the drain to be withdrawn")
