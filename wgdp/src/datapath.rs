@@ -509,8 +509,8 @@ impl RxCtx {
             return;
         }
         // Whether packets can already go somewhere the other end opens (checked before an
-        // initiation is answered).
-        let was_confirmed = noise.confirmed();
+        // initiation is answered; only then, as it reads the clock).
+        let was_confirmed = ty == HANDSHAKE_INIT && noise.confirmed();
         let held_before = noise.unconfirmed_since != 0 || !noise.held.is_empty();
         let Some(t) = noise.tunn.as_deref_mut() else {
             return;

@@ -271,11 +271,13 @@ impl Noise {
             }
             self.unconfirmed_since = 0;
         }
-        let no_session = self
-            .tunn
-            .as_ref()
-            .is_none_or(|t| t.time_since_last_handshake().is_none());
-        no_session && last_init != 0 && now.saturating_sub(last_init) < HOLD_NS
+        // The cheap test first: this runs for every packet sent.
+        last_init != 0
+            && now.saturating_sub(last_init) < HOLD_NS
+            && self
+                .tunn
+                .as_ref()
+                .is_none_or(|t| t.time_since_last_handshake().is_none())
     }
 
     /// Holds `pkt` (false when the hold is full and it was dropped).
