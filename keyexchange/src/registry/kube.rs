@@ -13,7 +13,7 @@
 //! | `endpoints`   | every `status.addresses` entry of type `InternalIP`, both families |
 //! | `podCIDRs`    | `spec.podCIDRs` (or the legacy single `spec.podCIDR`)            |
 //! | `secondKey`, `secondPort` | annotation `meshd.io/second-key` (base64), `meshd.io/second-port` (decimal) |
-//! | `rotation`    | annotation `meshd.io/rotation` (JSON `{"serial":N,"draining":S}`) |
+//! | `rotation`    | annotation `meshd.io/rotation` (JSON `{"serial":N,"draining":S,"replaced":true}`) |
 //! | `acks`        | annotation `meshd.io/rotation-acks` (JSON object, node → serial) |
 //!
 //! The key-rotation annotations are optional and removed when empty (see
@@ -925,6 +925,40 @@ mod tests {
         for (k, v) in good_annotations().iter().take(3) {
             assert_eq!(published.get(k), Some(v));
         }
+    }
+
+    #[test]
+    fn rotation_fields_round_trip_through_annotations() {
+        use crate::record::{Rotation, RotationStep, SlotKey};
+        let mut n = good_node();
+        let NodeState::Peer(mut record) = node_state(&n) else {
+            panic!("expected a peer");
+        };
+        record.rotation = Rotation {
+            second: Some(SlotKey {
+                public_key: PublicKey::from_bytes([5; 32]),
+                listen_port: 51821,
+            }),
+            step: Some(RotationStep {
+                serial: 9,
+                draining: Some(0),
+                replaced: true,
+            }),
+            acks: BTreeMap::from([("n2".to_string(), 4)]),
+        };
+        let published = record_annotations(&record);
+        assert!(
+            published[ROTATION_ANNOTATION].contains(r#""replaced":true"#),
+            "{published:?}"
+        );
+        let annotations = n.metadata.annotations.get_or_insert_with(Default::default);
+        for (k, v) in published {
+            annotations.insert(k.to_string(), v);
+        }
+        let NodeState::Peer(back) = node_state(&n) else {
+            panic!("expected a peer");
+        };
+        assert_eq!(back, record);
     }
 
     #[test]
