@@ -72,6 +72,20 @@ fn finish(child: Child, what: &str) -> String {
     text
 }
 
+/// Waits for a UDP sink and checks that every one of `sent` datagrams arrived (a loss report
+/// names its runs of sequence numbers and when each began).
+fn expect_no_loss(sink: Child, sent: u64, what: &str) {
+    let out = sink.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let start = text
+        .find('{')
+        .unwrap_or_else(|| panic!("{what}: no report: {text}"));
+    let v: serde_json::Value = serde_json::from_str(text[start..].trim()).unwrap();
+    eprintln!("{what}: {v}");
+    assert_eq!(v["lost"], 0, "{what} lost datagrams: {v}");
+    assert_eq!(v["received"], sent, "{what}: {v}");
+}
+
 /// Every node's keys (slot 0 and slot 1) from the lab status.
 fn keys(lab: &Lab) -> BTreeSet<String> {
     let st = lab.status_json().unwrap();
@@ -225,20 +239,9 @@ fn every_node_rotates_both_keys_repeatedly_under_traffic_without_losing_a_packet
         "tcp sender (a reset or a corrupted stream fails it)",
     );
     finish(tcp_sink, "tcp sink");
-    // Not one datagram lost (a loss names its runs of sequence numbers and when each began).
+    // Not one datagram lost.
     for (i, s) in sinks.into_iter().enumerate() {
-        let out = s.wait_with_output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let start = text
-            .find('{')
-            .unwrap_or_else(|| panic!("sink {i}: no report: {text}"));
-        let v: serde_json::Value = serde_json::from_str(text[start..].trim()).unwrap();
-        eprintln!("udp stream {i}: {v}");
-        assert_eq!(
-            v["lost"], 0,
-            "stream {i} lost datagrams during the rotations: {v}"
-        );
-        assert_eq!(v["received"], 25_000, "{v}");
+        expect_no_loss(s, 25_000, &format!("udp stream {i} during the rotations"));
     }
     eprintln!("tcp: {tcp}");
     for p in host_pings {
@@ -399,14 +402,6 @@ fn a_rotation_cut_short_by_sigkill_resumes_after_restart() {
     // The kill and restart cost nothing either: the devices and their sessions live on, and
     // the resumed rotation keeps every pair on a slot both ends hold.
     for s in sinks {
-        let out = s.wait_with_output().unwrap();
-        let report = String::from_utf8_lossy(&out.stdout).to_string();
-        let start = report
-            .find('{')
-            .unwrap_or_else(|| panic!("no report: {report}"));
-        let v: serde_json::Value = serde_json::from_str(report[start..].trim()).unwrap();
-        eprintln!("across the kill: {v}");
-        assert_eq!(v["lost"], 0, "datagrams lost across the kill: {v}");
-        assert_eq!(v["received"], 15_000, "{v}");
+        expect_no_loss(s, 15_000, "udp stream across the kill");
     }
 }

@@ -33,16 +33,25 @@ struct End {
     delivered: u64,
 }
 
-fn end(key: u8, addr: SocketAddr, net: [u8; 2], peer_key: u8, peer: &End) -> End {
+/// An end with key `key` at `addr` (pod network `net`), peered with the end of key `peer_key`
+/// at `peer_addr` (pod network `peer_net`).
+fn end(
+    key: u8,
+    addr: SocketAddr,
+    net: [u8; 2],
+    peer_key: u8,
+    peer_addr: SocketAddr,
+    peer_net: [u8; 2],
+) -> End {
     let core = Core::new(None, Box::new(|| {}));
     let peer_public = PublicKey::from(&StaticSecret::from([peer_key; 32]));
     let req = format!(
         "set=1\nprivate_key={}\npublic_key={}\nendpoint={}\nallowed_ip={}.{}.0.0/16\n",
         Key([key; 32]).to_hex(),
         Key(*peer_public.as_bytes()).to_hex(),
-        peer.addr,
-        peer.net[0],
-        peer.net[1],
+        peer_addr,
+        peer_net[0],
+        peer_net[1],
     );
     let Ok(Request::Set(set)) = parse_request(req.lines()) else {
         panic!("bad request");
@@ -61,21 +70,12 @@ fn end(key: u8, addr: SocketAddr, net: [u8; 2], peer_key: u8, peer: &End) -> End
 
 /// Two ends, A (10.1/16) and B (10.2/16), peered with each other, no session yet.
 fn pair() -> (End, End) {
-    let a_addr = SocketAddr::from(([192, 0, 2, 1], 51820));
-    let b_addr = SocketAddr::from(([192, 0, 2, 2], 51820));
-    // Placeholders only to give `end` the other side's address and network.
-    let stub = |addr, net| End {
-        core: Core::new(None, Box::new(|| {})),
-        tx: TxCtx::new(true),
-        rx: RxCtx::new(true, false, false),
-        addr,
-        net,
-        inits: 0,
-        delivered: 0,
-    };
-    let a = end(0xa1, a_addr, [10, 1], 0xb2, &stub(b_addr, [10, 2]));
-    let b = end(0xb2, b_addr, [10, 2], 0xa1, &stub(a_addr, [10, 1]));
-    (a, b)
+    let (a_addr, a_net) = (SocketAddr::from(([192, 0, 2, 1], 51820)), [10, 1]);
+    let (b_addr, b_net) = (SocketAddr::from(([192, 0, 2, 2], 51820)), [10, 2]);
+    (
+        end(0xa1, a_addr, a_net, 0xb2, b_addr, b_net),
+        end(0xb2, b_addr, b_net, 0xa1, a_addr, a_net),
+    )
 }
 
 /// One TUN read on `from`: an IPv4 packet (virtio-net header first) to the other end's
