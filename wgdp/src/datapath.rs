@@ -345,7 +345,7 @@ impl TxCtx {
         };
         let woke = core.activity(peer);
         let now = core.clock.now();
-        // The noise state is locked for a few segments at a time (the receive thread needs
+        // The noise state is locked for a few segments at a time (the I/O thread needs
         // it too), never across a send.
         for (i, chunk) in list.chunks(SEAL_CHUNK).enumerate() {
             let need: usize = chunk

@@ -328,7 +328,7 @@ pub struct Core {
     pub stats: Stats,
     /// The monotonic clock.
     pub clock: Clock,
-    /// Called after the sockets were replaced (wakes the receive thread).
+    /// Called after the sockets were replaced (wakes the I/O thread).
     pub on_rebind: Box<dyn Fn() + Send + Sync>,
 }
 

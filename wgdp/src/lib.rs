@@ -156,7 +156,8 @@ pub fn run(cfg: &Config) -> Result<(), WgdpError> {
         Ok(())
     };
     let started = (|| {
-        for q in 0..rt.tun.queues() {
+        // Queue 0 is read by the I/O thread, which also receives.
+        for q in 1..rt.tun.queues() {
             let r = rt.clone();
             spawn(
                 format!("wgdp-tun{q}"),
@@ -164,10 +165,7 @@ pub fn run(cfg: &Config) -> Result<(), WgdpError> {
             )?;
         }
         let r = rt.clone();
-        spawn(
-            "wgdp-udp".into(),
-            Box::new(move || threads::udp_receiver(&r)),
-        )?;
+        spawn("wgdp-io".into(), Box::new(move || threads::io_thread(&r)))?;
         let r = rt.clone();
         spawn(
             "wgdp-timers".into(),

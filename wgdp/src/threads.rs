@@ -1,6 +1,13 @@
-//! The device's threads: one TUN reader per queue (TUN → seal → UDP), one UDP receiver
-//! (UDP → open → TUN), and the timer thread (per-peer deadlines). Each blocks in `poll`
-//! (or on a condition variable) when idle, so an idle device uses no CPU.
+//! The device's threads: the I/O thread (the UDP sockets → open → TUN, and TUN queue 0 →
+//! seal → UDP), one TUN reader for each further queue, and the timer thread (per-peer
+//! deadlines). Each blocks in `poll` (or on a condition variable) when idle, so an idle device
+//! uses no CPU.
+//!
+//! Both directions of queue 0 share one thread because a packet's round trip then costs fewer
+//! thread wake-ups: the reply a TUN write produces (a ping's, a TCP ACK) is read by the thread
+//! that wrote the request, and no second thread is woken (on another CPU) to find it already
+//! taken. On the 2-vCPU machines this was measured on, that was worth about 0.03 ms of RTT and
+//! more throughput than a separate receive thread gave.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -22,8 +29,10 @@ use crate::udp::Sockets;
 const RX_SLOTS: usize = 8;
 /// Sealed datagrams after which the TUN reader sends without waiting for the queue to drain.
 const TX_BATCH: usize = 32;
-/// `recvmmsg` calls on one socket before the others get a turn.
+/// `recvmmsg` calls on one socket before the others (and TUN queue 0) get a turn.
 const RX_ROUNDS: usize = 16;
+/// TUN reads of queue 0 by the I/O thread before the sockets get a turn.
+const TUN_BUDGET: usize = 64;
 /// TUN reads the receive thread does on a queue after its own TUN writes.
 const PICKUP_BUDGET: usize = 8;
 /// The receive thread picks up replies only after writing at most this many packets to the
@@ -150,7 +159,7 @@ fn drain(rt: &Runtime, q: usize, txq: &mut TxQueue, budget: usize) -> Drained {
     end
 }
 
-/// TUN queue `q` → peers.
+/// TUN queue `q` → peers (queues other than 0; queue 0 is read by [`io_thread`]).
 pub fn tun_reader(rt: &Runtime, q: usize) {
     while !rt.stopping() {
         let end = match rt.txq.get(q) {
@@ -165,10 +174,10 @@ pub fn tun_reader(rt: &Runtime, q: usize) {
     }
 }
 
-/// Called by the receive thread after it wrote to the TUN: what those writes produced at
-/// once (a ping's reply, TCP ACKs) is usually waiting in a TUN queue already, and is sent
-/// from here rather than after waking that queue's thread. Queues busy with their own
-/// thread are left to it.
+/// Called by the I/O thread after it wrote to the TUN: what those writes produced at once (a
+/// ping's reply, TCP ACKs) is usually waiting in a TUN queue already (queue 0 unless the
+/// kernel picked another), and is sent from here rather than after another `poll` or another
+/// queue's thread's wake-up. Queues busy with their own thread are left to it.
 fn pick_up_replies(rt: &Runtime) {
     for (q, m) in rt.txq.iter().enumerate() {
         if let Ok(mut txq) = m.try_lock() {
@@ -187,8 +196,8 @@ fn same<T>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
     }
 }
 
-/// Sockets → TUN.
-pub fn udp_receiver(rt: &Runtime) {
+/// Sockets → TUN, and TUN queue 0 → peers.
+pub fn io_thread(rt: &Runtime) {
     let core = &*rt.core;
     let off = rt.tun.offloads();
     let tso = off & (TUN_F_TSO4 | TUN_F_TSO6) == (TUN_F_TSO4 | TUN_F_TSO6);
@@ -203,10 +212,19 @@ pub fn udp_receiver(rt: &Runtime) {
         let n_sock = fds.len();
         fds.push(rt.rebind_fd.as_fd());
         fds.push(rt.stop_fd.as_fd());
+        fds.push(rt.tun.queue(0));
         let ready = wait_readable(&fds, PollTimeout::NONE);
         if ready.get(n_sock).copied().unwrap_or(false) {
             let _ = rt.rebind_fd.read();
             continue;
+        }
+        if ready.get(n_sock + 2).copied().unwrap_or(false) {
+            if let Some(m) = rt.txq.first() {
+                if let Drained::Failed(err) = drain(rt, 0, &mut lock(m), TUN_BUDGET) {
+                    tracing::error!(%err, queue = 0, "TUN read failed; stopping");
+                    return;
+                }
+            }
         }
         for (i, fd) in fds.iter().take(n_sock).enumerate() {
             if !ready.get(i).copied().unwrap_or(false) {
