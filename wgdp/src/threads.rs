@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::eventfd::EventFd;
 use wgdp_offload::vnet::{TUN_F_TSO4, TUN_F_TSO6, TUN_F_USO4, TUN_F_USO6};
 
@@ -144,7 +145,10 @@ fn drain(rt: &Runtime, q: usize, txq: &mut TxQueue, budget: usize) -> Drained {
                 }
                 tx.handle_tun_read(core, &st, &buf[..n], sockets.as_deref());
                 drop(st);
-                if tx.outbox.len() >= TX_BATCH || tx.outbox.room() < HEADROOM {
+                // The first packet leaves at once: a lone packet (a ping, a request, the reply
+                // a TUN write produced) must not wait for the read that finds the queue empty.
+                // Later packets are batched.
+                if reads == 1 || tx.outbox.len() >= TX_BATCH || tx.outbox.room() < HEADROOM {
                     tx.outbox.flush(core, sockets.as_deref());
                 }
             }
@@ -197,6 +201,10 @@ fn same<T>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
 }
 
 /// Sockets → TUN, and TUN queue 0 → peers.
+///
+/// It waits in `epoll` rather than `poll`: the registrations stay in place between
+/// wake-ups, so a wake-up does not add itself to (and remove itself from) the wait queue of
+/// every socket, the TUN queue and the event fds each time.
 pub fn io_thread(rt: &Runtime) {
     let core = &*rt.core;
     let off = rt.tun.offloads();
@@ -204,65 +212,118 @@ pub fn io_thread(rt: &Runtime) {
     let uso = off & (TUN_F_USO4 | TUN_F_USO6) == (TUN_F_USO4 | TUN_F_USO6);
     let mut rx = RxCtx::new(rt.tun.vnet_hdr(), tso, uso);
     let mut batch = RecvBatch::new(RX_SLOTS, MAX_PACKET);
-    while !rt.stopping() {
+    let mut events = [EpollEvent::empty(); 8];
+    'sockets: while !rt.stopping() {
         let Some(sockets) = core.read().sockets.clone() else {
             return;
         };
-        let mut fds: Vec<BorrowedFd<'_>> = sockets.fds().collect();
-        let n_sock = fds.len();
-        fds.push(rt.rebind_fd.as_fd());
-        fds.push(rt.stop_fd.as_fd());
-        fds.push(rt.tun.queue(0));
-        let ready = wait_readable(&fds, PollTimeout::NONE);
-        if ready.get(n_sock).copied().unwrap_or(false) {
-            let _ = rt.rebind_fd.read();
-            continue;
-        }
-        if ready.get(n_sock + 2).copied().unwrap_or(false) {
-            if let Some(m) = rt.txq.first() {
-                if let Drained::Failed(err) = drain(rt, 0, &mut lock(m), TUN_BUDGET) {
-                    tracing::error!(%err, queue = 0, "TUN read failed; stopping");
+        let fds: Vec<BorrowedFd<'_>> = sockets.fds().collect();
+        // A fresh epoll set for each set of sockets: replaced sockets leave it by closing.
+        let epoll = match io_epoll(rt, &fds) {
+            Ok(e) => e,
+            Err(err) => {
+                tracing::error!(%err, "setting up epoll failed; stopping");
+                return;
+            }
+        };
+        while !rt.stopping() {
+            let n = match epoll.wait(&mut events, EpollTimeout::NONE) {
+                Ok(n) => n,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(err) => {
+                    tracing::error!(%err, "epoll_wait failed; stopping");
                     return;
                 }
-            }
-        }
-        for (i, fd) in fds.iter().take(n_sock).enumerate() {
-            if !ready.get(i).copied().unwrap_or(false) {
-                continue;
-            }
-            for _ in 0..RX_ROUNDS {
-                match batch.recv(*fd) {
-                    Ok(_) if batch.is_empty() => break,
-                    Ok(_) => {
-                        let st = core.read();
-                        for m in 0..batch.len() {
-                            let Some(msg) = batch.get(m) else { continue };
-                            let Some(from) = msg.from else { continue };
-                            let seg = msg.segment.unwrap_or(msg.data.len()).max(1);
-                            for d in msg.data.chunks(seg) {
-                                rx.handle_datagram(core, &st, from, d);
-                            }
-                        }
-                        drop(st);
-                        rx.flush(core, Some(&rt.tun), Some(&sockets));
-                        if rx.delivered > 0 && rx.delivered <= PICKUP_AFTER {
-                            pick_up_replies(rt);
-                        }
-                        if batch.len() < RX_SLOTS {
-                            // The queue was empty: back to `poll`, which returns at once if
-                            // more came meanwhile, instead of a receive that finds nothing
-                            // (a syscall saved on every wake-up at low rates).
-                            break;
-                        }
+            };
+            let mut tun_ready = false;
+            for ev in events.iter().take(n) {
+                match ev.data() {
+                    TOKEN_STOP => return,
+                    TOKEN_REBIND => {
+                        let _ = rt.rebind_fd.read();
+                        continue 'sockets;
                     }
-                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                    Err(err) => {
-                        // ICMP errors surface here (ECONNREFUSED…); they are not fatal.
-                        tracing::trace!(%err, "UDP receive error");
-                        break;
+                    TOKEN_TUN => tun_ready = true,
+                    i => {
+                        let fd = usize::try_from(i).ok().and_then(|i| fds.get(i));
+                        if let Some(fd) = fd {
+                            receive(rt, *fd, &sockets, &mut rx, &mut batch);
+                        }
                     }
                 }
+            }
+            if tun_ready {
+                if let Some(m) = rt.txq.first() {
+                    if let Drained::Failed(err) = drain(rt, 0, &mut lock(m), TUN_BUDGET) {
+                        tracing::error!(%err, queue = 0, "TUN read failed; stopping");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `epoll` tokens of the I/O thread's event fds and TUN queue (sockets are 0, 1).
+const TOKEN_REBIND: u64 = 100;
+const TOKEN_STOP: u64 = 101;
+const TOKEN_TUN: u64 = 102;
+
+/// The I/O thread's `epoll` set: `sockets` (token = index), the event fds and TUN queue 0.
+fn io_epoll(rt: &Runtime, sockets: &[BorrowedFd<'_>]) -> nix::Result<Epoll> {
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+    let add =
+        |fd: BorrowedFd<'_>, token: u64| epoll.add(fd, EpollEvent::new(EpollFlags::EPOLLIN, token));
+    for (i, fd) in (0u64..).zip(sockets) {
+        add(*fd, i)?;
+    }
+    add(rt.rebind_fd.as_fd(), TOKEN_REBIND)?;
+    add(rt.stop_fd.as_fd(), TOKEN_STOP)?;
+    add(rt.tun.queue(0), TOKEN_TUN)?;
+    Ok(epoll)
+}
+
+/// Receives from one socket until it is empty or [`RX_ROUNDS`] batches were taken, opening
+/// each datagram and writing what it carried to the TUN.
+fn receive(
+    rt: &Runtime,
+    fd: BorrowedFd<'_>,
+    sockets: &Arc<Sockets>,
+    rx: &mut RxCtx,
+    batch: &mut RecvBatch,
+) {
+    let core = &*rt.core;
+    for _ in 0..RX_ROUNDS {
+        match batch.recv(fd) {
+            Ok(_) if batch.is_empty() => break,
+            Ok(_) => {
+                let st = core.read();
+                for m in 0..batch.len() {
+                    let Some(msg) = batch.get(m) else { continue };
+                    let Some(from) = msg.from else { continue };
+                    let seg = msg.segment.unwrap_or(msg.data.len()).max(1);
+                    for d in msg.data.chunks(seg) {
+                        rx.handle_datagram(core, &st, from, d);
+                    }
+                }
+                drop(st);
+                rx.flush(core, Some(&rt.tun), Some(sockets));
+                if rx.delivered > 0 && rx.delivered <= PICKUP_AFTER {
+                    pick_up_replies(rt);
+                }
+                if batch.len() < RX_SLOTS {
+                    // The queue was empty: back to `epoll`, which returns at once if more
+                    // came meanwhile, instead of a receive that finds nothing (a syscall saved
+                    // on every wake-up at low rates).
+                    break;
+                }
+            }
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => {
+                // ICMP errors surface here (ECONNREFUSED…); they are not fatal.
+                tracing::trace!(%err, "UDP receive error");
+                break;
             }
         }
     }
