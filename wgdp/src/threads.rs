@@ -34,12 +34,12 @@ const TX_BATCH: usize = 32;
 const RX_ROUNDS: usize = 16;
 /// TUN reads of queue 0 by the I/O thread before the sockets get a turn.
 const TUN_BUDGET: usize = 64;
-/// TUN reads the receive thread does on a queue after its own TUN writes.
+/// TUN reads the I/O thread does on a further queue after its own TUN writes.
 const PICKUP_BUDGET: usize = 8;
-/// The receive thread picks up replies only after writing at most this many packets to the
-/// TUN: a lone request (a ping, an RPC) whose reply would otherwise wait for the wake-up of
-/// the queue's thread. After bigger batches (bulk traffic) the queue threads are awake and
-/// busy anyway.
+/// The I/O thread picks up replies from further queues only after writing at most this many
+/// packets to the TUN: a lone request (a ping, an RPC) whose reply would otherwise wait for
+/// the wake-up of the queue's thread. After bigger batches (bulk traffic) the queue threads
+/// are awake and busy anyway.
 const PICKUP_AFTER: u64 = 2;
 
 /// What the threads share.
@@ -179,11 +179,12 @@ pub fn tun_reader(rt: &Runtime, q: usize) {
 }
 
 /// Called by the I/O thread after it wrote to the TUN: what those writes produced at once (a
-/// ping's reply, TCP ACKs) is usually waiting in a TUN queue already (queue 0 unless the
-/// kernel picked another), and is sent from here rather than after another `poll` or another
-/// queue's thread's wake-up. Queues busy with their own thread are left to it.
+/// ping's reply, TCP ACKs) may wait in a further TUN queue already, and is sent from here
+/// rather than after that queue's thread's wake-up. Queues busy with their own thread are
+/// left to it. Queue 0 is the I/O thread's own: its next `epoll_wait` returns at once if the
+/// writes left something there, and sleeps (no read that finds nothing) if they did not.
 fn pick_up_replies(rt: &Runtime) {
-    for (q, m) in rt.txq.iter().enumerate() {
+    for (q, m) in rt.txq.iter().enumerate().skip(1) {
         if let Ok(mut txq) = m.try_lock() {
             if let Drained::Failed(err) = drain(rt, q, &mut txq, PICKUP_BUDGET) {
                 tracing::trace!(%err, queue = q, "TUN read failed");
@@ -308,7 +309,7 @@ fn receive(
                 }
                 drop(st);
                 rx.flush(core, Some(&rt.tun), Some(sockets));
-                if rx.delivered > 0 && rx.delivered <= PICKUP_AFTER {
+                if rx.delivered > 0 && rx.delivered <= PICKUP_AFTER && rt.txq.len() > 1 {
                     pick_up_replies(rt);
                 }
                 if batch.len() < RX_SLOTS {
