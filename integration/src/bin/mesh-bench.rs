@@ -83,7 +83,7 @@ struct Args {
     #[arg(long, default_value_t = 10)]
     duration_s: u64,
     /// Pings per RTT measurement.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 200)]
     pings: u32,
     /// Interval between pings, ms.
     #[arg(long, default_value_t = 10)]
