@@ -521,6 +521,55 @@ fn handshake_ping_tcp_udp_both_families_without_checksum_errors() {
     );
 }
 
+/// Names of the threads of process `pid`.
+fn thread_names(pid: i32) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("task dir")
+        .filter_map(|t| {
+            let t = t.ok()?;
+            std::fs::read_to_string(t.path().join("comm"))
+                .ok()
+                .map(|n| n.trim().to_owned())
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn two_tun_queues_one_io_thread_carry_traffic_both_ways() {
+    if !can_run(&["wg", "iperf3", "nstat"]) {
+        return;
+    }
+    let p = Pair::with_threads(Impl::Wgdp, Impl::Wgdp, false, 2);
+    // Queue 0 and the sockets share the I/O thread; queue 1 has its own reader.
+    for pid in [p.pid_a, p.pid_b] {
+        let names = thread_names(pid);
+        let count = |n: &str| names.iter().filter(|t| *t == n).count();
+        assert_eq!(count("wgdp-io"), 1, "{names:?}");
+        assert_eq!(count("wgdp-tun1"), 1, "{names:?}");
+        assert_eq!(count("wgdp-tun0"), 0, "{names:?}");
+    }
+    for v6 in [false, true] {
+        p.ping(true, v6);
+        p.ping(false, v6);
+    }
+    let before = (p.a.csum_errors(), p.b.csum_errors());
+    for v6 in [false, true] {
+        for client_a in [true, false] {
+            // Several flows, so that the kernel spreads what it sends over both queues.
+            let gbps = p.iperf(client_a, v6, 2, &["-P", "4"]);
+            println!("TCP x4 v6={v6} a->b={client_a}: {gbps:.2} Gbit/s");
+            assert!(gbps > 0.01, "TCP through the tunnel: {gbps}");
+        }
+    }
+    let after = (p.a.csum_errors(), p.b.csum_errors());
+    assert_eq!(
+        before, after,
+        "checksum errors (TcpInCsumErrors, UdpInCsumErrors) a, b"
+    );
+}
+
 #[test]
 fn per_packet_fallback_interoperates_with_offloads() {
     if !can_run(&["wg", "iperf3", "nstat"]) {
