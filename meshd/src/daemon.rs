@@ -136,10 +136,10 @@ pub struct DaemonArgs {
     /// Serve `/healthz` and `/readyz` on this address (e.g. `0.0.0.0:9108`).
     #[arg(long)]
     pub health_listen: Option<std::net::SocketAddr>,
-    /// TUN queues of the user-space datapath, each read (and sealed) by its own thread, queue
-    /// 0's thread also receiving and opening; 0 = one per CPU, at most 4. More than one only
-    /// pays off with many flows: received packets are written on queue 0, so the kernel sends
-    /// each flow's replies through queue 0 too.
+    /// TUN queues of the user-space datapath; 0 = one per CPU, at most 4. One: a single
+    /// thread seals and opens (the lowest latency). More: a thread per queue seals and one
+    /// more opens; that only pays off with many flows, because received packets are written
+    /// on queue 0, so the kernel sends each flow's replies through queue 0 too.
     #[arg(long, default_value_t = 1)]
     pub wg_threads: usize,
     /// Node-to-node (host) encryption: this node's own traffic to peer nodes goes through

@@ -471,6 +471,17 @@ fn handshake_ping_tcp_udp_both_families_without_checksum_errors() {
         return;
     }
     let p = Pair::new(Impl::Wgdp, Impl::Wgdp, false);
+    // One queue: one thread seals and opens.
+    for pid in [p.pid_a, p.pid_b] {
+        let names = thread_names(pid);
+        assert!(names.iter().any(|t| t == "wgdp-io"), "{names:?}");
+        assert!(
+            !names
+                .iter()
+                .any(|t| t.starts_with("wgdp-tun") || t == "wgdp-rx"),
+            "{names:?}"
+        );
+    }
     for v6 in [false, true] {
         p.ping(true, v6);
         p.ping(false, v6);
@@ -537,18 +548,19 @@ fn thread_names(pid: i32) -> Vec<String> {
 }
 
 #[test]
-fn two_tun_queues_one_io_thread_carry_traffic_both_ways() {
+fn two_tun_queues_carry_traffic_both_ways() {
     if !can_run(&["wg", "iperf3", "nstat"]) {
         return;
     }
     let p = Pair::with_threads(Impl::Wgdp, Impl::Wgdp, false, 2);
-    // Queue 0 and the sockets share the I/O thread; queue 1 has its own reader.
+    // Each queue has its own reader; the receiving thread only receives.
     for pid in [p.pid_a, p.pid_b] {
         let names = thread_names(pid);
         let count = |n: &str| names.iter().filter(|t| *t == n).count();
-        assert_eq!(count("wgdp-io"), 1, "{names:?}");
+        assert_eq!(count("wgdp-rx"), 1, "{names:?}");
+        assert_eq!(count("wgdp-tun0"), 1, "{names:?}");
         assert_eq!(count("wgdp-tun1"), 1, "{names:?}");
-        assert_eq!(count("wgdp-tun0"), 0, "{names:?}");
+        assert_eq!(count("wgdp-io"), 0, "{names:?}");
     }
     for v6 in [false, true] {
         p.ping(true, v6);

@@ -156,8 +156,10 @@ pub fn run(cfg: &Config) -> Result<(), WgdpError> {
         Ok(())
     };
     let started = (|| {
-        // Queue 0 is read by the I/O thread, which also receives.
-        for q in 1..rt.tun.queues() {
+        // A single queue is read by the I/O thread, which also receives; with more, every
+        // queue has its own reader and the I/O thread only receives.
+        let first = usize::from(rt.io_reads_tun());
+        for q in first..rt.tun.queues() {
             let r = rt.clone();
             spawn(
                 format!("wgdp-tun{q}"),
@@ -165,7 +167,12 @@ pub fn run(cfg: &Config) -> Result<(), WgdpError> {
             )?;
         }
         let r = rt.clone();
-        spawn("wgdp-io".into(), Box::new(move || threads::io_thread(&r)))?;
+        let name = if rt.io_reads_tun() {
+            "wgdp-io"
+        } else {
+            "wgdp-rx"
+        };
+        spawn(name.into(), Box::new(move || threads::io_thread(&r)))?;
         let r = rt.clone();
         spawn(
             "wgdp-timers".into(),

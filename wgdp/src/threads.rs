@@ -1,13 +1,15 @@
-//! The device's threads: the I/O thread (the UDP sockets → open → TUN, and TUN queue 0 →
-//! seal → UDP), one TUN reader for each further queue, and the timer thread (per-peer
-//! deadlines). Each blocks in `poll` (or on a condition variable) when idle, so an idle device
-//! uses no CPU.
+//! The device's threads: the I/O thread (the UDP sockets → open → TUN, and, on a device with
+//! one TUN queue, that queue → seal → UDP), a reader for every other TUN queue, and the timer
+//! thread (per-peer deadlines). Each blocks in `epoll`/`poll` (or on a condition variable)
+//! when idle, so an idle device uses no CPU.
 //!
-//! Both directions of queue 0 share one thread because a packet's round trip then costs fewer
-//! thread wake-ups: the reply a TUN write produces (a ping's, a TCP ACK) is read by the thread
-//! that wrote the request, and no second thread is woken (on another CPU) to find it already
-//! taken. On the 2-vCPU machines this was measured on, that was worth about 0.03 ms of RTT and
-//! more throughput than a separate receive thread gave.
+//! With one queue (the default) both directions share one thread because a round trip then
+//! costs fewer thread wake-ups: the reply a TUN write produces (a ping's, a TCP ACK) is read
+//! by the thread that wrote the request, and no second thread is woken (often on another CPU)
+//! to find it already taken. On the 2-vCPU machines this was measured on, that was worth about
+//! 0.06 ms of RTT at the same throughput. With more queues (`--threads N`, for nodes with cores
+//! to spare) every queue has its own reader and the I/O thread only receives, so opening and
+//! sealing run on different cores.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -69,6 +71,11 @@ impl Runtime {
 
     fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Whether the I/O thread reads TUN queue 0 itself: when it is the only queue.
+    pub fn io_reads_tun(&self) -> bool {
+        self.txq.len() == 1
     }
 }
 
@@ -163,7 +170,7 @@ fn drain(rt: &Runtime, q: usize, txq: &mut TxQueue, budget: usize) -> Drained {
     end
 }
 
-/// TUN queue `q` → peers (queues other than 0; queue 0 is read by [`io_thread`]).
+/// TUN queue `q` → peers (every queue but a single one, which [`io_thread`] reads).
 pub fn tun_reader(rt: &Runtime, q: usize) {
     while !rt.stopping() {
         let end = match rt.txq.get(q) {
@@ -178,13 +185,14 @@ pub fn tun_reader(rt: &Runtime, q: usize) {
     }
 }
 
-/// Called by the I/O thread after it wrote to the TUN: what those writes produced at once (a
-/// ping's reply, TCP ACKs) may wait in a further TUN queue already, and is sent from here
-/// rather than after that queue's thread's wake-up. Queues busy with their own thread are
-/// left to it. Queue 0 is the I/O thread's own: its next `epoll_wait` returns at once if the
-/// writes left something there, and sleeps (no read that finds nothing) if they did not.
+/// Called by the I/O thread after it wrote to the TUN, on a device with several queues: what
+/// those writes produced at once (a ping's reply, TCP ACKs) is usually waiting in a TUN queue
+/// already, and is sent from here rather than after that queue's thread's wake-up. Queues
+/// busy with their own thread are left to it. (With one queue the I/O thread reads it anyway:
+/// its next `epoll_wait` returns at once if the writes left something there, and sleeps
+/// without a read that finds nothing if they did not.)
 fn pick_up_replies(rt: &Runtime) {
-    for (q, m) in rt.txq.iter().enumerate().skip(1) {
+    for (q, m) in rt.txq.iter().enumerate() {
         if let Ok(mut txq) = m.try_lock() {
             if let Drained::Failed(err) = drain(rt, q, &mut txq, PICKUP_BUDGET) {
                 tracing::trace!(%err, queue = q, "TUN read failed");
@@ -201,7 +209,7 @@ fn same<T>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
     }
 }
 
-/// Sockets → TUN, and TUN queue 0 → peers.
+/// Sockets → TUN, and (with a single queue) TUN queue 0 → peers.
 ///
 /// It waits in `epoll` rather than `poll`: the registrations stay in place between
 /// wake-ups, so a wake-up does not add itself to (and remove itself from) the wait queue of
@@ -270,7 +278,8 @@ const TOKEN_REBIND: u64 = 100;
 const TOKEN_STOP: u64 = 101;
 const TOKEN_TUN: u64 = 102;
 
-/// The I/O thread's `epoll` set: `sockets` (token = index), the event fds and TUN queue 0.
+/// The I/O thread's `epoll` set: `sockets` (token = index), the event fds and, if it reads
+/// it, TUN queue 0.
 fn io_epoll(rt: &Runtime, sockets: &[BorrowedFd<'_>]) -> nix::Result<Epoll> {
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
     let add =
@@ -280,7 +289,9 @@ fn io_epoll(rt: &Runtime, sockets: &[BorrowedFd<'_>]) -> nix::Result<Epoll> {
     }
     add(rt.rebind_fd.as_fd(), TOKEN_REBIND)?;
     add(rt.stop_fd.as_fd(), TOKEN_STOP)?;
-    add(rt.tun.queue(0), TOKEN_TUN)?;
+    if rt.io_reads_tun() {
+        add(rt.tun.queue(0), TOKEN_TUN)?;
+    }
     Ok(epoll)
 }
 
@@ -309,7 +320,7 @@ fn receive(
                 }
                 drop(st);
                 rx.flush(core, Some(&rt.tun), Some(sockets));
-                if rx.delivered > 0 && rx.delivered <= PICKUP_AFTER && rt.txq.len() > 1 {
+                if rx.delivered > 0 && rx.delivered <= PICKUP_AFTER && !rt.io_reads_tun() {
                     pick_up_replies(rt);
                 }
                 if batch.len() < RX_SLOTS {

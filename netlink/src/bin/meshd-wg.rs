@@ -15,7 +15,7 @@ struct Args {
     /// Name of the TUN interface to create.
     #[arg(long)]
     interface: String,
-    /// TUN queues, each read by its own thread; queue 0's thread also receives and decrypts.
+    /// TUN queues. One: a single thread seals and opens. More: a thread per queue seals, one more opens.
     #[arg(long, default_value_t = 1)]
     threads: usize,
     /// Plain per-packet I/O: no TUN offloads, no UDP GSO/GRO (for troubleshooting).
