@@ -307,8 +307,11 @@ fn sigkill_of_plugin_and_meshd_then_gc_reclaims_everything_and_survivors_work() 
     let victims: Vec<String> = (1101..=1140).map(ns).collect();
     spaces.create(&victims).unwrap();
     let mut outcomes = Vec::new();
+    // A calibration slowed by a passing stall can make every delay outlast its ADD: a wave in
+    // which nothing was killed halves the span for the next one.
+    let mut span = span;
     for wave in victims.chunks(8) {
-        outcomes.extend(parallel(wave, wave.len(), |n| {
+        let results = parallel(wave, wave.len(), |n| {
             let delay = span.mul_f64(f64::from(OsRng.next_u32()) / f64::from(u32::MAX));
             let mut child = cni.spawn("ADD", n, Some(n)).unwrap();
             let pgid = child.id();
@@ -316,7 +319,11 @@ fn sigkill_of_plugin_and_meshd_then_gc_reclaims_everything_and_survivors_work() 
             let _ = child.kill();
             let status = child.wait().unwrap();
             (pgid, status.success())
-        }));
+        });
+        if results.iter().all(|(_, ok)| *ok) {
+            span /= 2;
+        }
+        outcomes.extend(results);
     }
     let pgids: Vec<u32> = outcomes.iter().map(|(g, _)| *g).collect();
     wait_groups_gone(&pgids);
@@ -332,7 +339,7 @@ fn sigkill_of_plugin_and_meshd_then_gc_reclaims_everything_and_survivors_work() 
         .filter(|v| veths.contains(&host_veth_name(v, POD_IFNAME)))
         .count();
     eprintln!(
-        "plugin SIGKILL over {span:.0?}: {} of {} ADDs killed, {finished} finished first; \
+        "plugin SIGKILL, last wave over {span:.0?}: {} of {} ADDs killed, {finished} finished first; \
          left behind: {} with addresses ({half} with one family only), {with_veth} host veths",
         victims.len() - finished,
         victims.len(),
