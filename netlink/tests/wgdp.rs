@@ -355,6 +355,11 @@ impl Pair {
         }
     }
 
+    /// Checksum errors counted in each namespace: (a, b).
+    fn csum_errors(&self) -> ((u64, u64), (u64, u64)) {
+        (self.a.csum_errors(), self.b.csum_errors())
+    }
+
     fn ping(&self, from_a: bool, v6: bool) {
         let (ns, to) = if from_a {
             (&self.a, self.tunnel_ip(2, v6))
@@ -514,7 +519,7 @@ fn handshake_ping_tcp_udp_both_families_without_checksum_errors() {
     );
     assert!(!shown.contains("years ago"), "{shown}");
 
-    let before = (p.a.csum_errors(), p.b.csum_errors());
+    let before = p.csum_errors();
     for v6 in [false, true] {
         for client_a in [true, false] {
             let gbps = p.iperf(client_a, v6, 2, &[]);
@@ -525,7 +530,7 @@ fn handshake_ping_tcp_udp_both_families_without_checksum_errors() {
             assert!(udp > 0.01, "UDP through the tunnel: {udp}");
         }
     }
-    let after = (p.a.csum_errors(), p.b.csum_errors());
+    let after = p.csum_errors();
     assert_eq!(
         before, after,
         "checksum errors (TcpInCsumErrors, UdpInCsumErrors) a, b"
@@ -566,7 +571,7 @@ fn two_tun_queues_carry_traffic_both_ways() {
         p.ping(true, v6);
         p.ping(false, v6);
     }
-    let before = (p.a.csum_errors(), p.b.csum_errors());
+    let before = p.csum_errors();
     for v6 in [false, true] {
         for client_a in [true, false] {
             // Several flows, so that the kernel spreads what it sends over both queues.
@@ -575,7 +580,7 @@ fn two_tun_queues_carry_traffic_both_ways() {
             assert!(gbps > 0.01, "TCP through the tunnel: {gbps}");
         }
     }
-    let after = (p.a.csum_errors(), p.b.csum_errors());
+    let after = p.csum_errors();
     assert_eq!(
         before, after,
         "checksum errors (TcpInCsumErrors, UdpInCsumErrors) a, b"
@@ -590,7 +595,7 @@ fn per_packet_fallback_interoperates_with_offloads() {
     let p = Pair::new(Impl::Wgdp, Impl::WgdpPlain, false);
     p.ping(true, false);
     p.ping(false, true);
-    let before = (p.a.csum_errors(), p.b.csum_errors());
+    let before = p.csum_errors();
     for client_a in [true, false] {
         let gbps = p.iperf(client_a, client_a, 2, &[]);
         println!("TCP offloads→plain={client_a}: {gbps:.2} Gbit/s");
@@ -599,7 +604,7 @@ fn per_packet_fallback_interoperates_with_offloads() {
         println!("UDP offloads→plain={client_a}: {udp:.2} Gbit/s");
         assert!(udp > 0.01);
     }
-    assert_eq!(before, (p.a.csum_errors(), p.b.csum_errors()));
+    assert_eq!(before, p.csum_errors());
 }
 
 #[test]
@@ -641,7 +646,7 @@ fn wire_compatible_with_wireguard_go_both_ways() {
     let p = Pair::new(Impl::WireguardGo, Impl::Wgdp, false);
     p.ping(true, false);
     p.ping(false, true);
-    let before = (p.a.csum_errors(), p.b.csum_errors());
+    let before = p.csum_errors();
     for client_a in [true, false] {
         let gbps = p.iperf(client_a, false, 2, &[]);
         println!("TCP wireguard-go a->b={client_a}: {gbps:.2} Gbit/s");
@@ -650,7 +655,7 @@ fn wire_compatible_with_wireguard_go_both_ways() {
         println!("UDP v6 wireguard-go a->b={client_a}: {udp:.2} Gbit/s");
         assert!(udp > 0.01);
     }
-    assert_eq!(before, (p.a.csum_errors(), p.b.csum_errors()));
+    assert_eq!(before, p.csum_errors());
     // And the other way round: wgdp initiates after wireguard-go restarts its session.
     let p = Pair::new(Impl::Wgdp, Impl::WireguardGo, false);
     p.ping(true, true);
