@@ -106,7 +106,7 @@ fn send(from: &mut End, to_net: [u8; 2], seq: u16) -> Vec<Vec<u8>> {
         1,
     ]);
     let st = from.core.read();
-    from.tx.handle_tun_read(&from.core, &st, &frame, None);
+    from.tx.handle_tun_read(&from.core, &st, &mut frame, None);
     drop(st);
     let out = collect(from.tx.outbox.datagrams(), &mut from.inits);
     from.tx.outbox.flush(&from.core, None);

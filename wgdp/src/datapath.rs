@@ -13,7 +13,7 @@ use std::time::Instant;
 use defguard_boringtun::noise::errors::WireGuardError;
 use defguard_boringtun::noise::handshake::parse_handshake_anon;
 use defguard_boringtun::noise::{Packet, Tunn, TunnResult};
-use wgdp_offload::{segment_frame, Coalescer};
+use wgdp_offload::{Coalescer, InPlaceSegments, VNET_HDR_LEN};
 
 use crate::device::{lock, Core, Noise, Peer, State, TICK};
 use crate::stats::DropReason;
@@ -275,8 +275,6 @@ fn flatten(r: TunnResult<'_>) -> Result<usize, WireGuardError> {
 /// The TUN → UDP half: one per TUN queue.
 pub struct TxCtx {
     vnet: bool,
-    seg: Vec<u8>,
-    ranges: Vec<Range<usize>>,
     /// Sealed datagrams waiting to be sent.
     pub outbox: Outbox,
 }
@@ -294,81 +292,106 @@ impl TxCtx {
     pub fn new(vnet: bool) -> Self {
         TxCtx {
             vnet,
-            seg: Vec::with_capacity(MAX_PACKET + 4096),
-            ranges: Vec::new(),
             outbox: Outbox::new(ARENA),
         }
     }
 
-    /// Processes one TUN read: segments it, finds the peer, seals every segment into the
-    /// outbox (flushing to `sockets` when it fills).
+    /// Processes one TUN read: segments it (in place: `frame` is used up), finds the peer,
+    /// seals every segment into the outbox (flushing to `sockets` when it fills).
     pub fn handle_tun_read(
         &mut self,
         core: &Core,
         st: &State,
-        frame: &[u8],
+        frame: &mut [u8],
         sockets: Option<&Sockets>,
     ) {
-        let TxCtx {
-            vnet,
-            seg,
-            ranges,
-            outbox,
-        } = self;
-        let whole = 0..frame.len();
-        let single = std::slice::from_ref(&whole);
-        let (buf, list): (&[u8], &[Range<usize>]) = if *vnet {
-            if let Err(err) = segment_frame(frame, seg, ranges) {
-                tracing::trace!(%err, "segmentation failed");
-                core.stats.drop(DropReason::Segmentation);
-                return;
+        let TxCtx { vnet, outbox } = self;
+        let ip_start = if *vnet { VNET_HDR_LEN } else { 0 };
+        // Every segment goes where the read's first one goes.
+        let dst = frame.get(ip_start..).and_then(Tunn::dst_address);
+        let mut segments = if *vnet {
+            match InPlaceSegments::from_frame(frame) {
+                Ok(s) => Segments::Gso(s),
+                Err(err) => {
+                    tracing::trace!(%err, "segmentation failed");
+                    core.stats.drop(DropReason::Segmentation);
+                    return;
+                }
             }
-            (&seg[..], &ranges[..])
         } else {
-            (frame, single)
+            Segments::One(Some(frame))
         };
-        let Some(first) = list.first().and_then(|r| buf.get(r.clone())) else {
-            return;
-        };
-        let n = list.len() as u64;
-        let Some(dst) = Tunn::dst_address(first) else {
-            core.stats.drop_n(DropReason::BadTunPacket, n);
+        let n = segments.count();
+        let Some(dst) = dst else {
+            core.stats.drop_n(DropReason::BadTunPacket, n as u64);
             return;
         };
         let Some(peer) = st.allowed.lookup(dst) else {
-            core.stats.drop_n(DropReason::NoRoute, n);
+            core.stats.drop_n(DropReason::NoRoute, n as u64);
             return;
         };
         let Some(to) = peer.endpoint() else {
-            core.stats.drop_n(DropReason::NoEndpoint, n);
+            core.stats.drop_n(DropReason::NoEndpoint, n as u64);
             return;
         };
         let woke = core.activity(peer);
         let now = core.clock.now();
+        let per_segment = (segments.max_len() + 32).max(MIN_DST);
         // The noise state is locked for a few segments at a time (the I/O thread needs
         // it too), never across a send.
-        for (i, chunk) in list.chunks(SEAL_CHUNK).enumerate() {
-            let need: usize = chunk
-                .iter()
-                .map(|r| (r.len() + 32).max(MIN_DST))
-                .sum::<usize>()
-                + MIN_DST;
-            if outbox.room() < need {
+        let mut left = n;
+        let mut first = true;
+        while left > 0 {
+            let k = left.min(SEAL_CHUNK);
+            left -= k;
+            if outbox.room() < k * per_segment + MIN_DST {
                 outbox.flush(core, sockets);
             }
             let mut noise = lock(&peer.tunn);
             let Some(t) = peer.tunn_in(&mut noise, st.key.as_ref()) else {
-                core.stats.drop_n(DropReason::NoKey, n);
+                core.stats.drop_n(DropReason::NoKey, n as u64);
                 return;
             };
-            if woke && i == 0 {
+            if woke && first {
                 outbox.run_timers(t, Some(to), peer, core, now);
             }
-            for r in chunk {
-                if let Some(pkt) = buf.get(r.clone()) {
+            first = false;
+            for _ in 0..k {
+                if let Some(pkt) = segments.next_segment() {
                     outbox.seal(&mut noise, pkt, Some(to), peer, core, now);
                 }
             }
+        }
+    }
+}
+
+/// The packets of one TUN read.
+enum Segments<'a> {
+    /// A read with a virtio-net header, segmented in place.
+    Gso(InPlaceSegments<'a>),
+    /// A plain TUN's read: one packet.
+    One(Option<&'a mut [u8]>),
+}
+
+impl Segments<'_> {
+    fn count(&self) -> usize {
+        match self {
+            Segments::Gso(s) => s.count(),
+            Segments::One(p) => usize::from(p.is_some()),
+        }
+    }
+
+    fn max_len(&self) -> usize {
+        match self {
+            Segments::Gso(s) => s.max_len(),
+            Segments::One(p) => p.as_ref().map_or(0, |p| p.len()),
+        }
+    }
+
+    fn next_segment(&mut self) -> Option<&[u8]> {
+        match self {
+            Segments::Gso(s) => s.next_segment(),
+            Segments::One(p) => p.take().map(|p| &*p),
         }
     }
 }

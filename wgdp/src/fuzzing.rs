@@ -110,7 +110,9 @@ pub fn tun_input(data: &[u8]) {
     let mut h = lock(harness());
     let Harness { core, tx, .. } = &mut *h;
     let st = core.read();
-    tx.handle_tun_read(core, &st, data, None);
+    // The send path segments in the read buffer itself, as the TUN reader's.
+    let mut frame = data.to_vec();
+    tx.handle_tun_read(core, &st, &mut frame, None);
     drop(st);
     tx.outbox.flush(core, None);
 }

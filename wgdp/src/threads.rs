@@ -150,7 +150,7 @@ fn drain(rt: &Runtime, q: usize, txq: &mut TxQueue, budget: usize) -> Drained {
                     tx.outbox.flush(core, sockets.as_deref());
                     *sockets = st.sockets.clone();
                 }
-                tx.handle_tun_read(core, &st, &buf[..n], sockets.as_deref());
+                tx.handle_tun_read(core, &st, &mut buf[..n], sockets.as_deref());
                 drop(st);
                 // The first packet leaves at once: a lone packet (a ping, a request, the reply
                 // a TUN write produced) must not wait for the read that finds the queue empty.

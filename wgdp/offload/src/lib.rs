@@ -14,8 +14,9 @@
 //! * [`vnet`]: [`VnetHdr`], the 10-byte virtio-net header, and the kernel constants for it
 //!   (`VIRTIO_NET_HDR_*`, `TUN_F_*`).
 //! * [`checksum`]: the Internet checksum and the TCP/UDP pseudo-header sums.
-//! * [`segment()`](segment()): one TUN read → wire-ready IP packets, written back to back
-//!   into a caller-owned buffer.
+//! * [`InPlaceSegments`]: one TUN read → wire-ready IP packets, one at a time, made inside
+//!   the read's own buffer (headers rewritten in front of each payload, no payload copied);
+//!   [`segment()`](segment()) is the same written back to back into a caller-owned buffer.
 //! * [`Coalescer`]: decrypted IP packets → TUN writes, merging in-order TCP segments of a
 //!   flow (and equal-sized UDP datagrams) into one GSO super-packet.
 //!
@@ -63,5 +64,5 @@ mod testutil;
 
 pub use coalesce::{Coalescer, MAX_COALESCED_LEN, MAX_UDP_COALESCED_SEGMENTS};
 pub use error::OffloadError;
-pub use segment::{segment, segment_frame, MAX_SEGMENTS};
+pub use segment::{segment, segment_frame, InPlaceSegments, MAX_SEGMENTS};
 pub use vnet::{VnetHdr, VNET_HDR_LEN};

@@ -30,6 +30,7 @@ const IPV6_FRAGMENT: u8 = 44;
 const IPV6_DEST_OPTS: u8 = 60;
 
 /// Where the headers of a GSO packet end and what they are.
+#[derive(Debug, Clone, Copy)]
 struct Layout {
     v6: bool,
     /// Offset of the TCP/UDP header.
@@ -65,6 +66,8 @@ struct Layout {
 ///
 /// Segments are written back to back into `out` and their ranges pushed to `ranges`; both
 /// are cleared first (and left empty on error), and keep their capacity across calls.
+/// This copying form (into a fresh buffer) is for callers that keep the segments; the datapath
+/// uses [`InPlaceSegments`], which produces the same packets without copying the payload.
 pub fn segment(
     hdr: &VnetHdr,
     pkt: &[u8],
@@ -73,12 +76,14 @@ pub fn segment(
 ) -> Result<(), OffloadError> {
     out.clear();
     ranges.clear();
-    let r = segment_into(hdr, pkt, out, ranges);
-    if r.is_err() {
-        out.clear();
-        ranges.clear();
+    let mut work = pkt.to_vec();
+    let mut segs = InPlaceSegments::new(hdr, &mut work)?;
+    while let Some(seg) = segs.next_segment() {
+        let start = out.len();
+        out.extend_from_slice(seg);
+        ranges.push(start..out.len());
     }
-    r
+    Ok(())
 }
 
 /// [`segment()`] for a whole TUN read: the virtio-net header followed by the IP packet.
@@ -98,55 +103,152 @@ pub fn segment_frame(
     )
 }
 
-fn segment_into(
-    hdr: &VnetHdr,
-    pkt: &[u8],
-    out: &mut Vec<u8>,
-    ranges: &mut Vec<Range<usize>>,
-) -> Result<(), OffloadError> {
-    let gso_type = hdr.gso_type;
-    let layout = match hdr.gso_kind() {
-        VIRTIO_NET_HDR_GSO_NONE => return complete_single(hdr, pkt, out, ranges),
-        VIRTIO_NET_HDR_GSO_TCPV4 => parse_layout(pkt, gso_type, Some(false), PROTO_TCP)?,
-        VIRTIO_NET_HDR_GSO_TCPV6 => parse_layout(pkt, gso_type, Some(true), PROTO_TCP)?,
-        VIRTIO_NET_HDR_GSO_UDP_L4 => parse_layout(pkt, gso_type, None, PROTO_UDP)?,
-        _ => return Err(OffloadError::UnsupportedGsoType(gso_type)),
-    };
-    if hdr.gso_size == 0 {
-        return Err(OffloadError::ZeroGsoSize);
-    }
-    let gso_size = usize::from(hdr.gso_size);
-    let headers = &pkt[..layout.hdrs_len];
-    let payload = &pkt[layout.hdrs_len..layout.ip_len];
-    let segments = payload.len().div_ceil(gso_size).max(1);
-    if segments > MAX_SEGMENTS {
-        return Err(OffloadError::TooManySegments {
-            segments,
-            max: MAX_SEGMENTS,
-        });
-    }
-    out.reserve(payload.len() + segments * headers.len());
-    ranges.reserve(segments);
+/// The segments of one TUN read, made inside the read's own buffer: the packets of
+/// [`segment()`], one at a time, without copying any payload.
+///
+/// Segment `i`'s payload stays where it is; its headers are written into the bytes just
+/// before it, which belong to segment `i - 1` (its payload's tail, or for a tiny
+/// `gso_size` its headers). So a segment is valid only until the next call to
+/// [`next_segment`](Self::next_segment), which the borrow enforces, and the buffer holds no
+/// useful packet afterwards. Everything that can be wrong with the packet is found by
+/// [`new`](Self::new), before the first segment: a packet is sent whole or not at all.
+#[derive(Debug)]
+pub struct InPlaceSegments<'a> {
+    pkt: &'a mut [u8],
+    plan: Plan,
+    /// Index of the next segment.
+    next: usize,
+}
 
-    let ipv4_id = if layout.v6 { 0 } else { read16(headers, 4) };
-    let tcp_seq = if layout.tcp {
-        read32(headers, layout.l4_off + 4)
-    } else {
-        0
-    };
-    let mut chunks = payload.chunks(gso_size);
-    // An empty payload still yields one (header-only) packet.
-    let mut next: Option<&[u8]> = Some(chunks.next().unwrap_or_default());
-    let mut index = 0usize;
-    let mut offset = 0usize;
-    while let Some(chunk) = next {
-        next = chunks.next();
-        let start = out.len();
-        out.extend_from_slice(headers);
-        out.extend_from_slice(chunk);
-        let seg = &mut out[start..];
+#[derive(Debug, Clone, Copy)]
+enum Plan {
+    /// One packet, `pkt[..len]`, complete.
+    Single { len: usize },
+    /// A TSO/USO packet.
+    Gso {
+        layout: Layout,
+        gso_size: usize,
+        count: usize,
+        ipv4_id: u16,
+        tcp_seq: u32,
+        tcp_flags: u8,
+    },
+}
+
+impl<'a> InPlaceSegments<'a> {
+    /// Plans the segments of `pkt`, the IP packet that followed `hdr` (see [`segment()`] for
+    /// what is accepted and what each segment gets). A `GSO_NONE` packet with `NEEDS_CSUM`
+    /// has its checksum completed here.
+    pub fn new(hdr: &VnetHdr, pkt: &'a mut [u8]) -> Result<Self, OffloadError> {
+        let gso_type = hdr.gso_type;
+        let layout = match hdr.gso_kind() {
+            VIRTIO_NET_HDR_GSO_NONE => {
+                complete_single(hdr, pkt)?;
+                let len = pkt.len();
+                return Ok(InPlaceSegments {
+                    pkt,
+                    plan: Plan::Single { len },
+                    next: 0,
+                });
+            }
+            VIRTIO_NET_HDR_GSO_TCPV4 => parse_layout(pkt, gso_type, Some(false), PROTO_TCP)?,
+            VIRTIO_NET_HDR_GSO_TCPV6 => parse_layout(pkt, gso_type, Some(true), PROTO_TCP)?,
+            VIRTIO_NET_HDR_GSO_UDP_L4 => parse_layout(pkt, gso_type, None, PROTO_UDP)?,
+            _ => return Err(OffloadError::UnsupportedGsoType(gso_type)),
+        };
+        if hdr.gso_size == 0 {
+            return Err(OffloadError::ZeroGsoSize);
+        }
+        let gso_size = usize::from(hdr.gso_size);
+        let payload = layout.ip_len - layout.hdrs_len;
+        // An empty payload still yields one (header-only) packet.
+        let count = payload.div_ceil(gso_size).max(1);
+        if count > MAX_SEGMENTS {
+            return Err(OffloadError::TooManySegments {
+                segments: count,
+                max: MAX_SEGMENTS,
+            });
+        }
+        let ipv4_id = if layout.v6 { 0 } else { read16(pkt, 4) };
+        let (tcp_seq, tcp_flags) = if layout.tcp {
+            (
+                read32(pkt, layout.l4_off + 4),
+                pkt[layout.l4_off + TCP_FLAGS_OFF],
+            )
+        } else {
+            (0, 0)
+        };
+        Ok(InPlaceSegments {
+            pkt,
+            plan: Plan::Gso {
+                layout,
+                gso_size,
+                count,
+                ipv4_id,
+                tcp_seq,
+                tcp_flags,
+            },
+            next: 0,
+        })
+    }
+
+    /// [`new`](Self::new) for a whole TUN read: the virtio-net header, then the IP packet.
+    pub fn from_frame(frame: &'a mut [u8]) -> Result<Self, OffloadError> {
+        let hdr = VnetHdr::parse(frame)?;
+        let pkt = frame.get_mut(VNET_HDR_LEN..).unwrap_or_default();
+        Self::new(&hdr, pkt)
+    }
+
+    /// How many segments there are in all.
+    pub fn count(&self) -> usize {
+        match self.plan {
+            Plan::Single { .. } => 1,
+            Plan::Gso { count, .. } => count,
+        }
+    }
+
+    /// The length of the longest segment.
+    pub fn max_len(&self) -> usize {
+        match &self.plan {
+            Plan::Single { len } => *len,
+            Plan::Gso {
+                layout, gso_size, ..
+            } => (layout.hdrs_len + gso_size).min(layout.ip_len),
+        }
+    }
+
+    /// The next wire-ready packet, or `None` after the last.
+    pub fn next_segment(&mut self) -> Option<&[u8]> {
+        let index = self.next;
+        if index >= self.count() {
+            return None;
+        }
+        self.next += 1;
+        let (layout, gso_size, count, ipv4_id, tcp_seq, tcp_flags) = match self.plan {
+            Plan::Single { len } => return Some(&self.pkt[..len]),
+            Plan::Gso {
+                layout,
+                gso_size,
+                count,
+                ipv4_id,
+                tcp_seq,
+                tcp_flags,
+            } => (layout, gso_size, count, ipv4_id, tcp_seq, tcp_flags),
+        };
+        let hdrs = layout.hdrs_len;
+        let start = index * gso_size;
+        let end = (hdrs + (index + 1) * gso_size).min(layout.ip_len);
+        if index > 0 {
+            // The previous segment's headers, into the bytes before this payload; the
+            // fields that differ are rewritten below. (They may overlap when `gso_size` is
+            // smaller than the headers: `copy_within` is a memmove.)
+            let prev = start - gso_size;
+            self.pkt.copy_within(prev..prev + hdrs, start);
+        }
+        let seg = &mut self.pkt[start..end];
         let seg_len = seg.len();
-        let l4_len = seg_len - layout.l4_off;
+        let l4 = layout.l4_off;
+        let l4_len = seg_len - l4;
         if layout.v6 {
             // Fits: never more than the original payload length.
             write16(seg, 4, (seg_len - IPV6_HDR) as u16);
@@ -156,14 +258,13 @@ fn segment_into(
             // Wrapping on purpose: IDs are 16 bits.
             write16(seg, 4, ipv4_id.wrapping_add(index as u16));
             // For IPv4 the transport header follows the IP header directly.
-            ip::set_ipv4_checksum(&mut seg[..layout.l4_off]);
+            ip::set_ipv4_checksum(&mut seg[..l4]);
         }
-        let l4 = layout.l4_off;
         if layout.tcp {
             // Wrapping on purpose: sequence space is mod 2^32.
-            write32(seg, l4 + 4, tcp_seq.wrapping_add(offset as u32));
-            let mut flags = seg[l4 + TCP_FLAGS_OFF];
-            if next.is_some() {
+            write32(seg, l4 + 4, tcp_seq.wrapping_add((index * gso_size) as u32));
+            let mut flags = tcp_flags;
+            if index + 1 < count {
                 flags &= !(TCP_FIN | TCP_PSH);
             }
             if index > 0 {
@@ -181,21 +282,12 @@ fn segment_into(
             let c = checksum::finish_nonzero(checksum::sum(&seg[l4..], s));
             write16(seg, l4 + UDP_CSUM_OFF, c);
         }
-        ranges.push(start..out.len());
-        index += 1;
-        offset += chunk.len();
+        Some(seg)
     }
-    Ok(())
 }
 
-/// A `GSO_NONE` packet: copied, with its partial checksum completed if it has one.
-fn complete_single(
-    hdr: &VnetHdr,
-    pkt: &[u8],
-    out: &mut Vec<u8>,
-    ranges: &mut Vec<Range<usize>>,
-) -> Result<(), OffloadError> {
-    out.extend_from_slice(pkt);
+/// A `GSO_NONE` packet: its partial checksum completed in place if it has one.
+fn complete_single(hdr: &VnetHdr, pkt: &mut [u8]) -> Result<(), OffloadError> {
     if hdr.needs_csum() {
         let start = usize::from(hdr.csum_start);
         let field = start + usize::from(hdr.csum_offset);
@@ -208,10 +300,9 @@ fn complete_single(
         }
         // The field holds the pseudo-header sum, so summing the range including it gives the
         // whole checksum.
-        let c = checksum::finish_nonzero(checksum::sum(&out[start..], 0));
-        write16(out, field, c);
+        let c = checksum::finish_nonzero(checksum::sum(&pkt[start..], 0));
+        write16(pkt, field, c);
     }
-    ranges.push(0..out.len());
     Ok(())
 }
 
