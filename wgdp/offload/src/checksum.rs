@@ -9,22 +9,28 @@
 /// one's-complement sum `initial`. `data` must start at an even offset of the checksummed
 /// range for pieces to combine correctly.
 pub fn sum(data: &[u8], initial: u64) -> u64 {
-    // One's-complement addition is associative over any word size that is a multiple of
-    // 16 bits, so add 64-bit words with end-around carry and fold at the end.
-    let mut acc = initial;
-    let mut chunks = data.chunks_exact(8);
-    for c in &mut chunks {
-        let w = u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-        acc = add(acc, w);
+    // The sum is byte-order independent (RFC 1071 2(B)): add the data as little-endian
+    // 64-bit words (no byte swaps), two independent 128-bit accumulators so that the adds
+    // do not wait on each other's carries, fold to 16 bits and swap that once.
+    let (mut a, mut b) = (0u128, 0u128);
+    let mut pairs = data.chunks_exact(16);
+    for c in &mut pairs {
+        let (lo, hi) = c.split_at(8);
+        a += u128::from(u64::from_le_bytes(lo.try_into().unwrap_or_default()));
+        b += u128::from(u64::from_le_bytes(hi.try_into().unwrap_or_default()));
     }
-    let mut rest = chunks.remainder().chunks_exact(2);
-    for c in &mut rest {
-        acc = add(acc, u64::from(u16::from_be_bytes([c[0], c[1]])));
+    // At most 2^60 words: neither accumulator nor their sum can overflow 128 bits.
+    let mut le = a + b;
+    let mut words = pairs.remainder().chunks_exact(2);
+    for c in &mut words {
+        le += u128::from(u16::from_le_bytes([c[0], c[1]]));
     }
-    if let [b] = rest.remainder() {
-        acc = add(acc, u64::from(*b) << 8);
+    if let [last] = words.remainder() {
+        // The odd last byte is the high half of a big-endian word: the low half here.
+        le += u128::from(*last);
     }
-    acc
+    let folded = fold(add(le as u64, (le >> 64) as u64)).swap_bytes();
+    add(initial, u64::from(folded))
 }
 
 fn add(a: u64, b: u64) -> u64 {
