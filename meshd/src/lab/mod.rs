@@ -381,6 +381,17 @@ fn make_underlay(lab: &str) -> anyhow::Result<()> {
     in_ns(&ul, &["ip", "link", "set", "lo", "up"])?;
     in_ns(&ul, &["ip", "link", "add", "br0", "type", "bridge"])?;
     sysctl(&ul, &["net.ipv6.conf.br0.accept_dad=0"])?;
+    // The underlay is a switch: frames it bridges skip iptables (where br_netfilter is
+    // loaded these sysctls exist per namespace, on by default; `-e`: absent is fine).
+    sysctl(
+        &ul,
+        &[
+            "-e",
+            "net.bridge.bridge-nf-call-iptables=0",
+            "net.bridge.bridge-nf-call-ip6tables=0",
+            "net.bridge.bridge-nf-call-arptables=0",
+        ],
+    )?;
     in_ns(
         &ul,
         &[
