@@ -528,6 +528,71 @@ pub struct ScenarioResult {
     pub retransmits_1: Option<u64>,
     /// Retransmits reported by iperf3, 4 streams.
     pub retransmits_4: Option<u64>,
+    /// With `--rounds N` > 1: each round's own numbers (the fields above are their medians).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rounds: Vec<Round>,
+}
+
+/// One round of a data-plane scenario (`--rounds`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Round {
+    /// "ok", or why the round failed.
+    pub status: String,
+    /// iperf3 TCP, 1 stream, Gbit/s.
+    pub gbit_s_1: Option<f64>,
+    /// iperf3 TCP, 4 streams, Gbit/s.
+    pub gbit_s_4: Option<f64>,
+    /// Average ping RTT, ms.
+    pub rtt_ms: Option<f64>,
+}
+
+fn median_of(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
+    let v: Vec<f64> = values.flatten().collect();
+    spread(&v).map(|s| s.median)
+}
+
+fn median_u64(values: impl Iterator<Item = Option<u64>>) -> Option<u64> {
+    let mut v: Vec<u64> = values.flatten().collect();
+    v.sort_unstable();
+    v.get(v.len().wrapping_sub(1) / 2).copied()
+}
+
+/// One scenario's result from the results of its rounds (in order): each number is the
+/// median over the rounds that succeeded, and every round is listed in
+/// [`ScenarioResult::rounds`]. One round is returned as it is; if none succeeded, the last.
+pub fn merge_rounds(mut rounds: Vec<ScenarioResult>) -> ScenarioResult {
+    if rounds.len() <= 1 {
+        return rounds.pop().unwrap_or_default();
+    }
+    let listed: Vec<Round> = rounds
+        .iter()
+        .map(|r| Round {
+            status: r.status.clone(),
+            gbit_s_1: r.gbit_s_1,
+            gbit_s_4: r.gbit_s_4,
+            rtt_ms: r.rtt_ms,
+        })
+        .collect();
+    let ok: Vec<&ScenarioResult> = rounds.iter().filter(|r| r.status == "ok").collect();
+    let Some(first) = ok.first() else {
+        let mut last = rounds.pop().unwrap_or_default();
+        last.rounds = listed;
+        return last;
+    };
+    ScenarioResult {
+        name: first.name.clone(),
+        version: first.version.clone(),
+        status: "ok".into(),
+        gbit_s_1: median_of(ok.iter().map(|r| r.gbit_s_1)),
+        gbit_s_4: median_of(ok.iter().map(|r| r.gbit_s_4)),
+        rtt_ms: median_of(ok.iter().map(|r| r.rtt_ms)),
+        rss_kib: median_u64(ok.iter().map(|r| r.rss_kib)),
+        rss_kib_100_peers: median_u64(ok.iter().map(|r| r.rss_kib_100_peers)),
+        retransmits_1: median_u64(ok.iter().map(|r| r.retransmits_1)),
+        retransmits_4: median_u64(ok.iter().map(|r| r.retransmits_4)),
+        rounds: listed,
+        ..Default::default()
+    }
 }
 
 /// One implementation's peer-scale numbers: one device, `peers` peers, no traffic.
@@ -690,6 +755,9 @@ pub struct Report {
     pub pings: u32,
     /// Interval between pings, ms.
     pub ping_interval_ms: u64,
+    /// Rounds of the data-plane scenarios (each round runs every scenario once, in order);
+    /// with more than one the reported numbers are medians.
+    pub rounds: u32,
     /// CPUs of the machine.
     pub cpus: usize,
     /// `/proc/loadavg` when the run started.
@@ -846,9 +914,17 @@ impl Report {
             self.load_average.as_deref().unwrap_or("?")
         );
         if !self.results.is_empty() {
+            let rounds = if self.rounds > 1 {
+                format!(
+                    "; medians of {} rounds, each running every scenario once",
+                    self.rounds
+                )
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 s,
-                "\nData plane (pod to pod; plain and references: two namespaces over a veth):"
+                "\nData plane (pod to pod; plain and references: two namespaces over a veth{rounds}):"
             );
             let _ = writeln!(
                 s,
@@ -892,6 +968,28 @@ impl Report {
                         .map(|v| format!(" ({v})"))
                         .unwrap_or_default()
                 );
+            }
+            if self.results.iter().any(|r| !r.rounds.is_empty()) {
+                let _ = writeln!(s, "\nRounds (1 stream Gbit/s; RTT ms; in the order run):");
+                for r in self.results.iter().filter(|r| !r.rounds.is_empty()) {
+                    let each = |f: fn(&Round) -> Option<f64>, digits: usize| {
+                        r.rounds
+                            .iter()
+                            .map(|x| match f(x) {
+                                Some(v) if x.status == "ok" => format!("{v:.digits$}"),
+                                _ => "-".into(),
+                            })
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    };
+                    let _ = writeln!(
+                        s,
+                        "  {:<14} {};  {}",
+                        r.name,
+                        each(|x| x.gbit_s_1, 2),
+                        each(|x| x.rtt_ms, 3)
+                    );
+                }
             }
         }
         if !self.peer_scale.is_empty() {
@@ -1306,6 +1404,54 @@ mod tests {
             rtt_ms: Some(rtt),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn rounds_merge_to_medians_of_the_successful_ones() {
+        let mut failed = scenario(MESHD, 9.0, 9.0, 9.0);
+        failed.status = "error: lab".into();
+        let mut a = scenario(MESHD, 4.0, 5.0, 0.25);
+        a.rss_kib = Some(100);
+        let mut c = scenario(MESHD, 5.0, 4.0, 0.2);
+        c.rss_kib = Some(300);
+        let m = merge_rounds(vec![a, failed, scenario(MESHD, 4.4, 6.0, 0.18), c]);
+        assert_eq!(m.status, "ok");
+        assert_eq!(m.gbit_s_1, Some(4.4));
+        assert_eq!(m.gbit_s_4, Some(5.0));
+        assert_eq!(m.rtt_ms, Some(0.2));
+        assert_eq!(
+            m.rss_kib,
+            Some(100),
+            "lower median of the two rounds that had one"
+        );
+        assert_eq!(m.rounds.len(), 4);
+        assert_eq!(m.rounds[1].status, "error: lab");
+        // One round: as it was, nothing listed; none ok: the last, with the rounds listed.
+        let one = merge_rounds(vec![scenario(PLAIN, 20.0, 30.0, 0.04)]);
+        assert!(one.rounds.is_empty());
+        assert_eq!(one.gbit_s_1, Some(20.0));
+        let mut x = scenario(PLAIN, 1.0, 1.0, 1.0);
+        x.status = "error: a".into();
+        let mut y = x.clone();
+        y.status = "error: b".into();
+        let none = merge_rounds(vec![x, y]);
+        assert_eq!(none.status, "error: b");
+        assert_eq!(none.rounds.len(), 2);
+    }
+
+    #[test]
+    fn rounds_are_listed_when_there_are_several() {
+        let mut r = sample_report();
+        r.rounds = 2;
+        r.results[0] = merge_rounds(vec![
+            scenario(PLAIN, 16.0, 24.0, 0.04),
+            scenario(PLAIN, 18.0, 26.0, 0.05),
+        ]);
+        r.finish(&Targets::default());
+        let text = r.render();
+        assert!(text.contains("medians of 2 rounds"), "{text}");
+        assert!(text.contains("16.00 18.00;  0.040 0.050"), "{text}");
+        assert_eq!(r.results[0].gbit_s_1, Some(17.0));
     }
 
     fn sample_report() -> Report {

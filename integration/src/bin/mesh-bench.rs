@@ -88,6 +88,11 @@ struct Args {
     /// Interval between pings, ms.
     #[arg(long, default_value_t = 10)]
     ping_interval_ms: u64,
+    /// Rounds of the data-plane scenarios: each round runs every scenario once, in order, so
+    /// that drift of the machine over minutes hits them all alike; the medians are reported,
+    /// each round's numbers listed.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    rounds: u32,
     /// Comma-separated data-plane scenarios: plain, wireguard-go, boringtun-cli, meshd-wg,
     /// meshd, plain-lab, meshd-routes; "none" for none.
     #[arg(
@@ -999,14 +1004,31 @@ fn run(args: &Args) -> anyhow::Result<Report> {
             .ok()
             .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")),
         scale_peers: cfg.peers,
+        rounds: args.rounds,
         ..Default::default()
     };
     // In a fixed order, whatever the order on the command line.
-    for name in SCENARIOS.iter().filter(|s| wanted.iter().any(|w| w == *s)) {
-        check_stop()?;
-        eprintln!("mesh-bench: data plane, {name}");
-        report.results.push(scenario(name, args, &cfg));
+    let names: Vec<&str> = SCENARIOS
+        .iter()
+        .copied()
+        .filter(|s| wanted.iter().any(|w| w == s))
+        .collect();
+    let mut runs: Vec<Vec<ScenarioResult>> = vec![Vec::new(); names.len()];
+    for round in 1..=report.rounds {
+        for (name, runs) in names.iter().zip(runs.iter_mut()) {
+            check_stop()?;
+            if report.rounds > 1 {
+                eprintln!(
+                    "mesh-bench: data plane, {name} (round {round} of {})",
+                    report.rounds
+                );
+            } else {
+                eprintln!("mesh-bench: data plane, {name}");
+            }
+            runs.push(scenario(name, args, &cfg));
+        }
     }
+    report.results = runs.into_iter().map(bench::merge_rounds).collect();
     for u in [
         Userspace::WireguardGo,
         Userspace::Boringtun,
