@@ -142,6 +142,15 @@ pub struct DaemonArgs {
     /// on queue 0, so the kernel sends each flow's replies through queue 0 too.
     #[arg(long, default_value_t = 1)]
     pub wg_threads: usize,
+    /// The user-space datapath's busy poll after sending, in microseconds (0: never): a
+    /// reply that comes back within it needs no thread wake-up. Capped at a tenth of a core.
+    #[arg(
+        long,
+        env = "MESHD_WG_BUSY_POLL_US",
+        default_value_t = netlink::DEFAULT_BUSY_POLL_US,
+        value_parser = clap::value_parser!(u64).range(0..=1_000)
+    )]
+    pub wg_busy_poll_us: u64,
     /// Node-to-node (host) encryption: this node's own traffic to peer nodes goes through
     /// the tunnel too, for each peer once its tunnel is proven up (see the README: it fails
     /// open, so that a broken tunnel never cuts a node off its API server). With a ConfigMap
@@ -445,6 +454,7 @@ pub async fn run_with<R: Registry>(
             0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
             n => n,
         },
+        busy_poll_us: args.wg_busy_poll_us,
         log_file: Some(args.state_dir.join("meshd-wg.log")),
     };
     let mtu = args.mtu.unwrap_or_else(|| {

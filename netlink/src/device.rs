@@ -157,9 +157,16 @@ pub struct UserspaceOptions {
     pub helper_binary: PathBuf,
     /// Datapath worker threads (`--threads`).
     pub threads: usize,
+    /// Busy poll after sending, microseconds (`--busy-poll-us`; 0: never).
+    pub busy_poll_us: u64,
     /// Where the helper's stdout/stderr go (appended); `None` discards them.
     pub log_file: Option<PathBuf>,
 }
+
+/// `meshd-wg`'s busy poll after sending unless told otherwise, microseconds: on the 2-vCPU
+/// virtual machines this was measured on, a reply that comes back within it saves a thread
+/// wake-up (see BENCHMARKS.md); the poll never takes more than a tenth of a core.
+pub const DEFAULT_BUSY_POLL_US: u64 = 50;
 
 /// Errors of device operations.
 #[derive(Debug, thiserror::Error)]
@@ -534,6 +541,8 @@ impl WgDevice {
             .arg(name)
             .arg("--threads")
             .arg(threads.to_string())
+            .arg("--busy-poll-us")
+            .arg(opts.busy_poll_us.to_string())
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr);
@@ -850,6 +859,7 @@ mod tests {
         let opts = UserspaceOptions {
             helper_binary: PathBuf::from("/nonexistent"),
             threads: 1,
+            busy_poll_us: DEFAULT_BUSY_POLL_US,
             log_file: None,
         };
         let err = WgDevice::ensure("bad/name", WireguardMode::Auto, &opts)

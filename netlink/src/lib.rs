@@ -20,7 +20,7 @@ pub mod uapi;
 
 pub use device::{
     ActiveMode, DeviceError, DeviceStatus, PeerChange, PeerConfig, PeerStatus, UserspaceOptions,
-    WgDevice, WireguardMode,
+    WgDevice, WireguardMode, DEFAULT_BUSY_POLL_US,
 };
 pub use kernel::KernelError;
 pub use links::{wireguard_mtu, LinkError, Links};

@@ -49,6 +49,7 @@ fn opts(log_dir: &tempfile::TempDir) -> UserspaceOptions {
     UserspaceOptions {
         helper_binary: helper(),
         threads: 1,
+        busy_poll_us: netlink::DEFAULT_BUSY_POLL_US,
         log_file: Some(log_dir.path().join("meshd-wg.log")),
     }
 }
@@ -370,6 +371,7 @@ fn spawner_child_process() {
         let opts = UserspaceOptions {
             helper_binary: helper.into(),
             threads: 1,
+            busy_poll_us: netlink::DEFAULT_BUSY_POLL_US,
             log_file: None,
         };
         let (dev, adopted) = WgDevice::ensure(&name, WireguardMode::Userspace, &opts)

@@ -58,6 +58,9 @@ pub struct Config {
     /// Use the TUN's virtio-net header with TSO/USO and UDP GSO/GRO (`false`: plain
     /// per-packet I/O everywhere, for troubleshooting and tests of the fallbacks).
     pub offloads: bool,
+    /// Longest busy poll of the I/O thread after it sent something, before it sleeps
+    /// (zero: never); capped at a tenth of a core over time.
+    pub busy_poll: std::time::Duration,
 }
 
 /// Errors of running a device.
@@ -138,6 +141,7 @@ pub fn run(cfg: &Config) -> Result<(), WgdpError> {
         stop: Default::default(),
         stop_fd: efd()?,
         rebind_fd,
+        busy_poll: cfg.busy_poll,
     });
 
     let mut handles = Vec::new();
