@@ -125,14 +125,19 @@ enum Plan {
     /// One packet, `pkt[..len]`, complete.
     Single { len: usize },
     /// A TSO/USO packet.
-    Gso {
-        layout: Layout,
-        gso_size: usize,
-        count: usize,
-        ipv4_id: u16,
-        tcp_seq: u32,
-        tcp_flags: u8,
-    },
+    Gso(Gso),
+}
+
+/// How a TSO/USO packet is cut: its headers, segment size and count, and the first
+/// segment's IPv4 ID, TCP sequence number and flags.
+#[derive(Debug, Clone, Copy)]
+struct Gso {
+    layout: Layout,
+    gso_size: usize,
+    count: usize,
+    ipv4_id: u16,
+    tcp_seq: u32,
+    tcp_flags: u8,
 }
 
 impl<'a> InPlaceSegments<'a> {
@@ -180,14 +185,14 @@ impl<'a> InPlaceSegments<'a> {
         };
         Ok(InPlaceSegments {
             pkt,
-            plan: Plan::Gso {
+            plan: Plan::Gso(Gso {
                 layout,
                 gso_size,
                 count,
                 ipv4_id,
                 tcp_seq,
                 tcp_flags,
-            },
+            }),
             next: 0,
         })
     }
@@ -203,7 +208,7 @@ impl<'a> InPlaceSegments<'a> {
     pub fn count(&self) -> usize {
         match self.plan {
             Plan::Single { .. } => 1,
-            Plan::Gso { count, .. } => count,
+            Plan::Gso(g) => g.count,
         }
     }
 
@@ -211,9 +216,7 @@ impl<'a> InPlaceSegments<'a> {
     pub fn max_len(&self) -> usize {
         match &self.plan {
             Plan::Single { len } => *len,
-            Plan::Gso {
-                layout, gso_size, ..
-            } => (layout.hdrs_len + gso_size).min(layout.ip_len),
+            Plan::Gso(g) => (g.layout.hdrs_len + g.gso_size).min(g.layout.ip_len),
         }
     }
 
@@ -224,47 +227,44 @@ impl<'a> InPlaceSegments<'a> {
             return None;
         }
         self.next += 1;
-        let (layout, gso_size, count, ipv4_id, tcp_seq, tcp_flags) = match self.plan {
+        let g = match self.plan {
             Plan::Single { len } => return Some(&self.pkt[..len]),
-            Plan::Gso {
-                layout,
-                gso_size,
-                count,
-                ipv4_id,
-                tcp_seq,
-                tcp_flags,
-            } => (layout, gso_size, count, ipv4_id, tcp_seq, tcp_flags),
+            Plan::Gso(g) => g,
         };
-        let hdrs = layout.hdrs_len;
-        let start = index * gso_size;
-        let end = (hdrs + (index + 1) * gso_size).min(layout.ip_len);
+        let hdrs = g.layout.hdrs_len;
+        let start = index * g.gso_size;
+        let end = (hdrs + (index + 1) * g.gso_size).min(g.layout.ip_len);
         if index > 0 {
             // The previous segment's headers, into the bytes before this payload; the
             // fields that differ are rewritten below. (They may overlap when `gso_size` is
             // smaller than the headers: `copy_within` is a memmove.)
-            let prev = start - gso_size;
+            let prev = start - g.gso_size;
             self.pkt.copy_within(prev..prev + hdrs, start);
         }
         let seg = &mut self.pkt[start..end];
         let seg_len = seg.len();
-        let l4 = layout.l4_off;
+        let l4 = g.layout.l4_off;
         let l4_len = seg_len - l4;
-        if layout.v6 {
+        if g.layout.v6 {
             // Fits: never more than the original payload length.
             write16(seg, 4, (seg_len - IPV6_HDR) as u16);
         } else {
             // Fits: never more than the original total length.
             write16(seg, 2, seg_len as u16);
             // Wrapping on purpose: IDs are 16 bits.
-            write16(seg, 4, ipv4_id.wrapping_add(index as u16));
+            write16(seg, 4, g.ipv4_id.wrapping_add(index as u16));
             // For IPv4 the transport header follows the IP header directly.
             ip::set_ipv4_checksum(&mut seg[..l4]);
         }
-        if layout.tcp {
+        if g.layout.tcp {
             // Wrapping on purpose: sequence space is mod 2^32.
-            write32(seg, l4 + 4, tcp_seq.wrapping_add((index * gso_size) as u32));
-            let mut flags = tcp_flags;
-            if index + 1 < count {
+            write32(
+                seg,
+                l4 + 4,
+                g.tcp_seq.wrapping_add((index * g.gso_size) as u32),
+            );
+            let mut flags = g.tcp_flags;
+            if index + 1 < g.count {
                 flags &= !(TCP_FIN | TCP_PSH);
             }
             if index > 0 {
@@ -272,13 +272,13 @@ impl<'a> InPlaceSegments<'a> {
             }
             seg[l4 + TCP_FLAGS_OFF] = flags;
             write16(seg, l4 + TCP_CSUM_OFF, 0);
-            let s = ip::pseudo_sum(seg, layout.v6, PROTO_TCP, l4_len);
+            let s = ip::pseudo_sum(seg, g.layout.v6, PROTO_TCP, l4_len);
             let c = checksum::finish(checksum::sum(&seg[l4..], s));
             write16(seg, l4 + TCP_CSUM_OFF, c);
         } else {
             write16(seg, l4 + 4, l4_len as u16);
             write16(seg, l4 + UDP_CSUM_OFF, 0);
-            let s = ip::pseudo_sum(seg, layout.v6, PROTO_UDP, l4_len);
+            let s = ip::pseudo_sum(seg, g.layout.v6, PROTO_UDP, l4_len);
             let c = checksum::finish_nonzero(checksum::sum(&seg[l4..], s));
             write16(seg, l4 + UDP_CSUM_OFF, c);
         }
