@@ -249,7 +249,7 @@ pub fn io_thread(rt: &Runtime) {
         let mut sent = false;
         while !rt.stopping() {
             let mut handled = 0usize;
-            let polled = if sent && busy.light() {
+            let polled = if sent && busy.enabled() && busy.light() {
                 busy.poll(|| epoll.wait(&mut events, EpollTimeout::ZERO))
             } else {
                 Ok(0)
@@ -297,7 +297,9 @@ pub fn io_thread(rt: &Runtime) {
                     handled += bytes;
                 }
             }
-            busy.handled(handled, Instant::now());
+            if busy.enabled() {
+                busy.handled(handled, Instant::now());
+            }
         }
     }
 }
@@ -414,6 +416,12 @@ impl BusyPoll {
         }
     }
 
+    /// Whether it polls at all (`--busy-poll-us` above zero): when not, the I/O thread skips
+    /// it entirely, traffic accounting included.
+    pub fn enabled(&self) -> bool {
+        !self.max.is_zero()
+    }
+
     /// Records `bytes` of traffic handled at `now`.
     pub fn handled(&mut self, bytes: usize, now: Instant) {
         let age = now.saturating_duration_since(self.window);
@@ -447,9 +455,14 @@ impl BusyPoll {
 
     /// Calls `ready` (a non-blocking readiness check returning how many events are ready)
     /// until it reports some, fails, or the allowance is used up; returns its last answer.
+    /// With no allowance it does not call `ready` and answers `Ok(0)`: the caller's blocking
+    /// wait then returns at once anyway if something is ready.
     fn poll(&mut self, mut ready: impl FnMut() -> nix::Result<usize>) -> nix::Result<usize> {
         let start = Instant::now();
         let allowed = self.allowance(start);
+        if allowed.is_zero() {
+            return Ok(0);
+        }
         let r = loop {
             match ready() {
                 Ok(0) if start.elapsed() < allowed => std::thread::yield_now(),
@@ -566,6 +579,7 @@ mod tests {
     fn zero_means_no_polling() {
         let t0 = Instant::now();
         let mut b = BusyPoll::new(Duration::ZERO, t0);
+        assert!(!b.enabled());
         let mut calls = 0;
         assert_eq!(
             b.poll(|| {
@@ -574,7 +588,7 @@ mod tests {
             }),
             Ok(0)
         );
-        assert_eq!(calls, 1, "one check, no polling");
+        assert_eq!(calls, 0, "no check at all: the blocking wait follows");
     }
 
     #[test]
