@@ -554,7 +554,11 @@ fn median_of(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
 fn median_u64(values: impl Iterator<Item = Option<u64>>) -> Option<u64> {
     let mut v: Vec<u64> = values.flatten().collect();
     v.sort_unstable();
-    v.get(v.len().wrapping_sub(1) / 2).copied()
+    // The lower median; none of an empty list.
+    v.len()
+        .checked_sub(1)
+        .and_then(|last| v.get(last / 2))
+        .copied()
 }
 
 /// One scenario's result from the results of its rounds (in order): each number is the
