@@ -405,3 +405,80 @@ fn a_rotation_cut_short_by_sigkill_resumes_after_restart() {
         expect_no_loss(s, 15_000, "udp stream across the kill");
     }
 }
+
+#[test]
+fn a_dead_node_does_not_stop_the_others_rotating() {
+    if !netns::root_or_skip() {
+        return;
+    }
+    // Three nodes; a peer counts as silent after 3 s without a handshake (180 s by default).
+    let lab = Lab::up_with(3, 1, &["--rotation-silence", "3s"]).unwrap();
+    let st = lab.status().unwrap();
+    let addr = |i: usize| pod_addrs(&st.pods[i]).unwrap().0.to_string();
+    for (from, to) in [(0, 1), (0, 2), (1, 2)] {
+        assert!(
+            integration::lab::ping(&st.pods[from], &addr(to), 2),
+            "pod {from} -> pod {to} before the node died"
+        );
+    }
+    // n3 dies: every process in its network namespace (its meshd and its datapath) is killed,
+    // so it neither acknowledges nor handshakes any more.
+    let n3 = format!("{}-n3", lab.name());
+    let pids = std::process::Command::new("ip")
+        .args(["netns", "pids", &n3])
+        .output()
+        .unwrap();
+    let pids = String::from_utf8_lossy(&pids.stdout).into_owned();
+    assert!(!pids.trim().is_empty(), "n3 runs meshd and its datapath");
+    for pid in pids.split_whitespace() {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", pid])
+            .status();
+    }
+    std::thread::sleep(Duration::from_secs(4));
+    let n1_keys = |lab: &Lab| {
+        let js = lab.status_json().unwrap();
+        let s = &js["nodes"][0]["status"];
+        (
+            s["public_key"].as_str().unwrap().to_string(),
+            s["second"]["public_key"].as_str().unwrap().to_string(),
+        )
+    };
+    let before = n1_keys(&lab);
+    // n1 rotates: it waits 10 s for n3, then goes on without it (instead of aborting).
+    let out = lab.meshctl(&["lab", "rotate-key", "n1"]);
+    assert!(out.is_ok(), "n1's rotation completes without n3: {out:?}");
+    let after = n1_keys(&lab);
+    assert!(
+        after.0 != before.0 && after.1 != before.1,
+        "both keys replaced: {before:?} -> {after:?}"
+    );
+    let js = lab.status_json().unwrap();
+    let r = &js["nodes"][0]["status"]["rotation"];
+    assert_eq!(
+        (r["rotations"].as_u64(), r["failures"].as_u64()),
+        (Some(1), Some(0)),
+        "{r}"
+    );
+    let log = std::fs::read_to_string(js["nodes"][0]["log_file"].as_str().unwrap()).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("goes on without a silent peer") && l.contains("n3")),
+        "n1 logs the excused peer"
+    );
+    assert!(
+        integration::lab::ping(&st.pods[0], &addr(1), 3),
+        "n1 and n2 mesh on n1's new keys"
+    );
+    // n3 comes back: it programs the keys n1 publishes now and meshes again.
+    lab.meshctl(&["lab", "start-node", "n3"]).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !integration::lab::ping(&st.pods[2], &addr(0), 1) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pod on n3 reaches the pod on n1 after n3's restart"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(integration::lab::ping(&st.pods[0], &addr(2), 3));
+}

@@ -66,6 +66,9 @@ pub struct RotationReport {
     pub serial: Option<u64>,
     /// Peers the step waits for.
     pub pending: Vec<String>,
+    /// Silent peers (no handshake within `--rotation-silence`) the rotation goes on without.
+    #[serde(default)]
+    pub excused: Vec<String>,
     /// Rotations finished (both keys replaced) since meshd started.
     pub rotations: u64,
     /// Rotations abandoned since meshd started.

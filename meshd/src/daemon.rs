@@ -69,6 +69,13 @@ pub struct DaemonArgs {
     /// Default: only on demand (`meshctl rotate-key`).
     #[arg(long, value_parser = parse_interval)]
     pub key_rotation_interval: Option<Duration>,
+    /// A peer that has not acknowledged a rotation step for 10 s, and with which no WireGuard
+    /// handshake completed on either slot for this long, is excused for the rest of the
+    /// rotation instead of aborting it (a dead node must not stop every other node's
+    /// rotation). The default is WireGuard's own limit on a session's age, so an excused peer
+    /// has no session; shorter values are for tests.
+    #[arg(long, value_parser = parse_interval, default_value = "180s")]
+    pub rotation_silence: Duration,
     /// `auto` (kernel module when available, else user space), `kernel` or `userspace`.
     #[arg(long, default_value = "auto")]
     pub wireguard_mode: WireguardMode,
@@ -324,6 +331,9 @@ struct Known {
     rx_seen: BTreeMap<PublicKey, (u64, std::time::Instant)>,
     /// Peers whose tunnel is up by that measure.
     live_peers: BTreeSet<PublicKey>,
+    /// Every programmed peer key's last handshake (both devices), as last read; `None`
+    /// before the first read.
+    handshakes: Option<BTreeMap<PublicKey, Option<SystemTime>>>,
     /// Peer node addresses routed through the tunnel now (host encryption).
     encrypted_hosts: BTreeSet<IpAddr>,
     /// This node's record changed (listen port, acknowledgements): publish it.
@@ -912,6 +922,12 @@ async fn event_loop<R: Registry>(
             _ = status_tick.tick() => {
                 match publish_status(ctx, &known, converged).await {
                     Ok(peers) => {
+                        known.handshakes = Some(
+                            peers
+                                .iter()
+                                .map(|p| (PublicKey::from_bytes(p.public_key), p.last_handshake))
+                                .collect(),
+                        );
                         if track_liveness(ctx, &mut known, &peers).await {
                             // A tunnel came up or went down: host encryption follows it now.
                             retry_at = Some(tokio::time::Instant::now());
@@ -1080,9 +1096,31 @@ fn update_acks(ctx: &Context, known: &Known) -> bool {
 /// Take this node's next rotation step, if the peers allow it. True when the record changed.
 async fn drive_rotation(ctx: &Context, known: &mut Known) -> bool {
     let me = ctx.me();
+    if let Some(handshakes) = &known.handshakes {
+        let peers = known.records.values().filter(|r| r.name != me.name);
+        let silent = rotation::silent_peers(
+            peers,
+            handshakes,
+            ctx.args.rotation_silence,
+            SystemTime::now(),
+        );
+        known.rotation.observe_silent(silent);
+    }
+    let excused_before: BTreeSet<String> = known.rotation.excused().map(String::from).collect();
     let action = known
         .rotation
         .poll(std::time::Instant::now(), &me, known.records.values());
+    for peer in known
+        .rotation
+        .excused()
+        .filter(|p| !excused_before.contains(*p))
+    {
+        tracing::warn!(
+            %peer,
+            silence_s = ctx.args.rotation_silence.as_secs(),
+            "key rotation goes on without a silent peer (no acknowledgement, no handshake)"
+        );
+    }
     let changed = !matches!(action, Action::Wait);
     let republish = drive_action(ctx, known, action).await;
     if changed {
@@ -1778,6 +1816,7 @@ async fn publish_status(
         slot,
         serial: me.rotation.step.map(|s| s.serial),
         pending: known.rotation.pending().to_vec(),
+        excused: known.rotation.excused().map(String::from).collect(),
         rotations: known.rotations,
         failures: known.rotation_failures,
         last_unix: known.last_rotation_unix,

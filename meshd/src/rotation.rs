@@ -23,8 +23,19 @@
 //! acknowledge a drain before [`STEP_TIMEOUT`] aborts the rotation before any key changed; a
 //! peer that does not acknowledge a new key keeps the pair on the other slot (the drain stays)
 //! until it does.
+//!
+//! The one exception is a **silent** peer: one with which no WireGuard session can exist on
+//! either slot, because no handshake completed within the silence window (by default
+//! WireGuard's own 180 s limit on a session's age; see [`silent_peers`]). Nothing of it can be
+//! in flight and nothing of ours can reach it, so a dead node cannot hold every other node's
+//! rotation hostage: a silent peer that has not acknowledged a step within [`SILENT_GRACE`] is
+//! excused for the rest of the rotation (it leaves the excused set the moment it handshakes
+//! again, and is waited for from then on). When it comes back it programs the keys its peers
+//! publish then; until its meshd has read them, its handshakes on a replaced slot fail (they
+//! are dropped, never sent in clear).
 
-use std::time::{Duration, Instant};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant, SystemTime};
 
 use keyexchange::record::RotationStep;
 use keyexchange::slots::{yields_to, Slot};
@@ -34,6 +45,11 @@ use keyexchange::NodeRecord;
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a rotation waits for other nodes' rotations before it starts draining.
 pub const WAIT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a step waits for a silent peer's acknowledgement before it goes on without it.
+pub const SILENT_GRACE: Duration = Duration::from_secs(10);
+/// The default silence window: WireGuard rejects a session older than this
+/// (`REJECT_AFTER_TIME`), so a peer that has not handshaken for this long has none.
+pub const DEFAULT_SILENCE: Duration = Duration::from_secs(180);
 /// After the last acknowledgement of a drain, how long packets already sent on the slot get
 /// to arrive before its key is replaced.
 pub const DRAIN_GRACE: Duration = Duration::from_millis(500);
@@ -90,6 +106,10 @@ pub struct Driver {
     acked_at: Option<Instant>,
     /// Peers not yet acknowledging the current step (for status).
     pending: Vec<String>,
+    /// Peers with which no session exists now (as last read from the devices).
+    silent: BTreeSet<String>,
+    /// Silent peers this rotation stopped waiting for.
+    excused: BTreeSet<String>,
 }
 
 impl Default for Driver {
@@ -101,6 +121,8 @@ impl Default for Driver {
             since: Instant::now(),
             acked_at: None,
             pending: Vec::new(),
+            silent: BTreeSet::new(),
+            excused: BTreeSet::new(),
         }
     }
 }
@@ -157,6 +179,8 @@ impl Driver {
             since: now,
             acked_at: None,
             pending: Vec::new(),
+            silent: BTreeSet::new(),
+            excused: BTreeSet::new(),
         };
         let step = saved.step.map(|s| RotationStep {
             serial: s.serial,
@@ -174,6 +198,16 @@ impl Driver {
     /// Peers the current step waits for.
     pub fn pending(&self) -> &[String] {
         &self.pending
+    }
+
+    /// Silent peers this rotation goes on without (for status).
+    pub fn excused(&self) -> impl Iterator<Item = &str> {
+        self.excused.iter().map(String::as_str)
+    }
+
+    /// Tell the driver which peers are silent now (see [`silent_peers`]).
+    pub fn observe_silent(&mut self, silent: BTreeSet<String>) {
+        self.silent = silent;
     }
 
     /// Whether a rotation is under way.
@@ -194,6 +228,7 @@ impl Driver {
         self.since = now;
         self.acked_at = None;
         self.pending.clear();
+        self.excused.clear();
         true
     }
 
@@ -217,6 +252,7 @@ impl Driver {
         self.phase = Phase::Idle;
         self.then = None;
         self.pending.clear();
+        self.excused.clear();
         Action::Aborted(reason)
     }
 
@@ -230,10 +266,14 @@ impl Driver {
     ) -> Action {
         let peers: Vec<&NodeRecord> = peers.into_iter().filter(|p| p.name != me.name).collect();
         let published = me.rotation.step.map_or(0, |s| s.serial);
+        // A peer that handshook again is waited for again.
+        self.excused.retain(|n| self.silent.contains(n));
+        let waited = now.duration_since(self.since);
         let pending: Vec<String> = peers
             .iter()
             .filter(|p| p.rotation.acks.get(&me.name).copied().unwrap_or(0) < published)
             .map(|p| p.name.clone())
+            .filter(|n| !self.excuse(n, waited))
             .collect();
         match self.phase {
             Phase::Idle => Action::Wait,
@@ -259,6 +299,8 @@ impl Driver {
                 // its new key); before, it may replace the key at any moment, and pairs
                 // moving onto the slot now would lose what they send.
                 let blocked = peers.iter().any(|p| match (p.draining(), p.rotation.step) {
+                    // A node that died in the middle of its own rotation blocks nobody.
+                    _ if self.excuse(&p.name, waited) => false,
                     (Some(d), Some(step)) if d != slot => {
                         p.name < me.name
                             || !step.replaced
@@ -317,6 +359,7 @@ impl Driver {
                     }
                     None => {
                         self.phase = Phase::Idle;
+                        self.excused.clear();
                         Action::Finished
                     }
                 }
@@ -324,21 +367,66 @@ impl Driver {
         }
     }
 
+    /// Whether the step may go on without `peer`: it is silent and was excused before, or the
+    /// step has waited [`SILENT_GRACE`] for it (then it is excused from now on).
+    fn excuse(&mut self, peer: &str, waited: Duration) -> bool {
+        if !self.silent.contains(peer) {
+            return false;
+        }
+        if self.excused.contains(peer) {
+            return true;
+        }
+        if waited >= SILENT_GRACE {
+            self.excused.insert(peer.to_string());
+            return true;
+        }
+        false
+    }
+
     /// A deadline by which [`Driver::poll`] should run again, if the driver waits on time
     /// rather than on records.
     pub fn wake_at(&self) -> Option<Instant> {
         match self.phase {
             Phase::Idle => None,
-            Phase::Draining { .. } => Some(
-                self.acked_at
-                    .map_or(self.since + STEP_TIMEOUT, |a| a + DRAIN_GRACE)
-                    .min(self.since + STEP_TIMEOUT),
-            ),
+            Phase::Draining { .. } => {
+                let grace = (self.since + SILENT_GRACE).max(Instant::now());
+                Some(
+                    self.acked_at
+                        .map_or(self.since + STEP_TIMEOUT, |a| a + DRAIN_GRACE)
+                        .min(self.since + STEP_TIMEOUT)
+                        .min(grace),
+                )
+            }
             Phase::Waiting { .. } | Phase::Replaced { .. } => {
                 Some(Instant::now() + Duration::from_secs(1))
             }
         }
     }
+}
+
+/// The peers (by node name) with which no session can exist: every key of theirs programmed
+/// here (`handshakes`: public key → last handshake, from both devices) last handshook at least
+/// `silence` before `now`, or never. A peer none of whose keys is programmed is not judged.
+pub fn silent_peers<'a>(
+    peers: impl IntoIterator<Item = &'a NodeRecord>,
+    handshakes: &BTreeMap<keyexchange::PublicKey, Option<SystemTime>>,
+    silence: Duration,
+    now: SystemTime,
+) -> BTreeSet<String> {
+    peers
+        .into_iter()
+        .filter(|p| {
+            let keys = std::iter::once(p.public_key)
+                .chain(p.rotation.second.as_ref().map(|s| s.public_key));
+            let seen: Vec<Option<SystemTime>> =
+                keys.filter_map(|k| handshakes.get(&k).copied()).collect();
+            !seen.is_empty()
+                && seen.iter().all(|last| {
+                    last.is_none_or(|t| now.duration_since(t).is_ok_and(|age| age >= silence))
+                })
+        })
+        .map(|p| p.name.clone())
+        .collect()
 }
 
 #[cfg(test)]
@@ -422,7 +510,8 @@ mod tests {
     }
 
     #[test]
-    fn a_silent_peer_aborts_the_drain_but_never_a_replaced_key() {
+    fn a_peer_that_does_not_answer_aborts_the_drain_but_never_a_replaced_key() {
+        // Its tunnel is not known to be silent: the drain waits for it, then aborts.
         let t0 = Instant::now();
         let mut me = rec("b");
         let peer = rec("a");
@@ -442,7 +531,7 @@ mod tests {
         );
         assert!(!d.busy());
 
-        // Past the replacement, a silent peer only keeps the drain in place.
+        // Past the replacement, a peer that does not answer only keeps the drain in place.
         let mut peer = rec("a");
         let mut d = Driver::default();
         d.start(t0, 0);
@@ -638,5 +727,112 @@ mod tests {
             panic!("expected the drain again")
         };
         assert_eq!(step.draining, Some(0));
+    }
+
+    #[test]
+    fn a_dead_peer_is_excused_after_the_grace_and_a_returning_one_is_waited_for() {
+        let t0 = Instant::now();
+        let mut me = rec("b");
+        let dead = rec("a");
+        let mut alive = rec("c");
+        let mut d = Driver::default();
+        d.start(t0, 0);
+        d.observe_silent(BTreeSet::from(["a".to_string()]));
+        let Action::Publish(Some(step)) = d.poll(t0, &me, [&dead, &alive]) else {
+            panic!("expected the drain of slot 0")
+        };
+        me.rotation.step = Some(step);
+        ack(&mut alive, &me);
+        // Within the grace the silent peer is still waited for.
+        let t1 = t0 + SILENT_GRACE - Duration::from_millis(1);
+        assert_eq!(d.poll(t1, &me, [&dead, &alive]), Action::Wait);
+        assert_eq!(d.pending(), ["a"]);
+        assert!(d.wake_at().is_some_and(|w| w <= t0 + SILENT_GRACE));
+        // Then it is excused: the drain's grace runs and the key is replaced.
+        let t2 = t0 + SILENT_GRACE;
+        assert_eq!(d.poll(t2, &me, [&dead, &alive]), Action::Wait);
+        assert!(d.pending().is_empty());
+        assert_eq!(d.excused().collect::<Vec<_>>(), ["a"]);
+        let t3 = t2 + DRAIN_GRACE;
+        let Action::Replace(0, step) = d.poll(t3, &me, [&dead, &alive]) else {
+            panic!("expected slot 0's key to be replaced without the dead peer")
+        };
+        me.rotation.step = Some(step);
+        ack(&mut alive, &me);
+        // Excused for the rest of the rotation: slot 1 drains at once, without a new grace.
+        let Action::Publish(Some(step)) = d.poll(t3, &me, [&dead, &alive]) else {
+            panic!("expected the drain of slot 1")
+        };
+        assert_eq!(step.draining, Some(1));
+        me.rotation.step = Some(step);
+        ack(&mut alive, &me);
+        assert_eq!(d.poll(t3, &me, [&dead, &alive]), Action::Wait);
+        let t4 = t3 + DRAIN_GRACE;
+        let Action::Replace(1, step) = d.poll(t4, &me, [&dead, &alive]) else {
+            panic!("expected slot 1's key to be replaced")
+        };
+        me.rotation.step = Some(step);
+        // The peer handshakes again before acknowledging: it is waited for again (forever,
+        // past a replaced key).
+        d.observe_silent(BTreeSet::new());
+        ack(&mut alive, &me);
+        let late = t4 + STEP_TIMEOUT * 3;
+        assert_eq!(d.poll(late, &me, [&dead, &alive]), Action::Wait);
+        assert_eq!(d.pending(), ["a"]);
+        assert_eq!(d.excused().count(), 0);
+        let mut back = dead.clone();
+        ack(&mut back, &me);
+        assert_eq!(d.poll(late, &me, [&back, &alive]), Action::Finished);
+        assert_eq!(d.excused().count(), 0, "the next rotation starts afresh");
+    }
+
+    #[test]
+    fn a_node_that_died_draining_the_other_slot_blocks_only_for_the_grace() {
+        let t0 = Instant::now();
+        let me = rec("b");
+        // "a" sorts first and died while draining slot 1.
+        let mut dead = rec("a");
+        dead.rotation.step = Some(RotationStep {
+            serial: 7,
+            draining: Some(1),
+            replaced: false,
+        });
+        let mut d = Driver::default();
+        d.start(t0, 0);
+        assert_eq!(d.poll(t0, &me, [&dead]), Action::Wait, "blocked by a");
+        d.observe_silent(BTreeSet::from(["a".to_string()]));
+        assert_eq!(
+            d.poll(t0 + Duration::from_secs(1), &me, [&dead]),
+            Action::Wait
+        );
+        let Action::Publish(Some(step)) = d.poll(t0 + SILENT_GRACE, &me, [&dead]) else {
+            panic!("expected the drain of slot 0 once a is excused")
+        };
+        assert_eq!(step.draining, Some(0));
+    }
+
+    #[test]
+    fn silent_peers_are_those_without_a_recent_handshake_on_any_slot() {
+        let now = SystemTime::now();
+        let ago = |s: u64| Some(now - Duration::from_secs(s));
+        let (a, b, c, e) = (rec("a"), rec("bb"), rec("ccc"), rec("eeeee"));
+        let second = |r: &NodeRecord| r.rotation.second.as_ref().unwrap().public_key;
+        let handshakes = BTreeMap::from([
+            // a: both slots stale.
+            (a.public_key, ago(200)),
+            (second(&a), ago(181)),
+            // bb: slot 0 stale, slot 1 fresh.
+            (b.public_key, ago(500)),
+            (second(&b), ago(10)),
+            // ccc: never handshook on its only programmed slot.
+            (c.public_key, None),
+        ]);
+        // eeeee: none of its keys programmed here, so not judged.
+        let silent = silent_peers([&a, &b, &c, &e], &handshakes, DEFAULT_SILENCE, now);
+        assert_eq!(silent, BTreeSet::from(["a".to_string(), "ccc".to_string()]));
+        let shorter = silent_peers([&a, &b, &c, &e], &handshakes, Duration::from_secs(5), now);
+        assert_eq!(shorter.len(), 3, "{shorter:?}");
+        let longer = silent_peers([&a, &b, &c, &e], &handshakes, Duration::from_secs(300), now);
+        assert_eq!(longer, BTreeSet::from(["ccc".to_string()]));
     }
 }

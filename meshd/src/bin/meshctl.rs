@@ -124,6 +124,10 @@ enum LabCmd {
         /// Scheduled key rotation for every meshd, e.g. `30s`, `24h` (default: on demand).
         #[arg(long, value_parser = parse_rotation_interval)]
         key_rotation_interval: Option<String>,
+        /// How long a peer must have been without a WireGuard handshake before a key rotation
+        /// may go on without its acknowledgement, for every meshd, e.g. `5s` (default 180s).
+        #[arg(long, value_parser = parse_rotation_interval)]
+        rotation_silence: Option<String>,
     },
     /// Change the lab's meshd-config ConfigMap (kubernetes labs), e.g. `encryption=disabled`.
     Set {
@@ -354,6 +358,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 host_encryption,
                 keepalive,
                 key_rotation_interval,
+                rotation_silence,
             } => lab::up(&lab::UpOptions {
                 name,
                 nodes,
@@ -368,6 +373,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 host_encryption,
                 keepalive,
                 key_rotation_interval,
+                rotation_silence,
             })?,
             LabCmd::Set { name, pairs } => lab::set(&name, &pairs)?,
             LabCmd::Down { name } => lab::down(&name)?,

@@ -70,6 +70,9 @@ pub struct LabState {
     /// `--key-rotation-interval` given to every meshd, if any (e.g. `30s`).
     #[serde(default)]
     pub key_rotation_interval: Option<String>,
+    /// `--rotation-silence` given to every meshd, if any (e.g. `5s`).
+    #[serde(default)]
+    pub rotation_silence: Option<String>,
     /// The nodes, by index.
     pub nodes: Vec<NodeState>,
 }
@@ -146,6 +149,8 @@ pub struct UpOptions {
     pub keepalive: Option<u16>,
     /// Scheduled key rotation for every meshd (e.g. `30s`).
     pub key_rotation_interval: Option<String>,
+    /// How long a peer must be silent before a rotation may go on without it (e.g. `5s`).
+    pub rotation_silence: Option<String>,
 }
 
 /// The lab's on-disk layout.
@@ -322,6 +327,7 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<()> {
         host_encryption: opts.host_encryption,
         keepalive: opts.keepalive,
         key_rotation_interval: opts.key_rotation_interval.clone(),
+        rotation_silence: opts.rotation_silence.clone(),
         nodes: Vec::new(),
     };
     let result = build(&mut state, opts);
@@ -591,6 +597,13 @@ fn start_meshd_with(state: &LabState, i: u32, extra: &[&str]) -> anyhow::Result<
                 .key_rotation_interval
                 .as_ref()
                 .map(|k| vec!["--key-rotation-interval".to_string(), k.clone()])
+                .unwrap_or_default(),
+        )
+        .args(
+            state
+                .rotation_silence
+                .as_ref()
+                .map(|k| vec!["--rotation-silence".to_string(), k.clone()])
                 .unwrap_or_default(),
         )
         // Health, metrics and /status on the node's address, as the DaemonSet does.
