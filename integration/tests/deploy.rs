@@ -243,6 +243,7 @@ fn check(r: &Rendered, encryption: Encryption) {
         "/run/meshd",
         "/run/wireguard",
         "/lib/modules",
+        "/proc/sys/net",
     ] {
         assert!(
             host_paths.values().any(|p| p == path),
@@ -268,7 +269,11 @@ fn check(r: &Rendered, encryption: Encryption) {
         .expect("meshd container");
     assert_no_privilege(meshd, &["NET_ADMIN", "BPF"]);
     let args = meshd.args.as_deref().unwrap_or_default();
-    for want in ["--registry=kubernetes", "--node-name=$(NODE_NAME)"] {
+    for want in [
+        "--registry=kubernetes",
+        "--node-name=$(NODE_NAME)",
+        "--proc-sys-net=/host/proc/sys/net",
+    ] {
         assert!(
             args.iter().any(|a| a == want),
             "missing arg {want}: {args:?}"
@@ -310,6 +315,7 @@ fn check(r: &Rendered, encryption: Encryption) {
         "/etc/cni/net.d",
         "/run/meshd",
         "/run/wireguard",
+        "/proc/sys/net",
     ] {
         assert!(
             mounts_host_path(meshd, &host_paths, path),

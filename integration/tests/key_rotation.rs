@@ -482,3 +482,84 @@ fn a_dead_node_does_not_stop_the_others_rotating() {
     }
     assert!(integration::lab::ping(&st.pods[0], &addr(2), 3));
 }
+
+/// `IPReversePathFilter` of a node's network namespace (`/proc/net/netstat`).
+fn rp_filter_drops(lab: &Lab, node: &str) -> u64 {
+    let text = lab.exec(node, &["cat", "/proc/net/netstat"]).unwrap();
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
+    let at = names
+        .split_whitespace()
+        .position(|n| n == "IPReversePathFilter")
+        .unwrap();
+    values.split_whitespace().nth(at).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_strict_rp_filter_on_the_node_costs_no_packet_during_a_rotation() {
+    if !netns::root_or_skip() {
+        return;
+    }
+    let lab = Lab::up(2, 1).unwrap();
+    // The nodes filter strictly (as RHEL-like hosts do): meshd finds that when it starts.
+    for node in ["n1", "n2"] {
+        lab.exec(node, &["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=1"])
+            .unwrap();
+        lab.meshctl(&["lab", "kill-node", node]).unwrap();
+        lab.meshctl(&["lab", "start-node", node]).unwrap();
+    }
+    let get = |node: &str, key: &str| {
+        lab.exec(
+            node,
+            &["sysctl", "-n", &format!("net.ipv4.conf.{key}.rp_filter")],
+        )
+        .unwrap()
+        .trim()
+        .to_string()
+    };
+    for node in ["n1", "n2"] {
+        // The devices are unfiltered; every other interface, and those made later, filter
+        // exactly as strictly as before.
+        let keys = ["all", "default", "eth0", "lo", "meshd0", "meshd0b"];
+        let read = || -> Vec<String> { keys.iter().map(|k| get(node, k)).collect() };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut got = read();
+        while got[0] != "0" && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+            got = read();
+        }
+        assert_eq!(
+            got,
+            ["0", "1", "1", "1", "0", "0"],
+            "{node}: all default eth0 lo meshd0 meshd0b"
+        );
+    }
+    let st = lab.status().unwrap();
+    let dst = pod_addrs(&st.pods[1]).unwrap().0.to_string();
+    let drops = [rp_filter_drops(&lab, "n1"), rp_filter_drops(&lab, "n2")];
+    let ping = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &st.pods[0].namespace,
+            "ping",
+            "-n",
+            "-q",
+            "-i",
+            "0.002",
+        ])
+        .args(["-c", "2500", &dst])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    lab.meshctl(&["lab", "rotate-key"]).unwrap();
+    let out = ping.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(" 0% packet loss"), "{text}");
+    assert_eq!(
+        [rp_filter_drops(&lab, "n1"), rp_filter_drops(&lab, "n2")],
+        drops,
+        "no packet dropped by the reverse-path filter"
+    );
+}

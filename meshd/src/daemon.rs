@@ -76,6 +76,10 @@ pub struct DaemonArgs {
     /// has no session; shorter values are for tests.
     #[arg(long, value_parser = parse_interval, default_value = "180s")]
     pub rotation_silence: Duration,
+    /// Where the network sysctls of meshd's network namespace are (in a pod whose own
+    /// `/proc/sys` is read-only: a host path mount of `/proc/sys/net`).
+    #[arg(long, default_value = "/proc/sys/net")]
+    pub proc_sys_net: PathBuf,
     /// `auto` (kernel module when available, else user space), `kernel` or `userspace`.
     #[arg(long, default_value = "auto")]
     pub wireguard_mode: WireguardMode,
@@ -745,21 +749,29 @@ async fn bring_up_device(
         .with_context(|| format!("configuring key, listen port and fwmark of {interface}"))?;
     links.set_mtu(device.ifindex(), mtu).await?;
     links.set_up(device.ifindex()).await?;
-    relax_rp_filter(interface);
+    relax_rp_filter(&args.proc_sys_net, interface);
     Ok((device, adopted))
 }
 
 /// A peer's packets may arrive on either slot's device while this node routes its CIDRs via
-/// the other (for a moment while a slot drains): strict reverse-path filtering would drop them.
-/// The device's own setting goes to 0; the kernel applies the stricter of it and `all`.
-fn relax_rp_filter(interface: &str) {
-    let path = format!("/proc/sys/net/ipv4/conf/{interface}/rp_filter");
-    if let Err(err) = std::fs::write(&path, "0") {
-        tracing::warn!(%path, %err, "could not turn off reverse-path filtering on the device");
-    }
-    let all = std::fs::read_to_string("/proc/sys/net/ipv4/conf/all/rp_filter").unwrap_or_default();
-    if all.trim() == "1" {
-        tracing::warn!("net.ipv4.conf.all.rp_filter is 1 (strict): packets a peer sends on the other key slot during a rotation may be dropped; use 0 or 2 (loose)");
+/// the other (for a moment while a slot drains): reverse-path filtering would drop them, so
+/// the device gets an effective `rp_filter` of 0 (see [`crate::rpfilter`]).
+fn relax_rp_filter(proc_sys_net: &std::path::Path, interface: &str) {
+    match crate::rpfilter::apply(proc_sys_net, &[interface]) {
+        Ok(writes) => {
+            if let Some(all) = writes.iter().position(|(name, _)| name == "all") {
+                let raised: Vec<&str> = writes[1..all].iter().map(|(n, _)| n.as_str()).collect();
+                tracing::info!(
+                    ?raised,
+                    value = writes.get(1).map_or(0, |w| w.1),
+                    "net.ipv4.conf.all.rp_filter moved onto every other interface and default (their filtering is unchanged), then set to 0, so that {interface} is not filtered"
+                );
+            }
+        }
+        Err(err) => tracing::warn!(
+            error = %err,
+            "could not take {interface} out of reverse-path filtering: packets a peer sends on the other key slot during a rotation may be dropped (in a pod, mount the host's /proc/sys/net and pass --proc-sys-net)"
+        ),
     }
 }
 

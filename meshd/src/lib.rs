@@ -35,6 +35,8 @@ pub mod node_condition;
 pub mod reconcile;
 /// The key-rotation driver (pure: which step, when).
 pub mod rotation;
+/// Reverse-path filtering for the WireGuard devices.
+pub mod rpfilter;
 /// Operator settings from the `meshd-config` ConfigMap and their live watcher.
 pub mod settings;
 
