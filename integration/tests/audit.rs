@@ -140,4 +140,34 @@ fn findings_name_the_node_or_pair_and_evidence_catches_a_canary_in_clear() {
         "{n1n3}"
     );
     assert!(!n1n3["fix"].as_str().unwrap().is_empty());
+
+    // The canaries in clear were would-drops, and meshd noted when: an audit whose window
+    // reaches back to them finds them, one whose window ends after them does not, and one
+    // over all time does.
+    let plaintext = |report: &serde_json::Value| {
+        report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["check"] == "plaintext" && x["subject"] == "n1")
+            .unwrap()
+            .clone()
+    };
+    // (That audit read the statuses before it sent its canaries.)
+    let st = lab
+        .wait_for("n1 to note the would-drops", Duration::from_secs(10), |s| {
+            s["nodes"][0]["status"]["cleartext"]["last_unix"].is_u64()
+        })
+        .unwrap();
+    let (_, report) = audit(&lab, &[]);
+    let p = plaintext(&report);
+    assert_eq!(p["ok"], false, "{p}");
+    assert!(p["seen"].as_str().unwrap().contains("s ago"), "{p}");
+    let since = st["nodes"][0]["status"]["cleartext"]["watched_since_unix"].as_u64();
+    assert!(since.is_some(), "{}", st["nodes"][0]["status"]["cleartext"]);
+    std::thread::sleep(Duration::from_secs(4));
+    let (_, later) = audit(&lab, &["--plaintext-window", "2s"]);
+    assert_eq!(plaintext(&later)["ok"], true, "{}", plaintext(&later));
+    let (_, ever) = audit(&lab, &["--plaintext-window", "0"]);
+    assert_eq!(plaintext(&ever)["ok"], false, "{}", plaintext(&ever));
 }

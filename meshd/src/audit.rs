@@ -45,13 +45,48 @@ pub struct NodeView {
 pub struct Policy {
     /// Keys older than this are a finding.
     pub max_key_age: Duration,
+    /// Cleartext attempted within this long is a finding (zero: at any time since the
+    /// datapath was loaded).
+    pub plaintext_window: Duration,
 }
 
 impl Default for Policy {
     fn default() -> Self {
         Policy {
             max_key_age: Duration::from_secs(90 * 24 * 3600),
+            plaintext_window: Duration::from_secs(24 * 3600),
         }
+    }
+}
+
+/// The `plaintext` check: whether the strict drops and would-drops (`total`) all lie outside
+/// `window` before `now_unix`, and what was seen.
+fn plaintext_outcome(
+    drops: u64,
+    would: u64,
+    seen: &crate::control::CleartextReport,
+    window: Duration,
+    now_unix: u64,
+) -> (bool, String) {
+    let counts = format!("{drops} strict drops, {would} would-drops since the datapath was loaded");
+    if drops == 0 && would == 0 {
+        return (true, counts);
+    }
+    let ago = |t: u64| now_unix.saturating_sub(t);
+    let outside = |t: u64| !window.is_zero() && ago(t) > window.as_secs();
+    match (seen.last_unix, seen.watched_since_unix) {
+        (Some(last), _) => (
+            outside(last),
+            format!("{counts}; the last {} s ago", ago(last)),
+        ),
+        (None, Some(since)) => (
+            outside(since),
+            format!(
+                "{counts}; none since meshd started watching {} s ago",
+                ago(since)
+            ),
+        ),
+        (None, None) => (false, format!("{counts}; when is unknown (an older meshd)")),
     }
 }
 
@@ -189,12 +224,26 @@ pub fn audit(nodes: &[NodeView], policy: &Policy, now_unix: u64) -> Report {
         let (drops, would) = guard.map_or((0, 0), |d| {
             (d.counters.strict_drops, d.counters.would_drops)
         });
+        let (ok, seen) = plaintext_outcome(
+            drops,
+            would,
+            &s.cleartext,
+            policy.plaintext_window,
+            now_unix,
+        );
         out.check(
             "plaintext",
             name,
-            drops == 0 && would == 0,
-            "no cleartext pod traffic attempted on the underlay",
-            format!("{drops} strict drops, {would} would-drops"),
+            ok,
+            if policy.plaintext_window.is_zero() {
+                "no cleartext pod traffic ever attempted on the underlay".to_string()
+            } else {
+                format!(
+                    "no cleartext pod traffic attempted on the underlay within the last {} s",
+                    policy.plaintext_window.as_secs()
+                )
+            },
+            seen,
             "cleartext was attempted towards pod CIDRs without a peer (a node leaving or not \
              running meshd): explain it, or find the node and bring its meshd up",
         );
@@ -476,6 +525,73 @@ mod tests {
         assert_eq!((r.verdict.as_str(), r.exit_code()), ("pass", 0));
         // 6 node checks × 2, a peer and a handshake check per ordered pair, 3 settings.
         assert_eq!(r.findings.len(), 12 + 4 + 3);
+    }
+
+    #[test]
+    fn cleartext_is_a_finding_only_within_the_window() {
+        use crate::control::CleartextReport;
+        let hour = Duration::from_secs(3600);
+        let at = |last: Option<u64>, since: Option<u64>| CleartextReport {
+            watched_since_unix: since,
+            last_unix: last,
+        };
+        let cases = [
+            // (strict drops, would-drops, report, window, passes)
+            (0, 0, at(None, None), hour, true),
+            (3, 0, at(Some(NOW - 600), Some(NOW - 86400)), hour, false),
+            (3, 0, at(Some(NOW - 7200), Some(NOW - 86400)), hour, true),
+            (
+                0,
+                2,
+                at(Some(NOW - 7200), Some(NOW - 86400)),
+                Duration::ZERO,
+                false,
+            ),
+            // Counted before this meshd started watching: only as recent as that start.
+            (3, 0, at(None, Some(NOW - 600)), hour, false),
+            (3, 0, at(None, Some(NOW - 7200)), hour, true),
+            // An older meshd that does not say when.
+            (3, 0, at(None, None), hour, false),
+        ];
+        for (i, (drops, would, report, window, passes)) in cases.into_iter().enumerate() {
+            let mut nodes = healthy();
+            let s1 = nodes[0].status.as_mut().unwrap();
+            s1.cleartext = report;
+            let c = &mut s1.datapath.as_mut().unwrap().counters;
+            (c.strict_drops, c.would_drops) = (drops, would);
+            let policy = Policy {
+                plaintext_window: window,
+                ..Policy::default()
+            };
+            let r = audit(&nodes, &policy, NOW);
+            let f = r
+                .findings
+                .iter()
+                .find(|f| f.check == "plaintext" && f.subject == "n1")
+                .unwrap();
+            assert_eq!(f.ok, passes, "case {i}: {f:?}");
+        }
+    }
+
+    #[test]
+    fn the_cleartext_watch_notes_when_the_counters_grow() {
+        use crate::control::CleartextReport;
+        let mut r = CleartextReport::watching_from(100);
+        let mut last = None;
+        r.observe(&mut last, 5, 110);
+        assert_eq!(r.last_unix, None, "counted before the watch began");
+        r.observe(&mut last, 5, 120);
+        assert_eq!(r.last_unix, None);
+        r.observe(&mut last, 6, 130);
+        assert_eq!(r.last_unix, Some(130));
+        r.observe(&mut last, 6, 140);
+        assert_eq!(r.last_unix, Some(130));
+        // Maps recreated: a lower sum is the new baseline, not cleartext.
+        r.observe(&mut last, 0, 150);
+        assert_eq!((r.last_unix, last), (Some(130), Some(0)));
+        r.observe(&mut last, 1, 160);
+        assert_eq!(r.last_unix, Some(160));
+        assert_eq!(r.watched_since_unix, Some(100));
     }
 
     #[test]

@@ -243,6 +243,41 @@ pub struct StatusReport {
     /// Key rotation.
     #[serde(default)]
     pub rotation: RotationReport,
+    /// When cleartext towards pod CIDRs was last attempted (the strict-drop and would-drop
+    /// counters grew), as this meshd saw it.
+    #[serde(default)]
+    pub cleartext: CleartextReport,
+}
+
+/// When the strict-drop and would-drop counters last grew. They count from when the datapath
+/// was loaded (across meshd restarts); this says when, so that an audit can tell cleartext
+/// attempted an hour ago from cleartext attempted last month.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CleartextReport {
+    /// When this meshd began watching the counters (UNIX seconds).
+    pub watched_since_unix: Option<u64>,
+    /// The last time it saw either counter grow (UNIX seconds); `None`: not since
+    /// `watched_since_unix` (whatever they hold happened before).
+    pub last_unix: Option<u64>,
+}
+
+impl CleartextReport {
+    /// A report for a meshd that starts watching at `now_unix`.
+    pub fn watching_from(now_unix: u64) -> CleartextReport {
+        CleartextReport {
+            watched_since_unix: Some(now_unix),
+            last_unix: None,
+        }
+    }
+
+    /// Takes a reading of the two counters' sum (`previous`: the last reading, updated).
+    /// A sum lower than before means the maps were recreated: it becomes the new baseline.
+    pub fn observe(&mut self, previous: &mut Option<u64>, total: u64, now_unix: u64) {
+        if previous.is_some_and(|p| total > p) {
+            self.last_unix = Some(now_unix);
+        }
+        *previous = Some(total);
+    }
 }
 
 /// The status the daemon currently serves; updated after every reconcile.
@@ -454,6 +489,7 @@ mod tests {
             key_created_unix: None,
             second: None,
             rotation: RotationReport::default(),
+            cleartext: CleartextReport::default(),
         }
     }
 

@@ -338,6 +338,10 @@ struct Known {
     /// Every programmed peer key's last handshake (both devices), as last read; `None`
     /// before the first read.
     handshakes: Option<BTreeMap<PublicKey, Option<SystemTime>>>,
+    /// When cleartext was last attempted (see [`control::CleartextReport`]), and the last
+    /// reading of the strict-drop plus would-drop counters.
+    cleartext: control::CleartextReport,
+    cleartext_total: Option<u64>,
     /// Peer node addresses routed through the tunnel now (host encryption).
     encrypted_hosts: BTreeSet<IpAddr>,
     /// This node's record changed (listen port, acknowledgements): publish it.
@@ -843,7 +847,10 @@ async fn event_loop<R: Registry>(
     mut commands: mpsc::Receiver<control::Command>,
     resumed: Option<Driver>,
 ) -> anyhow::Result<()> {
-    let mut known = Known::default();
+    let mut known = Known {
+        cleartext: control::CleartextReport::watching_from(unix_now()),
+        ..Known::default()
+    };
     if let Some(driver) = resumed {
         known.rotation = driver;
     }
@@ -932,7 +939,7 @@ async fn event_loop<R: Registry>(
                 }
             }
             _ = status_tick.tick() => {
-                match publish_status(ctx, &known, converged).await {
+                match publish_status(ctx, &mut known, converged).await {
                     Ok(peers) => {
                         known.handshakes = Some(
                             peers
@@ -1012,7 +1019,7 @@ async fn event_loop<R: Registry>(
             elapsed_ms = started.elapsed().as_millis() as u64,
             "reconciled"
         );
-        if let Err(err) = publish_status(ctx, &known, converged).await {
+        if let Err(err) = publish_status(ctx, &mut known, converged).await {
             tracing::warn!(error = %format!("{err:#}"), "reading device status failed");
         }
     }
@@ -1798,13 +1805,30 @@ fn liveness_window(live: &Live) -> Duration {
 /// Serve a fresh status; returns both devices' peers as read for it.
 async fn publish_status(
     ctx: &Context,
-    known: &Known,
+    known: &mut Known,
     converged: bool,
 ) -> anyhow::Result<Vec<netlink::PeerStatus>> {
     let device = ctx.device(0).read().await;
     let second = ctx.device(1).read().await;
     let live = device.status().await?;
     let live2 = second.status().await?;
+    let datapath = match ctx.bpf.lock().await.report() {
+        Ok(r) => Some(r),
+        Err(err) => {
+            tracing::warn!(error = %err, "reading the eBPF datapath failed");
+            None
+        }
+    };
+    if let Some(d) = &datapath {
+        let total = d
+            .counters
+            .strict_drops
+            .saturating_add(d.counters.would_drops);
+        known
+            .cleartext
+            .observe(&mut known.cleartext_total, total, unix_now());
+    }
+    let known = &*known;
     let names: BTreeMap<PublicKey, &str> = known
         .records
         .values()
@@ -1878,13 +1902,8 @@ async fn publish_status(
         key_created_unix: ctx.key_created_unix(),
         second: Some(second_report),
         rotation: rotation_report,
-        datapath: match ctx.bpf.lock().await.report() {
-            Ok(r) => Some(r),
-            Err(err) => {
-                tracing::warn!(error = %err, "reading the eBPF datapath failed");
-                None
-            }
-        },
+        datapath,
+        cleartext: known.cleartext.clone(),
     };
     if let Some(feed) = &ctx.status_feed {
         // Receivers decide what changed (the Node condition writes only when it does).

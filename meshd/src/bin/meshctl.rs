@@ -55,6 +55,10 @@ enum Cmd {
         /// Keys older than this many days are a finding.
         #[arg(long, default_value_t = 90)]
         max_key_age_days: u64,
+        /// Cleartext attempted towards pod CIDRs (strict drops, would-drops) within this long
+        /// is a finding, e.g. `1h`, `7d`; `0`: at any time since the datapath was loaded.
+        #[arg(long, default_value = "24h", value_parser = parse_window)]
+        plaintext_window: std::time::Duration,
         /// Output format.
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
@@ -224,6 +228,14 @@ enum LabCmd {
 }
 
 /// A `--key-rotation-interval` value meshd accepts, kept as given.
+/// `0`, or an interval with a unit (`--plaintext-window`).
+fn parse_window(s: &str) -> Result<std::time::Duration, String> {
+    if s.trim() == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    meshd::daemon::parse_interval(s)
+}
+
 fn parse_rotation_interval(s: &str) -> Result<String, String> {
     meshd::daemon::parse_interval(s).map(|_| s.to_string())
 }
@@ -301,10 +313,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             status_port,
             evidence,
             max_key_age_days,
+            plaintext_window,
             output,
         } => {
             let policy = meshd::audit::Policy {
                 max_key_age: std::time::Duration::from_secs(max_key_age_days * 24 * 3600),
+                plaintext_window,
             };
             let report = if cluster {
                 if evidence {
