@@ -98,6 +98,16 @@ fn keys(lab: &Lab) -> BTreeSet<String> {
     out
 }
 
+/// Node n1's two public keys (slot 0, slot 1), from the lab status.
+fn n1_keys(lab: &Lab) -> (String, String) {
+    let js = lab.status_json().unwrap();
+    let s = &js["nodes"][0]["status"];
+    (
+        s["public_key"].as_str().unwrap().to_string(),
+        s["second"]["public_key"].as_str().unwrap().to_string(),
+    )
+}
+
 #[test]
 fn every_node_rotates_both_keys_repeatedly_under_traffic_without_losing_a_packet() {
     if !netns::root_or_skip() {
@@ -343,14 +353,6 @@ fn a_rotation_cut_short_by_sigkill_resumes_after_restart() {
     let (p1, p2) = (&st.pods[0], &st.pods[1]);
     let (a1, _) = pod_addrs(p1).unwrap();
     let (a2, _) = pod_addrs(p2).unwrap();
-    let n1_keys = |lab: &Lab| {
-        let js = lab.status_json().unwrap();
-        let s = &js["nodes"][0]["status"];
-        (
-            s["public_key"].as_str().unwrap().to_string(),
-            s["second"]["public_key"].as_str().unwrap().to_string(),
-        )
-    };
     let before = n1_keys(&lab);
     let mut sinks = Vec::new();
     for (pod, listen) in [(p1, "0.0.0.0:6300"), (p2, "0.0.0.0:6301")] {
@@ -436,14 +438,6 @@ fn a_dead_node_does_not_stop_the_others_rotating() {
             .status();
     }
     std::thread::sleep(Duration::from_secs(4));
-    let n1_keys = |lab: &Lab| {
-        let js = lab.status_json().unwrap();
-        let s = &js["nodes"][0]["status"];
-        (
-            s["public_key"].as_str().unwrap().to_string(),
-            s["second"]["public_key"].as_str().unwrap().to_string(),
-        )
-    };
     let before = n1_keys(&lab);
     // n1 rotates: it waits 10 s for n3, then goes on without it (instead of aborting).
     let out = lab.meshctl(&["lab", "rotate-key", "n1"]);
