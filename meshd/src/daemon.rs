@@ -763,11 +763,13 @@ async fn bring_up_device(
 fn relax_rp_filter(proc_sys_net: &std::path::Path, interface: &str) {
     match crate::rpfilter::apply(proc_sys_net, &[interface]) {
         Ok(writes) => {
-            if let Some(all) = writes.iter().position(|(name, _)| name == "all") {
-                let raised: Vec<&str> = writes[1..all].iter().map(|(n, _)| n.as_str()).collect();
+            if writes.iter().any(|(name, _)| name == "all") {
+                let raised: Vec<&(String, u8)> = writes
+                    .iter()
+                    .filter(|(name, _)| name != "all" && name != interface)
+                    .collect();
                 tracing::info!(
                     ?raised,
-                    value = writes.get(1).map_or(0, |w| w.1),
                     "net.ipv4.conf.all.rp_filter moved onto every other interface and default (their filtering is unchanged), then set to 0, so that {interface} is not filtered"
                 );
             }
