@@ -59,8 +59,8 @@ impl Default for Policy {
     }
 }
 
-/// The `plaintext` check: whether the strict drops and would-drops (`total`) all lie outside
-/// `window` before `now_unix`, and what was seen.
+/// The `plaintext` check: whether the `drops` (strict) and `would` (would-drops) all lie
+/// outside `window` before `now_unix`, as `seen` dates them, and what was seen.
 fn plaintext_outcome(
     drops: u64,
     would: u64,

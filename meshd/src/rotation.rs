@@ -48,8 +48,9 @@ pub const WAIT_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a step waits for a silent peer's acknowledgement before it goes on without it.
 pub const SILENT_GRACE: Duration = Duration::from_secs(10);
 /// The default silence window: WireGuard rejects a session older than this
-/// (`REJECT_AFTER_TIME`), so a peer that has not handshaken for this long has none.
-pub const DEFAULT_SILENCE: Duration = Duration::from_secs(180);
+/// (`REJECT_AFTER_TIME`, the audit's handshake window), so a peer that has not handshaken for
+/// this long has none.
+pub const DEFAULT_SILENCE: Duration = crate::audit::HANDSHAKE_WINDOW;
 /// After the last acknowledgement of a drain, how long packets already sent on the slot get
 /// to arrive before its key is replaced.
 pub const DRAIN_GRACE: Duration = Duration::from_millis(500);
