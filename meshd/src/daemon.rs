@@ -335,8 +335,8 @@ struct Known {
     rx_seen: BTreeMap<PublicKey, (u64, std::time::Instant)>,
     /// Peers whose tunnel is up by that measure.
     live_peers: BTreeSet<PublicKey>,
-    /// Every programmed peer key's last handshake (both devices), as last read; `None`
-    /// before the first read.
+    /// Every programmed peer key's last handshake (both devices), as last read while a
+    /// rotation is under way; `None` otherwise (no peer is judged silent then).
     handshakes: Option<BTreeMap<PublicKey, Option<SystemTime>>>,
     /// When cleartext was last attempted (see [`control::CleartextReport`]), and the last
     /// reading of the strict-drop plus would-drop counters.
@@ -943,12 +943,13 @@ async fn event_loop<R: Registry>(
             _ = status_tick.tick() => {
                 match publish_status(ctx, &mut known, converged).await {
                     Ok(peers) => {
-                        known.handshakes = Some(
+                        // Only a rotation under way asks which peers are silent.
+                        known.handshakes = known.rotation.busy().then(|| {
                             peers
                                 .iter()
                                 .map(|p| (PublicKey::from_bytes(p.public_key), p.last_handshake))
-                                .collect(),
-                        );
+                                .collect()
+                        });
                         if track_liveness(ctx, &mut known, &peers).await {
                             // A tunnel came up or went down: host encryption follows it now.
                             retry_at = Some(tokio::time::Instant::now());
@@ -1117,16 +1118,19 @@ fn update_acks(ctx: &Context, known: &Known) -> bool {
 /// Take this node's next rotation step, if the peers allow it. True when the record changed.
 async fn drive_rotation(ctx: &Context, known: &mut Known) -> bool {
     let me = ctx.me();
-    if let Some(handshakes) = &known.handshakes {
-        let peers = known.records.values().filter(|r| r.name != me.name);
-        let silent = rotation::silent_peers(
-            peers,
-            handshakes,
-            ctx.args.rotation_silence,
-            SystemTime::now(),
-        );
-        known.rotation.observe_silent(silent);
-    }
+    let silent = known
+        .handshakes
+        .as_ref()
+        .map_or_else(BTreeSet::new, |handshakes| {
+            let peers = known.records.values().filter(|r| r.name != me.name);
+            rotation::silent_peers(
+                peers,
+                handshakes,
+                ctx.args.rotation_silence,
+                SystemTime::now(),
+            )
+        });
+    known.rotation.observe_silent(silent);
     let excused_before: BTreeSet<String> = known.rotation.excused().map(String::from).collect();
     let action = known
         .rotation
