@@ -23,16 +23,17 @@ pub enum Verdict {
 /// Number of entries in `VERDICTS`.
 pub const VERDICT_COUNT: u32 = 5;
 
-/// `Config::mode`: drop cluster traffic that is not WireGuard.
+/// `Config::mode`: drop cluster traffic that is not the tunnel's (marked) ciphertext.
 pub const MODE_ENFORCE: u32 = 0;
-/// `Config::mode`: only count cluster traffic that is not WireGuard.
+/// `Config::mode`: only count cluster traffic that is not the tunnel's (marked) ciphertext.
 pub const MODE_PERMISSIVE: u32 = 1;
 
 /// Value of the one-entry `CONFIG` array (index 0).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
-    /// The mesh's WireGuard UDP port (host byte order).
+    /// The mesh's WireGuard UDP port (host byte order). Recorded for tools; the programs do
+    /// not exempt it: only the mesh mark identifies the tunnel's own packets.
     pub wg_port: u16,
     /// The WireGuard port of the node's second key slot (0: none). Was explicit padding in
     /// the first layout, so maps pinned by an older loader read it as "none".
@@ -54,8 +55,14 @@ pub type Ipv6Addr = [u8; 16];
 pub type LocalMarker = u32;
 /// Value of `REMOTE_V4` / `REMOTE_V6`: ifindex of the tunnel (WireGuard) device.
 pub type TunnelIfindex = u32;
-/// Value of `CLUSTER_V4` / `CLUSTER_V6` (presence is what matters; 1 by convention).
+/// Value of `CLUSTER_V4` / `CLUSTER_V6`. The programs only look at presence; the value says
+/// where the entry came from, for the loader: [`CLUSTER_CONFIGURED`] or [`CLUSTER_LEARNED`].
 pub type ClusterMarker = u32;
+/// A cluster CIDR from the operator's configuration (replaced when the configuration changes).
+pub const CLUSTER_CONFIGURED: ClusterMarker = 1;
+/// A pod CIDR learned from a peer: kept after the peer is gone, so that its traffic stays
+/// guarded once there is no tunnel for it.
+pub const CLUSTER_LEARNED: ClusterMarker = 2;
 
 /// Map names as they appear in the object and under the pin directory.
 pub mod map_names {

@@ -39,34 +39,11 @@ static VERDICTS: PerCpuArray<u64> = PerCpuArray::pinned(VERDICT_COUNT, 0);
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
-const IPPROTO_UDP: u8 = 17;
-const UDP_HLEN: usize = 8;
 
-#[inline(always)]
-fn is_wireguard(ctx: &TcContext, payload: usize) -> bool {
-    match ctx.load::<u32>(payload) {
-        Ok(word) => {
-            let t = u32::from_le(word);
-            (1..=4).contains(&t)
-        }
-        Err(_) => false,
-    }
-}
-
-/// Addresses and L4 info of an IP packet behind an Ethernet header.
+/// Addresses of an IP packet behind an Ethernet header.
 enum Ip {
-    V4 {
-        src: Ipv4Addr,
-        dst: Ipv4Addr,
-        proto: u8,
-        l4: usize,
-    },
-    V6 {
-        src: Ipv6Addr,
-        dst: Ipv6Addr,
-        proto: u8,
-        l4: usize,
-    },
+    V4 { src: Ipv4Addr, dst: Ipv4Addr },
+    V6 { src: Ipv6Addr, dst: Ipv6Addr },
 }
 
 #[inline(always)]
@@ -74,29 +51,14 @@ fn parse(ctx: &TcContext) -> Result<Option<Ip>, i64> {
     let ethertype = u16::from_be(ctx.load::<u16>(12)?);
     match ethertype {
         ETH_P_IP => {
-            let vihl: u8 = ctx.load(ETH_HLEN)?;
-            let ihl = ((vihl & 0x0f) as usize) * 4;
-            let proto: u8 = ctx.load(ETH_HLEN + 9)?;
             let src: Ipv4Addr = ctx.load(ETH_HLEN + 12)?;
             let dst: Ipv4Addr = ctx.load(ETH_HLEN + 16)?;
-            Ok(Some(Ip::V4 {
-                src,
-                dst,
-                proto,
-                l4: ETH_HLEN + ihl,
-            }))
+            Ok(Some(Ip::V4 { src, dst }))
         }
         ETH_P_IPV6 => {
-            // Extension headers are not walked: `proto` is the first next-header.
-            let proto: u8 = ctx.load(ETH_HLEN + 6)?;
             let src: Ipv6Addr = ctx.load(ETH_HLEN + 8)?;
             let dst: Ipv6Addr = ctx.load(ETH_HLEN + 24)?;
-            Ok(Some(Ip::V6 {
-                src,
-                dst,
-                proto,
-                l4: ETH_HLEN + 40,
-            }))
+            Ok(Some(Ip::V6 { src, dst }))
         }
         _ => Ok(None),
     }
@@ -170,45 +132,23 @@ fn try_underlay_egress(ctx: &TcContext) -> Result<i32, i64> {
         // The tunnel's own ciphertext (every fragment of it carries the mark).
         return Ok(TC_ACT_OK);
     }
-    let (in_cluster, proto, l4) = match parse(ctx)? {
-        Some(Ip::V4 {
-            src,
-            dst,
-            proto,
-            l4,
-        }) => (
+    let in_cluster = match parse(ctx)? {
+        Some(Ip::V4 { src, dst }) => {
             CLUSTER_V4.get(Key::new(32, src)).is_some()
-                || CLUSTER_V4.get(Key::new(32, dst)).is_some(),
-            proto,
-            l4,
-        ),
-        Some(Ip::V6 {
-            src,
-            dst,
-            proto,
-            l4,
-        }) => (
+                || CLUSTER_V4.get(Key::new(32, dst)).is_some()
+        }
+        Some(Ip::V6 { src, dst }) => {
             CLUSTER_V6.get(Key::new(128, src)).is_some()
-                || CLUSTER_V6.get(Key::new(128, dst)).is_some(),
-            proto,
-            l4,
-        ),
+                || CLUSTER_V6.get(Key::new(128, dst)).is_some()
+        }
         None => return Ok(TC_ACT_OK),
     };
     if !in_cluster {
         return Ok(TC_ACT_OK);
     }
-    // WireGuard of this mesh leaves as it is: its first four bytes are a message type 1..=4
-    // followed by three reserved zero bytes (a little-endian u32 of 1..=4). Anything else
-    // sent to that port is plaintext like any other packet.
-    if proto == IPPROTO_UDP && (cfg.wg_port != 0 || cfg.second_wg_port != 0) {
-        let sport = u16::from_be(ctx.load::<u16>(l4)?);
-        let dport = u16::from_be(ctx.load::<u16>(l4 + 2)?);
-        let ours = |p: u16| p != 0 && (p == cfg.wg_port || p == cfg.second_wg_port);
-        if (ours(sport) || ours(dport)) && is_wireguard(ctx, l4 + UDP_HLEN) {
-            return Ok(TC_ACT_OK);
-        }
-    }
+    // No exemption for "WireGuard-looking" UDP: the mesh's ciphertext carries node addresses
+    // and the mesh mark, never a pod address, so a packet with a cluster address in its IP
+    // header is cleartext about the cluster whatever its payload claims to be.
     if cfg.mode == MODE_PERMISSIVE {
         count(Verdict::WouldDrop);
         Ok(TC_ACT_OK)
