@@ -150,6 +150,153 @@ fn strict_mode_drops_traffic_to_a_node_whose_record_is_gone_and_nothing_leaks() 
     assert!(ping(&from, &dst4.to_string(), 2));
 }
 
+/// Starts `lab-traffic udp-send` in `netns` to `to`, every 5 ms for `secs` seconds.
+fn udp_sender(netns: &str, to: std::net::SocketAddr, secs: u32) -> netns::ChildGuard {
+    let tool = integration::lab::bin("lab-traffic");
+    netns::ChildGuard(Some(
+        netns::spawn_in(
+            netns,
+            &[
+                &tool.to_string_lossy(),
+                "udp-send",
+                "--to",
+                &to.to_string(),
+                "--interval-ms",
+                "5",
+                "--duration-s",
+                &secs.to_string(),
+            ],
+        )
+        .unwrap(),
+    ))
+}
+
+/// How much `n1`'s strict-drop counter grows over `d` (from the pinned maps, so this works
+/// while its meshd is down).
+fn drops_over(lab: &Lab, d: Duration) -> (u64, u64) {
+    let before = counter(&lab.status_json().unwrap(), "n1", "strict_drops");
+    std::thread::sleep(d);
+    let after = counter(&lab.status_json().unwrap(), "n1", "strict_drops");
+    (before, after)
+}
+
+/// Strict mode holds through everything that leaves a pod CIDR without a tunnel, while
+/// traffic to it never stops: the peer's record removed, the record back without a usable
+/// key, and the sending node's meshd SIGKILLed and restarted. The lab gives meshd no
+/// `--cluster-cidr`, so n3's CIDRs are guarded only because n1 learned them from n3's record:
+/// the node's own traffic to n3's pods (not from a pod address) is caught as well.
+#[test]
+fn strict_mode_holds_under_traffic_through_peer_removal_a_keyless_record_and_a_meshd_restart() {
+    if !netns::root_or_skip() {
+        return;
+    }
+    let lab = Lab::up_with(3, 1, &["--guard-cluster-cidrs", "false"]).unwrap();
+    let st = lab.status().unwrap();
+    let from = st.pods_on("n1").next().unwrap().clone();
+    let (dst4, dst6) = pod_addrs(st.pods_on("n3").next().unwrap()).unwrap();
+    assert!(ping(&from, &dst4.to_string(), 1) && ping(&from, &dst6.to_string(), 1));
+    let n3_cidrs = &st.node("n3").unwrap().pod_cidrs;
+    let guarded =
+        lab.status_json().unwrap()["nodes"][0]["status"]["datapath"]["cluster_cidrs"].clone();
+    for c in n3_cidrs {
+        assert!(
+            guarded.as_array().unwrap().iter().any(|g| g == c.as_str()),
+            "n1 guards n3's pod CIDR {c} it learned: {guarded}"
+        );
+    }
+    assert!(
+        !guarded
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g == "10.244.0.0/16"),
+        "the lab passed no --cluster-cidr: {guarded}"
+    );
+    let n1_ns = st.node("n1").unwrap().namespace.clone();
+    let n1_underlay = st.node("n1").unwrap().underlay_interface.clone();
+
+    let dir = tempfile::tempdir().unwrap();
+    let cap = capture(&st, &dir, "strict-under-traffic.pcap");
+    // 200 datagrams/s each: from n1's pod over IPv4 and IPv6, and from n1 itself.
+    let secs = 40;
+    let senders = [
+        udp_sender(&from.namespace, (dst4, 7000).into(), secs),
+        udp_sender(&from.namespace, (dst6, 7000).into(), secs),
+        udp_sender(&n1_ns, (dst4, 7001).into(), secs),
+    ];
+    std::thread::sleep(Duration::from_millis(1000));
+
+    // 1. n3's record goes while the streams run.
+    let registry = lab.status_json().unwrap()["registry_dir"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let record = format!("{registry}/n3.json");
+    let saved = std::fs::read_to_string(&record).unwrap();
+    withdraw_node(&lab, "n3");
+    let route = netns::run_in(&n1_ns, &["ip", "route", "get", &dst4.to_string()]).unwrap();
+    let route = String::from_utf8_lossy(&route.stdout).to_string();
+    assert!(
+        route.contains(&format!("dev {n1_underlay}")),
+        "without a peer, n1's own traffic to n3's pods heads for the underlay: {route}"
+    );
+    let (b, a) = drops_over(&lab, Duration::from_secs(2));
+    assert!(a >= b + 600, "record gone: strict drops {b} -> {a} in 2 s");
+
+    // 2. The record comes back with a key that is no key: still no peer, still dropped.
+    let mut keyless: serde_json::Value = serde_json::from_str(&saved).unwrap();
+    keyless["publicKey"] = "not a key".into();
+    std::fs::write(&record, keyless.to_string()).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let (b, a) = drops_over(&lab, Duration::from_secs(2));
+    assert!(
+        a >= b + 600,
+        "keyless record: strict drops {b} -> {a} in 2 s"
+    );
+    assert!(
+        lab.status()
+            .unwrap()
+            .node("n1")
+            .unwrap()
+            .peers
+            .iter()
+            .all(|p| p["name"] != "n3"),
+        "a record without a valid key made a peer"
+    );
+
+    // 3. n1's meshd is SIGKILLed and restarted: the guard stays and keeps counting.
+    lab.meshctl(&["lab", "kill-node", "n1"]).unwrap();
+    let (b, a) = drops_over(&lab, Duration::from_secs(2));
+    assert!(a >= b + 600, "meshd dead: strict drops {b} -> {a} in 2 s");
+    lab.meshctl(&["lab", "start-node", "n1"]).unwrap();
+    lab.wait_for(
+        "n1's restarted meshd to converge",
+        Duration::from_secs(20),
+        |s| s["nodes"][0]["status"]["converged"] == true,
+    )
+    .unwrap();
+    let (b, a) = drops_over(&lab, Duration::from_secs(2));
+    assert!(
+        a >= b + 600,
+        "meshd restarted: strict drops {b} -> {a} in 2 s"
+    );
+
+    for mut s in senders {
+        if let Some(mut c) = s.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    let report = stop(cap, &st);
+    assert_eq!(report.plaintext_pod_count, 0, "{}", report.summary());
+    assert!(report.is_clean(), "{}", report.summary());
+    assert!(
+        report.wireguard_packets >= 200,
+        "the capture saw the streams while n3 was a peer: {}",
+        report.summary()
+    );
+}
+
 #[test]
 fn permissive_mode_counts_would_drops_and_lets_them_through() {
     if !netns::root_or_skip() {
@@ -212,7 +359,7 @@ fn sigkill_of_meshd_keeps_the_programs_attached_and_counting_and_restart_keeps_t
     let st = lab.status().unwrap();
     let from = st.pods_on("n1").next().unwrap().clone();
     let to = st.pods_on("n2").next().unwrap().clone();
-    let (dst4, _) = pod_addrs(&to).unwrap();
+    let (dst4, dst6) = pod_addrs(&to).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cap = capture(&st, &dir, "sigkill.pcap");
 
@@ -256,7 +403,13 @@ fn sigkill_of_meshd_keeps_the_programs_attached_and_counting_and_restart_keeps_t
         after["nodes"][0]["status"]["datapath"]["underlay_attached"],
         true
     );
-    assert!(ping(&from, &dst4.to_string(), 2));
+    // ...and keep counting: both families, through the reloaded program.
+    assert!(ping(&from, &dst4.to_string(), 2) && ping(&from, &dst6.to_string(), 2));
+    let counted = counter(&lab.status_json().unwrap(), "n1", "redirected");
+    assert!(
+        counted >= restarted + 4,
+        "4 echo requests after the restart, redirected {restarted} -> {counted}"
+    );
     let report = stop(cap, &st);
     assert!(report.is_clean(), "{}", report.summary());
     assert!(report.wireguard_packets > 1000, "{}", report.summary());

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use ebpf_redirect::{Datapath, Mode, Verdict};
+use ebpf_redirect::{ClusterMarker, Datapath, Mode, Verdict, CLUSTER_CONFIGURED, CLUSTER_LEARNED};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
@@ -318,27 +318,51 @@ impl Bpf {
             .map_err(map_err("setting the mesh mark"))
     }
 
-    fn sync_clusters(&mut self, clusters: &[IpNet]) -> Result<(), BpfError> {
-        let want: BTreeMap<IpNet, ()> = clusters.iter().map(|c| (c.trunc(), ())).collect();
-        let present: BTreeMap<IpNet, ()> = self
+    fn cluster_entries(&self) -> Result<BTreeMap<IpNet, ClusterMarker>, BpfError> {
+        Ok(self
             .dp
-            .clusters()
+            .cluster_entries()
             .map_err(map_err("reading cluster CIDRs"))?
             .into_iter()
-            .map(|c| (c, ()))
-            .collect();
-        let (remove, set) = map_diff(&want, &present);
-        for (cidr, ()) in set {
+            .collect())
+    }
+
+    fn set_clusters(&mut self, set: Vec<(IpNet, ClusterMarker)>) -> Result<(), BpfError> {
+        for (cidr, marker) in set {
             self.dp
-                .set_cluster(cidr)
+                .set_cluster_marked(cidr, marker)
                 .map_err(map_err(format!("adding cluster CIDR {cidr}")))?;
         }
+        Ok(())
+    }
+
+    /// Bring the configured cluster CIDRs to `clusters`; learned ones stay (see
+    /// [`cluster_plan`]).
+    fn sync_clusters(&mut self, clusters: &[IpNet]) -> Result<(), BpfError> {
+        let configured: BTreeSet<IpNet> = clusters.iter().map(IpNet::trunc).collect();
+        let (remove, set) = cluster_plan(&configured, &self.cluster_entries()?);
+        self.set_clusters(set)?;
         for cidr in remove {
             self.dp
                 .remove_cluster(cidr)
                 .map_err(map_err(format!("removing cluster CIDR {cidr}")))?;
         }
         Ok(())
+    }
+
+    /// Guard `cidrs` (peers' pod CIDRs) from now on, for as long as the pinned maps live.
+    /// Returns the number of CIDRs added.
+    pub fn learn_clusters<'a>(
+        &mut self,
+        cidrs: impl IntoIterator<Item = &'a IpNet>,
+    ) -> Result<usize, BpfError> {
+        let set = learn_plan(cidrs, &self.cluster_entries()?);
+        let n = set.len();
+        if n > 0 {
+            tracing::info!(cidrs = ?set.iter().map(|(c, _)| c).collect::<Vec<_>>(), "guarding peers' pod CIDRs on the underlay");
+        }
+        self.set_clusters(set)?;
+        Ok(n)
     }
 
     /// The remote-CIDR maps now: CIDR → tunnel ifindex.
@@ -354,7 +378,12 @@ impl Bpf {
     /// Bring the remote-CIDR maps to `want` (CIDR → tunnel ifindex). Removals come first, so
     /// a departing peer's CIDR stops being redirected before its peer is removed. Returns the
     /// number of map operations.
+    ///
+    /// Every CIDR redirected is first guarded on the underlay for good
+    /// ([`Bpf::learn_clusters`]): once its peer is gone, its traffic is dropped, not sent in
+    /// clear, even where `--cluster-cidr` does not cover it.
     pub fn sync_remotes(&mut self, want: &BTreeMap<IpNet, u32>) -> Result<usize, BpfError> {
+        self.learn_clusters(want.keys())?;
         let present = self.remotes()?;
         let (remove, set) = map_diff(want, &present);
         let ops = remove.len() + set.len();
@@ -521,6 +550,43 @@ impl Bpf {
     }
 }
 
+/// What to do to the cluster map for the configured CIDRs `configured`, given what it holds:
+/// configured entries no longer configured go; learned entries stay (a peer's pod CIDR stays
+/// guarded after the peer is gone); configured CIDRs are set, re-marked configured if they
+/// were learned. Returns (remove, set).
+pub fn cluster_plan(
+    configured: &BTreeSet<IpNet>,
+    present: &BTreeMap<IpNet, ClusterMarker>,
+) -> (Vec<IpNet>, Vec<(IpNet, ClusterMarker)>) {
+    let remove = present
+        .iter()
+        .filter(|(c, m)| **m != CLUSTER_LEARNED && !configured.contains(*c))
+        .map(|(c, _)| *c)
+        .collect();
+    let set = configured
+        .iter()
+        .filter(|c| present.get(*c) != Some(&CLUSTER_CONFIGURED))
+        .map(|c| (*c, CLUSTER_CONFIGURED))
+        .collect();
+    (remove, set)
+}
+
+/// The learned entries to add so that every CIDR of `cidrs` is in the cluster map (a CIDR
+/// already there, configured or learned, is left as it is).
+pub fn learn_plan<'a>(
+    cidrs: impl IntoIterator<Item = &'a IpNet>,
+    present: &BTreeMap<IpNet, ClusterMarker>,
+) -> Vec<(IpNet, ClusterMarker)> {
+    cidrs
+        .into_iter()
+        .map(IpNet::trunc)
+        .filter(|c| !present.contains_key(c))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .map(|c| (c, CLUSTER_LEARNED))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -528,6 +594,83 @@ mod tests {
 
     fn net(s: &str) -> IpNet {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn configured_cluster_cidrs_follow_the_configuration_and_learned_ones_stay() {
+        let present: BTreeMap<IpNet, ClusterMarker> = [
+            (net("10.244.0.0/16"), CLUSTER_CONFIGURED),
+            (net("10.96.0.0/12"), CLUSTER_CONFIGURED),
+            (net("10.245.3.0/24"), CLUSTER_LEARNED),
+            (net("fd00:244:0:3::/64"), CLUSTER_LEARNED),
+        ]
+        .into();
+        let configured: BTreeSet<IpNet> = [
+            net("10.244.0.0/16"),
+            net("fd00:244:0:3::/64"),
+            net("fd00:245::/48"),
+        ]
+        .into();
+        let (remove, set) = cluster_plan(&configured, &present);
+        assert_eq!(
+            remove,
+            vec![net("10.96.0.0/12")],
+            "only the unconfigured configured one"
+        );
+        assert_eq!(
+            set,
+            vec![
+                (net("fd00:244:0:3::/64"), CLUSTER_CONFIGURED),
+                (net("fd00:245::/48"), CLUSTER_CONFIGURED),
+            ],
+            "new configured CIDRs, and a learned one re-marked"
+        );
+        let after: BTreeMap<IpNet, ClusterMarker> = [
+            (net("10.244.0.0/16"), CLUSTER_CONFIGURED),
+            (net("10.245.3.0/24"), CLUSTER_LEARNED),
+            (net("fd00:244:0:3::/64"), CLUSTER_CONFIGURED),
+            (net("fd00:245::/48"), CLUSTER_CONFIGURED),
+        ]
+        .into();
+        assert_eq!(
+            cluster_plan(&configured, &after),
+            (vec![], vec![]),
+            "in step"
+        );
+        // Nothing configured: the learned entries are still the guard.
+        let (remove, set) = cluster_plan(&BTreeSet::new(), &after);
+        assert_eq!(
+            remove,
+            vec![
+                net("10.244.0.0/16"),
+                net("fd00:244:0:3::/64"),
+                net("fd00:245::/48")
+            ]
+        );
+        assert!(set.is_empty());
+    }
+
+    #[test]
+    fn peers_pod_cidrs_are_learned_once_and_never_over_a_configured_entry() {
+        let present: BTreeMap<IpNet, ClusterMarker> = [
+            (net("10.244.1.0/24"), CLUSTER_CONFIGURED),
+            (net("10.244.2.0/24"), CLUSTER_LEARNED),
+        ]
+        .into();
+        let remotes = [
+            net("10.244.1.0/24"),
+            net("10.244.2.0/24"),
+            net("10.244.3.7/24"),
+            net("fd00:244:0:3::/64"),
+        ];
+        assert_eq!(
+            learn_plan(&remotes, &present),
+            vec![
+                (net("10.244.3.0/24"), CLUSTER_LEARNED),
+                (net("fd00:244:0:3::/64"), CLUSTER_LEARNED),
+            ]
+        );
+        assert!(learn_plan(&remotes[..2], &present).is_empty());
     }
 
     #[test]

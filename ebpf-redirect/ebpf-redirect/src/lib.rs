@@ -38,6 +38,7 @@ use aya::{
 pub use ebpf_redirect_common::Config;
 pub use ebpf_redirect_common::Verdict;
 use ebpf_redirect_common::{map_names as mn, MODE_ENFORCE, MODE_PERMISSIVE, VERDICT_COUNT};
+pub use ebpf_redirect_common::{ClusterMarker, CLUSTER_CONFIGURED, CLUSTER_LEARNED};
 pub use ipnet::IpNet;
 
 /// The BPF object built by build.rs.
@@ -333,16 +334,22 @@ impl Datapath {
         })
     }
 
-    /// Adds a cluster pod CIDR (traffic from/to it must go through WireGuard on the underlay).
+    /// Adds a configured cluster pod CIDR (traffic from/to it must go through WireGuard on the
+    /// underlay): [`Datapath::set_cluster_marked`] with [`CLUSTER_CONFIGURED`].
     pub fn set_cluster(&mut self, cidr: IpNet) -> Result<()> {
+        self.set_cluster_marked(cidr, CLUSTER_CONFIGURED)
+    }
+
+    /// Adds (or re-marks) a cluster pod CIDR with a marker saying where it came from.
+    pub fn set_cluster_marked(&mut self, cidr: IpNet, marker: ClusterMarker) -> Result<()> {
         match cidr.trunc() {
             IpNet::V4(n) => {
                 self.cluster_v4
-                    .insert(&lpm_key(n.prefix_len(), n.network().octets()), 1, 0)?
+                    .insert(&lpm_key(n.prefix_len(), n.network().octets()), marker, 0)?
             }
             IpNet::V6(n) => {
                 self.cluster_v6
-                    .insert(&lpm_key(n.prefix_len(), n.network().octets()), 1, 0)?
+                    .insert(&lpm_key(n.prefix_len(), n.network().octets()), marker, 0)?
             }
         }
         Ok(())
@@ -419,18 +426,27 @@ impl Datapath {
 
     /// The cluster CIDRs currently in the maps.
     pub fn clusters(&self) -> Result<Vec<IpNet>> {
+        Ok(self
+            .cluster_entries()?
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect())
+    }
+
+    /// The cluster CIDRs with their markers ([`CLUSTER_CONFIGURED`], [`CLUSTER_LEARNED`]).
+    pub fn cluster_entries(&self) -> Result<Vec<(IpNet, ClusterMarker)>> {
         let mut out = Vec::new();
         for item in self.cluster_v4.iter() {
-            let (k, _) = item?;
+            let (k, v) = item?;
             let net = ipnet::Ipv4Net::new(k.data().into(), k.prefix_len() as u8)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-            out.push(IpNet::V4(net));
+            out.push((IpNet::V4(net), v));
         }
         for item in self.cluster_v6.iter() {
-            let (k, _) = item?;
+            let (k, v) = item?;
             let net = ipnet::Ipv6Net::new(k.data().into(), k.prefix_len() as u8)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-            out.push(IpNet::V6(net));
+            out.push((IpNet::V6(net), v));
         }
         Ok(out)
     }

@@ -132,6 +132,11 @@ enum LabCmd {
         /// may go on without its acknowledgement, for every meshd, e.g. `5s` (default 180s).
         #[arg(long, value_parser = parse_rotation_interval)]
         rotation_silence: Option<String>,
+        /// Give every meshd the lab's cluster CIDRs (10.244.0.0/16, fd00:244::/48) as
+        /// `--cluster-cidr`; with `false` each meshd guards its own pod CIDRs and those it
+        /// learns from peers.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        guard_cluster_cidrs: bool,
     },
     /// Change the lab's meshd-config ConfigMap (kubernetes labs), e.g. `encryption=disabled`.
     Set {
@@ -373,6 +378,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 keepalive,
                 key_rotation_interval,
                 rotation_silence,
+                guard_cluster_cidrs,
             } => lab::up(&lab::UpOptions {
                 name,
                 nodes,
@@ -388,6 +394,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 keepalive,
                 key_rotation_interval,
                 rotation_silence,
+                guard_cluster_cidrs,
             })?,
             LabCmd::Set { name, pairs } => lab::set(&name, &pairs)?,
             LabCmd::Down { name } => lab::down(&name)?,

@@ -73,6 +73,10 @@ pub struct LabState {
     /// `--rotation-silence` given to every meshd, if any (e.g. `5s`).
     #[serde(default)]
     pub rotation_silence: Option<String>,
+    /// Whether every meshd gets the lab's cluster CIDRs as `--cluster-cidr`; without them
+    /// each guards its own pod CIDRs and the peers' it learns.
+    #[serde(default = "default_true")]
+    pub guard_cluster_cidrs: bool,
     /// The nodes, by index.
     pub nodes: Vec<NodeState>,
 }
@@ -151,6 +155,8 @@ pub struct UpOptions {
     pub key_rotation_interval: Option<String>,
     /// How long a peer must be silent before a rotation may go on without it (e.g. `5s`).
     pub rotation_silence: Option<String>,
+    /// Give every meshd the lab's cluster CIDRs as `--cluster-cidr`.
+    pub guard_cluster_cidrs: bool,
 }
 
 /// The lab's on-disk layout.
@@ -328,6 +334,7 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<()> {
         keepalive: opts.keepalive,
         key_rotation_interval: opts.key_rotation_interval.clone(),
         rotation_silence: opts.rotation_silence.clone(),
+        guard_cluster_cidrs: opts.guard_cluster_cidrs,
         nodes: Vec::new(),
     };
     let result = build(&mut state, opts);
@@ -624,7 +631,11 @@ fn start_meshd_with(state: &LabState, i: u32, extra: &[&str]) -> anyhow::Result<
                 c6.to_string(),
             ]
         })
-        .args(["--cluster-cidr", CLUSTER_V4, "--cluster-cidr", CLUSTER_V6])
+        .args(if state.guard_cluster_cidrs {
+            &["--cluster-cidr", CLUSTER_V4, "--cluster-cidr", CLUSTER_V6][..]
+        } else {
+            &[][..]
+        })
         .env(
             "RUST_LOG",
             std::env::var("MESHD_LAB_LOG").unwrap_or_else(|_| "info".into()),
