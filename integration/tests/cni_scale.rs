@@ -10,6 +10,10 @@
 //!   CNI GC listing only the pods that should exist: nothing leaks, nothing dangles, nothing is
 //!   duplicated, and the surviving pods pass CHECK and carry traffic.
 //!
+//! - The conflist follows readiness: a node whose reconcile keeps failing (its IPAM store
+//!   unreadable) loses it after the grace period, keeps it before, never gets it while
+//!   restarting into the same failure, and gets it back once it converges.
+//!
 //! Needs root (skips with a message otherwise). Every namespace is removed on drop (the lab's
 //! by `meshctl lab down`, the pods' by [`PodNamespaces`], whose names the lab also owns); traffic
 //! only goes to addresses inside those namespaces.
@@ -461,4 +465,96 @@ fn sigkill_of_plugin_and_meshd_then_gc_reclaims_everything_and_survivors_work() 
         .unwrap();
     drop(spaces);
     eprintln!("faults and GC: {:.2?}", t0.elapsed());
+}
+
+/// The conflist meshd installs on a lab node.
+fn conflist(lab: &Lab, node: &str) -> std::path::PathBuf {
+    let st = lab.status_json().unwrap();
+    let n = st["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == node)
+        .unwrap();
+    let state = std::path::PathBuf::from(n["state_dir"].as_str().unwrap());
+    state
+        .parent()
+        .unwrap()
+        .join("cni")
+        .join(meshd::cni_conf::CONFLIST)
+}
+
+fn wait_until(what: &str, limit: Duration, f: impl Fn() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    start.elapsed()
+}
+
+#[test]
+fn the_conflist_goes_when_the_mesh_keeps_failing_and_comes_back_when_it_converges() {
+    if !netns::root_or_skip() {
+        return;
+    }
+    let lab = Lab::up(2, 1).unwrap();
+    let conf = conflist(&lab, "n1");
+    assert!(conf.exists(), "a converged node has its conflist");
+    let st = lab.status_json().unwrap();
+    let state = std::path::PathBuf::from(st["nodes"][0]["state_dir"].as_str().unwrap());
+    let (ipam, parked) = (state.join("ipam"), state.join("ipam.parked"));
+    let from = lab_pod(&lab, "n1");
+    let to: IpAddr = st["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["node"] == "n2")
+        .and_then(|p| p["ipv4"].as_str())
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    // The IPAM store becomes unreadable: every reconcile pass fails from the next one on (the
+    // next event, or the 30 s resync).
+    std::fs::rename(&ipam, &parked).unwrap();
+    std::fs::write(&ipam, "not a directory").unwrap();
+    let converged = || lab.status_json().unwrap()["nodes"][0]["status"]["converged"] == true;
+    wait_until("a failing pass", Duration::from_secs(40), || !converged());
+    let failing = Instant::now();
+    assert!(
+        conf.exists(),
+        "removed on the first failed pass: the node would flap"
+    );
+    wait_until("the conflist to go", Duration::from_secs(15), || {
+        !conf.exists()
+    });
+    let gone = failing.elapsed();
+    assert!(
+        gone >= Duration::from_secs(8),
+        "removed {gone:?} after the first failure, within the 10 s grace"
+    );
+    assert!(
+        !converged(),
+        "status says converged while reconciling fails"
+    );
+    // Pods already there keep their tunnel: only new pods are refused.
+    assert!(pings(&from, to), "the existing pod lost its traffic");
+
+    // A meshd restarting into the same failure never installs it.
+    lab.meshctl(&["lab", "kill-node", "n1"]).unwrap();
+    lab.meshctl(&["lab", "start-node", "n1"]).unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        !conf.exists(),
+        "installed by a meshd that has not converged"
+    );
+
+    std::fs::remove_file(&ipam).unwrap();
+    std::fs::rename(&parked, &ipam).unwrap();
+    let back = wait_until("the conflist to come back", Duration::from_secs(15), || {
+        conf.exists()
+    });
+    eprintln!("conflist back {back:?} after the store was repaired");
+    assert!(pings(&from, to));
 }

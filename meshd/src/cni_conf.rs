@@ -1,11 +1,13 @@
 //! The CNI configuration list that tells the container runtime to use `meshd-cni`.
 //!
 //! meshd writes it (atomically, only when its content changes) once the node's mesh has
-//! converged, and removes it when meshd stops: the kubelet reports a node without a CNI
-//! configuration as not ready, so no pod is scheduled onto a node whose mesh is down.
+//! converged, and removes it when the mesh has failed to converge for a grace period
+//! ([`action`]) and when meshd stops: the kubelet reports a node without a CNI configuration
+//! as not ready, so no pod is scheduled onto a node whose mesh is down.
 
 use std::io::Write as _;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use keyexchange::NodeRecord;
 
@@ -69,15 +71,47 @@ pub fn write(dir: &Path, conf: &serde_json::Value) -> Result<(), CniConfError> {
     Ok(())
 }
 
-/// Remove the conflist (the node stops accepting pods); a missing file is fine.
-pub fn remove(dir: &Path) {
+/// Remove the conflist (the node stops accepting pods); a missing file is fine. Returns
+/// whether a file was removed.
+pub fn remove(dir: &Path) -> bool {
     let path = dir.join(CONFLIST);
     match std::fs::remove_file(&path) {
-        Ok(()) => tracing::info!(path = %path.display(), "CNI configuration removed"),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "removing the CNI configuration failed")
+        Ok(()) => {
+            tracing::info!(path = %path.display(), "CNI configuration removed");
+            true
         }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "removing the CNI configuration failed");
+            false
+        }
+    }
+}
+
+/// What a reconcile pass does with the conflist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// The mesh converged: install (or keep) the configuration.
+    Install,
+    /// Failing, but for less than the grace period: leave the file as it is (a pass that
+    /// fails once and succeeds on retry must not make the node flap).
+    Keep,
+    /// Failing for the grace period or longer: the node takes no new pods until it
+    /// converges again.
+    Remove,
+}
+
+/// The conflist action after a pass: `converged`, or failing since `failing_since`.
+pub fn action(
+    converged: bool,
+    failing_since: Option<Instant>,
+    now: Instant,
+    grace: Duration,
+) -> Action {
+    match (converged, failing_since) {
+        (true, _) => Action::Install,
+        (false, Some(since)) if now.saturating_duration_since(since) >= grace => Action::Remove,
+        (false, _) => Action::Keep,
     }
 }
 
@@ -86,6 +120,29 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use keyexchange::PrivateKey;
+
+    #[test]
+    fn removed_only_after_failing_for_the_grace_period_and_back_on_convergence() {
+        let t0 = Instant::now();
+        let grace = Duration::from_secs(10);
+        assert_eq!(action(true, None, t0, grace), Action::Install);
+        assert_eq!(
+            action(false, Some(t0), t0, grace),
+            Action::Keep,
+            "first failure"
+        );
+        let later = t0 + Duration::from_secs(9);
+        assert_eq!(action(false, Some(t0), later, grace), Action::Keep);
+        let later = t0 + grace;
+        assert_eq!(action(false, Some(t0), later, grace), Action::Remove);
+        assert_eq!(
+            action(false, Some(t0), later + grace, grace),
+            Action::Remove,
+            "stays removed"
+        );
+        assert_eq!(action(true, Some(t0), later, grace), Action::Install);
+        assert_eq!(action(false, Some(t0), t0, Duration::ZERO), Action::Remove);
+    }
 
     fn me() -> NodeRecord {
         NodeRecord {

@@ -137,10 +137,15 @@ pub struct DaemonArgs {
     #[arg(long)]
     pub cleanup: bool,
     /// CNI configuration directory: meshd writes its conflist there once the node's mesh has
-    /// converged and removes it when meshd stops, so no pod is scheduled onto a node whose
+    /// converged and removes it when the mesh has failed to converge for
+    /// `--cni-unready-after`, and when meshd stops, so no pod is scheduled onto a node whose
     /// mesh is down.
     #[arg(long, default_value = "/etc/cni/net.d")]
     pub cni_conf_dir: PathBuf,
+    /// How long reconcile passes must keep failing before the node stops taking pods (its CNI
+    /// configuration is removed; it comes back on the next converged pass).
+    #[arg(long, value_parser = parse_interval, default_value = "10s")]
+    pub cni_unready_after: Duration,
     /// The user-space WireGuard helper binary; default: `meshd-wg` next to this executable.
     #[arg(long)]
     pub helper_binary: Option<PathBuf>,
@@ -342,6 +347,8 @@ struct Known {
     /// reading of the strict-drop plus would-drop counters.
     cleartext: control::CleartextReport,
     cleartext_total: Option<u64>,
+    /// Since when reconcile passes have been failing (None: the last one converged).
+    failing_since: Option<std::time::Instant>,
     /// Peer node addresses routed through the tunnel now (host encryption).
     encrypted_hosts: BTreeSet<IpAddr>,
     /// This node's record changed (listen port, acknowledgements): publish it.
@@ -1000,7 +1007,27 @@ async fn event_loop<R: Registry>(
             republish = true;
             retry_at = Some(tokio::time::Instant::now());
         }
-        if converged {
+        let now = std::time::Instant::now();
+        known.failing_since = if converged {
+            None
+        } else {
+            Some(known.failing_since.unwrap_or(now))
+        };
+        let action = crate::cni_conf::action(
+            converged,
+            known.failing_since,
+            now,
+            ctx.args.cni_unready_after,
+        );
+        if action == crate::cni_conf::Action::Remove
+            && crate::cni_conf::remove(&ctx.args.cni_conf_dir)
+        {
+            tracing::warn!(
+                failing_for_s = ctx.args.cni_unready_after.as_secs(),
+                "the mesh keeps failing to converge: this node takes no new pods until it does"
+            );
+        }
+        if action == crate::cni_conf::Action::Install {
             let conf = crate::cni_conf::conflist(
                 &ctx.me(),
                 &ctx.args.state_dir.join("ipam"),

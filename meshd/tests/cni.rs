@@ -449,7 +449,24 @@ fn exhausted_pod_cidr_is_reported_and_rolls_back() {
     let mut conf11 = conf.clone();
     conf11["cniVersion"] = json!("1.1.0");
     let (code, out) = lab.plugin(&[("CNI_COMMAND", "STATUS")], &conf11.to_string());
+    assert_eq!((code, out["code"].as_u64()), (1, Some(50)), "{out}");
+    assert!(
+        out["details"].as_str().unwrap().contains("10.244.8.0/30"),
+        "STATUS names the full CIDR: {out}"
+    );
+    // With room again, STATUS is fine; with a datapath meshd has not loaded, it is not.
+    let (code, out) = lab.cmd("DEL", "ctr-x1", &ns_a, &conf);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = lab.plugin(&[("CNI_COMMAND", "STATUS")], &conf11.to_string());
     assert_eq!((code, &out), (0, &Value::Null));
+    let empty = tempfile::tempdir().unwrap();
+    conf11["bpfPinDir"] = json!(empty.path());
+    let (code, out) = lab.plugin(&[("CNI_COMMAND", "STATUS")], &conf11.to_string());
+    assert_eq!((code, out["code"].as_u64()), (1, Some(50)), "{out}");
+    assert!(
+        out["details"].as_str().unwrap().contains("meshd"),
+        "STATUS says meshd's datapath is missing: {out}"
+    );
 }
 
 #[test]
@@ -498,6 +515,10 @@ fn gc_removes_everything_but_the_valid_attachments() {
     let (code, b) = lab.cmd("ADD", "ctr-gone", &ns_b, &conf);
     assert_eq!(code, 0, "{b}");
     let gone_host = b["interfaces"][0]["name"].as_str().unwrap().to_string();
+    // A GC that does not list the valid attachments is refused, and takes nothing.
+    let (code, out) = lab.plugin(&[("CNI_COMMAND", "GC")], &conf.to_string());
+    assert_eq!((code, out["code"].as_u64()), (1, Some(7)), "{out}");
+    assert_eq!(lab.ipam_files().len(), 4, "a refused GC removed addresses");
     let mut gc = conf.clone();
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "ctr-keep", "ifname": "eth0"}]);
     let (code, out) = lab.plugin(&[("CNI_COMMAND", "GC")], &gc.to_string());

@@ -76,18 +76,37 @@ fn dispatch(get: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<String
             Ok(String::new())
         }
         Command::Check => check(&env, &conf, &id, &ifname).map(|()| String::new()),
-        Command::Status => {
-            if conf.cidrs()?.is_empty() {
-                return Err(CniError::NotAvailable("no podCIDRs configured".into()));
-            }
-            Ipam::open(conf.ipam_dir(), &[])
-                .and_then(|i| i.list())
-                .map_err(|e| CniError::NotAvailable(e.to_string()))?;
-            Ok(String::new())
-        }
+        Command::Status => status(&conf).map(|()| String::new()),
         Command::Gc => gc(&conf).map(|()| String::new()),
         Command::Version => Ok(String::new()),
     }
+}
+
+/// STATUS: whether an ADD could succeed now. Not when a pod CIDR has no free address left,
+/// and not when the configuration names meshd's datapath and meshd has not loaded it.
+fn status(conf: &NetConf) -> Result<(), CniError> {
+    let cidrs = conf.cidrs()?;
+    if cidrs.is_empty() {
+        return Err(CniError::NotAvailable("no podCIDRs configured".into()));
+    }
+    let taken: std::collections::HashSet<std::net::IpAddr> = Ipam::open(conf.ipam_dir(), &[])
+        .and_then(|i| i.list())
+        .map_err(|e| CniError::NotAvailable(e.to_string()))?
+        .into_iter()
+        .map(|e| e.address)
+        .collect();
+    if let Some(full) = cidrs
+        .iter()
+        .find(|c| crate::ipam::first_free(**c, &taken).is_none())
+    {
+        return Err(CniError::NotAvailable(format!(
+            "pod CIDR {full} has no free address left"
+        )));
+    }
+    if let Some(pin_dir) = &conf.bpf_pin_dir {
+        redirect::available(pin_dir).map_err(|e| CniError::NotAvailable(e.to_string()))?;
+    }
+    Ok(())
 }
 
 fn add(env: &Env, conf: &NetConf, id: &str, ifname: &str) -> Result<String, CniError> {
@@ -183,10 +202,17 @@ fn check(env: &Env, conf: &NetConf, id: &str, ifname: &str) -> Result<(), CniErr
 }
 
 fn gc(conf: &NetConf) -> Result<(), CniError> {
+    // The runtime must say which attachments are still valid; a GC without the list is a
+    // malformed request, not "none are valid" (which would tear down every pod).
     let valid: Vec<(String, String)> = conf
         .valid_attachments
+        .as_ref()
+        .ok_or_else(|| {
+            CniError::InvalidConfig(
+                "GC without cni.dev/valid-attachments: refusing to collect every attachment".into(),
+            )
+        })?
         .iter()
-        .flatten()
         .map(|a| (a.container_id.clone(), a.ifname.clone()))
         .collect();
     let ipam = Ipam::open(conf.ipam_dir(), &[])?;

@@ -19,6 +19,11 @@ fn open(pin_dir: &Path) -> Result<Datapath, CniError> {
     })
 }
 
+/// Whether meshd's pinned datapath can be opened (STATUS).
+pub fn available(pin_dir: &Path) -> Result<(), CniError> {
+    open(pin_dir).map(drop)
+}
+
 fn io(what: String) -> impl FnOnce(ebpf_redirect::Error) -> CniError {
     move |e| CniError::Io(format!("{what}: {e}"))
 }
