@@ -297,6 +297,105 @@ fn strict_mode_holds_under_traffic_through_peer_removal_a_keyless_record_and_a_m
     );
 }
 
+/// A node with a second way out (an uplink holding a default route, added while meshd runs):
+/// meshd guards it too, and cluster traffic routed out through it is dropped, not sent.
+#[test]
+fn strict_mode_guards_every_way_out_of_the_node_not_only_the_underlay() {
+    if !netns::root_or_skip() {
+        return;
+    }
+    let lab = Lab::up(2, 1).unwrap();
+    let st = lab.status().unwrap();
+    let n1 = st.node("n1").unwrap().namespace.clone();
+    let from = st.pods_on("n1").next().unwrap().clone();
+    // The uplink's far end is a namespace of this test.
+    let far = netns::NetnsGuard::new(&format!("{}-up", lab.name())).unwrap();
+    netns::run(
+        "ip",
+        &[
+            "link",
+            "add",
+            "up1",
+            "netns",
+            &n1,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "up1p",
+            "netns",
+            far.name(),
+        ],
+    )
+    .unwrap();
+    for (ns, dev, v4, v6) in [
+        (n1.as_str(), "up1", "192.0.2.1/24", "fd00:2::1/64"),
+        (far.name(), "up1p", "192.0.2.2/24", "fd00:2::2/64"),
+    ] {
+        netns::run_in(ns, &["ip", "addr", "add", v4, "dev", dev]).unwrap();
+        netns::run_in(ns, &["ip", "-6", "addr", "add", v6, "dev", dev, "nodad"]).unwrap();
+        netns::run_in(ns, &["ip", "link", "set", dev, "up"]).unwrap();
+    }
+    // A second default route (a worse metric) makes it a way out; a cluster CIDR no node
+    // owns is routed through it.
+    for args in [
+        &[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            "192.0.2.2",
+            "metric",
+            "500",
+        ][..],
+        &["ip", "route", "add", "10.244.99.0/24", "via", "192.0.2.2"],
+        &[
+            "ip",
+            "-6",
+            "route",
+            "add",
+            "fd00:244:0:99::/64",
+            "via",
+            "fd00:2::2",
+        ],
+    ] {
+        netns::run_in(&n1, args).unwrap();
+    }
+    // Picked up by the next reconcile pass (at the latest the 30 s resync).
+    lab.wait_for("n1 to guard up1", Duration::from_secs(40), |s| {
+        s["nodes"][0]["status"]["datapath"]["guarded_interfaces"]
+            .as_array()
+            .is_some_and(|g| g.iter().any(|i| i == "up1"))
+            && s["nodes"][0]["status"]["datapath"]["underlay_attached"] == true
+    })
+    .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let cap = Capture::start(far.name(), "up1p", &dir.path().join("uplink.pcap")).unwrap();
+    let before = counter(&lab.status_json().unwrap(), "n1", "strict_drops");
+    assert!(
+        !ping(&from, "10.244.99.5", 3),
+        "IPv4 left through the uplink"
+    );
+    assert!(
+        !ping(&from, "fd00:244:0:99::5", 3),
+        "IPv6 left through the uplink"
+    );
+    let after = counter(&lab.status_json().unwrap(), "n1", "strict_drops");
+    let report = stop(cap, &st);
+    assert_eq!(report.plaintext_pod_count, 0, "{}", report.summary());
+    assert!(
+        after >= before + 6,
+        "6 echo requests (v4+v6) dropped on the uplink, strict drops {before} -> {after}"
+    );
+    // The node's own traffic out of the uplink is no cluster traffic: it passes.
+    assert!(
+        netns::run_in(&n1, &["ping", "-c", "1", "-W", "2", "192.0.2.2"]).is_ok(),
+        "the uplink itself works"
+    );
+}
+
 #[test]
 fn permissive_mode_counts_would_drops_and_lets_them_through() {
     if !netns::root_or_skip() {

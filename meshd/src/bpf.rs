@@ -146,8 +146,13 @@ pub struct DatapathReport {
     pub underlay_mode: String,
     /// The underlay interface carrying `underlay_egress`.
     pub underlay_interface: String,
-    /// Whether `underlay_egress` is attached there right now (`None`: the kernel cannot say).
+    /// Whether `underlay_egress` is attached to every guarded interface right now (`None`:
+    /// the kernel cannot say).
     pub underlay_attached: Option<bool>,
+    /// Every interface carrying `underlay_egress`: the underlay, `--guard-interface`s and
+    /// the interfaces holding a default route.
+    #[serde(default)]
+    pub guarded_interfaces: Vec<String>,
     /// `tcx` (kernel >= 6.6, pinned links) or `netlink` (clsact filters).
     pub attach: String,
     /// Remote pod CIDRs redirected into the tunnel.
@@ -184,6 +189,8 @@ pub fn map_diff<K: Ord + Clone, V: PartialEq + Clone>(
 pub struct Bpf {
     dp: Datapath,
     underlay: String,
+    /// Interfaces guarded besides the underlay (they come and go: see [`Bpf::ensure_guards`]).
+    guarded: BTreeSet<String>,
     mode: Mode,
     port: u16,
     pods: BTreeSet<String>,
@@ -254,6 +261,7 @@ impl Bpf {
         let mut bpf = Bpf {
             dp,
             underlay: underlay.to_string(),
+            guarded: BTreeSet::new(),
             mode,
             port,
             pods: BTreeSet::new(),
@@ -460,23 +468,40 @@ impl Bpf {
         Ok(ops + gone.len())
     }
 
-    /// Make sure `underlay_egress` is still attached (someone may have removed it).
-    pub fn ensure_underlay(&mut self) -> Result<bool, BpfError> {
-        let attached = self
-            .dp
-            .underlay_egress_attached(&self.underlay)
-            .map_err(map_err(format!("querying {}", self.underlay)))?;
-        if attached == Some(true) {
-            return Ok(false);
+    /// Make sure `underlay_egress` is attached to the underlay and to every interface of
+    /// `others` that exists (someone may have removed it; an interface may be new). The
+    /// underlay is required; another interface that is gone is skipped (its pinned link is
+    /// collected with the pods'). Returns the interfaces where it had to be attached anew.
+    pub fn ensure_guards(&mut self, others: &BTreeSet<String>) -> Result<Vec<String>, BpfError> {
+        let mut attached_now = Vec::new();
+        let underlay = self.underlay.clone();
+        for ifname in std::iter::once(&underlay).chain(others.iter().filter(|i| **i != underlay)) {
+            let attached = match self.dp.underlay_egress_attached(ifname) {
+                Ok(a) => a,
+                Err(_) if *ifname != underlay => continue,
+                Err(e) => return Err(map_err(format!("querying {ifname}"))(e)),
+            };
+            if attached == Some(true) {
+                continue;
+            }
+            match self.dp.attach_underlay_egress(ifname) {
+                Ok(()) => attached_now.push(ifname.clone()),
+                Err(_) if *ifname != underlay && !interface_exists(ifname) => {}
+                Err(source) => {
+                    return Err(BpfError::Attach {
+                        program: ebpf_redirect::PROG_UNDERLAY_EGRESS,
+                        interface: ifname.clone(),
+                        source: Box::new(source),
+                    })
+                }
+            }
         }
-        self.dp
-            .attach_underlay_egress(&self.underlay)
-            .map_err(|source| BpfError::Attach {
-                program: ebpf_redirect::PROG_UNDERLAY_EGRESS,
-                interface: self.underlay.clone(),
-                source: Box::new(source),
-            })?;
-        Ok(attached == Some(false))
+        self.guarded = others
+            .iter()
+            .filter(|i| **i != underlay && interface_exists(i))
+            .cloned()
+            .collect();
+        Ok(attached_now)
     }
 
     /// The verdict counters.
@@ -513,10 +538,14 @@ impl Bpf {
                 Mode::Permissive => "permissive".into(),
             },
             underlay_interface: self.underlay.clone(),
-            underlay_attached: self
-                .dp
-                .underlay_egress_attached(&self.underlay)
-                .unwrap_or(None),
+            underlay_attached: std::iter::once(&self.underlay)
+                .chain(&self.guarded)
+                .map(|i| self.dp.underlay_egress_attached(i).unwrap_or(None))
+                .try_fold(true, |all, a| a.map(|a| all && a)),
+            guarded_interfaces: std::iter::once(&self.underlay)
+                .chain(&self.guarded)
+                .cloned()
+                .collect(),
             attach: if ebpf_redirect::tcx_supported() {
                 "tcx".into()
             } else {
@@ -548,6 +577,10 @@ impl Bpf {
             tracing::warn!(%err, "removing the pins failed");
         }
     }
+}
+
+fn interface_exists(name: &str) -> bool {
+    nix::net::if_::if_nametoindex(name).is_ok()
 }
 
 /// What to do to the cluster map for the configured CIDRs `configured`, given what it holds:

@@ -476,6 +476,7 @@ mod tests {
                 underlay_mode: "enforce".into(),
                 underlay_interface: "eth0".into(),
                 underlay_attached: Some(true),
+                guarded_interfaces: vec!["eth0".into()],
                 attach: "tcx".into(),
                 remote_cidrs: vec!["10.244.2.0/24".into()],
                 cluster_cidrs: vec!["10.244.0.0/16".into()],

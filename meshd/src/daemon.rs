@@ -89,6 +89,10 @@ pub struct DaemonArgs {
     /// Underlay interface; default: the one carrying the default route.
     #[arg(long)]
     pub underlay_interface: Option<String>,
+    /// Another interface whose egress strict mode guards (repeatable). Besides these and the
+    /// underlay, every interface holding a default route is guarded, checked on every pass.
+    #[arg(long = "guard-interface")]
+    pub guard_interfaces: Vec<String>,
     /// This node's pod CIDRs (repeatable, both families).
     #[arg(long = "pod-cidr")]
     pub pod_cidrs: Vec<IpNet>,
@@ -465,7 +469,11 @@ pub async fn run_with<R: Registry>(
         .context("setting the mesh mark in the tc datapath")?;
     bpf.set_second_port(second_port(args.listen_port))
         .context("setting the second slot's port in the tc datapath")?;
-    tracing::info!(encryption = %args.encryption, strict = args.strict_mode, "underlay guarded");
+    let guards = guard_interfaces(&args, &links, &interfaces).await;
+    let anew = bpf
+        .ensure_guards(&guards)
+        .context("guarding the node's other ways out")?;
+    tracing::info!(encryption = %args.encryption, strict = args.strict_mode, underlay = %underlay_if, others = ?anew, "underlay guarded");
 
     let helper = match &args.helper_binary {
         Some(path) => path.clone(),
@@ -1527,7 +1535,8 @@ async fn reconcile_once(ctx: &Context, known: &mut Known) -> anyhow::Result<()> 
     let stale = reconcile::redirects_kept(redirects, &bpf.remotes().context("reading redirects")?);
     known.counters.map_ops += bpf.sync_remotes(&stale)? as u64;
     sync_host_routes(ctx, known, &hosts, true).await?;
-    sync_pods(ctx, &mut bpf, known)?;
+    let guards = guard_interfaces(&ctx.args, &ctx.links, &ctx.interfaces).await;
+    sync_pods(ctx, &mut bpf, known, &guards)?;
     let plain_present: BTreeMap<IpNet, IpAddr> = ctx
         .routes
         .list_via(ctx.underlay_ifindex)
@@ -1700,7 +1709,25 @@ async fn sync_host_routes(
 /// The backstop for the CNI plugin, which updates the maps and attaches `from_pod` itself on
 /// ADD: every local pod in the IPAM store is in the local map and, with eBPF steering, has
 /// `from_pod` on its host veth; the underlay guard is still attached.
-fn sync_pods(ctx: &Context, bpf: &mut Bpf, known: &mut Known) -> anyhow::Result<()> {
+/// The interfaces `underlay_egress` guards besides the underlay: the `--guard-interface`s and
+/// every interface holding a default route, never meshd's own devices. A failed route dump
+/// is logged and leaves the flags' interfaces.
+async fn guard_interfaces(args: &DaemonArgs, links: &Links, own: &[String; 2]) -> BTreeSet<String> {
+    let mut out: BTreeSet<String> = args.guard_interfaces.iter().cloned().collect();
+    match links.default_route_interfaces().await {
+        Ok(names) => out.extend(names),
+        Err(err) => tracing::warn!(%err, "listing the default routes' interfaces failed"),
+    }
+    out.retain(|i| !own.contains(i));
+    out
+}
+
+fn sync_pods(
+    ctx: &Context,
+    bpf: &mut Bpf,
+    known: &mut Known,
+    guards: &BTreeSet<String>,
+) -> anyhow::Result<()> {
     let ipam_dir = ctx.args.state_dir.join("ipam");
     // The local-pod map mirrors the store under the store's lock: an ADD that allocates
     // meanwhile waits, so its own map entries are never removed as unknown.
@@ -1728,8 +1755,9 @@ fn sync_pods(ctx: &Context, bpf: &mut Bpf, known: &mut Known) -> anyhow::Result<
             .collect();
         known.counters.map_ops += bpf.sync_pods(&veths)? as u64;
     }
-    if bpf.ensure_underlay()? {
-        tracing::warn!("underlay_egress had been detached; re-attached");
+    let anew = bpf.ensure_guards(guards)?;
+    if !anew.is_empty() {
+        tracing::info!(interfaces = ?anew, "underlay_egress attached (a new way out, or it had been detached)");
     }
     Ok(())
 }

@@ -354,6 +354,48 @@ impl Links {
             .map(|l| (l.ifindex, l.name, l.mtu)))
     }
 
+    /// Names of every interface carrying a default route of the main table (either family,
+    /// every hop of a multipath route): the ways out of the node.
+    pub async fn default_route_interfaces(&self) -> Result<Vec<String>, LinkError> {
+        let v4 = RouteMessageBuilder::<std::net::Ipv4Addr>::new().build();
+        let v6 = RouteMessageBuilder::<std::net::Ipv6Addr>::new().build();
+        let mut oifs = std::collections::BTreeSet::new();
+        for query in [v4, v6] {
+            let routes: Vec<_> = self
+                .handle
+                .route()
+                .get(query)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| LinkError::Underlay(Box::new(e)))?;
+            for r in routes.iter().filter(|r| {
+                r.header.destination_prefix_length == 0
+                    && r.header.kind == RouteType::Unicast
+                    && table_of(r) == u32::from(RouteHeader::RT_TABLE_MAIN)
+            }) {
+                for a in &r.attributes {
+                    match a {
+                        RouteAttribute::Oif(i) => {
+                            oifs.insert(*i);
+                        }
+                        RouteAttribute::MultiPath(hops) => {
+                            oifs.extend(hops.iter().map(|h| h.interface_index));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        let mut names = Vec::new();
+        for oif in oifs {
+            if let Some(info) = self.info_by_index(oif).await? {
+                names.push(info.name);
+            }
+        }
+        Ok(names)
+    }
+
     /// Creates a kernel WireGuard link `ifname` and returns its index.
     pub async fn create_wireguard(&self, ifname: &str) -> Result<u32, LinkError> {
         self.handle
