@@ -52,6 +52,29 @@ fn cross_node_pod_traffic_is_redirected_by_the_tc_program_and_only_wireguard_cro
     )
     .unwrap();
     let dp = &n1["datapath"];
+    // Strict mode came first: meshd guarded the underlay before it made a device, programmed
+    // a peer or a route, or let the runtime attach a pod.
+    let log = std::fs::read_to_string(
+        lab.status_json().unwrap()["nodes"][0]["log_file"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let first = |what: &str| {
+        log.find(what)
+            .unwrap_or_else(|| panic!("n1's log has no {what:?}"))
+    };
+    let guarded = first("underlay guarded");
+    for later in [
+        "device ready",
+        "applying changes",
+        "CNI configuration installed",
+    ] {
+        assert!(
+            guarded < first(later),
+            "{later:?} logged before the underlay was guarded"
+        );
+    }
     assert_eq!(dp["underlay_mode"], "enforce", "{n1:#}");
     assert_eq!(dp["underlay_attached"], true, "{n1:#}");
     let remotes: Vec<&str> = dp["remote_cidrs"]
