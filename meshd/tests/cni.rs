@@ -654,3 +654,81 @@ fn sigkilled_adds_leave_no_duplicate_and_gc_leaves_no_leak() {
     assert!(left.is_empty(), "{left:?}");
     assert!(!lab.host_links().contains("mshd"), "{}", lab.host_links());
 }
+
+#[test]
+fn with_meshds_datapath_add_fills_the_local_map_and_attaches_from_pod_and_del_undoes_it() {
+    if !is_root() {
+        return;
+    }
+    let mut lab = Lab::new();
+    let (_, netns) = lab.pod();
+    // meshd's part: the programs and maps pinned where the configuration says. On a bpffs of
+    // the test's own (`ip netns exec`, which runs the plugin here, mounts a fresh /sys).
+    let bpffs = tempfile::tempdir().unwrap();
+    run(
+        "mount",
+        &["-t", "bpf", "bpf", bpffs.path().to_str().unwrap()],
+    );
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(bpffs.path().to_path_buf());
+    let pins = bpffs.path().join("meshd");
+    let dp = ebpf_redirect::Datapath::load(&pins).unwrap();
+    let mut conf = lab.default_conf();
+    conf["bpfPinDir"] = json!(pins);
+
+    let (code, result) = lab.cmd("ADD", "ctr-bpf", &netns, &conf);
+    assert_eq!(code, 0, "{result}");
+    let host = result["interfaces"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut locals = dp.locals().unwrap();
+    locals.sort();
+    assert_eq!(
+        locals,
+        [
+            "10.244.7.2".parse::<std::net::IpAddr>().unwrap(),
+            "fd00:244:0:7::2".parse().unwrap()
+        ],
+        "both of the pod's addresses are local"
+    );
+    // The plugin's TCX link, pinned beside meshd's maps (CHECK below asks the kernel
+    // whether it is attached to the host veth).
+    let link = pins.join(format!("link_ingress_{host}"));
+    assert!(link.exists(), "no pinned from_pod link for {host}");
+    let mut check = conf.clone();
+    check["prevResult"] = result.clone();
+    let (code, out) = lab.cmd("CHECK", "ctr-bpf", &netns, &check);
+    assert_eq!((code, &out), (0, &Value::Null));
+
+    // CHECK notices a local-map entry gone, and from_pod detached.
+    let mut dp = dp;
+    let v6: std::net::IpAddr = "fd00:244:0:7::2".parse().unwrap();
+    dp.remove_local(v6).unwrap();
+    let (code, out) = lab.cmd("CHECK", "ctr-bpf", &netns, &check);
+    assert_eq!(code, 1, "CHECK passed without the map entry: {out}");
+    dp.add_local(v6).unwrap();
+    let (code, out) = lab.cmd("CHECK", "ctr-bpf", &netns, &check);
+    assert_eq!((code, &out), (0, &Value::Null));
+    dp.detach_from_pod(&host).unwrap();
+    let (code, out) = lab.cmd("CHECK", "ctr-bpf", &netns, &check);
+    assert_eq!(code, 1, "CHECK passed with from_pod detached: {out}");
+    // ADD again (the runtime's retry) repairs it.
+    let (code, again) = lab.cmd("ADD", "ctr-bpf", &netns, &conf);
+    assert_eq!(code, 0, "{again}");
+    let (code, out) = lab.cmd("CHECK", "ctr-bpf", &netns, &check);
+    assert_eq!((code, &out), (0, &Value::Null));
+
+    let (code, out) = lab.cmd("DEL", "ctr-bpf", &netns, &conf);
+    assert_eq!(code, 0, "{out}");
+    assert!(dp.locals().unwrap().is_empty(), "DEL left map entries");
+    assert!(!link.exists(), "DEL left the pinned from_pod link");
+    assert!(!lab.host_links().contains(&host), "DEL left the host veth");
+    let (code, out) = lab.cmd("DEL", "ctr-bpf", &netns, &conf);
+    assert_eq!(code, 0, "DEL again: {out}");
+}
