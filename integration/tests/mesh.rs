@@ -430,3 +430,125 @@ fn a_killed_datapath_process_is_brought_back_and_nothing_leaks_while_it_is_gone(
     assert!(report.is_clean(), "{}", report.summary());
     assert!(report.wireguard_packets > 0, "{}", report.summary());
 }
+
+/// n1's programmed state, read from the kernel and the device (meshd need not be running):
+/// (WireGuard peers on slot 0, meshd's routes of both families).
+fn programmed(lab: &Lab, ns: &str) -> (usize, std::collections::BTreeSet<String>) {
+    let peers = lab
+        .exec("n1", &["wg", "show", "meshd0", "peers"])
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count();
+    let mut routes = std::collections::BTreeSet::new();
+    for fam in ["-4", "-6"] {
+        let out = netns::run_in(ns, &["ip", fam, "route", "show", "proto", "109"]).unwrap();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let Some(dst) = line.split_whitespace().next() {
+                routes.insert(dst.to_string());
+            }
+        }
+    }
+    (peers, routes)
+}
+
+/// meshd SIGKILLed in the middle of applying a change (a node's record arriving or going, the
+/// kill a random few milliseconds after the registry changed), again and again: every restart
+/// adopts whatever half-applied state it finds and converges to exactly what the registry
+/// says — peers, routes and eBPF redirects — with nothing left over.
+#[test]
+fn sigkill_of_meshd_mid_change_leaves_nothing_half_done_after_restart() {
+    if !netns::root_or_skip() {
+        return;
+    }
+    let lab = Lab::up(3, 1).unwrap();
+    let st = lab.status().unwrap();
+    let ns = st.node("n1").unwrap().namespace.clone();
+    let cidrs = |n: &str| st.node(n).unwrap().pod_cidrs.clone();
+    let registry = lab.status_json().unwrap()["registry_dir"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let record = format!("{registry}/n3.json");
+    let saved = std::fs::read_to_string(&record).unwrap();
+    // n3's meshd stays dead, so only the test moves its record.
+    lab.meshctl(&["lab", "kill-node", "n3"]).unwrap();
+    // The kill delay closes in on meshd's reaction time by bisection: a kill that came before
+    // the change raises it, one that came after lowers it, so the later rounds land midway.
+    let (mut lo, mut hi) = (0u64, 30_000u64);
+    let mut outcomes = [0usize; 3]; // before, midway, after
+    for round in 0..10 {
+        let delay = (lo + hi) / 2;
+        let with_n3 = round % 2 == 1;
+        let pid = nix::unistd::Pid::from_raw(
+            lab.status().unwrap().node("n1").unwrap().meshd_pid.unwrap() as i32,
+        );
+        if with_n3 {
+            std::fs::write(&record, &saved).unwrap();
+        } else {
+            std::fs::remove_file(&record).unwrap();
+        }
+        std::thread::sleep(Duration::from_micros(delay));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+        lab.wait_for("n1's meshd to be gone", Duration::from_secs(5), |s| {
+            s["nodes"][0]["running"] == false
+        })
+        .unwrap();
+        let (peers, routes) = programmed(&lab, &ns);
+        let old: std::collections::BTreeSet<String> = cidrs("n2").into_iter().collect();
+        let mut want = old.clone();
+        if with_n3 {
+            want.extend(cidrs("n3"));
+        }
+        let mut all = old.clone();
+        all.extend(cidrs("n3"));
+        // What n1 held before this round's change, and what it must hold after it.
+        let (before_set, new_set) = if with_n3 { (&old, &all) } else { (&all, &old) };
+        let state = if peers == before_set.len() / 2 && routes == *before_set {
+            0
+        } else if peers == new_set.len() / 2 && routes == *new_set {
+            2
+        } else {
+            1
+        };
+        outcomes[state] += 1;
+        match state {
+            0 => lo = delay,
+            2 => hi = delay,
+            _ => {}
+        }
+        eprintln!(
+            "round {round} (n3 {with_n3}, kill after {delay} µs): {} — {peers} peers, routes {routes:?}",
+            ["not started", "midway", "done"][state]
+        );
+        lab.meshctl(&["lab", "start-node", "n1"]).unwrap();
+        let after = lab
+            .wait_for("n1 to converge", Duration::from_secs(20), |s| {
+                s["nodes"][0]["status"]["converged"] == true
+            })
+            .unwrap();
+        let (peers, routes) = programmed(&lab, &ns);
+        assert_eq!(peers, want.len() / 2, "round {round}: peers");
+        assert_eq!(routes, want, "round {round}: routes");
+        let mut remotes: Vec<String> = after["nodes"][0]["status"]["datapath"]["remote_cidrs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap().to_string())
+            .collect();
+        remotes.sort();
+        assert_eq!(
+            remotes,
+            want.iter().cloned().collect::<Vec<_>>(),
+            "round {round}: redirects"
+        );
+    }
+    eprintln!(
+        "kills: {} before the change, {} midway, {} after it",
+        outcomes[0], outcomes[1], outcomes[2]
+    );
+    // The mesh works after all that.
+    let from = st.pods_on("n1").next().unwrap().clone();
+    let (dst4, dst6) = pod_addrs(st.pods_on("n2").next().unwrap()).unwrap();
+    assert!(ping(&from, &dst4.to_string(), 2) && ping(&from, &dst6.to_string(), 2));
+}
