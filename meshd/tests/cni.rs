@@ -307,6 +307,22 @@ fn add_check_del_end_to_end() {
     );
     assert_eq!(delay.trim(), "0", "proxy_delay on {host}");
 
+    // No IPv6 neighbour solicitation either way: both MACs are known at ADD.
+    let neigh = run("ip", &["-n", &pod, "-6", "neigh", "show", "dev", "eth0"]);
+    assert!(
+        neigh.contains("fe80::ecee:eeff:feee:eeee lladdr ee:ee:ee:ee:ee:ee PERMANENT"),
+        "{neigh}"
+    );
+    let pod_mac = result["interfaces"][1]["mac"].as_str().unwrap();
+    let neigh = run(
+        "ip",
+        &["-n", &lab.node, "-6", "neigh", "show", "dev", &host],
+    );
+    assert!(
+        neigh.contains(&format!("fd00:244:0:7::2 lladdr {pod_mac} PERMANENT")),
+        "{neigh}"
+    );
+
     // Traffic both ways, both families.
     assert!(ping(&pod, "10.250.0.1"), "pod -> node v4");
     assert!(ping(&pod, "fd00:250::1"), "pod -> node v6");

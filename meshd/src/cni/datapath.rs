@@ -232,12 +232,45 @@ fn configure(spec: &PodSpec<'_>, ns: &File, host: &str) -> Result<String, CniErr
             ip(&[
                 "-6", "route", "replace", "default", "via", &gw6, "dev", ifname,
             ])?;
+            // The gateway's MAC is known: no neighbour solicitation for it. A first NS sent
+            // before the host veth's link-local address exists (addrconf runs when the pod
+            // end comes up) went unanswered, and the pod waited for the retransmission (1 s,
+            // sometimes several) before its first IPv6 reply could leave.
+            ip(&[
+                "-6",
+                "neigh",
+                "replace",
+                &gw6,
+                "lladdr",
+                HOST_VETH_MAC,
+                "dev",
+                ifname,
+                "nud",
+                "permanent",
+            ])?;
         }
         link_mac(ifname)
     })?;
     for addr in spec.addrs {
         let p = prefix(addr);
         ip(&[family(addr), "route", "replace", &p, "dev", host])?;
+    }
+    // Likewise the node knows the pod's MAC: its first IPv6 packet to the pod needs no
+    // solicitation either.
+    for addr in spec.addrs.iter().filter(|a| a.is_ipv6()) {
+        let a = addr.to_string();
+        ip(&[
+            "-6",
+            "neigh",
+            "replace",
+            &a,
+            "lladdr",
+            &mac,
+            "dev",
+            host,
+            "nud",
+            "permanent",
+        ])?;
     }
     Ok(mac)
 }
