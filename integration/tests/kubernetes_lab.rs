@@ -1,17 +1,21 @@
 //! meshd on the Kubernetes backend in the lab: every node's meshd publishes its key as Node
 //! annotations on the lab's API server and reads its peers from the Nodes; the encryption
-//! toggle in the `meshd-config` ConfigMap is applied live under an established TCP connection.
+//! toggle in the `meshd-config` ConfigMap is applied live under an established TCP connection;
+//! and every request meshd made is granted by `deploy/`'s RBAC, every grant there used.
 //!
 //! The API server is the mock in `integration::apiserver` (no kube-apiserver binary exists on
 //! these machines); everything else is real: namespaces, meshd processes, WireGuard, tc
 //! programs, captures. Needs root; each lab is uniquely named and torn down on drop.
 #![allow(clippy::unwrap_used, missing_docs)]
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
+use integration::apiserver::audit::{self, ApiRequest};
 use integration::capture::{analyse, Capture};
 use integration::lab::{bin, ping, pod_addrs, sockaddr, Lab};
 use integration::netns;
+use integration::rbac::Grants;
 use integration::verify::{finish, start_sink};
 
 /// Ping until one echo comes back or `limit` passes.
@@ -219,4 +223,62 @@ fn the_mesh_runs_on_node_annotations_and_the_encryption_toggle_keeps_tcp_connect
         .filter(|f| f["check"] == "peer" && f["ok"] == true)
         .count();
     assert_eq!(peers_ok, 6, "every ordered pair programmed: {report:#}");
+
+    check_rbac(&lab);
+}
+
+/// Every request the nodes' meshd made to the API server over the whole run is granted by
+/// `deploy/base/rbac.yaml` to the `meshd-system/meshd` service account, and every grant there
+/// was used: the ClusterRole and Role are exactly what meshd needs.
+fn check_rbac(lab: &Lab) {
+    let js = lab.status_json().unwrap();
+    let kubeconfig = std::path::PathBuf::from(js["kubeconfig"].as_str().unwrap());
+    let log = kubeconfig.with_file_name(meshd::lab::APISERVER_AUDIT_LOG);
+    let meshd_addresses: Vec<std::net::IpAddr> = js["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|n| n["underlay_addresses"].as_array().unwrap().iter())
+        .map(|a| a.as_str().unwrap().parse().unwrap())
+        .collect();
+    // The lab's own tooling (`meshctl lab set`, `meshctl audit --cluster`) talks to the API
+    // server from the router's address, not a node's.
+    let requests: Vec<ApiRequest> = audit::read_file(&log)
+        .unwrap()
+        .into_iter()
+        .filter(|r| meshd_addresses.contains(&r.client))
+        .collect();
+    assert!(
+        !requests.is_empty(),
+        "no request from any node in {}",
+        log.display()
+    );
+    let rbac = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/base/rbac.yaml"),
+    )
+    .unwrap();
+    let grants = Grants::from_yaml(&rbac, "meshd-system", "meshd").unwrap();
+    let denied: BTreeSet<String> = requests
+        .iter()
+        .filter(|r| !grants.allows(r))
+        .map(|r| format!("{r:?}"))
+        .collect();
+    assert!(
+        denied.is_empty(),
+        "meshd made requests RBAC denies: {denied:#?}"
+    );
+    let unused: Vec<String> = grants
+        .unused(&requests)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        unused.is_empty(),
+        "RBAC grants meshd never used: {unused:?}"
+    );
+    let used: BTreeSet<String> = requests
+        .iter()
+        .map(|r| format!("{} {}/{}", r.verb, r.api_group, r.rbac_resource()))
+        .collect();
+    eprintln!("meshd's API requests ({} in all): {used:?}", requests.len());
 }

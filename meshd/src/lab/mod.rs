@@ -577,6 +577,13 @@ fn start_meshd_with(state: &LabState, i: u32, extra: &[&str]) -> anyhow::Result<
         .arg("--state-dir")
         .arg(paths.node_dir(i).join("state"))
         .args(registry_args(state, &paths))
+        // As in the DaemonSet: Events about this meshd are recorded on its Pod, in the
+        // ConfigMap's namespace.
+        .args(if state.registry == "kubernetes" {
+            vec!["--pod-name".to_string(), format!("meshd-{}", node_name(i))]
+        } else {
+            Vec::new()
+        })
         .arg("--cni-conf-dir")
         .arg(paths.node_dir(i).join("cni"))
         .args(["--underlay-interface", "eth0"])
@@ -660,6 +667,9 @@ fn registry_args(state: &LabState, paths: &Paths) -> Vec<String> {
     }
 }
 
+/// The mock API server's request log in the lab's directory, beside `kubeconfig`.
+pub const APISERVER_AUDIT_LOG: &str = "apiserver-audit.jsonl";
+
 /// Start the mock API server (a test double: this machine has no kube-apiserver) in the
 /// underlay namespace on the router's address, with a Node per lab node carrying its
 /// InternalIPs and pod CIDRs as a cloud controller would set them.
@@ -671,7 +681,10 @@ fn start_apiserver(paths: &Paths, nodes: u32, pool: bool) -> anyhow::Result<()> 
         .arg(&server)
         .args(["--listen", &format!("{GATEWAY_V4}:{APISERVER_PORT}")])
         .arg("--kubeconfig")
-        .arg(paths.kubeconfig());
+        .arg(paths.kubeconfig())
+        // Every request's verb, resource and client: tests check meshd's RBAC against it.
+        .arg("--audit-log")
+        .arg(paths.root.join(APISERVER_AUDIT_LOG));
     for i in 1..=nodes {
         let (u4, u6) = node_underlay(i);
         let (c4, c6) = node_pod_cidrs(i);
