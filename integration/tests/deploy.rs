@@ -380,6 +380,90 @@ fn overlays_render_and_hold_least_privilege() {
     }
 }
 
+/// The value of `--NAME=VALUE` (or `--NAME VALUE`) in `args`, the last one winning.
+fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    let long = format!("--{name}");
+    let mut found = None;
+    for (i, a) in args.iter().enumerate() {
+        if let Some(v) = a.strip_prefix(&format!("{long}=")) {
+            found = Some(v);
+        } else if *a == long {
+            found = args.get(i + 1).map(String::as_str);
+        }
+    }
+    found
+}
+
+#[test]
+fn userspace_overlay_runs_both_devices_in_containers_of_their_own() {
+    let Some(rendered) = render(&deploy_dir().join("overlays").join("userspace")) else {
+        return;
+    };
+    check(&rendered, Encryption::Enabled);
+    let pod = rendered.daemon_sets[0].spec.template.spec.clone().unwrap();
+    let meshd = pod.containers.iter().find(|c| c.name == "meshd").unwrap();
+    let args = meshd.args.clone().unwrap_or_default();
+    // meshd never spawns a device of its own: it waits for these containers' and adopts them.
+    assert_eq!(
+        args.iter()
+            .filter(|a| a.starts_with("--wireguard-mode"))
+            .count(),
+        1,
+        "{args:?}"
+    );
+    assert_eq!(flag(&args, "wireguard-mode"), Some("external"), "{args:?}");
+    // The devices meshd uses: the first key slot's and the second's (its default name is the
+    // first's plus `b`).
+    let first = flag(&args, "interface").unwrap_or("meshd0").to_string();
+    let second = flag(&args, "second-interface")
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{first}b"));
+    let host_paths: BTreeMap<String, String> = pod
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| Some((v.name.clone(), v.host_path.as_ref()?.path.clone())))
+        .collect();
+    for device in [&first, &second] {
+        let runners: Vec<&Container> = pod
+            .containers
+            .iter()
+            .filter(|c| {
+                let command: Vec<String> = c
+                    .command
+                    .iter()
+                    .flatten()
+                    .chain(c.args.iter().flatten())
+                    .cloned()
+                    .collect();
+                command
+                    .first()
+                    .is_some_and(|p| p.ends_with("/meshd-wg") || p == "meshd-wg")
+                    && flag(&command, "interface") == Some(device.as_str())
+            })
+            .collect();
+        assert_eq!(runners.len(), 1, "one container runs meshd-wg for {device}");
+        let c = runners[0];
+        assert_ne!(
+            c.name, "meshd",
+            "{device} must not live in meshd's container"
+        );
+        // It creates the TUN and serves its UAPI socket where meshd (and the host's `wg`)
+        // finds it.
+        assert_no_privilege(c, &["NET_ADMIN"]);
+        assert!(
+            mounts_host_path(c, &host_paths, "/run/wireguard"),
+            "{}",
+            c.name
+        );
+        assert!(
+            mounts_host_path(c, &host_paths, "/dev/net/tun"),
+            "{}",
+            c.name
+        );
+    }
+}
+
 #[test]
 fn deploy_dir_renders_the_encrypted_default() {
     let Some(rendered) = render(&deploy_dir()) else {

@@ -80,7 +80,10 @@ pub struct DaemonArgs {
     /// `/proc/sys` is read-only: a host path mount of `/proc/sys/net`).
     #[arg(long, default_value = "/proc/sys/net")]
     pub proc_sys_net: PathBuf,
-    /// `auto` (kernel module when available, else user space), `kernel` or `userspace`.
+    /// `auto` (kernel module when available, else user space), `kernel`, `userspace`, or
+    /// `external`: both user-space devices are run by another process (the `wireguard`
+    /// containers of `deploy/components/userspace-wireguard`); meshd waits for each to appear
+    /// and adopts it, and never spawns a helper.
     #[arg(long, default_value = "auto")]
     pub wireguard_mode: WireguardMode,
     /// Underlay addresses peers should send to (repeatable); default: the underlay interface's.
