@@ -132,21 +132,43 @@ fn check(r: &Rendered, encryption: Encryption) {
             rule(&[""], &["nodes/status"], &[], &["patch"]),
         ])
     );
-    assert_eq!(r.roles.len(), 1);
+    let roles: BTreeMap<(Option<String>, Option<String>), BTreeSet<Rule>> = r
+        .roles
+        .iter()
+        .map(|role| {
+            (
+                (role.metadata.namespace.clone(), role.metadata.name.clone()),
+                rules(role.rules.as_deref().unwrap_or_default()),
+            )
+        })
+        .collect();
+    let named = |ns: &str, name: &str| (Some(ns.to_string()), Some(name.to_string()));
     assert_eq!(
-        r.roles[0].metadata.namespace.as_deref(),
-        Some("meshd-system")
-    );
-    assert_eq!(
-        rules(r.roles[0].rules.as_deref().unwrap_or_default()),
-        BTreeSet::from([
-            rule(
-                &[""],
-                &["configmaps"],
-                &["meshd-config"],
-                &["list", "watch"]
+        roles,
+        BTreeMap::from([
+            (
+                named("meshd-system", "meshd"),
+                BTreeSet::from([
+                    rule(
+                        &[""],
+                        &["configmaps"],
+                        &["meshd-config"],
+                        &["list", "watch"]
+                    ),
+                    rule(&["events.k8s.io"], &["events"], &[], &["create"]),
+                ])
             ),
-            rule(&["events.k8s.io"], &["events"], &[], &["create"]),
+            // The `kubernetes` Service's EndpointSlice: the API servers' addresses, which host
+            // encryption never tunnels.
+            (
+                named("default", "meshd-api-server-endpoints"),
+                BTreeSet::from([rule(
+                    &["discovery.k8s.io"],
+                    &["endpointslices"],
+                    &["kubernetes"],
+                    &["list", "watch"]
+                )])
+            ),
         ])
     );
     let every_verb: Vec<&String> = r
@@ -160,13 +182,23 @@ fn check(r: &Rendered, encryption: Encryption) {
         !every_verb.iter().any(|v| v.contains('*')),
         "no wildcards: {every_verb:?}"
     );
+    let role_names: BTreeSet<&str> = r
+        .cluster_roles
+        .iter()
+        .filter_map(|c| c.metadata.name.as_deref())
+        .chain(r.roles.iter().filter_map(|c| c.metadata.name.as_deref()))
+        .collect();
     for (role_ref, subjects) in r
         .cluster_role_bindings
         .iter()
         .map(|b| (&b.role_ref, &b.subjects))
         .chain(r.role_bindings.iter().map(|b| (&b.role_ref, &b.subjects)))
     {
-        assert_eq!(role_ref.name, "meshd");
+        assert!(
+            role_names.contains(role_ref.name.as_str()),
+            "{}",
+            role_ref.name
+        );
         let subjects = subjects.as_deref().unwrap_or_default();
         assert_eq!(subjects.len(), 1);
         assert_eq!(
@@ -180,8 +212,19 @@ fn check(r: &Rendered, encryption: Encryption) {
     }
     assert_eq!(
         (r.cluster_role_bindings.len(), r.role_bindings.len()),
-        (1, 1)
+        (1, 2)
     );
+    for b in &r.role_bindings {
+        let role = r
+            .roles
+            .iter()
+            .find(|role| role.metadata.name.as_deref() == Some(b.role_ref.name.as_str()))
+            .expect("a RoleBinding's Role is rendered");
+        assert_eq!(
+            role.metadata.namespace, b.metadata.namespace,
+            "a RoleBinding binds the Role of its own namespace"
+        );
+    }
 
     // The ConfigMap: every key documented and valid, the overlay's encryption mode.
     assert_eq!(r.config_maps.len(), 1);

@@ -254,6 +254,8 @@ struct Context {
     heartbeat: crate::health::Heartbeat,
     metrics: crate::metrics::Metrics,
     status_feed: Option<tokio::sync::watch::Sender<Option<StatusReport>>>,
+    /// The API servers' endpoints (host encryption excludes them).
+    api_servers: Option<ApiServerFeed>,
 }
 
 impl Context {
@@ -376,6 +378,10 @@ impl Live {
 /// Live operator settings (the `meshd-config` ConfigMap): `None` until first read.
 pub type SettingsFeed = tokio::sync::watch::Receiver<Option<crate::settings::Settings>>;
 
+/// The API servers' addresses as learnt from the cluster (the `kubernetes` Service's
+/// endpoints): host encryption never tunnels them. `None` until first read.
+pub type ApiServerFeed = tokio::sync::watch::Receiver<Option<BTreeSet<IpAddr>>>;
+
 /// Run the daemon until SIGTERM/SIGINT. With `settings`, the ConfigMap's values override the
 /// flags and are applied live whenever they change.
 pub async fn run<R: Registry>(
@@ -383,16 +389,17 @@ pub async fn run<R: Registry>(
     registry: R,
     settings: Option<SettingsFeed>,
 ) -> anyhow::Result<()> {
-    run_with(args, registry, settings, None).await
+    run_with(args, registry, settings, None, None).await
 }
 
 /// [`run`], also sending every status meshd serves to `status_feed` (e.g. for the Node
-/// condition).
+/// condition), and never tunnelling the addresses `api_servers` names (host encryption).
 pub async fn run_with<R: Registry>(
     args: DaemonArgs,
     registry: R,
     settings: Option<SettingsFeed>,
     status_feed: Option<tokio::sync::watch::Sender<Option<StatusReport>>>,
+    api_servers: Option<ApiServerFeed>,
 ) -> anyhow::Result<()> {
     let mut args = args;
     if let Some(feed) = &settings {
@@ -584,6 +591,7 @@ pub async fn run_with<R: Registry>(
         heartbeat,
         metrics,
         status_feed,
+        api_servers,
     };
     let result = event_loop(
         &ctx,
@@ -882,6 +890,7 @@ async fn event_loop<R: Registry>(
         });
     let mut rotation_tick = tokio::time::interval(check_every);
     let mut commands_open = true;
+    let mut api_servers = ctx.api_servers.clone();
     loop {
         let wake = known.rotation.wake_at().map(tokio::time::Instant::from_std);
         let retry_at_now = match (retry_at, wake) {
@@ -927,6 +936,18 @@ async fn event_loop<R: Registry>(
             }
             _ = resync.tick() => {}
             _ = retry => {}
+            // The API servers' endpoints changed: reconcile (host encryption excludes them).
+            changed = async {
+                match api_servers.as_mut() {
+                    Some(feed) => feed.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if changed.is_err() {
+                    tracing::warn!("the API server endpoint watcher stopped; the last endpoints stay excluded");
+                    api_servers = None;
+                }
+            }
             changed = async {
                 match settings.as_mut() {
                     Some(feed) => feed.changed().await,
@@ -1484,7 +1505,13 @@ async fn reconcile_once(ctx: &Context, known: &mut Known) -> anyhow::Result<()> 
             &wants,
             &peer_slots,
             &up,
-            &ctx.args.host_encryption_exclude,
+            &reconcile::host_exclusions(
+                &ctx.args.host_encryption_exclude,
+                ctx.api_servers
+                    .as_ref()
+                    .and_then(|feed| feed.borrow().clone())
+                    .as_ref(),
+            ),
             ifindex,
         )
     } else {
