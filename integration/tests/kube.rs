@@ -779,3 +779,77 @@ async fn the_api_servers_endpoints_follow_the_kubernetes_endpointslice() {
         "addressType is immutable: {err}"
     );
 }
+
+#[tokio::test]
+async fn the_last_good_settings_outlive_a_restart_into_an_invalid_configmap() {
+    let c = cluster(1).await;
+    let state = tempfile::tempdir().unwrap();
+    let flags = Settings::default();
+    let watcher = |fallback: Settings| {
+        let pod = settings::pod_reference("meshd-system", "meshd-abcde", None);
+        settings::WatcherConfig {
+            max_backoff: Duration::from_millis(500),
+            fallback,
+            state_dir: Some(state.path().to_path_buf()),
+            ..settings::WatcherConfig::new("meshd-system", pod, "n1")
+        }
+    };
+    let first = |rx: &tokio::sync::watch::Receiver<Option<Settings>>| rx.borrow().clone();
+
+    // A valid ConfigMap: applied, and saved as the last good settings.
+    c.server.put_configmap(
+        "meshd-system",
+        settings::CONFIG_MAP_NAME,
+        &[("encryption", "permissive"), ("mtu", "1400")],
+    );
+    let good = Settings {
+        encryption: Encryption::Permissive,
+        mtu: Some(1400),
+        ..Settings::default()
+    };
+    let start = settings::fallback(settings::load_last_good(state.path()), flags.clone());
+    assert_eq!(start, flags, "no file yet: the flags");
+    let mut rx = settings::spawn_watcher(c.client.clone(), watcher(start));
+    tokio::time::timeout(WAIT, rx.wait_for(|s| s.as_ref() == Some(&good)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        settings::load_last_good(state.path()).unwrap(),
+        Some(good.clone())
+    );
+    drop(rx);
+
+    // meshd restarts while the ConfigMap holds an invalid value: it starts from the last good
+    // settings, not from the defaults.
+    c.server.put_configmap(
+        "meshd-system",
+        settings::CONFIG_MAP_NAME,
+        &[("encryption", "sometimes")],
+    );
+    let start = settings::fallback(settings::load_last_good(state.path()), flags.clone());
+    let mut rx = settings::spawn_watcher(c.client.clone(), watcher(start));
+    tokio::time::timeout(WAIT, rx.wait_for(Option::is_some))
+        .await
+        .unwrap()
+        .unwrap();
+    wait_for_event(&c.server).await;
+    assert_eq!(first(&rx), Some(good.clone()));
+    assert_eq!(
+        settings::load_last_good(state.path()).unwrap(),
+        Some(good),
+        "an invalid value is never saved"
+    );
+    drop(rx);
+
+    // A corrupt file: a logged error, and the flags.
+    std::fs::write(state.path().join(settings::LAST_GOOD_FILE), "{garbage").unwrap();
+    let start = settings::fallback(settings::load_last_good(state.path()), flags.clone());
+    let rx = settings::spawn_watcher(c.client.clone(), watcher(start));
+    let mut rx2 = rx.clone();
+    tokio::time::timeout(WAIT, rx2.wait_for(Option::is_some))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first(&rx), Some(flags));
+}

@@ -103,10 +103,22 @@ async fn kubernetes(cli: Cli) -> anyhow::Result<()> {
                 Some(pod) => settings::pod_reference(namespace, pod, None),
                 None => settings::node_reference(&args.node_name),
             };
-            let mut rx = settings::spawn_watcher(
-                client.clone(),
-                WatcherConfig::new(namespace, regarding, &args.node_name),
-            );
+            // Until the ConfigMap says otherwise, and when it is invalid or missing at start:
+            // the last good settings from the state directory, else the flags.
+            let flags = settings::Settings {
+                encryption: args.encryption.into(),
+                strict_mode: args.strict_mode,
+                host_encryption: args.host_encryption,
+                mtu: args.mtu,
+                listen_port: args.listen_port,
+                keepalive: args.keepalive,
+            };
+            let config = WatcherConfig {
+                fallback: settings::fallback(settings::load_last_good(&args.state_dir), flags),
+                state_dir: Some(args.state_dir.clone()),
+                ..WatcherConfig::new(namespace, regarding, &args.node_name)
+            };
+            let mut rx = settings::spawn_watcher(client.clone(), config);
             tracing::info!(configmap = %spec, "waiting for the settings");
             rx.wait_for(Option::is_some)
                 .await
