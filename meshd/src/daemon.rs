@@ -242,7 +242,9 @@ struct Context {
     /// Each slot's interface name.
     interfaces: [String; 2],
     adopted: bool,
-    mtu: u32,
+    /// The MTU `mtu: auto` stands for (`--mtu`, else derived from the underlay); the MTU in
+    /// force is [`Live::mtu`].
+    auto_mtu: u32,
     links: Links,
     routes: Routes,
     opts: UserspaceOptions,
@@ -365,6 +367,23 @@ struct Known {
 }
 
 impl Live {
+    /// Folds new operator settings in; `mtu: auto` (`None`) is `auto_mtu`.
+    fn apply(&mut self, new: &crate::settings::Settings, auto_mtu: u32) {
+        self.encryption = new.encryption.into();
+        self.strict_mode = new.strict_mode;
+        if self.keepalive != new.keepalive {
+            self.keepalive = new.keepalive;
+            self.refresh_peers = true;
+        }
+        self.mtu = new.mtu.unwrap_or(auto_mtu);
+        self.listen_port = new.listen_port;
+        if self.host_encryption != new.host_encryption {
+            self.host_encryption = new.host_encryption;
+            // The effective keepalive may change with it.
+            self.refresh_peers = true;
+        }
+    }
+
     /// The keepalive programmed on peers: host encryption needs one to judge tunnels up.
     fn effective_keepalive(&self) -> Option<u16> {
         match (self.keepalive, self.host_encryption) {
@@ -402,6 +421,8 @@ pub async fn run_with<R: Registry>(
     api_servers: Option<ApiServerFeed>,
 ) -> anyhow::Result<()> {
     let mut args = args;
+    // `mtu: auto` in the ConfigMap means this: `--mtu`, else derived from the underlay.
+    let flag_mtu = args.mtu;
     if let Some(feed) = &settings {
         if let Some(s) = feed.borrow().clone() {
             args.encryption = s.encryption.into();
@@ -485,9 +506,10 @@ pub async fn run_with<R: Registry>(
         busy_poll_us: args.wg_busy_poll_us,
         log_file: Some(args.state_dir.join("meshd-wg.log")),
     };
-    let mtu = args.mtu.unwrap_or_else(|| {
+    let auto_mtu = flag_mtu.unwrap_or_else(|| {
         netlink::wireguard_mtu(underlay_mtu, endpoints.iter().any(IpAddr::is_ipv6))
     });
+    let mtu = args.mtu.unwrap_or(auto_mtu);
     let (device, adopted) = bring_up_device(
         &args,
         &opts,
@@ -577,7 +599,7 @@ pub async fn run_with<R: Registry>(
         devices: [RwLock::new(device), RwLock::new(second)],
         interfaces,
         adopted,
-        mtu,
+        auto_mtu,
         links: links.clone(),
         routes,
         opts,
@@ -813,7 +835,7 @@ async fn heal_device(ctx: &Context, slot: Slot) -> anyhow::Result<()> {
         (interface, slot),
         &ctx.key(slot),
         port,
-        ctx.mtu,
+        ctx.live.read().await.mtu,
     )
     .await?;
     tracing::info!(
@@ -1028,7 +1050,8 @@ async fn event_loop<R: Registry>(
             let conf = crate::cni_conf::conflist(
                 &ctx.me(),
                 &ctx.args.state_dir.join("ipam"),
-                ctx.mtu,
+                // The MTU in force: pods created after a live change get it too.
+                ctx.live.read().await.mtu,
                 &ctx.args.bpf_pin_dir,
                 ctx.args.pod_steering == PodSteering::Ebpf,
             );
@@ -1348,21 +1371,7 @@ fn desired(ctx: &Context, known: &mut Known, views: &[NodeRecord], slot: Slot) -
 async fn apply_settings(ctx: &Context, new: &crate::settings::Settings) {
     let mut live = ctx.live.write().await;
     let before = live.clone();
-    live.encryption = new.encryption.into();
-    live.strict_mode = new.strict_mode;
-    if live.keepalive != new.keepalive {
-        live.keepalive = new.keepalive;
-        live.refresh_peers = true;
-    }
-    if let Some(mtu) = new.mtu {
-        live.mtu = mtu;
-    }
-    live.listen_port = new.listen_port;
-    if live.host_encryption != new.host_encryption {
-        live.host_encryption = new.host_encryption;
-        // The effective keepalive may change with it.
-        live.refresh_peers = true;
-    }
+    live.apply(new, ctx.auto_mtu);
     if *live != before {
         tracing::info!(
             encryption = %live.encryption,
@@ -1911,7 +1920,7 @@ async fn publish_status(
         ifindex: device.ifindex(),
         adopted_device: ctx.adopted,
         listen_port: live.listen_port,
-        mtu: ctx.mtu,
+        mtu: ctx.live.read().await.mtu,
         endpoints: ctx.me().endpoints.iter().map(ToString::to_string).collect(),
         pod_cidrs: ctx.me().pod_cidrs.iter().map(ToString::to_string).collect(),
         known_nodes: known.records.keys().cloned().collect(),
@@ -2029,6 +2038,32 @@ mod tests {
             pod_cidrs: vec![],
             rotation: Default::default(),
         }
+    }
+
+    #[test]
+    fn live_mtu_follows_the_setting_and_auto_reverts_to_the_derived_one() {
+        let mut live = Live {
+            encryption: Encryption::Enabled,
+            strict_mode: true,
+            keepalive: None,
+            mtu: 1420,
+            listen_port: 51820,
+            host_encryption: false,
+            refresh_peers: false,
+        };
+        let with_mtu = |mtu| crate::settings::Settings {
+            mtu,
+            ..Default::default()
+        };
+        live.apply(&with_mtu(Some(1300)), 1420);
+        assert_eq!(live.mtu, 1300);
+        // `mtu: auto` after an override goes back to what auto means.
+        live.apply(&with_mtu(None), 1420);
+        assert_eq!(live.mtu, 1420);
+        live.apply(&with_mtu(Some(9000)), 1420);
+        live.apply(&with_mtu(None), 1380);
+        assert_eq!(live.mtu, 1380);
+        assert!(!live.refresh_peers, "an MTU change re-programs no peer");
     }
 
     #[test]
