@@ -29,6 +29,17 @@ fn ping_within(from: &integration::LabPod, dst: &str, limit: Duration) -> bool {
     false
 }
 
+/// Wall-clock milliseconds (shared with the senders in the pods' namespaces).
+fn unix_ms() -> u64 {
+    u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
 /// Wait until every node runs with `encryption` and has converged.
 fn wait_mode(lab: &Lab, encryption: &str, peers: usize) {
     lab.wait_for(
@@ -72,35 +83,54 @@ fn the_mesh_runs_on_node_annotations_and_the_encryption_toggle_keeps_tcp_connect
     assert!(report.is_clean(), "{}", report.summary());
     assert!(report.wireguard_packets >= 8, "{}", report.summary());
 
-    // One TCP connection, paced over ~16 s, across enabled → disabled → permissive → enabled.
-    let sink = start_sink(
-        &to.namespace,
-        &[
-            "tcp-sink",
-            "--listen",
-            "0.0.0.0:5500",
-            "--count",
-            "1",
-            "--timeout-s",
-            "60",
-        ],
-    )
-    .unwrap();
+    // Two TCP connections, one each way (n1 → n2 over IPv4, n2 → n1 over IPv6), paced and
+    // running until the test says stop — after the last switch — across enabled → disabled →
+    // permissive → enabled.
+    let (_, src6) = pod_addrs(&from).unwrap();
+    let stop = dir.path().join("stop-streams");
     let tool = bin("lab-traffic");
-    let sender = netns::spawn_in(
-        &from.namespace,
-        &[
-            &tool.to_string_lossy(),
-            "tcp-send",
-            "--to",
-            &sockaddr(dst4, 5500),
-            "--bytes",
-            "8000000",
-            "--rate-kbyte-s",
-            "500",
-        ],
-    )
-    .unwrap();
+    let stream = |sink_pod: &integration::LabPod,
+                  listen: &str,
+                  sender_pod: &integration::LabPod,
+                  to: String| {
+        let sink = start_sink(
+            &sink_pod.namespace,
+            &[
+                "tcp-sink",
+                "--listen",
+                listen,
+                "--count",
+                "1",
+                "--timeout-s",
+                "180",
+            ],
+        )
+        .unwrap();
+        // Killed if the test fails before it ends.
+        let sender = netns::ChildGuard::new(
+            netns::spawn_in(
+                &sender_pod.namespace,
+                &[
+                    &tool.to_string_lossy(),
+                    "tcp-send",
+                    "--to",
+                    &to,
+                    // 100 s at this rate, far more than the toggles take: the stop file ends it
+                    // (and the cap bounds it should the test fail first).
+                    "--bytes",
+                    "30000000",
+                    "--rate-kbyte-s",
+                    "300",
+                    "--until-file",
+                    &stop.to_string_lossy(),
+                ],
+            )
+            .unwrap(),
+        );
+        (sink, sender)
+    };
+    let forward = stream(&to, "0.0.0.0:5500", &from, sockaddr(dst4, 5500));
+    let backward = stream(&from, "[::]:5501", &to, sockaddr(src6, 5501));
     std::thread::sleep(Duration::from_secs(2));
     lab.meshctl(&["lab", "set", "encryption=disabled"]).unwrap();
     wait_mode(&lab, "disabled", 0);
@@ -169,21 +199,37 @@ fn the_mesh_runs_on_node_annotations_and_the_encryption_toggle_keeps_tcp_connect
 
     lab.meshctl(&["lab", "set", "encryption=enabled"]).unwrap();
     wait_mode(&lab, "enabled", 2);
-    // Enabled again: the same peers, untouched, so traffic never stalls.
-    let out = sender.wait_with_output().unwrap();
-    let sent: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("tcp-send: {e}: {}", String::from_utf8_lossy(&out.stderr)));
-    let (ok, received) = finish(sink).unwrap();
-    eprintln!("tcp across the toggles: sender {sent} / sink {received}");
-    assert_eq!(
-        sent["ok"], true,
-        "the connection broke or corrupted: {sent}"
-    );
-    assert!(ok, "sink: {received}");
-    assert!(
-        sent["secs"].as_f64().unwrap() > 12.0,
-        "the stream must span both toggles: {sent}"
-    );
+    let last_switch = unix_ms();
+    // Enabled again: the same peers, untouched, so traffic never stalls. Both streams carry
+    // data under the final mode for a while before they are stopped.
+    std::thread::sleep(Duration::from_secs(3));
+    std::fs::write(&stop, b"").unwrap();
+    for (name, (sink, mut sender)) in [("n1 → n2, IPv4", forward), ("n2 → n1, IPv6", backward)]
+    {
+        let out = sender.take().unwrap().wait_with_output().unwrap();
+        let sent: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "tcp-send {name}: {e}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        let (ok, received) = finish(sink).unwrap();
+        eprintln!("tcp {name} across the toggles: sender {sent} / sink {received}");
+        assert_eq!(
+            sent["ok"], true,
+            "{name}: the connection broke or corrupted: {sent}"
+        );
+        assert!(ok, "{name}: sink: {received}");
+        assert_eq!(
+            sent["stopped_by_file"], true,
+            "{name}: the stream must last until it is told to stop: {sent}"
+        );
+        let ended = sent["ended_unix_ms"].as_u64().unwrap();
+        assert!(
+            ended > last_switch + 2000,
+            "{name}: the stream must carry data after the last switch ({last_switch}): {sent}"
+        );
+    }
 
     // Encrypted again: only WireGuard crosses, strict mode is back.
     let cap = Capture::start(
@@ -224,7 +270,40 @@ fn the_mesh_runs_on_node_annotations_and_the_encryption_toggle_keeps_tcp_connect
         .count();
     assert_eq!(peers_ok, 6, "every ordered pair programmed: {report:#}");
 
+    check_mtu_is_live(&lab);
     check_rbac(&lab);
+}
+
+/// Every node's meshd runs with `mtu` (its status) and installs it in the CNI configuration
+/// that new pods are created with.
+fn wait_mtu(lab: &Lab, mtu: u64) {
+    lab.wait_for(
+        &format!("every node to run with MTU {mtu}"),
+        Duration::from_secs(20),
+        |s| {
+            s["nodes"].as_array().unwrap().iter().all(|n| {
+                let state_dir = std::path::Path::new(n["state_dir"].as_str().unwrap());
+                let conflist = state_dir.with_file_name("cni").join("10-meshd.conflist");
+                let conf: Option<serde_json::Value> = std::fs::read_to_string(&conflist)
+                    .ok()
+                    .and_then(|t| serde_json::from_str(&t).ok());
+                n["status"]["mtu"] == mtu && conf.is_some_and(|c| c["plugins"][0]["mtu"] == mtu)
+            })
+        },
+    )
+    .unwrap();
+}
+
+/// The MTU is live: an override reaches the devices and the CNI configuration (so pods created
+/// after the change get it), and `auto` goes back to the derived MTU.
+fn check_mtu_is_live(lab: &Lab) {
+    let js = lab.status_json().unwrap();
+    let auto = js["nodes"][0]["status"]["mtu"].as_u64().unwrap();
+    wait_mtu(lab, auto);
+    lab.meshctl(&["lab", "set", "mtu=1300"]).unwrap();
+    wait_mtu(lab, 1300);
+    lab.meshctl(&["lab", "set", "mtu=auto"]).unwrap();
+    wait_mtu(lab, auto);
 }
 
 /// Every request the nodes' meshd made to the API server over the whole run is granted by
