@@ -1,5 +1,6 @@
 //! meshd on the Kubernetes backend in the lab: every node's meshd publishes its key as Node
-//! annotations on the lab's API server and reads its peers from the Nodes; the encryption
+//! annotations on the lab's API server, takes its pod CIDRs from its Node's spec.podCIDRs and
+//! reads its peers from the Nodes; the encryption
 //! toggle in the `meshd-config` ConfigMap is applied live under an established TCP connection;
 //! and every request meshd made is granted by `deploy/`'s RBAC, every grant there used.
 //!
@@ -66,6 +67,23 @@ fn the_mesh_runs_on_node_annotations_and_the_encryption_toggle_keeps_tcp_connect
     let js = lab.status_json().unwrap();
     assert_eq!(js["registry"], "kubernetes");
     wait_mode(&lab, "enabled", 2);
+    // Pod CIDRs come from each Node's spec.podCIDRs (which the lab's API server holds, as a
+    // node IPAM controller would set them), not from flags.
+    let js = lab.status_json().unwrap();
+    for n in js["nodes"].as_array().unwrap() {
+        let pid = n["meshd_pid"].as_u64().unwrap();
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        assert!(
+            args.iter().any(|a| a.ends_with("meshd")) && !args.iter().any(|a| a == "--pod-cidr"),
+            "{args:?}"
+        );
+        assert_eq!(n["status"]["pod_cidrs"], n["pod_cidrs"], "{n:#}");
+        assert_eq!(n["pod_cidrs"].as_array().unwrap().len(), 2, "{n:#}");
+    }
     let from = st.pods_on("n1").next().unwrap().clone();
     let to = st.pods_on("n2").next().unwrap().clone();
     let (dst4, dst6) = pod_addrs(&to).unwrap();

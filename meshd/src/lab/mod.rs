@@ -617,14 +617,18 @@ fn start_meshd_with(state: &LabState, i: u32, extra: &[&str]) -> anyhow::Result<
         .args(["--health-listen", "0.0.0.0:9108"])
         .args(extra)
         .args(if state.ipam == "cluster-pool" {
-            [
+            vec![
                 "--pod-cidr-pool".to_string(),
                 CLUSTER_V4.to_string(),
                 "--pod-cidr-pool".to_string(),
                 CLUSTER_V6.to_string(),
             ]
+        } else if state.registry == "kubernetes" {
+            // As on a real cluster: meshd takes them from its Node's spec.podCIDRs, which
+            // the lab's API server holds (start_apiserver).
+            Vec::new()
         } else {
-            [
+            vec![
                 "--pod-cidr".to_string(),
                 c4.to_string(),
                 "--pod-cidr".to_string(),
