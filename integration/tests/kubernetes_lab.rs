@@ -289,7 +289,34 @@ fn the_mesh_runs_on_node_annotations_and_the_encryption_toggle_keeps_tcp_connect
     assert_eq!(peers_ok, 6, "every ordered pair programmed: {report:#}");
 
     check_mtu_is_live(&lab);
+    check_last_good_settings_survive_a_restart(&lab);
     check_rbac(&lab);
+}
+
+/// A meshd restarted while the ConfigMap holds an invalid value starts from the last good
+/// settings it saved, not from its flags (`--encryption enabled` in the lab).
+fn check_last_good_settings_survive_a_restart(lab: &Lab) {
+    lab.meshctl(&["lab", "set", "encryption=permissive"])
+        .unwrap();
+    wait_mode(lab, "permissive", 2);
+    lab.meshctl(&["lab", "set", "encryption=sometimes"])
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    lab.meshctl(&["lab", "stop-node", "n1"]).unwrap();
+    lab.meshctl(&["lab", "start-node", "n1"]).unwrap();
+    lab.wait_for(
+        "n1's restarted meshd to run with its last good settings",
+        Duration::from_secs(30),
+        |s| {
+            let n1 = &s["nodes"][0];
+            n1["running"] == true
+                && n1["status"]["encryption"] == "permissive"
+                && n1["status"]["converged"] == true
+        },
+    )
+    .unwrap();
+    lab.meshctl(&["lab", "set", "encryption=enabled"]).unwrap();
+    wait_mode(lab, "enabled", 2);
 }
 
 /// Every node's meshd runs with `mtu` (its status) and installs it in the CNI configuration
