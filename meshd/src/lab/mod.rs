@@ -650,7 +650,49 @@ fn start_meshd_with(state: &LabState, i: u32, extra: &[&str]) -> anyhow::Result<
     fs::write(paths.pidfile(i), pid.to_string())?;
     // Not waited for: meshd outlives meshctl and is reparented to init.
     std::mem::forget(child);
+    if mode == "external" {
+        // Started after meshd, as a pod's containers may be: meshd waits for them.
+        std::thread::sleep(Duration::from_millis(500));
+        start_external_devices(&paths, lab, i)?;
+    }
     Ok(pid)
+}
+
+/// `--wireguard-mode external`: node `i`'s two user-space devices run by `meshd-wg` processes
+/// of their own, as the `wireguard` containers of deploy/components/userspace-wireguard run
+/// them: started by the lab (once; a restarted meshd adopts them), never by meshd.
+fn start_external_devices(paths: &Paths, lab: &str, i: u32) -> anyhow::Result<()> {
+    let helper = binary("meshd-wg")?;
+    for device in ["meshd0", "meshd0b"] {
+        let present = Command::new("ip")
+            .args(["-n", &node_ns(lab, i), "link", "show", device])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if present {
+            continue;
+        }
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(paths.node_dir(i).join(format!("{device}-wg.log")))?;
+        let child = Command::new("nsenter")
+            .arg(format!("--mount={}", paths.mnt(i).display()))
+            .arg(format!("--net=/run/netns/{}", node_ns(lab, i)))
+            .arg("--")
+            .arg(&helper)
+            .args(["--interface", device])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting meshd-wg for {device}"))?;
+        // Like meshd: outlives meshctl; `lab down` kills every process in the namespace.
+        std::mem::forget(child);
+    }
+    Ok(())
 }
 
 fn registry_args(state: &LabState, paths: &Paths) -> Vec<String> {
