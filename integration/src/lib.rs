@@ -9,7 +9,9 @@
 //!   `lab-traffic` binary), with end-to-end integrity (SHA-256) and loss/reorder/gap stats.
 //! - [`labjson`]: serde types for `meshctl lab status -o json`.
 //! - [`apiserver`]: a mock Kubernetes API server (list/watch/patch of Nodes, ConfigMaps,
-//!   Events) that the Kubernetes registry backend and the settings watcher are tested against.
+//!   Events) that the Kubernetes registry backend and the settings watcher are tested against,
+//!   with a log of every request's authorisation attributes.
+//! - [`rbac`]: RBAC rule matching, to check that log against the roles in `deploy/`.
 //!
 //! Binaries: `lab-traffic` (traffic generator run inside pod namespaces) and
 //! `mesh-bench` (plain veth vs wireguard-go vs meshd throughput/RTT benchmark).
@@ -25,6 +27,7 @@ pub mod capture;
 pub mod lab;
 pub mod labjson;
 pub mod netns;
+pub mod rbac;
 pub mod traffic;
 pub mod verify;
 pub mod vm;

@@ -278,6 +278,12 @@ pub struct TcpSendReport {
     /// Why `ok` is false.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// When the sink's reply arrived (UNIX milliseconds, wall clock shared by every namespace).
+    #[serde(default)]
+    pub ended_unix_ms: u64,
+    /// Whether the stream ended because the stop file appeared (not at its byte count).
+    #[serde(default)]
+    pub stopped_by_file: bool,
 }
 
 /// Connects to `to`, retrying for up to [`CONNECT_RETRY`].
@@ -316,6 +322,20 @@ pub fn tcp_send_paced(
     timeout: Duration,
     rate: Option<u64>,
 ) -> Result<TcpSendReport> {
+    tcp_send_until(to, bytes, marker, timeout, rate, None)
+}
+
+/// Like [`tcp_send_paced`], ending early (before `bytes`) once the file `stop` exists: one
+/// connection that carries data for as long as its caller needs, e.g. until after the last of
+/// several datapath changes.
+pub fn tcp_send_until(
+    to: SocketAddr,
+    bytes: u64,
+    marker: &str,
+    timeout: Duration,
+    rate: Option<u64>,
+    stop: Option<&std::path::Path>,
+) -> Result<TcpSendReport> {
     let mut stream = connect_retry(to, CONNECT_RETRY)?;
     let start = Instant::now();
     stream
@@ -328,7 +348,12 @@ pub fn tcp_send_paced(
     let mut hasher = Hasher::default();
     let mut buf = vec![0u8; 64 * 1024];
     let mut left = bytes;
+    let mut stopped_by_file = false;
     while left > 0 {
+        if stop.is_some_and(|p| p.exists()) {
+            stopped_by_file = true;
+            break;
+        }
         let n = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
         pattern.fill(&mut buf[..n]);
         hasher.update(&buf[..n]);
@@ -351,6 +376,10 @@ pub fn tcp_send_paced(
         .read_line(&mut line)
         .map_err(io("read sink reply"))?;
     let secs = start.elapsed().as_secs_f64();
+    let ended_unix_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let bytes = bytes - left;
     let received: Digest = serde_json::from_str(line.trim())
         .map_err(|e| TrafficError::BadReply(format!("{e}: {:?}", line.trim())))?;
     let sent = hasher.finish();
@@ -367,6 +396,8 @@ pub fn tcp_send_paced(
         sha256: sent.sha256,
         received,
         error: check.err().map(|e| e.to_string()),
+        ended_unix_ms,
+        stopped_by_file,
     })
 }
 

@@ -121,8 +121,9 @@ fn check(r: &Rendered, encryption: Encryption) {
     );
 
     // RBAC: exactly the calls meshd makes (KubeRegistry: get/list/watch/patch nodes; the Node
-    // condition: patch nodes/status; settings watcher: get/list/watch its ConfigMap; Recorder:
-    // create/patch events.k8s.io Events).
+    // condition: patch nodes/status; settings watcher: list/watch its ConfigMap by name; a fresh
+    // Recorder per Event: create events.k8s.io Events, never patch). kubernetes_lab.rs checks
+    // these rules against the requests meshd makes to the test API server in a lab run.
     assert_eq!(r.cluster_roles.len(), 1);
     assert_eq!(
         rules(r.cluster_roles[0].rules.as_deref().unwrap_or_default()),
@@ -131,21 +132,43 @@ fn check(r: &Rendered, encryption: Encryption) {
             rule(&[""], &["nodes/status"], &[], &["patch"]),
         ])
     );
-    assert_eq!(r.roles.len(), 1);
+    let roles: BTreeMap<(Option<String>, Option<String>), BTreeSet<Rule>> = r
+        .roles
+        .iter()
+        .map(|role| {
+            (
+                (role.metadata.namespace.clone(), role.metadata.name.clone()),
+                rules(role.rules.as_deref().unwrap_or_default()),
+            )
+        })
+        .collect();
+    let named = |ns: &str, name: &str| (Some(ns.to_string()), Some(name.to_string()));
     assert_eq!(
-        r.roles[0].metadata.namespace.as_deref(),
-        Some("meshd-system")
-    );
-    assert_eq!(
-        rules(r.roles[0].rules.as_deref().unwrap_or_default()),
-        BTreeSet::from([
-            rule(
-                &[""],
-                &["configmaps"],
-                &["meshd-config"],
-                &["get", "list", "watch"]
+        roles,
+        BTreeMap::from([
+            (
+                named("meshd-system", "meshd"),
+                BTreeSet::from([
+                    rule(
+                        &[""],
+                        &["configmaps"],
+                        &["meshd-config"],
+                        &["list", "watch"]
+                    ),
+                    rule(&["events.k8s.io"], &["events"], &[], &["create"]),
+                ])
             ),
-            rule(&["events.k8s.io"], &["events"], &[], &["create", "patch"]),
+            // The `kubernetes` Service's EndpointSlice: the API servers' addresses, which host
+            // encryption never tunnels.
+            (
+                named("default", "meshd-api-server-endpoints"),
+                BTreeSet::from([rule(
+                    &["discovery.k8s.io"],
+                    &["endpointslices"],
+                    &["kubernetes"],
+                    &["list", "watch"]
+                )])
+            ),
         ])
     );
     let every_verb: Vec<&String> = r
@@ -159,13 +182,23 @@ fn check(r: &Rendered, encryption: Encryption) {
         !every_verb.iter().any(|v| v.contains('*')),
         "no wildcards: {every_verb:?}"
     );
+    let role_names: BTreeSet<&str> = r
+        .cluster_roles
+        .iter()
+        .filter_map(|c| c.metadata.name.as_deref())
+        .chain(r.roles.iter().filter_map(|c| c.metadata.name.as_deref()))
+        .collect();
     for (role_ref, subjects) in r
         .cluster_role_bindings
         .iter()
         .map(|b| (&b.role_ref, &b.subjects))
         .chain(r.role_bindings.iter().map(|b| (&b.role_ref, &b.subjects)))
     {
-        assert_eq!(role_ref.name, "meshd");
+        assert!(
+            role_names.contains(role_ref.name.as_str()),
+            "{}",
+            role_ref.name
+        );
         let subjects = subjects.as_deref().unwrap_or_default();
         assert_eq!(subjects.len(), 1);
         assert_eq!(
@@ -179,8 +212,19 @@ fn check(r: &Rendered, encryption: Encryption) {
     }
     assert_eq!(
         (r.cluster_role_bindings.len(), r.role_bindings.len()),
-        (1, 1)
+        (1, 2)
     );
+    for b in &r.role_bindings {
+        let role = r
+            .roles
+            .iter()
+            .find(|role| role.metadata.name.as_deref() == Some(b.role_ref.name.as_str()))
+            .expect("a RoleBinding's Role is rendered");
+        assert_eq!(
+            role.metadata.namespace, b.metadata.namespace,
+            "a RoleBinding binds the Role of its own namespace"
+        );
+    }
 
     // The ConfigMap: every key documented and valid, the overlay's encryption mode.
     assert_eq!(r.config_maps.len(), 1);
@@ -379,10 +423,194 @@ fn overlays_render_and_hold_least_privilege() {
     }
 }
 
+/// The value of `--NAME=VALUE` (or `--NAME VALUE`) in `args`, the last one winning.
+fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    let long = format!("--{name}");
+    let mut found = None;
+    for (i, a) in args.iter().enumerate() {
+        if let Some(v) = a.strip_prefix(&format!("{long}=")) {
+            found = Some(v);
+        } else if *a == long {
+            found = args.get(i + 1).map(String::as_str);
+        }
+    }
+    found
+}
+
+#[test]
+fn userspace_overlay_runs_both_devices_in_containers_of_their_own() {
+    let Some(rendered) = render(&deploy_dir().join("overlays").join("userspace")) else {
+        return;
+    };
+    check(&rendered, Encryption::Enabled);
+    let pod = rendered.daemon_sets[0].spec.template.spec.clone().unwrap();
+    let meshd = pod.containers.iter().find(|c| c.name == "meshd").unwrap();
+    let args = meshd.args.clone().unwrap_or_default();
+    // meshd never spawns a device of its own: it waits for these containers' and adopts them.
+    assert_eq!(
+        args.iter()
+            .filter(|a| a.starts_with("--wireguard-mode"))
+            .count(),
+        1,
+        "{args:?}"
+    );
+    assert_eq!(flag(&args, "wireguard-mode"), Some("external"), "{args:?}");
+    // The devices meshd uses: the first key slot's and the second's (its default name is the
+    // first's plus `b`).
+    let first = flag(&args, "interface").unwrap_or("meshd0").to_string();
+    let second = flag(&args, "second-interface")
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{first}b"));
+    let host_paths: BTreeMap<String, String> = pod
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| Some((v.name.clone(), v.host_path.as_ref()?.path.clone())))
+        .collect();
+    for device in [&first, &second] {
+        let runners: Vec<&Container> = pod
+            .containers
+            .iter()
+            .filter(|c| {
+                let command: Vec<String> = c
+                    .command
+                    .iter()
+                    .flatten()
+                    .chain(c.args.iter().flatten())
+                    .cloned()
+                    .collect();
+                command
+                    .first()
+                    .is_some_and(|p| p.ends_with("/meshd-wg") || p == "meshd-wg")
+                    && flag(&command, "interface") == Some(device.as_str())
+            })
+            .collect();
+        assert_eq!(runners.len(), 1, "one container runs meshd-wg for {device}");
+        let c = runners[0];
+        assert_ne!(
+            c.name, "meshd",
+            "{device} must not live in meshd's container"
+        );
+        // It creates the TUN and serves its UAPI socket where meshd (and the host's `wg`)
+        // finds it.
+        assert_no_privilege(c, &["NET_ADMIN"]);
+        assert!(
+            mounts_host_path(c, &host_paths, "/run/wireguard"),
+            "{}",
+            c.name
+        );
+        assert!(
+            mounts_host_path(c, &host_paths, "/dev/net/tun"),
+            "{}",
+            c.name
+        );
+    }
+}
+
 #[test]
 fn deploy_dir_renders_the_encrypted_default() {
     let Some(rendered) = render(&deploy_dir()) else {
         return;
     };
     check(&rendered, Encryption::Enabled);
+}
+
+/// `NAME=VALUE` at the start of a line (a shell assignment or a Dockerfile `ARG`).
+fn assignment(text: &str, name: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let l = l.trim().trim_start_matches("ARG ").trim();
+        l.strip_prefix(&format!("{name}="))
+            .map(|v| v.trim_matches('"').to_string())
+    })
+}
+
+/// deploy/Dockerfile cannot be built here (no container engine), but it must install the
+/// eBPF toolchain the way ebpf-redirect/install-toolchain.sh does — the script every
+/// development machine and CI build with — and build every binary the manifests run.
+#[test]
+fn the_dockerfile_installs_the_toolchain_of_install_toolchain_sh() {
+    let root = deploy_dir().join("..");
+    let dockerfile = std::fs::read_to_string(deploy_dir().join("Dockerfile")).unwrap();
+    let script = std::fs::read_to_string(root.join("ebpf-redirect/install-toolchain.sh")).unwrap();
+    for name in ["LLVM_MAJOR", "BPF_LINKER_VERSION"] {
+        let want = assignment(&script, name).unwrap_or_else(|| panic!("{name} in the script"));
+        assert_eq!(
+            assignment(&dockerfile, name).as_deref(),
+            Some(want.as_str()),
+            "{name}"
+        );
+    }
+    // The Debian packages the script installs (its `for p in …; do` list).
+    let packages: Vec<&str> = script
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("for p in "))
+        .and_then(|l| l.split(';').next())
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert!(packages.contains(&"rustc-web"), "{packages:?}");
+    let install = dockerfile
+        .split("apt-get install")
+        .nth(1)
+        .and_then(|rest| rest.split("&&").next())
+        .unwrap();
+    for p in &packages {
+        assert!(install.contains(p), "Dockerfile does not install {p}");
+    }
+    // bpf-linker built against that LLVM, as the script builds it.
+    for needle in [
+        "LLVM_PREFIX=/usr/lib/llvm-${LLVM_MAJOR}",
+        "\"bpf-linker@${BPF_LINKER_VERSION}\"",
+        "--no-default-features --features \"llvm-${LLVM_MAJOR}\"",
+        "EBPF_REDIRECT_RUSTC=/usr/bin/rustc",
+    ] {
+        assert!(dockerfile.contains(needle), "Dockerfile lacks {needle}");
+    }
+    // Debian 12, where those packages are (bookworm-security), for building and running.
+    let bases: Vec<&str> = dockerfile
+        .lines()
+        .filter_map(|l| l.strip_prefix("FROM "))
+        .collect();
+    assert!(
+        !bases.is_empty() && bases.iter().all(|b| b.contains("bookworm")),
+        "{bases:?}"
+    );
+    // Every binary the manifests run is built and installed in /usr/local/bin.
+    let Some(rendered) = render(&deploy_dir().join("overlays").join("userspace")) else {
+        return;
+    };
+    let pod = rendered.daemon_sets[0].spec.template.spec.clone().unwrap();
+    let mut run: BTreeSet<String> = BTreeSet::from(["meshctl".to_string()]);
+    for c in pod
+        .containers
+        .iter()
+        .chain(pod.init_containers.iter().flatten())
+    {
+        for word in c
+            .command
+            .iter()
+            .flatten()
+            .flat_map(|w| w.split_whitespace())
+        {
+            if let Some(bin) = word.strip_prefix("/usr/local/bin/") {
+                run.insert(bin.to_string());
+            }
+        }
+    }
+    assert!(
+        run.contains("meshd-wg") && run.contains("meshd-cni"),
+        "{run:?}"
+    );
+    for bin in &run {
+        assert!(
+            dockerfile.contains(&format!("--bin {bin} "))
+                || dockerfile.contains(&format!("--bin {bin}\n"))
+                || dockerfile.contains(&format!("--bin {bin} \\")),
+            "Dockerfile does not build {bin}"
+        );
+        assert!(
+            dockerfile.contains(&format!("target/release/{bin}")),
+            "Dockerfile does not install {bin}"
+        );
+    }
 }

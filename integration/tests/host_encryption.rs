@@ -1,6 +1,7 @@
 //! Node-to-node (host) encryption in real labs: a node's own traffic to a peer node goes
 //! through the tunnel once the tunnel is proven up, the underlay capture holds no cleartext of
-//! it, a broken tunnel fails open (the node is never cut off its peers) and heals, and the
+//! it, a broken tunnel fails open (the node is never cut off its peers) and heals, the API
+//! servers' addresses (the `kubernetes` Service's endpoints) are never tunnelled, and the
 //! listen port changes live from the ConfigMap. Needs root.
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -98,6 +99,53 @@ impl Drop for Thaw {
     fn drop(&mut self) {
         let _ = netns::run("kill", &["-CONT", &self.0]);
     }
+}
+
+/// The lab API server's address (its kubeconfig's server host).
+fn api_server_endpoint(st: &serde_json::Value) -> String {
+    let kubeconfig = std::fs::read_to_string(st["kubeconfig"].as_str().unwrap()).unwrap();
+    let server = kubeconfig
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: "))
+        .unwrap();
+    let url = server.trim().trim_start_matches("http://");
+    url.rsplit_once(':').unwrap().0.to_string()
+}
+
+/// Rewrites the lab API server's `default/kubernetes` EndpointSlice (as kube-apiserver's
+/// endpoint reconciler would when the API servers move) to one IPv4 `address`, through the
+/// API from the underlay namespace where the server listens.
+fn set_api_server_endpoint(st: &serde_json::Value, address: &str) {
+    use keyexchange::k8s_openapi::api::discovery::v1::EndpointSlice;
+    use keyexchange::kube::api::{Api, Patch, PatchParams};
+    let kubeconfig = std::path::PathBuf::from(st["kubeconfig"].as_str().unwrap());
+    let underlay = format!(
+        "/run/netns/{}",
+        st["capture"]["namespace"].as_str().unwrap()
+    );
+    let address = address.to_string();
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&underlay).unwrap();
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let client = keyexchange::registry::kube::client(Some(&kubeconfig))
+                    .await
+                    .unwrap();
+                let api: Api<EndpointSlice> = Api::namespaced(client, "default");
+                let patch = serde_json::json!({
+                    "endpoints": [{"addresses": [address], "conditions": {"ready": true}}],
+                });
+                api.patch("kubernetes", &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .unwrap();
+            });
+    })
+    .join()
+    .unwrap();
 }
 
 fn wait_both_encrypted(lab: &Lab, timeout: Duration) -> serde_json::Value {
@@ -233,7 +281,24 @@ fn host_encryption_and_listen_port_change_live_from_the_configmap() {
     assert!(encrypted_hosts(&st, 0).is_empty(), "off by default");
     lab.meshctl(&["lab", "set", "host-encryption=true", "keepalive=2"])
         .unwrap();
-    wait_both_encrypted(&lab, Duration::from_secs(30));
+    let st = wait_both_encrypted(&lab, Duration::from_secs(30));
+
+    // The `kubernetes` Service's endpoints say an API server runs on n2 (as on a control-plane
+    // node): n1 stops tunnelling host traffic to that address, live, and keeps tunnelling
+    // n2's other one.
+    let lab_api_server = api_server_endpoint(&st);
+    set_api_server_endpoint(&st, &addr(&st, 1, false));
+    lab.wait_for(
+        "n1 to stop tunnelling the API server's address on n2",
+        Duration::from_secs(20),
+        |s| {
+            let hosts = encrypted_hosts(s, 0);
+            !hosts.contains(&addr(s, 1, false)) && hosts.contains(&addr(s, 1, true))
+        },
+    )
+    .unwrap();
+    set_api_server_endpoint(&st, &lab_api_server);
+    wait_both_encrypted(&lab, Duration::from_secs(20));
 
     lab.meshctl(&[
         "lab",

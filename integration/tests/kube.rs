@@ -668,3 +668,188 @@ async fn the_node_condition_follows_meshds_status_and_keeps_the_kubelets_conditi
     assert!(all.iter().any(|x| x["type"] == "Ready"));
     task.abort();
 }
+
+#[tokio::test]
+async fn the_api_servers_endpoints_follow_the_kubernetes_endpointslice() {
+    use std::collections::BTreeSet;
+    use std::net::IpAddr;
+
+    use integration::apiserver::{ObjectKey, Resource};
+    use keyexchange::k8s_openapi::api::discovery::v1::EndpointSlice;
+    use keyexchange::kube::api::PostParams;
+
+    let c = cluster(1).await;
+    let ips = |v: &[&str]| -> BTreeSet<IpAddr> { v.iter().map(|a| a.parse().unwrap()).collect() };
+    // Decoys: another Service's slice in `default`, and a `kubernetes` slice elsewhere.
+    for (ns, name, service, address) in [
+        ("default", "web-abcde", "web", "10.244.1.7"),
+        ("kube-system", "kubernetes", "kubernetes", "10.244.1.8"),
+    ] {
+        c.server.lock().harness_write(
+            &ObjectKey::namespaced(Resource::EndpointSlices, ns, name),
+            |_| {
+                Some(json!({
+                    "metadata": {"name": name, "namespace": ns,
+                                 "labels": {"kubernetes.io/service-name": service}},
+                    "addressType": "IPv4",
+                    "endpoints": [{"addresses": [address]}],
+                }))
+            },
+        );
+    }
+    c.server
+        .put_kubernetes_endpoints(&["198.18.0.11".parse().unwrap()], 6443);
+
+    let mut rx = kreg::watch_api_server_endpoints(c.client.clone());
+    let first = tokio::time::timeout(WAIT, rx.wait_for(Option::is_some))
+        .await
+        .unwrap()
+        .unwrap()
+        .clone();
+    assert_eq!(first, Some(ips(&["198.18.0.11"])));
+
+    // The control plane moves: the watch follows.
+    c.server.put_kubernetes_endpoints(
+        &[
+            "198.18.0.12".parse().unwrap(),
+            "198.18.0.13".parse().unwrap(),
+        ],
+        6443,
+    );
+    let want = Some(ips(&["198.18.0.12", "198.18.0.13"]));
+    tokio::time::timeout(WAIT, rx.wait_for(|v| *v == want))
+        .await
+        .unwrap()
+        .unwrap();
+    // The slice vanishes (it should not): the last addresses stay excluded.
+    c.server.lock().harness_write(
+        &ObjectKey::namespaced(Resource::EndpointSlices, "default", "kubernetes"),
+        |_| None,
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(*rx.borrow(), want);
+
+    // Only list and watch of that one slice: what RBAC's resourceNames can grant.
+    let asked: BTreeSet<(String, Option<String>, Option<String>)> = c
+        .server
+        .requests()
+        .into_iter()
+        .filter(|r| r.resource == "endpointslices")
+        .map(|r| (r.verb, r.namespace, r.name))
+        .collect();
+    let named = |verb: &str| {
+        (
+            verb.to_string(),
+            Some("default".to_string()),
+            Some("kubernetes".to_string()),
+        )
+    };
+    assert_eq!(asked, BTreeSet::from([named("list"), named("watch")]));
+
+    // The server validates EndpointSlices as the API does.
+    let api: Api<EndpointSlice> = Api::namespaced(c.client.clone(), "default");
+    let bad: EndpointSlice = serde_json::from_value(json!({
+        "metadata": {"name": "bad"},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["fd00::1"]}],
+    }))
+    .unwrap();
+    let err = api.create(&PostParams::default(), &bad).await.unwrap_err();
+    assert!(
+        matches!(&err, keyexchange::kube::Error::Api(s) if s.code == 422),
+        "{err}"
+    );
+    let good: EndpointSlice = serde_json::from_value(json!({
+        "metadata": {"name": "good"},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["10.0.0.1"]}],
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &good).await.unwrap();
+    let err = api
+        .patch(
+            "good",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"addressType": "IPv6"})),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, keyexchange::kube::Error::Api(s) if s.code == 422),
+        "addressType is immutable: {err}"
+    );
+}
+
+#[tokio::test]
+async fn the_last_good_settings_outlive_a_restart_into_an_invalid_configmap() {
+    let c = cluster(1).await;
+    let state = tempfile::tempdir().unwrap();
+    let flags = Settings::default();
+    let watcher = |fallback: Settings| {
+        let pod = settings::pod_reference("meshd-system", "meshd-abcde", None);
+        settings::WatcherConfig {
+            max_backoff: Duration::from_millis(500),
+            fallback,
+            state_dir: Some(state.path().to_path_buf()),
+            ..settings::WatcherConfig::new("meshd-system", pod, "n1")
+        }
+    };
+    let first = |rx: &tokio::sync::watch::Receiver<Option<Settings>>| rx.borrow().clone();
+
+    // A valid ConfigMap: applied, and saved as the last good settings.
+    c.server.put_configmap(
+        "meshd-system",
+        settings::CONFIG_MAP_NAME,
+        &[("encryption", "permissive"), ("mtu", "1400")],
+    );
+    let good = Settings {
+        encryption: Encryption::Permissive,
+        mtu: Some(1400),
+        ..Settings::default()
+    };
+    let start = settings::fallback(settings::load_last_good(state.path()), flags.clone());
+    assert_eq!(start, flags, "no file yet: the flags");
+    let mut rx = settings::spawn_watcher(c.client.clone(), watcher(start));
+    tokio::time::timeout(WAIT, rx.wait_for(|s| s.as_ref() == Some(&good)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        settings::load_last_good(state.path()).unwrap(),
+        Some(good.clone())
+    );
+    drop(rx);
+
+    // meshd restarts while the ConfigMap holds an invalid value: it starts from the last good
+    // settings, not from the defaults.
+    c.server.put_configmap(
+        "meshd-system",
+        settings::CONFIG_MAP_NAME,
+        &[("encryption", "sometimes")],
+    );
+    let start = settings::fallback(settings::load_last_good(state.path()), flags.clone());
+    let mut rx = settings::spawn_watcher(c.client.clone(), watcher(start));
+    tokio::time::timeout(WAIT, rx.wait_for(Option::is_some))
+        .await
+        .unwrap()
+        .unwrap();
+    wait_for_event(&c.server).await;
+    assert_eq!(first(&rx), Some(good.clone()));
+    assert_eq!(
+        settings::load_last_good(state.path()).unwrap(),
+        Some(good),
+        "an invalid value is never saved"
+    );
+    drop(rx);
+
+    // A corrupt file: a logged error, and the flags.
+    std::fs::write(state.path().join(settings::LAST_GOOD_FILE), "{garbage").unwrap();
+    let start = settings::fallback(settings::load_last_good(state.path()), flags.clone());
+    let rx = settings::spawn_watcher(c.client.clone(), watcher(start));
+    let mut rx2 = rx.clone();
+    tokio::time::timeout(WAIT, rx2.wait_for(Option::is_some))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first(&rx), Some(flags));
+}

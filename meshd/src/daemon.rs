@@ -80,7 +80,10 @@ pub struct DaemonArgs {
     /// `/proc/sys` is read-only: a host path mount of `/proc/sys/net`).
     #[arg(long, default_value = "/proc/sys/net")]
     pub proc_sys_net: PathBuf,
-    /// `auto` (kernel module when available, else user space), `kernel` or `userspace`.
+    /// `auto` (kernel module when available, else user space), `kernel`, `userspace`, or
+    /// `external`: both user-space devices are run by another process (the `wireguard`
+    /// containers of `deploy/components/userspace-wireguard`); meshd waits for each to appear
+    /// and adopts it, and never spawns a helper.
     #[arg(long, default_value = "auto")]
     pub wireguard_mode: WireguardMode,
     /// Underlay addresses peers should send to (repeatable); default: the underlay interface's.
@@ -248,7 +251,9 @@ struct Context {
     /// Each slot's interface name.
     interfaces: [String; 2],
     adopted: bool,
-    mtu: u32,
+    /// The MTU `mtu: auto` stands for (`--mtu`, else derived from the underlay); the MTU in
+    /// force is [`Live::mtu`].
+    auto_mtu: u32,
     links: Links,
     routes: Routes,
     opts: UserspaceOptions,
@@ -260,6 +265,8 @@ struct Context {
     heartbeat: crate::health::Heartbeat,
     metrics: crate::metrics::Metrics,
     status_feed: Option<tokio::sync::watch::Sender<Option<StatusReport>>>,
+    /// The API servers' endpoints (host encryption excludes them).
+    api_servers: Option<ApiServerFeed>,
 }
 
 impl Context {
@@ -371,6 +378,23 @@ struct Known {
 }
 
 impl Live {
+    /// Folds new operator settings in; `mtu: auto` (`None`) is `auto_mtu`.
+    fn apply(&mut self, new: &crate::settings::Settings, auto_mtu: u32) {
+        self.encryption = new.encryption.into();
+        self.strict_mode = new.strict_mode;
+        if self.keepalive != new.keepalive {
+            self.keepalive = new.keepalive;
+            self.refresh_peers = true;
+        }
+        self.mtu = new.mtu.unwrap_or(auto_mtu);
+        self.listen_port = new.listen_port;
+        if self.host_encryption != new.host_encryption {
+            self.host_encryption = new.host_encryption;
+            // The effective keepalive may change with it.
+            self.refresh_peers = true;
+        }
+    }
+
     /// The keepalive programmed on peers: host encryption needs one to judge tunnels up.
     fn effective_keepalive(&self) -> Option<u16> {
         match (self.keepalive, self.host_encryption) {
@@ -384,6 +408,10 @@ impl Live {
 /// Live operator settings (the `meshd-config` ConfigMap): `None` until first read.
 pub type SettingsFeed = tokio::sync::watch::Receiver<Option<crate::settings::Settings>>;
 
+/// The API servers' addresses as learnt from the cluster (the `kubernetes` Service's
+/// endpoints): host encryption never tunnels them. `None` until first read.
+pub type ApiServerFeed = tokio::sync::watch::Receiver<Option<BTreeSet<IpAddr>>>;
+
 /// Run the daemon until SIGTERM/SIGINT. With `settings`, the ConfigMap's values override the
 /// flags and are applied live whenever they change.
 pub async fn run<R: Registry>(
@@ -391,18 +419,21 @@ pub async fn run<R: Registry>(
     registry: R,
     settings: Option<SettingsFeed>,
 ) -> anyhow::Result<()> {
-    run_with(args, registry, settings, None).await
+    run_with(args, registry, settings, None, None).await
 }
 
 /// [`run`], also sending every status meshd serves to `status_feed` (e.g. for the Node
-/// condition).
+/// condition), and never tunnelling the addresses `api_servers` names (host encryption).
 pub async fn run_with<R: Registry>(
     args: DaemonArgs,
     registry: R,
     settings: Option<SettingsFeed>,
     status_feed: Option<tokio::sync::watch::Sender<Option<StatusReport>>>,
+    api_servers: Option<ApiServerFeed>,
 ) -> anyhow::Result<()> {
     let mut args = args;
+    // `mtu: auto` in the ConfigMap means this: `--mtu`, else derived from the underlay.
+    let flag_mtu = args.mtu;
     if let Some(feed) = &settings {
         if let Some(s) = feed.borrow().clone() {
             args.encryption = s.encryption.into();
@@ -490,9 +521,10 @@ pub async fn run_with<R: Registry>(
         busy_poll_us: args.wg_busy_poll_us,
         log_file: Some(args.state_dir.join("meshd-wg.log")),
     };
-    let mtu = args.mtu.unwrap_or_else(|| {
+    let auto_mtu = flag_mtu.unwrap_or_else(|| {
         netlink::wireguard_mtu(underlay_mtu, endpoints.iter().any(IpAddr::is_ipv6))
     });
+    let mtu = args.mtu.unwrap_or(auto_mtu);
     let (device, adopted) = bring_up_device(
         &args,
         &opts,
@@ -582,7 +614,7 @@ pub async fn run_with<R: Registry>(
         devices: [RwLock::new(device), RwLock::new(second)],
         interfaces,
         adopted,
-        mtu,
+        auto_mtu,
         links: links.clone(),
         routes,
         opts,
@@ -596,6 +628,7 @@ pub async fn run_with<R: Registry>(
         heartbeat,
         metrics,
         status_feed,
+        api_servers,
     };
     let result = event_loop(
         &ctx,
@@ -817,7 +850,7 @@ async fn heal_device(ctx: &Context, slot: Slot) -> anyhow::Result<()> {
         (interface, slot),
         &ctx.key(slot),
         port,
-        ctx.mtu,
+        ctx.live.read().await.mtu,
     )
     .await?;
     tracing::info!(
@@ -894,6 +927,7 @@ async fn event_loop<R: Registry>(
         });
     let mut rotation_tick = tokio::time::interval(check_every);
     let mut commands_open = true;
+    let mut api_servers = ctx.api_servers.clone();
     loop {
         let wake = known.rotation.wake_at().map(tokio::time::Instant::from_std);
         let retry_at_now = match (retry_at, wake) {
@@ -939,6 +973,18 @@ async fn event_loop<R: Registry>(
             }
             _ = resync.tick() => {}
             _ = retry => {}
+            // The API servers' endpoints changed: reconcile (host encryption excludes them).
+            changed = async {
+                match api_servers.as_mut() {
+                    Some(feed) => feed.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if changed.is_err() {
+                    tracing::warn!("the API server endpoint watcher stopped; the last endpoints stay excluded");
+                    api_servers = None;
+                }
+            }
             changed = async {
                 match settings.as_mut() {
                     Some(feed) => feed.changed().await,
@@ -1039,7 +1085,8 @@ async fn event_loop<R: Registry>(
             let conf = crate::cni_conf::conflist(
                 &ctx.me(),
                 &ctx.args.state_dir.join("ipam"),
-                ctx.mtu,
+                // The MTU in force: pods created after a live change get it too.
+                ctx.live.read().await.mtu,
                 &ctx.args.bpf_pin_dir,
                 ctx.args.pod_steering == PodSteering::Ebpf,
             );
@@ -1359,21 +1406,7 @@ fn desired(ctx: &Context, known: &mut Known, views: &[NodeRecord], slot: Slot) -
 async fn apply_settings(ctx: &Context, new: &crate::settings::Settings) {
     let mut live = ctx.live.write().await;
     let before = live.clone();
-    live.encryption = new.encryption.into();
-    live.strict_mode = new.strict_mode;
-    if live.keepalive != new.keepalive {
-        live.keepalive = new.keepalive;
-        live.refresh_peers = true;
-    }
-    if let Some(mtu) = new.mtu {
-        live.mtu = mtu;
-    }
-    live.listen_port = new.listen_port;
-    if live.host_encryption != new.host_encryption {
-        live.host_encryption = new.host_encryption;
-        // The effective keepalive may change with it.
-        live.refresh_peers = true;
-    }
+    live.apply(new, ctx.auto_mtu);
     if *live != before {
         tracing::info!(
             encryption = %live.encryption,
@@ -1516,7 +1549,13 @@ async fn reconcile_once(ctx: &Context, known: &mut Known) -> anyhow::Result<()> 
             &wants,
             &peer_slots,
             &up,
-            &ctx.args.host_encryption_exclude,
+            &reconcile::host_exclusions(
+                &ctx.args.host_encryption_exclude,
+                ctx.api_servers
+                    .as_ref()
+                    .and_then(|feed| feed.borrow().clone())
+                    .as_ref(),
+            ),
             ifindex,
         )
     } else {
@@ -1936,7 +1975,7 @@ async fn publish_status(
         ifindex: device.ifindex(),
         adopted_device: ctx.adopted,
         listen_port: live.listen_port,
-        mtu: ctx.mtu,
+        mtu: ctx.live.read().await.mtu,
         endpoints: ctx.me().endpoints.iter().map(ToString::to_string).collect(),
         pod_cidrs: ctx.me().pod_cidrs.iter().map(ToString::to_string).collect(),
         known_nodes: known.records.keys().cloned().collect(),
@@ -2054,6 +2093,32 @@ mod tests {
             pod_cidrs: vec![],
             rotation: Default::default(),
         }
+    }
+
+    #[test]
+    fn live_mtu_follows_the_setting_and_auto_reverts_to_the_derived_one() {
+        let mut live = Live {
+            encryption: Encryption::Enabled,
+            strict_mode: true,
+            keepalive: None,
+            mtu: 1420,
+            listen_port: 51820,
+            host_encryption: false,
+            refresh_peers: false,
+        };
+        let with_mtu = |mtu| crate::settings::Settings {
+            mtu,
+            ..Default::default()
+        };
+        live.apply(&with_mtu(Some(1300)), 1420);
+        assert_eq!(live.mtu, 1300);
+        // `mtu: auto` after an override goes back to what auto means.
+        live.apply(&with_mtu(None), 1420);
+        assert_eq!(live.mtu, 1420);
+        live.apply(&with_mtu(Some(9000)), 1420);
+        live.apply(&with_mtu(None), 1380);
+        assert_eq!(live.mtu, 1380);
+        assert!(!live.refresh_peers, "an MTU change re-programs no peer");
     }
 
     #[test]

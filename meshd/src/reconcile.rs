@@ -255,6 +255,24 @@ pub fn plan(
     out
 }
 
+/// The addresses host encryption never tunnels: the configured ones
+/// (`--host-encryption-exclude`, plus the kubeconfig's server address) and the API servers'
+/// real endpoints as last learnt from the cluster (in a pod the configured server is the
+/// `kubernetes` Service's ClusterIP, which is no node's address).
+pub fn host_exclusions(
+    configured: &[std::net::IpAddr],
+    api_servers: Option<&BTreeSet<std::net::IpAddr>>,
+) -> Vec<std::net::IpAddr> {
+    let mut out: Vec<std::net::IpAddr> = configured.to_vec();
+    out.extend(
+        api_servers
+            .into_iter()
+            .flatten()
+            .filter(|a| !configured.contains(a)),
+    );
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -397,6 +415,40 @@ mod tests {
         let mut want2 = desired(&[(k, "n2", &["10.244.2.0/24"])]);
         let inside = record("n2", k, &["10.244.2.0/24"], &["10.244.2.9"]);
         assert!(add_host_addresses(&mut want2, [&inside]).is_empty());
+    }
+
+    #[test]
+    fn the_api_servers_endpoints_are_excluded_not_just_the_service_address() {
+        let a = PrivateKey::generate().public_key();
+        let wants = [
+            desired(&[(a, "cp1", &["10.244.2.0/24"])]),
+            PeerSet::default(),
+        ];
+        // A control-plane node that is also a peer: the API server listens on its InternalIP.
+        let cp = record("cp1", a, &["10.244.2.0/24"], &["198.18.0.12"]);
+        let me = record(
+            "n1",
+            PrivateKey::generate().public_key(),
+            &[],
+            &["198.18.0.11"],
+        );
+        let slots = peer_slots([&cp], &me, &wants);
+        let live: BTreeSet<PublicKey> = [a].into_iter().collect();
+        let hosts = |exclude: &[std::net::IpAddr]| {
+            encrypted_hosts([&cp], &me, &wants, &slots, &live, exclude, [9, 10])
+        };
+        // In a pod the kubeconfig's server is the `kubernetes` Service's ClusterIP: excluding
+        // it alone leaves the API server's real address in the tunnel.
+        let cluster_ip: std::net::IpAddr = "10.96.0.1".parse().expect("ip");
+        let endpoint: std::net::IpAddr = "198.18.0.12".parse().expect("ip");
+        assert!(hosts(&host_exclusions(&[cluster_ip], None)).contains_key(&endpoint));
+        // With the Service's endpoints, it never goes through the tunnel.
+        let api: BTreeSet<std::net::IpAddr> = [endpoint].into_iter().collect();
+        let exclude = host_exclusions(&[cluster_ip], Some(&api));
+        assert_eq!(exclude, vec![cluster_ip, endpoint]);
+        assert!(hosts(&exclude).is_empty());
+        // No duplicates when a flag already names it.
+        assert_eq!(host_exclusions(&[endpoint], Some(&api)), vec![endpoint]);
     }
 
     #[test]

@@ -20,10 +20,21 @@
 //! with a warning log line and a Kubernetes Event (reason `InvalidConfiguration`, the message
 //! naming key and value) and the last good configuration stays in force. A deleted ConfigMap
 //! also leaves the last good configuration in force (an accident must not flip encryption);
-//! a ConfigMap that never existed means the defaults.
+//! a ConfigMap that never existed means the fallback ([`WatcherConfig::fallback`]).
+//!
+//! # The last good settings survive restarts
+//!
+//! With [`WatcherConfig::state_dir`], every valid configuration the watcher applies is written
+//! to [`LAST_GOOD_FILE`] in that directory (atomically: a temporary file, fsync, rename; mode
+//! 0644, nothing in it is secret), in the ConfigMap's own key/value form so that reading it back
+//! validates it again. meshd starts from that file ([`load_last_good`], [`fallback`]): if the
+//! ConfigMap holds an invalid value (or is gone) when meshd restarts, the last good settings
+//! stay in force instead of the flags'. A file that cannot be read or does not validate is a
+//! logged error, and meshd falls back to its flags.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -67,6 +78,16 @@ impl fmt::Display for Encryption {
             Encryption::Permissive => "permissive",
             Encryption::Disabled => "disabled",
         })
+    }
+}
+
+impl From<crate::bpf::Encryption> for Encryption {
+    fn from(e: crate::bpf::Encryption) -> Self {
+        match e {
+            crate::bpf::Encryption::Enabled => Encryption::Enabled,
+            crate::bpf::Encryption::Permissive => Encryption::Permissive,
+            crate::bpf::Encryption::Disabled => Encryption::Disabled,
+        }
     }
 }
 
@@ -204,12 +225,144 @@ impl Settings {
         Ok(s)
     }
 
+    /// The settings as ConfigMap `data` ([`Settings::from_data`] reads it back unchanged).
+    pub fn to_data(&self) -> BTreeMap<String, String> {
+        let pairs = [
+            ("encryption", self.encryption.to_string()),
+            ("strict-mode", self.strict_mode.to_string()),
+            ("host-encryption", self.host_encryption.to_string()),
+            ("mtu", self.mtu.map_or("auto".into(), |m| m.to_string())),
+            ("listen-port", self.listen_port.to_string()),
+            (
+                "keepalive",
+                self.keepalive.map_or("off".into(), |k| k.to_string()),
+            ),
+        ];
+        pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    }
+
     /// Keys in `data` that meshd does not know (typos, or keys of a newer meshd).
     pub fn unknown_keys(data: &BTreeMap<String, String>) -> Vec<&str> {
         data.keys()
             .map(String::as_str)
             .filter(|k| !KEYS.contains(k))
             .collect()
+    }
+}
+
+/// The file in the state directory holding the last good settings.
+pub const LAST_GOOD_FILE: &str = "settings.json";
+
+/// Reading or writing [`LAST_GOOD_FILE`].
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsFileError {
+    /// The file could not be read.
+    #[error("reading the last good settings {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not the JSON meshd writes.
+    #[error("the last good settings {path} are corrupt: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// Writing it (temporary file, fsync, rename) failed.
+    #[error("writing the last good settings {path}: {source}")]
+    Write {
+        /// The file written.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// The file's format version.
+const LAST_GOOD_VERSION: u64 = 1;
+
+/// Writes `settings` as the last good ones into `dir`, atomically (mode 0644).
+pub fn save_last_good(dir: &Path, settings: &Settings) -> Result<(), SettingsFileError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    let path = dir.join(LAST_GOOD_FILE);
+    let tmp = dir.join(format!(".{LAST_GOOD_FILE}.tmp-{}", std::process::id()));
+    let body = serde_json::json!({"version": LAST_GOOD_VERSION, "data": settings.to_data()});
+    let write = || -> std::io::Result<()> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(&tmp)?;
+        file.write_all(format!("{body:#}\n").as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        // The rename itself survives a crash once the directory is synced.
+        std::fs::File::open(dir)?.sync_all()
+    };
+    write().map_err(|source| {
+        let _ = std::fs::remove_file(&tmp);
+        SettingsFileError::Write {
+            path: path.clone(),
+            source,
+        }
+    })
+}
+
+/// The last good settings in `dir`: `None` when there is no file; an error when it cannot be
+/// read or its content does not validate.
+pub fn load_last_good(dir: &Path) -> Result<Option<Settings>, SettingsFileError> {
+    let path = dir.join(LAST_GOOD_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(SettingsFileError::Read { path, source }),
+    };
+    let corrupt = |reason: String| SettingsFileError::Corrupt {
+        path: path.clone(),
+        reason,
+    };
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| corrupt(format!("not JSON: {e}")))?;
+    if value["version"].as_u64() != Some(LAST_GOOD_VERSION) {
+        return Err(corrupt(format!(
+            "version {} (this meshd writes {LAST_GOOD_VERSION})",
+            value["version"]
+        )));
+    }
+    let data: BTreeMap<String, String> = serde_json::from_value(value["data"].clone())
+        .map_err(|e| corrupt(format!("\"data\" is not a map of strings: {e}")))?;
+    Settings::from_data(&data)
+        .map(Some)
+        .map_err(|e| corrupt(e.to_string()))
+}
+
+/// The settings meshd starts from until the ConfigMap says otherwise (and keeps when the
+/// ConfigMap is invalid or missing at start): the last good ones read from the state
+/// directory, else `flags`. A read error is logged and falls back to `flags`.
+pub fn fallback(
+    last_good: Result<Option<Settings>, SettingsFileError>,
+    flags: Settings,
+) -> Settings {
+    match last_good {
+        Ok(Some(settings)) => {
+            tracing::info!(?settings, "starting from the last good settings");
+            settings
+        }
+        Ok(None) => flags,
+        Err(error) => {
+            tracing::error!(%error, "cannot use the last good settings; starting from the flags");
+            flags
+        }
     }
 }
 
@@ -226,6 +379,12 @@ pub struct WatcherConfig {
     pub instance: String,
     /// Longest delay between attempts to re-establish a failed watch.
     pub max_backoff: Duration,
+    /// The settings published when the first read finds no ConfigMap or an invalid one
+    /// ([`fallback`]; default: [`Settings::default`]).
+    pub fallback: Settings,
+    /// Where each valid configuration is saved as the last good one ([`save_last_good`]);
+    /// `None`: nowhere.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl WatcherConfig {
@@ -237,6 +396,8 @@ impl WatcherConfig {
             regarding,
             instance: instance.to_string(),
             max_backoff: Duration::from_secs(30),
+            fallback: Settings::default(),
+            state_dir: None,
         }
     }
 }
@@ -332,11 +493,12 @@ async fn run_watcher(client: Client, config: WatcherConfig, tx: watch::Sender<Op
             }
             Some(Ok(watcher::Event::InitDone)) => {
                 if !state.listed && tx.borrow().is_none() {
-                    tracing::info!(configmap = %state.config.name, namespace = %state.config.namespace, "no meshd ConfigMap; using the default settings");
+                    tracing::info!(configmap = %state.config.name, namespace = %state.config.namespace, settings = ?state.config.fallback, "no meshd ConfigMap; using the last good settings or the flags");
                 }
+                let fallback = state.config.fallback.clone();
                 tx.send_if_modified(|current| {
                     if current.is_none() {
-                        *current = Some(Settings::default());
+                        *current = Some(fallback);
                         true
                     } else {
                         false
@@ -372,6 +534,11 @@ impl State {
         self.last_data = Some(data);
         match result {
             Ok(settings) => {
+                if let Some(dir) = &self.config.state_dir {
+                    if let Err(error) = save_last_good(dir, &settings) {
+                        tracing::warn!(%error, "could not save the settings as the last good ones");
+                    }
+                }
                 tx.send_if_modified(|current| {
                     if current.as_ref() == Some(&settings) {
                         return false;
@@ -384,9 +551,11 @@ impl State {
             Err(error) => {
                 tracing::warn!(%error, key = error.key(), value = error.value(), "rejecting invalid meshd configuration; the last good configuration stays in force");
                 self.record(&error).await;
+                let fallback = self.config.fallback.clone();
                 tx.send_if_modified(|current| {
                     if current.is_none() {
-                        *current = Some(Settings::default());
+                        tracing::info!(settings = ?fallback, "starting from the last good settings or the flags");
+                        *current = Some(fallback);
                         true
                     } else {
                         false
@@ -533,6 +702,105 @@ mod tests {
         }
         let s = Settings::from_data(&data(&[("strict-mode", "false")])).unwrap();
         assert!(!s.strict_mode);
+    }
+
+    #[test]
+    fn settings_round_trip_through_configmap_data() {
+        for s in [
+            Settings::default(),
+            Settings {
+                encryption: Encryption::Permissive,
+                strict_mode: false,
+                host_encryption: true,
+                mtu: Some(1380),
+                listen_port: 41000,
+                keepalive: Some(25),
+            },
+            Settings {
+                encryption: Encryption::Disabled,
+                ..Settings::default()
+            },
+        ] {
+            let data = s.to_data();
+            assert_eq!(
+                data.keys().map(String::as_str).collect::<Vec<_>>().len(),
+                KEYS.len()
+            );
+            assert_eq!(Settings::from_data(&data).unwrap(), s);
+        }
+    }
+
+    #[test]
+    fn last_good_settings_are_saved_atomically_and_read_back() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        assert!(load_last_good(&state).unwrap().is_none(), "no file yet");
+        let first = Settings {
+            encryption: Encryption::Permissive,
+            mtu: Some(1400),
+            ..Settings::default()
+        };
+        save_last_good(&state, &first).unwrap();
+        assert_eq!(load_last_good(&state).unwrap(), Some(first));
+        let second = Settings {
+            encryption: Encryption::Disabled,
+            keepalive: Some(10),
+            ..Settings::default()
+        };
+        save_last_good(&state, &second).unwrap();
+        assert_eq!(load_last_good(&state).unwrap(), Some(second.clone()));
+        let path = state.join(LAST_GOOD_FILE);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644);
+        let names: Vec<String> = std::fs::read_dir(&state)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            vec![LAST_GOOD_FILE.to_string()],
+            "no temporary file left"
+        );
+        // What meshd starts from: the file's settings over the flags'.
+        let flags = Settings {
+            listen_port: 40000,
+            ..Settings::default()
+        };
+        assert_eq!(fallback(load_last_good(&state), flags.clone()), second);
+        assert_eq!(fallback(Ok(None), flags.clone()), flags);
+    }
+
+    #[test]
+    fn a_corrupt_last_good_file_is_an_error_naming_it_and_the_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LAST_GOOD_FILE);
+        let flags = Settings {
+            encryption: Encryption::Permissive,
+            ..Settings::default()
+        };
+        for (content, why) in [
+            ("{not json", "not JSON"),
+            (r#"{"version":7,"data":{}}"#, "version 7"),
+            (r#"{"version":1,"data":{"mtu":42}}"#, "data"),
+            (
+                r#"{"version":1,"data":{"encryption":"sometimes"}}"#,
+                "sometimes",
+            ),
+        ] {
+            std::fs::write(&path, content).unwrap();
+            let err = load_last_good(dir.path()).unwrap_err();
+            let message = err.to_string();
+            assert!(
+                matches!(err, SettingsFileError::Corrupt { .. })
+                    && message.contains(LAST_GOOD_FILE)
+                    && message.contains(why),
+                "{content}: {message}"
+            );
+            assert_eq!(fallback(load_last_good(dir.path()), flags.clone()), flags);
+            // Never replaced by reading: the operator can look at it.
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), content);
+        }
     }
 
     #[test]

@@ -17,6 +17,8 @@ use crate::uapi::{self, UapiError, UapiState};
 
 /// How long to wait for a freshly spawned helper to answer on its UAPI socket.
 const HELPER_START_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `external` mode waits for another process's device to appear.
+pub const EXTERNAL_WAIT: Duration = Duration::from_secs(60);
 /// How long to wait for a helper to go away after SIGTERM before SIGKILL.
 const HELPER_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(50);
@@ -30,6 +32,10 @@ pub enum WireguardMode {
     Kernel,
     /// The user-space helper only.
     Userspace,
+    /// User-space devices run by another process (e.g. a separate container of the same pod,
+    /// so they outlive meshd's container): wait for each to appear and adopt it, never spawn
+    /// a helper or create a kernel link.
+    External,
 }
 
 impl FromStr for WireguardMode {
@@ -40,6 +46,7 @@ impl FromStr for WireguardMode {
             "auto" => Ok(Self::Auto),
             "kernel" => Ok(Self::Kernel),
             "userspace" => Ok(Self::Userspace),
+            "external" => Ok(Self::External),
             other => Err(DeviceError::ParseMode {
                 value: other.to_string(),
             }),
@@ -53,6 +60,7 @@ impl fmt::Display for WireguardMode {
             Self::Auto => "auto",
             Self::Kernel => "kernel",
             Self::Userspace => "userspace",
+            Self::External => "external",
         })
     }
 }
@@ -171,8 +179,8 @@ pub const DEFAULT_BUSY_POLL_US: u64 = 50;
 /// Errors of device operations.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
-    /// A `--wireguard-mode` value that is not `auto`, `kernel` or `userspace`.
-    #[error("unknown WireGuard mode {value:?} (expected auto, kernel or userspace)")]
+    /// A `--wireguard-mode` value that is not `auto`, `kernel`, `userspace` or `external`.
+    #[error("unknown WireGuard mode {value:?} (expected auto, kernel, userspace or external)")]
     ParseMode {
         /// The rejected value.
         value: String,
@@ -191,6 +199,14 @@ pub enum DeviceError {
         /// The underlying error.
         #[source]
         source: LinkError,
+    },
+    /// `external` mode: no live user-space device appeared in time.
+    #[error("user-space WireGuard device {name} (run by another process, --wireguard-mode external) did not appear within {waited:?}: is its meshd-wg running in this network namespace?")]
+    ExternalMissing {
+        /// The interface name.
+        name: String,
+        /// How long meshd waited.
+        waited: Duration,
     },
     /// The existing device is of a different kind than the one requested.
     #[error("device {name} exists as a {found} device but {wanted} mode was requested")]
@@ -374,7 +390,8 @@ impl WgDevice {
     /// An existing `wireguard` link is adopted as a kernel device; an existing link
     /// whose UAPI socket `/var/run/wireguard/NAME.sock` answers is adopted as a
     /// user-space device. Otherwise `Auto` tries a kernel link and falls back to
-    /// spawning the detached helper `opts.helper_binary`.
+    /// spawning the detached helper `opts.helper_binary`. `External` only ever adopts: see
+    /// [`WgDevice::adopt_external`] (it waits up to [`EXTERNAL_WAIT`]).
     pub async fn ensure(
         name: &str,
         mode: WireguardMode,
@@ -389,6 +406,9 @@ impl WgDevice {
             name: name.to_string(),
             source,
         };
+        if mode == WireguardMode::External {
+            return Ok((Self::adopt_external(name, EXTERNAL_WAIT).await?, true));
+        }
         let links = Links::connect().await.map_err(lookup)?;
         let socket = uapi::socket_path(name);
         if let Some(info) = links.info(name).await.map_err(lookup)? {
@@ -473,6 +493,70 @@ impl WgDevice {
             WireguardMode::Userspace => {
                 Ok((Self::spawn_userspace(name, opts, &links).await?, false))
             }
+            // Handled before any lookup.
+            WireguardMode::External => Ok((Self::adopt_external(name, EXTERNAL_WAIT).await?, true)),
+        }
+    }
+
+    /// `external` mode: waits up to `wait` for the user-space device `name` that another
+    /// process serves (its link exists and its UAPI socket answers, from this network
+    /// namespace) and adopts it. Never spawns a helper or creates a link, so it cannot race
+    /// that process for the name. A kernel WireGuard link of that name is a mode mismatch.
+    pub async fn adopt_external(name: &str, wait: Duration) -> Result<WgDevice, DeviceError> {
+        let lookup = |source| DeviceError::LookupLink {
+            name: name.to_string(),
+            source,
+        };
+        let links = Links::connect().await.map_err(lookup)?;
+        let socket = uapi::socket_path(name);
+        let started = Instant::now();
+        let mut logged = false;
+        loop {
+            let info = links.info(name).await.map_err(lookup)?;
+            match info {
+                Some(info) if is_wireguard_kind(info.kind.as_deref()) => {
+                    return Err(DeviceError::ModeMismatch {
+                        name: name.to_string(),
+                        found: ActiveMode::Kernel,
+                        wanted: WireguardMode::External,
+                    });
+                }
+                Some(info) if uapi_alive(&socket).await => {
+                    if !served_from_this_netns(&socket) {
+                        return Err(DeviceError::SocketInUse {
+                            name: name.to_string(),
+                            path: socket,
+                        });
+                    }
+                    tracing::info!(
+                        interface = name,
+                        ifindex = info.ifindex,
+                        waited = ?started.elapsed(),
+                        "adopting the user-space WireGuard device run by another process"
+                    );
+                    return Ok(WgDevice {
+                        name: name.to_string(),
+                        ifindex: info.ifindex,
+                        backend: Backend::Userspace { socket },
+                    });
+                }
+                // No link yet, or its helper is still starting: wait.
+                _ => {}
+            }
+            if started.elapsed() >= wait {
+                return Err(DeviceError::ExternalMissing {
+                    name: name.to_string(),
+                    waited: started.elapsed(),
+                });
+            }
+            if !logged {
+                tracing::info!(
+                    interface = name,
+                    "waiting for the user-space WireGuard device run by another process (--wireguard-mode external)"
+                );
+                logged = true;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 

@@ -20,7 +20,7 @@ pub mod uapi;
 
 pub use device::{
     ActiveMode, DeviceError, DeviceStatus, PeerChange, PeerConfig, PeerStatus, UserspaceOptions,
-    WgDevice, WireguardMode, DEFAULT_BUSY_POLL_US,
+    WgDevice, WireguardMode, DEFAULT_BUSY_POLL_US, EXTERNAL_WAIT,
 };
 pub use kernel::KernelError;
 pub use links::{wireguard_mtu, LinkError, Links};

@@ -890,3 +890,71 @@ fn two_userspace_devices_handshake_over_veth() {
         dev_b.destroy().await.expect("destroy b");
     });
 }
+
+#[test]
+fn external_mode_waits_for_and_adopts_a_device_run_by_another_process() {
+    if !is_root() {
+        return;
+    }
+    let mut ns = Netns::new();
+    let name = ifname();
+    ns.track(&name);
+    let logs = tempfile::tempdir().expect("tempdir");
+    let opts = opts(&logs);
+
+    // Nothing runs the device: external mode creates nothing and says so after its wait.
+    let n = name.clone();
+    in_netns(&ns, move || async move {
+        let err = WgDevice::adopt_external(&n, Duration::from_millis(600))
+            .await
+            .expect_err("nothing to adopt");
+        assert!(matches!(err, DeviceError::ExternalMissing { .. }), "{err}");
+        let links = Links::connect().await.expect("links");
+        assert_eq!(links.index_of(&n).await.expect("index"), None);
+    });
+    assert!(ns.pids().is_empty(), "external mode spawned a helper");
+
+    // meshd starts first (the race of two containers): it waits, and the other container's
+    // helper comes up a second later; meshd adopts it instead of failing on, or taking, the name.
+    let helper_cmd = {
+        let mut c = ns.cmd(helper().to_str().expect("utf-8 path"));
+        c.args(["--interface", &name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        c
+    };
+    let starter = std::thread::spawn(move || {
+        let mut helper_cmd = helper_cmd;
+        std::thread::sleep(Duration::from_secs(1));
+        helper_cmd
+            .spawn()
+            .expect("start the other process's helper")
+    });
+    let n = name.clone();
+    let started = Instant::now();
+    let ifindex = in_netns(&ns, move || async move {
+        let (dev, adopted) = WgDevice::ensure(&n, WireguardMode::External, &opts)
+            .await
+            .expect("external mode adopts the device once it appears");
+        assert!(adopted);
+        assert_eq!(dev.mode(), ActiveMode::Userspace);
+        dev.status().await.expect("its UAPI answers");
+        dev.ifindex()
+    });
+    assert!(started.elapsed() >= Duration::from_millis(900), "it waited");
+    let mut other = starter.join().expect("starter thread");
+    assert_eq!(
+        ns.pids().len(),
+        1,
+        "only the other process's helper runs: meshd spawned none"
+    );
+    assert_eq!(
+        ns.ip(&["-o", "link", "show", &name])
+            .split(':')
+            .next()
+            .and_then(|i| i.trim().parse::<u32>().ok()),
+        Some(ifindex)
+    );
+    let _ = other.kill();
+    let _ = other.wait();
+}

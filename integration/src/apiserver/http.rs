@@ -20,6 +20,7 @@ use super::store::{ApiError, Change, ObjectKey, Resource, Store};
 #[derive(Clone)]
 pub(crate) struct App {
     pub(crate) store: Arc<Mutex<Store>>,
+    pub(crate) audit: Arc<Mutex<super::audit::AuditLog>>,
     pub(crate) bookmark_interval: Duration,
 }
 
@@ -30,6 +31,35 @@ impl App {
 }
 
 type Params = Query<HashMap<String, String>>;
+
+/// The client address of a connection (inserted per connection by the server loop).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Peer(pub(crate) std::net::IpAddr);
+
+/// Logs every resource request's authorisation attributes (see [`super::audit`]).
+async fn log_request(
+    State(app): State<App>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(Peer(client)) = request.extensions().get::<Peer>().copied() {
+        let query: HashMap<String, String> = Params::try_from_uri(request.uri())
+            .map(|q| q.0)
+            .unwrap_or_default();
+        if let Some(entry) = super::audit::ApiRequest::parse(
+            client,
+            request.method().as_str(),
+            request.uri().path(),
+            &query,
+        ) {
+            app.audit
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .record(entry);
+        }
+    }
+    next.run(request).await
+}
 
 /// The router for every served path.
 pub(crate) fn router(app: App) -> Router {
@@ -68,13 +98,22 @@ pub(crate) fn router(app: App) -> Router {
             "/apis/events.k8s.io/v1/namespaces/{ns}/events/{name}",
             item(Resource::Events, None),
         )
+        .route(
+            "/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices",
+            collection(Resource::EndpointSlices),
+        )
+        .route(
+            "/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices/{name}",
+            item(Resource::EndpointSlices, None),
+        )
         .fallback(|m: Method, uri: axum::http::Uri| async move {
             error(&ApiError::new(
                 404,
                 "NotFound",
-                format!("the server could not find the requested resource ({m} {uri}; this test API server serves only nodes, configmaps and events)"),
+                format!("the server could not find the requested resource ({m} {uri}; this test API server serves only nodes, configmaps, events and endpointslices)"),
             ))
         })
+        .layer(axum::middleware::from_fn_with_state(app.clone(), log_request))
         .with_state(app)
 }
 

@@ -5,8 +5,11 @@
 //! Kubernetes code (kube-rs) runs against it unmodified. meshd knows nothing about it.
 //!
 //! What it serves:
-//! * `nodes` (cluster-scoped; `status` subresource), `configmaps`, and `events` in both the core
-//!   group and `events.k8s.io/v1`; plus `/version` and `/api`.
+//! * `nodes` (cluster-scoped; `status` subresource), `configmaps`, `events` in both the core
+//!   group and `events.k8s.io/v1`, and `discovery.k8s.io/v1` `endpointslices` (validated as the
+//!   API does: `addressType` required and immutable, 1–100 addresses of that type per
+//!   endpoint); plus `/version` and `/api`. [`FakeApiServer::put_kubernetes_endpoints`] plays
+//!   kube-apiserver's own endpoint reconciler (the `default/kubernetes` EndpointSlice).
 //! * **list** with `metadata.resourceVersion`, `limit`/`continue` paging, `fieldSelector`
 //!   (`metadata.name`, `metadata.namespace`) and equality-based `labelSelector`.
 //! * **watch** (`?watch=1`): newline-delimited JSON events `ADDED`/`MODIFIED`/`DELETED`; from a
@@ -25,6 +28,10 @@
 //!   not bump the resourceVersion. Node status is only written through `/status`; once set,
 //!   `spec.podCIDRs` is immutable (as the API validates). Errors are `metav1.Status` objects.
 //! * A single global, monotonically increasing resourceVersion, like etcd's revision.
+//!
+//! * A request log ([`audit`]): every resource request's verb, group, resource, subresource,
+//!   namespace, name and client address, as kube-apiserver's authorizer sees them
+//!   ([`FakeApiServer::requests`], or a file with [`Options::audit_log`]).
 //!
 //! Not implemented: authentication and authorisation (every request is allowed), namespaces
 //! as objects (any namespace exists), admission, field managers and `managedFields`,
@@ -47,6 +54,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
+pub mod audit;
 mod http;
 pub mod patch;
 pub mod store;
@@ -62,6 +70,8 @@ pub struct Options {
     pub bookmark_interval: Duration,
     /// Address to listen on; port 0 picks a free port.
     pub listen: SocketAddr,
+    /// Also append the request log ([`audit`]) to this file, one JSON object a line.
+    pub audit_log: Option<std::path::PathBuf>,
 }
 
 impl Default for Options {
@@ -70,6 +80,7 @@ impl Default for Options {
             history: 1000,
             bookmark_interval: Duration::from_secs(1),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            audit_log: None,
         }
     }
 }
@@ -77,6 +88,7 @@ impl Default for Options {
 /// A running (or stopped) mock API server and its store. Dropping it stops serving.
 pub struct FakeApiServer {
     store: Arc<Mutex<Store>>,
+    audit: Arc<Mutex<audit::AuditLog>>,
     options: Options,
     addr: SocketAddr,
     serving: Option<JoinSet<()>>,
@@ -91,10 +103,15 @@ impl FakeApiServer {
     /// Starts a server with `options`.
     pub async fn start_with(options: Options) -> std::io::Result<Self> {
         let store = Arc::new(Mutex::new(Store::new(options.history)));
+        let audit = Arc::new(Mutex::new(match &options.audit_log {
+            Some(path) => audit::AuditLog::to_file(path)?,
+            None => audit::AuditLog::default(),
+        }));
         let listener = TcpListener::bind(options.listen).await?;
         let addr = listener.local_addr()?;
         let mut server = Self {
             store,
+            audit,
             options,
             addr,
             serving: None,
@@ -106,6 +123,7 @@ impl FakeApiServer {
     fn serve(&mut self, listener: TcpListener) {
         let app = http::App {
             store: self.store.clone(),
+            audit: self.audit.clone(),
             bookmark_interval: self.options.bookmark_interval,
         };
         let router = http::router(app);
@@ -114,14 +132,16 @@ impl FakeApiServer {
             // Connections live in this inner set: aborting the accept task drops them all.
             let mut connections = JoinSet::new();
             loop {
-                let (stream, _) = match listener.accept().await {
+                let (stream, peer) = match listener.accept().await {
                     Ok(conn) => conn,
                     Err(e) => {
                         tracing::warn!(error = %e, "test API server: accept failed");
                         continue;
                     }
                 };
-                let service = hyper_util::service::TowerToHyperService::new(router.clone());
+                // The client's address, for the request log.
+                let router = router.clone().layer(axum::Extension(http::Peer(peer.ip())));
+                let service = hyper_util::service::TowerToHyperService::new(router);
                 connections.spawn(async move {
                     let io = hyper_util::rt::TokioIo::new(stream);
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -270,6 +290,38 @@ impl FakeApiServer {
         })
     }
 
+    /// Creates or replaces the EndpointSlice `default/kubernetes` the way kube-apiserver's
+    /// endpoint reconciler maintains it (harness write): named after the Service, labelled
+    /// `kubernetes.io/service-name: kubernetes`, one ready endpoint per API server address (of
+    /// one family: the reconciler serves the primary one), port `https`.
+    pub fn put_kubernetes_endpoints(
+        &self,
+        addresses: &[std::net::IpAddr],
+        port: u16,
+    ) -> Option<Value> {
+        let address_type = match addresses.first() {
+            Some(std::net::IpAddr::V6(_)) => "IPv6",
+            _ => "IPv4",
+        };
+        let endpoints: Vec<Value> = addresses
+            .iter()
+            .map(|a| json!({"addresses": [a.to_string()], "conditions": {"ready": true}}))
+            .collect();
+        let key = ObjectKey::namespaced(Resource::EndpointSlices, "default", "kubernetes");
+        self.lock().harness_write(&key, |_| {
+            Some(json!({
+                "metadata": {
+                    "name": "kubernetes",
+                    "namespace": "default",
+                    "labels": {"kubernetes.io/service-name": "kubernetes"},
+                },
+                "addressType": address_type,
+                "endpoints": endpoints,
+                "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+            }))
+        })
+    }
+
     /// API write requests (any outcome) Node `name` received.
     pub fn write_requests(&self, name: &str) -> u64 {
         self.lock().write_requests(&ObjectKey::node(name))
@@ -285,6 +337,15 @@ impl FakeApiServer {
     pub fn interfere_after_get(&self, name: &str, f: impl FnOnce(&mut Value) + Send + 'static) {
         self.lock()
             .interfere_after_get(ObjectKey::node(name), Box::new(f));
+    }
+
+    /// Every resource request served so far, with its authorisation attributes ([`audit`]).
+    pub fn requests(&self) -> Vec<audit::ApiRequest> {
+        self.audit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entries()
+            .to_vec()
     }
 
     /// Every Event recorded (core and `events.k8s.io/v1`), in creation order of their keys.

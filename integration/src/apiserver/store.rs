@@ -20,6 +20,8 @@ pub enum Resource {
     CoreEvents,
     /// `events.k8s.io/v1` `Event`.
     Events,
+    /// `discovery.k8s.io/v1` `EndpointSlice`.
+    EndpointSlices,
 }
 
 impl Resource {
@@ -29,6 +31,7 @@ impl Resource {
             Resource::Nodes => "Node",
             Resource::ConfigMaps => "ConfigMap",
             Resource::CoreEvents | Resource::Events => "Event",
+            Resource::EndpointSlices => "EndpointSlice",
         }
     }
 
@@ -36,6 +39,7 @@ impl Resource {
     pub fn api_version(self) -> &'static str {
         match self {
             Resource::Events => "events.k8s.io/v1",
+            Resource::EndpointSlices => "discovery.k8s.io/v1",
             _ => "v1",
         }
     }
@@ -46,6 +50,7 @@ impl Resource {
             Resource::Nodes => "nodes",
             Resource::ConfigMaps => "configmaps",
             Resource::CoreEvents | Resource::Events => "events",
+            Resource::EndpointSlices => "endpointslices",
         }
     }
 
@@ -53,6 +58,7 @@ impl Resource {
     fn group(self) -> &'static str {
         match self {
             Resource::Events => "events.k8s.io",
+            Resource::EndpointSlices => "discovery.k8s.io",
             _ => "",
         }
     }
@@ -679,6 +685,69 @@ fn validate(key: &ObjectKey, old: Option<&Value>, object: &Value) -> Result<(), 
             }
         }
         Resource::CoreEvents | Resource::Events => {}
+        Resource::EndpointSlices => validate_endpoint_slice(key, old, object)?,
+    }
+    Ok(())
+}
+
+/// An EndpointSlice's `addressType` (required, immutable) and its endpoints' addresses (1 to
+/// 100 each, of that type), as the API validates them.
+fn validate_endpoint_slice(
+    key: &ObjectKey,
+    old: Option<&Value>,
+    object: &Value,
+) -> Result<(), ApiError> {
+    let address_type = object["addressType"].as_str().unwrap_or_default();
+    if !["IPv4", "IPv6", "FQDN"].contains(&address_type) {
+        return Err(ApiError::invalid(
+            key,
+            format!("addressType: Unsupported value: {address_type:?}: supported values: \"FQDN\", \"IPv4\", \"IPv6\""),
+        ));
+    }
+    if let Some(old) = old {
+        if old["addressType"] != object["addressType"] {
+            return Err(ApiError::invalid(
+                key,
+                "addressType: Invalid value: field is immutable".into(),
+            ));
+        }
+    }
+    let endpoints = match &object["endpoints"] {
+        Value::Null => &Vec::new(),
+        Value::Array(items) => items,
+        other => {
+            return Err(ApiError::invalid(
+                key,
+                format!("endpoints: expected a list, got {other}"),
+            ))
+        }
+    };
+    for (i, endpoint) in endpoints.iter().enumerate() {
+        let addresses = endpoint["addresses"]
+            .as_array()
+            .map_or(&[][..], Vec::as_slice);
+        if addresses.is_empty() || addresses.len() > 100 {
+            return Err(ApiError::invalid(
+                key,
+                format!(
+                    "endpoints[{i}].addresses: must contain at least 1 and at most 100 addresses"
+                ),
+            ));
+        }
+        for (j, address) in addresses.iter().enumerate() {
+            let text = address.as_str().unwrap_or_default();
+            let ok = match address_type {
+                "IPv4" => text.parse::<std::net::Ipv4Addr>().is_ok(),
+                "IPv6" => text.parse::<std::net::Ipv6Addr>().is_ok(),
+                _ => !text.is_empty(),
+            };
+            if !ok {
+                return Err(ApiError::invalid(
+                    key,
+                    format!("endpoints[{i}].addresses[{j}]: Invalid value: {text:?}: must be a valid {address_type} address"),
+                ));
+            }
+        }
     }
     Ok(())
 }

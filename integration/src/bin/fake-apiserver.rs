@@ -1,5 +1,6 @@
 //! `fake-apiserver`: runs the **mock** Kubernetes API server of `integration::apiserver` (not
-//! kube-apiserver: a test double serving Nodes, ConfigMaps and Events over plain HTTP) until
+//! kube-apiserver: a test double serving Nodes, ConfigMaps, Events and EndpointSlices over
+//! plain HTTP; `default/kubernetes`'s EndpointSlice holds its listen address) until
 //! SIGINT/SIGTERM, for labs and manual experiments with meshd's Kubernetes backend.
 //!
 //! ```sh
@@ -19,7 +20,9 @@ use clap::Parser;
 use integration::apiserver::{FakeApiServer, Options};
 
 #[derive(Parser)]
-#[command(about = "A mock Kubernetes API server (Nodes, ConfigMaps, Events) for meshd tests")]
+#[command(
+    about = "A mock Kubernetes API server (Nodes, ConfigMaps, Events, EndpointSlices) for meshd tests"
+)]
 struct Args {
     /// Address to listen on (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:0")]
@@ -33,6 +36,10 @@ struct Args {
     /// Interval between watch bookmarks, in milliseconds.
     #[arg(long, default_value_t = 60_000)]
     bookmark_interval_ms: u64,
+    /// Append the request log (verb, resource, name, client address of every resource
+    /// request; see `integration::apiserver::audit`) to this file.
+    #[arg(long)]
+    audit_log: Option<PathBuf>,
     /// Create a Node at start: `NAME=IP[,IP…]+CIDR[,CIDR…]` (InternalIPs, then pod CIDRs).
     #[arg(long = "node")]
     nodes: Vec<String>,
@@ -45,9 +52,12 @@ async fn main() -> anyhow::Result<()> {
         history: args.history,
         bookmark_interval: Duration::from_millis(args.bookmark_interval_ms),
         listen: args.listen,
+        audit_log: args.audit_log.clone(),
     })
     .await
     .with_context(|| format!("listening on {}", args.listen))?;
+    // As kube-apiserver does: the `kubernetes` Service's endpoints are the server itself.
+    server.put_kubernetes_endpoints(&[server.addr().ip()], server.addr().port());
     for spec in &args.nodes {
         let (name, rest) = spec
             .split_once('=')

@@ -50,6 +50,9 @@ enum Cmd {
         /// I/O timeout in seconds.
         #[arg(long, default_value_t = 30)]
         timeout_s: u64,
+        /// End the stream early (before `--bytes`) once this file exists.
+        #[arg(long)]
+        until_file: Option<std::path::PathBuf>,
     },
     /// Receive sequence-numbered datagrams and report loss, duplicates, reordering, gaps.
     UdpSink {
@@ -116,13 +119,15 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             marker,
             rate_kbyte_s,
             timeout_s,
+            until_file,
         } => {
-            let r = traffic::tcp_send_paced(
+            let r = traffic::tcp_send_until(
                 to,
                 bytes,
                 &marker,
                 Duration::from_secs(timeout_s),
                 rate_kbyte_s.map(|k| k * 1000),
+                until_file.as_deref(),
             )?;
             println!("{}", serde_json::to_string(&r)?);
             Ok(r.ok)

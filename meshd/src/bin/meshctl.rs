@@ -99,6 +99,8 @@ enum LabCmd {
         #[arg(long, default_value = "auto")]
         wireguard_mode: String,
         /// A node's own WireGuard mode, e.g. `n2=userspace` (repeatable): a mixed lab.
+        /// `external`: the lab runs that node's two `meshd-wg` devices itself, after meshd
+        /// (as separate containers would), and meshd adopts them.
         #[arg(long = "node-wireguard-mode", value_parser = parse_node_mode)]
         node_modes: Vec<(u32, String)>,
         /// `enabled` or `permissive` for every meshd.
@@ -261,8 +263,10 @@ fn parse_node_mode(s: &str) -> Result<(u32, String), String> {
         .strip_prefix('n')
         .and_then(|i| i.parse::<u32>().ok())
         .ok_or_else(|| format!("{node:?}: expected a lab node name such as n2"))?;
-    if !matches!(mode, "auto" | "kernel" | "userspace") {
-        return Err(format!("{mode:?}: expected auto, kernel or userspace"));
+    if !matches!(mode, "auto" | "kernel" | "userspace" | "external") {
+        return Err(format!(
+            "{mode:?}: expected auto, kernel, userspace or external"
+        ));
     }
     Ok((index, mode.to_string()))
 }

@@ -3,10 +3,15 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, ValueEnum};
-use keyexchange::registry::kube::{api_server_addresses, client, KubeRegistry};
+use keyexchange::registry::kube::{
+    api_server_addresses, client, watch_api_server_endpoints, KubeRegistry,
+};
 use keyexchange::DirRegistry;
 use meshd::daemon::{self, DaemonArgs};
 use meshd::settings::{self, WatcherConfig};
+
+/// How long start-up waits for the first read of the API servers' endpoints.
+const API_SERVER_ENDPOINTS_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Where nodes publish their records and watch each other's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -98,10 +103,22 @@ async fn kubernetes(cli: Cli) -> anyhow::Result<()> {
                 Some(pod) => settings::pod_reference(namespace, pod, None),
                 None => settings::node_reference(&args.node_name),
             };
-            let mut rx = settings::spawn_watcher(
-                client.clone(),
-                WatcherConfig::new(namespace, regarding, &args.node_name),
-            );
+            // Until the ConfigMap says otherwise, and when it is invalid or missing at start:
+            // the last good settings from the state directory, else the flags.
+            let flags = settings::Settings {
+                encryption: args.encryption.into(),
+                strict_mode: args.strict_mode,
+                host_encryption: args.host_encryption,
+                mtu: args.mtu,
+                listen_port: args.listen_port,
+                keepalive: args.keepalive,
+            };
+            let config = WatcherConfig {
+                fallback: settings::fallback(settings::load_last_good(&args.state_dir), flags),
+                state_dir: Some(args.state_dir.clone()),
+                ..WatcherConfig::new(namespace, regarding, &args.node_name)
+            };
+            let mut rx = settings::spawn_watcher(client.clone(), config);
             tracing::info!(configmap = %spec, "waiting for the settings");
             rx.wait_for(Option::is_some)
                 .await
@@ -110,9 +127,22 @@ async fn kubernetes(cli: Cli) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // The kubeconfig's server is, in a pod, the `kubernetes` Service's ClusterIP, which no node
+    // owns: host encryption also excludes the Service's endpoints, the API servers' real
+    // addresses. Waited for briefly, so the first reconcile already knows them.
+    let mut api_servers = watch_api_server_endpoints(client.clone());
+    match tokio::time::timeout(API_SERVER_ENDPOINTS_WAIT, api_servers.wait_for(Option::is_some))
+        .await
+    {
+        Ok(Ok(_)) => {}
+        Ok(Err(_)) => tracing::warn!("the API server endpoint watcher stopped"),
+        Err(_) => tracing::warn!(
+            "the API server's endpoints (EndpointSlice default/kubernetes) not read within {API_SERVER_ENDPOINTS_WAIT:?}; going on without them for now"
+        ),
+    }
     let (status_tx, status_rx) = tokio::sync::watch::channel(None);
     let condition = meshd::node_condition::spawn(client, args.node_name.clone(), status_rx);
-    let result = daemon::run_with(args, registry, feed, Some(status_tx)).await;
+    let result = daemon::run_with(args, registry, feed, Some(status_tx), Some(api_servers)).await;
     condition.abort();
     result
 }

@@ -584,6 +584,13 @@ fn start_meshd_with(state: &LabState, i: u32, extra: &[&str]) -> anyhow::Result<
         .arg("--state-dir")
         .arg(paths.node_dir(i).join("state"))
         .args(registry_args(state, &paths))
+        // As in the DaemonSet: Events about this meshd are recorded on its Pod, in the
+        // ConfigMap's namespace.
+        .args(if state.registry == "kubernetes" {
+            vec!["--pod-name".to_string(), format!("meshd-{}", node_name(i))]
+        } else {
+            Vec::new()
+        })
         .arg("--cni-conf-dir")
         .arg(paths.node_dir(i).join("cni"))
         .args(["--underlay-interface", "eth0"])
@@ -617,14 +624,18 @@ fn start_meshd_with(state: &LabState, i: u32, extra: &[&str]) -> anyhow::Result<
         .args(["--health-listen", "0.0.0.0:9108"])
         .args(extra)
         .args(if state.ipam == "cluster-pool" {
-            [
+            vec![
                 "--pod-cidr-pool".to_string(),
                 CLUSTER_V4.to_string(),
                 "--pod-cidr-pool".to_string(),
                 CLUSTER_V6.to_string(),
             ]
+        } else if state.registry == "kubernetes" {
+            // As on a real cluster: meshd takes them from its Node's spec.podCIDRs, which
+            // the lab's API server holds (start_apiserver).
+            Vec::new()
         } else {
-            [
+            vec![
                 "--pod-cidr".to_string(),
                 c4.to_string(),
                 "--pod-cidr".to_string(),
@@ -650,7 +661,49 @@ fn start_meshd_with(state: &LabState, i: u32, extra: &[&str]) -> anyhow::Result<
     fs::write(paths.pidfile(i), pid.to_string())?;
     // Not waited for: meshd outlives meshctl and is reparented to init.
     std::mem::forget(child);
+    if mode == "external" {
+        // Started after meshd, as a pod's containers may be: meshd waits for them.
+        std::thread::sleep(Duration::from_millis(500));
+        start_external_devices(&paths, lab, i)?;
+    }
     Ok(pid)
+}
+
+/// `--wireguard-mode external`: node `i`'s two user-space devices run by `meshd-wg` processes
+/// of their own, as the `wireguard` containers of deploy/components/userspace-wireguard run
+/// them: started by the lab (once; a restarted meshd adopts them), never by meshd.
+fn start_external_devices(paths: &Paths, lab: &str, i: u32) -> anyhow::Result<()> {
+    let helper = binary("meshd-wg")?;
+    for device in ["meshd0", "meshd0b"] {
+        let present = Command::new("ip")
+            .args(["-n", &node_ns(lab, i), "link", "show", device])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if present {
+            continue;
+        }
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(paths.node_dir(i).join(format!("{device}-wg.log")))?;
+        let child = Command::new("nsenter")
+            .arg(format!("--mount={}", paths.mnt(i).display()))
+            .arg(format!("--net=/run/netns/{}", node_ns(lab, i)))
+            .arg("--")
+            .arg(&helper)
+            .args(["--interface", device])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting meshd-wg for {device}"))?;
+        // Like meshd: outlives meshctl; `lab down` kills every process in the namespace.
+        std::mem::forget(child);
+    }
+    Ok(())
 }
 
 fn registry_args(state: &LabState, paths: &Paths) -> Vec<String> {
@@ -671,6 +724,9 @@ fn registry_args(state: &LabState, paths: &Paths) -> Vec<String> {
     }
 }
 
+/// The mock API server's request log in the lab's directory, beside `kubeconfig`.
+pub const APISERVER_AUDIT_LOG: &str = "apiserver-audit.jsonl";
+
 /// Start the mock API server (a test double: this machine has no kube-apiserver) in the
 /// underlay namespace on the router's address, with a Node per lab node carrying its
 /// InternalIPs and pod CIDRs as a cloud controller would set them.
@@ -682,7 +738,10 @@ fn start_apiserver(paths: &Paths, nodes: u32, pool: bool) -> anyhow::Result<()> 
         .arg(&server)
         .args(["--listen", &format!("{GATEWAY_V4}:{APISERVER_PORT}")])
         .arg("--kubeconfig")
-        .arg(paths.kubeconfig());
+        .arg(paths.kubeconfig())
+        // Every request's verb, resource and client: tests check meshd's RBAC against it.
+        .arg("--audit-log")
+        .arg(paths.root.join(APISERVER_AUDIT_LOG));
     for i in 1..=nodes {
         let (u4, u6) = node_underlay(i);
         let (c4, c6) = node_pod_cidrs(i);
