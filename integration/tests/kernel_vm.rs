@@ -385,13 +385,28 @@ vm_artifact down meshctl lab down --name $lab
         "from_pod stopped redirecting without meshd: {at_kill} -> {while_dead}"
     );
 
-    // Traffic continued across the kill and the restart.
-    let sink = json(&run, "sink");
-    let received = sink["received"].as_u64().unwrap();
-    let lost = sink["lost"].as_u64().unwrap();
-    assert!(received > 300, "too little traffic: {sink}");
-    assert_eq!(lost, 0, "datagrams lost across SIGKILL + restart: {sink}");
-    eprintln!("udp stream across SIGKILL + restart: {sink}");
+    // Traffic continued across the kill and the restart, to its very end: the sink got every
+    // datagram the sender handed to the kernel (a gap counts in `lost`; a stream that stopped
+    // for good shows as `highest_seq` short of what was sent).
+    let (send, sink) = (json(&run, "send"), json(&run, "sink"));
+    let sent = send["sent"].as_u64().unwrap();
+    assert!(sent > 300, "too little traffic: {send}");
+    assert_eq!(send["send_errors"], 0, "the sender could not send: {send}");
+    let unique = sink["received"].as_u64().unwrap() - sink["duplicates"].as_u64().unwrap();
+    assert_eq!(
+        sink["lost"], 0,
+        "datagrams lost across SIGKILL + restart: {sink}"
+    );
+    assert_eq!(
+        sink["highest_seq"].as_u64().map(|h| h + 1),
+        Some(sent),
+        "the stream's end never arrived: sent {send}, received {sink}"
+    );
+    assert_eq!(
+        unique, sent,
+        "sent {sent}, received {unique} distinct: {send} {sink}"
+    );
+    eprintln!("udp stream across SIGKILL + restart: sent {send}, received {sink}");
 
     // Restarted: the same device adopted (same ifindex), same key, converged.
     let after = json(&run, "status-after");
