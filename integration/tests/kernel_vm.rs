@@ -9,6 +9,8 @@
 //! Needs meshd's binaries built beforehand (`cargo build --workspace --bins`, which
 //! `scripts/test.sh` runs before `cargo test`): by default those of this test's own profile
 //! directory, or `MESHD_BIN_DIR` (e.g. `target/release`, several times faster in the guest).
+//! `MESHD_VM_STATIC_BIN_DIR` names static builds of meshd, meshctl and meshd-cni, which then
+//! replace the dynamic ones (`scripts/test.sh` builds and sets it; CI requires it).
 //! Needs qemu, busybox-static, xz and the lab's tools on the host (`scripts/vm-deps.sh`).
 //! Without qemu the tests skip, except under CI (`CI` set), where they fail.
 //! `MESHD_VM_KEEP=1` keeps each VM's console and result logs.
@@ -43,13 +45,25 @@ fn harness() -> Option<&'static Harness> {
     match h {
         Ok(h) => {
             eprintln!(
-                "guest kernel {} ({} {}), initramfs {} MiB, modules {:?}, prepared in {:.1}s",
+                "guest kernel {} ({} {}), initramfs {} MiB, modules {:?}, static {:?}, \
+                 prepared in {:.1}s",
                 h.kernel.release,
                 h.kernel.package,
                 h.kernel.version,
                 h.base.size >> 20,
                 h.base.modules,
+                h.base.static_binaries,
                 h.prepare.as_secs_f64()
+            );
+            // CI proves the static binaries, as the issue asks; a developer's run may use the
+            // dynamic ones (their libraries are copied).
+            assert!(
+                std::env::var_os("CI").is_none()
+                    || h.base.static_binaries.len() == vm::initramfs::STATIC_BINARIES.len(),
+                "under CI the guest runs static {:?} (MESHD_VM_STATIC_BIN_DIR, set by \
+                 scripts/test.sh); got {:?}",
+                vm::initramfs::STATIC_BINARIES,
+                h.base.static_binaries
             );
             Some(h)
         }
