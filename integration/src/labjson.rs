@@ -4,6 +4,11 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The lab's cluster pod CIDRs (`meshctl lab up` passes them to every meshd as
+/// `--cluster-cidr`; node K's pods get `10.244.K.0/24` and `fd00:244:0:K::/64`). Not in the
+/// status contract; a test keeps them equal to meshd's.
+pub const CLUSTER_CIDRS: [&str; 2] = ["10.244.0.0/16", "fd00:244::/48"];
+
 /// Top-level lab status.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -128,6 +133,14 @@ impl LabStatus {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_cidrs_are_the_labs() {
+        assert_eq!(
+            CLUSTER_CIDRS,
+            [meshd::lab::plan::CLUSTER_V4, meshd::lab::plan::CLUSTER_V6]
+        );
+    }
 
     const SAMPLE: &str = r#"{ "version": 1, "lab": "t", "listen_port": 51820,
       "capture": { "namespace": "t-ul", "interface": "br0" },

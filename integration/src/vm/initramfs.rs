@@ -5,7 +5,9 @@
 //! - host tools that busybox cannot replace (iproute2's `ip` and `tc`, `wg`, `tcpdump`,
 //!   `ping`, util-linux's `nsenter`/`unshare`/`mount`/`umount`) under `/usr/local/bin`, with
 //!   the shared libraries `ldd` names and the dynamic loader at the same paths as on the host,
-//! - meshd's binaries (dynamically linked, debug info stripped) under `/opt/meshd/bin`,
+//! - meshd's binaries (debug info stripped) under `/opt/meshd/bin`: [`STATIC_BINARIES`] static
+//!   when built so (`MESHD_VM_STATIC_BIN_DIR`, see [`super::static_bin_dir`]), the rest
+//!   dynamically linked with their libraries,
 //! - the kernel modules, decompressed, in load order (`/etc/meshd-vm/modules`).
 //!
 //! The scenario script is appended per VM as a second, small archive (the kernel unpacks
@@ -32,6 +34,10 @@ pub const MESHD_BINARIES: &[&str] = &[
     "lab-verify",
     "lab-traffic",
 ];
+
+/// The binaries a node runs, taken statically linked from the static directory when there is
+/// one (glibc with `+crt-static`: `scripts/test.sh` builds them).
+pub const STATIC_BINARIES: &[&str] = &["meshd", "meshctl", "meshd-cni"];
 
 /// Host tools copied into the guest (with their libraries); the guest fails without them.
 pub const REQUIRED_TOOLS: &[&str] = &[
@@ -284,10 +290,18 @@ pub struct BaseImage {
     pub size: u64,
     /// Module names in the order `/init` loads them.
     pub modules: Vec<String>,
+    /// meshd's binaries that went in statically linked.
+    pub static_binaries: Vec<String>,
 }
 
-/// Builds the base initramfs in `work` from `kernel` and meshd's binaries in `bin_dir`.
-pub fn build_base(kernel: &GuestKernel, bin_dir: &Path, work: &Path) -> anyhow::Result<BaseImage> {
+/// Builds the base initramfs in `work` from `kernel` and meshd's binaries in `bin_dir`, those
+/// of [`STATIC_BINARIES`] from `static_dir` if given (where they must be static).
+pub fn build_base(
+    kernel: &GuestKernel,
+    bin_dir: &Path,
+    static_dir: Option<&Path>,
+    work: &Path,
+) -> anyhow::Result<BaseImage> {
     let mut tree = Tree::default();
     for d in [
         "proc", "sys", "dev", "run", "tmp", "root", "etc", "mnt", "var", "usr/bin", "usr/sbin",
@@ -307,17 +321,27 @@ pub fn build_base(kernel: &GuestKernel, bin_dir: &Path, work: &Path) -> anyhow::
     );
     tree.bytes("etc/hosts", 0o644, "127.0.0.1 localhost\n::1 localhost\n");
 
-    // meshd's binaries, as they are built (dynamically linked), without debug info.
+    // meshd's binaries without debug info, static ones from `static_dir`.
     let stripped = work.join("bin");
     fs::create_dir_all(&stripped)?;
+    let mut static_binaries = Vec::new();
     for b in MESHD_BINARIES {
-        let src = bin_dir.join(b);
+        let static_src = static_dir.filter(|_| STATIC_BINARIES.contains(b));
+        let src = static_src.unwrap_or(bin_dir).join(b);
         if !src.is_file() {
             bail!(
                 "{} missing: build meshd's binaries first (cargo build --workspace --bins, \
-                 as scripts/test.sh does) or point MESHD_BIN_DIR at them",
+                 and the static ones, as scripts/test.sh does) or point MESHD_BIN_DIR \
+                 (MESHD_VM_STATIC_BIN_DIR) at them",
                 src.display()
             );
+        }
+        if static_src.is_some() {
+            let libs = shared_libraries(&src)?;
+            if !libs.is_empty() {
+                bail!("{} is not static: it needs {libs:?}", src.display());
+            }
+            static_binaries.push((*b).to_string());
         }
         let dst = stripped.join(b);
         strip_debug(&src, &dst)?;
@@ -388,6 +412,7 @@ pub fn build_base(kernel: &GuestKernel, bin_dir: &Path, work: &Path) -> anyhow::
         path,
         size,
         modules: names,
+        static_binaries,
     })
 }
 

@@ -42,6 +42,16 @@ pub fn meshd_bin_dir(default: &Path) -> PathBuf {
         .unwrap_or_else(|| default.to_path_buf())
 }
 
+/// `$MESHD_VM_STATIC_BIN_DIR`: where statically linked builds of
+/// [`initramfs::STATIC_BINARIES`] are, if anywhere. `scripts/test.sh` builds them with
+/// `RUSTFLAGS='-C target-feature=+crt-static' cargo build --target x86_64-unknown-linux-gnu`
+/// into a target directory of their own and sets it.
+pub fn static_bin_dir() -> Option<PathBuf> {
+    std::env::var_os("MESHD_VM_STATIC_BIN_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+}
+
 /// A kernel and a base initramfs, ready to boot scenarios.
 #[derive(Debug)]
 pub struct Harness {
@@ -56,18 +66,19 @@ pub struct Harness {
 
 impl Harness {
     /// Fetches (or reuses) the kernel and builds the base initramfs from the binaries in
-    /// `bin_dir` (see [`meshd_bin_dir`]).
+    /// `bin_dir` (see [`meshd_bin_dir`]), the static ones from [`static_bin_dir`] if set.
     pub fn new(bin_dir: &Path) -> anyhow::Result<Harness> {
         let started = Instant::now();
         let kernel = kernel::ensure_kernel()?;
         // A harness kept in a `static` is never dropped: sweep what dead processes left.
         qemu::sweep_stale_scratch();
         let work = qemu::scratch_dir("meshd-vm-base")?;
-        let base = initramfs::build_base(&kernel, bin_dir, &work)?;
+        let base = initramfs::build_base(&kernel, bin_dir, static_bin_dir().as_deref(), &work)?;
         tracing::info!(
             kernel = %kernel.release,
             initramfs_mib = base.size >> 20,
             modules = ?base.modules,
+            static_binaries = ?base.static_binaries,
             "VM harness ready"
         );
         Ok(Harness {

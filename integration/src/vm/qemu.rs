@@ -116,6 +116,9 @@ pub struct VmRun {
     pub modules_secs: Option<f64>,
     /// Modules that failed to load.
     pub module_failures: Vec<String>,
+    /// The step that ended the scenario (`vm_fail`, `vm_must`, `vm_until`, or the cleanup)
+    /// and its exit status.
+    pub failed_step: Option<(String, i32)>,
     /// Host wall-clock time from spawning qemu to its exit.
     pub wall: Duration,
     /// The serial console (kernel log and scenario output).
@@ -154,8 +157,15 @@ impl VmRun {
 
     /// Fails unless the scenario ran to its end with exit status 0.
     pub fn expect_success(&self) -> anyhow::Result<()> {
-        if self.ending != Ending::Done(0) || !self.module_failures.is_empty() {
-            anyhow::bail!("scenario {} did not succeed\n{self}", self.name);
+        if self.ending != Ending::Done(0)
+            || !self.module_failures.is_empty()
+            || self.failed_step.is_some()
+        {
+            let step = match &self.failed_step {
+                Some((step, rc)) => format!(" at step {step:?} (status {rc})"),
+                None => String::new(),
+            };
+            anyhow::bail!("scenario {} did not succeed{step}\n{self}", self.name);
         }
         Ok(())
     }
@@ -230,6 +240,12 @@ impl VmRun {
                         self.artifacts.insert(name, Artifact { output, status });
                     }
                 }
+                "failed" => {
+                    let rc = args.first().and_then(|v| v.parse().ok()).unwrap_or(1);
+                    let step = args.get(1..).map(|s| s.join(" ")).unwrap_or_default();
+                    // The first failure is the cause; a later one would be the cleanup's.
+                    self.failed_step.get_or_insert((step, rc));
+                }
                 "done" => {
                     if let Some(rc) = args.first().and_then(|v| v.parse().ok()) {
                         self.ending = Ending::Done(rc);
@@ -256,6 +272,12 @@ impl fmt::Display for VmRun {
         writeln!(f, "{}", self.timings())?;
         if !self.module_failures.is_empty() {
             writeln!(f, "modules that failed to load: {:?}", self.module_failures)?;
+        }
+        if let Some((step, rc)) = &self.failed_step {
+            writeln!(f, "failed at step {step:?} (status {rc})")?;
+            if let Some(a) = self.artifacts.get(step) {
+                writeln!(f, "---- output of {step} ----\n{}", tail(&a.output, 40))?;
+            }
         }
         if let Some(k) = &self.kept {
             writeln!(f, "logs kept in {}", k.display())?;
@@ -417,6 +439,7 @@ pub fn run_scenario(
         boot_secs: None,
         modules_secs: None,
         module_failures: Vec::new(),
+        failed_step: None,
         wall,
         console: String::from_utf8_lossy(&fs::read(&console).unwrap_or_default()).into_owned(),
         results: String::from_utf8_lossy(&fs::read(&results).unwrap_or_default()).into_owned(),
@@ -461,13 +484,15 @@ mod tests {
             boot_secs: None,
             modules_secs: None,
             module_failures: Vec::new(),
+            failed_step: None,
             wall: Duration::ZERO,
             console: String::new(),
             results: "noise\r\n@@meshd-vm boot 2.25\r\n@@meshd-vm module-failed veth\n\
                       @@meshd-vm mark a 3.0\n@@meshd-vm begin st\n{\"x\": 1}\nline 2\n\
                       @@meshd-vm end st 0\n@@meshd-vm mark b 5.5\n@@meshd-vm begin bad\n\
                       oops\n@@meshd-vm end bad 3\n@@meshd-vm begin cut\npartial\n\
-                      @@meshd-vm done 1\n"
+                      @@meshd-vm failed 3 wait 30s: peer_count_is n1 0\n\
+                      @@meshd-vm failed 1 cleanup\n@@meshd-vm done 1\n"
                 .into(),
             kept: None,
         };
@@ -480,7 +505,18 @@ mod tests {
         assert_eq!(run.artifacts["bad"].status, Some(3));
         assert_eq!(run.artifacts["cut"].status, None);
         assert_eq!(run.ending, Ending::Done(1));
-        assert!(run.expect_success().is_err());
+        assert_eq!(
+            run.failed_step,
+            Some(("wait 30s: peer_count_is n1 0".to_string(), 3))
+        );
+        let err = run
+            .expect_success()
+            .expect_err("a failed step is no success")
+            .to_string();
+        assert!(
+            err.contains("at step \"wait 30s: peer_count_is n1 0\""),
+            "{err}"
+        );
         assert!(run.ok_output("bad").is_err());
     }
 }
