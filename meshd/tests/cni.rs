@@ -307,21 +307,23 @@ fn add_check_del_end_to_end() {
     );
     assert_eq!(delay.trim(), "0", "proxy_delay on {host}");
 
-    // No IPv6 neighbour solicitation either way: both MACs are known at ADD.
-    let neigh = run("ip", &["-n", &pod, "-6", "neigh", "show", "dev", "eth0"]);
-    assert!(
-        neigh.contains("fe80::ecee:eeff:feee:eeee lladdr ee:ee:ee:ee:ee:ee PERMANENT"),
-        "{neigh}"
-    );
+    // No ARP or neighbour solicitation either way: both MACs are known at ADD.
     let pod_mac = result["interfaces"][1]["mac"].as_str().unwrap();
-    let neigh = run(
-        "ip",
-        &["-n", &lab.node, "-6", "neigh", "show", "dev", &host],
-    );
-    assert!(
-        neigh.contains(&format!("fd00:244:0:7::2 lladdr {pod_mac} PERMANENT")),
-        "{neigh}"
-    );
+    for (fam, gw, addr) in [
+        ("-4", "169.254.1.1", "10.244.7.2"),
+        ("-6", "fe80::ecee:eeff:feee:eeee", "fd00:244:0:7::2"),
+    ] {
+        let neigh = run("ip", &["-n", &pod, fam, "neigh", "show", "dev", "eth0"]);
+        assert!(
+            neigh.contains(&format!("{gw} lladdr ee:ee:ee:ee:ee:ee PERMANENT")),
+            "{neigh}"
+        );
+        let neigh = run("ip", &["-n", &lab.node, fam, "neigh", "show", "dev", &host]);
+        assert!(
+            neigh.contains(&format!("{addr} lladdr {pod_mac} PERMANENT")),
+            "{neigh}"
+        );
+    }
 
     // Traffic both ways, both families.
     assert!(ping(&pod, "10.250.0.1"), "pod -> node v4");

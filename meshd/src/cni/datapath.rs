@@ -232,15 +232,18 @@ fn configure(spec: &PodSpec<'_>, ns: &File, host: &str) -> Result<String, CniErr
             ip(&[
                 "-6", "route", "replace", "default", "via", &gw6, "dev", ifname,
             ])?;
-            // The gateway's MAC is known: no neighbour solicitation for it. A first NS sent
-            // before the host veth's link-local address exists (addrconf runs when the pod
-            // end comes up) went unanswered, and the pod waited for the retransmission (1 s,
-            // sometimes several) before its first IPv6 reply could leave.
+        }
+        // The gateways' MAC is known: no ARP request or neighbour solicitation for them. A
+        // first one sent before the host veth could answer (its IPv6 link-local address
+        // appears only when the pod end comes up) went unanswered, and the pod's first reply
+        // waited for the retransmission, 1 s or more.
+        for addr in spec.addrs {
+            let gw = if addr.is_ipv4() { &gw4 } else { &gw6 };
             ip(&[
-                "-6",
+                family(addr),
                 "neigh",
                 "replace",
-                &gw6,
+                gw,
                 "lladdr",
                 HOST_VETH_MAC,
                 "dev",
@@ -255,12 +258,12 @@ fn configure(spec: &PodSpec<'_>, ns: &File, host: &str) -> Result<String, CniErr
         let p = prefix(addr);
         ip(&[family(addr), "route", "replace", &p, "dev", host])?;
     }
-    // Likewise the node knows the pod's MAC: its first IPv6 packet to the pod needs no
-    // solicitation either.
-    for addr in spec.addrs.iter().filter(|a| a.is_ipv6()) {
+    // Likewise the node knows the pod's MAC: its first packet to the pod needs no
+    // resolution either.
+    for addr in spec.addrs {
         let a = addr.to_string();
         ip(&[
-            "-6",
+            family(addr),
             "neigh",
             "replace",
             &a,
