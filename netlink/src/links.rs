@@ -293,12 +293,13 @@ impl Links {
         Ok(out)
     }
 
-    /// The interface carrying the IPv4 (else IPv6) default route, or the first
-    /// non-loopback UP link if there is none: `(ifindex, name, mtu)`.
-    pub async fn underlay(&self) -> Result<Option<(u32, String, u32)>, LinkError> {
+    /// The main table's unicast default routes, IPv4's then IPv6's: each as its priority and
+    /// its output interfaces (the route's own, then every hop of a multipath route).
+    async fn default_routes(&self) -> Result<[Vec<(u32, Vec<u32>)>; 2], LinkError> {
         let v4 = RouteMessageBuilder::<std::net::Ipv4Addr>::new().build();
         let v6 = RouteMessageBuilder::<std::net::Ipv6Addr>::new().build();
-        for query in [v4, v6] {
+        let mut out: [Vec<(u32, Vec<u32>)>; 2] = Default::default();
+        for (family, query) in out.iter_mut().zip([v4, v6]) {
             let routes: Vec<_> = self
                 .handle
                 .route()
@@ -307,32 +308,37 @@ impl Links {
                 .try_collect()
                 .await
                 .map_err(|e| LinkError::Underlay(Box::new(e)))?;
-            let mut best: Option<(u32, u32)> = None; // (priority, oif)
-            for r in &routes {
-                if r.header.destination_prefix_length != 0
-                    || r.header.kind != RouteType::Unicast
-                    || table_of(r) != u32::from(RouteHeader::RT_TABLE_MAIN)
-                {
-                    continue;
-                }
-                let mut oif = None;
+            for r in routes.iter().filter(|r| {
+                r.header.destination_prefix_length == 0
+                    && r.header.kind == RouteType::Unicast
+                    && table_of(r) == u32::from(RouteHeader::RT_TABLE_MAIN)
+            }) {
+                let mut oifs = Vec::new();
                 let mut prio = 0;
                 for a in &r.attributes {
                     match a {
-                        RouteAttribute::Oif(i) => oif = Some(*i),
+                        RouteAttribute::Oif(i) => oifs.insert(0, *i),
                         RouteAttribute::Priority(p) => prio = *p,
                         RouteAttribute::MultiPath(hops) => {
-                            oif = oif.or(hops.first().map(|h| h.interface_index))
+                            oifs.extend(hops.iter().map(|h| h.interface_index))
                         }
                         _ => {}
                     }
                 }
-                if let Some(oif) = oif {
-                    if best.is_none_or(|(p, _)| prio < p) {
-                        best = Some((prio, oif));
-                    }
-                }
+                family.push((prio, oifs));
             }
+        }
+        Ok(out)
+    }
+
+    /// The interface carrying the IPv4 (else IPv6) default route, or the first
+    /// non-loopback UP link if there is none: `(ifindex, name, mtu)`.
+    pub async fn underlay(&self) -> Result<Option<(u32, String, u32)>, LinkError> {
+        for family in self.default_routes().await? {
+            let best = family
+                .iter()
+                .filter_map(|(prio, oifs)| Some((*prio, *oifs.first()?)))
+                .min_by_key(|(prio, _)| *prio);
             if let Some((_, oif)) = best {
                 if let Some(info) = self.info_by_index(oif).await? {
                     return Ok(Some((info.ifindex, info.name, info.mtu)));
@@ -357,36 +363,13 @@ impl Links {
     /// Names of every interface carrying a default route of the main table (either family,
     /// every hop of a multipath route): the ways out of the node.
     pub async fn default_route_interfaces(&self) -> Result<Vec<String>, LinkError> {
-        let v4 = RouteMessageBuilder::<std::net::Ipv4Addr>::new().build();
-        let v6 = RouteMessageBuilder::<std::net::Ipv6Addr>::new().build();
-        let mut oifs = std::collections::BTreeSet::new();
-        for query in [v4, v6] {
-            let routes: Vec<_> = self
-                .handle
-                .route()
-                .get(query)
-                .execute()
-                .try_collect()
-                .await
-                .map_err(|e| LinkError::Underlay(Box::new(e)))?;
-            for r in routes.iter().filter(|r| {
-                r.header.destination_prefix_length == 0
-                    && r.header.kind == RouteType::Unicast
-                    && table_of(r) == u32::from(RouteHeader::RT_TABLE_MAIN)
-            }) {
-                for a in &r.attributes {
-                    match a {
-                        RouteAttribute::Oif(i) => {
-                            oifs.insert(*i);
-                        }
-                        RouteAttribute::MultiPath(hops) => {
-                            oifs.extend(hops.iter().map(|h| h.interface_index));
-                        }
-                        _ => {}
-                    }
-                }
-            }
-        }
+        let oifs: std::collections::BTreeSet<u32> = self
+            .default_routes()
+            .await?
+            .into_iter()
+            .flatten()
+            .flat_map(|(_, oifs)| oifs)
+            .collect();
         let mut names = Vec::new();
         for oif in oifs {
             if let Some(info) = self.info_by_index(oif).await? {
