@@ -124,6 +124,15 @@ impl Lab {
         serde_json::from_slice(&out.stdout).context("parsing lab status")
     }
 
+    /// The file holding `node`'s record in the lab's directory registry.
+    pub fn record_path(&self, node: &str) -> anyhow::Result<PathBuf> {
+        let st = self.status_json()?;
+        let dir = st["registry_dir"]
+            .as_str()
+            .context("lab status has no registry_dir")?;
+        Ok(PathBuf::from(dir).join(format!("{node}.json")))
+    }
+
     /// Run a command inside node `node` (network + mount namespace).
     pub fn exec(&self, node: &str, cmd: &[&str]) -> anyhow::Result<String> {
         let mut args = vec!["lab", "exec", node, "--"];

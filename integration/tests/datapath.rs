@@ -110,9 +110,7 @@ fn cross_node_pod_traffic_is_redirected_by_the_tc_program_and_only_wireguard_cro
 /// node removes the peer, its routes and its redirects.
 fn withdraw_node(lab: &Lab, node: &str) {
     lab.meshctl(&["lab", "kill-node", node]).unwrap();
-    let st = lab.status_json().unwrap();
-    let registry = st["registry_dir"].as_str().unwrap();
-    std::fs::remove_file(format!("{registry}/{node}.json")).unwrap();
+    std::fs::remove_file(lab.record_path(node).unwrap()).unwrap();
     lab.wait_for(
         &format!("the others to drop {node}"),
         Duration::from_secs(20),
@@ -250,11 +248,7 @@ fn strict_mode_holds_under_traffic_through_peer_removal_a_keyless_record_and_a_m
     std::thread::sleep(Duration::from_millis(1000));
 
     // 1. n3's record goes while the streams run.
-    let registry = lab.status_json().unwrap()["registry_dir"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let record = format!("{registry}/n3.json");
+    let record = lab.record_path("n3").unwrap();
     let saved = std::fs::read_to_string(&record).unwrap();
     withdraw_node(&lab, "n3");
     let route = netns::run_in(&n1_ns, &["ip", "route", "get", &dst4.to_string()]).unwrap();

@@ -465,11 +465,7 @@ fn sigkill_of_meshd_mid_change_leaves_nothing_half_done_after_restart() {
     let st = lab.status().unwrap();
     let ns = st.node("n1").unwrap().namespace.clone();
     let cidrs = |n: &str| st.node(n).unwrap().pod_cidrs.clone();
-    let registry = lab.status_json().unwrap()["registry_dir"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let record = format!("{registry}/n3.json");
+    let record = lab.record_path("n3").unwrap();
     let saved = std::fs::read_to_string(&record).unwrap();
     // n3's meshd stays dead, so only the test moves its record.
     lab.meshctl(&["lab", "kill-node", "n3"]).unwrap();
