@@ -379,8 +379,8 @@ fn strict_mode_guards_every_way_out_of_the_node_not_only_the_underlay() {
     ] {
         netns::run_in(&n1, args).unwrap();
     }
-    // Picked up by the next reconcile pass (at the latest the 30 s resync).
-    lab.wait_for("n1 to guard up1", Duration::from_secs(40), |s| {
+    // meshd looks for new ways out every second.
+    lab.wait_for("n1 to guard up1", Duration::from_secs(5), |s| {
         s["nodes"][0]["status"]["datapath"]["guarded_interfaces"]
             .as_array()
             .is_some_and(|g| g.iter().any(|i| i == "up1"))

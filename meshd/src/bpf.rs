@@ -504,6 +504,14 @@ impl Bpf {
         Ok(attached_now)
     }
 
+    /// Whether `others` (see [`Bpf::ensure_guards`]) holds an existing interface not guarded
+    /// yet: a new way out of the node.
+    pub fn unguarded(&self, others: &BTreeSet<String>) -> bool {
+        others
+            .iter()
+            .any(|i| *i != self.underlay && !self.guarded.contains(i) && interface_exists(i))
+    }
+
     /// The verdict counters.
     pub fn counters(&self) -> Result<VerdictCounters, BpfError> {
         Ok(self

@@ -1015,6 +1015,12 @@ async fn event_loop<R: Registry>(
                             // A tunnel came up or went down: host encryption follows it now.
                             retry_at = Some(tokio::time::Instant::now());
                         }
+                        // A new way out of the node (an uplink with a default route): guard it
+                        // now rather than at the next resync.
+                        let guards = guard_interfaces(&ctx.args, &ctx.links, &ctx.interfaces).await;
+                        if ctx.bpf.lock().await.unguarded(&guards) {
+                            retry_at = Some(tokio::time::Instant::now());
+                        }
                     }
                     Err(err) => {
                         tracing::warn!(error = %format!("{err:#}"), "reading device status failed");
