@@ -96,4 +96,53 @@ fn meshd_adopts_devices_run_by_another_process_and_a_killed_meshd_leaves_them_ru
     .unwrap();
     assert_eq!(helpers(&n2_ns), before, "the same helpers, no new ones");
     assert!(ping(&from, &dst4.to_string(), 2) && ping(&from, &dst6.to_string(), 2));
+
+    // A device's own container dies. meshd does not bring it back itself, and its loop does
+    // not stall waiting for it: within seconds it reports the mesh not converged (a stalled
+    // loop would keep reporting the last, converged, status).
+    let (_, wg0) = before.iter().find(|(d, _)| d == "meshd0").unwrap().clone();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(wg0 as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    lab.wait_for(
+        "n2 to report the lost device",
+        Duration::from_secs(8),
+        |s| s["nodes"][1]["status"]["converged"] == false,
+    )
+    .unwrap();
+    assert!(
+        helpers(&n2_ns).iter().all(|(d, _)| d != "meshd0"),
+        "meshd spawned a device it was told another process runs"
+    );
+    // The container comes back: meshd adopts the new device and the mesh converges again.
+    let helper = integration::lab::bin("meshd-wg");
+    let mnt = n2["mount_namespace"].as_str().unwrap();
+    let mut restarted = std::process::Command::new("nsenter");
+    restarted
+        .arg(format!("--mount={mnt}"))
+        .arg(format!("--net=/run/netns/{n2_ns}"))
+        .arg("--")
+        .arg(&helper)
+        .args(["--interface", "meshd0"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let _helper = netns::ChildGuard(Some(restarted.spawn().unwrap()));
+    lab.wait_for(
+        "n2 to adopt the new device and converge",
+        Duration::from_secs(20),
+        |s| s["nodes"][1]["status"]["converged"] == true,
+    )
+    .unwrap();
+    // The new device has no session yet: n2's first packet starts the handshake (n1 would
+    // only notice its old session is dead after WireGuard's rekey timeout).
+    let back = typed.pods_on("n2").next().unwrap().clone();
+    let (src4, _) = pod_addrs(&from).unwrap();
+    assert!(
+        ping(&back, &src4.to_string(), 3),
+        "n2 -> n1 after the new device"
+    );
+    assert!(ping(&from, &dst4.to_string(), 2) && ping(&from, &dst6.to_string(), 2));
 }

@@ -533,6 +533,7 @@ pub async fn run_with<R: Registry>(
         &keys[0],
         args.listen_port,
         mtu,
+        netlink::EXTERNAL_WAIT,
     )
     .await?;
     let (second, _) = bring_up_device(
@@ -543,6 +544,7 @@ pub async fn run_with<R: Registry>(
         &keys[1],
         second_port(args.listen_port),
         mtu,
+        netlink::EXTERNAL_WAIT,
     )
     .await?;
 
@@ -777,7 +779,13 @@ async fn claim_pod_cidrs<R: Registry>(
     bail!("could not claim a pod CIDR without conflict after 20 attempts")
 }
 
-/// Adopt (or create) the device and make sure key, port, MTU and link state are right.
+/// How long healing waits for an external device to come back before the pass fails and is
+/// retried (start-up waits [`netlink::EXTERNAL_WAIT`]): the loop stays responsive meanwhile.
+const EXTERNAL_HEAL_WAIT: Duration = Duration::from_secs(2);
+
+/// Adopt (or create) the device and make sure key, port, MTU and link state are right. An
+/// external device (`--wireguard-mode external`) is waited for up to `external_wait`.
+#[allow(clippy::too_many_arguments)]
 async fn bring_up_device(
     args: &DaemonArgs,
     opts: &UserspaceOptions,
@@ -786,14 +794,21 @@ async fn bring_up_device(
     private_key: &PrivateKey,
     port: u16,
     mtu: u32,
+    external_wait: Duration,
 ) -> anyhow::Result<(WgDevice, bool)> {
     let mut opts = opts.clone();
     if slot > 0 {
         opts.log_file = Some(args.state_dir.join(format!("meshd-wg-{}.log", slot + 1)));
     }
-    let (device, adopted) = WgDevice::ensure(interface, args.wireguard_mode, &opts)
-        .await
-        .with_context(|| format!("setting up WireGuard device {interface}"))?;
+    let ensured = if args.wireguard_mode == WireguardMode::External {
+        WgDevice::adopt_external(interface, external_wait)
+            .await
+            .map(|d| (d, true))
+    } else {
+        WgDevice::ensure(interface, args.wireguard_mode, &opts).await
+    };
+    let (device, adopted) =
+        ensured.with_context(|| format!("setting up WireGuard device {interface}"))?;
     tracing::info!(%interface, slot, mode = %device.mode(), adopted, "device ready");
     device
         .configure(&private_key.to_bytes(), port, Some(args.mesh_mark))
@@ -851,6 +866,7 @@ async fn heal_device(ctx: &Context, slot: Slot) -> anyhow::Result<()> {
         &ctx.key(slot),
         port,
         ctx.live.read().await.mtu,
+        EXTERNAL_HEAL_WAIT,
     )
     .await?;
     tracing::info!(
@@ -1916,8 +1932,21 @@ async fn publish_status(
 ) -> anyhow::Result<Vec<netlink::PeerStatus>> {
     let device = ctx.device(0).read().await;
     let second = ctx.device(1).read().await;
-    let live = device.status().await?;
-    let live2 = second.status().await?;
+    // A device that cannot be read (its process died, or is being brought back) still gets a
+    // status: not converged, its peers unknown. A stale "converged" would keep the node ready.
+    let mut unreadable = None;
+    let mut read = |slot: Slot, status: Result<netlink::DeviceStatus, netlink::DeviceError>| {
+        status
+            .map(|s| (s.listen_port, s.peers))
+            .unwrap_or_else(|err| {
+                let port = ctx.me().slot(slot).map_or(0, |k| k.listen_port);
+                unreadable.get_or_insert(err);
+                (port, Vec::new())
+            })
+    };
+    let (listen_port, live_peers) = read(0, device.status().await);
+    let (listen_port2, live_peers2) = read(1, second.status().await);
+    let converged = converged && unreadable.is_none();
     let datapath = match ctx.bpf.lock().await.report() {
         Ok(r) => Some(r),
         Err(err) => {
@@ -1945,7 +1974,7 @@ async fn publish_status(
                 .map(move |k| (k.public_key, r.name.as_str()))
         })
         .collect();
-    let peers = peer_reports(&live.peers, &names);
+    let peers = peer_reports(&live_peers, &names);
     let me = ctx.me();
     let (phase, slot) = match known.rotation.phase() {
         rotation::Phase::Idle => ("idle", None),
@@ -1970,8 +1999,8 @@ async fn publish_status(
         interface: second.name().to_string(),
         ifindex: second.ifindex(),
         public_key: ctx.key(1).public_key().to_string(),
-        listen_port: live2.listen_port,
-        peers: peer_reports(&live2.peers, &names),
+        listen_port: listen_port2,
+        peers: peer_reports(&live_peers2, &names),
     };
     let report = StatusReport {
         node: ctx.me().name.clone(),
@@ -1980,7 +2009,7 @@ async fn publish_status(
         interface: device.name().to_string(),
         ifindex: device.ifindex(),
         adopted_device: ctx.adopted,
-        listen_port: live.listen_port,
+        listen_port,
         mtu: ctx.live.read().await.mtu,
         endpoints: ctx.me().endpoints.iter().map(ToString::to_string).collect(),
         pod_cidrs: ctx.me().pod_cidrs.iter().map(ToString::to_string).collect(),
@@ -2017,8 +2046,11 @@ async fn publish_status(
     }
     *ctx.status.write().await = Some(report);
     *ctx.heartbeat.write().await = Some(std::time::Instant::now());
-    let mut all = live.peers;
-    all.extend(live2.peers);
+    if let Some(err) = unreadable {
+        return Err(err.into());
+    }
+    let mut all = live_peers;
+    all.extend(live_peers2);
     Ok(all)
 }
 
