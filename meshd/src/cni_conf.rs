@@ -5,7 +5,6 @@
 //! ([`action`]) and when meshd stops: the kubelet reports a node without a CNI configuration
 //! as not ready, so no pod is scheduled onto a node whose mesh is down.
 
-use std::io::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -62,11 +61,7 @@ pub fn write(dir: &Path, conf: &serde_json::Value) -> Result<(), CniConfError> {
         move |source| CniConfError::Write { path, source }
     };
     std::fs::create_dir_all(dir).map_err(err(dir))?;
-    let tmp = dir.join(format!(".{CONFLIST}.tmp-{}", std::process::id()));
-    let mut file = std::fs::File::create(&tmp).map_err(err(&tmp))?;
-    file.write_all(body.as_bytes()).map_err(err(&tmp))?;
-    file.sync_all().map_err(err(&tmp))?;
-    std::fs::rename(&tmp, &path).map_err(err(&path))?;
+    crate::statefile::write_atomic(&path, body.as_bytes(), 0o644).map_err(err(&path))?;
     tracing::info!(path = %path.display(), "CNI configuration installed: the node accepts pods");
     Ok(())
 }

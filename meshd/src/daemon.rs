@@ -673,11 +673,10 @@ fn read_claim(state_dir: &std::path::Path) -> Vec<IpNet> {
 
 fn write_claim(state_dir: &std::path::Path, cidrs: &[IpNet]) -> anyhow::Result<()> {
     let path = state_dir.join(CLAIM_FILE);
-    let tmp = state_dir.join(format!(".{CLAIM_FILE}.tmp"));
     let body = serde_json::json!({ "podCIDRs": cidrs.iter().map(ToString::to_string).collect::<Vec<_>>() });
     std::fs::create_dir_all(state_dir)?;
-    std::fs::write(&tmp, body.to_string())?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    crate::statefile::write_atomic(&path, body.to_string().as_bytes(), 0o644)
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
@@ -1179,13 +1178,9 @@ fn save_rotation(ctx: &Context, known: &Known) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         },
-        Some(saved) => {
-            let tmp = ctx.args.state_dir.join(format!(".{ROTATION_FILE}.tmp"));
-            serde_json::to_string(&saved)
-                .map_err(std::io::Error::other)
-                .and_then(|body| std::fs::write(&tmp, body))
-                .and_then(|()| std::fs::rename(&tmp, &path))
-        }
+        Some(saved) => serde_json::to_string(&saved)
+            .map_err(std::io::Error::other)
+            .and_then(|body| crate::statefile::write_atomic(&path, body.as_bytes(), 0o644)),
     };
     if let Err(err) = result {
         tracing::warn!(path = %path.display(), %err, "saving the key rotation's state failed");

@@ -39,6 +39,8 @@ pub mod rotation;
 pub mod rpfilter;
 /// Operator settings from the `meshd-config` ConfigMap and their live watcher.
 pub mod settings;
+/// Crash-safe replacement of meshd's small state files.
+pub mod statefile;
 
 /// Install the tracing subscriber used by every binary (`RUST_LOG` filters; default `info`).
 pub fn init_tracing() {

@@ -287,35 +287,20 @@ const LAST_GOOD_VERSION: u64 = 1;
 
 /// Writes `settings` as the last good ones into `dir`, atomically (mode 0644).
 pub fn save_last_good(dir: &Path, settings: &Settings) -> Result<(), SettingsFileError> {
-    use std::io::Write as _;
-    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    use std::os::unix::fs::DirBuilderExt as _;
     let path = dir.join(LAST_GOOD_FILE);
-    let tmp = dir.join(format!(".{LAST_GOOD_FILE}.tmp-{}", std::process::id()));
     let body = serde_json::json!({"version": LAST_GOOD_VERSION, "data": settings.to_data()});
-    let write = || -> std::io::Result<()> {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&tmp)?;
-        file.write_all(format!("{body:#}\n").as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        // The rename itself survives a crash once the directory is synced.
-        std::fs::File::open(dir)?.sync_all()
-    };
-    write().map_err(|source| {
-        let _ = std::fs::remove_file(&tmp);
-        SettingsFileError::Write {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .and_then(|()| {
+            crate::statefile::write_atomic(&path, format!("{body:#}\n").as_bytes(), 0o644)
+        })
+        .map_err(|source| SettingsFileError::Write {
             path: path.clone(),
             source,
-        }
-    })
+        })
 }
 
 /// The last good settings in `dir`: `None` when there is no file; an error when it cannot be
