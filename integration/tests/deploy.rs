@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Namespace, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Namespace, PodSpec, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use meshd::settings::{Encryption, Settings, KEYS};
 use serde::Deserialize;
@@ -273,12 +273,7 @@ fn check(r: &Rendered, encryption: Encryption) {
         "must tolerate every taint"
     );
 
-    let host_paths: BTreeMap<String, String> = pod
-        .volumes
-        .iter()
-        .flatten()
-        .filter_map(|v| Some((v.name.clone(), v.host_path.as_ref()?.path.clone())))
-        .collect();
+    let host_paths = host_paths(pod);
     for path in [
         "/var/lib/meshd",
         "/sys/fs/bpf",
@@ -376,6 +371,15 @@ fn check(r: &Rendered, encryption: Encryption) {
     }
 }
 
+/// The pod's hostPath volumes: volume name → host path.
+fn host_paths(pod: &PodSpec) -> BTreeMap<String, String> {
+    pod.volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| Some((v.name.clone(), v.host_path.as_ref()?.path.clone())))
+        .collect()
+}
+
 fn mounts_host_path(c: &Container, host_paths: &BTreeMap<String, String>, path: &str) -> bool {
     c.volume_mounts
         .iter()
@@ -461,12 +465,7 @@ fn userspace_overlay_runs_both_devices_in_containers_of_their_own() {
     let second = flag(&args, "second-interface")
         .map(str::to_string)
         .unwrap_or_else(|| format!("{first}b"));
-    let host_paths: BTreeMap<String, String> = pod
-        .volumes
-        .iter()
-        .flatten()
-        .filter_map(|v| Some((v.name.clone(), v.host_path.as_ref()?.path.clone())))
-        .collect();
+    let host_paths = host_paths(&pod);
     for device in [&first, &second] {
         let runners: Vec<&Container> = pod
             .containers
