@@ -1,5 +1,6 @@
-//! Small helpers around `ip netns`: run commands inside a namespace, and own a
-//! namespace for the lifetime of a test (deleted on drop, its processes killed first).
+//! Network namespaces for tests, through `ip netns` (test code may run tools; production code
+//! may not): run commands inside a namespace, own a namespace for a test's lifetime (its
+//! processes killed and the namespace deleted on drop), and own a background child process.
 
 use std::process::{Child, Command, Output, Stdio};
 
@@ -100,21 +101,6 @@ pub fn spawn_in(netns: &str, args: &[&str]) -> Result<Child> {
             cmdline: cmdline("ip", &full),
             cause,
         })
-}
-
-/// True when running with effective uid 0 (needed for namespaces, tcpdump…).
-pub fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-/// For tests that need root: true when running as root, else prints why the test is skipped.
-pub fn root_or_skip() -> bool {
-    if is_root() {
-        true
-    } else {
-        eprintln!("skipping: needs root for network namespaces");
-        false
-    }
 }
 
 /// PIDs of the processes living in network namespace `name` (`ip netns pids`).
@@ -242,9 +228,7 @@ mod tests {
 
     #[test]
     fn guard_creates_and_deletes() {
-        if !is_root() {
-            return;
-        }
+        crate::require_root();
         let name = unique_name("itns", "g");
         {
             let g = NetnsGuard::new(&name).unwrap();
