@@ -364,6 +364,25 @@ pub(crate) mod tests {
 
     use super::*;
 
+    /// The module doc is the reference for operators: every annotation meshd writes has its
+    /// row in the table, under its real name (an earlier doc spoke of three annotations).
+    #[test]
+    fn the_module_doc_lists_every_annotation() {
+        let rows: Vec<&str> = include_str!("annotations.rs")
+            .lines()
+            .filter(|l| l.starts_with("//! | `meshd.io/"))
+            .collect();
+        assert_eq!(rows.len(), ANNOTATIONS.len(), "{rows:#?}");
+        for annotation in ANNOTATIONS {
+            assert!(annotation.starts_with(ANNOTATION_PREFIX), "{annotation}");
+            assert!(
+                rows.iter()
+                    .any(|r| r.starts_with(&format!("//! | `{annotation}`"))),
+                "{annotation} has no row in the module doc"
+            );
+        }
+    }
+
     fn key() -> PublicKey {
         PublicKey::from_bytes([7; 32])
     }
