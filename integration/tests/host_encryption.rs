@@ -116,8 +116,8 @@ fn api_server_endpoint(st: &serde_json::Value) -> String {
 /// endpoint reconciler would when the API servers move) to one IPv4 `address`, through the
 /// API from the underlay namespace where the server listens.
 fn set_api_server_endpoint(st: &serde_json::Value, address: &str) {
-    use keyexchange::k8s_openapi::api::discovery::v1::EndpointSlice;
-    use keyexchange::kube::api::{Api, Patch, PatchParams};
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use kube::api::{Api, Patch, PatchParams};
     let kubeconfig = std::path::PathBuf::from(st["kubeconfig"].as_str().unwrap());
     let underlay = format!(
         "/run/netns/{}",
@@ -132,7 +132,7 @@ fn set_api_server_endpoint(st: &serde_json::Value, address: &str) {
             .build()
             .unwrap()
             .block_on(async {
-                let client = keyexchange::registry::kube::client(Some(&kubeconfig))
+                let client = meshd::registry::kube::client::client(Some(&kubeconfig))
                     .await
                     .unwrap();
                 let api: Api<EndpointSlice> = Api::namespaced(client, "default");

@@ -7,11 +7,17 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use integration::apiserver::FakeApiServer;
-use keyexchange::k8s_openapi::api::core::v1::Node;
-use keyexchange::kube::api::{Api, Patch, PatchParams, WatchEvent, WatchParams};
-use keyexchange::kube::Client;
-use keyexchange::registry::kube::{self as kreg, KubeRegistry};
-use keyexchange::{NodeRecord, PublicKey, Registry, RegistryEvent};
+use k8s_openapi::api::core::v1::Node;
+use keyexchange::{NodeRecord, PublicKey};
+use kube::api::{Api, Patch, PatchParams, WatchEvent, WatchParams};
+use kube::Client;
+use meshd::registry::kube::annotations as kreg;
+use meshd::registry::kube::client::client;
+use meshd::registry::kube::endpoints::watch_api_server_endpoints;
+use meshd::registry::kube::settings::{
+    pod_reference, spawn_watcher, WatcherConfig, INVALID_REASON,
+};
+use meshd::registry::{KubeRegistry, Registry, RegistryEvent};
 use meshd::settings::{self, Encryption, Settings};
 use serde_json::json;
 use tokio::sync::mpsc::Receiver;
@@ -41,7 +47,7 @@ async fn cluster(count: u8) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kubeconfig");
     server.write_kubeconfig(&path).unwrap();
-    let client = kreg::client(Some(&path)).await.unwrap();
+    let client = client(Some(&path)).await.unwrap();
     Cluster {
         server,
         client,
@@ -411,7 +417,7 @@ async fn mock_server_follows_api_semantics() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, keyexchange::kube::Error::Api(s) if s.code == 409 && s.is_conflict()),
+        matches!(&err, kube::Error::Api(s) if s.code == 409 && s.is_conflict()),
         "{err:?}"
     );
 
@@ -448,7 +454,7 @@ async fn mock_server_follows_api_semantics() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, keyexchange::kube::Error::Api(s) if s.code == 422),
+        matches!(&err, kube::Error::Api(s) if s.code == 422),
         "{err:?}"
     );
 
@@ -501,12 +507,12 @@ async fn mock_server_follows_api_semantics() {
 #[tokio::test]
 async fn settings_follow_the_configmap_and_reject_invalid_values() {
     let c = cluster(1).await;
-    let pod = settings::pod_reference("meshd-system", "meshd-abcde", None);
-    let config = settings::WatcherConfig {
+    let pod = pod_reference("meshd-system", "meshd-abcde", None);
+    let config = WatcherConfig {
         max_backoff: Duration::from_millis(500),
-        ..settings::WatcherConfig::new("meshd-system", pod, "n1")
+        ..WatcherConfig::new("meshd-system", pod, "n1")
     };
-    let mut rx = settings::spawn_watcher(c.client.clone(), config);
+    let mut rx = spawn_watcher(c.client.clone(), config);
     // No ConfigMap: the defaults, once listed.
     let first = tokio::time::timeout(WAIT, rx.wait_for(Option::is_some))
         .await
@@ -545,7 +551,7 @@ async fn settings_follow_the_configmap_and_reject_invalid_values() {
         &[("encryption", "disabled"), ("mtu", "jumbo")],
     );
     let event = wait_for_event(&c.server).await;
-    assert_eq!(event["reason"], json!(settings::INVALID_REASON));
+    assert_eq!(event["reason"], json!(INVALID_REASON));
     assert_eq!(event["type"], json!("Warning"));
     assert_eq!(event["metadata"]["namespace"], json!("meshd-system"));
     assert_eq!(event["regarding"]["kind"], json!("Pod"));
@@ -609,7 +615,7 @@ async fn the_node_condition_follows_meshds_status_and_keeps_the_kubelets_conditi
         n["status"]["conditions"] = json!([{"type": "Ready", "status": "True"}]);
     });
     let (tx, rx) = tokio::sync::watch::channel(None);
-    let task = meshd::node_condition::spawn(c.client.clone(), "n1".into(), rx);
+    let task = meshd::registry::kube::node_condition::spawn(c.client.clone(), "n1".into(), rx);
     let conditions = |server: &FakeApiServer| {
         server.node("n1").unwrap()["status"]["conditions"]
             .as_array()
@@ -675,8 +681,8 @@ async fn the_api_servers_endpoints_follow_the_kubernetes_endpointslice() {
     use std::net::IpAddr;
 
     use integration::apiserver::{ObjectKey, Resource};
-    use keyexchange::k8s_openapi::api::discovery::v1::EndpointSlice;
-    use keyexchange::kube::api::PostParams;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use kube::api::PostParams;
 
     let c = cluster(1).await;
     let ips = |v: &[&str]| -> BTreeSet<IpAddr> { v.iter().map(|a| a.parse().unwrap()).collect() };
@@ -700,7 +706,7 @@ async fn the_api_servers_endpoints_follow_the_kubernetes_endpointslice() {
     c.server
         .put_kubernetes_endpoints(&["198.18.0.11".parse().unwrap()], 6443);
 
-    let mut rx = kreg::watch_api_server_endpoints(c.client.clone());
+    let mut rx = watch_api_server_endpoints(c.client.clone());
     let first = tokio::time::timeout(WAIT, rx.wait_for(Option::is_some))
         .await
         .unwrap()
@@ -756,7 +762,7 @@ async fn the_api_servers_endpoints_follow_the_kubernetes_endpointslice() {
     .unwrap();
     let err = api.create(&PostParams::default(), &bad).await.unwrap_err();
     assert!(
-        matches!(&err, keyexchange::kube::Error::Api(s) if s.code == 422),
+        matches!(&err, kube::Error::Api(s) if s.code == 422),
         "{err}"
     );
     let good: EndpointSlice = serde_json::from_value(json!({
@@ -775,7 +781,7 @@ async fn the_api_servers_endpoints_follow_the_kubernetes_endpointslice() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, keyexchange::kube::Error::Api(s) if s.code == 422),
+        matches!(&err, kube::Error::Api(s) if s.code == 422),
         "addressType is immutable: {err}"
     );
 }
@@ -786,12 +792,12 @@ async fn the_last_good_settings_outlive_a_restart_into_an_invalid_configmap() {
     let state = tempfile::tempdir().unwrap();
     let flags = Settings::default();
     let watcher = |fallback: Settings| {
-        let pod = settings::pod_reference("meshd-system", "meshd-abcde", None);
-        settings::WatcherConfig {
+        let pod = pod_reference("meshd-system", "meshd-abcde", None);
+        WatcherConfig {
             max_backoff: Duration::from_millis(500),
             fallback,
             state_dir: Some(state.path().to_path_buf()),
-            ..settings::WatcherConfig::new("meshd-system", pod, "n1")
+            ..WatcherConfig::new("meshd-system", pod, "n1")
         }
     };
     let first = |rx: &tokio::sync::watch::Receiver<Option<Settings>>| rx.borrow().clone();
@@ -809,7 +815,7 @@ async fn the_last_good_settings_outlive_a_restart_into_an_invalid_configmap() {
     };
     let start = settings::fallback(settings::load_last_good(state.path()), flags.clone());
     assert_eq!(start, flags, "no file yet: the flags");
-    let mut rx = settings::spawn_watcher(c.client.clone(), watcher(start));
+    let mut rx = spawn_watcher(c.client.clone(), watcher(start));
     tokio::time::timeout(WAIT, rx.wait_for(|s| s.as_ref() == Some(&good)))
         .await
         .unwrap()
@@ -828,7 +834,7 @@ async fn the_last_good_settings_outlive_a_restart_into_an_invalid_configmap() {
         &[("encryption", "sometimes")],
     );
     let start = settings::fallback(settings::load_last_good(state.path()), flags.clone());
-    let mut rx = settings::spawn_watcher(c.client.clone(), watcher(start));
+    let mut rx = spawn_watcher(c.client.clone(), watcher(start));
     tokio::time::timeout(WAIT, rx.wait_for(Option::is_some))
         .await
         .unwrap()
@@ -845,7 +851,7 @@ async fn the_last_good_settings_outlive_a_restart_into_an_invalid_configmap() {
     // A corrupt file: a logged error, and the flags.
     std::fs::write(state.path().join(settings::LAST_GOOD_FILE), "{garbage").unwrap();
     let start = settings::fallback(settings::load_last_good(state.path()), flags.clone());
-    let rx = settings::spawn_watcher(c.client.clone(), watcher(start));
+    let rx = spawn_watcher(c.client.clone(), watcher(start));
     let mut rx2 = rx.clone();
     tokio::time::timeout(WAIT, rx2.wait_for(Option::is_some))
         .await

@@ -25,7 +25,7 @@ use ipnet::IpNet;
 use keyexchange::peers::{compute_peers, PeerSet};
 use keyexchange::record::SlotKey;
 use keyexchange::slots::{self, Slot, SLOTS};
-use keyexchange::{NodeRecord, PrivateKey, PublicKey, Registry, RegistryEvent};
+use keyexchange::{NodeRecord, PrivateKey, PublicKey};
 use netlink::{Links, Routes, UserspaceOptions, WgDevice, WireguardMode};
 use tokio::sync::{mpsc, RwLock};
 
@@ -33,6 +33,7 @@ use crate::bpf::{self, Bpf, Encryption};
 use crate::control::{self, Counters, MalformedReport, PeerReport, SharedStatus, StatusReport};
 use crate::ipam::Ipam;
 use crate::reconcile;
+use crate::registry::{Registry, RegistryEvent};
 use crate::rotation::{self, Action, Driver};
 
 /// How often the live state is re-read and reconciled even without registry events.
@@ -2093,8 +2094,8 @@ async fn cleanup<R: Registry>(ctx: Context, registry: &R) {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::registry::DirRegistry;
     use clap::Parser;
-    use keyexchange::DirRegistry;
 
     #[derive(Parser)]
     struct Cli {

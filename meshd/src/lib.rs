@@ -9,8 +9,6 @@
 
 /// The compliance audit (pure checks over what nodes publish and report).
 pub mod audit;
-/// The cluster source of the audit (Nodes from the API, each node's `/status`).
-pub mod audit_cluster;
 /// The daemon's side of the tc eBPF datapath (strict mode, redirects, counters).
 pub mod bpf;
 /// The CNI plugin's spec types and command handling (CNI 1.1.0 and older result formats).
@@ -29,15 +27,16 @@ pub mod ipam;
 pub mod lab;
 /// Prometheus metrics.
 pub mod metrics;
-/// The `MeshdEncrypted` Node condition (Kubernetes).
-pub mod node_condition;
 /// The pure reconcile plan.
 pub mod reconcile;
+/// Where records are exchanged (the directory and Kubernetes registries) and all of meshd's
+/// Kubernetes client code (settings watcher, Node condition, audit source).
+pub mod registry;
 /// The key-rotation driver (pure: which step, when).
 pub mod rotation;
 /// Reverse-path filtering for the WireGuard devices.
 pub mod rpfilter;
-/// Operator settings from the `meshd-config` ConfigMap and their live watcher.
+/// Operator settings from the `meshd-config` ConfigMap (pure parsing, the last good settings).
 pub mod settings;
 /// Crash-safe replacement of meshd's small state files.
 pub mod statefile;

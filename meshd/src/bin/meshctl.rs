@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use meshd::control;
 use meshd::lab;
+use meshd::registry::kube::audit_source;
 
 /// meshctl: inspect meshd and run the local multi-node lab.
 #[derive(Debug, Parser)]
@@ -337,7 +338,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;
-                match rt.block_on(meshd::audit_cluster::cluster_views(
+                match rt.block_on(audit_source::cluster_views(
                     kubeconfig.as_deref(),
                     status_port,
                 )) {

@@ -3,12 +3,15 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, ValueEnum};
-use keyexchange::registry::kube::{
-    api_server_addresses, client, watch_api_server_endpoints, KubeRegistry,
-};
-use keyexchange::DirRegistry;
 use meshd::daemon::{self, DaemonArgs};
-use meshd::settings::{self, WatcherConfig};
+use meshd::registry::kube::client::{api_server_addresses, client};
+use meshd::registry::kube::endpoints::watch_api_server_endpoints;
+use meshd::registry::kube::node_condition;
+use meshd::registry::kube::settings::{
+    node_reference, pod_reference, spawn_watcher, WatcherConfig,
+};
+use meshd::registry::{DirRegistry, KubeRegistry};
+use meshd::settings;
 
 /// How long start-up waits for the first read of the API servers' endpoints.
 const API_SERVER_ENDPOINTS_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -100,8 +103,8 @@ async fn kubernetes(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             let regarding = match &cli.pod_name {
-                Some(pod) => settings::pod_reference(namespace, pod, None),
-                None => settings::node_reference(&args.node_name),
+                Some(pod) => pod_reference(namespace, pod, None),
+                None => node_reference(&args.node_name),
             };
             // Until the ConfigMap says otherwise, and when it is invalid or missing at start:
             // the last good settings from the state directory, else the flags.
@@ -118,7 +121,7 @@ async fn kubernetes(cli: Cli) -> anyhow::Result<()> {
                 state_dir: Some(args.state_dir.clone()),
                 ..WatcherConfig::new(namespace, regarding, &args.node_name)
             };
-            let mut rx = settings::spawn_watcher(client.clone(), config);
+            let mut rx = spawn_watcher(client.clone(), config);
             tracing::info!(configmap = %spec, "waiting for the settings");
             rx.wait_for(Option::is_some)
                 .await
@@ -141,7 +144,7 @@ async fn kubernetes(cli: Cli) -> anyhow::Result<()> {
         ),
     }
     let (status_tx, status_rx) = tokio::sync::watch::channel(None);
-    let condition = meshd::node_condition::spawn(client, args.node_name.clone(), status_rx);
+    let condition = node_condition::spawn(client, args.node_name.clone(), status_rx);
     let result = daemon::run_with(args, registry, feed, Some(status_tx), Some(api_servers)).await;
     condition.abort();
     result

@@ -21,8 +21,8 @@ fn published_keys(lab: &str, st: &LabStatus) -> anyhow::Result<BTreeMap<String, 
     let mut out = BTreeMap::new();
     if state.registry == "kubernetes" {
         // Node annotations on the lab's API server, read from inside the underlay namespace.
-        use keyexchange::k8s_openapi::api::core::v1::Node;
-        use keyexchange::kube::api::{Api, ListParams};
+        use k8s_openapi::api::core::v1::Node;
+        use kube::api::{Api, ListParams};
         let paths = Paths::new(lab);
         let kubeconfig = paths.kubeconfig();
         let ul = underlay_ns(lab);
@@ -33,7 +33,7 @@ fn published_keys(lab: &str, st: &LabStatus) -> anyhow::Result<BTreeMap<String, 
                 .enable_all()
                 .build()?;
             rt.block_on(async {
-                let client = keyexchange::registry::kube::client(Some(&kubeconfig)).await?;
+                let client = crate::registry::kube::client::client(Some(&kubeconfig)).await?;
                 let api: Api<Node> = Api::all(client);
                 Ok(api.list(&ListParams::default()).await?.items)
             })
@@ -45,7 +45,7 @@ fn published_keys(lab: &str, st: &LabStatus) -> anyhow::Result<BTreeMap<String, 
                 .metadata
                 .annotations
                 .as_ref()
-                .and_then(|a| a.get(keyexchange::registry::kube::PUBLIC_KEY_ANNOTATION))
+                .and_then(|a| a.get(crate::registry::kube::annotations::PUBLIC_KEY_ANNOTATION))
                 .cloned();
             if let (Some(name), Some(key)) = (n.metadata.name, key) {
                 out.insert(name, key);

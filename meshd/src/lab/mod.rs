@@ -777,8 +777,8 @@ fn start_apiserver(paths: &Paths, nodes: u32, pool: bool) -> anyhow::Result<()> 
 /// `meshctl lab set KEY=VALUE…`: change the lab's `meshd-config` ConfigMap (kubernetes labs).
 /// Every meshd applies the change live.
 pub fn set(lab: &str, pairs: &[(String, String)]) -> anyhow::Result<()> {
-    use keyexchange::k8s_openapi::api::core::v1::ConfigMap;
-    use keyexchange::kube::api::{Api, Patch, PatchParams, PostParams};
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{Api, Patch, PatchParams, PostParams};
     let state = load_state(lab)?.with_context(|| format!("lab {lab} is not up"))?;
     if state.registry != "kubernetes" {
         bail!("lab {lab} uses the directory registry; settings live in a ConfigMap only with `lab up --registry kubernetes`");
@@ -792,13 +792,13 @@ pub fn set(lab: &str, pairs: &[(String, String)]) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let client = keyexchange::registry::kube::client(Some(&paths.kubeconfig())).await?;
+        let client = crate::registry::kube::client::client(Some(&paths.kubeconfig())).await?;
         let api: Api<ConfigMap> = Api::namespaced(client, CONFIG_NAMESPACE);
         let data: std::collections::BTreeMap<String, String> = pairs.iter().cloned().collect();
         let name = crate::settings::CONFIG_MAP_NAME;
         if api.get_opt(name).await?.is_none() {
             let cm = ConfigMap {
-                metadata: keyexchange::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
                     name: Some(name.into()),
                     namespace: Some(CONFIG_NAMESPACE.into()),
                     ..Default::default()

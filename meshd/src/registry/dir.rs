@@ -24,7 +24,7 @@ use inotify::{EventMask, EventStream, Inotify, WatchMask};
 use tokio::sync::mpsc;
 
 use super::{Registry, RegistryError, RegistryEvent};
-use crate::record::{is_dns1123_subdomain, NodeRecord, RecordError};
+use keyexchange::record::{is_dns1123_subdomain, NodeRecord, RecordError};
 
 /// Capacity of the event channel returned by [`DirRegistry::watch`].
 const CHANNEL_CAPACITY: usize = 1024;
@@ -429,7 +429,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::key::PublicKey;
+    use keyexchange::PublicKey;
 
     fn rec(name: &str, k: u8) -> NodeRecord {
         NodeRecord {

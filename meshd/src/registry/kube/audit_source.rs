@@ -4,13 +4,13 @@
 
 use std::time::Duration;
 
+use super::annotations::{node_state, NodeState};
 use anyhow::Context as _;
 use http_body_util::{BodyExt as _, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use keyexchange::k8s_openapi::api::core::v1::Node;
-use keyexchange::kube::api::{Api, ListParams};
-use keyexchange::registry::kube::{node_state, NodeState};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, ListParams};
 
 use crate::audit::NodeView;
 use crate::control::StatusReport;
@@ -43,7 +43,7 @@ pub async fn cluster_views(
     kubeconfig: Option<&std::path::Path>,
     status_port: u16,
 ) -> anyhow::Result<Vec<NodeView>> {
-    let client = keyexchange::registry::kube::client(kubeconfig)
+    let client = super::client::client(kubeconfig)
         .await
         .context("connecting to the Kubernetes API")?;
     let nodes = Api::<Node>::all(client)

@@ -1,10 +1,13 @@
 //! Registries: where nodes publish their [`NodeRecord`] and learn everyone else's.
 //!
-//! A backend implements [`Registry`]. [`dir::DirRegistry`] keeps one JSON file per node in a
-//! shared directory (tests, labs, a hostPath shared by all nodes); [`kube::KubeRegistry`]
-//! stores the record as annotations on each node's `Node` object: `publish` patches meshd's
+//! The record itself, its validation and everything computed from records are pure and live in
+//! `keyexchange`; this module moves records between nodes. A backend implements [`Registry`].
+//! [`dir::DirRegistry`] keeps one JSON file per node in a shared directory (tests, labs, a
+//! hostPath shared by all nodes); [`kube::nodes::KubeRegistry`] stores the record as
+//! annotations on each node's `Node` object ([`kube::annotations`]): `publish` patches meshd's
 //! annotations, `withdraw` removes them, `watch` lists the nodes and then follows a watch,
-//! translating into [`RegistryEvent`]s exactly like the directory backend does.
+//! translating into [`RegistryEvent`]s exactly like the directory backend does. [`kube`] also
+//! holds the rest of meshd's Kubernetes client code.
 //!
 //! Contract of [`Registry::watch`]: the receiver first yields the current state (one
 //! [`RegistryEvent::Upsert`] or [`RegistryEvent::Malformed`] per existing record), then every
@@ -16,10 +19,13 @@ use std::future::Future;
 use std::io;
 use std::path::PathBuf;
 
-use crate::record::{NodeRecord, RecordError};
+use keyexchange::{NodeRecord, RecordError};
 
 pub mod dir;
 pub mod kube;
+
+pub use self::dir::DirRegistry;
+pub use self::kube::nodes::KubeRegistry;
 
 /// A change in the set of published records.
 #[derive(Debug, Clone)]

@@ -7,9 +7,9 @@
 
 use std::time::Duration;
 
-use keyexchange::k8s_openapi::api::core::v1::Node;
-use keyexchange::kube::api::{Api, Patch, PatchParams};
-use keyexchange::kube::Client;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, Patch, PatchParams};
+use kube::Client;
 use tokio::sync::watch;
 
 use crate::control::StatusReport;
@@ -80,13 +80,8 @@ pub fn condition(s: &StatusReport) -> Condition {
 }
 
 /// Write `c`; `since` is when its status last flipped (the condition's lastTransitionTime).
-async fn write(
-    api: &Api<Node>,
-    node: &str,
-    c: &Condition,
-    since: &str,
-) -> Result<(), keyexchange::kube::Error> {
-    let now = keyexchange::k8s_openapi::jiff::Timestamp::now().to_string();
+async fn write(api: &Api<Node>, node: &str, c: &Condition, since: &str) -> Result<(), kube::Error> {
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
     let patch = serde_json::json!({
         "status": { "conditions": [{
             "type": CONDITION_TYPE,
@@ -117,7 +112,7 @@ pub fn spawn(
             if let Some(want) = want {
                 if written.as_ref() != Some(&want) {
                     if written.as_ref().is_none_or(|w| w.status != want.status) {
-                        since = keyexchange::k8s_openapi::jiff::Timestamp::now().to_string();
+                        since = k8s_openapi::jiff::Timestamp::now().to_string();
                     }
                     match write(&api, &node, &want, &since).await {
                         Ok(()) => {

@@ -1,0 +1,64 @@
+//! Everything meshd does through the Kubernetes API, in one place.
+//!
+//! * [`client`]: building a client (a kubeconfig, else `$KUBECONFIG`, `~/.kube/config`, then
+//!   the in-cluster service account).
+//! * [`annotations`]: the pure codec between a [`NodeRecord`](keyexchange::NodeRecord) and the
+//!   eight `meshd.io/` annotations on a `Node`, and who is a peer.
+//! * [`nodes`]: [`KubeRegistry`](nodes::KubeRegistry), the [`Registry`](super::Registry) that
+//!   publishes a node's record on its own `Node` and watches every `Node`.
+//! * [`endpoints`]: the watcher of the `default/kubernetes` EndpointSlice (the API servers'
+//!   real addresses, which host encryption keeps out of the tunnel).
+//! * [`settings`]: the watcher of the `meshd-config` ConfigMap and its `InvalidConfiguration`
+//!   Events (parsing the settings is [`crate::settings`], pure).
+//! * [`node_condition`]: the `MeshdEncrypted` condition on the node's own `Node`.
+//! * [`audit_source`]: the cluster source of `meshctl audit` (every `Node`, every meshd's
+//!   `/status`).
+//!
+//! Together, meshd's service account needs `get`, `list`, `watch` and `patch` on `nodes`,
+//! `patch` on `nodes/status`, `list` and `watch` on `configmaps` and `endpointslices` (each
+//! limited by field selector to the one object), and `create` on `events`.
+
+use std::time::Duration;
+
+use kube::runtime::utils::Backoff;
+
+pub mod annotations;
+pub mod audit_source;
+pub mod client;
+pub mod endpoints;
+pub mod node_condition;
+pub mod nodes;
+pub mod settings;
+
+/// Exponential backoff for re-establishing a watch, reset by every successful event.
+struct WatchBackoff {
+    first: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl WatchBackoff {
+    fn new(first: Duration, max: Duration) -> Self {
+        Self {
+            first,
+            max,
+            next: first,
+        }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let delay = self.next;
+        self.next = (self.next * 2).min(self.max);
+        Some(delay)
+    }
+}
+
+impl Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = self.first;
+    }
+}
