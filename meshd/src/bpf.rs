@@ -68,39 +68,7 @@ pub enum BpfError {
     },
 }
 
-/// What `underlay_egress` does with cluster traffic that is not WireGuard, in operator terms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Encryption {
-    /// Pod traffic between nodes goes through WireGuard; with strict mode (the default) any
-    /// cluster-addressed packet that would leave the node outside WireGuard is dropped.
-    Enabled,
-    /// Like `enabled`, but packets strict mode would drop are only counted (would-drop).
-    Permissive,
-    /// No tunnel: pod traffic takes the plain routed path to the other nodes' underlay
-    /// addresses; the underlay program only counts it (would-drop).
-    Disabled,
-}
-
-impl From<crate::settings::Encryption> for Encryption {
-    fn from(e: crate::settings::Encryption) -> Self {
-        match e {
-            crate::settings::Encryption::Enabled => Encryption::Enabled,
-            crate::settings::Encryption::Permissive => Encryption::Permissive,
-            crate::settings::Encryption::Disabled => Encryption::Disabled,
-        }
-    }
-}
-
-impl std::fmt::Display for Encryption {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Encryption::Enabled => "enabled",
-            Encryption::Permissive => "permissive",
-            Encryption::Disabled => "disabled",
-        })
-    }
-}
+pub use crate::mode::Encryption;
 
 /// The program mode for an encryption setting and the strict-mode switch.
 pub fn program_mode(encryption: Encryption, strict: bool) -> Mode {

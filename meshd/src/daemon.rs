@@ -380,7 +380,7 @@ struct Known {
 impl Live {
     /// Folds new operator settings in; `mtu: auto` (`None`) is `auto_mtu`.
     fn apply(&mut self, new: &crate::settings::Settings, auto_mtu: u32) {
-        self.encryption = new.encryption.into();
+        self.encryption = new.encryption;
         self.strict_mode = new.strict_mode;
         if self.keepalive != new.keepalive {
             self.keepalive = new.keepalive;
@@ -436,7 +436,7 @@ pub async fn run_with<R: Registry>(
     let flag_mtu = args.mtu;
     if let Some(feed) = &settings {
         if let Some(s) = feed.borrow().clone() {
-            args.encryption = s.encryption.into();
+            args.encryption = s.encryption;
             args.strict_mode = s.strict_mode;
             args.keepalive = s.keepalive;
             args.host_encryption = s.host_encryption;

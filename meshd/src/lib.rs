@@ -29,6 +29,8 @@ pub mod ipam;
 pub mod lab;
 /// Prometheus metrics.
 pub mod metrics;
+/// The closed sets of modes settings, datapath and status share (encryption, ...).
+pub mod mode;
 /// The `MeshdEncrypted` Node condition (Kubernetes).
 pub mod node_condition;
 /// The pure reconcile plan.
