@@ -16,9 +16,11 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use ebpf_redirect::Mode;
 use serde::{Deserialize, Serialize};
 
 use crate::control::StatusReport;
+use crate::mode::Encryption;
 
 /// WireGuard rejects a session this old (REJECT_AFTER_TIME): a fresh handshake is younger.
 pub const HANDSHAKE_WINDOW: Duration = Duration::from_secs(180);
@@ -184,9 +186,9 @@ pub fn audit(nodes: &[NodeView], policy: &Policy, now_unix: u64) -> Report {
             "restart meshd on the node: it republishes its record; check for another writer of that record",
         );
         let guard = s.datapath.as_ref();
-        let enc_ok = s.encryption == "enabled"
+        let enc_ok = s.encryption == Encryption::Enabled
             && s.strict_mode
-            && guard.is_some_and(|d| d.underlay_mode == "enforce")
+            && guard.is_some_and(|d| d.underlay_mode == Mode::Enforce)
             && guard.is_some_and(|d| d.underlay_attached != Some(false));
         out.check(
             "encryption",
@@ -379,7 +381,7 @@ pub fn audit(nodes: &[NodeView], policy: &Policy, now_unix: u64) -> Report {
     let settings: [(&str, Setting); 3] = [
         ("listen port", |s| s.listen_port.to_string()),
         ("MTU", |s| s.mtu.to_string()),
-        ("encryption", |s| s.encryption.clone()),
+        ("encryption", |s| s.encryption.to_string()),
     ];
     for (what, value) in settings {
         let values: BTreeSet<String> = answered.iter().map(|s| value(s)).collect();
@@ -632,7 +634,7 @@ mod tests {
         let mut nodes = healthy();
         // n1: permissive, a strict drop, a stale key; its peer n2 has the wrong CIDRs.
         let s1 = nodes[0].status.as_mut().unwrap();
-        s1.encryption = "permissive".into();
+        s1.encryption = Encryption::Permissive;
         s1.key_created_unix = Some(NOW - 200 * 24 * 3600);
         s1.peers[0].allowed_ips = vec!["10.244.9.0/24".into()];
         s1.peers[0].last_handshake_secs_ago = Some(400);

@@ -111,7 +111,8 @@ pub struct DatapathReport {
     /// bpffs directory holding the pins.
     pub pin_dir: String,
     /// `enforce` (strict drops) or `permissive` (would-drops only).
-    pub underlay_mode: String,
+    #[serde(with = "crate::mode::underlay_mode_name")]
+    pub underlay_mode: Mode,
     /// The underlay interface carrying `underlay_egress`.
     pub underlay_interface: String,
     /// Whether `underlay_egress` is attached to every guarded interface right now (`None`:
@@ -122,7 +123,7 @@ pub struct DatapathReport {
     #[serde(default)]
     pub guarded_interfaces: Vec<String>,
     /// `tcx` (kernel >= 6.6, pinned links) or `netlink` (clsact filters).
-    pub attach: String,
+    pub attach: crate::mode::Attachment,
     /// Remote pod CIDRs redirected into the tunnel.
     pub remote_cidrs: Vec<String>,
     /// Cluster CIDRs strict mode guards.
@@ -509,10 +510,7 @@ impl Bpf {
         cluster_cidrs.sort();
         Ok(DatapathReport {
             pin_dir: self.dp.pin_dir().display().to_string(),
-            underlay_mode: match self.mode {
-                Mode::Enforce => "enforce".into(),
-                Mode::Permissive => "permissive".into(),
-            },
+            underlay_mode: self.mode,
             underlay_interface: self.underlay.clone(),
             underlay_attached: std::iter::once(&self.underlay)
                 .chain(&self.guarded)
@@ -522,11 +520,7 @@ impl Bpf {
                 .chain(&self.guarded)
                 .cloned()
                 .collect(),
-            attach: if ebpf_redirect::tcx_supported() {
-                "tcx".into()
-            } else {
-                "netlink".into()
-            },
+            attach: crate::mode::Attachment::of_this_kernel(),
             remote_cidrs,
             cluster_cidrs,
             local_pods: self

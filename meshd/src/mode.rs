@@ -3,7 +3,10 @@
 //!
 //! [`Encryption`] is the operator's choice (`meshd-config`'s `encryption` key, `--encryption`)
 //! and is defined here once: the settings parse it, the datapath maps it to a program mode
-//! (`bpf::program_mode`), the status reports it.
+//! (`bpf::program_mode`), the status reports it. The WireGuard device mode
+//! ([`netlink::ActiveMode`]) and the underlay program mode ([`ebpf_redirect::Mode`]) are owned
+//! by their crates; this module only gives them their serde names ([`device_mode_name`],
+//! [`underlay_mode_name`]), which are part of the `meshctl status -o json` contract.
 //!
 //! This module depends on no other module of meshd, so that the settings, the datapath and the
 //! status can all depend on it without depending on each other.
@@ -48,9 +51,100 @@ impl fmt::Display for Encryption {
     }
 }
 
+/// How `underlay_egress` is attached: `tcx` links (kernel >= 6.6, pinned) or classic `clsact`
+/// filters over `netlink`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Attachment {
+    /// tcx links, pinned in bpffs.
+    Tcx,
+    /// `clsact` qdisc filters added over netlink.
+    Netlink,
+}
+
+impl Attachment {
+    /// The one this kernel uses.
+    pub fn of_this_kernel() -> Attachment {
+        if ebpf_redirect::tcx_supported() {
+            Attachment::Tcx
+        } else {
+            Attachment::Netlink
+        }
+    }
+
+    /// Its name in the status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Attachment::Tcx => "tcx",
+            Attachment::Netlink => "netlink",
+        }
+    }
+}
+
+impl fmt::Display for Attachment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Serde names of [`netlink::ActiveMode`] (`kernel`, `userspace`, as its `Display`); use with
+/// `#[serde(with = "crate::mode::device_mode_name")]`.
+pub mod device_mode_name {
+    use netlink::ActiveMode;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(remote = "ActiveMode", rename_all = "lowercase")]
+    enum Name {
+        Kernel,
+        Userspace,
+    }
+
+    /// Writes the mode's name.
+    pub fn serialize<S: Serializer>(mode: &ActiveMode, s: S) -> Result<S::Ok, S::Error> {
+        Name::serialize(mode, s)
+    }
+
+    /// Reads a mode's name.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ActiveMode, D::Error> {
+        Name::deserialize(d)
+    }
+}
+
+/// Serde names of [`ebpf_redirect::Mode`] (`enforce`, `permissive`, as its `Display`); use
+/// with `#[serde(with = "crate::mode::underlay_mode_name")]`.
+pub mod underlay_mode_name {
+    use ebpf_redirect::Mode;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(remote = "Mode", rename_all = "lowercase")]
+    enum Name {
+        Enforce,
+        Permissive,
+    }
+
+    /// Writes the mode's name.
+    pub fn serialize<S: Serializer>(mode: &Mode, s: S) -> Result<S::Ok, S::Error> {
+        Name::serialize(mode, s)
+    }
+
+    /// Reads a mode's name.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Mode, D::Error> {
+        Name::deserialize(d)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The JSON of a value under a `with` module, as a field of a struct would have it.
+    fn json_with<T>(value: T, ser: fn(&T, &mut serde_json::Serializer<Vec<u8>>)) -> String {
+        let mut out = serde_json::Serializer::new(Vec::new());
+        ser(&value, &mut out);
+        String::from_utf8(out.into_inner()).expect("utf-8")
+    }
 
     #[test]
     fn encryption_names_are_the_settings_and_status_strings() {
@@ -70,5 +164,42 @@ mod tests {
             );
         }
         assert_eq!(Encryption::default(), Encryption::Enabled);
+    }
+
+    #[test]
+    fn attachment_names_are_the_status_strings() {
+        for (a, name) in [(Attachment::Tcx, "tcx"), (Attachment::Netlink, "netlink")] {
+            assert_eq!(serde_json::to_string(&a).unwrap(), format!("\"{name}\""));
+            assert_eq!(a.to_string(), name);
+            let back: Attachment = serde_json::from_str(&format!("\"{name}\"")).unwrap();
+            assert_eq!(back, a);
+        }
+    }
+
+    #[test]
+    fn device_mode_names_are_the_status_strings_and_its_display() {
+        use netlink::ActiveMode;
+        for (m, name) in [
+            (ActiveMode::Kernel, "kernel"),
+            (ActiveMode::Userspace, "userspace"),
+        ] {
+            let json = json_with(m, |m, s| device_mode_name::serialize(m, s).unwrap());
+            assert_eq!(json, format!("\"{name}\""));
+            assert_eq!(m.to_string(), name);
+            let mut de = serde_json::Deserializer::from_str(&json);
+            assert_eq!(device_mode_name::deserialize(&mut de).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn underlay_mode_names_are_the_status_strings_and_its_display() {
+        use ebpf_redirect::Mode;
+        for (m, name) in [(Mode::Enforce, "enforce"), (Mode::Permissive, "permissive")] {
+            let json = json_with(m, |m, s| underlay_mode_name::serialize(m, s).unwrap());
+            assert_eq!(json, format!("\"{name}\""));
+            assert_eq!(m.to_string(), name);
+            let mut de = serde_json::Deserializer::from_str(&json);
+            assert_eq!(underlay_mode_name::deserialize(&mut de).unwrap(), m);
+        }
     }
 }

@@ -98,6 +98,15 @@ pub enum Mode {
     Permissive,
 }
 
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Enforce => "enforce",
+            Mode::Permissive => "permissive",
+        })
+    }
+}
+
 /// Handle on the pinned datapath: programs and maps opened from `pin_dir`.
 pub struct Datapath {
     pin_dir: PathBuf,
