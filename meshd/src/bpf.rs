@@ -27,7 +27,8 @@ const BPFFS_ROOT: &str = "/sys/fs/bpf";
 /// `statfs` magic of bpffs.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
-/// Errors of the eBPF datapath.
+/// Errors of the eBPF datapath. Each variant names its step and carries the loader's error
+/// as its source, never in its message: `{:#}` prints each cause once.
 #[derive(Debug, thiserror::Error)]
 pub enum BpfError {
     /// The pin directory is not on a bpffs and one could not be mounted.
@@ -41,7 +42,7 @@ pub enum BpfError {
         reason: String,
     },
     /// Loading or adopting the programs failed.
-    #[error("loading the tc programs into {path}: {source}")]
+    #[error("loading the tc programs into {path}")]
     Load {
         /// The pin directory.
         path: PathBuf,
@@ -49,7 +50,7 @@ pub enum BpfError {
         source: Box<ebpf_redirect::Error>,
     },
     /// Attaching a program failed.
-    #[error("attaching {program} to {interface}: {source}")]
+    #[error("attaching {program} to {interface}")]
     Attach {
         /// `from_pod` or `underlay_egress`.
         program: &'static str,
@@ -59,7 +60,7 @@ pub enum BpfError {
         source: Box<ebpf_redirect::Error>,
     },
     /// A map update or read failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Map {
         /// What was being done.
         what: String,
@@ -729,5 +730,26 @@ mod tests {
             ),
             (1, 2, 3, 4, 5)
         );
+    }
+
+    #[test]
+    fn a_failed_map_update_prints_its_cause_once() {
+        let syscall = aya::sys::SyscallError {
+            call: "bpf_map_update_elem",
+            io_error: std::io::Error::from_raw_os_error(1), // EPERM
+        };
+        let loader = ebpf_redirect::Error::from(aya::maps::MapError::from(syscall));
+        let err = map_err("setting remote 10.244.2.0/24")(loader);
+        let printed = format!("{:#}", anyhow::Error::new(err));
+        assert_eq!(
+            printed.matches("`bpf_map_update_elem` failed").count(),
+            1,
+            "{printed}"
+        );
+        assert!(
+            printed.starts_with("setting remote 10.244.2.0/24: `bpf_map_update_elem` failed: "),
+            "{printed}"
+        );
+        assert_eq!(printed.matches("(os error 1)").count(), 1, "{printed}");
     }
 }

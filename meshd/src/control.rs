@@ -122,11 +122,12 @@ impl std::fmt::Display for RotationPhase {
 /// Default path of the control socket.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/meshd/meshd.sock";
 
-/// Errors of the control socket.
+/// Errors of the control socket. Each names its step and carries the cause as its source
+/// (print with `{:#}` to see it).
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     /// Creating the socket's directory failed.
-    #[error("creating control socket directory {path}: {source}")]
+    #[error("creating control socket directory {path}")]
     CreateDir {
         /// The directory.
         path: PathBuf,
@@ -134,7 +135,7 @@ pub enum ControlError {
         source: std::io::Error,
     },
     /// Binding the socket failed.
-    #[error("binding control socket {path}: {source}")]
+    #[error("binding control socket {path}")]
     Bind {
         /// The socket path.
         path: PathBuf,
@@ -142,7 +143,7 @@ pub enum ControlError {
         source: std::io::Error,
     },
     /// Connecting to the daemon failed.
-    #[error("connecting to meshd at {path} (is meshd running on this node?): {source}")]
+    #[error("connecting to meshd at {path} (is meshd running on this node?)")]
     Connect {
         /// The socket path.
         path: PathBuf,
@@ -150,7 +151,7 @@ pub enum ControlError {
         source: std::io::Error,
     },
     /// Talking to the daemon failed.
-    #[error("reading status from {path}: {source}")]
+    #[error("reading status from {path}")]
     Exchange {
         /// The socket path.
         path: PathBuf,
@@ -158,7 +159,7 @@ pub enum ControlError {
         source: std::io::Error,
     },
     /// The daemon's answer was not a status report.
-    #[error("meshd at {path} sent an unreadable status: {source}")]
+    #[error("meshd at {path} sent an unreadable status")]
     Decode {
         /// The socket path.
         path: PathBuf,
@@ -655,5 +656,8 @@ mod tests {
             .await
             .expect_err("no daemon");
         assert!(err.to_string().contains("/nonexistent/meshd.sock"));
+        // The cause is the source, printed once by `{:#}`, not repeated in the message.
+        let printed = format!("{:#}", anyhow::Error::new(err));
+        assert_eq!(printed.matches("No such file").count(), 1, "{printed}");
     }
 }

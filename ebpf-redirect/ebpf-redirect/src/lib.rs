@@ -51,25 +51,29 @@ pub const PROG_FROM_POD: &str = "from_pod";
 pub const PROG_UNDERLAY_EGRESS: &str = "underlay_egress";
 
 /// Errors of the loader.
+///
+/// A variant either names its own step and carries the cause as its source, or is transparent
+/// (aya's errors already name the failing syscall or object): the message never repeats the
+/// cause, so `{:#}` prints each cause once.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Loading the object failed.
-    #[error("loading BPF object: {0}")]
+    #[error("loading the BPF object")]
     Ebpf(#[from] Box<EbpfError>),
     /// Map operation failed.
-    #[error("map: {0}")]
+    #[error(transparent)]
     Map(#[from] MapError),
     /// Program load/attach failed.
-    #[error("program: {0}")]
+    #[error(transparent)]
     Program(#[from] ProgramError),
     /// Pinning failed.
-    #[error("pin: {0}")]
+    #[error(transparent)]
     Pin(#[from] PinError),
     /// Link operation failed.
-    #[error("link: {0}")]
+    #[error(transparent)]
     Link(#[from] LinkError),
     /// File system error (pin directory).
-    #[error("io: {0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
     /// The object lacks a program.
     #[error("program {0} not found in object")]
