@@ -212,11 +212,6 @@ impl Datapath {
         })
     }
 
-    /// Adopts `pin_dir` if it holds a complete datapath, else loads.
-    pub fn adopt_or_load(pin_dir: impl AsRef<Path>) -> Result<Self> {
-        Self::adopt(pin_dir.as_ref()).or_else(|_| Self::load(pin_dir))
-    }
-
     /// The bpffs directory holding the pins.
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
