@@ -541,9 +541,13 @@ mod tests {
             (RotationPhase::Draining, "draining"),
             (RotationPhase::Replaced, "replaced"),
         ] {
-            assert_eq!(serde_json::to_string(&p).unwrap(), format!("\"{name}\""));
+            assert_eq!(
+                serde_json::to_string(&p).expect("serializes"),
+                format!("\"{name}\"")
+            );
             assert_eq!(p.to_string(), name);
-            let back: RotationPhase = serde_json::from_str(&format!("\"{name}\"")).unwrap();
+            let back: RotationPhase =
+                serde_json::from_str(&format!("\"{name}\"")).expect("reads back");
             assert_eq!(back, p);
         }
     }

@@ -153,9 +153,13 @@ mod tests {
             (Encryption::Permissive, "permissive"),
             (Encryption::Disabled, "disabled"),
         ] {
-            assert_eq!(serde_json::to_string(&e).unwrap(), format!("\"{name}\""));
+            assert_eq!(
+                serde_json::to_string(&e).expect("serializes"),
+                format!("\"{name}\"")
+            );
             assert_eq!(e.to_string(), name);
-            let back: Encryption = serde_json::from_str(&format!("\"{name}\"")).unwrap();
+            let back: Encryption =
+                serde_json::from_str(&format!("\"{name}\"")).expect("reads back");
             assert_eq!(back, e);
             assert_eq!(
                 <Encryption as clap::ValueEnum>::from_str(name, false),
@@ -169,9 +173,13 @@ mod tests {
     #[test]
     fn attachment_names_are_the_status_strings() {
         for (a, name) in [(Attachment::Tcx, "tcx"), (Attachment::Netlink, "netlink")] {
-            assert_eq!(serde_json::to_string(&a).unwrap(), format!("\"{name}\""));
+            assert_eq!(
+                serde_json::to_string(&a).expect("serializes"),
+                format!("\"{name}\"")
+            );
             assert_eq!(a.to_string(), name);
-            let back: Attachment = serde_json::from_str(&format!("\"{name}\"")).unwrap();
+            let back: Attachment =
+                serde_json::from_str(&format!("\"{name}\"")).expect("reads back");
             assert_eq!(back, a);
         }
     }
@@ -183,11 +191,16 @@ mod tests {
             (ActiveMode::Kernel, "kernel"),
             (ActiveMode::Userspace, "userspace"),
         ] {
-            let json = json_with(m, |m, s| device_mode_name::serialize(m, s).unwrap());
+            let json = json_with(m, |m, s| {
+                device_mode_name::serialize(m, s).expect("serializes")
+            });
             assert_eq!(json, format!("\"{name}\""));
             assert_eq!(m.to_string(), name);
             let mut de = serde_json::Deserializer::from_str(&json);
-            assert_eq!(device_mode_name::deserialize(&mut de).unwrap(), m);
+            assert_eq!(
+                device_mode_name::deserialize(&mut de).expect("reads back"),
+                m
+            );
         }
     }
 
@@ -195,11 +208,16 @@ mod tests {
     fn underlay_mode_names_are_the_status_strings_and_its_display() {
         use ebpf_redirect::Mode;
         for (m, name) in [(Mode::Enforce, "enforce"), (Mode::Permissive, "permissive")] {
-            let json = json_with(m, |m, s| underlay_mode_name::serialize(m, s).unwrap());
+            let json = json_with(m, |m, s| {
+                underlay_mode_name::serialize(m, s).expect("serializes")
+            });
             assert_eq!(json, format!("\"{name}\""));
             assert_eq!(m.to_string(), name);
             let mut de = serde_json::Deserializer::from_str(&json);
-            assert_eq!(underlay_mode_name::deserialize(&mut de).unwrap(), m);
+            assert_eq!(
+                underlay_mode_name::deserialize(&mut de).expect("reads back"),
+                m
+            );
         }
     }
 }
