@@ -20,10 +20,10 @@ use crate::apiserver::audit::ApiRequest;
 #[derive(Debug, thiserror::Error)]
 pub enum RbacError {
     /// A YAML document did not parse.
-    #[error("parsing the RBAC manifests: {0}")]
+    #[error("parsing the RBAC manifests")]
     Yaml(#[from] serde_norway::Error),
     /// An object did not parse into its `k8s-openapi` type.
-    #[error("parsing a {kind}: {source}")]
+    #[error("parsing a {kind}")]
     Object {
         /// Its kind.
         kind: String,

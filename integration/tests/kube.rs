@@ -663,7 +663,7 @@ async fn the_node_condition_follows_meshds_status_and_keeps_the_kubelets_conditi
         all.iter().any(|x| x["type"] == "Ready"),
         "kubelet's condition kept: {all:?}"
     );
-    s.encryption = "permissive".into();
+    s.encryption = Encryption::Permissive;
     tx.send(Some(s)).unwrap();
     let all = wait_for("EncryptionPermissive").await;
     assert_eq!(

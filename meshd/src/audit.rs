@@ -12,13 +12,15 @@
 //! encryption), and, with evidence, `evidence` (canary traffic from a pod on A to a pod on B
 //! crossed the underlay only as WireGuard).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::Duration;
 
+use ebpf_redirect::Mode;
 use serde::{Deserialize, Serialize};
 
 use crate::control::StatusReport;
+use crate::mode::Encryption;
 
 /// WireGuard rejects a session this old (REJECT_AFTER_TIME): a fresh handshake is younger.
 pub const HANDSHAKE_WINDOW: Duration = Duration::from_secs(180);
@@ -184,9 +186,9 @@ pub fn audit(nodes: &[NodeView], policy: &Policy, now_unix: u64) -> Report {
             "restart meshd on the node: it republishes its record; check for another writer of that record",
         );
         let guard = s.datapath.as_ref();
-        let enc_ok = s.encryption == "enabled"
+        let enc_ok = s.encryption == Encryption::Enabled
             && s.strict_mode
-            && guard.is_some_and(|d| d.underlay_mode == "enforce")
+            && guard.is_some_and(|d| d.underlay_mode == Mode::Enforce)
             && guard.is_some_and(|d| d.underlay_attached != Some(false));
         out.check(
             "encryption",
@@ -378,17 +380,21 @@ pub fn audit(nodes: &[NodeView], policy: &Policy, now_unix: u64) -> Report {
     let answered: Vec<&StatusReport> = nodes.iter().filter_map(|n| n.status.as_ref()).collect();
     let settings: [(&str, Setting); 3] = [
         ("listen port", |s| s.listen_port.to_string()),
-        ("MTU", |s| s.mtu.to_string()),
-        ("encryption", |s| s.encryption.clone()),
+        ("mtu", |s| s.mtu.to_string()),
+        ("encryption", |s| s.encryption.to_string()),
     ];
     for (what, value) in settings {
-        let values: BTreeSet<String> = answered.iter().map(|s| value(s)).collect();
+        let by_node: Vec<(&str, String)> = answered
+            .iter()
+            .map(|s| (s.node.as_str(), value(s)))
+            .collect();
+        let values: BTreeSet<&str> = by_node.iter().map(|(_, v)| v.as_str()).collect();
         out.check(
             "settings",
             "cluster",
             values.len() <= 1,
             format!("one {what} on every node"),
-            format!("{values:?}"),
+            setting_seen(what, &by_node),
             "make every node use the same meshd-config (or flags) and restart the odd ones out",
         );
     }
@@ -408,6 +414,27 @@ pub fn audit(nodes: &[NodeView], policy: &Policy, now_unix: u64) -> Report {
 
 /// Reads one setting off a node's status.
 type Setting = fn(&StatusReport) -> String;
+
+/// What the `settings` check saw of one setting (`what`, e.g. `listen port`), from each
+/// answering node's value: `listen port 51820` when they agree, `listen port 51820 on n1, n3;
+/// 51821 on n2` when they do not (values in order, nodes in the order given).
+pub fn setting_seen(what: &str, by_node: &[(&str, String)]) -> String {
+    let mut nodes_by_value: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (node, value) in by_node {
+        nodes_by_value.entry(value).or_default().push(node);
+    }
+    match nodes_by_value.len() {
+        0 => format!("no node reported its {what}"),
+        1 => format!("{what} {}", by_node[0].1),
+        _ => {
+            let groups: Vec<String> = nodes_by_value
+                .iter()
+                .map(|(value, nodes)| format!("{value} on {}", nodes.join(", ")))
+                .collect();
+            format!("{what} {}", groups.join("; "))
+        }
+    }
+}
 
 /// Add an evidence finding for a pair.
 pub fn evidence(report: &mut Report, pair: &str, ok: bool, seen: String) {
@@ -632,7 +659,7 @@ mod tests {
         let mut nodes = healthy();
         // n1: permissive, a strict drop, a stale key; its peer n2 has the wrong CIDRs.
         let s1 = nodes[0].status.as_mut().unwrap();
-        s1.encryption = "permissive".into();
+        s1.encryption = Encryption::Permissive;
         s1.key_created_unix = Some(NOW - 200 * 24 * 3600);
         s1.peers[0].allowed_ips = vec!["10.244.9.0/24".into()];
         s1.peers[0].last_handshake_secs_ago = Some(400);
@@ -658,6 +685,40 @@ mod tests {
         assert_eq!(r.exit_code(), 1);
         let t = table(&r);
         assert!(t.contains("FAIL") && t.contains("Fix:"), "{t}");
+    }
+
+    #[test]
+    fn settings_say_which_setting_and_which_node_holds_which_value() {
+        let agree = [("n1", "51820".to_string()), ("n2", "51820".to_string())];
+        assert_eq!(setting_seen("listen port", &agree), "listen port 51820");
+        assert_eq!(setting_seen("mtu", &[("n1", "1420".into())]), "mtu 1420");
+        let differ = [
+            ("n1", "enabled".to_string()),
+            ("n2", "permissive".to_string()),
+            ("n3", "enabled".to_string()),
+        ];
+        assert_eq!(
+            setting_seen("encryption", &differ),
+            "encryption enabled on n1, n3; permissive on n2"
+        );
+        assert_eq!(setting_seen("mtu", &[]), "no node reported its mtu");
+        // In the audit's table, for a healthy cluster and for one that disagrees.
+        let mut nodes = healthy();
+        let t = table(&audit(&nodes, &Policy::default(), NOW));
+        for line in ["listen port 51820", "mtu 1420", "encryption enabled"] {
+            assert!(
+                t.lines()
+                    .any(|l| l.starts_with("settings") && l.ends_with(line)),
+                "{line:?} missing:\n{t}"
+            );
+        }
+        assert!(!t.contains("{\""), "no debug-printed sets:\n{t}");
+        nodes[1].status.as_mut().unwrap().mtu = 1380;
+        let t = table(&audit(&nodes, &Policy::default(), NOW));
+        assert!(
+            t.contains("expected one mtu on every node; saw mtu 1380 on n2; 1420 on n1."),
+            "{t}"
+        );
     }
 
     #[test]

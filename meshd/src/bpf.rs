@@ -27,7 +27,8 @@ const BPFFS_ROOT: &str = "/sys/fs/bpf";
 /// `statfs` magic of bpffs.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
-/// Errors of the eBPF datapath.
+/// Errors of the eBPF datapath. Each variant names its step and carries the loader's error
+/// as its source, never in its message: `{:#}` prints each cause once.
 #[derive(Debug, thiserror::Error)]
 pub enum BpfError {
     /// The pin directory is not on a bpffs and one could not be mounted.
@@ -41,7 +42,7 @@ pub enum BpfError {
         reason: String,
     },
     /// Loading or adopting the programs failed.
-    #[error("loading the tc programs into {path}: {source}")]
+    #[error("loading the tc programs into {path}")]
     Load {
         /// The pin directory.
         path: PathBuf,
@@ -49,7 +50,7 @@ pub enum BpfError {
         source: Box<ebpf_redirect::Error>,
     },
     /// Attaching a program failed.
-    #[error("attaching {program} to {interface}: {source}")]
+    #[error("attaching {program} to {interface}")]
     Attach {
         /// `from_pod` or `underlay_egress`.
         program: &'static str,
@@ -59,7 +60,7 @@ pub enum BpfError {
         source: Box<ebpf_redirect::Error>,
     },
     /// A map update or read failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Map {
         /// What was being done.
         what: String,
@@ -68,39 +69,7 @@ pub enum BpfError {
     },
 }
 
-/// What `underlay_egress` does with cluster traffic that is not WireGuard, in operator terms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Encryption {
-    /// Pod traffic between nodes goes through WireGuard; with strict mode (the default) any
-    /// cluster-addressed packet that would leave the node outside WireGuard is dropped.
-    Enabled,
-    /// Like `enabled`, but packets strict mode would drop are only counted (would-drop).
-    Permissive,
-    /// No tunnel: pod traffic takes the plain routed path to the other nodes' underlay
-    /// addresses; the underlay program only counts it (would-drop).
-    Disabled,
-}
-
-impl From<crate::settings::Encryption> for Encryption {
-    fn from(e: crate::settings::Encryption) -> Self {
-        match e {
-            crate::settings::Encryption::Enabled => Encryption::Enabled,
-            crate::settings::Encryption::Permissive => Encryption::Permissive,
-            crate::settings::Encryption::Disabled => Encryption::Disabled,
-        }
-    }
-}
-
-impl std::fmt::Display for Encryption {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Encryption::Enabled => "enabled",
-            Encryption::Permissive => "permissive",
-            Encryption::Disabled => "disabled",
-        })
-    }
-}
+pub use crate::mode::Encryption;
 
 /// The program mode for an encryption setting and the strict-mode switch.
 pub fn program_mode(encryption: Encryption, strict: bool) -> Mode {
@@ -143,7 +112,8 @@ pub struct DatapathReport {
     /// bpffs directory holding the pins.
     pub pin_dir: String,
     /// `enforce` (strict drops) or `permissive` (would-drops only).
-    pub underlay_mode: String,
+    #[serde(with = "crate::mode::underlay_mode_name")]
+    pub underlay_mode: Mode,
     /// The underlay interface carrying `underlay_egress`.
     pub underlay_interface: String,
     /// Whether `underlay_egress` is attached to every guarded interface right now (`None`:
@@ -154,7 +124,7 @@ pub struct DatapathReport {
     #[serde(default)]
     pub guarded_interfaces: Vec<String>,
     /// `tcx` (kernel >= 6.6, pinned links) or `netlink` (clsact filters).
-    pub attach: String,
+    pub attach: crate::mode::Attachment,
     /// Remote pod CIDRs redirected into the tunnel.
     pub remote_cidrs: Vec<String>,
     /// Cluster CIDRs strict mode guards.
@@ -541,10 +511,7 @@ impl Bpf {
         cluster_cidrs.sort();
         Ok(DatapathReport {
             pin_dir: self.dp.pin_dir().display().to_string(),
-            underlay_mode: match self.mode {
-                Mode::Enforce => "enforce".into(),
-                Mode::Permissive => "permissive".into(),
-            },
+            underlay_mode: self.mode,
             underlay_interface: self.underlay.clone(),
             underlay_attached: std::iter::once(&self.underlay)
                 .chain(&self.guarded)
@@ -554,11 +521,7 @@ impl Bpf {
                 .chain(&self.guarded)
                 .cloned()
                 .collect(),
-            attach: if ebpf_redirect::tcx_supported() {
-                "tcx".into()
-            } else {
-                "netlink".into()
-            },
+            attach: crate::mode::Attachment::of_this_kernel(),
             remote_cidrs,
             cluster_cidrs,
             local_pods: self
@@ -767,5 +730,26 @@ mod tests {
             ),
             (1, 2, 3, 4, 5)
         );
+    }
+
+    #[test]
+    fn a_failed_map_update_prints_its_cause_once() {
+        let syscall = aya::sys::SyscallError {
+            call: "bpf_map_update_elem",
+            io_error: std::io::Error::from_raw_os_error(1), // EPERM
+        };
+        let loader = ebpf_redirect::Error::from(aya::maps::MapError::from(syscall));
+        let err = map_err("setting remote 10.244.2.0/24")(loader);
+        let printed = format!("{:#}", anyhow::Error::new(err));
+        assert_eq!(
+            printed.matches("`bpf_map_update_elem` failed").count(),
+            1,
+            "{printed}"
+        );
+        assert!(
+            printed.starts_with("setting remote 10.244.2.0/24: `bpf_map_update_elem` failed: "),
+            "{printed}"
+        );
+        assert_eq!(printed.matches("(os error 1)").count(), 1, "{printed}");
     }
 }

@@ -16,8 +16,9 @@ pub const CONFLIST: &str = "10-meshd.conflist";
 /// Errors writing the configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum CniConfError {
-    /// Creating the directory or writing the file failed.
-    #[error("writing {path}: {source}")]
+    /// Creating the directory or writing the file failed (the cause is the source: print
+    /// with `{:#}`).
+    #[error("writing {path}")]
     Write {
         /// The file or directory.
         path: std::path::PathBuf,

@@ -10,10 +10,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use netlink::ActiveMode;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::RwLock;
+
+use crate::mode::Encryption;
 
 /// How long `meshctl status` waits for meshd's answer.
 pub const QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
@@ -58,8 +61,8 @@ pub struct SlotReport {
 /// Key rotation: where it stands and how it went.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RotationReport {
-    /// `idle`, `waiting`, `draining` or `replaced`.
-    pub phase: String,
+    /// Where the rotation stands.
+    pub phase: RotationPhase,
     /// The slot being drained or replaced.
     pub slot: Option<u8>,
     /// The serial of the step published now.
@@ -83,14 +86,48 @@ pub struct RotationReport {
     pub interval_secs: Option<u64>,
 }
 
+/// Where a key rotation stands, as the status names it (the slot is reported beside it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RotationPhase {
+    /// No rotation under way.
+    #[default]
+    Idle,
+    /// Waiting to drain a slot.
+    Waiting,
+    /// A slot is drained; waiting for every peer's acknowledgement.
+    Draining,
+    /// A slot's key was replaced; waiting for every peer to program it.
+    Replaced,
+}
+
+impl RotationPhase {
+    /// Its name in the status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RotationPhase::Idle => "idle",
+            RotationPhase::Waiting => "waiting",
+            RotationPhase::Draining => "draining",
+            RotationPhase::Replaced => "replaced",
+        }
+    }
+}
+
+impl std::fmt::Display for RotationPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Default path of the control socket.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/meshd/meshd.sock";
 
-/// Errors of the control socket.
+/// Errors of the control socket. Each names its step and carries the cause as its source
+/// (print with `{:#}` to see it).
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     /// Creating the socket's directory failed.
-    #[error("creating control socket directory {path}: {source}")]
+    #[error("creating control socket directory {path}")]
     CreateDir {
         /// The directory.
         path: PathBuf,
@@ -98,7 +135,7 @@ pub enum ControlError {
         source: std::io::Error,
     },
     /// Binding the socket failed.
-    #[error("binding control socket {path}: {source}")]
+    #[error("binding control socket {path}")]
     Bind {
         /// The socket path.
         path: PathBuf,
@@ -106,7 +143,7 @@ pub enum ControlError {
         source: std::io::Error,
     },
     /// Connecting to the daemon failed.
-    #[error("connecting to meshd at {path} (is meshd running on this node?): {source}")]
+    #[error("connecting to meshd at {path} (is meshd running on this node?)")]
     Connect {
         /// The socket path.
         path: PathBuf,
@@ -114,7 +151,7 @@ pub enum ControlError {
         source: std::io::Error,
     },
     /// Talking to the daemon failed.
-    #[error("reading status from {path}: {source}")]
+    #[error("reading status from {path}")]
     Exchange {
         /// The socket path.
         path: PathBuf,
@@ -122,7 +159,7 @@ pub enum ControlError {
         source: std::io::Error,
     },
     /// The daemon's answer was not a status report.
-    #[error("meshd at {path} sent an unreadable status: {source}")]
+    #[error("meshd at {path} sent an unreadable status")]
     Decode {
         /// The socket path.
         path: PathBuf,
@@ -189,8 +226,9 @@ pub struct StatusReport {
     pub node: String,
     /// This node's public key (base64).
     pub public_key: String,
-    /// `kernel` or `userspace`.
-    pub mode: String,
+    /// The WireGuard device's implementation (`kernel` or `userspace`).
+    #[serde(with = "crate::mode::device_mode_name")]
+    pub mode: ActiveMode,
     /// The WireGuard interface name.
     pub interface: String,
     /// Its interface index.
@@ -217,9 +255,10 @@ pub struct StatusReport {
     pub counters: Counters,
     /// Whether the last reconcile converged without error.
     pub converged: bool,
-    /// `enabled` or `permissive`.
+    /// The encryption setting in force (`enabled`, `permissive` or `disabled`; a meshd older
+    /// than the setting did not report it and was `enabled`).
     #[serde(default)]
-    pub encryption: String,
+    pub encryption: Encryption,
     /// Whether strict mode is on.
     #[serde(default)]
     pub strict_mode: bool,
@@ -453,7 +492,7 @@ mod tests {
         StatusReport {
             node: "n1".into(),
             public_key: "k".into(),
-            mode: "userspace".into(),
+            mode: ActiveMode::Userspace,
             interface: "meshd0".into(),
             ifindex: 7,
             adopted_device: false,
@@ -467,17 +506,17 @@ mod tests {
             malformed: vec![],
             counters: Counters::default(),
             converged: true,
-            encryption: "enabled".into(),
+            encryption: Encryption::Enabled,
             strict_mode: true,
             host_encryption: false,
             encrypted_hosts: Vec::new(),
             datapath: Some(crate::bpf::DatapathReport {
                 pin_dir: "/sys/fs/bpf/meshd".into(),
-                underlay_mode: "enforce".into(),
+                underlay_mode: ebpf_redirect::Mode::Enforce,
                 underlay_interface: "eth0".into(),
                 underlay_attached: Some(true),
                 guarded_interfaces: vec!["eth0".into()],
-                attach: "tcx".into(),
+                attach: crate::mode::Attachment::Tcx,
                 remote_cidrs: vec!["10.244.2.0/24".into()],
                 cluster_cidrs: vec!["10.244.0.0/16".into()],
                 local_pods: 2,
@@ -492,6 +531,91 @@ mod tests {
             rotation: RotationReport::default(),
             cleartext: CleartextReport::default(),
         }
+    }
+
+    #[test]
+    fn rotation_phase_names_are_the_status_strings() {
+        for (p, name) in [
+            (RotationPhase::Idle, "idle"),
+            (RotationPhase::Waiting, "waiting"),
+            (RotationPhase::Draining, "draining"),
+            (RotationPhase::Replaced, "replaced"),
+        ] {
+            assert_eq!(
+                serde_json::to_string(&p).expect("serializes"),
+                format!("\"{name}\"")
+            );
+            assert_eq!(p.to_string(), name);
+            let back: RotationPhase =
+                serde_json::from_str(&format!("\"{name}\"")).expect("reads back");
+            assert_eq!(back, p);
+        }
+    }
+
+    /// The status document as meshd wrote it when these fields were strings.
+    fn string_era_document() -> serde_json::Value {
+        serde_json::json!({
+            "node": "n1", "public_key": "k", "mode": "kernel", "interface": "meshd0",
+            "ifindex": 7, "adopted_device": false, "listen_port": 51820, "mtu": 1420,
+            "endpoints": ["198.18.0.11"], "pod_cidrs": ["10.244.1.0/24"], "known_nodes": ["n1"],
+            "peers": [], "conflicts": [], "malformed": [],
+            "counters": {"malformed_records": 0, "reconciles": 0, "reconcile_errors": 0,
+                "peer_ops": 0, "route_ops": 0, "device_restores": 0, "map_ops": 0},
+            "converged": true, "encryption": "permissive", "strict_mode": true,
+            "host_encryption": false, "encrypted_hosts": [],
+            "datapath": {"pin_dir": "/sys/fs/bpf/meshd", "underlay_mode": "permissive",
+                "underlay_interface": "eth0", "underlay_attached": true,
+                "guarded_interfaces": ["eth0"], "attach": "netlink",
+                "remote_cidrs": ["10.244.2.0/24"], "cluster_cidrs": ["10.244.0.0/16"],
+                "local_pods": 2, "pod_interfaces": 1,
+                "counters": {"redirected": 5, "local": 0, "passed": 0, "strict_drops": 0,
+                    "would_drops": 0}},
+            "key_created_unix": null, "second": null,
+            "rotation": {"phase": "draining", "slot": 1, "serial": null, "pending": [],
+                "excused": [], "rotations": 0, "failures": 0, "last_unix": null,
+                "last_error": null, "peer_slots": {}, "interval_secs": null},
+            "cleartext": {"watched_since_unix": null, "last_unix": null}
+        })
+    }
+
+    #[test]
+    fn typed_fields_write_and_read_the_same_json_as_the_strings_did() {
+        let mut typed = sample();
+        typed.mode = ActiveMode::Kernel;
+        typed.encryption = Encryption::Permissive;
+        let datapath = typed.datapath.as_mut().expect("sample has a datapath");
+        datapath.underlay_mode = ebpf_redirect::Mode::Permissive;
+        datapath.attach = crate::mode::Attachment::Netlink;
+        typed.rotation.phase = RotationPhase::Draining;
+        typed.rotation.slot = Some(1);
+        assert_eq!(
+            serde_json::to_value(&typed).expect("serialize"),
+            string_era_document()
+        );
+        let read: StatusReport =
+            serde_json::from_value(string_era_document()).expect("deserialize");
+        assert_eq!(read, typed);
+    }
+
+    #[test]
+    fn an_old_status_document_without_the_newer_fields_still_reads() {
+        // As an older meshd served it: no encryption, rotation, datapath, ... fields.
+        let old: StatusReport = serde_json::from_value(serde_json::json!({
+            "node": "n1", "public_key": "k", "mode": "userspace", "interface": "meshd0",
+            "ifindex": 3, "adopted_device": false, "listen_port": 51820, "mtu": 1420,
+            "endpoints": [], "pod_cidrs": [], "known_nodes": [], "peers": [], "conflicts": [],
+            "malformed": [], "counters": {"malformed_records": 0, "reconciles": 1,
+            "reconcile_errors": 0, "peer_ops": 0, "route_ops": 0}, "converged": true
+        }))
+        .expect("an old document reads");
+        assert_eq!(old.mode, ActiveMode::Userspace);
+        assert_eq!(old.encryption, Encryption::Enabled);
+        assert_eq!(old.rotation.phase, RotationPhase::Idle);
+        assert!(old.datapath.is_none());
+        // A value outside the closed set is an error, not a silent default.
+        let mut bad = string_era_document();
+        bad["encryption"] = "sometimes".into();
+        assert!(serde_json::from_value::<StatusReport>(bad).is_err());
     }
 
     #[tokio::test]
@@ -536,5 +660,8 @@ mod tests {
             .await
             .expect_err("no daemon");
         assert!(err.to_string().contains("/nonexistent/meshd.sock"));
+        // The cause is the source, printed once by `{:#}`, not repeated in the message.
+        let printed = format!("{:#}", anyhow::Error::new(err));
+        assert_eq!(printed.matches("No such file").count(), 1, "{printed}");
     }
 }

@@ -381,7 +381,7 @@ struct Known {
 impl Live {
     /// Folds new operator settings in; `mtu: auto` (`None`) is `auto_mtu`.
     fn apply(&mut self, new: &crate::settings::Settings, auto_mtu: u32) {
-        self.encryption = new.encryption.into();
+        self.encryption = new.encryption;
         self.strict_mode = new.strict_mode;
         if self.keepalive != new.keepalive {
             self.keepalive = new.keepalive;
@@ -437,7 +437,7 @@ pub async fn run_with<R: Registry>(
     let flag_mtu = args.mtu;
     if let Some(feed) = &settings {
         if let Some(s) = feed.borrow().clone() {
-            args.encryption = s.encryption.into();
+            args.encryption = s.encryption;
             args.strict_mode = s.strict_mode;
             args.keepalive = s.keepalive;
             args.host_encryption = s.host_encryption;
@@ -1973,13 +1973,13 @@ async fn publish_status(
     let peers = peer_reports(&live_peers, &names);
     let me = ctx.me();
     let (phase, slot) = match known.rotation.phase() {
-        rotation::Phase::Idle => ("idle", None),
-        rotation::Phase::Waiting { slot } => ("waiting", Some(slot)),
-        rotation::Phase::Draining { slot } => ("draining", Some(slot)),
-        rotation::Phase::Replaced { slot } => ("replaced", Some(slot)),
+        rotation::Phase::Idle => (control::RotationPhase::Idle, None),
+        rotation::Phase::Waiting { slot } => (control::RotationPhase::Waiting, Some(slot)),
+        rotation::Phase::Draining { slot } => (control::RotationPhase::Draining, Some(slot)),
+        rotation::Phase::Replaced { slot } => (control::RotationPhase::Replaced, Some(slot)),
     };
     let rotation_report = control::RotationReport {
-        phase: phase.into(),
+        phase,
         slot,
         serial: me.rotation.step.map(|s| s.serial),
         pending: known.rotation.pending().to_vec(),
@@ -2001,7 +2001,7 @@ async fn publish_status(
     let report = StatusReport {
         node: ctx.me().name.clone(),
         public_key: ctx.key(0).public_key().to_string(),
-        mode: device.mode().to_string(),
+        mode: device.mode(),
         interface: device.name().to_string(),
         ifindex: device.ifindex(),
         adopted_device: ctx.adopted,
@@ -2022,7 +2022,7 @@ async fn publish_status(
             .collect(),
         counters: known.counters.clone(),
         converged,
-        encryption: ctx.live.read().await.encryption.to_string(),
+        encryption: ctx.live.read().await.encryption,
         strict_mode: ctx.live.read().await.strict_mode,
         host_encryption: ctx.live.read().await.host_encryption,
         encrypted_hosts: known

@@ -27,6 +27,8 @@ pub mod ipam;
 pub mod lab;
 /// Prometheus metrics.
 pub mod metrics;
+/// The closed sets of modes settings, datapath and status share (encryption, ...).
+pub mod mode;
 /// The pure reconcile plan.
 pub mod reconcile;
 /// Where records are exchanged (the directory and Kubernetes registries) and all of meshd's

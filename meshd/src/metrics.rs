@@ -179,8 +179,8 @@ impl Metrics {
             m.info
                 .get_or_create(&labels(&[
                     ("node", &s.node),
-                    ("mode", &s.mode),
-                    ("encryption", &s.encryption),
+                    ("mode", &s.mode.to_string()),
+                    ("encryption", s.encryption.as_str()),
                     ("interface", &s.interface),
                 ]))
                 .set(1);

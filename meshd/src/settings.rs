@@ -32,7 +32,6 @@
 //! back to its flags.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 /// The ConfigMap's conventional name.
@@ -48,37 +47,7 @@ pub const KEYS: [&str; 6] = [
     "keepalive",
 ];
 
-/// The encryption mode.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum Encryption {
-    /// Pod traffic to peers goes through the tunnel.
-    #[default]
-    Enabled,
-    /// Tunnel up and used, plaintext still accepted (rollout, roll-back).
-    Permissive,
-    /// Plain routed path; no tunnel.
-    Disabled,
-}
-
-impl fmt::Display for Encryption {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Encryption::Enabled => "enabled",
-            Encryption::Permissive => "permissive",
-            Encryption::Disabled => "disabled",
-        })
-    }
-}
-
-impl From<crate::bpf::Encryption> for Encryption {
-    fn from(e: crate::bpf::Encryption) -> Self {
-        match e {
-            crate::bpf::Encryption::Enabled => Encryption::Enabled,
-            crate::bpf::Encryption::Permissive => Encryption::Permissive,
-            crate::bpf::Encryption::Disabled => Encryption::Disabled,
-        }
-    }
-}
+pub use crate::mode::Encryption;
 
 /// Validated operator settings (see the module docs for each key).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -51,25 +51,29 @@ pub const PROG_FROM_POD: &str = "from_pod";
 pub const PROG_UNDERLAY_EGRESS: &str = "underlay_egress";
 
 /// Errors of the loader.
+///
+/// A variant either names its own step and carries the cause as its source, or is transparent
+/// (aya's errors already name the failing syscall or object): the message never repeats the
+/// cause, so `{:#}` prints each cause once.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Loading the object failed.
-    #[error("loading BPF object: {0}")]
+    #[error("loading the BPF object")]
     Ebpf(#[from] Box<EbpfError>),
     /// Map operation failed.
-    #[error("map: {0}")]
+    #[error(transparent)]
     Map(#[from] MapError),
     /// Program load/attach failed.
-    #[error("program: {0}")]
+    #[error(transparent)]
     Program(#[from] ProgramError),
     /// Pinning failed.
-    #[error("pin: {0}")]
+    #[error(transparent)]
     Pin(#[from] PinError),
     /// Link operation failed.
-    #[error("link: {0}")]
+    #[error(transparent)]
     Link(#[from] LinkError),
     /// File system error (pin directory).
-    #[error("io: {0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
     /// The object lacks a program.
     #[error("program {0} not found in object")]
@@ -96,6 +100,15 @@ pub enum Mode {
     Enforce,
     /// Let it through and count `WouldDrop`.
     Permissive,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Enforce => "enforce",
+            Mode::Permissive => "permissive",
+        })
+    }
 }
 
 /// Handle on the pinned datapath: programs and maps opened from `pin_dir`.
@@ -197,11 +210,6 @@ impl Datapath {
             config: open_map(dir, mn::CONFIG)?.try_into()?,
             verdicts: open_map(dir, mn::VERDICTS)?.try_into()?,
         })
-    }
-
-    /// Adopts `pin_dir` if it holds a complete datapath, else loads.
-    pub fn adopt_or_load(pin_dir: impl AsRef<Path>) -> Result<Self> {
-        Self::adopt(pin_dir.as_ref()).or_else(|_| Self::load(pin_dir))
     }
 
     /// The bpffs directory holding the pins.

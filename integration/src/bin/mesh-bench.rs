@@ -30,6 +30,11 @@
 //! (or JSON with `--json`). The parsing, ratios, targets and the table live in
 //! `integration::bench`; this binary builds namespaces and runs processes. Everything it
 //! creates is removed on exit, also on error and on SIGINT/SIGTERM.
+//!
+//! Exit status: 0 when every measured target is met; 1 when a target is missed (each named
+//! on stderr with its measurement and bar) or the run failed; 130 when interrupted. A target
+//! that was not measured (`n/a`: its scenario left out with `--only` or unable to run) does
+//! not fail the run.
 
 use std::fs::File;
 use std::io::Read as _;
@@ -1045,6 +1050,40 @@ fn run(args: &Args) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// Whether a finished run met its targets: a missed target fails the run. A target that was
+/// not measured (its scenario was left out with `--only` or could not run) does not; the
+/// table and the JSON say `n/a` for it.
+#[derive(Debug, PartialEq)]
+enum RunVerdict {
+    /// No target was missed.
+    Met,
+    /// These targets were missed, one line each (what, measured, bar).
+    Missed(Vec<String>),
+}
+
+fn run_verdict(targets: &[bench::TargetCheck]) -> RunVerdict {
+    let missed: Vec<String> = targets
+        .iter()
+        .filter(|t| t.verdict == bench::Verdict::Fail)
+        .map(|t| {
+            format!(
+                "{}: measured {} {}, target {} {} {}",
+                t.target,
+                t.measured.map_or("-".into(), |m| format!("{m:.2}")),
+                t.unit,
+                if t.at_least { ">=" } else { "<=" },
+                t.limit,
+                t.unit
+            )
+        })
+        .collect();
+    if missed.is_empty() {
+        RunVerdict::Met
+    } else {
+        RunVerdict::Missed(missed)
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     if !netns::is_root() {
@@ -1065,7 +1104,16 @@ fn main() -> ExitCode {
             } else {
                 print!("{}", report.render());
             }
-            ExitCode::SUCCESS
+            match run_verdict(&report.targets) {
+                RunVerdict::Met => ExitCode::SUCCESS,
+                RunVerdict::Missed(missed) => {
+                    eprintln!("mesh-bench: {} target(s) missed:", missed.len());
+                    for m in missed {
+                        eprintln!("  {m}");
+                    }
+                    ExitCode::FAILURE
+                }
+            }
         }
         Err(e) => {
             eprintln!("mesh-bench: {e:#}");
@@ -1075,5 +1123,48 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use integration::bench::{TargetCheck, Verdict};
+
+    use super::*;
+
+    fn target(name: &str, measured: Option<f64>, verdict: Verdict) -> TargetCheck {
+        TargetCheck {
+            target: name.into(),
+            measured,
+            limit: 5.0,
+            at_least: true,
+            unit: "x".into(),
+            verdict,
+        }
+    }
+
+    #[test]
+    fn a_missed_target_fails_the_run_and_is_named() {
+        let targets = [
+            target("meshd vs wireguard-go", Some(6.0), Verdict::Pass),
+            target("meshd vs boringtun-cli", Some(2.5), Verdict::Fail),
+            target("meshd-wg RSS", None, Verdict::NotMeasured),
+        ];
+        assert_eq!(
+            run_verdict(&targets),
+            RunVerdict::Missed(vec![
+                "meshd vs boringtun-cli: measured 2.50 x, target >= 5 x".into()
+            ])
+        );
+    }
+
+    #[test]
+    fn met_and_unmeasured_targets_pass_the_run() {
+        assert_eq!(run_verdict(&[]), RunVerdict::Met);
+        let targets = [
+            target("meshd vs wireguard-go", Some(6.0), Verdict::Pass),
+            target("meshd-wg RSS", None, Verdict::NotMeasured),
+        ];
+        assert_eq!(run_verdict(&targets), RunVerdict::Met);
     }
 }

@@ -109,7 +109,7 @@ async fn kubernetes(cli: Cli) -> anyhow::Result<()> {
             // Until the ConfigMap says otherwise, and when it is invalid or missing at start:
             // the last good settings from the state directory, else the flags.
             let flags = settings::Settings {
-                encryption: args.encryption.into(),
+                encryption: args.encryption,
                 strict_mode: args.strict_mode,
                 host_encryption: args.host_encryption,
                 mtu: args.mtu,

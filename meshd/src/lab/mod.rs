@@ -1019,7 +1019,7 @@ fn wait_converged(state: &LabState, timeout: Duration) -> anyhow::Result<()> {
         for n in &state.nodes {
             match node_status(&state.name, n.index) {
                 // Encryption disabled: no peers, plain routes to every node it knows.
-                Ok(s) if s.converged && s.encryption == "disabled" => {
+                Ok(s) if s.converged && s.encryption == crate::mode::Encryption::Disabled => {
                     if s.known_nodes.len() < state.nodes.len() {
                         pending.push(format!(
                             "{} ({}/{} nodes known)",
@@ -1429,7 +1429,9 @@ pub fn status(lab: &str) -> anyhow::Result<LabStatus> {
             wireguard_interface: live
                 .as_ref()
                 .map_or("meshd0".into(), |s| s.interface.clone()),
-            mode: live.as_ref().map_or("unknown".into(), |s| s.mode.clone()),
+            mode: live
+                .as_ref()
+                .map_or("unknown".into(), |s| s.mode.to_string()),
             pod_cidrs: claimed,
             public_key: live
                 .as_ref()

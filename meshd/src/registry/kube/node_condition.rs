@@ -7,12 +7,14 @@
 
 use std::time::Duration;
 
+use ebpf_redirect::Mode;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
 use kube::Client;
 use tokio::sync::watch;
 
 use crate::control::StatusReport;
+use crate::mode::Encryption;
 
 /// The condition's type.
 pub const CONDITION_TYPE: &str = "MeshdEncrypted";
@@ -31,19 +33,19 @@ pub struct Condition {
 /// The condition for a status report.
 pub fn condition(s: &StatusReport) -> Condition {
     let guard = s.datapath.as_ref();
-    let (status, reason, message) = if s.encryption == "disabled" {
+    let (status, reason, message) = if s.encryption == Encryption::Disabled {
         (
             "False",
             "EncryptionDisabled",
             "encryption is disabled in meshd-config".to_string(),
         )
-    } else if s.encryption != "enabled" {
+    } else if s.encryption != Encryption::Enabled {
         (
             "False",
             "EncryptionPermissive",
             "encryption is permissive: cleartext to nodes without a peer is not dropped".into(),
         )
-    } else if !s.strict_mode || guard.is_none_or(|d| d.underlay_mode != "enforce") {
+    } else if !s.strict_mode || guard.is_none_or(|d| d.underlay_mode != Mode::Enforce) {
         (
             "False",
             "StrictModeOff",
@@ -153,14 +155,14 @@ mod tests {
         s.strict_mode = false;
         assert_eq!(condition(&s).reason, "StrictModeOff");
         s.strict_mode = true;
-        s.encryption = "permissive".into();
+        s.encryption = Encryption::Permissive;
         assert_eq!(condition(&s).reason, "EncryptionPermissive");
-        s.encryption = "disabled".into();
+        s.encryption = Encryption::Disabled;
         assert_eq!(
             (condition(&s).status, condition(&s).reason),
             ("False", "EncryptionDisabled")
         );
-        s.encryption = "enabled".into();
+        s.encryption = Encryption::Enabled;
         if let Some(d) = s.datapath.as_mut() {
             d.underlay_attached = Some(false);
         }
