@@ -662,24 +662,6 @@ fn routes_and_links_on_the_tun_both_families() {
             .expect("del foreign v6");
         assert!(routes.list(ifindex).await.expect("list").is_empty());
 
-        for dst in [net("10.79.0.0/16"), net("fd79::/48")] {
-            routes.add_blackhole(dst).await.expect("blackhole");
-            routes
-                .add_blackhole(dst)
-                .await
-                .expect("blackhole idempotent");
-        }
-        let mut bh = routes.list_blackholes().await.expect("list blackholes");
-        bh.sort();
-        assert_eq!(bh, vec![net("10.79.0.0/16"), net("fd79::/48")]);
-        for dst in bh {
-            routes.del_blackhole(dst).await.expect("del blackhole");
-            routes
-                .del_blackhole(dst)
-                .await
-                .expect("del blackhole idempotent");
-        }
-        assert!(routes.list_blackholes().await.expect("list").is_empty());
         let links = Links::connect().await.expect("links");
         assert_eq!(links.index_of(&n).await.expect("index"), Some(ifindex));
     });
