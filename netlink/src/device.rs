@@ -171,10 +171,9 @@ pub struct UserspaceOptions {
     pub log_file: Option<PathBuf>,
 }
 
-/// `meshd-wg`'s busy poll after sending unless told otherwise, microseconds: on the 2-vCPU
-/// virtual machines this was measured on, a reply that comes back within it saves a thread
-/// wake-up (see BENCHMARKS.md); the poll never takes more than a tenth of a core.
-pub const DEFAULT_BUSY_POLL_US: u64 = 50;
+/// `meshd-wg`'s busy poll after sending unless told otherwise, microseconds (see
+/// [`wgdp::DEFAULT_BUSY_POLL_US`]).
+pub const DEFAULT_BUSY_POLL_US: u64 = wgdp::DEFAULT_BUSY_POLL_US;
 
 /// Errors of device operations.
 #[derive(Debug, thiserror::Error)]

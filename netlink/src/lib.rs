@@ -3,7 +3,7 @@
 //! This crate owns:
 //! - the WireGuard device ([`WgDevice`]): adopting an existing device or creating one,
 //!   either a kernel `wireguard` link (configured over generic netlink) or a TUN served
-//!   by the detached user-space helper `meshd-wg` (this crate's binary, built on
+//!   by the detached user-space helper `meshd-wg` (the `wgdp` crate's binary, built on
 //!   boringtun) and configured over the UAPI socket `/var/run/wireguard/NAME.sock`
 //!   ([`uapi`]). The helper is its own process so the datapath survives restarts and
 //!   SIGKILL of the control process;

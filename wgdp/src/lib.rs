@@ -48,6 +48,11 @@ pub use device::Core;
 pub use tun::Tun;
 pub use udp::Sockets;
 
+/// `meshd-wg`'s busy poll after sending unless told otherwise, microseconds: on the 2-vCPU
+/// virtual machines this was measured on, a reply that comes back within it saves a thread
+/// wake-up (see BENCHMARKS.md); the poll never takes more than a tenth of a core.
+pub const DEFAULT_BUSY_POLL_US: u64 = 50;
+
 /// How the device is run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
