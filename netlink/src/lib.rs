@@ -12,17 +12,25 @@
 //!   other route is ever listed or deleted;
 //! - the pure helpers [`route_diff`] and [`wireguard_mtu`].
 
+/// The WireGuard device: adopt or create, configure, read, apply peer changes, destroy.
 pub mod device;
+/// The kernel back end: generic netlink to a `wireguard` link.
 pub mod kernel;
+/// Links over rtnetlink: lookup, up, MTU, addresses, underlay detection.
 pub mod links;
+/// The data the device and its back ends share (peer configuration, changes, state).
+pub mod model;
+/// Main-table routes tagged with meshd's protocol.
 pub mod routes;
+/// The user-space back end: the UAPI socket client (the codec is `wgdp::uapi`).
 pub mod uapi;
 
 pub use device::{
-    ActiveMode, DeviceError, DeviceStatus, PeerChange, PeerConfig, PeerStatus, UserspaceOptions,
-    WgDevice, WireguardMode, DEFAULT_BUSY_POLL_US, EXTERNAL_WAIT,
+    ActiveMode, DeviceError, DeviceStatus, UserspaceOptions, WgDevice, WireguardMode,
+    DEFAULT_BUSY_POLL_US, EXTERNAL_WAIT,
 };
 pub use kernel::KernelError;
 pub use links::{wireguard_mtu, LinkError, Links};
+pub use model::{DeviceState, PeerChange, PeerConfig, PeerStatus};
 pub use routes::{route_diff, RouteError, Routes, MESHD_ROUTE_PROTOCOL};
 pub use uapi::UapiError;

@@ -328,8 +328,7 @@ impl Routes {
     /// another owner in the main table.
     pub async fn add(&self, dst: IpNet, ifindex: u32) -> Result<(), RouteError> {
         tracing::debug!(%dst, ifindex, "adding route");
-        self.replace(message(dst, ifindex), dst, ifindex)
-            .await
+        self.replace(message(dst, ifindex), dst, ifindex).await
     }
 
     /// Deletes the route `dst dev ifindex proto 109`; a missing route is not an error.

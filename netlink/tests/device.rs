@@ -385,7 +385,17 @@ fn two_userspace_devices_handshake_over_veth() {
     let veth_a = format!("nlv{}", next());
     let veth_b = format!("nlv{}", next());
     run_ok(Command::new("ip").args([
-        "link", "add", &veth_a, "netns", a.name(), "type", "veth", "peer", "name", &veth_b, "netns",
+        "link",
+        "add",
+        &veth_a,
+        "netns",
+        a.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &veth_b,
+        "netns",
         b.name(),
     ]));
     a.ip(&["addr", "add", "198.18.9.1/24", "dev", &veth_a]);
@@ -555,4 +565,3 @@ fn external_mode_waits_for_and_adopts_a_device_run_by_another_process() {
     let _ = other.kill();
     let _ = other.wait();
 }
-
