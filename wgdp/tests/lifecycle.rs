@@ -56,4 +56,3 @@ fn device_exits_on_sigterm_and_when_its_socket_is_removed() {
     assert!(ns.wg(&["show", &i1]).contains("interface"));
     let _ = p3;
 }
-

@@ -139,7 +139,6 @@ pub fn write_errno(errno: i32, out: &mut String) {
     let _ = write!(out, "errno={errno}\n\n");
 }
 
-
 fn invalid(key: &str, reason: &'static str) -> AnswerError {
     AnswerError::InvalidValue {
         key: loggable_key(key),
@@ -351,10 +350,16 @@ mod tests {
             a.last_handshake,
             Some(UNIX_EPOCH + Duration::new(1_700_000_000, 5))
         );
-        assert_eq!((a.rx_bytes, a.tx_bytes, a.persistent_keepalive), (100, 200, 25));
+        assert_eq!(
+            (a.rx_bytes, a.tx_bytes, a.persistent_keepalive),
+            (100, 200, 25)
+        );
         assert_eq!(info.peers[1].last_handshake, None);
         assert_eq!(parse_get_answer("errno=0\n\n"), Ok(DeviceInfo::default()));
-        assert_eq!(parse_get_answer("errno=22\n\n"), Err(AnswerError::Errno(22)));
+        assert_eq!(
+            parse_get_answer("errno=22\n\n"),
+            Err(AnswerError::Errno(22))
+        );
         assert_eq!(
             parse_get_answer("listen_port=1\n"),
             Err(AnswerError::MissingErrno)
@@ -381,7 +386,10 @@ mod tests {
     #[test]
     fn set_answers_and_completion() {
         assert_eq!(parse_set_answer("errno=0\n\n"), Ok(()));
-        assert_eq!(parse_set_answer("errno=-22\n\n"), Err(AnswerError::Errno(-22)));
+        assert_eq!(
+            parse_set_answer("errno=-22\n\n"),
+            Err(AnswerError::Errno(-22))
+        );
         assert_eq!(parse_set_answer(""), Err(AnswerError::MissingErrno));
         assert_eq!(answer_errno("private_key=00\nerrno=0\n\n"), Some(0));
         assert_eq!(answer_errno(""), None);

@@ -24,8 +24,8 @@ use std::fmt::{self, Write as _};
 use std::path::{Path, PathBuf};
 
 pub use answer::{
-    answer_complete, answer_errno, parse_get_answer, parse_set_answer, write_errno, write_get,
-    loggable_answer_line, write_peer, AnswerError, DeviceInfo, PeerInfo,
+    answer_complete, answer_errno, loggable_answer_line, parse_get_answer, parse_set_answer,
+    write_errno, write_get, write_peer, AnswerError, DeviceInfo, PeerInfo,
 };
 pub use request::{
     parse_request, write_request, write_set, PeerUpdate, Request, SetRequest, UapiError,

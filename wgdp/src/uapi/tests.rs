@@ -42,7 +42,9 @@ fn endpoint() -> impl Strategy<Value = SocketAddr> {
 fn network() -> impl Strategy<Value = IpNet> {
     (ip(), any::<u8>()).prop_map(|(ip, len)| {
         let max = if ip.is_ipv4() { 32 } else { 128 };
-        IpNet::new(ip, len % (max + 1)).expect("prefix in range").trunc()
+        IpNet::new(ip, len % (max + 1))
+            .expect("prefix in range")
+            .trunc()
     })
 }
 
@@ -178,7 +180,10 @@ fn rejected_request_values_that_may_be_keys_are_not_repeated() {
     let secret = "cd".repeat(31);
     for text in [
         format!("set=1\nprivate_key={secret}"),
-        format!("set=1\npublic_key={}\npreshared_key={secret}", "01".repeat(32)),
+        format!(
+            "set=1\npublic_key={}\npreshared_key={secret}",
+            "01".repeat(32)
+        ),
         format!("set=1\n{secret}"),
         format!("set=1\n{secret}=\n"),
         format!("private_key={secret}"),

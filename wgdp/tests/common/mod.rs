@@ -244,7 +244,17 @@ impl Pair {
         let net = u8::try_from(20 + next() % 200).expect("octet");
         let (va, vb) = (format!("wgv{}a", next()), format!("wgv{}b", next()));
         run_ok(Command::new("ip").args([
-            "link", "add", &va, "netns", a.name(), "type", "veth", "peer", "name", &vb, "netns",
+            "link",
+            "add",
+            &va,
+            "netns",
+            a.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &vb,
+            "netns",
             b.name(),
         ]));
         a.ip(&["addr", "add", &format!("198.18.{net}.1/24"), "dev", &va]);
