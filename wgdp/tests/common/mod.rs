@@ -132,7 +132,7 @@ impl Netns {
     /// Starts a device `ifname` in this namespace (meshd-wg or wireguard-go) and waits for
     /// its UAPI socket. Returns its pid.
     pub fn start_device(&mut self, ifname: &str, kind: Impl, threads: usize) -> i32 {
-        let socket = PathBuf::from(format!("/var/run/wireguard/{ifname}.sock"));
+        let socket = wgdp::uapi::socket_path(ifname);
         self.sockets.push(socket.clone());
         let mut cmd = match kind {
             Impl::Wgdp | Impl::WgdpPlain => {
@@ -407,7 +407,7 @@ impl Pair {
 /// Raw UAPI exchange; returns the answer and how long it took.
 pub fn uapi(ifname: &str, request: &str) -> (String, Duration) {
     let start = Instant::now();
-    let mut s = UnixStream::connect(format!("/var/run/wireguard/{ifname}.sock")).expect("connect");
+    let mut s = UnixStream::connect(wgdp::uapi::socket_path(ifname)).expect("connect");
     s.write_all(request.as_bytes()).expect("write");
     let mut answer = Vec::new();
     let mut buf = [0u8; 65536];
@@ -417,13 +417,7 @@ pub fn uapi(ifname: &str, request: &str) -> (String, Duration) {
             break;
         }
         answer.extend_from_slice(&buf[..n]);
-        if answer.ends_with(b"\n\n")
-            && answer
-                .split(|b| *b == b'\n')
-                .rev()
-                .nth(2)
-                .is_some_and(|l| l.starts_with(b"errno="))
-        {
+        if wgdp::uapi::answer_complete(&answer) {
             break;
         }
     }
