@@ -255,7 +255,7 @@ pub fn answer_complete(answer: &[u8]) -> bool {
 /// a whole unexpected answer).
 pub fn loggable_answer_line(line: &str) -> String {
     match line.split_once('=') {
-        Some((k, v)) if k == "errno" => format!("errno={v}"),
+        Some(("errno", v)) => format!("errno={v}"),
         Some((k, v)) => format!("{}={}", loggable_key(k), withheld(v)),
         None => withheld(line),
     }
