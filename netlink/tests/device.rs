@@ -9,7 +9,10 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::*;
+use common::{
+    b64, genkey, helper, ifname, in_netns, net, next, opts, pid_alive, run, run_ok, unb64,
+    wait_until, wg_dump, Netns,
+};
 use netlink::{
     uapi, ActiveMode, DeviceError, Links, PeerChange, PeerConfig, Routes, UserspaceOptions,
     WgDevice, WireguardMode,

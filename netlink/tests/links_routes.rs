@@ -6,7 +6,7 @@ mod common;
 
 use std::net::IpAddr;
 
-use common::*;
+use common::{ifname, in_netns, net, opts, Netns};
 use netlink::{Links, Routes, WgDevice, WireguardMode, MESHD_ROUTE_PROTOCOL};
 
 #[test]
