@@ -1,6 +1,6 @@
 //! The parts of `mesh-bench` that need no namespace and no root: parsing iperf3, ping and
 //! `/proc` output, the raw UAPI requests of the peer-scale runs (and a small blocking UAPI
-//! client), medians and ratios, the targets meshd's user-space datapath is held to, and the
+//! client, both written and read with wgdp's UAPI codec), medians and ratios, the targets meshd's user-space datapath is held to, and the
 //! report with its table.
 //!
 //! The binary (`src/bin/mesh-bench.rs`) builds the namespaces, starts and stops the
@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
+use wgdp::uapi::{self as codec, AnswerError, Key, PeerUpdate, SetRequest};
 
 /// Scenario name of two namespaces joined by a plain veth pair.
 pub const PLAIN: &str = "plain veth";
@@ -34,7 +35,7 @@ pub const MESHD_WG_VETH: &str = "meshd-wg (veth)";
 pub const PLAIN_LAB: &str = "plain lab";
 
 /// Where user-space WireGuard implementations put their UAPI sockets.
-pub const UAPI_DIR: &str = "/var/run/wireguard";
+pub const UAPI_DIR: &str = codec::SOCKET_DIR;
 
 /// Errors of the parsers and of the UAPI client.
 #[derive(Debug, thiserror::Error)]
@@ -67,8 +68,17 @@ pub enum BenchError {
     UapiRefused {
         /// The socket.
         path: PathBuf,
-        /// The last lines of the answer.
+        /// The last lines of the answer, values withheld but the errno's.
         answer: String,
+    },
+    /// The device's answer to `get` could not be read.
+    #[error("UAPI {}: unreadable answer", path.display())]
+    UapiAnswer {
+        /// The socket.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: AnswerError,
     },
 }
 
@@ -346,15 +356,12 @@ impl Userspace {
 
 /// The UAPI socket of interface `ifname`.
 pub fn uapi_socket(ifname: &str) -> PathBuf {
-    Path::new(UAPI_DIR).join(format!("{ifname}.sock"))
+    codec::socket_path(ifname)
 }
 
 /// Lower-case hex, as UAPI wants keys.
 pub fn key_hex(key: &[u8; 32]) -> String {
-    key.iter().fold(String::with_capacity(64), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    Key(*key).to_hex()
 }
 
 /// A deterministic 32-byte key: SHA-256 of `label/index`.
@@ -393,58 +400,74 @@ pub fn synthetic_peer(i: u32) -> SyntheticPeer {
 
 /// `set=1` of a device's private key and listen port.
 pub fn uapi_device_request(private_key: &[u8; 32], listen_port: u16) -> String {
-    format!(
-        "set=1\nprivate_key={}\nlisten_port={listen_port}\n\n",
-        key_hex(private_key)
-    )
+    set_request(&SetRequest {
+        private_key: Some(Some(Key(*private_key))),
+        listen_port: Some(listen_port),
+        ..SetRequest::default()
+    })
 }
 
 /// `set=1` adding (or updating) `peers`, each with its two allowed IPs and endpoint.
 pub fn uapi_add_peers_request(peers: &[SyntheticPeer]) -> String {
-    let mut s = String::from("set=1\n");
-    for p in peers {
-        let _ = write!(
-            s,
-            "public_key={}\nreplace_allowed_ips=true\nallowed_ip={}\nallowed_ip={}\nendpoint={}\n",
-            key_hex(&p.public_key),
-            p.allowed_v4,
-            p.allowed_v6,
-            p.endpoint
-        );
-    }
-    s.push('\n');
-    s
+    set_request(&SetRequest {
+        peers: peers.iter().map(SyntheticPeer::update).collect(),
+        ..SetRequest::default()
+    })
 }
 
 /// `set=1` removing the peer with `public_key`.
 pub fn uapi_remove_peer_request(public_key: &[u8; 32]) -> String {
-    format!("set=1\npublic_key={}\nremove=true\n\n", key_hex(public_key))
+    set_request(&SetRequest {
+        peers: vec![PeerUpdate {
+            remove: true,
+            ..PeerUpdate::new(Key(*public_key))
+        }],
+        ..SetRequest::default()
+    })
 }
 
-/// True once a UAPI answer is complete (it ends with an empty line).
+fn set_request(req: &SetRequest) -> String {
+    let mut text = String::new();
+    codec::write_set(req, &mut text);
+    text
+}
+
+impl SyntheticPeer {
+    /// Its `set` section: endpoint, then its allowed IPs replacing any others.
+    fn update(&self) -> PeerUpdate {
+        // `synthetic_peer` formats all three from numbers; they always parse.
+        let net = |s: &str| s.parse().expect("synthetic_peer writes valid networks");
+        PeerUpdate {
+            endpoint: Some(
+                self.endpoint
+                    .parse()
+                    .expect("synthetic_peer writes a valid endpoint"),
+            ),
+            replace_allowed_ips: true,
+            allowed_ips: vec![net(&self.allowed_v4), net(&self.allowed_v6)],
+            ..PeerUpdate::new(Key(self.public_key))
+        }
+    }
+}
+
+/// True once a UAPI answer is complete (its `errno=N` line and the empty line after it).
 pub fn uapi_answer_complete(answer: &str) -> bool {
-    answer.ends_with("\n\n")
+    codec::answer_complete(answer.as_bytes())
 }
 
 /// The errno of a UAPI answer (`None` when it has none).
 pub fn uapi_errno(answer: &str) -> Option<i64> {
-    answer
-        .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix("errno="))
-        .and_then(|n| n.trim().parse().ok())
+    codec::answer_errno(answer).map(i64::from)
 }
 
-/// The number of peers in a `get=1` answer.
+/// The number of peers in a `get=1` answer (0 when it cannot be read; [`uapi_get`] only
+/// returns answers that can).
 pub fn uapi_peer_count(answer: &str) -> usize {
-    answer
-        .lines()
-        .filter(|l| l.starts_with("public_key="))
-        .count()
+    codec::parse_get_answer(answer).map_or(0, |info| info.peers.len())
 }
 
-/// Sends one request on a fresh connection to `socket` and reads the answer up to its empty
-/// line (or until the device closes the connection).
+/// Sends one request on a fresh connection to `socket` and reads the answer up to its
+/// `errno=N` and empty line (or until the device closes the connection).
 pub fn uapi_exchange(socket: &Path, request: &str) -> Result<String, BenchError> {
     let io = |source| BenchError::UapiIo {
         path: socket.to_path_buf(),
@@ -462,7 +485,7 @@ pub fn uapi_exchange(socket: &Path, request: &str) -> Result<String, BenchError>
             break;
         }
         answer.extend_from_slice(&buf[..n]);
-        if answer.ends_with(b"\n\n") {
+        if codec::answer_complete(&answer) {
             break;
         }
     }
@@ -470,7 +493,12 @@ pub fn uapi_exchange(socket: &Path, request: &str) -> Result<String, BenchError>
 }
 
 fn refused(socket: &Path, answer: &str) -> BenchError {
-    let tail: Vec<&str> = answer.lines().rev().take(3).collect();
+    let tail: Vec<String> = answer
+        .lines()
+        .rev()
+        .take(3)
+        .map(codec::loggable_answer_line)
+        .collect();
     BenchError::UapiRefused {
         path: socket.to_path_buf(),
         answer: tail.into_iter().rev().collect::<Vec<_>>().join("\\n"),
@@ -480,18 +508,21 @@ fn refused(socket: &Path, answer: &str) -> BenchError {
 /// A `set=1` request; an answer other than `errno=0` is an error.
 pub fn uapi_set(socket: &Path, request: &str) -> Result<(), BenchError> {
     let answer = uapi_exchange(socket, request)?;
-    match uapi_errno(&answer) {
-        Some(0) => Ok(()),
-        _ => Err(refused(socket, &answer)),
-    }
+    codec::parse_set_answer(&answer).map_err(|_| refused(socket, &answer))
 }
 
-/// A `get=1` request: the whole answer.
+/// A `get=1` request: the whole answer, once the codec has read it without error.
 pub fn uapi_get(socket: &Path) -> Result<String, BenchError> {
-    let answer = uapi_exchange(socket, "get=1\n\n")?;
-    match uapi_errno(&answer) {
-        Some(0) => Ok(answer),
-        _ => Err(refused(socket, &answer)),
+    let mut request = String::new();
+    codec::write_request(&codec::Request::Get, &mut request);
+    let answer = uapi_exchange(socket, &request)?;
+    match codec::parse_get_answer(&answer) {
+        Ok(_) => Ok(answer),
+        Err(AnswerError::Errno(_) | AnswerError::MissingErrno) => Err(refused(socket, &answer)),
+        Err(source) => Err(BenchError::UapiAnswer {
+            path: socket.to_path_buf(),
+            source,
+        }),
     }
 }
 
@@ -1311,15 +1342,16 @@ mod tests {
         );
         let p = synthetic_peer(258);
         let req = uapi_add_peers_request(std::slice::from_ref(&p));
+        // The codec writes a peer's endpoint before its allowed IPs.
         assert_eq!(
             req,
             format!(
-                "set=1\npublic_key={}\nreplace_allowed_ips=true\nallowed_ip=10.1.2.0/24\nallowed_ip=fd6d:6273:0:102::/64\nendpoint=198.19.1.2:51820\n\n",
+                "set=1\npublic_key={}\nendpoint=198.19.1.2:51820\nreplace_allowed_ips=true\nallowed_ip=10.1.2.0/24\nallowed_ip=fd6d:6273:0:102::/64\n\n",
                 key_hex(&p.public_key)
             )
         );
         let two = uapi_add_peers_request(&[synthetic_peer(0), synthetic_peer(1)]);
-        assert_eq!(uapi_peer_count(&two), 2);
+        assert_eq!(request_peer_count(&two), 2);
         assert!(two.starts_with("set=1\n") && two.ends_with("\n\n"));
         assert_eq!(
             two.matches("\n\n").count(),
@@ -1340,8 +1372,22 @@ mod tests {
         assert_eq!(uapi_errno(""), None);
         assert!(uapi_answer_complete("errno=0\n\n"));
         assert!(!uapi_answer_complete("errno=0\n"));
-        let get = "private_key=aa\nlisten_port=1\npublic_key=bb\nendpoint=1.2.3.4:5\npublic_key=cc\nerrno=0\n\n";
-        assert_eq!(uapi_peer_count(get), 2);
+        let get = format!(
+            "private_key={}\nlisten_port=1\npublic_key={}\nendpoint=1.2.3.4:5\npublic_key={}\nerrno=0\n\n",
+            "aa".repeat(32),
+            "bb".repeat(32),
+            "cc".repeat(32)
+        );
+        assert_eq!(uapi_peer_count(&get), 2);
+    }
+
+    /// The number of peer sections of a `set=1` request, as the device reads them.
+    fn request_peer_count(request: &str) -> usize {
+        let lines = request.strip_suffix("\n\n").unwrap_or(request).lines();
+        match codec::parse_request(lines) {
+            Ok(codec::Request::Set(set)) => set.peers.len(),
+            other => panic!("not a set request: {other:?}"),
+        }
     }
 
     /// A fake device on a socket in a temporary directory: answers `errno=0` to requests that
@@ -1367,11 +1413,15 @@ mod tests {
                 }
                 let req = String::from_utf8(req).unwrap();
                 let answer = if req.starts_with("get=1") {
-                    "listen_port=1\npublic_key=aa\npublic_key=bb\nerrno=0\n\n"
+                    format!(
+                        "listen_port=1\npublic_key={}\npublic_key={}\nerrno=0\n\n",
+                        "aa".repeat(32),
+                        "bb".repeat(32)
+                    )
                 } else if req.starts_with("set=1") {
-                    "errno=0\n\n"
+                    "errno=0\n\n".to_string()
                 } else {
-                    "errno=22\n\n"
+                    "errno=22\n\n".to_string()
                 };
                 conn.write_all(answer.as_bytes()).unwrap();
                 seen.push(req);
@@ -1392,7 +1442,7 @@ mod tests {
         assert!(err.to_string().contains("errno=22"), "{err}");
         let seen = device.join().unwrap();
         assert_eq!(
-            uapi_peer_count(&seen[0]),
+            request_peer_count(&seen[0]),
             1_000,
             "the whole request arrived"
         );

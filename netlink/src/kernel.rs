@@ -14,8 +14,7 @@ use netlink_packet_wireguard::{
     WireguardCmd, WireguardMessage, WireguardPeer, WireguardPeerAttribute, WireguardPeerFlags,
 };
 
-use crate::device::{PeerChange, PeerStatus};
-use crate::uapi::UapiState;
+use crate::model::{DeviceState, PeerChange, PeerStatus};
 
 /// Peers per `WG_CMD_SET_DEVICE` message, to stay well below the socket buffer size.
 const PEERS_PER_MESSAGE: usize = 32;
@@ -140,7 +139,7 @@ impl KernelDevice {
     }
 
     /// Reads the device state.
-    pub async fn get(&self) -> Result<UapiState, KernelError> {
+    pub async fn get(&self) -> Result<DeviceState, KernelError> {
         let msgs = self
             .request(
                 "get",
@@ -231,8 +230,8 @@ fn peer_nla(change: &PeerChange) -> WireguardPeer {
 
 /// Merges a (possibly multi-part) `WG_CMD_GET_DEVICE` dump. A peer whose allowed IPs do
 /// not fit one message continues in the next with the same public key.
-fn parse_dump(msgs: &[WireguardMessage]) -> UapiState {
-    let mut state = UapiState::default();
+fn parse_dump(msgs: &[WireguardMessage]) -> DeviceState {
+    let mut state = DeviceState::default();
     let mut order: Vec<[u8; 32]> = Vec::new();
     let mut peers: BTreeMap<[u8; 32], PeerStatus> = BTreeMap::new();
     for msg in msgs {
@@ -309,7 +308,7 @@ fn merge_peer(peer: &mut PeerStatus, attrs: &[WireguardPeerAttribute]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::PeerConfig;
+    use crate::model::PeerConfig;
     use netlink_packet_wireguard::WireguardTimeSpec;
 
     #[test]

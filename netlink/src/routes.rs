@@ -37,7 +37,7 @@ pub enum RouteError {
     Add {
         /// The destination.
         dst: IpNet,
-        /// The output interface (0 for blackhole routes).
+        /// The output interface.
         ifindex: u32,
         /// The underlying error.
         #[source]
@@ -65,7 +65,7 @@ pub enum RouteError {
     Del {
         /// The destination.
         dst: IpNet,
-        /// The output interface (0 for blackhole routes).
+        /// The output interface.
         ifindex: u32,
         /// The underlying error.
         #[source]
@@ -83,35 +83,22 @@ pub fn route_diff(present: &[IpNet], desired: &[IpNet]) -> (Vec<IpNet>, Vec<IpNe
     )
 }
 
-/// Builds a main-table route message for `dst` with meshd's protocol.
-/// `ifindex` of `None` builds a blackhole route.
-fn message(dst: IpNet, ifindex: Option<u32>) -> RouteMessage {
-    let dst = dst.trunc();
-    let mut msg = match dst {
-        IpNet::V4(n) => {
-            let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
-                .destination_prefix(n.addr(), n.prefix_len())
-                .protocol(RouteProtocol::from(MESHD_ROUTE_PROTOCOL));
-            if let Some(i) = ifindex {
-                // What `ip route add CIDR dev X` does for a gateway-less IPv4 route.
-                b = b.output_interface(i).scope(RouteScope::Link);
-            }
-            b.build()
-        }
-        IpNet::V6(n) => {
-            let mut b = RouteMessageBuilder::<Ipv6Addr>::new()
-                .destination_prefix(n.addr(), n.prefix_len())
-                .protocol(RouteProtocol::from(MESHD_ROUTE_PROTOCOL));
-            if let Some(i) = ifindex {
-                b = b.output_interface(i);
-            }
-            b.build()
-        }
-    };
-    if ifindex.is_none() {
-        msg.header.kind = RouteType::BlackHole;
+/// Builds the main-table route message `dst dev ifindex proto 109`.
+fn message(dst: IpNet, ifindex: u32) -> RouteMessage {
+    match dst.trunc() {
+        IpNet::V4(n) => RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(n.addr(), n.prefix_len())
+            .protocol(RouteProtocol::from(MESHD_ROUTE_PROTOCOL))
+            // What `ip route add CIDR dev X` does for a gateway-less IPv4 route.
+            .output_interface(ifindex)
+            .scope(RouteScope::Link)
+            .build(),
+        IpNet::V6(n) => RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(n.addr(), n.prefix_len())
+            .protocol(RouteProtocol::from(MESHD_ROUTE_PROTOCOL))
+            .output_interface(ifindex)
+            .build(),
     }
-    msg
 }
 
 /// Builds `dst/32|128 dev ifindex [src src] proto 109 table table`.
@@ -341,15 +328,14 @@ impl Routes {
     /// another owner in the main table.
     pub async fn add(&self, dst: IpNet, ifindex: u32) -> Result<(), RouteError> {
         tracing::debug!(%dst, ifindex, "adding route");
-        self.replace(message(dst, Some(ifindex)), dst, ifindex)
-            .await
+        self.replace(message(dst, ifindex), dst, ifindex).await
     }
 
     /// Deletes the route `dst dev ifindex proto 109`; a missing route is not an error.
     /// The kernel matches protocol and interface, so other owners' routes stay.
     pub async fn del(&self, dst: IpNet, ifindex: u32) -> Result<(), RouteError> {
         tracing::debug!(%dst, ifindex, "deleting route");
-        self.delete(message(dst, Some(ifindex)), dst, ifindex).await
+        self.delete(message(dst, ifindex), dst, ifindex).await
     }
 
     /// Host routes (`/32`, `/128`) meshd holds in `table`: destination → output interface.
@@ -489,29 +475,6 @@ impl Routes {
                 && (has(&RuleAttribute::Table(table)) || u32::from(r.header.table) == table)
         }))
     }
-
-    /// Adds (or replaces) the fail-closed route `blackhole dst proto 109` in the main table.
-    pub async fn add_blackhole(&self, dst: IpNet) -> Result<(), RouteError> {
-        tracing::debug!(%dst, "adding blackhole route");
-        self.replace(message(dst, None), dst, 0).await
-    }
-
-    /// Deletes the route `blackhole dst proto 109`; a missing route is not an error.
-    pub async fn del_blackhole(&self, dst: IpNet) -> Result<(), RouteError> {
-        tracing::debug!(%dst, "deleting blackhole route");
-        self.delete(message(dst, None), dst, 0).await
-    }
-
-    /// Blackhole routes in the main table with protocol [`MESHD_ROUTE_PROTOCOL`].
-    pub async fn list_blackholes(&self) -> Result<Vec<IpNet>, RouteError> {
-        Ok(self
-            .owned(0)
-            .await?
-            .iter()
-            .filter(|r| r.header.kind == RouteType::BlackHole)
-            .filter_map(destination)
-            .collect())
-    }
 }
 
 #[cfg(test)]
@@ -565,18 +528,15 @@ mod tests {
 
     #[test]
     fn messages_carry_protocol_and_kind() {
-        let m = message("10.1.2.3/24".parse().expect("cidr"), Some(7));
+        let m = message("10.1.2.3/24".parse().expect("cidr"), 7);
         assert_eq!(u8::from(m.header.protocol), MESHD_ROUTE_PROTOCOL);
         assert_eq!(m.header.kind, RouteType::Unicast);
         assert_eq!(m.header.destination_prefix_length, 24);
         assert_eq!(destination(&m), Some("10.1.2.0/24".parse().expect("cidr")));
         assert!(m.attributes.contains(&RouteAttribute::Oif(7)));
-        let b = message("fd00::/48".parse().expect("cidr"), None);
-        assert_eq!(b.header.kind, RouteType::BlackHole);
-        assert!(!b
-            .attributes
-            .iter()
-            .any(|a| matches!(a, RouteAttribute::Oif(_))));
-        assert_eq!(destination(&b), Some("fd00::/48".parse().expect("cidr")));
+        let m = message("fd00::7/48".parse().expect("cidr"), 7);
+        assert_eq!(m.header.kind, RouteType::Unicast);
+        assert_eq!(destination(&m), Some("fd00::/48".parse().expect("cidr")));
+        assert!(m.attributes.contains(&RouteAttribute::Oif(7)));
     }
 }

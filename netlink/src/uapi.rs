@@ -1,27 +1,23 @@
 //! Client for the cross-platform WireGuard configuration protocol ("UAPI") spoken by
-//! user-space implementations over `/var/run/wireguard/NAME.sock`.
+//! user-space implementations over `/var/run/wireguard/NAME.sock`: the user-space back end
+//! of `device`.
 //!
-//! The wire format: a `get=1\n\n` request is answered with `key=value` lines ending in
-//! `errno=N\n\n`; a `set=1\n` request carries `key=value` lines, ends with an empty line,
-//! and is answered with `errno=N\n\n`. Keys are lowercase hex.
-//!
-//! Serialising ([`set_request`]) and parsing ([`parse_get`]) are pure functions; the
-//! socket I/O is in [`get`], [`set`] and [`peer_pid`].
+//! The wire format is written and read by `wgdp`'s codec ([`wgdp::uapi`], the one the
+//! device serves with); this module turns [`PeerChange`]s into requests ([`set_requests`],
+//! [`set_device_request`]), answers into a [`DeviceState`] ([`parse_get`], [`parse_set`]),
+//! and does the socket I/O ([`get`], [`set`], [`peer_pid`]).
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ipnet::IpNet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
+use wgdp::uapi::{self as codec, AnswerError, Key, PeerUpdate, SetRequest};
 
-use crate::device::{PeerChange, PeerStatus};
+use crate::model::{DeviceState, PeerChange, PeerStatus};
 
-/// Directory holding the UAPI sockets of user-space WireGuard devices.
-pub const SOCKET_DIR: &str = "/var/run/wireguard";
+pub use wgdp::uapi::{socket_path, SOCKET_DIR};
 
 /// How long one UAPI exchange may take before it is abandoned.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -65,13 +61,14 @@ pub enum UapiError {
         /// The errno the device reported.
         errno: i32,
     },
-    /// The answer could not be parsed.
-    #[error("parsing UAPI answer line {line:?}: {reason}")]
+    /// The answer could not be read.
+    #[error("reading the UAPI {op} answer")]
     Parse {
-        /// The offending line.
-        line: String,
-        /// What is wrong with it.
-        reason: &'static str,
+        /// `get` or `set`.
+        op: &'static str,
+        /// What is wrong with it (never a value that could be a key).
+        #[source]
+        source: AnswerError,
     },
     /// Reading the peer credentials of the socket failed.
     #[error("reading SO_PEERCRED of {path}")]
@@ -84,43 +81,23 @@ pub enum UapiError {
     },
 }
 
-/// The socket path of the user-space device `ifname`.
-pub fn socket_path(ifname: &str) -> PathBuf {
-    Path::new(SOCKET_DIR).join(format!("{ifname}.sock"))
-}
-
-/// The device state reported by a UAPI `get`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct UapiState {
-    /// The device's private key, if set.
-    pub private_key: Option<[u8; 32]>,
-    /// The UDP listen port (0 when the device did not report one).
-    pub listen_port: u16,
-    /// The firewall mark on the device's UDP packets (0: none).
-    pub fwmark: u32,
-    /// The peers, in the order the device reported them.
-    pub peers: Vec<PeerStatus>,
+impl UapiError {
+    fn from_answer(op: &'static str, err: AnswerError) -> UapiError {
+        match err {
+            AnswerError::Errno(errno) => UapiError::Errno { op, errno },
+            source => UapiError::Parse { op, source },
+        }
+    }
 }
 
 /// Lowercase hex of a key.
 pub fn key_to_hex(key: &[u8; 32]) -> String {
-    let mut out = String::with_capacity(64);
-    for b in key {
-        let _ = write!(out, "{b:02x}");
-    }
-    out
+    Key(*key).to_hex()
 }
 
 /// Parses a 64-digit hex key.
 pub fn key_from_hex(hex: &str) -> Option<[u8; 32]> {
-    if hex.len() != 64 || !hex.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
+    Key::from_hex(hex).map(|k| k.0)
 }
 
 /// Collapses `changes` to the last change per public key, keeping their order.
@@ -144,13 +121,6 @@ fn change_key(change: &PeerChange) -> [u8; 32] {
     }
 }
 
-fn format_endpoint(ep: &SocketAddr) -> String {
-    match ep {
-        SocketAddr::V4(v4) => format!("{}:{}", v4.ip(), v4.port()),
-        SocketAddr::V6(v6) => format!("[{}]:{}", v6.ip(), v6.port()),
-    }
-}
-
 /// Serialises peer changes into complete `set=1` requests (each terminated by the empty
 /// line), to be sent in order. Other peers are never touched.
 ///
@@ -163,33 +133,30 @@ pub fn set_requests(changes: &[PeerChange]) -> Vec<String> {
     if changes.is_empty() {
         return Vec::new();
     }
-    let mut req = String::from("set=1\n");
+    let mut req = SetRequest::default();
     for change in &changes {
         if let PeerChange::Remove(key) = change {
-            let _ = writeln!(req, "public_key={}", key_to_hex(key));
-            req.push_str("remove=true\n");
+            req.peers.push(PeerUpdate {
+                remove: true,
+                ..PeerUpdate::new(Key(*key))
+            });
         }
     }
     for change in &changes {
         let PeerChange::Upsert(peer) = change else {
             continue;
         };
-        let _ = writeln!(req, "public_key={}", key_to_hex(&peer.public_key));
-        if let Some(ep) = &peer.endpoint {
-            let _ = writeln!(req, "endpoint={}", format_endpoint(ep));
-        }
-        let _ = writeln!(
-            req,
-            "persistent_keepalive_interval={}",
-            peer.persistent_keepalive.unwrap_or(0)
-        );
-        req.push_str("replace_allowed_ips=true\n");
-        for net in &peer.allowed_ips {
-            let _ = writeln!(req, "allowed_ip={net}");
-        }
+        req.peers.push(PeerUpdate {
+            endpoint: peer.endpoint,
+            persistent_keepalive: Some(peer.persistent_keepalive.unwrap_or(0)),
+            replace_allowed_ips: true,
+            allowed_ips: peer.allowed_ips.clone(),
+            ..PeerUpdate::new(Key(peer.public_key))
+        });
     }
-    req.push('\n');
-    vec![req]
+    let mut text = String::new();
+    codec::write_set(&req, &mut text);
+    vec![text]
 }
 
 /// Serialises a `set=1` request for the device's own key, listen port and firewall mark;
@@ -199,118 +166,45 @@ pub fn set_device_request(
     listen_port: Option<u16>,
     fwmark: Option<u32>,
 ) -> String {
-    let mut out = String::from("set=1\n");
-    if let Some(key) = private_key {
-        let _ = writeln!(out, "private_key={}", key_to_hex(key));
-    }
-    if let Some(port) = listen_port {
-        let _ = writeln!(out, "listen_port={port}");
-    }
-    if let Some(mark) = fwmark {
-        let _ = writeln!(out, "fwmark={mark}");
-    }
-    out.push('\n');
-    out
-}
-
-fn bad(line: &str, reason: &'static str) -> UapiError {
-    UapiError::Parse {
-        line: line.to_string(),
-        reason,
-    }
-}
-
-fn num<T: std::str::FromStr>(line: &str, val: &str) -> Result<T, UapiError> {
-    val.parse().map_err(|_| bad(line, "not a number"))
+    let req = SetRequest {
+        private_key: private_key.map(|k| Some(Key(*k))),
+        listen_port,
+        fwmark,
+        ..SetRequest::default()
+    };
+    let mut text = String::new();
+    codec::write_set(&req, &mut text);
+    text
 }
 
 /// Parses the answer to `get=1` (up to and including `errno=N`). A non-zero errno is
 /// returned as [`UapiError::Errno`]; a missing errno line is a parse error.
-pub fn parse_get(text: &str) -> Result<UapiState, UapiError> {
-    let mut state = UapiState::default();
-    // Handshake seconds/nanoseconds arrive on separate lines; combine per peer.
-    let mut hs: Option<(u64, u32)> = None;
-    let mut errno = None;
-    fn finish(state: &mut UapiState, hs: &mut Option<(u64, u32)>) {
-        if let (Some(peer), Some((sec, nsec))) = (state.peers.last_mut(), hs.take()) {
-            peer.last_handshake = if sec == 0 && nsec == 0 {
-                None
-            } else {
-                Some(UNIX_EPOCH + Duration::new(sec, nsec))
-            };
-        }
-    }
-    for line in text.lines() {
-        if line.is_empty() {
-            continue;
-        }
-        let (key, val) = line.split_once('=').ok_or_else(|| bad(line, "no '='"))?;
-        match key {
-            "errno" => {
-                errno = Some(num::<i32>(line, val)?);
-                break;
-            }
-            "private_key" => {
-                state.private_key = Some(key_from_hex(val).ok_or_else(|| bad(line, "bad key"))?)
-            }
-            "listen_port" => state.listen_port = num(line, val)?,
-            "fwmark" if state.peers.is_empty() => state.fwmark = num(line, val)?,
-            "public_key" => {
-                finish(&mut state, &mut hs);
-                state.peers.push(PeerStatus::new(
-                    key_from_hex(val).ok_or_else(|| bad(line, "bad key"))?,
-                ));
-            }
-            _ => {
-                let Some(peer) = state.peers.last_mut() else {
-                    // Device-level keys we do not model.
-                    continue;
-                };
-                match key {
-                    "endpoint" => {
-                        peer.endpoint = Some(val.parse().map_err(|_| bad(line, "bad endpoint"))?)
-                    }
-                    "allowed_ip" => peer
-                        .allowed_ips
-                        .push(val.parse::<IpNet>().map_err(|_| bad(line, "bad cidr"))?),
-                    "last_handshake_time_sec" => {
-                        hs.get_or_insert((0, 0)).0 = num(line, val)?;
-                    }
-                    "last_handshake_time_nsec" => {
-                        hs.get_or_insert((0, 0)).1 = num(line, val)?;
-                    }
-                    "rx_bytes" => peer.rx_bytes = num(line, val)?,
-                    "tx_bytes" => peer.tx_bytes = num(line, val)?,
-                    "persistent_keepalive_interval" => {
-                        let n: u16 = num(line, val)?;
-                        peer.persistent_keepalive = (n != 0).then_some(n);
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
-    finish(&mut state, &mut hs);
-    match errno {
-        Some(0) => Ok(state),
-        Some(errno) => Err(UapiError::Errno { op: "get", errno }),
-        None => Err(bad("", "answer ended without errno")),
-    }
+pub fn parse_get(text: &str) -> Result<DeviceState, UapiError> {
+    let info = codec::parse_get_answer(text).map_err(|e| UapiError::from_answer("get", e))?;
+    Ok(DeviceState {
+        private_key: info.private_key.map(|k| k.0),
+        listen_port: info.listen_port,
+        fwmark: info.fwmark,
+        peers: info
+            .peers
+            .into_iter()
+            .map(|p| PeerStatus {
+                public_key: p.public_key.0,
+                endpoint: p.endpoint,
+                allowed_ips: p.allowed_ips,
+                last_handshake: p.last_handshake,
+                rx_bytes: p.rx_bytes,
+                tx_bytes: p.tx_bytes,
+                persistent_keepalive: (p.persistent_keepalive != 0)
+                    .then_some(p.persistent_keepalive),
+            })
+            .collect(),
+    })
 }
 
 /// Parses the answer to a `set=1` request.
 pub fn parse_set(text: &str) -> Result<(), UapiError> {
-    for line in text.lines() {
-        if let Some(val) = line.strip_prefix("errno=") {
-            let errno: i32 = num(line, val)?;
-            return if errno == 0 {
-                Ok(())
-            } else {
-                Err(UapiError::Errno { op: "set", errno })
-            };
-        }
-    }
-    Err(bad(text, "answer ended without errno"))
+    codec::parse_set_answer(text).map_err(|e| UapiError::from_answer("set", e))
 }
 
 /// Sends `request` and reads the answer until the terminating empty line (or EOF).
@@ -352,21 +246,16 @@ async fn exchange(path: &Path, op: &'static str, request: &str) -> Result<String
 
 /// The answer ends with an `errno=N` line followed by an empty line.
 fn answer_complete(answer: &[u8]) -> bool {
-    if !answer.ends_with(b"\n\n") {
-        return false;
-    }
-    let body = &answer[..answer.len() - 2];
-    let last = body.rsplit(|b| *b == b'\n').next().unwrap_or(body);
-    last.starts_with(b"errno=")
+    codec::answer_complete(answer)
 }
 
 /// Reads the device state from the UAPI socket at `path`.
-pub async fn get(path: &Path) -> Result<UapiState, UapiError> {
+pub async fn get(path: &Path) -> Result<DeviceState, UapiError> {
     let answer = exchange(path, "get", "get=1\n\n").await?;
     parse_get(&answer)
 }
 
-/// Sends a complete `set=1` request (see [`set_request`]) to the UAPI socket at `path`.
+/// Sends a complete `set=1` request (see [`set_requests`]) to the UAPI socket at `path`.
 pub async fn set(path: &Path, request: &str) -> Result<(), UapiError> {
     let answer = exchange(path, "set", request).await?;
     parse_set(&answer)
@@ -394,8 +283,10 @@ pub fn handshake_time(sec: u64, nsec: u32) -> Option<SystemTime> {
 
 #[cfg(test)]
 mod tests {
+    use ipnet::IpNet;
+
     use super::*;
-    use crate::device::PeerConfig;
+    use crate::model::PeerConfig;
 
     fn key(b: u8) -> [u8; 32] {
         [b; 32]
@@ -526,7 +417,7 @@ mod tests {
     #[test]
     fn parse_empty_and_errors() {
         let st = parse_get("errno=0\n\n").expect("parse");
-        assert_eq!(st, UapiState::default());
+        assert_eq!(st, DeviceState::default());
         assert!(matches!(
             parse_get("errno=22\n\n"),
             Err(UapiError::Errno {

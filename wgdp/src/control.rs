@@ -12,10 +12,8 @@ use nix::poll::PollTimeout;
 
 use crate::device::Core;
 use crate::threads::Runtime;
-use crate::uapi::{parse_request, write_errno, write_get, Request};
+use crate::uapi::{parse_request, socket_path, write_errno, write_get, Request, SOCKET_DIR};
 
-/// Directory of the UAPI sockets.
-pub const SOCKET_DIR: &str = "/var/run/wireguard";
 /// Longest request line accepted.
 const MAX_LINE: u64 = 4096;
 /// How long one connection may stall before it is dropped.
@@ -48,11 +46,6 @@ pub enum ControlError {
         #[source]
         source: io::Error,
     },
-}
-
-/// The socket path of device `name`.
-pub fn socket_path(name: &str) -> PathBuf {
-    Path::new(SOCKET_DIR).join(format!("{name}.sock"))
 }
 
 /// A bound UAPI socket and the inode it was bound as (to notice removal or replacement).

@@ -12,27 +12,43 @@
 //! idle peers have none), the UAPI server and the main thread (signals, socket watch). The
 //! two directions run on different cores; several TUN queues (`threads`) spread sealing.
 //!
+//! The `meshd-wg` binary (`src/bin/meshd-wg.rs`) runs one device ([`run`]); meshd spawns it
+//! (or adopts one run by another process) and configures it over UAPI. [`uapi`] is the
+//! workspace's one codec of that protocol: this crate's server, netlink's client and
+//! mesh-bench's client all write and read it there.
+//!
 //! Drop counters (per reason) are not in the UAPI `get` (`wg` rejects unknown keys): they are
 //! logged at debug level every 10 s when they changed, and at info level on `SIGUSR1`.
 //!
 //! Must not: reimplement protocol or crypto, scan all peers on a packet or a single-peer
 //! change, or hold per-peer buffers for idle peers.
 
+/// The allowed-IPs trie: which peer a destination belongs to.
 pub mod allowed_ips;
+/// The UAPI socket: binding it and serving `get`/`set` on it.
 pub mod control;
 #[cfg(test)]
 mod crossing_tests;
+/// Per-packet work: sealing towards peers, opening from them.
 pub mod datapath;
+/// The device core: peers, keys and the application of a UAPI `set`.
 pub mod device;
 #[cfg(test)]
 mod forged_tests;
+/// Entry points for the fuzz targets.
 pub mod fuzzing;
+/// Drop counters per reason.
 pub mod stats;
 mod sys;
+/// The I/O, timer and TUN reader threads.
 pub mod threads;
+/// Per-peer protocol deadlines.
 pub mod timers;
+/// The TUN device, with virtio-net headers and offloads.
 pub mod tun;
+/// The UAPI codec (pure): requests and answers, both directions.
 pub mod uapi;
+/// The UDP sockets, with GSO/GRO and batching.
 pub mod udp;
 
 use std::sync::atomic::Ordering;
@@ -47,6 +63,11 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 pub use device::Core;
 pub use tun::Tun;
 pub use udp::Sockets;
+
+/// `meshd-wg`'s busy poll after sending unless told otherwise, microseconds: on the 2-vCPU
+/// virtual machines this was measured on, a reply that comes back within it saves a thread
+/// wake-up (see BENCHMARKS.md); the poll never takes more than a tenth of a core.
+pub const DEFAULT_BUSY_POLL_US: u64 = 50;
 
 /// How the device is run.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,19 +1,22 @@
 //! The WireGuard device: finding/adopting or creating it (kernel link or the detached
 //! user-space helper `meshd-wg`), configuring its key and port, reading its state and
-//! applying incremental peer changes.
+//! applying incremental peer changes. It drives the two back ends, [`crate::kernel`] and
+//! [`crate::uapi`], which share only the data in [`crate::model`] with it.
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::str::FromStr;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use ipnet::IpNet;
+mod error;
+
+pub use error::DeviceError;
 
 use crate::kernel::{KernelDevice, KernelError};
 use crate::links::{errno_of, is_wireguard_kind, LinkError, Links};
-use crate::uapi::{self, UapiError, UapiState};
+use crate::model::{DeviceState, PeerChange, PeerStatus};
+use crate::uapi::{self, UapiError};
 
 /// How long to wait for a freshly spawned helper to answer on its UAPI socket.
 const HELPER_START_TIMEOUT: Duration = Duration::from_secs(5);
@@ -83,62 +86,6 @@ impl fmt::Display for ActiveMode {
     }
 }
 
-/// The wanted configuration of one peer.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PeerConfig {
-    /// The peer's public key.
-    pub public_key: [u8; 32],
-    /// Where to send the peer's packets, if known.
-    pub endpoint: Option<SocketAddr>,
-    /// The networks routed to (and accepted from) the peer.
-    pub allowed_ips: Vec<IpNet>,
-    /// Persistent keepalive interval in seconds; `None` turns it off.
-    pub persistent_keepalive: Option<u16>,
-}
-
-/// One incremental peer change.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PeerChange {
-    /// Add or update one peer, replacing its allowed IPs; other peers are untouched.
-    Upsert(PeerConfig),
-    /// Remove the peer with this public key.
-    Remove([u8; 32]),
-}
-
-/// The live state of one peer.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PeerStatus {
-    /// The peer's public key.
-    pub public_key: [u8; 32],
-    /// The current endpoint (configured or learned from roaming).
-    pub endpoint: Option<SocketAddr>,
-    /// The peer's allowed IPs.
-    pub allowed_ips: Vec<IpNet>,
-    /// When the last handshake completed; `None` if never.
-    pub last_handshake: Option<SystemTime>,
-    /// Bytes received from the peer.
-    pub rx_bytes: u64,
-    /// Bytes sent to the peer.
-    pub tx_bytes: u64,
-    /// Persistent keepalive interval in seconds; `None` when off.
-    pub persistent_keepalive: Option<u16>,
-}
-
-impl PeerStatus {
-    /// A peer known only by its key: no endpoint, no allowed IPs, no handshake, no traffic.
-    pub fn new(public_key: [u8; 32]) -> Self {
-        PeerStatus {
-            public_key,
-            endpoint: None,
-            allowed_ips: Vec::new(),
-            last_handshake: None,
-            rx_bytes: 0,
-            tx_bytes: 0,
-            persistent_keepalive: None,
-        }
-    }
-}
-
 /// The live state of the device.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceStatus {
@@ -171,163 +118,9 @@ pub struct UserspaceOptions {
     pub log_file: Option<PathBuf>,
 }
 
-/// `meshd-wg`'s busy poll after sending unless told otherwise, microseconds: on the 2-vCPU
-/// virtual machines this was measured on, a reply that comes back within it saves a thread
-/// wake-up (see BENCHMARKS.md); the poll never takes more than a tenth of a core.
-pub const DEFAULT_BUSY_POLL_US: u64 = 50;
-
-/// Errors of device operations.
-#[derive(Debug, thiserror::Error)]
-pub enum DeviceError {
-    /// A `--wireguard-mode` value that is not `auto`, `kernel`, `userspace` or `external`.
-    #[error("unknown WireGuard mode {value:?} (expected auto, kernel, userspace or external)")]
-    ParseMode {
-        /// The rejected value.
-        value: String,
-    },
-    /// The interface name is not a valid Linux interface name.
-    #[error("invalid interface name {name:?} (1-15 characters, no '/', ':' or whitespace)")]
-    InvalidName {
-        /// The rejected name.
-        name: String,
-    },
-    /// Looking up the link failed.
-    #[error("looking up link {name}")]
-    LookupLink {
-        /// The interface name.
-        name: String,
-        /// The underlying error.
-        #[source]
-        source: LinkError,
-    },
-    /// `external` mode: no live user-space device appeared in time.
-    #[error("user-space WireGuard device {name} (run by another process, --wireguard-mode external) did not appear within {waited:?}: is its meshd-wg running in this network namespace?")]
-    ExternalMissing {
-        /// The interface name.
-        name: String,
-        /// How long meshd waited.
-        waited: Duration,
-    },
-    /// The existing device is of a different kind than the one requested.
-    #[error("device {name} exists as a {found} device but {wanted} mode was requested")]
-    ModeMismatch {
-        /// The interface name.
-        name: String,
-        /// What was found.
-        found: ActiveMode,
-        /// What was requested.
-        wanted: WireguardMode,
-    },
-    /// A link with the name exists but is not a WireGuard device meshd can adopt.
-    #[error("link {name} exists but is neither a kernel WireGuard link nor a live user-space device (kind {kind})")]
-    LinkOccupied {
-        /// The interface name.
-        name: String,
-        /// The link's kind.
-        kind: String,
-    },
-    /// Kernel mode was requested but the kernel has no WireGuard support.
-    #[error("creating kernel WireGuard link {name}: the kernel has no WireGuard support (use --wireguard-mode userspace or auto)")]
-    KernelUnsupported {
-        /// The interface name.
-        name: String,
-        /// The underlying error.
-        #[source]
-        source: LinkError,
-    },
-    /// Creating the kernel link failed.
-    #[error("creating kernel WireGuard link {name}")]
-    CreateKernelLink {
-        /// The interface name.
-        name: String,
-        /// The underlying error.
-        #[source]
-        source: LinkError,
-    },
-    /// A generic netlink operation on a kernel device failed.
-    #[error("{step} on kernel WireGuard device {name}")]
-    Kernel {
-        /// What was being done.
-        step: &'static str,
-        /// The interface name.
-        name: String,
-        /// The underlying error.
-        #[source]
-        source: KernelError,
-    },
-    /// A UAPI operation on a user-space device failed.
-    #[error("{step} on user-space WireGuard device {name}")]
-    Uapi {
-        /// What was being done.
-        step: &'static str,
-        /// The interface name.
-        name: String,
-        /// The underlying error.
-        #[source]
-        source: UapiError,
-    },
-    /// The UAPI socket is served by a live device in another network namespace.
-    #[error("UAPI socket {} is served by a live device in another network namespace; interface names must be unique per machine ({name})", path.display())]
-    SocketInUse {
-        /// The interface name.
-        name: String,
-        /// The socket path.
-        path: PathBuf,
-    },
-    /// A filesystem step (socket directory, stale socket, log file) failed.
-    #[error("{step} {}", path.display())]
-    Filesystem {
-        /// What was being done.
-        step: &'static str,
-        /// The path.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Starting the helper failed.
-    #[error("spawning user-space helper {} for {name}", helper.display())]
-    SpawnHelper {
-        /// The interface name.
-        name: String,
-        /// The helper binary.
-        helper: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The helper exited before its device came up.
-    #[error("user-space helper for {name} exited during start-up ({status}); see its log")]
-    HelperExited {
-        /// The interface name.
-        name: String,
-        /// The exit status.
-        status: String,
-    },
-    /// The helper's device did not come up in time.
-    #[error("user-space helper for {name} did not bring up its device within {waited:?}")]
-    HelperTimeout {
-        /// The interface name.
-        name: String,
-        /// How long was waited.
-        waited: Duration,
-    },
-    /// Deleting the device failed.
-    #[error("removing device {name}")]
-    Destroy {
-        /// The interface name.
-        name: String,
-        /// The underlying error.
-        #[source]
-        source: LinkError,
-    },
-    /// The device was still there after stopping its helper.
-    #[error("user-space device {name} still exists after killing its helper")]
-    DestroyTimeout {
-        /// The interface name.
-        name: String,
-    },
-}
+/// `meshd-wg`'s busy poll after sending unless told otherwise, microseconds (see
+/// [`wgdp::DEFAULT_BUSY_POLL_US`]).
+pub const DEFAULT_BUSY_POLL_US: u64 = wgdp::DEFAULT_BUSY_POLL_US;
 
 #[derive(Debug)]
 enum Backend {
@@ -750,7 +543,7 @@ impl WgDevice {
         }
     }
 
-    async fn state(&self) -> Result<UapiState, DeviceError> {
+    async fn state(&self) -> Result<DeviceState, DeviceError> {
         match &self.backend {
             Backend::Userspace { socket } => uapi::get(socket)
                 .await

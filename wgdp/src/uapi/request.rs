@@ -1,77 +1,40 @@
-//! The cross-platform WireGuard configuration protocol ("UAPI") as served on
-//! `/var/run/wireguard/NAME.sock`: parsing requests into [`Request`] and serialising the
-//! `get` answer from a [`DeviceInfo`]. Pure; the socket loop is in `control`.
+//! UAPI requests: [`Request`] parsed from the lines a client sent ([`parse_request`], what
+//! the device does) and written from a [`Request`] ([`write_request`], what clients do).
 //!
-//! Requests are `get=1\n\n` or `set=1\n` followed by `key=value` lines and an empty line.
 //! A `set` is parsed and validated whole before anything is applied, so a malformed request
 //! changes nothing (wireguard-go applies the lines before the bad one).
 
-use std::fmt::{self, Write as _};
+use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ipnet::IpNet;
 
-/// A 32-byte Curve25519 or preshared key.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub struct Key(pub [u8; 32]);
-
-impl Key {
-    /// Lowercase hex, as the UAPI writes keys.
-    pub fn to_hex(&self) -> String {
-        let mut s = String::with_capacity(64);
-        for b in self.0 {
-            let _ = write!(s, "{b:02x}");
-        }
-        s
-    }
-
-    /// Parses 64 hex digits (either case).
-    pub fn from_hex(s: &str) -> Option<Key> {
-        let b = s.as_bytes();
-        if b.len() != 64 {
-            return None;
-        }
-        let mut out = [0u8; 32];
-        for (i, o) in out.iter_mut().enumerate() {
-            let hi = char::from(b[2 * i]).to_digit(16)?;
-            let lo = char::from(b[2 * i + 1]).to_digit(16)?;
-            *o = u8::try_from(hi * 16 + lo).ok()?;
-        }
-        Some(Key(out))
-    }
-
-    /// Whether every byte is zero (the UAPI's "no key").
-    pub fn is_zero(&self) -> bool {
-        self.0 == [0u8; 32]
-    }
-}
-
-impl fmt::Debug for Key {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Enough to tell keys apart in logs; never a whole (possibly secret) key.
-        write!(f, "Key({}…)", &self.to_hex()[..8])
-    }
-}
+use super::{loggable_key, loggable_value, withheld, Key};
 
 /// Errors of parsing a UAPI request; each maps to the errno the device answers with.
+///
+/// They name what was rejected without repeating anything that could be a key (see the
+/// module's parent).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum UapiError {
     /// The first line is neither `get=1` nor `set=1`.
-    #[error("unknown operation {0:?}")]
+    #[error("unknown operation {0}")]
     UnknownOperation(String),
     /// A line without `=`.
-    #[error("line without '=': {0:?}")]
-    NoEquals(String),
+    #[error("line without '=' ({length} characters)")]
+    NoEquals {
+        /// The line's length.
+        length: usize,
+    },
     /// A key the protocol does not know, or a device key after the first `public_key`.
-    #[error("unexpected key {0:?}")]
+    #[error("unexpected key {0}")]
     UnexpectedKey(String),
     /// A value that does not parse.
-    #[error("invalid value for {key}: {value:?}")]
+    #[error("invalid value for {key}: {value}")]
     InvalidValue {
         /// The key.
         key: String,
-        /// The rejected value.
+        /// The rejected value, or only its length for keys and long values.
         value: String,
     },
     /// A `protocol_version` other than 1.
@@ -138,7 +101,8 @@ pub struct PeerUpdate {
 }
 
 impl PeerUpdate {
-    fn new(public_key: Key) -> Self {
+    /// A section naming only the peer: changes nothing but creating it.
+    pub fn new(public_key: Key) -> Self {
         PeerUpdate {
             public_key,
             remove: false,
@@ -154,8 +118,16 @@ impl PeerUpdate {
 
 fn invalid(key: &str, value: &str) -> UapiError {
     UapiError::InvalidValue {
-        key: key.to_string(),
-        value: value.to_string(),
+        key: loggable_key(key),
+        value: loggable_value(key, value),
+    }
+}
+
+/// A line as an error may show it (see [`loggable_key`] and [`loggable_value`]).
+fn loggable_line(line: &str) -> String {
+    match line.split_once('=') {
+        Some((key, value)) => format!("{}={}", loggable_key(key), loggable_value(key, value)),
+        None => withheld(line),
     }
 }
 
@@ -195,7 +167,7 @@ pub fn parse_request<'a>(mut lines: impl Iterator<Item = &'a str>) -> Result<Req
             Ok(Request::Get)
         }
         "set=1" => parse_set(lines).map(Request::Set),
-        other => Err(UapiError::UnknownOperation(other.to_string())),
+        other => Err(UapiError::UnknownOperation(loggable_line(other))),
     }
 }
 
@@ -204,7 +176,7 @@ fn parse_set<'a>(lines: impl Iterator<Item = &'a str>) -> Result<SetRequest, Uap
     for line in lines {
         let (key, value) = line
             .split_once('=')
-            .ok_or_else(|| UapiError::NoEquals(line.to_string()))?;
+            .ok_or(UapiError::NoEquals { length: line.len() })?;
         if key == "public_key" {
             req.peers.push(PeerUpdate::new(parse_key(key, value)?));
             continue;
@@ -218,7 +190,7 @@ fn parse_set<'a>(lines: impl Iterator<Item = &'a str>) -> Result<SetRequest, Uap
                 "listen_port" => req.listen_port = Some(parse_num(key, value)?),
                 "fwmark" => req.fwmark = Some(parse_num(key, value)?),
                 "replace_peers" => req.replace_peers = parse_bool(key, value)?,
-                _ => return Err(UapiError::UnexpectedKey(key.to_string())),
+                _ => return Err(UapiError::UnexpectedKey(loggable_key(key))),
             }
             continue;
         };
@@ -240,102 +212,75 @@ fn parse_set<'a>(lines: impl Iterator<Item = &'a str>) -> Result<SetRequest, Uap
             }
             "protocol_version" => {
                 if value != "1" {
-                    return Err(UapiError::ProtocolVersion(value.to_string()));
+                    return Err(UapiError::ProtocolVersion(loggable_value(key, value)));
                 }
             }
-            _ => return Err(UapiError::UnexpectedKey(key.to_string())),
+            _ => return Err(UapiError::UnexpectedKey(loggable_key(key))),
         }
     }
     Ok(req)
 }
 
-/// What a `get` reports about the device.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DeviceInfo {
-    /// The private key, if set.
-    pub private_key: Option<Key>,
-    /// The bound UDP port.
-    pub listen_port: u16,
-    /// The socket mark (0 = none).
-    pub fwmark: u32,
-    /// The peers.
-    pub peers: Vec<PeerInfo>,
+/// Writes a request, terminating empty line included.
+pub fn write_request(req: &Request, out: &mut String) {
+    match req {
+        Request::Get => out.push_str("get=1\n\n"),
+        Request::Set(set) => write_set(set, out),
+    }
 }
 
-/// What a `get` reports about one peer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerInfo {
-    /// The peer's public key.
-    pub public_key: Key,
-    /// The preshared key, if any.
-    pub preshared_key: Option<Key>,
-    /// The current endpoint.
-    pub endpoint: Option<SocketAddr>,
-    /// When the last handshake completed.
-    pub last_handshake: Option<SystemTime>,
-    /// Bytes received.
-    pub rx_bytes: u64,
-    /// Bytes sent.
-    pub tx_bytes: u64,
-    /// Persistent keepalive interval (0 = off).
-    pub persistent_keepalive: u16,
-    /// Allowed IPs.
-    pub allowed_ips: Vec<IpNet>,
+/// Writes a `set=1` request, terminating empty line included: the device lines, then each
+/// peer section in order (`public_key` first, `allowed_ip` lines after
+/// `replace_allowed_ips`). Fields that are `None` or `false` are left out; a removed key
+/// (`Some(None)`) is written as the all-zero key.
+pub fn write_set(req: &SetRequest, out: &mut String) {
+    out.push_str("set=1\n");
+    let key_hex = |k: &Option<Key>| k.unwrap_or_default().to_hex();
+    if let Some(k) = &req.private_key {
+        let _ = writeln!(out, "private_key={}", key_hex(k));
+    }
+    if let Some(port) = req.listen_port {
+        let _ = writeln!(out, "listen_port={port}");
+    }
+    if let Some(mark) = req.fwmark {
+        let _ = writeln!(out, "fwmark={mark}");
+    }
+    if req.replace_peers {
+        out.push_str("replace_peers=true\n");
+    }
+    for p in &req.peers {
+        let _ = writeln!(out, "public_key={}", p.public_key.to_hex());
+        if p.remove {
+            out.push_str("remove=true\n");
+        }
+        if p.update_only {
+            out.push_str("update_only=true\n");
+        }
+        if let Some(k) = &p.preshared_key {
+            let _ = writeln!(out, "preshared_key={}", key_hex(k));
+        }
+        if let Some(ep) = &p.endpoint {
+            let _ = writeln!(out, "endpoint={}", format_endpoint(ep));
+        }
+        if let Some(secs) = p.persistent_keepalive {
+            let _ = writeln!(out, "persistent_keepalive_interval={secs}");
+        }
+        if p.replace_allowed_ips {
+            out.push_str("replace_allowed_ips=true\n");
+        }
+        for net in &p.allowed_ips {
+            let _ = writeln!(out, "allowed_ip={net}");
+        }
+    }
+    out.push('\n');
 }
 
-fn format_endpoint(ep: &SocketAddr) -> String {
+/// `a.b.c.d:port` or `[v6]:port` (no scope id: the protocol has none).
+pub(super) fn format_endpoint(ep: &SocketAddr) -> String {
     match ep {
         SocketAddr::V4(a) => format!("{}:{}", a.ip(), a.port()),
         SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
     }
-}
-
-/// Serialises the answer to `get=1`, including the final `errno=0` and empty line.
-pub fn write_get(info: &DeviceInfo, out: &mut String) {
-    if let Some(k) = &info.private_key {
-        let _ = writeln!(out, "private_key={}", k.to_hex());
-    }
-    let _ = writeln!(out, "listen_port={}", info.listen_port);
-    if info.fwmark != 0 {
-        let _ = writeln!(out, "fwmark={}", info.fwmark);
-    }
-    for p in &info.peers {
-        write_peer(p, out);
-    }
-    out.push_str("errno=0\n\n");
-}
-
-/// Serialises one peer section of a `get` answer.
-pub fn write_peer(p: &PeerInfo, out: &mut String) {
-    let _ = writeln!(out, "public_key={}", p.public_key.to_hex());
-    if let Some(psk) = &p.preshared_key {
-        let _ = writeln!(out, "preshared_key={}", psk.to_hex());
-    }
-    out.push_str("protocol_version=1\n");
-    if let Some(ep) = &p.endpoint {
-        let _ = writeln!(out, "endpoint={}", format_endpoint(ep));
-    }
-    let since = p
-        .last_handshake
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .unwrap_or(Duration::ZERO);
-    let _ = writeln!(out, "last_handshake_time_sec={}", since.as_secs());
-    let _ = writeln!(out, "last_handshake_time_nsec={}", since.subsec_nanos());
-    let _ = writeln!(out, "tx_bytes={}", p.tx_bytes);
-    let _ = writeln!(out, "rx_bytes={}", p.rx_bytes);
-    let _ = writeln!(
-        out,
-        "persistent_keepalive_interval={}",
-        p.persistent_keepalive
-    );
-    for net in &p.allowed_ips {
-        let _ = writeln!(out, "allowed_ip={net}");
-    }
-}
-
-/// The answer to a `set` (or a failed request).
-pub fn write_errno(errno: i32, out: &mut String) {
-    let _ = write!(out, "errno={errno}\n\n");
 }
 
 #[cfg(test)]
@@ -462,62 +407,5 @@ mod tests {
             let err = parse(&text).expect_err(&text);
             assert_eq!(err.errno(), errno, "{text}: {err}");
         }
-    }
-
-    #[test]
-    fn get_answer_is_what_wg_reads() {
-        let t = UNIX_EPOCH + Duration::new(1_700_000_000, 123);
-        let info = DeviceInfo {
-            private_key: Some(key(0xab)),
-            listen_port: 51820,
-            fwmark: 7,
-            peers: vec![
-                PeerInfo {
-                    public_key: key(1),
-                    preshared_key: Some(key(2)),
-                    endpoint: Some("[fd00::1]:5".parse().expect("ep")),
-                    last_handshake: Some(t),
-                    rx_bytes: 10,
-                    tx_bytes: 20,
-                    persistent_keepalive: 25,
-                    allowed_ips: vec!["10.0.0.0/24".parse().expect("net")],
-                },
-                PeerInfo {
-                    public_key: key(3),
-                    preshared_key: None,
-                    endpoint: None,
-                    last_handshake: None,
-                    rx_bytes: 0,
-                    tx_bytes: 0,
-                    persistent_keepalive: 0,
-                    allowed_ips: vec![],
-                },
-            ],
-        };
-        let mut out = String::new();
-        write_get(&info, &mut out);
-        let want = format!(
-            "private_key={}\nlisten_port=51820\nfwmark=7\n\
-             public_key={}\npreshared_key={}\nprotocol_version=1\nendpoint=[fd00::1]:5\n\
-             last_handshake_time_sec=1700000000\nlast_handshake_time_nsec=123\n\
-             tx_bytes=20\nrx_bytes=10\npersistent_keepalive_interval=25\n\
-             allowed_ip=10.0.0.0/24\n\
-             public_key={}\nprotocol_version=1\n\
-             last_handshake_time_sec=0\nlast_handshake_time_nsec=0\n\
-             tx_bytes=0\nrx_bytes=0\npersistent_keepalive_interval=0\n\
-             errno=0\n\n",
-            key(0xab).to_hex(),
-            key(1).to_hex(),
-            key(2).to_hex(),
-            key(3).to_hex()
-        );
-        assert_eq!(out, want);
-        // Without a key and mark those lines are left out.
-        let mut out = String::new();
-        write_get(&DeviceInfo::default(), &mut out);
-        assert_eq!(out, "listen_port=0\nerrno=0\n\n");
-        let mut out = String::new();
-        write_errno(22, &mut out);
-        assert_eq!(out, "errno=22\n\n");
     }
 }

@@ -23,7 +23,7 @@ struct Args {
     no_offloads: bool,
     /// After sending, poll for a reply for up to this many microseconds before sleeping
     /// (0: never). Saves a thread wake-up per round trip; never more than a tenth of a core.
-    #[arg(long, default_value_t = netlink::DEFAULT_BUSY_POLL_US, value_parser = clap::value_parser!(u64).range(0..=1_000))]
+    #[arg(long, default_value_t = wgdp::DEFAULT_BUSY_POLL_US, value_parser = clap::value_parser!(u64).range(0..=1_000))]
     busy_poll_us: u64,
 }
 
