@@ -1,8 +1,16 @@
 //! Network namespaces for tests, through `ip netns` (test code may run tools; production code
-//! may not): run commands inside a namespace, own a namespace for a test's lifetime (its
-//! processes killed and the namespace deleted on drop), and own a background child process.
+//! may not): run commands inside a namespace, run a closure inside one ([`within`]), own a
+//! namespace for a test's lifetime (its processes killed and the namespace deleted on drop), and
+//! own a background child process.
 
+use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+
+use nix::sched::CloneFlags;
+
+/// Where `ip netns` keeps the namespaces it names.
+pub const NETNS_DIR: &str = "/run/netns";
 
 /// Errors from the namespace helpers.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +32,22 @@ pub enum NetnsError {
         status: String,
         /// Its standard error, trimmed.
         stderr: String,
+    },
+    /// A named namespace's file could not be opened (it does not exist, or no root).
+    #[error("failed to open namespace {}: {cause}", path.display())]
+    Open {
+        /// `/run/netns/NAME`.
+        path: PathBuf,
+        /// The underlying I/O error.
+        cause: std::io::Error,
+    },
+    /// The thread could not enter the namespace (`setns`).
+    #[error("failed to enter namespace {name}: {cause}")]
+    Enter {
+        /// The namespace's name.
+        name: String,
+        /// The errno `setns` returned.
+        cause: nix::errno::Errno,
     },
 }
 
@@ -103,6 +127,29 @@ pub fn spawn_in(netns: &str, args: &[&str]) -> Result<Child> {
         })
 }
 
+/// Runs `f` on a thread of its own that has entered network namespace `name` and returns what
+/// `f` returns. A namespace is entered per thread, so the caller's thread stays where it was;
+/// sockets and devices `f` opens belong to `name`'s namespace and stay there when handed back
+/// (a bound socket, a TUN's file). A panic in `f` (a failed assertion) is the caller's panic.
+pub fn within<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> Result<T> {
+    let path = Path::new(NETNS_DIR).join(name);
+    let file = File::open(&path).map_err(|cause| NetnsError::Open { path, cause })?;
+    std::thread::scope(|scope| {
+        let thread = scope.spawn(|| {
+            nix::sched::setns(&file, CloneFlags::CLONE_NEWNET).map_err(|cause| {
+                NetnsError::Enter {
+                    name: name.to_string(),
+                    cause,
+                }
+            })?;
+            Ok(f())
+        });
+        thread
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
 /// PIDs of the processes living in network namespace `name` (`ip netns pids`).
 pub fn pids(name: &str) -> Result<Vec<i32>> {
     let out = run("ip", &["netns", "pids", name])?;
@@ -138,7 +185,7 @@ impl NetnsGuard {
     /// `ip netns add NAME` (an existing stale namespace of that name is removed first),
     /// and brings its loopback up.
     pub fn new(name: &str) -> Result<Self> {
-        if std::path::Path::new("/var/run/netns").join(name).exists() {
+        if Path::new(NETNS_DIR).join(name).exists() {
             kill_all_in(name);
             let _ = run("ip", &["netns", "del", name]);
         }
@@ -161,6 +208,11 @@ impl NetnsGuard {
     /// [`spawn_in`] this namespace.
     pub fn spawn(&self, args: &[&str]) -> Result<Child> {
         spawn_in(&self.0, args)
+    }
+
+    /// [`within`] this namespace: `f` runs on a thread that has entered it.
+    pub fn within<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
+        within(&self.0, f)
     }
 }
 
@@ -234,8 +286,53 @@ mod tests {
             let g = NetnsGuard::new(&name).unwrap();
             let out = g.run(&["ip", "link", "show", "lo"]).unwrap();
             assert!(String::from_utf8_lossy(&out.stdout).contains("UP"));
-            assert!(std::path::Path::new("/var/run/netns").join(&name).exists());
+            assert!(Path::new(NETNS_DIR).join(&name).exists());
         }
-        assert!(!std::path::Path::new("/var/run/netns").join(&name).exists());
+        assert!(!Path::new(NETNS_DIR).join(&name).exists());
+    }
+
+    /// The network namespace the calling thread is in, as its `/proc` link (`net:[INODE]`).
+    fn current_netns() -> PathBuf {
+        std::fs::read_link("/proc/thread-self/ns/net").unwrap()
+    }
+
+    #[test]
+    fn within_runs_the_closure_in_the_namespace_and_leaves_the_caller_where_it_was() {
+        use std::os::unix::fs::MetadataExt as _;
+        crate::require_root();
+        let g = NetnsGuard::new(&unique_name("itns", "w")).unwrap();
+        let before = current_netns();
+        let inside = g.within(current_netns).unwrap();
+        let ino = std::fs::metadata(Path::new(NETNS_DIR).join(g.name()))
+            .unwrap()
+            .ino();
+        assert_eq!(inside, PathBuf::from(format!("net:[{ino}]")));
+        assert_ne!(inside, before);
+        assert_eq!(current_netns(), before, "the caller's thread moved");
+        // A socket opened inside stays in the namespace: its loopback is not the caller's.
+        let socket = g
+            .within(|| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+            .unwrap();
+        let port = socket.local_addr().unwrap().port();
+        let outside = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        outside.send_to(b"x", ("127.0.0.1", port)).unwrap();
+        socket
+            .set_read_timeout(Some(std::time::Duration::from_millis(200)))
+            .unwrap();
+        assert!(socket.recv(&mut [0u8; 4]).is_err(), "crossed namespaces");
+    }
+
+    #[test]
+    fn within_a_missing_namespace_is_an_error_naming_it() {
+        let err = within("itns-no-such-namespace", || ()).unwrap_err();
+        assert!(err.to_string().contains("itns-no-such-namespace"), "{err}");
+    }
+
+    #[test]
+    #[should_panic(expected = "inside the namespace")]
+    fn a_panic_within_is_the_callers_panic() {
+        crate::require_root();
+        let g = NetnsGuard::new(&unique_name("itns", "p")).unwrap();
+        g.within(|| panic!("inside the namespace")).unwrap();
     }
 }
