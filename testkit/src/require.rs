@@ -10,9 +10,8 @@ pub fn is_root() -> bool {
 
 /// Whether `tool` is an executable file in one of `PATH`'s directories.
 pub fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| is_executable(&dir.join(tool)))
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| is_executable(&dir.join(tool))))
 }
 
 fn is_executable(path: &Path) -> bool {
