@@ -59,7 +59,8 @@ fn withdraw(lab: &Lab, node: &str) {
 
 #[test]
 fn a_healthy_lab_passes_with_evidence_for_every_pair() {
-    testkit::require_tools(&[lab::TOOLS, &["tcpdump"]].concat());
+    testkit::require_tools(lab::TOOLS);
+    testkit::require_tool("tcpdump");
     let lab = Lab::up(3, 1).unwrap();
     let (code, report) = audit(&lab, &["--evidence"]);
     assert_eq!(code, 0, "{report:#}");
@@ -91,7 +92,8 @@ fn a_healthy_lab_passes_with_evidence_for_every_pair() {
 
 #[test]
 fn findings_name_the_node_or_pair_and_evidence_catches_a_canary_in_clear() {
-    testkit::require_tools(&[lab::TOOLS, &["tcpdump"]].concat());
+    testkit::require_tools(lab::TOOLS);
+    testkit::require_tool("tcpdump");
     let lab = Lab::up_with(3, 1, &["--encryption", "permissive"]).unwrap();
     let (code, report) = audit(&lab, &["--evidence"]);
     assert_eq!(code, 1, "{report:#}");

@@ -152,7 +152,8 @@ fn ipam_by_owner(cni: &NodeCni) -> BTreeMap<String, Vec<IpAddr>> {
 
 #[test]
 fn two_hundred_concurrent_adds_are_unique_reachable_across_the_tunnel_and_fully_undone() {
-    testkit::require_tools(&[lab::TOOLS, &["tcpdump"]].concat());
+    testkit::require_tools(lab::TOOLS);
+    testkit::require_tool("tcpdump");
     const PODS: u32 = 200;
     let t0 = Instant::now();
     let lab = Lab::up(2, 1).unwrap();

@@ -37,7 +37,8 @@ fn stop(c: Capture, st: &LabStatus) -> CaptureReport {
 
 #[test]
 fn cross_node_pod_traffic_is_redirected_by_the_tc_program_and_only_wireguard_crosses() {
-    testkit::require_tools(&[lab::TOOLS, &["tcpdump"]].concat());
+    testkit::require_tools(lab::TOOLS);
+    testkit::require_tool("tcpdump");
     let lab = Lab::up(2, 1).unwrap();
     let st = lab.status().unwrap();
     let from = st.pods_on("n1").next().unwrap().clone();
@@ -133,7 +134,8 @@ fn withdraw_node(lab: &Lab, node: &str) {
 
 #[test]
 fn strict_mode_drops_traffic_to_a_node_whose_record_is_gone_and_nothing_leaks() {
-    testkit::require_tools(&[lab::TOOLS, &["tcpdump"]].concat());
+    testkit::require_tools(lab::TOOLS);
+    testkit::require_tool("tcpdump");
     let lab = Lab::up(3, 1).unwrap();
     let st = lab.status().unwrap();
     let from = st.pods_on("n1").next().unwrap().clone();
@@ -204,7 +206,8 @@ fn drops_over(lab: &Lab, d: Duration) -> (u64, u64) {
 /// the node's own traffic to n3's pods (not from a pod address) is caught as well.
 #[test]
 fn strict_mode_holds_under_traffic_through_peer_removal_a_keyless_record_and_a_meshd_restart() {
-    testkit::require_tools(&[lab::TOOLS, &["tcpdump"]].concat());
+    testkit::require_tools(lab::TOOLS);
+    testkit::require_tool("tcpdump");
     let lab = Lab::up_with(3, 1, &["--guard-cluster-cidrs", "false"]).unwrap();
     let st = lab.status().unwrap();
     let from = st.pods_on("n1").next().unwrap().clone();
@@ -312,7 +315,8 @@ fn strict_mode_holds_under_traffic_through_peer_removal_a_keyless_record_and_a_m
 /// meshd guards it too, and cluster traffic routed out through it is dropped, not sent.
 #[test]
 fn strict_mode_guards_every_way_out_of_the_node_not_only_the_underlay() {
-    testkit::require_tools(&[lab::TOOLS, &["tcpdump"]].concat());
+    testkit::require_tools(lab::TOOLS);
+    testkit::require_tool("tcpdump");
     let lab = Lab::up(2, 1).unwrap();
     let st = lab.status().unwrap();
     let n1 = st.node("n1").unwrap().namespace.clone();
@@ -407,7 +411,8 @@ fn strict_mode_guards_every_way_out_of_the_node_not_only_the_underlay() {
 
 #[test]
 fn permissive_mode_counts_would_drops_and_lets_them_through() {
-    testkit::require_tools(&[lab::TOOLS, &["tcpdump"]].concat());
+    testkit::require_tools(lab::TOOLS);
+    testkit::require_tool("tcpdump");
     let lab = Lab::up_with(3, 1, &["--encryption", "permissive"]).unwrap();
     let st = lab.status().unwrap();
     let from = st.pods_on("n1").next().unwrap().clone();
@@ -458,7 +463,8 @@ fn permissive_mode_counts_would_drops_and_lets_them_through() {
 
 #[test]
 fn sigkill_of_meshd_keeps_the_programs_attached_and_counting_and_restart_keeps_the_counts() {
-    testkit::require_tools(&[lab::TOOLS, &["tcpdump"]].concat());
+    testkit::require_tools(lab::TOOLS);
+    testkit::require_tool("tcpdump");
     let lab = Lab::up(2, 1).unwrap();
     let st = lab.status().unwrap();
     let from = st.pods_on("n1").next().unwrap().clone();

@@ -155,7 +155,9 @@ fn wait_both_encrypted(lab: &Lab, timeout: Duration) -> serde_json::Value {
 
 #[test]
 fn host_traffic_is_encrypted_fails_open_when_the_tunnel_breaks_and_heals() {
-    testkit::require_tools(&[lab::TOOLS, &["tcpdump", "kill"]].concat());
+    testkit::require_tools(lab::TOOLS);
+    testkit::require_tool("tcpdump");
+    testkit::require_tool("kill");
     let lab = Lab::up_with(2, 1, &["--host-encryption", "true", "--keepalive", "2"]).unwrap();
     let st = wait_both_encrypted(&lab, Duration::from_secs(30));
     let (n1_ns, n2_ns) = (

@@ -22,7 +22,8 @@ fn on_the_kubernetes_backend_claims_travel_as_node_annotations() {
 }
 
 fn claims(extra: &[&str]) {
-    testkit::require_tools(&[lab::TOOLS, &["tcpdump"]].concat());
+    testkit::require_tools(lab::TOOLS);
+    testkit::require_tool("tcpdump");
     let lab = Lab::up_with(3, 2, extra).unwrap();
     let st = lab.status().unwrap();
     let pools: [IpNet; 2] = [

@@ -110,7 +110,8 @@ fn n1_keys(lab: &Lab) -> (String, String) {
 
 #[test]
 fn every_node_rotates_both_keys_repeatedly_under_traffic_without_losing_a_packet() {
-    testkit::require_tools(&[lab::TOOLS, &["tcpdump"]].concat());
+    testkit::require_tools(lab::TOOLS);
+    testkit::require_tool("tcpdump");
     let started_unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -404,7 +405,8 @@ fn a_rotation_cut_short_by_sigkill_resumes_after_restart() {
 
 #[test]
 fn a_dead_node_does_not_stop_the_others_rotating() {
-    testkit::require_tools(&[lab::TOOLS, &["kill"]].concat());
+    testkit::require_tools(lab::TOOLS);
+    testkit::require_tool("kill");
     // Three nodes; a peer counts as silent after 3 s without a handshake (180 s by default).
     let lab = Lab::up_with(3, 1, &["--rotation-silence", "3s"]).unwrap();
     let st = lab.status().unwrap();

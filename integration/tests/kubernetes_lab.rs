@@ -59,7 +59,8 @@ fn wait_mode(lab: &Lab, encryption: &str, peers: usize) {
 
 #[test]
 fn the_mesh_runs_on_node_annotations_and_the_encryption_toggle_keeps_tcp_connections() {
-    testkit::require_tools(&[lab::TOOLS, &["tcpdump"]].concat());
+    testkit::require_tools(lab::TOOLS);
+    testkit::require_tool("tcpdump");
     let lab = Lab::up_with(3, 1, &["--registry", "kubernetes"]).unwrap();
     let st = lab.status().unwrap();
     let js = lab.status_json().unwrap();

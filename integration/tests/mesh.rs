@@ -11,7 +11,8 @@ use testkit::netns;
 
 #[test]
 fn three_nodes_all_pods_reach_all_pods_and_only_wireguard_crosses_the_underlay() {
-    testkit::require_tools(&[lab::TOOLS, &["tcpdump"]].concat());
+    testkit::require_tools(lab::TOOLS);
+    testkit::require_tool("tcpdump");
     let lab = Lab::up(3, 2).unwrap();
     let status = lab.status().unwrap();
     assert_eq!(status.nodes.len(), 3);
@@ -368,7 +369,9 @@ fn a_corrupt_key_file_stops_meshd_with_a_clear_error_and_never_takes_down_the_da
 
 #[test]
 fn a_killed_datapath_process_is_brought_back_and_nothing_leaks_while_it_is_gone() {
-    testkit::require_tools(&[lab::TOOLS, &["tcpdump", "kill"]].concat());
+    testkit::require_tools(lab::TOOLS);
+    testkit::require_tool("tcpdump");
+    testkit::require_tool("kill");
     let lab = Lab::up(2, 1).unwrap();
     let st = lab.status().unwrap();
     let from = st.pods_on("n1").next().unwrap();
