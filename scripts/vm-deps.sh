@@ -3,7 +3,8 @@
 # the host: qemu (software emulation works without hardware virtualisation), a static busybox
 # for the guest's /init, cpio for inspecting initramfs images, depmod (kmod), xz (the modules
 # are decompressed for busybox insmod), objcopy (debug info stripped), and the tools that
-# are copied into the guest with their libraries (iproute2, wireguard-tools, tcpdump, ping).
+# are copied into the guest with their libraries (iproute2, wireguard-tools, tcpdump, ping,
+# util-linux's nsenter/unshare, mount/umount: integration::vm::initramfs::REQUIRED_TOOLS).
 # The guest kernel itself is fetched by the test harness as a Debian package and cached.
 # Idempotent and quick when everything is already present.
 set -euo pipefail
@@ -26,6 +27,10 @@ have ip       || need+=(iproute2)
 have wg       || need+=(wireguard-tools)
 have tcpdump  || need+=(tcpdump)
 have ping     || need+=(iputils-ping)
+have nsenter  || need+=(util-linux)   # nsenter, unshare: copied into the guest
+have unshare  || need+=(util-linux)
+have mount    || need+=(mount)        # mount, umount: copied into the guest
+have umount   || need+=(mount)
 have ldd      || need+=(libc-bin)
 have apt-get  || { echo "apt-get is required to fetch the guest kernel" >&2; exit 1; }
 

@@ -794,10 +794,8 @@ mod tests {
 
     #[test]
     fn live_capture_on_loopback_namespace() {
-        if !crate::netns::is_root() || crate::netns::run("which", &["tcpdump"]).is_err() {
-            return;
-        }
-        let ns = crate::netns::NetnsGuard::new(&crate::netns::unique_name("itcap", "a")).unwrap();
+        testkit::require_tools(&["tcpdump", "ping"]);
+        let ns = testkit::NetnsGuard::new(&testkit::unique_name("itcap", "a")).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("lo.pcap");
         let cap = Capture::start(ns.name(), "lo", &path).unwrap();

@@ -12,11 +12,15 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 
 use crate::labjson::{LabPod, LabStatus};
-use crate::netns;
+use testkit::netns;
 
 pub mod cni;
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// The host tools a lab runs (`meshctl lab` and this harness), root aside. A lab test states
+/// them with `testkit::require_tools(lab::TOOLS)` and fails without them.
+pub const TOOLS: &[&str] = &["ip", "nsenter", "sysctl", "ping"];
 
 /// The directory holding the workspace's binaries (`meshctl`, `meshd`, `lab-traffic`…): the
 /// directory of the running executable, or its parent when that is cargo's `deps/`.

@@ -1,8 +1,9 @@
 //! Harness for meshd's multi-node tests: drives the lab, generates traffic, analyses captures.
 //!
+//! Namespaces, background processes and the root/tool requirement come from the `testkit`
+//! crate (`testkit::NetnsGuard`, `testkit::require_tools`): a test that cannot run fails.
+//!
 //! Modules:
-//! - [`netns`]: run commands inside network namespaces, own namespaces and
-//!   background processes with drop guards (`ip netns …`).
 //! - [`capture`]: run `tcpdump` on the lab underlay and analyse the pcap: no pod
 //!   packet and no marker string may cross in clear; WireGuard between nodes is counted.
 //! - [`traffic`]: TCP/UDP traffic generators and sinks (the logic behind the
@@ -26,22 +27,6 @@ pub mod bench;
 pub mod capture;
 pub mod lab;
 pub mod labjson;
-/// The test kit's namespace helpers, and the root check the tests here have not yet moved off.
-pub mod netns {
-    pub use testkit::netns::*;
-    pub use testkit::require::is_root;
-
-    /// For tests that need root: true when running as root, else prints why it is skipped.
-    /// (Being replaced by [`testkit::require_root`], which fails instead.)
-    pub fn root_or_skip() -> bool {
-        if is_root() {
-            true
-        } else {
-            eprintln!("skipping: needs root for network namespaces");
-            false
-        }
-    }
-}
 pub mod rbac;
 pub mod traffic;
 pub mod verify;

@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::capture::{analyse, Capture, CapturePolicy, CaptureReport};
 use crate::lab::{bin, ping, pod_addrs, sockaddr};
 use crate::labjson::{LabPod, LabStatus};
-use crate::netns::{self, ChildGuard};
+use testkit::netns::{self, ChildGuard};
 
 /// The string sent inside every verification stream; it must never appear on the underlay.
 pub const MARKER: &str = "MESHD-PLAINTEXT-CANARY";

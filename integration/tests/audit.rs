@@ -6,8 +6,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use integration::lab::{bin, Lab};
-use integration::netns;
+use integration::lab::{self, bin, Lab};
 
 /// Run `meshctl audit --lab NAME -o json [extra]`: (exit code, report).
 fn audit(lab: &Lab, extra: &[&str]) -> (i32, serde_json::Value) {
@@ -60,9 +59,8 @@ fn withdraw(lab: &Lab, node: &str) {
 
 #[test]
 fn a_healthy_lab_passes_with_evidence_for_every_pair() {
-    if !netns::root_or_skip() {
-        return;
-    }
+    testkit::require_tools(lab::TOOLS);
+    testkit::require_tool("tcpdump");
     let lab = Lab::up(3, 1).unwrap();
     let (code, report) = audit(&lab, &["--evidence"]);
     assert_eq!(code, 0, "{report:#}");
@@ -94,9 +92,8 @@ fn a_healthy_lab_passes_with_evidence_for_every_pair() {
 
 #[test]
 fn findings_name_the_node_or_pair_and_evidence_catches_a_canary_in_clear() {
-    if !netns::root_or_skip() {
-        return;
-    }
+    testkit::require_tools(lab::TOOLS);
+    testkit::require_tool("tcpdump");
     let lab = Lab::up_with(3, 1, &["--encryption", "permissive"]).unwrap();
     let (code, report) = audit(&lab, &["--evidence"]);
     assert_eq!(code, 1, "{report:#}");

@@ -14,7 +14,7 @@
 //!   unreadable) loses it after the grace period, keeps it before, never gets it while
 //!   restarting into the same failure, and gets it back once it converges.
 //!
-//! Needs root (skips with a message otherwise). Every namespace is removed on drop (the lab's
+//! Needs root and the lab's tools; fails without them. Every namespace is removed on drop (the lab's
 //! by `meshctl lab down`, the pods' by [`PodNamespaces`], whose names the lab also owns); traffic
 //! only goes to addresses inside those namespaces.
 #![allow(clippy::unwrap_used, missing_docs)]
@@ -28,8 +28,7 @@ use std::time::{Duration, Instant};
 
 use integration::capture::{analyse, Capture};
 use integration::lab::cni::{host_veth_name, Attached, NodeCni, PodNamespaces, POD_IFNAME};
-use integration::lab::Lab;
-use integration::netns;
+use integration::lab::{self, Lab};
 use ipnet::IpNet;
 use rand_core::{OsRng, RngCore};
 
@@ -153,9 +152,8 @@ fn ipam_by_owner(cni: &NodeCni) -> BTreeMap<String, Vec<IpAddr>> {
 
 #[test]
 fn two_hundred_concurrent_adds_are_unique_reachable_across_the_tunnel_and_fully_undone() {
-    if !netns::root_or_skip() {
-        return;
-    }
+    testkit::require_tools(lab::TOOLS);
+    testkit::require_tool("tcpdump");
     const PODS: u32 = 200;
     let t0 = Instant::now();
     let lab = Lab::up(2, 1).unwrap();
@@ -290,9 +288,7 @@ fn wait_groups_gone(pgids: &[u32]) {
 
 #[test]
 fn sigkill_of_plugin_and_meshd_then_gc_reclaims_everything_and_survivors_work() {
-    if !netns::root_or_skip() {
-        return;
-    }
+    testkit::require_tools(lab::TOOLS);
     let t0 = Instant::now();
     let lab = Lab::up(2, 1).unwrap();
     let cni = NodeCni::new(&lab, "n1").unwrap();
@@ -509,9 +505,7 @@ fn wait_until(what: &str, limit: Duration, f: impl Fn() -> bool) -> Duration {
 
 #[test]
 fn the_conflist_goes_when_the_mesh_keeps_failing_and_comes_back_when_it_converges() {
-    if !netns::root_or_skip() {
-        return;
-    }
+    testkit::require_tools(lab::TOOLS);
     let lab = Lab::up(2, 1).unwrap();
     let conf = conflist(&lab, "n1");
     assert!(conf.exists(), "a converged node has its conflist");

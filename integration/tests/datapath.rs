@@ -6,10 +6,10 @@
 use std::time::{Duration, Instant};
 
 use integration::capture::{analyse, Capture, CaptureReport};
-use integration::lab::{ping, pod_addrs, Lab};
+use integration::lab::{self, ping, pod_addrs, Lab};
 use integration::labjson::LabStatus;
-use integration::netns;
 use integration::verify::{finish, udp_stream};
+use testkit::netns;
 
 /// A node's verdict counter from `meshctl lab status -o json` (read from the pinned maps).
 fn counter(st: &serde_json::Value, node: &str, name: &str) -> u64 {
@@ -37,9 +37,8 @@ fn stop(c: Capture, st: &LabStatus) -> CaptureReport {
 
 #[test]
 fn cross_node_pod_traffic_is_redirected_by_the_tc_program_and_only_wireguard_crosses() {
-    if !netns::root_or_skip() {
-        return;
-    }
+    testkit::require_tools(lab::TOOLS);
+    testkit::require_tool("tcpdump");
     let lab = Lab::up(2, 1).unwrap();
     let st = lab.status().unwrap();
     let from = st.pods_on("n1").next().unwrap().clone();
@@ -135,9 +134,8 @@ fn withdraw_node(lab: &Lab, node: &str) {
 
 #[test]
 fn strict_mode_drops_traffic_to_a_node_whose_record_is_gone_and_nothing_leaks() {
-    if !netns::root_or_skip() {
-        return;
-    }
+    testkit::require_tools(lab::TOOLS);
+    testkit::require_tool("tcpdump");
     let lab = Lab::up(3, 1).unwrap();
     let st = lab.status().unwrap();
     let from = st.pods_on("n1").next().unwrap().clone();
@@ -208,9 +206,8 @@ fn drops_over(lab: &Lab, d: Duration) -> (u64, u64) {
 /// the node's own traffic to n3's pods (not from a pod address) is caught as well.
 #[test]
 fn strict_mode_holds_under_traffic_through_peer_removal_a_keyless_record_and_a_meshd_restart() {
-    if !netns::root_or_skip() {
-        return;
-    }
+    testkit::require_tools(lab::TOOLS);
+    testkit::require_tool("tcpdump");
     let lab = Lab::up_with(3, 1, &["--guard-cluster-cidrs", "false"]).unwrap();
     let st = lab.status().unwrap();
     let from = st.pods_on("n1").next().unwrap().clone();
@@ -318,9 +315,8 @@ fn strict_mode_holds_under_traffic_through_peer_removal_a_keyless_record_and_a_m
 /// meshd guards it too, and cluster traffic routed out through it is dropped, not sent.
 #[test]
 fn strict_mode_guards_every_way_out_of_the_node_not_only_the_underlay() {
-    if !netns::root_or_skip() {
-        return;
-    }
+    testkit::require_tools(lab::TOOLS);
+    testkit::require_tool("tcpdump");
     let lab = Lab::up(2, 1).unwrap();
     let st = lab.status().unwrap();
     let n1 = st.node("n1").unwrap().namespace.clone();
@@ -415,9 +411,8 @@ fn strict_mode_guards_every_way_out_of_the_node_not_only_the_underlay() {
 
 #[test]
 fn permissive_mode_counts_would_drops_and_lets_them_through() {
-    if !netns::root_or_skip() {
-        return;
-    }
+    testkit::require_tools(lab::TOOLS);
+    testkit::require_tool("tcpdump");
     let lab = Lab::up_with(3, 1, &["--encryption", "permissive"]).unwrap();
     let st = lab.status().unwrap();
     let from = st.pods_on("n1").next().unwrap().clone();
@@ -468,9 +463,8 @@ fn permissive_mode_counts_would_drops_and_lets_them_through() {
 
 #[test]
 fn sigkill_of_meshd_keeps_the_programs_attached_and_counting_and_restart_keeps_the_counts() {
-    if !netns::root_or_skip() {
-        return;
-    }
+    testkit::require_tools(lab::TOOLS);
+    testkit::require_tool("tcpdump");
     let lab = Lab::up(2, 1).unwrap();
     let st = lab.status().unwrap();
     let from = st.pods_on("n1").next().unwrap().clone();
@@ -533,9 +527,7 @@ fn sigkill_of_meshd_keeps_the_programs_attached_and_counting_and_restart_keeps_t
 
 #[test]
 fn cleanup_on_exit_removes_the_device_routes_and_every_tc_program_and_pin() {
-    if !netns::root_or_skip() {
-        return;
-    }
+    testkit::require_tools(lab::TOOLS);
     let lab = Lab::up(2, 1).unwrap();
     lab.meshctl(&["lab", "kill-node", "n1"]).unwrap();
     lab.meshctl(&["lab", "start-node", "n1", "--cleanup"])

@@ -29,19 +29,15 @@ struct Rendered {
     daemon_sets: Vec<DaemonSet>,
 }
 
-/// `kubectl kustomize DIR`, parsed; `None` (with a message) when kubectl is not installed.
-fn render(dir: &Path) -> Option<Rendered> {
-    let output = match Command::new("kubectl").arg("kustomize").arg(dir).output() {
-        Ok(output) => output,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            eprintln!(
-                "SKIPPED: kubectl is not installed; cannot render {}",
-                dir.display()
-            );
-            return None;
-        }
-        Err(e) => panic!("running kubectl: {e}"),
-    };
+/// `kubectl kustomize DIR`, parsed. Without kubectl the test fails (`scripts/install-deps.sh`
+/// installs it).
+fn render(dir: &Path) -> Rendered {
+    testkit::require_tool("kubectl");
+    let output = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("running kubectl: {e}"));
     assert!(
         output.status.success(),
         "kubectl kustomize {} failed: {}",
@@ -70,7 +66,7 @@ fn render(dir: &Path) -> Option<Rendered> {
             other => panic!("unexpected kind {other:?} in {}", dir.display()),
         }
     }
-    Some(rendered)
+    rendered
 }
 
 /// `value` as a `k8s-openapi` type; panics naming the kind when it does not parse.
@@ -420,9 +416,7 @@ fn overlays_render_and_hold_least_privilege() {
         ("permissive", Encryption::Permissive),
         ("disabled", Encryption::Disabled),
     ] {
-        let Some(rendered) = render(&deploy_dir().join("overlays").join(overlay)) else {
-            return;
-        };
+        let rendered = render(&deploy_dir().join("overlays").join(overlay));
         check(&rendered, encryption);
     }
 }
@@ -443,9 +437,7 @@ fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
 
 #[test]
 fn userspace_overlay_runs_both_devices_in_containers_of_their_own() {
-    let Some(rendered) = render(&deploy_dir().join("overlays").join("userspace")) else {
-        return;
-    };
+    let rendered = render(&deploy_dir().join("overlays").join("userspace"));
     check(&rendered, Encryption::Enabled);
     let pod = rendered.daemon_sets[0].spec.template.spec.clone().unwrap();
     let meshd = pod.containers.iter().find(|c| c.name == "meshd").unwrap();
@@ -508,9 +500,7 @@ fn userspace_overlay_runs_both_devices_in_containers_of_their_own() {
 
 #[test]
 fn deploy_dir_renders_the_encrypted_default() {
-    let Some(rendered) = render(&deploy_dir()) else {
-        return;
-    };
+    let rendered = render(&deploy_dir());
     check(&rendered, Encryption::Enabled);
 }
 
@@ -575,9 +565,7 @@ fn the_dockerfile_installs_the_toolchain_of_install_toolchain_sh() {
         "{bases:?}"
     );
     // Every binary the manifests run is built and installed in /usr/local/bin.
-    let Some(rendered) = render(&deploy_dir().join("overlays").join("userspace")) else {
-        return;
-    };
+    let rendered = render(&deploy_dir().join("overlays").join("userspace"));
     let pod = rendered.daemon_sets[0].spec.template.spec.clone().unwrap();
     let mut run: BTreeSet<String> = BTreeSet::from(["meshctl".to_string()]);
     for c in pod

@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
-use integration::lab::{ping, pod_addrs, Lab};
-use integration::netns;
+use integration::lab::{self, ping, pod_addrs, Lab};
+use testkit::netns;
 
 /// The pids of the `meshd-wg` processes in network namespace `ns`, by device.
 fn helpers(ns: &str) -> Vec<(String, u32)> {
@@ -41,9 +41,7 @@ fn helpers(ns: &str) -> Vec<(String, u32)> {
 
 #[test]
 fn meshd_adopts_devices_run_by_another_process_and_a_killed_meshd_leaves_them_running() {
-    if !netns::root_or_skip() {
-        return;
-    }
+    testkit::require_tools(lab::TOOLS);
     let lab = Lab::up_with(2, 1, &["--node-wireguard-mode", "n2=external"]).unwrap();
     let st = lab.status_json().unwrap();
     let n2 = &st["nodes"][1];

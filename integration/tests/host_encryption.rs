@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use integration::capture::{analyse, Capture, CapturePolicy};
-use integration::lab::{ping, Lab};
-use integration::netns;
+use integration::lab::{self, ping, Lab};
+use testkit::netns;
 
 /// The ICMP payload pattern used as the cleartext canary ("MESHDHOST" + "!!").
 const CANARY_HEX: &str = "4d455348444844534f535421";
@@ -119,14 +119,8 @@ fn set_api_server_endpoint(st: &serde_json::Value, address: &str) {
     use k8s_openapi::api::discovery::v1::EndpointSlice;
     use kube::api::{Api, Patch, PatchParams};
     let kubeconfig = std::path::PathBuf::from(st["kubeconfig"].as_str().unwrap());
-    let underlay = format!(
-        "/run/netns/{}",
-        st["capture"]["namespace"].as_str().unwrap()
-    );
-    let address = address.to_string();
-    std::thread::spawn(move || {
-        let ns = std::fs::File::open(&underlay).unwrap();
-        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+    let underlay = st["capture"]["namespace"].as_str().unwrap();
+    testkit::netns::within(underlay, || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -144,7 +138,6 @@ fn set_api_server_endpoint(st: &serde_json::Value, address: &str) {
                     .unwrap();
             });
     })
-    .join()
     .unwrap();
 }
 
@@ -162,9 +155,9 @@ fn wait_both_encrypted(lab: &Lab, timeout: Duration) -> serde_json::Value {
 
 #[test]
 fn host_traffic_is_encrypted_fails_open_when_the_tunnel_breaks_and_heals() {
-    if !netns::root_or_skip() {
-        return;
-    }
+    testkit::require_tools(lab::TOOLS);
+    testkit::require_tool("tcpdump");
+    testkit::require_tool("kill");
     let lab = Lab::up_with(2, 1, &["--host-encryption", "true", "--keepalive", "2"]).unwrap();
     let st = wait_both_encrypted(&lab, Duration::from_secs(30));
     let (n1_ns, n2_ns) = (
@@ -273,9 +266,7 @@ fn host_traffic_is_encrypted_fails_open_when_the_tunnel_breaks_and_heals() {
 
 #[test]
 fn host_encryption_and_listen_port_change_live_from_the_configmap() {
-    if !netns::root_or_skip() {
-        return;
-    }
+    testkit::require_tools(lab::TOOLS);
     let lab = Lab::up_with(2, 1, &["--registry", "kubernetes"]).unwrap();
     let st = lab.status_json().unwrap();
     assert!(encrypted_hosts(&st, 0).is_empty(), "off by default");

@@ -5,8 +5,7 @@
 
 use std::time::Duration;
 
-use integration::lab::Lab;
-use integration::netns;
+use integration::lab::{self, Lab};
 use integration::verify::{print_report, verify, VerifyOptions};
 use ipnet::IpNet;
 
@@ -23,10 +22,8 @@ fn on_the_kubernetes_backend_claims_travel_as_node_annotations() {
 }
 
 fn claims(extra: &[&str]) {
-    if !netns::is_root() {
-        eprintln!("skipping: needs root for network namespaces");
-        return;
-    }
+    testkit::require_tools(lab::TOOLS);
+    testkit::require_tool("tcpdump");
     let lab = Lab::up_with(3, 2, extra).unwrap();
     let st = lab.status().unwrap();
     let pools: [IpNet; 2] = [

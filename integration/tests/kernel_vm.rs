@@ -11,8 +11,8 @@
 //! directory, or `MESHD_BIN_DIR` (e.g. `target/release`, several times faster in the guest).
 //! `MESHD_VM_STATIC_BIN_DIR` names static builds of meshd, meshctl and meshd-cni, which then
 //! replace the dynamic ones (`scripts/test.sh` builds and sets it; CI requires it).
-//! Needs qemu, busybox-static, xz and the lab's tools on the host (`scripts/vm-deps.sh`).
-//! Without qemu the tests skip, except under CI (`CI` set), where they fail.
+//! Needs qemu, busybox-static, xz and the lab's tools on the host (`scripts/vm-deps.sh`);
+//! without them the tests fail (`testkit::require_tool`), they are never skipped.
 //! `MESHD_VM_KEEP=1` keeps each VM's console and result logs.
 //!
 //! Every guest step whose failure matters runs under `vm_must`, `vm_until` or `vm_join`
@@ -26,17 +26,24 @@ use std::time::Duration;
 use integration::vm::{self, Harness, VmRun};
 use serde_json::Value;
 
-/// One harness (kernel + base initramfs) per test process, shared by the tests.
-fn harness() -> Option<&'static Harness> {
+/// What the host needs to build the guest and boot it, besides the tools copied into the guest
+/// (`vm::initramfs::REQUIRED_TOOLS`); `scripts/vm-deps.sh` installs them all: qemu, the guest's
+/// static busybox, xz and objcopy for its modules, dpkg-deb for the kernel package, ldd.
+const HOST_TOOLS: &[&str] = &[
+    "qemu-system-x86_64",
+    "busybox",
+    "xz",
+    "objcopy",
+    "dpkg-deb",
+    "ldd",
+];
+
+/// One harness (kernel + base initramfs) per test process, shared by the tests. A missing
+/// host tool fails the test (`testkit::require_tool`), on a developer's machine as in CI.
+fn harness() -> &'static Harness {
     static H: OnceLock<Result<Harness, String>> = OnceLock::new();
-    let missing = vm::initramfs::which("qemu-system-x86_64").is_none();
-    if missing {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "qemu-system-x86_64 missing under CI: scripts/vm-deps.sh installs it"
-        );
-        eprintln!("skipping: qemu-system-x86_64 missing (scripts/vm-deps.sh installs it)");
-        return None;
+    for tool in HOST_TOOLS.iter().chain(vm::initramfs::REQUIRED_TOOLS) {
+        testkit::require_tool(tool);
     }
     let h = H.get_or_init(|| {
         let dir = vm::meshd_bin_dir(&integration::lab::bin_dir());
@@ -65,7 +72,7 @@ fn harness() -> Option<&'static Harness> {
                 vm::initramfs::STATIC_BINARIES,
                 h.base.static_binaries
             );
-            Some(h)
+            h
         }
         Err(e) => panic!("preparing the VM: {e}"),
     }
@@ -158,7 +165,7 @@ fn assert_strict_capture(run: &VmRun) {
 /// TCX (`NET_XGRESS`, kernel ≥ 6.6). Reads the package's config; boots nothing.
 #[test]
 fn guest_kernel_has_wireguard_and_the_ebpf_datapath_options() {
-    let Some(h) = harness() else { return };
+    let h = harness();
     let k = &h.kernel;
     for (opt, ok) in [
         ("CONFIG_WIREGUARD", &["y", "m"][..]),
@@ -231,7 +238,7 @@ handshaken() {
 
 #[test]
 fn auto_mode_uses_the_kernel_device_on_every_node_and_only_wireguard_crosses_the_underlay() {
-    let Some(h) = harness() else { return };
+    let h = harness();
     let script = format!(
         "NODES=3 MODE=auto EXTRA=\n{LAB_UP}{}",
         r#"
@@ -388,7 +395,7 @@ vm_must strict-capture lab-verify --name $lab --analyse /tmp/strict.pcap
 /// n3=userspace`), every pair passing traffic.
 #[test]
 fn mixed_kernel_and_userspace_nodes_all_pass_traffic() {
-    let Some(h) = harness() else { return };
+    let h = harness();
     let script = format!(
         "NODES=3 MODE=kernel EXTRA='--node-wireguard-mode n3=userspace'\n{LAB_UP}{}",
         r#"
@@ -420,7 +427,7 @@ vm_mark verified
 
 #[test]
 fn sigkill_of_meshd_on_a_kernel_node_keeps_device_and_traffic_and_restart_adopts() {
-    let Some(h) = harness() else { return };
+    let h = harness();
     let script = format!(
         "NODES=2 MODE=auto EXTRA=\n{LAB_UP}{}",
         r#"

@@ -12,9 +12,9 @@ use std::process::Child;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use integration::capture::{analyse, Capture, CapturePolicy};
-use integration::lab::{bin, pod_addrs, sockaddr, Lab};
-use integration::netns;
+use integration::lab::{self, bin, pod_addrs, sockaddr, Lab};
 use integration::LabPod;
+use testkit::netns;
 
 /// Marker carried by every datagram and TCP byte: it must never appear on the underlay.
 const MARKER: &str = "MESHD-ROTATION-CANARY";
@@ -110,9 +110,8 @@ fn n1_keys(lab: &Lab) -> (String, String) {
 
 #[test]
 fn every_node_rotates_both_keys_repeatedly_under_traffic_without_losing_a_packet() {
-    if !netns::root_or_skip() {
-        return;
-    }
+    testkit::require_tools(lab::TOOLS);
+    testkit::require_tool("tcpdump");
     let started_unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -314,9 +313,7 @@ fn every_node_rotates_both_keys_repeatedly_under_traffic_without_losing_a_packet
 
 #[test]
 fn scheduled_rotation_replaces_every_key_on_its_own() {
-    if !netns::root_or_skip() {
-        return;
-    }
+    testkit::require_tools(lab::TOOLS);
     let lab = Lab::up_with(2, 1, &["--key-rotation-interval", "6s"]).unwrap();
     let before = keys(&lab);
     let js = lab
@@ -345,9 +342,7 @@ fn scheduled_rotation_replaces_every_key_on_its_own() {
 
 #[test]
 fn a_rotation_cut_short_by_sigkill_resumes_after_restart() {
-    if !netns::root_or_skip() {
-        return;
-    }
+    testkit::require_tools(lab::TOOLS);
     let lab = Lab::up(2, 1).unwrap();
     let st = lab.status().unwrap();
     let (p1, p2) = (&st.pods[0], &st.pods[1]);
@@ -410,9 +405,8 @@ fn a_rotation_cut_short_by_sigkill_resumes_after_restart() {
 
 #[test]
 fn a_dead_node_does_not_stop_the_others_rotating() {
-    if !netns::root_or_skip() {
-        return;
-    }
+    testkit::require_tools(lab::TOOLS);
+    testkit::require_tool("kill");
     // Three nodes; a peer counts as silent after 3 s without a handshake (180 s by default).
     let lab = Lab::up_with(3, 1, &["--rotation-silence", "3s"]).unwrap();
     let st = lab.status().unwrap();
@@ -491,9 +485,7 @@ fn rp_filter_drops(lab: &Lab, node: &str) -> u64 {
 
 #[test]
 fn a_strict_rp_filter_on_the_node_costs_no_packet_during_a_rotation() {
-    if !netns::root_or_skip() {
-        return;
-    }
+    testkit::require_tools(lab::TOOLS);
     let lab = Lab::up(2, 1).unwrap();
     // The nodes filter strictly (as RHEL-like hosts do): meshd finds that when it starts.
     for node in ["n1", "n2"] {

@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use integration::apiserver::audit::{self, ApiRequest};
 use integration::capture::{analyse, Capture};
-use integration::lab::{bin, ping, pod_addrs, sockaddr, Lab};
-use integration::netns;
+use integration::lab::{self, bin, ping, pod_addrs, sockaddr, Lab};
 use integration::rbac::Grants;
 use integration::verify::{finish, start_sink};
+use testkit::netns;
 
 /// Ping until one echo comes back or `limit` passes.
 fn ping_within(from: &integration::LabPod, dst: &str, limit: Duration) -> bool {
@@ -59,9 +59,8 @@ fn wait_mode(lab: &Lab, encryption: &str, peers: usize) {
 
 #[test]
 fn the_mesh_runs_on_node_annotations_and_the_encryption_toggle_keeps_tcp_connections() {
-    if !netns::root_or_skip() {
-        return;
-    }
+    testkit::require_tools(lab::TOOLS);
+    testkit::require_tool("tcpdump");
     let lab = Lab::up_with(3, 1, &["--registry", "kubernetes"]).unwrap();
     let st = lab.status().unwrap();
     let js = lab.status_json().unwrap();

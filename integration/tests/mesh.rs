@@ -5,15 +5,14 @@
 
 use std::time::{Duration, Instant};
 
-use integration::lab::{bin, peer_names, ping, pod_addrs, Lab};
-use integration::netns;
+use integration::lab::{self, bin, peer_names, ping, pod_addrs, Lab};
 use integration::verify::{finish, print_report, udp_stream, verify, VerifyOptions};
+use testkit::netns;
 
 #[test]
 fn three_nodes_all_pods_reach_all_pods_and_only_wireguard_crosses_the_underlay() {
-    if !netns::root_or_skip() {
-        return;
-    }
+    testkit::require_tools(lab::TOOLS);
+    testkit::require_tool("tcpdump");
     let lab = Lab::up(3, 2).unwrap();
     let status = lab.status().unwrap();
     assert_eq!(status.nodes.len(), 3);
@@ -77,9 +76,7 @@ fn three_nodes_all_pods_reach_all_pods_and_only_wireguard_crosses_the_underlay()
 
 #[test]
 fn sigkill_of_meshd_under_traffic_keeps_traffic_flowing_and_restart_adopts() {
-    if !netns::root_or_skip() {
-        return;
-    }
+    testkit::require_tools(lab::TOOLS);
     let lab = Lab::up(2, 1).unwrap();
     let st = lab.status().unwrap();
     let n1 = st.node("n1").unwrap().clone();
@@ -139,9 +136,7 @@ fn sigkill_of_meshd_under_traffic_keeps_traffic_flowing_and_restart_adopts() {
 
 #[test]
 fn a_fourth_node_joins_without_restarts_and_leaves_cleanly() {
-    if !netns::root_or_skip() {
-        return;
-    }
+    testkit::require_tools(lab::TOOLS);
     let lab = Lab::up(3, 1).unwrap();
     let pids: Vec<Option<u32>> = lab
         .status()
@@ -235,9 +230,7 @@ fn a_fourth_node_joins_without_restarts_and_leaves_cleanly() {
 
 #[test]
 fn malformed_and_conflicting_records_are_skipped_and_the_rest_of_the_mesh_is_unaffected() {
-    if !netns::root_or_skip() {
-        return;
-    }
+    testkit::require_tools(lab::TOOLS);
     let lab = Lab::up(3, 1).unwrap();
     let raw = lab.status_json().unwrap();
     let registry = std::path::PathBuf::from(raw["registry_dir"].as_str().unwrap());
@@ -341,9 +334,7 @@ fn malformed_and_conflicting_records_are_skipped_and_the_rest_of_the_mesh_is_una
 
 #[test]
 fn a_corrupt_key_file_stops_meshd_with_a_clear_error_and_never_takes_down_the_datapath() {
-    if !netns::root_or_skip() {
-        return;
-    }
+    testkit::require_tools(lab::TOOLS);
     let lab = Lab::up(2, 1).unwrap();
     let raw = lab.status_json().unwrap();
     let key_file =
@@ -378,9 +369,9 @@ fn a_corrupt_key_file_stops_meshd_with_a_clear_error_and_never_takes_down_the_da
 
 #[test]
 fn a_killed_datapath_process_is_brought_back_and_nothing_leaks_while_it_is_gone() {
-    if !netns::root_or_skip() {
-        return;
-    }
+    testkit::require_tools(lab::TOOLS);
+    testkit::require_tool("tcpdump");
+    testkit::require_tool("kill");
     let lab = Lab::up(2, 1).unwrap();
     let st = lab.status().unwrap();
     let from = st.pods_on("n1").next().unwrap();
@@ -458,9 +449,7 @@ fn programmed(lab: &Lab, ns: &str) -> (usize, std::collections::BTreeSet<String>
 /// says — peers, routes and eBPF redirects — with nothing left over.
 #[test]
 fn sigkill_of_meshd_mid_change_leaves_nothing_half_done_after_restart() {
-    if !netns::root_or_skip() {
-        return;
-    }
+    testkit::require_tools(lab::TOOLS);
     let lab = Lab::up(3, 1).unwrap();
     let st = lab.status().unwrap();
     let ns = st.node("n1").unwrap().namespace.clone();

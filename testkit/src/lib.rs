@@ -10,5 +10,5 @@
 pub mod netns;
 pub mod require;
 
-pub use netns::{unique_name, ChildGuard, NetnsGuard};
+pub use netns::{unique_name, ChildGuard, NetnsGuard, NetnsSet};
 pub use require::{require_root, require_tool, require_tools};

@@ -20,27 +20,56 @@ fn is_executable(path: &Path) -> bool {
         .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-/// The message a missing requirement fails with.
-fn missing(what: &str) -> String {
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-    let hint = if ci {
-        "CI must install it (scripts/install-deps.sh)"
-    } else {
-        "run scripts/install-deps.sh as root"
+/// What is missing, and what makes it present.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Missing<'a> {
+    /// The test does not run as root.
+    Root,
+    /// A tool is not on `PATH`.
+    Tool(&'a str),
+}
+
+/// The message a missing requirement fails with; `ci` when running under `CI=true`.
+fn missing(what: Missing<'_>, ci: bool) -> String {
+    let (needs, hint) = match (what, ci) {
+        (Missing::Root, false) => (
+            "root (network namespaces, BPF)".to_string(),
+            "run the tests as root",
+        ),
+        (Missing::Root, true) => (
+            "root (network namespaces, BPF)".to_string(),
+            "CI must run the tests as root",
+        ),
+        (Missing::Tool(tool), false) => (
+            format!("`{tool}` on PATH"),
+            "run scripts/install-deps.sh as root",
+        ),
+        (Missing::Tool(tool), true) => (
+            format!("`{tool}` on PATH"),
+            "CI must install it (scripts/install-deps.sh)",
+        ),
     };
-    format!("this test needs {what}: {hint}; a test that cannot run fails, it is never skipped")
+    format!("this test needs {needs}: {hint}; a test that cannot run fails, it is never skipped")
+}
+
+fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
 }
 
 /// Fails the calling test unless it runs as root.
 #[track_caller]
 pub fn require_root() {
-    assert!(is_root(), "{}", missing("root (network namespaces, BPF)"));
+    assert!(is_root(), "{}", missing(Missing::Root, under_ci()));
 }
 
 /// Fails the calling test unless `tool` is on `PATH`.
 #[track_caller]
 pub fn require_tool(tool: &str) {
-    assert!(on_path(tool), "{}", missing(&format!("`{tool}` on PATH")));
+    assert!(
+        on_path(tool),
+        "{}",
+        missing(Missing::Tool(tool), under_ci())
+    );
 }
 
 /// Root, and every tool in `tools`.
@@ -69,7 +98,16 @@ mod tests {
     }
 
     #[test]
-    fn the_message_names_what_is_missing() {
-        assert!(missing("`tcpdump` on PATH").contains("`tcpdump` on PATH"));
+    fn the_message_names_what_is_missing_and_how_to_get_it() {
+        let tool = missing(Missing::Tool("tcpdump"), false);
+        assert!(tool.contains("`tcpdump` on PATH"), "{tool}");
+        assert!(tool.contains("scripts/install-deps.sh"), "{tool}");
+        assert!(missing(Missing::Tool("tcpdump"), true).contains("CI must install it"));
+        let root = missing(Missing::Root, false);
+        assert!(root.contains("needs root") && root.contains("run the tests as root"));
+        assert!(missing(Missing::Root, true).contains("CI must run the tests as root"));
+        for ci in [false, true] {
+            assert!(missing(Missing::Root, ci).ends_with("it is never skipped"));
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! Root integration tests: real network namespaces, veths and a TUN; the BPF programs are
 //! loaded, pinned under a per-test bpffs directory and attached with TCX links.
-//! Namespaces are named with the test pid and deleted by a Drop guard even on failure.
+//! Namespaces are `testkit::NetnsGuard`s named with the test pid, deleted on drop even on
+//! failure. Without root or `ip`/`ping` the tests fail (`testkit::require_tools`).
 //! Traffic only goes to addresses inside namespaces these tests create.
 #![allow(unsafe_code, clippy::unwrap_used)]
 
@@ -15,46 +16,40 @@ use std::{
 };
 
 use ebpf_redirect::{remove_pins, Datapath, Mode, Verdict};
+use testkit::{unique_name, NetnsGuard};
 
 const REDIRECT: usize = Verdict::Redirect as usize;
 const LOCAL: usize = Verdict::Local as usize;
 const STRICT_DROP: usize = Verdict::StrictDrop as usize;
 const WOULD_DROP: usize = Verdict::WouldDrop as usize;
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
+/// The tools these tests run.
+const TOOLS: &[&str] = &["ip", "ping"];
 
-/// Deletes the namespaces and the pin directory on drop.
+/// The test's namespaces (deleted when dropped) and its pin directory (removed on drop).
 struct Guard {
-    netns: Vec<String>,
+    netns: Vec<NetnsGuard>,
     pin_dir: PathBuf,
 }
 
 impl Guard {
     fn new(tag: &str, ns: &[&str]) -> Self {
         let pid = std::process::id();
-        let g = Guard {
-            netns: ns.iter().map(|n| format!("er{pid}{tag}{n}")).collect(),
+        Guard {
+            netns: ns
+                .iter()
+                .map(|n| NetnsGuard::new(&unique_name("er", &format!("{tag}{n}"))).unwrap())
+                .collect(),
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/ebpf-redirect-test-{pid}-{tag}")),
-        };
-        for n in &g.netns {
-            run(&["ip", "netns", "add", n]);
-            run(&["ip", "-n", n, "link", "set", "lo", "up"]);
         }
-        g
     }
     fn ns(&self, i: usize) -> &str {
-        &self.netns[i]
+        self.netns[i].name()
     }
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        for n in &self.netns {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
-        }
         let _ = remove_pins(&self.pin_dir);
     }
 }
@@ -80,18 +75,7 @@ fn ipn(ns: &str, args: &str) {
 
 /// Runs `f` on a fresh thread that has entered netns `ns` (setns is per thread).
 fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    let path = format!("/run/netns/{ns}");
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let fd = File::open(&path).expect("open netns");
-            // SAFETY: fd is an open netns file owned by this scope.
-            let rc = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .expect("netns thread panicked")
-    })
+    testkit::netns::within(ns, f).unwrap()
 }
 
 /// Creates a TUN (IFF_TUN | IFF_NO_PI, non-blocking) in the calling thread's netns.
@@ -175,10 +159,7 @@ fn wait_ping(ns: &str, dst: &str) {
 
 #[test]
 fn redirect_to_tunnel_v4_v6_and_adopt() {
-    if !is_root() {
-        eprintln!("SKIPPED: needs root");
-        return;
-    }
+    testkit::require_tools(TOOLS);
     let g = Guard::new("r", &["node", "pod"]);
     let (node, pod) = (g.ns(0).to_string(), g.ns(1).to_string());
     run(&[
@@ -332,10 +313,7 @@ fn udp_marked_passes(
 
 #[test]
 fn underlay_strict_and_permissive_v4_v6() {
-    if !is_root() {
-        eprintln!("SKIPPED: needs root");
-        return;
-    }
+    testkit::require_tools(TOOLS);
     const WG: u16 = 51820;
     const MESH_MARK: u32 = 109;
     let g = Guard::new("s", &["a", "b"]);

@@ -213,7 +213,7 @@ fn probe_until(dsts: [IpAddr; 2], since: Instant, timeout: Duration) -> [Option<
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if !integration::netns::is_root() {
+    if !testkit::require::is_root() {
         bail!("cni-bench creates network namespaces: run it as root");
     }
     if args.pods > 500 || args.concurrent_pods > 250 {

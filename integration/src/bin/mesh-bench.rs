@@ -50,9 +50,9 @@ use integration::bench::{
     self, Report, ScaleResult, ScenarioResult, Targets, Userspace, BORINGTUN, MESHD, MESHD_ROUTES,
     MESHD_WG, MESHD_WG_VETH, PLAIN, PLAIN_LAB, WIREGUARD_GO,
 };
-use integration::netns::{self, ChildGuard, NetnsGuard};
 use integration::LabStatus;
 use nix::sys::signal::{SigSet, Signal};
+use testkit::netns::{self, ChildGuard, NetnsGuard};
 
 const IPERF_PORT: &str = "5201";
 const PLAIN_A: &str = "198.18.200.1";
@@ -1086,7 +1086,7 @@ fn run_verdict(targets: &[bench::TargetCheck]) -> RunVerdict {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if !netns::is_root() {
+    if !testkit::require::is_root() {
         eprintln!("mesh-bench needs root (network namespaces)");
         return ExitCode::FAILURE;
     }

@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use serde_json::Value;
 
+use testkit::NetnsSet;
+
 use super::{bin, Lab};
 
 /// The interface name every pod of these helpers gets (`CNI_IFNAME`).
@@ -390,7 +392,7 @@ impl NodeCni {
 
     /// The host veths (`mshd*`) in the node's network namespace.
     pub fn host_veths(&self) -> anyhow::Result<BTreeSet<String>> {
-        let out = crate::netns::run("ip", &["-n", &self.namespace, "-j", "link", "show"])?;
+        let out = testkit::netns::run("ip", &["-n", &self.namespace, "-j", "link", "show"])?;
         let links: Vec<Value> = serde_json::from_slice(&out.stdout).context("ip -j link")?;
         Ok(links
             .iter()
@@ -443,32 +445,11 @@ impl NodeCni {
     }
 }
 
-/// Pod network namespaces created in bulk (`ip -batch`) and all deleted on drop.
+/// Pod network namespaces created in bulk and all deleted on drop ([`testkit::NetnsSet`]),
+/// named so that `meshctl lab down` owns them too.
 #[derive(Debug, Default)]
 pub struct PodNamespaces {
-    names: Vec<String>,
-}
-
-fn ip_batch(lines: &[String]) -> anyhow::Result<()> {
-    let mut child = Command::new("ip")
-        .args(["-force", "-batch", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running ip -batch")?;
-    let mut stdin = child.stdin.take().context("ip -batch stdin")?;
-    stdin.write_all(lines.join("\n").as_bytes())?;
-    stdin.write_all(b"\n")?;
-    drop(stdin);
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "ip -batch failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    set: NetnsSet,
 }
 
 impl PodNamespaces {
@@ -482,38 +463,19 @@ impl PodNamespaces {
         format!("{}-{node}-p{index}", lab.name())
     }
 
-    /// Create `names` (recorded first, so a partial failure is still cleaned up).
+    /// Create `names` (owned first, so a partial failure is still cleaned up).
     pub fn create(&mut self, names: &[String]) -> anyhow::Result<()> {
-        self.names.extend(names.iter().cloned());
-        let lines: Vec<String> = names.iter().map(|n| format!("netns add {n}")).collect();
-        ip_batch(&lines)?;
-        for n in names {
-            if !Path::new("/run/netns").join(n).exists() {
-                bail!("namespace {n} was not created");
-            }
-        }
-        Ok(())
+        Ok(self.set.create(names)?)
     }
 
     /// Delete some of them now.
     pub fn delete(&mut self, names: &[String]) -> anyhow::Result<()> {
-        self.names.retain(|n| !names.contains(n));
-        let lines: Vec<String> = names.iter().map(|n| format!("netns del {n}")).collect();
-        ip_batch(&lines)
+        Ok(self.set.delete(names)?)
     }
 
     /// The namespaces still owned.
     pub fn names(&self) -> &[String] {
-        &self.names
-    }
-}
-
-impl Drop for PodNamespaces {
-    fn drop(&mut self) {
-        let names = std::mem::take(&mut self.names);
-        if !names.is_empty() {
-            let _ = self.delete(&names);
-        }
+        self.set.names()
     }
 }
 

@@ -133,13 +133,7 @@ mod tests {
 
     #[test]
     fn cpio_tool_lists_the_archive() {
-        if std::process::Command::new("cpio")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            return;
-        }
+        testkit::require_tool("cpio");
         let mut w = CpioWriter::new(Vec::new());
         w.dir("etc", 0o755).expect("dir");
         w.file("etc/hello", 0o644, b"hi\n").expect("file");

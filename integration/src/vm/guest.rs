@@ -159,16 +159,11 @@ mod tests {
     use super::HELPERS;
 
     /// Runs `scenario` as `/init` does (helpers sourced, `vm_exit` as the EXIT trap) with the
-    /// host's busybox `sh`, the result channel on stdout; `None` without busybox.
-    fn scenario(script: &str) -> Option<(String, i32)> {
-        let Some(busybox) = super::super::initramfs::which("busybox") else {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "busybox missing under CI: scripts/vm-deps.sh installs it"
-            );
-            eprintln!("skipping: busybox missing (scripts/vm-deps.sh installs it)");
-            return None;
-        };
+    /// host's busybox `sh`, the result channel on stdout. Fails the test without busybox
+    /// (`scripts/vm-deps.sh` installs it).
+    fn scenario(script: &str) -> (String, i32) {
+        testkit::require_tool("busybox");
+        let busybox = super::super::initramfs::which("busybox").expect("busybox on PATH");
         // Without the guest's tool wrappers: the host's /usr/local/bin is not the guest's.
         let (head, rest) = HELPERS.split_once("for _t in").unwrap();
         let (_, tail) = rest.split_once("\ndone\n").unwrap();
@@ -183,17 +178,15 @@ mod tests {
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        Some((text, out.status.code().unwrap()))
+        (text, out.status.code().unwrap())
     }
 
     #[test]
     fn a_failed_step_ends_the_scenario_named_and_the_cleanup_still_runs() {
         let cleanup = "vm_cleanup() { echo cleaned; }\n";
-        let Some((out, rc)) = scenario(&format!(
+        let (out, rc) = scenario(&format!(
             "{cleanup}vm_must a true\nvm_must b sh -c 'exit 3'\necho unreachable"
-        )) else {
-            return;
-        };
+        ));
         assert_eq!(rc, 3, "{out}");
         assert!(
             out.contains("@@meshd-vm end b 3\n@@meshd-vm failed 3 b\ncleaned"),
@@ -201,12 +194,12 @@ mod tests {
         );
         assert!(!out.contains("unreachable"), "{out}");
 
-        let (out, rc) = scenario(&format!("{cleanup}vm_until 1 false\necho unreachable")).unwrap();
+        let (out, rc) = scenario(&format!("{cleanup}vm_until 1 false\necho unreachable"));
         assert_eq!(rc, 1, "{out}");
         assert!(out.contains("failed 1 wait 1s: false\ncleaned"), "{out}");
 
         // A background job that outlives its time is killed and fails the scenario.
-        let (out, rc) = scenario("sleep 5 & p=$!\nvm_join 1 $p sleeper\necho unreachable").unwrap();
+        let (out, rc) = scenario("sleep 5 & p=$!\nvm_join 1 $p sleeper\necho unreachable");
         assert_eq!(rc, 1, "{out}");
         assert!(
             out.contains("failed 1 sleeper: still running after 1 s"),
@@ -215,7 +208,7 @@ mod tests {
         assert!(!out.contains("unreachable"), "{out}");
 
         // A failing last command fails the scenario even when nothing guarded it.
-        let (out, rc) = scenario(&format!("{cleanup}false")).unwrap();
+        let (out, rc) = scenario(&format!("{cleanup}false"));
         assert_eq!(rc, 1, "{out}");
         assert!(out.contains("failed 1 unguarded command"), "{out}");
     }
@@ -223,20 +216,18 @@ mod tests {
     #[test]
     fn a_failing_cleanup_fails_a_passing_scenario_but_hides_no_earlier_failure() {
         let cleanup = "vm_cleanup() { vm_artifact down false; }\n";
-        let Some((out, rc)) = scenario(&format!("{cleanup}vm_must a true")) else {
-            return;
-        };
+        let (out, rc) = scenario(&format!("{cleanup}vm_must a true"));
         assert_eq!(rc, 1, "{out}");
         assert!(
             out.ends_with("@@meshd-vm end down 1\n@@meshd-vm failed 1 cleanup\n"),
             "{out}"
         );
 
-        let (out, rc) = scenario(&format!("{cleanup}vm_must a sh -c 'exit 4'")).unwrap();
+        let (out, rc) = scenario(&format!("{cleanup}vm_must a sh -c 'exit 4'"));
         assert_eq!(rc, 4, "{out}");
         assert_eq!(out.matches("failed").count(), 1, "{out}");
 
-        let (out, rc) = scenario("vm_cleanup() { echo cleaned; }\nvm_must a true").unwrap();
+        let (out, rc) = scenario("vm_cleanup() { echo cleaned; }\nvm_must a true");
         assert_eq!((rc, out.contains("failed")), (0, false), "{out}");
         assert!(out.ends_with("cleaned\n"), "{out}");
     }
