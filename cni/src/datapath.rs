@@ -1,17 +1,17 @@
 //! The kernel side of a pod interface, driven through the `ip` command (iproute2) and `/proc/sys`.
 //!
 //! The layout is the lab's (README, "Packet path"): a veth pair whose host side (`mshd` + 8 hex
-//! digits, [`host_veth_name`](crate::cni::host_veth_name)) has MAC `ee:ee:ee:ee:ee:ee`, proxy ARP and IPv4 forwarding on (the kernel's proxy ARP
+//! digits, [`host_veth_name`](crate::host_veth_name)) has MAC `ee:ee:ee:ee:ee:ee`, proxy ARP and IPv4 forwarding on (the kernel's proxy ARP
 //! answers only on forwarding interfaces) with no proxy delay, DAD off, and
 //! carries a `/32` and a `/128` host route to the pod; the pod side holds the pod's `/32` and
 //! `/128`, an on-link route to 169.254.1.1 and default routes via 169.254.1.1 and
 //! fe80::ecee:eeff:feee:eeee (the host side's EUI-64 link-local address). The host veth's alias
-//! names its owner ([`owner_alias`](crate::cni::datapath::owner_alias)), so a hash collision between two pods' host veth names is
+//! names its owner ([`owner_alias`](crate::datapath::owner_alias)), so a hash collision between two pods' host veth names is
 //! an error on ADD instead of one pod's veth being replaced by the other's, and DEL only ever
 //! deletes its own veth.
 //!
 //! Commands for the pod are run with this thread switched into the pod's network namespace
-//! ([`in_netns`](crate::cni::datapath::in_netns)): `ip` children inherit it. The plugin is single-threaded, so nothing else
+//! ([`in_netns`](crate::datapath::in_netns)): `ip` children inherit it. The plugin is single-threaded, so nothing else
 //! runs in the wrong namespace meanwhile.
 
 use std::fs::File;

@@ -40,9 +40,6 @@
 //! * **Durability.** The temporary file is fsynced before the `link` and the directory after it
 //!   (and after removals), so an allocation reported to the runtime survives a power loss.
 
-/// `cluster-pool` IPAM: this node's pod CIDRs carved out of a cluster-wide pool.
-pub mod pool;
-
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
