@@ -2,7 +2,8 @@
 //! (CNI 1.1.0, and the result formats back to 0.3.0).
 //!
 //! It owns what one invocation does on its node and nothing else: the spec's types and command
-//! handling (this module), the pod's interface in the kernel ([`datapath`]), the pod's entry in meshd's pinned eBPF datapath
+//! handling (this module), the pod's interface in the kernel ([`datapath`], over netlink
+//! ([`netlink`]), never by running `ip`), the pod's entry in meshd's pinned eBPF datapath
 //! ([`redirect`]) and the node-local address store ([`ipam`]). It is synchronous and
 //! single-threaded, and links neither an async runtime nor a Kubernetes client: the daemon
 //! (crate `meshd`) depends on it for the store and the host veth naming rule, never the other
@@ -31,6 +32,8 @@ use serde_json::{Map, Value};
 pub mod datapath;
 /// Node-local pod address management on an on-disk store.
 pub mod ipam;
+/// A small synchronous rtnetlink client: one request, its acknowledgement or its dump.
+pub mod netlink;
 /// The plugin's command dispatch (what the `meshd-cni` binary runs).
 pub mod plugin;
 /// The pod's part of the tc eBPF datapath (local-pod map, `from_pod` attachment).
@@ -62,7 +65,7 @@ pub enum CniError {
     /// Code 4: a `CNI_*` environment variable is missing or invalid.
     #[error("invalid necessary environment variables: {0}")]
     InvalidEnv(String),
-    /// Code 5: an I/O operation (file system, netlink, `ip`) failed.
+    /// Code 5: an I/O operation (file system, netlink, eBPF) failed.
     #[error("I/O failure: {0}")]
     Io(String),
     /// Code 6: stdin is not valid JSON or does not decode into the configuration.
