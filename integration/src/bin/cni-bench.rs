@@ -477,9 +477,14 @@ fn main() -> anyhow::Result<()> {
     } else {
         print_table(&report);
     }
-    let failed = report.targets.iter().filter(|t| !t.pass).count();
+    verdict(&report.targets)
+}
+
+/// The bench's outcome: an error (exit status 1) when a target failed.
+fn verdict(targets: &[Target]) -> anyhow::Result<()> {
+    let failed = targets.iter().filter(|t| !t.pass).count();
     if failed > 0 {
-        bail!("{failed} of {} targets failed", report.targets.len());
+        bail!("{failed} of {} targets failed", targets.len());
     }
     Ok(())
 }
@@ -720,5 +725,66 @@ fn print_table(r: &Report) {
             t.bound,
             t.limit
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flat(n: usize, ms: f64) -> Stats {
+        Stats {
+            n,
+            p50_ms: ms,
+            p90_ms: ms,
+            p99_ms: ms,
+            max_ms: ms,
+            mean_ms: ms,
+        }
+    }
+
+    fn report(pods: u32, add_ms: f64, del_ms: f64, reach_ms: f64, unreachable: usize) -> Report {
+        let n = pods as usize;
+        Report {
+            cpus: 2,
+            pods,
+            sequential_add: flat(n, add_ms),
+            sequential_add_first_100: flat(n, add_ms),
+            sequential_add_last_100: flat(n, add_ms),
+            sequential_del: flat(n, del_ms),
+            reachable_v4: flat(n, reach_ms),
+            reachable_v6: flat(n, reach_ms),
+            reachable_both: flat(n, reach_ms),
+            add_start_to_reachable_both: flat(n, add_ms + reach_ms),
+            unreachable,
+            concurrent: None,
+            reference: None,
+            targets: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_run_within_every_target_passes() {
+        let t = targets(&report(100, 5.0, 10.0, 3.9, 0));
+        assert!(t.iter().all(|t| t.pass), "{t:?}");
+        assert!(verdict(&t).is_ok());
+    }
+
+    #[test]
+    fn any_missed_target_fails_the_bench() {
+        // One target missed at a time: exactly that one fails, and so does the bench.
+        for r in [
+            report(100, 5.1, 1.0, 1.0, 0),
+            report(100, 1.0, 10.1, 1.0, 0),
+            report(100, 1.0, 1.0, 4.0, 0),
+            report(100, 1.0, 1.0, 1.0, 1),
+            report(99, 1.0, 1.0, 1.0, 0),
+        ] {
+            let t = targets(&r);
+            assert_eq!(t.iter().filter(|t| !t.pass).count(), 1, "{t:?}");
+            assert!(verdict(&t).is_err(), "{t:?}");
+        }
+        // No samples at all is no pass.
+        assert!(verdict(&targets(&report(0, 0.0, 0.0, 0.0, 0))).is_err());
     }
 }
