@@ -220,15 +220,6 @@ fn pod_socket(ns: &File, path: &Path) -> Result<Netlink, DatapathError> {
     })
 }
 
-/// Whether a link named `name` exists in the current network namespace.
-pub fn link_exists(name: &str) -> Result<bool, DatapathError> {
-    let mut nl = node_socket()?;
-    Ok(nl
-        .link(name)
-        .map_err(step(|| format!("looking up {name}")))?
-        .is_some())
-}
-
 /// The alias marking a host veth as this pod interface's (guards against hash collisions).
 pub fn owner_alias(container_id: &str, ifname: &str) -> String {
     format!("meshd-cni {container_id} {ifname}")
