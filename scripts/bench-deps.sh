@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Install what `mesh-bench` (integration/src/bin/mesh-bench.rs) measures against:
+# Install what the benches measure against: for `mesh-bench` (integration/src/bin/mesh-bench.rs)
 # iperf3, wireguard-go and wireguard-tools from Debian, and boringtun-cli from crates.io
 # (`cargo install boringtun-cli --locked`) into $MESH_BENCH_DEPS (default /opt/meshd-bench),
-# where mesh-bench looks for it (bin/boringtun-cli) when it is not on $PATH.
+# where mesh-bench looks for it (bin/boringtun-cli) when it is not on $PATH; for `cni-bench`
+# (integration/src/bin/cni-bench.rs) the reference CNI plugins `ptp` and `host-local` from
+# Debian's containernetworking-plugins (in /usr/lib/cni).
 # Idempotent and quick when everything is already present. Run as root.
 set -euo pipefail
 
@@ -21,6 +23,8 @@ have wg           || need+=(wireguard-tools)
 have ping         || need+=(iputils-ping)
 have ip           || need+=(iproute2)
 have getconf      || need+=(libc-bin)
+have nsenter      || need+=(util-linux)
+[ -x /usr/lib/cni/ptp ] && [ -x /usr/lib/cni/host-local ] || need+=(containernetworking-plugins)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "› apt-get install ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -44,3 +48,4 @@ echo "  iperf3:        $(iperf3 --version 2>/dev/null | head -n1)"
 echo "  wireguard-go:  $(dpkg-query -W -f='${Version}' wireguard-go 2>/dev/null || echo '?')"
 echo "  wg:            $(wg --version 2>/dev/null | head -n1)"
 echo "  boringtun-cli: $("$root/bin/boringtun-cli" --version 2>/dev/null | head -n1)"
+echo "  CNI plugins:   $(dpkg-query -W -f='${Version}' containernetworking-plugins 2>/dev/null || echo '?') (/usr/lib/cni)"

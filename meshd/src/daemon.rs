@@ -31,10 +31,10 @@ use tokio::sync::{mpsc, RwLock};
 
 use crate::bpf::{self, Bpf, Encryption};
 use crate::control::{self, Counters, MalformedReport, PeerReport, SharedStatus, StatusReport};
-use crate::ipam::Ipam;
 use crate::reconcile;
 use crate::registry::{Registry, RegistryEvent};
 use crate::rotation::{self, Action, Driver};
+use meshd_cni::ipam::Ipam;
 
 /// How often the live state is re-read and reconciled even without registry events.
 const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
@@ -713,7 +713,7 @@ async fn claim_pod_cidrs<R: Registry>(
     initial: &mut Vec<RegistryEvent>,
     me: &NodeRecord,
 ) -> anyhow::Result<Vec<IpNet>> {
-    use crate::ipam::pool;
+    use crate::pod_cidr_pool as pool;
     let mut records = BTreeMap::new();
     // The registry's complete state first: never choose against a partial view.
     loop {
@@ -1788,7 +1788,7 @@ fn sync_pods(
     let ipam_dir = ctx.args.state_dir.join("ipam");
     // The local-pod map mirrors the store under the store's lock: an ADD that allocates
     // meanwhile waits, so its own map entries are never removed as unknown.
-    let mirror = |entries: &[crate::ipam::Entry], bpf: &mut Bpf| {
+    let mirror = |entries: &[meshd_cni::ipam::Entry], bpf: &mut Bpf| {
         let locals: BTreeSet<IpAddr> = entries
             .iter()
             .filter(|e| e.owner.is_some())
@@ -1808,7 +1808,7 @@ fn sync_pods(
         let veths: BTreeSet<String> = entries
             .iter()
             .filter_map(|e| e.owner.as_ref())
-            .map(|o| crate::cni::host_veth_name(&o.container_id, &o.ifname))
+            .map(|o| meshd_cni::host_veth_name(&o.container_id, &o.ifname))
             .collect();
         known.counters.map_ops += bpf.sync_pods(&veths)? as u64;
     }

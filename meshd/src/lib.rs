@@ -11,8 +11,6 @@
 pub mod audit;
 /// The daemon's side of the tc eBPF datapath (strict mode, redirects, counters).
 pub mod bpf;
-/// The CNI plugin's spec types and command handling (CNI 1.1.0 and older result formats).
-pub mod cni;
 /// The CNI configuration list meshd installs when the node is ready.
 pub mod cni_conf;
 /// The node-local control socket (status).
@@ -21,14 +19,14 @@ pub mod control;
 pub mod daemon;
 /// Liveness and readiness endpoints.
 pub mod health;
-/// Node-local pod address management on an on-disk store.
-pub mod ipam;
 /// The local multi-node lab built from network namespaces.
 pub mod lab;
 /// Prometheus metrics.
 pub mod metrics;
 /// The closed sets of modes settings, datapath and status share (encryption, ...).
 pub mod mode;
+/// `cluster-pool` IPAM: this node's pod CIDRs carved out of a cluster-wide pool (pure).
+pub mod pod_cidr_pool;
 /// The pure reconcile plan.
 pub mod reconcile;
 /// Where records are exchanged (the directory and Kubernetes registries) and all of meshd's

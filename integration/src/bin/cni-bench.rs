@@ -17,10 +17,22 @@
 //! - **concurrent** (unless `--no-concurrent`): `--concurrent-pods` (200) ADDs on one node from
 //!   `--workers` (8) runtime threads, then DELs the same way: per-call latency and pods/s.
 //!
-//! Prints numbers (a table, or JSON with `--json`); asserts nothing about timing. Everything it
-//! creates is removed on exit. Needs root.
+//! In the same run (unless `--no-reference`), the reference plugins `ptp` + `host-local`
+//! (Debian's containernetworking-plugins, `/usr/lib/cni`; `scripts/bench-deps.sh` installs them)
+//! attach `--ref-pods` (100) IPv4-only and `--ref-pods-dual` (20; each waits for duplicate
+//! address detection) dual-stack pods, one after the other, in a namespace of their own that
+//! stands in for a node: ADD and DEL latency, reported beside meshd's, without targets.
+//!
+//! Prints numbers (a table, or JSON with `--json`) and judges meshd-cni's targets (each printed
+//! PASS or FAIL): sequential dual-stack ADD p50 ≤ 5 ms and p99 ≤ 10 ms over at least 100 pods,
+//! DEL p99 ≤ 10 ms, every sampled pod reachable and ADD return → reachable over both families
+//! p99 < 4 ms. **Exits 1 when a target fails.** Everything it creates is removed on exit. Needs
+//! root.
 
+use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,6 +42,7 @@ use clap::Parser;
 use integration::lab::cni::{percentile, Attached, NodeCni, PodNamespaces};
 use integration::lab::Lab;
 use serde::Serialize;
+use serde_json::{json, Value};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -58,6 +71,16 @@ struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Skip the reference plugins (ptp + host-local).
+    #[arg(long)]
+    no_reference: bool,
+    /// Sequential IPv4-only ADDs (and DELs) of the reference plugins (at most 250).
+    #[arg(long, default_value_t = 100)]
+    ref_pods: u32,
+    /// Sequential dual-stack ADDs (and DELs) of the reference plugins (at most 250; each
+    /// waits about 2 s for duplicate address detection).
+    #[arg(long, default_value_t = 20)]
+    ref_pods_dual: u32,
 }
 
 /// Latency summary in milliseconds.
@@ -108,6 +131,98 @@ struct Report {
     add_start_to_reachable_both: Stats,
     unreachable: usize,
     concurrent: Option<Concurrent>,
+    /// The reference plugins, measured in the same run.
+    reference: Option<Reference>,
+    /// meshd-cni's targets, judged on the sequential run.
+    targets: Vec<Target>,
+}
+
+/// One target: `measured` must be at most, below or (for the sample size) at least `limit`.
+#[derive(Debug, Serialize)]
+struct Target {
+    what: &'static str,
+    limit: f64,
+    /// `<=`, `<` or `>=`.
+    bound: &'static str,
+    measured: f64,
+    pass: bool,
+}
+
+impl Target {
+    fn at_most(what: &'static str, measured: f64, limit: f64) -> Target {
+        Target {
+            what,
+            limit,
+            bound: "<=",
+            measured,
+            pass: measured <= limit,
+        }
+    }
+
+    fn below(what: &'static str, measured: f64, limit: f64) -> Target {
+        Target {
+            what,
+            limit,
+            bound: "<",
+            measured,
+            pass: measured < limit,
+        }
+    }
+}
+
+/// The targets of issue 17 on a report's sequential figures. A figure without samples fails.
+fn targets(r: &Report) -> Vec<Target> {
+    let sampled = |s: &Stats, v: f64| if s.n == 0 { f64::INFINITY } else { v };
+    vec![
+        Target {
+            what: "sequential pods (the targets need 100 at least)",
+            limit: 100.0,
+            bound: ">=",
+            measured: f64::from(r.pods),
+            pass: r.pods >= 100,
+        },
+        Target::at_most(
+            "ADD p50, sequential dual-stack (ms)",
+            sampled(&r.sequential_add, r.sequential_add.p50_ms),
+            5.0,
+        ),
+        Target::at_most(
+            "ADD p99, sequential dual-stack (ms)",
+            sampled(&r.sequential_add, r.sequential_add.p99_ms),
+            10.0,
+        ),
+        Target::at_most(
+            "DEL p99, sequential (ms)",
+            sampled(&r.sequential_del, r.sequential_del.p99_ms),
+            10.0,
+        ),
+        Target::at_most(
+            "sampled pods not reachable in time",
+            r.unreachable as f64,
+            0.0,
+        ),
+        Target::below(
+            "ADD return -> reachable, both families, p99 (ms)",
+            sampled(&r.reachable_both, r.reachable_both.p99_ms),
+            4.0,
+        ),
+    ]
+}
+
+/// The reference plugins' figures.
+#[derive(Debug, Serialize)]
+struct Reference {
+    plugins: &'static str,
+    ipv4: ReferenceRun,
+    dual_stack: ReferenceRun,
+}
+
+/// Sequential ADDs then DELs of one reference configuration.
+#[derive(Debug, Serialize)]
+struct ReferenceRun {
+    pods: u32,
+    add: Stats,
+    del: Stats,
 }
 
 #[derive(Debug, Serialize)]
@@ -219,6 +334,20 @@ fn main() -> anyhow::Result<()> {
     if args.pods > 500 || args.concurrent_pods > 250 {
         bail!("at most 500 sequential and 250 concurrent pods (each node's /24 holds 252)");
     }
+    if args.ref_pods > 250 || args.ref_pods_dual > 250 {
+        bail!("at most 250 reference pods per run (the reference /24 holds 253)");
+    }
+    if !args.no_reference {
+        for plugin in ["ptp", "host-local"] {
+            let path = Path::new(REFERENCE_PLUGIN_DIR).join(plugin);
+            if !path.exists() {
+                bail!(
+                    "{} missing: run scripts/bench-deps.sh (Debian's containernetworking-plugins), or pass --no-reference",
+                    path.display()
+                );
+            }
+        }
+    }
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     eprintln!("› lab up (2 nodes, 1 pod each)");
     let lab = Lab::up(2, 1)?;
@@ -313,7 +442,18 @@ fn main() -> anyhow::Result<()> {
         })
     };
 
-    let report = Report {
+    let reference = if args.no_reference {
+        None
+    } else {
+        Some(reference(
+            &lab,
+            &mut spaces,
+            args.ref_pods,
+            args.ref_pods_dual,
+        )?)
+    };
+
+    let mut report = Report {
         cpus,
         pods: args.pods,
         sequential_add: Stats::of(&add),
@@ -326,7 +466,10 @@ fn main() -> anyhow::Result<()> {
         add_start_to_reachable_both: Stats::of(&from_start),
         unreachable,
         concurrent,
+        reference,
+        targets: Vec::new(),
     };
+    report.targets = targets(&report);
     drop(spaces);
     drop(lab);
     if args.json {
@@ -334,7 +477,157 @@ fn main() -> anyhow::Result<()> {
     } else {
         print_table(&report);
     }
+    verdict(&report.targets)
+}
+
+/// The bench's outcome: an error (exit status 1) when a target failed.
+fn verdict(targets: &[Target]) -> anyhow::Result<()> {
+    let failed = targets.iter().filter(|t| !t.pass).count();
+    if failed > 0 {
+        bail!("{failed} of {} targets failed", targets.len());
+    }
     Ok(())
+}
+
+/// Where Debian installs the reference plugins.
+const REFERENCE_PLUGIN_DIR: &str = "/usr/lib/cni";
+
+/// The reference configuration: `ptp` with `host-local` addresses from one /24 (and one /64
+/// when `dual`), default routes, MTU 1420 like the lab's, no masquerading.
+fn reference_conf(dual: bool, data_dir: &Path) -> Value {
+    let mut ranges = vec![json!([{ "subnet": "10.99.0.0/24" }])];
+    let mut routes = vec![json!({ "dst": "0.0.0.0/0" })];
+    if dual {
+        ranges.push(json!([{ "subnet": "fd00:99::/64" }]));
+        routes.push(json!({ "dst": "::/0" }));
+    }
+    json!({
+        "cniVersion": "1.0.0",
+        "name": if dual { "ref-dual" } else { "ref-v4" },
+        "type": "ptp",
+        "ipMasq": false,
+        "mtu": 1420,
+        "ipam": {
+            "type": "host-local",
+            "ranges": ranges,
+            "routes": routes,
+            "dataDir": data_dir,
+        },
+    })
+}
+
+/// Run `ptp` once as a runtime does (in `node_ns`, `CNI_PATH` holding host-local) and time it
+/// from spawn to exit. DEL passes the pod's namespace too, so ptp removes the interface.
+fn reference_call(
+    node_ns: &str,
+    command: &str,
+    id: &str,
+    pod_ns: &str,
+    conf: &Value,
+) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{node_ns}"))
+        .arg("--")
+        .arg(Path::new(REFERENCE_PLUGIN_DIR).join("ptp"))
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", id)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_NETNS", format!("/run/netns/{pod_ns}"))
+        .env("CNI_PATH", REFERENCE_PLUGIN_DIR)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting ptp")?;
+    let mut stdin = child.stdin.take().context("ptp stdin")?;
+    stdin.write_all(conf.to_string().as_bytes())?;
+    drop(stdin);
+    let out = child.wait_with_output().context("waiting for ptp")?;
+    let took = t.elapsed();
+    if !out.status.success() {
+        bail!(
+            "ptp {command} {id} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(took)
+}
+
+/// Sequential ADDs of `pods` pods, then their DELs, with the reference plugins.
+fn reference_run(
+    node_ns: &str,
+    pods: &[String],
+    dual: bool,
+    data_dir: &Path,
+) -> anyhow::Result<ReferenceRun> {
+    let conf = reference_conf(dual, data_dir);
+    let mut add = Vec::new();
+    for ns in pods {
+        add.push(reference_call(node_ns, "ADD", ns, ns, &conf)?);
+    }
+    let mut del = Vec::new();
+    for ns in pods {
+        del.push(reference_call(node_ns, "DEL", ns, ns, &conf)?);
+    }
+    Ok(ReferenceRun {
+        pods: pods.len() as u32,
+        add: Stats::of(&add),
+        del: Stats::of(&del),
+    })
+}
+
+/// The reference plugins in a namespace of their own standing in for a node (named like the
+/// lab's pod namespaces, so `meshctl lab down` removes it too), IPv4-only then dual-stack.
+fn reference(
+    lab: &Lab,
+    spaces: &mut PodNamespaces,
+    v4_pods: u32,
+    dual_pods: u32,
+) -> anyhow::Result<Reference> {
+    eprintln!(
+        "› reference ptp + host-local: {v4_pods} IPv4-only, {dual_pods} dual-stack, sequential"
+    );
+    let node = PodNamespaces::name(lab, "ref", 0);
+    let pods: Vec<String> = (1..=v4_pods.max(dual_pods))
+        .map(|k| PodNamespaces::name(lab, "ref", k))
+        .collect();
+    let mut all = vec![node.clone()];
+    all.extend(pods.iter().cloned());
+    spaces.create(&all)?;
+    let data = ReferenceData::new(lab.name())?;
+    let ipv4 = reference_run(&node, &pods[..v4_pods as usize], false, &data.0.join("v4"))?;
+    let dual_stack = reference_run(
+        &node,
+        &pods[..dual_pods as usize],
+        true,
+        &data.0.join("dual"),
+    )?;
+    spaces.delete(&all)?;
+    Ok(Reference {
+        plugins: "ptp + host-local (containernetworking-plugins, /usr/lib/cni)",
+        ipv4,
+        dual_stack,
+    })
+}
+
+/// host-local's stores, removed on drop.
+struct ReferenceData(PathBuf);
+
+impl ReferenceData {
+    fn new(lab: &str) -> anyhow::Result<ReferenceData> {
+        let dir = std::env::temp_dir().join(format!("cni-bench-{lab}-host-local"));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(ReferenceData(dir))
+    }
+}
+
+impl Drop for ReferenceData {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Run `f` over `items` on `workers` threads: results in item order, and the wall time.
@@ -414,5 +707,84 @@ fn print_table(r: &Report) {
             "concurrent throughput: ADD {:.1} pods/s, DEL {:.1} pods/s",
             c.add_pods_per_s, c.del_pods_per_s
         );
+    }
+    if let Some(reference) = &r.reference {
+        println!("reference: {}", reference.plugins);
+        row("ref ADD, sequential, IPv4", &reference.ipv4.add);
+        row("ref DEL, sequential, IPv4", &reference.ipv4.del);
+        row("ref ADD, sequential, dual-stack", &reference.dual_stack.add);
+        row("ref DEL, sequential, dual-stack", &reference.dual_stack.del);
+    }
+    println!("meshd-cni targets:");
+    for t in &r.targets {
+        println!(
+            "  {}  {:<50} {:>9.1} {} {}",
+            if t.pass { "PASS" } else { "FAIL" },
+            t.what,
+            t.measured,
+            t.bound,
+            t.limit
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flat(n: usize, ms: f64) -> Stats {
+        Stats {
+            n,
+            p50_ms: ms,
+            p90_ms: ms,
+            p99_ms: ms,
+            max_ms: ms,
+            mean_ms: ms,
+        }
+    }
+
+    fn report(pods: u32, add_ms: f64, del_ms: f64, reach_ms: f64, unreachable: usize) -> Report {
+        let n = pods as usize;
+        Report {
+            cpus: 2,
+            pods,
+            sequential_add: flat(n, add_ms),
+            sequential_add_first_100: flat(n, add_ms),
+            sequential_add_last_100: flat(n, add_ms),
+            sequential_del: flat(n, del_ms),
+            reachable_v4: flat(n, reach_ms),
+            reachable_v6: flat(n, reach_ms),
+            reachable_both: flat(n, reach_ms),
+            add_start_to_reachable_both: flat(n, add_ms + reach_ms),
+            unreachable,
+            concurrent: None,
+            reference: None,
+            targets: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_run_within_every_target_passes() {
+        let t = targets(&report(100, 5.0, 10.0, 3.9, 0));
+        assert!(t.iter().all(|t| t.pass), "{t:?}");
+        assert!(verdict(&t).is_ok());
+    }
+
+    #[test]
+    fn any_missed_target_fails_the_bench() {
+        // One target missed at a time: exactly that one fails, and so does the bench.
+        for r in [
+            report(100, 5.1, 1.0, 1.0, 0),
+            report(100, 1.0, 10.1, 1.0, 0),
+            report(100, 1.0, 1.0, 4.0, 0),
+            report(100, 1.0, 1.0, 1.0, 1),
+            report(99, 1.0, 1.0, 1.0, 0),
+        ] {
+            let t = targets(&r);
+            assert_eq!(t.iter().filter(|t| !t.pass).count(), 1, "{t:?}");
+            assert!(verdict(&t).is_err(), "{t:?}");
+        }
+        // No samples at all is no pass.
+        assert!(verdict(&targets(&report(0, 0.0, 0.0, 0.0, 0))).is_err());
     }
 }

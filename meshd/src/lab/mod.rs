@@ -1261,7 +1261,7 @@ fn claimed_cidrs(paths: &Paths, i: u32) -> Vec<String> {
 
 /// A pod's addresses as the node's IPAM store holds them (cluster-pool labs).
 fn allocated_addrs(paths: &Paths, lab: &str, i: u32, j: u32) -> (String, String) {
-    let addrs = crate::ipam::Ipam::open(paths.node_dir(i).join("state").join("ipam"), &[])
+    let addrs = meshd_cni::ipam::Ipam::open(paths.node_dir(i).join("state").join("ipam"), &[])
         .and_then(|ipam| ipam.lookup(&pod_ns(lab, i, j), "eth0"))
         .unwrap_or_default();
     let pick = |v4: bool| {

@@ -1,18 +1,18 @@
 //! `meshd-cni`: the meshd CNI plugin, run by the container runtime.
 //!
 //! Reads the network configuration on stdin and the `CNI_*` environment, prints the spec's
-//! result or error JSON on stdout and exits 0 or 1 (see `meshd::cni`).
+//! result or error JSON on stdout and exits 0 or 1 (see the `meshd_cni` library).
 
 use std::io::{Read, Write};
 
 fn main() {
     let mut stdin = Vec::new();
     let outcome = match std::io::stdin().read_to_end(&mut stdin) {
-        Ok(_) => meshd::cni::plugin::run(|k| std::env::var(k).ok(), &stdin),
-        Err(e) => meshd::cni::plugin::Outcome {
+        Ok(_) => meshd_cni::plugin::run(|k| std::env::var(k).ok(), &stdin),
+        Err(e) => meshd_cni::plugin::Outcome {
             stdout: serde_json::to_string(
-                &meshd::cni::CniError::Io(format!("reading stdin: {e}"))
-                    .to_result(meshd::cni::LATEST_VERSION),
+                &meshd_cni::CniError::Io(format!("reading stdin: {e}"))
+                    .to_result(meshd_cni::LATEST_VERSION),
             )
             .unwrap_or_default(),
             exit_code: 1,

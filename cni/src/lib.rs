@@ -1,15 +1,25 @@
-//! The meshd CNI plugin: the CNI 1.1.0 spec's types and command handling.
+//! `meshd-cni`: the meshd CNI plugin, the program the container runtime starts for every pod
+//! (CNI 1.1.0, and the result formats back to 0.3.0).
 //!
-//! What the runtime hands a plugin — the network configuration on stdin ([`NetConf`](crate::cni::NetConf)) and the
-//! `CNI_*` environment ([`Env`](crate::cni::Env)) — is parsed here, without side effects, into typed values with
-//! the spec's error codes ([`CniError::code`](crate::cni::CniError::code)); results ([`CniResult`](crate::cni::CniResult)) and errors
-//! ([`ErrorResult`](crate::cni::ErrorResult)) serialise exactly as the spec's JSON, in the result format of the
-//! configuration's `cniVersion` (0.3.0 to 1.1.0). [`plugin`](crate::cni::plugin) runs the commands against the
-//! kernel ([`datapath`](crate::cni::datapath)) and the node's address store ([`crate::ipam`]).
+//! It owns what one invocation does on its node and nothing else: the spec's types and command
+//! handling (this module), the pod's interface in the kernel ([`datapath`], over netlink
+//! ([`netlink`]), never by running `ip`), the pod's entry in meshd's pinned eBPF datapath
+//! ([`redirect`]) and the node-local address store ([`ipam`]). It is synchronous and
+//! single-threaded, and links neither an async runtime nor a Kubernetes client: the daemon
+//! (crate `meshd`) depends on it for the store and the host veth naming rule, never the other
+//! way round.
+//!
+//! What the runtime hands a plugin — the network configuration on stdin ([`NetConf`](crate::NetConf)) and the
+//! `CNI_*` environment ([`Env`](crate::Env)) — is parsed here, without side effects, into typed values with
+//! the spec's error codes ([`CniError::code`](crate::CniError::code)); results ([`CniResult`](crate::CniResult)) and errors
+//! ([`ErrorResult`](crate::ErrorResult)) serialise exactly as the spec's JSON, in the result format of the
+//! configuration's `cniVersion` (0.3.0 to 1.1.0). [`plugin`](crate::plugin) runs the commands against the
+//! kernel ([`datapath`](crate::datapath)) and the node's address store ([`crate::ipam`]).
 //!
 //! Chaining: when the configuration carries a `prevResult`, ADD appends this plugin's interfaces,
 //! addresses and routes to it (re-pointing the new addresses' `interface` indices past the
-//! earlier interfaces) and passes everything else through unchanged ([`CniResult::merge`](crate::cni::CniResult::merge)).
+//! earlier interfaces) and passes everything else through unchanged ([`CniResult::merge`](crate::CniResult::merge)).
+#![forbid(unsafe_code)]
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
@@ -20,6 +30,10 @@ use serde_json::{Map, Value};
 
 /// The kernel side of a pod interface: veth pair, addresses and routes.
 pub mod datapath;
+/// Node-local pod address management on an on-disk store.
+pub mod ipam;
+/// A small synchronous rtnetlink client: one request, its acknowledgement or its dump.
+pub mod netlink;
 /// The plugin's command dispatch (what the `meshd-cni` binary runs).
 pub mod plugin;
 /// The pod's part of the tc eBPF datapath (local-pod map, `from_pod` attachment).
@@ -51,7 +65,7 @@ pub enum CniError {
     /// Code 4: a `CNI_*` environment variable is missing or invalid.
     #[error("invalid necessary environment variables: {0}")]
     InvalidEnv(String),
-    /// Code 5: an I/O operation (file system, netlink, `ip`) failed.
+    /// Code 5: an I/O operation (file system, netlink, eBPF) failed.
     #[error("I/O failure: {0}")]
     Io(String),
     /// Code 6: stdin is not valid JSON or does not decode into the configuration.

@@ -26,6 +26,9 @@
 //!   Unlike `O_CREAT|O_EXCL` followed by a write, a published file is never empty or half
 //!   written; and unlike temp + `rename(2)`, it can never replace someone else's file (`rename`
 //!   overwrites silently, which would break exclusivity). The temporary file is then unlinked.
+//!   One allocation writes one temporary file and publishes it under each of its new addresses,
+//!   so the files of one pod interface are hard links of one inode with the same content (one
+//!   file `fsync` per ADD instead of one per address).
 //! * **Consistent scans.** Allocation (find the owner's existing address, else the lowest free
 //!   one), release and GC run under an exclusive `flock(2)` on `<dir>/.lock`, so an idempotent
 //!   retry can never race with its own first attempt into two addresses. The kernel drops the
@@ -39,9 +42,6 @@
 //!   never produces a duplicate, and after GC nothing leaks.
 //! * **Durability.** The temporary file is fsynced before the `link` and the directory after it
 //!   (and after removals), so an allocation reported to the runtime survives a power loss.
-
-/// `cluster-pool` IPAM: this node's pod CIDRs carved out of a cluster-wide pool.
-pub mod pool;
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
@@ -353,6 +353,14 @@ impl Ipam {
         let mut taken: HashSet<IpAddr> = entries.iter().map(|e| e.address).collect();
         let mut out = Vec::new();
         let mut fresh = Vec::new();
+        // One owner file, written and fsynced once, published under every new address.
+        let tmp = self.dir.join(format!(
+            "{TMP_PREFIX}{}-{}",
+            std::process::id(),
+            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let mut written = false;
+        let mut result = Ok(());
         for cidr in &self.cidrs {
             let existing = entries
                 .iter()
@@ -361,24 +369,40 @@ impl Ipam {
                 out.push(e.address);
                 continue;
             }
-            match self.claim(*cidr, &owner, &mut taken) {
+            if !written {
+                if let Err(e) = write_owner_file(&tmp, &owner) {
+                    result = Err(e);
+                    break;
+                }
+                written = true;
+            }
+            match self.publish(*cidr, &tmp, &mut taken) {
                 Ok(addr) => {
                     fresh.push(addr);
                     out.push(addr);
                 }
                 Err(e) => {
-                    for addr in fresh {
-                        let _ = fs::remove_file(self.dir.join(addr.to_string()));
-                    }
-                    return Err(e);
+                    result = Err(e);
+                    break;
                 }
             }
+        }
+        if written {
+            let _ = fs::remove_file(&tmp);
+        }
+        if let Err(e) = result {
+            for addr in fresh {
+                let _ = fs::remove_file(self.dir.join(addr.to_string()));
+            }
+            return Err(e);
         }
         self.sync_dir()?;
         Ok(out)
     }
 
-    /// Take the lowest free address of `cidr` for `owner`.
+    /// Take the lowest free address of `cidr` for `owner` through a temporary file of its own
+    /// (the race test's way in: publishing without the lock).
+    #[cfg(test)]
     fn claim(
         &self,
         cidr: IpNet,
@@ -390,28 +414,18 @@ impl Ipam {
             std::process::id(),
             TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
-        let result = self.claim_with(cidr, owner, taken, &tmp);
+        let result = write_owner_file(&tmp, owner).and_then(|()| self.publish(cidr, &tmp, taken));
         let _ = fs::remove_file(&tmp);
         result
     }
 
-    fn claim_with(
+    /// Publish the owner file `tmp` under the lowest free address of `cidr`.
+    fn publish(
         &self,
         cidr: IpNet,
-        owner: &Owner,
-        taken: &mut HashSet<IpAddr>,
         tmp: &Path,
+        taken: &mut HashSet<IpAddr>,
     ) -> Result<IpAddr, IpamError> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(tmp)
-            .map_err(Self::io("creating", tmp))?;
-        f.write_all(owner.to_file().as_bytes())
-            .and_then(|()| f.sync_all())
-            .map_err(Self::io("writing", tmp))?;
-        drop(f);
         loop {
             let addr = first_free(cidr, taken).ok_or(IpamError::Exhausted { cidr })?;
             let path = self.dir.join(addr.to_string());
@@ -421,7 +435,7 @@ impl Ipam {
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     taken.insert(addr);
                 }
-                Err(e) => return Err(Self::io("creating", &path)(e)),
+                Err(e) => return Err(Ipam::io("creating", &path)(e)),
             }
         }
     }
@@ -490,6 +504,19 @@ impl Ipam {
         }
         Ok(())
     }
+}
+
+/// Write `owner`'s file at `tmp` (a new file) and fsync it.
+fn write_owner_file(tmp: &Path, owner: &Owner) -> Result<(), IpamError> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(tmp)
+        .map_err(Ipam::io("creating", tmp))?;
+    f.write_all(owner.to_file().as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(Ipam::io("writing", tmp))
 }
 
 #[cfg(test)]

@@ -3,8 +3,9 @@
 //!
 //! Every test builds its own uniquely named namespaces (`cnit-<pid>-<n>`): a "node" namespace
 //! the plugin runs in (so the host's own network is never touched) and pod namespaces, all
-//! removed by a drop guard, also when the test fails. Traffic stays inside them. Without root
-//! the tests print a note and pass.
+//! removed by a drop guard, also when the test fails. Traffic stays inside them. They need root
+//! and `ip` (iproute2, for building and inspecting the namespaces; the plugin itself uses neither
+//! `ip` nor any other tool): without them they fail ([`testkit::require_tools`]), never skip.
 #![allow(clippy::unwrap_used)]
 
 use std::io::Write;
@@ -15,15 +16,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshd-cni");
-
-fn is_root() -> bool {
-    if nix::unistd::Uid::effective().is_root() {
-        true
-    } else {
-        println!("skipping: needs root (network namespaces)");
-        false
-    }
-}
 
 fn run(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd).args(args).output().unwrap();
@@ -232,9 +224,7 @@ fn ips(result: &Value) -> Vec<String> {
 
 #[test]
 fn version_lists_every_supported_version() {
-    if !is_root() {
-        return;
-    }
+    testkit::require_tools(&["ip"]);
     let lab = Lab::new();
     let (code, out) = lab.plugin(&[("CNI_COMMAND", "VERSION")], r#"{"cniVersion":"1.0.0"}"#);
     assert_eq!(code, 0, "{out}");
@@ -247,9 +237,7 @@ fn version_lists_every_supported_version() {
 
 #[test]
 fn add_check_del_end_to_end() {
-    if !is_root() {
-        return;
-    }
+    testkit::require_tools(&["ip", "ping"]);
     let mut lab = Lab::new();
     let (pod, netns) = lab.pod();
     let conf = lab.default_conf();
@@ -375,9 +363,7 @@ fn add_check_del_end_to_end() {
 
 #[test]
 fn two_pods_get_distinct_addresses_and_reach_each_other_through_the_node() {
-    if !is_root() {
-        return;
-    }
+    testkit::require_tools(&["ip", "ping"]);
     let mut lab = Lab::new();
     assert!(lab.in_node(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]));
     assert!(lab.in_node(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]));
@@ -395,9 +381,7 @@ fn two_pods_get_distinct_addresses_and_reach_each_other_through_the_node() {
 
 #[test]
 fn errors_carry_the_spec_codes() {
-    if !is_root() {
-        return;
-    }
+    testkit::require_tools(&["ip"]);
     let mut lab = Lab::new();
     let (_, netns) = lab.pod();
 
@@ -449,9 +433,7 @@ fn errors_carry_the_spec_codes() {
 
 #[test]
 fn exhausted_pod_cidr_is_reported_and_rolls_back() {
-    if !is_root() {
-        return;
-    }
+    testkit::require_tools(&["ip"]);
     let mut lab = Lab::new();
     let (_, ns_a) = lab.pod();
     let (_, ns_b) = lab.pod();
@@ -489,9 +471,7 @@ fn exhausted_pod_cidr_is_reported_and_rolls_back() {
 
 #[test]
 fn chained_add_appends_to_the_previous_result() {
-    if !is_root() {
-        return;
-    }
+    testkit::require_tools(&["ip"]);
     let mut lab = Lab::new();
     let (_, netns) = lab.pod();
     let mut conf = lab.conf("0.4.0", &["10.244.9.0/24", "fd00:244:0:9::/64"]);
@@ -521,9 +501,7 @@ fn chained_add_appends_to_the_previous_result() {
 
 #[test]
 fn gc_removes_everything_but_the_valid_attachments() {
-    if !is_root() {
-        return;
-    }
+    testkit::require_tools(&["ip", "ping"]);
     let mut lab = Lab::new();
     let (_, ns_a) = lab.pod();
     let (_, ns_b) = lab.pod();
@@ -548,9 +526,7 @@ fn gc_removes_everything_but_the_valid_attachments() {
 
 #[test]
 fn concurrent_adds_from_many_processes_get_distinct_addresses() {
-    if !is_root() {
-        return;
-    }
+    testkit::require_tools(&["ip", "ping"]);
     let mut lab = Lab::new();
     let pods: Vec<PathBuf> = (0..16).map(|_| lab.pod().1).collect();
     let conf = lab.default_conf();
@@ -585,9 +561,7 @@ fn concurrent_adds_from_many_processes_get_distinct_addresses() {
 
 #[test]
 fn del_leaves_a_colliding_foreign_host_veth_alone() {
-    if !is_root() {
-        return;
-    }
+    testkit::require_tools(&["ip"]);
     let mut lab = Lab::new();
     let (_, netns) = lab.pod();
     let conf = lab.default_conf();
@@ -617,9 +591,7 @@ fn del_leaves_a_colliding_foreign_host_veth_alone() {
 
 #[test]
 fn sigkilled_adds_leave_no_duplicate_and_gc_leaves_no_leak() {
-    if !is_root() {
-        return;
-    }
+    testkit::require_tools(&["ip"]);
     let mut lab = Lab::new();
     let conf = lab.default_conf().to_string();
     // One ADD at a time, each killed after a different delay: before, during and after its work.
@@ -675,9 +647,7 @@ fn sigkilled_adds_leave_no_duplicate_and_gc_leaves_no_leak() {
 
 #[test]
 fn with_meshds_datapath_add_fills_the_local_map_and_attaches_from_pod_and_del_undoes_it() {
-    if !is_root() {
-        return;
-    }
+    testkit::require_tools(&["ip"]);
     let mut lab = Lab::new();
     let (_, netns) = lab.pod();
     // meshd's part: the programs and maps pinned where the configuration says. On a bpffs of

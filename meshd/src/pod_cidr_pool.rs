@@ -7,8 +7,6 @@
 //! once, both see it in the registry and [`loser`] says which one moves (the greater name), so
 //! the claim converges without coordination beyond the registry.
 
-use std::net::IpAddr;
-
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 /// Errors of the pool allocator.
@@ -32,14 +30,6 @@ pub enum PoolError {
         /// How many blocks were taken.
         taken: usize,
     },
-}
-
-/// The default block size for a pool: /24 for IPv4, /64 for IPv6.
-pub fn default_block(pool: &IpNet) -> u8 {
-    match pool {
-        IpNet::V4(_) => 24,
-        IpNet::V6(_) => 64,
-    }
 }
 
 fn fnv1a(s: &str) -> u64 {
@@ -118,11 +108,6 @@ pub fn loser<'a>(me: &'a str, other: &'a str) -> &'a str {
     } else {
         other
     }
-}
-
-/// The pool (of `pools`) that `addr` belongs to, if any.
-pub fn pool_of(pools: &[IpNet], addr: IpAddr) -> Option<IpNet> {
-    pools.iter().copied().find(|p| p.contains(&addr))
 }
 
 #[cfg(test)]

@@ -134,7 +134,7 @@ fn add(env: &Env, conf: &NetConf, id: &str, ifname: &str) -> Result<String, CniE
         Ok(mac) => mac,
         Err(e) => {
             let _ = ipam.release(id, Some(ifname));
-            return Err(e);
+            return Err(e.into());
         }
     };
     if let Some(pin_dir) = &conf.bpf_pin_dir {
