@@ -13,7 +13,7 @@ use anyhow::{bail, Context as _};
 
 use super::plan::{underlay_ns, CLUSTER_V4, CLUSTER_V6};
 use super::{load_state, status, LabStatus, Paths};
-use crate::audit::{self, NodeView, Policy, Report};
+use meshd::audit::{self, NodeView, Policy, Report};
 
 /// The keys the lab's registry holds, by node.
 fn published_keys(lab: &str, st: &LabStatus) -> anyhow::Result<BTreeMap<String, String>> {

@@ -12,6 +12,7 @@
 //! State lives in `/run/meshd-lab/<name>/`; `lab.json` there records what was built so that
 //! `down` removes exactly that. Lab traffic never leaves lab namespaces.
 
+pub mod apiserver;
 pub mod evidence;
 pub mod plan;
 
@@ -25,7 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use serde::{Deserialize, Serialize};
 
-use crate::control::StatusReport;
+use meshd::control::StatusReport;
 use plan::*;
 
 /// Where every lab keeps its state.
@@ -361,7 +362,7 @@ fn build(state: &mut LabState, opts: &UpOptions) -> anyhow::Result<()> {
     step("underlay: switch and router");
     make_underlay(&state.name)?;
     make_mount_dir(&paths)?;
-    crate::bpf::ensure_bpffs(&Path::new(HOST_BPFFS).join("meshd-lab"))?;
+    meshd::bpf::ensure_bpffs(&Path::new(HOST_BPFFS).join("meshd-lab"))?;
     if state.registry == "kubernetes" {
         step("mock Kubernetes API server with the lab's Nodes");
         start_apiserver(&paths, opts.nodes, opts.ipam == "cluster-pool")?;
@@ -714,7 +715,7 @@ fn registry_args(state: &LabState, paths: &Paths) -> Vec<String> {
             "--kubeconfig".into(),
             paths.kubeconfig().to_string_lossy().into_owned(),
             "--config-map".into(),
-            format!("{CONFIG_NAMESPACE}/{}", crate::settings::CONFIG_MAP_NAME),
+            format!("{CONFIG_NAMESPACE}/{}", meshd::settings::CONFIG_MAP_NAME),
         ]
     } else {
         vec![
@@ -795,7 +796,7 @@ pub fn set(lab: &str, pairs: &[(String, String)]) -> anyhow::Result<()> {
         let client = keyexchange::registry::kube::client(Some(&paths.kubeconfig())).await?;
         let api: Api<ConfigMap> = Api::namespaced(client, CONFIG_NAMESPACE);
         let data: std::collections::BTreeMap<String, String> = pairs.iter().cloned().collect();
-        let name = crate::settings::CONFIG_MAP_NAME;
+        let name = meshd::settings::CONFIG_MAP_NAME;
         if api.get_opt(name).await?.is_none() {
             let cm = ConfigMap {
                 metadata: keyexchange::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
@@ -893,7 +894,7 @@ fn plugin_config(paths: &Paths, i: u32) -> anyhow::Result<serde_json::Value> {
     let path = paths
         .node_dir(i)
         .join("cni")
-        .join(crate::cni_conf::CONFLIST);
+        .join(meshd::cni_conf::CONFLIST);
     let deadline = Instant::now() + Duration::from_secs(30);
     let text = loop {
         match fs::read_to_string(&path) {
@@ -926,7 +927,7 @@ fn plugin_config(paths: &Paths, i: u32) -> anyhow::Result<serde_json::Value> {
 pub fn rotate_keys(
     lab: &str,
     nodes: &[String],
-) -> anyhow::Result<std::collections::BTreeMap<String, crate::control::RotateOutcome>> {
+) -> anyhow::Result<std::collections::BTreeMap<String, meshd::control::RotateOutcome>> {
     let state = load_state(lab)?.with_context(|| format!("lab {lab} is not up"))?;
     let chosen: Vec<u32> = if nodes.is_empty() {
         state.nodes.iter().map(|n| n.index).collect()
@@ -944,7 +945,7 @@ pub fn rotate_keys(
             let ns = node_ns(lab, i);
             let meshctl = meshctl.clone();
             std::thread::spawn(
-                move || -> anyhow::Result<(String, crate::control::RotateOutcome)> {
+                move || -> anyhow::Result<(String, meshd::control::RotateOutcome)> {
                     let out = Command::new("nsenter")
                         .arg(format!("--mount={}", paths.mnt(i).display()))
                         .arg(format!("--net=/run/netns/{ns}"))
@@ -1261,7 +1262,7 @@ fn claimed_cidrs(paths: &Paths, i: u32) -> Vec<String> {
 
 /// A pod's addresses as the node's IPAM store holds them (cluster-pool labs).
 fn allocated_addrs(paths: &Paths, lab: &str, i: u32, j: u32) -> (String, String) {
-    let addrs = crate::ipam::Ipam::open(paths.node_dir(i).join("state").join("ipam"), &[])
+    let addrs = meshd::ipam::Ipam::open(paths.node_dir(i).join("state").join("ipam"), &[])
         .and_then(|ipam| ipam.lookup(&pod_ns(lab, i, j), "eth0"))
         .unwrap_or_default();
     let pick = |v4: bool| {
@@ -1372,7 +1373,7 @@ pub struct LabNode {
     /// Whether meshd is running.
     pub running: bool,
     /// Peers as programmed on the node's device (empty when meshd is not answering).
-    pub peers: Vec<crate::control::PeerReport>,
+    pub peers: Vec<meshd::control::PeerReport>,
     /// meshd's full status, when it answers.
     pub status: Option<StatusReport>,
     /// `enabled` or `permissive`.
@@ -1382,7 +1383,7 @@ pub struct LabNode {
     /// The node's pinned eBPF datapath on the host filesystem.
     pub bpf_pin_dir: String,
     /// The verdict counters, read from the pinned maps (so also while meshd is down).
-    pub counters: Option<crate::bpf::VerdictCounters>,
+    pub counters: Option<meshd::bpf::VerdictCounters>,
 }
 
 /// A pod in the status document.

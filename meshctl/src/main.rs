@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use meshd::control;
-use meshd::lab;
+use meshd_lab as lab;
 
 /// meshctl: inspect meshd and run the local multi-node lab.
 #[derive(Debug, Parser)]
