@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 
-use super::plan::{underlay_ns, CLUSTER_V4, CLUSTER_V6};
-use super::{load_state, status, LabStatus, Paths};
+use crate::plan::{underlay_ns, CLUSTER_V4, CLUSTER_V6};
+use crate::state::{load_state, Paths};
+use crate::status::{status, LabStatus};
 use meshd::audit::{self, NodeView, Policy, Report};
 
 /// The keys the lab's registry holds, by node.
