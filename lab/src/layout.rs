@@ -283,8 +283,9 @@ pub(crate) fn wait_converged(state: &LabState, timeout: Duration) -> anyhow::Res
         let mut pending = Vec::new();
         for n in &state.nodes {
             match node_status(&state.name, n.index) {
-                // Encryption disabled: no peers, plain routes to every node it knows.
-                Ok(s) if s.converged && s.encryption == "disabled" => {
+                // Encryption disabled: no peers, plain routes to every node it knows. (Read
+                // through Display, which holds whether the field is a string or an enum.)
+                Ok(s) if s.converged && matches!(s.encryption.to_string().as_str(), "disabled") => {
                     if s.known_nodes.len() < state.nodes.len() {
                         pending.push(format!(
                             "{} ({}/{} nodes known)",

@@ -138,7 +138,9 @@ pub fn status(lab: &str) -> anyhow::Result<LabStatus> {
             wireguard_interface: live
                 .as_ref()
                 .map_or("meshd0".into(), |s| s.interface.clone()),
-            mode: live.as_ref().map_or("unknown".into(), |s| s.mode.clone()),
+            mode: live
+                .as_ref()
+                .map_or("unknown".into(), |s| s.mode.to_string()),
             pod_cidrs: claimed,
             public_key: live
                 .as_ref()
