@@ -14,6 +14,7 @@ use anyhow::{bail, Context as _};
 use crate::plan::{underlay_ns, CLUSTER_V4, CLUSTER_V6};
 use crate::state::{load_state, Paths};
 use crate::status::{status, LabStatus};
+use keyexchange::registry::kube::{client as kube_client, PUBLIC_KEY_ANNOTATION};
 use meshd::audit::{self, NodeView, Policy, Report};
 
 /// The keys the lab's registry holds, by node.
@@ -34,7 +35,7 @@ fn published_keys(lab: &str, st: &LabStatus) -> anyhow::Result<BTreeMap<String, 
                 .enable_all()
                 .build()?;
             rt.block_on(async {
-                let client = keyexchange::registry::kube::client(Some(&kubeconfig)).await?;
+                let client = kube_client(Some(&kubeconfig)).await?;
                 let api: Api<Node> = Api::all(client);
                 Ok(api.list(&ListParams::default()).await?.items)
             })
@@ -46,7 +47,7 @@ fn published_keys(lab: &str, st: &LabStatus) -> anyhow::Result<BTreeMap<String, 
                 .metadata
                 .annotations
                 .as_ref()
-                .and_then(|a| a.get(keyexchange::registry::kube::PUBLIC_KEY_ANNOTATION))
+                .and_then(|a| a.get(PUBLIC_KEY_ANNOTATION))
                 .cloned();
             if let (Some(name), Some(key)) = (n.metadata.name, key) {
                 out.insert(name, key);

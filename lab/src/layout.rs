@@ -18,6 +18,7 @@ use crate::plan::*;
 use crate::state::{load_state, save_state, LabState, Paths, UpOptions};
 use crate::status::{allocated_addrs, node_status, print_table};
 use crate::HOST_BPFFS;
+use meshd::bpf::ensure_bpffs;
 
 /// `meshctl lab up`.
 pub fn up(opts: &UpOptions) -> anyhow::Result<()> {
@@ -92,7 +93,7 @@ pub(crate) fn build(state: &mut LabState, opts: &UpOptions) -> anyhow::Result<()
     step("underlay: switch and router");
     make_underlay(&state.name)?;
     make_mount_dir(&paths)?;
-    meshd::bpf::ensure_bpffs(&Path::new(HOST_BPFFS).join("meshd-lab"))?;
+    ensure_bpffs(&Path::new(HOST_BPFFS).join("meshd-lab"))?;
     if state.registry == "kubernetes" {
         step("mock Kubernetes API server with the lab's Nodes");
         start_apiserver(&paths, opts.nodes, opts.ipam == "cluster-pool")?;
