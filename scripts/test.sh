@@ -18,7 +18,7 @@ if [[ "$(uname -m)" == x86_64 ]]; then
         sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')/static-gnu"
     RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" CARGO_PROFILE_DEV_DEBUG=0 \
         CARGO_TARGET_DIR="$static_target" cargo build --locked -q \
-        --target x86_64-unknown-linux-gnu -p meshd -p meshd-cni --bin meshd --bin meshctl --bin meshd-cni
+        --target x86_64-unknown-linux-gnu -p meshd -p meshctl -p meshd-cni --bin meshd --bin meshd-cni --bin meshctl
     export MESHD_VM_STATIC_BIN_DIR="$static_target/x86_64-unknown-linux-gnu/debug"
 fi
 log=$(mktemp)

@@ -138,7 +138,7 @@ mod tests {
     fn cluster_cidrs_are_the_labs() {
         assert_eq!(
             CLUSTER_CIDRS,
-            [meshd::lab::plan::CLUSTER_V4, meshd::lab::plan::CLUSTER_V6]
+            [meshd_lab::plan::CLUSTER_V4, meshd_lab::plan::CLUSTER_V6]
         );
     }
 

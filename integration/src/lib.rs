@@ -9,7 +9,8 @@
 //! - [`traffic`]: TCP/UDP traffic generators and sinks (the logic behind the
 //!   `lab-traffic` binary), with end-to-end integrity (SHA-256) and loss/reorder/gap stats.
 //! - [`labjson`]: serde types for `meshctl lab status -o json`.
-//! - [`apiserver`]: a mock Kubernetes API server (list/watch/patch of Nodes, ConfigMaps,
+//! - [`apiserver`] (re-exported from `meshd-lab`, whose `fake-apiserver` the lab runs): a
+//!   mock Kubernetes API server (list/watch/patch of Nodes, ConfigMaps,
 //!   Events) that the Kubernetes registry backend and the settings watcher are tested against,
 //!   with a log of every request's authorisation attributes.
 //! - [`rbac`]: RBAC rule matching, to check that log against the roles in `deploy/`.
@@ -22,7 +23,8 @@
 
 #![forbid(unsafe_code)]
 
-pub mod apiserver;
+/// The mock Kubernetes API server, which lives with the lab that runs it (`fake-apiserver`).
+pub use meshd_lab::apiserver;
 pub mod bench;
 pub mod capture;
 pub mod lab;

@@ -356,7 +356,7 @@ fn check_mtu_is_live(lab: &Lab) {
 fn check_rbac(lab: &Lab) {
     let js = lab.status_json().unwrap();
     let kubeconfig = std::path::PathBuf::from(js["kubeconfig"].as_str().unwrap());
-    let log = kubeconfig.with_file_name(meshd::lab::APISERVER_AUDIT_LOG);
+    let log = kubeconfig.with_file_name(meshd_lab::APISERVER_AUDIT_LOG);
     let meshd_addresses: Vec<std::net::IpAddr> = js["nodes"]
         .as_array()
         .unwrap()

@@ -1,10 +1,11 @@
-//! The meshd daemon, the `meshctl` operator CLI and the local multi-node lab.
+//! The meshd daemon: the library behind the `meshd` binary, and the control socket and audit
+//! types that `meshctl` (crate `meshctl`) and the lab (crate `meshd-lab`) use.
 //!
 //! `meshd` owns one node's part of the mesh: it loads the node's key, adopts or creates the
 //! WireGuard device, publishes the node's record and reconciles peers and routes from the
 //! registry. The decisions are pure functions (`keyexchange::peers`, [`reconcile`]); this crate
 //! wires them to the registry and to the kernel (`netlink`). `meshctl` talks to a node's meshd
-//! over the control socket and drives the lab.
+//! over the control socket.
 #![forbid(unsafe_code)]
 
 /// The compliance audit (pure checks over what nodes publish and report).
@@ -19,8 +20,6 @@ pub mod control;
 pub mod daemon;
 /// Liveness and readiness endpoints.
 pub mod health;
-/// The local multi-node lab built from network namespaces.
-pub mod lab;
 /// Prometheus metrics.
 pub mod metrics;
 /// The closed sets of modes settings, datapath and status share (encryption, ...).

@@ -1,4 +1,4 @@
-//! `fake-apiserver`: runs the **mock** Kubernetes API server of `integration::apiserver` (not
+//! `fake-apiserver`: runs the **mock** Kubernetes API server of `meshd_lab::apiserver` (not
 //! kube-apiserver: a test double serving Nodes, ConfigMaps, Events and EndpointSlices over
 //! plain HTTP; `default/kubernetes`'s EndpointSlice holds its listen address) until
 //! SIGINT/SIGTERM, for labs and manual experiments with meshd's Kubernetes backend.
@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use integration::apiserver::{FakeApiServer, Options};
+use meshd_lab::apiserver::{FakeApiServer, Options};
 
 #[derive(Parser)]
 #[command(
@@ -37,7 +37,7 @@ struct Args {
     #[arg(long, default_value_t = 60_000)]
     bookmark_interval_ms: u64,
     /// Append the request log (verb, resource, name, client address of every resource
-    /// request; see `integration::apiserver::audit`) to this file.
+    /// request; see `meshd_lab::apiserver::audit`) to this file.
     #[arg(long)]
     audit_log: Option<PathBuf>,
     /// Create a Node at start: `NAME=IP[,IP…]+CIDR[,CIDR…]` (InternalIPs, then pod CIDRs).

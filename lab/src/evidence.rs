@@ -11,9 +11,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 
-use super::plan::{underlay_ns, CLUSTER_V4, CLUSTER_V6};
-use super::{load_state, status, LabStatus, Paths};
-use crate::audit::{self, NodeView, Policy, Report};
+use crate::plan::{underlay_ns, CLUSTER_V4, CLUSTER_V6};
+use crate::state::{load_state, Paths};
+use crate::status::{status, LabStatus};
+use meshd::audit::{self, NodeView, Policy, Report};
+use meshd::registry::kube::annotations::PUBLIC_KEY_ANNOTATION;
+use meshd::registry::kube::client::client as kube_client;
 
 /// The keys the lab's registry holds, by node.
 fn published_keys(lab: &str, st: &LabStatus) -> anyhow::Result<BTreeMap<String, String>> {
@@ -33,7 +36,7 @@ fn published_keys(lab: &str, st: &LabStatus) -> anyhow::Result<BTreeMap<String, 
                 .enable_all()
                 .build()?;
             rt.block_on(async {
-                let client = crate::registry::kube::client::client(Some(&kubeconfig)).await?;
+                let client = kube_client(Some(&kubeconfig)).await?;
                 let api: Api<Node> = Api::all(client);
                 Ok(api.list(&ListParams::default()).await?.items)
             })
@@ -45,7 +48,7 @@ fn published_keys(lab: &str, st: &LabStatus) -> anyhow::Result<BTreeMap<String, 
                 .metadata
                 .annotations
                 .as_ref()
-                .and_then(|a| a.get(crate::registry::kube::annotations::PUBLIC_KEY_ANNOTATION))
+                .and_then(|a| a.get(PUBLIC_KEY_ANNOTATION))
                 .cloned();
             if let (Some(name), Some(key)) = (n.metadata.name, key) {
                 out.insert(name, key);

@@ -95,11 +95,6 @@ pub fn pod_ns(lab: &str, node: u32, j: u32) -> String {
     format!("{lab}-n{node}-p{j}")
 }
 
-/// The host-side veth of pod `j` inside its node.
-pub fn pod_host_veth(j: u32) -> String {
-    format!("p{j}")
-}
-
 /// Whether `ns` is a namespace name this lab would create.
 pub fn owns_namespace(lab: &str, ns: &str) -> bool {
     let Some(rest) = ns.strip_prefix(lab).and_then(|r| r.strip_prefix('-')) else {

@@ -1,7 +1,7 @@
 //! The mock API server's request log: for every resource request, what the real API server's
 //! authorizer would be asked (its `RequestInfo`: verb, API group, resource, subresource,
 //! namespace, name) and which client address asked. Tests compare it with the RBAC rules in
-//! `deploy/` ([`crate::rbac`]): every request must be granted and every grant used.
+//! `deploy/` (the integration crate's `rbac` module): every request must be granted and every grant used.
 //!
 //! The attributes follow kube-apiserver's `RequestInfoFactory`
 //! (<https://kubernetes.io/docs/reference/access-authn-authz/authorization/#determine-the-request-verb>):

@@ -1,0 +1,114 @@
+//! Kubernetes labs (`lab up --registry kubernetes`): the lab's mock API server (`fake-apiserver`,
+//! see [`crate::apiserver`]) in the underlay namespace with a Node per lab node, and
+//! `lab set`, which changes the `meshd-config` ConfigMap every meshd watches.
+
+use std::fs;
+use std::os::unix::process::CommandExt as _;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+
+use crate::host::binary;
+use crate::plan::*;
+use crate::state::{load_state, Paths};
+use meshd::registry::kube::client::client as kube_client;
+use meshd::settings::CONFIG_MAP_NAME;
+
+/// Namespace of the lab's `meshd-config` ConfigMap (as in deploy/).
+pub const CONFIG_NAMESPACE: &str = "meshd-system";
+
+/// Where the lab's mock API server listens, inside the underlay namespace.
+pub(crate) const APISERVER_PORT: u16 = 6443;
+
+/// The mock API server's request log in the lab's directory, beside `kubeconfig`.
+pub const APISERVER_AUDIT_LOG: &str = "apiserver-audit.jsonl";
+
+/// Start the mock API server (a test double: this machine has no kube-apiserver) in the
+/// underlay namespace on the router's address, with a Node per lab node carrying its
+/// InternalIPs and pod CIDRs as a cloud controller would set them.
+pub(crate) fn start_apiserver(paths: &Paths, nodes: u32, pool: bool) -> anyhow::Result<()> {
+    let server = binary("fake-apiserver")?;
+    let log = fs::File::create(paths.root.join("apiserver.log"))?;
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &underlay_ns(&paths.lab)])
+        .arg(&server)
+        .args(["--listen", &format!("{GATEWAY_V4}:{APISERVER_PORT}")])
+        .arg("--kubeconfig")
+        .arg(paths.kubeconfig())
+        // Every request's verb, resource and client: tests check meshd's RBAC against it.
+        .arg("--audit-log")
+        .arg(paths.root.join(APISERVER_AUDIT_LOG));
+    for i in 1..=nodes {
+        let (u4, u6) = node_underlay(i);
+        let (c4, c6) = node_pod_cidrs(i);
+        // cluster-pool: no controller allocates spec.podCIDRs; every meshd claims its own.
+        let cidrs = if pool {
+            String::new()
+        } else {
+            format!("{c4},{c6}")
+        };
+        cmd.args(["--node", &format!("{}={u4},{u6}+{cidrs}", node_name(i))]);
+    }
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("starting fake-apiserver")?;
+    std::mem::forget(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !paths.kubeconfig().exists() {
+        if Instant::now() > deadline {
+            bail!(
+                "the mock API server did not start; see {}",
+                paths.root.join("apiserver.log").display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// `meshctl lab set KEY=VALUE…`: change the lab's `meshd-config` ConfigMap (kubernetes labs).
+/// Every meshd applies the change live.
+pub fn set(lab: &str, pairs: &[(String, String)]) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{Api, Patch, PatchParams, PostParams};
+    let state = load_state(lab)?.with_context(|| format!("lab {lab} is not up"))?;
+    if state.registry != "kubernetes" {
+        bail!("lab {lab} uses the directory registry; settings live in a ConfigMap only with `lab up --registry kubernetes`");
+    }
+    let paths = Paths::new(lab);
+    // The API server listens inside the underlay namespace: talk to it from there.
+    let ns = fs::File::open(format!("/run/netns/{}", underlay_ns(lab)))?;
+    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+        .context("entering the underlay namespace")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let client = kube_client(Some(&paths.kubeconfig())).await?;
+        let api: Api<ConfigMap> = Api::namespaced(client, CONFIG_NAMESPACE);
+        let data: std::collections::BTreeMap<String, String> = pairs.iter().cloned().collect();
+        let name = CONFIG_MAP_NAME;
+        if api.get_opt(name).await?.is_none() {
+            let cm = ConfigMap {
+                metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                    name: Some(name.into()),
+                    namespace: Some(CONFIG_NAMESPACE.into()),
+                    ..Default::default()
+                },
+                data: Some(data),
+                ..Default::default()
+            };
+            api.create(&PostParams::default(), &cm).await?;
+        } else {
+            let patch = serde_json::json!({ "data": data });
+            api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+        }
+        anyhow::Ok(())
+    })
+}

@@ -1,0 +1,64 @@
+//! The local lab: a multi-node meshd cluster built from network namespaces on one machine.
+//!
+//! Layout: an underlay namespace holds a bridge (the switch) with a router address that is every
+//! node's default gateway but forwards nothing. Each node is a network namespace plus a
+//! persistent mount namespace (private `/run/wireguard`, `/run/meshd`, `/sys` and a bpffs of its
+//! own at `/sys/fs/bpf`, which is the host's `/sys/fs/bpf/meshd-lab/<lab>-nK`), so every node
+//! runs an unmodified `meshd` with production paths: the device is `meshd0` on every node, and
+//! `wg show` or `meshctl status` inside a node just work. Pods are namespaces behind veth pairs,
+//! addressed from their node's pod CIDRs and routed the way a CNI does it (host routes to the
+//! pod, a link-local next hop in the pod).
+//!
+//! State lives in `/run/meshd-lab/<name>/`; `lab.json` there records what was built so that
+//! `down` removes exactly that. Lab traffic never leaves lab namespaces.
+//!
+//! This crate owns the lab and nothing of meshd itself: it builds namespaces with the host's
+//! tools (`ip`, `nsenter`, `mount`; test infrastructure, not production netlink code), starts
+//! the workspace's binaries found next to `meshctl` (`meshd`, `meshd-cni`, `meshd-wg`, and its
+//! own `fake-apiserver`), and reads meshd only through its control socket and pinned maps.
+//! `meshctl lab …` and `meshctl audit --lab` are its commands.
+#![forbid(unsafe_code)]
+
+/// The mock Kubernetes API server kubernetes labs run (binary `fake-apiserver`); tests use it too.
+pub mod apiserver;
+/// The lab's side of `meshctl audit` and its `--evidence` canaries.
+pub mod evidence;
+/// `lab exec`: a command inside a node.
+mod exec;
+/// The host tools the lab drives and the processes it watches.
+mod host;
+/// Kubernetes labs: the mock API server and `lab set`.
+mod kubernetes;
+/// `lab up` and `lab down`: the underlay, the nodes' namespaces and mounts.
+mod layout;
+/// A node's life: add, start, stop, kill, remove.
+mod nodes;
+/// Pure naming and addressing of nodes and pods.
+pub mod plan;
+/// Pods, made through `meshd-cni` as a container runtime makes them.
+mod pods;
+/// `lab rotate-key`: several nodes' key rotations at once.
+mod rotate;
+/// What `lab up` built (`lab.json`) and where the lab keeps its files.
+mod state;
+/// The `lab status` document and table.
+mod status;
+
+pub use exec::exec;
+pub use kubernetes::{set, APISERVER_AUDIT_LOG, CONFIG_NAMESPACE};
+pub use layout::{down, up};
+pub use nodes::{add_node, kill_node, remove_node, start_node, stop_node};
+pub use rotate::rotate_keys;
+pub use state::{LabState, NodeState, UpOptions};
+pub use status::{
+    print_status_table, print_table, status, CaptureSpot, LabNode, LabPod, LabStatus,
+};
+
+/// Where every lab keeps its state.
+pub const LAB_ROOT: &str = "/run/meshd-lab";
+/// Version of the `lab status -o json` document.
+pub const STATUS_VERSION: u32 = 1;
+/// The host's bpffs mount point.
+const HOST_BPFFS: &str = "/sys/fs/bpf";
+/// The WireGuard port every lab node listens on.
+pub const LISTEN_PORT: u16 = 51820;

@@ -1,0 +1,318 @@
+//! The `lab status` document (`-o json`, a contract: see the README; its field names and values
+//! do not change without a new [`STATUS_VERSION`](crate::STATUS_VERSION)) and its table: what
+//! was built, where to capture, and what every node's meshd reports through its control socket.
+
+use std::fs;
+use std::io::Write as _;
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+use crate::host::{meshd_pid, run};
+use crate::plan::*;
+use crate::state::{load_state, LabState, Paths};
+use crate::{LISTEN_PORT, STATUS_VERSION};
+use meshd::bpf::VerdictCounters;
+use meshd::control::{PeerReport, StatusReport};
+use meshd_cni::ipam::Ipam;
+
+/// The `lab status -o json` document (see the README for the contract).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabStatus {
+    /// Document version.
+    pub version: u32,
+    /// Lab name.
+    pub lab: String,
+    /// WireGuard port of every node.
+    pub listen_port: u16,
+    /// Where the underlay can be captured.
+    pub capture: CaptureSpot,
+    /// Cluster pod CIDRs.
+    pub cluster_cidrs: Vec<String>,
+    /// The directory registry the lab's nodes share (one `<node>.json` per node).
+    pub registry_dir: String,
+    /// `dir` or `kubernetes`.
+    pub registry: String,
+    /// Kubeconfig of the lab's mock API server (kubernetes labs; reachable from inside the
+    /// lab's namespaces, e.g. the underlay namespace).
+    pub kubeconfig: Option<String>,
+    /// Nodes.
+    pub nodes: Vec<LabNode>,
+    /// Pods.
+    pub pods: Vec<LabPod>,
+}
+
+/// Where to capture the underlay.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CaptureSpot {
+    /// Namespace.
+    pub namespace: String,
+    /// Interface (the switch: sees every node's traffic).
+    pub interface: String,
+}
+
+/// A node in the status document.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabNode {
+    /// Node name.
+    pub name: String,
+    /// Network namespace.
+    pub namespace: String,
+    /// Pinned mount namespace (enter with `nsenter --mount=… --net=/run/netns/…`).
+    pub mount_namespace: String,
+    /// Underlay interface inside the node.
+    pub underlay_interface: String,
+    /// Underlay addresses.
+    pub underlay_addresses: Vec<String>,
+    /// WireGuard interface.
+    pub wireguard_interface: String,
+    /// `kernel`, `userspace`, or `unknown` when meshd is not answering.
+    pub mode: String,
+    /// Pod CIDRs.
+    pub pod_cidrs: Vec<String>,
+    /// Public key (empty when meshd is not answering).
+    pub public_key: String,
+    /// meshd's state directory (private key) on the host filesystem.
+    pub state_dir: String,
+    /// meshd's log file.
+    pub log_file: String,
+    /// meshd's pid, when running.
+    pub meshd_pid: Option<u32>,
+    /// Whether meshd is running.
+    pub running: bool,
+    /// Peers as programmed on the node's device (empty when meshd is not answering).
+    pub peers: Vec<PeerReport>,
+    /// meshd's full status, when it answers.
+    pub status: Option<StatusReport>,
+    /// `enabled` or `permissive`.
+    pub encryption: String,
+    /// Whether strict mode is on.
+    pub strict_mode: bool,
+    /// The node's pinned eBPF datapath on the host filesystem.
+    pub bpf_pin_dir: String,
+    /// The verdict counters, read from the pinned maps (so also while meshd is down).
+    pub counters: Option<VerdictCounters>,
+}
+
+/// A pod in the status document.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabPod {
+    /// Pod name.
+    pub name: String,
+    /// Its node.
+    pub node: String,
+    /// Its network namespace.
+    pub namespace: String,
+    /// Its interface.
+    pub interface: String,
+    /// IPv4 address.
+    pub ipv4: String,
+    /// IPv6 address.
+    pub ipv6: String,
+}
+
+/// Build the status document of a lab.
+pub fn status(lab: &str) -> anyhow::Result<LabStatus> {
+    let state = load_state(lab)?.with_context(|| format!("lab {lab} is not up"))?;
+    let paths = Paths::new(lab);
+    let mut nodes = Vec::new();
+    let mut pods = Vec::new();
+    for n in &state.nodes {
+        let i = n.index;
+        let pid = meshd_pid(lab, i);
+        let live = pid.and_then(|_| node_status(lab, i).ok());
+        let (u4, u6) = node_underlay(i);
+        let (c4, c6) = node_pod_cidrs(i);
+        let pool = state.ipam == "cluster-pool";
+        let claimed = if pool {
+            claimed_cidrs(&paths, i)
+        } else {
+            vec![c4.to_string(), c6.to_string()]
+        };
+        nodes.push(LabNode {
+            name: node_name(i),
+            namespace: node_ns(lab, i),
+            mount_namespace: paths.mnt(i).to_string_lossy().into_owned(),
+            underlay_interface: "eth0".into(),
+            underlay_addresses: vec![u4.to_string(), u6.to_string()],
+            wireguard_interface: live
+                .as_ref()
+                .map_or("meshd0".into(), |s| s.interface.clone()),
+            mode: live
+                .as_ref()
+                .map_or("unknown".into(), |s| s.mode.to_string()),
+            pod_cidrs: claimed,
+            public_key: live
+                .as_ref()
+                .map_or(String::new(), |s| s.public_key.clone()),
+            state_dir: paths
+                .node_dir(i)
+                .join("state")
+                .to_string_lossy()
+                .into_owned(),
+            log_file: paths.log(i).to_string_lossy().into_owned(),
+            meshd_pid: pid,
+            running: pid.is_some(),
+            peers: live.as_ref().map_or_else(Vec::new, |s| s.peers.clone()),
+            status: live,
+            encryption: state.encryption.clone(),
+            strict_mode: state.strict_mode,
+            bpf_pin_dir: paths.bpffs(i).join("meshd").to_string_lossy().into_owned(),
+            counters: ebpf_redirect::Datapath::adopt(paths.bpffs(i).join("meshd"))
+                .and_then(|dp| dp.counters())
+                .ok()
+                .map(Into::into),
+        });
+        for j in 1..=n.pods {
+            let (a4, a6) = if pool {
+                allocated_addrs(&paths, lab, i, j)
+            } else {
+                let (a4, a6) = pod_addrs(i, j);
+                (a4.to_string(), a6.to_string())
+            };
+            pods.push(LabPod {
+                name: pod_name(i, j),
+                node: node_name(i),
+                namespace: pod_ns(lab, i, j),
+                interface: "eth0".into(),
+                ipv4: a4,
+                ipv6: a6,
+            });
+        }
+    }
+    Ok(LabStatus {
+        version: STATUS_VERSION,
+        lab: lab.to_string(),
+        listen_port: LISTEN_PORT,
+        capture: CaptureSpot {
+            namespace: underlay_ns(lab),
+            interface: "br0".into(),
+        },
+        cluster_cidrs: vec![CLUSTER_V4.into(), CLUSTER_V6.into()],
+        registry_dir: paths.registry().to_string_lossy().into_owned(),
+        registry: state.registry.clone(),
+        kubeconfig: (state.registry == "kubernetes")
+            .then(|| paths.kubeconfig().to_string_lossy().into_owned()),
+        nodes,
+        pods,
+    })
+}
+
+/// Query node `i`'s meshd through its own control socket.
+pub(crate) fn node_status(lab: &str, i: u32) -> anyhow::Result<StatusReport> {
+    let paths = Paths::new(lab);
+    let meshctl = std::env::current_exe().context("locating meshctl")?;
+    let out = run(
+        "nsenter",
+        &[
+            &format!("--mount={}", paths.mnt(i).display()),
+            &format!("--net=/run/netns/{}", node_ns(lab, i)),
+            "--",
+            &meshctl.to_string_lossy(),
+            "status",
+            "-o",
+            "json",
+        ],
+    )?;
+    serde_json::from_str(&out).context("decoding meshd status")
+}
+
+/// The pod CIDRs a cluster-pool node claimed (its persisted claim).
+pub(crate) fn claimed_cidrs(paths: &Paths, i: u32) -> Vec<String> {
+    fs::read_to_string(paths.node_dir(i).join("state").join("pod-cidrs.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| {
+            v["podCIDRs"].as_array().map(|a| {
+                a.iter()
+                    .filter_map(|c| c.as_str().map(str::to_string))
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
+/// A pod's addresses as the node's IPAM store holds them (cluster-pool labs).
+pub(crate) fn allocated_addrs(paths: &Paths, lab: &str, i: u32, j: u32) -> (String, String) {
+    let addrs = Ipam::open(paths.node_dir(i).join("state").join("ipam"), &[])
+        .and_then(|ipam| ipam.lookup(&pod_ns(lab, i, j), "eth0"))
+        .unwrap_or_default();
+    let pick = |v4: bool| {
+        addrs
+            .iter()
+            .find(|a| a.is_ipv4() == v4)
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    };
+    (pick(true), pick(false))
+}
+
+/// Print the human table of nodes, peers and handshakes.
+pub fn print_table(state: &LabState) -> anyhow::Result<()> {
+    let st = status(&state.name)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<5} {:<10} {:<8} {:<28} {:<32} PEERS (last handshake)",
+        "NODE", "MODE", "MESHD", "UNDERLAY", "POD CIDRS"
+    )?;
+    for n in &st.nodes {
+        let peers = n.status.as_ref().map_or_else(
+            || "-".to_string(),
+            |s| {
+                s.peers
+                    .iter()
+                    .map(|p| {
+                        let name = p
+                            .name
+                            .clone()
+                            .unwrap_or_else(|| p.public_key[..8].to_string());
+                        match p.last_handshake_secs_ago {
+                            Some(ago) => format!("{name} ({ago}s ago)"),
+                            None => format!("{name} (no handshake yet)"),
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        );
+        writeln!(
+            out,
+            "{:<5} {:<10} {:<8} {:<28} {:<32} {}",
+            n.name,
+            n.mode,
+            if n.running { "running" } else { "stopped" },
+            n.underlay_addresses.join(" "),
+            n.pod_cidrs.join(" "),
+            peers
+        )?;
+        if let Some(c) = &n.counters {
+            writeln!(
+                out,
+                "      eBPF: redirected {}  local {}  passed {}  strict drops {}  would-drops {}",
+                c.redirected, c.local, c.passed, c.strict_drops, c.would_drops
+            )?;
+        }
+    }
+    writeln!(
+        out,
+        "pods: {}",
+        st.pods
+            .iter()
+            .map(|p| format!("{} {}/{}", p.name, p.ipv4, p.ipv6))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )?;
+    writeln!(
+        out,
+        "capture the underlay: ip netns exec {} tcpdump -ni {}",
+        st.capture.namespace, st.capture.interface
+    )?;
+    Ok(())
+}
+
+/// Print the table for a running lab by name.
+pub fn print_status_table(lab: &str) -> anyhow::Result<()> {
+    let state = load_state(lab)?.with_context(|| format!("lab {lab} is not up"))?;
+    print_table(&state)
+}

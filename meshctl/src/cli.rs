@@ -1,0 +1,276 @@
+//! meshctl's command line: every command and flag (clap), and the parsers of flag values.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use meshd::control;
+use meshd::daemon::parse_interval;
+
+/// meshctl: inspect meshd and run the local multi-node lab.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Cmd,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Cmd {
+    /// Show this node's meshd: mode, device, peers, handshakes, counters.
+    Status {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+        /// meshd's control socket.
+        #[arg(long, default_value = control::DEFAULT_CONTROL_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Audit the mesh: every node and ordered pair of nodes (keys, peers, handshakes, strict
+    /// mode, plaintext counters, key age, settings). Exit 0: pass, 1: findings, 2: could not
+    /// audit.
+    Audit(AuditArgs),
+    /// Rotate this node's WireGuard keys without losing a packet: both key slots are drained
+    /// and replaced in turn, each step acknowledged by every peer (see the README). Waits
+    /// until the rotation ends; exit 1 if it was abandoned (no key was changed then, or the
+    /// drain stays until every peer holds the new key).
+    RotateKey {
+        /// meshd's control socket.
+        #[arg(long, default_value = control::DEFAULT_CONTROL_SOCKET)]
+        socket: PathBuf,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// The local multi-node lab (network namespaces on this machine).
+    Lab {
+        #[command(subcommand)]
+        command: LabCmd,
+    },
+}
+
+/// The flags of `meshctl audit`.
+#[derive(Debug, Args)]
+pub(crate) struct AuditArgs {
+    /// The lab to audit (unless `--cluster`).
+    #[arg(long, default_value = "mlab")]
+    pub(crate) lab: String,
+    /// Audit the Kubernetes cluster instead: Nodes from the API, each node's meshd status from
+    /// its `/status` endpoint at its InternalIP.
+    #[arg(long)]
+    pub(crate) cluster: bool,
+    /// Kubeconfig for `--cluster` (default: `$KUBECONFIG`, `~/.kube/config`, in-cluster).
+    #[arg(long)]
+    pub(crate) kubeconfig: Option<PathBuf>,
+    /// Port of meshd's `--health-listen` on every node (`--cluster`).
+    #[arg(long, default_value_t = 9108)]
+    pub(crate) status_port: u16,
+    /// Prove encryption per pair: canary traffic between pods, checked on an underlay
+    /// capture.
+    #[arg(long)]
+    pub(crate) evidence: bool,
+    /// Keys older than this many days are a finding.
+    #[arg(long, default_value_t = 90)]
+    pub(crate) max_key_age_days: u64,
+    /// Cleartext attempted towards pod CIDRs (strict drops, would-drops) within this long
+    /// is a finding, e.g. `1h`, `7d`; `0`: at any time since the datapath was loaded.
+    #[arg(long, default_value = "24h", value_parser = parse_window)]
+    pub(crate) plaintext_window: std::time::Duration,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value = "table")]
+    pub(crate) output: Output,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum LabCmd {
+    /// Build the lab and start a meshd on every node.
+    Up {
+        /// Lab name (prefix of every namespace).
+        #[arg(long, default_value = "mlab")]
+        name: String,
+        /// Number of nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: u32,
+        /// Pods per node.
+        #[arg(long, default_value_t = 2)]
+        pods_per_node: u32,
+        /// WireGuard mode for every meshd.
+        #[arg(long, default_value = "auto")]
+        wireguard_mode: String,
+        /// A node's own WireGuard mode, e.g. `n2=userspace` (repeatable): a mixed lab.
+        /// `external`: the lab runs that node's two `meshd-wg` devices itself, after meshd
+        /// (as separate containers would), and meshd adopts them.
+        #[arg(long = "node-wireguard-mode", value_parser = parse_node_mode)]
+        node_modes: Vec<(u32, String)>,
+        /// `enabled` or `permissive` for every meshd.
+        #[arg(long, default_value = "enabled")]
+        encryption: String,
+        /// Strict mode for every meshd.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        strict_mode: bool,
+        /// `ebpf` (tc redirect into the tunnel) or `routes` for every meshd.
+        #[arg(long, default_value = "ebpf")]
+        pod_steering: String,
+        /// `dir` (a shared directory) or `kubernetes` (Node annotations on a mock API server,
+        /// live settings from the `meshd-config` ConfigMap: see `lab set`).
+        #[arg(long, default_value = "dir")]
+        registry: String,
+        /// `node` (pod CIDRs 10.244.K.0/24 and fd00:244:0:K::/64 given to node K) or
+        /// `cluster-pool` (every meshd claims its own blocks out of the cluster CIDRs).
+        #[arg(long, default_value = "node")]
+        ipam: String,
+        /// Node-to-node encryption for every meshd (directory registry; a kubernetes lab
+        /// takes it from the ConfigMap: `lab set host-encryption=true`).
+        #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+        host_encryption: bool,
+        /// Persistent keepalive in seconds for every peer.
+        #[arg(long)]
+        keepalive: Option<u16>,
+        /// Scheduled key rotation for every meshd, e.g. `30s`, `24h` (default: on demand).
+        #[arg(long, value_parser = parse_rotation_interval)]
+        key_rotation_interval: Option<String>,
+        /// How long a peer must have been without a WireGuard handshake before a key rotation
+        /// may go on without its acknowledgement, for every meshd, e.g. `5s` (default 180s).
+        #[arg(long, value_parser = parse_rotation_interval)]
+        rotation_silence: Option<String>,
+        /// Give every meshd the lab's cluster CIDRs (10.244.0.0/16, fd00:244::/48) as
+        /// `--cluster-cidr`; with `false` each meshd guards its own pod CIDRs and those it
+        /// learns from peers.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        guard_cluster_cidrs: bool,
+    },
+    /// Change the lab's meshd-config ConfigMap (kubernetes labs), e.g. `encryption=disabled`.
+    Set {
+        /// Lab name.
+        #[arg(long, default_value = "mlab")]
+        name: String,
+        /// `KEY=VALUE` pairs.
+        #[arg(required = true, value_parser = parse_pair)]
+        pairs: Vec<(String, String)>,
+    },
+    /// Remove everything the lab made.
+    Down {
+        /// Lab name.
+        #[arg(long, default_value = "mlab")]
+        name: String,
+    },
+    /// Nodes, pods, peers and where to capture.
+    Status {
+        /// Lab name.
+        #[arg(long, default_value = "mlab")]
+        name: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Add a node to the running lab.
+    AddNode {
+        /// Lab name.
+        #[arg(long, default_value = "mlab")]
+        name: String,
+        /// Pods on the new node.
+        #[arg(long, default_value_t = 2)]
+        pods: u32,
+    },
+    /// Remove a node (its record is deleted; the others drop it).
+    RemoveNode {
+        /// Lab name.
+        #[arg(long, default_value = "mlab")]
+        name: String,
+        /// Node name, e.g. n4.
+        node: String,
+    },
+    /// SIGKILL a node's meshd (the datapath keeps running).
+    KillNode {
+        /// Lab name.
+        #[arg(long, default_value = "mlab")]
+        name: String,
+        /// Node name.
+        node: String,
+    },
+    /// Start a node's meshd again.
+    StartNode {
+        /// Lab name.
+        #[arg(long, default_value = "mlab")]
+        name: String,
+        /// Node name.
+        node: String,
+        /// Start meshd with `--cleanup` (it removes its device, routes and tc programs on exit).
+        #[arg(long)]
+        cleanup: bool,
+    },
+    /// Stop a node's meshd with SIGTERM (it exits cleanly; the datapath stays unless it was
+    /// started with `--cleanup`).
+    StopNode {
+        /// Lab name.
+        #[arg(long, default_value = "mlab")]
+        name: String,
+        /// Node name.
+        node: String,
+    },
+    /// Run a command inside a node (e.g. `meshctl lab exec n1 -- wg show`).
+    Exec {
+        /// Lab name.
+        #[arg(long, default_value = "mlab")]
+        name: String,
+        /// Node name.
+        node: String,
+        /// The command.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Rotate the keys of the given nodes (default: every node), all at once; prints one
+    /// outcome per node and exits 1 if any rotation was abandoned.
+    RotateKey {
+        /// Lab name.
+        #[arg(long, default_value = "mlab")]
+        name: String,
+        /// Nodes to rotate (default: all).
+        nodes: Vec<String>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+}
+
+/// `0`, or an interval with a unit (`--plaintext-window`).
+fn parse_window(s: &str) -> Result<std::time::Duration, String> {
+    if s.trim() == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    parse_interval(s)
+}
+
+/// A `--key-rotation-interval` value meshd accepts, kept as given.
+fn parse_rotation_interval(s: &str) -> Result<String, String> {
+    parse_interval(s).map(|_| s.to_string())
+}
+
+/// `KEY=VALUE` → (KEY, VALUE).
+fn parse_pair(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?}: expected KEY=VALUE"))
+}
+
+/// `nK=MODE` → (K, MODE).
+fn parse_node_mode(s: &str) -> Result<(u32, String), String> {
+    let (node, mode) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected NODE=MODE, e.g. n2=userspace"))?;
+    let index = node
+        .strip_prefix('n')
+        .and_then(|i| i.parse::<u32>().ok())
+        .ok_or_else(|| format!("{node:?}: expected a lab node name such as n2"))?;
+    if !matches!(mode, "auto" | "kernel" | "userspace" | "external") {
+        return Err(format!(
+            "{mode:?}: expected auto, kernel, userspace or external"
+        ));
+    }
+    Ok((index, mode.to_string()))
+}

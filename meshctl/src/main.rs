@@ -1,0 +1,34 @@
+//! `meshctl`: the operator CLI of meshd — this node's status and key rotation through the
+//! control socket, the compliance audit of a lab or a cluster — and the driver of the local
+//! multi-node lab (crate `meshd-lab`).
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+mod audit;
+mod cli;
+mod lab;
+mod node;
+
+use cli::{Cli, Cmd};
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("meshctl: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Cmd::Status { output, socket } => node::status(&socket, output),
+        Cmd::RotateKey { socket, output } => node::rotate_key(&socket, output),
+        Cmd::Audit(args) => audit::run(args),
+        Cmd::Lab { command } => lab::run(command),
+    }
+}
