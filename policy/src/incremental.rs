@@ -280,6 +280,32 @@ mod tests {
     }
 
     #[test]
+    fn namespace_removal_and_first_sight_count_as_labels_emptied_and_set() {
+        let mut compiler = compiler();
+        let mut y = compiler.world().namespaces["y"].clone();
+        y.labels.insert("team".into(), "blue".into());
+        compiler.apply(Change::UpsertNamespace(y.clone()));
+        let mut p = policy("x", "not-blue", LabelSelector::everything());
+        p.ingress.push(from(vec![namespaces(LabelSelector {
+            match_labels: Default::default(),
+            match_expressions: vec![crate::model::Requirement {
+                key: "team".into(),
+                operator: crate::model::Operator::NotIn(["blue".to_owned()].into()),
+            }],
+        })]));
+        compiler.apply(Change::UpsertPolicy(p));
+        for change in [
+            Change::RemoveNamespace("y".into()),
+            Change::UpsertNamespace(y),
+        ] {
+            let delta = compiler.apply(change);
+            assert_eq!(delta.endpoints(), [EndpointId(1)].into());
+            let full = crate::compile(compiler.world(), compiler.endpoints());
+            assert_eq!(compiler.maps(), full.maps);
+        }
+    }
+
+    #[test]
     fn namespace_relabel_reaches_policies_selecting_it() {
         let mut compiler = compiler();
         let mut p = policy("x", "from-y", LabelSelector::everything());

@@ -137,8 +137,8 @@ enum Step {
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        1 => (0usize..3).prop_map(Step::Namespace),
-        1 => (0usize..3).prop_map(Step::RemoveNamespace),
+        2 => (0usize..3).prop_map(Step::Namespace),
+        2 => (0usize..3).prop_map(Step::RemoveNamespace),
         4 => (0usize..8).prop_map(Step::Pod),
         1 => (0usize..8).prop_map(Step::RemovePod),
         4 => (0usize..8).prop_map(Step::Policy),
