@@ -157,27 +157,33 @@ fn compile_direction(
     // Port set → union of peers; one bit per port set.
     let mut groups: BTreeMap<PortSet, BTreeSet<PeerItem>> = BTreeMap::new();
     for policy in policies {
-        let mut candidate = groups.clone();
+        let mut contribution: BTreeMap<PortSet, BTreeSet<PeerItem>> = BTreeMap::new();
         for rule in policy.rules(direction) {
             for bit_rule in bit_rules(world, policy, rule, pod, direction) {
                 if bit_rule.peers.is_empty() || bit_rule.ports.is_empty() {
                     continue;
                 }
-                candidate
+                contribution
                     .entry(bit_rule.ports)
                     .or_default()
                     .extend(bit_rule.peers);
             }
         }
-        if candidate.len() > MAX_RULES {
+        let new_port_sets = contribution
+            .keys()
+            .filter(|ports| !groups.contains_key(*ports))
+            .count();
+        if groups.len() + new_port_sets > MAX_RULES {
             out.errors.push(CompileError::RuleLimit {
                 policy: policy.key.clone(),
                 pod: pod.key.clone(),
                 endpoint,
                 direction,
             });
-        } else {
-            groups = candidate;
+            continue;
+        }
+        for (ports, peers) in contribution {
+            groups.entry(ports).or_default().extend(peers);
         }
     }
     let rules: Vec<(u64, &PortSet, &BTreeSet<PeerItem>)> = groups

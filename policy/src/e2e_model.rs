@@ -66,7 +66,12 @@ pub fn world() -> World {
                         IpAddr::V4(Ipv4Addr::new(10, 0, 0, index)),
                         IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, u16::from(index))),
                     ],
-                    node: if index % 2 == 0 { "node-2" } else { "node-1" }.to_owned(),
+                    node: if index.is_multiple_of(2) {
+                        "node-2"
+                    } else {
+                        "node-1"
+                    }
+                    .to_owned(),
                     named_ports,
                 },
             );
