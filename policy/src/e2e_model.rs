@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+pub use crate::model::NAMESPACE_NAME_LABEL;
 use crate::model::{
     Direction, LabelSelector, NamedPort, Namespace, Peer, Pod, PodKey, Policy, PolicyPort,
     PortSpec, Protocol, Rule, World,
@@ -22,9 +23,6 @@ pub const NAMESPACES: [&str; 3] = ["x", "y", "z"];
 pub const PODS: [&str; 3] = ["a", "b", "c"];
 /// The ports every pod serves.
 pub const PORTS: [u16; 2] = [80, 81];
-
-/// The label key namespaces carry their name under (set by the API server).
-pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
 /// The model's world, without policies.
 pub fn world() -> World {

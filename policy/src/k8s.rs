@@ -8,7 +8,7 @@
 //! protocol, operator or policy type, a port out of range, `endPort` without a numeric port or
 //! before it, a peer with nothing or with `ipBlock` and a selector, duplicate named ports.
 //! Host-network pods are left out (`Ok(None)`): they use the node's address and no podSelector
-//! selects them.
+//! selects them. Terminated pods keep their labels but hold no address.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -19,10 +19,9 @@ use k8s_openapi::api::networking::v1 as networking;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::e2e_model::NAMESPACE_NAME_LABEL;
 use crate::model::{
     Direction, LabelSelector, NamedPort, Namespace, Operator, Peer, Pod, PodKey, Policy,
-    PolicyPort, PortSpec, Protocol, Requirement, Rule,
+    PolicyPort, PortSpec, Protocol, Requirement, Rule, NAMESPACE_NAME_LABEL,
 };
 
 /// Why an API object cannot be converted. `object` is `Kind namespace/name`.
@@ -172,7 +171,8 @@ pub fn namespace_from_k8s(namespace: &core::Namespace) -> Result<Namespace, K8sE
 }
 
 /// Converts a `Pod`; `Ok(None)` for a host-network pod. Addresses come from `status.podIPs`
-/// (else `status.podIP`), named ports from `spec.containers[].ports[]` entries with a name.
+/// (else `status.podIP`), none once the pod has terminated (phase `Succeeded` or `Failed`: its
+/// addresses may be reused); named ports from `spec.containers[].ports[]` entries with a name.
 pub fn pod_from_k8s(pod: &core::Pod) -> Result<Option<Pod>, K8sError> {
     let (namespace, name) = object_name("Pod", &pod.metadata)?;
     let object = format!("Pod {namespace}/{name}");
@@ -181,7 +181,11 @@ pub fn pod_from_k8s(pod: &core::Pod) -> Result<Option<Pod>, K8sError> {
         return Ok(None);
     }
     let status = pod.status.clone().unwrap_or_default();
+    // A pod that has terminated keeps its addresses in its status, but they are free again and
+    // may already belong to a new pod: it holds none.
+    let terminated = matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"));
     let texts: Vec<(String, String)> = match (&status.pod_ips, &status.pod_ip) {
+        _ if terminated => Vec::new(),
         (Some(ips), _) if !ips.is_empty() => ips
             .iter()
             .enumerate()

@@ -17,6 +17,9 @@ use ipnet::IpNet;
 /// Labels of a namespace or pod.
 pub type Labels = BTreeMap<String, String>;
 
+/// The label the API server sets on every namespace, holding its name.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
 /// A namespace: its name and labels (including `kubernetes.io/metadata.name`, which the API
 /// server sets on every namespace; [`crate::k8s`] adds it when missing).
 #[derive(Clone, Debug, PartialEq, Eq)]

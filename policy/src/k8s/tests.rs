@@ -148,6 +148,20 @@ fn pods_and_namespaces_convert() {
     .expect("valid Pod JSON");
     assert_eq!(pod_from_k8s(&host).expect("converts"), None);
 
+    let done: core::Pod = serde_json::from_value(json!({
+        "metadata": {"name": "d", "namespace": "x"},
+        "spec": {"containers": []},
+        "status": {"phase": "Succeeded", "podIPs": [{"ip": "10.0.0.1"}]}
+    }))
+    .expect("valid Pod JSON");
+    let done = pod_from_k8s(&done)
+        .expect("converts")
+        .expect("not host network");
+    assert!(
+        done.addresses.is_empty(),
+        "a terminated pod's address may be reused"
+    );
+
     let bad: core::Pod = serde_json::from_value(json!({
         "metadata": {"name": "b", "namespace": "x"},
         "spec": {"containers": []},
