@@ -13,6 +13,8 @@
 //! * [`compile`]: policies, pods, namespaces and local endpoints → map contents.
 //! * [`incremental`]: [`Compiler`], which takes one change at a time and returns the map delta
 //!   touching only the endpoints whose entries change.
+//! * [`update`]: the order to write a delta into live maps so that no intermediate state
+//!   admits more than the old or the new maps.
 //! * [`datapath_model`]: evaluates a packet against map contents exactly as the tc program will.
 //! * [`prefix`]: port ranges as prefixes and the longest-prefix construction the tries rely on.
 //! * [`e2e_model`]: the upstream e2e suite's model (namespaces x, y, z; pods a, b, c) for tests.
@@ -27,6 +29,7 @@ pub mod maps;
 pub mod model;
 pub mod prefix;
 pub mod reference;
+pub mod update;
 
 pub use compile::{compile, CompileError, Compiled};
 pub use incremental::{Change, Compiler};
