@@ -43,14 +43,14 @@ enum Edit {
 
 fn edit() -> impl Strategy<Value = Edit> {
     prop_oneof![
-        3 => (0usize..5).prop_flat_map(common::policy).prop_map(Edit::Policy),
+        3 => (0usize..8).prop_flat_map(common::policy).prop_map(Edit::Policy),
         1 => (0usize..6).prop_flat_map(common::pod).prop_map(Edit::Pod),
     ]
 }
 
 proptest! {
-    // 2,000 worlds and changes; 64 probes of the touched endpoints after every single write.
-    #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
+    // 4,000 worlds and changes (a few seconds per thousand in debug); 64 probes of the touched endpoints after every single write.
+    #![proptest_config(ProptestConfig { cases: 4_000, ..ProptestConfig::default() })]
 
     #[test]
     fn no_intermediate_state_admits_more_than_old_or_new(
