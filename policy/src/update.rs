@@ -153,9 +153,10 @@ mod tests {
     use crate::model::{Direction, LabelSelector, Peer, PodKey, Protocol, Rule};
 
     /// A block with an except joins a rule's bit: written shortest first, the block would admit
-    /// the except's addresses until the except's entry arrives.
+    /// the except's addresses until the except's entry arrives; deleted longest first, after the
+    /// except's entry is gone.
     #[test]
-    fn an_except_is_written_before_its_block() {
+    fn an_except_is_written_before_and_deleted_after_its_block() {
         let allow_80_from = |name: &str, peer: Peer| {
             let mut p = policy("x", name, LabelSelector::labels([("pod", "a")]));
             p.ingress.push(Rule {
@@ -189,11 +190,14 @@ mod tests {
             direction_allows(maps, EndpointId(1), Direction::Ingress, x_c, 6, 80)
         };
         assert!(!admits(&old) && !admits(&new));
-        let mut live = old;
-        for op in ordered_ops(&MapDelta::between(&live, &new)) {
-            op.apply(&mut live);
-            assert!(!admits(&live), "x/c admitted after {op:?}");
+        // Adding the block (upserts), then removing it (deletes).
+        for (from, to) in [(&old, &new), (&new, &old)] {
+            let mut live = from.clone();
+            for op in ordered_ops(&MapDelta::between(from, to)) {
+                op.apply(&mut live);
+                assert!(!admits(&live), "x/c admitted after {op:?}");
+            }
+            assert_eq!(&live, to);
         }
-        assert_eq!(live, new);
     }
 }
