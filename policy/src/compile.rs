@@ -79,22 +79,77 @@ impl Compiled {
 /// whose pod `world` does not know gets no entries (open) until the pod is known.
 pub fn compile(world: &World, endpoints: &BTreeMap<PodKey, EndpointId>) -> Compiled {
     let mut out = Compiled::default();
+    let mut cache = RuleCache::default();
     for (pod, id) in endpoints {
-        out.extend(&compile_endpoint(world, pod, *id));
+        out.extend(&compile_endpoint_with(world, pod, *id, &mut cache));
     }
     out
 }
 
 /// Compiles the entries of one endpoint.
 pub fn compile_endpoint(world: &World, pod: &PodKey, endpoint: EndpointId) -> Compiled {
+    compile_endpoint_with(world, pod, endpoint, &mut RuleCache::default())
+}
+
+/// Compiles the entries of one endpoint, reusing what `cache` resolved for other endpoints of
+/// the same world.
+pub(crate) fn compile_endpoint_with(
+    world: &World,
+    pod: &PodKey,
+    endpoint: EndpointId,
+    cache: &mut RuleCache,
+) -> Compiled {
     let mut out = Compiled::default();
     let Some(pod) = world.pods.get(pod) else {
         return out;
     };
     for direction in Direction::ALL {
-        compile_direction(world, pod, endpoint, direction, &mut out);
+        compile_direction(world, pod, endpoint, direction, cache, &mut out);
     }
     out
+}
+
+/// What one world's rules resolve to, shared by the endpoints they select: selectors are matched
+/// against every pod once per rule, not once per rule and endpoint. Valid for one world only.
+#[derive(Default)]
+pub(crate) struct RuleCache {
+    /// (policy, direction, rule index) → the rule's peer set.
+    peers: HashMap<(PolicyKey, Direction, usize), Vec<PeerItem>>,
+    /// (policy, direction, rule index) → its bit rules, for rules whose bit rules do not depend
+    /// on the endpoint (all but ingress rules with named ports).
+    bit_rules: HashMap<(PolicyKey, Direction, usize), Vec<BitRule>>,
+}
+
+impl RuleCache {
+    fn bit_rules(
+        &mut self,
+        world: &World,
+        policy: &Policy,
+        direction: Direction,
+        index: usize,
+        pod: &Pod,
+    ) -> Vec<BitRule> {
+        let rule = &policy.rules(direction)[index];
+        let key = (policy.key.clone(), direction, index);
+        if let Some(rules) = self.bit_rules.get(&key) {
+            return rules.clone();
+        }
+        let peers = self
+            .peers
+            .entry(key.clone())
+            .or_insert_with(|| rule_peers(world, policy, rule))
+            .clone();
+        let rules = bit_rules(world, rule, peers, pod, direction);
+        let per_endpoint = direction == Direction::Ingress
+            && rule
+                .ports
+                .iter()
+                .any(|p| matches!(p.port, PortSpec::Named(_)));
+        if !per_endpoint {
+            self.bit_rules.insert(key, rules.clone());
+        }
+        rules
+    }
 }
 
 /// One element of a bit rule's peer set.
@@ -130,6 +185,7 @@ fn host_prefix(address: IpAddr) -> IpNet {
 }
 
 /// A product of peers and ports.
+#[derive(Clone)]
 struct BitRule {
     peers: Vec<PeerItem>,
     ports: PortSet,
@@ -140,6 +196,7 @@ fn compile_direction(
     pod: &Pod,
     endpoint: EndpointId,
     direction: Direction,
+    cache: &mut RuleCache,
     out: &mut Compiled,
 ) {
     let policies: Vec<&Policy> = world
@@ -158,8 +215,8 @@ fn compile_direction(
     let mut groups: BTreeMap<PortSet, BTreeSet<PeerItem>> = BTreeMap::new();
     for policy in policies {
         let mut contribution: BTreeMap<PortSet, BTreeSet<PeerItem>> = BTreeMap::new();
-        for rule in policy.rules(direction) {
-            for bit_rule in bit_rules(world, policy, rule, pod, direction) {
+        for index in 0..policy.rules(direction).len() {
+            for bit_rule in cache.bit_rules(world, policy, direction, index, pod) {
                 if bit_rule.peers.is_empty() || bit_rule.ports.is_empty() {
                     continue;
                 }
@@ -296,15 +353,14 @@ fn port_entries(rules: &[(u64, &PortSet, &BTreeSet<PeerItem>)]) -> BTreeMap<Port
     })
 }
 
-/// The bit rules of one policy rule for endpoint `pod` in `direction`.
+/// The bit rules of one policy rule with peer set `peers` for endpoint `pod` in `direction`.
 fn bit_rules(
     world: &World,
-    policy: &Policy,
     rule: &Rule,
+    peers: Vec<PeerItem>,
     pod: &Pod,
     direction: Direction,
 ) -> Vec<BitRule> {
-    let peers = rule_peers(world, policy, rule);
     if rule.ports.is_empty() {
         return vec![BitRule {
             peers,

@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::compile::{compile_endpoint, pod_peer_selects, CompileError, Compiled};
+use crate::compile::{compile_endpoint_with, pod_peer_selects, CompileError, Compiled, RuleCache};
 use crate::maps::{EndpointId, MapDelta, PolicyMaps};
 use crate::model::{Direction, Namespace, Peer, Pod, PodKey, Policy, PolicyKey, PortSpec, World};
 
@@ -149,16 +149,17 @@ impl Compiler {
             }
         };
         let mut delta = MapDelta::default();
+        let mut cache = RuleCache::default();
         for pod in affected {
-            delta.merge(self.recompile(&pod));
+            delta.merge(self.recompile(&pod, &mut cache));
         }
         delta
     }
 
     /// Recompiles one endpoint (or drops its entries if it is no longer attached).
-    fn recompile(&mut self, pod: &PodKey) -> MapDelta {
+    fn recompile(&mut self, pod: &PodKey, cache: &mut RuleCache) -> MapDelta {
         let new = match self.endpoints.get(pod) {
-            Some(id) => compile_endpoint(&self.world, pod, *id),
+            Some(id) => compile_endpoint_with(&self.world, pod, *id, cache),
             None => Compiled::default(),
         };
         let old = self.compiled.remove(pod).unwrap_or_default();
