@@ -7,10 +7,10 @@
 //! * [`model`]: namespaces, pods and NetworkPolicies (all of `networking.k8s.io/v1`) as plain
 //!   values; [`k8s`] converts the Kubernetes API objects into them, refusing what cannot be
 //!   represented with an error naming the object and field.
-//! * [`reference`]: [`reference::allowed`], the API's semantics written the slow obvious way.
+//! * [`mod@reference`]: [`reference::allowed`], the API's semantics written the slow obvious way.
 //! * [`maps`]: the BPF maps' key and value types (`#[repr(C)]`, byte layouts documented) and
 //!   their contents and deltas.
-//! * [`compile`]: policies, pods, namespaces and local endpoints → map contents.
+//! * [`mod@compile`]: policies, pods, namespaces and local endpoints → map contents.
 //! * [`incremental`]: [`Compiler`], which takes one change at a time and returns the map delta
 //!   touching only the endpoints whose entries change.
 //! * [`update`]: the order to write a delta into live maps so that no intermediate state

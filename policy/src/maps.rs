@@ -15,7 +15,7 @@
 //! `peer_bits & port_bits != 0`, where `peer_bits` is the value of the longest prefix matching
 //! (endpoint, direction, peer address) and `port_bits` that of (endpoint, direction, IP
 //! protocol, destination port); a missed lookup is 0. Without an isolation entry the direction
-//! is open. Bit `i` stands for the endpoint-direction's `i`-th rule (see [`crate::compile`]).
+//! is open. Bit `i` stands for the endpoint-direction's `i`-th rule (see [`mod@crate::compile`]).
 //!
 //! LPM trie keys are the kernel's `struct bpf_lpm_trie_key_u8`: a native-endian `u32`
 //! `prefix_len` counting bits of the bytes that follow it. The endpoint, direction and reserved

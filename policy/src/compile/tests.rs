@@ -237,3 +237,23 @@ fn rules_with_the_same_ports_share_a_bit() {
     assert_eq!(compiled.maps.isolation[&key].rules, 1);
     assert_eq!(compiled.maps.peer_v4.len(), 100);
 }
+
+#[test]
+fn a_block_with_host_bits_set_means_its_network() {
+    let block = |cidr: &str| {
+        let mut p = policy("x", "cidr", sel_a());
+        p.policy_types = types(&[Egress]);
+        p.egress.push(from(vec![crate::model::Peer::IpBlock {
+            cidr: cidr.parse().expect("literal"),
+            except: vec!["10.0.0.5/30".parse().expect("literal")],
+        }]));
+        with(world(), p)
+    };
+    let sloppy = block("10.0.0.9/28");
+    let canonical = block("10.0.0.0/28");
+    assert_eq!(
+        compile(&sloppy, &all_local(&sloppy)),
+        compile(&canonical, &all_local(&canonical))
+    );
+    assert_same_tables(&sloppy, Tcp, 80);
+}
