@@ -22,6 +22,12 @@
 //! one that would exceed the limit is refused whole for that endpoint and direction and reported
 //! as a [`CompileError::RuleLimit`]: its selection still isolates the endpoint, so what it alone
 //! would allow is denied (fail closed, never silently open).
+//!
+//! Also to know: an endpoint whose pod the world does not know yet gets no entries (open) until
+//! the pod arrives; identity is by address, so two pods holding one address (a reused address
+//! before the old pod is gone) are both admitted where either is (terminated pods hold no
+//! address, see [`crate::k8s`]); an endpoint-direction holds one peer entry per distinct pod
+//! address its rules select, cluster-wide (a rule selecting every pod costs one entry per pod).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
