@@ -5,7 +5,7 @@
 //! 1. The policies of the endpoint's namespace that select it and apply to the direction, in
 //!    (namespace, name) order. None: the direction is open and has no entries.
 //! 2. Each of their rules becomes one or more *bit rules*, each a product of a peer set and a
-//!    (protocol, port) set ([`PortSet`]): pod peers become the pods' addresses (host prefixes),
+//!    (protocol, port) set ([`crate::prefix::PortSet`]): pod peers become the pods' addresses (host prefixes),
 //!    `ipBlock`s stay blocks with their own `except`, an empty `from`/`to` is every address.
 //!    Named ports resolve on the pod serving them: for ingress that is the endpoint itself, so a
 //!    rule stays one product; for egress it is the destination, so the named part of a rule

@@ -20,25 +20,15 @@
 //! * [`e2e_model`]: the upstream e2e suite's model (namespaces x, y, z; pods a, b, c) for tests.
 #![forbid(unsafe_code)]
 
-/// Policies, pods, namespaces and local endpoints → BPF map contents.
 pub mod compile;
-/// The tc program's lookups, modelled over map contents.
 pub mod datapath_model;
-/// The upstream e2e suite's model world and truth tables.
 pub mod e2e_model;
-/// The incremental compiler: one change in, the map delta out.
 pub mod incremental;
-/// Conversion from the Kubernetes API objects.
 pub mod k8s;
-/// BPF map key/value layouts, map contents and deltas.
 pub mod maps;
-/// Namespaces, pods and NetworkPolicies as plain values.
 pub mod model;
-/// Port ranges as prefixes; the longest-prefix construction.
 pub mod prefix;
-/// The reference evaluator, written plainly from the API documentation.
 pub mod reference;
-/// The safe order to write a delta into live maps.
 pub mod update;
 
 pub use compile::{compile, CompileError, Compiled};
