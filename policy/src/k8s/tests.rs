@@ -181,3 +181,65 @@ fn pods_and_namespaces_convert() {
     assert_eq!(ns.labels[NAMESPACE_NAME_LABEL], "y");
     assert_eq!(ns.labels["team"], "t");
 }
+
+/// The e2e model written as API objects converts to the same world `e2e_model::world` builds,
+/// and a named-port policy from JSON gives the upstream truth table.
+#[test]
+fn api_objects_of_the_e2e_model_convert_to_the_model_world() {
+    use crate::e2e_model::{self, expect, reference_table};
+    let model = e2e_model::world();
+    let mut world = crate::model::World::default();
+    for ns in e2e_model::NAMESPACES {
+        let object: core::Namespace =
+            serde_json::from_value(json!({"metadata": {"name": ns, "labels": {"ns": ns}}}))
+                .expect("valid Namespace JSON");
+        let ns = namespace_from_k8s(&object).expect("converts");
+        world.namespaces.insert(ns.name.clone(), ns);
+    }
+    for pod in model.pods.values() {
+        let ports: Vec<serde_json::Value> = pod
+            .named_ports
+            .iter()
+            .map(|(name, port)| {
+                json!({"name": name, "containerPort": port.number, "protocol": port.protocol.to_string()})
+            })
+            .collect();
+        let ips: Vec<serde_json::Value> = pod
+            .addresses
+            .iter()
+            .map(|a| json!({"ip": a.to_string()}))
+            .collect();
+        let object: core::Pod = serde_json::from_value(json!({
+            "metadata": {"name": pod.key.name, "namespace": pod.key.namespace, "labels": pod.labels},
+            "spec": {"nodeName": pod.node, "containers": [{"name": "serve", "ports": ports}]},
+            "status": {"phase": "Running", "podIPs": ips}
+        }))
+        .expect("valid Pod JSON");
+        let converted = pod_from_k8s(&object)
+            .expect("converts")
+            .expect("not host network");
+        world.pods.insert(converted.key.clone(), converted);
+    }
+    assert_eq!(world, model);
+
+    let object: networking::NetworkPolicy = serde_json::from_value(json!({
+        "metadata": {"name": "allow-y-b-named", "namespace": "x"},
+        "spec": {
+            "podSelector": {"matchLabels": {"pod": "a"}},
+            "ingress": [{
+                "from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}},
+                          "podSelector": {"matchLabels": {"pod": "b"}}}],
+                "ports": [{"port": "serve-80-tcp"}]
+            }]
+        }
+    }))
+    .expect("valid NetworkPolicy JSON");
+    let policy = policy_from_k8s(&object).expect("converts");
+    world.policies.insert(policy.key.clone(), policy);
+    let (x, o) = ("X........", ".........");
+    assert_eq!(
+        reference_table(&world, Protocol::Tcp, 80),
+        expect([x, x, x, x, o, x, x, x, x])
+    );
+    assert_eq!(reference_table(&world, Protocol::Tcp, 81), expect([x; 9]));
+}
