@@ -36,7 +36,8 @@ pub enum Change {
     UpsertPolicy(Policy),
     /// A NetworkPolicy was deleted.
     RemovePolicy(PolicyKey),
-    /// A local pod's interface came up with this endpoint id (its host-side veth's ifindex).
+    /// A local pod's interface came up with this endpoint id (its host-side veth's ifindex;
+    /// distinct pods must have distinct ids). Attaching again with another id moves the entries.
     AttachEndpoint {
         /// The pod.
         pod: PodKey,
