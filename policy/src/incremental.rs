@@ -1,0 +1,327 @@
+//! The incremental compiler: holds the world, the node's local endpoints and each endpoint's
+//! compiled entries; takes one change at a time and returns the map delta.
+//!
+//! A change recompiles only the endpoints it can affect, and the delta holds only entries that
+//! differ, so an endpoint whose entries stay the same is never touched:
+//! * a policy added, changed or removed: the endpoints of its namespace its old or new
+//!   `podSelector` selects;
+//! * a pod added, changed or removed: the pod itself (if local), and the endpoints selected by
+//!   policies that can refer to it — a pod peer selecting its old or new version, or egress
+//!   named ports (resolved on destinations, so any pod's ports can matter);
+//! * a namespace added, relabelled or removed: the endpoints selected by policies with a
+//!   `namespaceSelector` matching its old or new labels;
+//! * an endpoint attached or detached: that endpoint.
+//!
+//! After any sequence of changes the maps equal a full [`crate::compile()`] of the resulting world
+//! (property-tested), since every endpoint's entries are a function of the world alone.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::compile::{compile_endpoint_with, pod_peer_selects, CompileError, Compiled, RuleCache};
+use crate::maps::{EndpointId, MapDelta, PolicyMaps};
+use crate::model::{Direction, Namespace, Peer, Pod, PodKey, Policy, PolicyKey, PortSpec, World};
+
+/// One change to what policy depends on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A namespace was added or its labels changed.
+    UpsertNamespace(Namespace),
+    /// A namespace was deleted.
+    RemoveNamespace(String),
+    /// A pod was added or changed (labels, addresses, named ports, node).
+    UpsertPod(Pod),
+    /// A pod was deleted.
+    RemovePod(PodKey),
+    /// A NetworkPolicy was added or changed.
+    UpsertPolicy(Policy),
+    /// A NetworkPolicy was deleted.
+    RemovePolicy(PolicyKey),
+    /// A local pod's interface came up with this endpoint id (its host-side veth's ifindex;
+    /// distinct pods must have distinct ids). Attaching again with another id moves the entries.
+    AttachEndpoint {
+        /// The pod.
+        pod: PodKey,
+        /// Its endpoint id.
+        endpoint: EndpointId,
+    },
+    /// A local pod's interface went away.
+    DetachEndpoint(PodKey),
+}
+
+/// The incremental compiler's state. See the module doc.
+#[derive(Clone, Debug, Default)]
+pub struct Compiler {
+    world: World,
+    endpoints: BTreeMap<PodKey, EndpointId>,
+    compiled: BTreeMap<PodKey, Compiled>,
+}
+
+impl Compiler {
+    /// An empty world with no endpoints (and so no entries).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The world as of the last change.
+    pub fn world(&self) -> &World {
+        &self.world
+    }
+
+    /// The local endpoints as of the last change.
+    pub fn endpoints(&self) -> &BTreeMap<PodKey, EndpointId> {
+        &self.endpoints
+    }
+
+    /// The full map contents.
+    pub fn maps(&self) -> PolicyMaps {
+        let mut maps = PolicyMaps::default();
+        for compiled in self.compiled.values() {
+            maps.extend(&compiled.maps);
+        }
+        maps
+    }
+
+    /// Policies currently refused for some endpoint-direction.
+    pub fn errors(&self) -> Vec<CompileError> {
+        self.compiled
+            .values()
+            .flat_map(|c| c.errors.iter().cloned())
+            .collect()
+    }
+
+    /// Applies `change` and returns how the maps change.
+    pub fn apply(&mut self, change: Change) -> MapDelta {
+        let affected = match change {
+            Change::UpsertPolicy(policy) => {
+                let mut affected = self.selected_by(&policy);
+                if let Some(old) = self.world.policies.insert(policy.key.clone(), policy) {
+                    affected.extend(self.selected_by(&old));
+                }
+                affected
+            }
+            Change::RemovePolicy(key) => match self.world.policies.remove(&key) {
+                Some(old) => self.selected_by(&old),
+                None => BTreeSet::new(),
+            },
+            Change::UpsertPod(pod) => {
+                let key = pod.key.clone();
+                let mut affected = self.referring_to(&pod);
+                if let Some(old) = self.world.pods.insert(key.clone(), pod) {
+                    affected.extend(self.referring_to(&old));
+                }
+                affected.insert(key);
+                affected
+            }
+            Change::RemovePod(key) => {
+                let mut affected = BTreeSet::from([key.clone()]);
+                if let Some(old) = self.world.pods.remove(&key) {
+                    affected.extend(self.referring_to(&old));
+                }
+                affected
+            }
+            Change::UpsertNamespace(namespace) => {
+                let mut affected = self.selecting_namespace(&namespace.labels);
+                let name = namespace.name.clone();
+                // An unknown namespace had no labels.
+                let old_labels = self
+                    .world
+                    .namespaces
+                    .insert(name, namespace)
+                    .map(|old| old.labels)
+                    .unwrap_or_default();
+                affected.extend(self.selecting_namespace(&old_labels));
+                affected
+            }
+            Change::RemoveNamespace(name) => match self.world.namespaces.remove(&name) {
+                Some(old) => {
+                    let mut affected = self.selecting_namespace(&old.labels);
+                    affected.extend(self.selecting_namespace(&Default::default()));
+                    affected
+                }
+                None => BTreeSet::new(),
+            },
+            Change::AttachEndpoint { pod, endpoint } => {
+                self.endpoints.insert(pod.clone(), endpoint);
+                BTreeSet::from([pod])
+            }
+            Change::DetachEndpoint(pod) => {
+                self.endpoints.remove(&pod);
+                BTreeSet::from([pod])
+            }
+        };
+        let mut delta = MapDelta::default();
+        let mut cache = RuleCache::default();
+        for pod in affected {
+            delta.merge(self.recompile(&pod, &mut cache));
+        }
+        delta
+    }
+
+    /// Recompiles one endpoint (or drops its entries if it is no longer attached).
+    fn recompile(&mut self, pod: &PodKey, cache: &mut RuleCache) -> MapDelta {
+        let new = match self.endpoints.get(pod) {
+            Some(id) => compile_endpoint_with(&self.world, pod, *id, cache),
+            None => Compiled::default(),
+        };
+        let old = self.compiled.remove(pod).unwrap_or_default();
+        let delta = MapDelta::between(&old.maps, &new.maps);
+        if new != Compiled::default() {
+            self.compiled.insert(pod.clone(), new);
+        }
+        delta
+    }
+
+    /// Local endpoints `policy` selects (whatever its types).
+    fn selected_by(&self, policy: &Policy) -> BTreeSet<PodKey> {
+        self.endpoints
+            .keys()
+            .filter(|key| key.namespace == policy.key.namespace)
+            .filter(|key| {
+                self.world
+                    .pods
+                    .get(*key)
+                    .is_some_and(|pod| policy.pod_selector.matches(&pod.labels))
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Local endpoints selected by a policy whose rules can refer to `pod` as a peer.
+    fn referring_to(&self, pod: &Pod) -> BTreeSet<PodKey> {
+        let mut out = BTreeSet::new();
+        for policy in self.world.policies.values() {
+            let by_selector = Direction::ALL.iter().any(|d| {
+                policy.rules(*d).iter().any(|rule| {
+                    rule.peers.iter().any(|peer| match peer {
+                        Peer::Pods {
+                            namespace_selector,
+                            pod_selector,
+                        } => pod_peer_selects(
+                            &self.world,
+                            policy,
+                            namespace_selector.as_ref(),
+                            pod_selector.as_ref(),
+                            pod,
+                        ),
+                        Peer::IpBlock { .. } => false,
+                    })
+                })
+            });
+            let by_named_port = policy.egress.iter().any(|rule| {
+                rule.ports
+                    .iter()
+                    .any(|p| matches!(p.port, PortSpec::Named(_)))
+            });
+            if by_selector || by_named_port {
+                out.extend(self.selected_by(policy));
+            }
+        }
+        out
+    }
+
+    /// Local endpoints selected by a policy with a `namespaceSelector` matching `labels`.
+    fn selecting_namespace(&self, labels: &crate::model::Labels) -> BTreeSet<PodKey> {
+        let mut out = BTreeSet::new();
+        for policy in self.world.policies.values() {
+            let refers = Direction::ALL.iter().any(|d| {
+                policy.rules(*d).iter().any(|rule| {
+                    rule.peers.iter().any(|peer| {
+                        matches!(peer, Peer::Pods { namespace_selector: Some(s), .. } if s.matches(labels))
+                    })
+                })
+            });
+            if refers {
+                out.extend(self.selected_by(policy));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::e2e_model::{self, from, namespaces, policy};
+    use crate::model::LabelSelector;
+
+    /// A model world built change by change, with x/a and y/a local.
+    fn compiler() -> Compiler {
+        let world = e2e_model::world();
+        let mut compiler = Compiler::new();
+        for ns in world.namespaces.values() {
+            compiler.apply(Change::UpsertNamespace(ns.clone()));
+        }
+        for pod in world.pods.values() {
+            compiler.apply(Change::UpsertPod(pod.clone()));
+        }
+        compiler.apply(Change::AttachEndpoint {
+            pod: PodKey::new("x", "a"),
+            endpoint: EndpointId(1),
+        });
+        compiler.apply(Change::AttachEndpoint {
+            pod: PodKey::new("y", "a"),
+            endpoint: EndpointId(2),
+        });
+        compiler
+    }
+
+    #[test]
+    fn policy_change_touches_only_selected_endpoints() {
+        let mut compiler = compiler();
+        assert!(compiler.maps().is_empty());
+        let delta = compiler.apply(Change::UpsertPolicy(policy(
+            "x",
+            "deny",
+            LabelSelector::everything(),
+        )));
+        assert_eq!(delta.endpoints(), [EndpointId(1)].into());
+        assert_eq!(delta.isolation.upsert.len(), 1);
+        let delta = compiler.apply(Change::RemovePolicy(PodKey::new("x", "deny")));
+        assert_eq!(delta.isolation.delete.len(), 1);
+        assert!(compiler.maps().is_empty());
+    }
+
+    #[test]
+    fn namespace_removal_and_first_sight_count_as_labels_emptied_and_set() {
+        let mut compiler = compiler();
+        let mut y = compiler.world().namespaces["y"].clone();
+        y.labels.insert("team".into(), "blue".into());
+        compiler.apply(Change::UpsertNamespace(y.clone()));
+        let mut p = policy("x", "not-blue", LabelSelector::everything());
+        p.ingress.push(from(vec![namespaces(LabelSelector {
+            match_labels: Default::default(),
+            match_expressions: vec![crate::model::Requirement {
+                key: "team".into(),
+                operator: crate::model::Operator::NotIn(["blue".to_owned()].into()),
+            }],
+        })]));
+        compiler.apply(Change::UpsertPolicy(p));
+        for change in [
+            Change::RemoveNamespace("y".into()),
+            Change::UpsertNamespace(y),
+        ] {
+            let delta = compiler.apply(change);
+            assert_eq!(delta.endpoints(), [EndpointId(1)].into());
+            let full = crate::compile(compiler.world(), compiler.endpoints());
+            assert_eq!(compiler.maps(), full.maps);
+        }
+    }
+
+    #[test]
+    fn namespace_relabel_reaches_policies_selecting_it() {
+        let mut compiler = compiler();
+        let mut p = policy("x", "from-y", LabelSelector::everything());
+        p.ingress.push(from(vec![namespaces(LabelSelector::labels([(
+            "team", "blue",
+        )]))]));
+        compiler.apply(Change::UpsertPolicy(p));
+        let before = compiler.maps();
+        let mut y = compiler.world().namespaces["y"].clone();
+        y.labels.insert("team".into(), "blue".into());
+        let delta = compiler.apply(Change::UpsertNamespace(y));
+        assert_eq!(delta.endpoints(), [EndpointId(1)].into());
+        assert_ne!(compiler.maps(), before);
+        let full = crate::compile(compiler.world(), compiler.endpoints());
+        assert_eq!(compiler.maps(), full.maps);
+    }
+}
