@@ -2,7 +2,7 @@
 //!
 //! `meshd` owns one node's part of the mesh: it loads the node's key, adopts or creates the
 //! WireGuard device, publishes the node's record and reconciles peers and routes from the
-//! registry. The decisions are pure functions (`keyexchange::peers`, [`reconcile`]); this crate
+//! registry. The decisions are pure functions (`keyexchange::peers`, [`controller::plan`]); this crate
 //! wires them to the registry and to the kernel (`netlink`). `meshctl` talks to a node's meshd
 //! over the control socket and drives the lab.
 #![forbid(unsafe_code)]
@@ -19,8 +19,11 @@ pub mod cni;
 pub mod cni_conf;
 /// The node-local control socket (status).
 pub mod control;
-/// The daemon's start-up and reconcile loop.
-pub mod daemon;
+/// The controller: start-up, the event loop, the pure desired state and plan, and the steps
+/// that apply it.
+pub mod controller;
+/// The controller under its former name (`meshctl` still calls `meshd::daemon::parse_interval`).
+pub use controller as daemon;
 /// Liveness and readiness endpoints.
 pub mod health;
 /// Node-local pod address management on an on-disk store.
@@ -31,8 +34,6 @@ pub mod lab;
 pub mod metrics;
 /// The `MeshdEncrypted` Node condition (Kubernetes).
 pub mod node_condition;
-/// The pure reconcile plan.
-pub mod reconcile;
 /// The key-rotation driver (pure: which step, when).
 pub mod rotation;
 /// Reverse-path filtering for the WireGuard devices.

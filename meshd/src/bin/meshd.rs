@@ -7,7 +7,7 @@ use keyexchange::registry::kube::{
     api_server_addresses, client, watch_api_server_endpoints, KubeRegistry,
 };
 use keyexchange::DirRegistry;
-use meshd::daemon::{self, DaemonArgs};
+use meshd::controller::{self, DaemonArgs};
 use meshd::settings::{self, WatcherConfig};
 
 /// How long start-up waits for the first read of the API servers' endpoints.
@@ -56,7 +56,7 @@ async fn main() -> anyhow::Result<()> {
                 bail!("--config-map needs --registry kubernetes");
             }
             let registry = DirRegistry::new(dir)?;
-            daemon::run(cli.daemon, registry, None).await
+            controller::run(cli.daemon, registry, None).await
         }
         RegistryKind::Kubernetes => kubernetes(cli).await,
     };
@@ -142,7 +142,8 @@ async fn kubernetes(cli: Cli) -> anyhow::Result<()> {
     }
     let (status_tx, status_rx) = tokio::sync::watch::channel(None);
     let condition = meshd::node_condition::spawn(client, args.node_name.clone(), status_rx);
-    let result = daemon::run_with(args, registry, feed, Some(status_tx), Some(api_servers)).await;
+    let result =
+        controller::run_with(args, registry, feed, Some(status_tx), Some(api_servers)).await;
     condition.abort();
     result
 }
