@@ -199,7 +199,8 @@ fn apply_datapath(bpf: &mut Bpf, step: &Step, counters: &mut Counters) -> anyhow
         }
         Step::CollectStaleLinks => counters.map_ops += bpf.collect_stale_links()? as u64,
         Step::AttachGuard(interface) => {
-            if bpf.attach_guard(interface)? {
+            let attached = bpf.attach_guard(interface)?;
+            if attached {
                 tracing::info!(%interface, "underlay_egress attached (a new way out, or it had been detached)");
             }
         }
