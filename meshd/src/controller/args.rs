@@ -33,18 +33,9 @@ pub struct DaemonArgs {
     /// WireGuard UDP listen port; the second key slot listens on the next port.
     #[arg(long, default_value_t = 51820)]
     pub listen_port: u16,
-    /// Rotate this node's keys on this schedule (e.g. `24h`, `30m`, `90s`; a plain number is
-    /// seconds): both key slots are replaced without losing a packet (see the README).
-    /// Default: only on demand (`meshctl rotate-key`).
-    #[arg(long, value_parser = parse_interval)]
-    pub key_rotation_interval: Option<Duration>,
-    /// A peer that has not acknowledged a rotation step for 10 s, and with which no WireGuard
-    /// handshake completed on either slot for this long, is excused for the rest of the
-    /// rotation instead of aborting it (a dead node must not stop every other node's
-    /// rotation). The default is WireGuard's own limit on a session's age, so an excused peer
-    /// has no session; shorter values are for tests.
-    #[arg(long, value_parser = parse_interval, default_value = "180s")]
-    pub rotation_silence: Duration,
+    /// Key rotation.
+    #[command(flatten)]
+    pub rotation: RotationArgs,
     /// Where the network sysctls of meshd's network namespace are (in a pod whose own
     /// `/proc/sys` is read-only: a host path mount of `/proc/sys/net`).
     #[arg(long, default_value = "/proc/sys/net")]
@@ -68,17 +59,9 @@ pub struct DaemonArgs {
     /// This node's pod CIDRs (repeatable, both families).
     #[arg(long = "pod-cidr")]
     pub pod_cidrs: Vec<IpNet>,
-    /// `cluster-pool` IPAM: without `--pod-cidr` (and without `spec.podCIDRs`), meshd claims this
-    /// node's pod CIDR, one per family, out of these pools (repeatable), conflict-free through
-    /// the registry, and keeps the claim in the state directory across restarts.
-    #[arg(long = "pod-cidr-pool")]
-    pub pod_cidr_pools: Vec<IpNet>,
-    /// Prefix length of the blocks carved out of an IPv4 pool.
-    #[arg(long, default_value_t = 24)]
-    pub pod_cidr_block_v4: u8,
-    /// Prefix length of the blocks carved out of an IPv6 pool.
-    #[arg(long, default_value_t = 64)]
-    pub pod_cidr_block_v6: u8,
+    /// `cluster-pool` IPAM: the pools pod CIDRs are claimed from.
+    #[command(flatten)]
+    pub pool: PoolArgs,
     /// Cluster-wide pod CIDRs (repeatable): strict mode drops any packet from or to them that
     /// would leave through the underlay outside WireGuard. Default: this node's pod CIDRs.
     #[arg(long = "cluster-cidr")]
@@ -112,37 +95,16 @@ pub struct DaemonArgs {
     /// On shutdown, withdraw this node's record and remove the device and routes.
     #[arg(long)]
     pub cleanup: bool,
-    /// CNI configuration directory: meshd writes its conflist there once the node's mesh has
-    /// converged and removes it when the mesh has failed to converge for
-    /// `--cni-unready-after`, and when meshd stops, so no pod is scheduled onto a node whose
-    /// mesh is down.
-    #[arg(long, default_value = "/etc/cni/net.d")]
-    pub cni_conf_dir: PathBuf,
-    /// How long reconcile passes must keep failing before the node stops taking pods (its CNI
-    /// configuration is removed; it comes back on the next converged pass).
-    #[arg(long, value_parser = parse_interval, default_value = "10s")]
-    pub cni_unready_after: Duration,
-    /// The user-space WireGuard helper binary; default: `meshd-wg` next to this executable.
-    #[arg(long)]
-    pub helper_binary: Option<PathBuf>,
+    /// The CNI configuration meshd installs while the node takes pods.
+    #[command(flatten)]
+    pub cni: CniArgs,
+    /// The user-space WireGuard datapath (`--wireguard-mode userspace`, or `auto` without the
+    /// kernel module).
+    #[command(flatten)]
+    pub userspace: UserspaceArgs,
     /// Serve `/healthz` and `/readyz` on this address (e.g. `0.0.0.0:9108`).
     #[arg(long)]
     pub health_listen: Option<std::net::SocketAddr>,
-    /// TUN queues of the user-space datapath; 0 = one per CPU, at most 4. One: a single
-    /// thread seals and opens (the lowest latency). More: a thread per queue seals and one
-    /// more opens; that only pays off with many flows, because received packets are written
-    /// on queue 0, so the kernel sends each flow's replies through queue 0 too.
-    #[arg(long, default_value_t = 1)]
-    pub wg_threads: usize,
-    /// The user-space datapath's busy poll after sending, in microseconds (0: never): a
-    /// reply that comes back within it needs no thread wake-up. Capped at a tenth of a core.
-    #[arg(
-        long,
-        env = "MESHD_WG_BUSY_POLL_US",
-        default_value_t = netlink::DEFAULT_BUSY_POLL_US,
-        value_parser = clap::value_parser!(u64).range(0..=1_000)
-    )]
-    pub wg_busy_poll_us: u64,
     /// Node-to-node (host) encryption: this node's own traffic to peer nodes goes through
     /// the tunnel too, for each peer once its tunnel is proven up (see the README: it fails
     /// open, so that a broken tunnel never cuts a node off its API server). With a ConfigMap
@@ -158,6 +120,78 @@ pub struct DaemonArgs {
     /// node (kube-proxy uses 0x4000 and 0x8000).
     #[arg(long, default_value_t = DEFAULT_MESH_MARK)]
     pub mesh_mark: u32,
+}
+
+/// The user-space WireGuard datapath (`--wireguard-mode userspace`, or `auto` without the
+/// kernel module).
+#[derive(Debug, Clone, Args)]
+pub struct UserspaceArgs {
+    /// The user-space WireGuard helper binary; default: `meshd-wg` next to this executable.
+    #[arg(long)]
+    pub helper_binary: Option<PathBuf>,
+    /// TUN queues of the user-space datapath; 0 = one per CPU, at most 4. One: a single
+    /// thread seals and opens (the lowest latency). More: a thread per queue seals and one
+    /// more opens; that only pays off with many flows, because received packets are written
+    /// on queue 0, so the kernel sends each flow's replies through queue 0 too.
+    #[arg(long, default_value_t = 1)]
+    pub wg_threads: usize,
+    /// The user-space datapath's busy poll after sending, in microseconds (0: never): a
+    /// reply that comes back within it needs no thread wake-up. Capped at a tenth of a core.
+    #[arg(
+        long,
+        env = "MESHD_WG_BUSY_POLL_US",
+        default_value_t = netlink::DEFAULT_BUSY_POLL_US,
+        value_parser = clap::value_parser!(u64).range(0..=1_000)
+    )]
+    pub wg_busy_poll_us: u64,
+}
+
+/// Key rotation.
+#[derive(Debug, Clone, Args)]
+pub struct RotationArgs {
+    /// Rotate this node's keys on this schedule (e.g. `24h`, `30m`, `90s`; a plain number is
+    /// seconds): both key slots are replaced without losing a packet (see the README).
+    /// Default: only on demand (`meshctl rotate-key`).
+    #[arg(long, value_parser = parse_interval)]
+    pub key_rotation_interval: Option<Duration>,
+    /// A peer that has not acknowledged a rotation step for 10 s, and with which no WireGuard
+    /// handshake completed on either slot for this long, is excused for the rest of the
+    /// rotation instead of aborting it (a dead node must not stop every other node's
+    /// rotation). The default is WireGuard's own limit on a session's age, so an excused peer
+    /// has no session; shorter values are for tests.
+    #[arg(long, value_parser = parse_interval, default_value = "180s")]
+    pub rotation_silence: Duration,
+}
+
+/// `cluster-pool` IPAM: the pools pod CIDRs are claimed from.
+#[derive(Debug, Clone, Args)]
+pub struct PoolArgs {
+    /// `cluster-pool` IPAM: without `--pod-cidr` (and without `spec.podCIDRs`), meshd claims this
+    /// node's pod CIDR, one per family, out of these pools (repeatable), conflict-free through
+    /// the registry, and keeps the claim in the state directory across restarts.
+    #[arg(long = "pod-cidr-pool")]
+    pub pod_cidr_pools: Vec<IpNet>,
+    /// Prefix length of the blocks carved out of an IPv4 pool.
+    #[arg(long, default_value_t = 24)]
+    pub pod_cidr_block_v4: u8,
+    /// Prefix length of the blocks carved out of an IPv6 pool.
+    #[arg(long, default_value_t = 64)]
+    pub pod_cidr_block_v6: u8,
+}
+
+/// The CNI configuration meshd installs while the node takes pods.
+#[derive(Debug, Clone, Args)]
+pub struct CniArgs {
+    /// CNI configuration directory: meshd writes its conflist there once the node's mesh has
+    /// converged and removes it when the mesh has failed to converge for
+    /// `--cni-unready-after`, and when meshd stops, so no pod is scheduled onto a node whose
+    /// mesh is down.
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    pub cni_conf_dir: PathBuf,
+    /// How long reconcile passes must keep failing before the node stops taking pods (its CNI
+    /// configuration is removed; it comes back on the next converged pass).
+    #[arg(long, value_parser = parse_interval, default_value = "10s")]
+    pub cni_unready_after: Duration,
 }
 
 /// Parses `90`, `90s`, `30m`, `24h` or `7d` (at least one second).
@@ -230,7 +264,7 @@ mod tests {
             "12h",
         ]);
         assert_eq!(
-            cli.daemon.key_rotation_interval,
+            cli.daemon.rotation.key_rotation_interval,
             Some(Duration::from_secs(43200))
         );
     }

@@ -83,10 +83,10 @@ pub(super) async fn claim_pod_cidrs<R: Registry>(
     for attempt in 1..=20 {
         let taken: Vec<IpNet> = records.values().flat_map(|r| r.pod_cidrs.clone()).collect();
         let mut claim = Vec::new();
-        for p in &args.pod_cidr_pools {
+        for p in &args.pool.pod_cidr_pools {
             let block = match p {
-                IpNet::V4(_) => args.pod_cidr_block_v4,
-                IpNet::V6(_) => args.pod_cidr_block_v6,
+                IpNet::V4(_) => args.pool.pod_cidr_block_v4,
+                IpNet::V6(_) => args.pool.pod_cidr_block_v6,
             };
             let prev = keep.iter().copied().find(|k| p.contains(&k.network()));
             claim.push(

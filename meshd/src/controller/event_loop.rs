@@ -202,6 +202,7 @@ pub(super) async fn event_loop<R: Registry>(
 /// intervals under four minutes).
 fn rotation_check_interval(ctx: &Context) -> Duration {
     ctx.args
+        .rotation
         .key_rotation_interval
         .map_or(Duration::from_secs(60), |i| {
             (i / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
@@ -210,12 +211,16 @@ fn rotation_check_interval(ctx: &Context) -> Duration {
 
 /// Start a scheduled rotation when the older key is due (and no rotation failed recently).
 fn scheduled_rotation(ctx: &Context, state: &mut State) -> Next {
-    let due = ctx.args.key_rotation_interval.is_some_and(|every| {
-        let age = ctx
-            .key_created_unix()
-            .map_or(u64::MAX, |c| unix_now().saturating_sub(c));
-        age >= every.as_secs()
-    });
+    let due = ctx
+        .args
+        .rotation
+        .key_rotation_interval
+        .is_some_and(|every| {
+            let age = ctx
+                .key_created_unix()
+                .map_or(u64::MAX, |c| unix_now().saturating_sub(c));
+            age >= every.as_secs()
+        });
     let failed_recently =
         state.rotation.last_error.is_some() && !rotation_retry_due(&state.rotation);
     if !due || state.rotation.driver.busy() || failed_recently {
@@ -298,12 +303,13 @@ async fn follow_cni_readiness(ctx: &Context, state: &State, converged: bool, now
         converged,
         state.failing_since,
         now,
-        ctx.args.cni_unready_after,
+        ctx.args.cni.cni_unready_after,
     );
-    if action == crate::cni_conf::Action::Remove && crate::cni_conf::remove(&ctx.args.cni_conf_dir)
+    if action == crate::cni_conf::Action::Remove
+        && crate::cni_conf::remove(&ctx.args.cni.cni_conf_dir)
     {
         tracing::warn!(
-            failing_for_s = ctx.args.cni_unready_after.as_secs(),
+            failing_for_s = ctx.args.cni.cni_unready_after.as_secs(),
             "the mesh keeps failing to converge: this node takes no new pods until it does"
         );
     }
@@ -316,7 +322,7 @@ async fn follow_cni_readiness(ctx: &Context, state: &State, converged: bool, now
             &ctx.args.bpf_pin_dir,
             ctx.args.pod_steering == PodSteering::Ebpf,
         );
-        if let Err(err) = crate::cni_conf::write(&ctx.args.cni_conf_dir, &conf) {
+        if let Err(err) = crate::cni_conf::write(&ctx.args.cni.cni_conf_dir, &conf) {
             tracing::warn!(error = %format!("{err:#}"), "writing the CNI configuration failed");
         }
     }

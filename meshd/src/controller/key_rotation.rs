@@ -104,7 +104,7 @@ pub(super) async fn drive_rotation(
             rotation::silent_peers(
                 peers,
                 handshakes,
-                ctx.args.rotation_silence,
+                ctx.args.rotation.rotation_silence,
                 SystemTime::now(),
             )
         });
@@ -120,7 +120,7 @@ pub(super) async fn drive_rotation(
     {
         tracing::warn!(
             %peer,
-            silence_s = ctx.args.rotation_silence.as_secs(),
+            silence_s = ctx.args.rotation.rotation_silence.as_secs(),
             "key rotation goes on without a silent peer (no acknowledgement, no handshake)"
         );
     }

@@ -93,7 +93,7 @@ pub async fn run_with<R: Registry>(
     let mut events = registry.watch().context("watching the registry")?;
     let mut initial = Vec::new();
     let mut me = initial_record(&args, &keys, endpoints);
-    if me.pod_cidrs.is_empty() && !args.pod_cidr_pools.is_empty() {
+    if me.pod_cidrs.is_empty() && !args.pool.pod_cidr_pools.is_empty() {
         me.pod_cidrs = claim_pod_cidrs(&args, &registry, &mut events, &mut initial, &me).await?;
     }
     // A rotation this node was in the middle of when it stopped goes on from where it stood.
@@ -166,7 +166,7 @@ pub async fn run_with<R: Registry>(
     if let Some(h) = health {
         h.abort();
     }
-    crate::cni_conf::remove(&ctx.args.cni_conf_dir);
+    crate::cni_conf::remove(&ctx.args.cni.cni_conf_dir);
     if ctx.args.cleanup {
         cleanup(ctx, &registry).await;
     } else {
@@ -230,8 +230,8 @@ async fn start_guard(
 ) -> anyhow::Result<Bpf> {
     let clusters = if !args.cluster_cidrs.is_empty() {
         args.cluster_cidrs.clone()
-    } else if args.pod_cidrs.is_empty() && !args.pod_cidr_pools.is_empty() {
-        args.pod_cidr_pools.clone()
+    } else if args.pod_cidrs.is_empty() && !args.pool.pod_cidr_pools.is_empty() {
+        args.pool.pod_cidr_pools.clone()
     } else {
         args.pod_cidrs.clone()
     };
@@ -258,7 +258,7 @@ async fn start_guard(
 
 /// How a user-space device is run.
 fn userspace_options(args: &DaemonArgs) -> anyhow::Result<UserspaceOptions> {
-    let helper = match &args.helper_binary {
+    let helper = match &args.userspace.helper_binary {
         Some(path) => path.clone(),
         None => std::env::current_exe()
             .context("locating the meshd executable")?
@@ -266,11 +266,11 @@ fn userspace_options(args: &DaemonArgs) -> anyhow::Result<UserspaceOptions> {
     };
     Ok(UserspaceOptions {
         helper_binary: helper,
-        threads: match args.wg_threads {
+        threads: match args.userspace.wg_threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
             n => n,
         },
-        busy_poll_us: args.wg_busy_poll_us,
+        busy_poll_us: args.userspace.wg_busy_poll_us,
         log_file: Some(args.state_dir.join("meshd-wg.log")),
     })
 }

@@ -113,7 +113,7 @@ pub(super) async fn publish_status(
         last_unix: state.rotation.last_unix,
         last_error: state.rotation.last_error.clone(),
         peer_slots: state.rotation.peer_slots.clone(),
-        interval_secs: ctx.args.key_rotation_interval.map(|d| d.as_secs()),
+        interval_secs: ctx.args.rotation.key_rotation_interval.map(|d| d.as_secs()),
     };
     let second_report = control::SlotReport {
         interface: second.name().to_string(),
