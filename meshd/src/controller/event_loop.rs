@@ -53,6 +53,17 @@ enum Next {
     Stop,
 }
 
+/// What the loop carries from one event to the next.
+#[derive(Default)]
+struct Pending {
+    /// When to run a pass without an event (a retry, or a tunnel that came up).
+    retry_at: Option<tokio::time::Instant>,
+    /// Whether the last pass converged.
+    converged: bool,
+    /// This node's record must be published again.
+    republish: bool,
+}
+
 /// Run until SIGTERM/SIGINT (or the registry watch ends).
 pub(super) async fn event_loop<R: Registry>(
     ctx: &Context,
@@ -75,17 +86,15 @@ pub(super) async fn event_loop<R: Registry>(
         .registry
         .records
         .insert(ctx.me().name.clone(), ctx.me());
-    let mut republish = false;
+    let mut pending = Pending::default();
     for ev in initial {
-        republish |= apply_event(ctx, &mut state, ev);
+        pending.republish |= apply_event(ctx, &mut state, ev);
     }
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing SIGTERM handler")?;
     let mut resync = tokio::time::interval(RESYNC_INTERVAL);
     let mut status_tick = tokio::time::interval(STATUS_INTERVAL);
     let mut rotation_tick = tokio::time::interval(rotation_check_interval(ctx));
-    let mut retry_at: Option<tokio::time::Instant> = None;
-    let mut converged = false;
     let mut commands_open = true;
     let mut api_servers = ctx.api_servers.clone();
     loop {
@@ -94,16 +103,6 @@ pub(super) async fn event_loop<R: Registry>(
             .driver
             .wake_at()
             .map(tokio::time::Instant::from_std);
-        let retry_at_now = match (retry_at, wake) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let retry = async {
-            match retry_at_now {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
         let next = tokio::select! {
             cmd = commands.recv(), if commands_open => match cmd {
                 Some(control::Command::RotateKey(reply)) => {
@@ -119,33 +118,23 @@ pub(super) async fn event_loop<R: Registry>(
             _ = rotation_tick.tick() => scheduled_rotation(ctx, &mut state),
             ev = events.recv() => {
                 let Some(ev) = ev else { bail!("registry watch ended") };
-                republish |= apply_event(ctx, &mut state, ev);
+                pending.republish |= apply_event(ctx, &mut state, ev);
                 while let Ok(ev) = events.try_recv() {
-                    republish |= apply_event(ctx, &mut state, ev);
+                    pending.republish |= apply_event(ctx, &mut state, ev);
                 }
                 Next::Reconcile
             }
             _ = resync.tick() => Next::Reconcile,
-            _ = retry => Next::Reconcile,
+            _ = sleep_until(earliest(pending.retry_at, wake)) => Next::Reconcile,
             // The API servers' endpoints changed: reconcile (host encryption excludes them).
-            changed = async {
-                match api_servers.as_mut() {
-                    Some(feed) => feed.changed().await,
-                    None => std::future::pending().await,
-                }
-            } => {
+            changed = changed(api_servers.as_mut()) => {
                 if changed.is_err() {
                     tracing::warn!("the API server endpoint watcher stopped; the last endpoints stay excluded");
                     api_servers = None;
                 }
                 Next::Reconcile
             }
-            changed = async {
-                match settings.as_mut() {
-                    Some(feed) => feed.changed().await,
-                    None => std::future::pending().await,
-                }
-            } => {
+            changed = changed(settings.as_mut()) => {
                 if changed.is_err() {
                     tracing::warn!("the settings watcher stopped; the last settings stay in force");
                     settings = None;
@@ -155,8 +144,8 @@ pub(super) async fn event_loop<R: Registry>(
                 Next::Reconcile
             }
             _ = status_tick.tick() => {
-                if status_tick_says_reconcile(ctx, &mut state, converged).await {
-                    retry_at = Some(tokio::time::Instant::now());
+                if status_tick_says_reconcile(ctx, &mut state, pending.converged).await {
+                    pending.retry_at = Some(tokio::time::Instant::now());
                 }
                 Next::Wait
             }
@@ -166,35 +155,74 @@ pub(super) async fn event_loop<R: Registry>(
         match next {
             Next::Stop => return Ok(()),
             Next::Wait => continue,
-            Next::Reconcile => {}
+            Next::Reconcile => after_event(ctx, registry, &mut state, &mut pending).await,
         }
-        retry_at = None;
-        if republish {
-            // Our record was overwritten or removed by someone else: restore it, so peers
-            // keep (or regain) the key this node actually uses.
-            tracing::info!("publishing this node's record");
-            match registry.publish(&ctx.me()).await {
-                Ok(()) => republish = false,
-                Err(err) => {
-                    tracing::warn!(%err, "republishing this node's record failed; retrying");
-                    retry_at = Some(tokio::time::Instant::now() + RETRY_DELAY);
-                }
+    }
+}
+
+/// The earlier of two optional instants.
+fn earliest(
+    a: Option<tokio::time::Instant>,
+    b: Option<tokio::time::Instant>,
+) -> Option<tokio::time::Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Sleep until `at`, or forever.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next change of a watched value, or never when there is no watch.
+async fn changed<T>(
+    feed: Option<&mut tokio::sync::watch::Receiver<T>>,
+) -> Result<(), tokio::sync::watch::error::RecvError> {
+    match feed {
+        Some(feed) => feed.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// After an event that can change the desired state: republish this node's record if it must
+/// be, then (once the registry is complete) run a pass.
+async fn after_event<R: Registry>(
+    ctx: &Context,
+    registry: &R,
+    state: &mut State,
+    pending: &mut Pending,
+) {
+    pending.retry_at = None;
+    if pending.republish {
+        // Our record was overwritten or removed by someone else: restore it, so peers
+        // keep (or regain) the key this node actually uses.
+        tracing::info!("publishing this node's record");
+        match registry.publish(&ctx.me()).await {
+            Ok(()) => pending.republish = false,
+            Err(err) => {
+                tracing::warn!(%err, "republishing this node's record failed; retrying");
+                pending.retry_at = Some(tokio::time::Instant::now() + RETRY_DELAY);
             }
         }
-        if !state.registry.synced {
-            // Never act on a partial view: a restart would remove peers whose records
-            // have simply not been read yet.
-            continue;
-        }
-        let (ok, retry) = reconcile(ctx, &mut state).await;
-        converged = ok;
-        if std::mem::take(&mut state.republish) {
-            republish = true;
-            retry_at = Some(tokio::time::Instant::now());
-        }
-        if let Some(at) = retry {
-            retry_at = Some(at);
-        }
+    }
+    if !state.registry.synced {
+        // Never act on a partial view: a restart would remove peers whose records
+        // have simply not been read yet.
+        return;
+    }
+    let (converged, retry) = reconcile(ctx, state).await;
+    pending.converged = converged;
+    if std::mem::take(&mut state.republish) {
+        pending.republish = true;
+        pending.retry_at = Some(tokio::time::Instant::now());
+    }
+    if let Some(at) = retry {
+        pending.retry_at = Some(at);
     }
 }
 

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use anyhow::{bail, Context as _};
 use ipnet::IpNet;
 use keyexchange::record::SlotKey;
-use keyexchange::Registry;
 use keyexchange::{NodeRecord, PrivateKey};
-use netlink::{Links, Routes, UserspaceOptions};
+use keyexchange::{Registry, RegistryEvent};
+use netlink::{Links, Routes, UserspaceOptions, WgDevice};
 use tokio::sync::{mpsc, RwLock};
 
 use super::args::{second_port, DaemonArgs};
@@ -69,41 +69,18 @@ pub async fn run_with<R: Registry>(
         netlink::wireguard_mtu(underlay_mtu, endpoints.iter().any(IpAddr::is_ipv6))
     });
     let mtu = args.mtu.unwrap_or(auto_mtu);
-    let mut devices = Vec::new();
-    let mut adopted = false;
-    for (slot, port) in [(0, args.listen_port), (1, second_port(args.listen_port))] {
-        let (device, existed) = bring_up_device(
-            &args,
-            &opts,
-            &links,
-            (&interfaces[usize::from(slot)], slot),
-            &keys[usize::from(slot)],
-            port,
-            mtu,
-            netlink::EXTERNAL_WAIT,
-        )
-        .await?;
-        adopted |= slot == 0 && existed;
-        devices.push(RwLock::new(device));
-    }
-    let devices: [RwLock<netlink::WgDevice>; 2] = devices
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("two slot devices"))?;
+    let (devices, adopted) =
+        bring_up_devices(&args, &opts, &links, &interfaces, &keys, mtu).await?;
 
     let mut events = registry.watch().context("watching the registry")?;
     let mut initial = Vec::new();
-    let mut me = initial_record(&args, &keys, endpoints);
-    if me.pod_cidrs.is_empty() && !args.pool.pod_cidr_pools.is_empty() {
-        me.pod_cidrs = claim_pod_cidrs(&args, &registry, &mut events, &mut initial, &me).await?;
-    }
-    // A rotation this node was in the middle of when it stopped goes on from where it stood.
-    let resumed = load_rotation(&args.state_dir).map(|saved| {
-        let (driver, step) = Driver::resume(&saved, std::time::Instant::now());
-        tracing::info!(phase = ?saved.phase, ?step, "resuming the key rotation under way");
-        me.rotation.step = step;
-        driver
-    });
-    me.validate().context("this node's own record is invalid")?;
+    let (me, resumed) = prepare_record(
+        &args,
+        &registry,
+        initial_record(&args, &keys, endpoints),
+        (&mut events, &mut initial),
+    )
+    .await?;
 
     let status: SharedStatus = Arc::new(RwLock::new(None));
     let (commands_tx, commands) = mpsc::channel(16);
@@ -166,13 +143,71 @@ pub async fn run_with<R: Registry>(
     if let Some(h) = health {
         h.abort();
     }
+    shut_down(ctx, &registry).await;
+    result
+}
+
+/// On the way out: the node takes no more pods; with `--cleanup` everything meshd made goes.
+async fn shut_down<R: Registry>(ctx: Context, registry: &R) {
     crate::cni_conf::remove(&ctx.args.cni.cni_conf_dir);
     if ctx.args.cleanup {
-        cleanup(ctx, &registry).await;
+        cleanup(ctx, registry).await;
     } else {
         tracing::info!("exiting; device, peers and routes stay in place for the next meshd");
     }
-    result
+}
+
+/// Both slot devices, brought up with their keys and ports; true when the first existed.
+async fn bring_up_devices(
+    args: &DaemonArgs,
+    opts: &UserspaceOptions,
+    links: &Links,
+    interfaces: &[String; 2],
+    keys: &[PrivateKey; 2],
+    mtu: u32,
+) -> anyhow::Result<([RwLock<WgDevice>; 2], bool)> {
+    let mut devices = Vec::new();
+    let mut adopted = false;
+    for (slot, port) in [(0, args.listen_port), (1, second_port(args.listen_port))] {
+        let (device, existed) = bring_up_device(
+            args,
+            opts,
+            links,
+            (&interfaces[usize::from(slot)], slot),
+            &keys[usize::from(slot)],
+            port,
+            mtu,
+            netlink::EXTERNAL_WAIT,
+        )
+        .await?;
+        adopted |= slot == 0 && existed;
+        devices.push(RwLock::new(device));
+    }
+    let devices = devices
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("two slot devices"))?;
+    Ok((devices, adopted))
+}
+
+/// This node's record as it is published first: its pod CIDRs claimed (`cluster-pool`), and
+/// the step of a rotation it was in the middle of when it stopped, which goes on from there.
+async fn prepare_record<R: Registry>(
+    args: &DaemonArgs,
+    registry: &R,
+    mut me: NodeRecord,
+    (events, initial): (&mut mpsc::Receiver<RegistryEvent>, &mut Vec<RegistryEvent>),
+) -> anyhow::Result<(NodeRecord, Option<Driver>)> {
+    if me.pod_cidrs.is_empty() && !args.pool.pod_cidr_pools.is_empty() {
+        me.pod_cidrs = claim_pod_cidrs(args, registry, events, initial, &me).await?;
+    }
+    let resumed = load_rotation(&args.state_dir).map(|saved| {
+        let (driver, step) = Driver::resume(&saved, std::time::Instant::now());
+        tracing::info!(phase = ?saved.phase, ?step, "resuming the key rotation under way");
+        me.rotation.step = step;
+        driver
+    });
+    me.validate().context("this node's own record is invalid")?;
+    Ok((me, resumed))
 }
 
 /// The flags with the ConfigMap's values, when it has been read, over them.
