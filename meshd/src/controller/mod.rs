@@ -31,6 +31,7 @@ mod apply;
 mod args;
 mod claim;
 mod context;
+/// The desired state (pure: records and settings in, the node as it should be out).
 pub mod desired;
 mod devices;
 mod event_loop;
@@ -38,6 +39,7 @@ mod key_rotation;
 mod liveness;
 mod observe;
 mod pass;
+/// The reconcile plan (pure: desired and observed state in, ordered typed steps out).
 pub mod plan;
 mod pods;
 mod start;
