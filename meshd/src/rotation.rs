@@ -164,7 +164,7 @@ impl Driver {
             serial: self.serial,
             step: step.map(|s| SavedStep {
                 serial: s.serial,
-                draining: s.draining,
+                draining: s.draining.and_then(Slot::new),
                 replaced: s.replaced,
             }),
         })
@@ -185,7 +185,7 @@ impl Driver {
         };
         let step = saved.step.map(|s| RotationStep {
             serial: s.serial,
-            draining: s.draining,
+            draining: s.draining.map(u8::from),
             replaced: s.replaced,
         });
         (driver, step)
@@ -224,8 +224,8 @@ impl Driver {
             return false;
         }
         self.serial = self.serial.max(serial_floor);
-        self.phase = Phase::Waiting { slot: 0 };
-        self.then = Some(1);
+        self.phase = Phase::Waiting { slot: Slot::FIRST };
+        self.then = Some(Slot::SECOND);
         self.since = now;
         self.acked_at = None;
         self.pending.clear();
@@ -244,7 +244,7 @@ impl Driver {
         self.acked_at = None;
         RotationStep {
             serial: self.next_serial(),
-            draining,
+            draining: draining.map(u8::from),
             replaced: matches!(phase, Phase::Replaced { .. }),
         }
     }

@@ -65,13 +65,13 @@ impl Context {
     pub fn key(&self, slot: Slot) -> PrivateKey {
         self.keys
             .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)[usize::from(slot)]
+            .unwrap_or_else(std::sync::PoisonError::into_inner)[slot.index()]
         .clone()
     }
 
     /// Slot `slot`'s device.
     pub fn device(&self, slot: Slot) -> &RwLock<WgDevice> {
-        &self.devices[usize::from(slot)]
+        &self.devices[slot.index()]
     }
 
     /// Change this node's record (then publish it).

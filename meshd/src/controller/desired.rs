@@ -178,7 +178,7 @@ fn slot_views(records: &BTreeMap<String, NodeRecord>, slot: Slot) -> Vec<NodeRec
 /// The peers slot `slot`'s device should have, from the records as that slot presents them.
 fn slot_peers(me: &NodeRecord, views: &[Vec<NodeRecord>; 2], slot: Slot) -> PeerSet {
     match slots::slot_view(me, slot) {
-        Some(me) => compute_peers(&views[usize::from(slot)], &me),
+        Some(me) => compute_peers(&views[slot.index()], &me),
         None => PeerSet::default(),
     }
 }
@@ -197,11 +197,11 @@ pub fn peer_slots<'a>(
             continue;
         }
         let chosen = pair_slot(me, r);
-        for slot in [chosen, 0] {
+        for slot in [chosen, Slot::FIRST] {
             let Some(key) = r.slot(slot).map(|k| k.public_key) else {
                 continue;
             };
-            if wants[usize::from(slot)].peers.contains_key(&key) {
+            if wants[slot.index()].peers.contains_key(&key) {
                 out.insert(r.name.clone(), (slot, key));
                 break;
             }
@@ -221,12 +221,12 @@ pub fn steering(
 ) -> BTreeMap<IpNet, u32> {
     let mut out = BTreeMap::new();
     for (slot, key) in slots.values() {
-        let Some(peer) = wants[usize::from(*slot)].peers.get(key) else {
+        let Some(peer) = wants[slot.index()].peers.get(key) else {
             continue;
         };
         for c in peer.allowed_ips.iter().map(IpNet::trunc) {
             if !hosts.contains(&c) {
-                out.insert(c, ifindex[usize::from(*slot)]);
+                out.insert(c, ifindex[slot.index()]);
             }
         }
     }
@@ -289,14 +289,14 @@ pub fn encrypted_hosts<'a>(
         let Some((preferred, key)) = slots.get(&r.name) else {
             continue;
         };
-        let other = 1 - *preferred;
+        let other = preferred.other();
         let usable_other = r.slot(other).map(|k| k.public_key).filter(|k| {
             me.draining() != Some(other)
                 && r.draining() != Some(other)
-                && wants[usize::from(other)].peers.contains_key(k)
+                && wants[other.index()].peers.contains_key(k)
         });
         let rotating = me.rotation.step.is_some() || r.rotation.step.is_some();
-        let node_up = [0, 1]
+        let node_up = SLOTS
             .iter()
             .filter_map(|s| r.slot(*s))
             .any(|k| live.contains(&k.public_key));
@@ -310,7 +310,7 @@ pub fn encrypted_hosts<'a>(
             continue;
         };
         for ip in r.endpoints.iter().filter(|ip| !exclude.contains(ip)) {
-            out.insert(*ip, ifindex[usize::from(slot)]);
+            out.insert(*ip, ifindex[slot.index()]);
         }
     }
     out

@@ -33,8 +33,11 @@ pub(super) async fn bring_up_device(
     external_wait: Duration,
 ) -> anyhow::Result<(WgDevice, bool)> {
     let mut opts = opts.clone();
-    if slot > 0 {
-        opts.log_file = Some(args.state_dir.join(format!("meshd-wg-{}.log", slot + 1)));
+    if slot != Slot::FIRST {
+        opts.log_file = Some(
+            args.state_dir
+                .join(format!("meshd-wg-{}.log", u8::from(slot) + 1)),
+        );
     }
     let ensured = if args.wireguard_mode == WireguardMode::External {
         WgDevice::adopt_external(interface, external_wait)
@@ -45,7 +48,7 @@ pub(super) async fn bring_up_device(
     };
     let (device, adopted) =
         ensured.with_context(|| format!("setting up WireGuard device {interface}"))?;
-    tracing::info!(%interface, slot, mode = %device.mode(), adopted, "device ready");
+    tracing::info!(%interface, %slot, mode = %device.mode(), adopted, "device ready");
     device
         .configure(&private_key.to_bytes(), port, Some(args.mesh_mark))
         .await
@@ -88,7 +91,7 @@ pub(super) async fn heal_device(ctx: &Context, slot: Slot) -> anyhow::Result<()>
     if device.status().await.is_ok() {
         return Ok(());
     }
-    let interface = &ctx.interfaces[usize::from(slot)];
+    let interface = &ctx.interfaces[slot.index()];
     tracing::warn!(%interface, "WireGuard device is gone or not answering; bringing it back");
     let port = ctx
         .me()
@@ -173,7 +176,7 @@ pub(super) async fn ensure_ports(
     let mut devs = Vec::new();
     for slot in SLOTS {
         let device = ctx.device(slot).read().await;
-        let port = ports[usize::from(slot)];
+        let port = ports[slot.index()];
         let mut dev = device.status().await.context("reading device")?;
         if dev.listen_port != port || dev.fwmark != ctx.args.mesh_mark {
             device
@@ -182,7 +185,7 @@ pub(super) async fn ensure_ports(
                 .context("setting the listen port and fwmark")?;
             if dev.listen_port != port {
                 tracing::info!(
-                    slot,
+                    %slot,
                     from = dev.listen_port,
                     to = port,
                     "listen port changed live"

@@ -144,10 +144,10 @@ async fn drive_action(ctx: &Context, book: &mut RotationBook, action: Action) ->
         Action::Replace(slot, step) => {
             match replace_key(ctx, slot).await {
                 Ok(public_key) => {
-                    tracing::info!(slot, %public_key, serial = step.serial, "key rotation: new key in use on the drained slot");
+                    tracing::info!(%slot, %public_key, serial = step.serial, "key rotation: new key in use on the drained slot");
                     ctx.update_me(|m| {
                         match slot {
-                            0 => m.public_key = public_key,
+                            Slot::FIRST => m.public_key = public_key,
                             _ => {
                                 if let Some(second) = m.rotation.second.as_mut() {
                                     second.public_key = public_key;
@@ -160,7 +160,7 @@ async fn drive_action(ctx: &Context, book: &mut RotationBook, action: Action) ->
                 Err(err) => {
                     // Nothing changed on the device: publish the step anyway (peers ack it
                     // unchanged) and let the rotation end as an error.
-                    tracing::error!(slot, error = %format!("{err:#}"), "key rotation: replacing the key failed");
+                    tracing::error!(%slot, error = %format!("{err:#}"), "key rotation: replacing the key failed");
                     book.driver = Driver::default();
                     finish_rotation(
                         ctx,
@@ -209,7 +209,7 @@ fn finish_rotation(ctx: &Context, book: &mut RotationBook, outcome: Result<Strin
 /// slot's device. Returns its public key.
 async fn replace_key(ctx: &Context, slot: Slot) -> anyhow::Result<PublicKey> {
     let key = PrivateKey::generate();
-    let path = ctx.args.state_dir.join(KEY_FILES[usize::from(slot)]);
+    let path = ctx.args.state_dir.join(KEY_FILES[slot.index()]);
     keyexchange::key::write_key_atomic(&path, &key)?;
     let port = ctx
         .me()
@@ -224,6 +224,6 @@ async fn replace_key(ctx: &Context, slot: Slot) -> anyhow::Result<PublicKey> {
     let public_key = key.public_key();
     ctx.keys
         .write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)[usize::from(slot)] = key;
+        .unwrap_or_else(std::sync::PoisonError::into_inner)[slot.index()] = key;
     Ok(public_key)
 }

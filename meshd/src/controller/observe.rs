@@ -41,10 +41,10 @@ pub(super) async fn observe(
         for dst in ctx.routes.list(ifindex).await.context("listing routes")? {
             routes.insert((dst.trunc(), ifindex));
         }
-        observed_devices[usize::from(slot)] = ObservedDevice {
+        observed_devices[slot.index()] = ObservedDevice {
             ifindex,
             mtu: ctx.links.mtu(ifindex).await.ok(),
-            peers: programmed(&devices[usize::from(slot)].peers),
+            peers: programmed(&devices[slot.index()].peers),
         };
     }
     let plain_routes: BTreeMap<IpNet, std::net::IpAddr> = ctx

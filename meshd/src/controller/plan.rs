@@ -238,16 +238,12 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Step> {
 
 /// The peer operations on `slot`'s device.
 fn peer_ops(desired: &Desired, observed: &Observed, slot: Slot) -> Vec<PeerOp> {
-    let programmed: Vec<ProgrammedPeer> = observed.devices[usize::from(slot)]
+    let programmed: Vec<ProgrammedPeer> = observed.devices[slot.index()]
         .peers
         .values()
         .cloned()
         .collect();
-    diff_peers(
-        &programmed,
-        &desired.peers[usize::from(slot)],
-        desired.keepalive,
-    )
+    diff_peers(&programmed, &desired.peers[slot.index()], desired.keepalive)
 }
 
 /// Step 2: stop redirecting CIDRs that are no longer wanted, and CIDRs whose covering peer on

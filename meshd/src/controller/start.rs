@@ -10,6 +10,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context as _};
 use ipnet::IpNet;
 use keyexchange::record::SlotKey;
+use keyexchange::slots::{Slot, SLOTS};
 use keyexchange::{NodeRecord, PrivateKey};
 use keyexchange::{Registry, RegistryEvent};
 use netlink::{Links, Routes, UserspaceOptions, WgDevice};
@@ -168,19 +169,20 @@ async fn bring_up_devices(
 ) -> anyhow::Result<([RwLock<WgDevice>; 2], bool)> {
     let mut devices = Vec::new();
     let mut adopted = false;
-    for (slot, port) in [(0, args.listen_port), (1, second_port(args.listen_port))] {
+    let ports = [args.listen_port, second_port(args.listen_port)];
+    for (slot, port) in SLOTS.into_iter().zip(ports) {
         let (device, existed) = bring_up_device(
             args,
             opts,
             links,
-            (&interfaces[usize::from(slot)], slot),
-            &keys[usize::from(slot)],
+            (&interfaces[slot.index()], slot),
+            &keys[slot.index()],
             port,
             mtu,
             netlink::EXTERNAL_WAIT,
         )
         .await?;
-        adopted |= slot == 0 && existed;
+        adopted |= slot == Slot::FIRST && existed;
         devices.push(RwLock::new(device));
     }
     let devices = devices

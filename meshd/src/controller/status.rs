@@ -50,8 +50,8 @@ pub(super) async fn publish_status(
     state: &mut State,
     converged: bool,
 ) -> anyhow::Result<Vec<netlink::PeerStatus>> {
-    let device = ctx.device(0).read().await;
-    let second = ctx.device(1).read().await;
+    let device = ctx.device(Slot::FIRST).read().await;
+    let second = ctx.device(Slot::SECOND).read().await;
     // A device that cannot be read (its process died, or is being brought back) still gets a
     // status: not converged, its peers unknown. A stale "converged" would keep the node ready.
     let mut unreadable = None;
@@ -64,8 +64,8 @@ pub(super) async fn publish_status(
                 (port, Vec::new())
             })
     };
-    let (listen_port, live_peers) = read(0, device.status().await);
-    let (listen_port2, live_peers2) = read(1, second.status().await);
+    let (listen_port, live_peers) = read(Slot::FIRST, device.status().await);
+    let (listen_port2, live_peers2) = read(Slot::SECOND, second.status().await);
     let converged = converged && unreadable.is_none();
     let datapath = match ctx.bpf.lock().await.report() {
         Ok(r) => Some(r),
@@ -104,7 +104,7 @@ pub(super) async fn publish_status(
     };
     let rotation_report = control::RotationReport {
         phase: phase.into(),
-        slot,
+        slot: slot.map(u8::from),
         serial: me.rotation.step.map(|s| s.serial),
         pending: state.rotation.driver.pending().to_vec(),
         excused: state.rotation.driver.excused().map(String::from).collect(),
@@ -112,19 +112,24 @@ pub(super) async fn publish_status(
         failures: state.rotation.failures,
         last_unix: state.rotation.last_unix,
         last_error: state.rotation.last_error.clone(),
-        peer_slots: state.rotation.peer_slots.clone(),
+        peer_slots: state
+            .rotation
+            .peer_slots
+            .iter()
+            .map(|(name, slot)| (name.clone(), u8::from(*slot)))
+            .collect(),
         interval_secs: ctx.args.rotation.key_rotation_interval.map(|d| d.as_secs()),
     };
     let second_report = control::SlotReport {
         interface: second.name().to_string(),
         ifindex: second.ifindex(),
-        public_key: ctx.key(1).public_key().to_string(),
+        public_key: ctx.key(Slot::SECOND).public_key().to_string(),
         listen_port: listen_port2,
         peers: peer_reports(&live_peers2, &names),
     };
     let report = StatusReport {
         node: ctx.me().name.clone(),
-        public_key: ctx.key(0).public_key().to_string(),
+        public_key: ctx.key(Slot::FIRST).public_key().to_string(),
         mode: device.mode().to_string(),
         interface: device.name().to_string(),
         ifindex: device.ifindex(),

@@ -5,6 +5,9 @@ use super::*;
 use keyexchange::record::{Rotation, SlotKey};
 use keyexchange::PublicKey;
 
+const S0: Slot = Slot::FIRST;
+const S1: Slot = Slot::SECOND;
+
 fn rec(name: &str) -> NodeRecord {
     NodeRecord {
         name: name.into(),
@@ -48,7 +51,7 @@ fn drains_replaces_and_finishes_only_on_acknowledgements() {
     // Acknowledged, but the grace period runs first.
     assert_eq!(d.poll(t0, &me, [&peer]), Action::Wait);
     let t1 = t0 + DRAIN_GRACE;
-    let Action::Replace(0, step) = d.poll(t1, &me, [&peer]) else {
+    let Action::Replace(S0, step) = d.poll(t1, &me, [&peer]) else {
         panic!("expected slot 0's key to be replaced")
     };
     assert_eq!(step.draining, Some(0));
@@ -68,7 +71,7 @@ fn drains_replaces_and_finishes_only_on_acknowledgements() {
     ack(&mut peer, &me);
     assert_eq!(d.poll(t1, &me, [&peer]), Action::Wait);
     let t2 = t1 + DRAIN_GRACE;
-    let Action::Replace(1, step) = d.poll(t2, &me, [&peer]) else {
+    let Action::Replace(S1, step) = d.poll(t2, &me, [&peer]) else {
         panic!("expected slot 1's key to be replaced")
     };
     me.rotation.step = Some(step);
@@ -109,12 +112,12 @@ fn a_peer_that_does_not_answer_aborts_the_drain_but_never_a_replaced_key() {
     me.rotation.step = step;
     ack(&mut peer, &me);
     d.poll(t0, &me, [&peer]);
-    let Action::Replace(0, step) = d.poll(t0 + DRAIN_GRACE, &me, [&peer]) else {
+    let Action::Replace(S0, step) = d.poll(t0 + DRAIN_GRACE, &me, [&peer]) else {
         panic!()
     };
     me.rotation.step = Some(step);
     assert_eq!(d.poll(late + STEP_TIMEOUT, &me, [&peer]), Action::Wait);
-    assert_eq!(d.phase(), Phase::Replaced { slot: 0 });
+    assert_eq!(d.phase(), Phase::Replaced { slot: S0 });
 }
 
 #[test]
@@ -136,7 +139,7 @@ fn nodes_all_holding_a_drain_of_slot_zero_do_not_deadlock() {
     let waiting = |d: &mut Driver| {
         d.start(t0, 0);
         d.then = None;
-        d.phase = Phase::Waiting { slot: 1 };
+        d.phase = Phase::Waiting { slot: S1 };
     };
     let (mut da, mut db) = (Driver::default(), Driver::default());
     waiting(&mut da);
@@ -199,11 +202,11 @@ fn an_earlier_name_done_with_slot_zero_waits_for_a_later_one_still_draining_it()
     let mut da = Driver::default();
     da.start(t0, 0);
     da.then = None;
-    da.phase = Phase::Waiting { slot: 1 };
+    da.phase = Phase::Waiting { slot: S1 };
     assert_eq!(da.poll(t0, &a, [&b]), Action::Wait, "a must wait");
     // "b" is not held up by "a" (both keep off slot 0) and replaces its key.
     assert_eq!(db.poll(t0, &b, [&a]), Action::Wait);
-    let Action::Replace(0, step) = db.poll(t0 + DRAIN_GRACE, &b, [&a]) else {
+    let Action::Replace(S0, step) = db.poll(t0 + DRAIN_GRACE, &b, [&a]) else {
         panic!("b should replace slot 0")
     };
     assert!(step.replaced);
@@ -248,7 +251,7 @@ fn a_saved_rotation_resumes_where_it_stood() {
     assert_eq!(resumed.poll(t0, &me, [&peer]), Action::Wait);
     assert!(matches!(
         resumed.poll(t0 + DRAIN_GRACE, &me, [&peer]),
-        Action::Replace(0, s) if s.serial > step.unwrap().serial
+        Action::Replace(S0, s) if s.serial > step.unwrap().serial
     ));
 }
 
@@ -286,7 +289,7 @@ fn the_later_name_steps_back_from_opposite_drains() {
         panic!("expected the drain to be withdrawn")
     };
     assert_eq!(step.draining, None);
-    assert_eq!(d.phase(), Phase::Waiting { slot: 0 });
+    assert_eq!(d.phase(), Phase::Waiting { slot: S0 });
     assert_eq!(d.poll(t0, &me, [&first]), Action::Wait);
     // "a" finished: "b" drains again.
     first.rotation.step = None;
@@ -322,7 +325,7 @@ fn a_dead_peer_is_excused_after_the_grace_and_a_returning_one_is_waited_for() {
     assert!(d.pending().is_empty());
     assert_eq!(d.excused().collect::<Vec<_>>(), ["a"]);
     let t3 = t2 + DRAIN_GRACE;
-    let Action::Replace(0, step) = d.poll(t3, &me, [&dead, &alive]) else {
+    let Action::Replace(S0, step) = d.poll(t3, &me, [&dead, &alive]) else {
         panic!("expected slot 0's key to be replaced without the dead peer")
     };
     me.rotation.step = Some(step);
@@ -336,7 +339,7 @@ fn a_dead_peer_is_excused_after_the_grace_and_a_returning_one_is_waited_for() {
     ack(&mut alive, &me);
     assert_eq!(d.poll(t3, &me, [&dead, &alive]), Action::Wait);
     let t4 = t3 + DRAIN_GRACE;
-    let Action::Replace(1, step) = d.poll(t4, &me, [&dead, &alive]) else {
+    let Action::Replace(S1, step) = d.poll(t4, &me, [&dead, &alive]) else {
         panic!("expected slot 1's key to be replaced")
     };
     me.rotation.step = Some(step);

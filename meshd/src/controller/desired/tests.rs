@@ -186,8 +186,8 @@ fn a_drained_slot_moves_routes_and_host_traffic_to_the_other_device() {
         ]),
     ];
     let slots = peer_slots([&ra, &rb, &me], &me, &wants);
-    assert_eq!(slots["n2"], (1, a1), "n2 drains slot 0");
-    assert_eq!(slots["n3"], (0, b0));
+    assert_eq!(slots["n2"], (Slot::SECOND, a1), "n2 drains slot 0");
+    assert_eq!(slots["n3"], (Slot::FIRST, b0));
     let routes = steering(&wants, &slots, [7, 8], &BTreeSet::new());
     assert_eq!(routes[&net("10.244.2.0/24")], 8);
     assert_eq!(routes[&net("10.244.3.0/24")], 7);

@@ -167,7 +167,7 @@ fn apply_to_model(node: &mut Observed, step: &Step) {
             }
         }
         Step::RemovePeer { slot, key } => {
-            node.devices[usize::from(*slot)].peers.remove(key);
+            node.devices[slot.index()].peers.remove(key);
         }
         Step::UpsertPeer { slot, peer } => upsert_in_model(node, *slot, peer),
         Step::AddRoute { cidr, ifindex, .. } => {
@@ -183,7 +183,7 @@ fn apply_to_model(node: &mut Observed, step: &Step) {
 
 fn upsert_in_model(node: &mut Observed, slot: Slot, peer: &netlink::PeerConfig) {
     let key = PublicKey::from_bytes(peer.public_key);
-    let device = &mut node.devices[usize::from(slot)];
+    let device = &mut node.devices[slot.index()];
     for other in device.peers.values_mut().filter(|p| p.public_key != key) {
         other.allowed_ips.retain(|a| !peer.allowed_ips.contains(a));
     }
@@ -276,8 +276,8 @@ fn check_pass(want: &Desired, before: &Observed) -> Result<(), TestCaseError> {
     prop_assert_eq!(node.guard_mode, want.guard_mode);
     prop_assert_eq!(&node.local_pods, &want.local_pods);
     for slot in SLOTS {
-        let have = &node.devices[usize::from(slot)].peers;
-        let wanted = &want.peers[usize::from(slot)].peers;
+        let have = &node.devices[slot.index()].peers;
+        let wanted = &want.peers[slot.index()].peers;
         prop_assert_eq!(
             have.keys().collect::<Vec<_>>(),
             wanted.keys().collect::<Vec<_>>()
@@ -377,7 +377,10 @@ fn removed_peer_loses_peer_and_routes_and_others_are_untouched() {
         got,
         vec![
             Step::RemoveRedirect(net("10.244.3.0/24")),
-            Step::RemovePeer { slot: 0, key: gone },
+            Step::RemovePeer {
+                slot: Slot::FIRST,
+                key: gone
+            },
             Step::DeleteRoute {
                 cidr: net("10.244.3.0/24"),
                 ifindex: 7
@@ -403,7 +406,10 @@ fn a_changed_keepalive_updates_the_peer() {
     let got = plan(&want, &node);
     assert_eq!(got.len(), 1, "{got:?}");
     match &got[0] {
-        Step::UpsertPeer { slot: 0, peer } => {
+        Step::UpsertPeer {
+            slot: Slot::FIRST,
+            peer,
+        } => {
             assert_eq!(peer.public_key, *k.as_bytes());
             assert_eq!(peer.persistent_keepalive, Some(10));
         }
@@ -434,7 +440,7 @@ fn a_slot_move_moves_route_and_redirect_after_the_peer_exists() {
         got,
         vec![
             Step::UpsertPeer {
-                slot: 1,
+                slot: Slot::SECOND,
                 peer: netlink::PeerConfig {
                     public_key: *a1.as_bytes(),
                     endpoint: Some("198.18.0.12:51820".parse().unwrap()),
@@ -553,11 +559,15 @@ struct NodeSpec {
     v6: bool,
 }
 
+fn arb_slot() -> impl Strategy<Value = Slot> {
+    prop_oneof![Just(Slot::FIRST), Just(Slot::SECOND)]
+}
+
 fn arb_node() -> impl Strategy<Value = NodeSpec> {
     (
         prop::bool::weighted(0.8),
         (0u8..2, 0u8..2),
-        prop::option::weighted(0.3, 0u8..2),
+        prop::option::weighted(0.3, arb_slot()),
         0u8..2,
         any::<bool>(),
     )
@@ -591,7 +601,7 @@ fn record(i: u8, spec: &NodeSpec) -> NodeRecord {
             }),
             step: spec.draining.map(|d| RotationStep {
                 serial: 1,
-                draining: Some(d),
+                draining: Some(d.into()),
                 replaced: false,
             }),
             acks: Default::default(),
@@ -618,7 +628,7 @@ struct World {
 fn arb_world() -> impl Strategy<Value = World> {
     (
         prop::collection::vec(arb_node(), 1..5),
-        prop::option::weighted(0.3, 0u8..2),
+        prop::option::weighted(0.3, arb_slot()),
         prop_oneof![
             3 => Just(Encryption::Enabled),
             1 => Just(Encryption::Permissive),
