@@ -185,6 +185,8 @@ pub struct ProgrammedPeer {
     pub endpoint: Option<SocketAddr>,
     /// The current allowed IPs, in any order.
     pub allowed_ips: Vec<IpNet>,
+    /// The persistent keepalive interval in seconds; `None` when off.
+    pub keepalive: Option<u16>,
 }
 
 /// One change to the device's peer list.
@@ -202,12 +204,19 @@ pub enum PeerOp {
     Remove(PublicKey),
 }
 
-/// Minimal operations turning `programmed` into `desired`.
+/// Minimal operations turning `programmed` into `desired`, every peer with the persistent
+/// keepalive `keepalive` (`None` or `Some(0)`: off).
 ///
 /// Order: all removes, then updates, then adds, each sorted by key (removing first frees CIDRs
 /// that another peer may take over). An existing peer is updated only if its allowed-IP set
-/// differs (order-insensitive, normalised) or the desired endpoint is `Some` and differs.
-pub fn diff_peers(programmed: &[ProgrammedPeer], desired: &PeerSet) -> Vec<PeerOp> {
+/// differs (order-insensitive, normalised), the desired endpoint is `Some` and differs, or its
+/// keepalive differs.
+pub fn diff_peers(
+    programmed: &[ProgrammedPeer],
+    desired: &PeerSet,
+    keepalive: Option<u16>,
+) -> Vec<PeerOp> {
+    let keepalive = keepalive.filter(|k| *k > 0);
     let current: BTreeMap<PublicKey, &ProgrammedPeer> =
         programmed.iter().map(|p| (p.public_key, p)).collect();
     let mut removes = Vec::new();
@@ -224,7 +233,8 @@ pub fn diff_peers(programmed: &[ProgrammedPeer], desired: &PeerSet) -> Vec<PeerO
             Some(have) => {
                 let ips_differ = normalise(&have.allowed_ips) != normalise(&want.allowed_ips);
                 let endpoint_differs = want.endpoint.is_some() && want.endpoint != have.endpoint;
-                if ips_differ || endpoint_differs {
+                let keepalive_differs = have.keepalive.filter(|k| *k > 0) != keepalive;
+                if ips_differ || endpoint_differs || keepalive_differs {
                     updates.push(PeerOp::Update(want.clone()));
                 }
             }
@@ -505,15 +515,16 @@ mod tests {
             public_key: p.public_key,
             endpoint: p.endpoint,
             allowed_ips: p.allowed_ips.clone(),
+            keepalive: None,
         }
     }
 
     #[test]
     fn diff_empty_and_identical() {
-        assert!(diff_peers(&[], &PeerSet::default()).is_empty());
+        assert!(diff_peers(&[], &PeerSet::default(), None).is_empty());
         let want = desired(&[dp(1, Some("198.18.0.1:1"), &["10.0.1.0/24", "fd00::/64"])]);
         let have: Vec<_> = want.peers.values().map(as_programmed).collect();
-        assert!(diff_peers(&have, &want).is_empty());
+        assert!(diff_peers(&have, &want, None).is_empty());
     }
 
     #[test]
@@ -523,8 +534,9 @@ mod tests {
             public_key: key(1),
             endpoint: Some("198.18.0.1:1".parse().unwrap()),
             allowed_ips: vec![net("fd00::/64"), net("10.0.1.0/24"), net("10.0.1.0/24")],
+            keepalive: None,
         }];
-        assert!(diff_peers(&have, &want).is_empty());
+        assert!(diff_peers(&have, &want, None).is_empty());
     }
 
     #[test]
@@ -534,18 +546,39 @@ mod tests {
             public_key: key(1),
             endpoint: Some("203.0.113.9:4444".parse().unwrap()),
             allowed_ips: vec![net("10.0.1.0/24")],
+            keepalive: None,
         }];
-        assert!(diff_peers(&have, &want).is_empty());
+        assert!(diff_peers(&have, &want, None).is_empty());
         // But a desired endpoint differing from the device's is enforced.
         let want = desired(&[dp(1, Some("198.18.0.1:51820"), &["10.0.1.0/24"])]);
         assert_eq!(
-            diff_peers(&have, &want),
+            diff_peers(&have, &want, None),
             vec![PeerOp::Update(dp(
                 1,
                 Some("198.18.0.1:51820"),
                 &["10.0.1.0/24"]
             ))]
         );
+    }
+
+    #[test]
+    fn diff_keepalive_change_updates_the_peer() {
+        let want = desired(&[dp(1, Some("198.18.0.1:1"), &["10.0.1.0/24"])]);
+        let mut have: Vec<_> = want.peers.values().map(as_programmed).collect();
+        have[0].keepalive = Some(25);
+        // The device still has the old keepalive: the peer is updated to the wanted one.
+        assert_eq!(
+            diff_peers(&have, &want, Some(10)),
+            vec![PeerOp::Update(want.peers[&key(1)].clone())]
+        );
+        assert_eq!(
+            diff_peers(&have, &want, None),
+            vec![PeerOp::Update(want.peers[&key(1)].clone())]
+        );
+        assert!(diff_peers(&have, &want, Some(25)).is_empty());
+        // Off is off, however it is spelled.
+        have[0].keepalive = None;
+        assert!(diff_peers(&have, &want, Some(0)).is_empty());
     }
 
     #[test]
@@ -560,14 +593,14 @@ mod tests {
         let mut changed = base.clone();
         changed[1].allowed_ips.push(net("fd00:2::/64"));
         assert_eq!(
-            diff_peers(&have, &desired(&changed)),
+            diff_peers(&have, &desired(&changed), None),
             vec![PeerOp::Update(changed[1].clone())]
         );
 
         let mut changed = base.clone();
         changed[2].endpoint = Some("198.18.0.33:1".parse().unwrap());
         assert_eq!(
-            diff_peers(&have, &desired(&changed)),
+            diff_peers(&have, &desired(&changed), None),
             vec![PeerOp::Update(changed[2].clone())]
         );
 
@@ -581,7 +614,7 @@ mod tests {
             dp(4, None, &["10.0.1.0/24"]),
         ]);
         assert_eq!(
-            diff_peers(&have, &want),
+            diff_peers(&have, &want, None),
             vec![
                 PeerOp::Remove(key(1)),
                 PeerOp::Update(updated3),
@@ -655,6 +688,7 @@ mod tests {
                     public_key: key(k),
                     endpoint,
                     allowed_ips,
+                    keepalive: None,
                 })
                 .collect()
         })
@@ -688,7 +722,7 @@ mod tests {
     proptest! {
         #[test]
         fn applying_diff_reaches_desired(programmed in arb_programmed(), want in arb_desired()) {
-            let ops = diff_peers(&programmed, &want);
+            let ops = diff_peers(&programmed, &want, None);
             let dev = apply(&programmed, &ops);
             prop_assert_eq!(dev.keys().collect::<Vec<_>>(), want.peers.keys().collect::<Vec<_>>());
             for (k, p) in &want.peers {
@@ -721,13 +755,13 @@ mod tests {
             prop_assert_eq!(ranks, sorted);
             // After applying, nothing is left to do.
             let now: Vec<_> = dev.into_values().collect();
-            prop_assert!(diff_peers(&now, &want).is_empty());
+            prop_assert!(diff_peers(&now, &want, None).is_empty());
         }
 
         #[test]
         fn desired_as_programmed_is_a_fixpoint(want in arb_desired()) {
             let have: Vec<_> = want.peers.values().map(as_programmed).collect();
-            prop_assert!(diff_peers(&have, &want).is_empty());
+            prop_assert!(diff_peers(&have, &want, None).is_empty());
         }
 
         #[test]

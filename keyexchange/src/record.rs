@@ -46,6 +46,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::key::{KeyError, PublicKey};
+use crate::slots::Slot;
 
 /// The record format version this meshd writes and the highest it understands.
 pub const RECORD_VERSION: u32 = 1;
@@ -116,21 +117,24 @@ pub struct Rotation {
 }
 
 impl NodeRecord {
-    /// The key and port of `slot` (0 or 1); `None` when the node has no such slot.
-    pub fn slot(&self, slot: u8) -> Option<SlotKey> {
-        match slot {
-            0 => Some(SlotKey {
+    /// The key and port of `slot`; `None` when the node has no such slot.
+    pub fn slot(&self, slot: Slot) -> Option<SlotKey> {
+        if slot == Slot::FIRST {
+            Some(SlotKey {
                 public_key: self.public_key,
                 listen_port: self.listen_port,
-            }),
-            1 => self.rotation.second,
-            _ => None,
+            })
+        } else {
+            self.rotation.second
         }
     }
 
     /// The slot this node asks peers not to send on, if any.
-    pub fn draining(&self) -> Option<u8> {
-        self.rotation.step.and_then(|s| s.draining)
+    pub fn draining(&self) -> Option<Slot> {
+        self.rotation
+            .step
+            .and_then(|s| s.draining)
+            .and_then(Slot::new)
     }
 }
 
@@ -548,8 +552,8 @@ mod tests {
             "{text}"
         );
         assert_eq!(NodeRecord::from_json("n1", &text).unwrap(), r);
-        assert_eq!(r.slot(1).unwrap().listen_port, 51821);
-        assert_eq!(r.draining(), Some(1));
+        assert_eq!(r.slot(Slot::SECOND).unwrap().listen_port, 51821);
+        assert_eq!(r.draining(), Some(Slot::SECOND));
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use meshd::control;
-use meshd::daemon::parse_interval;
+use meshd::controller::parse_interval;
 
 /// meshctl: inspect meshd and run the local multi-node lab.
 #[derive(Debug, Parser)]

@@ -9,14 +9,16 @@
 //! the programs over the same pinned maps (counters keep counting) and swaps every attachment
 //! atomically to the new program.
 //!
-//! What the maps should hold is computed by pure functions ([`map_diff`]); this module only
-//! applies the differences.
+//! What the maps should hold, and in which order they change, is decided by the controller's
+//! pure plan (`crate::controller::plan`); this module carries out one step at a time.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use ebpf_redirect::{ClusterMarker, Datapath, Mode, Verdict, CLUSTER_CONFIGURED, CLUSTER_LEARNED};
+use ebpf_redirect::{
+    ClusterMarker, Datapath, Mode, TcAttachType, Verdict, CLUSTER_CONFIGURED, CLUSTER_LEARNED,
+};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
@@ -135,24 +137,6 @@ pub struct DatapathReport {
     pub pod_interfaces: usize,
     /// Verdict counters.
     pub counters: VerdictCounters,
-}
-
-/// The changes that take a map from `present` to `want`: entries to remove, entries to set.
-pub fn map_diff<K: Ord + Clone, V: PartialEq + Clone>(
-    want: &BTreeMap<K, V>,
-    present: &BTreeMap<K, V>,
-) -> (Vec<K>, Vec<(K, V)>) {
-    let remove = present
-        .keys()
-        .filter(|k| !want.contains_key(*k))
-        .cloned()
-        .collect();
-    let set = want
-        .iter()
-        .filter(|(k, v)| present.get(*k) != Some(*v))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    (remove, set)
 }
 
 /// Handle on the loaded datapath.
@@ -328,19 +312,17 @@ impl Bpf {
         Ok(())
     }
 
-    /// Guard `cidrs` (peers' pod CIDRs) from now on, for as long as the pinned maps live.
-    /// Returns the number of CIDRs added.
-    pub fn learn_clusters<'a>(
-        &mut self,
-        cidrs: impl IntoIterator<Item = &'a IpNet>,
-    ) -> Result<usize, BpfError> {
-        let set = learn_plan(cidrs, &self.cluster_entries()?);
-        let n = set.len();
-        if n > 0 {
-            tracing::info!(cidrs = ?set.iter().map(|(c, _)| c).collect::<Vec<_>>(), "guarding peers' pod CIDRs on the underlay");
-        }
-        self.set_clusters(set)?;
-        Ok(n)
+    /// The CIDRs in the guard's cluster map (configured and learned).
+    pub fn cluster_cidrs(&self) -> Result<BTreeSet<IpNet>, BpfError> {
+        Ok(self.cluster_entries()?.into_keys().collect())
+    }
+
+    /// Guard `cidr` (a peer's pod CIDR) from now on, for as long as the pinned maps live: once
+    /// its peer is gone, its traffic is dropped, not sent in clear, even where
+    /// `--cluster-cidr` does not cover it. A CIDR already there is left as it is.
+    pub fn guard_cidr(&mut self, cidr: IpNet) -> Result<(), BpfError> {
+        let set = learn_plan([&cidr], &self.cluster_entries()?);
+        self.set_clusters(set)
     }
 
     /// The remote-CIDR maps now: CIDR → tunnel ifindex.
@@ -353,62 +335,52 @@ impl Bpf {
             .collect())
     }
 
-    /// Bring the remote-CIDR maps to `want` (CIDR → tunnel ifindex). Removals come first, so
-    /// a departing peer's CIDR stops being redirected before its peer is removed. Returns the
-    /// number of map operations.
-    ///
-    /// Every CIDR redirected is first guarded on the underlay for good
-    /// ([`Bpf::learn_clusters`]): once its peer is gone, its traffic is dropped, not sent in
-    /// clear, even where `--cluster-cidr` does not cover it.
-    pub fn sync_remotes(&mut self, want: &BTreeMap<IpNet, u32>) -> Result<usize, BpfError> {
-        self.learn_clusters(want.keys())?;
-        let present = self.remotes()?;
-        let (remove, set) = map_diff(want, &present);
-        let ops = remove.len() + set.len();
-        for cidr in remove {
-            self.dp
-                .remove_remote(cidr)
-                .map_err(map_err(format!("removing remote CIDR {cidr}")))?;
-        }
-        for (cidr, ifindex) in set {
-            self.dp
-                .set_remote(cidr, ifindex)
-                .map_err(map_err(format!("redirecting {cidr} to ifindex {ifindex}")))?;
-        }
-        Ok(ops)
+    /// Redirect `cidr` into the tunnel device `ifindex`.
+    pub fn set_remote(&mut self, cidr: IpNet, ifindex: u32) -> Result<(), BpfError> {
+        self.dp
+            .set_remote(cidr, ifindex)
+            .map_err(map_err(format!("redirecting {cidr} to ifindex {ifindex}")))
     }
 
-    /// Bring the local-pod maps to `want`. Returns the number of map operations.
-    pub fn sync_locals(&mut self, want: &BTreeSet<IpAddr>) -> Result<usize, BpfError> {
-        let present: BTreeSet<IpAddr> = self
+    /// Stop redirecting `cidr`.
+    pub fn remove_remote(&mut self, cidr: IpNet) -> Result<(), BpfError> {
+        self.dp
+            .remove_remote(cidr)
+            .map_err(map_err(format!("removing remote CIDR {cidr}")))
+    }
+
+    /// The local-pod maps now.
+    pub fn locals(&self) -> Result<BTreeSet<IpAddr>, BpfError> {
+        Ok(self
             .dp
             .locals()
             .map_err(map_err("reading local pods"))?
             .into_iter()
-            .collect();
-        let mut ops = 0;
-        for ip in present.difference(want) {
-            self.dp
-                .remove_local(*ip)
-                .map_err(map_err(format!("removing local pod {ip}")))?;
-            ops += 1;
-        }
-        for ip in want.difference(&present) {
-            self.dp
-                .add_local(*ip)
-                .map_err(map_err(format!("adding local pod {ip}")))?;
-            ops += 1;
-        }
-        Ok(ops)
+            .collect())
     }
 
-    /// Make sure `from_pod` runs on every pod interface in `veths` that exists, and drop pins
-    /// of interfaces that are gone. On the first call (after a start) every attachment is
-    /// renewed, which swaps a restarted meshd's freshly loaded program in atomically.
-    pub fn sync_pods(&mut self, veths: &BTreeSet<String>) -> Result<usize, BpfError> {
-        let mut ops = 0;
+    /// Add a local pod's address to the local-pod maps.
+    pub fn add_local(&mut self, ip: IpAddr) -> Result<(), BpfError> {
+        self.dp
+            .add_local(ip)
+            .map_err(map_err(format!("adding local pod {ip}")))
+    }
+
+    /// Remove an address from the local-pod maps.
+    pub fn remove_local(&mut self, ip: IpAddr) -> Result<(), BpfError> {
+        self.dp
+            .remove_local(ip)
+            .map_err(map_err(format!("removing local pod {ip}")))
+    }
+
+    /// The interfaces of `veths` that need no `from_pod` attachment: gone, or attached by
+    /// this meshd and still attached. After a start none is, so every attachment is renewed,
+    /// which swaps a restarted meshd's freshly loaded program in atomically.
+    pub fn from_pod_done(&self, veths: &BTreeSet<String>) -> Result<BTreeSet<String>, BpfError> {
+        let mut done = BTreeSet::new();
         for veth in veths {
-            if nix::net::if_::if_nametoindex(veth.as_str()).is_err() {
+            if !interface_exists(veth) {
+                done.insert(veth.clone());
                 continue;
             }
             let attached = self
@@ -416,18 +388,45 @@ impl Bpf {
                 .from_pod_attached(veth)
                 .map_err(map_err(format!("querying {veth}")))?;
             if self.pods.contains(veth) && attached != Some(false) {
-                continue;
+                done.insert(veth.clone());
             }
-            self.dp
-                .attach_from_pod(veth)
-                .map_err(|source| BpfError::Attach {
-                    program: ebpf_redirect::PROG_FROM_POD,
-                    interface: veth.clone(),
-                    source: Box::new(source),
-                })?;
-            ops += 1;
         }
+        Ok(done)
+    }
+
+    /// Attach `from_pod` to a pod's host veth (replacing an attachment atomically).
+    pub fn attach_from_pod(&mut self, veth: &str) -> Result<(), BpfError> {
+        self.dp
+            .attach_from_pod(veth)
+            .map_err(|source| BpfError::Attach {
+                program: ebpf_redirect::PROG_FROM_POD,
+                interface: veth.to_string(),
+                source: Box::new(source),
+            })?;
+        self.pods.insert(veth.to_string());
+        Ok(())
+    }
+
+    /// Remember `veths` as the pod interfaces carrying `from_pod` (the status counts them).
+    pub fn record_pod_interfaces(&mut self, veths: &BTreeSet<String>) {
         self.pods = veths.clone();
+    }
+
+    /// Interfaces with a pinned link that no longer exist (a pod deleted without a CNI DEL).
+    pub fn stale_links(&self) -> Result<BTreeSet<String>, BpfError> {
+        let mut out = BTreeSet::new();
+        for attach in [TcAttachType::Ingress, TcAttachType::Egress] {
+            let pinned = self
+                .dp
+                .pinned_links(attach)
+                .map_err(map_err("listing pinned links"))?;
+            out.extend(pinned.into_iter().filter(|i| !interface_exists(i)));
+        }
+        Ok(out)
+    }
+
+    /// Remove the pinned links of interfaces that are gone. Returns how many went.
+    pub fn collect_stale_links(&mut self) -> Result<usize, BpfError> {
         let gone = self
             .dp
             .gc_links()
@@ -435,42 +434,68 @@ impl Bpf {
         if !gone.is_empty() {
             tracing::info!(?gone, "removed links of deleted interfaces");
         }
-        Ok(ops + gone.len())
+        Ok(gone.len())
     }
 
-    /// Make sure `underlay_egress` is attached to the underlay and to every interface of
-    /// `others` that exists (someone may have removed it; an interface may be new). The
-    /// underlay is required; another interface that is gone is skipped (its pinned link is
-    /// collected with the pods'). Returns the interfaces where it had to be attached anew.
-    pub fn ensure_guards(&mut self, others: &BTreeSet<String>) -> Result<Vec<String>, BpfError> {
-        let mut attached_now = Vec::new();
-        let underlay = self.underlay.clone();
-        for ifname in std::iter::once(&underlay).chain(others.iter().filter(|i| **i != underlay)) {
-            let attached = match self.dp.underlay_egress_attached(ifname) {
-                Ok(a) => a,
-                Err(_) if *ifname != underlay => continue,
-                Err(e) => return Err(map_err(format!("querying {ifname}"))(e)),
-            };
-            if attached == Some(true) {
-                continue;
-            }
-            match self.dp.attach_underlay_egress(ifname) {
-                Ok(()) => attached_now.push(ifname.clone()),
-                Err(_) if *ifname != underlay && !interface_exists(ifname) => {}
-                Err(source) => {
-                    return Err(BpfError::Attach {
-                        program: ebpf_redirect::PROG_UNDERLAY_EGRESS,
-                        interface: ifname.clone(),
-                        source: Box::new(source),
-                    })
+    /// The interfaces of the underlay and `others` that need no guard attachment: guarded
+    /// now, or (besides the underlay) not to be asked about (gone, or the query failed).
+    pub fn guarded_interfaces(
+        &self,
+        others: &BTreeSet<String>,
+    ) -> Result<BTreeSet<String>, BpfError> {
+        let mut out = BTreeSet::new();
+        for ifname in std::iter::once(&self.underlay).chain(others) {
+            match self.dp.underlay_egress_attached(ifname) {
+                Ok(Some(true)) => {
+                    out.insert(ifname.clone());
                 }
+                Ok(_) => {}
+                Err(_) if *ifname != self.underlay => {
+                    out.insert(ifname.clone());
+                }
+                Err(e) => return Err(map_err(format!("querying {ifname}"))(e)),
             }
         }
+        Ok(out)
+    }
+
+    /// Attach `underlay_egress` to `ifname`. The underlay's attachment is required; another
+    /// interface that is gone is skipped. Returns whether it was attached.
+    pub fn attach_guard(&mut self, ifname: &str) -> Result<bool, BpfError> {
+        match self.dp.attach_underlay_egress(ifname) {
+            Ok(()) => Ok(true),
+            Err(_) if ifname != self.underlay && !interface_exists(ifname) => Ok(false),
+            Err(source) => Err(BpfError::Attach {
+                program: ebpf_redirect::PROG_UNDERLAY_EGRESS,
+                interface: ifname.to_string(),
+                source: Box::new(source),
+            }),
+        }
+    }
+
+    /// Remember which of `others` carry the guard now (the existing ones).
+    pub fn record_guarded(&mut self, others: &BTreeSet<String>) {
+        let underlay = self.underlay.clone();
         self.guarded = others
             .iter()
             .filter(|i| **i != underlay && interface_exists(i))
             .cloned()
             .collect();
+    }
+
+    /// Make sure `underlay_egress` is attached to the underlay and to every interface of
+    /// `others` that exists (someone may have removed it; an interface may be new). Returns
+    /// the interfaces where it had to be attached anew.
+    pub fn ensure_guards(&mut self, others: &BTreeSet<String>) -> Result<Vec<String>, BpfError> {
+        let guarded = self.guarded_interfaces(others)?;
+        let mut attached_now = Vec::new();
+        let underlay = self.underlay.clone();
+        for ifname in std::iter::once(&underlay).chain(others.iter().filter(|i| **i != underlay)) {
+            if !guarded.contains(ifname) && self.attach_guard(ifname)? {
+                attached_now.push(ifname.clone());
+            }
+        }
+        self.record_guarded(others);
         Ok(attached_now)
     }
 
@@ -675,38 +700,6 @@ mod tests {
             ]
         );
         assert!(learn_plan(&remotes[..2], &present).is_empty());
-    }
-
-    #[test]
-    fn map_diff_removes_stale_sets_new_and_changed() {
-        let present: BTreeMap<IpNet, u32> = [
-            (net("10.244.1.0/24"), 7),
-            (net("10.244.2.0/24"), 7),
-            (net("fd00:244:0:2::/64"), 7),
-        ]
-        .into();
-        // Device recreated (ifindex 9), node 1 gone, node 3 joined.
-        let want: BTreeMap<IpNet, u32> = [
-            (net("10.244.2.0/24"), 9),
-            (net("fd00:244:0:2::/64"), 9),
-            (net("10.244.3.0/24"), 9),
-        ]
-        .into();
-        let (remove, set) = map_diff(&want, &present);
-        assert_eq!(remove, vec![net("10.244.1.0/24")]);
-        assert_eq!(
-            set,
-            vec![
-                (net("10.244.2.0/24"), 9),
-                (net("10.244.3.0/24"), 9),
-                (net("fd00:244:0:2::/64"), 9)
-            ]
-        );
-        let (remove, set) = map_diff(&want, &want);
-        assert!(
-            remove.is_empty() && set.is_empty(),
-            "in step: no operations"
-        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //!
 //! `meshd` owns one node's part of the mesh: it loads the node's key, adopts or creates the
 //! WireGuard device, publishes the node's record and reconciles peers and routes from the
-//! registry. The decisions are pure functions (`keyexchange::peers`, [`reconcile`]); this crate
+//! registry. The decisions are pure functions (`keyexchange::peers`, [`controller::plan`]); this crate
 //! wires them to the registry and to the kernel (`netlink`). `meshctl` talks to a node's meshd
 //! over the control socket.
 #![forbid(unsafe_code)]
@@ -16,8 +16,9 @@ pub mod bpf;
 pub mod cni_conf;
 /// The node-local control socket (status).
 pub mod control;
-/// The daemon's start-up and reconcile loop.
-pub mod daemon;
+/// The controller: start-up, the event loop, the pure desired state and plan, and the steps
+/// that apply it.
+pub mod controller;
 /// Liveness and readiness endpoints.
 pub mod health;
 /// Prometheus metrics.
@@ -26,8 +27,6 @@ pub mod metrics;
 pub mod mode;
 /// `cluster-pool` IPAM: this node's pod CIDRs carved out of a cluster-wide pool (pure).
 pub mod pod_cidr_pool;
-/// The pure reconcile plan.
-pub mod reconcile;
 /// Where records are exchanged (the directory and Kubernetes registries) and all of meshd's
 /// Kubernetes client code (settings watcher, Node condition, audit source).
 pub mod registry;

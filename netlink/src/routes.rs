@@ -448,6 +448,18 @@ impl Routes {
         Ok(())
     }
 
+    /// Whether the rule [`Routes::ensure_mark_rule`] adds is in place: `[IPv4, IPv6]`.
+    pub async fn mark_rule_present(
+        &self,
+        mark: u32,
+        table: u32,
+        priority: u32,
+    ) -> Result<[bool; 2], RouteError> {
+        let v4 = self.find_mark_rule(false, mark, table, priority).await?;
+        let v6 = self.find_mark_rule(true, mark, table, priority).await?;
+        Ok([v4.is_some(), v6.is_some()])
+    }
+
     async fn find_mark_rule(
         &self,
         v6: bool,

@@ -23,6 +23,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+/// Which side of an interface a program is attached to (see [`Datapath::pinned_links`]).
+pub use aya::programs::TcAttachType;
 use aya::{
     include_bytes_aligned,
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray},
@@ -30,7 +32,7 @@ use aya::{
     programs::{
         links::{FdLink, LinkError, PinnedLink},
         tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
-        Link, LinkOrder, ProgramError, SchedClassifier, TcAttachType,
+        Link, LinkOrder, ProgramError, SchedClassifier,
     },
     util::KernelVersion,
     EbpfError, EbpfLoader,

@@ -3,7 +3,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, ValueEnum};
-use meshd::daemon::{self, DaemonArgs};
+use meshd::controller::{self, DaemonArgs};
 use meshd::registry::kube::client::{api_server_addresses, client};
 use meshd::registry::kube::endpoints::watch_api_server_endpoints;
 use meshd::registry::kube::node_condition;
@@ -59,7 +59,7 @@ async fn main() -> anyhow::Result<()> {
                 bail!("--config-map needs --registry kubernetes");
             }
             let registry = DirRegistry::new(dir)?;
-            daemon::run(cli.daemon, registry, None).await
+            controller::run(cli.daemon, registry, None).await
         }
         RegistryKind::Kubernetes => kubernetes(cli).await,
     };
@@ -145,7 +145,8 @@ async fn kubernetes(cli: Cli) -> anyhow::Result<()> {
     }
     let (status_tx, status_rx) = tokio::sync::watch::channel(None);
     let condition = node_condition::spawn(client, args.node_name.clone(), status_rx);
-    let result = daemon::run_with(args, registry, feed, Some(status_tx), Some(api_servers)).await;
+    let result =
+        controller::run_with(args, registry, feed, Some(status_tx), Some(api_servers)).await;
     condition.abort();
     result
 }

@@ -1,0 +1,229 @@
+//! Carries out a plan: walks its steps in order, one kernel or map change each, and counts the
+//! operations. The order is the plan's; this module only batches neighbouring peer changes of
+//! one device into one request, and neighbouring local-pod changes under one IPAM lock.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use anyhow::Context as _;
+use keyexchange::slots::Slot;
+use netlink::PeerChange;
+
+use super::context::Context;
+use super::plan::Step;
+use super::pods::{self, LocalChange};
+use super::{HOST_RULE_PRIORITY, HOST_TABLE};
+use crate::bpf::Bpf;
+use crate::control::Counters;
+
+/// Apply `steps` in order. `encrypted_hosts` follows the host routes as they change.
+pub(super) async fn apply(
+    ctx: &Context,
+    steps: &[Step],
+    counters: &mut Counters,
+    encrypted_hosts: &mut BTreeSet<IpAddr>,
+) -> anyhow::Result<()> {
+    log_summary(steps);
+    let mut bpf = ctx.bpf.lock().await;
+    let mut rest = steps;
+    while let Some(step) = rest.first() {
+        let taken = match step {
+            Step::RemovePeer { slot, .. } | Step::UpsertPeer { slot, .. } => {
+                let batch = peer_batch(rest, *slot);
+                apply_peers(ctx, *slot, &batch).await?;
+                counters.peer_ops += batch.len() as u64;
+                batch.len()
+            }
+            Step::AddLocalPod(_) | Step::RemoveLocalPod(_) => {
+                let batch = local_batch(rest);
+                counters.map_ops +=
+                    pods::apply_locals(&ctx.args.state_dir, &mut bpf, &batch)? as u64;
+                batch.len()
+            }
+            _ => {
+                apply_one(ctx, &mut bpf, step, counters, encrypted_hosts).await?;
+                1
+            }
+        };
+        rest = &rest[taken..];
+    }
+    Ok(())
+}
+
+/// "applying changes" when peers or tunnel routes change (the lab's tests read it).
+fn log_summary(steps: &[Step]) {
+    let count = |f: fn(&Step) -> bool| steps.iter().filter(|s| f(s)).count();
+    let remove_peers = count(|s| matches!(s, Step::RemovePeer { .. }));
+    let upsert_peers = count(|s| matches!(s, Step::UpsertPeer { .. }));
+    let routes = count(|s| matches!(s, Step::AddRoute { .. } | Step::DeleteRoute { .. }));
+    if remove_peers + upsert_peers + routes > 0 {
+        tracing::info!(remove_peers, upsert_peers, routes, "applying changes");
+    }
+}
+
+/// The peer changes of `slot` at the head of `steps`.
+fn peer_batch(steps: &[Step], slot: Slot) -> Vec<PeerChange> {
+    steps
+        .iter()
+        .map_while(|s| match s {
+            Step::RemovePeer { slot: s, key } if *s == slot => {
+                Some(PeerChange::Remove(*key.as_bytes()))
+            }
+            Step::UpsertPeer { slot: s, peer } if *s == slot => {
+                Some(PeerChange::Upsert(peer.clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The local-pod changes at the head of `steps`.
+fn local_batch(steps: &[Step]) -> Vec<LocalChange> {
+    steps
+        .iter()
+        .map_while(|s| match s {
+            Step::AddLocalPod(ip) => Some(LocalChange::Add(*ip)),
+            Step::RemoveLocalPod(ip) => Some(LocalChange::Remove(*ip)),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn apply_peers(ctx: &Context, slot: Slot, changes: &[PeerChange]) -> anyhow::Result<()> {
+    ctx.device(slot).read().await.apply(changes).await?;
+    Ok(())
+}
+
+/// One step on its own.
+async fn apply_one(
+    ctx: &Context,
+    bpf: &mut Bpf,
+    step: &Step,
+    counters: &mut Counters,
+    encrypted_hosts: &mut BTreeSet<IpAddr>,
+) -> anyhow::Result<()> {
+    match step {
+        Step::RemovePeer { slot, .. } | Step::UpsertPeer { slot, .. } => {
+            apply_peers(ctx, *slot, &peer_batch(std::slice::from_ref(step), *slot)).await?;
+            counters.peer_ops += 1;
+        }
+        Step::AddLocalPod(_) | Step::RemoveLocalPod(_) => {
+            let change = local_batch(std::slice::from_ref(step));
+            counters.map_ops += pods::apply_locals(&ctx.args.state_dir, bpf, &change)? as u64;
+        }
+        Step::SetGuardMode(_)
+        | Step::GuardCidr(_)
+        | Step::RemoveRedirect(_)
+        | Step::SetRedirect { .. }
+        | Step::AttachFromPod(_)
+        | Step::CollectStaleLinks
+        | Step::AttachGuard(_) => apply_datapath(bpf, step, counters)?,
+        Step::SetMtu { ifindex, mtu } => {
+            ctx.links.set_mtu(*ifindex, *mtu).await?;
+            tracing::info!(mtu, ifindex, "WireGuard MTU changed");
+        }
+        Step::EnsureMarkRule => {
+            ctx.routes
+                .ensure_mark_rule(ctx.args.mesh_mark, HOST_TABLE, HOST_RULE_PRIORITY)
+                .await?;
+        }
+        Step::RemoveMarkRule => {
+            ctx.routes
+                .remove_mark_rule(ctx.args.mesh_mark, HOST_TABLE, HOST_RULE_PRIORITY)
+                .await?;
+        }
+        Step::DeleteHostRoute { ip, ifindex } => {
+            tracing::info!(%ip, "host traffic to the peer address leaves the tunnel");
+            ctx.routes.del_host_in(*ip, *ifindex, HOST_TABLE).await?;
+            encrypted_hosts.remove(ip);
+            counters.route_ops += 1;
+        }
+        Step::AddHostRoute { ip, route } => {
+            tracing::debug!(%ip, ifindex = route.ifindex, "host traffic to the peer address goes through the tunnel");
+            ctx.routes
+                .add_host_in(*ip, route.ifindex, route.src, HOST_TABLE)
+                .await?;
+            encrypted_hosts.insert(*ip);
+            counters.route_ops += 1;
+        }
+        Step::AddPlainRoute { cidr, gateway } => {
+            ctx.routes
+                .add_via(*cidr, *gateway, ctx.underlay_ifindex)
+                .await?;
+            counters.route_ops += 1;
+        }
+        Step::DeletePlainRoute { cidr, gateway } => {
+            ctx.routes
+                .del_via(*cidr, *gateway, ctx.underlay_ifindex)
+                .await?;
+            counters.route_ops += 1;
+        }
+        Step::DeleteRoute { cidr, ifindex } => {
+            ctx.routes.del(*cidr, *ifindex).await?;
+            counters.route_ops += 1;
+        }
+        Step::AddRoute {
+            cidr,
+            ifindex,
+            replacing,
+        } => {
+            add_route(ctx, *cidr, *ifindex, *replacing).await?;
+            counters.route_ops += 1;
+        }
+    }
+    Ok(())
+}
+
+/// A step on the eBPF datapath.
+fn apply_datapath(bpf: &mut Bpf, step: &Step, counters: &mut Counters) -> anyhow::Result<()> {
+    match step {
+        Step::SetGuardMode(mode) => {
+            bpf.set_mode(*mode)?;
+            tracing::info!(?mode, "underlay guard mode set");
+        }
+        Step::GuardCidr(cidr) => {
+            tracing::info!(%cidr, "guarding a peer's pod CIDR on the underlay");
+            bpf.guard_cidr(*cidr)?;
+        }
+        Step::RemoveRedirect(cidr) => {
+            bpf.remove_remote(*cidr)?;
+            counters.map_ops += 1;
+        }
+        Step::SetRedirect { cidr, ifindex } => {
+            bpf.set_remote(*cidr, *ifindex)?;
+            counters.map_ops += 1;
+        }
+        Step::AttachFromPod(veth) => {
+            bpf.attach_from_pod(veth)?;
+            counters.map_ops += 1;
+        }
+        Step::CollectStaleLinks => counters.map_ops += bpf.collect_stale_links()? as u64,
+        Step::AttachGuard(interface) => {
+            let attached = bpf.attach_guard(interface)?;
+            if attached {
+                tracing::info!(%interface, "underlay_egress attached (a new way out, or it had been detached)");
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Add (or replace) a main-table route; the route it replaces goes if the kernel kept it.
+async fn add_route(
+    ctx: &Context,
+    cidr: ipnet::IpNet,
+    ifindex: u32,
+    replacing: Option<u32>,
+) -> anyhow::Result<()> {
+    ctx.routes.add(cidr, ifindex).await?;
+    if let Some(old) = replacing {
+        // A replace keeps nothing behind; if the kernel added a second route instead, the
+        // old one goes now.
+        let left = ctx.routes.list(old).await.context("listing routes")?;
+        if left.iter().any(|d| d.trunc() == cidr) {
+            ctx.routes.del(cidr, old).await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,418 @@
+//! The event loop: waits for whatever can change the desired state (a registry event, new
+//! settings, the API servers' endpoints, a rotation command or its schedule, a tunnel coming
+//! up or down, a resync or retry tick), folds it into the state, and runs a reconcile pass;
+//! then acknowledges rotation steps, drives this node's rotation, follows the CNI
+//! configuration's readiness and publishes the status.
+
+use std::time::{Duration, Instant};
+
+use crate::registry::{Registry, RegistryEvent};
+use anyhow::{bail, Context as _};
+use keyexchange::PublicKey;
+use tokio::sync::mpsc;
+
+use super::args::PodSteering;
+use super::context::Context;
+use super::devices::guard_interfaces;
+use super::key_rotation::{drive_rotation, rotation_retry_due, start_rotation, update_acks};
+use super::liveness::track_liveness;
+use super::pass::pass;
+use super::start::SettingsFeed;
+use super::state::State;
+use super::status::publish_status;
+use super::unix_now;
+use crate::control;
+use crate::rotation::Driver;
+
+/// How often the live state is re-read and reconciled even without registry events.
+const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
+/// How often the served status (handshakes, counters) is refreshed from the device.
+const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+/// Delay before retrying a failed reconcile pass.
+const RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// Where the loop's events come from.
+pub(super) struct Channels {
+    /// Registry events read before the loop started (while claiming pod CIDRs).
+    pub initial: Vec<RegistryEvent>,
+    /// The registry watch.
+    pub events: mpsc::Receiver<RegistryEvent>,
+    /// The live settings, if a ConfigMap is watched.
+    pub settings: Option<SettingsFeed>,
+    /// Commands from the control socket.
+    pub commands: mpsc::Receiver<control::Command>,
+}
+
+/// What the loop does after an event.
+enum Next {
+    /// Reconcile now.
+    Reconcile,
+    /// Nothing to reconcile.
+    Wait,
+    /// Stop (SIGTERM, SIGINT).
+    Stop,
+}
+
+/// What the loop carries from one event to the next.
+#[derive(Default)]
+struct Pending {
+    /// When to run a pass without an event (a retry, or a tunnel that came up).
+    retry_at: Option<tokio::time::Instant>,
+    /// Whether the last pass converged.
+    converged: bool,
+    /// This node's record must be published again.
+    republish: bool,
+}
+
+/// Run until SIGTERM/SIGINT (or the registry watch ends).
+pub(super) async fn event_loop<R: Registry>(
+    ctx: &Context,
+    registry: &R,
+    channels: Channels,
+    resumed: Option<Driver>,
+) -> anyhow::Result<()> {
+    let Channels {
+        initial,
+        mut events,
+        mut settings,
+        mut commands,
+    } = channels;
+    let mut state = State::default();
+    state.cleartext.report = control::CleartextReport::watching_from(unix_now());
+    if let Some(driver) = resumed {
+        state.rotation.driver = driver;
+    }
+    state
+        .registry
+        .records
+        .insert(ctx.me().name.clone(), ctx.me());
+    let mut pending = Pending::default();
+    for ev in initial {
+        pending.republish |= apply_event(ctx, &mut state, ev);
+    }
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing SIGTERM handler")?;
+    let mut resync = tokio::time::interval(RESYNC_INTERVAL);
+    let mut status_tick = tokio::time::interval(STATUS_INTERVAL);
+    let mut rotation_tick = tokio::time::interval(rotation_check_interval(ctx));
+    let mut commands_open = true;
+    let mut api_servers = ctx.api_servers.clone();
+    loop {
+        let wake = state
+            .rotation
+            .driver
+            .wake_at()
+            .map(tokio::time::Instant::from_std);
+        let next = tokio::select! {
+            cmd = commands.recv(), if commands_open => match cmd {
+                Some(control::Command::RotateKey(reply)) => {
+                    start_rotation(&mut state.rotation, "requested");
+                    state.rotation.waiters.push(reply);
+                    Next::Reconcile
+                }
+                None => {
+                    commands_open = false;
+                    Next::Wait
+                }
+            },
+            _ = rotation_tick.tick() => scheduled_rotation(ctx, &mut state),
+            ev = events.recv() => {
+                let Some(ev) = ev else { bail!("registry watch ended") };
+                pending.republish |= apply_event(ctx, &mut state, ev);
+                while let Ok(ev) = events.try_recv() {
+                    pending.republish |= apply_event(ctx, &mut state, ev);
+                }
+                Next::Reconcile
+            }
+            _ = resync.tick() => Next::Reconcile,
+            _ = sleep_until(earliest(pending.retry_at, wake)) => Next::Reconcile,
+            // The API servers' endpoints changed: reconcile (host encryption excludes them).
+            changed = changed(api_servers.as_mut()) => {
+                if changed.is_err() {
+                    tracing::warn!("the API server endpoint watcher stopped; the last endpoints stay excluded");
+                    api_servers = None;
+                }
+                Next::Reconcile
+            }
+            changed = changed(settings.as_mut()) => {
+                if changed.is_err() {
+                    tracing::warn!("the settings watcher stopped; the last settings stay in force");
+                    settings = None;
+                } else if let Some(new) = settings.as_ref().and_then(|feed| feed.borrow().clone()) {
+                    apply_settings(ctx, &new).await;
+                }
+                Next::Reconcile
+            }
+            _ = status_tick.tick() => {
+                if status_tick_says_reconcile(ctx, &mut state, pending.converged).await {
+                    pending.retry_at = Some(tokio::time::Instant::now());
+                }
+                Next::Wait
+            }
+            _ = sigterm.recv() => { tracing::info!("SIGTERM"); Next::Stop }
+            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT"); Next::Stop }
+        };
+        match next {
+            Next::Stop => return Ok(()),
+            Next::Wait => continue,
+            Next::Reconcile => after_event(ctx, registry, &mut state, &mut pending).await,
+        }
+    }
+}
+
+/// The earlier of two optional instants.
+fn earliest(
+    a: Option<tokio::time::Instant>,
+    b: Option<tokio::time::Instant>,
+) -> Option<tokio::time::Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Sleep until `at`, or forever.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next change of a watched value, or never when there is no watch.
+async fn changed<T>(
+    feed: Option<&mut tokio::sync::watch::Receiver<T>>,
+) -> Result<(), tokio::sync::watch::error::RecvError> {
+    match feed {
+        Some(feed) => feed.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// After an event that can change the desired state: republish this node's record if it must
+/// be, then (once the registry is complete) run a pass.
+async fn after_event<R: Registry>(
+    ctx: &Context,
+    registry: &R,
+    state: &mut State,
+    pending: &mut Pending,
+) {
+    pending.retry_at = None;
+    if pending.republish {
+        // Our record was overwritten or removed by someone else: restore it, so peers
+        // keep (or regain) the key this node actually uses.
+        tracing::info!("publishing this node's record");
+        match registry.publish(&ctx.me()).await {
+            Ok(()) => pending.republish = false,
+            Err(err) => {
+                tracing::warn!(%err, "republishing this node's record failed; retrying");
+                pending.retry_at = Some(tokio::time::Instant::now() + RETRY_DELAY);
+            }
+        }
+    }
+    if !state.registry.synced {
+        // Never act on a partial view: a restart would remove peers whose records
+        // have simply not been read yet.
+        return;
+    }
+    let (converged, retry) = reconcile(ctx, state).await;
+    pending.converged = converged;
+    if std::mem::take(&mut state.republish) {
+        pending.republish = true;
+        pending.retry_at = Some(tokio::time::Instant::now());
+    }
+    if let Some(at) = retry {
+        pending.retry_at = Some(at);
+    }
+}
+
+/// How often the older key's age is checked: once a minute (more often for rotation
+/// intervals under four minutes).
+fn rotation_check_interval(ctx: &Context) -> Duration {
+    ctx.args
+        .rotation
+        .key_rotation_interval
+        .map_or(Duration::from_secs(60), |i| {
+            (i / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
+        })
+}
+
+/// Start a scheduled rotation when the older key is due (and no rotation failed recently).
+fn scheduled_rotation(ctx: &Context, state: &mut State) -> Next {
+    let due = ctx
+        .args
+        .rotation
+        .key_rotation_interval
+        .is_some_and(|every| {
+            let age = ctx
+                .key_created_unix()
+                .map_or(u64::MAX, |c| unix_now().saturating_sub(c));
+            age >= every.as_secs()
+        });
+    let failed_recently =
+        state.rotation.last_error.is_some() && !rotation_retry_due(&state.rotation);
+    if !due || state.rotation.driver.busy() || failed_recently {
+        return Next::Wait;
+    }
+    start_rotation(&mut state.rotation, "scheduled");
+    Next::Reconcile
+}
+
+/// Refresh the status; true when a pass should run now (a tunnel came up or went down, a new
+/// way out of the node appeared, or a device could not be read).
+async fn status_tick_says_reconcile(ctx: &Context, state: &mut State, converged: bool) -> bool {
+    let peers = match publish_status(ctx, state, converged).await {
+        Ok(peers) => peers,
+        Err(err) => {
+            tracing::warn!(error = %format!("{err:#}"), "reading device status failed");
+            // Reconcile now: it brings a vanished device back.
+            return true;
+        }
+    };
+    // Only a rotation under way asks which peers are silent.
+    state.rotation.handshakes = state.rotation.driver.busy().then(|| {
+        peers
+            .iter()
+            .map(|p| (PublicKey::from_bytes(p.public_key), p.last_handshake))
+            .collect()
+    });
+    let live = ctx.live.read().await.clone();
+    // A tunnel came up or went down: host encryption follows it now.
+    let mut now = track_liveness(&live, &mut state.liveness, &peers);
+    // A new way out of the node (an uplink with a default route): guard it now rather than
+    // at the next resync.
+    let guards = guard_interfaces(&ctx.args, &ctx.links, &ctx.interfaces).await;
+    now |= ctx.bpf.lock().await.unguarded(&guards);
+    now
+}
+
+/// Run a pass and what follows it. Returns whether it converged, and when to retry.
+async fn reconcile(ctx: &Context, state: &mut State) -> (bool, Option<tokio::time::Instant>) {
+    let started = Instant::now();
+    state.counters.reconciles += 1;
+    let outcome = pass(ctx, state).await;
+    let converged = outcome.is_ok();
+    if converged {
+        // Acknowledge the rotation steps just applied, then let this node's own rotation
+        // take its next step.
+        state.republish |= update_acks(ctx, &state.registry.records);
+        if drive_rotation(ctx, &mut state.rotation, &state.registry.records).await {
+            state.republish = true;
+        }
+    }
+    let now = Instant::now();
+    state.failing_since = if converged {
+        None
+    } else {
+        Some(state.failing_since.unwrap_or(now))
+    };
+    follow_cni_readiness(ctx, state, converged, now).await;
+    let mut retry = None;
+    if let Err(err) = outcome {
+        state.counters.reconcile_errors += 1;
+        tracing::warn!(error = %format!("{err:#}"), "reconcile failed; retrying");
+        retry = Some(tokio::time::Instant::now() + RETRY_DELAY);
+    }
+    ctx.metrics.observe_reconcile(started.elapsed());
+    tracing::debug!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "reconciled"
+    );
+    if let Err(err) = publish_status(ctx, state, converged).await {
+        tracing::warn!(error = %format!("{err:#}"), "reading device status failed");
+    }
+    (converged, retry)
+}
+
+/// The node takes pods while its mesh converges: the CNI configuration is installed after a
+/// converged pass and removed once passes have kept failing for `--cni-unready-after`.
+async fn follow_cni_readiness(ctx: &Context, state: &State, converged: bool, now: Instant) {
+    let action = crate::cni_conf::action(
+        converged,
+        state.failing_since,
+        now,
+        ctx.args.cni.cni_unready_after,
+    );
+    if action == crate::cni_conf::Action::Remove
+        && crate::cni_conf::remove(&ctx.args.cni.cni_conf_dir)
+    {
+        tracing::warn!(
+            failing_for_s = ctx.args.cni.cni_unready_after.as_secs(),
+            "the mesh keeps failing to converge: this node takes no new pods until it does"
+        );
+    }
+    if action == crate::cni_conf::Action::Install {
+        let conf = crate::cni_conf::conflist(
+            &ctx.me(),
+            &super::pods::ipam_dir(&ctx.args.state_dir),
+            // The MTU in force: pods created after a live change get it too.
+            ctx.live.read().await.mtu,
+            &ctx.args.bpf_pin_dir,
+            ctx.args.pod_steering == PodSteering::Ebpf,
+        );
+        if let Err(err) = crate::cni_conf::write(&ctx.args.cni.cni_conf_dir, &conf) {
+            tracing::warn!(error = %format!("{err:#}"), "writing the CNI configuration failed");
+        }
+    }
+}
+
+/// Fold one registry event into the registry cache; true when this node's own record must be
+/// published again.
+fn apply_event(ctx: &Context, state: &mut State, ev: RegistryEvent) -> bool {
+    let cache = &mut state.registry;
+    match ev {
+        RegistryEvent::Upsert(record) => {
+            cache.malformed.remove(&record.name);
+            if record.name == ctx.me().name && record != ctx.me() {
+                tracing::warn!(
+                    "the registry holds a different record under this node's name; keeping ours"
+                );
+                return true;
+            }
+            tracing::info!(node = %record.name, key = %record.public_key, "record");
+            cache.records.insert(record.name.clone(), record);
+        }
+        RegistryEvent::Delete(name) => {
+            cache.malformed.remove(&name);
+            if name == ctx.me().name {
+                tracing::warn!("this node's record was removed from the registry");
+                return true;
+            }
+            tracing::info!(node = %name, "record removed");
+            cache.records.remove(&name);
+        }
+        RegistryEvent::Synced => {
+            if !cache.synced {
+                tracing::info!(nodes = cache.records.len(), "registry state complete");
+            }
+            cache.synced = true;
+        }
+        RegistryEvent::Malformed { node, error } => {
+            state.counters.malformed_records += 1;
+            tracing::warn!(%node, %error, "skipping malformed record (last good record, if any, stays in force)");
+            let mine = node == ctx.me().name;
+            cache.malformed.insert(node, error.to_string());
+            return mine;
+        }
+    }
+    false
+}
+
+/// Fold new operator settings into the live ones; the reconcile pass that follows moves the
+/// node (see [`super::plan`] for the order that keeps connections and encryption).
+async fn apply_settings(ctx: &Context, new: &crate::settings::Settings) {
+    let mut live = ctx.live.write().await;
+    let before = live.clone();
+    live.apply(new, ctx.auto_mtu);
+    if *live != before {
+        tracing::info!(
+            encryption = %live.encryption,
+            strict = live.strict_mode,
+            keepalive = ?live.keepalive,
+            mtu = live.mtu,
+            listen_port = live.listen_port,
+            host_encryption = live.host_encryption,
+            "settings changed; applying live"
+        );
+    }
+}

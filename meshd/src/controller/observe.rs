@@ -1,0 +1,117 @@
+//! Reads what the node holds now, as far as a pass changes it: the slot devices (peers, MTU),
+//! meshd's routes (main table, plain, host encryption's table and rule), the eBPF maps and
+//! attachments, the IPAM store's pods and the interfaces the guard must sit on. I/O only: no
+//! decision and no change here.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::Context as _;
+use ipnet::IpNet;
+use keyexchange::peers::ProgrammedPeer;
+use keyexchange::slots::SLOTS;
+use keyexchange::PublicKey;
+use netlink::DeviceStatus;
+
+use super::args::PodSteering;
+use super::context::Context;
+use super::devices::guard_interfaces;
+use super::plan::{Observed, ObservedDevice};
+use super::pods::{self, Pods};
+use super::{HOST_RULE_PRIORITY, HOST_TABLE};
+
+/// One observation of the node, with the facts the desired state depends on.
+pub(super) struct Observation {
+    /// What a pass can change.
+    pub observed: Observed,
+    /// The IPAM store's pods.
+    pub pods: Pods,
+    /// The interfaces the guard must sit on besides the underlay.
+    pub guard_interfaces: BTreeSet<String>,
+}
+
+/// Observe the node; `devices` are both slot devices' status as just read.
+pub(super) async fn observe(
+    ctx: &Context,
+    devices: &[DeviceStatus; 2],
+) -> anyhow::Result<Observation> {
+    let mut observed_devices: [ObservedDevice; 2] = Default::default();
+    let mut routes = BTreeSet::new();
+    for slot in SLOTS {
+        let ifindex = ctx.device(slot).read().await.ifindex();
+        for dst in ctx.routes.list(ifindex).await.context("listing routes")? {
+            routes.insert((dst.trunc(), ifindex));
+        }
+        observed_devices[slot.index()] = ObservedDevice {
+            ifindex,
+            mtu: ctx.links.mtu(ifindex).await.ok(),
+            peers: programmed(&devices[slot.index()].peers),
+        };
+    }
+    let plain_routes: BTreeMap<IpNet, std::net::IpAddr> = ctx
+        .routes
+        .list_via(ctx.underlay_ifindex)
+        .await
+        .context("listing plain routes")?
+        .into_iter()
+        .collect();
+    let host_routes = ctx
+        .routes
+        .list_hosts_in(HOST_TABLE)
+        .await
+        .context("listing host-encryption routes")?
+        .into_iter()
+        .collect();
+    let mark_rule = ctx
+        .routes
+        .mark_rule_present(ctx.args.mesh_mark, HOST_TABLE, HOST_RULE_PRIORITY)
+        .await
+        .context("reading the host-encryption rule")?;
+    let pods = pods::read(&ctx.args.state_dir)?;
+    let guards = guard_interfaces(&ctx.args, &ctx.links, &ctx.interfaces).await;
+    let bpf = ctx.bpf.lock().await;
+    let ebpf_steering = ctx.args.pod_steering == PodSteering::Ebpf;
+    let observed = Observed {
+        devices: observed_devices,
+        routes,
+        plain_routes,
+        host_routes,
+        mark_rule,
+        redirects: bpf.remotes().context("reading redirects")?,
+        guarded_cidrs: bpf.cluster_cidrs()?,
+        guard_mode: bpf.mode(),
+        local_pods: bpf.locals()?,
+        from_pod_done: if ebpf_steering {
+            bpf.from_pod_done(&pods.veths)?
+        } else {
+            BTreeSet::new()
+        },
+        stale_links: if ebpf_steering {
+            bpf.stale_links()?
+        } else {
+            BTreeSet::new()
+        },
+        guarded_interfaces: bpf.guarded_interfaces(&guards)?,
+    };
+    Ok(Observation {
+        observed,
+        pods,
+        guard_interfaces: guards,
+    })
+}
+
+/// A device's peers in keyexchange's terms.
+pub(super) fn programmed(peers: &[netlink::PeerStatus]) -> BTreeMap<PublicKey, ProgrammedPeer> {
+    peers
+        .iter()
+        .map(|p| {
+            let key = PublicKey::from_bytes(p.public_key);
+            let peer = ProgrammedPeer {
+                public_key: key,
+                endpoint: p.endpoint,
+                allowed_ips: p.allowed_ips.clone(),
+                keepalive: p.persistent_keepalive,
+            };
+            (key, peer)
+        })
+        .collect()
+}

@@ -1,0 +1,101 @@
+//! One reconcile pass: heal the devices, observe the node, compute the desired state, plan,
+//! apply. Every pass compares the *live* node with the desired state, which makes passes
+//! idempotent and self-healing after drift; the plan carries the order that keeps pod
+//! traffic from ever leaving in clear (see [`super::plan`]).
+
+use std::collections::BTreeSet;
+
+use keyexchange::PublicKey;
+use netlink::DeviceStatus;
+
+use super::apply::apply;
+use super::args::PodSteering;
+use super::context::Context;
+use super::desired::{desired, host_exclusions, Desired, Inputs};
+use super::devices::{ensure_ports, heal_devices};
+use super::liveness::{handshook_within, liveness_window};
+use super::observe::{observe, Observation};
+use super::plan::plan;
+use super::state::{Live, RegistryCache, State};
+
+/// One pass towards the desired state.
+pub(super) async fn pass(ctx: &Context, state: &mut State) -> anyhow::Result<()> {
+    let live = ctx.live.read().await.clone();
+    heal_devices(ctx, &mut state.counters).await?;
+    let (devices, republish) = ensure_ports(ctx, live.listen_port).await?;
+    state.republish |= republish;
+    let observation = observe(ctx, &devices).await?;
+    let want = desired_now(ctx, state, &live, &devices, &observation).await;
+    report_conflicts(&mut state.registry, &want.conflicts);
+    state.rotation.peer_slots = want.peer_slots.clone();
+    let steps = plan(&want, &observation.observed);
+    apply(
+        ctx,
+        &steps,
+        &mut state.counters,
+        &mut state.liveness.encrypted_hosts,
+    )
+    .await?;
+    let mut bpf = ctx.bpf.lock().await;
+    if let Some(veths) = &want.pod_interfaces {
+        bpf.record_pod_interfaces(veths);
+    }
+    bpf.record_guarded(&observation.guard_interfaces);
+    state.liveness.encrypted_hosts = want.host_routes.keys().copied().collect();
+    Ok(())
+}
+
+/// The desired state from the records, the settings and what was just observed.
+async fn desired_now(
+    ctx: &Context,
+    state: &State,
+    live: &Live,
+    devices: &[DeviceStatus; 2],
+    observation: &Observation,
+) -> Desired {
+    let me = ctx.me();
+    let ifindex = observation.observed.devices.each_ref().map(|d| d.ifindex);
+    let tunnels_up = tunnels_up(state, live, devices);
+    let api_servers = ctx
+        .api_servers
+        .as_ref()
+        .and_then(|feed| feed.borrow().clone());
+    let exclude = host_exclusions(&ctx.args.host_encryption_exclude, api_servers.as_ref());
+    let pods = &observation.pods;
+    desired(&Inputs {
+        records: &state.registry.records,
+        me: &me,
+        live,
+        ifindex,
+        mesh_marked: devices.iter().all(|d| d.fwmark == ctx.args.mesh_mark),
+        tunnels_up: &tunnels_up,
+        host_exclude: &exclude,
+        local_pods: pods.addresses.clone(),
+        pod_interfaces: (ctx.args.pod_steering == PodSteering::Ebpf).then(|| pods.veths.clone()),
+        guard_interfaces: observation.guard_interfaces.clone(),
+        underlay: &ctx.underlay,
+    })
+}
+
+/// The peers whose tunnel is up: by the liveness tracker, or handshook just now (a new key
+/// after a rotation step: its tunnel is up before the tracker has seen it).
+fn tunnels_up(state: &State, live: &Live, devices: &[DeviceStatus; 2]) -> BTreeSet<PublicKey> {
+    let window = liveness_window(live);
+    let mut up = state.liveness.live_peers.clone();
+    up.extend(
+        devices
+            .iter()
+            .flat_map(|d| &d.peers)
+            .filter(|p| handshook_within(p, window))
+            .map(|p| PublicKey::from_bytes(p.public_key)),
+    );
+    up
+}
+
+/// Log each conflict once, when it appears.
+fn report_conflicts(registry: &mut RegistryCache, conflicts: &BTreeSet<String>) {
+    for c in conflicts.difference(&registry.last_conflicts) {
+        tracing::error!(conflict = %c, "conflicting records: neither side is programmed");
+    }
+    registry.last_conflicts = conflicts.clone();
+}
