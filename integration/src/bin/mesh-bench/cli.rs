@@ -1,22 +1,10 @@
 //! The command line: flags, the scenario names `--only` accepts, and parsing their lists.
 
-use std::fs::File;
-use std::io::Read as _;
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
 
-use anyhow::{anyhow, bail, Context as _};
+use anyhow::bail;
 use clap::Parser;
-use integration::bench::{
-    self, Report, ScaleResult, ScenarioResult, Targets, Userspace, BORINGTUN, MESHD, MESHD_ROUTES,
-    MESHD_WG, MESHD_WG_VETH, PLAIN, PLAIN_LAB, WIREGUARD_GO,
-};
-use integration::LabStatus;
-use nix::sys::signal::{SigSet, Signal};
-use testkit::netns::{self, ChildGuard, NetnsGuard};
+use integration::bench::{BORINGTUN, MESHD, MESHD_ROUTES, MESHD_WG, WIREGUARD_GO};
 
 pub(crate) const SCENARIOS: [&str; 7] = [
     "plain",
@@ -27,7 +15,6 @@ pub(crate) const SCENARIOS: [&str; 7] = [
     "plain-lab",
     MESHD_ROUTES,
 ];
-
 
 #[derive(Parser, Debug)]
 #[command(
@@ -86,7 +73,6 @@ pub(crate) struct Args {
     #[arg(long)]
     pub(crate) wireguard_go: Option<PathBuf>,
 }
-
 
 pub(crate) fn list(arg: &str, allowed: &[&str], what: &str) -> anyhow::Result<Vec<String>> {
     let items: Vec<String> = arg

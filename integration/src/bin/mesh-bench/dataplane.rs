@@ -2,38 +2,32 @@
 //! (wireguard-go, boringtun-cli, meshd-wg), measured with iperf3 and ping, and the dispatch of
 //! every scenario by name.
 
-use std::fs::File;
-use std::io::Read as _;
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context as _};
-use clap::Parser;
+use anyhow::{bail, Context as _};
 use integration::bench::{
-    self, Report, ScaleResult, ScenarioResult, Targets, Userspace, BORINGTUN, MESHD, MESHD_ROUTES,
-    MESHD_WG, MESHD_WG_VETH, PLAIN, PLAIN_LAB, WIREGUARD_GO,
+    self, ScenarioResult, Userspace, BORINGTUN, MESHD_ROUTES, MESHD_WG, MESHD_WG_VETH, PLAIN,
+    PLAIN_LAB, WIREGUARD_GO,
 };
-use integration::LabStatus;
-use nix::sys::signal::{SigSet, Signal};
 use testkit::netns::{self, ChildGuard, NetnsGuard};
-use crate::cli::{Args};
-use crate::stop::{check_stop, pause};
-use crate::process::{exe_dir, find_binary, locate, path_dirs, run_ok, run_with_stdin, start_daemon, version_of};
+
+use crate::cli::Args;
 use crate::lab::bench_meshd;
+use crate::process::{
+    exe_dir, find_binary, locate, path_dirs, run_ok, run_with_stdin, start_daemon, version_of,
+};
+use crate::stop::{check_stop, pause};
 use crate::{Cfg, Measured};
 
-pub(crate) const IPERF_PORT: &str = "5201";
-pub(crate) const PLAIN_A: &str = "198.18.200.1";
-pub(crate) const PLAIN_B: &str = "198.18.200.2";
-pub(crate) const TUN_A: &str = "10.250.0.1";
-pub(crate) const TUN_B: &str = "10.250.0.2";
-
+const IPERF_PORT: &str = "5201";
+const PLAIN_A: &str = "198.18.200.1";
+const PLAIN_B: &str = "198.18.200.2";
+const TUN_A: &str = "10.250.0.1";
+const TUN_B: &str = "10.250.0.2";
 
 /// Waits until something listens on TCP `port` inside `ns`.
-pub(crate) fn wait_listening(ns: &str, port: &str, timeout: Duration) -> anyhow::Result<()> {
+fn wait_listening(ns: &str, port: &str, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     let filter = format!("sport = :{port}");
     while Instant::now() < deadline {
@@ -48,7 +42,7 @@ pub(crate) fn wait_listening(ns: &str, port: &str, timeout: Duration) -> anyhow:
     bail!("nothing listening on port {port} in {ns}")
 }
 
-pub(crate) fn iperf(
+fn iperf(
     client_ns: &str,
     server: &str,
     secs: u64,
@@ -103,12 +97,12 @@ pub(crate) fn measure(
 }
 
 /// Two namespaces joined by a veth pair with 198.18.200.1/24 ↔ .2.
-pub(crate) struct VethPair {
+struct VethPair {
     a: NetnsGuard,
     b: NetnsGuard,
 }
 
-pub(crate) fn veth_pair(tag: &str) -> anyhow::Result<VethPair> {
+fn veth_pair(tag: &str) -> anyhow::Result<VethPair> {
     let a = NetnsGuard::new(&netns::unique_name("mb", &format!("{tag}a")))?;
     let b = NetnsGuard::new(&netns::unique_name("mb", &format!("{tag}b")))?;
     a.run(&[
@@ -149,13 +143,13 @@ pub(crate) fn veth_pair(tag: &str) -> anyhow::Result<VethPair> {
     Ok(VethPair { a, b })
 }
 
-pub(crate) fn bench_plain(cfg: &Cfg) -> anyhow::Result<Measured> {
+fn bench_plain(cfg: &Cfg) -> anyhow::Result<Measured> {
     let p = veth_pair("p")?;
     measure(p.a.name(), p.b.name(), PLAIN_B, cfg)
 }
 
 /// A tunnel of user-space implementation `u` over the veth pair, configured with `wg set`.
-pub(crate) fn bench_tunnel(u: Userspace, bin: &Path, cfg: &Cfg) -> anyhow::Result<Measured> {
+fn bench_tunnel(u: Userspace, bin: &Path, cfg: &Cfg) -> anyhow::Result<Measured> {
     let p = veth_pair(&u.tag().to_string())?;
     let pid = std::process::id();
     let if_a = format!("mb{}{pid}a", u.tag());
@@ -205,8 +199,7 @@ pub(crate) fn bench_tunnel(u: Userspace, bin: &Path, cfg: &Cfg) -> anyhow::Resul
     measure(p.a.name(), p.b.name(), TUN_B, cfg)
 }
 
-
-pub(crate) fn fill(res: &mut ScenarioResult, r: anyhow::Result<Measured>) {
+fn fill(res: &mut ScenarioResult, r: anyhow::Result<Measured>) {
     match r {
         Ok(m) => {
             res.status = "ok".into();

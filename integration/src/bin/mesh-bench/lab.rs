@@ -1,29 +1,21 @@
 //! The scenarios on meshd's lab (`meshctl lab up`): pod to pod across two nodes, with eBPF or
 //! route steering or with encryption disabled, and meshd's own RSS.
 
-use std::fs::File;
-use std::io::Read as _;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
-use clap::Parser;
-use integration::bench::{
-    self, Report, ScaleResult, ScenarioResult, Targets, Userspace, BORINGTUN, MESHD, MESHD_ROUTES,
-    MESHD_WG, MESHD_WG_VETH, PLAIN, PLAIN_LAB, WIREGUARD_GO,
-};
+use integration::bench;
 use integration::LabStatus;
-use nix::sys::signal::{SigSet, Signal};
-use testkit::netns::{self, ChildGuard, NetnsGuard};
+use testkit::netns::{self};
+
+use crate::dataplane::measure;
 use crate::stop::{check_stop, pause};
-use crate::dataplane::{measure};
 use crate::{Cfg, Measured};
 
 /// Runs `meshctl lab down` on drop.
-pub(crate) struct LabGuard {
+struct LabGuard {
     meshctl: PathBuf,
     name: String,
 }
@@ -56,19 +48,19 @@ pub(crate) fn meshctl(meshctl: &Path, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-pub(crate) fn proc_comm(pid: u32) -> Option<String> {
+fn proc_comm(pid: u32) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .ok()
         .map(|s| s.trim().to_string())
 }
 
-pub(crate) fn proc_ppid(pid: u32) -> Option<u64> {
+fn proc_ppid(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     bench::status_field(&s, "PPid")
 }
 
 /// Sum of VmRSS (KiB) of the `meshd` and `meshd-wg` processes of `node`.
-pub(crate) fn meshd_rss(node: &integration::LabNode) -> Option<u64> {
+fn meshd_rss(node: &integration::LabNode) -> Option<u64> {
     let is_meshd = |pid: u32| {
         proc_comm(pid)
             .map(|c| c == "meshd" || c == "meshd-wg")
@@ -109,7 +101,7 @@ pub(crate) fn meshd_rss(node: &integration::LabNode) -> Option<u64> {
 
 /// Write `n` synthetic node records into the lab's registry (random keys, pod CIDRs that no lab
 /// node uses, endpoints nobody sends to: peers without traffic never handshake).
-pub(crate) fn add_synthetic_records(registry: &Path, n: u32) -> anyhow::Result<()> {
+fn add_synthetic_records(registry: &Path, n: u32) -> anyhow::Result<()> {
     use base64::Engine as _;
     for k in 0..n {
         let mut key = [0u8; 32];

@@ -35,30 +35,27 @@
 //! on stderr with its measurement and bar) or the run failed; 130 when interrupted. A target
 //! that was not measured (`n/a`: its scenario left out with `--only` or unable to run) does
 //! not fail the run.
+//!
+//! One module per part: `cli` (the flags), `dataplane` (plain veth and the user-space tunnels,
+//! and running a scenario by name), `lab` (the scenarios on meshd's lab), `scale` (peer
+//! scale), `process` (finding binaries, running commands, the daemons under test), `stop`
+//! (SIGINT/SIGTERM) and `verdict` (which targets were missed, for the exit status).
 
-use std::fs::File;
-use std::io::Read as _;
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::process::ExitCode;
+use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context as _};
+use anyhow::bail;
 use clap::Parser;
 use integration::bench::{
-    self, Report, ScaleResult, ScenarioResult, Targets, Userspace, BORINGTUN, MESHD, MESHD_ROUTES,
-    MESHD_WG, MESHD_WG_VETH, PLAIN, PLAIN_LAB, WIREGUARD_GO,
+    self, Report, ScenarioResult, Targets, Userspace, BORINGTUN, WIREGUARD_GO,
 };
-use integration::LabStatus;
-use nix::sys::signal::{SigSet, Signal};
-use testkit::netns::{self, ChildGuard, NetnsGuard};
-use crate::cli::{Args, SCENARIOS, list};
+
+use crate::cli::{list, Args, SCENARIOS};
+use crate::dataplane::scenario;
+use crate::process::run_ok;
+use crate::scale::scale;
 use crate::stop::{check_stop, handle_signals, stopping};
-use crate::process::{run_ok};
-use crate::dataplane::{scenario};
-use crate::scale::{scale};
-use crate::verdict::{RunVerdict, run_verdict};
+use crate::verdict::{run_verdict, RunVerdict};
 
 mod cli;
 mod dataplane;

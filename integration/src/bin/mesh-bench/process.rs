@@ -5,24 +5,19 @@ use std::fs::File;
 use std::io::Read as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
-use clap::Parser;
-use integration::bench::{
-    self, Report, ScaleResult, ScenarioResult, Targets, Userspace, BORINGTUN, MESHD, MESHD_ROUTES,
-    MESHD_WG, MESHD_WG_VETH, PLAIN, PLAIN_LAB, WIREGUARD_GO,
-};
-use integration::LabStatus;
-use nix::sys::signal::{SigSet, Signal};
-use testkit::netns::{self, ChildGuard, NetnsGuard};
-use crate::cli::{Args};
-use crate::stop::{check_stop};
+use integration::bench::{self, Userspace};
+use nix::sys::signal::Signal;
+use testkit::netns::{self, NetnsGuard};
+
+use crate::cli::Args;
+use crate::stop::check_stop;
 
 /// Where `scripts/bench-deps.sh` installs boringtun-cli unless `MESH_BENCH_DEPS` says otherwise.
-pub(crate) const DEFAULT_DEPS_ROOT: &str = "/opt/meshd-bench";
+const DEFAULT_DEPS_ROOT: &str = "/opt/meshd-bench";
 
 pub(crate) fn run_ok(program: &str, args: &[&str]) -> anyhow::Result<String> {
     let out = netns::run(program, args)?;
@@ -67,7 +62,11 @@ pub(crate) fn version_of(bin: &Path) -> Option<String> {
 }
 
 /// `explicit`, else the first of `dirs` holding `name`.
-pub(crate) fn find_binary(name: &str, explicit: Option<&Path>, dirs: &[PathBuf]) -> anyhow::Result<PathBuf> {
+pub(crate) fn find_binary(
+    name: &str,
+    explicit: Option<&Path>,
+    dirs: &[PathBuf],
+) -> anyhow::Result<PathBuf> {
     if let Some(p) = explicit {
         if p.is_file() {
             return Ok(p.to_path_buf());
@@ -80,7 +79,7 @@ pub(crate) fn find_binary(name: &str, explicit: Option<&Path>, dirs: &[PathBuf])
         .ok_or_else(|| anyhow!("{name} not found in {}", join_paths(dirs)))
 }
 
-pub(crate) fn join_paths(dirs: &[PathBuf]) -> String {
+fn join_paths(dirs: &[PathBuf]) -> String {
     dirs.iter()
         .map(|d| d.display().to_string())
         .collect::<Vec<_>>()
@@ -101,7 +100,7 @@ pub(crate) fn path_dirs() -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-pub(crate) fn deps_dir() -> PathBuf {
+fn deps_dir() -> PathBuf {
     std::env::var_os("MESH_BENCH_DEPS")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DEPS_ROOT))
@@ -133,7 +132,7 @@ pub(crate) fn locate(u: Userspace, args: &Args) -> anyhow::Result<PathBuf> {
 
 /// The pid of the program `ip netns exec` started as `child` (it execs; should a version
 /// fork instead, its only child).
-pub(crate) fn program_pid(child: u32) -> u32 {
+fn program_pid(child: u32) -> u32 {
     let comm = std::fs::read_to_string(format!("/proc/{child}/comm")).unwrap_or_default();
     if comm.trim() != "ip" {
         return child;
@@ -179,7 +178,7 @@ impl Drop for Daemon {
     }
 }
 
-pub(crate) fn log_tail(path: &Path) -> String {
+fn log_tail(path: &Path) -> String {
     let mut s = String::new();
     if let Ok(mut f) = File::open(path) {
         let _ = f.read_to_string(&mut s);
@@ -190,7 +189,12 @@ pub(crate) fn log_tail(path: &Path) -> String {
 
 /// Starts `u` (binary `bin`) in namespace `ns` serving TUN `ifname` and waits until its UAPI
 /// socket answers.
-pub(crate) fn start_daemon(ns: &NetnsGuard, u: Userspace, bin: &Path, ifname: &str) -> anyhow::Result<Daemon> {
+pub(crate) fn start_daemon(
+    ns: &NetnsGuard,
+    u: Userspace,
+    bin: &Path,
+    ifname: &str,
+) -> anyhow::Result<Daemon> {
     let socket = bench::uapi_socket(ifname);
     let _ = std::fs::remove_file(&socket);
     std::fs::create_dir_all(bench::UAPI_DIR).context("creating the UAPI socket directory")?;

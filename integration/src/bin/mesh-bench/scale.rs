@@ -1,35 +1,24 @@
 //! Peer scale: one device per user-space implementation, configured with many peers over its
 //! raw UAPI socket, timing one more add and remove, its RSS and its idle CPU.
 
-use std::fs::File;
-use std::io::Read as _;
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context as _};
-use clap::Parser;
-use integration::bench::{
-    self, Report, ScaleResult, ScenarioResult, Targets, Userspace, BORINGTUN, MESHD, MESHD_ROUTES,
-    MESHD_WG, MESHD_WG_VETH, PLAIN, PLAIN_LAB, WIREGUARD_GO,
-};
-use integration::LabStatus;
-use nix::sys::signal::{SigSet, Signal};
-use testkit::netns::{self, ChildGuard, NetnsGuard};
-use crate::cli::{Args};
-use crate::stop::{check_stop, pause};
+use anyhow::{bail, Context as _};
+use integration::bench::{self, ScaleResult, Userspace};
+use testkit::netns::{self, NetnsGuard};
+
+use crate::cli::Args;
 use crate::process::{locate, start_daemon, version_of};
-use crate::{Cfg};
+use crate::stop::{check_stop, pause};
+use crate::Cfg;
 
 /// Peers per UAPI request while configuring the peer-scale devices.
-pub(crate) const CONFIGURE_BATCH: usize = 1_000;
-
+const CONFIGURE_BATCH: usize = 1_000;
 
 /// One device of implementation `u` in a namespace of its own: configure `cfg.peers` peers
 /// over raw UAPI, then RSS, idle CPU, and the time to add and remove one more peer.
-pub(crate) fn bench_scale(u: Userspace, bin: &Path, cfg: &Cfg, r: &mut ScaleResult) -> anyhow::Result<()> {
+fn bench_scale(u: Userspace, bin: &Path, cfg: &Cfg, r: &mut ScaleResult) -> anyhow::Result<()> {
     // Nothing but loopback and the device's TUN in here: no packet can leave.
     let ns = NetnsGuard::new(&netns::unique_name("mb", &format!("s{}", u.tag())))?;
     let ifname = format!("mbs{}{}", u.tag(), std::process::id());

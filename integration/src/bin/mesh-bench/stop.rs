@@ -1,26 +1,14 @@
 //! Stopping early: the SIGINT/SIGTERM flag every wait checks, so that a run cleans up and
 //! exits 130.
 
-use std::fs::File;
-use std::io::Read as _;
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context as _};
-use clap::Parser;
-use integration::bench::{
-    self, Report, ScaleResult, ScenarioResult, Targets, Userspace, BORINGTUN, MESHD, MESHD_ROUTES,
-    MESHD_WG, MESHD_WG_VETH, PLAIN, PLAIN_LAB, WIREGUARD_GO,
-};
-use integration::LabStatus;
+use anyhow::bail;
 use nix::sys::signal::{SigSet, Signal};
-use testkit::netns::{self, ChildGuard, NetnsGuard};
 
 /// Set by the signal thread on SIGINT/SIGTERM: stop measuring, clean up, exit.
-pub(crate) static STOP: AtomicBool = AtomicBool::new(false);
+static STOP: AtomicBool = AtomicBool::new(false);
 
 pub(crate) fn stopping() -> bool {
     STOP.load(Ordering::SeqCst)

@@ -1,22 +1,6 @@
 //! The run's verdict: which targets were missed, for the exit status and stderr.
 
-use std::fs::File;
-use std::io::Read as _;
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
-
-use anyhow::{anyhow, bail, Context as _};
-use clap::Parser;
-use integration::bench::{
-    self, Report, ScaleResult, ScenarioResult, Targets, Userspace, BORINGTUN, MESHD, MESHD_ROUTES,
-    MESHD_WG, MESHD_WG_VETH, PLAIN, PLAIN_LAB, WIREGUARD_GO,
-};
-use integration::LabStatus;
-use nix::sys::signal::{SigSet, Signal};
-use testkit::netns::{self, ChildGuard, NetnsGuard};
+use integration::bench;
 
 /// Whether a finished run met its targets: a missed target fails the run. A target that was
 /// not measured (its scenario was left out with `--only` or could not run) does not; the
