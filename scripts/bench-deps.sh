@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install what the benches measure against: for `mesh-bench` (integration/src/bin/mesh-bench.rs)
+# Install what the benches measure against: for `mesh-bench` (integration/src/bin/mesh-bench/)
 # iperf3, wireguard-go and wireguard-tools from Debian, and boringtun-cli from crates.io
 # (`cargo install boringtun-cli --locked`) into $MESH_BENCH_DEPS (default /opt/meshd-bench),
 # where mesh-bench looks for it (bin/boringtun-cli) when it is not on $PATH; for `cni-bench`

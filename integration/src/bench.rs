@@ -52,7 +52,7 @@ pub enum BenchError {
         what: String,
     },
     /// Talking to a UAPI socket failed.
-    #[error("UAPI {}: {source}", path.display())]
+    #[error("talking to the UAPI socket {}", path.display())]
     UapiIo {
         /// The socket.
         path: PathBuf,
