@@ -240,10 +240,8 @@ impl LinkMonitor {
         socket
             .bind(&SocketAddr::new(0, RTMGRP_LINK))
             .map_err(NetlinkError::Open)?;
-        let timeout = nix::sys::time::TimeVal::new(
-            slice.as_secs() as _,
-            slice.subsec_micros() as _,
-        );
+        let timeout =
+            nix::sys::time::TimeVal::new(slice.as_secs() as _, slice.subsec_micros() as _);
         nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::ReceiveTimeout, &timeout)
             .map_err(|e| NetlinkError::Open(e.into()))?;
         Ok(LinkMonitor {

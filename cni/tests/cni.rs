@@ -693,7 +693,11 @@ fn with_meshds_datapath_add_fills_the_local_map_and_attaches_from_pod_and_del_un
         testkit::netns::within(&lab.node, || dp.from_pod_attached(&host).unwrap()).unwrap()
     };
     let mut dp = dp;
-    assert_eq!(attached(&mut dp), Some(true), "from_pod's filter is not on {host}");
+    assert_eq!(
+        attached(&mut dp),
+        Some(true),
+        "from_pod's filter is not on {host}"
+    );
     let mut check = conf.clone();
     check["prevResult"] = result.clone();
     let (code, out) = lab.cmd("CHECK", "ctr-bpf", &netns, &check);
@@ -708,7 +712,11 @@ fn with_meshds_datapath_add_fills_the_local_map_and_attaches_from_pod_and_del_un
     let (code, out) = lab.cmd("CHECK", "ctr-bpf", &netns, &check);
     assert_eq!((code, &out), (0, &Value::Null));
     testkit::netns::within(&lab.node, || dp.detach_from_pod(&host).unwrap()).unwrap();
-    assert_eq!(attached(&mut dp), Some(false), "from_pod is still on {host}");
+    assert_eq!(
+        attached(&mut dp),
+        Some(false),
+        "from_pod is still on {host}"
+    );
     let (code, out) = lab.cmd("CHECK", "ctr-bpf", &netns, &check);
     assert_eq!(code, 1, "CHECK passed with from_pod detached: {out}");
     // ADD again (the runtime's retry) repairs it.
@@ -716,7 +724,11 @@ fn with_meshds_datapath_add_fills_the_local_map_and_attaches_from_pod_and_del_un
     assert_eq!(code, 0, "{again}");
     let (code, out) = lab.cmd("CHECK", "ctr-bpf", &netns, &check);
     assert_eq!((code, &out), (0, &Value::Null));
-    assert_eq!(attached(&mut dp), Some(true), "ADD did not re-attach from_pod");
+    assert_eq!(
+        attached(&mut dp),
+        Some(true),
+        "ADD did not re-attach from_pod"
+    );
 
     let (code, out) = lab.cmd("DEL", "ctr-bpf", &netns, &conf);
     assert_eq!(code, 0, "{out}");
