@@ -333,7 +333,9 @@ pub(crate) fn ingress_prog_id(ifindex: u32) -> io::Result<Option<u32>> {
     let dumped = nl.dump(&req.finish(), |payload| {
         let handle = u32_at(payload, 8);
         let info = u32_at(payload, 16);
-        if handle != Some(NETLINK_HANDLE) || info.map(|i| i >> 16) != Some(u32::from(NETLINK_PRIORITY)) {
+        if handle != Some(NETLINK_HANDLE)
+            || info.map(|i| i >> 16) != Some(u32::from(NETLINK_PRIORITY))
+        {
             return;
         }
         let Some(attrs) = payload.get(TCMSG_LEN..) else {
@@ -458,7 +460,14 @@ mod tests {
 
     #[test]
     fn requests_carry_their_length_and_aligned_attributes() {
-        let mut req = Request::new(libc::RTM_NEWTFILTER, 0, 7, NETLINK_HANDLE, INGRESS_PARENT, filter_info());
+        let mut req = Request::new(
+            libc::RTM_NEWTFILTER,
+            0,
+            7,
+            NETLINK_HANDLE,
+            INGRESS_PARENT,
+            filter_info(),
+        );
         let nested = req.begin_nested(TCA_OPTIONS);
         req.attr(TCA_BPF_NAME, b"abc\0\0");
         req.end_nested(nested);

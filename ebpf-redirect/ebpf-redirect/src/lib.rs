@@ -23,8 +23,8 @@
 
 use std::{
     fs, io,
-    os::fd::AsFd,
     net::IpAddr,
+    os::fd::AsFd,
     path::{Path, PathBuf},
 };
 
