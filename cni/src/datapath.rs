@@ -22,11 +22,15 @@ use std::fs::File;
 use std::net::IpAddr;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use nix::sched::{setns, CloneFlags};
 
-use crate::netlink::{self, host_prefix, libc_errno, Netlink, NetlinkError, Route, VethPair};
+use crate::netlink::{
+    self, host_prefix, libc_errno, Heard, LinkMonitor, Netlink, NetlinkError, Route, VethPair,
+};
 use crate::{host_veth_name, CniError, HOST_VETH_MAC, POD_GATEWAY_V4, POD_GATEWAY_V6};
 
 /// [`HOST_VETH_MAC`] as bytes.
@@ -424,15 +428,84 @@ fn configure(
     Ok(format_mac(mac))
 }
 
+/// The argument that makes `meshd-cni` the deletion helper of [`del`]:
+/// `meshd-cni --delete-link INDEX` deletes link `INDEX` of its network namespace.
+pub const DELETE_LINK_ARG: &str = "--delete-link";
+
+/// How often [`del`] asks whether the helper's deletion is through, when the kernel's
+/// announcement has not come (lost among many, or not yet).
+const HELPER_POLL: Duration = Duration::from_millis(20);
+/// How long [`del`] waits for its helper before deleting the link itself.
+const HELPER_PATIENCE: Duration = Duration::from_secs(2);
+
+/// The deletion helper's work (`meshd-cni --delete-link INDEX`): delete link `index` in the
+/// calling thread's namespace. Returns the process's exit code (0: deleted or already gone).
+pub fn delete_link_helper(index: Option<String>) -> i32 {
+    let Some(index) = index.and_then(|i| i.parse::<u32>().ok()) else {
+        return 2;
+    };
+    let Ok(mut node) = Netlink::open() else {
+        return 1;
+    };
+    match node.delete_link(index) {
+        Ok(()) => 0,
+        Err(e) if matches!(e.errno(), Some(libc_errno::ENODEV | libc_errno::ENOENT)) => 0,
+        Err(_) => 1,
+    }
+}
+
+/// Delete link `index` through a helper process and return once the kernel has unlisted it
+/// and flushed its addresses, routes and neighbours (it announces `RTM_DELLINK` then), without
+/// waiting for the rest: unregistering a device ends with a full RCU grace period
+/// (`rcu_barrier` in `netdev_run_todo`) and an expedited one, which the deleting system call
+/// sits through and which only the freeing of the device needs. The helper sits through them
+/// instead, detached, with its output on `/dev/null`. `None` when the helper could not be
+/// used (the caller deletes the link itself): no monitor socket, no helper, or a helper that
+/// failed or is still not through after [`HELPER_PATIENCE`].
+fn delete_in_helper(node: &mut Netlink, index: u32) -> Option<()> {
+    let mut monitor = LinkMonitor::open(HELPER_POLL).ok()?;
+    let mut helper = Command::new(std::env::current_exe().ok()?)
+        .arg(DELETE_LINK_ARG)
+        .arg(index.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let start = Instant::now();
+    loop {
+        match monitor.next(index) {
+            Ok(Heard::Deleted) => return Some(()),
+            Ok(Heard::Other) if start.elapsed() < HELPER_PATIENCE => continue,
+            // Quiet (or the socket failed): ask the kernel.
+            _ => {
+                if !node.has_link(index).unwrap_or(true) {
+                    return Some(());
+                }
+            }
+        }
+        if let Ok(Some(status)) = helper.try_wait() {
+            // Exited: deleted (then gone by now) or failed (the caller retries and reports).
+            return (status.success() && !node.has_link(index).unwrap_or(true)).then_some(());
+        }
+        if start.elapsed() > HELPER_PATIENCE {
+            return None;
+        }
+    }
+}
+
 /// Detach the pod: delete the host veth (the kernel deletes its peer and every route through
-/// it). Idempotent: a missing veth is success, and so is one owned by another pod interface
-/// (left alone). Returns whether a veth was deleted.
+/// it), through [`delete_in_helper`] when it can. Idempotent: a missing veth is success, and so
+/// is one owned by another pod interface (left alone). Returns whether a veth was deleted.
 pub fn del(container_id: &str, ifname: &str) -> Result<bool, DatapathError> {
     let host = host_veth_name(container_id, ifname);
     let mut node = node_socket()?;
     let Ok(Some(link)) = own_host_veth(&mut node, &host, container_id, ifname) else {
         return Ok(false);
     };
+    if delete_in_helper(&mut node, link.index).is_some() {
+        return Ok(true);
+    }
     match node.delete_link(link.index) {
         Ok(()) => Ok(true),
         // Deleted concurrently.

@@ -215,6 +215,88 @@ impl Netlink {
     }
 }
 
+/// The `RTNLGRP_LINK` multicast group as a bind mask (`RTMGRP_LINK`).
+const RTMGRP_LINK: u32 = 1;
+
+/// A socket that hears the kernel announce link changes (`RTNLGRP_LINK`) in the namespace it
+/// was opened in. The kernel announces a deleted link (`RTM_DELLINK`) once the link is
+/// unlisted and its addresses, routes and neighbours are flushed, before it waits for the
+/// grace periods that precede freeing it.
+pub struct LinkMonitor {
+    socket: Socket,
+    buf: Vec<u8>,
+}
+
+impl std::fmt::Debug for LinkMonitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkMonitor").finish_non_exhaustive()
+    }
+}
+
+impl LinkMonitor {
+    /// Join `RTNLGRP_LINK`; each [`LinkMonitor::next`] waits at most `slice`.
+    pub fn open(slice: std::time::Duration) -> Result<LinkMonitor, NetlinkError> {
+        let mut socket = Socket::new(NETLINK_ROUTE).map_err(NetlinkError::Open)?;
+        socket
+            .bind(&SocketAddr::new(0, RTMGRP_LINK))
+            .map_err(NetlinkError::Open)?;
+        let timeout =
+            nix::sys::time::TimeVal::new(slice.as_secs() as _, slice.subsec_micros() as _);
+        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::ReceiveTimeout, &timeout)
+            .map_err(|e| NetlinkError::Open(e.into()))?;
+        Ok(LinkMonitor {
+            socket,
+            buf: Vec::with_capacity(RECV_BUF),
+        })
+    }
+
+    /// The next thing heard about link `index`, waiting at most one slice.
+    pub fn next(&mut self, index: u32) -> Result<Heard, NetlinkError> {
+        self.buf.clear();
+        match self.socket.recv(&mut self.buf, 0) {
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc_errno::EAGAIN | libc_errno::EINTR | libc_errno::ENOBUFS)
+                ) =>
+            {
+                return Ok(Heard::Nothing)
+            }
+            Err(e) => return Err(NetlinkError::Receive(e)),
+        }
+        let mut offset = 0;
+        while offset + NLMSG_HDRLEN <= self.buf.len() {
+            let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[offset..])
+                .map_err(NetlinkError::Decode)?;
+            let length = message.header.length as usize;
+            if length < NLMSG_HDRLEN {
+                break;
+            }
+            offset += (length + 3) & !3;
+            if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)) =
+                message.payload
+            {
+                if link.header.index == index {
+                    return Ok(Heard::Deleted);
+                }
+            }
+        }
+        Ok(Heard::Other)
+    }
+}
+
+/// What a [`LinkMonitor`] heard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heard {
+    /// The kernel announced the link's deletion.
+    Deleted,
+    /// Announcements about something else (or the link's other changes).
+    Other,
+    /// Nothing within the slice, or announcements were lost (`ENOBUFS`): ask the kernel.
+    Nothing,
+}
+
 /// What the plugin reads of a link.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Link {
@@ -353,6 +435,17 @@ impl Netlink {
         link.attributes
             .push(LinkAttribute::IfName(name.to_string()));
         self.request(RouteNetlinkMessage::SetLink(link), 0)
+    }
+
+    /// Whether a link with index `index` exists in this socket's namespace.
+    pub fn has_link(&mut self, index: u32) -> Result<bool, NetlinkError> {
+        let mut request = LinkMessage::default();
+        request.header.index = index;
+        match self.get(RouteNetlinkMessage::GetLink(request)) {
+            Ok(_) => Ok(true),
+            Err(e) if e.errno() == Some(libc_errno::ENODEV) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Delete the link `index` (and, for a veth, its peer).
@@ -510,6 +603,12 @@ pub mod libc_errno {
     pub const EEXIST: i32 = 17;
     /// No such device.
     pub const ENODEV: i32 = 19;
+    /// Interrupted system call.
+    pub const EINTR: i32 = 4;
+    /// Try again (a receive timeout passed).
+    pub const EAGAIN: i32 = 11;
+    /// No buffer space (multicast messages were dropped).
+    pub const ENOBUFS: i32 = 105;
 }
 
 /// The extended-ack text of an error's payload (after the request's header; `NLM_F_CAPPED`

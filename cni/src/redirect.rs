@@ -1,17 +1,18 @@
 //! The pod's part of the tc eBPF datapath: on ADD the pod's addresses enter the local-pod map
 //! and `from_pod` is attached to its host veth (when the configuration asks for the redirect);
 //! DEL undoes both; CHECK verifies them. The programs and maps are the ones meshd pinned under
-//! the configuration's `bpfPinDir`: the plugin never loads programs itself.
+//! the configuration's `bpfPinDir`: the plugin never loads programs itself, and opens only the
+//! pins it needs ([`PodDatapath`]: `from_pod` and the local-pod maps, no feature probing).
 
 use std::net::IpAddr;
 use std::path::Path;
 
-use ebpf_redirect::Datapath;
+use ebpf_redirect::PodDatapath;
 
 use super::CniError;
 
-fn open(pin_dir: &Path) -> Result<Datapath, CniError> {
-    Datapath::adopt(pin_dir).map_err(|e| {
+fn open(pin_dir: &Path) -> Result<PodDatapath, CniError> {
+    PodDatapath::open(pin_dir).map_err(|e| {
         CniError::TryAgain(format!(
             "meshd's tc datapath is not loaded at {} (is meshd running on this node?): {e}",
             pin_dir.display()
@@ -24,8 +25,17 @@ pub fn available(pin_dir: &Path) -> Result<(), CniError> {
     open(pin_dir).map(drop)
 }
 
+/// A datapath failure as the plugin's I/O error, `what: error: cause: ...` (each once).
 fn io(what: String) -> impl FnOnce(ebpf_redirect::Error) -> CniError {
-    move |e| CniError::Io(format!("{what}: {e}"))
+    move |e| {
+        let mut text = format!("{what}: {e}");
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            text.push_str(&format!(": {c}"));
+            cause = c.source();
+        }
+        CniError::Io(text)
+    }
 }
 
 /// ADD: mark `addrs` local and, with `redirect`, attach `from_pod` to `host_veth`.
@@ -63,7 +73,7 @@ pub fn detach(pin_dir: &Path, host_veth: &str, addrs: &[IpAddr]) -> Result<(), C
 }
 
 /// CHECK: `addrs` are in the local-pod map and, with `redirect`, `from_pod` runs on
-/// `host_veth` (where the kernel can tell).
+/// `host_veth` (asking the kernel).
 pub fn check(
     pin_dir: &Path,
     host_veth: &str,
@@ -71,19 +81,20 @@ pub fn check(
     redirect: bool,
 ) -> Result<(), CniError> {
     let dp = open(pin_dir)?;
-    let locals = dp
-        .locals()
-        .map_err(io("reading the local-pod map".into()))?;
-    if let Some(missing) = addrs.iter().find(|a| !locals.contains(a)) {
-        return Err(CniError::Io(format!(
-            "CHECK failed: {missing} is not in the local-pod map"
-        )));
+    for addr in addrs {
+        if !dp
+            .is_local(*addr)
+            .map_err(io(format!("looking {addr} up in the local-pod map")))?
+        {
+            return Err(CniError::Io(format!(
+                "CHECK failed: {addr} is not in the local-pod map"
+            )));
+        }
     }
     if redirect
-        && dp
+        && !dp
             .from_pod_attached(host_veth)
             .map_err(io(format!("querying {host_veth}")))?
-            == Some(false)
     {
         return Err(CniError::Io(format!(
             "CHECK failed: from_pod is not attached to {host_veth}"

@@ -685,17 +685,25 @@ fn with_meshds_datapath_add_fills_the_local_map_and_attaches_from_pod_and_del_un
         ],
         "both of the pod's addresses are local"
     );
-    // The plugin's TCX link, pinned beside meshd's maps (CHECK below asks the kernel
-    // whether it is attached to the host veth).
+    // The plugin's from_pod filter on the host veth, and its record pinned beside meshd's
+    // maps (CHECK below asks the kernel too).
     let link = pins.join(format!("link_ingress_{host}"));
     assert!(link.exists(), "no pinned from_pod link for {host}");
+    let attached = |dp: &mut ebpf_redirect::Datapath| {
+        testkit::netns::within(&lab.node, || dp.from_pod_attached(&host).unwrap()).unwrap()
+    };
+    let mut dp = dp;
+    assert_eq!(
+        attached(&mut dp),
+        Some(true),
+        "from_pod's filter is not on {host}"
+    );
     let mut check = conf.clone();
     check["prevResult"] = result.clone();
     let (code, out) = lab.cmd("CHECK", "ctr-bpf", &netns, &check);
     assert_eq!((code, &out), (0, &Value::Null));
 
     // CHECK notices a local-map entry gone, and from_pod detached.
-    let mut dp = dp;
     let v6: std::net::IpAddr = "fd00:244:0:7::2".parse().unwrap();
     dp.remove_local(v6).unwrap();
     let (code, out) = lab.cmd("CHECK", "ctr-bpf", &netns, &check);
@@ -703,7 +711,12 @@ fn with_meshds_datapath_add_fills_the_local_map_and_attaches_from_pod_and_del_un
     dp.add_local(v6).unwrap();
     let (code, out) = lab.cmd("CHECK", "ctr-bpf", &netns, &check);
     assert_eq!((code, &out), (0, &Value::Null));
-    dp.detach_from_pod(&host).unwrap();
+    testkit::netns::within(&lab.node, || dp.detach_from_pod(&host).unwrap()).unwrap();
+    assert_eq!(
+        attached(&mut dp),
+        Some(false),
+        "from_pod is still on {host}"
+    );
     let (code, out) = lab.cmd("CHECK", "ctr-bpf", &netns, &check);
     assert_eq!(code, 1, "CHECK passed with from_pod detached: {out}");
     // ADD again (the runtime's retry) repairs it.
@@ -711,6 +724,11 @@ fn with_meshds_datapath_add_fills_the_local_map_and_attaches_from_pod_and_del_un
     assert_eq!(code, 0, "{again}");
     let (code, out) = lab.cmd("CHECK", "ctr-bpf", &netns, &check);
     assert_eq!((code, &out), (0, &Value::Null));
+    assert_eq!(
+        attached(&mut dp),
+        Some(true),
+        "ADD did not re-attach from_pod"
+    );
 
     let (code, out) = lab.cmd("DEL", "ctr-bpf", &netns, &conf);
     assert_eq!(code, 0, "{out}");

@@ -2,10 +2,18 @@
 //!
 //! Reads the network configuration on stdin and the `CNI_*` environment, prints the spec's
 //! result or error JSON on stdout and exits 0 or 1 (see the `meshd_cni` library).
+//!
+//! `meshd-cni --delete-link INDEX` is the plugin's own helper: DEL starts it to delete the
+//! pod's veth pair and returns without waiting for the kernel to free it
+//! (`meshd_cni::datapath::del`). A runtime never passes arguments.
 
 use std::io::{Read, Write};
 
 fn main() {
+    let mut args = std::env::args().skip(1);
+    if args.next().as_deref() == Some(meshd_cni::datapath::DELETE_LINK_ARG) {
+        std::process::exit(meshd_cni::datapath::delete_link_helper(args.next()));
+    }
     let mut stdin = Vec::new();
     let outcome = match std::io::stdin().read_to_end(&mut stdin) {
         Ok(_) => meshd_cni::plugin::run(|k| std::env::var(k).ok(), &stdin),

@@ -8,18 +8,23 @@
 //! * `REMOTE_V4`, `REMOTE_V6`, `LOCAL_V4`, `LOCAL_V6`, `CLUSTER_V4`, `CLUSTER_V6`,
 //!   `CONFIG`, `VERDICTS` - maps (pinned by name by the loader).
 //! * `prog_from_pod`, `prog_underlay_egress` - programs.
-//! * `link_ingress_<ifname>`, `link_egress_<ifname>` - TCX links (kernel >= 6.6).
+//! * `link_egress_<ifname>` - the underlay's TCX link (kernel >= 6.6).
+//! * `link_ingress_<ifname>` - the record of `from_pod`'s filter on a pod's host veth: the
+//!   attached program, pinned under the interface's name ([`pod`]).
 //!
-//! On kernels with TCX (>= 6.6) programs are attached as TCX links and the links are pinned.
-//! Older kernels get a classic clsact filter added over netlink at a fixed priority and
-//! handle: such a filter belongs to the interface, not to a file descriptor, so it survives
-//! the loader exiting without a pin and vanishes with the interface.
+//! `from_pod` goes on every pod veth as a classic direct-action `cls_bpf` filter on the
+//! `clsact` ingress hook, at a fixed priority and handle, added over rtnetlink
+//! ([`cls_bpf`]): a TCX link costs a full RCU grace period per pod, a filter does not. Such a
+//! filter belongs to the interface, not to a file descriptor, so it survives the loader
+//! exiting without a pin and vanishes with the interface. `underlay_egress`, attached once
+//! per node, is a pinned TCX link on kernels with TCX (>= 6.6) and a filter before.
 //!
 //! All calls that take an interface name resolve it in the calling thread's network namespace.
 
 use std::{
     fs, io,
     net::IpAddr,
+    os::fd::AsFd,
     path::{Path, PathBuf},
 };
 
@@ -37,6 +42,11 @@ use aya::{
     util::KernelVersion,
     EbpfError, EbpfLoader,
 };
+mod cls_bpf;
+mod pod;
+
+pub use pod::PodDatapath;
+
 pub use ebpf_redirect_common::Config;
 pub use ebpf_redirect_common::Verdict;
 use ebpf_redirect_common::{map_names as mn, MODE_ENFORCE, MODE_PERMISSIVE, VERDICT_COUNT};
@@ -80,6 +90,35 @@ pub enum Error {
     /// The object lacks a program.
     #[error("program {0} not found in object")]
     MissingProgram(&'static str),
+    /// A traffic-control step on an interface failed.
+    #[error("{step} {ifname}")]
+    Tc {
+        /// What was being done (`attaching from_pod's filter to`).
+        step: &'static str,
+        /// The interface.
+        ifname: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A pinned object could not be opened, pinned or read.
+    #[error("pinned object {}", path.display())]
+    Pinned {
+        /// Its path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A map entry could not be written, removed or read.
+    #[error("entry of map {map}")]
+    MapEntry {
+        /// The map's name.
+        map: &'static str,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Priority of meshd's clsact filters on kernels without TCX.
@@ -219,11 +258,11 @@ impl Datapath {
         &self.pin_dir
     }
 
-    /// Attaches `from_pod` on clsact ingress of `ifname` (a pod's host-side veth).
-    /// Idempotent: an existing attachment is replaced atomically by this program.
+    /// Attaches `from_pod` on clsact ingress of `ifname` (a pod's host-side veth), as meshd's
+    /// `cls_bpf` filter, and records it under the pin directory ([`pod`]). Idempotent: an
+    /// existing attachment is replaced atomically by this program.
     pub fn attach_from_pod(&mut self, ifname: &str) -> Result<()> {
-        let path = link_pin(&self.pin_dir, TcAttachType::Ingress, ifname);
-        attach(&mut self.from_pod, ifname, TcAttachType::Ingress, &path)
+        pod::attach_from_pod(self.from_pod.fd()?.as_fd(), &self.pin_dir, ifname)
     }
 
     /// Attaches `underlay_egress` on clsact egress of `ifname` (the node's underlay NIC).
@@ -240,7 +279,7 @@ impl Datapath {
 
     /// Detaches `from_pod` from `ifname`. Missing attachment is not an error.
     pub fn detach_from_pod(&mut self, ifname: &str) -> Result<()> {
-        detach(&self.pin_dir, ifname, TcAttachType::Ingress)
+        pod::detach_from_pod(&self.pin_dir, ifname)
     }
 
     /// Detaches `underlay_egress` from `ifname`. Missing attachment is not an error.
@@ -248,11 +287,12 @@ impl Datapath {
         detach(&self.pin_dir, ifname, TcAttachType::Egress)
     }
 
-    /// Whether `from_pod` is attached to `ifname` right now, asking the kernel which TCX
-    /// programs run on the interface. `None` on kernels without TCX, where aya cannot list
-    /// cls_bpf filters.
+    /// Whether `from_pod` is attached to `ifname` right now, asking the kernel which
+    /// program meshd's filter on the interface runs. Always `Some` (the `Option` is the
+    /// interface's, shared with [`Datapath::underlay_egress_attached`]); `Some(false)` when
+    /// the interface is gone.
     pub fn from_pod_attached(&self, ifname: &str) -> Result<Option<bool>> {
-        is_attached(&self.from_pod, ifname, TcAttachType::Ingress)
+        pod::from_pod_attached(self.from_pod.fd()?.as_fd(), ifname).map(Some)
     }
 
     /// Whether `underlay_egress` is attached to `ifname` right now (see
@@ -292,9 +332,13 @@ impl Datapath {
         Ok(removed)
     }
 
-    /// Detaches every pinned link and removes all pins (programs, maps) and `pin_dir`.
+    /// Detaches every pinned link and every recorded `from_pod` filter (of interfaces in
+    /// this network namespace) and removes all pins (programs, maps) and `pin_dir`.
     /// Consumes the handle: the programs are unloaded once the last fd is closed.
     pub fn detach_all(self) -> Result<()> {
+        for ifname in self.pinned_links(TcAttachType::Ingress)? {
+            pod::detach_from_pod(&self.pin_dir, &ifname)?;
+        }
         let dir = self.pin_dir.clone();
         drop(self);
         remove_pins(&dir)
