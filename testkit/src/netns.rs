@@ -490,6 +490,15 @@ mod tests {
             assert!(names.iter().all(exists));
             assert_eq!(set.names(), &names[..]);
             let mut sleeper = spawn_in(&names[0], &["sleep", "30"]).unwrap();
+            // `ip netns exec` enters the namespace after it starts: wait until it is inside.
+            let inside = std::time::Instant::now();
+            while pids(&names[0]).unwrap().is_empty() {
+                assert!(
+                    inside.elapsed() < std::time::Duration::from_secs(5),
+                    "the sleeper never entered its namespace"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
             set.delete(&names[..1]).unwrap();
             assert!(!exists(&names[0]));
             let status = sleeper.wait().unwrap();
