@@ -17,7 +17,7 @@
 //! in its canonical text form (`10.244.1.2`, `fd00:244:0:1::2`), holding `container_id\nifname\n`.
 //!
 //! The files of one pod interface are hard links of one inode, and one more link of that inode,
-//! `owner-<sha256 of the owner>`, indexes it by owner: ADD, DEL and CHECK find an owner's
+//! `.owner-<sha256 of the owner>`, indexes it by owner: ADD, DEL and CHECK find an owner's
 //! addresses with one `stat` and one directory listing (the entries sharing the index's inode),
 //! without opening any other file. The index cannot get out of step with the addresses: it *is*
 //! their file. A store written before the index existed is indexed once, under the lock, the
@@ -72,7 +72,7 @@ pub const DEFAULT_DIR: &str = "/var/lib/meshd/ipam";
 const LOCK_FILE: &str = ".lock";
 const TMP_PREFIX: &str = ".tmp-";
 /// The prefix of an owner's index link (see the module documentation).
-pub const INDEX_PREFIX: &str = "owner-";
+pub const INDEX_PREFIX: &str = ".owner-";
 /// What the lock file holds once the store has an index link for every allocation.
 const INDEXED_MARK: &str = "meshd-ipam 2\n";
 
