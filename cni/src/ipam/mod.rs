@@ -15,7 +15,14 @@
 //!
 //! A directory (default [`DEFAULT_DIR`](crate::ipam::DEFAULT_DIR)) with one file per allocated address, named by the address
 //! in its canonical text form (`10.244.1.2`, `fd00:244:0:1::2`), holding `container_id\nifname\n`.
-//! Nothing else is state: there is no index to get out of step with the files.
+//!
+//! The files of one pod interface are hard links of one inode, and one more link of that inode,
+//! `.owner-<sha256 of the owner>`, indexes it by owner: ADD, DEL and CHECK find an owner's
+//! addresses with one `stat` and one directory listing (the entries sharing the index's inode),
+//! without opening any other file. The index cannot get out of step with the addresses: it *is*
+//! their file. A store written before the index existed is indexed once, under the lock, the
+//! first time an allocation or release takes it (the lock file then says `meshd-ipam 2`); until
+//! then lookups scan it as before.
 //!
 //! # Concurrency and crash safety
 //!
@@ -64,6 +71,10 @@ pub const DEFAULT_DIR: &str = "/var/lib/meshd/ipam";
 
 const LOCK_FILE: &str = ".lock";
 const TMP_PREFIX: &str = ".tmp-";
+/// The prefix of an owner's index link (see the module documentation).
+pub const INDEX_PREFIX: &str = ".owner-";
+/// What the lock file holds once the store has an index link for every allocation.
+const INDEXED_MARK: &str = "meshd-ipam 2\n";
 
 /// Errors of the IPAM.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +119,14 @@ pub struct Owner {
 }
 
 impl Owner {
+    /// The name of this owner's index link.
+    pub fn index_name(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(self.to_file().as_bytes());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{INDEX_PREFIX}{hex}")
+    }
+
     /// The owner file's content.
     pub fn to_file(&self) -> String {
         format!("{}\n{}\n", self.container_id, self.ifname)
@@ -215,6 +234,17 @@ pub fn is_usable(cidr: IpNet, addr: IpAddr) -> bool {
 }
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// The store as read from its names alone (see [`Ipam::scan_names`]).
+#[derive(Debug, Default)]
+struct NameScan {
+    /// The owner's addresses.
+    owned: Vec<Entry>,
+    /// Every address taken.
+    taken: HashSet<IpAddr>,
+    /// The owner's index's inode, when it has one.
+    index_ino: Option<u64>,
+}
 
 /// The directory-backed allocator for one node's pod CIDRs.
 #[derive(Debug, Clone)]
@@ -328,8 +358,84 @@ impl Ipam {
             container_id: container_id.to_string(),
             ifname: ifname.to_string(),
         };
-        let entries = self.list()?;
+        let entries = match self.indexed() {
+            true => self.scan_names(Some(&owner))?.owned,
+            false => self.list()?,
+        };
         Ok(self.owned_in_cidr_order(&entries, &owner))
+    }
+
+    /// Whether every allocation of the store has its owner index (the lock file's mark).
+    fn indexed(&self) -> bool {
+        read_small(&self.dir.join(LOCK_FILE)).is_ok_and(|text| text == INDEXED_MARK)
+    }
+
+    /// Give every allocation its index link, once, then mark the store indexed. Takes the
+    /// store's lock file, locked.
+    fn ensure_indexed(&self, lock: &mut Flock<File>) -> Result<(), IpamError> {
+        let path = self.dir.join(LOCK_FILE);
+        let mut text = String::new();
+        let _ = (&**lock).read_to_string(&mut text);
+        if text == INDEXED_MARK {
+            return Ok(());
+        }
+        let mut seen = HashSet::new();
+        for entry in self.list()? {
+            let Some(owner) = entry.owner else { continue };
+            if !seen.insert(owner.clone()) {
+                continue;
+            }
+            let index = self.dir.join(owner.index_name());
+            match fs::hard_link(self.dir.join(entry.address.to_string()), &index) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(Self::io("indexing", &index)(e)),
+            }
+        }
+        (&**lock)
+            .write_all(INDEXED_MARK.as_bytes())
+            .and_then(|()| lock.set_len(INDEXED_MARK.len() as u64))
+            .map_err(Self::io("marking", &path))
+    }
+
+    /// The store by names alone: every address taken, and with `owner` the entries of that
+    /// owner's index (the addresses sharing its inode). Opens no file but the index.
+    fn scan_names(&self, owner: Option<&Owner>) -> Result<NameScan, IpamError> {
+        let index_ino = match owner {
+            Some(owner) => {
+                let index = self.dir.join(owner.index_name());
+                match fs::metadata(&index) {
+                    Ok(meta) => {
+                        // The name is a hash: make sure the file is this owner's.
+                        let text = read_small(&index).map_err(Self::io("reading", &index))?;
+                        (Owner::from_file(&text).as_ref() == Some(owner))
+                            .then(|| std::os::unix::fs::MetadataExt::ino(&meta))
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                    Err(e) => return Err(Self::io("reading", &index)(e)),
+                }
+            }
+            None => None,
+        };
+        let mut scan = NameScan::default();
+        let rd = fs::read_dir(&self.dir).map_err(Self::io("reading", &self.dir))?;
+        for entry in rd {
+            let entry = entry.map_err(Self::io("reading", &self.dir))?;
+            let name = entry.file_name();
+            let Some(address) = name.to_str().and_then(|n| n.parse::<IpAddr>().ok()) else {
+                continue;
+            };
+            scan.taken.insert(address);
+            if index_ino == Some(entry.ino()) {
+                scan.owned.push(Entry {
+                    address,
+                    owner: owner.cloned(),
+                });
+            }
+        }
+        scan.owned.sort_by_key(|e| e.address);
+        scan.index_ino = index_ino;
+        Ok(scan)
     }
 
     fn owned_in_cidr_order(&self, entries: &[Entry], owner: &Owner) -> Vec<IpAddr> {
@@ -363,35 +469,40 @@ impl Ipam {
         if self.cidrs.is_empty() {
             return Err(IpamError::NoCidrs);
         }
-        let _lock = self.lock()?;
-        let entries = self.list()?;
-        let mut taken: HashSet<IpAddr> = entries.iter().map(|e| e.address).collect();
+        let mut lock = self.lock()?;
+        self.ensure_indexed(&mut lock)?;
+        let NameScan {
+            owned,
+            mut taken,
+            index_ino,
+        } = self.scan_names(Some(&owner))?;
+        let index = self.dir.join(owner.index_name());
         let mut out = Vec::new();
         let mut fresh = Vec::new();
-        // One owner file, written once, published under every new address.
-        let tmp = self.dir.join(format!(
-            "{TMP_PREFIX}{}-{}",
-            std::process::id(),
-            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let mut written = false;
+        // The owner file: the index when the owner has one, else written once, linked as the
+        // index, and published under every new address.
+        let mut source = index_ino.is_some().then(|| index.clone());
+        let mut made_index = false;
         let mut result = Ok(());
         for cidr in &self.cidrs {
-            let existing = entries
-                .iter()
-                .find(|e| cidr.contains(&e.address) && e.owner.as_ref() == Some(&owner));
-            if let Some(e) = existing {
+            if let Some(e) = owned.iter().find(|e| cidr.contains(&e.address)) {
                 out.push(e.address);
                 continue;
             }
-            if !written {
-                if let Err(e) = write_owner_file(&tmp, &owner) {
-                    result = Err(e);
-                    break;
-                }
-                written = true;
-            }
-            match self.publish(*cidr, &tmp, &mut taken) {
+            let from = match &source {
+                Some(from) => from.clone(),
+                None => match self.new_index(&owner, &index) {
+                    Ok(()) => {
+                        made_index = true;
+                        source.insert(index.clone()).clone()
+                    }
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                },
+            };
+            match self.publish(*cidr, &from, &mut taken) {
                 Ok(addr) => {
                     fresh.push(addr);
                     out.push(addr);
@@ -402,16 +513,30 @@ impl Ipam {
                 }
             }
         }
-        if written {
-            let _ = fs::remove_file(&tmp);
-        }
         if let Err(e) = result {
             for addr in fresh {
                 let _ = fs::remove_file(self.dir.join(addr.to_string()));
             }
+            if made_index {
+                let _ = fs::remove_file(&index);
+            }
             return Err(e);
         }
         Ok(out)
+    }
+
+    /// Write `owner`'s file and link it as its index (replacing a stale index of another
+    /// content, which only a hash collision or a hand edit could leave).
+    fn new_index(&self, owner: &Owner, index: &Path) -> Result<(), IpamError> {
+        let tmp = self.dir.join(format!(
+            "{TMP_PREFIX}{}-{}",
+            std::process::id(),
+            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let result = write_owner_file(&tmp, owner)
+            .and_then(|()| fs::rename(&tmp, index).map_err(Self::io("creating", index)));
+        let _ = fs::remove_file(&tmp);
+        result
     }
 
     /// Take the lowest free address of `cidr` for `owner` through a temporary file of its own
@@ -461,21 +586,42 @@ impl Ipam {
         container_id: &str,
         ifname: Option<&str>,
     ) -> Result<Vec<IpAddr>, IpamError> {
-        let _lock = self.lock()?;
-        let doomed: Vec<IpAddr> = self
-            .list()?
-            .into_iter()
-            .filter(|e| {
-                e.owner.as_ref().is_some_and(|o| {
-                    o.container_id == container_id && ifname.is_none_or(|i| o.ifname == i)
-                })
-            })
-            .map(|e| e.address)
-            .collect();
-        self.remove(&doomed)?;
-        if !doomed.is_empty() {
-            self.sync_dir()?;
+        let mut lock = self.lock()?;
+        self.ensure_indexed(&mut lock)?;
+        let owners: Vec<Owner> = match ifname {
+            Some(ifname) => vec![Owner {
+                container_id: container_id.to_string(),
+                ifname: ifname.to_string(),
+            }],
+            // Every interface of the container: its owners as the files say.
+            None => {
+                let mut owners: Vec<Owner> = self
+                    .list()?
+                    .into_iter()
+                    .filter_map(|e| e.owner)
+                    .filter(|o| o.container_id == container_id)
+                    .collect();
+                owners.sort_by(|a, b| a.ifname.cmp(&b.ifname));
+                owners.dedup();
+                owners
+            }
+        };
+        let mut doomed = Vec::new();
+        for owner in &owners {
+            let owned = self.scan_names(Some(owner))?.owned;
+            let addrs: Vec<IpAddr> = owned.into_iter().map(|e| e.address).collect();
+            // The addresses first, then the index: a kill in between leaves an index without
+            // addresses, which a later ADD of the owner reuses and GC removes.
+            self.remove(&addrs)?;
+            let index = self.dir.join(owner.index_name());
+            match fs::remove_file(&index) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Self::io("removing", &index)(e)),
+            }
+            doomed.extend(addrs);
         }
+        doomed.sort();
         Ok(doomed)
     }
 
@@ -504,6 +650,26 @@ impl Ipam {
             }
         }
         self.remove(&doomed)?;
+        // Index links whose inode no address shares any more (released or collected).
+        let mut live = HashSet::new();
+        let mut indexes = Vec::new();
+        for entry in fs::read_dir(&self.dir)
+            .map_err(Self::io("reading", &self.dir))?
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.parse::<IpAddr>().is_ok() {
+                live.insert(entry.ino());
+            } else if name.starts_with(INDEX_PREFIX) {
+                indexes.push((entry.ino(), entry.path()));
+            }
+        }
+        for (ino, path) in indexes {
+            if !live.contains(&ino) {
+                let _ = fs::remove_file(path);
+            }
+        }
+        self.sync_dir()?;
         Ok(doomed)
     }
 

@@ -282,3 +282,83 @@ fn racing_linkers_without_the_lock_still_never_share() {
     let distinct: HashSet<IpAddr> = all.iter().copied().collect();
     assert_eq!(distinct.len(), 80);
 }
+
+/// The names in the store that are owner index links.
+fn indexes(dir: &Path) -> Vec<String> {
+    let mut out: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(INDEX_PREFIX))
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn an_owner_is_found_through_its_index_link_and_released_with_it() {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let ipam = Ipam::open(dir.path(), &cidrs()).unwrap();
+    let a = ipam.allocate("c1", "eth0").unwrap();
+    let owner = Owner {
+        container_id: "c1".into(),
+        ifname: "eth0".into(),
+    };
+    assert_eq!(indexes(dir.path()), vec![owner.index_name()]);
+    // The index is the addresses' own file: one inode, three names.
+    let index = fs::metadata(dir.path().join(owner.index_name())).unwrap();
+    assert_eq!(index.nlink(), 3);
+    for addr in &a {
+        let file = fs::metadata(dir.path().join(addr.to_string())).unwrap();
+        assert_eq!(file.ino(), index.ino());
+    }
+    assert_eq!(ipam.lookup("c1", "eth0").unwrap(), a);
+    assert_eq!(ipam.release("c1", Some("eth0")).unwrap(), a);
+    assert!(indexes(dir.path()).is_empty());
+    assert!(ipam.lookup("c1", "eth0").unwrap().is_empty());
+}
+
+#[test]
+fn a_store_without_index_links_is_indexed_once_and_keeps_its_allocations() {
+    let dir = tempfile::tempdir().unwrap();
+    // As an older meshd-cni left it: one owner file linked under both addresses, no index.
+    fs::write(dir.path().join(".lock"), "").unwrap();
+    fs::write(dir.path().join("10.244.1.2"), "c1\neth0\n").unwrap();
+    fs::hard_link(
+        dir.path().join("10.244.1.2"),
+        dir.path().join("fd00:244:0:1::2"),
+    )
+    .unwrap();
+    let ipam = Ipam::open(dir.path(), &cidrs()).unwrap();
+    let held = vec![ip("10.244.1.2"), ip("fd00:244:0:1::2")];
+    // Found by scanning until the store is indexed.
+    assert_eq!(ipam.lookup("c1", "eth0").unwrap(), held);
+    // An allocation indexes the store first: the retry of c1 gets its addresses again.
+    ipam.allocate("c2", "eth0").unwrap();
+    assert_eq!(
+        fs::read_to_string(dir.path().join(".lock")).unwrap(),
+        INDEXED_MARK
+    );
+    assert_eq!(indexes(dir.path()).len(), 2);
+    assert_eq!(ipam.allocate("c1", "eth0").unwrap(), held);
+    assert_eq!(ipam.lookup("c1", "eth0").unwrap(), held);
+}
+
+#[test]
+fn an_index_left_without_addresses_is_reused_by_the_owner_and_collected_by_gc() {
+    let dir = tempfile::tempdir().unwrap();
+    let ipam = Ipam::open(dir.path(), &cidrs()).unwrap();
+    let a = ipam.allocate("c1", "eth0").unwrap();
+    // A DEL killed between its address removals and its index removal.
+    for addr in &a {
+        fs::remove_file(dir.path().join(addr.to_string())).unwrap();
+    }
+    assert_eq!(indexes(dir.path()).len(), 1);
+    assert_eq!(ipam.allocate("c1", "eth0").unwrap(), a);
+    assert_eq!(indexes(dir.path()).len(), 1);
+    for addr in &a {
+        fs::remove_file(dir.path().join(addr.to_string())).unwrap();
+    }
+    assert!(ipam.gc(&[]).unwrap().is_empty());
+    assert!(indexes(dir.path()).is_empty());
+}

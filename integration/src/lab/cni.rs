@@ -380,14 +380,26 @@ impl NodeCni {
 
     /// Files in the IPAM store that are not allocations (other than its lock): leftovers.
     pub fn ipam_strays(&self) -> anyhow::Result<Vec<String>> {
-        let mut out = Vec::new();
+        use std::os::unix::fs::DirEntryExt as _;
+        let mut live = BTreeSet::new();
+        let mut others = Vec::new();
         for entry in std::fs::read_dir(&self.ipam_dir)? {
-            let name = entry?.file_name().to_string_lossy().into_owned();
-            if name != ".lock" && name.parse::<IpAddr>().is_err() {
-                out.push(name);
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.parse::<IpAddr>().is_ok() {
+                live.insert(entry.ino());
+            } else if name != ".lock" {
+                others.push((entry.ino(), name));
             }
         }
-        Ok(out)
+        // An owner's index link is no stray while an address shares its file.
+        Ok(others
+            .into_iter()
+            .filter(|(ino, name)| {
+                !(name.starts_with(meshd_cni::ipam::INDEX_PREFIX) && live.contains(ino))
+            })
+            .map(|(_, name)| name)
+            .collect())
     }
 
     /// The host veths (`mshd*`) in the node's network namespace.
