@@ -291,6 +291,7 @@ impl Ipam {
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
+            .read(true)
             .write(true)
             .mode(0o600)
             .open(&path)
@@ -375,7 +376,9 @@ impl Ipam {
     fn ensure_indexed(&self, lock: &mut Flock<File>) -> Result<(), IpamError> {
         let path = self.dir.join(LOCK_FILE);
         let mut text = String::new();
-        let _ = (&**lock).read_to_string(&mut text);
+        (&**lock)
+            .read_to_string(&mut text)
+            .map_err(Self::io("reading", &path))?;
         if text == INDEXED_MARK {
             return Ok(());
         }
@@ -392,8 +395,8 @@ impl Ipam {
                 Err(e) => return Err(Self::io("indexing", &index)(e)),
             }
         }
-        (&**lock)
-            .write_all(INDEXED_MARK.as_bytes())
+        use std::os::unix::fs::FileExt as _;
+        lock.write_all_at(INDEXED_MARK.as_bytes(), 0)
             .and_then(|()| lock.set_len(INDEXED_MARK.len() as u64))
             .map_err(Self::io("marking", &path))
     }

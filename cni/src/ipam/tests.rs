@@ -362,3 +362,19 @@ fn an_index_left_without_addresses_is_reused_by_the_owner_and_collected_by_gc() 
     assert!(ipam.gc(&[]).unwrap().is_empty());
     assert!(indexes(dir.path()).is_empty());
 }
+
+#[test]
+fn an_indexed_store_is_not_scanned_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let ipam = Ipam::open(dir.path(), &cidrs()).unwrap();
+    ipam.allocate("c1", "eth0").unwrap();
+    assert_eq!(
+        fs::read_to_string(dir.path().join(".lock")).unwrap(),
+        INDEXED_MARK
+    );
+    // A file without an index, as a scan would index it: an indexed store never scans again.
+    fs::write(dir.path().join("10.244.1.200"), "c9\neth0\n").unwrap();
+    ipam.allocate("c2", "eth0").unwrap();
+    assert_eq!(indexes(dir.path()).len(), 2, "no third index: no scan");
+    assert!(ipam.lookup("c9", "eth0").unwrap().is_empty());
+}
