@@ -528,14 +528,19 @@ impl Ipam {
         Ok(out)
     }
 
-    /// Write `owner`'s file and link it as its index (replacing a stale index of another
-    /// content, which only a hash collision or a hand edit could leave).
-    fn new_index(&self, owner: &Owner, index: &Path) -> Result<(), IpamError> {
-        let tmp = self.dir.join(format!(
+    /// A temporary file's name in the store, unique to this process and call.
+    fn tmp_path(&self) -> PathBuf {
+        self.dir.join(format!(
             "{TMP_PREFIX}{}-{}",
             std::process::id(),
             TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
+        ))
+    }
+
+    /// Write `owner`'s file and link it as its index (replacing a stale index of another
+    /// content, which only a hash collision or a hand edit could leave).
+    fn new_index(&self, owner: &Owner, index: &Path) -> Result<(), IpamError> {
+        let tmp = self.tmp_path();
         let result = write_owner_file(&tmp, owner)
             .and_then(|()| fs::rename(&tmp, index).map_err(Self::io("creating", index)));
         let _ = fs::remove_file(&tmp);
@@ -551,11 +556,7 @@ impl Ipam {
         owner: &Owner,
         taken: &mut HashSet<IpAddr>,
     ) -> Result<IpAddr, IpamError> {
-        let tmp = self.dir.join(format!(
-            "{TMP_PREFIX}{}-{}",
-            std::process::id(),
-            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
+        let tmp = self.tmp_path();
         let result = write_owner_file(&tmp, owner).and_then(|()| self.publish(cidr, &tmp, taken));
         let _ = fs::remove_file(&tmp);
         result
