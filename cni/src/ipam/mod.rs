@@ -325,13 +325,7 @@ impl Ipam {
     pub fn list(&self) -> Result<Vec<Entry>, IpamError> {
         let mut out = Vec::new();
         let mut owners: HashMap<u64, Option<Owner>> = HashMap::new();
-        let rd = fs::read_dir(&self.dir).map_err(Self::io("reading", &self.dir))?;
-        for entry in rd {
-            let entry = entry.map_err(Self::io("reading", &self.dir))?;
-            let name = entry.file_name();
-            let Some(address) = name.to_str().and_then(|n| n.parse::<IpAddr>().ok()) else {
-                continue;
-            };
+        for (address, entry) in self.address_entries()? {
             let owner = match owners.get(&entry.ino()) {
                 Some(owner) => owner.clone(),
                 None => {
@@ -348,6 +342,23 @@ impl Ipam {
             out.push(Entry { address, owner });
         }
         out.sort_by_key(|e| e.address);
+        Ok(out)
+    }
+
+    /// The store's address files, each with its directory entry; every other name (the lock,
+    /// owner indexes, temporary files) is skipped.
+    fn address_entries(&self) -> Result<Vec<(IpAddr, fs::DirEntry)>, IpamError> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(Self::io("reading", &self.dir))? {
+            let entry = entry.map_err(Self::io("reading", &self.dir))?;
+            let address = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<IpAddr>().ok());
+            if let Some(address) = address {
+                out.push((address, entry));
+            }
+        }
         Ok(out)
     }
 
@@ -421,13 +432,7 @@ impl Ipam {
             None => None,
         };
         let mut scan = NameScan::default();
-        let rd = fs::read_dir(&self.dir).map_err(Self::io("reading", &self.dir))?;
-        for entry in rd {
-            let entry = entry.map_err(Self::io("reading", &self.dir))?;
-            let name = entry.file_name();
-            let Some(address) = name.to_str().and_then(|n| n.parse::<IpAddr>().ok()) else {
-                continue;
-            };
+        for (address, entry) in self.address_entries()? {
             scan.taken.insert(address);
             if index_ino == Some(entry.ino()) {
                 scan.owned.push(Entry {
