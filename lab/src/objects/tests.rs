@@ -145,6 +145,10 @@ fn errors_name_the_document_object_and_field() {
         ),
         (
             "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{ports: []}]}\n",
+            "document 1 (Pod default/p): spec.containers[0].name",
+        ),
+        (
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: c, ports: [{containerPort: eighty}]}]}\n",
             "document 1 (Pod default/p): (schema)",
         ),
         (
