@@ -207,6 +207,7 @@ pub fn apply_changes(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

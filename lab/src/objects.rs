@@ -90,7 +90,7 @@ pub enum LabObject {
     /// A Namespace (with its `kubernetes.io/metadata.name` label).
     Namespace(core::Namespace),
     /// A Pod (namespace set, port protocols defaulted, no status).
-    Pod(core::Pod),
+    Pod(Box<core::Pod>),
     /// A NetworkPolicy (namespace set, port protocols defaulted).
     NetworkPolicy(networking::NetworkPolicy),
 }
@@ -292,7 +292,7 @@ fn parse_object(index: String, mut value: Value) -> Result<LabObject, ObjectErro
             pod.metadata.namespace = namespace;
             check_pod(&mut pod)
                 .map_err(|(field, problem)| invalid(index.clone(), &object, &field, problem))?;
-            LabObject::Pod(pod)
+            LabObject::Pod(Box::new(pod))
         }
         Kind::NetworkPolicy => {
             let mut policy: networking::NetworkPolicy =

@@ -295,6 +295,7 @@ pub fn render_table(report: &ProbeReport, opts: &ProbeOptions) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -124,6 +124,7 @@ pub fn answer(probe: &Probe, port: u16) -> Option<Probe> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -189,6 +189,7 @@ fn label_target(resource: &str, target: &str) -> anyhow::Result<lab::LabelTarget
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
