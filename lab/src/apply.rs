@@ -629,3 +629,19 @@ pub(crate) fn stop_all_servers(lab: &str) {
         }
     }
 }
+
+/// `lab remove-node`'s part: the applied Pods on node `i` are stopped and their objects deleted.
+pub(crate) fn remove_applied_pods_of(paths: &Paths, i: u32) -> anyhow::Result<()> {
+    let store = ObjectStore::new(paths);
+    for applied in AppliedPod::all(paths)? {
+        if applied.node == i {
+            teardown_pod(paths, &applied);
+            store.remove(&ObjectRef {
+                kind: Kind::Pod,
+                namespace: applied.namespace.clone(),
+                name: applied.name.clone(),
+            })?;
+        }
+    }
+    Ok(())
+}
