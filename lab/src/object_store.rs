@@ -72,15 +72,8 @@ impl ObjectStore {
     pub(crate) fn remove(&self, object: &ObjectRef) -> anyhow::Result<bool> {
         let path = self.path(object);
         match fs::remove_file(&path) {
-            Ok(()) => {
-                // An emptied namespace directory goes too (best effort: a writer may race).
-                if let Some(dir) = path.parent() {
-                    if object.kind != Kind::Namespace {
-                        let _ = fs::remove_dir(dir);
-                    }
-                }
-                Ok(true)
-            }
+            // An emptied namespace directory stays: a watcher of it keeps its watch.
+            Ok(()) => Ok(true),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
         }
