@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 
+use crate::apply::stop_all_servers;
 use crate::host::{
     binary, in_ns, ip, kill_ns_processes, meshd_pid, namespaces, remove_bpffs, require_root, run,
     step, sysctl,
@@ -359,6 +360,9 @@ pub fn down(lab: &str) -> anyhow::Result<()> {
         eprintln!("lab {lab} is not up; nothing to do");
         return Ok(());
     }
+    // The port servers of applied Pods first (they are in the Pods' namespaces, which the
+    // loop below also empties, but their pids are known).
+    stop_all_servers(lab);
     step(format!("stopping processes in {} namespaces", ours.len()));
     for ns in &ours {
         kill_ns_processes(ns);

@@ -17,10 +17,17 @@
 //! the workspace's binaries found next to `meshctl` (`meshd`, `meshd-cni`, `meshd-wg`, and its
 //! own `fake-apiserver`), and reads meshd only through its control socket and pinned maps.
 //! `meshctl lab …` and `meshctl audit --lab` are its commands.
+//!
+//! Kubernetes objects (`lab apply`, `delete`, `label`, `probe`): Namespaces, Pods and
+//! NetworkPolicies go to the lab's directory registry as the API server would hold them; an
+//! applied Pod is a namespace made through `meshd-cni` with a server per declared port, and
+//! `probe` tries every pair of them.
 #![forbid(unsafe_code)]
 
 /// The mock Kubernetes API server kubernetes labs run (binary `fake-apiserver`); tests use it too.
 pub mod apiserver;
+/// `lab apply`, `lab delete` and `lab label`: Kubernetes objects in the lab, Pods made for real.
+mod apply;
 /// The lab's side of `meshctl audit` and its `--evidence` canaries.
 pub mod evidence;
 /// `lab exec`: a command inside a node.
@@ -29,26 +36,41 @@ mod exec;
 mod host;
 /// Kubernetes labs: the mock API server and `lab set`.
 mod kubernetes;
+/// Label syntax and `kubectl label` semantics (pure).
+pub mod labels;
 /// `lab up` and `lab down`: the underlay, the nodes' namespaces and mounts.
 mod layout;
 /// A node's life: add, start, stop, kill, remove.
 mod nodes;
+/// The lab's Kubernetes object files in its directory registry.
+mod object_store;
+/// Kubernetes objects from multi-document YAML, checked and defaulted (pure).
+pub mod objects;
 /// Pure naming and addressing of nodes and pods.
 pub mod plan;
 /// Pods, made through `meshd-cni` as a container runtime makes them.
 mod pods;
+/// `lab probe`: connection attempts between applied Pods, the truth table and JSON.
+mod probe;
 /// `lab rotate-key`: several nodes' key rotations at once.
 mod rotate;
+/// SCTP probe packets over raw IP protocol 132 (pure).
+pub mod sctp;
+/// A Pod's port server (`meshctl lab serve`, hidden).
+mod serve;
 /// What `lab up` built (`lab.json`) and where the lab keeps its files.
 mod state;
 /// The `lab status` document and table.
 mod status;
 
+pub use apply::{apply, delete, label, LabelTarget};
 pub use exec::exec;
 pub use kubernetes::{set, APISERVER_AUDIT_LOG, CONFIG_NAMESPACE};
 pub use layout::{down, up};
 pub use nodes::{add_node, kill_node, remove_node, start_node, stop_node};
+pub use probe::{probe, render_table, ProbeOptions, ProbeReport, ProbeResult};
 pub use rotate::rotate_keys;
+pub use serve::serve;
 pub use state::{LabState, NodeState, UpOptions};
 pub use status::{
     print_status_table, print_table, status, CaptureSpot, LabNode, LabPod, LabStatus,

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 
+use crate::apply::remove_applied_pods_of;
 use crate::host::{
     binary, ip, kill_ns_processes, meshd_pid, pid_alive, remove_bpffs, require_root, run, step,
 };
@@ -249,6 +250,8 @@ pub fn remove_node(lab: &str, node: &str) -> anyhow::Result<()> {
         .iter()
         .find(|n| n.index == i)
         .map_or(0, |n| n.pods);
+    // Applied Pods bound to the node go with it, as the pod GC deletes a gone Node's Pods.
+    remove_applied_pods_of(&paths, i)?;
     let mut spaces: Vec<String> = (1..=pods).map(|j| pod_ns(lab, i, j)).collect();
     spaces.push(node_ns(lab, i));
     for ns in &spaces {

@@ -95,6 +95,13 @@ pub fn pod_ns(lab: &str, node: u32, j: u32) -> String {
     format!("{lab}-n{node}-p{j}")
 }
 
+/// The network namespace of a Pod made by `lab apply`: `<lab>-pod-<namespace>.<name>`
+/// (unambiguous: both names are DNS labels, without dots). Only the namespace's name is
+/// derived from it; interface names are derived from the container id by the CNI.
+pub fn applied_pod_ns(lab: &str, namespace: &str, name: &str) -> String {
+    format!("{lab}-pod-{namespace}.{name}")
+}
+
 /// Whether `ns` is a namespace name this lab would create.
 pub fn owns_namespace(lab: &str, ns: &str) -> bool {
     let Some(rest) = ns.strip_prefix(lab).and_then(|r| r.strip_prefix('-')) else {
@@ -102,6 +109,9 @@ pub fn owns_namespace(lab: &str, ns: &str) -> bool {
     };
     if rest == "ul" {
         return true;
+    }
+    if let Some((namespace, name)) = rest.strip_prefix("pod-").and_then(|r| r.split_once('.')) {
+        return !namespace.is_empty() && !name.is_empty();
     }
     let digits = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit());
     let Some(node) = rest.strip_prefix('n') else {
@@ -163,7 +173,9 @@ mod tests {
 
     #[test]
     fn recognises_only_its_own_namespaces() {
-        for ours in ["lab-ul", "lab-n1", "lab-n12", "lab-n3-p2"] {
+        let applied = applied_pod_ns("lab", "x", "a");
+        assert_eq!(applied, "lab-pod-x.a");
+        for ours in ["lab-ul", "lab-n1", "lab-n12", "lab-n3-p2", &applied] {
             assert!(owns_namespace("lab", ours), "{ours}");
         }
         for theirs in [
@@ -176,6 +188,9 @@ mod tests {
             "lab2-n1",
             "lab-n1-q1",
             "other-n1",
+            "lab-pod-x",
+            "lab-pod-.a",
+            "labx-pod-x.a",
         ] {
             assert!(!owns_namespace("lab", theirs), "{theirs}");
         }

@@ -24,7 +24,6 @@ pub(crate) fn add_pod(lab: &str, i: u32, j: u32, pool: bool) -> anyhow::Result<(
     let (c4, c6) = node_pod_cidrs(i);
     ip(&["netns", "add", &pod])?;
     in_ns(&pod, &["ip", "link", "set", "lo", "up"])?;
-    let plugin = binary("meshd-cni")?;
     let config = plugin_config(&paths, i)?;
     let cidrs = config["podCIDRs"].to_string();
     let expected = cidrs.contains(&c4.to_string()) && cidrs.contains(&c6.to_string());
@@ -34,39 +33,16 @@ pub(crate) fn add_pod(lab: &str, i: u32, j: u32, pool: bool) -> anyhow::Result<(
             node_name(i)
         );
     }
-    // The node's network namespace, but the host's mount namespace: pod namespaces are
-    // pinned under /run/netns after the node's private mount namespace was made.
-    let mut child = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", node_ns(lab, i)))
-        .arg("--")
-        .arg(&plugin)
-        .env("CNI_COMMAND", "ADD")
-        .env("CNI_CONTAINERID", &pod)
-        .env("CNI_NETNS", format!("/run/netns/{pod}"))
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_ARGS", format!("K8S_POD_NAME={}", pod_name(i, j)))
-        .env("CNI_PATH", plugin.parent().unwrap_or(Path::new("/")))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running meshd-cni")?;
-    child
-        .stdin
-        .take()
-        .context("meshd-cni stdin")?
-        .write_all(config.to_string().as_bytes())
-        .context("writing the CNI configuration")?;
-    let out = child.wait_with_output().context("waiting for meshd-cni")?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        bail!(
-            "meshd-cni ADD for {pod} failed: {stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let result: serde_json::Value =
-        serde_json::from_str(&stdout).with_context(|| format!("meshd-cni result: {stdout}"))?;
+    let result = run_cni(
+        &paths,
+        i,
+        &CniCall {
+            command: "ADD",
+            container_id: &pod,
+            netns: &format!("/run/netns/{pod}"),
+            args: &format!("K8S_POD_NAME={}", pod_name(i, j)),
+        },
+    )?;
     let got: Vec<&str> = result["ips"]
         .as_array()
         .into_iter()
@@ -83,6 +59,66 @@ pub(crate) fn add_pod(lab: &str, i: u32, j: u32, pool: bool) -> anyhow::Result<(
         bail!("meshd-cni gave {pod} {got:?}, the lab expected {want:?}");
     }
     Ok(())
+}
+
+/// One invocation of `meshd-cni` as a container runtime makes it.
+pub(crate) struct CniCall<'a> {
+    /// `ADD` or `DEL`.
+    pub(crate) command: &'a str,
+    /// `CNI_CONTAINERID`.
+    pub(crate) container_id: &'a str,
+    /// `CNI_NETNS` (a path under `/run/netns`).
+    pub(crate) netns: &'a str,
+    /// `CNI_ARGS` (`K=V;K=V`).
+    pub(crate) args: &'a str,
+}
+
+/// Run `meshd-cni` for node `i` with the CNI environment (interface `eth0`) and the plugin
+/// configuration on stdin, in the node's network namespace but the host's mount namespace
+/// (pod namespaces are pinned under /run/netns after the node's private mount namespace was
+/// made). Returns the parsed result (`null` for a DEL, which prints nothing).
+pub(crate) fn run_cni(
+    paths: &Paths,
+    i: u32,
+    call: &CniCall<'_>,
+) -> anyhow::Result<serde_json::Value> {
+    let plugin = binary("meshd-cni")?;
+    let config = plugin_config(paths, i)?;
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", node_ns(&paths.lab, i)))
+        .arg("--")
+        .arg(&plugin)
+        .env("CNI_COMMAND", call.command)
+        .env("CNI_CONTAINERID", call.container_id)
+        .env("CNI_NETNS", call.netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_ARGS", call.args)
+        .env("CNI_PATH", plugin.parent().unwrap_or(Path::new("/")))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running meshd-cni")?;
+    child
+        .stdin
+        .take()
+        .context("meshd-cni stdin")?
+        .write_all(config.to_string().as_bytes())
+        .context("writing the CNI configuration")?;
+    let out = child.wait_with_output().context("waiting for meshd-cni")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "meshd-cni {} for {} failed: {stdout}{}",
+            call.command,
+            call.container_id,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    if stdout.trim().is_empty() {
+        return Ok(serde_json::Value::Null);
+    }
+    serde_json::from_str(&stdout).with_context(|| format!("meshd-cni result: {stdout}"))
 }
 
 /// The plugin configuration a runtime would hand `meshd-cni`: the first plugin of the conflist

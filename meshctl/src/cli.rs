@@ -236,6 +236,100 @@ pub(crate) enum LabCmd {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// Apply Kubernetes objects (Namespaces, Pods, NetworkPolicies; multi-document YAML, as
+    /// `kubectl apply -f` takes): all or nothing. A Pod is created on its `spec.nodeName`
+    /// (else round-robin) through meshd-cni, with a server on each of its ports.
+    Apply {
+        /// Lab name.
+        #[arg(long, default_value = "mlab")]
+        name: String,
+        /// The file (`-`: standard input).
+        #[arg(short, long = "filename")]
+        file: PathBuf,
+    },
+    /// Delete the objects of a file (Pods are stopped; a Namespace takes its Pods and
+    /// NetworkPolicies with it).
+    Delete {
+        /// Lab name.
+        #[arg(long, default_value = "mlab")]
+        name: String,
+        /// The file (`-`: standard input).
+        #[arg(short, long = "filename")]
+        file: PathBuf,
+    },
+    /// Change the labels of a Pod (`pod NS/NAME`) or Namespace (`namespace NAME`):
+    /// `k=v` sets, `k-` removes; changing a value needs `--overwrite`.
+    Label {
+        /// Lab name.
+        #[arg(long, default_value = "mlab")]
+        name: String,
+        /// Allow changing the value of an existing label.
+        #[arg(long)]
+        overwrite: bool,
+        /// `pod` or `namespace`.
+        #[arg(value_parser = ["pod", "pods", "po", "namespace", "namespaces", "ns"])]
+        resource: String,
+        /// `NS/NAME` for a pod (`NAME` alone: namespace `default`), `NAME` for a namespace.
+        target: String,
+        /// `k=v` or `k-`.
+        #[arg(required = true)]
+        changes: Vec<String>,
+    },
+    /// Probe from every applied Pod to every applied Pod (itself included) from inside the
+    /// source Pod: a truth table (rows from, columns to; `.` allowed, `X` blocked). Allowed
+    /// means the destination's server answered, so a port nobody serves shows blocked.
+    Probe {
+        /// Lab name.
+        #[arg(long, default_value = "mlab")]
+        name: String,
+        /// Destination port.
+        #[arg(long, default_value_t = 80)]
+        port: u16,
+        /// `TCP`, `UDP` or `SCTP`.
+        #[arg(long, default_value = "TCP", value_parser = parse_protocol)]
+        protocol: String,
+        /// Address family: 4 or 6.
+        #[arg(long, default_value_t = 4, value_parser = parse_family)]
+        family: u8,
+        /// How long each probe waits for an answer, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// A Pod's port server (started by `lab apply` inside the Pod).
+    #[command(hide = true)]
+    Serve {
+        /// The Pod's network namespace (a path under /run/netns).
+        #[arg(long)]
+        netns: PathBuf,
+        /// `TCP`, `UDP` or `SCTP`.
+        #[arg(long, value_parser = parse_protocol)]
+        protocol: String,
+        /// The port.
+        #[arg(long)]
+        port: u16,
+    },
+}
+
+/// `4` or `6`.
+fn parse_family(s: &str) -> Result<u8, String> {
+    match s {
+        "4" => Ok(4),
+        "6" => Ok(6),
+        _ => Err(format!("{s:?}: expected 4 or 6")),
+    }
+}
+
+/// `TCP`, `UDP` or `SCTP`, in any case.
+fn parse_protocol(s: &str) -> Result<String, String> {
+    let upper = s.to_ascii_uppercase();
+    if matches!(upper.as_str(), "TCP" | "UDP" | "SCTP") {
+        Ok(upper)
+    } else {
+        Err(format!("{s:?}: expected TCP, UDP or SCTP"))
+    }
 }
 
 /// `0`, or an interval with a unit (`--plaintext-window`).
