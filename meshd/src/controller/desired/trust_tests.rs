@@ -236,3 +236,95 @@ fn a_plain_routed_cluster_is_protected_too() {
         Some(&"198.18.0.12".parse().unwrap())
     );
 }
+
+/// A hostile record drawn to collide with the honest nodes: copied keys, their CIDRs and
+/// addresses, supernets, special addresses, or nothing in common at all.
+fn hostile() -> impl proptest::strategy::Strategy<Value = NodeRecord> {
+    use proptest::prelude::*;
+    let cidr = prop_oneof![
+        Just("0.0.0.0/0"),
+        Just("::/0"),
+        Just("10.244.0.0/16"),
+        Just("10.244.2.0/24"),
+        Just("10.244.3.128/25"),
+        Just("fd00:244:0:2::/64"),
+        Just("fd00:244::/48"),
+        Just("10.244.90.0/24"),
+        Just("10.96.0.0/12"),
+    ];
+    let endpoint = prop_oneof![
+        Just("198.18.0.11"),
+        Just("198.18.0.12"),
+        Just("fd00:198::13"),
+        Just("127.0.0.1"),
+        Just("169.254.169.254"),
+        Just("fe80::1"),
+        Just("10.244.2.1"),
+        Just("198.18.0.90"),
+    ];
+    (
+        prop_oneof![Just("a"), Just("evil"), Just("m"), Just("zz")],
+        prop_oneof![1u8..=3, 90u8..=99],
+        proptest::collection::vec(endpoint, 1..3),
+        proptest::collection::vec(cidr, 0..3),
+    )
+        .prop_map(|(name, k, endpoints, cidrs)| {
+            let mut r = record(name, k, &cidrs, &endpoints);
+            r.pod_cidrs.sort();
+            r.pod_cidrs.dedup();
+            r
+        })
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config::with_cases(256))]
+
+    /// Whatever hostile records join the established honest ones, every honest peer, route,
+    /// redirect and host route stays exactly as it was, and nothing else is steered into
+    /// an honest node's pod CIDR or address.
+    #[test]
+    fn hostile_records_never_change_what_is_programmed_for_honest_nodes(
+        hostiles in proptest::collection::vec(hostile(), 1..4),
+    ) {
+        let (me, records) = honest();
+        let before = desired_for(&me, &records);
+        let mut all = records.clone();
+        for h in hostiles {
+            all.entry(h.name.clone()).or_insert(h);
+        }
+        let after = desired_for(&me, &all);
+        for slot in 0..2 {
+            for (key, peer) in &before.peers[slot].peers {
+                proptest::prop_assert_eq!(after.peers[slot].peers.get(key), Some(peer));
+            }
+        }
+        for (cidr, ifindex) in &before.routes {
+            proptest::prop_assert_eq!(after.routes.get(cidr), Some(ifindex));
+            proptest::prop_assert_eq!(after.redirects.get(cidr), Some(ifindex));
+        }
+        for (ip, route) in &before.host_routes {
+            proptest::prop_assert_eq!(after.host_routes.get(ip), Some(route));
+        }
+        let honest_nets: Vec<IpNet> = records
+            .values()
+            .flat_map(|r| {
+                r.pod_cidrs
+                    .iter()
+                    .copied()
+                    .chain(r.endpoints.iter().map(|ip| IpNet::from(*ip)))
+            })
+            .collect();
+        let overlaps = |a: &IpNet, b: &IpNet| a.contains(&b.network()) || b.contains(&a.network());
+        for peer in after.peers.iter().flat_map(|s| s.peers.values()) {
+            if records.values().any(|r| r.public_key == peer.public_key) {
+                continue;
+            }
+            for ip in &peer.allowed_ips {
+                proptest::prop_assert!(
+                    !honest_nets.iter().any(|h| overlaps(h, ip)),
+                    "{} got {ip}", peer.name
+                );
+            }
+        }
+    }
+}
