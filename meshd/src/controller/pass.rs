@@ -65,12 +65,18 @@ async fn desired_now(
         .and_then(|feed| feed.borrow().clone());
     let exclude = host_exclusions(&ctx.args.host_encryption_exclude, api_servers.as_ref());
     let pods = &observation.pods;
+    let policy = trust::policy(&ctx.args);
     let established = match state.registry.established.take() {
         Some(known) => known,
-        None => trust::load(&ctx.args.state_dir).unwrap_or_else(|err| {
-            tracing::error!(error = %err, "starting record trust without memory: every contested claim is refused until settled");
-            Default::default()
-        }),
+        None => {
+            if policy.cluster_pools.is_empty() {
+                tracing::warn!("record trust: no cluster pool configured (--cluster-cidr, --pod-cidr-pool): peers' pod CIDRs are held to the generic rules only");
+            }
+            trust::load(&ctx.args.state_dir).unwrap_or_else(|err| {
+                tracing::error!(error = %err, "starting record trust without memory: every contested claim is refused until settled");
+                Default::default()
+            })
+        }
     };
     let (want, admission) = trusted(
         &Inputs {
@@ -87,7 +93,7 @@ async fn desired_now(
             guard_interfaces: observation.guard_interfaces.clone(),
             underlay: &ctx.underlay,
         },
-        &trust::policy(&ctx.args),
+        &policy,
         &established,
     );
     if admission.established != established {
