@@ -289,7 +289,9 @@ fn malformed_and_conflicting_records_are_skipped_and_the_rest_of_the_mesh_is_una
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    // A node claiming n2's key: neither n2 nor the impostor is programmed, the conflict is reported.
+    // A node claiming n2's key: n2's key is established, so only the impostor is refused
+    // (issue 19, record trust: a newcomer never removes an established node's peering); the
+    // conflict is reported.
     let n2_key = raw["nodes"][1]["public_key"].as_str().unwrap().to_string();
     let impostor = format!(
         r#"{{"version":1,"name":"impostor","publicKey":"{n2_key}","listenPort":51820,"endpoints":["198.18.0.99"],"podCIDRs":["10.244.77.0/24"]}}"#
@@ -297,11 +299,12 @@ fn malformed_and_conflicting_records_are_skipped_and_the_rest_of_the_mesh_is_una
     std::fs::write(registry.join("impostor.json"), impostor).unwrap();
     let st = lab
         .wait_for(
-            "n1 to drop n2 over the duplicate key",
+            "n1 to refuse the impostor over the duplicate key",
             Duration::from_secs(10),
             |s| {
-                let peers = peer_names(s, "n1");
-                peers == vec!["n3".to_string()]
+                s["nodes"][0]["status"]["conflicts"]
+                    .to_string()
+                    .contains("impostor")
             },
         )
         .unwrap();
@@ -310,15 +313,18 @@ fn malformed_and_conflicting_records_are_skipped_and_the_rest_of_the_mesh_is_una
         conflicts.contains("impostor") && conflicts.contains("n2"),
         "{conflicts}"
     );
+    let mut n1_peers = peer_names(&st, "n1");
+    n1_peers.sort();
+    assert_eq!(n1_peers, vec!["n2".to_string(), "n3".to_string()]);
     let p3 = typed.pods_on("n3").next().unwrap();
     let (c4, _) = pod_addrs(p3).unwrap();
     assert!(
         ping(p1, &c4.to_string(), 2),
-        "n1 -> n3 unaffected by the n2 conflict"
+        "n1 -> n3 unaffected by the impostor"
     );
     assert!(
-        !ping(p1, &a4.to_string(), 1),
-        "n2 must not be reachable while its key is contested"
+        ping(p1, &a4.to_string(), 2),
+        "n2 keeps its peering: the impostor is the newcomer"
     );
     // The conflict resolves when the impostor goes away.
     std::fs::remove_file(registry.join("impostor.json")).unwrap();

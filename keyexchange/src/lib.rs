@@ -16,6 +16,9 @@
 //! * [`peers`]: pure functions from records to the desired peer set
 //!   ([`peers::compute_peers`], with conflict detection) and to the minimal operations
 //!   ([`peers::diff_peers`]) against what a device has programmed.
+//! * [`trust`]: which records this node accepts at all ([`trust::admit`]): pod CIDRs inside
+//!   the cluster pools, sane endpoints, and on a conflict the established holder keeps its
+//!   claim while only the newcomer is refused.
 //! * [`slots`]: the two key slots every node runs for loss-free key rotation, and which one
 //!   a pair of nodes uses ([`slots::pair_slot`]).
 #![forbid(unsafe_code)]
@@ -24,6 +27,7 @@ pub mod key;
 pub mod peers;
 pub mod record;
 pub mod slots;
+pub mod trust;
 
 pub use key::{KeyError, PrivateKey, PublicKey};
 pub use record::{NodeRecord, RecordError};

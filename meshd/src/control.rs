@@ -286,6 +286,24 @@ pub struct StatusReport {
     /// counters grew), as this meshd saw it.
     #[serde(default)]
     pub cleartext: CleartextReport,
+    /// Records this node refuses (record trust: hostile or contested claims); each is also
+    /// listed, as text, in `conflicts`. Absent when none is refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<RefusalReport>,
+}
+
+/// A record this node refuses (see `docs/registry.md`, "Record trust").
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RefusalReport {
+    /// The refused node.
+    pub node: String,
+    /// The record field at fault (`podCIDRs`, `endpoints`, `publicKey`, `secondKey`).
+    pub field: String,
+    /// Why, naming the value (and, for a conflict, the other node's claim).
+    pub reason: String,
+    /// For a conflict: the node that keeps the contested claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
 }
 
 /// When the strict-drop and would-drop counters last grew. They count from when the datapath
@@ -530,6 +548,7 @@ mod tests {
             second: None,
             rotation: RotationReport::default(),
             cleartext: CleartextReport::default(),
+            refused: Vec::new(),
         }
     }
 

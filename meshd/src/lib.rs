@@ -39,6 +39,13 @@ pub mod settings;
 /// Crash-safe replacement of meshd's small state files.
 pub mod statefile;
 
+/// Makes this process non-dumpable (`prctl(PR_SET_DUMPABLE, 0)`): no core dump of it is
+/// written, and no process without `CAP_SYS_PTRACE` may attach to it or read its memory, so
+/// its private keys never land in a core file. Every meshd binary calls it first.
+pub fn forbid_core_dumps() -> nix::Result<()> {
+    nix::sys::prctl::set_dumpable(false)
+}
+
 /// Install the tracing subscriber used by every binary (`RUST_LOG` filters; default `info`).
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -47,4 +54,13 @@ pub fn init_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_process_is_not_dumpable_after_forbidding_core_dumps() {
+        super::forbid_core_dumps().expect("prctl");
+        assert_eq!(nix::sys::prctl::get_dumpable(), Ok(false));
+    }
 }

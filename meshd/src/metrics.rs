@@ -39,6 +39,7 @@ struct Inner {
     ops: Family<Labels, Counter>,
     key_age: Gauge<f64, AtomicU64>,
     rotations: Family<Labels, Counter>,
+    records_refused: Family<Labels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -136,6 +137,12 @@ impl Metrics {
             "Key rotations by outcome (done: both keys replaced; aborted: no key changed)",
             rotations.clone(),
         );
+        let records_refused = Family::<Labels, Gauge>::default();
+        registry.register(
+            "records_refused",
+            "Node records this node refuses now (record trust), by the field at fault",
+            records_refused.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
                 registry: Mutex::new(registry),
@@ -151,6 +158,7 @@ impl Metrics {
                 ops,
                 key_age,
                 rotations,
+                records_refused,
             }),
         }
     }
@@ -201,6 +209,12 @@ impl Metrics {
             }
             m.encrypted_hosts
                 .set(i64::try_from(s.encrypted_hosts.len()).unwrap_or(i64::MAX));
+            m.records_refused.clear();
+            for r in &s.refused {
+                m.records_refused
+                    .get_or_create(&labels(&[("field", &r.field)]))
+                    .inc();
+            }
             if let Some(d) = &s.datapath {
                 let c = &d.counters;
                 for (verdict, v) in [
@@ -298,5 +312,34 @@ mod tests {
         // A peer that went away disappears from the next scrape.
         s.peers.clear();
         assert!(!m.render(Some(&s)).contains("peer=\"n2\""));
+    }
+
+    #[test]
+    fn refused_records_are_counted_by_field_and_vanish_once_accepted() {
+        let m = Metrics::new();
+        let mut s = crate::control::tests_support::sample();
+        for (node, field) in [
+            ("evil", "podCIDRs"),
+            ("evil6", "podCIDRs"),
+            ("lo", "endpoints"),
+        ] {
+            s.refused.push(crate::control::RefusalReport {
+                node: node.into(),
+                field: field.into(),
+                reason: "hostile".into(),
+                holder: None,
+            });
+        }
+        let text = m.render(Some(&s));
+        assert!(
+            text.contains("meshd_records_refused{field=\"podCIDRs\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("meshd_records_refused{field=\"endpoints\"} 1"),
+            "{text}"
+        );
+        s.refused.clear();
+        assert!(!m.render(Some(&s)).contains("meshd_records_refused{"));
     }
 }

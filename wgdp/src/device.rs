@@ -77,7 +77,8 @@ impl DeviceError {
     }
 }
 
-/// The device's own key pair.
+/// The device's own key pair. Wiped on drop: `secret` by x25519-dalek's own `zeroize`,
+/// `raw` by this type's `Drop`.
 pub struct DeviceKey {
     /// The private key.
     pub secret: StaticSecret,
@@ -86,6 +87,14 @@ pub struct DeviceKey {
     /// The raw private key, as the UAPI reports it.
     pub raw: Key,
 }
+
+impl Drop for DeviceKey {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.raw.0);
+    }
+}
+
+impl zeroize::ZeroizeOnDrop for DeviceKey {}
 
 /// A monotonic clock in nanoseconds since the device started; 0 means "never".
 #[derive(Debug, Clone, Copy)]
@@ -583,6 +592,33 @@ mod tests {
 
     fn k(b: u8) -> Key {
         Key([b; 32])
+    }
+
+    #[test]
+    fn the_process_is_not_dumpable_after_forbidding_core_dumps() {
+        crate::forbid_core_dumps().expect("prctl");
+        assert_eq!(nix::sys::prctl::get_dumpable(), Ok(false));
+    }
+
+    #[test]
+    fn the_device_key_is_wiped_on_drop() {
+        fn wiped_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+        // boringtun's x25519 secrets (x25519-dalek's `zeroize` is on) and the raw key both.
+        wiped_on_drop::<StaticSecret>();
+        wiped_on_drop::<DeviceKey>();
+        let secret = StaticSecret::from([7; 32]);
+        let mut key = std::mem::ManuallyDrop::new(DeviceKey {
+            public: PublicKey::from(&secret),
+            secret,
+            raw: k(7),
+        });
+        #[allow(unsafe_code)]
+        // SAFETY: dropped exactly once, here. `ManuallyDrop` never frees the memory and the
+        // raw key is a plain byte array, so reading it after the drop reads valid bytes.
+        unsafe {
+            std::mem::ManuallyDrop::drop(&mut key)
+        };
+        assert_eq!(key.raw.0, [0; 32]);
     }
 
     fn owner(core: &Core, ip: &str) -> Option<Key> {

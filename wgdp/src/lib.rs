@@ -61,6 +61,13 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 pub use device::Core;
+
+/// Makes this process non-dumpable (`prctl(PR_SET_DUMPABLE, 0)`): no core dump of it is
+/// written, and no process without `CAP_SYS_PTRACE` may attach to it or read its memory, so
+/// the keys it holds never land in a core file. `meshd-wg` calls it first.
+pub fn forbid_core_dumps() -> nix::Result<()> {
+    nix::sys::prctl::set_dumpable(false)
+}
 pub use tun::Tun;
 pub use udp::Sockets;
 

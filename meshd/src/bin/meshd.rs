@@ -49,6 +49,8 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     meshd::init_tracing();
+    // Before any key is loaded: no core dump ever holds one.
+    meshd::forbid_core_dumps().context("making meshd non-dumpable")?;
     let cli = Cli::parse();
     let result = match cli.registry {
         RegistryKind::Dir => {

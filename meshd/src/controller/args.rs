@@ -66,6 +66,9 @@ pub struct DaemonArgs {
     /// would leave through the underlay outside WireGuard. Default: this node's pod CIDRs.
     #[arg(long = "cluster-cidr")]
     pub cluster_cidrs: Vec<IpNet>,
+    /// Record trust: the rest of the cluster's address plan records are checked against.
+    #[command(flatten)]
+    pub trust: super::trust::TrustArgs,
     /// `enabled` (pod traffic between nodes is encrypted; with strict mode, cleartext is dropped
     /// at the underlay), `permissive` (cleartext is counted as would-drop, not dropped: the
     /// rollout mode) or `disabled` (plain routed path, no tunnel). With a ConfigMap

@@ -5,6 +5,10 @@
 //! the eBPF redirects of peers' pod CIDRs (the same map: `CIDR → device`), the plain routes of
 //! `encryption: disabled`, host encryption's routes, the underlay guard's mode, the MTU, the
 //! local pods and their `from_pod` attachments, and the interfaces the guard must sit on.
+//!
+//! Records are trusted first ([`trusted`], with [`keyexchange::trust::admit`]): a refused
+//! record contributes nothing at all (no peer, route, redirect or host route), so a hostile
+//! record changes nothing for the honest nodes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -13,6 +17,7 @@ use ebpf_redirect::Mode;
 use ipnet::IpNet;
 use keyexchange::peers::{compute_peers, PeerSet};
 use keyexchange::slots::{self, pair_slot, Slot, SLOTS};
+use keyexchange::trust::{admit, Admission, Established, TrustPolicy};
 use keyexchange::{NodeRecord, PublicKey};
 
 use super::state::Live;
@@ -136,6 +141,24 @@ pub fn desired(inputs: &Inputs<'_>) -> Desired {
         peer_slots: pairs.iter().map(|(n, (s, _))| (n.clone(), *s)).collect(),
         conflicts,
     }
+}
+
+/// The records `policy` and the memory `established` accept, then the desired state from them
+/// alone. The refusals are added to the desired state's conflicts (as text) and returned in
+/// the admission, with the memory for the next pass.
+pub fn trusted(
+    inputs: &Inputs<'_>,
+    policy: &TrustPolicy,
+    established: &Established,
+) -> (Desired, Admission) {
+    let admission = admit(inputs.records, inputs.me, policy, established);
+    let mut want = desired(&Inputs {
+        records: &admission.accepted,
+        ..inputs.clone()
+    });
+    want.conflicts
+        .extend(admission.refused.iter().map(ToString::to_string));
+    (want, admission)
 }
 
 /// Host encryption's routes: the tunnelled peer addresses, each from this node's own
@@ -361,3 +384,5 @@ pub fn host_exclusions(
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod trust_tests;

@@ -45,6 +45,7 @@ mod pods;
 mod start;
 mod state;
 mod status;
+mod trust;
 
 pub use args::{parse_interval, second_port, DaemonArgs, PodSteering, DEFAULT_MESH_MARK};
 pub use context::ApiServerFeed;

@@ -1,5 +1,6 @@
 //! One reconcile pass: heal the devices, observe the node, compute the desired state, plan,
-//! apply. Every pass compares the *live* node with the desired state, which makes passes
+//! apply. Records are trusted first (see [`super::trust`]): refused ones count for nothing.
+//! Every pass compares the *live* node with the desired state, which makes passes
 //! idempotent and self-healing after drift; the plan carries the order that keeps pod
 //! traffic from ever leaving in clear (see [`super::plan`]).
 
@@ -11,12 +12,13 @@ use netlink::DeviceStatus;
 use super::apply::apply;
 use super::args::PodSteering;
 use super::context::Context;
-use super::desired::{desired, host_exclusions, Desired, Inputs};
+use super::desired::{host_exclusions, trusted, Desired, Inputs};
 use super::devices::{ensure_ports, heal_devices};
 use super::liveness::{handshook_within, liveness_window};
 use super::observe::{observe, Observation};
 use super::plan::plan;
 use super::state::{Live, RegistryCache, State};
+use super::trust;
 
 /// One pass towards the desired state.
 pub(super) async fn pass(ctx: &Context, state: &mut State) -> anyhow::Result<()> {
@@ -45,10 +47,11 @@ pub(super) async fn pass(ctx: &Context, state: &mut State) -> anyhow::Result<()>
     Ok(())
 }
 
-/// The desired state from the records, the settings and what was just observed.
+/// The desired state from the trusted records, the settings and what was just observed;
+/// keeps the refusals and the memory of accepted claims (persisting it when it changed).
 async fn desired_now(
     ctx: &Context,
-    state: &State,
+    state: &mut State,
     live: &Live,
     devices: &[DeviceStatus; 2],
     observation: &Observation,
@@ -62,19 +65,48 @@ async fn desired_now(
         .and_then(|feed| feed.borrow().clone());
     let exclude = host_exclusions(&ctx.args.host_encryption_exclude, api_servers.as_ref());
     let pods = &observation.pods;
-    desired(&Inputs {
-        records: &state.registry.records,
-        me: &me,
-        live,
-        ifindex,
-        mesh_marked: devices.iter().all(|d| d.fwmark == ctx.args.mesh_mark),
-        tunnels_up: &tunnels_up,
-        host_exclude: &exclude,
-        local_pods: pods.addresses.clone(),
-        pod_interfaces: (ctx.args.pod_steering == PodSteering::Ebpf).then(|| pods.veths.clone()),
-        guard_interfaces: observation.guard_interfaces.clone(),
-        underlay: &ctx.underlay,
-    })
+    let policy = trust::policy(&ctx.args);
+    let established = match state.registry.established.take() {
+        Some(known) => known,
+        None => {
+            if policy.cluster_pools.is_empty() {
+                tracing::warn!("record trust: no cluster pool configured (--cluster-cidr, --pod-cidr-pool): peers' pod CIDRs are held to the generic rules only");
+            }
+            trust::load(&ctx.args.state_dir).unwrap_or_else(|err| {
+                tracing::error!(error = %err, "starting record trust without memory: every contested claim is refused until settled");
+                Default::default()
+            })
+        }
+    };
+    let (want, admission) = trusted(
+        &Inputs {
+            records: &state.registry.records,
+            me: &me,
+            live,
+            ifindex,
+            mesh_marked: devices.iter().all(|d| d.fwmark == ctx.args.mesh_mark),
+            tunnels_up: &tunnels_up,
+            host_exclude: &exclude,
+            local_pods: pods.addresses.clone(),
+            pod_interfaces: (ctx.args.pod_steering == PodSteering::Ebpf)
+                .then(|| pods.veths.clone()),
+            guard_interfaces: observation.guard_interfaces.clone(),
+            underlay: &ctx.underlay,
+        },
+        &policy,
+        &established,
+    );
+    if admission.established != established {
+        if let Err(err) = trust::save(&ctx.args.state_dir, &admission.established) {
+            tracing::warn!(error = %err, "the accepted records are not remembered across a restart");
+        }
+    }
+    for r in trust::new_refusals(&admission.refused, &state.registry.refused) {
+        tracing::error!(node = %r.node, field = r.field, reason = %r.reason, "record refused");
+    }
+    state.registry.refused = admission.refused;
+    state.registry.established = Some(admission.established);
+    want
 }
 
 /// The peers whose tunnel is up: by the liveness tracker, or handshook just now (a new key
@@ -92,9 +124,13 @@ fn tunnels_up(state: &State, live: &Live, devices: &[DeviceStatus; 2]) -> BTreeS
     up
 }
 
-/// Log each conflict once, when it appears.
+/// Log each conflict once, when it appears (refusals are logged as such by `desired_now`).
 fn report_conflicts(registry: &mut RegistryCache, conflicts: &BTreeSet<String>) {
-    for c in conflicts.difference(&registry.last_conflicts) {
+    let refusals: BTreeSet<String> = registry.refused.iter().map(ToString::to_string).collect();
+    for c in conflicts
+        .difference(&registry.last_conflicts)
+        .filter(|c| !refusals.contains(*c))
+    {
         tracing::error!(conflict = %c, "conflicting records: neither side is programmed");
     }
     registry.last_conflicts = conflicts.clone();

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::time::{Instant, SystemTime};
 
 use keyexchange::slots::Slot;
+use keyexchange::trust::{Established, Refusal};
 use keyexchange::{NodeRecord, PublicKey};
 
 use crate::bpf::Encryption;
@@ -86,6 +87,11 @@ pub(super) struct RegistryCache {
     pub malformed: BTreeMap<String, String>,
     /// The conflicts last reported (each is logged once, when it appears).
     pub last_conflicts: BTreeSet<String>,
+    /// The records refused by the last pass (record trust), each logged once.
+    pub refused: Vec<Refusal>,
+    /// The claims accepted by the last pass (loaded from the state directory before the
+    /// first; `None` until then).
+    pub established: Option<Established>,
 }
 
 /// Host encryption's view of each tunnel: up while bytes keep arriving.

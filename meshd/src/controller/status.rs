@@ -10,7 +10,7 @@ use keyexchange::PublicKey;
 use super::context::Context;
 use super::state::State;
 use super::unix_now;
-use crate::control::{self, MalformedReport, PeerReport, StatusReport};
+use crate::control::{self, MalformedReport, PeerReport, RefusalReport, StatusReport};
 use crate::rotation;
 
 /// The peers of one device as the status reports them.
@@ -166,6 +166,17 @@ pub(super) async fn publish_status(
         rotation: rotation_report,
         datapath,
         cleartext: state.cleartext.report.clone(),
+        refused: state
+            .registry
+            .refused
+            .iter()
+            .map(|r| RefusalReport {
+                node: r.node.clone(),
+                field: r.field.to_string(),
+                reason: r.reason.clone(),
+                holder: r.holder.clone(),
+            })
+            .collect(),
     };
     if let Some(feed) = &ctx.status_feed {
         // Receivers decide what changed (the Node condition writes only when it does).

@@ -36,6 +36,11 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    // Before any key arrives over the UAPI: no core dump ever holds one.
+    if let Err(err) = wgdp::forbid_core_dumps() {
+        tracing::error!(%err, "making meshd-wg non-dumpable failed");
+        return std::process::ExitCode::FAILURE;
+    }
     let config = wgdp::Config {
         interface: args.interface,
         threads: args.threads.max(1),

@@ -198,3 +198,40 @@ fn rejected_request_values_that_may_be_keys_are_not_repeated() {
     let err = parse_request("set=1\nbogus=1".lines()).expect_err("key");
     assert!(err.to_string().contains("bogus"), "{err}");
 }
+
+#[test]
+fn no_debug_output_shows_any_byte_of_a_key() {
+    let secret = Key([0xcd; 32]);
+    let hex = secret.to_hex();
+    let mut peer = PeerUpdate::new(Key([0xab; 32]));
+    peer.preshared_key = Some(Some(secret));
+    let set = SetRequest {
+        private_key: Some(Some(secret)),
+        peers: vec![peer],
+        ..SetRequest::default()
+    };
+    let info = DeviceInfo {
+        private_key: Some(secret),
+        ..DeviceInfo::default()
+    };
+    for shown in [
+        format!("{secret:?}"),
+        format!("{set:?}"),
+        format!("{:?}", Request::Set(set.clone())),
+        format!("{info:?}"),
+    ] {
+        // Not even the first four bytes (the Debug of earlier versions showed them).
+        assert!(!shown.contains(&hex[..8]), "{shown}");
+        assert!(!shown.contains("abababab"), "{shown}");
+    }
+    assert_eq!(format!("{secret:?}"), "Key(<withheld>)");
+}
+
+#[test]
+fn a_private_key_line_ending_in_cr_is_rejected_without_the_key() {
+    let hex = Key([0x5e; 32]).to_hex();
+    let err = parse_request(format!("set=1\nprivate_key={hex}\r").lines()).expect_err("CR");
+    let shown = format!("{err} {err:?}");
+    assert!(!shown.contains(&hex[..16]), "{shown}");
+    assert!(shown.contains("withheld"), "{shown}");
+}

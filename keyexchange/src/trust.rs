@@ -1,0 +1,538 @@
+//! Record trust: which node records this node accepts before any peer is computed from them.
+//! Pure: no I/O (the daemon loads and persists the [`Established`] memory).
+//!
+//! A record comes from outside (any holder of patch rights on Nodes, or of write access to the
+//! registry directory, can write one), so it is checked twice:
+//!
+//! 1. **On its own** ([`check_record`]): every pod CIDR lies inside a configured cluster pool
+//!    (when any is configured), outside the service ranges and the special-purpose ranges
+//!    (loopback, link-local, multicast, "this network"), with a prefix length in
+//!    [`IPV4_PREFIX`] / [`IPV6_PREFIX`] and at most [`MAX_POD_CIDRS_PER_FAMILY`] per family;
+//!    every endpoint is a unicast address that is not loopback, unspecified, link-local,
+//!    multicast, broadcast, nor inside a cluster pool or service range.
+//! 2. **Against the others** ([`admit`]): two nodes conflict when their pod CIDRs overlap,
+//!    they publish the same public key (either slot), they publish the same endpoint, or one's
+//!    endpoint lies inside the other's pod CIDR. A conflict is never resolved against the
+//!    holder that was there first: every claim (a key, a CIDR, an endpoint) has a strength —
+//!    this node's own claims are strongest, then *established* claims (the same node made the
+//!    same claim when this node last accepted it: [`Established`]), then new claims — and the
+//!    node with the weaker claim is refused alone. When both claims are equally strong (two
+//!    newcomers at once) both nodes are refused: nobody receives traffic for an ambiguous
+//!    claim. So a newcomer's record can never remove an established node's peering.
+//!
+//! The rule in full, with the restart case, is in `docs/registry.md` ("Record trust").
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::ops::RangeInclusive;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::key::PublicKey;
+use crate::record::NodeRecord;
+use crate::slots::SLOTS;
+
+/// Prefix lengths a node's IPv4 pod CIDR may have.
+pub const IPV4_PREFIX: RangeInclusive<u8> = 8..=32;
+/// Prefix lengths a node's IPv6 pod CIDR may have.
+pub const IPV6_PREFIX: RangeInclusive<u8> = 32..=128;
+/// At most this many pod CIDRs of each family per record (Kubernetes gives one).
+pub const MAX_POD_CIDRS_PER_FAMILY: usize = 4;
+
+/// What records are checked against: the cluster's address plan.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrustPolicy {
+    /// The cluster pools every pod CIDR must lie in (`--cluster-cidr`, `--pod-cidr-pool`).
+    /// Empty: none configured, pod CIDRs are only held to the other rules.
+    pub cluster_pools: Vec<IpNet>,
+    /// The service ranges (`--service-cidr`): no pod CIDR overlaps one, no endpoint is in one.
+    pub service_ranges: Vec<IpNet>,
+}
+
+/// A record this node refuses, and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("record of node \"{node}\" refused: field {field}: {reason}")]
+pub struct Refusal {
+    /// The refused node.
+    pub node: String,
+    /// The record field at fault (`podCIDRs`, `endpoints`, `publicKey`, `secondKey`).
+    pub field: &'static str,
+    /// What is wrong, naming the value and, for a conflict, the other node.
+    pub reason: String,
+    /// For a conflict: the node holding the contested claim.
+    pub holder: Option<String>,
+}
+
+/// The claims of one accepted node, as remembered.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Claims {
+    /// Its public keys (both slots).
+    pub keys: BTreeSet<PublicKey>,
+    /// Its pod CIDRs.
+    #[serde(rename = "podCIDRs")]
+    pub pod_cidrs: BTreeSet<IpNet>,
+    /// Its endpoints.
+    pub endpoints: BTreeSet<IpAddr>,
+}
+
+/// What this node accepted last: per node, the claims that are established (they win any
+/// conflict against a new claim). The daemon keeps it across restarts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Established {
+    /// Accepted nodes and their claims, by name.
+    pub nodes: BTreeMap<String, Claims>,
+}
+
+impl Established {
+    /// The claims of every accepted record (this node's own left out: it is always strongest).
+    pub fn of<'a>(accepted: impl IntoIterator<Item = &'a NodeRecord>) -> Established {
+        Established {
+            nodes: accepted
+                .into_iter()
+                .map(|r| (r.name.clone(), claims_of(r)))
+                .collect(),
+        }
+    }
+}
+
+/// The outcome of [`admit`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Admission {
+    /// The records peers may be computed from (this node's own included when given).
+    pub accepted: BTreeMap<String, NodeRecord>,
+    /// The refused records, sorted by node then field; one refusal per node (the first
+    /// reason found).
+    pub refused: Vec<Refusal>,
+    /// The memory for the next admission: the accepted nodes' claims.
+    pub established: Established,
+}
+
+fn claims_of(r: &NodeRecord) -> Claims {
+    Claims {
+        keys: SLOTS
+            .iter()
+            .filter_map(|s| r.slot(*s))
+            .map(|k| k.public_key)
+            .collect(),
+        pod_cidrs: r.pod_cidrs.iter().map(IpNet::trunc).collect(),
+        endpoints: r.endpoints.iter().map(IpAddr::to_canonical).collect(),
+    }
+}
+
+/// IPv4 ranges no pod CIDR may touch and no endpoint may be in: "this network", loopback,
+/// link-local, multicast and reserved (with the limited broadcast).
+const SPECIAL_V4: [&str; 5] = [
+    "0.0.0.0/8",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+];
+/// The same for IPv6: unspecified, loopback, IPv4-mapped, link-local and multicast.
+const SPECIAL_V6: [&str; 5] = [
+    "::/128",
+    "::1/128",
+    "::ffff:0:0/96",
+    "fe80::/10",
+    "ff00::/8",
+];
+
+fn special_ranges() -> impl Iterator<Item = (IpNet, &'static str)> {
+    let name = |s: &str| match s {
+        "0.0.0.0/8" | "::/128" => "unspecified (\"this network\")",
+        "127.0.0.0/8" | "::1/128" => "loopback",
+        "169.254.0.0/16" | "fe80::/10" => "link-local",
+        "224.0.0.0/4" | "ff00::/8" => "multicast",
+        "::ffff:0:0/96" => "IPv4-mapped",
+        _ => "reserved",
+    };
+    SPECIAL_V4.iter().chain(SPECIAL_V6.iter()).map(move |s| {
+        (
+            s.parse().unwrap_or_else(|e| unreachable!("{s}: {e}")),
+            name(s),
+        )
+    })
+}
+
+fn overlaps(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+fn list(nets: &[IpNet]) -> String {
+    nets.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Checks one record on its own (see the module docs).
+pub fn check_record(r: &NodeRecord, policy: &TrustPolicy) -> Result<(), Refusal> {
+    let refuse = |field: &'static str, reason: String| Refusal {
+        node: r.name.clone(),
+        field,
+        reason,
+        holder: None,
+    };
+    let mut per_family = [0usize; 2];
+    for cidr in &r.pod_cidrs {
+        let (family, range) = match cidr {
+            IpNet::V4(_) => (0, IPV4_PREFIX),
+            IpNet::V6(_) => (1, IPV6_PREFIX),
+        };
+        per_family[family] += 1;
+        if per_family[family] > MAX_POD_CIDRS_PER_FAMILY {
+            return Err(refuse(
+                "podCIDRs",
+                format!("more than {MAX_POD_CIDRS_PER_FAMILY} pod CIDRs of the family of {cidr}"),
+            ));
+        }
+        if !range.contains(&cidr.prefix_len()) {
+            return Err(refuse(
+                "podCIDRs",
+                format!(
+                    "{cidr}: prefix length /{} is outside /{}../{}",
+                    cidr.prefix_len(),
+                    range.start(),
+                    range.end()
+                ),
+            ));
+        }
+        if let Some((special, what)) = special_ranges().find(|(s, _)| overlaps(s, cidr)) {
+            return Err(refuse(
+                "podCIDRs",
+                format!("{cidr} overlaps the {what} range {special}"),
+            ));
+        }
+        if !policy.cluster_pools.is_empty()
+            && !policy.cluster_pools.iter().any(|p| p.contains(cidr))
+        {
+            return Err(refuse(
+                "podCIDRs",
+                format!(
+                    "{cidr} lies outside the cluster pools ({})",
+                    list(&policy.cluster_pools)
+                ),
+            ));
+        }
+        if let Some(svc) = policy.service_ranges.iter().find(|s| overlaps(s, cidr)) {
+            return Err(refuse(
+                "podCIDRs",
+                format!("{cidr} overlaps the service range {svc}"),
+            ));
+        }
+    }
+    for ip in &r.endpoints {
+        check_endpoint(ip, policy).map_err(|reason| refuse("endpoints", reason))?;
+    }
+    Ok(())
+}
+
+fn check_endpoint(ip: &IpAddr, policy: &TrustPolicy) -> Result<(), String> {
+    let canonical = ip.to_canonical();
+    if canonical == IpAddr::from([255, 255, 255, 255]) {
+        return Err(format!("{ip} is the broadcast address"));
+    }
+    if let Some((_, what)) = special_ranges().find(|(s, _)| s.contains(&canonical)) {
+        return Err(format!("{ip} is a {what} address"));
+    }
+    if let Some(pool) = policy.cluster_pools.iter().find(|p| p.contains(&canonical)) {
+        return Err(format!("{ip} lies inside the cluster pool {pool}"));
+    }
+    if let Some(svc) = policy
+        .service_ranges
+        .iter()
+        .find(|s| s.contains(&canonical))
+    {
+        return Err(format!("{ip} lies inside the service range {svc}"));
+    }
+    Ok(())
+}
+
+/// How strong a claim is: this node's own, established, or new.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Strength {
+    New,
+    Established,
+    Own,
+}
+
+impl Strength {
+    fn word(self) -> &'static str {
+        match self {
+            Strength::New => "new",
+            Strength::Established => "established",
+            Strength::Own => "this node's own",
+        }
+    }
+}
+
+/// One claim of a node that another node's claim can contest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Item {
+    Key { key: PublicKey, second: bool },
+    Cidr(IpNet),
+    Endpoint(IpAddr),
+}
+
+impl Item {
+    fn field(self) -> &'static str {
+        match self {
+            Item::Key { second: false, .. } => "publicKey",
+            Item::Key { second: true, .. } => "secondKey",
+            Item::Cidr(_) => "podCIDRs",
+            Item::Endpoint(_) => "endpoints",
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Item::Key { key, .. } => format!("public key {key}"),
+            Item::Cidr(c) => format!("pod CIDR {c}"),
+            Item::Endpoint(ip) => format!("endpoint {ip}"),
+        }
+    }
+
+    /// The claim as a prefix, for the overlap sweep (keys have none).
+    fn net(self) -> Option<IpNet> {
+        match self {
+            Item::Key { .. } => None,
+            Item::Cidr(c) => Some(c),
+            Item::Endpoint(ip) => Some(IpNet::from(ip)),
+        }
+    }
+}
+
+/// One node's claim: the node, the claimed item, and the claim's strength.
+type Claim<'a> = (&'a str, Item, Strength);
+
+/// A contested pair of claims of two different nodes.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Contest<'a> {
+    a: Claim<'a>,
+    b: Claim<'a>,
+}
+
+fn items(r: &NodeRecord) -> Vec<Item> {
+    let mut out: Vec<Item> = SLOTS
+        .iter()
+        .filter_map(|s| r.slot(*s).map(|k| (*s, k)))
+        .map(|(s, k)| Item::Key {
+            key: k.public_key,
+            second: s.index() == 1,
+        })
+        .collect();
+    out.extend(r.pod_cidrs.iter().map(|c| Item::Cidr(c.trunc())));
+    out.extend(
+        r.endpoints
+            .iter()
+            .map(|ip| Item::Endpoint(ip.to_canonical())),
+    );
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn strength(name: &str, item: Item, me: &str, established: &Established) -> Strength {
+    if name == me {
+        return Strength::Own;
+    }
+    let Some(claims) = established.nodes.get(name) else {
+        return Strength::New;
+    };
+    let known = match item {
+        Item::Key { key, .. } => claims.keys.contains(&key),
+        Item::Cidr(c) => claims.pod_cidrs.contains(&c),
+        Item::Endpoint(ip) => claims.endpoints.contains(&ip),
+    };
+    if known {
+        Strength::Established
+    } else {
+        Strength::New
+    }
+}
+
+/// Every pair of contested claims among `nodes`: equal keys, and overlapping prefixes (pod
+/// CIDRs and endpoints as host prefixes), found in one sorted sweep.
+fn contests<'a>(
+    nodes: &BTreeMap<&'a str, &'a NodeRecord>,
+    me: &str,
+    established: &Established,
+) -> Vec<Contest<'a>> {
+    let mut keyed: BTreeMap<PublicKey, Vec<(&str, Item)>> = BTreeMap::new();
+    let mut nets: Vec<(IpNet, &str, Item)> = Vec::new();
+    for (name, r) in nodes {
+        for item in items(r) {
+            match (item, item.net()) {
+                (Item::Key { key, .. }, _) => keyed.entry(key).or_default().push((name, item)),
+                (_, Some(net)) => nets.push((net, name, item)),
+                (_, None) => {}
+            }
+        }
+    }
+    let claim = |name: &'a str, item: Item| (name, item, strength(name, item, me, established));
+    let mut out = Vec::new();
+    for holders in keyed.values() {
+        for (i, (an, ai)) in holders.iter().enumerate() {
+            for (bn, bi) in &holders[i + 1..] {
+                if an != bn {
+                    out.push(Contest {
+                        a: claim(an, *ai),
+                        b: claim(bn, *bi),
+                    });
+                }
+            }
+        }
+    }
+    nets.sort_by(|a, b| {
+        (a.0.network(), a.0.prefix_len(), a.1, a.2).cmp(&(
+            b.0.network(),
+            b.0.prefix_len(),
+            b.1,
+            b.2,
+        ))
+    });
+    let mut open: Vec<(IpNet, &str, Item)> = Vec::new();
+    for (net, name, item) in nets {
+        while open.last().is_some_and(|(top, _, _)| !top.contains(&net)) {
+            open.pop();
+        }
+        for (_, other, other_item) in &open {
+            if *other != name {
+                out.push(Contest {
+                    a: claim(other, *other_item),
+                    b: claim(name, item),
+                });
+            }
+        }
+        open.push((net, name, item));
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn conflict_refusal(loser: Claim<'_>, winner: Claim<'_>) -> Refusal {
+    let outcome = if loser.2 == winner.2 {
+        "both are refused"
+    } else {
+        "the newer claim is refused"
+    };
+    Refusal {
+        node: loser.0.to_string(),
+        field: loser.1.field(),
+        reason: format!(
+            "{} ({}) conflicts with {} ({}) of node {}; {outcome}",
+            loser.1.describe(),
+            loser.2.word(),
+            winner.1.describe(),
+            winner.2.word(),
+            winner.0,
+        ),
+        holder: Some(winner.0.to_string()),
+    }
+}
+
+/// Decides which records this node accepts (see the module docs).
+///
+/// `records` may include `me` under its name; `me` is always accepted and its claims are the
+/// strongest. `established` is what the previous admission returned (empty on a node's first
+/// start); the result carries the memory for the next one.
+pub fn admit(
+    records: &BTreeMap<String, NodeRecord>,
+    me: &NodeRecord,
+    policy: &TrustPolicy,
+    established: &Established,
+) -> Admission {
+    let mut refused: BTreeMap<String, Refusal> = BTreeMap::new();
+    let mut nodes: BTreeMap<&str, &NodeRecord> = BTreeMap::new();
+    for (name, r) in records {
+        if *name == me.name {
+            continue;
+        }
+        match check_record(r, policy) {
+            Ok(()) => {
+                nodes.insert(name, r);
+            }
+            Err(refusal) => {
+                refused.insert(name.clone(), refusal);
+            }
+        }
+    }
+    nodes.insert(&me.name, me);
+    let all = contests(&nodes, &me.name, established);
+
+    // Unequal strengths: the weaker node loses, but only to a node that itself stands (it
+    // loses no contest among the nodes still in). Repeated until nothing changes; nodes that
+    // still lose (cycles of mutual weaker claims) are all refused.
+    let mut out: BTreeSet<&str> = BTreeSet::new();
+    // Each unequal contest as (weaker claim, stronger claim).
+    let unequal: Vec<(Claim<'_>, Claim<'_>)> = all
+        .iter()
+        .filter(|c| c.a.2 != c.b.2)
+        .map(|c| {
+            if c.a.2 < c.b.2 {
+                (c.a, c.b)
+            } else {
+                (c.b, c.a)
+            }
+        })
+        .collect();
+    loop {
+        let live: Vec<(Claim<'_>, Claim<'_>)> = unequal
+            .iter()
+            .filter(|(l, w)| !out.contains(l.0) && !out.contains(w.0))
+            .copied()
+            .collect();
+        let losers: BTreeSet<&str> = live.iter().map(|(l, _)| l.0).collect();
+        let standing: Vec<_> = live
+            .iter()
+            .filter(|(_, w)| !losers.contains(w.0))
+            .copied()
+            .collect();
+        let decided = if standing.is_empty() { live } else { standing };
+        if decided.is_empty() {
+            break;
+        }
+        for (loser, winner) in decided {
+            refused
+                .entry(loser.0.to_string())
+                .or_insert_with(|| conflict_refusal(loser, winner));
+            out.insert(loser.0);
+        }
+    }
+    // Equal strengths among the nodes still in: both are refused (never this node: its own
+    // claims are the only ones that strong).
+    let mut tied = Vec::new();
+    for c in all.iter().filter(|c| c.a.2 == c.b.2) {
+        if !out.contains(c.a.0) && !out.contains(c.b.0) {
+            tied.push(c);
+        }
+    }
+    for c in tied {
+        for (loser, winner) in [(c.a, c.b), (c.b, c.a)] {
+            if loser.0 != me.name {
+                refused
+                    .entry(loser.0.to_string())
+                    .or_insert_with(|| conflict_refusal(loser, winner));
+                out.insert(loser.0);
+            }
+        }
+    }
+
+    let accepted: BTreeMap<String, NodeRecord> = records
+        .iter()
+        .filter(|(name, _)| !refused.contains_key(*name))
+        .map(|(n, r)| (n.clone(), r.clone()))
+        .collect();
+    let established = Established::of(accepted.values().filter(|r| r.name != me.name));
+    Admission {
+        accepted,
+        refused: refused.into_values().collect(),
+        established,
+    }
+}
+
+#[cfg(test)]
+mod tests;
