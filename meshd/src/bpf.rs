@@ -96,8 +96,8 @@ pub struct VerdictCounters {
     pub would_drops: u64,
 }
 
-impl From<[u64; 5]> for VerdictCounters {
-    fn from(c: [u64; 5]) -> Self {
+impl From<[u64; ebpf_redirect::VERDICT_COUNT as usize]> for VerdictCounters {
+    fn from(c: [u64; ebpf_redirect::VERDICT_COUNT as usize]) -> Self {
         VerdictCounters {
             redirected: c[Verdict::Redirect as usize],
             local: c[Verdict::Local as usize],
