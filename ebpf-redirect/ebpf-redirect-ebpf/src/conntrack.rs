@@ -13,7 +13,10 @@
 //!    way round) passes (related), untracked.
 //! 4. Otherwise the policy decides (a packet the node sent, in `to_pod`, is allowed); an
 //!    allowed packet creates the entry (isolated direction or not), stamped with the current
-//!    generation and the direction.
+//!    generation and the direction. Only a connection's first packet opens one: for TCP a SYN
+//!    without ACK. A TCP packet from the middle of an untracked connection (its entry was cut,
+//!    evicted or idled out) is judged alone and tracks nothing, so the far end of a cut
+//!    connection cannot re-open it with its next segment as if it were the opener.
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
@@ -31,8 +34,8 @@ use ebpf_redirect_common::{
 
 use crate::{
     parse::{
-        self, Packet, L4, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, TCP_FIN,
-        TCP_RST,
+        self, Packet, L4, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, TCP_ACK,
+        TCP_FIN, TCP_RST, TCP_SYN,
     },
     policy,
 };
@@ -213,7 +216,8 @@ pub fn judge(
     if !allowed {
         return Judgement::Deny(direction);
     }
-    if p.l4 != L4::Error {
+    let opens = p.protocol != PROTO_TCP || p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    if p.l4 != L4::Error && opens {
         reverse(&mut key); // back to the packet's own tuple: the forward one
         let value = CtValue {
             last_seen_ns: now,

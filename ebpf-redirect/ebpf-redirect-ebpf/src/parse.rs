@@ -31,8 +31,12 @@ pub const PROTO_SCTP: u8 = 132;
 
 /// TCP FIN flag.
 pub const TCP_FIN: u8 = 0x01;
+/// TCP SYN flag.
+pub const TCP_SYN: u8 = 0x02;
 /// TCP RST flag.
 pub const TCP_RST: u8 = 0x04;
+/// TCP ACK flag.
+pub const TCP_ACK: u8 = 0x10;
 
 /// What the L4 header says about the packet, beyond its ports.
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -55,11 +55,11 @@ pub use sizes::MapSizes;
 pub use ebpf_redirect_common::Config;
 pub use ebpf_redirect_common::Verdict;
 use ebpf_redirect_common::{map_names as mn, MODE_ENFORCE, MODE_PERMISSIVE};
+pub use ebpf_redirect_common::{ClusterMarker, CLUSTER_CONFIGURED, CLUSTER_LEARNED};
 pub use ebpf_redirect_common::{
     CtKey, CtValue, IsolationKey, IsolationValue, PeerKeyV4, PeerKeyV6, PortKey, RuleBits,
     VERDICT_COUNT,
 };
-pub use ebpf_redirect_common::{ClusterMarker, CLUSTER_CONFIGURED, CLUSTER_LEARNED};
 pub use ipnet::IpNet;
 
 /// The BPF object built by build.rs.

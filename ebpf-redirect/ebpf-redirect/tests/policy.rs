@@ -1,0 +1,673 @@
+//! Root integration tests of NetworkPolicy enforcement in the tc programs: a node namespace
+//! with two pod namespaces (A, B), each joined to the node by a veth whose host end carries
+//! `from_pod` (tc ingress, attached by the loader) and `to_pod` (tc egress, attached here with
+//! `tc`), the node routing between them. The policy maps are written through `Datapath`, as
+//! the daemon does, and real TCP, UDP and ICMP traffic checks the verdicts, IPv4 and IPv6.
+//! Namespaces are `testkit::NetnsGuard`s named with the test pid; traffic only goes to
+//! addresses in them.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    path::PathBuf,
+    process::Command,
+    time::Duration,
+};
+
+use ebpf_redirect::{
+    remove_pins, Datapath, IsolationKey, IsolationValue, PeerKeyV4, PeerKeyV6, PortKey, RuleBits,
+    Verdict,
+};
+use ebpf_redirect_common::{DIRECTION_EGRESS, DIRECTION_INGRESS};
+use ipnet::IpNet;
+use testkit::{unique_name, NetnsGuard};
+
+const TOOLS: &[&str] = &["ip", "ping", "tc", "sysctl"];
+const EGRESS_DENIED: usize = Verdict::PolicyDeniedEgress as usize;
+const INGRESS_DENIED: usize = Verdict::PolicyDeniedIngress as usize;
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+const ICMPV6: u8 = 58;
+/// Ports the pods serve (TCP echo and UDP echo on each).
+const PORTS: &[u16] = &[80, 81, 82, 8085, 8096];
+
+fn run(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("spawn");
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn ipn(ns: &str, args: &str) {
+    let mut v = vec!["ip", "-n", ns];
+    v.extend(args.split_whitespace());
+    run(&v);
+}
+
+fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    testkit::netns::within(ns, f).unwrap()
+}
+
+/// One address family's addresses in the lab.
+#[derive(Clone, Copy)]
+struct Family {
+    name: &'static str,
+    a: IpAddr,
+    b: IpAddr,
+    /// The node's address on A's link.
+    node_a: IpAddr,
+}
+
+const V4: Family = Family {
+    name: "v4",
+    a: IpAddr::V4(std::net::Ipv4Addr::new(10, 210, 1, 2)),
+    b: IpAddr::V4(std::net::Ipv4Addr::new(10, 210, 2, 2)),
+    node_a: IpAddr::V4(std::net::Ipv4Addr::new(10, 210, 1, 1)),
+};
+const V6: Family = Family {
+    name: "v6",
+    a: IpAddr::V6(std::net::Ipv6Addr::new(0xfd00, 0x210, 1, 0, 0, 0, 0, 2)),
+    b: IpAddr::V6(std::net::Ipv6Addr::new(0xfd00, 0x210, 2, 0, 0, 0, 0, 2)),
+    node_a: IpAddr::V6(std::net::Ipv6Addr::new(0xfd00, 0x210, 1, 0, 0, 0, 0, 1)),
+};
+
+/// The lab: namespaces node, a, b; the datapath loaded, both programs on both host veths.
+struct Lab {
+    netns: Vec<NetnsGuard>,
+    pin_dir: PathBuf,
+    dp: Datapath,
+    /// Endpoint ids (host veth ifindexes) of A and B.
+    ep_a: u32,
+    ep_b: u32,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for ns in &self.netns {
+            testkit::netns::kill_all_in(ns.name());
+        }
+        let _ = remove_pins(&self.pin_dir);
+    }
+}
+
+impl Lab {
+    fn new(tag: &str) -> Self {
+        testkit::require_root();
+        testkit::require_tools(TOOLS);
+        let netns: Vec<NetnsGuard> = ["n", "a", "b"]
+            .iter()
+            .map(|n| NetnsGuard::new(&unique_name("pl", &format!("{tag}{n}"))).unwrap())
+            .collect();
+        let pin_dir = PathBuf::from(format!(
+            "/sys/fs/bpf/ebpf-redirect-policy-{}-{tag}",
+            std::process::id()
+        ));
+        let node = netns[0].name().to_string();
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &node,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+            "net.ipv6.conf.all.forwarding=1",
+        ]);
+        for (i, pod) in [(1, netns[1].name()), (2, netns[2].name())] {
+            let host = format!("h{i}");
+            run(&[
+                "ip", "link", "add", &host, "netns", &node, "type", "veth", "peer", "name", "eth0",
+                "netns", pod,
+            ]);
+            ipn(&node, &format!("addr add 10.210.{i}.1/24 dev {host}"));
+            ipn(
+                &node,
+                &format!("-6 addr add fd00:210:{i}::1/64 dev {host} nodad"),
+            );
+            ipn(&node, &format!("link set {host} up"));
+            ipn(pod, &format!("addr add 10.210.{i}.2/24 dev eth0"));
+            ipn(
+                pod,
+                &format!("-6 addr add fd00:210:{i}::2/64 dev eth0 nodad"),
+            );
+            ipn(pod, "link set eth0 up");
+            ipn(pod, &format!("route add default via 10.210.{i}.1"));
+            ipn(pod, &format!("-6 route add default via fd00:210:{i}::1"));
+        }
+        let mut lab = Lab {
+            dp: Datapath::load(&pin_dir).expect("load"),
+            pin_dir,
+            ep_a: in_netns(&node, || nix::net::if_::if_nametoindex("h1").unwrap()),
+            ep_b: in_netns(&node, || nix::net::if_::if_nametoindex("h2").unwrap()),
+            netns,
+        };
+        for fam in [V4, V6] {
+            lab.wait_ping(lab.a(), fam.b);
+            lab.wait_ping(lab.b(), fam.a);
+        }
+        let prog = lab.pin_dir.join("prog_to_pod");
+        for host in ["h1", "h2"] {
+            in_netns(&node, || lab.dp.attach_from_pod(host)).expect("attach from_pod");
+            // From a thread inside the node namespace: `ip netns exec` would remount /sys and
+            // hide bpffs.
+            let prog = prog.to_str().unwrap();
+            in_netns(&node, || {
+                run(&["tc", "qdisc", "replace", "dev", host, "clsact"]);
+                run(&[
+                    "tc",
+                    "filter",
+                    "replace",
+                    "dev",
+                    host,
+                    "egress",
+                    "prio",
+                    "1",
+                    "handle",
+                    "1",
+                    "bpf",
+                    "direct-action",
+                    "object-pinned",
+                    prog,
+                ]);
+            });
+        }
+        for ns in [lab.a().to_string(), lab.b().to_string()] {
+            for &port in PORTS {
+                serve(&ns, port);
+            }
+        }
+        lab
+    }
+
+    fn node(&self) -> &str {
+        self.netns[0].name()
+    }
+    fn a(&self) -> &str {
+        self.netns[1].name()
+    }
+    fn b(&self) -> &str {
+        self.netns[2].name()
+    }
+
+    fn wait_ping(&self, ns: &str, dst: IpAddr) {
+        for _ in 0..5 {
+            if ping(ns, dst) {
+                return;
+            }
+        }
+        panic!("{ns}: {dst} unreachable");
+    }
+
+    fn counters(&self) -> [u64; ebpf_redirect::VERDICT_COUNT as usize] {
+        self.dp.counters().unwrap()
+    }
+
+    fn isolate(&mut self, endpoint: u32, direction: u8) {
+        self.dp
+            .policy_isolation_upsert(
+                &IsolationKey {
+                    endpoint,
+                    direction,
+                    reserved: [0; 3],
+                },
+                &IsolationValue { rules: 1 },
+            )
+            .unwrap();
+    }
+
+    fn open(&mut self, endpoint: u32, direction: u8) {
+        self.dp
+            .policy_isolation_delete(&IsolationKey {
+                endpoint,
+                direction,
+                reserved: [0; 3],
+            })
+            .unwrap();
+    }
+
+    /// Sets the rule bits of `peer` (a prefix) at `endpoint`/`direction`.
+    fn peer(&mut self, endpoint: u32, direction: u8, peer: &str, bits: u64) {
+        let net: IpNet = peer.parse().unwrap();
+        let prefix_len = 64 + u32::from(net.prefix_len());
+        match net {
+            IpNet::V4(n) => self.dp.policy_peer_v4_upsert(
+                &PeerKeyV4 {
+                    prefix_len,
+                    endpoint,
+                    direction,
+                    reserved: [0; 3],
+                    address: n.network().octets(),
+                },
+                &RuleBits { bits },
+            ),
+            IpNet::V6(n) => self.dp.policy_peer_v6_upsert(
+                &PeerKeyV6 {
+                    prefix_len,
+                    endpoint,
+                    direction,
+                    reserved: [0; 3],
+                    address: n.network().octets(),
+                },
+                &RuleBits { bits },
+            ),
+        }
+        .unwrap();
+    }
+
+    /// The port key of `protocol`/`port` whose prefix covers `port_bits` bits of the port
+    /// (16: exactly `port`; `None`: every protocol and port).
+    fn port_key(endpoint: u32, direction: u8, proto_port: Option<(u8, u16, u32)>) -> PortKey {
+        let (protocol, port, port_bits) =
+            proto_port.map_or((0, 0, None), |(p, n, b)| (p, n, Some(b)));
+        PortKey {
+            prefix_len: port_bits.map_or(40, |b| 48 + b),
+            endpoint,
+            direction,
+            protocol,
+            port: port.to_be_bytes(),
+        }
+    }
+
+    fn port(
+        &mut self,
+        endpoint: u32,
+        direction: u8,
+        proto_port: Option<(u8, u16, u32)>,
+        bits: u64,
+    ) {
+        let key = Self::port_key(endpoint, direction, proto_port);
+        self.dp
+            .policy_port_upsert(&key, &RuleBits { bits })
+            .unwrap();
+    }
+
+    fn unport(&mut self, endpoint: u32, direction: u8, proto_port: Option<(u8, u16, u32)>) {
+        let key = Self::port_key(endpoint, direction, proto_port);
+        self.dp.policy_port_delete(&key).unwrap();
+    }
+
+    /// Allows `endpoint`/`direction` to/from `peer` on TCP and UDP `port` (rule bit 0).
+    fn allow(&mut self, endpoint: u32, direction: u8, peer: IpAddr, port: u16) {
+        self.peer(endpoint, direction, &host_prefix(peer), 1);
+        self.port(endpoint, direction, Some((TCP, port, 16)), 1);
+        self.port(endpoint, direction, Some((UDP, port, 16)), 1);
+    }
+}
+
+fn host_prefix(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(_) => format!("{ip}/32"),
+        IpAddr::V6(_) => format!("{ip}/128"),
+    }
+}
+
+fn any(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+    }
+}
+
+/// TCP and UDP echo servers on `port` (both families) in `ns`, for the rest of the test.
+fn serve(ns: &str, port: u16) {
+    let (tcp, udp) = in_netns(ns, || {
+        let tcp = TcpListener::bind(SocketAddr::new("::".parse().unwrap(), port)).unwrap();
+        let udp = UdpSocket::bind(SocketAddr::new("::".parse().unwrap(), port)).unwrap();
+        (tcp, udp)
+    });
+    std::thread::spawn(move || {
+        for stream in tcp.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 256];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 256];
+        while let Ok((n, from)) = udp.recv_from(&mut buf) {
+            let _ = udp.send_to(&buf[..n], from);
+        }
+    });
+}
+
+fn ping(ns: &str, dst: IpAddr) -> bool {
+    Command::new("ip")
+        .args(["netns", "exec", ns, "ping", "-c", "1", "-W", "1"])
+        .arg(dst.to_string())
+        .output()
+        .expect("ping")
+        .status
+        .success()
+}
+
+const WAIT: Duration = Duration::from_millis(700);
+
+/// A TCP connection from `ns` to `dst:port` that has echoed one message.
+fn tcp_connect(ns: &str, dst: IpAddr, port: u16) -> Option<TcpStream> {
+    let mut s = in_netns(ns, || {
+        TcpStream::connect_timeout(&SocketAddr::new(dst, port), WAIT)
+    })
+    .ok()?;
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    echoes(&mut s).then_some(s)
+}
+
+/// Whether `s` echoes a message within the timeout.
+fn echoes(s: &mut TcpStream) -> bool {
+    if s.write_all(b"meshd").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 5];
+    s.read_exact(&mut buf).is_ok() && &buf == b"meshd"
+}
+
+fn tcp_ok(ns: &str, dst: IpAddr, port: u16) -> bool {
+    tcp_connect(ns, dst, port).is_some()
+}
+
+fn udp_ok(ns: &str, dst: IpAddr, port: u16) -> bool {
+    let s = in_netns(ns, || {
+        UdpSocket::bind(SocketAddr::new(any(dst), 0)).unwrap()
+    });
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.send_to(b"meshd", SocketAddr::new(dst, port)).unwrap();
+    let mut buf = [0u8; 16];
+    matches!(s.recv_from(&mut buf), Ok((5, _)))
+}
+
+#[test]
+fn egress_isolation_denies_counts_and_admits_peer_port_and_ranges() {
+    let mut lab = Lab::new("e");
+    let (a, ep_a) = (lab.a().to_string(), lab.ep_a);
+    for fam in [V4, V6] {
+        let f = fam.name;
+        assert!(tcp_ok(&a, fam.b, 80), "{f}: open A→B:80 refused");
+        lab.isolate(ep_a, DIRECTION_EGRESS);
+        let c0 = lab.counters();
+        assert!(
+            !tcp_ok(&a, fam.b, 80),
+            "{f}: isolated egress let TCP through"
+        );
+        assert!(
+            !udp_ok(&a, fam.b, 80),
+            "{f}: isolated egress let UDP through"
+        );
+        assert!(!ping(&a, fam.b), "{f}: isolated egress let ICMP through");
+        let c1 = lab.counters();
+        assert!(
+            c1[EGRESS_DENIED] >= c0[EGRESS_DENIED] + 3,
+            "{f}: {c0:?} -> {c1:?}"
+        );
+        assert_eq!(c1[INGRESS_DENIED], c0[INGRESS_DENIED], "{f}");
+
+        // Peer B and TCP/UDP 80 exactly: 80 passes, 81 not; a peer without port bits neither.
+        lab.allow(ep_a, DIRECTION_EGRESS, fam.b, 80);
+        assert!(tcp_ok(&a, fam.b, 80), "{f}: allowed TCP 80 refused");
+        assert!(udp_ok(&a, fam.b, 80), "{f}: allowed UDP 80 refused");
+        assert!(
+            !tcp_ok(&a, fam.b, 81),
+            "{f}: TCP 81 admitted by a rule for 80"
+        );
+        assert!(!ping(&a, fam.b), "{f}: ICMP admitted by a TCP/UDP rule");
+        // A range 8080-8095 as one prefix (12 bits of the port).
+        lab.port(ep_a, DIRECTION_EGRESS, Some((TCP, 8080, 12)), 1);
+        assert!(tcp_ok(&a, fam.b, 8085), "{f}: 8085 in 8080-8095 refused");
+        assert!(
+            !tcp_ok(&a, fam.b, 8096),
+            "{f}: 8096 outside 8080-8095 admitted"
+        );
+        // Port bits for a rule whose peer bits do not match: refused.
+        lab.port(ep_a, DIRECTION_EGRESS, Some((TCP, 81, 16)), 2);
+        assert!(!tcp_ok(&a, fam.b, 81), "{f}: port bit 2 matched peer bit 1");
+        // Every protocol and port (prefix 40): ICMP too.
+        lab.port(ep_a, DIRECTION_EGRESS, None, 1);
+        assert!(ping(&a, fam.b), "{f}: all-ports rule refused ICMP");
+        lab.unport(ep_a, DIRECTION_EGRESS, None);
+        lab.open(ep_a, DIRECTION_EGRESS);
+    }
+}
+
+#[test]
+fn replies_pass_when_the_reverse_direction_is_isolated() {
+    let mut lab = Lab::new("r");
+    let (a, b) = (lab.a().to_string(), lab.b().to_string());
+    let (ep_a, ep_b) = (lab.ep_a, lab.ep_b);
+    // A admits nothing in; B sends nothing out on its own.
+    lab.isolate(ep_a, DIRECTION_INGRESS);
+    lab.isolate(ep_b, DIRECTION_EGRESS);
+    for fam in [V4, V6] {
+        let f = fam.name;
+        assert!(tcp_ok(&a, fam.b, 80), "{f}: TCP reply dropped");
+        assert!(udp_ok(&a, fam.b, 81), "{f}: UDP reply dropped");
+        assert!(ping(&a, fam.b), "{f}: echo reply dropped");
+        let c0 = lab.counters();
+        assert!(!tcp_ok(&b, fam.a, 80), "{f}: B opened a connection to A");
+        let c1 = lab.counters();
+        assert!(
+            c1[EGRESS_DENIED] > c0[EGRESS_DENIED],
+            "{f}: {c0:?} -> {c1:?}"
+        );
+    }
+}
+
+#[test]
+fn same_node_traffic_needs_egress_and_ingress() {
+    let mut lab = Lab::new("s");
+    let a = lab.a().to_string();
+    let (ep_a, ep_b) = (lab.ep_a, lab.ep_b);
+    for fam in [V4, V6] {
+        let f = fam.name;
+        lab.isolate(ep_a, DIRECTION_EGRESS);
+        lab.allow(ep_a, DIRECTION_EGRESS, fam.b, 80);
+        lab.isolate(ep_b, DIRECTION_INGRESS);
+        let c0 = lab.counters();
+        assert!(!tcp_ok(&a, fam.b, 80), "{f}: B's ingress was skipped");
+        let c1 = lab.counters();
+        assert!(
+            c1[INGRESS_DENIED] > c0[INGRESS_DENIED],
+            "{f}: {c0:?} -> {c1:?}"
+        );
+        // A's egress admitted (and tracked) the attempt; B's ingress tracked nothing.
+        let family = if fam.b.is_ipv4() { 4 } else { 6 };
+        let tracked = |lab: &Lab, endpoint: u32| {
+            lab.dp.conntrack_entries().unwrap().iter().any(|(k, _)| {
+                k.endpoint == endpoint
+                    && k.family == family
+                    && k.protocol == TCP
+                    && k.dst_port == 80u16.to_be_bytes()
+            })
+        };
+        assert!(tracked(&lab, ep_a), "{f}: A's egress refused");
+        assert!(!tracked(&lab, ep_b), "{f}: B's ingress admitted");
+        lab.allow(ep_b, DIRECTION_INGRESS, fam.a, 80);
+        assert!(tcp_ok(&a, fam.b, 80), "{f}: both sides allow, refused");
+        // A's egress no longer admits 80 (a new connection: another source port).
+        lab.port(ep_a, DIRECTION_EGRESS, Some((TCP, 80, 16)), 0);
+        let c2 = lab.counters();
+        assert!(!tcp_ok(&a, fam.b, 80), "{f}: A's egress was skipped");
+        let c3 = lab.counters();
+        assert!(
+            c3[EGRESS_DENIED] > c2[EGRESS_DENIED],
+            "{f}: {c2:?} -> {c3:?}"
+        );
+        lab.open(ep_a, DIRECTION_EGRESS);
+        lab.open(ep_b, DIRECTION_INGRESS);
+    }
+}
+
+#[test]
+fn neighbour_discovery_passes_with_everything_isolated() {
+    let mut lab = Lab::new("n");
+    let (a, node) = (lab.a().to_string(), lab.node().to_string());
+    let (ep_a, ep_b) = (lab.ep_a, lab.ep_b);
+    for (ep, dir) in [
+        (ep_a, DIRECTION_EGRESS),
+        (ep_a, DIRECTION_INGRESS),
+        (ep_b, DIRECTION_EGRESS),
+        (ep_b, DIRECTION_INGRESS),
+    ] {
+        lab.isolate(ep, dir);
+    }
+    // A may ping B (ICMPv6 only), B may be pinged by A; nothing admits the node's address.
+    lab.peer(ep_a, DIRECTION_EGRESS, &host_prefix(V6.b), 1);
+    lab.port(ep_a, DIRECTION_EGRESS, Some((ICMPV6, 0, 0)), 1);
+    lab.peer(ep_b, DIRECTION_INGRESS, &host_prefix(V6.a), 1);
+    lab.port(ep_b, DIRECTION_INGRESS, Some((ICMPV6, 0, 0)), 1);
+    // Forget every neighbour: the pings below must resolve them again, through the programs.
+    for ns in [&a, lab.b(), &node] {
+        ipn(ns, "-6 neigh flush all");
+    }
+    assert!(
+        ping(&a, V6.b),
+        "ping6 A→B failed: neighbour discovery blocked"
+    );
+    let neigh = testkit::netns::run_in(&a, &["ip", "-6", "neigh", "show", "dev", "eth0"]).unwrap();
+    let neigh = String::from_utf8_lossy(&neigh.stdout).to_string();
+    assert!(
+        neigh.contains("fe80::") || neigh.contains("fd00:210:1::1"),
+        "A resolved no neighbour: {neigh}"
+    );
+    // The policy is in force: the node's address is not admitted, nor TCP to B.
+    assert!(!ping(&a, V6.node_a), "isolated egress let A ping the node");
+    assert!(!tcp_ok(&a, V6.b, 80), "isolated egress let TCP through");
+}
+
+#[test]
+fn the_node_reaches_its_pods_through_deny_all() {
+    let mut lab = Lab::new("h");
+    let (node, b) = (lab.node().to_string(), lab.b().to_string());
+    let ep_a = lab.ep_a;
+    lab.isolate(ep_a, DIRECTION_INGRESS);
+    lab.isolate(ep_a, DIRECTION_EGRESS);
+    for fam in [V4, V6] {
+        let f = fam.name;
+        let c0 = lab.counters();
+        // The node's own packets have skb->ingress_ifindex == 0 in to_pod on this kernel:
+        // they pass A's deny-all ingress, and their replies pass A's deny-all egress.
+        assert!(ping(&node, fam.a), "{f}: node could not ping A");
+        assert!(tcp_ok(&node, fam.a, 80), "{f}: node could not reach A:80");
+        assert!(
+            udp_ok(&node, fam.a, 81),
+            "{f}: node could not reach A:81/udp"
+        );
+        let c1 = lab.counters();
+        // (A's egress counter may tick meanwhile: A's own MLD reports are refused.)
+        assert_eq!(
+            c1[INGRESS_DENIED], c0[INGRESS_DENIED],
+            "{f}: {c0:?} -> {c1:?}"
+        );
+        // Forwarded packets (from B) are no host packets.
+        assert!(!tcp_ok(&b, fam.a, 80), "{f}: B passed A's deny-all ingress");
+        let c2 = lab.counters();
+        assert!(
+            c2[INGRESS_DENIED] > c1[INGRESS_DENIED],
+            "{f}: {c1:?} -> {c2:?}"
+        );
+    }
+    assert!(
+        lab.dp
+            .conntrack_entries()
+            .unwrap()
+            .iter()
+            .any(|(k, v)| k.endpoint == ep_a
+                && v.flags & ebpf_redirect_common::conntrack::CT_FLAG_HOST != 0),
+        "no host-opened entry tracked at A"
+    );
+}
+
+#[test]
+fn a_policy_change_cuts_established_connections_no_longer_allowed() {
+    let mut lab = Lab::new("c");
+    let a = lab.a().to_string();
+    let (ep_a, ep_b) = (lab.ep_a, lab.ep_b);
+    for fam in [V4, V6] {
+        let f = fam.name;
+        lab.isolate(ep_a, DIRECTION_EGRESS);
+        lab.isolate(ep_b, DIRECTION_INGRESS);
+        for port in [80, 81, 82] {
+            lab.allow(ep_a, DIRECTION_EGRESS, fam.b, port);
+            lab.allow(ep_b, DIRECTION_INGRESS, fam.a, port);
+        }
+        let mut c80 = tcp_connect(&a, fam.b, 80).expect("80");
+        let mut c81 = tcp_connect(&a, fam.b, 81).expect("81");
+        let mut c82 = tcp_connect(&a, fam.b, 82).expect("82");
+        // A's egress drops 81, B's ingress drops 82. Until the change is announced the
+        // established connections keep their verdict.
+        lab.unport(ep_a, DIRECTION_EGRESS, Some((TCP, 81, 16)));
+        lab.unport(ep_b, DIRECTION_INGRESS, Some((TCP, 82, 16)));
+        assert!(echoes(&mut c81), "{f}: 81 cut before policy_changed");
+        let gen = lab.dp.policy_generation().unwrap();
+        lab.dp.policy_changed().unwrap();
+        assert_eq!(lab.dp.policy_generation().unwrap(), gen + 1);
+        let c0 = lab.counters();
+        assert!(echoes(&mut c80), "{f}: still-allowed connection cut");
+        assert!(
+            !echoes(&mut c81),
+            "{f}: connection A's egress no longer allows kept"
+        );
+        assert!(
+            !echoes(&mut c82),
+            "{f}: connection B's ingress no longer allows kept"
+        );
+        let c1 = lab.counters();
+        assert!(
+            c1[EGRESS_DENIED] > c0[EGRESS_DENIED],
+            "{f}: {c0:?} -> {c1:?}"
+        );
+        assert!(
+            c1[INGRESS_DENIED] > c0[INGRESS_DENIED],
+            "{f}: {c0:?} -> {c1:?}"
+        );
+        // New connections follow the new policy too; 80 still opens.
+        assert!(tcp_ok(&a, fam.b, 80), "{f}: 80 refused after the change");
+        assert!(!tcp_ok(&a, fam.b, 81), "{f}: 81 opened after the change");
+        lab.open(ep_a, DIRECTION_EGRESS);
+        lab.open(ep_b, DIRECTION_INGRESS);
+    }
+}
+
+#[test]
+fn a_related_icmp_error_passes_an_isolated_ingress() {
+    let mut lab = Lab::new("i");
+    let a = lab.a().to_string();
+    let ep_a = lab.ep_a;
+    lab.isolate(ep_a, DIRECTION_INGRESS);
+    for fam in [V4, V6] {
+        let f = fam.name;
+        let c0 = lab.counters();
+        // UDP to a closed port of B: B answers port unreachable, which must reach A.
+        let s = in_netns(&a, || {
+            UdpSocket::bind(SocketAddr::new(any(fam.b), 0)).unwrap()
+        });
+        s.connect(SocketAddr::new(fam.b, 9)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.send(b"meshd").unwrap();
+        let err = s
+            .recv(&mut [0u8; 16])
+            .expect_err("a reply from a closed port");
+        assert_eq!(
+            err.kind(),
+            std::io::ErrorKind::ConnectionRefused,
+            "{f}: no port unreachable reached A ({err})"
+        );
+        let c1 = lab.counters();
+        assert_eq!(
+            c1[INGRESS_DENIED], c0[INGRESS_DENIED],
+            "{f}: {c0:?} -> {c1:?}"
+        );
+        // The isolation is in force for unrelated traffic from B.
+        assert!(!tcp_ok(lab.b(), fam.a, 80), "{f}: B reached A");
+    }
+}
