@@ -105,31 +105,30 @@ pub fn packet(ctx: &TcContext) -> Result<Option<Packet>, i64> {
 /// a non-first fragment).
 #[inline(always)]
 fn ipv4(ctx: &TcContext, off: usize, p: &mut Packet) -> Result<bool, i64> {
-    let ver_ihl: u8 = ctx.load(off)?;
-    let ihl = usize::from(ver_ihl & 0x0f) * 4;
-    if ver_ihl >> 4 != 4 || ihl < 20 {
+    // One helper call for the fixed header.
+    let h: [u8; 20] = ctx.load(off)?;
+    let ihl = usize::from(h[0] & 0x0f) * 4;
+    if h[0] >> 4 != 4 || ihl < 20 {
         return Err(-1);
     }
-    let frag: [u8; 2] = ctx.load(off + 6)?;
-    let src: [u8; 4] = ctx.load(off + 12)?;
-    let dst: [u8; 4] = ctx.load(off + 16)?;
     p.family = CT_FAMILY_V4;
-    p.protocol = ctx.load(off + 9)?;
-    p.src[..4].copy_from_slice(&src);
-    p.dst[..4].copy_from_slice(&dst);
+    p.protocol = h[9];
+    p.src[..4].copy_from_slice(&h[12..16]);
+    p.dst[..4].copy_from_slice(&h[16..20]);
     p.l4_off = off + ihl;
     // Fragment offset (13 bits) non-zero: no L4 header in this packet.
-    Ok(u16::from_be_bytes(frag) & 0x1fff == 0)
+    Ok(u16::from_be_bytes([h[6], h[7]]) & 0x1fff == 0)
 }
 
 /// Reads the IPv6 fixed header at `off` into `p`; an L4 header follows it unless the next
 /// header is an extension header (then `protocol` is that header's number).
 #[inline(always)]
 fn ipv6(ctx: &TcContext, off: usize, p: &mut Packet) -> Result<bool, i64> {
+    let h: [u8; IPV6_HLEN] = ctx.load(off)?;
     p.family = CT_FAMILY_V6;
-    p.protocol = ctx.load(off + 6)?;
-    p.src = ctx.load(off + 8)?;
-    p.dst = ctx.load(off + 24)?;
+    p.protocol = h[6];
+    p.src.copy_from_slice(&h[8..24]);
+    p.dst.copy_from_slice(&h[24..40]);
     p.l4_off = off + IPV6_HLEN;
     Ok(true)
 }
@@ -139,13 +138,17 @@ fn ipv6(ctx: &TcContext, off: usize, p: &mut Packet) -> Result<bool, i64> {
 fn l4(ctx: &TcContext, p: &mut Packet) -> Result<(), i64> {
     let off = p.l4_off;
     match p.protocol {
-        PROTO_TCP | PROTO_UDP | PROTO_SCTP => {
+        PROTO_TCP => {
+            // Ports and flags in one helper call (a TCP header has at least 20 bytes).
+            let h: [u8; 14] = ctx.load(off)?;
+            p.src_port = [h[0], h[1]];
+            p.dst_port = [h[2], h[3]];
+            p.tcp_flags = h[13];
+        }
+        PROTO_UDP | PROTO_SCTP => {
             let ports: [u8; 4] = ctx.load(off)?;
             p.src_port = [ports[0], ports[1]];
             p.dst_port = [ports[2], ports[3]];
-            if p.protocol == PROTO_TCP {
-                p.tcp_flags = ctx.load(off + 13)?;
-            }
         }
         PROTO_ICMP | PROTO_ICMPV6 => {
             let head: [u8; 8] = ctx.load(off)?;

@@ -671,3 +671,52 @@ fn a_related_icmp_error_passes_an_isolated_ingress() {
         assert!(!tcp_ok(lab.b(), fam.a, 80), "{f}: B reached A");
     }
 }
+
+#[test]
+fn load_sized_replaces_pins_of_another_size_and_keeps_the_rest() {
+    testkit::require_root();
+    let pin_dir = PathBuf::from(format!(
+        "/sys/fs/bpf/ebpf-redirect-policy-{}-sizes",
+        std::process::id()
+    ));
+    struct Pins(PathBuf);
+    impl Drop for Pins {
+        fn drop(&mut self) {
+            let _ = remove_pins(&self.0);
+        }
+    }
+    let _pins = Pins(pin_dir.clone());
+    let max_entries = |name: &str| {
+        aya::maps::MapData::from_pin(pin_dir.join(name))
+            .unwrap()
+            .info()
+            .unwrap()
+            .max_entries()
+    };
+    let key = IsolationKey {
+        endpoint: 7,
+        direction: DIRECTION_INGRESS,
+        reserved: [0; 3],
+    };
+    let mut dp = Datapath::load(&pin_dir).expect("load");
+    assert_eq!(
+        max_entries("CONNTRACK"),
+        ebpf_redirect_common::MAX_CONNTRACK
+    );
+    assert_eq!(max_entries("VERDICTS"), ebpf_redirect::VERDICT_COUNT);
+    dp.policy_isolation_upsert(&key, &IsolationValue { rules: 3 })
+        .unwrap();
+    dp.policy_changed().unwrap();
+    drop(dp);
+    let sizes = ebpf_redirect::MapSizes {
+        conntrack: 4096,
+        ..Default::default()
+    };
+    let mut dp = Datapath::load_sized(&pin_dir, &sizes).expect("load_sized");
+    assert_eq!(max_entries("CONNTRACK"), 4096);
+    // Maps of the same size are reused with their contents.
+    assert_eq!(dp.policy_generation().unwrap(), 1);
+    dp.policy_isolation_delete(&key).unwrap();
+    // Deleting what is absent is no error.
+    dp.policy_isolation_delete(&key).unwrap();
+}
