@@ -712,7 +712,7 @@ mod tests {
 
     #[test]
     fn counters_map_by_verdict_index() {
-        let c = VerdictCounters::from([1, 2, 3, 4, 5]);
+        let c = VerdictCounters::from([1, 2, 3, 4, 5, 6, 7]);
         assert_eq!(
             (
                 c.redirected,

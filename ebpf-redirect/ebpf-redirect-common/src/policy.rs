@@ -203,7 +203,6 @@ mod pod {
 
 #[cfg(test)]
 mod tests {
-    extern crate std;
 
     use core::mem::{offset_of, size_of};
 
@@ -244,7 +243,7 @@ mod tests {
     }
 
     /// The struct's bytes as they lie in memory.
-    fn raw<T: Copy>(value: &T) -> std::vec::Vec<u8> {
+    fn raw<T: Copy>(value: &T) -> Vec<u8> {
         #[allow(unsafe_code)]
         // SAFETY: T is one of this module's `#[repr(C)]` integer-only structs without padding
         // (checked by `byte_layouts`), so all `size_of::<T>()` bytes are initialised.
