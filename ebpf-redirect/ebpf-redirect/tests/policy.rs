@@ -542,6 +542,42 @@ fn neighbour_discovery_passes_with_everything_isolated() {
     // The policy is in force: the node's address is not admitted, nor TCP to B.
     assert!(!ping(&a, V6.node_a), "isolated egress let A ping the node");
     assert!(!tcp_ok(&a, V6.b, 80), "isolated egress let TCP through");
+
+    // A link-local peer: A may ping fe80::/10; the node's link-local address on A's link is
+    // resolved by neighbour discovery through the isolated programs.
+    let out = testkit::netns::run_in(
+        &node,
+        &[
+            "ip", "-6", "-o", "addr", "show", "dev", "h1", "scope", "link",
+        ],
+    )
+    .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout).to_string();
+    let link_local = out
+        .split_whitespace()
+        .find(|w| w.starts_with("fe80::"))
+        .and_then(|w| w.split('/').next())
+        .unwrap_or_else(|| panic!("no link-local address on h1: {out}"))
+        .to_string();
+    let target = format!("{link_local}%eth0");
+    let ping_ll = || {
+        Command::new("ip")
+            .args([
+                "netns", "exec", &a, "ping", "-6", "-c", "1", "-W", "1", &target,
+            ])
+            .output()
+            .expect("ping")
+            .status
+            .success()
+    };
+    assert!(
+        !ping_ll(),
+        "isolated egress let A ping a link-local peer it does not admit"
+    );
+    lab.peer(ep_a, DIRECTION_EGRESS, "fe80::/10", 1);
+    ipn(&a, "-6 neigh flush all");
+    ipn(&node, "-6 neigh flush all");
+    assert!(ping_ll(), "ping6 to the node's link-local address failed");
 }
 
 #[test]
