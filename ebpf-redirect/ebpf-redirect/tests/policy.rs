@@ -4,8 +4,9 @@
 //! `tc`), the node routing between them. The policy maps are written through `Datapath`, as
 //! the daemon does, and real TCP, UDP and ICMP traffic checks the verdicts, IPv4 and IPv6.
 //! Namespaces are `testkit::NetnsGuard`s named with the test pid; traffic only goes to
-//! addresses in them.
-#![allow(clippy::unwrap_used)]
+//! addresses in them. `unsafe` only for the raw-socket and `IP_OPTIONS` system calls of the
+//! SCTP and IPv4-options checks.
+#![allow(unsafe_code, clippy::unwrap_used)]
 
 use std::{
     io::{Read, Write},
@@ -755,4 +756,105 @@ fn load_sized_replaces_pins_of_another_size_and_keeps_the_rest() {
     dp.policy_isolation_delete(&key).unwrap();
     // Deleting what is absent is no error.
     dp.policy_isolation_delete(&key).unwrap();
+}
+
+/// A raw IP socket of protocol `proto` in `ns` for `family`'s addresses.
+fn raw_socket(ns: &str, v4: bool, proto: i32) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    let domain = if v4 { libc::AF_INET } else { libc::AF_INET6 };
+    in_netns(ns, || {
+        // SAFETY: plain socket(2); the result is checked before it is wrapped.
+        let fd = unsafe { libc::socket(domain, libc::SOCK_RAW | libc::SOCK_NONBLOCK, proto) };
+        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        // SAFETY: fd is a fresh descriptor owned by nothing else.
+        unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+    })
+}
+
+/// Sends an SCTP common header with an INIT chunk from A to `dst:port` on a raw socket and
+/// reports whether B's raw SCTP socket received it.
+fn sctp_passes(a: &str, b: &str, dst: IpAddr, port: u16) -> bool {
+    use std::os::fd::AsRawFd;
+    let rx = raw_socket(b, dst.is_ipv4(), 132);
+    let tx = raw_socket(a, dst.is_ipv4(), 132);
+    let mut packet = vec![0x30, 0x39];
+    packet.extend_from_slice(&port.to_be_bytes());
+    packet.extend_from_slice(&[0; 8]); // verification tag, checksum
+    packet.extend_from_slice(&[
+        1, 0, 0, 20, 0, 0, 0, 1, 0, 0, 0x10, 0, 0, 1, 0, 1, 0, 0, 0, 1,
+    ]);
+    let dst = nix::sys::socket::SockaddrStorage::from(SocketAddr::new(dst, 0));
+    nix::sys::socket::sendto(
+        tx.as_raw_fd(),
+        &packet,
+        &dst,
+        nix::sys::socket::MsgFlags::empty(),
+    )
+    .expect("send SCTP");
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut buf = [0u8; 256];
+    while std::time::Instant::now() < deadline {
+        // SAFETY: buf is a valid writable buffer of the given length.
+        let n = unsafe { libc::recv(rx.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n > 0 {
+            let n = n as usize;
+            // IPv4 raw sockets deliver the IP header, IPv6 ones do not.
+            let l4 = if buf[0] >> 4 == 4 && n >= 20 {
+                usize::from(buf[0] & 0xf) * 4
+            } else {
+                0
+            };
+            if n >= l4 + 4 && buf[l4 + 2..l4 + 4] == port.to_be_bytes() {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// UDP with IPv4 options (IHL 6): the ports are read after the options.
+fn udp_with_ip_options_ok(ns: &str, dst: IpAddr, port: u16) -> bool {
+    use std::os::fd::AsRawFd;
+    let s = in_netns(ns, || UdpSocket::bind("0.0.0.0:0").unwrap());
+    let options = [1u8, 1, 1, 0]; // NOP NOP NOP EOL: one more 32-bit word
+                                  // SAFETY: setsockopt with a valid buffer and its length on an open socket.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_OPTIONS,
+            options.as_ptr().cast(),
+            options.len() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "IP_OPTIONS: {}", std::io::Error::last_os_error());
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.send_to(b"meshd", SocketAddr::new(dst, port)).unwrap();
+    let mut buf = [0u8; 16];
+    matches!(s.recv_from(&mut buf), Ok((5, _)))
+}
+
+#[test]
+fn ports_are_read_after_ipv4_options_and_for_sctp() {
+    let mut lab = Lab::new("o");
+    let (a, b) = (lab.a().to_string(), lab.b().to_string());
+    let ep_a = lab.ep_a;
+    lab.isolate(ep_a, DIRECTION_EGRESS);
+    lab.allow(ep_a, DIRECTION_EGRESS, V4.b, 80);
+    assert!(
+        udp_with_ip_options_ok(&a, V4.b, 80),
+        "UDP 80 with IP options refused"
+    );
+    assert!(
+        !udp_with_ip_options_ok(&a, V4.b, 81),
+        "UDP 81 with IP options admitted"
+    );
+    for fam in [V4, V6] {
+        let f = fam.name;
+        lab.peer(ep_a, DIRECTION_EGRESS, &host_prefix(fam.b), 1);
+        lab.port(ep_a, DIRECTION_EGRESS, Some((132, 80, 16)), 1);
+        assert!(sctp_passes(&a, &b, fam.b, 80), "{f}: SCTP 80 refused");
+        assert!(!sctp_passes(&a, &b, fam.b, 81), "{f}: SCTP 81 admitted");
+    }
 }
