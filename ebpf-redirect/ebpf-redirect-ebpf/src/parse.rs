@@ -75,11 +75,9 @@ pub struct Packet {
     pub l4_off: usize,
 }
 
-/// Parses the frame: `Ok(None)` for non-IP (ARP, ...), `Err` if it is too short for its headers.
-#[inline(always)]
-pub fn packet(ctx: &TcContext) -> Result<Option<Packet>, i64> {
-    let ethertype = u16::from_be(ctx.load::<u16>(12)?);
-    let mut p = Packet {
+impl Packet {
+    /// Nothing read yet.
+    const EMPTY: Packet = Packet {
         family: 0,
         protocol: 0,
         l4: L4::Plain,
@@ -90,13 +88,20 @@ pub fn packet(ctx: &TcContext) -> Result<Option<Packet>, i64> {
         dst: [0; 16],
         l4_off: 0,
     };
+}
+
+/// Parses the frame: `Ok(None)` for non-IP (ARP, ...), `Err` if it is too short for its headers.
+#[inline(always)]
+pub fn packet(ctx: &TcContext) -> Result<Option<Packet>, i64> {
+    let ethertype = u16::from_be(ctx.load::<u16>(12)?);
+    let mut p = Packet::EMPTY;
     let has_ports = match ethertype {
         ETH_P_IP => ipv4(ctx, ETH_HLEN, &mut p)?,
         ETH_P_IPV6 => ipv6(ctx, ETH_HLEN, &mut p)?,
         _ => return Ok(None),
     };
     if has_ports {
-        l4(ctx, &mut p)?;
+        l4(ctx, &mut p, false)?;
     }
     Ok(Some(p))
 }
@@ -133,27 +138,27 @@ fn ipv6(ctx: &TcContext, off: usize, p: &mut Packet) -> Result<bool, i64> {
     Ok(true)
 }
 
-/// Reads ports, TCP flags or ICMP type/code/id at `p.l4_off`.
+/// Reads ports, TCP flags or ICMP type and echo id at `p.l4_off`. A `quoted` packet (inside an
+/// ICMP error) is only guaranteed its first 8 L4 bytes: its TCP flags are not read.
 #[inline(always)]
-fn l4(ctx: &TcContext, p: &mut Packet) -> Result<(), i64> {
+fn l4(ctx: &TcContext, p: &mut Packet, quoted: bool) -> Result<(), i64> {
     let off = p.l4_off;
     match p.protocol {
-        PROTO_TCP => {
+        PROTO_TCP if !quoted => {
             // Ports and flags in one helper call (a TCP header has at least 20 bytes).
             let h: [u8; 14] = ctx.load(off)?;
             p.src_port = [h[0], h[1]];
             p.dst_port = [h[2], h[3]];
             p.tcp_flags = h[13];
         }
-        PROTO_UDP | PROTO_SCTP => {
+        PROTO_TCP | PROTO_UDP | PROTO_SCTP => {
             let ports: [u8; 4] = ctx.load(off)?;
             p.src_port = [ports[0], ports[1]];
             p.dst_port = [ports[2], ports[3]];
         }
         PROTO_ICMP | PROTO_ICMPV6 => {
             let head: [u8; 8] = ctx.load(off)?;
-            let icmp_type = head[0];
-            p.l4 = icmp_kind(p.protocol, icmp_type);
+            p.l4 = icmp_kind(p.protocol, head[0]);
             if p.l4 == L4::Echo {
                 p.src_port = [head[4], head[5]];
                 p.dst_port = [head[4], head[5]];
@@ -187,17 +192,7 @@ fn icmp_kind(protocol: u8, icmp_type: u8) -> L4 {
 /// as it was sent: addresses, protocol and ports (or echo id). `Err` if it is truncated.
 #[inline(always)]
 pub fn quoted(ctx: &TcContext, outer: &Packet) -> Result<Packet, i64> {
-    let mut p = Packet {
-        family: 0,
-        protocol: 0,
-        l4: L4::Plain,
-        tcp_flags: 0,
-        src_port: [0; 2],
-        dst_port: [0; 2],
-        src: [0; 16],
-        dst: [0; 16],
-        l4_off: 0,
-    };
+    let mut p = Packet::EMPTY;
     let off = outer.l4_off + 8;
     let has_ports = if outer.family == CT_FAMILY_V4 {
         ipv4(ctx, off, &mut p)?
@@ -205,23 +200,8 @@ pub fn quoted(ctx: &TcContext, outer: &Packet) -> Result<Packet, i64> {
         ipv6(ctx, off, &mut p)?
     };
     if has_ports {
-        match p.protocol {
-            PROTO_TCP | PROTO_UDP | PROTO_SCTP => {
-                // RFC 792 guarantees 8 bytes of the quoted L4 header: the ports are there.
-                let ports: [u8; 4] = ctx.load(p.l4_off)?;
-                p.src_port = [ports[0], ports[1]];
-                p.dst_port = [ports[2], ports[3]];
-            }
-            PROTO_ICMP | PROTO_ICMPV6 => {
-                let head: [u8; 8] = ctx.load(p.l4_off)?;
-                if icmp_kind(p.protocol, head[0]) == L4::Echo {
-                    p.l4 = L4::Echo;
-                    p.src_port = [head[4], head[5]];
-                    p.dst_port = [head[4], head[5]];
-                }
-            }
-            _ => {}
-        }
+        // RFC 792 and 4443 quote at least 8 bytes of the L4 header: ports, ICMP type and id.
+        l4(ctx, &mut p, true)?;
     }
     Ok(p)
 }

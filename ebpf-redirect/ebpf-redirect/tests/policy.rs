@@ -12,7 +12,6 @@ use std::{
     io::{Read, Write},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     path::PathBuf,
-    process::Command,
     time::Duration,
 };
 
@@ -33,22 +32,16 @@ const ICMPV6: u8 = 58;
 /// Ports the pods serve (TCP echo and UDP echo on each).
 const PORTS: &[u16] = &[80, 81, 82, 8085, 8096];
 
+/// Runs a command; its failure (with stderr) fails the test.
 fn run(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("spawn");
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    testkit::netns::run(args[0], &args[1..]).unwrap();
 }
 
+/// `ip -n ns <args...>`
 fn ipn(ns: &str, args: &str) {
-    let mut v = vec!["ip", "-n", ns];
+    let mut v = vec!["-n", ns];
     v.extend(args.split_whitespace());
-    run(&v);
+    testkit::netns::run("ip", &v).unwrap();
 }
 
 fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
@@ -344,11 +337,13 @@ fn serve(ns: &str, port: u16) {
 }
 
 fn ping(ns: &str, dst: IpAddr) -> bool {
-    Command::new("ip")
-        .args(["netns", "exec", ns, "ping", "-c", "1", "-W", "1"])
-        .arg(dst.to_string())
-        .output()
-        .expect("ping")
+    ping_target(ns, &dst.to_string())
+}
+
+/// One ping to `target` (an address, or `fe80::…%dev`) from `ns`: whether it was answered.
+fn ping_target(ns: &str, target: &str) -> bool {
+    testkit::netns::run_in_unchecked(ns, &["ping", "-c", "1", "-W", "1", target])
+        .unwrap()
         .status
         .success()
 }
@@ -561,16 +556,7 @@ fn neighbour_discovery_passes_with_everything_isolated() {
         .unwrap_or_else(|| panic!("no link-local address on h1: {out}"))
         .to_string();
     let target = format!("{link_local}%eth0");
-    let ping_ll = || {
-        Command::new("ip")
-            .args([
-                "netns", "exec", &a, "ping", "-6", "-c", "1", "-W", "1", &target,
-            ])
-            .output()
-            .expect("ping")
-            .status
-            .success()
-    };
+    let ping_ll = || ping_target(&a, &target);
     assert!(
         !ping_ll(),
         "isolated egress let A ping a link-local peer it does not admit"
