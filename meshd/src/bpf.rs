@@ -96,8 +96,8 @@ pub struct VerdictCounters {
     pub would_drops: u64,
 }
 
-impl From<[u64; 5]> for VerdictCounters {
-    fn from(c: [u64; 5]) -> Self {
+impl From<[u64; ebpf_redirect::VERDICT_COUNT as usize]> for VerdictCounters {
+    fn from(c: [u64; ebpf_redirect::VERDICT_COUNT as usize]) -> Self {
         VerdictCounters {
             redirected: c[Verdict::Redirect as usize],
             local: c[Verdict::Local as usize],
@@ -712,7 +712,7 @@ mod tests {
 
     #[test]
     fn counters_map_by_verdict_index() {
-        let c = VerdictCounters::from([1, 2, 3, 4, 5]);
+        let c = VerdictCounters::from([1, 2, 3, 4, 5, 6, 7]);
         assert_eq!(
             (
                 c.redirected,

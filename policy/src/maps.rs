@@ -24,8 +24,16 @@
 //! reaches. All structs are `#[repr(C)]` with no implicit padding: every byte is a field and
 //! reserved bytes are zero, so the kernel's byte comparisons see exactly what is listed here.
 //! [`crate::datapath_model`] looks them up exactly as the kernel will.
+//!
+//! The key and value structs and the constants are defined once, in `ebpf-redirect-common`
+//! (shared with the tc programs and their loader), and re-exported here.
 
 use std::collections::{BTreeMap, BTreeSet};
+
+pub use ebpf_redirect_common::policy::{
+    IsolationKey, IsolationValue, PeerKeyV4, PeerKeyV6, PortKey, RuleBits, DIRECTION_EGRESS,
+    DIRECTION_INGRESS, MAX_RULES, PEER_KEY_FIXED_BITS, PORT_KEY_FIXED_BITS,
+};
 
 use crate::model::Direction;
 
@@ -47,100 +55,6 @@ pub fn direction_byte(direction: Direction) -> u8 {
     }
 }
 
-/// `direction` byte of ingress entries (traffic towards the endpoint; tc egress on its veth).
-pub const DIRECTION_INGRESS: u8 = 0;
-/// `direction` byte of egress entries (traffic from the endpoint; tc ingress on its veth).
-pub const DIRECTION_EGRESS: u8 = 1;
-
-/// Bits of a peer key always covered by its prefix: endpoint (32), direction (8), reserved (24).
-pub const PEER_KEY_FIXED_BITS: u32 = 64;
-/// Bits of a port key always covered by its prefix: endpoint (32) and direction (8); protocol
-/// (8) and port (16) follow.
-pub const PORT_KEY_FIXED_BITS: u32 = 40;
-
-/// The number of rules an endpoint-direction can hold: the width of [`RuleBits`].
-pub const MAX_RULES: usize = 64;
-
-/// Key of `POLICY_ISOLATION` (hash map, 8 bytes). Present = the endpoint is isolated in that
-/// direction.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct IsolationKey {
-    /// [`EndpointId`], native endian.
-    pub endpoint: u32,
-    /// [`DIRECTION_INGRESS`] or [`DIRECTION_EGRESS`].
-    pub direction: u8,
-    /// Zero.
-    pub reserved: [u8; 3],
-}
-
-/// Value of `POLICY_ISOLATION` (4 bytes): how many rule bits the endpoint-direction uses
-/// (informational; 0 = isolated with nothing allowed).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct IsolationValue {
-    /// Number of rules (bits) in use.
-    pub rules: u32,
-}
-
-/// Key of `POLICY_PEER_V4` (LPM trie, 16 bytes; `prefix_len` = 64 + address prefix length).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct PeerKeyV4 {
-    /// Bits of what follows that must match (64..=96).
-    pub prefix_len: u32,
-    /// [`EndpointId`], native endian.
-    pub endpoint: u32,
-    /// [`DIRECTION_INGRESS`] or [`DIRECTION_EGRESS`].
-    pub direction: u8,
-    /// Zero.
-    pub reserved: [u8; 3],
-    /// The peer address (the source for ingress, the destination for egress), network order.
-    pub address: [u8; 4],
-}
-
-/// Key of `POLICY_PEER_V6` (LPM trie, 28 bytes; `prefix_len` = 64 + address prefix length).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct PeerKeyV6 {
-    /// Bits of what follows that must match (64..=192).
-    pub prefix_len: u32,
-    /// [`EndpointId`], native endian.
-    pub endpoint: u32,
-    /// [`DIRECTION_INGRESS`] or [`DIRECTION_EGRESS`].
-    pub direction: u8,
-    /// Zero.
-    pub reserved: [u8; 3],
-    /// The peer address, network order.
-    pub address: [u8; 16],
-}
-
-/// Key of `POLICY_PORT` (LPM trie, 12 bytes; `prefix_len` = 40 + protocol and port bits:
-/// 40 = every protocol and port, 48 = every port of `protocol`, 48 + n = the first n bits of
-/// `port`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct PortKey {
-    /// Bits of what follows that must match (40..=64).
-    pub prefix_len: u32,
-    /// [`EndpointId`], native endian.
-    pub endpoint: u32,
-    /// [`DIRECTION_INGRESS`] or [`DIRECTION_EGRESS`].
-    pub direction: u8,
-    /// IP protocol number (6 TCP, 17 UDP, 132 SCTP); looked up with the packet's.
-    pub protocol: u8,
-    /// Destination port, network order (0 for protocols without ports).
-    pub port: [u8; 2],
-}
-
-/// Value of the LPM tries (8 bytes): bit `i` set = rule `i` admits what the key covers.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct RuleBits {
-    /// The rule bitmap, native endian.
-    pub bits: u64,
-}
-
 /// An LPM trie key: a prefix length over the bytes that follow it.
 pub trait LpmKey: Copy + Ord {
     /// The key's `prefix_len` field.
@@ -149,21 +63,12 @@ pub trait LpmKey: Copy + Ord {
     fn data(&self) -> Vec<u8>;
 }
 
-fn fixed_bytes(endpoint: u32, direction: u8, reserved: [u8; 3]) -> Vec<u8> {
-    let mut data = endpoint.to_ne_bytes().to_vec();
-    data.push(direction);
-    data.extend_from_slice(&reserved);
-    data
-}
-
 impl LpmKey for PeerKeyV4 {
     fn prefix_len(&self) -> u32 {
         self.prefix_len
     }
     fn data(&self) -> Vec<u8> {
-        let mut data = fixed_bytes(self.endpoint, self.direction, self.reserved);
-        data.extend_from_slice(&self.address);
-        data
+        self.trie_data().to_vec()
     }
 }
 
@@ -172,9 +77,7 @@ impl LpmKey for PeerKeyV6 {
         self.prefix_len
     }
     fn data(&self) -> Vec<u8> {
-        let mut data = fixed_bytes(self.endpoint, self.direction, self.reserved);
-        data.extend_from_slice(&self.address);
-        data
+        self.trie_data().to_vec()
     }
 }
 
@@ -183,11 +86,7 @@ impl LpmKey for PortKey {
         self.prefix_len
     }
     fn data(&self) -> Vec<u8> {
-        let mut data = self.endpoint.to_ne_bytes().to_vec();
-        data.push(self.direction);
-        data.push(self.protocol);
-        data.extend_from_slice(&self.port);
-        data
+        self.trie_data().to_vec()
     }
 }
 

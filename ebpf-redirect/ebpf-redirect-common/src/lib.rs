@@ -2,7 +2,21 @@
 //! map names, map sizes, `#[repr(C)]` key/value types and the `Verdict` counter indices.
 //! It is `no_std` so that the BPF crate can use it; with the `user` feature it also
 //! implements `aya::Pod` for the types so that the loader can put them in maps.
-#![no_std]
+//!
+//! Modules:
+//! * [`policy`]: the NetworkPolicy maps' keys and values (the one definition of their layout).
+//! * [`conntrack`]: the connection-tracking map's key and value, the policy generation and the
+//!   idle timeouts.
+#![cfg_attr(not(test), no_std)]
+
+pub mod conntrack;
+pub mod policy;
+
+pub use conntrack::{CtKey, CtValue};
+pub use policy::{
+    IsolationKey, IsolationValue, PeerKeyV4, PeerKeyV6, PortKey, RuleBits, DIRECTION_EGRESS,
+    DIRECTION_INGRESS, MAX_RULES, PEER_KEY_FIXED_BITS, PORT_KEY_FIXED_BITS,
+};
 
 /// Index into the per-CPU `VERDICTS` counter array.
 #[repr(u32)]
@@ -18,10 +32,14 @@ pub enum Verdict {
     StrictDrop = 3,
     /// `underlay_egress`: cluster traffic outside WireGuard, allowed (permissive mode).
     WouldDrop = 4,
+    /// `from_pod`: the pod's egress policy refused the packet (dropped).
+    PolicyDeniedEgress = 5,
+    /// `to_pod`: the pod's ingress policy refused the packet (dropped).
+    PolicyDeniedIngress = 6,
 }
 
 /// Number of entries in `VERDICTS`.
-pub const VERDICT_COUNT: u32 = 5;
+pub const VERDICT_COUNT: u32 = 7;
 
 /// `Config::mode`: drop cluster traffic that is not the tunnel's (marked) ciphertext.
 pub const MODE_ENFORCE: u32 = 0;
@@ -80,11 +98,36 @@ pub mod map_names {
     pub const CLUSTER_V6: &str = "CLUSTER_V6";
     /// ARRAY[1] of `Config`.
     pub const CONFIG: &str = "CONFIG";
-    /// PER_CPU_ARRAY[5] of u64, indexed by `Verdict`.
+    /// PER_CPU_ARRAY[`VERDICT_COUNT`] of u64, indexed by `Verdict`.
     pub const VERDICTS: &str = "VERDICTS";
+    /// HASH `IsolationKey` -> `IsolationValue`: present = the endpoint-direction is isolated.
+    pub const POLICY_ISOLATION: &str = "POLICY_ISOLATION";
+    /// LPM_TRIE `PeerKeyV4` -> `RuleBits`.
+    pub const POLICY_PEER_V4: &str = "POLICY_PEER_V4";
+    /// LPM_TRIE `PeerKeyV6` -> `RuleBits`.
+    pub const POLICY_PEER_V6: &str = "POLICY_PEER_V6";
+    /// LPM_TRIE `PortKey` -> `RuleBits`.
+    pub const POLICY_PORT: &str = "POLICY_PORT";
+    /// ARRAY[1] of u64: the policy generation, bumped by the loader after every policy change.
+    pub const POLICY_GENERATION: &str = "POLICY_GENERATION";
+    /// LRU_HASH `CtKey` -> `CtValue`: connection tracking.
+    pub const CONNTRACK: &str = "CONNTRACK";
     /// All map names.
-    pub const ALL: [&str; 8] = [
-        REMOTE_V4, REMOTE_V6, LOCAL_V4, LOCAL_V6, CLUSTER_V4, CLUSTER_V6, CONFIG, VERDICTS,
+    pub const ALL: [&str; 14] = [
+        REMOTE_V4,
+        REMOTE_V6,
+        LOCAL_V4,
+        LOCAL_V6,
+        CLUSTER_V4,
+        CLUSTER_V6,
+        CONFIG,
+        VERDICTS,
+        POLICY_ISOLATION,
+        POLICY_PEER_V4,
+        POLICY_PEER_V6,
+        POLICY_PORT,
+        POLICY_GENERATION,
+        CONNTRACK,
     ];
 }
 
@@ -92,6 +135,14 @@ pub mod map_names {
 pub const MAX_CIDRS: u32 = 4096;
 /// Max entries of the local pod address hashes.
 pub const MAX_LOCAL: u32 = 4096;
+/// Default max entries of `POLICY_ISOLATION` (two per local pod at most: 8,192 pods).
+pub const MAX_POLICY_ISOLATION: u32 = 16_384;
+/// Default max entries of each of `POLICY_PEER_V4` and `POLICY_PEER_V6`.
+pub const MAX_POLICY_PEERS: u32 = 65_536;
+/// Default max entries of `POLICY_PORT`.
+pub const MAX_POLICY_PORTS: u32 = 65_536;
+/// Default max entries of `CONNTRACK` (LRU: the least recently used entry is evicted when full).
+pub const MAX_CONNTRACK: u32 = 262_144;
 
 #[cfg(feature = "user")]
 // SAFETY: `Config` is `#[repr(C)]`, `Copy`, made only of integers, has explicit padding

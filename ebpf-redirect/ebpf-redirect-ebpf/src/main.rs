@@ -1,10 +1,17 @@
 //! `ebpf-redirect-ebpf` owns the tc BPF programs of meshd's datapath and their maps:
-//! `from_pod` (clsact ingress on a pod's host-side veth: redirect to the WireGuard device
-//! by LPM lookup) and `underlay_egress` (clsact egress on the node's underlay NIC: drop or
-//! count cluster traffic that bypasses WireGuard). Entry points only map the result of
-//! `try_<prog>()` to a tc action; all logic lives in the `try_` functions.
+//! `from_pod` (clsact ingress on a pod's host-side veth: the pod's egress policy, then
+//! redirect to the WireGuard device by LPM lookup), `to_pod` (clsact egress on that veth: the
+//! pod's ingress policy) and `underlay_egress` (clsact egress on the node's underlay NIC: drop
+//! or count cluster traffic that bypasses WireGuard). Entry points only map the result of
+//! `try_<prog>()` to a tc action; all logic lives in the `try_` functions and the modules:
+//! [`parse`] (headers for the policy), [`policy`] (policy maps and decision, the two check
+//! points) and [`conntrack`] (connection tracking and re-validation after policy changes).
 #![no_std]
 #![no_main]
+
+mod conntrack;
+mod parse;
+mod policy;
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, TC_ACT_OK, TC_ACT_SHOT},
@@ -65,7 +72,7 @@ fn parse(ctx: &TcContext) -> Result<Option<Ip>, i64> {
 }
 
 #[inline(always)]
-fn count(v: Verdict) {
+pub(crate) fn count(v: Verdict) {
     if let Some(p) = VERDICTS.get_ptr_mut(v as u32) {
         // SAFETY: per-CPU slot, valid pointer returned by the map lookup.
         unsafe { *p += 1 };
@@ -78,6 +85,9 @@ pub fn from_pod(ctx: TcContext) -> i32 {
 }
 
 fn try_from_pod(ctx: &TcContext) -> Result<i32, i64> {
+    if let Some(action) = policy::egress(ctx) {
+        return Ok(action);
+    }
     let remote = match parse(ctx)? {
         Some(Ip::V4 { dst, .. }) => {
             if let Some(ifx) = REMOTE_V4.get(Key::new(32, dst)) {
@@ -114,6 +124,15 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, i64> {
             Ok(TC_ACT_OK)
         }
     }
+}
+
+#[classifier]
+pub fn to_pod(ctx: TcContext) -> i32 {
+    try_to_pod(&ctx).unwrap_or(TC_ACT_OK)
+}
+
+fn try_to_pod(ctx: &TcContext) -> Result<i32, i64> {
+    Ok(policy::ingress(ctx).unwrap_or(TC_ACT_OK))
 }
 
 #[classifier]

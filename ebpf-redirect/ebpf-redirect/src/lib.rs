@@ -6,8 +6,10 @@
 //!
 //! Pin layout under `pin_dir`:
 //! * `REMOTE_V4`, `REMOTE_V6`, `LOCAL_V4`, `LOCAL_V6`, `CLUSTER_V4`, `CLUSTER_V6`,
-//!   `CONFIG`, `VERDICTS` - maps (pinned by name by the loader).
-//! * `prog_from_pod`, `prog_underlay_egress` - programs.
+//!   `CONFIG`, `VERDICTS`, `POLICY_ISOLATION`, `POLICY_PEER_V4`, `POLICY_PEER_V6`,
+//!   `POLICY_PORT`, `POLICY_GENERATION`, `CONNTRACK` - maps (pinned by name by the loader;
+//!   sizes in [`MapSizes`], see [`sizes`]).
+//! * `prog_from_pod`, `prog_to_pod`, `prog_underlay_egress` - programs.
 //! * `link_egress_<ifname>` - the underlay's TCX link (kernel >= 6.6).
 //! * `link_ingress_<ifname>` - the record of `from_pod`'s filter on a pod's host veth: the
 //!   attached program, pinned under the interface's name ([`pod`]).
@@ -44,13 +46,20 @@ use aya::{
 };
 mod cls_bpf;
 mod pod;
+pub mod policy;
+pub mod sizes;
 
 pub use pod::PodDatapath;
+pub use sizes::MapSizes;
 
 pub use ebpf_redirect_common::Config;
 pub use ebpf_redirect_common::Verdict;
-use ebpf_redirect_common::{map_names as mn, MODE_ENFORCE, MODE_PERMISSIVE, VERDICT_COUNT};
+use ebpf_redirect_common::{map_names as mn, MODE_ENFORCE, MODE_PERMISSIVE};
 pub use ebpf_redirect_common::{ClusterMarker, CLUSTER_CONFIGURED, CLUSTER_LEARNED};
+pub use ebpf_redirect_common::{
+    CtKey, CtValue, IsolationKey, IsolationValue, PeerKeyV4, PeerKeyV6, PortKey, RuleBits,
+    VERDICT_COUNT,
+};
 pub use ipnet::IpNet;
 
 /// The BPF object built by build.rs.
@@ -59,6 +68,9 @@ pub static BPF_OBJECT: &[u8] =
 
 /// Name of the program for pods' host-side veths (clsact ingress).
 pub const PROG_FROM_POD: &str = "from_pod";
+/// Name of the program for traffic towards pods, on their host-side veths (clsact egress):
+/// the pods' ingress policy.
+pub const PROG_TO_POD: &str = "to_pod";
 /// Name of the program for the node's underlay interface (clsact egress).
 pub const PROG_UNDERLAY_EGRESS: &str = "underlay_egress";
 
@@ -156,6 +168,9 @@ impl std::fmt::Display for Mode {
 pub struct Datapath {
     pin_dir: PathBuf,
     from_pod: SchedClassifier,
+    /// Attached by the CNI plugin and the daemon (tc egress of pod veths); kept open here.
+    #[allow(dead_code)]
+    to_pod: SchedClassifier,
     underlay_egress: SchedClassifier,
     remote_v4: LpmTrie<MapData, [u8; 4], u32>,
     remote_v6: LpmTrie<MapData, [u8; 16], u32>,
@@ -165,6 +180,7 @@ pub struct Datapath {
     cluster_v6: LpmTrie<MapData, [u8; 16], u32>,
     config: Array<MapData, Config>,
     verdicts: PerCpuArray<MapData, u64>,
+    policy: policy::PolicyMaps,
 }
 
 impl std::fmt::Debug for Datapath {
@@ -188,7 +204,7 @@ fn link_pin(dir: &Path, attach: TcAttachType, ifname: &str) -> PathBuf {
     dir.join(format!("link_{dir_name}_{ifname}"))
 }
 
-fn open_map(dir: &Path, name: &str) -> Result<Map> {
+pub(crate) fn open_map(dir: &Path, name: &str) -> Result<Map> {
     Ok(Map::from_map_data(MapData::from_pin(dir.join(name))?)?)
 }
 
@@ -209,15 +225,33 @@ impl Datapath {
         Self::load_bytes(BPF_OBJECT, pin_dir)
     }
 
+    /// Like [`Datapath::load`] with map sizes other than the defaults (a pinned map of
+    /// another size is replaced, see [`sizes`]).
+    pub fn load_sized(pin_dir: impl AsRef<Path>, sizes: &MapSizes) -> Result<Self> {
+        Self::load_bytes_sized(BPF_OBJECT, pin_dir, sizes)
+    }
+
     /// Like [`Datapath::load`] with an explicit object.
     pub fn load_bytes(object: &[u8], pin_dir: impl AsRef<Path>) -> Result<Self> {
+        Self::load_bytes_sized(object, pin_dir, &MapSizes::default())
+    }
+
+    /// Like [`Datapath::load_sized`] with an explicit object.
+    pub fn load_bytes_sized(
+        object: &[u8],
+        pin_dir: impl AsRef<Path>,
+        sizes: &MapSizes,
+    ) -> Result<Self> {
         let dir = pin_dir.as_ref();
         fs::create_dir_all(dir)?;
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(dir)
-            .load(object)
-            .map_err(Box::new)?;
-        for name in [PROG_FROM_POD, PROG_UNDERLAY_EGRESS] {
+        sizes::retire_mismatched_pins(dir, sizes)?;
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(dir);
+        for (name, max_entries) in sizes.entries() {
+            loader.map_max_entries(name, max_entries);
+        }
+        let mut ebpf = loader.load(object).map_err(Box::new)?;
+        for name in [PROG_FROM_POD, PROG_TO_POD, PROG_UNDERLAY_EGRESS] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or(Error::MissingProgram(name))?
@@ -241,6 +275,7 @@ impl Datapath {
         Ok(Self {
             pin_dir: dir.to_path_buf(),
             from_pod: SchedClassifier::from_pin(prog_pin(dir, PROG_FROM_POD))?,
+            to_pod: SchedClassifier::from_pin(prog_pin(dir, PROG_TO_POD))?,
             underlay_egress: SchedClassifier::from_pin(prog_pin(dir, PROG_UNDERLAY_EGRESS))?,
             remote_v4: open_map(dir, mn::REMOTE_V4)?.try_into()?,
             remote_v6: open_map(dir, mn::REMOTE_V6)?.try_into()?,
@@ -250,6 +285,7 @@ impl Datapath {
             cluster_v6: open_map(dir, mn::CLUSTER_V6)?.try_into()?,
             config: open_map(dir, mn::CONFIG)?.try_into()?,
             verdicts: open_map(dir, mn::VERDICTS)?.try_into()?,
+            policy: policy::PolicyMaps::open(dir)?,
         })
     }
 
@@ -528,7 +564,7 @@ impl Datapath {
 }
 
 /// Map removal that treats "no such entry" as done.
-fn absent_ok(r: std::result::Result<(), MapError>) -> Result<()> {
+pub(crate) fn absent_ok(r: std::result::Result<(), MapError>) -> Result<()> {
     match r {
         Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
         Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),

@@ -22,6 +22,7 @@ const REDIRECT: usize = Verdict::Redirect as usize;
 const LOCAL: usize = Verdict::Local as usize;
 const STRICT_DROP: usize = Verdict::StrictDrop as usize;
 const WOULD_DROP: usize = Verdict::WouldDrop as usize;
+const COUNTERS: usize = ebpf_redirect::VERDICT_COUNT as usize;
 
 /// The tools these tests run.
 const TOOLS: &[&str] = &["ip", "ping"];
@@ -142,7 +143,7 @@ fn ping(ns: &str, dst: &str) -> bool {
 }
 
 /// Counters after a restart/reload: nothing went down, no packet was redirected meanwhile.
-fn kept(before: &[u64; 5], after: &[u64; 5]) -> bool {
+fn kept(before: &[u64; COUNTERS], after: &[u64; COUNTERS]) -> bool {
     before.iter().zip(after).all(|(b, a)| a >= b) && before[REDIRECT] == after[REDIRECT]
 }
 
