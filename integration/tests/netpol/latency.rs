@@ -67,12 +67,13 @@ pub fn pod_netns(lab: &Lab, address: IpAddr) -> anyhow::Result<String> {
     bail!("no network namespace of lab {} holds {address}", lab.name())
 }
 
-/// Polls `to` from inside `netns` once `start` arrives, until a connection succeeds; the time
-/// from `start`.
+/// Polls `to` from inside `netns` once `start` arrives, until a connection succeeds (the time
+/// from `start`) or `give_up` has passed (an error).
 fn poller(
     netns: String,
     to: SocketAddr,
     start: mpsc::Receiver<Instant>,
+    give_up: Duration,
 ) -> std::thread::JoinHandle<anyhow::Result<Duration>> {
     std::thread::spawn(move || {
         let name = netns.clone();
@@ -83,8 +84,8 @@ fn poller(
                 if TcpStream::connect_timeout(&to, ATTEMPT).is_ok() {
                     return Ok(t0.elapsed());
                 }
-                if t0.elapsed() > NEVER {
-                    bail!("{to} still unreachable from {netns} {NEVER:?} after the apply");
+                if t0.elapsed() > give_up {
+                    bail!("{to} still unreachable from {netns} {give_up:?} after the apply");
                 }
                 // A refusal comes back at once: do not spin.
                 if attempt.elapsed() < ATTEMPT {
@@ -126,7 +127,7 @@ pub fn measure(run: &LabRun<'_>, samples: usize) -> anyhow::Result<Vec<Duration>
         for (from, to) in PAIRS {
             let (tx, rx) = mpsc::channel();
             let dst = SocketAddr::new(run.address(to, family)?, 80);
-            handles.push((from, to, poller(netns_of[from].clone(), dst, rx)));
+            handles.push((from, to, poller(netns_of[from].clone(), dst, rx, NEVER)));
             starts.push(tx);
         }
         // Let the pollers enter their namespaces before the clock starts.
@@ -156,4 +157,38 @@ pub fn measure(run: &LabRun<'_>, samples: usize) -> anyhow::Result<Vec<Duration>
         run.await_table(&tcp(80, Table::all(true)), family, BASELINE_WINDOW)?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+
+    use super::*;
+
+    /// The poller connects from inside the namespace it is given, and says when it gave up.
+    #[test]
+    fn a_poller_connects_from_inside_its_namespace_and_gives_up_elsewhere() {
+        testkit::require_tools(&["ip"]);
+        let server = netns::NetnsGuard::new(&netns::unique_name("npl", "srv")).unwrap();
+        let other = netns::NetnsGuard::new(&netns::unique_name("npl", "oth")).unwrap();
+        let listener = server
+            .within(|| TcpListener::bind("127.0.0.1:0"))
+            .unwrap()
+            .unwrap();
+        let to = listener.local_addr().unwrap();
+
+        let (tx, rx) = mpsc::channel();
+        let inside = poller(server.name().to_owned(), to, rx, Duration::from_secs(5));
+        tx.send(Instant::now()).unwrap();
+        let took = inside.join().unwrap().unwrap();
+        assert!(took < Duration::from_secs(1), "{took:?}");
+        listener.accept().unwrap();
+
+        // The same address from another namespace has no listener: refused until it gives up.
+        let (tx, rx) = mpsc::channel();
+        let outside = poller(other.name().to_owned(), to, rx, Duration::from_millis(200));
+        tx.send(Instant::now()).unwrap();
+        let err = outside.join().unwrap().unwrap_err().to_string();
+        assert!(err.contains("still unreachable"), "{err}");
+    }
 }

@@ -74,6 +74,45 @@ struct ProbeReport {
     results: Vec<ProbeResult>,
 }
 
+/// The model's table from a `meshctl lab probe -o json` document of `protocol`/`port` over
+/// `family`: pairs of other pods (the lab's own) are left out; a result of another probe or a
+/// model pair missing is an error.
+pub fn table_from_probe(
+    json: &[u8],
+    protocol: Protocol,
+    port: u16,
+    family: u8,
+) -> anyhow::Result<Table> {
+    let protocol_s = protocol.to_string();
+    let report: ProbeReport = serde_json::from_slice(json).with_context(|| {
+        format!(
+            "lab probe output is not the contract's JSON: {}",
+            String::from_utf8_lossy(json)
+        )
+    })?;
+    let names = pod_names();
+    let mut table = Table::all(false);
+    let mut seen = BTreeSet::new();
+    for r in report.results {
+        if !(names.contains(&r.from) && names.contains(&r.to)) {
+            continue;
+        }
+        if r.port != port || r.protocol != protocol_s || r.family != family {
+            bail!("lab probe answered {r:?} to a probe of {protocol_s}/{port} IPv{family}");
+        }
+        table.set(index(&r.from), index(&r.to), r.allowed);
+        seen.insert((r.from, r.to));
+    }
+    if seen.len() != names.len() * names.len() {
+        bail!(
+            "lab probe reported {} of the {} model pairs",
+            seen.len(),
+            names.len() * names.len()
+        );
+    }
+    Ok(table)
+}
+
 /// How long one change took to show in the probes.
 #[derive(Clone, Debug)]
 pub struct Timing {
@@ -225,33 +264,7 @@ impl<'a> LabRun<'a> {
             "-o",
             "json",
         ])?;
-        let report: ProbeReport = serde_json::from_slice(&out.stdout).with_context(|| {
-            format!(
-                "lab probe output is not the contract's JSON: {}",
-                String::from_utf8_lossy(&out.stdout)
-            )
-        })?;
-        let names = pod_names();
-        let mut table = Table::all(false);
-        let mut seen = BTreeSet::new();
-        for r in report.results {
-            if !(names.contains(&r.from) && names.contains(&r.to)) {
-                continue; // the lab's own pods, outside the model
-            }
-            if r.port != port || r.protocol != protocol_s || r.family != family {
-                bail!("lab probe answered {r:?} to a probe of {protocol_s}/{port} IPv{family}");
-            }
-            table.set(index(&r.from), index(&r.to), r.allowed);
-            seen.insert((r.from, r.to));
-        }
-        if seen.len() != names.len() * names.len() {
-            bail!(
-                "lab probe reported {} of the {} model pairs",
-                seen.len(),
-                names.len() * names.len()
-            );
-        }
-        Ok(table)
+        table_from_probe(&out.stdout, protocol, port, family)
     }
 
     /// Probes until `check`'s table shows on `family` (loopback aside) or `window` passes;
@@ -439,4 +452,53 @@ pub fn quantile(values: &[Duration], q: f64) -> Duration {
     }
     let rank = (q * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn document(skip: Option<(&str, &str)>, port: u16, denied: (&str, &str)) -> String {
+        let mut results = vec![
+            serde_json::json!({"from": "n1-p1", "to": "x/a", "port": port,
+            "protocol": "TCP", "family": 6, "allowed": true}),
+        ];
+        for from in pod_names() {
+            for to in pod_names() {
+                if skip == Some((from.as_str(), to.as_str())) {
+                    continue;
+                }
+                let allowed = (from.as_str(), to.as_str()) != denied;
+                results.push(serde_json::json!({"from": from, "to": to, "port": port,
+                    "protocol": "TCP", "family": 6, "allowed": allowed, "later": 1}));
+            }
+        }
+        serde_json::json!({ "results": results }).to_string()
+    }
+
+    #[test]
+    fn the_probe_document_becomes_the_model_table() {
+        let doc = document(None, 81, ("y/a", "x/b"));
+        let table = table_from_probe(doc.as_bytes(), Protocol::Tcp, 81, 6).unwrap();
+        assert_eq!(table, Table::all(true).pair("y/a", "x/b", false));
+        // Another probe's answer, or a missing pair, is an error.
+        assert!(table_from_probe(doc.as_bytes(), Protocol::Tcp, 80, 6).is_err());
+        assert!(table_from_probe(doc.as_bytes(), Protocol::Udp, 81, 6).is_err());
+        assert!(table_from_probe(doc.as_bytes(), Protocol::Tcp, 81, 4).is_err());
+        let short = document(Some(("z/c", "z/c")), 81, ("y/a", "x/b"));
+        let err = table_from_probe(short.as_bytes(), Protocol::Tcp, 81, 6).unwrap_err();
+        assert!(err.to_string().contains("80 of the 81"), "{err}");
+        assert!(table_from_probe(b"[]", Protocol::Tcp, 81, 6).is_err());
+    }
+
+    #[test]
+    fn quantiles_are_nearest_rank() {
+        let ms = |v: u64| Duration::from_millis(v);
+        let values: Vec<Duration> = (1..=100).rev().map(ms).collect();
+        assert_eq!(quantile(&values, 0.5), ms(50));
+        assert_eq!(quantile(&values, 0.99), ms(99));
+        assert_eq!(quantile(&values, 1.0), ms(100));
+        assert_eq!(quantile(&[ms(7)], 0.99), ms(7));
+        assert_eq!(quantile(&[], 0.5), Duration::ZERO);
+    }
 }
