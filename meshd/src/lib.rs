@@ -32,6 +32,9 @@ pub mod pod_cidr_pool;
 pub mod registry;
 /// The key-rotation driver (pure: which step, when).
 pub mod rotation;
+/// NetworkPolicy: the policy loop feeding the compiler from the object watches and the IPAM
+/// store, and writing the BPF policy maps.
+pub mod policy;
 /// Reverse-path filtering for the WireGuard devices.
 pub mod rpfilter;
 /// Operator settings from the `meshd-config` ConfigMap (pure parsing, the last good settings).

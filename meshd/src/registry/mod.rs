@@ -23,6 +23,7 @@ use keyexchange::{NodeRecord, RecordError};
 
 pub mod dir;
 pub mod kube;
+pub mod objects;
 
 pub use self::dir::DirRegistry;
 pub use self::kube::nodes::KubeRegistry;
