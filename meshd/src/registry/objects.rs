@@ -396,4 +396,4 @@ fn check_identity(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
