@@ -286,6 +286,10 @@ pub struct StatusReport {
     /// counters grew), as this meshd saw it.
     #[serde(default)]
     pub cleartext: CleartextReport,
+    /// NetworkPolicy: what the policy loop knows and wrote (absent from a meshd without it,
+    /// or when it could not start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::policy::PolicyReport>,
 }
 
 /// When the strict-drop and would-drop counters last grew. They count from when the datapath
@@ -530,6 +534,7 @@ mod tests {
             second: None,
             rotation: RotationReport::default(),
             cleartext: CleartextReport::default(),
+            policy: None,
         }
     }
 

@@ -51,3 +51,39 @@ pub struct MalformedObject {
 
 /// The report, shared by the loop (writer) and the status (reader).
 pub type SharedPolicyReport = std::sync::Arc<std::sync::Mutex<PolicyReport>>;
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// The field names are part of `meshctl status -o json`.
+    #[test]
+    fn the_json_field_names() {
+        let json = serde_json::to_value(PolicyReport::default()).unwrap();
+        let mut names: Vec<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "applies",
+                "compile_errors",
+                "last_apply_micros",
+                "last_apply_ops",
+                "last_apply_unix_ms",
+                "local_endpoints",
+                "malformed",
+                "malformed_total",
+                "map_entries",
+                "namespaces",
+                "pods_known",
+                "policies",
+                "source",
+                "synced",
+                "write_error",
+                "write_errors",
+            ]
+        );
+    }
+}

@@ -52,6 +52,8 @@ pub struct PolicyLoop<W> {
     report: SharedPolicyReport,
     /// When `map_entries` was last counted.
     counted_at: Option<Instant>,
+    /// The last failed write's error, until a write succeeds.
+    write_error: Option<String>,
 }
 
 impl<W: PolicyMapWriter> PolicyLoop<W> {
@@ -67,6 +69,7 @@ impl<W: PolicyMapWriter> PolicyLoop<W> {
             resync: true,
             report,
             counted_at: None,
+            write_error: None,
         }
     }
 
@@ -111,10 +114,18 @@ impl<W: PolicyMapWriter> PolicyLoop<W> {
                 Ok(n) => {
                     ops = n;
                     wrote = true;
+                    if self.write_error.take().is_some() {
+                        tracing::info!("the policy maps are in step again");
+                    }
                 }
                 Err(error) => {
                     self.resync = true;
-                    tracing::warn!(error = %format!("{:#}", anyhow::Error::new(error)), "writing the policy maps failed; the next batch reconciles against the live maps");
+                    let error = format!("{:#}", anyhow::Error::new(error));
+                    // Retried every second: said once per distinct error.
+                    if self.write_error.as_ref() != Some(&error) {
+                        tracing::warn!(%error, "writing the policy maps failed; retrying against the live maps");
+                    }
+                    self.write_error = Some(error);
                 }
             }
         }
@@ -193,7 +204,7 @@ impl<W: PolicyMapWriter> PolicyLoop<W> {
             }
         } else if self.synced() {
             report.write_errors += 1;
-            report.write_error = Some("writing the policy maps failed (see the log)".into());
+            report.write_error.clone_from(&self.write_error);
         }
     }
 
