@@ -129,7 +129,12 @@ fn check(r: &Rendered, encryption: Encryption) {
             rule(&[""], &["nodes/status"], &[], &["patch"]),
             // NetworkPolicy: every Pod, Namespace and NetworkPolicy, read only.
             rule(&[""], &["pods", "namespaces"], &[], &["list", "watch"]),
-            rule(&["networking.k8s.io"], &["networkpolicies"], &[], &["list", "watch"]),
+            rule(
+                &["networking.k8s.io"],
+                &["networkpolicies"],
+                &[],
+                &["list", "watch"]
+            ),
         ])
     );
     let roles: BTreeMap<(Option<String>, Option<String>), BTreeSet<Rule>> = r

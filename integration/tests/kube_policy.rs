@@ -111,7 +111,10 @@ async fn pods_namespaces_and_policies_are_listed_followed_and_relisted_after_a_r
         world.namespaces["y"].labels["kubernetes.io/metadata.name"],
         "y"
     );
-    assert_eq!(world.pods[&PodKey::new("x", "a")].named_ports["http"].number, 80);
+    assert_eq!(
+        world.pods[&PodKey::new("x", "a")].named_ports["http"].number,
+        80
+    );
     assert_eq!(world.policies.len(), 1);
 
     // Followed: a relabel, a new pod, a deleted policy.
@@ -125,7 +128,9 @@ async fn pods_namespaces_and_policies_are_listed_followed_and_relisted_after_a_r
         let world = w.compiler.world();
         world.policies.is_empty()
             && world.pods.len() == 3
-            && world.pods[&PodKey::new("x", "a")].labels.contains_key("tier")
+            && world.pods[&PodKey::new("x", "a")]
+                .labels
+                .contains_key("tier")
     })
     .await;
 

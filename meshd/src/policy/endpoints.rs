@@ -90,7 +90,7 @@ impl LocalEndpoints {
     }
 
     /// Follows a change the compiler applied; true when it can change the endpoints.
-    pub fn note(&mut self, world: &World, change: &Change) -> bool {
+    pub fn note(&mut self, change: &Change) -> bool {
         match change {
             Change::UpsertPod(pod) if pod.node == self.node => {
                 self.local.insert(pod.key.clone());
@@ -98,10 +98,7 @@ impl LocalEndpoints {
             }
             Change::UpsertPod(pod) => self.local.remove(&pod.key),
             Change::RemovePod(key) => self.local.remove(key),
-            _ => {
-                let _ = world;
-                false
-            }
+            _ => false,
         }
     }
 
@@ -259,7 +256,7 @@ mod tests {
             pod("c", "n2", "10.0.2.2"),
         ];
         for p in &pods {
-            local.note(&world, &Change::UpsertPod(p.clone()));
+            local.note(&Change::UpsertPod(p.clone()));
             world.pods.insert(p.key.clone(), p.clone());
         }
         let veth_a = host_veth_name("ca", "eth0");
@@ -304,7 +301,7 @@ mod tests {
         local.set_store(store_veths(&[entry("10.0.1.3", "cb")]));
         let mut b = pods[1].clone();
         b.node = "n2".into();
-        assert!(local.note(&world, &Change::UpsertPod(b.clone())));
+        assert!(local.note(&Change::UpsertPod(b.clone())));
         world.pods.insert(b.key.clone(), b);
         assert_eq!(
             local.changes(&world, &both),
@@ -327,7 +324,11 @@ mod tests {
             .await
             .expect("an event after ADD");
         assert_eq!(
-            read_store(&store).expect("read").keys().copied().collect::<Vec<_>>(),
+            read_store(&store)
+                .expect("read")
+                .keys()
+                .copied()
+                .collect::<Vec<_>>(),
             addrs
         );
         // Drain what the ADD caused, then a DEL.

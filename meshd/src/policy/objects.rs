@@ -214,9 +214,12 @@ impl ObjectCache {
 /// The change an upsert makes, if the world does not hold exactly this already.
 fn upsert(world: &World, object: Object) -> Option<Change> {
     match object {
-        Object::Namespace(ns) => (world.namespaces.get(&ns.name) != Some(&ns))
-            .then_some(Change::UpsertNamespace(ns)),
-        Object::Pod(pod) => (world.pods.get(&pod.key) != Some(&pod)).then_some(Change::UpsertPod(pod)),
+        Object::Namespace(ns) => {
+            (world.namespaces.get(&ns.name) != Some(&ns)).then_some(Change::UpsertNamespace(ns))
+        }
+        Object::Pod(pod) => {
+            (world.pods.get(&pod.key) != Some(&pod)).then_some(Change::UpsertPod(pod))
+        }
         Object::Policy(p) => {
             (world.policies.get(&p.key) != Some(&p)).then_some(Change::UpsertPolicy(p))
         }
@@ -232,7 +235,10 @@ fn remove(world: &World, reference: &ObjectRef) -> Option<Change> {
             .then(|| Change::RemoveNamespace(reference.name.clone())),
         Kind::Pod => {
             let key = reference.pod_key();
-            world.pods.contains_key(&key).then_some(Change::RemovePod(key))
+            world
+                .pods
+                .contains_key(&key)
+                .then_some(Change::RemovePod(key))
         }
         Kind::NetworkPolicy => {
             let key = reference.pod_key();
@@ -288,7 +294,11 @@ mod tests {
     }
 
     /// Feeds events through the cache into a compiler; returns the changes.
-    fn feed(cache: &mut ObjectCache, compiler: &mut Compiler, events: Vec<ObjectEvent>) -> Vec<Change> {
+    fn feed(
+        cache: &mut ObjectCache,
+        compiler: &mut Compiler,
+        events: Vec<ObjectEvent>,
+    ) -> Vec<Change> {
         let mut out = Vec::new();
         for event in events {
             for change in cache.apply(compiler.world(), event) {
@@ -376,7 +386,11 @@ mod tests {
             ],
         );
         assert_eq!(changes, vec![Change::RemovePolicy(PodKey::new("x", "q"))]);
-        assert_eq!(cache.malformed_total(), 1, "the same refusal is counted once");
+        assert_eq!(
+            cache.malformed_total(),
+            1,
+            "the same refusal is counted once"
+        );
         // Deleting it clears the report.
         feed(&mut cache, &mut compiler, vec![ObjectEvent::Remove(bad)]);
         assert!(cache.malformed().is_empty());

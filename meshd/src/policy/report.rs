@@ -62,7 +62,12 @@ mod tests {
     #[test]
     fn the_json_field_names() {
         let json = serde_json::to_value(PolicyReport::default()).unwrap();
-        let mut names: Vec<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut names: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
         names.sort_unstable();
         assert_eq!(
             names,

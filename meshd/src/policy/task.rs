@@ -92,7 +92,7 @@ impl<W: PolicyMapWriter> PolicyLoop<W> {
         let mut endpoints_due = store.is_some() || self.endpoints.waiting();
         for event in events {
             for change in self.cache.apply(self.compiler.world(), event) {
-                endpoints_due |= self.endpoints.note(self.compiler.world(), &change);
+                endpoints_due |= self.endpoints.note(&change);
                 compose(&mut delta, self.compiler.apply(change));
             }
         }
@@ -101,7 +101,9 @@ impl<W: PolicyMapWriter> PolicyLoop<W> {
             self.store_read = true;
         }
         if endpoints_due {
-            let changes = self.endpoints.changes(self.compiler.world(), &*self.ifindex);
+            let changes = self
+                .endpoints
+                .changes(self.compiler.world(), &*self.ifindex);
             for change in changes {
                 log_endpoint(&change);
                 compose(&mut delta, self.compiler.apply(change));
@@ -138,7 +140,10 @@ impl<W: PolicyMapWriter> PolicyLoop<W> {
     fn write(&mut self, delta: MapDelta) -> Result<usize, WriterError> {
         let (delta, live) = if self.resync {
             let live = self.writer.dump()?;
-            (MapDelta::between(&live, &self.compiler.maps()), Some(live.len()))
+            (
+                MapDelta::between(&live, &self.compiler.maps()),
+                Some(live.len()),
+            )
         } else {
             (delta, None)
         };
@@ -173,7 +178,10 @@ impl<W: PolicyMapWriter> PolicyLoop<W> {
         report.pods_known = world.pods.len();
         report.local_endpoints = self.endpoints.attached().len();
         // Counting means collecting every entry: at most once a second.
-        if self.counted_at.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+        if self
+            .counted_at
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
+        {
             report.map_entries = self.compiler.maps().len();
             self.counted_at = Some(Instant::now());
         }
@@ -211,7 +219,11 @@ impl<W: PolicyMapWriter> PolicyLoop<W> {
     /// Runs until `objects` closes: batches events from it and from the IPAM store in
     /// `store_dir` (followed with inotify). `store_dir` `None`: the node has no store (no
     /// pods), which counts as read and empty.
-    pub async fn run(mut self, mut objects: mpsc::Receiver<ObjectEvent>, store_dir: Option<PathBuf>) {
+    pub async fn run(
+        mut self,
+        mut objects: mpsc::Receiver<ObjectEvent>,
+        store_dir: Option<PathBuf>,
+    ) {
         let mut store_events = match store_dir.as_deref().map(endpoints::watch_store) {
             Some(Ok(rx)) => Some(rx),
             Some(Err(error)) => {
@@ -253,7 +265,11 @@ impl<W: PolicyMapWriter> PolicyLoop<W> {
             };
             let progress = !events.is_empty() || store.is_some();
             if self.apply_batch(events, store) {
-                wait = if progress { WAIT_FIRST } else { (wait * 2).min(WAIT_MAX) };
+                wait = if progress {
+                    WAIT_FIRST
+                } else {
+                    (wait * 2).min(WAIT_MAX)
+                };
                 let delay = if self.resync { RETRY } else { wait };
                 again_at = Some(tokio::time::Instant::now() + delay);
             } else {
@@ -261,7 +277,9 @@ impl<W: PolicyMapWriter> PolicyLoop<W> {
                 wait = WAIT_FIRST;
             }
         }
-        tracing::info!("policy object source closed; the policy loop stops (the maps stay as written)");
+        tracing::info!(
+            "policy object source closed; the policy loop stops (the maps stay as written)"
+        );
     }
 }
 

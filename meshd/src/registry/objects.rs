@@ -67,7 +67,8 @@ pub fn watch_objects(registry_dir: &Path) -> Result<mpsc::Receiver<ObjectEvent>,
     let root = registry_dir.join(OBJECTS_DIR);
     for kind in Kind::ALL {
         let dir = root.join(kind_dir(kind));
-        fs::create_dir_all(&dir).map_err(|source| RegistryError::CreateDir { path: dir, source })?;
+        fs::create_dir_all(&dir)
+            .map_err(|source| RegistryError::CreateDir { path: dir, source })?;
     }
     let watch_err = |source: io::Error| RegistryError::Watch {
         path: root.clone(),
@@ -173,8 +174,7 @@ impl ObjectWatcher {
                 }
             }
             Place::Files { kind, namespace } if !mask.contains(EventMask::ISDIR) => {
-                let Some(object_name) = name.strip_suffix(".json").filter(|n| !n.is_empty())
-                else {
+                let Some(object_name) = name.strip_suffix(".json").filter(|n| !n.is_empty()) else {
                     return Ok(());
                 };
                 let reference = reference(kind, namespace.as_deref(), object_name);

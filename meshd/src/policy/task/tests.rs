@@ -22,11 +22,7 @@ fn live_maps(live: &Live) -> PolicyMaps {
 fn namespace(name: &str) -> Object {
     Object::Namespace(Namespace {
         name: name.into(),
-        labels: [(
-            "kubernetes.io/metadata.name".to_owned(),
-            name.to_owned(),
-        )]
-        .into(),
+        labels: [("kubernetes.io/metadata.name".to_owned(), name.to_owned())].into(),
     })
 }
 
@@ -85,7 +81,10 @@ fn store() -> StoreVeths {
 }
 
 fn lookup() -> IfindexLookup {
-    let (a, c) = (host_veth_name("ctr-a", "eth0"), host_veth_name("ctr-c", "eth0"));
+    let (a, c) = (
+        host_veth_name("ctr-a", "eth0"),
+        host_veth_name("ctr-c", "eth0"),
+    );
     Box::new(move |name| {
         if name == a {
             Some(11)
@@ -176,7 +175,11 @@ fn nothing_is_written_before_every_kind_is_listed_and_stale_entries_go_at_sync()
     l.apply_batch(events, Some(store()));
     assert!(!report(&shared).synced);
     assert_eq!(
-        live_maps(&live).isolation.keys().copied().collect::<Vec<_>>(),
+        live_maps(&live)
+            .isolation
+            .keys()
+            .copied()
+            .collect::<Vec<_>>(),
         vec![stale],
         "the pinned maps stay as they were until the world is complete"
     );
@@ -314,13 +317,18 @@ fn composed_deltas_end_where_the_steps_end() {
 /// inotify by the running loop.
 #[tokio::test]
 async fn files_in_the_registry_reach_the_maps_of_the_running_loop() {
-    use crate::registry::objects::tests::{deny_all_json, file, namespace_json, pod_json, write_atomically};
+    use crate::registry::objects::tests::{
+        deny_all_json, file, namespace_json, pod_json, write_atomically,
+    };
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("registry");
     let store_dir = tmp.path().join("ipam");
     let ipam = meshd_cni::ipam::Ipam::open(&store_dir, &["10.0.1.0/24".parse().unwrap()]).unwrap();
     let a_ip = ipam.allocate("ctr-a", "eth0").unwrap()[0].to_string();
-    write_atomically(&file(&root, Kind::Namespace, None, "x"), &namespace_json("x"));
+    write_atomically(
+        &file(&root, Kind::Namespace, None, "x"),
+        &namespace_json("x"),
+    );
     write_atomically(
         &file(&root, Kind::Pod, Some("x"), "a"),
         &pod_json("x", "a", "n1", &a_ip),
@@ -359,7 +367,11 @@ async fn files_in_the_registry_reach_the_maps_of_the_running_loop() {
     .await
     .unwrap();
     let latency = started.elapsed();
-    let isolated: Vec<u32> = live_maps(&live).isolation.keys().map(|k| k.endpoint).collect();
+    let isolated: Vec<u32> = live_maps(&live)
+        .isolation
+        .keys()
+        .map(|k| k.endpoint)
+        .collect();
     assert_eq!(isolated, vec![11]);
     assert!(latency < Duration::from_millis(500), "{latency:?}");
     // A new pod on this node: its CNI entry, then its Pod object; its veth (ctr-c's) is known.

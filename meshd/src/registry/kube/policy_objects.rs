@@ -79,8 +79,8 @@ fn spawn_kind<K>(
 ) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
-    let stream = watcher::watcher(api, watcher::Config::default())
-        .backoff(WatchBackoff::new(first, max));
+    let stream =
+        watcher::watcher(api, watcher::Config::default()).backoff(WatchBackoff::new(first, max));
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         loop {
@@ -146,7 +146,11 @@ fn refused(kind: Kind, reference: Option<ObjectRef>, error: String) -> ObjectEve
 pub fn namespace_event(ns: &Namespace) -> ObjectEvent {
     match k8s::namespace_from_k8s(ns) {
         Ok(ns) => ObjectEvent::Upsert(Object::Namespace(ns)),
-        Err(e) => refused(Kind::Namespace, reference(Kind::Namespace, ns), e.to_string()),
+        Err(e) => refused(
+            Kind::Namespace,
+            reference(Kind::Namespace, ns),
+            e.to_string(),
+        ),
     }
 }
 
@@ -196,10 +200,17 @@ mod tests {
             translate(Kind::Pod, pod_event, Event::Init),
             Some(ObjectEvent::ListStart(Kind::Pod))
         );
-        match translate(Kind::Pod, pod_event, Event::InitApply(pod(false, "10.0.0.2"))) {
+        match translate(
+            Kind::Pod,
+            pod_event,
+            Event::InitApply(pod(false, "10.0.0.2")),
+        ) {
             Some(ObjectEvent::Upsert(Object::Pod(p))) => {
                 assert_eq!(p.node, "n1");
-                assert_eq!(p.addresses, vec!["10.0.0.2".parse::<std::net::IpAddr>().unwrap()]);
+                assert_eq!(
+                    p.addresses,
+                    vec!["10.0.0.2".parse::<std::net::IpAddr>().unwrap()]
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -210,7 +221,10 @@ mod tests {
         match translate(Kind::Pod, pod_event, Event::Apply(pod(false, "not-an-ip"))) {
             Some(ObjectEvent::Malformed { object, error }) => {
                 assert_eq!(object, a);
-                assert!(error.contains("Pod x/a") && error.contains("status.podIPs[0].ip"), "{error}");
+                assert!(
+                    error.contains("Pod x/a") && error.contains("status.podIPs[0].ip"),
+                    "{error}"
+                );
             }
             other => panic!("{other:?}"),
         }

@@ -84,7 +84,10 @@ fn upserted_ref(event: &ObjectEvent) -> Option<ObjectRef> {
 async fn the_initial_listing_holds_every_object_and_ignores_dotfiles_and_other_names() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    write_atomically(&file(root, Kind::Namespace, None, "x"), &namespace_json("x"));
+    write_atomically(
+        &file(root, Kind::Namespace, None, "x"),
+        &namespace_json("x"),
+    );
     write_atomically(
         &file(root, Kind::Pod, Some("x"), "a"),
         &pod_json("x", "a", "n1", "10.0.1.2"),
@@ -113,7 +116,10 @@ async fn the_initial_listing_holds_every_object_and_ignores_dotfiles_and_other_n
         ObjectEvent::Upsert(Object::Pod(pod)) => {
             assert_eq!(pod.key, PodKey::new("x", "a"));
             assert_eq!(pod.node, "n1");
-            assert_eq!(pod.addresses, vec!["10.0.1.2".parse::<std::net::IpAddr>().unwrap()]);
+            assert_eq!(
+                pod.addresses,
+                vec!["10.0.1.2".parse::<std::net::IpAddr>().unwrap()]
+            );
             assert_eq!(pod.named_ports["serve-80"].number, 80);
         }
         other => panic!("expected the pod, got {other:?}"),
@@ -142,18 +148,31 @@ async fn changes_in_new_namespace_directories_are_followed_and_a_malformed_file_
     write_atomically(&bad_path, &bad);
     match next(&mut rx).await {
         ObjectEvent::Malformed { object, error } => {
-            assert_eq!(object, ObjectRef::namespaced(Kind::NetworkPolicy, "y", "bad"));
+            assert_eq!(
+                object,
+                ObjectRef::namespaced(Kind::NetworkPolicy, "y", "bad")
+            );
             assert!(error.contains(&bad_path.display().to_string()), "{error}");
-            assert!(error.contains("spec.ingress[0].ports[0].protocol"), "{error}");
+            assert!(
+                error.contains("spec.ingress[0].ports[0].protocol"),
+                "{error}"
+            );
         }
         other => panic!("expected Malformed, got {other:?}"),
     }
     // Not JSON at all, and a name that is not the file's.
     let junk = file(root, Kind::Namespace, None, "junk");
     fs::write(&junk, "{not json").unwrap();
-    assert!(matches!(next(&mut rx).await, ObjectEvent::Malformed { error, .. } if error.contains("not a valid Namespace")));
-    write_atomically(&file(root, Kind::Namespace, None, "z"), &namespace_json("other"));
-    assert!(matches!(next(&mut rx).await, ObjectEvent::Malformed { error, .. } if error.contains("metadata.name")));
+    assert!(
+        matches!(next(&mut rx).await, ObjectEvent::Malformed { error, .. } if error.contains("not a valid Namespace"))
+    );
+    write_atomically(
+        &file(root, Kind::Namespace, None, "z"),
+        &namespace_json("other"),
+    );
+    assert!(
+        matches!(next(&mut rx).await, ObjectEvent::Malformed { error, .. } if error.contains("metadata.name"))
+    );
     // The watch goes on: a good policy next to the bad one.
     write_atomically(
         &file(root, Kind::NetworkPolicy, Some("y"), "deny"),
