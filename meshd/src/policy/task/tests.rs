@@ -373,6 +373,7 @@ async fn files_in_the_registry_reach_the_maps_of_the_running_loop() {
         .map(|k| k.endpoint)
         .collect();
     assert_eq!(isolated, vec![11]);
+    eprintln!("policy file written → entries in the maps: {latency:?}");
     assert!(latency < Duration::from_millis(500), "{latency:?}");
     // A new pod on this node: its CNI entry, then its Pod object; its veth (ctr-c's) is known.
     let c_ip = ipam.allocate("ctr-c", "eth0").unwrap()[0].to_string();
