@@ -108,7 +108,7 @@ pub async fn run_with<R: Registry>(
         listen_port: args.listen_port,
         host_encryption: args.host_encryption,
     };
-    let (policy, policy_task) = start_policy(&args, &registry);
+    let (policy, policy_task) = start_policy(&args, &registry).unzip();
     let underlay_ifindex = links
         .index_of(&underlay_if)
         .await?
@@ -159,32 +159,31 @@ pub async fn run_with<R: Registry>(
 fn start_policy<R: Registry>(
     args: &DaemonArgs,
     registry: &R,
-) -> (
-    Option<crate::policy::SharedPolicyReport>,
-    Option<tokio::task::JoinHandle<()>>,
-) {
+) -> Option<(
+    crate::policy::SharedPolicyReport,
+    tokio::task::JoinHandle<()>,
+)> {
     let objects = match registry.watch_policy_objects() {
         Ok(objects) => objects,
         Err(err) => {
             tracing::error!(error = %format!("{:#}", anyhow::Error::new(err)), "cannot watch the objects NetworkPolicy depends on: this node enforces no NetworkPolicy");
-            return (None, None);
+            return None;
         }
     };
     let writer = match crate::policy::datapath::DatapathWriter::open(&args.bpf_pin_dir) {
         Ok(writer) => writer,
         Err(err) => {
             tracing::error!(error = %format!("{:#}", anyhow::Error::new(err)), "cannot open the policy maps: this node enforces no NetworkPolicy");
-            return (None, None);
+            return None;
         }
     };
-    let (report, task) = crate::policy::spawn(
+    Some(crate::policy::spawn(
         &args.node_name,
         registry.policy_source(),
         objects,
         Some(super::pods::ipam_dir(&args.state_dir)),
         writer,
-    );
-    (Some(report), Some(task))
+    ))
 }
 
 /// On the way out: the node takes no more pods; with `--cleanup` everything meshd made goes.
