@@ -12,8 +12,6 @@
 //! * **Errors.** Malformed objects, refused policies (the compiler fails closed) and failed
 //!   writes are logged and reported in the status; none stops the loop.
 
-use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -259,7 +257,9 @@ impl<W: PolicyMapWriter> PolicyLoop<W> {
                 }
             }
             let store = if std::mem::take(&mut store_due) {
-                Some(read_store(store_dir.as_ref()))
+                // Unreadable: the last content stands (emptying it would detach every pod and
+                // open them); before any read, the node has no endpoints yet.
+                read_store(store_dir.as_ref()).or_else(|| (!self.store_read).then(StoreVeths::new))
             } else {
                 None
             };
@@ -283,15 +283,18 @@ impl<W: PolicyMapWriter> PolicyLoop<W> {
     }
 }
 
-/// The store's content; empty (logged) when it cannot be read.
-fn read_store(dir: Option<&PathBuf>) -> StoreVeths {
+/// The store's content (empty without a store); `None` (logged) when it cannot be read.
+fn read_store(dir: Option<&PathBuf>) -> Option<StoreVeths> {
     let Some(dir) = dir else {
-        return StoreVeths::new();
+        return Some(StoreVeths::new());
     };
-    endpoints::read_store(dir).unwrap_or_else(|error| {
-        tracing::warn!(error = %format!("{:#}", anyhow::Error::new(error)), "reading the IPAM store failed");
-        BTreeMap::<IpAddr, String>::new()
-    })
+    match endpoints::read_store(dir) {
+        Ok(store) => Some(store),
+        Err(error) => {
+            tracing::warn!(error = %format!("{:#}", anyhow::Error::new(error)), "reading the IPAM store failed; its last content stands");
+            None
+        }
+    }
 }
 
 fn log_endpoint(change: &Change) {
