@@ -182,12 +182,15 @@ impl ObjectWatcher {
                 if vanished {
                     self.send(ObjectEvent::Remove(reference)).await
                 } else if mask.intersects(EventMask::CLOSE_WRITE | EventMask::MOVED_TO) {
-                    self.send(read_object(&path, reference)).await
+                    match read_object(&path, reference) {
+                        Some(event) => self.send(event).await,
+                        None => Ok(()),
+                    }
                 } else if mask.contains(EventMask::CREATE) {
                     // A hard link or symlink (no close-after-write follows); a plain create
                     // is still being written: only a complete object counts.
                     match read_object(&path, reference) {
-                        event @ ObjectEvent::Upsert(_) => self.send(event).await,
+                        Some(event @ ObjectEvent::Upsert(_)) => self.send(event).await,
                         _ => Ok(()),
                     }
                 } else {
@@ -280,8 +283,8 @@ impl ObjectWatcher {
             let reference = reference(*kind, namespace.as_deref(), object_name);
             match read_object(&dir.join(&file), reference) {
                 // Removed since it was listed, or empty (being written): its events follow.
-                ObjectEvent::Remove(_) => {}
-                event => self.send(event).await?,
+                None | Some(ObjectEvent::Remove(_)) => {}
+                Some(event) => self.send(event).await?,
             }
         }
         Ok(())
@@ -317,9 +320,11 @@ fn reference(kind: Kind, namespace: Option<&str>, name: &str) -> ObjectRef {
     }
 }
 
-/// The event a file's content makes: the object, its removal (the file is gone, empty, or a
-/// host-network pod) or why it is refused.
-pub fn read_object(path: &Path, reference: ObjectRef) -> ObjectEvent {
+/// The event a file's content makes: the object, its removal (the file is gone, or a
+/// host-network pod) or why it is refused; `None` for an empty file (a writer that is not
+/// atomic, between truncating and writing: its close-after-write follows, and the last good
+/// version stands meanwhile).
+pub fn read_object(path: &Path, reference: ObjectRef) -> Option<ObjectEvent> {
     let malformed = |error: String| {
         tracing::warn!(file = %path.display(), %error, "refusing a malformed object file");
         ObjectEvent::Malformed {
@@ -328,16 +333,18 @@ pub fn read_object(path: &Path, reference: ObjectRef) -> ObjectEvent {
         }
     };
     let content = match fs::read(path) {
-        Ok(content) if content.is_empty() => return ObjectEvent::Remove(reference),
+        Ok(content) if content.is_empty() => return None,
         Ok(content) => content,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return ObjectEvent::Remove(reference),
-        Err(e) => return malformed(format!("cannot read: {e}")),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Some(ObjectEvent::Remove(reference))
+        }
+        Err(e) => return Some(malformed(format!("cannot read: {e}"))),
     };
-    match parse_object(&content, &reference) {
+    Some(match parse_object(&content, &reference) {
         Ok(Some(object)) => ObjectEvent::Upsert(object),
         Ok(None) => ObjectEvent::Remove(reference),
         Err(error) => malformed(error),
-    }
+    })
 }
 
 /// Parses one object file's content as the object `reference` names (its file name and

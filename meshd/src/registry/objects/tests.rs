@@ -160,8 +160,10 @@ async fn changes_in_new_namespace_directories_are_followed_and_a_malformed_file_
         }
         other => panic!("expected Malformed, got {other:?}"),
     }
-    // Not JSON at all, and a name that is not the file's.
+    // An empty file (a writer that is not atomic, mid-write) is no event; then not JSON at
+    // all, and a name that is not the file's.
     let junk = file(root, Kind::Namespace, None, "junk");
+    fs::write(&junk, "").unwrap();
     fs::write(&junk, "{not json").unwrap();
     assert!(
         matches!(next(&mut rx).await, ObjectEvent::Malformed { error, .. } if error.contains("not a valid Namespace"))
