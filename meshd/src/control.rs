@@ -286,6 +286,10 @@ pub struct StatusReport {
     /// counters grew), as this meshd saw it.
     #[serde(default)]
     pub cleartext: CleartextReport,
+    /// NetworkPolicy: what the policy loop knows and wrote (absent from a meshd without it,
+    /// or when it could not start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::policy::PolicyReport>,
     /// Records this node refuses (record trust: hostile or contested claims); each is also
     /// listed, as text, in `conflicts`. Absent when none is refused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -549,6 +553,7 @@ mod tests {
             rotation: RotationReport::default(),
             cleartext: CleartextReport::default(),
             refused: Vec::new(),
+            policy: None,
         }
     }
 

@@ -242,6 +242,15 @@ impl Metrics {
             ] {
                 set(&m.ops.get_or_create(&labels(&[("kind", kind)])), v);
             }
+            if let Some(p) = &s.policy {
+                for (kind, v) in [
+                    ("policy_apply", p.applies),
+                    ("policy_write_error", p.write_errors),
+                    ("malformed_object", p.malformed_total),
+                ] {
+                    set(&m.ops.get_or_create(&labels(&[("kind", kind)])), v);
+                }
+            }
             if let Some(created) = s.key_created_unix {
                 let now = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
@@ -341,5 +350,25 @@ mod tests {
         );
         s.refused.clear();
         assert!(!m.render(Some(&s)).contains("meshd_records_refused{"));
+    }
+
+    #[test]
+    fn the_policy_loops_counters_are_operations() {
+        let m = Metrics::new();
+        let mut s = crate::control::tests_support::sample();
+        s.policy = Some(crate::policy::PolicyReport {
+            applies: 4,
+            write_errors: 1,
+            malformed_total: 2,
+            ..Default::default()
+        });
+        let text = m.render(Some(&s));
+        for want in [
+            "meshd_operations_total{kind=\"policy_apply\"} 4",
+            "meshd_operations_total{kind=\"policy_write_error\"} 1",
+            "meshd_operations_total{kind=\"malformed_object\"} 2",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in:\n{text}");
+        }
     }
 }
