@@ -18,10 +18,17 @@ pub enum Verdict {
     StrictDrop = 3,
     /// `underlay_egress`: cluster traffic outside WireGuard, allowed (permissive mode).
     WouldDrop = 4,
+    /// `from_pod`: an IP packet whose source is not an address of the pod on that interface
+    /// (no `SOURCE_*` entry for the host veth and the address), dropped.
+    Spoofed = 5,
+    /// `from_pod`: a packet the pod's egress policy does not allow, dropped.
+    PolicyDeniedEgress = 6,
+    /// `to_pod`: a packet the pod's ingress policy does not allow, dropped.
+    PolicyDeniedIngress = 7,
 }
 
 /// Number of entries in `VERDICTS`.
-pub const VERDICT_COUNT: u32 = 5;
+pub const VERDICT_COUNT: u32 = 8;
 
 /// `Config::mode`: drop cluster traffic that is not the tunnel's (marked) ciphertext.
 pub const MODE_ENFORCE: u32 = 0;
@@ -53,6 +60,32 @@ pub type Ipv6Addr = [u8; 16];
 
 /// Value of `LOCAL_V4` / `LOCAL_V6` (presence is what matters; 1 by convention).
 pub type LocalMarker = u32;
+
+/// Key of `SOURCE_V4`: an address a pod may send from on its host veth.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceKeyV4 {
+    /// Ifindex of the pod's host-side veth (host byte order): `skb->ifindex` in `from_pod`.
+    pub ifindex: u32,
+    /// The pod's address, network order.
+    pub addr: Ipv4Addr,
+}
+
+/// Key of `SOURCE_V6`: an address a pod may send from on its host veth.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceKeyV6 {
+    /// Ifindex of the pod's host-side veth (host byte order): `skb->ifindex` in `from_pod`.
+    pub ifindex: u32,
+    /// The pod's address, network order.
+    pub addr: Ipv6Addr,
+}
+
+/// Value of `SOURCE_V4` / `SOURCE_V6` (presence is what matters): [`SOURCE_POD`].
+pub type SourceMarker = u32;
+/// The value of every source entry: the address is the pod's (written by the CNI plugin on
+/// ADD, or by the daemon's backstop).
+pub const SOURCE_POD: SourceMarker = 1;
 /// Value of `REMOTE_V4` / `REMOTE_V6`: ifindex of the tunnel (WireGuard) device.
 pub type TunnelIfindex = u32;
 /// Value of `CLUSTER_V4` / `CLUSTER_V6`. The programs only look at presence; the value says
@@ -80,11 +113,16 @@ pub mod map_names {
     pub const CLUSTER_V6: &str = "CLUSTER_V6";
     /// ARRAY[1] of `Config`.
     pub const CONFIG: &str = "CONFIG";
-    /// PER_CPU_ARRAY[5] of u64, indexed by `Verdict`.
+    /// PER_CPU_ARRAY[`VERDICT_COUNT`] of u64, indexed by `Verdict`.
     pub const VERDICTS: &str = "VERDICTS";
+    /// HASH `SourceKeyV4` (host veth ifindex, address) -> `SOURCE_POD`.
+    pub const SOURCE_V4: &str = "SOURCE_V4";
+    /// HASH `SourceKeyV6` (host veth ifindex, address) -> `SOURCE_POD`.
+    pub const SOURCE_V6: &str = "SOURCE_V6";
     /// All map names.
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 10] = [
         REMOTE_V4, REMOTE_V6, LOCAL_V4, LOCAL_V6, CLUSTER_V4, CLUSTER_V6, CONFIG, VERDICTS,
+        SOURCE_V4, SOURCE_V6,
     ];
 }
 
@@ -92,9 +130,37 @@ pub mod map_names {
 pub const MAX_CIDRS: u32 = 4096;
 /// Max entries of the local pod address hashes.
 pub const MAX_LOCAL: u32 = 4096;
+/// Max entries of `SOURCE_V4` (one per pod IPv4 address on the node). The size is the
+/// object's; a loader can override it when the map is first created
+/// (`aya::EbpfLoader::set_max_entries`), never for a map already pinned (reused as it is).
+pub const MAX_SOURCE_V4: u32 = 16_384;
+/// Max entries of `SOURCE_V6` (one per pod IPv6 address on the node); see [`MAX_SOURCE_V4`].
+pub const MAX_SOURCE_V6: u32 = 16_384;
 
 #[cfg(feature = "user")]
 // SAFETY: `Config` is `#[repr(C)]`, `Copy`, made only of integers, has explicit padding
 // (no implicit padding bytes) and every bit pattern is valid.
 #[allow(unsafe_code)]
 unsafe impl aya::Pod for Config {}
+
+#[cfg(feature = "user")]
+// SAFETY: `#[repr(C)]`, `Copy`, a `u32` then a byte array whose length is a multiple of 4: no
+// padding, and every bit pattern is valid.
+#[allow(unsafe_code)]
+unsafe impl aya::Pod for SourceKeyV4 {}
+
+#[cfg(feature = "user")]
+// SAFETY: as for `SourceKeyV4` (20 bytes, no padding).
+#[allow(unsafe_code)]
+unsafe impl aya::Pod for SourceKeyV6 {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_keys_have_no_padding() {
+        assert_eq!(core::mem::size_of::<SourceKeyV4>(), 8);
+        assert_eq!(core::mem::size_of::<SourceKeyV6>(), 20);
+    }
+}

@@ -1,8 +1,10 @@
 //! `ebpf-redirect-ebpf` owns the tc BPF programs of meshd's datapath and their maps:
-//! `from_pod` (clsact ingress on a pod's host-side veth: redirect to the WireGuard device
-//! by LPM lookup) and `underlay_egress` (clsact egress on the node's underlay NIC: drop or
-//! count cluster traffic that bypasses WireGuard). Entry points only map the result of
-//! `try_<prog>()` to a tc action; all logic lives in the `try_` functions.
+//! `from_pod` (clsact ingress on a pod's host-side veth: drop packets whose source is not the
+//! pod's ([`source`]), then redirect to the WireGuard device by LPM lookup), `to_pod` (clsact
+//! egress of the same veth: what is delivered to the pod) and `underlay_egress` (clsact egress
+//! on the node's underlay NIC: drop or count cluster traffic that bypasses WireGuard). Entry
+//! points only map the result of `try_<prog>()` to a tc action; all logic lives in the `try_`
+//! functions.
 #![no_std]
 #![no_main]
 
@@ -17,6 +19,8 @@ use ebpf_redirect_common::{
     ClusterMarker, Config, Ipv4Addr, Ipv6Addr, LocalMarker, TunnelIfindex, Verdict, MAX_CIDRS,
     MAX_LOCAL, MODE_PERMISSIVE, VERDICT_COUNT,
 };
+
+mod source;
 
 // All maps are pinned by name (LIBBPF_PIN_BY_NAME) so the loader can keep them in bpffs.
 #[map]
@@ -78,7 +82,23 @@ pub fn from_pod(ctx: TcContext) -> i32 {
 }
 
 fn try_from_pod(ctx: &TcContext) -> Result<i32, i64> {
-    let remote = match parse(ctx)? {
+    // SAFETY: reads a scalar field of the context the kernel passed in.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // An IP packet too short to show its addresses cannot prove its source: dropped too.
+    let Ok(ip) = parse(ctx) else {
+        count(Verdict::Spoofed);
+        return Ok(TC_ACT_SHOT);
+    };
+    let own_source = match &ip {
+        Some(Ip::V4 { src, .. }) => source::v4_allowed(ifindex, *src),
+        Some(Ip::V6 { src, .. }) => source::v6_allowed(ifindex, *src),
+        None => true,
+    };
+    if !own_source {
+        count(Verdict::Spoofed);
+        return Ok(TC_ACT_SHOT);
+    }
+    let remote = match ip {
         Some(Ip::V4 { dst, .. }) => {
             if let Some(ifx) = REMOTE_V4.get(Key::new(32, dst)) {
                 Some(*ifx)
@@ -114,6 +134,16 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, i64> {
             Ok(TC_ACT_OK)
         }
     }
+}
+
+#[classifier]
+pub fn to_pod(ctx: TcContext) -> i32 {
+    try_to_pod(&ctx).unwrap_or(TC_ACT_OK)
+}
+
+/// Everything addressed to the pod is delivered (the policy decision comes here).
+fn try_to_pod(_ctx: &TcContext) -> Result<i32, i64> {
+    Ok(TC_ACT_OK)
 }
 
 #[classifier]
