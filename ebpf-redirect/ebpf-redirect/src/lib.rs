@@ -53,8 +53,9 @@ use pod::{PodProgram, SourceMaps};
 use cls_bpf::Hook;
 pub use ebpf_redirect_common::Config;
 pub use ebpf_redirect_common::Verdict;
-use ebpf_redirect_common::{map_names as mn, MODE_ENFORCE, MODE_PERMISSIVE, VERDICT_COUNT};
+use ebpf_redirect_common::{map_names as mn, MODE_ENFORCE, MODE_PERMISSIVE};
 pub use ebpf_redirect_common::{ClusterMarker, CLUSTER_CONFIGURED, CLUSTER_LEARNED};
+pub use ebpf_redirect_common::{MAX_SOURCE_V4, MAX_SOURCE_V6, VERDICT_COUNT};
 pub use ipnet::IpNet;
 
 /// The BPF object built by build.rs.

@@ -1,12 +1,13 @@
 //! The plan's tests: named cases, the keepalive defect, and property tests that apply every
 //! plan one step at a time to a model of the node and check, after every single step, that no
-//! traffic is sent towards a device that has no peer for it.
+//! traffic is sent towards a device that has no peer for it, and that `from_pod` goes on a
+//! pod veth only once its pod's source entries and `to_pod` are there.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use ebpf_redirect::Mode;
+use ebpf_redirect::{Mode, PodSource};
 use ipnet::IpNet;
 use keyexchange::peers::{DesiredPeer, PeerSet, ProgrammedPeer};
 use keyexchange::record::{RotationStep, SlotKey};
@@ -57,6 +58,7 @@ fn nothing_wanted() -> Desired {
         mtu: 1420,
         local_pods: BTreeSet::new(),
         pod_interfaces: None,
+        pod_sources: BTreeMap::new(),
         guard_interfaces: ["eth0".to_string()].into(),
         underlay: "eth0".into(),
         peer_slots: BTreeMap::new(),
@@ -95,6 +97,8 @@ fn bare_node() -> Observed {
         guard_mode: Mode::Enforce,
         local_pods: BTreeSet::new(),
         from_pod_done: BTreeSet::new(),
+        to_pod_done: BTreeSet::new(),
+        pod_sources: BTreeSet::new(),
         stale_links: BTreeSet::new(),
         guarded_interfaces: ["eth0".to_string()].into(),
     }
@@ -144,6 +148,15 @@ fn apply_to_model(node: &mut Observed, step: &Step) {
         }
         Step::RemoveLocalPod(ip) => {
             node.local_pods.remove(ip);
+        }
+        Step::AddPodSource(source) => {
+            node.pod_sources.insert(*source);
+        }
+        Step::RemovePodSource(source) => {
+            node.pod_sources.remove(source);
+        }
+        Step::AttachToPod(veth) => {
+            node.to_pod_done.insert(veth.clone());
         }
         Step::AttachFromPod(veth) => {
             node.from_pod_done.insert(veth.clone());
@@ -253,6 +266,18 @@ fn check_pass(want: &Desired, before: &Observed) -> Result<(), TestCaseError> {
     let known = leaks(before);
     let mut node = before.clone();
     for (i, step) in steps.iter().enumerate() {
+        if let Step::AttachFromPod(veth) = step {
+            // Without its entries from_pod would drop the pod's traffic.
+            let sources = want.pod_sources.get(veth).cloned().unwrap_or_default();
+            prop_assert!(
+                sources.is_subset(&node.pod_sources),
+                "step {i}: from_pod on {veth} before its sources {sources:?}\nsteps: {steps:#?}"
+            );
+            prop_assert!(
+                node.to_pod_done.contains(veth),
+                "step {i}: from_pod on {veth} before to_pod\nsteps: {steps:#?}"
+            );
+        }
         apply_to_model(&mut node, step);
         for leak in leaks(&node) {
             prop_assert!(
@@ -275,6 +300,13 @@ fn check_pass(want: &Desired, before: &Observed) -> Result<(), TestCaseError> {
     prop_assert_eq!(&node.plain_routes, &want.plain_routes);
     prop_assert_eq!(node.guard_mode, want.guard_mode);
     prop_assert_eq!(&node.local_pods, &want.local_pods);
+    if want.pod_interfaces.is_some() {
+        let sources: BTreeSet<PodSource> = want.pod_sources.values().flatten().copied().collect();
+        prop_assert_eq!(&node.pod_sources, &sources);
+    } else {
+        // Without eBPF steering the source map is left as it was.
+        prop_assert_eq!(&node.pod_sources, &before.pod_sources);
+    }
     for slot in SLOTS {
         let have = &node.devices[slot.index()].peers;
         let wanted = &want.peers[slot.index()].peers;
@@ -621,6 +653,7 @@ struct World {
     mtu: u32,
     tunnels_up: u64,
     pods: u8,
+    veth_generation: u8,
     ebpf: bool,
     guards: u8,
 }
@@ -639,7 +672,7 @@ fn arb_world() -> impl Strategy<Value = World> {
         prop_oneof![Just(None), Just(Some(25))],
         prop_oneof![Just(1420u32), Just(1380)],
         any::<u64>(),
-        0u8..8,
+        (0u8..8, 0u8..2),
         any::<bool>(),
         0u8..4,
     )
@@ -653,7 +686,7 @@ fn arb_world() -> impl Strategy<Value = World> {
                 keepalive,
                 mtu,
                 tunnels_up,
-                pods,
+                (pods, veth_generation),
                 ebpf,
                 guards,
             )| World {
@@ -666,6 +699,7 @@ fn arb_world() -> impl Strategy<Value = World> {
                 mtu,
                 tunnels_up,
                 pods,
+                veth_generation,
                 ebpf,
                 guards,
             },
@@ -708,6 +742,19 @@ fn desired_of(world: &World) -> Desired {
         .map(|b| format!("10.244.0.{}", b + 2).parse().unwrap())
         .collect();
     let veths: BTreeSet<String> = bits(world.pods, 3).map(|b| format!("veth{b}")).collect();
+    // Each veth's pod may send from its addresses; a later generation of a veth (a pod
+    // re-created under the same name) has another ifindex, so entries go stale.
+    let pod_sources: BTreeMap<String, BTreeSet<PodSource>> = bits(world.pods, 3)
+        .map(|b| {
+            let ifindex = 100 + u32::from(b) + 10 * u32::from(world.veth_generation);
+            let addrs: [IpAddr; 2] = [
+                format!("10.244.0.{}", b + 2).parse().unwrap(),
+                format!("fd00:244::{}", b + 2).parse().unwrap(),
+            ];
+            let sources = addrs.map(|addr| PodSource { ifindex, addr });
+            (format!("veth{b}"), sources.into_iter().collect())
+        })
+        .collect();
     let guards: BTreeSet<String> = bits(world.guards, 2)
         .map(|b| format!("eth{}", b + 1))
         .collect();
@@ -721,6 +768,7 @@ fn desired_of(world: &World) -> Desired {
         host_exclude: &[],
         local_pods,
         pod_interfaces: world.ebpf.then_some(veths),
+        pod_sources,
         guard_interfaces: guards,
         underlay: "eth0",
     })
