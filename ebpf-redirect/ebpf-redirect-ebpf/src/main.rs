@@ -84,17 +84,12 @@ pub fn from_pod(ctx: TcContext) -> i32 {
 fn try_from_pod(ctx: &TcContext) -> Result<i32, i64> {
     // SAFETY: reads a scalar field of the context the kernel passed in.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // An IP packet too short to show its addresses cannot prove its source: dropped too.
+    // A frame too short to show its addresses cannot prove its source: dropped too.
     let Ok(ip) = parse(ctx) else {
         count(Verdict::Spoofed);
         return Ok(TC_ACT_SHOT);
     };
-    let own_source = match &ip {
-        Some(Ip::V4 { src, .. }) => source::v4_allowed(ifindex, *src),
-        Some(Ip::V6 { src, .. }) => source::v6_allowed(ifindex, *src),
-        None => true,
-    };
-    if !own_source {
+    if !source::own(ifindex, &ip) {
         count(Verdict::Spoofed);
         return Ok(TC_ACT_SHOT);
     }
