@@ -775,4 +775,18 @@ fn with_meshds_datapath_add_fills_the_maps_and_attaches_both_programs_and_del_un
     assert!(!lab.host_links().contains(&host), "DEL left the host veth");
     let (code, out) = lab.cmd("DEL", "ctr-bpf", &netns, &conf);
     assert_eq!(code, 0, "DEL again: {out}");
+
+    // A pod whose host veth went before its DEL (the namespace died): DEL still finds its
+    // entries, by address.
+    let (code, result) = lab.cmd("ADD", "ctr-gone", &netns, &conf);
+    assert_eq!(code, 0, "{result}");
+    let host = result["interfaces"][0]["name"].as_str().unwrap();
+    assert_eq!(dp.sources().unwrap().len(), 2);
+    assert!(lab.in_node(&["ip", "link", "del", host]));
+    let (code, out) = lab.cmd("DEL", "ctr-gone", &netns, &conf);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        dp.sources().unwrap().is_empty(),
+        "DEL left the gone veth's entries"
+    );
 }
