@@ -23,6 +23,7 @@ use ebpf_redirect::{
 /// `to_pod` and the source map: the pod programs' part added with source validation.
 mod pod_programs;
 use ipnet::IpNet;
+use pod_programs::attachments_done;
 use serde::{Deserialize, Serialize};
 
 /// Default bpffs directory for meshd's pins.
@@ -399,21 +400,9 @@ impl Bpf {
     /// this meshd and still attached. After a start none is, so every attachment is renewed,
     /// which swaps a restarted meshd's freshly loaded program in atomically.
     pub fn from_pod_done(&self, veths: &BTreeSet<String>) -> Result<BTreeSet<String>, BpfError> {
-        let mut done = BTreeSet::new();
-        for veth in veths {
-            if !interface_exists(veth) {
-                done.insert(veth.clone());
-                continue;
-            }
-            let attached = self
-                .dp
-                .from_pod_attached(veth)
-                .map_err(map_err(format!("querying {veth}")))?;
-            if self.pods.contains(veth) && attached != Some(false) {
-                done.insert(veth.clone());
-            }
-        }
-        Ok(done)
+        attachments_done(veths, &self.pods, |veth| {
+            Ok(self.dp.from_pod_attached(veth)? != Some(false))
+        })
     }
 
     /// Attach `from_pod` to a pod's host veth (replacing an attachment atomically).

@@ -8,6 +8,27 @@ use ebpf_redirect::PodSource;
 
 use super::{interface_exists, map_err, Bpf, BpfError};
 
+/// The interfaces of `veths` that need no attachment of a pod program: gone, or attached by
+/// this meshd (`mine`) and, as `attached` asks the kernel, still attached.
+pub(super) fn attachments_done(
+    veths: &BTreeSet<String>,
+    mine: &BTreeSet<String>,
+    attached: impl Fn(&str) -> Result<bool, ebpf_redirect::Error>,
+) -> Result<BTreeSet<String>, BpfError> {
+    let mut done = BTreeSet::new();
+    for veth in veths {
+        if !interface_exists(veth) {
+            done.insert(veth.clone());
+            continue;
+        }
+        let still = attached(veth).map_err(map_err(format!("querying {veth}")))?;
+        if mine.contains(veth) && still {
+            done.insert(veth.clone());
+        }
+    }
+    Ok(done)
+}
+
 impl Bpf {
     /// The source map now.
     pub fn pod_sources(&self) -> Result<BTreeSet<PodSource>, BpfError> {
@@ -39,21 +60,7 @@ impl Bpf {
     /// meshd and still attached (after a start none is: every attachment is renewed, which
     /// swaps the freshly loaded program in).
     pub fn to_pod_done(&self, veths: &BTreeSet<String>) -> Result<BTreeSet<String>, BpfError> {
-        let mut done = BTreeSet::new();
-        for veth in veths {
-            if !interface_exists(veth) {
-                done.insert(veth.clone());
-                continue;
-            }
-            let attached = self
-                .dp
-                .to_pod_attached(veth)
-                .map_err(map_err(format!("querying {veth}")))?;
-            if self.to_pods.contains(veth) && attached {
-                done.insert(veth.clone());
-            }
-        }
-        Ok(done)
+        attachments_done(veths, &self.to_pods, |veth| self.dp.to_pod_attached(veth))
     }
 
     /// Attach `to_pod` to a pod's host veth (replacing an attachment atomically).
