@@ -394,27 +394,10 @@ impl PodDatapath {
         )
     }
 
-    /// Attaches `from_pod` to `ifname`; see [`crate::Datapath::attach_from_pod`].
-    pub fn attach_from_pod(&mut self, ifname: &str) -> Result<()> {
-        attach(
-            &[PodProgram {
-                fd: self.from_pod.as_fd(),
-                hook: Hook::Ingress,
-            }],
-            &self.pin_dir,
-            ifname,
-        )
-    }
-
     /// Detaches `from_pod` and `to_pod` from `ifname` (missing ones are not an error).
     pub fn detach_pod(&mut self, ifname: &str) -> Result<()> {
         detach(&self.pin_dir, ifname, Hook::Ingress)?;
         detach(&self.pin_dir, ifname, Hook::Egress)
-    }
-
-    /// Detaches `from_pod` from `ifname`; see [`crate::Datapath::detach_from_pod`].
-    pub fn detach_from_pod(&mut self, ifname: &str) -> Result<()> {
-        detach(&self.pin_dir, ifname, Hook::Ingress)
     }
 
     /// Whether `from_pod` runs on `ifname`, asking the kernel.
