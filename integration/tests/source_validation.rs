@@ -169,14 +169,31 @@ fn a_pod_spoofing_its_neighbour_or_its_node_reaches_no_pod_on_another_node_and_i
             "own {own} after spoofing"
         );
     }
-    // The node's status shows the counter and the entries (2 pods x 2 families).
-    let status: serde_json::Value = serde_json::from_str(
-        &lab.exec("n1", &["meshctl", "status", "-o", "json"])
-            .unwrap(),
-    )
-    .unwrap();
+    // The node's status shows the counter (its report is refreshed every second) and the
+    // entries (2 pods x 2 families).
+    let spoofed_now = counter(&lab.status_json().unwrap(), "n1", "spoofed");
+    assert!(
+        spoofed_now >= 3 * (2 + node_addrs.len() as u64),
+        "{spoofed_now}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let status: serde_json::Value = serde_json::from_str(
+            &lab.exec("n1", &["meshctl", "status", "-o", "json"])
+                .unwrap(),
+        )
+        .unwrap();
+        let shown = status["datapath"]["counters"]["spoofed"].as_u64().unwrap();
+        if shown >= spoofed_now {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "n1's status shows spoofed {shown} < {spoofed_now}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
     let dp = &status["datapath"];
-    assert!(dp["counters"]["spoofed"].as_u64().unwrap() >= 3 * (2 + node_addrs.len() as u64));
     assert_eq!(dp["counters"]["policy_denied_egress"], 0, "{status:#}");
     assert_eq!(dp["counters"]["policy_denied_ingress"], 0, "{status:#}");
     assert_eq!(dp["pod_sources"], 4, "{status:#}");
