@@ -116,7 +116,7 @@ impl Metrics {
         let verdicts = Family::<Labels, Counter>::default();
         registry.register(
             "datapath_verdicts",
-            "Packets by tc eBPF verdict (redirected, local, passed, strict_drop, would_drop)",
+            "Packets by tc eBPF verdict (redirected, local, passed, strict_drop, would_drop, spoofed, policy_denied_egress, policy_denied_ingress)",
             verdicts.clone(),
         );
         let ops = Family::<Labels, Counter>::default();
@@ -223,6 +223,9 @@ impl Metrics {
                     ("passed", c.passed),
                     ("strict_drop", c.strict_drops),
                     ("would_drop", c.would_drops),
+                    ("spoofed", c.spoofed),
+                    ("policy_denied_egress", c.policy_denied_egress),
+                    ("policy_denied_ingress", c.policy_denied_ingress),
                 ] {
                     set(
                         &m.verdicts.get_or_create(&labels(&[("verdict", verdict)])),
@@ -304,6 +307,9 @@ mod tests {
             "meshd_peer_receive_bytes_total{peer=\"n2\"} 1234",
             "meshd_peer_transmit_bytes_total{peer=\"n2\"} 5678",
             "meshd_datapath_verdicts_total{verdict=\"redirected\"} 5",
+            "meshd_datapath_verdicts_total{verdict=\"spoofed\"} 0",
+            "meshd_datapath_verdicts_total{verdict=\"policy_denied_egress\"} 0",
+            "meshd_datapath_verdicts_total{verdict=\"policy_denied_ingress\"} 0",
             "meshd_encrypted_hosts 2",
             "meshd_operations_total{kind=\"reconcile\"} 9",
             "meshd_converged 1",
