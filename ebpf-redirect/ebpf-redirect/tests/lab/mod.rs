@@ -1,6 +1,6 @@
 //! The lab the policy tests share: a node namespace routing between pod namespaces A and B,
 //! each joined by a veth whose host end carries `from_pod` (tc ingress, attached by the loader)
-//! and `to_pod` (tc egress, attached with `tc`), TCP and UDP echo servers in both pods, and
+//! and `to_pod` (tc egress), TCP and UDP echo servers in both pods, and
 //! helpers to write policy entries and to probe traffic. Namespaces are
 //! `testkit::NetnsGuard`s named with the test pid; traffic only goes to addresses in them.
 #![allow(dead_code, clippy::unwrap_used)]
@@ -13,8 +13,8 @@ use std::{
 };
 
 use ebpf_redirect::{
-    remove_pins, Datapath, IsolationKey, IsolationValue, PeerKeyV4, PeerKeyV6, PortKey, RuleBits,
-    Verdict,
+    remove_pins, Datapath, IsolationKey, IsolationValue, PeerKeyV4, PeerKeyV6, PodSource, PortKey,
+    RuleBits, Verdict,
 };
 use ipnet::IpNet;
 use testkit::{unique_name, NetnsGuard};
@@ -141,31 +141,19 @@ impl Lab {
             lab.wait_ping(lab.a(), fam.b);
             lab.wait_ping(lab.b(), fam.a);
         }
-        let prog = lab.pin_dir.join("prog_to_pod");
-        for host in ["h1", "h2"] {
+        for (i, (host, endpoint)) in [("h1", lab.ep_a), ("h2", lab.ep_b)].into_iter().enumerate() {
+            // The pod's own addresses first: from_pod drops any other source.
+            let i = i + 1;
+            for addr in [format!("10.210.{i}.2"), format!("fd00:210:{i}::2")] {
+                lab.dp
+                    .add_source(PodSource {
+                        ifindex: endpoint,
+                        addr: addr.parse().unwrap(),
+                    })
+                    .expect("add source");
+            }
+            in_netns(&node, || lab.dp.attach_to_pod(host)).expect("attach to_pod");
             in_netns(&node, || lab.dp.attach_from_pod(host)).expect("attach from_pod");
-            // From a thread inside the node namespace: `ip netns exec` would remount /sys and
-            // hide bpffs.
-            let prog = prog.to_str().unwrap();
-            in_netns(&node, || {
-                run(&["tc", "qdisc", "replace", "dev", host, "clsact"]);
-                run(&[
-                    "tc",
-                    "filter",
-                    "replace",
-                    "dev",
-                    host,
-                    "egress",
-                    "prio",
-                    "1",
-                    "handle",
-                    "1",
-                    "bpf",
-                    "direct-action",
-                    "object-pinned",
-                    prog,
-                ]);
-            });
         }
         for ns in [lab.a().to_string(), lab.b().to_string()] {
             for &port in PORTS {
