@@ -24,6 +24,20 @@ pub const QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3)
 /// How long `meshctl rotate-key` waits for the rotation to end.
 pub const ROTATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
+/// Longest request line the daemon reads (the requests are single words); a longer line is
+/// answered with an error and the connection closed, without reading the rest.
+pub const MAX_REQUEST_LINE: usize = 256;
+
+/// How long a client may take to send its request line before it is dropped.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long a refused client's connection stays open for it to read why.
+const ERROR_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Clients served at once; a connection beyond them is closed at once (the requests are
+/// answered in microseconds, only `rotate-key` waits, and only one rotation runs).
+pub const MAX_CLIENTS: usize = 32;
+
 /// A request the daemon's loop carries out.
 #[derive(Debug)]
 pub enum Command {
@@ -348,13 +362,24 @@ pub async fn serve(
 ) -> Result<(), ControlError> {
     let listener = bind(&path)?;
     tracing::info!(socket = %path.display(), "control socket listening");
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(conn) => conn,
             Err(err) => {
                 tracing::warn!(%err, "control socket accept failed");
+                // Out of descriptors (EMFILE) stays so until clients leave: do not spin.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(
+                max = MAX_CLIENTS,
+                "control socket: too many clients at once, closing the new connection"
+            );
+            drop(stream);
+            continue;
         };
         let status = status.clone();
         let commands = commands.clone();
@@ -362,8 +387,38 @@ pub async fn serve(
             if let Err(err) = answer(stream, status, commands).await {
                 tracing::debug!(%err, "control client went away");
             }
+            drop(slot);
         });
     }
+}
+
+/// Why a client's request line was not read.
+#[derive(Debug, thiserror::Error)]
+enum RequestLineError {
+    #[error("request line longer than {MAX_REQUEST_LINE} bytes")]
+    TooLong,
+    #[error("no request line within {} s", REQUEST_TIMEOUT.as_secs())]
+    Timeout,
+    #[error("reading the request line")]
+    Read(#[source] std::io::Error),
+}
+
+/// Reads one request line of at most [`MAX_REQUEST_LINE`] bytes within [`REQUEST_TIMEOUT`]
+/// (EOF ends a line too). Never reads more than the limit, whatever the client sends.
+async fn read_request_line(
+    read: impl tokio::io::AsyncRead + Unpin,
+) -> Result<String, RequestLineError> {
+    let limit = u64::try_from(MAX_REQUEST_LINE).unwrap_or(u64::MAX) + 1;
+    let mut bytes = Vec::new();
+    let mut reader = BufReader::new(read.take(limit));
+    tokio::time::timeout(REQUEST_TIMEOUT, reader.read_until(b'\n', &mut bytes))
+        .await
+        .map_err(|_| RequestLineError::Timeout)?
+        .map_err(RequestLineError::Read)?;
+    if bytes.len() > MAX_REQUEST_LINE {
+        return Err(RequestLineError::TooLong);
+    }
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 fn bind(path: &Path) -> Result<UnixListener, ControlError> {
@@ -395,8 +450,23 @@ async fn answer(
     commands: tokio::sync::mpsc::Sender<Command>,
 ) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
-    let mut line = String::new();
-    BufReader::new(read).read_line(&mut line).await?;
+    let line = match read_request_line(read).await {
+        Ok(line) => line,
+        Err(err) => {
+            tracing::warn!(%err, "control socket: refusing a client");
+            let body = serde_json::json!({ "error": err.to_string() }).to_string();
+            // Best effort: a client that stopped reading gets nothing.
+            let _ = tokio::time::timeout(REQUEST_TIMEOUT, async {
+                write.write_all(body.as_bytes()).await?;
+                write.shutdown().await
+            })
+            .await;
+            // Closing with unread bytes queued resets the connection, and the client would
+            // lose the answer: leave it a moment to read it (not reading anything more).
+            tokio::time::sleep(ERROR_LINGER).await;
+            return Ok(());
+        }
+    };
     let body = match line.trim() {
         "status" => match status.read().await.as_ref() {
             Some(report) => serde_json::to_string_pretty(report).map_err(std::io::Error::other)?,
@@ -428,8 +498,13 @@ async fn answer(
         }
         other => format!(r#"{{"error":"unknown request {other:?}"}}"#),
     };
-    write.write_all(body.as_bytes()).await?;
-    write.shutdown().await
+    // A client that never reads its answer does not hold a slot for ever.
+    tokio::time::timeout(REQUEST_TIMEOUT, async {
+        write.write_all(body.as_bytes()).await?;
+        write.shutdown().await
+    })
+    .await
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "client did not read"))?
 }
 
 /// Send `request` (one line) to the meshd behind `path` and decode its JSON answer, waiting
@@ -670,6 +745,100 @@ mod tests {
         assert_eq!(outcome.message, "peer n2 did not move");
         assert_eq!(outcome.public_keys, ["k"]);
         daemon.await.expect("daemon task");
+        server.abort();
+    }
+
+    async fn serving(dir: &Path) -> (PathBuf, tokio::task::JoinHandle<Result<(), ControlError>>) {
+        let path = dir.join("meshd.sock");
+        let status: SharedStatus = Arc::new(RwLock::new(Some(sample())));
+        let (commands, _rx) = tokio::sync::mpsc::channel(1);
+        let server = tokio::spawn(serve(path.clone(), status, commands));
+        for _ in 0..100 {
+            if UnixStream::connect(&path).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        (path, server)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_huge_line_is_refused_unread_and_status_keeps_answering() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (path, server) = serving(dir.path()).await;
+        let stream = UnixStream::connect(&path).await.expect("connect");
+        let (mut read, mut write) = stream.into_split();
+        // Up to 1 GiB without a newline: the daemon stops reading after its limit, answers
+        // and closes, so the writer fails long before the end.
+        let writer = tokio::spawn(async move {
+            let chunk = vec![b'x'; 1 << 20];
+            let mut sent = 0usize;
+            for _ in 0..1024 {
+                if write.write_all(&chunk).await.is_err() {
+                    return sent;
+                }
+                sent += chunk.len();
+            }
+            sent
+        });
+        let mut answer = String::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            read.read_to_string(&mut answer),
+        )
+        .await
+        .expect("answered in time")
+        .expect("read");
+        assert!(answer.contains("longer than 256 bytes"), "{answer}");
+        let sent = writer.await.expect("writer");
+        assert!(sent < 64 << 20, "the daemon read {sent} bytes of the line");
+        assert_eq!(query(&path).await.expect("status"), sample());
+        server.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_silent_client_neither_blocks_status_nor_stays_for_ever() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (path, server) = serving(dir.path()).await;
+        let mut silent = UnixStream::connect(&path).await.expect("connect");
+        let started = std::time::Instant::now();
+        assert_eq!(query(&path).await.expect("status"), sample());
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        // The silent client is dropped after the request timeout, with a reason.
+        let mut answer = String::new();
+        tokio::time::timeout(
+            REQUEST_TIMEOUT + std::time::Duration::from_secs(3),
+            silent.read_to_string(&mut answer),
+        )
+        .await
+        .expect("dropped in time")
+        .expect("read");
+        assert!(answer.contains("no request line within"), "{answer}");
+        server.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn clients_beyond_the_cap_are_closed_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (path, server) = serving(dir.path()).await;
+        let mut held = Vec::new();
+        for _ in 0..MAX_CLIENTS {
+            held.push(UnixStream::connect(&path).await.expect("connect"));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let mut extra = UnixStream::connect(&path).await.expect("connect");
+        let mut buf = Vec::new();
+        let n = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            extra.read_to_end(&mut buf),
+        )
+        .await
+        .expect("closed at once")
+        .unwrap_or(0);
+        assert_eq!(n, 0, "the excess client got an answer");
+        drop(held);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert_eq!(query(&path).await.expect("status"), sample());
         server.abort();
     }
 
