@@ -439,7 +439,7 @@ mod tests {
             let mut c = c.try_clone().expect("clone");
             std::thread::spawn(move || {
                 // Endless short lines: each is fine, the request is not.
-                let line = format!("allowed_ip=10.0.0.0/8\n").repeat(1000);
+                let line = "allowed_ip=10.0.0.0/8\n".repeat(1000);
                 let mut sent = 0usize;
                 while sent < 256 << 20 {
                     if c.write_all(line.as_bytes()).is_err() {
