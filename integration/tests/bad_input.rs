@@ -247,3 +247,97 @@ fn hostile_local_input_is_refused_and_the_mesh_keeps_working() {
     assert_eq!(peering(&after), honest);
     pods_reach_across(&lab, "after");
 }
+
+/// Node `node`'s reconcile count.
+fn reconciles(st: &serde_json::Value, node: &str) -> u64 {
+    st["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == node)
+        .and_then(|n| n["status"]["counters"]["reconciles"].as_u64())
+        .unwrap_or(0)
+}
+
+/// The lab's API server process, found by its kubeconfig path (unique to the lab).
+fn apiserver_pid(kubeconfig: &str) -> nix::unistd::Pid {
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if args.first().is_some_and(|a| a.ends_with("fake-apiserver"))
+            && args.iter().any(|a| a == kubeconfig)
+        {
+            return nix::unistd::Pid::from_raw(pid);
+        }
+    }
+    panic!("no fake-apiserver for {kubeconfig}");
+}
+
+/// Resumes the frozen API server whatever happens (the lab's teardown needs it).
+struct Frozen(nix::unistd::Pid);
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
+/// An API server that accepts TCP and never answers (stopped: the kernel still completes
+/// connections) while meshd publishes (a key rotation's new record): meshd's loop keeps
+/// running (its passes go on), it keeps serving its status, and the mesh keeps working.
+#[test]
+fn a_silent_api_server_does_not_stop_the_loop_status_or_mesh() {
+    testkit::require_tools(lab::TOOLS);
+    let lab = Lab::up_with(2, 1, &["--registry", "kubernetes"]).unwrap();
+    lab.wait_for("both nodes to peer", Duration::from_secs(30), |s| {
+        ["n1", "n2"].iter().all(|n| peer_names(s, n).len() == 1)
+    })
+    .unwrap();
+    pods_reach_across(&lab, "before");
+    let js = lab.status_json().unwrap();
+    let kubeconfig = js["kubeconfig"].as_str().unwrap().to_string();
+    let frozen = Frozen(apiserver_pid(&kubeconfig));
+    nix::sys::signal::kill(frozen.0, nix::sys::signal::Signal::SIGSTOP).unwrap();
+
+    // Ask n1 to rotate its keys: publishing the new record hangs on the silent server.
+    let mut rotate = std::process::Command::new(lab::bin("meshctl"))
+        .args(["lab", "exec", "--name", lab.name(), "n1", "--"])
+        .arg(lab::bin("meshctl"))
+        .arg("rotate-key")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let first = reconciles(&lab.status_json().unwrap(), "n1");
+    // Passes go on (the 30 s resync at least) while the server stays silent.
+    let deadline = std::time::Instant::now() + Duration::from_secs(75);
+    let mut last = first;
+    while std::time::Instant::now() < deadline && last < first + 2 {
+        std::thread::sleep(Duration::from_secs(5));
+        let started = std::time::Instant::now();
+        let st = lab.status_json().unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "status took {:?}",
+            started.elapsed()
+        );
+        last = reconciles(&st, "n1");
+    }
+    assert!(
+        last >= first + 2,
+        "n1's loop is stuck behind the silent API server: reconciles {first} → {last}"
+    );
+    pods_reach_across(&lab, "while the API server is silent");
+    let _ = rotate.kill();
+    let _ = rotate.wait();
+    drop(frozen);
+}
