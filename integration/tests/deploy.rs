@@ -337,7 +337,16 @@ fn check(r: &Rendered, encryption: Encryption) {
         .flatten()
         .find(|p| p.name.as_deref() == Some("health"))
         .map(|p| p.container_port);
-    assert_eq!(health_port, Some(9108));
+    assert_eq!(health_port, Some(9109));
+    // Only the probes on the node's addresses; /metrics and /status stay on loopback.
+    assert!(
+        args.iter().any(|a| a == "--probe-listen=0.0.0.0:9109"),
+        "no probe listener: {args:?}"
+    );
+    assert!(
+        !args.iter().any(|a| a.starts_with("--health-listen")),
+        "/metrics and /status exposed: {args:?}"
+    );
     for (probe, path) in [
         (&meshd.liveness_probe, "/healthz"),
         (&meshd.readiness_probe, "/readyz"),
@@ -349,7 +358,7 @@ fn check(r: &Rendered, encryption: Encryption) {
         assert_eq!(get.path.as_deref(), Some(path));
         let port = serde_json::to_value(&get.port).unwrap();
         assert!(
-            port == serde_json::json!(9108) || port == serde_json::json!("health"),
+            port == serde_json::json!(9109) || port == serde_json::json!("health"),
             "{port}"
         );
     }

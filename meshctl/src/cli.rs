@@ -67,7 +67,8 @@ pub(crate) struct AuditArgs {
     /// Kubeconfig for `--cluster` (default: `$KUBECONFIG`, `~/.kube/config`, in-cluster).
     #[arg(long)]
     pub(crate) kubeconfig: Option<PathBuf>,
-    /// Port of meshd's `--health-listen` on every node (`--cluster`).
+    /// Port of meshd's `--health-listen` on every node (`--cluster`); it must listen on the
+    /// node's address (its default is loopback only).
     #[arg(long, default_value_t = 9108)]
     pub(crate) status_port: u16,
     /// Prove encryption per pair: canary traffic between pods, checked on an underlay

@@ -24,6 +24,20 @@ pub const QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3)
 /// How long `meshctl rotate-key` waits for the rotation to end.
 pub const ROTATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
+/// Longest request line the daemon reads (the requests are single words); a longer line is
+/// answered with an error and the connection closed, without reading the rest.
+pub const MAX_REQUEST_LINE: usize = 256;
+
+/// How long a client may take to send its request line before it is dropped.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long a refused client's connection stays open for it to read why.
+const ERROR_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Clients served at once; a connection beyond them is closed at once (the requests are
+/// answered in microseconds, only `rotate-key` waits, and only one rotation runs).
+pub const MAX_CLIENTS: usize = 32;
+
 /// A request the daemon's loop carries out.
 #[derive(Debug)]
 pub enum Command {
@@ -352,13 +366,24 @@ pub async fn serve(
 ) -> Result<(), ControlError> {
     let listener = bind(&path)?;
     tracing::info!(socket = %path.display(), "control socket listening");
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(conn) => conn,
             Err(err) => {
                 tracing::warn!(%err, "control socket accept failed");
+                // Out of descriptors (EMFILE) stays so until clients leave: do not spin.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(
+                max = MAX_CLIENTS,
+                "control socket: too many clients at once, closing the new connection"
+            );
+            drop(stream);
+            continue;
         };
         let status = status.clone();
         let commands = commands.clone();
@@ -366,8 +391,38 @@ pub async fn serve(
             if let Err(err) = answer(stream, status, commands).await {
                 tracing::debug!(%err, "control client went away");
             }
+            drop(slot);
         });
     }
+}
+
+/// Why a client's request line was not read.
+#[derive(Debug, thiserror::Error)]
+enum RequestLineError {
+    #[error("request line longer than {MAX_REQUEST_LINE} bytes")]
+    TooLong,
+    #[error("no request line within {} s", REQUEST_TIMEOUT.as_secs())]
+    Timeout,
+    #[error("reading the request line")]
+    Read(#[source] std::io::Error),
+}
+
+/// Reads one request line of at most [`MAX_REQUEST_LINE`] bytes within [`REQUEST_TIMEOUT`]
+/// (EOF ends a line too). Never reads more than the limit, whatever the client sends.
+async fn read_request_line(
+    read: impl tokio::io::AsyncRead + Unpin,
+) -> Result<String, RequestLineError> {
+    let limit = u64::try_from(MAX_REQUEST_LINE).unwrap_or(u64::MAX) + 1;
+    let mut bytes = Vec::new();
+    let mut reader = BufReader::new(read.take(limit));
+    tokio::time::timeout(REQUEST_TIMEOUT, reader.read_until(b'\n', &mut bytes))
+        .await
+        .map_err(|_| RequestLineError::Timeout)?
+        .map_err(RequestLineError::Read)?;
+    if bytes.len() > MAX_REQUEST_LINE {
+        return Err(RequestLineError::TooLong);
+    }
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 fn bind(path: &Path) -> Result<UnixListener, ControlError> {
@@ -399,8 +454,23 @@ async fn answer(
     commands: tokio::sync::mpsc::Sender<Command>,
 ) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
-    let mut line = String::new();
-    BufReader::new(read).read_line(&mut line).await?;
+    let line = match read_request_line(read).await {
+        Ok(line) => line,
+        Err(err) => {
+            tracing::warn!(%err, "control socket: refusing a client");
+            let body = serde_json::json!({ "error": err.to_string() }).to_string();
+            // Best effort: a client that stopped reading gets nothing.
+            let _ = tokio::time::timeout(REQUEST_TIMEOUT, async {
+                write.write_all(body.as_bytes()).await?;
+                write.shutdown().await
+            })
+            .await;
+            // Closing with unread bytes queued resets the connection, and the client would
+            // lose the answer: leave it a moment to read it (not reading anything more).
+            tokio::time::sleep(ERROR_LINGER).await;
+            return Ok(());
+        }
+    };
     let body = match line.trim() {
         "status" => match status.read().await.as_ref() {
             Some(report) => serde_json::to_string_pretty(report).map_err(std::io::Error::other)?,
@@ -432,8 +502,13 @@ async fn answer(
         }
         other => format!(r#"{{"error":"unknown request {other:?}"}}"#),
     };
-    write.write_all(body.as_bytes()).await?;
-    write.shutdown().await
+    // A client that never reads its answer does not hold a slot for ever.
+    tokio::time::timeout(REQUEST_TIMEOUT, async {
+        write.write_all(body.as_bytes()).await?;
+        write.shutdown().await
+    })
+    .await
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "client did not read"))?
 }
 
 /// Send `request` (one line) to the meshd behind `path` and decode its JSON answer, waiting
@@ -499,6 +574,10 @@ pub async fn rotate_key(path: &Path) -> Result<RotateOutcome, ControlError> {
     )
     .await
 }
+
+/// The control socket's limits against stuck and hostile clients.
+#[cfg(test)]
+mod limits_tests;
 
 /// A status report for tests of the crate.
 #[cfg(test)]

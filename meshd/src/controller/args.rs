@@ -105,9 +105,15 @@ pub struct DaemonArgs {
     /// kernel module).
     #[command(flatten)]
     pub userspace: UserspaceArgs,
-    /// Serve `/healthz` and `/readyz` on this address (e.g. `0.0.0.0:9108`).
-    #[arg(long)]
+    /// Serve `/healthz`, `/readyz`, `/metrics` and `/status` on this address. Loopback by
+    /// default: these answers are unauthenticated, so expose them (e.g. `0.0.0.0:9108`, which
+    /// `meshctl audit --cluster` needs) only where the network is trusted.
+    #[arg(long, default_value = "127.0.0.1:9108")]
     pub health_listen: Option<std::net::SocketAddr>,
+    /// Also serve only `/healthz` and `/readyz` on this address: for a kubelet that probes
+    /// the node's address (the DaemonSet uses `0.0.0.0:9109`). Off by default.
+    #[arg(long)]
+    pub probe_listen: Option<std::net::SocketAddr>,
     /// Node-to-node (host) encryption: this node's own traffic to peer nodes goes through
     /// the tunnel too, for each peer once its tunnel is proven up (see the README: it fails
     /// open, so that a broken tunnel never cuts a node off its API server). With a ConfigMap

@@ -368,19 +368,36 @@ fn initial_record(args: &DaemonArgs, keys: &[PrivateKey; 2], endpoints: Vec<IpAd
     }
 }
 
-/// Serve `/healthz`, `/readyz` and `/metrics` when asked to.
+/// Serve `/healthz`, `/readyz`, `/metrics` and `/status` (`--health-listen`) and the
+/// probe-only listener (`--probe-listen`) when asked to, in one task.
 fn spawn_health(
     args: &DaemonArgs,
     status: &SharedStatus,
     heartbeat: &crate::health::Heartbeat,
     metrics: &crate::metrics::Metrics,
 ) -> Option<tokio::task::JoinHandle<()>> {
-    args.health_listen.map(|addr| {
-        let (status, heartbeat, metrics) = (status.clone(), heartbeat.clone(), metrics.clone());
-        tokio::spawn(async move {
-            if let Err(err) = crate::health::serve(addr, status, heartbeat, metrics).await {
-                tracing::error!(%addr, %err, "health endpoints failed");
+    if args.health_listen.is_none() && args.probe_listen.is_none() {
+        return None;
+    }
+    let (full, probes) = (args.health_listen, args.probe_listen);
+    let (status, heartbeat, metrics) = (status.clone(), heartbeat.clone(), metrics.clone());
+    Some(tokio::spawn(async move {
+        let serve_full = async {
+            if let Some(addr) = full {
+                let (s, h) = (status.clone(), heartbeat.clone());
+                if let Err(err) = crate::health::serve(addr, s, h, metrics).await {
+                    tracing::error!(%addr, %err, "health endpoints failed");
+                }
             }
-        })
-    })
+        };
+        let serve_probes = async {
+            if let Some(addr) = probes {
+                let (s, h) = (status.clone(), heartbeat.clone());
+                if let Err(err) = crate::health::serve_probes(addr, s, h).await {
+                    tracing::error!(%addr, %err, "probe endpoints failed");
+                }
+            }
+        };
+        tokio::join!(serve_full, serve_probes);
+    }))
 }

@@ -9,6 +9,9 @@
 //!   the last content it saw per file and never re-announces unchanged content. If the inotify
 //!   queue overflows it rescans the directory. If the directory itself disappears the channel
 //!   closes.
+//! * Record files are read by [`read_record_file`]: regular files only, never through a
+//!   symlink, never blocking on a FIFO or device, at most [`MAX_RECORD_BYTES`]. Anything else
+//!   is that node's `Malformed` record, and nothing more.
 
 use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsStr;
@@ -24,6 +27,10 @@ use inotify::{EventMask, EventStream, Inotify, WatchMask};
 use tokio::sync::mpsc;
 
 use super::{Registry, RegistryError, RegistryEvent};
+pub use record_file::{read_record_file, RecordFileError, MAX_RECORD_BYTES};
+
+/// Bounded, no-follow, regular-files-only reads of record files.
+mod record_file;
 use keyexchange::record::{is_dns1123_subdomain, NodeRecord, RecordError};
 
 /// Capacity of the event channel returned by [`DirRegistry::watch`].
@@ -148,14 +155,18 @@ fn publish_blocking(dir: &Path, record: &NodeRecord) -> Result<(), RegistryError
     let path = dir.join(format!("{}.json", record.name));
     let mut content = record.to_json();
     content.push('\n');
-    match fs::read(&path) {
+    match read_record_file(&path) {
         Ok(existing) if existing == content.as_bytes() => {
             tracing::debug!(path = %path.display(), "record unchanged; not rewriting");
             return Ok(());
         }
-        Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(source) => return Err(RegistryError::Read { path, source }),
+        Ok(_) | Err(RecordFileError::NotFound) => {}
+        // Whatever else sits at our name (a symlink, a FIFO, a huge file) is replaced by
+        // the rename below.
+        Err(RecordFileError::Io(source)) => return Err(RegistryError::Read { path, source }),
+        Err(other) => {
+            tracing::warn!(path = %path.display(), error = %other, "replacing our record file")
+        }
     }
     let tmp = dir.join(format!(
         ".{}.json.tmp-{}-{}",
@@ -240,13 +251,25 @@ fn list_nodes(dir: &Path) -> Result<BTreeSet<String>, RegistryError> {
         let Some(node) = node_of(&entry.file_name()) else {
             continue;
         };
-        // `file_type` does not follow symlinks: a symlink to a record is still a record.
+        // `file_type` does not follow symlinks: a symlink is listed, and refused when read.
         if entry.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
         }
         nodes.insert(node);
     }
     Ok(nodes)
+}
+
+/// An error and its causes on one line (`RecordError` carries text, not a source).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 /// How strictly to treat invalid content when reading a record file.
@@ -369,18 +392,27 @@ impl Watcher {
 
     async fn load(&mut self, node: &str, mode: Read) -> Result<(), Closed> {
         let path = self.dir.join(format!("{node}.json"));
-        let content = match tokio::fs::read(&path).await {
+        let read = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || read_record_file(&path))
+                .await
+                .unwrap_or_else(|e| Err(RecordFileError::Io(io::Error::other(e))))
+        };
+        let content = match read {
             Ok(content) => content,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return self.forget(node).await,
+            Err(RecordFileError::NotFound) => return self.forget(node).await,
             Err(e) => {
-                if mode == Read::MaybePartial || self.seen.get(node) == Some(&None) {
+                // A plain read error may be a file still being created; a symlink, a FIFO, a
+                // device or an oversized file is refused as it is.
+                let transient = matches!(e, RecordFileError::Io(_));
+                if (transient && mode == Read::MaybePartial) || self.seen.get(node) == Some(&None) {
                     return Ok(());
                 }
                 self.seen.insert(node.to_string(), None);
                 let error = RecordError {
                     node: node.to_string(),
                     field: "record",
-                    reason: format!("cannot read {}: {e}", path.display()),
+                    reason: format!("{} {}", path.display(), error_chain(&e)),
                 };
                 tracing::warn!(%error, "unreadable node record");
                 return self
