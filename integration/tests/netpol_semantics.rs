@@ -17,7 +17,9 @@
 //!   allowing only 7000 must cut every 7001 connection (its reads time out) while every 7000
 //!   connection keeps echoing; then, on fresh connections, an egress policy on the client
 //!   allowing only 7001 must cut the 7000 ones and keep the 7001 ones. A connection opened
-//!   while a deny is in force never connects. `policy_denied_ingress` (both nodes) and
+//!   while a deny is in force never connects. UDP flows to the lab's echo server (port 7100,
+//!   both servers and families) are cut by both policies alike, and a UDP flow opened while
+//!   denied never gets an echo. `policy_denied_ingress` (both nodes) and
 //!   `policy_denied_egress` (n1) in `meshctl lab status -o json` grow.
 //!
 //! The echo listeners and clients are sockets of this process opened inside the pods' network
@@ -27,7 +29,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader, ErrorKind, Write as _};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -319,7 +321,7 @@ spec:
   nodeName: n1
   containers:
   - name: c
-    ports: [{containerPort: 80}]
+    ports: [{containerPort: 80}, {containerPort: 7100, protocol: UDP}]
 ---
 apiVersion: v1
 kind: Pod
@@ -328,7 +330,7 @@ spec:
   nodeName: n2
   containers:
   - name: c
-    ports: [{containerPort: 80}]
+    ports: [{containerPort: 80}, {containerPort: 7100, protocol: UDP}]
 ---
 apiVersion: v1
 kind: Pod
@@ -441,7 +443,7 @@ fn echo(stream: TcpStream, stop: &AtomicBool) {
     }
 }
 
-/// What a long-lived connection has seen.
+/// What a long-lived flow has seen.
 #[derive(Default)]
 struct FlowState {
     echoes: AtomicU64,
@@ -449,8 +451,10 @@ struct FlowState {
     failed: Mutex<Option<(Instant, String)>>,
 }
 
-/// A long-lived TCP connection from a pod, sending a line every [`TICK`] and reading it back;
-/// the first echo missing for [`ECHO_TIMEOUT`] (or any error) ends it as failed.
+/// A long-lived flow from a pod: a TCP connection sending a line every [`TICK`] and reading it
+/// back (the first echo missing for [`ECHO_TIMEOUT`], or any error, ends it as failed), or a
+/// connected UDP socket sending a datagram every [`TICK`] to the lab's UDP echo server (no echo
+/// for [`ECHO_TIMEOUT`] ends it as failed).
 struct Flow {
     name: String,
     state: Arc<FlowState>,
@@ -470,6 +474,31 @@ impl Flow {
         let thread = {
             let (state, stop) = (state.clone(), stop.clone());
             std::thread::spawn(move || drive(stream, &state, &stop))
+        };
+        Ok(Self {
+            name,
+            state,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Sends datagrams from inside `ns` to `to`.
+    fn open_udp(name: String, ns: &str, to: SocketAddr) -> anyhow::Result<Self> {
+        let local: SocketAddr = if to.is_ipv4() {
+            "0.0.0.0:0".parse()?
+        } else {
+            "[::]:0".parse()?
+        };
+        let socket = netns::within(ns, || UdpSocket::bind(local))?
+            .with_context(|| format!("{name}: binding"))?;
+        socket.connect(to)?;
+        socket.set_read_timeout(Some(TICK))?;
+        let state = Arc::new(FlowState::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (state, stop) = (state.clone(), stop.clone());
+            std::thread::spawn(move || drive_udp(&socket, &state, &stop))
         };
         Ok(Self {
             name,
@@ -527,8 +556,38 @@ fn drive(stream: TcpStream, state: &FlowState, stop: &AtomicBool) {
     }
 }
 
+fn drive_udp(socket: &UdpSocket, state: &FlowState, stop: &AtomicBool) {
+    let started = Instant::now();
+    let mut buf = [0u8; 256];
+    let mut n = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        let sent = format!("datagram {n}");
+        n += 1;
+        // A refused send (an ICMP error of an earlier one) is one more datagram not echoed.
+        let _ = socket.send(sent.as_bytes());
+        let tick = Instant::now();
+        // Take every echo in the tick; a late echo of an earlier datagram counts too.
+        while tick.elapsed() < TICK {
+            if let Ok(len) = socket.recv(&mut buf) {
+                if buf[..len].starts_with(b"datagram ") {
+                    *state.last_echo.lock().unwrap() = Some(Instant::now());
+                    state.echoes.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+        let last = state.last_echo.lock().unwrap().unwrap_or(started);
+        if last.elapsed() > ECHO_TIMEOUT {
+            *state.failed.lock().unwrap() =
+                Some((Instant::now(), format!("no echo for {ECHO_TIMEOUT:?}")));
+            return;
+        }
+    }
+}
+
 /// The echo ports on every server.
 const ECHO_PORTS: [u16; 2] = [7000, 7001];
+/// The UDP port the lab's echo server serves on every server (`ECHO_PODS`).
+const UDP_ECHO_PORT: u16 = 7100;
 const SERVERS: [&str; 2] = ["est/s1", "est/s2"];
 
 /// Opens one flow from the client to every server, port and family; waits until each echoed a
@@ -540,9 +599,14 @@ fn open_flows(lab: &Lab) -> anyhow::Result<Vec<(u16, Flow)>> {
         for port in ECHO_PORTS {
             for family in [4, 6] {
                 let to = SocketAddr::new(pod_address(lab, server, family)?, port);
-                let name = format!("est/client → {server} {to}");
+                let name = format!("est/client → {server} TCP {to}");
                 flows.push((port, Flow::open(name, &client, to)?));
             }
+        }
+        for family in [4, 6] {
+            let to = SocketAddr::new(pod_address(lab, server, family)?, UDP_ECHO_PORT);
+            let name = format!("est/client → {server} UDP {to}");
+            flows.push((UDP_ECHO_PORT, Flow::open_udp(name, &client, to)?));
         }
     }
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -560,17 +624,22 @@ fn open_flows(lab: &Lab) -> anyhow::Result<Vec<(u16, Flow)>> {
     Ok(flows)
 }
 
-/// Applies `policy` while `flows` run: waits until every flow on `cut` has failed and checks
-/// that every other flow kept echoing throughout (no failure, and lines echoed after the last
-/// cut one failed).
-fn apply_and_judge(lab: &Lab, policy: &str, flows: &[(u16, Flow)], cut: u16) -> anyhow::Result<()> {
+/// Applies `policy` while `flows` run: waits until every flow to a port of `cut` has failed and
+/// checks that every other flow kept echoing throughout (no failure, and lines echoed after the
+/// last cut one failed).
+fn apply_and_judge(
+    lab: &Lab,
+    policy: &str,
+    flows: &[(u16, Flow)],
+    cut: &[u16],
+) -> anyhow::Result<()> {
     lab_file(lab, "apply", policy)?;
     let applied = Instant::now();
     let deadline = applied + WINDOW + ECHO_TIMEOUT;
     loop {
         let waiting: Vec<&str> = flows
             .iter()
-            .filter(|(port, f)| *port == cut && f.failed().is_none())
+            .filter(|(port, f)| cut.contains(port) && f.failed().is_none())
             .map(|(_, f)| f.name.as_str())
             .collect();
         if waiting.is_empty() {
@@ -585,7 +654,7 @@ fn apply_and_judge(lab: &Lab, policy: &str, flows: &[(u16, Flow)], cut: u16) -> 
         }
         std::thread::sleep(TICK);
     }
-    for (_, f) in flows.iter().filter(|(port, _)| *port == cut) {
+    for (_, f) in flows.iter().filter(|(port, _)| cut.contains(port)) {
         if let (Some((at, why)), Some(last)) = (f.failed(), f.last_echo()) {
             // Negative: the last echo came before the apply returned.
             let last_ms = last.duration_since(applied).as_secs_f64() * 1000.0
@@ -601,7 +670,7 @@ fn apply_and_judge(lab: &Lab, policy: &str, flows: &[(u16, Flow)], cut: u16) -> 
     // Long enough for a kept flow that a re-judgement had wrongly cut to hit its timeout.
     std::thread::sleep(ECHO_TIMEOUT + Duration::from_millis(300));
     for ((port, f), before) in flows.iter().zip(kept_before) {
-        if *port == cut {
+        if cut.contains(port) {
             continue;
         }
         if let Some((at, why)) = f.failed() {
@@ -623,14 +692,19 @@ fn apply_and_judge(lab: &Lab, policy: &str, flows: &[(u16, Flow)], cut: u16) -> 
     Ok(())
 }
 
-/// With the policy allowing only `allowed` in force, new connections to `denied` on every
-/// server and family never connect, while new ones to `allowed` do.
+/// With the policy allowing only TCP `allowed` in force, new connections to `denied` on every
+/// server and family never connect and new UDP flows to the echo port never get an echo, while
+/// new connections to `allowed` connect.
 fn new_connections_follow_policy(lab: &Lab, allowed: u16, denied: u16) -> anyhow::Result<()> {
     let client = pod_netns(lab, "est/client");
     let mut attempts = Vec::new();
+    let mut datagrams = Vec::new();
     for server in SERVERS {
         for family in [4, 6] {
             let address = pod_address(lab, server, family)?;
+            let to = SocketAddr::new(address, UDP_ECHO_PORT);
+            let name = format!("est/client → {server} UDP {to}");
+            datagrams.push(Flow::open_udp(name, &client, to)?);
             for port in [allowed, denied] {
                 let to = SocketAddr::new(address, port);
                 let ns = client.clone();
@@ -653,6 +727,17 @@ fn new_connections_follow_policy(lab: &Lab, allowed: u16, denied: u16) -> anyhow
             (true, Ok(_)) | (false, Err(_)) => {}
             (true, Err(e)) => bail!("a new connection to {to}, allowed, failed: {e}"),
             (false, Ok(_)) => bail!("a new connection to {to} connected while denied"),
+        }
+    }
+    // The denied TCP attempts took 1.5 s, so every UDP flow has sent datagrams for its whole
+    // ECHO_TIMEOUT and given up.
+    for flow in datagrams {
+        if flow.echoes() > 0 {
+            bail!(
+                "{}, opened while denied, got {} echoes",
+                flow.name,
+                flow.echoes()
+            );
         }
     }
     Ok(())
@@ -682,7 +767,7 @@ fn policy_change_cuts_established_connections() {
         counter(&lab, "n2", "policy_denied_ingress").unwrap(),
     ];
     let flows = open_flows(&lab).unwrap();
-    apply_and_judge(&lab, ECHO_INGRESS_7000, &flows, 7001).unwrap();
+    apply_and_judge(&lab, ECHO_INGRESS_7000, &flows, &[7001, UDP_ECHO_PORT]).unwrap();
     drop(flows);
     new_connections_follow_policy(&lab, 7000, 7001).unwrap();
     let ingress_after = [
@@ -708,7 +793,7 @@ fn policy_change_cuts_established_connections() {
             Err(_) => std::thread::sleep(Duration::from_millis(100)),
         }
     };
-    apply_and_judge(&lab, CLIENT_EGRESS_7001, &flows, 7000).unwrap();
+    apply_and_judge(&lab, CLIENT_EGRESS_7001, &flows, &[7000, UDP_ECHO_PORT]).unwrap();
     drop(flows);
     new_connections_follow_policy(&lab, 7001, 7000).unwrap();
     let egress_after = counter(&lab, "n1", "policy_denied_egress").unwrap();
