@@ -147,15 +147,20 @@ fn probe_results(
         .iter()
         .map(|r| {
             assert_eq!(
-                (r["protocol"].as_str(), r["port"].as_u64(), r["family"].as_u64()),
-                (Some(protocol), Some(u64::from(port)), Some(u64::from(family))),
+                (
+                    r["protocol"].as_str(),
+                    r["port"].as_u64(),
+                    r["family"].as_u64()
+                ),
+                (
+                    Some(protocol),
+                    Some(u64::from(port)),
+                    Some(u64::from(family))
+                ),
                 "{artifact}: {r}"
             );
             let pod = |k: &str| r[k].as_str().unwrap().to_string();
-            (
-                (pod("from"), pod("to")),
-                r["allowed"].as_bool().unwrap(),
-            )
+            ((pod("from"), pod("to")), r["allowed"].as_bool().unwrap())
         })
         .collect()
 }
@@ -209,7 +214,8 @@ fn assert_policy_enforced(run: &VmRun) {
         "NetworkPolicy on the kernel device: n1's policy_denied_ingress {open} -> {isolated}; \
          policy steps {:.1}s (apply -> first enforced probe {:.1}s)",
         run.between("policy", "policy-done").unwrap_or(f64::NAN),
-        run.between("policy-applied", "policy-enforced").unwrap_or(f64::NAN)
+        run.between("policy-applied", "policy-enforced")
+            .unwrap_or(f64::NAN)
     );
 }
 
