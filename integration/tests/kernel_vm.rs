@@ -1,6 +1,7 @@
 //! The kernel-module WireGuard path, end to end, inside a qemu VM whose kernel has WireGuard
-//! (the host's does not): the lab with `--wireguard-mode auto` on kernel devices, a mixed
-//! kernel/user-space lab, and SIGKILL of meshd on a kernel-mode node.
+//! (the host's does not): the lab with `--wireguard-mode auto` on kernel devices (also enforcing
+//! a NetworkPolicy between applied Pods on two nodes, issue 18), a mixed kernel/user-space lab,
+//! and SIGKILL of meshd on a kernel-mode node.
 //!
 //! Each test boots its own VM (software emulation unless the host has vmx/svm); inside it
 //! everything — namespaces, traffic — belongs to the test, and the VM has no network device.
@@ -20,6 +21,7 @@
 //! down however it ends.
 #![allow(clippy::unwrap_used, missing_docs)]
 
+use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -126,6 +128,95 @@ fn assert_verified(run: &VmRun, artifact: &str) {
     assert_eq!(cap["marker_hit_count"], 0, "marker in clear: {cap}");
     assert!(cap["wireguard_packets"].as_u64().unwrap() > 0, "{cap}");
     assert!(a.ok(), "lab-verify exited {:?}:\n{}", a.status, a.output);
+}
+
+/// One `meshctl lab probe -o json` round the guest kept: `(from, to) -> allowed` for every
+/// result, each checked to be of `protocol`/`port` over IPv`family`.
+fn probe_results(
+    run: &VmRun,
+    artifact: &str,
+    protocol: &str,
+    port: u16,
+    family: u8,
+) -> BTreeMap<(String, String), bool> {
+    let report = json(run, artifact);
+    let results = report["results"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{artifact}: no results: {report}"));
+    results
+        .iter()
+        .map(|r| {
+            assert_eq!(
+                (
+                    r["protocol"].as_str(),
+                    r["port"].as_u64(),
+                    r["family"].as_u64()
+                ),
+                (
+                    Some(protocol),
+                    Some(u64::from(port)),
+                    Some(u64::from(family))
+                ),
+                "{artifact}: {r}"
+            );
+            let pod = |k: &str| r[k].as_str().unwrap().to_string();
+            ((pod("from"), pod("to")), r["allowed"].as_bool().unwrap())
+        })
+        .collect()
+}
+
+/// What the guest's [`POLICY_STEPS`] showed: every pair open before the policies and after
+/// them, and while `vmpol/a` was isolated exactly `vmpol/b` -> `vmpol/a` on UDP 81 blocked,
+/// counted by n1 (`a`'s node) as `policy_denied_ingress`.
+fn assert_policy_enforced(run: &VmRun) {
+    let pairs = |blocked: &[(&str, &str)]| -> BTreeMap<(String, String), bool> {
+        let pods = ["vmpol/a", "vmpol/b"];
+        pods.iter()
+            .flat_map(|f| pods.iter().map(move |t| (*f, *t)))
+            .map(|(f, t)| ((f.to_string(), t.to_string()), !blocked.contains(&(f, t))))
+            .collect()
+    };
+    let isolated = [("vmpol/b", "vmpol/a")];
+    for (artifact, protocol, port, family, blocked) in [
+        ("probe-open-tcp4", "TCP", 80, 4, &[][..]),
+        ("probe-open-tcp6", "TCP", 80, 6, &[]),
+        ("probe-open-udp4", "UDP", 81, 4, &[]),
+        ("probe-isolated-udp4", "UDP", 81, 4, &isolated),
+        ("probe-isolated-udp6", "UDP", 81, 6, &isolated),
+        ("probe-isolated-tcp4", "TCP", 80, 4, &[]),
+        ("probe-isolated-tcp6", "TCP", 80, 6, &[]),
+        ("probe-restored-udp4", "UDP", 81, 4, &[]),
+    ] {
+        assert_eq!(
+            probe_results(run, artifact, protocol, port, family),
+            pairs(blocked),
+            "{artifact}: {protocol}/{port} IPv{family}"
+        );
+    }
+    let denied = |artifact: &str| {
+        let status = json(run, artifact);
+        let n1 = node(&status, "n1");
+        assert_eq!(n1["mode"], "kernel", "{artifact}: {n1}");
+        n1["counters"]["policy_denied_ingress"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{artifact}: no policy_denied_ingress for n1: {n1}"))
+    };
+    let (open, isolated) = (
+        denied("policy-counters-open"),
+        denied("policy-counters-isolated"),
+    );
+    assert!(
+        isolated > open,
+        "UDP 81 from vmpol/b to the isolated vmpol/a was blocked, yet n1's \
+         policy_denied_ingress stayed {open} -> {isolated}"
+    );
+    eprintln!(
+        "NetworkPolicy on the kernel device: n1's policy_denied_ingress {open} -> {isolated}; \
+         policy steps {:.1}s (apply -> first enforced probe {:.1}s)",
+        run.between("policy", "policy-done").unwrap_or(f64::NAN),
+        run.between("policy-applied", "policy-enforced")
+            .unwrap_or(f64::NAN)
+    );
 }
 
 /// The strict-mode capture ran and means something: tcpdump listened and lost nothing, the
@@ -236,11 +327,153 @@ handshaken() {
 }
 "#;
 
+/// Guest-side NetworkPolicy helpers (after [`LAB_UP`], which sets `$lab`).
+/// `probe_shows NAME PROTO PORT FAMILY FROM,TO,ALLOWED…`: one round of `meshctl lab probe
+/// -o json` (kept in `/tmp/probe-NAME.json`), true when every FROM,TO,ALLOWED is among its
+/// results. `probe_until NAME SECONDS …`: `vm_until` for `probe_shows`; the last round is the
+/// artifact `probe-NAME` either way, and a timeout fails step `probe-NAME`.
+const PROBE_HELPERS: &str = r#"
+probe_shows() {
+    _out=/tmp/probe-$1.json
+    _proto=$2
+    _port=$3
+    _fam=$4
+    meshctl lab probe --name $lab --protocol $_proto --port $_port --family $_fam \
+        --timeout-ms 2000 -o json >$_out 2>/tmp/probe-$1.err || return 1
+    shift 4
+    _flat=$(tr -d ' \n' <$_out)
+    for _e in "$@"; do
+        _from=${_e%%,*}
+        _rest=${_e#*,}
+        _to=${_rest%%,*}
+        _ok=${_rest#*,}
+        case $_flat in
+        *"{\"from\":\"$_from\",\"to\":\"$_to\",\"port\":$_port,\"protocol\":\"$_proto\",\"family\":$_fam,\"allowed\":$_ok}"*) ;;
+        *) return 1 ;;
+        esac
+    done
+}
+probe_until() {
+    _name=$1
+    _secs=$2
+    shift 2
+    if vm_wait "$_secs" probe_shows "$_name" "$@"; then
+        vm_must "probe-$_name" cat "/tmp/probe-$_name.json"
+    else
+        vm_artifact "probe-$_name" cat "/tmp/probe-$_name.json" "/tmp/probe-$_name.err"
+        _vm_rc=1
+        vm_fail "probe-$_name: wait ${_secs}s for $*"
+    fi
+}
+"#;
+
+/// Guest-side: NetworkPolicy enforced on the kernel device (issue 18). Two applied Pods,
+/// `vmpol/a` on n1 and `vmpol/b` on n2, serve TCP 80 and UDP 81 and reach each other on both,
+/// IPv4 and IPv6. Then `a` is isolated for ingress (deny all) with one exception, `b` on
+/// TCP 80: UDP 81 from `b` to `a` is dropped by n1's `to_pod` after crossing the WireGuard
+/// device, `a`'s own UDP 81 to `b` still gets its answer, TCP 80 still passes. Deleting the
+/// policies restores UDP 81; deleting the Pods leaves the lab as it was. Each probe waits
+/// (bounded) for the daemons to apply the change.
+const POLICY_STEPS: &str = r#"
+vm_mark policy
+cat >/tmp/vmpol-pods.yaml <<'EOF'
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: vmpol
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: a
+  namespace: vmpol
+  labels:
+    app: a
+spec:
+  nodeName: n1
+  containers:
+    - name: serve
+      image: registry.k8s.io/e2e-test-images/agnhost:2.53
+      ports:
+        - containerPort: 80
+        - containerPort: 81
+          protocol: UDP
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: b
+  namespace: vmpol
+  labels:
+    app: b
+spec:
+  nodeName: n2
+  containers:
+    - name: serve
+      image: registry.k8s.io/e2e-test-images/agnhost:2.53
+      ports:
+        - containerPort: 80
+        - containerPort: 81
+          protocol: UDP
+EOF
+cat >/tmp/vmpol-policy.yaml <<'EOF'
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: deny-ingress-to-a
+  namespace: vmpol
+spec:
+  podSelector:
+    matchLabels:
+      app: a
+  policyTypes: [Ingress]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: allow-b-to-a-tcp-80
+  namespace: vmpol
+spec:
+  podSelector:
+    matchLabels:
+      app: a
+  policyTypes: [Ingress]
+  ingress:
+    - from:
+        - podSelector:
+            matchLabels:
+              app: b
+      ports:
+        - protocol: TCP
+          port: 80
+EOF
+A=vmpol/a
+B=vmpol/b
+all="$A,$A,true $A,$B,true $B,$A,true $B,$B,true"
+vm_must policy-pods meshctl lab apply --name $lab -f /tmp/vmpol-pods.yaml
+probe_until open-tcp4 30 TCP 80 4 $all
+probe_until open-tcp6 30 TCP 80 6 $all
+probe_until open-udp4 30 UDP 81 4 $all
+vm_must policy-counters-open meshctl lab status --name $lab -o json
+vm_must policy-apply meshctl lab apply --name $lab -f /tmp/vmpol-policy.yaml
+vm_mark policy-applied
+probe_until isolated-udp4 30 UDP 81 4 $B,$A,false $A,$B,true $A,$A,true $B,$B,true
+vm_mark policy-enforced
+probe_until isolated-udp6 30 UDP 81 6 $B,$A,false $A,$B,true $A,$A,true $B,$B,true
+probe_until isolated-tcp4 30 TCP 80 4 $all
+probe_until isolated-tcp6 30 TCP 80 6 $all
+vm_must policy-counters-isolated meshctl lab status --name $lab -o json
+vm_must policy-delete meshctl lab delete --name $lab -f /tmp/vmpol-policy.yaml
+probe_until restored-udp4 30 UDP 81 4 $all
+vm_must policy-pods-delete meshctl lab delete --name $lab -f /tmp/vmpol-pods.yaml
+vm_mark policy-done
+"#;
+
 #[test]
 fn auto_mode_uses_the_kernel_device_on_every_node_and_only_wireguard_crosses_the_underlay() {
     let h = harness();
     let script = format!(
-        "NODES=3 MODE=auto EXTRA=\n{LAB_UP}{}",
+        "NODES=3 MODE=auto EXTRA=\n{LAB_UP}{PROBE_HELPERS}{}{POLICY_STEPS}{}",
         r#"
 vm_must status meshctl lab status --name $lab -o json
 for n in n1 n2 n3; do
@@ -251,6 +484,8 @@ vm_mark verify
 vm_must verify lab-verify --name $lab --tcp-bytes 1048576 --json
 vm_mark verified
 vm_must status-after meshctl lab status --name $lab -o json
+"#,
+        r#"
 # A node leaves: the others remove its kernel peer (WGPEER_F_REMOVE_ME) and its routes.
 vm_must remove-n3 meshctl lab remove-node --name $lab n3
 for n in n1 n2; do
@@ -327,6 +562,7 @@ vm_must strict-capture lab-verify --name $lab --analyse /tmp/strict.pcap
         assert_eq!(wg.matches("peer: ").count(), 2, "{name}: {wg}");
     }
     assert_verified(&run, "verify");
+    assert_policy_enforced(&run);
     let after = json(&run, "status-after");
     for n in after["nodes"].as_array().unwrap() {
         for p in n["peers"].as_array().unwrap() {
