@@ -27,7 +27,7 @@ use inotify::{EventMask, EventStream, Inotify, WatchMask};
 use tokio::sync::mpsc;
 
 use super::{Registry, RegistryError, RegistryEvent};
-pub use record_file::{read_record_file, RecordFileError, MAX_RECORD_BYTES};
+pub use record_file::{read_record_file, read_untrusted_file, RecordFileError, MAX_RECORD_BYTES};
 
 /// Bounded, no-follow, regular-files-only reads of record files.
 mod record_file;

@@ -16,6 +16,11 @@
 //! its object's, or that [`meshd_policy::k8s`] refuses is reported as
 //! [`ObjectEvent::Malformed`] naming the file and the error, and the watch goes on.
 
+use crate::registry::dir::{read_untrusted_file, RecordFileError};
+
+/// Largest object file read: the size etcd accepts for one object by default (1.5 MiB).
+pub const MAX_OBJECT_BYTES: u64 = 1536 * 1024;
+
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs;
@@ -332,13 +337,12 @@ pub fn read_object(path: &Path, reference: ObjectRef) -> Option<ObjectEvent> {
             error: format!("{}: {error}", path.display()),
         }
     };
-    let content = match fs::read(path) {
+    // Untrusted: a regular file only (no symlink, FIFO or device), at most MAX_OBJECT_BYTES.
+    let content = match read_untrusted_file(path, MAX_OBJECT_BYTES) {
         Ok(content) if content.is_empty() => return None,
         Ok(content) => content,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Some(ObjectEvent::Remove(reference))
-        }
-        Err(e) => return Some(malformed(format!("cannot read: {e}"))),
+        Err(RecordFileError::NotFound) => return Some(ObjectEvent::Remove(reference)),
+        Err(e) => return Some(malformed(format!("{:#}", anyhow::Error::new(e)))),
     };
     Some(match parse_object(&content, &reference) {
         Ok(Some(object)) => ObjectEvent::Upsert(object),

@@ -23,9 +23,9 @@ pub enum RecordFileError {
     /// A FIFO, socket, device or directory.
     #[error("is not a regular file ({0}); records are read from regular files only")]
     NotRegular(&'static str),
-    /// Larger than [`MAX_RECORD_BYTES`].
-    #[error("is larger than {MAX_RECORD_BYTES} bytes; not read")]
-    TooLarge,
+    /// Larger than the limit (bytes).
+    #[error("is larger than {0} bytes; not read")]
+    TooLarge(u64),
     /// Opening or reading failed.
     #[error("cannot be read")]
     Io(#[source] io::Error),
@@ -35,6 +35,12 @@ pub enum RecordFileError {
 /// (opened non-blocking, then refused by type) and without reading more than
 /// [`MAX_RECORD_BYTES`] (checked on the open file, and again while reading, in case it grows).
 pub fn read_record_file(path: &Path) -> Result<Vec<u8>, RecordFileError> {
+    read_untrusted_file(path, MAX_RECORD_BYTES)
+}
+
+/// Reads a file of the shared directory as [`read_record_file`] does, with `max_bytes` as the
+/// limit (the registry's Kubernetes object files are larger than node records).
+pub fn read_untrusted_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>, RecordFileError> {
     use std::io::Read as _;
     use std::os::unix::fs::FileTypeExt as _;
     let file = OpenOptions::new()
@@ -61,15 +67,15 @@ pub fn read_record_file(path: &Path) -> Result<Vec<u8>, RecordFileError> {
             "not a file"
         }));
     }
-    if meta.len() > MAX_RECORD_BYTES {
-        return Err(RecordFileError::TooLarge);
+    if meta.len() > max_bytes {
+        return Err(RecordFileError::TooLarge(max_bytes));
     }
     let mut content = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
-    file.take(MAX_RECORD_BYTES + 1)
+    file.take(max_bytes + 1)
         .read_to_end(&mut content)
         .map_err(RecordFileError::Io)?;
-    if content.len() as u64 > MAX_RECORD_BYTES {
-        return Err(RecordFileError::TooLarge);
+    if content.len() as u64 > max_bytes {
+        return Err(RecordFileError::TooLarge(max_bytes));
     }
     Ok(content)
 }
@@ -114,7 +120,7 @@ mod tests {
         let f = std::fs::File::create(&big).unwrap();
         f.set_len(100 << 20).unwrap();
         let err = read_record_file(&big).unwrap_err();
-        assert!(matches!(err, RecordFileError::TooLarge), "{err}");
+        assert!(matches!(err, RecordFileError::TooLarge(_)), "{err}");
         assert!(err.to_string().contains("larger than 65536 bytes"), "{err}");
 
         assert!(matches!(

@@ -230,3 +230,35 @@ async fn a_namespace_directory_moved_away_relists_its_kind() {
     assert_eq!(refs, vec![ObjectRef::namespaced(Kind::Pod, "y", "b")]);
     assert_eq!(events[0], ObjectEvent::ListStart(Kind::Pod));
 }
+
+/// Object files are untrusted: a FIFO (which would block a plain read), a symlink (to a device
+/// that never ends) and an oversized file are each refused as that object's malformed file,
+/// without hanging, and a good file beside them still reads.
+#[test]
+fn hostile_object_files_are_refused_without_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let fifo = file(root, Kind::Namespace, None, "fifo");
+    let link = file(root, Kind::Namespace, None, "zero");
+    let big = file(root, Kind::Namespace, None, "big");
+    let good = file(root, Kind::Namespace, None, "good");
+    std::fs::create_dir_all(fifo.parent().unwrap()).unwrap();
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+    std::fs::write(&big, vec![b' '; MAX_OBJECT_BYTES as usize + 1]).unwrap();
+    write_atomically(&good, &namespace_json("good"));
+    for (path, name, why) in [
+        (&fifo, "fifo", "not a regular file"),
+        (&link, "zero", "symbolic link"),
+        (&big, "big", "larger than"),
+    ] {
+        match read_object(path, reference(Kind::Namespace, None, name)) {
+            Some(ObjectEvent::Malformed { error, .. }) => assert!(error.contains(why), "{error}"),
+            other => panic!("{name}: expected a malformed object, got {other:?}"),
+        }
+    }
+    assert!(matches!(
+        read_object(&good, reference(Kind::Namespace, None, "good")),
+        Some(ObjectEvent::Upsert(_))
+    ));
+}
