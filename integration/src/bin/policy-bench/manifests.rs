@@ -222,7 +222,7 @@ fn generated_policy(i: usize) -> Value {
     let pooled_ports = generated_ports(i % SELECTING_PORT_SETS);
     match i % 10 {
         0..=3 => {
-            let selector = if i % 2 == 0 {
+            let selector = if i.is_multiple_of(2) {
                 json!({"matchLabels": {"role": "server"}})
             } else {
                 json!({"matchExpressions": [

@@ -2,6 +2,8 @@
 //! and, judged by its reference evaluator, keep exactly the verdicts the bench relies on), the
 //! enforcement-time arithmetic, the statistics and the targets' verdicts.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
