@@ -167,4 +167,6 @@ fn main() -> ExitCode {
 }
 
 #[cfg(test)]
+mod prober_tests;
+#[cfg(test)]
 mod tests;
