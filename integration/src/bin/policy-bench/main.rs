@@ -103,7 +103,7 @@ fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
             !args.no_enforcement,
         )?);
     } else if !args.no_enforcement {
-        lab.apply(&set_yaml).context("apply the policy set")?;
+        throughput::switch(&lab, true, &set_yaml)?;
     }
     if !args.no_enforcement {
         let timing = ProbeTiming {

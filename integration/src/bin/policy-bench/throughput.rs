@@ -92,7 +92,7 @@ fn iperf(lab: &Lab, pair: &Pair, secs: u64) -> anyhow::Result<f64> {
 
 /// Puts the policy set in force (`with`) or removes it; the time from the `meshctl` call to
 /// the probes agreeing.
-fn switch(lab: &Lab, with: bool, set_yaml: &str) -> anyhow::Result<Duration> {
+pub(crate) fn switch(lab: &Lab, with: bool, set_yaml: &str) -> anyhow::Result<Duration> {
     let t0 = Instant::now();
     if with {
         lab.apply(set_yaml).context("apply the policy set")?;
