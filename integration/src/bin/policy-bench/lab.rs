@@ -122,6 +122,21 @@ impl Lab {
         .map(drop)
     }
 
+    /// The `policy` object of `meshctl status -o json` on `node` (what its policy loop knows
+    /// and when it last wrote the maps); `Null` when meshd has none.
+    pub(crate) fn node_policy(&self, node: &str) -> anyhow::Result<serde_json::Value> {
+        let meshctl = self.meshctl.to_string_lossy().into_owned();
+        let out = self.run(
+            &[
+                "lab", "exec", "--name", &self.name, node, "--", &meshctl, "status", "-o", "json",
+            ],
+            None,
+        )?;
+        let status: serde_json::Value =
+            serde_json::from_str(&out).with_context(|| format!("parse {node}'s status"))?;
+        Ok(status["policy"].clone())
+    }
+
     /// The network namespace `apply` made for `pod`.
     pub(crate) fn pod_netns(&self, pod: &BenchPod) -> String {
         format!("{}-pod-{}.{}", self.name, pod.namespace, pod.name)

@@ -77,6 +77,46 @@ fn find_meshctl(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
         .ok_or_else(|| anyhow!("meshctl not found next to policy-bench or on $PATH"))
 }
 
+/// Each node's policy loop as its status shows it with the set in force (the policies it
+/// knows, its map entries, refusals); a node that knows fewer policies than applied or
+/// refused any is named on stderr, since the numbers then do not measure the whole set.
+fn policy_status(lab: &Lab, applied: usize) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for node in ["n1", "n2"] {
+        match lab.node_policy(node) {
+            Ok(p) => {
+                let known = p["policies"].as_u64().unwrap_or(0);
+                let refused = p["compile_errors"].as_array().map_or(0, Vec::len)
+                    + p["malformed"].as_array().map_or(0, Vec::len);
+                if known < applied as u64 || refused > 0 {
+                    eprintln!(
+                        "policy-bench: warning: {node} knows {known} policies of {applied}, \
+                         {refused} refused"
+                    );
+                }
+                let mut summary = serde_json::json!({"node": node});
+                for key in [
+                    "synced",
+                    "policies",
+                    "pods_known",
+                    "local_endpoints",
+                    "map_entries",
+                    "applies",
+                    "last_apply_micros",
+                    "last_apply_ops",
+                    "write_errors",
+                ] {
+                    summary[key] = p[key].clone();
+                }
+                summary["refused"] = refused.into();
+                out.push(summary);
+            }
+            Err(e) => eprintln!("policy-bench: {node}'s policy status: {e:#}"),
+        }
+    }
+    out
+}
+
 fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
     let meshctl = find_meshctl(args.meshctl.as_deref())?;
     let policies = usize::try_from(args.policies)?;
@@ -105,6 +145,7 @@ fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
     } else if !args.no_enforcement {
         throughput::switch(&lab, true, &set_yaml)?;
     }
+    report.policy_status = policy_status(&lab, policies);
     if !args.no_enforcement {
         let timing = ProbeTiming {
             interval: Duration::from_secs_f64(args.interval_ms.max(0.2) / 1e3),

@@ -60,6 +60,11 @@ pub(crate) struct EnforceSample {
     pub(crate) per_node_ms: Vec<Option<f64>>,
     /// How long `meshctl lab apply` itself ran.
     pub(crate) meshctl_ms: f64,
+    /// Per enforcing node (n2, n1): its last map write after `meshctl` was invoked, ms (its
+    /// status's `last_apply_unix_ms`; millisecond resolution, same clock).
+    pub(crate) maps_written_ms: Vec<Option<f64>>,
+    /// Per enforcing node: its last batch from first event to last write (`last_apply_micros`).
+    pub(crate) batch_ms: Vec<Option<f64>>,
 }
 
 /// Target 2's measurements.
@@ -70,6 +75,10 @@ pub(crate) struct EnforceResult {
     pub(crate) opening: Option<Latency>,
     pub(crate) closing: Option<Latency>,
     pub(crate) meshctl: Option<Latency>,
+    /// `meshctl` invoked → the later node's maps written.
+    pub(crate) maps_written: Option<Latency>,
+    /// The later node's batch, first event → last write.
+    pub(crate) batch: Option<Latency>,
     /// p99 of all samples, infinite when one was never seen (for the target).
     #[serde(skip)]
     pub(crate) p99_for_target: Option<f64>,
@@ -91,6 +100,18 @@ impl EnforceResult {
         self.closing = Some(of(&|s| !s.allow));
         let m: Vec<Option<f64>> = self.samples.iter().map(|s| Some(s.meshctl_ms)).collect();
         self.meshctl = Some(Latency::of(&m));
+        let later = |v: &[Option<f64>]| {
+            v.iter()
+                .try_fold(f64::NEG_INFINITY, |acc, x| x.map(|x| acc.max(x)))
+        };
+        let w: Vec<Option<f64>> = self
+            .samples
+            .iter()
+            .map(|s| later(&s.maps_written_ms))
+            .collect();
+        self.maps_written = Some(Latency::of(&w));
+        let b: Vec<Option<f64>> = self.samples.iter().map(|s| later(&s.batch_ms)).collect();
+        self.batch = Some(Latency::of(&b));
         let v: Vec<f64> = self
             .samples
             .iter()
@@ -114,6 +135,8 @@ pub(crate) struct Report {
     pub(crate) probe_timeout_ms: f64,
     pub(crate) throughput: Option<ThroughputResult>,
     pub(crate) enforcement: Option<EnforceResult>,
+    /// Each node's policy loop with the set in force (from `meshctl status -o json`).
+    pub(crate) policy_status: Vec<serde_json::Value>,
     pub(crate) targets: Vec<TargetCheck>,
 }
 
@@ -229,6 +252,21 @@ impl Report {
                     .join(", ")
             );
         }
+        for p in &self.policy_status {
+            let _ = writeln!(
+                s,
+                "{}'s policy loop with the set: {} policies, {} pods, {} local endpoints, {} map \
+                 entries, {} refused, last batch {} ops in {} us",
+                p["node"].as_str().unwrap_or("?"),
+                p["policies"],
+                p["pods_known"],
+                p["local_endpoints"],
+                p["map_entries"],
+                p["refused"],
+                p["last_apply_ops"],
+                p["last_apply_micros"]
+            );
+        }
         if let Some(e) = &self.enforcement {
             let _ = writeln!(
                 s,
@@ -245,6 +283,8 @@ impl Report {
                 ("opening", &e.opening),
                 ("closing", &e.closing),
                 ("meshctl apply itself", &e.meshctl),
+                ("-> maps written", &e.maps_written),
+                ("daemon batch", &e.batch),
             ] {
                 if let Some(l) = l {
                     let _ = writeln!(
