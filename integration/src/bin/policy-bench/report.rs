@@ -270,7 +270,7 @@ impl Report {
         if let Some(e) = &self.enforcement {
             let _ = writeln!(
                 s,
-                "\nApply -> enforced on all nodes (new connection every {} ms, {} ms timeout)",
+                "\nApply -> enforced on all nodes, ms from invoking meshctl (new connection every {} ms, {} ms timeout; later node)",
                 self.probe_interval_ms, self.probe_timeout_ms
             );
             let _ = writeln!(
@@ -283,7 +283,7 @@ impl Report {
                 ("opening", &e.opening),
                 ("closing", &e.closing),
                 ("meshctl apply itself", &e.meshctl),
-                ("-> maps written", &e.maps_written),
+                ("invoked -> maps written", &e.maps_written),
                 ("daemon batch", &e.batch),
             ] {
                 if let Some(l) = l {
