@@ -281,15 +281,27 @@ fn default_route_for(addr: &IpAddr) -> IpNet {
     }
 }
 
+/// What [`add`] made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Added {
+    /// The pod side's MAC address.
+    pub mac: String,
+    /// The ifindex of the host veth an earlier attempt left, which this one replaced (its
+    /// source-map entries are stale).
+    pub replaced: Option<u32>,
+}
+
 /// Attach the pod: create the veth pair into the pod's namespace and configure both ends.
-/// A host veth left from an earlier attempt is replaced. Returns the pod side's MAC address.
-pub fn add(spec: &PodSpec<'_>) -> Result<String, DatapathError> {
+/// A host veth left from an earlier attempt is replaced.
+pub fn add(spec: &PodSpec<'_>) -> Result<Added, DatapathError> {
     let ns = open_netns(spec.netns)?;
     let host = host_veth_name(spec.container_id, spec.ifname);
     let mut node = node_socket()?;
+    let mut replaced = None;
     if let Some(old) = own_host_veth(&mut node, &host, spec.container_id, spec.ifname)? {
         node.delete_link(old.index)
             .map_err(step(|| format!("deleting the leftover host veth {host}")))?;
+        replaced = Some(old.index);
     }
     node.create_veth(&VethPair {
         name: &host,
@@ -311,7 +323,7 @@ pub fn add(spec: &PodSpec<'_>) -> Result<String, DatapathError> {
             let _ = node.delete_link(link.index);
         }
     }
-    result
+    result.map(|mac| Added { mac, replaced })
 }
 
 fn configure(

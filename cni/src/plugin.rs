@@ -130,8 +130,8 @@ fn add(env: &Env, conf: &NetConf, id: &str, ifname: &str) -> Result<String, CniE
         addrs: &addrs,
         mtu: conf.mtu,
     };
-    let mac = match datapath::add(&spec) {
-        Ok(mac) => mac,
+    let added = match datapath::add(&spec) {
+        Ok(added) => added,
         Err(e) => {
             let _ = ipam.release(id, Some(ifname));
             return Err(e.into());
@@ -139,7 +139,8 @@ fn add(env: &Env, conf: &NetConf, id: &str, ifname: &str) -> Result<String, CniE
     };
     if let Some(pin_dir) = &conf.bpf_pin_dir {
         let host = host_veth_name(id, ifname);
-        if let Err(e) = redirect::attach(pin_dir, &host, &addrs, conf.redirect.unwrap_or(true)) {
+        let redirect = conf.redirect.unwrap_or(true);
+        if let Err(e) = redirect::attach(pin_dir, &host, &addrs, redirect, added.replaced) {
             let _ = redirect::detach(pin_dir, &host, &addrs);
             let _ = datapath::del(id, ifname);
             let _ = ipam.release(id, Some(ifname));
@@ -150,7 +151,7 @@ fn add(env: &Env, conf: &NetConf, id: &str, ifname: &str) -> Result<String, CniE
         &conf.cni_version,
         &host_veth_name(id, ifname),
         ifname,
-        &mac,
+        &added.mac,
         &netns.to_string_lossy(),
         conf.mtu,
         &addrs,

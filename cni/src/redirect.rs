@@ -1,13 +1,16 @@
 //! The pod's part of the tc eBPF datapath: on ADD the pod's addresses enter the local-pod map
-//! and `from_pod` is attached to its host veth (when the configuration asks for the redirect);
-//! DEL undoes both; CHECK verifies them. The programs and maps are the ones meshd pinned under
-//! the configuration's `bpfPinDir`: the plugin never loads programs itself, and opens only the
-//! pins it needs ([`PodDatapath`]: `from_pod` and the local-pod maps, no feature probing).
+//! and, when the configuration asks for the redirect, the source maps for its host veth's
+//! ifindex (the addresses `from_pod` lets it send from), then `to_pod` and `from_pod` are
+//! attached to the host veth, in that order: `from_pod` drops every IP packet of a pod
+//! without source entries. DEL undoes all of it; CHECK verifies it. The programs and maps are
+//! the ones meshd pinned under the configuration's `bpfPinDir`: the plugin never loads
+//! programs itself, and opens only the pins it needs ([`PodDatapath`]: the pod programs, the
+//! local-pod and source maps, no feature probing).
 
 use std::net::IpAddr;
 use std::path::Path;
 
-use ebpf_redirect::PodDatapath;
+use ebpf_redirect::{PodDatapath, PodSource};
 
 use super::CniError;
 
@@ -38,21 +41,48 @@ fn io(what: String) -> impl FnOnce(ebpf_redirect::Error) -> CniError {
     }
 }
 
-/// ADD: mark `addrs` local and, with `redirect`, attach `from_pod` to `host_veth`.
+/// The ifindex of `host_veth` in the node's namespace (`None`: it is gone).
+fn host_ifindex(host_veth: &str) -> Option<u32> {
+    nix::net::if_::if_nametoindex(host_veth).ok()
+}
+
+/// ADD: mark `addrs` local and, with `redirect`, let the pod send from `addrs` on
+/// `host_veth` and attach `to_pod` and `from_pod` to it. `replaced` is the ifindex of the host
+/// veth an earlier attempt left (deleted by this ADD): its source entries go.
 pub fn attach(
     pin_dir: &Path,
     host_veth: &str,
     addrs: &[IpAddr],
     redirect: bool,
+    replaced: Option<u32>,
 ) -> Result<(), CniError> {
     let mut dp = open(pin_dir)?;
+    if let Some(old) = replaced {
+        dp.remove_pod_sources(Some(old), addrs).map_err(io(format!(
+            "removing the source entries of the replaced {host_veth}"
+        )))?;
+    }
     for addr in addrs {
         dp.add_local(*addr)
             .map_err(io(format!("adding {addr} to the local-pod map")))?;
     }
     if redirect {
-        dp.attach_from_pod(host_veth)
-            .map_err(io(format!("attaching from_pod to {host_veth}")))?;
+        let ifindex = host_ifindex(host_veth).ok_or_else(|| {
+            CniError::Io(format!(
+                "host veth {host_veth} vanished before from_pod went on"
+            ))
+        })?;
+        for addr in addrs {
+            dp.add_source(PodSource {
+                ifindex,
+                addr: *addr,
+            })
+            .map_err(io(format!(
+                "adding {addr} on {host_veth} to the source map"
+            )))?;
+        }
+        dp.attach_pod(host_veth)
+            .map_err(io(format!("attaching to_pod and from_pod to {host_veth}")))?;
     }
     Ok(())
 }
@@ -68,8 +98,11 @@ pub fn detach(pin_dir: &Path, host_veth: &str, addrs: &[IpAddr]) -> Result<(), C
         dp.remove_local(*addr)
             .map_err(io(format!("removing {addr} from the local-pod map")))?;
     }
-    dp.detach_from_pod(host_veth)
-        .map_err(io(format!("detaching from_pod from {host_veth}")))
+    dp.remove_pod_sources(host_ifindex(host_veth), addrs)
+        .map_err(io(format!("removing the source entries of {host_veth}")))?;
+    dp.detach_pod(host_veth).map_err(io(format!(
+        "detaching to_pod and from_pod from {host_veth}"
+    )))
 }
 
 /// CHECK: `addrs` are in the local-pod map and, with `redirect`, `from_pod` runs on
@@ -91,14 +124,36 @@ pub fn check(
             )));
         }
     }
-    if redirect
-        && !dp
-            .from_pod_attached(host_veth)
-            .map_err(io(format!("querying {host_veth}")))?
-    {
+    if !redirect {
+        return Ok(());
+    }
+    let Some(ifindex) = host_ifindex(host_veth) else {
         return Err(CniError::Io(format!(
-            "CHECK failed: from_pod is not attached to {host_veth}"
+            "CHECK failed: host veth {host_veth} is missing"
         )));
+    };
+    for addr in addrs {
+        let source = PodSource {
+            ifindex,
+            addr: *addr,
+        };
+        if !dp.has_source(source).map_err(io(format!(
+            "looking {addr} on {host_veth} up in the source map"
+        )))? {
+            return Err(CniError::Io(format!(
+                "CHECK failed: {addr} is not in the source map for {host_veth}"
+            )));
+        }
+    }
+    for (program, attached) in [
+        ("to_pod", dp.to_pod_attached(host_veth)),
+        ("from_pod", dp.from_pod_attached(host_veth)),
+    ] {
+        if !attached.map_err(io(format!("querying {host_veth}")))? {
+            return Err(CniError::Io(format!(
+                "CHECK failed: {program} is not attached to {host_veth}"
+            )));
+        }
     }
     Ok(())
 }

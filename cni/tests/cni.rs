@@ -646,7 +646,7 @@ fn sigkilled_adds_leave_no_duplicate_and_gc_leaves_no_leak() {
 }
 
 #[test]
-fn with_meshds_datapath_add_fills_the_local_map_and_attaches_from_pod_and_del_undoes_it() {
+fn with_meshds_datapath_add_fills_the_maps_and_attaches_both_programs_and_del_undoes_it() {
     testkit::require_tools(&["ip"]);
     let mut lab = Lab::new();
     let (_, netns) = lab.pod();
@@ -698,6 +698,30 @@ fn with_meshds_datapath_add_fills_the_local_map_and_attaches_from_pod_and_del_un
         Some(true),
         "from_pod's filter is not on {host}"
     );
+    // The pod may send from its addresses on its host veth (written before from_pod went
+    // on), and to_pod's filter is on the veth's egress, recorded beside from_pod's.
+    let ifindex = testkit::netns::within(&lab.node, || {
+        nix::net::if_::if_nametoindex(host.as_str()).unwrap()
+    })
+    .unwrap();
+    let sources: Vec<(u32, String)> = dp
+        .sources()
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.ifindex, s.addr.to_string()))
+        .collect();
+    assert_eq!(
+        sources,
+        [
+            (ifindex, "10.244.7.2".to_string()),
+            (ifindex, "fd00:244:0:7::2".to_string())
+        ]
+    );
+    assert!(pins.join(format!("link_egress_{host}")).exists());
+    assert!(
+        testkit::netns::within(&lab.node, || dp.to_pod_attached(&host).unwrap()).unwrap(),
+        "to_pod's filter is not on {host}"
+    );
     let mut check = conf.clone();
     check["prevResult"] = result.clone();
     let (code, out) = lab.cmd("CHECK", "ctr-bpf", &netns, &check);
@@ -719,6 +743,12 @@ fn with_meshds_datapath_add_fills_the_local_map_and_attaches_from_pod_and_del_un
     );
     let (code, out) = lab.cmd("CHECK", "ctr-bpf", &netns, &check);
     assert_eq!(code, 1, "CHECK passed with from_pod detached: {out}");
+    testkit::netns::within(&lab.node, || dp.detach_to_pod(&host).unwrap()).unwrap();
+    let v4 = ebpf_redirect::PodSource {
+        ifindex,
+        addr: "10.244.7.2".parse().unwrap(),
+    };
+    dp.remove_source(v4).unwrap();
     // ADD again (the runtime's retry) repairs it.
     let (code, again) = lab.cmd("ADD", "ctr-bpf", &netns, &conf);
     assert_eq!(code, 0, "{again}");
@@ -729,12 +759,34 @@ fn with_meshds_datapath_add_fills_the_local_map_and_attaches_from_pod_and_del_un
         Some(true),
         "ADD did not re-attach from_pod"
     );
+    // ... on a new host veth, with the sources and to_pod there.
+    let (code, out) = lab.cmd("CHECK", "ctr-bpf", &netns, &check);
+    assert_eq!((code, &out), (0, &Value::Null));
 
     let (code, out) = lab.cmd("DEL", "ctr-bpf", &netns, &conf);
     assert_eq!(code, 0, "{out}");
     assert!(dp.locals().unwrap().is_empty(), "DEL left map entries");
+    assert!(dp.sources().unwrap().is_empty(), "DEL left source entries");
     assert!(!link.exists(), "DEL left the pinned from_pod link");
+    assert!(
+        !pins.join(format!("link_egress_{host}")).exists(),
+        "DEL left the to_pod record"
+    );
     assert!(!lab.host_links().contains(&host), "DEL left the host veth");
     let (code, out) = lab.cmd("DEL", "ctr-bpf", &netns, &conf);
     assert_eq!(code, 0, "DEL again: {out}");
+
+    // A pod whose host veth went before its DEL (the namespace died): DEL still finds its
+    // entries, by address.
+    let (code, result) = lab.cmd("ADD", "ctr-gone", &netns, &conf);
+    assert_eq!(code, 0, "{result}");
+    let host = result["interfaces"][0]["name"].as_str().unwrap();
+    assert_eq!(dp.sources().unwrap().len(), 2);
+    assert!(lab.in_node(&["ip", "link", "del", host]));
+    let (code, out) = lab.cmd("DEL", "ctr-gone", &netns, &conf);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        dp.sources().unwrap().is_empty(),
+        "DEL left the gone veth's entries"
+    );
 }

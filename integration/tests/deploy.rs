@@ -117,7 +117,8 @@ fn check(r: &Rendered, encryption: Encryption) {
     );
 
     // RBAC: exactly the calls meshd makes (KubeRegistry: get/list/watch/patch nodes; the Node
-    // condition: patch nodes/status; settings watcher: list/watch its ConfigMap by name; a fresh
+    // condition: patch nodes/status; the policy objects: list/watch pods, namespaces and
+    // networkpolicies; settings watcher: list/watch its ConfigMap by name; a fresh
     // Recorder per Event: create events.k8s.io Events, never patch). kubernetes_lab.rs checks
     // these rules against the requests meshd makes to the test API server in a lab run.
     assert_eq!(r.cluster_roles.len(), 1);
@@ -126,6 +127,14 @@ fn check(r: &Rendered, encryption: Encryption) {
         BTreeSet::from([
             rule(&[""], &["nodes"], &[], &["get", "list", "watch", "patch"]),
             rule(&[""], &["nodes/status"], &[], &["patch"]),
+            // NetworkPolicy: every Pod, Namespace and NetworkPolicy, read only.
+            rule(&[""], &["pods", "namespaces"], &[], &["list", "watch"]),
+            rule(
+                &["networking.k8s.io"],
+                &["networkpolicies"],
+                &[],
+                &["list", "watch"]
+            ),
         ])
     );
     let roles: BTreeMap<(Option<String>, Option<String>), BTreeSet<Rule>> = r

@@ -289,8 +289,15 @@ pub fn print_table(state: &LabState) -> anyhow::Result<()> {
         if let Some(c) = &n.counters {
             writeln!(
                 out,
-                "      eBPF: redirected {}  local {}  passed {}  strict drops {}  would-drops {}",
-                c.redirected, c.local, c.passed, c.strict_drops, c.would_drops
+                "      eBPF: redirected {}  local {}  passed {}  strict drops {}  would-drops {}  spoofed {}  policy denied egress {}  policy denied ingress {}",
+                c.redirected,
+                c.local,
+                c.passed,
+                c.strict_drops,
+                c.would_drops,
+                c.spoofed,
+                c.policy_denied_egress,
+                c.policy_denied_ingress
             )?;
         }
     }

@@ -125,8 +125,15 @@ fn print_node_status(s: &control::StatusReport) {
             );
             let v = &d.counters;
             println!(
-                "verdicts: redirected {}  local {}  passed {}  strict drops {}  would-drops {}",
-                v.redirected, v.local, v.passed, v.strict_drops, v.would_drops
+                "verdicts: redirected {}  local {}  passed {}  strict drops {}  would-drops {}  spoofed {}  policy denied egress {}  policy denied ingress {}",
+                v.redirected,
+                v.local,
+                v.passed,
+                v.strict_drops,
+                v.would_drops,
+                v.spoofed,
+                v.policy_denied_egress,
+                v.policy_denied_ingress
             );
         }
         None => println!("eBPF datapath: not readable"),

@@ -19,7 +19,11 @@ use std::path::{Path, PathBuf};
 use ebpf_redirect::{
     ClusterMarker, Datapath, Mode, TcAttachType, Verdict, CLUSTER_CONFIGURED, CLUSTER_LEARNED,
 };
+
+/// `to_pod` and the source map: the pod programs' part added with source validation.
+mod pod_programs;
 use ipnet::IpNet;
+use pod_programs::attachments_done;
 use serde::{Deserialize, Serialize};
 
 /// Default bpffs directory for meshd's pins.
@@ -94,6 +98,16 @@ pub struct VerdictCounters {
     pub strict_drops: u64,
     /// Cluster packets strict mode would have dropped (permissive).
     pub would_drops: u64,
+    /// Pod packets dropped by `from_pod` because their source is not the pod's address on
+    /// that interface (absent from an older meshd's report: 0).
+    #[serde(default)]
+    pub spoofed: u64,
+    /// Pod packets dropped by the sending pod's egress policy.
+    #[serde(default)]
+    pub policy_denied_egress: u64,
+    /// Packets dropped by the receiving pod's ingress policy.
+    #[serde(default)]
+    pub policy_denied_ingress: u64,
 }
 
 impl From<[u64; ebpf_redirect::VERDICT_COUNT as usize]> for VerdictCounters {
@@ -104,6 +118,9 @@ impl From<[u64; ebpf_redirect::VERDICT_COUNT as usize]> for VerdictCounters {
             passed: c[Verdict::Pass as usize],
             strict_drops: c[Verdict::StrictDrop as usize],
             would_drops: c[Verdict::WouldDrop as usize],
+            spoofed: c[Verdict::Spoofed as usize],
+            policy_denied_egress: c[Verdict::PolicyDeniedEgress as usize],
+            policy_denied_ingress: c[Verdict::PolicyDeniedIngress as usize],
         }
     }
 }
@@ -135,6 +152,9 @@ pub struct DatapathReport {
     pub local_pods: usize,
     /// Pod interfaces carrying `from_pod`.
     pub pod_interfaces: usize,
+    /// Entries of the source map: (pod veth, address) pairs `from_pod` lets through.
+    #[serde(default)]
+    pub pod_sources: usize,
     /// Verdict counters.
     pub counters: VerdictCounters,
 }
@@ -148,6 +168,8 @@ pub struct Bpf {
     mode: Mode,
     port: u16,
     pods: BTreeSet<String>,
+    /// Pod interfaces carrying this meshd's `to_pod`.
+    to_pods: BTreeSet<String>,
 }
 
 impl std::fmt::Debug for Bpf {
@@ -219,6 +241,7 @@ impl Bpf {
             mode,
             port,
             pods: BTreeSet::new(),
+            to_pods: BTreeSet::new(),
         };
         // Mode and port first: CLUSTER entries are only safe to act on with a valid CONFIG.
         bpf.dp
@@ -377,21 +400,9 @@ impl Bpf {
     /// this meshd and still attached. After a start none is, so every attachment is renewed,
     /// which swaps a restarted meshd's freshly loaded program in atomically.
     pub fn from_pod_done(&self, veths: &BTreeSet<String>) -> Result<BTreeSet<String>, BpfError> {
-        let mut done = BTreeSet::new();
-        for veth in veths {
-            if !interface_exists(veth) {
-                done.insert(veth.clone());
-                continue;
-            }
-            let attached = self
-                .dp
-                .from_pod_attached(veth)
-                .map_err(map_err(format!("querying {veth}")))?;
-            if self.pods.contains(veth) && attached != Some(false) {
-                done.insert(veth.clone());
-            }
-        }
-        Ok(done)
+        attachments_done(veths, &self.pods, |veth| {
+            Ok(self.dp.from_pod_attached(veth)? != Some(false))
+        })
     }
 
     /// Attach `from_pod` to a pod's host veth (replacing an attachment atomically).
@@ -410,6 +421,7 @@ impl Bpf {
     /// Remember `veths` as the pod interfaces carrying `from_pod` (the status counts them).
     pub fn record_pod_interfaces(&mut self, veths: &BTreeSet<String>) {
         self.pods = veths.clone();
+        self.to_pods = veths.clone();
     }
 
     /// Interfaces with a pinned link that no longer exist (a pod deleted without a CNI DEL).
@@ -555,6 +567,11 @@ impl Bpf {
                 .map_err(map_err("reading local pods"))?
                 .len(),
             pod_interfaces: self.pods.len(),
+            pod_sources: self
+                .dp
+                .sources()
+                .map_err(map_err("reading the source map"))?
+                .len(),
             counters: self.counters()?,
         })
     }
@@ -564,6 +581,11 @@ impl Bpf {
         for veth in std::mem::take(&mut self.pods) {
             if let Err(err) = self.dp.detach_from_pod(&veth) {
                 tracing::warn!(%err, %veth, "detaching from_pod failed");
+            }
+        }
+        for veth in std::mem::take(&mut self.to_pods) {
+            if let Err(err) = self.dp.detach_to_pod(&veth) {
+                tracing::warn!(%err, %veth, "detaching to_pod failed");
             }
         }
         if let Err(err) = self.dp.detach_underlay_egress(&self.underlay) {
@@ -712,7 +734,25 @@ mod tests {
 
     #[test]
     fn counters_map_by_verdict_index() {
-        let c = VerdictCounters::from([1, 2, 3, 4, 5, 6, 7]);
+        let c = VerdictCounters::from([1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(
+            (c.spoofed, c.policy_denied_egress, c.policy_denied_ingress),
+            (6, 7, 8)
+        );
+        let json = serde_json::to_value(c).unwrap();
+        for (name, value) in [
+            ("spoofed", 6),
+            ("policy_denied_egress", 7),
+            ("policy_denied_ingress", 8),
+        ] {
+            assert_eq!(json[name], value, "{name}");
+        }
+        // An older meshd's report (five counters) still reads.
+        let old: VerdictCounters = serde_json::from_str(
+            r#"{"redirected":1,"local":2,"passed":3,"strict_drops":4,"would_drops":5}"#,
+        )
+        .unwrap();
+        assert_eq!((old.would_drops, old.spoofed), (5, 0));
         assert_eq!(
             (
                 c.redirected,

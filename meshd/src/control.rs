@@ -286,6 +286,10 @@ pub struct StatusReport {
     /// counters grew), as this meshd saw it.
     #[serde(default)]
     pub cleartext: CleartextReport,
+    /// NetworkPolicy: what the policy loop knows and wrote (absent from a meshd without it,
+    /// or when it could not start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::policy::PolicyReport>,
     /// Records this node refuses (record trust: hostile or contested claims); each is also
     /// listed, as text, in `conflicts`. Absent when none is refused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -539,6 +543,7 @@ mod tests {
                 cluster_cidrs: vec!["10.244.0.0/16".into()],
                 local_pods: 2,
                 pod_interfaces: 1,
+                pod_sources: 0,
                 counters: crate::bpf::VerdictCounters {
                     redirected: 5,
                     ..Default::default()
@@ -549,6 +554,7 @@ mod tests {
             rotation: RotationReport::default(),
             cleartext: CleartextReport::default(),
             refused: Vec::new(),
+            policy: None,
         }
     }
 
@@ -607,10 +613,18 @@ mod tests {
         datapath.attach = crate::mode::Attachment::Netlink;
         typed.rotation.phase = RotationPhase::Draining;
         typed.rotation.slot = Some(1);
-        assert_eq!(
-            serde_json::to_value(&typed).expect("serialize"),
-            string_era_document()
-        );
+        let mut written = serde_json::to_value(&typed).expect("serialize");
+        // Fields added since (source validation, policy): written besides the old ones.
+        let datapath = &mut written["datapath"];
+        let added = datapath
+            .as_object_mut()
+            .and_then(|d| d.remove("pod_sources"));
+        assert_eq!(added, Some(serde_json::json!(0)));
+        let counters = datapath["counters"].as_object_mut().expect("counters");
+        for name in ["spoofed", "policy_denied_egress", "policy_denied_ingress"] {
+            assert_eq!(counters.remove(name), Some(serde_json::json!(0)), "{name}");
+        }
+        assert_eq!(written, string_era_document());
         let read: StatusReport =
             serde_json::from_value(string_era_document()).expect("deserialize");
         assert_eq!(read, typed);

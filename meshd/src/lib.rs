@@ -27,6 +27,9 @@ pub mod metrics;
 pub mod mode;
 /// `cluster-pool` IPAM: this node's pod CIDRs carved out of a cluster-wide pool (pure).
 pub mod pod_cidr_pool;
+/// NetworkPolicy: the policy loop feeding the compiler from the object watches and the IPAM
+/// store, and writing the BPF policy maps.
+pub mod policy;
 /// Where records are exchanged (the directory and Kubernetes registries) and all of meshd's
 /// Kubernetes client code (settings watcher, Node condition, audit source).
 pub mod registry;

@@ -116,7 +116,7 @@ impl Metrics {
         let verdicts = Family::<Labels, Counter>::default();
         registry.register(
             "datapath_verdicts",
-            "Packets by tc eBPF verdict (redirected, local, passed, strict_drop, would_drop)",
+            "Packets by tc eBPF verdict (redirected, local, passed, strict_drop, would_drop, spoofed, policy_denied_egress, policy_denied_ingress)",
             verdicts.clone(),
         );
         let ops = Family::<Labels, Counter>::default();
@@ -223,6 +223,9 @@ impl Metrics {
                     ("passed", c.passed),
                     ("strict_drop", c.strict_drops),
                     ("would_drop", c.would_drops),
+                    ("spoofed", c.spoofed),
+                    ("policy_denied_egress", c.policy_denied_egress),
+                    ("policy_denied_ingress", c.policy_denied_ingress),
                 ] {
                     set(
                         &m.verdicts.get_or_create(&labels(&[("verdict", verdict)])),
@@ -241,6 +244,15 @@ impl Metrics {
                 ("device_restore", c.device_restores),
             ] {
                 set(&m.ops.get_or_create(&labels(&[("kind", kind)])), v);
+            }
+            if let Some(p) = &s.policy {
+                for (kind, v) in [
+                    ("policy_apply", p.applies),
+                    ("policy_write_error", p.write_errors),
+                    ("malformed_object", p.malformed_total),
+                ] {
+                    set(&m.ops.get_or_create(&labels(&[("kind", kind)])), v);
+                }
             }
             if let Some(created) = s.key_created_unix {
                 let now = SystemTime::now()
@@ -295,6 +307,9 @@ mod tests {
             "meshd_peer_receive_bytes_total{peer=\"n2\"} 1234",
             "meshd_peer_transmit_bytes_total{peer=\"n2\"} 5678",
             "meshd_datapath_verdicts_total{verdict=\"redirected\"} 5",
+            "meshd_datapath_verdicts_total{verdict=\"spoofed\"} 0",
+            "meshd_datapath_verdicts_total{verdict=\"policy_denied_egress\"} 0",
+            "meshd_datapath_verdicts_total{verdict=\"policy_denied_ingress\"} 0",
             "meshd_encrypted_hosts 2",
             "meshd_operations_total{kind=\"reconcile\"} 9",
             "meshd_converged 1",
@@ -341,5 +356,25 @@ mod tests {
         );
         s.refused.clear();
         assert!(!m.render(Some(&s)).contains("meshd_records_refused{"));
+    }
+
+    #[test]
+    fn the_policy_loops_counters_are_operations() {
+        let m = Metrics::new();
+        let mut s = crate::control::tests_support::sample();
+        s.policy = Some(crate::policy::PolicyReport {
+            applies: 4,
+            write_errors: 1,
+            malformed_total: 2,
+            ..Default::default()
+        });
+        let text = m.render(Some(&s));
+        for want in [
+            "meshd_operations_total{kind=\"policy_apply\"} 4",
+            "meshd_operations_total{kind=\"policy_write_error\"} 1",
+            "meshd_operations_total{kind=\"malformed_object\"} 2",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in:\n{text}");
+        }
     }
 }

@@ -32,14 +32,17 @@ pub enum Verdict {
     StrictDrop = 3,
     /// `underlay_egress`: cluster traffic outside WireGuard, allowed (permissive mode).
     WouldDrop = 4,
-    /// `from_pod`: the pod's egress policy refused the packet (dropped).
-    PolicyDeniedEgress = 5,
-    /// `to_pod`: the pod's ingress policy refused the packet (dropped).
-    PolicyDeniedIngress = 6,
+    /// `from_pod`: an IP packet whose source is not an address of the pod on that interface
+    /// (no `SOURCE_*` entry for the host veth and the address), dropped.
+    Spoofed = 5,
+    /// `from_pod`: a packet the pod's egress policy does not allow, dropped.
+    PolicyDeniedEgress = 6,
+    /// `to_pod`: a packet the pod's ingress policy does not allow, dropped.
+    PolicyDeniedIngress = 7,
 }
 
 /// Number of entries in `VERDICTS`.
-pub const VERDICT_COUNT: u32 = 7;
+pub const VERDICT_COUNT: u32 = 8;
 
 /// `Config::mode`: drop cluster traffic that is not the tunnel's (marked) ciphertext.
 pub const MODE_ENFORCE: u32 = 0;
@@ -71,6 +74,32 @@ pub type Ipv6Addr = [u8; 16];
 
 /// Value of `LOCAL_V4` / `LOCAL_V6` (presence is what matters; 1 by convention).
 pub type LocalMarker = u32;
+
+/// Key of `SOURCE_V4`: an address a pod may send from on its host veth.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceKeyV4 {
+    /// Ifindex of the pod's host-side veth (host byte order): `skb->ifindex` in `from_pod`.
+    pub ifindex: u32,
+    /// The pod's address, network order.
+    pub addr: Ipv4Addr,
+}
+
+/// Key of `SOURCE_V6`: an address a pod may send from on its host veth.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceKeyV6 {
+    /// Ifindex of the pod's host-side veth (host byte order): `skb->ifindex` in `from_pod`.
+    pub ifindex: u32,
+    /// The pod's address, network order.
+    pub addr: Ipv6Addr,
+}
+
+/// Value of `SOURCE_V4` / `SOURCE_V6` (presence is what matters): [`SOURCE_POD`].
+pub type SourceMarker = u32;
+/// The value of every source entry: the address is the pod's (written by the CNI plugin on
+/// ADD, or by the daemon's backstop).
+pub const SOURCE_POD: SourceMarker = 1;
 /// Value of `REMOTE_V4` / `REMOTE_V6`: ifindex of the tunnel (WireGuard) device.
 pub type TunnelIfindex = u32;
 /// Value of `CLUSTER_V4` / `CLUSTER_V6`. The programs only look at presence; the value says
@@ -100,6 +129,10 @@ pub mod map_names {
     pub const CONFIG: &str = "CONFIG";
     /// PER_CPU_ARRAY[`VERDICT_COUNT`] of u64, indexed by `Verdict`.
     pub const VERDICTS: &str = "VERDICTS";
+    /// HASH `SourceKeyV4` (host veth ifindex, address) -> `SOURCE_POD`.
+    pub const SOURCE_V4: &str = "SOURCE_V4";
+    /// HASH `SourceKeyV6` (host veth ifindex, address) -> `SOURCE_POD`.
+    pub const SOURCE_V6: &str = "SOURCE_V6";
     /// HASH `IsolationKey` -> `IsolationValue`: present = the endpoint-direction is isolated.
     pub const POLICY_ISOLATION: &str = "POLICY_ISOLATION";
     /// LPM_TRIE `PeerKeyV4` -> `RuleBits`.
@@ -113,7 +146,7 @@ pub mod map_names {
     /// LRU_HASH `CtKey` -> `CtValue`: connection tracking.
     pub const CONNTRACK: &str = "CONNTRACK";
     /// All map names.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 16] = [
         REMOTE_V4,
         REMOTE_V6,
         LOCAL_V4,
@@ -128,6 +161,8 @@ pub mod map_names {
         POLICY_PORT,
         POLICY_GENERATION,
         CONNTRACK,
+        SOURCE_V4,
+        SOURCE_V6,
     ];
 }
 
@@ -143,9 +178,37 @@ pub const MAX_POLICY_PEERS: u32 = 65_536;
 pub const MAX_POLICY_PORTS: u32 = 65_536;
 /// Default max entries of `CONNTRACK` (LRU: the least recently used entry is evicted when full).
 pub const MAX_CONNTRACK: u32 = 262_144;
+/// Max entries of `SOURCE_V4` (one per pod IPv4 address on the node). The size is the
+/// object's; a loader can override it when the map is first created
+/// (`aya::EbpfLoader::set_max_entries`), never for a map already pinned (reused as it is).
+pub const MAX_SOURCE_V4: u32 = 16_384;
+/// Max entries of `SOURCE_V6` (one per pod IPv6 address on the node); see [`MAX_SOURCE_V4`].
+pub const MAX_SOURCE_V6: u32 = 16_384;
 
 #[cfg(feature = "user")]
 // SAFETY: `Config` is `#[repr(C)]`, `Copy`, made only of integers, has explicit padding
 // (no implicit padding bytes) and every bit pattern is valid.
 #[allow(unsafe_code)]
 unsafe impl aya::Pod for Config {}
+
+#[cfg(feature = "user")]
+// SAFETY: `#[repr(C)]`, `Copy`, a `u32` then a byte array whose length is a multiple of 4: no
+// padding, and every bit pattern is valid.
+#[allow(unsafe_code)]
+unsafe impl aya::Pod for SourceKeyV4 {}
+
+#[cfg(feature = "user")]
+// SAFETY: as for `SourceKeyV4` (20 bytes, no padding).
+#[allow(unsafe_code)]
+unsafe impl aya::Pod for SourceKeyV6 {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_keys_have_no_padding() {
+        assert_eq!(core::mem::size_of::<SourceKeyV4>(), 8);
+        assert_eq!(core::mem::size_of::<SourceKeyV6>(), 20);
+    }
+}

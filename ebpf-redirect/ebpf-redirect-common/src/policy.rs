@@ -176,6 +176,52 @@ impl PortKey {
     }
 }
 
+fn ne_u32(b: [u8; 4]) -> u32 {
+    u32::from_ne_bytes(b)
+}
+
+impl PeerKeyV4 {
+    /// The key whose `prefix_len` and [`PeerKeyV4::trie_data`] are these (what a map read
+    /// returns).
+    pub fn from_trie_data(prefix_len: u32, d: [u8; PEER_V4_DATA_LEN]) -> Self {
+        Self {
+            prefix_len,
+            endpoint: ne_u32([d[0], d[1], d[2], d[3]]),
+            direction: d[4],
+            reserved: [d[5], d[6], d[7]],
+            address: [d[8], d[9], d[10], d[11]],
+        }
+    }
+}
+
+impl PeerKeyV6 {
+    /// The key whose `prefix_len` and [`PeerKeyV6::trie_data`] are these.
+    pub fn from_trie_data(prefix_len: u32, d: [u8; PEER_V6_DATA_LEN]) -> Self {
+        let mut address = [0u8; 16];
+        address.copy_from_slice(&d[8..]);
+        Self {
+            prefix_len,
+            endpoint: ne_u32([d[0], d[1], d[2], d[3]]),
+            direction: d[4],
+            reserved: [d[5], d[6], d[7]],
+            address,
+        }
+    }
+}
+
+impl PortKey {
+    /// The key whose `prefix_len` and [`PortKey::trie_data`] are these.
+    pub fn from_trie_data(prefix_len: u32, d: [u8; PORT_DATA_LEN]) -> Self {
+        Self {
+            prefix_len,
+            endpoint: ne_u32([d[0], d[1], d[2], d[3]]),
+            direction: d[4],
+            protocol: d[5],
+            port: [d[6], d[7]],
+        }
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::{IsolationKey, IsolationValue, PeerKeyV4, PeerKeyV6, PortKey, RuleBits};
@@ -269,6 +315,10 @@ mod tests {
             prop_assert_eq!(&raw(&k6)[4..], &k6.trie_data());
             let kp = PortKey { prefix_len, endpoint, direction, protocol, port };
             prop_assert_eq!(&raw(&kp)[4..], &kp.trie_data());
+            // A map read gives (prefix_len, trie data) back: the same key.
+            prop_assert_eq!(PeerKeyV4::from_trie_data(prefix_len, k4.trie_data()), k4);
+            prop_assert_eq!(PeerKeyV6::from_trie_data(prefix_len, k6.trie_data()), k6);
+            prop_assert_eq!(PortKey::from_trie_data(prefix_len, kp.trie_data()), kp);
         }
     }
 }

@@ -1,9 +1,10 @@
 //! `ebpf-redirect-ebpf` owns the tc BPF programs of meshd's datapath and their maps:
-//! `from_pod` (clsact ingress on a pod's host-side veth: the pod's egress policy, then
-//! redirect to the WireGuard device by LPM lookup), `to_pod` (clsact egress on that veth: the
-//! pod's ingress policy) and `underlay_egress` (clsact egress on the node's underlay NIC: drop
-//! or count cluster traffic that bypasses WireGuard). Entry points only map the result of
-//! `try_<prog>()` to a tc action; all logic lives in the `try_` functions and the modules:
+//! `from_pod` (clsact ingress on a pod's host-side veth: drop packets whose source is not the
+//! pod's ([`source`]), the pod's egress policy, then redirect to the WireGuard device by LPM
+//! lookup), `to_pod` (clsact egress on that veth: the pod's ingress policy) and
+//! `underlay_egress` (clsact egress on the node's underlay NIC: drop or count cluster traffic
+//! that bypasses WireGuard). Entry points only map the result of `try_<prog>()` to a tc action;
+//! all logic lives in the `try_` functions and the modules: [`source`] (source validation),
 //! [`parse`] (headers for the policy), [`policy`] (policy maps and decision, the two check
 //! points) and [`conntrack`] (connection tracking and re-validation after policy changes).
 #![no_std]
@@ -24,6 +25,8 @@ use ebpf_redirect_common::{
     ClusterMarker, Config, Ipv4Addr, Ipv6Addr, LocalMarker, TunnelIfindex, Verdict, MAX_CIDRS,
     MAX_LOCAL, MODE_PERMISSIVE, VERDICT_COUNT,
 };
+
+mod source;
 
 // All maps are pinned by name (LIBBPF_PIN_BY_NAME) so the loader can keep them in bpffs.
 #[map]
@@ -85,10 +88,23 @@ pub fn from_pod(ctx: TcContext) -> i32 {
 }
 
 fn try_from_pod(ctx: &TcContext) -> Result<i32, i64> {
+    // SAFETY: reads a scalar field of the context the kernel passed in.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // A frame too short to show its addresses cannot prove its source: dropped too.
+    let Ok(ip) = parse(ctx) else {
+        count(Verdict::Spoofed);
+        return Ok(TC_ACT_SHOT);
+    };
+    if !source::own(ifindex, &ip) {
+        count(Verdict::Spoofed);
+        return Ok(TC_ACT_SHOT);
+    }
+    // Only a packet from the pod's own address reaches the policy (and may open a tracked
+    // connection).
     if let Some(action) = policy::egress(ctx) {
         return Ok(action);
     }
-    let remote = match parse(ctx)? {
+    let remote = match ip {
         Some(Ip::V4 { dst, .. }) => {
             if let Some(ifx) = REMOTE_V4.get(Key::new(32, dst)) {
                 Some(*ifx)

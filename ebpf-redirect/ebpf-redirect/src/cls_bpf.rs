@@ -1,7 +1,8 @@
-//! `from_pod`'s attachment to a pod's host veth: a direct-action `cls_bpf` filter on the
-//! interface's `clsact` ingress hook, added, replaced, listed and deleted over rtnetlink, and
-//! the few `bpf(2)` commands the CNI plugin needs on the pinned objects. Both speak the kernel's
-//! interfaces directly, without aya, so the plugin's path does no feature probing.
+//! The pod programs' attachment to a pod's host veth: direct-action `cls_bpf` filters on the
+//! interface's `clsact` hooks (`from_pod` on ingress, `to_pod` on egress), added, replaced,
+//! listed and deleted over rtnetlink, and the few `bpf(2)` commands the CNI plugin needs on
+//! the pinned objects. Both speak the kernel's interfaces directly, without aya, so the
+//! plugin's path does no feature probing.
 //!
 //! Why a classic filter and not a TCX link: creating a TCX link swaps the device's program
 //! array and then waits for a full RCU grace period (`synchronize_rcu`, 12–13 ms on the test
@@ -10,9 +11,9 @@
 //! filter belongs to the interface, as a TCX link pinned in bpffs does: it survives every
 //! process, and vanishes with the interface.
 //!
-//! meshd's filter sits at a fixed priority and handle ([`crate::NETLINK_PRIORITY`],
+//! meshd's filter sits at a fixed priority and handle on each hook ([`crate::NETLINK_PRIORITY`],
 //! [`crate::NETLINK_HANDLE`]): attaching replaces it in place, so two attachers (the CNI
-//! plugin and the daemon's backstop) never stack two copies of `from_pod` on one interface.
+//! plugin and the daemon's backstop) never stack two copies of a program on one interface.
 //!
 //! The crate's one module with `unsafe`: the `socket`/`sendto`/`recv`/`bpf` system calls,
 //! each with its SAFETY note.
@@ -30,6 +31,7 @@ use crate::{NETLINK_HANDLE, NETLINK_PRIORITY};
 // Traffic-control constants of `linux/pkt_sched.h` and `linux/rtnetlink.h`.
 const TC_H_CLSACT: u32 = 0xffff_fff1;
 const TC_H_MIN_INGRESS: u32 = 0xfff2;
+const TC_H_MIN_EGRESS: u32 = 0xfff3;
 const TCA_KIND: u16 = 1;
 const TCA_OPTIONS: u16 = 2;
 const TCA_BPF_FD: u16 = 6;
@@ -45,6 +47,27 @@ const NLMSG_HDR_LEN: usize = 16;
 const CLSACT_HANDLE: u32 = TC_H_CLSACT & 0xffff_0000;
 /// The `clsact` ingress hook as a filter parent (`ffff:fff2`).
 const INGRESS_PARENT: u32 = (TC_H_CLSACT & 0xffff_0000) | TC_H_MIN_INGRESS;
+/// The `clsact` egress hook as a filter parent (`ffff:fff3`).
+const EGRESS_PARENT: u32 = (TC_H_CLSACT & 0xffff_0000) | TC_H_MIN_EGRESS;
+
+/// A `clsact` hook of an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Hook {
+    /// Packets the interface receives (for a host veth: what the pod sends).
+    Ingress,
+    /// Packets the interface sends (for a host veth: what the pod is delivered).
+    Egress,
+}
+
+impl Hook {
+    /// The hook as a filter parent.
+    fn parent(self) -> u32 {
+        match self {
+            Hook::Ingress => INGRESS_PARENT,
+            Hook::Egress => EGRESS_PARENT,
+        }
+    }
+}
 
 /// `ETH_P_ALL` in network byte order, as `tcm_info`'s protocol half wants it.
 fn eth_p_all_be() -> u32 {
@@ -267,17 +290,16 @@ fn add_clsact(nl: &RouteSocket, ifindex: u32) -> io::Result<()> {
     }
 }
 
-/// Attaches `prog` as meshd's direct-action filter on the ingress hook of `ifindex`,
-/// replacing the one there (an atomic program swap) or creating it, after the `clsact` qdisc.
-pub(crate) fn attach_ingress(ifindex: u32, prog: BorrowedFd<'_>, name: &str) -> io::Result<()> {
-    let nl = RouteSocket::open()?;
+/// The request that attaches `prog` as meshd's direct-action filter on `hook` of `ifindex`,
+/// replacing the one there (an atomic program swap) or creating it.
+fn attach_request(ifindex: u32, hook: Hook, prog: BorrowedFd<'_>, name: &str) -> Vec<u8> {
     let flags = (libc::NLM_F_ACK | libc::NLM_F_CREATE | libc::NLM_F_REPLACE) as u16;
     let mut req = Request::new(
         libc::RTM_NEWTFILTER,
         flags,
         ifindex,
         NETLINK_HANDLE,
-        INGRESS_PARENT,
+        hook.parent(),
         filter_info(),
     );
     req.attr(TCA_KIND, b"bpf\0");
@@ -288,20 +310,30 @@ pub(crate) fn attach_ingress(ifindex: u32, prog: BorrowedFd<'_>, name: &str) -> 
     req.attr(TCA_BPF_NAME, &label);
     req.attr(TCA_BPF_FLAGS, &TCA_BPF_FLAG_ACT_DIRECT.to_ne_bytes());
     req.end_nested(options);
-    add_clsact(&nl, ifindex)?;
-    nl.request(&req.finish())
+    req.finish()
 }
 
-/// Deletes meshd's filter from the ingress hook of `ifindex`. A missing filter, qdisc or
-/// interface is not an error.
-pub(crate) fn detach_ingress(ifindex: u32) -> io::Result<()> {
+/// Attaches each `(hook, program, name)` as meshd's filter on that hook of `ifindex`, in
+/// order, after the `clsact` qdisc, over one netlink socket.
+pub(crate) fn attach(ifindex: u32, filters: &[(Hook, BorrowedFd<'_>, &str)]) -> io::Result<()> {
+    let nl = RouteSocket::open()?;
+    add_clsact(&nl, ifindex)?;
+    for (hook, prog, name) in filters {
+        nl.request(&attach_request(ifindex, *hook, *prog, name))?;
+    }
+    Ok(())
+}
+
+/// Deletes meshd's filter from `hook` of `ifindex`. A missing filter, qdisc or interface is
+/// not an error.
+pub(crate) fn detach(ifindex: u32, hook: Hook) -> io::Result<()> {
     let nl = RouteSocket::open()?;
     let mut req = Request::new(
         libc::RTM_DELTFILTER,
         libc::NLM_F_ACK as u16,
         ifindex,
         NETLINK_HANDLE,
-        INGRESS_PARENT,
+        hook.parent(),
         filter_info(),
     );
     req.attr(TCA_KIND, b"bpf\0");
@@ -318,15 +350,15 @@ pub(crate) fn detach_ingress(ifindex: u32) -> io::Result<()> {
     }
 }
 
-/// The id of the program in meshd's filter on the ingress hook of `ifindex`, if there is one.
-pub(crate) fn ingress_prog_id(ifindex: u32) -> io::Result<Option<u32>> {
+/// The id of the program in meshd's filter on `hook` of `ifindex`, if there is one.
+pub(crate) fn attached_prog_id(ifindex: u32, hook: Hook) -> io::Result<Option<u32>> {
     let nl = RouteSocket::open()?;
     let req = Request::new(
         libc::RTM_GETTFILTER,
         libc::NLM_F_DUMP as u16,
         ifindex,
         0,
-        INGRESS_PARENT,
+        hook.parent(),
         0,
     );
     let mut found = None;
@@ -364,6 +396,7 @@ pub(crate) fn ingress_prog_id(ifindex: u32) -> io::Result<Option<u32>> {
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
@@ -454,9 +487,51 @@ pub(crate) fn map_contains(map: BorrowedFd<'_>, key: &[u8], value_size: usize) -
     }
 }
 
+/// Every key of the map (`BPF_MAP_GET_NEXT_KEY` from no key), each `key_size` bytes. Keys
+/// deleted or added meanwhile may be missed or seen; a walk restarted by a concurrent delete
+/// is cut off after `limit` keys.
+pub(crate) fn map_keys(
+    map: BorrowedFd<'_>,
+    key_size: usize,
+    limit: usize,
+) -> io::Result<Vec<Vec<u8>>> {
+    let mut keys: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let mut next = vec![0u8; key_size];
+        let mut attr = [0u64; 16];
+        attr[0] = u64::from(map.as_raw_fd() as u32);
+        // No key (null) asks for the first one.
+        attr[1] = keys.last().map_or(0, |k| k.as_ptr() as u64);
+        attr[2] = next.as_mut_ptr() as u64;
+        match bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) {
+            Ok(_) => keys.push(next),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(keys),
+            Err(e) => return Err(e),
+        }
+        if keys.len() >= limit {
+            return Ok(keys);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::os::fd::AsFd;
+
     use super::*;
+
+    #[test]
+    fn hooks_are_clsacts_ingress_and_egress_parents() {
+        assert_eq!(Hook::Ingress.parent(), 0xffff_fff2);
+        assert_eq!(Hook::Egress.parent(), 0xffff_fff3);
+        let (a, b) = std::io::pipe().unwrap();
+        let msg = attach_request(9, Hook::Egress, a.as_fd(), "to_pod");
+        drop(b);
+        let payload = &msg[NLMSG_HDR_LEN..];
+        assert_eq!(u32_at(payload, 4), Some(9));
+        assert_eq!(u32_at(payload, 12), Some(0xffff_fff3));
+    }
 
     #[test]
     fn requests_carry_their_length_and_aligned_attributes() {

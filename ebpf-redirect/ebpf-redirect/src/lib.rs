@@ -6,16 +6,17 @@
 //!
 //! Pin layout under `pin_dir`:
 //! * `REMOTE_V4`, `REMOTE_V6`, `LOCAL_V4`, `LOCAL_V6`, `CLUSTER_V4`, `CLUSTER_V6`,
-//!   `CONFIG`, `VERDICTS`, `POLICY_ISOLATION`, `POLICY_PEER_V4`, `POLICY_PEER_V6`,
-//!   `POLICY_PORT`, `POLICY_GENERATION`, `CONNTRACK` - maps (pinned by name by the loader;
-//!   sizes in [`MapSizes`], see [`sizes`]).
+//!   `CONFIG`, `VERDICTS`, `SOURCE_V4`, `SOURCE_V6`, `POLICY_ISOLATION`, `POLICY_PEER_V4`,
+//!   `POLICY_PEER_V6`, `POLICY_PORT`, `POLICY_GENERATION`, `CONNTRACK` - maps (pinned by name
+//!   by the loader; the policy and connection-tracking sizes in [`MapSizes`], see [`sizes`]).
 //! * `prog_from_pod`, `prog_to_pod`, `prog_underlay_egress` - programs.
-//! * `link_egress_<ifname>` - the underlay's TCX link (kernel >= 6.6).
-//! * `link_ingress_<ifname>` - the record of `from_pod`'s filter on a pod's host veth: the
-//!   attached program, pinned under the interface's name ([`pod`]).
+//! * `link_egress_<ifname>` - the underlay's TCX link (kernel >= 6.6), or the record of
+//!   `to_pod`'s filter on a pod's host veth (the attached program, pinned under the
+//!   interface's name, [`pod`]).
+//! * `link_ingress_<ifname>` - the record of `from_pod`'s filter on a pod's host veth.
 //!
-//! `from_pod` goes on every pod veth as a classic direct-action `cls_bpf` filter on the
-//! `clsact` ingress hook, at a fixed priority and handle, added over rtnetlink
+//! `from_pod` and `to_pod` go on every pod veth as classic direct-action `cls_bpf` filters on
+//! the `clsact` ingress and egress hooks, at a fixed priority and handle, added over rtnetlink
 //! ([`cls_bpf`]): a TCX link costs a full RCU grace period per pod, a filter does not. Such a
 //! filter belongs to the interface, not to a file descriptor, so it survives the loader
 //! exiting without a pin and vanishes with the interface. `underlay_egress`, attached once
@@ -48,17 +49,20 @@ mod cls_bpf;
 mod pod;
 pub mod policy;
 pub mod sizes;
+mod verdicts;
 
-pub use pod::PodDatapath;
+pub use pod::{PodDatapath, PodSource};
+use pod::{PodProgram, SourceMaps};
 pub use sizes::MapSizes;
 
+use cls_bpf::Hook;
 pub use ebpf_redirect_common::Config;
 pub use ebpf_redirect_common::Verdict;
 use ebpf_redirect_common::{map_names as mn, MODE_ENFORCE, MODE_PERMISSIVE};
 pub use ebpf_redirect_common::{ClusterMarker, CLUSTER_CONFIGURED, CLUSTER_LEARNED};
 pub use ebpf_redirect_common::{
     CtKey, CtValue, IsolationKey, IsolationValue, PeerKeyV4, PeerKeyV6, PortKey, RuleBits,
-    VERDICT_COUNT,
+    MAX_SOURCE_V4, MAX_SOURCE_V6, VERDICT_COUNT,
 };
 pub use ipnet::IpNet;
 
@@ -68,8 +72,8 @@ pub static BPF_OBJECT: &[u8] =
 
 /// Name of the program for pods' host-side veths (clsact ingress).
 pub const PROG_FROM_POD: &str = "from_pod";
-/// Name of the program for traffic towards pods, on their host-side veths (clsact egress):
-/// the pods' ingress policy.
+/// Name of the program for what is delivered to a pod (clsact egress of its host veth): the
+/// pod's ingress policy.
 pub const PROG_TO_POD: &str = "to_pod";
 /// Name of the program for the node's underlay interface (clsact egress).
 pub const PROG_UNDERLAY_EGRESS: &str = "underlay_egress";
@@ -168,10 +172,9 @@ impl std::fmt::Display for Mode {
 pub struct Datapath {
     pin_dir: PathBuf,
     from_pod: SchedClassifier,
-    /// Attached by the CNI plugin and the daemon (tc egress of pod veths); kept open here.
-    #[allow(dead_code)]
     to_pod: SchedClassifier,
     underlay_egress: SchedClassifier,
+    sources: SourceMaps,
     remote_v4: LpmTrie<MapData, [u8; 4], u32>,
     remote_v6: LpmTrie<MapData, [u8; 16], u32>,
     local_v4: HashMap<MapData, [u8; 4], u32>,
@@ -244,6 +247,9 @@ impl Datapath {
     ) -> Result<Self> {
         let dir = pin_dir.as_ref();
         fs::create_dir_all(dir)?;
+        // A shorter VERDICTS of an older object: its counts are carried over (and its pin
+        // goes), then every other map of another size is retired.
+        let carried = verdicts::take_short(dir)?;
         sizes::retire_mismatched_pins(dir, sizes)?;
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(dir);
@@ -266,7 +272,11 @@ impl Datapath {
             prog.pin(&path)?;
         }
         drop(ebpf); // everything we need is pinned now
-        Self::adopt(dir)
+        let mut dp = Self::adopt(dir)?;
+        if let Some(counts) = carried {
+            verdicts::restore(&mut dp.verdicts, &counts)?;
+        }
+        Ok(dp)
     }
 
     /// Opens an existing pinned datapath (after a daemon restart) without reloading.
@@ -277,6 +287,7 @@ impl Datapath {
             from_pod: SchedClassifier::from_pin(prog_pin(dir, PROG_FROM_POD))?,
             to_pod: SchedClassifier::from_pin(prog_pin(dir, PROG_TO_POD))?,
             underlay_egress: SchedClassifier::from_pin(prog_pin(dir, PROG_UNDERLAY_EGRESS))?,
+            sources: SourceMaps::open(dir)?,
             remote_v4: open_map(dir, mn::REMOTE_V4)?.try_into()?,
             remote_v6: open_map(dir, mn::REMOTE_V6)?.try_into()?,
             local_v4: open_map(dir, mn::LOCAL_V4)?.try_into()?,
@@ -296,9 +307,52 @@ impl Datapath {
 
     /// Attaches `from_pod` on clsact ingress of `ifname` (a pod's host-side veth), as meshd's
     /// `cls_bpf` filter, and records it under the pin directory ([`pod`]). Idempotent: an
-    /// existing attachment is replaced atomically by this program.
+    /// existing attachment is replaced atomically by this program. The pod's source entries
+    /// ([`Datapath::add_source`]) must be in place first: without them it drops the pod's IP
+    /// packets.
     pub fn attach_from_pod(&mut self, ifname: &str) -> Result<()> {
-        pod::attach_from_pod(self.from_pod.fd()?.as_fd(), &self.pin_dir, ifname)
+        let prog = PodProgram {
+            fd: self.from_pod.fd()?.as_fd(),
+            hook: Hook::Ingress,
+        };
+        pod::attach(&[prog], &self.pin_dir, ifname)
+    }
+
+    /// Attaches `to_pod` on clsact egress of `ifname` (a pod's host-side veth), as meshd's
+    /// `cls_bpf` filter, recorded at `link_egress_<ifname>`. Idempotent like
+    /// [`Datapath::attach_from_pod`].
+    pub fn attach_to_pod(&mut self, ifname: &str) -> Result<()> {
+        let prog = PodProgram {
+            fd: self.to_pod.fd()?.as_fd(),
+            hook: Hook::Egress,
+        };
+        pod::attach(&[prog], &self.pin_dir, ifname)
+    }
+
+    /// Detaches `to_pod` from `ifname`. Missing attachment is not an error.
+    pub fn detach_to_pod(&mut self, ifname: &str) -> Result<()> {
+        pod::detach(&self.pin_dir, ifname, Hook::Egress)
+    }
+
+    /// Whether `to_pod` is meshd's filter on the egress of `ifname` right now (false when the
+    /// interface is gone).
+    pub fn to_pod_attached(&self, ifname: &str) -> Result<bool> {
+        pod::attached(self.to_pod.fd()?.as_fd(), ifname, Hook::Egress)
+    }
+
+    /// Lets the pod behind host veth `source.ifindex` send from `source.addr`.
+    pub fn add_source(&mut self, source: PodSource) -> Result<()> {
+        self.sources.add(&source)
+    }
+
+    /// Removes a source entry. A missing entry is not an error.
+    pub fn remove_source(&mut self, source: PodSource) -> Result<()> {
+        self.sources.remove(&source)
+    }
+
+    /// Every source entry (`SOURCE_V4` and `SOURCE_V6`), sorted.
+    pub fn sources(&self) -> Result<Vec<PodSource>> {
+        self.sources.list()
     }
 
     /// Attaches `underlay_egress` on clsact egress of `ifname` (the node's underlay NIC).
@@ -315,7 +369,7 @@ impl Datapath {
 
     /// Detaches `from_pod` from `ifname`. Missing attachment is not an error.
     pub fn detach_from_pod(&mut self, ifname: &str) -> Result<()> {
-        pod::detach_from_pod(&self.pin_dir, ifname)
+        pod::detach(&self.pin_dir, ifname, Hook::Ingress)
     }
 
     /// Detaches `underlay_egress` from `ifname`. Missing attachment is not an error.
@@ -328,7 +382,7 @@ impl Datapath {
     /// interface's, shared with [`Datapath::underlay_egress_attached`]); `Some(false)` when
     /// the interface is gone.
     pub fn from_pod_attached(&self, ifname: &str) -> Result<Option<bool>> {
-        pod::from_pod_attached(self.from_pod.fd()?.as_fd(), ifname).map(Some)
+        pod::attached(self.from_pod.fd()?.as_fd(), ifname, Hook::Ingress).map(Some)
     }
 
     /// Whether `underlay_egress` is attached to `ifname` right now (see
@@ -368,12 +422,17 @@ impl Datapath {
         Ok(removed)
     }
 
-    /// Detaches every pinned link and every recorded `from_pod` filter (of interfaces in
-    /// this network namespace) and removes all pins (programs, maps) and `pin_dir`.
-    /// Consumes the handle: the programs are unloaded once the last fd is closed.
+    /// Detaches every pinned link and every recorded `from_pod` and `to_pod` filter (of
+    /// interfaces in this network namespace) and removes all pins (programs, maps) and
+    /// `pin_dir`. Consumes the handle: the programs are unloaded once the last fd is closed.
     pub fn detach_all(self) -> Result<()> {
         for ifname in self.pinned_links(TcAttachType::Ingress)? {
-            pod::detach_from_pod(&self.pin_dir, &ifname)?;
+            pod::detach(&self.pin_dir, &ifname, Hook::Ingress)?;
+        }
+        // An egress record is `to_pod`'s filter on a pod veth, or the underlay's TCX link
+        // (which has no filter at meshd's handle: deleting finds none and is a no-op).
+        for ifname in self.pinned_links(TcAttachType::Egress)? {
+            pod::detach(&self.pin_dir, &ifname, Hook::Egress)?;
         }
         let dir = self.pin_dir.clone();
         drop(self);

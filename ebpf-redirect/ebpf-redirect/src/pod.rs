@@ -1,14 +1,20 @@
-//! A pod's part of the pinned datapath: `from_pod` on its host veth and its addresses in the
-//! local-pod maps. [`PodDatapath`] opens just those pins with plain `bpf(2)` calls (no object
-//! parsing, no feature probing), for the CNI plugin, which runs once per pod; [`Datapath`]
-//! (the daemon's handle) attaches and checks through the same functions.
+//! A pod's part of the pinned datapath: `from_pod` on its host veth's ingress, `to_pod` on its
+//! egress, its addresses in the local-pod maps and, per host veth, in the source maps.
+//! [`PodDatapath`] opens just those pins with plain `bpf(2)` calls (no object parsing, no
+//! feature probing), for the CNI plugin, which runs once per pod; [`Datapath`] (the daemon's
+//! handle) attaches and checks through the same functions.
 //!
-//! The attachment is a `cls_bpf` filter ([`crate::cls_bpf`]), which belongs to the interface.
-//! It is recorded by pinning the attached program at `link_ingress_<ifname>` in the pin
-//! directory: the record is what [`Datapath::pinned_links`], [`Datapath::gc_links`] and
-//! [`Datapath::detach_all`] go by, as they did when that pin was a TCX link. A TCX link left
-//! there by an older meshd is unpinned (which detaches it) before the filter goes on, so
-//! `from_pod` never runs twice on one interface.
+//! Each attachment is a `cls_bpf` filter ([`crate::cls_bpf`]), which belongs to the interface.
+//! It is recorded by pinning the attached program at `link_ingress_<ifname>` (`from_pod`) or
+//! `link_egress_<ifname>` (`to_pod`) in the pin directory: the records are what
+//! [`Datapath::pinned_links`], [`Datapath::gc_links`] and [`Datapath::detach_all`] go by, as
+//! they did when the ingress pin was a TCX link. A TCX link left there by an older meshd is
+//! unpinned (which detaches it) before the filter goes on, so `from_pod` never runs twice on
+//! one interface.
+//!
+//! Source entries (`SOURCE_V4`/`SOURCE_V6`, key: host veth ifindex and address) must be
+//! written before `from_pod` goes on: an interface without entries drops every IP packet of
+//! its pod except IPv6 link-local and unspecified sources (fail closed).
 //!
 //! [`Datapath`]: crate::Datapath
 //! [`Datapath::pinned_links`]: crate::Datapath::pinned_links
@@ -20,13 +26,21 @@ use std::net::IpAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use ebpf_redirect_common::map_names as mn;
+use ebpf_redirect_common::{
+    map_names as mn, SourceKeyV4, SourceKeyV6, MAX_SOURCE_V4, MAX_SOURCE_V6, SOURCE_POD,
+};
 
-use crate::{cls_bpf, Error, Result, PROG_FROM_POD};
+use crate::cls_bpf::{self, Hook};
+use crate::{Error, Result, PROG_FROM_POD, PROG_TO_POD};
 
 /// The pin recording `from_pod`'s attachment to `ifname`.
 pub(crate) fn ingress_record(pin_dir: &Path, ifname: &str) -> PathBuf {
     pin_dir.join(format!("link_ingress_{ifname}"))
+}
+
+/// The pin recording `to_pod`'s attachment to `ifname`.
+pub(crate) fn egress_record(pin_dir: &Path, ifname: &str) -> PathBuf {
+    pin_dir.join(format!("link_egress_{ifname}"))
 }
 
 fn tc_error<'a>(step: &'static str, ifname: &'a str) -> impl FnOnce(io::Error) -> Error + 'a {
@@ -45,14 +59,7 @@ fn remove_record(path: &Path) -> Result<()> {
     }
 }
 
-/// Attaches `prog` (`from_pod`) to the ingress of `ifname` and records it under `pin_dir`.
-pub(crate) fn attach_from_pod(prog: BorrowedFd<'_>, pin_dir: &Path, ifname: &str) -> Result<()> {
-    let index = cls_bpf::ifindex(ifname).map_err(tc_error("looking up", ifname))?;
-    let record = ingress_record(pin_dir, ifname);
-    // The record may be an older meshd's TCX link: unpinning it detaches it.
-    remove_record(&record)?;
-    cls_bpf::attach_ingress(index, prog, PROG_FROM_POD)
-        .map_err(tc_error("attaching from_pod's filter to", ifname))?;
+fn pin_record(prog: BorrowedFd<'_>, record: PathBuf) -> Result<()> {
     match cls_bpf::obj_pin(prog, &record) {
         // Recorded concurrently by the other attacher (the plugin or the daemon).
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
@@ -63,42 +70,234 @@ pub(crate) fn attach_from_pod(prog: BorrowedFd<'_>, pin_dir: &Path, ifname: &str
     }
 }
 
-/// Detaches `from_pod` from `ifname` (a missing interface or filter is not an error) and
-/// drops the record.
-pub(crate) fn detach_from_pod(pin_dir: &Path, ifname: &str) -> Result<()> {
+/// A pod program and where it goes.
+#[derive(Clone, Copy)]
+pub(crate) struct PodProgram<'a> {
+    pub fd: BorrowedFd<'a>,
+    pub hook: Hook,
+}
+
+impl PodProgram<'_> {
+    fn name(&self) -> &'static str {
+        match self.hook {
+            Hook::Ingress => PROG_FROM_POD,
+            Hook::Egress => PROG_TO_POD,
+        }
+    }
+
+    fn record(&self, pin_dir: &Path, ifname: &str) -> PathBuf {
+        match self.hook {
+            Hook::Ingress => ingress_record(pin_dir, ifname),
+            Hook::Egress => egress_record(pin_dir, ifname),
+        }
+    }
+}
+
+/// Attaches `progs` to their hooks of `ifname`, in order, and records them under `pin_dir`.
+pub(crate) fn attach(progs: &[PodProgram<'_>], pin_dir: &Path, ifname: &str) -> Result<()> {
+    let index = cls_bpf::ifindex(ifname).map_err(tc_error("looking up", ifname))?;
+    for prog in progs {
+        // The ingress record may be an older meshd's TCX link: unpinning it detaches it.
+        remove_record(&prog.record(pin_dir, ifname))?;
+    }
+    let filters: Vec<_> = progs.iter().map(|p| (p.hook, p.fd, p.name())).collect();
+    let step = match progs {
+        [one] if one.hook == Hook::Egress => "attaching to_pod's filter to",
+        [one] if one.hook == Hook::Ingress => "attaching from_pod's filter to",
+        _ => "attaching the pod programs' filters to",
+    };
+    cls_bpf::attach(index, &filters).map_err(tc_error(step, ifname))?;
+    for prog in progs {
+        pin_record(prog.fd, prog.record(pin_dir, ifname))?;
+    }
+    Ok(())
+}
+
+/// Detaches the program of `hook` from `ifname` (a missing interface or filter is not an
+/// error) and drops its record.
+pub(crate) fn detach(pin_dir: &Path, ifname: &str, hook: Hook) -> Result<()> {
+    let (step, record) = match hook {
+        Hook::Ingress => (
+            "detaching from_pod's filter from",
+            ingress_record(pin_dir, ifname),
+        ),
+        Hook::Egress => (
+            "detaching to_pod's filter from",
+            egress_record(pin_dir, ifname),
+        ),
+    };
     match cls_bpf::ifindex(ifname) {
-        Ok(index) => cls_bpf::detach_ingress(index)
-            .map_err(tc_error("detaching from_pod's filter from", ifname))?,
+        Ok(index) => cls_bpf::detach(index, hook).map_err(tc_error(step, ifname))?,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(tc_error("looking up", ifname)(e)),
     }
-    remove_record(&ingress_record(pin_dir, ifname))
+    remove_record(&record)
 }
 
-/// Whether the program `prog` is meshd's filter on the ingress of `ifname` (false when the
+/// Whether the program `prog` is meshd's filter on `hook` of `ifname` (false when the
 /// interface is gone).
-pub(crate) fn from_pod_attached(prog: BorrowedFd<'_>, ifname: &str) -> Result<bool> {
+pub(crate) fn attached(prog: BorrowedFd<'_>, ifname: &str, hook: Hook) -> Result<bool> {
     let index = match cls_bpf::ifindex(ifname) {
         Ok(index) => index,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(tc_error("looking up", ifname)(e)),
     };
-    let attached =
-        cls_bpf::ingress_prog_id(index).map_err(tc_error("listing the filters of", ifname))?;
+    let attached = cls_bpf::attached_prog_id(index, hook)
+        .map_err(tc_error("listing the filters of", ifname))?;
+    let name = match hook {
+        Hook::Ingress => PROG_FROM_POD,
+        Hook::Egress => PROG_TO_POD,
+    };
     let ours = cls_bpf::prog_id(prog).map_err(|source| Error::Pinned {
-        path: PathBuf::from(PROG_FROM_POD),
+        path: PathBuf::from(name),
         source,
     })?;
     Ok(attached == Some(ours))
 }
 
-/// The pins a pod's ADD, DEL and CHECK need: `from_pod` and the local-pod maps.
+/// An address a pod may send from, on its host veth: a `SOURCE_V4`/`SOURCE_V6` key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PodSource {
+    /// Ifindex of the pod's host-side veth.
+    pub ifindex: u32,
+    /// The pod's address.
+    pub addr: IpAddr,
+}
+
+impl PodSource {
+    /// The map key's bytes (as the BPF program reads them) and the map's name.
+    pub(crate) fn key(&self) -> (Vec<u8>, &'static str) {
+        let mut key = self.ifindex.to_ne_bytes().to_vec();
+        match self.addr {
+            IpAddr::V4(a) => {
+                key.extend_from_slice(&a.octets());
+                (key, mn::SOURCE_V4)
+            }
+            IpAddr::V6(a) => {
+                key.extend_from_slice(&a.octets());
+                (key, mn::SOURCE_V6)
+            }
+        }
+    }
+
+    /// The entry a map key of `SOURCE_V4`/`SOURCE_V6` stands for (`None`: wrong length).
+    pub(crate) fn from_key(key: &[u8]) -> Option<Self> {
+        let ifindex = u32::from_ne_bytes(key.get(..4)?.try_into().ok()?);
+        let addr = match key.len() {
+            8 => IpAddr::from(<[u8; 4]>::try_from(&key[4..]).ok()?),
+            20 => IpAddr::from(<[u8; 16]>::try_from(&key[4..]).ok()?),
+            _ => return None,
+        };
+        Some(Self { ifindex, addr })
+    }
+}
+
+// The byte layout above is the ABI's.
+const _: () = assert!(std::mem::size_of::<SourceKeyV4>() == 8);
+const _: () = assert!(std::mem::size_of::<SourceKeyV6>() == 20);
+
+/// The source maps, opened from their pins.
+#[derive(Debug)]
+pub(crate) struct SourceMaps {
+    v4: OwnedFd,
+    v6: OwnedFd,
+}
+
+impl SourceMaps {
+    pub(crate) fn open(dir: &Path) -> Result<Self> {
+        Ok(Self {
+            v4: get_pin(&dir.join(mn::SOURCE_V4))?,
+            v6: get_pin(&dir.join(mn::SOURCE_V6))?,
+        })
+    }
+
+    fn fd(&self, name: &str) -> BorrowedFd<'_> {
+        if name == mn::SOURCE_V4 {
+            self.v4.as_fd()
+        } else {
+            self.v6.as_fd()
+        }
+    }
+
+    /// Lets the pod on `source.ifindex` send from `source.addr`.
+    pub(crate) fn add(&self, source: &PodSource) -> Result<()> {
+        let (key, map) = source.key();
+        cls_bpf::map_update(self.fd(map), &key, &SOURCE_POD.to_ne_bytes())
+            .map_err(|source| Error::MapEntry { map, source })
+    }
+
+    /// Removes an entry; a missing one is not an error.
+    pub(crate) fn remove(&self, source: &PodSource) -> Result<()> {
+        let (key, map) = source.key();
+        cls_bpf::map_delete(self.fd(map), &key).map_err(|source| Error::MapEntry { map, source })
+    }
+
+    /// Whether the entry is there.
+    pub(crate) fn contains(&self, source: &PodSource) -> Result<bool> {
+        let (key, map) = source.key();
+        cls_bpf::map_contains(self.fd(map), &key, std::mem::size_of::<u32>())
+            .map_err(|source| Error::MapEntry { map, source })
+    }
+
+    /// Every entry of both maps.
+    pub(crate) fn list(&self) -> Result<Vec<PodSource>> {
+        let mut out = Vec::new();
+        for (map, size, limit) in [
+            (mn::SOURCE_V4, 8, MAX_SOURCE_V4),
+            (mn::SOURCE_V6, 20, MAX_SOURCE_V6),
+        ] {
+            // Twice the size: room for a walk restarted by a concurrent delete.
+            let keys = cls_bpf::map_keys(self.fd(map), size, 2 * limit as usize)
+                .map_err(|source| Error::MapEntry { map, source })?;
+            out.extend(keys.iter().filter_map(|k| PodSource::from_key(k)));
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Removes the entries of a pod's `addrs`: on host veth `ifindex` when it is known (one
+    /// delete per address), else on whichever interface holds them (one walk over the maps:
+    /// the veth is gone, its ifindex with it). Returns how many entries it removed or tried.
+    pub(crate) fn remove_pod(&self, ifindex: Option<u32>, addrs: &[IpAddr]) -> Result<usize> {
+        let stale: Vec<PodSource> = match ifindex {
+            Some(ifindex) => addrs
+                .iter()
+                .map(|addr| PodSource {
+                    ifindex,
+                    addr: *addr,
+                })
+                .collect(),
+            None => self
+                .list()?
+                .into_iter()
+                .filter(|s| addrs.contains(&s.addr))
+                .collect(),
+        };
+        for s in &stale {
+            self.remove(s)?;
+        }
+        Ok(stale.len())
+    }
+}
+
+fn get_pin(path: &Path) -> Result<OwnedFd> {
+    cls_bpf::obj_get(path).map_err(|source| Error::Pinned {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The pins a pod's ADD, DEL and CHECK need: the pod programs, the local-pod maps and the
+/// source maps.
 #[derive(Debug)]
 pub struct PodDatapath {
     pin_dir: PathBuf,
     from_pod: OwnedFd,
+    to_pod: OwnedFd,
     local_v4: OwnedFd,
     local_v6: OwnedFd,
+    sources: SourceMaps,
 }
 
 /// The value of a local-pod map entry.
@@ -108,15 +307,13 @@ impl PodDatapath {
     /// Opens the pins the daemon made under `pin_dir`.
     pub fn open(pin_dir: impl AsRef<Path>) -> Result<Self> {
         let dir = pin_dir.as_ref();
-        let get = |name: &str| {
-            let path = dir.join(name);
-            cls_bpf::obj_get(&path).map_err(|source| Error::Pinned { path, source })
-        };
         Ok(Self {
             pin_dir: dir.to_path_buf(),
-            from_pod: get(&format!("prog_{PROG_FROM_POD}"))?,
-            local_v4: get(mn::LOCAL_V4)?,
-            local_v6: get(mn::LOCAL_V6)?,
+            from_pod: get_pin(&dir.join(format!("prog_{PROG_FROM_POD}")))?,
+            to_pod: get_pin(&dir.join(format!("prog_{PROG_TO_POD}")))?,
+            local_v4: get_pin(&dir.join(mn::LOCAL_V4))?,
+            local_v6: get_pin(&dir.join(mn::LOCAL_V6))?,
+            sources: SourceMaps::open(dir)?,
         })
     }
 
@@ -155,18 +352,88 @@ impl PodDatapath {
             .map_err(|source| Error::MapEntry { map: name, source })
     }
 
-    /// Attaches `from_pod` to `ifname`; see [`crate::Datapath::attach_from_pod`].
-    pub fn attach_from_pod(&mut self, ifname: &str) -> Result<()> {
-        attach_from_pod(self.from_pod.as_fd(), &self.pin_dir, ifname)
+    /// Lets the pod behind host veth `source.ifindex` send from `source.addr`.
+    pub fn add_source(&mut self, source: PodSource) -> Result<()> {
+        self.sources.add(&source)
     }
 
-    /// Detaches `from_pod` from `ifname`; see [`crate::Datapath::detach_from_pod`].
-    pub fn detach_from_pod(&mut self, ifname: &str) -> Result<()> {
-        detach_from_pod(&self.pin_dir, ifname)
+    /// Whether the source entry is there.
+    pub fn has_source(&self, source: PodSource) -> Result<bool> {
+        self.sources.contains(&source)
+    }
+
+    /// Every source entry.
+    pub fn sources(&self) -> Result<Vec<PodSource>> {
+        self.sources.list()
+    }
+
+    /// Removes the source entries of the pod's `addrs` on host veth `ifindex`, or on any
+    /// interface when the veth (and so its ifindex) is gone. Returns how many it removed or
+    /// tried.
+    pub fn remove_pod_sources(&mut self, ifindex: Option<u32>, addrs: &[IpAddr]) -> Result<usize> {
+        self.sources.remove_pod(ifindex, addrs)
+    }
+
+    /// Attaches `to_pod` (egress) and then `from_pod` (ingress) to `ifname`, as
+    /// [`crate::Datapath::attach_to_pod`] and [`crate::Datapath::attach_from_pod`] do, over
+    /// one netlink socket. The pod's source entries must be in place first.
+    pub fn attach_pod(&mut self, ifname: &str) -> Result<()> {
+        attach(
+            &[
+                PodProgram {
+                    fd: self.to_pod.as_fd(),
+                    hook: Hook::Egress,
+                },
+                PodProgram {
+                    fd: self.from_pod.as_fd(),
+                    hook: Hook::Ingress,
+                },
+            ],
+            &self.pin_dir,
+            ifname,
+        )
+    }
+
+    /// Detaches `from_pod` and `to_pod` from `ifname` (missing ones are not an error).
+    pub fn detach_pod(&mut self, ifname: &str) -> Result<()> {
+        detach(&self.pin_dir, ifname, Hook::Ingress)?;
+        detach(&self.pin_dir, ifname, Hook::Egress)
     }
 
     /// Whether `from_pod` runs on `ifname`, asking the kernel.
     pub fn from_pod_attached(&self, ifname: &str) -> Result<bool> {
-        from_pod_attached(self.from_pod.as_fd(), ifname)
+        attached(self.from_pod.as_fd(), ifname, Hook::Ingress)
+    }
+
+    /// Whether `to_pod` runs on `ifname`, asking the kernel.
+    pub fn to_pod_attached(&self, ifname: &str) -> Result<bool> {
+        attached(self.to_pod.as_fd(), ifname, Hook::Egress)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn source_keys_are_ifindex_then_address_bytes() {
+        let v4 = PodSource {
+            ifindex: 7,
+            addr: "10.244.1.2".parse().unwrap(),
+        };
+        let (key, map) = v4.key();
+        assert_eq!(map, mn::SOURCE_V4);
+        assert_eq!(&key[..4], &7u32.to_ne_bytes());
+        assert_eq!(&key[4..], &[10, 244, 1, 2]);
+        assert_eq!(PodSource::from_key(&key), Some(v4));
+        let v6 = PodSource {
+            ifindex: 9,
+            addr: "fd00::2".parse().unwrap(),
+        };
+        let (key, map) = v6.key();
+        assert_eq!((map, key.len()), (mn::SOURCE_V6, 20));
+        assert_eq!(PodSource::from_key(&key), Some(v6));
+        assert_eq!(PodSource::from_key(&key[..10]), None);
     }
 }

@@ -43,6 +43,19 @@ impl PolicyMaps {
     }
 }
 
+/// The contents of the four policy maps ([`Datapath::policy_entries`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyEntries {
+    /// `POLICY_ISOLATION`.
+    pub isolation: Vec<(IsolationKey, IsolationValue)>,
+    /// `POLICY_PEER_V4`.
+    pub peer_v4: Vec<(PeerKeyV4, RuleBits)>,
+    /// `POLICY_PEER_V6`.
+    pub peer_v6: Vec<(PeerKeyV6, RuleBits)>,
+    /// `POLICY_PORT`.
+    pub ports: Vec<(PortKey, RuleBits)>,
+}
+
 fn peer_v4_key(key: &PeerKeyV4) -> Key<[u8; PEER_V4_DATA_LEN]> {
     Key::new(key.prefix_len, key.trie_data())
 }
@@ -112,6 +125,32 @@ impl Datapath {
     /// these pins).
     pub fn policy_generation(&self) -> Result<u64> {
         Ok(self.policy.generation.get(&0, 0)?)
+    }
+
+    /// Every entry of the four policy maps (what a previous run left pinned, for the daemon to
+    /// reconcile against).
+    pub fn policy_entries(&self) -> Result<PolicyEntries> {
+        fn all<K, V>(
+            iter: impl Iterator<Item = std::result::Result<(K, V), aya::maps::MapError>>,
+        ) -> Result<Vec<(K, V)>> {
+            iter.map(|entry| entry.map_err(Error::from)).collect()
+        }
+        let p = &self.policy;
+        Ok(PolicyEntries {
+            isolation: all(p.isolation.iter())?,
+            peer_v4: all(p.peer_v4.iter())?
+                .into_iter()
+                .map(|(k, v)| (PeerKeyV4::from_trie_data(k.prefix_len(), k.data()), v))
+                .collect(),
+            peer_v6: all(p.peer_v6.iter())?
+                .into_iter()
+                .map(|(k, v)| (PeerKeyV6::from_trie_data(k.prefix_len(), k.data()), v))
+                .collect(),
+            ports: all(p.ports.iter())?
+                .into_iter()
+                .map(|(k, v)| (PortKey::from_trie_data(k.prefix_len(), k.data()), v))
+                .collect(),
+        })
     }
 
     /// The tracked connections: (endpoint, forward tuple) and their state. Entries idle past

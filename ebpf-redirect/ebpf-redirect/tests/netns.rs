@@ -15,14 +15,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ebpf_redirect::{remove_pins, Datapath, Mode, Verdict};
+use ebpf_redirect::{remove_pins, Datapath, Mode, PodSource, Verdict};
 use testkit::{unique_name, NetnsGuard};
 
 const REDIRECT: usize = Verdict::Redirect as usize;
 const LOCAL: usize = Verdict::Local as usize;
 const STRICT_DROP: usize = Verdict::StrictDrop as usize;
 const WOULD_DROP: usize = Verdict::WouldDrop as usize;
-const COUNTERS: usize = ebpf_redirect::VERDICT_COUNT as usize;
 
 /// The tools these tests run.
 const TOOLS: &[&str] = &["ip", "ping"];
@@ -143,7 +142,7 @@ fn ping(ns: &str, dst: &str) -> bool {
 }
 
 /// Counters after a restart/reload: nothing went down, no packet was redirected meanwhile.
-fn kept(before: &[u64; COUNTERS], after: &[u64; COUNTERS]) -> bool {
+fn kept<const N: usize>(before: &[u64; N], after: &[u64; N]) -> bool {
     before.iter().zip(after).all(|(b, a)| a >= b) && before[REDIRECT] == after[REDIRECT]
 }
 
@@ -186,6 +185,15 @@ fn redirect_to_tunnel_v4_v6_and_adopt() {
     ipn(&node, "link set mtun0 up");
 
     let mut dp = Datapath::load(&g.pin_dir).expect("load");
+    // The pod's own addresses, before from_pod goes on (it drops any other source).
+    let vh0 = in_netns(&node, || ifindex("vh0"));
+    for addr in ["10.200.0.2", "fd00:200::2"] {
+        dp.add_source(PodSource {
+            ifindex: vh0,
+            addr: addr.parse().unwrap(),
+        })
+        .unwrap();
+    }
     in_netns(&node, || dp.attach_from_pod("vh0")).expect("attach from_pod");
     dp.set_remote("10.99.0.0/16".parse().unwrap(), tun_idx)
         .unwrap();

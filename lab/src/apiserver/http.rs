@@ -75,6 +75,13 @@ pub(crate) fn router(app: App) -> Router {
             },
         )
     };
+    let all_namespaces = |resource: Resource| -> MethodRouter<App> {
+        get(
+            move |s: State<App>, p: Path<HashMap<String, String>>, q: Params| {
+                collection_get(s, p, q, resource)
+            },
+        )
+    };
     let item = |resource: Resource, sub: Option<&'static str>| -> MethodRouter<App> {
         let any = move |s: State<App>,
                         m: Method,
@@ -106,11 +113,31 @@ pub(crate) fn router(app: App) -> Router {
             "/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices/{name}",
             item(Resource::EndpointSlices, None),
         )
+        // NetworkPolicy's objects (meshd::registry::kube::policy_objects): every namespace's
+        // pods and policies are listed and watched at once (the paths without a namespace
+        // serve only that, as the real API's do).
+        .route("/api/v1/namespaces", collection(Resource::Namespaces))
+        .route("/api/v1/namespaces/{name}", item(Resource::Namespaces, None))
+        .route("/api/v1/pods", all_namespaces(Resource::Pods))
+        .route("/api/v1/namespaces/{ns}/pods", collection(Resource::Pods))
+        .route("/api/v1/namespaces/{ns}/pods/{name}", item(Resource::Pods, None))
+        .route(
+            "/apis/networking.k8s.io/v1/networkpolicies",
+            all_namespaces(Resource::NetworkPolicies),
+        )
+        .route(
+            "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies",
+            collection(Resource::NetworkPolicies),
+        )
+        .route(
+            "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies/{name}",
+            item(Resource::NetworkPolicies, None),
+        )
         .fallback(|m: Method, uri: axum::http::Uri| async move {
             error(&ApiError::new(
                 404,
                 "NotFound",
-                format!("the server could not find the requested resource ({m} {uri}; this test API server serves only nodes, configmaps, events and endpointslices)"),
+                format!("the server could not find the requested resource ({m} {uri}; this test API server serves only nodes, configmaps, events, endpointslices, namespaces, pods and networkpolicies)"),
             ))
         })
         .layer(axum::middleware::from_fn_with_state(app.clone(), log_request))

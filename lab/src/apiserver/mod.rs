@@ -8,7 +8,10 @@
 //! * `nodes` (cluster-scoped; `status` subresource), `configmaps`, `events` in both the core
 //!   group and `events.k8s.io/v1`, and `discovery.k8s.io/v1` `endpointslices` (validated as the
 //!   API does: `addressType` required and immutable, 1–100 addresses of that type per
-//!   endpoint); plus `/version` and `/api`. [`FakeApiServer::put_kubernetes_endpoints`] plays
+//!   endpoint); `namespaces` (cluster-scoped, labelled `kubernetes.io/metadata.name` as the API
+//!   server does), `pods` and `networking.k8s.io/v1` `networkpolicies`, also listed and watched
+//!   across all namespaces (stored as given: no validation of their specs; a Pod's status is
+//!   written like the rest of it); plus `/version` and `/api`. [`FakeApiServer::put_kubernetes_endpoints`] plays
 //!   kube-apiserver's own endpoint reconciler (the `default/kubernetes` EndpointSlice).
 //! * **list** with `metadata.resourceVersion`, `limit`/`continue` paging, `fieldSelector`
 //!   (`metadata.name`, `metadata.namespace`) and equality-based `labelSelector`.
@@ -33,8 +36,8 @@
 //!   namespace, name and client address, as kube-apiserver's authorizer sees them
 //!   ([`FakeApiServer::requests`], or a file with [`Options::audit_log`]).
 //!
-//! Not implemented: authentication and authorisation (every request is allowed), namespaces
-//! as objects (any namespace exists), admission, field managers and `managedFields`,
+//! Not implemented: authentication and authorisation (every request is allowed), namespace
+//! existence (a namespaced object needs no Namespace object), admission, field managers and `managedFields`,
 //! finalizers and graceful deletion, protobuf, aggregated discovery.
 //!
 //! The harness ([`FakeApiServer`]) starts it on a random loopback port, stops it (dropping
@@ -268,6 +271,13 @@ impl FakeApiServer {
     /// Node `name` as stored.
     pub fn node(&self, name: &str) -> Option<Value> {
         self.lock().get(&ObjectKey::node(name)).cloned()
+    }
+
+    /// Creates or replaces (`Some`) or deletes (`None`) the object `key`, as a harness write
+    /// (a controller or the kubelet writing it; not counted as an API write). Returns the
+    /// stored object.
+    pub fn put_object(&self, key: &ObjectKey, object: Option<Value>) -> Option<Value> {
+        self.lock().harness_write(key, |_| object)
     }
 
     /// Creates or replaces ConfigMap `namespace/name` with `data` (harness write).

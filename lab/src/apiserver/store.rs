@@ -22,6 +22,12 @@ pub enum Resource {
     Events,
     /// `discovery.k8s.io/v1` `EndpointSlice`.
     EndpointSlices,
+    /// `v1` `Namespace` (cluster-scoped).
+    Namespaces,
+    /// `v1` `Pod`.
+    Pods,
+    /// `networking.k8s.io/v1` `NetworkPolicy`.
+    NetworkPolicies,
 }
 
 impl Resource {
@@ -32,6 +38,9 @@ impl Resource {
             Resource::ConfigMaps => "ConfigMap",
             Resource::CoreEvents | Resource::Events => "Event",
             Resource::EndpointSlices => "EndpointSlice",
+            Resource::Namespaces => "Namespace",
+            Resource::Pods => "Pod",
+            Resource::NetworkPolicies => "NetworkPolicy",
         }
     }
 
@@ -40,6 +49,7 @@ impl Resource {
         match self {
             Resource::Events => "events.k8s.io/v1",
             Resource::EndpointSlices => "discovery.k8s.io/v1",
+            Resource::NetworkPolicies => "networking.k8s.io/v1",
             _ => "v1",
         }
     }
@@ -51,6 +61,9 @@ impl Resource {
             Resource::ConfigMaps => "configmaps",
             Resource::CoreEvents | Resource::Events => "events",
             Resource::EndpointSlices => "endpointslices",
+            Resource::Namespaces => "namespaces",
+            Resource::Pods => "pods",
+            Resource::NetworkPolicies => "networkpolicies",
         }
     }
 
@@ -59,6 +72,7 @@ impl Resource {
         match self {
             Resource::Events => "events.k8s.io",
             Resource::EndpointSlices => "discovery.k8s.io",
+            Resource::NetworkPolicies => "networking.k8s.io",
             _ => "",
         }
     }
@@ -623,6 +637,18 @@ fn normalise(key: &ObjectKey, object: &mut Value) -> Result<(), ApiError> {
         )),
         _ => {}
     }
+    // The API server labels every namespace with its name (immutable).
+    if key.resource == Resource::Namespaces {
+        let labels = meta
+            .entry("labels")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Value::Object(labels) = labels {
+            labels.insert(
+                "kubernetes.io/metadata.name".into(),
+                Value::from(key.name.clone()),
+            );
+        }
+    }
     Ok(())
 }
 
@@ -684,7 +710,11 @@ fn validate(key: &ObjectKey, old: Option<&Value>, object: &Value) -> Result<(), 
                 }
             }
         }
-        Resource::CoreEvents | Resource::Events => {}
+        Resource::CoreEvents
+        | Resource::Events
+        | Resource::Namespaces
+        | Resource::Pods
+        | Resource::NetworkPolicies => {}
         Resource::EndpointSlices => validate_endpoint_slice(key, old, object)?,
     }
     Ok(())

@@ -1,6 +1,7 @@
 //! Carries out a plan: walks its steps in order, one kernel or map change each, and counts the
 //! operations. The order is the plan's; this module only batches neighbouring peer changes of
-//! one device into one request, and neighbouring local-pod changes under one IPAM lock.
+//! one device into one request, and neighbouring local-pod (or source-map) changes under one
+//! IPAM lock.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -11,7 +12,7 @@ use netlink::PeerChange;
 
 use super::context::Context;
 use super::plan::Step;
-use super::pods::{self, LocalChange};
+use super::pods::{self, LocalChange, SourceChange};
 use super::{HOST_RULE_PRIORITY, HOST_TABLE};
 use crate::bpf::Bpf;
 use crate::control::Counters;
@@ -38,6 +39,12 @@ pub(super) async fn apply(
                 let batch = local_batch(rest);
                 counters.map_ops +=
                     pods::apply_locals(&ctx.args.state_dir, &mut bpf, &batch)? as u64;
+                batch.len()
+            }
+            Step::AddPodSource(_) | Step::RemovePodSource(_) => {
+                let batch = source_batch(rest);
+                counters.map_ops +=
+                    pods::apply_sources(&ctx.args.state_dir, &mut bpf, &batch)? as u64;
                 batch.len()
             }
             _ => {
@@ -89,6 +96,18 @@ fn local_batch(steps: &[Step]) -> Vec<LocalChange> {
         .collect()
 }
 
+/// The source-map changes at the head of `steps`.
+fn source_batch(steps: &[Step]) -> Vec<SourceChange> {
+    steps
+        .iter()
+        .map_while(|s| match s {
+            Step::AddPodSource(source) => Some(SourceChange::Add(*source)),
+            Step::RemovePodSource(source) => Some(SourceChange::Remove(*source)),
+            _ => None,
+        })
+        .collect()
+}
+
 async fn apply_peers(ctx: &Context, slot: Slot, changes: &[PeerChange]) -> anyhow::Result<()> {
     ctx.device(slot).read().await.apply(changes).await?;
     Ok(())
@@ -111,10 +130,15 @@ async fn apply_one(
             let change = local_batch(std::slice::from_ref(step));
             counters.map_ops += pods::apply_locals(&ctx.args.state_dir, bpf, &change)? as u64;
         }
+        Step::AddPodSource(_) | Step::RemovePodSource(_) => {
+            let change = source_batch(std::slice::from_ref(step));
+            counters.map_ops += pods::apply_sources(&ctx.args.state_dir, bpf, &change)? as u64;
+        }
         Step::SetGuardMode(_)
         | Step::GuardCidr(_)
         | Step::RemoveRedirect(_)
         | Step::SetRedirect { .. }
+        | Step::AttachToPod(_)
         | Step::AttachFromPod(_)
         | Step::CollectStaleLinks
         | Step::AttachGuard(_) => apply_datapath(bpf, step, counters)?,
@@ -191,6 +215,10 @@ fn apply_datapath(bpf: &mut Bpf, step: &Step, counters: &mut Counters) -> anyhow
         }
         Step::SetRedirect { cidr, ifindex } => {
             bpf.set_remote(*cidr, *ifindex)?;
+            counters.map_ops += 1;
+        }
+        Step::AttachToPod(veth) => {
+            bpf.attach_to_pod(veth)?;
             counters.map_ops += 1;
         }
         Step::AttachFromPod(veth) => {

@@ -1,5 +1,6 @@
 //! The handles the controller works with: its arguments, this node's record and keys, the two
-//! slot devices, rtnetlink, the eBPF datapath, the settings in force and where status goes.
+//! slot devices, rtnetlink, the eBPF datapath, the settings in force, where status goes and the
+//! policy loop's report.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -50,6 +51,8 @@ pub(super) struct Context {
     pub status_feed: Option<tokio::sync::watch::Sender<Option<StatusReport>>>,
     /// The API servers' endpoints (host encryption excludes them).
     pub api_servers: Option<ApiServerFeed>,
+    /// The policy loop's report (`None`: it could not start).
+    pub policy: Option<crate::policy::SharedPolicyReport>,
 }
 
 impl Context {

@@ -4,7 +4,8 @@
 //! Everything a pass can change is here: each slot device's peers, the main-table routes and
 //! the eBPF redirects of peers' pod CIDRs (the same map: `CIDR → device`), the plain routes of
 //! `encryption: disabled`, host encryption's routes, the underlay guard's mode, the MTU, the
-//! local pods and their `from_pod` attachments, and the interfaces the guard must sit on.
+//! local pods, their source entries and their `to_pod`/`from_pod` attachments, and the
+//! interfaces the guard must sit on.
 //!
 //! Records are trusted first ([`trusted`], with [`keyexchange::trust::admit`]): a refused
 //! record contributes nothing at all (no peer, route, redirect or host route), so a hostile
@@ -13,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use ebpf_redirect::Mode;
+use ebpf_redirect::{Mode, PodSource};
 use ipnet::IpNet;
 use keyexchange::peers::{compute_peers, PeerSet};
 use keyexchange::slots::{self, pair_slot, Slot, SLOTS};
@@ -46,6 +47,8 @@ pub struct Inputs<'a> {
     pub local_pods: BTreeSet<IpAddr>,
     /// Their host veths, when `from_pod` steers pod traffic (eBPF steering); `None` otherwise.
     pub pod_interfaces: Option<BTreeSet<String>>,
+    /// The source entries of each existing host veth: its ifindex with its pod's addresses.
+    pub pod_sources: BTreeMap<String, BTreeSet<PodSource>>,
     /// The interfaces the underlay guard must sit on besides the underlay.
     pub guard_interfaces: BTreeSet<String>,
     /// The underlay interface.
@@ -83,8 +86,11 @@ pub struct Desired {
     pub mtu: u32,
     /// The local-pod map.
     pub local_pods: BTreeSet<IpAddr>,
-    /// Host veths carrying `from_pod` (`None`: pod steering by routes, nothing attached).
+    /// Host veths carrying `from_pod` and `to_pod` (`None`: pod steering by routes, nothing
+    /// attached).
     pub pod_interfaces: Option<BTreeSet<String>>,
+    /// The source map, per host veth (only with `pod_interfaces`).
+    pub pod_sources: BTreeMap<String, BTreeSet<PodSource>>,
     /// Interfaces the underlay guard sits on (the underlay first among them).
     pub guard_interfaces: BTreeSet<String>,
     /// The underlay interface (its guard is required).
@@ -136,6 +142,7 @@ pub fn desired(inputs: &Inputs<'_>) -> Desired {
         mtu: live.mtu,
         local_pods: inputs.local_pods.clone(),
         pod_interfaces: inputs.pod_interfaces.clone(),
+        pod_sources: inputs.pod_sources.clone(),
         guard_interfaces,
         underlay: inputs.underlay.to_string(),
         peer_slots: pairs.iter().map(|(n, (s, _))| (n.clone(), *s)).collect(),

@@ -25,6 +25,8 @@ pub(super) struct Observation {
     pub observed: Observed,
     /// The IPAM store's pods.
     pub pods: Pods,
+    /// The source entries the pods' existing veths should have.
+    pub pod_sources: std::collections::BTreeMap<String, BTreeSet<ebpf_redirect::PodSource>>,
     /// The interfaces the guard must sit on besides the underlay.
     pub guard_interfaces: BTreeSet<String>,
 }
@@ -85,6 +87,16 @@ pub(super) async fn observe(
         } else {
             BTreeSet::new()
         },
+        to_pod_done: if ebpf_steering {
+            bpf.to_pod_done(&pods.veths)?
+        } else {
+            BTreeSet::new()
+        },
+        pod_sources: if ebpf_steering {
+            bpf.pod_sources()?
+        } else {
+            BTreeSet::new()
+        },
         stale_links: if ebpf_steering {
             bpf.stale_links()?
         } else {
@@ -94,6 +106,7 @@ pub(super) async fn observe(
     };
     Ok(Observation {
         observed,
+        pod_sources: pods.sources(),
         pods,
         guard_interfaces: guards,
     })

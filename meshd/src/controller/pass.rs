@@ -90,6 +90,7 @@ async fn desired_now(
             local_pods: pods.addresses.clone(),
             pod_interfaces: (ctx.args.pod_steering == PodSteering::Ebpf)
                 .then(|| pods.veths.clone()),
+            pod_sources: observation.pod_sources.clone(),
             guard_interfaces: observation.guard_interfaces.clone(),
             underlay: &ctx.underlay,
         },

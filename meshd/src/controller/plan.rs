@@ -8,7 +8,10 @@
 //! 2. redirects stop for CIDRs that leave the tunnel, and for CIDRs whose peer on the
 //!    redirect's device is about to go or to give the CIDR up (the redirect comes back at
 //!    step 8 once the new peer is in place); host routes of departing hosts go;
-//! 3. pods: the local-pod map, `from_pod` on host veths, the guard on every way out;
+//! 3. pods: the local-pod map; the source map (stale entries go, missing ones come), then
+//!    `to_pod` and `from_pod` on host veths (so `from_pod` never runs on a veth before its
+//!    pod's source entries are in: it would drop the pod's traffic); the guard on every way
+//!    out;
 //! 4. plain routes (encryption disabled) replace tunnel routes atomically; the MTU follows;
 //! 5. departing peers go, then their tunnel routes;
 //! 6. new and changed peers come, then their tunnel routes (replacing plain routes, or a
@@ -26,7 +29,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use ebpf_redirect::Mode;
+use ebpf_redirect::{Mode, PodSource};
 use ipnet::IpNet;
 use keyexchange::peers::{diff_peers, PeerOp, ProgrammedPeer};
 use keyexchange::slots::{Slot, SLOTS};
@@ -69,6 +72,10 @@ pub struct Observed {
     pub local_pods: BTreeSet<IpAddr>,
     /// Host veths that need no `from_pod` attachment: attached by this meshd, or gone.
     pub from_pod_done: BTreeSet<String>,
+    /// Host veths that need no `to_pod` attachment: attached by this meshd, or gone.
+    pub to_pod_done: BTreeSet<String>,
+    /// The source map: (host veth ifindex, address) pairs pods may send from.
+    pub pod_sources: BTreeSet<PodSource>,
     /// Pinned links whose interface is gone.
     pub stale_links: BTreeSet<String>,
     /// Interfaces that need no guard attachment: guarded, or not to be touched.
@@ -113,6 +120,12 @@ pub enum Step {
     AddLocalPod(IpAddr),
     /// Remove an address from the local-pod map.
     RemoveLocalPod(IpAddr),
+    /// Let a pod send from an address on its host veth (a source-map entry).
+    AddPodSource(PodSource),
+    /// Remove a source-map entry no pod's veth holds.
+    RemovePodSource(PodSource),
+    /// Attach `to_pod` to a pod's host veth.
+    AttachToPod(String),
     /// Attach `from_pod` to a pod's host veth.
     AttachFromPod(String),
     /// Remove the pinned links of interfaces that are gone.
@@ -315,7 +328,8 @@ pub(super) fn covers(allowed: &[IpNet], cidr: IpNet) -> bool {
     allowed.iter().any(|a| a.contains(&cidr))
 }
 
-/// Step 3: the local-pod map, `from_pod` on host veths, the guard on every way out.
+/// Step 3: the local-pod map, the source map, `to_pod` and `from_pod` on host veths, the
+/// guard on every way out.
 fn pods(desired: &Desired, observed: &Observed, steps: &mut Vec<Step>) {
     for ip in observed.local_pods.difference(&desired.local_pods) {
         steps.push(Step::RemoveLocalPod(*ip));
@@ -324,6 +338,19 @@ fn pods(desired: &Desired, observed: &Observed, steps: &mut Vec<Step>) {
         steps.push(Step::AddLocalPod(*ip));
     }
     if let Some(veths) = &desired.pod_interfaces {
+        // Only with eBPF steering: without it nothing of this meshd runs `from_pod`, and
+        // entries a `from_pod` left attached still relies on are kept.
+        let sources: BTreeSet<PodSource> =
+            desired.pod_sources.values().flatten().copied().collect();
+        for source in observed.pod_sources.difference(&sources) {
+            steps.push(Step::RemovePodSource(*source));
+        }
+        for source in sources.difference(&observed.pod_sources) {
+            steps.push(Step::AddPodSource(*source));
+        }
+        for veth in veths.difference(&observed.to_pod_done) {
+            steps.push(Step::AttachToPod(veth.clone()));
+        }
         for veth in veths.difference(&observed.from_pod_done) {
             steps.push(Step::AttachFromPod(veth.clone()));
         }

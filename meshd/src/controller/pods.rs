@@ -1,17 +1,22 @@
-//! This node's pods as the IPAM store holds them: their addresses (the local-pod map) and
-//! their host veths (`from_pod`). The only place the controller reads the CNI plugin's store.
+//! This node's pods as the IPAM store holds them: their addresses (the local-pod map), their
+//! host veths (`to_pod`, `from_pod`) and which addresses each veth's pod may send from (the
+//! source map, keyed by the veth's ifindex). The only place the controller reads the CNI
+//! plugin's store.
 //!
-//! The CNI plugin updates the maps and attaches `from_pod` itself on ADD; the controller is
-//! the backstop. The local-pod map is changed under the store's lock, re-checking the store:
-//! an ADD or DEL that ran since the pass observed it is never undone.
+//! The CNI plugin updates the maps and attaches the programs itself on ADD; the controller is
+//! the backstop (pods created before source validation existed get their entries from it, and
+//! entries of veths that are gone are removed). The local-pod and source maps are changed
+//! under the store's lock, re-checking the store (and the veths' ifindexes): an ADD or DEL
+//! that ran since the pass observed it is never undone.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
 use crate::bpf::Bpf;
+use ebpf_redirect::PodSource;
 use meshd_cni::host_veth_name;
 use meshd_cni::ipam::{Entry, Ipam};
 
@@ -22,6 +27,8 @@ pub(super) struct Pods {
     pub addresses: BTreeSet<IpAddr>,
     /// The host veths of their owners.
     pub veths: BTreeSet<String>,
+    /// Each host veth's pod's addresses.
+    pub addresses_by_veth: BTreeMap<String, BTreeSet<IpAddr>>,
 }
 
 impl Pods {
@@ -31,12 +38,34 @@ impl Pods {
                 .iter()
                 .filter_map(|e| e.owner.as_ref().map(|o| (e, o)))
         };
+        let mut addresses_by_veth: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
+        for (e, o) in owned() {
+            addresses_by_veth
+                .entry(host_veth_name(&o.container_id, &o.ifname))
+                .or_default()
+                .insert(e.address);
+        }
         Pods {
             addresses: owned().map(|(e, _)| e.address).collect(),
-            veths: owned()
-                .map(|(_, o)| host_veth_name(&o.container_id, &o.ifname))
-                .collect(),
+            veths: addresses_by_veth.keys().cloned().collect(),
+            addresses_by_veth,
         }
+    }
+
+    /// The source entries of each host veth that exists (in this namespace) now: its ifindex
+    /// with its pod's addresses. A veth that is gone has none.
+    pub fn sources(&self) -> BTreeMap<String, BTreeSet<PodSource>> {
+        self.addresses_by_veth
+            .iter()
+            .filter_map(|(veth, addrs)| {
+                let ifindex = nix::net::if_::if_nametoindex(veth.as_str()).ok()?;
+                let sources = addrs.iter().map(|addr| PodSource {
+                    ifindex,
+                    addr: *addr,
+                });
+                Some((veth.clone(), sources.collect()))
+            })
+            .collect()
     }
 }
 
@@ -83,6 +112,38 @@ pub(super) fn apply_locals(
             match *change {
                 LocalChange::Add(ip) if pods.addresses.contains(&ip) => bpf.add_local(ip)?,
                 LocalChange::Remove(ip) if !pods.addresses.contains(&ip) => bpf.remove_local(ip)?,
+                _ => continue,
+            }
+            ops += 1;
+        }
+        Ok::<usize, crate::bpf::BpfError>(ops)
+    })?
+    .map_err(Into::into)
+}
+
+/// A change to the source map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SourceChange {
+    /// Let a pod send from an address on its veth.
+    Add(PodSource),
+    /// Remove an entry no existing veth's pod holds.
+    Remove(PodSource),
+}
+
+/// Apply `changes` to the source map under the store's lock, each only while the store and
+/// the veths still agree with it. Returns the number of map operations.
+pub(super) fn apply_sources(
+    state_dir: &Path,
+    bpf: &mut Bpf,
+    changes: &[SourceChange],
+) -> anyhow::Result<usize> {
+    with_locked(state_dir, |pods| {
+        let now: BTreeSet<PodSource> = pods.sources().into_values().flatten().collect();
+        let mut ops = 0;
+        for change in changes {
+            match *change {
+                SourceChange::Add(s) if now.contains(&s) => bpf.add_source(s)?,
+                SourceChange::Remove(s) if !now.contains(&s) => bpf.remove_source(s)?,
                 _ => continue,
             }
             ops += 1;

@@ -1,8 +1,8 @@
 //! Start-up, in the order that makes a restart invisible to the datapath: settings, keys
 //! (loaded, never regenerated over an existing file), the underlay, the guard (before any
 //! peer, route or pod exists), both slot devices (adopted when they exist), this node's record
-//! (its pod CIDRs claimed when `cluster-pool`), the control and health servers; then the event
-//! loop, and on the way out what `--cleanup` asks for.
+//! (its pod CIDRs claimed when `cluster-pool`), the control and health servers, the policy
+//! loop ([`crate::policy`]); then the event loop, and on the way out what `--cleanup` asks for.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -108,6 +108,7 @@ pub async fn run_with<R: Registry>(
         listen_port: args.listen_port,
         host_encryption: args.host_encryption,
     };
+    let (policy, policy_task) = start_policy(&args, &registry).unzip();
     let underlay_ifindex = links
         .index_of(&underlay_if)
         .await?
@@ -132,6 +133,7 @@ pub async fn run_with<R: Registry>(
         metrics,
         status_feed,
         api_servers,
+        policy,
     };
     let channels = Channels {
         initial,
@@ -141,11 +143,47 @@ pub async fn run_with<R: Registry>(
     };
     let result = event_loop(&ctx, &registry, channels, resumed).await;
     control.abort();
+    if let Some(t) = policy_task {
+        // The maps stay pinned as written: the next meshd reconciles against them.
+        t.abort();
+    }
     if let Some(h) = health {
         h.abort();
     }
     shut_down(ctx, &registry).await;
     result
+}
+
+/// Starts the policy loop on the registry's objects and the IPAM store. Not fatal: without
+/// its object watch the node enforces no NetworkPolicy, and says so.
+fn start_policy<R: Registry>(
+    args: &DaemonArgs,
+    registry: &R,
+) -> Option<(
+    crate::policy::SharedPolicyReport,
+    tokio::task::JoinHandle<()>,
+)> {
+    let objects = match registry.watch_policy_objects() {
+        Ok(objects) => objects,
+        Err(err) => {
+            tracing::error!(error = %format!("{:#}", anyhow::Error::new(err)), "cannot watch the objects NetworkPolicy depends on: this node enforces no NetworkPolicy");
+            return None;
+        }
+    };
+    let writer = match crate::policy::datapath::DatapathWriter::open(&args.bpf_pin_dir) {
+        Ok(writer) => writer,
+        Err(err) => {
+            tracing::error!(error = %format!("{:#}", anyhow::Error::new(err)), "cannot open the policy maps: this node enforces no NetworkPolicy");
+            return None;
+        }
+    };
+    Some(crate::policy::spawn(
+        &args.node_name,
+        registry.policy_source(),
+        objects,
+        Some(super::pods::ipam_dir(&args.state_dir)),
+        writer,
+    ))
 }
 
 /// On the way out: the node takes no more pods; with `--cleanup` everything meshd made goes.

@@ -177,6 +177,12 @@ pub(super) async fn publish_status(
                 holder: r.holder.clone(),
             })
             .collect(),
+        policy: ctx.policy.as_ref().map(|report| {
+            report
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+        }),
     };
     if let Some(feed) = &ctx.status_feed {
         // Receivers decide what changed (the Node condition writes only when it does).

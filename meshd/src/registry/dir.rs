@@ -132,6 +132,16 @@ impl Registry for DirRegistry {
         handle.spawn(watcher.run(stream, initial));
         Ok(rx)
     }
+
+    fn watch_policy_objects(
+        &self,
+    ) -> Result<mpsc::Receiver<crate::policy::objects::ObjectEvent>, RegistryError> {
+        super::objects::watch_objects(&self.dir)
+    }
+
+    fn policy_source(&self) -> &'static str {
+        "directory"
+    }
 }
 
 fn publish_blocking(dir: &Path, record: &NodeRecord) -> Result<(), RegistryError> {

@@ -7,7 +7,9 @@
 //! annotations on each node's `Node` object ([`kube::annotations`]): `publish` patches meshd's
 //! annotations, `withdraw` removes them, `watch` lists the nodes and then follows a watch,
 //! translating into [`RegistryEvent`]s exactly like the directory backend does. [`kube`] also
-//! holds the rest of meshd's Kubernetes client code.
+//! holds the rest of meshd's Kubernetes client code. Each backend also carries the objects
+//! NetworkPolicy depends on ([`Registry::watch_policy_objects`]): [`objects`] files under the
+//! directory, [`kube::policy_objects`] watches on the API server.
 //!
 //! Contract of [`Registry::watch`]: the receiver first yields the current state (one
 //! [`RegistryEvent::Upsert`] or [`RegistryEvent::Malformed`] per existing record), then every
@@ -23,6 +25,7 @@ use keyexchange::{NodeRecord, RecordError};
 
 pub mod dir;
 pub mod kube;
+pub mod objects;
 
 pub use self::dir::DirRegistry;
 pub use self::kube::nodes::KubeRegistry;
@@ -128,4 +131,14 @@ pub trait Registry: Send + Sync + 'static {
     /// Streams the current state, then every change (see the module docs for the contract).
     /// Must be called within a Tokio runtime.
     fn watch(&self) -> Result<tokio::sync::mpsc::Receiver<RegistryEvent>, RegistryError>;
+
+    /// Streams the Pods, Namespaces and NetworkPolicies that NetworkPolicy depends on: each
+    /// kind listed, then every change ([`crate::policy::objects::ObjectEvent`]). Must be called
+    /// within a Tokio runtime.
+    fn watch_policy_objects(
+        &self,
+    ) -> Result<tokio::sync::mpsc::Receiver<crate::policy::objects::ObjectEvent>, RegistryError>;
+
+    /// Where [`Registry::watch_policy_objects`] reads (`directory`, `kubernetes`), for the status.
+    fn policy_source(&self) -> &'static str;
 }

@@ -97,6 +97,7 @@ fn trusted_with(
         host_exclude: &[],
         local_pods: BTreeSet::new(),
         pod_interfaces: None,
+        pod_sources: BTreeMap::new(),
         guard_interfaces: BTreeSet::new(),
         underlay: "eth0",
     };
@@ -224,6 +225,7 @@ fn a_plain_routed_cluster_is_protected_too() {
             host_exclude: &[],
             local_pods: BTreeSet::new(),
             pod_interfaces: None,
+            pod_sources: BTreeMap::new(),
             guard_interfaces: BTreeSet::new(),
             underlay: "eth0",
         },

@@ -13,10 +13,13 @@
 //! * [`node_condition`]: the `MeshdEncrypted` condition on the node's own `Node`.
 //! * [`audit_source`]: the cluster source of `meshctl audit` (every `Node`, every meshd's
 //!   `/status`).
+//! * [`policy_objects`]: the watches of every Pod, Namespace and NetworkPolicy that
+//!   NetworkPolicy enforcement needs.
 //!
 //! Together, meshd's service account needs `get`, `list`, `watch` and `patch` on `nodes`,
 //! `patch` on `nodes/status`, `list` and `watch` on `configmaps` and `endpointslices` (each
-//! limited by field selector to the one object), and `create` on `events`.
+//! limited by field selector to the one object), `list` and `watch` on `pods`, `namespaces`
+//! and `networkpolicies` (cluster-wide), and `create` on `events`.
 
 use std::time::Duration;
 
@@ -28,6 +31,7 @@ pub mod client;
 pub mod endpoints;
 pub mod node_condition;
 pub mod nodes;
+pub mod policy_objects;
 pub mod settings;
 
 /// Exponential backoff for re-establishing a watch, reset by every successful event.

@@ -291,6 +291,20 @@ impl Registry for KubeRegistry {
         });
         Ok(rx)
     }
+
+    fn watch_policy_objects(
+        &self,
+    ) -> Result<mpsc::Receiver<crate::policy::objects::ObjectEvent>, RegistryError> {
+        tokio::runtime::Handle::try_current().map_err(RegistryError::NoRuntime)?;
+        Ok(super::policy_objects::watch_policy_objects(
+            self.client.clone(),
+            self.watch_backoff,
+        ))
+    }
+
+    fn policy_source(&self) -> &'static str {
+        "kubernetes"
+    }
 }
 
 /// The watcher's view of the mesh, turning [`watcher::Event`]s into [`RegistryEvent`]s.

@@ -1,0 +1,399 @@
+//! What the object sources (the directory registry's `objects/` tree, the Kubernetes watches)
+//! report, and the pure bookkeeping that turns it into the compiler's [`Change`]s.
+//!
+//! A source reports each kind as a list (`ListStart`, the objects, `ListDone`) followed by
+//! single changes, and starts a new list whenever it may have missed changes (a watch that
+//! could not be resumed, an inotify queue overflow). [`ObjectCache`] makes every list a diff:
+//! objects that were known but are not listed again are removed, unchanged objects produce no
+//! change. It keeps no copy of the objects: the compiler's [`World`] is the record of what is
+//! known, so a pod is held once per node.
+//!
+//! A malformed object (a file that does not parse, an object [`meshd_policy::k8s`] refuses) is
+//! refused alone: it is reported, the last good version of that object (if any) stays in
+//! force, and its listing counts as a sighting so that a relist does not remove it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use meshd_policy::model::{Namespace, Pod, PodKey, Policy};
+use meshd_policy::{Change, World};
+
+/// The kinds of object policy depends on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// `v1` `Namespace`.
+    Namespace,
+    /// `v1` `Pod`.
+    Pod,
+    /// `networking.k8s.io/v1` `NetworkPolicy`.
+    NetworkPolicy,
+}
+
+impl Kind {
+    /// Every kind.
+    pub const ALL: [Kind; 3] = [Kind::Namespace, Kind::Pod, Kind::NetworkPolicy];
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Kind::Namespace => "Namespace",
+            Kind::Pod => "Pod",
+            Kind::NetworkPolicy => "NetworkPolicy",
+        })
+    }
+}
+
+/// One object's identity: its kind, namespace (empty for a Namespace) and name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectRef {
+    /// The kind.
+    pub kind: Kind,
+    /// The namespace; empty for a Namespace.
+    pub namespace: String,
+    /// The name.
+    pub name: String,
+}
+
+impl ObjectRef {
+    /// A Namespace's identity.
+    pub fn namespace(name: impl Into<String>) -> Self {
+        Self {
+            kind: Kind::Namespace,
+            namespace: String::new(),
+            name: name.into(),
+        }
+    }
+
+    /// A namespaced object's identity.
+    pub fn namespaced(kind: Kind, namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            kind,
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    fn pod_key(&self) -> PodKey {
+        PodKey::new(self.namespace.clone(), self.name.clone())
+    }
+}
+
+impl std::fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.kind {
+            Kind::Namespace => write!(f, "Namespace {}", self.name),
+            kind => write!(f, "{kind} {}/{}", self.namespace, self.name),
+        }
+    }
+}
+
+/// An object as the compiler takes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Object {
+    /// A namespace.
+    Namespace(Namespace),
+    /// A pod (host-network pods are not objects of policy: their source reports a removal).
+    Pod(Pod),
+    /// A NetworkPolicy.
+    Policy(Policy),
+}
+
+impl Object {
+    /// The object's identity.
+    pub fn reference(&self) -> ObjectRef {
+        match self {
+            Object::Namespace(ns) => ObjectRef::namespace(ns.name.clone()),
+            Object::Pod(pod) => {
+                ObjectRef::namespaced(Kind::Pod, pod.key.namespace.clone(), pod.key.name.clone())
+            }
+            Object::Policy(p) => ObjectRef::namespaced(
+                Kind::NetworkPolicy,
+                p.key.namespace.clone(),
+                p.key.name.clone(),
+            ),
+        }
+    }
+}
+
+/// What a source reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ObjectEvent {
+    /// A (re)list of `kind` begins: what is not announced before [`ObjectEvent::ListDone`] is
+    /// gone.
+    ListStart(Kind),
+    /// An object exists (listed, added or changed).
+    Upsert(Object),
+    /// An object is gone (deleted, or no longer an object of policy, e.g. host-network).
+    Remove(ObjectRef),
+    /// An object exists but is refused: `error` says what is wrong and where.
+    Malformed {
+        /// The object (from its file's path, or its metadata).
+        object: ObjectRef,
+        /// What is wrong, naming the file or the field.
+        error: String,
+    },
+    /// The (re)list of `kind` is complete.
+    ListDone(Kind),
+}
+
+/// The relist bookkeeping and the refused objects. See the module doc.
+#[derive(Debug, Default)]
+pub struct ObjectCache {
+    /// Objects sighted in the list of a kind under way.
+    listing: BTreeMap<Kind, BTreeSet<ObjectRef>>,
+    /// Kinds whose first list completed.
+    synced: BTreeSet<Kind>,
+    /// Refused objects and why.
+    malformed: BTreeMap<ObjectRef, String>,
+    /// Objects refused since start (each refusal of new content counts).
+    malformed_total: u64,
+}
+
+impl ObjectCache {
+    /// Whether every kind has been listed completely at least once.
+    pub fn synced(&self) -> bool {
+        Kind::ALL.iter().all(|k| self.synced.contains(k))
+    }
+
+    /// The objects refused now, and why.
+    pub fn malformed(&self) -> &BTreeMap<ObjectRef, String> {
+        &self.malformed
+    }
+
+    /// How many refusals there were since start.
+    pub fn malformed_total(&self) -> u64 {
+        self.malformed_total
+    }
+
+    /// Applies one event given the compiler's current `world`; returns the changes to apply,
+    /// in order.
+    pub fn apply(&mut self, world: &World, event: ObjectEvent) -> Vec<Change> {
+        match event {
+            ObjectEvent::ListStart(kind) => {
+                self.listing.insert(kind, BTreeSet::new());
+                Vec::new()
+            }
+            ObjectEvent::Upsert(object) => {
+                let reference = object.reference();
+                self.sighted(&reference);
+                self.malformed.remove(&reference);
+                upsert(world, object).into_iter().collect()
+            }
+            ObjectEvent::Remove(reference) => {
+                self.malformed.remove(&reference);
+                remove(world, &reference).into_iter().collect()
+            }
+            ObjectEvent::Malformed { object, error } => {
+                self.sighted(&object);
+                if self.malformed.get(&object) != Some(&error) {
+                    self.malformed_total += 1;
+                    self.malformed.insert(object, error);
+                }
+                Vec::new()
+            }
+            ObjectEvent::ListDone(kind) => {
+                let listed = self.listing.remove(&kind).unwrap_or_default();
+                self.synced.insert(kind);
+                self.malformed
+                    .retain(|r, _| r.kind != kind || listed.contains(r));
+                known(world, kind)
+                    .filter(|r| !listed.contains(r))
+                    .filter_map(|r| remove(world, &r))
+                    .collect()
+            }
+        }
+    }
+
+    fn sighted(&mut self, reference: &ObjectRef) {
+        if let Some(listing) = self.listing.get_mut(&reference.kind) {
+            listing.insert(reference.clone());
+        }
+    }
+}
+
+/// The change an upsert makes, if the world does not hold exactly this already.
+fn upsert(world: &World, object: Object) -> Option<Change> {
+    match object {
+        Object::Namespace(ns) => {
+            (world.namespaces.get(&ns.name) != Some(&ns)).then_some(Change::UpsertNamespace(ns))
+        }
+        Object::Pod(pod) => {
+            (world.pods.get(&pod.key) != Some(&pod)).then_some(Change::UpsertPod(pod))
+        }
+        Object::Policy(p) => {
+            (world.policies.get(&p.key) != Some(&p)).then_some(Change::UpsertPolicy(p))
+        }
+    }
+}
+
+/// The change a removal makes, if the world holds the object.
+fn remove(world: &World, reference: &ObjectRef) -> Option<Change> {
+    match reference.kind {
+        Kind::Namespace => world
+            .namespaces
+            .contains_key(&reference.name)
+            .then(|| Change::RemoveNamespace(reference.name.clone())),
+        Kind::Pod => {
+            let key = reference.pod_key();
+            world
+                .pods
+                .contains_key(&key)
+                .then_some(Change::RemovePod(key))
+        }
+        Kind::NetworkPolicy => {
+            let key = reference.pod_key();
+            world
+                .policies
+                .contains_key(&key)
+                .then_some(Change::RemovePolicy(key))
+        }
+    }
+}
+
+/// Every object of `kind` the world holds.
+fn known(world: &World, kind: Kind) -> Box<dyn Iterator<Item = ObjectRef> + '_> {
+    match kind {
+        Kind::Namespace => Box::new(world.namespaces.keys().map(ObjectRef::namespace)),
+        Kind::Pod => Box::new(
+            world
+                .pods
+                .keys()
+                .map(|k| ObjectRef::namespaced(Kind::Pod, k.namespace.clone(), k.name.clone())),
+        ),
+        Kind::NetworkPolicy => Box::new(world.policies.keys().map(|k| {
+            ObjectRef::namespaced(Kind::NetworkPolicy, k.namespace.clone(), k.name.clone())
+        })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use meshd_policy::model::LabelSelector;
+    use meshd_policy::Compiler;
+
+    use super::*;
+
+    fn pod(ns: &str, name: &str, app: &str) -> Pod {
+        Pod {
+            key: PodKey::new(ns, name),
+            labels: [("app".to_owned(), app.to_owned())].into(),
+            addresses: vec!["10.0.0.2".parse().expect("literal")],
+            node: "n1".into(),
+            named_ports: BTreeMap::new(),
+        }
+    }
+
+    fn policy(ns: &str, name: &str) -> Policy {
+        Policy {
+            key: PodKey::new(ns, name),
+            pod_selector: LabelSelector::everything(),
+            policy_types: None,
+            ingress: Vec::new(),
+            egress: Vec::new(),
+        }
+    }
+
+    /// Feeds events through the cache into a compiler; returns the changes.
+    fn feed(
+        cache: &mut ObjectCache,
+        compiler: &mut Compiler,
+        events: Vec<ObjectEvent>,
+    ) -> Vec<Change> {
+        let mut out = Vec::new();
+        for event in events {
+            for change in cache.apply(compiler.world(), event) {
+                compiler.apply(change.clone());
+                out.push(change);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_relist_removes_what_vanished_and_repeats_nothing_unchanged() {
+        let mut cache = ObjectCache::default();
+        let mut compiler = Compiler::new();
+        let list = |objects: Vec<Object>| {
+            let mut events = vec![ObjectEvent::ListStart(Kind::Pod)];
+            events.extend(objects.into_iter().map(ObjectEvent::Upsert));
+            events.push(ObjectEvent::ListDone(Kind::Pod));
+            events
+        };
+        let a = pod("x", "a", "one");
+        let b = pod("x", "b", "two");
+        let changes = feed(
+            &mut cache,
+            &mut compiler,
+            list(vec![Object::Pod(a.clone()), Object::Pod(b.clone())]),
+        );
+        assert_eq!(changes.len(), 2);
+        assert!(!cache.synced(), "namespaces and policies not listed yet");
+        // Relist: a unchanged, b gone, c new (b was deleted while the watch was down).
+        let c = pod("x", "c", "three");
+        let changes = feed(
+            &mut cache,
+            &mut compiler,
+            list(vec![Object::Pod(a), Object::Pod(c.clone())]),
+        );
+        assert_eq!(
+            changes,
+            vec![
+                Change::UpsertPod(c),
+                Change::RemovePod(PodKey::new("x", "b"))
+            ]
+        );
+        for kind in [Kind::Namespace, Kind::NetworkPolicy] {
+            feed(
+                &mut cache,
+                &mut compiler,
+                vec![ObjectEvent::ListStart(kind), ObjectEvent::ListDone(kind)],
+            );
+        }
+        assert!(cache.synced());
+    }
+
+    #[test]
+    fn a_malformed_object_keeps_its_last_good_version_and_is_refused_alone() {
+        let mut cache = ObjectCache::default();
+        let mut compiler = Compiler::new();
+        let bad = ObjectRef::namespaced(Kind::NetworkPolicy, "x", "p");
+        feed(
+            &mut cache,
+            &mut compiler,
+            vec![
+                ObjectEvent::Upsert(Object::Policy(policy("x", "p"))),
+                ObjectEvent::Upsert(Object::Policy(policy("x", "q"))),
+                ObjectEvent::Malformed {
+                    object: bad.clone(),
+                    error: "spec.ingress[0].ports[0].protocol is \"ICMP\"".into(),
+                },
+            ],
+        );
+        assert_eq!(compiler.world().policies.len(), 2);
+        assert_eq!(cache.malformed().len(), 1);
+        assert_eq!(cache.malformed_total(), 1);
+        // A relist sighting only the malformed version keeps the last good one; q is gone.
+        let changes = feed(
+            &mut cache,
+            &mut compiler,
+            vec![
+                ObjectEvent::ListStart(Kind::NetworkPolicy),
+                ObjectEvent::Malformed {
+                    object: bad.clone(),
+                    error: "spec.ingress[0].ports[0].protocol is \"ICMP\"".into(),
+                },
+                ObjectEvent::ListDone(Kind::NetworkPolicy),
+            ],
+        );
+        assert_eq!(changes, vec![Change::RemovePolicy(PodKey::new("x", "q"))]);
+        assert_eq!(
+            cache.malformed_total(),
+            1,
+            "the same refusal is counted once"
+        );
+        // Deleting it clears the report.
+        feed(&mut cache, &mut compiler, vec![ObjectEvent::Remove(bad)]);
+        assert!(cache.malformed().is_empty());
+        assert!(compiler.world().policies.is_empty());
+    }
+}
