@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context as _};
 use testkit::netns;
@@ -24,27 +24,6 @@ use crate::stop::{check_stop, pause, stopping};
 
 /// The probed pairs: one enforced on each node.
 const PAIRS: [(BenchPod, BenchPod); 2] = [(CLIENT_N1, SERVER_N2), (CLIENT_N2, SERVER_N1)];
-
-/// UNIX milliseconds of `t`.
-fn unix_ms(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64() * 1e3)
-}
-
-/// From node `node`'s policy status: when its last batch was written, in ms after `t0`
-/// (UNIX ms), and how long that batch took (first event to last write), ms.
-fn daemon_times(lab: &Lab, node: &str, t0_unix_ms: f64) -> (Option<f64>, Option<f64>) {
-    match lab.node_policy(node) {
-        Ok(p) => (
-            p["last_apply_unix_ms"].as_f64().map(|at| at - t0_unix_ms),
-            p["last_apply_micros"].as_f64().map(|us| us / 1e3),
-        ),
-        Err(e) => {
-            eprintln!("policy-bench: {node}'s policy status: {e:#}");
-            (None, None)
-        }
-    }
-}
 
 /// Pause between samples: 50..250 ms, varied so that samples do not lock onto a timer of
 /// the daemon.
@@ -64,7 +43,7 @@ fn one_flip(
     targets: &[Target],
     allow: bool,
     timing: ProbeTiming,
-) -> anyhow::Result<(Vec<Option<Duration>>, Duration, SystemTime)> {
+) -> anyhow::Result<(Vec<Option<Duration>>, Duration)> {
     let yaml = yaml_stream(&[flip_policy(allow)]);
     let t0 = OnceLock::new();
     let stop = AtomicBool::new(false);
@@ -91,10 +70,9 @@ fn one_flip(
                 std::thread::sleep(Duration::from_micros(200));
             }
             let start = Instant::now();
-            let wall = SystemTime::now();
             let _ = t0.set(start);
             lab.apply(&yaml).context("apply the flip policy")?;
-            Ok((start, start.elapsed(), wall))
+            Ok((start, start.elapsed()))
         })();
         if apply.is_err() || stopping() {
             stop.store(true, Ordering::SeqCst);
@@ -108,14 +86,13 @@ fn one_flip(
                 .context("enter the client's namespace")??;
             per_pair.push(attempts);
         }
-        let (start, meshctl_took, wall) = apply?;
+        let (start, meshctl_took) = apply?;
         Ok((
             per_pair
                 .iter()
                 .map(|a| enforced_after(start, a, allow))
                 .collect(),
             meshctl_took,
-            wall,
         ))
     })
 }
@@ -141,7 +118,7 @@ pub(crate) fn measure(
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     // The starting state: closed on both nodes.
-    let (closed, _, _) = one_flip(lab, &targets, false, timing)?;
+    let (closed, _) = one_flip(lab, &targets, false, timing)?;
     if closed.iter().any(Option::is_none) {
         anyhow::bail!(
             "the flip policy's closed state is not in force within {:?}",
@@ -153,12 +130,7 @@ pub(crate) fn measure(
         check_stop()?;
         pause(gap(k))?;
         let allow = k % 2 == 0;
-        let (per_pair, meshctl_took, wall) = one_flip(lab, &targets, allow, timing)?;
-        // Enforced by: pair 0 on n2 (the server's node), pair 1 on n1.
-        let daemon: Vec<(Option<f64>, Option<f64>)> = PAIRS
-            .iter()
-            .map(|(_, server)| daemon_times(lab, server.node, unix_ms(wall)))
-            .collect();
+        let (per_pair, meshctl_took) = one_flip(lab, &targets, allow, timing)?;
         let all = per_pair
             .iter()
             .try_fold(Duration::ZERO, |acc, p| p.map(|d| acc.max(d)));
@@ -167,8 +139,6 @@ pub(crate) fn measure(
             all_nodes_ms: all.map(ms),
             per_node_ms: per_pair.iter().map(|p| p.map(ms)).collect(),
             meshctl_ms: ms(meshctl_took),
-            maps_written_ms: daemon.iter().map(|d| d.0).collect(),
-            batch_ms: daemon.iter().map(|d| d.1).collect(),
         };
         let show = |v: &[Option<f64>]| {
             v.iter()
@@ -177,8 +147,7 @@ pub(crate) fn measure(
                 .join("/")
         };
         eprintln!(
-            "policy-bench: flip {}/{samples} ({}): {} (per node n2/n1 {} ms; meshctl {:.1} ms, \
-             maps written {} ms, batch {} ms)",
+            "policy-bench: flip {}/{samples} ({}): {} (per node n2/n1 {} ms; meshctl {:.1} ms)",
             k + 1,
             if allow { "open" } else { "close" },
             sample
@@ -186,13 +155,11 @@ pub(crate) fn measure(
                 .map_or("not seen".into(), |m| format!("{m:.1} ms")),
             show(&sample.per_node_ms),
             sample.meshctl_ms,
-            show(&sample.maps_written_ms),
-            show(&sample.batch_ms),
         );
         result.samples.push(sample);
         if all.is_none() {
             // The state is unknown: put it back to what the next sample expects.
-            let (again, _, _) = one_flip(lab, &targets, allow, timing)?;
+            let (again, _) = one_flip(lab, &targets, allow, timing)?;
             if again.iter().any(Option::is_none) {
                 anyhow::bail!("the flip policy does not take effect; giving up");
             }

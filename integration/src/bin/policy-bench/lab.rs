@@ -15,6 +15,12 @@ use serde::Deserialize;
 use crate::manifests::{BenchPod, PROBE_PORT};
 use crate::stop::check_stop;
 
+/// The window over which a meshd counts as idle.
+const IDLE_WINDOW: Duration = Duration::from_millis(500);
+/// CPU clock ticks (usually 10 ms each) all meshd together may use in [`IDLE_WINDOW`] and
+/// still count as idle.
+const IDLE_TICKS: u64 = 2;
+
 /// A running lab; `meshctl lab down` on drop.
 pub(crate) struct Lab {
     pub(crate) meshctl: PathBuf,
@@ -135,6 +141,43 @@ impl Lab {
         let status: serde_json::Value =
             serde_json::from_str(&out).with_context(|| format!("parse {node}'s status"))?;
         Ok(status["policy"].clone())
+    }
+
+    /// The pids of the nodes' meshd processes.
+    pub(crate) fn meshd_pids(&self) -> anyhow::Result<Vec<u32>> {
+        let json = self.run(&["lab", "status", "--name", &self.name, "-o", "json"], None)?;
+        let status = integration::LabStatus::from_json(&json).context("parse lab status")?;
+        Ok(status.nodes.iter().filter_map(|n| n.meshd_pid).collect())
+    }
+
+    /// Waits until every meshd has used at most [`IDLE_TICKS`] clock ticks of CPU over a
+    /// [`IDLE_WINDOW`] (done compiling and writing), at most `max`; the time it took from
+    /// `since`. On a shared 2-core machine a daemon still busy with a change would take CPU from
+    /// what is measured next.
+    pub(crate) fn wait_meshd_idle(
+        &self,
+        since: Instant,
+        max: Duration,
+    ) -> anyhow::Result<Duration> {
+        let pids = self.meshd_pids()?;
+        let ticks = || -> u64 {
+            pids.iter()
+                .filter_map(|&p| integration::bench::read_cpu_ticks(p).ok())
+                .sum()
+        };
+        let mut before = ticks();
+        loop {
+            crate::stop::pause(IDLE_WINDOW)?;
+            let now = ticks();
+            let busy = now.saturating_sub(before);
+            if busy <= IDLE_TICKS {
+                return Ok(since.elapsed().saturating_sub(IDLE_WINDOW));
+            }
+            if since.elapsed() > max {
+                bail!("meshd still busy after {max:?} ({busy} ticks in the last {IDLE_WINDOW:?})");
+            }
+            before = now;
+        }
     }
 
     /// The network namespace `apply` made for `pod`.

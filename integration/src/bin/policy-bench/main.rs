@@ -143,7 +143,7 @@ fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
             !args.no_enforcement,
         )?);
     } else if !args.no_enforcement {
-        throughput::switch(&lab, true, &set_yaml)?;
+        let _ = throughput::switch(&lab, true, &set_yaml)?;
     }
     report.policy_status = policy_status(&lab, policies);
     if !args.no_enforcement {

@@ -40,11 +40,11 @@ impl PairThroughput {
 #[derive(Debug, Clone, Default, Serialize)]
 pub(crate) struct ThroughputResult {
     pub(crate) pairs: Vec<PairThroughput>,
-    /// Each apply of the whole set: `meshctl lab apply` invoked → the probes agree (coarse:
-    /// a probe round takes its 300 ms timeout).
-    pub(crate) set_in_force_ms: Vec<f64>,
+    /// Each apply of the whole set: `meshctl lab apply` invoked → [the probes agree (coarse: a
+    /// probe round takes its 300 ms timeout), every meshd idle again].
+    pub(crate) set_in_force_ms: Vec<[f64; 2]>,
     /// Each delete of the whole set, the same way.
-    pub(crate) set_removed_ms: Vec<f64>,
+    pub(crate) set_removed_ms: Vec<[f64; 2]>,
     /// The probes confirmed each condition before it was measured.
     pub(crate) verified: bool,
 }
@@ -60,11 +60,6 @@ pub(crate) struct EnforceSample {
     pub(crate) per_node_ms: Vec<Option<f64>>,
     /// How long `meshctl lab apply` itself ran.
     pub(crate) meshctl_ms: f64,
-    /// Per enforcing node (n2, n1): its last map write after `meshctl` was invoked, ms (its
-    /// status's `last_apply_unix_ms`; millisecond resolution, same clock).
-    pub(crate) maps_written_ms: Vec<Option<f64>>,
-    /// Per enforcing node: its last batch from first event to last write (`last_apply_micros`).
-    pub(crate) batch_ms: Vec<Option<f64>>,
 }
 
 /// Target 2's measurements.
@@ -75,10 +70,6 @@ pub(crate) struct EnforceResult {
     pub(crate) opening: Option<Latency>,
     pub(crate) closing: Option<Latency>,
     pub(crate) meshctl: Option<Latency>,
-    /// `meshctl` invoked → the later node's maps written.
-    pub(crate) maps_written: Option<Latency>,
-    /// The later node's batch, first event → last write.
-    pub(crate) batch: Option<Latency>,
     /// p99 of all samples, infinite when one was never seen (for the target).
     #[serde(skip)]
     pub(crate) p99_for_target: Option<f64>,
@@ -100,18 +91,6 @@ impl EnforceResult {
         self.closing = Some(of(&|s| !s.allow));
         let m: Vec<Option<f64>> = self.samples.iter().map(|s| Some(s.meshctl_ms)).collect();
         self.meshctl = Some(Latency::of(&m));
-        let later = |v: &[Option<f64>]| {
-            v.iter()
-                .try_fold(f64::NEG_INFINITY, |acc, x| x.map(|x| acc.max(x)))
-        };
-        let w: Vec<Option<f64>> = self
-            .samples
-            .iter()
-            .map(|s| later(&s.maps_written_ms))
-            .collect();
-        self.maps_written = Some(Latency::of(&w));
-        let b: Vec<Option<f64>> = self.samples.iter().map(|s| later(&s.batch_ms)).collect();
-        self.batch = Some(Latency::of(&b));
         let v: Vec<f64> = self
             .samples
             .iter()
@@ -237,19 +216,17 @@ impl Report {
                     list(&p.with_gbit)
                 );
             }
-            let _ = writeln!(
-                s,
-                "policy set apply -> probes agree: {} ms; delete -> agree: {} ms (probe rounds of 300 ms)",
-                t.set_in_force_ms
-                    .iter()
-                    .map(|x| format!("{x:.0}"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                t.set_removed_ms
-                    .iter()
-                    .map(|x| format!("{x:.0}"))
+            let times = |v: &[[f64; 2]]| {
+                v.iter()
+                    .map(|[agreed, idle]| format!("{agreed:.0}/{idle:.0}"))
                     .collect::<Vec<_>>()
                     .join(", ")
+            };
+            let _ = writeln!(
+                s,
+                "policy set apply -> probes agree/meshd idle: {} ms; delete: {} ms",
+                times(&t.set_in_force_ms),
+                times(&t.set_removed_ms)
             );
         }
         for p in &self.policy_status {
@@ -283,8 +260,6 @@ impl Report {
                 ("opening", &e.opening),
                 ("closing", &e.closing),
                 ("meshctl apply itself", &e.meshctl),
-                ("invoked -> maps written", &e.maps_written),
-                ("daemon batch", &e.batch),
             ] {
                 if let Some(l) = l {
                     let _ = writeln!(

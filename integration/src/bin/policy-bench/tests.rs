@@ -311,8 +311,6 @@ fn sample(ms: Option<f64>) -> EnforceSample {
         all_nodes_ms: ms,
         per_node_ms: vec![ms, ms],
         meshctl_ms: 5.0,
-        maps_written_ms: vec![Some(3.0), Some(4.0)],
-        batch_ms: vec![Some(0.5), None],
     }
 }
 

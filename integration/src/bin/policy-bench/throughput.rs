@@ -90,17 +90,23 @@ fn iperf(lab: &Lab, pair: &Pair, secs: u64) -> anyhow::Result<f64> {
     Ok(run.gbit_s())
 }
 
-/// Puts the policy set in force (`with`) or removes it; the time from the `meshctl` call to
-/// the probes agreeing.
-pub(crate) fn switch(lab: &Lab, with: bool, set_yaml: &str) -> anyhow::Result<Duration> {
+/// Puts the policy set in force (`with`) or removes it; the times from the `meshctl` call to
+/// the probes agreeing and to every meshd being idle again (done compiling and writing).
+pub(crate) fn switch(
+    lab: &Lab,
+    with: bool,
+    set_yaml: &str,
+) -> anyhow::Result<(Duration, Duration)> {
     let t0 = Instant::now();
-    if with {
+    let agreed = if with {
         lab.apply(set_yaml).context("apply the policy set")?;
-        lab.wait_for_verdicts(&expect_with(), t0, IN_FORCE_WAIT)
+        lab.wait_for_verdicts(&expect_with(), t0, IN_FORCE_WAIT)?
     } else {
         lab.delete(set_yaml).context("delete the policy set")?;
-        lab.wait_for_verdicts(&expect_without(), t0, IN_FORCE_WAIT)
-    }
+        lab.wait_for_verdicts(&expect_without(), t0, IN_FORCE_WAIT)?
+    };
+    let idle = lab.wait_meshd_idle(t0, IN_FORCE_WAIT)?;
+    Ok((agreed, idle))
 }
 
 /// The condition of round `round` (1-based) at position `pos` (0 or 1): without/with in odd
@@ -148,15 +154,17 @@ pub(crate) fn measure(
                     "policy-bench: {} the policy set",
                     if with { "applying" } else { "deleting" }
                 );
-                let took = switch(lab, with, set_yaml)?;
+                let (agreed, idle) = switch(lab, with, set_yaml)?;
                 eprintln!(
-                    "policy-bench:   in force after {:.0} ms",
-                    took.as_secs_f64() * 1e3
+                    "policy-bench:   probes agree after {:.0} ms, meshd idle after {:.0} ms",
+                    agreed.as_secs_f64() * 1e3,
+                    idle.as_secs_f64() * 1e3
                 );
+                let times = [agreed.as_secs_f64() * 1e3, idle.as_secs_f64() * 1e3];
                 if with {
-                    result.set_in_force_ms.push(took.as_secs_f64() * 1e3);
+                    result.set_in_force_ms.push(times);
                 } else {
-                    result.set_removed_ms.push(took.as_secs_f64() * 1e3);
+                    result.set_removed_ms.push(times);
                 }
                 with_now = with;
                 pause(Duration::from_secs(1))?;
@@ -178,9 +186,10 @@ pub(crate) fn measure(
         }
     }
     if leave_with && !with_now {
+        let (agreed, idle) = switch(lab, true, set_yaml)?;
         result
             .set_in_force_ms
-            .push(switch(lab, true, set_yaml)?.as_secs_f64() * 1e3);
+            .push([agreed.as_secs_f64() * 1e3, idle.as_secs_f64() * 1e3]);
     }
     result.verified = true;
     Ok(result)
