@@ -19,7 +19,7 @@ use crate::manifests::{
 };
 use crate::prober::{probe_until, ProbeTiming};
 use crate::report::{EnforceResult, EnforceSample};
-use crate::stats::enforced_after;
+use crate::stats::{enforced_after, longest_gap};
 use crate::stop::{check_stop, pause, stopping};
 
 /// The probed pairs: one enforced on each node.
@@ -43,7 +43,7 @@ fn one_flip(
     targets: &[Target],
     allow: bool,
     timing: ProbeTiming,
-) -> anyhow::Result<(Vec<Option<Duration>>, Duration)> {
+) -> anyhow::Result<(Vec<Option<Duration>>, Duration, Duration)> {
     let yaml = yaml_stream(&[flip_policy(allow)]);
     let t0 = OnceLock::new();
     let stop = AtomicBool::new(false);
@@ -87,12 +87,18 @@ fn one_flip(
             per_pair.push(attempts);
         }
         let (start, meshctl_took) = apply?;
+        let gap = per_pair
+            .iter()
+            .map(|a| longest_gap(a))
+            .max()
+            .unwrap_or_default();
         Ok((
             per_pair
                 .iter()
                 .map(|a| enforced_after(start, a, allow))
                 .collect(),
             meshctl_took,
+            gap,
         ))
     })
 }
@@ -118,19 +124,22 @@ pub(crate) fn measure(
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     // The starting state: closed on both nodes.
-    let (closed, _) = one_flip(lab, &targets, false, timing)?;
+    let (closed, _, _) = one_flip(lab, &targets, false, timing)?;
     if closed.iter().any(Option::is_none) {
         anyhow::bail!(
             "the flip policy's closed state is not in force within {:?}",
             timing.max_wait
         );
     }
+    let pids = lab.meshd_pids()?;
     let mut result = EnforceResult::default();
     for k in 0..samples {
         check_stop()?;
         pause(gap(k))?;
         let allow = k % 2 == 0;
-        let (per_pair, meshctl_took) = one_flip(lab, &targets, allow, timing)?;
+        let before = Lab::meshd_schedstat(&pids);
+        let (per_pair, meshctl_took, gap) = one_flip(lab, &targets, allow, timing)?;
+        let after = Lab::meshd_schedstat(&pids);
         let all = per_pair
             .iter()
             .try_fold(Duration::ZERO, |acc, p| p.map(|d| acc.max(d)));
@@ -139,6 +148,9 @@ pub(crate) fn measure(
             all_nodes_ms: all.map(ms),
             per_node_ms: per_pair.iter().map(|p| p.map(ms)).collect(),
             meshctl_ms: ms(meshctl_took),
+            prober_gap_ms: ms(gap),
+            meshd_cpu_ms: after.0.saturating_sub(before.0) as f64 / 1e6,
+            meshd_wait_ms: after.1.saturating_sub(before.1) as f64 / 1e6,
         };
         let show = |v: &[Option<f64>]| {
             v.iter()
@@ -147,7 +159,8 @@ pub(crate) fn measure(
                 .join("/")
         };
         eprintln!(
-            "policy-bench: flip {}/{samples} ({}): {} (per node n2/n1 {} ms; meshctl {:.1} ms)",
+            "policy-bench: flip {}/{samples} ({}): {} (per node n2/n1 {} ms; meshctl {:.1} ms; \
+             meshd on CPU {:.1} ms, waiting for CPU {:.1} ms; prober gap {:.1} ms)",
             k + 1,
             if allow { "open" } else { "close" },
             sample
@@ -155,11 +168,14 @@ pub(crate) fn measure(
                 .map_or("not seen".into(), |m| format!("{m:.1} ms")),
             show(&sample.per_node_ms),
             sample.meshctl_ms,
+            sample.meshd_cpu_ms,
+            sample.meshd_wait_ms,
+            sample.prober_gap_ms,
         );
         result.samples.push(sample);
         if all.is_none() {
             // The state is unknown: put it back to what the next sample expects.
-            let (again, _) = one_flip(lab, &targets, allow, timing)?;
+            let (again, _, _) = one_flip(lab, &targets, allow, timing)?;
             if again.iter().any(Option::is_none) {
                 anyhow::bail!("the flip policy does not take effect; giving up");
             }

@@ -150,6 +150,23 @@ impl Lab {
         Ok(status.nodes.iter().filter_map(|n| n.meshd_pid).collect())
     }
 
+    /// On-CPU and run-queue-wait nanoseconds of every thread of every meshd so far
+    /// (`/proc/<pid>/task/*/schedstat`): over a flip, the wait says how long the daemons were
+    /// ready to run but had no CPU.
+    pub(crate) fn meshd_schedstat(pids: &[u32]) -> (u64, u64) {
+        let mut texts = Vec::new();
+        for pid in pids {
+            if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+                for task in tasks.flatten() {
+                    if let Ok(t) = std::fs::read_to_string(task.path().join("schedstat")) {
+                        texts.push(t);
+                    }
+                }
+            }
+        }
+        crate::stats::sum_schedstat(texts.iter().map(String::as_str))
+    }
+
     /// Waits until every meshd has used at most [`IDLE_TICKS`] clock ticks of CPU over a
     /// [`IDLE_WINDOW`] (done compiling and writing), at most `max`; the time it took from
     /// `since`. On a shared 2-core machine a daemon still busy with a change would take CPU from

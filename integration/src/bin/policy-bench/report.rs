@@ -60,6 +60,13 @@ pub(crate) struct EnforceSample {
     pub(crate) per_node_ms: Vec<Option<f64>>,
     /// How long `meshctl lab apply` itself ran.
     pub(crate) meshctl_ms: f64,
+    /// The longest pause between two attempts of a prober (it was not scheduled meanwhile).
+    pub(crate) prober_gap_ms: f64,
+    /// CPU both meshd used from just before the flip until it was seen and the probers
+    /// drained (`/proc/<pid>/task/*/schedstat`).
+    pub(crate) meshd_cpu_ms: f64,
+    /// Time meshd's threads were runnable but waited for a CPU over the same span.
+    pub(crate) meshd_wait_ms: f64,
 }
 
 /// Target 2's measurements.
@@ -70,6 +77,12 @@ pub(crate) struct EnforceResult {
     pub(crate) opening: Option<Latency>,
     pub(crate) closing: Option<Latency>,
     pub(crate) meshctl: Option<Latency>,
+    /// meshd's CPU per flip (both nodes).
+    pub(crate) meshd_cpu: Option<Latency>,
+    /// meshd's run-queue wait per flip (both nodes).
+    pub(crate) meshd_wait: Option<Latency>,
+    /// The probers' longest pause per flip.
+    pub(crate) prober_gap: Option<Latency>,
     /// p99 of all samples, infinite when one was never seen (for the target).
     #[serde(skip)]
     pub(crate) p99_for_target: Option<f64>,
@@ -91,6 +104,14 @@ impl EnforceResult {
         self.closing = Some(of(&|s| !s.allow));
         let m: Vec<Option<f64>> = self.samples.iter().map(|s| Some(s.meshctl_ms)).collect();
         self.meshctl = Some(Latency::of(&m));
+        let of_field = |f: fn(&EnforceSample) -> f64| {
+            Some(Latency::of(
+                &self.samples.iter().map(|s| Some(f(s))).collect::<Vec<_>>(),
+            ))
+        };
+        self.meshd_cpu = of_field(|s| s.meshd_cpu_ms);
+        self.meshd_wait = of_field(|s| s.meshd_wait_ms);
+        self.prober_gap = of_field(|s| s.prober_gap_ms);
         let v: Vec<f64> = self
             .samples
             .iter()
@@ -260,6 +281,9 @@ impl Report {
                 ("opening", &e.opening),
                 ("closing", &e.closing),
                 ("meshctl apply itself", &e.meshctl),
+                ("meshd on CPU", &e.meshd_cpu),
+                ("meshd waiting for CPU", &e.meshd_wait),
+                ("prober's longest gap", &e.prober_gap),
             ] {
                 if let Some(l) = l {
                     let _ = writeln!(

@@ -186,3 +186,26 @@ pub(crate) fn ratio(with: Option<f64>, without: Option<f64>) -> Option<f64> {
         _ => None,
     }
 }
+
+/// The longest pause between consecutive attempt starts (sorted): a prober that was not
+/// scheduled for a while shows it here, and its sample is then late by up to that much.
+pub(crate) fn longest_gap(attempts: &[Attempt]) -> Duration {
+    let mut starts: Vec<Instant> = attempts.iter().map(|a| a.start).collect();
+    starts.sort();
+    starts
+        .windows(2)
+        .map(|w| w[1].saturating_duration_since(w[0]))
+        .max()
+        .unwrap_or(Duration::ZERO)
+}
+
+/// Sums `/proc/<pid>/task/*/schedstat` lines ("on-CPU ns, run-queue wait ns, slices") into
+/// (on-CPU, waiting) nanoseconds.
+pub(crate) fn sum_schedstat<'a>(lines: impl IntoIterator<Item = &'a str>) -> (u64, u64) {
+    lines.into_iter().fold((0, 0), |(cpu, wait), line| {
+        let mut f = line
+            .split_whitespace()
+            .map(|x| x.parse::<u64>().unwrap_or(0));
+        (cpu + f.next().unwrap_or(0), wait + f.next().unwrap_or(0))
+    })
+}

@@ -311,6 +311,9 @@ fn sample(ms: Option<f64>) -> EnforceSample {
         all_nodes_ms: ms,
         per_node_ms: vec![ms, ms],
         meshctl_ms: 5.0,
+        prober_gap_ms: 2.0,
+        meshd_cpu_ms: 1.0,
+        meshd_wait_ms: 0.5,
     }
 }
 
@@ -404,4 +407,16 @@ fn probe_results_are_checked_against_expectations() {
     assert_eq!(m.len(), 2);
     assert!(m[0].contains("allowed (want blocked)"), "{m:?}");
     assert!(m[1].contains("not probed"), "{m:?}");
+}
+
+#[test]
+fn the_longest_gap_between_attempts_and_schedstat_sums() {
+    let t0 = Instant::now();
+    let attempts = [at(t0, 0, 1, true), at(t0, 30, 31, true), at(t0, 2, 3, true)];
+    assert_eq!(longest_gap(&attempts), Duration::from_millis(28));
+    assert_eq!(longest_gap(&[]), Duration::ZERO);
+    assert_eq!(
+        sum_schedstat(["100 20 3\n", "5 7 1\n", "garbage"]),
+        (105, 27)
+    );
 }
