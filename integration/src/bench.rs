@@ -82,6 +82,7 @@ pub enum BenchError {
 mod measure;
 mod render;
 mod report;
+pub mod stop;
 mod uapi;
 
 pub use measure::*;

@@ -62,7 +62,7 @@ mod dataplane;
 mod lab;
 mod process;
 mod scale;
-mod stop;
+use integration::bench::stop;
 mod verdict;
 
 /// Settings shared by every measurement.
@@ -171,7 +171,7 @@ fn main() -> ExitCode {
         eprintln!("mesh-bench needs root (network namespaces)");
         return ExitCode::FAILURE;
     }
-    handle_signals();
+    handle_signals("mesh-bench");
     match run(&args) {
         Ok(report) => {
             if args.json {

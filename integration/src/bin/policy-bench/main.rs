@@ -49,7 +49,7 @@ mod manifests;
 mod prober;
 mod report;
 mod stats;
-mod stop;
+use integration::bench::stop;
 mod throughput;
 
 fn load_average() -> Option<String> {
@@ -173,7 +173,7 @@ fn main() -> ExitCode {
         eprintln!("policy-bench needs root (network namespaces)");
         return ExitCode::from(2);
     }
-    handle_signals();
+    handle_signals("policy-bench");
     let mut report = Report {
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         load_average_start: load_average(),

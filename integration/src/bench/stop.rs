@@ -1,5 +1,5 @@
-//! Stopping early: the SIGINT/SIGTERM flag every wait checks, so that a run cleans up and
-//! exits 130.
+//! Stopping a bench early: the SIGINT/SIGTERM flag every wait of `mesh-bench` and
+//! `policy-bench` checks, so that a run cleans up and exits 130.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -10,11 +10,13 @@ use nix::sys::signal::{SigSet, Signal};
 /// Set by the signal thread on SIGINT/SIGTERM: stop measuring, clean up, exit.
 static STOP: AtomicBool = AtomicBool::new(false);
 
-pub(crate) fn stopping() -> bool {
+/// Whether SIGINT or SIGTERM arrived.
+pub fn stopping() -> bool {
     STOP.load(Ordering::SeqCst)
 }
 
-pub(crate) fn check_stop() -> anyhow::Result<()> {
+/// An "interrupted" error once SIGINT or SIGTERM arrived.
+pub fn check_stop() -> anyhow::Result<()> {
     if stopping() {
         bail!("interrupted");
     }
@@ -22,7 +24,7 @@ pub(crate) fn check_stop() -> anyhow::Result<()> {
 }
 
 /// Sleeps `d`, returning early with an error when asked to stop.
-pub(crate) fn pause(d: Duration) -> anyhow::Result<()> {
+pub fn pause(d: Duration) -> anyhow::Result<()> {
     let end = Instant::now() + d;
     loop {
         check_stop()?;
@@ -36,12 +38,12 @@ pub(crate) fn pause(d: Duration) -> anyhow::Result<()> {
 
 /// Blocks SIGINT and SIGTERM in every thread and waits for them in one: the first sets
 /// [`STOP`] (the run unwinds and its guards clean up), a second exits at once.
-pub(crate) fn handle_signals() {
+pub fn handle_signals(program: &'static str) {
     let mut set = SigSet::empty();
     set.add(Signal::SIGINT);
     set.add(Signal::SIGTERM);
     if let Err(err) = set.thread_block() {
-        eprintln!("mesh-bench: blocking SIGINT/SIGTERM failed ({err}); Ctrl-C will not clean up");
+        eprintln!("{program}: blocking SIGINT/SIGTERM failed ({err}); Ctrl-C will not clean up");
         return;
     }
     let spawned = std::thread::Builder::new()
@@ -49,13 +51,13 @@ pub(crate) fn handle_signals() {
         .spawn(move || {
             while let Ok(sig) = set.wait() {
                 if STOP.swap(true, Ordering::SeqCst) {
-                    eprintln!("mesh-bench: {sig} again, exiting without cleaning up");
+                    eprintln!("{program}: {sig} again, exiting without cleaning up");
                     std::process::exit(130);
                 }
-                eprintln!("mesh-bench: {sig}, cleaning up (send it again to exit at once)");
+                eprintln!("{program}: {sig}, cleaning up (send it again to exit at once)");
             }
         });
     if let Err(err) = spawned {
-        eprintln!("mesh-bench: no signal thread ({err})");
+        eprintln!("{program}: no signal thread ({err})");
     }
 }
