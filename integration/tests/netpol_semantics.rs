@@ -21,6 +21,10 @@
 //!   both servers and families) are cut by both policies alike, and a UDP flow opened while
 //!   denied never gets an echo. `policy_denied_ingress` (both nodes) and
 //!   `policy_denied_egress` (n1) in `meshctl lab status -o json` grow.
+//! * `deny_all_egress_but_dns`: the usual "deny all egress but DNS" policy — egress on port 53,
+//!   UDP and TCP, to anywhere, nothing else. `dns/client` (n1) reaches `dns/resolver` (n2) on
+//!   UDP 53 and TCP 53 and on nothing else (TCP 80, UDP 80 blocked), both families; the
+//!   resolver, not isolated, still reaches the client.
 //!
 //! The echo listeners and clients are sockets of this process opened inside the pods' network
 //! namespaces (`<lab>-pod-<namespace>.<name>`, docs/lab.md); the lab's own TCP servers only
@@ -117,8 +121,13 @@ struct ProbeReport {
     results: Vec<ProbeResult>,
 }
 
-/// One `meshctl lab probe` of TCP `port` over `family`: (from, to) → allowed.
-fn probe(lab: &Lab, port: u16, family: u8) -> anyhow::Result<BTreeMap<(String, String), bool>> {
+/// One `meshctl lab probe` of `protocol` `port` over `family`: (from, to) → allowed.
+fn probe(
+    lab: &Lab,
+    protocol: &str,
+    port: u16,
+    family: u8,
+) -> anyhow::Result<BTreeMap<(String, String), bool>> {
     let (port, family) = (port.to_string(), family.to_string());
     let out = lab.meshctl(&[
         "lab",
@@ -126,7 +135,7 @@ fn probe(lab: &Lab, port: u16, family: u8) -> anyhow::Result<BTreeMap<(String, S
         "--port",
         &port,
         "--protocol",
-        "TCP",
+        protocol,
         "--family",
         &family,
         "--timeout-ms",
@@ -156,9 +165,21 @@ fn await_verdicts(
     family: u8,
     expected: &[(&str, &str, bool)],
 ) -> anyhow::Result<()> {
+    await_protocol_verdicts(lab, what, "TCP", port, family, expected)
+}
+
+/// [`await_verdicts`] for any protocol `lab probe` takes (`TCP`, `UDP`, `SCTP`).
+fn await_protocol_verdicts(
+    lab: &Lab,
+    what: &str,
+    protocol: &str,
+    port: u16,
+    family: u8,
+    expected: &[(&str, &str, bool)],
+) -> anyhow::Result<()> {
     let started = Instant::now();
     loop {
-        let observed = probe(lab, port, family)?;
+        let observed = probe(lab, protocol, port, family)?;
         let mut wrong = Vec::new();
         for (from, to, allowed) in expected {
             let got = observed.get(&((*from).to_owned(), (*to).to_owned()));
@@ -176,7 +197,7 @@ fn await_verdicts(
         }
         if started.elapsed() > WINDOW {
             bail!(
-                "{what}, TCP/{port} IPv{family}: after {:?} still\n  {}",
+                "{what}, {protocol}/{port} IPv{family}: after {:?} still\n  {}",
                 started.elapsed(),
                 wrong.join("\n  ")
             );
@@ -583,4 +604,79 @@ fn policy_change_cuts_established_connections() {
         "policy_denied_egress of n1 went from {egress_before} to {egress_after}"
     );
     println!("established connections checked in {:?}", started.elapsed());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deny all egress but DNS
+
+const DNS_PODS: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: dns}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: resolver, namespace: dns, labels: {app: dns}}
+spec:
+  nodeName: n2
+  containers:
+  - name: dns
+    ports:
+    - {name: dns, containerPort: 53, protocol: UDP}
+    - {name: dns-tcp, containerPort: 53, protocol: TCP}
+    - {name: http, containerPort: 80, protocol: TCP}
+    - {name: other, containerPort: 80, protocol: UDP}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: dns, labels: {role: client}}
+spec:
+  nodeName: n1
+  containers:
+  - name: c
+    ports: [{containerPort: 80, protocol: TCP}]
+"#;
+
+/// The client may send only DNS, to anyone.
+const EGRESS_DNS_ONLY: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-egress-but-dns, namespace: dns}
+spec:
+  podSelector: {matchLabels: {role: client}}
+  policyTypes: [Egress]
+  egress:
+  - ports: [{port: 53, protocol: UDP}, {port: 53, protocol: TCP}]
+"#;
+
+#[test]
+fn deny_all_egress_but_dns() {
+    testkit::require_tools(lab::TOOLS);
+    let lab = Lab::up(2, 1).unwrap();
+    lab_file(&lab, "apply", DNS_PODS).unwrap();
+    let to_resolver = |allowed: bool| [("dns/client", "dns/resolver", allowed)];
+    // Without a policy every served port is reachable: a blocked verdict later is the policy's.
+    for family in [4, 6] {
+        for (protocol, port) in [("UDP", 53), ("TCP", 53), ("TCP", 80), ("UDP", 80)] {
+            let what = "no policy";
+            await_protocol_verdicts(&lab, what, protocol, port, family, &to_resolver(true))
+                .unwrap();
+        }
+    }
+    lab_file(&lab, "apply", EGRESS_DNS_ONLY).unwrap();
+    for family in [4, 6] {
+        for (protocol, port, allowed) in [
+            ("UDP", 53, true),
+            ("TCP", 53, true),
+            ("TCP", 80, false),
+            ("UDP", 80, false),
+        ] {
+            let what = "egress DNS only";
+            await_protocol_verdicts(&lab, what, protocol, port, family, &to_resolver(allowed))
+                .unwrap();
+        }
+        // The resolver is not isolated: it still reaches the client (whose ingress is open).
+        let back = [("dns/resolver", "dns/client", true)];
+        await_verdicts(&lab, "egress DNS only, reverse", 80, family, &back).unwrap();
+    }
 }
