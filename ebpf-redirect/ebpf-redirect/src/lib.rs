@@ -9,7 +9,8 @@
 //!   `CONFIG`, `VERDICTS`, `SOURCE_V4`, `SOURCE_V6`, `POLICY_ISOLATION`, `POLICY_PEER_V4`,
 //!   `POLICY_PEER_V6`, `POLICY_PORT`, `POLICY_GENERATION`, `CONNTRACK` - maps (pinned by name
 //!   by the loader; the policy and connection-tracking sizes in [`MapSizes`], see [`sizes`]).
-//! * `prog_from_pod`, `prog_to_pod`, `prog_underlay_egress` - programs.
+//! * `prog_from_pod`, `prog_to_pod`, `prog_underlay_egress`, `prog_underlay_egress_ip` -
+//!   programs.
 //! * `link_egress_<ifname>` - the underlay's TCX link (kernel >= 6.6), or the record of
 //!   `to_pod`'s filter on a pod's host veth (the attached program, pinned under the
 //!   interface's name, [`pod`]).
@@ -19,8 +20,11 @@
 //! the `clsact` ingress and egress hooks, at a fixed priority and handle, added over rtnetlink
 //! ([`cls_bpf`]): a TCX link costs a full RCU grace period per pod, a filter does not. Such a
 //! filter belongs to the interface, not to a file descriptor, so it survives the loader
-//! exiting without a pin and vanishes with the interface. `underlay_egress`, attached once
-//! per node, is a pinned TCX link on kernels with TCX (>= 6.6) and a filter before.
+//! exiting without a pin and vanishes with the interface. The guard, attached to every way out
+//! of the node, is a pinned TCX link on kernels with TCX (>= 6.6) and a filter before; which of
+//! its two programs an interface gets (`underlay_egress` for Ethernet links,
+//! `underlay_egress_ip` for links without a link-layer header) follows from the interface's
+//! link type ([`framing`]).
 //!
 //! All calls that take an interface name resolve it in the calling thread's network namespace.
 
@@ -46,6 +50,7 @@ use aya::{
     EbpfError, EbpfLoader,
 };
 mod cls_bpf;
+pub mod framing;
 mod pod;
 pub mod policy;
 pub mod sizes;
@@ -53,6 +58,7 @@ mod verdicts;
 
 pub use pod::{PodDatapath, PodSource};
 use pod::{PodProgram, SourceMaps};
+pub use framing::LinkFraming;
 pub use sizes::MapSizes;
 
 use cls_bpf::Hook;
@@ -75,8 +81,11 @@ pub const PROG_FROM_POD: &str = "from_pod";
 /// Name of the program for what is delivered to a pod (clsact egress of its host veth): the
 /// pod's ingress policy.
 pub const PROG_TO_POD: &str = "to_pod";
-/// Name of the program for the node's underlay interface (clsact egress).
+/// Name of the guard program for Ethernet links (tc egress of every way out of the node).
 pub const PROG_UNDERLAY_EGRESS: &str = "underlay_egress";
+/// Name of the guard program for links without a link-layer header (tun, WireGuard, ipip,
+/// sit, raw IP): tc sees their packets from the IP header on.
+pub const PROG_UNDERLAY_EGRESS_IP: &str = "underlay_egress_ip";
 
 /// Errors of the loader.
 ///
@@ -103,6 +112,14 @@ pub enum Error {
     /// File system error (pin directory).
     #[error(transparent)]
     Io(#[from] io::Error),
+    /// The guard cannot tell where the IP header of an interface's packets is.
+    #[error("interface {ifname} has link type {link_type}, which the guard cannot parse (neither Ethernet nor a link without a link-layer header)")]
+    UnsupportedLink {
+        /// The interface.
+        ifname: String,
+        /// Its `ARPHRD_*` type.
+        link_type: u16,
+    },
     /// The object lacks a program.
     #[error("program {0} not found in object")]
     MissingProgram(&'static str),
@@ -174,6 +191,7 @@ pub struct Datapath {
     from_pod: SchedClassifier,
     to_pod: SchedClassifier,
     underlay_egress: SchedClassifier,
+    underlay_egress_ip: SchedClassifier,
     sources: SourceMaps,
     remote_v4: LpmTrie<MapData, [u8; 4], u32>,
     remote_v6: LpmTrie<MapData, [u8; 16], u32>,
@@ -257,7 +275,12 @@ impl Datapath {
             loader.map_max_entries(name, max_entries);
         }
         let mut ebpf = loader.load(object).map_err(Box::new)?;
-        for name in [PROG_FROM_POD, PROG_TO_POD, PROG_UNDERLAY_EGRESS] {
+        for name in [
+            PROG_FROM_POD,
+            PROG_TO_POD,
+            PROG_UNDERLAY_EGRESS,
+            PROG_UNDERLAY_EGRESS_IP,
+        ] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or(Error::MissingProgram(name))?
@@ -287,6 +310,7 @@ impl Datapath {
             from_pod: SchedClassifier::from_pin(prog_pin(dir, PROG_FROM_POD))?,
             to_pod: SchedClassifier::from_pin(prog_pin(dir, PROG_TO_POD))?,
             underlay_egress: SchedClassifier::from_pin(prog_pin(dir, PROG_UNDERLAY_EGRESS))?,
+            underlay_egress_ip: SchedClassifier::from_pin(prog_pin(dir, PROG_UNDERLAY_EGRESS_IP))?,
             sources: SourceMaps::open(dir)?,
             remote_v4: open_map(dir, mn::REMOTE_V4)?.try_into()?,
             remote_v6: open_map(dir, mn::REMOTE_V6)?.try_into()?,
@@ -355,16 +379,39 @@ impl Datapath {
         self.sources.list()
     }
 
-    /// Attaches `underlay_egress` on clsact egress of `ifname` (the node's underlay NIC).
-    /// Idempotent: an existing attachment is replaced atomically by this program.
-    pub fn attach_underlay_egress(&mut self, ifname: &str) -> Result<()> {
+    /// The framing of `ifname`'s packets on egress, from its link type: which guard program
+    /// it gets. [`Error::UnsupportedLink`] for a type the guard cannot parse.
+    pub fn link_framing(ifname: &str) -> Result<LinkFraming> {
+        let ifindex = cls_bpf::ifindex(ifname)?;
+        let link_type = cls_bpf::link_type(ifindex)?;
+        framing::framing_of(link_type).ok_or_else(|| Error::UnsupportedLink {
+            ifname: ifname.to_string(),
+            link_type,
+        })
+    }
+
+    /// The guard program for links of `framing`.
+    fn guard_program(&mut self, framing: LinkFraming) -> &mut SchedClassifier {
+        match framing {
+            LinkFraming::Ethernet => &mut self.underlay_egress,
+            LinkFraming::Ip => &mut self.underlay_egress_ip,
+        }
+    }
+
+    /// Attaches the guard on tc egress of `ifname` (a way out of the node): `underlay_egress`
+    /// on an Ethernet link, `underlay_egress_ip` on a link without a link-layer header, chosen
+    /// once here from the link type ([`Datapath::link_framing`]). Idempotent: an existing
+    /// attachment is replaced atomically by this program. Returns the framing chosen.
+    pub fn attach_underlay_egress(&mut self, ifname: &str) -> Result<LinkFraming> {
+        let framing = Self::link_framing(ifname)?;
         let path = link_pin(&self.pin_dir, TcAttachType::Egress, ifname);
         attach(
-            &mut self.underlay_egress,
+            self.guard_program(framing),
             ifname,
             TcAttachType::Egress,
             &path,
-        )
+        )?;
+        Ok(framing)
     }
 
     /// Detaches `from_pod` from `ifname`. Missing attachment is not an error.
@@ -385,10 +432,15 @@ impl Datapath {
         pod::attached(self.from_pod.fd()?.as_fd(), ifname, Hook::Ingress).map(Some)
     }
 
-    /// Whether `underlay_egress` is attached to `ifname` right now (see
-    /// [`Datapath::from_pod_attached`]).
+    /// Whether the guard program fitting `ifname`'s link type is attached to it right now
+    /// (see [`Datapath::from_pod_attached`]): the other program (attached by an older meshd
+    /// that had only the Ethernet one) counts as not attached.
     pub fn underlay_egress_attached(&self, ifname: &str) -> Result<Option<bool>> {
-        is_attached(&self.underlay_egress, ifname, TcAttachType::Egress)
+        let prog = match Self::link_framing(ifname)? {
+            LinkFraming::Ethernet => &self.underlay_egress,
+            LinkFraming::Ip => &self.underlay_egress_ip,
+        };
+        is_attached(prog, ifname, TcAttachType::Egress)
     }
 
     /// Names of the interfaces that have a pinned link of the given direction.
