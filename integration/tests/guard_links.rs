@@ -175,22 +175,78 @@ fn scenario(extra: &[&str]) -> Observed {
     // through it, and a rule sending everything from n1's pod CIDRs to table 100.
     let far = NetnsGuard::new(&unique_name("gl", "far")).unwrap();
     ip(&[
-        "-n", ns, "link", "add", VETH, "type", "veth", "peer", "name", VETH_FAR, "netns",
+        "-n",
+        ns,
+        "link",
+        "add",
+        VETH,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        VETH_FAR,
+        "netns",
         far.name(),
     ]);
     ip(&["-n", ns, "addr", "add", "192.168.213.1/24", "dev", VETH]);
-    ip(&["-n", ns, "-6", "addr", "add", "fd00:213::1/64", "dev", VETH, "nodad"]);
-    ip(&["-n", ns, "link", "set", VETH, "up"]);
-    ip(&["-n", far.name(), "addr", "add", "192.168.213.2/24", "dev", VETH_FAR]);
     ip(&[
-        "-n", far.name(), "-6", "addr", "add", "fd00:213::2/64", "dev", VETH_FAR, "nodad",
+        "-n",
+        ns,
+        "-6",
+        "addr",
+        "add",
+        "fd00:213::1/64",
+        "dev",
+        VETH,
+        "nodad",
+    ]);
+    ip(&["-n", ns, "link", "set", VETH, "up"]);
+    ip(&[
+        "-n",
+        far.name(),
+        "addr",
+        "add",
+        "192.168.213.2/24",
+        "dev",
+        VETH_FAR,
+    ]);
+    ip(&[
+        "-n",
+        far.name(),
+        "-6",
+        "addr",
+        "add",
+        "fd00:213::2/64",
+        "dev",
+        VETH_FAR,
+        "nodad",
     ]);
     ip(&["-n", far.name(), "link", "set", VETH_FAR, "up"]);
     ip(&[
-        "-n", ns, "route", "add", "default", "via", "192.168.213.2", "dev", VETH, "table", TABLE,
+        "-n",
+        ns,
+        "route",
+        "add",
+        "default",
+        "via",
+        "192.168.213.2",
+        "dev",
+        VETH,
+        "table",
+        TABLE,
     ]);
     ip(&[
-        "-n", ns, "-6", "route", "add", "default", "via", "fd00:213::2", "dev", VETH, "table",
+        "-n",
+        ns,
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        "fd00:213::2",
+        "dev",
+        VETH,
+        "table",
         TABLE,
     ]);
     for cidr in &n1.pod_cidrs {
@@ -242,7 +298,8 @@ fn scenario(extra: &[&str]) -> Observed {
             .collect(),
         captured_pod_packets: report.plaintext_pod_count,
         capture: report.summary(),
-        strict_drops: counter(&after, "n1", "strict_drops") - counter(&before, "n1", "strict_drops"),
+        strict_drops: counter(&after, "n1", "strict_drops")
+            - counter(&before, "n1", "strict_drops"),
         would_drops: counter(&after, "n1", "would_drops") - counter(&before, "n1", "would_drops"),
     }
 }

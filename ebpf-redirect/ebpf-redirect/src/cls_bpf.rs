@@ -406,7 +406,7 @@ pub(crate) fn link_type(ifindex: u32) -> io::Result<u16> {
     req.extend_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
     req.extend_from_slice(&1u32.to_ne_bytes()); // sequence
     req.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
-    // ifinfomsg: family, pad, type, index, flags, change.
+                                                // ifinfomsg: family, pad, type, index, flags, change.
     req.extend_from_slice(&[libc::AF_UNSPEC as u8, 0, 0, 0]);
     req.extend_from_slice(&(ifindex as i32).to_ne_bytes());
     req.extend_from_slice(&0u32.to_ne_bytes());

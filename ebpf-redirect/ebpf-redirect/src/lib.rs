@@ -56,9 +56,9 @@ pub mod policy;
 pub mod sizes;
 mod verdicts;
 
+pub use framing::LinkFraming;
 pub use pod::{PodDatapath, PodSource};
 use pod::{PodProgram, SourceMaps};
-pub use framing::LinkFraming;
 pub use sizes::MapSizes;
 
 use cls_bpf::Hook;

@@ -156,9 +156,7 @@ fn reaches_tun(
         let _ = tx.send_to(b"meshd", to);
         tx.local_addr().unwrap()
     });
-    read_tun(tun)
-        .iter()
-        .any(|d| d.src == sent && d.dst == to)
+    read_tun(tun).iter().any(|d| d.src == sent && d.dst == to)
 }
 
 #[test]
@@ -188,8 +186,20 @@ fn guard_on_a_tun_uplink_reads_the_ip_header_at_byte_zero_v4_v6() {
 
     let sa = |s: &str, p: u16| SocketAddr::new(s.parse().unwrap(), p);
     for (fam, node, pod, other_node, remote_pod) in [
-        ("v4", "192.168.78.1", "10.244.1.1", "192.168.78.9", "10.244.2.5"),
-        ("v6", "fd00:78::1", "fd00:244:0:1::1", "fd00:78::9", "fd00:244:0:2::5"),
+        (
+            "v4",
+            "192.168.78.1",
+            "10.244.1.1",
+            "192.168.78.9",
+            "10.244.2.5",
+        ),
+        (
+            "v6",
+            "fd00:78::1",
+            "fd00:244:0:1::1",
+            "fd00:78::9",
+            "fd00:244:0:2::5",
+        ),
     ] {
         dp.set_config(WG, Mode::Enforce).unwrap();
         // Node-to-node traffic is no cluster traffic: it reaches the TUN, uncounted.
@@ -199,7 +209,10 @@ fn guard_on_a_tun_uplink_reads_the_ip_header_at_byte_zero_v4_v6() {
             "{fam}: node traffic through the TUN was dropped"
         );
         let c1 = dp.counters().unwrap();
-        assert_eq!(c1[STRICT_DROP], c0[STRICT_DROP], "{fam}: node traffic counted");
+        assert_eq!(
+            c1[STRICT_DROP], c0[STRICT_DROP],
+            "{fam}: node traffic counted"
+        );
 
         // To a remote pod (a departed peer's CIDR) and from a pod address: dropped, counted.
         assert!(
@@ -219,11 +232,23 @@ fn guard_on_a_tun_uplink_reads_the_ip_header_at_byte_zero_v4_v6() {
 
         // The mesh mark exempts the tunnel's shape only: UDP from the listen port.
         assert!(
-            reaches_tun(&ns, &mut tun, sa(pod, WG), sa(other_node, 9999), Some(MESH_MARK)),
+            reaches_tun(
+                &ns,
+                &mut tun,
+                sa(pod, WG),
+                sa(other_node, 9999),
+                Some(MESH_MARK)
+            ),
             "{fam}: the tunnel's own (marked, listen-port) packet was dropped"
         );
         assert!(
-            !reaches_tun(&ns, &mut tun, sa(pod, 0), sa(other_node, 9999), Some(MESH_MARK)),
+            !reaches_tun(
+                &ns,
+                &mut tun,
+                sa(pod, 0),
+                sa(other_node, 9999),
+                Some(MESH_MARK)
+            ),
             "{fam}: a marked packet from another port passed as the tunnel's"
         );
 
@@ -240,7 +265,10 @@ fn guard_on_a_tun_uplink_reads_the_ip_header_at_byte_zero_v4_v6() {
         );
         let c4 = dp.counters().unwrap();
         assert_eq!(c4[WOULD_DROP], c3[WOULD_DROP] + 2, "{fam}: WOULD_DROP");
-        assert_eq!(c4[STRICT_DROP], c3[STRICT_DROP], "{fam}: permissive dropped");
+        assert_eq!(
+            c4[STRICT_DROP], c3[STRICT_DROP],
+            "{fam}: permissive dropped"
+        );
         eprintln!("{fam}: counters {c0:?} -> {c2:?} -> {c4:?}");
     }
     dp.detach_all().unwrap();

@@ -346,7 +346,8 @@ fn underlay_strict_and_permissive_v4_v6() {
     dp.set_config(WG, Mode::Enforce).unwrap();
     dp.set_cluster("10.244.0.0/16".parse().unwrap()).unwrap();
     dp.set_cluster("fd00:244::/48".parse().unwrap()).unwrap();
-    let framing = in_netns(&a, || dp.attach_underlay_egress("ua0")).expect("attach underlay_egress");
+    let framing =
+        in_netns(&a, || dp.attach_underlay_egress("ua0")).expect("attach underlay_egress");
     assert_eq!(framing, LinkFraming::Ethernet, "a veth is an Ethernet link");
 
     for (fam, underlay_a, pod_a, peer) in [
@@ -412,7 +413,14 @@ fn underlay_strict_and_permissive_v4_v6() {
         dp.set_mesh_mark(MESH_MARK).unwrap();
         assert_eq!(dp.config().unwrap().mode, 0, "set_mesh_mark kept the mode");
         assert!(
-            udp_marked_passes(&a, ip(pod_a, WG), &rx, ip(peer, 9999), b"x", Some(MESH_MARK)),
+            udp_marked_passes(
+                &a,
+                ip(pod_a, WG),
+                &rx,
+                ip(peer, 9999),
+                b"x",
+                Some(MESH_MARK)
+            ),
             "{fam}: a packet with the mesh mark was dropped"
         );
         assert!(
@@ -425,7 +433,14 @@ fn underlay_strict_and_permissive_v4_v6() {
         );
         dp.set_mesh_mark(0).unwrap();
         assert!(
-            !udp_marked_passes(&a, ip(pod_a, WG), &rx, ip(peer, 9999), b"x", Some(MESH_MARK)),
+            !udp_marked_passes(
+                &a,
+                ip(pod_a, WG),
+                &rx,
+                ip(peer, 9999),
+                b"x",
+                Some(MESH_MARK)
+            ),
             "{fam}: with no mesh mark configured, a marked packet leaked"
         );
         let c3 = dp.counters().unwrap();

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use crate::registry::Registry;
 use anyhow::{bail, Context as _};
+use ipnet::IpNet;
 use keyexchange::slots::{Slot, SLOTS};
 use keyexchange::PrivateKey;
-use ipnet::IpNet;
 use netlink::{DeviceStatus, Links, Routes, UserspaceOptions, WgDevice, WireguardMode};
 
 use super::args::{second_port, DaemonArgs};

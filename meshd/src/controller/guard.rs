@@ -100,7 +100,10 @@ mod tests {
 
     #[test]
     fn main_table_default_routes_are_ways_out() {
-        let got = decide(&[route(254, "0.0.0.0/0", &[2]), route(254, "::/0", &[2, 3])], &[]);
+        let got = decide(
+            &[route(254, "0.0.0.0/0", &[2]), route(254, "::/0", &[2, 3])],
+            &[],
+        );
         assert_eq!(got, [2, 3].into());
     }
 

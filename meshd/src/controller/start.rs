@@ -334,15 +334,7 @@ async fn start_guard(
             .into_iter()
             .collect()
     };
-    let guards = guard_interfaces(
-        args,
-        links,
-        routes,
-        interfaces,
-        &guarded,
-        &args.pod_cidrs,
-    )
-    .await;
+    let guards = guard_interfaces(args, links, routes, interfaces, &guarded, &args.pod_cidrs).await;
     let anew = bpf
         .ensure_guards(&guards)
         .context("guarding the node's other ways out")?;
