@@ -471,12 +471,21 @@ impl Bpf {
         Ok(out)
     }
 
-    /// Attach `underlay_egress` to `ifname`. The underlay's attachment is required; another
-    /// interface that is gone is skipped. Returns whether it was attached.
+    /// Attach the guard (`underlay_egress`, or `underlay_egress_ip` on a link without a
+    /// link-layer header) to `ifname`. The underlay's attachment is required; another
+    /// interface that is gone is skipped, one whose link type the guard cannot parse is
+    /// reported and skipped. Returns whether it was attached.
     pub fn attach_guard(&mut self, ifname: &str) -> Result<bool, BpfError> {
         match self.dp.attach_underlay_egress(ifname) {
-            Ok(()) => Ok(true),
+            Ok(framing) => {
+                tracing::debug!(interface = %ifname, %framing, "guard attached");
+                Ok(true)
+            }
             Err(_) if ifname != self.underlay && !interface_exists(ifname) => Ok(false),
+            Err(err @ ebpf_redirect::Error::UnsupportedLink { .. }) if ifname != self.underlay => {
+                tracing::warn!(%err, "a way out of the node the guard cannot parse stays unguarded");
+                Ok(false)
+            }
             Err(source) => Err(BpfError::Attach {
                 program: ebpf_redirect::PROG_UNDERLAY_EGRESS,
                 interface: ifname.to_string(),
@@ -490,7 +499,7 @@ impl Bpf {
         let underlay = self.underlay.clone();
         self.guarded = others
             .iter()
-            .filter(|i| **i != underlay && interface_exists(i))
+            .filter(|i| **i != underlay && guardable(i))
             .cloned()
             .collect();
     }
@@ -516,7 +525,7 @@ impl Bpf {
     pub fn unguarded(&self, others: &BTreeSet<String>) -> bool {
         others
             .iter()
-            .any(|i| *i != self.underlay && !self.guarded.contains(i) && interface_exists(i))
+            .any(|i| *i != self.underlay && !self.guarded.contains(i) && guardable(i))
     }
 
     /// The verdict counters.
@@ -599,6 +608,15 @@ impl Bpf {
 
 fn interface_exists(name: &str) -> bool {
     nix::net::if_::if_nametoindex(name).is_ok()
+}
+
+/// Whether `name` exists and has a link type the guard can parse.
+fn guardable(name: &str) -> bool {
+    match ebpf_redirect::Datapath::link_framing(name) {
+        Ok(_) => true,
+        Err(ebpf_redirect::Error::UnsupportedLink { .. }) => false,
+        Err(_) => interface_exists(name),
+    }
 }
 
 /// What to do to the cluster map for the configured CIDRs `configured`, given what it holds:

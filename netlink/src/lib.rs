@@ -9,7 +9,7 @@
 //!   SIGKILL of the control process;
 //! - links ([`Links`]): lookup, up, MTU, addresses and underlay detection over rtnetlink;
 //! - routes ([`Routes`]): the main-table routes tagged with [`MESHD_ROUTE_PROTOCOL`]; no
-//!   other route is ever listed or deleted;
+//!   other route is ever changed or deleted (the strict-mode guard reads every table);
 //! - the pure helpers [`route_diff`] and [`wireguard_mtu`].
 
 /// The WireGuard device: adopt or create, configure, read, apply peer changes, destroy.
@@ -32,5 +32,5 @@ pub use device::{
 pub use kernel::KernelError;
 pub use links::{wireguard_mtu, LinkError, Links};
 pub use model::{DeviceState, PeerChange, PeerConfig, PeerStatus};
-pub use routes::{route_diff, RouteError, Routes, MESHD_ROUTE_PROTOCOL};
+pub use routes::{route_diff, RouteError, Routes, TableRoute, MESHD_ROUTE_PROTOCOL};
 pub use uapi::UapiError;

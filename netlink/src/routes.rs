@@ -1,5 +1,8 @@
 //! Routes meshd owns: main-table routes tagged with [`MESHD_ROUTE_PROTOCOL`]. Routes with
-//! any other protocol are never listed or deleted.
+//! any other protocol are never changed or deleted. The one read of everything else is the
+//! strict-mode guard's dump ([`Routes::table_routes`], [`Routes::rule_tables`]): every
+//! unicast route of every table and the tables policy-routing rules look up, so that the
+//! daemon can tell which interfaces can carry cluster traffic.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -28,6 +31,13 @@ pub enum RouteError {
     List {
         /// The output interface.
         ifindex: u32,
+        /// The underlying error.
+        #[source]
+        source: Box<rtnetlink::Error>,
+    },
+    /// Dumping every table's routes (for the guard) failed.
+    #[error("listing the routes of every table")]
+    Dump {
         /// The underlying error.
         #[source]
         source: Box<rtnetlink::Error>,
@@ -71,6 +81,17 @@ pub enum RouteError {
         #[source]
         source: Box<rtnetlink::Error>,
     },
+}
+
+/// One unicast route of any table, as the guard's choice of interfaces needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableRoute {
+    /// The routing table (`RTA_TABLE`, else the header's).
+    pub table: u32,
+    /// The destination (`0.0.0.0/0` or `::/0` for a default route).
+    pub destination: IpNet,
+    /// The output interfaces: the route's own, then every hop of a multipath route.
+    pub oifs: Vec<u32>,
 }
 
 /// Desired vs present routes → `(to_add, to_remove)`, each sorted and deduplicated.
@@ -185,6 +206,43 @@ fn destination(r: &RouteMessage) -> Option<IpNet> {
     }
 }
 
+/// The [`TableRoute`] of a route message, `None` for anything but a unicast route with a
+/// destination.
+fn table_route(r: &RouteMessage) -> Option<TableRoute> {
+    if r.header.kind != RouteType::Unicast {
+        return None;
+    }
+    let mut oifs = Vec::new();
+    for a in &r.attributes {
+        match a {
+            RouteAttribute::Oif(i) => oifs.insert(0, *i),
+            RouteAttribute::MultiPath(hops) => oifs.extend(hops.iter().map(|h| h.interface_index)),
+            _ => {}
+        }
+    }
+    Some(TableRoute {
+        table: table_of(r),
+        destination: destination(r)?.trunc(),
+        oifs,
+    })
+}
+
+/// The table a rule looks up, `None` for rules of another action (blackhole, goto, ...).
+fn rule_table(r: &RuleMessage) -> Option<u32> {
+    if r.header.action != RuleAction::ToTable {
+        return None;
+    }
+    let table = r
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RuleAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(r.header.table));
+    Some(table)
+}
+
 /// A handle on rtnetlink for meshd's routes. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Routes {
@@ -197,6 +255,50 @@ impl Routes {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(RouteError::Connect)?;
         tokio::spawn(conn);
         Ok(Routes { handle })
+    }
+
+    /// Every unicast route of every table, both families, whoever installed it: what the
+    /// strict-mode guard's choice of interfaces reads. Read only.
+    pub async fn table_routes(&self) -> Result<Vec<TableRoute>, RouteError> {
+        let mut out = Vec::new();
+        for q in [
+            RouteMessageBuilder::<Ipv4Addr>::new().build(),
+            RouteMessageBuilder::<Ipv6Addr>::new().build(),
+        ] {
+            let routes: Vec<RouteMessage> = self
+                .handle
+                .route()
+                .get(q)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|source| RouteError::Dump {
+                    source: Box::new(source),
+                })?;
+            out.extend(routes.iter().filter_map(table_route));
+        }
+        Ok(out)
+    }
+
+    /// The tables that policy-routing rules of either family look up (`main`, `default`
+    /// and any other a rule names). Read only.
+    pub async fn rule_tables(&self) -> Result<BTreeSet<u32>, RouteError> {
+        let mut out = BTreeSet::new();
+        for version in [IpVersion::V4, IpVersion::V6] {
+            let rules: Vec<RuleMessage> = self
+                .handle
+                .rule()
+                .get(version)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|source| RouteError::Rule {
+                    what: "listing",
+                    source: Box::new(source),
+                })?;
+            out.extend(rules.iter().filter_map(rule_table));
+        }
+        Ok(out)
     }
 
     /// Every route of the main table, both families, that carries meshd's protocol.
@@ -536,6 +638,47 @@ mod tests {
             3
         )
         .is_none());
+    }
+
+    #[test]
+    fn table_routes_keep_unicast_routes_with_table_and_interfaces() {
+        let mut m = message("10.244.0.0/16".parse().expect("cidr"), 7);
+        m.attributes.push(RouteAttribute::Table(100));
+        assert_eq!(
+            table_route(&m),
+            Some(TableRoute {
+                table: 100,
+                destination: "10.244.0.0/16".parse().expect("cidr"),
+                oifs: vec![7],
+            })
+        );
+        // A default route has no RTA_DST.
+        let mut d = message("0.0.0.0/0".parse().expect("cidr"), 3);
+        d.attributes
+            .retain(|a| !matches!(a, RouteAttribute::Destination(_)));
+        assert_eq!(
+            table_route(&d).map(|r| r.destination),
+            Some("0.0.0.0/0".parse().expect("cidr"))
+        );
+        let mut b = message("10.9.0.0/16".parse().expect("cidr"), 3);
+        b.header.kind = RouteType::BlackHole;
+        assert_eq!(table_route(&b), None);
+    }
+
+    #[test]
+    fn rule_tables_come_from_lookup_rules_only() {
+        let mut r = RuleMessage::default();
+        r.header.action = RuleAction::ToTable;
+        r.attributes.push(RuleAttribute::Table(100));
+        assert_eq!(rule_table(&r), Some(100));
+        let mut r = RuleMessage::default();
+        r.header.action = RuleAction::ToTable;
+        r.header.table = 254;
+        assert_eq!(rule_table(&r), Some(254));
+        let mut r = RuleMessage::default();
+        r.header.action = RuleAction::Blackhole;
+        r.header.table = 100;
+        assert_eq!(rule_table(&r), None);
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! `from_pod` (clsact ingress on a pod's host-side veth: drop packets whose source is not the
 //! pod's ([`source`]), the pod's egress policy, then redirect to the WireGuard device by LPM
 //! lookup), `to_pod` (clsact egress on that veth: the pod's ingress policy) and
-//! `underlay_egress` (clsact egress on the node's underlay NIC: drop or count cluster traffic
-//! that bypasses WireGuard). Entry points only map the result of `try_<prog>()` to a tc action;
+//! `underlay_egress` / `underlay_egress_ip` (tc egress on every way out of the node, Ethernet
+//! links / links without a link-layer header: drop or count cluster traffic that bypasses
+//! WireGuard, [`guard`]). Entry points only map the result of `try_<prog>()` to a tc action;
 //! all logic lives in the `try_` functions and the modules: [`source`] (source validation),
 //! [`parse`] (headers for the policy), [`policy`] (policy maps and decision, the two check
 //! points) and [`conntrack`] (connection tracking and re-validation after policy changes).
@@ -11,6 +12,7 @@
 #![no_main]
 
 mod conntrack;
+mod guard;
 mod parse;
 mod policy;
 
@@ -23,7 +25,7 @@ use aya_ebpf::{
 };
 use ebpf_redirect_common::{
     ClusterMarker, Config, Ipv4Addr, Ipv6Addr, LocalMarker, TunnelIfindex, Verdict, MAX_CIDRS,
-    MAX_LOCAL, MODE_PERMISSIVE, VERDICT_COUNT,
+    MAX_LOCAL, VERDICT_COUNT,
 };
 
 mod source;
@@ -50,7 +52,7 @@ const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
 
-/// Addresses of an IP packet behind an Ethernet header.
+/// Addresses of an IP packet behind an Ethernet header (a pod's veth).
 enum Ip {
     V4 { src: Ipv4Addr, dst: Ipv4Addr },
     V6 { src: Ipv6Addr, dst: Ipv6Addr },
@@ -156,41 +158,19 @@ pub fn underlay_egress(ctx: TcContext) -> i32 {
     try_underlay_egress(&ctx).unwrap_or(TC_ACT_OK)
 }
 
+/// The guard on an Ethernet link.
 fn try_underlay_egress(ctx: &TcContext) -> Result<i32, i64> {
-    let cfg = match CONFIG.get(0) {
-        Some(c) => *c,
-        None => return Ok(TC_ACT_OK),
-    };
-    // SAFETY: reads a scalar field of the context the kernel passed in.
-    let mark = unsafe { (*ctx.skb.skb).mark };
-    if cfg.mesh_mark != 0 && mark == cfg.mesh_mark {
-        // The tunnel's own ciphertext (every fragment of it carries the mark).
-        return Ok(TC_ACT_OK);
-    }
-    let in_cluster = match parse(ctx)? {
-        Some(Ip::V4 { src, dst }) => {
-            CLUSTER_V4.get(Key::new(32, src)).is_some()
-                || CLUSTER_V4.get(Key::new(32, dst)).is_some()
-        }
-        Some(Ip::V6 { src, dst }) => {
-            CLUSTER_V6.get(Key::new(128, src)).is_some()
-                || CLUSTER_V6.get(Key::new(128, dst)).is_some()
-        }
-        None => return Ok(TC_ACT_OK),
-    };
-    if !in_cluster {
-        return Ok(TC_ACT_OK);
-    }
-    // No exemption for "WireGuard-looking" UDP: the mesh's ciphertext carries node addresses
-    // and the mesh mark, never a pod address, so a packet with a cluster address in its IP
-    // header is cleartext about the cluster whatever its payload claims to be.
-    if cfg.mode == MODE_PERMISSIVE {
-        count(Verdict::WouldDrop);
-        Ok(TC_ACT_OK)
-    } else {
-        count(Verdict::StrictDrop);
-        Ok(TC_ACT_SHOT)
-    }
+    guard::check(ctx, guard::Framing::Ethernet)
+}
+
+#[classifier]
+pub fn underlay_egress_ip(ctx: TcContext) -> i32 {
+    try_underlay_egress_ip(&ctx).unwrap_or(TC_ACT_OK)
+}
+
+/// The guard on a link without a link-layer header (tun, WireGuard, ipip, sit, raw IP).
+fn try_underlay_egress_ip(ctx: &TcContext) -> Result<i32, i64> {
+    guard::check(ctx, guard::Framing::Ip)
 }
 
 #[cfg(not(test))]

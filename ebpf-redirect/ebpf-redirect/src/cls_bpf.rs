@@ -15,6 +15,9 @@
 //! [`crate::NETLINK_HANDLE`]): attaching replaces it in place, so two attachers (the CNI
 //! plugin and the daemon's backstop) never stack two copies of a program on one interface.
 //!
+//! It also answers the loader's one question about a link, its type ([`link_type`]), which
+//! decides the guard program an interface gets ([`crate::framing`]).
+//!
 //! The crate's one module with `unsafe`: the `socket`/`sendto`/`recv`/`bpf` system calls,
 //! each with its SAFETY note.
 #![allow(unsafe_code)]
@@ -42,6 +45,7 @@ const TCA_BPF_FLAG_ACT_DIRECT: u32 = 1;
 /// `struct tcmsg`: family, 3 bytes padding, ifindex, handle, parent, info.
 const TCMSG_LEN: usize = 20;
 const NLMSG_HDR_LEN: usize = 16;
+const IFINFOMSG_LEN: usize = 16;
 
 /// The `clsact` qdisc's handle (`ffff:`).
 const CLSACT_HANDLE: u32 = TC_H_CLSACT & 0xffff_0000;
@@ -389,6 +393,44 @@ pub(crate) fn attached_prog_id(ifindex: u32, hook: Hook) -> io::Result<Option<u3
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(None),
         Err(e) => Err(e),
         Ok(()) => Ok(found),
+    }
+}
+
+/// The link type (`ARPHRD_*`, `ifinfomsg.ifi_type`) of `ifindex`: `RTM_GETLINK` for one
+/// interface. `NotFound` when the kernel has no such interface.
+pub(crate) fn link_type(ifindex: u32) -> io::Result<u16> {
+    let nl = RouteSocket::open()?;
+    let mut req = Vec::with_capacity(NLMSG_HDR_LEN + IFINFOMSG_LEN);
+    req.extend_from_slice(&((NLMSG_HDR_LEN + IFINFOMSG_LEN) as u32).to_ne_bytes());
+    req.extend_from_slice(&libc::RTM_GETLINK.to_ne_bytes());
+    req.extend_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+    req.extend_from_slice(&1u32.to_ne_bytes()); // sequence
+    req.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
+                                                // ifinfomsg: family, pad, type, index, flags, change.
+    req.extend_from_slice(&[libc::AF_UNSPEC as u8, 0, 0, 0]);
+    req.extend_from_slice(&(ifindex as i32).to_ne_bytes());
+    req.extend_from_slice(&0u32.to_ne_bytes());
+    req.extend_from_slice(&0u32.to_ne_bytes());
+    nl.send(&req)?;
+    let mut buf = vec![0u8; 32768];
+    loop {
+        let data = nl.recv(&mut buf)?;
+        for (kind, payload) in messages(data) {
+            if kind == libc::RTM_NEWLINK {
+                return u16_at(payload, 2).ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::InvalidData, "short RTM_NEWLINK message")
+                });
+            }
+            if kind == libc::NLMSG_ERROR as u16 {
+                errno_of(payload).map_err(|e| {
+                    if e.raw_os_error() == Some(libc::ENODEV) {
+                        io::Error::new(io::ErrorKind::NotFound, format!("no interface {ifindex}"))
+                    } else {
+                        e
+                    }
+                })?;
+            }
+        }
     }
 }
 

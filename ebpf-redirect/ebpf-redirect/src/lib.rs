@@ -9,7 +9,8 @@
 //!   `CONFIG`, `VERDICTS`, `SOURCE_V4`, `SOURCE_V6`, `POLICY_ISOLATION`, `POLICY_PEER_V4`,
 //!   `POLICY_PEER_V6`, `POLICY_PORT`, `POLICY_GENERATION`, `CONNTRACK` - maps (pinned by name
 //!   by the loader; the policy and connection-tracking sizes in [`MapSizes`], see [`sizes`]).
-//! * `prog_from_pod`, `prog_to_pod`, `prog_underlay_egress` - programs.
+//! * `prog_from_pod`, `prog_to_pod`, `prog_underlay_egress`, `prog_underlay_egress_ip` -
+//!   programs.
 //! * `link_egress_<ifname>` - the underlay's TCX link (kernel >= 6.6), or the record of
 //!   `to_pod`'s filter on a pod's host veth (the attached program, pinned under the
 //!   interface's name, [`pod`]).
@@ -19,8 +20,11 @@
 //! the `clsact` ingress and egress hooks, at a fixed priority and handle, added over rtnetlink
 //! ([`cls_bpf`]): a TCX link costs a full RCU grace period per pod, a filter does not. Such a
 //! filter belongs to the interface, not to a file descriptor, so it survives the loader
-//! exiting without a pin and vanishes with the interface. `underlay_egress`, attached once
-//! per node, is a pinned TCX link on kernels with TCX (>= 6.6) and a filter before.
+//! exiting without a pin and vanishes with the interface. The guard, attached to every way out
+//! of the node, is a pinned TCX link on kernels with TCX (>= 6.6) and a filter before; which of
+//! its two programs an interface gets (`underlay_egress` for Ethernet links,
+//! `underlay_egress_ip` for links without a link-layer header) follows from the interface's
+//! link type ([`framing`]).
 //!
 //! All calls that take an interface name resolve it in the calling thread's network namespace.
 
@@ -46,11 +50,14 @@ use aya::{
     EbpfError, EbpfLoader,
 };
 mod cls_bpf;
+pub mod framing;
+mod guard;
 mod pod;
 pub mod policy;
 pub mod sizes;
 mod verdicts;
 
+pub use framing::LinkFraming;
 pub use pod::{PodDatapath, PodSource};
 use pod::{PodProgram, SourceMaps};
 pub use sizes::MapSizes;
@@ -75,8 +82,11 @@ pub const PROG_FROM_POD: &str = "from_pod";
 /// Name of the program for what is delivered to a pod (clsact egress of its host veth): the
 /// pod's ingress policy.
 pub const PROG_TO_POD: &str = "to_pod";
-/// Name of the program for the node's underlay interface (clsact egress).
+/// Name of the guard program for Ethernet links (tc egress of every way out of the node).
 pub const PROG_UNDERLAY_EGRESS: &str = "underlay_egress";
+/// Name of the guard program for links without a link-layer header (tun, WireGuard, ipip,
+/// sit, raw IP): tc sees their packets from the IP header on.
+pub const PROG_UNDERLAY_EGRESS_IP: &str = "underlay_egress_ip";
 
 /// Errors of the loader.
 ///
@@ -103,6 +113,14 @@ pub enum Error {
     /// File system error (pin directory).
     #[error(transparent)]
     Io(#[from] io::Error),
+    /// The guard cannot tell where the IP header of an interface's packets is.
+    #[error("interface {ifname} has link type {link_type}, which the guard cannot parse (neither Ethernet nor a link without a link-layer header)")]
+    UnsupportedLink {
+        /// The interface.
+        ifname: String,
+        /// Its `ARPHRD_*` type.
+        link_type: u16,
+    },
     /// The object lacks a program.
     #[error("program {0} not found in object")]
     MissingProgram(&'static str),
@@ -174,6 +192,7 @@ pub struct Datapath {
     from_pod: SchedClassifier,
     to_pod: SchedClassifier,
     underlay_egress: SchedClassifier,
+    underlay_egress_ip: SchedClassifier,
     sources: SourceMaps,
     remote_v4: LpmTrie<MapData, [u8; 4], u32>,
     remote_v6: LpmTrie<MapData, [u8; 16], u32>,
@@ -257,7 +276,12 @@ impl Datapath {
             loader.map_max_entries(name, max_entries);
         }
         let mut ebpf = loader.load(object).map_err(Box::new)?;
-        for name in [PROG_FROM_POD, PROG_TO_POD, PROG_UNDERLAY_EGRESS] {
+        for name in [
+            PROG_FROM_POD,
+            PROG_TO_POD,
+            PROG_UNDERLAY_EGRESS,
+            PROG_UNDERLAY_EGRESS_IP,
+        ] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or(Error::MissingProgram(name))?
@@ -287,6 +311,7 @@ impl Datapath {
             from_pod: SchedClassifier::from_pin(prog_pin(dir, PROG_FROM_POD))?,
             to_pod: SchedClassifier::from_pin(prog_pin(dir, PROG_TO_POD))?,
             underlay_egress: SchedClassifier::from_pin(prog_pin(dir, PROG_UNDERLAY_EGRESS))?,
+            underlay_egress_ip: SchedClassifier::from_pin(prog_pin(dir, PROG_UNDERLAY_EGRESS_IP))?,
             sources: SourceMaps::open(dir)?,
             remote_v4: open_map(dir, mn::REMOTE_V4)?.try_into()?,
             remote_v6: open_map(dir, mn::REMOTE_V6)?.try_into()?,
@@ -355,18 +380,6 @@ impl Datapath {
         self.sources.list()
     }
 
-    /// Attaches `underlay_egress` on clsact egress of `ifname` (the node's underlay NIC).
-    /// Idempotent: an existing attachment is replaced atomically by this program.
-    pub fn attach_underlay_egress(&mut self, ifname: &str) -> Result<()> {
-        let path = link_pin(&self.pin_dir, TcAttachType::Egress, ifname);
-        attach(
-            &mut self.underlay_egress,
-            ifname,
-            TcAttachType::Egress,
-            &path,
-        )
-    }
-
     /// Detaches `from_pod` from `ifname`. Missing attachment is not an error.
     pub fn detach_from_pod(&mut self, ifname: &str) -> Result<()> {
         pod::detach(&self.pin_dir, ifname, Hook::Ingress)
@@ -383,12 +396,6 @@ impl Datapath {
     /// the interface is gone.
     pub fn from_pod_attached(&self, ifname: &str) -> Result<Option<bool>> {
         pod::attached(self.from_pod.fd()?.as_fd(), ifname, Hook::Ingress).map(Some)
-    }
-
-    /// Whether `underlay_egress` is attached to `ifname` right now (see
-    /// [`Datapath::from_pod_attached`]).
-    pub fn underlay_egress_attached(&self, ifname: &str) -> Result<Option<bool>> {
-        is_attached(&self.underlay_egress, ifname, TcAttachType::Egress)
     }
 
     /// Names of the interfaces that have a pinned link of the given direction.

@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ebpf_redirect::{remove_pins, Datapath, Mode, PodSource, Verdict};
+use ebpf_redirect::{remove_pins, Datapath, LinkFraming, Mode, PodSource, Verdict};
 use testkit::{unique_name, NetnsGuard};
 
 const REDIRECT: usize = Verdict::Redirect as usize;
@@ -346,7 +346,9 @@ fn underlay_strict_and_permissive_v4_v6() {
     dp.set_config(WG, Mode::Enforce).unwrap();
     dp.set_cluster("10.244.0.0/16".parse().unwrap()).unwrap();
     dp.set_cluster("fd00:244::/48".parse().unwrap()).unwrap();
-    in_netns(&a, || dp.attach_underlay_egress("ua0")).expect("attach underlay_egress");
+    let framing =
+        in_netns(&a, || dp.attach_underlay_egress("ua0")).expect("attach underlay_egress");
+    assert_eq!(framing, LinkFraming::Ethernet, "a veth is an Ethernet link");
 
     for (fam, underlay_a, pod_a, peer) in [
         ("v4", "192.168.77.1", "10.244.1.1", "192.168.77.2"),
@@ -404,21 +406,41 @@ fn underlay_strict_and_permissive_v4_v6() {
             c3[STRICT_DROP] > c2[STRICT_DROP],
             "{fam}: wg-port plaintext not counted"
         );
-        // The tunnel's own packets carry the mesh mark and pass unexamined (fragments of
-        // ciphertext have no header to recognise); another mark does not.
+        // The tunnel's own packets carry the mesh mark and come from its listen port: they
+        // pass (fragments of ciphertext have no header to recognise); another mark does not,
+        // nor does the mesh mark on a packet of another shape (any process with NET_ADMIN
+        // can set the mark on its socket).
         dp.set_mesh_mark(MESH_MARK).unwrap();
         assert_eq!(dp.config().unwrap().mode, 0, "set_mesh_mark kept the mode");
         assert!(
-            udp_marked_passes(&a, ip(pod_a, 0), &rx, ip(peer, 9999), b"x", Some(MESH_MARK)),
+            udp_marked_passes(
+                &a,
+                ip(pod_a, WG),
+                &rx,
+                ip(peer, 9999),
+                b"x",
+                Some(MESH_MARK)
+            ),
             "{fam}: a packet with the mesh mark was dropped"
         );
         assert!(
-            !udp_marked_passes(&a, ip(pod_a, 0), &rx, ip(peer, 9999), b"x", Some(7)),
+            !udp_marked_passes(&a, ip(pod_a, WG), &rx, ip(peer, 9999), b"x", Some(7)),
             "{fam}: a packet with another mark leaked"
+        );
+        assert!(
+            !udp_marked_passes(&a, ip(pod_a, 0), &rx, ip(peer, 9999), b"x", Some(MESH_MARK)),
+            "{fam}: a marked packet from another port than the listen port leaked"
         );
         dp.set_mesh_mark(0).unwrap();
         assert!(
-            !udp_marked_passes(&a, ip(pod_a, 0), &rx, ip(peer, 9999), b"x", Some(MESH_MARK)),
+            !udp_marked_passes(
+                &a,
+                ip(pod_a, WG),
+                &rx,
+                ip(peer, 9999),
+                b"x",
+                Some(MESH_MARK)
+            ),
             "{fam}: with no mesh mark configured, a marked packet leaked"
         );
         let c3 = dp.counters().unwrap();

@@ -8,12 +8,14 @@ use std::time::Duration;
 
 use crate::registry::Registry;
 use anyhow::{bail, Context as _};
+use ipnet::IpNet;
 use keyexchange::slots::{Slot, SLOTS};
 use keyexchange::PrivateKey;
-use netlink::{DeviceStatus, Links, UserspaceOptions, WgDevice, WireguardMode};
+use netlink::{DeviceStatus, Links, Routes, UserspaceOptions, WgDevice, WireguardMode};
 
 use super::args::{second_port, DaemonArgs};
 use super::context::Context;
+use super::guard;
 use super::{HOST_RULE_PRIORITY, HOST_TABLE};
 
 /// How long healing waits for an external device to come back before the pass fails and is
@@ -148,21 +150,81 @@ pub(super) async fn underlay(
     Ok((ifname, endpoints, mtu))
 }
 
-/// The interfaces `underlay_egress` guards besides the underlay: the `--guard-interface`s and
-/// every interface holding a default route, never meshd's own devices. A failed route dump
-/// is logged and leaves the flags' interfaces.
+/// The interfaces the guard sits on besides the underlay: the `--guard-interface`s and every
+/// way out of the node [`guard::ways_out`] finds in the routes of every table and the
+/// policy-routing rules (`guarded` are the guarded CIDRs, `own_pod_cidrs` this node's), never
+/// meshd's own devices or the loopback. A failed dump is logged and falls back to the main
+/// table's default routes.
 pub(super) async fn guard_interfaces(
     args: &DaemonArgs,
     links: &Links,
+    routes: &Routes,
     own: &[String; 2],
+    guarded: &[IpNet],
+    own_pod_cidrs: &[IpNet],
 ) -> BTreeSet<String> {
     let mut out: BTreeSet<String> = args.guard_interfaces.iter().cloned().collect();
-    match links.default_route_interfaces().await {
+    match ways_out(links, routes, guarded, own_pod_cidrs).await {
         Ok(names) => out.extend(names),
-        Err(err) => tracing::warn!(%err, "listing the default routes' interfaces failed"),
+        Err(err) => {
+            tracing::warn!(err = format!("{err:#}"), "reading the routes and rules for the guard failed; guarding the main table's default routes");
+            match links.default_route_interfaces().await {
+                Ok(names) => out.extend(names),
+                Err(err) => tracing::warn!(%err, "listing the default routes' interfaces failed"),
+            }
+        }
     }
-    out.retain(|i| !own.contains(i));
+    out.retain(|i| !own.contains(i) && i != LOOPBACK);
     out
+}
+
+/// The loopback: never a way out.
+const LOOPBACK: &str = "lo";
+
+/// Names of the interfaces [`guard::ways_out`] picks from the routes and rules now.
+async fn ways_out(
+    links: &Links,
+    routes: &Routes,
+    guarded: &[IpNet],
+    own_pod_cidrs: &[IpNet],
+) -> anyhow::Result<Vec<String>> {
+    let table_routes = routes.table_routes().await?;
+    let rule_tables = routes.rule_tables().await?;
+    let oifs = guard::ways_out(&guard::RoutingView {
+        routes: &table_routes,
+        rule_tables: &rule_tables,
+        guarded,
+        own_pod_cidrs,
+    });
+    let mut names = Vec::new();
+    for oif in oifs {
+        if let Some(info) = links.info_by_index(oif).await? {
+            names.push(info.name);
+        }
+    }
+    Ok(names)
+}
+
+/// [`guard_interfaces`] with what the daemon holds now: the guarded CIDRs of the datapath's
+/// map (configured and learned) and this node's pod CIDRs.
+pub(super) async fn current_guard_interfaces(ctx: &Context) -> BTreeSet<String> {
+    let guarded: Vec<IpNet> = match ctx.bpf.lock().await.cluster_cidrs() {
+        Ok(cidrs) => cidrs.into_iter().collect(),
+        Err(err) => {
+            tracing::warn!(%err, "reading the guarded CIDRs failed");
+            Vec::new()
+        }
+    };
+    let own_pod_cidrs = ctx.me().pod_cidrs;
+    guard_interfaces(
+        &ctx.args,
+        &ctx.links,
+        &ctx.routes,
+        &ctx.interfaces,
+        &guarded,
+        &own_pod_cidrs,
+    )
+    .await
 }
 
 /// Bring both devices' listen ports and firewall mark to the settings, and the record and the

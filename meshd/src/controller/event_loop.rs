@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use super::args::PodSteering;
 use super::context::Context;
-use super::devices::guard_interfaces;
+use super::devices::current_guard_interfaces;
 use super::key_rotation::{drive_rotation, rotation_retry_due, start_rotation, update_acks};
 use super::liveness::track_liveness;
 use super::pass::pass;
@@ -279,9 +279,9 @@ async fn status_tick_says_reconcile(ctx: &Context, state: &mut State, converged:
     let live = ctx.live.read().await.clone();
     // A tunnel came up or went down: host encryption follows it now.
     let mut now = track_liveness(&live, &mut state.liveness, &peers);
-    // A new way out of the node (an uplink with a default route): guard it now rather than
-    // at the next resync.
-    let guards = guard_interfaces(&ctx.args, &ctx.links, &ctx.interfaces).await;
+    // A new way out of the node (an uplink with a default route, a policy-routing table's
+    // default route, a route to a cluster CIDR): guard it now rather than at the next resync.
+    let guards = current_guard_interfaces(ctx).await;
     now |= ctx.bpf.lock().await.unguarded(&guards);
     now
 }

@@ -20,7 +20,8 @@
 //! 2. `event_loop.rs` receives the `Upsert` and folds it into the registry cache
 //!    (`state.rs`), then runs a pass;
 //! 3. `pass.rs`: `devices.rs` heals the slot devices and keeps their ports, `observe.rs`
-//!    reads the node (and `pods.rs` the IPAM store), `desired.rs` turns the records and
+//!    reads the node (and `pods.rs` the IPAM store, `guard.rs` decides the ways out of the
+//!    node from its routes and rules), `desired.rs` turns the records and
 //!    settings into the desired state (the new peer on both slot devices, its routes and
 //!    redirects), `plan.rs` orders the steps (peer, then route, guard, redirect), `apply.rs`
 //!    carries them out;
@@ -35,6 +36,7 @@ mod context;
 pub mod desired;
 mod devices;
 mod event_loop;
+mod guard;
 mod key_rotation;
 mod liveness;
 mod observe;

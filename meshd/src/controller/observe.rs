@@ -14,7 +14,7 @@ use netlink::DeviceStatus;
 
 use super::args::PodSteering;
 use super::context::Context;
-use super::devices::guard_interfaces;
+use super::devices::current_guard_interfaces;
 use super::plan::{Observed, ObservedDevice};
 use super::pods::{self, Pods};
 use super::{HOST_RULE_PRIORITY, HOST_TABLE};
@@ -69,7 +69,7 @@ pub(super) async fn observe(
         .await
         .context("reading the host-encryption rule")?;
     let pods = pods::read(&ctx.args.state_dir)?;
-    let guards = guard_interfaces(&ctx.args, &ctx.links, &ctx.interfaces).await;
+    let guards = current_guard_interfaces(ctx).await;
     let bpf = ctx.bpf.lock().await;
     let ebpf_steering = ctx.args.pod_steering == PodSteering::Ebpf;
     let observed = Observed {

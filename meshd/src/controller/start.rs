@@ -64,7 +64,7 @@ pub async fn run_with<R: Registry>(
         tracing::warn!("no --pod-cidr given: this node hosts no pods and attracts no traffic");
     }
     // Strict mode first: before any peer, route or pod exists on this node.
-    let bpf = start_guard(&args, &links, &underlay_if, &interfaces).await?;
+    let bpf = start_guard(&args, (&links, &routes), &underlay_if, &interfaces).await?;
     let opts = userspace_options(&args)?;
     let auto_mtu = flag_mtu.unwrap_or_else(|| {
         netlink::wireguard_mtu(underlay_mtu, endpoints.iter().any(IpAddr::is_ipv6))
@@ -299,7 +299,7 @@ fn interface_names(args: &DaemonArgs) -> anyhow::Result<[String; 2]> {
 /// Load the tc datapath and guard the underlay and every other way out.
 async fn start_guard(
     args: &DaemonArgs,
-    links: &Links,
+    (links, routes): (&Links, &Routes),
     underlay_if: &str,
     interfaces: &[String; 2],
 ) -> anyhow::Result<Bpf> {
@@ -323,7 +323,18 @@ async fn start_guard(
         .context("setting the mesh mark in the tc datapath")?;
     bpf.set_second_port(second_port(args.listen_port))
         .context("setting the second slot's port in the tc datapath")?;
-    let guards = guard_interfaces(args, links, interfaces).await;
+    // Routes towards cluster CIDRs count as ways out only once the node's own pod CIDRs are
+    // known (the host routes to its pods are not); until then (CIDRs still to be claimed from
+    // a pool) the default routes do, and the first pass adds the rest.
+    let guarded: Vec<IpNet> = if args.pod_cidrs.is_empty() {
+        Vec::new()
+    } else {
+        bpf.cluster_cidrs()
+            .context("reading the guarded CIDRs")?
+            .into_iter()
+            .collect()
+    };
+    let guards = guard_interfaces(args, links, routes, interfaces, &guarded, &args.pod_cidrs).await;
     let anew = bpf
         .ensure_guards(&guards)
         .context("guarding the node's other ways out")?;
