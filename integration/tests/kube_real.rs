@@ -1,0 +1,309 @@
+//! The Kubernetes registry backend, the settings watcher and the NetworkPolicy object watches
+//! against a real kube-apiserver (v1.20.2 with etcd, `integration::kube_apiserver`), with
+//! meshd authenticated as its own service account and bound by exactly `deploy/`'s RBAC: the
+//! real authorizer judges every request, and the audit log shows each one and its answer.
+//! The test harness changes the cluster as the admin (`system:masters`).
+//!
+//! Needs the binary (`scripts/kube-apiserver.sh build`), etcd, openssl and kubectl; fails
+//! without them.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use integration::kube_apiserver::{self, TestCluster};
+use k8s_openapi::api::core::v1::Node;
+use keyexchange::{NodeRecord, PublicKey};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::Client;
+use meshd::registry::kube::annotations as kreg;
+use meshd::registry::kube::client::client;
+use meshd::registry::{KubeRegistry, Registry, RegistryEvent};
+use serde_json::json;
+use tokio::sync::mpsc::Receiver;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A real API server, an admin client and meshd's client.
+struct Cluster {
+    k8s: TestCluster,
+    admin: Client,
+    meshd: Client,
+}
+
+async fn cluster(nodes: u8) -> Cluster {
+    cluster_with(nodes, |_| {}).await
+}
+
+async fn cluster_with(
+    nodes: u8,
+    adjust: impl FnOnce(&mut kube_apiserver::ServerConfig),
+) -> Cluster {
+    let k8s = TestCluster::start_with(adjust);
+    let admin = client(Some(&k8s.admin_kubeconfig())).await.unwrap();
+    let meshd = client(Some(&k8s.meshd_kubeconfig())).await.unwrap();
+    let c = Cluster { k8s, admin, meshd };
+    for i in 1..=nodes {
+        c.create_node(
+            &format!("n{i}"),
+            &[&format!("198.18.0.{}", 10 + i), &format!("fd00:198::{}", 10 + i)],
+            &[&format!("10.244.{i}.0/24"), &format!("fd00:244:0:{i}::/64")],
+        )
+        .await;
+    }
+    c
+}
+
+impl Cluster {
+    fn nodes(&self) -> Api<Node> {
+        Api::all(self.admin.clone())
+    }
+
+    /// A Node as a kubelet and a node IPAM controller leave it: InternalIPs and podCIDRs.
+    async fn create_node(&self, name: &str, ips: &[&str], cidrs: &[&str]) {
+        let mut node: Node = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+            "spec": {"podCIDRs": cidrs},
+        }))
+        .unwrap();
+        if let Some(first) = cidrs.first() {
+            node.spec.as_mut().unwrap().pod_cidr = Some(first.to_string());
+        }
+        self.nodes()
+            .create(&PostParams::default(), &node)
+            .await
+            .unwrap();
+        let addresses: Vec<_> = ips
+            .iter()
+            .map(|a| json!({"type": "InternalIP", "address": a}))
+            .collect();
+        self.nodes()
+            .patch_status(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"addresses": addresses}})),
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn patch_node(&self, name: &str, patch: serde_json::Value) {
+        self.nodes()
+            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .unwrap();
+    }
+
+    async fn annotations(&self, name: &str) -> std::collections::BTreeMap<String, String> {
+        self.nodes()
+            .get(name)
+            .await
+            .unwrap()
+            .metadata
+            .annotations
+            .unwrap_or_default()
+    }
+
+    fn registry(&self, node: &str) -> KubeRegistry {
+        KubeRegistry::new(self.meshd.clone(), node)
+            .with_watch_backoff(Duration::from_millis(50), Duration::from_millis(500))
+    }
+
+    async fn record(&self, i: u8) -> NodeRecord {
+        let name = format!("n{i}");
+        let addressing = self.registry(&name).node_addressing().await.unwrap();
+        NodeRecord {
+            name,
+            public_key: PublicKey::from_bytes([i; 32]),
+            listen_port: 51820,
+            endpoints: addressing.endpoints,
+            pod_cidrs: addressing.pod_cidrs,
+            rotation: Default::default(),
+        }
+    }
+
+    /// meshd's writes (patches) to Node `name` so far, from the audit log.
+    fn node_writes(&self, name: &str) -> usize {
+        self.k8s
+            .meshd_requests()
+            .iter()
+            .filter(|r| {
+                r.request.resource == "nodes"
+                    && r.request.subresource.is_none()
+                    && r.request.name.as_deref() == Some(name)
+                    && !matches!(r.request.verb.as_str(), "get" | "list" | "watch")
+            })
+            .count()
+    }
+
+    fn assert_nothing_forbidden(&self) {
+        let forbidden = self.k8s.meshd_forbidden();
+        assert!(
+            forbidden.is_empty(),
+            "the API server refused meshd: {forbidden:#?}"
+        );
+    }
+}
+
+async fn next(rx: &mut Receiver<RegistryEvent>) -> RegistryEvent {
+    tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("timed out waiting for a registry event")
+        .expect("registry watch closed")
+}
+
+async fn until_synced(rx: &mut Receiver<RegistryEvent>) -> Vec<RegistryEvent> {
+    let mut events = Vec::new();
+    loop {
+        let e = next(rx).await;
+        let done = matches!(e, RegistryEvent::Synced);
+        events.push(e);
+        if done {
+            return events;
+        }
+    }
+}
+
+/// Skips events until one `wanted` holds for (watchers see every node's changes).
+async fn until_event(
+    rx: &mut Receiver<RegistryEvent>,
+    what: &str,
+    wanted: impl Fn(&RegistryEvent) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let e = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+            .expect("registry watch closed");
+        if wanted(&e) {
+            return;
+        }
+    }
+}
+
+async fn assert_quiet(rx: &mut Receiver<RegistryEvent>) {
+    if let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(1500), rx.recv()).await {
+        panic!("unexpected registry event {e:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_publishes_watches_and_withdraws_as_meshds_service_account() {
+    let c = cluster(3).await;
+    let mut watchers = Vec::new();
+    for i in 1..=3 {
+        let mut rx = c.registry(&format!("n{i}")).watch().unwrap();
+        assert!(matches!(&until_synced(&mut rx).await[..], [RegistryEvent::Synced]));
+        watchers.push(rx);
+    }
+    let record = c.record(1).await;
+    assert_eq!(
+        record.endpoints,
+        vec![
+            "198.18.0.11".parse::<std::net::IpAddr>().unwrap(),
+            "fd00:198::11".parse().unwrap()
+        ]
+    );
+    assert_eq!(
+        record.pod_cidrs,
+        vec![
+            "10.244.1.0/24".parse::<ipnet::IpNet>().unwrap(),
+            "fd00:244:0:1::/64".parse().unwrap()
+        ]
+    );
+    // Someone else's annotations and labels on the Node stay as they are.
+    c.patch_node(
+        "n1",
+        json!({"metadata": {
+            "annotations": {"node.alpha.kubernetes.io/ttl": "0", "meshd.io/unrelated-future-key": "kept"},
+            "labels": {"team": "blue"}}}),
+    )
+    .await;
+    c.registry("n1").publish(&record).await.unwrap();
+    for rx in &mut watchers {
+        match next(rx).await {
+            RegistryEvent::Upsert(r) => assert_eq!(r, record),
+            other => panic!("expected Upsert of n1, got {other:?}"),
+        }
+    }
+    let ann = c.annotations("n1").await;
+    assert_eq!(ann[kreg::PUBLIC_KEY_ANNOTATION], record.public_key.to_string());
+    assert_eq!(ann[kreg::LISTEN_PORT_ANNOTATION], "51820");
+    assert_eq!(ann["meshd.io/unrelated-future-key"], "kept");
+    assert_eq!(ann.len(), 2 + 4, "two foreign keys and meshd's four: {ann:?}");
+    assert_eq!(c.node_writes("n1"), 1);
+
+    // Republishing the same record (also from a new registry: a restart) writes nothing.
+    let rv = c.nodes().get("n1").await.unwrap().metadata.resource_version;
+    for _ in 0..3 {
+        c.registry("n1").publish(&record).await.unwrap();
+    }
+    assert_eq!(c.node_writes("n1"), 1, "steady state must not write");
+    assert_eq!(c.nodes().get("n1").await.unwrap().metadata.resource_version, rv);
+    assert_quiet(&mut watchers[1]).await;
+
+    // A late watcher gets the current state, then Synced.
+    let mut late = c.registry("n2").watch().unwrap();
+    let events = until_synced(&mut late).await;
+    assert!(
+        matches!(&events[..], [RegistryEvent::Upsert(r), RegistryEvent::Synced] if *r == record),
+        "{events:?}"
+    );
+
+    // A malformed annotation is reported naming the field; meshd's next publish repairs it.
+    c.patch_node(
+        "n1",
+        json!({"metadata": {"annotations": {kreg::LISTEN_PORT_ANNOTATION: "not-a-port"}}}),
+    )
+    .await;
+    match next(&mut watchers[1]).await {
+        RegistryEvent::Malformed { node, error } => {
+            assert_eq!(node, "n1");
+            assert_eq!(error.field, kreg::LISTEN_PORT_ANNOTATION);
+        }
+        other => panic!("expected Malformed, got {other:?}"),
+    }
+    c.registry("n1").publish(&record).await.unwrap();
+    assert!(matches!(next(&mut watchers[1]).await, RegistryEvent::Upsert(r) if r == record));
+
+    // n2 publishes, opts out by label (Delete), opts back in (Upsert).
+    let r2 = c.record(2).await;
+    c.registry("n2").publish(&r2).await.unwrap();
+    let upsert_n2 = |e: &RegistryEvent| matches!(e, RegistryEvent::Upsert(r) if r.name == "n2");
+    until_event(&mut watchers[0], "Upsert n2", upsert_n2).await;
+    c.patch_node("n2", json!({"metadata": {"labels": {kreg::EXCLUDE_LABEL: "true"}}}))
+        .await;
+    assert!(matches!(next(&mut watchers[0]).await, RegistryEvent::Delete(n) if n == "n2"));
+    c.patch_node("n2", json!({"metadata": {"labels": {kreg::EXCLUDE_LABEL: "false"}}}))
+        .await;
+    assert!(upsert_n2(&next(&mut watchers[0]).await));
+
+    // Withdraw removes meshd's keys only; again, or for a missing node, writes nothing.
+    c.registry("n1").withdraw("n1").await.unwrap();
+    until_event(&mut watchers[2], "Delete n1", |e| {
+        matches!(e, RegistryEvent::Delete(n) if n == "n1")
+    })
+    .await;
+    let ann = c.annotations("n1").await;
+    assert_eq!(
+        ann.keys().collect::<Vec<_>>(),
+        vec!["meshd.io/unrelated-future-key", "node.alpha.kubernetes.io/ttl"]
+    );
+    let writes = c.node_writes("n1");
+    c.registry("n1").withdraw("n1").await.unwrap();
+    c.registry("n1").withdraw("gone").await.unwrap();
+    assert_eq!(c.node_writes("n1"), writes);
+    let node = c.nodes().get("n1").await.unwrap();
+    assert_eq!(node.metadata.labels.unwrap()["team"], "blue");
+
+    // The Node object goes away.
+    c.nodes()
+        .delete("n2", &DeleteParams::default())
+        .await
+        .unwrap();
+    until_event(&mut watchers[0], "Delete n2", |e| {
+        matches!(e, RegistryEvent::Delete(n) if n == "n2")
+    })
+    .await;
+    c.assert_nothing_forbidden();
+}
