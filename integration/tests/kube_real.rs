@@ -10,7 +10,11 @@
 
 use std::time::Duration;
 
-use integration::kube_apiserver::{self, TestCluster};
+use std::collections::BTreeSet;
+
+use integration::apiserver::audit::ApiRequest;
+use integration::kube_apiserver::{self, TestCluster, MESHD_NAMESPACE};
+use integration::rbac::Grants;
 use k8s_openapi::api::core::v1::Node;
 use keyexchange::{NodeRecord, PublicKey};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -306,4 +310,269 @@ async fn the_registry_publishes_watches_and_withdraws_as_meshds_service_account(
     })
     .await;
     c.assert_nothing_forbidden();
+}
+
+/// A status report as meshd's control socket gives it, for the Node condition.
+fn status_report() -> meshd::control::StatusReport {
+    serde_json::from_value(json!({
+        "node": "n1", "public_key": "k", "mode": "userspace", "interface": "meshd0",
+        "ifindex": 3, "adopted_device": false, "listen_port": 51820, "mtu": 1420,
+        "endpoints": [], "pod_cidrs": [], "known_nodes": [], "peers": [], "conflicts": [],
+        "malformed": [], "counters": {"malformed_records": 0, "reconciles": 1,
+        "reconcile_errors": 0, "peer_ops": 0, "route_ops": 0}, "converged": true,
+        "encryption": "enabled", "strict_mode": true,
+        "datapath": {"pin_dir": "/sys/fs/bpf/meshd", "underlay_mode": "enforce",
+            "underlay_interface": "eth0", "underlay_attached": true, "attach": "tcx",
+            "remote_cidrs": [], "cluster_cidrs": [], "local_pods": 0, "pod_interfaces": 0,
+            "counters": {"redirected": 0, "local": 0, "passed": 0, "strict_drops": 0,
+                "would_drops": 0}}
+    }))
+    .unwrap()
+}
+
+/// Polls `probe` every 100 ms until it returns `Some`, up to [`WAIT`].
+async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut probe: impl FnMut() -> F,
+) -> T {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The real authorizer's answer for `user` (a service account of meshd's namespace) making
+/// `request`.
+async fn subject_access(admin: &Client, account: &str, request: &ApiRequest) -> bool {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+    };
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(kube_apiserver::service_account_user(MESHD_NAMESPACE, account)),
+            groups: Some(vec![
+                "system:serviceaccounts".into(),
+                format!("system:serviceaccounts:{MESHD_NAMESPACE}"),
+                "system:authenticated".into(),
+            ]),
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some(request.verb.clone()),
+                group: Some(request.api_group.clone()),
+                resource: Some(request.resource.clone()),
+                subresource: request.subresource.clone(),
+                namespace: request.namespace.clone(),
+                name: request.name.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let api: Api<SubjectAccessReview> = Api::all(admin.clone());
+    let answer = api.create(&PostParams::default(), &review).await.unwrap();
+    answer.status.is_some_and(|s| s.allowed)
+}
+
+/// Everything meshd asks of the API server, as its service account, against `deploy/`'s RBAC:
+/// the registry (Nodes), the Node condition (`nodes/status`), the settings watcher and its
+/// Event, the NetworkPolicy objects, the API servers' EndpointSlice (served only as `v1beta1`
+/// by v1.20: read through that). The real authorizer refuses none of it, every grant is used,
+/// and without any one rule of `deploy/` (each removed in turn, bound to an account of its own)
+/// the authorizer refuses at least one of the requests meshd made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meshd_needs_exactly_deploys_rbac() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use k8s_openapi::api::events::v1::Event as KubeEvent;
+    use meshd::policy::objects::ObjectCache;
+    use meshd::registry::kube::endpoints::watch_api_server_endpoints;
+    use meshd::registry::kube::settings::{pod_reference, spawn_watcher, WatcherConfig};
+
+    let c = cluster(2).await;
+    // The registry.
+    let mut rx = c.registry("n1").watch().unwrap();
+    until_synced(&mut rx).await;
+    let record = c.record(1).await;
+    c.registry("n1").publish(&record).await.unwrap();
+    assert!(matches!(next(&mut rx).await, RegistryEvent::Upsert(r) if r == record));
+
+    // The Node condition.
+    let (status_tx, status_rx) = tokio::sync::watch::channel(None);
+    let condition = meshd::registry::kube::node_condition::spawn(
+        c.meshd.clone(),
+        "n1".into(),
+        status_rx,
+    );
+    status_tx.send(Some(status_report())).unwrap();
+    eventually("the MeshdEncrypted condition", || async {
+        let node = c.nodes().get("n1").await.unwrap();
+        let conditions = node.status?.conditions?;
+        conditions.iter().find(|x| x.type_ == "MeshdEncrypted").map(|_| ())
+    })
+    .await;
+    condition.abort();
+
+    // The settings watcher, with an invalid value: an Event.
+    let configmaps: Api<ConfigMap> = Api::namespaced(c.admin.clone(), MESHD_NAMESPACE);
+    let cm: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": meshd::settings::CONFIG_MAP_NAME},
+        "data": {"encryption": "sometimes"},
+    }))
+    .unwrap();
+    configmaps.create(&PostParams::default(), &cm).await.unwrap();
+    let pod = pod_reference(MESHD_NAMESPACE, "meshd-abcde", None);
+    let mut settings = spawn_watcher(
+        c.meshd.clone(),
+        WatcherConfig::new(MESHD_NAMESPACE, pod, "n1"),
+    );
+    tokio::time::timeout(WAIT, settings.wait_for(Option::is_some))
+        .await
+        .unwrap()
+        .unwrap();
+    let events: Api<KubeEvent> = Api::namespaced(c.admin.clone(), MESHD_NAMESPACE);
+    let event = eventually("the InvalidConfiguration Event", || async {
+        events
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .next()
+    })
+    .await;
+    assert!(
+        event.note.unwrap_or_default().contains("sometimes"),
+        "the Event names the value"
+    );
+
+    // The NetworkPolicy objects.
+    c.k8s.apply(&[
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x", "labels": {"team": "x"}}}),
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a", "namespace": "x", "labels": {"app": "a"}},
+               "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "x",
+                   "ports": [{"name": "http", "containerPort": 80}]}]}}),
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+               "metadata": {"name": "allow-http", "namespace": "x"},
+               "spec": {"podSelector": {}, "ingress": [{"ports": [{"port": "http"}]}]}}),
+    ]);
+    let mut objects = c.registry("n1").watch_policy_objects().unwrap();
+    let mut cache = ObjectCache::default();
+    let mut compiler = meshd_policy::Compiler::new();
+    tokio::time::timeout(WAIT, async {
+        while !(cache.synced() && compiler.world().policies.len() == 1) {
+            let event = objects.recv().await.expect("object watch closed");
+            for change in cache.apply(compiler.world(), event) {
+                compiler.apply(change);
+            }
+        }
+    })
+    .await
+    .expect("the policy objects were not listed");
+    assert!(compiler.world().namespaces.contains_key("x"));
+
+    // The API servers' endpoints: v1.20 serves EndpointSlices only as v1beta1 (and its own
+    // endpoint reconciler keeps only the `kubernetes` Endpoints: the slice is written here as
+    // the EndpointSlice mirroring controller would).
+    c.k8s.apply(&[json!({
+        "apiVersion": "discovery.k8s.io/v1beta1", "kind": "EndpointSlice",
+        "metadata": {"name": "kubernetes", "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": "kubernetes"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true},
+                       "topology": {"kubernetes.io/hostname": "n1"}}],
+        "ports": [{"name": "https", "port": c.k8s.server.port(), "protocol": "TCP"}],
+    })]);
+    let mut endpoints = watch_api_server_endpoints(c.meshd.clone());
+    let addresses = tokio::time::timeout(WAIT, endpoints.wait_for(Option::is_some))
+        .await
+        .expect("the API servers' endpoints were never read")
+        .unwrap()
+        .clone()
+        .unwrap();
+    assert_eq!(
+        addresses,
+        BTreeSet::from(["127.0.0.1".parse::<std::net::IpAddr>().unwrap()]),
+        "the kubernetes EndpointSlice holds the advertise address"
+    );
+    let slice_answers: BTreeSet<(String, u16)> = c
+        .k8s
+        .meshd_requests()
+        .into_iter()
+        .filter(|r| r.request.resource == "endpointslices")
+        .map(|r| (r.uri.split('?').next().unwrap_or_default().to_string(), r.code))
+        .collect();
+    assert!(
+        slice_answers.iter().all(|(_, code)| *code == 200),
+        "EndpointSlice requests all answered (no 404 for v1): {slice_answers:?}"
+    );
+    drop((rx, settings, objects, endpoints));
+
+    // Nothing refused; every grant used.
+    c.assert_nothing_forbidden();
+    let requests: Vec<ApiRequest> = c
+        .k8s
+        .meshd_requests()
+        .into_iter()
+        .map(|r| r.request)
+        .collect();
+    let rbac = kube_apiserver::deploy_rbac();
+    let yaml = |objects: &[serde_json::Value]| {
+        objects
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    };
+    let grants = Grants::from_yaml(&yaml(&rbac), MESHD_NAMESPACE, "meshd").unwrap();
+    let unused: Vec<String> = grants
+        .unused(&requests)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(unused.is_empty(), "RBAC grants meshd never used: {unused:?}");
+
+    // Without any one rule, the real authorizer refuses something meshd did.
+    let distinct: BTreeSet<ApiRequest> = requests
+        .iter()
+        .map(|r| ApiRequest {
+            client: std::net::IpAddr::from([127, 0, 0, 1]),
+            ..r.clone()
+        })
+        .collect();
+    let variants = kube_apiserver::rbac_without_each_rule(&rbac, |k| format!("meshd-minus-{k}"));
+    assert!(variants.len() >= 5, "{} rules", variants.len());
+    c.k8s
+        .apply(&variants.iter().flat_map(|(_, o)| o.clone()).collect::<Vec<_>>());
+    for (k, (removed, objects)) in variants.iter().enumerate() {
+        let account = format!("meshd-minus-{k}");
+        let model = Grants::from_yaml(&yaml(objects), MESHD_NAMESPACE, &account).unwrap();
+        // The authorizer follows RBAC objects through informers: wait until it agrees with
+        // the rule-matching model on every request, then look at what it refuses.
+        let refused = eventually(&format!("the authorizer to know {account}"), || async {
+            let mut refused = Vec::new();
+            for r in &distinct {
+                let allowed = subject_access(&c.admin, &account, r).await;
+                if allowed != model.allows(r) {
+                    return None;
+                }
+                if !allowed {
+                    refused.push(format!("{} {} {:?}", r.verb, r.rbac_resource(), r.name));
+                }
+            }
+            Some(refused)
+        })
+        .await;
+        assert!(
+            !refused.is_empty(),
+            "without {removed} meshd's requests are all still allowed: the rule is not needed"
+        );
+        eprintln!("without {removed}: refused {refused:?}");
+    }
+    // And meshd's own account, with every rule: everything allowed.
+    for r in &distinct {
+        assert!(subject_access(&c.admin, "meshd", r).await, "{r:?}");
+    }
 }
