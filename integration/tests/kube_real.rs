@@ -576,3 +576,142 @@ async fn meshd_needs_exactly_deploys_rbac() {
         assert!(subject_access(&c.admin, "meshd", r).await, "{r:?}");
     }
 }
+
+/// A TCP relay between meshd and the API server that can be cut: meshd loses the server
+/// while the cluster goes on changing through the admin's direct connection.
+struct Relay {
+    port: u16,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(target: u16) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let connections = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (o, conns) = (open.clone(), connections.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !o.load(Ordering::SeqCst) {
+                    continue; // dropped: the connection is refused, as by a dead server
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    {
+                        let _ =
+                            tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                conns.lock().unwrap().push(task);
+            }
+        });
+        Self {
+            port,
+            open,
+            connections,
+            accept,
+        }
+    }
+
+    fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        for task in self.connections.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}
+
+/// A watch whose history is gone (meshd cut off while Nodes changed, then etcd compacted: the
+/// real `410 Gone`, with the watch cache off so that watches resume from etcd) relists: the
+/// difference arrives as one Delete and one Upsert, nothing for the unchanged nodes, then
+/// Synced; watching goes on after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_whose_history_was_compacted_relists_without_duplicates() {
+    let c = cluster_with(3, |config| {
+        config.extra_args.push("--watch-cache=false".into());
+    })
+    .await;
+    for i in 1..=3 {
+        let r = c.record(i).await;
+        c.registry(&r.name).publish(&r).await.unwrap();
+    }
+    let relay = Relay::start(c.k8s.server.port()).await;
+    let kubeconfig = std::fs::read_to_string(c.k8s.meshd_kubeconfig())
+        .unwrap()
+        .replace(
+            &format!("127.0.0.1:{}", c.k8s.server.port()),
+            &format!("127.0.0.1:{}", relay.port),
+        );
+    let relayed = c.k8s.meshd_kubeconfig().with_extension("relayed");
+    std::fs::write(&relayed, kubeconfig).unwrap();
+    let through_relay = client(Some(&relayed)).await.unwrap();
+    let registry = KubeRegistry::new(through_relay, "n1")
+        .with_watch_backoff(Duration::from_millis(200), Duration::from_millis(500));
+    let mut rx = registry.watch().unwrap();
+    assert_eq!(until_synced(&mut rx).await.len(), 4);
+
+    relay.cut();
+    c.nodes()
+        .delete("n3", &DeleteParams::default())
+        .await
+        .unwrap();
+    c.patch_node("n2", json!({"metadata": {"labels": {"touched": "during-outage"}}}))
+        .await;
+    c.create_node("n4", &["198.18.0.14"], &["10.244.4.0/24"]).await;
+    c.patch_node(
+        "n4",
+        json!({"metadata": {"annotations": {
+            kreg::PUBLIC_KEY_ANNOTATION: PublicKey::from_bytes([4; 32]).to_string(),
+            kreg::LISTEN_PORT_ANNOTATION: "51820",
+            kreg::RECORD_VERSION_ANNOTATION: "1"}}}),
+    )
+    .await;
+    let compacted = c.k8s.server.compact_etcd().unwrap();
+    assert!(compacted > 0);
+    relay.restore();
+
+    let mut events = until_synced(&mut rx).await;
+    assert!(matches!(events.pop(), Some(RegistryEvent::Synced)));
+    let mut upserts = Vec::new();
+    let mut deletes = Vec::new();
+    for e in events {
+        match e {
+            RegistryEvent::Upsert(r) => upserts.push(r.name),
+            RegistryEvent::Delete(n) => deletes.push(n),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(upserts, vec!["n4"]);
+    assert_eq!(deletes, vec!["n3"]);
+    // The server did answer 410 to the resumed watch (no other way to need a relist).
+    let gone = c
+        .k8s
+        .meshd_requests()
+        .iter()
+        .filter(|r| r.request.verb == "list" && r.request.resource == "nodes")
+        .count();
+    assert!(gone >= 2, "one list at start and one after the 410: {gone}");
+
+    c.nodes()
+        .delete("n2", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert!(matches!(next(&mut rx).await, RegistryEvent::Delete(n) if n == "n2"));
+    c.assert_nothing_forbidden();
+}
