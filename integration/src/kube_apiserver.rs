@@ -105,8 +105,12 @@ impl TestCluster {
         let mut config = ServerConfig::loopback(dir.path().join("server"));
         config.tokens.push(meshd.clone());
         adjust(&mut config);
-        let server = KubeApiServer::start(config)
-            .unwrap_or_else(|e| panic!("starting kube-apiserver: {e}: {:?}", std::error::Error::source(&e)));
+        let server = KubeApiServer::start(config).unwrap_or_else(|e| {
+            panic!(
+                "starting kube-apiserver: {e}: {:?}",
+                std::error::Error::source(&e)
+            )
+        });
         server
             .write_kubeconfig(&dir.path().join("meshd.kubeconfig"), &meshd.token)
             .unwrap_or_else(|e| panic!("{e}"));
@@ -196,7 +200,14 @@ impl TestCluster {
         self.meshd_requests()
             .into_iter()
             .filter(|r| r.code == 403)
-            .map(|r| format!("{} {} ({})", r.request.verb, r.request.rbac_resource(), r.uri))
+            .map(|r| {
+                format!(
+                    "{} {} ({})",
+                    r.request.verb,
+                    r.request.rbac_resource(),
+                    r.uri
+                )
+            })
             .collect()
     }
 }
@@ -289,7 +300,10 @@ mod tests {
         let variants = rbac_without_each_rule(&rbac, |k| format!("minus-{k}"));
         assert_eq!(variants.len(), 3);
         let (what, objects) = &variants[1];
-        assert!(what.contains("ClusterRole r-minus-1") && what.contains("list"), "{what}");
+        assert!(
+            what.contains("ClusterRole r-minus-1") && what.contains("list"),
+            "{what}"
+        );
         assert_eq!(objects[0]["metadata"]["name"], json!("minus-1"));
         assert_eq!(objects[1]["rules"], json!([{"verbs": ["get"]}]));
         assert_eq!(objects[2]["roleRef"]["name"], json!("r-minus-1"));

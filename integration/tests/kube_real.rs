@@ -49,7 +49,10 @@ async fn cluster_with(
     for i in 1..=nodes {
         c.create_node(
             &format!("n{i}"),
-            &[&format!("198.18.0.{}", 10 + i), &format!("fd00:198::{}", 10 + i)],
+            &[
+                &format!("198.18.0.{}", 10 + i),
+                &format!("fd00:198::{}", 10 + i),
+            ],
             &[&format!("10.244.{i}.0/24"), &format!("fd00:244:0:{i}::/64")],
         )
         .await;
@@ -197,7 +200,10 @@ async fn the_registry_publishes_watches_and_withdraws_as_meshds_service_account(
     let mut watchers = Vec::new();
     for i in 1..=3 {
         let mut rx = c.registry(&format!("n{i}")).watch().unwrap();
-        assert!(matches!(&until_synced(&mut rx).await[..], [RegistryEvent::Synced]));
+        assert!(matches!(
+            &until_synced(&mut rx).await[..],
+            [RegistryEvent::Synced]
+        ));
         watchers.push(rx);
     }
     let record = c.record(1).await;
@@ -231,10 +237,17 @@ async fn the_registry_publishes_watches_and_withdraws_as_meshds_service_account(
         }
     }
     let ann = c.annotations("n1").await;
-    assert_eq!(ann[kreg::PUBLIC_KEY_ANNOTATION], record.public_key.to_string());
+    assert_eq!(
+        ann[kreg::PUBLIC_KEY_ANNOTATION],
+        record.public_key.to_string()
+    );
     assert_eq!(ann[kreg::LISTEN_PORT_ANNOTATION], "51820");
     assert_eq!(ann["meshd.io/unrelated-future-key"], "kept");
-    assert_eq!(ann.len(), 2 + 4, "two foreign keys and meshd's four: {ann:?}");
+    assert_eq!(
+        ann.len(),
+        2 + 4,
+        "two foreign keys and meshd's four: {ann:?}"
+    );
     assert_eq!(c.node_writes("n1"), 1);
 
     // Republishing the same record (also from a new registry: a restart) writes nothing.
@@ -243,7 +256,10 @@ async fn the_registry_publishes_watches_and_withdraws_as_meshds_service_account(
         c.registry("n1").publish(&record).await.unwrap();
     }
     assert_eq!(c.node_writes("n1"), 1, "steady state must not write");
-    assert_eq!(c.nodes().get("n1").await.unwrap().metadata.resource_version, rv);
+    assert_eq!(
+        c.nodes().get("n1").await.unwrap().metadata.resource_version,
+        rv
+    );
     assert_quiet(&mut watchers[1]).await;
 
     // A late watcher gets the current state, then Synced.
@@ -275,23 +291,34 @@ async fn the_registry_publishes_watches_and_withdraws_as_meshds_service_account(
     c.registry("n2").publish(&r2).await.unwrap();
     let upsert_n2 = |e: &RegistryEvent| matches!(e, RegistryEvent::Upsert(r) if r.name == "n2");
     until_event(&mut watchers[0], "Upsert n2", upsert_n2).await;
-    c.patch_node("n2", json!({"metadata": {"labels": {kreg::EXCLUDE_LABEL: "true"}}}))
-        .await;
+    c.patch_node(
+        "n2",
+        json!({"metadata": {"labels": {kreg::EXCLUDE_LABEL: "true"}}}),
+    )
+    .await;
     assert!(matches!(next(&mut watchers[0]).await, RegistryEvent::Delete(n) if n == "n2"));
-    c.patch_node("n2", json!({"metadata": {"labels": {kreg::EXCLUDE_LABEL: "false"}}}))
-        .await;
+    c.patch_node(
+        "n2",
+        json!({"metadata": {"labels": {kreg::EXCLUDE_LABEL: "false"}}}),
+    )
+    .await;
     assert!(upsert_n2(&next(&mut watchers[0]).await));
 
     // Withdraw removes meshd's keys only; again, or for a missing node, writes nothing.
     c.registry("n1").withdraw("n1").await.unwrap();
-    until_event(&mut watchers[2], "Delete n1", |e| {
-        matches!(e, RegistryEvent::Delete(n) if n == "n1")
-    })
+    until_event(
+        &mut watchers[2],
+        "Delete n1",
+        |e| matches!(e, RegistryEvent::Delete(n) if n == "n1"),
+    )
     .await;
     let ann = c.annotations("n1").await;
     assert_eq!(
         ann.keys().collect::<Vec<_>>(),
-        vec!["meshd.io/unrelated-future-key", "node.alpha.kubernetes.io/ttl"]
+        vec![
+            "meshd.io/unrelated-future-key",
+            "node.alpha.kubernetes.io/ttl"
+        ]
     );
     let writes = c.node_writes("n1");
     c.registry("n1").withdraw("n1").await.unwrap();
@@ -305,9 +332,11 @@ async fn the_registry_publishes_watches_and_withdraws_as_meshds_service_account(
         .delete("n2", &DeleteParams::default())
         .await
         .unwrap();
-    until_event(&mut watchers[0], "Delete n2", |e| {
-        matches!(e, RegistryEvent::Delete(n) if n == "n2")
-    })
+    until_event(
+        &mut watchers[0],
+        "Delete n2",
+        |e| matches!(e, RegistryEvent::Delete(n) if n == "n2"),
+    )
     .await;
     c.assert_nothing_forbidden();
 }
@@ -340,7 +369,10 @@ async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
         if let Some(v) = probe().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -353,7 +385,10 @@ async fn subject_access(admin: &Client, account: &str, request: &ApiRequest) -> 
     };
     let review = SubjectAccessReview {
         spec: SubjectAccessReviewSpec {
-            user: Some(kube_apiserver::service_account_user(MESHD_NAMESPACE, account)),
+            user: Some(kube_apiserver::service_account_user(
+                MESHD_NAMESPACE,
+                account,
+            )),
             groups: Some(vec![
                 "system:serviceaccounts".into(),
                 format!("system:serviceaccounts:{MESHD_NAMESPACE}"),
@@ -401,16 +436,16 @@ async fn meshd_needs_exactly_deploys_rbac() {
 
     // The Node condition.
     let (status_tx, status_rx) = tokio::sync::watch::channel(None);
-    let condition = meshd::registry::kube::node_condition::spawn(
-        c.meshd.clone(),
-        "n1".into(),
-        status_rx,
-    );
+    let condition =
+        meshd::registry::kube::node_condition::spawn(c.meshd.clone(), "n1".into(), status_rx);
     status_tx.send(Some(status_report())).unwrap();
     eventually("the MeshdEncrypted condition", || async {
         let node = c.nodes().get("n1").await.unwrap();
         let conditions = node.status?.conditions?;
-        conditions.iter().find(|x| x.type_ == "MeshdEncrypted").map(|_| ())
+        conditions
+            .iter()
+            .find(|x| x.type_ == "MeshdEncrypted")
+            .map(|_| ())
     })
     .await;
     condition.abort();
@@ -422,7 +457,10 @@ async fn meshd_needs_exactly_deploys_rbac() {
         "data": {"encryption": "sometimes"},
     }))
     .unwrap();
-    configmaps.create(&PostParams::default(), &cm).await.unwrap();
+    configmaps
+        .create(&PostParams::default(), &cm)
+        .await
+        .unwrap();
     let pod = pod_reference(MESHD_NAMESPACE, "meshd-abcde", None);
     let mut settings = spawn_watcher(
         c.meshd.clone(),
@@ -502,7 +540,12 @@ async fn meshd_needs_exactly_deploys_rbac() {
         .meshd_requests()
         .into_iter()
         .filter(|r| r.request.resource == "endpointslices")
-        .map(|r| (r.uri.split('?').next().unwrap_or_default().to_string(), r.code))
+        .map(|r| {
+            (
+                r.uri.split('?').next().unwrap_or_default().to_string(),
+                r.code,
+            )
+        })
         .collect();
     assert!(
         slice_answers.iter().all(|(_, code)| *code == 200),
@@ -532,7 +575,10 @@ async fn meshd_needs_exactly_deploys_rbac() {
         .iter()
         .map(ToString::to_string)
         .collect();
-    assert!(unused.is_empty(), "RBAC grants meshd never used: {unused:?}");
+    assert!(
+        unused.is_empty(),
+        "RBAC grants meshd never used: {unused:?}"
+    );
 
     // Without any one rule, the real authorizer refuses something meshd did.
     let distinct: BTreeSet<ApiRequest> = requests
@@ -544,8 +590,12 @@ async fn meshd_needs_exactly_deploys_rbac() {
         .collect();
     let variants = kube_apiserver::rbac_without_each_rule(&rbac, |k| format!("meshd-minus-{k}"));
     assert!(variants.len() >= 5, "{} rules", variants.len());
-    c.k8s
-        .apply(&variants.iter().flat_map(|(_, o)| o.clone()).collect::<Vec<_>>());
+    c.k8s.apply(
+        &variants
+            .iter()
+            .flat_map(|(_, o)| o.clone())
+            .collect::<Vec<_>>(),
+    );
     for (k, (removed, objects)) in variants.iter().enumerate() {
         let account = format!("meshd-minus-{k}");
         let model = Grants::from_yaml(&yaml(objects), MESHD_NAMESPACE, &account).unwrap();
@@ -603,8 +653,7 @@ impl Relay {
                     if let Ok(mut outbound) =
                         tokio::net::TcpStream::connect(("127.0.0.1", target)).await
                     {
-                        let _ =
-                            tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                     }
                 });
                 conns.lock().unwrap().push(task);
@@ -671,9 +720,13 @@ async fn a_watch_whose_history_was_compacted_relists_without_duplicates() {
         .delete("n3", &DeleteParams::default())
         .await
         .unwrap();
-    c.patch_node("n2", json!({"metadata": {"labels": {"touched": "during-outage"}}}))
+    c.patch_node(
+        "n2",
+        json!({"metadata": {"labels": {"touched": "during-outage"}}}),
+    )
+    .await;
+    c.create_node("n4", &["198.18.0.14"], &["10.244.4.0/24"])
         .await;
-    c.create_node("n4", &["198.18.0.14"], &["10.244.4.0/24"]).await;
     c.patch_node(
         "n4",
         json!({"metadata": {"annotations": {

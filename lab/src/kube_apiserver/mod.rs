@@ -370,11 +370,17 @@ impl KubeApiServer {
         .arg(format!("--secure-port={}", self.port))
         .arg("--insecure-port=0")
         .arg(format!("--tls-cert-file={}", s(&self.pki.serving_cert)))
-        .arg(format!("--tls-private-key-file={}", s(&self.pki.serving_key)))
+        .arg(format!(
+            "--tls-private-key-file={}",
+            s(&self.pki.serving_key)
+        ))
         .arg(format!("--client-ca-file={}", s(&self.pki.ca_cert)))
         .arg(format!("--token-auth-file={}", d("tokens.csv")))
         .arg("--authorization-mode=RBAC")
-        .arg(format!("--service-account-key-file={}", s(&self.pki.sa_pub)))
+        .arg(format!(
+            "--service-account-key-file={}",
+            s(&self.pki.sa_pub)
+        ))
         .arg(format!(
             "--service-account-signing-key-file={}",
             s(&self.pki.sa_key)
@@ -514,13 +520,11 @@ current-context: meshd-test
                         let req = http::Request::get("/readyz")
                             .body(Vec::new())
                             .map_err(|e| e.to_string())?;
-                        let text = tokio::time::timeout(
-                            Duration::from_secs(5),
-                            client.request_text(req),
-                        )
-                        .await
-                        .map_err(|_| "timed out".to_string())?
-                        .map_err(|e| e.to_string())?;
+                        let text =
+                            tokio::time::timeout(Duration::from_secs(5), client.request_text(req))
+                                .await
+                                .map_err(|_| "timed out".to_string())?
+                                .map_err(|e| e.to_string())?;
                         if text.trim() == "ok" {
                             Ok(())
                         } else {
@@ -627,7 +631,10 @@ impl Drop for KubeApiServer {
             return;
         }
         // `ip netns exec` execs the program, so the child's pid is the server's.
-        for child in [self.apiserver.take(), self.etcd.take()].into_iter().flatten() {
+        for child in [self.apiserver.take(), self.etcd.take()]
+            .into_iter()
+            .flatten()
+        {
             let mut child = child;
             let _ = child.kill();
             let _ = child.wait();

@@ -94,16 +94,35 @@ pub fn make(dir: &Path, addresses: &[IpAddr]) -> Result<Pki, PkiError> {
     openssl(
         "CA",
         &[
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-            "/CN=meshd-test-ca", "-keyout", &s(&ca_key), "-out", &s(&pki.ca_cert),
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=meshd-test-ca",
+            "-keyout",
+            &s(&ca_key),
+            "-out",
+            &s(&pki.ca_cert),
         ],
     )?;
     let csr = p("apiserver.csr");
     openssl(
         "serving key",
         &[
-            "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=kube-apiserver", "-keyout",
-            &s(&pki.serving_key), "-out", &s(&csr),
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=kube-apiserver",
+            "-keyout",
+            &s(&pki.serving_key),
+            "-out",
+            &s(&csr),
         ],
     )?;
     let ext = p("apiserver.ext");
@@ -118,8 +137,21 @@ pub fn make(dir: &Path, addresses: &[IpAddr]) -> Result<Pki, PkiError> {
     openssl(
         "serving certificate",
         &[
-            "x509", "-req", "-in", &s(&csr), "-CA", &s(&pki.ca_cert), "-CAkey", &s(&ca_key),
-            "-CAcreateserial", "-days", "2", "-extfile", &s(&ext), "-out", &s(&pki.serving_cert),
+            "x509",
+            "-req",
+            "-in",
+            &s(&csr),
+            "-CA",
+            &s(&pki.ca_cert),
+            "-CAkey",
+            &s(&ca_key),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &s(&ext),
+            "-out",
+            &s(&pki.serving_cert),
         ],
     )?;
     openssl(
@@ -128,7 +160,14 @@ pub fn make(dir: &Path, addresses: &[IpAddr]) -> Result<Pki, PkiError> {
     )?;
     openssl(
         "service-account public key",
-        &["rsa", "-in", &s(&pki.sa_key), "-pubout", "-out", &s(&pki.sa_pub)],
+        &[
+            "rsa",
+            "-in",
+            &s(&pki.sa_key),
+            "-pubout",
+            "-out",
+            &s(&pki.sa_pub),
+        ],
     )?;
     Ok(pki)
 }
