@@ -234,4 +234,30 @@ mod tests {
         assert_eq!(got, want);
         assert!(endpoint_slice_addresses(&[]).is_empty());
     }
+
+    #[test]
+    fn a_v1beta1_slice_reads_as_v1() {
+        let object: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1beta1", "kind": "EndpointSlice",
+            "metadata": {"name": "kubernetes", "namespace": "default"},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["198.18.0.11"], "conditions": {"ready": true},
+                           "topology": {"kubernetes.io/hostname": "n1"}}],
+            "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}],
+        }))
+        .unwrap();
+        let slice = as_v1(object).unwrap();
+        assert_eq!(slice.metadata.name.as_deref(), Some("kubernetes"));
+        assert_eq!(
+            endpoint_slice_addresses([&slice]),
+            BTreeSet::from(["198.18.0.11".parse::<IpAddr>().unwrap()])
+        );
+        // Not a slice at all: an error, not a panic.
+        let junk: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1beta1", "kind": "EndpointSlice",
+            "metadata": {"name": "x"}, "addressType": 7,
+        }))
+        .unwrap();
+        assert!(as_v1(junk).is_err());
+    }
 }
