@@ -537,22 +537,6 @@ current-context: meshd-test
         })
     }
 
-    /// Stops the API server (etcd keeps running), as a control-plane restart does.
-    pub fn stop_apiserver(&mut self) {
-        if let Some(mut c) = self.apiserver.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Starts the API server again on the same port and store, and waits for `/readyz`.
-    pub fn start_apiserver_again(&mut self) -> Result<()> {
-        let bin = binary()?;
-        // Its port may linger in TIME_WAIT-free close; the bind is retried by waiting.
-        self.start_apiserver(&bin)?;
-        self.wait_ready()
-    }
-
     /// etcd's current revision (the API server's resourceVersion).
     pub fn etcd_revision(&self) -> Result<u64> {
         // The range answer's header carries the store's revision.
