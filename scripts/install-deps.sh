@@ -39,3 +39,7 @@ fi
 # The tc eBPF programs are part of the normal build: ebpf-redirect's build script compiles
 # them with Debian's rustc and bpf-linker, which this installs (idempotent, quick when present).
 "$(dirname "$0")/../ebpf-redirect/install-toolchain.sh" --no-build
+
+# The Kubernetes tests run a real kube-apiserver (v1.20.2) with etcd: built once from Debian's
+# kubernetes source package into /var/cache/meshd (about 4 minutes; quick when present).
+"$(dirname "$0")/kube-apiserver.sh" build

@@ -14,6 +14,8 @@
 //!   Events) that the Kubernetes registry backend and the settings watcher are tested against,
 //!   with a log of every request's authorisation attributes.
 //! - [`rbac`]: RBAC rule matching, to check that log against the roles in `deploy/`.
+//! - [`kube_apiserver`]: a real kube-apiserver (v1.20.2) and etcd, with meshd's service
+//!   account bound by `deploy/`'s RBAC and an audit log of every request.
 //!
 //! Binaries: `lab-traffic` (traffic generator run inside pod namespaces) and
 //! `mesh-bench` (plain veth vs wireguard-go vs meshd throughput/RTT benchmark).
@@ -27,6 +29,7 @@
 pub use meshd_lab::apiserver;
 pub mod bench;
 pub mod capture;
+pub mod kube_apiserver;
 pub mod lab;
 pub mod labjson;
 pub mod rbac;

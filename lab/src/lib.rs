@@ -34,6 +34,8 @@ pub mod evidence;
 mod exec;
 /// The host tools the lab drives and the processes it watches.
 mod host;
+/// A real kube-apiserver and etcd (built by `scripts/kube-apiserver.sh`), for tests and labs.
+pub mod kube_apiserver;
 /// Kubernetes labs: the mock API server and `lab set`.
 mod kubernetes;
 /// Label syntax and `kubectl label` semantics (pure).

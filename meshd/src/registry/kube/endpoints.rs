@@ -4,6 +4,12 @@
 //! through the tunnel, so a node can always learn a changed key.
 //!
 //! Needs `list` and `watch` on `endpointslices` (`discovery.k8s.io`) in `default`.
+//!
+//! `discovery.k8s.io/v1` is served from Kubernetes 1.21; older API servers (1.17 to 1.20) serve
+//! only `v1beta1`, whose fields meshd reads (`addressType`, `endpoints[].addresses`) are the
+//! same. The watcher asks the server's discovery which one it serves and reads that one
+//! ([`served_version`], [`as_v1`]); RBAC names the group, not the version, so the same rules
+//! cover both.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -11,7 +17,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::Api;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::Client;
@@ -26,6 +32,34 @@ pub const API_SERVER_SERVICE_NAMESPACE: &str = "default";
 pub const API_SERVER_SERVICE_NAME: &str = "kubernetes";
 /// The label naming an EndpointSlice's Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// EndpointSlice versions meshd can read, newest first.
+pub const ENDPOINT_SLICE_VERSIONS: [&str; 2] = ["v1", "v1beta1"];
+
+/// The newest of [`ENDPOINT_SLICE_VERSIONS`] whose discovery document lists `endpointslices`;
+/// `v1` when none does (or discovery fails: the watch then reports its own errors).
+pub async fn served_version(client: &Client) -> &'static str {
+    for version in ENDPOINT_SLICE_VERSIONS {
+        if let Ok(list) = client
+            .list_api_group_resources(&format!("discovery.k8s.io/{version}"))
+            .await
+        {
+            if list.resources.iter().any(|r| r.name == "endpointslices") {
+                return version;
+            }
+        }
+    }
+    ENDPOINT_SLICE_VERSIONS[0]
+}
+
+/// An EndpointSlice of any served version, read as `discovery.k8s.io/v1` (the fields meshd
+/// reads are the same in `v1beta1`; fields only `v1beta1` has are dropped).
+pub fn as_v1(object: DynamicObject) -> Result<EndpointSlice, serde_json::Error> {
+    let mut value = serde_json::to_value(object)?;
+    value["apiVersion"] = serde_json::json!("discovery.k8s.io/v1");
+    value["kind"] = serde_json::json!("EndpointSlice");
+    serde_json::from_value(value)
+}
 
 /// Every address of every endpoint in `slices` (ready or not: an API server that is starting
 /// or shutting down must not be cut off either). FQDN slices carry no address.
@@ -55,15 +89,34 @@ pub fn endpoint_slice_addresses<'a>(
 /// `default` (the field selector lets RBAC limit them to `resourceNames: [kubernetes]`).
 pub fn watch_api_server_endpoints(client: Client) -> watch::Receiver<Option<BTreeSet<IpAddr>>> {
     let (tx, rx) = watch::channel(None);
-    let api: Api<EndpointSlice> = Api::namespaced(client, API_SERVER_SERVICE_NAMESPACE);
-    let config = watcher::Config::default()
-        .fields(&format!("metadata.name={API_SERVER_SERVICE_NAME}"))
-        .labels(&format!("{SERVICE_NAME_LABEL}={API_SERVER_SERVICE_NAME}"));
-    let stream = watcher::watcher(api, config).backoff(WatchBackoff::new(
-        Duration::from_millis(800),
-        Duration::from_secs(30),
-    ));
     tokio::spawn(async move {
+        let version = served_version(&client).await;
+        if version != ENDPOINT_SLICE_VERSIONS[0] {
+            tracing::info!(
+                version,
+                "the API server does not serve discovery.k8s.io/v1 EndpointSlices; reading {version}"
+            );
+        }
+        let resource = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("discovery.k8s.io", version, "EndpointSlice"),
+            "endpointslices",
+        );
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(client, API_SERVER_SERVICE_NAMESPACE, &resource);
+        let config = watcher::Config::default()
+            .fields(&format!("metadata.name={API_SERVER_SERVICE_NAME}"))
+            .labels(&format!("{SERVICE_NAME_LABEL}={API_SERVER_SERVICE_NAME}"));
+        let stream = watcher::watcher(api, config)
+            .backoff(WatchBackoff::new(
+                Duration::from_millis(800),
+                Duration::from_secs(30),
+            ))
+            .filter_map(|event| async move {
+                match event {
+                    Ok(event) => convert(event).map(Ok),
+                    Err(e) => Some(Err(e)),
+                }
+            });
         let mut stream = std::pin::pin!(stream);
         let mut slices: BTreeMap<String, EndpointSlice> = BTreeMap::new();
         let mut listing: Option<BTreeMap<String, EndpointSlice>> = None;
@@ -118,6 +171,25 @@ pub fn watch_api_server_endpoints(client: Client) -> watch::Receiver<Option<BTre
     rx
 }
 
+/// A watch event of a slice of any version as one of a `v1` slice; a slice that does not
+/// convert is logged and skipped.
+fn convert(event: Event<DynamicObject>) -> Option<Event<EndpointSlice>> {
+    let slice = |object: DynamicObject| match as_v1(object) {
+        Ok(slice) => Some(slice),
+        Err(e) => {
+            tracing::warn!(error = %e, "an EndpointSlice that does not parse; skipped");
+            None
+        }
+    };
+    Some(match event {
+        Event::Init => Event::Init,
+        Event::InitDone => Event::InitDone,
+        Event::InitApply(o) => Event::InitApply(slice(o)?),
+        Event::Apply(o) => Event::Apply(slice(o)?),
+        Event::Delete(o) => Event::Delete(slice(o)?),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -161,5 +233,31 @@ mod tests {
             .collect();
         assert_eq!(got, want);
         assert!(endpoint_slice_addresses(&[]).is_empty());
+    }
+
+    #[test]
+    fn a_v1beta1_slice_reads_as_v1() {
+        let object: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1beta1", "kind": "EndpointSlice",
+            "metadata": {"name": "kubernetes", "namespace": "default"},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["198.18.0.11"], "conditions": {"ready": true},
+                           "topology": {"kubernetes.io/hostname": "n1"}}],
+            "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}],
+        }))
+        .unwrap();
+        let slice = as_v1(object).unwrap();
+        assert_eq!(slice.metadata.name.as_deref(), Some("kubernetes"));
+        assert_eq!(
+            endpoint_slice_addresses([&slice]),
+            BTreeSet::from(["198.18.0.11".parse::<IpAddr>().unwrap()])
+        );
+        // Not a slice at all: an error, not a panic.
+        let junk: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1beta1", "kind": "EndpointSlice",
+            "metadata": {"name": "x"}, "addressType": 7,
+        }))
+        .unwrap();
+        assert!(as_v1(junk).is_err());
     }
 }
