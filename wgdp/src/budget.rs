@@ -61,6 +61,10 @@ impl Default for Budgets {
     }
 }
 
+/// What one initiation costs in a bucket, in units of which a bucket earns `rate` a
+/// nanosecond.
+const INITIATION_COST: u64 = 1_000_000_000;
+
 /// One source's token bucket.
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
@@ -116,7 +120,7 @@ impl HandshakeBudget {
             rate,
             // Integer tokens: one initiation costs 10^9 units and the bucket earns `rate`
             // units a nanosecond, i.e. `rate` initiations a second.
-            capacity: u64::from(HANDSHAKE_BURST) * 1_000_000_000,
+            capacity: u64::from(HANDSHAKE_BURST) * INITIATION_COST,
             max_sources: max_sources.max(1),
             table: Mutex::new(SourceTable {
                 window: now,
@@ -125,6 +129,26 @@ impl HandshakeBudget {
                 buckets: HashMap::new(),
             }),
         }
+    }
+
+    /// Whether an initiation from `source` at `now` would be refused whatever it carries:
+    /// the device is under load and the source's budget is used up. Checked before the MACs
+    /// are, so a flooding source costs no MAC computations. Consumes nothing, so packets
+    /// with spoofed source addresses cannot use up anybody's budget: only initiations that
+    /// passed the cookie check, which needs replies received at the address, do ([`admit`]).
+    ///
+    /// [`admit`]: HandshakeBudget::admit
+    pub fn exhausted(&self, source: IpAddr, now: Instant) -> bool {
+        let t = lock(&self.table);
+        if !t.loaded_until.is_some_and(|until| now < until) {
+            return false;
+        }
+        t.buckets.get(&source).is_some_and(|b| {
+            let ns = now.saturating_duration_since(b.at).as_nanos();
+            let earned =
+                u64::try_from(ns.saturating_mul(u128::from(self.rate))).unwrap_or(u64::MAX);
+            b.tokens.saturating_add(earned) < INITIATION_COST
+        })
     }
 
     /// Decides on an initiation from `source` that passed the MAC and cookie checks at `now`.
@@ -141,7 +165,7 @@ impl HandshakeBudget {
             t.loaded_until = Some(now + Duration::from_secs(1));
         }
         let under_load = t.loaded_until.is_some_and(|until| now < until);
-        let cost = 1_000_000_000u64;
+        let cost = INITIATION_COST;
         let (rate, capacity) = (self.rate, self.capacity);
         let refill = |b: &mut Bucket| {
             let ns = now.saturating_duration_since(b.at).as_nanos();

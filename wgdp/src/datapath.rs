@@ -497,6 +497,12 @@ impl RxCtx {
                     core.stats.drop(DropReason::NoKey);
                     return;
                 };
+                // A source that already used up its budget under load is refused before any
+                // MAC is computed (see `HandshakeBudget::exhausted`).
+                if core.handshakes.exhausted(from.ip(), Instant::now()) {
+                    core.stats.drop(DropReason::HandshakeBudget);
+                    return;
+                }
                 limiter.reset_count();
                 let init = match limiter.verify_packet(Some(from.ip()), d, dec) {
                     Ok(Packet::HandshakeInit(init)) => init,

@@ -23,6 +23,7 @@ fn outside_of_load_every_initiation_is_admitted() {
     let b = HandshakeBudget::new(20, t0);
     for _ in 0..LOAD_THRESHOLD {
         assert_eq!(b.admit(ip(1), t0), Admission::Admitted);
+        assert!(!b.exhausted(ip(1), t0));
     }
 }
 
@@ -35,6 +36,12 @@ fn under_load_one_source_gets_its_burst_then_its_rate() {
         .filter(|_| b.admit(ip(1), t0) == Admission::Admitted)
         .count();
     assert_eq!(admitted, HANDSHAKE_BURST as usize);
+    assert!(b.exhausted(ip(1), t0));
+    assert!(!b.exhausted(ip(2), t0), "an unknown source");
+    assert!(
+        !b.exhausted(ip(1), t0 + Duration::from_millis(60)),
+        "a token was earned"
+    );
     // Another source is not affected by the first one's flood.
     assert_eq!(b.admit(ip(2), t0), Admission::Admitted);
     // 10,000 a second for a second (the load window turns over and stays loaded): about 20
