@@ -140,7 +140,7 @@ impl HandshakeBudget {
     /// [`admit`]: HandshakeBudget::admit
     pub fn exhausted(&self, source: IpAddr, now: Instant) -> bool {
         let t = lock(&self.table);
-        if !t.loaded_until.is_some_and(|until| now < until) {
+        if t.loaded_until.is_none_or(|until| now >= until) {
             return false;
         }
         t.buckets.get(&source).is_some_and(|b| {

@@ -456,7 +456,7 @@ fn spraying_200_unreachable_peers_stays_under_the_memory_bound() {
             let _ = sock.send_to(&payload, format!("10.77.{k}.1:9"));
             sent += 1;
         }
-        if sent % 4_000 == 0 {
+        if sent.is_multiple_of(4_000) {
             rss_max = rss_max.max(rss_kib(pid));
             // About 20,000 packets a second.
             std::thread::sleep(Duration::from_millis(150));
