@@ -15,6 +15,7 @@ use defguard_boringtun::noise::handshake::parse_handshake_anon;
 use defguard_boringtun::noise::{Packet, Tunn, TunnResult};
 use wgdp_offload::{Coalescer, InPlaceSegments, VNET_HDR_LEN};
 
+use crate::budget::Admission;
 use crate::device::{lock, Core, Noise, Peer, State, TICK};
 use crate::stats::DropReason;
 use crate::sys::SendScratch;
@@ -154,14 +155,17 @@ impl Outbox {
         }
     }
 
-    /// Seals `pkt` for `peer` (boringtun queues it while a handshake is needed, in which case
-    /// the initiation is what gets sent), or holds it in `n` while a handshake settles
-    /// ([`Noise::must_hold`]); packets held earlier go first. An empty `pkt` (a keepalive)
-    /// is never held.
+    /// Seals `pkt` for `peer`, or holds it in `n` while a handshake settles
+    /// ([`Noise::must_hold`]) or while there is no session (`session`: whether boringtun
+    /// has a current one, read by the caller once per lock hold), in which case the handshake
+    /// initiation is what gets sent; packets held earlier go first. An empty `pkt` (a
+    /// keepalive) is never held.
+    #[allow(clippy::too_many_arguments)]
     fn seal(
         &mut self,
         n: &mut Noise,
         pkt: &[u8],
+        session: bool,
         to: Option<SocketAddr>,
         peer: &Peer,
         core: &Core,
@@ -172,8 +176,8 @@ impl Outbox {
             self.release_held(n, to, peer, core, now);
         }
         if hold || !n.held.is_empty() {
-            if !pkt.is_empty() && !n.hold(pkt) {
-                core.stats.drop(DropReason::HeldOverflow);
+            if !pkt.is_empty() {
+                n.hold(pkt, now, &core.stats);
             }
             return;
         }
@@ -181,11 +185,20 @@ impl Outbox {
             core.stats.drop(DropReason::NoKey);
             return;
         };
+        if !session && !pkt.is_empty() {
+            // boringtun would queue the packet itself, where no budget sees it: it is held
+            // here instead and boringtun only starts the handshake.
+            let r = flatten(t.format_handshake_initiation(self.slot(), false));
+            self.take(r, to, peer, core, now);
+            n.hold(pkt, now, &core.stats);
+            return;
+        }
         let r = flatten(t.encapsulate(pkt, self.slot()));
         self.take(r, to, peer, core, now);
     }
 
-    /// Seals the packets held in `n`, oldest first, as far as the outbox has room.
+    /// Seals the packets held in `n`, oldest first, as far as the outbox has room. Without a
+    /// session they stay held and a handshake is started (if none is under way).
     fn release_held(
         &mut self,
         n: &mut Noise,
@@ -198,6 +211,16 @@ impl Outbox {
         let Some(t) = tunn.as_deref_mut() else {
             return;
         };
+        if held.is_empty() {
+            return;
+        }
+        if t.time_since_last_handshake().is_none() {
+            if self.room() >= MIN_DST {
+                let r = flatten(t.format_handshake_initiation(self.slot(), false));
+                self.take(r, to, peer, core, now);
+            }
+            return;
+        }
         while let Some(p) = held.front() {
             if self.room() < (p.len() + 32).max(MIN_DST) + MIN_DST {
                 return;
@@ -356,9 +379,10 @@ impl TxCtx {
                 outbox.run_timers(t, Some(to), peer, core, now);
             }
             first = false;
+            let session = t.time_since_last_handshake().is_some();
             for _ in 0..k {
                 if let Some(pkt) = segments.next_segment() {
-                    outbox.seal(&mut noise, pkt, Some(to), peer, core, now);
+                    outbox.seal(&mut noise, pkt, session, Some(to), peer, core, now);
                 }
             }
         }
@@ -473,6 +497,12 @@ impl RxCtx {
                     core.stats.drop(DropReason::NoKey);
                     return;
                 };
+                // A source that already used up its budget under load is refused before any
+                // MAC is computed (see `HandshakeBudget::exhausted`).
+                if core.handshakes.exhausted(from.ip(), Instant::now()) {
+                    core.stats.drop(DropReason::HandshakeBudget);
+                    return;
+                }
                 limiter.reset_count();
                 let init = match limiter.verify_packet(Some(from.ip()), d, dec) {
                     Ok(Packet::HandshakeInit(init)) => init,
@@ -491,6 +521,12 @@ impl RxCtx {
                     }
                     Err(_) => return,
                 };
+                // After the cookie check: a source that proved its address still gets only
+                // its own share of the handshake work.
+                if core.handshakes.admit(from.ip(), Instant::now()) == Admission::SourceOverBudget {
+                    core.stats.drop(DropReason::HandshakeBudget);
+                    return;
+                }
                 let Ok(half) = parse_handshake_anon(&key.secret, &key.public, &init) else {
                     core.stats.drop(DropReason::UnknownPeer);
                     return;
@@ -718,13 +754,18 @@ pub fn tick(core: &Core, st: &State, peer: &Peer, outbox: &mut Outbox) {
             if (last == 0 || now.saturating_sub(last) >= ka * 1_000_000_000)
                 && peer.tunn_in(&mut noise, st.key.as_ref()).is_some()
             {
-                outbox.seal(&mut noise, &[], to, peer, core, now);
+                outbox.seal(&mut noise, &[], has_session, to, peer, core, now);
             }
         }
-        // Packets held past the hold go to boringtun (which queues them and retries the
-        // handshake) even when no new traffic comes to push them.
+        // Packets held past the hold are sealed (or, without a session, the handshake is
+        // retried) even when no new traffic comes to push them; after `HELD_MAX_NS` without
+        // a session they are dropped.
         if !noise.held.is_empty() && !noise.must_hold(now, peer.last_init.load(Ordering::Relaxed)) {
             outbox.release_held(&mut noise, to, peer, core, now);
+        }
+        let expired = noise.expire_held(now);
+        if expired > 0 {
+            core.stats.drop_n(DropReason::HeldExpired, expired as u64);
         }
         holding = !noise.held.is_empty();
     }

@@ -8,7 +8,7 @@
 //! at a time, which arbitrates between the datapath threads. Order: `state` → `tunn` →
 //! anything else (`conf`, `endpoint`, the timer queue).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -21,7 +21,8 @@ use ipnet::IpNet;
 use rand_core::{OsRng, RngCore};
 
 use crate::allowed_ips::AllowedIps;
-use crate::stats::Stats;
+use crate::budget::{Budgets, HandshakeBudget, HeldBudget, HeldQueue};
+use crate::stats::{DropReason, Stats};
 use crate::timers::TimerQueue;
 use crate::uapi::{DeviceInfo, Key, PeerInfo, PeerUpdate, SetRequest};
 use crate::udp::{Sockets, UdpError};
@@ -36,6 +37,9 @@ pub const MAX_HELD: usize = 256;
 /// How long packets are held for a handshake to settle: WireGuard's REKEY_TIMEOUT, after
 /// which a lost handshake message is retried anyway.
 pub const HOLD_NS: u64 = 5_000_000_000;
+/// How long a packet is held at most while the peer has no session: WireGuard's
+/// REKEY_ATTEMPT_TIME, after which a handshake is given up.
+pub const HELD_MAX_NS: u64 = 90_000_000_000;
 
 /// Locks a mutex, recovering the data if another thread panicked while holding it (every
 /// critical section leaves the data consistent).
@@ -175,11 +179,11 @@ impl std::fmt::Debug for Peer {
 }
 
 impl Peer {
-    fn new(key: Key, index: u32) -> Peer {
+    fn new(key: Key, index: u32, held: Arc<HeldBudget>) -> Peer {
         Peer {
             key,
             index,
-            tunn: Mutex::new(Noise::default()),
+            tunn: Mutex::new(Noise::new(held)),
             endpoint: Mutex::new(None),
             conf: Mutex::new(PeerConf::default()),
             keepalive: AtomicU32::new(0),
@@ -242,7 +246,11 @@ impl Peer {
 /// on before the initiator has it, so those packets cannot be opened. Both are avoided by
 /// holding packets here until a session is confirmed (see [`Noise::must_hold`]), as
 /// WireGuard's own implementations do.
-#[derive(Default)]
+///
+/// Packets are never left in boringtun's own queue (it queues what it is given without a
+/// session, out of sight of any budget): while there is no session they are held here, where
+/// they count against the device's [`HeldBudget`], and boringtun is only asked for the
+/// handshake initiation.
 pub struct Noise {
     /// boringtun's state, created lazily.
     pub tunn: Option<Box<Tunn>>,
@@ -250,13 +258,22 @@ pub struct Noise {
     /// first message on it while no older session exists; 0 = none.
     pub unconfirmed_since: u64,
     /// Packets from the TUN waiting for a usable session, oldest first.
-    pub held: VecDeque<Vec<u8>>,
+    pub held: HeldQueue,
 }
 
 impl Noise {
-    /// Forgets the noise state and everything held.
+    /// No noise state and nothing held; held packets will count against `budget`.
+    pub fn new(budget: Arc<HeldBudget>) -> Self {
+        Noise {
+            tunn: None,
+            unconfirmed_since: 0,
+            held: HeldQueue::new(budget),
+        }
+    }
+
+    /// Forgets the noise state and everything held (giving its bytes back to the budget).
     pub fn reset(&mut self) {
-        *self = Noise::default();
+        *self = Noise::new(self.held.budget().clone());
     }
 
     /// Whether a session is established that the other end can open (boringtun has a
@@ -289,13 +306,32 @@ impl Noise {
                 .is_none_or(|t| t.time_since_last_handshake().is_none())
     }
 
-    /// Holds `pkt` (false when the hold is full and it was dropped).
-    pub fn hold(&mut self, pkt: &[u8]) -> bool {
-        if self.held.len() >= MAX_HELD {
-            return false;
+    /// Holds `pkt` at clock reading `now` (at most [`MAX_HELD`] packets, and within the
+    /// device-wide byte budget: this peer's oldest held packets are dropped to make room),
+    /// counting what was dropped in `stats`.
+    pub fn hold(&mut self, pkt: &[u8], now: u64, stats: &Stats) {
+        let full = self.held.len() >= MAX_HELD;
+        let r = self.held.push(pkt, now, MAX_HELD);
+        if r.evicted > 0 {
+            stats.drop_n(DropReason::HeldBudget, r.evicted as u64);
         }
-        self.held.push_back(pkt.to_vec());
-        true
+        if !r.held {
+            stats.drop(if full {
+                DropReason::HeldOverflow
+            } else {
+                DropReason::HeldBudget
+            });
+        }
+    }
+
+    /// Drops the held packets if the oldest has waited [`HELD_MAX_NS`] at clock reading
+    /// `now` without a session: the other end has not answered for as long as WireGuard
+    /// keeps trying a handshake. Returns how many were dropped.
+    pub fn expire_held(&mut self, now: u64) -> usize {
+        match self.held.oldest_since() {
+            Some(t) if now.saturating_sub(t) >= HELD_MAX_NS => self.held.clear(),
+            _ => 0,
+        }
     }
 }
 
@@ -339,11 +375,25 @@ pub struct Core {
     pub clock: Clock,
     /// Called after the sockets were replaced (wakes the I/O thread).
     pub on_rebind: Box<dyn Fn() + Send + Sync>,
+    /// The device-wide byte budget of held packets.
+    pub held: Arc<HeldBudget>,
+    /// Rate limits, per source address, the handshake initiations that passed the MAC and
+    /// cookie checks.
+    pub handshakes: HandshakeBudget,
 }
 
 impl Core {
     /// A core with the given sockets and no key or peers.
     pub fn new(sockets: Option<Arc<Sockets>>, on_rebind: Box<dyn Fn() + Send + Sync>) -> Core {
+        Self::with_budgets(sockets, on_rebind, Budgets::default())
+    }
+
+    /// The same, with the given budgets against floods.
+    pub fn with_budgets(
+        sockets: Option<Arc<Sockets>>,
+        on_rebind: Box<dyn Fn() + Send + Sync>,
+        budgets: Budgets,
+    ) -> Core {
         Core {
             state: RwLock::new(State {
                 key: None,
@@ -359,6 +409,8 @@ impl Core {
             stats: Stats::default(),
             clock: Clock::new(),
             on_rebind,
+            held: Arc::new(HeldBudget::new(budgets.held_bytes)),
+            handshakes: HandshakeBudget::new(budgets.handshakes_per_source, Instant::now()),
         }
     }
 
@@ -491,7 +543,11 @@ impl Core {
             Some(p) => p.clone(),
             None if u.update_only => return,
             None => {
-                let p = Arc::new(Peer::new(u.public_key, Self::new_index(st)));
+                let p = Arc::new(Peer::new(
+                    u.public_key,
+                    Self::new_index(st),
+                    self.held.clone(),
+                ));
                 st.peers.insert(u.public_key, p.clone());
                 st.by_index.insert(p.index, p.clone());
                 p

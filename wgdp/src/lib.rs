@@ -25,6 +25,8 @@
 
 /// The allowed-IPs trie: which peer a destination belongs to.
 pub mod allowed_ips;
+/// Budgets against floods: handshakes per source, bytes of held packets.
+pub mod budget;
 /// The UAPI socket: binding it and serving `get`/`set` on it.
 pub mod control;
 #[cfg(test)]
@@ -89,6 +91,8 @@ pub struct Config {
     /// Longest busy poll of the I/O thread after it sent something, before it sleeps
     /// (zero: never); capped at a tenth of a core over time.
     pub busy_poll: std::time::Duration,
+    /// Budgets against floods (handshakes per source, bytes of held packets).
+    pub budgets: budget::Budgets,
 }
 
 /// Errors of running a device.
@@ -152,11 +156,12 @@ pub fn run(cfg: &Config) -> Result<(), WgdpError> {
     };
     let rebind_fd = Arc::new(efd()?);
     let rb = rebind_fd.clone();
-    let core = Arc::new(Core::new(
+    let core = Arc::new(Core::with_budgets(
         Some(Arc::new(sockets)),
         Box::new(move || {
             let _ = rb.write(1);
         }),
+        cfg.budgets,
     ));
     let uapi = Arc::new(control::UapiSocket::bind(tun.name())?);
     let txq = (0..tun.queues())

@@ -51,9 +51,17 @@ pub enum DropReason {
     TunWrite,
     /// A packet for a peer whose handshake is settling, beyond the packets held for it.
     HeldOverflow,
+    /// A held packet dropped (the peer's oldest first) because the device-wide byte budget
+    /// of held packets was used up.
+    HeldBudget,
+    /// Held packets dropped because the peer had no session for as long as a handshake is
+    /// tried.
+    HeldExpired,
+    /// A cookie-valid handshake initiation from a source address over its budget.
+    HandshakeBudget,
 }
 
-const REASONS: [DropReason; 20] = [
+const REASONS: [DropReason; 23] = [
     DropReason::NoRoute,
     DropReason::NoEndpoint,
     DropReason::NoKey,
@@ -74,6 +82,9 @@ const REASONS: [DropReason; 20] = [
     DropReason::NoSocket,
     DropReason::TunWrite,
     DropReason::HeldOverflow,
+    DropReason::HeldBudget,
+    DropReason::HeldExpired,
+    DropReason::HandshakeBudget,
 ];
 
 impl DropReason {
@@ -119,6 +130,9 @@ impl DropReason {
             DropReason::NoSocket => "no_socket",
             DropReason::TunWrite => "tun_write",
             DropReason::HeldOverflow => "held_overflow",
+            DropReason::HeldBudget => "held_budget",
+            DropReason::HeldExpired => "held_expired",
+            DropReason::HandshakeBudget => "handshake_budget",
         }
     }
 }

@@ -25,6 +25,15 @@ struct Args {
     /// (0: never). Saves a thread wake-up per round trip; never more than a tenth of a core.
     #[arg(long, default_value_t = wgdp::DEFAULT_BUSY_POLL_US, value_parser = clap::value_parser!(u64).range(0..=1_000))]
     busy_poll_us: u64,
+    /// Bytes of packets held device-wide while their peers have no session (on top of 256
+    /// packets per peer); over it a peer's oldest held packets are dropped. Default: an
+    /// eighth of the 128Mi container limit.
+    #[arg(long, default_value_t = wgdp::budget::DEFAULT_HELD_BYTES as u64, value_parser = clap::value_parser!(u64).range(64 * 1024..=(1 << 40)))]
+    held_bytes: u64,
+    /// Handshake initiations per second one source address may have processed while the
+    /// device is under load (after the cookie check); bursts of 5.
+    #[arg(long, default_value_t = wgdp::budget::DEFAULT_HANDSHAKES_PER_SOURCE, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    handshakes_per_source: u32,
 }
 
 fn main() -> std::process::ExitCode {
@@ -46,12 +55,18 @@ fn main() -> std::process::ExitCode {
         threads: args.threads.max(1),
         offloads: !args.no_offloads,
         busy_poll: std::time::Duration::from_micros(args.busy_poll_us),
+        budgets: wgdp::budget::Budgets {
+            handshakes_per_source: args.handshakes_per_source,
+            held_bytes: usize::try_from(args.held_bytes).unwrap_or(usize::MAX),
+        },
     };
     tracing::info!(
         interface = %config.interface,
         threads = config.threads,
         offloads = config.offloads,
         busy_poll_us = args.busy_poll_us,
+        held_bytes = args.held_bytes,
+        handshakes_per_source = args.handshakes_per_source,
         "starting"
     );
     // `run` blocks SIGHUP (with SIGTERM, SIGINT, SIGUSR1) before it starts any thread, so

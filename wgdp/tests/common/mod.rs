@@ -132,8 +132,20 @@ impl Netns {
     /// Starts a device `ifname` in this namespace (meshd-wg or wireguard-go) and waits for
     /// its UAPI socket. Returns its pid.
     pub fn start_device(&mut self, ifname: &str, kind: Impl, threads: usize) -> i32 {
+        self.start_device_with(ifname, kind, threads, &DeviceOptions::default())
+    }
+
+    /// The same with `opts` (extra meshd-wg flags, its log in a file).
+    pub fn start_device_with(
+        &mut self,
+        ifname: &str,
+        kind: Impl,
+        threads: usize,
+        opts: &DeviceOptions,
+    ) -> i32 {
         let socket = wgdp::uapi::socket_path(ifname);
         self.sockets.push(socket.clone());
+        let mut stderr = Stdio::inherit();
         let mut cmd = match kind {
             Impl::Wgdp | Impl::WgdpPlain => {
                 let mut c = self.cmd(helper().to_str().expect("utf-8"));
@@ -141,7 +153,12 @@ impl Netns {
                 if kind == Impl::WgdpPlain {
                     c.arg("--no-offloads");
                 }
+                c.args(&opts.extra_args);
                 c.env("RUST_LOG", "info");
+                if let Some(dir) = &opts.log_dir {
+                    let file = std::fs::File::create(device_log(dir, ifname)).expect("log file");
+                    stderr = Stdio::from(file);
+                }
                 c
             }
             Impl::WireguardGo => {
@@ -154,7 +171,7 @@ impl Netns {
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn device");
         let pid = i32::try_from(child.id()).expect("pid");
@@ -211,6 +228,50 @@ impl Drop for Netns {
     }
 }
 
+/// How meshd-wg devices are started beyond their kind and queues.
+#[derive(Debug, Default, Clone)]
+pub struct DeviceOptions {
+    /// Extra command-line flags.
+    pub extra_args: Vec<String>,
+    /// Where their logs go (`<dir>/<ifname>.log`); `None`: the test's stderr.
+    pub log_dir: Option<PathBuf>,
+}
+
+/// The log file of device `ifname` started with `log_dir`.
+pub fn device_log(dir: &std::path::Path, ifname: &str) -> PathBuf {
+    dir.join(format!("{ifname}.log"))
+}
+
+/// Asks meshd-wg `pid` to log its drop counters (`SIGUSR1`) and reads counter `name` from
+/// its log `log` (0 when the counter is not shown, i.e. zero).
+pub fn drop_counter(pid: i32, log: &std::path::Path, name: &str) -> u64 {
+    let before = std::fs::read_to_string(log).unwrap_or_default().len();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGUSR1,
+    )
+    .expect("SIGUSR1");
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let fresh = text.get(before..).unwrap_or("");
+        if let Some(line) = fresh.lines().find(|l| l.contains("drop counters")) {
+            let key = format!("{name}=");
+            return line
+                .split(|c: char| c.is_whitespace() || c == '"')
+                .find_map(|w| w.strip_prefix(&key))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no drop counters logged in {}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Impl {
     Wgdp,
@@ -239,6 +300,23 @@ impl Pair {
     }
 
     pub fn with_threads(kind_a: Impl, kind_b: Impl, v6_underlay: bool, threads: usize) -> Pair {
+        Self::with_options(
+            kind_a,
+            kind_b,
+            v6_underlay,
+            threads,
+            &DeviceOptions::default(),
+        )
+    }
+
+    /// The same with devices started with `opts`.
+    pub fn with_options(
+        kind_a: Impl,
+        kind_b: Impl,
+        v6_underlay: bool,
+        threads: usize,
+        opts: &DeviceOptions,
+    ) -> Pair {
         let mut a = Netns::new();
         let mut b = Netns::new();
         let net = u8::try_from(20 + next() % 200).expect("octet");
@@ -278,8 +356,8 @@ impl Pair {
         a.ip(&["link", "set", &va, "up"]);
         b.ip(&["link", "set", &vb, "up"]);
         let (ia, ib) = (ifname(), ifname());
-        let pid_a = a.start_device(&ia, kind_a, threads);
-        let pid_b = b.start_device(&ib, kind_b, threads);
+        let pid_a = a.start_device_with(&ia, kind_a, threads, opts);
+        let pid_b = b.start_device_with(&ib, kind_b, threads, opts);
         let (ka, kb) = (Keys::new(), Keys::new());
         let (ep_a, ep_b) = if v6_underlay {
             (
