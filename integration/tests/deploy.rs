@@ -695,7 +695,10 @@ fn check_node_identity(r: &Rendered) {
     assert_eq!(policy["spec"]["failurePolicy"].as_str(), Some("Fail"));
     let binding = &r.admission_policy_bindings[0];
     assert_eq!(binding["spec"]["policyName"], policy["metadata"]["name"]);
-    assert_eq!(binding["spec"]["validationActions"], serde_json::json!(["Deny"]));
+    assert_eq!(
+        binding["spec"]["validationActions"],
+        serde_json::json!(["Deny"])
+    );
 }
 
 /// The node-identity policy's CEL, read from `deploy/components/node-identity/policy.yaml`
@@ -877,7 +880,10 @@ fn node_identity_policy_lets_meshd_change_only_its_own_nodes_meshd_annotations()
     assert_eq!(policy.evaluate(&own, &new, &old), Verdict::Allowed);
     // Own Node, first publish on a Node without any annotation.
     let mut bare = old.clone();
-    bare["metadata"].as_object_mut().unwrap().remove("annotations");
+    bare["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("annotations");
     let mut first = bare.clone();
     first["metadata"]["annotations"] = serde_json::json!({"meshd.io/public-key": "x"});
     assert_eq!(policy.evaluate(&own, &first, &bare), Verdict::Allowed);
@@ -899,7 +905,8 @@ fn node_identity_policy_lets_meshd_change_only_its_own_nodes_meshd_annotations()
         denied(policy.evaluate(&unbound, &new, &old), "node-name");
     }
     let mut other_extra = request(MESHD, None, "UPDATE", "n1", "");
-    other_extra["userInfo"]["extra"] = serde_json::json!({"authentication.kubernetes.io/pod-name": ["meshd-x"]});
+    other_extra["userInfo"]["extra"] =
+        serde_json::json!({"authentication.kubernetes.io/pod-name": ["meshd-x"]});
     denied(policy.evaluate(&other_extra, &new, &old), "node-name");
 
     // Own Node's labels (meshd.io/exclude too), spec, other annotations, owners.
@@ -907,7 +914,10 @@ fn node_identity_policy_lets_meshd_change_only_its_own_nodes_meshd_annotations()
     labels["metadata"]["labels"]["meshd.io/exclude"] = "true".into();
     denied(policy.evaluate(&own, &labels, &old), "labels");
     let mut unlabelled = new.clone();
-    unlabelled["metadata"].as_object_mut().unwrap().remove("labels");
+    unlabelled["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("labels");
     denied(policy.evaluate(&own, &unlabelled, &old), "labels");
     let mut spec = new.clone();
     spec["spec"]["podCIDRs"] = serde_json::json!(["0.0.0.0/0"]);
@@ -944,7 +954,11 @@ fn node_identity_policy_lets_meshd_change_only_its_own_nodes_meshd_annotations()
     );
 
     // Every other user is untouched, whatever it changes.
-    for user in ["system:node:n1", "kubernetes-admin", "system:serviceaccount:kube-system:x"] {
+    for user in [
+        "system:node:n1",
+        "kubernetes-admin",
+        "system:serviceaccount:kube-system:x",
+    ] {
         let req = request(user, Some(&["n9"]), "UPDATE", "n2", "");
         assert_eq!(
             policy.evaluate(&req, &spec, &n2),

@@ -900,7 +900,10 @@ async fn a_hostile_node_yields_one_record_refused_event() {
         ["evil", "n2"]
     );
     let policy = TrustPolicy {
-        cluster_pools: vec!["10.244.0.0/16".parse().unwrap(), "fd00:244::/48".parse().unwrap()],
+        cluster_pools: vec![
+            "10.244.0.0/16".parse().unwrap(),
+            "fd00:244::/48".parse().unwrap(),
+        ],
         service_ranges: vec![],
     };
     let me = c.record(1).await;

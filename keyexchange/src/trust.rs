@@ -292,9 +292,8 @@ pub fn check_key_continuity(r: &NodeRecord, claims: &Claims) -> Result<(), Refus
             continue;
         }
         // A meshd that had one slot adds its second: a first key, not a changed one.
-        let first_second_key = slot.index() == 1
-            && claims.keys.len() == 1
-            && claims.keys.contains(&r.public_key);
+        let first_second_key =
+            slot.index() == 1 && claims.keys.len() == 1 && claims.keys.contains(&r.public_key);
         if first_second_key {
             continue;
         }

@@ -418,13 +418,20 @@ fn an_established_nodes_key_changes_only_through_its_own_rotation() {
     assert_eq!(refused_names(&a), vec!["n3", "x"], "{:?}", a.refused);
     assert_eq!(a.refused[0].field, "publicKey");
     assert!(
-        a.refused[0].reason.contains("outside the node's key rotation"),
+        a.refused[0]
+            .reason
+            .contains("outside the node's key rotation"),
         "{}",
         a.refused[0].reason
     );
     assert!(a.accepted.contains_key("n2"));
     // The refusal does not wear off: the memory still holds n3's keys on the next pass...
-    let again = admit(&with(&records, hijacked.clone()), &me, &policy, &a.established);
+    let again = admit(
+        &with(&records, hijacked.clone()),
+        &me,
+        &policy,
+        &a.established,
+    );
     assert_eq!(refused_names(&again), vec!["n3"]);
     // ...and once n3's own record is back, it is accepted again.
     let back = admit(&records, &me, &policy, &again.established);
@@ -440,7 +447,11 @@ fn an_established_nodes_key_changes_only_through_its_own_rotation() {
     });
     let mut other_slot = early.clone();
     other_slot.rotation.step = Some(replaced_step(1));
-    for (bad, field) in [(second, "secondKey"), (early, "publicKey"), (other_slot, "publicKey")] {
+    for (bad, field) in [
+        (second, "secondKey"),
+        (early, "publicKey"),
+        (other_slot, "publicKey"),
+    ] {
         let a = admit(&with(&records, bad), &me, &policy, &settled.established);
         assert_eq!(refused_names(&a), vec!["n3"], "{:?}", a.refused);
         assert_eq!(a.refused[0].field, field);
@@ -450,11 +461,21 @@ fn an_established_nodes_key_changes_only_through_its_own_rotation() {
     let mut step0 = with_second(honest(3), 43);
     step0.public_key = key(70);
     step0.rotation.step = Some(replaced_step(0));
-    let a0 = admit(&with(&records, step0.clone()), &me, &policy, &settled.established);
+    let a0 = admit(
+        &with(&records, step0.clone()),
+        &me,
+        &policy,
+        &settled.established,
+    );
     assert!(a0.refused.is_empty(), "{:?}", a0.refused);
     let mut step1 = with_second(step0, 71);
     step1.rotation.step = Some(replaced_step(1));
-    let a1 = admit(&with(&records, step1.clone()), &me, &policy, &a0.established);
+    let a1 = admit(
+        &with(&records, step1.clone()),
+        &me,
+        &policy,
+        &a0.established,
+    );
     assert!(a1.refused.is_empty(), "{:?}", a1.refused);
     let mut idle = step1;
     idle.rotation.step = None;

@@ -4,13 +4,13 @@ use std::path::PathBuf;
 use anyhow::{bail, Context as _};
 use clap::{Parser, ValueEnum};
 use meshd::controller::{self, DaemonArgs};
+use meshd::registry::kube::annotations::PodCidrSource;
 use meshd::registry::kube::client::{api_server_addresses, client};
 use meshd::registry::kube::endpoints::watch_api_server_endpoints;
-use meshd::registry::kube::annotations::PodCidrSource;
-use meshd::registry::kube::{node_condition, refusal_events};
 use meshd::registry::kube::settings::{
     node_reference, pod_reference, spawn_watcher, WatcherConfig,
 };
+use meshd::registry::kube::{node_condition, refusal_events};
 use meshd::registry::{DirRegistry, KubeRegistry};
 use meshd::settings;
 
@@ -154,8 +154,7 @@ async fn kubernetes(cli: Cli) -> anyhow::Result<()> {
         ),
     }
     let (status_tx, status_rx) = tokio::sync::watch::channel(None);
-    let refusals =
-        refusal_events::spawn(client.clone(), args.node_name.clone(), status_rx.clone());
+    let refusals = refusal_events::spawn(client.clone(), args.node_name.clone(), status_rx.clone());
     let condition = node_condition::spawn(client, args.node_name.clone(), status_rx);
     let result =
         controller::run_with(args, registry, feed, Some(status_tx), Some(api_servers)).await;

@@ -574,8 +574,7 @@ pub(crate) mod tests {
             .as_mut()
             .unwrap()
             .insert(POD_CIDRS_ANNOTATION.into(), "10.244.9.0/24".into());
-        let NodeState::Peer(record) = node_state_from(&assigned, PodCidrSource::SpecOrClaim)
-        else {
+        let NodeState::Peer(record) = node_state_from(&assigned, PodCidrSource::SpecOrClaim) else {
             panic!("expected a peer");
         };
         assert_ne!(record.pod_cidrs, claimed);

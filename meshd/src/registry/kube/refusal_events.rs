@@ -128,7 +128,13 @@ impl EventBook {
                         node: refusal.node.clone(),
                         message,
                     });
-                    self.reported.insert(k, Reported { count: 1, last: now });
+                    self.reported.insert(
+                        k,
+                        Reported {
+                            count: 1,
+                            last: now,
+                        },
+                    );
                 }
                 Some(r) if now.duration_since(r.last) >= self.limits.repeat_after => {
                     r.count = r.count.saturating_add(1);
@@ -248,7 +254,11 @@ async fn write(api: &Api<Event>, reporter: &str, w: &EventWrite) -> Result<(), k
             match api.create(&PostParams::default(), &event).await {
                 Ok(_) => Ok(()),
                 Err(kube::Error::Api(status)) if status.is_already_exists() => api
-                    .patch(name, &PatchParams::default(), &Patch::Merge(patch(message, None)))
+                    .patch(
+                        name,
+                        &PatchParams::default(),
+                        &Patch::Merge(patch(message, None)),
+                    )
                     .await
                     .map(drop),
                 Err(e) => Err(e),
@@ -289,7 +299,10 @@ pub fn spawn_with(
     tokio::spawn(async move {
         let api: Api<Event> = Api::namespaced(client, EVENT_NAMESPACE);
         let mut book = EventBook::new(reporter.clone(), limits, Instant::now());
-        let tick = limits.refill.min(limits.repeat_after).min(Duration::from_secs(5));
+        let tick = limits
+            .refill
+            .min(limits.repeat_after)
+            .min(Duration::from_secs(5));
         loop {
             let refused = status
                 .borrow_and_update()
@@ -331,7 +344,10 @@ mod tests {
         let t0 = Instant::now();
         let limits = Limits::default();
         let mut book = EventBook::new("n1", limits, t0);
-        let evil = [refusal("evil", "0.0.0.0/0: prefix length /0 is outside /8../32")];
+        let evil = [refusal(
+            "evil",
+            "0.0.0.0/0: prefix length /0 is outside /8../32",
+        )];
         let first = book.due(&evil, t0);
         let [EventWrite::Create {
             name,
@@ -393,7 +409,10 @@ mod tests {
         let k = key(&refusal("evil", "a"));
         assert_eq!(event_name("n1", &k), event_name("n1", &k));
         assert_ne!(event_name("n1", &k), event_name("n2", &k));
-        assert_ne!(event_name("n1", &k), event_name("n1", &key(&refusal("evil", "b"))));
+        assert_ne!(
+            event_name("n1", &k),
+            event_name("n1", &key(&refusal("evil", "b")))
+        );
         let long = "a".repeat(253);
         let name = event_name("n1", &key(&refusal(&long, "a")));
         assert!(name.len() <= 253 && keyexchange::record::is_dns1123_subdomain(&name));
