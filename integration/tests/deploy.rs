@@ -27,6 +27,9 @@ struct Rendered {
     role_bindings: Vec<RoleBinding>,
     config_maps: Vec<ConfigMap>,
     daemon_sets: Vec<DaemonSet>,
+    /// ValidatingAdmissionPolicies and their bindings, untyped.
+    admission_policies: Vec<serde_json::Value>,
+    admission_policy_bindings: Vec<serde_json::Value>,
 }
 
 /// `kubectl kustomize DIR`, parsed. Without kubectl the test fails (`scripts/install-deps.sh`
@@ -63,6 +66,8 @@ fn render(dir: &Path) -> Rendered {
             "RoleBinding" => push!(role_bindings),
             "ConfigMap" => push!(config_maps),
             "DaemonSet" => push!(daemon_sets),
+            "ValidatingAdmissionPolicy" => rendered.admission_policies.push(value),
+            "ValidatingAdmissionPolicyBinding" => rendered.admission_policy_bindings.push(value),
             other => panic!("unexpected kind {other:?} in {}", dir.display()),
         }
     }
@@ -163,6 +168,12 @@ fn check(r: &Rendered, encryption: Encryption) {
                     rule(&["events.k8s.io"], &["events"], &[], &["create"]),
                 ])
             ),
+            // RecordRefused Events regarding Nodes (cluster-scoped: their Events live in
+            // `default`): create, and patch to count a repeat after the deduplication window.
+            (
+                named("default", "meshd-node-events"),
+                BTreeSet::from([rule(&[""], &["events"], &[], &["create", "patch"])])
+            ),
             // The `kubernetes` Service's EndpointSlice: the API servers' addresses, which host
             // encryption never tunnels.
             (
@@ -217,7 +228,7 @@ fn check(r: &Rendered, encryption: Encryption) {
     }
     assert_eq!(
         (r.cluster_role_bindings.len(), r.role_bindings.len()),
-        (1, 2)
+        (1, 3)
     );
     for b in &r.role_bindings {
         let role = r
@@ -232,9 +243,12 @@ fn check(r: &Rendered, encryption: Encryption) {
     }
 
     // The ConfigMap: every key documented and valid, the overlay's encryption mode.
-    assert_eq!(r.config_maps.len(), 1);
-    let cm = &r.config_maps[0];
-    assert_eq!(cm.metadata.name.as_deref(), Some("meshd-config"));
+    assert_eq!(r.config_maps.len(), 2);
+    let cm = r
+        .config_maps
+        .iter()
+        .find(|c| c.metadata.name.as_deref() == Some("meshd-config"))
+        .expect("the meshd-config ConfigMap");
     let data: BTreeMap<String, String> = cm.data.clone().unwrap_or_default();
     assert_eq!(
         data.keys().map(String::as_str).collect::<BTreeSet<_>>(),
@@ -375,6 +389,9 @@ fn check(r: &Rendered, encryption: Encryption) {
             "meshd does not mount {path}"
         );
     }
+    check_address_plan(r, meshd, args);
+    check_node_identity(r);
+
     for c in pod.containers.iter().chain(init) {
         let requests = c.resources.as_ref().and_then(|r| r.requests.as_ref());
         assert!(
@@ -620,6 +637,28 @@ fn the_dockerfile_installs_the_toolchain_of_install_toolchain_sh() {
     }
 }
 
+/// The rendered documents without the node-identity ValidatingAdmissionPolicy and its binding,
+/// which a v1.20 server does not know (the kind is GA from 1.30; its CEL is tested against
+/// fixtures in `node_identity_policy_*`), and the kinds left out.
+fn without_admission_policies(rendered: &str) -> (String, Vec<String>) {
+    let mut sent = Vec::new();
+    let mut left_out = Vec::new();
+    for doc in rendered.split("\n---\n") {
+        let kind = doc
+            .lines()
+            .find_map(|l| l.strip_prefix("kind: "))
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        if kind.starts_with("ValidatingAdmissionPolicy") {
+            left_out.push(kind);
+        } else {
+            sent.push(doc);
+        }
+    }
+    (sent.join("\n---\n"), left_out)
+}
+
 /// Every overlay (and `deploy/` itself) passes `kubectl apply --dry-run=server -k` against a
 /// real kube-apiserver (v1.20.2, `integration::kube_apiserver`): its validation, defaulting
 /// and admission, not only kustomize's rendering. The server refuses what is invalid (an
@@ -640,10 +679,14 @@ fn overlays_pass_a_server_side_dry_run_on_a_real_api_server() {
     dirs.extend(overlays);
     for dir in &dirs {
         let dir_arg = dir.to_string_lossy();
-        let out = cluster.kubectl(&["apply", "--dry-run=server", "-k", &dir_arg], None);
+        let rendered = cluster.kubectl(&["kustomize", &dir_arg], None);
+        assert!(rendered.status.success(), "kubectl kustomize {dir_arg}");
+        let (sent, left_out) =
+            without_admission_policies(&String::from_utf8_lossy(&rendered.stdout));
+        let out = cluster.kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&sent));
         assert!(
             out.status.success(),
-            "kubectl apply --dry-run=server -k {} failed: {}",
+            "kubectl apply --dry-run=server -k {} (less {left_out:?}) failed: {}",
             dir.display(),
             String::from_utf8_lossy(&out.stderr)
         );
@@ -660,4 +703,372 @@ fn overlays_pass_a_server_side_dry_run_on_a_real_api_server() {
         Some(&bad.to_string()),
     );
     assert!(!out.status.success(), "an invalid name passed the dry run");
+}
+
+/// The cluster's address plan reaches meshd: `--cluster-cidr` and `--service-cidr` from the
+/// generated `meshd-address-plan` ConfigMap, valid CIDR lists; and no `--pod-cidr-pool`, so
+/// only `spec.podCIDRs` counts (a Node's self-declared `meshd.io/pod-cidrs` is ignored).
+fn check_address_plan(r: &Rendered, meshd: &Container, args: &[String]) {
+    let plan = r
+        .config_maps
+        .iter()
+        .find(|c| {
+            c.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n.starts_with("meshd-address-plan"))
+        })
+        .expect("the meshd-address-plan ConfigMap");
+    let data = plan.data.clone().unwrap_or_default();
+    for (flag_name, env, key) in [
+        ("cluster-cidr", "CLUSTER_CIDR", "cluster-cidr"),
+        ("service-cidr", "SERVICE_CIDR", "service-cidr"),
+    ] {
+        assert_eq!(
+            flag(args, flag_name),
+            Some(format!("$({env})").as_str()),
+            "{args:?}"
+        );
+        let source = meshd
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == env)
+            .and_then(|e| e.value_from.as_ref()?.config_map_key_ref.as_ref())
+            .unwrap_or_else(|| panic!("{env} comes from a ConfigMap"));
+        assert_eq!(source.name, plan.metadata.name.clone().unwrap());
+        assert_eq!(source.key, key);
+        let value = data.get(key).unwrap_or_else(|| panic!("{key} is set"));
+        let cidrs: Vec<ipnet::IpNet> = value
+            .split(',')
+            .map(|c| c.parse().unwrap_or_else(|e| panic!("{key}={value}: {e}")))
+            .collect();
+        assert!(!cidrs.is_empty());
+    }
+    assert!(
+        flag(args, "pod-cidr-pool").is_none(),
+        "cluster-pool IPAM would trust self-declared pod CIDRs: {args:?}"
+    );
+}
+
+/// The node-identity ValidatingAdmissionPolicy and its Deny binding are rendered.
+fn check_node_identity(r: &Rendered) {
+    assert_eq!(r.admission_policies.len(), 1);
+    assert_eq!(r.admission_policy_bindings.len(), 1);
+    let policy = &r.admission_policies[0];
+    assert_eq!(
+        policy["apiVersion"].as_str(),
+        Some("admissionregistration.k8s.io/v1")
+    );
+    assert_eq!(policy["spec"]["failurePolicy"].as_str(), Some("Fail"));
+    let binding = &r.admission_policy_bindings[0];
+    assert_eq!(binding["spec"]["policyName"], policy["metadata"]["name"]);
+    assert_eq!(
+        binding["spec"]["validationActions"],
+        serde_json::json!(["Deny"])
+    );
+}
+
+/// The node-identity policy's CEL, read from `deploy/components/node-identity/policy.yaml`
+/// (never a copy) and evaluated with `cel-interpreter` the way the API server does: the match
+/// conditions, then the variables (as `variables.NAME`), then every validation; an expression
+/// that fails to evaluate refuses (`failurePolicy: Fail`).
+mod node_identity {
+    use cel_interpreter::{Context, Program, Value as CelValue};
+    use serde::Deserialize;
+    use serde_json::{json, Value};
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    pub struct Policy {
+        match_conditions: Vec<(String, Program)>,
+        variables: Vec<(String, Program)>,
+        validations: Vec<(String, Program)>,
+    }
+
+    #[derive(Debug, PartialEq, Eq)]
+    pub enum Verdict {
+        /// The policy does not apply (another user).
+        NotMatched,
+        Allowed,
+        /// Refused, with the failing validation's message.
+        Denied(String),
+    }
+
+    fn compile(expr: &str) -> Program {
+        Program::compile(expr).unwrap_or_else(|e| panic!("CEL does not parse: {expr}\n{e:?}"))
+    }
+
+    pub fn load() -> Policy {
+        let path = super::deploy_dir().join("components/node-identity/policy.yaml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let policy = serde_norway::Deserializer::from_str(&text)
+            .map(|doc| Value::deserialize(doc).unwrap())
+            .find(|v| v["kind"] == "ValidatingAdmissionPolicy")
+            .expect("a ValidatingAdmissionPolicy in policy.yaml");
+        let spec = &policy["spec"];
+        let named = |list: &Value| -> Vec<(String, Program)> {
+            list.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| {
+                    (
+                        v["name"].as_str().unwrap().to_string(),
+                        compile(v["expression"].as_str().unwrap()),
+                    )
+                })
+                .collect()
+        };
+        Policy {
+            match_conditions: named(&spec["matchConditions"]),
+            variables: named(&spec["variables"]),
+            validations: spec["validations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| {
+                    (
+                        v["message"].as_str().unwrap().to_string(),
+                        compile(v["expression"].as_str().unwrap()),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    impl Policy {
+        pub fn evaluate(&self, request: &Value, object: &Value, old: &Value) -> Verdict {
+            let mut ctx = Context::default();
+            ctx.add_variable("request", request.clone()).unwrap();
+            ctx.add_variable("object", object.clone()).unwrap();
+            ctx.add_variable("oldObject", old.clone()).unwrap();
+            for (name, program) in &self.match_conditions {
+                match program.execute(&ctx) {
+                    Ok(CelValue::Bool(true)) => {}
+                    Ok(CelValue::Bool(false)) => return Verdict::NotMatched,
+                    other => return Verdict::Denied(format!("match condition {name}: {other:?}")),
+                }
+            }
+            let mut variables: HashMap<cel_interpreter::objects::Key, CelValue> = HashMap::new();
+            for (name, program) in &self.variables {
+                let mut scope = Context::default();
+                scope.add_variable("request", request.clone()).unwrap();
+                scope.add_variable("object", object.clone()).unwrap();
+                scope.add_variable("oldObject", old.clone()).unwrap();
+                scope.add_variable_from_value(
+                    "variables",
+                    CelValue::Map(cel_interpreter::objects::Map {
+                        map: Arc::new(variables.clone()),
+                    }),
+                );
+                let value = program
+                    .execute(&scope)
+                    .unwrap_or_else(|e| CelValue::String(Arc::new(format!("error: {e:?}"))));
+                variables.insert(name.clone().into(), value);
+            }
+            ctx.add_variable_from_value(
+                "variables",
+                CelValue::Map(cel_interpreter::objects::Map {
+                    map: Arc::new(variables),
+                }),
+            );
+            for (message, program) in &self.validations {
+                match program.execute(&ctx) {
+                    Ok(CelValue::Bool(true)) => {}
+                    Ok(CelValue::Bool(false)) => return Verdict::Denied(message.clone()),
+                    other => return Verdict::Denied(format!("{message} (evaluation: {other:?})")),
+                }
+            }
+            Verdict::Allowed
+        }
+    }
+
+    pub const MESHD: &str = "system:serviceaccount:meshd-system:meshd";
+
+    /// A request by `user` (with `node-name` claims `claims`, or no extra at all) for `name`.
+    pub fn request(user: &str, claims: Option<&[&str]>, op: &str, name: &str, sub: &str) -> Value {
+        let mut user_info = json!({"username": user, "groups": ["system:serviceaccounts"]});
+        if let Some(claims) = claims {
+            user_info["extra"] = json!({"authentication.kubernetes.io/node-name": claims});
+        }
+        json!({
+            "operation": op,
+            "name": name,
+            "subResource": sub,
+            "userInfo": user_info,
+        })
+    }
+
+    /// A Node as the API server holds it: labels, annotations (meshd's and the kubelet's),
+    /// spec, addresses and conditions.
+    pub fn node(name: &str) -> Value {
+        json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": name,
+                "labels": {"kubernetes.io/hostname": name},
+                "annotations": {
+                    "node.alpha.kubernetes.io/ttl": "0",
+                    "meshd.io/public-key": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAE=",
+                    "meshd.io/listen-port": "51820",
+                    "meshd.io/second-key": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAI=",
+                },
+            },
+            "spec": {"podCIDR": "10.244.1.0/24", "podCIDRs": ["10.244.1.0/24"]},
+            "status": {
+                "addresses": [{"type": "InternalIP", "address": "192.168.1.1"}],
+                "conditions": [
+                    {"type": "Ready", "status": "True", "reason": "KubeletReady"},
+                    {"type": "MeshdEncrypted", "status": "False", "reason": "NotConverged"},
+                ],
+            },
+        })
+    }
+}
+
+fn own_annotations_changed(node: &serde_json::Value) -> serde_json::Value {
+    let mut new = node.clone();
+    let a = &mut new["metadata"]["annotations"];
+    a["meshd.io/public-key"] = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAM=".into();
+    a["meshd.io/rotation"] = r#"{"serial":1,"draining":0}"#.into();
+    a.as_object_mut().unwrap().remove("meshd.io/second-key");
+    new
+}
+
+#[test]
+fn node_identity_policy_lets_meshd_change_only_its_own_nodes_meshd_annotations() {
+    use node_identity::{node, request, Verdict, MESHD};
+    let policy = node_identity::load();
+    let own = request(MESHD, Some(&["n1"]), "UPDATE", "n1", "");
+    let old = node("n1");
+
+    // Own Node: meshd.io/ keys set, changed and removed.
+    let new = own_annotations_changed(&old);
+    assert_eq!(policy.evaluate(&own, &new, &old), Verdict::Allowed);
+    // Own Node, first publish on a Node without any annotation.
+    let mut bare = old.clone();
+    bare["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("annotations");
+    let mut first = bare.clone();
+    first["metadata"]["annotations"] = serde_json::json!({"meshd.io/public-key": "x"});
+    assert_eq!(policy.evaluate(&own, &first, &bare), Verdict::Allowed);
+
+    let denied = |verdict: Verdict, what: &str| match verdict {
+        Verdict::Denied(message) => assert!(message.contains(what), "{message}"),
+        other => panic!("expected a refusal naming {what:?}, got {other:?}"),
+    };
+    // Another Node: the claim names n1, the request n2.
+    let other = request(MESHD, Some(&["n1"]), "UPDATE", "n2", "");
+    let n2 = node("n2");
+    denied(
+        policy.evaluate(&other, &own_annotations_changed(&n2), &n2),
+        "node-name",
+    );
+    // No claim at all (a token without it, pre-1.30), an empty one, or two.
+    for claims in [None, Some(&[][..]), Some(&["n1", "n2"][..])] {
+        let unbound = request(MESHD, claims, "UPDATE", "n1", "");
+        denied(policy.evaluate(&unbound, &new, &old), "node-name");
+    }
+    let mut other_extra = request(MESHD, None, "UPDATE", "n1", "");
+    other_extra["userInfo"]["extra"] =
+        serde_json::json!({"authentication.kubernetes.io/pod-name": ["meshd-x"]});
+    denied(policy.evaluate(&other_extra, &new, &old), "node-name");
+
+    // Own Node's labels (meshd.io/exclude too), spec, other annotations, owners.
+    let mut labels = new.clone();
+    labels["metadata"]["labels"]["meshd.io/exclude"] = "true".into();
+    denied(policy.evaluate(&own, &labels, &old), "labels");
+    let mut unlabelled = new.clone();
+    unlabelled["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("labels");
+    denied(policy.evaluate(&own, &unlabelled, &old), "labels");
+    let mut spec = new.clone();
+    spec["spec"]["podCIDRs"] = serde_json::json!(["0.0.0.0/0"]);
+    denied(policy.evaluate(&own, &spec, &old), "spec");
+    let mut taint = new.clone();
+    taint["spec"]["taints"] = serde_json::json!([{"key": "k", "effect": "NoSchedule"}]);
+    denied(policy.evaluate(&own, &taint, &old), "spec");
+    let mut changed = new.clone();
+    changed["metadata"]["annotations"]["node.alpha.kubernetes.io/ttl"] = "30".into();
+    denied(policy.evaluate(&own, &changed, &old), "annotations");
+    let mut added = new.clone();
+    added["metadata"]["annotations"]["example.com/x"] = "y".into();
+    denied(policy.evaluate(&own, &added, &old), "annotations");
+    let mut removed = new.clone();
+    removed["metadata"]["annotations"]
+        .as_object_mut()
+        .unwrap()
+        .remove("node.alpha.kubernetes.io/ttl");
+    denied(policy.evaluate(&own, &removed, &old), "annotations");
+    let mut owned = new.clone();
+    owned["metadata"]["finalizers"] = serde_json::json!(["example.com/keep"]);
+    denied(policy.evaluate(&own, &owned, &old), "finalizers");
+
+    // Never create or delete, even its own.
+    let create = request(MESHD, Some(&["n1"]), "CREATE", "n1", "");
+    denied(
+        policy.evaluate(&create, &old, &serde_json::Value::Null),
+        "create or delete",
+    );
+    let delete = request(MESHD, Some(&["n1"]), "DELETE", "n1", "");
+    denied(
+        policy.evaluate(&delete, &serde_json::Value::Null, &old),
+        "create or delete",
+    );
+
+    // Every other user is untouched, whatever it changes.
+    for user in [
+        "system:node:n1",
+        "kubernetes-admin",
+        "system:serviceaccount:kube-system:x",
+    ] {
+        let req = request(user, Some(&["n9"]), "UPDATE", "n2", "");
+        assert_eq!(
+            policy.evaluate(&req, &spec, &n2),
+            Verdict::NotMatched,
+            "{user}"
+        );
+    }
+}
+
+#[test]
+fn node_identity_policy_limits_status_writes_to_the_own_meshd_condition() {
+    use node_identity::{node, request, Verdict, MESHD};
+    let policy = node_identity::load();
+    let old = node("n1");
+    let own = request(MESHD, Some(&["n1"]), "UPDATE", "n1", "status");
+    let mut encrypted = old.clone();
+    encrypted["status"]["conditions"][1] =
+        serde_json::json!({"type": "MeshdEncrypted", "status": "True", "reason": "Encrypted"});
+    assert_eq!(policy.evaluate(&own, &encrypted, &old), Verdict::Allowed);
+    let mut first = old.clone();
+    first["status"]["conditions"]
+        .as_array_mut()
+        .unwrap()
+        .truncate(1);
+    assert_eq!(policy.evaluate(&own, &old, &first), Verdict::Allowed);
+
+    let denied = |verdict: Verdict| match verdict {
+        Verdict::Denied(_) => {}
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    let mut ready = encrypted.clone();
+    ready["status"]["conditions"][0]["status"] = "False".into();
+    denied(policy.evaluate(&own, &ready, &old));
+    let mut gone = old.clone();
+    gone["status"]["conditions"]
+        .as_array_mut()
+        .unwrap()
+        .remove(0);
+    denied(policy.evaluate(&own, &gone, &old));
+    let mut moved = encrypted.clone();
+    moved["status"]["addresses"][0]["address"] = "192.168.1.2".into();
+    denied(policy.evaluate(&own, &moved, &old));
+    let other = request(MESHD, Some(&["n1"]), "UPDATE", "n2", "status");
+    denied(policy.evaluate(&other, &node("n2"), &node("n2")));
 }

@@ -19,6 +19,15 @@
 //!    node with the weaker claim is refused alone. When both claims are equally strong (two
 //!    newcomers at once) both nodes are refused: nobody receives traffic for an ambiguous
 //!    claim. So a newcomer's record can never remove an established node's peering.
+//! 3. **Key continuity** ([`check_key_continuity`]): an established node's keys change only
+//!    through its own rotation protocol. A slot's key that is not one of the node's
+//!    established keys is accepted only in the rotation step that replaced that slot
+//!    (`draining: s, replaced: true`), or as the second slot's first key. Any other record
+//!    naming an established node with a different key (written by whoever can write its
+//!    Node or its registry file) is refused, and the node keeps its established claims (they
+//!    still win contests) until a record with its keys is back. The memory read back after a
+//!    restart does not hold keys to continuity ([`Established::from_this_run`]): a node that
+//!    was down while others rotated takes the keys published meanwhile.
 //!
 //! The rule in full, with the restart case, is in `docs/registry.md` ("Record trust").
 
@@ -79,10 +88,23 @@ pub struct Claims {
 
 /// What this node accepted last: per node, the claims that are established (they win any
 /// conflict against a new claim). The daemon keeps it across restarts.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Two memories are equal when they remember the same claims, wherever they come from.
+#[derive(Clone, Debug, Default, Eq, Serialize, Deserialize)]
 pub struct Established {
-    /// Accepted nodes and their claims, by name.
+    /// Accepted nodes and their claims, by name (a refused node that was accepted before keeps
+    /// the claims it had then, while its record is still there).
     pub nodes: BTreeMap<String, Claims>,
+    /// Whether [`admit`] of this run produced it (not read back from disk, not empty): only
+    /// then are keys held to continuity. Never persisted.
+    #[serde(skip)]
+    pub from_this_run: bool,
+}
+
+impl PartialEq for Established {
+    fn eq(&self, other: &Self) -> bool {
+        self.nodes == other.nodes
+    }
 }
 
 impl Established {
@@ -93,6 +115,7 @@ impl Established {
                 .into_iter()
                 .map(|r| (r.name.clone(), claims_of(r)))
                 .collect(),
+            from_this_run: false,
         }
     }
 }
@@ -246,6 +269,54 @@ fn check_endpoint(ip: &IpAddr, policy: &TrustPolicy) -> Result<(), String> {
         .find(|s| s.contains(&canonical))
     {
         return Err(format!("{ip} lies inside the service range {svc}"));
+    }
+    Ok(())
+}
+
+/// Checks that an established node's keys (`claims`) change only through its rotation
+/// protocol (see the module docs).
+pub fn check_key_continuity(r: &NodeRecord, claims: &Claims) -> Result<(), Refusal> {
+    if claims.keys.is_empty() {
+        return Ok(());
+    }
+    let replaced = r
+        .rotation
+        .step
+        .filter(|step| step.replaced)
+        .and_then(|step| step.draining);
+    for slot in SLOTS {
+        let Some(key) = r.slot(slot).map(|k| k.public_key) else {
+            continue;
+        };
+        if claims.keys.contains(&key) || replaced.map(usize::from) == Some(slot.index()) {
+            continue;
+        }
+        // A meshd that had one slot adds its second: a first key, not a changed one.
+        let first_second_key =
+            slot.index() == 1 && claims.keys.len() == 1 && claims.keys.contains(&r.public_key);
+        if first_second_key {
+            continue;
+        }
+        let known = claims
+            .keys
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(Refusal {
+            node: r.name.clone(),
+            field: if slot.index() == 1 {
+                "secondKey"
+            } else {
+                "publicKey"
+            },
+            reason: format!(
+                "public key {key} replaces the established key(s) {known} outside the node's \
+                 key rotation (a new key is accepted only in the rotation step that replaced \
+                 its slot)"
+            ),
+            holder: None,
+        });
     }
     Ok(())
 }
@@ -453,6 +524,15 @@ pub fn admit(
         }
         match check_record(r, policy) {
             Ok(()) => {
+                // A key that changed outside the rotation refuses the record, but the node
+                // still holds its established claims against newcomers.
+                let continuity = match established.nodes.get(name) {
+                    Some(claims) if established.from_this_run => check_key_continuity(r, claims),
+                    _ => Ok(()),
+                };
+                if let Err(refusal) = continuity {
+                    refused.insert(name.clone(), refusal);
+                }
                 nodes.insert(name, r);
             }
             Err(refusal) => {
@@ -526,11 +606,21 @@ pub fn admit(
         .filter(|(name, _)| !refused.contains_key(*name))
         .map(|(n, r)| (n.clone(), r.clone()))
         .collect();
-    let established = Established::of(accepted.values().filter(|r| r.name != me.name));
+    let mut next = Established::of(accepted.values().filter(|r| r.name != me.name));
+    // A refused node that was established stays so (its record is still there): a hostile
+    // version of its record can neither make it forget its keys nor hand its claims away.
+    for (name, claims) in &established.nodes {
+        if refused.contains_key(name) && records.contains_key(name) {
+            next.nodes
+                .entry(name.clone())
+                .or_insert_with(|| claims.clone());
+        }
+    }
+    next.from_this_run = true;
     Admission {
         accepted,
         refused: refused.into_values().collect(),
-        established,
+        established: next,
     }
 }
 

@@ -234,13 +234,15 @@ fn an_established_node_that_changes_to_a_conflicting_claim_is_the_newcomer() {
     let a = admit(&with(&records, grabbing), &me, &policy, &established);
     assert_eq!(refused_names(&a), vec!["n3"]);
     assert!(a.accepted.contains_key("n2"));
-    // A key rotation (a new key, nothing contested) keeps a node accepted.
-    let rotated = rec(
+    // A key rotation (a new key in the step that replaced its slot, nothing contested) keeps
+    // a node accepted.
+    let mut rotated = rec(
         "n3",
         33,
         &["198.18.0.13", "fd00:198::13"],
         &["10.244.3.0/24", "fd00:244:0:3::/64"],
     );
+    rotated.rotation.step = Some(replaced_step(0));
     let a = admit(&with(&records, rotated), &me, &policy, &established);
     assert!(a.refused.is_empty(), "{:?}", a.refused);
 }
@@ -377,4 +379,140 @@ proptest! {
         // And it never depends on the records' order (maps) or on being asked twice.
         prop_assert_eq!(admit(&all, &me, &policy, &established), a);
     }
+}
+
+fn replaced_step(slot: u8) -> crate::record::RotationStep {
+    crate::record::RotationStep {
+        serial: 7,
+        draining: Some(slot),
+        replaced: true,
+    }
+}
+
+fn with_second(mut r: NodeRecord, k: u8) -> NodeRecord {
+    r.rotation.second = Some(SlotKey {
+        public_key: key(k),
+        listen_port: 51821,
+    });
+    r
+}
+
+#[test]
+fn an_established_nodes_key_changes_only_through_its_own_rotation() {
+    let policy = lab_policy();
+    let me = honest(1);
+    let records = map([me.clone(), honest(2), with_second(honest(3), 43)]);
+    let settled = admit(&records, &me, &policy, &Established::default());
+    assert!(settled.refused.is_empty(), "{:?}", settled.refused);
+
+    // Someone rewrites n3's record with a key of its own, no rotation step: refused, and n3
+    // keeps its established claims (a newcomer still cannot take its CIDR).
+    let hijacked = with_second(rec("n3", 66, &["198.18.0.13"], &["10.244.3.0/24"]), 43);
+    let grab = rec("x", 67, &["198.18.0.67"], &["10.244.3.0/25"]);
+    let a = admit(
+        &with(&with(&records, hijacked.clone()), grab),
+        &me,
+        &policy,
+        &settled.established,
+    );
+    assert_eq!(refused_names(&a), vec!["n3", "x"], "{:?}", a.refused);
+    assert_eq!(a.refused[0].field, "publicKey");
+    assert!(
+        a.refused[0]
+            .reason
+            .contains("outside the node's key rotation"),
+        "{}",
+        a.refused[0].reason
+    );
+    assert!(a.accepted.contains_key("n2"));
+    // The refusal does not wear off: the memory still holds n3's keys on the next pass...
+    let again = admit(
+        &with(&records, hijacked.clone()),
+        &me,
+        &policy,
+        &a.established,
+    );
+    assert_eq!(refused_names(&again), vec!["n3"]);
+    // ...and once n3's own record is back, it is accepted again.
+    let back = admit(&records, &me, &policy, &again.established);
+    assert!(back.refused.is_empty(), "{:?}", back.refused);
+
+    // A changed second key, a drain that has not replaced yet, a replaced step of the other
+    // slot: all refused.
+    let second = with_second(honest(3), 68);
+    let mut early = with_second(rec("n3", 69, &["198.18.0.13"], &["10.244.3.0/24"]), 43);
+    early.rotation.step = Some(crate::record::RotationStep {
+        replaced: false,
+        ..replaced_step(0)
+    });
+    let mut other_slot = early.clone();
+    other_slot.rotation.step = Some(replaced_step(1));
+    for (bad, field) in [
+        (second, "secondKey"),
+        (early, "publicKey"),
+        (other_slot, "publicKey"),
+    ] {
+        let a = admit(&with(&records, bad), &me, &policy, &settled.established);
+        assert_eq!(refused_names(&a), vec!["n3"], "{:?}", a.refused);
+        assert_eq!(a.refused[0].field, field);
+    }
+
+    // The rotation itself: slot 0 replaced, then slot 1, then idle with both new keys.
+    let mut step0 = with_second(honest(3), 43);
+    step0.public_key = key(70);
+    step0.rotation.step = Some(replaced_step(0));
+    let a0 = admit(
+        &with(&records, step0.clone()),
+        &me,
+        &policy,
+        &settled.established,
+    );
+    assert!(a0.refused.is_empty(), "{:?}", a0.refused);
+    let mut step1 = with_second(step0, 71);
+    step1.rotation.step = Some(replaced_step(1));
+    let a1 = admit(
+        &with(&records, step1.clone()),
+        &me,
+        &policy,
+        &a0.established,
+    );
+    assert!(a1.refused.is_empty(), "{:?}", a1.refused);
+    let mut idle = step1;
+    idle.rotation.step = None;
+    let done = admit(&with(&records, idle), &me, &policy, &a1.established);
+    assert!(done.refused.is_empty(), "{:?}", done.refused);
+
+    // A meshd with one slot that gains its second: a first key, accepted.
+    let single = map([me.clone(), honest(2), honest(3)]);
+    let s = admit(&single, &me, &policy, &Established::default());
+    let upgraded = admit(
+        &with(&single, with_second(honest(3), 72)),
+        &me,
+        &policy,
+        &s.established,
+    );
+    assert!(upgraded.refused.is_empty(), "{:?}", upgraded.refused);
+}
+
+#[test]
+fn a_node_back_from_a_restart_takes_keys_rotated_meanwhile() {
+    let policy = lab_policy();
+    let (me, records, established) = settled(&policy);
+    let text = serde_json::to_string(&established).unwrap();
+    let reloaded: Established = serde_json::from_str(&text).unwrap();
+    assert!(!reloaded.from_this_run);
+    // n3 rotated both keys while this node was down: its record is idle with new keys.
+    let rotated = rec(
+        "n3",
+        73,
+        &["198.18.0.13", "fd00:198::13"],
+        &["10.244.3.0/24", "fd00:244:0:3::/64"],
+    );
+    let a = admit(&with(&records, rotated.clone()), &me, &policy, &reloaded);
+    assert!(a.refused.is_empty(), "{:?}", a.refused);
+    assert!(a.established.from_this_run);
+    // From then on the new key is the established one.
+    let hijacked = rec("n3", 74, &["198.18.0.13"], &["10.244.3.0/24"]);
+    let b = admit(&with(&records, hijacked), &me, &policy, &a.established);
+    assert_eq!(refused_names(&b), vec!["n3"]);
 }

@@ -4,12 +4,13 @@ use std::path::PathBuf;
 use anyhow::{bail, Context as _};
 use clap::{Parser, ValueEnum};
 use meshd::controller::{self, DaemonArgs};
+use meshd::registry::kube::annotations::PodCidrSource;
 use meshd::registry::kube::client::{api_server_addresses, client};
 use meshd::registry::kube::endpoints::watch_api_server_endpoints;
-use meshd::registry::kube::node_condition;
 use meshd::registry::kube::settings::{
     node_reference, pod_reference, spawn_watcher, WatcherConfig,
 };
+use meshd::registry::kube::{node_condition, refusal_events};
 use meshd::registry::{DirRegistry, KubeRegistry};
 use meshd::settings;
 
@@ -75,7 +76,14 @@ async fn kubernetes(cli: Cli) -> anyhow::Result<()> {
     let client = client(cli.kubeconfig.as_deref())
         .await
         .context("connecting to the Kubernetes API")?;
-    let registry = KubeRegistry::new(client.clone(), args.node_name.clone());
+    // A Node's self-declared pod CIDRs count only where meshd claims them (cluster-pool IPAM).
+    let pod_cidr_source = if args.pool.pod_cidr_pools.is_empty() {
+        PodCidrSource::Spec
+    } else {
+        PodCidrSource::SpecOrClaim
+    };
+    let registry = KubeRegistry::new(client.clone(), args.node_name.clone())
+        .with_pod_cidr_source(pod_cidr_source);
     // Host encryption never routes the API server's traffic through the tunnel: a node
     // must always be able to learn a changed key (see the README).
     match api_server_addresses(cli.kubeconfig.as_deref()).await {
@@ -146,9 +154,11 @@ async fn kubernetes(cli: Cli) -> anyhow::Result<()> {
         ),
     }
     let (status_tx, status_rx) = tokio::sync::watch::channel(None);
+    let refusals = refusal_events::spawn(client.clone(), args.node_name.clone(), status_rx.clone());
     let condition = node_condition::spawn(client, args.node_name.clone(), status_rx);
     let result =
         controller::run_with(args, registry, feed, Some(status_tx), Some(api_servers)).await;
     condition.abort();
+    refusals.abort();
     result
 }

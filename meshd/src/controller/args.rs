@@ -64,7 +64,8 @@ pub struct DaemonArgs {
     pub pool: PoolArgs,
     /// Cluster-wide pod CIDRs (repeatable): strict mode drops any packet from or to them that
     /// would leave through the underlay outside WireGuard. Default: this node's pod CIDRs.
-    #[arg(long = "cluster-cidr")]
+    /// Also comma-separated (one value from an environment variable, for dual stack).
+    #[arg(long = "cluster-cidr", value_delimiter = ',')]
     pub cluster_cidrs: Vec<IpNet>,
     /// Record trust: the rest of the cluster's address plan records are checked against.
     #[command(flatten)]

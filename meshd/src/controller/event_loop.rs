@@ -2,11 +2,12 @@
 //! settings, the API servers' endpoints, a rotation command or its schedule, a tunnel coming
 //! up or down, a resync or retry tick), folds it into the state, and runs a reconcile pass;
 //! then acknowledges rotation steps, drives this node's rotation, follows the CNI
-//! configuration's readiness and publishes the status.
+//! configuration's readiness and publishes the status. This node's record is handed to the
+//! [`Publisher`] task, never written from here: a silent API server cannot hold a pass up.
 
 use std::time::{Duration, Instant};
 
-use crate::registry::{Registry, RegistryEvent};
+use crate::registry::RegistryEvent;
 use anyhow::{bail, Context as _};
 use keyexchange::PublicKey;
 use tokio::sync::mpsc;
@@ -17,6 +18,7 @@ use super::devices::current_guard_interfaces;
 use super::key_rotation::{drive_rotation, rotation_retry_due, start_rotation, update_acks};
 use super::liveness::track_liveness;
 use super::pass::pass;
+use super::publisher::Publisher;
 use super::start::SettingsFeed;
 use super::state::State;
 use super::status::publish_status;
@@ -65,9 +67,9 @@ struct Pending {
 }
 
 /// Run until SIGTERM/SIGINT (or the registry watch ends).
-pub(super) async fn event_loop<R: Registry>(
+pub(super) async fn event_loop(
     ctx: &Context,
-    registry: &R,
+    publisher: &Publisher,
     channels: Channels,
     resumed: Option<Driver>,
 ) -> anyhow::Result<()> {
@@ -155,7 +157,7 @@ pub(super) async fn event_loop<R: Registry>(
         match next {
             Next::Stop => return Ok(()),
             Next::Wait => continue,
-            Next::Reconcile => after_event(ctx, registry, &mut state, &mut pending).await,
+            Next::Reconcile => after_event(ctx, publisher, &mut state, &mut pending).await,
         }
     }
 }
@@ -191,24 +193,19 @@ async fn changed<T>(
 
 /// After an event that can change the desired state: republish this node's record if it must
 /// be, then (once the registry is complete) run a pass.
-async fn after_event<R: Registry>(
+async fn after_event(
     ctx: &Context,
-    registry: &R,
+    publisher: &Publisher,
     state: &mut State,
     pending: &mut Pending,
 ) {
     pending.retry_at = None;
-    if pending.republish {
-        // Our record was overwritten or removed by someone else: restore it, so peers
-        // keep (or regain) the key this node actually uses.
+    if std::mem::take(&mut pending.republish) {
+        // Our record changed, or was overwritten or removed by someone else: (re)publish it,
+        // so peers keep (or regain) the key this node actually uses. The publisher writes it
+        // (and retries) on its own; the pass does not wait.
         tracing::info!("publishing this node's record");
-        match registry.publish(&ctx.me()).await {
-            Ok(()) => pending.republish = false,
-            Err(err) => {
-                tracing::warn!(%err, "republishing this node's record failed; retrying");
-                pending.retry_at = Some(tokio::time::Instant::now() + RETRY_DELAY);
-            }
-        }
+        publisher.publish(ctx.me());
     }
     if !state.registry.synced {
         // Never act on a partial view: a restart would remove peers whose records

@@ -44,6 +44,7 @@ mod pass;
 /// The reconcile plan (pure: desired and observed state in, ordered typed steps out).
 pub mod plan;
 mod pods;
+mod publisher;
 mod start;
 mod state;
 mod status;

@@ -22,6 +22,7 @@ use super::context::{ApiServerFeed, Context, KEY_FILES};
 use super::devices::{bring_up_device, cleanup, guard_interfaces, underlay};
 use super::event_loop::{event_loop, Channels};
 use super::key_rotation::load_rotation;
+use super::publisher::Publisher;
 use super::state::Live;
 use crate::bpf::{self, Bpf};
 use crate::control::{self, SharedStatus, StatusReport};
@@ -73,11 +74,12 @@ pub async fn run_with<R: Registry>(
     let (devices, adopted) =
         bring_up_devices(&args, &opts, &links, &interfaces, &keys, mtu).await?;
 
+    let registry = Arc::new(registry);
     let mut events = registry.watch().context("watching the registry")?;
     let mut initial = Vec::new();
     let (me, resumed) = prepare_record(
         &args,
-        &registry,
+        &*registry,
         initial_record(&args, &keys, endpoints),
         (&mut events, &mut initial),
     )
@@ -94,11 +96,12 @@ pub async fn run_with<R: Registry>(
     let metrics = crate::metrics::Metrics::new();
     let health = spawn_health(&args, &status, &heartbeat, &metrics);
 
-    registry
-        .publish(&me)
-        .await
-        .context("publishing this node's record")?;
-    tracing::info!("record published");
+    // Published by a task of its own, retried until it lands: an API server that never
+    // answers holds up neither the start nor the loop (the record is checked here, so an
+    // invalid one still stops meshd).
+    me.validate().context("this node's record")?;
+    let publisher = Publisher::spawn(registry.clone());
+    publisher.publish(me.clone());
 
     let live = Live {
         encryption: args.encryption,
@@ -108,7 +111,7 @@ pub async fn run_with<R: Registry>(
         listen_port: args.listen_port,
         host_encryption: args.host_encryption,
     };
-    let (policy, policy_task) = start_policy(&args, &registry).unzip();
+    let (policy, policy_task) = start_policy(&args, &*registry).unzip();
     let underlay_ifindex = links
         .index_of(&underlay_if)
         .await?
@@ -141,7 +144,9 @@ pub async fn run_with<R: Registry>(
         settings,
         commands,
     };
-    let result = event_loop(&ctx, &registry, channels, resumed).await;
+    let result = event_loop(&ctx, &publisher, channels, resumed).await;
+    // Nothing is published after this (a --cleanup withdraw must be the last write).
+    publisher.stop().await;
     control.abort();
     if let Some(t) = policy_task {
         // The maps stay pinned as written: the next meshd reconciles against them.
@@ -150,7 +155,7 @@ pub async fn run_with<R: Registry>(
     if let Some(h) = health {
         h.abort();
     }
-    shut_down(ctx, &registry).await;
+    shut_down(ctx, &*registry).await;
     result
 }
 

@@ -20,8 +20,9 @@ pub const ESTABLISHED_FILE: &str = "established-records.json";
 #[derive(Debug, Clone, Default, Args)]
 pub struct TrustArgs {
     /// The cluster's Service ranges (repeatable, both families): no node's pod CIDR may
-    /// overlap one and no node's endpoint may lie in one; such a record is refused.
-    #[arg(long = "service-cidr")]
+    /// overlap one and no node's endpoint may lie in one; such a record is refused. Also
+    /// comma-separated.
+    #[arg(long = "service-cidr", value_delimiter = ',')]
     pub service_cidrs: Vec<IpNet>,
 }
 

@@ -12,7 +12,7 @@
 //! | `meshd.io/public-key`      | the node's WireGuard public key (key slot 0), standard base64 of 32 bytes, not all zero; required | `publicKey` |
 //! | `meshd.io/listen-port`     | the WireGuard UDP listen port of slot 0, decimal 1–65535; required | `listenPort` |
 //! | `meshd.io/record-version`  | the record format version the publishing meshd wrote, decimal 1..=[`RECORD_VERSION`] (a future version is malformed, not guessed at); required | (format) |
-//! | `meshd.io/pod-cidrs`       | the pod CIDRs meshd claimed itself (`cluster-pool` IPAM), comma-separated, possibly empty; read only when the `Node` has no `spec.podCIDRs` | `podCIDRs` |
+//! | `meshd.io/pod-cidrs`       | the pod CIDRs meshd claimed itself (`cluster-pool` IPAM), comma-separated, possibly empty; read only with [`PodCidrSource::SpecOrClaim`] (`--pod-cidr-pool`) and when the `Node` has no `spec.podCIDRs` | `podCIDRs` |
 //! | `meshd.io/second-key`      | the public key of the node's second key slot, standard base64; optional, only together with `second-port` | `secondKey` |
 //! | `meshd.io/second-port`     | the listen port of the second key slot, decimal 1–65535; optional, only together with `second-key` | `secondPort` |
 //! | `meshd.io/rotation`        | the step of a key rotation in progress, JSON `{"serial":N,"draining":S,"replaced":true}`; absent when idle | `rotation` |
@@ -26,7 +26,7 @@
 //! |--------------|----------------------|
 //! | `name`       | `metadata.name` |
 //! | `endpoints`  | every `status.addresses` entry of type `InternalIP`, both families |
-//! | `podCIDRs`   | `spec.podCIDRs` (or the legacy single `spec.podCIDR`); `meshd.io/pod-cidrs` when neither is set |
+//! | `podCIDRs`   | `spec.podCIDRs` (or the legacy single `spec.podCIDR`); `meshd.io/pod-cidrs` when neither is set and only with `cluster-pool` IPAM ([`PodCidrSource`]): anyone who can annotate a Node can write that one |
 //!
 //! # Who is a peer ([`node_state`])
 //!
@@ -108,8 +108,26 @@ pub enum NodeState {
     Malformed(RecordError),
 }
 
-/// Translates a `Node` into what it means for the mesh (pure; see the module docs).
+/// Where a Node's pod CIDRs are taken from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PodCidrSource {
+    /// Only `spec.podCIDRs` (or `spec.podCIDR`), which the cluster's node IPAM assigns; a
+    /// self-declared [`POD_CIDRS_ANNOTATION`] is ignored. The default.
+    #[default]
+    Spec,
+    /// `spec.podCIDRs`, else the node's own [`POD_CIDRS_ANNOTATION`] claim: only where meshd
+    /// claims pod CIDRs itself (`cluster-pool` IPAM, `--pod-cidr-pool`).
+    SpecOrClaim,
+}
+
+/// Translates a `Node` into what it means for the mesh, its pod CIDRs from `spec.podCIDRs`
+/// only ([`PodCidrSource::Spec`]; pure; see the module docs).
 pub fn node_state(node: &Node) -> NodeState {
+    node_state_from(node, PodCidrSource::Spec)
+}
+
+/// [`node_state`] with the pod CIDRs taken from `source`.
+pub fn node_state_from(node: &Node, source: PodCidrSource) -> NodeState {
     let name = node.metadata.name.as_deref().unwrap_or_default();
     let excluded = node
         .metadata
@@ -122,7 +140,7 @@ pub fn node_state(node: &Node) -> NodeState {
     if excluded || !ANNOTATIONS.iter().any(|k| annotations.contains_key(*k)) {
         return NodeState::Absent;
     }
-    match record_from_node(name, annotations, node) {
+    match record_from_node(name, annotations, node, source) {
         Ok(record) => NodeState::Peer(record),
         Err(error) => NodeState::Malformed(error),
     }
@@ -132,6 +150,7 @@ fn record_from_node(
     name: &str,
     annotations: &BTreeMap<String, String>,
     node: &Node,
+    source: PodCidrSource,
 ) -> Result<NodeRecord, RecordError> {
     let fail = |field: &'static str, reason: String| RecordError {
         node: name.to_string(),
@@ -194,7 +213,7 @@ fn record_from_node(
     };
 
     let mut addressing = addressing(node).map_err(|(field, reason)| fail(field, reason))?;
-    if addressing.pod_cidrs.is_empty() {
+    if addressing.pod_cidrs.is_empty() && source == PodCidrSource::SpecOrClaim {
         // No controller-assigned CIDRs: meshd's own cluster-pool claim, if it published one.
         if let Some(v) = annotations.get(POD_CIDRS_ANNOTATION) {
             addressing.pod_cidrs = v
@@ -526,6 +545,50 @@ pub(crate) mod tests {
             panic!("expected a peer");
         };
         assert_eq!(back, record);
+    }
+
+    #[test]
+    fn the_self_declared_pod_cidrs_count_only_with_cluster_pool_ipam() {
+        let mut n = good_node();
+        n.spec = None;
+        n.metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(POD_CIDRS_ANNOTATION.into(), "10.244.9.0/24".into());
+        let claimed = vec!["10.244.9.0/24".parse::<IpNet>().unwrap()];
+        // By default a Node cannot declare its own pod CIDRs.
+        let NodeState::Peer(record) = node_state(&n) else {
+            panic!("expected a peer");
+        };
+        assert!(record.pod_cidrs.is_empty(), "{:?}", record.pod_cidrs);
+        // cluster-pool IPAM: the claim counts, unless the cluster assigned CIDRs.
+        let NodeState::Peer(record) = node_state_from(&n, PodCidrSource::SpecOrClaim) else {
+            panic!("expected a peer");
+        };
+        assert_eq!(record.pod_cidrs, claimed);
+        let mut assigned = good_node();
+        assigned
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(POD_CIDRS_ANNOTATION.into(), "10.244.9.0/24".into());
+        let NodeState::Peer(record) = node_state_from(&assigned, PodCidrSource::SpecOrClaim) else {
+            panic!("expected a peer");
+        };
+        assert_ne!(record.pod_cidrs, claimed);
+        // A malformed claim is only an error where it is read.
+        n.metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(POD_CIDRS_ANNOTATION.into(), "0.0.0.0/0,nonsense".into());
+        assert!(matches!(node_state(&n), NodeState::Peer(_)));
+        assert!(matches!(
+            node_state_from(&n, PodCidrSource::SpecOrClaim),
+            NodeState::Malformed(e) if e.field == POD_CIDRS_ANNOTATION
+        ));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use super::annotations::{node_state, NodeState};
+use super::annotations::{node_state_from, NodeState, PodCidrSource};
 use anyhow::Context as _;
 use http_body_util::{BodyExt as _, Empty};
 use hyper_util::client::legacy::Client;
@@ -68,7 +68,8 @@ pub async fn cluster_views(
     let mut views = Vec::new();
     for node in &nodes {
         let name = node.metadata.name.clone().unwrap_or_default();
-        let record = match node_state(node) {
+        // The audit reports what each node publishes, its own pod CIDR claim included.
+        let record = match node_state_from(node, PodCidrSource::SpecOrClaim) {
             NodeState::Peer(r) => r,
             // Not in the mesh (no meshd annotations, or opted out): nothing to audit.
             NodeState::Absent => continue,

@@ -11,6 +11,8 @@
 //! * [`settings`]: the watcher of the `meshd-config` ConfigMap and its `InvalidConfiguration`
 //!   Events (parsing the settings is [`crate::settings`], pure).
 //! * [`node_condition`]: the `MeshdEncrypted` condition on the node's own `Node`.
+//! * [`refusal_events`]: a `RecordRefused` Event regarding each Node whose record this node
+//!   refuses (deduplicated and rate-limited).
 //! * [`audit_source`]: the cluster source of `meshctl audit` (every `Node`, every meshd's
 //!   `/status`).
 //! * [`policy_objects`]: the watches of every Pod, Namespace and NetworkPolicy that
@@ -19,7 +21,8 @@
 //! Together, meshd's service account needs `get`, `list`, `watch` and `patch` on `nodes`,
 //! `patch` on `nodes/status`, `list` and `watch` on `configmaps` and `endpointslices` (each
 //! limited by field selector to the one object), `list` and `watch` on `pods`, `namespaces`
-//! and `networkpolicies` (cluster-wide), and `create` on `events`.
+//! and `networkpolicies` (cluster-wide), `create` on `events.k8s.io` `events` (meshd's
+//! namespace) and `create` and `patch` on core `events` in `default`.
 
 use std::time::Duration;
 
@@ -32,6 +35,7 @@ pub mod endpoints;
 pub mod node_condition;
 pub mod nodes;
 pub mod policy_objects;
+pub mod refusal_events;
 pub mod settings;
 
 /// Exponential backoff for re-establishing a watch, reset by every successful event.

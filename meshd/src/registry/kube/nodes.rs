@@ -48,8 +48,8 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::annotations::{
-    addressing, node_state, record_annotations, NodeAddressing, NodeState, ANNOTATIONS,
-    POD_CIDRS_ANNOTATION,
+    addressing, node_state_from, record_annotations, NodeAddressing, NodeState, PodCidrSource,
+    ANNOTATIONS, POD_CIDRS_ANNOTATION,
 };
 use super::WatchBackoff;
 use crate::registry::{Registry, RegistryError, RegistryEvent};
@@ -72,6 +72,7 @@ pub struct KubeRegistry {
     client: Client,
     node_name: String,
     watch_backoff: (Duration, Duration),
+    pod_cidr_source: PodCidrSource,
 }
 
 impl std::fmt::Debug for KubeRegistry {
@@ -89,7 +90,16 @@ impl KubeRegistry {
             client,
             node_name: node_name.into(),
             watch_backoff: (Duration::from_millis(800), Duration::from_secs(30)),
+            pod_cidr_source: PodCidrSource::Spec,
         }
+    }
+
+    /// Where peers' pod CIDRs come from: by default `spec.podCIDRs` only; a Node's own
+    /// `meshd.io/pod-cidrs` claim too only with `cluster-pool` IPAM ([`PodCidrSource`]).
+    #[must_use]
+    pub fn with_pod_cidr_source(mut self, source: PodCidrSource) -> Self {
+        self.pod_cidr_source = source;
+        self
     }
 
     /// Sets the backoff between attempts to re-establish a failed watch (first delay, doubled
@@ -260,11 +270,12 @@ impl Registry for KubeRegistry {
         let handle = tokio::runtime::Handle::try_current().map_err(RegistryError::NoRuntime)?;
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let (first, max) = self.watch_backoff;
+        let pod_cidr_source = self.pod_cidr_source;
         let stream = watcher::watcher(self.nodes(), watcher::Config::default())
             .backoff(WatchBackoff::new(first, max));
         handle.spawn(async move {
             let mut stream = std::pin::pin!(stream);
-            let mut state = WatchState::default();
+            let mut state = WatchState::new(pod_cidr_source);
             loop {
                 let item = tokio::select! {
                     () = tx.closed() => break,
@@ -314,9 +325,19 @@ pub struct WatchState {
     known: HashMap<String, NodeState>,
     /// Nodes seen in the (re-)list in progress, `None` outside a list.
     listing: Option<HashSet<String>>,
+    /// Where pod CIDRs come from.
+    pod_cidr_source: PodCidrSource,
 }
 
 impl WatchState {
+    /// A watch taking pod CIDRs from `source`.
+    pub fn new(pod_cidr_source: PodCidrSource) -> Self {
+        Self {
+            pod_cidr_source,
+            ..Self::default()
+        }
+    }
+
     /// Applies one watcher event; returns the registry events it implies, in order.
     pub fn apply(&mut self, event: Event<Node>) -> Vec<RegistryEvent> {
         match event {
@@ -366,7 +387,7 @@ impl WatchState {
 
     fn update(&mut self, node: &Node) -> Option<RegistryEvent> {
         let name = node.metadata.name.clone()?;
-        let state = node_state(node);
+        let state = node_state_from(node, self.pod_cidr_source);
         if self.known.get(&name) == Some(&state) {
             return None;
         }
