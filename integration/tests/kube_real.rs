@@ -450,6 +450,41 @@ async fn meshd_needs_exactly_deploys_rbac() {
     .await;
     condition.abort();
 
+    // A refused record: a RecordRefused Event in `default`, created, then patched (counted
+    // again) once the repeat window has passed with the refusal still there.
+    let mut refusing = status_report();
+    refusing.refused = vec![meshd::control::RefusalReport {
+        node: "n2".into(),
+        field: "podCIDRs".into(),
+        reason: "0.0.0.0/0 lies outside the cluster's pod range".into(),
+        holder: None,
+    }];
+    let (_refusals_tx, refusals_rx) = tokio::sync::watch::channel(Some(refusing));
+    let refusals = meshd::registry::kube::refusal_events::spawn_with(
+        c.meshd.clone(),
+        "n1".into(),
+        refusals_rx,
+        meshd::registry::kube::refusal_events::Limits {
+            repeat_after: Duration::from_millis(1500),
+            burst: 10,
+            refill: Duration::from_millis(100),
+        },
+    );
+    let default_events: Api<k8s_openapi::api::core::v1::Event> =
+        Api::namespaced(c.admin.clone(), "default");
+    eventually("the RecordRefused Event counted twice", || async {
+        default_events
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("RecordRefused") && e.count == Some(2))
+            .map(|_| ())
+    })
+    .await;
+    refusals.abort();
+
     // The settings watcher, with an invalid value: an Event.
     let configmaps: Api<ConfigMap> = Api::namespaced(c.admin.clone(), MESHD_NAMESPACE);
     let cm: ConfigMap = serde_json::from_value(json!({
