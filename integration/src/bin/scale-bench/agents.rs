@@ -183,9 +183,10 @@ pub(crate) fn with_signals_unblocked<T: Send>(f: impl FnOnce() -> T + Send) -> T
     })
 }
 
-/// Polls `agent`'s status until `done` holds, every `every`, for at most `timeout`: the
-/// elapsed time at the first status that satisfied it (measured from `since`), or the last
-/// status seen.
+/// Polls `agent`'s status until `done` holds, for at most `timeout`: the elapsed time at the
+/// first status that satisfied it (measured from `since`), or the last status seen. Between
+/// two reads it waits `every`, or as long as the last read took if that was longer, so that
+/// meshd spends at most half its time answering (a status at thousands of peers is large).
 pub(crate) fn wait_status(
     agent: &Agent,
     since: Instant,
@@ -198,15 +199,17 @@ pub(crate) fn wait_status(
         if integration::bench::stop::stopping() {
             return Err(last);
         }
+        let asked = Instant::now();
         if let Ok(st) = agent.status() {
             if done(&st) {
                 return Ok(since.elapsed());
             }
             last = Some(st);
         }
+        let took = asked.elapsed();
         if since.elapsed() > timeout {
             return Err(last);
         }
-        std::thread::sleep(every);
+        std::thread::sleep(every.max(took));
     }
 }

@@ -26,6 +26,9 @@ pub(crate) struct Args {
     /// Seconds an agent may take to converge cold before it is reported as not converged.
     #[arg(long, default_value_t = 120)]
     pub(crate) timeout_s: u64,
+    /// Seconds one added record may take to reach every agent.
+    #[arg(long, default_value_t = 30)]
+    pub(crate) addition_timeout_s: u64,
     /// Milliseconds between two status reads while waiting for a record to be programmed.
     #[arg(long, default_value_t = 5)]
     pub(crate) poll_ms: u64,

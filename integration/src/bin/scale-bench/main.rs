@@ -109,7 +109,13 @@ fn run(args: &Args, r: &mut Report) -> anyhow::Result<()> {
     check_stop()?;
     eprintln!("scale-bench: {} additions", args.additions);
     let poll = Duration::from_millis(args.poll_ms.max(1));
-    if let Err(e) = phases::additions(&mut run, args.additions, poll, r) {
+    if let Err(e) = phases::additions(
+        &mut run,
+        args.additions,
+        poll,
+        Duration::from_secs(args.addition_timeout_s.max(1)),
+        r,
+    ) {
         r.errors.push(format!("additions: {e:#}"));
     }
     check_stop()?;

@@ -16,8 +16,6 @@ use crate::writes::WriteCounter;
 
 /// Most consecutive additions that may time out before the latency phase gives up.
 const MAX_MISSED_ADDITIONS: u32 = 3;
-/// How long one added record may take to reach every agent.
-const ADDITION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything the phases share.
 pub(crate) struct Run<'a> {
@@ -135,7 +133,13 @@ pub(crate) fn cold(run: &mut Run<'_>, nodes: u32, timeout: Duration, r: &mut Rep
 /// One new node at a time: the time from its record's rename to every agent's status
 /// listing it (the slowest agent), `samples` times; then as many again without watching, for
 /// the CPU time per event; then the RSS.
-pub(crate) fn additions(run: &mut Run<'_>, samples: u32, poll: Duration, r: &mut Report) -> anyhow::Result<()> {
+pub(crate) fn additions(
+    run: &mut Run<'_>,
+    samples: u32,
+    poll: Duration,
+    timeout: Duration,
+    r: &mut Report,
+) -> anyhow::Result<()> {
     let mut query = Vec::new();
     for _ in 0..5 {
         let t = Instant::now();
@@ -159,7 +163,7 @@ pub(crate) fn additions(run: &mut Run<'_>, samples: u32, poll: Duration, r: &mut
                 .map(|a| {
                     let name = &name;
                     s.spawn(move || {
-                        wait_status(a, t0, ADDITION_TIMEOUT, poll, |st| {
+                        wait_status(a, t0, timeout, poll, |st| {
                             st.peers.iter().any(|p| p.name == *name)
                         })
                         .ok()
@@ -179,7 +183,7 @@ pub(crate) fn additions(run: &mut Run<'_>, samples: u32, poll: Duration, r: &mut
             None => {
                 missed += 1;
                 r.errors.push(format!(
-                    "record {name} not programmed on every agent within {ADDITION_TIMEOUT:?}"
+                    "record {name} not programmed on every agent within {timeout:?}"
                 ));
                 if missed >= MAX_MISSED_ADDITIONS {
                     r.errors.push("latency phase abandoned".into());
@@ -193,7 +197,9 @@ pub(crate) fn additions(run: &mut Run<'_>, samples: u32, poll: Duration, r: &mut
     r.addition_ms_p50 = bench::percentile(&latencies, 50.0);
     r.addition_ms_p99 = bench::percentile(&latencies, 99.0);
 
-    // CPU per event: the same additions, 100 ms apart, nobody reading the status meanwhile.
+    // CPU per event: the same additions, 100 ms apart, nobody reading the status meanwhile;
+    // then one status read a second until the last is programmed everywhere (counted: each
+    // read costs meshd a little too).
     pause(Duration::from_secs(1))?;
     let before: Vec<_> = run.agents.iter().map(Agent::cpu_ticks).collect::<Result<_, _>>()?;
     for _ in 0..samples {
@@ -202,15 +208,20 @@ pub(crate) fn additions(run: &mut Run<'_>, samples: u32, poll: Duration, r: &mut
         run.add(i)?;
         pause(Duration::from_millis(100))?;
     }
-    pause(Duration::from_secs(1))?;
-    let after: Vec<_> = run.agents.iter().map(Agent::cpu_ticks).collect::<Result<_, _>>()?;
     let last = sim::name(run.sims.len() as u32 - 1);
+    let t0 = Instant::now();
+    let second = Duration::from_secs(1);
+    let programmed: Vec<bool> = run
+        .agents
+        .iter()
+        .map(|a| {
+            wait_status(a, t0, timeout, second, |st| st.peers.iter().any(|p| p.name == last))
+                .is_ok()
+        })
+        .collect();
+    let after: Vec<_> = run.agents.iter().map(Agent::cpu_ticks).collect::<Result<_, _>>()?;
     let per_event = |d: u64| d as f64 * 1e3 / run.clk_tck as f64 / f64::from(samples);
-    for ((a, b), e) in run.agents.iter().zip(before).zip(after) {
-        let programmed = a
-            .status()
-            .map(|st| st.peers.iter().any(|p| p.name == last))
-            .unwrap_or(false);
+    for (((a, b), e), programmed) in run.agents.iter().zip(before).zip(after).zip(programmed) {
         let (meshd, wg) = a.rss_kib()?;
         r.agents.push(AgentCost {
             node: a.name.clone(),
@@ -222,7 +233,7 @@ pub(crate) fn additions(run: &mut Run<'_>, samples: u32, poll: Duration, r: &mut
         });
         if !programmed {
             r.errors.push(format!(
-                "{}: the CPU-time additions were not all programmed within 1 s of the last",
+                "{}: the CPU-time additions were not all programmed within {timeout:?}",
                 a.name
             ));
         }
