@@ -138,7 +138,10 @@ async fn a_node_status_update_costs_a_metadata_watch_a_fraction_of_a_full_one() 
          metadata watch {meta} bytes ({:.1} %)",
         meta as f64 * 100.0 / full as f64
     );
-    assert!(full > full_size, "the full watch carries the whole Node: {full}");
+    assert!(
+        full > full_size,
+        "the full watch carries the whole Node: {full}"
+    );
     assert!(meta * 5 < full, "metadata {meta} bytes against full {full}");
 }
 
@@ -148,7 +151,9 @@ async fn peers_are_read_in_full_once_and_status_updates_read_nothing() {
     let keys: Vec<PrivateKey> = (0..3).map(|_| PrivateKey::generate()).collect();
     for (i, key) in keys.iter().enumerate() {
         let i = i as u8 + 1;
-        server.write_node(&format!("n{i}"), |_| Some(realistic_node(&format!("n{i}"), i, Some(key))));
+        server.write_node(&format!("n{i}"), |_| {
+            Some(realistic_node(&format!("n{i}"), i, Some(key)))
+        });
     }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kubeconfig");
@@ -167,7 +172,10 @@ async fn peers_are_read_in_full_once_and_status_updates_read_nothing() {
     assert_eq!(records.len(), 3);
     assert_eq!(
         records[1].pod_cidrs,
-        vec!["10.244.2.0/24".parse().unwrap(), "fd00:244:0:2::/64".parse().unwrap()]
+        vec![
+            "10.244.2.0/24".parse().unwrap(),
+            "fd00:244:0:2::/64".parse().unwrap()
+        ]
     );
     assert_eq!(
         records[1].endpoints,

@@ -574,7 +574,11 @@ fn watch(
                                 && (namespace.is_none() || change.key.namespace == namespace)
                                 && selector.matches(&change.key, &change.object)
                             {
-                                backlog.push_back(watch_line(change.kind, &change.object, metadata_only));
+                                backlog.push_back(watch_line(
+                                    change.kind,
+                                    &change.object,
+                                    metadata_only,
+                                ));
                             }
                         }
                         (Some(rx), current.max(rv))

@@ -53,7 +53,9 @@ mod tests {
         assert!(!wanted(&h));
         h.insert(
             header::ACCEPT,
-            HeaderValue::from_static("application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"),
+            HeaderValue::from_static(
+                "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1",
+            ),
         );
         assert!(wanted(&h));
         h.insert(

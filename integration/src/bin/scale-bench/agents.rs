@@ -85,7 +85,11 @@ impl Agent {
             .ino();
         let mut pids = Vec::new();
         for entry in std::fs::read_dir("/proc")?.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
                 continue;
             };
             let Ok(c) = std::fs::read_to_string(format!("/proc/{pid}/comm")) else {
@@ -122,7 +126,8 @@ impl Agent {
         let mut text = Vec::new();
         s.read_to_end(&mut text)
             .with_context(|| format!("node {}: reading its status", self.name))?;
-        serde_json::from_slice(&text).with_context(|| format!("node {}: decoding status", self.name))
+        serde_json::from_slice(&text)
+            .with_context(|| format!("node {}: decoding status", self.name))
     }
 
     /// VmRSS (KiB) of meshd and of its `meshd-wg` processes together.

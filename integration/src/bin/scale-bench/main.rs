@@ -73,7 +73,10 @@ fn clock_ticks() -> u64 {
 fn run(args: &Args, r: &mut Report) -> anyhow::Result<()> {
     let capacity = args.nodes + 2 * args.additions;
     if capacity > sim::MAX_SIMULATED {
-        bail!("--nodes + 2 × --additions must stay within {}", sim::MAX_SIMULATED);
+        bail!(
+            "--nodes + 2 × --additions must stay within {}",
+            sim::MAX_SIMULATED
+        );
     }
     eprintln!("scale-bench: lab of {} nodes", args.real_nodes);
     let lab = with_signals_unblocked(|| Lab::up(args.real_nodes, 1))?;

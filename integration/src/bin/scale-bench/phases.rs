@@ -61,7 +61,12 @@ fn complete(st: &Status, expected: &HashSet<String>) -> bool {
 
 /// Cold convergence: every agent's meshd stopped, the N records written, every meshd
 /// started again; the time until each reports all N peers programmed.
-pub(crate) fn cold(run: &mut Run<'_>, nodes: u32, timeout: Duration, r: &mut Report) -> anyhow::Result<()> {
+pub(crate) fn cold(
+    run: &mut Run<'_>,
+    nodes: u32,
+    timeout: Duration,
+    r: &mut Report,
+) -> anyhow::Result<()> {
     for a in &run.agents {
         run.lab.meshctl(&["lab", "stop-node", &a.name])?;
     }
@@ -201,7 +206,11 @@ pub(crate) fn additions(
     // then one status read a second until the last is programmed everywhere (counted: each
     // read costs meshd a little too).
     pause(Duration::from_secs(1))?;
-    let before: Vec<_> = run.agents.iter().map(Agent::cpu_ticks).collect::<Result<_, _>>()?;
+    let before: Vec<_> = run
+        .agents
+        .iter()
+        .map(Agent::cpu_ticks)
+        .collect::<Result<_, _>>()?;
     for _ in 0..samples {
         check_stop()?;
         let i = run.sims.len() as u32;
@@ -215,11 +224,17 @@ pub(crate) fn additions(
         .agents
         .iter()
         .map(|a| {
-            wait_status(a, t0, timeout, second, |st| st.peers.iter().any(|p| p.name == last))
-                .is_ok()
+            wait_status(a, t0, timeout, second, |st| {
+                st.peers.iter().any(|p| p.name == last)
+            })
+            .is_ok()
         })
         .collect();
-    let after: Vec<_> = run.agents.iter().map(Agent::cpu_ticks).collect::<Result<_, _>>()?;
+    let after: Vec<_> = run
+        .agents
+        .iter()
+        .map(Agent::cpu_ticks)
+        .collect::<Result<_, _>>()?;
     let per_event = |d: u64| d as f64 * 1e3 / run.clk_tck as f64 / f64::from(samples);
     for (((a, b), e), programmed) in run.agents.iter().zip(before).zip(after).zip(programmed) {
         let (meshd, wg) = a.rss_kib()?;

@@ -88,7 +88,10 @@ pub(crate) fn pods(run: &Run<'_>, pods_per_node: u32) -> anyhow::Result<PodsResu
 
 fn write_pod(dir: &Path, i: u32, j: u32, capacity: u32) -> anyhow::Result<()> {
     let p = pod(i, j, capacity);
-    let name = p["metadata"]["name"].as_str().context("pod name")?.to_string();
+    let name = p["metadata"]["name"]
+        .as_str()
+        .context("pod name")?
+        .to_string();
     sim::write_atomic(dir, &format!("{name}.json"), &p.to_string())?;
     Ok(())
 }

@@ -166,7 +166,12 @@ impl Report {
                 ADD_P99_MS,
                 not_converged && self.addition_ms_p99.is_none(),
             ),
-            target("meshd + datapath RSS (MiB, largest agent)", rss, RSS_MIB, false),
+            target(
+                "meshd + datapath RSS (MiB, largest agent)",
+                rss,
+                RSS_MIB,
+                false,
+            ),
             target(
                 "agents' registry writes in steady state",
                 steady,
@@ -197,7 +202,8 @@ impl Report {
     /// The report as text.
     pub(crate) fn render(&self) -> String {
         let mut s = String::new();
-        let opt = |v: Option<f64>, unit: &str| v.map_or("—".to_string(), |v| format!("{v:.1} {unit}"));
+        let opt =
+            |v: Option<f64>, unit: &str| v.map_or("—".to_string(), |v| format!("{v:.1} {unit}"));
         let _ = writeln!(
             s,
             "scale-bench: {} simulated nodes + {} real agents ({} CPUs, load {})",
@@ -207,7 +213,10 @@ impl Report {
             self.load_average.as_deref().unwrap_or("?")
         );
         let _ = writeln!(s, "records written in {:.2} s", self.publish_s);
-        let _ = writeln!(s, "\ncold convergence (meshd started with every record present):");
+        let _ = writeln!(
+            s,
+            "\ncold convergence (meshd started with every record present):"
+        );
         for c in &self.cold {
             match c.converged_s {
                 Some(t) => {
@@ -235,7 +244,10 @@ impl Report {
             self.addition_samples,
             opt(self.status_query_ms, "ms")
         );
-        let _ = writeln!(s, "\nper agent: RSS meshd / datapath / total, CPU per added record");
+        let _ = writeln!(
+            s,
+            "\nper agent: RSS meshd / datapath / total, CPU per added record"
+        );
         for a in &self.agents {
             let _ = writeln!(
                 s,

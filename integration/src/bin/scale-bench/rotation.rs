@@ -28,7 +28,8 @@ const FIRST_SERIAL: u64 = 1_000;
 /// A real agent's record as it stands in the registry.
 fn agent_record(run: &Run<'_>, name: &str) -> anyhow::Result<NodeRecord> {
     let path = run.registry.join(format!("{name}.json"));
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     NodeRecord::from_json(name, &text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
@@ -41,8 +42,12 @@ fn rotate_real(run: &mut Run<'_>) -> anyhow::Result<(u64, Vec<String>)> {
     let outcome = std::thread::scope(|s| -> anyhow::Result<Vec<String>> {
         let (done, acks) = (&done, &acks);
         let run_ref = &mut *run;
-        let (lab, sims, registry, capacity) =
-            (run_ref.lab, &mut run_ref.sims, run_ref.registry, run_ref.capacity);
+        let (lab, sims, registry, capacity) = (
+            run_ref.lab,
+            &mut run_ref.sims,
+            run_ref.registry,
+            run_ref.capacity,
+        );
         let agents_view: Vec<String> = names.clone();
         let acker = s.spawn(move || -> anyhow::Result<()> {
             let mut seen: BTreeMap<String, u64> = BTreeMap::new();

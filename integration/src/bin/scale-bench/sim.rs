@@ -137,7 +137,9 @@ pub(crate) fn pod_ips(i: u32, j: u32, count: u32) -> Vec<IpAddr> {
     let size = 1u32 << (32 - len);
     let mut ips = Vec::new();
     if j + 1 < size {
-        ips.push(IpAddr::V4(Ipv4Addr::from(V4_BASE + (i << (32 - len)) + j + 1)));
+        ips.push(IpAddr::V4(Ipv4Addr::from(
+            V4_BASE + (i << (32 - len)) + j + 1,
+        )));
     }
     ips.push(IpAddr::V6(Ipv6Addr::new(
         0xfd00,
@@ -164,7 +166,11 @@ pub(crate) fn write_atomic(dir: &Path, file: &str, text: &str) -> std::io::Resul
 
 /// Writes simulated node `n`'s record into the registry directory.
 pub(crate) fn publish(dir: &Path, n: &SimNode, count: u32) -> std::io::Result<()> {
-    write_atomic(dir, &format!("{}.json", n.name()), &n.record(count).to_json())
+    write_atomic(
+        dir,
+        &format!("{}.json", n.name()),
+        &n.record(count).to_json(),
+    )
 }
 
 #[cfg(test)]

@@ -84,7 +84,10 @@ impl WriteCounter {
 
     /// The tally so far.
     pub(crate) fn snapshot(&self) -> Counts {
-        self.counts.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 

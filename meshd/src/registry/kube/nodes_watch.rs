@@ -29,7 +29,7 @@ use kube::api::{Api, ListParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::watcher::Event;
 
-use super::annotations::{EXCLUDE_LABEL, ANNOTATIONS};
+use super::annotations::{ANNOTATIONS, EXCLUDE_LABEL};
 
 /// Nodes per page of the full list that fills the cache at a start.
 const LIST_PAGE: u32 = 500;
