@@ -97,7 +97,7 @@ fn run(args: &Args, r: &mut Report) -> anyhow::Result<()> {
             .as_str()
             .context("lab status has no registry_dir")?,
     );
-    let counter = WriteCounter::start(&[registry.clone()])?;
+    let counter = WriteCounter::start(std::slice::from_ref(&registry))?;
     let mut run = Run {
         lab: &lab,
         agents,

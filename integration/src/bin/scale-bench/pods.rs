@@ -55,7 +55,7 @@ pub(crate) fn pods(run: &Run<'_>, pods_per_node: u32) -> anyhow::Result<PodsResu
         "metadata": {"name": NAMESPACE, "labels": {"kubernetes.io/metadata.name": NAMESPACE}}});
     sim::write_atomic(&ns_dir, &format!("{NAMESPACE}.json"), &ns.to_string())?;
     let dir = existing(&objects.join("pods").join(NAMESPACE))?;
-    let counter = WriteCounter::start(&[dir.clone()])?;
+    let counter = WriteCounter::start(std::slice::from_ref(&dir))?;
     let t = Instant::now();
     let mut written = 0u64;
     for n in &run.sims {
