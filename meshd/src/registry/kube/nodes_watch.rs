@@ -16,8 +16,8 @@
 //!
 //! Nodes without meshd's annotations (or excluded) are never read in full. What this does not
 //! follow: a node whose `InternalIP` changes while its `Node` keeps its name and uid (cloud
-//! providers give a replaced machine a new `Node`); such a change is picked up when the node
-//! is next read in full (its meshd restarting does not do it: its `Node` keeps its uid).
+//! providers give a replaced machine a new `Node`); such a change is picked up when this meshd
+//! next reads that Node in full (after its own restart, by the start's full list).
 //!
 //! Permissions: `get`, `list`, `watch` on `nodes`, as before.
 
