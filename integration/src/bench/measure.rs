@@ -207,6 +207,18 @@ pub fn spread(values: &[f64]) -> Option<Spread> {
     })
 }
 
+/// The `p`-th percentile of `values` by nearest rank (`p` in 0..=100; NaNs ignored): the
+/// smallest value at or above which lie `p` % of the sample. `None` for an empty sample.
+pub fn percentile(values: &[f64], p: f64) -> Option<f64> {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| !x.is_nan()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let rank = ((p.clamp(0.0, 100.0) / 100.0) * v.len() as f64).ceil() as usize;
+    Some(v[rank.clamp(1, v.len()) - 1])
+}
+
 /// `x / base`, when both are known and `base` is positive.
 pub fn ratio(x: Option<f64>, base: Option<f64>) -> Option<f64> {
     match (x, base) {

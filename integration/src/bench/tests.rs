@@ -471,3 +471,14 @@ fn renders_tables() {
     assert_eq!(json["results"][0]["name"], PLAIN);
     assert_eq!(ping_interval_arg(10), "0.010");
 }
+
+#[test]
+fn percentiles_by_nearest_rank() {
+    let v: Vec<f64> = (1..=100).map(f64::from).collect();
+    assert_eq!(percentile(&v, 50.0), Some(50.0));
+    assert_eq!(percentile(&v, 99.0), Some(99.0));
+    assert_eq!(percentile(&v, 100.0), Some(100.0));
+    assert_eq!(percentile(&[3.0, 1.0, 2.0], 99.0), Some(3.0));
+    assert_eq!(percentile(&[7.0], 0.0), Some(7.0));
+    assert_eq!(percentile(&[], 50.0), None);
+}

@@ -65,8 +65,8 @@ async fn log_request(
 pub(crate) fn router(app: App) -> Router {
     let collection = |resource: Resource| -> MethodRouter<App> {
         get(
-            move |s: State<App>, p: Path<HashMap<String, String>>, q: Params| {
-                collection_get(s, p, q, resource)
+            move |s: State<App>, p: Path<HashMap<String, String>>, q: Params, h: HeaderMap| {
+                collection_get(s, p, q, h, resource)
             },
         )
         .post(
@@ -77,8 +77,8 @@ pub(crate) fn router(app: App) -> Router {
     };
     let all_namespaces = |resource: Resource| -> MethodRouter<App> {
         get(
-            move |s: State<App>, p: Path<HashMap<String, String>>, q: Params| {
-                collection_get(s, p, q, resource)
+            move |s: State<App>, p: Path<HashMap<String, String>>, q: Params, h: HeaderMap| {
+                collection_get(s, p, q, h, resource)
             },
         )
     };
@@ -282,14 +282,23 @@ async fn collection_get(
     State(app): State<App>,
     Path(path): Path<HashMap<String, String>>,
     Query(params): Params,
+    headers: HeaderMap,
     resource: Resource,
 ) -> Response {
+    let metadata_only = super::metadata::wanted(&headers);
     let selector = match Selector::parse(&params) {
         Ok(s) => s,
         Err(e) => return error(&e),
     };
     if truthy(&params, "watch") {
-        return watch(app, path.get("ns").cloned(), params, selector, resource);
+        return watch(
+            app,
+            path.get("ns").cloned(),
+            params,
+            selector,
+            resource,
+            metadata_only,
+        );
     }
     let ns = path.get("ns").map(String::as_str);
     let limit = params
@@ -317,6 +326,9 @@ async fn collection_get(
     let items: Vec<Value> = items
         .into_iter()
         .map(|(_, mut v)| {
+            if metadata_only {
+                return super::metadata::partial(&v);
+            }
             // Items of a list carry no kind/apiVersion, like the real API's.
             if let Value::Object(m) = &mut v {
                 m.remove("kind");
@@ -325,11 +337,19 @@ async fn collection_get(
             v
         })
         .collect();
+    let (kind, api_version) = if metadata_only {
+        (
+            super::metadata::LIST_KIND.to_string(),
+            super::metadata::API_VERSION,
+        )
+    } else {
+        (format!("{}List", resource.kind()), resource.api_version())
+    };
     json_response(
         StatusCode::OK,
         &json!({
-            "kind": format!("{}List", resource.kind()),
-            "apiVersion": resource.api_version(),
+            "kind": kind,
+            "apiVersion": api_version,
             "metadata": metadata,
             "items": items,
         }),
@@ -435,9 +455,14 @@ async fn item_request(
     }
 }
 
-/// One line of a watch response.
-fn watch_line(kind: &str, object: &Value) -> Bytes {
-    let mut line = json!({"type": kind, "object": object}).to_string();
+/// One line of a watch response; with `metadata_only`, the object reduced to its metadata.
+fn watch_line(kind: &str, object: &Value, metadata_only: bool) -> Bytes {
+    let mut line = if metadata_only && kind != "ERROR" {
+        json!({"type": kind, "object": super::metadata::partial(object)})
+    } else {
+        json!({"type": kind, "object": object})
+    }
+    .to_string();
     line.push('\n');
     Bytes::from(line)
 }
@@ -453,6 +478,8 @@ struct WatchStream {
     seen: u64,
     bookmarks: Option<tokio::time::Interval>,
     deadline: tokio::time::Instant,
+    /// Objects reduced to their metadata (`PartialObjectMetadata`).
+    metadata_only: bool,
 }
 
 impl WatchStream {
@@ -470,6 +497,7 @@ impl WatchStream {
                 "apiVersion": self.resource.api_version(),
                 "metadata": {"resourceVersion": self.seen.to_string()},
             }),
+            self.metadata_only,
         )
     }
 
@@ -495,7 +523,7 @@ impl WatchStream {
                 Ok(change) => {
                     self.seen = self.seen.max(change.rv);
                     if self.relevant(&change) {
-                        return Some(watch_line(change.kind, &change.object));
+                        return Some(watch_line(change.kind, &change.object, self.metadata_only));
                     }
                 }
                 // Too slow a client: end the watch; it resumes from its last resourceVersion.
@@ -512,6 +540,7 @@ fn watch(
     params: HashMap<String, String>,
     selector: Selector,
     resource: Resource,
+    metadata_only: bool,
 ) -> Response {
     let from = params
         .get("resourceVersion")
@@ -545,14 +574,18 @@ fn watch(
                                 && (namespace.is_none() || change.key.namespace == namespace)
                                 && selector.matches(&change.key, &change.object)
                             {
-                                backlog.push_back(watch_line(change.kind, &change.object));
+                                backlog.push_back(watch_line(
+                                    change.kind,
+                                    &change.object,
+                                    metadata_only,
+                                ));
                             }
                         }
                         (Some(rx), current.max(rv))
                     }
                     Err(e) => {
                         // The real API server answers 200 and sends the 410 as an ERROR event.
-                        backlog.push_back(watch_line("ERROR", &e.status()));
+                        backlog.push_back(watch_line("ERROR", &e.status(), false));
                         (None, current)
                     }
                 }
@@ -562,7 +595,7 @@ fn watch(
                 // the current state, then changes.
                 let filter = |k: &ObjectKey, v: &Value| selector.matches(k, v);
                 for (_, object) in store.list(resource, namespace.as_deref(), &filter) {
-                    backlog.push_back(watch_line("ADDED", object));
+                    backlog.push_back(watch_line("ADDED", object, metadata_only));
                 }
                 if send_initial {
                     backlog.push_back(watch_line(
@@ -575,6 +608,7 @@ fn watch(
                                 "annotations": {"k8s.io/initial-events-end": "true"},
                             },
                         }),
+                        metadata_only,
                     ));
                 }
                 (Some(store.subscribe()), current)
@@ -598,6 +632,7 @@ fn watch(
         seen,
         bookmarks,
         deadline: tokio::time::Instant::now() + Duration::from_secs(timeout),
+        metadata_only,
     };
     let stream = futures::stream::unfold(state, |mut state| async move {
         let line = state.next_line().await?;

@@ -15,6 +15,8 @@
 //!   kube-apiserver's own endpoint reconciler (the `default/kubernetes` EndpointSlice).
 //! * **list** with `metadata.resourceVersion`, `limit`/`continue` paging, `fieldSelector`
 //!   (`metadata.name`, `metadata.namespace`) and equality-based `labelSelector`.
+//! * **metadata only** (`Accept: application/json;as=PartialObjectMetadata[List];g=meta.k8s.io;v=v1`):
+//!   lists and watches answer every object reduced to its `metadata` (module `metadata`).
 //! * **watch** (`?watch=1`): newline-delimited JSON events `ADDED`/`MODIFIED`/`DELETED`; from a
 //!   `resourceVersion`, every change after it that is still in the retained history window,
 //!   then live changes; without one (or `"0"`), synthetic `ADDED` events for the current
@@ -59,6 +61,7 @@ use tokio::task::JoinSet;
 
 pub mod audit;
 mod http;
+mod metadata;
 pub mod patch;
 pub mod store;
 

@@ -5,7 +5,9 @@
 //! * [`annotations`]: the pure codec between a [`NodeRecord`](keyexchange::NodeRecord) and the
 //!   eight `meshd.io/` annotations on a `Node`, and who is a peer.
 //! * [`nodes`]: [`KubeRegistry`](nodes::KubeRegistry), the [`Registry`](super::Registry) that
-//!   publishes a node's record on its own `Node` and watches every `Node`.
+//!   publishes a node's record on its own `Node` and watches every `Node`;
+//! * [`nodes_watch`]: that watch at metadata cost (`PartialObjectMetadata`), with each peer
+//!   Node's `spec.podCIDRs` and addresses read once.
 //! * [`endpoints`]: the watcher of the `default/kubernetes` EndpointSlice (the API servers'
 //!   real addresses, which host encryption keeps out of the tunnel).
 //! * [`settings`]: the watcher of the `meshd-config` ConfigMap and its `InvalidConfiguration`
@@ -34,6 +36,7 @@ pub mod client;
 pub mod endpoints;
 pub mod node_condition;
 pub mod nodes;
+pub mod nodes_watch;
 pub mod policy_objects;
 pub mod refusal_events;
 pub mod settings;

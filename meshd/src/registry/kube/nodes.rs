@@ -17,7 +17,8 @@
 //! # Watching
 //!
 //! [`Registry::watch`] runs [`kube::runtime::watcher()`] on all Nodes (a list, then a watch from
-//! the list's `resourceVersion`, with bookmarks). The watcher re-lists on its own when the watch
+//! the list's `resourceVersion`, with bookmarks), metadata only: the pod CIDRs and addresses
+//! are read per node by [`super::nodes_watch`]. The watcher re-lists on its own when the watch
 //! cannot be resumed (`410 Gone`, an API server restart that lost its watch cache);
 //! [`WatchState`] (pure) turns every (re-)list into the registry contract: records that changed
 //! are announced, nodes that vanished across the re-list get a [`RegistryEvent::Delete`], and
@@ -41,6 +42,7 @@ use k8s_openapi::api::core::v1::Node;
 use keyexchange::record::{is_dns1123_subdomain, RecordError};
 use keyexchange::NodeRecord;
 use kube::api::{Api, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::Client;
@@ -51,6 +53,7 @@ use super::annotations::{
     addressing, node_state_from, record_annotations, NodeAddressing, NodeState, PodCidrSource,
     ANNOTATIONS, POD_CIDRS_ANNOTATION,
 };
+use super::nodes_watch::MetadataWatch;
 use super::WatchBackoff;
 use crate::registry::{Registry, RegistryError, RegistryEvent};
 
@@ -271,18 +274,22 @@ impl Registry for KubeRegistry {
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let (first, max) = self.watch_backoff;
         let pod_cidr_source = self.pod_cidr_source;
-        let stream = watcher::watcher(self.nodes(), watcher::Config::default())
+        // Metadata only; spec.podCIDRs and the addresses are read per node (nodes_watch).
+        let metadata: Api<PartialObjectMeta<Node>> = Api::all(self.client.clone());
+        let stream = watcher::watcher(metadata, watcher::Config::default())
             .backoff(WatchBackoff::new(first, max));
+        let nodes = self.nodes();
         handle.spawn(async move {
             let mut stream = std::pin::pin!(stream);
             let mut state = WatchState::new(pod_cidr_source);
+            let mut full = MetadataWatch::default();
             loop {
                 let item = tokio::select! {
                     () = tx.closed() => break,
                     item = stream.next() => item,
                 };
                 let events = match item {
-                    Some(Ok(event)) => state.apply(event),
+                    Some(Ok(event)) => state.apply(full.resolve(&nodes, event).await),
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "Node watch failed; retrying with backoff (known peers are kept)");
                         continue;
