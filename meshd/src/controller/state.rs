@@ -118,6 +118,11 @@ pub(super) struct RotationBook {
     pub handshakes: Option<BTreeMap<PublicKey, Option<SystemTime>>>,
     /// The slot each peer node's traffic uses now.
     pub peer_slots: BTreeMap<String, Slot>,
+    /// Other nodes' rotation steps (serial, by node name) whose new key this node poked a
+    /// handshake on.
+    pub poked: BTreeMap<String, u64>,
+    /// When this node last poked the peers that have not proved its own new key.
+    pub poked_at: Option<std::time::Instant>,
     /// Rotations finished.
     pub rotations: u64,
     /// Rotations abandoned.
