@@ -3,8 +3,8 @@
 //! devices, and carries out what it returns. No peer writes anything for this node's rotation:
 //! its readiness is read from the data plane.
 //!
-//! A rotation replaces both of the node's keys, one slot at a time (see
-//! [`keyexchange::slots`]). For slot `s`:
+//! A rotation replaces both of the node's keys, one slot at a time (see [`keyexchange::slots`]),
+//! in four writes of the node's own record. For slot `s`:
 //! 1. **drain**: publish `draining: s` with a new serial. Every peer moves the traffic it sends
 //!    to this node onto the other slot (so does this node). A peer is off slot `s` once this
 //!    node's slot-`s` device has received nothing from it for [`DRAIN_QUIET`], at least
@@ -15,9 +15,12 @@
 //!    starts a handshake on slot `s` (the daemon pokes its own side too). A handshake completed
 //!    on this node's slot-`s` device after the new key took effect ([`Driver::key_replaced`])
 //!    proves the peer holds the new key: nothing else can complete one.
-//! 3. the next slot is drained the same way (traffic moves back onto the fresh slot `s`), and
-//!    when the last slot is replaced and every peer proved it holds the key, the drain is
-//!    lifted.
+//! 3. the next slot is drained the same way (traffic moves back onto the fresh slot `s`). Its
+//!    new key is published with the drain lifted: pairs use slot 0 unless a node drains it, so
+//!    nothing uses the last slot until its new key is held by both ends (when another node
+//!    drains the other slot at that moment, the key goes out still drained and the drain is
+//!    lifted after the proof: one write more). The rotation finishes when every peer proved
+//!    the last key too.
 //!
 //! Two nodes draining opposite slots are settled by name: pairs follow the drain of the name
 //! that sorts first ([`keyexchange::slots::pair_slot`]). A node does not start draining while
@@ -99,8 +102,10 @@ pub enum Action {
     /// Publish this step (or the end of the rotation: `None`).
     Publish(Option<RotationStep>),
     /// Generate, persist and program a new key for the slot, tell the driver when it took
-    /// effect ([`Driver::key_replaced`]), then publish this step.
-    Replace(Slot, RotationStep),
+    /// effect ([`Driver::key_replaced`]), then publish the new key with this step (`None`:
+    /// with the drain lifted, when the last slot's key is replaced and nothing can use that
+    /// slot meanwhile; see [`Driver::poll`]).
+    Replace(Slot, Option<RotationStep>),
     /// The rotation finished: publish `None`, both keys are new.
     Finished,
     /// The rotation was abandoned before any key changed: publish `None`; the reason names the
@@ -477,8 +482,23 @@ impl Driver {
                     // No peer at all, but the step still needs its reading and its minimum.
                     return Action::Wait;
                 }
+                // The last slot: when no peer drains the other one, no pair uses this slot
+                // once the drain is lifted (pairs use slot 0 unless a node drains it), and a
+                // node that starts draining the other slot later has applied the record with
+                // the new key first. So the new key goes out with the drain lifted, one write
+                // fewer; this node still waits for every peer's handshake on it before the
+                // rotation counts as finished. Otherwise the new key goes out still drained.
+                let others_drain_other = peers
+                    .iter()
+                    .any(|p| p.draining() == Some(slot.other()) && !self.excused.contains(&p.name));
+                if self.then.is_none() && slot != Slot::FIRST && !others_drain_other {
+                    self.phase = Phase::Replaced { slot };
+                    self.since = now;
+                    self.clear_evidence();
+                    return Action::Replace(slot, None);
+                }
                 let step = self.step(now, Phase::Replaced { slot }, Some(slot));
-                Action::Replace(slot, step)
+                Action::Replace(slot, Some(step))
             }
             Phase::Replaced { slot: _ } => {
                 self.pending = pending;

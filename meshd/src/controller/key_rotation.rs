@@ -117,31 +117,29 @@ async fn poke(ctx: &Context, slot: Slot, keys: &BTreeSet<PublicKey>) -> anyhow::
     Ok(changes.len() / 2)
 }
 
-/// Other nodes' rotations: for each node whose latest step (applied by the pass that just
-/// converged) published a replaced key, start a handshake with that key on the drained slot,
-/// once per step. The handshake is the proof that node's rotation waits for; nothing is
-/// written into the registry.
+/// Other nodes' rotations: for each peer node whose published key changed since the last
+/// converged pass (which just programmed the new one), start a handshake with that key on
+/// its slot. The handshake is the proof that node's rotation waits for; nothing is written
+/// into the registry. A node seen for the first time is not poked.
 pub(super) async fn poke_rotating_peers(
     ctx: &Context,
     book: &mut RotationBook,
     records: &BTreeMap<String, NodeRecord>,
 ) {
     let me = ctx.me();
-    book.poked
-        .retain(|name, _| records.get(name).is_some_and(|r| r.rotation.step.is_some()));
+    book.seen_keys.retain(|name, _| records.contains_key(name));
     let mut due: [BTreeSet<PublicKey>; 2] = Default::default();
-    let mut stepped = Vec::new();
     for r in records.values().filter(|r| r.name != me.name) {
-        let Some(step) = r.rotation.step.filter(|s| s.replaced) else {
-            continue;
-        };
-        let (Some(slot), true) = (r.draining(), book.poked.get(&r.name) != Some(&step.serial))
-        else {
-            continue;
-        };
-        if let Some(key) = r.slot(slot) {
-            due[slot.index()].insert(key.public_key);
-            stepped.push((r.name.clone(), step.serial));
+        let keys = keyexchange::slots::SLOTS.map(|slot| r.slot(slot).map(|k| k.public_key));
+        if let Some(before) = book.seen_keys.insert(r.name.clone(), keys) {
+            for slot in keyexchange::slots::SLOTS {
+                match keys[slot.index()] {
+                    Some(key) if before[slot.index()] != Some(key) => {
+                        due[slot.index()].insert(key);
+                    }
+                    _ => {}
+                }
+            }
         }
     }
     for slot in keyexchange::slots::SLOTS {
@@ -154,7 +152,6 @@ pub(super) async fn poke_rotating_peers(
             }
         }
     }
-    book.poked.extend(stepped);
 }
 
 /// The current step's evidence from this node's device of `slot`: per peer node, what its
@@ -283,13 +280,14 @@ async fn drive_action(ctx: &Context, book: &mut RotationBook, action: Action) ->
             true
         }
         Action::Replace(slot, step) => {
+            let serial = step.map(|s| s.serial);
             match replace_key(ctx, slot).await {
                 Ok(public_key) => {
                     // Every session on the slot ended with the old key: from now on, a
                     // completed handshake there is one with the new key.
                     book.driver.key_replaced(SystemTime::now());
                     book.poked_at = None;
-                    tracing::info!(%slot, %public_key, serial = step.serial, "key rotation: new key in use on the drained slot");
+                    tracing::info!(%slot, %public_key, ?serial, "key rotation: new key in use on the drained slot");
                     ctx.update_me(|m| {
                         match slot {
                             Slot::FIRST => m.public_key = public_key,
@@ -299,7 +297,7 @@ async fn drive_action(ctx: &Context, book: &mut RotationBook, action: Action) ->
                                 }
                             }
                         }
-                        m.rotation.step = Some(step);
+                        m.rotation.step = step;
                     });
                 }
                 Err(err) => {

@@ -73,7 +73,7 @@ fn drain_to_replace(
     t: Instant,
     me: &NodeRecord,
     peers: &[&NodeRecord],
-) -> (Slot, RotationStep, SystemTime) {
+) -> (Slot, Option<RotationStep>, SystemTime) {
     let names: Vec<(&str, u64)> = peers.iter().map(|p| (p.name.as_str(), 7)).collect();
     assert_eq!(poll_with(d, t, &rx(&names), me, peers), Action::Wait);
     let Action::Replace(slot, step) = poll_with(d, t + DRAIN_MIN, &rx(&names), me, peers) else {
@@ -121,7 +121,8 @@ fn drains_replaces_and_finishes_only_on_data_plane_evidence() {
     assert_eq!(d.pending(), ["a"]);
     // Quiet for DRAIN_QUIET: its packets in flight have landed.
     let t2 = t1 + DRAIN_QUIET;
-    let Action::Replace(S0, step) = poll_with(&mut d, t2, &rx(&[("a", 200)]), &me, &[&peer]) else {
+    let Action::Replace(S0, Some(step)) = poll_with(&mut d, t2, &rx(&[("a", 200)]), &me, &[&peer])
+    else {
         panic!("expected slot 0's key to be replaced")
     };
     assert_eq!(step.draining, Some(0));
@@ -141,10 +142,13 @@ fn drains_replaces_and_finishes_only_on_data_plane_evidence() {
     assert_eq!(step.draining, Some(1));
     me.rotation.step = Some(step);
     assert_eq!(d.evidence_slot(), Some(S1));
+    // The last key goes out with the drain lifted (nothing uses slot 1 without a drain)...
     let (slot, step, replaced) = drain_to_replace(&mut d, t2, &me, &[&peer]);
-    assert_eq!(slot, S1);
-    me.rotation.step = Some(step);
+    assert_eq!((slot, step), (S1, None));
+    me.rotation.step = step;
+    // ...and the rotation finishes once the peer proved it holds that key too.
     assert_eq!(d.poll(t2, &me, [&peer]), Action::Wait);
+    assert_eq!(d.phase(), Phase::Replaced { slot: S1 });
     let new = handshook(&["a"], replaced + Duration::from_millis(3));
     assert_eq!(poll_with(&mut d, t2, &new, &me, &[&peer]), Action::Finished);
     assert!(!d.busy());
@@ -192,7 +196,7 @@ fn a_peer_still_sending_aborts_the_drain_but_never_a_replaced_key() {
     };
     me.rotation.step = step;
     let (_, step, _) = drain_to_replace(&mut d, t0, &me, &[&peer]);
-    me.rotation.step = Some(step);
+    me.rotation.step = step;
     let never = rx(&[("a", 0)]);
     assert_eq!(
         poll_with(&mut d, late + STEP_TIMEOUT, &never, &me, &[&peer]),
@@ -216,7 +220,7 @@ fn a_peer_without_a_tunnel_on_the_slot_is_not_waited_for() {
     };
     me.rotation.step = step;
     let (_, step, replaced) = drain_to_replace(&mut d, t0, &me, &[&a]);
-    me.rotation.step = Some(step);
+    me.rotation.step = step;
     let Action::Publish(Some(step)) =
         poll_with(&mut d, t0, &handshook(&["a"], replaced), &me, &[&a, &c])
     else {
@@ -305,8 +309,8 @@ fn an_earlier_name_done_with_slot_zero_waits_for_a_later_one_still_draining_it()
     // "b" is not held up by "a" (both keep off slot 0) and replaces its key.
     let (slot, step, _) = drain_to_replace(&mut db, t0, &b, &[&a]);
     assert_eq!(slot, S0);
-    assert!(step.replaced);
-    b.rotation.step = Some(step);
+    assert!(step.unwrap().replaced);
+    b.rotation.step = step;
     let Action::Publish(Some(step)) = da.poll(t0, &a, [&b]) else {
         panic!("a should drain slot 1 now")
     };
@@ -339,7 +343,7 @@ fn a_saved_rotation_resumes_where_it_stood() {
     let wall = SystemTime::now();
     let (mut resumed, step2) = Driver::resume(&back, t0, wall);
     assert_eq!(step2, step);
-    let Action::Replace(S0, step3) = ({
+    let Action::Replace(S0, Some(step3)) = ({
         assert_eq!(
             poll_with(&mut resumed, t0, &rx(&[("a", 5)]), &me, &[&peer]),
             Action::Wait
@@ -447,7 +451,7 @@ fn a_dead_peer_is_excused_after_the_grace_and_a_returning_one_is_waited_for() {
     me.rotation.step = Some(step);
     // A dead node sends nothing: it is off the drained slot like any quiet peer.
     let (_, step, replaced) = drain_to_replace(&mut d, t0, &me, &both);
-    me.rotation.step = Some(step);
+    me.rotation.step = step;
     let t1 = t0 + DRAIN_MIN;
     // It never handshakes on the new key. Within the grace it is still waited for.
     let only_c = {
@@ -471,8 +475,12 @@ fn a_dead_peer_is_excused_after_the_grace_and_a_returning_one_is_waited_for() {
     assert_eq!(d.excused().collect::<Vec<_>>(), ["a"]);
     me.rotation.step = Some(step);
     let (slot, step, replaced) = drain_to_replace(&mut d, t2, &me, &both);
-    assert_eq!(slot, S1);
-    me.rotation.step = Some(step);
+    assert_eq!(
+        (slot, step),
+        (S1, None),
+        "the drain is lifted with the last key"
+    );
+    me.rotation.step = step;
     // The peer handshakes again (on the other slot) before proving the new key: it is waited
     // for again (forever, past a replaced key).
     d.observe_silent(BTreeSet::new());
