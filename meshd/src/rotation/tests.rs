@@ -544,3 +544,159 @@ fn silent_peers_are_those_without_a_recent_handshake_on_any_slot() {
     let longer = silent_peers([&a, &b, &c, &e], &handshakes, Duration::from_secs(300), now);
     assert_eq!(longer, BTreeSet::from(["ccc".to_string()]));
 }
+
+/// One moment of a simulated rotation: time passes, and each peer (of three) may send on the
+/// slot under drain and may complete a handshake.
+#[derive(Debug, Clone)]
+struct Moment {
+    advance_ms: u64,
+    sends: [bool; 3],
+    handshakes: [bool; 3],
+}
+
+fn moments(len: std::ops::Range<usize>) -> impl proptest::strategy::Strategy<Value = Vec<Moment>> {
+    use proptest::prelude::*;
+    proptest::collection::vec(
+        (0u64..700, any::<[bool; 3]>(), any::<[bool; 3]>()).prop_map(
+            |(advance_ms, sends, handshakes)| Moment {
+                advance_ms,
+                sends,
+                handshakes,
+            },
+        ),
+        len,
+    )
+}
+
+/// Runs a whole rotation of "b" against peers "a", "c", "d" through `script`, then through a
+/// calm tail (nobody sends, everybody handshakes), checking the safety rules at every step.
+/// Returns whether it finished.
+fn simulate(script: &[Moment]) -> Result<bool, proptest::test_runner::TestCaseError> {
+    use proptest::prelude::*;
+    let names = ["a", "c", "d"];
+    let peers: Vec<NodeRecord> = names.iter().map(|n| rec(n)).collect();
+    let peer_refs: Vec<&NodeRecord> = peers.iter().collect();
+    let mut me = rec("b");
+    let t0 = Instant::now();
+    let w0 = SystemTime::now();
+    let mut d = Driver::default();
+    d.start(t0, 0);
+    let (mut t, mut wall) = (t0, w0);
+    let mut rx_bytes = [0u64; 3];
+    let mut last_hs: [Option<SystemTime>; 3] = [None; 3];
+    // What the driver was shown since the current drain began: (time, rx per peer).
+    let mut shown: Vec<(Instant, [u64; 3])> = Vec::new();
+    let mut drain_since: Option<Instant> = None;
+    let mut replaced_at: Option<SystemTime> = None;
+    let mut any_key_changed = false;
+    let mut last_serial = 0;
+    let calm = Moment {
+        advance_ms: 300,
+        sends: [false; 3],
+        handshakes: [true; 3],
+    };
+    let tail = std::iter::repeat_n(&calm, 40);
+    for m in script.iter().chain(tail) {
+        t += Duration::from_millis(m.advance_ms);
+        wall += Duration::from_millis(m.advance_ms);
+        for i in 0..3 {
+            if m.sends[i] {
+                rx_bytes[i] += 100;
+            }
+            if m.handshakes[i] {
+                last_hs[i] = Some(wall);
+            }
+        }
+        let reading: SlotReading = names
+            .iter()
+            .zip(rx_bytes.iter().zip(last_hs.iter()))
+            .map(|(n, (rx, hs))| {
+                let r = PeerReading {
+                    rx_bytes: *rx,
+                    last_handshake: *hs,
+                };
+                (n.to_string(), r)
+            })
+            .collect();
+        if drain_since.is_some() {
+            shown.push((t, rx_bytes));
+        }
+        let was = d.phase();
+        let action = poll_with(&mut d, t, &reading, &me, &peer_refs);
+        let step = match &action {
+            Action::Publish(step) => *step,
+            Action::Replace(slot, step) => {
+                // Drain safety: long enough after the drain, and every peer's counter stood
+                // still over a reading at least DRAIN_QUIET old.
+                let since = drain_since.expect("a replacement only ends a drain");
+                prop_assert_eq!(was, Phase::Draining { slot: *slot });
+                prop_assert!(t.duration_since(since) >= DRAIN_MIN);
+                let still = shown
+                    .iter()
+                    .filter(|(at, _)| t.duration_since(*at) >= DRAIN_QUIET)
+                    .any(|(at, counts)| {
+                        *counts == rx_bytes
+                            && shown
+                                .iter()
+                                .filter(|(later, _)| later >= at)
+                                .all(|(_, c)| *c == rx_bytes)
+                    });
+                prop_assert!(still, "replaced while a peer was not quiet: {:?}", shown);
+                d.key_replaced(wall);
+                replaced_at = Some(wall);
+                any_key_changed = true;
+                *step
+            }
+            Action::Finished => None,
+            Action::Aborted(reason) => {
+                prop_assert!(!any_key_changed, "aborted after a key changed: {}", reason);
+                return Ok(false);
+            }
+            Action::Wait => {
+                prop_assert_eq!(d.phase(), was);
+                continue;
+            }
+        };
+        // Key safety: a replaced slot is left only once every peer handshook on the new key.
+        if let (Phase::Replaced { .. }, false) = (was, matches!(action, Action::Replace(..))) {
+            let at = replaced_at.unwrap();
+            prop_assert!(
+                last_hs.iter().all(|h| h.is_some_and(|h| h >= at)),
+                "left the replaced slot before every peer proved the key"
+            );
+        }
+        if let Some(s) = step {
+            prop_assert!(s.serial > last_serial, "serials grow");
+            last_serial = s.serial;
+        }
+        me.rotation.step = step;
+        drain_since = matches!(d.phase(), Phase::Draining { .. }).then_some(t);
+        shown.clear();
+        if matches!(action, Action::Finished) {
+            prop_assert!(!d.busy());
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    /// Whatever the peers do, a key is replaced only after every peer fell quiet on its slot,
+    /// a replaced slot is left only after every peer handshook on the new key, nothing aborts
+    /// once a key changed, and once the peers are calm the rotation finishes.
+    #[test]
+    fn no_key_moves_ahead_of_its_evidence(script in moments(0..60)) {
+        let busy_ms: u64 = script.iter().map(|m| m.advance_ms).sum();
+        let finished = simulate(&script)?;
+        // A drain aborts only when a peer kept sending on it for STEP_TIMEOUT, which the
+        // calm tail never does; otherwise the tail lets the rotation finish.
+        if !finished {
+            proptest::prop_assert!(
+                u128::from(busy_ms) >= STEP_TIMEOUT.as_millis(),
+                "the rotation neither finished nor could have timed out"
+            );
+        }
+    }
+}
