@@ -4,10 +4,12 @@
 //! must complete intact (no reset), the underlay capture must hold nothing in clear, every key
 //! must be new afterwards, and `meshctl audit` must pass with fresh key ages. Host encryption
 //! is on, and node-to-node pings run through the rotations too: never in clear, none lost.
-//! Needs root.
+//! A rotation costs the registry at most four writes of the rotating node's record and none
+//! of any other (counted with inotify on the lab's directory registry). Needs root.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -548,4 +550,112 @@ fn a_strict_rp_filter_on_the_node_costs_no_packet_during_a_rotation() {
         drops,
         "no packet dropped by the reverse-path filter"
     );
+}
+
+/// Counts the writes of each node's record file in a directory registry: a record is
+/// published by an atomic rename onto `NODE.json` (one `IN_MOVED_TO`), or written in place
+/// (one `IN_CLOSE_WRITE`).
+struct RecordWrites {
+    inotify: inotify::Inotify,
+    counts: BTreeMap<String, u32>,
+}
+
+impl RecordWrites {
+    fn watch(dir: &Path) -> RecordWrites {
+        let inotify = inotify::Inotify::init().unwrap();
+        inotify
+            .watches()
+            .add(
+                dir,
+                inotify::WatchMask::MOVED_TO | inotify::WatchMask::CLOSE_WRITE,
+            )
+            .unwrap();
+        RecordWrites {
+            inotify,
+            counts: BTreeMap::new(),
+        }
+    }
+
+    /// The writes per node since the last call.
+    fn take(&mut self) -> BTreeMap<String, u32> {
+        let mut buffer = [0u8; 4096];
+        loop {
+            let events = match self.inotify.read_events(&mut buffer) {
+                Ok(events) => events,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("reading inotify events: {e}"),
+            };
+            let mut any = false;
+            for ev in events {
+                any = true;
+                let Some(name) = ev.name.and_then(|n| n.to_str()) else {
+                    continue;
+                };
+                if let Some(node) = name
+                    .strip_suffix(".json")
+                    .filter(|_| !name.starts_with('.'))
+                {
+                    *self.counts.entry(node.to_string()).or_default() += 1;
+                }
+            }
+            if !any {
+                break;
+            }
+        }
+        std::mem::take(&mut self.counts)
+    }
+}
+
+#[test]
+fn a_rotation_writes_only_the_rotating_nodes_record_at_most_four_times() {
+    testkit::require_tools(lab::TOOLS);
+    let lab = Lab::up(3, 1).unwrap();
+    let dir = lab.record_path("n1").unwrap();
+    let dir = dir.parent().unwrap();
+    let mut writes = RecordWrites::watch(dir);
+    // Steady state: nobody writes.
+    std::thread::sleep(Duration::from_secs(3));
+    let steady = writes.take();
+    assert!(
+        steady.is_empty(),
+        "registry writes in steady state: {steady:?}"
+    );
+
+    let before = n1_keys(&lab);
+    let out = lab.meshctl(&["lab", "rotate-key", "n1"]);
+    assert!(out.is_ok(), "n1's rotation completes: {out:?}");
+    // Anything a peer would still write about the rotation has had time to land.
+    std::thread::sleep(Duration::from_secs(2));
+    let during = writes.take();
+    let after = n1_keys(&lab);
+    assert!(
+        after.0 != before.0 && after.1 != before.1,
+        "both keys replaced: {before:?} -> {after:?}"
+    );
+    let n1 = during.get("n1").copied().unwrap_or(0);
+    assert!(
+        (1..=4).contains(&n1),
+        "n1 wrote its record {n1} times for one rotation (at most 4): {during:?}"
+    );
+    for peer in ["n2", "n3"] {
+        assert_eq!(
+            during.get(peer),
+            None,
+            "{peer} wrote into the registry for n1's rotation: {during:?}"
+        );
+    }
+    let record = std::fs::read_to_string(lab.record_path("n1").unwrap()).unwrap();
+    assert!(
+        !record.contains("acks") && !record.contains("rotation"),
+        "{record}"
+    );
+    // Both peers mesh with n1 on its new keys.
+    let st = lab.status().unwrap();
+    let n1_pod = pod_addrs(&st.pods[0]).unwrap().0.to_string();
+    for i in [1, 2] {
+        assert!(
+            integration::lab::ping(&st.pods[i], &n1_pod, 2),
+            "pod {i} reaches n1's pod after the rotation"
+        );
+    }
 }

@@ -30,14 +30,15 @@
 //!   progress. `serial` (≥ 1) changes with every step; `draining` (0, 1 or absent) is the slot
 //!   peers must stop sending on, because its key is about to be replaced; `replaced` (true or
 //!   absent) says that key was already replaced.
-//! * `acks` (object node name → serial): the rotation steps of other nodes this node has
-//!   applied. A rotating node moves to its next step only once every peer acknowledged.
+//! * `acks` (object node name → serial): written by meshd versions before 0.20, in which
+//!   every peer acknowledged every other node's rotation steps in its own record. It is no
+//!   longer written; a record that still carries it parses, and the field is ignored
+//!   (peers' readiness is now read from the data plane, see `docs/key-rotation.md`).
 //!
 //! Unknown extra fields are ignored, so version 1 can grow optional fields compatibly.
 //! [`NodeRecord::to_json`] writes compact JSON with the fields in the order above, so equal
 //! records always serialise to identical bytes.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -93,14 +94,14 @@ pub struct SlotKey {
 /// A step of a key rotation in progress.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct RotationStep {
-    /// Changes (grows) with every step; peers acknowledge it.
+    /// Changes (grows) with every step.
     pub serial: u64,
     /// The slot peers must not send on (its key is about to be or was just replaced).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub draining: Option<u8>,
     /// Whether the drained slot's key was already replaced. Until then the node may replace
-    /// it at any moment, so no pair may move onto that slot; after, a peer that acknowledged
-    /// the step holds the new key.
+    /// it at any moment, so no pair may move onto that slot; after, a peer that completed a
+    /// handshake with the node on that slot holds the new key.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub replaced: bool,
 }
@@ -112,8 +113,6 @@ pub struct Rotation {
     pub second: Option<SlotKey>,
     /// The step of this node's rotation in progress; `None` when idle.
     pub step: Option<RotationStep>,
-    /// Other nodes' rotation serials this node has applied, by node name.
-    pub acks: BTreeMap<String, u64>,
 }
 
 impl NodeRecord {
@@ -155,8 +154,6 @@ struct Wire<'a> {
     second_port: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
     rotation: Option<&'a RotationStep>,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    acks: &'a BTreeMap<String, u64>,
 }
 
 /// Whether `name` is a DNS-1123 subdomain.
@@ -184,7 +181,6 @@ impl NodeRecord {
             second_key: self.rotation.second.as_ref().map(|s| &s.public_key),
             second_port: self.rotation.second.map(|s| s.listen_port),
             rotation: self.rotation.step.as_ref(),
-            acks: &self.rotation.acks,
         };
         // Only strings, integers and arrays of Display-able values: serialisation cannot fail.
         serde_json::to_string(&wire)
@@ -262,10 +258,7 @@ impl NodeRecord {
             None | Some(Value::Null) => None,
             Some(v) => Some(parse_step(v).map_err(|r| fail(node, "rotation", r))?),
         };
-        let acks = match obj.get("acks") {
-            None | Some(Value::Null) => BTreeMap::new(),
-            Some(v) => parse_acks(v).map_err(|r| fail(node, "acks", r))?,
-        };
+        // `acks` (written by meshd before 0.20) is ignored, whatever it holds.
 
         Ok(NodeRecord {
             name,
@@ -273,7 +266,7 @@ impl NodeRecord {
             listen_port,
             endpoints,
             pod_cidrs,
-            rotation: Rotation { second, step, acks },
+            rotation: Rotation { second, step },
         })
     }
 
@@ -399,24 +392,6 @@ fn check_step(step: &RotationStep) -> Result<(), String> {
         Some(d) if d > 1 => Err(format!("draining must be slot 0 or 1, got {d}")),
         _ => Ok(()),
     }
-}
-
-/// Parses the acknowledgements object (node name → serial).
-pub fn parse_acks(v: &Value) -> Result<BTreeMap<String, u64>, String> {
-    let Value::Object(obj) = v else {
-        return Err(format!("expected an object, got {}", kind(v)));
-    };
-    obj.iter()
-        .map(|(k, v)| {
-            if !is_dns1123_subdomain(k) {
-                return Err(format!("{k:?} is not a node name"));
-            }
-            let n = v
-                .as_u64()
-                .ok_or_else(|| format!("ack for {k} must be a non-negative integer, got {v}"))?;
-            Ok((k.clone(), n))
-        })
-        .collect()
 }
 
 fn parse_port(v: Option<&Value>) -> Result<u16, String> {

@@ -130,7 +130,6 @@ mod tests {
                     draining: Some(d.into()),
                     replaced: false,
                 }),
-                acks: Default::default(),
             },
         }
     }

@@ -84,6 +84,10 @@ pub struct Claims {
     pub pod_cidrs: BTreeSet<IpNet>,
     /// Its endpoints.
     pub endpoints: BTreeSet<IpAddr>,
+    /// The slot its rotation was draining when last accepted: that slot's key may change in
+    /// the next record (the last step of a rotation publishes it with the drain lifted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draining: Option<u8>,
 }
 
 /// What this node accepted last: per node, the claims that are established (they win any
@@ -141,6 +145,7 @@ fn claims_of(r: &NodeRecord) -> Claims {
             .collect(),
         pod_cidrs: r.pod_cidrs.iter().map(IpNet::trunc).collect(),
         endpoints: r.endpoints.iter().map(IpAddr::to_canonical).collect(),
+        draining: r.rotation.step.and_then(|step| step.draining),
     }
 }
 
@@ -288,7 +293,11 @@ pub fn check_key_continuity(r: &NodeRecord, claims: &Claims) -> Result<(), Refus
         let Some(key) = r.slot(slot).map(|k| k.public_key) else {
             continue;
         };
-        if claims.keys.contains(&key) || replaced.map(usize::from) == Some(slot.index()) {
+        let was_draining = claims.draining.map(usize::from) == Some(slot.index());
+        if claims.keys.contains(&key)
+            || replaced.map(usize::from) == Some(slot.index())
+            || was_draining
+        {
             continue;
         }
         // A meshd that had one slot adds its second: a first key, not a changed one.
@@ -313,7 +322,7 @@ pub fn check_key_continuity(r: &NodeRecord, claims: &Claims) -> Result<(), Refus
             reason: format!(
                 "public key {key} replaces the established key(s) {known} outside the node's \
                  key rotation (a new key is accepted only in the rotation step that replaced \
-                 its slot)"
+                 its slot, or right after a step draining it)"
             ),
             holder: None,
         });

@@ -1,59 +1,75 @@
 //! The key-rotation driver: which step of a rotation this node is in and when it may take the
-//! next one. Pure: the daemon feeds it the records and carries out what it returns.
+//! next one. Pure: the daemon feeds it the records and what it read from its own WireGuard
+//! devices, and carries out what it returns. No peer writes anything for this node's rotation:
+//! its readiness is read from the data plane.
 //!
-//! A rotation replaces both of the node's keys, one slot at a time (see
-//! [`keyexchange::slots`]). For slot `s`:
+//! A rotation replaces both of the node's keys, one slot at a time (see [`keyexchange::slots`]),
+//! in four writes of the node's own record. For slot `s`:
 //! 1. **drain**: publish `draining: s` with a new serial. Every peer moves the traffic it sends
-//!    to this node onto the other slot (so does this node) and acknowledges the serial in its
-//!    own record.
-//! 2. **replace**: once every peer acknowledged (and a short grace period has let packets
-//!    already in flight on slot `s` land), generate the new key for `s`, program it and publish
-//!    it with a new serial, still draining `s`. Every peer programs the new key and
-//!    acknowledges.
-//! 3. the next slot is drained the same way (traffic moves back onto the fresh slot `s`), and
-//!    when the last slot is replaced and acknowledged, the drain is lifted.
+//!    to this node onto the other slot (so does this node). A peer is off slot `s` once this
+//!    node's slot-`s` device has received nothing from it for [`DRAIN_QUIET`], at least
+//!    [`DRAIN_MIN`] after the drain was published (the time a live peer's meshd takes to apply
+//!    a step; a peer still sending on `s` keeps the step waiting).
+//! 2. **replace**: once every peer is off slot `s`, generate the new key for `s`, program it and
+//!    publish it with a new serial, still draining `s`. Every peer programs the new key and
+//!    starts a handshake on slot `s` (the daemon pokes its own side too). A handshake completed
+//!    on this node's slot-`s` device after the new key took effect ([`Driver::key_replaced`])
+//!    proves the peer holds the new key: nothing else can complete one.
+//! 3. the next slot is drained the same way (traffic moves back onto the fresh slot `s`). Its
+//!    new key is published with the drain lifted: pairs use slot 0 unless a node drains it, so
+//!    nothing uses the last slot until its new key is held by both ends (when another node
+//!    drains the other slot at that moment, the key goes out still drained and the drain is
+//!    lifted after the proof: one write more). The rotation finishes when every peer proved
+//!    the last key too.
 //!
 //! Two nodes draining opposite slots are settled by name: pairs follow the drain of the name
 //! that sorts first ([`keyexchange::slots::pair_slot`]). A node does not start draining while
-//! an earlier name drains the other slot, nor while a later one does whose latest step it has
-//! not applied yet; if both start at the same moment, the later name withdraws its drain
-//! before it changed any key, and waits.
+//! an earlier name drains the other slot, nor while a later one does that has not replaced its
+//! key yet; if both start at the same moment, the later name withdraws its drain before it
+//! changed any key, and waits.
 //!
-//! Nothing ever sends on a slot whose key the other end may not hold: a peer that does not
-//! acknowledge a drain before [`STEP_TIMEOUT`] aborts the rotation before any key changed; a
-//! peer that does not acknowledge a new key keeps the pair on the other slot (the drain stays)
-//! until it does.
+//! Nothing ever sends on a slot whose key the other end may not hold: a peer that keeps sending
+//! on a drained slot for [`STEP_TIMEOUT`] aborts the rotation before any key changed; a peer
+//! that does not prove it holds a new key keeps the pair on the other slot (the drain stays)
+//! until it does. A peer with no entry on the slot's device has no tunnel with this node on it
+//! and is not waited for.
 //!
 //! The one exception is a **silent** peer: one with which no WireGuard session can exist on
 //! either slot, because no handshake completed within the silence window (by default
 //! WireGuard's own 180 s limit on a session's age; see [`silent_peers`]). Nothing of it can be
 //! in flight and nothing of ours can reach it, so a dead node cannot hold every other node's
-//! rotation hostage: a silent peer that has not acknowledged a step within [`SILENT_GRACE`] is
+//! rotation hostage: a silent peer that has not proved a new key within [`SILENT_GRACE`] is
 //! excused for the rest of the rotation (it leaves the excused set the moment it handshakes
 //! again, and is waited for from then on). When it comes back it programs the keys its peers
 //! publish then; until its meshd has read them, its handshakes on a replaced slot fail (they
 //! are dropped, never sent in clear).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use keyexchange::record::RotationStep;
 use keyexchange::slots::{yields_to, Slot};
 use keyexchange::NodeRecord;
 
-/// How long a drain waits for every peer's acknowledgement before the rotation is aborted.
+/// How long a drain waits for every peer to stop sending on the drained slot before the
+/// rotation is aborted (no key changed yet).
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a rotation waits for other nodes' rotations before it starts draining.
 pub const WAIT_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long a step waits for a silent peer's acknowledgement before it goes on without it.
+/// How long a step waits for a silent peer before it goes on without it.
 pub const SILENT_GRACE: Duration = Duration::from_secs(10);
 /// The default silence window: WireGuard rejects a session older than this
 /// (`REJECT_AFTER_TIME`, the audit's handshake window), so a peer that has not handshaken for
 /// this long has none.
 pub const DEFAULT_SILENCE: Duration = crate::audit::HANDSHAKE_WINDOW;
-/// After the last acknowledgement of a drain, how long packets already sent on the slot get
-/// to arrive before its key is replaced.
-pub const DRAIN_GRACE: Duration = Duration::from_millis(500);
+/// The least time between publishing a drain and replacing the slot's key: what a live
+/// peer's meshd gets to see the step and move its traffic, even when it sends nothing.
+pub const DRAIN_MIN: Duration = Duration::from_secs(1);
+/// How long the drained slot's device must have received nothing from a peer before the
+/// peer counts as off the slot (its packets already in flight have landed).
+pub const DRAIN_QUIET: Duration = Duration::from_millis(500);
+/// How often a step that waits on the data plane is polled (with a fresh device reading).
+pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Where the rotation stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -66,33 +82,50 @@ pub enum Phase {
         /// The slot to drain next.
         slot: Slot,
     },
-    /// `slot` is drained; waiting for every peer's acknowledgement.
+    /// `slot` is drained; waiting for every peer to stop sending on it.
     Draining {
         /// The drained slot.
         slot: Slot,
     },
-    /// `slot`'s key was replaced; waiting for every peer to program it.
+    /// `slot`'s key was replaced; waiting for every peer to handshake on it.
     Replaced {
         /// The slot whose key is new.
         slot: Slot,
     },
 }
 
-/// What the daemon must do now.
+/// What to do now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Nothing (yet).
     Wait,
     /// Publish this step (or the end of the rotation: `None`).
     Publish(Option<RotationStep>),
-    /// Generate, persist and program a new key for the slot, then publish this step.
-    Replace(Slot, RotationStep),
+    /// Generate, persist and program a new key for the slot, tell the driver when it took
+    /// effect ([`Driver::key_replaced`]), then publish the new key with this step (`None`:
+    /// with the drain lifted, when the last slot's key is replaced and nothing can use that
+    /// slot meanwhile; see [`Driver::poll`]).
+    Replace(Slot, Option<RotationStep>),
     /// The rotation finished: publish `None`, both keys are new.
     Finished,
     /// The rotation was abandoned before any key changed: publish `None`; the reason names the
     /// peers at fault.
     Aborted(String),
 }
+
+/// What this node's device of one slot reports about one peer node's entry on it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeerReading {
+    /// Bytes received from the peer on this slot.
+    pub rx_bytes: u64,
+    /// When the last handshake with the peer on this slot completed; `None` if never.
+    pub last_handshake: Option<SystemTime>,
+}
+
+/// One reading of the device of the slot the current step is about
+/// ([`Driver::evidence_slot`]), by peer node name; a peer with no entry on the device is
+/// absent.
+pub type SlotReading = BTreeMap<String, PeerReading>;
 
 /// The driver's state.
 #[derive(Debug, Clone)]
@@ -103,14 +136,21 @@ pub struct Driver {
     serial: u64,
     /// When the current step was published.
     since: Instant,
-    /// When every peer had acknowledged the current drain.
-    acked_at: Option<Instant>,
-    /// Peers not yet acknowledging the current step (for status).
+    /// Peers the current step waits for (for status).
     pending: Vec<String>,
     /// Peers with which no session exists now (as last read from the devices).
     silent: BTreeSet<String>,
     /// Silent peers this rotation stopped waiting for.
     excused: BTreeSet<String>,
+    /// The peers on the step's slot device at the last reading of this step (`None`: not
+    /// read yet during this step).
+    present: Option<BTreeSet<String>>,
+    /// Draining: per peer, the bytes received on the drained slot and since when unchanged.
+    quiet: BTreeMap<String, (u64, Instant)>,
+    /// Replaced: when the new key took effect on the device.
+    replaced_at: Option<SystemTime>,
+    /// Replaced: peers that handshook on the new key.
+    proven: BTreeSet<String>,
 }
 
 impl Default for Driver {
@@ -120,10 +160,13 @@ impl Default for Driver {
             then: None,
             serial: 0,
             since: Instant::now(),
-            acked_at: None,
             pending: Vec::new(),
             silent: BTreeSet::new(),
             excused: BTreeSet::new(),
+            present: None,
+            quiet: BTreeMap::new(),
+            replaced_at: None,
+            proven: BTreeSet::new(),
         }
     }
 }
@@ -140,6 +183,11 @@ pub struct Saved {
     pub serial: u64,
     /// The step this node publishes.
     pub step: Option<SavedStep>,
+    /// When the replaced slot's new key took effect (UNIX milliseconds); only a handshake
+    /// after it proves a peer holds the key. Absent from files written before 0.20: then
+    /// the time of the restart is used (later, so never wrong, only slower).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced_unix_ms: Option<u64>,
 }
 
 /// [`RotationStep`] as saved.
@@ -152,6 +200,11 @@ pub struct SavedStep {
     /// Whether the drained slot's key was replaced.
     #[serde(default)]
     pub replaced: bool,
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Driver {
@@ -167,21 +220,29 @@ impl Driver {
                 draining: s.draining.and_then(Slot::new),
                 replaced: s.replaced,
             }),
+            replaced_unix_ms: self.replaced_at.map(unix_ms),
         })
     }
 
-    /// A driver that carries on with `saved` (its timeouts start over at `now`), and the step
-    /// to publish.
-    pub fn resume(saved: &Saved, now: Instant) -> (Driver, Option<RotationStep>) {
+    /// A driver that carries on with `saved` (its timeouts start over at `now`, `wall_now`
+    /// being the same moment on the wall clock), and the step to publish.
+    pub fn resume(
+        saved: &Saved,
+        now: Instant,
+        wall_now: SystemTime,
+    ) -> (Driver, Option<RotationStep>) {
+        let replaced_at = matches!(saved.phase, Phase::Replaced { .. }).then(|| {
+            saved
+                .replaced_unix_ms
+                .map_or(wall_now, |ms| UNIX_EPOCH + Duration::from_millis(ms))
+        });
         let driver = Driver {
             phase: saved.phase,
             then: saved.then,
             serial: saved.serial,
             since: now,
-            acked_at: None,
-            pending: Vec::new(),
-            silent: BTreeSet::new(),
-            excused: BTreeSet::new(),
+            replaced_at,
+            ..Driver::default()
         };
         let step = saved.step.map(|s| RotationStep {
             serial: s.serial,
@@ -211,6 +272,47 @@ impl Driver {
         self.silent = silent;
     }
 
+    /// The slot whose device the current step reads its evidence from (see
+    /// [`Driver::observe_slot`]); `None` when the step needs none.
+    pub fn evidence_slot(&self) -> Option<Slot> {
+        match self.phase {
+            Phase::Draining { slot } | Phase::Replaced { slot } => Some(slot),
+            Phase::Idle | Phase::Waiting { .. } => None,
+        }
+    }
+
+    /// Feed a reading, taken at `now`, of the device of [`Driver::evidence_slot`].
+    pub fn observe_slot(&mut self, now: Instant, reading: &SlotReading) {
+        match self.phase {
+            Phase::Draining { .. } => {
+                for (name, r) in reading {
+                    let seen = self.quiet.entry(name.clone()).or_insert((r.rx_bytes, now));
+                    if seen.0 != r.rx_bytes {
+                        *seen = (r.rx_bytes, now);
+                    }
+                }
+            }
+            Phase::Replaced { .. } => {
+                if let Some(at) = self.replaced_at {
+                    self.proven.extend(
+                        reading
+                            .iter()
+                            .filter(|(_, r)| r.last_handshake.is_some_and(|h| h >= at))
+                            .map(|(name, _)| name.clone()),
+                    );
+                }
+            }
+            Phase::Idle | Phase::Waiting { .. } => return,
+        }
+        self.present = Some(reading.keys().cloned().collect());
+    }
+
+    /// The new key of the replaced slot took effect on its device at `at` (before the step
+    /// that publishes it): only a handshake completed since proves a peer holds it.
+    pub fn key_replaced(&mut self, at: SystemTime) {
+        self.replaced_at = Some(at);
+    }
+
     /// Whether a rotation is under way.
     pub fn busy(&self) -> bool {
         self.phase != Phase::Idle
@@ -227,7 +329,7 @@ impl Driver {
         self.phase = Phase::Waiting { slot: Slot::FIRST };
         self.then = Some(Slot::SECOND);
         self.since = now;
-        self.acked_at = None;
+        self.clear_evidence();
         self.pending.clear();
         self.excused.clear();
         true
@@ -238,10 +340,17 @@ impl Driver {
         self.serial
     }
 
+    fn clear_evidence(&mut self) {
+        self.present = None;
+        self.quiet.clear();
+        self.replaced_at = None;
+        self.proven.clear();
+    }
+
     fn step(&mut self, now: Instant, phase: Phase, draining: Option<Slot>) -> RotationStep {
         self.phase = phase;
         self.since = now;
-        self.acked_at = None;
+        self.clear_evidence();
         RotationStep {
             serial: self.next_serial(),
             draining: draining.map(u8::from),
@@ -254,11 +363,39 @@ impl Driver {
         self.then = None;
         self.pending.clear();
         self.excused.clear();
+        self.clear_evidence();
         Action::Aborted(reason)
     }
 
-    /// Advance as far as `me` and the `peers`' records allow. `me` is this node's record as
-    /// published (its step and keys included).
+    /// Whether `peer` is off the drained slot: at least [`DRAIN_MIN`] into the step, and the
+    /// slot's device has received nothing from it for [`DRAIN_QUIET`] (a peer with no entry
+    /// on the device sends nothing on it).
+    fn drained(&self, peer: &str, now: Instant) -> bool {
+        let Some(present) = &self.present else {
+            return false;
+        };
+        if now.duration_since(self.since) < DRAIN_MIN {
+            return false;
+        }
+        if !present.contains(peer) {
+            return true;
+        }
+        let quiet_since = self.quiet.get(peer).map_or(self.since, |q| q.1);
+        now.duration_since(quiet_since) >= DRAIN_QUIET
+    }
+
+    /// Whether `peer` proved it holds the replaced slot's new key (or has no tunnel with this
+    /// node on that slot).
+    fn holds_new_key(&self, peer: &str) -> bool {
+        match &self.present {
+            None => false,
+            Some(present) => self.proven.contains(peer) || !present.contains(peer),
+        }
+    }
+
+    /// Advance as far as `me`, the `peers`' records and the evidence fed since the step began
+    /// allow. `me` is this node's record as published (its step and keys included); call it
+    /// after a reconcile pass that applied `peers` succeeded.
     pub fn poll<'a>(
         &mut self,
         now: Instant,
@@ -266,14 +403,21 @@ impl Driver {
         peers: impl IntoIterator<Item = &'a NodeRecord>,
     ) -> Action {
         let peers: Vec<&NodeRecord> = peers.into_iter().filter(|p| p.name != me.name).collect();
-        let published = me.rotation.step.map_or(0, |s| s.serial);
         // A peer that handshook again is waited for again.
         self.excused.retain(|n| self.silent.contains(n));
         let waited = now.duration_since(self.since);
-        let pending: Vec<String> = peers
+        let ready = |d: &Driver, name: &str| match d.phase {
+            Phase::Draining { .. } => d.drained(name, now),
+            Phase::Replaced { .. } => d.holds_new_key(name),
+            Phase::Idle | Phase::Waiting { .. } => true,
+        };
+        let not_ready: Vec<String> = peers
             .iter()
-            .filter(|p| p.rotation.acks.get(&me.name).copied().unwrap_or(0) < published)
+            .filter(|p| !ready(self, &p.name))
             .map(|p| p.name.clone())
+            .collect();
+        let pending: Vec<String> = not_ready
+            .into_iter()
             .filter(|n| !self.excuse(n, waited))
             .collect();
         match self.phase {
@@ -296,21 +440,17 @@ impl Driver {
                 }
                 // Another node drains the other slot: pairs with it follow the drain of the
                 // name that sorts first. Wait for an earlier name. A later one is fine once it
-                // replaced that slot's key and this node applied the step (so both ends hold
-                // its new key); before, it may replace the key at any moment, and pairs
-                // moving onto the slot now would lose what they send.
+                // replaced that slot's key (this pass applied its step, so both ends hold
+                // it); before, it may replace the key at any moment, and pairs moving onto
+                // the slot now would lose what they send.
                 let blocked = peers.iter().any(|p| match (p.draining(), p.rotation.step) {
                     // A node that died in the middle of its own rotation blocks nobody.
                     _ if self.excuse(&p.name, waited) => false,
-                    (Some(d), Some(step)) if d != slot => {
-                        p.name < me.name
-                            || !step.replaced
-                            || me.rotation.acks.get(&p.name).copied() != Some(step.serial)
-                    }
+                    (Some(d), Some(step)) if d != slot => p.name < me.name || !step.replaced,
                     _ => false,
                 });
                 if blocked {
-                    if now.duration_since(self.since) > WAIT_TIMEOUT {
+                    if waited > WAIT_TIMEOUT {
                         return self.abort(format!(
                             "other nodes kept rotating for more than {} s",
                             WAIT_TIMEOUT.as_secs()
@@ -329,25 +469,40 @@ impl Driver {
                 }
                 self.pending = pending;
                 if !self.pending.is_empty() {
-                    if now.duration_since(self.since) > STEP_TIMEOUT {
+                    if waited > STEP_TIMEOUT {
                         let who = self.pending.join(", ");
                         return self.abort(format!(
-                            "peers did not move off slot {slot} within {} s: {who}; no key was changed",
+                            "peers did not move off slot {slot} within {} s (still sending on it, or this node could not read its device): {who}; no key was changed",
                             STEP_TIMEOUT.as_secs()
                         ));
                     }
                     return Action::Wait;
                 }
-                let acked = *self.acked_at.get_or_insert(now);
-                if now.duration_since(acked) < DRAIN_GRACE {
+                if self.present.is_none() || waited < DRAIN_MIN {
+                    // No peer at all, but the step still needs its reading and its minimum.
                     return Action::Wait;
                 }
+                // The last slot: when no peer drains the other one, no pair uses this slot
+                // once the drain is lifted (pairs use slot 0 unless a node drains it), and a
+                // node that starts draining the other slot later has applied the record with
+                // the new key first. So the new key goes out with the drain lifted, one write
+                // fewer; this node still waits for every peer's handshake on it before the
+                // rotation counts as finished. Otherwise the new key goes out still drained.
+                let others_drain_other = peers
+                    .iter()
+                    .any(|p| p.draining() == Some(slot.other()) && !self.excused.contains(&p.name));
+                if self.then.is_none() && slot != Slot::FIRST && !others_drain_other {
+                    self.phase = Phase::Replaced { slot };
+                    self.since = now;
+                    self.clear_evidence();
+                    return Action::Replace(slot, None);
+                }
                 let step = self.step(now, Phase::Replaced { slot }, Some(slot));
-                Action::Replace(slot, step)
+                Action::Replace(slot, Some(step))
             }
             Phase::Replaced { slot: _ } => {
                 self.pending = pending;
-                if !self.pending.is_empty() {
+                if !self.pending.is_empty() || self.present.is_none() {
                     // Never give up here: the drain keeps pairs off the new key until every
                     // peer holds it.
                     return Action::Wait;
@@ -356,11 +511,13 @@ impl Driver {
                     Some(next) => {
                         self.phase = Phase::Waiting { slot: next };
                         self.since = now;
+                        self.clear_evidence();
                         self.poll(now, me, peers)
                     }
                     None => {
                         self.phase = Phase::Idle;
                         self.excused.clear();
+                        self.clear_evidence();
                         Action::Finished
                     }
                 }
@@ -384,23 +541,13 @@ impl Driver {
         false
     }
 
-    /// A deadline by which [`Driver::poll`] should run again, if the driver waits on time
-    /// rather than on records.
+    /// A deadline by which [`Driver::poll`] should run again (with a fresh reading), if the
+    /// driver waits on time or on the data plane rather than on records.
     pub fn wake_at(&self) -> Option<Instant> {
         match self.phase {
             Phase::Idle => None,
-            Phase::Draining { .. } => {
-                let grace = (self.since + SILENT_GRACE).max(Instant::now());
-                Some(
-                    self.acked_at
-                        .map_or(self.since + STEP_TIMEOUT, |a| a + DRAIN_GRACE)
-                        .min(self.since + STEP_TIMEOUT)
-                        .min(grace),
-                )
-            }
-            Phase::Waiting { .. } | Phase::Replaced { .. } => {
-                Some(Instant::now() + Duration::from_secs(1))
-            }
+            Phase::Draining { .. } | Phase::Replaced { .. } => Some(Instant::now() + POLL_INTERVAL),
+            Phase::Waiting { .. } => Some(Instant::now() + Duration::from_secs(1)),
         }
     }
 }

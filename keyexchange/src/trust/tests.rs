@@ -482,6 +482,33 @@ fn an_established_nodes_key_changes_only_through_its_own_rotation() {
     let done = admit(&with(&records, idle), &me, &policy, &a1.established);
     assert!(done.refused.is_empty(), "{:?}", done.refused);
 
+    // The rotation's last write: slot 1 drained (not replaced), then its new key published
+    // with the drain lifted. Accepted right after the drain, refused without it.
+    let mut drain1 = with_second(step0_of(&records), 43);
+    drain1.rotation.step = Some(crate::record::RotationStep {
+        replaced: false,
+        ..replaced_step(1)
+    });
+    let d = admit(
+        &with(&records, drain1.clone()),
+        &me,
+        &policy,
+        &a0.established,
+    );
+    assert!(d.refused.is_empty(), "{:?}", d.refused);
+    let mut lifted = with_second(drain1, 75);
+    lifted.rotation.step = None;
+    let l = admit(
+        &with(&records, lifted.clone()),
+        &me,
+        &policy,
+        &d.established,
+    );
+    assert!(l.refused.is_empty(), "{:?}", l.refused);
+    let skipped = admit(&with(&records, lifted), &me, &policy, &a0.established);
+    assert_eq!(refused_names(&skipped), vec!["n3"], "{:?}", skipped.refused);
+    assert_eq!(skipped.refused[0].field, "secondKey");
+
     // A meshd with one slot that gains its second: a first key, accepted.
     let single = map([me.clone(), honest(2), honest(3)]);
     let s = admit(&single, &me, &policy, &Established::default());
@@ -492,6 +519,14 @@ fn an_established_nodes_key_changes_only_through_its_own_rotation() {
         &s.established,
     );
     assert!(upgraded.refused.is_empty(), "{:?}", upgraded.refused);
+}
+
+/// n3's record from `records` with its slot-0 key replaced by the rotation above (key 70).
+fn step0_of(records: &BTreeMap<String, NodeRecord>) -> NodeRecord {
+    let mut r = records["n3"].clone();
+    r.public_key = key(70);
+    r.rotation.step = None;
+    r
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! The event loop: waits for whatever can change the desired state (a registry event, new
 //! settings, the API servers' endpoints, a rotation command or its schedule, a tunnel coming
 //! up or down, a resync or retry tick), folds it into the state, and runs a reconcile pass;
-//! then acknowledges rotation steps, drives this node's rotation, follows the CNI
+//! then pokes other nodes' new keys, drives this node's rotation, follows the CNI
 //! configuration's readiness and publishes the status. This node's record is handed to the
 //! [`Publisher`] task, never written from here: a silent API server cannot hold a pass up.
 
@@ -15,7 +15,9 @@ use tokio::sync::mpsc;
 use super::args::PodSteering;
 use super::context::Context;
 use super::devices::current_guard_interfaces;
-use super::key_rotation::{drive_rotation, rotation_retry_due, start_rotation, update_acks};
+use super::key_rotation::{
+    drive_rotation, poke_rotating_peers, rotation_retry_due, start_rotation,
+};
 use super::liveness::track_liveness;
 use super::pass::pass;
 use super::publisher::Publisher;
@@ -290,9 +292,9 @@ async fn reconcile(ctx: &Context, state: &mut State) -> (bool, Option<tokio::tim
     let outcome = pass(ctx, state).await;
     let converged = outcome.is_ok();
     if converged {
-        // Acknowledge the rotation steps just applied, then let this node's own rotation
-        // take its next step.
-        state.republish |= update_acks(ctx, &state.registry.records);
+        // Start a handshake on other nodes' keys just replaced (their proof that this node
+        // holds them), then let this node's own rotation take its next step.
+        poke_rotating_peers(ctx, &mut state.rotation, &state.registry.records).await;
         if drive_rotation(ctx, &mut state.rotation, &state.registry.records).await {
             state.republish = true;
         }

@@ -1,13 +1,17 @@
-//! Key rotation glue: starts this node's rotation (on schedule or on demand), acknowledges
-//! other nodes' steps, lets the driver ([`crate::rotation`]) take its next step, replaces a
-//! drained slot's key, and keeps the rotation under way in the state directory.
+//! Key rotation glue: starts this node's rotation (on schedule or on demand), pokes a
+//! handshake on other nodes' freshly replaced keys (the data-plane proof their rotation waits
+//! for; nothing is written into the registry for them), reads the evidence this node's own
+//! rotation waits for from its devices, lets the driver ([`crate::rotation`]) take its next
+//! step, replaces a drained slot's key, and keeps the rotation under way in the state
+//! directory.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use keyexchange::slots::Slot;
 use keyexchange::{NodeRecord, PrivateKey, PublicKey};
+use netlink::model::{PeerChange, PeerConfig};
 
 use super::context::{Context, KEY_FILES};
 use super::state::RotationBook;
@@ -73,20 +77,148 @@ pub(super) fn start_rotation(book: &mut RotationBook, why: &str) {
     }
 }
 
-/// This node's acknowledgements: the serial of every other node's rotation step in progress,
-/// as applied by the reconcile pass that just succeeded. True when they changed.
-pub(super) fn update_acks(ctx: &Context, records: &BTreeMap<String, NodeRecord>) -> bool {
-    let me = ctx.me();
-    let acks: BTreeMap<String, u64> = records
-        .values()
-        .filter(|r| r.name != me.name)
-        .filter_map(|r| r.rotation.step.map(|s| (r.name.clone(), s.serial)))
-        .collect();
-    if acks == me.rotation.acks {
-        return false;
+/// The keepalive interval a poke sets for a moment (the next pass restores the configured
+/// one): going from off (0) to on makes both the kernel and `meshd-wg` send a keepalive at
+/// once, which starts a handshake when the peer entry has no session.
+const POKE_KEEPALIVE: u16 = 1;
+/// How often this node pokes again the peers that have not yet proved its new key (the
+/// devices retransmit a handshake initiation for about 90 s on their own).
+const REPOKE_INTERVAL: Duration = Duration::from_secs(20);
+
+/// Start a handshake now with each of `keys` on `slot`'s device: a keepalive goes out at
+/// once and, as a fresh or re-keyed peer entry holds no session, a handshake initiation
+/// with it. Only peers already programmed are touched, with their programmed endpoint and
+/// allowed IPs. Returns how many were poked.
+async fn poke(ctx: &Context, slot: Slot, keys: &BTreeSet<PublicKey>) -> anyhow::Result<usize> {
+    if keys.is_empty() {
+        return Ok(0);
     }
-    ctx.update_me(|m| m.rotation.acks = acks);
-    true
+    let device = ctx.device(slot).read().await;
+    let status = device.status().await.context("reading the device")?;
+    let changes: Vec<PeerChange> = status
+        .peers
+        .iter()
+        .filter(|p| keys.contains(&PublicKey::from_bytes(p.public_key)))
+        .flat_map(|p| {
+            let off = PeerConfig {
+                public_key: p.public_key,
+                endpoint: p.endpoint,
+                allowed_ips: p.allowed_ips.clone(),
+                persistent_keepalive: Some(0),
+            };
+            let on = PeerConfig {
+                persistent_keepalive: Some(POKE_KEEPALIVE),
+                ..off.clone()
+            };
+            [PeerChange::Upsert(off), PeerChange::Upsert(on)]
+        })
+        .collect();
+    device.apply(&changes).await.context("poking peers")?;
+    Ok(changes.len() / 2)
+}
+
+/// Other nodes' rotations: for each peer node whose published key changed since the last
+/// converged pass (which just programmed the new one), start a handshake with that key on
+/// its slot. The handshake is the proof that node's rotation waits for; nothing is written
+/// into the registry. A node seen for the first time is not poked.
+pub(super) async fn poke_rotating_peers(
+    ctx: &Context,
+    book: &mut RotationBook,
+    records: &BTreeMap<String, NodeRecord>,
+) {
+    let me = ctx.me();
+    book.seen_keys.retain(|name, _| records.contains_key(name));
+    let mut due: [BTreeSet<PublicKey>; 2] = Default::default();
+    for r in records.values().filter(|r| r.name != me.name) {
+        let keys = keyexchange::slots::SLOTS.map(|slot| r.slot(slot).map(|k| k.public_key));
+        if let Some(before) = book.seen_keys.insert(r.name.clone(), keys) {
+            for slot in keyexchange::slots::SLOTS {
+                match keys[slot.index()] {
+                    Some(key) if before[slot.index()] != Some(key) => {
+                        due[slot.index()].insert(key);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    for slot in keyexchange::slots::SLOTS {
+        match poke(ctx, slot, &due[slot.index()]).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(%slot, peers = n, "poked a handshake on peers' new keys"),
+            Err(err) => {
+                // The peer's own pokes and the devices' retransmissions still get there.
+                tracing::warn!(%slot, error = %format!("{err:#}"), "poking a handshake on peers' new keys failed");
+            }
+        }
+    }
+}
+
+/// The current step's evidence from this node's device of `slot`: per peer node, what its
+/// entry there reports. `None` when the device cannot be read.
+async fn read_slot(
+    ctx: &Context,
+    slot: Slot,
+    records: &BTreeMap<String, NodeRecord>,
+    me: &str,
+) -> Option<rotation::SlotReading> {
+    let status = match ctx.device(slot).read().await.status().await {
+        Ok(s) => s,
+        Err(err) => {
+            tracing::warn!(%slot, %err, "key rotation: reading the device failed");
+            return None;
+        }
+    };
+    let by_key: BTreeMap<[u8; 32], &netlink::model::PeerStatus> =
+        status.peers.iter().map(|p| (p.public_key, p)).collect();
+    Some(
+        records
+            .values()
+            .filter(|r| r.name != me)
+            .filter_map(|r| {
+                let key = r.slot(slot)?.public_key;
+                let p = by_key.get(key.as_bytes())?;
+                Some((
+                    r.name.clone(),
+                    rotation::PeerReading {
+                        rx_bytes: p.rx_bytes,
+                        last_handshake: p.last_handshake,
+                    },
+                ))
+            })
+            .collect(),
+    )
+}
+
+/// While this node's new key waits for proof: poke the peers that have not handshaken on
+/// it, at most every [`REPOKE_INTERVAL`].
+async fn repoke_pending(
+    ctx: &Context,
+    book: &mut RotationBook,
+    records: &BTreeMap<String, NodeRecord>,
+) {
+    let Some(slot) = book.driver.evidence_slot() else {
+        return;
+    };
+    if !matches!(book.driver.phase(), rotation::Phase::Replaced { .. })
+        || book.poked_at.is_some_and(|t| t.elapsed() < REPOKE_INTERVAL)
+    {
+        return;
+    }
+    let keys: BTreeSet<PublicKey> = book
+        .driver
+        .pending()
+        .iter()
+        .filter_map(|n| records.get(n)?.slot(slot))
+        .map(|k| k.public_key)
+        .collect();
+    if keys.is_empty() {
+        return;
+    }
+    book.poked_at = Some(Instant::now());
+    if let Err(err) = poke(ctx, slot, &keys).await {
+        tracing::warn!(%slot, error = %format!("{err:#}"), "key rotation: poking peers failed");
+    }
 }
 
 /// Take this node's next rotation step, if the peers allow it. True when the record changed.
@@ -109,6 +241,11 @@ pub(super) async fn drive_rotation(
             )
         });
     book.driver.observe_silent(silent);
+    if let Some(slot) = book.driver.evidence_slot() {
+        if let Some(reading) = read_slot(ctx, slot, records, &me.name).await {
+            book.driver.observe_slot(Instant::now(), &reading);
+        }
+    }
     let excused_before: BTreeSet<String> = book.driver.excused().map(String::from).collect();
     let action = book
         .driver
@@ -121,11 +258,12 @@ pub(super) async fn drive_rotation(
         tracing::warn!(
             %peer,
             silence_s = ctx.args.rotation.rotation_silence.as_secs(),
-            "key rotation goes on without a silent peer (no acknowledgement, no handshake)"
+            "key rotation goes on without a silent peer (no handshake on the new key, none on either slot)"
         );
     }
     let changed = !matches!(action, Action::Wait);
     let republish = drive_action(ctx, book, action).await;
+    repoke_pending(ctx, book, records).await;
     if changed {
         save_rotation(ctx, book);
     }
@@ -142,9 +280,14 @@ async fn drive_action(ctx: &Context, book: &mut RotationBook, action: Action) ->
             true
         }
         Action::Replace(slot, step) => {
+            let serial = step.map(|s| s.serial);
             match replace_key(ctx, slot).await {
                 Ok(public_key) => {
-                    tracing::info!(%slot, %public_key, serial = step.serial, "key rotation: new key in use on the drained slot");
+                    // Every session on the slot ended with the old key: from now on, a
+                    // completed handshake there is one with the new key.
+                    book.driver.key_replaced(SystemTime::now());
+                    book.poked_at = None;
+                    tracing::info!(%slot, %public_key, ?serial, "key rotation: new key in use on the drained slot");
                     ctx.update_me(|m| {
                         match slot {
                             Slot::FIRST => m.public_key = public_key,
@@ -154,12 +297,12 @@ async fn drive_action(ctx: &Context, book: &mut RotationBook, action: Action) ->
                                 }
                             }
                         }
-                        m.rotation.step = Some(step);
+                        m.rotation.step = step;
                     });
                 }
                 Err(err) => {
-                    // Nothing changed on the device: publish the step anyway (peers ack it
-                    // unchanged) and let the rotation end as an error.
+                    // Nothing changed on the device: publish the step anyway (peers poke the
+                    // unchanged key) and let the rotation end as an error.
                     tracing::error!(%slot, error = %format!("{err:#}"), "key rotation: replacing the key failed");
                     book.driver = Driver::default();
                     finish_rotation(

@@ -246,7 +246,11 @@ async fn prepare_record<R: Registry>(
         me.pod_cidrs = claim_pod_cidrs(args, registry, events, initial, &me).await?;
     }
     let resumed = load_rotation(&args.state_dir).map(|saved| {
-        let (driver, step) = Driver::resume(&saved, std::time::Instant::now());
+        let (driver, step) = Driver::resume(
+            &saved,
+            std::time::Instant::now(),
+            std::time::SystemTime::now(),
+        );
         tracing::info!(phase = ?saved.phase, ?step, "resuming the key rotation under way");
         me.rotation.step = step;
         driver

@@ -118,6 +118,11 @@ pub(super) struct RotationBook {
     pub handshakes: Option<BTreeMap<PublicKey, Option<SystemTime>>>,
     /// The slot each peer node's traffic uses now.
     pub peer_slots: BTreeMap<String, Slot>,
+    /// Every peer node's published keys (slot 0, slot 1) as last seen after a converged
+    /// pass: a key that changed gets a handshake poked on it.
+    pub seen_keys: BTreeMap<String, [Option<PublicKey>; 2]>,
+    /// When this node last poked the peers that have not proved its own new key.
+    pub poked_at: Option<std::time::Instant>,
     /// Rotations finished.
     pub rotations: u64,
     /// Rotations abandoned.

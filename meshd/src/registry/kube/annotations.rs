@@ -4,8 +4,8 @@
 //!
 //! # The eight annotations
 //!
-//! All of meshd's annotations share the prefix [`ANNOTATION_PREFIX`] (`meshd.io/`); meshd writes
-//! these eight ([`ANNOTATIONS`]) and no others:
+//! All of meshd's annotations share the prefix [`ANNOTATION_PREFIX`] (`meshd.io/`); meshd owns
+//! these eight ([`ANNOTATIONS`]), writes the first seven and no others:
 //!
 //! | annotation                 | holds | record field |
 //! |----------------------------|-------|--------------|
@@ -16,10 +16,12 @@
 //! | `meshd.io/second-key`      | the public key of the node's second key slot, standard base64; optional, only together with `second-port` | `secondKey` |
 //! | `meshd.io/second-port`     | the listen port of the second key slot, decimal 1–65535; optional, only together with `second-key` | `secondPort` |
 //! | `meshd.io/rotation`        | the step of a key rotation in progress, JSON `{"serial":N,"draining":S,"replaced":true}`; absent when idle | `rotation` |
-//! | `meshd.io/rotation-acks`   | the rotation steps of other nodes this node applied, JSON object node → serial; absent when empty | `acks` |
+//! | `meshd.io/rotation-acks`   | written only by meshd before 0.20 (the rotation steps of other nodes that node applied); ignored when read, removed at the node's next publish | (none) |
 //!
 //! The key-rotation annotations (the last four) are optional and removed when empty; see
-//! [`keyexchange::record`] for what they mean. The rest of the record comes from fields the
+//! [`keyexchange::record`] for what they mean. A rotating node proves its peers' readiness from
+//! its own WireGuard devices (handshakes on its new key), so no node writes into its record
+//! for another node's rotation. The rest of the record comes from fields the
 //! kubelet and the node IPAM / cloud controller own, which meshd never writes:
 //!
 //! | record field | source on the `Node` |
@@ -68,7 +70,8 @@ pub const SECOND_KEY_ANNOTATION: &str = "meshd.io/second-key";
 pub const SECOND_PORT_ANNOTATION: &str = "meshd.io/second-port";
 /// Annotation holding the step of a key rotation in progress (JSON).
 pub const ROTATION_ANNOTATION: &str = "meshd.io/rotation";
-/// Annotation holding the rotation steps of other nodes this node applied (JSON object).
+/// Annotation in which meshd before 0.20 acknowledged other nodes' rotation steps; no longer
+/// written or read, and listed in [`ANNOTATIONS`] so that a publish removes a stale one.
 pub const ROTATION_ACKS_ANNOTATION: &str = "meshd.io/rotation-acks";
 /// Every annotation meshd writes; a node with none of them is not a peer.
 pub const ANNOTATIONS: [&str; 8] = [
@@ -252,7 +255,7 @@ fn record_from_node(
 fn rotation_from(
     annotations: &BTreeMap<String, String>,
 ) -> Result<keyexchange::record::Rotation, (&'static str, String)> {
-    use keyexchange::record::{parse_acks, parse_step, Rotation, SlotKey};
+    use keyexchange::record::{parse_step, Rotation, SlotKey};
     let get = |k: &str| annotations.get(k).map(|v| v.trim());
     let second = match (get(SECOND_KEY_ANNOTATION), get(SECOND_PORT_ANNOTATION)) {
         (None, None) => None,
@@ -286,12 +289,8 @@ fn rotation_from(
             Some(parse_step(&json(ROTATION_ANNOTATION, t)?).map_err(|r| (ROTATION_ANNOTATION, r))?)
         }
     };
-    let acks = match get(ROTATION_ACKS_ANNOTATION) {
-        None => BTreeMap::new(),
-        Some(t) => parse_acks(&json(ROTATION_ACKS_ANNOTATION, t)?)
-            .map_err(|r| (ROTATION_ACKS_ANNOTATION, r))?,
-    };
-    Ok(Rotation { second, step, acks })
+    // `meshd.io/rotation-acks` from a meshd before 0.20 is ignored, whatever it holds.
+    Ok(Rotation { second, step })
 }
 
 /// A node's InternalIP addresses and pod CIDRs, or the offending field and why.
@@ -363,12 +362,6 @@ pub fn record_annotations(record: &NodeRecord) -> BTreeMap<&'static str, String>
         out.insert(
             ROTATION_ANNOTATION,
             serde_json::to_string(&step).unwrap_or_default(),
-        );
-    }
-    if !r.acks.is_empty() {
-        out.insert(
-            ROTATION_ACKS_ANNOTATION,
-            serde_json::to_string(&r.acks).unwrap_or_default(),
         );
     }
     out
@@ -530,7 +523,6 @@ pub(crate) mod tests {
                 draining: Some(0),
                 replaced: true,
             }),
-            acks: BTreeMap::from([("n2".to_string(), 4)]),
         };
         let published = record_annotations(&record);
         assert!(
@@ -545,6 +537,25 @@ pub(crate) mod tests {
             panic!("expected a peer");
         };
         assert_eq!(back, record);
+        assert!(!record_annotations(&back).contains_key(ROTATION_ACKS_ANNOTATION));
+    }
+
+    #[test]
+    fn acks_left_by_an_older_meshd_are_ignored() {
+        let mut n = good_node();
+        let NodeState::Peer(plain) = node_state(&n) else {
+            panic!("expected a peer");
+        };
+        for stale in [r#"{"n2":4}"#, "not json"] {
+            n.metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(ROTATION_ACKS_ANNOTATION.to_string(), stale.to_string());
+            let NodeState::Peer(back) = node_state(&n) else {
+                panic!("a record with stale acks {stale:?} is still a peer");
+            };
+            assert_eq!(back, plain);
+        }
     }
 
     #[test]

@@ -59,7 +59,6 @@ fn record(i: u8, spec: &NodeSpec) -> NodeRecord {
                 draining: Some(d.into()),
                 replaced: false,
             }),
-            acks: Default::default(),
         },
     }
 }
