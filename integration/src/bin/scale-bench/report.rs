@@ -50,16 +50,14 @@ pub(crate) struct WriteWindow {
 #[derive(Debug, Default, Serialize)]
 pub(crate) struct RotationResult {
     pub(crate) duration_s: f64,
-    /// Rotation steps the simulated nodes published, each acknowledged by every real agent.
+    /// Rotation steps the simulated nodes published (every agent programming them after).
     pub(crate) simulated_steps_done: u32,
     pub(crate) simulated_steps_planned: u32,
     /// Outcome of each real agent's rotation (`meshctl lab rotate-key`).
     pub(crate) real_outcomes: Vec<String>,
     /// Writes of the simulated nodes' own rotation steps.
     pub(crate) simulated_step_writes: u64,
-    /// Writes of acknowledgements of the real agents' steps into simulated records.
-    pub(crate) simulated_ack_writes: u64,
-    /// Writes of the real agents' records (their steps and their acknowledgements).
+    /// Writes of the real agents' records (their own steps only).
     pub(crate) agent_writes: u64,
     /// All of them per node (simulated and real) for one rotation each.
     pub(crate) writes_per_node_per_rotation: f64,
@@ -283,10 +281,9 @@ impl Report {
             );
             let _ = writeln!(
                 s,
-                "  writes: {} simulated steps, {} acks by simulated nodes, {} by agents = {:.2} \
+                "  writes: {} simulated steps, {} by agents = {:.2} \
                  per node per rotation; {} watch events per agent",
                 r.simulated_step_writes,
-                r.simulated_ack_writes,
                 r.agent_writes,
                 r.writes_per_node_per_rotation,
                 r.watch_events_per_agent

@@ -59,8 +59,6 @@ pub(crate) struct SimNode {
     pub(crate) generation: [u32; 2],
     /// The rotation step published, if any.
     pub(crate) step: Option<RotationStep>,
-    /// Acknowledgements of other nodes' rotation steps, as in a record's `acks`.
-    pub(crate) acks: BTreeMap<String, u64>,
 }
 
 impl SimNode {
@@ -69,7 +67,6 @@ impl SimNode {
             index,
             generation: [0, 0],
             step: None,
-            acks: BTreeMap::new(),
         }
     }
 
@@ -102,14 +99,13 @@ impl SimNode {
                     listen_port: PORTS[1],
                 }),
                 step: self.step,
-                acks: self.acks.clone(),
             },
         }
     }
 
-    /// Moves to rotation step `k` (1..=5) of a rotation of both slots, as meshd does it: drain
-    /// slot 0, replace its key, drain slot 1, replace its key, lift the drain. Serials grow
-    /// across rotations.
+    /// Moves to rotation step `k` (1..=4) of a rotation of both slots, as meshd does it: drain
+    /// slot 0, replace its key, drain slot 1, publish its new key with the drain lifted.
+    /// Serials grow across rotations.
     pub(crate) fn rotation_step(&mut self, k: u32, serial: u64) {
         self.step = match k {
             1 | 3 => Some(RotationStep {
@@ -117,14 +113,18 @@ impl SimNode {
                 draining: Some(if k == 1 { 0 } else { 1 }),
                 replaced: false,
             }),
-            2 | 4 => {
-                let slot = if k == 2 { 0 } else { 1 };
-                self.generation[slot] += 1;
+            2 => {
+                self.generation[0] += 1;
                 Some(RotationStep {
                     serial,
-                    draining: Some(slot as u8),
+                    draining: Some(0),
                     replaced: true,
                 })
+            }
+            4 => {
+                // The last key goes out with the drain lifted.
+                self.generation[1] += 1;
+                None
             }
             _ => None,
         };
@@ -217,19 +217,40 @@ mod tests {
     }
 
     #[test]
-    fn a_rotation_replaces_both_keys_and_ends_idle() {
+    fn a_rotation_replaces_both_keys_ends_idle_and_keeps_the_node_trusted() {
+        use keyexchange::trust::{admit, Established, TrustPolicy};
+        let policy = TrustPolicy {
+            cluster_pools: vec![
+                "10.244.0.0/16".parse().unwrap(),
+                "fd00:244::/48".parse().unwrap(),
+            ],
+            service_ranges: vec![],
+        };
+        let me = SimNode::new(1).record(10);
         let mut n = SimNode::new(7);
         let before = n.record(10);
-        for k in 1..=5 {
+        let records =
+            |r: NodeRecord| BTreeMap::from([(me.name.clone(), me.clone()), (r.name.clone(), r)]);
+        let mut memory = admit(
+            &records(before.clone()),
+            &me,
+            &policy,
+            &Established::default(),
+        )
+        .established;
+        for k in 1..=4 {
             n.rotation_step(k, u64::from(k));
             let r = n.record(10);
             assert!(NodeRecord::from_json(&r.name, &r.to_json()).is_ok());
             match k {
                 1 => assert_eq!(r.public_key, before.public_key),
                 2 => assert_ne!(r.public_key, before.public_key),
-                5 => assert!(r.rotation.step.is_none()),
-                _ => assert_eq!(r.draining().map(|s| s.index()), Some(1)),
+                3 => assert_eq!(r.draining().map(|s| s.index()), Some(1)),
+                _ => assert!(r.rotation.step.is_none()),
             }
+            let a = admit(&records(r), &me, &policy, &memory);
+            assert!(a.refused.is_empty(), "step {k}: {:?}", a.refused);
+            memory = a.established;
         }
         assert_ne!(n.record(10).rotation.second, before.rotation.second);
     }
