@@ -45,6 +45,7 @@ use aya::{
     util::KernelVersion,
     EbpfError, EbpfLoader,
 };
+mod carry;
 mod cls_bpf;
 mod pod;
 pub mod policy;
@@ -53,7 +54,8 @@ mod verdicts;
 
 pub use pod::{PodDatapath, PodSource};
 use pod::{PodProgram, SourceMaps};
-pub use sizes::MapSizes;
+pub use carry::Resized;
+pub use sizes::{MapSizes, DEFAULT_CIDRS_PER_NODE, DEFAULT_MAX_NODES};
 
 use cls_bpf::Hook;
 pub use ebpf_redirect_common::Config;
@@ -137,6 +139,19 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// Whether this is a map insert refused because the map is full (`ENOSPC`, or `E2BIG`
+    /// from a full hash map): the entry does not fit, nothing else is wrong.
+    pub fn is_map_full(&self) -> bool {
+        let code = match self {
+            Error::Map(MapError::SyscallError(e)) => e.io_error.raw_os_error(),
+            Error::MapEntry { source, .. } => source.raw_os_error(),
+            _ => None,
+        };
+        matches!(code, Some(libc::ENOSPC) | Some(libc::E2BIG))
+    }
+}
+
 /// Priority of meshd's clsact filters on kernels without TCX.
 pub const NETLINK_PRIORITY: u16 = 1;
 /// Handle of meshd's clsact filters on kernels without TCX (`0:6d65`, "me").
@@ -184,6 +199,7 @@ pub struct Datapath {
     config: Array<MapData, Config>,
     verdicts: PerCpuArray<MapData, u64>,
     policy: policy::PolicyMaps,
+    resized: Vec<Resized>,
 }
 
 impl std::fmt::Debug for Datapath {
@@ -229,7 +245,8 @@ impl Datapath {
     }
 
     /// Like [`Datapath::load`] with map sizes other than the defaults (a pinned map of
-    /// another size is replaced, see [`sizes`]).
+    /// another size is replaced, see [`sizes`]; the per-node maps are filled from the old
+    /// ones before this returns, so before the caller attaches: see [`Datapath::resized`]).
     pub fn load_sized(pin_dir: impl AsRef<Path>, sizes: &MapSizes) -> Result<Self> {
         Self::load_bytes_sized(BPF_OBJECT, pin_dir, sizes)
     }
@@ -249,8 +266,8 @@ impl Datapath {
         fs::create_dir_all(dir)?;
         // A shorter VERDICTS of an older object: its counts are carried over (and its pin
         // goes), then every other map of another size is retired.
-        let carried = verdicts::take_short(dir)?;
-        sizes::retire_mismatched_pins(dir, sizes)?;
+        let counts = verdicts::take_short(dir)?;
+        let (_, carried) = sizes::retire_mismatched_pins(dir, sizes)?;
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(dir);
         for (name, max_entries) in sizes.entries() {
@@ -273,9 +290,11 @@ impl Datapath {
         }
         drop(ebpf); // everything we need is pinned now
         let mut dp = Self::adopt(dir)?;
-        if let Some(counts) = carried {
+        if let Some(counts) = counts {
             verdicts::restore(&mut dp.verdicts, &counts)?;
         }
+        // Fill before anyone attaches the new programs (see `carry`).
+        dp.resized = carry::fill(&mut dp, carried)?;
         Ok(dp)
     }
 
@@ -297,7 +316,19 @@ impl Datapath {
             config: open_map(dir, mn::CONFIG)?.try_into()?,
             verdicts: open_map(dir, mn::VERDICTS)?.try_into()?,
             policy: policy::PolicyMaps::open(dir)?,
+            resized: Vec::new(),
         })
+    }
+
+    /// The per-node maps the last [`Datapath::load_sized`] replaced because their size
+    /// changed, with how many entries were carried over (and how many did not fit).
+    pub fn resized(&self) -> &[Resized] {
+        &self.resized
+    }
+
+    /// `max_entries` of the pinned map `name` (a name of [`ebpf_redirect_common::map_names`]).
+    pub fn max_entries(&self, name: &str) -> Result<u32> {
+        Ok(MapData::from_pin(self.pin_dir.join(name))?.info()?.max_entries())
     }
 
     /// The bpffs directory holding the pins.
