@@ -52,9 +52,9 @@ pub mod policy;
 pub mod sizes;
 mod verdicts;
 
+pub use carry::Resized;
 pub use pod::{PodDatapath, PodSource};
 use pod::{PodProgram, SourceMaps};
-pub use carry::Resized;
 pub use sizes::{MapSizes, DEFAULT_CIDRS_PER_NODE, DEFAULT_MAX_NODES};
 
 use cls_bpf::Hook;
@@ -328,7 +328,9 @@ impl Datapath {
 
     /// `max_entries` of the pinned map `name` (a name of [`ebpf_redirect_common::map_names`]).
     pub fn max_entries(&self, name: &str) -> Result<u32> {
-        Ok(MapData::from_pin(self.pin_dir.join(name))?.info()?.max_entries())
+        Ok(MapData::from_pin(self.pin_dir.join(name))?
+            .info()?
+            .max_entries())
     }
 
     /// The bpffs directory holding the pins.

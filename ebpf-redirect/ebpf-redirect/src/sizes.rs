@@ -135,7 +135,10 @@ mod tests {
     #[test]
     fn per_node_maps_hold_every_node_at_its_cap_plus_the_configured_cidrs() {
         let sizes = MapSizes::default();
-        assert_eq!(sizes.remote_cidrs, DEFAULT_MAX_NODES * DEFAULT_CIDRS_PER_NODE);
+        assert_eq!(
+            sizes.remote_cidrs,
+            DEFAULT_MAX_NODES * DEFAULT_CIDRS_PER_NODE
+        );
         assert_eq!(
             sizes.cluster_cidrs,
             sizes.remote_cidrs + CONFIGURED_CLUSTER_SLACK

@@ -49,7 +49,9 @@ fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
 fn wait_ping(ns: &str, dst: &str) {
     for _ in 0..5 {
         let ok = Command::new("ip")
-            .args(["netns", "exec", ns, "ping", "-c", "2", "-i", "0.2", "-W", "1", dst])
+            .args([
+                "netns", "exec", ns, "ping", "-c", "2", "-i", "0.2", "-W", "1", dst,
+            ])
             .output()
             .expect("ping")
             .status
@@ -79,7 +81,11 @@ fn resizing_the_per_node_maps_under_traffic_leaks_no_cleartext() {
         ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     ipn(&a, "addr add 192.168.78.1/24 dev ra0");
     ipn(&a, "-6 addr add fd00:78::1/64 dev ra0 nodad");
     // Pod addresses of a peer's CIDR, on lo so that ARP/NDP use the underlay address.
@@ -113,7 +119,8 @@ fn resizing_the_per_node_maps_under_traffic_leaks_no_cleartext() {
     let stop = Arc::new(AtomicBool::new(false));
     let mut receivers = Vec::new();
     for rx in [rx4, rx6] {
-        rx.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        rx.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
         let (received, stop) = (received.clone(), stop.clone());
         receivers.push(std::thread::spawn(move || {
             let mut buf = [0u8; 64];
@@ -173,7 +180,11 @@ fn resizing_the_per_node_maps_under_traffic_leaks_no_cleartext() {
             ("REMOTE_V6", 0, 0)
         ]
     );
-    assert_eq!(dp.remotes().unwrap().len(), 1, "the redirect was carried over");
+    assert_eq!(
+        dp.remotes().unwrap().len(),
+        1,
+        "the redirect was carried over"
+    );
     assert!(dp.counters().unwrap()[ebpf_redirect::Verdict::StrictDrop as usize] > 0);
 
     // Shrinking below the contents: configured entries first, the rest reported as dropped.
