@@ -774,7 +774,12 @@ mod tests {
     #[test]
     fn thousands_of_findings_print_counts_and_the_failed_ones_first() {
         let finding = |i: usize, ok: bool| Finding {
-            check: if i % 2 == 0 { "peer" } else { "handshake" }.into(),
+            check: if i.is_multiple_of(2) {
+                "peer"
+            } else {
+                "handshake"
+            }
+            .into(),
             subject: format!("n{i}"),
             ok,
             expected: "x".into(),

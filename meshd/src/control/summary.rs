@@ -113,6 +113,7 @@ pub fn and_more(left_out: usize, what: &str, hint: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn peer(i: usize, ago: Option<u64>) -> PeerReport {
