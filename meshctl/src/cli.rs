@@ -152,6 +152,10 @@ pub(crate) enum LabCmd {
         /// learns from peers.
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         guard_cluster_cidrs: bool,
+        /// `--max-nodes` for every meshd: the node count the datapath's per-node maps are
+        /// sized for (default: meshd's, 16384).
+        #[arg(long)]
+        max_nodes: Option<u32>,
     },
     /// Change the lab's meshd-config ConfigMap (kubernetes labs), e.g. `encryption=disabled`.
     Set {

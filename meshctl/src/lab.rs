@@ -30,6 +30,7 @@ pub(crate) fn run(command: LabCmd) -> anyhow::Result<ExitCode> {
             key_rotation_interval,
             rotation_silence,
             guard_cluster_cidrs,
+            max_nodes,
         } => lab::up(&lab::UpOptions {
             name,
             nodes,
@@ -46,6 +47,7 @@ pub(crate) fn run(command: LabCmd) -> anyhow::Result<ExitCode> {
             key_rotation_interval,
             rotation_silence,
             guard_cluster_cidrs,
+            max_nodes,
         })?,
         LabCmd::Set { name, pairs } => lab::set(&name, &pairs)?,
         LabCmd::Down { name } => lab::down(&name)?,
