@@ -8,7 +8,8 @@
 //! * `REMOTE_V4`, `REMOTE_V6`, `LOCAL_V4`, `LOCAL_V6`, `CLUSTER_V4`, `CLUSTER_V6`,
 //!   `CONFIG`, `VERDICTS`, `SOURCE_V4`, `SOURCE_V6`, `POLICY_ISOLATION`, `POLICY_PEER_V4`,
 //!   `POLICY_PEER_V6`, `POLICY_PORT`, `POLICY_GENERATION`, `CONNTRACK` - maps (pinned by name
-//!   by the loader; the policy and connection-tracking sizes in [`MapSizes`], see [`sizes`]).
+//!   by the loader; the per-node, policy and connection-tracking sizes in [`MapSizes`], see
+//!   [`sizes`]; a per-node map resized is filled before it serves, `carry.rs`).
 //! * `prog_from_pod`, `prog_to_pod`, `prog_underlay_egress` - programs.
 //! * `link_egress_<ifname>` - the underlay's TCX link (kernel >= 6.6), or the record of
 //!   `to_pod`'s filter on a pod's host veth (the attached program, pinned under the
