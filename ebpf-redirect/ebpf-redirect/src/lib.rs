@@ -153,6 +153,9 @@ impl Error {
     }
 }
 
+/// `bpf_map_update_elem` flag: only create, never replace (`EEXIST` when the key is there).
+const BPF_NOEXIST: u64 = 1;
+
 /// Priority of meshd's clsact filters on kernels without TCX.
 pub const NETLINK_PRIORITY: u16 = 1;
 /// Handle of meshd's clsact filters on kernels without TCX (`0:6d65`, "me").
@@ -536,6 +539,31 @@ impl Datapath {
             }
         }
         Ok(())
+    }
+
+    /// Adds `cidr` as a learned cluster CIDR ([`CLUSTER_LEARNED`]) unless that exact prefix is
+    /// already there (configured or learned: left as it is). One syscall, whatever the map
+    /// holds (`BPF_NOEXIST`). Returns whether it was added.
+    pub fn learn_cluster(&mut self, cidr: IpNet) -> Result<bool> {
+        let added = match cidr.trunc() {
+            IpNet::V4(n) => self.cluster_v4.insert(
+                &lpm_key(n.prefix_len(), n.network().octets()),
+                CLUSTER_LEARNED,
+                BPF_NOEXIST,
+            ),
+            IpNet::V6(n) => self.cluster_v6.insert(
+                &lpm_key(n.prefix_len(), n.network().octets()),
+                CLUSTER_LEARNED,
+                BPF_NOEXIST,
+            ),
+        };
+        match added {
+            Ok(()) => Ok(true),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Removes a cluster pod CIDR (exact prefix). A missing entry is not an error.

@@ -185,6 +185,19 @@ fn resizing_the_per_node_maps_under_traffic_leaks_no_cleartext() {
         1,
         "the redirect was carried over"
     );
+    // Learning leaves an exact prefix that is there as it is (a configured one stays
+    // configured) and adds a new one.
+    assert!(!dp.learn_cluster("10.245.1.0/24".parse().unwrap()).unwrap());
+    dp.set_cluster("10.245.4.0/24".parse().unwrap()).unwrap();
+    assert!(!dp.learn_cluster("10.245.4.0/24".parse().unwrap()).unwrap());
+    assert!(dp.cluster_entries().unwrap().contains(&(
+        "10.245.4.0/24".parse().unwrap(),
+        ebpf_redirect::CLUSTER_CONFIGURED
+    )));
+    assert!(dp.learn_cluster("10.245.3.0/24".parse().unwrap()).unwrap());
+    for c in ["10.245.3.0/24", "10.245.4.0/24"] {
+        dp.remove_cluster(c.parse().unwrap()).unwrap();
+    }
     assert!(dp.counters().unwrap()[ebpf_redirect::Verdict::StrictDrop as usize] > 0);
 
     // Shrinking below the contents: configured entries first, the rest reported as dropped.
