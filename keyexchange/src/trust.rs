@@ -8,8 +8,10 @@
 //!    (when any is configured), outside the service ranges and the special-purpose ranges
 //!    (loopback, link-local, multicast, "this network"), with a prefix length in
 //!    [`IPV4_PREFIX`] / [`IPV6_PREFIX`] and at most [`MAX_POD_CIDRS_PER_FAMILY`] per family;
-//!    every endpoint is a unicast address that is not loopback, unspecified, link-local,
-//!    multicast, broadcast, nor inside a cluster pool or service range.
+//!    at most [`MAX_ENDPOINTS_PER_FAMILY`] endpoints per family (each is an allowed IP of
+//!    the peer and a host route: no single record may fill those), every one a unicast
+//!    address that is not loopback, unspecified, link-local, multicast, broadcast, nor inside
+//!    a cluster pool or service range.
 //! 2. **Against the others** ([`admit`]): two nodes conflict when their pod CIDRs overlap,
 //!    they publish the same public key (either slot), they publish the same endpoint, or one's
 //!    endpoint lies inside the other's pod CIDR. A conflict is never resolved against the
@@ -46,8 +48,11 @@ use crate::slots::SLOTS;
 pub const IPV4_PREFIX: RangeInclusive<u8> = 8..=32;
 /// Prefix lengths a node's IPv6 pod CIDR may have.
 pub const IPV6_PREFIX: RangeInclusive<u8> = 32..=128;
-/// At most this many pod CIDRs of each family per record (Kubernetes gives one).
+/// At most this many pod CIDRs of each family per record (Kubernetes gives one). The datapath's
+/// per-node maps are sized with it (`meshd --max-nodes` times this).
 pub const MAX_POD_CIDRS_PER_FAMILY: usize = 4;
+/// At most this many endpoints of each family per record.
+pub const MAX_ENDPOINTS_PER_FAMILY: usize = 4;
 
 /// What records are checked against: the cluster's address plan.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -251,7 +256,16 @@ pub fn check_record(r: &NodeRecord, policy: &TrustPolicy) -> Result<(), Refusal>
             ));
         }
     }
+    let mut per_family = [0usize; 2];
     for ip in &r.endpoints {
+        let family = usize::from(ip.to_canonical().is_ipv6());
+        per_family[family] += 1;
+        if per_family[family] > MAX_ENDPOINTS_PER_FAMILY {
+            return Err(refuse(
+                "endpoints",
+                format!("more than {MAX_ENDPOINTS_PER_FAMILY} endpoints of the family of {ip}"),
+            ));
+        }
         check_endpoint(ip, policy).map_err(|reason| refuse("endpoints", reason))?;
     }
     Ok(())

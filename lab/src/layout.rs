@@ -68,6 +68,7 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<()> {
         key_rotation_interval: opts.key_rotation_interval.clone(),
         rotation_silence: opts.rotation_silence.clone(),
         guard_cluster_cidrs: opts.guard_cluster_cidrs,
+        max_nodes: opts.max_nodes,
         nodes: Vec::new(),
     };
     let result = build(&mut state, opts);

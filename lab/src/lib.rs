@@ -75,7 +75,8 @@ pub use rotate::rotate_keys;
 pub use serve::serve;
 pub use state::{LabState, NodeState, UpOptions};
 pub use status::{
-    print_status_table, print_table, status, CaptureSpot, LabNode, LabPod, LabStatus,
+    print_status_table, print_status_table_listing, print_table, print_table_listing,
+    render_status_table, status, CaptureSpot, LabNode, LabPod, LabStatus,
 };
 
 /// Where every lab keeps its state.

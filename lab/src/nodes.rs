@@ -127,6 +127,12 @@ pub(crate) fn start_meshd_with(state: &LabState, i: u32, extra: &[&str]) -> anyh
                 c6.to_string(),
             ]
         })
+        .args(
+            state
+                .max_nodes
+                .map(|n| vec!["--max-nodes".to_string(), n.to_string()])
+                .unwrap_or_default(),
+        )
         .args(if state.guard_cluster_cidrs {
             &["--cluster-cidr", CLUSTER_V4, "--cluster-cidr", CLUSTER_V6][..]
         } else {

@@ -51,6 +51,9 @@ pub struct LabState {
     /// each guards its own pod CIDRs and the peers' it learns.
     #[serde(default = "default_true")]
     pub guard_cluster_cidrs: bool,
+    /// `--max-nodes` given to every meshd, if any (sizes the datapath's per-node maps).
+    #[serde(default)]
+    pub max_nodes: Option<u32>,
     /// The nodes, by index.
     pub nodes: Vec<NodeState>,
 }
@@ -130,6 +133,8 @@ pub struct UpOptions {
     pub rotation_silence: Option<String>,
     /// Give every meshd the lab's cluster CIDRs as `--cluster-cidr`.
     pub guard_cluster_cidrs: bool,
+    /// `--max-nodes` for every meshd (default: meshd's).
+    pub max_nodes: Option<u32>,
 }
 
 /// The lab's on-disk layout.

@@ -13,6 +13,9 @@ use crate::plan::*;
 use crate::state::{load_state, LabState, Paths};
 use crate::{LISTEN_PORT, STATUS_VERSION};
 use meshd::bpf::VerdictCounters;
+use meshd::control::summary::{
+    and_more, bounded, unhealthy_first, PeerCounts, PeerHealth, LIST_LIMIT,
+};
 use meshd::control::{PeerReport, StatusReport};
 use meshd_cni::ipam::Ipam;
 
@@ -247,36 +250,77 @@ pub(crate) fn allocated_addrs(paths: &Paths, lab: &str, i: u32, j: u32) -> (Stri
     (pick(true), pick(false))
 }
 
-/// Print the human table of nodes, peers and handshakes.
+/// Print the human table of nodes, peers and handshakes (peers bounded per node, see
+/// [`render_status_table`]).
 pub fn print_table(state: &LabState) -> anyhow::Result<()> {
+    print_table_listing(state, false)
+}
+
+/// Print the human table; `all`: every peer of every node, else bounded (see [`render_status_table`]).
+pub fn print_table_listing(state: &LabState, all: bool) -> anyhow::Result<()> {
     let st = status(&state.name)?;
     let mut out = std::io::stdout().lock();
-    writeln!(
+    out.write_all(render_status_table(&st, (!all).then_some(LIST_LIMIT)).as_bytes())?;
+    Ok(())
+}
+
+/// One node's peers for the table: each with its last handshake while there are at most
+/// `limit` (all with `None`); beyond that, the counts by health and the unhealthy ones first,
+/// at most `limit` of them.
+fn peers_cell(peers: &[PeerReport], limit: Option<usize>) -> String {
+    let named = |p: &PeerReport| {
+        let name = p
+            .name
+            .clone()
+            .unwrap_or_else(|| p.public_key.chars().take(8).collect());
+        match p.last_handshake_secs_ago {
+            Some(ago) => format!("{name} ({ago}s ago)"),
+            None => format!("{name} (no handshake yet)"),
+        }
+    };
+    if limit.is_none_or(|n| peers.len() <= n) {
+        return peers.iter().map(named).collect::<Vec<_>>().join(", ");
+    }
+    let counts = PeerCounts::of(peers);
+    let unhealthy: Vec<&PeerReport> = unhealthy_first(peers)
+        .into_iter()
+        .filter(|p| PeerHealth::of(p) != PeerHealth::Ok)
+        .collect();
+    if unhealthy.is_empty() {
+        return counts.to_string();
+    }
+    let (shown, more) = bounded(&unhealthy, limit);
+    let mut cell = format!(
+        "{counts}; unhealthy: {}",
+        shown
+            .iter()
+            .map(|p| named(p))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if let Some(tail) = and_more(more, "unhealthy", "--all lists every peer") {
+        cell.push(' ');
+        cell.push_str(&tail);
+    }
+    cell
+}
+
+/// The human table of a lab's status: one line per node with its peers ([`peers_cell`],
+/// bounded by `limit`), its verdict counters, the pods and where to capture.
+pub fn render_status_table(st: &LabStatus, limit: Option<usize>) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
         out,
         "{:<5} {:<10} {:<8} {:<28} {:<32} PEERS (last handshake)",
         "NODE", "MODE", "MESHD", "UNDERLAY", "POD CIDRS"
-    )?;
+    );
     for n in &st.nodes {
-        let peers = n.status.as_ref().map_or_else(
-            || "-".to_string(),
-            |s| {
-                s.peers
-                    .iter()
-                    .map(|p| {
-                        let name = p
-                            .name
-                            .clone()
-                            .unwrap_or_else(|| p.public_key[..8].to_string());
-                        match p.last_handshake_secs_ago {
-                            Some(ago) => format!("{name} ({ago}s ago)"),
-                            None => format!("{name} (no handshake yet)"),
-                        }
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            },
-        );
-        writeln!(
+        let peers = n
+            .status
+            .as_ref()
+            .map_or_else(|| "-".to_string(), |s| peers_cell(&s.peers, limit));
+        let _ = writeln!(
             out,
             "{:<5} {:<10} {:<8} {:<28} {:<32} {}",
             n.name,
@@ -285,9 +329,9 @@ pub fn print_table(state: &LabState) -> anyhow::Result<()> {
             n.underlay_addresses.join(" "),
             n.pod_cidrs.join(" "),
             peers
-        )?;
+        );
         if let Some(c) = &n.counters {
-            writeln!(
+            let _ = writeln!(
                 out,
                 "      eBPF: redirected {}  local {}  passed {}  strict drops {}  would-drops {}  spoofed {}  policy denied egress {}  policy denied ingress {}",
                 c.redirected,
@@ -298,10 +342,10 @@ pub fn print_table(state: &LabState) -> anyhow::Result<()> {
                 c.spoofed,
                 c.policy_denied_egress,
                 c.policy_denied_ingress
-            )?;
+            );
         }
     }
-    writeln!(
+    let _ = writeln!(
         out,
         "pods: {}",
         st.pods
@@ -309,17 +353,80 @@ pub fn print_table(state: &LabState) -> anyhow::Result<()> {
             .map(|p| format!("{} {}/{}", p.name, p.ipv4, p.ipv6))
             .collect::<Vec<_>>()
             .join(", ")
-    )?;
-    writeln!(
+    );
+    let _ = writeln!(
         out,
         "capture the underlay: ip netns exec {} tcpdump -ni {}",
         st.capture.namespace, st.capture.interface
-    )?;
-    Ok(())
+    );
+    out
 }
 
 /// Print the table for a running lab by name.
 pub fn print_status_table(lab: &str) -> anyhow::Result<()> {
+    print_status_table_listing(lab, false)
+}
+
+/// Print the table for a running lab by name; `all`: every peer of every node.
+pub fn print_status_table_listing(lab: &str, all: bool) -> anyhow::Result<()> {
     let state = load_state(lab)?.with_context(|| format!("lab {lab} is not up"))?;
-    print_table(&state)
+    print_table_listing(&state, all)
+}
+
+#[cfg(test)]
+mod table_tests {
+    use super::*;
+
+    fn peers(n: usize) -> Vec<PeerReport> {
+        (0..n)
+            .map(|i| PeerReport {
+                name: Some(format!("p{i:05}")),
+                public_key: format!("key{i:05}"),
+                endpoint: None,
+                allowed_ips: vec![],
+                last_handshake_unix: None,
+                last_handshake_secs_ago: match i {
+                    i if i % 100 == 1 => None,
+                    i if i % 100 == 2 => Some(1000),
+                    _ => Some(4),
+                },
+                rx_bytes: 0,
+                tx_bytes: 0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_node_with_five_thousand_peers_shows_counts_and_at_most_twenty_unhealthy_ones() {
+        let cell = peers_cell(&peers(5000), Some(LIST_LIMIT));
+        assert!(
+            cell.starts_with("5000 peers: 4900 ok, 50 stale, 50 no handshake yet; unhealthy: p00001 (no handshake yet), p00101"),
+            "{cell}"
+        );
+        assert_eq!(
+            cell.matches(" ago)").count() + cell.matches("(no handshake yet)").count(),
+            20
+        );
+        assert!(
+            cell.ends_with("... and 80 more unhealthy (--all lists every peer)"),
+            "{cell}"
+        );
+        assert!(cell.len() < 1000, "{} characters", cell.len());
+        // --all: every peer.
+        assert_eq!(peers_cell(&peers(5000), None).matches(", ").count(), 4999);
+        // A small lab prints as before: every peer with its handshake.
+        assert_eq!(
+            peers_cell(&peers(3), Some(LIST_LIMIT)),
+            "p00000 (4s ago), p00001 (no handshake yet), p00002 (1000s ago)"
+        );
+        // Many healthy peers: the counts alone.
+        let healthy: Vec<PeerReport> = peers(300)
+            .into_iter()
+            .filter(|p| PeerHealth::of(p) == PeerHealth::Ok)
+            .collect();
+        assert_eq!(
+            peers_cell(&healthy, Some(LIST_LIMIT)),
+            "294 peers: 294 ok, 0 stale, 0 no handshake yet"
+        );
+    }
 }

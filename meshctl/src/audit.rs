@@ -18,6 +18,7 @@ pub(crate) fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
         max_key_age_days,
         plaintext_window,
         output,
+        all,
     } = args;
     let policy = Policy {
         max_key_age: std::time::Duration::from_secs(max_key_age_days * 24 * 3600),
@@ -53,7 +54,13 @@ pub(crate) fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
     };
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-        Output::Table => print!("{}", audit::table(&report)),
+        Output::Table => print!(
+            "{}",
+            audit::table_bounded(
+                &report,
+                (!all).then_some(meshd::control::summary::LIST_LIMIT)
+            )
+        ),
     }
     Ok(ExitCode::from(report.exit_code()))
 }

@@ -27,6 +27,10 @@ pub(crate) enum Cmd {
         /// Output format.
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
+        /// List every peer, conflict and malformed record in the table (default: counts, then
+        /// at most 20 of each, the unhealthy peers first).
+        #[arg(long)]
+        all: bool,
         /// meshd's control socket.
         #[arg(long, default_value = control::DEFAULT_CONTROL_SOCKET)]
         socket: PathBuf,
@@ -85,6 +89,10 @@ pub(crate) struct AuditArgs {
     /// Output format.
     #[arg(short, long, value_enum, default_value = "table")]
     pub(crate) output: Output,
+    /// List every finding in the table (default: with more than 20, the counts per check,
+    /// then 20 findings, the failed ones first).
+    #[arg(long)]
+    pub(crate) all: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -144,6 +152,10 @@ pub(crate) enum LabCmd {
         /// learns from peers.
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         guard_cluster_cidrs: bool,
+        /// `--max-nodes` for every meshd: the node count the datapath's per-node maps are
+        /// sized for (default: meshd's, 16384).
+        #[arg(long)]
+        max_nodes: Option<u32>,
     },
     /// Change the lab's meshd-config ConfigMap (kubernetes labs), e.g. `encryption=disabled`.
     Set {
@@ -168,6 +180,10 @@ pub(crate) enum LabCmd {
         /// Output format.
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
+        /// List every peer of every node in the table (default: per node, the peers counted
+        /// by health and at most 20 unhealthy ones named once a node has more than 20).
+        #[arg(long)]
+        all: bool,
     },
     /// Add a node to the running lab.
     AddNode {

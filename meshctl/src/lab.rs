@@ -30,6 +30,7 @@ pub(crate) fn run(command: LabCmd) -> anyhow::Result<ExitCode> {
             key_rotation_interval,
             rotation_silence,
             guard_cluster_cidrs,
+            max_nodes,
         } => lab::up(&lab::UpOptions {
             name,
             nodes,
@@ -46,12 +47,13 @@ pub(crate) fn run(command: LabCmd) -> anyhow::Result<ExitCode> {
             key_rotation_interval,
             rotation_silence,
             guard_cluster_cidrs,
+            max_nodes,
         })?,
         LabCmd::Set { name, pairs } => lab::set(&name, &pairs)?,
         LabCmd::Down { name } => lab::down(&name)?,
-        LabCmd::Status { name, output } => match output {
+        LabCmd::Status { name, output, all } => match output {
             Output::Json => println!("{}", serde_json::to_string_pretty(&lab::status(&name)?)?),
-            Output::Table => lab::print_status_table(&name)?,
+            Output::Table => lab::print_status_table_listing(&name, all)?,
         },
         LabCmd::AddNode { name, pods } => {
             let node = lab::add_node(&name, pods)?;

@@ -26,7 +26,11 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Cmd::Status { output, socket } => node::status(&socket, output),
+        Cmd::Status {
+            output,
+            all,
+            socket,
+        } => node::status(&socket, output, all),
         Cmd::RotateKey { socket, output } => node::rotate_key(&socket, output),
         Cmd::Audit(args) => audit::run(args),
         Cmd::Lab { command } => lab::run(command),

@@ -457,8 +457,40 @@ pub fn evidence(report: &mut Report, pair: &str, ok: bool, seen: String) {
 
 /// The human table: one line per check and subject.
 pub fn table(report: &Report) -> String {
-    let mut s = format!("{:<11} {:<10} {:<6} DETAIL\n", "CHECK", "SUBJECT", "RESULT");
-    for f in &report.findings {
+    table_bounded(report, None)
+}
+
+/// The human table, readable at scale: with `limit` and more findings than that, the counts
+/// per check first, then at most `limit` findings, the failed ones first; `None` (or few
+/// findings) lists every finding in order, as [`table`] does.
+pub fn table_bounded(report: &Report, limit: Option<usize>) -> String {
+    let mut s = String::new();
+    let mut findings: Vec<&Finding> = report.findings.iter().collect();
+    let mut left_out = 0;
+    if let Some(limit) = limit.filter(|l| findings.len() > *l) {
+        let mut per_check: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+        for f in &findings {
+            let e = per_check.entry(f.check.as_str()).or_default();
+            if f.ok {
+                e.0 += 1;
+            } else {
+                e.1 += 1;
+            }
+        }
+        s.push_str(&format!("{:<11} {:>8} {:>8}\n", "CHECK", "OK", "FAILED"));
+        for (check, (ok, failed)) in per_check {
+            s.push_str(&format!("{check:<11} {ok:>8} {failed:>8}\n"));
+        }
+        // Stable: the failed ones first, each group in the audit's order.
+        findings.sort_by_key(|f| f.ok);
+        left_out = findings.len() - limit;
+        findings.truncate(limit);
+    }
+    s.push_str(&format!(
+        "{:<11} {:<10} {:<6} DETAIL\n",
+        "CHECK", "SUBJECT", "RESULT"
+    ));
+    for f in findings {
         let detail = if f.ok {
             f.seen.clone()
         } else {
@@ -470,6 +502,11 @@ pub fn table(report: &Report) -> String {
             f.subject,
             if f.ok { "ok" } else { "FAIL" },
             detail
+        ));
+    }
+    if left_out > 0 {
+        s.push_str(&format!(
+            "... and {left_out} more findings (--all lists every one)\n"
         ));
     }
     let failed = report.findings.iter().filter(|f| !f.ok).count();
@@ -732,5 +769,42 @@ mod tests {
         nodes[0].status = None;
         assert_eq!(audit(&nodes, &Policy::default(), NOW).exit_code(), 2);
         assert_eq!(audit(&[], &Policy::default(), NOW).exit_code(), 2);
+    }
+
+    #[test]
+    fn thousands_of_findings_print_counts_and_the_failed_ones_first() {
+        let finding = |i: usize, ok: bool| Finding {
+            check: if i.is_multiple_of(2) {
+                "peer"
+            } else {
+                "handshake"
+            }
+            .into(),
+            subject: format!("n{i}"),
+            ok,
+            expected: "x".into(),
+            seen: "y".into(),
+            fix: "z".into(),
+        };
+        let r = Report {
+            verdict: "fail".into(),
+            nodes: 5000,
+            findings: (0..5000).map(|i| finding(i, i % 1000 != 999)).collect(),
+        };
+        let t = table_bounded(&r, Some(20));
+        assert!(t.contains("handshake       2495        5\n"), "{t}");
+        assert!(t.contains("peer            2500        0\n"), "{t}");
+        let rows: Vec<&str> = t
+            .lines()
+            .filter(|l| l.contains(" n") && !l.starts_with("verdict"))
+            .collect();
+        assert_eq!(rows.len(), 20, "{t}");
+        assert!(rows[..5].iter().all(|l| l.contains("FAIL")), "{t}");
+        assert!(t.contains("... and 4980 more findings (--all lists every one)"));
+        assert!(
+            t.ends_with("verdict: fail (5000 nodes, 5000 checks, 5 failed)\n"),
+            "{t}"
+        );
+        assert_eq!(table(&r).lines().count(), 5002);
     }
 }

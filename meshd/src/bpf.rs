@@ -17,7 +17,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use ebpf_redirect::{
-    ClusterMarker, Datapath, Mode, TcAttachType, Verdict, CLUSTER_CONFIGURED, CLUSTER_LEARNED,
+    ClusterMarker, Datapath, MapSizes, Mode, TcAttachType, Verdict, CLUSTER_CONFIGURED,
+    CLUSTER_LEARNED,
 };
 
 /// `to_pod` and the source map: the pod programs' part added with source validation.
@@ -73,6 +74,13 @@ pub enum BpfError {
         /// The cause.
         source: Box<ebpf_redirect::Error>,
     },
+}
+
+impl BpfError {
+    /// Whether a map update failed only because the map is full (the entry does not fit).
+    pub fn is_map_full(&self) -> bool {
+        matches!(self, BpfError::Map { source, .. } if source.is_map_full())
+    }
 }
 
 pub use crate::mode::Encryption;
@@ -170,6 +178,15 @@ pub struct Bpf {
     pods: BTreeSet<String>,
     /// Pod interfaces carrying this meshd's `to_pod`.
     to_pods: BTreeSet<String>,
+    /// The sizes the maps were loaded with.
+    sizes: MapSizes,
+}
+
+/// The map sizes for a cluster of at most `max_nodes` nodes (`--max-nodes`): the per-node
+/// maps hold every node at record trust's per-record cap of pod CIDRs per family.
+pub fn map_sizes(max_nodes: u32) -> MapSizes {
+    let cap = u32::try_from(keyexchange::trust::MAX_POD_CIDRS_PER_FAMILY).unwrap_or(u32::MAX);
+    MapSizes::for_nodes(max_nodes, cap)
 }
 
 impl std::fmt::Debug for Bpf {
@@ -228,12 +245,26 @@ impl Bpf {
         port: u16,
         mode: Mode,
         clusters: &[IpNet],
+        sizes: &MapSizes,
     ) -> Result<Bpf, BpfError> {
         ensure_bpffs(pin_dir)?;
-        let dp = Datapath::load(pin_dir).map_err(|source| BpfError::Load {
+        let dp = Datapath::load_sized(pin_dir, sizes).map_err(|source| BpfError::Load {
             path: pin_dir.to_path_buf(),
             source: Box::new(source),
         })?;
+        for r in dp.resized() {
+            // Filled before anything below attaches the new programs: no window.
+            tracing::info!(
+                map = r.map,
+                from = r.old_max_entries,
+                carried = r.carried,
+                dropped = r.dropped,
+                "per-node map resized (--max-nodes changed); its entries were carried over"
+            );
+            if r.dropped > 0 {
+                tracing::warn!(map = r.map, dropped = r.dropped, "the resized map is smaller than what it held: the peers left out are refused by the next pass");
+            }
+        }
         let mut bpf = Bpf {
             dp,
             underlay: underlay.to_string(),
@@ -242,6 +273,7 @@ impl Bpf {
             port,
             pods: BTreeSet::new(),
             to_pods: BTreeSet::new(),
+            sizes: *sizes,
         };
         // Mode and port first: CLUSTER entries are only safe to act on with a valid CONFIG.
         bpf.dp
@@ -263,6 +295,11 @@ impl Bpf {
             "tc datapath loaded; underlay guard attached"
         );
         Ok(bpf)
+    }
+
+    /// The sizes the maps were loaded with.
+    pub fn sizes(&self) -> &MapSizes {
+        &self.sizes
     }
 
     /// The underlay mode in force.
@@ -343,9 +380,13 @@ impl Bpf {
     /// Guard `cidr` (a peer's pod CIDR) from now on, for as long as the pinned maps live: once
     /// its peer is gone, its traffic is dropped, not sent in clear, even where
     /// `--cluster-cidr` does not cover it. A CIDR already there is left as it is.
+    /// One map update whatever the map holds (not a read of the whole map per CIDR: at
+    /// thousands of peers that made a pass quadratic).
     pub fn guard_cidr(&mut self, cidr: IpNet) -> Result<(), BpfError> {
-        let set = learn_plan([&cidr], &self.cluster_entries()?);
-        self.set_clusters(set)
+        self.dp
+            .learn_cluster(cidr)
+            .map_err(map_err(format!("adding cluster CIDR {cidr}")))?;
+        Ok(())
     }
 
     /// The remote-CIDR maps now: CIDR → tunnel ifindex.

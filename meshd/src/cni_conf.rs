@@ -27,6 +27,29 @@ pub enum CniConfError {
     },
 }
 
+/// Context on a failed reconcile step that concerns peers (their tunnel, routes, redirects,
+/// host routes), not this node's own device, pod CIDR or datapath attachment: such a failure
+/// does not stop this node from serving its pods, so the CNI configuration stays
+/// ([`serves_pods`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerStepFailed;
+
+impl std::fmt::Display for PeerStepFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("programming peers")
+    }
+}
+
+/// Whether this node can serve pods after a pass: it converged, or it failed only for a
+/// peer's sake (the error carries [`PeerStepFailed`]). Its own failures (devices, pod CIDR,
+/// datapath attachment, observing the node) count against it.
+pub fn serves_pods(pass: &anyhow::Result<()>) -> bool {
+    match pass {
+        Ok(()) => true,
+        Err(err) => err.downcast_ref::<PeerStepFailed>().is_some(),
+    }
+}
+
 /// The conflist for this node: `meshd-cni` with the node's pod CIDRs, IPAM store, MTU, the
 /// bpffs directory of the tc datapath and whether pods get the `from_pod` redirect.
 pub fn conflist(
@@ -116,6 +139,29 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use keyexchange::PrivateKey;
+
+    #[test]
+    fn only_failures_of_this_node_itself_stop_it_serving_pods() {
+        use anyhow::Context as _;
+        assert!(serves_pods(&Ok(())));
+        let own: anyhow::Result<()> = Err(anyhow::anyhow!("device meshd0 is gone"));
+        assert!(!serves_pods(&own));
+        let peer: anyhow::Result<()> = Err(std::io::Error::other("No space left on device"))
+            .context("adding cluster CIDR 10.115.254.0/24")
+            .context(PeerStepFailed);
+        assert!(serves_pods(&peer));
+        // Context added after the marker keeps it visible.
+        let wrapped = peer.context("reconcile");
+        assert!(serves_pods(&wrapped));
+        // A failing pass for a peer's sake never removes the configuration.
+        let t0 = Instant::now();
+        let grace = Duration::from_secs(10);
+        let since = (!serves_pods(&wrapped)).then_some(t0);
+        assert_eq!(
+            action(serves_pods(&wrapped), since, t0 + grace * 3, grace),
+            Action::Install
+        );
+    }
 
     #[test]
     fn removed_only_after_failing_for_the_grace_period_and_back_on_convergence() {

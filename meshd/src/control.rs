@@ -575,6 +575,9 @@ pub async fn rotate_key(path: &Path) -> Result<RotateOutcome, ControlError> {
     .await
 }
 
+/// Status at scale: peers by health, unhealthy first, bounded lists (for the table renderers).
+pub mod summary;
+
 /// The control socket's limits against stuck and hostile clients.
 #[cfg(test)]
 mod limits_tests;

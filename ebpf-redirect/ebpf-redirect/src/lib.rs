@@ -8,7 +8,8 @@
 //! * `REMOTE_V4`, `REMOTE_V6`, `LOCAL_V4`, `LOCAL_V6`, `CLUSTER_V4`, `CLUSTER_V6`,
 //!   `CONFIG`, `VERDICTS`, `SOURCE_V4`, `SOURCE_V6`, `POLICY_ISOLATION`, `POLICY_PEER_V4`,
 //!   `POLICY_PEER_V6`, `POLICY_PORT`, `POLICY_GENERATION`, `CONNTRACK` - maps (pinned by name
-//!   by the loader; the policy and connection-tracking sizes in [`MapSizes`], see [`sizes`]).
+//!   by the loader; the per-node, policy and connection-tracking sizes in [`MapSizes`], see
+//!   [`sizes`]; a per-node map resized is filled before it serves, `carry.rs`).
 //! * `prog_from_pod`, `prog_to_pod`, `prog_underlay_egress`, `prog_underlay_egress_ip` -
 //!   programs.
 //! * `link_egress_<ifname>` - the underlay's TCX link (kernel >= 6.6), or the record of
@@ -49,6 +50,7 @@ use aya::{
     util::KernelVersion,
     EbpfError, EbpfLoader,
 };
+mod carry;
 mod cls_bpf;
 pub mod framing;
 mod guard;
@@ -57,10 +59,11 @@ pub mod policy;
 pub mod sizes;
 mod verdicts;
 
+pub use carry::Resized;
 pub use framing::LinkFraming;
 pub use pod::{PodDatapath, PodSource};
 use pod::{PodProgram, SourceMaps};
-pub use sizes::MapSizes;
+pub use sizes::{MapSizes, DEFAULT_CIDRS_PER_NODE, DEFAULT_MAX_NODES};
 
 use cls_bpf::Hook;
 pub use ebpf_redirect_common::Config;
@@ -155,6 +158,22 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// Whether this is a map insert refused because the map is full (`ENOSPC`, or `E2BIG`
+    /// from a full hash map): the entry does not fit, nothing else is wrong.
+    pub fn is_map_full(&self) -> bool {
+        let code = match self {
+            Error::Map(MapError::SyscallError(e)) => e.io_error.raw_os_error(),
+            Error::MapEntry { source, .. } => source.raw_os_error(),
+            _ => None,
+        };
+        matches!(code, Some(libc::ENOSPC) | Some(libc::E2BIG))
+    }
+}
+
+/// `bpf_map_update_elem` flag: only create, never replace (`EEXIST` when the key is there).
+const BPF_NOEXIST: u64 = 1;
+
 /// Priority of meshd's clsact filters on kernels without TCX.
 pub const NETLINK_PRIORITY: u16 = 1;
 /// Handle of meshd's clsact filters on kernels without TCX (`0:6d65`, "me").
@@ -203,6 +222,7 @@ pub struct Datapath {
     config: Array<MapData, Config>,
     verdicts: PerCpuArray<MapData, u64>,
     policy: policy::PolicyMaps,
+    resized: Vec<Resized>,
 }
 
 impl std::fmt::Debug for Datapath {
@@ -248,7 +268,8 @@ impl Datapath {
     }
 
     /// Like [`Datapath::load`] with map sizes other than the defaults (a pinned map of
-    /// another size is replaced, see [`sizes`]).
+    /// another size is replaced, see [`sizes`]; the per-node maps are filled from the old
+    /// ones before this returns, so before the caller attaches: see [`Datapath::resized`]).
     pub fn load_sized(pin_dir: impl AsRef<Path>, sizes: &MapSizes) -> Result<Self> {
         Self::load_bytes_sized(BPF_OBJECT, pin_dir, sizes)
     }
@@ -268,8 +289,8 @@ impl Datapath {
         fs::create_dir_all(dir)?;
         // A shorter VERDICTS of an older object: its counts are carried over (and its pin
         // goes), then every other map of another size is retired.
-        let carried = verdicts::take_short(dir)?;
-        sizes::retire_mismatched_pins(dir, sizes)?;
+        let counts = verdicts::take_short(dir)?;
+        let (_, carried) = sizes::retire_mismatched_pins(dir, sizes)?;
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(dir);
         for (name, max_entries) in sizes.entries() {
@@ -297,9 +318,11 @@ impl Datapath {
         }
         drop(ebpf); // everything we need is pinned now
         let mut dp = Self::adopt(dir)?;
-        if let Some(counts) = carried {
+        if let Some(counts) = counts {
             verdicts::restore(&mut dp.verdicts, &counts)?;
         }
+        // Fill before anyone attaches the new programs (see `carry`).
+        dp.resized = carry::fill(&mut dp, carried)?;
         Ok(dp)
     }
 
@@ -322,7 +345,21 @@ impl Datapath {
             config: open_map(dir, mn::CONFIG)?.try_into()?,
             verdicts: open_map(dir, mn::VERDICTS)?.try_into()?,
             policy: policy::PolicyMaps::open(dir)?,
+            resized: Vec::new(),
         })
+    }
+
+    /// The per-node maps the last [`Datapath::load_sized`] replaced because their size
+    /// changed, with how many entries were carried over (and how many did not fit).
+    pub fn resized(&self) -> &[Resized] {
+        &self.resized
+    }
+
+    /// `max_entries` of the pinned map `name` (a name of [`ebpf_redirect_common::map_names`]).
+    pub fn max_entries(&self, name: &str) -> Result<u32> {
+        Ok(MapData::from_pin(self.pin_dir.join(name))?
+            .info()?
+            .max_entries())
     }
 
     /// The bpffs directory holding the pins.
@@ -509,6 +546,31 @@ impl Datapath {
             }
         }
         Ok(())
+    }
+
+    /// Adds `cidr` as a learned cluster CIDR ([`CLUSTER_LEARNED`]) unless that exact prefix is
+    /// already there (configured or learned: left as it is). One syscall, whatever the map
+    /// holds (`BPF_NOEXIST`). Returns whether it was added.
+    pub fn learn_cluster(&mut self, cidr: IpNet) -> Result<bool> {
+        let added = match cidr.trunc() {
+            IpNet::V4(n) => self.cluster_v4.insert(
+                &lpm_key(n.prefix_len(), n.network().octets()),
+                CLUSTER_LEARNED,
+                BPF_NOEXIST,
+            ),
+            IpNet::V6(n) => self.cluster_v6.insert(
+                &lpm_key(n.prefix_len(), n.network().octets()),
+                CLUSTER_LEARNED,
+                BPF_NOEXIST,
+            ),
+        };
+        match added {
+            Ok(()) => Ok(true),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Removes a cluster pod CIDR (exact prefix). A missing entry is not an error.

@@ -4,9 +4,15 @@
 //! Maps are pinned by name and reused on reload with their contents. The kernel never resizes
 //! a map, and aya reuses a pin whatever its shape, so a pinned map whose `max_entries` differs
 //! from what this loader wants (an older object's `VERDICTS` with fewer counters, a policy or
-//! connection-tracking map sized by another configuration) is unpinned before loading: the new
-//! programs get a fresh map, the old programs keep theirs until they are replaced. What is
-//! lost: those counters restart at zero, the policy maps must be written again by their owner
+//! connection-tracking map sized by another configuration, per-node maps sized for another
+//! `--max-nodes`) is unpinned before loading: the new programs get a fresh map, the old
+//! programs keep theirs until they are replaced.
+//!
+//! The per-node maps (`REMOTE_*`, `CLUSTER_*`: one entry per peer pod CIDR) are what strict
+//! mode and the redirect depend on, so they are never handed over empty: their entries are
+//! read before the pin goes and written into the new map before the loader returns, that is
+//! before the caller attaches the new programs ([`crate::carry`]). For the others what is
+//! lost: the counters restart at zero, the policy maps must be written again by their owner
 //! (the daemon writes its full policy on start), and connections tracked in a retired
 //! `CONNTRACK` are judged again as new ones.
 
@@ -18,7 +24,20 @@ use ebpf_redirect_common::{
     VERDICT_COUNT,
 };
 
+use crate::carry::Carried;
 use crate::Result;
+
+/// The node count the per-node maps are sized for by default (`meshd --max-nodes`).
+pub const DEFAULT_MAX_NODES: u32 = 16_384;
+/// Pod CIDRs of one family a single node record may hold (record trust refuses more): the
+/// per-record cap multiplied into the per-node maps' sizes.
+pub const DEFAULT_CIDRS_PER_NODE: u32 = 4;
+/// Entries of each `CLUSTER_*` map kept for the operator's configured cluster CIDRs, on top of
+/// the peers' pod CIDRs.
+pub const CONFIGURED_CLUSTER_SLACK: u32 = 256;
+/// The largest per-node map this loader asks for (2^24 entries): a bound on a mistyped
+/// configuration, far above any cluster Kubernetes supports.
+pub const MAX_PER_NODE_ENTRIES: u32 = 1 << 24;
 
 /// `max_entries` of the maps whose size is a deployment choice.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,23 +50,45 @@ pub struct MapSizes {
     pub policy_ports: u32,
     /// `CONNTRACK` (an LRU: when full, the least recently used connection is forgotten).
     pub conntrack: u32,
+    /// Each of `REMOTE_V4` and `REMOTE_V6` (one entry per peer pod CIDR of the family).
+    pub remote_cidrs: u32,
+    /// Each of `CLUSTER_V4` and `CLUSTER_V6` (the configured cluster CIDRs and one learned
+    /// entry per peer pod CIDR of the family).
+    pub cluster_cidrs: u32,
 }
 
 impl Default for MapSizes {
     fn default() -> Self {
+        Self::for_nodes(DEFAULT_MAX_NODES, DEFAULT_CIDRS_PER_NODE)
+    }
+}
+
+impl MapSizes {
+    /// The default sizes with the per-node maps sized for `max_nodes` nodes holding at most
+    /// `cidrs_per_node` pod CIDRs of each family each (saturating, at most
+    /// [`MAX_PER_NODE_ENTRIES`], at least one node).
+    pub fn for_nodes(max_nodes: u32, cidrs_per_node: u32) -> Self {
+        let remote = max_nodes
+            .max(1)
+            .saturating_mul(cidrs_per_node.max(1))
+            .min(MAX_PER_NODE_ENTRIES);
         Self {
             policy_isolation: MAX_POLICY_ISOLATION,
             policy_peers: MAX_POLICY_PEERS,
             policy_ports: MAX_POLICY_PORTS,
             conntrack: MAX_CONNTRACK,
+            remote_cidrs: remote,
+            cluster_cidrs: remote.saturating_add(CONFIGURED_CLUSTER_SLACK),
         }
     }
-}
 
-impl MapSizes {
     /// Every map whose size this loader decides, with that size.
-    pub(crate) fn entries(&self) -> [(&'static str, u32); 6] {
+    pub(crate) fn entries(&self) -> [(&'static str, u32); 10] {
         [
+            (mn::REMOTE_V4, self.remote_cidrs),
+            (mn::REMOTE_V6, self.remote_cidrs),
+            (mn::CLUSTER_V4, self.cluster_cidrs),
+            (mn::CLUSTER_V6, self.cluster_cidrs),
             (mn::VERDICTS, VERDICT_COUNT),
             (mn::POLICY_ISOLATION, self.policy_isolation),
             (mn::POLICY_PEER_V4, self.policy_peers),
@@ -58,9 +99,15 @@ impl MapSizes {
     }
 }
 
-/// Unpins the maps in `dir` whose `max_entries` differs from `sizes`; returns their names.
-pub(crate) fn retire_mismatched_pins(dir: &Path, sizes: &MapSizes) -> Result<Vec<&'static str>> {
+/// Unpins the maps in `dir` whose `max_entries` differs from `sizes`; returns their names and
+/// the entries of the per-node maps among them, read before their pins went (for
+/// [`crate::carry::fill`]).
+pub(crate) fn retire_mismatched_pins(
+    dir: &Path,
+    sizes: &MapSizes,
+) -> Result<(Vec<&'static str>, Carried)> {
     let mut retired = Vec::new();
+    let mut carried = Carried::default();
     for (name, wanted) in sizes.entries() {
         let path = dir.join(name);
         let pinned = match MapData::from_pin(&path) {
@@ -68,7 +115,9 @@ pub(crate) fn retire_mismatched_pins(dir: &Path, sizes: &MapSizes) -> Result<Vec
             // No pin (first load) or not a map we can open: the loader creates or fails later.
             Err(_) => continue,
         };
-        if pinned.info()?.max_entries() != wanted {
+        let had = pinned.info()?.max_entries();
+        if had != wanted {
+            carried.take(dir, name, had)?;
             match fs::remove_file(&path) {
                 Ok(()) => retired.push(name),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -76,5 +125,34 @@ pub(crate) fn retire_mismatched_pins(dir: &Path, sizes: &MapSizes) -> Result<Vec
             }
         }
     }
-    Ok(retired)
+    Ok((retired, carried))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_node_maps_hold_every_node_at_its_cap_plus_the_configured_cidrs() {
+        let sizes = MapSizes::default();
+        assert_eq!(
+            sizes.remote_cidrs,
+            DEFAULT_MAX_NODES * DEFAULT_CIDRS_PER_NODE
+        );
+        assert_eq!(
+            sizes.cluster_cidrs,
+            sizes.remote_cidrs + CONFIGURED_CLUSTER_SLACK
+        );
+        let small = MapSizes::for_nodes(3, 2);
+        assert_eq!((small.remote_cidrs, small.cluster_cidrs), (6, 262));
+        // Policy and conntrack keep their own defaults.
+        assert_eq!(small.conntrack, MAX_CONNTRACK);
+    }
+
+    #[test]
+    fn absurd_node_counts_are_bounded_and_zero_means_one() {
+        let huge = MapSizes::for_nodes(u32::MAX, 4);
+        assert_eq!(huge.remote_cidrs, MAX_PER_NODE_ENTRIES);
+        assert_eq!(MapSizes::for_nodes(0, 0).remote_cidrs, 1);
+    }
 }

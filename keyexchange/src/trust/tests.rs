@@ -121,6 +121,20 @@ fn pod_cidrs_must_lie_in_the_pools_with_a_sane_prefix_and_count() {
     let err = check(&many).unwrap_err();
     assert!(err.reason.contains("more than"), "{err}");
     assert!(check(&many[..MAX_POD_CIDRS_PER_FAMILY]).is_ok());
+    // Endpoints are capped per family too (each is an allowed IP and a host route).
+    let eps: Vec<String> = (0..=MAX_ENDPOINTS_PER_FAMILY)
+        .map(|i| format!("198.18.1.{}", i + 1))
+        .collect();
+    let eps: Vec<&str> = eps.iter().map(String::as_str).collect();
+    let err = check_record(&rec("x", 9, &eps, &["10.244.9.0/24"]), &policy).unwrap_err();
+    assert_eq!(err.field, "endpoints");
+    assert!(err.reason.contains("more than"), "{err}");
+    let enough = &eps[..MAX_ENDPOINTS_PER_FAMILY];
+    assert!(check_record(
+        &rec("x", 9, enough, &["10.244.9.0/24", "fd00:244:0:9::/64"]),
+        &policy
+    )
+    .is_ok());
     // Without pools: special ranges and the service range still refuse.
     let open = TrustPolicy {
         cluster_pools: vec![],

@@ -2,6 +2,12 @@
 //! operations. The order is the plan's; this module only batches neighbouring peer changes of
 //! one device into one request, and neighbouring local-pod (or source-map) changes under one
 //! IPAM lock.
+//!
+//! A step that concerns peers and fails carries [`PeerStepFailed`]: the pass failed, but not
+//! this node's ability to serve its pods (the CNI configuration stays). A peer's pod CIDR that
+//! does not fit a full map is left out (logged, its redirect skipped so that no CIDR is
+//! redirected before it is guarded) and the pass goes on: the plan's capacity check
+//! ([`super::capacity`]) refuses such peers before they get here, this is the backstop.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -15,6 +21,7 @@ use super::plan::Step;
 use super::pods::{self, LocalChange, SourceChange};
 use super::{HOST_RULE_PRIORITY, HOST_TABLE};
 use crate::bpf::Bpf;
+use crate::cni_conf::PeerStepFailed;
 use crate::control::Counters;
 
 /// Apply `steps` in order. `encrypted_hosts` follows the host routes as they change.
@@ -26,12 +33,15 @@ pub(super) async fn apply(
 ) -> anyhow::Result<()> {
     log_summary(steps);
     let mut bpf = ctx.bpf.lock().await;
+    let mut full = BTreeSet::new();
     let mut rest = steps;
     while let Some(step) = rest.first() {
         let taken = match step {
             Step::RemovePeer { slot, .. } | Step::UpsertPeer { slot, .. } => {
                 let batch = peer_batch(rest, *slot);
-                apply_peers(ctx, *slot, &batch).await?;
+                apply_peers(ctx, *slot, &batch)
+                    .await
+                    .context(PeerStepFailed)?;
                 counters.peer_ops += batch.len() as u64;
                 batch.len()
             }
@@ -48,13 +58,39 @@ pub(super) async fn apply(
                 batch.len()
             }
             _ => {
-                apply_one(ctx, &mut bpf, step, counters, encrypted_hosts).await?;
+                let done = apply_one(ctx, &mut bpf, step, counters, encrypted_hosts, &mut full);
+                if concerns_peers(step) {
+                    done.await.context(PeerStepFailed)?;
+                } else {
+                    done.await?;
+                }
                 1
             }
         };
         rest = &rest[taken..];
     }
     Ok(())
+}
+
+/// Whether a step programs peers (their tunnel, routes, redirects, host routes) rather than
+/// this node's own devices, pods and guard.
+fn concerns_peers(step: &Step) -> bool {
+    matches!(
+        step,
+        Step::RemovePeer { .. }
+            | Step::UpsertPeer { .. }
+            | Step::AddRoute { .. }
+            | Step::DeleteRoute { .. }
+            | Step::GuardCidr(_)
+            | Step::SetRedirect { .. }
+            | Step::RemoveRedirect(_)
+            | Step::AddHostRoute { .. }
+            | Step::DeleteHostRoute { .. }
+            | Step::EnsureMarkRule
+            | Step::RemoveMarkRule
+            | Step::AddPlainRoute { .. }
+            | Step::DeletePlainRoute { .. }
+    )
 }
 
 /// "applying changes" when peers or tunnel routes change (the lab's tests read it).
@@ -120,6 +156,7 @@ async fn apply_one(
     step: &Step,
     counters: &mut Counters,
     encrypted_hosts: &mut BTreeSet<IpAddr>,
+    full: &mut BTreeSet<ipnet::IpNet>,
 ) -> anyhow::Result<()> {
     match step {
         Step::RemovePeer { slot, .. } | Step::UpsertPeer { slot, .. } => {
@@ -141,7 +178,7 @@ async fn apply_one(
         | Step::AttachToPod(_)
         | Step::AttachFromPod(_)
         | Step::CollectStaleLinks
-        | Step::AttachGuard(_) => apply_datapath(bpf, step, counters)?,
+        | Step::AttachGuard(_) => apply_datapath(bpf, step, counters, full)?,
         Step::SetMtu { ifindex, mtu } => {
             ctx.links.set_mtu(*ifindex, *mtu).await?;
             tracing::info!(mtu, ifindex, "WireGuard MTU changed");
@@ -199,7 +236,12 @@ async fn apply_one(
 }
 
 /// A step on the eBPF datapath.
-fn apply_datapath(bpf: &mut Bpf, step: &Step, counters: &mut Counters) -> anyhow::Result<()> {
+fn apply_datapath(
+    bpf: &mut Bpf,
+    step: &Step,
+    counters: &mut Counters,
+    full: &mut BTreeSet<ipnet::IpNet>,
+) -> anyhow::Result<()> {
     match step {
         Step::SetGuardMode(mode) => {
             bpf.set_mode(*mode)?;
@@ -207,16 +249,30 @@ fn apply_datapath(bpf: &mut Bpf, step: &Step, counters: &mut Counters) -> anyhow
         }
         Step::GuardCidr(cidr) => {
             tracing::info!(%cidr, "guarding a peer's pod CIDR on the underlay");
-            bpf.guard_cidr(*cidr)?;
+            match bpf.guard_cidr(*cidr) {
+                Err(err) if err.is_map_full() => {
+                    tracing::error!(%cidr, "the guard's cluster map is full: the peer's pod CIDR is left out (raise --max-nodes); the next pass refuses the peer");
+                    full.insert(*cidr);
+                }
+                other => other?,
+            }
         }
         Step::RemoveRedirect(cidr) => {
             bpf.remove_remote(*cidr)?;
             counters.map_ops += 1;
         }
-        Step::SetRedirect { cidr, ifindex } => {
-            bpf.set_remote(*cidr, *ifindex)?;
-            counters.map_ops += 1;
-        }
+        // Never redirect a CIDR the guard could not take.
+        Step::SetRedirect { cidr, .. } if full.contains(cidr) => {}
+        Step::SetRedirect { cidr, ifindex } => match bpf.set_remote(*cidr, *ifindex) {
+            Err(err) if err.is_map_full() => {
+                tracing::error!(%cidr, "the redirect map is full: the peer's pod CIDR is left out (raise --max-nodes); its traffic follows the route into the tunnel");
+                full.insert(*cidr);
+            }
+            other => {
+                other?;
+                counters.map_ops += 1;
+            }
+        },
         Step::AttachToPod(veth) => {
             bpf.attach_to_pod(veth)?;
             counters.map_ops += 1;

@@ -80,6 +80,13 @@ pub struct DaemonArgs {
     /// WireGuard. `--strict-mode false` only counts it.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub strict_mode: bool,
+    /// The most nodes the cluster may have: every per-node map of the tc datapath (redirects,
+    /// the guard's cluster CIDRs) is sized for this many nodes at the per-record cap of pod
+    /// CIDRs, both families. Peers beyond it are refused one by one (status `refused`, field
+    /// `capacity`), never the whole pass. Changing it resizes the pinned maps on the next
+    /// start without a window in enforcement.
+    #[arg(long, default_value_t = ebpf_redirect::DEFAULT_MAX_NODES)]
+    pub max_nodes: u32,
     /// bpffs directory for the pinned programs, maps and links.
     #[arg(long, default_value = bpf::DEFAULT_PIN_DIR)]
     pub bpf_pin_dir: PathBuf,

@@ -21,6 +21,7 @@ use keyexchange::slots::{self, pair_slot, Slot, SLOTS};
 use keyexchange::trust::{admit, Admission, Established, TrustPolicy};
 use keyexchange::{NodeRecord, PublicKey};
 
+use super::capacity::{refuse_beyond, Capacity};
 use super::state::Live;
 use crate::bpf::{self, Encryption};
 
@@ -158,7 +159,34 @@ pub fn trusted(
     policy: &TrustPolicy,
     established: &Established,
 ) -> (Desired, Admission) {
-    let admission = admit(inputs.records, inputs.me, policy, established);
+    trusted_within(inputs, policy, established, &Capacity::unlimited())
+}
+
+/// Like [`trusted`], then the accepted peers that do not fit `capacity` (the per-node maps'
+/// room) are refused too, with field `capacity` ([`super::capacity`]): they are left out of
+/// the desired state and of the memory, and the rest is programmed.
+pub fn trusted_within(
+    inputs: &Inputs<'_>,
+    policy: &TrustPolicy,
+    established: &Established,
+    capacity: &Capacity,
+) -> (Desired, Admission) {
+    let mut admission = admit(inputs.records, inputs.me, policy, established);
+    let full = refuse_beyond(
+        &mut admission.accepted,
+        &inputs.me.name,
+        established,
+        capacity,
+    );
+    if !full.is_empty() {
+        for r in &full {
+            admission.established.nodes.remove(&r.node);
+        }
+        admission.refused.extend(full);
+        admission
+            .refused
+            .sort_by(|a, b| (&a.node, a.field).cmp(&(&b.node, b.field)));
+    }
     let mut want = desired(&Inputs {
         records: &admission.accepted,
         ..inputs.clone()

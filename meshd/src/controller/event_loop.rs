@@ -300,12 +300,15 @@ async fn reconcile(ctx: &Context, state: &mut State) -> (bool, Option<tokio::tim
         }
     }
     let now = Instant::now();
-    state.failing_since = if converged {
+    // The CNI configuration follows whether this node itself can serve pods: a pass that
+    // failed only for a peer's sake (a full map, a peer's route) keeps it.
+    let serving = crate::cni_conf::serves_pods(&outcome);
+    state.failing_since = if serving {
         None
     } else {
         Some(state.failing_since.unwrap_or(now))
     };
-    follow_cni_readiness(ctx, state, converged, now).await;
+    follow_cni_readiness(ctx, state, serving, now).await;
     let mut retry = None;
     if let Err(err) = outcome {
         state.counters.reconcile_errors += 1;
@@ -323,8 +326,9 @@ async fn reconcile(ctx: &Context, state: &mut State) -> (bool, Option<tokio::tim
     (converged, retry)
 }
 
-/// The node takes pods while its mesh converges: the CNI configuration is installed after a
-/// converged pass and removed once passes have kept failing for `--cni-unready-after`.
+/// The node takes pods while it can serve them: the CNI configuration is installed after a
+/// pass that converged (or failed only for a peer's sake) and removed once passes have kept
+/// failing for this node's own sake for `--cni-unready-after`.
 async fn follow_cni_readiness(ctx: &Context, state: &State, converged: bool, now: Instant) {
     let action = crate::cni_conf::action(
         converged,

@@ -30,6 +30,8 @@
 
 mod apply;
 mod args;
+/// Map capacity (pure: which accepted peers fit in the per-node maps).
+pub mod capacity;
 mod claim;
 mod context;
 /// The desired state (pure: records and settings in, the node as it should be out).

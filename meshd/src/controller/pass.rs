@@ -11,8 +11,9 @@ use netlink::DeviceStatus;
 
 use super::apply::apply;
 use super::args::PodSteering;
+use super::capacity::Capacity;
 use super::context::Context;
-use super::desired::{host_exclusions, trusted, Desired, Inputs};
+use super::desired::{host_exclusions, trusted_within, Desired, Inputs};
 use super::devices::{ensure_ports, heal_devices};
 use super::liveness::{handshook_within, liveness_window};
 use super::observe::{observe, Observation};
@@ -78,7 +79,8 @@ async fn desired_now(
             })
         }
     };
-    let (want, admission) = trusted(
+    let capacity = map_capacity(ctx, state, me.name.as_str(), observation).await;
+    let (want, admission) = trusted_within(
         &Inputs {
             records: &state.registry.records,
             me: &me,
@@ -96,6 +98,7 @@ async fn desired_now(
         },
         &policy,
         &established,
+        &capacity,
     );
     if admission.established != established {
         if let Err(err) = trust::save(&ctx.args.state_dir, &admission.established) {
@@ -108,6 +111,35 @@ async fn desired_now(
     state.registry.refused = admission.refused;
     state.registry.established = Some(admission.established);
     want
+}
+
+/// The room the per-node maps have for peers' pod CIDRs: their sizes, less what the cluster
+/// map holds besides the known peers' pod CIDRs (configured cluster CIDRs, and learned
+/// entries of nodes that are gone, which stay guarded for good).
+async fn map_capacity(
+    ctx: &Context,
+    state: &State,
+    me: &str,
+    observation: &Observation,
+) -> Capacity {
+    let sizes = *ctx.bpf.lock().await.sizes();
+    let peer_cidrs: BTreeSet<ipnet::IpNet> = state
+        .registry
+        .records
+        .values()
+        .filter(|r| r.name != me)
+        .flat_map(|r| r.pod_cidrs.iter().map(ipnet::IpNet::trunc))
+        .collect();
+    let mut others = [0usize; 2];
+    for cidr in observation
+        .observed
+        .guarded_cidrs
+        .iter()
+        .filter(|c| !peer_cidrs.contains(*c))
+    {
+        others[usize::from(matches!(cidr, ipnet::IpNet::V6(_)))] += 1;
+    }
+    Capacity::of_maps(sizes.remote_cidrs, sizes.cluster_cidrs, others)
 }
 
 /// The peers whose tunnel is up: by the liveness tracker, or handshook just now (a new key

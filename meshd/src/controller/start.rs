@@ -326,6 +326,7 @@ async fn start_guard(
         args.listen_port,
         mode,
         &clusters,
+        &bpf::map_sizes(args.max_nodes),
     )
     .context("starting the tc eBPF datapath")?;
     bpf.set_mesh_mark(args.mesh_mark)

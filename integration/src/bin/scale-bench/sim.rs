@@ -9,7 +9,6 @@
 //! traffic) and pod CIDRs inside the lab's pools: an IPv4 block of 10.244.128.0/17 (sized so
 //! that every index fits, see [`v4_block_len`]) and `fd00:244:0:<0x8000+i>::/64`.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -219,6 +218,7 @@ mod tests {
     #[test]
     fn a_rotation_replaces_both_keys_ends_idle_and_keeps_the_node_trusted() {
         use keyexchange::trust::{admit, Established, TrustPolicy};
+        use std::collections::BTreeMap;
         let policy = TrustPolicy {
             cluster_pools: vec![
                 "10.244.0.0/16".parse().unwrap(),
