@@ -65,7 +65,10 @@ mod tests {
             let path = entry.expect("a directory entry").path();
             let data = std::fs::read(&path).expect("a seed");
             let accepted = record_json(&data);
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
             if name.starts_with("valid-") {
                 assert!(accepted, "{name} was refused");
             }

@@ -124,7 +124,16 @@ pub fn source_addr(source: u8) -> SocketAddr {
     let port = 1024 + u16::from(source);
     let ip = match source % 3 {
         0 => IpAddr::V4(Ipv4Addr::new(198, 51, 100, source)),
-        1 => IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, u16::from(source))),
+        1 => IpAddr::V6(Ipv6Addr::new(
+            0x2001,
+            0xdb8,
+            0,
+            0,
+            0,
+            0,
+            0,
+            u16::from(source),
+        )),
         _ => IpAddr::V6(Ipv4Addr::new(203, 0, 113, source).to_ipv6_mapped()),
     };
     SocketAddr::new(ip, port)

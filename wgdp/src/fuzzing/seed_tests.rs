@@ -17,8 +17,8 @@ fn seeds(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     let mut files: Vec<(PathBuf, Vec<u8>)> = entries
         .map(|e| {
             let path = e.expect("directory entry").path();
-            let data = std::fs::read(&path)
-                .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+            let data =
+                std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
             (path, data)
         })
         .collect();

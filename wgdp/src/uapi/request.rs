@@ -378,7 +378,10 @@ mod tests {
         };
         let mut written = String::new();
         write_set(&req, &mut written);
-        assert!(written.contains("endpoint=[fe80::1%2]:51820\n"), "{written}");
+        assert!(
+            written.contains("endpoint=[fe80::1%2]:51820\n"),
+            "{written}"
+        );
         let again = parse_request(written.lines().take_while(|l| !l.is_empty()));
         assert_eq!(again, Ok(Request::Set(req)));
     }
