@@ -201,4 +201,15 @@ mod tests {
     fn control_protocol_seeds() {
         replay("control_protocol", control_protocol);
     }
+
+    /// The status seeds are what `meshctl` reads (docs/json-contract.md's example, and the
+    /// same without the fields added over time), so the fuzzer starts from real answers.
+    #[test]
+    fn the_status_seeds_are_status_reports() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/control_protocol");
+        for name in ["answer-status-contract", "answer-status-old-meshd"] {
+            let data = std::fs::read(dir.join(name)).expect("a seed");
+            serde_json::from_slice::<StatusReport>(&data).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
 }
