@@ -29,7 +29,7 @@ use crate::datapath::RxCtx;
 use crate::device::{lock, Core, Peer};
 
 /// The most operations one input runs.
-pub const MAX_OPS: usize = 16;
+pub const MAX_OPS: usize = 4;
 
 /// One thing that arrives on the device's UDP socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
