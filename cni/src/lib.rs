@@ -30,6 +30,10 @@ use serde_json::{Map, Value};
 
 /// The kernel side of a pod interface: veth pair, addresses and routes.
 pub mod datapath;
+/// Entry points of the cargo-fuzz targets in `fuzz/` (feature `fuzzing`).
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 /// Node-local pod address management on an on-disk store.
 pub mod ipam;
 /// A small synchronous rtnetlink client: one request, its acknowledgement or its dump.

@@ -23,6 +23,10 @@
 //!   a pair of nodes uses ([`slots::pair_slot`]).
 #![forbid(unsafe_code)]
 
+/// Entry point of the `record_json` fuzz target (feature `fuzzing`).
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod key;
 pub mod peers;
 pub mod record;

@@ -133,6 +133,9 @@ impl std::fmt::Display for RotationPhase {
     }
 }
 
+mod request;
+pub use request::{error_body, parse_request, Request, UnknownRequest};
+
 /// Default path of the control socket.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/meshd/meshd.sock";
 
@@ -458,7 +461,7 @@ async fn answer(
         Ok(line) => line,
         Err(err) => {
             tracing::warn!(%err, "control socket: refusing a client");
-            let body = serde_json::json!({ "error": err.to_string() }).to_string();
+            let body = error_body(&err.to_string());
             // Best effort: a client that stopped reading gets nothing.
             let _ = tokio::time::timeout(REQUEST_TIMEOUT, async {
                 write.write_all(body.as_bytes()).await?;
@@ -471,12 +474,12 @@ async fn answer(
             return Ok(());
         }
     };
-    let body = match line.trim() {
-        "status" => match status.read().await.as_ref() {
+    let body = match parse_request(&line) {
+        Ok(Request::Status) => match status.read().await.as_ref() {
             Some(report) => serde_json::to_string_pretty(report).map_err(std::io::Error::other)?,
             None => r#"{"error":"meshd is starting"}"#.to_string(),
         },
-        "rotate-key" => {
+        Ok(Request::RotateKey) => {
             let (tx, rx) = tokio::sync::oneshot::channel();
             let outcome = match commands.send(Command::RotateKey(tx)).await {
                 Err(_) => Err("meshd is shutting down".to_string()),
@@ -500,7 +503,7 @@ async fn answer(
             })
             .map_err(std::io::Error::other)?
         }
-        other => format!(r#"{{"error":"unknown request {other:?}"}}"#),
+        Err(unknown) => error_body(&unknown.to_string()),
     };
     // A client that never reads its answer does not hold a slot for ever.
     tokio::time::timeout(REQUEST_TIMEOUT, async {

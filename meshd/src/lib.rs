@@ -19,6 +19,10 @@ pub mod control;
 /// The controller: start-up, the event loop, the pure desired state and plan, and the steps
 /// that apply it.
 pub mod controller;
+/// Entry points of the cargo-fuzz targets in `fuzz/` (feature `fuzzing`).
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 /// Liveness and readiness endpoints.
 pub mod health;
 /// Prometheus metrics.

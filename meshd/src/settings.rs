@@ -173,11 +173,13 @@ impl Settings {
         }
         if let Some(v) = get("keepalive") {
             s.keepalive = match v.trim() {
-                "off" | "0" => None,
+                "off" => None,
+                // Zero however written ("0", "00", "+0") is off.
                 t => Some(
                     t.parse::<u16>()
                         .map_err(|_| invalid("keepalive", v, "off or seconds 0-65535"))?,
-                ),
+                )
+                .filter(|secs| *secs != 0),
             };
         }
         Ok(s)
@@ -324,6 +326,18 @@ mod tests {
 
     fn err(pairs: &[(&str, &str)]) -> SettingsError {
         Settings::from_data(&data(pairs)).unwrap_err()
+    }
+
+    /// Found by the `settings_configmap` fuzz target: `keepalive: "00"` (or `"+0"`) read as
+    /// `Some(0)` where `"0"` reads as off, so the settings did not read back from
+    /// [`Settings::to_data`] and a keepalive of 0 seconds went to the device.
+    #[test]
+    fn a_zero_keepalive_however_written_is_off() {
+        for v in ["0", "00", "+0", " 000 "] {
+            let s = Settings::from_data(&data(&[("keepalive", v)])).unwrap();
+            assert_eq!(s.keepalive, None, "{v:?}");
+            assert_eq!(Settings::from_data(&s.to_data()).unwrap(), s);
+        }
     }
 
     #[test]

@@ -14,6 +14,10 @@
 
 /// The WireGuard device: adopt or create, configure, read, apply peer changes, destroy.
 pub mod device;
+/// The entry point of the `uapi_answer` fuzz target (feature `fuzzing`).
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 /// The kernel back end: generic netlink to a `wireguard` link.
 pub mod kernel;
 /// Links over rtnetlink: lookup, up, MTU, addresses, underlay detection.

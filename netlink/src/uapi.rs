@@ -276,9 +276,14 @@ pub fn peer_pid(path: &Path) -> Result<i32, UapiError> {
     Ok(cred.pid())
 }
 
-/// Converts a UAPI handshake time to `SystemTime` (exposed for callers formatting ages).
+/// Converts a UAPI handshake time to `SystemTime` (exposed for callers formatting ages):
+/// `None` for "never" (both zero) and for a time that is not one (nanoseconds of a second or
+/// more, or beyond what the system clock holds).
 pub fn handshake_time(sec: u64, nsec: u32) -> Option<SystemTime> {
-    (sec != 0 || nsec != 0).then(|| UNIX_EPOCH + Duration::new(sec, nsec))
+    if (sec == 0 && nsec == 0) || nsec >= 1_000_000_000 {
+        return None;
+    }
+    UNIX_EPOCH.checked_add(Duration::new(sec, nsec))
 }
 
 #[cfg(test)]
@@ -294,6 +299,17 @@ mod tests {
 
     fn net(s: &str) -> IpNet {
         s.parse().expect("cidr")
+    }
+
+    /// Found while fuzzing the UAPI client: these panicked (Duration and SystemTime
+    /// overflow).
+    #[test]
+    fn handshake_time_of_out_of_range_values_is_none() {
+        assert_eq!(handshake_time(0, 0), None);
+        assert_eq!(handshake_time(u64::MAX, u32::MAX), None);
+        assert_eq!(handshake_time(u64::MAX, 0), None);
+        assert_eq!(handshake_time(1, 1_000_000_000), None);
+        assert_eq!(handshake_time(1, 5), Some(UNIX_EPOCH + Duration::new(1, 5)));
     }
 
     #[test]

@@ -6,6 +6,10 @@
 //! handshake with a simulated remote boringtun is run once), and a TUN with virtio-net
 //! headers. Outputs (datagrams, TUN writes) are produced and discarded. Every input is
 //! either processed or dropped and counted; nothing may panic.
+//!
+//! The cargo-fuzz targets in `fuzz/` (see `docs/fuzzing.md`) call these entry points, and so
+//! do this crate's tests with every committed seed ([`uapi`]: the UAPI server's request
+//! parser; [`flood`]: UDP input from many source addresses, behind the `fuzzing` feature).
 
 use std::net::SocketAddr;
 use std::sync::{Mutex, OnceLock};
@@ -17,6 +21,12 @@ use crate::datapath::{RxCtx, TxCtx};
 use crate::device::{lock, Core};
 use crate::stats::Stats;
 use crate::uapi::{parse_request, Key, Request};
+
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod flood;
+#[cfg(test)]
+mod seed_tests;
+pub mod uapi;
 
 /// The device's private key in the harness.
 pub const DEVICE_KEY: [u8; 32] = [0x11; 32];

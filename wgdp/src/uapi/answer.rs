@@ -160,11 +160,14 @@ pub fn parse_get_answer(text: &str) -> Result<DeviceInfo, AnswerError> {
     let mut info = DeviceInfo::default();
     // Handshake seconds and nanoseconds arrive on separate lines; combined per peer.
     let mut handshake: Option<(u64, u32)> = None;
-    fn finish(info: &mut DeviceInfo, handshake: &mut Option<(u64, u32)>) {
+    fn finish(
+        info: &mut DeviceInfo,
+        handshake: &mut Option<(u64, u32)>,
+    ) -> Result<(), AnswerError> {
         if let (Some(peer), Some((sec, nsec))) = (info.peers.last_mut(), handshake.take()) {
-            peer.last_handshake =
-                (sec != 0 || nsec != 0).then(|| UNIX_EPOCH + Duration::new(sec, nsec));
+            peer.last_handshake = handshake_time(sec, nsec)?;
         }
+        Ok(())
     }
     for line in text.lines() {
         if line.is_empty() {
@@ -174,14 +177,14 @@ pub fn parse_get_answer(text: &str) -> Result<DeviceInfo, AnswerError> {
             .split_once('=')
             .ok_or(AnswerError::NoEquals { length: line.len() })?;
         if k == "errno" {
-            finish(&mut info, &mut handshake);
+            finish(&mut info, &mut handshake)?;
             return match num::<i32>(k, value)? {
                 0 => Ok(info),
                 errno => Err(AnswerError::Errno(errno)),
             };
         }
         if k == "public_key" {
-            finish(&mut info, &mut handshake);
+            finish(&mut info, &mut handshake)?;
             info.peers.push(PeerInfo::new(key(k, value)?));
             continue;
         }
@@ -222,6 +225,22 @@ pub fn parse_get_answer(text: &str) -> Result<DeviceInfo, AnswerError> {
         }
     }
     Err(AnswerError::MissingErrno)
+}
+
+/// The time of a peer's last handshake from its `last_handshake_time_sec` and `_nsec`
+/// (both zero: never); nanoseconds of a second or more, or a time the system clock cannot
+/// hold, are invalid.
+fn handshake_time(sec: u64, nsec: u32) -> Result<Option<SystemTime>, AnswerError> {
+    if sec == 0 && nsec == 0 {
+        return Ok(None);
+    }
+    if nsec >= 1_000_000_000 {
+        return Err(invalid("last_handshake_time_nsec", "not below one second"));
+    }
+    UNIX_EPOCH
+        .checked_add(Duration::new(sec, nsec))
+        .map(Some)
+        .ok_or_else(|| invalid("last_handshake_time_sec", "out of range"))
 }
 
 /// Reads the answer to a `set=1` request: `Ok` for `errno=0`.
@@ -368,6 +387,42 @@ mod tests {
             parse_get_answer("public_key=zz\nerrno=0\n\n"),
             Err(AnswerError::InvalidValue { .. })
         ));
+    }
+
+    /// Found by the `uapi_answer` fuzz target: a handshake time of 2^64-1 seconds, or
+    /// nanoseconds of a second or more, panicked (`Duration::new` and `SystemTime + Duration`
+    /// overflow) in the client reading a device's answer.
+    #[test]
+    fn out_of_range_handshake_times_are_errors_not_panics() {
+        let peer = format!("public_key={}\n", Key([2; 32]).to_hex());
+        for (times, key) in [
+            (
+                "last_handshake_time_sec=18446744073709551615\nlast_handshake_time_nsec=4294967295\n",
+                "last_handshake_time_nsec",
+            ),
+            (
+                "last_handshake_time_sec=18446744073709551615\nlast_handshake_time_nsec=0\n",
+                "last_handshake_time_sec",
+            ),
+            (
+                "last_handshake_time_sec=1\nlast_handshake_time_nsec=1000000000\n",
+                "last_handshake_time_nsec",
+            ),
+        ] {
+            let answer = format!("{peer}{times}errno=0\n\n");
+            match parse_get_answer(&answer) {
+                Err(AnswerError::InvalidValue { key: k, .. }) => assert_eq!(k, key, "{times}"),
+                other => panic!("{times}: {other:?}"),
+            }
+        }
+        let answer = format!(
+            "{peer}last_handshake_time_sec=1\nlast_handshake_time_nsec=999999999\nerrno=0\n\n"
+        );
+        let info = parse_get_answer(&answer).expect("a valid time");
+        assert_eq!(
+            info.peers[0].last_handshake,
+            Some(UNIX_EPOCH + Duration::new(1, 999_999_999))
+        );
     }
 
     #[test]

@@ -275,10 +275,14 @@ pub fn write_set(req: &SetRequest, out: &mut String) {
     out.push('\n');
 }
 
-/// `a.b.c.d:port` or `[v6]:port` (no scope id: the protocol has none).
+/// `a.b.c.d:port`, `[v6]:port` or, for a link-local peer, `[v6%scope]:port` (the scope id
+/// [`parse_request`] accepts, written back so that a `get` reports the endpoint in use).
 pub(super) fn format_endpoint(ep: &SocketAddr) -> String {
     match ep {
         SocketAddr::V4(a) => format!("{}:{}", a.ip(), a.port()),
+        SocketAddr::V6(a) if a.scope_id() != 0 => {
+            format!("[{}%{}]:{}", a.ip(), a.scope_id(), a.port())
+        }
         SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
     }
 }
@@ -359,6 +363,27 @@ mod tests {
         );
         assert!(req.peers[1].update_only && !req.peers[1].remove);
         assert!(req.peers[2].remove);
+    }
+
+    /// Found by the `uapi_request` fuzz target: the scope id of a link-local endpoint was
+    /// parsed but not written back, so a written request named another endpoint.
+    #[test]
+    fn a_scoped_endpoint_round_trips() {
+        let text = format!(
+            "set=1\npublic_key={}\nendpoint=[fe80::1%2]:51820\n",
+            key(2).to_hex()
+        );
+        let Ok(Request::Set(req)) = parse(&text) else {
+            panic!("parse");
+        };
+        let mut written = String::new();
+        write_set(&req, &mut written);
+        assert!(
+            written.contains("endpoint=[fe80::1%2]:51820\n"),
+            "{written}"
+        );
+        let again = parse_request(written.lines().take_while(|l| !l.is_empty()));
+        assert_eq!(again, Ok(Request::Set(req)));
     }
 
     #[test]
