@@ -54,14 +54,32 @@
 //!   allocation for GC; an owner file that lost its content does not parse, so its address is
 //!   treated as taken and GC removes it. A kill of the plugin loses nothing (the page cache
 //!   survives it), so everything above holds. GC, rare, still syncs the directory.
+//! * **GC never takes an in-flight ADD's address.** An ADD holds a *shared* `flock` on the
+//!   store's directory itself from before its allocation until its pod is fully set up
+//!   ([`Ipam::begin_attach`](crate::ipam::Ipam::begin_attach)) and then *commits*: it sets the
+//!   modification time of its owner file to the moment it finished
+//!   ([`Ipam::commit`](crate::ipam::Ipam::commit)). GC holds the same lock *exclusively* for its
+//!   whole read, decision and release ([`Ipam::begin_gc`](crate::ipam::Ipam::begin_gc)), so it
+//!   never sees an allocation whose pod is half built, and it spares every allocation committed
+//!   after the GC started ([`Ipam::gc_since`](crate::ipam::Ipam::gc_since)): the runtime computed
+//!   its valid attachments before starting the GC, so it cannot have meant an ADD that finished
+//!   later. ADDs among themselves still run in parallel (the lock is shared); only the short
+//!   allocation step is serialised by `.lock`. The order is always the directory then `.lock`.
+//!
+//! # Permissions
+//!
+//! The directory is created `0700` and every file in it `0600`: the store names every pod of
+//! the node. An existing directory with group or other permission bits is tightened to `0700`
+//! when the store is opened (a path that is not a directory is refused).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::unix::fs::{DirEntryExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, DirEntryExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use ipnet::IpNet;
 use nix::fcntl::{Flock, FlockArg};
@@ -70,6 +88,10 @@ use nix::fcntl::{Flock, FlockArg};
 pub const DEFAULT_DIR: &str = "/var/lib/meshd/ipam";
 
 const LOCK_FILE: &str = ".lock";
+/// The mode of the store's directory.
+pub const DIR_MODE: u32 = 0o700;
+/// The mode of every file in the store.
+pub const FILE_MODE: u32 = 0o600;
 const TMP_PREFIX: &str = ".tmp-";
 /// The prefix of an owner's index link (see the module documentation).
 pub const INDEX_PREFIX: &str = ".owner-";
@@ -246,6 +268,13 @@ struct NameScan {
     index_ino: Option<u64>,
 }
 
+/// The store's attach lock, held shared by an ADD from before its allocation until its commit
+/// and exclusively by a GC (see the module documentation); released on drop.
+#[derive(Debug)]
+pub struct AttachLock {
+    _lock: Flock<File>,
+}
+
 /// The directory-backed allocator for one node's pod CIDRs.
 #[derive(Debug, Clone)]
 pub struct Ipam {
@@ -254,14 +283,33 @@ pub struct Ipam {
 }
 
 impl Ipam {
-    /// Open (creating if needed, mode 0700) the store in `dir` for the given pod CIDRs.
+    /// Open the store in `dir` for the given pod CIDRs, creating the directory (mode 0700, its
+    /// missing parents as the umask says) when it does not exist, and tightening an existing one
+    /// with group or other permission bits to 0700. A path that is not a directory is refused.
     pub fn open(dir: impl Into<PathBuf>, cidrs: &[IpNet]) -> Result<Ipam, IpamError> {
         let dir = dir.into();
-        fs::create_dir_all(&dir).map_err(|source| IpamError::Io {
-            op: "creating",
-            path: dir.clone(),
-            source,
-        })?;
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent).map_err(Self::io("creating", parent))?;
+        }
+        match fs::DirBuilder::new().mode(DIR_MODE).create(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Self::io("creating", &dir)(e)),
+        }
+        let meta = fs::metadata(&dir).map_err(Self::io("reading", &dir))?;
+        if !meta.is_dir() {
+            return Err(IpamError::Io {
+                op: "opening the store",
+                path: dir,
+                source: io::Error::other("not a directory"),
+            });
+        }
+        // The umask may have cleared bits of DIR_MODE, never added any: tighten what an older
+        // version (0755) or a hand left open.
+        if meta.permissions().mode() & 0o077 != 0 {
+            fs::set_permissions(&dir, fs::Permissions::from_mode(DIR_MODE))
+                .map_err(Self::io("tightening the permissions of", &dir))?;
+        }
         Ok(Ipam {
             dir,
             cidrs: cidrs.iter().map(IpNet::trunc).collect(),
@@ -293,7 +341,7 @@ impl Ipam {
             .truncate(false)
             .read(true)
             .write(true)
-            .mode(0o600)
+            .mode(FILE_MODE)
             .open(&path)
             .map_err(Self::io("opening", &path))?;
         Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| IpamError::Io {
@@ -301,6 +349,50 @@ impl Ipam {
             path,
             source: io::Error::from(errno),
         })
+    }
+
+    fn attach_lock(&self, how: FlockArg) -> Result<AttachLock, IpamError> {
+        // The directory itself: no file of its own that a listing would have to skip.
+        let file = File::open(&self.dir).map_err(Self::io("opening", &self.dir))?;
+        let lock = Flock::lock(file, how).map_err(|(_, errno)| IpamError::Io {
+            op: "locking",
+            path: self.dir.clone(),
+            source: io::Error::from(errno),
+        })?;
+        Ok(AttachLock { _lock: lock })
+    }
+
+    /// Start an ADD: hold this (shared with other ADDs, exclusive of GC) from before
+    /// [`Ipam::allocate`] until [`Ipam::commit`] once the pod is set up, or until the
+    /// allocation is released on failure.
+    pub fn begin_attach(&self) -> Result<AttachLock, IpamError> {
+        self.attach_lock(FlockArg::LockShared)
+    }
+
+    /// Start a GC: waits for every in-flight ADD to commit or fail, and keeps new ones from
+    /// allocating until it is dropped.
+    pub fn begin_gc(&self) -> Result<AttachLock, IpamError> {
+        self.attach_lock(FlockArg::LockExclusive)
+    }
+
+    /// Finish an ADD of `(container_id, ifname)` begun with `_attach`: stamp its owner file
+    /// with the current time, so that a GC that started before this moment spares it.
+    pub fn commit(
+        &self,
+        _attach: &AttachLock,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<(), IpamError> {
+        let owner = Owner {
+            container_id: container_id.to_string(),
+            ifname: ifname.to_string(),
+        };
+        let index = self.dir.join(owner.index_name());
+        OpenOptions::new()
+            .write(true)
+            .open(&index)
+            .and_then(|f| f.set_modified(SystemTime::now()))
+            .map_err(Self::io("committing", &index))
     }
 
     fn sync_dir(&self) -> Result<(), IpamError> {
@@ -637,7 +729,17 @@ impl Ipam {
     /// Remove every allocation whose owner is not in `valid` (as `(container_id, ifname)`),
     /// every unparseable file and every leftover temporary file. Returns the freed addresses.
     pub fn gc(&self, valid: &[(String, String)]) -> Result<Vec<IpAddr>, IpamError> {
-        let _lock = self.lock()?;
+        self.gc_since(valid, None)
+    }
+
+    /// What [`Ipam::gc_since`] would collect now: the entries whose owner is not in `valid`
+    /// (or does not parse), except those modified at or after `started`. Takes no lock: call
+    /// it holding [`Ipam::begin_gc`]'s lock for an answer that stays true.
+    pub fn gc_candidates(
+        &self,
+        valid: &[(String, String)],
+        started: Option<SystemTime>,
+    ) -> Result<Vec<Entry>, IpamError> {
         let valid: HashSet<Owner> = valid
             .iter()
             .map(|(c, i)| Owner {
@@ -645,10 +747,39 @@ impl Ipam {
                 ifname: i.clone(),
             })
             .collect();
+        let mut out = Vec::new();
+        for entry in self.list()? {
+            if entry.owner.as_ref().is_some_and(|o| valid.contains(o)) {
+                continue;
+            }
+            if let Some(started) = started {
+                let path = self.dir.join(entry.address.to_string());
+                match fs::metadata(&path).and_then(|m| m.modified()) {
+                    // Committed by an ADD that finished after this GC began: not the
+                    // runtime's to judge yet.
+                    Ok(modified) if modified >= started => continue,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(Self::io("reading", &path)(e)),
+                }
+            }
+            out.push(entry);
+        }
+        Ok(out)
+    }
+
+    /// [`Ipam::gc`], sparing allocations committed at or after `started` (the moment the GC
+    /// began; `None` spares nothing). Hold [`Ipam::begin_gc`]'s lock around it (and around
+    /// the teardown of what [`Ipam::gc_candidates`] named) so that no ADD is half done.
+    pub fn gc_since(
+        &self,
+        valid: &[(String, String)],
+        started: Option<SystemTime>,
+    ) -> Result<Vec<IpAddr>, IpamError> {
+        let _lock = self.lock()?;
         let doomed: Vec<IpAddr> = self
-            .list()?
+            .gc_candidates(valid, started)?
             .into_iter()
-            .filter(|e| e.owner.as_ref().is_none_or(|o| !valid.contains(o)))
             .map(|e| e.address)
             .collect();
         // Temporary files: with the lock held, no live allocator owns one.
@@ -717,7 +848,7 @@ fn write_owner_file(tmp: &Path, owner: &Owner) -> Result<(), IpamError> {
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o644)
+        .mode(FILE_MODE)
         .open(tmp)
         .map_err(Ipam::io("creating", tmp))?;
     f.write_all(owner.to_file().as_bytes())
