@@ -237,7 +237,8 @@ impl Command {
             "GC" => Command::Gc,
             other => {
                 return Err(CniError::InvalidEnv(format!(
-                    "unknown CNI_COMMAND {other:?}"
+                    "unknown CNI_COMMAND {:?}",
+                    shorten(other)
                 )))
             }
         })
@@ -313,7 +314,8 @@ impl Env {
         if let Some(ifname) = &env.ifname {
             check_ifname(ifname).map_err(|why| {
                 CniError::InvalidEnv(format!(
-                    "CNI_IFNAME {ifname:?} is not a valid interface name: {why}"
+                    "CNI_IFNAME {:?} is not a valid interface name: {why}",
+                    shorten(ifname)
                 ))
             })?;
         }
@@ -401,7 +403,8 @@ pub fn parse_cni_args(s: &str) -> Result<Vec<(String, String)>, CniError> {
         .map(|kv| match kv.split_once('=') {
             Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
             _ => Err(CniError::InvalidEnv(format!(
-                "CNI_ARGS: {kv:?} is not KEY=VALUE"
+                "CNI_ARGS: {:?} is not KEY=VALUE",
+                shorten(kv)
             ))),
         })
         .collect()

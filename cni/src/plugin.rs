@@ -254,7 +254,8 @@ fn refuse_host_netns(path: &Path, ns: &File) -> Result<(), CniError> {
 }
 
 fn gc(conf: &NetConf) -> Result<(), CniError> {
-    // Whatever an ADD commits from now on, the runtime's list (made before this) cannot judge.
+    // The runtime made its list of valid attachments before starting this GC: whatever an ADD
+    // commits from now on, the list cannot judge.
     let started = SystemTime::now();
     // The runtime must say which attachments are still valid; a GC without the list is a
     // malformed request, not "none are valid" (which would tear down every pod).

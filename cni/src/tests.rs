@@ -332,3 +332,12 @@ fn hostile_prev_results_are_refused() {
         assert!(err.details().contains(says), "{prev}: {err}");
     }
 }
+
+#[test]
+fn errors_never_echo_a_huge_value() {
+    let huge = "x".repeat(100_000);
+    let ifname = del_env("c1", &huge).unwrap_err();
+    assert!(ifname.details().len() < 200, "{}", ifname.details().len());
+    let command = Env::parse(env_of(&[("CNI_COMMAND", &huge)])).unwrap_err();
+    assert!(command.details().len() < 200);
+}

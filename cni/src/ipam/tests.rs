@@ -402,7 +402,10 @@ fn the_store_is_created_0700_with_0600_files_and_an_open_one_is_tightened() {
     let file = root.path().join("not-a-dir");
     fs::write(&file, b"x").unwrap();
     let err = Ipam::open(&file, &cidrs()).unwrap_err().to_string();
-    assert!(err.contains("not a directory") && err.contains("not-a-dir"), "{err}");
+    assert!(
+        err.contains("not a directory") && err.contains("not-a-dir"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -426,7 +429,10 @@ fn gc_spares_what_an_add_committed_after_the_gc_began() {
             .set_modified(t)
             .unwrap();
     };
-    stamp("old", SystemTime::now() - std::time::Duration::from_secs(60));
+    stamp(
+        "old",
+        SystemTime::now() - std::time::Duration::from_secs(60),
+    );
     let started = SystemTime::now();
     let attach = ipam.begin_attach().unwrap();
     let fresh = ipam.allocate("fresh", "eth0").unwrap();
