@@ -268,13 +268,6 @@ struct NameScan {
     index_ino: Option<u64>,
 }
 
-/// The store's attach lock, held shared by an ADD from before its allocation until its commit
-/// and exclusively by a GC (see the module documentation); released on drop.
-#[derive(Debug)]
-pub struct AttachLock {
-    _lock: Flock<File>,
-}
-
 /// The directory-backed allocator for one node's pod CIDRs.
 #[derive(Debug, Clone)]
 pub struct Ipam {
@@ -349,50 +342,6 @@ impl Ipam {
             path,
             source: io::Error::from(errno),
         })
-    }
-
-    fn attach_lock(&self, how: FlockArg) -> Result<AttachLock, IpamError> {
-        // The directory itself: no file of its own that a listing would have to skip.
-        let file = File::open(&self.dir).map_err(Self::io("opening", &self.dir))?;
-        let lock = Flock::lock(file, how).map_err(|(_, errno)| IpamError::Io {
-            op: "locking",
-            path: self.dir.clone(),
-            source: io::Error::from(errno),
-        })?;
-        Ok(AttachLock { _lock: lock })
-    }
-
-    /// Start an ADD: hold this (shared with other ADDs, exclusive of GC) from before
-    /// [`Ipam::allocate`] until [`Ipam::commit`] once the pod is set up, or until the
-    /// allocation is released on failure.
-    pub fn begin_attach(&self) -> Result<AttachLock, IpamError> {
-        self.attach_lock(FlockArg::LockShared)
-    }
-
-    /// Start a GC: waits for every in-flight ADD to commit or fail, and keeps new ones from
-    /// allocating until it is dropped.
-    pub fn begin_gc(&self) -> Result<AttachLock, IpamError> {
-        self.attach_lock(FlockArg::LockExclusive)
-    }
-
-    /// Finish an ADD of `(container_id, ifname)` begun with `_attach`: stamp its owner file
-    /// with the current time, so that a GC that started before this moment spares it.
-    pub fn commit(
-        &self,
-        _attach: &AttachLock,
-        container_id: &str,
-        ifname: &str,
-    ) -> Result<(), IpamError> {
-        let owner = Owner {
-            container_id: container_id.to_string(),
-            ifname: ifname.to_string(),
-        };
-        let index = self.dir.join(owner.index_name());
-        OpenOptions::new()
-            .write(true)
-            .open(&index)
-            .and_then(|f| f.set_modified(SystemTime::now()))
-            .map_err(Self::io("committing", &index))
     }
 
     fn sync_dir(&self) -> Result<(), IpamError> {
@@ -732,42 +681,6 @@ impl Ipam {
         self.gc_since(valid, None)
     }
 
-    /// What [`Ipam::gc_since`] would collect now: the entries whose owner is not in `valid`
-    /// (or does not parse), except those modified at or after `started`. Takes no lock: call
-    /// it holding [`Ipam::begin_gc`]'s lock for an answer that stays true.
-    pub fn gc_candidates(
-        &self,
-        valid: &[(String, String)],
-        started: Option<SystemTime>,
-    ) -> Result<Vec<Entry>, IpamError> {
-        let valid: HashSet<Owner> = valid
-            .iter()
-            .map(|(c, i)| Owner {
-                container_id: c.clone(),
-                ifname: i.clone(),
-            })
-            .collect();
-        let mut out = Vec::new();
-        for entry in self.list()? {
-            if entry.owner.as_ref().is_some_and(|o| valid.contains(o)) {
-                continue;
-            }
-            if let Some(started) = started {
-                let path = self.dir.join(entry.address.to_string());
-                match fs::metadata(&path).and_then(|m| m.modified()) {
-                    // Committed by an ADD that finished after this GC began: not the
-                    // runtime's to judge yet.
-                    Ok(modified) if modified >= started => continue,
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(Self::io("reading", &path)(e)),
-                }
-            }
-            out.push(entry);
-        }
-        Ok(out)
-    }
-
     /// [`Ipam::gc`], sparing allocations committed at or after `started` (the moment the GC
     /// began; `None` spares nothing). Hold [`Ipam::begin_gc`]'s lock around it (and around
     /// the teardown of what [`Ipam::gc_candidates`] named) so that no ADD is half done.
@@ -854,6 +767,9 @@ fn write_owner_file(tmp: &Path, owner: &Owner) -> Result<(), IpamError> {
     f.write_all(owner.to_file().as_bytes())
         .map_err(Ipam::io("writing", tmp))
 }
+
+mod attach;
+pub use attach::AttachLock;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
