@@ -51,6 +51,15 @@ pub const LATEST_VERSION: &str = "1.1.0";
 pub const POD_GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 /// The pods' IPv6 next hop: the EUI-64 link-local address of [`HOST_VETH_MAC`].
 pub const POD_GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0xecee, 0xeeff, 0xfeee, 0xeeee);
+/// The most the plugin reads from stdin: a configuration with a `prevResult` is a few KiB; more
+/// is refused (code 6) without being read.
+pub const MAX_STDIN_BYTES: usize = 1 << 20;
+/// The longest `CNI_CONTAINERID` accepted (runtimes use 64 hex digits).
+pub const MAX_CONTAINER_ID_BYTES: usize = 255;
+/// The longest `CNI_ARGS` accepted.
+pub const MAX_CNI_ARGS_BYTES: usize = 4096;
+/// The longest interface name the kernel accepts (`IFNAMSIZ` less its NUL).
+pub const MAX_IFNAME_BYTES: usize = 15;
 /// The MAC address of every host-side veth.
 pub const HOST_VETH_MAC: &str = "ee:ee:ee:ee:ee:ee";
 
@@ -232,7 +241,8 @@ impl Command {
             "GC" => Command::Gc,
             other => {
                 return Err(CniError::InvalidEnv(format!(
-                    "unknown CNI_COMMAND {other:?}"
+                    "unknown CNI_COMMAND {:?}",
+                    shorten(other)
                 )))
             }
         })
@@ -306,28 +316,99 @@ impl Env {
             return Err(CniError::InvalidEnv("CNI_NETNS is not set".into()));
         }
         if let Some(ifname) = &env.ifname {
-            let ok = ifname.len() <= 15
-                && ifname != "."
-                && ifname != ".."
-                && !ifname.contains(|c: char| c == '/' || c == ':' || c.is_whitespace());
-            if !ok {
-                return Err(CniError::InvalidEnv(format!(
-                    "CNI_IFNAME {ifname:?} is not a valid interface name"
-                )));
-            }
+            check_ifname(ifname).map_err(|why| {
+                CniError::InvalidEnv(format!(
+                    "CNI_IFNAME {:?} is not a valid interface name: {why}",
+                    shorten(ifname)
+                ))
+            })?;
+        }
+        if let Some(id) = &env.container_id {
+            check_container_id(id).map_err(|why| {
+                CniError::InvalidEnv(format!(
+                    "CNI_CONTAINERID {:?} is not a valid container ID: {why}",
+                    shorten(id)
+                ))
+            })?;
         }
         Ok(env)
     }
 }
 
-/// Parse `CNI_ARGS` (`K1=V1;K2=V2`).
+/// At most the first 64 characters of `s`, marked when cut (for error messages).
+fn shorten(s: &str) -> String {
+    match s.char_indices().nth(64) {
+        Some((i, _)) => format!("{}… ({} bytes)", &s[..i], s.len()),
+        None => s.to_string(),
+    }
+}
+
+/// Why `ifname` is not an interface name the kernel would create under exactly that name
+/// (`dev_valid_name`: 1 to 15 bytes, not `.` or `..`, no `/`, `:` or whitespace; and no `%`,
+/// which the kernel treats as a template such as `eth%d` and replaces by a number), or `Ok`.
+pub fn check_ifname(ifname: &str) -> Result<(), &'static str> {
+    if ifname.is_empty() {
+        return Err("it is empty");
+    }
+    if ifname.len() > MAX_IFNAME_BYTES {
+        return Err("it is longer than 15 bytes");
+    }
+    if ifname == "." || ifname == ".." {
+        return Err("\".\" and \"..\" are not interface names");
+    }
+    if ifname.contains(['/', ':']) {
+        return Err("it contains '/' or ':'");
+    }
+    if ifname.contains(|c: char| c.is_whitespace() || c.is_control()) {
+        return Err("it contains whitespace or a control character");
+    }
+    if ifname.contains('%') {
+        return Err("it contains '%', which the kernel replaces by a number (eth%d)");
+    }
+    Ok(())
+}
+
+/// Why `id` is not a container ID as the CNI spec defines it (an alphanumeric character, then
+/// alphanumerics, `_`, `.` and `-`; here at most [`MAX_CONTAINER_ID_BYTES`] bytes), or `Ok`.
+/// So an accepted ID is never a path, a path component like `..`, or a control sequence.
+pub fn check_container_id(id: &str) -> Result<(), &'static str> {
+    let mut chars = id.chars();
+    match chars.next() {
+        None => return Err("it is empty"),
+        Some(c) if !c.is_ascii_alphanumeric() => {
+            return Err("it must start with a letter or a digit")
+        }
+        Some(_) => {}
+    }
+    if id.len() > MAX_CONTAINER_ID_BYTES {
+        return Err("it is longer than 255 bytes");
+    }
+    if !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) {
+        return Err("only letters, digits, '_', '.' and '-' are allowed");
+    }
+    Ok(())
+}
+
+/// Parse `CNI_ARGS` (`K1=V1;K2=V2`): at most [`MAX_CNI_ARGS_BYTES`] bytes of printable ASCII.
 pub fn parse_cni_args(s: &str) -> Result<Vec<(String, String)>, CniError> {
+    if s.len() > MAX_CNI_ARGS_BYTES {
+        return Err(CniError::InvalidEnv(format!(
+            "CNI_ARGS is {} bytes, more than {MAX_CNI_ARGS_BYTES}",
+            s.len()
+        )));
+    }
+    if let Some(c) = s.chars().find(|c| !(c.is_ascii_graphic() || *c == ' ')) {
+        return Err(CniError::InvalidEnv(format!(
+            "CNI_ARGS contains {c:?}: only printable ASCII is allowed"
+        )));
+    }
     s.split(';')
         .filter(|kv| !kv.is_empty())
         .map(|kv| match kv.split_once('=') {
             Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
             _ => Err(CniError::InvalidEnv(format!(
-                "CNI_ARGS: {kv:?} is not KEY=VALUE"
+                "CNI_ARGS: {:?} is not KEY=VALUE",
+                shorten(kv)
             ))),
         })
         .collect()
@@ -389,6 +470,18 @@ pub struct NetConf {
     pub extra: Map<String, Value>,
 }
 
+/// What kind of JSON value `v` is, for error messages.
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 /// Whether `v` is a supported spec version.
 pub fn is_supported(v: &str) -> bool {
     SUPPORTED_VERSIONS.contains(&v)
@@ -405,6 +498,11 @@ impl NetConf {
     /// `cniVersion` code 1 (checked before anything else), a command the version does not have
     /// code 1, bad values code 7.
     pub fn parse(stdin: &[u8], command: Command) -> Result<NetConf, CniError> {
+        if stdin.len() > MAX_STDIN_BYTES {
+            return Err(CniError::Decode(format!(
+                "the network configuration on stdin is over {MAX_STDIN_BYTES} bytes"
+            )));
+        }
         let value: Value =
             serde_json::from_slice(stdin).map_err(|e| CniError::Decode(e.to_string()))?;
         let version = value
@@ -466,14 +564,29 @@ impl NetConf {
             .unwrap_or_else(|| PathBuf::from(crate::ipam::DEFAULT_DIR))
     }
 
-    /// The previous result, decoded (code 6 when it does not decode).
+    /// The previous result, decoded (code 6 when it does not decode, code 7 when an address
+    /// names an interface the result does not have).
     pub fn prev(&self) -> Result<Option<CniResult>, CniError> {
-        self.prev_result
-            .clone()
-            .map(|v| {
-                serde_json::from_value(v).map_err(|e| CniError::Decode(format!("prevResult: {e}")))
-            })
-            .transpose()
+        let Some(value) = self.prev_result.clone() else {
+            return Ok(None);
+        };
+        if !value.is_object() {
+            return Err(CniError::Decode(format!(
+                "prevResult is {}, not an object",
+                json_kind(&value)
+            )));
+        }
+        let prev: CniResult = serde_json::from_value(value)
+            .map_err(|e| CniError::Decode(format!("prevResult: {e}")))?;
+        for (i, ip) in prev.ips.iter().enumerate() {
+            if let Some(index) = ip.interface.filter(|n| *n >= prev.interfaces.len()) {
+                return Err(CniError::InvalidConfig(format!(
+                    "prevResult: ips[{i}].interface is {index}, but there are {} interfaces",
+                    prev.interfaces.len()
+                )));
+            }
+        }
+        Ok(Some(prev))
     }
 }
 

@@ -1,6 +1,15 @@
 //! One plugin invocation, from environment and stdin to stdout and exit status.
+//!
+//! Besides what [`Env`] and [`NetConf`] refuse on their own, an invocation refuses a
+//! `CNI_NETNS` that is the host's own network namespace (the plugin's, or pid 1's), by whatever
+//! path it is named, and runs ADD and GC under the store's attach lock
+//! ([`Ipam::begin_attach`], [`Ipam::begin_gc`]) so that a GC never tears down an ADD in flight.
 
 use std::collections::HashSet;
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::SystemTime;
 
 use serde_json::Value;
 
@@ -119,9 +128,11 @@ fn add(env: &Env, conf: &NetConf, id: &str, ifname: &str) -> Result<String, CniE
         .netns
         .clone()
         .ok_or_else(|| CniError::InvalidEnv("CNI_NETNS is not set".into()))?;
-    // A missing namespace is reported before any address is taken.
-    datapath::open_netns(&netns)?;
+    // A missing namespace, or the host's, is reported before any address is taken.
+    refuse_host_netns(&netns, &datapath::open_netns(&netns)?)?;
     let ipam = Ipam::open(conf.ipam_dir(), &cidrs)?;
+    // Held until the pod is set up and committed: a GC waits for it (see `ipam`).
+    let attach = ipam.begin_attach()?;
     let addrs = ipam.allocate(id, ifname)?;
     let spec = PodSpec {
         container_id: id,
@@ -147,6 +158,15 @@ fn add(env: &Env, conf: &NetConf, id: &str, ifname: &str) -> Result<String, CniE
             return Err(e);
         }
     }
+    if let Err(e) = ipam.commit(&attach, id, ifname) {
+        if let Some(pin_dir) = &conf.bpf_pin_dir {
+            let _ = redirect::detach(pin_dir, &host_veth_name(id, ifname), &addrs);
+        }
+        let _ = datapath::del(id, ifname);
+        let _ = ipam.release(id, Some(ifname));
+        return Err(e.into());
+    }
+    drop(attach);
     let ours = pod_result(
         &conf.cni_version,
         &host_veth_name(id, ifname),
@@ -168,7 +188,7 @@ fn check(env: &Env, conf: &NetConf, id: &str, ifname: &str) -> Result<(), CniErr
         .netns
         .clone()
         .ok_or_else(|| CniError::InvalidEnv("CNI_NETNS is not set".into()))?;
-    datapath::open_netns(&netns)?;
+    refuse_host_netns(&netns, &datapath::open_netns(&netns)?)?;
     let ipam = Ipam::open(conf.ipam_dir(), &conf.cidrs()?)?;
     let addrs = ipam.lookup(id, ifname)?;
     if addrs.is_empty() {
@@ -202,7 +222,41 @@ fn check(env: &Env, conf: &NetConf, id: &str, ifname: &str) -> Result<(), CniErr
     Ok(())
 }
 
+/// The network namespaces a pod must never be attached to: the plugin's own and pid 1's, as
+/// `(device, inode)` of their nsfs files (those that can be read).
+fn host_netns_ids() -> Vec<(u64, u64)> {
+    ["/proc/self/ns/net", "/proc/1/ns/net"]
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| (m.dev(), m.ino()))
+        .collect()
+}
+
+/// Whether the namespace `(dev, ino)` is one of `hosts` (pure).
+pub fn is_host_netns(netns: (u64, u64), hosts: &[(u64, u64)]) -> bool {
+    hosts.contains(&netns)
+}
+
+/// Refuse (code 4) `CNI_NETNS` when `ns`, opened from `path`, is the host's own namespace:
+/// the plugin would move the host's interfaces and routes around instead of a pod's.
+fn refuse_host_netns(path: &Path, ns: &File) -> Result<(), CniError> {
+    let meta = ns
+        .metadata()
+        .map_err(|e| CniError::Io(format!("reading CNI_NETNS {}: {e}", path.display())))?;
+    if is_host_netns((meta.dev(), meta.ino()), &host_netns_ids()) {
+        return Err(CniError::InvalidEnv(format!(
+            "CNI_NETNS {} is the host's own network namespace (the plugin's or pid 1's), not a \
+             container's: refusing to touch it",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 fn gc(conf: &NetConf) -> Result<(), CniError> {
+    // The runtime made its list of valid attachments before starting this GC: whatever an ADD
+    // commits from now on, the list cannot judge.
+    let started = SystemTime::now();
     // The runtime must say which attachments are still valid; a GC without the list is a
     // malformed request, not "none are valid" (which would tear down every pod).
     let valid: Vec<(String, String)> = conf
@@ -217,13 +271,13 @@ fn gc(conf: &NetConf) -> Result<(), CniError> {
         .map(|a| (a.container_id.clone(), a.ifname.clone()))
         .collect();
     let ipam = Ipam::open(conf.ipam_dir(), &[])?;
-    let keep: HashSet<&(String, String)> = valid.iter().collect();
+    // Waits for in-flight ADDs to commit; holds new ones off until the GC is done.
+    let _gc = ipam.begin_gc()?;
     let mut stale: Vec<(String, String)> = ipam
-        .list()?
+        .gc_candidates(&valid, Some(started))?
         .into_iter()
         .filter_map(|e| e.owner)
         .map(|o| (o.container_id, o.ifname))
-        .filter(|k| !keep.contains(k))
         .collect();
     stale.sort();
     stale.dedup();
@@ -234,6 +288,6 @@ fn gc(conf: &NetConf) -> Result<(), CniError> {
         }
         datapath::del(id, ifname)?;
     }
-    ipam.gc(&valid)?;
+    ipam.gc_since(&valid, Some(started))?;
     Ok(())
 }

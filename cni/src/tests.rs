@@ -210,3 +210,134 @@ fn host_veth_names_are_stable_and_short() {
     assert_eq!(a.len(), 12);
     assert!(a.starts_with("mshd"));
 }
+
+fn del_env(id: &str, ifname: &str) -> Result<Env, CniError> {
+    Env::parse(env_of(&[
+        ("CNI_COMMAND", "DEL"),
+        ("CNI_CONTAINERID", id),
+        ("CNI_IFNAME", ifname),
+    ]))
+}
+
+#[test]
+fn ifnames_the_kernel_would_not_create_as_given_are_refused() {
+    for bad in [
+        "eth%d",
+        "0123456789abcdef",
+        ".",
+        "..",
+        "a/b",
+        "a:b",
+        "a b",
+        "a\tb",
+        "a\u{1b}b",
+    ] {
+        let err = del_env("c1", bad).unwrap_err();
+        assert_eq!(err.code(), 4, "{bad:?}");
+        assert!(err.details().contains("CNI_IFNAME"), "{err}");
+    }
+    assert!(check_ifname("").is_err());
+    assert!(check_ifname("eth%d").unwrap_err().contains('%'));
+    del_env("c1", "0123456789abcde").unwrap();
+    del_env("c1", "net-1_a.b").unwrap();
+}
+
+#[test]
+fn container_ids_outside_the_spec_are_refused_for_every_command() {
+    let long = "a".repeat(300);
+    for bad in [
+        long.as_str(),
+        "../../etc",
+        "a/b",
+        "-leading-dash",
+        ".hidden",
+        "a\nb",
+        "a\u{7f}b",
+        "a b",
+        "é",
+    ] {
+        let err = del_env(bad, "eth0").unwrap_err();
+        assert_eq!(err.code(), 4, "{bad:?}");
+        assert!(err.details().contains("CNI_CONTAINERID"), "{err}");
+    }
+    // The message names the value without echoing 300 bytes of it.
+    assert!(del_env(&long, "eth0").unwrap_err().details().len() < 200);
+    del_env(&"a".repeat(255), "eth0").unwrap();
+    del_env("0123abcdef_A.b-c", "eth0").unwrap();
+}
+
+#[test]
+fn hostile_cni_args_are_refused() {
+    let huge = format!("K8S_POD_NAME={}", "p".repeat(100_000));
+    for bad in [huge.as_str(), "K8S_POD_NAME=a\u{1}b", "K=\u{e9}", "novalue"] {
+        let err = Env::parse(env_of(&[
+            ("CNI_COMMAND", "DEL"),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_ARGS", bad),
+        ]))
+        .unwrap_err();
+        assert_eq!(err.code(), 4, "{bad:?}");
+        assert!(err.details().contains("CNI_ARGS"), "{err}");
+        assert!(err.details().len() < 200, "{err}");
+    }
+}
+
+#[test]
+fn deep_or_oversized_stdin_is_refused_as_a_decoding_error() {
+    let deep = format!(
+        r#"{{"cniVersion":"1.1.0","name":"n","type":"meshd-cni","x":{}{}}}"#,
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
+    let err = NetConf::parse(deep.as_bytes(), Command::Add).unwrap_err();
+    assert_eq!(err.code(), 6);
+    assert!(err.details().contains("recursion limit"), "{err}");
+    let padding = " ".repeat(MAX_STDIN_BYTES);
+    let big = format!(r#"{{"cniVersion":"1.1.0","name":"n","type":"meshd-cni"}}{padding}"#);
+    let err = NetConf::parse(big.as_bytes(), Command::Add).unwrap_err();
+    assert_eq!(err.code(), 6);
+    assert!(err.details().contains("over 1048576 bytes"), "{err}");
+}
+
+#[test]
+fn hostile_prev_results_are_refused() {
+    let conf = |prev: serde_json::Value| {
+        NetConf::parse(
+            serde_json::json!({
+                "cniVersion": "1.1.0", "name": "n", "type": "meshd-cni",
+                "podCIDRs": ["10.0.0.0/24"], "prevResult": prev,
+            })
+            .to_string()
+            .as_bytes(),
+            Command::Add,
+        )
+        .unwrap()
+    };
+    let cases = [
+        (serde_json::json!("x"), 6, "a string"),
+        (serde_json::json!(7), 6, "a number"),
+        (serde_json::json!({"ips": "10.0.0.1/32"}), 6, "prevResult"),
+        (serde_json::json!({"cniVersion": 1}), 6, "prevResult"),
+        (
+            serde_json::json!({"cniVersion": "1.1.0", "interfaces": [{"name": "a"}],
+                "ips": [{"address": "10.0.0.9/32", "interface": 18446744073709551615u64}]}),
+            7,
+            "ips[0].interface",
+        ),
+    ];
+    for (prev, code, says) in cases {
+        let err = conf(prev.clone()).prev().unwrap_err();
+        assert_eq!(err.code(), code, "{prev}");
+        assert!(err.details().contains(says), "{prev}: {err}");
+    }
+}
+
+#[test]
+fn errors_never_echo_a_huge_value() {
+    let huge = "x".repeat(100_000);
+    let ifname = del_env("c1", &huge).unwrap_err();
+    assert!(ifname.details().len() < 200, "{}", ifname.details().len());
+    let command = Env::parse(env_of(&[("CNI_COMMAND", &huge)])).unwrap_err();
+    assert!(command.details().len() < 200);
+}

@@ -15,7 +15,10 @@ fn main() {
         std::process::exit(meshd_cni::datapath::delete_link_helper(args.next()));
     }
     let mut stdin = Vec::new();
-    let outcome = match std::io::stdin().read_to_end(&mut stdin) {
+    // One byte past the limit is enough to refuse an oversized configuration without
+    // reading it all.
+    let limit = meshd_cni::MAX_STDIN_BYTES as u64 + 1;
+    let outcome = match std::io::stdin().take(limit).read_to_end(&mut stdin) {
         Ok(_) => meshd_cni::plugin::run(|k| std::env::var(k).ok(), &stdin),
         Err(e) => meshd_cni::plugin::Outcome {
             stdout: serde_json::to_string(

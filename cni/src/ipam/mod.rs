@@ -54,14 +54,32 @@
 //!   allocation for GC; an owner file that lost its content does not parse, so its address is
 //!   treated as taken and GC removes it. A kill of the plugin loses nothing (the page cache
 //!   survives it), so everything above holds. GC, rare, still syncs the directory.
+//! * **GC never takes an in-flight ADD's address.** An ADD holds a *shared* `flock` on the
+//!   store's directory itself from before its allocation until its pod is fully set up
+//!   ([`Ipam::begin_attach`](crate::ipam::Ipam::begin_attach)) and then *commits*: it sets the
+//!   modification time of its owner file to the moment it finished
+//!   ([`Ipam::commit`](crate::ipam::Ipam::commit)). GC holds the same lock *exclusively* for its
+//!   whole read, decision and release ([`Ipam::begin_gc`](crate::ipam::Ipam::begin_gc)), so it
+//!   never sees an allocation whose pod is half built, and it spares every allocation committed
+//!   after the GC started ([`Ipam::gc_since`](crate::ipam::Ipam::gc_since)): the runtime computed
+//!   its valid attachments before starting the GC, so it cannot have meant an ADD that finished
+//!   later. ADDs among themselves still run in parallel (the lock is shared); only the short
+//!   allocation step is serialised by `.lock`. The order is always the directory then `.lock`.
+//!
+//! # Permissions
+//!
+//! The directory is created `0700` and every file in it `0600`: the store names every pod of
+//! the node. An existing directory with group or other permission bits is tightened to `0700`
+//! when the store is opened (a path that is not a directory is refused).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::unix::fs::{DirEntryExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, DirEntryExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use ipnet::IpNet;
 use nix::fcntl::{Flock, FlockArg};
@@ -70,6 +88,10 @@ use nix::fcntl::{Flock, FlockArg};
 pub const DEFAULT_DIR: &str = "/var/lib/meshd/ipam";
 
 const LOCK_FILE: &str = ".lock";
+/// The mode of the store's directory.
+pub const DIR_MODE: u32 = 0o700;
+/// The mode of every file in the store.
+pub const FILE_MODE: u32 = 0o600;
 const TMP_PREFIX: &str = ".tmp-";
 /// The prefix of an owner's index link (see the module documentation).
 pub const INDEX_PREFIX: &str = ".owner-";
@@ -254,14 +276,33 @@ pub struct Ipam {
 }
 
 impl Ipam {
-    /// Open (creating if needed, mode 0700) the store in `dir` for the given pod CIDRs.
+    /// Open the store in `dir` for the given pod CIDRs, creating the directory (mode 0700, its
+    /// missing parents as the umask says) when it does not exist, and tightening an existing one
+    /// with group or other permission bits to 0700. A path that is not a directory is refused.
     pub fn open(dir: impl Into<PathBuf>, cidrs: &[IpNet]) -> Result<Ipam, IpamError> {
         let dir = dir.into();
-        fs::create_dir_all(&dir).map_err(|source| IpamError::Io {
-            op: "creating",
-            path: dir.clone(),
-            source,
-        })?;
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent).map_err(Self::io("creating", parent))?;
+        }
+        match fs::DirBuilder::new().mode(DIR_MODE).create(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Self::io("creating", &dir)(e)),
+        }
+        let meta = fs::metadata(&dir).map_err(Self::io("reading", &dir))?;
+        if !meta.is_dir() {
+            return Err(IpamError::Io {
+                op: "opening the store",
+                path: dir,
+                source: io::Error::other("not a directory"),
+            });
+        }
+        // The umask may have cleared bits of DIR_MODE, never added any: tighten what an older
+        // version (0755) or a hand left open.
+        if meta.permissions().mode() & 0o077 != 0 {
+            fs::set_permissions(&dir, fs::Permissions::from_mode(DIR_MODE))
+                .map_err(Self::io("tightening the permissions of", &dir))?;
+        }
         Ok(Ipam {
             dir,
             cidrs: cidrs.iter().map(IpNet::trunc).collect(),
@@ -293,7 +334,7 @@ impl Ipam {
             .truncate(false)
             .read(true)
             .write(true)
-            .mode(0o600)
+            .mode(FILE_MODE)
             .open(&path)
             .map_err(Self::io("opening", &path))?;
         Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| IpamError::Io {
@@ -637,18 +678,21 @@ impl Ipam {
     /// Remove every allocation whose owner is not in `valid` (as `(container_id, ifname)`),
     /// every unparseable file and every leftover temporary file. Returns the freed addresses.
     pub fn gc(&self, valid: &[(String, String)]) -> Result<Vec<IpAddr>, IpamError> {
+        self.gc_since(valid, None)
+    }
+
+    /// [`Ipam::gc`], sparing allocations committed at or after `started` (the moment the GC
+    /// began; `None` spares nothing). Hold [`Ipam::begin_gc`]'s lock around it (and around
+    /// the teardown of what [`Ipam::gc_candidates`] named) so that no ADD is half done.
+    pub fn gc_since(
+        &self,
+        valid: &[(String, String)],
+        started: Option<SystemTime>,
+    ) -> Result<Vec<IpAddr>, IpamError> {
         let _lock = self.lock()?;
-        let valid: HashSet<Owner> = valid
-            .iter()
-            .map(|(c, i)| Owner {
-                container_id: c.clone(),
-                ifname: i.clone(),
-            })
-            .collect();
         let doomed: Vec<IpAddr> = self
-            .list()?
+            .gc_candidates(valid, started)?
             .into_iter()
-            .filter(|e| e.owner.as_ref().is_none_or(|o| !valid.contains(o)))
             .map(|e| e.address)
             .collect();
         // Temporary files: with the lock held, no live allocator owns one.
@@ -717,12 +761,15 @@ fn write_owner_file(tmp: &Path, owner: &Owner) -> Result<(), IpamError> {
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o644)
+        .mode(FILE_MODE)
         .open(tmp)
         .map_err(Ipam::io("creating", tmp))?;
     f.write_all(owner.to_file().as_bytes())
         .map_err(Ipam::io("writing", tmp))
 }
+
+mod attach;
+pub use attach::AttachLock;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

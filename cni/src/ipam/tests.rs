@@ -378,3 +378,102 @@ fn an_indexed_store_is_not_scanned_again() {
     assert_eq!(indexes(dir.path()).len(), 2, "no third index: no scan");
     assert!(ipam.lookup("c9", "eth0").unwrap().is_empty());
 }
+
+#[test]
+fn the_store_is_created_0700_with_0600_files_and_an_open_one_is_tightened() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let root = tempfile::tempdir().unwrap();
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let dir = root.path().join("state/ipam");
+    let ipam = Ipam::open(&dir, &cidrs()).unwrap();
+    ipam.allocate("c1", "eth0").unwrap();
+    assert_eq!(mode(&dir), 0o700);
+    for entry in fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+    }
+    // A store an older version left 0755: tightened, its allocations kept.
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let before = ipam.list().unwrap();
+    let again = Ipam::open(&dir, &cidrs()).unwrap();
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(again.list().unwrap(), before);
+    // A file where the directory should be: refused, naming it.
+    let file = root.path().join("not-a-dir");
+    fs::write(&file, b"x").unwrap();
+    let err = Ipam::open(&file, &cidrs()).unwrap_err().to_string();
+    assert!(
+        err.contains("not a directory") && err.contains("not-a-dir"),
+        "{err}"
+    );
+}
+
+#[test]
+fn gc_spares_what_an_add_committed_after_the_gc_began() {
+    let dir = tempfile::tempdir().unwrap();
+    let ipam = Ipam::open(dir.path(), &cidrs()).unwrap();
+    let old = ipam.allocate("old", "eth0").unwrap();
+    // An allocation stamped long ago, as a dead ADD leaves it.
+    let stamp = |id: &str, t: SystemTime| {
+        let index = dir.path().join(
+            Owner {
+                container_id: id.into(),
+                ifname: "eth0".into(),
+            }
+            .index_name(),
+        );
+        File::options()
+            .write(true)
+            .open(index)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+    };
+    stamp(
+        "old",
+        SystemTime::now() - std::time::Duration::from_secs(60),
+    );
+    let started = SystemTime::now();
+    let attach = ipam.begin_attach().unwrap();
+    let fresh = ipam.allocate("fresh", "eth0").unwrap();
+    ipam.commit(&attach, "fresh", "eth0").unwrap();
+    drop(attach);
+    let _gc = ipam.begin_gc().unwrap();
+    let candidates: Vec<IpAddr> = ipam
+        .gc_candidates(&[], Some(started))
+        .unwrap()
+        .into_iter()
+        .map(|e| e.address)
+        .collect();
+    assert_eq!(candidates, old);
+    assert_eq!(ipam.gc_since(&[], Some(started)).unwrap(), old);
+    assert_eq!(ipam.lookup("fresh", "eth0").unwrap(), fresh);
+    // A later GC, begun after the commit, judges it.
+    assert_eq!(ipam.gc_since(&[], Some(SystemTime::now())).unwrap(), fresh);
+}
+
+#[test]
+fn gc_waits_for_an_add_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let ipam = Ipam::open(dir.path(), &cidrs()).unwrap();
+    let attach = ipam.begin_attach().unwrap();
+    let addrs = ipam.allocate("c1", "eth0").unwrap();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let gc = s.spawn(|| {
+            let started = SystemTime::now();
+            let _gc = ipam.begin_gc().unwrap();
+            assert!(
+                done.load(std::sync::atomic::Ordering::SeqCst),
+                "GC ran while an ADD was in flight"
+            );
+            ipam.gc_since(&[], Some(started)).unwrap()
+        });
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        ipam.commit(&attach, "c1", "eth0").unwrap();
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        drop(attach);
+        assert!(gc.join().unwrap().is_empty());
+    });
+    assert_eq!(ipam.lookup("c1", "eth0").unwrap(), addrs);
+}
