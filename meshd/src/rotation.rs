@@ -367,6 +367,16 @@ impl Driver {
         Action::Aborted(reason)
     }
 
+    /// The current step's record is not in the registry yet: its clock (the drain's minimum,
+    /// the quiet time, the timeouts) starts again from `now`, and no evidence gathered so far
+    /// counts.
+    pub fn hold(&mut self, now: Instant) {
+        if self.busy() {
+            self.since = now;
+            self.quiet.clear();
+        }
+    }
+
     /// Whether `peer` is off the drained slot: at least [`DRAIN_MIN`] into the step, and the
     /// slot's device has received nothing from it for [`DRAIN_QUIET`] (a peer with no entry
     /// on the device sends nothing on it).

@@ -86,6 +86,7 @@ pub(super) async fn event_loop(
     if let Some(driver) = resumed {
         state.rotation.driver = driver;
     }
+    state.rotation.landed = Some(publisher.landed());
     state
         .registry
         .records

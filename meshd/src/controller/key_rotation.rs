@@ -240,6 +240,12 @@ pub(super) async fn drive_rotation(
                 SystemTime::now(),
             )
         });
+    if book.driver.busy() && !landed(book, &me) {
+        // The step's record is not in the registry yet (a slow or silent API server): peers
+        // cannot have seen it, so nothing counts towards it; its clock starts when it lands.
+        book.driver.hold(std::time::Instant::now());
+        return false;
+    }
     book.driver.observe_silent(silent);
     if let Some(slot) = book.driver.evidence_slot() {
         if let Some(reading) = read_slot(ctx, slot, records, &me.name).await {
@@ -268,6 +274,17 @@ pub(super) async fn drive_rotation(
         save_rotation(ctx, book);
     }
     republish
+}
+
+/// Whether this node's record as it stands (its rotation step and keys) is the one last
+/// written to the registry. Without a publisher to ask (tests), it is.
+fn landed(book: &RotationBook, me: &NodeRecord) -> bool {
+    book.landed.as_ref().is_none_or(|landed| {
+        landed
+            .borrow()
+            .as_ref()
+            .is_some_and(|r| r.rotation == me.rotation && r.public_key == me.public_key)
+    })
 }
 
 /// Carry out what the rotation driver asked for; true when this node's record changed.

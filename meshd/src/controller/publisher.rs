@@ -5,8 +5,9 @@
 //!
 //! Latest wins: a record handed over while an earlier one is being written replaces it (the
 //! write in flight is abandoned; publishing is idempotent, and every record carries the whole
-//! state, so skipping one that was superseded loses nothing: a rotation step waits for its
-//! peers' acknowledgements, which need the step to have been published, before the next).
+//! state, so skipping one that was superseded loses nothing). What landed is watchable
+//! ([`Publisher::landed`]): a key rotation takes its next step only once the record of the
+//! last one is in the registry, or peers could meet a replaced key whose drain they never saw.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +25,7 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 /// The handle of the publishing task (see the module docs); dropping it stops the task.
 pub(super) struct Publisher {
     wanted: watch::Sender<Option<NodeRecord>>,
+    landed: watch::Receiver<Option<NodeRecord>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -31,6 +33,7 @@ impl Publisher {
     /// Starts the task publishing through `registry`.
     pub(super) fn spawn<R: Registry>(registry: Arc<R>) -> Self {
         let (wanted, mut rx) = watch::channel::<Option<NodeRecord>>(None);
+        let (landed_tx, landed) = watch::channel::<Option<NodeRecord>>(None);
         let task = tokio::spawn(async move {
             // Whether a newer record arrived while the last one was being written.
             let mut newer = false;
@@ -55,6 +58,7 @@ impl Publisher {
                     match result {
                         Ok(()) => {
                             tracing::info!(node = %record.name, "record published");
+                            landed_tx.send_replace(Some(record.clone()));
                             break;
                         }
                         Err(err) => {
@@ -72,7 +76,16 @@ impl Publisher {
                 }
             }
         });
-        Self { wanted, task }
+        Self {
+            wanted,
+            landed,
+            task,
+        }
+    }
+
+    /// The last record written to the registry (`None` before the first write lands).
+    pub(super) fn landed(&self) -> watch::Receiver<Option<NodeRecord>> {
+        self.landed.clone()
     }
 
     /// Hands `record` over to be published; returns at once.
@@ -164,6 +177,7 @@ mod tests {
         let registry = Arc::new(Stuck::default());
         *registry.hang.lock().unwrap() = true;
         let publisher = Publisher::spawn(registry.clone());
+        let landed = publisher.landed();
         let started = std::time::Instant::now();
         for port in 1..=100 {
             publisher.publish(record(port));
@@ -171,12 +185,17 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(1));
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(registry.written.lock().unwrap().is_empty());
+        assert!(
+            landed.borrow().is_none(),
+            "nothing landed while the server hangs"
+        );
         // The server answers again: only the latest record is written.
         *registry.hang.lock().unwrap() = false;
         publisher.publish(record(101));
         until_written(&registry, &[101]).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(*registry.written.lock().unwrap(), vec![101]);
+        assert_eq!(landed.borrow().as_ref().map(|r| r.listen_port), Some(101));
         publisher.stop().await;
     }
 }

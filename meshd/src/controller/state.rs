@@ -123,6 +123,9 @@ pub(super) struct RotationBook {
     pub seen_keys: BTreeMap<String, [Option<PublicKey>; 2]>,
     /// When this node last poked the peers that have not proved its own new key.
     pub poked_at: Option<std::time::Instant>,
+    /// This node's record as last written to the registry ([`super::publisher::Publisher::landed`]):
+    /// the rotation's next step waits until it is the record of the current one.
+    pub landed: Option<tokio::sync::watch::Receiver<Option<keyexchange::NodeRecord>>>,
     /// Rotations finished.
     pub rotations: u64,
     /// Rotations abandoned.

@@ -155,6 +155,38 @@ fn drains_replaces_and_finishes_only_on_data_plane_evidence() {
 }
 
 #[test]
+fn a_drain_held_until_its_record_landed_counts_from_the_landing() {
+    let t0 = Instant::now();
+    let mut me = rec("b");
+    let peer = rec("a");
+    let mut d = Driver::default();
+    assert!(d.start(t0, 1000));
+    let Action::Publish(Some(step)) = d.poll(t0, &me, [&peer]) else {
+        panic!("expected the drain of slot 0")
+    };
+    me.rotation.step = Some(step);
+    // The record has not landed for 40 s (a silent API server): the peer cannot have seen
+    // the drain, and the step's clock restarts when it lands.
+    let landed = t0 + Duration::from_secs(40);
+    d.hold(landed);
+    let quiet = rx(&[("a", 7)]);
+    assert_eq!(
+        poll_with(&mut d, landed, &quiet, &me, &[&peer]),
+        Action::Wait,
+        "no timeout and no replacement at the landing"
+    );
+    assert_eq!(
+        poll_with(&mut d, landed + DRAIN_MIN / 2, &quiet, &me, &[&peer]),
+        Action::Wait,
+        "the drain's minimum counts from the landing"
+    );
+    assert!(matches!(
+        poll_with(&mut d, landed + DRAIN_MIN, &quiet, &me, &[&peer]),
+        Action::Replace(S0, _)
+    ));
+}
+
+#[test]
 fn a_peer_still_sending_aborts_the_drain_but_never_a_replaced_key() {
     // The peer keeps sending on the drained slot: the drain waits for it, then aborts.
     let t0 = Instant::now();
