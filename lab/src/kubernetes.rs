@@ -160,3 +160,28 @@ pub fn set(lab: &str, pairs: &[(String, String)]) -> anyhow::Result<()> {
         anyhow::Ok(())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mock_is_chosen_by_name_and_an_unknown_server_is_refused() {
+        assert_eq!(choose_apiserver("mock").ok(), Some(MOCK));
+        let err = choose_apiserver("k3s").err().map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some("--apiserver k3s: expected auto, kube-apiserver or mock")
+        );
+    }
+
+    #[test]
+    fn auto_takes_the_real_server_exactly_when_it_can_run() {
+        let auto = choose_apiserver("auto").ok();
+        let real = choose_apiserver(REAL).ok();
+        match crate::kube_apiserver::lab::unavailable_reason() {
+            None => assert_eq!((auto, real), (Some(REAL), Some(REAL))),
+            Some(_) => assert_eq!((auto, real), (Some(MOCK), None)),
+        }
+    }
+}

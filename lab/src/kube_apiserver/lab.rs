@@ -175,34 +175,45 @@ fn wait_meshd_may_list_nodes(ns: &str, admin: &Path) -> anyhow::Result<()> {
     bail!("{user} was never allowed to list nodes after deploy/'s RBAC was applied")
 }
 
-/// A Node per lab node, as a kubelet and a node IPAM controller leave it: InternalIPs in its
-/// status (a status subresource write) and `spec.podCIDR(s)`.
-fn create_nodes(ns: &str, admin: &Path, nodes: u32, pool: bool) -> anyhow::Result<()> {
-    let mut items = Vec::new();
-    for i in 1..=nodes {
-        let name = node_name(i);
-        let (c4, c6) = node_pod_cidrs(i);
-        let mut node = serde_json::json!({
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
-        });
-        if !pool {
-            node["spec"] = serde_json::json!({
-                "podCIDR": c4.to_string(),
-                "podCIDRs": [c4.to_string(), c6.to_string()],
+/// The Nodes of a lab of `nodes` nodes, as a kubelet and a node IPAM controller create them:
+/// `spec.podCIDR(s)` unless `pool` (then every meshd claims its own). Their addresses are
+/// status, written apart ([`node_addresses`]).
+fn node_objects(nodes: u32, pool: bool) -> Vec<serde_json::Value> {
+    (1..=nodes)
+        .map(|i| {
+            let name = node_name(i);
+            let (c4, c6) = node_pod_cidrs(i);
+            let mut node = serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
             });
-        }
-        items.push(node);
-    }
-    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+            if !pool {
+                node["spec"] = serde_json::json!({
+                    "podCIDR": c4.to_string(),
+                    "podCIDRs": [c4.to_string(), c6.to_string()],
+                });
+            }
+            node
+        })
+        .collect()
+}
+
+/// The status patch giving node `i` its InternalIPs (the underlay addresses).
+fn node_addresses(i: u32) -> serde_json::Value {
+    let (u4, u6) = node_underlay(i);
+    serde_json::json!({"status": {"addresses": [
+        {"type": "InternalIP", "address": u4.to_string()},
+        {"type": "InternalIP", "address": u6.to_string()},
+    ]}})
+}
+
+/// Creates the lab's Nodes and writes their addresses (the status subresource).
+fn create_nodes(ns: &str, admin: &Path, nodes: u32, pool: bool) -> anyhow::Result<()> {
+    let list =
+        serde_json::json!({"apiVersion": "v1", "kind": "List", "items": node_objects(nodes, pool)});
     kubectl(ns, admin, &["create", "-f", "-"], &list.to_string())?;
     for i in 1..=nodes {
-        let (u4, u6) = node_underlay(i);
-        let patch = serde_json::json!({"status": {"addresses": [
-            {"type": "InternalIP", "address": u4.to_string()},
-            {"type": "InternalIP", "address": u6.to_string()},
-        ]}});
         kubectl(
             ns,
             admin,
@@ -213,10 +224,35 @@ fn create_nodes(ns: &str, admin: &Path, nodes: u32, pool: bool) -> anyhow::Resul
                 "--subresource=status",
                 "--type=merge",
                 "-p",
-                &patch.to_string(),
+                &node_addresses(i).to_string(),
             ],
             "",
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn nodes_carry_their_pod_cidrs_unless_the_pool_allocates() {
+        let nodes = node_objects(2, false);
+        assert_eq!(nodes.len(), 2);
+        assert_eq!(nodes[1]["metadata"]["name"], json!("n2"));
+        assert_eq!(
+            nodes[1]["spec"],
+            json!({"podCIDR": "10.244.2.0/24", "podCIDRs": ["10.244.2.0/24", "fd00:244:0:2::/64"]})
+        );
+        assert!(node_objects(1, true)[0].get("spec").is_none());
+        assert_eq!(
+            node_addresses(1)["status"]["addresses"],
+            json!([
+                {"type": "InternalIP", "address": "198.18.0.11"},
+                {"type": "InternalIP", "address": "fd00:198::11"},
+            ])
+        );
+    }
 }
