@@ -298,7 +298,8 @@ impl Drop for Frozen {
 #[test]
 fn a_silent_api_server_does_not_stop_the_loop_status_or_mesh() {
     testkit::require_tools(lab::TOOLS);
-    let lab = Lab::up_with(2, 1, &["--registry", "kubernetes"]).unwrap();
+    // The mock: the test freezes fake-apiserver (a server that accepts and never answers).
+    let lab = Lab::up_with(2, 1, &["--registry", "kubernetes", "--apiserver", "mock"]).unwrap();
     lab.wait_for("both nodes to peer", Duration::from_secs(30), |s| {
         ["n1", "n2"].iter().all(|n| peer_names(s, n).len() == 1)
     })

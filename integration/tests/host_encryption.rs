@@ -272,7 +272,9 @@ fn host_traffic_is_encrypted_fails_open_when_the_tunnel_breaks_and_heals() {
 #[test]
 fn host_encryption_and_listen_port_change_live_from_the_configmap() {
     testkit::require_tools(lab::TOOLS);
-    let lab = Lab::up_with(2, 1, &["--registry", "kubernetes"]).unwrap();
+    // The mock: the test rewrites the `kubernetes` EndpointSlice as discovery.k8s.io/v1,
+    // which v1.20 does not serve (and its endpoint reconciler would overwrite).
+    let lab = Lab::up_with(2, 1, &["--registry", "kubernetes", "--apiserver", "mock"]).unwrap();
     let st = lab.status_json().unwrap();
     assert!(encrypted_hosts(&st, 0).is_empty(), "off by default");
     lab.meshctl(&["lab", "set", "host-encryption=true", "keepalive=2"])

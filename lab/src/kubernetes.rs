@@ -1,6 +1,8 @@
-//! Kubernetes labs (`lab up --registry kubernetes`): the lab's mock API server (`fake-apiserver`,
-//! see [`crate::apiserver`]) in the underlay namespace with a Node per lab node, and
-//! `lab set`, which changes the `meshd-config` ConfigMap every meshd watches.
+//! Kubernetes labs (`lab up --registry kubernetes`): the lab's API server in the underlay
+//! namespace with a Node per lab node — the real kube-apiserver
+//! ([`crate::kube_apiserver::lab`]) when it is built, else (or with `--apiserver mock`) the
+//! mock (`fake-apiserver`, see [`crate::apiserver`]) — and `lab set`, which changes the
+//! `meshd-config` ConfigMap every meshd watches.
 
 use std::fs;
 use std::os::unix::process::CommandExt as _;
@@ -9,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 
-use crate::host::binary;
+use crate::host::{binary, step};
 use crate::plan::*;
 use crate::state::{load_state, Paths};
 use meshd::registry::kube::client::client as kube_client;
@@ -24,10 +26,56 @@ pub(crate) const APISERVER_PORT: u16 = 6443;
 /// The mock API server's request log in the lab's directory, beside `kubeconfig`.
 pub const APISERVER_AUDIT_LOG: &str = "apiserver-audit.jsonl";
 
-/// Start the mock API server (a test double: this machine has no kube-apiserver) in the
-/// underlay namespace on the router's address, with a Node per lab node carrying its
-/// InternalIPs and pod CIDRs as a cloud controller would set them.
-pub(crate) fn start_apiserver(paths: &Paths, nodes: u32, pool: bool) -> anyhow::Result<()> {
+/// `state.apiserver` of the real kube-apiserver.
+pub(crate) const REAL: &str = "kube-apiserver";
+/// `state.apiserver` of the mock.
+pub(crate) const MOCK: &str = "mock";
+
+/// Which API server `lab up --apiserver CHOICE` starts: [`REAL`] or [`MOCK`]; `auto` takes the
+/// real one when it can run here and says why not otherwise.
+pub(crate) fn choose_apiserver(choice: &str) -> anyhow::Result<&'static str> {
+    let unavailable = crate::kube_apiserver::lab::unavailable_reason;
+    match choice {
+        "auto" => Ok(match unavailable() {
+            None => REAL,
+            Some(why) => {
+                step(format!(
+                    "kubernetes lab on the MOCK API server (fake-apiserver): {why}"
+                ));
+                MOCK
+            }
+        }),
+        REAL => match unavailable() {
+            None => Ok(REAL),
+            Some(why) => bail!("--apiserver kube-apiserver: {why}"),
+        },
+        MOCK => Ok(MOCK),
+        other => bail!("--apiserver {other}: expected auto, kube-apiserver or mock"),
+    }
+}
+
+/// Start the lab's API server (`which`: [`REAL`] or [`MOCK`]) in the underlay namespace on
+/// the router's address, with a Node per lab node carrying its InternalIPs and pod CIDRs as
+/// a cloud controller would set them.
+pub(crate) fn start_apiserver(
+    which: &str,
+    paths: &Paths,
+    nodes: u32,
+    pool: bool,
+) -> anyhow::Result<()> {
+    if which == REAL {
+        step(format!(
+            "Kubernetes API server: kube-apiserver {} with etcd, deploy/'s RBAC and the lab's Nodes",
+            crate::kube_apiserver::VERSION
+        ));
+        return crate::kube_apiserver::lab::start(paths, nodes, pool);
+    }
+    step("Kubernetes API server: the mock (fake-apiserver) with the lab's Nodes");
+    start_mock(paths, nodes, pool)
+}
+
+/// The mock API server (a test double for faults the real one cannot produce on demand).
+fn start_mock(paths: &Paths, nodes: u32, pool: bool) -> anyhow::Result<()> {
     let server = binary("fake-apiserver")?;
     let log = fs::File::create(paths.root.join("apiserver.log"))?;
     let mut cmd = Command::new("ip");
@@ -111,4 +159,29 @@ pub fn set(lab: &str, pairs: &[(String, String)]) -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mock_is_chosen_by_name_and_an_unknown_server_is_refused() {
+        assert_eq!(choose_apiserver("mock").ok(), Some(MOCK));
+        let err = choose_apiserver("k3s").err().map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some("--apiserver k3s: expected auto, kube-apiserver or mock")
+        );
+    }
+
+    #[test]
+    fn auto_takes_the_real_server_exactly_when_it_can_run() {
+        let auto = choose_apiserver("auto").ok();
+        let real = choose_apiserver(REAL).ok();
+        match crate::kube_apiserver::lab::unavailable_reason() {
+            None => assert_eq!((auto, real), (Some(REAL), Some(REAL))),
+            Some(_) => assert_eq!((auto, real), (Some(MOCK), None)),
+        }
+    }
 }

@@ -13,7 +13,7 @@ use crate::host::{
     binary, in_ns, ip, kill_ns_processes, meshd_pid, namespaces, remove_bpffs, require_root, run,
     step, sysctl,
 };
-use crate::kubernetes::start_apiserver;
+use crate::kubernetes::{choose_apiserver, start_apiserver};
 use crate::nodes::add_node_inner;
 use crate::plan::*;
 use crate::state::{load_state, save_state, LabState, Paths, UpOptions};
@@ -54,6 +54,11 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<()> {
     if !matches!(opts.ipam.as_str(), "node" | "cluster-pool") {
         bail!("--ipam {}: expected node or cluster-pool", opts.ipam);
     }
+    let apiserver = if opts.registry == "kubernetes" {
+        choose_apiserver(&opts.apiserver)?.to_string()
+    } else {
+        String::new()
+    };
     let started = Instant::now();
     let mut state = LabState {
         name: opts.name.clone(),
@@ -62,6 +67,7 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<()> {
         strict_mode: opts.strict_mode,
         pod_steering: opts.pod_steering.clone(),
         registry: opts.registry.clone(),
+        apiserver,
         ipam: opts.ipam.clone(),
         host_encryption: opts.host_encryption,
         keepalive: opts.keepalive,
@@ -97,8 +103,12 @@ pub(crate) fn build(state: &mut LabState, opts: &UpOptions) -> anyhow::Result<()
     make_mount_dir(&paths)?;
     ensure_bpffs(&Path::new(HOST_BPFFS).join("meshd-lab"))?;
     if state.registry == "kubernetes" {
-        step("mock Kubernetes API server with the lab's Nodes");
-        start_apiserver(&paths, opts.nodes, opts.ipam == "cluster-pool")?;
+        start_apiserver(
+            &state.apiserver,
+            &paths,
+            opts.nodes,
+            opts.ipam == "cluster-pool",
+        )?;
     }
     for i in 1..=opts.nodes {
         step(format!(

@@ -203,7 +203,14 @@ pub(crate) fn registry_args(state: &LabState, paths: &Paths) -> Vec<String> {
             "--registry".into(),
             "kubernetes".into(),
             "--kubeconfig".into(),
-            paths.kubeconfig().to_string_lossy().into_owned(),
+            // On the real API server meshd is its service account, bound by deploy/'s RBAC.
+            if state.apiserver == crate::kubernetes::REAL {
+                paths.meshd_kubeconfig()
+            } else {
+                paths.kubeconfig()
+            }
+            .to_string_lossy()
+            .into_owned(),
             "--config-map".into(),
             format!("{CONFIG_NAMESPACE}/{}", CONFIG_MAP_NAME),
         ]

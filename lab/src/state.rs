@@ -27,10 +27,15 @@ pub struct LabState {
     /// `--pod-steering` given to every meshd.
     #[serde(default = "default_steering")]
     pub pod_steering: String,
-    /// `dir` (a shared directory) or `kubernetes` (Node annotations on the lab's mock API
-    /// server, with the live `meshd-config` ConfigMap).
+    /// `dir` (a shared directory) or `kubernetes` (Node annotations on the lab's API server,
+    /// with the live `meshd-config` ConfigMap).
     #[serde(default = "default_registry")]
     pub registry: String,
+    /// A kubernetes lab's API server as started: `kube-apiserver` (the real one; meshd uses
+    /// [`Paths::meshd_kubeconfig`]) or `mock` (`fake-apiserver`); empty for a directory lab
+    /// (and for a kubernetes lab saved before the real server was supported: the mock).
+    #[serde(default)]
+    pub apiserver: String,
     /// `node` (each node gets 10.244.K.0/24 and fd00:244:0:K::/64 as `--pod-cidr`) or
     /// `cluster-pool` (each meshd claims its blocks out of the cluster CIDRs itself).
     #[serde(default = "default_ipam")]
@@ -121,6 +126,8 @@ pub struct UpOptions {
     pub pod_steering: String,
     /// `dir` or `kubernetes`.
     pub registry: String,
+    /// A kubernetes lab's API server: `auto`, `kube-apiserver` or `mock`.
+    pub apiserver: String,
     /// `node` or `cluster-pool`.
     pub ipam: String,
     /// Node-to-node encryption.
@@ -170,10 +177,20 @@ impl Paths {
     pub(crate) fn pidfile(&self, i: u32) -> PathBuf {
         self.node_dir(i).join("meshd.pid")
     }
-    /// The node's bpffs directory as the host sees it (the node's `/sys/fs/bpf`).
+    /// The kubeconfig of the lab's tools (`lab set`, `audit`, tests): the admin's on the real
+    /// API server; the only one on the mock.
     pub(crate) fn kubeconfig(&self) -> PathBuf {
         self.root.join("kubeconfig")
     }
+    /// meshd's kubeconfig on the real API server: its service account's token.
+    pub(crate) fn meshd_kubeconfig(&self) -> PathBuf {
+        self.root.join("meshd.kubeconfig")
+    }
+    /// The real API server's directory (certificates, etcd's data, logs, the audit log).
+    pub(crate) fn kube_apiserver_dir(&self) -> PathBuf {
+        self.root.join("kube-apiserver")
+    }
+    /// The node's bpffs directory as the host sees it (the node's `/sys/fs/bpf`).
     pub(crate) fn bpffs(&self, i: u32) -> PathBuf {
         PathBuf::from(HOST_BPFFS)
             .join("meshd-lab")

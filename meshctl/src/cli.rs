@@ -125,10 +125,14 @@ pub(crate) enum LabCmd {
         /// `ebpf` (tc redirect into the tunnel) or `routes` for every meshd.
         #[arg(long, default_value = "ebpf")]
         pod_steering: String,
-        /// `dir` (a shared directory) or `kubernetes` (Node annotations on a mock API server,
-        /// live settings from the `meshd-config` ConfigMap: see `lab set`).
+        /// `dir` (a shared directory) or `kubernetes` (Node annotations on the lab's API
+        /// server, live settings from the `meshd-config` ConfigMap: see `lab set`).
         #[arg(long, default_value = "dir")]
         registry: String,
+        /// The API server of a kubernetes lab: `kube-apiserver` (the real one, with etcd),
+        /// `mock` (`fake-apiserver`) or `auto` (the real one when it is built, else the mock).
+        #[arg(long, default_value = "auto")]
+        apiserver: String,
         /// `node` (pod CIDRs 10.244.K.0/24 and fd00:244:0:K::/64 given to node K) or
         /// `cluster-pool` (every meshd claims its own blocks out of the cluster CIDRs).
         #[arg(long, default_value = "node")]

@@ -12,6 +12,7 @@
 //! real token would carry.
 
 pub mod audit;
+pub mod lab;
 pub mod pki;
 
 use std::fs;
@@ -322,6 +323,9 @@ impl KubeApiServer {
             path: log,
             source,
         })?;
+        // A process group of its own: a lab's detached server outlives the terminal's signals
+        // to `meshctl lab up`.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         cmd.stdin(Stdio::null())
             .stdout(file)
             .stderr(err)
