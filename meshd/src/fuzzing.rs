@@ -45,7 +45,7 @@ pub fn node_record(data: &[u8]) -> bool {
                 Ok(&record),
                 "the record does not round-trip through {json}"
             );
-            let published = published_node(&record);
+            let published = published_node(&record, node.spec.clone());
             assert_eq!(
                 node_state(&published),
                 NodeState::Peer(record),
@@ -56,8 +56,9 @@ pub fn node_record(data: &[u8]) -> bool {
     }
 }
 
-/// A `Node` with what meshd publishes for `record` and the addresses the kubelet reports.
-fn published_node(record: &NodeRecord) -> Node {
+/// A `Node` with what meshd publishes for `record`, the addresses the kubelet reports and the
+/// `spec` the cluster set (its `podCIDRs` are the node's pod CIDRs; meshd never writes them).
+fn published_node(record: &NodeRecord, spec: Option<k8s_openapi::api::core::v1::NodeSpec>) -> Node {
     let annotations = record_annotations(record)
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -81,7 +82,7 @@ fn published_node(record: &NodeRecord) -> Node {
             ),
             ..NodeStatus::default()
         }),
-        ..Node::default()
+        spec,
     }
 }
 
