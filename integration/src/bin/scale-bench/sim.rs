@@ -221,8 +221,8 @@ mod tests {
         use std::collections::BTreeMap;
         let policy = TrustPolicy {
             cluster_pools: vec![
-                "10.244.0.0/16".parse().unwrap(),
-                "fd00:244::/48".parse().unwrap(),
+                "10.244.0.0/16".parse().expect("net"),
+                "fd00:244::/48".parse().expect("net"),
             ],
             service_ranges: vec![],
         };
