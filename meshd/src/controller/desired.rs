@@ -22,6 +22,7 @@ use keyexchange::trust::{admit, Admission, Established, TrustPolicy};
 use keyexchange::{NodeRecord, PublicKey};
 
 use super::capacity::{refuse_beyond, Capacity};
+use super::covering::Covering;
 use super::state::Live;
 use crate::bpf::{self, Encryption};
 
@@ -300,10 +301,10 @@ pub fn add_host_addresses<'a>(
     desired: &mut PeerSet,
     records: impl IntoIterator<Item = &'a NodeRecord>,
 ) -> BTreeSet<IpNet> {
-    let pod: Vec<IpNet> = desired
+    let pod: Covering<()> = desired
         .peers
         .values()
-        .flat_map(|p| p.allowed_ips.iter().copied())
+        .flat_map(|p| p.allowed_ips.iter().map(|c| (*c, ())))
         .collect();
     let mut hosts = BTreeSet::new();
     for r in records {
@@ -311,7 +312,7 @@ pub fn add_host_addresses<'a>(
             continue;
         };
         for ip in &r.endpoints {
-            if pod.iter().any(|c| c.contains(ip)) {
+            if pod.contains_addr(*ip) {
                 continue;
             }
             let host = IpNet::from(*ip);

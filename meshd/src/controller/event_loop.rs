@@ -34,6 +34,11 @@ const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 /// Delay before retrying a failed reconcile pass.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
+/// After a registry event, how long the loop waits for another before it runs a pass: records
+/// written together (a cold start, a relist, many nodes joining) cost one pass, not one each.
+const COALESCE: Duration = Duration::from_millis(2);
+/// The longest a steady stream of registry events holds a pass back.
+const COALESCE_MAX: Duration = Duration::from_millis(50);
 
 /// Where the loop's events come from.
 pub(super) struct Channels {
@@ -124,7 +129,7 @@ pub(super) async fn event_loop(
             ev = events.recv() => {
                 let Some(ev) = ev else { bail!("registry watch ended") };
                 pending.republish |= apply_event(ctx, &mut state, ev);
-                while let Ok(ev) = events.try_recv() {
+                for ev in following_events(&mut events).await {
                     pending.republish |= apply_event(ctx, &mut state, ev);
                 }
                 Next::Reconcile
@@ -161,6 +166,27 @@ pub(super) async fn event_loop(
             Next::Stop => return Ok(()),
             Next::Wait => continue,
             Next::Reconcile => after_event(ctx, publisher, &mut state, &mut pending).await,
+        }
+    }
+}
+
+/// The registry events that follow a first one closely: each within [`COALESCE`] of the one
+/// before, for at most [`COALESCE_MAX`] in all. A closed channel ends the batch (the loop's
+/// next read reports it).
+async fn following_events(events: &mut mpsc::Receiver<RegistryEvent>) -> Vec<RegistryEvent> {
+    let until = tokio::time::Instant::now() + COALESCE_MAX;
+    let mut batch = Vec::new();
+    loop {
+        while let Ok(ev) = events.try_recv() {
+            batch.push(ev);
+        }
+        let wait = COALESCE.min(until.saturating_duration_since(tokio::time::Instant::now()));
+        if wait.is_zero() {
+            return batch;
+        }
+        match tokio::time::timeout(wait, events.recv()).await {
+            Ok(Some(ev)) => batch.push(ev),
+            Ok(None) | Err(_) => return batch,
         }
     }
 }
@@ -418,5 +444,69 @@ async fn apply_settings(ctx: &Context, new: &crate::settings::Settings) {
             host_encryption = live.host_encryption,
             "settings changed; applying live"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn event(i: usize) -> RegistryEvent {
+        RegistryEvent::Delete(format!("n{i}"))
+    }
+
+    #[tokio::test]
+    async fn records_arriving_together_are_taken_in_one_batch() {
+        let (tx, mut rx) = mpsc::channel(4096);
+        // Some already queued, more trickling in closer together than the window.
+        for i in 0..1000 {
+            tx.send(event(i)).await.unwrap();
+        }
+        let writer = tokio::spawn(async move {
+            for i in 1000..1010 {
+                tokio::task::yield_now().await;
+                tx.send(event(i)).await.unwrap();
+            }
+        });
+        let batch = following_events(&mut rx).await;
+        writer.await.unwrap();
+        assert_eq!(batch.len(), 1010);
+    }
+
+    #[tokio::test]
+    async fn a_lone_event_waits_one_window_and_a_stream_at_most_the_cap() {
+        let (tx, mut rx) = mpsc::channel::<RegistryEvent>(16);
+        let started = Instant::now();
+        assert!(following_events(&mut rx).await.is_empty());
+        assert!(started.elapsed() < COALESCE_MAX, "{:?}", started.elapsed());
+        let writer = tokio::spawn(async move {
+            for i in 0.. {
+                if tx.send(event(i)).await.is_err() {
+                    return;
+                }
+                tokio::task::yield_now().await;
+            }
+        });
+        let started = Instant::now();
+        let batch = following_events(&mut rx).await;
+        let took = started.elapsed();
+        drop(rx);
+        writer.await.unwrap();
+        assert!(!batch.is_empty());
+        // A steady stream is cut at the cap (with room for a loaded machine's scheduling).
+        assert!(
+            took >= COALESCE_MAX && took < COALESCE_MAX + Duration::from_secs(1),
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_closed_channel_ends_the_batch() {
+        let (tx, mut rx) = mpsc::channel(16);
+        tx.send(event(1)).await.unwrap();
+        drop(tx);
+        assert_eq!(following_events(&mut rx).await.len(), 1);
+        assert!(rx.recv().await.is_none());
     }
 }

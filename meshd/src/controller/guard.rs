@@ -20,6 +20,8 @@ use std::collections::BTreeSet;
 use ipnet::IpNet;
 use netlink::TableRoute;
 
+use super::covering::Covering;
+
 /// `RT_TABLE_MAIN`.
 const TABLE_MAIN: u32 = 254;
 /// `RT_TABLE_LOCAL`.
@@ -38,31 +40,37 @@ pub(super) struct RoutingView<'a> {
     pub own_pod_cidrs: &'a [IpNet],
 }
 
-/// Whether `a` and `b` share an address.
-fn overlaps(a: &IpNet, b: &IpNet) -> bool {
-    a.contains(b) || b.contains(a)
+/// The guarded and own CIDRs as prefix sets: a route is checked in a few lookups, not
+/// against every guarded CIDR (at 5,000 nodes, 20,000 routes against 10,000 CIDRs made every
+/// pass and every status tick cost seconds).
+struct Prefixes {
+    guarded: Covering<()>,
+    own: Covering<()>,
 }
 
 /// Whether `route` can carry cluster traffic out of the node.
-fn carries_cluster_traffic(route: &TableRoute, view: &RoutingView<'_>) -> bool {
+fn carries_cluster_traffic(route: &TableRoute, view: &RoutingView<'_>, sets: &Prefixes) -> bool {
     if route.table == TABLE_LOCAL {
         return false;
     }
-    let dst = &route.destination;
+    let dst = route.destination;
     let looked_up = route.table == TABLE_MAIN || view.rule_tables.contains(&route.table);
     if dst.prefix_len() == 0 && looked_up {
         return true;
     }
-    view.guarded.iter().any(|g| overlaps(dst, g))
-        && !view.own_pod_cidrs.iter().any(|own| own.contains(dst))
+    sets.guarded.overlaps(dst) && sets.own.covering(dst).next().is_none()
 }
 
 /// The output interfaces (ifindexes) of every route that can carry cluster traffic out of
 /// the node (see the module's documentation).
 pub(super) fn ways_out(view: &RoutingView<'_>) -> BTreeSet<u32> {
+    let sets = Prefixes {
+        guarded: view.guarded.iter().map(|g| (*g, ())).collect(),
+        own: view.own_pod_cidrs.iter().map(|o| (*o, ())).collect(),
+    };
     view.routes
         .iter()
-        .filter(|r| carries_cluster_traffic(r, view))
+        .filter(|r| carries_cluster_traffic(r, view, &sets))
         .flat_map(|r| r.oifs.iter().copied())
         .collect()
 }
@@ -75,6 +83,11 @@ mod tests {
 
     fn net(s: &str) -> IpNet {
         s.parse().expect("cidr")
+    }
+
+    /// Whether `a` and `b` share an address (by scan: what the prefix sets must agree with).
+    fn overlaps(a: &IpNet, b: &IpNet) -> bool {
+        a.contains(b) || b.contains(a)
     }
 
     fn route(table: u32, dst: &str, oifs: &[u32]) -> TableRoute {

@@ -34,6 +34,7 @@ mod args;
 pub mod capacity;
 mod claim;
 mod context;
+mod covering;
 /// The desired state (pure: records and settings in, the node as it should be out).
 pub mod desired;
 mod devices;

@@ -36,6 +36,7 @@ use keyexchange::slots::{Slot, SLOTS};
 use keyexchange::PublicKey;
 use netlink::PeerConfig;
 
+use super::covering::Covering;
 use super::desired::{Desired, HostRoute};
 
 /// One slot device as observed.
@@ -268,11 +269,12 @@ fn withdraw_redirects(
     steps: &mut Vec<Step>,
 ) -> BTreeSet<IpNet> {
     let (departing, _) = map_diff(&desired.redirects, &observed.redirects);
+    let programmed = programmed_cover(observed);
     let withdrawn: BTreeSet<IpNet> = observed
         .redirects
         .iter()
         .filter(|(cidr, _)| desired.redirects.contains_key(*cidr))
-        .filter(|(cidr, ifindex)| loses_cover(desired, observed, **cidr, **ifindex))
+        .filter(|(cidr, ifindex)| loses_cover(desired, observed, &programmed, **cidr, **ifindex))
         .map(|(cidr, _)| *cidr)
         .collect();
     for cidr in observed.redirects.keys() {
@@ -289,20 +291,38 @@ fn withdraw_redirects(
     withdrawn
 }
 
+/// Each device's programmed peers, by the allowed IPs they hold (a lookup per redirect, not a
+/// scan of every peer: that made a pass quadratic in the number of nodes).
+fn programmed_cover(observed: &Observed) -> Vec<Covering<&ProgrammedPeer>> {
+    observed
+        .devices
+        .iter()
+        .map(|d| {
+            d.peers
+                .values()
+                .flat_map(|p| p.allowed_ips.iter().map(move |a| (*a, p)))
+                .collect()
+        })
+        .collect()
+}
+
 /// Whether a peer on device `ifindex` that holds `cidr` now goes, or gives it up, in this pass.
-fn loses_cover(desired: &Desired, observed: &Observed, cidr: IpNet, ifindex: u32) -> bool {
+/// `programmed` is [`programmed_cover`] of `observed`.
+fn loses_cover(
+    desired: &Desired,
+    observed: &Observed,
+    programmed: &[Covering<&ProgrammedPeer>],
+    cidr: IpNet,
+    ifindex: u32,
+) -> bool {
     let Some(slot) = observed.devices.iter().position(|d| d.ifindex == ifindex) else {
         return false;
     };
     let want = &desired.peers[slot].peers;
-    observed.devices[slot]
-        .peers
-        .values()
-        .filter(|p| covers(&p.allowed_ips, cidr))
-        .any(|p| {
-            want.get(&p.public_key)
-                .is_none_or(|w| !covers(&w.allowed_ips, cidr))
-        })
+    programmed[slot].covering(cidr).any(|p| {
+        want.get(&p.public_key)
+            .is_none_or(|w| !covers(&w.allowed_ips, cidr))
+    })
 }
 
 /// The changes that take a map from `present` to `want`: entries to remove, entries to set.
