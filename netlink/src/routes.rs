@@ -260,22 +260,22 @@ impl Routes {
     /// Every unicast route of every table, both families, whoever installed it: what the
     /// strict-mode guard's choice of interfaces reads. Read only.
     pub async fn table_routes(&self) -> Result<Vec<TableRoute>, RouteError> {
+        let routes = self.dump_all().await.map_err(|source| RouteError::Dump {
+            source: Box::new(source),
+        })?;
+        Ok(routes.iter().filter_map(table_route).collect())
+    }
+
+    /// Every route of every table, both families (one dump per family).
+    async fn dump_all(&self) -> Result<Vec<RouteMessage>, rtnetlink::Error> {
         let mut out = Vec::new();
         for q in [
             RouteMessageBuilder::<Ipv4Addr>::new().build(),
             RouteMessageBuilder::<Ipv6Addr>::new().build(),
         ] {
-            let routes: Vec<RouteMessage> = self
-                .handle
-                .route()
-                .get(q)
-                .execute()
-                .try_collect()
-                .await
-                .map_err(|source| RouteError::Dump {
-                    source: Box::new(source),
-                })?;
-            out.extend(routes.iter().filter_map(table_route));
+            let routes: Vec<RouteMessage> =
+                self.handle.route().get(q).execute().try_collect().await?;
+            out.extend(routes);
         }
         Ok(out)
     }
@@ -309,27 +309,14 @@ impl Routes {
 
     /// Every route of `table`, both families, that carries meshd's protocol.
     async fn owned_in(&self, table: u32, ifindex: u32) -> Result<Vec<RouteMessage>, RouteError> {
-        let mut out = Vec::new();
-        for q in [
-            RouteMessageBuilder::<Ipv4Addr>::new().build(),
-            RouteMessageBuilder::<Ipv6Addr>::new().build(),
-        ] {
-            let routes: Vec<RouteMessage> = self
-                .handle
-                .route()
-                .get(q)
-                .execute()
-                .try_collect()
-                .await
-                .map_err(|source| RouteError::List {
-                    ifindex,
-                    source: Box::new(source),
-                })?;
-            out.extend(routes.into_iter().filter(|r| {
-                u8::from(r.header.protocol) == MESHD_ROUTE_PROTOCOL && table_of(r) == table
-            }));
-        }
-        Ok(out)
+        let routes = self.dump_all().await.map_err(|source| RouteError::List {
+            ifindex,
+            source: Box::new(source),
+        })?;
+        Ok(routes
+            .into_iter()
+            .filter(|r| u8::from(r.header.protocol) == MESHD_ROUTE_PROTOCOL && table_of(r) == table)
+            .collect())
     }
 
     /// Routes in the main table with protocol [`MESHD_ROUTE_PROTOCOL`] whose output
