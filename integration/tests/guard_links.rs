@@ -30,6 +30,8 @@ const VETH: &str = "gveth0";
 const VETH_FAR: &str = "gveth1";
 /// The policy-routing table of the second uplink.
 const TABLE: &str = "100";
+/// Held by [`scenario`] for its whole run.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// A node's verdict counter from `meshctl lab status -o json`.
 fn counter(st: &serde_json::Value, node: &str, name: &str) -> u64 {
@@ -149,6 +151,11 @@ struct Observed {
 /// n1's pod CIDRs. Once meshd guards both, n3 leaves; n1 (the node itself, through the TUN)
 /// and n1's pod (through table 100) send to n3's pods, both families.
 fn scenario(extra: &[&str]) -> Observed {
+    // The two scenarios run one at a time: run side by side in one process (the suite's two
+    // test threads), one of them lost its second uplink's veth or never saw it guarded.
+    let _one_at_a_time = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     testkit::require_tools(lab::TOOLS);
     testkit::require_tool("tcpdump");
     let lab = Lab::up_with(3, 1, extra).unwrap();
