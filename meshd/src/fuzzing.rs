@@ -162,30 +162,11 @@ pub fn control_protocol(data: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
 
-    /// Every committed seed of `target` through `check`; `valid-*` seeds must be accepted.
+    /// Every committed seed of `target` through `check` ([`testkit::seeds::replay`]).
     fn replay(target: &str, check: fn(&[u8]) -> bool) {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../fuzz/seeds")
-            .join(target);
-        let mut seen = 0;
-        for entry in std::fs::read_dir(&dir).expect("the seed directory") {
-            let path = entry.expect("a directory entry").path();
-            let data = std::fs::read(&path).expect("a seed");
-            let accepted = check(&data);
-            let name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default();
-            if name.starts_with("valid-") {
-                assert!(accepted, "{target}/{name} was refused");
-            }
-            seen += 1;
-        }
-        assert!(seen > 0, "no seeds in {}", dir.display());
+        testkit::seeds::replay(env!("CARGO_MANIFEST_DIR"), target, check);
     }
 
     #[test]
@@ -207,7 +188,8 @@ mod tests {
     /// same without the fields added over time), so the fuzzer starts from real answers.
     #[test]
     fn the_status_seeds_are_status_reports() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/control_protocol");
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/control_protocol");
         for name in ["answer-status-contract", "answer-status-old-meshd"] {
             let data = std::fs::read(dir.join(name)).expect("a seed");
             serde_json::from_slice::<StatusReport>(&data).unwrap_or_else(|e| panic!("{name}: {e}"));

@@ -9,6 +9,7 @@
 
 pub mod netns;
 pub mod require;
+pub mod seeds;
 
 pub use netns::{unique_name, ChildGuard, NetnsGuard, NetnsSet};
 pub use require::{require_root, require_tool, require_tools};
