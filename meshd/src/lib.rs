@@ -19,6 +19,8 @@ pub mod control;
 /// The controller: start-up, the event loop, the pure desired state and plan, and the steps
 /// that apply it.
 pub mod controller;
+/// Flow events from the datapath: the flow record, history and control-socket stream.
+pub mod flows;
 /// Entry points of the cargo-fuzz targets in `fuzz/` (feature `fuzzing`).
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
