@@ -95,7 +95,7 @@ apt_sources() {
 
 base_image() {
   local key cache
-  key="$(printf '%s\n' "$suite" minbase "$packages" docs-excluded-v1 | sha256sum | cut -c1-12)"
+  key="$(printf '%s\n' "$suite" minbase "$packages" tar-layer-v2 | sha256sum | cut -c1-12)"
   cache="${MESHD_IMAGE_CACHE:-/var/cache/meshd/image-base-$key}"
   mkdir -p "$(dirname "$cache")"
   exec 8>"$cache.lock"
@@ -114,23 +114,24 @@ base_image() {
   mkdir -p "$cache.new"
   echo "› Debian $suite minbase + $packages from ${sources[0]} (about a minute; cached in $cache)" >&2
   # Documentation, manuals and translations are left out (copyright files stay), as in
-  # Debian's slim images.
+  # Debian's slim images; so are device nodes (a runtime mounts /dev). The root goes straight
+  # into a tar: the layer.
   mmdebstrap --quiet --mode=root --variant=minbase --include="$packages" \
+    --skip=output/dev,output/mknod \
     --dpkgopt='path-exclude=/usr/share/man/*' \
     --dpkgopt='path-exclude=/usr/share/doc/*' \
     --dpkgopt='path-include=/usr/share/doc/*/copyright' \
     --dpkgopt='path-exclude=/usr/share/locale/*' \
     --dpkgopt='path-exclude=/usr/share/info/*' \
-    "$suite" "$cache.new/rootfs" "${sources[@]}" >&2
-  # Nothing of the build machine stays in the image: apt lists and caches go (mmdebstrap
-  # cleans them), and so does the machine id.
-  : >"$cache.new/rootfs/etc/machine-id"
+    "$suite" "$cache.new/rootfs.tar" "${sources[@]}" >&2
   umoci init --layout "$cache.new/layout" >&2
   umoci new --image "$cache.new/layout:base" >&2
-  umoci insert --image "$cache.new/layout:base" \
+  # Layers are added as tars made by mmdebstrap and GNU tar (`umoci raw add-layer`): umoci
+  # 0.4.7's `insert` writes a layer whose last file lacks its padding and the tar trailer.
+  umoci raw add-layer --image "$cache.new/layout:base" \
     --history.created_by "mmdebstrap --variant=minbase --include=$packages $suite" \
-    "$cache.new/rootfs" / >&2
-  rm -rf "$cache.new/rootfs"
+    "$cache.new/rootfs.tar" >&2
+  rm -f "$cache.new/rootfs.tar"
   rm -rf "$cache"
   mv "$cache.new" "$cache"
   echo "$cache/layout"
@@ -151,20 +152,22 @@ done
 base="$(base_image)"
 work="$(mktemp -d "${TMPDIR:-/tmp}/meshd-image.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
-mkdir -p "$work/bin"
+mkdir -p "$work/layer/usr/local/bin"
 for b in "${binaries[@]}"; do
-  install -m 0755 "$bin_dir/$b" "$work/bin/$b"
+  install -m 0755 "$bin_dir/$b" "$work/layer/usr/local/bin/$b"
   # Debug info is most of a debug build's size; symbols stay for backtraces.
-  strip --strip-debug "$work/bin/$b"
+  strip --strip-debug "$work/layer/usr/local/bin/$b"
 done
+tar --numeric-owner --owner=0 --group=0 --sort=name -C "$work/layer" -cf "$work/bin.tar" \
+  usr/local/bin
 
 echo "› OCI layout $out (meshd:$tag)"
 rm -rf "$out.new"
 mkdir -p "$(dirname "$out")"
 cp -a "$base" "$out.new"
-umoci insert --image "$out.new:base" \
+umoci raw add-layer --image "$out.new:base" \
   --history.created_by "install -m 0755 ${binaries[*]} /usr/local/bin/" \
-  "$work/bin" /usr/local/bin
+  "$work/bin.tar"
 umoci config --image "$out.new:base" --tag "$tag" \
   --config.entrypoint /usr/local/bin/meshd \
   --config.env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
