@@ -95,7 +95,7 @@ apt_sources() {
 
 base_image() {
   local key cache
-  key="$(printf '%s\n' "$suite" minbase "$packages" tar-layer-v2 | sha256sum | cut -c1-12)"
+  key="$(printf '%s\n' "$suite" minbase "$packages" tar-layer-v3 | sha256sum | cut -c1-12)"
   cache="${MESHD_IMAGE_CACHE:-/var/cache/meshd/image-base-$key}"
   mkdir -p "$(dirname "$cache")"
   exec 8>"$cache.lock"
@@ -117,7 +117,7 @@ base_image() {
   # Debian's slim images; so are device nodes (a runtime mounts /dev). The root goes straight
   # into a tar: the layer.
   mmdebstrap --quiet --mode=root --variant=minbase --include="$packages" \
-    --skip=output/dev,output/mknod \
+    --skip=output/mknod \
     --dpkgopt='path-exclude=/usr/share/man/*' \
     --dpkgopt='path-exclude=/usr/share/doc/*' \
     --dpkgopt='path-include=/usr/share/doc/*/copyright' \

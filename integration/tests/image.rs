@@ -53,12 +53,16 @@ fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The image's PATH (its config's `Env`), also where the host finds `chroot`.
+const IMAGE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// `chroot ROOT args…` (the image's own binaries and libraries, nothing of the host).
 fn in_root(root: &Path, args: &[&str]) -> String {
-    run(Command::new("chroot").arg(root).args(args).env_clear().env(
-        "PATH",
-        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    ))
+    run(Command::new("chroot")
+        .arg(root)
+        .args(args)
+        .env_clear()
+        .env("PATH", IMAGE_PATH))
 }
 
 /// A layer as a tar made by `tar` from `dir`.
@@ -169,6 +173,7 @@ fn the_image_is_the_daemonsets_and_a_lab_runs_meshd_from_its_root() {
         .arg(&root)
         .arg("/usr/local/bin/meshd-cni")
         .env_clear()
+        .env("PATH", IMAGE_PATH)
         .env("CNI_COMMAND", "VERSION"));
     assert!(cni.contains("supportedVersions"), "meshd-cni VERSION: {cni}");
     for bin in ["meshd", "meshctl", "meshd-cni", "meshd-wg"] {
