@@ -4,6 +4,7 @@
 # also a tar) that containerd, podman, skopeo and any registry accept.
 #
 #   scripts/build-image.sh [--release] [--bin-dir DIR] [--out DIR] [--tar FILE]
+#   scripts/build-image.sh --base-only    only build (or find) the cached Debian layer
 #
 #   --release      build the binaries with cargo's release profile (default: debug)
 #   --bin-dir DIR  take meshd, meshctl, meshd-cni and meshd-wg from DIR instead of building
@@ -21,7 +22,7 @@
 #      (as a one-layer OCI layout) under $MESHD_IMAGE_CACHE, by default
 #      /var/cache/meshd/image-base-<key>; about a minute the first time.
 #   2. /usr/local/bin: the four binaries of this workspace (debug info stripped).
-# Config: Entrypoint /usr/local/bin/meshd, PATH, user 0, OCI labels (version, source).
+# Config: Entrypoint /usr/local/bin/meshd, PATH, user 0, OCI labels (title, version).
 # The layout is written by umoci (Debian's package). docs/image.md says how to load it.
 set -euo pipefail
 export LC_ALL=C
@@ -31,13 +32,15 @@ profile=debug
 bin_dir=""
 out="$repo/target/image/meshd-oci"
 tar_out=""
+base_only=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --release) profile=release ;;
     --bin-dir) bin_dir="$2"; shift ;;
     --out) out="$2"; shift ;;
     --tar) tar_out="$2"; shift ;;
-    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+    --base-only) base_only=1 ;;
+    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -136,6 +139,11 @@ base_image() {
   mv "$cache.new" "$cache"
   echo "$cache/layout"
 }
+
+if [ "$base_only" = 1 ]; then
+  echo "Debian layer: $(base_image)"
+  exit 0
+fi
 
 if [ -z "$bin_dir" ]; then
   echo "› cargo build ($profile): ${binaries[*]}"
