@@ -139,7 +139,8 @@ impl Layout {
     /// Check a blob against its descriptor: its size and sha256.
     pub fn verify_blob(&self, desc: &Descriptor) -> anyhow::Result<()> {
         let path = self.blob_path(&desc.digest)?;
-        let mut file = fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let mut file =
+            fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
         let (digest, size) = sha256_of(&mut file)?;
         ensure!(
             size == desc.size,
@@ -156,7 +157,10 @@ impl Layout {
     }
 
     /// A small JSON blob, verified, parsed.
-    pub fn json_blob<T: serde::de::DeserializeOwned>(&self, desc: &Descriptor) -> anyhow::Result<T> {
+    pub fn json_blob<T: serde::de::DeserializeOwned>(
+        &self,
+        desc: &Descriptor,
+    ) -> anyhow::Result<T> {
         self.verify_blob(desc)?;
         let bytes = fs::read(self.blob_path(&desc.digest)?)?;
         serde_json::from_slice(&bytes).with_context(|| format!("parsing blob {}", desc.digest))
@@ -165,7 +169,11 @@ impl Layout {
     /// The manifest tagged `tag` in the index, verified.
     pub fn manifest(&self, tag: &str) -> anyhow::Result<Manifest> {
         let index = self.index()?;
-        ensure!(index.schema_version == 2, "index schemaVersion {}", index.schema_version);
+        ensure!(
+            index.schema_version == 2,
+            "index schemaVersion {}",
+            index.schema_version
+        );
         let desc = index
             .manifests
             .iter()
@@ -177,7 +185,11 @@ impl Layout {
             desc.media_type
         );
         let manifest: Manifest = self.json_blob(desc)?;
-        ensure!(manifest.schema_version == 2, "manifest schemaVersion {}", manifest.schema_version);
+        ensure!(
+            manifest.schema_version == 2,
+            "manifest schemaVersion {}",
+            manifest.schema_version
+        );
         Ok(manifest)
     }
 
@@ -265,7 +277,10 @@ pub fn whiteout(entry: &str) -> anyhow::Result<Option<Whiteout>> {
     Ok(if name == ".wh..wh..opq" {
         Some(Whiteout::Opaque(parent))
     } else if let Some(hidden) = name.strip_prefix(".wh.") {
-        ensure!(!hidden.is_empty(), "layer entry {entry:?}: whiteout of nothing");
+        ensure!(
+            !hidden.is_empty(),
+            "layer entry {entry:?}: whiteout of nothing"
+        );
         Some(Whiteout::Remove(parent.join(hidden)))
     } else {
         None
@@ -323,7 +338,11 @@ fn gunzip_sha256(path: &Path) -> anyhow::Result<String> {
         .context("running gzip")?;
     let mut stdout = child.stdout.take().context("gzip stdout")?;
     let (digest, _) = sha256_of(&mut stdout)?;
-    ensure!(child.wait()?.success(), "gzip -dc {} failed", path.display());
+    ensure!(
+        child.wait()?.success(),
+        "gzip -dc {} failed",
+        path.display()
+    );
     Ok(digest)
 }
 
@@ -369,8 +388,14 @@ pub fn write_layout(dir: &Path, tag: &str, layers: &[PathBuf]) -> anyhow::Result
         let mut stdin = child.stdin.take().context("gzip stdin")?;
         let writer = std::thread::spawn(move || stdin.write_all(&raw));
         let mut gz = Vec::new();
-        child.stdout.take().context("gzip stdout")?.read_to_end(&mut gz)?;
-        writer.join().map_err(|_| anyhow::anyhow!("gzip writer panicked"))??;
+        child
+            .stdout
+            .take()
+            .context("gzip stdout")?
+            .read_to_end(&mut gz)?;
+        writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("gzip writer panicked"))??;
         ensure!(child.wait()?.success(), "gzip failed");
         let (digest, size) = put(&gz)?;
         layer_descs.push(serde_json::json!({
@@ -395,6 +420,7 @@ pub fn write_layout(dir: &Path, tag: &str, layers: &[PathBuf]) -> anyhow::Result
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

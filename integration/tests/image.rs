@@ -107,11 +107,20 @@ fn layers_unpack_in_order_with_whiteouts_and_a_corrupt_blob_is_refused() {
 
     let layout = Layout::open(&w.join("oci")).unwrap();
     let manifest = layout.manifest("v1").unwrap();
-    assert!(layout.manifest("v2").is_err(), "an absent tag must not resolve");
+    assert!(
+        layout.manifest("v2").is_err(),
+        "an absent tag must not resolve"
+    );
     layout.unpack(&manifest, &w.join("root")).unwrap();
     let root = w.join("root");
-    assert!(!root.join("etc/motd").exists(), "the whiteout removed etc/motd");
-    assert_eq!(std::fs::read_to_string(root.join("etc/keep")).unwrap(), "kept");
+    assert!(
+        !root.join("etc/motd").exists(),
+        "the whiteout removed etc/motd"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/keep")).unwrap(),
+        "kept"
+    );
     assert!(!root.join("doc/a").exists() && !root.join("doc/b").exists());
     assert_eq!(std::fs::read_to_string(root.join("doc/c")).unwrap(), "c");
     assert_eq!(std::fs::read_to_string(root.join("bin/x")).unwrap(), "x");
@@ -148,7 +157,10 @@ fn the_image_is_the_daemonsets_and_a_lab_runs_meshd_from_its_root() {
 
     // The tag deploy/ runs, every digest verified, the layers unpacked as a runtime does.
     let (name, tag) = deploy_image();
-    assert_eq!(name, "meshd", "deploy/ runs an image this script does not build");
+    assert_eq!(
+        name, "meshd",
+        "deploy/ runs an image this script does not build"
+    );
     let layout = Layout::open(&oci).unwrap();
     let manifest = layout.manifest(&tag).unwrap();
     assert_eq!(manifest.layers.len(), 2, "Debian base + the binaries");
@@ -159,7 +171,11 @@ fn the_image_is_the_daemonsets_and_a_lab_runs_meshd_from_its_root() {
     assert_eq!(config.config.entrypoint, ["/usr/local/bin/meshd"]);
     assert_eq!(config.config.user, "0");
     assert!(
-        config.config.env.iter().any(|e| e.starts_with("PATH=") && e.contains("/usr/local/bin")),
+        config
+            .config
+            .env
+            .iter()
+            .any(|e| e.starts_with("PATH=") && e.contains("/usr/local/bin")),
         "{:?}",
         config.config.env
     );
@@ -175,7 +191,10 @@ fn the_image_is_the_daemonsets_and_a_lab_runs_meshd_from_its_root() {
         .env_clear()
         .env("PATH", IMAGE_PATH)
         .env("CNI_COMMAND", "VERSION"));
-    assert!(cni.contains("supportedVersions"), "meshd-cni VERSION: {cni}");
+    assert!(
+        cni.contains("supportedVersions"),
+        "meshd-cni VERSION: {cni}"
+    );
     for bin in ["meshd", "meshctl", "meshd-cni", "meshd-wg"] {
         let libs = in_root(&root, &["ldd", &format!("/usr/local/bin/{bin}")]);
         assert!(!libs.contains("not found"), "{bin} lacks a library: {libs}");
@@ -227,7 +246,11 @@ fn the_image_is_the_daemonsets_and_a_lab_runs_meshd_from_its_root() {
         let name = node["name"].as_str().unwrap();
         assert_eq!(node["running"], true, "{name}: meshd not running");
         assert_eq!(node["status"]["converged"], true, "{name}: {node:#}");
-        assert_eq!(node["peers"].as_array().unwrap().len(), 1, "{name}: {node:#}");
+        assert_eq!(
+            node["peers"].as_array().unwrap().len(),
+            1,
+            "{name}: {node:#}"
+        );
         // Every process of the node is one of the image's binaries (meshd and the user-space
         // datapath it starts), none of the workspace's.
         let ns = node["namespace"].as_str().unwrap();
@@ -238,18 +261,30 @@ fn the_image_is_the_daemonsets_and_a_lab_runs_meshd_from_its_root() {
                 continue;
             };
             let found = image_bins.iter().position(|b| *b == (exe.dev(), exe.ino()));
-            assert!(found.is_some(), "{name}: pid {pid} does not run an image binary");
+            assert!(
+                found.is_some(),
+                "{name}: pid {pid} does not run an image binary"
+            );
             seen.extend(found);
         }
         assert!(seen.contains(&0), "{name}: no meshd from the image");
-        assert!(seen.contains(&1), "{name}: no meshd-wg from the image (user-space datapath)");
+        assert!(
+            seen.contains(&1),
+            "{name}: no meshd-wg from the image (user-space datapath)"
+        );
 
         // `meshctl status` and `wg` run from the image inside the node.
-        let status: serde_json::Value =
-            serde_json::from_str(&lab.exec(name, &["meshctl", "status", "-o", "json"]).unwrap())
-                .unwrap();
+        let status: serde_json::Value = serde_json::from_str(
+            &lab.exec(name, &["meshctl", "status", "-o", "json"])
+                .unwrap(),
+        )
+        .unwrap();
         assert_eq!(status["converged"], true, "{name}: {status:#}");
-        assert_eq!(status["peers"].as_array().unwrap().len(), 1, "{name}: {status:#}");
+        assert_eq!(
+            status["peers"].as_array().unwrap().len(),
+            1,
+            "{name}: {status:#}"
+        );
         let wg = lab.exec(name, &["wg", "show", "meshd0", "peers"]).unwrap();
         assert_eq!(wg.lines().count(), 1, "wg show on {name}: {wg}");
         // readOnlyRootFilesystem: the node's root is the image, mounted read-only.

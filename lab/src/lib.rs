@@ -43,12 +43,12 @@ mod kubernetes;
 pub mod labels;
 /// `lab up` and `lab down`: the underlay, the nodes' namespaces and mounts.
 mod layout;
+/// Nodes running their binaries from a container image's root filesystem.
+pub mod node_root;
 /// A node's life: add, start, stop, kill, remove.
 mod nodes;
 /// The lab's Kubernetes object files in its directory registry.
 mod object_store;
-/// Nodes running their binaries from a container image's root filesystem.
-pub mod node_root;
 /// Kubernetes objects from multi-document YAML, checked and defaulted (pure).
 pub mod objects;
 /// Pure naming and addressing of nodes and pods.

@@ -123,9 +123,14 @@ mod tests {
     fn mount_script_makes_the_root_read_only_and_binds_the_host_paths_quoted() {
         let script = mount_script(Path::new("/tmp/it's root"));
         let q = r"'/tmp/it'\''s root'";
-        assert!(script.starts_with(&format!("mount --bind {q} {q} && mount -o remount,bind,ro {q}")));
+        assert!(script.starts_with(&format!(
+            "mount --bind {q} {q} && mount -o remount,bind,ro {q}"
+        )));
         for dir in ["proc", "sys", "dev", "run"] {
-            assert!(script.contains(&format!("mount --rbind /{dir} {q}/{dir}")), "{script}");
+            assert!(
+                script.contains(&format!("mount --rbind /{dir} {q}/{dir}")),
+                "{script}"
+            );
         }
     }
 }

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 
 use crate::host::{binary, in_ns, ip};
-use crate::plan::*;
 use crate::node_root::image_binary;
+use crate::plan::*;
 use crate::state::{load_state, Paths};
 use crate::HOST_BPFFS;
 use meshd::cni_conf::CONFLIST;
