@@ -242,6 +242,7 @@ async fn the_registry_publishes_watches_and_withdraws_as_meshds_service_account(
         record.public_key.to_string()
     );
     assert_eq!(ann[kreg::LISTEN_PORT_ANNOTATION], "51820");
+    assert_eq!(ann[kreg::RECORD_VERSION_ANNOTATION], "1");
     assert_eq!(ann["meshd.io/unrelated-future-key"], "kept");
     assert_eq!(
         ann.len(),
@@ -262,6 +263,18 @@ async fn the_registry_publishes_watches_and_withdraws_as_meshds_service_account(
     );
     assert_quiet(&mut watchers[1]).await;
 
+    // A real change is one write and one Upsert everywhere; so is changing it back.
+    let mut changed = record.clone();
+    changed.listen_port = 51821;
+    for (r, writes) in [(&changed, 2), (&record, 3)] {
+        c.registry("n1").publish(r).await.unwrap();
+        assert_eq!(c.node_writes("n1"), writes);
+        for rx in &mut watchers {
+            let e = next(rx).await;
+            assert!(matches!(&e, RegistryEvent::Upsert(u) if u == r), "{e:?}");
+        }
+    }
+
     // A late watcher gets the current state, then Synced.
     let mut late = c.registry("n2").watch().unwrap();
     let events = until_synced(&mut late).await;
@@ -280,6 +293,7 @@ async fn the_registry_publishes_watches_and_withdraws_as_meshds_service_account(
         RegistryEvent::Malformed { node, error } => {
             assert_eq!(node, "n1");
             assert_eq!(error.field, kreg::LISTEN_PORT_ANNOTATION);
+            assert!(error.to_string().contains("not-a-port"), "{error}");
         }
         other => panic!("expected Malformed, got {other:?}"),
     }
@@ -297,6 +311,19 @@ async fn the_registry_publishes_watches_and_withdraws_as_meshds_service_account(
     )
     .await;
     assert!(matches!(next(&mut watchers[0]).await, RegistryEvent::Delete(n) if n == "n2"));
+    // A new watcher does not list the opted-out n2 either, nor n3 (no meshd), and an unrelated
+    // annotation does not make n3 a peer.
+    let events = until_synced(&mut c.registry("n3").watch().unwrap()).await;
+    assert!(
+        matches!(&events[..], [RegistryEvent::Upsert(r), RegistryEvent::Synced] if r.name == "n1"),
+        "{events:?}"
+    );
+    c.patch_node(
+        "n3",
+        json!({"metadata": {"annotations": {"example.com/x": "1"}}}),
+    )
+    .await;
+    assert_quiet(&mut watchers[0]).await;
     c.patch_node(
         "n2",
         json!({"metadata": {"labels": {kreg::EXCLUDE_LABEL: "false"}}}),
@@ -325,6 +352,11 @@ async fn the_registry_publishes_watches_and_withdraws_as_meshds_service_account(
     c.registry("n1").withdraw("gone").await.unwrap();
     assert_eq!(c.node_writes("n1"), writes);
     let node = c.nodes().get("n1").await.unwrap();
+    assert_eq!(
+        node.spec.as_ref().and_then(|s| s.pod_cidrs.clone()),
+        Some(vec!["10.244.1.0/24".into(), "fd00:244:0:1::/64".into()]),
+        "meshd never writes spec"
+    );
     assert_eq!(node.metadata.labels.unwrap()["team"], "blue");
 
     // The Node object goes away.
