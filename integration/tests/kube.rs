@@ -2,8 +2,8 @@
 //! (`integration::apiserver`; no root, no cluster). Every registry is a real `KubeRegistry`
 //! talking HTTP to the server through a kubeconfig, as meshd would out of cluster. What the
 //! real kube-apiserver can show runs in kube_real.rs (publish, no-op republish, only meshd's
-//! keys written, opt-out, deletes, malformed annotations moved there); each test here says why
-//! it is still on the mock.
+//! keys written, opt-out, deletes, malformed annotations) and kube_real_watchers.rs (the
+//! settings watcher, the Node condition); each test here says why it is still on the mock.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
@@ -17,9 +17,7 @@ use kube::Client;
 use meshd::registry::kube::annotations as kreg;
 use meshd::registry::kube::client::client;
 use meshd::registry::kube::endpoints::watch_api_server_endpoints;
-use meshd::registry::kube::settings::{
-    pod_reference, spawn_watcher, WatcherConfig, INVALID_REASON,
-};
+use meshd::registry::kube::settings::{pod_reference, spawn_watcher, WatcherConfig};
 use meshd::registry::{KubeRegistry, Registry, RegistryEvent};
 use meshd::settings::{self, Encryption, Settings};
 use serde_json::json;
@@ -308,96 +306,6 @@ async fn mock_server_follows_api_semantics() {
     }
 }
 
-// Not moved yet (the real server could serve it; kubernetes_lab.rs covers live settings there).
-#[tokio::test]
-async fn settings_follow_the_configmap_and_reject_invalid_values() {
-    let c = cluster(1).await;
-    let pod = pod_reference("meshd-system", "meshd-abcde", None);
-    let config = WatcherConfig {
-        max_backoff: Duration::from_millis(500),
-        ..WatcherConfig::new("meshd-system", pod, "n1")
-    };
-    let mut rx = spawn_watcher(c.client.clone(), config);
-    // No ConfigMap: the defaults, once listed.
-    let first = tokio::time::timeout(WAIT, rx.wait_for(Option::is_some))
-        .await
-        .unwrap()
-        .unwrap()
-        .clone();
-    assert_eq!(first, Some(Settings::default()));
-
-    c.server.put_configmap(
-        "meshd-system",
-        settings::CONFIG_MAP_NAME,
-        &[("encryption", "permissive"), ("mtu", "1400")],
-    );
-    let s = tokio::time::timeout(
-        WAIT,
-        rx.wait_for(|s| {
-            s.as_ref()
-                .is_some_and(|s| s.encryption == Encryption::Permissive)
-        }),
-    )
-    .await
-    .unwrap()
-    .unwrap()
-    .clone()
-    .unwrap();
-    assert_eq!(s.mtu, Some(1400));
-
-    // Another ConfigMap in the namespace is not ours.
-    c.server
-        .put_configmap("meshd-system", "other", &[("encryption", "disabled")]);
-
-    // An invalid value: rejected, an Event names key and value, the last good value stays.
-    c.server.put_configmap(
-        "meshd-system",
-        settings::CONFIG_MAP_NAME,
-        &[("encryption", "disabled"), ("mtu", "jumbo")],
-    );
-    let event = wait_for_event(&c.server).await;
-    assert_eq!(event["reason"], json!(INVALID_REASON));
-    assert_eq!(event["type"], json!("Warning"));
-    assert_eq!(event["metadata"]["namespace"], json!("meshd-system"));
-    assert_eq!(event["regarding"]["kind"], json!("Pod"));
-    assert_eq!(event["regarding"]["name"], json!("meshd-abcde"));
-    assert_eq!(event["reportingInstance"], json!("n1"));
-    let note = event["note"].as_str().unwrap();
-    assert!(
-        note.contains("\"mtu\"") && note.contains("\"jumbo\""),
-        "{note}"
-    );
-    assert_eq!(
-        rx.borrow().as_ref().unwrap().encryption,
-        Encryption::Permissive
-    );
-
-    // Fixed: applied live.
-    c.server.put_configmap(
-        "meshd-system",
-        settings::CONFIG_MAP_NAME,
-        &[("encryption", "disabled"), ("mtu", "auto")],
-    );
-    let s = tokio::time::timeout(
-        WAIT,
-        rx.wait_for(|s| {
-            s.as_ref()
-                .is_some_and(|s| s.encryption == Encryption::Disabled)
-        }),
-    )
-    .await
-    .unwrap()
-    .unwrap()
-    .clone()
-    .unwrap();
-    assert_eq!(s.mtu, None);
-    assert_eq!(
-        c.server.events().len(),
-        1,
-        "one Event per rejected configuration"
-    );
-}
-
 /// Polls the server's Event store (Events are written by the watcher task asynchronously and
 /// the store offers no notification).
 async fn wait_for_event(server: &FakeApiServer) -> serde_json::Value {
@@ -411,74 +319,6 @@ async fn wait_for_event(server: &FakeApiServer) -> serde_json::Value {
     })
     .await
     .expect("no Event recorded")
-}
-
-// Not moved yet (the real server could serve it; kube_real.rs only sees the condition appear).
-#[tokio::test]
-async fn the_node_condition_follows_meshds_status_and_keeps_the_kubelets_conditions() {
-    let c = cluster(1).await;
-    c.server.modify_node("n1", |n| {
-        n["status"]["conditions"] = json!([{"type": "Ready", "status": "True"}]);
-    });
-    let (tx, rx) = tokio::sync::watch::channel(None);
-    let task = meshd::registry::kube::node_condition::spawn(c.client.clone(), "n1".into(), rx);
-    let conditions = |server: &FakeApiServer| {
-        server.node("n1").unwrap()["status"]["conditions"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-    };
-    let wait_for = |reason: &'static str| {
-        let server = &c.server;
-        async move {
-            for _ in 0..200 {
-                let all = conditions(server);
-                if all
-                    .iter()
-                    .any(|x| x["type"] == "MeshdEncrypted" && x["reason"] == reason)
-                {
-                    return all;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            panic!(
-                "no MeshdEncrypted condition with reason {reason}: {:?}",
-                conditions(server)
-            );
-        }
-    };
-    let mut s: meshd::control::StatusReport = serde_json::from_value(json!({
-        "node": "n1", "public_key": "k", "mode": "userspace", "interface": "meshd0",
-        "ifindex": 3, "adopted_device": false, "listen_port": 51820, "mtu": 1420,
-        "endpoints": [], "pod_cidrs": [], "known_nodes": [], "peers": [], "conflicts": [],
-        "malformed": [], "counters": {"malformed_records": 0, "reconciles": 1,
-        "reconcile_errors": 0, "peer_ops": 0, "route_ops": 0}, "converged": true,
-        "encryption": "enabled", "strict_mode": true,
-        "datapath": {"pin_dir": "/sys/fs/bpf/meshd", "underlay_mode": "enforce",
-            "underlay_interface": "eth0", "underlay_attached": true, "attach": "tcx",
-            "remote_cidrs": [], "cluster_cidrs": [], "local_pods": 0, "pod_interfaces": 0,
-            "counters": {"redirected": 0, "local": 0, "passed": 0, "strict_drops": 0,
-                "would_drops": 0}}
-    }))
-    .unwrap();
-    tx.send(Some(s.clone())).unwrap();
-    let all = wait_for("Encrypted").await;
-    let mine = all.iter().find(|x| x["type"] == "MeshdEncrypted").unwrap();
-    assert_eq!(mine["status"], "True");
-    assert!(
-        all.iter().any(|x| x["type"] == "Ready"),
-        "kubelet's condition kept: {all:?}"
-    );
-    s.encryption = Encryption::Permissive;
-    tx.send(Some(s)).unwrap();
-    let all = wait_for("EncryptionPermissive").await;
-    assert_eq!(
-        all.iter().filter(|x| x["type"] == "MeshdEncrypted").count(),
-        1,
-        "merged by type, not appended: {all:?}"
-    );
-    assert!(all.iter().any(|x| x["type"] == "Ready"));
-    task.abort();
 }
 
 // Mock: discovery.k8s.io/v1, which v1.20 does not serve (kube_real.rs reads v1beta1), and decoys.
