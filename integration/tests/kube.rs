@@ -1,9 +1,10 @@
-//! The Kubernetes registry backend and the settings watcher against the mock API server
+//! The Kubernetes registry backend and the API servers' endpoints against the mock API server
 //! (`integration::apiserver`; no root, no cluster). Every registry is a real `KubeRegistry`
 //! talking HTTP to the server through a kubeconfig, as meshd would out of cluster. What the
 //! real kube-apiserver can show runs in kube_real.rs (publish, no-op republish, only meshd's
 //! keys written, opt-out, deletes, malformed annotations) and kube_real_watchers.rs (the
-//! settings watcher, the Node condition); each test here says why it is still on the mock.
+//! settings watcher and its last good settings, the Node condition, RecordRefused Events);
+//! each test here says why it is still on the mock.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
@@ -17,9 +18,7 @@ use kube::Client;
 use meshd::registry::kube::annotations as kreg;
 use meshd::registry::kube::client::client;
 use meshd::registry::kube::endpoints::watch_api_server_endpoints;
-use meshd::registry::kube::settings::{pod_reference, spawn_watcher, WatcherConfig};
 use meshd::registry::{KubeRegistry, Registry, RegistryEvent};
-use meshd::settings::{self, Encryption, Settings};
 use serde_json::json;
 use tokio::sync::mpsc::Receiver;
 
@@ -306,21 +305,6 @@ async fn mock_server_follows_api_semantics() {
     }
 }
 
-/// Polls the server's Event store (Events are written by the watcher task asynchronously and
-/// the store offers no notification).
-async fn wait_for_event(server: &FakeApiServer) -> serde_json::Value {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            if let Some(e) = server.events().into_iter().next() {
-                return e;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("no Event recorded")
-}
-
 // Mock: discovery.k8s.io/v1, which v1.20 does not serve (kube_real.rs reads v1beta1), and decoys.
 #[tokio::test]
 async fn the_api_servers_endpoints_follow_the_kubernetes_endpointslice() {
@@ -431,218 +415,4 @@ async fn the_api_servers_endpoints_follow_the_kubernetes_endpointslice() {
         matches!(&err, kube::Error::Api(s) if s.code == 422),
         "addressType is immutable: {err}"
     );
-}
-
-// Not moved yet (the real server could serve it; kubernetes_lab.rs restarts meshd there).
-#[tokio::test]
-async fn the_last_good_settings_outlive_a_restart_into_an_invalid_configmap() {
-    let c = cluster(1).await;
-    let state = tempfile::tempdir().unwrap();
-    let flags = Settings::default();
-    let watcher = |fallback: Settings| {
-        let pod = pod_reference("meshd-system", "meshd-abcde", None);
-        WatcherConfig {
-            max_backoff: Duration::from_millis(500),
-            fallback,
-            state_dir: Some(state.path().to_path_buf()),
-            ..WatcherConfig::new("meshd-system", pod, "n1")
-        }
-    };
-    let first = |rx: &tokio::sync::watch::Receiver<Option<Settings>>| rx.borrow().clone();
-
-    // A valid ConfigMap: applied, and saved as the last good settings.
-    c.server.put_configmap(
-        "meshd-system",
-        settings::CONFIG_MAP_NAME,
-        &[("encryption", "permissive"), ("mtu", "1400")],
-    );
-    let good = Settings {
-        encryption: Encryption::Permissive,
-        mtu: Some(1400),
-        ..Settings::default()
-    };
-    let start = settings::fallback(settings::load_last_good(state.path()), flags.clone());
-    assert_eq!(start, flags, "no file yet: the flags");
-    let mut rx = spawn_watcher(c.client.clone(), watcher(start));
-    tokio::time::timeout(WAIT, rx.wait_for(|s| s.as_ref() == Some(&good)))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        settings::load_last_good(state.path()).unwrap(),
-        Some(good.clone())
-    );
-    drop(rx);
-
-    // meshd restarts while the ConfigMap holds an invalid value: it starts from the last good
-    // settings, not from the defaults.
-    c.server.put_configmap(
-        "meshd-system",
-        settings::CONFIG_MAP_NAME,
-        &[("encryption", "sometimes")],
-    );
-    let start = settings::fallback(settings::load_last_good(state.path()), flags.clone());
-    let mut rx = spawn_watcher(c.client.clone(), watcher(start));
-    tokio::time::timeout(WAIT, rx.wait_for(Option::is_some))
-        .await
-        .unwrap()
-        .unwrap();
-    wait_for_event(&c.server).await;
-    assert_eq!(first(&rx), Some(good.clone()));
-    assert_eq!(
-        settings::load_last_good(state.path()).unwrap(),
-        Some(good),
-        "an invalid value is never saved"
-    );
-    drop(rx);
-
-    // A corrupt file: a logged error, and the flags.
-    std::fs::write(state.path().join(settings::LAST_GOOD_FILE), "{garbage").unwrap();
-    let start = settings::fallback(settings::load_last_good(state.path()), flags.clone());
-    let rx = spawn_watcher(c.client.clone(), watcher(start));
-    let mut rx2 = rx.clone();
-    tokio::time::timeout(WAIT, rx2.wait_for(Option::is_some))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(first(&rx), Some(flags));
-}
-
-/// A hostile Node (its `spec.podCIDRs` the whole IPv4 space), read through the Kubernetes
-/// registry and refused by record trust, yields one `RecordRefused` Event regarding it, however
-/// many reconcile passes report the refusal; a refusal still in force after the window bumps
-/// that Event's count (a patch, no second Event); every request is one RBAC grants.
-// Not moved yet (the real server could serve it; kube_real.rs creates and patches the Event).
-#[tokio::test]
-async fn a_hostile_node_yields_one_record_refused_event() {
-    use keyexchange::trust::{admit, Established, TrustPolicy};
-    use meshd::control::{RefusalReport, StatusReport};
-    use meshd::registry::kube::refusal_events::{self, Limits};
-    use std::collections::BTreeMap;
-
-    let c = cluster(2).await;
-    c.registry("n2").publish(&c.record(2).await).await.unwrap();
-    c.server
-        .create_node("evil", &["198.18.0.66"], &["0.0.0.0/0"]);
-    let evil = NodeRecord {
-        name: "evil".into(),
-        public_key: PublicKey::from_bytes([66; 32]),
-        listen_port: 51820,
-        endpoints: vec!["198.18.0.66".parse().unwrap()],
-        pod_cidrs: vec!["0.0.0.0/0".parse().unwrap()],
-        rotation: Default::default(),
-    };
-    c.registry("evil").publish(&evil).await.unwrap();
-
-    // What n1's meshd reads and decides.
-    let mut rx = c.registry("n1").watch().unwrap();
-    let records: BTreeMap<String, NodeRecord> = until_synced(&mut rx)
-        .await
-        .into_iter()
-        .filter_map(|e| match e {
-            RegistryEvent::Upsert(r) => Some((r.name.clone(), r)),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(
-        records.keys().map(String::as_str).collect::<Vec<_>>(),
-        ["evil", "n2"]
-    );
-    let policy = TrustPolicy {
-        cluster_pools: vec![
-            "10.244.0.0/16".parse().unwrap(),
-            "fd00:244::/48".parse().unwrap(),
-        ],
-        service_ranges: vec![],
-    };
-    let me = c.record(1).await;
-    let admission = admit(&records, &me, &policy, &Established::default());
-    let refused: Vec<RefusalReport> = admission
-        .refused
-        .iter()
-        .map(|r| RefusalReport {
-            node: r.node.clone(),
-            field: r.field.to_string(),
-            reason: r.reason.clone(),
-            holder: r.holder.clone(),
-        })
-        .collect();
-    assert_eq!(refused.len(), 1, "{refused:?}");
-    assert!(admission.accepted.contains_key("n2"));
-
-    let mut status: StatusReport = serde_json::from_value(json!({
-        "node": "n1", "public_key": "k", "mode": "kernel", "interface": "meshd0",
-        "ifindex": 3, "adopted_device": false, "listen_port": 51820, "mtu": 1420,
-        "endpoints": [], "pod_cidrs": [], "known_nodes": [], "peers": [], "conflicts": [],
-        "malformed": [], "counters": {"malformed_records": 0, "reconciles": 1,
-        "reconcile_errors": 0, "peer_ops": 0, "route_ops": 0}, "converged": true,
-        "encryption": "enabled", "strict_mode": true
-    }))
-    .unwrap();
-    status.refused = refused;
-    let (tx, status_rx) = tokio::sync::watch::channel(Some(status.clone()));
-    let window = Duration::from_millis(1500);
-    let task = refusal_events::spawn_with(
-        c.client.clone(),
-        "n1".into(),
-        status_rx,
-        Limits {
-            repeat_after: window,
-            burst: 10,
-            refill: Duration::from_millis(100),
-        },
-    );
-    let event = wait_for_event(&c.server).await;
-    // Many passes within the window, each publishing the status with the refusal.
-    for pass in 2..20 {
-        status.counters.reconciles = pass;
-        tx.send(Some(status.clone())).unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let events = c.server.events();
-    assert_eq!(events.len(), 1, "one Event, not one per pass: {events:#?}");
-    assert_eq!(event["apiVersion"], "v1");
-    assert_eq!(event["metadata"]["namespace"], "default");
-    assert_eq!(event["involvedObject"]["kind"], "Node");
-    assert_eq!(event["involvedObject"]["name"], "evil");
-    assert_eq!(event["reason"], "RecordRefused");
-    assert_eq!(event["type"], "Warning");
-    assert_eq!(event["count"], 1);
-    let message = event["message"].as_str().unwrap();
-    assert!(
-        message.contains("field podCIDRs") && message.contains("0.0.0.0/0"),
-        "{message}"
-    );
-
-    // Still refused after the window: the same Event, counted again.
-    tokio::time::timeout(WAIT, async {
-        loop {
-            let events = c.server.events();
-            assert_eq!(events.len(), 1, "{events:#?}");
-            if events[0]["count"] == 2 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("the Event's count grows after the window");
-    task.abort();
-
-    let rbac = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/base/rbac.yaml"),
-    )
-    .unwrap();
-    let grants = integration::rbac::Grants::from_yaml(&rbac, "meshd-system", "meshd").unwrap();
-    let writes: Vec<_> = c
-        .server
-        .requests()
-        .into_iter()
-        .filter(|r| r.resource == "events")
-        .collect();
-    let verbs: std::collections::BTreeSet<&str> = writes.iter().map(|r| r.verb.as_str()).collect();
-    assert_eq!(verbs, ["create", "patch"].into_iter().collect());
-    for r in &writes {
-        assert!(grants.allows(r), "RBAC denies {r:?}");
-    }
 }
