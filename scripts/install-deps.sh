@@ -15,6 +15,8 @@ have nsenter   || need+=(util-linux)
 have sysctl    || need+=(procps)
 have cc        || need+=(gcc libc6-dev)
 have kubectl   || need+=(kubectl)   # renders deploy/ offline (kubectl kustomize)
+have mmdebstrap || need+=(mmdebstrap) # the image's Debian root (scripts/build-image.sh)
+have umoci     || need+=(umoci)     # writes the image as an OCI layout
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "meshd's lab and tests create network namespaces: run as root" >&2
@@ -43,3 +45,8 @@ fi
 # The Kubernetes tests run a real kube-apiserver (v1.20.2) with etcd: built once from Debian's
 # kubernetes source package into /var/cache/meshd (about 4 minutes; quick when present).
 "$(dirname "$0")/kube-apiserver.sh" build
+
+# meshd's image (integration/tests/image.rs builds it from the workspace's binaries): its
+# Debian layer, made once with mmdebstrap into /var/cache/meshd (about a minute; quick when
+# present).
+"$(dirname "$0")/build-image.sh" --base-only

@@ -68,8 +68,24 @@ impl Lab {
         Self::up_named_with(name, nodes, pods, &[])
     }
 
+    /// Bring up a lab whose nodes run meshd, meshctl, meshd-cni and meshd-wg from `root`, an
+    /// unpacked container image (`MESHD_LAB_NODE_ROOT`), with extra `meshctl lab up` options.
+    pub fn up_in_root(nodes: u32, pods: u32, root: &Path, extra: &[&str]) -> anyhow::Result<Lab> {
+        Self::up_inner(&Self::unique_name(), nodes, pods, extra, Some(root))
+    }
+
     /// Bring up a lab with a given name and extra `meshctl lab up` options.
     pub fn up_named_with(name: &str, nodes: u32, pods: u32, extra: &[&str]) -> anyhow::Result<Lab> {
+        Self::up_inner(name, nodes, pods, extra, None)
+    }
+
+    fn up_inner(
+        name: &str,
+        nodes: u32,
+        pods: u32,
+        extra: &[&str],
+        node_root: Option<&Path>,
+    ) -> anyhow::Result<Lab> {
         let meshctl = bin("meshctl");
         if !meshctl.exists() {
             bail!(
@@ -84,7 +100,10 @@ impl Lab {
         let (n, p) = (nodes.to_string(), pods.to_string());
         let mut args = vec!["lab", "up", "--nodes", &n, "--pods-per-node", &p];
         args.extend_from_slice(extra);
-        lab.meshctl(&args)?;
+        match node_root {
+            Some(root) => lab.meshctl_env(&args, &[(meshd_lab::node_root::NODE_ROOT_ENV, root)])?,
+            None => lab.meshctl(&args)?,
+        };
         Ok(lab)
     }
 
@@ -95,6 +114,11 @@ impl Lab {
 
     /// Run `meshctl lab <sub> --name NAME <rest>`; fails on a non-zero exit.
     pub fn meshctl(&self, args: &[&str]) -> anyhow::Result<Output> {
+        self.meshctl_env(args, &[])
+    }
+
+    /// [`Lab::meshctl`] with extra environment variables.
+    pub fn meshctl_env(&self, args: &[&str], env: &[(&str, &Path)]) -> anyhow::Result<Output> {
         let mut full: Vec<&str> = args.to_vec();
         // `--name` goes right after the lab subcommand (before any `--`).
         if full.first() == Some(&"lab") && full.len() >= 2 {
@@ -102,6 +126,7 @@ impl Lab {
         }
         let out = Command::new(&self.meshctl)
             .args(&full)
+            .envs(env.iter().copied())
             .output()
             .with_context(|| format!("running meshctl {}", full.join(" ")))?;
         if !out.status.success() {

@@ -16,6 +16,8 @@
 //! - [`rbac`]: RBAC rule matching, to check that log against the roles in `deploy/`.
 //! - [`kube_apiserver`]: a real kube-apiserver (v1.20.2) and etcd, with meshd's service
 //!   account bound by `deploy/`'s RBAC and an audit log of every request.
+//! - [`oci`]: an OCI image layout (meshd's image, `scripts/build-image.sh`) verified and
+//!   unpacked as a container runtime does.
 //!
 //! Binaries: `lab-traffic` (traffic generator run inside pod namespaces) and
 //! `mesh-bench` (plain veth vs wireguard-go vs meshd throughput/RTT benchmark).
@@ -32,6 +34,7 @@ pub mod capture;
 pub mod kube_apiserver;
 pub mod lab;
 pub mod labjson;
+pub mod oci;
 pub mod rbac;
 pub mod traffic;
 pub mod verify;

@@ -539,100 +539,89 @@ fn deploy_dir_renders_the_encrypted_default() {
     check(&rendered, Encryption::Enabled);
 }
 
-/// `NAME=VALUE` at the start of a line (a shell assignment or a Dockerfile `ARG`).
-fn assignment(text: &str, name: &str) -> Option<String> {
-    text.lines().find_map(|l| {
-        let l = l.trim().trim_start_matches("ARG ").trim();
-        l.strip_prefix(&format!("{name}="))
-            .map(|v| v.trim_matches('"').to_string())
-    })
+/// The words of a bash array assignment `NAME=(a b c)` in a script.
+fn bash_array(text: &str, name: &str) -> Vec<String> {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(&format!("{name}=(")))
+        .and_then(|rest| rest.split(')').next())
+        .unwrap_or_else(|| panic!("no {name}=(…) in the script"))
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
 }
 
-/// deploy/Dockerfile cannot be built here (no container engine), but it must install the
-/// eBPF toolchain the way ebpf-redirect/install-toolchain.sh does — the script every
-/// development machine and CI build with — and build every binary the manifests run.
+/// The image deploy/ runs is the one scripts/build-image.sh builds: every container of every
+/// rendering runs `meshd:<the base's newTag>` (the tag the script gives the image), and every
+/// binary the manifests run from /usr/local/bin is one the script installs there. (The binaries
+/// are the workspace's own build, so the image has the eBPF toolchain of
+/// ebpf-redirect/install-toolchain.sh by construction; integration/tests/image.rs builds the
+/// image and runs a lab from it.)
 #[test]
-fn the_dockerfile_installs_the_toolchain_of_install_toolchain_sh() {
+fn every_rendering_runs_the_image_build_image_sh_builds() {
     let root = deploy_dir().join("..");
-    let dockerfile = std::fs::read_to_string(deploy_dir().join("Dockerfile")).unwrap();
-    let script = std::fs::read_to_string(root.join("ebpf-redirect/install-toolchain.sh")).unwrap();
-    for name in ["LLVM_MAJOR", "BPF_LINKER_VERSION"] {
-        let want = assignment(&script, name).unwrap_or_else(|| panic!("{name} in the script"));
-        assert_eq!(
-            assignment(&dockerfile, name).as_deref(),
-            Some(want.as_str()),
-            "{name}"
-        );
-    }
-    // The Debian packages the script installs (its `for p in …; do` list).
-    let packages: Vec<&str> = script
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("for p in "))
-        .and_then(|l| l.split(';').next())
-        .unwrap()
-        .split_whitespace()
-        .collect();
-    assert!(packages.contains(&"rustc-web"), "{packages:?}");
-    let install = dockerfile
-        .split("apt-get install")
-        .nth(1)
-        .and_then(|rest| rest.split("&&").next())
-        .unwrap();
-    for p in &packages {
-        assert!(install.contains(p), "Dockerfile does not install {p}");
-    }
-    // bpf-linker built against that LLVM, as the script builds it.
-    for needle in [
-        "LLVM_PREFIX=/usr/lib/llvm-${LLVM_MAJOR}",
-        "\"bpf-linker@${BPF_LINKER_VERSION}\"",
-        "--no-default-features --features \"llvm-${LLVM_MAJOR}\"",
-        "EBPF_REDIRECT_RUSTC=/usr/bin/rustc",
-    ] {
-        assert!(dockerfile.contains(needle), "Dockerfile lacks {needle}");
-    }
-    // Debian 12, where those packages are (bookworm-security), for building and running.
-    let bases: Vec<&str> = dockerfile
-        .lines()
-        .filter_map(|l| l.strip_prefix("FROM "))
-        .collect();
+    let script = std::fs::read_to_string(root.join("scripts/build-image.sh")).unwrap();
+    let installed = bash_array(&script, "binaries");
     assert!(
-        !bases.is_empty() && bases.iter().all(|b| b.contains("bookworm")),
-        "{bases:?}"
+        script.contains("\"$work/layer/usr/local/bin/$b\""),
+        "the script no longer installs into /usr/local/bin"
     );
-    // Every binary the manifests run is built and installed in /usr/local/bin.
-    let rendered = render(&deploy_dir().join("overlays").join("userspace"));
-    let pod = rendered.daemon_sets[0].spec.template.spec.clone().unwrap();
-    let mut run: BTreeSet<String> = BTreeSet::from(["meshctl".to_string()]);
-    for c in pod
-        .containers
+    let kustomization: serde_json::Value = serde_norway::from_str(
+        &std::fs::read_to_string(deploy_dir().join("base/kustomization.yaml")).unwrap(),
+    )
+    .unwrap();
+    let image = kustomization["images"]
+        .as_array()
+        .unwrap()
         .iter()
-        .chain(pod.init_containers.iter().flatten())
-    {
-        for word in c
-            .command
+        .find(|i| i["name"] == "meshd")
+        .unwrap();
+    let want = format!(
+        "{}:{}",
+        image["newName"].as_str().unwrap(),
+        image["newTag"].as_str().unwrap()
+    );
+    assert_eq!(want, "meshd:0.1.0", "the workspace version");
+
+    let mut run: BTreeSet<String> = BTreeSet::from(["meshctl".to_string()]);
+    let mut dirs = vec![deploy_dir()];
+    for entry in std::fs::read_dir(deploy_dir().join("overlays")).unwrap() {
+        dirs.push(entry.unwrap().path());
+    }
+    for dir in &dirs {
+        let rendered = render(dir);
+        let pod = rendered.daemon_sets[0].spec.template.spec.clone().unwrap();
+        for c in pod
+            .containers
             .iter()
-            .flatten()
-            .flat_map(|w| w.split_whitespace())
+            .chain(pod.init_containers.iter().flatten())
         {
-            if let Some(bin) = word.strip_prefix("/usr/local/bin/") {
-                run.insert(bin.to_string());
+            assert_eq!(
+                c.image.as_deref(),
+                Some(want.as_str()),
+                "{}: container {}",
+                dir.display(),
+                c.name
+            );
+            for word in c
+                .command
+                .iter()
+                .flatten()
+                .flat_map(|w| w.split_whitespace())
+            {
+                if let Some(bin) = word.strip_prefix("/usr/local/bin/") {
+                    run.insert(bin.to_string());
+                }
             }
         }
     }
     assert!(
-        run.contains("meshd-wg") && run.contains("meshd-cni"),
+        run.contains("meshd-wg") && run.contains("meshd-cni") && run.contains("meshd"),
         "{run:?}"
     );
     for bin in &run {
         assert!(
-            dockerfile.contains(&format!("--bin {bin} "))
-                || dockerfile.contains(&format!("--bin {bin}\n"))
-                || dockerfile.contains(&format!("--bin {bin} \\")),
-            "Dockerfile does not build {bin}"
-        );
-        assert!(
-            dockerfile.contains(&format!("target/release/{bin}")),
-            "Dockerfile does not install {bin}"
+            installed.contains(bin),
+            "the manifests run /usr/local/bin/{bin}, which build-image.sh does not install ({installed:?})"
         );
     }
 }

@@ -1,5 +1,6 @@
 //! `lab exec`: run a command inside a node's network and mount namespaces (`meshctl` there
-//! meaning this meshctl).
+//! meaning this meshctl), and with a node root inside the image's root filesystem, as
+//! `kubectl exec` into the DaemonSet's container would (`meshctl` there meaning the image's).
 
 use std::process::{Command, ExitStatus};
 
@@ -15,8 +16,13 @@ pub fn exec(lab: &str, node: &str, command: &[String]) -> anyhow::Result<ExitSta
     let i = node_index(&state, node)?;
     let paths = Paths::new(lab);
     let mut command = command.to_vec();
-    // `meshctl` inside a node means this meshctl.
-    if command.first().map(String::as_str) == Some("meshctl") {
+    if let Some(root) = &state.node_root {
+        // The image has meshctl on its PATH.
+        let mut chrooted = vec!["chroot".to_string(), root.to_string_lossy().into_owned()];
+        chrooted.append(&mut command);
+        command = chrooted;
+    } else if command.first().map(String::as_str) == Some("meshctl") {
+        // `meshctl` inside a node means this meshctl.
         command[0] = std::env::current_exe()
             .context("locating meshctl")?
             .to_string_lossy()

@@ -48,8 +48,11 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<()> {
             opts.name
         );
     }
-    for bin in ["meshd", "meshd-wg", "meshd-cni"] {
-        binary(bin)?;
+    let node_root = crate::node_root::from_env()?;
+    if node_root.is_none() {
+        for bin in ["meshd", "meshd-wg", "meshd-cni"] {
+            binary(bin)?;
+        }
     }
     if !matches!(opts.ipam.as_str(), "node" | "cluster-pool") {
         bail!("--ipam {}: expected node or cluster-pool", opts.ipam);
@@ -75,6 +78,7 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<()> {
         rotation_silence: opts.rotation_silence.clone(),
         guard_cluster_cidrs: opts.guard_cluster_cidrs,
         max_nodes: opts.max_nodes,
+        node_root,
         nodes: Vec::new(),
     };
     let result = build(&mut state, opts);
@@ -192,8 +196,9 @@ pub(crate) fn make_mount_dir(paths: &Paths) -> anyhow::Result<()> {
 
 /// Node `i`'s namespaces: its network namespace with the underlay link to the switch and the
 /// default routes via the router, its bpffs directory, and its pinned private mount namespace
-/// (own `/run/wireguard`, `/run/meshd`, `/sys` and `/sys/fs/bpf`).
-pub(crate) fn make_node(paths: &Paths, i: u32) -> anyhow::Result<()> {
+/// (own `/run/wireguard`, `/run/meshd`, `/sys` and `/sys/fs/bpf`), and in it, with a node root,
+/// that root made the node's container root ([`crate::node_root::mount_script`]).
+pub(crate) fn make_node(paths: &Paths, i: u32, node_root: Option<&Path>) -> anyhow::Result<()> {
     let lab = paths.lab.as_str();
     let ns = node_ns(lab, i);
     let ul = underlay_ns(lab);
@@ -285,6 +290,18 @@ pub(crate) fn make_node(paths: &Paths, i: u32) -> anyhow::Result<()> {
             ),
         ],
     )?;
+    if let Some(root) = node_root {
+        run(
+            "nsenter",
+            &[
+                &format!("--mount={m}"),
+                "--",
+                "sh",
+                "-c",
+                &crate::node_root::mount_script(root),
+            ],
+        )?;
+    }
     Ok(())
 }
 

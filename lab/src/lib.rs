@@ -15,7 +15,8 @@
 //! This crate owns the lab and nothing of meshd itself: it builds namespaces with the host's
 //! tools (`ip`, `nsenter`, `mount`; test infrastructure, not production netlink code), starts
 //! the workspace's binaries found next to `meshctl` (`meshd`, `meshd-cni`, `meshd-wg`, and its
-//! own `fake-apiserver`), and reads meshd only through its control socket and pinned maps.
+//! own `fake-apiserver`) or, with `MESHD_LAB_NODE_ROOT`, those of an unpacked container
+//! image (`node_root`), and reads meshd only through its control socket and pinned maps.
 //! `meshctl lab …` and `meshctl audit --lab` are its commands.
 //!
 //! Kubernetes objects (`lab apply`, `delete`, `label`, `probe`): Namespaces, Pods and
@@ -42,6 +43,8 @@ mod kubernetes;
 pub mod labels;
 /// `lab up` and `lab down`: the underlay, the nodes' namespaces and mounts.
 mod layout;
+/// Nodes running their binaries from a container image's root filesystem.
+pub mod node_root;
 /// A node's life: add, start, stop, kill, remove.
 mod nodes;
 /// The lab's Kubernetes object files in its directory registry.

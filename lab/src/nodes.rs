@@ -3,6 +3,7 @@
 
 use std::fs;
 use std::os::unix::process::CommandExt as _;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -10,10 +11,11 @@ use anyhow::{bail, Context as _};
 
 use crate::apply::remove_applied_pods_of;
 use crate::host::{
-    binary, ip, kill_ns_processes, meshd_pid, pid_alive, remove_bpffs, require_root, run, step,
+    ip, kill_ns_processes, meshd_pid, pid_alive, remove_bpffs, require_root, run, step,
 };
 use crate::kubernetes::CONFIG_NAMESPACE;
 use crate::layout::{make_node, wait_converged};
+use crate::node_root::node_command;
 use crate::plan::*;
 use crate::pods::add_pod;
 use crate::state::{load_state, save_state, LabState, NodeState, Paths};
@@ -35,7 +37,7 @@ pub(crate) fn add_node_inner(
         wireguard_mode: mode,
     });
     save_state(state)?;
-    make_node(&paths, i)?;
+    make_node(&paths, i, state.node_root.as_deref())?;
     fs::create_dir_all(paths.node_dir(i))?;
     start_meshd(state, i)?;
     for j in 1..=pods {
@@ -53,7 +55,7 @@ pub(crate) fn start_meshd_with(state: &LabState, i: u32, extra: &[&str]) -> anyh
     let lab = state.name.as_str();
     let mode = state.mode_of(i);
     let paths = Paths::new(lab);
-    let meshd = binary("meshd")?;
+    let meshd = node_command(state.node_root.as_deref(), "meshd")?;
     let (c4, c6) = node_pod_cidrs(i);
     let log = fs::OpenOptions::new()
         .create(true)
@@ -64,7 +66,7 @@ pub(crate) fn start_meshd_with(state: &LabState, i: u32, extra: &[&str]) -> anyh
     cmd.arg(format!("--mount={}", paths.mnt(i).display()))
         .arg(format!("--net=/run/netns/{}", node_ns(lab, i)))
         .arg("--")
-        .arg(&meshd)
+        .args(&meshd)
         .args(["--node-name", &node_name(i)])
         .arg("--state-dir")
         .arg(paths.node_dir(i).join("state"))
@@ -155,7 +157,7 @@ pub(crate) fn start_meshd_with(state: &LabState, i: u32, extra: &[&str]) -> anyh
     if mode == "external" {
         // Started after meshd, as a pod's containers may be: meshd waits for them.
         std::thread::sleep(Duration::from_millis(500));
-        start_external_devices(&paths, lab, i)?;
+        start_external_devices(&paths, lab, i, state.node_root.as_deref())?;
     }
     Ok(pid)
 }
@@ -163,8 +165,13 @@ pub(crate) fn start_meshd_with(state: &LabState, i: u32, extra: &[&str]) -> anyh
 /// `--wireguard-mode external`: node `i`'s two user-space devices run by `meshd-wg` processes
 /// of their own, as the `wireguard` containers of deploy/components/userspace-wireguard run
 /// them: started by the lab (once; a restarted meshd adopts them), never by meshd.
-pub(crate) fn start_external_devices(paths: &Paths, lab: &str, i: u32) -> anyhow::Result<()> {
-    let helper = binary("meshd-wg")?;
+pub(crate) fn start_external_devices(
+    paths: &Paths,
+    lab: &str,
+    i: u32,
+    node_root: Option<&Path>,
+) -> anyhow::Result<()> {
+    let helper = node_command(node_root, "meshd-wg")?;
     for device in ["meshd0", "meshd0b"] {
         let present = Command::new("ip")
             .args(["-n", &node_ns(lab, i), "link", "show", device])
@@ -183,7 +190,7 @@ pub(crate) fn start_external_devices(paths: &Paths, lab: &str, i: u32) -> anyhow
             .arg(format!("--mount={}", paths.mnt(i).display()))
             .arg(format!("--net=/run/netns/{}", node_ns(lab, i)))
             .arg("--")
-            .arg(&helper)
+            .args(&helper)
             .args(["--interface", device])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 
 use crate::host::{binary, in_ns, ip};
+use crate::node_root::image_binary;
 use crate::plan::*;
-use crate::state::Paths;
+use crate::state::{load_state, Paths};
 use crate::HOST_BPFFS;
 use meshd::cni_conf::CONFLIST;
 
@@ -76,13 +77,17 @@ pub(crate) struct CniCall<'a> {
 /// Run `meshd-cni` for node `i` with the CNI environment (interface `eth0`) and the plugin
 /// configuration on stdin, in the node's network namespace but the host's mount namespace
 /// (pod namespaces are pinned under /run/netns after the node's private mount namespace was
-/// made). Returns the parsed result (`null` for a DEL, which prints nothing).
+/// made). With a node root the plugin is the image's, run on the host as the kubelet runs the
+/// copy the DaemonSet's `install-cni` init container installs. Returns the parsed result (`null` for a DEL, which prints nothing).
 pub(crate) fn run_cni(
     paths: &Paths,
     i: u32,
     call: &CniCall<'_>,
 ) -> anyhow::Result<serde_json::Value> {
-    let plugin = binary("meshd-cni")?;
+    let plugin = match load_state(&paths.lab)?.and_then(|s| s.node_root) {
+        Some(root) => image_binary(&root, "meshd-cni"),
+        None => binary("meshd-cni")?,
+    };
     let config = plugin_config(paths, i)?;
     let mut child = Command::new("nsenter")
         .arg(format!("--net=/run/netns/{}", node_ns(&paths.lab, i)))

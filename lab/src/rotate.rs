@@ -6,6 +6,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::Context as _;
 
+use crate::node_root::chroot_command;
 use crate::nodes::node_index;
 use crate::plan::*;
 use crate::state::{load_state, Paths};
@@ -23,7 +24,13 @@ pub fn rotate_keys(lab: &str, nodes: &[String]) -> anyhow::Result<BTreeMap<Strin
             .map(|n| node_index(&state, n))
             .collect::<anyhow::Result<_>>()?
     };
-    let meshctl = std::env::current_exe().context("locating meshctl")?;
+    // The node's meshctl: this one, or the image's with a node root.
+    let meshctl = match &state.node_root {
+        Some(root) => chroot_command(root, "meshctl"),
+        None => vec![std::env::current_exe()
+            .context("locating meshctl")?
+            .into_os_string()],
+    };
     let handles: Vec<_> = chosen
         .into_iter()
         .map(|i| {
@@ -35,7 +42,7 @@ pub fn rotate_keys(lab: &str, nodes: &[String]) -> anyhow::Result<BTreeMap<Strin
                     .arg(format!("--mount={}", paths.mnt(i).display()))
                     .arg(format!("--net=/run/netns/{ns}"))
                     .arg("--")
-                    .arg(&meshctl)
+                    .args(&meshctl)
                     .args(["rotate-key", "-o", "json"])
                     .stdin(Stdio::null())
                     .output()

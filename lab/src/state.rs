@@ -59,6 +59,10 @@ pub struct LabState {
     /// `--max-nodes` given to every meshd, if any (sizes the datapath's per-node maps).
     #[serde(default)]
     pub max_nodes: Option<u32>,
+    /// The unpacked container image the nodes run their binaries from
+    /// ([`crate::node_root`]), if `lab up` was given one; `None`: the workspace's binaries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_root: Option<PathBuf>,
     /// The nodes, by index.
     pub nodes: Vec<NodeState>,
 }

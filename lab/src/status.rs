@@ -43,6 +43,10 @@ pub struct LabStatus {
     pub nodes: Vec<LabNode>,
     /// Pods.
     pub pods: Vec<LabPod>,
+    /// The unpacked container image the nodes run meshd, meshctl, meshd-cni and meshd-wg
+    /// from (`MESHD_LAB_NODE_ROOT` at `lab up`); absent: the workspace's binaries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_root: Option<String>,
 }
 
 /// Where to capture the underlay.
@@ -198,6 +202,10 @@ pub fn status(lab: &str) -> anyhow::Result<LabStatus> {
             .then(|| paths.kubeconfig().to_string_lossy().into_owned()),
         nodes,
         pods,
+        node_root: state
+            .node_root
+            .as_ref()
+            .map(|r| r.to_string_lossy().into_owned()),
     })
 }
 
