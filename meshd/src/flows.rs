@@ -3,6 +3,7 @@
 //!
 //! * [`record`]: the flow record and the stream line ([`record::FlowsResponse`]), the contract
 //!   between the daemon and `meshctl observe` (pure).
+//! * [`filter`], [`render`]: `meshctl observe`'s filter flags and its table (pure).
 //!
 //! Control socket protocol (see [`crate::control`]): the request line `flows` answers the
 //! history, oldest first, one [`record::FlowsResponse`] JSON object per line, then EOF;
@@ -17,4 +18,11 @@
 //! `meshd_flows_total{source_namespace,destination_namespace,verdict}` (bounded cardinality,
 //! overflow counted under `other`), `meshd_flow_events_lost_total{source}`.
 
+/// Which lines `meshctl observe` shows: its filter flags, checked, and `--last` (pure).
+pub mod filter;
 pub mod record;
+/// The one-line-per-flow table of `meshctl observe` (pure).
+pub mod render;
+
+#[cfg(test)]
+mod fixtures;
