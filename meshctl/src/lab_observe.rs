@@ -1,0 +1,96 @@
+//! `meshctl lab observe`: every lab node's flows, each read inside its node
+//! (`meshd_lab::node_observers`), merged by time, filtered and printed like `meshctl observe`.
+//! With `--follow` the nodes' live lines interleave as they arrive.
+
+use std::io::BufReader;
+use std::process::{Child, ExitCode};
+use std::sync::mpsc;
+
+use anyhow::{bail, Context as _};
+use meshd::flows::filter::{FlowFilter, LastWindow};
+use meshd::flows::record::FlowsResponse;
+use meshd_lab as lab;
+
+use crate::cli::ObserveArgs;
+use crate::observe::{follow, parse_line, pump, quiet_on_broken_pipe, ObserveError, Printer};
+
+/// `meshctl lab observe`.
+pub(crate) fn run(name: &str, args: &ObserveArgs) -> anyhow::Result<ExitCode> {
+    let filter = FlowFilter::from_flags(&args.filter_flags(), jiff::Timestamp::now())?;
+    let (observers, down) = lab::node_observers(name, args.follow)?;
+    for node in &down {
+        eprintln!("meshctl: {node}: meshd is not running, its flows are not shown");
+    }
+    if observers.is_empty() {
+        bail!("no node of lab {name} runs meshd");
+    }
+    let mut children: Vec<(String, Child)> = Vec::new();
+    for mut o in observers {
+        let child = o
+            .command
+            .spawn()
+            .with_context(|| format!("{}: starting meshctl observe inside the node", o.node))?;
+        children.push((o.node, child));
+    }
+    let stdout = std::io::stdout();
+    let mut printer = Printer::new(stdout.lock(), args.output);
+    let result = if args.follow {
+        let (send, lines) = mpsc::channel();
+        for (node, child) in &mut children {
+            let Some(out) = child.stdout.take() else {
+                continue;
+            };
+            let send = send.clone();
+            let source_name = format!("node {node}");
+            std::thread::spawn(move || {
+                pump(BufReader::new(out), &source_name, &send, |source| {
+                    ObserveError::Exchange {
+                        path: source_name.clone().into(),
+                        source,
+                    }
+                });
+            });
+        }
+        drop(send);
+        follow(lines, filter, &mut printer)
+    } else {
+        let mut streams = Vec::new();
+        for (node, child) in &mut children {
+            match read_history(node, child) {
+                Ok(lines) => streams.push(lines),
+                Err(e) => eprintln!("meshctl: {e:#}"),
+            }
+        }
+        let mut window = LastWindow::new(filter.last);
+        for line in lab::merge_by_time(streams) {
+            if filter.matches(&line) {
+                window.push(line);
+            }
+        }
+        printer.print(&window.finish()).map_err(Into::into)
+    };
+    for (_, child) in &mut children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    quiet_on_broken_pipe(result)
+}
+
+/// A node's whole history (its `meshctl observe -o json` output), checked line by line.
+fn read_history(node: &str, child: &mut Child) -> anyhow::Result<Vec<FlowsResponse>> {
+    let mut text = String::new();
+    if let Some(mut out) = child.stdout.take() {
+        std::io::Read::read_to_string(&mut out, &mut text)
+            .with_context(|| format!("node {node}: reading its flows"))?;
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("node {node}: meshctl observe failed ({status})");
+    }
+    let source_name = format!("node {node}");
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| parse_line(&source_name, i + 1, l).map_err(Into::into))
+        .collect()
+}

@@ -1,0 +1,81 @@
+//! Reading stream lines and `--follow`'s history.
+
+use meshd::flows::filter::{FilterFlags, FlowFilter};
+use meshd::flows::record::{FlowsResponse, LostEvents, LostEventsSource, ResponseItem};
+
+use super::*;
+
+/// A lost-events line on `node` at `secs` past 10:00 (enough to test ordering and passing).
+fn line(node: &str, secs: i64) -> FlowsResponse {
+    let base: jiff::Timestamp = "2026-12-06T10:00:00Z".parse().expect("time");
+    FlowsResponse {
+        item: ResponseItem::LostEvents(LostEvents {
+            source: LostEventsSource::RingBuffer,
+            num_events_lost: 1,
+        }),
+        node_name: node.into(),
+        time: base
+            .checked_add(jiff::SignedDuration::from_secs(secs))
+            .expect("time"),
+    }
+}
+
+#[test]
+fn a_malformed_line_is_an_error_naming_its_number() {
+    let err = parse_line("meshd", 3, "{\"flow\": 1}").expect_err("malformed");
+    let text = err.to_string();
+    assert!(
+        text.starts_with("meshd: line 3 is not a flow record"),
+        "{text}"
+    );
+    assert!(matches!(err, ObserveError::Malformed { number: 3, .. }));
+}
+
+#[test]
+fn the_daemons_error_answer_is_reported_as_a_refusal() {
+    let err =
+        parse_line("meshd", 1, r#"{"error":"unknown request \"flows\""}"#).expect_err("refused");
+    assert_eq!(
+        err.to_string(),
+        "meshd: meshd refused the request: unknown request \"flows\""
+    );
+}
+
+#[test]
+fn follow_holds_the_history_until_quiet_then_passes_lines_through() {
+    let filter = FlowFilter::from_flags(
+        &FilterFlags {
+            last: Some("1".into()),
+            ..Default::default()
+        },
+        jiff::Timestamp::now(),
+    )
+    .expect("filter");
+    let mut state = FollowState::new(filter);
+    // Lost-events lines always pass --last, so the history is kept whole and merged by time.
+    assert!(state.line(line("n2", 2)).is_empty());
+    assert!(state.line(line("n1", 1)).is_empty());
+    assert!(state.line(line("n1", 3)).is_empty());
+    let history = state.quiet();
+    let order: Vec<(String, i64)> = history
+        .iter()
+        .map(|l| (l.node_name.clone(), l.time.as_second() % 60))
+        .collect();
+    assert_eq!(
+        order,
+        vec![("n1".into(), 1), ("n2".into(), 2), ("n1".into(), 3)]
+    );
+    assert!(state.quiet().is_empty(), "the history is printed once");
+    assert_eq!(state.line(line("n2", 0)), vec![line("n2", 0)]);
+}
+
+#[test]
+fn the_table_printer_writes_its_header_once() {
+    let mut out = Vec::new();
+    let mut printer = Printer::new(&mut out, Output::Table);
+    printer.print(&[line("n1", 1)]).expect("print");
+    printer.print(&[line("n1", 2)]).expect("print");
+    let text = String::from_utf8(out).expect("utf-8");
+    assert_eq!(text.matches("TIME").count(), 1, "{text}");
+    assert_eq!(text.lines().count(), 3, "{text}");
+}
