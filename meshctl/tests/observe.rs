@@ -231,3 +231,22 @@ fn follow_prints_the_last_of_the_history_then_live_lines() {
     assert!(child.wait().expect("wait").success());
     assert_eq!(socket.server.join().expect("server"), "flows follow\n");
 }
+
+#[test]
+fn the_documented_json_lines_are_stream_lines() {
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/json-contract.md"),
+    )
+    .expect("docs/json-contract.md");
+    let examples: Vec<&str> = doc
+        .lines()
+        .filter(|l| l.starts_with("{\"flow\"") || l.starts_with("{\"lost_events\""))
+        .collect();
+    assert_eq!(examples.len(), 2, "a flow and a lost-events notice");
+    for line in examples {
+        let parsed: FlowsResponse = serde_json::from_str(line).expect(line);
+        let again: serde_json::Value = serde_json::to_value(&parsed).expect("json");
+        let given: serde_json::Value = serde_json::from_str(line).expect(line);
+        assert_eq!(again, given, "the example is exactly what meshd sends");
+    }
+}
