@@ -3,7 +3,7 @@
 //! With `--follow` the nodes' live lines interleave as they arrive.
 
 use std::io::BufReader;
-use std::process::{Child, ExitCode};
+use std::process::{Child, ExitCode, Stdio};
 use std::sync::mpsc;
 
 use anyhow::{bail, Context as _};
@@ -26,6 +26,10 @@ pub(crate) fn run(name: &str, args: &ObserveArgs) -> anyhow::Result<ExitCode> {
     }
     let mut children: Vec<(String, Child)> = Vec::new();
     for mut o in observers {
+        if !args.follow {
+            // Its errors go into ours, naming the node.
+            o.command.stderr(Stdio::piped());
+        }
         let child = o
             .command
             .spawn()
@@ -55,11 +59,18 @@ pub(crate) fn run(name: &str, args: &ObserveArgs) -> anyhow::Result<ExitCode> {
         follow(lines, filter, &mut printer)
     } else {
         let mut streams = Vec::new();
+        let mut failures = Vec::new();
         for (node, child) in &mut children {
             match read_history(node, child) {
                 Ok(lines) => streams.push(lines),
-                Err(e) => eprintln!("meshctl: {e:#}"),
+                Err(e) => failures.push(format!("{e:#}")),
             }
+        }
+        if streams.is_empty() {
+            bail!("no node's flows could be read: {}", failures.join("; "));
+        }
+        for failure in &failures {
+            eprintln!("meshctl: {failure}; its flows are not shown");
         }
         let mut window = LastWindow::new(filter.last);
         for line in lab::merge_by_time(streams) {
@@ -83,9 +94,14 @@ fn read_history(node: &str, child: &mut Child) -> anyhow::Result<Vec<FlowsRespon
         std::io::Read::read_to_string(&mut out, &mut text)
             .with_context(|| format!("node {node}: reading its flows"))?;
     }
+    let mut errors = String::new();
+    if let Some(mut err) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut err, &mut errors);
+    }
     let status = child.wait()?;
     if !status.success() {
-        bail!("node {node}: meshctl observe failed ({status})");
+        let said = errors.trim().trim_start_matches("meshctl: ");
+        bail!("node {node}: meshctl observe failed ({status}): {said}");
     }
     let source_name = format!("node {node}");
     text.lines()
