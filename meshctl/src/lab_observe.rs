@@ -80,9 +80,16 @@ pub(crate) fn run(name: &str, args: &ObserveArgs) -> anyhow::Result<ExitCode> {
         }
         printer.print(&window.finish()).map_err(Into::into)
     };
+    // Following, every node's stream has ended when `follow` returns: each child has exited.
+    let mut failed = 0;
     for (_, child) in &mut children {
         let _ = child.kill();
-        let _ = child.wait();
+        if !child.wait().is_ok_and(|s| s.success()) {
+            failed += 1;
+        }
+    }
+    if args.follow && result.is_ok() && failed == children.len() {
+        bail!("no node's flows could be read (each node's error is above)");
     }
     quiet_on_broken_pipe(result)
 }

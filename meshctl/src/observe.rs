@@ -110,8 +110,11 @@ impl<W: Write> Printer<W> {
         }
     }
 
-    /// Print lines (and, the first time, the table's header), flushing after them.
+    /// Print lines (and, before the first line, the table's header), flushing after them.
     pub(crate) fn print(&mut self, lines: &[FlowsResponse]) -> std::io::Result<()> {
+        if lines.is_empty() {
+            return Ok(());
+        }
         if let Output::Table = self.output {
             if !self.header_done {
                 writeln!(self.out, "{}", render::header())?;

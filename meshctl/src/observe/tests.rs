@@ -70,9 +70,10 @@ fn follow_holds_the_history_until_quiet_then_passes_lines_through() {
 }
 
 #[test]
-fn the_table_printer_writes_its_header_once() {
+fn the_table_printer_writes_its_header_once_before_the_first_line() {
     let mut out = Vec::new();
     let mut printer = Printer::new(&mut out, Output::Table);
+    printer.print(&[]).expect("print");
     printer.print(&[line("n1", 1)]).expect("print");
     printer.print(&[line("n1", 2)]).expect("print");
     let text = String::from_utf8(out).expect("utf-8");
