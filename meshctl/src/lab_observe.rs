@@ -24,6 +24,19 @@ pub(crate) fn run(name: &str, args: &ObserveArgs) -> anyhow::Result<ExitCode> {
     if observers.is_empty() {
         bail!("no node of lab {name} runs meshd");
     }
+    let stdout = std::io::stdout();
+    let result = observe_nodes(observers, args, filter, stdout.lock());
+    quiet_on_broken_pipe(result)
+}
+
+/// Run every node's observer, and print their merged (or, following, interleaved) lines
+/// through `filter` on `out`.
+fn observe_nodes(
+    observers: Vec<lab::NodeObserver>,
+    args: &ObserveArgs,
+    filter: FlowFilter,
+    out: impl std::io::Write,
+) -> anyhow::Result<()> {
     let mut children: Vec<(String, Child)> = Vec::new();
     for mut o in observers {
         if !args.follow {
@@ -36,8 +49,7 @@ pub(crate) fn run(name: &str, args: &ObserveArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("{}: starting meshctl observe inside the node", o.node))?;
         children.push((o.node, child));
     }
-    let stdout = std::io::stdout();
-    let mut printer = Printer::new(stdout.lock(), args.output);
+    let mut printer = Printer::new(out, args.output);
     let result = if args.follow {
         let (send, lines) = mpsc::channel();
         for (node, child) in &mut children {
@@ -91,7 +103,7 @@ pub(crate) fn run(name: &str, args: &ObserveArgs) -> anyhow::Result<ExitCode> {
     if args.follow && result.is_ok() && failed == children.len() {
         bail!("no node's flows could be read (each node's error is above)");
     }
-    quiet_on_broken_pipe(result)
+    result
 }
 
 /// A node's whole history (its `meshctl observe -o json` output), checked line by line.
@@ -117,3 +129,6 @@ fn read_history(node: &str, child: &mut Child) -> anyhow::Result<Vec<FlowsRespon
         .map(|(i, l)| parse_line(&source_name, i + 1, l).map_err(Into::into))
         .collect()
 }
+
+#[cfg(test)]
+mod tests;
