@@ -8,7 +8,7 @@
 use std::process::{Command, Stdio};
 
 use anyhow::Context as _;
-use meshd::flows::record::FlowsResponse;
+use meshd::flows::filter::StreamLine;
 
 use crate::host::meshd_pid;
 use crate::plan::{node_name, node_ns};
@@ -58,16 +58,16 @@ pub fn node_observers(lab: &str, follow: bool) -> anyhow::Result<(Vec<NodeObserv
 
 /// Merge streams that are each in time order into one in time order (k-way; a tie keeps the
 /// stream order: the earlier stream's line first). Pure.
-pub fn merge_by_time(streams: Vec<Vec<FlowsResponse>>) -> Vec<FlowsResponse> {
+pub fn merge_by_time<T: StreamLine>(streams: Vec<Vec<T>>) -> Vec<T> {
     let total = streams.iter().map(Vec::len).sum();
-    let mut heads: Vec<std::iter::Peekable<std::vec::IntoIter<FlowsResponse>>> = streams
+    let mut heads: Vec<std::iter::Peekable<std::vec::IntoIter<T>>> = streams
         .into_iter()
         .map(|s| s.into_iter().peekable())
         .collect();
     let mut heap = std::collections::BinaryHeap::new();
     for (i, head) in heads.iter_mut().enumerate() {
         if let Some(line) = head.peek() {
-            heap.push(std::cmp::Reverse((line.time, i)));
+            heap.push(std::cmp::Reverse((line.response().time, i)));
         }
     }
     let mut out = Vec::with_capacity(total);
@@ -76,7 +76,7 @@ pub fn merge_by_time(streams: Vec<Vec<FlowsResponse>>) -> Vec<FlowsResponse> {
             out.push(line);
         }
         if let Some(next) = heads[i].peek() {
-            heap.push(std::cmp::Reverse((next.time, i)));
+            heap.push(std::cmp::Reverse((next.response().time, i)));
         }
     }
     out
@@ -84,7 +84,7 @@ pub fn merge_by_time(streams: Vec<Vec<FlowsResponse>>) -> Vec<FlowsResponse> {
 
 #[cfg(test)]
 mod tests {
-    use meshd::flows::record::{LostEvents, LostEventsSource, ResponseItem};
+    use meshd::flows::record::{FlowsResponse, LostEvents, LostEventsSource, ResponseItem};
     use proptest::prelude::*;
 
     use super::*;

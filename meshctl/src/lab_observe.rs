@@ -8,11 +8,12 @@ use std::sync::mpsc;
 
 use anyhow::{bail, Context as _};
 use meshd::flows::filter::{FlowFilter, LastWindow};
-use meshd::flows::record::FlowsResponse;
 use meshd_lab as lab;
 
 use crate::cli::ObserveArgs;
-use crate::observe::{follow, parse_line, pump, quiet_on_broken_pipe, ObserveError, Printer};
+use crate::observe::{
+    follow, parse_line, pump, quiet_on_broken_pipe, ObserveError, Printer, Received,
+};
 
 /// `meshctl lab observe`.
 pub(crate) fn run(name: &str, args: &ObserveArgs) -> anyhow::Result<ExitCode> {
@@ -107,7 +108,7 @@ fn observe_nodes(
 }
 
 /// A node's whole history (its `meshctl observe -o json` output), checked line by line.
-fn read_history(node: &str, child: &mut Child) -> anyhow::Result<Vec<FlowsResponse>> {
+fn read_history(node: &str, child: &mut Child) -> anyhow::Result<Vec<Received>> {
     let mut text = String::new();
     if let Some(mut out) = child.stdout.take() {
         std::io::Read::read_to_string(&mut out, &mut text)

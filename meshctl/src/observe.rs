@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use meshd::flows::filter::{FlowFilter, LastWindow};
+use meshd::flows::filter::{FlowFilter, LastWindow, StreamLine};
 use meshd::flows::record::FlowsResponse;
 use meshd::flows::render;
 
@@ -60,14 +60,28 @@ pub(crate) enum ObserveError {
     },
 }
 
+/// A stream line as read: parsed (for the filter and the table) and the text it came from,
+/// which `-o json` prints unchanged (fields this meshctl does not know included).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Received {
+    pub(crate) line: FlowsResponse,
+    pub(crate) text: String,
+}
+
+impl StreamLine for Received {
+    fn response(&self) -> &FlowsResponse {
+        &self.line
+    }
+}
+
 /// Reads stream line `number` (1-based) from `source_name`: a [`FlowsResponse`], or the
 /// daemon's `{"error": …}` answer, or a malformed line, each a clear error.
 pub(crate) fn parse_line(
     source_name: &str,
     number: usize,
     line: &str,
-) -> Result<FlowsResponse, ObserveError> {
-    serde_json::from_str::<FlowsResponse>(line).map_err(|source| {
+) -> Result<Received, ObserveError> {
+    let parsed = serde_json::from_str::<FlowsResponse>(line).map_err(|source| {
         let refusal = serde_json::from_str::<serde_json::Value>(line)
             .ok()
             .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string));
@@ -83,6 +97,10 @@ pub(crate) fn parse_line(
                 source,
             },
         }
+    })?;
+    Ok(Received {
+        line: parsed,
+        text: line.trim_end().to_string(),
     })
 }
 
@@ -111,7 +129,7 @@ impl<W: Write> Printer<W> {
     }
 
     /// Print lines (and, before the first line, the table's header), flushing after them.
-    pub(crate) fn print(&mut self, lines: &[FlowsResponse]) -> std::io::Result<()> {
+    pub(crate) fn print(&mut self, lines: &[Received]) -> std::io::Result<()> {
         if lines.is_empty() {
             return Ok(());
         }
@@ -123,8 +141,8 @@ impl<W: Write> Printer<W> {
         }
         for line in lines {
             match self.output {
-                Output::Table => writeln!(self.out, "{}", render::table_line(line))?,
-                Output::Json => writeln!(self.out, "{}", render::json_line(line))?,
+                Output::Table => writeln!(self.out, "{}", render::table_line(&line.line))?,
+                Output::Json => writeln!(self.out, "{}", line.text)?,
             }
         }
         self.out.flush()
@@ -135,7 +153,7 @@ impl<W: Write> Printer<W> {
 /// time and cut to `--last`; later lines pass straight through. Pure.
 pub(crate) struct FollowState {
     filter: FlowFilter,
-    history: Option<Vec<FlowsResponse>>,
+    history: Option<Vec<Received>>,
 }
 
 impl FollowState {
@@ -147,7 +165,7 @@ impl FollowState {
     }
 
     /// A line arrived: what to print now.
-    pub(crate) fn line(&mut self, line: FlowsResponse) -> Vec<FlowsResponse> {
+    pub(crate) fn line(&mut self, line: Received) -> Vec<Received> {
         if !self.filter.matches(&line) {
             return Vec::new();
         }
@@ -161,12 +179,12 @@ impl FollowState {
     }
 
     /// The stream went quiet (or ended): the history, once, ordered by time and cut to `--last`.
-    pub(crate) fn quiet(&mut self) -> Vec<FlowsResponse> {
+    pub(crate) fn quiet(&mut self) -> Vec<Received> {
         let Some(mut history) = self.history.take() else {
             return Vec::new();
         };
         // Stable: each source's lines keep their order; sources interleave by time.
-        history.sort_by_key(|l| l.time);
+        history.sort_by_key(|l| l.line.time);
         let mut window = LastWindow::new(self.filter.last);
         for line in history {
             window.push(line);
@@ -177,7 +195,7 @@ impl FollowState {
 
 /// Drive a `--follow` from a channel of lines until every sender is gone.
 pub(crate) fn follow<W: Write>(
-    lines: mpsc::Receiver<Result<FlowsResponse, ObserveError>>,
+    lines: mpsc::Receiver<Result<Received, ObserveError>>,
     filter: FlowFilter,
     printer: &mut Printer<W>,
 ) -> anyhow::Result<()> {
@@ -199,7 +217,7 @@ pub(crate) fn follow<W: Write>(
 pub(crate) fn pump(
     reader: impl BufRead,
     source_name: &str,
-    send: &mpsc::Sender<Result<FlowsResponse, ObserveError>>,
+    send: &mpsc::Sender<Result<Received, ObserveError>>,
     io_error: impl Fn(std::io::Error) -> ObserveError,
 ) {
     for (i, line) in reader.lines().enumerate() {

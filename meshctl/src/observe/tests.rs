@@ -6,9 +6,9 @@ use meshd::flows::record::{FlowsResponse, LostEvents, LostEventsSource, Response
 use super::*;
 
 /// A lost-events line on `node` at `secs` past 10:00 (enough to test ordering and passing).
-fn line(node: &str, secs: i64) -> FlowsResponse {
+fn line(node: &str, secs: i64) -> Received {
     let base: jiff::Timestamp = "2026-12-06T10:00:00Z".parse().expect("time");
-    FlowsResponse {
+    let line = FlowsResponse {
         item: ResponseItem::LostEvents(LostEvents {
             source: LostEventsSource::RingBuffer,
             num_events_lost: 1,
@@ -17,6 +17,10 @@ fn line(node: &str, secs: i64) -> FlowsResponse {
         time: base
             .checked_add(jiff::SignedDuration::from_secs(secs))
             .expect("time"),
+    };
+    Received {
+        text: serde_json::to_string(&line).expect("json"),
+        line,
     }
 }
 
@@ -59,7 +63,7 @@ fn follow_holds_the_history_until_quiet_then_passes_lines_through() {
     let history = state.quiet();
     let order: Vec<(String, i64)> = history
         .iter()
-        .map(|l| (l.node_name.clone(), l.time.as_second() % 60))
+        .map(|l| (l.line.node_name.clone(), l.line.time.as_second() % 60))
         .collect();
     assert_eq!(
         order,
@@ -79,4 +83,15 @@ fn the_table_printer_writes_its_header_once_before_the_first_line() {
     let text = String::from_utf8(out).expect("utf-8");
     assert_eq!(text.matches("TIME").count(), 1, "{text}");
     assert_eq!(text.lines().count(), 3, "{text}");
+}
+
+#[test]
+fn json_output_is_the_text_as_read_unknown_fields_included() {
+    let text = r#"{"lost_events":{"source":"RING_BUFFER","num_events_lost":2,"newer":1},"node_name":"n1","time":"2026-12-06T10:00:00Z","cluster":"c"}"#;
+    let received = parse_line("meshd", 1, text).expect("a newer meshd's line still parses");
+    let mut out = Vec::new();
+    Printer::new(&mut out, Output::Json)
+        .print(&[received])
+        .expect("print");
+    assert_eq!(String::from_utf8(out).expect("utf-8"), format!("{text}\n"));
 }

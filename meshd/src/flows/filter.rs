@@ -351,15 +351,15 @@ impl FlowFilter {
     }
 
     /// Whether a line passes every flag but `--last` (lost-events lines always do).
-    pub fn matches(&self, line: &FlowsResponse) -> bool {
-        match &line.item {
+    pub fn matches(&self, line: &impl StreamLine) -> bool {
+        match &line.response().item {
             ResponseItem::Flow(f) => self.matches_flow(f),
             ResponseItem::LostEvents(_) => true,
         }
     }
 
     /// The matching lines of `lines`, in order, with `--last` applied.
-    pub fn apply(&self, lines: impl IntoIterator<Item = FlowsResponse>) -> Vec<FlowsResponse> {
+    pub fn apply<T: StreamLine>(&self, lines: impl IntoIterator<Item = T>) -> Vec<T> {
         let mut last = LastWindow::new(self.last);
         for line in lines {
             if self.matches(&line) {
@@ -370,16 +370,39 @@ impl FlowFilter {
     }
 }
 
+/// Something carrying a stream line: the line itself, or the line with the text it was read
+/// from (`meshctl observe -o json` prints that text unchanged).
+pub trait StreamLine {
+    /// The stream line.
+    fn response(&self) -> &FlowsResponse;
+}
+
+impl StreamLine for FlowsResponse {
+    fn response(&self) -> &FlowsResponse {
+        self
+    }
+}
+
+impl<T: StreamLine + ?Sized> StreamLine for &T {
+    fn response(&self) -> &FlowsResponse {
+        (**self).response()
+    }
+}
+
 /// `--last N` over a stream of matching lines: the newest N flows and every lost-events line,
 /// in their order, with bounded memory (N flows, plus the lost-events lines).
 #[derive(Debug)]
-pub struct LastWindow {
+pub struct LastWindow<T = FlowsResponse> {
     limit: Option<usize>,
-    kept: VecDeque<FlowsResponse>,
+    kept: VecDeque<T>,
     flows: usize,
 }
 
-impl LastWindow {
+fn is_flow<T: StreamLine>(line: &T) -> bool {
+    matches!(line.response().item, ResponseItem::Flow(_))
+}
+
+impl<T: StreamLine> LastWindow<T> {
     /// A window of `limit` flows (`None`: every line).
     pub fn new(limit: Option<usize>) -> Self {
         LastWindow {
@@ -390,20 +413,16 @@ impl LastWindow {
     }
 
     /// Add a matching line, dropping the oldest flow when over the limit.
-    pub fn push(&mut self, line: FlowsResponse) {
-        let is_flow = matches!(line.item, ResponseItem::Flow(_));
+    pub fn push(&mut self, line: T) {
+        let flow = is_flow(&line);
         self.kept.push_back(line);
-        if !is_flow {
+        if !flow {
             return;
         }
         self.flows += 1;
         if let Some(limit) = self.limit {
             if self.flows > limit {
-                if let Some(i) = self
-                    .kept
-                    .iter()
-                    .position(|l| matches!(l.item, ResponseItem::Flow(_)))
-                {
+                if let Some(i) = self.kept.iter().position(is_flow) {
                     self.kept.remove(i);
                     self.flows -= 1;
                 }
@@ -412,7 +431,7 @@ impl LastWindow {
     }
 
     /// The kept lines, oldest first.
-    pub fn finish(self) -> Vec<FlowsResponse> {
+    pub fn finish(self) -> Vec<T> {
         self.kept.into()
     }
 }

@@ -43,7 +43,9 @@ pub fn table_line(line: &FlowsResponse) -> String {
     }
 }
 
-/// A stream line as `-o json` prints it: the stream line's own JSON, on one line.
+/// A stream line's own JSON, on one line: what `-o json` prints for a line it holds no text of
+/// (`meshctl observe` prints the text it read, unchanged, so that fields it does not know
+/// survive).
 pub fn json_line(line: &FlowsResponse) -> String {
     // The record is plain data (strings, numbers, enums): serializing it cannot fail.
     serde_json::to_string(line).unwrap_or_default()
