@@ -124,11 +124,16 @@ fn read_history(node: &str, child: &mut Child) -> anyhow::Result<Vec<Received>> 
         bail!("node {node}: meshctl observe failed ({status}): {said}");
     }
     let source_name = format!("node {node}");
-    text.lines()
+    let mut lines = text
+        .lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| parse_line(&source_name, i + 1, l).map_err(Into::into))
-        .collect()
+        .map(|(i, l)| parse_line(&source_name, i + 1, l))
+        .collect::<Result<Vec<_>, _>>()?;
+    // meshd keeps its history in the order events were decoded, not quite by time (an
+    // aggregate carries the end of its interval): the merge wants each stream by time.
+    lines.sort_by_key(|l| l.line.time);
+    Ok(lines)
 }
 
 #[cfg(test)]

@@ -3,9 +3,12 @@
 //! `meshd::flows::{filter, render}`). `meshctl lab observe` (in `lab_observe`) feeds the same
 //! printing from every lab node.
 //!
-//! The history is answered first; `--last N` applies to it. With `--follow` the history is what
-//! arrives before the stream first goes quiet for [`HISTORY_QUIET`] (the daemon writes it in
-//! one burst); from then on every matching line is printed as it arrives.
+//! The history is answered first, ordered here by time (meshd keeps it in the order events
+//! were decoded; an aggregate carries the end of its interval); `--last N` applies to it. With
+//! `--follow` the history is what arrives before the stream first goes quiet for
+//! [`HISTORY_QUIET`] after a first line (the daemon writes it in one burst; without any line it
+//! is empty after [`HISTORY_GRACE`]); from then on every matching line is printed as it
+//! arrives.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -22,6 +25,10 @@ use crate::cli::{ObserveArgs, Output};
 
 /// How long the stream must be quiet before `--follow` takes the history as complete.
 pub(crate) const HISTORY_QUIET: Duration = Duration::from_millis(300);
+
+/// How long `--follow` waits for the first line before it takes the history as empty (starting
+/// the observers of a lab's nodes takes a while).
+pub(crate) const HISTORY_GRACE: Duration = Duration::from_secs(3);
 
 /// How long `meshctl observe` (without `--follow`) waits for the next line of the history.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -154,6 +161,8 @@ impl<W: Write> Printer<W> {
 pub(crate) struct FollowState {
     filter: FlowFilter,
     history: Option<Vec<Received>>,
+    /// Whether any line (matching or not) arrived yet.
+    heard: bool,
 }
 
 impl FollowState {
@@ -161,11 +170,13 @@ impl FollowState {
         FollowState {
             filter,
             history: Some(Vec::new()),
+            heard: false,
         }
     }
 
     /// A line arrived: what to print now.
     pub(crate) fn line(&mut self, line: Received) -> Vec<Received> {
+        self.heard = true;
         if !self.filter.matches(&line) {
             return Vec::new();
         }
@@ -178,19 +189,33 @@ impl FollowState {
         }
     }
 
-    /// The stream went quiet (or ended): the history, once, ordered by time and cut to `--last`.
-    pub(crate) fn quiet(&mut self) -> Vec<Received> {
-        let Some(mut history) = self.history.take() else {
+    /// The stream was quiet for [`HISTORY_QUIET`], `waited` after the start: the history ends
+    /// if a line arrived before, or once [`HISTORY_GRACE`] has passed without any.
+    pub(crate) fn quiet(&mut self, waited: Duration) -> Vec<Received> {
+        if !self.heard && waited < HISTORY_GRACE {
             return Vec::new();
-        };
-        // Stable: each source's lines keep their order; sources interleave by time.
-        history.sort_by_key(|l| l.line.time);
-        let mut window = LastWindow::new(self.filter.last);
-        for line in history {
-            window.push(line);
         }
-        window.finish()
+        self.end_history()
     }
+
+    /// The history ends (or the stream did): the history, once, by time and cut to `--last`.
+    pub(crate) fn end_history(&mut self) -> Vec<Received> {
+        match self.history.take() {
+            Some(history) => last_by_time(history, self.filter.last),
+            None => Vec::new(),
+        }
+    }
+}
+
+/// Matching lines ordered by time (stable: lines of one time keep their order), then the
+/// newest `last` flows of them (and every lost-events line).
+pub(crate) fn last_by_time(mut lines: Vec<Received>, last: Option<usize>) -> Vec<Received> {
+    lines.sort_by_key(|l| l.line.time);
+    let mut window = LastWindow::new(last);
+    for line in lines {
+        window.push(line);
+    }
+    window.finish()
 }
 
 /// Drive a `--follow` from a channel of lines until every sender is gone.
@@ -200,12 +225,13 @@ pub(crate) fn follow<W: Write>(
     printer: &mut Printer<W>,
 ) -> anyhow::Result<()> {
     let mut state = FollowState::new(filter);
+    let start = std::time::Instant::now();
     loop {
         match lines.recv_timeout(HISTORY_QUIET) {
             Ok(line) => printer.print(&state.line(line?))?,
-            Err(mpsc::RecvTimeoutError::Timeout) => printer.print(&state.quiet())?,
+            Err(mpsc::RecvTimeoutError::Timeout) => printer.print(&state.quiet(start.elapsed()))?,
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                printer.print(&state.quiet())?;
+                printer.print(&state.end_history())?;
                 return Ok(());
             }
         }
@@ -283,7 +309,7 @@ pub(crate) fn run(args: &ObserveArgs, socket: &Path) -> anyhow::Result<ExitCode>
         });
         follow(lines, filter, &mut printer)
     } else {
-        let mut window = LastWindow::new(filter.last);
+        let mut matching = Vec::new();
         for (i, line) in BufReader::new(stream).lines().enumerate() {
             let text = line.map_err(io_error)?;
             if text.trim().is_empty() {
@@ -291,10 +317,12 @@ pub(crate) fn run(args: &ObserveArgs, socket: &Path) -> anyhow::Result<ExitCode>
             }
             let line = parse_line(&source_name, i + 1, &text)?;
             if filter.matches(&line) {
-                window.push(line);
+                matching.push(line);
             }
         }
-        printer.print(&window.finish()).map_err(Into::into)
+        printer
+            .print(&last_by_time(matching, filter.last))
+            .map_err(Into::into)
     };
     quiet_on_broken_pipe(result)
 }

@@ -3,6 +3,8 @@
 use meshd::flows::filter::{FilterFlags, FlowFilter};
 use meshd::flows::record::{FlowsResponse, LostEvents, LostEventsSource, ResponseItem};
 
+use std::time::Duration;
+
 use super::*;
 
 /// A lost-events line on `node` at `secs` past 10:00 (enough to test ordering and passing).
@@ -60,7 +62,7 @@ fn follow_holds_the_history_until_quiet_then_passes_lines_through() {
     assert!(state.line(line("n2", 2)).is_empty());
     assert!(state.line(line("n1", 1)).is_empty());
     assert!(state.line(line("n1", 3)).is_empty());
-    let history = state.quiet();
+    let history = state.quiet(Duration::ZERO);
     let order: Vec<(String, i64)> = history
         .iter()
         .map(|l| (l.line.node_name.clone(), l.line.time.as_second() % 60))
@@ -69,7 +71,10 @@ fn follow_holds_the_history_until_quiet_then_passes_lines_through() {
         order,
         vec![("n1".into(), 1), ("n2".into(), 2), ("n1".into(), 3)]
     );
-    assert!(state.quiet().is_empty(), "the history is printed once");
+    assert!(
+        state.quiet(Duration::ZERO).is_empty(),
+        "the history is printed once"
+    );
     assert_eq!(state.line(line("n2", 0)), vec![line("n2", 0)]);
 }
 
@@ -94,4 +99,33 @@ fn json_output_is_the_text_as_read_unknown_fields_included() {
         .print(&[received])
         .expect("print");
     assert_eq!(String::from_utf8(out).expect("utf-8"), format!("{text}\n"));
+}
+
+#[test]
+fn follow_waits_for_a_first_line_before_the_history_can_end() {
+    let filter =
+        FlowFilter::from_flags(&FilterFlags::default(), jiff::Timestamp::now()).expect("filter");
+    let mut state = FollowState::new(filter);
+    // Quiet before anything arrived (observers still starting): still the history.
+    assert!(state.quiet(Duration::from_millis(300)).is_empty());
+    assert!(state.line(line("n1", 5)).is_empty(), "held as history");
+    assert!(state.line(line("n2", 4)).is_empty(), "held as history");
+    assert_eq!(
+        state.quiet(Duration::from_millis(600)),
+        vec![line("n2", 4), line("n1", 5)]
+    );
+    assert_eq!(state.line(line("n1", 1)), vec![line("n1", 1)], "live");
+
+    // Nothing at all within the grace: the history is empty, live lines pass.
+    let mut idle = FollowState::new(
+        FlowFilter::from_flags(&FilterFlags::default(), jiff::Timestamp::now()).expect("filter"),
+    );
+    assert!(idle.quiet(HISTORY_GRACE).is_empty());
+    assert_eq!(idle.line(line("n1", 1)), vec![line("n1", 1)]);
+}
+
+#[test]
+fn the_history_is_ordered_by_time_before_last_applies() {
+    let got = last_by_time(vec![line("n1", 3), line("n1", 1), line("n1", 2)], None);
+    assert_eq!(got, vec![line("n1", 1), line("n1", 2), line("n1", 3)]);
 }
