@@ -11,9 +11,7 @@ use meshd::flows::filter::{FlowFilter, LastWindow};
 use meshd_lab as lab;
 
 use crate::cli::ObserveArgs;
-use crate::observe::{
-    follow, parse_line, pump, quiet_on_broken_pipe, ObserveError, Printer, Received,
-};
+use crate::observe::{follow, parse_line, pump, quiet_on_broken_pipe, Printer, Received};
 
 /// `meshctl lab observe`.
 pub(crate) fn run(name: &str, args: &ObserveArgs) -> anyhow::Result<ExitCode> {
@@ -59,14 +57,7 @@ fn observe_nodes(
             };
             let send = send.clone();
             let source_name = format!("node {node}");
-            std::thread::spawn(move || {
-                pump(BufReader::new(out), &source_name, &send, |source| {
-                    ObserveError::Exchange {
-                        path: source_name.clone().into(),
-                        source,
-                    }
-                });
-            });
+            std::thread::spawn(move || pump(BufReader::new(out), &source_name, &send));
         }
         drop(send);
         follow(lines, filter, &mut printer)

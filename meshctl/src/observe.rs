@@ -50,6 +50,13 @@ pub(crate) enum ObserveError {
         #[source]
         source: std::io::Error,
     },
+    /// Reading a stream of lines failed.
+    #[error("reading {source_name}")]
+    Read {
+        source_name: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// meshd answered an error instead of flows (e.g. a meshd without flow events).
     #[error("{source_name}: meshd refused the request: {message}")]
     Refused {
@@ -244,13 +251,15 @@ pub(crate) fn pump(
     reader: impl BufRead,
     source_name: &str,
     send: &mpsc::Sender<Result<Received, ObserveError>>,
-    io_error: impl Fn(std::io::Error) -> ObserveError,
 ) {
     for (i, line) in reader.lines().enumerate() {
         let parsed = match line {
             Ok(text) if text.trim().is_empty() => continue,
             Ok(text) => parse_line(source_name, i + 1, &text),
-            Err(e) => Err(io_error(e)),
+            Err(source) => Err(ObserveError::Read {
+                source_name: source_name.to_string(),
+                source,
+            }),
         };
         let stop = parsed.is_err();
         if send.send(parsed).is_err() || stop {
@@ -298,15 +307,7 @@ pub(crate) fn run(args: &ObserveArgs, socket: &Path) -> anyhow::Result<ExitCode>
     let result = if args.follow {
         let (send, lines) = mpsc::channel();
         let name = source_name.clone();
-        let path = socket.to_path_buf();
-        std::thread::spawn(move || {
-            pump(BufReader::new(stream), &name, &send, |source| {
-                ObserveError::Exchange {
-                    path: path.clone(),
-                    source,
-                }
-            });
-        });
+        std::thread::spawn(move || pump(BufReader::new(stream), &name, &send));
         follow(lines, filter, &mut printer)
     } else {
         let mut matching = Vec::new();
