@@ -51,6 +51,8 @@ mod nodes;
 mod object_store;
 /// Kubernetes objects from multi-document YAML, checked and defaulted (pure).
 pub mod objects;
+/// `lab observe`: every node's flows, read inside the node and merged by time.
+mod observe;
 /// Pure naming and addressing of nodes and pods.
 pub mod plan;
 /// Pods, made through `meshd-cni` as a container runtime makes them.
@@ -73,6 +75,7 @@ pub use exec::exec;
 pub use kubernetes::{set, APISERVER_AUDIT_LOG, CONFIG_NAMESPACE};
 pub use layout::{down, up};
 pub use nodes::{add_node, kill_node, remove_node, start_node, stop_node};
+pub use observe::{merge_by_time, node_observers, NodeObserver};
 pub use probe::{probe, render_table, ProbeOptions, ProbeReport, ProbeResult};
 pub use rotate::rotate_keys;
 pub use serve::serve;

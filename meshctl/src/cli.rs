@@ -51,11 +51,106 @@ pub(crate) enum Cmd {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// Flows this node's datapath saw (forwarded, dropped, audited) with their reasons, from
+    /// meshd's history through the control socket, filtered here; like `hubble observe`.
+    Observe {
+        #[command(flatten)]
+        args: ObserveArgs,
+        /// meshd's control socket.
+        #[arg(long, default_value = control::DEFAULT_CONTROL_SOCKET)]
+        socket: PathBuf,
+    },
+    /// The mesh as a graph: this node and its peers, each tunnel with its last handshake and
+    /// bytes each way (DOT, or SVG), like Kilo's `kgctl graph`.
+    Graph {
+        #[command(flatten)]
+        args: GraphArgs,
+        /// meshd's control socket.
+        #[arg(long, default_value = control::DEFAULT_CONTROL_SOCKET)]
+        socket: PathBuf,
+    },
     /// The local multi-node lab (network namespaces on this machine).
     Lab {
         #[command(subcommand)]
         command: LabCmd,
     },
+}
+
+/// The flags of `meshctl observe` and `meshctl lab observe`: what to show and how.
+#[derive(Debug, Args)]
+pub(crate) struct ObserveArgs {
+    /// Keep printing flows as they are seen, after the history.
+    #[arg(short, long)]
+    pub(crate) follow: bool,
+    /// Flows to or from this pod, `NAMESPACE/NAME` (`NAME` alone: namespace `default`);
+    /// repeatable (any of them).
+    #[arg(long)]
+    pub(crate) pod: Vec<String>,
+    /// Flows to or from a pod in this namespace; repeatable (any of them).
+    #[arg(long)]
+    pub(crate) namespace: Vec<String>,
+    /// The source: a pod `NAMESPACE/NAME`, an IP address or a CIDR.
+    #[arg(long)]
+    pub(crate) from: Option<String>,
+    /// The destination: a pod `NAMESPACE/NAME`, an IP address or a CIDR.
+    #[arg(long)]
+    pub(crate) to: Option<String>,
+    /// `forwarded`, `dropped` or `audit` (permissive mode: would have been dropped).
+    #[arg(long)]
+    pub(crate) verdict: Option<String>,
+    /// meshd's reason: to-tunnel, local-delivery, policy-denied, strict-mode,
+    /// spoofed-source or would-drop.
+    #[arg(long)]
+    pub(crate) reason: Option<String>,
+    /// Either port.
+    #[arg(long)]
+    pub(crate) port: Option<String>,
+    /// `tcp`, `udp`, `sctp`, `icmp` or an IP protocol number.
+    #[arg(long)]
+    pub(crate) protocol: Option<String>,
+    /// Flows since a time: a duration back from now (`30s`, `5m`, `1h`, `2d`) or an RFC 3339
+    /// time.
+    #[arg(long)]
+    pub(crate) since: Option<String>,
+    /// Only the last N matching flows of the history (lost-events notices always show).
+    #[arg(long)]
+    pub(crate) last: Option<String>,
+    /// Output format: a table, or `json` (one stream line per line, as meshd sends it).
+    #[arg(short, long, value_enum, default_value = "table")]
+    pub(crate) output: Output,
+}
+
+impl ObserveArgs {
+    /// The filter flags' raw values.
+    pub(crate) fn filter_flags(&self) -> meshd::flows::filter::FilterFlags {
+        meshd::flows::filter::FilterFlags {
+            pod: self.pod.clone(),
+            namespace: self.namespace.clone(),
+            from: self.from.clone(),
+            to: self.to.clone(),
+            verdict: self.verdict.clone(),
+            reason: self.reason.clone(),
+            port: self.port.clone(),
+            protocol: self.protocol.clone(),
+            since: self.since.clone(),
+            last: self.last.clone(),
+        }
+    }
+}
+
+/// The flags of `meshctl graph` and `meshctl lab graph`.
+#[derive(Debug, Args)]
+pub(crate) struct GraphArgs {
+    /// `dot` (Graphviz source) or `svg` (rendered by Graphviz's `dot` when installed, else
+    /// by meshctl's own layout).
+    #[arg(short, long, value_enum, default_value = "dot")]
+    pub(crate) output: GraphOutput,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum GraphOutput {
+    Dot,
+    Svg,
 }
 
 /// The flags of `meshctl audit`.
@@ -188,6 +283,23 @@ pub(crate) enum LabCmd {
         /// by health and at most 20 unhealthy ones named once a node has more than 20).
         #[arg(long)]
         all: bool,
+    },
+    /// Flows seen by every lab node's datapath, merged by time (see `meshctl observe`).
+    Observe {
+        /// Lab name.
+        #[arg(long, default_value = "mlab")]
+        name: String,
+        #[command(flatten)]
+        args: ObserveArgs,
+    },
+    /// The lab's mesh as a graph: every node, every tunnel with its last handshake and bytes
+    /// each way (see `meshctl graph`).
+    Graph {
+        /// Lab name.
+        #[arg(long, default_value = "mlab")]
+        name: String,
+        #[command(flatten)]
+        args: GraphArgs,
     },
     /// Add a node to the running lab.
     AddNode {

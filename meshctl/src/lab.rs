@@ -57,6 +57,8 @@ pub(crate) fn run(command: LabCmd) -> anyhow::Result<ExitCode> {
             Output::Json => println!("{}", serde_json::to_string_pretty(&lab::status(&name)?)?),
             Output::Table => lab::print_status_table_listing(&name, all)?,
         },
+        LabCmd::Observe { name, args } => return crate::lab_observe::run(&name, &args),
+        LabCmd::Graph { name, args } => return crate::graph::run_lab(&name, &args),
         LabCmd::AddNode { name, pods } => {
             let node = lab::add_node(&name, pods)?;
             println!("{node}");

@@ -1,6 +1,6 @@
-//! `meshctl`: the operator CLI of meshd — this node's status and key rotation through the
-//! control socket, the compliance audit of a lab or a cluster — and the driver of the local
-//! multi-node lab (crate `meshd-lab`).
+//! `meshctl`: the operator CLI of meshd — this node's status, key rotation, flows
+//! (`observe`) and mesh graph through the control socket, the compliance audit of a lab or a
+//! cluster — and the driver of the local multi-node lab (crate `meshd-lab`).
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
@@ -9,8 +9,11 @@ use clap::Parser;
 
 mod audit;
 mod cli;
+mod graph;
 mod lab;
+mod lab_observe;
 mod node;
+mod observe;
 
 use cli::{Cli, Cmd};
 
@@ -33,6 +36,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => node::status(&socket, output, all),
         Cmd::RotateKey { socket, output } => node::rotate_key(&socket, output),
         Cmd::Audit(args) => audit::run(args),
+        Cmd::Observe { args, socket } => observe::run(&args, &socket),
+        Cmd::Graph { args, socket } => graph::run_node(&args, &socket),
         Cmd::Lab { command } => lab::run(command),
     }
 }

@@ -3,6 +3,8 @@
 //!
 //! * [`record`]: the flow record and the stream line ([`record::FlowsResponse`]), the contract
 //!   between the daemon and `meshctl observe` (pure).
+//! * [`filter`], [`render`]: `meshctl observe`'s filter flags and its table (pure).
+//! * [`graph`]: `meshctl graph`'s DOT of the mesh, from status reports (pure).
 //!
 //! Control socket protocol (see [`crate::control`]): the request line `flows` answers the
 //! history, oldest first, one [`record::FlowsResponse`] JSON object per line, then EOF;
@@ -17,4 +19,13 @@
 //! `meshd_flows_total{source_namespace,destination_namespace,verdict}` (bounded cardinality,
 //! overflow counted under `other`), `meshd_flow_events_lost_total{source}`.
 
+/// Which lines `meshctl observe` shows: its filter flags, checked, and `--last` (pure).
+pub mod filter;
+/// The mesh as a Graphviz graph from status reports (`meshctl graph`; pure).
+pub mod graph;
 pub mod record;
+/// The one-line-per-flow table of `meshctl observe` (pure).
+pub mod render;
+
+#[cfg(test)]
+mod fixtures;
