@@ -53,7 +53,10 @@ mod state;
 mod status;
 mod trust;
 
-pub use args::{parse_interval, second_port, DaemonArgs, PodSteering, DEFAULT_MESH_MARK};
+pub use args::{
+    parse_interval, second_port, DaemonArgs, IpamMode, NodeSubnetArgs, PodSteering,
+    DEFAULT_MESH_MARK,
+};
 pub use context::ApiServerFeed;
 pub use start::{run, run_with, SettingsFeed};
 pub use state::Live;
