@@ -326,7 +326,10 @@ async fn start_guard(
         args.listen_port,
         mode,
         &clusters,
-        &bpf::map_sizes(args.max_nodes),
+        &bpf::map_sizes(
+            args.max_nodes,
+            super::trust::policy(args).max_pod_cidrs_per_family(),
+        ),
     )
     .context("starting the tc eBPF datapath")?;
     bpf.set_mesh_mark(args.mesh_mark)

@@ -498,4 +498,6 @@ impl Allocator {
 }
 
 #[cfg(test)]
+mod scale_tests;
+#[cfg(test)]
 mod tests;
