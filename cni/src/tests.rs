@@ -358,7 +358,10 @@ fn status_with_node_subnet_blocks_is_full_only_when_every_block_of_a_family_is()
         .to_string()
     };
     let status = |blocks: bool| {
-        crate::plugin::run(env_of(&[("CNI_COMMAND", "STATUS")]), conf(blocks).as_bytes())
+        crate::plugin::run(
+            env_of(&[("CNI_COMMAND", "STATUS")]),
+            conf(blocks).as_bytes(),
+        )
     };
     assert_eq!(status(true).exit_code, 0, "{}", status(true).stdout);
     let parsed = NetConf::parse(conf(true).as_bytes(), Command::Status).unwrap();
@@ -370,9 +373,17 @@ fn status_with_node_subnet_blocks_is_full_only_when_every_block_of_a_family_is()
     // Per-node CIDRs: every CIDR gives an address, so a full one is unavailable.
     let plain = status(false);
     assert_eq!(plain.exit_code, 1);
-    assert!(plain.stdout.contains("192.168.10.16/30"), "{}", plain.stdout);
+    assert!(
+        plain.stdout.contains("192.168.10.16/30"),
+        "{}",
+        plain.stdout
+    );
     ipam.allocate("c2", "eth0").unwrap();
     let full = status(true);
     assert_eq!(full.exit_code, 1);
-    assert!(full.stdout.contains("node-subnet blocks"), "{}", full.stdout);
+    assert!(
+        full.stdout.contains("node-subnet blocks"),
+        "{}",
+        full.stdout
+    );
 }

@@ -30,6 +30,7 @@
 
 mod apply;
 mod args;
+mod blocks;
 /// Map capacity (pure: which accepted peers fit in the per-node maps).
 pub mod capacity;
 mod claim;
