@@ -172,6 +172,43 @@ fn pods_in_the_node_subnet_are_reachable_only_encrypted_and_nodes_stay_in_clear(
     }
 }
 
+/// The same through Node annotations: each meshd publishes its blocks as `meshd.io/pod-cidrs`
+/// (the Nodes' `spec.podCIDRs` are not used), the peers program them, and pods reach each
+/// other encrypted.
+#[test]
+fn on_the_kubernetes_backend_blocks_travel_as_node_annotations() {
+    testkit::require_tools(lab::TOOLS);
+    testkit::require_tool("tcpdump");
+    let lab = Lab::up_with(2, 1, &["--ipam", "node-subnet", "--registry", "kubernetes"]).unwrap();
+    let st = lab.status().unwrap();
+    let raw = lab.status_json().unwrap();
+    for (node, peer) in [("n1", "n2"), ("n2", "n1")] {
+        let blocks = blocks_of(&raw, peer);
+        assert_eq!(blocks.len(), 2, "{peer}: {blocks:?}");
+        let allowed = allowed_ips(&raw, node, peer);
+        for b in &blocks {
+            assert!(
+                allowed.contains(&b.to_string()),
+                "{node} lacks {b}: {allowed:?}"
+            );
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pcap = dir.path().join("kube.pcap");
+    let report = verify(
+        &st,
+        &VerifyOptions {
+            tcp_bytes: 1 << 18,
+            ping_count: 1,
+            pcap: pcap.clone(),
+        },
+    )
+    .unwrap();
+    print_report(&report, &pcap);
+    assert!(report.failures().is_empty(), "{:?}", report.failures());
+    assert!(report.capture.is_clean(), "{}", report.capture.summary());
+}
+
 fn pods_yaml(from: u32, to: u32) -> String {
     (from..=to)
         .map(|k| {
