@@ -590,7 +590,10 @@ fn node_subnet_blocks_lie_in_the_pod_range_and_share_the_subnet_with_endpoints()
     };
     assert!(check(&blocks(MAX_NODE_SUBNET_BLOCKS_PER_FAMILY - 1)).is_ok());
     // The cap is the node-subnet one, not the per-node-CIDR one.
-    assert!(MAX_NODE_SUBNET_BLOCKS_PER_FAMILY > MAX_POD_CIDRS_PER_FAMILY);
+    assert_eq!(
+        TrustPolicy::default().max_pod_cidrs_per_family(),
+        MAX_POD_CIDRS_PER_FAMILY
+    );
     assert_eq!(
         policy.max_pod_cidrs_per_family(),
         MAX_NODE_SUBNET_BLOCKS_PER_FAMILY
