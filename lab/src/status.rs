@@ -193,7 +193,15 @@ pub fn status(lab: &str) -> anyhow::Result<LabStatus> {
             namespace: underlay_ns(lab),
             interface: "br0".into(),
         },
-        cluster_cidrs: vec![CLUSTER_V4.into(), CLUSTER_V6.into()],
+        cluster_cidrs: if state.ipam == "node-subnet" {
+            // The pods' addresses come from these ranges of the underlay.
+            vec![
+                NODE_SUBNET_POD_RANGE_V4.into(),
+                NODE_SUBNET_POD_RANGE_V6.into(),
+            ]
+        } else {
+            vec![CLUSTER_V4.into(), CLUSTER_V6.into()]
+        },
         registry_dir: paths.registry().to_string_lossy().into_owned(),
         registry: state.registry.clone(),
         kubeconfig: (state.registry == "kubernetes")

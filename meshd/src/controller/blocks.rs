@@ -71,6 +71,9 @@ impl Blocks {
         if config.ranges.is_empty() {
             bail!("--ipam node-subnet needs --pod-range-v4 and/or --pod-range-v6");
         }
+        if !args.pod_cidrs.is_empty() || !args.pool.pod_cidr_pools.is_empty() {
+            bail!("--ipam node-subnet claims this node's pod addresses itself: drop --pod-cidr and --pod-cidr-pool");
+        }
         config
             .validate()
             .context("the node-subnet pod ranges and block sizes")?;
@@ -302,9 +305,13 @@ mod tests {
         let again = Blocks::start(&args(dir.path(), &flags)).unwrap().unwrap();
         assert_eq!(again.usable(), vec![net("192.168.10.48/28")]);
         assert_eq!(again.held(), again.usable());
-        // Blocks too small for a full node are refused at start.
+        // Blocks too small for a full node are refused at start, and so is a pod CIDR of
+        // another mode given with it.
         let tiny = [&flags[..4], &["--pod-block-v4", "30"]].concat();
         assert!(Blocks::start(&args(dir.path(), &tiny)).is_err());
+        let mixed = [&flags[..], &["--pod-cidr", "10.244.1.0/24"]].concat();
+        let err = Blocks::start(&args(dir.path(), &mixed)).unwrap_err();
+        assert!(err.to_string().contains("--pod-cidr"), "{err}");
     }
 
     fn net(s: &str) -> IpNet {

@@ -249,6 +249,56 @@ fn starts_spread_over_the_range() {
     assert!(picks.len() >= 45, "{picks:?}");
 }
 
+/// Eight nodes starting at once in a range of eight blocks, each seeing the others one tick
+/// late: several pick the same block, every race is resolved by yielding, and all end up
+/// with a settled block of their own.
+#[test]
+fn nodes_starting_together_race_for_blocks_and_settle_apart() {
+    let cfg = NodeSubnetConfig {
+        ranges: vec![net("10.0.0.0/25")],
+        settle: secs(1),
+        ..config(&[])
+    };
+    let mut nodes: Vec<Allocator> = same_start_names(8, 8)
+        .into_iter()
+        .map(|name| Allocator::new(name, cfg.clone()))
+        .collect();
+    let mut yields = 0;
+    for tick in 0..12 {
+        let published: BTreeMap<String, Vec<IpNet>> = nodes
+            .iter()
+            .map(|a| (a.node().to_string(), a.blocks()))
+            .collect();
+        for a in &mut nodes {
+            let mut others = published.clone();
+            others.remove(a.node());
+            let step = a.step(&observed(secs(tick), &others, &[], &[]));
+            yields += step
+                .changes
+                .iter()
+                .filter(|c| matches!(c, Change::Yielded { .. }))
+                .count();
+        }
+    }
+    assert!(yields > 0, "no race happened: the test shows nothing");
+    let settled: Vec<IpNet> = nodes.iter().flat_map(Allocator::usable).collect();
+    assert_eq!(settled.len(), 8, "{settled:?}");
+    let distinct: BTreeSet<IpNet> = settled.iter().copied().collect();
+    assert_eq!(distinct.len(), 8, "{settled:?}");
+}
+
+/// `n` node names whose walks over a range of `blocks` blocks all start at the same block
+/// (the worst case: every node starting at once picks the same one).
+fn same_start_names(n: usize, blocks: u64) -> Vec<String> {
+    let names: Vec<String> = (0..)
+        .map(|k| format!("node-{k}"))
+        .filter(|name| fnv1a(name) % blocks == 0)
+        .take(n)
+        .collect();
+    assert_eq!(names.len(), n);
+    names
+}
+
 /// One simulated node: its allocator and its pods.
 struct SimNode {
     alloc: Allocator,
@@ -276,7 +326,9 @@ proptest! {
             settle: secs(settle),
             release_grace: secs(3),
         };
-        let name = |i: usize| format!("n{i}");
+        // Every node's walk starts at the same block of the 8: simultaneous claims collide.
+        let names = same_start_names(n, 8);
+        let name = |i: usize| names[i].clone();
         let mut nodes: Vec<SimNode> = (0..n).map(|i| SimNode {
             alloc: Allocator::new(name(i), cfg.clone()),
             address: IpAddr::from([10, 0, 0, (i * 23 + 5) as u8]),
