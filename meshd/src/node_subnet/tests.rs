@@ -292,7 +292,7 @@ fn nodes_starting_together_race_for_blocks_and_settle_apart() {
 fn same_start_names(n: usize, blocks: u64) -> Vec<String> {
     let names: Vec<String> = (0..)
         .map(|k| format!("node-{k}"))
-        .filter(|name| fnv1a(name) % blocks == 0)
+        .filter(|name| fnv1a(name).is_multiple_of(blocks))
         .take(n)
         .collect();
     assert_eq!(names.len(), n);
