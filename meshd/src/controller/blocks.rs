@@ -146,6 +146,8 @@ impl Blocks {
             }
             followed.publish = Some(after);
         }
+        // Only moments still ahead: a block kept empty for the headroom, or a pending one in
+        // a contest, is looked at again on the status tick, not in a loop of passes.
         let config = self.alloc.config();
         followed.again_at = self
             .alloc
@@ -158,8 +160,9 @@ impl Blocks {
                     h.empty_since.map(|since| since + config.release_grace)
                 }
             })
+            .filter(|at| *at > now)
             .min()
-            .map(|at| self.epoch + at.max(now));
+            .map(|at| self.epoch + at);
         followed
     }
 }
@@ -301,6 +304,13 @@ mod tests {
         let settled = blocks.follow("n1", &records, &[]);
         assert_eq!(settled.publish, None);
         assert_eq!(blocks.usable(), vec![net("192.168.10.48/28")]);
+        // Its only block stays although empty (the headroom): no step is due before the
+        // grace period ends, and none at all once it has.
+        let due = settled.again_at.unwrap();
+        assert!(due > Instant::now() + Duration::from_secs(50), "{due:?}");
+        blocks.epoch -= Duration::from_secs(120);
+        let kept = blocks.follow("n1", &records, &[]);
+        assert_eq!((kept.publish, kept.again_at), (None, None));
         // A restart resumes the kept block, settled.
         let again = Blocks::start(&args(dir.path(), &flags)).unwrap().unwrap();
         assert_eq!(again.usable(), vec![net("192.168.10.48/28")]);
