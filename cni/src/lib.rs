@@ -445,6 +445,15 @@ pub struct NetConf {
     /// The node's pod CIDRs, one address is allocated from each.
     #[serde(rename = "podCIDRs", default)]
     pub pod_cidrs: Vec<String>,
+    /// `node-subnet` IPAM: `podCIDRs` are the blocks of the node subnet this node holds, and a
+    /// pod gets one address of each family, from the first block with room (default: false,
+    /// one address from every pod CIDR).
+    #[serde(
+        rename = "nodeSubnetBlocks",
+        default,
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub node_subnet_blocks: bool,
     /// The IPAM store (default [`crate::ipam::DEFAULT_DIR`]).
     #[serde(rename = "ipamDir", default, skip_serializing_if = "Option::is_none")]
     pub ipam_dir: Option<PathBuf>,
@@ -555,6 +564,16 @@ impl NetConf {
             }
         }
         Ok(cidrs)
+    }
+
+    /// The IPAM store over `cidrs`, block-aware with `nodeSubnetBlocks`.
+    pub fn open_ipam(&self, cidrs: &[IpNet]) -> Result<crate::ipam::Ipam, CniError> {
+        let ipam = crate::ipam::Ipam::open(self.ipam_dir(), cidrs)?;
+        Ok(if self.node_subnet_blocks {
+            ipam.with_blocks()
+        } else {
+            ipam
+        })
     }
 
     /// The IPAM store's directory.

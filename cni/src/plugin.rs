@@ -11,6 +11,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::SystemTime;
 
+use ipnet::IpNet;
 use serde_json::Value;
 
 use super::datapath::{self, PodSpec};
@@ -104,10 +105,24 @@ fn status(conf: &NetConf) -> Result<(), CniError> {
         .into_iter()
         .map(|e| e.address)
         .collect();
-    if let Some(full) = cidrs
-        .iter()
-        .find(|c| crate::ipam::first_free(**c, &taken).is_none())
-    {
+    let has_room = |c: &IpNet| crate::ipam::first_free(*c, &taken).is_some();
+    if conf.node_subnet_blocks {
+        // Blocks: a family is full only when every block of it is.
+        for v6 in [false, true] {
+            let family: Vec<IpNet> = cidrs
+                .iter()
+                .copied()
+                .filter(|c| matches!(c, IpNet::V6(_)) == v6)
+                .collect();
+            if !family.is_empty() && !family.iter().any(has_room) {
+                let list: Vec<String> = family.iter().map(ToString::to_string).collect();
+                return Err(CniError::NotAvailable(format!(
+                    "the node-subnet blocks {} have no free address left",
+                    list.join(", ")
+                )));
+            }
+        }
+    } else if let Some(full) = cidrs.iter().find(|c| !has_room(c)) {
         return Err(CniError::NotAvailable(format!(
             "pod CIDR {full} has no free address left"
         )));
@@ -130,7 +145,7 @@ fn add(env: &Env, conf: &NetConf, id: &str, ifname: &str) -> Result<String, CniE
         .ok_or_else(|| CniError::InvalidEnv("CNI_NETNS is not set".into()))?;
     // A missing namespace, or the host's, is reported before any address is taken.
     refuse_host_netns(&netns, &datapath::open_netns(&netns)?)?;
-    let ipam = Ipam::open(conf.ipam_dir(), &cidrs)?;
+    let ipam = conf.open_ipam(&cidrs)?;
     // Held until the pod is set up and committed: a GC waits for it (see `ipam`).
     let attach = ipam.begin_attach()?;
     let addrs = ipam.allocate(id, ifname)?;
@@ -189,7 +204,7 @@ fn check(env: &Env, conf: &NetConf, id: &str, ifname: &str) -> Result<(), CniErr
         .clone()
         .ok_or_else(|| CniError::InvalidEnv("CNI_NETNS is not set".into()))?;
     refuse_host_netns(&netns, &datapath::open_netns(&netns)?)?;
-    let ipam = Ipam::open(conf.ipam_dir(), &conf.cidrs()?)?;
+    let ipam = conf.open_ipam(&conf.cidrs()?)?;
     let addrs = ipam.lookup(id, ifname)?;
     if addrs.is_empty() {
         return Err(CniError::UnknownContainer(format!(

@@ -341,3 +341,49 @@ fn errors_never_echo_a_huge_value() {
     let command = Env::parse(env_of(&[("CNI_COMMAND", &huge)])).unwrap_err();
     assert!(command.details().len() < 200);
 }
+
+#[test]
+fn status_with_node_subnet_blocks_is_full_only_when_every_block_of_a_family_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("ipam");
+    let conf = |blocks: bool| {
+        serde_json::json!({
+            "cniVersion": "1.1.0",
+            "name": "meshd",
+            "type": "meshd-cni",
+            "podCIDRs": ["192.168.10.16/30", "192.168.10.52/30"],
+            "nodeSubnetBlocks": blocks,
+            "ipamDir": store,
+        })
+        .to_string()
+    };
+    let status = |blocks: bool| {
+        crate::plugin::run(
+            env_of(&[("CNI_COMMAND", "STATUS")]),
+            conf(blocks).as_bytes(),
+        )
+    };
+    assert_eq!(status(true).exit_code, 0, "{}", status(true).stdout);
+    let parsed = NetConf::parse(conf(true).as_bytes(), Command::Status).unwrap();
+    assert!(parsed.node_subnet_blocks);
+    let ipam = parsed.open_ipam(&parsed.cidrs().unwrap()).unwrap();
+    ipam.allocate("c1", "eth0").unwrap();
+    // The first block is full: still room in the second.
+    assert_eq!(status(true).exit_code, 0, "{}", status(true).stdout);
+    // Per-node CIDRs: every CIDR gives an address, so a full one is unavailable.
+    let plain = status(false);
+    assert_eq!(plain.exit_code, 1);
+    assert!(
+        plain.stdout.contains("192.168.10.16/30"),
+        "{}",
+        plain.stdout
+    );
+    ipam.allocate("c2", "eth0").unwrap();
+    let full = status(true);
+    assert_eq!(full.exit_code, 1);
+    assert!(
+        full.stdout.contains("node-subnet blocks"),
+        "{}",
+        full.stdout
+    );
+}

@@ -332,6 +332,7 @@ async fn a_hostile_node_yields_one_record_refused_event() {
             "fd00:244::/48".parse().unwrap(),
         ],
         service_ranges: vec![],
+        node_subnets: vec![],
     };
     let me = c.record(1).await;
     let admission = admit(&records, &me, &policy, &Established::default());

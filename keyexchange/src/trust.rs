@@ -7,7 +7,9 @@
 //! 1. **On its own** ([`check_record`]): every pod CIDR lies inside a configured cluster pool
 //!    (when any is configured), outside the service ranges and the special-purpose ranges
 //!    (loopback, link-local, multicast, "this network"), with a prefix length in
-//!    [`IPV4_PREFIX`] / [`IPV6_PREFIX`] and at most [`MAX_POD_CIDRS_PER_FAMILY`] per family;
+//!    [`IPV4_PREFIX`] / [`IPV6_PREFIX`] and at most [`MAX_POD_CIDRS_PER_FAMILY`] per family
+//!    ([`MAX_NODE_SUBNET_BLOCKS_PER_FAMILY`] with `node-subnet` IPAM, whose blocks must lie in
+//!    its pod ranges, [`TrustPolicy::node_subnets`]);
 //!    at most [`MAX_ENDPOINTS_PER_FAMILY`] endpoints per family (each is an allowed IP of
 //!    the peer and a host route: no single record may fill those), every one a unicast
 //!    address that is not loopback, unspecified, link-local, multicast, broadcast, nor inside
@@ -51,6 +53,11 @@ pub const IPV6_PREFIX: RangeInclusive<u8> = 32..=128;
 /// At most this many pod CIDRs of each family per record (Kubernetes gives one). The datapath's
 /// per-node maps are sized with it (`meshd --max-nodes` times this).
 pub const MAX_POD_CIDRS_PER_FAMILY: usize = 4;
+/// At most this many pod CIDRs of each family per record when the cluster runs `node-subnet`
+/// IPAM ([`TrustPolicy::node_subnets`]): its nodes hold small blocks of the node subnet, as
+/// many as their pods need (110 pods in `/28` blocks of 13 usable addresses take 9, one more
+/// is claimed ahead of need).
+pub const MAX_NODE_SUBNET_BLOCKS_PER_FAMILY: usize = 16;
 /// At most this many endpoints of each family per record.
 pub const MAX_ENDPOINTS_PER_FAMILY: usize = 4;
 
@@ -62,6 +69,23 @@ pub struct TrustPolicy {
     pub cluster_pools: Vec<IpNet>,
     /// The service ranges (`--service-cidr`): no pod CIDR overlaps one, no endpoint is in one.
     pub service_ranges: Vec<IpNet>,
+    /// The pod ranges of `node-subnet` IPAM (`--pod-range-v4`, `--pod-range-v6`), inside the
+    /// nodes' own subnet. When set, every pod CIDR (a node's block) must lie in one of them or
+    /// in a cluster pool, a record may carry [`MAX_NODE_SUBNET_BLOCKS_PER_FAMILY`] pod CIDRs
+    /// per family, and an endpoint may lie in them (the nodes share the subnet with the pods;
+    /// an endpoint inside another node's block is still a conflict, see [`admit`]).
+    pub node_subnets: Vec<IpNet>,
+}
+
+impl TrustPolicy {
+    /// The most pod CIDRs of one family a record may carry under this policy.
+    pub fn max_pod_cidrs_per_family(&self) -> usize {
+        if self.node_subnets.is_empty() {
+            MAX_POD_CIDRS_PER_FAMILY
+        } else {
+            MAX_NODE_SUBNET_BLOCKS_PER_FAMILY
+        }
+    }
 }
 
 /// A record this node refuses, and why.
@@ -208,6 +232,7 @@ pub fn check_record(r: &NodeRecord, policy: &TrustPolicy) -> Result<(), Refusal>
         reason,
         holder: None,
     };
+    let cap = policy.max_pod_cidrs_per_family();
     let mut per_family = [0usize; 2];
     for cidr in &r.pod_cidrs {
         let (family, range) = match cidr {
@@ -215,10 +240,10 @@ pub fn check_record(r: &NodeRecord, policy: &TrustPolicy) -> Result<(), Refusal>
             IpNet::V6(_) => (1, IPV6_PREFIX),
         };
         per_family[family] += 1;
-        if per_family[family] > MAX_POD_CIDRS_PER_FAMILY {
+        if per_family[family] > cap {
             return Err(refuse(
                 "podCIDRs",
-                format!("more than {MAX_POD_CIDRS_PER_FAMILY} pod CIDRs of the family of {cidr}"),
+                format!("more than {cap} pod CIDRs of the family of {cidr}"),
             ));
         }
         if !range.contains(&cidr.prefix_len()) {
@@ -238,15 +263,21 @@ pub fn check_record(r: &NodeRecord, policy: &TrustPolicy) -> Result<(), Refusal>
                 format!("{cidr} overlaps the {what} range {special}"),
             ));
         }
-        if !policy.cluster_pools.is_empty()
-            && !policy.cluster_pools.iter().any(|p| p.contains(cidr))
-        {
+        let pools: Vec<IpNet> = policy
+            .cluster_pools
+            .iter()
+            .chain(&policy.node_subnets)
+            .copied()
+            .collect();
+        if !pools.is_empty() && !pools.iter().any(|p| p.contains(cidr)) {
+            let what = if policy.node_subnets.is_empty() {
+                "the cluster pools"
+            } else {
+                "the node-subnet pod ranges and cluster pools"
+            };
             return Err(refuse(
                 "podCIDRs",
-                format!(
-                    "{cidr} lies outside the cluster pools ({})",
-                    list(&policy.cluster_pools)
-                ),
+                format!("{cidr} lies outside {what} ({})", list(&pools)),
             ));
         }
         if let Some(svc) = policy.service_ranges.iter().find(|s| overlaps(s, cidr)) {

@@ -54,8 +54,11 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<()> {
             binary(bin)?;
         }
     }
-    if !matches!(opts.ipam.as_str(), "node" | "cluster-pool") {
-        bail!("--ipam {}: expected node or cluster-pool", opts.ipam);
+    if !matches!(opts.ipam.as_str(), "node" | "cluster-pool" | "node-subnet") {
+        bail!(
+            "--ipam {}: expected node, cluster-pool or node-subnet",
+            opts.ipam
+        );
     }
     let apiserver = if opts.registry == "kubernetes" {
         choose_apiserver(&opts.apiserver)?.to_string()
@@ -111,7 +114,8 @@ pub(crate) fn build(state: &mut LabState, opts: &UpOptions) -> anyhow::Result<()
             &state.apiserver,
             &paths,
             opts.nodes,
-            opts.ipam == "cluster-pool",
+            // Both self-allocating modes: no spec.podCIDRs on the Nodes.
+            opts.ipam != "node",
         )?;
     }
     for i in 1..=opts.nodes {
@@ -359,7 +363,7 @@ pub(crate) fn warm_up(state: &LabState) {
             if a.index == b.index || a.pods == 0 || b.pods == 0 {
                 continue;
             }
-            let (d4, d6) = if state.ipam == "cluster-pool" {
+            let (d4, d6) = if state.meshd_allocates() {
                 allocated_addrs(&Paths::new(&state.name), &state.name, b.index, 1)
             } else {
                 let (d4, d6) = pod_addrs(b.index, 1);

@@ -41,7 +41,7 @@ pub(crate) fn add_node_inner(
     fs::create_dir_all(paths.node_dir(i))?;
     start_meshd(state, i)?;
     for j in 1..=pods {
-        add_pod(&lab, i, j, state.ipam == "cluster-pool")?;
+        add_pod(&lab, i, j, state.meshd_allocates())?;
     }
     Ok(())
 }
@@ -110,7 +110,19 @@ pub(crate) fn start_meshd_with(state: &LabState, i: u32, extra: &[&str]) -> anyh
         // Health, metrics and /status on the node's address, as the DaemonSet does.
         .args(["--health-listen", "0.0.0.0:9108"])
         .args(extra)
-        .args(if state.ipam == "cluster-pool" {
+        .args(if state.ipam == "node-subnet" {
+            vec![
+                "--ipam".to_string(),
+                "node-subnet".to_string(),
+                "--pod-range-v4".to_string(),
+                NODE_SUBNET_POD_RANGE_V4.to_string(),
+                "--pod-range-v6".to_string(),
+                NODE_SUBNET_POD_RANGE_V6.to_string(),
+                // Empty blocks go back quickly, so tests see a release.
+                "--pod-block-release-after".to_string(),
+                "10s".to_string(),
+            ]
+        } else if state.ipam == "cluster-pool" {
             vec![
                 "--pod-cidr-pool".to_string(),
                 CLUSTER_V4.to_string(),

@@ -17,6 +17,13 @@ pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x198, 0, 0, 0, 0, 0, 1);
 pub const CLUSTER_V4: &str = "10.244.0.0/16";
 /// The cluster's IPv6 pod CIDR; node `i` gets `fd00:244:0:i::/64`.
 pub const CLUSTER_V6: &str = "fd00:244::/48";
+/// `node-subnet` IPAM: the IPv4 range of the underlay reserved for pods. The whole underlay
+/// subnet: every meshd avoids the blocks holding a node's address (the router's, `.1`, shares
+/// its `/28` with node 1's `.11`, so no block holds it either).
+pub const NODE_SUBNET_POD_RANGE_V4: &str = "198.18.0.0/24";
+/// `node-subnet` IPAM: the IPv6 range of the underlay reserved for pods (inside
+/// [`UNDERLAY_V6`], clear of the router's and the nodes' addresses).
+pub const NODE_SUBNET_POD_RANGE_V6: &str = "fd00:198::1:0/112";
 /// The pods' IPv4 next hop: a link-local address answered by proxy ARP on the host side.
 pub const POD_GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 /// MAC address of every pod's host-side veth; its EUI-64 link-local is the pods' IPv6 next hop.

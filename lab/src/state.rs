@@ -36,8 +36,9 @@ pub struct LabState {
     /// (and for a kubernetes lab saved before the real server was supported: the mock).
     #[serde(default)]
     pub apiserver: String,
-    /// `node` (each node gets 10.244.K.0/24 and fd00:244:0:K::/64 as `--pod-cidr`) or
-    /// `cluster-pool` (each meshd claims its blocks out of the cluster CIDRs itself).
+    /// `node` (each node gets 10.244.K.0/24 and fd00:244:0:K::/64 as `--pod-cidr`),
+    /// `cluster-pool` (each meshd claims its blocks out of the cluster CIDRs itself) or
+    /// `node-subnet` (each meshd claims small blocks of the underlay subnet as its pods need).
     #[serde(default = "default_ipam")]
     pub ipam: String,
     /// `--host-encryption` given to every meshd (node-to-node encryption).
@@ -81,6 +82,14 @@ pub(crate) fn default_steering() -> String {
 
 pub(crate) fn default_registry() -> String {
     "dir".into()
+}
+
+impl LabState {
+    /// Whether meshd chooses its nodes' pod addresses (`cluster-pool`, `node-subnet`): the
+    /// lab reads them from the nodes instead of its addressing plan.
+    pub(crate) fn meshd_allocates(&self) -> bool {
+        self.ipam != "node"
+    }
 }
 
 pub(crate) fn default_ipam() -> String {
@@ -132,7 +141,7 @@ pub struct UpOptions {
     pub registry: String,
     /// A kubernetes lab's API server: `auto`, `kube-apiserver` or `mock`.
     pub apiserver: String,
-    /// `node` or `cluster-pool`.
+    /// `node`, `cluster-pool` or `node-subnet`.
     pub ipam: String,
     /// Node-to-node encryption.
     pub host_encryption: bool,

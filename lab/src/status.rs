@@ -130,8 +130,10 @@ pub fn status(lab: &str) -> anyhow::Result<LabStatus> {
         let live = pid.and_then(|_| node_status(lab, i).ok());
         let (u4, u6) = node_underlay(i);
         let (c4, c6) = node_pod_cidrs(i);
-        let pool = state.ipam == "cluster-pool";
-        let claimed = if pool {
+        let pool = state.meshd_allocates();
+        let claimed = if state.ipam == "node-subnet" {
+            held_blocks(&paths, i)
+        } else if pool {
             claimed_cidrs(&paths, i)
         } else {
             vec![c4.to_string(), c6.to_string()]
@@ -195,7 +197,15 @@ pub fn status(lab: &str) -> anyhow::Result<LabStatus> {
             namespace: underlay_ns(lab),
             interface: "br0".into(),
         },
-        cluster_cidrs: vec![CLUSTER_V4.into(), CLUSTER_V6.into()],
+        cluster_cidrs: if state.ipam == "node-subnet" {
+            // The pods' addresses come from these ranges of the underlay.
+            vec![
+                NODE_SUBNET_POD_RANGE_V4.into(),
+                NODE_SUBNET_POD_RANGE_V6.into(),
+            ]
+        } else {
+            vec![CLUSTER_V4.into(), CLUSTER_V6.into()]
+        },
         registry_dir: paths.registry().to_string_lossy().into_owned(),
         registry: state.registry.clone(),
         kubeconfig: (state.registry == "kubernetes")
@@ -243,7 +253,20 @@ pub(crate) fn claimed_cidrs(paths: &Paths, i: u32) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// A pod's addresses as the node's IPAM store holds them (cluster-pool labs).
+/// The blocks of the underlay subnet a node-subnet node holds (kept in its state directory).
+pub(crate) fn held_blocks(paths: &Paths, i: u32) -> Vec<String> {
+    fs::read_to_string(
+        paths
+            .node_dir(i)
+            .join("state")
+            .join("node-subnet-blocks.json"),
+    )
+    .ok()
+    .and_then(|t| serde_json::from_str::<Vec<String>>(&t).ok())
+    .unwrap_or_default()
+}
+
+/// A pod's addresses as the node's IPAM store holds them (cluster-pool and node-subnet labs).
 pub(crate) fn allocated_addrs(paths: &Paths, lab: &str, i: u32, j: u32) -> (String, String) {
     let addrs = Ipam::open(paths.node_dir(i).join("state").join("ipam"), &[])
         .and_then(|ipam| ipam.lookup(&pod_ns(lab, i, j), "eth0"))

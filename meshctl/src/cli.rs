@@ -228,8 +228,10 @@ pub(crate) enum LabCmd {
         /// `mock` (`fake-apiserver`) or `auto` (the real one when it is built, else the mock).
         #[arg(long, default_value = "auto")]
         apiserver: String,
-        /// `node` (pod CIDRs 10.244.K.0/24 and fd00:244:0:K::/64 given to node K) or
-        /// `cluster-pool` (every meshd claims its own blocks out of the cluster CIDRs).
+        /// `node` (pod CIDRs 10.244.K.0/24 and fd00:244:0:K::/64 given to node K),
+        /// `cluster-pool` (every meshd claims its own blocks out of the cluster CIDRs) or
+        /// `node-subnet` (pods take addresses from /28 and /124 blocks of the underlay subnet
+        /// each meshd claims as its pods need: docs/node-subnet.md).
         #[arg(long, default_value = "node")]
         ipam: String,
         /// Node-to-node encryption for every meshd (directory registry; a kubernetes lab

@@ -183,9 +183,11 @@ pub struct Bpf {
 }
 
 /// The map sizes for a cluster of at most `max_nodes` nodes (`--max-nodes`): the per-node
-/// maps hold every node at record trust's per-record cap of pod CIDRs per family.
-pub fn map_sizes(max_nodes: u32) -> MapSizes {
-    let cap = u32::try_from(keyexchange::trust::MAX_POD_CIDRS_PER_FAMILY).unwrap_or(u32::MAX);
+/// maps hold every node at record trust's per-record cap of pod CIDRs per family
+/// (`cidrs_per_node`: [`keyexchange::trust::TrustPolicy::max_pod_cidrs_per_family`], larger
+/// with `node-subnet` IPAM's blocks).
+pub fn map_sizes(max_nodes: u32, cidrs_per_node: usize) -> MapSizes {
+    let cap = u32::try_from(cidrs_per_node).unwrap_or(u32::MAX);
     MapSizes::for_nodes(max_nodes, cap)
 }
 

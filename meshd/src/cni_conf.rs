@@ -107,6 +107,15 @@ pub fn remove(dir: &Path) -> bool {
     }
 }
 
+/// `node-subnet` IPAM: the conflist's pod CIDRs are the settled blocks `usable`, one address
+/// of each family taken from the first with room (`nodeSubnetBlocks`).
+pub fn use_blocks(conf: &mut serde_json::Value, usable: &[ipnet::IpNet]) {
+    if let Some(plugin) = conf["plugins"].get_mut(0) {
+        plugin["podCIDRs"] = usable.iter().map(ToString::to_string).collect();
+        plugin["nodeSubnetBlocks"] = true.into();
+    }
+}
+
 /// What a reconcile pass does with the conflist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -198,6 +207,32 @@ mod tests {
             ],
             rotation: Default::default(),
         }
+    }
+
+    #[test]
+    fn node_subnet_blocks_replace_the_pod_cidrs_and_parse_back_in_the_plugin() {
+        let mut conf = conflist(
+            &me(),
+            Path::new("/var/lib/meshd/ipam"),
+            1420,
+            Path::new("/sys/fs/bpf/meshd"),
+            true,
+        );
+        let usable: Vec<ipnet::IpNet> = vec![
+            "192.168.10.16/28".parse().unwrap(),
+            "192.168.10.48/28".parse().unwrap(),
+            "fd00:10::10/124".parse().unwrap(),
+        ];
+        use_blocks(&mut conf, &usable);
+        // The runtime hands the plugin its entry with the list's version and name.
+        let mut plugin = conf["plugins"][0].clone();
+        plugin["cniVersion"] = conf["cniVersion"].clone();
+        plugin["name"] = conf["name"].clone();
+        let plugin = plugin.to_string();
+        let parsed =
+            meshd_cni::NetConf::parse(plugin.as_bytes(), meshd_cni::Command::Status).unwrap();
+        assert!(parsed.node_subnet_blocks);
+        assert_eq!(parsed.cidrs().unwrap(), usable);
     }
 
     #[test]

@@ -31,6 +31,9 @@ pub mod health;
 pub mod metrics;
 /// The closed sets of modes settings, datapath and status share (encryption, ...).
 pub mod mode;
+/// `node-subnet` IPAM: pods addressed from blocks of the nodes' own subnet, claimed as a node
+/// fills and given back when empty (pure).
+pub mod node_subnet;
 /// `cluster-pool` IPAM: this node's pod CIDRs carved out of a cluster-wide pool (pure).
 pub mod pod_cidr_pool;
 /// NetworkPolicy: the policy loop feeding the compiler from the object watches and the IPAM

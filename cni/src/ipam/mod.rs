@@ -273,6 +273,8 @@ struct NameScan {
 pub struct Ipam {
     dir: PathBuf,
     cidrs: Vec<IpNet>,
+    /// The CIDRs are `node-subnet` blocks ([`Ipam::with_blocks`]).
+    blocks: bool,
 }
 
 impl Ipam {
@@ -306,7 +308,27 @@ impl Ipam {
         Ok(Ipam {
             dir,
             cidrs: cidrs.iter().map(IpNet::trunc).collect(),
+            blocks: false,
         })
+    }
+
+    /// The CIDRs are the blocks of the node subnet this node holds (`node-subnet` IPAM): a pod
+    /// interface gets one address of each family, from the first block of that family with a
+    /// free one (in CIDR order), instead of one from every CIDR.
+    pub fn with_blocks(mut self) -> Self {
+        self.blocks = true;
+        self
+    }
+
+    /// The groups one address is taken from each: every CIDR alone, or with
+    /// [`Ipam::with_blocks`] the blocks of each family together (IPv4 first).
+    fn groups(&self) -> Vec<Vec<IpNet>> {
+        if !self.blocks {
+            return self.cidrs.iter().map(|c| vec![*c]).collect();
+        }
+        let (v4, v6): (Vec<IpNet>, Vec<IpNet>) =
+            self.cidrs.iter().partition(|c| matches!(c, IpNet::V4(_)));
+        [v4, v6].into_iter().filter(|g| !g.is_empty()).collect()
     }
 
     /// The store's directory.
@@ -506,7 +528,8 @@ impl Ipam {
         out
     }
 
-    /// Allocate one address from every pod CIDR to `(container_id, ifname)`, in CIDR order.
+    /// Allocate one address from every pod CIDR to `(container_id, ifname)`, in CIDR order
+    /// (with [`Ipam::with_blocks`]: one of each family, from its first block with room).
     /// Idempotent: addresses the pair already holds are returned again. On failure the
     /// addresses newly taken by this call are released.
     pub fn allocate(&self, container_id: &str, ifname: &str) -> Result<Vec<IpAddr>, IpamError> {
@@ -533,8 +556,11 @@ impl Ipam {
         let mut source = index_ino.is_some().then(|| index.clone());
         let mut made_index = false;
         let mut result = Ok(());
-        for cidr in &self.cidrs {
-            if let Some(e) = owned.iter().find(|e| cidr.contains(&e.address)) {
+        for group in self.groups() {
+            if let Some(e) = owned
+                .iter()
+                .find(|e| group.iter().any(|c| c.contains(&e.address)))
+            {
                 out.push(e.address);
                 continue;
             }
@@ -551,7 +577,7 @@ impl Ipam {
                     }
                 },
             };
-            match self.publish(*cidr, &from, &mut taken) {
+            match self.publish_in(&group, &from, &mut taken) {
                 Ok(addr) => {
                     fresh.push(addr);
                     out.push(addr);
@@ -606,6 +632,25 @@ impl Ipam {
         let result = write_owner_file(&tmp, owner).and_then(|()| self.publish(cidr, &tmp, taken));
         let _ = fs::remove_file(&tmp);
         result
+    }
+
+    /// Publish the owner file `tmp` under the lowest free address of the first CIDR of `group`
+    /// that has one.
+    fn publish_in(
+        &self,
+        group: &[IpNet],
+        tmp: &Path,
+        taken: &mut HashSet<IpAddr>,
+    ) -> Result<IpAddr, IpamError> {
+        let mut last = Err(IpamError::NoCidrs);
+        for cidr in group {
+            last = self.publish(*cidr, tmp, taken);
+            match last {
+                Err(IpamError::Exhausted { .. }) => continue,
+                _ => return last,
+            }
+        }
+        last
     }
 
     /// Publish the owner file `tmp` under the lowest free address of `cidr`.

@@ -175,6 +175,40 @@ fn exhaustion_on_a_slash_30() {
 }
 
 #[test]
+fn node_subnet_blocks_give_one_address_per_family_filling_block_after_block() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two /30 blocks (one usable address each) and one /126 of the node subnet.
+    let blocks: Vec<IpNet> = ["192.168.10.16/30", "192.168.10.52/30", "fd00:10::10/126"]
+        .iter()
+        .map(|b| b.parse().unwrap())
+        .collect();
+    let ipam = Ipam::open(dir.path(), &blocks).unwrap().with_blocks();
+    let a = ipam.allocate("c1", "eth0").unwrap();
+    assert_eq!(a, vec![ip("192.168.10.18"), ip("fd00:10::12")]);
+    // The IPv6 block is full: the pod gets no address there, and nothing is kept.
+    assert!(matches!(
+        ipam.allocate("c2", "eth0"),
+        Err(IpamError::Exhausted { .. })
+    ));
+    assert_eq!(ipam.list().unwrap().len(), 2);
+    // IPv4 only: the first block is full, the second serves; idempotent.
+    let v4 = Ipam::open(dir.path(), &blocks[..2]).unwrap().with_blocks();
+    let b = v4.allocate("c2", "eth0").unwrap();
+    assert_eq!(b, vec![ip("192.168.10.54")]);
+    assert_eq!(v4.allocate("c2", "eth0").unwrap(), b);
+    let err = v4.allocate("c3", "eth0").unwrap_err().to_string();
+    assert!(err.contains("192.168.10.52/30"), "{err}");
+    // Without blocks, every CIDR gives an address (the per-node-CIDR rule is unchanged).
+    let plain = Ipam::open(dir.path(), &blocks[..2]).unwrap();
+    v4.release("c2", None).unwrap();
+    v4.release("c1", None).unwrap();
+    assert_eq!(
+        plain.allocate("c4", "eth0").unwrap(),
+        vec![ip("192.168.10.18"), ip("192.168.10.54")]
+    );
+}
+
+#[test]
 fn invalid_keys_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let ipam = Ipam::open(dir.path(), &cidrs()).unwrap();

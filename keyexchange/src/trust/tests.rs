@@ -41,6 +41,7 @@ fn lab_policy() -> TrustPolicy {
     TrustPolicy {
         cluster_pools: vec![net("10.244.0.0/16"), net("fd00:244::/48")],
         service_ranges: vec![net("10.96.0.0/12"), net("fd00:96::/108")],
+        node_subnets: vec![],
     }
 }
 
@@ -139,6 +140,7 @@ fn pod_cidrs_must_lie_in_the_pools_with_a_sane_prefix_and_count() {
     let open = TrustPolicy {
         cluster_pools: vec![],
         service_ranges: vec![net("10.96.0.0/12")],
+        node_subnets: vec![],
     };
     for bad in [
         "127.0.0.0/8",
@@ -564,4 +566,62 @@ fn a_node_back_from_a_restart_takes_keys_rotated_meanwhile() {
     let hijacked = rec("n3", 74, &["198.18.0.13"], &["10.244.3.0/24"]);
     let b = admit(&with(&records, hijacked), &me, &policy, &a.established);
     assert_eq!(refused_names(&b), vec!["n3"]);
+}
+
+#[test]
+fn node_subnet_blocks_lie_in_the_pod_range_and_share_the_subnet_with_endpoints() {
+    let policy = TrustPolicy {
+        cluster_pools: vec![],
+        service_ranges: vec![net("10.96.0.0/12")],
+        node_subnets: vec![net("192.168.10.0/24"), net("fd00:10::/112")],
+    };
+    // Endpoints in the same subnet as the blocks (the nodes' own addresses) are fine.
+    let blocks = |n: usize| -> Vec<String> {
+        (0..n)
+            .map(|i| format!("192.168.10.{}/28", 16 * (i + 1)))
+            .collect()
+    };
+    let check = |cidrs: &[String]| {
+        let cidrs: Vec<&str> = cidrs.iter().map(String::as_str).collect();
+        check_record(
+            &rec("x", 9, &["192.168.10.5", "fd00:10::5"], &cidrs),
+            &policy,
+        )
+    };
+    assert!(check(&blocks(MAX_NODE_SUBNET_BLOCKS_PER_FAMILY - 1)).is_ok());
+    // The cap is the node-subnet one, not the per-node-CIDR one.
+    assert_eq!(
+        TrustPolicy::default().max_pod_cidrs_per_family(),
+        MAX_POD_CIDRS_PER_FAMILY
+    );
+    assert_eq!(
+        policy.max_pod_cidrs_per_family(),
+        MAX_NODE_SUBNET_BLOCKS_PER_FAMILY
+    );
+    let mut many = blocks(MAX_NODE_SUBNET_BLOCKS_PER_FAMILY - 1);
+    many.push("192.168.10.0/28".into());
+    many.push("192.168.11.0/28".into());
+    let err = check(&many).unwrap_err();
+    assert_eq!(err.field, "podCIDRs");
+    assert!(err.reason.contains("more than 16"), "{err}");
+    // A block outside the pod range is refused, naming the ranges.
+    let err = check(&["192.168.11.16/28".to_string()]).unwrap_err();
+    assert!(
+        err.reason.contains("outside the node-subnet pod ranges"),
+        "{err}"
+    );
+    // Two nodes: an endpoint inside another node's block is a conflict; the newcomer (no
+    // established claims) whose block holds the established node's address is refused alone.
+    let me = rec("me", 1, &["192.168.10.2"], &["192.168.10.32/28"]);
+    let a = rec("a", 2, &["192.168.10.3"], &["192.168.10.48/28"]);
+    let hostile = rec("h", 3, &["192.168.10.4"], &["192.168.10.0/28"]);
+    let records: BTreeMap<String, NodeRecord> = [&me, &a, &hostile]
+        .into_iter()
+        .map(|r| (r.name.clone(), r.clone()))
+        .collect();
+    let established = Established::of([&a]);
+    let admission = admit(&records, &me, &policy, &established);
+    assert!(admission.accepted.contains_key("a"), "{admission:?}");
+    assert!(!admission.accepted.contains_key("h"), "{admission:?}");
+    assert_eq!(admission.refused[0].node, "h");
 }

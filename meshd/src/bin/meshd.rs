@@ -3,7 +3,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, ValueEnum};
-use meshd::controller::{self, DaemonArgs};
+use meshd::controller::{self, DaemonArgs, IpamMode};
 use meshd::registry::kube::annotations::PodCidrSource;
 use meshd::registry::kube::client::{api_server_addresses, client};
 use meshd::registry::kube::endpoints::watch_api_server_endpoints;
@@ -76,8 +76,11 @@ async fn kubernetes(cli: Cli) -> anyhow::Result<()> {
     let client = client(cli.kubeconfig.as_deref())
         .await
         .context("connecting to the Kubernetes API")?;
-    // A Node's self-declared pod CIDRs count only where meshd claims them (cluster-pool IPAM).
-    let pod_cidr_source = if args.pool.pod_cidr_pools.is_empty() {
+    // A Node's self-declared pod CIDRs count only where meshd claims them (cluster-pool IPAM,
+    // or the blocks of node-subnet IPAM, which replace spec.podCIDRs).
+    let pod_cidr_source = if args.node_subnet.ipam == IpamMode::NodeSubnet {
+        PodCidrSource::Claim
+    } else if args.pool.pod_cidr_pools.is_empty() {
         PodCidrSource::Spec
     } else {
         PodCidrSource::SpecOrClaim

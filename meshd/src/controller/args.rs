@@ -62,6 +62,9 @@ pub struct DaemonArgs {
     /// `cluster-pool` IPAM: the pools pod CIDRs are claimed from.
     #[command(flatten)]
     pub pool: PoolArgs,
+    /// `node-subnet` IPAM: pods take addresses from blocks of the node's own subnet.
+    #[command(flatten)]
+    pub node_subnet: NodeSubnetArgs,
     /// Cluster-wide pod CIDRs (repeatable): strict mode drops any packet from or to them that
     /// would leave through the underlay outside WireGuard. Default: this node's pod CIDRs.
     /// Also comma-separated (one value from an environment variable, for dual stack).
@@ -196,6 +199,70 @@ pub struct PoolArgs {
     pub pod_cidr_block_v6: u8,
 }
 
+/// How pod addresses are managed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum IpamMode {
+    /// One pod CIDR per node and family: `--pod-cidr`, the Node's `spec.podCIDRs`, or claimed
+    /// out of `--pod-cidr-pool` (`cluster-pool`).
+    #[default]
+    NodeCidr,
+    /// Pods take addresses from small blocks of the nodes' own subnet (`--pod-range-v4`,
+    /// `--pod-range-v6`), claimed as the node fills and given back when empty
+    /// (docs/node-subnet.md).
+    NodeSubnet,
+}
+
+/// `node-subnet` IPAM: the pod ranges inside the underlay subnet and the block sizes.
+#[derive(Debug, Clone, Args)]
+pub struct NodeSubnetArgs {
+    /// `node-cidr` (a pod CIDR per node) or `node-subnet` (blocks of the nodes' own subnet).
+    #[arg(long, default_value = "node-cidr")]
+    pub ipam: IpamMode,
+    /// `node-subnet`: the IPv4 range of the underlay subnet reserved for pods.
+    #[arg(long)]
+    pub pod_range_v4: Option<ipnet::Ipv4Net>,
+    /// `node-subnet`: the IPv6 range of the underlay subnet reserved for pods.
+    #[arg(long)]
+    pub pod_range_v6: Option<ipnet::Ipv6Net>,
+    /// `node-subnet`: prefix length of the IPv4 blocks a node claims.
+    #[arg(long, default_value_t = crate::node_subnet::DEFAULT_BLOCK_V4)]
+    pub pod_block_v4: u8,
+    /// `node-subnet`: prefix length of the IPv6 blocks a node claims.
+    #[arg(long, default_value_t = crate::node_subnet::DEFAULT_BLOCK_V6)]
+    pub pod_block_v6: u8,
+    /// `node-subnet`: free addresses kept per family; a block is claimed when fewer are left.
+    #[arg(long, default_value_t = 4)]
+    pub pod_headroom: u32,
+    /// `node-subnet`: how long a block stays empty before it is given back.
+    #[arg(long, value_parser = parse_interval, default_value = "60s")]
+    pub pod_block_release_after: Duration,
+}
+
+impl NodeSubnetArgs {
+    /// The pod ranges of `node-subnet` IPAM (empty in any other mode).
+    pub fn ranges(&self) -> Vec<IpNet> {
+        if self.ipam != IpamMode::NodeSubnet {
+            return Vec::new();
+        }
+        let v4 = self.pod_range_v4.map(|r| IpNet::V4(r.trunc()));
+        let v6 = self.pod_range_v6.map(|r| IpNet::V6(r.trunc()));
+        v4.into_iter().chain(v6).collect()
+    }
+
+    /// The allocator's settings, with `settle` (how long a claim is watched for a competing
+    /// one: longer than the registry takes to show a record to every node).
+    pub fn config(&self, settle: Duration) -> crate::node_subnet::NodeSubnetConfig {
+        crate::node_subnet::NodeSubnetConfig {
+            ranges: self.ranges(),
+            block_v4: self.pod_block_v4,
+            block_v6: self.pod_block_v6,
+            headroom: u128::from(self.pod_headroom),
+            settle,
+            release_grace: self.pod_block_release_after,
+        }
+    }
+}
+
 /// The CNI configuration meshd installs while the node takes pods.
 #[derive(Debug, Clone, Args)]
 pub struct CniArgs {
@@ -284,5 +351,33 @@ mod tests {
             cli.daemon.rotation.key_rotation_interval,
             Some(Duration::from_secs(43200))
         );
+    }
+
+    #[test]
+    fn node_subnet_flags_give_the_ranges_only_in_that_mode() {
+        let base = [
+            "meshd",
+            "--node-name",
+            "n1",
+            "--pod-range-v4",
+            "192.168.10.128/25",
+            "--pod-range-v6",
+            "fd00:10::8000/113",
+        ];
+        let cli = Cli::parse_from(base);
+        assert_eq!(cli.daemon.node_subnet.ipam, IpamMode::NodeCidr);
+        assert!(cli.daemon.node_subnet.ranges().is_empty());
+        let cli = Cli::parse_from(base.iter().chain(&["--ipam", "node-subnet"]));
+        let cfg = cli.daemon.node_subnet.config(Duration::from_secs(2));
+        assert_eq!(
+            cfg.ranges,
+            vec![
+                "192.168.10.128/25".parse::<IpNet>().unwrap(),
+                "fd00:10::8000/113".parse().unwrap()
+            ]
+        );
+        assert_eq!((cfg.block_v4, cfg.block_v6, cfg.headroom), (28, 124, 4));
+        assert_eq!(cfg.release_grace, Duration::from_secs(60));
+        assert_eq!(cfg.validate(), Ok(()));
     }
 }

@@ -53,6 +53,8 @@ pub(super) struct Context {
     pub api_servers: Option<ApiServerFeed>,
     /// The policy loop's report (`None`: it could not start).
     pub policy: Option<crate::policy::SharedPolicyReport>,
+    /// `node-subnet` IPAM: this node's blocks of the node subnet (`None` in other modes).
+    pub blocks: Option<std::sync::Mutex<super::blocks::Blocks>>,
 }
 
 impl Context {

@@ -309,6 +309,8 @@ async fn status_tick_says_reconcile(ctx: &Context, state: &mut State, converged:
     // default route, a route to a cluster CIDR): guard it now rather than at the next resync.
     let guards = current_guard_interfaces(ctx).await;
     now |= ctx.bpf.lock().await.unguarded(&guards);
+    // node-subnet: pods came or went, so a block is claimed or given back.
+    now |= super::blocks::follow_blocks(ctx, state).await.0;
     now
 }
 
@@ -316,6 +318,7 @@ async fn status_tick_says_reconcile(ctx: &Context, state: &mut State, converged:
 async fn reconcile(ctx: &Context, state: &mut State) -> (bool, Option<tokio::time::Instant>) {
     let started = Instant::now();
     state.counters.reconciles += 1;
+    let (_, blocks_at) = super::blocks::follow_blocks(ctx, state).await;
     let outcome = pass(ctx, state).await;
     let converged = outcome.is_ok();
     if converged {
@@ -336,7 +339,7 @@ async fn reconcile(ctx: &Context, state: &mut State) -> (bool, Option<tokio::tim
         Some(state.failing_since.unwrap_or(now))
     };
     follow_cni_readiness(ctx, state, serving, now).await;
-    let mut retry = None;
+    let mut retry = blocks_at.map(tokio::time::Instant::from_std);
     if let Err(err) = outcome {
         state.counters.reconcile_errors += 1;
         tracing::warn!(error = %format!("{err:#}"), "reconcile failed; retrying");
@@ -371,8 +374,9 @@ async fn follow_cni_readiness(ctx: &Context, state: &State, converged: bool, now
             "the mesh keeps failing to converge: this node takes no new pods until it does"
         );
     }
-    if action == crate::cni_conf::Action::Install {
-        let conf = crate::cni_conf::conflist(
+    let blocks = super::blocks::cni_blocks(ctx);
+    if action == crate::cni_conf::Action::Install && blocks != Some(None) {
+        let mut conf = crate::cni_conf::conflist(
             &ctx.me(),
             &super::pods::ipam_dir(&ctx.args.state_dir),
             // The MTU in force: pods created after a live change get it too.
@@ -380,6 +384,9 @@ async fn follow_cni_readiness(ctx: &Context, state: &State, converged: bool, now
             &ctx.args.bpf_pin_dir,
             ctx.args.pod_steering == PodSteering::Ebpf,
         );
+        if let Some(Some(usable)) = &blocks {
+            crate::cni_conf::use_blocks(&mut conf, usable);
+        }
         if let Err(err) = crate::cni_conf::write(&ctx.args.cni.cni_conf_dir, &conf) {
             tracing::warn!(error = %format!("{err:#}"), "writing the CNI configuration failed");
         }

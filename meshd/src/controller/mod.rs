@@ -30,6 +30,7 @@
 
 mod apply;
 mod args;
+mod blocks;
 /// Map capacity (pure: which accepted peers fit in the per-node maps).
 pub mod capacity;
 mod claim;
@@ -53,7 +54,10 @@ mod state;
 mod status;
 mod trust;
 
-pub use args::{parse_interval, second_port, DaemonArgs, PodSteering, DEFAULT_MESH_MARK};
+pub use args::{
+    parse_interval, second_port, DaemonArgs, IpamMode, NodeSubnetArgs, PodSteering,
+    DEFAULT_MESH_MARK,
+};
 pub use context::ApiServerFeed;
 pub use start::{run, run_with, SettingsFeed};
 pub use state::Live;

@@ -17,6 +17,7 @@ use netlink::{Links, Routes, UserspaceOptions, WgDevice};
 use tokio::sync::{mpsc, RwLock};
 
 use super::args::{second_port, DaemonArgs};
+use super::blocks::Blocks;
 use super::claim::claim_pod_cidrs;
 use super::context::{ApiServerFeed, Context, KEY_FILES};
 use super::devices::{bring_up_device, cleanup, guard_interfaces, underlay};
@@ -77,13 +78,14 @@ pub async fn run_with<R: Registry>(
     let registry = Arc::new(registry);
     let mut events = registry.watch().context("watching the registry")?;
     let mut initial = Vec::new();
-    let (me, resumed) = prepare_record(
-        &args,
-        &*registry,
-        initial_record(&args, &keys, endpoints),
-        (&mut events, &mut initial),
-    )
-    .await?;
+    let blocks = Blocks::start(&args)?;
+    let mut first = initial_record(&args, &keys, endpoints);
+    if let Some(b) = &blocks {
+        // node-subnet: the blocks kept from the last run; the first passes claim the rest.
+        first.pod_cidrs = b.held();
+    }
+    let (me, resumed) =
+        prepare_record(&args, &*registry, first, (&mut events, &mut initial)).await?;
 
     let status: SharedStatus = Arc::new(RwLock::new(None));
     let (commands_tx, commands) = mpsc::channel(16);
@@ -137,6 +139,7 @@ pub async fn run_with<R: Registry>(
         status_feed,
         api_servers,
         policy,
+        blocks: blocks.map(std::sync::Mutex::new),
     };
     let channels = Channels {
         initial,
@@ -326,7 +329,10 @@ async fn start_guard(
         args.listen_port,
         mode,
         &clusters,
-        &bpf::map_sizes(args.max_nodes),
+        &bpf::map_sizes(
+            args.max_nodes,
+            super::trust::policy(args).max_pod_cidrs_per_family(),
+        ),
     )
     .context("starting the tc eBPF datapath")?;
     bpf.set_mesh_mark(args.mesh_mark)

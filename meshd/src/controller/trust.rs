@@ -60,7 +60,8 @@ pub enum MemoryError {
 
 /// The policy records are checked against: the cluster pools are `--cluster-cidr` and
 /// `--pod-cidr-pool` together (none given: pod CIDRs are held to the other rules only), the
-/// service ranges `--service-cidr`.
+/// service ranges `--service-cidr`, the node-subnet pod ranges `--pod-range-v4/-v6` with
+/// `--ipam node-subnet`.
 pub fn policy(args: &DaemonArgs) -> TrustPolicy {
     let pools: BTreeSet<IpNet> = args
         .cluster_cidrs
@@ -71,6 +72,7 @@ pub fn policy(args: &DaemonArgs) -> TrustPolicy {
     TrustPolicy {
         cluster_pools: pools.into_iter().collect(),
         service_ranges: args.trust.service_cidrs.iter().map(IpNet::trunc).collect(),
+        node_subnets: args.node_subnet.ranges(),
     }
 }
 

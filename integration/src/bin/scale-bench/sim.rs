@@ -225,6 +225,7 @@ mod tests {
                 "fd00:244::/48".parse().expect("a CIDR"),
             ],
             service_ranges: vec![],
+            node_subnets: vec![],
         };
         let me = SimNode::new(1).record(10);
         let mut n = SimNode::new(7);

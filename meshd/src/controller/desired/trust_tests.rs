@@ -68,6 +68,7 @@ fn lab_policy() -> TrustPolicy {
     TrustPolicy {
         cluster_pools: vec![net("10.244.0.0/16"), net("fd00:244::/48")],
         service_ranges: vec![net("10.96.0.0/12")],
+        node_subnets: vec![],
     }
 }
 

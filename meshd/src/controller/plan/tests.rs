@@ -581,3 +581,50 @@ fn map_diff_removes_stale_sets_new_and_changed() {
 // === property tests ===
 
 mod properties;
+
+/// `node-subnet` IPAM: a peer claiming one more block of the node subnet costs its one peer
+/// entry (the new allowed IP), one route, one redirect and one guard entry, whatever the
+/// number of other peers; giving the block back undoes exactly that.
+#[test]
+fn a_node_subnet_block_claim_is_one_peer_update_and_one_entry_of_each_map() {
+    let peers: Vec<(PublicKey, String, Vec<String>)> = (2..40u8)
+        .map(|i| {
+            let blocks = vec![format!("198.18.{i}.0/28"), format!("198.18.{i}.16/28")];
+            (key(i), format!("n{i}"), blocks)
+        })
+        .collect();
+    let set = |extra: Option<&str>| {
+        let entries: Vec<(PublicKey, &str, Vec<&str>)> = peers
+            .iter()
+            .map(|(k, n, b)| {
+                let mut b: Vec<&str> = b.iter().map(String::as_str).collect();
+                if *k == key(7) {
+                    b.extend(extra);
+                }
+                (*k, n.as_str(), b)
+            })
+            .collect();
+        let borrowed: Vec<(PublicKey, &str, &[&str])> =
+            entries.iter().map(|(k, n, b)| (*k, *n, &b[..])).collect();
+        wanting(peer_set(&borrowed))
+    };
+    let before = set(None);
+    let node = applied(bare_node(), &plan(&before, &bare_node()));
+    assert!(plan(&before, &node).is_empty());
+    let claimed = set(Some("198.18.200.16/28"));
+    let steps = plan(&claimed, &node);
+    let block = net("198.18.200.16/28");
+    assert_eq!(steps.len(), 4, "{steps:#?}");
+    assert!(steps.iter().any(|s| matches!(s, Step::UpsertPeer { .. })));
+    assert!(steps.contains(&Step::GuardCidr(block)));
+    assert!(steps
+        .iter()
+        .any(|s| matches!(s, Step::AddRoute { cidr, .. } if *cidr == block)));
+    assert!(steps
+        .iter()
+        .any(|s| matches!(s, Step::SetRedirect { cidr, .. } if *cidr == block)));
+    let grown = applied(node, &steps);
+    let released = plan(&before, &grown);
+    assert_eq!(released.len(), 3, "{released:#?}");
+    assert!(released.contains(&Step::RemoveRedirect(block)));
+}

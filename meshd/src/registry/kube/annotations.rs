@@ -12,7 +12,7 @@
 //! | `meshd.io/public-key`      | the node's WireGuard public key (key slot 0), standard base64 of 32 bytes, not all zero; required | `publicKey` |
 //! | `meshd.io/listen-port`     | the WireGuard UDP listen port of slot 0, decimal 1–65535; required | `listenPort` |
 //! | `meshd.io/record-version`  | the record format version the publishing meshd wrote, decimal 1..=[`RECORD_VERSION`] (a future version is malformed, not guessed at); required | (format) |
-//! | `meshd.io/pod-cidrs`       | the pod CIDRs meshd claimed itself (`cluster-pool` IPAM), comma-separated, possibly empty; read only with [`PodCidrSource::SpecOrClaim`] (`--pod-cidr-pool`) and when the `Node` has no `spec.podCIDRs` | `podCIDRs` |
+//! | `meshd.io/pod-cidrs`       | the pod CIDRs meshd claimed itself (`cluster-pool` IPAM), comma-separated, possibly empty; read only with [`PodCidrSource::SpecOrClaim`] (`--pod-cidr-pool`) and when the `Node` has no `spec.podCIDRs`, or with [`PodCidrSource::Claim`] (`--ipam node-subnet`: the node's blocks of the node subnet, `spec.podCIDRs` ignored) | `podCIDRs` |
 //! | `meshd.io/second-key`      | the public key of the node's second key slot, standard base64; optional, only together with `second-port` | `secondKey` |
 //! | `meshd.io/second-port`     | the listen port of the second key slot, decimal 1–65535; optional, only together with `second-key` | `secondPort` |
 //! | `meshd.io/rotation`        | the step of a key rotation in progress, JSON `{"serial":N,"draining":S,"replaced":true}`; absent when idle | `rotation` |
@@ -28,7 +28,7 @@
 //! |--------------|----------------------|
 //! | `name`       | `metadata.name` |
 //! | `endpoints`  | every `status.addresses` entry of type `InternalIP`, both families |
-//! | `podCIDRs`   | `spec.podCIDRs` (or the legacy single `spec.podCIDR`); `meshd.io/pod-cidrs` when neither is set and only with `cluster-pool` IPAM ([`PodCidrSource`]): anyone who can annotate a Node can write that one |
+//! | `podCIDRs`   | `spec.podCIDRs` (or the legacy single `spec.podCIDR`); `meshd.io/pod-cidrs` when neither is set and only with `cluster-pool` IPAM, or instead of them with `node-subnet` IPAM ([`PodCidrSource`]): anyone who can annotate a Node can write that one |
 //!
 //! # Who is a peer ([`node_state`])
 //!
@@ -121,6 +121,10 @@ pub enum PodCidrSource {
     /// `spec.podCIDRs`, else the node's own [`POD_CIDRS_ANNOTATION`] claim: only where meshd
     /// claims pod CIDRs itself (`cluster-pool` IPAM, `--pod-cidr-pool`).
     SpecOrClaim,
+    /// Only the node's own [`POD_CIDRS_ANNOTATION`] claim, `spec.podCIDRs` ignored: `node-subnet`
+    /// IPAM, where the claim is the blocks of the node subnet the node holds (a CIDR the
+    /// cluster's node IPAM assigned belongs to another address plan).
+    Claim,
 }
 
 /// Translates a `Node` into what it means for the mesh, its pod CIDRs from `spec.podCIDRs`
@@ -216,8 +220,16 @@ fn record_from_node(
     };
 
     let mut addressing = addressing(node).map_err(|(field, reason)| fail(field, reason))?;
-    if addressing.pod_cidrs.is_empty() && source == PodCidrSource::SpecOrClaim {
+    let claim_counts = match source {
+        PodCidrSource::Spec => false,
         // No controller-assigned CIDRs: meshd's own cluster-pool claim, if it published one.
+        PodCidrSource::SpecOrClaim => addressing.pod_cidrs.is_empty(),
+        PodCidrSource::Claim => {
+            addressing.pod_cidrs.clear();
+            true
+        }
+    };
+    if claim_counts {
         if let Some(v) = annotations.get(POD_CIDRS_ANNOTATION) {
             addressing.pod_cidrs = v
                 .split(',')
@@ -600,6 +612,39 @@ pub(crate) mod tests {
             node_state_from(&n, PodCidrSource::SpecOrClaim),
             NodeState::Malformed(e) if e.field == POD_CIDRS_ANNOTATION
         ));
+    }
+
+    #[test]
+    fn with_node_subnet_ipam_only_the_claimed_blocks_count() {
+        let mut n = good_node();
+        let blocks = "192.168.10.16/28,192.168.10.48/28,fd00:10::10/124";
+        n.metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(POD_CIDRS_ANNOTATION.into(), blocks.into());
+        // spec.podCIDRs is set on this Node: node-subnet ignores it.
+        let NodeState::Peer(record) = node_state_from(&n, PodCidrSource::Claim) else {
+            panic!("expected a peer");
+        };
+        let want: Vec<IpNet> = blocks.split(',').map(|b| b.parse().unwrap()).collect();
+        assert_eq!(record.pod_cidrs, want);
+        // No blocks claimed yet: no pod CIDRs, still a peer (its node address is reachable).
+        n.metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(POD_CIDRS_ANNOTATION.into(), String::new());
+        let NodeState::Peer(record) = node_state_from(&n, PodCidrSource::Claim) else {
+            panic!("expected a peer");
+        };
+        assert!(record.pod_cidrs.is_empty());
+        // The annotation is written with every block: it reads back the same.
+        let published = record_annotations(&NodeRecord {
+            pod_cidrs: want.clone(),
+            ..record
+        });
+        assert_eq!(published[POD_CIDRS_ANNOTATION], blocks);
     }
 
     #[test]
