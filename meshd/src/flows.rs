@@ -17,4 +17,11 @@
 //! `meshd_flows_total{source_namespace,destination_namespace,verdict}` (bounded cardinality,
 //! overflow counted under `other`), `meshd_flow_events_lost_total{source}`.
 
+pub mod aggregate;
+pub mod collector;
+pub mod daemon;
+pub mod decode;
+pub mod enrich;
+pub mod flow_metrics;
+pub mod history;
 pub mod record;

@@ -8,6 +8,7 @@
 //! one-entry program array `FLOW_REPORT`; loading writes the new reporter into it
 //! ([`install_reporter`]), so programs of an older load still attached report through it too.
 
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, ProgramArray, RingBuf};
@@ -16,6 +17,8 @@ use ebpf_redirect_common::{
     flows::{FlowConfig, FlowCounters, FlowKey},
     map_names as mn,
 };
+
+pub use ebpf_redirect_common::flows as abi;
 
 use crate::{absent_ok, open_map, prog_pin, Result, PROG_FLOW_REPORT};
 
@@ -90,5 +93,39 @@ impl FlowMaps {
     /// position: only one reader at a time makes sense).
     pub fn ring(&self) -> Result<RingBuf<MapData>> {
         Ok(open_map(&self.pin_dir, mn::FLOW_EVENTS)?.try_into()?)
+    }
+
+    /// The ring buffer as a [`FlowRing`] (for readers without a dependency on aya).
+    pub fn flow_ring(&self) -> Result<FlowRing> {
+        Ok(FlowRing(self.ring()?))
+    }
+}
+
+/// The `FLOW_EVENTS` ring buffer: readable when its descriptor polls readable ([`AsFd`]).
+pub struct FlowRing(RingBuf<MapData>);
+
+impl FlowRing {
+    /// Hands at most `max` records to `each` (their bytes, valid during the call), oldest
+    /// first; returns how many.
+    pub fn drain(&mut self, max: usize, mut each: impl FnMut(&[u8])) -> usize {
+        let mut n = 0;
+        while n < max {
+            let Some(item) = self.0.next() else { break };
+            each(&item);
+            n += 1;
+        }
+        n
+    }
+}
+
+impl AsFd for FlowRing {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+impl AsRawFd for FlowRing {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
     }
 }
