@@ -185,6 +185,9 @@ impl Collector {
     }
 
     fn publish(&mut self, event: &DatapathEvent) {
+        // The world of the policy loop's last batch (a pointer comparison when unchanged): a
+        // pod applied a moment ago is named in its first packets.
+        self.refresh_pods();
         // An interface new since the last listing: list again, at most once a second (an
         // interface that is gone must not make every event read /sys).
         if !self.lookup.interfaces.contains_key(&event.ifindex)
@@ -258,7 +261,7 @@ impl Collector {
         }
     }
 
-    async fn refresh_lookup(&mut self) {
+    fn refresh_pods(&mut self) {
         if let Some(policy) = &self.sources.policy {
             let world = policy
                 .lock()
@@ -270,6 +273,10 @@ impl Collector {
                 self.world = Some(world);
             }
         }
+    }
+
+    async fn refresh_lookup(&mut self) {
+        self.refresh_pods();
         if let Some(status) = self.sources.status.read().await.as_ref() {
             self.lookup.peers = status
                 .peers
