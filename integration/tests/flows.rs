@@ -328,3 +328,45 @@ fn a_full_ring_buffer_counts_every_event_it_cannot_deliver() {
         "silently missing: sent {SENT}, delivered {delivered}, lost {lost}"
     );
 }
+
+#[test]
+fn after_a_node_record_is_removed_its_pods_traffic_is_a_strict_mode_drop() {
+    testkit::require_tools(lab::TOOLS);
+    let lab = Lab::up(2, 1).unwrap();
+    let st = lab.status().unwrap();
+    let pod = st.pods_on("n1").next().unwrap().clone();
+    let target: IpAddr = lab::pod_addrs(st.pods_on("n2").next().unwrap()).unwrap().0;
+    // n2 goes away without its record's pod CIDRs leaving n1's guard.
+    lab.meshctl(&["lab", "kill-node", "n2"]).unwrap();
+    let raw = lab.status_json().unwrap();
+    let registry = raw["registry_dir"].as_str().unwrap();
+    std::fs::remove_file(format!("{registry}/n2.json")).unwrap();
+    lab.wait_for("n1 to drop n2", Duration::from_secs(20), |s| {
+        s["nodes"][0]["peers"].as_array().is_some_and(Vec::is_empty)
+    })
+    .unwrap();
+    let follower = follow(&lab, "n1");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut found = None;
+    while found.is_none() && Instant::now() < deadline {
+        netns::within(&pod.namespace, || {
+            let tx = UdpSocket::bind("0.0.0.0:0").unwrap();
+            // Unreachable is fine: the packet may not even leave; only what the guard saw counts.
+            let _ = tx.send_to(b"clear?", SocketAddr::new(target, PORT));
+        })
+        .unwrap();
+        while let Ok((_, line)) = follower.recv_timeout(Duration::from_millis(300)) {
+            if is_flow(&line, "strict-mode", "drop") {
+                found = Some(line);
+                break;
+            }
+        }
+    }
+    let line = found.expect("no strict-mode drop on n1 after n2's record went");
+    let flow = &line["flow"];
+    assert_eq!(flow["verdict"], "DROPPED");
+    assert_eq!(flow["drop_reason_desc"], "UNENCRYPTED_TRAFFIC");
+    assert_eq!(flow["trace_observation_point"], "TO_NETWORK");
+    assert_eq!(flow["IP"]["destination"], target.to_string(), "{line:#}");
+    assert!(flow.get("peer_node").is_none(), "{line:#}");
+}
