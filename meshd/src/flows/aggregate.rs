@@ -68,6 +68,7 @@ fn first_packet_bytes(counters: &FlowCounters) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn key(n: u8) -> FlowKey {

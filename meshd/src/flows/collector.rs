@@ -310,6 +310,7 @@ fn interface_names() -> HashMap<u32, String> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

@@ -216,6 +216,7 @@ fn point(p: u8) -> Result<ObservationPoint, DecodeError> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
     use proptest::prelude::*;
 

@@ -145,6 +145,7 @@ pub fn enrich(event: &DatapathEvent, lookup: &Lookup, time: Timestamp) -> Flow {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::flows::record::{EventKind, IpVersion, Verdict};
     use meshd_policy::model::{LabelSelector, Pod, PodKey, Policy};

@@ -203,6 +203,7 @@ fn reason_label(r: Reason) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

@@ -80,6 +80,7 @@ impl FlowHub {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn line(n: usize) -> Line {
