@@ -191,6 +191,18 @@ pub fn map_sizes(max_nodes: u32, cidrs_per_node: usize) -> MapSizes {
     MapSizes::for_nodes(max_nodes, cap)
 }
 
+/// [`map_sizes`] with the flow ring buffer of `flow_ring_bytes` (`--flow-ring-bytes`).
+pub fn map_sizes_with_flows(
+    max_nodes: u32,
+    cidrs_per_node: usize,
+    flow_ring_bytes: u32,
+) -> MapSizes {
+    MapSizes {
+        flow_ring_bytes,
+        ..map_sizes(max_nodes, cidrs_per_node)
+    }
+}
+
 impl std::fmt::Debug for Bpf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Bpf")

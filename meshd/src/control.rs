@@ -133,7 +133,9 @@ impl std::fmt::Display for RotationPhase {
     }
 }
 
+pub mod flows_stream;
 mod request;
+pub use flows_stream::FlowsService;
 pub use request::{error_body, parse_request, Request, UnknownRequest};
 
 /// Default path of the control socket.
@@ -367,6 +369,16 @@ pub async fn serve(
     status: SharedStatus,
     commands: tokio::sync::mpsc::Sender<Command>,
 ) -> Result<(), ControlError> {
+    serve_with_flows(path, status, commands, None).await
+}
+
+/// [`serve`], with `flows` requests served from `flows` (without: answered with an error).
+pub async fn serve_with_flows(
+    path: PathBuf,
+    status: SharedStatus,
+    commands: tokio::sync::mpsc::Sender<Command>,
+    flows: Option<FlowsService>,
+) -> Result<(), ControlError> {
     let listener = bind(&path)?;
     tracing::info!(socket = %path.display(), "control socket listening");
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
@@ -390,8 +402,9 @@ pub async fn serve(
         };
         let status = status.clone();
         let commands = commands.clone();
+        let flows = flows.clone();
         tokio::spawn(async move {
-            if let Err(err) = answer(stream, status, commands).await {
+            if let Err(err) = answer(stream, status, commands, flows).await {
                 tracing::debug!(%err, "control client went away");
             }
             drop(slot);
@@ -455,9 +468,10 @@ async fn answer(
     stream: UnixStream,
     status: SharedStatus,
     commands: tokio::sync::mpsc::Sender<Command>,
+    flows: Option<FlowsService>,
 ) -> std::io::Result<()> {
-    let (read, mut write) = stream.into_split();
-    let line = match read_request_line(read).await {
+    let (mut read, mut write) = stream.into_split();
+    let line = match read_request_line(&mut read).await {
         Ok(line) => line,
         Err(err) => {
             tracing::warn!(%err, "control socket: refusing a client");
@@ -475,6 +489,10 @@ async fn answer(
         }
     };
     let body = match parse_request(&line) {
+        Ok(Request::Flows { follow }) => match &flows {
+            Some(service) => return flows_stream::answer(service, follow, read, write).await,
+            None => error_body("flow events are off on this node (meshd --flow-events=false)"),
+        },
         Ok(Request::Status) => match status.read().await.as_ref() {
             Some(report) => serde_json::to_string_pretty(report).map_err(std::io::Error::other)?,
             None => r#"{"error":"meshd is starting"}"#.to_string(),

@@ -19,6 +19,13 @@
 //! `meshd_flows_total{source_namespace,destination_namespace,verdict}` (bounded cardinality,
 //! overflow counted under `other`), `meshd_flow_events_lost_total{source}`.
 
+pub mod aggregate;
+pub mod collector;
+pub mod daemon;
+pub mod decode;
+pub mod enrich;
+pub mod flow_metrics;
+pub mod history;
 /// Which lines `meshctl observe` shows: its filter flags, checked, and `--last` (pure).
 pub mod filter;
 /// The mesh as a Graphviz graph from status reports (`meshctl graph`; pure).

@@ -40,6 +40,7 @@ struct Inner {
     key_age: Gauge<f64, AtomicU64>,
     rotations: Family<Labels, Counter>,
     records_refused: Family<Labels, Gauge>,
+    flows: crate::flows::flow_metrics::FlowMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -143,6 +144,7 @@ impl Metrics {
             "Node records this node refuses now (record trust), by the field at fault",
             records_refused.clone(),
         );
+        let flows = crate::flows::flow_metrics::FlowMetrics::register(&mut registry);
         Metrics {
             inner: Arc::new(Inner {
                 registry: Mutex::new(registry),
@@ -159,8 +161,14 @@ impl Metrics {
                 key_age,
                 rotations,
                 records_refused,
+                flows,
             }),
         }
+    }
+
+    /// The flow metrics (fed by the flow collector as events arrive).
+    pub fn flows(&self) -> &crate::flows::flow_metrics::FlowMetrics {
+        &self.inner.flows
     }
 
     /// Record the end of a key rotation.
@@ -376,5 +384,92 @@ mod tests {
         ] {
             assert!(text.contains(want), "missing {want:?} in:\n{text}");
         }
+    }
+
+    fn flow(
+        verdict: crate::flows::record::Verdict,
+        reason: crate::flows::record::Reason,
+        src_ns: &str,
+        dst_ns: &str,
+    ) -> crate::flows::record::Flow {
+        use crate::flows::record::*;
+        let endpoint = |ns: &str| Endpoint {
+            namespace: ns.into(),
+            pod_name: format!("{ns}-pod"),
+            node_name: None,
+            labels: vec![],
+        };
+        Flow {
+            time: jiff::Timestamp::UNIX_EPOCH,
+            verdict,
+            reason,
+            drop_reason_desc: reason.drop_reason_desc().map(str::to_string),
+            event: if verdict == Verdict::Forwarded {
+                EventKind::Aggregate
+            } else {
+                EventKind::Drop
+            },
+            ip: IpHeader {
+                source: "10.244.1.5".parse().unwrap(),
+                destination: "10.244.2.7".parse().unwrap(),
+                ip_version: IpVersion::IPv4,
+            },
+            l4: None,
+            source: Some(endpoint(src_ns)),
+            destination: Some(endpoint(dst_ns)),
+            peer_node: (reason == Reason::ToTunnel).then(|| "n2".to_string()),
+            interface: Interface {
+                index: 3,
+                name: String::new(),
+            },
+            traffic_direction: TrafficDirection::Ingress,
+            trace_observation_point: ObservationPoint::ToEndpoint,
+            egress_denied_by: vec![],
+            ingress_denied_by: vec![],
+            packets: if verdict == Verdict::Forwarded { 10 } else { 1 },
+            bytes: if verdict == Verdict::Forwarded {
+                1000
+            } else {
+                60
+            },
+        }
+    }
+
+    #[test]
+    fn flow_metrics_render_with_the_documented_names_and_bounded_pairs() {
+        use crate::flows::record::{LostEventsSource, Reason, Verdict};
+        let m = Metrics::new();
+        m.flows().configure(2, Some(1));
+        m.flows()
+            .observe(&flow(Verdict::Dropped, Reason::PolicyDenied, "shop", "db"));
+        m.flows()
+            .observe(&flow(Verdict::Forwarded, Reason::ToTunnel, "shop", "web"));
+        // A third namespace pair is beyond the budget of two.
+        m.flows()
+            .observe(&flow(Verdict::Dropped, Reason::SpoofedSource, "evil", "db"));
+        m.flows().lost(LostEventsSource::RingBuffer, 7);
+        m.flows().lost(LostEventsSource::ObserverQueue, 2);
+        let text = m.render(None);
+        for want in [
+            "meshd_flow_drops_total{reason=\"policy-denied\",direction=\"INGRESS\"} 1",
+            "meshd_flow_drops_total{reason=\"spoofed-source\",direction=\"INGRESS\"} 1",
+            "meshd_flow_forwarded_packets_total{peer_node=\"n2\"} 10",
+            "meshd_flow_forwarded_bytes_total{peer_node=\"n2\"} 1000",
+            "meshd_flows_total{source_namespace=\"shop\",destination_namespace=\"db\",verdict=\"DROPPED\"} 1",
+            "meshd_flows_total{source_namespace=\"shop\",destination_namespace=\"web\",verdict=\"FORWARDED\"} 1",
+            "meshd_flows_total{source_namespace=\"other\",destination_namespace=\"other\",verdict=\"DROPPED\"} 1",
+            "meshd_flow_events_lost_total{source=\"RING_BUFFER\"} 7",
+            "meshd_flow_events_lost_total{source=\"OBSERVER_QUEUE\"} 2",
+            "meshd_flows_by_pod_total{source_pod=\"shop/shop-pod\",destination_pod=\"db/db-pod\",verdict=\"DROPPED\"} 1",
+            "meshd_flows_by_pod_total{source_pod=\"other\",destination_pod=\"other\",verdict=\"FORWARDED\"} 1",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in:\n{text}");
+        }
+        // Pod pairs are off by default.
+        let fresh = Metrics::new();
+        fresh
+            .flows()
+            .observe(&flow(Verdict::Dropped, Reason::PolicyDenied, "shop", "db"));
+        assert!(!fresh.render(None).contains("meshd_flows_by_pod_total{"));
     }
 }

@@ -34,6 +34,40 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// The daemon's flow-observability flags (`meshd --flow-*`; see docs/observability.md). Three
+/// also read the environment (`MESHD_FLOW_EVENTS`, `MESHD_FLOW_RING_BYTES`,
+/// `MESHD_FLOW_REPORT_SECS`), so a lab or a benchmark can set them for every node it starts.
+#[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
+pub struct FlowArgs {
+    /// Flow events from the datapath (every drop, forwarded flows' first packets and
+    /// aggregates), served on the control socket (`flows`) and counted in `/metrics`.
+    /// `--flow-events=false` turns them off in the datapath too.
+    #[arg(long, env = "MESHD_FLOW_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub flow_events: bool,
+    /// Size of the datapath's flow ring buffer in bytes (rounded up to a power of two, at
+    /// least a page). Events that find it full are counted as lost.
+    #[arg(long, env = "MESHD_FLOW_RING_BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u32).range(4096..=(1 << 30)))]
+    pub flow_ring_bytes: u32,
+    /// Flow lines kept in memory for `meshctl observe` (and queued per follower at most).
+    #[arg(long, default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub flow_history: u64,
+    /// Distinct (source, destination) namespace pairs with series of their own in
+    /// `meshd_flows_total`; later pairs are counted under `other`.
+    #[arg(long, default_value_t = 200)]
+    pub flow_metrics_max_pairs: usize,
+    /// Count flows per pod pair too (`meshd_flows_by_pod_total`), for at most this many pairs
+    /// (later pairs under `other`). Off by default: pod pairs grow with the cluster.
+    #[arg(long)]
+    pub flow_metrics_pod_pairs: Option<usize>,
+    /// Seconds between aggregate reports of forwarded flows (and of lost events).
+    #[arg(long, env = "MESHD_FLOW_REPORT_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub flow_report_secs: u64,
+    /// Seconds a forwarded flow may stay idle before it is forgotten (its next packet is a
+    /// first packet again).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub flow_idle_secs: u64,
+}
+
 /// The ConfigMap's conventional name.
 pub const CONFIG_MAP_NAME: &str = "meshd-config";
 

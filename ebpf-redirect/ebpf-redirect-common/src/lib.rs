@@ -7,9 +7,11 @@
 //! * [`policy`]: the NetworkPolicy maps' keys and values (the one definition of their layout).
 //! * [`conntrack`]: the connection-tracking map's key and value, the policy generation and the
 //!   idle timeouts.
+//! * [`flows`]: flow events (ring buffer records), the forwarded-flow table and its switch.
 #![cfg_attr(not(test), no_std)]
 
 pub mod conntrack;
+pub mod flows;
 pub mod policy;
 
 pub use conntrack::{CtKey, CtValue};
@@ -145,8 +147,18 @@ pub mod map_names {
     pub const POLICY_GENERATION: &str = "POLICY_GENERATION";
     /// LRU_HASH `CtKey` -> `CtValue`: connection tracking.
     pub const CONNTRACK: &str = "CONNTRACK";
+    /// RINGBUF of `FlowEvent` records (size in bytes).
+    pub const FLOW_EVENTS: &str = "FLOW_EVENTS";
+    /// LRU_HASH `FlowKey` -> `FlowCounters`: forwarded flows.
+    pub const FLOW_TABLE: &str = "FLOW_TABLE";
+    /// ARRAY[1] of `FlowConfig`.
+    pub const FLOW_CONFIG: &str = "FLOW_CONFIG";
+    /// PER_CPU_ARRAY[1] of u64: events the ring buffer had no room for.
+    pub const FLOW_LOST: &str = "FLOW_LOST";
+    /// PROG_ARRAY[1]: the `flow_report` program, tail-called by the others.
+    pub const FLOW_REPORT: &str = "FLOW_REPORT";
     /// All map names.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 21] = [
         REMOTE_V4,
         REMOTE_V6,
         LOCAL_V4,
@@ -163,6 +175,11 @@ pub mod map_names {
         CONNTRACK,
         SOURCE_V4,
         SOURCE_V6,
+        FLOW_EVENTS,
+        FLOW_TABLE,
+        FLOW_CONFIG,
+        FLOW_LOST,
+        FLOW_REPORT,
     ];
 }
 

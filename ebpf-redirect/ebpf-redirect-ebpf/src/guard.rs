@@ -22,9 +22,13 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
     programs::TcContext,
 };
+use ebpf_redirect_common::flows::{
+    FLOW_POLICY_DIRECTION_NONE, FLOW_REASON_STRICT_MODE, FLOW_REASON_WOULD_DROP,
+    FLOW_VERDICT_AUDIT, FLOW_VERDICT_DROPPED,
+};
 use ebpf_redirect_common::{Config, Ipv4Addr, Ipv6Addr, Verdict, MODE_PERMISSIVE};
 
-use crate::{count, CLUSTER_V4, CLUSTER_V6, CONFIG};
+use crate::{count, flows, CLUSTER_V4, CLUSTER_V6, CONFIG};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -126,7 +130,8 @@ fn tunnel_shaped(ctx: &TcContext, h: &Header, cfg: &Config) -> Result<bool, i64>
     Ok(sport != 0 && (sport == cfg.wg_port || sport == cfg.second_wg_port))
 }
 
-/// The guard's verdict on one packet leaving a link framed as `framing`.
+/// The guard's verdict on one packet leaving a link framed as `framing`; a drop (or would-drop)
+/// is noted for the flow reporter.
 #[inline(always)]
 pub fn check(ctx: &TcContext, framing: Framing) -> Result<i32, i64> {
     let cfg = match CONFIG.get(0) {
@@ -163,9 +168,25 @@ pub fn check(ctx: &TcContext, framing: Framing) -> Result<i32, i64> {
     // in its IP header is cleartext about the cluster whatever its payload claims to be.
     if cfg.mode == MODE_PERMISSIVE {
         count(Verdict::WouldDrop);
+        flows::note(
+            ctx,
+            flows::drop_note(
+                FLOW_VERDICT_AUDIT,
+                FLOW_REASON_WOULD_DROP,
+                FLOW_POLICY_DIRECTION_NONE,
+            ),
+        );
         Ok(TC_ACT_OK)
     } else {
         count(Verdict::StrictDrop);
+        flows::note(
+            ctx,
+            flows::drop_note(
+                FLOW_VERDICT_DROPPED,
+                FLOW_REASON_STRICT_MODE,
+                FLOW_POLICY_DIRECTION_NONE,
+            ),
+        );
         Ok(TC_ACT_SHOT)
     }
 }

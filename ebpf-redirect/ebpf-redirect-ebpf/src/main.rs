@@ -7,11 +7,17 @@
 //! WireGuard, [`guard`]). Entry points only map the result of `try_<prog>()` to a tc action;
 //! all logic lives in the `try_` functions and the modules: [`source`] (source validation),
 //! [`parse`] (headers for the policy), [`policy`] (policy maps and decision, the two check
-//! points) and [`conntrack`] (connection tracking and re-validation after policy changes).
+//! points), [`conntrack`] (connection tracking and re-validation after policy changes) and
+//! [`flows`] (flow events: every drop, forwarded traffic per flow; observation only).
 #![no_std]
 #![no_main]
+// `core::intrinsics::atomic_xadd`: the BPF target has no atomic types with `fetch_add`, but
+// LLVM lowers the intrinsic to BPF_ATOMIC_ADD (flow counters shared between CPUs).
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod conntrack;
+mod flows;
 mod guard;
 mod parse;
 mod policy;
@@ -22,6 +28,10 @@ use aya_ebpf::{
     macros::{classifier, map},
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray},
     programs::TcContext,
+};
+use ebpf_redirect_common::flows::{
+    FLOW_POINT_FROM_POD, FLOW_POINT_TO_POD, FLOW_POINT_UNDERLAY, FLOW_POLICY_DIRECTION_NONE,
+    FLOW_REASON_SPOOFED_SOURCE, FLOW_VERDICT_DROPPED,
 };
 use ebpf_redirect_common::{
     ClusterMarker, Config, Ipv4Addr, Ipv6Addr, LocalMarker, TunnelIfindex, Verdict, MAX_CIDRS,
@@ -48,7 +58,7 @@ static CONFIG: Array<Config> = Array::pinned(1, 0);
 #[map]
 static VERDICTS: PerCpuArray<u64> = PerCpuArray::pinned(VERDICT_COUNT, 0);
 
-const ETH_HLEN: usize = 14;
+pub(crate) const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
 
@@ -84,9 +94,14 @@ pub(crate) fn count(v: Verdict) {
     }
 }
 
+// Each entry point decides (noting what flow events must hear of it), then hands the action
+// and the note to `flows::report` (which may tail-call the reporter).
+
 #[classifier]
 pub fn from_pod(ctx: TcContext) -> i32 {
-    try_from_pod(&ctx).unwrap_or(TC_ACT_OK)
+    flows::note(&ctx, 0);
+    let action = try_from_pod(&ctx).unwrap_or(TC_ACT_OK);
+    flows::report(&ctx, FLOW_POINT_FROM_POD, ETH_HLEN as u32, action)
 }
 
 fn try_from_pod(ctx: &TcContext) -> Result<i32, i64> {
@@ -95,10 +110,12 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, i64> {
     // A frame too short to show its addresses cannot prove its source: dropped too.
     let Ok(ip) = parse(ctx) else {
         count(Verdict::Spoofed);
+        flows::note(ctx, SPOOFED);
         return Ok(TC_ACT_SHOT);
     };
     if !source::own(ifindex, &ip) {
         count(Verdict::Spoofed);
+        flows::note(ctx, SPOOFED);
         return Ok(TC_ACT_SHOT);
     }
     // Only a packet from the pod's own address reaches the policy (and may open a tracked
@@ -106,6 +123,10 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, i64> {
     if let Some(action) = policy::egress(ctx) {
         return Ok(action);
     }
+    // The addresses again (the same bytes, nothing rewrote them): keeping the first parse's
+    // alive across the policy check made LLVM copy a register that is undefined on the IPv6
+    // path (the enum's IPv4 fields), which the verifier refuses to read.
+    let ip = parse(ctx)?;
     let remote = match ip {
         Some(Ip::V4 { dst, .. }) => {
             if let Some(ifx) = REMOTE_V4.get(Key::new(32, dst)) {
@@ -146,31 +167,50 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, i64> {
 
 #[classifier]
 pub fn to_pod(ctx: TcContext) -> i32 {
-    try_to_pod(&ctx).unwrap_or(TC_ACT_OK)
+    flows::note(&ctx, 0);
+    let action = try_to_pod(&ctx).unwrap_or(TC_ACT_OK);
+    flows::report(&ctx, FLOW_POINT_TO_POD, ETH_HLEN as u32, action)
 }
 
 fn try_to_pod(ctx: &TcContext) -> Result<i32, i64> {
-    Ok(policy::ingress(ctx).unwrap_or(TC_ACT_OK))
+    match policy::ingress(ctx) {
+        Some(action) => Ok(action),
+        None => Ok(TC_ACT_OK),
+    }
 }
+
+/// The flow note of a packet `from_pod` dropped for its source.
+const SPOOFED: u32 = flows::drop_note(
+    FLOW_VERDICT_DROPPED,
+    FLOW_REASON_SPOOFED_SOURCE,
+    FLOW_POLICY_DIRECTION_NONE,
+);
 
 #[classifier]
 pub fn underlay_egress(ctx: TcContext) -> i32 {
-    try_underlay_egress(&ctx).unwrap_or(TC_ACT_OK)
-}
-
-/// The guard on an Ethernet link.
-fn try_underlay_egress(ctx: &TcContext) -> Result<i32, i64> {
-    guard::check(ctx, guard::Framing::Ethernet)
+    guard_with_report(ctx, guard::Framing::Ethernet)
 }
 
 #[classifier]
 pub fn underlay_egress_ip(ctx: TcContext) -> i32 {
-    try_underlay_egress_ip(&ctx).unwrap_or(TC_ACT_OK)
+    guard_with_report(ctx, guard::Framing::Ip)
 }
 
-/// The guard on a link without a link-layer header (tun, WireGuard, ipip, sit, raw IP).
-fn try_underlay_egress_ip(ctx: &TcContext) -> Result<i32, i64> {
-    guard::check(ctx, guard::Framing::Ip)
+/// The guard on a link framed as `framing` (Ethernet, or no link-layer header: tun,
+/// WireGuard, ipip, sit, raw IP), then the report of its drop.
+#[inline(always)]
+fn guard_with_report(ctx: TcContext, framing: guard::Framing) -> i32 {
+    flows::note(&ctx, 0);
+    let action = guard::check(&ctx, framing).unwrap_or(TC_ACT_OK);
+    let l3_off = match framing {
+        guard::Framing::Ethernet => ETH_HLEN as u32,
+        guard::Framing::Ip => 0,
+    };
+    if !flows::noted(&ctx) {
+        // The guard reports drops only: node traffic is not counted per flow.
+        return action;
+    }
+    flows::report(&ctx, FLOW_POINT_UNDERLAY, l3_off, action)
 }
 
 #[cfg(not(test))]

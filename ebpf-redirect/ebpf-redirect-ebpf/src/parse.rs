@@ -77,7 +77,7 @@ pub struct Packet {
 
 impl Packet {
     /// Nothing read yet.
-    const EMPTY: Packet = Packet {
+    pub const EMPTY: Packet = Packet {
         family: 0,
         protocol: 0,
         l4: L4::Plain,
@@ -104,6 +104,24 @@ pub fn packet(ctx: &TcContext) -> Result<Option<Packet>, i64> {
         l4(ctx, &mut p, false)?;
     }
     Ok(Some(p))
+}
+
+/// Parses an IP packet whose header starts at `off` (family from the version nibble) into
+/// `p`, for flow events: `Ok(false)` when it is not IPv4 or IPv6, `Err` when the IP header
+/// itself is truncated. A truncated L4 header leaves the ports zero instead of failing, so a
+/// drop event still names the addresses.
+#[inline(always)]
+pub fn ip_at(ctx: &TcContext, off: usize, p: &mut Packet) -> Result<bool, i64> {
+    let has_ports = match ctx.load::<u8>(off)? >> 4 {
+        4 => ipv4(ctx, off, p)?,
+        6 => ipv6(ctx, off, p)?,
+        _ => return Ok(false),
+    };
+    if has_ports && l4(ctx, p, false).is_err() {
+        p.src_port = [0; 2];
+        p.dst_port = [0; 2];
+    }
+    Ok(true)
 }
 
 /// Reads the IPv4 header at `off` into `p`; returns whether an L4 header follows (false for

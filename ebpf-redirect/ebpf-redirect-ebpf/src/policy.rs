@@ -19,7 +19,9 @@ use ebpf_redirect_common::{
     PEER_KEY_FIXED_BITS, PORT_KEY_FIXED_BITS,
 };
 
-use crate::{conntrack, count, parse};
+use ebpf_redirect_common::flows::{FLOW_REASON_POLICY_DENIED, FLOW_VERDICT_DROPPED};
+
+use crate::{conntrack, count, flows, parse};
 
 // Pinned by name like the other maps; sizes are defaults the loader may override.
 #[map]
@@ -118,8 +120,9 @@ pub fn denied(direction: u8) -> Verdict {
     }
 }
 
-/// One check point: `Some(TC_ACT_SHOT)` (counted) if the packet must be dropped, `None` to let
-/// the program go on. A frame that cannot be parsed is dropped where the direction is isolated.
+/// One check point: `Some(TC_ACT_SHOT)` (counted, and noted for the flow reporter)
+/// if the packet must be dropped, `None` to let the program go on. A frame that cannot be
+/// parsed is dropped where the direction is isolated.
 #[inline(always)]
 fn check(ctx: &TcContext, direction: u8, from_host: bool) -> Option<i32> {
     let endpoint = endpoint(ctx);
@@ -129,6 +132,10 @@ fn check(ctx: &TcContext, direction: u8, from_host: bool) -> Option<i32> {
         Err(_) => {
             if isolated(endpoint, direction) {
                 count(denied(direction));
+                flows::note(
+                    ctx,
+                    flows::drop_note(FLOW_VERDICT_DROPPED, FLOW_REASON_POLICY_DENIED, direction),
+                );
                 return Some(TC_ACT_SHOT as i32);
             }
             return None;
@@ -136,8 +143,12 @@ fn check(ctx: &TcContext, direction: u8, from_host: bool) -> Option<i32> {
     };
     match conntrack::judge(ctx, endpoint, direction, &packet, from_host) {
         conntrack::Judgement::Pass => None,
-        conntrack::Judgement::Deny(direction) => {
-            count(denied(direction));
+        conntrack::Judgement::Deny(denied_by) => {
+            count(denied(denied_by));
+            flows::note(
+                ctx,
+                flows::drop_note(FLOW_VERDICT_DROPPED, FLOW_REASON_POLICY_DENIED, denied_by),
+            );
             Some(TC_ACT_SHOT as i32)
         }
     }

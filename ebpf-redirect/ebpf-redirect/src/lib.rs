@@ -7,11 +7,12 @@
 //! Pin layout under `pin_dir`:
 //! * `REMOTE_V4`, `REMOTE_V6`, `LOCAL_V4`, `LOCAL_V6`, `CLUSTER_V4`, `CLUSTER_V6`,
 //!   `CONFIG`, `VERDICTS`, `SOURCE_V4`, `SOURCE_V6`, `POLICY_ISOLATION`, `POLICY_PEER_V4`,
-//!   `POLICY_PEER_V6`, `POLICY_PORT`, `POLICY_GENERATION`, `CONNTRACK` - maps (pinned by name
+//!   `POLICY_PEER_V6`, `POLICY_PORT`, `POLICY_GENERATION`, `CONNTRACK`, `FLOW_EVENTS`,
+//!   `FLOW_TABLE`, `FLOW_CONFIG`, `FLOW_LOST` ([`flows`]) - maps (pinned by name
 //!   by the loader; the per-node, policy and connection-tracking sizes in [`MapSizes`], see
 //!   [`sizes`]; a per-node map resized is filled before it serves, `carry.rs`).
-//! * `prog_from_pod`, `prog_to_pod`, `prog_underlay_egress`, `prog_underlay_egress_ip` -
-//!   programs.
+//! * `prog_from_pod`, `prog_to_pod`, `prog_underlay_egress`, `prog_underlay_egress_ip`,
+//!   `prog_flow_report` (tail-called through `FLOW_REPORT`, [`flows`]) - programs.
 //! * `link_egress_<ifname>` - the underlay's TCX link (kernel >= 6.6), or the record of
 //!   `to_pod`'s filter on a pod's host veth (the attached program, pinned under the
 //!   interface's name, [`pod`]).
@@ -52,6 +53,7 @@ use aya::{
 };
 mod carry;
 mod cls_bpf;
+pub mod flows;
 pub mod framing;
 mod guard;
 mod pod;
@@ -60,6 +62,7 @@ pub mod sizes;
 mod verdicts;
 
 pub use carry::Resized;
+pub use flows::FlowMaps;
 pub use framing::LinkFraming;
 pub use pod::{PodDatapath, PodSource};
 use pod::{PodProgram, SourceMaps};
@@ -90,6 +93,9 @@ pub const PROG_UNDERLAY_EGRESS: &str = "underlay_egress";
 /// Name of the guard program for links without a link-layer header (tun, WireGuard, ipip,
 /// sit, raw IP): tc sees their packets from the IP header on.
 pub const PROG_UNDERLAY_EGRESS_IP: &str = "underlay_egress_ip";
+
+/// Name of the flow reporter, tail-called by the other programs (never attached).
+pub const PROG_FLOW_REPORT: &str = "flow_report";
 
 /// Errors of the loader.
 ///
@@ -302,6 +308,7 @@ impl Datapath {
             PROG_TO_POD,
             PROG_UNDERLAY_EGRESS,
             PROG_UNDERLAY_EGRESS_IP,
+            PROG_FLOW_REPORT,
         ] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
@@ -316,6 +323,7 @@ impl Datapath {
             }
             prog.pin(&path)?;
         }
+        flows::install_reporter(dir)?;
         drop(ebpf); // everything we need is pinned now
         let mut dp = Self::adopt(dir)?;
         if let Some(counts) = counts {

@@ -20,6 +20,7 @@ use std::{fs, io, path::Path};
 
 use aya::maps::MapData;
 use ebpf_redirect_common::{
+    flows::{DEFAULT_FLOW_RING_BYTES, MAX_FLOWS},
     map_names as mn, MAX_CONNTRACK, MAX_POLICY_ISOLATION, MAX_POLICY_PEERS, MAX_POLICY_PORTS,
     VERDICT_COUNT,
 };
@@ -55,6 +56,18 @@ pub struct MapSizes {
     /// Each of `CLUSTER_V4` and `CLUSTER_V6` (the configured cluster CIDRs and one learned
     /// entry per peer pod CIDR of the family).
     pub cluster_cidrs: u32,
+    /// `FLOW_EVENTS`, in bytes: a power of two, at least a page (see [`ring_bytes`]).
+    pub flow_ring_bytes: u32,
+    /// `FLOW_TABLE` (an LRU: when full, the least recently used flow is forgotten and its next
+    /// packet is reported as a first packet again).
+    pub flow_table: u32,
+}
+
+/// The smallest size the kernel accepts for a ring buffer of at least `bytes` bytes: a power
+/// of two, at least one page (4 KiB assumed; larger pages round up the same way), at most
+/// 1 GiB.
+pub fn ring_bytes(bytes: u32) -> u32 {
+    bytes.clamp(4096, 1 << 30).next_power_of_two()
 }
 
 impl Default for MapSizes {
@@ -79,11 +92,13 @@ impl MapSizes {
             conntrack: MAX_CONNTRACK,
             remote_cidrs: remote,
             cluster_cidrs: remote.saturating_add(CONFIGURED_CLUSTER_SLACK),
+            flow_ring_bytes: DEFAULT_FLOW_RING_BYTES,
+            flow_table: MAX_FLOWS,
         }
     }
 
     /// Every map whose size this loader decides, with that size.
-    pub(crate) fn entries(&self) -> [(&'static str, u32); 10] {
+    pub(crate) fn entries(&self) -> [(&'static str, u32); 12] {
         [
             (mn::REMOTE_V4, self.remote_cidrs),
             (mn::REMOTE_V6, self.remote_cidrs),
@@ -95,6 +110,8 @@ impl MapSizes {
             (mn::POLICY_PEER_V6, self.policy_peers),
             (mn::POLICY_PORT, self.policy_ports),
             (mn::CONNTRACK, self.conntrack),
+            (mn::FLOW_EVENTS, ring_bytes(self.flow_ring_bytes)),
+            (mn::FLOW_TABLE, self.flow_table.max(1)),
         ]
     }
 }
@@ -147,6 +164,14 @@ mod tests {
         assert_eq!((small.remote_cidrs, small.cluster_cidrs), (6, 262));
         // Policy and conntrack keep their own defaults.
         assert_eq!(small.conntrack, MAX_CONNTRACK);
+    }
+
+    #[test]
+    fn ring_sizes_are_powers_of_two_of_at_least_a_page() {
+        assert_eq!(ring_bytes(0), 4096);
+        assert_eq!(ring_bytes(4097), 8192);
+        assert_eq!(ring_bytes(1 << 20), 1 << 20);
+        assert_eq!(ring_bytes(u32::MAX), 1 << 30);
     }
 
     #[test]

@@ -8,6 +8,12 @@ pub enum Request {
     Status,
     /// `rotate-key`: a key rotation, answered by a [`RotateOutcome`](super::RotateOutcome).
     RotateKey,
+    /// `flows` (the history, then EOF) or `flows follow` (the history, then every new line
+    /// until the client closes): one `FlowsResponse` JSON object per line.
+    Flows {
+        /// `flows follow`.
+        follow: bool,
+    },
 }
 
 /// A request line that names no request.
@@ -23,6 +29,8 @@ pub fn parse_request(line: &str) -> Result<Request, UnknownRequest> {
     match line.trim() {
         "status" => Ok(Request::Status),
         "rotate-key" => Ok(Request::RotateKey),
+        "flows" => Ok(Request::Flows { follow: false }),
+        "flows follow" => Ok(Request::Flows { follow: true }),
         other => Err(UnknownRequest {
             line: other.to_string(),
         }),
@@ -42,6 +50,16 @@ mod tests {
     fn requests_are_read_with_surrounding_whitespace() {
         assert_eq!(parse_request("status\n"), Ok(Request::Status));
         assert_eq!(parse_request(" rotate-key\r\n"), Ok(Request::RotateKey));
+        assert_eq!(
+            parse_request("flows\n"),
+            Ok(Request::Flows { follow: false })
+        );
+        assert_eq!(
+            parse_request("flows follow\n"),
+            Ok(Request::Flows { follow: true })
+        );
+        assert!(parse_request("flows  follow").is_err());
+        assert!(parse_request("flows tail").is_err());
         assert_eq!(
             parse_request("statuses\n"),
             Err(UnknownRequest {

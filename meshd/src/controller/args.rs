@@ -112,6 +112,9 @@ pub struct DaemonArgs {
     /// The CNI configuration meshd installs while the node takes pods.
     #[command(flatten)]
     pub cni: CniArgs,
+    /// Flow observability (`--flow-*`).
+    #[command(flatten)]
+    pub flows: crate::settings::FlowArgs,
     /// The user-space WireGuard datapath (`--wireguard-mode userspace`, or `auto` without the
     /// kernel module).
     #[command(flatten)]

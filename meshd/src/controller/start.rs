@@ -89,13 +89,15 @@ pub async fn run_with<R: Registry>(
 
     let status: SharedStatus = Arc::new(RwLock::new(None));
     let (commands_tx, commands) = mpsc::channel(16);
-    let control = tokio::spawn(control::serve(
+    let metrics = crate::metrics::Metrics::new();
+    let flows = crate::flows::daemon::service(&args.flows, &args.node_name, &metrics);
+    let control = tokio::spawn(control::serve_with_flows(
         args.control_socket.clone(),
         status.clone(),
         commands_tx,
+        flows.clone(),
     ));
     let heartbeat: crate::health::Heartbeat = Arc::new(RwLock::new(None));
-    let metrics = crate::metrics::Metrics::new();
     let health = spawn_health(&args, &status, &heartbeat, &metrics);
 
     // Published by a task of its own, retried until it lands: an API server that never
@@ -114,6 +116,15 @@ pub async fn run_with<R: Registry>(
         host_encryption: args.host_encryption,
     };
     let (policy, policy_task) = start_policy(&args, &*registry).unzip();
+    let flow_task = crate::flows::daemon::start(
+        &args.flows,
+        &args.bpf_pin_dir,
+        flows.as_ref(),
+        crate::flows::collector::Sources {
+            policy: policy.clone(),
+            status: status.clone(),
+        },
+    );
     let underlay_ifindex = links
         .index_of(&underlay_if)
         .await?
@@ -151,6 +162,9 @@ pub async fn run_with<R: Registry>(
     // Nothing is published after this (a --cleanup withdraw must be the last write).
     publisher.stop().await;
     control.abort();
+    if let Some(t) = flow_task {
+        t.abort();
+    }
     if let Some(t) = policy_task {
         // The maps stay pinned as written: the next meshd reconciles against them.
         t.abort();
@@ -329,9 +343,10 @@ async fn start_guard(
         args.listen_port,
         mode,
         &clusters,
-        &bpf::map_sizes(
+        &bpf::map_sizes_with_flows(
             args.max_nodes,
             super::trust::policy(args).max_pod_cidrs_per_family(),
+            args.flows.flow_ring_bytes,
         ),
     )
     .context("starting the tc eBPF datapath")?;

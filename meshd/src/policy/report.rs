@@ -38,6 +38,10 @@ pub struct PolicyReport {
     pub malformed: Vec<MalformedObject>,
     /// Refusals since start.
     pub malformed_total: u64,
+    /// The world as of the last batch, read-only, for flow enrichment (pods by address, the
+    /// policies isolating them). Not part of the status document.
+    #[serde(skip)]
+    pub world: std::sync::Arc<meshd_policy::World>,
 }
 
 /// One refused object.

@@ -174,6 +174,9 @@ impl<W: PolicyMapWriter> PolicyLoop<W> {
         report.policies = world.policies.len();
         report.namespaces = world.namespaces.len();
         report.pods_known = world.pods.len();
+        if *report.world != *world {
+            report.world = std::sync::Arc::new(world.clone());
+        }
         report.local_endpoints = self.endpoints.attached().len();
         // Counting means collecting every entry: at most once a second.
         if self

@@ -69,7 +69,7 @@ pub const V6: Family = Family {
 
 /// The lab: namespaces node, a, b; the datapath loaded, both programs on both host veths.
 pub struct Lab {
-    netns: Vec<NetnsGuard>,
+    pub netns: Vec<NetnsGuard>,
     pub pin_dir: PathBuf,
     pub dp: Datapath,
     /// Endpoint ids (host veth ifindexes) of A and B.

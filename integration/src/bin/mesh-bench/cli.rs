@@ -57,6 +57,10 @@ pub(crate) struct Args {
     /// Seconds over which idle CPU is measured with all peers configured.
     #[arg(long, default_value_t = 10)]
     pub(crate) idle_s: u64,
+    /// Only the cost of flow events: the `meshd` scenario with flow events off and on in each
+    /// round (`--rounds`), medians compared; fails when on < 95 % of off.
+    #[arg(long)]
+    pub(crate) flow_events_pair: bool,
     /// Print machine-readable JSON instead of the tables.
     #[arg(long)]
     pub(crate) json: bool,

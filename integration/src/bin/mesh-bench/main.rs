@@ -39,7 +39,8 @@
 //! One module per part: `cli` (the flags), `dataplane` (plain veth and the user-space tunnels,
 //! and running a scenario by name), `lab` (the scenarios on meshd's lab), `scale` (peer
 //! scale), `process` (finding binaries, running commands, the daemons under test), `stop`
-//! (SIGINT/SIGTERM) and `verdict` (which targets were missed, for the exit status).
+//! (SIGINT/SIGTERM), `verdict` (which targets were missed, for the exit status) and
+//! `flow_pair` (`--flow-events-pair`: throughput with flow events on against off).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -59,6 +60,7 @@ use crate::verdict::{run_verdict, RunVerdict};
 
 mod cli;
 mod dataplane;
+mod flow_pair;
 mod lab;
 mod process;
 mod scale;
@@ -172,6 +174,9 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     handle_signals("mesh-bench");
+    if args.flow_events_pair {
+        return run_flow_pair(&args);
+    }
     match run(&args) {
         Ok(report) => {
             if args.json {
@@ -194,6 +199,50 @@ fn main() -> ExitCode {
                     }
                     ExitCode::FAILURE
                 }
+            }
+        }
+        Err(e) => {
+            eprintln!("mesh-bench: {e:#}");
+            if stopping() {
+                ExitCode::from(130)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// `--flow-events-pair`: the pair, its text or JSON, and the exit status of its target.
+fn run_flow_pair(args: &Args) -> ExitCode {
+    let cfg = Cfg {
+        secs: args.duration_s.max(1),
+        pings: args.pings.max(1),
+        ping_interval_ms: args.ping_interval_ms.max(2),
+        peers: args.peers,
+        churn_samples: args.churn_samples,
+        idle: Duration::from_secs(args.idle_s.max(1)),
+        clk_tck: clock_ticks(),
+    };
+    match flow_pair::run(args, &cfg) {
+        Ok(pair) => {
+            if args.json {
+                match serde_json::to_string_pretty(&pair) {
+                    Ok(j) => println!("{j}"),
+                    Err(e) => eprintln!("mesh-bench: {e}"),
+                }
+            } else {
+                print!("{}", flow_pair::render(&pair));
+            }
+            if pair.passed {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!(
+                    "mesh-bench: flow events on below {:.0} % of off (1 stream {:.3}, 4 streams {:.3})",
+                    flow_pair::MIN_RATIO * 100.0,
+                    pair.ratio_1,
+                    pair.ratio_4
+                );
+                ExitCode::FAILURE
             }
         }
         Err(e) => {
