@@ -234,6 +234,65 @@ fn policy_drops_forwarded_flows_and_spoofed_sources_are_reported() {
     assert_eq!(flow["ingress_denied_by"][0]["name"], "deny-srv", "{line:#}");
     assert_eq!(flow["ingress_denied_by"][0]["namespace"], "fl");
 
+    // The operator's view of the same drop: `meshctl lab observe` merges the nodes' histories
+    // and filters them; its JSON lines are the stream lines, its table names the policy.
+    let observed = lab
+        .meshctl(&[
+            "lab",
+            "observe",
+            "--from",
+            "fl/client",
+            "--to",
+            "fl/server",
+            "--verdict",
+            "dropped",
+            "--reason",
+            "policy-denied",
+            "-o",
+            "json",
+        ])
+        .unwrap();
+    let lines: Vec<Value> = String::from_utf8(observed.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let drops: Vec<&Value> = lines.iter().filter(|l| l.get("flow").is_some()).collect();
+    assert!(
+        !drops.is_empty(),
+        "lab observe showed no policy drop: {lines:#?}"
+    );
+    for drop in &drops {
+        assert_eq!(drop["flow"]["verdict"], "DROPPED", "{drop:#}");
+        assert_eq!(
+            drop["flow"]["destination"]["pod_name"], "server",
+            "{drop:#}"
+        );
+    }
+    assert!(
+        drops
+            .iter()
+            .any(|d| d["flow"]["ingress_denied_by"][0]["name"] == "deny-srv"),
+        "{drops:#?}"
+    );
+    let table = lab
+        .meshctl(&[
+            "lab",
+            "observe",
+            "--to",
+            "fl/server",
+            "--verdict",
+            "dropped",
+            "--last",
+            "1",
+        ])
+        .unwrap();
+    let table = String::from_utf8(table.stdout).unwrap();
+    assert!(
+        table.contains("fl/server") && table.contains("deny-srv"),
+        "the table names the pod and the policy: {table}"
+    );
+
     // Spoofing: a default pod of n1 takes its neighbour's address and sends from it.
     let st = lab.status().unwrap();
     let mut on_n1 = st.pods_on("n1").filter(|p| !p.name.contains('/'));

@@ -24,12 +24,12 @@ pub mod collector;
 pub mod daemon;
 pub mod decode;
 pub mod enrich;
-pub mod flow_metrics;
-pub mod history;
 /// Which lines `meshctl observe` shows: its filter flags, checked, and `--last` (pure).
 pub mod filter;
+pub mod flow_metrics;
 /// The mesh as a Graphviz graph from status reports (`meshctl graph`; pure).
 pub mod graph;
+pub mod history;
 pub mod record;
 /// The one-line-per-flow table of `meshctl observe` (pure).
 pub mod render;
