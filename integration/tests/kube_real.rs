@@ -555,7 +555,7 @@ async fn meshd_needs_exactly_deploys_rbac() {
     hostile.addresses.push(stolen);
     for pod in [&b, &hostile] {
         let content = meshd::policy::endpoint_batch::encode("n2", [pod]);
-        endpoint_batches::write_batch(c.meshd.clone(), MESHD_NAMESPACE, "n2", content)
+        endpoint_batches::write_batch(c.meshd.clone(), MESHD_NAMESPACE, "n2", None, content)
             .await
             .unwrap();
     }
@@ -593,6 +593,13 @@ async fn meshd_needs_exactly_deploys_rbac() {
             .unwrap()
     })
     .await;
+    // Owned by its Node: the garbage collector deletes it with the Node.
+    let owner = &own_batch.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("Node", "n1"));
+    assert_eq!(
+        Some(&owner.uid),
+        c.nodes().get("n1").await.unwrap().metadata.uid.as_ref()
+    );
     let content = &own_batch.data.unwrap()[endpoint_batches::DATA_KEY];
     let decoded = meshd::policy::endpoint_batch::decode(content.as_bytes(), "n1").unwrap();
     assert_eq!(decoded.pods.len(), 1);

@@ -243,8 +243,10 @@ impl ObjectCache {
             ObjectEvent::ListDone(kind) => {
                 let listed = self.listing.remove(&kind).unwrap_or_default();
                 self.synced.insert(kind);
+                // Refused Pods are the own watch's (its list ends apart from the batches'):
+                // they go with their own removal or a good version.
                 self.malformed
-                    .retain(|r, _| r.kind != kind || listed.contains(r));
+                    .retain(|r, _| r.kind != kind || kind == Kind::Pod || listed.contains(r));
                 if kind == Kind::Pod {
                     let nodes = std::mem::take(&mut self.listing_nodes);
                     self.batch_refusals.retain(|n, _| nodes.contains(n));

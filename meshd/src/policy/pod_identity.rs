@@ -11,10 +11,12 @@
 //!   published before the own pods were listed once (an empty batch would withdraw them).
 //! * another node's batch is decoded and vetted against that node's pod CIDRs (its record):
 //!   refused entries and addresses are reported, never compiled. A batch whose node has no
-//!   known pod CIDRs yet is held back (reported) and tried again every [`RETRY`]. This node's
-//!   own batch, seen in the watch, is ignored: its own watch is the truth.
+//!   known pod CIDRs (not known yet, or gone: its CIDRs may go to another node) is held back,
+//!   its pods withdrawn meanwhile (reported), and tried again every [`RETRY`]. This node's own
+//!   batch, seen in the watch, is ignored: its own watch is the truth.
 //! * the Pod kind counts as listed (`ListDone(Pod)`) once both the own pods and the batches
-//!   have been listed: before, the policy loop writes nothing, so a restart opens no gap.
+//!   have been listed and no batch is held back (at most [`LIST_HOLD_MAX`]): before, the policy
+//!   loop writes nothing, so a restart opens no gap while the node records arrive.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -34,6 +36,8 @@ pub const DEBOUNCE: Duration = Duration::from_millis(100);
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// How often a batch held back (its node's pod CIDRs unknown) or a failed write is retried.
 pub const RETRY: Duration = Duration::from_secs(1);
+/// Longest the end of the Pod list waits for held-back batches (their nodes' records).
+pub const LIST_HOLD_MAX: Duration = Duration::from_secs(10);
 /// Capacity of the channel [`spawn`] returns.
 const CHANNEL_CAPACITY: usize = 4096;
 
@@ -130,9 +134,7 @@ impl PodIdentity {
                 self.own_synced = true;
                 self.dirty = true;
                 let mut out = vec![self.own_pods()];
-                if std::mem::take(&mut self.batches_done_waiting) {
-                    out.push(ObjectEvent::ListDone(Kind::Pod));
-                }
+                out.extend(self.finish_list(false));
                 out
             }
             ObjectEvent::Upsert(Object::Pod(pod)) => {
@@ -188,13 +190,9 @@ impl PodIdentity {
                 self.held_back.clear();
                 vec![ObjectEvent::ListStart(Kind::Pod)]
             }
-            BatchEvent::ListDone if self.own_synced => {
-                // This node's pods are sighted too: they are not in the batches' list.
-                vec![self.own_pods(), ObjectEvent::ListDone(Kind::Pod)]
-            }
             BatchEvent::ListDone => {
                 self.batches_done_waiting = true;
-                Vec::new()
+                self.finish_list(false)
             }
             BatchEvent::Upsert { node, .. }
             | BatchEvent::Unreadable { node, .. }
@@ -231,12 +229,15 @@ impl PodIdentity {
             }
         };
         let Some(cidrs) = (self.lookup)(&node) else {
+            // Nothing vouches for its addresses (a node not known yet, or gone and its CIDRs
+            // free for another): none of its pods stands meanwhile.
             self.held_back.insert(node.clone(), content);
-            return ObjectEvent::BatchRefused {
-                error: format!(
-                    "node {node:?} has no known record with pod CIDRs yet: its endpoint batch is held back and tried again"
-                ),
+            return ObjectEvent::NodePods {
+                refused: vec![format!(
+                    "node {node:?} has no known record with pod CIDRs: its endpoint batch is held back and tried again"
+                )],
                 node,
+                pods: Vec::new(),
             };
         };
         self.held_back.remove(&node);
@@ -248,13 +249,40 @@ impl PodIdentity {
         }
     }
 
-    /// Tries the held-back batches again; returns what they make now.
-    pub fn retry_held_back(&mut self) -> Vec<ObjectEvent> {
+    /// Tries the held-back batches again; returns what those now vouched for make, then the
+    /// end of the Pod list if it was waiting for them (or `force`: waited long enough).
+    pub fn retry_held_back(&mut self, force: bool) -> Vec<ObjectEvent> {
         let held = std::mem::take(&mut self.held_back);
-        held.into_iter()
-            .map(|(node, content)| self.read_batch(node, content))
-            .filter(|event| !matches!(event, ObjectEvent::BatchRefused { .. }))
-            .collect()
+        let mut out = Vec::new();
+        for (node, content) in held {
+            if (self.lookup)(&node).is_some() {
+                out.push(self.read_batch(node, content));
+            } else {
+                self.held_back.insert(node, content);
+            }
+        }
+        out.extend(self.finish_list(force));
+        out
+    }
+
+    /// The end of the Pod list, once both lists are complete and no batch is held back (or
+    /// `force`).
+    fn finish_list(&mut self, force: bool) -> Vec<ObjectEvent> {
+        if self.batches_done_waiting
+            && self.own_synced
+            && (self.held_back.is_empty() || force)
+        {
+            self.batches_done_waiting = false;
+            // This node's pods are sighted too: they are not in the batches' list.
+            vec![self.own_pods(), ObjectEvent::ListDone(Kind::Pod)]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Whether the end of the Pod list waits for held-back batches.
+    pub fn list_waiting(&self) -> bool {
+        self.batches_done_waiting
     }
 
     /// Whether batches are held back.
@@ -305,6 +333,8 @@ pub fn spawn(
         let mut write_at: Option<Instant> = None;
         let mut last_write: Option<Instant> = None;
         let mut retry_at: Option<Instant> = None;
+        // Since when the end of the Pod list has waited for held-back batches.
+        let mut list_waiting_since: Option<Instant> = None;
         loop {
             let wake = [write_at, retry_at].into_iter().flatten().min();
             let event = tokio::select! {
@@ -320,9 +350,18 @@ pub fn spawn(
                 None => Vec::new(),
             };
             let now = Instant::now();
+            if stage.list_waiting() {
+                list_waiting_since.get_or_insert(now);
+            } else {
+                list_waiting_since = None;
+            }
             if retry_at.is_some_and(|at| at <= now) {
                 retry_at = None;
-                out.extend(stage.retry_held_back());
+                let force = list_waiting_since.is_some_and(|since| now >= since + LIST_HOLD_MAX);
+                if force {
+                    tracing::warn!("some nodes' endpoint batches are still held back (no known record): the pod list ends without them");
+                }
+                out.extend(stage.retry_held_back(force));
             }
             if stage.holding_back() && retry_at.is_none() {
                 retry_at = Some(now + RETRY);

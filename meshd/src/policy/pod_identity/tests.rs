@@ -186,15 +186,35 @@ fn a_batch_of_an_unknown_node_is_held_back_and_taken_up_later() {
     listed(&mut n, vec![], vec![batch("n9", &[pod("n9", "z", "10.244.9.2")])]);
     assert!(n.pods().is_empty());
     assert!(n.stage.holding_back());
-    assert!(n.stage.retry_held_back().is_empty(), "still unknown");
+    // The pod list waits for it (the loop writes nothing meanwhile).
+    assert!(n.stage.list_waiting());
+    assert!(n.stage.retry_held_back(false).is_empty(), "still unknown");
     *known.lock().unwrap() = true;
-    for event in n.stage.retry_held_back() {
+    let events = n.stage.retry_held_back(false);
+    assert!(matches!(events.last(), Some(ObjectEvent::ListDone(Kind::Pod))), "{events:?}");
+    for event in events {
         for change in n.cache.apply(n.compiler.world(), event) {
             n.compiler.apply(change);
         }
     }
     assert_eq!(n.pods().len(), 1);
     assert!(!n.stage.holding_back());
+    assert!(!n.stage.list_waiting());
+    // Its record gone (its CIDRs free for another node): its pods are withdrawn, held back.
+    *known.lock().unwrap() = false;
+    n.feed([batch("n9", &[pod("n9", "z", "10.244.9.2")])]);
+    assert!(n.pods().is_empty());
+    assert!(n.cache.batch_refusals()["n9"][0].contains("no known record"));
+    // A list that cannot wait any longer ends without it.
+    n.feed([
+        SourceEvent::Batch(BatchEvent::ListStart),
+        batch("n9", &[pod("n9", "z", "10.244.9.2")]),
+        SourceEvent::Batch(BatchEvent::ListDone),
+    ]);
+    assert!(n.stage.list_waiting());
+    let events = n.stage.retry_held_back(true);
+    assert!(matches!(events.last(), Some(ObjectEvent::ListDone(Kind::Pod))), "{events:?}");
+    assert!(n.stage.holding_back());
 }
 
 #[test]

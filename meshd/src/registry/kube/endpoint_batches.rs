@@ -66,21 +66,28 @@ pub fn config_map_name(node: &str) -> String {
 }
 
 /// Writes node `node`'s batch into its ConfigMap in `namespace`: a merge patch of the data and
-/// the label, or, when the ConfigMap does not exist yet, its creation.
+/// the label, or, when the ConfigMap does not exist yet, its creation. With `node_uid` (the
+/// `Node`'s `metadata.uid`) the ConfigMap is owned by the `Node`: the garbage collector deletes
+/// it with the `Node`, so a node that leaves takes its pods with it.
 pub async fn write_batch(
     client: Client,
     namespace: &str,
     node: &str,
+    node_uid: Option<&str>,
     content: String,
 ) -> Result<(), kube::Error> {
     let api: Api<ConfigMap> = Api::namespaced(client, namespace);
     let name = config_map_name(node);
-    let object = json!({
+    let mut object = json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {"name": name, "labels": {BATCH_LABEL: node}},
         "data": {DATA_KEY: content},
     });
+    if let Some(uid) = node_uid {
+        object["metadata"]["ownerReferences"] =
+            json!([{"apiVersion": "v1", "kind": "Node", "name": node, "uid": uid}]);
+    }
     let params = PatchParams::default();
     match api.patch(&name, &params, &Patch::Merge(&object)).await {
         Ok(_) => Ok(()),

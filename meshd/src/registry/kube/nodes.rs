@@ -359,16 +359,35 @@ impl Registry for KubeRegistry {
             self.batch_namespace.clone(),
             node.to_owned(),
         );
+        // The own Node's uid, read once, makes the batch the Node's (deleted with it).
+        let node_uid = std::sync::Arc::new(tokio::sync::Mutex::new(None::<String>));
         Ok(pod_identity::spawn(
             node,
             pod_identity::merge_sources(objects, batches),
             Box::new(move |n| cidrs.get(n)),
             Box::new(move |content| {
                 let (client, namespace, node) = (client.clone(), namespace.clone(), writer.clone());
+                let node_uid = node_uid.clone();
                 Box::pin(async move {
-                    super::endpoint_batches::write_batch(client, &namespace, &node, content)
-                        .await
-                        .map_err(|e| format!("{:#}", anyhow::Error::new(e)))
+                    let mut uid = node_uid.lock().await;
+                    if uid.is_none() {
+                        let nodes: Api<Node> = Api::all(client.clone());
+                        match nodes.get(&node).await {
+                            Ok(n) => uid.clone_from(&n.metadata.uid),
+                            Err(error) => {
+                                tracing::debug!(%error, "reading the own Node's uid failed; the endpoint batch is written without an owner");
+                            }
+                        }
+                    }
+                    super::endpoint_batches::write_batch(
+                        client,
+                        &namespace,
+                        &node,
+                        uid.as_deref(),
+                        content,
+                    )
+                    .await
+                    .map_err(|e| format!("{:#}", anyhow::Error::new(e)))
                 })
             }),
         ))
