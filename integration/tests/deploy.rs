@@ -1117,7 +1117,10 @@ fn endpoint_batch_policy_lets_meshd_write_only_its_own_nodes_batch() {
     let other = batch("meshd-endpoints-n2", Some("n2"));
     for op in ["CREATE", "UPDATE"] {
         let r = request(MESHD, Some(&["n1"]), op, "meshd-endpoints-n2", "");
-        denied(policy.evaluate(&r, &other, &other), "own node's endpoint batch");
+        denied(
+            policy.evaluate(&r, &other, &other),
+            "own node's endpoint batch",
+        );
     }
     // Its own name but labelled for another node, or not labelled.
     denied(

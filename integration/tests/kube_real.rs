@@ -20,8 +20,8 @@ use keyexchange::{NodeRecord, PublicKey};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::Client;
 use meshd::registry::kube::annotations as kreg;
-use meshd::registry::kube::endpoint_batches;
 use meshd::registry::kube::client::client;
+use meshd::registry::kube::endpoint_batches;
 use meshd::registry::{KubeRegistry, Registry, RegistryEvent};
 use serde_json::json;
 use tokio::sync::mpsc::Receiver;
@@ -538,9 +538,9 @@ async fn meshd_needs_exactly_deploys_rbac() {
     let record2 = c.record(2).await;
     c.registry("n2").publish(&record2).await.unwrap();
     let own_v4 = |r: &NodeRecord| match r.pod_cidrs[0] {
-        ipnet::IpNet::V4(net) => std::net::IpAddr::from(
-            (u32::from(net.network()) + 5).to_be_bytes(),
-        ),
+        ipnet::IpNet::V4(net) => {
+            std::net::IpAddr::from((u32::from(net.network()) + 5).to_be_bytes())
+        }
         other => panic!("{other}"),
     };
     let (b_address, stolen) = (own_v4(&record2), own_v4(&record));

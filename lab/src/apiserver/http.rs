@@ -207,7 +207,10 @@ impl Selector {
                 split_eq(term).ok_or_else(|| bad(format!("invalid field selector {term:?}")))?;
             // `spec.nodeName` is a field label of Pods only (as on a real API server); here it
             // simply matches nothing else.
-            if !matches!(field, "metadata.name" | "metadata.namespace" | "spec.nodeName") {
+            if !matches!(
+                field,
+                "metadata.name" | "metadata.namespace" | "spec.nodeName"
+            ) {
                 return Err(bad(format!("field label not supported: {field}")));
             }
             fields.push((field.to_string(), eq, value.to_string()));

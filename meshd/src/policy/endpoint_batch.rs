@@ -224,7 +224,9 @@ fn pod_of(entry: WirePod, table: &[Labels], node: &str) -> Result<Pod, String> {
             format!("pod {key}: port {name:?} has protocol {protocol}, not TCP, UDP or SCTP")
         })?;
         if number == 0 || name.is_empty() || name.len() > 15 {
-            return Err(format!("pod {key}: named port {name:?} ({number}) is invalid"));
+            return Err(format!(
+                "pod {key}: named port {name:?} ({number}) is invalid"
+            ));
         }
         named_ports.insert(name, NamedPort { protocol, number });
     }

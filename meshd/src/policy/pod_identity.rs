@@ -268,10 +268,7 @@ impl PodIdentity {
     /// The end of the Pod list, once both lists are complete and no batch is held back (or
     /// `force`).
     fn finish_list(&mut self, force: bool) -> Vec<ObjectEvent> {
-        if self.batches_done_waiting
-            && self.own_synced
-            && (self.held_back.is_empty() || force)
-        {
+        if self.batches_done_waiting && self.own_synced && (self.held_back.is_empty() || force) {
             self.batches_done_waiting = false;
             // This node's pods are sighted too: they are not in the batches' list.
             vec![self.own_pods(), ObjectEvent::ListDone(Kind::Pod)]

@@ -108,7 +108,10 @@ fn agent_pod_ips(registry: &Path, node: &str, j: u32) -> anyhow::Result<Vec<std:
         })
         .with_context(|| format!("{node} has no IPv4 pod CIDR"))?;
     let host = u32::from(v4.network()) + 200 + j;
-    anyhow::ensure!(v4.contains(&std::net::Ipv4Addr::from(host)), "{node}'s block is too small");
+    anyhow::ensure!(
+        v4.contains(&std::net::Ipv4Addr::from(host)),
+        "{node}'s block is too small"
+    );
     Ok(vec![std::net::Ipv4Addr::from(host).into()])
 }
 
@@ -147,9 +150,8 @@ pub(crate) fn pods(run: &Run<'_>, pods_per_node: u32) -> anyhow::Result<PodsResu
     let total = (sim_pods + agent_pods) as usize;
     let mut distributed_s = None::<f64>;
     for a in &run.agents {
-        let held = |st: &crate::agents::Status| {
-            st.policy.as_ref().is_some_and(|p| p.pods_known >= total)
-        };
+        let held =
+            |st: &crate::agents::Status| st.policy.as_ref().is_some_and(|p| p.pods_known >= total);
         match wait_status(a, t, DISTRIBUTED, Duration::from_millis(500), held) {
             Ok(took) => {
                 let s = took.as_secs_f64();

@@ -22,7 +22,10 @@ fn pod(ns: &str, name: &str, app: &str, ips: &[&str]) -> Pod {
 }
 
 fn cidrs() -> Vec<IpNet> {
-    vec!["10.244.2.0/24".parse().unwrap(), "fd00:2::/64".parse().unwrap()]
+    vec![
+        "10.244.2.0/24".parse().unwrap(),
+        "fd00:2::/64".parse().unwrap(),
+    ]
 }
 
 #[test]
@@ -108,13 +111,21 @@ fn an_address_outside_the_publishers_pod_cidrs_is_refused_alone() {
         pod("x", "mine", "a", &["10.244.2.2", "fd00:2::2"]),
         pod("x", "hijack", "a", &["10.244.1.7", "fd00:2::7"]),
     ];
-    let vetted = vet(decode(encode("n2", &pods).as_bytes(), "n2").unwrap(), "n2", &cidrs());
+    let vetted = vet(
+        decode(encode("n2", &pods).as_bytes(), "n2").unwrap(),
+        "n2",
+        &cidrs(),
+    );
     assert_eq!(vetted.pods[0].addresses, pods[1].addresses[1..]);
     assert_eq!(vetted.pods[1].addresses, pods[0].addresses);
     assert_eq!(vetted.refused.len(), 1);
     assert!(vetted.refused[0].contains("10.244.1.7") && vetted.refused[0].contains("n2"));
     // A node without pod CIDRs vouches for no address.
-    let vetted = vet(decode(encode("n2", &pods).as_bytes(), "n2").unwrap(), "n2", &[]);
+    let vetted = vet(
+        decode(encode("n2", &pods).as_bytes(), "n2").unwrap(),
+        "n2",
+        &[],
+    );
     assert!(vetted.pods.iter().all(|p| p.addresses.is_empty()));
     assert_eq!(vetted.refused.len(), 4);
 }

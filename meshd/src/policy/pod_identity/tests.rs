@@ -73,7 +73,11 @@ fn batch(node: &str, pods: &[Pod]) -> SourceEvent {
 
 fn listed(node: &mut Node, own_pods: Vec<Pod>, batches: Vec<SourceEvent>) {
     let mut events = vec![own(ObjectEvent::ListStart(Kind::Pod))];
-    events.extend(own_pods.into_iter().map(|p| own(ObjectEvent::Upsert(Object::Pod(p)))));
+    events.extend(
+        own_pods
+            .into_iter()
+            .map(|p| own(ObjectEvent::Upsert(Object::Pod(p)))),
+    );
     events.push(own(ObjectEvent::ListDone(Kind::Pod)));
     events.push(SourceEvent::Batch(BatchEvent::ListStart));
     events.extend(batches);
@@ -86,9 +90,17 @@ fn own_pods_and_batches_make_the_world_and_the_pod_list_waits_for_both() {
     let mut n = Node::new();
     n.feed([
         own(ObjectEvent::ListStart(Kind::Pod)),
-        own(ObjectEvent::Upsert(Object::Pod(pod("n1", "a", "10.244.1.2")))),
+        own(ObjectEvent::Upsert(Object::Pod(pod(
+            "n1",
+            "a",
+            "10.244.1.2",
+        )))),
         // Another node's pod in the own watch (a source without a field selector): ignored.
-        own(ObjectEvent::Upsert(Object::Pod(pod("n2", "stray", "10.244.2.9")))),
+        own(ObjectEvent::Upsert(Object::Pod(pod(
+            "n2",
+            "stray",
+            "10.244.2.9",
+        )))),
         SourceEvent::Batch(BatchEvent::ListStart),
         batch("n2", &[pod("n2", "b", "10.244.2.2")]),
         SourceEvent::Batch(BatchEvent::ListDone),
@@ -100,24 +112,47 @@ fn own_pods_and_batches_make_the_world_and_the_pod_list_waits_for_both() {
         ]);
     }
     assert!(!n.cache.synced(), "the own pods are not listed yet");
-    assert_eq!(n.stage.due(), None, "nothing is published before the own list");
+    assert_eq!(
+        n.stage.due(),
+        None,
+        "nothing is published before the own list"
+    );
     n.feed([own(ObjectEvent::ListDone(Kind::Pod))]);
     assert!(n.cache.synced());
     assert_eq!(
         n.pods(),
         [
-            ("x/a".into(), "n1".into(), vec!["10.244.1.2".parse().unwrap()]),
-            ("x/b".into(), "n2".into(), vec!["10.244.2.2".parse().unwrap()]),
+            (
+                "x/a".into(),
+                "n1".into(),
+                vec!["10.244.1.2".parse().unwrap()]
+            ),
+            (
+                "x/b".into(),
+                "n2".into(),
+                vec!["10.244.2.2".parse().unwrap()]
+            ),
         ]
     );
     // The own batch is due once, then not again while nothing changes.
     let content = n.stage.due().expect("due after the own list");
-    assert!(content.contains("\"name\":\"a\"") && !content.contains("stray"), "{content}");
+    assert!(
+        content.contains("\"name\":\"a\"") && !content.contains("stray"),
+        "{content}"
+    );
     n.stage.written(content);
     assert_eq!(n.stage.due(), None);
     // An own pod changing the same way twice makes one new content.
-    n.feed([own(ObjectEvent::Upsert(Object::Pod(pod("n1", "c", "10.244.1.3"))))]);
-    n.feed([own(ObjectEvent::Upsert(Object::Pod(pod("n1", "c", "10.244.1.3"))))]);
+    n.feed([own(ObjectEvent::Upsert(Object::Pod(pod(
+        "n1",
+        "c",
+        "10.244.1.3",
+    ))))]);
+    n.feed([own(ObjectEvent::Upsert(Object::Pod(pod(
+        "n1",
+        "c",
+        "10.244.1.3",
+    ))))]);
     assert!(n.stage.due().unwrap().contains("\"name\":\"c\""));
 }
 
@@ -165,7 +200,10 @@ fn a_hostile_batch_claims_neither_foreign_addresses_nor_foreign_pods() {
         node: "n3".into(),
         content: b"garbage".to_vec(),
     })]);
-    assert_eq!(n.compiler.world().pods[&PodKey::new("x", "fine")].node, "n3");
+    assert_eq!(
+        n.compiler.world().pods[&PodKey::new("x", "fine")].node,
+        "n3"
+    );
     assert!(n.cache.batch_refusals()["n3"][0].contains("not valid JSON"));
     // A batch removed takes its pods away.
     n.feed([SourceEvent::Batch(BatchEvent::Remove("n3".into()))]);
@@ -183,7 +221,11 @@ fn a_batch_of_an_unknown_node_is_held_back_and_taken_up_later() {
             (node == "n9" && *flag.lock().unwrap()).then(|| vec!["10.244.9.0/24".parse().unwrap()])
         }),
     );
-    listed(&mut n, vec![], vec![batch("n9", &[pod("n9", "z", "10.244.9.2")])]);
+    listed(
+        &mut n,
+        vec![],
+        vec![batch("n9", &[pod("n9", "z", "10.244.9.2")])],
+    );
     assert!(n.pods().is_empty());
     assert!(n.stage.holding_back());
     // The pod list waits for it (the loop writes nothing meanwhile).
@@ -191,7 +233,10 @@ fn a_batch_of_an_unknown_node_is_held_back_and_taken_up_later() {
     assert!(n.stage.retry_held_back(false).is_empty(), "still unknown");
     *known.lock().unwrap() = true;
     let events = n.stage.retry_held_back(false);
-    assert!(matches!(events.last(), Some(ObjectEvent::ListDone(Kind::Pod))), "{events:?}");
+    assert!(
+        matches!(events.last(), Some(ObjectEvent::ListDone(Kind::Pod))),
+        "{events:?}"
+    );
     for event in events {
         for change in n.cache.apply(n.compiler.world(), event) {
             n.compiler.apply(change);
@@ -213,7 +258,10 @@ fn a_batch_of_an_unknown_node_is_held_back_and_taken_up_later() {
     ]);
     assert!(n.stage.list_waiting());
     let events = n.stage.retry_held_back(true);
-    assert!(matches!(events.last(), Some(ObjectEvent::ListDone(Kind::Pod))), "{events:?}");
+    assert!(
+        matches!(events.last(), Some(ObjectEvent::ListDone(Kind::Pod))),
+        "{events:?}"
+    );
     assert!(n.stage.holding_back());
 }
 
@@ -239,7 +287,11 @@ fn a_relist_of_the_batches_removes_the_pods_of_vanished_nodes_and_keeps_the_own(
     let names: Vec<String> = n.pods().into_iter().map(|(k, _, _)| k).collect();
     assert_eq!(names, ["x/a", "x/b"]);
     // An own pod deleted.
-    n.feed([own(ObjectEvent::Remove(ObjectRef::namespaced(Kind::Pod, "x", "a")))]);
+    n.feed([own(ObjectEvent::Remove(ObjectRef::namespaced(
+        Kind::Pod,
+        "x",
+        "a",
+    )))]);
     let names: Vec<String> = n.pods().into_iter().map(|(k, _, _)| k).collect();
     assert_eq!(names, ["x/b"]);
 }
@@ -269,7 +321,11 @@ async fn a_burst_of_own_pods_costs_one_write() {
     for i in 0..30 {
         let ip = format!("10.244.1.{}", i + 2);
         raw_tx
-            .send(own(ObjectEvent::Upsert(Object::Pod(pod("n1", &format!("p{i}"), &ip)))))
+            .send(own(ObjectEvent::Upsert(Object::Pod(pod(
+                "n1",
+                &format!("p{i}"),
+                &ip,
+            )))))
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(2)).await;

@@ -43,7 +43,10 @@ pub struct PodCidrCache(Arc<RwLock<HashMap<String, Vec<IpNet>>>>);
 impl PodCidrCache {
     /// Node `node`'s pod CIDRs are `cidrs` (`None`: the node is gone or its record refused).
     pub fn set(&self, node: &str, cidrs: Option<Vec<IpNet>>) {
-        let mut map = self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match cidrs {
             Some(cidrs) => map.insert(node.to_owned(), cidrs),
             None => map.remove(node),
@@ -94,7 +97,9 @@ pub async fn write_batch(
         Err(kube::Error::Api(status)) if status.code == 404 => {
             let config_map: ConfigMap =
                 serde_json::from_value(object).map_err(kube::Error::SerdeError)?;
-            api.create(&PostParams::default(), &config_map).await.map(drop)
+            api.create(&PostParams::default(), &config_map)
+                .await
+                .map(drop)
         }
         Err(error) => Err(error),
     }
@@ -147,21 +152,19 @@ pub fn translate(event: Event<ConfigMap>) -> Option<BatchEvent> {
         Event::InitDone => Some(BatchEvent::ListDone),
         Event::InitApply(cm) | Event::Apply(cm) => {
             let node = node_of(&cm)?;
-            Some(
-                match cm.data.as_ref().and_then(|data| data.get(DATA_KEY)) {
-                    Some(content) => BatchEvent::Upsert {
-                        node,
-                        content: content.clone().into_bytes(),
-                    },
-                    None => BatchEvent::Unreadable {
-                        error: format!(
-                            "ConfigMap {} has no data key {DATA_KEY:?}",
-                            config_map_name(&node)
-                        ),
-                        node,
-                    },
+            Some(match cm.data.as_ref().and_then(|data| data.get(DATA_KEY)) {
+                Some(content) => BatchEvent::Upsert {
+                    node,
+                    content: content.clone().into_bytes(),
                 },
-            )
+                None => BatchEvent::Unreadable {
+                    error: format!(
+                        "ConfigMap {} has no data key {DATA_KEY:?}",
+                        config_map_name(&node)
+                    ),
+                    node,
+                },
+            })
         }
         Event::Delete(cm) => node_of(&cm).map(BatchEvent::Remove),
     }
@@ -171,7 +174,10 @@ fn node_of(cm: &ConfigMap) -> Option<String> {
     let name = cm.metadata.name.as_deref()?;
     let node = name.strip_prefix(NAME_PREFIX).filter(|n| !n.is_empty());
     if node.is_none() {
-        tracing::debug!(name, "a ConfigMap with the batch label but not a batch's name; ignored");
+        tracing::debug!(
+            name,
+            "a ConfigMap with the batch label but not a batch's name; ignored"
+        );
     }
     node.map(str::to_owned)
 }
