@@ -176,6 +176,9 @@ pub struct ObjectCache {
     batch_refusals: BTreeMap<String, Vec<String>>,
     /// Pods a node claimed while another node held them: taken up when the holder lets go.
     contested: BTreeMap<PodKey, Pod>,
+    /// For each node, at least as many pods as the world holds for it: a node's new pod set
+    /// that matches that many known pods removes none, and needs no walk of the world.
+    node_counts: BTreeMap<String, usize>,
 }
 
 impl ObjectCache {
@@ -223,6 +226,9 @@ impl ObjectCache {
                 Vec::new()
             }
             ObjectEvent::Upsert(object) => {
+                if let Object::Pod(pod) = &object {
+                    *self.node_counts.entry(pod.node.clone()).or_default() += 1;
+                }
                 let reference = object.reference();
                 self.sighted(&reference);
                 self.malformed.remove(&reference);
@@ -251,7 +257,7 @@ impl ObjectCache {
                     let nodes = std::mem::take(&mut self.listing_nodes);
                     self.batch_refusals.retain(|n, _| nodes.contains(n));
                     self.contested.retain(|_, p| nodes.contains(&p.node));
-                    return world
+                    let removals: Vec<Change> = world
                         .pods
                         .values()
                         .filter(|p| !nodes.contains(&p.node))
@@ -259,6 +265,14 @@ impl ObjectCache {
                         .filter(|r| !listed.contains(r))
                         .filter_map(|r| remove(world, &r))
                         .collect();
+                    // Counted again from what stays (a list is rare).
+                    self.node_counts.clear();
+                    for pod in world.pods.values() {
+                        if !removals.contains(&Change::RemovePod(pod.key.clone())) {
+                            *self.node_counts.entry(pod.node.clone()).or_default() += 1;
+                        }
+                    }
+                    return removals;
                 }
                 known(world, kind)
                     .filter(|r| !listed.contains(r))
@@ -281,6 +295,8 @@ impl ObjectCache {
         }
         let mut changes = Vec::new();
         let mut claimed = BTreeSet::new();
+        // Pods of the set the world already holds for this node.
+        let mut matched = 0;
         self.contested.retain(|_, p| p.node != node);
         for pod in pods {
             claimed.insert(pod.key.clone());
@@ -291,19 +307,36 @@ impl ObjectCache {
                         pod.key, held.node
                     ));
                     self.contested.insert(pod.key.clone(), pod);
+                    claimed.remove(&held.key);
                 }
-                Some(held) if *held == pod => {}
-                _ => changes.push(Change::UpsertPod(pod)),
+                Some(held) => {
+                    matched += 1;
+                    if *held != pod {
+                        changes.push(Change::UpsertPod(pod));
+                    }
+                }
+                None => changes.push(Change::UpsertPod(pod)),
             }
         }
-        // What the node no longer has: gone, or handed to a node that claimed it meanwhile.
-        for (key, pod) in &world.pods {
-            if pod.node == node && !claimed.contains(key) {
-                match self.contested.remove(key) {
-                    Some(next) => changes.push(Change::UpsertPod(next)),
-                    None => changes.push(Change::RemovePod(key.clone())),
+        // What the node no longer has (only if it had more than it kept): gone, or handed to
+        // a node that claimed it meanwhile.
+        if matched < self.node_counts.get(&node).copied().unwrap_or(0) {
+            for (key, pod) in &world.pods {
+                if pod.node == node && !claimed.contains(key) {
+                    match self.contested.remove(key) {
+                        Some(next) => {
+                            *self.node_counts.entry(next.node.clone()).or_default() += 1;
+                            changes.push(Change::UpsertPod(next));
+                        }
+                        None => changes.push(Change::RemovePod(key.clone())),
+                    }
                 }
             }
+        }
+        if claimed.is_empty() {
+            self.node_counts.remove(&node);
+        } else {
+            self.node_counts.insert(node.clone(), claimed.len());
         }
         self.note_refusals(node, refused);
         changes
