@@ -193,19 +193,22 @@ impl Report {
                 WRITES_PER_ROTATION,
                 rotation.is_some_and(|r| r.error.is_some()),
             ),
-            target(
+        ];
+        // Pod identity, when its phase ran.
+        if let Some(p) = &self.pods {
+            self.targets.push(target(
                 "watch events per agent per pod creation",
-                self.pods.as_ref().map(|p| p.watch_events_per_agent_per_pod),
+                Some(p.watch_events_per_agent_per_pod),
                 POD_EVENTS_PER_AGENT,
                 false,
-            ),
-            target(
+            ));
+            self.targets.push(target(
                 "meshd + datapath RSS holding every pod (MiB, largest agent)",
-                self.pods.as_ref().and_then(|p| p.agent_rss_mib),
+                p.agent_rss_mib,
                 RSS_MIB,
                 false,
-            ),
-        ];
+            ));
+        }
     }
 
     /// The targets missed.
@@ -386,5 +389,29 @@ mod tests {
         r.judge();
         let v: Vec<&str> = r.targets.iter().map(|t| t.verdict).collect();
         assert_eq!(v, ["PASS", "FAIL", "n/a", "PASS", "PASS"]);
+    }
+
+    #[test]
+    fn the_pod_phase_adds_its_two_targets() {
+        let mut r = Report {
+            pods: Some(PodsResult {
+                watch_events_per_agent_per_pod: 1.0 / 30.0,
+                agent_rss_mib: Some(298.0),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        r.judge();
+        let pods: Vec<(&str, &str)> = r.targets[5..].iter().map(|t| (t.name, t.verdict)).collect();
+        assert_eq!(
+            pods,
+            [
+                ("watch events per agent per pod creation", "PASS"),
+                (
+                    "meshd + datapath RSS holding every pod (MiB, largest agent)",
+                    "FAIL"
+                ),
+            ]
+        );
     }
 }
