@@ -123,7 +123,8 @@ fn check(r: &Rendered, encryption: Encryption) {
 
     // RBAC: exactly the calls meshd makes (KubeRegistry: get/list/watch/patch nodes; the Node
     // condition: patch nodes/status; the policy objects: list/watch pods, namespaces and
-    // networkpolicies; settings watcher: list/watch its ConfigMap by name; a fresh
+    // networkpolicies (pods: the node's own, by field selector); settings watcher and endpoint
+    // batches: list/watch ConfigMaps in meshd's namespace, create/patch the own batch; a fresh
     // Recorder per Event: create events.k8s.io Events, never patch). kubernetes_lab.rs checks
     // these rules against the requests meshd makes to the test API server in a lab run.
     assert_eq!(r.cluster_roles.len(), 1);
@@ -159,11 +160,14 @@ fn check(r: &Rendered, encryption: Encryption) {
             (
                 named("meshd-system", "meshd"),
                 BTreeSet::from([
+                    // The settings (by name) and every node's endpoint batch (by label:
+                    // not limited by resourceNames), and the node's own batch written (the
+                    // node-identity admission policy holds it to its own name).
                     rule(
                         &[""],
                         &["configmaps"],
-                        &["meshd-config"],
-                        &["list", "watch"]
+                        &[],
+                        &["list", "watch", "create", "patch"]
                     ),
                     rule(&["events.k8s.io"], &["events"], &[], &["create"]),
                 ])
@@ -742,20 +746,25 @@ fn check_address_plan(r: &Rendered, meshd: &Container, args: &[String]) {
 
 /// The node-identity ValidatingAdmissionPolicy and its Deny binding are rendered.
 fn check_node_identity(r: &Rendered) {
-    assert_eq!(r.admission_policies.len(), 1);
-    assert_eq!(r.admission_policy_bindings.len(), 1);
-    let policy = &r.admission_policies[0];
-    assert_eq!(
-        policy["apiVersion"].as_str(),
-        Some("admissionregistration.k8s.io/v1")
-    );
-    assert_eq!(policy["spec"]["failurePolicy"].as_str(), Some("Fail"));
-    let binding = &r.admission_policy_bindings[0];
-    assert_eq!(binding["spec"]["policyName"], policy["metadata"]["name"]);
-    assert_eq!(
-        binding["spec"]["validationActions"],
-        serde_json::json!(["Deny"])
-    );
+    // The Node's and the endpoint batch's, each bound with Deny.
+    assert_eq!(r.admission_policies.len(), 2);
+    assert_eq!(r.admission_policy_bindings.len(), 2);
+    for (policy, binding) in r
+        .admission_policies
+        .iter()
+        .zip(&r.admission_policy_bindings)
+    {
+        assert_eq!(
+            policy["apiVersion"].as_str(),
+            Some("admissionregistration.k8s.io/v1")
+        );
+        assert_eq!(policy["spec"]["failurePolicy"].as_str(), Some("Fail"));
+        assert_eq!(binding["spec"]["policyName"], policy["metadata"]["name"]);
+        assert_eq!(
+            binding["spec"]["validationActions"],
+            serde_json::json!(["Deny"])
+        );
+    }
 }
 
 /// The node-identity policy's CEL, read from `deploy/components/node-identity/policy.yaml`
@@ -788,13 +797,19 @@ mod node_identity {
         Program::compile(expr).unwrap_or_else(|e| panic!("CEL does not parse: {expr}\n{e:?}"))
     }
 
+    /// The Node's policy.
     pub fn load() -> Policy {
+        load_named("meshd-node-identity")
+    }
+
+    /// The policy named `name` in `policy.yaml`.
+    pub fn load_named(name: &str) -> Policy {
         let path = super::deploy_dir().join("components/node-identity/policy.yaml");
         let text = std::fs::read_to_string(&path).unwrap();
         let policy = serde_norway::Deserializer::from_str(&text)
             .map(|doc| Value::deserialize(doc).unwrap())
-            .find(|v| v["kind"] == "ValidatingAdmissionPolicy")
-            .expect("a ValidatingAdmissionPolicy in policy.yaml");
+            .find(|v| v["kind"] == "ValidatingAdmissionPolicy" && v["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("ValidatingAdmissionPolicy {name} in policy.yaml"));
         let spec = &policy["spec"];
         let named = |list: &Value| -> Vec<(String, Program)> {
             list.as_array()
@@ -1060,4 +1075,65 @@ fn node_identity_policy_limits_status_writes_to_the_own_meshd_condition() {
     denied(policy.evaluate(&own, &moved, &old));
     let other = request(MESHD, Some(&["n1"]), "UPDATE", "n2", "status");
     denied(policy.evaluate(&other, &node("n2"), &node("n2")));
+}
+
+#[test]
+fn endpoint_batch_policy_lets_meshd_write_only_its_own_nodes_batch() {
+    use node_identity::{request, Verdict, MESHD};
+    let policy = node_identity::load_named("meshd-endpoint-batch-identity");
+    let batch = |name: &str, label: Option<&str>| {
+        let mut cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": "meshd-system"},
+            "data": {"endpoints": "{}"}});
+        if let Some(label) = label {
+            cm["metadata"]["labels"] = serde_json::json!({"meshd.io/endpoint-batch": label});
+        }
+        cm
+    };
+    let own = batch("meshd-endpoints-n1", Some("n1"));
+    let null = serde_json::Value::Null;
+    // Own batch: created, then patched.
+    let create = request(MESHD, Some(&["n1"]), "CREATE", "meshd-endpoints-n1", "");
+    assert_eq!(policy.evaluate(&create, &own, &null), Verdict::Allowed);
+    let update = request(MESHD, Some(&["n1"]), "UPDATE", "meshd-endpoints-n1", "");
+    assert_eq!(policy.evaluate(&update, &own, &own), Verdict::Allowed);
+
+    let denied = |verdict: Verdict, what: &str| match verdict {
+        Verdict::Denied(message) => assert!(message.contains(what), "{message}"),
+        other => panic!("expected a refusal naming {what:?}, got {other:?}"),
+    };
+    // Another node's batch, created or rewritten.
+    let other = batch("meshd-endpoints-n2", Some("n2"));
+    for op in ["CREATE", "UPDATE"] {
+        let r = request(MESHD, Some(&["n1"]), op, "meshd-endpoints-n2", "");
+        denied(
+            policy.evaluate(&r, &other, &other),
+            "own node's endpoint batch",
+        );
+    }
+    // Its own name but labelled for another node, or not labelled.
+    denied(
+        policy.evaluate(&create, &batch("meshd-endpoints-n1", Some("n2")), &null),
+        "label meshd.io/endpoint-batch",
+    );
+    denied(
+        policy.evaluate(&create, &batch("meshd-endpoints-n1", None), &null),
+        "label meshd.io/endpoint-batch",
+    );
+    // Any other ConfigMap (the settings among them), and any delete.
+    let settings = request(MESHD, Some(&["n1"]), "UPDATE", "meshd-config", "");
+    denied(
+        policy.evaluate(&settings, &batch("meshd-config", None), &null),
+        "own node's endpoint batch",
+    );
+    let delete = request(MESHD, Some(&["n1"]), "DELETE", "meshd-endpoints-n1", "");
+    denied(policy.evaluate(&delete, &null, &own), "never deletes");
+    // No claim, an empty one, or two.
+    for claims in [None, Some(&[][..]), Some(&["n1", "n2"][..])] {
+        let unbound = request(MESHD, claims, "CREATE", "meshd-endpoints-n1", "");
+        denied(policy.evaluate(&unbound, &own, &null), "node-name claim");
+    }
+    // Other users are not this policy's business.
+    let admin = request("kubernetes-admin", None, "DELETE", "meshd-endpoints-n1", "");
+    assert_eq!(policy.evaluate(&admin, &null, &own), Verdict::NotMatched);
 }

@@ -99,7 +99,7 @@ async fn pods_namespaces_and_policies_are_listed_followed_and_relisted_after_a_r
         .with_watch_backoff(Duration::from_millis(50), Duration::from_millis(500));
     assert_eq!(registry.policy_source(), "kubernetes");
     let mut w = Watched {
-        rx: registry.watch_policy_objects().unwrap(),
+        rx: registry.watch_policy_objects("n1").unwrap(),
         cache: ObjectCache::default(),
         compiler: Compiler::new(),
     };

@@ -23,6 +23,7 @@ use kube::api::{Api, DeleteParams, PostParams};
 use kube::Client;
 use meshd::registry::kube::annotations as kreg;
 use meshd::registry::kube::client::client;
+use meshd::registry::kube::endpoint_batches;
 use meshd::registry::{KubeRegistry, Registry, RegistryEvent};
 use serde_json::json;
 
@@ -255,11 +256,12 @@ async fn meshd_needs_exactly_deploys_rbac() {
     use meshd::registry::kube::settings::{pod_reference, spawn_watcher, WatcherConfig};
 
     let c = cluster(2).await;
-    // The registry.
-    let mut rx = c.registry("n1").watch().unwrap();
+    // The registry (one instance: its Node watch gives the policy objects' pod CIDRs).
+    let n1 = c.registry("n1");
+    let mut rx = n1.watch().unwrap();
     until_synced(&mut rx).await;
     let record = c.record(1).await;
-    c.registry("n1").publish(&record).await.unwrap();
+    n1.publish(&record).await.unwrap();
     assert!(matches!(next(&mut rx).await, RegistryEvent::Upsert(r) if r == record));
 
     // The Node condition.
@@ -359,11 +361,40 @@ async fn meshd_needs_exactly_deploys_rbac() {
                "metadata": {"name": "allow-http", "namespace": "x"},
                "spec": {"podSelector": {}, "ingress": [{"ports": [{"port": "http"}]}]}}),
     ]);
-    let mut objects = c.registry("n1").watch_policy_objects().unwrap();
+    // Node n2's endpoint batch, written twice (created, then patched) as meshd's account: pod
+    // x/b with an address of its own pod CIDR and one of n1's, which n1 must refuse.
+    let record2 = c.record(2).await;
+    c.registry("n2").publish(&record2).await.unwrap();
+    let own_v4 = |r: &NodeRecord| match r.pod_cidrs[0] {
+        ipnet::IpNet::V4(net) => {
+            std::net::IpAddr::from((u32::from(net.network()) + 5).to_be_bytes())
+        }
+        other => panic!("{other}"),
+    };
+    let (b_address, stolen) = (own_v4(&record2), own_v4(&record));
+    let b = meshd_policy::model::Pod {
+        key: meshd_policy::model::PodKey::new("x", "b"),
+        labels: [("app".to_owned(), "b".to_owned())].into(),
+        addresses: vec![b_address],
+        node: "n2".into(),
+        named_ports: Default::default(),
+    };
+    let mut hostile = b.clone();
+    hostile.addresses.push(stolen);
+    for pod in [&b, &hostile] {
+        let content = meshd::policy::endpoint_batch::encode("n2", [pod]);
+        endpoint_batches::write_batch(c.meshd.clone(), MESHD_NAMESPACE, "n2", None, content)
+            .await
+            .unwrap();
+    }
+    let mut objects = n1.watch_policy_objects("n1").unwrap();
     let mut cache = ObjectCache::default();
     let mut compiler = meshd_policy::Compiler::new();
     tokio::time::timeout(WAIT, async {
-        while !(cache.synced() && compiler.world().policies.len() == 1) {
+        while !(cache.synced()
+            && compiler.world().policies.len() == 1
+            && compiler.world().pods.len() == 2)
+        {
             let event = objects.recv().await.expect("object watch closed");
             for change in cache.apply(compiler.world(), event) {
                 compiler.apply(change);
@@ -373,6 +404,34 @@ async fn meshd_needs_exactly_deploys_rbac() {
     .await
     .expect("the policy objects were not listed");
     assert!(compiler.world().namespaces.contains_key("x"));
+    // n1's own pod from its own watch; n2's from its batch, without the stolen address.
+    let pods = &compiler.world().pods;
+    assert_eq!(pods[&meshd_policy::model::PodKey::new("x", "a")].node, "n1");
+    assert_eq!(pods[&b.key], b);
+    let refusals = &cache.batch_refusals()["n2"];
+    assert!(
+        refusals.len() == 1 && refusals[0].contains(&stolen.to_string()),
+        "{refusals:?}"
+    );
+    // n1 published its own batch, holding x/a.
+    let own_batch = eventually("n1's endpoint batch", || async {
+        configmaps
+            .get_opt(&endpoint_batches::config_map_name("n1"))
+            .await
+            .unwrap()
+    })
+    .await;
+    // Owned by its Node: the garbage collector deletes it with the Node.
+    let owner = &own_batch.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("Node", "n1"));
+    assert_eq!(
+        Some(&owner.uid),
+        c.nodes().get("n1").await.unwrap().metadata.uid.as_ref()
+    );
+    let content = &own_batch.data.unwrap()[endpoint_batches::DATA_KEY];
+    let decoded = meshd::policy::endpoint_batch::decode(content.as_bytes(), "n1").unwrap();
+    assert_eq!(decoded.pods.len(), 1);
+    assert_eq!(decoded.pods[0].key.name, "a");
 
     // The API servers' endpoints: v1.20 serves EndpointSlices only as v1beta1 (and its own
     // endpoint reconciler keeps only the `kubernetes` Endpoints: the slice is written here as

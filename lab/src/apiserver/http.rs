@@ -205,7 +205,12 @@ impl Selector {
         for term in split_terms(params.get("fieldSelector")) {
             let (field, eq, value) =
                 split_eq(term).ok_or_else(|| bad(format!("invalid field selector {term:?}")))?;
-            if field != "metadata.name" && field != "metadata.namespace" {
+            // `spec.nodeName` is a field label of Pods only (as on a real API server); here it
+            // simply matches nothing else.
+            if !matches!(
+                field,
+                "metadata.name" | "metadata.namespace" | "spec.nodeName"
+            ) {
                 return Err(bad(format!("field label not supported: {field}")));
             }
             fields.push((field.to_string(), eq, value.to_string()));
@@ -242,6 +247,7 @@ impl Selector {
         let fields_ok = self.fields.iter().all(|(field, eq, value)| {
             let actual = match field.as_str() {
                 "metadata.name" => Some(key.name.as_str()),
+                "spec.nodeName" => object["spec"]["nodeName"].as_str(),
                 _ => key.namespace.as_deref(),
             };
             (actual == Some(value.as_str())) == *eq

@@ -14,7 +14,7 @@
 //!   written like the rest of it); plus `/version` and `/api`. [`FakeApiServer::put_kubernetes_endpoints`] plays
 //!   kube-apiserver's own endpoint reconciler (the `default/kubernetes` EndpointSlice).
 //! * **list** with `metadata.resourceVersion`, `limit`/`continue` paging, `fieldSelector`
-//!   (`metadata.name`, `metadata.namespace`) and equality-based `labelSelector`.
+//!   (`metadata.name`, `metadata.namespace`, Pods' `spec.nodeName`) and equality-based `labelSelector`.
 //! * **metadata only** (`Accept: application/json;as=PartialObjectMetadata[List];g=meta.k8s.io;v=v1`):
 //!   lists and watches answer every object reduced to its `metadata` (module `metadata`).
 //! * **watch** (`?watch=1`): newline-delimited JSON events `ADDED`/`MODIFIED`/`DELETED`; from a

@@ -85,8 +85,12 @@ async fn kubernetes(cli: Cli) -> anyhow::Result<()> {
     } else {
         PodCidrSource::SpecOrClaim
     };
-    let registry = KubeRegistry::new(client.clone(), args.node_name.clone())
+    let mut registry = KubeRegistry::new(client.clone(), args.node_name.clone())
         .with_pod_cidr_source(pod_cidr_source);
+    // The endpoint batches live beside the settings, in meshd's namespace.
+    if let Some((namespace, _)) = cli.config_map.as_deref().and_then(|s| s.split_once('/')) {
+        registry = registry.with_batch_namespace(namespace);
+    }
     // Host encryption never routes the API server's traffic through the tunnel: a node
     // must always be able to learn a changed key (see the README).
     match api_server_addresses(cli.kubeconfig.as_deref()).await {

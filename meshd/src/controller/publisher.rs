@@ -141,6 +141,7 @@ mod tests {
 
         fn watch_policy_objects(
             &self,
+            _: &str,
         ) -> Result<tokio::sync::mpsc::Receiver<crate::policy::objects::ObjectEvent>, RegistryError>
         {
             Ok(tokio::sync::mpsc::channel(1).1)

@@ -185,7 +185,7 @@ fn start_policy<R: Registry>(
     crate::policy::SharedPolicyReport,
     tokio::task::JoinHandle<()>,
 )> {
-    let objects = match registry.watch_policy_objects() {
+    let objects = match registry.watch_policy_objects(&args.node_name) {
         Ok(objects) => objects,
         Err(err) => {
             tracing::error!(error = %format!("{:#}", anyhow::Error::new(err)), "cannot watch the objects NetworkPolicy depends on: this node enforces no NetworkPolicy");

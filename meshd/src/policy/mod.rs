@@ -9,6 +9,10 @@
 //! * [`objects`]: what the sources report ([`objects::ObjectEvent`]) and the relist
 //!   bookkeeping that turns it into compiler changes (the sources themselves are in
 //!   [`crate::registry`]: `objects` for the directory, `kube::policy_objects` for Kubernetes).
+//! * [`endpoint_batch`]: the per-node endpoint batch (encode, decode, vet against the
+//!   publishing node's pod CIDRs), pure; [`pod_identity`]: the stage between a registry's raw
+//!   watches (own pods, every node's batch) and the loop, which also publishes this node's
+//!   batch.
 //! * [`endpoints`]: local pods → endpoint ids (host veth ifindex), following the IPAM store.
 //! * [`task`]: the loop ([`task::PolicyLoop`]): batches, the incremental compiler, writes in
 //!   the safe order, reconciliation against the live maps at start.
@@ -17,8 +21,10 @@
 //! * [`report`]: the `policy` object of the status.
 
 pub mod datapath;
+pub mod endpoint_batch;
 pub mod endpoints;
 pub mod objects;
+pub mod pod_identity;
 pub mod report;
 pub mod task;
 pub mod writer;

@@ -11,6 +11,11 @@
 //! A malformed object (a file that does not parse, an object [`meshd_policy::k8s`] refuses) is
 //! refused alone: it is reported, the last good version of that object (if any) stays in
 //! force, and its listing counts as a sighting so that a relist does not remove it.
+//!
+//! Pods arrive per node ([`ObjectEvent::NodePods`]): a node's own pods from its own watch, every
+//! other node's from that node's endpoint batch ([`super::endpoint_batch`]). Each replaces what
+//! was known of that node. A pod is held by one node: a batch claiming a pod another node
+//! already holds is refused for that pod (reported) and taken up only once the holder lets go.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -134,6 +139,24 @@ pub enum ObjectEvent {
     },
     /// The (re)list of `kind` is complete.
     ListDone(Kind),
+    /// The pods of `node` are exactly `pods` (each with `node` set): any other pod known on
+    /// that node is gone. Counts as a sighting of every pod of that node in a Pod (re)list.
+    NodePods {
+        /// The node.
+        node: String,
+        /// Its pods.
+        pods: Vec<Pod>,
+        /// Entries and addresses of its batch that were refused, one line each.
+        refused: Vec<String>,
+    },
+    /// The endpoint batch of `node` cannot be read (`error` says why): its last good version
+    /// stays in force.
+    BatchRefused {
+        /// The node.
+        node: String,
+        /// What is wrong.
+        error: String,
+    },
 }
 
 /// The relist bookkeeping and the refused objects. See the module doc.
@@ -147,6 +170,15 @@ pub struct ObjectCache {
     malformed: BTreeMap<ObjectRef, String>,
     /// Objects refused since start (each refusal of new content counts).
     malformed_total: u64,
+    /// Nodes whose pods were sighted in the Pod list under way.
+    listing_nodes: BTreeSet<String>,
+    /// What each node's endpoint batch had refused, the last time it was read.
+    batch_refusals: BTreeMap<String, Vec<String>>,
+    /// Pods a node claimed while another node held them: taken up when the holder lets go.
+    contested: BTreeMap<PodKey, Pod>,
+    /// For each node, at least as many pods as the world holds for it: a node's new pod set
+    /// that matches that many known pods removes none, and needs no walk of the world.
+    node_counts: BTreeMap<String, usize>,
 }
 
 impl ObjectCache {
@@ -165,15 +197,38 @@ impl ObjectCache {
         self.malformed_total
     }
 
+    /// What each node's endpoint batch refuses now (entries, addresses, or the whole batch).
+    pub fn batch_refusals(&self) -> &BTreeMap<String, Vec<String>> {
+        &self.batch_refusals
+    }
+
     /// Applies one event given the compiler's current `world`; returns the changes to apply,
     /// in order.
     pub fn apply(&mut self, world: &World, event: ObjectEvent) -> Vec<Change> {
         match event {
             ObjectEvent::ListStart(kind) => {
                 self.listing.insert(kind, BTreeSet::new());
+                if kind == Kind::Pod {
+                    self.listing_nodes.clear();
+                }
+                Vec::new()
+            }
+            ObjectEvent::NodePods {
+                node,
+                pods,
+                refused,
+            } => self.node_pods(world, node, pods, refused),
+            ObjectEvent::BatchRefused { node, error } => {
+                if self.listing.contains_key(&Kind::Pod) {
+                    self.listing_nodes.insert(node.clone());
+                }
+                self.note_refusals(node, vec![error]);
                 Vec::new()
             }
             ObjectEvent::Upsert(object) => {
+                if let Object::Pod(pod) = &object {
+                    *self.node_counts.entry(pod.node.clone()).or_default() += 1;
+                }
                 let reference = object.reference();
                 self.sighted(&reference);
                 self.malformed.remove(&reference);
@@ -194,13 +249,110 @@ impl ObjectCache {
             ObjectEvent::ListDone(kind) => {
                 let listed = self.listing.remove(&kind).unwrap_or_default();
                 self.synced.insert(kind);
+                // Refused Pods are the own watch's (its list ends apart from the batches'):
+                // they go with their own removal or a good version.
                 self.malformed
-                    .retain(|r, _| r.kind != kind || listed.contains(r));
+                    .retain(|r, _| r.kind != kind || kind == Kind::Pod || listed.contains(r));
+                if kind == Kind::Pod {
+                    let nodes = std::mem::take(&mut self.listing_nodes);
+                    self.batch_refusals.retain(|n, _| nodes.contains(n));
+                    self.contested.retain(|_, p| nodes.contains(&p.node));
+                    let removals: Vec<Change> = world
+                        .pods
+                        .values()
+                        .filter(|p| !nodes.contains(&p.node))
+                        .map(|p| ObjectRef::namespaced(Kind::Pod, &*p.key.namespace, &*p.key.name))
+                        .filter(|r| !listed.contains(r))
+                        .filter_map(|r| remove(world, &r))
+                        .collect();
+                    // Counted again from what stays (a list is rare).
+                    self.node_counts.clear();
+                    for pod in world.pods.values() {
+                        if !removals.contains(&Change::RemovePod(pod.key.clone())) {
+                            *self.node_counts.entry(pod.node.clone()).or_default() += 1;
+                        }
+                    }
+                    return removals;
+                }
                 known(world, kind)
                     .filter(|r| !listed.contains(r))
                     .filter_map(|r| remove(world, &r))
                     .collect()
             }
+        }
+    }
+
+    /// `node`'s pods are exactly `pods`: the changes that make the world say so.
+    fn node_pods(
+        &mut self,
+        world: &World,
+        node: String,
+        pods: Vec<Pod>,
+        mut refused: Vec<String>,
+    ) -> Vec<Change> {
+        if self.listing.contains_key(&Kind::Pod) {
+            self.listing_nodes.insert(node.clone());
+        }
+        let mut changes = Vec::new();
+        let mut claimed = BTreeSet::new();
+        // Pods of the set the world already holds for this node.
+        let mut matched = 0;
+        self.contested.retain(|_, p| p.node != node);
+        for pod in pods {
+            claimed.insert(pod.key.clone());
+            match world.pods.get(&pod.key) {
+                Some(held) if held.node != node => {
+                    refused.push(format!(
+                        "pod {} is held by node {:?}; refused until it lets go",
+                        pod.key, held.node
+                    ));
+                    self.contested.insert(pod.key.clone(), pod);
+                    claimed.remove(&held.key);
+                }
+                Some(held) => {
+                    matched += 1;
+                    if *held != pod {
+                        changes.push(Change::UpsertPod(pod));
+                    }
+                }
+                None => changes.push(Change::UpsertPod(pod)),
+            }
+        }
+        // What the node no longer has (only if it had more than it kept): gone, or handed to
+        // a node that claimed it meanwhile.
+        if matched < self.node_counts.get(&node).copied().unwrap_or(0) {
+            for (key, pod) in &world.pods {
+                if pod.node == node && !claimed.contains(key) {
+                    match self.contested.remove(key) {
+                        Some(next) => {
+                            *self.node_counts.entry(next.node.clone()).or_default() += 1;
+                            changes.push(Change::UpsertPod(next));
+                        }
+                        None => changes.push(Change::RemovePod(key.clone())),
+                    }
+                }
+            }
+        }
+        if claimed.is_empty() {
+            self.node_counts.remove(&node);
+        } else {
+            self.node_counts.insert(node.clone(), claimed.len());
+        }
+        self.note_refusals(node, refused);
+        changes
+    }
+
+    fn note_refusals(&mut self, node: String, refused: Vec<String>) {
+        if refused.is_empty() {
+            self.batch_refusals.remove(&node);
+            return;
+        }
+        if self.batch_refusals.get(&node) != Some(&refused) {
+            for line in &refused {
+                tracing::warn!(%node, refusal = %line, "refusing part of a node's endpoint batch");
+            }
+            self.malformed_total += refused.len() as u64;
+            self.batch_refusals.insert(node, refused);
         }
     }
 

@@ -200,6 +200,17 @@ impl<W: PolicyMapWriter> PolicyLoop<W> {
                 object: object.to_string(),
                 error: error.clone(),
             })
+            .chain(
+                self.cache
+                    .batch_refusals()
+                    .iter()
+                    .flat_map(|(node, refusals)| {
+                        refusals.iter().map(move |error| MalformedObject {
+                            object: format!("endpoint batch of node {node}"),
+                            error: error.clone(),
+                        })
+                    }),
+            )
             .collect();
         report.malformed_total = self.cache.malformed_total();
         if wrote {

@@ -142,8 +142,28 @@ impl Registry for DirRegistry {
 
     fn watch_policy_objects(
         &self,
+        node: &str,
     ) -> Result<mpsc::Receiver<crate::policy::objects::ObjectEvent>, RegistryError> {
-        super::objects::watch_objects(&self.dir)
+        use crate::policy::pod_identity;
+        let objects = super::objects::watch_objects(&self.dir)?;
+        let batches = super::objects::batches::watch_batches(&self.dir)?;
+        let (lookup_dir, write_dir, writer) = (self.dir.clone(), self.dir.clone(), node.to_owned());
+        Ok(pod_identity::spawn(
+            node,
+            pod_identity::merge_sources(objects, batches),
+            Box::new(move |n| super::objects::batches::pod_cidrs_of(&lookup_dir, n)),
+            Box::new(move |content| {
+                let (dir, node) = (write_dir.clone(), writer.clone());
+                Box::pin(async move {
+                    tokio::task::spawn_blocking(move || {
+                        super::objects::batches::write_batch(&dir, &node, &content)
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| format!("{:#}", anyhow::Error::new(e)))
+                })
+            }),
+        ))
     }
 
     fn policy_source(&self) -> &'static str {

@@ -132,11 +132,15 @@ pub trait Registry: Send + Sync + 'static {
     /// Must be called within a Tokio runtime.
     fn watch(&self) -> Result<tokio::sync::mpsc::Receiver<RegistryEvent>, RegistryError>;
 
-    /// Streams the Pods, Namespaces and NetworkPolicies that NetworkPolicy depends on: each
-    /// kind listed, then every change ([`crate::policy::objects::ObjectEvent`]). Must be called
+    /// Streams the Pods, Namespaces and NetworkPolicies that NetworkPolicy depends on, as
+    /// node `node` sees them: each kind listed, then every change
+    /// ([`crate::policy::objects::ObjectEvent`]). Pods come per node: `node`'s own from a watch
+    /// of its own pods, every other node's from that node's endpoint batch
+    /// ([`crate::policy::pod_identity`]); `node`'s batch is published meanwhile. Must be called
     /// within a Tokio runtime.
     fn watch_policy_objects(
         &self,
+        node: &str,
     ) -> Result<tokio::sync::mpsc::Receiver<crate::policy::objects::ObjectEvent>, RegistryError>;
 
     /// Where [`Registry::watch_policy_objects`] reads (`directory`, `kubernetes`), for the status.

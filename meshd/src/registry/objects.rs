@@ -6,7 +6,12 @@
 //! objects/namespaces/<name>.json
 //! objects/pods/<namespace>/<name>.json
 //! objects/networkpolicies/<namespace>/<name>.json
+//! objects/endpoints/<node>.json          (each node's endpoint batch: [`batches`])
 //! ```
+//!
+//! A directory has no field selector: each meshd reads the pod files and keeps only its own
+//! node's ([`crate::policy::pod_identity`]); every other node's pods reach it through that
+//! node's endpoint batch, vetted against the node's pod CIDRs.
 //!
 //! Writers write atomically (a temporary dotfile in the same directory, then `rename`) and
 //! delete by removing the file. [`watch_objects`] follows the tree with inotify like the node
@@ -405,6 +410,8 @@ fn check_identity(
         _ => Ok(()),
     }
 }
+
+pub mod batches;
 
 #[cfg(test)]
 pub(crate) mod tests;

@@ -37,6 +37,17 @@ pub(crate) struct Status {
     pub(crate) counters: Counters,
     #[serde(default)]
     pub(crate) conflicts: Vec<String>,
+    /// The policy loop's report (absent when it could not start).
+    #[serde(default)]
+    pub(crate) policy: Option<PolicyStatus>,
+}
+
+/// What the harness reads of the policy loop's report.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct PolicyStatus {
+    /// Pods the node's compiler holds (its own and every other node's).
+    #[serde(default)]
+    pub(crate) pods_known: usize,
 }
 
 /// A peer's name in a status report.

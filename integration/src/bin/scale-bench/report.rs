@@ -67,16 +67,24 @@ pub(crate) struct RotationResult {
     pub(crate) error: Option<String>,
 }
 
-/// Pod identity distribution through the directory registry's `objects/pods/`.
+/// Pod identity distribution through the directory registry's endpoint batches.
 #[derive(Debug, Default, Serialize)]
 pub(crate) struct PodsResult {
     pub(crate) pods_per_node: u32,
     pub(crate) pods_written: u64,
     pub(crate) write_s: f64,
-    /// Writes per pod creation (one file per pod today).
+    /// Endpoint batch writes per pod creation (every node).
     pub(crate) writes_per_pod: f64,
-    /// Watch events per pod creation across the cluster: every agent watches every pod file.
+    /// The real agents' batch writes for their own pods, and those pods.
+    pub(crate) agent_batch_writes: u64,
+    pub(crate) agent_pods: u64,
+    pub(crate) agent_writes_per_pod: f64,
+    /// Watch events one agent receives per pod creation (one per other node's batch write).
+    pub(crate) watch_events_per_agent_per_pod: f64,
+    /// The same, summed over every agent of the cluster.
     pub(crate) watch_events_per_pod_cluster: f64,
+    /// From the first write to every real agent holding every pod (s).
+    pub(crate) distributed_s: Option<f64>,
     /// Real agents' meshd + datapath RSS after the pods were distributed (max, MiB).
     pub(crate) agent_rss_mib: Option<f64>,
 }
@@ -123,6 +131,9 @@ pub(crate) const ADD_P99_MS: f64 = 200.0;
 pub(crate) const RSS_MIB: f64 = 64.0;
 pub(crate) const STEADY_WRITES: f64 = 0.0;
 pub(crate) const WRITES_PER_ROTATION: f64 = 4.0;
+/// Pod identity batched per node: at most a tenth of the one watch event per pod creation that
+/// a watch of every Pod costs each agent.
+pub(crate) const POD_EVENTS_PER_AGENT: f64 = 0.1;
 
 fn target(name: &'static str, value: Option<f64>, bar: f64, failed: bool) -> Target {
     let verdict = match value {
@@ -183,6 +194,21 @@ impl Report {
                 rotation.is_some_and(|r| r.error.is_some()),
             ),
         ];
+        // Pod identity, when its phase ran.
+        if let Some(p) = &self.pods {
+            self.targets.push(target(
+                "watch events per agent per pod creation",
+                Some(p.watch_events_per_agent_per_pod),
+                POD_EVENTS_PER_AGENT,
+                false,
+            ));
+            self.targets.push(target(
+                "meshd + datapath RSS holding every pod (MiB, largest agent)",
+                p.agent_rss_mib,
+                RSS_MIB,
+                false,
+            ));
+        }
     }
 
     /// The targets missed.
@@ -295,12 +321,19 @@ impl Report {
         if let Some(p) = &self.pods {
             let _ = writeln!(
                 s,
-                "\npods: {} per node, {} written in {:.1} s; {:.2} writes and {:.0} watch events \
-                 (cluster-wide) per pod creation; agent RSS after {}",
+                "\npods: {} per node, {} written in {:.1} s, held by every agent after {}; \
+                 {:.3} batch writes per pod creation (real agents: {} writes for {} pods, {:.3}); \
+                 {:.3} watch events per agent ({:.0} cluster-wide) per pod creation; agent RSS \
+                 after {}",
                 p.pods_per_node,
                 p.pods_written,
                 p.write_s,
+                opt(p.distributed_s, "s"),
                 p.writes_per_pod,
+                p.agent_batch_writes,
+                p.agent_pods,
+                p.agent_writes_per_pod,
+                p.watch_events_per_agent_per_pod,
                 p.watch_events_per_pod_cluster,
                 opt(p.agent_rss_mib, "MiB")
             );
@@ -356,5 +389,29 @@ mod tests {
         r.judge();
         let v: Vec<&str> = r.targets.iter().map(|t| t.verdict).collect();
         assert_eq!(v, ["PASS", "FAIL", "n/a", "PASS", "PASS"]);
+    }
+
+    #[test]
+    fn the_pod_phase_adds_its_two_targets() {
+        let mut r = Report {
+            pods: Some(PodsResult {
+                watch_events_per_agent_per_pod: 1.0 / 30.0,
+                agent_rss_mib: Some(298.0),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        r.judge();
+        let pods: Vec<(&str, &str)> = r.targets[5..].iter().map(|t| (t.name, t.verdict)).collect();
+        assert_eq!(
+            pods,
+            [
+                ("watch events per agent per pod creation", "PASS"),
+                (
+                    "meshd + datapath RSS holding every pod (MiB, largest agent)",
+                    "FAIL"
+                ),
+            ]
+        );
     }
 }

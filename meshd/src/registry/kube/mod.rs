@@ -17,12 +17,15 @@
 //!   refuses (deduplicated and rate-limited).
 //! * [`audit_source`]: the cluster source of `meshctl audit` (every `Node`, every meshd's
 //!   `/status`).
-//! * [`policy_objects`]: the watches of every Pod, Namespace and NetworkPolicy that
-//!   NetworkPolicy enforcement needs.
+//! * [`policy_objects`]: the watches of the node's own Pods and every Namespace and
+//!   NetworkPolicy that NetworkPolicy enforcement needs; [`endpoint_batches`]: each node's
+//!   endpoint batch ConfigMap, written by that node and watched by all.
 //!
 //! Together, meshd's service account needs `get`, `list`, `watch` and `patch` on `nodes`,
-//! `patch` on `nodes/status`, `list` and `watch` on `configmaps` and `endpointslices` (each
-//! limited by field selector to the one object), `list` and `watch` on `pods`, `namespaces`
+//! `patch` on `nodes/status`, `list` and `watch` on `configmaps` (meshd's namespace: the
+//! settings and the endpoint batches) and `endpointslices` (by field selector), `create` and
+//! `patch` on `configmaps` in meshd's namespace (its own batch: the admission policy holds it
+//! to its own name), `list` and `watch` on `pods` (own node, by field selector), `namespaces`
 //! and `networkpolicies` (cluster-wide), `create` on `events.k8s.io` `events` (meshd's
 //! namespace) and `create` and `patch` on core `events` in `default`.
 
@@ -33,6 +36,7 @@ use kube::runtime::utils::Backoff;
 pub mod annotations;
 pub mod audit_source;
 pub mod client;
+pub mod endpoint_batches;
 pub mod endpoints;
 pub mod node_condition;
 pub mod nodes;

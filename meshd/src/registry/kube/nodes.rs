@@ -53,12 +53,16 @@ use super::annotations::{
     addressing, node_state_from, record_annotations, NodeAddressing, NodeState, PodCidrSource,
     ANNOTATIONS, POD_CIDRS_ANNOTATION,
 };
+use super::endpoint_batches::PodCidrCache;
 use super::nodes_watch::MetadataWatch;
 use super::WatchBackoff;
 use crate::registry::{Registry, RegistryError, RegistryEvent};
 
 /// The field manager meshd's writes are recorded under (`metadata.managedFields`).
 pub const FIELD_MANAGER: &str = "meshd";
+
+/// meshd's namespace unless told otherwise: where the endpoint batches live.
+pub const DEFAULT_BATCH_NAMESPACE: &str = "meshd-system";
 
 /// Capacity of the event channel returned by [`KubeRegistry::watch`].
 const CHANNEL_CAPACITY: usize = 1024;
@@ -76,6 +80,10 @@ pub struct KubeRegistry {
     node_name: String,
     watch_backoff: (Duration, Duration),
     pod_cidr_source: PodCidrSource,
+    /// meshd's namespace, where the endpoint batches live.
+    batch_namespace: String,
+    /// Every node's pod CIDRs, filled by [`Registry::watch`], read to vet endpoint batches.
+    pod_cidrs: PodCidrCache,
 }
 
 impl std::fmt::Debug for KubeRegistry {
@@ -94,7 +102,17 @@ impl KubeRegistry {
             node_name: node_name.into(),
             watch_backoff: (Duration::from_millis(800), Duration::from_secs(30)),
             pod_cidr_source: PodCidrSource::Spec,
+            batch_namespace: DEFAULT_BATCH_NAMESPACE.to_owned(),
+            pod_cidrs: PodCidrCache::default(),
         }
+    }
+
+    /// Sets meshd's namespace, where the endpoint batches are written and watched (default
+    /// [`DEFAULT_BATCH_NAMESPACE`]).
+    #[must_use]
+    pub fn with_batch_namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.batch_namespace = namespace.into();
+        self
     }
 
     /// Where peers' pod CIDRs come from: by default `spec.podCIDRs` only; a Node's own
@@ -279,6 +297,7 @@ impl Registry for KubeRegistry {
         let stream = watcher::watcher(metadata, watcher::Config::default())
             .backoff(WatchBackoff::new(first, max));
         let nodes = self.nodes();
+        let pod_cidrs = self.pod_cidrs.clone();
         handle.spawn(async move {
             let mut stream = std::pin::pin!(stream);
             let mut state = WatchState::new(pod_cidr_source);
@@ -300,6 +319,14 @@ impl Registry for KubeRegistry {
                     }
                 };
                 for event in events {
+                    match &event {
+                        RegistryEvent::Upsert(record) => {
+                            pod_cidrs.set(&record.name, Some(record.pod_cidrs.clone()));
+                        }
+                        RegistryEvent::Delete(node) => pod_cidrs.set(node, None),
+                        RegistryEvent::Malformed { node, .. } => pod_cidrs.set(node, None),
+                        RegistryEvent::Synced => {}
+                    }
                     if tx.send(event).await.is_err() {
                         return;
                     }
@@ -312,11 +339,57 @@ impl Registry for KubeRegistry {
 
     fn watch_policy_objects(
         &self,
+        node: &str,
     ) -> Result<mpsc::Receiver<crate::policy::objects::ObjectEvent>, RegistryError> {
+        use crate::policy::pod_identity;
         tokio::runtime::Handle::try_current().map_err(RegistryError::NoRuntime)?;
-        Ok(super::policy_objects::watch_policy_objects(
+        let objects = super::policy_objects::watch_policy_objects(
             self.client.clone(),
+            node,
             self.watch_backoff,
+        );
+        let batches = super::endpoint_batches::watch_batches(
+            self.client.clone(),
+            &self.batch_namespace,
+            self.watch_backoff,
+        );
+        let cidrs = self.pod_cidrs.clone();
+        let (client, namespace, writer) = (
+            self.client.clone(),
+            self.batch_namespace.clone(),
+            node.to_owned(),
+        );
+        // The own Node's uid, read once, makes the batch the Node's (deleted with it).
+        let node_uid = std::sync::Arc::new(tokio::sync::Mutex::new(None::<String>));
+        Ok(pod_identity::spawn(
+            node,
+            pod_identity::merge_sources(objects, batches),
+            Box::new(move |n| cidrs.get(n)),
+            Box::new(move |content| {
+                let (client, namespace, node) = (client.clone(), namespace.clone(), writer.clone());
+                let node_uid = node_uid.clone();
+                Box::pin(async move {
+                    let mut uid = node_uid.lock().await;
+                    if uid.is_none() {
+                        let nodes: Api<Node> = Api::all(client.clone());
+                        match nodes.get(&node).await {
+                            Ok(n) => uid.clone_from(&n.metadata.uid),
+                            Err(error) => {
+                                tracing::debug!(%error, "reading the own Node's uid failed; the endpoint batch is written without an owner");
+                            }
+                        }
+                    }
+                    super::endpoint_batches::write_batch(
+                        client,
+                        &namespace,
+                        &node,
+                        uid.as_deref(),
+                        content,
+                    )
+                    .await
+                    .map_err(|e| format!("{:#}", anyhow::Error::new(e)))
+                })
+            }),
         ))
     }
 

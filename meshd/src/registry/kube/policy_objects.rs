@@ -1,12 +1,13 @@
-//! The objects NetworkPolicy depends on, from the API server: a list and watch of every Pod,
-//! Namespace and NetworkPolicy in the cluster ([`watch_policy_objects`]), converted on arrival
-//! by [`meshd_policy::k8s`] into the compiler's model and reported as
-//! [`ObjectEvent`]s.
+//! The objects NetworkPolicy depends on, from the API server: a list and watch of every
+//! Namespace and NetworkPolicy in the cluster and of this node's own Pods (field selector
+//! `spec.nodeName=<node>`) ([`watch_policy_objects`]), converted on arrival by
+//! [`meshd_policy::k8s`] into the compiler's model and reported as [`ObjectEvent`]s.
 //!
-//! Every node watches every pod: a policy on a local pod can name any pod of the cluster as a
-//! peer, by labels, so each node needs every pod's namespace, name, labels, addresses and
-//! named ports (and node, to find its own). Only that is kept: the API object is dropped once
-//! converted (see `docs/kubernetes.md` for what this costs at 150,000 pods).
+//! Other nodes' pods are not watched: a policy on a local pod can name any pod of the cluster
+//! as a peer, and what it needs of them (namespace, name, labels, addresses, named ports)
+//! comes from each node's endpoint batch ([`super::endpoint_batches`],
+//! [`crate::policy::pod_identity`]), one object per node instead of one watch event per pod
+//! to every node. The API object is dropped once converted.
 //!
 //! kube's watcher lists (in pages), then watches from the list's resourceVersion with
 //! bookmarks, and lists again on its own when the watch cannot be resumed (`410 Gone`); each
@@ -14,7 +15,8 @@
 //! vanished while the watch was down. Errors (API server unreachable, `403` without the RBAC)
 //! are retried with backoff; the last known objects stay in force meanwhile.
 //!
-//! Needs `list` and `watch` on `pods` and `namespaces` (core) and on `networkpolicies`
+//! Needs `list` and `watch` on `pods` (limited by the field selector to the node's own, which
+//! RBAC cannot express) and `namespaces` (core) and on `networkpolicies`
 //! (`networking.k8s.io`), cluster-wide; nothing else.
 
 use std::fmt::Debug;
@@ -37,16 +39,19 @@ use crate::policy::objects::{Kind, Object, ObjectEvent, ObjectRef};
 /// Capacity of the event channel (shared by the three watches).
 const CHANNEL_CAPACITY: usize = 4096;
 
-/// Watches every Pod, Namespace and NetworkPolicy with `client`, re-establishing failed
-/// watches with backoff from `first` doubling up to `max`. The watches stop when the receiver
-/// is dropped. Must be called in a Tokio runtime.
+/// Watches every Namespace and NetworkPolicy and node `node`'s own Pods with `client`,
+/// re-establishing failed watches with backoff from `first` doubling up to `max`. The watches
+/// stop when the receiver is dropped. Must be called in a Tokio runtime.
 pub fn watch_policy_objects(
     client: Client,
+    node: &str,
     (first, max): (Duration, Duration),
 ) -> mpsc::Receiver<ObjectEvent> {
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+    let everything = watcher::Config::default();
     spawn_kind(
         Api::<Namespace>::all(client.clone()),
+        everything.clone(),
         Kind::Namespace,
         namespace_event,
         tx.clone(),
@@ -54,6 +59,7 @@ pub fn watch_policy_objects(
     );
     spawn_kind(
         Api::<Pod>::all(client.clone()),
+        watcher::Config::default().fields(&format!("spec.nodeName={node}")),
         Kind::Pod,
         pod_event,
         tx.clone(),
@@ -61,6 +67,7 @@ pub fn watch_policy_objects(
     );
     spawn_kind(
         Api::<NetworkPolicy>::all(client),
+        everything,
         Kind::NetworkPolicy,
         policy_event,
         tx,
@@ -72,6 +79,7 @@ pub fn watch_policy_objects(
 /// Runs the watch of one kind, converting each object with `convert`.
 fn spawn_kind<K>(
     api: Api<K>,
+    config: watcher::Config,
     kind: Kind,
     convert: fn(&K) -> ObjectEvent,
     tx: mpsc::Sender<ObjectEvent>,
@@ -79,8 +87,7 @@ fn spawn_kind<K>(
 ) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
-    let stream =
-        watcher::watcher(api, watcher::Config::default()).backoff(WatchBackoff::new(first, max));
+    let stream = watcher::watcher(api, config).backoff(WatchBackoff::new(first, max));
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         loop {
