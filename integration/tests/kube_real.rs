@@ -18,7 +18,7 @@ use harness::*;
 use integration::apiserver::audit::ApiRequest;
 use integration::kube_apiserver::{self, MESHD_NAMESPACE};
 use integration::rbac::Grants;
-use keyexchange::PublicKey;
+use keyexchange::{NodeRecord, PublicKey};
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::Client;
 use meshd::registry::kube::annotations as kreg;
