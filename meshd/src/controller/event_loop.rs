@@ -19,17 +19,22 @@ use super::key_rotation::{
     drive_rotation, poke_rotating_peers, rotation_retry_due, start_rotation,
 };
 use super::liveness::track_liveness;
-use super::pass::pass;
+use super::pass::{pass, PassKind};
 use super::publisher::Publisher;
 use super::start::SettingsFeed;
 use super::state::State;
-use super::status::publish_status;
+use super::status::{patch_status, publish_status};
 use super::unix_now;
 use crate::control;
 use crate::rotation::Driver;
 
-/// How often the live state is re-read and reconciled even without registry events.
+/// How often the live state is re-read and reconciled even without registry events (passes for
+/// record changes alone plan against what the last pass left: this full pass is what repairs
+/// drift nothing reported). Each agent's is jittered by up to [`RESYNC_JITTER`] either way, so
+/// that a cluster's agents do not read their nodes in step.
 const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
+/// The most a resync moves from [`RESYNC_INTERVAL`], either way.
+const RESYNC_JITTER: Duration = Duration::from_secs(3);
 /// How often the served status (handshakes, counters) is refreshed from the device.
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 /// Delay before retrying a failed reconcile pass.
@@ -71,6 +76,9 @@ struct Pending {
     converged: bool,
     /// This node's record must be published again.
     republish: bool,
+    /// Something besides registry records changed (or may have: a tick, a retry, new
+    /// settings): the next pass reads the whole node rather than planning from memory.
+    full_due: bool,
 }
 
 /// Run until SIGTERM/SIGINT (or the registry watch ends).
@@ -96,13 +104,16 @@ pub(super) async fn event_loop(
         .registry
         .records
         .insert(ctx.me().name.clone(), ctx.me());
-    let mut pending = Pending::default();
+    let mut pending = Pending {
+        full_due: true,
+        ..Pending::default()
+    };
     for ev in initial {
         pending.republish |= apply_event(ctx, &mut state, ev);
     }
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing SIGTERM handler")?;
-    let mut resync = tokio::time::interval(RESYNC_INTERVAL);
+    let mut resync_at = tokio::time::Instant::now() + resync_interval();
     let mut status_tick = tokio::time::interval(STATUS_INTERVAL);
     let mut rotation_tick = tokio::time::interval(rotation_check_interval(ctx));
     let mut commands_open = true;
@@ -118,6 +129,7 @@ pub(super) async fn event_loop(
                 Some(control::Command::RotateKey(reply)) => {
                     start_rotation(&mut state.rotation, "requested");
                     state.rotation.waiters.push(reply);
+                    pending.full_due = true;
                     Next::Reconcile
                 }
                 None => {
@@ -125,7 +137,11 @@ pub(super) async fn event_loop(
                     Next::Wait
                 }
             },
-            _ = rotation_tick.tick() => scheduled_rotation(ctx, &mut state),
+            _ = rotation_tick.tick() => {
+                let next = scheduled_rotation(ctx, &mut state);
+                pending.full_due |= matches!(next, Next::Reconcile);
+                next
+            }
             ev = events.recv() => {
                 let Some(ev) = ev else { bail!("registry watch ended") };
                 pending.republish |= apply_event(ctx, &mut state, ev);
@@ -134,14 +150,22 @@ pub(super) async fn event_loop(
                 }
                 Next::Reconcile
             }
-            _ = resync.tick() => Next::Reconcile,
-            _ = sleep_until(earliest(pending.retry_at, wake)) => Next::Reconcile,
+            _ = tokio::time::sleep_until(resync_at) => {
+                resync_at = tokio::time::Instant::now() + resync_interval();
+                pending.full_due = true;
+                Next::Reconcile
+            }
+            _ = sleep_until(earliest(pending.retry_at, wake)) => {
+                pending.full_due = true;
+                Next::Reconcile
+            }
             // The API servers' endpoints changed: reconcile (host encryption excludes them).
             changed = changed(api_servers.as_mut()) => {
                 if changed.is_err() {
                     tracing::warn!("the API server endpoint watcher stopped; the last endpoints stay excluded");
                     api_servers = None;
                 }
+                pending.full_due = true;
                 Next::Reconcile
             }
             changed = changed(settings.as_mut()) => {
@@ -151,6 +175,7 @@ pub(super) async fn event_loop(
                 } else if let Some(new) = settings.as_ref().and_then(|feed| feed.borrow().clone()) {
                     apply_settings(ctx, &new).await;
                 }
+                pending.full_due = true;
                 Next::Reconcile
             }
             _ = status_tick.tick() => {
@@ -189,6 +214,17 @@ async fn following_events(events: &mut mpsc::Receiver<RegistryEvent>) -> Vec<Reg
             Ok(None) | Err(_) => return batch,
         }
     }
+}
+
+/// [`RESYNC_INTERVAL`] moved by a random amount of at most [`RESYNC_JITTER`] either way.
+fn resync_interval() -> Duration {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    // A random number without a generator: std's hasher keys are drawn from the OS.
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let span = 2 * RESYNC_JITTER.as_millis() as u64;
+    RESYNC_INTERVAL - RESYNC_JITTER + Duration::from_millis(random % span.max(1))
 }
 
 /// The earlier of two optional instants.
@@ -241,7 +277,13 @@ async fn after_event(
         // have simply not been read yet.
         return;
     }
-    let (converged, retry) = reconcile(ctx, state).await;
+    // A rotation under way changes the devices' keys between passes: read them.
+    let kind = if std::mem::take(&mut pending.full_due) || state.rotation.driver.busy() {
+        PassKind::Full
+    } else {
+        PassKind::Records
+    };
+    let (converged, retry) = reconcile(ctx, state, kind).await;
     pending.converged = converged;
     if std::mem::take(&mut state.republish) {
         pending.republish = true;
@@ -313,10 +355,17 @@ async fn status_tick_says_reconcile(ctx: &Context, state: &mut State, converged:
 }
 
 /// Run a pass and what follows it. Returns whether it converged, and when to retry.
-async fn reconcile(ctx: &Context, state: &mut State) -> (bool, Option<tokio::time::Instant>) {
+async fn reconcile(
+    ctx: &Context,
+    state: &mut State,
+    kind: PassKind,
+) -> (bool, Option<tokio::time::Instant>) {
     let started = Instant::now();
     state.counters.reconciles += 1;
-    let outcome = pass(ctx, state).await;
+    let (outcome, done) = match pass(ctx, state, kind).await {
+        Ok(done) => (Ok(()), Some(done)),
+        Err(err) => (Err(err), None),
+    };
     let converged = outcome.is_ok();
     if converged {
         // Start a handshake on other nodes' keys just replaced (their proof that this node
@@ -347,8 +396,16 @@ async fn reconcile(ctx: &Context, state: &mut State) -> (bool, Option<tokio::tim
         elapsed_ms = started.elapsed().as_millis() as u64,
         "reconciled"
     );
-    if let Err(err) = publish_status(ctx, state, converged).await {
-        tracing::warn!(error = %format!("{err:#}"), "reading device status failed");
+    // After a pass from memory the served status follows its steps; otherwise (and when there
+    // is none yet to bring forward) it is read afresh.
+    let patched = match &done {
+        Some(done) if !done.observed => patch_status(ctx, state, &done.steps, converged).await,
+        _ => false,
+    };
+    if !patched {
+        if let Err(err) = publish_status(ctx, state, converged).await {
+            tracing::warn!(error = %format!("{err:#}"), "reading device status failed");
+        }
     }
     (converged, retry)
 }

@@ -580,4 +580,5 @@ fn map_diff_removes_stale_sets_new_and_changed() {
 
 // === property tests ===
 
+mod incremental;
 mod properties;
