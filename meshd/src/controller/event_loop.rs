@@ -35,8 +35,15 @@ use crate::rotation::Driver;
 const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
 /// The most a resync moves from [`RESYNC_INTERVAL`], either way.
 const RESYNC_JITTER: Duration = Duration::from_secs(3);
-/// How often the served status (handshakes, counters) is refreshed from the device.
+/// How often the status tick runs: the ways out of the node are checked at every tick, the
+/// served status (handshakes, counters) is read from the devices every
+/// [`status_refresh_interval`].
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+/// Known nodes per extra second between two status refreshes: reading both devices and the
+/// maps costs time in proportion to the peers, and the loop does nothing else meanwhile.
+const NODES_PER_REFRESH_SECOND: usize = 500;
+/// The longest time between two status refreshes, however many peers.
+const STATUS_REFRESH_MAX: Duration = Duration::from_secs(10);
 /// Delay before retrying a failed reconcile pass.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 /// After a registry event, how long the loop waits for another before it runs a pass: records
@@ -79,6 +86,8 @@ struct Pending {
     /// Something besides registry records changed (or may have: a tick, a retry, new
     /// settings): the next pass reads the whole node rather than planning from memory.
     full_due: bool,
+    /// When the served status was last read from the devices.
+    status_read_at: Option<Instant>,
 }
 
 /// Run until SIGTERM/SIGINT (or the registry watch ends).
@@ -179,7 +188,13 @@ pub(super) async fn event_loop(
                 Next::Reconcile
             }
             _ = status_tick.tick() => {
-                if status_tick_says_reconcile(ctx, &mut state, pending.converged).await {
+                let refresh = pending.status_read_at.is_none_or(|at| {
+                    at.elapsed() + STATUS_INTERVAL / 2 >= status_refresh_interval(&state)
+                });
+                if refresh {
+                    pending.status_read_at = Some(Instant::now());
+                }
+                if status_tick_says_reconcile(ctx, &mut state, pending.converged, refresh).await {
                     pending.retry_at = Some(tokio::time::Instant::now());
                 }
                 Next::Wait
@@ -326,9 +341,48 @@ fn scheduled_rotation(ctx: &Context, state: &mut State) -> Next {
     Next::Reconcile
 }
 
-/// Refresh the status; true when a pass should run now (a tunnel came up or went down, a new
+/// The status tick; true when a pass should run now (a tunnel came up or went down, a new
 /// way out of the node appeared, or a device could not be read).
-async fn status_tick_says_reconcile(ctx: &Context, state: &mut State, converged: bool) -> bool {
+/// Only ticks that `refresh` read the devices; the others check the ways out alone.
+async fn status_tick_says_reconcile(
+    ctx: &Context,
+    state: &mut State,
+    converged: bool,
+    refresh: bool,
+) -> bool {
+    let started = Instant::now();
+    let mut now = refresh && status_refresh(ctx, state, converged).await;
+    // A new way out of the node (an uplink with a default route, a policy-routing table's
+    // default route, a route to a cluster CIDR): guard it now rather than at the next resync.
+    // The guarded CIDRs are the last pass's, when it left them (no read of the whole map).
+    let guarded = state
+        .remembered
+        .as_ref()
+        .map(|m| &m.observation.observed.guarded_cidrs);
+    let guards = current_guard_interfaces(ctx, guarded).await;
+    now |= ctx.bpf.lock().await.unguarded(&guards);
+    tracing::debug!(
+        refresh,
+        elapsed_us = started.elapsed().as_micros() as u64,
+        "status tick"
+    );
+    now
+}
+
+/// The time between two status refreshes: a second up to [`NODES_PER_REFRESH_SECOND`] known
+/// nodes, a second more for each as many again, at most [`STATUS_REFRESH_MAX`]; a second while
+/// this node rotates its key (the rotation asks which peers are silent).
+fn status_refresh_interval(state: &State) -> Duration {
+    if state.rotation.driver.busy() {
+        return STATUS_INTERVAL;
+    }
+    let extra = state.registry.records.len() / NODES_PER_REFRESH_SECOND;
+    (STATUS_INTERVAL * u32::try_from(extra + 1).unwrap_or(u32::MAX)).min(STATUS_REFRESH_MAX)
+}
+
+/// Read the devices for the served status and follow the tunnels' liveness; true when a pass
+/// should run now (a tunnel came up or went down, a device could not be read).
+async fn status_refresh(ctx: &Context, state: &mut State, converged: bool) -> bool {
     let peers = match publish_status(ctx, state, converged).await {
         Ok(peers) => peers,
         Err(err) => {
@@ -346,12 +400,7 @@ async fn status_tick_says_reconcile(ctx: &Context, state: &mut State, converged:
     });
     let live = ctx.live.read().await.clone();
     // A tunnel came up or went down: host encryption follows it now.
-    let mut now = track_liveness(&live, &mut state.liveness, &peers);
-    // A new way out of the node (an uplink with a default route, a policy-routing table's
-    // default route, a route to a cluster CIDR): guard it now rather than at the next resync.
-    let guards = current_guard_interfaces(ctx).await;
-    now |= ctx.bpf.lock().await.unguarded(&guards);
-    now
+    track_liveness(&live, &mut state.liveness, &peers)
 }
 
 /// Run a pass and what follows it. Returns whether it converged, and when to retry.

@@ -244,12 +244,18 @@ pub(super) async fn patch_status(
     steps: &[Step],
     converged: bool,
 ) -> bool {
-    let Some(mut report) = ctx.status.read().await.clone() else {
+    // In place: a copy of a status of thousands of peers costs more than the patch.
+    let mut served = ctx.status.write().await;
+    let Some(report) = served.as_mut() else {
         return false;
     };
-    patch_report(&mut report, steps, &state.registry.records);
-    fill_from_state(&mut report, ctx, state, converged).await;
-    serve(ctx, report).await;
+    patch_report(report, steps, &state.registry.records);
+    fill_from_state(report, ctx, state, converged).await;
+    if let Some(feed) = &ctx.status_feed {
+        feed.send_replace(Some(report.clone()));
+    }
+    drop(served);
+    *ctx.heartbeat.write().await = Some(std::time::Instant::now());
     true
 }
 
