@@ -33,8 +33,14 @@ pub(super) struct Remembered {
 
 /// Bring `observed` forward by `steps`, as if they had all been applied in order.
 pub(super) fn after(observed: &mut Observed, steps: &[Step]) {
-    // Per device, who holds each allowed IP: built on a device's first upsert (a lookup per
-    // allowed IP rather than a scan of every peer per upsert).
+    // Per device, who holds each allowed IP that an upsert gives (one scan of the device's
+    // peers, not one per upsert; only those IPs can be taken from another peer).
+    let mut given: [BTreeSet<IpNet>; 2] = Default::default();
+    for step in steps {
+        if let Step::UpsertPeer { slot, peer } = step {
+            given[slot.index()].extend(peer.allowed_ips.iter().copied());
+        }
+    }
     let mut holders: [Option<Holders>; 2] = [None, None];
     for step in steps {
         match step {
@@ -47,8 +53,9 @@ pub(super) fn after(observed: &mut Observed, steps: &[Step]) {
                 }
             }
             Step::UpsertPeer { slot, peer } => {
-                let h = holders[slot.index()]
-                    .get_or_insert_with(|| Holders::of(&observed.devices[slot.index()].peers));
+                let h = holders[slot.index()].get_or_insert_with(|| {
+                    Holders::of(&observed.devices[slot.index()].peers, &given[slot.index()])
+                });
                 upsert(observed, h, *slot, peer);
             }
             other => after_one(observed, other),
@@ -137,14 +144,14 @@ fn remove_routes_to(routes: &mut BTreeSet<(IpNet, u32)>, cidr: IpNet) {
     }
 }
 
-/// One device's allowed IPs and the peers holding each.
+/// One device's allowed IPs among those the steps give, and the peers holding each.
 struct Holders(BTreeMap<IpNet, BTreeSet<PublicKey>>);
 
 impl Holders {
-    fn of(peers: &BTreeMap<PublicKey, ProgrammedPeer>) -> Self {
+    fn of(peers: &BTreeMap<PublicKey, ProgrammedPeer>, given: &BTreeSet<IpNet>) -> Self {
         let mut map: BTreeMap<IpNet, BTreeSet<PublicKey>> = BTreeMap::new();
         for p in peers.values() {
-            for a in &p.allowed_ips {
+            for a in p.allowed_ips.iter().filter(|a| given.contains(*a)) {
                 map.entry(*a).or_default().insert(p.public_key);
             }
         }
