@@ -58,8 +58,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// glibc's malloc, tuned for a daemon whose passes and status reads at thousands of peers
-/// allocate and free megabytes at a time (measured with `scale-bench --nodes 5000`: meshd's
-/// RSS 86 MiB untuned, 66 MiB tuned). By default every thread that allocates under contention
+/// allocate and free megabytes at a time (`scale-bench --nodes 5000`, one build, tuned through
+/// glibc's environment variables: meshd's RSS 86 MiB untuned, 75 MiB with one arena, 66 MiB
+/// with two arenas and these thresholds). By default every thread that allocates under contention
 /// gets an arena of its own (up to 8 per core) that keeps its own high-water mark, and the
 /// threshold above which a block is mapped on its own grows to 32 MiB, so a freed 4 MiB status
 /// document stays in a heap. Tuned: at most two arenas; blocks of 1 MiB and more mapped on

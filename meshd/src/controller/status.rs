@@ -349,3 +349,84 @@ fn insert_sorted(list: &mut Vec<String>, item: &impl ToString) {
         list.insert(i, item);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::control::tests_support::sample;
+
+    fn record(name: &str, key: PublicKey) -> keyexchange::NodeRecord {
+        keyexchange::NodeRecord {
+            name: name.into(),
+            public_key: key,
+            listen_port: 51820,
+            endpoints: vec!["198.18.0.12".parse().unwrap()],
+            pod_cidrs: vec!["10.244.3.0/24".parse().unwrap()],
+            rotation: Default::default(),
+        }
+    }
+
+    fn upsert(slot: Slot, key: PublicKey, cidr: &str) -> Step {
+        Step::UpsertPeer {
+            slot,
+            peer: netlink::PeerConfig {
+                public_key: *key.as_bytes(),
+                endpoint: Some("198.18.0.12:51820".parse().unwrap()),
+                allowed_ips: vec![cidr.parse().unwrap()],
+                persistent_keepalive: None,
+            },
+        }
+    }
+
+    #[test]
+    fn a_patched_status_follows_the_steps_of_a_pass_from_memory() {
+        let (k3, k4) = (
+            PublicKey::from_bytes([3; 32]),
+            PublicKey::from_bytes([4; 32]),
+        );
+        let records: BTreeMap<_, _> = [("n3".to_string(), record("n3", k3))].into();
+        let mut report = sample();
+        report.second = Some(control::SlotReport {
+            interface: "meshd1".into(),
+            ifindex: 8,
+            public_key: "k2".into(),
+            listen_port: 51821,
+            peers: Vec::new(),
+        });
+        let cidr: ipnet::IpNet = "10.244.3.0/24".parse().unwrap();
+        let steps = vec![
+            upsert(Slot::FIRST, k3, "10.244.3.0/24"),
+            upsert(Slot::SECOND, k4, "10.244.4.0/24"),
+            Step::GuardCidr(cidr),
+            Step::SetRedirect { cidr, ifindex: 7 },
+            Step::RemoveRedirect("10.244.2.0/24".parse().unwrap()),
+        ];
+        patch_report(&mut report, &steps, &records);
+        assert_eq!(report.peers.len(), 1);
+        assert_eq!(report.peers[0].name.as_deref(), Some("n3"));
+        assert_eq!(report.peers[0].allowed_ips, vec!["10.244.3.0/24"]);
+        let second = &report.second.as_ref().unwrap().peers;
+        assert_eq!(second.len(), 1);
+        // A key no record holds has no name.
+        assert_eq!(second[0].name, None);
+        let datapath = report.datapath.as_ref().unwrap();
+        assert_eq!(datapath.remote_cidrs, vec!["10.244.3.0/24"]);
+        assert_eq!(
+            datapath.cluster_cidrs,
+            vec!["10.244.0.0/16", "10.244.3.0/24"]
+        );
+
+        // The peer goes: removed from its device's list only.
+        patch_report(
+            &mut report,
+            &[Step::RemovePeer {
+                slot: Slot::FIRST,
+                key: k3,
+            }],
+            &records,
+        );
+        assert!(report.peers.is_empty());
+        assert_eq!(report.second.as_ref().unwrap().peers.len(), 1);
+    }
+}
