@@ -24,13 +24,15 @@ use crate::bpf::Bpf;
 use crate::cni_conf::PeerStepFailed;
 use crate::control::Counters;
 
-/// Apply `steps` in order. `encrypted_hosts` follows the host routes as they change.
+/// Apply `steps` in order. `encrypted_hosts` follows the host routes as they change. Returns
+/// whether every step was carried out as planned (false: a full map left a CIDR out, so the
+/// node is not what the plan says it is now).
 pub(super) async fn apply(
     ctx: &Context,
     steps: &[Step],
     counters: &mut Counters,
     encrypted_hosts: &mut BTreeSet<IpAddr>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     log_summary(steps);
     let mut bpf = ctx.bpf.lock().await;
     let mut full = BTreeSet::new();
@@ -69,7 +71,7 @@ pub(super) async fn apply(
         };
         rest = &rest[taken..];
     }
-    Ok(())
+    Ok(full.is_empty())
 }
 
 /// Whether a step programs peers (their tunnel, routes, redirects, host routes) rather than

@@ -206,14 +206,21 @@ async fn ways_out(
 }
 
 /// [`guard_interfaces`] with what the daemon holds now: the guarded CIDRs of the datapath's
-/// map (configured and learned) and this node's pod CIDRs.
-pub(super) async fn current_guard_interfaces(ctx: &Context) -> BTreeSet<String> {
-    let guarded: Vec<IpNet> = match ctx.bpf.lock().await.cluster_cidrs() {
-        Ok(cidrs) => cidrs.into_iter().collect(),
-        Err(err) => {
-            tracing::warn!(%err, "reading the guarded CIDRs failed");
-            Vec::new()
-        }
+/// map (configured and learned; `known`, when the caller knows them, else read from the map)
+/// and this node's pod CIDRs.
+pub(super) async fn current_guard_interfaces(
+    ctx: &Context,
+    known: Option<&BTreeSet<IpNet>>,
+) -> BTreeSet<String> {
+    let guarded: Vec<IpNet> = match known {
+        Some(cidrs) => cidrs.iter().copied().collect(),
+        None => match ctx.bpf.lock().await.cluster_cidrs() {
+            Ok(cidrs) => cidrs.into_iter().collect(),
+            Err(err) => {
+                tracing::warn!(%err, "reading the guarded CIDRs failed");
+                Vec::new()
+            }
+        },
     };
     let own_pod_cidrs = ctx.me().pod_cidrs;
     guard_interfaces(

@@ -19,19 +19,31 @@ use super::key_rotation::{
     drive_rotation, poke_rotating_peers, rotation_retry_due, start_rotation,
 };
 use super::liveness::track_liveness;
-use super::pass::pass;
+use super::pass::{pass, PassKind};
 use super::publisher::Publisher;
 use super::start::SettingsFeed;
 use super::state::State;
-use super::status::publish_status;
+use super::status::{patch_status, publish_status};
 use super::unix_now;
 use crate::control;
 use crate::rotation::Driver;
 
-/// How often the live state is re-read and reconciled even without registry events.
+/// How often the live state is re-read and reconciled even without registry events (passes for
+/// record changes alone plan against what the last pass left: this full pass is what repairs
+/// drift nothing reported). Each agent's is jittered by up to [`RESYNC_JITTER`] either way, so
+/// that a cluster's agents do not read their nodes in step.
 const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
-/// How often the served status (handshakes, counters) is refreshed from the device.
+/// The most a resync moves from [`RESYNC_INTERVAL`], either way.
+const RESYNC_JITTER: Duration = Duration::from_secs(3);
+/// How often the status tick runs: the ways out of the node are checked at every tick, the
+/// served status (handshakes, counters) is read from the devices every
+/// [`status_refresh_interval`].
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+/// Known nodes per extra second between two status refreshes: reading both devices and the
+/// maps costs time in proportion to the peers, and the loop does nothing else meanwhile.
+const NODES_PER_REFRESH_SECOND: usize = 500;
+/// The longest time between two status refreshes, however many peers.
+const STATUS_REFRESH_MAX: Duration = Duration::from_secs(10);
 /// Delay before retrying a failed reconcile pass.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 /// After a registry event, how long the loop waits for another before it runs a pass: records
@@ -71,6 +83,11 @@ struct Pending {
     converged: bool,
     /// This node's record must be published again.
     republish: bool,
+    /// Something besides registry records changed (or may have: a tick, a retry, new
+    /// settings): the next pass reads the whole node rather than planning from memory.
+    full_due: bool,
+    /// When the served status was last read from the devices.
+    status_read_at: Option<Instant>,
 }
 
 /// Run until SIGTERM/SIGINT (or the registry watch ends).
@@ -96,13 +113,16 @@ pub(super) async fn event_loop(
         .registry
         .records
         .insert(ctx.me().name.clone(), ctx.me());
-    let mut pending = Pending::default();
+    let mut pending = Pending {
+        full_due: true,
+        ..Pending::default()
+    };
     for ev in initial {
         pending.republish |= apply_event(ctx, &mut state, ev);
     }
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing SIGTERM handler")?;
-    let mut resync = tokio::time::interval(RESYNC_INTERVAL);
+    let mut resync_at = tokio::time::Instant::now() + resync_interval();
     let mut status_tick = tokio::time::interval(STATUS_INTERVAL);
     let mut rotation_tick = tokio::time::interval(rotation_check_interval(ctx));
     let mut commands_open = true;
@@ -118,6 +138,7 @@ pub(super) async fn event_loop(
                 Some(control::Command::RotateKey(reply)) => {
                     start_rotation(&mut state.rotation, "requested");
                     state.rotation.waiters.push(reply);
+                    pending.full_due = true;
                     Next::Reconcile
                 }
                 None => {
@@ -125,7 +146,11 @@ pub(super) async fn event_loop(
                     Next::Wait
                 }
             },
-            _ = rotation_tick.tick() => scheduled_rotation(ctx, &mut state),
+            _ = rotation_tick.tick() => {
+                let next = scheduled_rotation(ctx, &mut state);
+                pending.full_due |= matches!(next, Next::Reconcile);
+                next
+            }
             ev = events.recv() => {
                 let Some(ev) = ev else { bail!("registry watch ended") };
                 pending.republish |= apply_event(ctx, &mut state, ev);
@@ -134,14 +159,22 @@ pub(super) async fn event_loop(
                 }
                 Next::Reconcile
             }
-            _ = resync.tick() => Next::Reconcile,
-            _ = sleep_until(earliest(pending.retry_at, wake)) => Next::Reconcile,
+            _ = tokio::time::sleep_until(resync_at) => {
+                resync_at = tokio::time::Instant::now() + resync_interval();
+                pending.full_due = true;
+                Next::Reconcile
+            }
+            _ = sleep_until(earliest(pending.retry_at, wake)) => {
+                pending.full_due = true;
+                Next::Reconcile
+            }
             // The API servers' endpoints changed: reconcile (host encryption excludes them).
             changed = changed(api_servers.as_mut()) => {
                 if changed.is_err() {
                     tracing::warn!("the API server endpoint watcher stopped; the last endpoints stay excluded");
                     api_servers = None;
                 }
+                pending.full_due = true;
                 Next::Reconcile
             }
             changed = changed(settings.as_mut()) => {
@@ -151,10 +184,17 @@ pub(super) async fn event_loop(
                 } else if let Some(new) = settings.as_ref().and_then(|feed| feed.borrow().clone()) {
                     apply_settings(ctx, &new).await;
                 }
+                pending.full_due = true;
                 Next::Reconcile
             }
             _ = status_tick.tick() => {
-                if status_tick_says_reconcile(ctx, &mut state, pending.converged).await {
+                let refresh = pending.status_read_at.is_none_or(|at| {
+                    at.elapsed() + STATUS_INTERVAL / 2 >= status_refresh_interval(&state)
+                });
+                if refresh {
+                    pending.status_read_at = Some(Instant::now());
+                }
+                if status_tick_says_reconcile(ctx, &mut state, pending.converged, refresh).await {
                     pending.retry_at = Some(tokio::time::Instant::now());
                 }
                 Next::Wait
@@ -189,6 +229,17 @@ async fn following_events(events: &mut mpsc::Receiver<RegistryEvent>) -> Vec<Reg
             Ok(None) | Err(_) => return batch,
         }
     }
+}
+
+/// [`RESYNC_INTERVAL`] moved by a random amount of at most [`RESYNC_JITTER`] either way.
+fn resync_interval() -> Duration {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    // A random number without a generator: std's hasher keys are drawn from the OS.
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let span = 2 * RESYNC_JITTER.as_millis() as u64;
+    RESYNC_INTERVAL - RESYNC_JITTER + Duration::from_millis(random % span.max(1))
 }
 
 /// The earlier of two optional instants.
@@ -241,7 +292,13 @@ async fn after_event(
         // have simply not been read yet.
         return;
     }
-    let (converged, retry) = reconcile(ctx, state).await;
+    // A rotation under way changes the devices' keys between passes: read them.
+    let kind = if std::mem::take(&mut pending.full_due) || state.rotation.driver.busy() {
+        PassKind::Full
+    } else {
+        PassKind::Records
+    };
+    let (converged, retry) = reconcile(ctx, state, kind).await;
     pending.converged = converged;
     if std::mem::take(&mut state.republish) {
         pending.republish = true;
@@ -284,9 +341,50 @@ fn scheduled_rotation(ctx: &Context, state: &mut State) -> Next {
     Next::Reconcile
 }
 
-/// Refresh the status; true when a pass should run now (a tunnel came up or went down, a new
+/// The status tick; true when a pass should run now (a tunnel came up or went down, a new
 /// way out of the node appeared, or a device could not be read).
-async fn status_tick_says_reconcile(ctx: &Context, state: &mut State, converged: bool) -> bool {
+/// Only ticks that `refresh` read the devices; the others check the ways out alone.
+async fn status_tick_says_reconcile(
+    ctx: &Context,
+    state: &mut State,
+    converged: bool,
+    refresh: bool,
+) -> bool {
+    let started = Instant::now();
+    let mut now = refresh && status_refresh(ctx, state, converged).await;
+    // A new way out of the node (an uplink with a default route, a policy-routing table's
+    // default route, a route to a cluster CIDR): guard it now rather than at the next resync.
+    // The guarded CIDRs are the last pass's, when it left them (no read of the whole map).
+    let guarded = state
+        .remembered
+        .as_ref()
+        .map(|m| &m.observation.observed.guarded_cidrs);
+    let guards = current_guard_interfaces(ctx, guarded).await;
+    now |= ctx.bpf.lock().await.unguarded(&guards);
+    // node-subnet: pods came or went, so a block is claimed or given back.
+    now |= super::blocks::follow_blocks(ctx, state).await.0;
+    tracing::debug!(
+        refresh,
+        elapsed_us = started.elapsed().as_micros() as u64,
+        "status tick"
+    );
+    now
+}
+
+/// The time between two status refreshes: a second up to [`NODES_PER_REFRESH_SECOND`] known
+/// nodes, a second more for each as many again, at most [`STATUS_REFRESH_MAX`]; a second while
+/// this node rotates its key (the rotation asks which peers are silent).
+fn status_refresh_interval(state: &State) -> Duration {
+    if state.rotation.driver.busy() {
+        return STATUS_INTERVAL;
+    }
+    let extra = state.registry.records.len() / NODES_PER_REFRESH_SECOND;
+    (STATUS_INTERVAL * u32::try_from(extra + 1).unwrap_or(u32::MAX)).min(STATUS_REFRESH_MAX)
+}
+
+/// Read the devices for the served status and follow the tunnels' liveness; true when a pass
+/// should run now (a tunnel came up or went down, a device could not be read).
+async fn status_refresh(ctx: &Context, state: &mut State, converged: bool) -> bool {
     let peers = match publish_status(ctx, state, converged).await {
         Ok(peers) => peers,
         Err(err) => {
@@ -304,22 +402,25 @@ async fn status_tick_says_reconcile(ctx: &Context, state: &mut State, converged:
     });
     let live = ctx.live.read().await.clone();
     // A tunnel came up or went down: host encryption follows it now.
-    let mut now = track_liveness(&live, &mut state.liveness, &peers);
-    // A new way out of the node (an uplink with a default route, a policy-routing table's
-    // default route, a route to a cluster CIDR): guard it now rather than at the next resync.
-    let guards = current_guard_interfaces(ctx).await;
-    now |= ctx.bpf.lock().await.unguarded(&guards);
-    // node-subnet: pods came or went, so a block is claimed or given back.
-    now |= super::blocks::follow_blocks(ctx, state).await.0;
-    now
+    track_liveness(&live, &mut state.liveness, &peers)
 }
 
 /// Run a pass and what follows it. Returns whether it converged, and when to retry.
-async fn reconcile(ctx: &Context, state: &mut State) -> (bool, Option<tokio::time::Instant>) {
+async fn reconcile(
+    ctx: &Context,
+    state: &mut State,
+    kind: PassKind,
+) -> (bool, Option<tokio::time::Instant>) {
     let started = Instant::now();
     state.counters.reconciles += 1;
-    let (_, blocks_at) = super::blocks::follow_blocks(ctx, state).await;
-    let outcome = pass(ctx, state).await;
+    // node-subnet: a block claimed or given back changes this node's own record; the pass
+    // then reads the node (a pass from memory only follows other nodes' records).
+    let (blocks_changed, blocks_at) = super::blocks::follow_blocks(ctx, state).await;
+    let kind = if blocks_changed { PassKind::Full } else { kind };
+    let (outcome, done) = match pass(ctx, state, kind).await {
+        Ok(done) => (Ok(()), Some(done)),
+        Err(err) => (Err(err), None),
+    };
     let converged = outcome.is_ok();
     if converged {
         // Start a handshake on other nodes' keys just replaced (their proof that this node
@@ -350,8 +451,16 @@ async fn reconcile(ctx: &Context, state: &mut State) -> (bool, Option<tokio::tim
         elapsed_ms = started.elapsed().as_millis() as u64,
         "reconciled"
     );
-    if let Err(err) = publish_status(ctx, state, converged).await {
-        tracing::warn!(error = %format!("{err:#}"), "reading device status failed");
+    // After a pass from memory the served status follows its steps; otherwise (and when there
+    // is none yet to bring forward) it is read afresh.
+    let patched = match &done {
+        Some(done) if !done.observed => patch_status(ctx, state, &done.steps, converged).await,
+        _ => false,
+    };
+    if !patched {
+        if let Err(err) = publish_status(ctx, state, converged).await {
+            tracing::warn!(error = %format!("{err:#}"), "reading device status failed");
+        }
     }
     (converged, retry)
 }

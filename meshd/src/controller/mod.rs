@@ -19,14 +19,16 @@
 //! 1. `start.rs` started the registry watch and handed it to the loop;
 //! 2. `event_loop.rs` receives the `Upsert` and folds it into the registry cache
 //!    (`state.rs`), then runs a pass;
-//! 3. `pass.rs`: `devices.rs` heals the slot devices and keeps their ports, `observe.rs`
-//!    reads the node (and `pods.rs` the IPAM store, `guard.rs` decides the ways out of the
-//!    node from its routes and rules), `desired.rs` turns the records and
-//!    settings into the desired state (the new peer on both slot devices, its routes and
-//!    redirects), `plan.rs` orders the steps (peer, then route, guard, redirect), `apply.rs`
-//!    carries them out;
+//! 3. `pass.rs`: when only records changed since the last pass, it plans against what that
+//!    pass left on the node (`remembered.rs`) and applies just the difference; otherwise
+//!    `devices.rs` heals the slot devices and keeps their ports, `observe.rs` reads the node
+//!    (and `pods.rs` the IPAM store, `guard.rs` decides the ways out of the node from its
+//!    routes and rules). Then `desired.rs` turns the records and settings into the desired
+//!    state (the new peer on both slot devices, its routes and redirects), `plan.rs` orders
+//!    the steps (peer, then route, guard, redirect), `apply.rs` carries them out;
 //! 4. back in `event_loop.rs`: `key_rotation.rs` acknowledges the peer's rotation step, if
-//!    any, the CNI configuration follows readiness, and `status.rs` publishes the status.
+//!    any, the CNI configuration follows readiness, and `status.rs` publishes the status
+//!    (after a pass from memory, it brings the served status forward by the pass's steps).
 
 mod apply;
 mod args;
@@ -49,6 +51,7 @@ mod pass;
 pub mod plan;
 mod pods;
 mod publisher;
+mod remembered;
 mod start;
 mod state;
 mod status;

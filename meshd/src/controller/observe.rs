@@ -69,7 +69,9 @@ pub(super) async fn observe(
         .await
         .context("reading the host-encryption rule")?;
     let pods = pods::read(&ctx.args.state_dir)?;
-    let guards = current_guard_interfaces(ctx).await;
+    // Read once: the ways out are decided from the guarded CIDRs too.
+    let guarded_cidrs = ctx.bpf.lock().await.cluster_cidrs()?;
+    let guards = current_guard_interfaces(ctx, Some(&guarded_cidrs)).await;
     let bpf = ctx.bpf.lock().await;
     let ebpf_steering = ctx.args.pod_steering == PodSteering::Ebpf;
     let observed = Observed {
@@ -79,7 +81,7 @@ pub(super) async fn observe(
         host_routes,
         mark_rule,
         redirects: bpf.remotes().context("reading redirects")?,
-        guarded_cidrs: bpf.cluster_cidrs()?,
+        guarded_cidrs,
         guard_mode: bpf.mode(),
         local_pods: bpf.locals()?,
         from_pod_done: if ebpf_steering {

@@ -1,14 +1,15 @@
 //! One reconcile pass: heal the devices, observe the node, compute the desired state, plan,
 //! apply. Records are trusted first (see [`super::trust`]): refused ones count for nothing.
-//! Every pass compares the *live* node with the desired state, which makes passes
-//! idempotent and self-healing after drift; the plan carries the order that keeps pod
-//! traffic from ever leaving in clear (see [`super::plan`]).
+//! A full pass compares the *live* node with the desired state, which makes passes
+//! idempotent and self-healing after drift; a pass for registry record changes alone compares
+//! it with what the last pass left ([`super::remembered`]) and applies only the difference
+//! (at 5,000 peers, reading the node cost a second per record). The plan carries the order
+//! that keeps pod traffic from ever leaving in clear (see [`super::plan`]).
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use keyexchange::PublicKey;
-use netlink::DeviceStatus;
 
 use super::apply::apply;
 use super::args::PodSteering;
@@ -18,26 +19,59 @@ use super::desired::{host_exclusions, trusted_within, Desired, Inputs};
 use super::devices::{ensure_ports, heal_devices};
 use super::liveness::{handshook_within, liveness_window};
 use super::observe::{observe, Observation};
-use super::plan::plan;
+use super::plan::{plan, Step};
+use super::remembered::{after, Remembered};
 use super::state::{Live, RegistryCache, State};
 use super::trust;
 
-/// One pass towards the desired state.
-pub(super) async fn pass(ctx: &Context, state: &mut State) -> anyhow::Result<()> {
+/// What a pass starts from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum PassKind {
+    /// Heal the devices, keep their ports and read the whole node.
+    Full,
+    /// Only registry records changed since the last pass: plan against what it left
+    /// ([`Remembered`]) when there is such a memory, else observe as a full pass does.
+    Records,
+}
+
+/// What a pass did.
+pub(super) struct PassOutcome {
+    /// The steps it applied.
+    pub steps: Vec<Step>,
+    /// Whether it read the node (a full pass) rather than planning against its memory.
+    pub observed: bool,
+}
+
+/// One pass towards the desired state. A pass that applied every step exactly leaves its
+/// result in `state.remembered` for the next [`PassKind::Records`] pass; any other outcome
+/// forgets it, so the next pass reads the node.
+pub(super) async fn pass(
+    ctx: &Context,
+    state: &mut State,
+    kind: PassKind,
+) -> anyhow::Result<PassOutcome> {
     let started = Instant::now();
     let live = ctx.live.read().await.clone();
-    heal_devices(ctx, &mut state.counters).await?;
-    let (devices, republish) = ensure_ports(ctx, live.listen_port).await?;
-    state.republish |= republish;
-    let observation = observe(ctx, &devices).await?;
+    let memory = match kind {
+        PassKind::Records => state.remembered.take(),
+        PassKind::Full => {
+            state.remembered = None;
+            None
+        }
+    };
+    let observed = memory.is_none();
+    let mut memory = match memory {
+        Some(memory) => memory,
+        None => read_node(ctx, state, &live).await?,
+    };
     let observed_at = Instant::now();
-    let want = desired_now(ctx, state, &live, &devices, &observation).await;
+    let want = desired_now(ctx, state, &live, &memory).await;
     report_conflicts(&mut state.registry, &want.conflicts);
     state.rotation.peer_slots = want.peer_slots.clone();
     let desired_at = Instant::now();
-    let steps = plan(&want, &observation.observed);
+    let steps = plan(&want, &memory.observation.observed);
     let planned_at = Instant::now();
-    apply(
+    let exact = apply(
         ctx,
         &steps,
         &mut state.counters,
@@ -49,6 +83,7 @@ pub(super) async fn pass(ctx: &Context, state: &mut State) -> anyhow::Result<()>
     tracing::debug!(
         records = state.registry.records.len(),
         steps = steps.len(),
+        observed,
         observe_us = micros(observed_at - started),
         trust_and_desired_us = micros(desired_at - observed_at),
         plan_us = micros(planned_at - desired_at),
@@ -59,9 +94,33 @@ pub(super) async fn pass(ctx: &Context, state: &mut State) -> anyhow::Result<()>
     if let Some(veths) = &want.pod_interfaces {
         bpf.record_pod_interfaces(veths);
     }
-    bpf.record_guarded(&observation.guard_interfaces);
+    bpf.record_guarded(&memory.observation.guard_interfaces);
+    drop(bpf);
     state.liveness.encrypted_hosts = want.host_routes.keys().copied().collect();
-    Ok(())
+    if exact {
+        after(&mut memory.observation.observed, &steps);
+        state.remembered = Some(memory);
+    }
+    Ok(PassOutcome { steps, observed })
+}
+
+/// Heal the devices, keep their ports and read the node.
+async fn read_node(ctx: &Context, state: &mut State, live: &Live) -> anyhow::Result<Remembered> {
+    heal_devices(ctx, &mut state.counters).await?;
+    let (devices, republish) = ensure_ports(ctx, live.listen_port).await?;
+    state.republish |= republish;
+    let observation = observe(ctx, &devices).await?;
+    let window = liveness_window(live);
+    Ok(Remembered {
+        observation,
+        mesh_marked: devices.iter().all(|d| d.fwmark == ctx.args.mesh_mark),
+        handshook: devices
+            .iter()
+            .flat_map(|d| &d.peers)
+            .filter(|p| handshook_within(p, window))
+            .map(|p| PublicKey::from_bytes(p.public_key))
+            .collect(),
+    })
 }
 
 /// A duration in whole microseconds, for the phase timings.
@@ -75,12 +134,12 @@ async fn desired_now(
     ctx: &Context,
     state: &mut State,
     live: &Live,
-    devices: &[DeviceStatus; 2],
-    observation: &Observation,
+    memory: &Remembered,
 ) -> Desired {
+    let observation = &memory.observation;
     let me = ctx.me();
     let ifindex = observation.observed.devices.each_ref().map(|d| d.ifindex);
-    let tunnels_up = tunnels_up(state, live, devices);
+    let tunnels_up = tunnels_up(state, memory);
     let api_servers = ctx
         .api_servers
         .as_ref()
@@ -107,7 +166,7 @@ async fn desired_now(
             me: &me,
             live,
             ifindex,
-            mesh_marked: devices.iter().all(|d| d.fwmark == ctx.args.mesh_mark),
+            mesh_marked: memory.mesh_marked,
             tunnels_up: &tunnels_up,
             host_exclude: &exclude,
             local_pods: pods.addresses.clone(),
@@ -163,18 +222,12 @@ async fn map_capacity(
     Capacity::of_maps(sizes.remote_cidrs, sizes.cluster_cidrs, others)
 }
 
-/// The peers whose tunnel is up: by the liveness tracker, or handshook just now (a new key
-/// after a rotation step: its tunnel is up before the tracker has seen it).
-fn tunnels_up(state: &State, live: &Live, devices: &[DeviceStatus; 2]) -> BTreeSet<PublicKey> {
-    let window = liveness_window(live);
+/// The peers whose tunnel is up: by the liveness tracker, or handshook when the devices were
+/// last read (a new key after a rotation step: its tunnel is up before the tracker has seen
+/// it; a rotation step always brings a full pass, which reads them afresh).
+fn tunnels_up(state: &State, memory: &Remembered) -> BTreeSet<PublicKey> {
     let mut up = state.liveness.live_peers.clone();
-    up.extend(
-        devices
-            .iter()
-            .flat_map(|d| &d.peers)
-            .filter(|p| handshook_within(p, window))
-            .map(|p| PublicKey::from_bytes(p.public_key)),
-    );
+    up.extend(memory.handshook.iter().copied());
     up
 }
 

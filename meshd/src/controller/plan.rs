@@ -194,7 +194,11 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Step> {
         steps.push(Step::SetGuardMode(Mode::Permissive));
         mode = Mode::Permissive;
     }
-    let withdrawn = withdraw_redirects(desired, observed, &mut steps);
+    let ops: Vec<Vec<PeerOp>> = SLOTS
+        .iter()
+        .map(|&slot| peer_ops(desired, observed, slot))
+        .collect();
+    let withdrawn = withdraw_redirects(desired, observed, &ops, &mut steps);
     let (departing_hosts, _) = map_diff(&desired_host_ifindex(desired), &observed.host_routes);
     for ip in departing_hosts {
         steps.push(Step::DeleteHostRoute {
@@ -219,10 +223,6 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Step> {
             });
         }
     }
-    let ops: Vec<Vec<PeerOp>> = SLOTS
-        .iter()
-        .map(|&slot| peer_ops(desired, observed, slot))
-        .collect();
     for (slot, ops) in SLOTS.iter().zip(&ops) {
         for op in ops {
             if let PeerOp::Remove(key) = op {
@@ -263,13 +263,15 @@ fn peer_ops(desired: &Desired, observed: &Observed, slot: Slot) -> Vec<PeerOp> {
 /// Step 2: stop redirecting CIDRs that are no longer wanted, and CIDRs whose covering peer on
 /// the redirect's device goes or gives the CIDR up in this pass. Returns the latter (their
 /// redirect comes back once their new peer is in place). Every redirect kept is guarded.
+/// `ops` are each device's peer operations.
 fn withdraw_redirects(
     desired: &Desired,
     observed: &Observed,
+    ops: &[Vec<PeerOp>],
     steps: &mut Vec<Step>,
 ) -> BTreeSet<IpNet> {
     let (departing, _) = map_diff(&desired.redirects, &observed.redirects);
-    let programmed = programmed_cover(observed);
+    let programmed = programmed_cover(observed, ops);
     let withdrawn: BTreeSet<IpNet> = observed
         .redirects
         .iter()
@@ -291,15 +293,25 @@ fn withdraw_redirects(
     withdrawn
 }
 
-/// Each device's programmed peers, by the allowed IPs they hold (a lookup per redirect, not a
-/// scan of every peer: that made a pass quadratic in the number of nodes).
-fn programmed_cover(observed: &Observed) -> Vec<Covering<&ProgrammedPeer>> {
+/// Each device's programmed peers that go or change in this pass (`ops`), by the allowed IPs
+/// they hold (a lookup per redirect, not a scan of every peer: that made a pass quadratic in
+/// the number of nodes). A peer without an operation keeps the allowed IPs it has, so it
+/// cannot take a CIDR's cover away: leaving it out keeps the index to what changes.
+fn programmed_cover<'a>(
+    observed: &'a Observed,
+    ops: &[Vec<PeerOp>],
+) -> Vec<Covering<&'a ProgrammedPeer>> {
     observed
         .devices
         .iter()
-        .map(|d| {
-            d.peers
-                .values()
+        .zip(ops)
+        .map(|(d, ops)| {
+            ops.iter()
+                .filter_map(|op| match op {
+                    PeerOp::Remove(key) => d.peers.get(key),
+                    PeerOp::Update(peer) => d.peers.get(&peer.public_key),
+                    PeerOp::Add(_) => None,
+                })
                 .flat_map(|p| p.allowed_ips.iter().map(move |a| (*a, p)))
                 .collect()
         })

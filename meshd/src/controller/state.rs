@@ -74,6 +74,9 @@ pub(super) struct State {
     pub failing_since: Option<Instant>,
     /// This node's record changed (listen port, acknowledgements): publish it.
     pub republish: bool,
+    /// What the last pass left on the node, if it applied every step exactly: the next pass
+    /// for record changes alone plans against it (see [`super::remembered`]).
+    pub remembered: Option<super::remembered::Remembered>,
 }
 
 /// The registry's records as the loop knows them.

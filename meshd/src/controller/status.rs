@@ -8,9 +8,10 @@ use keyexchange::slots::{Slot, SLOTS};
 use keyexchange::PublicKey;
 
 use super::context::Context;
+use super::plan::Step;
 use super::state::State;
 use super::unix_now;
-use crate::control::{self, MalformedReport, PeerReport, RefusalReport, StatusReport};
+use crate::control::{self, Counters, MalformedReport, PeerReport, RefusalReport, StatusReport};
 use crate::rotation;
 
 /// The peers of one device as the status reports them.
@@ -95,17 +96,117 @@ pub(super) async fn publish_status(
         })
         .collect();
     let peers = peer_reports(&live_peers, &names);
+    let second_report = control::SlotReport {
+        interface: second.name().to_string(),
+        ifindex: second.ifindex(),
+        public_key: ctx.key(Slot::SECOND).public_key().to_string(),
+        listen_port: listen_port2,
+        peers: peer_reports(&live_peers2, &names),
+    };
+    let mut report = StatusReport {
+        node: ctx.me().name.clone(),
+        public_key: ctx.key(Slot::FIRST).public_key().to_string(),
+        mode: device.mode(),
+        interface: device.name().to_string(),
+        ifindex: device.ifindex(),
+        adopted_device: ctx.adopted,
+        listen_port,
+        mtu: 0,
+        endpoints: Vec::new(),
+        pod_cidrs: Vec::new(),
+        known_nodes: Vec::new(),
+        peers,
+        conflicts: Vec::new(),
+        malformed: Vec::new(),
+        counters: Counters::default(),
+        converged,
+        encryption: crate::bpf::Encryption::Enabled,
+        strict_mode: false,
+        host_encryption: false,
+        encrypted_hosts: Vec::new(),
+        key_created_unix: None,
+        second: Some(second_report),
+        rotation: control::RotationReport::default(),
+        datapath,
+        cleartext: state.cleartext.report.clone(),
+        refused: Vec::new(),
+        policy: None,
+    };
+    fill_from_state(&mut report, ctx, state, converged).await;
+    drop((device, second));
+    serve(ctx, report).await;
+    if let Some(err) = unreadable {
+        return Err(err.into());
+    }
+    let mut all = live_peers;
+    all.extend(live_peers2);
+    Ok(all)
+}
+
+/// The parts of the status that come from the settings and what the loop keeps (not from the
+/// devices or the maps): cheap to set again after every pass.
+async fn fill_from_state(report: &mut StatusReport, ctx: &Context, state: &State, converged: bool) {
     let me = ctx.me();
+    let live = ctx.live.read().await.clone();
+    report.mtu = live.mtu;
+    report.encryption = live.encryption;
+    report.strict_mode = live.strict_mode;
+    report.host_encryption = live.host_encryption;
+    report.endpoints = me.endpoints.iter().map(ToString::to_string).collect();
+    report.pod_cidrs = me.pod_cidrs.iter().map(ToString::to_string).collect();
+    report.known_nodes = state.registry.records.keys().cloned().collect();
+    report.conflicts = state.registry.last_conflicts.iter().cloned().collect();
+    report.malformed = state
+        .registry
+        .malformed
+        .iter()
+        .map(|(node, error)| MalformedReport {
+            node: node.clone(),
+            error: error.clone(),
+        })
+        .collect();
+    report.counters = state.counters.clone();
+    report.converged = converged;
+    report.encrypted_hosts = state
+        .liveness
+        .encrypted_hosts
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    report.key_created_unix = ctx.key_created_unix();
+    report.rotation = rotation_report(ctx, state);
+    report.cleartext = state.cleartext.report.clone();
+    report.refused = state
+        .registry
+        .refused
+        .iter()
+        .map(|r| RefusalReport {
+            node: r.node.clone(),
+            field: r.field.to_string(),
+            reason: r.reason.clone(),
+            holder: r.holder.clone(),
+        })
+        .collect();
+    report.policy = ctx.policy.as_ref().map(|report| {
+        report
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    });
+}
+
+/// Where this node's key rotation stands.
+fn rotation_report(ctx: &Context, state: &State) -> control::RotationReport {
     let (phase, slot) = match state.rotation.driver.phase() {
         rotation::Phase::Idle => (control::RotationPhase::Idle, None),
         rotation::Phase::Waiting { slot } => (control::RotationPhase::Waiting, Some(slot)),
         rotation::Phase::Draining { slot } => (control::RotationPhase::Draining, Some(slot)),
         rotation::Phase::Replaced { slot } => (control::RotationPhase::Replaced, Some(slot)),
     };
-    let rotation_report = control::RotationReport {
+    control::RotationReport {
         phase,
         slot: slot.map(u8::from),
-        serial: me.rotation.step.map(|s| s.serial),
+        serial: ctx.me().rotation.step.map(|s| s.serial),
         pending: state.rotation.driver.pending().to_vec(),
         excused: state.rotation.driver.excused().map(String::from).collect(),
         rotations: state.rotation.rotations,
@@ -119,81 +220,213 @@ pub(super) async fn publish_status(
             .map(|(name, slot)| (name.clone(), u8::from(*slot)))
             .collect(),
         interval_secs: ctx.args.rotation.key_rotation_interval.map(|d| d.as_secs()),
-    };
-    let second_report = control::SlotReport {
-        interface: second.name().to_string(),
-        ifindex: second.ifindex(),
-        public_key: ctx.key(Slot::SECOND).public_key().to_string(),
-        listen_port: listen_port2,
-        peers: peer_reports(&live_peers2, &names),
-    };
-    let report = StatusReport {
-        node: ctx.me().name.clone(),
-        public_key: ctx.key(Slot::FIRST).public_key().to_string(),
-        mode: device.mode(),
-        interface: device.name().to_string(),
-        ifindex: device.ifindex(),
-        adopted_device: ctx.adopted,
-        listen_port,
-        mtu: ctx.live.read().await.mtu,
-        endpoints: ctx.me().endpoints.iter().map(ToString::to_string).collect(),
-        pod_cidrs: ctx.me().pod_cidrs.iter().map(ToString::to_string).collect(),
-        known_nodes: state.registry.records.keys().cloned().collect(),
-        peers,
-        conflicts: state.registry.last_conflicts.iter().cloned().collect(),
-        malformed: state
-            .registry
-            .malformed
-            .iter()
-            .map(|(node, error)| MalformedReport {
-                node: node.clone(),
-                error: error.clone(),
-            })
-            .collect(),
-        counters: state.counters.clone(),
-        converged,
-        encryption: ctx.live.read().await.encryption,
-        strict_mode: ctx.live.read().await.strict_mode,
-        host_encryption: ctx.live.read().await.host_encryption,
-        encrypted_hosts: state
-            .liveness
-            .encrypted_hosts
-            .iter()
-            .map(ToString::to_string)
-            .collect(),
-        key_created_unix: ctx.key_created_unix(),
-        second: Some(second_report),
-        rotation: rotation_report,
-        datapath,
-        cleartext: state.cleartext.report.clone(),
-        refused: state
-            .registry
-            .refused
-            .iter()
-            .map(|r| RefusalReport {
-                node: r.node.clone(),
-                field: r.field.to_string(),
-                reason: r.reason.clone(),
-                holder: r.holder.clone(),
-            })
-            .collect(),
-        policy: ctx.policy.as_ref().map(|report| {
-            report
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone()
-        }),
-    };
+    }
+}
+
+/// Serve `report` (the control socket, the status feed) and beat the heart.
+async fn serve(ctx: &Context, report: StatusReport) {
     if let Some(feed) = &ctx.status_feed {
         // Receivers decide what changed (the Node condition writes only when it does).
         feed.send_replace(Some(report.clone()));
     }
     *ctx.status.write().await = Some(report);
     *ctx.heartbeat.write().await = Some(std::time::Instant::now());
-    if let Some(err) = unreadable {
-        return Err(err.into());
+}
+
+/// After a pass that planned from memory: bring the served status forward by its `steps`
+/// (peers added, changed or removed on either device, redirects and guarded CIDRs) and what
+/// the loop keeps, without reading the devices or the maps (at thousands of peers that read
+/// cost more than the pass). Handshakes and byte counts stay as last read; the next status
+/// tick reads them. False when there is no status yet to bring forward.
+pub(super) async fn patch_status(
+    ctx: &Context,
+    state: &State,
+    steps: &[Step],
+    converged: bool,
+) -> bool {
+    // In place: a copy of a status of thousands of peers costs more than the patch.
+    let mut served = ctx.status.write().await;
+    let Some(report) = served.as_mut() else {
+        return false;
+    };
+    patch_report(report, steps, &state.registry.records);
+    fill_from_state(report, ctx, state, converged).await;
+    if let Some(feed) = &ctx.status_feed {
+        feed.send_replace(Some(report.clone()));
     }
-    let mut all = live_peers;
-    all.extend(live_peers2);
-    Ok(all)
+    drop(served);
+    *ctx.heartbeat.write().await = Some(std::time::Instant::now());
+    true
+}
+
+/// Bring `report`'s peers and datapath CIDRs forward by `steps` (pure).
+fn patch_report(
+    report: &mut StatusReport,
+    steps: &[Step],
+    records: &BTreeMap<String, keyexchange::NodeRecord>,
+) {
+    let mut second_peers = report.second.as_mut().map(|s| &mut s.peers);
+    for step in steps {
+        match step {
+            Step::RemovePeer { slot, key } => {
+                let key = key.to_string();
+                if let Some(peers) = peers_of(&mut report.peers, &mut second_peers, *slot) {
+                    peers.retain(|p| p.public_key != key);
+                }
+            }
+            Step::UpsertPeer { slot, peer } => {
+                let key = PublicKey::from_bytes(peer.public_key);
+                let name = records
+                    .values()
+                    .find(|r| {
+                        SLOTS
+                            .iter()
+                            .any(|s| r.slot(*s).is_some_and(|k| k.public_key == key))
+                    })
+                    .map(|r| r.name.clone());
+                let key = key.to_string();
+                let Some(peers) = peers_of(&mut report.peers, &mut second_peers, *slot) else {
+                    continue;
+                };
+                let allowed_ips = peer.allowed_ips.iter().map(ToString::to_string).collect();
+                match peers.iter_mut().find(|p| p.public_key == key) {
+                    Some(p) => {
+                        p.name = name;
+                        p.allowed_ips = allowed_ips;
+                        if let Some(e) = peer.endpoint {
+                            p.endpoint = Some(e.to_string());
+                        }
+                    }
+                    None => peers.push(PeerReport {
+                        name,
+                        public_key: key,
+                        endpoint: peer.endpoint.map(|e| e.to_string()),
+                        allowed_ips,
+                        last_handshake_unix: None,
+                        last_handshake_secs_ago: None,
+                        rx_bytes: 0,
+                        tx_bytes: 0,
+                    }),
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(datapath) = report.datapath.as_mut() {
+        for step in steps {
+            match step {
+                Step::SetRedirect { cidr, .. } => insert_sorted(&mut datapath.remote_cidrs, cidr),
+                Step::RemoveRedirect(cidr) => {
+                    let cidr = cidr.to_string();
+                    if let Ok(i) = datapath.remote_cidrs.binary_search(&cidr) {
+                        datapath.remote_cidrs.remove(i);
+                    }
+                }
+                Step::GuardCidr(cidr) => insert_sorted(&mut datapath.cluster_cidrs, cidr),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The peer list of `slot`'s device in a status report.
+fn peers_of<'a>(
+    first: &'a mut Vec<PeerReport>,
+    second: &'a mut Option<&mut Vec<PeerReport>>,
+    slot: Slot,
+) -> Option<&'a mut Vec<PeerReport>> {
+    if slot == Slot::FIRST {
+        Some(first)
+    } else {
+        second.as_deref_mut()
+    }
+}
+
+/// Insert `item`'s text into a sorted list unless it is there.
+fn insert_sorted(list: &mut Vec<String>, item: &impl ToString) {
+    let item = item.to_string();
+    if let Err(i) = list.binary_search(&item) {
+        list.insert(i, item);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::control::tests_support::sample;
+
+    fn record(name: &str, key: PublicKey) -> keyexchange::NodeRecord {
+        keyexchange::NodeRecord {
+            name: name.into(),
+            public_key: key,
+            listen_port: 51820,
+            endpoints: vec!["198.18.0.12".parse().unwrap()],
+            pod_cidrs: vec!["10.244.3.0/24".parse().unwrap()],
+            rotation: Default::default(),
+        }
+    }
+
+    fn upsert(slot: Slot, key: PublicKey, cidr: &str) -> Step {
+        Step::UpsertPeer {
+            slot,
+            peer: netlink::PeerConfig {
+                public_key: *key.as_bytes(),
+                endpoint: Some("198.18.0.12:51820".parse().unwrap()),
+                allowed_ips: vec![cidr.parse().unwrap()],
+                persistent_keepalive: None,
+            },
+        }
+    }
+
+    #[test]
+    fn a_patched_status_follows_the_steps_of_a_pass_from_memory() {
+        let (k3, k4) = (
+            PublicKey::from_bytes([3; 32]),
+            PublicKey::from_bytes([4; 32]),
+        );
+        let records: BTreeMap<_, _> = [("n3".to_string(), record("n3", k3))].into();
+        let mut report = sample();
+        report.second = Some(control::SlotReport {
+            interface: "meshd1".into(),
+            ifindex: 8,
+            public_key: "k2".into(),
+            listen_port: 51821,
+            peers: Vec::new(),
+        });
+        let cidr: ipnet::IpNet = "10.244.3.0/24".parse().unwrap();
+        let steps = vec![
+            upsert(Slot::FIRST, k3, "10.244.3.0/24"),
+            upsert(Slot::SECOND, k4, "10.244.4.0/24"),
+            Step::GuardCidr(cidr),
+            Step::SetRedirect { cidr, ifindex: 7 },
+            Step::RemoveRedirect("10.244.2.0/24".parse().unwrap()),
+        ];
+        patch_report(&mut report, &steps, &records);
+        assert_eq!(report.peers.len(), 1);
+        assert_eq!(report.peers[0].name.as_deref(), Some("n3"));
+        assert_eq!(report.peers[0].allowed_ips, vec!["10.244.3.0/24"]);
+        let second = &report.second.as_ref().unwrap().peers;
+        assert_eq!(second.len(), 1);
+        // A key no record holds has no name.
+        assert_eq!(second[0].name, None);
+        let datapath = report.datapath.as_ref().unwrap();
+        assert_eq!(datapath.remote_cidrs, vec!["10.244.3.0/24"]);
+        assert_eq!(
+            datapath.cluster_cidrs,
+            vec!["10.244.0.0/16", "10.244.3.0/24"]
+        );
+
+        // The peer goes: removed from its device's list only.
+        patch_report(
+            &mut report,
+            &[Step::RemovePeer {
+                slot: Slot::FIRST,
+                key: k3,
+            }],
+            &records,
+        );
+        assert!(report.peers.is_empty());
+        assert_eq!(report.second.as_ref().unwrap().peers.len(), 1);
+    }
 }

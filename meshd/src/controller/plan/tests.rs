@@ -580,6 +580,7 @@ fn map_diff_removes_stale_sets_new_and_changed() {
 
 // === property tests ===
 
+mod incremental;
 mod properties;
 
 /// `node-subnet` IPAM: a peer claiming one more block of the node subnet costs its one peer

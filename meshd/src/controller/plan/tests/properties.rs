@@ -6,7 +6,7 @@ use super::*;
 /// One node as the registry may say it: its keys (from a small pool, so keys repeat between
 /// before and after), which slot it drains, its pod CIDR variant and families.
 #[derive(Debug, Clone)]
-struct NodeSpec {
+pub(super) struct NodeSpec {
     present: bool,
     keys: (u8, u8),
     draining: Option<Slot>,
@@ -18,7 +18,7 @@ fn arb_slot() -> impl Strategy<Value = Slot> {
     prop_oneof![Just(Slot::FIRST), Just(Slot::SECOND)]
 }
 
-fn arb_node() -> impl Strategy<Value = NodeSpec> {
+pub(super) fn arb_node() -> impl Strategy<Value = NodeSpec> {
     (
         prop::bool::weighted(0.8),
         (0u8..2, 0u8..2),
@@ -65,8 +65,8 @@ fn record(i: u8, spec: &NodeSpec) -> NodeRecord {
 
 /// Everything a desired state is computed from.
 #[derive(Debug, Clone)]
-struct World {
-    nodes: Vec<NodeSpec>,
+pub(super) struct World {
+    pub(super) nodes: Vec<NodeSpec>,
     me_draining: Option<Slot>,
     encryption: Encryption,
     strict: bool,
@@ -80,7 +80,7 @@ struct World {
     guards: u8,
 }
 
-fn arb_world() -> impl Strategy<Value = World> {
+pub(super) fn arb_world() -> impl Strategy<Value = World> {
     (
         prop::collection::vec(arb_node(), 1..5),
         prop::option::weighted(0.3, arb_slot()),
@@ -128,7 +128,7 @@ fn arb_world() -> impl Strategy<Value = World> {
         )
 }
 
-fn desired_of(world: &World) -> Desired {
+pub(super) fn desired_of(world: &World) -> Desired {
     let me = record(
         0,
         &NodeSpec {
@@ -198,7 +198,7 @@ fn desired_of(world: &World) -> Desired {
 
 /// The node a previous (possibly interrupted) pass left: the first `done` steps of the plan
 /// from a bare node to `before`.
-fn node_after(before: &Desired, done: usize) -> Observed {
+pub(super) fn node_after(before: &Desired, done: usize) -> Observed {
     let steps = plan(before, &bare_node());
     let done = done.min(steps.len());
     applied(bare_node(), &steps[..done])
