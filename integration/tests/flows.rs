@@ -88,10 +88,15 @@ fn follow(lab: &Lab, node: &str) -> mpsc::Receiver<(Instant, Value)> {
     rx
 }
 
+/// The lab's registry directory.
+fn registry_dir(lab: &Lab) -> PathBuf {
+    let st = lab.status_json().unwrap();
+    PathBuf::from(st["registry_dir"].as_str().unwrap())
+}
+
 /// Pod `ns/name`'s address of the family of `v4`, from its object in the registry.
 fn pod_ip(lab: &Lab, pod: &str, v4: bool) -> IpAddr {
-    let st = lab.status_json().unwrap();
-    let path = PathBuf::from(st["registry_dir"].as_str().unwrap())
+    let path = registry_dir(lab)
         .join("objects/pods")
         .join(format!("{pod}.json"));
     let object: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
@@ -132,6 +137,24 @@ fn policy_drops_forwarded_flows_and_spoofed_sources_are_reported() {
     let lab = Lab::up(2, 1).unwrap();
     std::env::remove_var("MESHD_FLOW_REPORT_SECS");
     apply(&lab, OBJECTS);
+    // Pod identity travels in each node's endpoint batch: traffic starts once every node
+    // knows every pod, so the first packet is named at both ends.
+    let pods = std::fs::read_dir(registry_dir(&lab).join("objects/pods"))
+        .unwrap()
+        .flat_map(|ns| std::fs::read_dir(ns.unwrap().path()).unwrap())
+        .count();
+    lab.wait_for(
+        "every node to know every pod",
+        Duration::from_secs(20),
+        |s| {
+            s["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|n| n["status"]["policy"]["pods_known"] == pods)
+        },
+    )
+    .unwrap();
     let server = pod_ip(&lab, "fl/server", true);
     let client = pod_ip(&lab, "fl/client", true);
     let listener = udp_in(&lab, "fl/server", SocketAddr::new(server, PORT));

@@ -104,6 +104,13 @@ pub fn spawn(
     let ring = maps.flow_ring().map_err(CollectorError::Maps)?;
     let ring = watch(ring)?;
     maps.set_events(true).map_err(CollectorError::Maps)?;
+    if let Some(policy) = &sources.policy {
+        // The policy loop copies its world for enrichment from its next batch on.
+        policy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .world_wanted = true;
+    }
     let collector = Collector {
         lost_before: maps.lost().unwrap_or(0),
         maps,

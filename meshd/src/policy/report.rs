@@ -42,6 +42,11 @@ pub struct PolicyReport {
     /// policies isolating them). Not part of the status document.
     #[serde(skip)]
     pub world: std::sync::Arc<meshd_policy::World>,
+    /// Whether anyone reads [`PolicyReport::world`] (the flow collector sets it when it
+    /// starts): without a reader the loop never copies its world, which at 150,000 pods is
+    /// the size of the world itself.
+    #[serde(skip)]
+    pub world_wanted: bool,
 }
 
 /// One refused object.

@@ -52,6 +52,8 @@ pub struct PolicyLoop<W> {
     counted_at: Option<Instant>,
     /// The last failed write's error, until a write succeeds.
     write_error: Option<String>,
+    /// The report's world is the compiler's (no change applied since it was copied).
+    world_copied: bool,
 }
 
 impl<W: PolicyMapWriter> PolicyLoop<W> {
@@ -68,6 +70,7 @@ impl<W: PolicyMapWriter> PolicyLoop<W> {
             report,
             counted_at: None,
             write_error: None,
+            world_copied: false,
         }
     }
 
@@ -92,6 +95,7 @@ impl<W: PolicyMapWriter> PolicyLoop<W> {
             for change in self.cache.apply(self.compiler.world(), event) {
                 endpoints_due |= self.endpoints.note(&change);
                 compose(&mut delta, self.compiler.apply(change));
+                self.world_copied = false;
             }
         }
         if let Some(store) = store {
@@ -105,6 +109,7 @@ impl<W: PolicyMapWriter> PolicyLoop<W> {
             for change in changes {
                 log_endpoint(&change);
                 compose(&mut delta, self.compiler.apply(change));
+                self.world_copied = false;
             }
         }
         let mut ops = 0;
@@ -174,8 +179,11 @@ impl<W: PolicyMapWriter> PolicyLoop<W> {
         report.policies = world.policies.len();
         report.namespaces = world.namespaces.len();
         report.pods_known = world.pods.len();
-        if *report.world != *world {
+        // A copy for the flow collector only when it reads one and the world changed since
+        // the last copy (no comparison of the whole world per batch).
+        if report.world_wanted && !self.world_copied {
             report.world = std::sync::Arc::new(world.clone());
+            self.world_copied = true;
         }
         report.local_endpoints = self.endpoints.attached().len();
         // Counting means collecting every entry: at most once a second.
