@@ -122,7 +122,8 @@ pub(super) async fn event_loop(
     }
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing SIGTERM handler")?;
-    let mut resync_at = tokio::time::Instant::now() + resync_interval();
+    // The first pass runs at once (a lone first node gets no registry event to start one).
+    let mut resync_at = tokio::time::Instant::now();
     let mut status_tick = tokio::time::interval(STATUS_INTERVAL);
     let mut rotation_tick = tokio::time::interval(rotation_check_interval(ctx));
     let mut commands_open = true;
@@ -363,6 +364,14 @@ async fn status_tick_says_reconcile(
     now |= ctx.bpf.lock().await.unguarded(&guards);
     // node-subnet: pods came or went, so a block is claimed or given back.
     now |= super::blocks::follow_blocks(ctx, state).await.0;
+    // Passes from memory never read the IPAM store: a pod that came or went since the last
+    // full pass asks for one now (its veth's programs, sources and the status follow it).
+    if let Some(memory) = &state.remembered {
+        if super::pods::read(&ctx.args.state_dir).is_ok_and(|pods| pods != memory.observation.pods)
+        {
+            now = true;
+        }
+    }
     tracing::debug!(
         refresh,
         elapsed_us = started.elapsed().as_micros() as u64,

@@ -127,7 +127,7 @@ mod tests {
     #[test]
     fn the_pair_passes_at_95_percent_of_off_and_fails_below() {
         let mut pair = FlowPair {
-            off_gbit_1: vec![1.0, 2.0, 1.9],
+            off_gbit_1: vec![1.0, 2.0, 2.1],
             on_gbit_1: vec![1.8, 1.85, 0.1],
             off_gbit_4: vec![4.0],
             on_gbit_4: vec![3.9],
