@@ -339,7 +339,12 @@ fn add_check_del_end_to_end() {
     let (code, again) = lab.cmd("ADD", "ctr-e2e", &netns, &conf);
     assert_eq!(code, 0, "{again}");
     assert_eq!(ips(&again), ips(&result));
-    assert!(ping(&lab.node, "fd00:244:0:7::2"));
+    // The repaired attachment answers once the kernel has resolved the pod again (a loaded
+    // machine once needed more than one 2 s ping for that): a few tries, then it must.
+    assert!(
+        (0..3).any(|_| ping(&lab.node, "fd00:244:0:7::2")),
+        "node -> pod v6 after the repeated ADD"
+    );
     let (code, _) = lab.cmd("CHECK", "ctr-e2e", &netns, &check_conf);
     assert_eq!(code, 0);
 
