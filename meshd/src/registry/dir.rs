@@ -194,12 +194,25 @@ fn publish_blocking(dir: &Path, record: &NodeRecord) -> Result<(), RegistryError
         std::process::id(),
         TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
+    write_atomically(&tmp, &path, content.as_bytes())?;
+    sync_dir(dir)?;
+    tracing::info!(path = %path.display(), node = %record.name, "published node record");
+    Ok(())
+}
+
+/// Writes `content` to `tmp` (a stale `tmp` removed first), syncs it and renames it over
+/// `path`; `tmp` is removed again when any step fails. The directory itself is not synced.
+pub(crate) fn write_atomically(
+    tmp: &Path,
+    path: &Path,
+    content: &[u8],
+) -> Result<(), RegistryError> {
     let write_err = |source: io::Error| RegistryError::Write {
-        path: tmp.clone(),
+        path: tmp.to_path_buf(),
         source,
     };
     let result = (|| {
-        match fs::remove_file(&tmp) {
+        match fs::remove_file(tmp) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(write_err(e)),
@@ -208,23 +221,20 @@ fn publish_blocking(dir: &Path, record: &NodeRecord) -> Result<(), RegistryError
             .write(true)
             .create_new(true)
             .mode(0o644)
-            .open(&tmp)
+            .open(tmp)
             .map_err(write_err)?;
-        file.write_all(content.as_bytes()).map_err(write_err)?;
+        file.write_all(content).map_err(write_err)?;
         file.sync_all().map_err(write_err)?;
         drop(file);
-        fs::rename(&tmp, &path).map_err(|source| RegistryError::Write {
-            path: path.clone(),
+        fs::rename(tmp, path).map_err(|source| RegistryError::Write {
+            path: path.to_path_buf(),
             source,
         })
     })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
+    if result.is_err() {
+        let _ = fs::remove_file(tmp);
     }
-    sync_dir(dir)?;
-    tracing::info!(path = %path.display(), node = %record.name, "published node record");
-    Ok(())
+    result
 }
 
 fn withdraw_blocking(dir: &Path, name: &str) -> Result<(), RegistryError> {

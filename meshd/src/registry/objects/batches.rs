@@ -8,9 +8,8 @@
 //! its record file, `<registry>/<node>.json`.
 
 use std::ffi::OsStr;
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use futures::StreamExt;
@@ -51,30 +50,7 @@ pub fn write_batch(registry_dir: &Path, node: &str, content: &str) -> Result<(),
     let dir = batches_dir(registry_dir);
     let path = dir.join(format!("{node}.json"));
     let tmp = dir.join(format!(".{node}.json.tmp-{}", std::process::id()));
-    let write_err = |source: io::Error| RegistryError::Write {
-        path: tmp.clone(),
-        source,
-    };
-    let result = (|| {
-        let _ = fs::remove_file(&tmp);
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&tmp)
-            .map_err(write_err)?;
-        file.write_all(content.as_bytes()).map_err(write_err)?;
-        file.sync_all().map_err(write_err)?;
-        drop(file);
-        fs::rename(&tmp, &path).map_err(|source| RegistryError::Write {
-            path: path.clone(),
-            source,
-        })
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    crate::registry::dir::write_atomically(&tmp, &path, content.as_bytes())
 }
 
 /// Follows the batches under `registry_dir` (creating their directory): listed, then every
