@@ -75,7 +75,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::os::unix::fs::{DirBuilderExt, DirEntryExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -129,130 +129,6 @@ pub enum IpamError {
         #[source]
         source: io::Error,
     },
-}
-
-/// Who holds an address.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Owner {
-    /// The container ID (`CNI_CONTAINERID`).
-    pub container_id: String,
-    /// The interface name in the container (`CNI_IFNAME`).
-    pub ifname: String,
-}
-
-impl Owner {
-    /// The name of this owner's index link.
-    pub fn index_name(&self) -> String {
-        use sha2::{Digest, Sha256};
-        let digest = Sha256::digest(self.to_file().as_bytes());
-        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-        format!("{INDEX_PREFIX}{hex}")
-    }
-
-    /// The owner file's content.
-    pub fn to_file(&self) -> String {
-        format!("{}\n{}\n", self.container_id, self.ifname)
-    }
-
-    /// Parse an owner file's content; `None` for anything but exactly two valid lines.
-    pub fn from_file(text: &str) -> Option<Owner> {
-        let rest = text.strip_suffix('\n')?;
-        let (container_id, ifname) = rest.split_once('\n')?;
-        let owner = Owner {
-            container_id: container_id.to_string(),
-            ifname: ifname.to_string(),
-        };
-        owner.validate().ok()?;
-        Some(owner)
-    }
-
-    fn validate(&self) -> Result<(), IpamError> {
-        check_key("container ID", &self.container_id)?;
-        check_key("interface name", &self.ifname)
-    }
-}
-
-fn check_key(what: &'static str, value: &str) -> Result<(), IpamError> {
-    let ok = !value.is_empty()
-        && value.len() <= 255
-        && !value.contains('/')
-        && !value.chars().any(char::is_control);
-    if ok {
-        Ok(())
-    } else {
-        Err(IpamError::InvalidKey {
-            what,
-            value: value.to_string(),
-        })
-    }
-}
-
-/// One entry of the store.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    /// The allocated address.
-    pub address: IpAddr,
-    /// Its owner, or `None` when the file does not parse (it still blocks the address).
-    pub owner: Option<Owner>,
-}
-
-/// The usable range of a CIDR as `(first, last)` offsets from its network address, or `None`
-/// when it has no usable address (see the module doc for the rule).
-pub fn usable_range(cidr: IpNet) -> Option<(u128, u128)> {
-    let host_bits = u32::from(cidr.max_prefix_len() - cidr.prefix_len());
-    if host_bits < 2 {
-        return None;
-    }
-    let last = if host_bits >= 128 {
-        u128::MAX - 1
-    } else {
-        (1u128 << host_bits) - 2
-    };
-    Some((2, last))
-}
-
-/// The address at `offset` from the network address of `cidr`.
-pub fn nth_address(cidr: IpNet, offset: u128) -> IpAddr {
-    match cidr {
-        IpNet::V4(n) => {
-            let base = u32::from(n.network());
-            // Offsets come from `usable_range`, which keeps them within the CIDR.
-            IpAddr::V4(Ipv4Addr::from(base.wrapping_add(offset as u32)))
-        }
-        IpNet::V6(n) => IpAddr::V6(Ipv6Addr::from(u128::from(n.network()).wrapping_add(offset))),
-    }
-}
-
-/// The lowest usable address of `cidr` not in `taken` (pure).
-pub fn first_free(cidr: IpNet, taken: &HashSet<IpAddr>) -> Option<IpAddr> {
-    let (first, last) = usable_range(cidr)?;
-    let mut offset = first;
-    loop {
-        let addr = nth_address(cidr, offset);
-        if !taken.contains(&addr) {
-            return Some(addr);
-        }
-        if offset == last {
-            return None;
-        }
-        offset += 1;
-    }
-}
-
-/// Whether `addr` is a usable address of `cidr`.
-pub fn is_usable(cidr: IpNet, addr: IpAddr) -> bool {
-    if !cidr.contains(&addr) {
-        return false;
-    }
-    let Some((first, last)) = usable_range(cidr) else {
-        return false;
-    };
-    let offset = match (cidr, addr) {
-        (IpNet::V4(n), IpAddr::V4(a)) => u128::from(u32::from(a) - u32::from(n.network())),
-        (IpNet::V6(n), IpAddr::V6(a)) => u128::from(a) - u128::from(n.network()),
-        _ => return false,
-    };
-    (first..=last).contains(&offset)
 }
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -814,7 +690,11 @@ fn write_owner_file(tmp: &Path, owner: &Owner) -> Result<(), IpamError> {
 }
 
 mod attach;
+mod owner;
+mod range;
 pub use attach::AttachLock;
+pub use owner::{Entry, Owner};
+pub use range::{first_free, is_usable, nth_address, usable_range};
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
