@@ -7,6 +7,9 @@
 //! each test here says why it is still on the mock.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "common/kube_registry.rs"]
+mod kube_registry;
+
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -35,14 +38,8 @@ struct Cluster {
 async fn cluster(count: u8) -> Cluster {
     let server = FakeApiServer::start().await.unwrap();
     for i in 1..=count {
-        server.create_node(
-            &format!("n{i}"),
-            &[
-                &format!("198.18.0.{}", 10 + i),
-                &format!("fd00:198::{}", 10 + i),
-            ],
-            &[&format!("10.244.{i}.0/24"), &format!("fd00:244:0:{i}::/64")],
-        );
+        let node = kube_registry::TestNode::numbered(i);
+        server.create_node(&node.name, &node.ips(), &node.cidrs());
     }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kubeconfig");
@@ -57,43 +54,22 @@ async fn cluster(count: u8) -> Cluster {
 
 impl Cluster {
     fn registry(&self, node: &str) -> KubeRegistry {
-        KubeRegistry::new(self.client.clone(), node)
-            .with_watch_backoff(Duration::from_millis(50), Duration::from_millis(500))
+        kube_registry::registry(&self.client, node)
     }
 
     /// n`i`'s record with the key `[i; 32]`, endpoints and CIDRs from its Node.
     async fn record(&self, i: u8) -> NodeRecord {
-        let name = format!("n{i}");
-        let addressing = self.registry(&name).node_addressing().await.unwrap();
-        NodeRecord {
-            name,
-            public_key: PublicKey::from_bytes([i; 32]),
-            listen_port: 51820,
-            endpoints: addressing.endpoints,
-            pod_cidrs: addressing.pod_cidrs,
-            rotation: Default::default(),
-        }
+        kube_registry::record(&self.client, i).await
     }
 }
 
 async fn next(rx: &mut Receiver<RegistryEvent>) -> RegistryEvent {
-    tokio::time::timeout(WAIT, rx.recv())
-        .await
-        .expect("timed out waiting for a registry event")
-        .expect("registry watch closed")
+    kube_registry::next_event(rx, WAIT).await
 }
 
 /// Events up to and including the next `Synced`.
 async fn until_synced(rx: &mut Receiver<RegistryEvent>) -> Vec<RegistryEvent> {
-    let mut events = Vec::new();
-    loop {
-        let e = next(rx).await;
-        let done = matches!(e, RegistryEvent::Synced);
-        events.push(e);
-        if done {
-            return events;
-        }
-    }
+    kube_registry::events_until_synced(rx, WAIT).await
 }
 
 fn annotations(server: &FakeApiServer, node: &str) -> serde_json::Map<String, serde_json::Value> {

@@ -3,11 +3,14 @@
 //! meshd's (its service account's) clients, meshd's registry, and waiting helpers.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../common/kube_registry.rs"]
+mod kube_registry;
+
 use std::time::Duration;
 
 use integration::kube_apiserver::{self, TestCluster};
 use k8s_openapi::api::core::v1::Node;
-use keyexchange::{NodeRecord, PublicKey};
+use keyexchange::NodeRecord;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::Client;
 use meshd::registry::kube::client::client;
@@ -37,15 +40,8 @@ pub async fn cluster_with(
     let meshd = client(Some(&k8s.meshd_kubeconfig())).await.unwrap();
     let c = Cluster { k8s, admin, meshd };
     for i in 1..=nodes {
-        c.create_node(
-            &format!("n{i}"),
-            &[
-                &format!("198.18.0.{}", 10 + i),
-                &format!("fd00:198::{}", 10 + i),
-            ],
-            &[&format!("10.244.{i}.0/24"), &format!("fd00:244:0:{i}::/64")],
-        )
-        .await;
+        let node = kube_registry::TestNode::numbered(i);
+        c.create_node(&node.name, &node.ips(), &node.cidrs()).await;
     }
     c
 }
@@ -100,22 +96,14 @@ impl Cluster {
             .unwrap_or_default()
     }
 
+    /// meshd's registry for `node`, as meshd's service account.
     pub fn registry(&self, node: &str) -> KubeRegistry {
-        KubeRegistry::new(self.meshd.clone(), node)
-            .with_watch_backoff(Duration::from_millis(50), Duration::from_millis(500))
+        kube_registry::registry(&self.meshd, node)
     }
 
+    /// n`i`'s record with the key `[i; 32]`, endpoints and CIDRs from its Node.
     pub async fn record(&self, i: u8) -> NodeRecord {
-        let name = format!("n{i}");
-        let addressing = self.registry(&name).node_addressing().await.unwrap();
-        NodeRecord {
-            name,
-            public_key: PublicKey::from_bytes([i; 32]),
-            listen_port: 51820,
-            endpoints: addressing.endpoints,
-            pod_cidrs: addressing.pod_cidrs,
-            rotation: Default::default(),
-        }
+        kube_registry::record(&self.meshd, i).await
     }
 
     /// meshd's writes (patches) to Node `name` so far, from the audit log.
@@ -142,22 +130,12 @@ impl Cluster {
 }
 
 pub async fn next(rx: &mut Receiver<RegistryEvent>) -> RegistryEvent {
-    tokio::time::timeout(WAIT, rx.recv())
-        .await
-        .expect("timed out waiting for a registry event")
-        .expect("registry watch closed")
+    kube_registry::next_event(rx, WAIT).await
 }
 
+/// Events up to and including the next `Synced`.
 pub async fn until_synced(rx: &mut Receiver<RegistryEvent>) -> Vec<RegistryEvent> {
-    let mut events = Vec::new();
-    loop {
-        let e = next(rx).await;
-        let done = matches!(e, RegistryEvent::Synced);
-        events.push(e);
-        if done {
-            return events;
-        }
-    }
+    kube_registry::events_until_synced(rx, WAIT).await
 }
 
 /// Skips events until one `wanted` holds for (watchers see every node's changes).
