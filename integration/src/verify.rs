@@ -245,6 +245,29 @@ pub fn verify(status: &LabStatus, opts: &VerifyOptions) -> anyhow::Result<Verify
     })
 }
 
+/// [`verify`] as a test's assertion: every pod reaches every other node's pods (one echo per
+/// ping, `tcp_bytes` per TCP stream) and the capture, written into `dir` as `pcap_name`, holds
+/// no pod packet and no marker in clear. Prints the report; panics naming the failed checks or
+/// the leak.
+pub fn assert_reachable_only_encrypted(
+    status: &LabStatus,
+    dir: &Path,
+    pcap_name: &str,
+    tcp_bytes: u64,
+) -> VerifyReport {
+    let pcap = dir.join(pcap_name);
+    let opts = VerifyOptions {
+        tcp_bytes,
+        ping_count: 1,
+        pcap: pcap.clone(),
+    };
+    let report = verify(status, &opts).unwrap_or_else(|e| panic!("verifying the lab: {e:#}"));
+    print_report(&report, &pcap);
+    assert!(report.failures().is_empty(), "{:?}", report.failures());
+    assert!(report.capture.is_clean(), "{}", report.capture.summary());
+    report
+}
+
 /// Write a human summary of a report.
 pub fn print_report(report: &VerifyReport, pcap: &Path) {
     let total = report.checks.len();

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use integration::lab::{self, Lab};
-use integration::verify::{print_report, verify, VerifyOptions};
+use integration::verify::assert_reachable_only_encrypted;
 use ipnet::IpNet;
 
 #[test]
@@ -57,19 +57,7 @@ fn claims(extra: &[&str]) {
         }
     }
     let dir = tempfile::tempdir().unwrap();
-    let pcap = dir.path().join("pool.pcap");
-    let report = verify(
-        &st,
-        &VerifyOptions {
-            tcp_bytes: 1 << 20,
-            ping_count: 1,
-            pcap: pcap.clone(),
-        },
-    )
-    .unwrap();
-    print_report(&report, &pcap);
-    assert!(report.failures().is_empty(), "{:?}", report.failures());
-    assert!(report.capture.is_clean(), "{}", report.capture.summary());
+    assert_reachable_only_encrypted(&st, dir.path(), "pool.pcap", 1 << 20);
 
     if extra.contains(&"kubernetes") {
         // The cluster audit reads the claims from the Node annotations and passes.

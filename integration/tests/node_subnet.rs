@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use integration::capture::{analyse, Capture};
 use integration::lab::{self, Lab};
-use integration::verify::{print_report, verify, VerifyOptions};
+use integration::verify::assert_reachable_only_encrypted;
 use ipnet::IpNet;
 
 const RANGE_V4: &str = "198.18.0.0/24";
@@ -107,19 +107,7 @@ fn pods_in_the_node_subnet_are_reachable_only_encrypted_and_nodes_stay_in_clear(
     }
     // Pods across nodes, both families: reachable, and not one pod packet in clear.
     let dir = tempfile::tempdir().unwrap();
-    let pcap = dir.path().join("node-subnet.pcap");
-    let report = verify(
-        &st,
-        &VerifyOptions {
-            tcp_bytes: 1 << 20,
-            ping_count: 1,
-            pcap: pcap.clone(),
-        },
-    )
-    .unwrap();
-    print_report(&report, &pcap);
-    assert!(report.failures().is_empty(), "{:?}", report.failures());
-    assert!(report.capture.is_clean(), "{}", report.capture.summary());
+    assert_reachable_only_encrypted(&st, dir.path(), "node-subnet.pcap", 1 << 20);
 
     // The nodes' own addresses share the subnet with the pods and keep talking in clear.
     let n2 = st.node("n2").unwrap();
@@ -194,19 +182,7 @@ fn on_the_kubernetes_backend_blocks_travel_as_node_annotations() {
         }
     }
     let dir = tempfile::tempdir().unwrap();
-    let pcap = dir.path().join("kube.pcap");
-    let report = verify(
-        &st,
-        &VerifyOptions {
-            tcp_bytes: 1 << 18,
-            ping_count: 1,
-            pcap: pcap.clone(),
-        },
-    )
-    .unwrap();
-    print_report(&report, &pcap);
-    assert!(report.failures().is_empty(), "{:?}", report.failures());
-    assert!(report.capture.is_clean(), "{}", report.capture.summary());
+    assert_reachable_only_encrypted(&st, dir.path(), "kube.pcap", 1 << 18);
 }
 
 fn pods_yaml(from: u32, to: u32) -> String {
