@@ -1,17 +1,13 @@
-//! `deploy/` rendered with `kubectl kustomize` into `k8s-openapi` types: where the manifests
-//! are, every object of one rendering by kind, and a typed view of one object.
+//! `deploy/` rendered with `kubectl kustomize` (`integration::kube_apiserver::render`) into
+//! `k8s-openapi` types: every object of one rendering by kind, and a typed view of one object.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
+pub use integration::kube_apiserver::deploy_dir;
+use integration::kube_apiserver::render as kustomize;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
-use serde::Deserialize;
-
-pub fn deploy_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
-}
 
 /// Every object of one rendering, typed.
 #[derive(Default)]
@@ -33,21 +29,8 @@ pub struct Rendered {
 /// installs it).
 pub fn render(dir: &Path) -> Rendered {
     testkit::require_tool("kubectl");
-    let output = Command::new("kubectl")
-        .arg("kustomize")
-        .arg(dir)
-        .output()
-        .unwrap_or_else(|e| panic!("running kubectl: {e}"));
-    assert!(
-        output.status.success(),
-        "kubectl kustomize {} failed: {}",
-        dir.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let text = String::from_utf8(output.stdout).unwrap();
     let mut rendered = Rendered::default();
-    for doc in serde_norway::Deserializer::from_str(&text) {
-        let value = serde_json::Value::deserialize(doc).unwrap();
+    for value in kustomize(dir) {
         let kind = value["kind"].as_str().unwrap_or_default().to_string();
         macro_rules! push {
             ($field:ident) => {
