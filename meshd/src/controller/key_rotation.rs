@@ -299,12 +299,13 @@ async fn drive_rotation(
         .filter(|p| !excused_before.contains(*p))
         .collect();
     if !newly_excused.is_empty() {
-        // One line for all of them: at 5,000 nodes a line each was 5,000 lines per step.
+        // One line for all of them (a line each was 5,000 lines at 5,000 nodes); the message
+        // is the one a line per peer had.
         tracing::warn!(
             count = newly_excused.len(),
             peers = %name_sample(&newly_excused),
             silence_s = ctx.args.rotation.rotation_silence.as_secs(),
-            "key rotation goes on without silent peers (no handshake on the new key, none on either slot)"
+            "key rotation goes on without a silent peer (no handshake on the new key, none on either slot)"
         );
     }
     let changed = !matches!(action, Action::Wait);
