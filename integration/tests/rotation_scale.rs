@@ -124,3 +124,78 @@ fn rotation_and_stop_stay_bounded_with_hundreds_of_silent_peers() {
         );
     }
 }
+
+/// The CIDRs in `node`'s guard cluster map, as its status serves them.
+fn guarded(st: &serde_json::Value, node: &str) -> Vec<String> {
+    st["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| n["name"] == node)
+        .flat_map(|n| {
+            n["status"]["datapath"]["cluster_cidrs"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|c| c.as_str().map(str::to_string))
+        .collect()
+}
+
+/// Departed nodes' learned cluster-map entries go once no record claims them, as the lab's
+/// configured cluster CIDRs (10.244.0.0/16, fd00:244::/48) cover them: the guard keeps
+/// dropping cleartext to those addresses through the configured entries, which stay.
+#[test]
+fn departed_nodes_learned_guard_entries_covered_by_the_cluster_cidrs_go() {
+    testkit::require_root();
+    let lab = Lab::up(2, 1).unwrap();
+    let registry = lab
+        .record_path("n1")
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let count = 4;
+    let sims: Vec<sim::SimNode> = (0..count).map(sim::SimNode::new).collect();
+    for n in &sims {
+        sim::publish(&registry, n, count).unwrap();
+    }
+    let cidrs: Vec<String> = sims
+        .iter()
+        .flat_map(|n| n.record(count).pod_cidrs)
+        .map(|c| c.to_string())
+        .collect();
+    lab.wait_for(
+        "n1 to learn the simulated nodes' pod CIDRs",
+        Duration::from_secs(60),
+        |st| {
+            let g = guarded(st, "n1");
+            cidrs.iter().all(|c| g.contains(c))
+        },
+    )
+    .unwrap();
+    // Two nodes depart; the other two stay.
+    for n in &sims[..2] {
+        std::fs::remove_file(registry.join(format!("{}.json", n.name()))).unwrap();
+    }
+    let (gone, kept): (Vec<&String>, Vec<&String>) = cidrs.iter().partition(|c| {
+        sims[..2]
+            .iter()
+            .any(|n| n.record(count).pod_cidrs.iter().any(|p| p.to_string() == **c))
+    });
+    // The next full pass (at most a resync, 30 s ± 3 s, away) removes them.
+    let st = lab
+        .wait_for(
+            "n1 to drop the departed nodes' learned entries",
+            Duration::from_secs(75),
+            |st| {
+                let g = guarded(st, "n1");
+                gone.iter().all(|c| !g.contains(c))
+            },
+        )
+        .unwrap();
+    let g = guarded(&st, "n1");
+    for c in kept.iter().map(|c| c.as_str()).chain(["10.244.0.0/16", "fd00:244::/48"]) {
+        assert!(g.iter().any(|x| x == c), "{c} must stay guarded: {g:?}");
+    }
+}
