@@ -179,9 +179,12 @@ fn departed_nodes_learned_guard_entries_covered_by_the_cluster_cidrs_go() {
         std::fs::remove_file(registry.join(format!("{}.json", n.name()))).unwrap();
     }
     let (gone, kept): (Vec<&String>, Vec<&String>) = cidrs.iter().partition(|c| {
-        sims[..2]
-            .iter()
-            .any(|n| n.record(count).pod_cidrs.iter().any(|p| p.to_string() == **c))
+        sims[..2].iter().any(|n| {
+            n.record(count)
+                .pod_cidrs
+                .iter()
+                .any(|p| p.to_string() == **c)
+        })
     });
     // The next full pass (at most a resync, 30 s ± 3 s, away) removes them.
     let st = lab
@@ -195,7 +198,11 @@ fn departed_nodes_learned_guard_entries_covered_by_the_cluster_cidrs_go() {
         )
         .unwrap();
     let g = guarded(&st, "n1");
-    for c in kept.iter().map(|c| c.as_str()).chain(["10.244.0.0/16", "fd00:244::/48"]) {
+    for c in kept
+        .iter()
+        .map(|c| c.as_str())
+        .chain(["10.244.0.0/16", "fd00:244::/48"])
+    {
         assert!(g.iter().any(|x| x == c), "{c} must stay guarded: {g:?}");
     }
 }

@@ -88,10 +88,7 @@ pub(super) fn ways_out(view: &RoutingView<'_>) -> BTreeSet<u32> {
 /// that may be removed: no record claims them (`claimed`: every known record's pod CIDRs,
 /// truncated) and an entry that was not learned (configured) strictly covers them. Removing
 /// one changes no verdict of the guard (see the module's documentation).
-pub(super) fn prunable(
-    claimed: &BTreeSet<IpNet>,
-    present: &BTreeMap<IpNet, bool>,
-) -> Vec<IpNet> {
+pub(super) fn prunable(claimed: &BTreeSet<IpNet>, present: &BTreeMap<IpNet, bool>) -> Vec<IpNet> {
     let configured: Vec<&IpNet> = present
         .iter()
         .filter(|(_, learned)| !**learned)
@@ -169,8 +166,11 @@ mod tests {
             vec![net("10.244.7.0/24"), net("fd00:244:0:7::/64")]
         );
         // Nothing configured: every learned entry is the guard, none goes.
-        let learned_only: BTreeMap<IpNet, bool> =
-            present.iter().filter(|(_, l)| **l).map(|(c, l)| (*c, *l)).collect();
+        let learned_only: BTreeMap<IpNet, bool> = present
+            .iter()
+            .filter(|(_, l)| **l)
+            .map(|(c, l)| (*c, *l))
+            .collect();
         assert!(prunable(&BTreeSet::new(), &learned_only).is_empty());
     }
 

@@ -282,9 +282,13 @@ fn a_drain_applied_by_a_pass_longer_than_the_timeout_still_completes() {
         poll_with(&mut d, t, &rx(&[("a", bytes), ("c", 0)]), &me, &peers),
         Action::Wait
     );
-    let Action::Replace(slot, _) =
-        poll_with(&mut d, t + DRAIN_QUIET, &rx(&[("a", bytes), ("c", 0)]), &me, &peers)
-    else {
+    let Action::Replace(slot, _) = poll_with(
+        &mut d,
+        t + DRAIN_QUIET,
+        &rx(&[("a", bytes), ("c", 0)]),
+        &me,
+        &peers,
+    ) else {
         panic!("expected the replacement once every peer was quiet")
     };
     assert_eq!(slot, S0);
