@@ -410,7 +410,9 @@ impl Bpf {
 
     /// Guard `cidr` (a peer's pod CIDR) from now on, for as long as the pinned maps live: once
     /// its peer is gone, its traffic is dropped, not sent in clear, even where
-    /// `--cluster-cidr` does not cover it. A CIDR already there is left as it is.
+    /// `--cluster-cidr` does not cover it (it is removed only once no record claims it and a
+    /// configured cluster CIDR covers it: `controller::guard::prunable`). A CIDR already
+    /// there is left as it is.
     /// One map update whatever the map holds (not a read of the whole map per CIDR: at
     /// thousands of peers that made a pass quadratic).
     pub fn guard_cidr(&mut self, cidr: IpNet) -> Result<(), BpfError> {
