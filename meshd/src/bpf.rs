@@ -391,9 +391,28 @@ impl Bpf {
         Ok(self.cluster_entries()?.into_keys().collect())
     }
 
+    /// The guard's cluster map, each CIDR with whether it was learned (a peer's pod CIDR)
+    /// rather than configured.
+    pub fn cluster_learned(&self) -> Result<BTreeMap<IpNet, bool>, BpfError> {
+        Ok(self
+            .cluster_entries()?
+            .into_iter()
+            .map(|(c, m)| (c, m == CLUSTER_LEARNED))
+            .collect())
+    }
+
+    /// Remove `cidr` from the guard's cluster map (an absent one is not an error).
+    pub fn unguard_cidr(&mut self, cidr: IpNet) -> Result<(), BpfError> {
+        self.dp
+            .remove_cluster(cidr)
+            .map_err(map_err(format!("removing cluster CIDR {cidr}")))
+    }
+
     /// Guard `cidr` (a peer's pod CIDR) from now on, for as long as the pinned maps live: once
     /// its peer is gone, its traffic is dropped, not sent in clear, even where
-    /// `--cluster-cidr` does not cover it. A CIDR already there is left as it is.
+    /// `--cluster-cidr` does not cover it (it is removed only once no record claims it and a
+    /// configured cluster CIDR covers it: `controller::guard::prunable`). A CIDR already
+    /// there is left as it is.
     /// One map update whatever the map holds (not a read of the whole map per CIDR: at
     /// thousands of peers that made a pass quadratic).
     pub fn guard_cidr(&mut self, cidr: IpNet) -> Result<(), BpfError> {

@@ -52,7 +52,9 @@ use keyexchange::slots::{yields_to, Slot};
 use keyexchange::NodeRecord;
 
 /// How long a drain waits for every peer to stop sending on the drained slot before the
-/// rotation is aborted (no key changed yet).
+/// rotation is aborted (no key changed yet), counted from the step's first reading of the
+/// device and extended by twice the time this node's own pass took to apply the step (see
+/// [`Driver::drain_timed_out`]).
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a rotation waits for other nodes' rotations before it starts draining.
 pub const WAIT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -147,6 +149,9 @@ pub struct Driver {
     present: Option<BTreeSet<String>>,
     /// Draining: per peer, the bytes received on the drained slot and since when unchanged.
     quiet: BTreeMap<String, (u64, Instant)>,
+    /// When the current step's device was first read: the first evidence of the step, taken
+    /// after this node's own pass applied it.
+    first_reading: Option<Instant>,
     /// Replaced: when the new key took effect on the device.
     replaced_at: Option<SystemTime>,
     /// Replaced: peers that handshook on the new key.
@@ -165,6 +170,7 @@ impl Default for Driver {
             excused: BTreeSet::new(),
             present: None,
             quiet: BTreeMap::new(),
+            first_reading: None,
             replaced_at: None,
             proven: BTreeSet::new(),
         }
@@ -262,6 +268,11 @@ impl Driver {
         &self.pending
     }
 
+    /// Whether `peer` was silent at the last reading (see [`silent_peers`]).
+    pub fn is_silent(&self, peer: &str) -> bool {
+        self.silent.contains(peer)
+    }
+
     /// Silent peers this rotation goes on without (for status).
     pub fn excused(&self) -> impl Iterator<Item = &str> {
         self.excused.iter().map(String::as_str)
@@ -304,6 +315,7 @@ impl Driver {
             }
             Phase::Idle | Phase::Waiting { .. } => return,
         }
+        self.first_reading.get_or_insert(now);
         self.present = Some(reading.keys().cloned().collect());
     }
 
@@ -343,6 +355,7 @@ impl Driver {
     fn clear_evidence(&mut self) {
         self.present = None;
         self.quiet.clear();
+        self.first_reading = None;
         self.replaced_at = None;
         self.proven.clear();
     }
@@ -374,6 +387,26 @@ impl Driver {
         if self.busy() {
             self.since = now;
             self.quiet.clear();
+            self.first_reading = None;
+        }
+    }
+
+    /// Whether the drain has waited long enough for peers still sending on the slot to be
+    /// given up on. The clock starts at the step's first reading, not at its publication:
+    /// the pass that applies a drain moves every pair of this node onto the other slot (at
+    /// 5,000 peers, 10,000 routes and redirects), and a single reading taken after a pass
+    /// longer than [`STEP_TIMEOUT`] shows every peer as just seen, never as quiet (this
+    /// aborted every rotation at 1,000 peers in a debug build). Peers' meshd take passes as
+    /// long as this node's at the same cluster size, and one may have been under way when
+    /// the step landed: the wait is extended by twice this node's own. Without any reading
+    /// (the device cannot be read) the clock starts at the publication.
+    fn drain_timed_out(&self, now: Instant) -> bool {
+        match self.first_reading {
+            None => now.duration_since(self.since) > STEP_TIMEOUT,
+            Some(first) => {
+                let own_pass = first.saturating_duration_since(self.since);
+                now.saturating_duration_since(first) > STEP_TIMEOUT + 2 * own_pass
+            }
         }
     }
 
@@ -479,7 +512,7 @@ impl Driver {
                 }
                 self.pending = pending;
                 if !self.pending.is_empty() {
-                    if waited > STEP_TIMEOUT {
+                    if self.drain_timed_out(now) {
                         let who = self.pending.join(", ");
                         return self.abort(format!(
                             "peers did not move off slot {slot} within {} s (still sending on it, or this node could not read its device): {who}; no key was changed",

@@ -15,9 +15,7 @@ use tokio::sync::mpsc;
 use super::args::PodSteering;
 use super::context::Context;
 use super::devices::current_guard_interfaces;
-use super::key_rotation::{
-    drive_rotation, poke_rotating_peers, rotation_retry_due, start_rotation,
-};
+use super::key_rotation::{follow_rotations, rotation_retry_due, start_rotation};
 use super::liveness::track_liveness;
 use super::pass::{pass, PassKind};
 use super::publisher::Publisher;
@@ -68,6 +66,8 @@ pub(super) struct Channels {
 enum Next {
     /// Reconcile now.
     Reconcile,
+    /// This node's rotation waits on time or on the data plane: poll it.
+    Rotation,
     /// Nothing to reconcile.
     Wait,
     /// Stop (SIGTERM, SIGINT).
@@ -165,10 +165,11 @@ pub(super) async fn event_loop(
                 pending.full_due = true;
                 Next::Reconcile
             }
-            _ = sleep_until(earliest(pending.retry_at, wake)) => {
+            _ = sleep_until(pending.retry_at) => {
                 pending.full_due = true;
                 Next::Reconcile
             }
+            _ = sleep_until(wake) => Next::Rotation,
             // The API servers' endpoints changed: reconcile (host encryption excludes them).
             changed = changed(api_servers.as_mut()) => {
                 if changed.is_err() {
@@ -207,6 +208,7 @@ pub(super) async fn event_loop(
             Next::Stop => return Ok(()),
             Next::Wait => continue,
             Next::Reconcile => after_event(ctx, publisher, &mut state, &mut pending).await,
+            Next::Rotation => poll_rotation(ctx, publisher, &mut state, &mut pending).await,
         }
     }
 }
@@ -309,6 +311,36 @@ async fn after_event(
         pending.retry_at = Some(at);
     }
 }
+
+/// The rotation's wake-up (every [`crate::rotation::POLL_INTERVAL`] while it waits on the data
+/// plane): when the last pass converged and nothing changed since, the rotation is polled
+/// with a fresh reading of its device and no pass. A full pass at each wake-up re-read the
+/// whole node every 200 ms for the whole rotation (at 5,000 peers, two device dumps, the
+/// routes and the maps each time). A step taken, a key replaced or peers poked still run a
+/// pass (at once, or a second later to restore the poked keepalive).
+async fn poll_rotation(
+    ctx: &Context,
+    publisher: &Publisher,
+    state: &mut State,
+    pending: &mut Pending,
+) {
+    if !pending.converged || pending.republish || !state.registry.synced {
+        pending.full_due = true;
+        return after_event(ctx, publisher, state, pending).await;
+    }
+    let follow = follow_rotations(ctx, &mut state.rotation, &state.registry.records).await;
+    if follow.republish {
+        pending.republish = true;
+        return after_event(ctx, publisher, state, pending).await;
+    }
+    if follow.poked {
+        let soon = tokio::time::Instant::now() + POKE_RESTORE;
+        pending.retry_at = earliest(pending.retry_at, Some(soon));
+    }
+}
+
+/// How soon after a poke at a rotation's wake-up a pass restores the configured keepalive.
+const POKE_RESTORE: Duration = Duration::from_secs(1);
 
 /// How often the older key's age is checked: once a minute (more often for rotation
 /// intervals under four minutes).
@@ -431,12 +463,14 @@ async fn reconcile(
         Err(err) => (Err(err), None),
     };
     let converged = outcome.is_ok();
+    let mut restore_at = None;
     if converged {
         // Start a handshake on other nodes' keys just replaced (their proof that this node
         // holds them), then let this node's own rotation take its next step.
-        poke_rotating_peers(ctx, &mut state.rotation, &state.registry.records).await;
-        if drive_rotation(ctx, &mut state.rotation, &state.registry.records).await {
-            state.republish = true;
+        let follow = follow_rotations(ctx, &mut state.rotation, &state.registry.records).await;
+        state.republish |= follow.republish;
+        if follow.poked {
+            restore_at = Some(tokio::time::Instant::now() + POKE_RESTORE);
         }
     }
     let now = Instant::now();
@@ -449,7 +483,7 @@ async fn reconcile(
         Some(state.failing_since.unwrap_or(now))
     };
     follow_cni_readiness(ctx, state, serving, now).await;
-    let mut retry = blocks_at.map(tokio::time::Instant::from_std);
+    let mut retry = earliest(blocks_at.map(tokio::time::Instant::from_std), restore_at);
     if let Err(err) = outcome {
         state.counters.reconcile_errors += 1;
         tracing::warn!(error = %format!("{err:#}"), "reconcile failed; retrying");

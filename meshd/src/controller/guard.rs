@@ -14,8 +14,17 @@
 //! The local table (255) holds the node's own addresses and broadcast routes, nothing that
 //! leaves: it is never looked at. meshd's own WireGuard devices and the loopback are taken out
 //! at the edge by name.
+//!
+//! Also pure: which **learned** entries of the guard's cluster map may go ([`prunable`]). A
+//! peer's pod CIDR is learned so that, once the peer is gone, traffic to it is dropped rather
+//! than sent in clear, even outside `--cluster-cidr`; that is why learned entries stayed for
+//! good, and at 5,000 nodes with churn they filled the map. An entry may go once no record
+//! claims it and a configured entry covers it: the guard matches the configured one instead
+//! and drops exactly the same packets. One that nothing configured covers stays (removing it
+//! would open a plaintext window to that CIDR): those are bounded by the map's size, and a map
+//! they fill refuses new peers alone (`capacity.rs`), never the pass.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::IpNet;
 use netlink::TableRoute;
@@ -75,6 +84,28 @@ pub(super) fn ways_out(view: &RoutingView<'_>) -> BTreeSet<u32> {
         .collect()
 }
 
+/// The learned entries of the cluster map (`present`, each with whether it was learned)
+/// that may be removed: no record claims them (`claimed`: every known record's pod CIDRs,
+/// truncated) and an entry that was not learned (configured) strictly covers them. Removing
+/// one changes no verdict of the guard (see the module's documentation).
+pub(super) fn prunable(claimed: &BTreeSet<IpNet>, present: &BTreeMap<IpNet, bool>) -> Vec<IpNet> {
+    let configured: Vec<&IpNet> = present
+        .iter()
+        .filter(|(_, learned)| !**learned)
+        .map(|(c, _)| c)
+        .collect();
+    present
+        .iter()
+        .filter(|(c, learned)| **learned && !claimed.contains(*c))
+        .filter(|(c, _)| {
+            configured
+                .iter()
+                .any(|k| k.prefix_len() < c.prefix_len() && k.contains(*c))
+        })
+        .map(|(c, _)| *c)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -109,6 +140,38 @@ mod tests {
             guarded: &guarded,
             own_pod_cidrs: &own,
         })
+    }
+
+    #[test]
+    fn only_unclaimed_learned_entries_a_configured_one_covers_may_go() {
+        let present: BTreeMap<IpNet, bool> = [
+            (net("10.244.0.0/16"), false),
+            (net("fd00:244::/48"), false),
+            // Departed, covered: may go.
+            (net("10.244.7.0/24"), true),
+            (net("fd00:244:0:7::/64"), true),
+            // Claimed by a record: stays.
+            (net("10.244.8.0/24"), true),
+            // Departed, outside every configured CIDR: stays (fails closed).
+            (net("10.250.3.0/24"), true),
+            (net("fd00:999:0:3::/64"), true),
+            // Learned with the same prefix as a configured one cannot happen (the configured
+            // mark wins), and a configured entry never goes from here.
+            (net("10.96.0.0/12"), false),
+        ]
+        .into();
+        let claimed: BTreeSet<IpNet> = [net("10.244.8.0/24"), net("10.244.1.0/24")].into();
+        assert_eq!(
+            prunable(&claimed, &present),
+            vec![net("10.244.7.0/24"), net("fd00:244:0:7::/64")]
+        );
+        // Nothing configured: every learned entry is the guard, none goes.
+        let learned_only: BTreeMap<IpNet, bool> = present
+            .iter()
+            .filter(|(_, l)| **l)
+            .map(|(c, l)| (*c, *l))
+            .collect();
+        assert!(prunable(&BTreeSet::new(), &learned_only).is_empty());
     }
 
     #[test]

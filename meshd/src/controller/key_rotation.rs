@@ -120,12 +120,12 @@ async fn poke(ctx: &Context, slot: Slot, keys: &BTreeSet<PublicKey>) -> anyhow::
 /// Other nodes' rotations: for each peer node whose published key changed since the last
 /// converged pass (which just programmed the new one), start a handshake with that key on
 /// its slot. The handshake is the proof that node's rotation waits for; nothing is written
-/// into the registry. A node seen for the first time is not poked.
-pub(super) async fn poke_rotating_peers(
+/// into the registry. A node seen for the first time is not poked. True when a peer was poked.
+async fn poke_rotating_peers(
     ctx: &Context,
     book: &mut RotationBook,
     records: &BTreeMap<String, NodeRecord>,
-) {
+) -> bool {
     let me = ctx.me();
     book.seen_keys.retain(|name, _| records.contains_key(name));
     let mut due: [BTreeSet<PublicKey>; 2] = Default::default();
@@ -142,16 +142,21 @@ pub(super) async fn poke_rotating_peers(
             }
         }
     }
+    let mut poked = false;
     for slot in keyexchange::slots::SLOTS {
         match poke(ctx, slot, &due[slot.index()]).await {
             Ok(0) => {}
-            Ok(n) => tracing::debug!(%slot, peers = n, "poked a handshake on peers' new keys"),
+            Ok(n) => {
+                poked = true;
+                tracing::debug!(%slot, peers = n, "poked a handshake on peers' new keys");
+            }
             Err(err) => {
                 // The peer's own pokes and the devices' retransmissions still get there.
                 tracing::warn!(%slot, error = %format!("{err:#}"), "poking a handshake on peers' new keys failed");
             }
         }
     }
+    poked
 }
 
 /// The current step's evidence from this node's device of `slot`: per peer node, what its
@@ -191,42 +196,74 @@ async fn read_slot(
 }
 
 /// While this node's new key waits for proof: poke the peers that have not handshaken on
-/// it, at most every [`REPOKE_INTERVAL`].
+/// it, at most every [`REPOKE_INTERVAL`]. Silent peers (no session on either slot) are left
+/// alone: a live one pokes this node's new key itself when its meshd programs it
+/// ([`poke_rotating_peers`]), and a dead one cannot answer; at 5,000 simulated (silent)
+/// peers, poking them all set off 5,000 handshake initiations, retransmitted for 90 s.
 async fn repoke_pending(
     ctx: &Context,
     book: &mut RotationBook,
     records: &BTreeMap<String, NodeRecord>,
-) {
+) -> bool {
     let Some(slot) = book.driver.evidence_slot() else {
-        return;
+        return false;
     };
     if !matches!(book.driver.phase(), rotation::Phase::Replaced { .. })
         || book.poked_at.is_some_and(|t| t.elapsed() < REPOKE_INTERVAL)
     {
-        return;
+        return false;
     }
     let keys: BTreeSet<PublicKey> = book
         .driver
         .pending()
         .iter()
+        .filter(|n| !book.driver.is_silent(n))
         .filter_map(|n| records.get(n)?.slot(slot))
         .map(|k| k.public_key)
         .collect();
     if keys.is_empty() {
-        return;
+        return false;
     }
     book.poked_at = Some(Instant::now());
     if let Err(err) = poke(ctx, slot, &keys).await {
         tracing::warn!(%slot, error = %format!("{err:#}"), "key rotation: poking peers failed");
     }
+    true
 }
 
-/// Take this node's next rotation step, if the peers allow it. True when the record changed.
-pub(super) async fn drive_rotation(
+/// What following the rotations asks of the event loop.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct RotationFollowUp {
+    /// This node's record changed: publish it.
+    pub republish: bool,
+    /// Peers were poked (a keepalive of [`POKE_KEEPALIVE`]): a pass soon restores the
+    /// configured keepalive.
+    pub poked: bool,
+}
+
+/// Follow the rotations after a converged pass (or, while this node rotates, at the driver's
+/// wake-up when nothing changed since the last converged pass): poke other nodes' new keys,
+/// then let this node's rotation take its next step.
+pub(super) async fn follow_rotations(
     ctx: &Context,
     book: &mut RotationBook,
     records: &BTreeMap<String, NodeRecord>,
-) -> bool {
+) -> RotationFollowUp {
+    let poked = poke_rotating_peers(ctx, book, records).await;
+    let (republish, repoked) = drive_rotation(ctx, book, records).await;
+    RotationFollowUp {
+        republish,
+        poked: poked || repoked,
+    }
+}
+
+/// Take this node's next rotation step, if the peers allow it. Returns whether the record
+/// changed, and whether peers were poked.
+async fn drive_rotation(
+    ctx: &Context,
+    book: &mut RotationBook,
+    records: &BTreeMap<String, NodeRecord>,
+) -> (bool, bool) {
     let me = ctx.me();
     let silent = book
         .handshakes
@@ -244,7 +281,7 @@ pub(super) async fn drive_rotation(
         // The step's record is not in the registry yet (a slow or silent API server): peers
         // cannot have seen it, so nothing counts towards it; its clock starts when it lands.
         book.driver.hold(std::time::Instant::now());
-        return false;
+        return (false, false);
     }
     book.driver.observe_silent(silent);
     if let Some(slot) = book.driver.evidence_slot() {
@@ -256,24 +293,40 @@ pub(super) async fn drive_rotation(
     let action = book
         .driver
         .poll(std::time::Instant::now(), &me, records.values());
-    for peer in book
+    let newly_excused: Vec<&str> = book
         .driver
         .excused()
         .filter(|p| !excused_before.contains(*p))
-    {
+        .collect();
+    if !newly_excused.is_empty() {
+        // One line for all of them (a line each was 5,000 lines at 5,000 nodes); the message
+        // is the one a line per peer had.
         tracing::warn!(
-            %peer,
+            count = newly_excused.len(),
+            peers = %name_sample(&newly_excused),
             silence_s = ctx.args.rotation.rotation_silence.as_secs(),
             "key rotation goes on without a silent peer (no handshake on the new key, none on either slot)"
         );
     }
     let changed = !matches!(action, Action::Wait);
     let republish = drive_action(ctx, book, action).await;
-    repoke_pending(ctx, book, records).await;
+    let repoked = repoke_pending(ctx, book, records).await;
     if changed {
         save_rotation(ctx, book);
     }
-    republish
+    (republish, repoked)
+}
+
+/// Names shown in one log line about many peers.
+const NAMES_SHOWN: usize = 10;
+
+/// The first [`NAMES_SHOWN`] of `names`, comma-separated, with how many more there are.
+fn name_sample(names: &[&str]) -> String {
+    let shown = names[..names.len().min(NAMES_SHOWN)].join(", ");
+    match names.len().saturating_sub(NAMES_SHOWN) {
+        0 => shown,
+        more => format!("{shown} and {more} more"),
+    }
 }
 
 /// Whether this node's record as it stands (its rotation step and keys) is the one last

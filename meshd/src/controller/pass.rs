@@ -95,6 +95,15 @@ pub(super) async fn pass(
         bpf.record_pod_interfaces(veths);
     }
     bpf.record_guarded(&memory.observation.guard_interfaces);
+    if observed && exact {
+        let redirected = want.redirects.keys();
+        prune_learned(
+            &mut bpf,
+            state,
+            redirected,
+            &mut memory.observation.observed.guarded_cidrs,
+        );
+    }
     drop(bpf);
     state.liveness.encrypted_hosts = want.host_routes.keys().copied().collect();
     if exact {
@@ -102,6 +111,51 @@ pub(super) async fn pass(
         state.remembered = Some(memory);
     }
     Ok(PassOutcome { steps, observed })
+}
+
+/// After a full pass that applied every step (a departed node's redirect, route and peer are
+/// gone): remove the learned cluster-map entries no record claims that a configured entry
+/// covers ([`super::guard::prunable`]), and forget them in `guarded`. What the pass redirects
+/// (`redirected`) counts as claimed too: the plan guards it again. A failure is reported and
+/// left for the next full pass: the entries only stay.
+fn prune_learned<'a>(
+    bpf: &mut crate::bpf::Bpf,
+    state: &State,
+    redirected: impl Iterator<Item = &'a ipnet::IpNet>,
+    guarded: &mut BTreeSet<ipnet::IpNet>,
+) {
+    let claimed: BTreeSet<ipnet::IpNet> = state
+        .registry
+        .records
+        .values()
+        .flat_map(|r| r.pod_cidrs.iter().map(ipnet::IpNet::trunc))
+        .chain(redirected.map(ipnet::IpNet::trunc))
+        .collect();
+    let gone = match bpf.cluster_learned() {
+        Ok(present) => super::guard::prunable(&claimed, &present),
+        Err(err) => {
+            tracing::warn!(error = %format!("{:#}", anyhow::Error::new(err)), "reading the guard's cluster map failed; departed nodes' entries stay");
+            return;
+        }
+    };
+    let mut removed = 0usize;
+    for cidr in &gone {
+        match bpf.unguard_cidr(*cidr) {
+            Ok(()) => {
+                guarded.remove(cidr);
+                removed += 1;
+            }
+            Err(err) => {
+                tracing::warn!(%cidr, error = %format!("{:#}", anyhow::Error::new(err)), "removing a departed node's cluster-map entry failed; it stays");
+            }
+        }
+    }
+    if removed > 0 {
+        tracing::info!(
+            removed,
+            "removed departed nodes' learned cluster-map entries a configured cluster CIDR covers"
+        );
+    }
 }
 
 /// Heal the devices, keep their ports and read the node.

@@ -158,7 +158,18 @@ pub async fn run_with<R: Registry>(
         settings,
         commands,
     };
-    let result = event_loop(&ctx, &publisher, channels, resumed).await;
+    // The loop answers SIGTERM between passes; one under way at thousands of peers (a drain
+    // moving every pair onto the other slot) may take longer than a stop can wait.
+    let result = tokio::select! {
+        result = event_loop(&ctx, &publisher, channels, resumed) => result,
+        () = stop_signal_then(STOP_GRACE) => {
+            tracing::warn!(
+                grace_ms = STOP_GRACE.as_millis() as u64,
+                "the pass under way did not end within the grace after the stop signal: leaving it unfinished (the next meshd reconciles from what is there)"
+            );
+            Ok(())
+        }
+    };
     // Nothing is published after this (a --cleanup withdraw must be the last write).
     publisher.stop().await;
     control.abort();
@@ -174,6 +185,30 @@ pub async fn run_with<R: Registry>(
     }
     shut_down(ctx, &*registry).await;
     result
+}
+
+/// How long the pass under way may go on after SIGTERM or SIGINT before meshd stops in the
+/// middle of it.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Returns `grace` after the first SIGTERM or SIGINT (never, when the handlers cannot be
+/// installed: the event loop's own still stop meshd between passes). Stopping in the middle
+/// of a pass is stopping at one of its awaits, where a crash may stop it too: every step is
+/// ordered so that the node is safe between two of them (a peer before its route and
+/// redirect, a redirect gone before its route), and the next meshd reconciles from there.
+async fn stop_signal_then(grace: std::time::Duration) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tokio::time::sleep(grace).await;
 }
 
 /// Starts the policy loop on the registry's objects and the IPAM store. Not fatal: without

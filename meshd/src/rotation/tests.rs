@@ -238,6 +238,86 @@ fn a_peer_still_sending_aborts_the_drain_but_never_a_replaced_key() {
     assert_eq!(d.pending(), ["a"]);
 }
 
+/// The defect seen at 1,000 peers: the pass that applies a drain moves every pair onto the
+/// other slot and took 39 s; the first reading came after STEP_TIMEOUT, showed the live peer
+/// as just seen, and the drain was aborted. The clock starts at the first reading and allows
+/// for peers' passes as long as this node's own.
+#[test]
+fn a_drain_applied_by_a_pass_longer_than_the_timeout_still_completes() {
+    let t0 = Instant::now();
+    let mut me = rec("b");
+    let live = rec("a");
+    let silent = rec("c");
+    let peers = [&live, &silent];
+    let mut d = Driver::default();
+    d.start(t0, 0);
+    let Action::Publish(step) = d.poll(t0, &me, peers) else {
+        panic!("expected the drain")
+    };
+    me.rotation.step = step;
+    d.observe_silent(["c".to_string()].into());
+    // This node's own pass took 39 s: the first reading.
+    let own_pass = Duration::from_secs(39);
+    let first = t0 + own_pass;
+    assert_eq!(
+        poll_with(&mut d, first, &rx(&[("a", 100), ("c", 0)]), &me, &peers),
+        Action::Wait,
+        "one reading proves nothing quiet, and must not abort"
+    );
+    // The live peer, itself busy with a pass as long, keeps sending for another 60 s.
+    let mut t = first;
+    let mut bytes = 100;
+    while t < first + Duration::from_secs(60) {
+        t += POLL_INTERVAL;
+        bytes += 148;
+        assert_eq!(
+            poll_with(&mut d, t, &rx(&[("a", bytes), ("c", 0)]), &me, &peers),
+            Action::Wait,
+            "aborted {:?} after the first reading",
+            t - first
+        );
+    }
+    // It moved off the slot: the drain completes once it is quiet.
+    assert_eq!(
+        poll_with(&mut d, t, &rx(&[("a", bytes), ("c", 0)]), &me, &peers),
+        Action::Wait
+    );
+    let Action::Replace(slot, _) = poll_with(
+        &mut d,
+        t + DRAIN_QUIET,
+        &rx(&[("a", bytes), ("c", 0)]),
+        &me,
+        &peers,
+    ) else {
+        panic!("expected the replacement once every peer was quiet")
+    };
+    assert_eq!(slot, S0);
+
+    // A peer that keeps sending is still given up on, once the extended wait is over.
+    let mut d = Driver::default();
+    d.start(t0, 0);
+    let Action::Publish(step) = d.poll(t0, &me, [&live]) else {
+        panic!()
+    };
+    me.rotation.step = step;
+    let limit = first + STEP_TIMEOUT + 2 * own_pass;
+    let mut t = first;
+    let mut bytes = 0;
+    while t <= limit {
+        bytes += 148;
+        assert_eq!(
+            poll_with(&mut d, t, &rx(&[("a", bytes)]), &me, &[&live]),
+            Action::Wait
+        );
+        t += Duration::from_secs(1);
+    }
+    let Action::Aborted(reason) = poll_with(&mut d, t, &rx(&[("a", bytes + 1)]), &me, &[&live])
+    else {
+        panic!("expected an abort past the extended wait")
+    };
+    assert!(reason.contains("no key was changed"), "{reason}");
+}
+
 #[test]
 fn a_peer_without_a_tunnel_on_the_slot_is_not_waited_for() {
     // "c" is in the records but not programmed on the device (e.g. refused): nothing of it
