@@ -20,8 +20,9 @@
 //! 3. **steady state**: registry writes over `--steady-s` with nothing changing (an inotify
 //!    count of the registry directory; every write is one watch event to every agent);
 //! 4. **every node rotating once**: the real agents via `meshctl lab rotate-key`, the
-//!    simulated nodes step by step in their own records, each side acknowledging the other's
-//!    steps as the record format asks; the writes per node per rotation;
+//!    simulated nodes step by step in their own records (nobody writes for another node: the
+//!    agents prove their peers' readiness from their own devices); the writes per node per
+//!    rotation and how long the agents' rotation took;
 //! 5. **pod identity distribution**: `--pods-per-node` Pods per simulated node written as
 //!    `objects/pods/` files; writes and watch events per pod creation, agent memory after.
 //!
