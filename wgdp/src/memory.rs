@@ -15,9 +15,15 @@ pub const LARGE_EXCHANGE: usize = 64 * 1024;
 /// (the datapath threads' few allocations are served from their thread caches), blocks of
 /// 128 KiB and more mapped on their own and returned to the kernel when freed (glibc would
 /// otherwise raise that threshold after the first large free, up to 32 MiB), a heap's free
-/// top returned above 128 KiB. Other C libraries: nothing to do.
+/// top returned above 128 KiB. Other C libraries: nothing to do. `GLIBC_TUNABLES` naming any
+/// `glibc.malloc.` tunable replaces all of this (for measuring other settings).
 pub fn tune_malloc() {
     const KIB: libc::c_int = 1024;
+    if std::env::var_os("GLIBC_TUNABLES")
+        .is_some_and(|v| v.to_string_lossy().contains("glibc.malloc."))
+    {
+        return;
+    }
     crate::sys::malloc_params(&[
         (libc::M_ARENA_MAX, 2),
         (libc::M_MMAP_THRESHOLD, 128 * KIB),

@@ -93,11 +93,12 @@ fn default_worker_threads() -> usize {
 /// threshold above which a block is mapped on its own grows to 32 MiB, so a freed 4 MiB status
 /// document stays in a heap. Tuned: at most two arenas; blocks of 1 MiB and more mapped on
 /// their own (returned to the kernel when freed); a heap's free top returned above 1 MiB.
-/// Other C libraries: nothing to do.
+/// Other C libraries: nothing to do. `GLIBC_TUNABLES` naming any `glibc.malloc.` tunable
+/// replaces all of this (for measuring other settings without a rebuild).
 #[allow(unsafe_code)]
 fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
+    if !malloc_tuned_by_environment() {
         const MIB: libc::c_int = 1024 * 1024;
         for (param, value) in [
             (libc::M_ARENA_MAX, 2),
@@ -111,6 +112,12 @@ fn tune_malloc() {
             }
         }
     }
+}
+
+/// Whether `GLIBC_TUNABLES` sets any of glibc's malloc tunables.
+fn malloc_tuned_by_environment() -> bool {
+    std::env::var_os("GLIBC_TUNABLES")
+        .is_some_and(|v| v.to_string_lossy().contains("glibc.malloc."))
 }
 
 /// Starts a thread that, every [`HEAP_TRIM_INTERVAL`], returns the free memory malloc holds to
