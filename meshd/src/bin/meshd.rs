@@ -18,7 +18,7 @@ use meshd::settings;
 const MAX_DEFAULT_WORKERS: usize = 2;
 
 /// How often the heap trimmer looks at the free memory malloc holds.
-const HEAP_TRIM_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+const HEAP_TRIM_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Free bytes held in malloc's arenas above which the heap trimmer returns them.
 const HEAP_TRIM_FREE_BYTES: usize = 2 * 1024 * 1024;
