@@ -262,9 +262,13 @@ impl Write for DeadlineResetWriter<'_> {
 }
 
 /// Reads requests from `r` and writes the answers to `w` until EOF.
+///
+/// A request's lines are kept in one buffer (not a `String` each): a `set` of 5,000 peers is
+/// 35,000 lines, which as separate allocations cost 2.8 MB of heap and left it fragmented
+/// around the peers the same request created. After a large request or answer the freed
+/// memory is handed back to the kernel ([`crate::memory::release_free`]).
 pub fn serve_requests(core: &Core, r: &mut impl BufRead, w: &mut impl Write) -> io::Result<()> {
-    let mut lines: Vec<String> = Vec::new();
-    let mut request_bytes = 0usize;
+    let mut request = String::new();
     let mut line = String::new();
     loop {
         line.clear();
@@ -282,10 +286,8 @@ pub fn serve_requests(core: &Core, r: &mut impl BufRead, w: &mut impl Write) -> 
                 "line too long or unterminated",
             ));
         }
-        let text = line.trim_end_matches('\n');
-        if !text.is_empty() {
-            request_bytes += line.len();
-            if request_bytes > MAX_REQUEST {
+        if line != "\n" {
+            if request.len() + line.len() > MAX_REQUEST {
                 // Answered, then the connection ends: the rest of the request is not read.
                 tracing::warn!(max = MAX_REQUEST, "UAPI request too large");
                 let mut answer = String::new();
@@ -297,14 +299,14 @@ pub fn serve_requests(core: &Core, r: &mut impl BufRead, w: &mut impl Write) -> 
                     format!("request larger than {MAX_REQUEST} bytes"),
                 ));
             }
-            lines.push(text.to_string());
+            request.push_str(&line);
             continue;
         }
-        if lines.is_empty() {
+        if request.is_empty() {
             continue;
         }
         let mut answer = String::new();
-        match parse_request(lines.iter().map(String::as_str)) {
+        match parse_request(request.split_terminator('\n')) {
             Ok(Request::Get) => write_get(&core.info(), &mut answer),
             Ok(Request::Set(req)) => {
                 let started = std::time::Instant::now();
@@ -324,10 +326,14 @@ pub fn serve_requests(core: &Core, r: &mut impl BufRead, w: &mut impl Write) -> 
                 write_errno(err.errno(), &mut answer)
             }
         }
-        lines.clear();
-        request_bytes = 0;
+        let large = request.len().max(answer.len()) >= crate::memory::LARGE_EXCHANGE;
+        request = String::new();
         w.write_all(answer.as_bytes())?;
         w.flush()?;
+        drop(answer);
+        if large {
+            crate::memory::release_free();
+        }
     }
 }
 

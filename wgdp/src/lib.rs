@@ -39,6 +39,8 @@ pub mod device;
 mod forged_tests;
 /// Entry points for the fuzz targets.
 pub mod fuzzing;
+/// glibc malloc tuning and returning free memory after large UAPI exchanges.
+pub mod memory;
 /// Drop counters per reason.
 pub mod stats;
 mod sys;

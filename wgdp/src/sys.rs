@@ -1,6 +1,6 @@
-//! The only unsafe code of wgdp: the TUN ioctls and the batched socket syscalls
+//! The only unsafe code of wgdp: the TUN ioctls, the batched socket syscalls
 //! (`sendmmsg`/`recvmmsg` with per-message UDP GSO/GRO control messages) that `nix` does not
-//! cover in the shape needed. Everything here is wrapped in safe functions and types that own
+//! cover in the shape needed, and glibc's malloc parameters and trim (for [`crate::memory`]). Everything here is wrapped in safe functions and types that own
 //! or borrow the memory the kernel reads and writes; the rest of the crate forbids unsafe.
 #![allow(unsafe_code)]
 
@@ -353,6 +353,31 @@ fn gro_segment(ctl: &[u8]) -> Option<usize> {
         off += (len + 7) & !7;
     }
     None
+}
+
+/// Sets glibc malloc parameters (`mallopt`); each pair is (parameter, value). Nothing
+/// with other C libraries.
+pub fn malloc_params(params: &[(libc::c_int, libc::c_int)]) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    for &(param, value) in params {
+        // SAFETY: mallopt only sets one of glibc's malloc parameters; no pointer is involved.
+        unsafe {
+            libc::mallopt(param, value);
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = params;
+}
+
+/// Returns the free memory of every malloc arena to the kernel (glibc's `malloc_trim(0)`).
+/// Nothing with other C libraries.
+pub fn malloc_trim() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointer; it only releases free memory glibc holds, under
+    // its own arena locks.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 #[cfg(test)]

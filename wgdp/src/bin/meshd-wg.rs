@@ -37,6 +37,8 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
+    // Before any other thread exists.
+    wgdp::memory::tune_malloc();
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
