@@ -59,7 +59,7 @@ pub fn world() -> World {
                 key.clone(),
                 Pod {
                     key,
-                    labels: [("pod".to_owned(), pod.to_owned())].into(),
+                    labels: std::sync::Arc::new([("pod".to_owned(), pod.to_owned())].into()),
                     addresses: vec![
                         IpAddr::V4(Ipv4Addr::new(10, 0, 0, index)),
                         IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, u16::from(index))),
@@ -69,7 +69,7 @@ pub fn world() -> World {
                     } else {
                         "node-1"
                     }
-                    .to_owned(),
+                    .into(),
                     named_ports,
                 },
             );

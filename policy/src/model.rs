@@ -14,6 +14,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+pub use crate::intern::{Name, SharedLabels};
+
 /// Labels of a namespace or pod.
 pub type Labels = BTreeMap<String, String>;
 
@@ -30,18 +32,19 @@ pub struct Namespace {
     pub labels: Labels,
 }
 
-/// A pod's identity: namespace and name.
+/// A pod's identity: namespace and name (shared strings: the world holds the key twice, and
+/// every pod of a namespace names it).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PodKey {
     /// The pod's namespace.
-    pub namespace: String,
+    pub namespace: Name,
     /// The pod's name.
-    pub name: String,
+    pub name: Name,
 }
 
 impl PodKey {
     /// The key of pod `name` in `namespace`.
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+    pub fn new(namespace: impl Into<Name>, name: impl Into<Name>) -> Self {
         Self {
             namespace: namespace.into(),
             name: name.into(),
@@ -115,12 +118,12 @@ pub struct NamedPort {
 pub struct Pod {
     /// Namespace and name.
     pub key: PodKey,
-    /// The pod's labels.
-    pub labels: Labels,
+    /// The pod's labels, shared with the other pods carrying the same set.
+    pub labels: SharedLabels,
     /// The pod's addresses: IPv4 and/or IPv6 (`status.podIPs`).
     pub addresses: Vec<IpAddr>,
     /// The node the pod runs on (`spec.nodeName`), empty while unscheduled.
-    pub node: String,
+    pub node: Name,
     /// Named container ports: name → protocol and number.
     pub named_ports: BTreeMap<String, NamedPort>,
 }

@@ -157,7 +157,7 @@ fn peer_matches(world: &World, policy: &Policy, peer: &Peer, endpoint: &Endpoint
                     let no_labels = Labels::new();
                     let labels = world
                         .namespaces
-                        .get(&pod.key.namespace)
+                        .get(pod.key.namespace.as_str())
                         .map(|ns| &ns.labels)
                         .unwrap_or(&no_labels);
                     selector_matches(selector, labels)

@@ -229,7 +229,7 @@ mod tests {
     fn pod(name: &str, node: &str, address: &str) -> Pod {
         Pod {
             key: PodKey::new("x", name),
-            labels: BTreeMap::new(),
+            labels: Default::default(),
             addresses: vec![address.parse().expect("literal")],
             node: node.into(),
             named_ports: BTreeMap::new(),

@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use meshd_policy::model::{Namespace, Pod, PodKey, Policy};
+use meshd_policy::model::{Name, Namespace, Pod, PodKey, Policy};
 use meshd_policy::{Change, World};
 
 /// The kinds of object policy depends on.
@@ -178,7 +178,7 @@ pub struct ObjectCache {
     contested: BTreeMap<PodKey, Pod>,
     /// For each node, at least as many pods as the world holds for it: a node's new pod set
     /// that matches that many known pods removes none, and needs no walk of the world.
-    node_counts: BTreeMap<String, usize>,
+    node_counts: BTreeMap<Name, usize>,
 }
 
 impl ObjectCache {
@@ -256,11 +256,11 @@ impl ObjectCache {
                 if kind == Kind::Pod {
                     let nodes = std::mem::take(&mut self.listing_nodes);
                     self.batch_refusals.retain(|n, _| nodes.contains(n));
-                    self.contested.retain(|_, p| nodes.contains(&p.node));
+                    self.contested.retain(|_, p| nodes.contains(p.node.as_str()));
                     let removals: Vec<Change> = world
                         .pods
                         .values()
-                        .filter(|p| !nodes.contains(&p.node))
+                        .filter(|p| !nodes.contains(p.node.as_str()))
                         .map(|p| ObjectRef::namespaced(Kind::Pod, &*p.key.namespace, &*p.key.name))
                         .filter(|r| !listed.contains(r))
                         .filter_map(|r| remove(world, &r))
@@ -320,7 +320,7 @@ impl ObjectCache {
         }
         // What the node no longer has (only if it had more than it kept): gone, or handed to
         // a node that claimed it meanwhile.
-        if matched < self.node_counts.get(&node).copied().unwrap_or(0) {
+        if matched < self.node_counts.get(node.as_str()).copied().unwrap_or(0) {
             for (key, pod) in &world.pods {
                 if pod.node == node && !claimed.contains(key) {
                     match self.contested.remove(key) {
@@ -334,9 +334,9 @@ impl ObjectCache {
             }
         }
         if claimed.is_empty() {
-            self.node_counts.remove(&node);
+            self.node_counts.remove(node.as_str());
         } else {
-            self.node_counts.insert(node.clone(), claimed.len());
+            self.node_counts.insert(node.as_str().into(), claimed.len());
         }
         self.note_refusals(node, refused);
         changes
@@ -428,7 +428,7 @@ mod tests {
     fn pod(ns: &str, name: &str, app: &str) -> Pod {
         Pod {
             key: PodKey::new(ns, name),
-            labels: [("app".to_owned(), app.to_owned())].into(),
+            labels: std::sync::Arc::new([("app".to_owned(), app.to_owned())].into()),
             addresses: vec!["10.0.0.2".parse().expect("literal")],
             node: "n1".into(),
             named_ports: BTreeMap::new(),

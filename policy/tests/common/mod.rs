@@ -212,9 +212,9 @@ pub fn pod(index: usize) -> impl Strategy<Value = Pod> {
             }
             Pod {
                 key: PodKey::new(ns, format!("p{index}")),
-                labels,
+                labels: std::sync::Arc::new(labels),
                 addresses,
-                node: node.to_owned(),
+                node: node.into(),
                 named_ports,
             }
         })

@@ -8,7 +8,7 @@ use crate::policy::objects::{ObjectCache, ObjectRef};
 fn pod(node: &str, name: &str, ip: &str) -> Pod {
     Pod {
         key: PodKey::new("x", name),
-        labels: [("app".to_owned(), name.to_owned())].into(),
+        labels: std::sync::Arc::new([("app".to_owned(), name.to_owned())].into()),
         addresses: vec![ip.parse().unwrap()],
         node: node.into(),
         named_ports: BTreeMap::new(),
@@ -55,7 +55,7 @@ impl Node {
             .world()
             .pods
             .values()
-            .map(|p| (p.key.to_string(), p.node.clone(), p.addresses.clone()))
+            .map(|p| (p.key.to_string(), p.node.to_string(), p.addresses.clone()))
             .collect()
     }
 }

@@ -1,0 +1,244 @@
+//! The pods by address, for flow enrichment: what the flow collector needs to name the two
+//! ends of a flow (namespace, name, node, labels) and the NetworkPolicies that isolate them.
+//!
+//! The policy loop keeps it up to date as it applies each change, so the collector never
+//! needs a copy of the world: an entry shares the world's pod key, node name and label set
+//! (reference counts, see [`meshd_policy::intern`]), which makes it a few dozen bytes per pod.
+//! Pure: no I/O; the loop and the collector share it behind a lock ([`SharedPodTable`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use meshd_policy::model::{Direction, Name, Pod, PodKey, Policy, PolicyKey, SharedLabels};
+use meshd_policy::{Change, World};
+
+/// A pod as enrichment names it: shared with the policy world.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodEntry {
+    /// Namespace and name.
+    pub key: PodKey,
+    /// The node it runs on; empty while unscheduled.
+    pub node: Name,
+    /// Its labels.
+    pub labels: SharedLabels,
+}
+
+impl PodEntry {
+    fn of(pod: &Pod) -> Self {
+        Self {
+            key: pod.key.clone(),
+            node: pod.node.clone(),
+            labels: pod.labels.clone(),
+        }
+    }
+}
+
+/// Pods by address and the policies (see the module doc).
+#[derive(Debug, Default)]
+pub struct PodTable {
+    pods: HashMap<IpAddr, Arc<PodEntry>>,
+    policies: BTreeMap<PolicyKey, Policy>,
+}
+
+/// The table shared by the policy loop (writer) and the flow collector (reader). Two handles
+/// are equal when they are the same table.
+#[derive(Clone, Debug, Default)]
+pub struct SharedPodTable(Arc<RwLock<PodTable>>);
+
+impl PartialEq for SharedPodTable {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for SharedPodTable {}
+
+impl SharedPodTable {
+    /// The table, for reading.
+    pub fn read(&self) -> RwLockReadGuard<'_, PodTable> {
+        self.0.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The table, for writing.
+    pub fn write(&self) -> RwLockWriteGuard<'_, PodTable> {
+        self.0.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl PodTable {
+    /// The table of `world`.
+    pub fn from_world(world: &World) -> Self {
+        let mut table = Self::default();
+        table.rebuild(world);
+        table
+    }
+
+    /// Makes the table that of `world`.
+    pub fn rebuild(&mut self, world: &World) {
+        self.pods.clear();
+        for pod in world.pods.values() {
+            self.insert(pod);
+        }
+        self.pods.shrink_to_fit();
+        self.policies.clone_from(&world.policies);
+    }
+
+    /// Takes `change`, about to be applied to `world` (the world before it).
+    pub fn note(&mut self, world: &World, change: &Change) {
+        match change {
+            Change::UpsertPod(pod) => {
+                if let Some(old) = world.pods.get(&pod.key) {
+                    self.remove(old);
+                }
+                self.insert(pod);
+            }
+            Change::RemovePod(key) => {
+                if let Some(old) = world.pods.get(key) {
+                    self.remove(old);
+                }
+            }
+            Change::UpsertPolicy(policy) => {
+                self.policies.insert(policy.key.clone(), policy.clone());
+            }
+            Change::RemovePolicy(key) => {
+                self.policies.remove(key);
+            }
+            Change::UpsertNamespace(_)
+            | Change::RemoveNamespace(_)
+            | Change::AttachEndpoint { .. }
+            | Change::DetachEndpoint(_) => {}
+        }
+    }
+
+    /// The pod holding `address`.
+    pub fn pod(&self, address: &IpAddr) -> Option<&PodEntry> {
+        self.pods.get(address).map(|entry| &**entry)
+    }
+
+    /// Pods known (by address: a dual-stack pod counts twice).
+    pub fn addresses(&self) -> usize {
+        self.pods.len()
+    }
+
+    /// The policies isolating `pod` in `direction`.
+    pub fn isolating<'a>(
+        &'a self,
+        pod: &'a PodEntry,
+        direction: Direction,
+    ) -> impl Iterator<Item = &'a Policy> + 'a {
+        self.policies.values().filter(move |p| {
+            p.key.namespace == pod.key.namespace
+                && p.applies_to(direction)
+                && p.pod_selector.matches(&pod.labels)
+        })
+    }
+
+    fn insert(&mut self, pod: &Pod) {
+        let entry = Arc::new(PodEntry::of(pod));
+        for address in &pod.addresses {
+            self.pods.insert(*address, entry.clone());
+        }
+    }
+
+    /// Removes `pod`'s addresses, unless another pod holds them now.
+    fn remove(&mut self, pod: &Pod) {
+        for address in &pod.addresses {
+            if self.pods.get(address).is_some_and(|e| e.key == pod.key) {
+                self.pods.remove(address);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::BTreeMap;
+
+    use meshd_policy::model::LabelSelector;
+
+    use super::*;
+
+    fn pod(name: &str, ip: &str, app: &str) -> Pod {
+        Pod {
+            key: PodKey::new("shop", name),
+            labels: Arc::new([("app".to_owned(), app.to_owned())].into()),
+            addresses: vec![ip.parse().unwrap()],
+            node: "n1".into(),
+            named_ports: BTreeMap::new(),
+        }
+    }
+
+    /// Applies `changes` to both the table and a world; returns the world.
+    fn apply(table: &mut PodTable, world: &mut World, changes: Vec<Change>) {
+        for change in changes {
+            table.note(world, &change);
+            match change {
+                Change::UpsertPod(p) => {
+                    world.pods.insert(p.key.clone(), p);
+                }
+                Change::RemovePod(k) => {
+                    world.pods.remove(&k);
+                }
+                Change::UpsertPolicy(p) => {
+                    world.policies.insert(p.key.clone(), p);
+                }
+                Change::RemovePolicy(k) => {
+                    world.policies.remove(&k);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn kept_up_to_date_it_equals_the_table_built_from_the_world() {
+        let (mut table, mut world) = (PodTable::default(), World::default());
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        apply(
+            &mut table,
+            &mut world,
+            vec![
+                Change::UpsertPod(pod("a", "10.0.0.1", "web")),
+                Change::UpsertPod(pod("b", "10.0.0.2", "db")),
+                // a moves to another address; c takes a's old one before a lets go of it.
+                Change::UpsertPod(pod("c", "10.0.0.1", "web")),
+                Change::UpsertPod(pod("a", "10.0.0.3", "web")),
+                Change::RemovePod(PodKey::new("shop", "b")),
+                Change::UpsertPolicy(Policy {
+                    key: PodKey::new("shop", "web-deny"),
+                    pod_selector: LabelSelector::labels([("app", "web")]),
+                    policy_types: None,
+                    ingress: vec![],
+                    egress: vec![],
+                }),
+            ],
+        );
+        assert_eq!(table.pod(&ip("10.0.0.1")).unwrap().key.name, "c");
+        assert_eq!(table.pod(&ip("10.0.0.3")).unwrap().key.name, "a");
+        assert!(table.pod(&ip("10.0.0.2")).is_none());
+        let rebuilt = PodTable::from_world(&world);
+        assert_eq!(table.pods, rebuilt.pods);
+        assert_eq!(table.policies, rebuilt.policies);
+        let c = table.pod(&ip("10.0.0.1")).unwrap();
+        let names: Vec<_> = table
+            .isolating(c, Direction::Ingress)
+            .map(|p| p.key.name.to_string())
+            .collect();
+        assert_eq!(names, ["web-deny"]);
+        assert_eq!(table.isolating(c, Direction::Egress).count(), 0);
+    }
+
+    #[test]
+    fn an_entry_shares_the_worlds_label_set() {
+        let p = pod("a", "10.0.0.1", "web");
+        let table = PodTable::from_world(&World {
+            pods: [(p.key.clone(), p.clone())].into(),
+            ..Default::default()
+        });
+        let entry = table.pod(&"10.0.0.1".parse().unwrap()).unwrap();
+        assert!(Arc::ptr_eq(&entry.labels, &p.labels));
+    }
+}
