@@ -71,7 +71,8 @@ pub fn world() -> World {
                     }
                     .into(),
                     named_ports,
-                },
+                }
+                .into(),
             );
         }
     }

@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
@@ -319,8 +320,9 @@ impl Policy {
 pub struct World {
     /// Namespaces by name.
     pub namespaces: BTreeMap<String, Namespace>,
-    /// Pods by namespace and name.
-    pub pods: BTreeMap<PodKey, Pod>,
+    /// Pods by namespace and name, each shared (the flow collector's table of pods by address
+    /// points at the same ones).
+    pub pods: BTreeMap<PodKey, Arc<Pod>>,
     /// Policies by namespace and name.
     pub policies: BTreeMap<PolicyKey, Policy>,
 }

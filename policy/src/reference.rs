@@ -60,7 +60,7 @@ pub fn allowed(world: &World, src: &Endpoint, dst: &Endpoint, protocol: u8, port
 
 fn pod_of<'a>(world: &'a World, endpoint: &Endpoint) -> Option<&'a Pod> {
     match endpoint {
-        Endpoint::Pod { pod, .. } => world.pods.get(pod),
+        Endpoint::Pod { pod, .. } => world.pods.get(pod).map(|pod| &**pod),
         Endpoint::External(_) => None,
     }
 }

@@ -69,7 +69,7 @@ fn act(world: &mut World, action: &Action, family: Option<u8>) -> anyhow::Result
                 .get_mut(&PodKey::new(ns, name))
                 .with_context(|| format!("no pod {pod}"))?
                 .labels;
-            relabel(labels, label);
+            relabel(std::sync::Arc::make_mut(labels), label);
         }
         Action::LabelNamespace(ns, label) => {
             let labels = &mut world

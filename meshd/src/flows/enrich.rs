@@ -12,7 +12,9 @@ use jiff::Timestamp;
 use meshd_policy::model::Direction;
 
 use super::decode::DatapathEvent;
-use crate::policy::pod_table::{PodEntry, PodTable};
+use meshd_policy::model::Pod;
+
+use crate::policy::pod_table::PodTable;
 use super::record::{
     Endpoint, Flow, Interface, IpHeader, ObservationPoint, PolicyRef, Reason, TrafficDirection,
 };
@@ -27,7 +29,7 @@ pub struct Lookup {
 }
 
 /// The record's view of `pod`.
-fn endpoint(pod: &PodEntry) -> Endpoint {
+fn endpoint(pod: &Pod) -> Endpoint {
     Endpoint {
         namespace: pod.key.namespace.to_string(),
         pod_name: pod.key.name.to_string(),
@@ -37,7 +39,7 @@ fn endpoint(pod: &PodEntry) -> Endpoint {
 }
 
 /// The policies isolating `pod` in `direction`, as the record names them.
-fn isolating(pods: &PodTable, pod: &PodEntry, direction: Direction) -> Vec<PolicyRef> {
+fn isolating(pods: &PodTable, pod: &Pod, direction: Direction) -> Vec<PolicyRef> {
     pods.isolating(pod, direction)
         .map(|p| PolicyRef {
             namespace: p.key.namespace.to_string(),
@@ -130,13 +132,13 @@ mod tests {
             let key = PodKey::new("shop", name);
             world.pods.insert(
                 key.clone(),
-                Pod {
+                std::sync::Arc::new(Pod {
                     key,
                     labels: std::sync::Arc::new([("app".to_string(), app.to_string())].into()),
                     addresses: vec![ip.parse().unwrap()],
                     node: format!("node-{name}").into(),
                     named_ports: Default::default(),
-                },
+                }),
             );
         }
         let deny = Policy {

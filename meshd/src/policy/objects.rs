@@ -311,7 +311,7 @@ impl ObjectCache {
                 }
                 Some(held) => {
                     matched += 1;
-                    if *held != pod {
+                    if **held != pod {
                         changes.push(Change::UpsertPod(pod));
                     }
                 }
@@ -370,7 +370,7 @@ fn upsert(world: &World, object: Object) -> Option<Change> {
             (world.namespaces.get(&ns.name) != Some(&ns)).then_some(Change::UpsertNamespace(ns))
         }
         Object::Pod(pod) => {
-            (world.pods.get(&pod.key) != Some(&pod)).then_some(Change::UpsertPod(pod))
+            (world.pods.get(&pod.key).map(|held| &**held) != Some(&pod)).then_some(Change::UpsertPod(pod))
         }
         Object::Policy(p) => {
             (world.policies.get(&p.key) != Some(&p)).then_some(Change::UpsertPolicy(p))

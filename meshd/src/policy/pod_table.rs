@@ -2,42 +2,31 @@
 //! ends of a flow (namespace, name, node, labels) and the NetworkPolicies that isolate them.
 //!
 //! The policy loop keeps it up to date as it applies each change, so the collector never
-//! needs a copy of the world: an entry shares the world's pod key, node name and label set
-//! (reference counts, see [`meshd_policy::intern`]), which makes it a few dozen bytes per pod.
+//! needs a copy of the world: an entry is the world's own pod (the world holds each pod behind
+//! an `Arc`), which makes it a pointer per address.
 //! Pure: no I/O; the loop and the collector share it behind a lock ([`SharedPodTable`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use meshd_policy::model::{Direction, Name, Pod, PodKey, Policy, PolicyKey, SharedLabels};
+use meshd_policy::model::{Direction, Pod, PodKey, Policy, PolicyKey};
 use meshd_policy::{Change, World};
 
-/// A pod as enrichment names it: shared with the policy world.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PodEntry {
-    /// Namespace and name.
-    pub key: PodKey,
-    /// The node it runs on; empty while unscheduled.
-    pub node: Name,
-    /// Its labels.
-    pub labels: SharedLabels,
-}
-
-impl PodEntry {
-    fn of(pod: &Pod) -> Self {
-        Self {
-            key: pod.key.clone(),
-            node: pod.node.clone(),
-            labels: pod.labels.clone(),
-        }
-    }
+/// What a change will do to the table, taken from the world before it is applied
+/// ([`PodTable::before`]) and completed from the world after it ([`PodTable::after`]).
+#[derive(Debug)]
+pub struct PendingChange {
+    /// The pod changed, and its version before.
+    pod: Option<(PodKey, Option<Arc<Pod>>)>,
+    /// The policy changed.
+    policy: Option<PolicyKey>,
 }
 
 /// Pods by address and the policies (see the module doc).
 #[derive(Debug, Default)]
 pub struct PodTable {
-    pods: HashMap<IpAddr, Arc<PodEntry>>,
+    pods: HashMap<IpAddr, Arc<Pod>>,
     policies: BTreeMap<PolicyKey, Policy>,
 }
 
@@ -84,36 +73,52 @@ impl PodTable {
         self.policies.clone_from(&world.policies);
     }
 
-    /// Takes `change`, about to be applied to `world` (the world before it).
-    pub fn note(&mut self, world: &World, change: &Change) {
-        match change {
-            Change::UpsertPod(pod) => {
-                if let Some(old) = world.pods.get(&pod.key) {
-                    self.remove(old);
-                }
-                self.insert(pod);
-            }
-            Change::RemovePod(key) => {
-                if let Some(old) = world.pods.get(key) {
-                    self.remove(old);
-                }
-            }
-            Change::UpsertPolicy(policy) => {
-                self.policies.insert(policy.key.clone(), policy.clone());
-            }
-            Change::RemovePolicy(key) => {
-                self.policies.remove(key);
-            }
+    /// What `change` will do, from `world` before it is applied.
+    pub fn before(world: &World, change: &Change) -> PendingChange {
+        let (pod, policy) = match change {
+            Change::UpsertPod(pod) => (Some(pod.key.clone()), None),
+            Change::RemovePod(key) => (Some(key.clone()), None),
+            Change::UpsertPolicy(policy) => (None, Some(policy.key.clone())),
+            Change::RemovePolicy(key) => (None, Some(key.clone())),
             Change::UpsertNamespace(_)
             | Change::RemoveNamespace(_)
             | Change::AttachEndpoint { .. }
-            | Change::DetachEndpoint(_) => {}
+            | Change::DetachEndpoint(_) => (None, None),
+        };
+        PendingChange {
+            pod: pod.map(|key| {
+                let old = world.pods.get(&key).cloned();
+                (key, old)
+            }),
+            policy,
+        }
+    }
+
+    /// Takes the change `pending` describes, now applied to `world`.
+    pub fn after(&mut self, world: &World, pending: PendingChange) {
+        if let Some((key, old)) = pending.pod {
+            if let Some(old) = old {
+                self.remove(&old);
+            }
+            if let Some(new) = world.pods.get(&key) {
+                self.insert(new);
+            }
+        }
+        if let Some(key) = pending.policy {
+            match world.policies.get(&key) {
+                Some(policy) => {
+                    self.policies.insert(key, policy.clone());
+                }
+                None => {
+                    self.policies.remove(&key);
+                }
+            }
         }
     }
 
     /// The pod holding `address`.
-    pub fn pod(&self, address: &IpAddr) -> Option<&PodEntry> {
-        self.pods.get(address).map(|entry| &**entry)
+    pub fn pod(&self, address: &IpAddr) -> Option<&Pod> {
+        self.pods.get(address).map(|pod| &**pod)
     }
 
     /// Pods known (by address: a dual-stack pod counts twice).
@@ -124,7 +129,7 @@ impl PodTable {
     /// The policies isolating `pod` in `direction`.
     pub fn isolating<'a>(
         &'a self,
-        pod: &'a PodEntry,
+        pod: &'a Pod,
         direction: Direction,
     ) -> impl Iterator<Item = &'a Policy> + 'a {
         self.policies.values().filter(move |p| {
@@ -134,10 +139,9 @@ impl PodTable {
         })
     }
 
-    fn insert(&mut self, pod: &Pod) {
-        let entry = Arc::new(PodEntry::of(pod));
+    fn insert(&mut self, pod: &Arc<Pod>) {
         for address in &pod.addresses {
-            self.pods.insert(*address, entry.clone());
+            self.pods.insert(*address, pod.clone());
         }
     }
 
@@ -171,13 +175,13 @@ mod tests {
         }
     }
 
-    /// Applies `changes` to both the table and a world; returns the world.
+    /// Applies `changes` to both the table and a world.
     fn apply(table: &mut PodTable, world: &mut World, changes: Vec<Change>) {
         for change in changes {
-            table.note(world, &change);
+            let pending = PodTable::before(world, &change);
             match change {
                 Change::UpsertPod(p) => {
-                    world.pods.insert(p.key.clone(), p);
+                    world.pods.insert(p.key.clone(), p.into());
                 }
                 Change::RemovePod(k) => {
                     world.pods.remove(&k);
@@ -190,6 +194,7 @@ mod tests {
                 }
                 _ => {}
             }
+            table.after(world, pending);
         }
     }
 
@@ -232,13 +237,13 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_shares_the_worlds_label_set() {
-        let p = pod("a", "10.0.0.1", "web");
-        let table = PodTable::from_world(&World {
+    fn an_entry_is_the_worlds_pod() {
+        let p = Arc::new(pod("a", "10.0.0.1", "web"));
+        let world = World {
             pods: [(p.key.clone(), p.clone())].into(),
             ..Default::default()
-        });
-        let entry = table.pod(&"10.0.0.1".parse().unwrap()).unwrap();
-        assert!(Arc::ptr_eq(&entry.labels, &p.labels));
+        };
+        let table = PodTable::from_world(&world);
+        assert!(Arc::ptr_eq(&table.pods[&"10.0.0.1".parse().unwrap()], &p));
     }
 }

@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 
 use super::endpoints::{self, LocalEndpoints, StoreVeths};
 use super::objects::{ObjectCache, ObjectEvent};
-use super::pod_table::SharedPodTable;
+use super::pod_table::{PodTable, SharedPodTable};
 use super::report::{MalformedObject, SharedPolicyReport};
 use super::writer::{PolicyMapWriter, WriterError};
 
@@ -95,11 +95,15 @@ impl<W: PolicyMapWriter> PolicyLoop<W> {
         for event in events {
             for change in self.cache.apply(self.compiler.world(), event) {
                 endpoints_due |= self.endpoints.note(&change);
-                // Locked per change: the collector is never held up for a whole batch.
-                if let Some(table) = &self.pod_table {
-                    table.write().note(self.compiler.world(), &change);
-                }
+                let pending = self
+                    .pod_table
+                    .as_ref()
+                    .map(|_| PodTable::before(self.compiler.world(), &change));
                 compose(&mut delta, self.compiler.apply(change));
+                // Locked per change: the collector is never held up for a whole batch.
+                if let (Some(table), Some(pending)) = (&self.pod_table, pending) {
+                    table.write().after(self.compiler.world(), pending);
+                }
             }
         }
         if let Some(store) = store {

@@ -218,7 +218,7 @@ fn api_objects_of_the_e2e_model_convert_to_the_model_world() {
         let converted = pod_from_k8s(&object)
             .expect("converts")
             .expect("not host network");
-        world.pods.insert(converted.key.clone(), converted);
+        world.pods.insert(converted.key.clone(), converted.into());
     }
     assert_eq!(world, model);
 
