@@ -374,7 +374,7 @@ async fn meshd_needs_exactly_deploys_rbac() {
     let (b_address, stolen) = (own_v4(&record2), own_v4(&record));
     let b = meshd_policy::model::Pod {
         key: meshd_policy::model::PodKey::new("x", "b"),
-        labels: std::sync::Arc::new([("app".to_owned(), "b".to_owned())].into()),
+        labels: [("app".to_owned(), "b".to_owned())].into(),
         addresses: vec![b_address],
         node: "n2".into(),
         named_ports: Default::default(),

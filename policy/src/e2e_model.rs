@@ -59,7 +59,7 @@ pub fn world() -> World {
                 key.clone(),
                 Pod {
                     key,
-                    labels: std::sync::Arc::new([("pod".to_owned(), pod.to_owned())].into()),
+                    labels: [("pod".to_owned(), pod.to_owned())].into(),
                     addresses: vec![
                         IpAddr::V4(Ipv4Addr::new(10, 0, 0, index)),
                         IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, u16::from(index))),

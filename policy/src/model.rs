@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
-pub use crate::intern::{Name, SharedLabels};
+pub use crate::intern::{LabelLookup, LabelSet, Name, SharedLabels};
 
 /// Labels of a namespace or pod.
 pub type Labels = BTreeMap<String, String>;
@@ -179,18 +179,18 @@ impl LabelSelector {
     }
 
     /// Whether `labels` satisfy every `matchLabels` entry and every requirement.
-    pub fn matches(&self, labels: &Labels) -> bool {
+    pub fn matches<L: LabelLookup + ?Sized>(&self, labels: &L) -> bool {
         self.match_labels
             .iter()
-            .all(|(k, v)| labels.get(k) == Some(v))
+            .all(|(k, v)| labels.label(k) == Some(v.as_str()))
             && self.match_expressions.iter().all(|r| r.matches(labels))
     }
 }
 
 impl Requirement {
     /// Whether `labels` satisfy this requirement.
-    pub fn matches(&self, labels: &Labels) -> bool {
-        let value = labels.get(&self.key);
+    pub fn matches<L: LabelLookup + ?Sized>(&self, labels: &L) -> bool {
+        let value = labels.label(&self.key);
         match &self.operator {
             Operator::In(values) => value.is_some_and(|v| values.contains(v)),
             Operator::NotIn(values) => value.is_none_or(|v| !values.contains(v)),

@@ -15,6 +15,7 @@
 use std::net::IpAddr;
 
 use crate::model::{
+    LabelLookup,
     Direction, LabelSelector, Labels, Operator, Peer, Pod, PodKey, Policy, PolicyPort, PortSpec,
     Rule, World,
 };
@@ -189,14 +190,14 @@ fn port_matches(policy_port: &PolicyPort, serving: Option<&Pod>, protocol: u8, p
     }
 }
 
-fn selector_matches(selector: &LabelSelector, labels: &Labels) -> bool {
+fn selector_matches<L: LabelLookup + ?Sized>(selector: &LabelSelector, labels: &L) -> bool {
     for (key, value) in &selector.match_labels {
-        if labels.get(key) != Some(value) {
+        if labels.label(key) != Some(value.as_str()) {
             return false;
         }
     }
     for requirement in &selector.match_expressions {
-        let value = labels.get(&requirement.key);
+        let value = labels.label(&requirement.key);
         let ok = match &requirement.operator {
             Operator::In(values) => match value {
                 Some(v) => values.contains(v),

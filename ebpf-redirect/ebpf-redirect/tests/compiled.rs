@@ -56,7 +56,7 @@ fn world() -> World {
             key.clone(),
             std::sync::Arc::new(Pod {
                 key,
-                labels: std::sync::Arc::new([("pod".to_owned(), name.to_owned())].into()),
+                labels: [("pod".to_owned(), name.to_owned())].into(),
                 addresses: fam_addrs.to_vec(),
                 node: "node".into(),
                 named_ports: BTreeMap::new(),

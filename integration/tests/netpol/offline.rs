@@ -71,7 +71,9 @@ fn act(world: &mut World, action: &Action, family: Option<u8>) -> anyhow::Result
                     .with_context(|| format!("no pod {pod}"))?,
             )
             .labels;
-            relabel(std::sync::Arc::make_mut(labels), label);
+            let mut relabelled = labels.to_labels();
+            relabel(&mut relabelled, label);
+            *labels = relabelled.into();
         }
         Action::LabelNamespace(ns, label) => {
             let labels = &mut world

@@ -134,7 +134,7 @@ mod tests {
                 key.clone(),
                 std::sync::Arc::new(Pod {
                     key,
-                    labels: std::sync::Arc::new([("app".to_string(), app.to_string())].into()),
+                    labels: [("app".to_string(), app.to_string())].into(),
                     addresses: vec![ip.parse().unwrap()],
                     node: format!("node-{name}").into(),
                     named_ports: Default::default(),

@@ -102,13 +102,13 @@ struct WirePod {
 pub fn encode<'a>(node: &str, pods: impl IntoIterator<Item = &'a Pod>) -> String {
     let mut pods: Vec<&Pod> = pods.into_iter().collect();
     pods.sort_by(|a, b| a.key.cmp(&b.key));
-    let mut table: Vec<&Labels> = Vec::new();
-    let mut index: BTreeMap<&Labels, usize> = BTreeMap::new();
+    let mut table: Vec<Labels> = Vec::new();
+    let mut index: BTreeMap<&SharedLabels, usize> = BTreeMap::new();
     let mut wire_pods = Vec::with_capacity(pods.len());
     for pod in pods {
         let l = (!pod.labels.is_empty()).then(|| {
-            *index.entry(&*pod.labels).or_insert_with(|| {
-                table.push(&*pod.labels);
+            *index.entry(&pod.labels).or_insert_with(|| {
+                table.push(pod.labels.to_labels());
                 table.len() - 1
             })
         });
@@ -184,7 +184,7 @@ pub fn decode_interned(
     let table: Vec<SharedLabels> = wire
         .labels
         .into_iter()
-        .map(|labels| interner.labels(labels))
+        .map(|labels| interner.labels(&labels))
         .collect();
     let node_name = interner.name(node);
     for (i, entry) in wire.pods.into_iter().enumerate() {
@@ -216,7 +216,7 @@ fn pod_of(
     }
     let key = PodKey::new(interner.name(&entry.ns), entry.name);
     let labels = match entry.l {
-        None => interner.labels(Labels::new()),
+        None => SharedLabels::default(),
         Some(l) => table
             .get(l)
             .cloned()

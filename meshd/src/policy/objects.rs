@@ -428,7 +428,7 @@ mod tests {
     fn pod(ns: &str, name: &str, app: &str) -> Pod {
         Pod {
             key: PodKey::new(ns, name),
-            labels: std::sync::Arc::new([("app".to_owned(), app.to_owned())].into()),
+            labels: [("app".to_owned(), app.to_owned())].into(),
             addresses: vec!["10.0.0.2".parse().expect("literal")],
             node: "n1".into(),
             named_ports: BTreeMap::new(),

@@ -168,7 +168,7 @@ mod tests {
     fn pod(name: &str, ip: &str, app: &str) -> Pod {
         Pod {
             key: PodKey::new("shop", name),
-            labels: Arc::new([("app".to_owned(), app.to_owned())].into()),
+            labels: [("app".to_owned(), app.to_owned())].into(),
             addresses: vec![ip.parse().unwrap()],
             node: "n1".into(),
             named_ports: BTreeMap::new(),

@@ -212,7 +212,7 @@ pub fn pod(index: usize) -> impl Strategy<Value = Pod> {
             }
             Pod {
                 key: PodKey::new(ns, format!("p{index}")),
-                labels: std::sync::Arc::new(labels),
+                labels: labels.into(),
                 addresses,
                 node: node.into(),
                 named_ports,

@@ -7,7 +7,7 @@ use super::*;
 fn pod(ns: &str, name: &str, app: &str, ips: &[&str]) -> Pod {
     Pod {
         key: PodKey::new(ns, name),
-        labels: std::sync::Arc::new([("app".to_owned(), app.to_owned())].into()),
+        labels: [("app".to_owned(), app.to_owned())].into(),
         addresses: ips.iter().map(|ip| ip.parse().unwrap()).collect(),
         node: "n2".into(),
         named_ports: [(
@@ -140,7 +140,7 @@ fn arb_pod() -> impl Strategy<Value = Pod> {
     )
         .prop_map(|(ns, name, labels, hosts, ports)| Pod {
             key: PodKey::new(ns, name),
-            labels: std::sync::Arc::new(labels),
+            labels: labels.into(),
             addresses: hosts
                 .into_iter()
                 .map(|h| IpAddr::from([10, 244, 2, h]))

@@ -8,7 +8,7 @@ use crate::policy::objects::{ObjectCache, ObjectRef};
 fn pod(node: &str, name: &str, ip: &str) -> Pod {
     Pod {
         key: PodKey::new("x", name),
-        labels: std::sync::Arc::new([("app".to_owned(), name.to_owned())].into()),
+        labels: [("app".to_owned(), name.to_owned())].into(),
         addresses: vec![ip.parse().unwrap()],
         node: node.into(),
         named_ports: BTreeMap::new(),

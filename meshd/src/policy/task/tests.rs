@@ -29,7 +29,7 @@ fn namespace(name: &str) -> Object {
 fn pod(ns: &str, name: &str, node: &str, ip: &str) -> Object {
     Object::Pod(Pod {
         key: PodKey::new(ns, name),
-        labels: std::sync::Arc::new([("pod".to_owned(), name.to_owned())].into()),
+        labels: [("pod".to_owned(), name.to_owned())].into(),
         addresses: vec![ip.parse().unwrap()],
         node: node.into(),
         named_ports: BTreeMap::new(),
