@@ -7,7 +7,7 @@
 //! Pure: no I/O; the loop and the collector share it behind a lock ([`SharedPodTable`]).
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use meshd_policy::model::{Direction, Pod, PodKey, Policy, PolicyKey};
@@ -26,7 +26,9 @@ pub struct PendingChange {
 /// Pods by address and the policies (see the module doc).
 #[derive(Debug, Default)]
 pub struct PodTable {
-    pods: HashMap<IpAddr, Arc<Pod>>,
+    /// By family: an `IpAddr` key with a pointer takes 32 bytes a slot, an `Ipv4Addr` 16.
+    pods_v4: HashMap<Ipv4Addr, Arc<Pod>>,
+    pods_v6: HashMap<Ipv6Addr, Arc<Pod>>,
     policies: BTreeMap<PolicyKey, Policy>,
 }
 
@@ -65,11 +67,13 @@ impl PodTable {
 
     /// Makes the table that of `world`.
     pub fn rebuild(&mut self, world: &World) {
-        self.pods.clear();
+        self.pods_v4.clear();
+        self.pods_v6.clear();
         for pod in world.pods.values() {
             self.insert(pod);
         }
-        self.pods.shrink_to_fit();
+        self.pods_v4.shrink_to_fit();
+        self.pods_v6.shrink_to_fit();
         self.policies.clone_from(&world.policies);
     }
 
@@ -118,12 +122,12 @@ impl PodTable {
 
     /// The pod holding `address`.
     pub fn pod(&self, address: &IpAddr) -> Option<&Pod> {
-        self.pods.get(address).map(|pod| &**pod)
+        self.entry(address).map(|pod| &**pod)
     }
 
     /// Pods known (by address: a dual-stack pod counts twice).
     pub fn addresses(&self) -> usize {
-        self.pods.len()
+        self.pods_v4.len() + self.pods_v6.len()
     }
 
     /// The policies isolating `pod` in `direction`.
@@ -139,17 +143,30 @@ impl PodTable {
         })
     }
 
+    fn entry(&self, address: &IpAddr) -> Option<&Arc<Pod>> {
+        match address {
+            IpAddr::V4(a) => self.pods_v4.get(a),
+            IpAddr::V6(a) => self.pods_v6.get(a),
+        }
+    }
+
     fn insert(&mut self, pod: &Arc<Pod>) {
         for address in &pod.addresses {
-            self.pods.insert(*address, pod.clone());
+            match address {
+                IpAddr::V4(a) => self.pods_v4.insert(*a, pod.clone()),
+                IpAddr::V6(a) => self.pods_v6.insert(*a, pod.clone()),
+            };
         }
     }
 
     /// Removes `pod`'s addresses, unless another pod holds them now.
     fn remove(&mut self, pod: &Pod) {
         for address in &pod.addresses {
-            if self.pods.get(address).is_some_and(|e| e.key == pod.key) {
-                self.pods.remove(address);
+            if self.entry(address).is_some_and(|e| e.key == pod.key) {
+                match address {
+                    IpAddr::V4(a) => self.pods_v4.remove(a),
+                    IpAddr::V6(a) => self.pods_v6.remove(a),
+                };
             }
         }
     }
@@ -225,7 +242,8 @@ mod tests {
         assert_eq!(table.pod(&ip("10.0.0.3")).unwrap().key.name, "a");
         assert!(table.pod(&ip("10.0.0.2")).is_none());
         let rebuilt = PodTable::from_world(&world);
-        assert_eq!(table.pods, rebuilt.pods);
+        assert_eq!(table.pods_v4, rebuilt.pods_v4);
+        assert_eq!(table.pods_v6, rebuilt.pods_v6);
         assert_eq!(table.policies, rebuilt.policies);
         let c = table.pod(&ip("10.0.0.1")).unwrap();
         let names: Vec<_> = table
@@ -244,6 +262,7 @@ mod tests {
             ..Default::default()
         };
         let table = PodTable::from_world(&world);
-        assert!(Arc::ptr_eq(&table.pods[&"10.0.0.1".parse().unwrap()], &p));
+        let entry = table.entry(&"10.0.0.1".parse().unwrap()).unwrap();
+        assert!(Arc::ptr_eq(entry, &p));
     }
 }
