@@ -1,13 +1,15 @@
 //! Heap held by the policy loop for N nodes × P pods, counted by a global allocator: the pods
 //! of every node arrive as endpoint batches in the scale harness's format, pass the pod
-//! identity stage and the policy loop (with the flow collector's lookup built as it is in the
-//! daemon), and each stage's live bytes are printed.
+//! identity stage and the policy loop (keeping the flow collector's pod table, as the daemon
+//! does with flow events on); the live bytes they hold are printed, then the table's share.
 //!
 //! `cargo run --release -p meshd --example pod_identity_memory -- 5000 30`
 //!
 //! Counting needs a global allocator, which is `unsafe` to implement: this measurement tool is
 //! the one place in meshd that allows it (it forwards every call to `System` unchanged).
 #![allow(unsafe_code)]
+// A measurement tool: a failure is a panic with its message.
+#![allow(clippy::unwrap_used)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
@@ -36,7 +38,10 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        LIVE.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
         // SAFETY: the caller's contract is passed on.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -72,10 +77,17 @@ fn main() {
     report.lock().unwrap().pod_table_wanted = true;
     let writer = Arc::new(Mutex::new(PolicyMaps::default()));
     let mut policy_loop = PolicyLoop::new("real-1", writer, Box::new(|_| None), report.clone());
-    let mut stage = PodIdentity::new("real-1", Box::new(|_| Some(vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()])));
+    let mut stage = PodIdentity::new(
+        "real-1",
+        Box::new(|_| Some(vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()])),
+    );
     let base = live();
-    let mut start = vec![ObjectEvent::ListStart(Kind::Namespace), ObjectEvent::ListDone(Kind::Namespace),
-        ObjectEvent::ListStart(Kind::NetworkPolicy), ObjectEvent::ListDone(Kind::NetworkPolicy)];
+    let mut start = vec![
+        ObjectEvent::ListStart(Kind::Namespace),
+        ObjectEvent::ListDone(Kind::Namespace),
+        ObjectEvent::ListStart(Kind::NetworkPolicy),
+        ObjectEvent::ListDone(Kind::NetworkPolicy),
+    ];
     start.extend(stage.on_event(SourceEvent::Object(ObjectEvent::ListStart(Kind::Pod))));
     start.extend(stage.on_event(SourceEvent::Object(ObjectEvent::ListDone(Kind::Pod))));
     start.extend(stage.on_event(SourceEvent::Batch(BatchEvent::ListStart)));
@@ -85,7 +97,10 @@ fn main() {
         let mut events = Vec::new();
         for &i in chunk {
             let content = batch(i, per_node).into_bytes();
-            events.extend(stage.on_event(SourceEvent::Batch(BatchEvent::Upsert { node: format!("sim-{i:05}"), content })));
+            events.extend(stage.on_event(SourceEvent::Batch(BatchEvent::Upsert {
+                node: format!("sim-{i:05}"),
+                content,
+            })));
         }
         policy_loop.apply_batch(events, None);
     }
@@ -93,11 +108,24 @@ fn main() {
     policy_loop.apply_batch(done, None);
     let pods = policy_loop.compiler().world().pods.len();
     let held = live() - base;
-    println!("pods {pods}: policy loop and its report hold {} bytes ({:.1} MiB, {} bytes per pod)", held, held as f64 / 1048576.0, held / pods.max(1) as isize);
+    println!(
+        "pods {pods}: policy loop and its report hold {} bytes ({:.1} MiB, {} bytes per pod)",
+        held,
+        held as f64 / 1048576.0,
+        held / pods.max(1) as isize
+    );
     let table = report.lock().unwrap().pod_table.clone();
-    println!("of which the flow collector's pod table: {} addresses", table.read().addresses());
+    println!(
+        "the flow collector's pod table holds {} addresses",
+        table.read().addresses()
+    );
     let before = live();
     table.write().rebuild(&meshd_policy::World::default());
     let table_bytes = before - live();
-    println!("pod table: {} bytes ({:.1} MiB, {} per pod)", table_bytes, table_bytes as f64 / 1048576.0, table_bytes / pods.max(1) as isize);
+    println!(
+        "of which the pod table: {} bytes ({:.1} MiB, {} per pod)",
+        table_bytes,
+        table_bytes as f64 / 1048576.0,
+        table_bytes / pods.max(1) as isize
+    );
 }

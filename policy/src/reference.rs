@@ -15,9 +15,8 @@
 use std::net::IpAddr;
 
 use crate::model::{
-    LabelLookup,
-    Direction, LabelSelector, Labels, Operator, Peer, Pod, PodKey, Policy, PolicyPort, PortSpec,
-    Rule, World,
+    Direction, LabelLookup, LabelSelector, Labels, Operator, Peer, Pod, PodKey, Policy, PolicyPort,
+    PortSpec, Rule, World,
 };
 
 /// One end of a packet.

@@ -14,10 +14,10 @@ use meshd_policy::model::Direction;
 use super::decode::DatapathEvent;
 use meshd_policy::model::Pod;
 
-use crate::policy::pod_table::PodTable;
 use super::record::{
     Endpoint, Flow, Interface, IpHeader, ObservationPoint, PolicyRef, Reason, TrafficDirection,
 };
+use crate::policy::pod_table::PodTable;
 
 /// What enrichment looks things up in, besides the pods ([`PodTable`], the policy loop's).
 #[derive(Clone, Debug, Default)]

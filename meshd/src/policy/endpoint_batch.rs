@@ -162,9 +162,10 @@ pub fn decode_interned(
             size: content.len(),
         });
     }
-    let wire: WireBatch<Labels> = serde_json::from_slice(content).map_err(|e| BatchError::Syntax {
-        reason: e.to_string(),
-    })?;
+    let wire: WireBatch<Labels> =
+        serde_json::from_slice(content).map_err(|e| BatchError::Syntax {
+            reason: e.to_string(),
+        })?;
     if wire.v != FORMAT_VERSION {
         return Err(BatchError::Version { found: wire.v });
     }

@@ -256,7 +256,8 @@ impl ObjectCache {
                 if kind == Kind::Pod {
                     let nodes = std::mem::take(&mut self.listing_nodes);
                     self.batch_refusals.retain(|n, _| nodes.contains(n));
-                    self.contested.retain(|_, p| nodes.contains(p.node.as_str()));
+                    self.contested
+                        .retain(|_, p| nodes.contains(p.node.as_str()));
                     let removals: Vec<Change> = world
                         .pods
                         .values()
@@ -369,9 +370,8 @@ fn upsert(world: &World, object: Object) -> Option<Change> {
         Object::Namespace(ns) => {
             (world.namespaces.get(&ns.name) != Some(&ns)).then_some(Change::UpsertNamespace(ns))
         }
-        Object::Pod(pod) => {
-            (world.pods.get(&pod.key).map(|held| &**held) != Some(&pod)).then_some(Change::UpsertPod(pod))
-        }
+        Object::Pod(pod) => (world.pods.get(&pod.key).map(|held| &**held) != Some(&pod))
+            .then_some(Change::UpsertPod(pod)),
         Object::Policy(p) => {
             (world.policies.get(&p.key) != Some(&p)).then_some(Change::UpsertPolicy(p))
         }

@@ -237,7 +237,10 @@ pub fn world() -> impl Strategy<Value = World> {
     let policies = (0usize..=4).prop_flat_map(|n| (0..n).map(policy).collect::<Vec<_>>());
     (namespaces, pods, policies).prop_map(|((a, b, c), pods, policies)| World {
         namespaces: [a, b, c].into_iter().map(|n| (n.name.clone(), n)).collect(),
-        pods: pods.into_iter().map(|p| (p.key.clone(), p.into())).collect(),
+        pods: pods
+            .into_iter()
+            .map(|p| (p.key.clone(), p.into()))
+            .collect(),
         policies: policies.into_iter().map(|p| (p.key.clone(), p)).collect(),
     })
 }
