@@ -407,7 +407,7 @@ async fn meshd_needs_exactly_deploys_rbac() {
     // n1's own pod from its own watch; n2's from its batch, without the stolen address.
     let pods = &compiler.world().pods;
     assert_eq!(pods[&meshd_policy::model::PodKey::new("x", "a")].node, "n1");
-    assert_eq!(pods[&b.key], b);
+    assert_eq!(*pods[&b.key], b);
     let refusals = &cache.batch_refusals()["n2"];
     assert!(
         refusals.len() == 1 && refusals[0].contains(&stolen.to_string()),

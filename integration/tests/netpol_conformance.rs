@@ -183,7 +183,7 @@ fn the_model_fixture_is_the_e2e_model() {
         }
     }
     assert_eq!((namespaces, pods), (3, 9));
-    assert_eq!(nodes, ["n1".to_owned(), "n2".to_owned()].into());
+    assert_eq!(nodes, ["n1".into(), "n2".into()].into());
 }
 
 /// The cases `NETPOL_CASES` (comma-separated names) selects, else all.

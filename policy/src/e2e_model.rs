@@ -69,9 +69,10 @@ pub fn world() -> World {
                     } else {
                         "node-1"
                     }
-                    .to_owned(),
+                    .into(),
                     named_ports,
-                },
+                }
+                .into(),
             );
         }
     }

@@ -16,6 +16,7 @@
 //! (property-tested), since every endpoint's entries are a function of the world alone.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use crate::compile::{compile_endpoint_with, pod_peer_selects, CompileError, Compiled, RuleCache};
 use crate::maps::{EndpointId, MapDelta, PolicyMaps};
@@ -106,7 +107,7 @@ impl Compiler {
             Change::UpsertPod(pod) => {
                 let key = pod.key.clone();
                 let mut affected = self.referring_to(&pod);
-                if let Some(old) = self.world.pods.insert(key.clone(), pod) {
+                if let Some(old) = self.world.pods.insert(key.clone(), Arc::new(pod)) {
                     affected.extend(self.referring_to(&old));
                 }
                 affected.insert(key);
@@ -252,7 +253,7 @@ mod tests {
             compiler.apply(Change::UpsertNamespace(ns.clone()));
         }
         for pod in world.pods.values() {
-            compiler.apply(Change::UpsertPod(pod.clone()));
+            compiler.apply(Change::UpsertPod((**pod).clone()));
         }
         compiler.apply(Change::AttachEndpoint {
             pod: PodKey::new("x", "a"),

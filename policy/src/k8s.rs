@@ -236,9 +236,9 @@ pub fn pod_from_k8s(pod: &core::Pod) -> Result<Option<Pod>, K8sError> {
     }
     Ok(Some(Pod {
         key: PodKey::new(namespace, name),
-        labels: pod.metadata.labels.clone().unwrap_or_default(),
+        labels: pod.metadata.labels.clone().unwrap_or_default().into(),
         addresses,
-        node: spec.node_name.unwrap_or_default(),
+        node: spec.node_name.unwrap_or_default().into(),
         named_ports,
     }))
 }

@@ -4,6 +4,8 @@
 //! write the maps it returns.
 //!
 //! Modules:
+//! * [`intern`]: shared names and label sets ([`intern::Name`], [`intern::SharedLabels`]) and
+//!   the interner that makes equal ones one copy (a remote pod costs little beyond its own name).
 //! * [`model`]: namespaces, pods and NetworkPolicies (all of `networking.k8s.io/v1`) as plain
 //!   values; [`k8s`] converts the Kubernetes API objects into them, refusing what cannot be
 //!   represented with an error naming the object and field.
@@ -24,6 +26,7 @@ pub mod compile;
 pub mod datapath_model;
 pub mod e2e_model;
 pub mod incremental;
+pub mod intern;
 pub mod k8s;
 pub mod maps;
 pub mod model;

@@ -11,8 +11,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
+
+pub use crate::intern::{LabelLookup, LabelSet, Name, SharedLabels};
 
 /// Labels of a namespace or pod.
 pub type Labels = BTreeMap<String, String>;
@@ -30,18 +33,19 @@ pub struct Namespace {
     pub labels: Labels,
 }
 
-/// A pod's identity: namespace and name.
+/// A pod's identity: namespace and name (shared strings: the world holds the key twice, and
+/// every pod of a namespace names it).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PodKey {
     /// The pod's namespace.
-    pub namespace: String,
+    pub namespace: Name,
     /// The pod's name.
-    pub name: String,
+    pub name: Name,
 }
 
 impl PodKey {
     /// The key of pod `name` in `namespace`.
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+    pub fn new(namespace: impl Into<Name>, name: impl Into<Name>) -> Self {
         Self {
             namespace: namespace.into(),
             name: name.into(),
@@ -115,12 +119,12 @@ pub struct NamedPort {
 pub struct Pod {
     /// Namespace and name.
     pub key: PodKey,
-    /// The pod's labels.
-    pub labels: Labels,
+    /// The pod's labels, shared with the other pods carrying the same set.
+    pub labels: SharedLabels,
     /// The pod's addresses: IPv4 and/or IPv6 (`status.podIPs`).
     pub addresses: Vec<IpAddr>,
     /// The node the pod runs on (`spec.nodeName`), empty while unscheduled.
-    pub node: String,
+    pub node: Name,
     /// Named container ports: name → protocol and number.
     pub named_ports: BTreeMap<String, NamedPort>,
 }
@@ -175,18 +179,18 @@ impl LabelSelector {
     }
 
     /// Whether `labels` satisfy every `matchLabels` entry and every requirement.
-    pub fn matches(&self, labels: &Labels) -> bool {
+    pub fn matches<L: LabelLookup + ?Sized>(&self, labels: &L) -> bool {
         self.match_labels
             .iter()
-            .all(|(k, v)| labels.get(k) == Some(v))
+            .all(|(k, v)| labels.label(k) == Some(v.as_str()))
             && self.match_expressions.iter().all(|r| r.matches(labels))
     }
 }
 
 impl Requirement {
     /// Whether `labels` satisfy this requirement.
-    pub fn matches(&self, labels: &Labels) -> bool {
-        let value = labels.get(&self.key);
+    pub fn matches<L: LabelLookup + ?Sized>(&self, labels: &L) -> bool {
+        let value = labels.label(&self.key);
         match &self.operator {
             Operator::In(values) => value.is_some_and(|v| values.contains(v)),
             Operator::NotIn(values) => value.is_none_or(|v| !values.contains(v)),
@@ -316,8 +320,9 @@ impl Policy {
 pub struct World {
     /// Namespaces by name.
     pub namespaces: BTreeMap<String, Namespace>,
-    /// Pods by namespace and name.
-    pub pods: BTreeMap<PodKey, Pod>,
+    /// Pods by namespace and name, each shared (the flow collector's table of pods by address
+    /// points at the same ones).
+    pub pods: BTreeMap<PodKey, Arc<Pod>>,
     /// Policies by namespace and name.
     pub policies: BTreeMap<PolicyKey, Policy>,
 }

@@ -15,8 +15,8 @@
 use std::net::IpAddr;
 
 use crate::model::{
-    Direction, LabelSelector, Labels, Operator, Peer, Pod, PodKey, Policy, PolicyPort, PortSpec,
-    Rule, World,
+    Direction, LabelLookup, LabelSelector, Labels, Operator, Peer, Pod, PodKey, Policy, PolicyPort,
+    PortSpec, Rule, World,
 };
 
 /// One end of a packet.
@@ -60,7 +60,7 @@ pub fn allowed(world: &World, src: &Endpoint, dst: &Endpoint, protocol: u8, port
 
 fn pod_of<'a>(world: &'a World, endpoint: &Endpoint) -> Option<&'a Pod> {
     match endpoint {
-        Endpoint::Pod { pod, .. } => world.pods.get(pod),
+        Endpoint::Pod { pod, .. } => world.pods.get(pod).map(|pod| &**pod),
         Endpoint::External(_) => None,
     }
 }
@@ -157,7 +157,7 @@ fn peer_matches(world: &World, policy: &Policy, peer: &Peer, endpoint: &Endpoint
                     let no_labels = Labels::new();
                     let labels = world
                         .namespaces
-                        .get(&pod.key.namespace)
+                        .get(pod.key.namespace.as_str())
                         .map(|ns| &ns.labels)
                         .unwrap_or(&no_labels);
                     selector_matches(selector, labels)
@@ -189,14 +189,14 @@ fn port_matches(policy_port: &PolicyPort, serving: Option<&Pod>, protocol: u8, p
     }
 }
 
-fn selector_matches(selector: &LabelSelector, labels: &Labels) -> bool {
+fn selector_matches<L: LabelLookup + ?Sized>(selector: &LabelSelector, labels: &L) -> bool {
     for (key, value) in &selector.match_labels {
-        if labels.get(key) != Some(value) {
+        if labels.label(key) != Some(value.as_str()) {
             return false;
         }
     }
     for requirement in &selector.match_expressions {
-        let value = labels.get(&requirement.key);
+        let value = labels.label(&requirement.key);
         let ok = match &requirement.operator {
             Operator::In(values) => match value {
                 Some(v) => values.contains(v),

@@ -110,7 +110,7 @@ proptest! {
             compiler.apply(Change::UpsertNamespace(ns.clone()));
         }
         for pod in world.pods.values() {
-            compiler.apply(Change::UpsertPod(pod.clone()));
+            compiler.apply(Change::UpsertPod((**pod).clone()));
         }
         for (pod, id) in &endpoints {
             compiler.apply(Change::AttachEndpoint { pod: pod.clone(), endpoint: *id });

@@ -64,7 +64,7 @@ proptest! {
                 new_world.policies.insert(p.key.clone(), p);
             }
             Edit::Pod(p) => {
-                new_world.pods.insert(p.key.clone(), p);
+                new_world.pods.insert(p.key.clone(), p.into());
             }
         }
         let old = compile(&old_world, &endpoints_of(&old_world, NODES[0])).maps;

@@ -54,13 +54,13 @@ fn world() -> World {
         let key = PodKey::new("x", name);
         world.pods.insert(
             key.clone(),
-            Pod {
+            std::sync::Arc::new(Pod {
                 key,
                 labels: [("pod".to_owned(), name.to_owned())].into(),
                 addresses: fam_addrs.to_vec(),
                 node: "node".into(),
                 named_ports: BTreeMap::new(),
-            },
+            }),
         );
     }
     world

@@ -2,8 +2,8 @@
 //! `AsyncFd`), decodes, enriches and publishes each event to the history and the metrics;
 //! every report interval it turns the flow table's movement into aggregates, forgets idle
 //! flows, reports events the datapath lost (`lost_events` from `RING_BUFFER`) and refreshes
-//! its lookup tables (pods and policies from the policy loop's world, peers from the status,
-//! interface names from `/sys/class/net`).
+//! its lookup tables (peers from the status, interface names from `/sys/class/net`). Pods and
+//! policies are read from the policy loop's pod table, which the loop keeps up to date.
 //!
 //! Times: the programs stamp events with the monotonic clock; the offset to wall-clock time is
 //! taken once at start ([`BootClock`]).
@@ -24,6 +24,7 @@ use super::history::FlowHub;
 use super::record::{FlowsResponse, LostEvents, LostEventsSource, ResponseItem};
 use crate::control::SharedStatus;
 use crate::metrics::Metrics;
+use crate::policy::pod_table::{PodTable, SharedPodTable};
 use crate::policy::SharedPolicyReport;
 
 /// Records read per wake-up before the task yields (the ring keeps the rest).
@@ -104,13 +105,14 @@ pub fn spawn(
     let ring = maps.flow_ring().map_err(CollectorError::Maps)?;
     let ring = watch(ring)?;
     maps.set_events(true).map_err(CollectorError::Maps)?;
-    if let Some(policy) = &sources.policy {
-        // The policy loop copies its world for enrichment from its next batch on.
-        policy
+    let pods = sources.policy.as_ref().map(|policy| {
+        let mut report = policy
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .world_wanted = true;
-    }
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // The policy loop keeps its pod table for enrichment from its next batch on.
+        report.pod_table_wanted = true;
+        report.pod_table.clone()
+    });
     let collector = Collector {
         lost_before: maps.lost().unwrap_or(0),
         maps,
@@ -120,7 +122,7 @@ pub fn spawn(
         sources,
         clock: BootClock::now(),
         lookup: Lookup::default(),
-        world: None,
+        pods,
         aggregator: Aggregator::default(),
         undecodable: 0,
         listed_at: std::time::Instant::now(),
@@ -149,7 +151,8 @@ struct Collector {
     sources: Sources,
     clock: BootClock,
     lookup: Lookup,
-    world: Option<Arc<meshd_policy::World>>,
+    /// The policy loop's pod table, when policy runs.
+    pods: Option<SharedPodTable>,
     aggregator: Aggregator,
     lost_before: u64,
     undecodable: u64,
@@ -192,9 +195,6 @@ impl Collector {
     }
 
     fn publish(&mut self, event: &DatapathEvent) {
-        // The world of the policy loop's last batch (a pointer comparison when unchanged): a
-        // pod applied a moment ago is named in its first packets.
-        self.refresh_pods();
         // An interface new since the last listing: list again, at most once a second (an
         // interface that is gone must not make every event read /sys).
         if !self.lookup.interfaces.contains_key(&event.ifindex)
@@ -203,7 +203,13 @@ impl Collector {
             self.lookup.interfaces = interface_names();
             self.listed_at = std::time::Instant::now();
         }
-        let flow = enrich(event, &self.lookup, self.clock.wall(event.time_ns));
+        // The policy loop's table as it is now: a pod applied a moment ago is named in its
+        // first packets.
+        let time = self.clock.wall(event.time_ns);
+        let flow = match &self.pods {
+            Some(pods) => enrich(event, &self.lookup, &pods.read(), time),
+            None => enrich(event, &self.lookup, &PodTable::default(), time),
+        };
         self.metrics.flows().observe(&flow);
         let time = flow.time;
         self.push(ResponseItem::Flow(Box::new(flow)), time);
@@ -268,22 +274,7 @@ impl Collector {
         }
     }
 
-    fn refresh_pods(&mut self) {
-        if let Some(policy) = &self.sources.policy {
-            let world = policy
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .world
-                .clone();
-            if self.world.as_ref().is_none_or(|w| !Arc::ptr_eq(w, &world)) {
-                self.lookup.pods = Lookup::pods_from_world(&world);
-                self.world = Some(world);
-            }
-        }
-    }
-
     async fn refresh_lookup(&mut self) {
-        self.refresh_pods();
         if let Some(status) = self.sources.status.read().await.as_ref() {
             self.lookup.peers = status
                 .peers

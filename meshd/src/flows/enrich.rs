@@ -1,80 +1,55 @@
-//! Enrichment, pure: a decoded [`DatapathEvent`] plus lookup tables ([`Lookup`]: pods by
-//! address, peer nodes by pod CIDR, interface names, the NetworkPolicies isolating each pod)
-//! becomes the [`Flow`] record `meshctl observe` shows. The tables are built by the collector
-//! from the policy World and the status (I/O there, none here).
+//! Enrichment, pure: a decoded [`DatapathEvent`] plus lookup tables (the policy loop's
+//! [`PodTable`]: pods by address and the NetworkPolicies isolating each; [`Lookup`]: peer nodes
+//! by pod CIDR, interface names) becomes the [`Flow`] record `meshctl observe` shows. The
+//! collector reads the pod table as the loop keeps it and builds the rest from the status
+//! (I/O there, none here).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 use jiff::Timestamp;
-use meshd_policy::model::{Direction, World};
+use meshd_policy::model::Direction;
 
 use super::decode::DatapathEvent;
+use meshd_policy::model::Pod;
+
 use super::record::{
     Endpoint, Flow, Interface, IpHeader, ObservationPoint, PolicyRef, Reason, TrafficDirection,
 };
+use crate::policy::pod_table::PodTable;
 
-/// A pod as enrichment names it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PodInfo {
-    /// The endpoint as the record shows it.
-    pub endpoint: Endpoint,
-    /// NetworkPolicies isolating the pod for ingress.
-    pub isolated_ingress_by: Vec<PolicyRef>,
-    /// NetworkPolicies isolating the pod for egress.
-    pub isolated_egress_by: Vec<PolicyRef>,
-}
-
-/// What enrichment looks things up in.
+/// What enrichment looks things up in, besides the pods ([`PodTable`], the policy loop's).
 #[derive(Clone, Debug, Default)]
 pub struct Lookup {
-    /// Pods by address.
-    pub pods: HashMap<IpAddr, PodInfo>,
     /// Peer nodes by the pod CIDRs they own (longest prefix wins).
     pub peers: Vec<(IpNet, String)>,
     /// Interface names by ifindex.
     pub interfaces: HashMap<u32, String>,
 }
 
-impl Lookup {
-    /// The pod tables of `world`: every pod address, with the policies that isolate it.
-    pub fn pods_from_world(world: &World) -> HashMap<IpAddr, PodInfo> {
-        let mut out = HashMap::new();
-        for pod in world.pods.values() {
-            let isolating = |direction| -> Vec<PolicyRef> {
-                world
-                    .policies
-                    .values()
-                    .filter(|p| {
-                        p.key.namespace == pod.key.namespace
-                            && p.applies_to(direction)
-                            && p.pod_selector.matches(&pod.labels)
-                    })
-                    .map(|p| PolicyRef {
-                        namespace: p.key.namespace.clone(),
-                        name: p.key.name.clone(),
-                        kind: "NetworkPolicy".to_string(),
-                    })
-                    .collect()
-            };
-            let info = PodInfo {
-                endpoint: Endpoint {
-                    namespace: pod.key.namespace.clone(),
-                    pod_name: pod.key.name.clone(),
-                    node_name: (!pod.node.is_empty()).then(|| pod.node.clone()),
-                    labels: pod.labels.iter().map(|(k, v)| format!("{k}={v}")).collect(),
-                },
-                isolated_ingress_by: isolating(Direction::Ingress),
-                isolated_egress_by: isolating(Direction::Egress),
-            };
-            for address in &pod.addresses {
-                out.insert(*address, info.clone());
-            }
-        }
-        out
+/// The record's view of `pod`.
+fn endpoint(pod: &Pod) -> Endpoint {
+    Endpoint {
+        namespace: pod.key.namespace.to_string(),
+        pod_name: pod.key.name.to_string(),
+        node_name: (!pod.node.is_empty()).then(|| pod.node.to_string()),
+        labels: pod.labels.iter().map(|(k, v)| format!("{k}={v}")).collect(),
     }
+}
 
+/// The policies isolating `pod` in `direction`, as the record names them.
+fn isolating(pods: &PodTable, pod: &Pod, direction: Direction) -> Vec<PolicyRef> {
+    pods.isolating(pod, direction)
+        .map(|p| PolicyRef {
+            namespace: p.key.namespace.to_string(),
+            name: p.key.name.to_string(),
+            kind: "NetworkPolicy".to_string(),
+        })
+        .collect()
+}
+
+impl Lookup {
     /// The peer node owning `address` (longest matching pod CIDR).
     pub fn peer_of(&self, address: IpAddr) -> Option<&str> {
         self.peers
@@ -86,9 +61,9 @@ impl Lookup {
 }
 
 /// The record of `event`, observed at `time` (already converted to wall-clock time).
-pub fn enrich(event: &DatapathEvent, lookup: &Lookup, time: Timestamp) -> Flow {
-    let source = lookup.pods.get(&event.source);
-    let destination = lookup.pods.get(&event.destination);
+pub fn enrich(event: &DatapathEvent, lookup: &Lookup, pods: &PodTable, time: Timestamp) -> Flow {
+    let source = pods.pod(&event.source);
+    let destination = pods.pod(&event.destination);
     let traffic_direction = match event.point {
         ObservationPoint::ToEndpoint => TrafficDirection::Ingress,
         ObservationPoint::FromEndpoint | ObservationPoint::ToNetwork => TrafficDirection::Egress,
@@ -98,12 +73,12 @@ pub fn enrich(event: &DatapathEvent, lookup: &Lookup, time: Timestamp) -> Flow {
         match event.policy_direction {
             Some(TrafficDirection::Egress) => {
                 egress_denied_by = source
-                    .map(|p| p.isolated_egress_by.clone())
+                    .map(|p| isolating(pods, p, Direction::Egress))
                     .unwrap_or_default();
             }
             Some(TrafficDirection::Ingress) => {
                 ingress_denied_by = destination
-                    .map(|p| p.isolated_ingress_by.clone())
+                    .map(|p| isolating(pods, p, Direction::Ingress))
                     .unwrap_or_default();
             }
             None => {}
@@ -121,8 +96,8 @@ pub fn enrich(event: &DatapathEvent, lookup: &Lookup, time: Timestamp) -> Flow {
             ip_version: event.ip_version,
         },
         l4: event.l4,
-        source: source.map(|p| p.endpoint.clone()),
-        destination: destination.map(|p| p.endpoint.clone()),
+        source: source.map(endpoint),
+        destination: destination.map(endpoint),
         peer_node: (event.reason == Reason::ToTunnel)
             .then(|| lookup.peer_of(event.destination).map(str::to_string))
             .flatten(),
@@ -149,6 +124,7 @@ mod tests {
     use super::*;
     use crate::flows::record::{EventKind, IpVersion, Verdict};
     use meshd_policy::model::{LabelSelector, Pod, PodKey, Policy};
+    use meshd_policy::World;
 
     fn world() -> World {
         let mut world = World::default();
@@ -156,13 +132,13 @@ mod tests {
             let key = PodKey::new("shop", name);
             world.pods.insert(
                 key.clone(),
-                Pod {
+                std::sync::Arc::new(Pod {
                     key,
                     labels: [("app".to_string(), app.to_string())].into(),
                     addresses: vec![ip.parse().unwrap()],
-                    node: format!("node-{name}"),
+                    node: format!("node-{name}").into(),
                     named_ports: Default::default(),
-                },
+                }),
             );
         }
         let deny = Policy {
@@ -201,10 +177,10 @@ mod tests {
     #[test]
     fn a_policy_drop_names_both_pods_and_the_isolating_policy() {
         let lookup = Lookup {
-            pods: Lookup::pods_from_world(&world()),
             interfaces: [(9, "mesh1234".to_string())].into(),
             ..Default::default()
         };
+        let pods = PodTable::from_world(&world());
         let flow = enrich(
             &event(
                 Reason::PolicyDenied,
@@ -212,6 +188,7 @@ mod tests {
                 Some(TrafficDirection::Ingress),
             ),
             &lookup,
+            &pods,
             Timestamp::UNIX_EPOCH,
         );
         let (src, dst) = (flow.source.unwrap(), flow.destination.unwrap());
@@ -241,7 +218,7 @@ mod tests {
         };
         let mut e = event(Reason::ToTunnel, ObservationPoint::FromEndpoint, None);
         e.verdict = Verdict::Forwarded;
-        let flow = enrich(&e, &lookup, Timestamp::UNIX_EPOCH);
+        let flow = enrich(&e, &lookup, &PodTable::default(), Timestamp::UNIX_EPOCH);
         assert_eq!(flow.peer_node.as_deref(), Some("node-b"));
         assert!(flow.source.is_none() && flow.destination.is_none());
         assert_eq!(flow.drop_reason_desc, None);

@@ -23,7 +23,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use keyexchange::record::is_dns1123_subdomain;
-use meshd_policy::model::{Labels, NamedPort, Pod, PodKey, Protocol};
+use meshd_policy::intern::Interner;
+use meshd_policy::model::{Labels, Name, NamedPort, Pod, PodKey, Protocol, SharedLabels};
 use serde::{Deserialize, Serialize};
 
 /// The format version this meshd writes and reads.
@@ -75,11 +76,11 @@ pub enum BatchError {
 }
 
 #[derive(Serialize, Deserialize)]
-struct WireBatch {
+struct WireBatch<L> {
     v: u32,
     node: String,
     #[serde(default)]
-    labels: Vec<Labels>,
+    labels: Vec<L>,
     #[serde(default)]
     pods: Vec<WirePod>,
 }
@@ -102,18 +103,18 @@ pub fn encode<'a>(node: &str, pods: impl IntoIterator<Item = &'a Pod>) -> String
     let mut pods: Vec<&Pod> = pods.into_iter().collect();
     pods.sort_by(|a, b| a.key.cmp(&b.key));
     let mut table: Vec<Labels> = Vec::new();
-    let mut index: BTreeMap<&Labels, usize> = BTreeMap::new();
+    let mut index: BTreeMap<&SharedLabels, usize> = BTreeMap::new();
     let mut wire_pods = Vec::with_capacity(pods.len());
     for pod in pods {
         let l = (!pod.labels.is_empty()).then(|| {
             *index.entry(&pod.labels).or_insert_with(|| {
-                table.push(pod.labels.clone());
+                table.push(pod.labels.to_labels());
                 table.len() - 1
             })
         });
         wire_pods.push(WirePod {
-            ns: pod.key.namespace.clone(),
-            name: pod.key.name.clone(),
+            ns: pod.key.namespace.to_string(),
+            name: pod.key.name.to_string(),
             l,
             ips: pod.addresses.iter().map(ToString::to_string).collect(),
             ports: pod
@@ -143,15 +144,28 @@ pub struct Decoded {
 
 /// Decodes node `node`'s batch. Whole-batch errors are [`BatchError`]s; a bad pod entry is
 /// refused alone (listed in [`Decoded::refused`]), as is a second entry for the same pod.
+/// The pods of the batch share their namespace and node names and their label sets.
 pub fn decode(content: &[u8], node: &str) -> Result<Decoded, BatchError> {
+    decode_interned(content, node, &mut Interner::default())
+}
+
+/// [`decode`], sharing names and label sets with everything else `interner` handed out (the
+/// pods of every batch a node reads, so that a namespace or a workload's labels are held
+/// once).
+pub fn decode_interned(
+    content: &[u8],
+    node: &str,
+    interner: &mut Interner,
+) -> Result<Decoded, BatchError> {
     if content.len() > MAX_BATCH_BYTES {
         return Err(BatchError::TooLarge {
             size: content.len(),
         });
     }
-    let wire: WireBatch = serde_json::from_slice(content).map_err(|e| BatchError::Syntax {
-        reason: e.to_string(),
-    })?;
+    let wire: WireBatch<Labels> =
+        serde_json::from_slice(content).map_err(|e| BatchError::Syntax {
+            reason: e.to_string(),
+        })?;
     if wire.v != FORMAT_VERSION {
         return Err(BatchError::Version { found: wire.v });
     }
@@ -168,8 +182,14 @@ pub fn decode(content: &[u8], node: &str) -> Result<Decoded, BatchError> {
     }
     let mut out = Decoded::default();
     let mut seen = BTreeSet::new();
+    let table: Vec<SharedLabels> = wire
+        .labels
+        .into_iter()
+        .map(|labels| interner.labels(&labels))
+        .collect();
+    let node_name = interner.name(node);
     for (i, entry) in wire.pods.into_iter().enumerate() {
-        match pod_of(entry, &wire.labels, node) {
+        match pod_of(entry, &table, &node_name, interner) {
             Ok(pod) if !seen.insert(pod.key.clone()) => out
                 .refused
                 .push(format!("pods[{i}]: pod {} is listed twice", pod.key)),
@@ -180,7 +200,12 @@ pub fn decode(content: &[u8], node: &str) -> Result<Decoded, BatchError> {
     Ok(out)
 }
 
-fn pod_of(entry: WirePod, table: &[Labels], node: &str) -> Result<Pod, String> {
+fn pod_of(
+    entry: WirePod,
+    table: &[SharedLabels],
+    node: &Name,
+    interner: &mut Interner,
+) -> Result<Pod, String> {
     if entry.ns.len() > 63 || !is_dns1123_subdomain(&entry.ns) || entry.ns.contains('.') {
         return Err(format!("namespace {:?} is not a DNS-1123 label", entry.ns));
     }
@@ -190,9 +215,9 @@ fn pod_of(entry: WirePod, table: &[Labels], node: &str) -> Result<Pod, String> {
             entry.name
         ));
     }
-    let key = PodKey::new(entry.ns, entry.name);
+    let key = PodKey::new(interner.name(&entry.ns), entry.name);
     let labels = match entry.l {
-        None => Labels::new(),
+        None => SharedLabels::default(),
         Some(l) => table
             .get(l)
             .cloned()
@@ -234,7 +259,7 @@ fn pod_of(entry: WirePod, table: &[Labels], node: &str) -> Result<Pod, String> {
         key,
         labels,
         addresses,
-        node: node.to_owned(),
+        node: node.clone(),
         named_ports,
     })
 }

@@ -229,7 +229,7 @@ mod tests {
     fn pod(name: &str, node: &str, address: &str) -> Pod {
         Pod {
             key: PodKey::new("x", name),
-            labels: BTreeMap::new(),
+            labels: Default::default(),
             addresses: vec![address.parse().expect("literal")],
             node: node.into(),
             named_ports: BTreeMap::new(),
@@ -257,7 +257,7 @@ mod tests {
         ];
         for p in &pods {
             local.note(&Change::UpsertPod(p.clone()));
-            world.pods.insert(p.key.clone(), p.clone());
+            world.pods.insert(p.key.clone(), p.clone().into());
         }
         let veth_a = host_veth_name("ca", "eth0");
         let veth_b = host_veth_name("cb", "eth0");
@@ -302,7 +302,7 @@ mod tests {
         let mut b = pods[1].clone();
         b.node = "n2".into();
         assert!(local.note(&Change::UpsertPod(b.clone())));
-        world.pods.insert(b.key.clone(), b);
+        world.pods.insert(b.key.clone(), b.into());
         assert_eq!(
             local.changes(&world, &both),
             vec![

@@ -13,6 +13,8 @@
 //!   publishing node's pod CIDRs), pure; [`pod_identity`]: the stage between a registry's raw
 //!   watches (own pods, every node's batch) and the loop, which also publishes this node's
 //!   batch.
+//! * [`pod_table`]: pods by address for flow enrichment, kept by the loop, sharing the
+//!   world's names and label sets.
 //! * [`endpoints`]: local pods → endpoint ids (host veth ifindex), following the IPAM store.
 //! * [`task`]: the loop ([`task::PolicyLoop`]): batches, the incremental compiler, writes in
 //!   the safe order, reconciliation against the live maps at start.
@@ -25,6 +27,7 @@ pub mod endpoint_batch;
 pub mod endpoints;
 pub mod objects;
 pub mod pod_identity;
+pub mod pod_table;
 pub mod report;
 pub mod task;
 pub mod writer;

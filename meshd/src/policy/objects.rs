@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use meshd_policy::model::{Namespace, Pod, PodKey, Policy};
+use meshd_policy::model::{Name, Namespace, Pod, PodKey, Policy};
 use meshd_policy::{Change, World};
 
 /// The kinds of object policy depends on.
@@ -178,7 +178,7 @@ pub struct ObjectCache {
     contested: BTreeMap<PodKey, Pod>,
     /// For each node, at least as many pods as the world holds for it: a node's new pod set
     /// that matches that many known pods removes none, and needs no walk of the world.
-    node_counts: BTreeMap<String, usize>,
+    node_counts: BTreeMap<Name, usize>,
 }
 
 impl ObjectCache {
@@ -256,11 +256,12 @@ impl ObjectCache {
                 if kind == Kind::Pod {
                     let nodes = std::mem::take(&mut self.listing_nodes);
                     self.batch_refusals.retain(|n, _| nodes.contains(n));
-                    self.contested.retain(|_, p| nodes.contains(&p.node));
+                    self.contested
+                        .retain(|_, p| nodes.contains(p.node.as_str()));
                     let removals: Vec<Change> = world
                         .pods
                         .values()
-                        .filter(|p| !nodes.contains(&p.node))
+                        .filter(|p| !nodes.contains(p.node.as_str()))
                         .map(|p| ObjectRef::namespaced(Kind::Pod, &*p.key.namespace, &*p.key.name))
                         .filter(|r| !listed.contains(r))
                         .filter_map(|r| remove(world, &r))
@@ -311,7 +312,7 @@ impl ObjectCache {
                 }
                 Some(held) => {
                     matched += 1;
-                    if *held != pod {
+                    if **held != pod {
                         changes.push(Change::UpsertPod(pod));
                     }
                 }
@@ -320,7 +321,7 @@ impl ObjectCache {
         }
         // What the node no longer has (only if it had more than it kept): gone, or handed to
         // a node that claimed it meanwhile.
-        if matched < self.node_counts.get(&node).copied().unwrap_or(0) {
+        if matched < self.node_counts.get(node.as_str()).copied().unwrap_or(0) {
             for (key, pod) in &world.pods {
                 if pod.node == node && !claimed.contains(key) {
                     match self.contested.remove(key) {
@@ -334,9 +335,9 @@ impl ObjectCache {
             }
         }
         if claimed.is_empty() {
-            self.node_counts.remove(&node);
+            self.node_counts.remove(node.as_str());
         } else {
-            self.node_counts.insert(node.clone(), claimed.len());
+            self.node_counts.insert(node.as_str().into(), claimed.len());
         }
         self.note_refusals(node, refused);
         changes
@@ -369,9 +370,8 @@ fn upsert(world: &World, object: Object) -> Option<Change> {
         Object::Namespace(ns) => {
             (world.namespaces.get(&ns.name) != Some(&ns)).then_some(Change::UpsertNamespace(ns))
         }
-        Object::Pod(pod) => {
-            (world.pods.get(&pod.key) != Some(&pod)).then_some(Change::UpsertPod(pod))
-        }
+        Object::Pod(pod) => (world.pods.get(&pod.key).map(|held| &**held) != Some(&pod))
+            .then_some(Change::UpsertPod(pod)),
         Object::Policy(p) => {
             (world.policies.get(&p.key) != Some(&p)).then_some(Change::UpsertPolicy(p))
         }

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use ipnet::IpNet;
+use meshd_policy::intern::Interner;
 use meshd_policy::model::{Pod, PodKey};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -97,6 +98,9 @@ pub struct PodIdentity {
     dirty: bool,
     /// The content last written.
     published: Option<String>,
+    /// Names and label sets of the batches read: a namespace, a node, a workload's labels are
+    /// held once however many pods and batches name them.
+    interner: Interner,
 }
 
 impl PodIdentity {
@@ -112,6 +116,7 @@ impl PodIdentity {
             held_back: BTreeMap::new(),
             dirty: false,
             published: None,
+            interner: Interner::default(),
         }
     }
 
@@ -218,7 +223,7 @@ impl PodIdentity {
     }
 
     fn read_batch(&mut self, node: String, content: Vec<u8>) -> ObjectEvent {
-        let decoded = match endpoint_batch::decode(&content, &node) {
+        let decoded = match endpoint_batch::decode_interned(&content, &node, &mut self.interner) {
             Ok(decoded) => decoded,
             Err(error) => {
                 self.held_back.remove(&node);

@@ -38,15 +38,14 @@ pub struct PolicyReport {
     pub malformed: Vec<MalformedObject>,
     /// Refusals since start.
     pub malformed_total: u64,
-    /// The world as of the last batch, read-only, for flow enrichment (pods by address, the
-    /// policies isolating them). Not part of the status document.
+    /// Pods by address and the policies isolating them, for flow enrichment, kept up to date
+    /// by the loop as it applies each change. Not part of the status document.
     #[serde(skip)]
-    pub world: std::sync::Arc<meshd_policy::World>,
-    /// Whether anyone reads [`PolicyReport::world`] (the flow collector sets it when it
-    /// starts): without a reader the loop never copies its world, which at 150,000 pods is
-    /// the size of the world itself.
+    pub pod_table: super::pod_table::SharedPodTable,
+    /// Whether anyone reads [`PolicyReport::pod_table`] (the flow collector sets it when it
+    /// starts): without a reader the loop keeps no table.
     #[serde(skip)]
-    pub world_wanted: bool,
+    pub pod_table_wanted: bool,
 }
 
 /// One refused object.

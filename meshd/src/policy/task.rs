@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 
 use super::endpoints::{self, LocalEndpoints, StoreVeths};
 use super::objects::{ObjectCache, ObjectEvent};
+use super::pod_table::{PodTable, SharedPodTable};
 use super::report::{MalformedObject, SharedPolicyReport};
 use super::writer::{PolicyMapWriter, WriterError};
 
@@ -52,8 +53,8 @@ pub struct PolicyLoop<W> {
     counted_at: Option<Instant>,
     /// The last failed write's error, until a write succeeds.
     write_error: Option<String>,
-    /// The report's world is the compiler's (no change applied since it was copied).
-    world_copied: bool,
+    /// The flow collector's table, once it wants one (kept up to date change by change).
+    pod_table: Option<SharedPodTable>,
 }
 
 impl<W: PolicyMapWriter> PolicyLoop<W> {
@@ -70,7 +71,7 @@ impl<W: PolicyMapWriter> PolicyLoop<W> {
             report,
             counted_at: None,
             write_error: None,
-            world_copied: false,
+            pod_table: None,
         }
     }
 
@@ -94,8 +95,15 @@ impl<W: PolicyMapWriter> PolicyLoop<W> {
         for event in events {
             for change in self.cache.apply(self.compiler.world(), event) {
                 endpoints_due |= self.endpoints.note(&change);
+                let pending = self
+                    .pod_table
+                    .as_ref()
+                    .map(|_| PodTable::before(self.compiler.world(), &change));
                 compose(&mut delta, self.compiler.apply(change));
-                self.world_copied = false;
+                // Locked per change: the collector is never held up for a whole batch.
+                if let (Some(table), Some(pending)) = (&self.pod_table, pending) {
+                    table.write().after(self.compiler.world(), pending);
+                }
             }
         }
         if let Some(store) = store {
@@ -109,7 +117,6 @@ impl<W: PolicyMapWriter> PolicyLoop<W> {
             for change in changes {
                 log_endpoint(&change);
                 compose(&mut delta, self.compiler.apply(change));
-                self.world_copied = false;
             }
         }
         let mut ops = 0;
@@ -179,11 +186,11 @@ impl<W: PolicyMapWriter> PolicyLoop<W> {
         report.policies = world.policies.len();
         report.namespaces = world.namespaces.len();
         report.pods_known = world.pods.len();
-        // A copy for the flow collector only when it reads one and the world changed since
-        // the last copy (no comparison of the whole world per batch).
-        if report.world_wanted && !self.world_copied {
-            report.world = std::sync::Arc::new(world.clone());
-            self.world_copied = true;
+        // The flow collector's table: built once when it is first wanted, then kept up to
+        // date change by change in `apply_batch`.
+        if report.pod_table_wanted && self.pod_table.is_none() {
+            report.pod_table.write().rebuild(world);
+            self.pod_table = Some(report.pod_table.clone());
         }
         report.local_endpoints = self.endpoints.attached().len();
         // Counting means collecting every entry: at most once a second.

@@ -210,15 +210,15 @@ fn api_objects_of_the_e2e_model_convert_to_the_model_world() {
             .map(|a| json!({"ip": a.to_string()}))
             .collect();
         let object: core::Pod = serde_json::from_value(json!({
-            "metadata": {"name": pod.key.name, "namespace": pod.key.namespace, "labels": pod.labels},
-            "spec": {"nodeName": pod.node, "containers": [{"name": "serve", "ports": ports}]},
+            "metadata": {"name": pod.key.name.as_str(), "namespace": pod.key.namespace.as_str(), "labels": pod.labels.to_labels()},
+            "spec": {"nodeName": pod.node.as_str(), "containers": [{"name": "serve", "ports": ports}]},
             "status": {"phase": "Running", "podIPs": ips}
         }))
         .expect("valid Pod JSON");
         let converted = pod_from_k8s(&object)
             .expect("converts")
             .expect("not host network");
-        world.pods.insert(converted.key.clone(), converted);
+        world.pods.insert(converted.key.clone(), converted.into());
     }
     assert_eq!(world, model);
 

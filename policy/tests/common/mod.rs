@@ -212,9 +212,9 @@ pub fn pod(index: usize) -> impl Strategy<Value = Pod> {
             }
             Pod {
                 key: PodKey::new(ns, format!("p{index}")),
-                labels,
+                labels: labels.into(),
                 addresses,
-                node: node.to_owned(),
+                node: node.into(),
                 named_ports,
             }
         })
@@ -237,7 +237,10 @@ pub fn world() -> impl Strategy<Value = World> {
     let policies = (0usize..=4).prop_flat_map(|n| (0..n).map(policy).collect::<Vec<_>>());
     (namespaces, pods, policies).prop_map(|((a, b, c), pods, policies)| World {
         namespaces: [a, b, c].into_iter().map(|n| (n.name.clone(), n)).collect(),
-        pods: pods.into_iter().map(|p| (p.key.clone(), p)).collect(),
+        pods: pods
+            .into_iter()
+            .map(|p| (p.key.clone(), p.into()))
+            .collect(),
         policies: policies.into_iter().map(|p| (p.key.clone(), p)).collect(),
     })
 }
@@ -291,7 +294,7 @@ impl PacketEnd {
     pub fn endpoint(&self, world: &World, v6: bool) -> Option<Endpoint> {
         match self {
             PacketEnd::Pod(index) => {
-                let pods: Vec<&Pod> = world.pods.values().collect();
+                let pods: Vec<&Pod> = world.pods.values().map(|p| &**p).collect();
                 let pod = index.get(&pods);
                 let address = pod.addresses.iter().find(|a| a.is_ipv6() == v6)?;
                 Some(Endpoint::Pod {

@@ -48,7 +48,7 @@ fn world_with(policies: &[Value]) -> World {
                                                    "phase": "Running"});
                 let pod: core::Pod = serde_json::from_value(doc).unwrap();
                 let pod = meshd_policy::k8s::pod_from_k8s(&pod).unwrap().unwrap();
-                world.pods.insert(pod.key.clone(), pod);
+                world.pods.insert(pod.key.clone(), pod.into());
             }
             other => panic!("unexpected {other}"),
         }

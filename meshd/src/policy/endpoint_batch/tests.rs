@@ -140,7 +140,7 @@ fn arb_pod() -> impl Strategy<Value = Pod> {
     )
         .prop_map(|(ns, name, labels, hosts, ports)| Pod {
             key: PodKey::new(ns, name),
-            labels,
+            labels: labels.into(),
             addresses: hosts
                 .into_iter()
                 .map(|h| IpAddr::from([10, 244, 2, h]))

@@ -55,7 +55,7 @@ impl Node {
             .world()
             .pods
             .values()
-            .map(|p| (p.key.to_string(), p.node.clone(), p.addresses.clone()))
+            .map(|p| (p.key.to_string(), p.node.to_string(), p.addresses.clone()))
             .collect()
     }
 }

@@ -1,0 +1,268 @@
+//! The pods by address, for flow enrichment: what the flow collector needs to name the two
+//! ends of a flow (namespace, name, node, labels) and the NetworkPolicies that isolate them.
+//!
+//! The policy loop keeps it up to date as it applies each change, so the collector never
+//! needs a copy of the world: an entry is the world's own pod (the world holds each pod behind
+//! an `Arc`), which makes it a pointer per address.
+//! Pure: no I/O; the loop and the collector share it behind a lock ([`SharedPodTable`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use meshd_policy::model::{Direction, Pod, PodKey, Policy, PolicyKey};
+use meshd_policy::{Change, World};
+
+/// What a change will do to the table, taken from the world before it is applied
+/// ([`PodTable::before`]) and completed from the world after it ([`PodTable::after`]).
+#[derive(Debug)]
+pub struct PendingChange {
+    /// The pod changed, and its version before.
+    pod: Option<(PodKey, Option<Arc<Pod>>)>,
+    /// The policy changed.
+    policy: Option<PolicyKey>,
+}
+
+/// Pods by address and the policies (see the module doc).
+#[derive(Debug, Default)]
+pub struct PodTable {
+    /// By family: an `IpAddr` key with a pointer takes 32 bytes a slot, an `Ipv4Addr` 16.
+    pods_v4: HashMap<Ipv4Addr, Arc<Pod>>,
+    pods_v6: HashMap<Ipv6Addr, Arc<Pod>>,
+    policies: BTreeMap<PolicyKey, Policy>,
+}
+
+/// The table shared by the policy loop (writer) and the flow collector (reader). Two handles
+/// are equal when they are the same table.
+#[derive(Clone, Debug, Default)]
+pub struct SharedPodTable(Arc<RwLock<PodTable>>);
+
+impl PartialEq for SharedPodTable {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for SharedPodTable {}
+
+impl SharedPodTable {
+    /// The table, for reading.
+    pub fn read(&self) -> RwLockReadGuard<'_, PodTable> {
+        self.0.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The table, for writing.
+    pub fn write(&self) -> RwLockWriteGuard<'_, PodTable> {
+        self.0.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl PodTable {
+    /// The table of `world`.
+    pub fn from_world(world: &World) -> Self {
+        let mut table = Self::default();
+        table.rebuild(world);
+        table
+    }
+
+    /// Makes the table that of `world`.
+    pub fn rebuild(&mut self, world: &World) {
+        self.pods_v4.clear();
+        self.pods_v6.clear();
+        for pod in world.pods.values() {
+            self.insert(pod);
+        }
+        self.pods_v4.shrink_to_fit();
+        self.pods_v6.shrink_to_fit();
+        self.policies.clone_from(&world.policies);
+    }
+
+    /// What `change` will do, from `world` before it is applied.
+    pub fn before(world: &World, change: &Change) -> PendingChange {
+        let (pod, policy) = match change {
+            Change::UpsertPod(pod) => (Some(pod.key.clone()), None),
+            Change::RemovePod(key) => (Some(key.clone()), None),
+            Change::UpsertPolicy(policy) => (None, Some(policy.key.clone())),
+            Change::RemovePolicy(key) => (None, Some(key.clone())),
+            Change::UpsertNamespace(_)
+            | Change::RemoveNamespace(_)
+            | Change::AttachEndpoint { .. }
+            | Change::DetachEndpoint(_) => (None, None),
+        };
+        PendingChange {
+            pod: pod.map(|key| {
+                let old = world.pods.get(&key).cloned();
+                (key, old)
+            }),
+            policy,
+        }
+    }
+
+    /// Takes the change `pending` describes, now applied to `world`.
+    pub fn after(&mut self, world: &World, pending: PendingChange) {
+        if let Some((key, old)) = pending.pod {
+            if let Some(old) = old {
+                self.remove(&old);
+            }
+            if let Some(new) = world.pods.get(&key) {
+                self.insert(new);
+            }
+        }
+        if let Some(key) = pending.policy {
+            match world.policies.get(&key) {
+                Some(policy) => {
+                    self.policies.insert(key, policy.clone());
+                }
+                None => {
+                    self.policies.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// The pod holding `address`.
+    pub fn pod(&self, address: &IpAddr) -> Option<&Pod> {
+        self.entry(address).map(|pod| &**pod)
+    }
+
+    /// Pods known (by address: a dual-stack pod counts twice).
+    pub fn addresses(&self) -> usize {
+        self.pods_v4.len() + self.pods_v6.len()
+    }
+
+    /// The policies isolating `pod` in `direction`.
+    pub fn isolating<'a>(
+        &'a self,
+        pod: &'a Pod,
+        direction: Direction,
+    ) -> impl Iterator<Item = &'a Policy> + 'a {
+        self.policies.values().filter(move |p| {
+            p.key.namespace == pod.key.namespace
+                && p.applies_to(direction)
+                && p.pod_selector.matches(&pod.labels)
+        })
+    }
+
+    fn entry(&self, address: &IpAddr) -> Option<&Arc<Pod>> {
+        match address {
+            IpAddr::V4(a) => self.pods_v4.get(a),
+            IpAddr::V6(a) => self.pods_v6.get(a),
+        }
+    }
+
+    fn insert(&mut self, pod: &Arc<Pod>) {
+        for address in &pod.addresses {
+            match address {
+                IpAddr::V4(a) => self.pods_v4.insert(*a, pod.clone()),
+                IpAddr::V6(a) => self.pods_v6.insert(*a, pod.clone()),
+            };
+        }
+    }
+
+    /// Removes `pod`'s addresses, unless another pod holds them now.
+    fn remove(&mut self, pod: &Pod) {
+        for address in &pod.addresses {
+            if self.entry(address).is_some_and(|e| e.key == pod.key) {
+                match address {
+                    IpAddr::V4(a) => self.pods_v4.remove(a),
+                    IpAddr::V6(a) => self.pods_v6.remove(a),
+                };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::BTreeMap;
+
+    use meshd_policy::model::LabelSelector;
+
+    use super::*;
+
+    fn pod(name: &str, ip: &str, app: &str) -> Pod {
+        Pod {
+            key: PodKey::new("shop", name),
+            labels: [("app".to_owned(), app.to_owned())].into(),
+            addresses: vec![ip.parse().unwrap()],
+            node: "n1".into(),
+            named_ports: BTreeMap::new(),
+        }
+    }
+
+    /// Applies `changes` to both the table and a world.
+    fn apply(table: &mut PodTable, world: &mut World, changes: Vec<Change>) {
+        for change in changes {
+            let pending = PodTable::before(world, &change);
+            match change {
+                Change::UpsertPod(p) => {
+                    world.pods.insert(p.key.clone(), p.into());
+                }
+                Change::RemovePod(k) => {
+                    world.pods.remove(&k);
+                }
+                Change::UpsertPolicy(p) => {
+                    world.policies.insert(p.key.clone(), p);
+                }
+                Change::RemovePolicy(k) => {
+                    world.policies.remove(&k);
+                }
+                _ => {}
+            }
+            table.after(world, pending);
+        }
+    }
+
+    #[test]
+    fn kept_up_to_date_it_equals_the_table_built_from_the_world() {
+        let (mut table, mut world) = (PodTable::default(), World::default());
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        apply(
+            &mut table,
+            &mut world,
+            vec![
+                Change::UpsertPod(pod("a", "10.0.0.1", "web")),
+                Change::UpsertPod(pod("b", "10.0.0.2", "db")),
+                // a moves to another address; c takes a's old one before a lets go of it.
+                Change::UpsertPod(pod("c", "10.0.0.1", "web")),
+                Change::UpsertPod(pod("a", "10.0.0.3", "web")),
+                Change::RemovePod(PodKey::new("shop", "b")),
+                Change::UpsertPolicy(Policy {
+                    key: PodKey::new("shop", "web-deny"),
+                    pod_selector: LabelSelector::labels([("app", "web")]),
+                    policy_types: None,
+                    ingress: vec![],
+                    egress: vec![],
+                }),
+            ],
+        );
+        assert_eq!(table.pod(&ip("10.0.0.1")).unwrap().key.name, "c");
+        assert_eq!(table.pod(&ip("10.0.0.3")).unwrap().key.name, "a");
+        assert!(table.pod(&ip("10.0.0.2")).is_none());
+        let rebuilt = PodTable::from_world(&world);
+        assert_eq!(table.pods_v4, rebuilt.pods_v4);
+        assert_eq!(table.pods_v6, rebuilt.pods_v6);
+        assert_eq!(table.policies, rebuilt.policies);
+        let c = table.pod(&ip("10.0.0.1")).unwrap();
+        let names: Vec<_> = table
+            .isolating(c, Direction::Ingress)
+            .map(|p| p.key.name.to_string())
+            .collect();
+        assert_eq!(names, ["web-deny"]);
+        assert_eq!(table.isolating(c, Direction::Egress).count(), 0);
+    }
+
+    #[test]
+    fn an_entry_is_the_worlds_pod() {
+        let p = Arc::new(pod("a", "10.0.0.1", "web"));
+        let world = World {
+            pods: [(p.key.clone(), p.clone())].into(),
+            ..Default::default()
+        };
+        let table = PodTable::from_world(&world);
+        let entry = table.entry(&"10.0.0.1".parse().unwrap()).unwrap();
+        assert!(Arc::ptr_eq(entry, &p));
+    }
+}

@@ -1,0 +1,334 @@
+//! Shared, immutable names and label sets, and the interner that makes equal ones one.
+//!
+//! A cluster's pods repeat themselves: every pod of a namespace names it, every pod of a node
+//! names that node, and the pods of one workload carry the same labels. [`Name`] (a shared
+//! string) and [`LabelSet`] (a shared, compact label set) let all of them point at one copy, and an
+//! [`Interner`] hands out that copy. Equality, order and hashing are those of the contents, so
+//! a shared value behaves exactly as the owned one it replaces; sharing only saves memory.
+
+use std::borrow::Borrow;
+use std::collections::HashSet;
+use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
+
+use crate::model::Labels;
+
+/// An immutable string, cheap to clone (a reference count), compared by content.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Name(Arc<str>);
+
+impl Name {
+    /// The string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Deref for Name {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Borrow<str> for Name {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Name {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for Name {
+    fn from(s: &str) -> Self {
+        Name(Arc::from(s))
+    }
+}
+
+impl From<String> for Name {
+    fn from(s: String) -> Self {
+        Name(Arc::from(s))
+    }
+}
+
+impl From<&String> for Name {
+    fn from(s: &String) -> Self {
+        Name(Arc::from(s.as_str()))
+    }
+}
+
+impl From<&Name> for Name {
+    fn from(s: &Name) -> Self {
+        s.clone()
+    }
+}
+
+impl From<Name> for String {
+    fn from(s: Name) -> Self {
+        s.0.to_string()
+    }
+}
+
+impl PartialEq<str> for Name {
+    fn eq(&self, other: &str) -> bool {
+        &*self.0 == other
+    }
+}
+
+impl PartialEq<&str> for Name {
+    fn eq(&self, other: &&str) -> bool {
+        &*self.0 == *other
+    }
+}
+
+impl PartialEq<String> for Name {
+    fn eq(&self, other: &String) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl PartialEq<Name> for str {
+    fn eq(&self, other: &Name) -> bool {
+        self == &*other.0
+    }
+}
+
+impl PartialEq<Name> for &str {
+    fn eq(&self, other: &Name) -> bool {
+        *self == &*other.0
+    }
+}
+
+impl PartialEq<Name> for String {
+    fn eq(&self, other: &Name) -> bool {
+        **self == *other.0
+    }
+}
+
+/// A pod's label set, shared by every pod that carries it (pods of one workload): its pairs
+/// sorted by key, each key once, keys and values shared [`Name`]s. A few dozen bytes where a
+/// `BTreeMap` takes a 500-byte node. Reads like [`Labels`] ([`LabelSet::get`],
+/// [`LabelSet::iter`] in key order); compared, ordered and hashed by its pairs.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LabelSet(Arc<[(Name, Name)]>);
+
+/// The label set of a pod (the name the model uses).
+pub type SharedLabels = LabelSet;
+
+impl Default for LabelSet {
+    fn default() -> Self {
+        LabelSet(Arc::from(Vec::new()))
+    }
+}
+
+impl LabelSet {
+    /// The value of label `key`.
+    pub fn get(&self, key: &str) -> Option<&Name> {
+        self.0
+            .binary_search_by(|(k, _)| k.as_str().cmp(key))
+            .ok()
+            .map(|i| &self.0[i].1)
+    }
+
+    /// Whether label `key` is set.
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// The labels, in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// How many labels.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The labels as a map.
+    pub fn to_labels(&self) -> Labels {
+        self.iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+
+    /// Whether two sets are the same copy (not just equal).
+    pub fn ptr_eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    fn from_names(pairs: impl IntoIterator<Item = (Name, Name)>) -> Self {
+        // From a map: sorted by key, each key once.
+        LabelSet(pairs.into_iter().collect())
+    }
+}
+
+impl fmt::Debug for LabelSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl From<Labels> for LabelSet {
+    fn from(labels: Labels) -> Self {
+        LabelSet::from_names(labels.into_iter().map(|(k, v)| (k.into(), v.into())))
+    }
+}
+
+impl From<&Labels> for LabelSet {
+    fn from(labels: &Labels) -> Self {
+        LabelSet::from_names(labels.iter().map(|(k, v)| (k.into(), v.into())))
+    }
+}
+
+impl<const N: usize> From<[(String, String); N]> for LabelSet {
+    fn from(pairs: [(String, String); N]) -> Self {
+        Labels::from(pairs).into()
+    }
+}
+
+/// What a label selector reads: the value of a label by key. Namespaces carry [`Labels`],
+/// pods a [`LabelSet`]; selectors match either.
+pub trait LabelLookup {
+    /// The value of label `key`.
+    fn label(&self, key: &str) -> Option<&str>;
+}
+
+impl LabelLookup for Labels {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.get(key).map(String::as_str)
+    }
+}
+
+impl LabelLookup for LabelSet {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.get(key).map(Name::as_str)
+    }
+}
+
+/// Hands out one shared copy of each distinct name and label set it is given. It keeps what it
+/// handed out until [`Interner::prune`] finds nobody else holding it.
+#[derive(Debug, Default)]
+pub struct Interner {
+    names: HashSet<Name>,
+    labels: HashSet<LabelSet>,
+    /// Entries at the last prune: the next one is due when the sets have doubled since.
+    pruned_at: usize,
+}
+
+impl Interner {
+    /// The shared copy of `name`.
+    pub fn name(&mut self, name: &str) -> Name {
+        if let Some(known) = self.names.get(name) {
+            return known.clone();
+        }
+        let new = Name::from(name);
+        self.names.insert(new.clone());
+        self.prune_if_grown();
+        new
+    }
+
+    /// The shared copy of `labels` (its keys and values shared names too).
+    pub fn labels(&mut self, labels: &Labels) -> LabelSet {
+        let set = LabelSet::from_names(labels.iter().map(|(k, v)| (self.name(k), self.name(v))));
+        if let Some(known) = self.labels.get(&set) {
+            return known.clone();
+        }
+        self.labels.insert(set.clone());
+        self.prune_if_grown();
+        set
+    }
+
+    /// How many names and label sets it holds.
+    pub fn len(&self) -> usize {
+        self.names.len() + self.labels.len()
+    }
+
+    /// Whether it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Forgets what only the interner still holds.
+    pub fn prune(&mut self) {
+        // Label sets first: the names they held may then be free too.
+        self.labels.retain(|l| Arc::strong_count(&l.0) > 1);
+        self.names.retain(|n| Arc::strong_count(&n.0) > 1);
+        self.names.shrink_to_fit();
+        self.labels.shrink_to_fit();
+        self.pruned_at = self.len();
+    }
+
+    fn prune_if_grown(&mut self) {
+        if self.len() > (2 * self.pruned_at).max(1024) {
+            self.prune();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_values_share_one_copy_and_compare_as_their_contents() {
+        let mut interner = Interner::default();
+        let a = interner.name("scale-bench");
+        let b = interner.name(&String::from("scale-bench"));
+        assert!(Arc::ptr_eq(&a.0, &b.0));
+        assert_eq!(a, "scale-bench");
+        assert_eq!(a, Name::from("scale-bench"));
+        let (x, y) = (interner.name("a"), interner.name("b"));
+        assert!(x < y, "ordered by content");
+        let labels: Labels = [
+            ("app".to_owned(), "web".to_owned()),
+            ("tier".to_owned(), "front".to_owned()),
+        ]
+        .into();
+        let l1 = interner.labels(&labels);
+        let l2 = interner.labels(&labels);
+        assert!(l1.ptr_eq(&l2));
+        assert_eq!(l1, LabelSet::from(labels.clone()));
+        assert_eq!(l1.to_labels(), labels);
+        assert_eq!(l1.get("tier").map(Name::as_str), Some("front"));
+        assert_eq!(l1.get("missing"), None);
+        assert_eq!(
+            l1.iter().collect::<Vec<_>>(),
+            [("app", "web"), ("tier", "front")]
+        );
+        // scale-bench, a, b, app, web, tier, front; one label set.
+        assert_eq!(interner.len(), 8);
+    }
+
+    #[test]
+    fn prune_forgets_only_what_nobody_holds() {
+        let mut interner = Interner::default();
+        let kept = interner.name("kept");
+        drop(interner.name("dropped"));
+        interner.prune();
+        assert_eq!(interner.len(), 1);
+        assert!(Arc::ptr_eq(&interner.name("kept").0, &kept.0));
+    }
+}
