@@ -496,16 +496,15 @@ async fn answer(
     let body: Arc<String> = match parse_request(&line) {
         Ok(Request::Flows { follow }) => match &flows {
             Some(service) => return flows_stream::answer(service, follow, read, write).await,
-            None => error_body("flow events are off on this node (meshd --flow-events=false)")
-                .into(),
+            None => {
+                error_body("flow events are off on this node (meshd --flow-events=false)").into()
+            }
         },
         Ok(Request::Status { pretty }) => match status.read().await.as_ref() {
             Some(report) if pretty => serde_json::to_string_pretty(report)
                 .map_err(std::io::Error::other)?
                 .into(),
-            Some(report) => serialised
-                .compact(report)
-                .map_err(std::io::Error::other)?,
+            Some(report) => serialised.compact(report).map_err(std::io::Error::other)?,
             None => Arc::new(r#"{"error":"meshd is starting"}"#.to_string()),
         },
         Ok(Request::RotateKey) => {

@@ -20,7 +20,7 @@ use super::desired::{host_exclusions, Inputs};
 use super::devices::{ensure_ports, heal_devices};
 use super::liveness::{handshook_within, liveness_window};
 use super::observe::{observe, Observation};
-use super::plan::{plan, Step};
+use super::plan::{plan, plan_within, Step};
 use super::remembered::{after, Remembered};
 use super::state::{Live, RegistryCache, State};
 use super::trust;
@@ -75,7 +75,11 @@ pub(super) async fn pass(
     report_conflicts(&mut state.registry, &want.conflicts);
     state.rotation.peer_slots.clone_from(&want.peer_slots);
     let desired_at = Instant::now();
-    let steps = plan(want, &memory.observation.observed);
+    // Records brought forward one by one: only their entries can need a step.
+    let steps = match &trusted.scope {
+        Some(scope) => plan_within(want, &memory.observation.observed, scope),
+        None => plan(want, &memory.observation.observed),
+    };
     let planned_at = Instant::now();
     let exact = apply(
         ctx,
@@ -86,11 +90,10 @@ pub(super) async fn pass(
     .await?;
     let applied_at = Instant::now();
     if trusted.memory_changed {
-        // After the steps: persisting the memory does not hold the programming up.
+        // After the steps, and written off the loop: persisting the memory holds neither the
+        // programming nor the next pass up.
         if let Some(established) = &state.registry.established {
-            if let Err(err) = trust::save(&ctx.args.state_dir, established) {
-                tracing::warn!(error = %err, "the accepted records are not remembered across a restart");
-            }
+            trust::save_in_background(&ctx.args.state_dir, established);
         }
     }
     // Where a pass spends its time (`RUST_LOG=meshd::controller::pass=debug`), phase by phase.

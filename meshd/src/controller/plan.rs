@@ -509,5 +509,8 @@ fn desired_host_ifindex(desired: &Desired) -> BTreeMap<IpAddr, u32> {
         .collect()
 }
 
+mod scope;
+pub use scope::{plan_within, Scope};
+
 #[cfg(test)]
 mod tests;

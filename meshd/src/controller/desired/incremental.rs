@@ -35,6 +35,7 @@ use keyexchange::{NodeRecord, PublicKey};
 
 use super::{desired, trusted_within, Desired, Inputs};
 use crate::controller::capacity::Capacity;
+use crate::controller::plan::Scope;
 use crate::controller::state::Live;
 
 /// What the last pass's desired state was computed from besides the records.
@@ -76,10 +77,16 @@ impl Settled {
 /// Every claim of the records that pass their own checks (this node's own included), and
 /// which nodes contest one another's: equal keys (either slot), overlapping prefixes (pod
 /// CIDRs, endpoints as host prefixes). The same contests as [`keyexchange::trust::admit`]'s.
+///
+/// One B-tree of (claim, node) pairs per kind rather than a set per claim: almost every
+/// claim has one holder, and a set of one costs a whole node.
 #[derive(Debug, Default)]
 struct ClaimIndex {
-    keys: BTreeMap<PublicKey, BTreeSet<String>>,
-    nets: BTreeMap<IpNet, BTreeSet<String>>,
+    keys: BTreeSet<(PublicKey, String)>,
+    nets: BTreeSet<(IpNet, String)>,
+    /// How many prefixes of each (family, length) `nets` holds: the lengths a prefix
+    /// containing a given one can have are looked up, not all 33 or 129.
+    lengths: BTreeMap<(bool, u8), usize>,
     /// Node → the nodes it contests a claim with (both ways).
     contested: BTreeMap<String, BTreeSet<String>>,
 }
@@ -100,6 +107,11 @@ fn claims(r: &NodeRecord) -> (BTreeSet<PublicKey>, BTreeSet<IpNet>) {
     (keys, nets)
 }
 
+/// A prefix's family (IPv6: true) and length.
+fn length_of(net: IpNet) -> (bool, u8) {
+    (matches!(net, IpNet::V6(_)), net.prefix_len())
+}
+
 impl ClaimIndex {
     /// The index of `records` (those failing their own checks left out) and `me`.
     fn of(records: &BTreeMap<String, NodeRecord>, me: &NodeRecord, policy: &TrustPolicy) -> Self {
@@ -118,18 +130,34 @@ impl ClaimIndex {
         !self.contested.is_empty()
     }
 
+    /// The nodes holding exactly `net`.
+    fn holders(&self, net: IpNet) -> impl Iterator<Item = &String> {
+        self.nets
+            .range((net, String::new())..)
+            .take_while(move |(n, _)| *n == net)
+            .map(|(_, name)| name)
+    }
+
     /// The nodes holding a prefix that overlaps `net` (contains it or lies in it).
     fn overlapping(&self, net: IpNet) -> BTreeSet<&String> {
         let mut out = BTreeSet::new();
-        for len in 0..=net.prefix_len() {
+        let v6 = matches!(net, IpNet::V6(_));
+        for &(_, len) in self
+            .lengths
+            .range((v6, 0)..=(v6, net.prefix_len()))
+            .map(|(k, _)| k)
+        {
             if let Ok(outer) = IpNet::new(net.network(), len) {
-                out.extend(self.nets.get(&outer.trunc()).into_iter().flatten());
+                out.extend(self.holders(outer.trunc()));
             }
         }
         let last = IpNet::new(net.broadcast(), net.max_prefix_len()).unwrap_or(net);
-        for (inner, names) in self.nets.range(net..=last) {
+        for (inner, name) in self.nets.range((net, String::new())..) {
+            if *inner > last {
+                break;
+            }
             if net.contains(inner) {
-                out.extend(names);
+                out.insert(name);
             }
         }
         out
@@ -139,9 +167,14 @@ impl ClaimIndex {
         let (keys, nets) = claims(r);
         let mut rivals: BTreeSet<String> = BTreeSet::new();
         for key in keys {
-            let holders = self.keys.entry(key).or_default();
-            rivals.extend(holders.iter().filter(|n| **n != r.name).cloned());
-            holders.insert(r.name.clone());
+            rivals.extend(
+                self.keys
+                    .range((key, String::new())..)
+                    .take_while(|(k, _)| *k == key)
+                    .filter(|(_, n)| *n != r.name)
+                    .map(|(_, n)| n.clone()),
+            );
+            self.keys.insert((key, r.name.clone()));
         }
         for net in &nets {
             rivals.extend(
@@ -152,7 +185,10 @@ impl ClaimIndex {
             );
         }
         for net in nets {
-            self.nets.entry(net).or_default().insert(r.name.clone());
+            if self.holders(net).next().is_none() {
+                *self.lengths.entry(length_of(net)).or_default() += 1;
+            }
+            self.nets.insert((net, r.name.clone()));
         }
         for rival in rivals {
             self.contested
@@ -170,18 +206,16 @@ impl ClaimIndex {
     fn remove(&mut self, r: &NodeRecord) {
         let (keys, nets) = claims(r);
         for key in keys {
-            if let Some(holders) = self.keys.get_mut(&key) {
-                holders.remove(&r.name);
-                if holders.is_empty() {
-                    self.keys.remove(&key);
-                }
-            }
+            self.keys.remove(&(key, r.name.clone()));
         }
         for net in nets {
-            if let Some(holders) = self.nets.get_mut(&net) {
-                holders.remove(&r.name);
-                if holders.is_empty() {
-                    self.nets.remove(&net);
+            if self.nets.remove(&(net, r.name.clone())) && self.holders(net).next().is_none() {
+                let length = length_of(net);
+                if let Some(count) = self.lengths.get_mut(&length) {
+                    *count -= 1;
+                    if *count == 0 {
+                        self.lengths.remove(&length);
+                    }
                 }
             }
         }
@@ -235,12 +269,15 @@ pub enum Computed {
 }
 
 /// What [`trusted_changed`] did besides the standing it returns.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Outcome {
     /// How the standing was computed.
     pub computed: Computed,
     /// Whether the memory of accepted claims changed (the daemon persists it then).
     pub memory_changed: bool,
+    /// When brought forward: the desired entries the changed records held before and hold
+    /// now (nothing else of the records' part changed), for [`plan_within`](crate::controller::plan::plan_within).
+    pub scope: Option<Scope>,
 }
 
 fn demand(r: &NodeRecord) -> [usize; 2] {
@@ -323,10 +360,12 @@ pub fn trusted_changed(
         ..inputs.clone()
     };
     // Every old share out before any new one goes in: a claim may pass from one to another.
+    let mut scope = Scope::default();
     for (name, _) in &verdicts {
         if standing.seen.contains_key(name) && !standing.refused.contains_key(name) {
             let share = share_of(&bare, &standing.seen[name]);
             take_out(&mut standing.desired, &share);
+            scope.extend_with(&share);
         }
     }
     let mut memory_changed = false;
@@ -339,7 +378,9 @@ pub fn trusted_changed(
             }
             Some(Ok(())) => {
                 let r = &inputs.records[&name];
-                put_in(&mut standing.desired, &share_of(&bare, r));
+                let share = share_of(&bare, r);
+                put_in(&mut standing.desired, &share);
+                scope.extend_with(&share);
                 standing.refused.remove(&name);
                 for (node, claims) in Established::of(std::iter::once(r)).nodes {
                     memory_changed |= established.nodes.get(&node) != Some(&claims);
@@ -376,6 +417,7 @@ pub fn trusted_changed(
     let outcome = Outcome {
         computed: Computed::Changed,
         memory_changed,
+        scope: Some(scope),
     };
     (standing, outcome)
 }
@@ -418,6 +460,7 @@ fn full(
     let outcome = Outcome {
         computed: Computed::Full,
         memory_changed,
+        scope: None,
     };
     (standing, outcome)
 }

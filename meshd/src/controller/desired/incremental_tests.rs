@@ -7,6 +7,8 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::bpf::Encryption;
+use crate::controller::plan::{plan, plan_within, Observed, ObservedDevice};
+use crate::controller::remembered::after;
 use keyexchange::record::{Rotation, RotationStep, SlotKey};
 
 const NAMES: [&str; 6] = ["a", "b", "c", "d", "e", "f"];
@@ -119,6 +121,31 @@ fn live(encryption: Encryption, host_encryption: bool) -> Live {
     }
 }
 
+/// A node with its two devices and nothing programmed.
+fn empty_node() -> Observed {
+    let device = |ifindex| ObservedDevice {
+        ifindex,
+        mtu: Some(1420),
+        peers: BTreeMap::new(),
+    };
+    Observed {
+        devices: [device(10), device(11)],
+        routes: BTreeSet::new(),
+        plain_routes: BTreeMap::new(),
+        host_routes: BTreeMap::new(),
+        mark_rule: [false; 2],
+        redirects: BTreeMap::new(),
+        guarded_cidrs: BTreeSet::new(),
+        guard_mode: ebpf_redirect::Mode::Enforce,
+        local_pods: BTreeSet::new(),
+        from_pod_done: BTreeSet::new(),
+        to_pod_done: BTreeSet::new(),
+        pod_sources: BTreeSet::new(),
+        stale_links: BTreeSet::new(),
+        guarded_interfaces: BTreeSet::new(),
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -141,6 +168,8 @@ proptest! {
         let mut standing = None;
         let mut changed = BTreeSet::new();
         let mut brought_forward = 0;
+        // The node as the passes leave it: converged on each desired state in turn.
+        let mut node = empty_node();
         // The first pass has everything changed (there is no standing: it is full).
         for batch in std::iter::once(Vec::new()).chain(batches) {
             for change in batch {
@@ -186,6 +215,12 @@ proptest! {
             prop_assert_eq!(next.refused(), admission.refused, "{:?}", how);
             prop_assert_eq!(&by_changes, &by_full, "{:?}", how);
             prop_assert_eq!(by_changes.from_this_run, by_full.from_this_run);
+            // The plan from the changed records' entries is the full plan.
+            let steps = plan(&want, &node);
+            if let Some(scope) = &how.scope {
+                prop_assert_eq!(&plan_within(&want, &node, scope), &steps);
+            }
+            after(&mut node, &steps);
             standing = Some(next);
         }
         // Not a vacuous property: most sequences take the incremental path at least once.
