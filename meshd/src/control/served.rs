@@ -18,9 +18,12 @@ pub fn status_changed() {
     GENERATION.fetch_add(1, Ordering::AcqRel);
 }
 
-/// The last compact serialisation and the generation it was made at (one per socket).
+/// A compact serialisation and the generation it was made at.
+type Made = (u64, Arc<String>);
+
+/// The last compact serialisation (one per socket).
 #[derive(Clone, Default)]
-pub(super) struct Serialised(Arc<Mutex<Option<(u64, Arc<String>)>>>);
+pub(super) struct Serialised(Arc<Mutex<Option<Made>>>);
 
 impl Serialised {
     /// `report` (the served status, read under its lock) as compact JSON.
