@@ -5,6 +5,7 @@
 //! or overlapping pod CIDRs, routing to either would be ambiguous, so every node involved is
 //! left out (the rest of the mesh is unaffected) and the conflict is reported for logging.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -216,9 +217,19 @@ pub fn diff_peers(
     desired: &PeerSet,
     keepalive: Option<u16>,
 ) -> Vec<PeerOp> {
-    let keepalive = keepalive.filter(|k| *k > 0);
     let current: BTreeMap<PublicKey, &ProgrammedPeer> =
         programmed.iter().map(|p| (p.public_key, p)).collect();
+    diff_peers_by_key(&current, desired, keepalive)
+}
+
+/// [`diff_peers`] of the programmed peers by key, as a device's peers are kept: nothing is
+/// copied, and a peer whose allowed IPs are listed as wanted costs no normalising.
+pub fn diff_peers_by_key<P: std::borrow::Borrow<ProgrammedPeer>>(
+    current: &BTreeMap<PublicKey, P>,
+    desired: &PeerSet,
+    keepalive: Option<u16>,
+) -> Vec<PeerOp> {
+    let keepalive = keepalive.filter(|k| *k > 0);
     let mut removes = Vec::new();
     let mut updates = Vec::new();
     let mut adds = Vec::new();
@@ -228,10 +239,11 @@ pub fn diff_peers(
         }
     }
     for (key, want) in &desired.peers {
-        match current.get(key) {
+        match current.get(key).map(Borrow::borrow) {
             None => adds.push(PeerOp::Add(want.clone())),
             Some(have) => {
-                let ips_differ = normalise(&have.allowed_ips) != normalise(&want.allowed_ips);
+                let ips_differ = have.allowed_ips != want.allowed_ips
+                    && normalise(&have.allowed_ips) != normalise(&want.allowed_ips);
                 let endpoint_differs = want.endpoint.is_some() && want.endpoint != have.endpoint;
                 let keepalive_differs = have.keepalive.filter(|k| *k > 0) != keepalive;
                 if ips_differ || endpoint_differs || keepalive_differs {

@@ -196,7 +196,15 @@ const SPECIAL_V6: [&str; 5] = [
     "ff00::/8",
 ];
 
+/// The special-purpose ranges, parsed once (every record's every CIDR and endpoint is
+/// checked against them).
 fn special_ranges() -> impl Iterator<Item = (IpNet, &'static str)> {
+    static PARSED: std::sync::LazyLock<Vec<(IpNet, &'static str)>> =
+        std::sync::LazyLock::new(|| parse_special_ranges().collect());
+    PARSED.iter().copied()
+}
+
+fn parse_special_ranges() -> impl Iterator<Item = (IpNet, &'static str)> {
     let name = |s: &str| match s {
         "0.0.0.0/8" | "::/128" => "unspecified (\"this network\")",
         "127.0.0.0/8" | "::1/128" => "loopback",

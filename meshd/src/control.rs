@@ -135,8 +135,10 @@ impl std::fmt::Display for RotationPhase {
 
 pub mod flows_stream;
 mod request;
+mod served;
 pub use flows_stream::FlowsService;
 pub use request::{error_body, parse_request, Request, UnknownRequest};
+pub use served::status_changed;
 
 /// Default path of the control socket.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/meshd/meshd.sock";
@@ -382,6 +384,7 @@ pub async fn serve_with_flows(
     let listener = bind(&path)?;
     tracing::info!(socket = %path.display(), "control socket listening");
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
+    let serialised = served::Serialised::default();
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(conn) => conn,
@@ -403,8 +406,9 @@ pub async fn serve_with_flows(
         let status = status.clone();
         let commands = commands.clone();
         let flows = flows.clone();
+        let serialised = serialised.clone();
         tokio::spawn(async move {
-            if let Err(err) = answer(stream, status, commands, flows).await {
+            if let Err(err) = answer(stream, status, serialised, commands, flows).await {
                 tracing::debug!(%err, "control client went away");
             }
             drop(slot);
@@ -467,6 +471,7 @@ fn bind(path: &Path) -> Result<UnixListener, ControlError> {
 async fn answer(
     stream: UnixStream,
     status: SharedStatus,
+    serialised: served::Serialised,
     commands: tokio::sync::mpsc::Sender<Command>,
     flows: Option<FlowsService>,
 ) -> std::io::Result<()> {
@@ -488,14 +493,19 @@ async fn answer(
             return Ok(());
         }
     };
-    let body = match parse_request(&line) {
+    let body: Arc<String> = match parse_request(&line) {
         Ok(Request::Flows { follow }) => match &flows {
             Some(service) => return flows_stream::answer(service, follow, read, write).await,
-            None => error_body("flow events are off on this node (meshd --flow-events=false)"),
+            None => {
+                error_body("flow events are off on this node (meshd --flow-events=false)").into()
+            }
         },
-        Ok(Request::Status) => match status.read().await.as_ref() {
-            Some(report) => serde_json::to_string_pretty(report).map_err(std::io::Error::other)?,
-            None => r#"{"error":"meshd is starting"}"#.to_string(),
+        Ok(Request::Status { pretty }) => match status.read().await.as_ref() {
+            Some(report) if pretty => serde_json::to_string_pretty(report)
+                .map_err(std::io::Error::other)?
+                .into(),
+            Some(report) => serialised.compact(report).map_err(std::io::Error::other)?,
+            None => Arc::new(r#"{"error":"meshd is starting"}"#.to_string()),
         },
         Ok(Request::RotateKey) => {
             let (tx, rx) = tokio::sync::oneshot::channel();
@@ -520,8 +530,9 @@ async fn answer(
                 public_keys,
             })
             .map_err(std::io::Error::other)?
+            .into()
         }
-        Err(unknown) => error_body(&unknown.to_string()),
+        Err(unknown) => error_body(&unknown.to_string()).into(),
     };
     // A client that never reads its answer does not hold a slot for ever.
     tokio::time::timeout(REQUEST_TIMEOUT, async {

@@ -4,8 +4,12 @@
 /// A request the control socket serves, as read from its line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Request {
-    /// `status`: the [`StatusReport`](super::StatusReport).
-    Status,
+    /// `status` (compact JSON) or `status pretty` (indented): the
+    /// [`StatusReport`](super::StatusReport).
+    Status {
+        /// `status pretty`.
+        pretty: bool,
+    },
     /// `rotate-key`: a key rotation, answered by a [`RotateOutcome`](super::RotateOutcome).
     RotateKey,
     /// `flows` (the history, then EOF) or `flows follow` (the history, then every new line
@@ -27,7 +31,8 @@ pub struct UnknownRequest {
 /// Reads a request line (surrounding whitespace ignored). Pure: the daemon's parser.
 pub fn parse_request(line: &str) -> Result<Request, UnknownRequest> {
     match line.trim() {
-        "status" => Ok(Request::Status),
+        "status" => Ok(Request::Status { pretty: false }),
+        "status pretty" => Ok(Request::Status { pretty: true }),
         "rotate-key" => Ok(Request::RotateKey),
         "flows" => Ok(Request::Flows { follow: false }),
         "flows follow" => Ok(Request::Flows { follow: true }),
@@ -48,7 +53,14 @@ mod tests {
 
     #[test]
     fn requests_are_read_with_surrounding_whitespace() {
-        assert_eq!(parse_request("status\n"), Ok(Request::Status));
+        assert_eq!(
+            parse_request("status\n"),
+            Ok(Request::Status { pretty: false })
+        );
+        assert_eq!(
+            parse_request("status pretty\n"),
+            Ok(Request::Status { pretty: true })
+        );
         assert_eq!(parse_request(" rotate-key\r\n"), Ok(Request::RotateKey));
         assert_eq!(
             parse_request("flows\n"),

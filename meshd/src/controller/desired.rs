@@ -418,6 +418,8 @@ pub fn host_exclusions(
     out
 }
 
+pub mod incremental;
+
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

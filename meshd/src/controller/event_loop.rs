@@ -559,6 +559,7 @@ fn apply_event(ctx: &Context, state: &mut State, ev: RegistryEvent) -> bool {
                 return true;
             }
             tracing::info!(node = %record.name, key = %record.public_key, "record");
+            cache.changed.insert(record.name.clone());
             cache.records.insert(record.name.clone(), record);
         }
         RegistryEvent::Delete(name) => {
@@ -569,6 +570,7 @@ fn apply_event(ctx: &Context, state: &mut State, ev: RegistryEvent) -> bool {
             }
             tracing::info!(node = %name, "record removed");
             cache.records.remove(&name);
+            cache.changed.insert(name);
         }
         RegistryEvent::Synced => {
             if !cache.synced {

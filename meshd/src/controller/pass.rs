@@ -15,11 +15,12 @@ use super::apply::apply;
 use super::args::PodSteering;
 use super::capacity::Capacity;
 use super::context::Context;
-use super::desired::{host_exclusions, trusted_within, Desired, Inputs};
+use super::desired::incremental::{trusted_changed, Outcome, Standing};
+use super::desired::{host_exclusions, Inputs};
 use super::devices::{ensure_ports, heal_devices};
 use super::liveness::{handshook_within, liveness_window};
 use super::observe::{observe, Observation};
-use super::plan::{plan, Step};
+use super::plan::{plan, plan_within, Step};
 use super::remembered::{after, Remembered};
 use super::state::{Live, RegistryCache, State};
 use super::trust;
@@ -52,6 +53,9 @@ pub(super) async fn pass(
 ) -> anyhow::Result<PassOutcome> {
     let started = Instant::now();
     let live = ctx.live.read().await.clone();
+    // The records changed since the last pass: a pass from memory brings the last desired
+    // state forward by them (a full pass computes it afresh).
+    let changed = std::mem::take(&mut state.registry.changed);
     let memory = match kind {
         PassKind::Records => state.remembered.take(),
         PassKind::Full => {
@@ -65,11 +69,17 @@ pub(super) async fn pass(
         None => read_node(ctx, state, &live).await?,
     };
     let observed_at = Instant::now();
-    let want = desired_now(ctx, state, &live, &memory).await;
+    let standing = memory.standing.take();
+    let (standing, trusted) = desired_now(ctx, state, &live, &memory, standing, &changed).await;
+    let want = standing.desired();
     report_conflicts(&mut state.registry, &want.conflicts);
-    state.rotation.peer_slots = want.peer_slots.clone();
+    state.rotation.peer_slots.clone_from(&want.peer_slots);
     let desired_at = Instant::now();
-    let steps = plan(&want, &memory.observation.observed);
+    // Records brought forward one by one: only their entries can need a step.
+    let steps = match &trusted.scope {
+        Some(scope) => plan_within(want, &memory.observation.observed, scope),
+        None => plan(want, &memory.observation.observed),
+    };
     let planned_at = Instant::now();
     let exact = apply(
         ctx,
@@ -79,15 +89,25 @@ pub(super) async fn pass(
     )
     .await?;
     let applied_at = Instant::now();
+    if trusted.memory_changed {
+        // After the steps, and written off the loop: persisting the memory holds neither the
+        // programming nor the next pass up.
+        if let Some(established) = &state.registry.established {
+            trust::save_in_background(&ctx.args.state_dir, established);
+        }
+    }
     // Where a pass spends its time (`RUST_LOG=meshd::controller::pass=debug`), phase by phase.
     tracing::debug!(
         records = state.registry.records.len(),
+        changed = changed.len(),
         steps = steps.len(),
         observed,
+        computed = ?trusted.computed,
         observe_us = micros(observed_at - started),
         trust_and_desired_us = micros(desired_at - observed_at),
         plan_us = micros(planned_at - desired_at),
         apply_us = micros(applied_at - planned_at),
+        save_us = micros(applied_at.elapsed()),
         "pass phases"
     );
     let mut bpf = ctx.bpf.lock().await;
@@ -108,6 +128,7 @@ pub(super) async fn pass(
     state.liveness.encrypted_hosts = want.host_routes.keys().copied().collect();
     if exact {
         after(&mut memory.observation.observed, &steps);
+        memory.standing = Some(standing);
         state.remembered = Some(memory);
     }
     Ok(PassOutcome { steps, observed })
@@ -174,6 +195,7 @@ async fn read_node(ctx: &Context, state: &mut State, live: &Live) -> anyhow::Res
             .filter(|p| handshook_within(p, window))
             .map(|p| PublicKey::from_bytes(p.public_key))
             .collect(),
+        standing: None,
     })
 }
 
@@ -182,14 +204,18 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
-/// The desired state from the trusted records, the settings and what was just observed;
-/// keeps the refusals and the memory of accepted claims (persisting it when it changed).
+/// The desired state from the trusted records, the settings and what was just observed,
+/// brought forward from the last pass's `standing` by the `changed` records when it can be
+/// ([`trusted_changed`]); keeps the refusals and the memory of accepted claims (the caller
+/// persists it when it changed).
 async fn desired_now(
     ctx: &Context,
     state: &mut State,
     live: &Live,
     memory: &Remembered,
-) -> Desired {
+    standing: Option<Standing>,
+    changed: &BTreeSet<String>,
+) -> (Standing, Outcome) {
     let observation = &memory.observation;
     let me = ctx.me();
     let ifindex = observation.observed.devices.each_ref().map(|d| d.ifindex);
@@ -201,7 +227,7 @@ async fn desired_now(
     let exclude = host_exclusions(&ctx.args.host_encryption_exclude, api_servers.as_ref());
     let pods = &observation.pods;
     let policy = trust::policy(&ctx.args);
-    let established = match state.registry.established.take() {
+    let mut established = match state.registry.established.take() {
         Some(known) => known,
         None => {
             if policy.cluster_pools.is_empty() {
@@ -214,7 +240,9 @@ async fn desired_now(
         }
     };
     let capacity = map_capacity(ctx, state, me.name.as_str(), observation).await;
-    let (want, admission) = trusted_within(
+    let (standing, outcome) = trusted_changed(
+        standing,
+        changed,
         &Inputs {
             records: &state.registry.records,
             me: &me,
@@ -231,20 +259,16 @@ async fn desired_now(
             underlay: &ctx.underlay,
         },
         &policy,
-        &established,
+        &mut established,
         &capacity,
     );
-    if admission.established != established {
-        if let Err(err) = trust::save(&ctx.args.state_dir, &admission.established) {
-            tracing::warn!(error = %err, "the accepted records are not remembered across a restart");
-        }
-    }
-    for r in trust::new_refusals(&admission.refused, &state.registry.refused) {
+    let refused = standing.refused();
+    for r in trust::new_refusals(&refused, &state.registry.refused) {
         tracing::error!(node = %r.node, field = r.field, reason = %r.reason, "record refused");
     }
-    state.registry.refused = admission.refused;
-    state.registry.established = Some(admission.established);
-    want
+    state.registry.refused = refused;
+    state.registry.established = Some(established);
+    (standing, outcome)
 }
 
 /// The room the per-node maps have for peers' pod CIDRs: their sizes, less what the cluster

@@ -31,7 +31,7 @@ use std::net::IpAddr;
 
 use ebpf_redirect::{Mode, PodSource};
 use ipnet::IpNet;
-use keyexchange::peers::{diff_peers, PeerOp, ProgrammedPeer};
+use keyexchange::peers::{diff_peers_by_key, PeerOp, ProgrammedPeer};
 use keyexchange::slots::{Slot, SLOTS};
 use keyexchange::PublicKey;
 use netlink::PeerConfig;
@@ -252,12 +252,11 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Step> {
 
 /// The peer operations on `slot`'s device.
 fn peer_ops(desired: &Desired, observed: &Observed, slot: Slot) -> Vec<PeerOp> {
-    let programmed: Vec<ProgrammedPeer> = observed.devices[slot.index()]
-        .peers
-        .values()
-        .cloned()
-        .collect();
-    diff_peers(&programmed, &desired.peers[slot.index()], desired.keepalive)
+    diff_peers_by_key(
+        &observed.devices[slot.index()].peers,
+        &desired.peers[slot.index()],
+        desired.keepalive,
+    )
 }
 
 /// Step 2: stop redirecting CIDRs that are no longer wanted, and CIDRs whose covering peer on
@@ -509,6 +508,9 @@ fn desired_host_ifindex(desired: &Desired) -> BTreeMap<IpAddr, u32> {
         .map(|(ip, r)| (*ip, r.ifindex))
         .collect()
 }
+
+mod scope;
+pub use scope::{plan_within, Scope};
 
 #[cfg(test)]
 mod tests;

@@ -17,6 +17,7 @@ use keyexchange::peers::ProgrammedPeer;
 use keyexchange::slots::Slot;
 use keyexchange::PublicKey;
 
+use super::desired::incremental::Standing;
 use super::observe::Observation;
 use super::plan::{Observed, Step};
 
@@ -29,6 +30,9 @@ pub(super) struct Remembered {
     pub mesh_marked: bool,
     /// The peer keys that had handshaken recently when the devices were last read.
     pub handshook: BTreeSet<PublicKey>,
+    /// The last pass's trusted records and desired state, brought forward by the records
+    /// that change ([`super::desired::incremental`]); `None` until a pass computed them.
+    pub standing: Option<Standing>,
 }
 
 /// Bring `observed` forward by `steps`, as if they had all been applied in order.

@@ -229,7 +229,10 @@ async fn serve(ctx: &Context, report: StatusReport) {
         // Receivers decide what changed (the Node condition writes only when it does).
         feed.send_replace(Some(report.clone()));
     }
-    *ctx.status.write().await = Some(report);
+    let mut served = ctx.status.write().await;
+    *served = Some(report);
+    control::status_changed();
+    drop(served);
     *ctx.heartbeat.write().await = Some(std::time::Instant::now());
 }
 
@@ -251,6 +254,7 @@ pub(super) async fn patch_status(
     };
     patch_report(report, steps, &state.registry.records);
     fill_from_state(report, ctx, state, converged).await;
+    control::status_changed();
     if let Some(feed) = &ctx.status_feed {
         feed.send_replace(Some(report.clone()));
     }
