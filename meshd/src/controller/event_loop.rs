@@ -75,7 +75,6 @@ enum Next {
 }
 
 /// What the loop carries from one event to the next.
-#[derive(Default)]
 struct Pending {
     /// When to run a pass without an event (a retry, or a tunnel that came up).
     retry_at: Option<tokio::time::Instant>,
@@ -88,6 +87,11 @@ struct Pending {
     full_due: bool,
     /// When the served status was last read from the devices.
     status_read_at: Option<Instant>,
+    /// When the next full pass is due without any other reason (the periodic resync). Every
+    /// pass that reads the node moves it [`resync_interval`] later: the pass that follows
+    /// start-up is such a read, so the resync due at start is not repeated right after it
+    /// (at 5,000 peers a redundant full pass held the next record back by about 400 ms).
+    resync_at: tokio::time::Instant,
 }
 
 /// Run until SIGTERM/SIGINT (or the registry watch ends).
@@ -113,17 +117,20 @@ pub(super) async fn event_loop(
         .registry
         .records
         .insert(ctx.me().name.clone(), ctx.me());
+    // The first pass runs at once (a lone first node gets no registry event to start one).
     let mut pending = Pending {
+        retry_at: None,
+        converged: false,
+        republish: false,
         full_due: true,
-        ..Pending::default()
+        status_read_at: None,
+        resync_at: tokio::time::Instant::now(),
     };
     for ev in initial {
         pending.republish |= apply_event(ctx, &mut state, ev);
     }
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing SIGTERM handler")?;
-    // The first pass runs at once (a lone first node gets no registry event to start one).
-    let mut resync_at = tokio::time::Instant::now();
     let mut status_tick = tokio::time::interval(STATUS_INTERVAL);
     let mut rotation_tick = tokio::time::interval(rotation_check_interval(ctx));
     let mut commands_open = true;
@@ -160,8 +167,8 @@ pub(super) async fn event_loop(
                 }
                 Next::Reconcile
             }
-            _ = tokio::time::sleep_until(resync_at) => {
-                resync_at = tokio::time::Instant::now() + resync_interval();
+            _ = tokio::time::sleep_until(pending.resync_at) => {
+                pending.resync_at = tokio::time::Instant::now() + resync_interval();
                 pending.full_due = true;
                 Next::Reconcile
             }
@@ -301,8 +308,11 @@ async fn after_event(
     } else {
         PassKind::Records
     };
-    let (converged, retry) = reconcile(ctx, state, kind).await;
+    let (converged, retry, read_node) = reconcile(ctx, state, kind).await;
     pending.converged = converged;
+    if read_node {
+        pending.resync_at = tokio::time::Instant::now() + resync_interval();
+    }
     if std::mem::take(&mut state.republish) {
         pending.republish = true;
         pending.retry_at = Some(tokio::time::Instant::now());
@@ -446,12 +456,13 @@ async fn status_refresh(ctx: &Context, state: &mut State, converged: bool) -> bo
     track_liveness(&live, &mut state.liveness, &peers)
 }
 
-/// Run a pass and what follows it. Returns whether it converged, and when to retry.
+/// Run a pass and what follows it. Returns whether it converged, when to retry, and whether
+/// the pass read the whole node (a full pass).
 async fn reconcile(
     ctx: &Context,
     state: &mut State,
     kind: PassKind,
-) -> (bool, Option<tokio::time::Instant>) {
+) -> (bool, Option<tokio::time::Instant>, bool) {
     let started = Instant::now();
     state.counters.reconciles += 1;
     // node-subnet: a block claimed or given back changes this node's own record; the pass
@@ -505,7 +516,8 @@ async fn reconcile(
             tracing::warn!(error = %format!("{err:#}"), "reading device status failed");
         }
     }
-    (converged, retry)
+    let read_node = done.as_ref().is_some_and(|d| d.observed);
+    (converged, retry, read_node)
 }
 
 /// The node takes pods while it can serve them: the CNI configuration is installed after a
