@@ -32,6 +32,21 @@ const ROTATION_BOUND: Duration = Duration::from_secs(90);
 /// The most `lab stop-node` may take while a long pass is under way.
 const STOP_BOUND: Duration = Duration::from_secs(8);
 
+/// The lab's registry directory, and `count` simulated nodes published into it.
+fn publish_simulated(lab: &Lab, count: u32) -> (std::path::PathBuf, Vec<sim::SimNode>) {
+    let registry = lab
+        .record_path("n1")
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let sims: Vec<sim::SimNode> = (0..count).map(sim::SimNode::new).collect();
+    for n in &sims {
+        sim::publish(&registry, n, count).unwrap();
+    }
+    (registry, sims)
+}
+
 fn rotate_all(lab: &Lab) -> serde_json::Value {
     let out = lab
         .meshctl(&["lab", "rotate-key", "-o", "json"])
@@ -50,16 +65,7 @@ fn every_node_programs(st: &serde_json::Value, names: &[String]) -> bool {
 fn rotation_and_stop_stay_bounded_with_hundreds_of_silent_peers() {
     testkit::require_root();
     let lab = Lab::up(2, 1).unwrap();
-    let registry = lab
-        .record_path("n1")
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let sims: Vec<sim::SimNode> = (0..SILENT).map(sim::SimNode::new).collect();
-    for n in &sims {
-        sim::publish(&registry, n, SILENT).unwrap();
-    }
+    let (_, sims) = publish_simulated(&lab, SILENT);
     let names: Vec<String> = sims.iter().map(sim::SimNode::name).collect();
     lab.wait_for(
         "both nodes to program every simulated node",
@@ -151,17 +157,8 @@ fn guarded(st: &serde_json::Value, node: &str) -> Vec<String> {
 fn departed_nodes_learned_guard_entries_covered_by_the_cluster_cidrs_go() {
     testkit::require_root();
     let lab = Lab::up(2, 1).unwrap();
-    let registry = lab
-        .record_path("n1")
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
     let count = 4;
-    let sims: Vec<sim::SimNode> = (0..count).map(sim::SimNode::new).collect();
-    for n in &sims {
-        sim::publish(&registry, n, count).unwrap();
-    }
+    let (registry, sims) = publish_simulated(&lab, count);
     let cidrs: Vec<String> = sims
         .iter()
         .flat_map(|n| n.record(count).pod_cidrs)

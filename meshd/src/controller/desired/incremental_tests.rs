@@ -122,6 +122,30 @@ fn live(encryption: Encryption, host_encryption: bool) -> Live {
 }
 
 /// A node with its two devices and nothing programmed.
+/// The desired state's inputs for `records` on a node with both devices up and marked, no
+/// local pods and nothing excluded (a test sets what it needs besides).
+fn inputs_for<'a>(
+    records: &'a BTreeMap<String, NodeRecord>,
+    me: &'a NodeRecord,
+    live: &'a Live,
+    tunnels_up: &'a BTreeSet<PublicKey>,
+) -> Inputs<'a> {
+    Inputs {
+        records,
+        me,
+        live,
+        ifindex: [10, 11],
+        mesh_marked: true,
+        tunnels_up,
+        host_exclude: &[],
+        local_pods: BTreeSet::new(),
+        pod_interfaces: None,
+        pod_sources: BTreeMap::new(),
+        guard_interfaces: BTreeSet::new(),
+        underlay: "eth0",
+    }
+}
+
 fn empty_node() -> Observed {
     let device = |ifindex| ObservedDevice {
         ifindex,
@@ -184,20 +208,8 @@ proptest! {
                     }
                 }
             }
-            let inputs = Inputs {
-                records: &records,
-                me: &me,
-                live: &live,
-                ifindex: [10, 11],
-                mesh_marked: true,
-                tunnels_up: &tunnels_up,
-                host_exclude: &[],
-                local_pods: BTreeSet::from(["10.0.0.5".parse().unwrap()]),
-                pod_interfaces: None,
-                pod_sources: BTreeMap::new(),
-                guard_interfaces: BTreeSet::new(),
-                underlay: "eth0",
-            };
+            let mut inputs = inputs_for(&records, &me, &live, &tunnels_up);
+            inputs.local_pods = BTreeSet::from(["10.0.0.5".parse().unwrap()]);
             let before = by_full.clone();
             let (want, admission) = trusted_within(&inputs, &policy, &by_full, &capacity);
             by_full = admission.established;
@@ -251,20 +263,7 @@ fn uncontested_changes_are_brought_forward() {
     let mut standing = None;
     let mut changed: BTreeSet<String> = records.keys().cloned().collect();
     for step in 0..5u8 {
-        let inputs = Inputs {
-            records: &records,
-            me: &me,
-            live: &live,
-            ifindex: [10, 11],
-            mesh_marked: true,
-            tunnels_up: &tunnels_up,
-            host_exclude: &[],
-            local_pods: BTreeSet::new(),
-            pod_interfaces: None,
-            pod_sources: BTreeMap::new(),
-            guard_interfaces: BTreeSet::new(),
-            underlay: "eth0",
-        };
+        let inputs = inputs_for(&records, &me, &live, &tunnels_up);
         let (next, how) = trusted_changed(
             standing.take(),
             &std::mem::take(&mut changed),
@@ -290,20 +289,7 @@ fn uncontested_changes_are_brought_forward() {
     rival.pod_cidrs = vec!["10.9.1.0/24".parse().unwrap()];
     changed.insert(rival.name.clone());
     records.insert(rival.name.clone(), rival);
-    let inputs = Inputs {
-        records: &records,
-        me: &me,
-        live: &live,
-        ifindex: [10, 11],
-        mesh_marked: true,
-        tunnels_up: &tunnels_up,
-        host_exclude: &[],
-        local_pods: BTreeSet::new(),
-        pod_interfaces: None,
-        pod_sources: BTreeMap::new(),
-        guard_interfaces: BTreeSet::new(),
-        underlay: "eth0",
-    };
+    let inputs = inputs_for(&records, &me, &live, &tunnels_up);
     let (next, how) = trusted_changed(
         standing,
         &changed,
