@@ -248,8 +248,6 @@ impl ClaimIndex {
 pub struct Standing {
     settled: Settled,
     index: ClaimIndex,
-    /// Every other node's record as this standing last took it in.
-    seen: BTreeMap<String, NodeRecord>,
     /// The refused records, by node.
     refused: BTreeMap<String, Refusal>,
     /// The accepted peers' pod CIDRs, per family (`[IPv4, IPv6]`).
@@ -301,13 +299,18 @@ fn demand(r: &NodeRecord) -> [usize; 2] {
     d
 }
 
+/// The records changed since the last pass (added, changed or removed), each with the record
+/// that pass took in (`None`: it had none). Every other record is as that pass took it, so the
+/// standing keeps no copy of the records.
+pub type Changed = BTreeMap<String, Option<NodeRecord>>;
+
 /// The trusted records' desired state, like [`trusted_within`], from `standing` (the last
-/// pass's, if any) and the names of the records changed since (added, changed or removed).
+/// pass's, if any) and the records changed since ([`Changed`]).
 /// `established` is the memory the last pass left; it becomes the next one. See the module
 /// docs for when the result is brought forward rather than computed in full.
 pub fn trusted_changed(
     standing: Option<Standing>,
-    changed: &BTreeSet<String>,
+    changed: &Changed,
     inputs: &Inputs<'_>,
     policy: &TrustPolicy,
     established: &mut Established,
@@ -320,9 +323,16 @@ pub fn trusted_changed(
         let index = ClaimIndex::of(inputs.records, me, policy);
         return full(index, inputs, policy, established, capacity);
     };
-    let changed: Vec<&String> = changed.iter().filter(|n| **n != me.name).collect();
+    // A record as the last pass took it in (this node's own left out).
+    let was = |name: &String| -> Option<&NodeRecord> {
+        match changed.get(name) {
+            Some(old) => old.as_ref(),
+            None => inputs.records.get(name),
+        }
+    };
+    let changed: Vec<&String> = changed.keys().filter(|n| **n != me.name).collect();
     for name in &changed {
-        if let Some(old) = standing.seen.get(*name) {
+        if let Some(old) = was(name) {
             standing.index.remove(old);
         }
         if let Some(new) = inputs.records.get(*name) {
@@ -352,8 +362,8 @@ pub fn trusted_changed(
         .collect();
     let mut demand_now = standing.demand;
     for (name, verdict) in &verdicts {
-        if standing.seen.contains_key(name) && !standing.refused.contains_key(name) {
-            let was = demand(&standing.seen[name]);
+        if let Some(old) = was(name).filter(|_| !standing.refused.contains_key(name)) {
+            let was = demand(old);
             demand_now = [demand_now[0] - was[0], demand_now[1] - was[1]];
         }
         if let Some(Ok(())) = verdict {
@@ -375,8 +385,8 @@ pub fn trusted_changed(
     // Every old share out before any new one goes in: a claim may pass from one to another.
     let mut scope = Scope::default();
     for (name, _) in &verdicts {
-        if standing.seen.contains_key(name) && !standing.refused.contains_key(name) {
-            let share = share_of(&bare, &standing.seen[name]);
+        if let Some(old) = was(name).filter(|_| !standing.refused.contains_key(name)) {
+            let share = share_of(&bare, old);
             take_out(&mut standing.desired, &share);
             scope.extend_with(&share);
         }
@@ -385,7 +395,6 @@ pub fn trusted_changed(
     for (name, verdict) in verdicts {
         match verdict {
             None => {
-                standing.seen.remove(&name);
                 standing.refused.remove(&name);
                 memory_changed |= established.nodes.remove(&name).is_some();
             }
@@ -399,14 +408,10 @@ pub fn trusted_changed(
                     memory_changed |= established.nodes.get(&node) != Some(&claims);
                     established.nodes.insert(node, claims);
                 }
-                standing.seen.insert(name, r.clone());
             }
             Some(Err(refusal)) => {
                 // A refused node keeps the claims it had established (its record is there).
-                standing.refused.insert(name.clone(), refusal);
-                standing
-                    .seen
-                    .insert(name.clone(), inputs.records[&name].clone());
+                standing.refused.insert(name, refusal);
             }
         }
     }
@@ -456,12 +461,6 @@ fn full(
     let standing = Standing {
         settled: Settled::of(inputs, policy),
         index,
-        seen: inputs
-            .records
-            .iter()
-            .filter(|(n, _)| *n != me)
-            .map(|(n, r)| (n.clone(), r.clone()))
-            .collect(),
         refused: admission
             .refused
             .into_iter()
