@@ -221,8 +221,7 @@ impl ClaimIndex {
             self.keys.remove(&(key, Arc::clone(&name)));
         }
         for net in nets {
-            if self.nets.remove(&(net, Arc::clone(&name))) && self.holders(net).next().is_none()
-            {
+            if self.nets.remove(&(net, Arc::clone(&name))) && self.holders(net).next().is_none() {
                 let length = length_of(net);
                 if let Some(count) = self.lengths.get_mut(&length) {
                     *count -= 1;
