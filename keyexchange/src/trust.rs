@@ -46,6 +46,9 @@ use crate::key::PublicKey;
 use crate::record::NodeRecord;
 use crate::slots::SLOTS;
 
+mod claim_set;
+pub use claim_set::ClaimSet;
+
 /// Prefix lengths a node's IPv4 pod CIDR may have.
 pub const IPV4_PREFIX: RangeInclusive<u8> = 8..=32;
 /// Prefix lengths a node's IPv6 pod CIDR may have.
@@ -107,12 +110,12 @@ pub struct Refusal {
 #[serde(rename_all = "camelCase")]
 pub struct Claims {
     /// Its public keys (both slots).
-    pub keys: BTreeSet<PublicKey>,
+    pub keys: ClaimSet<PublicKey>,
     /// Its pod CIDRs.
     #[serde(rename = "podCIDRs")]
-    pub pod_cidrs: BTreeSet<IpNet>,
+    pub pod_cidrs: ClaimSet<IpNet>,
     /// Its endpoints.
-    pub endpoints: BTreeSet<IpAddr>,
+    pub endpoints: ClaimSet<IpAddr>,
     /// The slot its rotation was draining when last accepted: that slot's key may change in
     /// the next record (the last step of a rotation publishes it with the drain lifted).
     #[serde(default, skip_serializing_if = "Option::is_none")]

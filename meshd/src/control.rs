@@ -57,9 +57,10 @@ pub struct RotateOutcome {
     pub public_keys: Vec<String>,
 }
 
-/// This node's second key slot.
+/// This node's second key slot (its peers as [`PeerReport`]s, or in the daemon as
+/// [`ServedPeer`]s).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct SlotReport {
+pub struct SlotReport<P = PeerReport> {
     /// Its WireGuard interface.
     pub interface: String,
     /// Its interface index.
@@ -69,7 +70,7 @@ pub struct SlotReport {
     /// Its UDP listen port.
     pub listen_port: u16,
     /// Peers as programmed on its device.
-    pub peers: Vec<PeerReport>,
+    pub peers: Vec<P>,
 }
 
 /// Key rotation: where it stands and how it went.
@@ -136,9 +137,11 @@ impl std::fmt::Display for RotationPhase {
 pub mod flows_stream;
 mod request;
 mod served;
+mod served_peer;
 pub use flows_stream::FlowsService;
 pub use request::{error_body, parse_request, Request, UnknownRequest};
 pub use served::status_changed;
+pub use served_peer::{ServedPeer, ServedStatus};
 
 /// Default path of the control socket.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/meshd/meshd.sock";
@@ -240,9 +243,11 @@ pub struct MalformedReport {
     pub error: String,
 }
 
-/// Everything `meshctl status` shows about one node.
+/// Everything `meshctl status` shows about one node (its peers as [`PeerReport`]s, or in the
+/// daemon as [`ServedPeer`]s: [`ServedStatus`]).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct StatusReport {
+#[serde(bound(deserialize = "P: Deserialize<'de>"))]
+pub struct StatusReport<P = PeerReport> {
     /// This node's name.
     pub node: String,
     /// This node's public key (base64).
@@ -267,7 +272,7 @@ pub struct StatusReport {
     /// Nodes known from the registry (including this one).
     pub known_nodes: Vec<String>,
     /// Peers as programmed on the device.
-    pub peers: Vec<PeerReport>,
+    pub peers: Vec<P>,
     /// Current conflicts (peers deliberately not programmed).
     pub conflicts: Vec<String>,
     /// Records currently skipped as malformed.
@@ -299,7 +304,7 @@ pub struct StatusReport {
     pub key_created_unix: Option<u64>,
     /// The second key slot (absent from a meshd without one).
     #[serde(default)]
-    pub second: Option<SlotReport>,
+    pub second: Option<SlotReport<P>>,
     /// Key rotation.
     #[serde(default)]
     pub rotation: RotationReport,
@@ -363,7 +368,7 @@ impl CleartextReport {
 }
 
 /// The status the daemon currently serves; updated after every reconcile.
-pub type SharedStatus = Arc<RwLock<Option<StatusReport>>>;
+pub type SharedStatus = Arc<RwLock<Option<ServedStatus>>>;
 
 /// Bind the control socket (replacing a stale one) and serve status until the task is dropped.
 pub async fn serve(

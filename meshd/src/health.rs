@@ -55,7 +55,12 @@ struct Shared {
 }
 
 async fn metrics(State(s): State<Shared>) -> ([(&'static str, &'static str); 1], String) {
-    let status = s.status.read().await;
+    let status = s
+        .status
+        .read()
+        .await
+        .as_ref()
+        .map(crate::control::ServedStatus::report);
     (
         [(
             "content-type",
@@ -85,7 +90,12 @@ async fn healthz(State(s): State<Shared>) -> (StatusCode, &'static str) {
 async fn status(
     State(s): State<Shared>,
 ) -> (StatusCode, axum::Json<Option<crate::control::StatusReport>>) {
-    let report = s.status.read().await.clone();
+    let report = s
+        .status
+        .read()
+        .await
+        .as_ref()
+        .map(crate::control::ServedStatus::report);
     let code = if report.is_some() {
         StatusCode::OK
     } else {

@@ -14,6 +14,9 @@ use meshd::registry::kube::{node_condition, refusal_events};
 use meshd::registry::{DirRegistry, KubeRegistry};
 use meshd::settings;
 
+#[path = "meshd/allocator.rs"]
+mod allocator;
+
 /// The runtime's worker threads at most, unless `--worker-threads` says otherwise.
 const MAX_DEFAULT_WORKERS: usize = 2;
 
@@ -60,13 +63,19 @@ struct Cli {
 }
 
 fn main() -> anyhow::Result<()> {
-    // Before the runtime starts its threads: they share the capped arenas.
-    tune_malloc();
+    // glibc's malloc only where chosen (`allocator`): tuned before the runtime starts its
+    // threads (they share the capped arenas), and trimmed.
+    let glibc = allocator::glibc();
+    if glibc {
+        tune_malloc();
+    }
     let cli = Cli::parse();
     let workers = cli
         .worker_threads
         .map_or_else(default_worker_threads, usize::from);
-    spawn_heap_trimmer();
+    if glibc {
+        spawn_heap_trimmer();
+    }
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_all()
@@ -85,7 +94,7 @@ fn default_worker_threads() -> usize {
         .clamp(1, MAX_DEFAULT_WORKERS)
 }
 
-/// glibc's malloc, tuned for a daemon whose passes and status reads at thousands of peers
+/// glibc's malloc (`MESHD_ALLOCATOR=glibc`, see [`allocator`]), tuned for a daemon whose passes and status reads at thousands of peers
 /// allocate and free megabytes at a time (`scale-bench --nodes 5000`, one build, tuned through
 /// glibc's environment variables: meshd's RSS 86 MiB untuned, 75 MiB with one arena, 66 MiB
 /// with two arenas and these thresholds). By default every thread that allocates under contention

@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::StatusReport;
+use super::ServedStatus;
 
 /// How many times the served status changed (in this process).
 static GENERATION: AtomicU64 = AtomicU64::new(0);
@@ -27,7 +27,7 @@ pub(super) struct Serialised(Arc<Mutex<Option<Made>>>);
 
 impl Serialised {
     /// `report` (the served status, read under its lock) as compact JSON.
-    pub(super) fn compact(&self, report: &StatusReport) -> Result<Arc<String>, serde_json::Error> {
+    pub(super) fn compact(&self, report: &ServedStatus) -> Result<Arc<String>, serde_json::Error> {
         let now = GENERATION.load(Ordering::Acquire);
         let mut last = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((made_at, body)) = last.as_ref() {
@@ -44,16 +44,17 @@ impl Serialised {
 #[cfg(test)]
 mod tests {
     use super::super::tests_support::sample;
+    use super::super::StatusReport;
     use super::*;
 
     #[test]
     fn the_status_is_serialised_once_per_change_and_a_change_is_served() {
         let serialised = Serialised::default();
-        let mut report = sample();
+        let mut report: ServedStatus = sample();
         let first = serialised.compact(&report).expect("serialises");
         assert_eq!(
             serde_json::from_str::<StatusReport>(&first).expect("JSON"),
-            report
+            report.report()
         );
         assert!(!first.contains('\n'), "compact: {first}");
         // Unchanged: the same bytes, not serialised again.
@@ -64,7 +65,7 @@ mod tests {
         let changed = serialised.compact(&report).expect("serialises");
         assert_eq!(
             serde_json::from_str::<StatusReport>(&changed).expect("JSON"),
-            report
+            report.report()
         );
     }
 }

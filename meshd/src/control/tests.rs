@@ -4,7 +4,7 @@
 
 use super::*;
 
-pub(crate) fn sample() -> StatusReport {
+pub(crate) fn sample<P>() -> StatusReport<P> {
     StatusReport {
         node: "n1".into(),
         public_key: "k".into(),

@@ -571,8 +571,10 @@ fn apply_event(ctx: &Context, state: &mut State, ev: RegistryEvent) -> bool {
                 return true;
             }
             tracing::info!(node = %record.name, key = %record.public_key, "record");
-            cache.changed.insert(record.name.clone());
-            cache.records.insert(record.name.clone(), record);
+            let name = record.name.clone();
+            let old = cache.records.insert(name.clone(), record);
+            // The first change since the last pass keeps what that pass took in.
+            cache.changed.entry(name).or_insert(old);
         }
         RegistryEvent::Delete(name) => {
             cache.malformed.remove(&name);
@@ -581,8 +583,8 @@ fn apply_event(ctx: &Context, state: &mut State, ev: RegistryEvent) -> bool {
                 return true;
             }
             tracing::info!(node = %name, "record removed");
-            cache.records.remove(&name);
-            cache.changed.insert(name);
+            let old = cache.records.remove(&name);
+            cache.changed.entry(name).or_insert(old);
         }
         RegistryEvent::Synced => {
             if !cache.synced {

@@ -15,7 +15,7 @@ use super::apply::apply;
 use super::args::PodSteering;
 use super::capacity::Capacity;
 use super::context::Context;
-use super::desired::incremental::{trusted_changed, Outcome, Standing};
+use super::desired::incremental::{trusted_changed, Changed, Outcome, Standing};
 use super::desired::{host_exclusions, Inputs};
 use super::devices::{ensure_ports, heal_devices};
 use super::liveness::{handshook_within, liveness_window};
@@ -214,7 +214,7 @@ async fn desired_now(
     live: &Live,
     memory: &Remembered,
     standing: Option<Standing>,
-    changed: &BTreeSet<String>,
+    changed: &Changed,
 ) -> (Standing, Outcome) {
     let observation = &memory.observation;
     let me = ctx.me();

@@ -86,9 +86,10 @@ pub(super) struct RegistryCache {
     pub synced: bool,
     /// Every node's last good record (this node's own included).
     pub records: BTreeMap<String, NodeRecord>,
-    /// The nodes whose record was added, changed or removed since the last pass took them
-    /// (a pass from memory brings its desired state forward by those alone).
-    pub changed: BTreeSet<String>,
+    /// The nodes whose record was added, changed or removed since the last pass took them,
+    /// each with the record that pass took in (a pass from memory brings its desired state
+    /// forward by those alone, taking their old share out).
+    pub changed: super::desired::incremental::Changed,
     /// Nodes whose record is malformed, with why.
     pub malformed: BTreeMap<String, String>,
     /// The conflicts last reported (each is logged once, when it appears).

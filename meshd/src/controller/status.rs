@@ -11,14 +11,16 @@ use super::context::Context;
 use super::plan::Step;
 use super::state::State;
 use super::unix_now;
-use crate::control::{self, Counters, MalformedReport, PeerReport, RefusalReport, StatusReport};
+use crate::control::{
+    self, Counters, MalformedReport, RefusalReport, ServedPeer, ServedStatus, StatusReport,
+};
 use crate::rotation;
 
 /// The peers of one device as the status reports them.
 fn peer_reports(
     peers: &[netlink::PeerStatus],
     names: &BTreeMap<PublicKey, &str>,
-) -> Vec<PeerReport> {
+) -> Vec<ServedPeer> {
     let now = SystemTime::now();
     peers
         .iter()
@@ -31,11 +33,11 @@ fn peer_reports(
             let ago = p
                 .last_handshake
                 .map(|t| now.duration_since(t).unwrap_or_default().as_secs());
-            PeerReport {
-                name: names.get(&key).map(|n| (*n).to_string()),
-                public_key: key.to_string(),
-                endpoint: p.endpoint.map(|e| e.to_string()),
-                allowed_ips: p.allowed_ips.iter().map(ToString::to_string).collect(),
+            ServedPeer {
+                name: names.get(&key).map(|n| Box::from(*n)),
+                public_key: key,
+                endpoint: p.endpoint,
+                allowed_ips: p.allowed_ips.as_slice().into(),
                 last_handshake_unix: unix,
                 last_handshake_secs_ago: ago,
                 rx_bytes: p.rx_bytes,
@@ -103,7 +105,7 @@ pub(super) async fn publish_status(
         listen_port: listen_port2,
         peers: peer_reports(&live_peers2, &names),
     };
-    let mut report = StatusReport {
+    let mut report: ServedStatus = StatusReport {
         node: ctx.me().name.clone(),
         public_key: ctx.key(Slot::FIRST).public_key().to_string(),
         mode: device.mode(),
@@ -145,7 +147,7 @@ pub(super) async fn publish_status(
 
 /// The parts of the status that come from the settings and what the loop keeps (not from the
 /// devices or the maps): cheap to set again after every pass.
-async fn fill_from_state(report: &mut StatusReport, ctx: &Context, state: &State, converged: bool) {
+async fn fill_from_state(report: &mut ServedStatus, ctx: &Context, state: &State, converged: bool) {
     let me = ctx.me();
     let live = ctx.live.read().await.clone();
     report.mtu = live.mtu;
@@ -224,10 +226,10 @@ fn rotation_report(ctx: &Context, state: &State) -> control::RotationReport {
 }
 
 /// Serve `report` (the control socket, the status feed) and beat the heart.
-async fn serve(ctx: &Context, report: StatusReport) {
+async fn serve(ctx: &Context, report: ServedStatus) {
     if let Some(feed) = &ctx.status_feed {
         // Receivers decide what changed (the Node condition writes only when it does).
-        feed.send_replace(Some(report.clone()));
+        feed.send_replace(Some(report.report()));
     }
     let mut served = ctx.status.write().await;
     *served = Some(report);
@@ -256,7 +258,7 @@ pub(super) async fn patch_status(
     fill_from_state(report, ctx, state, converged).await;
     control::status_changed();
     if let Some(feed) = &ctx.status_feed {
-        feed.send_replace(Some(report.clone()));
+        feed.send_replace(Some(report.report()));
     }
     drop(served);
     *ctx.heartbeat.write().await = Some(std::time::Instant::now());
@@ -265,7 +267,7 @@ pub(super) async fn patch_status(
 
 /// Bring `report`'s peers and datapath CIDRs forward by `steps` (pure).
 fn patch_report(
-    report: &mut StatusReport,
+    report: &mut ServedStatus,
     steps: &[Step],
     records: &BTreeMap<String, keyexchange::NodeRecord>,
 ) {
@@ -273,9 +275,8 @@ fn patch_report(
     for step in steps {
         match step {
             Step::RemovePeer { slot, key } => {
-                let key = key.to_string();
                 if let Some(peers) = peers_of(&mut report.peers, &mut second_peers, *slot) {
-                    peers.retain(|p| p.public_key != key);
+                    peers.retain(|p| p.public_key != *key);
                 }
             }
             Step::UpsertPeer { slot, peer } => {
@@ -287,24 +288,23 @@ fn patch_report(
                             .iter()
                             .any(|s| r.slot(*s).is_some_and(|k| k.public_key == key))
                     })
-                    .map(|r| r.name.clone());
-                let key = key.to_string();
+                    .map(|r| Box::from(r.name.as_str()));
                 let Some(peers) = peers_of(&mut report.peers, &mut second_peers, *slot) else {
                     continue;
                 };
-                let allowed_ips = peer.allowed_ips.iter().map(ToString::to_string).collect();
+                let allowed_ips = peer.allowed_ips.as_slice().into();
                 match peers.iter_mut().find(|p| p.public_key == key) {
                     Some(p) => {
                         p.name = name;
                         p.allowed_ips = allowed_ips;
                         if let Some(e) = peer.endpoint {
-                            p.endpoint = Some(e.to_string());
+                            p.endpoint = Some(e);
                         }
                     }
-                    None => peers.push(PeerReport {
+                    None => peers.push(ServedPeer {
                         name,
                         public_key: key,
-                        endpoint: peer.endpoint.map(|e| e.to_string()),
+                        endpoint: peer.endpoint,
                         allowed_ips,
                         last_handshake_unix: None,
                         last_handshake_secs_ago: None,
@@ -335,10 +335,10 @@ fn patch_report(
 
 /// The peer list of `slot`'s device in a status report.
 fn peers_of<'a>(
-    first: &'a mut Vec<PeerReport>,
-    second: &'a mut Option<&mut Vec<PeerReport>>,
+    first: &'a mut Vec<ServedPeer>,
+    second: &'a mut Option<&mut Vec<ServedPeer>>,
     slot: Slot,
-) -> Option<&'a mut Vec<PeerReport>> {
+) -> Option<&'a mut Vec<ServedPeer>> {
     if slot == Slot::FIRST {
         Some(first)
     } else {
@@ -390,7 +390,7 @@ mod tests {
             PublicKey::from_bytes([4; 32]),
         );
         let records: BTreeMap<_, _> = [("n3".to_string(), record("n3", k3))].into();
-        let mut report = sample();
+        let mut report: ServedStatus = sample();
         report.second = Some(control::SlotReport {
             interface: "meshd1".into(),
             ifindex: 8,
@@ -409,7 +409,7 @@ mod tests {
         patch_report(&mut report, &steps, &records);
         assert_eq!(report.peers.len(), 1);
         assert_eq!(report.peers[0].name.as_deref(), Some("n3"));
-        assert_eq!(report.peers[0].allowed_ips, vec!["10.244.3.0/24"]);
+        assert_eq!(report.report().peers[0].allowed_ips, vec!["10.244.3.0/24"]);
         let second = &report.second.as_ref().unwrap().peers;
         assert_eq!(second.len(), 1);
         // A key no record holds has no name.

@@ -279,11 +279,10 @@ impl Collector {
             self.lookup.peers = status
                 .peers
                 .iter()
-                .filter_map(|p| p.name.clone().map(|name| (name, &p.allowed_ips)))
+                .filter_map(|p| p.name.as_deref().map(|name| (name, &p.allowed_ips)))
                 .flat_map(|(name, ips)| {
                     ips.iter()
-                        .filter_map(|ip| ip.parse().ok())
-                        .map(move |net| (net, name.clone()))
+                        .map(move |net| (*net, name.to_string()))
                         .collect::<Vec<_>>()
                 })
                 .collect();

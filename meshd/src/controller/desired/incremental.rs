@@ -27,6 +27,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use keyexchange::slots::SLOTS;
@@ -79,16 +80,25 @@ impl Settled {
 /// CIDRs, endpoints as host prefixes). The same contests as [`keyexchange::trust::admit`]'s.
 ///
 /// One B-tree of (claim, node) pairs per kind rather than a set per claim: almost every
-/// claim has one holder, and a set of one costs a whole node.
+/// claim has one holder, and a set of one costs a whole node. A record's name is allocated
+/// once ([`Name`]) and shared by all its pairs (at 5,000 nodes, 30,000 pairs).
 #[derive(Debug, Default)]
 struct ClaimIndex {
-    keys: BTreeSet<(PublicKey, String)>,
-    nets: BTreeSet<(IpNet, String)>,
+    keys: BTreeSet<(PublicKey, Name)>,
+    nets: BTreeSet<(IpNet, Name)>,
     /// How many prefixes of each (family, length) `nets` holds: the lengths a prefix
     /// containing a given one can have are looked up, not all 33 or 129.
     lengths: BTreeMap<(bool, u8), usize>,
     /// Node → the nodes it contests a claim with (both ways).
     contested: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// A node's name in the index, shared by all its claims.
+type Name = Arc<str>;
+
+/// The least name: the lower bound of a claim's pairs.
+fn least() -> Name {
+    Name::from("")
 }
 
 /// A record's contestable claims: its keys, and its pod CIDRs and endpoints as prefixes.
@@ -131,15 +141,15 @@ impl ClaimIndex {
     }
 
     /// The nodes holding exactly `net`.
-    fn holders(&self, net: IpNet) -> impl Iterator<Item = &String> {
+    fn holders(&self, net: IpNet) -> impl Iterator<Item = &str> {
         self.nets
-            .range((net, String::new())..)
+            .range((net, least())..)
             .take_while(move |(n, _)| *n == net)
-            .map(|(_, name)| name)
+            .map(|(_, name)| &**name)
     }
 
     /// The nodes holding a prefix that overlaps `net` (contains it or lies in it).
-    fn overlapping(&self, net: IpNet) -> BTreeSet<&String> {
+    fn overlapping(&self, net: IpNet) -> BTreeSet<&str> {
         let mut out = BTreeSet::new();
         let v6 = matches!(net, IpNet::V6(_));
         for &(_, len) in self
@@ -152,7 +162,7 @@ impl ClaimIndex {
             }
         }
         let last = IpNet::new(net.broadcast(), net.max_prefix_len()).unwrap_or(net);
-        for (inner, name) in self.nets.range((net, String::new())..) {
+        for (inner, name) in self.nets.range((net, least())..) {
             if *inner > last {
                 break;
             }
@@ -165,30 +175,31 @@ impl ClaimIndex {
 
     fn insert(&mut self, r: &NodeRecord) {
         let (keys, nets) = claims(r);
+        let name: Name = Name::from(r.name.as_str());
         let mut rivals: BTreeSet<String> = BTreeSet::new();
         for key in keys {
             rivals.extend(
                 self.keys
-                    .range((key, String::new())..)
+                    .range((key, least())..)
                     .take_while(|(k, _)| *k == key)
-                    .filter(|(_, n)| *n != r.name)
-                    .map(|(_, n)| n.clone()),
+                    .filter(|(_, n)| **n != *r.name)
+                    .map(|(_, n)| n.to_string()),
             );
-            self.keys.insert((key, r.name.clone()));
+            self.keys.insert((key, Arc::clone(&name)));
         }
         for net in &nets {
             rivals.extend(
                 self.overlapping(*net)
                     .into_iter()
-                    .filter(|n| **n != r.name)
-                    .cloned(),
+                    .filter(|n| *n != r.name)
+                    .map(str::to_string),
             );
         }
         for net in nets {
             if self.holders(net).next().is_none() {
                 *self.lengths.entry(length_of(net)).or_default() += 1;
             }
-            self.nets.insert((net, r.name.clone()));
+            self.nets.insert((net, Arc::clone(&name)));
         }
         for rival in rivals {
             self.contested
@@ -205,11 +216,12 @@ impl ClaimIndex {
     /// Takes `r`'s claims out (nothing happens for a record that is not in).
     fn remove(&mut self, r: &NodeRecord) {
         let (keys, nets) = claims(r);
+        let name: Name = Name::from(r.name.as_str());
         for key in keys {
-            self.keys.remove(&(key, r.name.clone()));
+            self.keys.remove(&(key, Arc::clone(&name)));
         }
         for net in nets {
-            if self.nets.remove(&(net, r.name.clone())) && self.holders(net).next().is_none() {
+            if self.nets.remove(&(net, Arc::clone(&name))) && self.holders(net).next().is_none() {
                 let length = length_of(net);
                 if let Some(count) = self.lengths.get_mut(&length) {
                     *count -= 1;
@@ -235,8 +247,6 @@ impl ClaimIndex {
 pub struct Standing {
     settled: Settled,
     index: ClaimIndex,
-    /// Every other node's record as this standing last took it in.
-    seen: BTreeMap<String, NodeRecord>,
     /// The refused records, by node.
     refused: BTreeMap<String, Refusal>,
     /// The accepted peers' pod CIDRs, per family (`[IPv4, IPv6]`).
@@ -288,13 +298,18 @@ fn demand(r: &NodeRecord) -> [usize; 2] {
     d
 }
 
+/// The records changed since the last pass (added, changed or removed), each with the record
+/// that pass took in (`None`: it had none). Every other record is as that pass took it, so the
+/// standing keeps no copy of the records.
+pub type Changed = BTreeMap<String, Option<NodeRecord>>;
+
 /// The trusted records' desired state, like [`trusted_within`], from `standing` (the last
-/// pass's, if any) and the names of the records changed since (added, changed or removed).
+/// pass's, if any) and the records changed since ([`Changed`]).
 /// `established` is the memory the last pass left; it becomes the next one. See the module
 /// docs for when the result is brought forward rather than computed in full.
 pub fn trusted_changed(
     standing: Option<Standing>,
-    changed: &BTreeSet<String>,
+    changed: &Changed,
     inputs: &Inputs<'_>,
     policy: &TrustPolicy,
     established: &mut Established,
@@ -307,9 +322,16 @@ pub fn trusted_changed(
         let index = ClaimIndex::of(inputs.records, me, policy);
         return full(index, inputs, policy, established, capacity);
     };
-    let changed: Vec<&String> = changed.iter().filter(|n| **n != me.name).collect();
+    // A record as the last pass took it in (this node's own left out).
+    let was = |name: &String| -> Option<&NodeRecord> {
+        match changed.get(name) {
+            Some(old) => old.as_ref(),
+            None => inputs.records.get(name),
+        }
+    };
+    let changed: Vec<&String> = changed.keys().filter(|n| **n != me.name).collect();
     for name in &changed {
-        if let Some(old) = standing.seen.get(*name) {
+        if let Some(old) = was(name) {
             standing.index.remove(old);
         }
         if let Some(new) = inputs.records.get(*name) {
@@ -339,8 +361,8 @@ pub fn trusted_changed(
         .collect();
     let mut demand_now = standing.demand;
     for (name, verdict) in &verdicts {
-        if standing.seen.contains_key(name) && !standing.refused.contains_key(name) {
-            let was = demand(&standing.seen[name]);
+        if let Some(old) = was(name).filter(|_| !standing.refused.contains_key(name)) {
+            let was = demand(old);
             demand_now = [demand_now[0] - was[0], demand_now[1] - was[1]];
         }
         if let Some(Ok(())) = verdict {
@@ -362,8 +384,8 @@ pub fn trusted_changed(
     // Every old share out before any new one goes in: a claim may pass from one to another.
     let mut scope = Scope::default();
     for (name, _) in &verdicts {
-        if standing.seen.contains_key(name) && !standing.refused.contains_key(name) {
-            let share = share_of(&bare, &standing.seen[name]);
+        if let Some(old) = was(name).filter(|_| !standing.refused.contains_key(name)) {
+            let share = share_of(&bare, old);
             take_out(&mut standing.desired, &share);
             scope.extend_with(&share);
         }
@@ -372,7 +394,6 @@ pub fn trusted_changed(
     for (name, verdict) in verdicts {
         match verdict {
             None => {
-                standing.seen.remove(&name);
                 standing.refused.remove(&name);
                 memory_changed |= established.nodes.remove(&name).is_some();
             }
@@ -386,14 +407,10 @@ pub fn trusted_changed(
                     memory_changed |= established.nodes.get(&node) != Some(&claims);
                     established.nodes.insert(node, claims);
                 }
-                standing.seen.insert(name, r.clone());
             }
             Some(Err(refusal)) => {
                 // A refused node keeps the claims it had established (its record is there).
-                standing.refused.insert(name.clone(), refusal);
-                standing
-                    .seen
-                    .insert(name.clone(), inputs.records[&name].clone());
+                standing.refused.insert(name, refusal);
             }
         }
     }
@@ -443,12 +460,6 @@ fn full(
     let standing = Standing {
         settled: Settled::of(inputs, policy),
         index,
-        seen: inputs
-            .records
-            .iter()
-            .filter(|(n, _)| *n != me)
-            .map(|(n, r)| (n.clone(), r.clone()))
-            .collect(),
         refused: admission
             .refused
             .into_iter()

@@ -170,6 +170,14 @@ fn empty_node() -> Observed {
     }
 }
 
+/// `r` goes into `records`; `changed` keeps the record it replaces (the first change since the
+/// last pass keeps what that pass took in), as the event loop does.
+fn upsert(records: &mut BTreeMap<String, NodeRecord>, changed: &mut Changed, r: NodeRecord) {
+    let name = r.name.clone();
+    let old = records.insert(name.clone(), r);
+    changed.entry(name).or_insert(old);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -190,7 +198,7 @@ proptest! {
         let mut by_full = Established::default();
         let mut by_changes = Established::default();
         let mut standing = None;
-        let mut changed = BTreeSet::new();
+        let mut changed = Changed::new();
         let mut brought_forward = 0;
         // The node as the passes leave it: converged on each desired state in turn.
         let mut node = empty_node();
@@ -198,13 +206,10 @@ proptest! {
         for batch in std::iter::once(Vec::new()).chain(batches) {
             for change in batch {
                 match change {
-                    Ok(r) => {
-                        changed.insert(r.name.clone());
-                        records.insert(r.name.clone(), r);
-                    }
+                    Ok(r) => upsert(&mut records, &mut changed, r),
                     Err(i) => {
-                        changed.insert(NAMES[i].to_string());
-                        records.remove(NAMES[i]);
+                        let old = records.remove(NAMES[i]);
+                        changed.entry(NAMES[i].to_string()).or_insert(old);
                     }
                 }
             }
@@ -261,7 +266,7 @@ fn uncontested_changes_are_brought_forward() {
     records.insert(me.name.clone(), me.clone());
     let mut established = Established::default();
     let mut standing = None;
-    let mut changed: BTreeSet<String> = records.keys().cloned().collect();
+    let mut changed: Changed = records.keys().map(|n| (n.clone(), None)).collect();
     for step in 0..5u8 {
         let inputs = inputs_for(&records, &me, &live, &tunnels_up);
         let (next, how) = trusted_changed(
@@ -280,15 +285,12 @@ fn uncontested_changes_are_brought_forward() {
         assert_eq!(how.computed, want, "step {step}");
         assert_eq!(next.desired().peers[0].peers.len(), records.len() - 1);
         standing = Some(next);
-        let new = node(150 + step);
-        changed.insert(new.name.clone());
-        records.insert(new.name.clone(), new);
+        upsert(&mut records, &mut changed, node(150 + step));
     }
     // A contested claim (a newcomer with an established node's CIDR) is computed in full.
     let mut rival = node(200);
     rival.pod_cidrs = vec!["10.9.1.0/24".parse().unwrap()];
-    changed.insert(rival.name.clone());
-    records.insert(rival.name.clone(), rival);
+    upsert(&mut records, &mut changed, rival);
     let inputs = inputs_for(&records, &me, &live, &tunnels_up);
     let (next, how) = trusted_changed(
         standing,
