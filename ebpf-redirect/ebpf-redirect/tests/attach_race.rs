@@ -4,7 +4,9 @@
 //! while a third thread watches the records. Re-attaching must never leave a moment without
 //! `link_ingress_<veth>` or `link_egress_<veth>` (the daemon's pass and the plugin read them:
 //! a record missing for an instant was the `cni_scale` flake), and afterwards the records and
-//! the attached programs agree. A veth in a namespace the test creates; nothing is sent.
+//! the attached programs agree, also when the two attach different programs (a plugin started
+//! before a meshd upgrade holds the old one). A veth in a namespace the test creates; nothing
+//! is sent.
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
@@ -142,4 +144,68 @@ fn concurrent_plugin_and_daemon_attachments_never_leave_a_veth_without_its_recor
         .unwrap()
         .unwrap();
     assert_eq!(records_present(&fx.pin_dir), (false, false));
+}
+
+/// The id of the program pinned at `path`.
+fn pinned_prog_id(path: &Path) -> u32 {
+    aya::programs::ProgramInfo::from_pin(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .id()
+}
+
+#[test]
+fn whoever_attaches_last_is_recorded_even_with_a_different_program() {
+    testkit::require_root();
+    testkit::require_tool("ip");
+    let fx = Fixture {
+        netns: NetnsGuard::new(&unique_name("ar", "last")).unwrap(),
+        pin_dir: PathBuf::from(format!(
+            "/sys/fs/bpf/ebpf-redirect-attach-last-{}",
+            std::process::id()
+        )),
+    };
+    let ns = fx.netns.name().to_string();
+    ipn(&ns, &format!("link add {VETH} type veth peer name arace1"));
+    let old = Datapath::load(&fx.pin_dir).expect("load");
+    // A plugin started before the upgrade holds the old programs ...
+    let mut plugin = PodDatapath::open(&fx.pin_dir).unwrap();
+    drop(old);
+    // ... and the upgraded meshd loads new ones over the same pins.
+    let mut dp = Datapath::load(&fx.pin_dir).expect("reload");
+    let prog = |name: &str| pinned_prog_id(&fx.pin_dir.join(format!("prog_{name}")));
+    let (new_from_pod, new_to_pod) = (prog("from_pod"), prog("to_pod"));
+    let mut mismatches = Vec::new();
+    for round in 0..300 {
+        std::thread::scope(|s| {
+            let cni = s.spawn(|| {
+                testkit::netns::within(&ns, || plugin.attach_pod(VETH))
+                    .unwrap()
+                    .unwrap()
+            });
+            testkit::netns::within(&ns, || {
+                dp.attach_to_pod(VETH).unwrap();
+                dp.attach_from_pod(VETH).unwrap();
+            })
+            .unwrap();
+            cni.join().unwrap();
+        });
+        let (from_pod_new, to_pod_new) = testkit::netns::within(&ns, || {
+            (
+                dp.from_pod_attached(VETH).unwrap() == Some(true),
+                dp.to_pod_attached(VETH).unwrap(),
+            )
+        })
+        .unwrap();
+        let (_, egress) = records_present(&fx.pin_dir);
+        assert!(egress);
+        let ingress_id = pinned_prog_id(&fx.pin_dir.join(format!("link_ingress_{VETH}")));
+        let egress_id = pinned_prog_id(&fx.pin_dir.join(format!("link_egress_{VETH}")));
+        if (ingress_id == new_from_pod) != from_pod_new || (egress_id == new_to_pod) != to_pod_new {
+            mismatches.push(round);
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "the record and the attached program disagreed after rounds {mismatches:?}"
+    );
 }
