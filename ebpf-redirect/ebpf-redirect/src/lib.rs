@@ -65,7 +65,7 @@ mod verdicts;
 pub use carry::Resized;
 pub use flows::FlowMaps;
 pub use framing::LinkFraming;
-pub use pod::{PodDatapath, PodSource};
+pub use pod::{forget_pod_records, PodDatapath, PodSource};
 use pod::{PodProgram, SourceMaps};
 pub use sizes::{MapSizes, DEFAULT_CIDRS_PER_NODE, DEFAULT_MAX_NODES};
 

@@ -113,6 +113,23 @@ pub(crate) fn detach(pin_dir: &Path, ifname: &str, hook: Hook) -> Result<()> {
     records::remove(&record)
 }
 
+/// Drops both records of `ifname` if the interface is gone, under the records' lock. A pod's
+/// DEL calls it after deleting the host veth: an attacher (the daemon's backstop) that
+/// attached between the DEL's detach and the deletion recorded the veth again. After this no
+/// attacher can record it (attaching to a deleted interface fails before its record). A veth
+/// that still exists (owned by another pod) keeps its records.
+pub fn forget_pod_records(pin_dir: &Path, ifname: &str) -> Result<()> {
+    let _records = records::lock(pin_dir)?;
+    match cls_bpf::ifindex(ifname) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            records::remove(&records::ingress(pin_dir, ifname))?;
+            records::remove(&records::egress(pin_dir, ifname))
+        }
+        Err(e) => Err(tc_error("looking up", ifname)(e)),
+    }
+}
+
 /// Whether the program `prog` is meshd's filter on `hook` of `ifname` (false when the
 /// interface is gone).
 pub(crate) fn attached(prog: BorrowedFd<'_>, ifname: &str, hook: Hook) -> Result<bool> {

@@ -5,7 +5,8 @@
 //! `link_ingress_<veth>` or `link_egress_<veth>` (the daemon's pass and the plugin read them:
 //! a record missing for an instant was the `cni_scale` flake), and afterwards the records and
 //! the attached programs agree, also when the two attach different programs (a plugin started
-//! before a meshd upgrade holds the old one). A veth in a namespace the test creates; nothing
+//! before a meshd upgrade holds the old one). A DEL racing the daemon's attachment leaves no
+//! record of the deleted veth behind. A veth in a namespace the test creates; nothing
 //! is sent.
 #![allow(clippy::unwrap_used)]
 
@@ -13,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use ebpf_redirect::{remove_pins, Datapath, PodDatapath, TcAttachType};
+use ebpf_redirect::{forget_pod_records, remove_pins, Datapath, PodDatapath, TcAttachType};
 use testkit::{unique_name, NetnsGuard};
 
 /// Rounds of each attacher.
@@ -207,5 +208,57 @@ fn whoever_attaches_last_is_recorded_even_with_a_different_program() {
     assert!(
         mismatches.is_empty(),
         "the record and the attached program disagreed after rounds {mismatches:?}"
+    );
+}
+
+#[test]
+fn a_del_racing_the_backstop_leaves_no_record_of_the_deleted_veth() {
+    testkit::require_root();
+    testkit::require_tool("ip");
+    let fx = Fixture {
+        netns: NetnsGuard::new(&unique_name("ar", "del")).unwrap(),
+        pin_dir: PathBuf::from(format!(
+            "/sys/fs/bpf/ebpf-redirect-attach-del-{}",
+            std::process::id()
+        )),
+    };
+    let ns = fx.netns.name().to_string();
+    let mut dp = Datapath::load(&fx.pin_dir).expect("load");
+    let mut plugin = PodDatapath::open(&fx.pin_dir).unwrap();
+    let mut left = Vec::new();
+    for round in 0..40 {
+        ipn(&ns, &format!("link add {VETH} type veth peer name arace1"));
+        testkit::netns::within(&ns, || plugin.attach_pod(VETH))
+            .unwrap()
+            .unwrap();
+        std::thread::scope(|s| {
+            // The daemon's backstop re-attaches while the DEL runs (and fails, harmlessly,
+            // once the veth is gone).
+            let daemon = s.spawn(|| {
+                testkit::netns::within(&ns, || {
+                    for _ in 0..20 {
+                        let _ = dp.attach_to_pod(VETH);
+                        let _ = dp.attach_from_pod(VETH);
+                    }
+                })
+                .unwrap()
+            });
+            // The DEL: detach, delete the veth, drop what was recorded meanwhile.
+            testkit::netns::within(&ns, || plugin.detach_pod(VETH))
+                .unwrap()
+                .unwrap();
+            ipn(&ns, &format!("link del {VETH}"));
+            testkit::netns::within(&ns, || forget_pod_records(&fx.pin_dir, VETH))
+                .unwrap()
+                .unwrap();
+            daemon.join().unwrap();
+        });
+        if records_present(&fx.pin_dir) != (false, false) {
+            left.push(round);
+        }
+    }
+    assert!(
+        left.is_empty(),
+        "records of the deleted veth left after rounds {left:?}"
     );
 }

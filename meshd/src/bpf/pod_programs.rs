@@ -31,6 +31,27 @@ pub(super) fn attachments_done(
     Ok(done)
 }
 
+/// Whether `program` was attached to `veth` (`attached` is the attempt): an attempt that
+/// failed because the veth is gone now is `false`, not an error.
+fn attached_unless_gone(
+    program: &'static str,
+    veth: &str,
+    attached: Result<(), ebpf_redirect::Error>,
+) -> Result<bool, BpfError> {
+    match attached {
+        Ok(()) => Ok(true),
+        Err(err) if !interface_exists(veth) => {
+            tracing::debug!(%veth, %err, program, "the pod's veth went while attaching (a DEL): skipped");
+            Ok(false)
+        }
+        Err(source) => Err(BpfError::Attach {
+            program,
+            interface: veth.to_string(),
+            source: Box::new(source),
+        }),
+    }
+}
+
 impl Bpf {
     /// The local-pod maps now.
     pub fn locals(&self) -> Result<BTreeSet<IpAddr>, BpfError> {
@@ -65,16 +86,13 @@ impl Bpf {
         })
     }
 
-    /// Attach `from_pod` to a pod's host veth (replacing an attachment atomically).
+    /// Attach `from_pod` to a pod's host veth (replacing an attachment atomically). A veth
+    /// deleted meanwhile (a DEL racing the pass) is skipped: nothing is left to attach to.
     pub fn attach_from_pod(&mut self, veth: &str) -> Result<(), BpfError> {
-        self.dp
-            .attach_from_pod(veth)
-            .map_err(|source| BpfError::Attach {
-                program: ebpf_redirect::PROG_FROM_POD,
-                interface: veth.to_string(),
-                source: Box::new(source),
-            })?;
-        self.pods.insert(veth.to_string());
+        let attached = self.dp.attach_from_pod(veth);
+        if attached_unless_gone(ebpf_redirect::PROG_FROM_POD, veth, attached)? {
+            self.pods.insert(veth.to_string());
+        }
         Ok(())
     }
 
@@ -142,16 +160,13 @@ impl Bpf {
         attachments_done(veths, &self.to_pods, |veth| self.dp.to_pod_attached(veth))
     }
 
-    /// Attach `to_pod` to a pod's host veth (replacing an attachment atomically).
+    /// Attach `to_pod` to a pod's host veth (replacing an attachment atomically); a veth
+    /// deleted meanwhile is skipped.
     pub fn attach_to_pod(&mut self, veth: &str) -> Result<(), BpfError> {
-        self.dp
-            .attach_to_pod(veth)
-            .map_err(|source| BpfError::Attach {
-                program: ebpf_redirect::PROG_TO_POD,
-                interface: veth.to_string(),
-                source: Box::new(source),
-            })?;
-        self.to_pods.insert(veth.to_string());
+        let attached = self.dp.attach_to_pod(veth);
+        if attached_unless_gone(ebpf_redirect::PROG_TO_POD, veth, attached)? {
+            self.to_pods.insert(veth.to_string());
+        }
         Ok(())
     }
 }
