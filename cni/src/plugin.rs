@@ -82,6 +82,9 @@ fn dispatch(get: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<String
                 redirect::detach(pin_dir, &host_veth_name(&id, &ifname), &addrs)?;
             }
             datapath::del(&id, &ifname)?;
+            if let Some(pin_dir) = &conf.bpf_pin_dir {
+                redirect::forget_deleted(pin_dir, &host_veth_name(&id, &ifname))?;
+            }
             ipam.release(&id, Some(&ifname))?;
             Ok(String::new())
         }
@@ -169,6 +172,7 @@ fn add(env: &Env, conf: &NetConf, id: &str, ifname: &str) -> Result<String, CniE
         if let Err(e) = redirect::attach(pin_dir, &host, &addrs, redirect, added.replaced) {
             let _ = redirect::detach(pin_dir, &host, &addrs);
             let _ = datapath::del(id, ifname);
+            let _ = redirect::forget_deleted(pin_dir, &host);
             let _ = ipam.release(id, Some(ifname));
             return Err(e);
         }
@@ -302,6 +306,9 @@ fn gc(conf: &NetConf) -> Result<(), CniError> {
             redirect::detach(pin_dir, &host_veth_name(id, ifname), &addrs)?;
         }
         datapath::del(id, ifname)?;
+        if let Some(pin_dir) = &conf.bpf_pin_dir {
+            redirect::forget_deleted(pin_dir, &host_veth_name(id, ifname))?;
+        }
     }
     ipam.gc_since(&valid, Some(started))?;
     Ok(())

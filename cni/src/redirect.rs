@@ -105,6 +105,18 @@ pub fn detach(pin_dir: &Path, host_veth: &str, addrs: &[IpAddr]) -> Result<(), C
     )))
 }
 
+/// After DEL deleted `host_veth`: drop its records, which the daemon's backstop may have
+/// written again between [`detach`] and the deletion (nothing when the datapath is gone, or
+/// the veth still exists because another pod owns it).
+pub fn forget_deleted(pin_dir: &Path, host_veth: &str) -> Result<(), CniError> {
+    if !pin_dir.exists() {
+        return Ok(());
+    }
+    ebpf_redirect::forget_pod_records(pin_dir, host_veth).map_err(io(format!(
+        "dropping the attachment records of the deleted {host_veth}"
+    )))
+}
+
 /// CHECK: `addrs` are in the local-pod map and, with `redirect`, `from_pod` runs on
 /// `host_veth` (asking the kernel).
 pub fn check(

@@ -13,19 +13,22 @@
 //! pure plan (`crate::controller::plan`); this module carries out one step at a time.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use ebpf_redirect::{
-    ClusterMarker, Datapath, MapSizes, Mode, TcAttachType, Verdict, CLUSTER_CONFIGURED,
-    CLUSTER_LEARNED,
-};
-
-/// `to_pod` and the source map: the pod programs' part added with source validation.
-mod pod_programs;
+use ebpf_redirect::{Datapath, MapSizes, Mode};
 use ipnet::IpNet;
-use pod_programs::attachments_done;
-use serde::{Deserialize, Serialize};
+
+/// The guard's cluster map: configured and learned cluster CIDRs.
+mod clusters;
+/// The guard's attachments to the underlay and the other ways out.
+mod guard;
+/// The pods' part: local-pod and source maps, `from_pod` and `to_pod` on host veths.
+mod pod_programs;
+/// The verdict counters and the datapath's status report.
+mod report;
+
+pub use clusters::{cluster_plan, learn_plan};
+pub use report::{DatapathReport, VerdictCounters};
 
 /// Default bpffs directory for meshd's pins.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/meshd";
@@ -91,80 +94,6 @@ pub fn program_mode(encryption: Encryption, strict: bool) -> Mode {
         (Encryption::Enabled, true) => Mode::Enforce,
         _ => Mode::Permissive,
     }
-}
-
-/// The verdict counters, summed over CPUs.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct VerdictCounters {
-    /// Pod packets redirected into the tunnel.
-    pub redirected: u64,
-    /// Pod packets to a local pod, left to the kernel.
-    pub local: u64,
-    /// Pod packets to anything else, passed to the stack.
-    pub passed: u64,
-    /// Cluster packets dropped at the underlay by strict mode.
-    pub strict_drops: u64,
-    /// Cluster packets strict mode would have dropped (permissive).
-    pub would_drops: u64,
-    /// Pod packets dropped by `from_pod` because their source is not the pod's address on
-    /// that interface (absent from an older meshd's report: 0).
-    #[serde(default)]
-    pub spoofed: u64,
-    /// Pod packets dropped by the sending pod's egress policy.
-    #[serde(default)]
-    pub policy_denied_egress: u64,
-    /// Packets dropped by the receiving pod's ingress policy.
-    #[serde(default)]
-    pub policy_denied_ingress: u64,
-}
-
-impl From<[u64; ebpf_redirect::VERDICT_COUNT as usize]> for VerdictCounters {
-    fn from(c: [u64; ebpf_redirect::VERDICT_COUNT as usize]) -> Self {
-        VerdictCounters {
-            redirected: c[Verdict::Redirect as usize],
-            local: c[Verdict::Local as usize],
-            passed: c[Verdict::Pass as usize],
-            strict_drops: c[Verdict::StrictDrop as usize],
-            would_drops: c[Verdict::WouldDrop as usize],
-            spoofed: c[Verdict::Spoofed as usize],
-            policy_denied_egress: c[Verdict::PolicyDeniedEgress as usize],
-            policy_denied_ingress: c[Verdict::PolicyDeniedIngress as usize],
-        }
-    }
-}
-
-/// The datapath as `meshctl status` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct DatapathReport {
-    /// bpffs directory holding the pins.
-    pub pin_dir: String,
-    /// `enforce` (strict drops) or `permissive` (would-drops only).
-    #[serde(with = "crate::mode::underlay_mode_name")]
-    pub underlay_mode: Mode,
-    /// The underlay interface carrying `underlay_egress`.
-    pub underlay_interface: String,
-    /// Whether `underlay_egress` is attached to every guarded interface right now (`None`:
-    /// the kernel cannot say).
-    pub underlay_attached: Option<bool>,
-    /// Every interface carrying `underlay_egress`: the underlay, `--guard-interface`s and
-    /// the interfaces holding a default route.
-    #[serde(default)]
-    pub guarded_interfaces: Vec<String>,
-    /// `tcx` (kernel >= 6.6, pinned links) or `netlink` (clsact filters).
-    pub attach: crate::mode::Attachment,
-    /// Remote pod CIDRs redirected into the tunnel.
-    pub remote_cidrs: Vec<String>,
-    /// Cluster CIDRs strict mode guards.
-    pub cluster_cidrs: Vec<String>,
-    /// Local pod addresses.
-    pub local_pods: usize,
-    /// Pod interfaces carrying `from_pod`.
-    pub pod_interfaces: usize,
-    /// Entries of the source map: (pod veth, address) pairs `from_pod` lets through.
-    #[serde(default)]
-    pub pod_sources: usize,
-    /// Verdict counters.
-    pub counters: VerdictCounters,
 }
 
 /// Handle on the loaded datapath.
@@ -354,74 +283,6 @@ impl Bpf {
             .map_err(map_err("setting the mesh mark"))
     }
 
-    fn cluster_entries(&self) -> Result<BTreeMap<IpNet, ClusterMarker>, BpfError> {
-        Ok(self
-            .dp
-            .cluster_entries()
-            .map_err(map_err("reading cluster CIDRs"))?
-            .into_iter()
-            .collect())
-    }
-
-    fn set_clusters(&mut self, set: Vec<(IpNet, ClusterMarker)>) -> Result<(), BpfError> {
-        for (cidr, marker) in set {
-            self.dp
-                .set_cluster_marked(cidr, marker)
-                .map_err(map_err(format!("adding cluster CIDR {cidr}")))?;
-        }
-        Ok(())
-    }
-
-    /// Bring the configured cluster CIDRs to `clusters`; learned ones stay (see
-    /// [`cluster_plan`]).
-    fn sync_clusters(&mut self, clusters: &[IpNet]) -> Result<(), BpfError> {
-        let configured: BTreeSet<IpNet> = clusters.iter().map(IpNet::trunc).collect();
-        let (remove, set) = cluster_plan(&configured, &self.cluster_entries()?);
-        self.set_clusters(set)?;
-        for cidr in remove {
-            self.dp
-                .remove_cluster(cidr)
-                .map_err(map_err(format!("removing cluster CIDR {cidr}")))?;
-        }
-        Ok(())
-    }
-
-    /// The CIDRs in the guard's cluster map (configured and learned).
-    pub fn cluster_cidrs(&self) -> Result<BTreeSet<IpNet>, BpfError> {
-        Ok(self.cluster_entries()?.into_keys().collect())
-    }
-
-    /// The guard's cluster map, each CIDR with whether it was learned (a peer's pod CIDR)
-    /// rather than configured.
-    pub fn cluster_learned(&self) -> Result<BTreeMap<IpNet, bool>, BpfError> {
-        Ok(self
-            .cluster_entries()?
-            .into_iter()
-            .map(|(c, m)| (c, m == CLUSTER_LEARNED))
-            .collect())
-    }
-
-    /// Remove `cidr` from the guard's cluster map (an absent one is not an error).
-    pub fn unguard_cidr(&mut self, cidr: IpNet) -> Result<(), BpfError> {
-        self.dp
-            .remove_cluster(cidr)
-            .map_err(map_err(format!("removing cluster CIDR {cidr}")))
-    }
-
-    /// Guard `cidr` (a peer's pod CIDR) from now on, for as long as the pinned maps live: once
-    /// its peer is gone, its traffic is dropped, not sent in clear, even where
-    /// `--cluster-cidr` does not cover it (it is removed only once no record claims it and a
-    /// configured cluster CIDR covers it: `controller::guard::prunable`). A CIDR already
-    /// there is left as it is.
-    /// One map update whatever the map holds (not a read of the whole map per CIDR: at
-    /// thousands of peers that made a pass quadratic).
-    pub fn guard_cidr(&mut self, cidr: IpNet) -> Result<(), BpfError> {
-        self.dp
-            .learn_cluster(cidr)
-            .map_err(map_err(format!("adding cluster CIDR {cidr}")))?;
-        Ok(())
-    }
-
     /// The remote-CIDR maps now: CIDR → tunnel ifindex.
     pub fn remotes(&self) -> Result<BTreeMap<IpNet, u32>, BpfError> {
         Ok(self
@@ -444,219 +305,6 @@ impl Bpf {
         self.dp
             .remove_remote(cidr)
             .map_err(map_err(format!("removing remote CIDR {cidr}")))
-    }
-
-    /// The local-pod maps now.
-    pub fn locals(&self) -> Result<BTreeSet<IpAddr>, BpfError> {
-        Ok(self
-            .dp
-            .locals()
-            .map_err(map_err("reading local pods"))?
-            .into_iter()
-            .collect())
-    }
-
-    /// Add a local pod's address to the local-pod maps.
-    pub fn add_local(&mut self, ip: IpAddr) -> Result<(), BpfError> {
-        self.dp
-            .add_local(ip)
-            .map_err(map_err(format!("adding local pod {ip}")))
-    }
-
-    /// Remove an address from the local-pod maps.
-    pub fn remove_local(&mut self, ip: IpAddr) -> Result<(), BpfError> {
-        self.dp
-            .remove_local(ip)
-            .map_err(map_err(format!("removing local pod {ip}")))
-    }
-
-    /// The interfaces of `veths` that need no `from_pod` attachment: gone, or attached by
-    /// this meshd and still attached. After a start none is, so every attachment is renewed,
-    /// which swaps a restarted meshd's freshly loaded program in atomically.
-    pub fn from_pod_done(&self, veths: &BTreeSet<String>) -> Result<BTreeSet<String>, BpfError> {
-        attachments_done(veths, &self.pods, |veth| {
-            Ok(self.dp.from_pod_attached(veth)? != Some(false))
-        })
-    }
-
-    /// Attach `from_pod` to a pod's host veth (replacing an attachment atomically).
-    pub fn attach_from_pod(&mut self, veth: &str) -> Result<(), BpfError> {
-        self.dp
-            .attach_from_pod(veth)
-            .map_err(|source| BpfError::Attach {
-                program: ebpf_redirect::PROG_FROM_POD,
-                interface: veth.to_string(),
-                source: Box::new(source),
-            })?;
-        self.pods.insert(veth.to_string());
-        Ok(())
-    }
-
-    /// Remember `veths` as the pod interfaces carrying `from_pod` (the status counts them).
-    pub fn record_pod_interfaces(&mut self, veths: &BTreeSet<String>) {
-        self.pods = veths.clone();
-        self.to_pods = veths.clone();
-    }
-
-    /// Interfaces with a pinned link that no longer exist (a pod deleted without a CNI DEL).
-    pub fn stale_links(&self) -> Result<BTreeSet<String>, BpfError> {
-        let mut out = BTreeSet::new();
-        for attach in [TcAttachType::Ingress, TcAttachType::Egress] {
-            let pinned = self
-                .dp
-                .pinned_links(attach)
-                .map_err(map_err("listing pinned links"))?;
-            out.extend(pinned.into_iter().filter(|i| !interface_exists(i)));
-        }
-        Ok(out)
-    }
-
-    /// Remove the pinned links of interfaces that are gone. Returns how many went.
-    pub fn collect_stale_links(&mut self) -> Result<usize, BpfError> {
-        let gone = self
-            .dp
-            .gc_links()
-            .map_err(map_err("collecting stale links"))?;
-        if !gone.is_empty() {
-            tracing::info!(?gone, "removed links of deleted interfaces");
-        }
-        Ok(gone.len())
-    }
-
-    /// The interfaces of the underlay and `others` that need no guard attachment: guarded
-    /// now, or (besides the underlay) not to be asked about (gone, or the query failed).
-    pub fn guarded_interfaces(
-        &self,
-        others: &BTreeSet<String>,
-    ) -> Result<BTreeSet<String>, BpfError> {
-        let mut out = BTreeSet::new();
-        for ifname in std::iter::once(&self.underlay).chain(others) {
-            match self.dp.underlay_egress_attached(ifname) {
-                Ok(Some(true)) => {
-                    out.insert(ifname.clone());
-                }
-                Ok(_) => {}
-                Err(_) if *ifname != self.underlay => {
-                    out.insert(ifname.clone());
-                }
-                Err(e) => return Err(map_err(format!("querying {ifname}"))(e)),
-            }
-        }
-        Ok(out)
-    }
-
-    /// Attach the guard (`underlay_egress`, or `underlay_egress_ip` on a link without a
-    /// link-layer header) to `ifname`. The underlay's attachment is required; another
-    /// interface that is gone is skipped, one whose link type the guard cannot parse is
-    /// reported and skipped. Returns whether it was attached.
-    pub fn attach_guard(&mut self, ifname: &str) -> Result<bool, BpfError> {
-        match self.dp.attach_underlay_egress(ifname) {
-            Ok(framing) => {
-                tracing::debug!(interface = %ifname, %framing, "guard attached");
-                Ok(true)
-            }
-            Err(_) if ifname != self.underlay && !interface_exists(ifname) => Ok(false),
-            Err(err @ ebpf_redirect::Error::UnsupportedLink { .. }) if ifname != self.underlay => {
-                tracing::warn!(%err, "a way out of the node the guard cannot parse stays unguarded");
-                Ok(false)
-            }
-            Err(source) => Err(BpfError::Attach {
-                program: ebpf_redirect::PROG_UNDERLAY_EGRESS,
-                interface: ifname.to_string(),
-                source: Box::new(source),
-            }),
-        }
-    }
-
-    /// Remember which of `others` carry the guard now (the existing ones).
-    pub fn record_guarded(&mut self, others: &BTreeSet<String>) {
-        let underlay = self.underlay.clone();
-        self.guarded = others
-            .iter()
-            .filter(|i| **i != underlay && guardable(i))
-            .cloned()
-            .collect();
-    }
-
-    /// Make sure `underlay_egress` is attached to the underlay and to every interface of
-    /// `others` that exists (someone may have removed it; an interface may be new). Returns
-    /// the interfaces where it had to be attached anew.
-    pub fn ensure_guards(&mut self, others: &BTreeSet<String>) -> Result<Vec<String>, BpfError> {
-        let guarded = self.guarded_interfaces(others)?;
-        let mut attached_now = Vec::new();
-        let underlay = self.underlay.clone();
-        for ifname in std::iter::once(&underlay).chain(others.iter().filter(|i| **i != underlay)) {
-            if !guarded.contains(ifname) && self.attach_guard(ifname)? {
-                attached_now.push(ifname.clone());
-            }
-        }
-        self.record_guarded(others);
-        Ok(attached_now)
-    }
-
-    /// Whether `others` (see [`Bpf::ensure_guards`]) holds an existing interface not guarded
-    /// yet: a new way out of the node.
-    pub fn unguarded(&self, others: &BTreeSet<String>) -> bool {
-        others
-            .iter()
-            .any(|i| *i != self.underlay && !self.guarded.contains(i) && guardable(i))
-    }
-
-    /// The verdict counters.
-    pub fn counters(&self) -> Result<VerdictCounters, BpfError> {
-        Ok(self
-            .dp
-            .counters()
-            .map_err(map_err("reading counters"))?
-            .into())
-    }
-
-    /// The datapath for `meshctl status`.
-    pub fn report(&self) -> Result<DatapathReport, BpfError> {
-        let mut remote_cidrs: Vec<String> = self
-            .dp
-            .remotes()
-            .map_err(map_err("reading remote CIDRs"))?
-            .into_iter()
-            .map(|(c, _)| c.to_string())
-            .collect();
-        remote_cidrs.sort();
-        let mut cluster_cidrs: Vec<String> = self
-            .dp
-            .clusters()
-            .map_err(map_err("reading cluster CIDRs"))?
-            .into_iter()
-            .map(|c| c.to_string())
-            .collect();
-        cluster_cidrs.sort();
-        Ok(DatapathReport {
-            pin_dir: self.dp.pin_dir().display().to_string(),
-            underlay_mode: self.mode,
-            underlay_interface: self.underlay.clone(),
-            underlay_attached: std::iter::once(&self.underlay)
-                .chain(&self.guarded)
-                .map(|i| self.dp.underlay_egress_attached(i).unwrap_or(None))
-                .try_fold(true, |all, a| a.map(|a| all && a)),
-            guarded_interfaces: std::iter::once(&self.underlay)
-                .chain(&self.guarded)
-                .cloned()
-                .collect(),
-            attach: crate::mode::Attachment::of_this_kernel(),
-            remote_cidrs,
-            cluster_cidrs,
-            local_pods: self
-                .dp
-                .locals()
-                .map_err(map_err("reading local pods"))?
-                .len(),
-            pod_interfaces: self.pods.len(),
-            pod_sources: self
-                .dp
-                .sources()
-                .map_err(map_err("reading the source map"))?
-                .len(),
-            counters: self.counters()?,
-        })
     }
 
     /// `--cleanup`: detach everything meshd attached and remove every pin.
@@ -684,137 +332,10 @@ fn interface_exists(name: &str) -> bool {
     nix::net::if_::if_nametoindex(name).is_ok()
 }
 
-/// Whether `name` exists and has a link type the guard can parse.
-fn guardable(name: &str) -> bool {
-    match ebpf_redirect::Datapath::link_framing(name) {
-        Ok(_) => true,
-        Err(ebpf_redirect::Error::UnsupportedLink { .. }) => false,
-        Err(_) => interface_exists(name),
-    }
-}
-
-/// What to do to the cluster map for the configured CIDRs `configured`, given what it holds:
-/// configured entries no longer configured go; learned entries stay (a peer's pod CIDR stays
-/// guarded after the peer is gone); configured CIDRs are set, re-marked configured if they
-/// were learned. Returns (remove, set).
-pub fn cluster_plan(
-    configured: &BTreeSet<IpNet>,
-    present: &BTreeMap<IpNet, ClusterMarker>,
-) -> (Vec<IpNet>, Vec<(IpNet, ClusterMarker)>) {
-    let remove = present
-        .iter()
-        .filter(|(c, m)| **m != CLUSTER_LEARNED && !configured.contains(*c))
-        .map(|(c, _)| *c)
-        .collect();
-    let set = configured
-        .iter()
-        .filter(|c| present.get(*c) != Some(&CLUSTER_CONFIGURED))
-        .map(|c| (*c, CLUSTER_CONFIGURED))
-        .collect();
-    (remove, set)
-}
-
-/// The learned entries to add so that every CIDR of `cidrs` is in the cluster map (a CIDR
-/// already there, configured or learned, is left as it is).
-pub fn learn_plan<'a>(
-    cidrs: impl IntoIterator<Item = &'a IpNet>,
-    present: &BTreeMap<IpNet, ClusterMarker>,
-) -> Vec<(IpNet, ClusterMarker)> {
-    cidrs
-        .into_iter()
-        .map(IpNet::trunc)
-        .filter(|c| !present.contains_key(c))
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .map(|c| (c, CLUSTER_LEARNED))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-
-    fn net(s: &str) -> IpNet {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn configured_cluster_cidrs_follow_the_configuration_and_learned_ones_stay() {
-        let present: BTreeMap<IpNet, ClusterMarker> = [
-            (net("10.244.0.0/16"), CLUSTER_CONFIGURED),
-            (net("10.96.0.0/12"), CLUSTER_CONFIGURED),
-            (net("10.245.3.0/24"), CLUSTER_LEARNED),
-            (net("fd00:244:0:3::/64"), CLUSTER_LEARNED),
-        ]
-        .into();
-        let configured: BTreeSet<IpNet> = [
-            net("10.244.0.0/16"),
-            net("fd00:244:0:3::/64"),
-            net("fd00:245::/48"),
-        ]
-        .into();
-        let (remove, set) = cluster_plan(&configured, &present);
-        assert_eq!(
-            remove,
-            vec![net("10.96.0.0/12")],
-            "only the unconfigured configured one"
-        );
-        assert_eq!(
-            set,
-            vec![
-                (net("fd00:244:0:3::/64"), CLUSTER_CONFIGURED),
-                (net("fd00:245::/48"), CLUSTER_CONFIGURED),
-            ],
-            "new configured CIDRs, and a learned one re-marked"
-        );
-        let after: BTreeMap<IpNet, ClusterMarker> = [
-            (net("10.244.0.0/16"), CLUSTER_CONFIGURED),
-            (net("10.245.3.0/24"), CLUSTER_LEARNED),
-            (net("fd00:244:0:3::/64"), CLUSTER_CONFIGURED),
-            (net("fd00:245::/48"), CLUSTER_CONFIGURED),
-        ]
-        .into();
-        assert_eq!(
-            cluster_plan(&configured, &after),
-            (vec![], vec![]),
-            "in step"
-        );
-        // Nothing configured: the learned entries are still the guard.
-        let (remove, set) = cluster_plan(&BTreeSet::new(), &after);
-        assert_eq!(
-            remove,
-            vec![
-                net("10.244.0.0/16"),
-                net("fd00:244:0:3::/64"),
-                net("fd00:245::/48")
-            ]
-        );
-        assert!(set.is_empty());
-    }
-
-    #[test]
-    fn peers_pod_cidrs_are_learned_once_and_never_over_a_configured_entry() {
-        let present: BTreeMap<IpNet, ClusterMarker> = [
-            (net("10.244.1.0/24"), CLUSTER_CONFIGURED),
-            (net("10.244.2.0/24"), CLUSTER_LEARNED),
-        ]
-        .into();
-        let remotes = [
-            net("10.244.1.0/24"),
-            net("10.244.2.0/24"),
-            net("10.244.3.7/24"),
-            net("fd00:244:0:3::/64"),
-        ];
-        assert_eq!(
-            learn_plan(&remotes, &present),
-            vec![
-                (net("10.244.3.0/24"), CLUSTER_LEARNED),
-                (net("fd00:244:0:3::/64"), CLUSTER_LEARNED),
-            ]
-        );
-        assert!(learn_plan(&remotes[..2], &present).is_empty());
-    }
 
     #[test]
     fn strict_only_when_enabled_and_strict() {
@@ -822,39 +343,6 @@ mod tests {
         assert_eq!(program_mode(Encryption::Enabled, false), Mode::Permissive);
         assert_eq!(program_mode(Encryption::Permissive, true), Mode::Permissive);
         assert_eq!(program_mode(Encryption::Disabled, true), Mode::Permissive);
-    }
-
-    #[test]
-    fn counters_map_by_verdict_index() {
-        let c = VerdictCounters::from([1, 2, 3, 4, 5, 6, 7, 8]);
-        assert_eq!(
-            (c.spoofed, c.policy_denied_egress, c.policy_denied_ingress),
-            (6, 7, 8)
-        );
-        let json = serde_json::to_value(c).unwrap();
-        for (name, value) in [
-            ("spoofed", 6),
-            ("policy_denied_egress", 7),
-            ("policy_denied_ingress", 8),
-        ] {
-            assert_eq!(json[name], value, "{name}");
-        }
-        // An older meshd's report (five counters) still reads.
-        let old: VerdictCounters = serde_json::from_str(
-            r#"{"redirected":1,"local":2,"passed":3,"strict_drops":4,"would_drops":5}"#,
-        )
-        .unwrap();
-        assert_eq!((old.would_drops, old.spoofed), (5, 0));
-        assert_eq!(
-            (
-                c.redirected,
-                c.local,
-                c.passed,
-                c.strict_drops,
-                c.would_drops
-            ),
-            (1, 2, 3, 4, 5)
-        );
     }
 
     #[test]

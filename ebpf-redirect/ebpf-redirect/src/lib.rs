@@ -17,6 +17,9 @@
 //!   `to_pod`'s filter on a pod's host veth (the attached program, pinned under the
 //!   interface's name, [`pod`]).
 //! * `link_ingress_<ifname>` - the record of `from_pod`'s filter on a pod's host veth.
+//! * `replacing_link_<...>` - a record being replaced (pinned, then renamed over the record:
+//!   [`records`]); one is left only by an attacher killed in between, and the next attachment
+//!   of that interface or [`Datapath::gc_links`] removes it.
 //!
 //! `from_pod` and `to_pod` go on every pod veth as classic direct-action `cls_bpf` filters on
 //! the `clsact` ingress and egress hooks, at a fixed priority and handle, added over rtnetlink
@@ -54,6 +57,7 @@ pub mod framing;
 mod guard;
 mod pod;
 pub mod policy;
+mod records;
 pub mod sizes;
 mod tc_attach;
 mod verdicts;
@@ -61,7 +65,7 @@ mod verdicts;
 pub use carry::Resized;
 pub use flows::FlowMaps;
 pub use framing::LinkFraming;
-pub use pod::{PodDatapath, PodSource};
+pub use pod::{forget_pod_records, PodDatapath, PodSource};
 use pod::{PodProgram, SourceMaps};
 pub use sizes::{MapSizes, DEFAULT_CIDRS_PER_NODE, DEFAULT_MAX_NODES};
 
@@ -146,6 +150,15 @@ pub enum Error {
     #[error("pinned object {}", path.display())]
     Pinned {
         /// Its path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The lock on the pod attachments' records could not be taken.
+    #[error("locking the attachment records in {}", path.display())]
+    RecordsLock {
+        /// The pin directory.
         path: PathBuf,
         /// The cause.
         #[source]
@@ -445,8 +458,20 @@ impl Datapath {
     }
 
     /// Removes link pins whose interface no longer exists in this network namespace (a pod
-    /// deleted without a CNI DEL). Returns the interface names whose pins were removed.
+    /// deleted without a CNI DEL), and records half replaced by a killed attacher, under the
+    /// records' lock. Returns the interface names whose pins were removed.
     pub fn gc_links(&mut self) -> Result<Vec<String>> {
+        let _records = records::lock(&self.pin_dir)?;
+        for entry in fs::read_dir(&self.pin_dir)? {
+            let entry = entry?;
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(records::REPLACING_PREFIX)
+            {
+                unpin_link(&entry.path())?;
+            }
+        }
         let mut removed = Vec::new();
         for attach in [TcAttachType::Ingress, TcAttachType::Egress] {
             for ifname in self.pinned_links(attach)? {

@@ -8,7 +8,9 @@
 //! It is recorded by pinning the attached program at `link_ingress_<ifname>` (`from_pod`) or
 //! `link_egress_<ifname>` (`to_pod`) in the pin directory: the records are what
 //! [`Datapath::pinned_links`], [`Datapath::gc_links`] and [`Datapath::detach_all`] go by, as
-//! they did when the ingress pin was a TCX link. A TCX link left there by an older meshd is
+//! they did when the ingress pin was a TCX link. The plugin and the daemon attach to one veth
+//! concurrently: a record is replaced in place, never missing, under a lock that makes the last
+//! attacher the last recorder ([`crate::records`]). A TCX link left there by an older meshd is
 //! unpinned (which detaches it) before the filter goes on, so `from_pod` never runs twice on
 //! one interface.
 //!
@@ -31,42 +33,14 @@ use ebpf_redirect_common::{
 };
 
 use crate::cls_bpf::{self, Hook};
+use crate::records;
 use crate::{Error, Result, PROG_FROM_POD, PROG_TO_POD};
-
-/// The pin recording `from_pod`'s attachment to `ifname`.
-pub(crate) fn ingress_record(pin_dir: &Path, ifname: &str) -> PathBuf {
-    pin_dir.join(format!("link_ingress_{ifname}"))
-}
-
-/// The pin recording `to_pod`'s attachment to `ifname`.
-pub(crate) fn egress_record(pin_dir: &Path, ifname: &str) -> PathBuf {
-    pin_dir.join(format!("link_egress_{ifname}"))
-}
 
 fn tc_error<'a>(step: &'static str, ifname: &'a str) -> impl FnOnce(io::Error) -> Error + 'a {
     move |source| Error::Tc {
         step,
         ifname: ifname.to_string(),
         source,
-    }
-}
-
-fn remove_record(path: &Path) -> Result<()> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
-fn pin_record(prog: BorrowedFd<'_>, record: PathBuf) -> Result<()> {
-    match cls_bpf::obj_pin(prog, &record) {
-        // Recorded concurrently by the other attacher (the plugin or the daemon).
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
-        other => other.map_err(|source| Error::Pinned {
-            path: record,
-            source,
-        }),
     }
 }
 
@@ -87,18 +61,22 @@ impl PodProgram<'_> {
 
     fn record(&self, pin_dir: &Path, ifname: &str) -> PathBuf {
         match self.hook {
-            Hook::Ingress => ingress_record(pin_dir, ifname),
-            Hook::Egress => egress_record(pin_dir, ifname),
+            Hook::Ingress => records::ingress(pin_dir, ifname),
+            Hook::Egress => records::egress(pin_dir, ifname),
         }
     }
 }
 
-/// Attaches `progs` to their hooks of `ifname`, in order, and records them under `pin_dir`.
+/// Attaches `progs` to their hooks of `ifname`, in order, and records them under `pin_dir`,
+/// replacing the records in place under the records' lock ([`records`]): a concurrent
+/// attacher (the plugin or the daemon) never sees them missing, and the last to attach is the
+/// last to record.
 pub(crate) fn attach(progs: &[PodProgram<'_>], pin_dir: &Path, ifname: &str) -> Result<()> {
     let index = cls_bpf::ifindex(ifname).map_err(tc_error("looking up", ifname))?;
+    let _records = records::lock(pin_dir)?;
     for prog in progs {
         // The ingress record may be an older meshd's TCX link: unpinning it detaches it.
-        remove_record(&prog.record(pin_dir, ifname))?;
+        records::remove_if_link(&prog.record(pin_dir, ifname))?;
     }
     let filters: Vec<_> = progs.iter().map(|p| (p.hook, p.fd, p.name())).collect();
     let step = match progs {
@@ -108,30 +86,48 @@ pub(crate) fn attach(progs: &[PodProgram<'_>], pin_dir: &Path, ifname: &str) -> 
     };
     cls_bpf::attach(index, &filters).map_err(tc_error(step, ifname))?;
     for prog in progs {
-        pin_record(prog.fd, prog.record(pin_dir, ifname))?;
+        records::replace(prog.fd, &prog.record(pin_dir, ifname))?;
     }
     Ok(())
 }
 
 /// Detaches the program of `hook` from `ifname` (a missing interface or filter is not an
-/// error) and drops its record.
+/// error) and drops its record, under the records' lock.
 pub(crate) fn detach(pin_dir: &Path, ifname: &str, hook: Hook) -> Result<()> {
     let (step, record) = match hook {
         Hook::Ingress => (
             "detaching from_pod's filter from",
-            ingress_record(pin_dir, ifname),
+            records::ingress(pin_dir, ifname),
         ),
         Hook::Egress => (
             "detaching to_pod's filter from",
-            egress_record(pin_dir, ifname),
+            records::egress(pin_dir, ifname),
         ),
     };
+    let _records = records::lock(pin_dir)?;
     match cls_bpf::ifindex(ifname) {
         Ok(index) => cls_bpf::detach(index, hook).map_err(tc_error(step, ifname))?,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(tc_error("looking up", ifname)(e)),
     }
-    remove_record(&record)
+    records::remove(&record)
+}
+
+/// Drops both records of `ifname` if the interface is gone, under the records' lock. A pod's
+/// DEL calls it after deleting the host veth: an attacher (the daemon's backstop) that
+/// attached between the DEL's detach and the deletion recorded the veth again. After this no
+/// attacher can record it (attaching to a deleted interface fails before its record). A veth
+/// that still exists (owned by another pod) keeps its records.
+pub fn forget_pod_records(pin_dir: &Path, ifname: &str) -> Result<()> {
+    let _records = records::lock(pin_dir)?;
+    match cls_bpf::ifindex(ifname) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            records::remove(&records::ingress(pin_dir, ifname))?;
+            records::remove(&records::egress(pin_dir, ifname))
+        }
+        Err(e) => Err(tc_error("looking up", ifname)(e)),
+    }
 }
 
 /// Whether the program `prog` is meshd's filter on `hook` of `ifname` (false when the

@@ -1,10 +1,12 @@
-//! The daemon's side of source validation and of `to_pod`: the source map (which addresses
-//! each pod veth's pod may send from) and `to_pod` on the pods' host veths, one step at a
-//! time as the controller's plan says (the CNI plugin does both on ADD; this is the backstop).
+//! The daemon's side of the pods: the local-pod maps, the source map (which addresses each
+//! pod veth's pod may send from), `from_pod` and `to_pod` on the pods' host veths and the
+//! records of veths that are gone, one step at a time as the controller's plan says (the CNI
+//! plugin does all of it on ADD; this is the backstop).
 
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 
-use ebpf_redirect::PodSource;
+use ebpf_redirect::{PodSource, TcAttachType};
 
 use super::{interface_exists, map_err, Bpf, BpfError};
 
@@ -29,7 +31,102 @@ pub(super) fn attachments_done(
     Ok(done)
 }
 
+/// Whether `program` was attached to `veth` (`attached` is the attempt): an attempt that
+/// failed because the veth is gone now is `false`, not an error.
+fn attached_unless_gone(
+    program: &'static str,
+    veth: &str,
+    attached: Result<(), ebpf_redirect::Error>,
+) -> Result<bool, BpfError> {
+    match attached {
+        Ok(()) => Ok(true),
+        Err(err) if !interface_exists(veth) => {
+            tracing::debug!(%veth, %err, program, "the pod's veth went while attaching (a DEL): skipped");
+            Ok(false)
+        }
+        Err(source) => Err(BpfError::Attach {
+            program,
+            interface: veth.to_string(),
+            source: Box::new(source),
+        }),
+    }
+}
+
 impl Bpf {
+    /// The local-pod maps now.
+    pub fn locals(&self) -> Result<BTreeSet<IpAddr>, BpfError> {
+        Ok(self
+            .dp
+            .locals()
+            .map_err(map_err("reading local pods"))?
+            .into_iter()
+            .collect())
+    }
+
+    /// Add a local pod's address to the local-pod maps.
+    pub fn add_local(&mut self, ip: IpAddr) -> Result<(), BpfError> {
+        self.dp
+            .add_local(ip)
+            .map_err(map_err(format!("adding local pod {ip}")))
+    }
+
+    /// Remove an address from the local-pod maps.
+    pub fn remove_local(&mut self, ip: IpAddr) -> Result<(), BpfError> {
+        self.dp
+            .remove_local(ip)
+            .map_err(map_err(format!("removing local pod {ip}")))
+    }
+
+    /// The interfaces of `veths` that need no `from_pod` attachment: gone, or attached by
+    /// this meshd and still attached. After a start none is, so every attachment is renewed,
+    /// which swaps a restarted meshd's freshly loaded program in atomically.
+    pub fn from_pod_done(&self, veths: &BTreeSet<String>) -> Result<BTreeSet<String>, BpfError> {
+        attachments_done(veths, &self.pods, |veth| {
+            Ok(self.dp.from_pod_attached(veth)? != Some(false))
+        })
+    }
+
+    /// Attach `from_pod` to a pod's host veth (replacing an attachment atomically). A veth
+    /// deleted meanwhile (a DEL racing the pass) is skipped: nothing is left to attach to.
+    pub fn attach_from_pod(&mut self, veth: &str) -> Result<(), BpfError> {
+        let attached = self.dp.attach_from_pod(veth);
+        if attached_unless_gone(ebpf_redirect::PROG_FROM_POD, veth, attached)? {
+            self.pods.insert(veth.to_string());
+        }
+        Ok(())
+    }
+
+    /// Remember `veths` as the pod interfaces carrying `from_pod` (the status counts them).
+    pub fn record_pod_interfaces(&mut self, veths: &BTreeSet<String>) {
+        self.pods = veths.clone();
+        self.to_pods = veths.clone();
+    }
+
+    /// Interfaces with a pinned link that no longer exist (a pod deleted without a CNI DEL).
+    pub fn stale_links(&self) -> Result<BTreeSet<String>, BpfError> {
+        let mut out = BTreeSet::new();
+        for attach in [TcAttachType::Ingress, TcAttachType::Egress] {
+            let pinned = self
+                .dp
+                .pinned_links(attach)
+                .map_err(map_err("listing pinned links"))?;
+            out.extend(pinned.into_iter().filter(|i| !interface_exists(i)));
+        }
+        Ok(out)
+    }
+
+    /// Remove the pinned links of interfaces that are gone. Returns how many went.
+    pub fn collect_stale_links(&mut self) -> Result<usize, BpfError> {
+        let gone = self
+            .dp
+            .gc_links()
+            .map_err(map_err("collecting stale links"))?;
+        if !gone.is_empty() {
+            tracing::info!(?gone, "removed links of deleted interfaces");
+        }
+        Ok(gone.len())
+    }
+
     /// The source map now.
     pub fn pod_sources(&self) -> Result<BTreeSet<PodSource>, BpfError> {
         Ok(self
@@ -63,16 +160,13 @@ impl Bpf {
         attachments_done(veths, &self.to_pods, |veth| self.dp.to_pod_attached(veth))
     }
 
-    /// Attach `to_pod` to a pod's host veth (replacing an attachment atomically).
+    /// Attach `to_pod` to a pod's host veth (replacing an attachment atomically); a veth
+    /// deleted meanwhile is skipped.
     pub fn attach_to_pod(&mut self, veth: &str) -> Result<(), BpfError> {
-        self.dp
-            .attach_to_pod(veth)
-            .map_err(|source| BpfError::Attach {
-                program: ebpf_redirect::PROG_TO_POD,
-                interface: veth.to_string(),
-                source: Box::new(source),
-            })?;
-        self.to_pods.insert(veth.to_string());
+        let attached = self.dp.attach_to_pod(veth);
+        if attached_unless_gone(ebpf_redirect::PROG_TO_POD, veth, attached)? {
+            self.to_pods.insert(veth.to_string());
+        }
         Ok(())
     }
 }

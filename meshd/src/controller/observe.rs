@@ -68,12 +68,20 @@ pub(super) async fn observe(
         .mark_rule_present(ctx.args.mesh_mark, HOST_TABLE, HOST_RULE_PRIORITY)
         .await
         .context("reading the host-encryption rule")?;
-    let pods = pods::read(&ctx.args.state_dir)?;
     // Read once: the ways out are decided from the guarded CIDRs too.
     let guarded_cidrs = ctx.bpf.lock().await.cluster_cidrs()?;
     let guards = current_guard_interfaces(ctx, Some(&guarded_cidrs)).await;
     let bpf = ctx.bpf.lock().await;
     let ebpf_steering = ctx.args.pod_steering == PodSteering::Ebpf;
+    // The pod maps before the store: an ADD landing in between is in both (`pods::read_after`).
+    let ((local_pods, pod_sources), pods) = pods::read_after(&ctx.args.state_dir, || {
+        let sources = if ebpf_steering {
+            bpf.pod_sources()?
+        } else {
+            BTreeSet::new()
+        };
+        Ok((bpf.locals()?, sources))
+    })?;
     let observed = Observed {
         devices: observed_devices,
         routes,
@@ -83,7 +91,7 @@ pub(super) async fn observe(
         redirects: bpf.remotes().context("reading redirects")?,
         guarded_cidrs,
         guard_mode: bpf.mode(),
-        local_pods: bpf.locals()?,
+        local_pods,
         from_pod_done: if ebpf_steering {
             bpf.from_pod_done(&pods.veths)?
         } else {
@@ -94,11 +102,7 @@ pub(super) async fn observe(
         } else {
             BTreeSet::new()
         },
-        pod_sources: if ebpf_steering {
-            bpf.pod_sources()?
-        } else {
-            BTreeSet::new()
-        },
+        pod_sources,
         stale_links: if ebpf_steering {
             bpf.stale_links()?
         } else {

@@ -7,7 +7,9 @@
 //! the backstop (pods created before source validation existed get their entries from it, and
 //! entries of veths that are gone are removed). The local-pod and source maps are changed
 //! under the store's lock, re-checking the store (and the veths' ifindexes): an ADD or DEL
-//! that ran since the pass observed it is never undone.
+//! that ran since the pass observed it is never undone. A pass reads the maps before the
+//! store ([`read_after`]), so it does not even plan to remove an entry an ADD made while it
+//! was observing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -90,6 +92,20 @@ pub(super) fn read(state_dir: &Path) -> anyhow::Result<Pods> {
     with_locked(state_dir, Pods::clone)
 }
 
+/// What `read_maps` returns (the local-pod and source maps: what a pass observes), then the
+/// store's pods (what it wants), in that order. The plugin writes the store before the maps,
+/// so every entry the maps hold belongs to a pod the store already held when it was read: the
+/// plan never takes an entry an ADD made while the pass was observing for a stale one (read
+/// the other way round, such an entry was planned for removal, and only the re-check under
+/// the store's lock in [`apply_sources`] kept it).
+pub(super) fn read_after<T>(
+    state_dir: &Path,
+    read_maps: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<(T, Pods)> {
+    let maps = read_maps()?;
+    Ok((maps, read(state_dir)?))
+}
+
 /// A change to the local-pod map.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum LocalChange {
@@ -151,4 +167,44 @@ pub(super) fn apply_sources(
         Ok::<usize, crate::bpf::BpfError>(ops)
     })?
     .map_err(Into::into)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn an_add_that_lands_while_the_maps_are_read_is_in_the_snapshot() {
+        let state = tempfile::tempdir().unwrap();
+        let cidrs: Vec<ipnet::IpNet> = vec![
+            "10.244.1.0/24".parse().unwrap(),
+            "fd00:244:0:1::/64".parse().unwrap(),
+        ];
+        let ipam = Ipam::open(ipam_dir(state.path()), &cidrs).unwrap();
+        ipam.allocate("before", "eth0").unwrap();
+        // The pass reads the maps; meanwhile an ADD allocates (and then writes its entries).
+        let mut added = Vec::new();
+        let (observed, pods) = read_after(state.path(), || {
+            added = ipam.allocate("during", "eth0").unwrap();
+            Ok("maps")
+        })
+        .unwrap();
+        assert_eq!(observed, "maps");
+        assert_eq!(added.len(), 2);
+        for addr in &added {
+            assert!(pods.addresses.contains(addr), "{addr} missing: {pods:?}");
+        }
+        let veth = host_veth_name("during", "eth0");
+        assert_eq!(
+            pods.addresses_by_veth.get(&veth),
+            Some(&added.iter().copied().collect())
+        );
+        assert_eq!(pods.veths.len(), 2);
+        // A failed map read fails the observation; the store is not read.
+        let failed = read_after(state.path(), || -> anyhow::Result<()> {
+            anyhow::bail!("reading the source map")
+        });
+        assert!(failed.is_err());
+    }
 }

@@ -13,31 +13,32 @@
 //!   symlink, never blocking on a FIFO or device, at most [`MAX_RECORD_BYTES`]. Anything else
 //!   is that node's `Malformed` record, and nothing more.
 
-use std::collections::{BTreeSet, HashMap};
-use std::ffi::OsStr;
-use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::collections::HashMap;
+use std::fs::DirBuilder;
 use std::future::Future;
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use futures::StreamExt;
-use inotify::{EventMask, EventStream, Inotify, WatchMask};
+use inotify::{Inotify, WatchMask};
 use tokio::sync::mpsc;
 
 use super::{Registry, RegistryError, RegistryEvent};
 pub use record_file::{read_record_file, read_untrusted_file, RecordFileError, MAX_RECORD_BYTES};
+pub(crate) use write::write_atomically;
 
 /// Bounded, no-follow, regular-files-only reads of record files.
 mod record_file;
-use keyexchange::record::{is_dns1123_subdomain, NodeRecord, RecordError};
+/// Watching the directory: inotify events become registry events.
+mod watcher;
+/// Publishing and withdrawing: atomic writes of record files.
+mod write;
+use keyexchange::record::{is_dns1123_subdomain, NodeRecord};
+use watcher::{list_nodes, Watcher};
+use write::{publish_blocking, withdraw_blocking};
 
 /// Capacity of the event channel returned by [`DirRegistry::watch`].
 const CHANNEL_CAPACITY: usize = 1024;
-
-/// Per-process counter so concurrent publishes in one process never share a temp file.
-static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// A [`Registry`] storing each node's record as `<dir>/<name>.json`.
 #[derive(Clone, Debug)]
@@ -171,338 +172,11 @@ impl Registry for DirRegistry {
     }
 }
 
-fn publish_blocking(dir: &Path, record: &NodeRecord) -> Result<(), RegistryError> {
-    let path = dir.join(format!("{}.json", record.name));
-    let mut content = record.to_json();
-    content.push('\n');
-    match read_record_file(&path) {
-        Ok(existing) if existing == content.as_bytes() => {
-            tracing::debug!(path = %path.display(), "record unchanged; not rewriting");
-            return Ok(());
-        }
-        Ok(_) | Err(RecordFileError::NotFound) => {}
-        // Whatever else sits at our name (a symlink, a FIFO, a huge file) is replaced by
-        // the rename below.
-        Err(RecordFileError::Io(source)) => return Err(RegistryError::Read { path, source }),
-        Err(other) => {
-            tracing::warn!(path = %path.display(), error = %other, "replacing our record file")
-        }
-    }
-    let tmp = dir.join(format!(
-        ".{}.json.tmp-{}-{}",
-        record.name,
-        std::process::id(),
-        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    write_atomically(&tmp, &path, content.as_bytes())?;
-    sync_dir(dir)?;
-    tracing::info!(path = %path.display(), node = %record.name, "published node record");
-    Ok(())
-}
-
-/// Writes `content` to `tmp` (a stale `tmp` removed first), syncs it and renames it over
-/// `path`; `tmp` is removed again when any step fails. The directory itself is not synced.
-pub(crate) fn write_atomically(
-    tmp: &Path,
-    path: &Path,
-    content: &[u8],
-) -> Result<(), RegistryError> {
-    let write_err = |source: io::Error| RegistryError::Write {
-        path: tmp.to_path_buf(),
-        source,
-    };
-    let result = (|| {
-        match fs::remove_file(tmp) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(write_err(e)),
-        }
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(tmp)
-            .map_err(write_err)?;
-        file.write_all(content).map_err(write_err)?;
-        file.sync_all().map_err(write_err)?;
-        drop(file);
-        fs::rename(tmp, path).map_err(|source| RegistryError::Write {
-            path: path.to_path_buf(),
-            source,
-        })
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(tmp);
-    }
-    result
-}
-
-fn withdraw_blocking(dir: &Path, name: &str) -> Result<(), RegistryError> {
-    let path = dir.join(format!("{name}.json"));
-    match fs::remove_file(&path) {
-        Ok(()) => {
-            sync_dir(dir)?;
-            tracing::info!(path = %path.display(), node = name, "withdrew node record");
-            Ok(())
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(RegistryError::Write { path, source }),
-    }
-}
-
-fn sync_dir(dir: &Path) -> Result<(), RegistryError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| RegistryError::Write {
-            path: dir.to_path_buf(),
-            source,
-        })
-}
-
-/// The node a directory entry belongs to, or `None` if the entry is not a record file.
-fn node_of(file_name: &OsStr) -> Option<String> {
-    let name = file_name.to_str()?;
-    if name.starts_with('.') {
-        return None;
-    }
-    let stem = name.strip_suffix(".json")?;
-    (!stem.is_empty()).then(|| stem.to_string())
-}
-
-/// The nodes with a record file in `dir`, sorted.
-fn list_nodes(dir: &Path) -> Result<BTreeSet<String>, RegistryError> {
-    let read_err = |source: io::Error| RegistryError::Read {
-        path: dir.to_path_buf(),
-        source,
-    };
-    let mut nodes = BTreeSet::new();
-    for entry in fs::read_dir(dir).map_err(read_err)? {
-        let entry = entry.map_err(read_err)?;
-        let Some(node) = node_of(&entry.file_name()) else {
-            continue;
-        };
-        // `file_type` does not follow symlinks: a symlink is listed, and refused when read.
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            continue;
-        }
-        nodes.insert(node);
-    }
-    Ok(nodes)
-}
-
-/// An error and its causes on one line (`RecordError` carries text, not a source).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
-}
-
-/// How strictly to treat invalid content when reading a record file.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Read {
-    /// The writer is done (close-after-write, rename, listing): invalid content is Malformed.
-    Complete,
-    /// The file was just created and may still be being written: ignore invalid content, a
-    /// close-after-write event follows.
-    MaybePartial,
-}
-
-/// The receiver was dropped.
-struct Closed;
-
-/// The SHA-256 digest of the last content seen for a file (`None`: the file could not be
-/// read). A digest, not the bytes: at 5,000 nodes the raw records were megabytes of heap held
-/// only to recognise a rewrite with the same content.
-type Seen = Option<[u8; 32]>;
-
-/// The digest [`Seen`] keeps of a record file's content.
-fn content_digest(content: &[u8]) -> [u8; 32] {
-    use sha2::Digest as _;
-    sha2::Sha256::digest(content).into()
-}
-
-struct Watcher {
-    dir: PathBuf,
-    tx: mpsc::Sender<RegistryEvent>,
-    seen: HashMap<String, Seen>,
-}
-
-impl Watcher {
-    async fn run(mut self, mut stream: EventStream<Vec<u8>>, initial: BTreeSet<String>) {
-        tracing::debug!(dir = %self.dir.display(), records = initial.len(), "registry watch started");
-        if self.announce_all(initial).await.is_err() {
-            return;
-        }
-        loop {
-            let event = tokio::select! {
-                () = self.tx.closed() => break,
-                event = stream.next() => event,
-            };
-            let event = match event {
-                Some(Ok(event)) => event,
-                Some(Err(e)) => {
-                    tracing::error!(dir = %self.dir.display(), error = %e, "reading inotify events failed; stopping registry watch");
-                    return;
-                }
-                None => {
-                    tracing::error!(dir = %self.dir.display(), "inotify stream ended; stopping registry watch");
-                    return;
-                }
-            };
-            if self
-                .handle(event.mask, event.name.as_deref())
-                .await
-                .is_err()
-            {
-                break;
-            }
-        }
-        tracing::debug!(dir = %self.dir.display(), "registry watch receiver dropped; stopping");
-    }
-
-    /// Emits the state of every listed node (the initial listing, or a rescan), and deletes
-    /// for nodes that were known but are no longer listed.
-    async fn announce_all(&mut self, nodes: BTreeSet<String>) -> Result<(), Closed> {
-        let gone: Vec<String> = self
-            .seen
-            .keys()
-            .filter(|n| !nodes.contains(*n))
-            .cloned()
-            .collect();
-        for node in gone {
-            self.forget(&node).await?;
-        }
-        for node in nodes {
-            self.load(&node, Read::Complete).await?;
-        }
-        self.send(RegistryEvent::Synced).await
-    }
-
-    async fn handle(&mut self, mask: EventMask, name: Option<&OsStr>) -> Result<(), Closed> {
-        if mask.contains(EventMask::Q_OVERFLOW) {
-            tracing::warn!(dir = %self.dir.display(), "inotify queue overflowed; rescanning registry directory");
-            return match list_nodes(&self.dir) {
-                Ok(nodes) => self.announce_all(nodes).await,
-                Err(e) => {
-                    tracing::error!(error = %e, "rescanning registry directory failed");
-                    Ok(())
-                }
-            };
-        }
-        if mask.intersects(EventMask::DELETE_SELF | EventMask::MOVE_SELF | EventMask::IGNORED) {
-            tracing::error!(dir = %self.dir.display(), "registry directory was removed or moved; stopping registry watch");
-            return Err(Closed);
-        }
-        if mask.contains(EventMask::ISDIR) {
-            return Ok(());
-        }
-        let Some(node) = name.and_then(node_of) else {
-            return Ok(());
-        };
-        if mask.intersects(EventMask::DELETE | EventMask::MOVED_FROM) {
-            self.forget(&node).await
-        } else if mask.intersects(EventMask::CLOSE_WRITE | EventMask::MOVED_TO) {
-            self.load(&node, Read::Complete).await
-        } else if mask.contains(EventMask::CREATE) {
-            // Catches hard links and symlinks, which produce no close-after-write.
-            self.load(&node, Read::MaybePartial).await
-        } else {
-            Ok(())
-        }
-    }
-
-    async fn send(&self, event: RegistryEvent) -> Result<(), Closed> {
-        self.tx.send(event).await.map_err(|_| Closed)
-    }
-
-    async fn forget(&mut self, node: &str) -> Result<(), Closed> {
-        if self.seen.remove(node).is_some() {
-            tracing::debug!(node, "node record removed from registry");
-            self.send(RegistryEvent::Delete(node.to_string())).await?;
-        }
-        Ok(())
-    }
-
-    async fn load(&mut self, node: &str, mode: Read) -> Result<(), Closed> {
-        let path = self.dir.join(format!("{node}.json"));
-        let read = {
-            let path = path.clone();
-            tokio::task::spawn_blocking(move || read_record_file(&path))
-                .await
-                .unwrap_or_else(|e| Err(RecordFileError::Io(io::Error::other(e))))
-        };
-        let content = match read {
-            Ok(content) => content,
-            Err(RecordFileError::NotFound) => return self.forget(node).await,
-            Err(e) => {
-                // A plain read error may be a file still being created; a symlink, a FIFO, a
-                // device or an oversized file is refused as it is.
-                let transient = matches!(e, RecordFileError::Io(_));
-                if (transient && mode == Read::MaybePartial) || self.seen.get(node) == Some(&None) {
-                    return Ok(());
-                }
-                self.seen.insert(node.to_string(), None);
-                let error = RecordError {
-                    node: node.to_string(),
-                    field: "record",
-                    reason: format!("{} {}", path.display(), error_chain(&e)),
-                };
-                tracing::warn!(%error, "unreadable node record");
-                return self
-                    .send(RegistryEvent::Malformed {
-                        node: node.to_string(),
-                        error,
-                    })
-                    .await;
-            }
-        };
-        let digest = content_digest(&content);
-        if self.seen.get(node) == Some(&Some(digest)) {
-            return Ok(());
-        }
-        let parsed = match std::str::from_utf8(&content) {
-            Ok(text) => NodeRecord::from_json(node, text),
-            Err(e) => Err(RecordError {
-                node: node.to_string(),
-                field: "record",
-                reason: format!("not UTF-8: {e}"),
-            }),
-        };
-        let event = match parsed {
-            Ok(record) => {
-                tracing::debug!(node, "node record upserted");
-                RegistryEvent::Upsert(record)
-            }
-            Err(_) if mode == Read::MaybePartial => return Ok(()),
-            // An empty file is a non-atomic writer between truncate and write (its own
-            // close-after-write follows); registries always write atomically, so a file that
-            // stays empty is never a record anyone published.
-            Err(_) if content.is_empty() => {
-                tracing::debug!(node, "empty record file: a write is in progress");
-                return Ok(());
-            }
-            Err(error) => {
-                tracing::warn!(%error, path = %path.display(), "malformed node record");
-                RegistryEvent::Malformed {
-                    node: node.to_string(),
-                    error,
-                }
-            }
-        };
-        self.seen.insert(node.to_string(), Some(digest));
-        self.send(event).await
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
+    use std::fs;
     use std::time::Duration;
 
     use super::*;
@@ -807,16 +481,5 @@ mod tests {
         reg.publish(&rec("n1", 1)).await.unwrap();
         let mut rx = reg.watch().unwrap();
         assert_eq!(upserted(next(&mut rx).await), rec("n1", 1));
-    }
-
-    #[test]
-    fn node_names_from_file_names() {
-        assert_eq!(node_of(OsStr::new("n1.json")).as_deref(), Some("n1"));
-        assert_eq!(node_of(OsStr::new("a.b.json")).as_deref(), Some("a.b"));
-        assert_eq!(node_of(OsStr::new(".n1.json")), None);
-        assert_eq!(node_of(OsStr::new(".n1.json.tmp-5-0")), None);
-        assert_eq!(node_of(OsStr::new("n1.json.bak")), None);
-        assert_eq!(node_of(OsStr::new(".json")), None);
-        assert_eq!(node_of(OsStr::new("n1")), None);
     }
 }
