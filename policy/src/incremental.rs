@@ -176,7 +176,7 @@ impl Compiler {
         self.pods_added += 1;
         let pods = self.world.pods.len();
         if pods >= COMPACT_MIN_PODS && self.pods_added >= pods / 4 {
-            self.world.pods = std::mem::take(&mut self.world.pods).into_iter().collect();
+            self.world.pods = std::mem::take(&mut self.world.pods).packed();
             self.pods_added = 0;
         }
     }

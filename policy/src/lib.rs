@@ -30,6 +30,7 @@ pub mod intern;
 pub mod k8s;
 pub mod maps;
 pub mod model;
+pub mod pods;
 pub mod prefix;
 pub mod reference;
 pub mod update;
