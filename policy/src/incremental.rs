@@ -203,7 +203,7 @@ impl Compiler {
             .filter(|key| {
                 self.world
                     .pods
-                    .get(*key)
+                    .get(key)
                     .is_some_and(|pod| policy.pod_selector.matches(&pod.labels))
             })
             .cloned()
@@ -305,7 +305,10 @@ mod tests {
             "it was rebuilt"
         );
         assert!(compiler.world().pods.contains_key(&PodKey::new("x", "b-0")));
-        assert!(compiler.world().pods.contains_key(&PodKey::new("x", "b-3071")));
+        assert!(compiler
+            .world()
+            .pods
+            .contains_key(&PodKey::new("x", "b-3071")));
         // A policy taking every b-* as a peer compiles from the rebuilt map as from scratch.
         let mut p = policy("x", "from-b", LabelSelector::everything());
         p.ingress.push(from(vec![crate::model::Peer::Pods {

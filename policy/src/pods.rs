@@ -190,6 +190,8 @@ impl Extend<(PodKey, Arc<Pod>)> for Pods {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
     use crate::model::LabelSet;
 
@@ -214,7 +216,10 @@ mod tests {
         let old = pods.insert(a2.key.clone(), a2.clone()).unwrap();
         assert!(Arc::ptr_eq(&old, &a), "the replaced version is returned");
         assert!(Arc::ptr_eq(&pods[&a.key], &a2), "and the new one held");
-        assert_eq!(pods.keys().map(|k| k.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(
+            pods.keys().map(|k| k.name.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
         assert_eq!(pods.len(), 2);
         assert!(Arc::ptr_eq(&pods.remove(&b.key).unwrap(), &b));
         assert!(!pods.contains_key(&b.key));
