@@ -176,9 +176,7 @@ impl PodTable {
                 self.by_position.resize_with(i + 1, HashTable::new);
             }
             let hasher = &self.hasher;
-            self.by_position[i].insert_unique(hash, pod.clone(), |slot| {
-                slot_hash(hasher, slot, i)
-            });
+            self.by_position[i].insert_unique(hash, pod.clone(), |slot| slot_hash(hasher, slot, i));
         }
     }
 
@@ -315,7 +313,11 @@ mod tests {
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let (mut table, mut world) = (PodTable::default(), World::default());
         let dual = |i: u32| {
-            let mut p = pod(&format!("p{i}"), &format!("10.1.{}.{}", i / 250, i % 250 + 1), "web");
+            let mut p = pod(
+                &format!("p{i}"),
+                &format!("10.1.{}.{}", i / 250, i % 250 + 1),
+                "web",
+            );
             p.addresses.push(ip(&format!("fd00::{:x}", i + 1)));
             p
         };
@@ -334,9 +336,7 @@ mod tests {
         apply(
             &mut table,
             &mut world,
-            (10..2000)
-                .map(|i| Change::RemovePod(dual(i).key))
-                .collect(),
+            (10..2000).map(|i| Change::RemovePod(dual(i).key)).collect(),
         );
         assert_eq!(table.addresses(), 20);
         assert!(table.by_position[1].capacity() < grown / 4, "it shrank");
