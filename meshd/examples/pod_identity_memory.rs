@@ -2,6 +2,8 @@
 //! of every node arrive as endpoint batches in the scale harness's format, pass the pod
 //! identity stage and the policy loop (keeping the flow collector's pod table, as the daemon
 //! does with flow events on); the live bytes they hold are printed, then the table's share.
+//! At 5,000 × 30 (dual-stack): 274 bytes per pod, of which the pod table 31 (docs/policy.md,
+//! "Known limits", says where the rest goes).
 //!
 //! `cargo run --release -p meshd --example pod_identity_memory -- 5000 30`
 //!

@@ -14,6 +14,12 @@
 //!
 //! After any sequence of changes the maps equal a full [`crate::compile()`] of the resulting world
 //! (property-tested), since every endpoint's entries are a function of the world alone.
+//!
+//! Memory: a `BTreeMap` grown one insert at a time keeps its nodes a little over half full
+//! (about 76 bytes an entry for the world's pods, whose entries are 40), where one built from a
+//! sorted sequence fills them (42). Once a quarter of the pods were added since the last time,
+//! the pods' map is rebuilt that way ([`COMPACT_MIN_PODS`] and up): the work stays linear in
+//! the pods added, and at 150,000 remote pods it saves about 5 MiB.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -49,12 +55,17 @@ pub enum Change {
     DetachEndpoint(PodKey),
 }
 
+/// Fewest pods for which the pods' map is rebuilt packed (see the module doc).
+pub const COMPACT_MIN_PODS: usize = 1024;
+
 /// The incremental compiler's state. See the module doc.
 #[derive(Clone, Debug, Default)]
 pub struct Compiler {
     world: World,
     endpoints: BTreeMap<PodKey, EndpointId>,
     compiled: BTreeMap<PodKey, Compiled>,
+    /// Pods added to the world since its pods' map was last rebuilt packed.
+    pods_added: usize,
 }
 
 impl Compiler {
@@ -107,8 +118,9 @@ impl Compiler {
             Change::UpsertPod(pod) => {
                 let key = pod.key.clone();
                 let mut affected = self.referring_to(&pod);
-                if let Some(old) = self.world.pods.insert(key.clone(), Arc::new(pod)) {
-                    affected.extend(self.referring_to(&old));
+                match self.world.pods.insert(key.clone(), Arc::new(pod)) {
+                    Some(old) => affected.extend(self.referring_to(&old)),
+                    None => self.pod_added(),
                 }
                 affected.insert(key);
                 affected
@@ -158,6 +170,17 @@ impl Compiler {
         delta
     }
 
+    /// Counts a pod added; rebuilds the pods' map packed once a quarter of it was added since
+    /// the last time (see the module doc).
+    fn pod_added(&mut self) {
+        self.pods_added += 1;
+        let pods = self.world.pods.len();
+        if pods >= COMPACT_MIN_PODS && self.pods_added >= pods / 4 {
+            self.world.pods = std::mem::take(&mut self.world.pods).packed();
+            self.pods_added = 0;
+        }
+    }
+
     /// Recompiles one endpoint (or drops its entries if it is no longer attached).
     fn recompile(&mut self, pod: &PodKey, cache: &mut RuleCache) -> MapDelta {
         let new = match self.endpoints.get(pod) {
@@ -180,7 +203,7 @@ impl Compiler {
             .filter(|key| {
                 self.world
                     .pods
-                    .get(*key)
+                    .get(key)
                     .is_some_and(|pod| policy.pod_selector.matches(&pod.labels))
             })
             .cloned()
@@ -264,6 +287,41 @@ mod tests {
             endpoint: EndpointId(2),
         });
         compiler
+    }
+
+    #[test]
+    fn the_pods_map_rebuilt_packed_holds_the_same_pods() {
+        let mut compiler = compiler();
+        let template = compiler.world().pods[&PodKey::new("x", "b")].clone();
+        for i in 0..3 * COMPACT_MIN_PODS {
+            let mut pod = (*template).clone();
+            pod.key = PodKey::new("x", format!("b-{i}"));
+            let (hi, lo) = ((i / 250) as u8, (i % 250) as u8);
+            pod.addresses = vec![std::net::IpAddr::from([10, 9, hi, lo])];
+            compiler.apply(Change::UpsertPod(pod));
+        }
+        assert!(
+            compiler.pods_added < compiler.world().pods.len() / 4,
+            "it was rebuilt"
+        );
+        assert!(compiler.world().pods.contains_key(&PodKey::new("x", "b-0")));
+        assert!(compiler
+            .world()
+            .pods
+            .contains_key(&PodKey::new("x", "b-3071")));
+        // A policy taking every b-* as a peer compiles from the rebuilt map as from scratch.
+        let mut p = policy("x", "from-b", LabelSelector::everything());
+        p.ingress.push(from(vec![crate::model::Peer::Pods {
+            namespace_selector: None,
+            pod_selector: Some(LabelSelector::labels([("pod", "b")])),
+        }]));
+        compiler.apply(Change::UpsertPolicy(p));
+        let full = crate::compile(compiler.world(), compiler.endpoints());
+        assert_eq!(compiler.maps(), full.maps);
+        assert!(
+            compiler.maps().len() > 3 * COMPACT_MIN_PODS,
+            "every b-* is a peer"
+        );
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //!   the interner that makes equal ones one copy (a remote pod costs little beyond its own name).
 //! * [`model`]: namespaces, pods and NetworkPolicies (all of `networking.k8s.io/v1`) as plain
 //!   values; [`k8s`] converts the Kubernetes API objects into them, refusing what cannot be
-//!   represented with an error naming the object and field.
+//!   represented with an error naming the object and field. [`pods`]: the world's pods by key,
+//!   held as the shared pods alone (no copy of the key beside each).
 //! * [`mod@reference`]: [`reference::allowed`], the API's semantics written the slow obvious way.
 //! * [`maps`]: the BPF maps' key and value types (`#[repr(C)]`, byte layouts documented) and
 //!   their contents and deltas.
@@ -30,6 +31,7 @@ pub mod intern;
 pub mod k8s;
 pub mod maps;
 pub mod model;
+pub mod pods;
 pub mod prefix;
 pub mod reference;
 pub mod update;

@@ -11,11 +11,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use ipnet::IpNet;
 
 pub use crate::intern::{LabelLookup, LabelSet, Name, SharedLabels};
+pub use crate::pods::Pods;
 
 /// Labels of a namespace or pod.
 pub type Labels = BTreeMap<String, String>;
@@ -321,8 +321,8 @@ pub struct World {
     /// Namespaces by name.
     pub namespaces: BTreeMap<String, Namespace>,
     /// Pods by namespace and name, each shared (the flow collector's table of pods by address
-    /// points at the same ones).
-    pub pods: BTreeMap<PodKey, Arc<Pod>>,
+    /// points at the same ones); held without a copy of the key beside each ([`Pods`]).
+    pub pods: Pods,
     /// Policies by namespace and name.
     pub policies: BTreeMap<PolicyKey, Policy>,
 }

@@ -64,16 +64,13 @@ fn act(world: &mut World, action: &Action, family: Option<u8>) -> anyhow::Result
         }
         Action::LabelPod(pod, label) => {
             let (ns, name) = pod.split_once('/').context("pod is not ns/name")?;
-            let labels = &mut std::sync::Arc::make_mut(
-                world
-                    .pods
-                    .get_mut(&PodKey::new(ns, name))
-                    .with_context(|| format!("no pod {pod}"))?,
-            )
-            .labels;
-            let mut relabelled = labels.to_labels();
+            let mut held = world
+                .pods
+                .get_mut(&PodKey::new(ns, name))
+                .with_context(|| format!("no pod {pod}"))?;
+            let mut relabelled = held.labels.to_labels();
             relabel(&mut relabelled, label);
-            *labels = relabelled.into();
+            held.labels = relabelled.into();
         }
         Action::LabelNamespace(ns, label) => {
             let labels = &mut world

@@ -322,7 +322,7 @@ impl ObjectCache {
         // What the node no longer has (only if it had more than it kept): gone, or handed to
         // a node that claimed it meanwhile.
         if matched < self.node_counts.get(node.as_str()).copied().unwrap_or(0) {
-            for (key, pod) in &world.pods {
+            for (key, pod) in world.pods.iter() {
                 if pod.node == node && !claimed.contains(key) {
                     match self.contested.remove(key) {
                         Some(next) => {

@@ -154,7 +154,9 @@ fn e2e_cases_match_the_reference() {
 fn egress_named_port_resolving_differently_becomes_separate_rules() {
     let mut w = world();
     for (pod, number) in [("b", 8080), ("c", 9090)] {
-        std::sync::Arc::make_mut(w.pods.get_mut(&PodKey::new("x", pod)).expect("model pod"))
+        w.pods
+            .get_mut(&PodKey::new("x", pod))
+            .expect("model pod")
             .named_ports
             .insert(
                 "http".into(),

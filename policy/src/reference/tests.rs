@@ -129,7 +129,9 @@ fn named_port_protocol_must_match_the_container_port() {
 fn egress_named_port_resolves_on_the_destination() {
     let mut w = world();
     // z/c serves "serve-80-tcp" on 8080 instead.
-    std::sync::Arc::make_mut(w.pods.get_mut(&PodKey::new("z", "c")).expect("model pod"))
+    w.pods
+        .get_mut(&PodKey::new("z", "c"))
+        .expect("model pod")
         .named_ports
         .get_mut("serve-80-tcp")
         .expect("model port")
