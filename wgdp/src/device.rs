@@ -132,8 +132,9 @@ impl Default for Clock {
 /// A peer's configuration that only the UAPI changes.
 #[derive(Debug, Default)]
 pub struct PeerConf {
-    /// The preshared key.
-    pub psk: Option<Key>,
+    /// The preshared key, boxed: meshd sets none, and an absent key then costs 8 bytes per
+    /// peer instead of 33.
+    pub psk: Option<Box<Key>>,
     /// The allowed IPs, in the order they were added.
     pub allowed_ips: Vec<IpNet>,
 }
@@ -221,7 +222,7 @@ impl Peer {
         let slot = &mut noise.tunn;
         if slot.is_none() {
             let key = key?;
-            let psk = lock(&self.conf).psk.map(|k| k.0);
+            let psk = lock(&self.conf).psk.as_deref().map(|k| k.0);
             *slot = Some(Box::new(Tunn::new(
                 key.secret.clone(),
                 PublicKey::from(self.key.0),
@@ -556,8 +557,8 @@ impl Core {
         if let Some(psk) = &u.preshared_key {
             let changed = {
                 let mut conf = lock(&peer.conf);
-                let changed = conf.psk != *psk;
-                conf.psk = *psk;
+                let changed = conf.psk.as_deref() != psk.as_ref();
+                conf.psk = psk.map(Box::new);
                 changed
             };
             if changed {
@@ -614,7 +615,7 @@ impl Core {
                 let hs = p.last_handshake.load(Ordering::Relaxed);
                 PeerInfo {
                     public_key: p.key,
-                    preshared_key: conf.psk,
+                    preshared_key: conf.psk.as_deref().copied(),
                     endpoint: p.endpoint(),
                     last_handshake: (hs != 0).then(|| UNIX_EPOCH + Duration::from_nanos(hs)),
                     rx_bytes: p.rx_bytes.load(Ordering::Relaxed),
