@@ -22,6 +22,7 @@ use rand_core::{OsRng, RngCore};
 
 use crate::allowed_ips::AllowedIps;
 use crate::budget::{Budgets, HandshakeBudget, HeldBudget, HeldQueue};
+use crate::peer_table::PeerTable;
 use crate::stats::{DropReason, Stats};
 use crate::timers::TimerQueue;
 use crate::uapi::{DeviceInfo, Key, PeerInfo, PeerUpdate, SetRequest};
@@ -348,7 +349,7 @@ pub struct State {
     /// The configured listen port (the bound one is `sockets.port()`).
     pub fwmark: u32,
     /// Peers by public key.
-    pub peers: HashMap<Key, Arc<Peer>>,
+    pub peers: PeerTable,
     /// Peers by receiver index.
     pub by_index: HashMap<u32, Arc<Peer>>,
     /// Peers by allowed IP.
@@ -401,7 +402,7 @@ impl Core {
                 limiter: None,
                 sockets,
                 fwmark: 0,
-                peers: HashMap::new(),
+                peers: PeerTable::new(),
                 by_index: HashMap::new(),
                 allowed: AllowedIps::new(),
             }),
@@ -549,7 +550,7 @@ impl Core {
                     Self::new_index(st),
                     self.held.clone(),
                 ));
-                st.peers.insert(u.public_key, p.clone());
+                st.peers.insert(p.clone());
                 st.by_index.insert(p.index, p.clone());
                 p
             }
