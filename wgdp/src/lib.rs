@@ -41,6 +41,8 @@ mod forged_tests;
 pub mod fuzzing;
 /// glibc malloc tuning and returning free memory after large UAPI exchanges.
 pub mod memory;
+/// The peers by public key.
+pub mod peer_table;
 /// Drop counters per reason.
 pub mod stats;
 mod sys;
