@@ -441,6 +441,27 @@ impl Datapath {
         pod::attached(self.from_pod.fd()?.as_fd(), ifname, Hook::Ingress).map(Some)
     }
 
+    /// Whether the record of `from_pod`'s attachment to `ifname` holds this datapath's
+    /// `from_pod` (what the plugin's ADD leaves once it attached it).
+    pub fn from_pod_recorded(&self, ifname: &str) -> Result<bool> {
+        pod::recorded(
+            self.from_pod.fd()?.as_fd(),
+            &self.pin_dir,
+            ifname,
+            Hook::Ingress,
+        )
+    }
+
+    /// Whether the record of `to_pod`'s attachment to `ifname` holds this datapath's `to_pod`.
+    pub fn to_pod_recorded(&self, ifname: &str) -> Result<bool> {
+        pod::recorded(
+            self.to_pod.fd()?.as_fd(),
+            &self.pin_dir,
+            ifname,
+            Hook::Egress,
+        )
+    }
+
     /// Names of the interfaces that have a pinned link of the given direction.
     pub fn pinned_links(&self, attach: TcAttachType) -> Result<Vec<String>> {
         let prefix = link_pin(Path::new(""), attach, "")

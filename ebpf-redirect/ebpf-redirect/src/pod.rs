@@ -151,6 +151,25 @@ pub(crate) fn attached(prog: BorrowedFd<'_>, ifname: &str, hook: Hook) -> Result
     Ok(attached == Some(ours))
 }
 
+/// Whether the record of `hook` on `ifname` under `pin_dir` holds the program `prog` (a
+/// plugin's ADD, which attaches the daemon's own pinned programs, leaves exactly that).
+pub(crate) fn recorded(
+    prog: BorrowedFd<'_>,
+    pin_dir: &Path,
+    ifname: &str,
+    hook: Hook,
+) -> Result<bool> {
+    let record = match hook {
+        Hook::Ingress => records::ingress(pin_dir, ifname),
+        Hook::Egress => records::egress(pin_dir, ifname),
+    };
+    let ours = cls_bpf::prog_id(prog).map_err(|source| Error::Pinned {
+        path: record.clone(),
+        source,
+    })?;
+    records::holds(&record, ours)
+}
+
 /// An address a pod may send from, on its host veth: a `SOURCE_V4`/`SOURCE_V6` key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PodSource {

@@ -16,7 +16,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -82,6 +82,26 @@ pub(crate) fn replace(prog: BorrowedFd<'_>, record: &Path) -> Result<()> {
         return Err(pinned(e));
     }
     Ok(())
+}
+
+/// Whether `record` holds the program whose id is `prog` (false when it is missing, or when
+/// it is something else: another program, an older meshd's TCX link). Needs no lock: an
+/// answer made stale by a concurrent attacher only makes the caller attach once more.
+pub(crate) fn holds(record: &Path, prog: u32) -> Result<bool> {
+    let failed = |source: io::Error| Error::Pinned {
+        path: record.to_path_buf(),
+        source,
+    };
+    let object = match cls_bpf::obj_get(record) {
+        Ok(fd) => fd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(source) => return Err(failed(source)),
+    };
+    let kind = std::fs::read_link(format!("/proc/self/fd/{}", object.as_raw_fd()))?;
+    if kind.as_os_str() != "anon_inode:bpf-prog" {
+        return Ok(false);
+    }
+    Ok(cls_bpf::prog_id(object.as_fd()).map_err(failed)? == prog)
 }
 
 /// Removes `record` if it is a TCX link (an older meshd's attachment of `from_pod`, which

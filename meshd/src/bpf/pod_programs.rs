@@ -10,12 +10,18 @@ use ebpf_redirect::{PodSource, TcAttachType};
 
 use super::{interface_exists, map_err, Bpf, BpfError};
 
-/// The interfaces of `veths` that need no attachment of a pod program: gone, or attached by
-/// this meshd (`mine`) and, as `attached` asks the kernel, still attached.
+/// The interfaces of `veths` that need no attachment of a pod program: gone, or still
+/// running this meshd's program (`attached` asks the kernel) and either attached by this meshd
+/// (`mine`) or recorded with this meshd's program (`recorded`: the plugin's ADD attached it and
+/// wrote its record). A new pod's veth is therefore not attached a second time by the
+/// backstop, which would only contend with the plugin's next ADDs for the records' lock; a
+/// veth attached by a plugin killed before its record, or running an older meshd's program,
+/// is attached again.
 pub(super) fn attachments_done(
     veths: &BTreeSet<String>,
     mine: &BTreeSet<String>,
     attached: impl Fn(&str) -> Result<bool, ebpf_redirect::Error>,
+    recorded: impl Fn(&str) -> Result<bool, ebpf_redirect::Error>,
 ) -> Result<BTreeSet<String>, BpfError> {
     let mut done = BTreeSet::new();
     for veth in veths {
@@ -24,7 +30,10 @@ pub(super) fn attachments_done(
             continue;
         }
         let still = attached(veth).map_err(map_err(format!("querying {veth}")))?;
-        if mine.contains(veth) && still {
+        if still
+            && (mine.contains(veth)
+                || recorded(veth).map_err(map_err(format!("reading the records of {veth}")))?)
+        {
             done.insert(veth.clone());
         }
     }
@@ -77,13 +86,18 @@ impl Bpf {
             .map_err(map_err(format!("removing local pod {ip}")))
     }
 
-    /// The interfaces of `veths` that need no `from_pod` attachment: gone, or attached by
-    /// this meshd and still attached. After a start none is, so every attachment is renewed,
-    /// which swaps a restarted meshd's freshly loaded program in atomically.
+    /// The interfaces of `veths` that need no `from_pod` attachment: gone, or running this
+    /// meshd's `from_pod` and attached by this meshd or recorded by the plugin's ADD
+    /// ([`attachments_done`]). After a start the veths still run the previous meshd's
+    /// program, so every attachment is renewed, which swaps the freshly loaded program in
+    /// atomically.
     pub fn from_pod_done(&self, veths: &BTreeSet<String>) -> Result<BTreeSet<String>, BpfError> {
-        attachments_done(veths, &self.pods, |veth| {
-            Ok(self.dp.from_pod_attached(veth)? != Some(false))
-        })
+        attachments_done(
+            veths,
+            &self.pods,
+            |veth| Ok(self.dp.from_pod_attached(veth)? != Some(false)),
+            |veth| self.dp.from_pod_recorded(veth),
+        )
     }
 
     /// Attach `from_pod` to a pod's host veth (replacing an attachment atomically). A veth
@@ -153,11 +167,17 @@ impl Bpf {
         )))
     }
 
-    /// The interfaces of `veths` that need no `to_pod` attachment: gone, or attached by this
-    /// meshd and still attached (after a start none is: every attachment is renewed, which
-    /// swaps the freshly loaded program in).
+    /// The interfaces of `veths` that need no `to_pod` attachment: gone, or running this
+    /// meshd's `to_pod` and attached by it or recorded by the plugin's ADD (after a start they
+    /// run the previous meshd's program: every attachment is renewed, which swaps the freshly
+    /// loaded program in).
     pub fn to_pod_done(&self, veths: &BTreeSet<String>) -> Result<BTreeSet<String>, BpfError> {
-        attachments_done(veths, &self.to_pods, |veth| self.dp.to_pod_attached(veth))
+        attachments_done(
+            veths,
+            &self.to_pods,
+            |veth| self.dp.to_pod_attached(veth),
+            |veth| self.dp.to_pod_recorded(veth),
+        )
     }
 
     /// Attach `to_pod` to a pod's host veth (replacing an attachment atomically); a veth
@@ -168,5 +188,45 @@ impl Bpf {
             self.to_pods.insert(veth.to_string());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn names(list: &[&str]) -> BTreeSet<String> {
+        list.iter().map(|n| n.to_string()).collect()
+    }
+
+    fn yes(_: &str) -> Result<bool, ebpf_redirect::Error> {
+        Ok(true)
+    }
+
+    fn no(_: &str) -> Result<bool, ebpf_redirect::Error> {
+        Ok(false)
+    }
+
+    // `lo` stands for a veth that exists (every namespace has it).
+    #[test]
+    fn a_veth_the_plugin_attached_and_recorded_is_not_attached_again() {
+        let veth = names(&["lo"]);
+        let none = names(&[]);
+        // The plugin's ADD attached this meshd's program and recorded it.
+        assert_eq!(attachments_done(&veth, &none, yes, yes).unwrap(), veth);
+        // Attached by this meshd (its record is the plugin's business).
+        assert_eq!(attachments_done(&veth, &veth, yes, no).unwrap(), veth);
+        // Running this meshd's program without a record: a plugin killed before recording.
+        assert!(attachments_done(&veth, &none, yes, no).unwrap().is_empty());
+        // Running another program (a previous meshd's), whatever the records say.
+        assert!(attachments_done(&veth, &veth, no, yes).unwrap().is_empty());
+        assert!(attachments_done(&veth, &none, no, yes).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_veth_that_is_gone_needs_nothing() {
+        let gone = names(&["meshd-gone0"]);
+        assert_eq!(attachments_done(&gone, &names(&[]), no, no).unwrap(), gone);
     }
 }
