@@ -3,7 +3,7 @@
 //! name in the pin directory ([`crate::pod`]).
 //!
 //! Two attachers work on one veth at once: the CNI plugin's ADD and the daemon's backstop pass
-//! (which renews every attachment it did not make itself). So:
+//! (which renews an attachment that runs another program or lacks its records). So:
 //! - a record is replaced, never removed and made again: the program is pinned at a temporary
 //!   name and renamed over the record (a rename on bpffs replaces the target atomically). A
 //!   reader (the daemon's pass, `meshctl`, a test) never finds the record of an attached veth
