@@ -16,7 +16,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -84,33 +84,12 @@ pub(crate) fn replace(prog: BorrowedFd<'_>, record: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Whether `record` holds the program whose id is `prog` (false when it is missing, or when
-/// it is something else: another program, an older meshd's TCX link). Needs no lock: an
-/// answer made stale by a concurrent attacher only makes the caller attach once more.
-pub(crate) fn holds(record: &Path, prog: u32) -> Result<bool> {
-    let failed = |source: io::Error| Error::Pinned {
-        path: record.to_path_buf(),
-        source,
-    };
+/// The object pinned at `record` and what it is (`anon_inode:bpf-prog`, `anon_inode:bpf-link`),
+/// or `None` when nothing is pinned there.
+fn open_pinned(record: &Path) -> Result<Option<(OwnedFd, PathBuf)>> {
     let object = match cls_bpf::obj_get(record) {
         Ok(fd) => fd,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(source) => return Err(failed(source)),
-    };
-    let kind = std::fs::read_link(format!("/proc/self/fd/{}", object.as_raw_fd()))?;
-    if kind.as_os_str() != "anon_inode:bpf-prog" {
-        return Ok(false);
-    }
-    Ok(cls_bpf::prog_id(object.as_fd()).map_err(failed)? == prog)
-}
-
-/// Removes `record` if it is a TCX link (an older meshd's attachment of `from_pod`, which
-/// unpinning detaches): it would run next to the filter. A recorded program stays until
-/// [`replace`] replaces it.
-pub(crate) fn remove_if_link(record: &Path) -> Result<()> {
-    let object = match cls_bpf::obj_get(record) {
-        Ok(fd) => fd,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(source) => {
             return Err(Error::Pinned {
                 path: record.to_path_buf(),
@@ -119,6 +98,33 @@ pub(crate) fn remove_if_link(record: &Path) -> Result<()> {
         }
     };
     let kind = std::fs::read_link(format!("/proc/self/fd/{}", object.as_raw_fd()))?;
+    Ok(Some((object, kind)))
+}
+
+/// Whether `record` holds the program whose id is `prog` (false when it is missing, or when
+/// it is something else: another program, an older meshd's TCX link). Needs no lock: an
+/// answer made stale by a concurrent attacher only makes the caller attach once more.
+pub(crate) fn holds(record: &Path, prog: u32) -> Result<bool> {
+    let Some((object, kind)) = open_pinned(record)? else {
+        return Ok(false);
+    };
+    if kind.as_os_str() != "anon_inode:bpf-prog" {
+        return Ok(false);
+    }
+    let id = cls_bpf::prog_id(object.as_fd()).map_err(|source| Error::Pinned {
+        path: record.to_path_buf(),
+        source,
+    })?;
+    Ok(id == prog)
+}
+
+/// Removes `record` if it is a TCX link (an older meshd's attachment of `from_pod`, which
+/// unpinning detaches): it would run next to the filter. A recorded program stays until
+/// [`replace`] replaces it.
+pub(crate) fn remove_if_link(record: &Path) -> Result<()> {
+    let Some((object, kind)) = open_pinned(record)? else {
+        return Ok(());
+    };
     drop(object);
     if kind.as_os_str() == "anon_inode:bpf-link" {
         remove(record)?;
