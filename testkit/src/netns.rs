@@ -103,6 +103,14 @@ pub fn run(program: &str, args: &[&str]) -> Result<Output> {
     Ok(out)
 }
 
+/// Runs `ip -n NETNS ARGS…`, the words of `args` split on whitespace (an `ip` command line as a
+/// test writes it, e.g. `"link set lo up"`); a non-zero exit is an error as in [`run`].
+pub fn ip_n(netns: &str, args: &str) -> Result<Output> {
+    let mut full = vec!["-n", netns];
+    full.extend(args.split_whitespace());
+    run("ip", &full)
+}
+
 fn netns_args<'a>(netns: &'a str, args: &[&'a str]) -> Vec<&'a str> {
     let mut v = vec!["netns", "exec", netns];
     v.extend_from_slice(args);

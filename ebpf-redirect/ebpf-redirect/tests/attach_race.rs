@@ -11,7 +11,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use ebpf_redirect::{forget_pod_records, remove_pins, Datapath, PodDatapath, TcAttachType};
@@ -33,16 +32,7 @@ impl Drop for Fixture {
 }
 
 fn ipn(ns: &str, args: &str) {
-    let out = Command::new("ip")
-        .args(["-n", ns])
-        .args(args.split_whitespace())
-        .output()
-        .expect("spawn ip");
-    assert!(
-        out.status.success(),
-        "ip {args}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    testkit::netns::ip_n(ns, args).unwrap();
 }
 
 fn records_present(pin_dir: &Path) -> (bool, bool) {

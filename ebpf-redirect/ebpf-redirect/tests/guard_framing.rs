@@ -13,7 +13,6 @@ use std::{
     net::{IpAddr, SocketAddr, UdpSocket},
     os::{fd::AsRawFd, unix::fs::OpenOptionsExt},
     path::PathBuf,
-    process::Command,
     time::{Duration, Instant},
 };
 
@@ -51,16 +50,7 @@ impl Drop for Fixture {
 
 /// `ip -n ns <args...>`, which must succeed.
 fn ipn(ns: &str, args: &str) {
-    let out = Command::new("ip")
-        .args(["-n", ns])
-        .args(args.split_whitespace())
-        .output()
-        .expect("spawn ip");
-    assert!(
-        out.status.success(),
-        "ip -n {ns} {args}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    testkit::netns::ip_n(ns, args).unwrap();
 }
 
 /// Runs `f` on a fresh thread that has entered netns `ns` (setns is per thread).

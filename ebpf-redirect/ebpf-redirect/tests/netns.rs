@@ -68,9 +68,7 @@ fn run(args: &[&str]) {
 
 /// `ip -n ns <args...>`
 fn ipn(ns: &str, args: &str) {
-    let mut v = vec!["ip", "-n", ns];
-    v.extend(args.split_whitespace());
-    run(&v);
+    testkit::netns::ip_n(ns, args).unwrap();
 }
 
 /// Runs `f` on a fresh thread that has entered netns `ns` (setns is per thread).

@@ -32,14 +32,7 @@ impl Drop for Guard {
 }
 
 fn ipn(ns: &str, args: &str) {
-    let mut v = vec!["-n", ns];
-    v.extend(args.split_whitespace());
-    let out = Command::new("ip").args(&v).output().expect("spawn ip");
-    assert!(
-        out.status.success(),
-        "ip {v:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    testkit::netns::ip_n(ns, args).unwrap();
 }
 
 fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {

@@ -42,9 +42,7 @@ fn run(args: &[&str]) -> String {
 }
 
 fn ipn(ns: &str, args: &str) {
-    let mut v = vec!["ip", "-n", ns];
-    v.extend(args.split_whitespace());
-    run(&v);
+    testkit::netns::ip_n(ns, args).unwrap();
 }
 
 fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {

@@ -35,9 +35,7 @@ pub fn run(args: &[&str]) {
 
 /// `ip -n ns <args...>`
 pub fn ipn(ns: &str, args: &str) {
-    let mut v = vec!["-n", ns];
-    v.extend(args.split_whitespace());
-    testkit::netns::run("ip", &v).unwrap();
+    testkit::netns::ip_n(ns, args).unwrap();
 }
 
 pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
