@@ -126,7 +126,10 @@ mod tests {
         assert_eq!(unset.default_level(), Some(LevelFilter::INFO));
         assert!(unset.would_enable("wgdp", &Level::INFO));
         assert!(!unset.would_enable("wgdp", &Level::DEBUG));
-        assert_eq!(log_filter(Some(" ")).default_level(), Some(LevelFilter::INFO));
+        assert_eq!(
+            log_filter(Some(" ")).default_level(),
+            Some(LevelFilter::INFO)
+        );
 
         let debug = log_filter(Some("debug"));
         assert!(debug.would_enable("wgdp::threads", &Level::DEBUG));
