@@ -8,7 +8,9 @@
 //! were about 3 MiB of it. Since the allowed IPs are hash maps per prefix length and the peer
 //! table a set keyed by each peer's own key, a never-handshaken peer with four allowed IPs is
 //! 516 bytes in 2 allocations (`tests/peer_footprint.rs`); meshd-wg in the 5,000-node
-//! scale-bench: [heap] 2.1 MiB (4.4 before), RSS 6.8 MiB (9.1 before).
+//! scale-bench: [heap] 2.1 MiB (4.4 before), RSS 6.8 MiB (9.1 before); 6.2-6.4 MiB since its
+//! log filter links no regex engine (issue 20, docs/image.md: the rest is glibc's text, the
+//! binary's and the peers).
 
 /// A UAPI request or answer at least this large is followed by [`release_free`]: a `set` or
 /// `get` of a few hundred peers. Small exchanges (one peer, a keepalive change) skip it.

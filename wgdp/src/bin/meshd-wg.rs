@@ -7,6 +7,9 @@
 //! meshd spawns it detached so traffic keeps flowing while meshd restarts.
 
 use clap::Parser;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// meshd's user-space WireGuard datapath.
 #[derive(Debug, Parser)]
@@ -42,10 +45,8 @@ fn main() -> std::process::ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .finish()
+        .with(log_filter(std::env::var("RUST_LOG").ok().as_deref()))
         .init();
     // Before any key arrives over the UAPI: no core dump ever holds one.
     if let Err(err) = wgdp::forbid_core_dumps() {
@@ -85,6 +86,18 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// The log filter from `RUST_LOG` (which meshd's environment passes on): `target=level`
+/// directives and a bare default level, as meshd reads them; `info` when it is unset, empty or
+/// not understood. A [`Targets`] filter rather than an `EnvFilter`: meshd-wg needs no span or
+/// field matching, and `EnvFilter` links a regex engine, a fifth of meshd-wg's machine code
+/// (docs/image.md).
+fn log_filter(rust_log: Option<&str>) -> Targets {
+    rust_log
+        .filter(|s| !s.trim().is_empty())
+        .and_then(|s| s.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO))
+}
+
 /// An error with its sources, `: `-separated.
 struct DisplayChain<'a>(&'a dyn std::error::Error);
 
@@ -97,5 +110,37 @@ impl std::fmt::Display for DisplayChain<'_> {
             cur = e.source();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing::level_filters::LevelFilter;
+    use tracing::Level;
+
+    use super::log_filter;
+
+    #[test]
+    fn log_filter_reads_directives_and_falls_back_to_info() {
+        let unset = log_filter(None);
+        assert_eq!(unset.default_level(), Some(LevelFilter::INFO));
+        assert!(unset.would_enable("wgdp", &Level::INFO));
+        assert!(!unset.would_enable("wgdp", &Level::DEBUG));
+        assert_eq!(
+            log_filter(Some(" ")).default_level(),
+            Some(LevelFilter::INFO)
+        );
+
+        let debug = log_filter(Some("debug"));
+        assert!(debug.would_enable("wgdp::threads", &Level::DEBUG));
+
+        let per_target = log_filter(Some("warn,wgdp::control=trace"));
+        assert!(per_target.would_enable("wgdp::control", &Level::TRACE));
+        assert!(!per_target.would_enable("wgdp::threads", &Level::INFO));
+        assert!(per_target.would_enable("wgdp::threads", &Level::WARN));
+
+        // Span and field filters are EnvFilter syntax: not understood, so the default.
+        let spans = log_filter(Some("wgdp[peer{key=x}]=debug"));
+        assert_eq!(spans.default_level(), Some(LevelFilter::INFO));
     }
 }
