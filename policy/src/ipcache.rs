@@ -1,0 +1,350 @@
+//! The remote pods as the compiler needs them: an address → identity table, without pod objects.
+//!
+//! A pod on another node matters to this node's policy only as a peer: which addresses it holds
+//! and what a selector or a named port reads of it, its namespace, labels and named ports. That
+//! triple is its [`Identity`], interned once and shared by every pod of the same workload (a
+//! small [`IdentityId`]); a remote pod is then one entry per address, `(address, identity)`,
+//! with IPv4 and IPv6 addresses as fixed-size keys (8 and 20 bytes an entry).
+//!
+//! Each node's entries are kept as that node's endpoint batch said them, as two sorted boxed
+//! slices (exactly their size, no slack), so a node's new batch is diffed against its old one
+//! entry by entry, and a change reports only the identities whose addresses changed
+//! ([`RemoteEndpoints::set_node`]): the compiler recompiles the endpoints whose policies select
+//! one of those, one identity lookup per change instead of one per pod. Remote pods' names are
+//! not held. An identity no entry uses any more is forgotten and its id reused, so the table
+//! shrinks with its content.
+//!
+//! Pure: no I/O. The world holds one ([`crate::World::remote`]); local pods stay full pods in
+//! [`crate::World::pods`].
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
+use crate::intern::{LabelSet, Name};
+use crate::model::{NamedPort, Pod};
+
+/// What policy reads of a remote pod: namespace, labels and named ports.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Identity {
+    /// The pod's namespace.
+    pub namespace: Name,
+    /// The pod's labels.
+    pub labels: LabelSet,
+    /// Named container ports: name → protocol and number.
+    pub named_ports: BTreeMap<String, NamedPort>,
+}
+
+impl Identity {
+    /// The identity of `pod`.
+    pub fn of(pod: &Pod) -> Self {
+        Self {
+            namespace: pod.key.namespace.clone(),
+            labels: pod.labels.clone(),
+            named_ports: pod.named_ports.clone(),
+        }
+    }
+}
+
+/// An interned identity's number, valid in the table that handed it out while an entry uses it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IdentityId(pub u32);
+
+/// One node's entries, each list sorted by address.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct NodeEntries {
+    /// How many pods the batch listed (a dual-stack pod has two entries).
+    pods: u32,
+    v4: Box<[([u8; 4], IdentityId)]>,
+    v6: Box<[([u8; 16], IdentityId)]>,
+}
+
+/// The remote pods by node, as address → identity entries (see the module doc).
+#[derive(Clone, Debug, Default)]
+pub struct RemoteEndpoints {
+    /// Identity by id, with how many entries use it; `None` is a free id.
+    identities: Vec<Option<(Arc<Identity>, u32)>>,
+    /// Ids of the identities held.
+    ids: HashMap<Arc<Identity>, IdentityId>,
+    /// Free ids, reused first.
+    free: Vec<u32>,
+    nodes: BTreeMap<Name, NodeEntries>,
+}
+
+impl RemoteEndpoints {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Node `node`'s pods are exactly `pods` (each its addresses and identity), replacing what
+    /// was held for it; an empty list forgets the node. Returns the identities whose addresses
+    /// changed (entries added, removed or given another identity), old and new, each once.
+    pub fn set_node(
+        &mut self,
+        node: &str,
+        pods: impl IntoIterator<Item = (Vec<IpAddr>, Identity)>,
+    ) -> Vec<Arc<Identity>> {
+        let mut v4 = Vec::new();
+        let mut v6 = Vec::new();
+        let mut count = 0u32;
+        let mut created = Vec::new();
+        for (addresses, identity) in pods {
+            count += 1;
+            let id = self.intern(identity, &mut created);
+            for address in addresses {
+                match address {
+                    IpAddr::V4(a) => v4.push((a.octets(), id)),
+                    IpAddr::V6(a) => v6.push((a.octets(), id)),
+                }
+            }
+        }
+        v4.sort_unstable();
+        v4.dedup();
+        v6.sort_unstable();
+        v6.dedup();
+        let new = NodeEntries {
+            pods: count,
+            v4: v4.into_boxed_slice(),
+            v6: v6.into_boxed_slice(),
+        };
+        self.adjust(&new, true);
+        let old = if new.pods == 0 {
+            self.nodes.remove(node)
+        } else {
+            match self.nodes.get_mut(node) {
+                Some(held) => Some(std::mem::replace(held, new.clone())),
+                None => {
+                    self.nodes.insert(Name::from(node), new.clone());
+                    None
+                }
+            }
+        }
+        .unwrap_or_default();
+        let mut changed = BTreeSet::new();
+        diff(&old.v4, &new.v4, &mut changed);
+        diff(&old.v6, &new.v6, &mut changed);
+        let changed: Vec<Arc<Identity>> = changed
+            .into_iter()
+            .filter_map(|id| self.get(id).cloned())
+            .collect();
+        self.adjust(&old, false);
+        // Identities interned for pods without addresses hold no entry.
+        for id in created {
+            self.free_if_unused(id);
+        }
+        self.shrink();
+        changed
+    }
+
+    /// Forgets node `node`; returns the identities whose addresses that removed.
+    pub fn remove_node(&mut self, node: &str) -> Vec<Arc<Identity>> {
+        self.set_node(node, std::iter::empty())
+    }
+
+    /// The identity `id`, if held.
+    pub fn get(&self, id: IdentityId) -> Option<&Arc<Identity>> {
+        self.identities
+            .get(id.0 as usize)
+            .and_then(Option::as_ref)
+            .map(|(identity, _)| identity)
+    }
+
+    /// The identities held, with their ids.
+    pub fn identities(&self) -> impl Iterator<Item = (IdentityId, &Arc<Identity>)> + '_ {
+        self.identities
+            .iter()
+            .enumerate()
+            .filter_map(|(i, slot)| slot.as_ref().map(|(id, _)| (IdentityId(i as u32), id)))
+    }
+
+    /// One past the largest id held (a vector this long indexes every identity).
+    pub fn id_bound(&self) -> usize {
+        self.identities.len()
+    }
+
+    /// Every entry: address and identity id, node by node.
+    pub fn entries(&self) -> impl Iterator<Item = (IpAddr, IdentityId)> + '_ {
+        self.nodes.values().flat_map(node_entries)
+    }
+
+    /// Node `node`'s entries.
+    pub fn node_entries(&self, node: &str) -> impl Iterator<Item = (IpAddr, IdentityId)> + '_ {
+        self.nodes.get(node).into_iter().flat_map(node_entries)
+    }
+
+    /// The nodes held.
+    pub fn nodes(&self) -> impl Iterator<Item = &Name> + '_ {
+        self.nodes.keys()
+    }
+
+    /// The identity node `node` gives `address`, if any.
+    pub fn lookup(&self, node: &str, address: IpAddr) -> Option<IdentityId> {
+        let entries = self.nodes.get(node)?;
+        match address {
+            IpAddr::V4(a) => find(&entries.v4, &a.octets()),
+            IpAddr::V6(a) => find(&entries.v6, &a.octets()),
+        }
+    }
+
+    /// How many pods the nodes' batches listed.
+    pub fn pods(&self) -> usize {
+        self.nodes.values().map(|n| n.pods as usize).sum()
+    }
+
+    /// How many entries (addresses).
+    pub fn len(&self) -> usize {
+        self.nodes.values().map(|n| n.v4.len() + n.v6.len()).sum()
+    }
+
+    /// Whether it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// The id of `identity`, interned with no use if new (its id then added to `created`).
+    fn intern(&mut self, identity: Identity, created: &mut Vec<IdentityId>) -> IdentityId {
+        if let Some(&id) = self.ids.get(&identity) {
+            return id;
+        }
+        let identity = Arc::new(identity);
+        let slot = Some((identity.clone(), 0));
+        let id = match self.free.pop() {
+            Some(i) => {
+                self.identities[i as usize] = slot;
+                IdentityId(i)
+            }
+            None => {
+                self.identities.push(slot);
+                IdentityId(self.identities.len() as u32 - 1)
+            }
+        };
+        self.ids.insert(identity, id);
+        created.push(id);
+        id
+    }
+
+    /// Counts one use per entry of `entries` (`acquire`), or lets go of one (forgetting the
+    /// identities no entry uses any more).
+    fn adjust(&mut self, entries: &NodeEntries, acquire: bool) {
+        let ids = entries
+            .v4
+            .iter()
+            .map(|(_, id)| *id)
+            .chain(entries.v6.iter().map(|(_, id)| *id));
+        for id in ids {
+            if let Some((_, count)) = self.identities[id.0 as usize].as_mut() {
+                if acquire {
+                    *count += 1;
+                } else {
+                    *count -= 1;
+                }
+            }
+            if !acquire {
+                self.free_if_unused(id);
+            }
+        }
+    }
+
+    fn free_if_unused(&mut self, id: IdentityId) {
+        let slot = &mut self.identities[id.0 as usize];
+        if matches!(slot, Some((_, 0))) {
+            if let Some((identity, _)) = slot.take() {
+                self.ids.remove(&identity);
+            }
+            self.free.push(id.0);
+        }
+    }
+
+    /// Gives back the slots at the end once most of them are free.
+    fn shrink(&mut self) {
+        while matches!(self.identities.last(), Some(None)) {
+            self.identities.pop();
+        }
+        let len = self.identities.len() as u32;
+        self.free.retain(|i| *i < len);
+        if self.identities.capacity() > 4 * self.identities.len().max(16) {
+            self.identities.shrink_to_fit();
+            self.free.shrink_to_fit();
+            self.ids.shrink_to_fit();
+        }
+    }
+}
+
+fn node_entries(entries: &NodeEntries) -> impl Iterator<Item = (IpAddr, IdentityId)> + '_ {
+    entries
+        .v4
+        .iter()
+        .map(|(a, id)| (IpAddr::V4(Ipv4Addr::from(*a)), *id))
+        .chain(
+            entries
+                .v6
+                .iter()
+                .map(|(a, id)| (IpAddr::V6(Ipv6Addr::from(*a)), *id)),
+        )
+}
+
+fn find<K: Ord>(entries: &[(K, IdentityId)], key: &K) -> Option<IdentityId> {
+    entries
+        .binary_search_by(|(k, _)| k.cmp(key))
+        .ok()
+        .map(|i| entries[i].1)
+}
+
+/// Adds to `changed` the identities of the entries in one sorted list and not the other.
+fn diff<K: Ord + Copy>(
+    old: &[(K, IdentityId)],
+    new: &[(K, IdentityId)],
+    changed: &mut BTreeSet<IdentityId>,
+) {
+    let (mut i, mut j) = (0, 0);
+    while i < old.len() || j < new.len() {
+        match (old.get(i), new.get(j)) {
+            (Some(a), Some(b)) if a == b => {
+                i += 1;
+                j += 1;
+            }
+            (Some(a), Some(b)) if a < b => {
+                changed.insert(a.1);
+                i += 1;
+            }
+            (Some(_), Some(b)) => {
+                changed.insert(b.1);
+                j += 1;
+            }
+            (Some(a), None) => {
+                changed.insert(a.1);
+                i += 1;
+            }
+            (None, Some(b)) => {
+                changed.insert(b.1);
+                j += 1;
+            }
+            (None, None) => break,
+        }
+    }
+}
+
+impl PartialEq for RemoteEndpoints {
+    /// Equal when every node holds the same addresses with equal identities (ids may differ).
+    fn eq(&self, other: &Self) -> bool {
+        let resolved = |table: &Self| -> Vec<(Name, u32, Vec<(IpAddr, Arc<Identity>)>)> {
+            table
+                .nodes
+                .iter()
+                .map(|(node, entries)| {
+                    let list = node_entries(entries)
+                        .filter_map(|(a, id)| table.get(id).map(|i| (a, i.clone())))
+                        .collect();
+                    (node.clone(), entries.pods, list)
+                })
+                .collect()
+        };
+        resolved(self) == resolved(other)
+    }
+}
+
+impl Eq for RemoteEndpoints {}
+
+#[cfg(test)]
+mod tests;
