@@ -24,14 +24,13 @@
 //! the pods added, and at 150,000 remote pods it saves about 5 MiB.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::compile::{compile_endpoint_with, peer_selects, CompileError, Compiled, RuleCache};
+use crate::ipcache::RemotePod;
 use crate::maps::{EndpointId, MapDelta, PolicyMaps};
 use crate::model::{
-    Direction, Identity, LabelSet, Name, Namespace, Peer, Pod, PodKey, Policy, PolicyKey, PortSpec,
-    World,
+    Direction, LabelSet, Name, Namespace, Peer, Pod, PodKey, Policy, PolicyKey, PortSpec, World,
 };
 
 /// One change to what policy depends on.
@@ -51,7 +50,7 @@ pub enum Change {
         /// The node.
         node: String,
         /// Its pods.
-        pods: Vec<(Vec<IpAddr>, Identity)>,
+        pods: Vec<RemotePod>,
     },
     /// A NetworkPolicy was added or changed.
     UpsertPolicy(Policy),

@@ -4,15 +4,18 @@
 //! and what a selector or a named port reads of it, its namespace, labels and named ports. That
 //! triple is its [`Identity`], interned once and shared by every pod of the same workload (a
 //! small [`IdentityId`]); a remote pod is then one entry per address, `(address, identity)`,
-//! with IPv4 and IPv6 addresses as fixed-size keys (8 and 20 bytes an entry).
+//! with IPv4 and IPv6 addresses as fixed-size keys (10 and 22 bytes an entry: address,
+//! identity id, and the pod's position in its node's list of names).
 //!
 //! Each node's entries are kept as that node's endpoint batch said them, as two sorted boxed
 //! slices (exactly their size, no slack), so a node's new batch is diffed against its old one
 //! entry by entry, and a change reports only the identities whose addresses changed
 //! ([`RemoteEndpoints::set_node`]): the compiler recompiles the endpoints whose policies select
-//! one of those, one identity lookup per change instead of one per pod. Remote pods' names are
-//! not held. An identity no entry uses any more is forgotten and its id reused, so the table
-//! shrinks with its content.
+//! one of those, one identity lookup per change instead of one per pod. The pods' names, which
+//! only the flow records show, are one string per node (an arena: the names joined), not a
+//! string each. An identity no entry uses any more is forgotten and its id reused, so the table
+//! shrinks with its content. A node's lists are shared (`Arc`), so a reader such as the flow
+//! collector's table holds the same lists rather than a copy.
 //!
 //! Pure: no I/O. The world holds one ([`crate::World::remote`]); local pods stay full pods in
 //! [`crate::World::pods`].
@@ -50,13 +53,73 @@ impl Identity {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct IdentityId(pub u32);
 
-/// One node's entries, each list sorted by address.
+/// Another node's pod as its batch lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemotePod {
+    /// The pod's name (shown in flow records only; policy never reads it).
+    pub name: Name,
+    /// Its addresses.
+    pub addresses: Vec<IpAddr>,
+    /// Its identity.
+    pub identity: Identity,
+}
+
+impl RemotePod {
+    /// The remote view of `pod` (its name, addresses and identity).
+    pub fn of(pod: Pod) -> Self {
+        Self {
+            name: pod.key.name,
+            addresses: pod.addresses,
+            identity: Identity {
+                namespace: pod.key.namespace,
+                labels: pod.labels,
+                named_ports: pod.named_ports,
+            },
+        }
+    }
+}
+
+/// One entry: an address of `N` bytes, its identity id and its pod's position among the
+/// node's names, all as bytes (no padding: 10 bytes for IPv4, 22 for IPv6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Entry<const N: usize> {
+    address: [u8; N],
+    identity: [u8; 4],
+    pod: [u8; 2],
+}
+
+impl<const N: usize> Entry<N> {
+    fn identity(&self) -> IdentityId {
+        IdentityId(u32::from_ne_bytes(self.identity))
+    }
+
+    fn key(&self) -> ([u8; N], [u8; 4]) {
+        (self.address, self.identity)
+    }
+}
+
+/// One node's entries, each list sorted by address, and its pods' names.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct NodeEntries {
+pub struct NodeEntries {
     /// How many pods the batch listed (a dual-stack pod has two entries).
     pods: u32,
-    v4: Box<[([u8; 4], IdentityId)]>,
-    v6: Box<[([u8; 16], IdentityId)]>,
+    /// The pods' names in the batch's order, each followed by a newline (a name never holds
+    /// one).
+    names: Box<str>,
+    v4: Box<[Entry<4>]>,
+    v6: Box<[Entry<16>]>,
+}
+
+impl NodeEntries {
+    /// The identity id and pod name of `address`, if this node holds it.
+    pub fn get(&self, address: IpAddr) -> Option<(IdentityId, &str)> {
+        let (identity, pod) = match address {
+            IpAddr::V4(a) => find(&self.v4, &a.octets())?,
+            IpAddr::V6(a) => find(&self.v6, &a.octets())?,
+        };
+        let name = self.names.split('\n').nth(usize::from(pod))?;
+        Some((identity, name))
+    }
 }
 
 /// The remote pods by node, as address → identity entries (see the module doc).
@@ -68,7 +131,7 @@ pub struct RemoteEndpoints {
     ids: HashMap<Arc<Identity>, IdentityId>,
     /// Free ids, reused first.
     free: Vec<u32>,
-    nodes: BTreeMap<Name, NodeEntries>,
+    nodes: BTreeMap<Name, Arc<NodeEntries>>,
 }
 
 impl RemoteEndpoints {
@@ -77,37 +140,51 @@ impl RemoteEndpoints {
         Self::default()
     }
 
-    /// Node `node`'s pods are exactly `pods` (each its addresses and identity), replacing what
-    /// was held for it; an empty list forgets the node. Returns the identities whose addresses
-    /// changed (entries added, removed or given another identity), old and new, each once.
+    /// Node `node`'s pods are exactly `pods`, replacing what was held for it; an empty list
+    /// forgets the node. Returns the identities whose addresses changed (entries added,
+    /// removed or given another identity), old and new, each once. Positions past 65,535 (more
+    /// pods than a batch may list) share the last name.
     pub fn set_node(
         &mut self,
         node: &str,
-        pods: impl IntoIterator<Item = (Vec<IpAddr>, Identity)>,
+        pods: impl IntoIterator<Item = RemotePod>,
     ) -> Vec<Arc<Identity>> {
         let mut v4 = Vec::new();
         let mut v6 = Vec::new();
+        let mut names = String::new();
         let mut count = 0u32;
         let mut created = Vec::new();
-        for (addresses, identity) in pods {
+        for pod in pods {
+            let position = u16::try_from(count).unwrap_or(u16::MAX).to_ne_bytes();
             count += 1;
-            let id = self.intern(identity, &mut created);
-            for address in addresses {
+            names.push_str(&pod.name);
+            names.push('\n');
+            let identity = self.intern(pod.identity, &mut created).0.to_ne_bytes();
+            for address in pod.addresses {
                 match address {
-                    IpAddr::V4(a) => v4.push((a.octets(), id)),
-                    IpAddr::V6(a) => v6.push((a.octets(), id)),
+                    IpAddr::V4(a) => v4.push(Entry {
+                        address: a.octets(),
+                        identity,
+                        pod: position,
+                    }),
+                    IpAddr::V6(a) => v6.push(Entry {
+                        address: a.octets(),
+                        identity,
+                        pod: position,
+                    }),
                 }
             }
         }
         v4.sort_unstable();
-        v4.dedup();
+        v4.dedup_by_key(|e| e.key());
         v6.sort_unstable();
-        v6.dedup();
-        let new = NodeEntries {
+        v6.dedup_by_key(|e| e.key());
+        let new = Arc::new(NodeEntries {
             pods: count,
+            names: names.into_boxed_str(),
             v4: v4.into_boxed_slice(),
             v6: v6.into_boxed_slice(),
-        };
+        });
         self.adjust(&new, true);
         let old = if new.pods == 0 {
             self.nodes.remove(node)
@@ -165,12 +242,15 @@ impl RemoteEndpoints {
 
     /// Every entry: address and identity id, node by node.
     pub fn entries(&self) -> impl Iterator<Item = (IpAddr, IdentityId)> + '_ {
-        self.nodes.values().flat_map(node_entries)
+        self.nodes.values().flat_map(|n| node_entries(n))
     }
 
     /// Node `node`'s entries.
     pub fn node_entries(&self, node: &str) -> impl Iterator<Item = (IpAddr, IdentityId)> + '_ {
-        self.nodes.get(node).into_iter().flat_map(node_entries)
+        self.nodes
+            .get(node)
+            .into_iter()
+            .flat_map(|n| node_entries(n))
     }
 
     /// The nodes held.
@@ -180,11 +260,12 @@ impl RemoteEndpoints {
 
     /// The identity node `node` gives `address`, if any.
     pub fn lookup(&self, node: &str, address: IpAddr) -> Option<IdentityId> {
-        let entries = self.nodes.get(node)?;
-        match address {
-            IpAddr::V4(a) => find(&entries.v4, &a.octets()),
-            IpAddr::V6(a) => find(&entries.v6, &a.octets()),
-        }
+        self.nodes.get(node)?.get(address).map(|(id, _)| id)
+    }
+
+    /// Node `node`'s entries and names, shared.
+    pub fn node(&self, node: &str) -> Option<&Arc<NodeEntries>> {
+        self.nodes.get(node)
     }
 
     /// How many pods the nodes' batches listed.
@@ -230,8 +311,8 @@ impl RemoteEndpoints {
         let ids = entries
             .v4
             .iter()
-            .map(|(_, id)| *id)
-            .chain(entries.v6.iter().map(|(_, id)| *id));
+            .map(Entry::identity)
+            .chain(entries.v6.iter().map(Entry::identity));
         for id in ids {
             if let Some((_, count)) = self.identities[id.0 as usize].as_mut() {
                 if acquire {
@@ -275,50 +356,44 @@ fn node_entries(entries: &NodeEntries) -> impl Iterator<Item = (IpAddr, Identity
     entries
         .v4
         .iter()
-        .map(|(a, id)| (IpAddr::V4(Ipv4Addr::from(*a)), *id))
+        .map(|e| (IpAddr::V4(Ipv4Addr::from(e.address)), e.identity()))
         .chain(
             entries
                 .v6
                 .iter()
-                .map(|(a, id)| (IpAddr::V6(Ipv6Addr::from(*a)), *id)),
+                .map(|e| (IpAddr::V6(Ipv6Addr::from(e.address)), e.identity())),
         )
 }
 
-fn find<K: Ord>(entries: &[(K, IdentityId)], key: &K) -> Option<IdentityId> {
-    entries
-        .binary_search_by(|(k, _)| k.cmp(key))
-        .ok()
-        .map(|i| entries[i].1)
+/// The identity and pod position of `address` in a sorted list (the first entry, if a batch
+/// gave one address two identities).
+fn find<const N: usize>(entries: &[Entry<N>], address: &[u8; N]) -> Option<(IdentityId, u16)> {
+    let i = entries.partition_point(|e| e.address < *address);
+    let entry = entries.get(i).filter(|e| e.address == *address)?;
+    Some((entry.identity(), u16::from_ne_bytes(entry.pod)))
 }
 
-/// Adds to `changed` the identities of the entries in one sorted list and not the other.
-fn diff<K: Ord + Copy>(
-    old: &[(K, IdentityId)],
-    new: &[(K, IdentityId)],
-    changed: &mut BTreeSet<IdentityId>,
-) {
+/// Adds to `changed` the identities of the entries (address and identity) in one sorted list
+/// and not the other.
+fn diff<const N: usize>(old: &[Entry<N>], new: &[Entry<N>], changed: &mut BTreeSet<IdentityId>) {
     let (mut i, mut j) = (0, 0);
-    while i < old.len() || j < new.len() {
-        match (old.get(i), new.get(j)) {
+    loop {
+        match (old.get(i).map(Entry::key), new.get(j).map(Entry::key)) {
             (Some(a), Some(b)) if a == b => {
                 i += 1;
                 j += 1;
             }
             (Some(a), Some(b)) if a < b => {
-                changed.insert(a.1);
+                changed.insert(old[i].identity());
                 i += 1;
             }
-            (Some(_), Some(b)) => {
-                changed.insert(b.1);
+            (Some(_), Some(_)) | (None, Some(_)) => {
+                changed.insert(new[j].identity());
                 j += 1;
             }
-            (Some(a), None) => {
-                changed.insert(a.1);
+            (Some(_), None) => {
+                changed.insert(old[i].identity());
                 i += 1;
-            }
-            (None, Some(b)) => {
-                changed.insert(b.1);
-                j += 1;
             }
             (None, None) => break,
         }
@@ -328,7 +403,8 @@ fn diff<K: Ord + Copy>(
 impl PartialEq for RemoteEndpoints {
     /// Equal when every node holds the same addresses with equal identities (ids may differ).
     fn eq(&self, other: &Self) -> bool {
-        let resolved = |table: &Self| -> Vec<(Name, u32, Vec<(IpAddr, Arc<Identity>)>)> {
+        type Resolved = Vec<(Name, u32, Box<str>, Vec<(IpAddr, Arc<Identity>)>)>;
+        let resolved = |table: &Self| -> Resolved {
             table
                 .nodes
                 .iter()
@@ -336,7 +412,7 @@ impl PartialEq for RemoteEndpoints {
                     let list = node_entries(entries)
                         .filter_map(|(a, id)| table.get(id).map(|i| (a, i.clone())))
                         .collect();
-                    (node.clone(), entries.pods, list)
+                    (node.clone(), entries.pods, entries.names.clone(), list)
                 })
                 .collect()
         };

@@ -16,8 +16,9 @@ use std::collections::BTreeMap;
 use common::{endpoints_of, packet, world, RandomPacket, NODES};
 use meshd_policy::compile::{compile, compile_endpoint};
 use meshd_policy::datapath_model::{self, DatapathPacket};
+use meshd_policy::ipcache::RemotePod;
 use meshd_policy::maps::{EndpointId, MapDelta, PolicyMaps};
-use meshd_policy::model::{Identity, Namespace, Pod, PodKey, Policy, World};
+use meshd_policy::model::{Namespace, Pod, PodKey, Policy, World};
 use meshd_policy::reference::{self, Endpoint};
 use meshd_policy::{Change, Compiler};
 use proptest::prelude::*;
@@ -203,7 +204,7 @@ proptest! {
                         .iter()
                         .enumerate()
                         .filter(|(i, _)| mask & (1 << i) != 0)
-                        .map(|(_, pod)| (pod.addresses.clone(), Identity::of(pod)))
+                        .map(|(_, pod)| RemotePod::of(pod.clone()))
                         .collect(),
                 },
             };
@@ -235,13 +236,13 @@ proptest! {
 /// the changes that build it through the incremental compiler.
 fn with_remote_entries(world: &World, node: &str) -> (World, Vec<Change>) {
     let mut remote = world.clone();
-    let mut by_node: BTreeMap<String, Vec<(Vec<std::net::IpAddr>, Identity)>> = BTreeMap::new();
+    let mut by_node: BTreeMap<String, Vec<RemotePod>> = BTreeMap::new();
     for pod in world.pods.values().filter(|p| p.node != node) {
         remote.pods.remove(&pod.key);
         by_node
             .entry(pod.node.to_string())
             .or_default()
-            .push((pod.addresses.clone(), Identity::of(pod)));
+            .push(RemotePod::of((**pod).clone()));
     }
     let changes: Vec<Change> = by_node
         .into_iter()

@@ -12,6 +12,14 @@ fn identity(namespace: &str, app: &str) -> Identity {
     }
 }
 
+fn pod(name: &str, addresses: Vec<IpAddr>, identity: Identity) -> RemotePod {
+    RemotePod {
+        name: name.into(),
+        addresses,
+        identity,
+    }
+}
+
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
@@ -24,9 +32,9 @@ fn a_node_batch_is_diffed_and_identities_are_shared_and_forgotten() {
     let changed = table.set_node(
         "n2",
         [
-            (vec![ip("10.0.2.1"), ip("fd00::2:1")], web.clone()),
-            (vec![ip("10.0.2.2")], web.clone()),
-            (vec![ip("10.0.2.3")], db.clone()),
+            pod("p1", vec![ip("10.0.2.1"), ip("fd00::2:1")], web.clone()),
+            pod("p2", vec![ip("10.0.2.2")], web.clone()),
+            pod("p3", vec![ip("10.0.2.3")], db.clone()),
         ],
     );
     assert_eq!(changed.len(), 2);
@@ -42,9 +50,9 @@ fn a_node_batch_is_diffed_and_identities_are_shared_and_forgotten() {
     let again = table.set_node(
         "n2",
         [
-            (vec![ip("10.0.2.2")], web.clone()),
-            (vec![ip("10.0.2.1"), ip("fd00::2:1")], web.clone()),
-            (vec![ip("10.0.2.3")], db.clone()),
+            pod("p4", vec![ip("10.0.2.2")], web.clone()),
+            pod("p5", vec![ip("10.0.2.1"), ip("fd00::2:1")], web.clone()),
+            pod("p6", vec![ip("10.0.2.3")], db.clone()),
         ],
     );
     assert!(again.is_empty());
@@ -53,8 +61,8 @@ fn a_node_batch_is_diffed_and_identities_are_shared_and_forgotten() {
     let changed = table.set_node(
         "n2",
         [
-            (vec![ip("10.0.2.1"), ip("fd00::2:1")], web.clone()),
-            (vec![ip("10.0.2.2")], web.clone()),
+            pod("p7", vec![ip("10.0.2.1"), ip("fd00::2:1")], web.clone()),
+            pod("p8", vec![ip("10.0.2.2")], web.clone()),
         ],
     );
     assert_eq!(
@@ -67,8 +75,8 @@ fn a_node_batch_is_diffed_and_identities_are_shared_and_forgotten() {
     let changed = table.set_node(
         "n2",
         [
-            (vec![ip("10.0.2.1"), ip("fd00::2:1")], web.clone()),
-            (vec![ip("10.0.2.2")], db.clone()),
+            pod("p9", vec![ip("10.0.2.1"), ip("fd00::2:1")], web.clone()),
+            pod("p10", vec![ip("10.0.2.2")], db.clone()),
         ],
     );
     assert_eq!(changed.len(), 2);
@@ -84,20 +92,57 @@ fn a_node_batch_is_diffed_and_identities_are_shared_and_forgotten() {
 fn equal_tables_compare_equal_whatever_their_ids() {
     let mut a = RemoteEndpoints::new();
     let mut b = RemoteEndpoints::new();
-    a.set_node("n2", [(vec![ip("10.0.2.1")], identity("x", "web"))]);
-    a.set_node("n3", [(vec![ip("10.0.3.1")], identity("x", "db"))]);
-    b.set_node("n3", [(vec![ip("10.0.3.1")], identity("x", "db"))]);
-    b.set_node("n2", [(vec![ip("10.0.2.1")], identity("x", "web"))]);
+    a.set_node(
+        "n2",
+        [pod("web-1", vec![ip("10.0.2.1")], identity("x", "web"))],
+    );
+    a.set_node(
+        "n3",
+        [pod("db-1", vec![ip("10.0.3.1")], identity("x", "db"))],
+    );
+    b.set_node(
+        "n3",
+        [pod("db-1", vec![ip("10.0.3.1")], identity("x", "db"))],
+    );
+    b.set_node(
+        "n2",
+        [pod("web-1", vec![ip("10.0.2.1")], identity("x", "web"))],
+    );
     assert_eq!(a, b);
-    b.set_node("n2", [(vec![ip("10.0.2.1")], identity("x", "other"))]);
+    b.set_node(
+        "n2",
+        [pod("web-1", vec![ip("10.0.2.1")], identity("x", "other"))],
+    );
     assert_ne!(a, b);
 }
 
 #[test]
 fn a_pod_without_addresses_holds_no_identity() {
     let mut table = RemoteEndpoints::new();
-    let changed = table.set_node("n2", [(Vec::new(), identity("x", "web"))]);
+    let changed = table.set_node("n2", [pod("p0", Vec::new(), identity("x", "web"))]);
     assert!(changed.is_empty());
     assert_eq!(table.identities().count(), 0);
     assert_eq!(table.pods(), 1);
+}
+
+#[test]
+fn a_node_names_its_pods_by_address() {
+    let mut table = RemoteEndpoints::new();
+    table.set_node(
+        "n2",
+        [
+            pod(
+                "web-1",
+                vec![ip("10.0.2.9"), ip("fd00::2:9")],
+                identity("x", "web"),
+            ),
+            pod("web-2", vec![ip("10.0.2.1")], identity("x", "web")),
+        ],
+    );
+    let node = table.node("n2").unwrap();
+    let (id, name) = node.get(ip("fd00::2:9")).unwrap();
+    assert_eq!(name, "web-1");
+    assert_eq!(table.get(id).unwrap().labels.get("app").unwrap(), "web");
+    assert_eq!(node.get(ip("10.0.2.1")).unwrap().1, "web-2");
+    assert!(node.get(ip("10.0.2.2")).is_none());
 }
