@@ -108,7 +108,8 @@ fn main() {
     }
     let done = stage.on_event(SourceEvent::Batch(BatchEvent::ListDone));
     policy_loop.apply_batch(done, None);
-    let pods = policy_loop.compiler().world().pods.len();
+    let world = policy_loop.compiler().world();
+    let pods = world.pods.len() + world.remote.pods();
     let held = live() - base;
     println!(
         "pods {pods}: policy loop and its report hold {} bytes ({:.1} MiB, {} bytes per pod)",

@@ -28,7 +28,7 @@ use crate::intern::{LabelSet, Name};
 use crate::model::{NamedPort, Pod};
 
 /// What policy reads of a remote pod: namespace, labels and named ports.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Identity {
     /// The pod's namespace.
     pub namespace: Name,
@@ -119,6 +119,16 @@ impl NodeEntries {
         };
         let name = self.names.split('\n').nth(usize::from(pod))?;
         Some((identity, name))
+    }
+
+    /// The entries: address and identity id, IPv4 first, each family in address order.
+    pub fn entries(&self) -> impl Iterator<Item = (IpAddr, IdentityId)> + '_ {
+        node_entries(self)
+    }
+
+    /// How many pods the batch listed.
+    pub fn pods(&self) -> usize {
+        self.pods as usize
     }
 }
 
@@ -261,6 +271,43 @@ impl RemoteEndpoints {
     /// The identity node `node` gives `address`, if any.
     pub fn lookup(&self, node: &str, address: IpAddr) -> Option<IdentityId> {
         self.nodes.get(node)?.get(address).map(|(id, _)| id)
+    }
+
+    /// Node `node`'s pods as held: each name with its addresses and identity, in the batch's
+    /// order (a pod without addresses has no identity held: it gets the empty one, which
+    /// selects and serves nothing since it has no address).
+    pub fn node_pods(&self, node: &str) -> Vec<RemotePod> {
+        let Some(entries) = self.nodes.get(node) else {
+            return Vec::new();
+        };
+        let mut pods: Vec<RemotePod> = entries
+            .names
+            .split_terminator('\n')
+            .map(|name| RemotePod {
+                name: name.into(),
+                addresses: Vec::new(),
+                identity: Identity::default(),
+            })
+            .collect();
+        let positions = entries
+            .v4
+            .iter()
+            .map(|e| (IpAddr::V4(Ipv4Addr::from(e.address)), e.identity(), e.pod))
+            .chain(
+                entries
+                    .v6
+                    .iter()
+                    .map(|e| (IpAddr::V6(Ipv6Addr::from(e.address)), e.identity(), e.pod)),
+            );
+        for (address, id, position) in positions {
+            if let Some(pod) = pods.get_mut(usize::from(u16::from_ne_bytes(position))) {
+                pod.addresses.push(address);
+                if let Some(identity) = self.get(id) {
+                    pod.identity = (**identity).clone();
+                }
+            }
+        }
+        pods
     }
 
     /// Node `node`'s entries and names, shared.

@@ -12,12 +12,11 @@ use jiff::Timestamp;
 use meshd_policy::model::Direction;
 
 use super::decode::DatapathEvent;
-use meshd_policy::model::Pod;
 
 use super::record::{
     Endpoint, Flow, Interface, IpHeader, ObservationPoint, PolicyRef, Reason, TrafficDirection,
 };
-use crate::policy::pod_table::PodTable;
+use crate::policy::pod_table::{PodTable, PodView};
 
 /// What enrichment looks things up in, besides the pods ([`PodTable`], the policy loop's).
 #[derive(Clone, Debug, Default)]
@@ -29,17 +28,17 @@ pub struct Lookup {
 }
 
 /// The record's view of `pod`.
-fn endpoint(pod: &Pod) -> Endpoint {
+fn endpoint(pod: PodView<'_>) -> Endpoint {
     Endpoint {
-        namespace: pod.key.namespace.to_string(),
-        pod_name: pod.key.name.to_string(),
+        namespace: pod.namespace.to_string(),
+        pod_name: pod.name.to_string(),
         node_name: (!pod.node.is_empty()).then(|| pod.node.to_string()),
         labels: pod.labels.iter().map(|(k, v)| format!("{k}={v}")).collect(),
     }
 }
 
 /// The policies isolating `pod` in `direction`, as the record names them.
-fn isolating(pods: &PodTable, pod: &Pod, direction: Direction) -> Vec<PolicyRef> {
+fn isolating(pods: &PodTable, pod: PodView<'_>, direction: Direction) -> Vec<PolicyRef> {
     pods.isolating(pod, direction)
         .map(|p| PolicyRef {
             namespace: p.key.namespace.to_string(),
@@ -62,8 +61,9 @@ impl Lookup {
 
 /// The record of `event`, observed at `time` (already converted to wall-clock time).
 pub fn enrich(event: &DatapathEvent, lookup: &Lookup, pods: &PodTable, time: Timestamp) -> Flow {
-    let source = pods.pod(&event.source);
-    let destination = pods.pod(&event.destination);
+    // Another node's pod is found in the list of the node whose pod CIDR holds its address.
+    let source = pods.find(&event.source, lookup.peer_of(event.source));
+    let destination = pods.find(&event.destination, lookup.peer_of(event.destination));
     let traffic_direction = match event.point {
         ObservationPoint::ToEndpoint => TrafficDirection::Ingress,
         ObservationPoint::FromEndpoint | ObservationPoint::ToNetwork => TrafficDirection::Egress,

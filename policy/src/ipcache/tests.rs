@@ -146,3 +146,20 @@ fn a_node_names_its_pods_by_address() {
     assert_eq!(node.get(ip("10.0.2.1")).unwrap().1, "web-2");
     assert!(node.get(ip("10.0.2.2")).is_none());
 }
+
+#[test]
+fn a_node_pods_are_given_back_as_held() {
+    let mut table = RemoteEndpoints::new();
+    let pods = vec![
+        pod(
+            "web-1",
+            vec![ip("10.0.2.9"), ip("fd00::2:9")],
+            identity("x", "web"),
+        ),
+        pod("db-1", vec![ip("10.0.2.1")], identity("x", "db")),
+        pod("pending", Vec::new(), Identity::default()),
+    ];
+    table.set_node("n2", pods.clone());
+    assert_eq!(table.node_pods("n2"), pods);
+    assert!(table.node_pods("n3").is_empty());
+}
