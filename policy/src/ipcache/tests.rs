@@ -67,7 +67,7 @@ fn a_node_batch_is_diffed_and_identities_are_shared_and_forgotten() {
     );
     assert_eq!(
         changed.iter().map(|i| (**i).clone()).collect::<Vec<_>>(),
-        [db.clone()]
+        std::slice::from_ref(&db)
     );
     assert_eq!(table.identities().count(), 1);
 
