@@ -20,9 +20,12 @@
 //! Pure: no I/O. The world holds one ([`crate::World::remote`]); local pods stay full pods in
 //! [`crate::World::pods`].
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{BuildHasher, RandomState};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
+
+use hashbrown::HashTable;
 
 use crate::intern::{LabelSet, Name};
 use crate::model::{NamedPort, Pod};
@@ -137,8 +140,10 @@ impl NodeEntries {
 pub struct RemoteEndpoints {
     /// Identity by id, with how many entries use it; `None` is a free id.
     identities: Vec<Option<(Arc<Identity>, u32)>>,
-    /// Ids of the identities held.
-    ids: HashMap<Arc<Identity>, IdentityId>,
+    /// Ids of the identities held, found by the identity's hash and compared through their
+    /// slots (4 bytes an identity, where a map keyed by the identity took 16).
+    ids: HashTable<IdentityId>,
+    hasher: RandomState,
     /// Free ids, reused first.
     free: Vec<u32>,
     nodes: BTreeMap<Name, Arc<NodeEntries>>,
@@ -332,11 +337,16 @@ impl RemoteEndpoints {
 
     /// The id of `identity`, interned with no use if new (its id then added to `created`).
     fn intern(&mut self, identity: Identity, created: &mut Vec<IdentityId>) -> IdentityId {
-        if let Some(&id) = self.ids.get(&identity) {
+        let hash = self.hasher.hash_one(&identity);
+        let slots = &self.identities;
+        if let Some(&id) = self.ids.find(hash, |id| {
+            slots[id.0 as usize]
+                .as_ref()
+                .is_some_and(|(held, _)| **held == identity)
+        }) {
             return id;
         }
-        let identity = Arc::new(identity);
-        let slot = Some((identity.clone(), 0));
+        let slot = Some((Arc::new(identity), 0));
         let id = match self.free.pop() {
             Some(i) => {
                 self.identities[i as usize] = slot;
@@ -347,7 +357,9 @@ impl RemoteEndpoints {
                 IdentityId(self.identities.len() as u32 - 1)
             }
         };
-        self.ids.insert(identity, id);
+        let (slots, hasher) = (&self.identities, &self.hasher);
+        self.ids
+            .insert_unique(hash, id, |id| slot_hash(hasher, slots, *id));
         created.push(id);
         id
     }
@@ -377,9 +389,11 @@ impl RemoteEndpoints {
     fn free_if_unused(&mut self, id: IdentityId) {
         let slot = &mut self.identities[id.0 as usize];
         if matches!(slot, Some((_, 0))) {
-            if let Some((identity, _)) = slot.take() {
-                self.ids.remove(&identity);
+            let hash = slot_hash(&self.hasher, &self.identities, id);
+            if let Ok(entry) = self.ids.find_entry(hash, |held| *held == id) {
+                entry.remove();
             }
+            self.identities[id.0 as usize] = None;
             self.free.push(id.0);
         }
     }
@@ -394,9 +408,17 @@ impl RemoteEndpoints {
         if self.identities.capacity() > 4 * self.identities.len().max(16) {
             self.identities.shrink_to_fit();
             self.free.shrink_to_fit();
-            self.ids.shrink_to_fit();
+            let (slots, hasher) = (&self.identities, &self.hasher);
+            self.ids.shrink_to_fit(|id| slot_hash(hasher, slots, *id));
         }
     }
+}
+
+/// The hash identity `id` is filed under: its content's.
+fn slot_hash(hasher: &RandomState, slots: &[Option<(Arc<Identity>, u32)>], id: IdentityId) -> u64 {
+    slots[id.0 as usize]
+        .as_ref()
+        .map_or(0, |(identity, _)| hasher.hash_one(&**identity))
 }
 
 fn node_entries(entries: &NodeEntries) -> impl Iterator<Item = (IpAddr, IdentityId)> + '_ {
