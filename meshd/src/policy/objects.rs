@@ -626,4 +626,49 @@ mod tests {
         assert!(cache.malformed().is_empty());
         assert!(compiler.world().policies.is_empty());
     }
+
+    #[test]
+    fn other_nodes_pods_become_entries_and_a_claim_on_a_local_pod_waits_for_it() {
+        let mut cache = ObjectCache::for_node("n1");
+        let mut compiler = Compiler::new();
+        let on = |node: &str, mut p: Pod| {
+            p.node = node.into();
+            p
+        };
+        let local = on("n1", pod("x", "a", "one"));
+        let remote = on("n2", pod("x", "r", "two"));
+        let claim = on("n2", pod("x", "a", "one"));
+        let node_pods = |node: &str, pods: Vec<Pod>| ObjectEvent::NodePods {
+            node: node.into(),
+            pods,
+            refused: Vec::new(),
+        };
+        let mut events = vec![ObjectEvent::ListStart(Kind::Pod)];
+        events.push(node_pods("n1", vec![local.clone()]));
+        events.push(node_pods("n2", vec![remote.clone(), claim.clone()]));
+        events.push(ObjectEvent::ListDone(Kind::Pod));
+        feed(&mut cache, &mut compiler, events);
+        let world = compiler.world();
+        assert_eq!(world.pods.len(), 1, "only this node's pods are pods");
+        assert_eq!(world.remote.pods(), 1, "n2's claim on n1's pod waits");
+        assert!(cache.batch_refusals()["n2"][0].contains("held by node \"n1\""));
+        // n1 lets go: n2's claim is taken up as one of n2's entries.
+        let changes = feed(&mut cache, &mut compiler, vec![node_pods("n1", Vec::new())]);
+        assert!(changes.contains(&Change::RemovePod(local.key.clone())));
+        let world = compiler.world();
+        assert!(world.pods.is_empty());
+        assert_eq!(world.remote.pods(), 2);
+        assert!(world.remote.lookup("n2", local.addresses[0]).is_some());
+        // A relist without n2's batch forgets n2.
+        feed(
+            &mut cache,
+            &mut compiler,
+            vec![
+                ObjectEvent::ListStart(Kind::Pod),
+                node_pods("n1", Vec::new()),
+                ObjectEvent::ListDone(Kind::Pod),
+            ],
+        );
+        assert!(compiler.world().remote.is_empty());
+    }
 }
