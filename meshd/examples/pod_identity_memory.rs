@@ -2,8 +2,9 @@
 //! of every node arrive as endpoint batches in the scale harness's format, pass the pod
 //! identity stage and the policy loop (keeping the flow collector's pod table, as the daemon
 //! does with flow events on); the live bytes they hold are printed, then the table's share.
-//! At 5,000 × 30 (dual-stack): 274 bytes per pod, of which the pod table 31 (docs/policy.md,
-//! "Known limits", says where the rest goes).
+//! At 5,000 × 30 (dual-stack): 119 bytes per pod (was 274 with pod objects for every node's
+//! pods; other nodes' pods are now address → identity entries), of which the pod table 2
+//! (docs/policy.md, "Known limits", says where the rest goes).
 //!
 //! `cargo run --release -p meshd --example pod_identity_memory -- 5000 30`
 //!
@@ -108,7 +109,8 @@ fn main() {
     }
     let done = stage.on_event(SourceEvent::Batch(BatchEvent::ListDone));
     policy_loop.apply_batch(done, None);
-    let pods = policy_loop.compiler().world().pods.len();
+    let world = policy_loop.compiler().world();
+    let pods = world.pods.len() + world.remote.pods();
     let held = live() - base;
     println!(
         "pods {pods}: policy loop and its report hold {} bytes ({:.1} MiB, {} bytes per pod)",

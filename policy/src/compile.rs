@@ -7,6 +7,8 @@
 //! 2. Each of their rules becomes one or more *bit rules*, each a product of a peer set and a
 //!    (protocol, port) set ([`crate::prefix::PortSet`]): pod peers become the pods' addresses (host prefixes),
 //!    `ipBlock`s stay blocks with their own `except`, an empty `from`/`to` is every address.
+//!    Other nodes' pods ([`crate::ipcache`]) are selected by identity (each identity matched
+//!    once per rule), then their addresses taken, exactly as the same pods held whole would be.
 //!    Named ports resolve on the pod serving them: for ingress that is the endpoint itself, so a
 //!    rule stays one product; for egress it is the destination, so the named part of a rule
 //!    splits into one bit rule per distinct resolution, each over the addresses of the rule's
@@ -39,7 +41,8 @@ use crate::maps::{
     PortKey, RuleBits, MAX_RULES, PEER_KEY_FIXED_BITS, PORT_KEY_FIXED_BITS,
 };
 use crate::model::{
-    namespace_labels, Direction, Peer, Pod, PodKey, Policy, PolicyKey, PortSpec, Rule, World,
+    namespace_labels, Direction, IdentityId, LabelSet, Name, NamedPort, Peer, Pod, PodKey, Policy,
+    PolicyKey, PortSpec, Protocol, Rule, World,
 };
 use crate::prefix::{lpm_entries, port_point, PortPrefix, PortSet};
 
@@ -387,18 +390,7 @@ fn bit_rules(
             PortSpec::Named(name) => named.push((port.protocol, name.as_str())),
         }
     }
-    let resolve = |serving: &Pod| -> Vec<(u32, u32)> {
-        named
-            .iter()
-            .filter_map(|(protocol, name)| {
-                let port = serving.named_ports.get(*name)?;
-                (port.protocol == *protocol).then(|| {
-                    let point = port_point(protocol.number(), port.number);
-                    (point, point)
-                })
-            })
-            .collect()
-    };
+    let resolve = |serving: &Pod| resolve_on(&named, &serving.named_ports);
     match direction {
         Direction::Ingress => {
             numeric.extend(resolve(pod));
@@ -428,6 +420,25 @@ fn bit_rules(
                     .filter(|a| peers.iter().any(|item| item.contains_address(**a)))
                     .map(|a| PeerItem::Host(*a));
                 by_resolution.entry(ports).or_default().extend(hosts);
+            }
+            // Other nodes' pods: resolved once per identity.
+            let resolutions: Vec<Option<PortSet>> = (0..world.remote.id_bound())
+                .map(|i| {
+                    let identity = world.remote.get(IdentityId(i as u32))?;
+                    let ports = PortSet::from_ranges(resolve_on(&named, &identity.named_ports));
+                    (!ports.is_empty()).then_some(ports)
+                })
+                .collect();
+            for (address, id) in world.remote.entries() {
+                let Some(Some(ports)) = resolutions.get(id.0 as usize) else {
+                    continue;
+                };
+                if peers.iter().any(|item| item.contains_address(address)) {
+                    by_resolution
+                        .entry(ports.clone())
+                        .or_default()
+                        .push(PeerItem::Host(address));
+                }
             }
             out.extend(
                 by_resolution
@@ -466,6 +477,33 @@ fn rule_peers(world: &World, policy: &Policy, rule: &Rule) -> Vec<PeerItem> {
                         out.extend(candidate.addresses.iter().map(|a| PeerItem::Host(*a)));
                     }
                 }
+                // Other nodes' pods: each identity matched once, then its addresses taken.
+                let selected: Vec<bool> = (0..world.remote.id_bound())
+                    .map(|i| {
+                        world
+                            .remote
+                            .get(IdentityId(i as u32))
+                            .is_some_and(|identity| {
+                                peer_selects(
+                                    world,
+                                    policy,
+                                    namespace_selector.as_ref(),
+                                    pod_selector.as_ref(),
+                                    &identity.namespace,
+                                    &identity.labels,
+                                )
+                            })
+                    })
+                    .collect();
+                if selected.contains(&true) {
+                    out.extend(
+                        world
+                            .remote
+                            .entries()
+                            .filter(|(_, id)| selected[id.0 as usize])
+                            .map(|(address, _)| PeerItem::Host(address)),
+                    );
+                }
             }
         }
     }
@@ -480,11 +518,46 @@ pub(crate) fn pod_peer_selects(
     pod_selector: Option<&crate::model::LabelSelector>,
     candidate: &Pod,
 ) -> bool {
+    peer_selects(
+        world,
+        policy,
+        namespace_selector,
+        pod_selector,
+        &candidate.key.namespace,
+        &candidate.labels,
+    )
+}
+
+/// Whether a pod peer (`namespaceSelector` / `podSelector`) of `policy` selects a pod of
+/// `namespace` labelled `labels` (a local pod, or another node's pod by its identity).
+pub(crate) fn peer_selects(
+    world: &World,
+    policy: &Policy,
+    namespace_selector: Option<&crate::model::LabelSelector>,
+    pod_selector: Option<&crate::model::LabelSelector>,
+    namespace: &Name,
+    labels: &LabelSet,
+) -> bool {
     let namespace_ok = match namespace_selector {
-        None => candidate.key.namespace == policy.key.namespace,
-        Some(selector) => selector.matches(namespace_labels(world, &candidate.key.namespace)),
+        None => *namespace == policy.key.namespace,
+        Some(selector) => selector.matches(namespace_labels(world, namespace)),
     };
-    namespace_ok && pod_selector.is_none_or(|s| s.matches(&candidate.labels))
+    namespace_ok && pod_selector.is_none_or(|s| s.matches(labels))
+}
+
+/// The named ports of `named` (protocol, name) that `ports` (the serving pod's) resolve, as
+/// port ranges of one port each.
+fn resolve_on(named: &[(Protocol, &str)], ports: &BTreeMap<String, NamedPort>) -> Vec<(u32, u32)> {
+    named
+        .iter()
+        .filter_map(|(protocol, name)| {
+            let port = ports.get(*name)?;
+            (port.protocol == *protocol).then(|| {
+                let point = port_point(protocol.number(), port.number);
+                (point, point)
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

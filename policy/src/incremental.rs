@@ -8,6 +8,8 @@
 //! * a pod added, changed or removed: the pod itself (if local), and the endpoints selected by
 //!   policies that can refer to it — a pod peer selecting its old or new version, or egress
 //!   named ports (resolved on destinations, so any pod's ports can matter);
+//! * another node's pods replaced ([`Change::SetNodeEndpoints`]): the same, once per identity
+//!   whose addresses changed (not once per pod);
 //! * a namespace added, relabelled or removed: the endpoints selected by policies with a
 //!   `namespaceSelector` matching its old or new labels;
 //! * an endpoint attached or detached: that endpoint.
@@ -24,9 +26,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use crate::compile::{compile_endpoint_with, pod_peer_selects, CompileError, Compiled, RuleCache};
+use crate::compile::{compile_endpoint_with, peer_selects, CompileError, Compiled, RuleCache};
+use crate::ipcache::RemotePod;
 use crate::maps::{EndpointId, MapDelta, PolicyMaps};
-use crate::model::{Direction, Namespace, Peer, Pod, PodKey, Policy, PolicyKey, PortSpec, World};
+use crate::model::{
+    Direction, LabelSet, Name, Namespace, Peer, Pod, PodKey, Policy, PolicyKey, PortSpec, World,
+};
 
 /// One change to what policy depends on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,6 +44,14 @@ pub enum Change {
     UpsertPod(Pod),
     /// A pod was deleted.
     RemovePod(PodKey),
+    /// Another node's pods are exactly these (addresses and identity each), replacing what
+    /// was known of that node ([`crate::ipcache`]); an empty list forgets the node.
+    SetNodeEndpoints {
+        /// The node.
+        node: String,
+        /// Its pods.
+        pods: Vec<RemotePod>,
+    },
     /// A NetworkPolicy was added or changed.
     UpsertPolicy(Policy),
     /// A NetworkPolicy was deleted.
@@ -123,6 +136,13 @@ impl Compiler {
                     None => self.pod_added(),
                 }
                 affected.insert(key);
+                affected
+            }
+            Change::SetNodeEndpoints { node, pods } => {
+                let mut affected = BTreeSet::new();
+                for identity in self.world.remote.set_node(&node, pods) {
+                    affected.extend(self.referring_to_peer(&identity.namespace, &identity.labels));
+                }
                 affected
             }
             Change::RemovePod(key) => {
@@ -212,6 +232,13 @@ impl Compiler {
 
     /// Local endpoints selected by a policy whose rules can refer to `pod` as a peer.
     fn referring_to(&self, pod: &Pod) -> BTreeSet<PodKey> {
+        self.referring_to_peer(&pod.key.namespace, &pod.labels)
+    }
+
+    /// Local endpoints selected by a policy whose rules can refer to a pod of `namespace`
+    /// labelled `labels` as a peer (by selector, or by an egress named port, which any pod
+    /// may serve).
+    fn referring_to_peer(&self, namespace: &Name, labels: &LabelSet) -> BTreeSet<PodKey> {
         let mut out = BTreeSet::new();
         for policy in self.world.policies.values() {
             let by_selector = Direction::ALL.iter().any(|d| {
@@ -220,12 +247,13 @@ impl Compiler {
                         Peer::Pods {
                             namespace_selector,
                             pod_selector,
-                        } => pod_peer_selects(
+                        } => peer_selects(
                             &self.world,
                             policy,
                             namespace_selector.as_ref(),
                             pod_selector.as_ref(),
-                            pod,
+                            namespace,
+                            labels,
                         ),
                         Peer::IpBlock { .. } => false,
                     })

@@ -261,6 +261,13 @@ impl Interner {
         set
     }
 
+    /// `labels` as a label set whose keys and values are the shared names, without keeping
+    /// the set itself: for a caller that shares equal sets its own way (the ipcache interns
+    /// whole identities), so the interner holds no second entry per set.
+    pub fn labels_of_names(&mut self, labels: &Labels) -> LabelSet {
+        LabelSet::from_names(labels.iter().map(|(k, v)| (self.name(k), self.name(v))))
+    }
+
     /// How many names and label sets it holds.
     pub fn len(&self) -> usize {
         self.names.len() + self.labels.len()

@@ -6,6 +6,8 @@
 //! Modules:
 //! * [`intern`]: shared names and label sets ([`intern::Name`], [`intern::SharedLabels`]) and
 //!   the interner that makes equal ones one copy (a remote pod costs little beyond its own name).
+//! * [`ipcache`]: other nodes' pods as an address → identity table (identity = namespace,
+//!   labels and named ports, interned once), kept per node as sorted entries; no pod objects.
 //! * [`model`]: namespaces, pods and NetworkPolicies (all of `networking.k8s.io/v1`) as plain
 //!   values; [`k8s`] converts the Kubernetes API objects into them, refusing what cannot be
 //!   represented with an error naming the object and field. [`pods`]: the world's pods by key,
@@ -28,6 +30,7 @@ pub mod datapath_model;
 pub mod e2e_model;
 pub mod incremental;
 pub mod intern;
+pub mod ipcache;
 pub mod k8s;
 pub mod maps;
 pub mod model;

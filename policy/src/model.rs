@@ -15,6 +15,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 pub use crate::intern::{LabelLookup, LabelSet, Name, SharedLabels};
+pub use crate::ipcache::{Identity, IdentityId, RemoteEndpoints};
 pub use crate::pods::Pods;
 
 /// Labels of a namespace or pod.
@@ -325,6 +326,9 @@ pub struct World {
     pub pods: Pods,
     /// Policies by namespace and name.
     pub policies: BTreeMap<PolicyKey, Policy>,
+    /// Other nodes' pods as address → identity entries, node by node, without pod objects
+    /// ([`crate::ipcache`]). A pod is either here (a peer only) or in `pods`, not both.
+    pub remote: RemoteEndpoints,
 }
 
 /// The labels of namespace `name`; a namespace the world does not know has none.

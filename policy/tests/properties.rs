@@ -3,7 +3,9 @@
 //!   node, ingress on the destination's), give the reference's verdict for random packets;
 //! * compiling is deterministic and independent of rule and policy order;
 //! * the incremental compiler, fed a random sequence of changes, ends with exactly the maps of a
-//!   full compile, and each delta touches exactly the endpoints whose entries changed.
+//!   full compile, and each delta touches exactly the endpoints whose entries changed;
+//! * other nodes' pods held as address → identity entries (`ipcache`) compile exactly as the
+//!   same pods held whole, in a full compile and through the incremental compiler.
 //!
 //! Run: `cargo test -p meshd-policy --test properties` (debug, about 30 s on 2 loaded cores).
 
@@ -14,6 +16,7 @@ use std::collections::BTreeMap;
 use common::{endpoints_of, packet, world, RandomPacket, NODES};
 use meshd_policy::compile::{compile, compile_endpoint};
 use meshd_policy::datapath_model::{self, DatapathPacket};
+use meshd_policy::ipcache::RemotePod;
 use meshd_policy::maps::{EndpointId, MapDelta, PolicyMaps};
 use meshd_policy::model::{Namespace, Pod, PodKey, Policy, World};
 use meshd_policy::reference::{self, Endpoint};
@@ -133,6 +136,8 @@ enum Step {
     RemovePolicy(usize),
     Attach(Index),
     Detach(Index),
+    /// Remote node `0` (of two) holds the pool's pods whose bit is set in `1`, as entries.
+    Remote(usize, u8),
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -145,6 +150,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (0usize..8).prop_map(Step::RemovePolicy),
         2 => any::<Index>().prop_map(Step::Attach),
         1 => any::<Index>().prop_map(Step::Detach),
+        3 => (0usize..2, any::<u8>()).prop_map(|(node, mask)| Step::Remote(node, mask)),
     ]
 }
 
@@ -192,6 +198,15 @@ proptest! {
                     }
                 }
                 Step::Detach(i) => Change::DetachEndpoint(i.get(&pods).key.clone()),
+                Step::Remote(node, mask) => Change::SetNodeEndpoints {
+                    node: format!("remote-{node}"),
+                    pods: pods
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| mask & (1 << i) != 0)
+                        .map(|(_, pod)| RemotePod::of(pod.clone()))
+                        .collect(),
+                },
             };
             let before = compile(compiler.world(), compiler.endpoints());
             let delta = compiler.apply(change);
@@ -213,6 +228,65 @@ proptest! {
             own.peer_v6.retain(|k, _| k.endpoint == id.0);
             own.ports.retain(|k, _| k.endpoint == id.0);
             prop_assert_eq!(own, alone.maps);
+        }
+    }
+}
+
+/// `world` with every pod not on `node` held as another node's entries instead of a pod, and
+/// the changes that build it through the incremental compiler.
+fn with_remote_entries(world: &World, node: &str) -> (World, Vec<Change>) {
+    let mut remote = world.clone();
+    let mut by_node: BTreeMap<String, Vec<RemotePod>> = BTreeMap::new();
+    for pod in world.pods.values().filter(|p| p.node != node) {
+        remote.pods.remove(&pod.key);
+        by_node
+            .entry(pod.node.to_string())
+            .or_default()
+            .push(RemotePod::of((**pod).clone()));
+    }
+    let changes: Vec<Change> = by_node
+        .into_iter()
+        .map(|(node, pods)| Change::SetNodeEndpoints { node, pods })
+        .collect();
+    for change in &changes {
+        if let Change::SetNodeEndpoints { node, pods } = change {
+            remote.remote.set_node(node, pods.clone());
+        }
+    }
+    (remote, changes)
+}
+
+proptest! {
+    // 2,000 worlds, each compiled for both nodes with the other node's pods as entries.
+    #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn remote_entries_compile_as_the_pods_they_stand_for(world in world()) {
+        for node in NODES {
+            let endpoints = endpoints_of(&world, node);
+            let whole = compile(&world, &endpoints);
+            let (remote, changes) = with_remote_entries(&world, node);
+            prop_assert_eq!(&compile(&remote, &endpoints), &whole);
+            // Through the incremental compiler, the entries arriving last.
+            let mut compiler = Compiler::new();
+            for ns in world.namespaces.values() {
+                compiler.apply(Change::UpsertNamespace(ns.clone()));
+            }
+            for pod in remote.pods.values() {
+                compiler.apply(Change::UpsertPod((**pod).clone()));
+            }
+            for (pod, id) in &endpoints {
+                compiler.apply(Change::AttachEndpoint { pod: pod.clone(), endpoint: *id });
+            }
+            for policy in world.policies.values() {
+                compiler.apply(Change::UpsertPolicy(policy.clone()));
+            }
+            let mut maps = compiler.maps();
+            for change in changes {
+                maps.apply(&compiler.apply(change));
+            }
+            prop_assert_eq!(&maps, &whole.maps);
+            prop_assert_eq!(compiler.maps(), whole.maps);
         }
     }
 }

@@ -12,12 +12,11 @@ use jiff::Timestamp;
 use meshd_policy::model::Direction;
 
 use super::decode::DatapathEvent;
-use meshd_policy::model::Pod;
 
 use super::record::{
     Endpoint, Flow, Interface, IpHeader, ObservationPoint, PolicyRef, Reason, TrafficDirection,
 };
-use crate::policy::pod_table::PodTable;
+use crate::policy::pod_table::{PodTable, PodView};
 
 /// What enrichment looks things up in, besides the pods ([`PodTable`], the policy loop's).
 #[derive(Clone, Debug, Default)]
@@ -29,17 +28,17 @@ pub struct Lookup {
 }
 
 /// The record's view of `pod`.
-fn endpoint(pod: &Pod) -> Endpoint {
+fn endpoint(pod: PodView<'_>) -> Endpoint {
     Endpoint {
-        namespace: pod.key.namespace.to_string(),
-        pod_name: pod.key.name.to_string(),
+        namespace: pod.namespace.to_string(),
+        pod_name: pod.name.to_string(),
         node_name: (!pod.node.is_empty()).then(|| pod.node.to_string()),
         labels: pod.labels.iter().map(|(k, v)| format!("{k}={v}")).collect(),
     }
 }
 
 /// The policies isolating `pod` in `direction`, as the record names them.
-fn isolating(pods: &PodTable, pod: &Pod, direction: Direction) -> Vec<PolicyRef> {
+fn isolating(pods: &PodTable, pod: PodView<'_>, direction: Direction) -> Vec<PolicyRef> {
     pods.isolating(pod, direction)
         .map(|p| PolicyRef {
             namespace: p.key.namespace.to_string(),
@@ -47,6 +46,20 @@ fn isolating(pods: &PodTable, pod: &Pod, direction: Direction) -> Vec<PolicyRef>
             kind: "NetworkPolicy".to_string(),
         })
         .collect()
+}
+
+/// The pod holding `address`: a local pod, else another node's, looked up in the list of the
+/// peer whose pod CIDR holds it (another node's pod addresses are vetted against its CIDRs, so
+/// an address outside every peer's is none of theirs). Before the peers are known, every
+/// node's list is tried.
+fn find_pod<'a>(pods: &'a PodTable, lookup: &Lookup, address: IpAddr) -> Option<PodView<'a>> {
+    if lookup.peers.is_empty() {
+        return pods.find(&address, None);
+    }
+    match lookup.peer_of(address) {
+        Some(node) => pods.find(&address, Some(node)),
+        None => pods.pod(&address).map(PodView::from),
+    }
 }
 
 impl Lookup {
@@ -62,8 +75,8 @@ impl Lookup {
 
 /// The record of `event`, observed at `time` (already converted to wall-clock time).
 pub fn enrich(event: &DatapathEvent, lookup: &Lookup, pods: &PodTable, time: Timestamp) -> Flow {
-    let source = pods.pod(&event.source);
-    let destination = pods.pod(&event.destination);
+    let source = find_pod(pods, lookup, event.source);
+    let destination = find_pod(pods, lookup, event.destination);
     let traffic_direction = match event.point {
         ObservationPoint::ToEndpoint => TrafficDirection::Ingress,
         ObservationPoint::FromEndpoint | ObservationPoint::ToNetwork => TrafficDirection::Egress,
@@ -224,5 +237,45 @@ mod tests {
         assert_eq!(flow.drop_reason_desc, None);
         assert_eq!(flow.traffic_direction, TrafficDirection::Egress);
         assert_eq!(flow.interface.name, "");
+    }
+
+    #[test]
+    fn another_nodes_pod_is_named_from_the_list_of_the_peer_owning_its_address() {
+        let mut world = world();
+        let b = world.pods.remove(&PodKey::new("shop", "b")).unwrap();
+        // b is node-b's pod: held as node-b's entries, not as a pod.
+        world.remote.set_node(
+            "node-b",
+            [meshd_policy::ipcache::RemotePod::of((*b).clone())],
+        );
+        let pods = PodTable::from_world(&world);
+        let e = event(
+            Reason::PolicyDenied,
+            ObservationPoint::ToEndpoint,
+            Some(TrafficDirection::Ingress),
+        );
+        let peers = Lookup {
+            peers: vec![("10.244.2.0/24".parse().unwrap(), "node-b".to_string())],
+            ..Default::default()
+        };
+        for lookup in [&peers, &Lookup::default()] {
+            let flow = enrich(&e, lookup, &pods, Timestamp::UNIX_EPOCH);
+            let dst = flow.destination.unwrap();
+            assert_eq!(
+                (dst.namespace.as_str(), dst.pod_name.as_str()),
+                ("shop", "b")
+            );
+            assert_eq!(dst.node_name.as_deref(), Some("node-b"));
+            assert_eq!(dst.labels, vec!["app=db".to_string()]);
+            assert_eq!(flow.ingress_denied_by[0].name, "db-deny");
+        }
+        // Outside every peer's pod CIDR: no other node's pod.
+        let elsewhere = Lookup {
+            peers: vec![("10.244.3.0/24".parse().unwrap(), "node-c".to_string())],
+            ..Default::default()
+        };
+        let flow = enrich(&e, &elsewhere, &pods, Timestamp::UNIX_EPOCH);
+        assert!(flow.destination.is_none());
+        assert_eq!(flow.source.unwrap().pod_name, "a", "local pods are found");
     }
 }

@@ -185,7 +185,9 @@ pub fn decode_interned(
     let table: Vec<SharedLabels> = wire
         .labels
         .into_iter()
-        .map(|labels| interner.labels(&labels))
+        // Equal sets of other batches are made one by the ipcache's identities: the interner
+        // shares the names only.
+        .map(|labels| interner.labels_of_names(&labels))
         .collect();
     let node_name = interner.name(node);
     for (i, entry) in wire.pods.into_iter().enumerate() {

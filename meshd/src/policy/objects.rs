@@ -16,9 +16,18 @@
 //! other node's from that node's endpoint batch ([`super::endpoint_batch`]). Each replaces what
 //! was known of that node. A pod is held by one node: a batch claiming a pod another node
 //! already holds is refused for that pod (reported) and taken up only once the holder lets go.
+//!
+//! A cache made for a node ([`ObjectCache::for_node`], as the policy loop does) keeps only
+//! that node's pods as whole pods in the world; every other node's become address → identity
+//! entries ([`meshd_policy::ipcache`], [`Change::SetNodeEndpoints`]), the node's whole list at
+//! a time, diffed there. Their names are not keys any more: a batch's pod is refused while
+//! this node holds a pod of the same name, but two other nodes listing one name (a pod moving
+//! between them) both stand until the old node's batch lets go (their addresses differ, each
+//! within its node's pod CIDRs).
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use meshd_policy::ipcache::RemotePod;
 use meshd_policy::model::{Name, Namespace, Pod, PodKey, Policy};
 use meshd_policy::{Change, World};
 
@@ -179,9 +188,27 @@ pub struct ObjectCache {
     /// For each node, at least as many pods as the world holds for it: a node's new pod set
     /// that matches that many known pods removes none, and needs no walk of the world.
     node_counts: BTreeMap<Name, usize>,
+    /// The node this cache is for: only its pods are held whole, the others' as entries.
+    /// `None`: every node's pods are held whole.
+    local_node: Option<String>,
 }
 
 impl ObjectCache {
+    /// The cache of node `node` (see the module doc).
+    pub fn for_node(node: &str) -> Self {
+        Self {
+            local_node: Some(node.to_owned()),
+            ..Self::default()
+        }
+    }
+
+    /// Whether `node`'s pods are held as entries rather than whole pods.
+    fn is_remote(&self, node: &str) -> bool {
+        self.local_node
+            .as_deref()
+            .is_some_and(|local| local != node)
+    }
+
     /// Whether every kind has been listed completely at least once.
     pub fn synced(&self) -> bool {
         Kind::ALL.iter().all(|k| self.synced.contains(k))
@@ -273,6 +300,17 @@ impl ObjectCache {
                             *self.node_counts.entry(pod.node.clone()).or_default() += 1;
                         }
                     }
+                    let mut removals = removals;
+                    removals.extend(
+                        world
+                            .remote
+                            .nodes()
+                            .filter(|n| !nodes.contains(n.as_str()))
+                            .map(|n| Change::SetNodeEndpoints {
+                                node: n.to_string(),
+                                pods: Vec::new(),
+                            }),
+                    );
                     return removals;
                 }
                 known(world, kind)
@@ -294,11 +332,14 @@ impl ObjectCache {
         if self.listing.contains_key(&Kind::Pod) {
             self.listing_nodes.insert(node.clone());
         }
+        self.contested.retain(|_, p| p.node != node);
+        if self.is_remote(&node) {
+            return self.remote_node_pods(world, node, pods, refused);
+        }
         let mut changes = Vec::new();
         let mut claimed = BTreeSet::new();
         // Pods of the set the world already holds for this node.
         let mut matched = 0;
-        self.contested.retain(|_, p| p.node != node);
         for pod in pods {
             claimed.insert(pod.key.clone());
             match world.pods.get(&pod.key) {
@@ -325,6 +366,14 @@ impl ObjectCache {
             for (key, pod) in world.pods.iter() {
                 if pod.node == node && !claimed.contains(key) {
                     match self.contested.remove(key) {
+                        Some(next) if self.is_remote(&next.node) => {
+                            changes.push(Change::RemovePod(key.clone()));
+                            // The claimant's entries as held, and the pod it waited for.
+                            let mut pods = world.remote.node_pods(&next.node);
+                            let node = next.node.to_string();
+                            pods.push(RemotePod::of(next));
+                            changes.push(Change::SetNodeEndpoints { node, pods });
+                        }
                         Some(next) => {
                             *self.node_counts.entry(next.node.clone()).or_default() += 1;
                             changes.push(Change::UpsertPod(next));
@@ -341,6 +390,35 @@ impl ObjectCache {
         }
         self.note_refusals(node, refused);
         changes
+    }
+
+    /// Another node's pods are exactly `pods`: refused where this node holds the same pod,
+    /// the rest that node's entries.
+    fn remote_node_pods(
+        &mut self,
+        world: &World,
+        node: String,
+        pods: Vec<Pod>,
+        mut refused: Vec<String>,
+    ) -> Vec<Change> {
+        let mut entries = Vec::with_capacity(pods.len());
+        for pod in pods {
+            match world.pods.get(&pod.key) {
+                Some(held) => {
+                    refused.push(format!(
+                        "pod {} is held by node {:?}; refused until it lets go",
+                        pod.key, held.node
+                    ));
+                    self.contested.insert(pod.key.clone(), pod);
+                }
+                None => entries.push(RemotePod::of(pod)),
+            }
+        }
+        self.note_refusals(node.clone(), refused);
+        vec![Change::SetNodeEndpoints {
+            node,
+            pods: entries,
+        }]
     }
 
     fn note_refusals(&mut self, node: String, refused: Vec<String>) {
@@ -547,5 +625,50 @@ mod tests {
         feed(&mut cache, &mut compiler, vec![ObjectEvent::Remove(bad)]);
         assert!(cache.malformed().is_empty());
         assert!(compiler.world().policies.is_empty());
+    }
+
+    #[test]
+    fn other_nodes_pods_become_entries_and_a_claim_on_a_local_pod_waits_for_it() {
+        let mut cache = ObjectCache::for_node("n1");
+        let mut compiler = Compiler::new();
+        let on = |node: &str, mut p: Pod| {
+            p.node = node.into();
+            p
+        };
+        let local = on("n1", pod("x", "a", "one"));
+        let remote = on("n2", pod("x", "r", "two"));
+        let claim = on("n2", pod("x", "a", "one"));
+        let node_pods = |node: &str, pods: Vec<Pod>| ObjectEvent::NodePods {
+            node: node.into(),
+            pods,
+            refused: Vec::new(),
+        };
+        let mut events = vec![ObjectEvent::ListStart(Kind::Pod)];
+        events.push(node_pods("n1", vec![local.clone()]));
+        events.push(node_pods("n2", vec![remote.clone(), claim.clone()]));
+        events.push(ObjectEvent::ListDone(Kind::Pod));
+        feed(&mut cache, &mut compiler, events);
+        let world = compiler.world();
+        assert_eq!(world.pods.len(), 1, "only this node's pods are pods");
+        assert_eq!(world.remote.pods(), 1, "n2's claim on n1's pod waits");
+        assert!(cache.batch_refusals()["n2"][0].contains("held by node \"n1\""));
+        // n1 lets go: n2's claim is taken up as one of n2's entries.
+        let changes = feed(&mut cache, &mut compiler, vec![node_pods("n1", Vec::new())]);
+        assert!(changes.contains(&Change::RemovePod(local.key.clone())));
+        let world = compiler.world();
+        assert!(world.pods.is_empty());
+        assert_eq!(world.remote.pods(), 2);
+        assert!(world.remote.lookup("n2", local.addresses[0]).is_some());
+        // A relist without n2's batch forgets n2.
+        feed(
+            &mut cache,
+            &mut compiler,
+            vec![
+                ObjectEvent::ListStart(Kind::Pod),
+                node_pods("n1", Vec::new()),
+                ObjectEvent::ListDone(Kind::Pod),
+            ],
+        );
+        assert!(compiler.world().remote.is_empty());
     }
 }

@@ -12,6 +12,12 @@
 //! (`HashMap<Ipv4Addr, Arc<Pod>>`, `HashMap<Ipv6Addr, _>`) took 16 and 24 bytes a slot, 74
 //! bytes a dual-stack pod at 150,000 pods; this takes 32. The tables are sized to their
 //! content and shrink when most of it goes.
+//!
+//! Other nodes' pods are not pods in the world but address → identity entries
+//! ([`meshd_policy::ipcache`]): the table holds the same per-node lists (shared `Arc`s, so a
+//! node's list costs a pointer here) and the identities they name, and finds a remote address
+//! in the list of the node owning it (the caller says which node's pod CIDR holds it), or by
+//! trying every node's list when it cannot say.
 //! Pure: no I/O; the loop and the collector share it behind a lock ([`SharedPodTable`]).
 
 use std::collections::BTreeMap;
@@ -21,7 +27,8 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use hashbrown::HashTable;
 
-use meshd_policy::model::{Direction, Pod, PodKey, Policy, PolicyKey};
+use meshd_policy::ipcache::NodeEntries;
+use meshd_policy::model::{Direction, Identity, LabelSet, Name, Pod, PodKey, Policy, PolicyKey};
 use meshd_policy::{Change, World};
 
 /// What a change will do to the table, taken from the world before it is applied
@@ -32,6 +39,32 @@ pub struct PendingChange {
     pod: Option<(PodKey, Option<Arc<Pod>>)>,
     /// The policy changed.
     policy: Option<PolicyKey>,
+    /// Another node's entries changed.
+    remote_node: Option<String>,
+}
+
+/// A pod found by address: a local pod, or another node's by its entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PodView<'a> {
+    /// The pod's namespace.
+    pub namespace: &'a str,
+    /// The pod's name.
+    pub name: &'a str,
+    /// The node it runs on (empty while unscheduled).
+    pub node: &'a str,
+    /// Its labels.
+    pub labels: &'a LabelSet,
+}
+
+impl<'a> From<&'a Pod> for PodView<'a> {
+    fn from(pod: &'a Pod) -> Self {
+        Self {
+            namespace: &pod.key.namespace,
+            name: &pod.key.name,
+            node: &pod.node,
+            labels: &pod.labels,
+        }
+    }
 }
 
 /// Pods by address and the policies (see the module doc).
@@ -41,6 +74,10 @@ pub struct PodTable {
     by_position: Vec<HashTable<Arc<Pod>>>,
     hasher: RandomState,
     policies: BTreeMap<PolicyKey, Policy>,
+    /// Other nodes' entries, the world's own lists.
+    remote: BTreeMap<Name, Arc<NodeEntries>>,
+    /// The identities those entries name, by id.
+    identities: Vec<Option<Arc<Identity>>>,
 }
 
 /// The table shared by the policy loop (writer) and the flow collector (reader). Two handles
@@ -87,6 +124,29 @@ impl PodTable {
             table.shrink_to_fit(|slot| slot_hash(hasher, slot, i));
         }
         self.policies.clone_from(&world.policies);
+        self.remote.clear();
+        for node in world.remote.nodes() {
+            self.take_node(world, node);
+        }
+    }
+
+    /// Holds node `node`'s entries as `world` has them (none: forgets the node), and the
+    /// identities they name.
+    fn take_node(&mut self, world: &World, node: &str) {
+        let Some(entries) = world.remote.node(node) else {
+            self.remote.remove(node);
+            return;
+        };
+        self.identities.resize(world.remote.id_bound(), None);
+        self.identities.truncate(world.remote.id_bound());
+        for (_, id) in entries.entries() {
+            let slot = &mut self.identities[id.0 as usize];
+            let identity = world.remote.get(id);
+            if slot.as_ref().map(Arc::as_ptr) != identity.map(Arc::as_ptr) {
+                *slot = identity.cloned();
+            }
+        }
+        self.remote.insert(node.into(), entries.clone());
     }
 
     /// What `change` will do, from `world` before it is applied.
@@ -96,6 +156,13 @@ impl PodTable {
             Change::RemovePod(key) => (Some(key.clone()), None),
             Change::UpsertPolicy(policy) => (None, Some(policy.key.clone())),
             Change::RemovePolicy(key) => (None, Some(key.clone())),
+            Change::SetNodeEndpoints { node, .. } => {
+                return PendingChange {
+                    pod: None,
+                    policy: None,
+                    remote_node: Some(node.clone()),
+                }
+            }
             Change::UpsertNamespace(_)
             | Change::RemoveNamespace(_)
             | Change::AttachEndpoint { .. }
@@ -107,11 +174,15 @@ impl PodTable {
                 (key, old)
             }),
             policy,
+            remote_node: None,
         }
     }
 
     /// Takes the change `pending` describes, now applied to `world`.
     pub fn after(&mut self, world: &World, pending: PendingChange) {
+        if let Some(node) = pending.remote_node {
+            self.take_node(world, &node);
+        }
         if let Some((key, old)) = pending.pod {
             if let Some(old) = old {
                 self.remove(&old);
@@ -137,21 +208,61 @@ impl PodTable {
         self.entry(address).map(|pod| &**pod)
     }
 
+    /// The pod holding `address`: a local pod, else another node's: looked up in the list of
+    /// `node` if given (the node whose pod CIDR holds the address), else in every node's.
+    pub fn find(&self, address: &IpAddr, node: Option<&str>) -> Option<PodView<'_>> {
+        if let Some(pod) = self.pod(address) {
+            return Some(pod.into());
+        }
+        match node {
+            Some(node) => self
+                .remote
+                .get_key_value(node)
+                .and_then(|(node, entries)| self.remote_view(node, entries, address)),
+            None => self
+                .remote
+                .iter()
+                .find_map(|(node, entries)| self.remote_view(node, entries, address)),
+        }
+    }
+
+    /// Another node's pod holding `address`, from that node's entries.
+    fn remote_view<'a>(
+        &'a self,
+        node: &'a Name,
+        entries: &'a NodeEntries,
+        address: &IpAddr,
+    ) -> Option<PodView<'a>> {
+        let (id, name) = entries.get(*address)?;
+        let identity = self.identities.get(id.0 as usize)?.as_ref()?;
+        Some(PodView {
+            namespace: &identity.namespace,
+            name,
+            node,
+            labels: &identity.labels,
+        })
+    }
+
     /// Pods known (by address: a dual-stack pod counts twice).
     pub fn addresses(&self) -> usize {
-        self.by_position.iter().map(HashTable::len).sum()
+        self.by_position.iter().map(HashTable::len).sum::<usize>()
+            + self
+                .remote
+                .values()
+                .map(|n| n.entries().count())
+                .sum::<usize>()
     }
 
     /// The policies isolating `pod` in `direction`.
     pub fn isolating<'a>(
         &'a self,
-        pod: &'a Pod,
+        pod: PodView<'a>,
         direction: Direction,
     ) -> impl Iterator<Item = &'a Policy> + 'a {
         self.policies.values().filter(move |p| {
-            p.key.namespace == pod.key.namespace
+            p.key.namespace == pod.namespace
                 && p.applies_to(direction)
-                && p.pod_selector.matches(&pod.labels)
+                && p.pod_selector.matches(pod.labels)
         })
     }
 
@@ -245,6 +356,9 @@ mod tests {
                 Change::RemovePolicy(k) => {
                     world.policies.remove(&k);
                 }
+                Change::SetNodeEndpoints { node, pods } => {
+                    world.remote.set_node(&node, pods);
+                }
                 _ => {}
             }
             table.after(world, pending);
@@ -283,11 +397,65 @@ mod tests {
         assert_eq!(table.policies, rebuilt.policies);
         let c = table.pod(&ip("10.0.0.1")).unwrap();
         let names: Vec<_> = table
-            .isolating(c, Direction::Ingress)
+            .isolating(c.into(), Direction::Ingress)
             .map(|p| p.key.name.to_string())
             .collect();
         assert_eq!(names, ["web-deny"]);
-        assert_eq!(table.isolating(c, Direction::Egress).count(), 0);
+        assert_eq!(table.isolating(c.into(), Direction::Egress).count(), 0);
+    }
+
+    #[test]
+    fn other_nodes_pods_are_found_in_their_node_entries() {
+        let (mut table, mut world) = (PodTable::default(), World::default());
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let remote = |name: &str, address: &str, app: &str| {
+            meshd_policy::ipcache::RemotePod::of(pod(name, address, app))
+        };
+        apply(
+            &mut table,
+            &mut world,
+            vec![
+                Change::UpsertPod(pod("local", "10.0.1.1", "web")),
+                Change::SetNodeEndpoints {
+                    node: "n2".into(),
+                    pods: vec![
+                        remote("w2", "10.0.2.1", "web"),
+                        remote("d2", "10.0.2.2", "db"),
+                    ],
+                },
+                Change::SetNodeEndpoints {
+                    node: "n3".into(),
+                    pods: vec![remote("w3", "10.0.3.1", "web")],
+                },
+            ],
+        );
+        let found = table.find(&ip("10.0.2.2"), Some("n2")).unwrap();
+        assert_eq!(
+            (found.namespace, found.name, found.node),
+            ("shop", "d2", "n2")
+        );
+        assert_eq!(found.labels.get("app").unwrap(), "db");
+        assert_eq!(table.find(&ip("10.0.3.1"), None).unwrap().name, "w3");
+        assert!(
+            table.find(&ip("10.0.3.1"), Some("n2")).is_none(),
+            "not n2's"
+        );
+        assert_eq!(table.find(&ip("10.0.1.1"), None).unwrap().name, "local");
+        assert_eq!(table.addresses(), 4);
+        // A rebuilt table finds the same; a node's new list replaces its old one.
+        let rebuilt = PodTable::from_world(&world);
+        assert_eq!(rebuilt.find(&ip("10.0.2.1"), None).unwrap().name, "w2");
+        apply(
+            &mut table,
+            &mut world,
+            vec![Change::SetNodeEndpoints {
+                node: "n2".into(),
+                pods: vec![remote("w2", "10.0.2.1", "api")],
+            }],
+        );
+        assert!(table.find(&ip("10.0.2.2"), None).is_none());
+        let w2 = table.find(&ip("10.0.2.1"), Some("n2")).unwrap();
+        assert_eq!(w2.labels.get("app").unwrap(), "api");
     }
 
     impl PodTable {

@@ -62,7 +62,7 @@ impl<W: PolicyMapWriter> PolicyLoop<W> {
     pub fn new(node: &str, writer: W, ifindex: IfindexLookup, report: SharedPolicyReport) -> Self {
         Self {
             compiler: Compiler::new(),
-            cache: ObjectCache::default(),
+            cache: ObjectCache::for_node(node),
             endpoints: LocalEndpoints::new(node),
             writer,
             ifindex,
@@ -185,7 +185,7 @@ impl<W: PolicyMapWriter> PolicyLoop<W> {
         report.synced = self.cache.synced() && self.store_read;
         report.policies = world.policies.len();
         report.namespaces = world.namespaces.len();
-        report.pods_known = world.pods.len();
+        report.pods_known = world.pods.len() + world.remote.pods();
         // The flow collector's table: built once when it is first wanted, then kept up to
         // date change by change in `apply_batch`.
         if report.pod_table_wanted && self.pod_table.is_none() {

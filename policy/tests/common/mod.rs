@@ -242,6 +242,7 @@ pub fn world() -> impl Strategy<Value = World> {
             .map(|p| (p.key.clone(), p.into()))
             .collect(),
         policies: policies.into_iter().map(|p| (p.key.clone(), p)).collect(),
+        remote: Default::default(),
     })
 }
 

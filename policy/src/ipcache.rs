@@ -1,0 +1,495 @@
+//! The remote pods as the compiler needs them: an address → identity table, without pod objects.
+//!
+//! A pod on another node matters to this node's policy only as a peer: which addresses it holds
+//! and what a selector or a named port reads of it, its namespace, labels and named ports. That
+//! triple is its [`Identity`], interned once and shared by every pod of the same workload (a
+//! small [`IdentityId`]); a remote pod is then one entry per address, `(address, identity)`,
+//! with IPv4 and IPv6 addresses as fixed-size keys (10 and 22 bytes an entry: address,
+//! identity id, and the pod's position in its node's list of names).
+//!
+//! Each node's entries are kept as that node's endpoint batch said them, as two sorted boxed
+//! slices (exactly their size, no slack), so a node's new batch is diffed against its old one
+//! entry by entry, and a change reports only the identities whose addresses changed
+//! ([`RemoteEndpoints::set_node`]): the compiler recompiles the endpoints whose policies select
+//! one of those, one identity lookup per change instead of one per pod. The pods' names, which
+//! only the flow records show, are one string per node (an arena: the names joined), not a
+//! string each. An identity no entry uses any more is forgotten and its id reused, so the table
+//! shrinks with its content. A node's lists are shared (`Arc`), so a reader such as the flow
+//! collector's table holds the same lists rather than a copy.
+//!
+//! Pure: no I/O. The world holds one ([`crate::World::remote`]); local pods stay full pods in
+//! [`crate::World::pods`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{BuildHasher, RandomState};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
+use hashbrown::HashTable;
+
+use crate::intern::{LabelSet, Name};
+use crate::model::{NamedPort, Pod};
+
+/// What policy reads of a remote pod: namespace, labels and named ports.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Identity {
+    /// The pod's namespace.
+    pub namespace: Name,
+    /// The pod's labels.
+    pub labels: LabelSet,
+    /// Named container ports: name → protocol and number.
+    pub named_ports: BTreeMap<String, NamedPort>,
+}
+
+impl Identity {
+    /// The identity of `pod`.
+    pub fn of(pod: &Pod) -> Self {
+        Self {
+            namespace: pod.key.namespace.clone(),
+            labels: pod.labels.clone(),
+            named_ports: pod.named_ports.clone(),
+        }
+    }
+}
+
+/// An interned identity's number, valid in the table that handed it out while an entry uses it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IdentityId(pub u32);
+
+/// Another node's pod as its batch lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemotePod {
+    /// The pod's name (shown in flow records only; policy never reads it).
+    pub name: Name,
+    /// Its addresses.
+    pub addresses: Vec<IpAddr>,
+    /// Its identity.
+    pub identity: Identity,
+}
+
+impl RemotePod {
+    /// The remote view of `pod` (its name, addresses and identity).
+    pub fn of(pod: Pod) -> Self {
+        Self {
+            name: pod.key.name,
+            addresses: pod.addresses,
+            identity: Identity {
+                namespace: pod.key.namespace,
+                labels: pod.labels,
+                named_ports: pod.named_ports,
+            },
+        }
+    }
+}
+
+/// One entry: an address of `N` bytes, its identity id and its pod's position among the
+/// node's names, all as bytes (no padding: 10 bytes for IPv4, 22 for IPv6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Entry<const N: usize> {
+    address: [u8; N],
+    identity: [u8; 4],
+    pod: [u8; 2],
+}
+
+impl<const N: usize> Entry<N> {
+    fn identity(&self) -> IdentityId {
+        IdentityId(u32::from_ne_bytes(self.identity))
+    }
+
+    fn key(&self) -> ([u8; N], [u8; 4]) {
+        (self.address, self.identity)
+    }
+}
+
+/// One node's entries, each list sorted by address, and its pods' names.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeEntries {
+    /// How many pods the batch listed (a dual-stack pod has two entries).
+    pods: u32,
+    /// The pods' names in the batch's order, each followed by a newline (a name never holds
+    /// one).
+    names: Box<str>,
+    v4: Box<[Entry<4>]>,
+    v6: Box<[Entry<16>]>,
+}
+
+impl NodeEntries {
+    /// The identity id and pod name of `address`, if this node holds it.
+    pub fn get(&self, address: IpAddr) -> Option<(IdentityId, &str)> {
+        let (identity, pod) = match address {
+            IpAddr::V4(a) => find(&self.v4, &a.octets())?,
+            IpAddr::V6(a) => find(&self.v6, &a.octets())?,
+        };
+        let name = self.names.split('\n').nth(usize::from(pod))?;
+        Some((identity, name))
+    }
+
+    /// The entries: address and identity id, IPv4 first, each family in address order.
+    pub fn entries(&self) -> impl Iterator<Item = (IpAddr, IdentityId)> + '_ {
+        node_entries(self)
+    }
+
+    /// How many pods the batch listed.
+    pub fn pods(&self) -> usize {
+        self.pods as usize
+    }
+}
+
+/// The remote pods by node, as address → identity entries (see the module doc).
+#[derive(Clone, Debug, Default)]
+pub struct RemoteEndpoints {
+    /// Identity by id, with how many entries use it; `None` is a free id.
+    identities: Vec<Option<(Arc<Identity>, u32)>>,
+    /// Ids of the identities held, found by the identity's hash and compared through their
+    /// slots (4 bytes an identity, where a map keyed by the identity took 16).
+    ids: HashTable<IdentityId>,
+    hasher: RandomState,
+    /// Free ids, reused first.
+    free: Vec<u32>,
+    nodes: BTreeMap<Name, Arc<NodeEntries>>,
+}
+
+impl RemoteEndpoints {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Node `node`'s pods are exactly `pods`, replacing what was held for it; an empty list
+    /// forgets the node. Returns the identities whose addresses changed (entries added,
+    /// removed or given another identity), old and new, each once. Positions past 65,535 (more
+    /// pods than a batch may list) share the last name.
+    pub fn set_node(
+        &mut self,
+        node: &str,
+        pods: impl IntoIterator<Item = RemotePod>,
+    ) -> Vec<Arc<Identity>> {
+        let mut v4 = Vec::new();
+        let mut v6 = Vec::new();
+        let mut names = String::new();
+        let mut count = 0u32;
+        let mut created = Vec::new();
+        for pod in pods {
+            let position = u16::try_from(count).unwrap_or(u16::MAX).to_ne_bytes();
+            count += 1;
+            names.push_str(&pod.name);
+            names.push('\n');
+            let identity = self.intern(pod.identity, &mut created).0.to_ne_bytes();
+            for address in pod.addresses {
+                match address {
+                    IpAddr::V4(a) => v4.push(Entry {
+                        address: a.octets(),
+                        identity,
+                        pod: position,
+                    }),
+                    IpAddr::V6(a) => v6.push(Entry {
+                        address: a.octets(),
+                        identity,
+                        pod: position,
+                    }),
+                }
+            }
+        }
+        v4.sort_unstable();
+        v4.dedup_by_key(|e| e.key());
+        v6.sort_unstable();
+        v6.dedup_by_key(|e| e.key());
+        let new = Arc::new(NodeEntries {
+            pods: count,
+            names: names.into_boxed_str(),
+            v4: v4.into_boxed_slice(),
+            v6: v6.into_boxed_slice(),
+        });
+        self.adjust(&new, true);
+        let old = if new.pods == 0 {
+            self.nodes.remove(node)
+        } else {
+            match self.nodes.get_mut(node) {
+                Some(held) => Some(std::mem::replace(held, new.clone())),
+                None => {
+                    self.nodes.insert(Name::from(node), new.clone());
+                    None
+                }
+            }
+        }
+        .unwrap_or_default();
+        let mut changed = BTreeSet::new();
+        diff(&old.v4, &new.v4, &mut changed);
+        diff(&old.v6, &new.v6, &mut changed);
+        let changed: Vec<Arc<Identity>> = changed
+            .into_iter()
+            .filter_map(|id| self.get(id).cloned())
+            .collect();
+        self.adjust(&old, false);
+        // Identities interned for pods without addresses hold no entry.
+        for id in created {
+            self.free_if_unused(id);
+        }
+        self.shrink();
+        changed
+    }
+
+    /// Forgets node `node`; returns the identities whose addresses that removed.
+    pub fn remove_node(&mut self, node: &str) -> Vec<Arc<Identity>> {
+        self.set_node(node, std::iter::empty())
+    }
+
+    /// The identity `id`, if held.
+    pub fn get(&self, id: IdentityId) -> Option<&Arc<Identity>> {
+        self.identities
+            .get(id.0 as usize)
+            .and_then(Option::as_ref)
+            .map(|(identity, _)| identity)
+    }
+
+    /// The identities held, with their ids.
+    pub fn identities(&self) -> impl Iterator<Item = (IdentityId, &Arc<Identity>)> + '_ {
+        self.identities
+            .iter()
+            .enumerate()
+            .filter_map(|(i, slot)| slot.as_ref().map(|(id, _)| (IdentityId(i as u32), id)))
+    }
+
+    /// One past the largest id held (a vector this long indexes every identity).
+    pub fn id_bound(&self) -> usize {
+        self.identities.len()
+    }
+
+    /// Every entry: address and identity id, node by node.
+    pub fn entries(&self) -> impl Iterator<Item = (IpAddr, IdentityId)> + '_ {
+        self.nodes.values().flat_map(|n| node_entries(n))
+    }
+
+    /// Node `node`'s entries.
+    pub fn node_entries(&self, node: &str) -> impl Iterator<Item = (IpAddr, IdentityId)> + '_ {
+        self.nodes
+            .get(node)
+            .into_iter()
+            .flat_map(|n| node_entries(n))
+    }
+
+    /// The nodes held.
+    pub fn nodes(&self) -> impl Iterator<Item = &Name> + '_ {
+        self.nodes.keys()
+    }
+
+    /// The identity node `node` gives `address`, if any.
+    pub fn lookup(&self, node: &str, address: IpAddr) -> Option<IdentityId> {
+        self.nodes.get(node)?.get(address).map(|(id, _)| id)
+    }
+
+    /// Node `node`'s pods as held: each name with its addresses and identity, in the batch's
+    /// order (a pod without addresses has no identity held: it gets the empty one, which
+    /// selects and serves nothing since it has no address).
+    pub fn node_pods(&self, node: &str) -> Vec<RemotePod> {
+        let Some(entries) = self.nodes.get(node) else {
+            return Vec::new();
+        };
+        let mut pods: Vec<RemotePod> = entries
+            .names
+            .split_terminator('\n')
+            .map(|name| RemotePod {
+                name: name.into(),
+                addresses: Vec::new(),
+                identity: Identity::default(),
+            })
+            .collect();
+        let positions = entries
+            .v4
+            .iter()
+            .map(|e| (IpAddr::V4(Ipv4Addr::from(e.address)), e.identity(), e.pod))
+            .chain(
+                entries
+                    .v6
+                    .iter()
+                    .map(|e| (IpAddr::V6(Ipv6Addr::from(e.address)), e.identity(), e.pod)),
+            );
+        for (address, id, position) in positions {
+            if let Some(pod) = pods.get_mut(usize::from(u16::from_ne_bytes(position))) {
+                pod.addresses.push(address);
+                if let Some(identity) = self.get(id) {
+                    pod.identity = (**identity).clone();
+                }
+            }
+        }
+        pods
+    }
+
+    /// Node `node`'s entries and names, shared.
+    pub fn node(&self, node: &str) -> Option<&Arc<NodeEntries>> {
+        self.nodes.get(node)
+    }
+
+    /// How many pods the nodes' batches listed.
+    pub fn pods(&self) -> usize {
+        self.nodes.values().map(|n| n.pods as usize).sum()
+    }
+
+    /// How many entries (addresses).
+    pub fn len(&self) -> usize {
+        self.nodes.values().map(|n| n.v4.len() + n.v6.len()).sum()
+    }
+
+    /// Whether it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// The id of `identity`, interned with no use if new (its id then added to `created`).
+    fn intern(&mut self, identity: Identity, created: &mut Vec<IdentityId>) -> IdentityId {
+        let hash = self.hasher.hash_one(&identity);
+        let slots = &self.identities;
+        if let Some(&id) = self.ids.find(hash, |id| {
+            slots[id.0 as usize]
+                .as_ref()
+                .is_some_and(|(held, _)| **held == identity)
+        }) {
+            return id;
+        }
+        let slot = Some((Arc::new(identity), 0));
+        let id = match self.free.pop() {
+            Some(i) => {
+                self.identities[i as usize] = slot;
+                IdentityId(i)
+            }
+            None => {
+                self.identities.push(slot);
+                IdentityId(self.identities.len() as u32 - 1)
+            }
+        };
+        let (slots, hasher) = (&self.identities, &self.hasher);
+        self.ids
+            .insert_unique(hash, id, |id| slot_hash(hasher, slots, *id));
+        created.push(id);
+        id
+    }
+
+    /// Counts one use per entry of `entries` (`acquire`), or lets go of one (forgetting the
+    /// identities no entry uses any more).
+    fn adjust(&mut self, entries: &NodeEntries, acquire: bool) {
+        let ids = entries
+            .v4
+            .iter()
+            .map(Entry::identity)
+            .chain(entries.v6.iter().map(Entry::identity));
+        for id in ids {
+            if let Some((_, count)) = self.identities[id.0 as usize].as_mut() {
+                if acquire {
+                    *count += 1;
+                } else {
+                    *count -= 1;
+                }
+            }
+            if !acquire {
+                self.free_if_unused(id);
+            }
+        }
+    }
+
+    fn free_if_unused(&mut self, id: IdentityId) {
+        let slot = &mut self.identities[id.0 as usize];
+        if matches!(slot, Some((_, 0))) {
+            let hash = slot_hash(&self.hasher, &self.identities, id);
+            if let Ok(entry) = self.ids.find_entry(hash, |held| *held == id) {
+                entry.remove();
+            }
+            self.identities[id.0 as usize] = None;
+            self.free.push(id.0);
+        }
+    }
+
+    /// Gives back the slots at the end once most of them are free.
+    fn shrink(&mut self) {
+        while matches!(self.identities.last(), Some(None)) {
+            self.identities.pop();
+        }
+        let len = self.identities.len() as u32;
+        self.free.retain(|i| *i < len);
+        if self.identities.capacity() > 4 * self.identities.len().max(16) {
+            self.identities.shrink_to_fit();
+            self.free.shrink_to_fit();
+            let (slots, hasher) = (&self.identities, &self.hasher);
+            self.ids.shrink_to_fit(|id| slot_hash(hasher, slots, *id));
+        }
+    }
+}
+
+/// The hash identity `id` is filed under: its content's.
+fn slot_hash(hasher: &RandomState, slots: &[Option<(Arc<Identity>, u32)>], id: IdentityId) -> u64 {
+    slots[id.0 as usize]
+        .as_ref()
+        .map_or(0, |(identity, _)| hasher.hash_one(&**identity))
+}
+
+fn node_entries(entries: &NodeEntries) -> impl Iterator<Item = (IpAddr, IdentityId)> + '_ {
+    entries
+        .v4
+        .iter()
+        .map(|e| (IpAddr::V4(Ipv4Addr::from(e.address)), e.identity()))
+        .chain(
+            entries
+                .v6
+                .iter()
+                .map(|e| (IpAddr::V6(Ipv6Addr::from(e.address)), e.identity())),
+        )
+}
+
+/// The identity and pod position of `address` in a sorted list (the first entry, if a batch
+/// gave one address two identities).
+fn find<const N: usize>(entries: &[Entry<N>], address: &[u8; N]) -> Option<(IdentityId, u16)> {
+    let i = entries.partition_point(|e| e.address < *address);
+    let entry = entries.get(i).filter(|e| e.address == *address)?;
+    Some((entry.identity(), u16::from_ne_bytes(entry.pod)))
+}
+
+/// Adds to `changed` the identities of the entries (address and identity) in one sorted list
+/// and not the other.
+fn diff<const N: usize>(old: &[Entry<N>], new: &[Entry<N>], changed: &mut BTreeSet<IdentityId>) {
+    let (mut i, mut j) = (0, 0);
+    loop {
+        match (old.get(i).map(Entry::key), new.get(j).map(Entry::key)) {
+            (Some(a), Some(b)) if a == b => {
+                i += 1;
+                j += 1;
+            }
+            (Some(a), Some(b)) if a < b => {
+                changed.insert(old[i].identity());
+                i += 1;
+            }
+            (Some(_), Some(_)) | (None, Some(_)) => {
+                changed.insert(new[j].identity());
+                j += 1;
+            }
+            (Some(_), None) => {
+                changed.insert(old[i].identity());
+                i += 1;
+            }
+            (None, None) => break,
+        }
+    }
+}
+
+impl PartialEq for RemoteEndpoints {
+    /// Equal when every node holds the same addresses with equal identities (ids may differ).
+    fn eq(&self, other: &Self) -> bool {
+        type Resolved = Vec<(Name, u32, Box<str>, Vec<(IpAddr, Arc<Identity>)>)>;
+        let resolved = |table: &Self| -> Resolved {
+            table
+                .nodes
+                .iter()
+                .map(|(node, entries)| {
+                    let list = node_entries(entries)
+                        .filter_map(|(a, id)| table.get(id).map(|i| (a, i.clone())))
+                        .collect();
+                    (node.clone(), entries.pods, entries.names.clone(), list)
+                })
+                .collect()
+        };
+        resolved(self) == resolved(other)
+    }
+}
+
+impl Eq for RemoteEndpoints {}
+
+#[cfg(test)]
+mod tests;
