@@ -140,7 +140,6 @@ mod served;
 mod served_peer;
 pub use flows_stream::FlowsService;
 pub use request::{error_body, parse_request, Request, UnknownRequest};
-pub use served::status_changed;
 pub use served_peer::{ServedPeer, ServedStatus};
 
 /// Default path of the control socket.
@@ -498,7 +497,7 @@ async fn answer(
             return Ok(());
         }
     };
-    let body: Arc<String> = match parse_request(&line) {
+    let body: Vec<u8> = match parse_request(&line) {
         Ok(Request::Flows { follow }) => match &flows {
             Some(service) => return flows_stream::answer(service, follow, read, write).await,
             None => {
@@ -506,11 +505,11 @@ async fn answer(
             }
         },
         Ok(Request::Status { pretty }) => match status.read().await.as_ref() {
-            Some(report) if pretty => serde_json::to_string_pretty(report)
-                .map_err(std::io::Error::other)?
-                .into(),
+            Some(report) if pretty => {
+                serde_json::to_vec_pretty(report).map_err(std::io::Error::other)?
+            }
             Some(report) => serialised.compact(report).map_err(std::io::Error::other)?,
-            None => Arc::new(r#"{"error":"meshd is starting"}"#.to_string()),
+            None => br#"{"error":"meshd is starting"}"#.to_vec(),
         },
         Ok(Request::RotateKey) => {
             let (tx, rx) = tokio::sync::oneshot::channel();
@@ -541,7 +540,7 @@ async fn answer(
     };
     // A client that never reads its answer does not hold a slot for ever.
     tokio::time::timeout(REQUEST_TIMEOUT, async {
-        write.write_all(body.as_bytes()).await?;
+        write.write_all(&body).await?;
         write.shutdown().await
     })
     .await
