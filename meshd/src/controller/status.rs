@@ -233,6 +233,7 @@ async fn serve(ctx: &Context, report: ServedStatus) {
     }
     let mut served = ctx.status.write().await;
     *served = Some(report);
+    control::status_changed();
     drop(served);
     *ctx.heartbeat.write().await = Some(std::time::Instant::now());
 }
@@ -255,6 +256,7 @@ pub(super) async fn patch_status(
     };
     patch_report(report, steps, &state.registry.records);
     fill_from_state(report, ctx, state, converged).await;
+    control::status_changed();
     if let Some(feed) = &ctx.status_feed {
         feed.send_replace(Some(report.report()));
     }
