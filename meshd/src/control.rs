@@ -141,7 +141,7 @@ mod served_peer;
 pub use flows_stream::FlowsService;
 pub use request::{error_body, parse_request, Request, UnknownRequest};
 pub use served::{status_changed, KEEP_WHILE_POLLED_WITHIN};
-pub use served_peer::{ServedPeer, ServedStatus};
+pub use served_peer::{ServedPeer, ServedStatus, StatusSummary};
 
 /// Default path of the control socket.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/meshd/meshd.sock";

@@ -229,7 +229,7 @@ fn rotation_report(ctx: &Context, state: &State) -> control::RotationReport {
 async fn serve(ctx: &Context, report: ServedStatus) {
     if let Some(feed) = &ctx.status_feed {
         // Receivers decide what changed (the Node condition writes only when it does).
-        feed.send_replace(Some(report.report()));
+        feed.send_replace(Some(report.summary()));
     }
     let mut served = ctx.status.write().await;
     *served = Some(report);
@@ -258,7 +258,7 @@ pub(super) async fn patch_status(
     fill_from_state(report, ctx, state, converged).await;
     control::status_changed();
     if let Some(feed) = &ctx.status_feed {
-        feed.send_replace(Some(report.report()));
+        feed.send_replace(Some(report.summary()));
     }
     drop(served);
     *ctx.heartbeat.write().await = Some(std::time::Instant::now());
