@@ -96,10 +96,13 @@ impl CidrList {
         CidrList(list)
     }
 
-    /// Where `cidr` is (`Ok`) or would go (`Err`), by the order of the text.
+    /// Where `cidr` is (`Ok`) or would go (`Err`), by the order of the text (each probe
+    /// written into a buffer on the stack: no allocation per comparison).
     fn search(&self, cidr: &IpNet) -> Result<usize, usize> {
-        let text = cidr.to_string();
-        self.0.binary_search_by(|c| c.to_string().cmp(&text))
+        let mut key = TextBuf::default();
+        let key = key.text_of(cidr);
+        let mut probe = TextBuf::default();
+        self.0.binary_search_by(|c| probe.text_of(c).cmp(key))
     }
 
     /// Adds `cidr` in its place, unless it is listed.
@@ -129,6 +132,29 @@ impl CidrList {
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+}
+
+/// Room for the longest CIDR's text (`ffff:…:ffff/128`, 43 bytes).
+struct TextBuf {
+    bytes: [u8; 64],
+}
+
+impl Default for TextBuf {
+    fn default() -> Self {
+        TextBuf { bytes: [0; 64] }
+    }
+}
+
+impl TextBuf {
+    /// `cidr`'s text, written into the buffer.
+    fn text_of(&mut self, cidr: &IpNet) -> &str {
+        use std::io::Write as _;
+        let mut cursor = std::io::Cursor::new(&mut self.bytes[..]);
+        // A CIDR's text always fits: the write cannot fail.
+        let _ = write!(cursor, "{cidr}");
+        let len = usize::try_from(cursor.position()).unwrap_or(0);
+        std::str::from_utf8(&self.bytes[..len]).unwrap_or_default()
     }
 }
 
@@ -256,6 +282,13 @@ mod tests {
             list,
             vec!["10.244.2.0/24", "10.244.3.0/24", "fd00:244:0:2::/64"]
         );
+        let longest: IpNet = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128"
+            .parse()
+            .unwrap();
+        assert_eq!(TextBuf::default().text_of(&longest), longest.to_string());
+        list.insert(longest);
+        assert_eq!(list.as_slice().last(), Some(&longest));
+        list.remove(&longest);
         let read: CidrList = serde_json::from_str(r#"["10.244.3.0/24","10.244.2.0/24"]"#).unwrap();
         assert_eq!(read, vec!["10.244.2.0/24", "10.244.3.0/24"]);
         let err = serde_json::from_str::<CidrList>(r#"["10.244.3.0/24","nonsense"]"#)
