@@ -28,7 +28,7 @@ mod pod_programs;
 mod report;
 
 pub use clusters::{cluster_plan, learn_plan};
-pub use report::{DatapathReport, VerdictCounters};
+pub use report::{CidrList, DatapathReport, VerdictCounters};
 
 /// Default bpffs directory for meshd's pins.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/meshd";

@@ -140,8 +140,8 @@ mod served;
 mod served_peer;
 pub use flows_stream::FlowsService;
 pub use request::{error_body, parse_request, Request, UnknownRequest};
-pub use served::status_changed;
-pub use served_peer::{ServedPeer, ServedStatus};
+pub use served::{status_changed, KEEP_WHILE_POLLED_WITHIN};
+pub use served_peer::{ServedPeer, ServedStatus, StatusSummary};
 
 /// Default path of the control socket.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/meshd/meshd.sock";
@@ -498,19 +498,19 @@ async fn answer(
             return Ok(());
         }
     };
-    let body: Arc<String> = match parse_request(&line) {
+    let body: Arc<Vec<u8>> = match parse_request(&line) {
         Ok(Request::Flows { follow }) => match &flows {
             Some(service) => return flows_stream::answer(service, follow, read, write).await,
-            None => {
-                error_body("flow events are off on this node (meshd --flow-events=false)").into()
-            }
+            None => Arc::new(
+                error_body("flow events are off on this node (meshd --flow-events=false)").into(),
+            ),
         },
         Ok(Request::Status { pretty }) => match status.read().await.as_ref() {
-            Some(report) if pretty => serde_json::to_string_pretty(report)
-                .map_err(std::io::Error::other)?
-                .into(),
+            Some(report) if pretty => {
+                Arc::new(serde_json::to_vec_pretty(report).map_err(std::io::Error::other)?)
+            }
             Some(report) => serialised.compact(report).map_err(std::io::Error::other)?,
-            None => Arc::new(r#"{"error":"meshd is starting"}"#.to_string()),
+            None => Arc::new(br#"{"error":"meshd is starting"}"#.to_vec()),
         },
         Ok(Request::RotateKey) => {
             let (tx, rx) = tokio::sync::oneshot::channel();
@@ -529,19 +529,20 @@ async fn answer(
                 Ok(m) => (true, m),
                 Err(m) => (false, m),
             };
-            serde_json::to_string_pretty(&RotateOutcome {
-                ok,
-                message,
-                public_keys,
-            })
-            .map_err(std::io::Error::other)?
-            .into()
+            Arc::new(
+                serde_json::to_vec_pretty(&RotateOutcome {
+                    ok,
+                    message,
+                    public_keys,
+                })
+                .map_err(std::io::Error::other)?,
+            )
         }
-        Err(unknown) => error_body(&unknown.to_string()).into(),
+        Err(unknown) => Arc::new(error_body(&unknown.to_string()).into()),
     };
     // A client that never reads its answer does not hold a slot for ever.
     tokio::time::timeout(REQUEST_TIMEOUT, async {
-        write.write_all(body.as_bytes()).await?;
+        write.write_all(&body).await?;
         write.shutdown().await
     })
     .await

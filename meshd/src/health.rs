@@ -55,18 +55,14 @@ struct Shared {
 }
 
 async fn metrics(State(s): State<Shared>) -> ([(&'static str, &'static str); 1], String) {
-    let status = s
-        .status
-        .read()
-        .await
-        .as_ref()
-        .map(crate::control::ServedStatus::report);
+    // Read in place, under the lock: no copy of the status per scrape.
+    let body = s.metrics.render_served(s.status.read().await.as_ref());
     (
         [(
             "content-type",
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        s.metrics.render(status.as_ref()),
+        body,
     )
 }
 

@@ -16,7 +16,10 @@ use keyexchange::PublicKey;
 use serde::ser::{SerializeSeq, SerializeStruct};
 use serde::{Serialize, Serializer};
 
-use super::{PeerReport, SlotReport, StatusReport};
+use std::collections::BTreeMap;
+
+use super::{PeerReport, RotationReport, SlotReport, StatusReport};
+use crate::bpf::CidrList;
 
 /// The status as the daemon keeps and serves it.
 pub type ServedStatus = StatusReport<ServedPeer>;
@@ -138,10 +141,82 @@ impl<P> StatusReport<P> {
     }
 }
 
+/// The status as the status feed carries it (the Node condition, the refusal Events): every
+/// field but the lists with an entry per peer node. Its peers are counted (each one `()`);
+/// `known_nodes`, the rotation's `pending`, `excused` and `peer_slots` and the datapath's CIDR
+/// lists are empty. The feed
+/// is replaced after every pass: as a whole [`StatusReport`] it held another ≈ 5 MiB copy of
+/// the status at 5,000 peers, rebuilt each time.
+pub type StatusSummary = StatusReport<()>;
+
 impl ServedStatus {
     /// The status as clients read it.
     pub fn report(&self) -> StatusReport {
         self.map_peers(ServedPeer::report)
+    }
+
+    /// The status as the status feed carries it ([`StatusSummary`]).
+    pub fn summary(&self) -> StatusSummary {
+        StatusReport {
+            node: self.node.clone(),
+            public_key: self.public_key.clone(),
+            mode: self.mode,
+            interface: self.interface.clone(),
+            ifindex: self.ifindex,
+            adopted_device: self.adopted_device,
+            listen_port: self.listen_port,
+            mtu: self.mtu,
+            endpoints: self.endpoints.clone(),
+            pod_cidrs: self.pod_cidrs.clone(),
+            known_nodes: Vec::new(),
+            peers: vec![(); self.peers.len()],
+            conflicts: self.conflicts.clone(),
+            malformed: self.malformed.clone(),
+            counters: self.counters.clone(),
+            converged: self.converged,
+            encryption: self.encryption,
+            strict_mode: self.strict_mode,
+            host_encryption: self.host_encryption,
+            encrypted_hosts: self.encrypted_hosts.clone(),
+            datapath: self.datapath.as_ref().map(|d| crate::bpf::DatapathReport {
+                pin_dir: d.pin_dir.clone(),
+                underlay_mode: d.underlay_mode,
+                underlay_interface: d.underlay_interface.clone(),
+                underlay_attached: d.underlay_attached,
+                guarded_interfaces: d.guarded_interfaces.clone(),
+                attach: d.attach,
+                remote_cidrs: CidrList::default(),
+                cluster_cidrs: CidrList::default(),
+                local_pods: d.local_pods,
+                pod_interfaces: d.pod_interfaces,
+                pod_sources: d.pod_sources,
+                counters: d.counters,
+            }),
+            key_created_unix: self.key_created_unix,
+            second: self.second.as_ref().map(|s| SlotReport {
+                interface: s.interface.clone(),
+                ifindex: s.ifindex,
+                public_key: s.public_key.clone(),
+                listen_port: s.listen_port,
+                peers: vec![(); s.peers.len()],
+            }),
+            rotation: RotationReport {
+                phase: self.rotation.phase,
+                slot: self.rotation.slot,
+                serial: self.rotation.serial,
+                pending: Vec::new(),
+                excused: Vec::new(),
+                rotations: self.rotation.rotations,
+                failures: self.rotation.failures,
+                last_unix: self.rotation.last_unix,
+                last_error: self.rotation.last_error.clone(),
+                peer_slots: BTreeMap::new(),
+                interval_secs: self.rotation.interval_secs,
+            },
+            cleartext: self.cleartext.clone(),
+            policy: self.policy.clone(),
+            refused: self.refused.clone(),
+        }
     }
 }
 
@@ -170,6 +245,37 @@ mod tests {
             rx_bytes: 596,
             tx_bytes: u64::from(i),
         }
+    }
+
+    #[test]
+    fn the_summary_counts_the_peers_and_keeps_what_the_condition_and_events_read() {
+        use crate::registry::kube::node_condition::condition;
+        let mut served: ServedStatus = sample();
+        served.peers = vec![peer(2, true), peer(3, false)];
+        served.known_nodes = vec!["n1".into(), "n2".into(), "n3".into()];
+        served.rotation.peer_slots = [("n2".to_string(), 1)].into();
+        served.refused = vec![crate::control::RefusalReport {
+            node: "n3".into(),
+            field: "podCIDRs".into(),
+            reason: "outside the pools".into(),
+            holder: None,
+        }];
+        let summary = served.summary();
+        assert_eq!(summary.peers.len(), 2);
+        assert_eq!(condition(&summary), condition(&served.report()));
+        assert_eq!(summary.refused, served.refused);
+        assert_eq!(summary.converged, served.converged);
+        // The lists with an entry per peer node are left out.
+        assert!(summary.known_nodes.is_empty());
+        assert!(summary.rotation.peer_slots.is_empty());
+        let datapath = summary.datapath.as_ref().unwrap();
+        assert!(datapath.remote_cidrs.is_empty());
+        assert_eq!(
+            datapath.underlay_attached,
+            served.datapath.as_ref().unwrap().underlay_attached
+        );
+        served.converged = false;
+        assert_eq!(condition(&served.summary()).reason, "NotConverged");
     }
 
     #[test]

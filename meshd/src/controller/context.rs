@@ -14,7 +14,7 @@ use tokio::sync::RwLock;
 use super::args::DaemonArgs;
 use super::state::Live;
 use crate::bpf::Bpf;
-use crate::control::{SharedStatus, StatusReport};
+use crate::control::{SharedStatus, StatusSummary};
 
 /// The API servers' addresses as learnt from the cluster (the `kubernetes` Service's
 /// endpoints): host encryption never tunnels them. `None` until first read.
@@ -48,7 +48,7 @@ pub(super) struct Context {
     pub live: RwLock<Live>,
     pub heartbeat: crate::health::Heartbeat,
     pub metrics: crate::metrics::Metrics,
-    pub status_feed: Option<tokio::sync::watch::Sender<Option<StatusReport>>>,
+    pub status_feed: Option<tokio::sync::watch::Sender<Option<StatusSummary>>>,
     /// The API servers' endpoints (host encryption excludes them).
     pub api_servers: Option<ApiServerFeed>,
     /// The policy loop's report (`None`: it could not start).

@@ -26,7 +26,7 @@ use super::key_rotation::load_rotation;
 use super::publisher::Publisher;
 use super::state::Live;
 use crate::bpf::{self, Bpf};
-use crate::control::{self, SharedStatus, StatusReport};
+use crate::control::{self, SharedStatus, StatusSummary};
 use crate::rotation::Driver;
 
 /// Live operator settings (the `meshd-config` ConfigMap): `None` until first read.
@@ -48,7 +48,7 @@ pub async fn run_with<R: Registry>(
     args: DaemonArgs,
     registry: R,
     settings: Option<SettingsFeed>,
-    status_feed: Option<tokio::sync::watch::Sender<Option<StatusReport>>>,
+    status_feed: Option<tokio::sync::watch::Sender<Option<StatusSummary>>>,
     api_servers: Option<ApiServerFeed>,
 ) -> anyhow::Result<()> {
     // `mtu: auto` in the ConfigMap means this: `--mtu`, else derived from the underlay.

@@ -229,7 +229,7 @@ fn rotation_report(ctx: &Context, state: &State) -> control::RotationReport {
 async fn serve(ctx: &Context, report: ServedStatus) {
     if let Some(feed) = &ctx.status_feed {
         // Receivers decide what changed (the Node condition writes only when it does).
-        feed.send_replace(Some(report.report()));
+        feed.send_replace(Some(report.summary()));
     }
     let mut served = ctx.status.write().await;
     *served = Some(report);
@@ -258,7 +258,7 @@ pub(super) async fn patch_status(
     fill_from_state(report, ctx, state, converged).await;
     control::status_changed();
     if let Some(feed) = &ctx.status_feed {
-        feed.send_replace(Some(report.report()));
+        feed.send_replace(Some(report.summary()));
     }
     drop(served);
     *ctx.heartbeat.write().await = Some(std::time::Instant::now());
@@ -319,14 +319,9 @@ fn patch_report(
     if let Some(datapath) = report.datapath.as_mut() {
         for step in steps {
             match step {
-                Step::SetRedirect { cidr, .. } => insert_sorted(&mut datapath.remote_cidrs, cidr),
-                Step::RemoveRedirect(cidr) => {
-                    let cidr = cidr.to_string();
-                    if let Ok(i) = datapath.remote_cidrs.binary_search(&cidr) {
-                        datapath.remote_cidrs.remove(i);
-                    }
-                }
-                Step::GuardCidr(cidr) => insert_sorted(&mut datapath.cluster_cidrs, cidr),
+                Step::SetRedirect { cidr, .. } => datapath.remote_cidrs.insert(*cidr),
+                Step::RemoveRedirect(cidr) => datapath.remote_cidrs.remove(cidr),
+                Step::GuardCidr(cidr) => datapath.cluster_cidrs.insert(*cidr),
                 _ => {}
             }
         }
@@ -343,14 +338,6 @@ fn peers_of<'a>(
         Some(first)
     } else {
         second.as_deref_mut()
-    }
-}
-
-/// Insert `item`'s text into a sorted list unless it is there.
-fn insert_sorted(list: &mut Vec<String>, item: &impl ToString) {
-    let item = item.to_string();
-    if let Err(i) = list.binary_search(&item) {
-        list.insert(i, item);
     }
 }
 

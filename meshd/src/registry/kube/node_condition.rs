@@ -30,8 +30,8 @@ pub struct Condition {
     pub message: String,
 }
 
-/// The condition for a status report.
-pub fn condition(s: &StatusReport) -> Condition {
+/// The condition for a status report (whatever its peers are: it only counts them).
+pub fn condition<P>(s: &StatusReport<P>) -> Condition {
     let guard = s.datapath.as_ref();
     let (status, reason, message) = if s.encryption == Encryption::Disabled {
         (
@@ -100,10 +100,10 @@ async fn write(api: &Api<Node>, node: &str, c: &Condition, since: &str) -> Resul
 }
 
 /// Follow `status` and keep the Node's condition in step until the channel closes.
-pub fn spawn(
+pub fn spawn<P: Send + Sync + 'static>(
     client: Client,
     node: String,
-    mut status: watch::Receiver<Option<StatusReport>>,
+    mut status: watch::Receiver<Option<StatusReport<P>>>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let api: Api<Node> = Api::all(client);
@@ -146,7 +146,7 @@ mod tests {
 
     #[test]
     fn true_only_when_enabled_strict_attached_and_converged() {
-        let mut s = crate::control::tests_support::sample();
+        let mut s: StatusReport = crate::control::tests_support::sample();
         assert_eq!(condition(&s).status, "True");
         assert_eq!(condition(&s).reason, "Encrypted");
         s.converged = false;

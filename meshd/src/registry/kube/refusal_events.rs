@@ -281,19 +281,19 @@ async fn write(api: &Api<Event>, reporter: &str, w: &EventWrite) -> Result<(), k
 
 /// Follow `status` and report its refusals as Events with the default [`Limits`], until the
 /// channel closes.
-pub fn spawn(
+pub fn spawn<P: Send + Sync + 'static>(
     client: Client,
     reporter: String,
-    status: watch::Receiver<Option<StatusReport>>,
+    status: watch::Receiver<Option<StatusReport<P>>>,
 ) -> tokio::task::JoinHandle<()> {
     spawn_with(client, reporter, status, Limits::default())
 }
 
 /// [`spawn`] with other limits (tests shorten them).
-pub fn spawn_with(
+pub fn spawn_with<P: Send + Sync + 'static>(
     client: Client,
     reporter: String,
-    mut status: watch::Receiver<Option<StatusReport>>,
+    mut status: watch::Receiver<Option<StatusReport<P>>>,
     limits: Limits,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
