@@ -8,7 +8,7 @@ fn identity(namespace: &str, app: &str) -> Identity {
     Identity {
         namespace: namespace.into(),
         labels: labels.into(),
-        named_ports: BTreeMap::new(),
+        named_ports: NamedPorts::default(),
     }
 }
 
