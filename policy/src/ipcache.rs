@@ -12,8 +12,8 @@
 //! entry by entry, and a change reports only the identities whose addresses changed
 //! ([`RemoteEndpoints::set_node`]): the compiler recompiles the endpoints whose policies select
 //! one of those, one identity lookup per change instead of one per pod. The pods' names, which
-//! only the flow records show, are one string per node (an arena: the names joined), not a
-//! string each. An identity no entry uses any more is forgotten and its id reused, so the table
+//! only the flow records show, are one front-coded byte string per node (each name stored as
+//! what it does not share with the one before), not a string each. An identity no entry uses any more is forgotten and its id reused, so the table
 //! shrinks with its content. A node's lists are shared (`Arc`), so a reader such as the flow
 //! collector's table holds the same lists rather than a copy.
 //!
@@ -127,22 +127,29 @@ impl<const N: usize> Entry<N> {
 pub struct NodeEntries {
     /// How many pods the batch listed (a dual-stack pod has two entries).
     pods: u32,
-    /// The pods' names in the batch's order, each followed by a newline (a name never holds
-    /// one).
-    names: Box<str>,
+    /// The pods' names in the batch's order, front-coded ([`NameCoder`]).
+    names: Box<[u8]>,
     v4: Box<[Entry<4>]>,
     v6: Box<[Entry<16>]>,
 }
 
 impl NodeEntries {
     /// The identity id and pod name of `address`, if this node holds it.
-    pub fn get(&self, address: IpAddr) -> Option<(IdentityId, &str)> {
+    pub fn get(&self, address: IpAddr) -> Option<(IdentityId, String)> {
         let (identity, pod) = match address {
             IpAddr::V4(a) => find(&self.v4, &a.octets())?,
             IpAddr::V6(a) => find(&self.v6, &a.octets())?,
         };
-        let name = self.names.split('\n').nth(usize::from(pod))?;
+        let name = self.names().nth(usize::from(pod))?;
         Some((identity, name))
+    }
+
+    /// The pods' names, in the batch's order.
+    pub fn names(&self) -> impl Iterator<Item = String> + '_ {
+        NameDecoder {
+            rest: &self.names,
+            current: Vec::new(),
+        }
     }
 
     /// The entries: address and identity id, IPv4 first, each family in address order.
@@ -187,14 +194,13 @@ impl RemoteEndpoints {
     ) -> Vec<Arc<Identity>> {
         let mut v4 = Vec::new();
         let mut v6 = Vec::new();
-        let mut names = String::new();
+        let mut names = NameCoder::default();
         let mut count = 0u32;
         let mut created = Vec::new();
         for pod in pods {
             let position = u16::try_from(count).unwrap_or(u16::MAX).to_ne_bytes();
             count += 1;
-            names.push_str(&pod.name);
-            names.push('\n');
+            names.push(&pod.name);
             let identity = self.intern(pod.identity, &mut created).0.to_ne_bytes();
             for address in pod.addresses {
                 match address {
@@ -217,7 +223,7 @@ impl RemoteEndpoints {
         v6.dedup_by_key(|e| e.key());
         let new = Arc::new(NodeEntries {
             pods: count,
-            names: names.into_boxed_str(),
+            names: names.finish(),
             v4: v4.into_boxed_slice(),
             v6: v6.into_boxed_slice(),
         });
@@ -307,8 +313,7 @@ impl RemoteEndpoints {
             return Vec::new();
         };
         let mut pods: Vec<RemotePod> = entries
-            .names
-            .split_terminator('\n')
+            .names()
             .map(|name| RemotePod {
                 name: name.into(),
                 addresses: Vec::new(),
@@ -435,6 +440,58 @@ impl RemoteEndpoints {
     }
 }
 
+/// Writes a node's pod names front-coded: each name is the length of the prefix it shares with
+/// the name before it (one byte, at most 255), the rest of it, then a newline (a pod name
+/// never holds one). A node's pods share most of their names (`web-7d9f8b6c4-x2x9k`,
+/// `web-7d9f8b6c4-q8z2m`; the harness's `sim-00042-p17`), so a name costs a few bytes.
+#[derive(Default)]
+struct NameCoder {
+    coded: Vec<u8>,
+    previous: Vec<u8>,
+}
+
+impl NameCoder {
+    fn push(&mut self, name: &str) {
+        let name = name.as_bytes();
+        let shared = self
+            .previous
+            .iter()
+            .zip(name)
+            .take(usize::from(u8::MAX))
+            .take_while(|(a, b)| a == b)
+            .count();
+        self.coded.push(shared as u8);
+        self.coded.extend_from_slice(&name[shared..]);
+        self.coded.push(b'\n');
+        self.previous.clear();
+        self.previous.extend_from_slice(name);
+    }
+
+    fn finish(self) -> Box<[u8]> {
+        self.coded.into_boxed_slice()
+    }
+}
+
+/// Reads what [`NameCoder`] wrote, name by name.
+struct NameDecoder<'a> {
+    rest: &'a [u8],
+    current: Vec<u8>,
+}
+
+impl Iterator for NameDecoder<'_> {
+    type Item = String;
+
+    fn next(&mut self) -> Option<String> {
+        let (&shared, rest) = self.rest.split_first()?;
+        let end = rest.iter().position(|b| *b == b'\n')?;
+        self.current.truncate(usize::from(shared));
+        self.current.extend_from_slice(&rest[..end]);
+        self.rest = &rest[end + 1..];
+        // The bytes are a whole name as it was pushed, so valid UTF-8.
+        Some(String::from_utf8_lossy(&self.current).into_owned())
+    }
+}
+
 /// The hash identity `id` is filed under: its content's.
 fn slot_hash(hasher: &RandomState, slots: &[Option<(Arc<Identity>, u32)>], id: IdentityId) -> u64 {
     slots[id.0 as usize]
@@ -493,7 +550,7 @@ fn diff<const N: usize>(old: &[Entry<N>], new: &[Entry<N>], changed: &mut BTreeS
 impl PartialEq for RemoteEndpoints {
     /// Equal when every node holds the same addresses with equal identities (ids may differ).
     fn eq(&self, other: &Self) -> bool {
-        type Resolved = Vec<(Name, u32, Box<str>, Vec<(IpAddr, Arc<Identity>)>)>;
+        type Resolved = Vec<(Name, u32, Box<[u8]>, Vec<(IpAddr, Arc<Identity>)>)>;
         let resolved = |table: &Self| -> Resolved {
             table
                 .nodes
