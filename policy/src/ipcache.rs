@@ -4,11 +4,12 @@
 //! and what a selector or a named port reads of it, its namespace, labels and named ports. That
 //! triple is its [`Identity`], interned once and shared by every pod of the same workload (a
 //! small [`IdentityId`]); a remote pod is then one entry per address, `(address, identity)`,
-//! with IPv4 and IPv6 addresses as fixed-size keys (10 and 22 bytes an entry: address,
-//! identity id, and the pod's position in its node's list of names).
+//! with IPv4 and IPv6 addresses as fixed-size keys (address, identity id, and the pod's
+//! position in its node's list of names), each list keeping the address bytes all its entries
+//! share once ([`packed`]: 7 bytes an entry in the scale harness, where 10 and 22 were held).
 //!
-//! Each node's entries are kept as that node's endpoint batch said them, as two sorted boxed
-//! slices (exactly their size, no slack), so a node's new batch is diffed against its old one
+//! Each node's entries are kept as that node's endpoint batch said them, as two sorted packed
+//! lists (exactly their size, no slack), so a node's new batch is diffed against its old one
 //! entry by entry, and a change reports only the identities whose addresses changed
 //! ([`RemoteEndpoints::set_node`]): the compiler recompiles the endpoints whose policies select
 //! one of those, one identity lookup per change instead of one per pod. The pods' names, which
@@ -27,6 +28,7 @@ use std::sync::Arc;
 
 use hashbrown::HashTable;
 
+use self::packed::{Entry, PackedEntries};
 use crate::intern::{LabelSet, Name};
 use crate::model::{NamedPort, Pod};
 
@@ -103,25 +105,6 @@ impl RemotePod {
     }
 }
 
-/// One entry: an address of `N` bytes, its identity id and its pod's position among the
-/// node's names, all as bytes (no padding: 10 bytes for IPv4, 22 for IPv6).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Entry<const N: usize> {
-    address: [u8; N],
-    identity: [u8; 4],
-    pod: [u8; 2],
-}
-
-impl<const N: usize> Entry<N> {
-    fn identity(&self) -> IdentityId {
-        IdentityId(u32::from_ne_bytes(self.identity))
-    }
-
-    fn key(&self) -> ([u8; N], [u8; 4]) {
-        (self.address, self.identity)
-    }
-}
-
 /// One node's entries, each list sorted by address, and its pods' names.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeEntries {
@@ -129,16 +112,22 @@ pub struct NodeEntries {
     pods: u32,
     /// The pods' names in the batch's order, front-coded ([`NameCoder`]).
     names: Box<[u8]>,
-    v4: Box<[Entry<4>]>,
-    v6: Box<[Entry<16>]>,
+    v4: PackedEntries<4>,
+    v6: PackedEntries<16>,
 }
 
 impl NodeEntries {
     /// The identity id and pod name of `address`, if this node holds it.
     pub fn get(&self, address: IpAddr) -> Option<(IdentityId, String)> {
         let (identity, pod) = match address {
-            IpAddr::V4(a) => find(&self.v4, &a.octets())?,
-            IpAddr::V6(a) => find(&self.v6, &a.octets())?,
+            IpAddr::V4(a) => self
+                .v4
+                .find(&a.octets())
+                .map(|e| (e.identity(), e.position()))?,
+            IpAddr::V6(a) => self
+                .v6
+                .find(&a.octets())
+                .map(|e| (e.identity(), e.position()))?,
         };
         let name = self.names().nth(usize::from(pod))?;
         Some((identity, name))
@@ -224,8 +213,8 @@ impl RemoteEndpoints {
         let new = Arc::new(NodeEntries {
             pods: count,
             names: names.finish(),
-            v4: v4.into_boxed_slice(),
-            v6: v6.into_boxed_slice(),
+            v4: PackedEntries::pack(&v4),
+            v6: PackedEntries::pack(&v6),
         });
         self.adjust(&new, true);
         let old = if new.pods == 0 {
@@ -323,15 +312,22 @@ impl RemoteEndpoints {
         let positions = entries
             .v4
             .iter()
-            .map(|e| (IpAddr::V4(Ipv4Addr::from(e.address)), e.identity(), e.pod))
-            .chain(
-                entries
-                    .v6
-                    .iter()
-                    .map(|e| (IpAddr::V6(Ipv6Addr::from(e.address)), e.identity(), e.pod)),
-            );
+            .map(|e| {
+                (
+                    IpAddr::V4(Ipv4Addr::from(e.address)),
+                    e.identity(),
+                    e.position(),
+                )
+            })
+            .chain(entries.v6.iter().map(|e| {
+                (
+                    IpAddr::V6(Ipv6Addr::from(e.address)),
+                    e.identity(),
+                    e.position(),
+                )
+            }));
         for (address, id, position) in positions {
-            if let Some(pod) = pods.get_mut(usize::from(u16::from_ne_bytes(position))) {
+            if let Some(pod) = pods.get_mut(usize::from(position)) {
                 pod.addresses.push(address);
                 if let Some(identity) = self.get(id) {
                     pod.identity = (**identity).clone();
@@ -396,8 +392,8 @@ impl RemoteEndpoints {
         let ids = entries
             .v4
             .iter()
-            .map(Entry::identity)
-            .chain(entries.v6.iter().map(Entry::identity));
+            .map(|e| e.identity())
+            .chain(entries.v6.iter().map(|e| e.identity()));
         for id in ids {
             if let Some((_, count)) = self.identities[id.0 as usize].as_mut() {
                 if acquire {
@@ -512,37 +508,28 @@ fn node_entries(entries: &NodeEntries) -> impl Iterator<Item = (IpAddr, Identity
         )
 }
 
-/// The identity and pod position of `address` in a sorted list (the first entry, if a batch
-/// gave one address two identities).
-fn find<const N: usize>(entries: &[Entry<N>], address: &[u8; N]) -> Option<(IdentityId, u16)> {
-    let i = entries.partition_point(|e| e.address < *address);
-    let entry = entries.get(i).filter(|e| e.address == *address)?;
-    Some((entry.identity(), u16::from_ne_bytes(entry.pod)))
-}
-
 /// Adds to `changed` the identities of the entries (address and identity) in one sorted list
 /// and not the other.
-fn diff<const N: usize>(old: &[Entry<N>], new: &[Entry<N>], changed: &mut BTreeSet<IdentityId>) {
-    let (mut i, mut j) = (0, 0);
+fn diff<const N: usize>(
+    old: &PackedEntries<N>,
+    new: &PackedEntries<N>,
+    changed: &mut BTreeSet<IdentityId>,
+) {
+    let (mut old, mut new) = (old.iter().peekable(), new.iter().peekable());
     loop {
-        match (old.get(i).map(Entry::key), new.get(j).map(Entry::key)) {
+        let taken = match (old.peek().map(Entry::key), new.peek().map(Entry::key)) {
             (Some(a), Some(b)) if a == b => {
-                i += 1;
-                j += 1;
+                old.next();
+                new.next();
+                continue;
             }
-            (Some(a), Some(b)) if a < b => {
-                changed.insert(old[i].identity());
-                i += 1;
-            }
-            (Some(_), Some(_)) | (None, Some(_)) => {
-                changed.insert(new[j].identity());
-                j += 1;
-            }
-            (Some(_), None) => {
-                changed.insert(old[i].identity());
-                i += 1;
-            }
+            (Some(a), Some(b)) if a < b => old.next(),
+            (Some(_), Some(_)) | (None, Some(_)) => new.next(),
+            (Some(_), None) => old.next(),
             (None, None) => break,
+        };
+        if let Some(entry) = taken {
+            changed.insert(entry.identity());
         }
     }
 }
@@ -569,5 +556,6 @@ impl PartialEq for RemoteEndpoints {
 
 impl Eq for RemoteEndpoints {}
 
+mod packed;
 #[cfg(test)]
 mod tests;
