@@ -45,6 +45,8 @@ pub struct Identity {
 
 /// An identity's named ports: a pointer, and no allocation when there are none (most pods
 /// name no port), where a map inline took 24 bytes of every identity.
+// The box is the point: a pointer (8 bytes, none when empty) where the map is 24 inline.
+#[allow(clippy::box_collection)]
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NamedPorts(Option<Box<BTreeMap<String, NamedPort>>>);
 
