@@ -4,16 +4,17 @@
 //! and what a selector or a named port reads of it, its namespace, labels and named ports. That
 //! triple is its [`Identity`], interned once and shared by every pod of the same workload (a
 //! small [`IdentityId`]); a remote pod is then one entry per address, `(address, identity)`,
-//! with IPv4 and IPv6 addresses as fixed-size keys (10 and 22 bytes an entry: address,
-//! identity id, and the pod's position in its node's list of names).
+//! with IPv4 and IPv6 addresses as fixed-size keys (address, identity id, and the pod's
+//! position in its node's list of names), each list keeping the address bytes all its entries
+//! share once ([`packed`]: 7 bytes an entry in the scale harness, where 10 and 22 were held).
 //!
-//! Each node's entries are kept as that node's endpoint batch said them, as two sorted boxed
-//! slices (exactly their size, no slack), so a node's new batch is diffed against its old one
+//! Each node's entries are kept as that node's endpoint batch said them, as two sorted packed
+//! lists (exactly their size, no slack), so a node's new batch is diffed against its old one
 //! entry by entry, and a change reports only the identities whose addresses changed
 //! ([`RemoteEndpoints::set_node`]): the compiler recompiles the endpoints whose policies select
 //! one of those, one identity lookup per change instead of one per pod. The pods' names, which
-//! only the flow records show, are one string per node (an arena: the names joined), not a
-//! string each. An identity no entry uses any more is forgotten and its id reused, so the table
+//! only the flow records show, are one front-coded byte string per node (each name stored as
+//! what it does not share with the one before), not a string each. An identity no entry uses any more is forgotten and its id reused, so the table
 //! shrinks with its content. A node's lists are shared (`Arc`), so a reader such as the flow
 //! collector's table holds the same lists rather than a copy.
 //!
@@ -27,6 +28,7 @@ use std::sync::Arc;
 
 use hashbrown::HashTable;
 
+use self::packed::{Entry, PackedEntries};
 use crate::intern::{LabelSet, Name};
 use crate::model::{NamedPort, Pod};
 
@@ -38,7 +40,30 @@ pub struct Identity {
     /// The pod's labels.
     pub labels: LabelSet,
     /// Named container ports: name → protocol and number.
-    pub named_ports: BTreeMap<String, NamedPort>,
+    pub named_ports: NamedPorts,
+}
+
+/// An identity's named ports: a pointer, and no allocation when there are none (most pods
+/// name no port), where a map inline took 24 bytes of every identity.
+// The box is the point: a pointer (8 bytes, none when empty) where the map is 24 inline.
+#[allow(clippy::box_collection)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NamedPorts(Option<Box<BTreeMap<String, NamedPort>>>);
+
+/// The map of no named port.
+static NO_NAMED_PORTS: BTreeMap<String, NamedPort> = BTreeMap::new();
+
+impl From<BTreeMap<String, NamedPort>> for NamedPorts {
+    fn from(ports: BTreeMap<String, NamedPort>) -> Self {
+        NamedPorts((!ports.is_empty()).then(|| Box::new(ports)))
+    }
+}
+
+impl std::ops::Deref for NamedPorts {
+    type Target = BTreeMap<String, NamedPort>;
+    fn deref(&self) -> &Self::Target {
+        self.0.as_deref().unwrap_or(&NO_NAMED_PORTS)
+    }
 }
 
 impl Identity {
@@ -47,7 +72,7 @@ impl Identity {
         Self {
             namespace: pod.key.namespace.clone(),
             labels: pod.labels.clone(),
-            named_ports: pod.named_ports.clone(),
+            named_ports: pod.named_ports.clone().into(),
         }
     }
 }
@@ -76,28 +101,9 @@ impl RemotePod {
             identity: Identity {
                 namespace: pod.key.namespace,
                 labels: pod.labels,
-                named_ports: pod.named_ports,
+                named_ports: pod.named_ports.into(),
             },
         }
-    }
-}
-
-/// One entry: an address of `N` bytes, its identity id and its pod's position among the
-/// node's names, all as bytes (no padding: 10 bytes for IPv4, 22 for IPv6).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Entry<const N: usize> {
-    address: [u8; N],
-    identity: [u8; 4],
-    pod: [u8; 2],
-}
-
-impl<const N: usize> Entry<N> {
-    fn identity(&self) -> IdentityId {
-        IdentityId(u32::from_ne_bytes(self.identity))
-    }
-
-    fn key(&self) -> ([u8; N], [u8; 4]) {
-        (self.address, self.identity)
     }
 }
 
@@ -106,22 +112,35 @@ impl<const N: usize> Entry<N> {
 pub struct NodeEntries {
     /// How many pods the batch listed (a dual-stack pod has two entries).
     pods: u32,
-    /// The pods' names in the batch's order, each followed by a newline (a name never holds
-    /// one).
-    names: Box<str>,
-    v4: Box<[Entry<4>]>,
-    v6: Box<[Entry<16>]>,
+    /// The pods' names in the batch's order, front-coded ([`NameCoder`]).
+    names: Box<[u8]>,
+    v4: PackedEntries<4>,
+    v6: PackedEntries<16>,
 }
 
 impl NodeEntries {
     /// The identity id and pod name of `address`, if this node holds it.
-    pub fn get(&self, address: IpAddr) -> Option<(IdentityId, &str)> {
+    pub fn get(&self, address: IpAddr) -> Option<(IdentityId, String)> {
         let (identity, pod) = match address {
-            IpAddr::V4(a) => find(&self.v4, &a.octets())?,
-            IpAddr::V6(a) => find(&self.v6, &a.octets())?,
+            IpAddr::V4(a) => self
+                .v4
+                .find(&a.octets())
+                .map(|e| (e.identity(), e.position()))?,
+            IpAddr::V6(a) => self
+                .v6
+                .find(&a.octets())
+                .map(|e| (e.identity(), e.position()))?,
         };
-        let name = self.names.split('\n').nth(usize::from(pod))?;
+        let name = self.names().nth(usize::from(pod))?;
         Some((identity, name))
+    }
+
+    /// The pods' names, in the batch's order.
+    pub fn names(&self) -> impl Iterator<Item = String> + '_ {
+        NameDecoder {
+            rest: &self.names,
+            current: Vec::new(),
+        }
     }
 
     /// The entries: address and identity id, IPv4 first, each family in address order.
@@ -166,14 +185,13 @@ impl RemoteEndpoints {
     ) -> Vec<Arc<Identity>> {
         let mut v4 = Vec::new();
         let mut v6 = Vec::new();
-        let mut names = String::new();
+        let mut names = NameCoder::default();
         let mut count = 0u32;
         let mut created = Vec::new();
         for pod in pods {
             let position = u16::try_from(count).unwrap_or(u16::MAX).to_ne_bytes();
             count += 1;
-            names.push_str(&pod.name);
-            names.push('\n');
+            names.push(&pod.name);
             let identity = self.intern(pod.identity, &mut created).0.to_ne_bytes();
             for address in pod.addresses {
                 match address {
@@ -196,9 +214,9 @@ impl RemoteEndpoints {
         v6.dedup_by_key(|e| e.key());
         let new = Arc::new(NodeEntries {
             pods: count,
-            names: names.into_boxed_str(),
-            v4: v4.into_boxed_slice(),
-            v6: v6.into_boxed_slice(),
+            names: names.finish(),
+            v4: PackedEntries::pack(&v4),
+            v6: PackedEntries::pack(&v6),
         });
         self.adjust(&new, true);
         let old = if new.pods == 0 {
@@ -286,8 +304,7 @@ impl RemoteEndpoints {
             return Vec::new();
         };
         let mut pods: Vec<RemotePod> = entries
-            .names
-            .split_terminator('\n')
+            .names()
             .map(|name| RemotePod {
                 name: name.into(),
                 addresses: Vec::new(),
@@ -297,15 +314,22 @@ impl RemoteEndpoints {
         let positions = entries
             .v4
             .iter()
-            .map(|e| (IpAddr::V4(Ipv4Addr::from(e.address)), e.identity(), e.pod))
-            .chain(
-                entries
-                    .v6
-                    .iter()
-                    .map(|e| (IpAddr::V6(Ipv6Addr::from(e.address)), e.identity(), e.pod)),
-            );
+            .map(|e| {
+                (
+                    IpAddr::V4(Ipv4Addr::from(e.address)),
+                    e.identity(),
+                    e.position(),
+                )
+            })
+            .chain(entries.v6.iter().map(|e| {
+                (
+                    IpAddr::V6(Ipv6Addr::from(e.address)),
+                    e.identity(),
+                    e.position(),
+                )
+            }));
         for (address, id, position) in positions {
-            if let Some(pod) = pods.get_mut(usize::from(u16::from_ne_bytes(position))) {
+            if let Some(pod) = pods.get_mut(usize::from(position)) {
                 pod.addresses.push(address);
                 if let Some(identity) = self.get(id) {
                     pod.identity = (**identity).clone();
@@ -370,8 +394,8 @@ impl RemoteEndpoints {
         let ids = entries
             .v4
             .iter()
-            .map(Entry::identity)
-            .chain(entries.v6.iter().map(Entry::identity));
+            .map(|e| e.identity())
+            .chain(entries.v6.iter().map(|e| e.identity()));
         for id in ids {
             if let Some((_, count)) = self.identities[id.0 as usize].as_mut() {
                 if acquire {
@@ -414,6 +438,58 @@ impl RemoteEndpoints {
     }
 }
 
+/// Writes a node's pod names front-coded: each name is the length of the prefix it shares with
+/// the name before it (one byte, at most 255), the rest of it, then a newline (a pod name
+/// never holds one). A node's pods share most of their names (`web-7d9f8b6c4-x2x9k`,
+/// `web-7d9f8b6c4-q8z2m`; the harness's `sim-00042-p17`), so a name costs a few bytes.
+#[derive(Default)]
+struct NameCoder {
+    coded: Vec<u8>,
+    previous: Vec<u8>,
+}
+
+impl NameCoder {
+    fn push(&mut self, name: &str) {
+        let name = name.as_bytes();
+        let shared = self
+            .previous
+            .iter()
+            .zip(name)
+            .take(usize::from(u8::MAX))
+            .take_while(|(a, b)| a == b)
+            .count();
+        self.coded.push(shared as u8);
+        self.coded.extend_from_slice(&name[shared..]);
+        self.coded.push(b'\n');
+        self.previous.clear();
+        self.previous.extend_from_slice(name);
+    }
+
+    fn finish(self) -> Box<[u8]> {
+        self.coded.into_boxed_slice()
+    }
+}
+
+/// Reads what [`NameCoder`] wrote, name by name.
+struct NameDecoder<'a> {
+    rest: &'a [u8],
+    current: Vec<u8>,
+}
+
+impl Iterator for NameDecoder<'_> {
+    type Item = String;
+
+    fn next(&mut self) -> Option<String> {
+        let (&shared, rest) = self.rest.split_first()?;
+        let end = rest.iter().position(|b| *b == b'\n')?;
+        self.current.truncate(usize::from(shared));
+        self.current.extend_from_slice(&rest[..end]);
+        self.rest = &rest[end + 1..];
+        // The bytes are a whole name as it was pushed, so valid UTF-8.
+        Some(String::from_utf8_lossy(&self.current).into_owned())
+    }
+}
+
 /// The hash identity `id` is filed under: its content's.
 fn slot_hash(hasher: &RandomState, slots: &[Option<(Arc<Identity>, u32)>], id: IdentityId) -> u64 {
     slots[id.0 as usize]
@@ -434,37 +510,28 @@ fn node_entries(entries: &NodeEntries) -> impl Iterator<Item = (IpAddr, Identity
         )
 }
 
-/// The identity and pod position of `address` in a sorted list (the first entry, if a batch
-/// gave one address two identities).
-fn find<const N: usize>(entries: &[Entry<N>], address: &[u8; N]) -> Option<(IdentityId, u16)> {
-    let i = entries.partition_point(|e| e.address < *address);
-    let entry = entries.get(i).filter(|e| e.address == *address)?;
-    Some((entry.identity(), u16::from_ne_bytes(entry.pod)))
-}
-
 /// Adds to `changed` the identities of the entries (address and identity) in one sorted list
 /// and not the other.
-fn diff<const N: usize>(old: &[Entry<N>], new: &[Entry<N>], changed: &mut BTreeSet<IdentityId>) {
-    let (mut i, mut j) = (0, 0);
+fn diff<const N: usize>(
+    old: &PackedEntries<N>,
+    new: &PackedEntries<N>,
+    changed: &mut BTreeSet<IdentityId>,
+) {
+    let (mut old, mut new) = (old.iter().peekable(), new.iter().peekable());
     loop {
-        match (old.get(i).map(Entry::key), new.get(j).map(Entry::key)) {
+        let taken = match (old.peek().map(Entry::key), new.peek().map(Entry::key)) {
             (Some(a), Some(b)) if a == b => {
-                i += 1;
-                j += 1;
+                old.next();
+                new.next();
+                continue;
             }
-            (Some(a), Some(b)) if a < b => {
-                changed.insert(old[i].identity());
-                i += 1;
-            }
-            (Some(_), Some(_)) | (None, Some(_)) => {
-                changed.insert(new[j].identity());
-                j += 1;
-            }
-            (Some(_), None) => {
-                changed.insert(old[i].identity());
-                i += 1;
-            }
+            (Some(a), Some(b)) if a < b => old.next(),
+            (Some(_), Some(_)) | (None, Some(_)) => new.next(),
+            (Some(_), None) => old.next(),
             (None, None) => break,
+        };
+        if let Some(entry) = taken {
+            changed.insert(entry.identity());
         }
     }
 }
@@ -472,7 +539,7 @@ fn diff<const N: usize>(old: &[Entry<N>], new: &[Entry<N>], changed: &mut BTreeS
 impl PartialEq for RemoteEndpoints {
     /// Equal when every node holds the same addresses with equal identities (ids may differ).
     fn eq(&self, other: &Self) -> bool {
-        type Resolved = Vec<(Name, u32, Box<str>, Vec<(IpAddr, Arc<Identity>)>)>;
+        type Resolved = Vec<(Name, u32, Box<[u8]>, Vec<(IpAddr, Arc<Identity>)>)>;
         let resolved = |table: &Self| -> Resolved {
             table
                 .nodes
@@ -491,5 +558,6 @@ impl PartialEq for RemoteEndpoints {
 
 impl Eq for RemoteEndpoints {}
 
+mod packed;
 #[cfg(test)]
 mod tests;

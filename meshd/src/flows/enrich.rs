@@ -86,11 +86,13 @@ pub fn enrich(event: &DatapathEvent, lookup: &Lookup, pods: &PodTable, time: Tim
         match event.policy_direction {
             Some(TrafficDirection::Egress) => {
                 egress_denied_by = source
+                    .clone()
                     .map(|p| isolating(pods, p, Direction::Egress))
                     .unwrap_or_default();
             }
             Some(TrafficDirection::Ingress) => {
                 ingress_denied_by = destination
+                    .clone()
                     .map(|p| isolating(pods, p, Direction::Ingress))
                     .unwrap_or_default();
             }

@@ -73,6 +73,12 @@ pub enum BatchError {
         /// How many.
         count: usize,
     },
+    /// A label key holding `=`, which no label key may (label sets keep `key=value`).
+    #[error("the endpoint batch's label key {key:?} holds '=', which a label key may not")]
+    LabelKey {
+        /// The key.
+        key: String,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -179,6 +185,14 @@ pub fn decode_interned(
         return Err(BatchError::TooManyPods {
             count: wire.pods.len(),
         });
+    }
+    if let Some(key) = wire
+        .labels
+        .iter()
+        .flat_map(|labels| labels.keys())
+        .find(|key| key.contains('='))
+    {
+        return Err(BatchError::LabelKey { key: key.clone() });
     }
     let mut out = Decoded::default();
     let mut seen = BTreeSet::new();

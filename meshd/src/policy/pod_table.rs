@@ -20,6 +20,7 @@
 //! trying every node's list when it cannot say.
 //! Pure: no I/O; the loop and the collector share it behind a lock ([`SharedPodTable`]).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
@@ -44,12 +45,12 @@ pub struct PendingChange {
 }
 
 /// A pod found by address: a local pod, or another node's by its entry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodView<'a> {
     /// The pod's namespace.
     pub namespace: &'a str,
-    /// The pod's name.
-    pub name: &'a str,
+    /// The pod's name (another node's pod's is decoded from its node's names).
+    pub name: Cow<'a, str>,
     /// The node it runs on (empty while unscheduled).
     pub node: &'a str,
     /// Its labels.
@@ -60,7 +61,7 @@ impl<'a> From<&'a Pod> for PodView<'a> {
     fn from(pod: &'a Pod) -> Self {
         Self {
             namespace: &pod.key.namespace,
-            name: &pod.key.name,
+            name: Cow::Borrowed(&pod.key.name),
             node: &pod.node,
             labels: &pod.labels,
         }
@@ -237,7 +238,7 @@ impl PodTable {
         let identity = self.identities.get(id.0 as usize)?.as_ref()?;
         Some(PodView {
             namespace: &identity.namespace,
-            name,
+            name: Cow::Owned(name),
             node,
             labels: &identity.labels,
         })
@@ -431,7 +432,7 @@ mod tests {
         );
         let found = table.find(&ip("10.0.2.2"), Some("n2")).unwrap();
         assert_eq!(
-            (found.namespace, found.name, found.node),
+            (found.namespace, found.name.as_ref(), found.node),
             ("shop", "d2", "n2")
         );
         assert_eq!(found.labels.get("app").unwrap(), "db");

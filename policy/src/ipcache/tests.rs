@@ -8,7 +8,7 @@ fn identity(namespace: &str, app: &str) -> Identity {
     Identity {
         namespace: namespace.into(),
         labels: labels.into(),
-        named_ports: BTreeMap::new(),
+        named_ports: NamedPorts::default(),
     }
 }
 
@@ -162,4 +162,33 @@ fn a_node_pods_are_given_back_as_held() {
     table.set_node("n2", pods.clone());
     assert_eq!(table.node_pods("n2"), pods);
     assert!(table.node_pods("n3").is_empty());
+}
+
+#[test]
+fn names_are_front_coded_and_read_back_whole() {
+    let long = "a".repeat(300);
+    let names = [
+        "web-7d9f8b6c4-x2x9k",
+        "web-7d9f8b6c4-q8z2m",
+        "db-0",
+        "db-0",
+        "",
+        "zürich-1",
+        "zürich-2",
+        &format!("{long}-1"),
+        &format!("{long}-2"),
+    ];
+    let mut coder = NameCoder::default();
+    for name in names {
+        coder.push(name);
+    }
+    let coded = coder.finish();
+    // The second name is its first's 14 shared bytes and "q8z2m": a byte, 5, a newline.
+    assert_eq!(coded[21..28], *b"\x0eq8z2m\n");
+    let entries = NodeEntries {
+        pods: names.len() as u32,
+        names: coded,
+        ..NodeEntries::default()
+    };
+    assert_eq!(entries.names().collect::<Vec<_>>(), names);
 }

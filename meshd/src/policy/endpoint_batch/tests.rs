@@ -78,6 +78,12 @@ fn a_batch_that_cannot_be_read_is_refused_whole() {
         decode(encode("n2", &many).as_bytes(), "n2"),
         Err(BatchError::TooManyPods { .. })
     ));
+    let odd_key = br#"{"v":1,"node":"n2","labels":[{"a=b":"c"}],
+        "pods":[{"ns":"x","name":"a","l":0,"ips":["10.244.2.2"]}]}"#;
+    assert_eq!(
+        decode(odd_key, "n2"),
+        Err(BatchError::LabelKey { key: "a=b".into() })
+    );
 }
 
 #[test]
