@@ -13,13 +13,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::IpNet;
-use keyexchange::peers::ProgrammedPeer;
 use keyexchange::slots::Slot;
 use keyexchange::PublicKey;
 
 use super::desired::incremental::Standing;
 use super::observe::Observation;
-use super::plan::{Observed, Step};
+use super::plan::{AllowedIps, Observed, ObservedPeer, Step};
 
 /// The node as the last pass left it, and the facts of its observation the desired state
 /// depends on.
@@ -152,11 +151,11 @@ fn remove_routes_to(routes: &mut BTreeSet<(IpNet, u32)>, cidr: IpNet) {
 struct Holders(BTreeMap<IpNet, BTreeSet<PublicKey>>);
 
 impl Holders {
-    fn of(peers: &BTreeMap<PublicKey, ProgrammedPeer>, given: &BTreeSet<IpNet>) -> Self {
+    fn of(peers: &BTreeMap<PublicKey, ObservedPeer>, given: &BTreeSet<IpNet>) -> Self {
         let mut map: BTreeMap<IpNet, BTreeSet<PublicKey>> = BTreeMap::new();
-        for p in peers.values() {
+        for (key, p) in peers {
             for a in p.allowed_ips.iter().filter(|a| given.contains(*a)) {
-                map.entry(*a).or_default().insert(p.public_key);
+                map.entry(*a).or_default().insert(*key);
             }
         }
         Holders(map)
@@ -193,14 +192,9 @@ fn upsert(node: &mut Observed, holders: &mut Holders, slot: Slot, peer: &netlink
             holders.release(&other, std::slice::from_ref(a));
         }
     }
-    let entry = device.peers.entry(key).or_insert(ProgrammedPeer {
-        public_key: key,
-        endpoint: None,
-        allowed_ips: Vec::new(),
-        keepalive: None,
-    });
+    let entry = device.peers.entry(key).or_default();
     holders.release(&key, &entry.allowed_ips);
-    entry.allowed_ips = peer.allowed_ips.clone();
+    entry.allowed_ips = AllowedIps::from_slice(&peer.allowed_ips);
     for a in &entry.allowed_ips {
         holders.0.entry(*a).or_default().insert(key);
     }

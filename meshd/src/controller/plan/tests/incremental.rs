@@ -101,11 +101,11 @@ fn an_allowed_ip_moves_between_peers_in_memory() {
     let mut memory = node.clone();
     after(&mut memory, &steps);
     assert_eq!(
-        memory.devices[0].peers[&key(1)].allowed_ips,
+        memory.devices[0].peers[&key(1)].allowed_ips.to_vec(),
         vec![net("10.244.1.0/24")]
     );
     assert_eq!(
-        memory.devices[0].peers[&key(2)].allowed_ips,
+        memory.devices[0].peers[&key(2)].allowed_ips.to_vec(),
         vec![net("10.244.2.0/24")]
     );
     assert_eq!(memory, applied(node, &steps));
