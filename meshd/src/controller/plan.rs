@@ -52,8 +52,8 @@ pub struct ObservedDevice {
 
 /// A peer as programmed on a slot device, kept by its public key (the key is the map's, not
 /// repeated here). The last pass's observation keeps one per peer per device (at 5,000 peers,
-/// 10,000), so its allowed IPs are held in place up to two (a dual-stack node's pod CIDRs)
-/// rather than in an allocation of their own.
+/// 10,000), so its allowed IPs are held in place up to four (a dual-stack node's pod CIDRs and,
+/// with host encryption, its two addresses) rather than in an allocation of their own.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ObservedPeer {
     /// The current endpoint (possibly learned by roaming).
@@ -64,8 +64,8 @@ pub struct ObservedPeer {
     pub keepalive: Option<u16>,
 }
 
-/// A peer's allowed IPs: two in place, more on the heap.
-pub type AllowedIps = smallvec::SmallVec<[IpNet; 2]>;
+/// A peer's allowed IPs: four in place, more on the heap.
+pub type AllowedIps = smallvec::SmallVec<[IpNet; 4]>;
 
 impl Programmed for ObservedPeer {
     fn endpoint(&self) -> Option<SocketAddr> {

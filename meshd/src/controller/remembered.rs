@@ -64,6 +64,34 @@ pub(super) fn after(observed: &mut Observed, steps: &[Step]) {
             other => after_one(observed, other),
         }
     }
+    if steps.len() >= REBUILD_AFTER {
+        rebuild(observed);
+    }
+}
+
+/// How many steps make a plan large enough to rebuild the observation's B-trees after it.
+const REBUILD_AFTER: usize = 256;
+
+/// The observation's large B-trees built again from their sorted entries. A B-tree grown by
+/// inserts in key order (a pass that programs thousands of peers, routes and redirects) keeps
+/// its nodes about half full; one built from a sorted sequence fills them. Contents unchanged.
+fn rebuild(node: &mut Observed) {
+    fn set<T: Ord>(s: &mut BTreeSet<T>) {
+        *s = std::mem::take(s).into_iter().collect();
+    }
+    fn map<K: Ord, V>(m: &mut BTreeMap<K, V>) {
+        *m = std::mem::take(m).into_iter().collect();
+    }
+    for device in &mut node.devices {
+        map(&mut device.peers);
+    }
+    set(&mut node.routes);
+    map(&mut node.plain_routes);
+    map(&mut node.host_routes);
+    map(&mut node.redirects);
+    set(&mut node.guarded_cidrs);
+    set(&mut node.local_pods);
+    set(&mut node.pod_sources);
 }
 
 /// A step that concerns no peer.
