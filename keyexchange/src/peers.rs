@@ -5,7 +5,6 @@
 //! or overlapping pod CIDRs, routing to either would be ambiguous, so every node involved is
 //! left out (the rest of the mesh is unaffected) and the conflict is reported for logging.
 
-use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -190,6 +189,41 @@ pub struct ProgrammedPeer {
     pub keepalive: Option<u16>,
 }
 
+/// What [`diff_peers_by_key`] reads of a programmed peer, however the caller keeps it (a
+/// caller keeping peers by key need not repeat the key in each value).
+pub trait Programmed {
+    /// The current endpoint.
+    fn endpoint(&self) -> Option<SocketAddr>;
+    /// The current allowed IPs, in any order.
+    fn allowed_ips(&self) -> &[IpNet];
+    /// The persistent keepalive interval in seconds; `None` when off.
+    fn keepalive(&self) -> Option<u16>;
+}
+
+impl Programmed for ProgrammedPeer {
+    fn endpoint(&self) -> Option<SocketAddr> {
+        self.endpoint
+    }
+    fn allowed_ips(&self) -> &[IpNet] {
+        &self.allowed_ips
+    }
+    fn keepalive(&self) -> Option<u16> {
+        self.keepalive
+    }
+}
+
+impl<T: Programmed + ?Sized> Programmed for &T {
+    fn endpoint(&self) -> Option<SocketAddr> {
+        (**self).endpoint()
+    }
+    fn allowed_ips(&self) -> &[IpNet] {
+        (**self).allowed_ips()
+    }
+    fn keepalive(&self) -> Option<u16> {
+        (**self).keepalive()
+    }
+}
+
 /// One change to the device's peer list.
 ///
 /// Applying: `Add` creates the peer with exactly the given endpoint and allowed IPs. `Update`
@@ -224,7 +258,7 @@ pub fn diff_peers(
 
 /// [`diff_peers`] of the programmed peers by key, as a device's peers are kept: nothing is
 /// copied, and a peer whose allowed IPs are listed as wanted costs no normalising.
-pub fn diff_peers_by_key<P: std::borrow::Borrow<ProgrammedPeer>>(
+pub fn diff_peers_by_key<P: Programmed>(
     current: &BTreeMap<PublicKey, P>,
     desired: &PeerSet,
     keepalive: Option<u16>,
@@ -239,13 +273,14 @@ pub fn diff_peers_by_key<P: std::borrow::Borrow<ProgrammedPeer>>(
         }
     }
     for (key, want) in &desired.peers {
-        match current.get(key).map(Borrow::borrow) {
+        match current.get(key) {
             None => adds.push(PeerOp::Add(want.clone())),
             Some(have) => {
-                let ips_differ = have.allowed_ips != want.allowed_ips
-                    && normalise(&have.allowed_ips) != normalise(&want.allowed_ips);
-                let endpoint_differs = want.endpoint.is_some() && want.endpoint != have.endpoint;
-                let keepalive_differs = have.keepalive.filter(|k| *k > 0) != keepalive;
+                let have_ips = have.allowed_ips();
+                let ips_differ = have_ips != want.allowed_ips.as_slice()
+                    && normalise(have_ips) != normalise(&want.allowed_ips);
+                let endpoint_differs = want.endpoint.is_some() && want.endpoint != have.endpoint();
+                let keepalive_differs = have.keepalive().filter(|k| *k > 0) != keepalive;
                 if ips_differ || endpoint_differs || keepalive_differs {
                     updates.push(PeerOp::Update(want.clone()));
                 }

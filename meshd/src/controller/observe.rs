@@ -7,7 +7,6 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::Context as _;
 use ipnet::IpNet;
-use keyexchange::peers::ProgrammedPeer;
 use keyexchange::slots::SLOTS;
 use keyexchange::PublicKey;
 use netlink::DeviceStatus;
@@ -15,7 +14,7 @@ use netlink::DeviceStatus;
 use super::args::PodSteering;
 use super::context::Context;
 use super::devices::current_guard_interfaces;
-use super::plan::{Observed, ObservedDevice};
+use super::plan::{AllowedIps, Observed, ObservedDevice, ObservedPeer};
 use super::pods::{self, Pods};
 use super::{HOST_RULE_PRIORITY, HOST_TABLE};
 
@@ -119,18 +118,16 @@ pub(super) async fn observe(
 }
 
 /// A device's peers in keyexchange's terms.
-pub(super) fn programmed(peers: &[netlink::PeerStatus]) -> BTreeMap<PublicKey, ProgrammedPeer> {
+pub(super) fn programmed(peers: &[netlink::PeerStatus]) -> BTreeMap<PublicKey, ObservedPeer> {
     peers
         .iter()
         .map(|p| {
-            let key = PublicKey::from_bytes(p.public_key);
-            let peer = ProgrammedPeer {
-                public_key: key,
+            let peer = ObservedPeer {
                 endpoint: p.endpoint,
-                allowed_ips: p.allowed_ips.clone(),
+                allowed_ips: AllowedIps::from_slice(&p.allowed_ips),
                 keepalive: p.persistent_keepalive,
             };
-            (key, peer)
+            (PublicKey::from_bytes(p.public_key), peer)
         })
         .collect()
 }

@@ -27,11 +27,11 @@
 //! ordinary routing).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use ebpf_redirect::{Mode, PodSource};
 use ipnet::IpNet;
-use keyexchange::peers::{diff_peers_by_key, PeerOp, ProgrammedPeer};
+use keyexchange::peers::{diff_peers_by_key, PeerOp, Programmed};
 use keyexchange::slots::{Slot, SLOTS};
 use keyexchange::PublicKey;
 use netlink::PeerConfig;
@@ -47,7 +47,36 @@ pub struct ObservedDevice {
     /// Its MTU (`None`: unreadable).
     pub mtu: Option<u32>,
     /// Its peers, by public key.
-    pub peers: BTreeMap<PublicKey, ProgrammedPeer>,
+    pub peers: BTreeMap<PublicKey, ObservedPeer>,
+}
+
+/// A peer as programmed on a slot device, kept by its public key (the key is the map's, not
+/// repeated here). The last pass's observation keeps one per peer per device (at 5,000 peers,
+/// 10,000), so its allowed IPs are held in place up to four (a dual-stack node's pod CIDRs and,
+/// with host encryption, its two addresses) rather than in an allocation of their own.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObservedPeer {
+    /// The current endpoint (possibly learned by roaming).
+    pub endpoint: Option<SocketAddr>,
+    /// The current allowed IPs, in any order.
+    pub allowed_ips: AllowedIps,
+    /// The persistent keepalive interval in seconds; `None` when off.
+    pub keepalive: Option<u16>,
+}
+
+/// A peer's allowed IPs: four in place, more on the heap.
+pub type AllowedIps = smallvec::SmallVec<[IpNet; 4]>;
+
+impl Programmed for ObservedPeer {
+    fn endpoint(&self) -> Option<SocketAddr> {
+        self.endpoint
+    }
+    fn allowed_ips(&self) -> &[IpNet] {
+        &self.allowed_ips
+    }
+    fn keepalive(&self) -> Option<u16> {
+        self.keepalive
+    }
 }
 
 /// What the node holds now, as far as a pass changes it.
@@ -299,7 +328,7 @@ fn withdraw_redirects(
 fn programmed_cover<'a>(
     observed: &'a Observed,
     ops: &[Vec<PeerOp>],
-) -> Vec<Covering<&'a ProgrammedPeer>> {
+) -> Vec<Covering<&'a PublicKey>> {
     observed
         .devices
         .iter()
@@ -307,11 +336,11 @@ fn programmed_cover<'a>(
         .map(|(d, ops)| {
             ops.iter()
                 .filter_map(|op| match op {
-                    PeerOp::Remove(key) => d.peers.get(key),
-                    PeerOp::Update(peer) => d.peers.get(&peer.public_key),
+                    PeerOp::Remove(key) => d.peers.get_key_value(key),
+                    PeerOp::Update(peer) => d.peers.get_key_value(&peer.public_key),
                     PeerOp::Add(_) => None,
                 })
-                .flat_map(|p| p.allowed_ips.iter().map(move |a| (*a, p)))
+                .flat_map(|(k, p)| p.allowed_ips.iter().map(move |a| (*a, k)))
                 .collect()
         })
         .collect()
@@ -322,7 +351,7 @@ fn programmed_cover<'a>(
 fn loses_cover(
     desired: &Desired,
     observed: &Observed,
-    programmed: &[Covering<&ProgrammedPeer>],
+    programmed: &[Covering<&PublicKey>],
     cidr: IpNet,
     ifindex: u32,
 ) -> bool {
@@ -330,10 +359,9 @@ fn loses_cover(
         return false;
     };
     let want = &desired.peers[slot].peers;
-    programmed[slot].covering(cidr).any(|p| {
-        want.get(&p.public_key)
-            .is_none_or(|w| !covers(&w.allowed_ips, cidr))
-    })
+    programmed[slot]
+        .covering(cidr)
+        .any(|key| want.get(*key).is_none_or(|w| !covers(&w.allowed_ips, cidr)))
 }
 
 /// The changes that take a map from `present` to `want`: entries to remove, entries to set.

@@ -13,13 +13,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::IpNet;
-use keyexchange::peers::ProgrammedPeer;
 use keyexchange::slots::Slot;
 use keyexchange::PublicKey;
 
 use super::desired::incremental::Standing;
 use super::observe::Observation;
-use super::plan::{Observed, Step};
+use super::plan::{AllowedIps, Observed, ObservedPeer, Step};
 
 /// The node as the last pass left it, and the facts of its observation the desired state
 /// depends on.
@@ -65,6 +64,34 @@ pub(super) fn after(observed: &mut Observed, steps: &[Step]) {
             other => after_one(observed, other),
         }
     }
+    if steps.len() >= REBUILD_AFTER {
+        rebuild(observed);
+    }
+}
+
+/// How many steps make a plan large enough to rebuild the observation's B-trees after it.
+const REBUILD_AFTER: usize = 256;
+
+/// The observation's large B-trees built again from their sorted entries. A B-tree grown by
+/// inserts in key order (a pass that programs thousands of peers, routes and redirects) keeps
+/// its nodes about half full; one built from a sorted sequence fills them. Contents unchanged.
+fn rebuild(node: &mut Observed) {
+    fn set<T: Ord>(s: &mut BTreeSet<T>) {
+        *s = std::mem::take(s).into_iter().collect();
+    }
+    fn map<K: Ord, V>(m: &mut BTreeMap<K, V>) {
+        *m = std::mem::take(m).into_iter().collect();
+    }
+    for device in &mut node.devices {
+        map(&mut device.peers);
+    }
+    set(&mut node.routes);
+    map(&mut node.plain_routes);
+    map(&mut node.host_routes);
+    map(&mut node.redirects);
+    set(&mut node.guarded_cidrs);
+    set(&mut node.local_pods);
+    set(&mut node.pod_sources);
 }
 
 /// A step that concerns no peer.
@@ -152,11 +179,11 @@ fn remove_routes_to(routes: &mut BTreeSet<(IpNet, u32)>, cidr: IpNet) {
 struct Holders(BTreeMap<IpNet, BTreeSet<PublicKey>>);
 
 impl Holders {
-    fn of(peers: &BTreeMap<PublicKey, ProgrammedPeer>, given: &BTreeSet<IpNet>) -> Self {
+    fn of(peers: &BTreeMap<PublicKey, ObservedPeer>, given: &BTreeSet<IpNet>) -> Self {
         let mut map: BTreeMap<IpNet, BTreeSet<PublicKey>> = BTreeMap::new();
-        for p in peers.values() {
+        for (key, p) in peers {
             for a in p.allowed_ips.iter().filter(|a| given.contains(*a)) {
-                map.entry(*a).or_default().insert(p.public_key);
+                map.entry(*a).or_default().insert(*key);
             }
         }
         Holders(map)
@@ -193,14 +220,9 @@ fn upsert(node: &mut Observed, holders: &mut Holders, slot: Slot, peer: &netlink
             holders.release(&other, std::slice::from_ref(a));
         }
     }
-    let entry = device.peers.entry(key).or_insert(ProgrammedPeer {
-        public_key: key,
-        endpoint: None,
-        allowed_ips: Vec::new(),
-        keepalive: None,
-    });
+    let entry = device.peers.entry(key).or_default();
     holders.release(&key, &entry.allowed_ips);
-    entry.allowed_ips = peer.allowed_ips.clone();
+    entry.allowed_ips = AllowedIps::from_slice(&peer.allowed_ips);
     for a in &entry.allowed_ips {
         holders.0.entry(*a).or_default().insert(key);
     }

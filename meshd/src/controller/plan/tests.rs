@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use ebpf_redirect::{Mode, PodSource};
 use ipnet::IpNet;
-use keyexchange::peers::{DesiredPeer, PeerSet, ProgrammedPeer};
+use keyexchange::peers::{DesiredPeer, PeerSet};
 use keyexchange::record::{RotationStep, SlotKey};
 use keyexchange::{NodeRecord, PublicKey};
 use proptest::prelude::*;
@@ -104,9 +104,8 @@ fn bare_node() -> Observed {
     }
 }
 
-fn programmed(key: PublicKey, cidrs: &[&str], keepalive: Option<u16>) -> ProgrammedPeer {
-    ProgrammedPeer {
-        public_key: key,
+fn programmed(_key: PublicKey, cidrs: &[&str], keepalive: Option<u16>) -> ObservedPeer {
+    ObservedPeer {
         endpoint: Some("198.18.0.12:51820".parse().unwrap()),
         allowed_ips: cidrs.iter().map(|c| net(c)).collect(),
         keepalive,
@@ -197,16 +196,11 @@ fn apply_to_model(node: &mut Observed, step: &Step) {
 fn upsert_in_model(node: &mut Observed, slot: Slot, peer: &netlink::PeerConfig) {
     let key = PublicKey::from_bytes(peer.public_key);
     let device = &mut node.devices[slot.index()];
-    for other in device.peers.values_mut().filter(|p| p.public_key != key) {
+    for (_, other) in device.peers.iter_mut().filter(|(k, _)| **k != key) {
         other.allowed_ips.retain(|a| !peer.allowed_ips.contains(a));
     }
-    let entry = device.peers.entry(key).or_insert(ProgrammedPeer {
-        public_key: key,
-        endpoint: None,
-        allowed_ips: Vec::new(),
-        keepalive: None,
-    });
-    entry.allowed_ips = peer.allowed_ips.clone();
+    let entry = device.peers.entry(key).or_default();
+    entry.allowed_ips = AllowedIps::from_slice(&peer.allowed_ips);
     if peer.endpoint.is_some() {
         entry.endpoint = peer.endpoint;
     }
@@ -315,7 +309,7 @@ fn check_pass(want: &Desired, before: &Observed) -> Result<(), TestCaseError> {
             wanted.keys().collect::<Vec<_>>()
         );
         for (k, p) in wanted {
-            let mut got = have[k].allowed_ips.clone();
+            let mut got = have[k].allowed_ips.to_vec();
             got.sort();
             let mut exp = p.allowed_ips.clone();
             exp.sort();

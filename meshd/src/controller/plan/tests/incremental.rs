@@ -101,12 +101,65 @@ fn an_allowed_ip_moves_between_peers_in_memory() {
     let mut memory = node.clone();
     after(&mut memory, &steps);
     assert_eq!(
-        memory.devices[0].peers[&key(1)].allowed_ips,
+        memory.devices[0].peers[&key(1)].allowed_ips.to_vec(),
         vec![net("10.244.1.0/24")]
     );
     assert_eq!(
-        memory.devices[0].peers[&key(2)].allowed_ips,
+        memory.devices[0].peers[&key(2)].allowed_ips.to_vec(),
         vec![net("10.244.2.0/24")]
     );
+    assert_eq!(memory, applied(node, &steps));
+}
+
+/// A plan large enough that memory's B-trees are built again after it (a cold pass at scale)
+/// leaves exactly what the kernel holds, a peer with more allowed IPs than are kept in place
+/// included.
+#[test]
+fn a_large_plan_leaves_memory_as_the_kernel_holds_it() {
+    let node = bare_node();
+    let mut steps = Vec::new();
+    for i in 0..300u16 {
+        let [hi, lo] = i.to_be_bytes();
+        let cidr = net(&format!("10.{}.{lo}.0/24", 100 + hi));
+        let mut allowed_ips = vec![cidr, net(&format!("fd00:{i:x}::/64"))];
+        if i % 7 == 0 {
+            allowed_ips.extend([
+                net(&format!("198.18.{hi}.{lo}/32")),
+                net(&format!("fd01::{i:x}/128")),
+                net(&format!("198.19.{hi}.{lo}/32")),
+            ]);
+        }
+        steps.push(Step::UpsertPeer {
+            slot: Slot::FIRST,
+            peer: netlink::PeerConfig {
+                public_key: [
+                    hi, lo, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+                    1, 1, 1, 1, 1, 1,
+                ],
+                endpoint: None,
+                allowed_ips,
+                persistent_keepalive: None,
+            },
+        });
+        steps.push(Step::AddRoute {
+            cidr,
+            ifindex: IFINDEX[0],
+            replacing: None,
+        });
+        steps.push(Step::SetRedirect {
+            cidr,
+            ifindex: IFINDEX[0],
+        });
+    }
+    let mut memory = node.clone();
+    after(&mut memory, &steps);
+    assert_eq!(memory.devices[0].peers.len(), 300);
+    assert_eq!(memory.routes.len(), 300);
+    assert_eq!(memory.redirects.len(), 300);
+    let spilled = PublicKey::from_bytes([
+        0, 7, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+        1, 1,
+    ]);
+    assert_eq!(memory.devices[0].peers[&spilled].allowed_ips.len(), 5);
     assert_eq!(memory, applied(node, &steps));
 }
