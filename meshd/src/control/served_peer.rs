@@ -99,10 +99,29 @@ impl Serialize for ServedPeer {
     }
 }
 
+/// The parts of a status, besides its peers, that hold an entry per peer node: copied into a
+/// full report, left empty in a [`StatusSummary`].
+struct PerPeerParts {
+    known_nodes: Vec<String>,
+    datapath: Option<crate::bpf::DatapathReport>,
+    rotation: RotationReport,
+}
+
 impl<P> StatusReport<P> {
     /// The same status with each peer made by `peer`.
     pub fn map_peers<Q>(&self, peer: impl Fn(&P) -> Q) -> StatusReport<Q> {
-        let peers = |list: &[P]| list.iter().map(&peer).collect();
+        self.rebuilt(
+            |list| list.iter().map(&peer).collect(),
+            PerPeerParts {
+                known_nodes: self.known_nodes.clone(),
+                datapath: self.datapath.clone(),
+                rotation: self.rotation.clone(),
+            },
+        )
+    }
+
+    /// This status's fields, each slot's peers made by `peers` and the per-peer parts given.
+    fn rebuilt<Q>(&self, peers: impl Fn(&[P]) -> Vec<Q>, parts: PerPeerParts) -> StatusReport<Q> {
         StatusReport {
             node: self.node.clone(),
             public_key: self.public_key.clone(),
@@ -114,7 +133,7 @@ impl<P> StatusReport<P> {
             mtu: self.mtu,
             endpoints: self.endpoints.clone(),
             pod_cidrs: self.pod_cidrs.clone(),
-            known_nodes: self.known_nodes.clone(),
+            known_nodes: parts.known_nodes,
             peers: peers(&self.peers),
             conflicts: self.conflicts.clone(),
             malformed: self.malformed.clone(),
@@ -124,7 +143,7 @@ impl<P> StatusReport<P> {
             strict_mode: self.strict_mode,
             host_encryption: self.host_encryption,
             encrypted_hosts: self.encrypted_hosts.clone(),
-            datapath: self.datapath.clone(),
+            datapath: parts.datapath,
             key_created_unix: self.key_created_unix,
             second: self.second.as_ref().map(|s| SlotReport {
                 interface: s.interface.clone(),
@@ -133,7 +152,7 @@ impl<P> StatusReport<P> {
                 listen_port: s.listen_port,
                 peers: peers(&s.peers),
             }),
-            rotation: self.rotation.clone(),
+            rotation: parts.rotation,
             cleartext: self.cleartext.clone(),
             policy: self.policy.clone(),
             refused: self.refused.clone(),
@@ -157,66 +176,39 @@ impl ServedStatus {
 
     /// The status as the status feed carries it ([`StatusSummary`]).
     pub fn summary(&self) -> StatusSummary {
-        StatusReport {
-            node: self.node.clone(),
-            public_key: self.public_key.clone(),
-            mode: self.mode,
-            interface: self.interface.clone(),
-            ifindex: self.ifindex,
-            adopted_device: self.adopted_device,
-            listen_port: self.listen_port,
-            mtu: self.mtu,
-            endpoints: self.endpoints.clone(),
-            pod_cidrs: self.pod_cidrs.clone(),
-            known_nodes: Vec::new(),
-            peers: vec![(); self.peers.len()],
-            conflicts: self.conflicts.clone(),
-            malformed: self.malformed.clone(),
-            counters: self.counters.clone(),
-            converged: self.converged,
-            encryption: self.encryption,
-            strict_mode: self.strict_mode,
-            host_encryption: self.host_encryption,
-            encrypted_hosts: self.encrypted_hosts.clone(),
-            datapath: self.datapath.as_ref().map(|d| crate::bpf::DatapathReport {
-                pin_dir: d.pin_dir.clone(),
-                underlay_mode: d.underlay_mode,
-                underlay_interface: d.underlay_interface.clone(),
-                underlay_attached: d.underlay_attached,
-                guarded_interfaces: d.guarded_interfaces.clone(),
-                attach: d.attach,
-                remote_cidrs: CidrList::default(),
-                cluster_cidrs: CidrList::default(),
-                local_pods: d.local_pods,
-                pod_interfaces: d.pod_interfaces,
-                pod_sources: d.pod_sources,
-                counters: d.counters,
-            }),
-            key_created_unix: self.key_created_unix,
-            second: self.second.as_ref().map(|s| SlotReport {
-                interface: s.interface.clone(),
-                ifindex: s.ifindex,
-                public_key: s.public_key.clone(),
-                listen_port: s.listen_port,
-                peers: vec![(); s.peers.len()],
-            }),
-            rotation: RotationReport {
-                phase: self.rotation.phase,
-                slot: self.rotation.slot,
-                serial: self.rotation.serial,
-                pending: Vec::new(),
-                excused: Vec::new(),
-                rotations: self.rotation.rotations,
-                failures: self.rotation.failures,
-                last_unix: self.rotation.last_unix,
-                last_error: self.rotation.last_error.clone(),
-                peer_slots: BTreeMap::new(),
-                interval_secs: self.rotation.interval_secs,
+        self.rebuilt(
+            |list| vec![(); list.len()],
+            PerPeerParts {
+                known_nodes: Vec::new(),
+                datapath: self.datapath.as_ref().map(|d| crate::bpf::DatapathReport {
+                    pin_dir: d.pin_dir.clone(),
+                    underlay_mode: d.underlay_mode,
+                    underlay_interface: d.underlay_interface.clone(),
+                    underlay_attached: d.underlay_attached,
+                    guarded_interfaces: d.guarded_interfaces.clone(),
+                    attach: d.attach,
+                    remote_cidrs: CidrList::default(),
+                    cluster_cidrs: CidrList::default(),
+                    local_pods: d.local_pods,
+                    pod_interfaces: d.pod_interfaces,
+                    pod_sources: d.pod_sources,
+                    counters: d.counters,
+                }),
+                rotation: RotationReport {
+                    phase: self.rotation.phase,
+                    slot: self.rotation.slot,
+                    serial: self.rotation.serial,
+                    pending: Vec::new(),
+                    excused: Vec::new(),
+                    rotations: self.rotation.rotations,
+                    failures: self.rotation.failures,
+                    last_unix: self.rotation.last_unix,
+                    last_error: self.rotation.last_error.clone(),
+                    peer_slots: BTreeMap::new(),
+                    interval_secs: self.rotation.interval_secs,
+                },
             },
-            cleartext: self.cleartext.clone(),
-            policy: self.policy.clone(),
-            refused: self.refused.clone(),
-        }
+        )
     }
 }
 
