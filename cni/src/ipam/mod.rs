@@ -133,13 +133,18 @@ pub enum IpamError {
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// A set of taken addresses, hashed with a fast fixed hasher (an ADD hashes every address of
+/// the store; SipHash's keyed rounds are for untrusted keys, and the store's names are the
+/// plugin's own).
+type Taken = HashSet<IpAddr, foldhash::fast::FixedState>;
+
 /// The store as read from its names alone (see [`Ipam::scan_names`]).
 #[derive(Debug, Default)]
 struct NameScan {
     /// The owner's addresses.
     owned: Vec<Entry>,
     /// Every address taken.
-    taken: HashSet<IpAddr>,
+    taken: Taken,
     /// The owner's index's inode, when it has one.
     index_ino: Option<u64>,
 }
@@ -159,15 +164,22 @@ impl Ipam {
     /// with group or other permission bits to 0700. A path that is not a directory is refused.
     pub fn open(dir: impl Into<PathBuf>, cidrs: &[IpNet]) -> Result<Ipam, IpamError> {
         let dir = dir.into();
-        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            fs::create_dir_all(parent).map_err(Self::io("creating", parent))?;
-        }
-        match fs::DirBuilder::new().mode(DIR_MODE).create(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(Self::io("creating", &dir)(e)),
-        }
-        let meta = fs::metadata(&dir).map_err(Self::io("reading", &dir))?;
+        // Every call after the first finds the directory: one `stat`.
+        let meta = match fs::metadata(&dir) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    fs::create_dir_all(parent).map_err(Self::io("creating", parent))?;
+                }
+                match fs::DirBuilder::new().mode(DIR_MODE).create(&dir) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(Self::io("creating", &dir)(e)),
+                }
+                fs::metadata(&dir).map_err(Self::io("reading", &dir))?
+            }
+            Err(e) => return Err(Self::io("reading", &dir)(e)),
+        };
         if !meta.is_dir() {
             return Err(IpamError::Io {
                 op: "opening the store",
@@ -260,45 +272,65 @@ impl Ipam {
     /// Every allocated address with its owner. Takes no lock (a snapshot).
     ///
     /// The addresses of one allocation are hard links of one file, so each file (inode) is
-    /// read once: a dual-stack node reads half as many files, and every ADD and DEL lists.
+    /// read once: a dual-stack node reads half as many files. A file linked as an owner's
+    /// index is not read again once this process has read it ([`known`]): meshd lists the
+    /// store every second and after every change to it, and then opens only new owners' files.
     pub fn list(&self) -> Result<Vec<Entry>, IpamError> {
-        let mut out = Vec::new();
+        let (addresses, index_names) = self.entries_with_index_names()?;
+        let mut listing = known::Listing::begin();
+        let mut out = Vec::with_capacity(addresses.len());
         let mut owners: HashMap<u64, Option<Owner>> = HashMap::new();
-        for (address, entry) in self.address_entries()? {
-            let owner = match owners.get(&entry.ino()) {
+        for (address, entry) in addresses {
+            let ino = entry.ino();
+            let owner = match owners.get(&ino) {
                 Some(owner) => owner.clone(),
                 None => {
-                    let owner = match read_small(&entry.path()) {
-                        Ok(text) => Owner::from_file(&text),
-                        // Removed since the directory was read.
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                        Err(_) => None,
+                    let index = index_names.get(&ino);
+                    let owner = match index.and_then(|name| listing.get(name)) {
+                        Some(owner) => Some(owner),
+                        None => {
+                            let owner = match read_small(&entry.path()) {
+                                Ok(text) => Owner::from_file(&text),
+                                // Removed since the directory was read.
+                                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                                Err(_) => None,
+                            };
+                            if let (Some(name), Some(owner)) = (index, &owner) {
+                                listing.read(name, owner);
+                            }
+                            owner
+                        }
                     };
-                    owners.insert(entry.ino(), owner.clone());
+                    owners.insert(ino, owner.clone());
                     owner
                 }
             };
             out.push(Entry { address, owner });
         }
+        listing.end();
         out.sort_by_key(|e| e.address);
         Ok(out)
     }
 
-    /// The store's address files, each with its directory entry; every other name (the lock,
-    /// owner indexes, temporary files) is skipped.
-    fn address_entries(&self) -> Result<Vec<(IpAddr, fs::DirEntry)>, IpamError> {
-        let mut out = Vec::new();
+    /// The store's address files, each with its directory entry, and the names of the owner
+    /// index links by inode; every other name (the lock, temporary files) is skipped.
+    #[allow(clippy::type_complexity)]
+    fn entries_with_index_names(
+        &self,
+    ) -> Result<(Vec<(IpAddr, fs::DirEntry)>, HashMap<u64, String>), IpamError> {
+        let mut addresses = Vec::new();
+        let mut indexes = HashMap::new();
         for entry in fs::read_dir(&self.dir).map_err(Self::io("reading", &self.dir))? {
             let entry = entry.map_err(Self::io("reading", &self.dir))?;
-            let address = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<IpAddr>().ok());
-            if let Some(address) = address {
-                out.push((address, entry));
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Ok(address) = name.parse::<IpAddr>() {
+                addresses.push((address, entry));
+            } else if name.starts_with(INDEX_PREFIX) {
+                indexes.insert(entry.ino(), name.to_string());
             }
         }
-        Ok(out)
+        Ok((addresses, indexes))
     }
 
     /// Every address held by `(container_id, ifname)`: those in the store's pod CIDRs first, in
@@ -310,7 +342,7 @@ impl Ipam {
             ifname: ifname.to_string(),
         };
         let entries = match self.indexed() {
-            true => self.scan_names(Some(&owner))?.owned,
+            true => self.scan_names(Some(&owner), false)?.owned,
             false => self.list()?,
         };
         Ok(self.owned_in_cidr_order(&entries, &owner))
@@ -351,9 +383,11 @@ impl Ipam {
             .map_err(Self::io("marking", &path))
     }
 
-    /// The store by names alone: every address taken, and with `owner` the entries of that
-    /// owner's index (the addresses sharing its inode). Opens no file but the index.
-    fn scan_names(&self, owner: Option<&Owner>) -> Result<NameScan, IpamError> {
+    /// The store by names alone: with `owner` the entries of that owner's index (the addresses
+    /// sharing its inode), with `want_taken` every address taken. Opens no file but the index,
+    /// and parses only the names it needs: an owner without index and no `want_taken` is
+    /// answered without listing the directory.
+    fn scan_names(&self, owner: Option<&Owner>, want_taken: bool) -> Result<NameScan, IpamError> {
         let index_ino = match owner {
             Some(owner) => {
                 let index = self.dir.join(owner.index_name());
@@ -370,10 +404,44 @@ impl Ipam {
             }
             None => None,
         };
-        let mut scan = NameScan::default();
-        for (address, entry) in self.address_entries()? {
-            scan.taken.insert(address);
-            if index_ino == Some(entry.ino()) {
+        let mut scan = NameScan {
+            index_ino,
+            ..NameScan::default()
+        };
+        if index_ino.is_none() && !want_taken {
+            return Ok(scan);
+        }
+        let failed = |e: nix::Error| Self::io("reading", &self.dir)(e.into());
+        // nix's directory stream: names without an allocation per entry.
+        let mut dir = nix::dir::Dir::open(
+            &self.dir,
+            nix::fcntl::OFlag::O_RDONLY
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(failed)?;
+        for entry in dir.iter() {
+            let entry = entry.map_err(failed)?;
+            let owned = index_ino == Some(entry.ino());
+            if !owned && !want_taken {
+                continue;
+            }
+            let name = entry.file_name().to_bytes();
+            // The lock, index links and temporary files.
+            if name.first() == Some(&b'.') {
+                continue;
+            }
+            let Some(address) = std::str::from_utf8(name)
+                .ok()
+                .and_then(|n| n.parse::<IpAddr>().ok())
+            else {
+                continue;
+            };
+            if want_taken {
+                scan.taken.insert(address);
+            }
+            if owned {
                 scan.owned.push(Entry {
                     address,
                     owner: owner.cloned(),
@@ -381,7 +449,6 @@ impl Ipam {
             }
         }
         scan.owned.sort_by_key(|e| e.address);
-        scan.index_ino = index_ino;
         Ok(scan)
     }
 
@@ -423,7 +490,7 @@ impl Ipam {
             owned,
             mut taken,
             index_ino,
-        } = self.scan_names(Some(&owner))?;
+        } = self.scan_names(Some(&owner), true)?;
         let index = self.dir.join(owner.index_name());
         let mut out = Vec::new();
         let mut fresh = Vec::new();
@@ -498,12 +565,7 @@ impl Ipam {
     /// Take the lowest free address of `cidr` for `owner` through a temporary file of its own
     /// (the race test's way in: publishing without the lock).
     #[cfg(test)]
-    fn claim(
-        &self,
-        cidr: IpNet,
-        owner: &Owner,
-        taken: &mut HashSet<IpAddr>,
-    ) -> Result<IpAddr, IpamError> {
+    fn claim(&self, cidr: IpNet, owner: &Owner, taken: &mut Taken) -> Result<IpAddr, IpamError> {
         let tmp = self.tmp_path();
         let result = write_owner_file(&tmp, owner).and_then(|()| self.publish(cidr, &tmp, taken));
         let _ = fs::remove_file(&tmp);
@@ -516,7 +578,7 @@ impl Ipam {
         &self,
         group: &[IpNet],
         tmp: &Path,
-        taken: &mut HashSet<IpAddr>,
+        taken: &mut Taken,
     ) -> Result<IpAddr, IpamError> {
         let mut last = Err(IpamError::NoCidrs);
         for cidr in group {
@@ -530,12 +592,7 @@ impl Ipam {
     }
 
     /// Publish the owner file `tmp` under the lowest free address of `cidr`.
-    fn publish(
-        &self,
-        cidr: IpNet,
-        tmp: &Path,
-        taken: &mut HashSet<IpAddr>,
-    ) -> Result<IpAddr, IpamError> {
+    fn publish(&self, cidr: IpNet, tmp: &Path, taken: &mut Taken) -> Result<IpAddr, IpamError> {
         loop {
             let addr = first_free(cidr, taken).ok_or(IpamError::Exhausted { cidr })?;
             let path = self.dir.join(addr.to_string());
@@ -579,7 +636,7 @@ impl Ipam {
         };
         let mut doomed = Vec::new();
         for owner in &owners {
-            let owned = self.scan_names(Some(owner))?.owned;
+            let owned = self.scan_names(Some(owner), false)?.owned;
             let addrs: Vec<IpAddr> = owned.into_iter().map(|e| e.address).collect();
             // The addresses first, then the index: a kill in between leaves an index without
             // addresses, which a later ADD of the owner reuses and GC removes.
@@ -690,6 +747,7 @@ fn write_owner_file(tmp: &Path, owner: &Owner) -> Result<(), IpamError> {
 }
 
 mod attach;
+mod known;
 mod owner;
 mod range;
 pub use attach::AttachLock;

@@ -2,6 +2,7 @@
 //! the lowest free one and whether an address is usable (see the parent module for the rule).
 
 use std::collections::HashSet;
+use std::hash::BuildHasher;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
@@ -34,7 +35,7 @@ pub fn nth_address(cidr: IpNet, offset: u128) -> IpAddr {
 }
 
 /// The lowest usable address of `cidr` not in `taken` (pure).
-pub fn first_free(cidr: IpNet, taken: &HashSet<IpAddr>) -> Option<IpAddr> {
+pub fn first_free<S: BuildHasher>(cidr: IpNet, taken: &HashSet<IpAddr, S>) -> Option<IpAddr> {
     let (first, last) = usable_range(cidr)?;
     let mut offset = first;
     loop {

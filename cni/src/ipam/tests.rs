@@ -302,7 +302,7 @@ fn racing_linkers_without_the_lock_still_never_share() {
                     container_id: format!("c{t}"),
                     ifname: "eth0".into(),
                 };
-                let mut taken = HashSet::new();
+                let mut taken = Taken::default();
                 (0..10)
                     .map(|_| ipam.claim(cidrs()[0], &owner, &mut taken).unwrap())
                     .collect::<Vec<_>>()
@@ -510,4 +510,33 @@ fn gc_waits_for_an_add_in_flight() {
         assert!(gc.join().unwrap().is_empty());
     });
     assert_eq!(ipam.lookup("c1", "eth0").unwrap(), addrs);
+}
+
+#[test]
+fn a_listing_follows_addresses_that_change_hands_and_files_without_an_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let ipam = Ipam::open(dir.path(), &cidrs()).unwrap();
+    let owner_of = |ipam: &Ipam, addr: IpAddr| {
+        ipam.list()
+            .unwrap()
+            .into_iter()
+            .find(|e| e.address == addr)
+            .and_then(|e| e.owner)
+            .map(|o| o.container_id)
+    };
+    let a = ipam.allocate("c1", "eth0").unwrap();
+    assert_eq!(owner_of(&ipam, a[0]).as_deref(), Some("c1"));
+    // Read again (the owner is known by now): still c1.
+    assert_eq!(owner_of(&ipam, a[1]).as_deref(), Some("c1"));
+    // The addresses go to another pod: the listing names the new owner.
+    ipam.release("c1", Some("eth0")).unwrap();
+    assert_eq!(ipam.allocate("c2", "eth0").unwrap(), a);
+    assert_eq!(owner_of(&ipam, a[0]).as_deref(), Some("c2"));
+    // A file without index (written by hand) is read on every listing.
+    let stray = ip("10.244.1.200");
+    fs::write(dir.path().join(stray.to_string()), "c9\neth0\n").unwrap();
+    assert_eq!(owner_of(&ipam, stray).as_deref(), Some("c9"));
+    fs::write(dir.path().join(stray.to_string()), "not an owner").unwrap();
+    assert_eq!(owner_of(&ipam, stray), None);
+    assert!(ipam.list().unwrap().iter().any(|e| e.address == stray));
 }
