@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 use nix::sched::{setns, CloneFlags};
 
+use crate::link_deleter::{Ended, LinkDeleter};
 use crate::netlink::{
     self, host_prefix, libc_errno, Heard, LinkMonitor, Netlink, NetlinkError, Route, VethPair,
 };
@@ -291,33 +292,44 @@ pub struct Added {
     pub replaced: Option<u32>,
 }
 
-/// Attach the pod: create the veth pair into the pod's namespace and configure both ends.
-/// A host veth left from an earlier attempt is replaced.
-pub fn add(spec: &PodSpec<'_>) -> Result<Added, DatapathError> {
-    let ns = open_netns(spec.netns)?;
+/// Attach the pod: create the veth pair into the pod's namespace `ns` (`spec.netns`, opened
+/// with [`open_netns`]) and configure both ends. A host veth left from an earlier attempt is
+/// replaced.
+pub fn add(spec: &PodSpec<'_>, ns: &File) -> Result<Added, DatapathError> {
     let host = host_veth_name(spec.container_id, spec.ifname);
     let mut node = node_socket()?;
-    let mut replaced = None;
-    if let Some(old) = own_host_veth(&mut node, &host, spec.container_id, spec.ifname)? {
-        node.delete_link(old.index)
-            .map_err(step(|| format!("deleting the leftover host veth {host}")))?;
-        replaced = Some(old.index);
-    }
-    node.create_veth(&VethPair {
+    let pair = VethPair {
         name: &host,
         mac: HOST_VETH_MAC_BYTES,
         peer: spec.ifname,
         peer_netns: ns.as_fd(),
         mtu: spec.mtu,
-    })
-    .map_err(step(|| {
+    };
+    let creating = || {
         format!(
             "creating veth pair {host} / {} (in {})",
             spec.ifname,
             spec.netns.display()
         )
-    }))?;
-    let result = configure(spec, &ns, &mut node, &host);
+    };
+    // Created first, looked up only when the name is taken: a host veth left by an earlier
+    // attempt is this pod interface's to replace, another pod's is an error, and with no host
+    // veth the peer's name is taken in the pod's namespace (the error as the kernel gave it).
+    let mut replaced = None;
+    match node.create_veth(&pair) {
+        Ok(()) => {}
+        Err(e) if e.errno() == Some(libc_errno::EEXIST) => {
+            let Some(old) = own_host_veth(&mut node, &host, spec.container_id, spec.ifname)? else {
+                return Err(step(creating)(e));
+            };
+            node.delete_link(old.index)
+                .map_err(step(|| format!("deleting the leftover host veth {host}")))?;
+            replaced = Some(old.index);
+            node.create_veth(&pair).map_err(step(creating))?;
+        }
+        Err(e) => return Err(step(creating)(e)),
+    }
+    let result = configure(spec, ns, &mut node, &host);
     if result.is_err() {
         if let Ok(Some(link)) = node.link(&host) {
             let _ = node.delete_link(link.index);
@@ -466,8 +478,9 @@ pub fn delete_link_helper(index: Option<String>) -> i32 {
     }
 }
 
-/// Delete link `index` through a helper process and return once the kernel has unlisted it
-/// and flushed its addresses, routes and neighbours (it announces `RTM_DELLINK` then), without
+/// Delete link `index` through a helper (a forked child, [`LinkDeleter`], or `meshd-cni
+/// --delete-link` where forking is not sound) and return once the kernel has unlisted it and
+/// flushed its addresses, routes and neighbours (it announces `RTM_DELLINK` then), without
 /// waiting for the rest: unregistering a device ends with a full RCU grace period
 /// (`rcu_barrier` in `netdev_run_todo`) and an expedited one, which the deleting system call
 /// sits through and which only the freeing of the device needs. The helper sits through them
@@ -476,14 +489,19 @@ pub fn delete_link_helper(index: Option<String>) -> i32 {
 /// failed or is still not through after [`HELPER_PATIENCE`].
 fn delete_in_helper(node: &mut Netlink, index: u32) -> Option<()> {
     let mut monitor = LinkMonitor::open(HELPER_POLL).ok()?;
-    let mut helper = Command::new(std::env::current_exe().ok()?)
-        .arg(DELETE_LINK_ARG)
-        .arg(index.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
+    let mut helper = match LinkDeleter::fork(index) {
+        Some(forked) => Helper::Forked(forked),
+        None => Helper::Process(
+            Command::new(std::env::current_exe().ok()?)
+                .arg(DELETE_LINK_ARG)
+                .arg(index.to_string())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .ok()?,
+        ),
+    };
     let start = Instant::now();
     loop {
         match monitor.next(index) {
@@ -496,12 +514,36 @@ fn delete_in_helper(node: &mut Netlink, index: u32) -> Option<()> {
                 }
             }
         }
-        if let Ok(Some(status)) = helper.try_wait() {
+        match helper.ended() {
+            Ended::Running => {}
             // Exited: deleted (then gone by now) or failed (the caller retries and reports).
-            return (status.success() && !node.has_link(index).unwrap_or(true)).then_some(());
+            ended => {
+                return (ended == Ended::Deleted && !node.has_link(index).unwrap_or(true))
+                    .then_some(())
+            }
         }
         if start.elapsed() > HELPER_PATIENCE {
             return None;
+        }
+    }
+}
+
+/// What deletes the link for [`delete_in_helper`]: a forked child ([`LinkDeleter`]), or
+/// `meshd-cni --delete-link` in a process that may not fork.
+enum Helper {
+    Forked(LinkDeleter),
+    Process(std::process::Child),
+}
+
+impl Helper {
+    fn ended(&mut self) -> Ended {
+        match self {
+            Helper::Forked(child) => child.ended(),
+            Helper::Process(child) => match child.try_wait() {
+                Ok(None) => Ended::Running,
+                Ok(Some(status)) if status.success() => Ended::Deleted,
+                _ => Ended::Failed,
+            },
         }
     }
 }

@@ -19,7 +19,7 @@
 //! Chaining: when the configuration carries a `prevResult`, ADD appends this plugin's interfaces,
 //! addresses and routes to it (re-pointing the new addresses' `interface` indices past the
 //! earlier interfaces) and passes everything else through unchanged ([`CniResult::merge`](crate::CniResult::merge)).
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
@@ -36,6 +36,8 @@ pub mod datapath;
 pub mod fuzzing;
 /// Node-local pod address management on an on-disk store.
 pub mod ipam;
+/// The forked child that deletes a pod's veth pair for DEL (the crate's only `unsafe`).
+pub mod link_deleter;
 /// A small synchronous rtnetlink client: one request, its acknowledgement or its dump.
 pub mod netlink;
 /// The plugin's command dispatch (what the `meshd-cni` binary runs).

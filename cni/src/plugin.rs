@@ -79,7 +79,7 @@ fn dispatch(get: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<String
             let ipam = Ipam::open(conf.ipam_dir(), &[])?;
             if let Some(pin_dir) = &conf.bpf_pin_dir {
                 let addrs = ipam.lookup(&id, &ifname)?;
-                redirect::detach(pin_dir, &host_veth_name(&id, &ifname), &addrs)?;
+                redirect::forget_addresses(pin_dir, &host_veth_name(&id, &ifname), &addrs)?;
             }
             datapath::del(&id, &ifname)?;
             if let Some(pin_dir) = &conf.bpf_pin_dir {
@@ -147,7 +147,8 @@ fn add(env: &Env, conf: &NetConf, id: &str, ifname: &str) -> Result<String, CniE
         .clone()
         .ok_or_else(|| CniError::InvalidEnv("CNI_NETNS is not set".into()))?;
     // A missing namespace, or the host's, is reported before any address is taken.
-    refuse_host_netns(&netns, &datapath::open_netns(&netns)?)?;
+    let ns = datapath::open_netns(&netns)?;
+    refuse_host_netns(&netns, &ns)?;
     let ipam = conf.open_ipam(&cidrs)?;
     // Held until the pod is set up and committed: a GC waits for it (see `ipam`).
     let attach = ipam.begin_attach()?;
@@ -159,7 +160,7 @@ fn add(env: &Env, conf: &NetConf, id: &str, ifname: &str) -> Result<String, CniE
         addrs: &addrs,
         mtu: conf.mtu,
     };
-    let added = match datapath::add(&spec) {
+    let added = match datapath::add(&spec, &ns) {
         Ok(added) => added,
         Err(e) => {
             let _ = ipam.release(id, Some(ifname));

@@ -2,10 +2,10 @@
 //! and, when the configuration asks for the redirect, the source maps for its host veth's
 //! ifindex (the addresses `from_pod` lets it send from), then `to_pod` and `from_pod` are
 //! attached to the host veth, in that order: `from_pod` drops every IP packet of a pod
-//! without source entries. DEL undoes all of it; CHECK verifies it. The programs and maps are
-//! the ones meshd pinned under the configuration's `bpfPinDir`: the plugin never loads
-//! programs itself, and opens only the pins it needs ([`PodDatapath`]: the pod programs, the
-//! local-pod and source maps, no feature probing).
+//! without source entries. DEL undoes all of it (the filters go with the veth); CHECK verifies
+//! it. The programs and maps are the ones meshd pinned under the configuration's `bpfPinDir`:
+//! the plugin never loads programs itself, and opens only the pins it needs ([`PodDatapath`]:
+//! the pod programs, the local-pod and source maps, no feature probing).
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -87,7 +87,7 @@ pub fn attach(
     Ok(())
 }
 
-/// DEL: forget `addrs` and detach from `host_veth`. Idempotent; a datapath that is gone
+/// GC and a failed ADD: forget `addrs` and detach from `host_veth`. Idempotent; a datapath that is gone
 /// (meshd removed it with `--cleanup`) leaves nothing to undo.
 pub fn detach(pin_dir: &Path, host_veth: &str, addrs: &[IpAddr]) -> Result<(), CniError> {
     if !pin_dir.exists() {
@@ -105,8 +105,26 @@ pub fn detach(pin_dir: &Path, host_veth: &str, addrs: &[IpAddr]) -> Result<(), C
     )))
 }
 
+/// DEL, before the host veth goes: forget `addrs` in the local-pod map and the source
+/// entries of `host_veth`. The programs are not detached: deleting the veth takes its filters
+/// with it (and a veth another pod owns keeps its own); their records go with
+/// [`forget_deleted`]. A datapath that is gone leaves nothing to undo.
+pub fn forget_addresses(pin_dir: &Path, host_veth: &str, addrs: &[IpAddr]) -> Result<(), CniError> {
+    if !pin_dir.exists() {
+        return Ok(());
+    }
+    let mut dp = open(pin_dir)?;
+    for addr in addrs {
+        dp.remove_local(*addr)
+            .map_err(io(format!("removing {addr} from the local-pod map")))?;
+    }
+    dp.remove_pod_sources(host_ifindex(host_veth), addrs)
+        .map_err(io(format!("removing the source entries of {host_veth}")))?;
+    Ok(())
+}
+
 /// After DEL deleted `host_veth`: drop its records, which the daemon's backstop may have
-/// written again between [`detach`] and the deletion (nothing when the datapath is gone, or
+/// written again between [`forget_addresses`] and the deletion (nothing when the datapath is gone, or
 /// the veth still exists because another pod owns it).
 pub fn forget_deleted(pin_dir: &Path, host_veth: &str) -> Result<(), CniError> {
     if !pin_dir.exists() {

@@ -10,6 +10,8 @@
 use std::io::{Read, Write};
 
 fn main() {
+    // One thread, from start to exit: DEL may fork its link deleter.
+    meshd_cni::link_deleter::declare_single_threaded();
     let mut args = std::env::args().skip(1);
     if args.next().as_deref() == Some(meshd_cni::datapath::DELETE_LINK_ARG) {
         std::process::exit(meshd_cni::datapath::delete_link_helper(args.next()));
