@@ -20,7 +20,7 @@
 
 use std::fs::File;
 use std::net::IpAddr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -171,7 +171,16 @@ pub struct PodSpec<'a> {
 
 fn sysctl(path: &str, value: &str) -> Result<(), DatapathError> {
     let full = format!("/proc/sys/{path}");
-    std::fs::write(&full, value).map_err(|source| DatapathError::Sysctl { path: full, source })
+    sysctl_at(&full, &full, value)
+}
+
+/// Write `value` to the sysctl file opened as `open` (a `/proc/sys` path, or one through an
+/// open directory's `/proc/self/fd` link), named `shown` in errors.
+fn sysctl_at(open: &str, shown: &str, value: &str) -> Result<(), DatapathError> {
+    std::fs::write(open, value).map_err(|source| DatapathError::Sysctl {
+        path: shown.to_string(),
+        source,
+    })
 }
 
 /// Open a network namespace; a missing one is [`DatapathError::NetnsMissing`].
@@ -351,18 +360,33 @@ fn configure(
             name: host.to_string(),
             netns: "the node's namespace".into(),
         })?;
-    sysctl(&format!("net/ipv4/conf/{host}/proxy_arp"), "1")?;
+    // Labelled while it is down: an alias set on a link that is up announces a state change
+    // (`NETDEV_CHANGE`), and IPv6 answers that, on a link whose peer is not up yet, with a walk
+    // over every IPv6 route of the node (`rt6_sync_down_dev`): one route per pod.
+    let alias = owner_alias(spec.container_id, spec.ifname);
+    node.set_alias(host_link.index, &alias)
+        .map_err(step(|| format!("labelling host veth {host}")))?;
+    // The IPv4 settings through one open directory: each `/proc/sys/net/ipv4` path walk
+    // compares its `ipv4` component with every network namespace's (sysctl dentries of all
+    // namespaces share the `net` parent).
+    let ipv4 = File::open("/proc/sys/net/ipv4").map_err(|source| DatapathError::Sysctl {
+        path: "/proc/sys/net/ipv4".into(),
+        source,
+    })?;
+    let ipv4_sysctl = |rest: String, value: &str| {
+        let open = format!("/proc/self/fd/{}/{rest}", ipv4.as_raw_fd());
+        sysctl_at(&open, &format!("/proc/sys/net/ipv4/{rest}"), value)
+    };
+    ipv4_sysctl(format!("conf/{host}/proxy_arp"), "1")?;
     // Proxy ARP answers only on interfaces that forward.
-    sysctl(&format!("net/ipv4/conf/{host}/forwarding"), "1")?;
+    ipv4_sysctl(format!("conf/{host}/forwarding"), "1")?;
     // ... and, by default, only after a random delay of up to 0.8 s (proxy_delay), which every
     // new pod's first IPv4 packet would wait for: answer at once, as Calico does.
-    sysctl(&format!("net/ipv4/neigh/{host}/proxy_delay"), "0")?;
+    ipv4_sysctl(format!("neigh/{host}/proxy_delay"), "0")?;
+    drop(ipv4);
     sysctl(&format!("net/ipv6/conf/{host}/accept_dad"), "0")?;
-    let alias = owner_alias(spec.container_id, spec.ifname);
-    node.set_up(host_link.index, Some(&alias))
-        .map_err(step(|| {
-            format!("labelling and setting up host veth {host}")
-        }))?;
+    node.set_up(host_link.index, None)
+        .map_err(step(|| format!("setting up host veth {host}")))?;
 
     let ifname = spec.ifname;
     let netns = spec.netns.display().to_string();

@@ -427,6 +427,15 @@ impl Netlink {
         self.request(RouteNetlinkMessage::SetLink(link), 0)
     }
 
+    /// Set the alias of link `index` (`ip link set ... alias A`), leaving its flags alone.
+    pub fn set_alias(&mut self, index: u32, alias: &str) -> Result<(), NetlinkError> {
+        let mut link = LinkMessage::default();
+        link.header.index = index;
+        link.attributes
+            .push(LinkAttribute::IfAlias(alias.to_string()));
+        self.request(RouteNetlinkMessage::SetLink(link), 0)
+    }
+
     /// Set the link named `name` up.
     pub fn set_up_by_name(&mut self, name: &str) -> Result<(), NetlinkError> {
         let mut link = LinkMessage::default();
