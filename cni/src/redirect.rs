@@ -110,7 +110,9 @@ pub fn detach(pin_dir: &Path, host_veth: &str, addrs: &[IpAddr]) -> Result<(), C
 /// with it (and a veth another pod owns keeps its own); their records go with
 /// [`forget_deleted`]. A datapath that is gone leaves nothing to undo.
 pub fn forget_addresses(pin_dir: &Path, host_veth: &str, addrs: &[IpAddr]) -> Result<(), CniError> {
-    if !pin_dir.exists() {
+    // A pod with no addresses (a repeated DEL) has no entries: without its veth, looking for
+    // them would walk both source maps.
+    if addrs.is_empty() || !pin_dir.exists() {
         return Ok(());
     }
     let mut dp = open(pin_dir)?;
