@@ -15,6 +15,7 @@ use ipnet::IpNet;
 use keyexchange::PublicKey;
 use serde::ser::{SerializeSeq, SerializeStruct};
 use serde::{Serialize, Serializer};
+use smallvec::SmallVec;
 
 use std::collections::BTreeMap;
 
@@ -23,6 +24,9 @@ use crate::bpf::CidrList;
 
 /// The status as the daemon keeps and serves it.
 pub type ServedStatus = StatusReport<ServedPeer>;
+
+/// A served peer's allowed IPs: four in place, more spilled to the heap.
+pub type ServedAllowedIps = SmallVec<[IpNet; 4]>;
 
 /// One peer of a device, as the daemon keeps it for the status.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,8 +37,9 @@ pub struct ServedPeer {
     pub public_key: PublicKey,
     /// The endpoint the device sends to.
     pub endpoint: Option<SocketAddr>,
-    /// AllowedIPs.
-    pub allowed_ips: Box<[IpNet]>,
+    /// AllowedIPs, up to four in place (a peer's pod CIDRs and host addresses): no block of
+    /// its own per peer, allocated at every status refresh among the devices' transient dumps.
+    pub allowed_ips: ServedAllowedIps,
     /// Last handshake as UNIX seconds, if any.
     pub last_handshake_unix: Option<u64>,
     /// Seconds since the last handshake, if any.

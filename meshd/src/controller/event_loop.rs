@@ -511,13 +511,39 @@ async fn reconcile(
         Some(done) if !done.observed => patch_status(ctx, state, &done.steps, converged).await,
         _ => false,
     };
+    let read_node = done.as_ref().is_some_and(|d| d.observed);
+    let computed_in_full = done.as_ref().is_some_and(|d| d.computed_in_full);
+    // The steps are freed before a status is built afresh and the standing state compacted:
+    // what stays is then allocated after what goes.
+    drop(done);
     if !patched {
         if let Err(err) = publish_status(ctx, state, converged).await {
             tracing::warn!(error = %format!("{err:#}"), "reading device status failed");
         }
     }
-    let read_node = done.as_ref().is_some_and(|d| d.observed);
+    if computed_in_full {
+        compact_standing(state);
+    }
     (converged, retry, read_node)
+}
+
+/// After a pass that computed the desired state in full: the standing state, the memory of
+/// accepted claims and the registry's records, built among the pass's (or the records'
+/// decoding's) transient data, are built again in blocks of their own now that the transient
+/// data is gone (their B-trees' nodes filled, sharing pages with one another rather than each
+/// keeping a page of freed blocks resident).
+fn compact_standing(state: &mut State) {
+    let records = &mut state.registry.records;
+    *records = records
+        .iter()
+        .map(|(name, record)| (name.clone(), record.clone()))
+        .collect();
+    if let Some(standing) = state.remembered.as_mut().and_then(|m| m.standing.as_mut()) {
+        standing.compact();
+    }
+    if let Some(established) = state.registry.established.as_mut() {
+        super::trust::compact(established);
+    }
 }
 
 /// The node takes pods while it can serve them: the CNI configuration is installed after a

@@ -117,6 +117,10 @@ async fn poke(ctx: &Context, slot: Slot, keys: &BTreeSet<PublicKey>) -> anyhow::
     Ok(changes.len() / 2)
 }
 
+/// How many nodes seen for the first time in one call make [`poke_rotating_peers`] build its
+/// map of seen keys again (a cold start sees every node at once).
+const REBUILD_SEEN_AFTER: usize = 256;
+
 /// Other nodes' rotations: for each peer node whose published key changed since the last
 /// converged pass (which just programmed the new one), start a handshake with that key on
 /// its slot. The handshake is the proof that node's rotation waits for; nothing is written
@@ -129,6 +133,7 @@ async fn poke_rotating_peers(
     let me = ctx.me();
     book.seen_keys.retain(|name, _| records.contains_key(name));
     let mut due: [BTreeSet<PublicKey>; 2] = Default::default();
+    let mut first_seen = 0usize;
     for r in records.values().filter(|r| r.name != me.name) {
         let keys = keyexchange::slots::SLOTS.map(|slot| r.slot(slot).map(|k| k.public_key));
         // In place: a node's name is allocated once, when it is first seen, not on every pass
@@ -137,6 +142,7 @@ async fn poke_rotating_peers(
             Some(seen) => Some(std::mem::replace(seen, keys)),
             None => {
                 book.seen_keys.insert(r.name.clone(), keys);
+                first_seen += 1;
                 None
             }
         };
@@ -150,6 +156,15 @@ async fn poke_rotating_peers(
                 }
             }
         }
+    }
+    if first_seen >= REBUILD_SEEN_AFTER {
+        // Inserted in name order, the map's nodes are half full, and its names sit among the
+        // pass's transient data: built again from its sorted entries, in fresh blocks.
+        book.seen_keys = book
+            .seen_keys
+            .iter()
+            .map(|(name, keys)| (name.clone(), *keys))
+            .collect();
     }
     let mut poked = false;
     for slot in keyexchange::slots::SLOTS {

@@ -15,7 +15,7 @@ use super::apply::apply;
 use super::args::PodSteering;
 use super::capacity::Capacity;
 use super::context::Context;
-use super::desired::incremental::{trusted_changed, Changed, Outcome, Standing};
+use super::desired::incremental::{trusted_changed, Changed, Computed, Outcome, Standing};
 use super::desired::{host_exclusions, Inputs};
 use super::devices::{ensure_ports, heal_devices};
 use super::liveness::{handshook_within, liveness_window};
@@ -41,6 +41,9 @@ pub(super) struct PassOutcome {
     pub steps: Vec<Step>,
     /// Whether it read the node (a full pass) rather than planning against its memory.
     pub observed: bool,
+    /// Whether it computed the desired state in full (not brought forward by the changed
+    /// records): the standing state was built among the pass's transient data.
+    pub computed_in_full: bool,
 }
 
 /// One pass towards the desired state. A pass that applied every step exactly leaves its
@@ -73,7 +76,11 @@ pub(super) async fn pass(
     let (standing, trusted) = desired_now(ctx, state, &live, &memory, standing, &changed).await;
     let want = standing.desired();
     report_conflicts(&mut state.registry, &want.conflicts);
-    state.rotation.peer_slots.clone_from(&want.peer_slots);
+    // Copied only when it changed: 5,000 names allocated per pass otherwise, every one of them
+    // among the pass's transient data.
+    if state.rotation.peer_slots != want.peer_slots {
+        state.rotation.peer_slots.clone_from(&want.peer_slots);
+    }
     let desired_at = Instant::now();
     // Records brought forward one by one: only their entries can need a step.
     let steps = match &trusted.scope {
@@ -131,7 +138,11 @@ pub(super) async fn pass(
         memory.standing = Some(standing);
         state.remembered = Some(memory);
     }
-    Ok(PassOutcome { steps, observed })
+    Ok(PassOutcome {
+        steps,
+        observed,
+        computed_in_full: trusted.computed == Computed::Full,
+    })
 }
 
 /// After a full pass that applied every step (a departed node's redirect, route and peer are

@@ -156,7 +156,7 @@ async fn fill_from_state(report: &mut ServedStatus, ctx: &Context, state: &State
     report.host_encryption = live.host_encryption;
     report.endpoints = me.endpoints.iter().map(ToString::to_string).collect();
     report.pod_cidrs = me.pod_cidrs.iter().map(ToString::to_string).collect();
-    report.known_nodes = state.registry.records.keys().cloned().collect();
+    follow_sorted(&mut report.known_nodes, state.registry.records.keys());
     report.conflicts = state.registry.last_conflicts.iter().cloned().collect();
     report.malformed = state
         .registry
@@ -176,7 +176,8 @@ async fn fill_from_state(report: &mut ServedStatus, ctx: &Context, state: &State
         .map(ToString::to_string)
         .collect();
     report.key_created_unix = ctx.key_created_unix();
-    report.rotation = rotation_report(ctx, state);
+    let peer_slots = std::mem::take(&mut report.rotation.peer_slots);
+    report.rotation = rotation_report(ctx, state, peer_slots);
     report.cleartext = state.cleartext.report.clone();
     report.refused = state
         .registry
@@ -197,8 +198,40 @@ async fn fill_from_state(report: &mut ServedStatus, ctx: &Context, state: &State
     });
 }
 
-/// Where this node's key rotation stands.
-fn rotation_report(ctx: &Context, state: &State) -> control::RotationReport {
+/// `list` (sorted) made equal to `names` (sorted), keeping the strings it already holds: a
+/// pass that adds a node allocates that one name, not every known node's again among the
+/// pass's transient data.
+fn follow_sorted<'a>(list: &mut Vec<String>, names: impl ExactSizeIterator<Item = &'a String>) {
+    let mut old = std::mem::take(list).into_iter().peekable();
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        while old.next_if(|o| o < name).is_some() {}
+        out.push(old.next_if(|o| o == name).unwrap_or_else(|| name.clone()));
+    }
+    *list = out;
+}
+
+/// `served` (the slot of each peer node, as served) made equal to `slots`, in place: the
+/// names it holds are kept.
+fn follow_slots(served: &mut BTreeMap<String, u8>, slots: &BTreeMap<String, Slot>) {
+    served.retain(|name, _| slots.contains_key(name));
+    for (name, slot) in slots {
+        match served.get_mut(name) {
+            Some(s) => *s = u8::from(*slot),
+            None => {
+                served.insert(name.clone(), u8::from(*slot));
+            }
+        }
+    }
+}
+
+/// Where this node's key rotation stands; `peer_slots` is the last status's, brought forward.
+fn rotation_report(
+    ctx: &Context,
+    state: &State,
+    mut peer_slots: BTreeMap<String, u8>,
+) -> control::RotationReport {
+    follow_slots(&mut peer_slots, &state.rotation.peer_slots);
     let (phase, slot) = match state.rotation.driver.phase() {
         rotation::Phase::Idle => (control::RotationPhase::Idle, None),
         rotation::Phase::Waiting { slot } => (control::RotationPhase::Waiting, Some(slot)),
@@ -215,12 +248,7 @@ fn rotation_report(ctx: &Context, state: &State) -> control::RotationReport {
         failures: state.rotation.failures,
         last_unix: state.rotation.last_unix,
         last_error: state.rotation.last_error.clone(),
-        peer_slots: state
-            .rotation
-            .peer_slots
-            .iter()
-            .map(|(name, slot)| (name.clone(), u8::from(*slot)))
-            .collect(),
+        peer_slots,
         interval_secs: ctx.args.rotation.key_rotation_interval.map(|d| d.as_secs()),
     }
 }
@@ -419,5 +447,34 @@ mod tests {
         );
         assert!(report.peers.is_empty());
         assert_eq!(report.second.as_ref().unwrap().peers.len(), 1);
+    }
+
+    #[test]
+    fn the_known_nodes_follow_the_records_keeping_the_names_they_hold() {
+        let names = |l: &[&str]| l.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let mut list = names(&["a", "c", "d"]);
+        let kept = list[1].as_ptr();
+        let records = names(&["b", "c", "e"]);
+        follow_sorted(&mut list, records.iter());
+        assert_eq!(list, records);
+        // "c" is the string it was, not a copy.
+        assert_eq!(list[1].as_ptr(), kept);
+        follow_sorted(&mut list, [].iter());
+        assert!(list.is_empty());
+    }
+
+    #[test]
+    fn the_served_peer_slots_follow_the_rotations() {
+        let mut served: BTreeMap<String, u8> = [("a".to_string(), 0), ("b".to_string(), 1)].into();
+        let slots: BTreeMap<String, Slot> = [
+            ("b".to_string(), Slot::FIRST),
+            ("c".to_string(), Slot::SECOND),
+        ]
+        .into();
+        follow_slots(&mut served, &slots);
+        assert_eq!(
+            served,
+            BTreeMap::from([("b".to_string(), 0), ("c".to_string(), 1)])
+        );
     }
 }

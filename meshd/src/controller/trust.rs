@@ -127,6 +127,17 @@ pub fn new_refusals<'a>(now: &'a [Refusal], before: &'a [Refusal]) -> Vec<&'a Re
     now.iter().filter(|r| !before.contains(r)).collect()
 }
 
+/// `established` built again in fresh blocks (each node's name and claims allocated anew,
+/// the map from its sorted entries): called once the pass that built it among its transient
+/// data is over. Contents unchanged.
+pub fn compact(established: &mut Established) {
+    established.nodes = established
+        .nodes
+        .iter()
+        .map(|(node, claims)| (node.clone(), claims.clone()))
+        .collect();
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -525,6 +525,9 @@ fn take_out(want: &mut Desired, share: &Desired) {
     }
 }
 
+#[path = "incremental_compact.rs"]
+mod compact;
+
 #[cfg(test)]
 #[path = "incremental_tests.rs"]
 mod tests;
