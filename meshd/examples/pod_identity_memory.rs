@@ -2,10 +2,11 @@
 //! of every node arrive as endpoint batches in the scale harness's format, pass the pod
 //! identity stage and the policy loop (keeping the flow collector's pod table, as the daemon
 //! does with flow events on); the live bytes they hold are printed, then the table's share.
-//! At 5,000 × 30 (dual-stack): 76 bytes per pod (was 274 with pod objects for every node's
-//! pods, 119 with the first address → identity entries; now packed entries, front-coded names,
-//! `key=value` label names), of which the pod table 2 (docs/policy.md, "Known limits", says
-//! where the rest goes).
+//! At 5,000 × 30 (dual-stack): 52 bytes per pod (was 274 with pod objects for every node's
+//! pods, 119 with the first address → identity entries, 76 with packed entries, front-coded
+//! names and `key=value` label names; now one allocation per identity, its slots shared with
+//! the pod table, 4-byte entries), of which the pod table 2 (docs/policy.md, "Known limits",
+//! says where the rest goes).
 //!
 //! `cargo run --release -p meshd --example pod_identity_memory -- 5000 30`
 //!

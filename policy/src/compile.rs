@@ -41,8 +41,8 @@ use crate::maps::{
     PortKey, RuleBits, MAX_RULES, PEER_KEY_FIXED_BITS, PORT_KEY_FIXED_BITS,
 };
 use crate::model::{
-    namespace_labels, Direction, IdentityId, LabelSet, Name, NamedPort, Peer, Pod, PodKey, Policy,
-    PolicyKey, PortSpec, Protocol, Rule, World,
+    namespace_labels, Direction, IdentityId, LabelsView, Name, NamedPort, Peer, Pod, PodKey,
+    Policy, PolicyKey, PortSpec, Protocol, Rule, World,
 };
 use crate::prefix::{lpm_entries, port_point, PortPrefix, PortSet};
 
@@ -390,7 +390,7 @@ fn bit_rules(
             PortSpec::Named(name) => named.push((port.protocol, name.as_str())),
         }
     }
-    let resolve = |serving: &Pod| resolve_on(&named, &serving.named_ports);
+    let resolve = |serving: &Pod| resolve_on(&named, |name| serving.named_ports.get(name).copied());
     match direction {
         Direction::Ingress => {
             numeric.extend(resolve(pod));
@@ -425,7 +425,8 @@ fn bit_rules(
             let resolutions: Vec<Option<PortSet>> = (0..world.remote.id_bound())
                 .map(|i| {
                     let identity = world.remote.get(IdentityId(i as u32))?;
-                    let ports = PortSet::from_ranges(resolve_on(&named, &identity.named_ports));
+                    let ports =
+                        PortSet::from_ranges(resolve_on(&named, |name| identity.named_port(name)));
                     (!ports.is_empty()).then_some(ports)
                 })
                 .collect();
@@ -489,8 +490,8 @@ fn rule_peers(world: &World, policy: &Policy, rule: &Rule) -> Vec<PeerItem> {
                                     policy,
                                     namespace_selector.as_ref(),
                                     pod_selector.as_ref(),
-                                    &identity.namespace,
-                                    &identity.labels,
+                                    identity.namespace(),
+                                    identity.labels(),
                                 )
                             })
                     })
@@ -524,7 +525,7 @@ pub(crate) fn pod_peer_selects(
         namespace_selector,
         pod_selector,
         &candidate.key.namespace,
-        &candidate.labels,
+        candidate.labels.view(),
     )
 }
 
@@ -536,22 +537,25 @@ pub(crate) fn peer_selects(
     namespace_selector: Option<&crate::model::LabelSelector>,
     pod_selector: Option<&crate::model::LabelSelector>,
     namespace: &Name,
-    labels: &LabelSet,
+    labels: LabelsView<'_>,
 ) -> bool {
     let namespace_ok = match namespace_selector {
         None => *namespace == policy.key.namespace,
         Some(selector) => selector.matches(namespace_labels(world, namespace)),
     };
-    namespace_ok && pod_selector.is_none_or(|s| s.matches(labels))
+    namespace_ok && pod_selector.is_none_or(|s| s.matches(&labels))
 }
 
-/// The named ports of `named` (protocol, name) that `ports` (the serving pod's) resolve, as
-/// port ranges of one port each.
-fn resolve_on(named: &[(Protocol, &str)], ports: &BTreeMap<String, NamedPort>) -> Vec<(u32, u32)> {
+/// The named ports of `named` (protocol, name) that the serving pod's (`port`: its port of a
+/// name) resolve, as port ranges of one port each.
+fn resolve_on(
+    named: &[(Protocol, &str)],
+    port: impl Fn(&str) -> Option<NamedPort>,
+) -> Vec<(u32, u32)> {
     named
         .iter()
         .filter_map(|(protocol, name)| {
-            let port = ports.get(*name)?;
+            let port = port(name)?;
             (port.protocol == *protocol).then(|| {
                 let point = port_point(protocol.number(), port.number);
                 (point, point)

@@ -30,7 +30,7 @@ use crate::compile::{compile_endpoint_with, peer_selects, CompileError, Compiled
 use crate::ipcache::RemotePod;
 use crate::maps::{EndpointId, MapDelta, PolicyMaps};
 use crate::model::{
-    Direction, LabelSet, Name, Namespace, Peer, Pod, PodKey, Policy, PolicyKey, PortSpec, World,
+    Direction, LabelsView, Name, Namespace, Peer, Pod, PodKey, Policy, PolicyKey, PortSpec, World,
 };
 
 /// One change to what policy depends on.
@@ -141,7 +141,8 @@ impl Compiler {
             Change::SetNodeEndpoints { node, pods } => {
                 let mut affected = BTreeSet::new();
                 for identity in self.world.remote.set_node(&node, pods) {
-                    affected.extend(self.referring_to_peer(&identity.namespace, &identity.labels));
+                    affected
+                        .extend(self.referring_to_peer(identity.namespace(), identity.labels()));
                 }
                 affected
             }
@@ -232,13 +233,13 @@ impl Compiler {
 
     /// Local endpoints selected by a policy whose rules can refer to `pod` as a peer.
     fn referring_to(&self, pod: &Pod) -> BTreeSet<PodKey> {
-        self.referring_to_peer(&pod.key.namespace, &pod.labels)
+        self.referring_to_peer(&pod.key.namespace, pod.labels.view())
     }
 
     /// Local endpoints selected by a policy whose rules can refer to a pod of `namespace`
     /// labelled `labels` as a peer (by selector, or by an egress named port, which any pod
     /// may serve).
-    fn referring_to_peer(&self, namespace: &Name, labels: &LabelSet) -> BTreeSet<PodKey> {
+    fn referring_to_peer(&self, namespace: &Name, labels: LabelsView<'_>) -> BTreeSet<PodKey> {
         let mut out = BTreeSet::new();
         for policy in self.world.policies.values() {
             let by_selector = Direction::ALL.iter().any(|d| {

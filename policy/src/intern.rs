@@ -146,12 +146,14 @@ fn split_label(label: &str) -> (&str, &str) {
 }
 
 impl LabelSet {
+    /// The labels, borrowed (what an interned identity's labels are too).
+    pub fn view(&self) -> LabelsView<'_> {
+        LabelsView(&self.0)
+    }
+
     /// The value of label `key`.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0
-            .binary_search_by(|label| split_label(label).0.cmp(key))
-            .ok()
-            .map(|i| split_label(&self.0[i]).1)
+        self.view().get(key)
     }
 
     /// Whether label `key` is set.
@@ -161,7 +163,7 @@ impl LabelSet {
 
     /// The labels, in key order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
-        self.0.iter().map(|label| split_label(label))
+        self.view().iter()
     }
 
     /// How many labels.
@@ -176,9 +178,7 @@ impl LabelSet {
 
     /// The labels as a map.
     pub fn to_labels(&self) -> Labels {
-        self.iter()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect()
+        self.view().to_labels()
     }
 
     /// Whether two sets are the same copy (not just equal).
@@ -226,6 +226,71 @@ impl fmt::Debug for LabelSet {
     }
 }
 
+/// A label set borrowed: the `key=value` names of a [`LabelSet`], or those an interned
+/// identity holds beside its namespace ([`crate::ipcache::Identity::labels`]). Reads like a
+/// [`LabelSet`].
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LabelsView<'a>(&'a [Name]);
+
+impl<'a> LabelsView<'a> {
+    /// The view of `labels`, `key=value` names sorted by key, each key once.
+    pub(crate) fn of(labels: &'a [Name]) -> Self {
+        LabelsView(labels)
+    }
+
+    /// The `key=value` names, in key order.
+    pub(crate) fn names(self) -> &'a [Name] {
+        self.0
+    }
+
+    /// The value of label `key`.
+    pub fn get(self, key: &str) -> Option<&'a str> {
+        self.0
+            .binary_search_by(|label| split_label(label).0.cmp(key))
+            .ok()
+            .map(|i| split_label(&self.0[i]).1)
+    }
+
+    /// Whether label `key` is set.
+    pub fn contains_key(self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// The labels, in key order.
+    pub fn iter(self) -> impl Iterator<Item = (&'a str, &'a str)> {
+        self.0.iter().map(|label| split_label(label))
+    }
+
+    /// How many labels.
+    pub fn len(self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The labels as a map.
+    pub fn to_labels(self) -> Labels {
+        self.iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+}
+
+impl fmt::Debug for LabelsView<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl<'a> From<&'a LabelSet> for LabelsView<'a> {
+    fn from(labels: &'a LabelSet) -> Self {
+        labels.view()
+    }
+}
+
 impl From<Labels> for LabelSet {
     fn from(labels: Labels) -> Self {
         LabelSet::from(&labels)
@@ -261,6 +326,12 @@ impl LabelLookup for Labels {
 }
 
 impl LabelLookup for LabelSet {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.get(key)
+    }
+}
+
+impl LabelLookup for LabelsView<'_> {
     fn label(&self, key: &str) -> Option<&str> {
         self.get(key)
     }

@@ -14,68 +14,24 @@
 //! ([`RemoteEndpoints::set_node`]): the compiler recompiles the endpoints whose policies select
 //! one of those, one identity lookup per change instead of one per pod. The pods' names, which
 //! only the flow records show, are one front-coded byte string per node (each name stored as
-//! what it does not share with the one before), not a string each. An identity no entry uses any more is forgotten and its id reused, so the table
-//! shrinks with its content. A node's lists are shared (`Arc`), so a reader such as the flow
+//! what it does not share with the one before), not a string each. An identity is one shared
+//! slice of names ([`identity`]); one no entry uses any more is forgotten and its id reused
+//! ([`identities`]), so the table shrinks with its content. A node's lists are shared (`Arc`), so a reader such as the flow
 //! collector's table holds the same lists rather than a copy.
 //!
 //! Pure: no I/O. The world holds one ([`crate::World::remote`]); local pods stay full pods in
 //! [`crate::World::pods`].
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::hash::{BuildHasher, RandomState};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-use hashbrown::HashTable;
-
+use self::identities::Identities;
+pub use self::identities::IdentitySlots;
+pub use self::identity::Identity;
 use self::packed::{Entry, PackedEntries};
-use crate::intern::{LabelSet, Name};
-use crate::model::{NamedPort, Pod};
-
-/// What policy reads of a remote pod: namespace, labels and named ports.
-#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Identity {
-    /// The pod's namespace.
-    pub namespace: Name,
-    /// The pod's labels.
-    pub labels: LabelSet,
-    /// Named container ports: name → protocol and number.
-    pub named_ports: NamedPorts,
-}
-
-/// An identity's named ports: a pointer, and no allocation when there are none (most pods
-/// name no port), where a map inline took 24 bytes of every identity.
-// The box is the point: a pointer (8 bytes, none when empty) where the map is 24 inline.
-#[allow(clippy::box_collection)]
-#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct NamedPorts(Option<Box<BTreeMap<String, NamedPort>>>);
-
-/// The map of no named port.
-static NO_NAMED_PORTS: BTreeMap<String, NamedPort> = BTreeMap::new();
-
-impl From<BTreeMap<String, NamedPort>> for NamedPorts {
-    fn from(ports: BTreeMap<String, NamedPort>) -> Self {
-        NamedPorts((!ports.is_empty()).then(|| Box::new(ports)))
-    }
-}
-
-impl std::ops::Deref for NamedPorts {
-    type Target = BTreeMap<String, NamedPort>;
-    fn deref(&self) -> &Self::Target {
-        self.0.as_deref().unwrap_or(&NO_NAMED_PORTS)
-    }
-}
-
-impl Identity {
-    /// The identity of `pod`.
-    pub fn of(pod: &Pod) -> Self {
-        Self {
-            namespace: pod.key.namespace.clone(),
-            labels: pod.labels.clone(),
-            named_ports: pod.named_ports.clone().into(),
-        }
-    }
-}
+use crate::intern::Name;
+use crate::model::Pod;
 
 /// An interned identity's number, valid in the table that handed it out while an entry uses it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -98,11 +54,7 @@ impl RemotePod {
         Self {
             name: pod.key.name,
             addresses: pod.addresses,
-            identity: Identity {
-                namespace: pod.key.namespace,
-                labels: pod.labels,
-                named_ports: pod.named_ports.into(),
-            },
+            identity: Identity::new(pod.key.namespace, pod.labels.view(), &pod.named_ports),
         }
     }
 }
@@ -157,14 +109,7 @@ impl NodeEntries {
 /// The remote pods by node, as address → identity entries (see the module doc).
 #[derive(Clone, Debug, Default)]
 pub struct RemoteEndpoints {
-    /// Identity by id, with how many entries use it; `None` is a free id.
-    identities: Vec<Option<(Arc<Identity>, u32)>>,
-    /// Ids of the identities held, found by the identity's hash and compared through their
-    /// slots (4 bytes an identity, where a map keyed by the identity took 16).
-    ids: HashTable<IdentityId>,
-    hasher: RandomState,
-    /// Free ids, reused first.
-    free: Vec<u32>,
+    identities: Identities,
     nodes: BTreeMap<Name, Arc<NodeEntries>>,
 }
 
@@ -182,7 +127,7 @@ impl RemoteEndpoints {
         &mut self,
         node: &str,
         pods: impl IntoIterator<Item = RemotePod>,
-    ) -> Vec<Arc<Identity>> {
+    ) -> Vec<Identity> {
         let mut v4 = Vec::new();
         let mut v6 = Vec::new();
         let mut names = NameCoder::default();
@@ -192,7 +137,11 @@ impl RemoteEndpoints {
             let position = u16::try_from(count).unwrap_or(u16::MAX).to_ne_bytes();
             count += 1;
             names.push(&pod.name);
-            let identity = self.intern(pod.identity, &mut created).0.to_ne_bytes();
+            let identity = self
+                .identities
+                .intern(pod.identity, &mut created)
+                .0
+                .to_ne_bytes();
             for address in pod.addresses {
                 match address {
                     IpAddr::V4(a) => v4.push(Entry {
@@ -234,43 +183,43 @@ impl RemoteEndpoints {
         let mut changed = BTreeSet::new();
         diff(&old.v4, &new.v4, &mut changed);
         diff(&old.v6, &new.v6, &mut changed);
-        let changed: Vec<Arc<Identity>> = changed
+        let changed: Vec<Identity> = changed
             .into_iter()
             .filter_map(|id| self.get(id).cloned())
             .collect();
         self.adjust(&old, false);
         // Identities interned for pods without addresses hold no entry.
         for id in created {
-            self.free_if_unused(id);
+            self.identities.free_if_unused(id);
         }
-        self.shrink();
+        self.identities.shrink();
         changed
     }
 
     /// Forgets node `node`; returns the identities whose addresses that removed.
-    pub fn remove_node(&mut self, node: &str) -> Vec<Arc<Identity>> {
+    pub fn remove_node(&mut self, node: &str) -> Vec<Identity> {
         self.set_node(node, std::iter::empty())
     }
 
     /// The identity `id`, if held.
-    pub fn get(&self, id: IdentityId) -> Option<&Arc<Identity>> {
-        self.identities
-            .get(id.0 as usize)
-            .and_then(Option::as_ref)
-            .map(|(identity, _)| identity)
+    pub fn get(&self, id: IdentityId) -> Option<&Identity> {
+        self.identities.slots().get(id)
     }
 
     /// The identities held, with their ids.
-    pub fn identities(&self) -> impl Iterator<Item = (IdentityId, &Arc<Identity>)> + '_ {
-        self.identities
-            .iter()
-            .enumerate()
-            .filter_map(|(i, slot)| slot.as_ref().map(|(id, _)| (IdentityId(i as u32), id)))
+    pub fn identities(&self) -> impl Iterator<Item = (IdentityId, &Identity)> + '_ {
+        self.identities.slots().iter()
     }
 
     /// One past the largest id held (a vector this long indexes every identity).
     pub fn id_bound(&self) -> usize {
-        self.identities.len()
+        self.identities.slots().bound()
+    }
+
+    /// The identities by id, for a reader to keep a copy of: cloning it shares the slots
+    /// (a pointer per 256 ids), and this table copies a part it changes while shared.
+    pub fn identity_slots(&self) -> &IdentitySlots {
+        self.identities.slots()
     }
 
     /// Every entry: address and identity id, node by node.
@@ -332,7 +281,7 @@ impl RemoteEndpoints {
             if let Some(pod) = pods.get_mut(usize::from(position)) {
                 pod.addresses.push(address);
                 if let Some(identity) = self.get(id) {
-                    pod.identity = (**identity).clone();
+                    pod.identity = identity.clone();
                 }
             }
         }
@@ -359,35 +308,6 @@ impl RemoteEndpoints {
         self.nodes.is_empty()
     }
 
-    /// The id of `identity`, interned with no use if new (its id then added to `created`).
-    fn intern(&mut self, identity: Identity, created: &mut Vec<IdentityId>) -> IdentityId {
-        let hash = self.hasher.hash_one(&identity);
-        let slots = &self.identities;
-        if let Some(&id) = self.ids.find(hash, |id| {
-            slots[id.0 as usize]
-                .as_ref()
-                .is_some_and(|(held, _)| **held == identity)
-        }) {
-            return id;
-        }
-        let slot = Some((Arc::new(identity), 0));
-        let id = match self.free.pop() {
-            Some(i) => {
-                self.identities[i as usize] = slot;
-                IdentityId(i)
-            }
-            None => {
-                self.identities.push(slot);
-                IdentityId(self.identities.len() as u32 - 1)
-            }
-        };
-        let (slots, hasher) = (&self.identities, &self.hasher);
-        self.ids
-            .insert_unique(hash, id, |id| slot_hash(hasher, slots, *id));
-        created.push(id);
-        id
-    }
-
     /// Counts one use per entry of `entries` (`acquire`), or lets go of one (forgetting the
     /// identities no entry uses any more).
     fn adjust(&mut self, entries: &NodeEntries, acquire: bool) {
@@ -397,43 +317,11 @@ impl RemoteEndpoints {
             .map(|e| e.identity())
             .chain(entries.v6.iter().map(|e| e.identity()));
         for id in ids {
-            if let Some((_, count)) = self.identities[id.0 as usize].as_mut() {
-                if acquire {
-                    *count += 1;
-                } else {
-                    *count -= 1;
-                }
+            if acquire {
+                self.identities.acquire(id);
+            } else {
+                self.identities.release(id);
             }
-            if !acquire {
-                self.free_if_unused(id);
-            }
-        }
-    }
-
-    fn free_if_unused(&mut self, id: IdentityId) {
-        let slot = &mut self.identities[id.0 as usize];
-        if matches!(slot, Some((_, 0))) {
-            let hash = slot_hash(&self.hasher, &self.identities, id);
-            if let Ok(entry) = self.ids.find_entry(hash, |held| *held == id) {
-                entry.remove();
-            }
-            self.identities[id.0 as usize] = None;
-            self.free.push(id.0);
-        }
-    }
-
-    /// Gives back the slots at the end once most of them are free.
-    fn shrink(&mut self) {
-        while matches!(self.identities.last(), Some(None)) {
-            self.identities.pop();
-        }
-        let len = self.identities.len() as u32;
-        self.free.retain(|i| *i < len);
-        if self.identities.capacity() > 4 * self.identities.len().max(16) {
-            self.identities.shrink_to_fit();
-            self.free.shrink_to_fit();
-            let (slots, hasher) = (&self.identities, &self.hasher);
-            self.ids.shrink_to_fit(|id| slot_hash(hasher, slots, *id));
         }
     }
 }
@@ -490,13 +378,6 @@ impl Iterator for NameDecoder<'_> {
     }
 }
 
-/// The hash identity `id` is filed under: its content's.
-fn slot_hash(hasher: &RandomState, slots: &[Option<(Arc<Identity>, u32)>], id: IdentityId) -> u64 {
-    slots[id.0 as usize]
-        .as_ref()
-        .map_or(0, |(identity, _)| hasher.hash_one(&**identity))
-}
-
 fn node_entries(entries: &NodeEntries) -> impl Iterator<Item = (IpAddr, IdentityId)> + '_ {
     entries
         .v4
@@ -539,7 +420,7 @@ fn diff<const N: usize>(
 impl PartialEq for RemoteEndpoints {
     /// Equal when every node holds the same addresses with equal identities (ids may differ).
     fn eq(&self, other: &Self) -> bool {
-        type Resolved = Vec<(Name, u32, Box<[u8]>, Vec<(IpAddr, Arc<Identity>)>)>;
+        type Resolved = Vec<(Name, u32, Box<[u8]>, Vec<(IpAddr, Identity)>)>;
         let resolved = |table: &Self| -> Resolved {
             table
                 .nodes
@@ -558,6 +439,8 @@ impl PartialEq for RemoteEndpoints {
 
 impl Eq for RemoteEndpoints {}
 
+mod identities;
+mod identity;
 mod packed;
 #[cfg(test)]
 mod tests;

@@ -14,7 +14,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-pub use crate::intern::{LabelLookup, LabelSet, Name, SharedLabels};
+pub use crate::intern::{LabelLookup, LabelSet, LabelsView, Name, SharedLabels};
 pub use crate::ipcache::{Identity, IdentityId, RemoteEndpoints};
 pub use crate::pods::Pods;
 

@@ -28,8 +28,8 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use hashbrown::HashTable;
 
-use meshd_policy::ipcache::NodeEntries;
-use meshd_policy::model::{Direction, Identity, LabelSet, Name, Pod, PodKey, Policy, PolicyKey};
+use meshd_policy::ipcache::{IdentitySlots, NodeEntries};
+use meshd_policy::model::{Direction, LabelsView, Name, Pod, PodKey, Policy, PolicyKey};
 use meshd_policy::{Change, World};
 
 /// What a change will do to the table, taken from the world before it is applied
@@ -54,7 +54,7 @@ pub struct PodView<'a> {
     /// The node it runs on (empty while unscheduled).
     pub node: &'a str,
     /// Its labels.
-    pub labels: &'a LabelSet,
+    pub labels: LabelsView<'a>,
 }
 
 impl<'a> From<&'a Pod> for PodView<'a> {
@@ -63,7 +63,7 @@ impl<'a> From<&'a Pod> for PodView<'a> {
             namespace: &pod.key.namespace,
             name: Cow::Borrowed(&pod.key.name),
             node: &pod.node,
-            labels: &pod.labels,
+            labels: pod.labels.view(),
         }
     }
 }
@@ -77,8 +77,8 @@ pub struct PodTable {
     policies: BTreeMap<PolicyKey, Policy>,
     /// Other nodes' entries, the world's own lists.
     remote: BTreeMap<Name, Arc<NodeEntries>>,
-    /// The identities those entries name, by id.
-    identities: Vec<Option<Arc<Identity>>>,
+    /// The identities those entries name, by id (the world's, shared).
+    identities: IdentitySlots,
 }
 
 /// The table shared by the policy loop (writer) and the flow collector (reader). Two handles
@@ -134,20 +134,11 @@ impl PodTable {
     /// Holds node `node`'s entries as `world` has them (none: forgets the node), and the
     /// identities they name.
     fn take_node(&mut self, world: &World, node: &str) {
-        let Some(entries) = world.remote.node(node) else {
-            self.remote.remove(node);
-            return;
+        self.identities.clone_from(world.remote.identity_slots());
+        match world.remote.node(node) {
+            Some(entries) => self.remote.insert(node.into(), entries.clone()),
+            None => self.remote.remove(node),
         };
-        self.identities.resize(world.remote.id_bound(), None);
-        self.identities.truncate(world.remote.id_bound());
-        for (_, id) in entries.entries() {
-            let slot = &mut self.identities[id.0 as usize];
-            let identity = world.remote.get(id);
-            if slot.as_ref().map(Arc::as_ptr) != identity.map(Arc::as_ptr) {
-                *slot = identity.cloned();
-            }
-        }
-        self.remote.insert(node.into(), entries.clone());
     }
 
     /// What `change` will do, from `world` before it is applied.
@@ -235,12 +226,12 @@ impl PodTable {
         address: &IpAddr,
     ) -> Option<PodView<'a>> {
         let (id, name) = entries.get(*address)?;
-        let identity = self.identities.get(id.0 as usize)?.as_ref()?;
+        let identity = self.identities.get(id)?;
         Some(PodView {
-            namespace: &identity.namespace,
+            namespace: identity.namespace(),
             name: Cow::Owned(name),
             node,
-            labels: &identity.labels,
+            labels: identity.labels(),
         })
     }
 
@@ -263,7 +254,7 @@ impl PodTable {
         self.policies.values().filter(move |p| {
             p.key.namespace == pod.namespace
                 && p.applies_to(direction)
-                && p.pod_selector.matches(pod.labels)
+                && p.pod_selector.matches(&pod.labels)
         })
     }
 

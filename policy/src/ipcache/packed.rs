@@ -2,8 +2,10 @@
 //! (a node's pods sit in its pod CIDR) are kept once, and each entry keeps only the rest.
 //!
 //! A node's IPv4 pods in a /24 share 3 of their 4 address bytes, its IPv6 pods in a /64 at
-//! least 8 of 16 (15 in the scale harness, whose addresses differ in the last byte only), so an
-//! IPv4 entry takes 7 bytes where 10 were held, an IPv6 one 14 or 7 where 22 were.
+//! least 8 of 16 (15 in the scale harness, whose addresses differ in the last byte only). An
+//! entry's identity id and position keep only the low bytes the list's largest needs (ids
+//! under 65,536 take 2 bytes, positions under 256 one), so in the scale harness an IPv4 or
+//! IPv6 entry takes 4 bytes, where 7 (and 10 and 22 unpacked) were held.
 
 use super::IdentityId;
 
@@ -31,11 +33,14 @@ impl<const N: usize> Entry<N> {
 }
 
 /// A sorted list of entries whose addresses share their first `shared` bytes: those once in
-/// `prefix`, then one row per entry of the address's other bytes, identity and position.
+/// `prefix`, then one row per entry of the address's other bytes, the low `identity_bytes` of
+/// its identity id and the low `position_bytes` of its position (little-endian).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct PackedEntries<const N: usize> {
     prefix: [u8; N],
     shared: u8,
+    identity_bytes: u8,
+    position_bytes: u8,
     rows: Box<[u8]>,
 }
 
@@ -44,9 +49,16 @@ impl<const N: usize> Default for PackedEntries<N> {
         Self {
             prefix: [0; N],
             shared: 0,
+            identity_bytes: 1,
+            position_bytes: 1,
             rows: Box::default(),
         }
     }
+}
+
+/// How many low bytes hold `value` (at least one).
+fn bytes_for(value: u32) -> u8 {
+    (4 - value.leading_zeros() / 8).max(1) as u8
 }
 
 impl<const N: usize> PackedEntries<N> {
@@ -61,15 +73,28 @@ impl<const N: usize> PackedEntries<N> {
             .zip(&last.address)
             .take_while(|(a, b)| a == b)
             .count();
-        let mut rows = Vec::with_capacity(entries.len() * (N - shared + 6));
+        let identity_bytes = entries
+            .iter()
+            .map(|e| bytes_for(e.identity().0))
+            .max()
+            .unwrap_or(1);
+        let position_bytes = entries
+            .iter()
+            .map(|e| bytes_for(u32::from(e.position())))
+            .max()
+            .unwrap_or(1);
+        let (ib, pb) = (usize::from(identity_bytes), usize::from(position_bytes));
+        let mut rows = Vec::with_capacity(entries.len() * (N - shared + ib + pb));
         for entry in entries {
             rows.extend_from_slice(&entry.address[shared..]);
-            rows.extend_from_slice(&entry.identity);
-            rows.extend_from_slice(&entry.pod);
+            rows.extend_from_slice(&entry.identity().0.to_le_bytes()[..ib]);
+            rows.extend_from_slice(&entry.position().to_le_bytes()[..pb]);
         }
         Self {
             prefix: first.address,
             shared: shared as u8,
+            identity_bytes,
+            position_bytes,
             rows: rows.into_boxed_slice(),
         }
     }
@@ -105,21 +130,26 @@ impl<const N: usize> PackedEntries<N> {
     }
 
     fn stride(&self) -> usize {
-        N - usize::from(self.shared) + 6
+        N - usize::from(self.shared)
+            + usize::from(self.identity_bytes)
+            + usize::from(self.position_bytes)
     }
 
     fn entry(&self, i: usize) -> Entry<N> {
         let shared = usize::from(self.shared);
         let row = &self.rows[i * self.stride()..][..self.stride()];
         let (rest, row) = row.split_at(N - shared);
+        let (identity_row, position_row) = row.split_at(usize::from(self.identity_bytes));
         let mut address = self.prefix;
         address[shared..].copy_from_slice(rest);
         let mut identity = [0; 4];
-        identity.copy_from_slice(&row[..4]);
+        identity[..identity_row.len()].copy_from_slice(identity_row);
+        let mut position = [0; 2];
+        position[..position_row.len()].copy_from_slice(position_row);
         Entry {
             address,
-            identity,
-            pod: [row[4], row[5]],
+            identity: u32::from_le_bytes(identity).to_ne_bytes(),
+            pod: u16::from_le_bytes(position).to_ne_bytes(),
         }
     }
 }
@@ -146,7 +176,11 @@ mod tests {
         ];
         let packed = PackedEntries::pack(&entries);
         assert_eq!(packed.shared, 3);
-        assert_eq!(packed.rows.len(), 4 * 7);
+        assert_eq!(
+            packed.rows.len(),
+            4 * 3,
+            "a byte each of address, id and position"
+        );
         assert_eq!(packed.iter().collect::<Vec<_>>(), entries);
         assert_eq!(packed.find(&[10, 0, 1, 9]), Some(entries[1]));
         assert_eq!(packed.find(&[10, 0, 1, 200]), Some(entries[3]));
@@ -157,9 +191,27 @@ mod tests {
             "outside the shared bytes"
         );
         let one = PackedEntries::pack(&entries[..1]);
-        assert_eq!((one.shared, one.rows.len()), (4, 6));
+        assert_eq!((one.shared, one.rows.len()), (4, 2));
         assert_eq!(one.find(&[10, 0, 1, 2]), Some(entries[0]));
         let none = PackedEntries::<4>::pack(&[]);
         assert_eq!((none.len(), none.find(&[10, 0, 1, 2])), (0, None));
+    }
+
+    #[test]
+    fn ids_and_positions_keep_the_bytes_the_largest_needs() {
+        let entries = [
+            entry([10, 0, 1, 2], 7, 0),
+            entry([10, 0, 1, 3], 70_000, 300),
+            entry([10, 0, 1, 4], u32::MAX, u16::MAX),
+        ];
+        let packed = PackedEntries::pack(&entries);
+        assert_eq!(packed.rows.len(), 3 * (1 + 4 + 2));
+        assert_eq!(packed.iter().collect::<Vec<_>>(), entries);
+        let packed = PackedEntries::pack(&entries[..2]);
+        assert_eq!(packed.rows.len(), 2 * (1 + 3 + 2));
+        assert_eq!(packed.iter().collect::<Vec<_>>(), entries[..2]);
+        assert_eq!(packed.find(&[10, 0, 1, 3]), Some(entries[1]));
+        assert_eq!((bytes_for(0), bytes_for(255), bytes_for(256)), (1, 1, 2));
+        assert_eq!((bytes_for(65_536), bytes_for(u32::MAX)), (3, 4));
     }
 }

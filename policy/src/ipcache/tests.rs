@@ -1,15 +1,12 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
-use crate::model::Labels;
+use crate::model::{LabelSet, Labels};
 
 fn identity(namespace: &str, app: &str) -> Identity {
     let labels: Labels = [("app".to_owned(), app.to_owned())].into();
-    Identity {
-        namespace: namespace.into(),
-        labels: labels.into(),
-        named_ports: NamedPorts::default(),
-    }
+    let labels = LabelSet::from(labels);
+    Identity::new(namespace.into(), labels.view(), &Default::default())
 }
 
 fn pod(name: &str, addresses: Vec<IpAddr>, identity: Identity) -> RemotePod {
@@ -42,7 +39,7 @@ fn a_node_batch_is_diffed_and_identities_are_shared_and_forgotten() {
     assert_eq!(table.len(), 4);
     assert_eq!(table.identities().count(), 2, "one identity per label set");
     let web_id = table.lookup("n2", ip("fd00::2:1")).unwrap();
-    assert_eq!(**table.get(web_id).unwrap(), web);
+    assert_eq!(*table.get(web_id).unwrap(), web);
     assert_eq!(table.lookup("n2", ip("10.0.2.9")), None);
     assert_eq!(table.lookup("n3", ip("10.0.2.1")), None);
 
@@ -65,10 +62,7 @@ fn a_node_batch_is_diffed_and_identities_are_shared_and_forgotten() {
             pod("p8", vec![ip("10.0.2.2")], web.clone()),
         ],
     );
-    assert_eq!(
-        changed.iter().map(|i| (**i).clone()).collect::<Vec<_>>(),
-        std::slice::from_ref(&db)
-    );
+    assert_eq!(changed, std::slice::from_ref(&db));
     assert_eq!(table.identities().count(), 1);
 
     // A relabelled pod changes both identities.
@@ -142,7 +136,7 @@ fn a_node_names_its_pods_by_address() {
     let node = table.node("n2").unwrap();
     let (id, name) = node.get(ip("fd00::2:9")).unwrap();
     assert_eq!(name, "web-1");
-    assert_eq!(table.get(id).unwrap().labels.get("app").unwrap(), "web");
+    assert_eq!(table.get(id).unwrap().labels().get("app").unwrap(), "web");
     assert_eq!(node.get(ip("10.0.2.1")).unwrap().1, "web-2");
     assert!(node.get(ip("10.0.2.2")).is_none());
 }
