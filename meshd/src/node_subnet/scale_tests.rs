@@ -29,7 +29,7 @@ fn steady_blocks(pods: usize) -> usize {
     let none = BTreeMap::new();
     let mut in_use: Vec<IpAddr> = Vec::new();
     for t in 0..10 * pods as u64 {
-        let taken = in_use.iter().copied().collect();
+        let taken: std::collections::HashSet<IpAddr> = in_use.iter().copied().collect();
         if in_use.len() < pods {
             if let Some(p) = a
                 .usable()
