@@ -15,6 +15,10 @@ use defguard_boringtun::noise::handshake::parse_handshake_anon;
 use defguard_boringtun::noise::{Packet, Tunn, TunnResult};
 use wgdp_offload::{Coalescer, InPlaceSegments, VNET_HDR_LEN};
 
+mod message;
+
+use message::MessageCache;
+
 use crate::budget::Admission;
 use crate::device::{lock, Core, Noise, Peer, State, TICK};
 use crate::stats::DropReason;
@@ -481,10 +485,35 @@ impl RxCtx {
 
     /// Processes one received datagram from `from`.
     pub fn handle_datagram(&mut self, core: &Core, st: &State, from: SocketAddr, d: &[u8]) {
+        let mut msg = MessageCache::new(from, core.clock.now());
+        self.open(core, st, &mut msg, d);
+        msg.settle();
+    }
+
+    /// Processes one received message from `from`: one datagram, or with UDP GRO
+    /// (`segment`: the size of all but the last) several back to back. Peer lookups and the
+    /// peer's receive accounting are done once for the message where they agree.
+    pub fn handle_message(
+        &mut self,
+        core: &Core,
+        st: &State,
+        from: SocketAddr,
+        data: &[u8],
+        segment: Option<usize>,
+    ) {
+        let mut msg = MessageCache::new(from, core.clock.now());
+        for d in data.chunks(segment.unwrap_or(data.len()).max(1)) {
+            self.open(core, st, &mut msg, d);
+        }
+        msg.settle();
+    }
+
+    /// Opens datagram `d` of the message `msg`.
+    fn open<'s>(&mut self, core: &Core, st: &'s State, msg: &mut MessageCache<'s>, d: &[u8]) {
         let RxCtx {
             dec, sink, outbox, ..
         } = self;
-        let now = core.clock.now();
+        let (from, now) = (msg.from(), msg.now());
         let packet = match Tunn::parse_incoming_packet(d) {
             Ok(p) => p,
             Err(_) => {
@@ -541,21 +570,21 @@ impl RxCtx {
                     }
                 }
             }
-            Packet::HandshakeResponse(p) => match st.by_index.get(&(p.receiver_idx >> 8)) {
+            Packet::HandshakeResponse(p) => match msg.peer_of_index(st, p.receiver_idx >> 8) {
                 Some(peer) => peer,
                 None => {
                     core.stats.drop(DropReason::UnknownIndex);
                     return;
                 }
             },
-            Packet::PacketCookieReply(p) => match st.by_index.get(&(p.receiver_idx >> 8)) {
+            Packet::PacketCookieReply(p) => match msg.peer_of_index(st, p.receiver_idx >> 8) {
                 Some(peer) => peer,
                 None => {
                     core.stats.drop(DropReason::UnknownIndex);
                     return;
                 }
             },
-            Packet::PacketData(p) => match st.by_index.get(&(p.receiver_idx >> 8)) {
+            Packet::PacketData(p) => match msg.peer_of_index(st, p.receiver_idx >> 8) {
                 Some(peer) => peer,
                 None => {
                     core.stats.drop(DropReason::UnknownIndex);
@@ -624,12 +653,12 @@ impl RxCtx {
                 true
             }
             TunnResult::WriteToTunnelV4(pkt, src) => {
-                deliver(core, st, peer, sink, pkt, IpAddr::V4(src));
+                deliver(core, st, msg, peer, sink, pkt, IpAddr::V4(src));
                 confirm(&mut noise, held_before, outbox, dec, from, peer, core, now);
                 true
             }
             TunnResult::WriteToTunnelV6(pkt, src) => {
-                deliver(core, st, peer, sink, pkt, IpAddr::V6(src));
+                deliver(core, st, msg, peer, sink, pkt, IpAddr::V6(src));
                 confirm(&mut noise, held_before, outbox, dec, from, peer, core, now);
                 true
             }
@@ -646,14 +675,8 @@ impl RxCtx {
         };
         drop(noise);
         if authenticated {
-            peer.rx_bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
-            peer.last_rx.store(now, Ordering::Relaxed);
-            if matches!(ty, HANDSHAKE_INIT | HANDSHAKE_RESP | DATA) {
-                let mut ep = lock(&peer.endpoint);
-                if *ep != Some(from) {
-                    *ep = Some(from);
-                }
-            }
+            let roams = matches!(ty, HANDSHAKE_INIT | HANDSHAKE_RESP | DATA);
+            msg.received(peer, d.len(), roams, ty != DATA);
         }
     }
 
@@ -714,13 +737,18 @@ fn confirm(
 }
 
 /// Hands an opened packet to the TUN path if its source is one of `peer`'s allowed IPs.
-fn deliver(core: &Core, st: &State, peer: &Arc<Peer>, sink: &mut Sink, pkt: &[u8], src: IpAddr) {
-    match st.allowed.lookup(src) {
-        Some(owner) if Arc::ptr_eq(owner, peer) => {}
-        _ => {
-            core.stats.drop(DropReason::SourceNotAllowed);
-            return;
-        }
+fn deliver<'s>(
+    core: &Core,
+    st: &'s State,
+    msg: &mut MessageCache<'s>,
+    peer: &Arc<Peer>,
+    sink: &mut Sink,
+    pkt: &[u8],
+    src: IpAddr,
+) {
+    if !msg.source_allowed(st, peer, src) {
+        core.stats.drop(DropReason::SourceNotAllowed);
+        return;
     }
     match sink {
         Sink::Coalesce(c) => c.push(pkt),

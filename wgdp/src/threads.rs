@@ -346,10 +346,7 @@ fn receive(
                     let Some(msg) = batch.get(m) else { continue };
                     let Some(from) = msg.from else { continue };
                     bytes += msg.data.len();
-                    let seg = msg.segment.unwrap_or(msg.data.len()).max(1);
-                    for d in msg.data.chunks(seg) {
-                        rx.handle_datagram(core, &st, from, d);
-                    }
+                    rx.handle_message(core, &st, from, msg.data, msg.segment);
                 }
                 drop(st);
                 rx.flush(core, Some(&rt.tun), Some(sockets));
