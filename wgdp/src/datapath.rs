@@ -273,6 +273,28 @@ impl Outbox {
         self.take(r, to, peer, core, now);
     }
 
+    /// Sends what fills GSO trains, keeping a last train that could take more datagrams for
+    /// the next flush (its datagrams stay where they are; the outbox empties at the next
+    /// [`flush`](Self::flush)). Without sockets, the same as `flush`.
+    pub fn flush_filled(&mut self, core: &Core, sockets: Option<&Sockets>) {
+        let Some(s) = sockets else {
+            return self.flush(core, None);
+        };
+        let sent = s.send_filled(
+            &mut self.scratch,
+            &self.arena[..self.cursor],
+            &self.list,
+            &core.stats,
+            true,
+        );
+        if sent == self.list.len() {
+            self.list.clear();
+            self.cursor = 0;
+        } else {
+            self.list.drain(..sent);
+        }
+    }
+
     /// Sends everything (if there are sockets) and empties the outbox.
     pub fn flush(&mut self, core: &Core, sockets: Option<&Sockets>) {
         if let Some(s) = sockets {

@@ -163,9 +163,13 @@ fn drain(rt: &Runtime, q: usize, txq: &mut TxQueue, budget: usize) -> (Drained, 
                 drop(st);
                 // The first packet leaves at once: a lone packet (a ping, a request, the reply
                 // a TUN write produced) must not wait for the read that finds the queue empty.
-                // Later packets are batched.
-                if reads == 1 || tx.outbox.len() >= TX_BATCH || tx.outbox.room() < HEADROOM {
+                // Later packets are batched, and a GSO train the next read can still fill
+                // waits for it (a 64 KiB read seals to more than one train holds: sent read
+                // by read, every read would cost a second, short train).
+                if reads == 1 || tx.outbox.room() < HEADROOM {
                     tx.outbox.flush(core, sockets.as_deref());
+                } else if tx.outbox.len() >= TX_BATCH {
+                    tx.outbox.flush_filled(core, sockets.as_deref());
                 }
             }
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => break Drained::Empty,
