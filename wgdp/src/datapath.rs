@@ -275,10 +275,13 @@ impl Outbox {
 
     /// Sends what fills GSO trains, keeping a last train that could take more datagrams for
     /// the next flush (its datagrams stay where they are; the outbox empties at the next
-    /// [`flush`](Self::flush)). Without sockets, the same as `flush`.
-    pub fn flush_filled(&mut self, core: &Core, sockets: Option<&Sockets>) {
+    /// [`flush`](Self::flush)). Returns how many datagrams left. Without sockets, the same as
+    /// `flush`.
+    pub fn flush_filled(&mut self, core: &Core, sockets: Option<&Sockets>) -> usize {
         let Some(s) = sockets else {
-            return self.flush(core, None);
+            let n = self.list.len();
+            self.flush(core, None);
+            return n;
         };
         let sent = s.send_filled(
             &mut self.scratch,
@@ -293,6 +296,7 @@ impl Outbox {
         } else {
             self.list.drain(..sent);
         }
+        sent
     }
 
     /// Sends everything (if there are sockets) and empties the outbox.

@@ -165,9 +165,14 @@ fn drain(rt: &Runtime, q: usize, txq: &mut TxQueue, budget: usize) -> (Drained, 
                 // a TUN write produced) must not wait for the read that finds the queue empty.
                 // Later packets are batched, and a GSO train the next read can still fill
                 // waits for it (a 64 KiB read seals to more than one train holds: sent read
-                // by read, every read would cost a second, short train).
-                if reads == 1 || tx.outbox.room() < HEADROOM {
+                // by read, every read would cost a second, short train). So does the first
+                // read's, once it filled a train (bulk, not a lone packet).
+                if tx.outbox.room() < HEADROOM {
                     tx.outbox.flush(core, sockets.as_deref());
+                } else if reads == 1 {
+                    if tx.outbox.flush_filled(core, sockets.as_deref()) == 0 {
+                        tx.outbox.flush(core, sockets.as_deref());
+                    }
                 } else if tx.outbox.len() >= TX_BATCH {
                     tx.outbox.flush_filled(core, sockets.as_deref());
                 }
