@@ -275,8 +275,8 @@ impl Outbox {
 
     /// Sends what fills GSO trains, keeping a last train that could take more datagrams for
     /// the next flush (its datagrams stay where they are; the outbox empties at the next
-    /// [`flush`](Self::flush)). Returns how many datagrams left. Without sockets, the same as
-    /// `flush`.
+    /// [`flush`](Self::flush)). Returns how many datagrams were sent (or dropped as unsendable).
+    /// Without sockets, the same as `flush`.
     pub fn flush_filled(&mut self, core: &Core, sockets: Option<&Sockets>) -> usize {
         let Some(s) = sockets else {
             let n = self.list.len();
