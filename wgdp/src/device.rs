@@ -6,9 +6,8 @@
 //! write-locked by a UAPI `set`, so configuration changes never race packet processing.
 //! Inside, each peer's noise state ([`Peer::tunn`]) has its own mutex, held for one packet
 //! at a time, which arbitrates between the datapath threads. Order: `state` → `tunn` →
-//! anything else (`conf`, `endpoint`, the timer queue).
+//! anything else (`conf`, which holds the endpoint, the timer queue).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -22,7 +21,7 @@ use rand_core::{OsRng, RngCore};
 
 use crate::allowed_ips::AllowedIps;
 use crate::budget::{Budgets, HandshakeBudget, HeldBudget, HeldQueue};
-use crate::peer_table::PeerTable;
+use crate::peer_table::{IndexTable, PeerTable};
 use crate::stats::{DropReason, Stats};
 use crate::timers::TimerQueue;
 use crate::uapi::{DeviceInfo, Key, PeerInfo, PeerUpdate, SetRequest};
@@ -130,14 +129,18 @@ impl Default for Clock {
     }
 }
 
-/// A peer's configuration that only the UAPI changes.
+/// A peer's configuration (the UAPI changes it, and the datapath the endpoint when the peer
+/// roams), under one mutex.
 #[derive(Debug, Default)]
 pub struct PeerConf {
     /// The preshared key, boxed: meshd sets none, and an absent key then costs 8 bytes per
     /// peer instead of 33.
     pub psk: Option<Box<Key>>,
-    /// The allowed IPs, in the order they were added.
-    pub allowed_ips: Vec<IpNet>,
+    /// The allowed IPs, in the order they were added (a boxed slice of exactly their number:
+    /// they change only with the configuration).
+    pub allowed_ips: Box<[IpNet]>,
+    /// The current endpoint (configured or learned from authenticated packets).
+    pub endpoint: Option<SocketAddr>,
 }
 
 /// One peer. Small until it carries traffic: the noise state (~15 KiB) is created on first
@@ -149,9 +152,7 @@ pub struct Peer {
     pub index: u32,
     /// boringtun's noise state (created lazily) and the packets held back from it.
     pub tunn: Mutex<Noise>,
-    /// The current endpoint (configured or learned from authenticated packets).
-    pub endpoint: Mutex<Option<SocketAddr>>,
-    /// UAPI-managed configuration.
+    /// The configuration and the current endpoint.
     pub conf: Mutex<PeerConf>,
     /// Persistent keepalive interval in seconds (0 = off).
     pub keepalive: AtomicU32,
@@ -186,7 +187,6 @@ impl Peer {
             key,
             index,
             tunn: Mutex::new(Noise::new(held)),
-            endpoint: Mutex::new(None),
             conf: Mutex::new(PeerConf::default()),
             keepalive: AtomicU32::new(0),
             rx_bytes: AtomicU64::new(0),
@@ -201,7 +201,7 @@ impl Peer {
 
     /// The current endpoint.
     pub fn endpoint(&self) -> Option<SocketAddr> {
-        *lock(&self.endpoint)
+        lock(&self.conf).endpoint
     }
 
     /// Records a completed handshake now.
@@ -351,7 +351,7 @@ pub struct State {
     /// Peers by public key.
     pub peers: PeerTable,
     /// Peers by receiver index.
-    pub by_index: HashMap<u32, Arc<Peer>>,
+    pub by_index: IndexTable,
     /// Peers by allowed IP.
     pub allowed: AllowedIps<Arc<Peer>>,
 }
@@ -403,7 +403,7 @@ impl Core {
                 sockets,
                 fwmark: 0,
                 peers: PeerTable::new(),
-                by_index: HashMap::new(),
+                by_index: IndexTable::new(),
                 allowed: AllowedIps::new(),
             }),
             timers: Mutex::new(TimerQueue::new()),
@@ -467,6 +467,14 @@ impl Core {
                 self.remove_peer(&mut st, &k);
             }
         }
+        // The tables grow once for all the new peers, not by doubling along the way.
+        let new = req
+            .peers
+            .iter()
+            .filter(|p| !p.remove && !p.update_only && st.peers.get(&p.public_key).is_none())
+            .count();
+        st.peers.reserve(new);
+        st.by_index.reserve(new);
         for p in &req.peers {
             self.apply_peer(&mut st, p);
         }
@@ -551,7 +559,7 @@ impl Core {
                     self.held.clone(),
                 ));
                 st.peers.insert(p.clone());
-                st.by_index.insert(p.index, p.clone());
+                st.by_index.insert(p.clone());
                 p
             }
         };
@@ -568,7 +576,7 @@ impl Core {
             }
         }
         if let Some(ep) = u.endpoint {
-            *lock(&peer.endpoint) = Some(ep);
+            lock(&peer.conf).endpoint = Some(ep);
         }
         if u.replace_allowed_ips {
             let nets = std::mem::take(&mut lock(&peer.conf).allowed_ips);
@@ -582,17 +590,29 @@ impl Core {
                 }
             }
         }
+        let mut added = Vec::new();
         for net in &u.allowed_ips {
             let prev = st.allowed.insert(net, peer.clone());
             match prev {
                 Some(old) if Arc::ptr_eq(&old, &peer) => {}
                 Some(old) => {
                     // The prefix moves to this peer.
-                    lock(&old.conf).allowed_ips.retain(|n| n != net);
-                    lock(&peer.conf).allowed_ips.push(*net);
+                    let mut conf = lock(&old.conf);
+                    conf.allowed_ips = conf
+                        .allowed_ips
+                        .iter()
+                        .filter(|n| *n != net)
+                        .copied()
+                        .collect();
+                    drop(conf);
+                    added.push(*net);
                 }
-                None => lock(&peer.conf).allowed_ips.push(*net),
+                None => added.push(*net),
             }
+        }
+        if !added.is_empty() {
+            let mut conf = lock(&peer.conf);
+            conf.allowed_ips = conf.allowed_ips.iter().copied().chain(added).collect();
         }
         if let Some(ka) = u.persistent_keepalive {
             let old = peer.keepalive.swap(u32::from(ka), Ordering::Relaxed);
@@ -617,13 +637,13 @@ impl Core {
                 PeerInfo {
                     public_key: p.key,
                     preshared_key: conf.psk.as_deref().copied(),
-                    endpoint: p.endpoint(),
+                    endpoint: conf.endpoint,
                     last_handshake: (hs != 0).then(|| UNIX_EPOCH + Duration::from_nanos(hs)),
                     rx_bytes: p.rx_bytes.load(Ordering::Relaxed),
                     tx_bytes: p.tx_bytes.load(Ordering::Relaxed),
                     persistent_keepalive: u16::try_from(p.keepalive.load(Ordering::Relaxed))
                         .unwrap_or(u16::MAX),
-                    allowed_ips: conf.allowed_ips.clone(),
+                    allowed_ips: conf.allowed_ips.to_vec(),
                 }
             })
             .collect();
@@ -714,7 +734,7 @@ mod tests {
             assert_eq!(p1.index, idx1, "same peer object, not re-created");
             assert_eq!(p1.endpoint(), Some("[fd00::1]:2".parse().expect("ep")));
             assert_eq!(p1.keepalive.load(Ordering::Relaxed), 25);
-            assert_eq!(lock(&st.peers[&k(2)].conf).allowed_ips, Vec::<IpNet>::new());
+            assert!(lock(&st.peers[&k(2)].conf).allowed_ips.is_empty());
         }
         assert_eq!(owner(&core, "10.0.1.5"), None);
         assert_eq!(owner(&core, "10.0.2.5"), Some(k(1)));

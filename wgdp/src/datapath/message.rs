@@ -113,9 +113,9 @@ impl<'a> MessageCache<'a> {
         p.peer.rx_bytes.fetch_add(p.bytes, Ordering::Relaxed);
         p.peer.last_rx.store(self.now, Ordering::Relaxed);
         if p.roams {
-            let mut ep = lock(&p.peer.endpoint);
-            if *ep != Some(self.from) {
-                *ep = Some(self.from);
+            let mut conf = lock(&p.peer.conf);
+            if conf.endpoint != Some(self.from) {
+                conf.endpoint = Some(self.from);
             }
         }
     }
