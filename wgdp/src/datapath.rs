@@ -375,7 +375,7 @@ impl TxCtx {
             core.stats.drop_n(DropReason::BadTunPacket, n as u64);
             return;
         };
-        let Some(peer) = st.allowed.lookup(dst) else {
+        let Some(peer) = st.route(dst) else {
             core.stats.drop_n(DropReason::NoRoute, n as u64);
             return;
         };

@@ -8,7 +8,7 @@
 //! at a time, which arbitrates between the datapath threads. Order: `state` → `tunn` →
 //! anything else (`conf`, which holds the endpoint, the timer queue).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -21,7 +21,7 @@ use rand_core::{OsRng, RngCore};
 
 use crate::allowed_ips::AllowedIps;
 use crate::budget::{Budgets, HandshakeBudget, HeldBudget, HeldQueue};
-use crate::peer_table::{IndexTable, PeerTable};
+use crate::peer_table::{IndexTable, PeerTable, SlotTable};
 use crate::stats::{DropReason, Stats};
 use crate::timers::TimerQueue;
 use crate::uapi::{DeviceInfo, Key, PeerInfo, PeerUpdate, SetRequest};
@@ -150,6 +150,8 @@ pub struct Peer {
     pub key: Key,
     /// Our 24-bit receiver index prefix for this peer (boringtun adds 8 session bits).
     pub index: u32,
+    /// Its slot in [`State::slots`], which the allowed-IP maps hold.
+    pub slot: u32,
     /// boringtun's noise state (created lazily) and the packets held back from it.
     pub tunn: Mutex<Noise>,
     /// The configuration and the current endpoint.
@@ -182,10 +184,11 @@ impl std::fmt::Debug for Peer {
 }
 
 impl Peer {
-    fn new(key: Key, index: u32, held: Arc<HeldBudget>) -> Peer {
+    fn new(key: Key, index: u32, slot: u32, held: Arc<HeldBudget>) -> Peer {
         Peer {
             key,
             index,
+            slot,
             tunn: Mutex::new(Noise::new(held)),
             conf: Mutex::new(PeerConf::default()),
             keepalive: AtomicU32::new(0),
@@ -352,11 +355,18 @@ pub struct State {
     pub peers: PeerTable,
     /// Peers by receiver index.
     pub by_index: IndexTable,
-    /// Peers by allowed IP.
-    pub allowed: AllowedIps<Arc<Peer>>,
+    /// Peers by slot.
+    pub slots: SlotTable,
+    /// Peers' slots by allowed IP.
+    pub allowed: AllowedIps<u32>,
 }
 
 impl State {
+    /// The peer whose allowed IPs hold `addr` (the longest match).
+    pub fn route(&self, addr: IpAddr) -> Option<&Arc<Peer>> {
+        self.slots.get(*self.allowed.lookup(addr)?)
+    }
+
     /// The bound port (0 without sockets).
     pub fn listen_port(&self) -> u16 {
         self.sockets.as_ref().map_or(0, |s| s.port())
@@ -404,6 +414,7 @@ impl Core {
                 fwmark: 0,
                 peers: PeerTable::new(),
                 by_index: IndexTable::new(),
+                slots: SlotTable::new(),
                 allowed: AllowedIps::new(),
             }),
             timers: Mutex::new(TimerQueue::new()),
@@ -475,6 +486,7 @@ impl Core {
             .count();
         st.peers.reserve(new);
         st.by_index.reserve(new);
+        st.slots.reserve(new);
         for p in &req.peers {
             self.apply_peer(&mut st, p);
         }
@@ -531,14 +543,11 @@ impl Core {
         st.by_index.remove(&peer.index);
         let nets = std::mem::take(&mut lock(&peer.conf).allowed_ips);
         for net in &nets {
-            if st
-                .allowed
-                .get(net)
-                .is_some_and(|owner| Arc::ptr_eq(owner, &peer))
-            {
+            if st.allowed.get(net) == Some(&peer.slot) {
                 st.allowed.remove(net);
             }
         }
+        st.slots.remove(peer.slot);
         lock(&self.timers).cancel(&peer.index);
         // Drop the session now; in-flight batches holding the Arc find no noise state.
         lock(&peer.tunn).reset();
@@ -556,10 +565,12 @@ impl Core {
                 let p = Arc::new(Peer::new(
                     u.public_key,
                     Self::new_index(st),
+                    st.slots.vacant(),
                     self.held.clone(),
                 ));
                 st.peers.insert(p.clone());
                 st.by_index.insert(p.clone());
+                st.slots.insert(p.clone());
                 p
             }
         };
@@ -581,20 +592,16 @@ impl Core {
         if u.replace_allowed_ips {
             let nets = std::mem::take(&mut lock(&peer.conf).allowed_ips);
             for net in &nets {
-                if st
-                    .allowed
-                    .get(net)
-                    .is_some_and(|owner| Arc::ptr_eq(owner, &peer))
-                {
+                if st.allowed.get(net) == Some(&peer.slot) {
                     st.allowed.remove(net);
                 }
             }
         }
         let mut added = Vec::new();
         for net in &u.allowed_ips {
-            let prev = st.allowed.insert(net, peer.clone());
-            match prev {
-                Some(old) if Arc::ptr_eq(&old, &peer) => {}
+            let prev = st.allowed.insert(net, peer.slot);
+            match prev.and_then(|slot| st.slots.get(slot)) {
+                Some(old) if Arc::ptr_eq(old, &peer) => {}
                 Some(old) => {
                     // The prefix moves to this peer.
                     let mut conf = lock(&old.conf);
@@ -701,7 +708,7 @@ mod tests {
 
     fn owner(core: &Core, ip: &str) -> Option<Key> {
         let st = core.read();
-        st.allowed.lookup(ip.parse().expect("ip")).map(|p| p.key)
+        st.route(ip.parse().expect("ip")).map(|p| p.key)
     }
 
     #[test]

@@ -72,7 +72,7 @@ impl<'a> MessageCache<'a> {
                 return true;
             }
         }
-        match st.allowed.lookup(src) {
+        match st.route(src) {
             Some(owner) if Arc::ptr_eq(owner, peer) => {
                 self.source = Some((src, owner));
                 true
