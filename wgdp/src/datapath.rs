@@ -104,13 +104,14 @@ impl Outbox {
     /// Records that `n` bytes were written at the cursor for `to`, sent to `peer`.
     fn commit(&mut self, to: SocketAddr, n: usize, peer: &Peer, now: u64) {
         let start = self.cursor;
+        let traffic = peer.traffic();
         if self.arena.get(start).copied() == Some(HANDSHAKE_INIT) {
-            peer.last_init.store(now, Ordering::Relaxed);
+            traffic.last_init.store(now, Ordering::Relaxed);
         }
         self.cursor += n;
         self.list.push((to, start..start + n));
-        peer.tx_bytes.fetch_add(n as u64, Ordering::Relaxed);
-        peer.last_tx.store(now, Ordering::Relaxed);
+        traffic.tx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        traffic.last_tx.store(now, Ordering::Relaxed);
     }
 
     /// Copies an already formed message (a handshake reply, a cookie).
@@ -171,7 +172,7 @@ impl Outbox {
         core: &Core,
         now: u64,
     ) {
-        let hold = n.must_hold(now, peer.last_init.load(Ordering::Relaxed));
+        let hold = n.must_hold(now, peer.read(|t| &t.last_init));
         if !hold && !n.held.is_empty() {
             self.release_held(n, to, peer, core, now);
         }
@@ -463,7 +464,7 @@ pub fn tick(core: &Core, st: &State, peer: &Peer, outbox: &mut Outbox) {
             has_session = t.time_since_last_handshake().is_some();
         }
         if ka > 0 && to.is_some() {
-            let last = peer.last_tx.load(Ordering::Relaxed);
+            let last = peer.read(|t| &t.last_tx);
             if (last == 0 || now.saturating_sub(last) >= ka * 1_000_000_000)
                 && peer.tunn_in(&mut noise, st.key.as_ref()).is_some()
             {
@@ -473,7 +474,7 @@ pub fn tick(core: &Core, st: &State, peer: &Peer, outbox: &mut Outbox) {
         // Packets held past the hold are sealed (or, without a session, the handshake is
         // retried) even when no new traffic comes to push them; after `HELD_MAX_NS` without
         // a session they are dropped.
-        if !noise.held.is_empty() && !noise.must_hold(now, peer.last_init.load(Ordering::Relaxed)) {
+        if !noise.held.is_empty() && !noise.must_hold(now, peer.read(|t| &t.last_init)) {
             outbox.release_held(&mut noise, to, peer, core, now);
         }
         let expired = noise.expire_held(now);
@@ -482,11 +483,8 @@ pub fn tick(core: &Core, st: &State, peer: &Peer, outbox: &mut Outbox) {
         }
         holding = !noise.held.is_empty();
     }
-    let last_traffic = peer
-        .last_tx
-        .load(Ordering::Relaxed)
-        .max(peer.last_rx.load(Ordering::Relaxed));
-    let init = peer.last_init.load(Ordering::Relaxed);
+    let last_traffic = peer.read(|t| &t.last_tx).max(peer.read(|t| &t.last_rx));
+    let init = peer.read(|t| &t.last_init);
     let pending = has_session
         || holding
         || (last_traffic != 0 && now.saturating_sub(last_traffic) < ACTIVE_NS)

@@ -10,7 +10,9 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{
+    Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard,
+};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use defguard_boringtun::noise::rate_limiter::RateLimiter;
@@ -158,14 +160,22 @@ pub struct Peer {
     pub conf: Mutex<PeerConf>,
     /// Persistent keepalive interval in seconds (0 = off).
     pub keepalive: AtomicU32,
+    /// Whether the peer has a deadline in the timer queue.
+    pub armed: AtomicBool,
+    /// The traffic counters, created by the first datagram sent or received (16 bytes per
+    /// peer until then, not 48): read with [`Peer::read`], written through [`Peer::traffic`].
+    traffic: OnceLock<Box<Traffic>>,
+}
+
+/// A peer's traffic counters and times.
+#[derive(Debug, Default)]
+pub struct Traffic {
     /// Bytes received (authenticated datagrams, all message types).
     pub rx_bytes: AtomicU64,
     /// Bytes sent (all message types).
     pub tx_bytes: AtomicU64,
     /// UNIX nanoseconds of the last completed handshake; 0 = never.
     pub last_handshake: AtomicU64,
-    /// Whether the peer has a deadline in the timer queue.
-    pub armed: AtomicBool,
     /// Clock reading of the last datagram sent; 0 = never.
     pub last_tx: AtomicU64,
     /// Clock reading of the last authenticated datagram received; 0 = never.
@@ -192,14 +202,22 @@ impl Peer {
             tunn: Mutex::new(Noise::new(held)),
             conf: Mutex::new(PeerConf::default()),
             keepalive: AtomicU32::new(0),
-            rx_bytes: AtomicU64::new(0),
-            tx_bytes: AtomicU64::new(0),
-            last_handshake: AtomicU64::new(0),
             armed: AtomicBool::new(false),
-            last_tx: AtomicU64::new(0),
-            last_rx: AtomicU64::new(0),
-            last_init: AtomicU64::new(0),
+            traffic: OnceLock::new(),
         }
+    }
+
+    /// The traffic counters, created (all zero) if the peer had no traffic yet.
+    pub fn traffic(&self) -> &Traffic {
+        self.traffic.get_or_init(Box::default)
+    }
+
+    /// One traffic counter's value (0 if the peer had no traffic yet), e.g.
+    /// `peer.read(|t| &t.rx_bytes)`.
+    pub fn read(&self, counter: impl Fn(&Traffic) -> &AtomicU64) -> u64 {
+        self.traffic
+            .get()
+            .map_or(0, |t| counter(t).load(Ordering::Relaxed))
     }
 
     /// The current endpoint.
@@ -213,7 +231,9 @@ impl Peer {
             .duration_since(UNIX_EPOCH)
             .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
             .unwrap_or(1);
-        self.last_handshake.store(now.max(1), Ordering::Relaxed);
+        self.traffic()
+            .last_handshake
+            .store(now.max(1), Ordering::Relaxed);
     }
 
     /// The noise state in `noise`, created with the device key if absent (`None` without a
@@ -509,7 +529,9 @@ impl Core {
                     }
                     // Sessions are gone: nothing pending under the old key holds packets.
                     noise.unconfirmed_since = 0;
-                    peer.last_init.store(0, Ordering::Relaxed);
+                    if let Some(t) = peer.traffic.get() {
+                        t.last_init.store(0, Ordering::Relaxed);
+                    }
                 }
                 st.key = Some(DeviceKey {
                     secret,
@@ -640,14 +662,14 @@ impl Core {
             .values()
             .map(|p| {
                 let conf = lock(&p.conf);
-                let hs = p.last_handshake.load(Ordering::Relaxed);
+                let hs = p.read(|t| &t.last_handshake);
                 PeerInfo {
                     public_key: p.key,
                     preshared_key: conf.psk.as_deref().copied(),
                     endpoint: conf.endpoint,
                     last_handshake: (hs != 0).then(|| UNIX_EPOCH + Duration::from_nanos(hs)),
-                    rx_bytes: p.rx_bytes.load(Ordering::Relaxed),
-                    tx_bytes: p.tx_bytes.load(Ordering::Relaxed),
+                    rx_bytes: p.read(|t| &t.rx_bytes),
+                    tx_bytes: p.read(|t| &t.tx_bytes),
                     persistent_keepalive: u16::try_from(p.keepalive.load(Ordering::Relaxed))
                         .unwrap_or(u16::MAX),
                     allowed_ips: conf.allowed_ips.to_vec(),

@@ -110,8 +110,9 @@ impl<'a> MessageCache<'a> {
         let Some(p) = self.pending.take() else {
             return;
         };
-        p.peer.rx_bytes.fetch_add(p.bytes, Ordering::Relaxed);
-        p.peer.last_rx.store(self.now, Ordering::Relaxed);
+        let traffic = p.peer.traffic();
+        traffic.rx_bytes.fetch_add(p.bytes, Ordering::Relaxed);
+        traffic.last_rx.store(self.now, Ordering::Relaxed);
         if p.roams {
             let mut conf = lock(&p.peer.conf);
             if conf.endpoint != Some(self.from) {
@@ -125,7 +126,6 @@ impl<'a> MessageCache<'a> {
 #[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use std::net::SocketAddr;
-    use std::sync::atomic::Ordering;
 
     use defguard_boringtun::noise::{Tunn, TunnResult};
 
@@ -166,7 +166,7 @@ mod tests {
         let (core, mut rx, mut remote) = device_with_session();
         let st = core.read();
         let peer = st.peers.values().next().unwrap().clone();
-        let rx_before = peer.rx_bytes.load(Ordering::Relaxed);
+        let rx_before = peer.read(|t| &t.rx_bytes);
         // The third packet's source is not among the peer's allowed IPs: it alone is dropped,
         // although the packets before it (same peer) had allowed sources.
         let packets = [
@@ -183,16 +183,13 @@ mod tests {
         assert_eq!(rx.delivered, 3);
         assert_eq!(core.stats.get(DropReason::SourceNotAllowed), 1);
         // Every authenticated byte counts, the dropped packet's too (it was authenticated).
-        assert_eq!(
-            peer.rx_bytes.load(Ordering::Relaxed) - rx_before,
-            data.len() as u64
-        );
+        assert_eq!(peer.read(|t| &t.rx_bytes) - rx_before, data.len() as u64);
         assert_eq!(
             peer.endpoint(),
             Some(roamed),
             "the peer moved to the sender"
         );
-        assert!(peer.last_rx.load(Ordering::Relaxed) > 0);
+        assert!(peer.read(|t| &t.last_rx) > 0);
     }
 
     #[test]
@@ -201,7 +198,7 @@ mod tests {
         let st = core.read();
         let peer = st.peers.values().next().unwrap().clone();
         let endpoint = peer.endpoint();
-        let rx_before = peer.rx_bytes.load(Ordering::Relaxed);
+        let rx_before = peer.read(|t| &t.rx_bytes);
         let (mut data, size) = message(&mut remote, &vec![packet([10, 1, 0, 1], 100); 3]);
         // Every datagram's tag broken.
         for d in data.chunks_mut(size) {
@@ -213,7 +210,7 @@ mod tests {
         drop(st);
         rx.flush(&core, None, None);
         assert_eq!(rx.delivered, 0);
-        assert_eq!(peer.rx_bytes.load(Ordering::Relaxed), rx_before);
+        assert_eq!(peer.read(|t| &t.rx_bytes), rx_before);
         assert_eq!(peer.endpoint(), endpoint, "no roaming on forged datagrams");
     }
 }
