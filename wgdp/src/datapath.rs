@@ -1,26 +1,26 @@
 //! Packet processing, free of I/O: a TUN read → segments → sealed datagrams in an
-//! [`Outbox`]; a received datagram → opened packets in a [`Coalescer`] (or a plain list) and
-//! any handshake replies in an [`Outbox`]; a timer tick → boringtun's timer actions. The
+//! [`Outbox`]; a received datagram → opened packets for the TUN and any handshake replies in
+//! an [`Outbox`] ([`RxCtx`], in `open`); a timer tick → boringtun's timer actions. The
 //! thread loops in `threads` feed these from the TUN and sockets, and so does the fuzzing
 //! harness from byte slices.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Instant;
 
 use defguard_boringtun::noise::errors::WireGuardError;
-use defguard_boringtun::noise::handshake::parse_handshake_anon;
-use defguard_boringtun::noise::{Packet, Tunn, TunnResult};
-use wgdp_offload::{Coalescer, InPlaceSegments, VNET_HDR_LEN};
+use defguard_boringtun::noise::{Tunn, TunnResult};
+use wgdp_offload::{InPlaceSegments, VNET_HDR_LEN};
 
-use crate::budget::Admission;
+mod message;
+mod open;
+
+pub use open::RxCtx;
+
 use crate::device::{lock, Core, Noise, Peer, State, TICK};
 use crate::stats::DropReason;
 use crate::sys::SendScratch;
-use crate::tun::Tun;
-use crate::uapi::Key;
 use crate::udp::Sockets;
 
 /// Bytes of sealed datagrams an outbox holds before it must be flushed.
@@ -104,13 +104,14 @@ impl Outbox {
     /// Records that `n` bytes were written at the cursor for `to`, sent to `peer`.
     fn commit(&mut self, to: SocketAddr, n: usize, peer: &Peer, now: u64) {
         let start = self.cursor;
+        let traffic = peer.traffic();
         if self.arena.get(start).copied() == Some(HANDSHAKE_INIT) {
-            peer.last_init.store(now, Ordering::Relaxed);
+            traffic.last_init.store(now, Ordering::Relaxed);
         }
         self.cursor += n;
         self.list.push((to, start..start + n));
-        peer.tx_bytes.fetch_add(n as u64, Ordering::Relaxed);
-        peer.last_tx.store(now, Ordering::Relaxed);
+        traffic.tx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        traffic.last_tx.store(now, Ordering::Relaxed);
     }
 
     /// Copies an already formed message (a handshake reply, a cookie).
@@ -171,7 +172,7 @@ impl Outbox {
         core: &Core,
         now: u64,
     ) {
-        let hold = n.must_hold(now, peer.last_init.load(Ordering::Relaxed));
+        let hold = n.must_hold(now, peer.read(|t| &t.last_init));
         if !hold && !n.held.is_empty() {
             self.release_held(n, to, peer, core, now);
         }
@@ -269,6 +270,32 @@ impl Outbox {
         self.take(r, to, peer, core, now);
     }
 
+    /// Sends what fills GSO trains, keeping a last train that could take more datagrams for
+    /// the next flush (its datagrams stay where they are; the outbox empties at the next
+    /// [`flush`](Self::flush)). Returns how many datagrams were sent (or dropped as unsendable).
+    /// Without sockets, the same as `flush`.
+    pub fn flush_filled(&mut self, core: &Core, sockets: Option<&Sockets>) -> usize {
+        let Some(s) = sockets else {
+            let n = self.list.len();
+            self.flush(core, None);
+            return n;
+        };
+        let sent = s.send_filled(
+            &mut self.scratch,
+            &self.arena[..self.cursor],
+            &self.list,
+            &core.stats,
+            true,
+        );
+        if sent == self.list.len() {
+            self.list.clear();
+            self.cursor = 0;
+        } else {
+            self.list.drain(..sent);
+        }
+        sent
+    }
+
     /// Sends everything (if there are sockets) and empties the outbox.
     pub fn flush(&mut self, core: &Core, sockets: Option<&Sockets>) {
         if let Some(s) = sockets {
@@ -349,7 +376,7 @@ impl TxCtx {
             core.stats.drop_n(DropReason::BadTunPacket, n as u64);
             return;
         };
-        let Some(peer) = st.allowed.lookup(dst) else {
+        let Some(peer) = st.route(dst) else {
             core.stats.drop_n(DropReason::NoRoute, n as u64);
             return;
         };
@@ -420,319 +447,6 @@ impl Segments<'_> {
     }
 }
 
-/// Where opened packets go before the TUN write.
-enum Sink {
-    /// Merged into super-packets (TUN with virtio-net headers).
-    Coalesce(Box<Coalescer>),
-    /// Written one by one, each with an all-zero virtio-net header if `vnet` (a TUN
-    /// whose kernel refused TSO) or as is (plain TUN).
-    Plain {
-        vnet: bool,
-        buf: Vec<u8>,
-        ranges: Vec<Range<usize>>,
-    },
-}
-
-/// The UDP → TUN half.
-pub struct RxCtx {
-    dec: Vec<u8>,
-    sink: Sink,
-    /// Handshake replies and released queued packets waiting to be sent.
-    pub outbox: Outbox,
-    /// Packets handed to the TUN by the last flush (for tests and the fuzzing harness).
-    pub delivered: u64,
-}
-
-impl std::fmt::Debug for RxCtx {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RxCtx")
-            .field("outbox", &self.outbox)
-            .field("delivered", &self.delivered)
-            .finish()
-    }
-}
-
-impl RxCtx {
-    /// A context writing to a TUN with (`vnet`) or without virtio-net headers; `tcp_gro`
-    /// when the TUN accepted TSO (so TCP segments are merged), `udp_gro` when it accepted
-    /// USO (`GSO_UDP_L4` writes).
-    pub fn new(vnet: bool, tcp_gro: bool, udp_gro: bool) -> Self {
-        let sink = if vnet && tcp_gro {
-            let mut c = Coalescer::new();
-            c.set_udp(udp_gro);
-            Sink::Coalesce(Box::new(c))
-        } else {
-            Sink::Plain {
-                vnet,
-                buf: Vec::new(),
-                ranges: Vec::new(),
-            }
-        };
-        RxCtx {
-            dec: vec![0u8; MAX_PACKET + 256],
-            sink,
-            // Room for boringtun's whole queue of packets held during a handshake (256).
-            outbox: Outbox::new(512 * 1024),
-            delivered: 0,
-        }
-    }
-
-    /// Processes one received datagram from `from`.
-    pub fn handle_datagram(&mut self, core: &Core, st: &State, from: SocketAddr, d: &[u8]) {
-        let RxCtx {
-            dec, sink, outbox, ..
-        } = self;
-        let now = core.clock.now();
-        let packet = match Tunn::parse_incoming_packet(d) {
-            Ok(p) => p,
-            Err(_) => {
-                core.stats.drop(DropReason::Malformed);
-                return;
-            }
-        };
-        let ty = d[0];
-        let peer: &Arc<Peer> = match packet {
-            Packet::HandshakeInit(_) => {
-                let (Some(key), Some(limiter)) = (&st.key, &st.limiter) else {
-                    core.stats.drop(DropReason::NoKey);
-                    return;
-                };
-                // A source that already used up its budget under load is refused before any
-                // MAC is computed (see `HandshakeBudget::exhausted`).
-                if core.handshakes.exhausted(from.ip(), Instant::now()) {
-                    core.stats.drop(DropReason::HandshakeBudget);
-                    return;
-                }
-                limiter.reset_count();
-                let init = match limiter.verify_packet(Some(from.ip()), d, dec) {
-                    Ok(Packet::HandshakeInit(init)) => init,
-                    Ok(_) => {
-                        core.stats.drop(DropReason::Malformed);
-                        return;
-                    }
-                    Err(TunnResult::WriteToNetwork(cookie)) => {
-                        outbox.push_copy(from, cookie, None, core, now);
-                        core.stats.drop(DropReason::UnderLoad);
-                        return;
-                    }
-                    Err(TunnResult::Err(e)) => {
-                        core.stats.drop(DropReason::of(&e));
-                        return;
-                    }
-                    Err(_) => return,
-                };
-                // After the cookie check: a source that proved its address still gets only
-                // its own share of the handshake work.
-                if core.handshakes.admit(from.ip(), Instant::now()) == Admission::SourceOverBudget {
-                    core.stats.drop(DropReason::HandshakeBudget);
-                    return;
-                }
-                let Ok(half) = parse_handshake_anon(&key.secret, &key.public, &init) else {
-                    core.stats.drop(DropReason::UnknownPeer);
-                    return;
-                };
-                match st.peers.get(&Key(half.peer_static_public)) {
-                    Some(p) => p,
-                    None => {
-                        core.stats.drop(DropReason::UnknownPeer);
-                        return;
-                    }
-                }
-            }
-            Packet::HandshakeResponse(p) => match st.by_index.get(&(p.receiver_idx >> 8)) {
-                Some(peer) => peer,
-                None => {
-                    core.stats.drop(DropReason::UnknownIndex);
-                    return;
-                }
-            },
-            Packet::PacketCookieReply(p) => match st.by_index.get(&(p.receiver_idx >> 8)) {
-                Some(peer) => peer,
-                None => {
-                    core.stats.drop(DropReason::UnknownIndex);
-                    return;
-                }
-            },
-            Packet::PacketData(p) => match st.by_index.get(&(p.receiver_idx >> 8)) {
-                Some(peer) => peer,
-                None => {
-                    core.stats.drop(DropReason::UnknownIndex);
-                    return;
-                }
-            },
-        };
-        let woke = core.activity(peer);
-        let mut noise = lock(&peer.tunn);
-        if peer.tunn_in(&mut noise, st.key.as_ref()).is_none() {
-            core.stats.drop(DropReason::NoKey);
-            return;
-        }
-        // Whether packets can already go somewhere the other end opens (checked before an
-        // initiation is answered; only then, as it reads the clock).
-        let was_confirmed = ty == HANDSHAKE_INIT && noise.confirmed();
-        let held_before = noise.unconfirmed_since != 0 || !noise.held.is_empty();
-        let Some(t) = noise.tunn.as_deref_mut() else {
-            return;
-        };
-        if outbox.room() < 4 * MIN_DST {
-            // Replies are few; when a batch somehow fills the outbox, later ones are lost
-            // and the handshake retried.
-            core.stats.drop(DropReason::UdpSend);
-            return;
-        }
-        if woke {
-            let to = peer.endpoint().or(Some(from));
-            outbox.run_timers(t, to, peer, core, now);
-        }
-        let authenticated = match t.decapsulate(Some(from.ip()), d, dec) {
-            // Under load boringtun answers a handshake with a cookie reply before
-            // authenticating it: the sender proved nothing, so its address is not the
-            // peer's endpoint and no handshake happened.
-            TunnResult::WriteToNetwork(reply) if reply.first() == Some(&COOKIE_REPLY) => {
-                outbox.push_copy(from, reply, None, core, now);
-                core.stats.drop(DropReason::UnderLoad);
-                false
-            }
-            TunnResult::WriteToNetwork(reply) => {
-                outbox.push_copy(from, reply, Some(peer), core, now);
-                match ty {
-                    HANDSHAKE_INIT => {
-                        peer.handshake_done();
-                        // The answered session may already be boringtun's current one:
-                        // until the initiator's first message on it shows it has the
-                        // session, nothing is sent on it.
-                        if !was_confirmed {
-                            noise.unconfirmed_since = now.max(1);
-                        }
-                        // The answer leaves now, ahead of any packet sealed with the
-                        // session it creates.
-                        if let Some(sockets) = st.sockets.as_deref() {
-                            outbox.flush(core, Some(sockets));
-                        }
-                    }
-                    HANDSHAKE_RESP => {
-                        peer.handshake_done();
-                        // Initiator: the session is current and confirmed. Packets
-                        // queued while waiting for it can go now.
-                        noise.unconfirmed_since = 0;
-                        outbox.release(&mut noise, dec, from, peer, core, now);
-                    }
-                    _ => {}
-                }
-                true
-            }
-            TunnResult::WriteToTunnelV4(pkt, src) => {
-                deliver(core, st, peer, sink, pkt, IpAddr::V4(src));
-                confirm(&mut noise, held_before, outbox, dec, from, peer, core, now);
-                true
-            }
-            TunnResult::WriteToTunnelV6(pkt, src) => {
-                deliver(core, st, peer, sink, pkt, IpAddr::V6(src));
-                confirm(&mut noise, held_before, outbox, dec, from, peer, core, now);
-                true
-            }
-            TunnResult::Done => {
-                if ty == DATA {
-                    confirm(&mut noise, held_before, outbox, dec, from, peer, core, now);
-                }
-                true
-            }
-            TunnResult::Err(e) => {
-                core.stats.drop(DropReason::of(&e));
-                false
-            }
-        };
-        drop(noise);
-        if authenticated {
-            peer.rx_bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
-            peer.last_rx.store(now, Ordering::Relaxed);
-            if matches!(ty, HANDSHAKE_INIT | HANDSHAKE_RESP | DATA) {
-                let mut ep = lock(&peer.endpoint);
-                if *ep != Some(from) {
-                    *ep = Some(from);
-                }
-            }
-        }
-    }
-
-    /// Packets waiting for the TUN.
-    pub fn pending(&self) -> usize {
-        match &self.sink {
-            Sink::Coalesce(c) => c.len(),
-            Sink::Plain { ranges, .. } => ranges.len(),
-        }
-    }
-
-    /// Writes the opened packets to `tun` (queue 0) and sends the replies.
-    pub fn flush(&mut self, core: &Core, tun: Option<&Tun>, sockets: Option<&Sockets>) {
-        self.outbox.flush(core, sockets);
-        let mut written = 0u64;
-        let mut write = |b: &[u8]| {
-            written += 1;
-            if let Some(tun) = tun {
-                if let Err(err) = tun.write(0, b) {
-                    tracing::trace!(%err, "TUN write failed");
-                    core.stats.drop(DropReason::TunWrite);
-                }
-            }
-        };
-        match &mut self.sink {
-            Sink::Coalesce(c) => c.flush(&mut write),
-            Sink::Plain { buf, ranges, .. } => {
-                for r in ranges.iter() {
-                    if let Some(p) = buf.get(r.clone()) {
-                        write(p);
-                    }
-                }
-                buf.clear();
-                ranges.clear();
-            }
-        }
-        self.delivered = written;
-    }
-}
-
-/// A data message (or keepalive) from `peer` opened: the other end has the session, so a
-/// session this end answered is confirmed, and what waited for it (`held_before`) goes.
-#[allow(clippy::too_many_arguments)]
-fn confirm(
-    noise: &mut Noise,
-    held_before: bool,
-    outbox: &mut Outbox,
-    dec: &mut [u8],
-    from: SocketAddr,
-    peer: &Peer,
-    core: &Core,
-    now: u64,
-) {
-    if held_before {
-        noise.unconfirmed_since = 0;
-        outbox.release(noise, dec, from, peer, core, now);
-    }
-}
-
-/// Hands an opened packet to the TUN path if its source is one of `peer`'s allowed IPs.
-fn deliver(core: &Core, st: &State, peer: &Arc<Peer>, sink: &mut Sink, pkt: &[u8], src: IpAddr) {
-    match st.allowed.lookup(src) {
-        Some(owner) if Arc::ptr_eq(owner, peer) => {}
-        _ => {
-            core.stats.drop(DropReason::SourceNotAllowed);
-            return;
-        }
-    }
-    match sink {
-        Sink::Coalesce(c) => c.push(pkt),
-        Sink::Plain { vnet, buf, ranges } => {
-            let start = buf.len();
-            if *vnet {
-                buf.extend_from_slice(&[0u8; wgdp_offload::VNET_HDR_LEN]);
-            }
-            buf.extend_from_slice(pkt);
-            ranges.push(start..buf.len());
-        }
-    }
-}
-
 /// One timer tick of `peer`: boringtun's timers, our persistent keepalive, then a new
 /// deadline if anything is still pending (else the peer goes idle and costs nothing).
 pub fn tick(core: &Core, st: &State, peer: &Peer, outbox: &mut Outbox) {
@@ -750,7 +464,7 @@ pub fn tick(core: &Core, st: &State, peer: &Peer, outbox: &mut Outbox) {
             has_session = t.time_since_last_handshake().is_some();
         }
         if ka > 0 && to.is_some() {
-            let last = peer.last_tx.load(Ordering::Relaxed);
+            let last = peer.read(|t| &t.last_tx);
             if (last == 0 || now.saturating_sub(last) >= ka * 1_000_000_000)
                 && peer.tunn_in(&mut noise, st.key.as_ref()).is_some()
             {
@@ -760,7 +474,7 @@ pub fn tick(core: &Core, st: &State, peer: &Peer, outbox: &mut Outbox) {
         // Packets held past the hold are sealed (or, without a session, the handshake is
         // retried) even when no new traffic comes to push them; after `HELD_MAX_NS` without
         // a session they are dropped.
-        if !noise.held.is_empty() && !noise.must_hold(now, peer.last_init.load(Ordering::Relaxed)) {
+        if !noise.held.is_empty() && !noise.must_hold(now, peer.read(|t| &t.last_init)) {
             outbox.release_held(&mut noise, to, peer, core, now);
         }
         let expired = noise.expire_held(now);
@@ -769,11 +483,8 @@ pub fn tick(core: &Core, st: &State, peer: &Peer, outbox: &mut Outbox) {
         }
         holding = !noise.held.is_empty();
     }
-    let last_traffic = peer
-        .last_tx
-        .load(Ordering::Relaxed)
-        .max(peer.last_rx.load(Ordering::Relaxed));
-    let init = peer.last_init.load(Ordering::Relaxed);
+    let last_traffic = peer.read(|t| &t.last_tx).max(peer.read(|t| &t.last_rx));
+    let init = peer.read(|t| &t.last_init);
     let pending = has_session
         || holding
         || (last_traffic != 0 && now.saturating_sub(last_traffic) < ACTIVE_NS)

@@ -6,12 +6,13 @@
 //! write-locked by a UAPI `set`, so configuration changes never race packet processing.
 //! Inside, each peer's noise state ([`Peer::tunn`]) has its own mutex, held for one packet
 //! at a time, which arbitrates between the datapath threads. Order: `state` → `tunn` →
-//! anything else (`conf`, `endpoint`, the timer queue).
+//! anything else (`conf`, which holds the endpoint, the timer queue).
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{
+    Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard,
+};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use defguard_boringtun::noise::rate_limiter::RateLimiter;
@@ -22,7 +23,7 @@ use rand_core::{OsRng, RngCore};
 
 use crate::allowed_ips::AllowedIps;
 use crate::budget::{Budgets, HandshakeBudget, HeldBudget, HeldQueue};
-use crate::peer_table::PeerTable;
+use crate::peer_table::{IndexTable, PeerTable, SlotTable};
 use crate::stats::{DropReason, Stats};
 use crate::timers::TimerQueue;
 use crate::uapi::{DeviceInfo, Key, PeerInfo, PeerUpdate, SetRequest};
@@ -130,14 +131,18 @@ impl Default for Clock {
     }
 }
 
-/// A peer's configuration that only the UAPI changes.
+/// A peer's configuration (the UAPI changes it, and the datapath the endpoint when the peer
+/// roams), under one mutex.
 #[derive(Debug, Default)]
 pub struct PeerConf {
     /// The preshared key, boxed: meshd sets none, and an absent key then costs 8 bytes per
     /// peer instead of 33.
     pub psk: Option<Box<Key>>,
-    /// The allowed IPs, in the order they were added.
-    pub allowed_ips: Vec<IpNet>,
+    /// The allowed IPs, in the order they were added (a boxed slice of exactly their number:
+    /// they change only with the configuration).
+    pub allowed_ips: Box<[IpNet]>,
+    /// The current endpoint (configured or learned from authenticated packets).
+    pub endpoint: Option<SocketAddr>,
 }
 
 /// One peer. Small until it carries traffic: the noise state (~15 KiB) is created on first
@@ -147,22 +152,30 @@ pub struct Peer {
     pub key: Key,
     /// Our 24-bit receiver index prefix for this peer (boringtun adds 8 session bits).
     pub index: u32,
+    /// Its slot in [`State::slots`], which the allowed-IP maps hold.
+    pub slot: u32,
     /// boringtun's noise state (created lazily) and the packets held back from it.
     pub tunn: Mutex<Noise>,
-    /// The current endpoint (configured or learned from authenticated packets).
-    pub endpoint: Mutex<Option<SocketAddr>>,
-    /// UAPI-managed configuration.
+    /// The configuration and the current endpoint.
     pub conf: Mutex<PeerConf>,
     /// Persistent keepalive interval in seconds (0 = off).
     pub keepalive: AtomicU32,
+    /// Whether the peer has a deadline in the timer queue.
+    pub armed: AtomicBool,
+    /// The traffic counters, created by the first datagram sent or received (16 bytes per
+    /// peer until then, not 48): read with [`Peer::read`], written through [`Peer::traffic`].
+    traffic: OnceLock<Box<Traffic>>,
+}
+
+/// A peer's traffic counters and times.
+#[derive(Debug, Default)]
+pub struct Traffic {
     /// Bytes received (authenticated datagrams, all message types).
     pub rx_bytes: AtomicU64,
     /// Bytes sent (all message types).
     pub tx_bytes: AtomicU64,
     /// UNIX nanoseconds of the last completed handshake; 0 = never.
     pub last_handshake: AtomicU64,
-    /// Whether the peer has a deadline in the timer queue.
-    pub armed: AtomicBool,
     /// Clock reading of the last datagram sent; 0 = never.
     pub last_tx: AtomicU64,
     /// Clock reading of the last authenticated datagram received; 0 = never.
@@ -181,27 +194,35 @@ impl std::fmt::Debug for Peer {
 }
 
 impl Peer {
-    fn new(key: Key, index: u32, held: Arc<HeldBudget>) -> Peer {
+    fn new(key: Key, index: u32, slot: u32, held: Arc<HeldBudget>) -> Peer {
         Peer {
             key,
             index,
+            slot,
             tunn: Mutex::new(Noise::new(held)),
-            endpoint: Mutex::new(None),
             conf: Mutex::new(PeerConf::default()),
             keepalive: AtomicU32::new(0),
-            rx_bytes: AtomicU64::new(0),
-            tx_bytes: AtomicU64::new(0),
-            last_handshake: AtomicU64::new(0),
             armed: AtomicBool::new(false),
-            last_tx: AtomicU64::new(0),
-            last_rx: AtomicU64::new(0),
-            last_init: AtomicU64::new(0),
+            traffic: OnceLock::new(),
         }
+    }
+
+    /// The traffic counters, created (all zero) if the peer had no traffic yet.
+    pub fn traffic(&self) -> &Traffic {
+        self.traffic.get_or_init(Box::default)
+    }
+
+    /// One traffic counter's value (0 if the peer had no traffic yet), e.g.
+    /// `peer.read(|t| &t.rx_bytes)`.
+    pub fn read(&self, counter: impl Fn(&Traffic) -> &AtomicU64) -> u64 {
+        self.traffic
+            .get()
+            .map_or(0, |t| counter(t).load(Ordering::Relaxed))
     }
 
     /// The current endpoint.
     pub fn endpoint(&self) -> Option<SocketAddr> {
-        *lock(&self.endpoint)
+        lock(&self.conf).endpoint
     }
 
     /// Records a completed handshake now.
@@ -210,7 +231,9 @@ impl Peer {
             .duration_since(UNIX_EPOCH)
             .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
             .unwrap_or(1);
-        self.last_handshake.store(now.max(1), Ordering::Relaxed);
+        self.traffic()
+            .last_handshake
+            .store(now.max(1), Ordering::Relaxed);
     }
 
     /// The noise state in `noise`, created with the device key if absent (`None` without a
@@ -351,12 +374,19 @@ pub struct State {
     /// Peers by public key.
     pub peers: PeerTable,
     /// Peers by receiver index.
-    pub by_index: HashMap<u32, Arc<Peer>>,
-    /// Peers by allowed IP.
-    pub allowed: AllowedIps<Arc<Peer>>,
+    pub by_index: IndexTable,
+    /// Peers by slot.
+    pub slots: SlotTable,
+    /// Peers' slots by allowed IP.
+    pub allowed: AllowedIps<u32>,
 }
 
 impl State {
+    /// The peer whose allowed IPs hold `addr` (the longest match).
+    pub fn route(&self, addr: IpAddr) -> Option<&Arc<Peer>> {
+        self.slots.get(*self.allowed.lookup(addr)?)
+    }
+
     /// The bound port (0 without sockets).
     pub fn listen_port(&self) -> u16 {
         self.sockets.as_ref().map_or(0, |s| s.port())
@@ -403,7 +433,8 @@ impl Core {
                 sockets,
                 fwmark: 0,
                 peers: PeerTable::new(),
-                by_index: HashMap::new(),
+                by_index: IndexTable::new(),
+                slots: SlotTable::new(),
                 allowed: AllowedIps::new(),
             }),
             timers: Mutex::new(TimerQueue::new()),
@@ -467,6 +498,15 @@ impl Core {
                 self.remove_peer(&mut st, &k);
             }
         }
+        // The tables grow once for all the new peers, not by doubling along the way.
+        let new = req
+            .peers
+            .iter()
+            .filter(|p| !p.remove && !p.update_only && st.peers.get(&p.public_key).is_none())
+            .count();
+        st.peers.reserve(new);
+        st.by_index.reserve(new);
+        st.slots.reserve(new);
         for p in &req.peers {
             self.apply_peer(&mut st, p);
         }
@@ -489,7 +529,9 @@ impl Core {
                     }
                     // Sessions are gone: nothing pending under the old key holds packets.
                     noise.unconfirmed_since = 0;
-                    peer.last_init.store(0, Ordering::Relaxed);
+                    if let Some(t) = peer.traffic.get() {
+                        t.last_init.store(0, Ordering::Relaxed);
+                    }
                 }
                 st.key = Some(DeviceKey {
                     secret,
@@ -523,14 +565,11 @@ impl Core {
         st.by_index.remove(&peer.index);
         let nets = std::mem::take(&mut lock(&peer.conf).allowed_ips);
         for net in &nets {
-            if st
-                .allowed
-                .get(net)
-                .is_some_and(|owner| Arc::ptr_eq(owner, &peer))
-            {
+            if st.allowed.get(net) == Some(&peer.slot) {
                 st.allowed.remove(net);
             }
         }
+        st.slots.remove(peer.slot);
         lock(&self.timers).cancel(&peer.index);
         // Drop the session now; in-flight batches holding the Arc find no noise state.
         lock(&peer.tunn).reset();
@@ -548,10 +587,12 @@ impl Core {
                 let p = Arc::new(Peer::new(
                     u.public_key,
                     Self::new_index(st),
+                    st.slots.vacant(),
                     self.held.clone(),
                 ));
                 st.peers.insert(p.clone());
-                st.by_index.insert(p.index, p.clone());
+                st.by_index.insert(p.clone());
+                st.slots.insert(p.clone());
                 p
             }
         };
@@ -568,31 +609,39 @@ impl Core {
             }
         }
         if let Some(ep) = u.endpoint {
-            *lock(&peer.endpoint) = Some(ep);
+            lock(&peer.conf).endpoint = Some(ep);
         }
         if u.replace_allowed_ips {
             let nets = std::mem::take(&mut lock(&peer.conf).allowed_ips);
             for net in &nets {
-                if st
-                    .allowed
-                    .get(net)
-                    .is_some_and(|owner| Arc::ptr_eq(owner, &peer))
-                {
+                if st.allowed.get(net) == Some(&peer.slot) {
                     st.allowed.remove(net);
                 }
             }
         }
+        let mut added = Vec::new();
         for net in &u.allowed_ips {
-            let prev = st.allowed.insert(net, peer.clone());
-            match prev {
-                Some(old) if Arc::ptr_eq(&old, &peer) => {}
+            let prev = st.allowed.insert(net, peer.slot);
+            match prev.and_then(|slot| st.slots.get(slot)) {
+                Some(old) if Arc::ptr_eq(old, &peer) => {}
                 Some(old) => {
                     // The prefix moves to this peer.
-                    lock(&old.conf).allowed_ips.retain(|n| n != net);
-                    lock(&peer.conf).allowed_ips.push(*net);
+                    let mut conf = lock(&old.conf);
+                    conf.allowed_ips = conf
+                        .allowed_ips
+                        .iter()
+                        .filter(|n| *n != net)
+                        .copied()
+                        .collect();
+                    drop(conf);
+                    added.push(*net);
                 }
-                None => lock(&peer.conf).allowed_ips.push(*net),
+                None => added.push(*net),
             }
+        }
+        if !added.is_empty() {
+            let mut conf = lock(&peer.conf);
+            conf.allowed_ips = conf.allowed_ips.iter().copied().chain(added).collect();
         }
         if let Some(ka) = u.persistent_keepalive {
             let old = peer.keepalive.swap(u32::from(ka), Ordering::Relaxed);
@@ -613,17 +662,17 @@ impl Core {
             .values()
             .map(|p| {
                 let conf = lock(&p.conf);
-                let hs = p.last_handshake.load(Ordering::Relaxed);
+                let hs = p.read(|t| &t.last_handshake);
                 PeerInfo {
                     public_key: p.key,
                     preshared_key: conf.psk.as_deref().copied(),
-                    endpoint: p.endpoint(),
+                    endpoint: conf.endpoint,
                     last_handshake: (hs != 0).then(|| UNIX_EPOCH + Duration::from_nanos(hs)),
-                    rx_bytes: p.rx_bytes.load(Ordering::Relaxed),
-                    tx_bytes: p.tx_bytes.load(Ordering::Relaxed),
+                    rx_bytes: p.read(|t| &t.rx_bytes),
+                    tx_bytes: p.read(|t| &t.tx_bytes),
                     persistent_keepalive: u16::try_from(p.keepalive.load(Ordering::Relaxed))
                         .unwrap_or(u16::MAX),
-                    allowed_ips: conf.allowed_ips.clone(),
+                    allowed_ips: conf.allowed_ips.to_vec(),
                 }
             })
             .collect();
@@ -681,7 +730,7 @@ mod tests {
 
     fn owner(core: &Core, ip: &str) -> Option<Key> {
         let st = core.read();
-        st.allowed.lookup(ip.parse().expect("ip")).map(|p| p.key)
+        st.route(ip.parse().expect("ip")).map(|p| p.key)
     }
 
     #[test]
@@ -714,7 +763,7 @@ mod tests {
             assert_eq!(p1.index, idx1, "same peer object, not re-created");
             assert_eq!(p1.endpoint(), Some("[fd00::1]:2".parse().expect("ep")));
             assert_eq!(p1.keepalive.load(Ordering::Relaxed), 25);
-            assert_eq!(lock(&st.peers[&k(2)].conf).allowed_ips, Vec::<IpNet>::new());
+            assert!(lock(&st.peers[&k(2)].conf).allowed_ips.is_empty());
         }
         assert_eq!(owner(&core, "10.0.1.5"), None);
         assert_eq!(owner(&core, "10.0.2.5"), Some(k(1)));

@@ -10,7 +10,6 @@
 //! `wgdp/fuzz/make_seeds.py`'s `handshake_init(..., forge=True)`.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use blake2::digest::{FixedOutput, KeyInit, Update};
@@ -121,9 +120,9 @@ fn forged_initiations_under_load_do_not_move_the_endpoint() {
     let device_public = PublicKey::from(&StaticSecret::from(DEVICE_KEY));
     let peer_public = PublicKey::from(&StaticSecret::from(PEER_KEY));
 
-    let handshake = peer.last_handshake.load(Ordering::Relaxed);
-    let rx_bytes = peer.rx_bytes.load(Ordering::Relaxed);
-    let last_rx = peer.last_rx.load(Ordering::Relaxed);
+    let handshake = peer.read(|t| &t.last_handshake);
+    let rx_bytes = peer.read(|t| &t.rx_bytes);
+    let last_rx = peer.read(|t| &t.last_rx);
     assert_ne!(handshake, 0, "the setup handshake did not complete");
     assert_eq!(peer.endpoint(), Some(peer_addr()));
 
@@ -155,20 +154,12 @@ fn forged_initiations_under_load_do_not_move_the_endpoint() {
     );
     assert_eq!(peer.endpoint(), Some(peer_addr()), "the endpoint moved");
     assert_eq!(
-        peer.last_handshake.load(Ordering::Relaxed),
+        peer.read(|t| &t.last_handshake),
         handshake,
         "a handshake was recorded"
     );
-    assert_eq!(
-        peer.rx_bytes.load(Ordering::Relaxed),
-        rx_bytes,
-        "rx counted"
-    );
-    assert_eq!(
-        peer.last_rx.load(Ordering::Relaxed),
-        last_rx,
-        "last_rx moved"
-    );
+    assert_eq!(peer.read(|t| &t.rx_bytes), rx_bytes, "rx counted");
+    assert_eq!(peer.read(|t| &t.last_rx), last_rx, "last_rx moved");
     // And they were counted as dropped under load.
     assert!(core.stats.get(DropReason::UnderLoad) > under_load);
 }

@@ -138,7 +138,7 @@ pub fn session_established() -> bool {
     let h = lock(harness());
     let st = h.core.read();
     st.peers.values().any(|p| {
-        p.last_handshake.load(std::sync::atomic::Ordering::Relaxed) != 0
+        p.read(|t| &t.last_handshake) != 0
             && lock(&p.tunn)
                 .tunn
                 .as_ref()
@@ -252,7 +252,7 @@ mod tests {
             let st = h.core.read();
             st.peers
                 .values()
-                .map(|p| p.tx_bytes.load(std::sync::atomic::Ordering::Relaxed))
+                .map(|p| p.read(|t| &t.tx_bytes))
                 .sum::<u64>()
         };
         let tx = sent();

@@ -6,8 +6,10 @@
 //! an arena of its own and the freed request and answer stay in them; 7.4 MiB with the
 //! parameters below; the peers themselves (the peer table, the by-index and allowed-IP maps)
 //! were about 3 MiB of it. Since the allowed IPs are hash maps per prefix length and the peer
-//! table a set keyed by each peer's own key, a never-handshaken peer with four allowed IPs is
-//! 516 bytes in 2 allocations (`tests/peer_footprint.rs`); meshd-wg in the 5,000-node
+//! table a set keyed by each peer's own key, a never-handshaken peer with four allowed IPs was
+//! 516 bytes in 2 allocations (`tests/peer_footprint.rs`), 392 since its held-packet queue and
+//! traffic counters are created by its first traffic, the allowed-IP maps hold 4-byte slots
+//! instead of `Arc`s and the by-index table is keyed by the peer's own index; meshd-wg in the 5,000-node
 //! scale-bench: [heap] 2.1 MiB (4.4 before), RSS 6.8 MiB (9.1 before); 6.2-6.4 MiB since its
 //! log filter links no regex engine (issue 20, docs/image.md: the rest is glibc's text, the
 //! binary's and the peers).

@@ -163,9 +163,18 @@ fn drain(rt: &Runtime, q: usize, txq: &mut TxQueue, budget: usize) -> (Drained, 
                 drop(st);
                 // The first packet leaves at once: a lone packet (a ping, a request, the reply
                 // a TUN write produced) must not wait for the read that finds the queue empty.
-                // Later packets are batched.
-                if reads == 1 || tx.outbox.len() >= TX_BATCH || tx.outbox.room() < HEADROOM {
+                // Later packets are batched, and a GSO train the next read can still fill
+                // waits for it (a 64 KiB read seals to more than one train holds: sent read
+                // by read, every read would cost a second, short train). So does the first
+                // read's, once it filled a train (bulk, not a lone packet).
+                if tx.outbox.room() < HEADROOM {
                     tx.outbox.flush(core, sockets.as_deref());
+                } else if reads == 1 {
+                    if tx.outbox.flush_filled(core, sockets.as_deref()) == 0 {
+                        tx.outbox.flush(core, sockets.as_deref());
+                    }
+                } else if tx.outbox.len() >= TX_BATCH {
+                    tx.outbox.flush_filled(core, sockets.as_deref());
                 }
             }
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => break Drained::Empty,
@@ -346,10 +355,7 @@ fn receive(
                     let Some(msg) = batch.get(m) else { continue };
                     let Some(from) = msg.from else { continue };
                     bytes += msg.data.len();
-                    let seg = msg.segment.unwrap_or(msg.data.len()).max(1);
-                    for d in msg.data.chunks(seg) {
-                        rx.handle_datagram(core, &st, from, d);
-                    }
+                    rx.handle_message(core, &st, from, msg.data, msg.segment);
                 }
                 drop(st);
                 rx.flush(core, Some(&rt.tun), Some(sockets));

@@ -256,8 +256,31 @@ impl Sockets {
         list: &[(SocketAddr, Range<usize>)],
         stats: &Stats,
     ) {
+        self.send_filled(scratch, arena, list, stats, false);
+    }
+
+    /// [`send_all`](Self::send_all), except that with `keep_open` a last GSO train that could
+    /// still take datagrams is not sent: the caller keeps them and sends them with those
+    /// that follow. Returns how many datagrams of `list` were sent (or dropped).
+    pub fn send_filled(
+        &self,
+        scratch: &mut SendScratch,
+        arena: &[u8],
+        list: &[(SocketAddr, Range<usize>)],
+        stats: &Stats,
+        keep_open: bool,
+    ) -> usize {
         let gso = self.gso();
-        let plan = plan_sends(list, if gso { MAX_GSO_SEGMENTS } else { 1 }, MAX_GSO_BYTES);
+        let max_segs = if gso { MAX_GSO_SEGMENTS } else { 1 };
+        let mut plan = plan_sends(list, max_segs, MAX_GSO_BYTES);
+        let mut done = list.len();
+        if keep_open {
+            let open = open_tail(list, max_segs, MAX_GSO_BYTES);
+            if open > 0 {
+                plan.pop();
+                done -= open;
+            }
+        }
         let mut msgs: Vec<OutMsg<'_>> = Vec::with_capacity(plan.len());
         for p in &plan {
             let Some(data) = arena.get(p.range.clone()) else {
@@ -314,6 +337,7 @@ impl Sockets {
                 }
             }
         }
+        done
     }
 
     fn send_unsegmented(
@@ -356,6 +380,27 @@ pub struct PlannedSend {
     pub range: Range<usize>,
     /// GSO segment size (0 for a single datagram).
     pub segment: u16,
+}
+
+/// How many datagrams at the end of `list` make up its last GSO train (as [`plan_sends`]
+/// groups them) if that train could take one more datagram of its size; 0 if it is complete.
+pub fn open_tail(list: &[(SocketAddr, Range<usize>)], max_segs: usize, max_bytes: usize) -> usize {
+    let plan = plan_sends(list, max_segs, max_bytes);
+    let Some(last) = plan.last() else {
+        return 0;
+    };
+    let count = list
+        .iter()
+        .rev()
+        .take_while(|(_, r)| r.start >= last.range.start)
+        .count();
+    let seg = list[list.len() - count].1.len();
+    let closed = list.last().is_some_and(|(_, r)| r.len() < seg);
+    if closed || seg == 0 || count >= max_segs || last.range.len() + seg > max_bytes {
+        0
+    } else {
+        count
+    }
 }
 
 /// Groups consecutive datagrams into GSO trains: same destination, adjacent in the arena,
@@ -462,5 +507,23 @@ mod tests {
         assert_eq!(p[0].range.len(), 45 * 1452);
         // No GSO: one message per datagram.
         assert_eq!(plan_sends(&l, 1, MAX_GSO_BYTES).len(), 60);
+    }
+
+    #[test]
+    fn a_last_train_with_room_is_open() {
+        // 45 full-sized datagrams fill a train's bytes; the 15 after them have room.
+        let l = list(&[("1.1.1.1:1", 1452); 60]);
+        assert_eq!(open_tail(&l, 64, MAX_GSO_BYTES), 15);
+        assert_eq!(open_tail(&l[..45], 64, MAX_GSO_BYTES), 0, "full by bytes");
+        assert_eq!(open_tail(&l[..8], 8, MAX_GSO_BYTES), 0, "full by segments");
+        assert_eq!(open_tail(&l, 1, MAX_GSO_BYTES), 0, "no GSO: nothing waits");
+        assert_eq!(open_tail(&[], 64, MAX_GSO_BYTES), 0);
+        // A shorter datagram closes its train.
+        let l = list(&[("1.1.1.1:1", 100), ("1.1.1.1:1", 100), ("1.1.1.1:1", 60)]);
+        assert_eq!(open_tail(&l, 64, MAX_GSO_BYTES), 0);
+        assert_eq!(open_tail(&l[..2], 64, MAX_GSO_BYTES), 2);
+        // Only the last train counts.
+        let l = list(&[("1.1.1.1:1", 100), ("2.2.2.2:1", 100)]);
+        assert_eq!(open_tail(&l, 64, MAX_GSO_BYTES), 1);
     }
 }

@@ -51,6 +51,10 @@ pub const MAX_UDP_COALESCED_SEGMENTS: usize = 64;
 /// and ends the merging of any flow it may belong to so that each flow stays in order. IP
 /// packets are cut to the length their header gives (dropping WireGuard's padding).
 ///
+/// With [`trust_l4_checksums`](Self::trust_l4_checksums) the TCP/UDP checksums are not
+/// verified (a pass over every payload saved) and a segment whose checksum is wrong merges
+/// like any other.
+///
 /// Buffers are kept across flushes, so steady-state operation allocates nothing; memory
 /// grows to the largest batch seen.
 #[derive(Debug)]
@@ -61,6 +65,8 @@ pub struct Coalescer {
     /// Flows whose last held packet can still take segments.
     flows: Vec<Flow>,
     udp: bool,
+    /// Whether TCP/UDP checksums are taken as valid without being verified.
+    trust_l4: bool,
 }
 
 #[derive(Debug, Default)]
@@ -170,7 +176,20 @@ impl Coalescer {
             used: 0,
             flows: Vec::new(),
             udp: true,
+            trust_l4: false,
         }
+    }
+
+    /// Whether to take the TCP/UDP checksums of pushed packets as valid without verifying
+    /// them (off by default). For packets authenticated end to end, as WireGuard's AEAD
+    /// authenticates what it opens: the checksum then guards nothing the tag does not, and
+    /// Linux's own WireGuard marks such packets `CHECKSUM_UNNECESSARY` for the same reason.
+    /// A merged packet's checksum is partial (`NEEDS_CSUM`), so one whose segments carried a
+    /// wrong checksum is not dropped by the stack (local delivery checks none; forwarding
+    /// computes it afresh). IPv4 header checksums are still verified. Affects packets pushed
+    /// from now on.
+    pub fn trust_l4_checksums(&mut self, trusted: bool) {
+        self.trust_l4 = trusted;
     }
 
     /// Whether to merge UDP datagrams into `GSO_UDP_L4` packets (on by default). Turn it
@@ -193,7 +212,7 @@ impl Coalescer {
     /// Adds one IP packet (without virtio-net header). Never fails: what cannot be merged is
     /// held as its own packet.
     pub fn push(&mut self, pkt: &[u8]) {
-        let seg = match classify(pkt, self.udp) {
+        let seg = match classify(pkt, self.udp, self.trust_l4) {
             Class::Alone { ip_len, key } => {
                 if let Some(key) = key {
                     self.flows.retain(|f| !key.matches(&f.key));
@@ -391,10 +410,11 @@ fn finish_item(item: &mut Item) -> VnetHdr {
     }
 }
 
-/// Decides whether `pkt` may merge, checking everything about it alone. A packet that may
-/// not still names, as far as its bytes tell, the flows it could belong to, even when its
-/// length fields are wrong: ending a merge too many is harmless, reordering a flow is not.
-fn classify(pkt: &[u8], udp: bool) -> Class {
+/// Decides whether `pkt` may merge, checking everything about it alone (its TCP/UDP checksum
+/// only unless `trust_l4`). A packet that may not still names, as far as its bytes tell, the
+/// flows it could belong to, even when its length fields are wrong: ending a merge too many
+/// is harmless, reordering a flow is not.
+fn classify(pkt: &[u8], udp: bool, trust_l4: bool) -> Class {
     let len = pkt.len();
     match pkt.first().map(|b| b >> 4) {
         Some(4) if len >= IPV4_MIN_HDR => {
@@ -428,7 +448,7 @@ fn classify(pkt: &[u8], udp: bool) -> Class {
             {
                 return alone;
             }
-            transport(pkt, key, ihl, ip_len, udp).unwrap_or(alone)
+            transport(pkt, key, ihl, ip_len, udp, trust_l4).unwrap_or(alone)
         }
         Some(6) if len >= IPV6_HDR => {
             let total = IPV6_HDR + usize::from(read16(pkt, 4));
@@ -452,7 +472,7 @@ fn classify(pkt: &[u8], udp: bool) -> Class {
             if !lengths_ok {
                 return alone;
             }
-            transport(pkt, key, IPV6_HDR, ip_len, udp).unwrap_or(alone)
+            transport(pkt, key, IPV6_HDR, ip_len, udp, trust_l4).unwrap_or(alone)
         }
         _ => Class::Alone {
             ip_len: len,
@@ -469,13 +489,15 @@ fn ports(pkt: &[u8], l4_off: usize, ip_len: usize, protocol: u8) -> Option<[u8; 
     pkt.get(l4_off..(l4_off + 4).min(ip_len))?.try_into().ok()
 }
 
-/// The transport checks for a mergeable segment; `None` if it must stay alone.
+/// The transport checks for a mergeable segment (the checksum unless `trust_l4`); `None` if
+/// it must stay alone.
 fn transport(
     pkt: &[u8],
     key: PartialKey,
     l4_off: usize,
     ip_len: usize,
     udp: bool,
+    trust_l4: bool,
 ) -> Option<Class> {
     let protocol = key.protocol?;
     let ports = key.ports?;
@@ -505,8 +527,12 @@ fn transport(
         }
         _ => return None,
     };
-    let pseudo = ip::pseudo_sum(pkt, v6, protocol, l4.len());
-    if !checksum::verifies(checksum::sum(l4, pseudo)) {
+    if !trust_l4
+        && !checksum::verifies(checksum::sum(
+            l4,
+            ip::pseudo_sum(pkt, v6, protocol, l4.len()),
+        ))
+    {
         return None;
     }
     Some(Class::Segment(Segment {

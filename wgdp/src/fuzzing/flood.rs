@@ -19,7 +19,6 @@
 //! The source byte 0 is the peer's configured endpoint; a truncated operation ends the input.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use arbitrary::{Arbitrary, Unstructured};
@@ -167,7 +166,7 @@ struct Seen {
 
 fn seen(peer: &Peer) -> Seen {
     Seen {
-        rx_bytes: peer.rx_bytes.load(Ordering::Relaxed),
+        rx_bytes: peer.read(|t| &t.rx_bytes),
         endpoint: peer.endpoint(),
     }
 }

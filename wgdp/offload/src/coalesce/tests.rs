@@ -685,3 +685,36 @@ fn buffers_are_reused_across_batches() {
         }
     }
 }
+
+#[test]
+fn trusted_checksums_merge_unverified_but_ip_headers_are_still_checked() {
+    let mut segs = stream(&IpSpec::v4(), &TcpSpec::default(), 4, 1000, 1000);
+    segs[1][100] ^= 1; // payload changed: the TCP checksum no longer matches
+    let mut c = Coalescer::new();
+    c.trust_l4_checksums(true);
+    for s in &segs {
+        c.push(s);
+    }
+    let frames = flush_all(&mut c);
+    assert_eq!(frames.len(), 1, "all four merge");
+    check_merged(&frames[0], false, true, 1000);
+    // Re-segmenting computes every checksum afresh: the same headers and payloads, with the
+    // checksum the changed payload calls for.
+    let back = resegment(&frames[0]).unwrap();
+    assert_eq!(back.len(), 4);
+    assert_eq!(back[0], segs[0]);
+    assert_eq!(back[2..], segs[2..]);
+    assert_eq!(back[1][..36], segs[1][..36]);
+    assert_eq!(back[1][38..], segs[1][38..]);
+    assert_ne!(back[1][36..38], segs[1][36..38]);
+    // The IPv4 header checksum is not trusted.
+    let mut segs = stream(&IpSpec::v4(), &TcpSpec::default(), 3, 1000, 1000);
+    segs[1][8] = 1;
+    segs[2][8] = 1;
+    let mut c = Coalescer::new();
+    c.trust_l4_checksums(true);
+    for s in &segs {
+        c.push(s);
+    }
+    assert_eq!(flush_all(&mut c), frames_alone(&segs));
+}
