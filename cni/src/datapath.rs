@@ -492,6 +492,12 @@ pub fn delete_link_helper(index: Option<String>) -> i32 {
     let Some(index) = index.and_then(|i| i.parse::<u32>().ok()) else {
         return 2;
     };
+    delete_link_exit_code(index)
+}
+
+/// Delete link `index` in the calling thread's namespace, as an exit code: 0 when it is
+/// deleted or already gone, 1 otherwise (the helper's and the forked child's work).
+pub(crate) fn delete_link_exit_code(index: u32) -> i32 {
     let Ok(mut node) = Netlink::open() else {
         return 1;
     };

@@ -22,8 +22,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{dup2, fork, ForkResult, Pid};
 
-use crate::netlink::{libc_errno, Netlink};
-
 /// Whether this process has one thread and keeps it so (set by the `meshd-cni` binary).
 static SINGLE_THREADED: AtomicBool = AtomicBool::new(false);
 
@@ -105,12 +103,5 @@ fn child_deletes(null: &File, index: u32) -> i32 {
     if closed != 0 {
         return 1;
     }
-    let Ok(mut node) = Netlink::open() else {
-        return 1;
-    };
-    match node.delete_link(index) {
-        Ok(()) => 0,
-        Err(e) if matches!(e.errno(), Some(libc_errno::ENODEV | libc_errno::ENOENT)) => 0,
-        Err(_) => 1,
-    }
+    crate::datapath::delete_link_exit_code(index)
 }

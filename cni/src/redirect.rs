@@ -94,12 +94,7 @@ pub fn detach(pin_dir: &Path, host_veth: &str, addrs: &[IpAddr]) -> Result<(), C
         return Ok(());
     }
     let mut dp = open(pin_dir)?;
-    for addr in addrs {
-        dp.remove_local(*addr)
-            .map_err(io(format!("removing {addr} from the local-pod map")))?;
-    }
-    dp.remove_pod_sources(host_ifindex(host_veth), addrs)
-        .map_err(io(format!("removing the source entries of {host_veth}")))?;
+    forget_in(&mut dp, host_veth, addrs)?;
     dp.detach_pod(host_veth).map_err(io(format!(
         "detaching to_pod and from_pod from {host_veth}"
     )))
@@ -115,7 +110,11 @@ pub fn forget_addresses(pin_dir: &Path, host_veth: &str, addrs: &[IpAddr]) -> Re
     if addrs.is_empty() || !pin_dir.exists() {
         return Ok(());
     }
-    let mut dp = open(pin_dir)?;
+    forget_in(&mut open(pin_dir)?, host_veth, addrs)
+}
+
+/// Forget `addrs` in `dp`'s local-pod map and the source entries of `host_veth`.
+fn forget_in(dp: &mut PodDatapath, host_veth: &str, addrs: &[IpAddr]) -> Result<(), CniError> {
     for addr in addrs {
         dp.remove_local(*addr)
             .map_err(io(format!("removing {addr} from the local-pod map")))?;
