@@ -7,65 +7,123 @@
 use std::borrow::Borrow;
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use crate::device::Peer;
 use crate::uapi::Key;
 
-/// A peer, hashed and compared by its public key.
-struct ByKey(Arc<Peer>);
+/// The field of a [`Peer`] a [`PeersBy`] table finds it by.
+pub trait PeerField {
+    /// The field's type.
+    type Key: Hash + Eq;
+    /// The field of `peer`.
+    fn of(peer: &Peer) -> &Self::Key;
+}
 
-impl Borrow<Key> for ByKey {
+/// Peers found by their public key.
+#[derive(Debug)]
+pub struct ByPublicKey;
+
+impl PeerField for ByPublicKey {
+    type Key = Key;
+    fn of(peer: &Peer) -> &Key {
+        &peer.key
+    }
+}
+
+/// Peers found by their receiver index (the 24-bit prefix boringtun extends with session bits).
+#[derive(Debug)]
+pub struct ByReceiverIndex;
+
+impl PeerField for ByReceiverIndex {
+    type Key = u32;
+    fn of(peer: &Peer) -> &u32 {
+        &peer.index
+    }
+}
+
+/// A peer, hashed and compared by the field `F` names.
+pub struct Keyed<F>(Arc<Peer>, PhantomData<F>);
+
+// One `Borrow` per field: a generic `Borrow<F::Key>` would overlap the blanket `Borrow<T> for T`.
+impl Borrow<Key> for Keyed<ByPublicKey> {
     fn borrow(&self) -> &Key {
-        &self.0.key
+        ByPublicKey::of(&self.0)
     }
 }
 
-impl Hash for ByKey {
-    // Hashes as the key itself, as `Borrow<Key>` requires.
+impl Borrow<u32> for Keyed<ByReceiverIndex> {
+    fn borrow(&self) -> &u32 {
+        ByReceiverIndex::of(&self.0)
+    }
+}
+
+impl<F: PeerField> Hash for Keyed<F> {
+    // Hashes as the field itself, as `Borrow<F::Key>` requires.
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.0.key.hash(state);
+        F::of(&self.0).hash(state);
     }
 }
 
-impl PartialEq for ByKey {
+impl<F: PeerField> PartialEq for Keyed<F> {
     fn eq(&self, other: &Self) -> bool {
-        self.0.key == other.0.key
+        F::of(&self.0) == F::of(&other.0)
     }
 }
 
-impl Eq for ByKey {}
+impl<F: PeerField> Eq for Keyed<F> {}
+
+/// Peers by the field `F` names, each found by the field it already holds.
+pub struct PeersBy<F>(HashSet<Keyed<F>>);
 
 /// Peers by public key.
-#[derive(Default)]
-pub struct PeerTable(HashSet<ByKey>);
+pub type PeerTable = PeersBy<ByPublicKey>;
 
-impl std::fmt::Debug for PeerTable {
+/// Peers by receiver index.
+pub type IndexTable = PeersBy<ByReceiverIndex>;
+
+impl<F> Default for PeersBy<F> {
+    fn default() -> Self {
+        Self(HashSet::new())
+    }
+}
+
+impl<F> std::fmt::Debug for PeersBy<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PeerTable")
+        f.debug_struct("PeersBy")
+            .field("by", &std::any::type_name::<F>())
             .field("peers", &self.0.len())
             .finish()
     }
 }
 
-impl PeerTable {
+impl<F: PeerField> PeersBy<F>
+where
+    Keyed<F>: Borrow<F::Key>,
+{
     /// An empty table.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// The peer with public key `key`.
-    pub fn get(&self, key: &Key) -> Option<&Arc<Peer>> {
+    /// The peer whose field is `key`.
+    pub fn get(&self, key: &F::Key) -> Option<&Arc<Peer>> {
         self.0.get(key).map(|p| &p.0)
     }
 
-    /// Adds `peer` under its public key; returns the peer it replaces.
-    pub fn insert(&mut self, peer: Arc<Peer>) -> Option<Arc<Peer>> {
-        self.0.replace(ByKey(peer)).map(|p| p.0)
+    /// Whether a peer's field is `key`.
+    pub fn contains_key(&self, key: &F::Key) -> bool {
+        self.0.contains(key)
     }
 
-    /// Removes the peer with public key `key`.
-    pub fn remove(&mut self, key: &Key) -> Option<Arc<Peer>> {
+    /// Adds `peer` under its field; returns the peer it replaces.
+    pub fn insert(&mut self, peer: Arc<Peer>) -> Option<Arc<Peer>> {
+        self.0.replace(Keyed(peer, PhantomData)).map(|p| p.0)
+    }
+
+    /// Removes the peer whose field is `key`.
+    pub fn remove(&mut self, key: &F::Key) -> Option<Arc<Peer>> {
         self.0.take(key).map(|p| p.0)
     }
 
@@ -83,7 +141,9 @@ impl PeerTable {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+}
 
+impl PeerTable {
     /// The peers, in no particular order.
     pub fn values(&self) -> Values<'_> {
         Values(self.0.iter())
@@ -97,7 +157,7 @@ impl PeerTable {
 
 /// The peers of a [`PeerTable`], in no particular order (a named type, not `impl Iterator`,
 /// so that it holds no borrow past its last use).
-pub struct Values<'a>(std::collections::hash_set::Iter<'a, ByKey>);
+pub struct Values<'a>(std::collections::hash_set::Iter<'a, Keyed<ByPublicKey>>);
 
 impl<'a> Iterator for Values<'a> {
     type Item = &'a Arc<Peer>;
@@ -122,84 +182,6 @@ impl std::ops::Index<&Key> for PeerTable {
             Some(p) => p,
             None => panic!("no peer with that public key"),
         }
-    }
-}
-
-/// A peer, hashed and compared by its receiver index.
-struct ByIndex(Arc<Peer>);
-
-impl Borrow<u32> for ByIndex {
-    fn borrow(&self) -> &u32 {
-        &self.0.index
-    }
-}
-
-impl Hash for ByIndex {
-    // Hashes as the index itself, as `Borrow<u32>` requires.
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.0.index.hash(state);
-    }
-}
-
-impl PartialEq for ByIndex {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.index == other.0.index
-    }
-}
-
-impl Eq for ByIndex {}
-
-/// Peers by receiver index (the 24-bit prefix boringtun extends with session bits).
-#[derive(Default)]
-pub struct IndexTable(HashSet<ByIndex>);
-
-impl std::fmt::Debug for IndexTable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IndexTable")
-            .field("peers", &self.0.len())
-            .finish()
-    }
-}
-
-impl IndexTable {
-    /// An empty table.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// The peer with receiver index `index`.
-    pub fn get(&self, index: &u32) -> Option<&Arc<Peer>> {
-        self.0.get(index).map(|p| &p.0)
-    }
-
-    /// Whether a peer has receiver index `index`.
-    pub fn contains_key(&self, index: &u32) -> bool {
-        self.0.contains(index)
-    }
-
-    /// Adds `peer` under its receiver index; returns the peer it replaces.
-    pub fn insert(&mut self, peer: Arc<Peer>) -> Option<Arc<Peer>> {
-        self.0.replace(ByIndex(peer)).map(|p| p.0)
-    }
-
-    /// Removes the peer with receiver index `index`.
-    pub fn remove(&mut self, index: &u32) -> Option<Arc<Peer>> {
-        self.0.take(index).map(|p| p.0)
-    }
-
-    /// Room for `more` peers without growing.
-    pub fn reserve(&mut self, more: usize) {
-        self.0.reserve(more);
-    }
-
-    /// Number of peers.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Whether there are no peers.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
     }
 }
 
